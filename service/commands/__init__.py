@@ -1,0 +1,1 @@
+"""Subcommands of the ``v1motion`` CLI."""
