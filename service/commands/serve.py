@@ -9,16 +9,58 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="run the service and its dashboard")
     p.add_argument("--host", default=None, help="bind address (default from V1MOTION_HOST)")
     p.add_argument("--port", type=int, default=None, help="port (default from V1MOTION_PORT)")
+    p.add_argument(
+        "--source",
+        action="append",
+        dest="sources",
+        metavar="NAME=KIND:TARGET",
+        help="a source, repeatable: 'synthetic', 'cam=camera:0', 'clip=file:walk.mp4', "
+        "'gate=url:rtsp://host/stream' (default from V1MOTION_SOURCES, else 'synthetic')",
+    )
+    p.add_argument("--engine", choices=["default", "random"], default=None)
+    p.add_argument("--root-path", default=None, help="path prefix behind a reverse proxy")
+    p.add_argument("--token", default=None, help="required token (default from V1MOTION_TOKEN)")
+    p.add_argument("--log-format", choices=["text", "json"], default=None)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from service.app import create_app
+    from service.logs import configure_logging
     from service.settings import Settings
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = Settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    overrides = {
+        k: v
+        for k, v in (
+            ("host", args.host),
+            ("port", args.port),
+            ("sources", args.sources),
+            ("engine", args.engine),
+            ("root_path", args.root_path),
+            ("token", args.token),
+            ("log_format", args.log_format),
+        )
+        if v is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"v1motion serve: bad configuration:\n{exc}")
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        root_path=settings.root_path,
+        log_config=None,
+        ws_max_size=settings.camera_max_bytes * 2,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        proxy_headers=True,
+    )
     return 0
