@@ -52,12 +52,15 @@ class ServerThread:
     """A real uvicorn serving ``app`` on 127.0.0.1 and a free port, in a background thread."""
 
     def __init__(self, app, **config):
-        self.port = free_port()
-        cfg = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **config
-        )
+        from service.commands.serve import bind_socket
+
+        self.sock = bind_socket("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        cfg = uvicorn.Config(app, log_level="warning", lifespan="on", **config)
         self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, args=([self.sock],), name="uvicorn-test", daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -85,3 +88,63 @@ class ServerThread:
 def serving(app, **config):
     with ServerThread(app, **config) as srv:
         yield srv
+
+
+class RawWebSocket:
+    """A bare websocket client over a socket with a small receive buffer, reading at a set pace.
+
+    It simulates a viewer on a slow network link: the kernel's flow control, not a library's queue,
+    limits what the server can hand it.
+    """
+
+    def __init__(self, port: int, path: str, rcvbuf: int = 16384):
+        import base64
+        import os
+
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        assert b" 101 " in head.split(b"\r\n")[0], head
+        self.buf = b""
+        self.messages: list[tuple[int, bytes]] = []  # (opcode, payload)
+
+    def read_some(self, nbytes: int) -> None:
+        """Read at most ``nbytes`` from the socket (blocking up to 1 s) and parse whole frames."""
+        self.sock.settimeout(1.0)
+        try:
+            chunk = self.sock.recv(nbytes)
+        except TimeoutError:
+            return
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        self.buf += chunk
+        while len(self.buf) >= 2:
+            opcode, n, off = self.buf[0] & 0x0F, self.buf[1] & 0x7F, 2
+            if n == 126:
+                if len(self.buf) < 4:
+                    return
+                n, off = int.from_bytes(self.buf[2:4], "big"), 4
+            elif n == 127:
+                if len(self.buf) < 10:
+                    return
+                n, off = int.from_bytes(self.buf[2:10], "big"), 10
+            if len(self.buf) < off + n:
+                return
+            self.messages.append((opcode, self.buf[off : off + n]))
+            self.buf = self.buf[off + n :]
+            if opcode == 8:
+                raise ConnectionError("server sent close")
+
+    def close(self) -> None:
+        self.sock.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
 
 def add_parser(subparsers) -> None:
@@ -22,6 +23,26 @@ def add_parser(subparsers) -> None:
     p.add_argument("--token", default=None, help="required token (default from V1MOTION_TOKEN)")
     p.add_argument("--log-format", choices=["text", "json"], default=None)
     p.set_defaults(func=run)
+
+
+# Unsent bytes the kernel may hold per connection. Without a limit Linux buffers megabytes for a slow
+# viewer, so it would see seconds-old frames and its sends would block for long; with it, a send waits
+# only for the viewer to read what it already has, and the newest result replaces the rest.
+NOTSENT_LOWAT = 128 * 1024
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket whose connections inherit ``TCP_NOTSENT_LOWAT`` (Linux, macOS)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lowat = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if lowat is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, lowat, NOTSENT_LOWAT)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def run(args: argparse.Namespace) -> int:
