@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import threading
 import time
@@ -148,3 +149,17 @@ class RawWebSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@functools.lru_cache(maxsize=1)
+def _random_engine():
+    from models.engine import MotionEngine
+
+    engine = MotionEngine.random(seed=0)
+    engine.warmup()
+    return engine
+
+
+def random_engine():
+    """The real engine with small random weights (built and compiled once per test session)."""
+    return _random_engine()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from engine_double import FakeEngine
 from fastapi.testclient import TestClient
+from service_helpers import random_engine
 from starlette.websockets import WebSocketDisconnect
 
 from service.app import create_app
@@ -44,7 +45,7 @@ def texture(shift=0, shape=(96, 128)):
 
 @pytest.fixture
 def client():
-    app = create_app(Settings(camera_max_bytes=64 * 1024), engine_factory=FakeEngine)
+    app = create_app(Settings(camera_max_bytes=64 * 1024), engine_factory=random_engine)
     with TestClient(app) as c:
         yield c
 
@@ -88,8 +89,9 @@ def test_jpeg_size_reads_the_claimed_size_of_a_tiny_file():
 
 
 # ---- the socket --------------------------------------------------------------------------------
-def test_camera_frames_get_results_with_the_motion(client):
-    with client.websocket_connect("/v1/camera") as ws:
+def test_camera_frames_get_results_with_the_motion():
+    app = create_app(Settings(), engine_factory=FakeEngine)
+    with TestClient(app) as client, client.websocket_connect("/v1/camera") as ws:
         ready = hello(ws)
         assert ready["type"] == "ready" and (ready["width"], ready["height"]) == (128, 96)
         for k in range(4):
@@ -243,7 +245,7 @@ def test_frames_sent_ahead_keep_only_the_newest():
 
 
 def test_too_many_cameras_are_told_so():
-    with TestClient(create_app(Settings(camera_max_clients=1), engine_factory=FakeEngine)) as c:
+    with TestClient(create_app(Settings(camera_max_clients=1), engine_factory=random_engine)) as c:
         with c.websocket_connect("/v1/camera") as first:
             hello(first)
             with c.websocket_connect("/v1/camera") as second:

@@ -10,9 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from engine_double import FakeEngine
 from fastapi.testclient import TestClient
-from service_helpers import PatternSource, RawWebSocket, pattern_factory, serving
+from service_helpers import PatternSource, RawWebSocket, pattern_factory, random_engine, serving
 from websockets.sync.client import connect
 
 from service.app import create_app
@@ -51,7 +50,7 @@ def test_stalled_source_is_detected_by_frame_age_and_reconnected_while_others_ru
     stats, other = {}, {}
     app = create_app(
         two_streams(stall_timeout_s=0.5, backoff_initial_s=0.05),
-        engine_factory=FakeEngine,
+        engine_factory=random_engine,
         source_factories={
             "a": lambda stop: StallingSource(None, stop, stats),
             "b": pattern_factory(other),
@@ -91,7 +90,7 @@ def test_failing_source_reconnects_with_growing_jittered_backoff_and_reports_sta
     stats = {}
     app = create_app(
         two_streams(backoff_initial_s=0.1, backoff_max_s=1.0),
-        engine_factory=FakeEngine,
+        engine_factory=random_engine,
         source_factories={"a": lambda stop: FlakySource(None, stop, stats, fails=4)},
     )
     with TestClient(app) as c, c.websocket_connect("/v1/streams/a"):
@@ -115,7 +114,7 @@ def test_source_that_ends_is_reopened():
     stats = {}
     app = create_app(
         two_streams(backoff_initial_s=0.05),
-        engine_factory=FakeEngine,
+        engine_factory=random_engine,
         source_factories={"a": lambda stop: EndingSource(None, stop, stats)},
     )
     with TestClient(app) as c, c.websocket_connect("/v1/streams/a"):
@@ -170,7 +169,7 @@ def test_slow_viewer_gets_fewer_messages_no_memory_and_does_not_delay_others():
     settings = Settings(sources=["synthetic"], send_timeout_s=2.0, preview_quality=95)
     app = create_app(
         settings,
-        engine_factory=FakeEngine,
+        engine_factory=random_engine,
         source_factories={
             "synthetic": lambda stop: NoiseSource(None, stop, stats, fps=30, shape=(240, 320))
         },

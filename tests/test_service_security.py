@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from engine_double import FakeEngine
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from service_helpers import pattern_factory
+from service_helpers import pattern_factory, random_engine
 from starlette.websockets import WebSocketDisconnect
 
 from service.app import create_app
@@ -21,7 +20,7 @@ TOKEN = "s3cret-token_1"
 def client():
     settings = Settings(host="0.0.0.0", token=TOKEN, sources=["synthetic"])
     app = create_app(
-        settings, engine_factory=FakeEngine, source_factories={"synthetic": pattern_factory()}
+        settings, engine_factory=random_engine, source_factories={"synthetic": pattern_factory()}
     )
     with TestClient(app) as c:
         yield c
@@ -76,7 +75,7 @@ def test_websocket_wrong_token_is_closed(client, first):
 
 
 def test_websocket_from_a_foreign_origin_is_refused():
-    with TestClient(create_app(Settings(), engine_factory=FakeEngine)) as c:
+    with TestClient(create_app(Settings(), engine_factory=random_engine)) as c:
         with pytest.raises(WebSocketDisconnect) as exc:
             with c.websocket_connect("/v1/camera", headers={"Origin": "https://evil.example"}):
                 pass
@@ -86,7 +85,7 @@ def test_websocket_from_a_foreign_origin_is_refused():
             ws.send_text(json.dumps({"type": "hello", "width": 64, "height": 64}))
             assert json.loads(ws.receive_text())["type"] == "ready"
     s = Settings(allowed_origins=["https://dash.example"])
-    with TestClient(create_app(s, engine_factory=FakeEngine)) as c:
+    with TestClient(create_app(s, engine_factory=random_engine)) as c:
         with c.websocket_connect("/v1/camera", headers={"Origin": "https://dash.example"}) as ws:
             ws.send_text(json.dumps({"type": "hello", "width": 64, "height": 64}))
             assert json.loads(ws.receive_text())["type"] == "ready"

@@ -8,7 +8,7 @@ import time
 import pytest
 from engine_double import FakeEngine
 from fastapi.testclient import TestClient
-from service_helpers import pattern_factory
+from service_helpers import pattern_factory, random_engine
 from starlette.websockets import WebSocketDisconnect
 
 from service.app import create_app
@@ -37,8 +37,11 @@ def stats():
 def client(stats):
     app = create_app(
         make_settings(),
-        engine_factory=FakeEngine,
-        source_factories={"pat": pattern_factory(stats, vx=2), "other": pattern_factory(vy_up=2)},
+        engine_factory=random_engine,
+        source_factories={
+            "pat": pattern_factory(stats, vx=2),
+            "other": pattern_factory(vx=0, vy_up=2),
+        },
     )
     with TestClient(app) as c:
         deadline = time.monotonic() + 10
@@ -94,18 +97,34 @@ def test_stream_socket_sends_hello_results_and_previews(client):
             m, preview = next_result(ws)
         assert m["v"] == SCHEMA_VERSION and m["stream"] == "pat"
         motion = m["motion"]
-        assert motion["rows"] == 96 // 16 and motion["cols"] == 128 // 16
+        assert motion["rows"] == 96 // motion["cell"] and motion["cols"] == 128 // motion["cell"]
         assert len(motion["direction_deg"]) == motion["rows"]
-        assert len(motion["speed"][0]) == motion["cols"]
-        # the pattern moves right by 2 px/frame
-        assert abs(((motion["global"]["direction_deg"] + 180) % 360) - 180) < 10
-        assert motion["global"]["speed"] == pytest.approx(2.0, abs=0.3)
+        assert len(motion["speed"][0]) == len(motion["confidence"][0]) == motion["cols"]
+        assert all(0 <= d < 360 for row in motion["direction_deg"] for d in row)
+        assert len(motion["direction_hist"]) == 16 and len(motion["speed_hist"]) == 7
         assert set(m["timing"]) >= {"latency_ms", "fps", "dropped", "engine_ms"}
         seq, jpeg = parse_preview(preview)
         assert seq == m["seq"] and jpeg[:2] == b"\xff\xd8"
         assert m["flow"] is None
         status = client.get("/v1/streams/pat").json()
         assert status["state"] == "running" and status["subscribers"] == 1
+
+
+def test_the_engine_numbers_reach_the_viewer():
+    """With an engine double that measures the shift, a pattern moving right reads as 0 degrees."""
+    app = create_app(
+        make_settings(),
+        engine_factory=FakeEngine,
+        source_factories={"pat": pattern_factory(vx=2), "other": pattern_factory(vx=0, vy_up=2)},
+    )
+    with TestClient(app) as c:
+        for name, expected in (("pat", 0.0), ("other", 90.0)):
+            with c.websocket_connect(f"/v1/streams/{name}") as ws:
+                for _ in range(3):
+                    m, _ = next_result(ws)
+            g = m["motion"]["global"]
+            assert abs((g["direction_deg"] - expected + 180) % 360 - 180) < 10
+            assert g["speed"] == pytest.approx(2.0, abs=0.3)
 
 
 def test_flow_option_adds_dis_flow_in_the_same_grid(client):
@@ -213,7 +232,7 @@ def test_readyz_is_503_until_the_engine_is_warm():
 
     def slow_engine():
         gate.wait(10)
-        return FakeEngine()
+        return random_engine()
 
     app = create_app(make_settings(), engine_factory=slow_engine, source_factories={})
     with TestClient(app) as c:
