@@ -223,6 +223,7 @@ def test_units_endpoint_serves_the_tuning_report(client):
     u = body["units"][0]
     assert len(u["direction_tuning"]) == len(body["directions_deg"])
     assert len(u["speed_tuning"]) == len(body["speeds"])
+    assert len(body["histogram_speed_bins"]) == 7 and len(body["histogram_directions_deg"]) == 16
 
 
 def test_readyz_is_503_until_the_engine_is_warm():

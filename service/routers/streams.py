@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, HTTPException, Request, WebSocket, status
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -83,7 +84,11 @@ def get_stream(name: str, request: Request, _: TokenDep) -> StreamPublic:
 
 @router.get("/units")
 async def tuning_report(request: Request, _: TokenDep) -> dict[str, Any]:
-    """The engine's measured tuning: per unit, direction tuning (polar) and speed tuning."""
+    """The engine's measured tuning: per unit, direction tuning (polar) and speed tuning.
+
+    Also the bin centres of the population histograms in each result: ``histogram_directions_deg``
+    and ``histogram_speed_bins`` (px/frame).
+    """
     holder = request.app.state.engine
     if not holder.ready.is_set():
         raise HTTPException(
@@ -91,7 +96,13 @@ async def tuning_report(request: Request, _: TokenDep) -> dict[str, Any]:
         )
     cache = request.app.state.cache
     if "tuning" not in cache:
-        cache["tuning"] = await asyncio.to_thread(holder.engine.tuning_report)
+        report = await asyncio.to_thread(holder.engine.tuning_report)
+        engine = holder.engine
+        report["histogram_directions_deg"] = [
+            round(float(d), 2) for d in np.rad2deg(engine.direction_bins)
+        ]
+        report["histogram_speed_bins"] = [float(v) for v in engine.speed_bins]
+        cache["tuning"] = report
     return cache["tuning"]
 
 
