@@ -342,7 +342,7 @@ function render() {
   dom.dataset.speed = g.speed;
   dom.dataset.confidence = g.confidence;
   dom.dataset.results = state.results;
-  $("dom-dir").textContent = confident ? Math.round(g.direction_deg) : "–";
+  $("dom-dir").textContent = confident ? `${Math.round(g.direction_deg)}°` : "–";
   $("dom-speed").textContent = confident ? `${fmtSpeed(g.speed)} px/frame` : "no clear motion";
   $("dom-conf").textContent = g.confidence.toFixed(2);
   $("dom-conf-bar").style.width = `${Math.round(100 * g.confidence)}%`;
@@ -451,8 +451,9 @@ function openStream(name, attempt = 0) {
     const blob = ev.data.slice(8);
     try {
       const bmp = await createImageBitmap(blob);
-      if (state.image && state.image.close) state.image.close();
+      const old = state.image;
       state.image = bmp;
+      if (old && old.close) old.close();
       scheduleRender();
     } catch (e) { /* a corrupt preview is skipped */ }
   };
@@ -491,10 +492,13 @@ async function startCamera() {
   const video = $("cam-video");
   video.srcObject = media;
   await video.play();
-  const canvas = document.createElement("canvas");
-  canvas.width = CAMERA_SIZE.width;
-  canvas.height = CAMERA_SIZE.height;
-  state.camera = { media, canvas, inFlight: false, sentAt: null, ready: false };
+  const canvases = [0, 1].map(() => {
+    const c = document.createElement("canvas");
+    c.width = CAMERA_SIZE.width;
+    c.height = CAMERA_SIZE.height;
+    return c;
+  });
+  state.camera = { media, canvases, turn: 0, sentCanvas: null, inFlight: false, sentAt: null, ready: false };
   state.mode = "camera";
   $("camera-btn").classList.add("active");
   $("camera-label").textContent = "Stop camera";
@@ -512,7 +516,7 @@ async function startCamera() {
     if (m.type === "ready") { setConn("live · my camera", "live"); state.camera.ready = true; sendCameraFrame(); return; }
     if (m.type === "result") {
       state.camera.inFlight = false;
-      state.image = state.camera.shown;
+      state.image = state.camera.sentCanvas;
       onResult(m);
       scheduleRender();
       sendCameraFrame(); // one frame in flight: the next leaves when this result is back
@@ -533,17 +537,17 @@ function sendCameraFrame() {
   const cam = state.camera;
   const ws = state.ws;
   if (!cam || !cam.ready || cam.inFlight || !ws || ws.readyState !== WebSocket.OPEN) return;
-  const video = $("cam-video");
-  const ctx = cam.canvas.getContext("2d");
-  ctx.drawImage(video, 0, 0, cam.canvas.width, cam.canvas.height);
+  // Two canvases take turns: one holds the frame on screen (the last analysed), the other the frame
+  // in flight, so the map is always drawn over the very image it was computed from.
+  cam.turn = 1 - cam.turn;
+  const canvas = cam.canvases[cam.turn];
+  canvas.getContext("2d").drawImage($("cam-video"), 0, 0, canvas.width, canvas.height);
   cam.inFlight = true;
   const sentAt = performance.now();
-  createImageBitmap(cam.canvas).then((bmp) => { cam.pendingShown = bmp; });
-  cam.canvas.toBlob((blob) => {
+  canvas.toBlob((blob) => {
     if (!blob || ws.readyState !== WebSocket.OPEN) { cam.inFlight = false; return; }
     cam.sentAt = sentAt;
-    if (cam.shown && cam.shown !== cam.pendingShown && cam.shown.close) cam.shown.close();
-    cam.shown = cam.pendingShown;
+    cam.sentCanvas = canvas;
     ws.send(blob);
   }, "image/jpeg", 0.8);
 }
