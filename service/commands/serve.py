@@ -72,10 +72,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"v1motion serve: bad configuration:\n{exc}")
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
         root_path=settings.root_path,
         log_config=None,
         ws_max_size=settings.camera_max_bytes * 2,
@@ -84,4 +82,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         proxy_headers=True,
     )
+    sock = bind_socket(settings.host, settings.port)
+    print(f"v1motion: dashboard on http://{settings.host}:{sock.getsockname()[1]}/", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
