@@ -429,6 +429,7 @@ class StreamManager:
         self.settings = settings
         self.metrics = metrics
         self._stop_tasks: dict[str, asyncio.Task] = {}
+        self._stopping: set[str] = set()
         self._closing = False
 
     def get(self, name: str) -> StreamPipeline:
@@ -443,11 +444,13 @@ class StreamManager:
         if self._closing:
             raise RuntimeError("the service is shutting down")
         p = self.get(name)
+        p.hub.subscribers.add(sub)
+        self.metrics.clients.labels(name).set(len(p.hub.subscribers))
+        if name in self._stopping:
+            return p  # the stop under way restarts the stream when it is done, for this viewer
         task = self._stop_tasks.pop(name, None)
         if task is not None:
             task.cancel()
-        p.hub.subscribers.add(sub)
-        self.metrics.clients.labels(name).set(len(p.hub.subscribers))
         if not p.running:
             p.start(asyncio.get_running_loop())
         return p
@@ -465,12 +468,19 @@ class StreamManager:
             self._stop_tasks[name] = asyncio.get_running_loop().create_task(self._stop_later(name))
 
     async def _stop_later(self, name: str) -> None:
+        p = self.pipelines[name]
         try:
             await asyncio.sleep(self.settings.grace_period_s)
-            p = self.pipelines[name]
-            if not p.hub.subscribers:
-                log.info("stream %s: no viewers for %.1f s", name, self.settings.grace_period_s)
+            if p.hub.subscribers:
+                return
+            log.info("stream %s: no viewers for %.1f s", name, self.settings.grace_period_s)
+            self._stopping.add(name)
+            try:
                 await asyncio.to_thread(p.stop)
+            finally:
+                self._stopping.discard(name)
+            if p.hub.subscribers and not self._closing:  # someone arrived while it stopped
+                p.start(asyncio.get_running_loop())
         finally:
             if self._stop_tasks.get(name) is asyncio.current_task():
                 del self._stop_tasks[name]

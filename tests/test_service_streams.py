@@ -262,3 +262,40 @@ def test_readyz_reports_a_failed_engine():
 def test_dashboard_is_served_at_root(client):
     r = client.get("/")
     assert r.status_code == 200 and "<html" in r.text.lower()
+
+
+def test_a_viewer_arriving_while_the_stream_stops_gets_it_restarted(stats):
+    import asyncio
+
+    from service.metrics import Metrics
+    from service.pipeline import EngineHolder, StreamManager, StreamPipeline, Subscriber
+
+    settings = make_settings(grace_period_s=0.0)
+    holder = EngineHolder()
+    holder.load(random_engine)
+
+    async def scenario():
+        spec = settings.sources[0]
+        p = StreamPipeline(spec, pattern_factory(stats), holder, settings, Metrics())
+        real_stop = p.stop
+
+        def slow_stop(timeout=3.0):
+            time.sleep(0.3)  # the viewer below arrives during this
+            real_stop(timeout)
+
+        p.stop = slow_stop
+        mgr = StreamManager({"pat": p}, settings, Metrics())
+        first = Subscriber()
+        mgr.subscribe("pat", first)
+        await first.next()
+        mgr.unsubscribe("pat", first)
+        await asyncio.sleep(0.1)  # the stop is under way
+        second = Subscriber()
+        mgr.subscribe("pat", second)
+        await asyncio.sleep(0.5)
+        msg = await asyncio.wait_for(second.next(), 5)
+        assert msg.seq >= 1 and p.running
+        await mgr.close()
+
+    asyncio.run(scenario())
+    assert stats["opens"] == 2
