@@ -163,3 +163,17 @@ def _random_engine():
 def random_engine():
     """The real engine with small random weights (built and compiled once per test session)."""
     return _random_engine()
+
+
+@functools.lru_cache(maxsize=1)
+def _default_engine():
+    from models.engine import MotionEngine
+
+    engine = MotionEngine.load_default()
+    engine.warmup()
+    return engine
+
+
+def default_engine():
+    """The shipped trained engine (loaded and compiled once per test session)."""
+    return _default_engine()

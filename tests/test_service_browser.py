@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from engine_double import FakeEngine
-from service_helpers import random_engine, serving
+from service_helpers import default_engine, random_engine, serving
 
 from service.app import create_app
 from service.settings import Settings
@@ -34,7 +34,11 @@ ARGS = [
     "--disable-dev-shm-usage",
 ]
 CLIP_DIRECTION_DEG = 90.0  # the clip's texture moves up the screen
-CLIP_SPEED = 2  # px/frame
+CLIP_SPEED = 1  # px per clip frame
+# The camera path analyses frames as fast as results come back, so on a busy machine several clip frames
+# pass between two analysed ones; a slow clip keeps that displacement within the engine's range
+# (it reads 1-6 px/frame well): at 10 fps and 1 px/frame, 2 analysed frames/s still give 5 px.
+CLIP_FPS = 10
 PREFIX = "/v1m"
 
 
@@ -67,15 +71,15 @@ def write_y4m(path: Path, frames: np.ndarray, fps: int = 30) -> None:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    """A texture moving up by 2 px/frame; 120 frames shift it by exactly its height, so it loops
-    without a seam."""
+    """A texture moving up by 1 px/frame at 10 fps; 240 frames shift it by exactly its height, so it
+    loops without a seam."""
     h, w = 240, 320
     tex = periodic_texture(h, w)
     n = h // CLIP_SPEED
     # content moving up: row r of frame t shows row r + speed*t of the texture
     frames = np.stack([np.roll(tex, -CLIP_SPEED * t, axis=0) for t in range(n)])
     path = tmp_path_factory.mktemp("clip") / "up.y4m"
-    write_y4m(path, frames)
+    write_y4m(path, frames, fps=CLIP_FPS)
     return path
 
 
@@ -223,5 +227,17 @@ def _dominant_direction(browser, engine_factory):
 def test_reported_direction_matches_the_clip_with_an_engine_double(browser):
     """The plumbing (camera, JPEG, socket, readout) keeps the direction: an exact double reads 90."""
     seen = _dominant_direction(browser, FakeEngine)
-    mean = circular_mean_deg([d for d, _ in seen])
-    assert abs((mean - CLIP_DIRECTION_DEG + 180) % 360 - 180) < 10, seen
+    moving = [d for d, c in seen if c > 0.05]  # a repeated camera frame shows no motion
+    assert len(moving) >= 5, seen
+    mean = circular_mean_deg(moving)
+    assert abs((mean - CLIP_DIRECTION_DEG + 180) % 360 - 180) < 15, seen
+
+
+@pytest.mark.slow
+def test_reported_direction_matches_the_clip_with_the_trained_engine(browser):
+    """The shipped engine, through the real dashboard and fake camera, reads the clip's direction."""
+    seen = _dominant_direction(browser, default_engine)
+    confident = [d for d, c in seen if c > 0.05]
+    assert len(confident) >= len(seen) // 2, seen
+    mean = circular_mean_deg(confident)
+    assert abs((mean - CLIP_DIRECTION_DEG + 180) % 360 - 180) < 30, (mean, seen)
