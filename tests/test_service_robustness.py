@@ -157,6 +157,65 @@ def test_network_source_open_times_out(silent_server):
     assert time.monotonic() - t0 < 5.0
 
 
+@pytest.fixture
+def stalling_mjpeg_server():
+    """An HTTP MJPEG stream that sends five frames and then goes silent without closing."""
+    import cv2
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    stop = threading.Event()
+    ok, jpg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (120, 160), np.uint8))
+    part = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
+
+    def handle(c):
+        c.recv(4096)
+        c.sendall(
+            b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
+        )
+        for _ in range(5):
+            c.sendall(part + jpg.tobytes() + b"\r\n")
+        stop.wait(30)
+        c.close()
+
+    def serve():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(2)
+    srv.close()
+
+
+def test_network_source_read_times_out_when_the_stream_goes_silent(stalling_mjpeg_server):
+    url = f"http://127.0.0.1:{stalling_mjpeg_server}/stream.mjpg"
+    src = OpenCVSource(
+        SourceSpec(name="net", kind="url", target=url), Settings(open_timeout_s=2, read_timeout_s=1)
+    )
+    src.open()
+    frames, t_last = 0, None
+    for _ in range(10):
+        t0 = time.monotonic()
+        frame = src.read()
+        t_last = time.monotonic() - t0
+        if frame is None:
+            break
+        assert frame.shape == (120, 160, 3)
+        frames += 1
+    src.close()
+    assert frames >= 3  # the frames that came were read
+    assert frame is None and t_last < 3.0  # then the silent stream gave up after the read timeout
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
