@@ -115,3 +115,18 @@ def test_bad_configuration_is_refused_with_a_message():
     )
     assert out.returncode == 2
     assert "V1MOTION_TOKEN" in out.stdout
+
+
+def test_messages_beyond_the_socket_limit_close_the_socket_not_the_server(server):
+    from websockets.exceptions import ConnectionClosed
+
+    _, port, _ = server
+    with connect(f"ws://127.0.0.1:{port}/v1/camera", max_size=None) as ws:
+        ws.send(json.dumps({"type": "hello", "width": 64, "height": 64}))
+        ready = json.loads(ws.recv(timeout=10))
+        # past the app's own limit (an error message) and uvicorn's (twice that: close 1009)
+        ws.send(b"\xff\xd8" + b"\x00" * (2 * ready["max_bytes"] + 10))
+        with pytest.raises(ConnectionClosed) as exc:
+            ws.recv(timeout=10)
+        assert exc.value.rcvd.code == 1009
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
