@@ -241,3 +241,18 @@ def test_reported_direction_matches_the_clip_with_the_trained_engine(browser):
     assert len(confident) >= len(seen) // 2, seen
     mean = circular_mean_deg(confident)
     assert abs((mean - CLIP_DIRECTION_DEG + 180) % 360 - 180) < 30, (mean, seen)
+
+
+def test_dashboard_asks_for_the_token_and_then_streams(browser):
+    app = create_app(Settings(token="tok-123"), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        page.locator("#token-form").wait_for(state="visible")
+        page.fill("#token-input", "tok-123")
+        page.click("#token-form button")
+        wait_results(page, 3)
+        # a link carrying the token in its fragment works too, and the token leaves the address bar
+        page2, _ = open_dashboard(browser, f"{srv.url}/#token=tok-123")
+        wait_results(page2, 3)
+        assert "tok-123" not in page2.url
+        assert errors == []
