@@ -85,6 +85,7 @@ def test_logs_are_json_lines_with_the_stream_name(server):
     assert records, log_path.read_text()
     assert {"ts", "level", "logger", "msg", "thread"} <= set(records[0])
     assert any("stream synthetic: viewer joined" in r["msg"] for r in records)
+    assert any(r.get("stream") == "synthetic" and "started" in r["msg"] for r in records)
     assert any(r["msg"].startswith("engine ready") for r in records)
 
 
