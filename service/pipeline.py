@@ -80,6 +80,7 @@ class CapturedFrame:
     image: np.ndarray
     t_capture: float  # time.monotonic()
     wall_ms: float  # time.time() * 1000, comparable across processes on one machine
+    truth: dict | None = None  # the known velocity, for synthetic sources
 
 
 class Subscriber:
@@ -278,7 +279,8 @@ class StreamPipeline:
                         break
                     now = time.monotonic()
                     self._last_frame_t = now
-                    self._slot.put(CapturedFrame(frame, now, time.time() * 1000.0))
+                    truth = getattr(source, "truth", None)
+                    self._slot.put(CapturedFrame(frame, now, time.time() * 1000.0, truth))
                     if not got_frame:
                         got_frame, attempt = True, 0
                         self.state, self.last_error = "running", None
@@ -400,6 +402,7 @@ class StreamPipeline:
                 },
                 motion=protocol.motion_payload(mf),
                 flow=flow_payload,
+                truth=cf.truth,
                 preview=preview is not None,
             )
             out = protocol.Outgoing(

@@ -56,6 +56,7 @@ def test_sigterm_with_open_websockets_exits_within_seconds(server):
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
         while not (isinstance(m := ws.recv(timeout=30), str) and json.loads(m)["type"] == "result"):
             pass
+        assert json.loads(m)["truth"]["kind"] in ("grating", "pan")  # the synthetic ground truth
     camera = connect(f"ws://127.0.0.1:{port}/v1/camera")
     camera.send(json.dumps({"type": "hello", "width": 64, "height": 64}))
     assert json.loads(camera.recv(timeout=10))["type"] == "ready"

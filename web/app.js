@@ -239,7 +239,7 @@ function drawBars(canvas, values, labels, highlight) {
   }
 }
 
-function drawDominantArrow(canvas, deg, conf) {
+function drawDominantArrow(canvas, deg, conf, truth) {
   const ctx = canvas.getContext("2d");
   const w = canvas.width, c = w / 2;
   ctx.clearRect(0, 0, w, w);
@@ -248,6 +248,15 @@ function drawDominantArrow(canvas, deg, conf) {
   ctx.beginPath();
   ctx.arc(c, c, c - 4, 0, 2 * Math.PI);
   ctx.stroke();
+  if (truth) { // the known velocity of a synthetic source: a tick on the rim
+    const t = (truth.direction_deg * Math.PI) / 180;
+    ctx.strokeStyle = "#e6edf3";
+    ctx.lineWidth = 4;
+    ctx.beginPath();
+    ctx.moveTo(c + Math.cos(t) * (c - 14), c - Math.sin(t) * (c - 14));
+    ctx.lineTo(c + Math.cos(t) * (c - 1), c - Math.sin(t) * (c - 1));
+    ctx.stroke();
+  }
   if (deg == null) return;
   const rad = (deg * Math.PI) / 180, len = (c - 14) * 2;
   ctx.strokeStyle = hue(deg, 0.3 + 0.7 * conf, 62);
@@ -346,7 +355,15 @@ function render() {
   $("dom-speed").textContent = confident ? `${fmtSpeed(g.speed)} px/frame` : "no clear motion";
   $("dom-conf").textContent = g.confidence.toFixed(2);
   $("dom-conf-bar").style.width = `${Math.round(100 * g.confidence)}%`;
-  drawDominantArrow($("dominant-arrow"), confident ? g.direction_deg : null, g.confidence);
+  drawDominantArrow($("dominant-arrow"), confident ? g.direction_deg : null, g.confidence, m.truth);
+  const truth = $("truth");
+  truth.hidden = !m.truth;
+  if (m.truth) {
+    truth.replaceChildren("truth: ");
+    const b = document.createElement("b");
+    b.textContent = `${Math.round(m.truth.direction_deg)}° · ${fmtSpeed(m.truth.speed)} px/frame`;
+    truth.append(b, ` (${m.truth.kind})`);
+  }
   drawPolar($("polar"), m.motion.direction_hist, confident ? g.direction_deg : null);
   const speeds = state.units ? state.units.histogram_speed_bins : null;
   const labels = m.motion.speed_hist.map((_, k) => (speeds ? fmtSpeed(speeds[k]) : `${k}`));
