@@ -48,6 +48,7 @@ class TrainConfig:
     b_init: float = -3.0
     speed_min: float = 0.25
     speed_max: float = 3.0
+    speed_log: bool = True
     clip_fraction: float = 0.1
     split_every: int = 50
     split_until: float = 2 / 3
@@ -78,7 +79,10 @@ class MovieSampler:
         cfg, rng = self.cfg, self.rng
         img = self.stills[rng.integers(len(self.stills))]
         direction = rng.uniform(0, 2 * np.pi)
-        speed = np.exp(rng.uniform(np.log(cfg.speed_min), np.log(cfg.speed_max)))
+        if cfg.speed_log:
+            speed = np.exp(rng.uniform(np.log(cfg.speed_min), np.log(cfg.speed_max)))
+        else:
+            speed = rng.uniform(cfg.speed_min, cfg.speed_max)
         dx, dy = direction_vector(direction)
         h, w = img.shape
         margin = speed * cfg.seq_len + cfg.patch
