@@ -215,11 +215,12 @@ def _dominant_direction(browser, engine_factory):
         n0 = results(page)
         wait_results(page, n0 + 10, timeout=60)
         seen = []
-        for _ in range(20):  # sample the rendered readout over about two seconds
+        for _ in range(30):  # sample the rendered readout over about three seconds
             page.wait_for_timeout(100)
             d = page.get_attribute("#dominant", "data-direction-deg")
             c = float(page.get_attribute("#dominant", "data-confidence"))
-            seen.append((float(d), c))
+            v = float(page.get_attribute("#dominant", "data-speed"))
+            seen.append((float(d), c, v))
         assert errors == []
     return seen
 
@@ -227,8 +228,10 @@ def _dominant_direction(browser, engine_factory):
 def test_reported_direction_matches_the_clip_with_an_engine_double(browser):
     """The plumbing (camera, JPEG, socket, readout) keeps the direction: an exact double reads 90."""
     seen = _dominant_direction(browser, FakeEngine)
-    moving = [d for d, c in seen if c > 0.05]  # a repeated camera frame shows no motion
-    assert len(moving) >= 5, seen
+    # The double compares a frame with the previous one only, so a camera frame that repeats the last
+    # clip frame reads as (noise-level) no motion: keep the pairs that moved by about a pixel or more.
+    moving = [d for d, c, v in seen if v > 0.5]
+    assert len(moving) >= 3, seen
     mean = circular_mean_deg(moving)
     assert abs((mean - CLIP_DIRECTION_DEG + 180) % 360 - 180) < 15, seen
 
@@ -237,7 +240,7 @@ def test_reported_direction_matches_the_clip_with_an_engine_double(browser):
 def test_reported_direction_matches_the_clip_with_the_trained_engine(browser):
     """The shipped engine, through the real dashboard and fake camera, reads the clip's direction."""
     seen = _dominant_direction(browser, default_engine)
-    confident = [d for d, c in seen if c > 0.05]
+    confident = [d for d, c, _ in seen if c > 0.05]
     assert len(confident) >= len(seen) // 2, seen
     mean = circular_mean_deg(confident)
     assert abs((mean - CLIP_DIRECTION_DEG + 180) % 360 - 180) < 30, (mean, seen)
