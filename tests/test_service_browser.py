@@ -259,3 +259,30 @@ def test_dashboard_asks_for_the_token_and_then_streams(browser):
         wait_results(page2, 3)
         assert "tok-123" not in page2.url
         assert errors == []
+
+
+def test_dashboard_shows_a_source_that_is_reconnecting(browser):
+    from service.sources import SourceError
+
+    class Unplugged:
+        def __init__(self, stop):
+            pass
+
+        def open(self):
+            raise SourceError("camera unplugged")
+
+        def close(self):
+            pass
+
+    app = create_app(
+        Settings(backoff_initial_s=0.2),
+        engine_factory=random_engine,
+        source_factories={"synthetic": Unplugged},
+    )
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        page.wait_for_function(
+            "document.querySelector('#conn').textContent.startsWith('reconnecting')"
+        )
+        assert "camera unplugged" in page.get_attribute("#conn", "title")
+        assert errors == []

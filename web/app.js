@@ -673,6 +673,21 @@ async function start() {
   });
   waitReady();
   start2();
+  pollStreamState();
+}
+
+// The source's own state (running, reconnecting, stalled...) as the server reports it.
+async function pollStreamState() {
+  if (state.mode === "stream" && state.stream && state.ws && state.ws.readyState === WebSocket.OPEN) {
+    try {
+      const s = await api(`v1/streams/${encodeURIComponent(state.stream)}`);
+      if (s.state === "running") setConn(`live · ${s.name}`, "live");
+      else if (s.state === "starting") setConn(`starting · ${s.name}`, "idle");
+      else setConn(`${s.state} · ${s.name}`, s.state === "error" ? "bad" : "warn");
+      $("conn").title = s.error || "";
+    } catch (e) { /* shown by the socket's own state */ }
+  }
+  setTimeout(pollStreamState, 2000);
 }
 
 async function start2() {
