@@ -35,10 +35,10 @@ ARGS = [
 ]
 CLIP_DIRECTION_DEG = 90.0  # the clip's texture moves up the screen
 CLIP_SPEED = 1  # px per clip frame
-# The camera path analyses frames as fast as results come back, so on a busy machine several clip frames
-# pass between two analysed ones; a slow clip keeps that displacement within the engine's range
-# (it reads 1-6 px/frame well): at 10 fps and 1 px/frame, 2 analysed frames/s still give 5 px.
-CLIP_FPS = 10
+# The dashboard sends each new camera frame once, as soon as the previous result is back, so on a busy
+# machine several clip frames pass between two analysed ones; a slow clip keeps that displacement within
+# the engine's range (it reads 1-6 px/frame well): at 5 fps, 1 analysed frame/s still gives 5 px.
+CLIP_FPS = 5
 PREFIX = "/v1m"
 
 
@@ -71,7 +71,7 @@ def write_y4m(path: Path, frames: np.ndarray, fps: int = 30) -> None:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    """A texture moving up by 1 px/frame at 10 fps; 240 frames shift it by exactly its height, so it
+    """A texture moving up by 1 px/frame at 5 fps; 240 frames shift it by exactly its height, so it
     loops without a seam."""
     h, w = 240, 320
     tex = periodic_texture(h, w)
@@ -228,10 +228,10 @@ def _dominant_direction(browser, engine_factory):
 def test_reported_direction_matches_the_clip_with_an_engine_double(browser):
     """The plumbing (camera, JPEG, socket, readout) keeps the direction: an exact double reads 90."""
     seen = _dominant_direction(browser, FakeEngine)
-    # The double compares a frame with the previous one only, so a camera frame that repeats the last
-    # clip frame reads as (noise-level) no motion: keep the pairs that moved by about a pixel or more.
+    # The double compares a frame with the previous one only; the page sends each camera frame once,
+    # so (nearly) every pair moved by a pixel or more.
     moving = [d for d, c, v in seen if v > 0.5]
-    assert len(moving) >= 3, seen
+    assert len(moving) >= len(seen) // 2, seen
     mean = circular_mean_deg(moving)
     assert abs((mean - CLIP_DIRECTION_DEG + 180) % 360 - 180) < 15, seen
 

@@ -515,7 +515,22 @@ async function startCamera() {
     c.height = CAMERA_SIZE.height;
     return c;
   });
-  state.camera = { media, canvases, turn: 0, sentCanvas: null, inFlight: false, sentAt: null, ready: false };
+  state.camera = {
+    media, canvases, turn: 0, sentCanvas: null, inFlight: false, sentAt: null, ready: false,
+    presented: null, sentPresented: null, waiting: false,
+  };
+  if (video.requestVideoFrameCallback) {
+    const cam = state.camera;
+    cam.presented = 0;
+    cam.sentPresented = -1;
+    const onFrame = (now, meta) => {
+      if (state.camera !== cam) return;
+      cam.presented = meta.presentedFrames;
+      if (cam.waiting) { cam.waiting = false; sendCameraFrame(); }
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
   state.mode = "camera";
   $("camera-btn").classList.add("active");
   $("camera-label").textContent = "Stop camera";
@@ -554,6 +569,12 @@ function sendCameraFrame() {
   const cam = state.camera;
   const ws = state.ws;
   if (!cam || !cam.ready || cam.inFlight || !ws || ws.readyState !== WebSocket.OPEN) return;
+  // Never analyse the same camera frame twice: wait for the next one the video presents.
+  if (cam.presented !== null && cam.presented === cam.sentPresented) {
+    cam.waiting = true;
+    return;
+  }
+  cam.sentPresented = cam.presented;
   // Two canvases take turns: one holds the frame on screen (the last analysed), the other the frame
   // in flight, so the map is always drawn over the very image it was computed from.
   cam.turn = 1 - cam.turn;
