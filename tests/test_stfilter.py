@@ -342,3 +342,66 @@ def test_stream_rejects_bad_input(rng):
         RecurrentStream(np.eye(3), np.zeros((4, 4)), 2, 2)
     with pytest.raises(ValueError, match="rank must be"):
         SeparableStream(bank, rank=0)
+
+
+# --- report and CLI --------------------------------------------------------------------------
+
+
+def test_stfit_cli_writes_report_and_a_loadable_rnn(tmp_path, capsys):
+    import json
+
+    from models.stfilter.report import load_rnn
+    from service.cli import main
+
+    out = tmp_path / "rep"
+    code = main(
+        [
+            "stfit",
+            "--out",
+            str(out),
+            "--n-filters",
+            "40",
+            "--nt",
+            "8",
+            "--density",
+            "0.1",
+            "--max-iter",
+            "10",
+            "--frames",
+            "12",
+            "--video-size",
+            "20x24",
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    fit = report["fit"]
+    assert fit["bank_shape"] == {"nt": 8, "n_filters": 40, "ly": 12, "lx": 12}
+    assert fit["density"] == pytest.approx(0.1)
+    assert len(fit["variance_explained_per_filter_values"]) == 40
+    assert len(fit["eigenvalues_R"]["real"]) == 40
+    assert set(fit["variance_explained_by_group"]) == {"spatial_frequency", "speed", "direction"}
+    comp = report["stream_comparison"]
+    assert comp["frames"] == 12 and comp["frame_shape"] == [20, 24]
+    assert 0 < comp["relative_error_after_nt"] < 1
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    R, W0, shape = load_rnn(out / "rnn.npz")
+    assert shape == (8, 40, 12, 12) and R.nnz == 40 * 4 and W0.shape == (40, 144)
+    assert "variance_explained_overall" in capsys.readouterr().out
+
+
+def test_stfit_cli_loads_a_bank_array(tmp_path, rng):
+    from service.cli import main
+
+    R, W0, F = planted_system(rng, n=20, d=16, nt=6, density=0.2)
+    np.save(tmp_path / "bank.npy", F.reshape(6, 20, 4, 4))
+    out = tmp_path / "rep"
+    density = str(np.max(np.count_nonzero(R, axis=1)) / 20)  # room for the planted support
+    main(["stfit", "--out", str(out), "--bank", str(tmp_path / "bank.npy"), "--density", density])
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["fit"]["variance_explained_overall"] > 0.999
+    assert "variance_explained_by_group" not in report["fit"]
+    with pytest.raises(SystemExit, match="video-size"):
+        main(["stfit", "--out", str(out), "--video-size", "big"])
