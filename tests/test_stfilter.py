@@ -230,15 +230,24 @@ def test_masked_row_dots_matches_twin(rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("block", [1, 7, 256])
-def test_csr_step_matches_twin(rng, dtype, block):
+@pytest.mark.parametrize("density", [0.2, 0.6])
+def test_csr_step_matches_twin(rng, dtype, block, density):
     n, p = 30, 41
-    Rd = rng.normal(size=(n, n)) * (rng.random((n, n)) < 0.2)
+    Rd = rng.normal(size=(n, n)) * (rng.random((n, n)) < density)
     Rd[3] = 0.0  # an empty row
     x = rng.normal(size=(n, p)).astype(dtype)
     drive = rng.normal(size=(n, p)).astype(dtype)
     expected = naive.csr_step(Rd.astype(dtype), x, drive)
     got = csr_step(sp.csr_matrix(Rd), x, drive.copy(), block)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # zeros in, drive out; NaN in the state propagates only to the rows that read it
+    np.testing.assert_array_equal(
+        csr_step(sp.csr_matrix(Rd), np.zeros_like(x), drive.copy()), drive
+    )
+    xn = x.copy()
+    xn[5, 2] = np.nan
+    got = csr_step(sp.csr_matrix(Rd), xn, drive.copy(), block)
+    np.testing.assert_array_equal(np.isnan(got[:, 2]), Rd[:, 5] != 0)
     with pytest.raises(ValueError, match="C-contiguous"):
         csr_step(sp.csr_matrix(Rd), np.asfortranarray(x), drive.copy())
     with pytest.raises(ValueError, match="must both be"):
@@ -405,3 +414,25 @@ def test_stfit_cli_loads_a_bank_array(tmp_path, rng):
     assert "variance_explained_by_group" not in report["fit"]
     with pytest.raises(SystemExit, match="video-size"):
         main(["stfit", "--out", str(out), "--video-size", "big"])
+
+
+def test_variance_explained_definition(rng):
+    F = rng.normal(size=(4, 3, 5))
+    F[:, 2] = 1.0  # a constant filter has no variance to explain
+    Fhat = F + 0.1 * rng.normal(size=F.shape)
+    per, total = variance_explained(F, Fhat)
+    a = F[:, 0].ravel()
+    assert per[0] == pytest.approx(
+        1 - np.sum((a - Fhat[:, 0].ravel()) ** 2) / np.sum((a - a.mean()) ** 2)
+    )
+    assert np.isnan(per[2])
+    assert variance_explained(F[:, :2], F[:, :2])[1] == 1.0
+
+
+def test_unstable_fit_warns(caplog):
+    F = np.stack([np.full((2, 4), 1.1**tau) * [[1.0], [-1.0]] for tau in range(6)])
+    F += np.arange(4) * 0.01  # growing filters need |eigenvalue| > 1
+    with caplog.at_level("WARNING"):
+        model = RecurrentFilterFit(density=1.0, max_iter=5).fit(F)
+    assert np.abs(model.eigenvalues_).max() > 1
+    assert "not stable" in caplog.text

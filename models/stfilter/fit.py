@@ -135,7 +135,7 @@ def variance_explained(F: np.ndarray, Fhat: np.ndarray):
     Returns
     -------
     per_filter : ndarray, shape (N,)
-        ``1 - ||F_n - Fhat_n||^2 / ||F_n - mean(F_n)||^2``.
+        ``1 - ||F_n - Fhat_n||^2 / ||F_n - mean(F_n)||^2`` (NaN for a constant filter).
     overall : float
         ``1 - sum_n ||F_n - Fhat_n||^2 / sum_n ||F_n - mean(F_n)||^2``.
     """
@@ -144,7 +144,9 @@ def variance_explained(F: np.ndarray, Fhat: np.ndarray):
     b = np.moveaxis(Fhat.reshape(nt, n, -1), 1, 0).reshape(n, -1)
     err = np.sum((a - b) ** 2, axis=1)
     var = np.sum((a - a.mean(axis=1, keepdims=True)) ** 2, axis=1)
-    return 1.0 - err / var, float(1.0 - err.sum() / var.sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_filter = np.where(var > 0, 1.0 - err / np.where(var > 0, var, 1.0), np.nan)
+    return per_filter, float(1.0 - err.sum() / var.sum())
 
 
 class RecurrentFilterFit:
@@ -274,6 +276,13 @@ class RecurrentFilterFit:
         Finit = impulse_responses(to_csr(r0), W0, nt)
         self.init_variance_explained_total_ = variance_explained(F, Finit)[1]
         self.eigenvalues_ = np.linalg.eigvals(self.R_.toarray())
+        radius = float(np.abs(self.eigenvalues_).max())
+        if radius >= 1.0:
+            log.warning(
+                "stfit: spectral radius of R is %.4f >= 1: the streaming RNN is not stable "
+                "(its state grows without bound on long videos)",
+                radius,
+            )
         return self
 
     def _check_fitted(self):

@@ -7,7 +7,7 @@ import numba
 import numpy as np
 
 #: Locations processed together by the sparse recurrent step (keeps a block of the state in cache).
-DEFAULT_BLOCK = 256
+DEFAULT_BLOCK = 1024
 
 
 @numba.njit(cache=True, nogil=True)
@@ -50,18 +50,41 @@ def masked_row_dots(A: np.ndarray, B: np.ndarray, rows: np.ndarray, cols: np.nda
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _csr_step(indptr, indices, data, x_prev, out, block):
+    # Eight non-zeros of a row at a time over a block of locations: one pass over the output row
+    # per eight source rows, and contiguous 1-D slices that LLVM vectorises (measured ~8x faster
+    # than one non-zero at a time).
     n, p = out.shape
     for p0 in range(0, p, block):
         p1 = min(p0 + block, p)
+        m = p1 - p0
         for i in range(n):
-            row = out[i]
-            for k in range(indptr[i], indptr[i + 1]):
+            row = out[i, p0:p1]
+            k = indptr[i]
+            end = indptr[i + 1]
+            while k + 8 <= end:
+                v0, v1, v2, v3 = data[k], data[k + 1], data[k + 2], data[k + 3]
+                v4, v5, v6, v7 = data[k + 4], data[k + 5], data[k + 6], data[k + 7]
+                s0 = x_prev[indices[k], p0:p1]
+                s1 = x_prev[indices[k + 1], p0:p1]
+                s2 = x_prev[indices[k + 2], p0:p1]
+                s3 = x_prev[indices[k + 3], p0:p1]
+                s4 = x_prev[indices[k + 4], p0:p1]
+                s5 = x_prev[indices[k + 5], p0:p1]
+                s6 = x_prev[indices[k + 6], p0:p1]
+                s7 = x_prev[indices[k + 7], p0:p1]
+                for q in range(m):
+                    row[q] += (v0 * s0[q] + v1 * s1[q] + v2 * s2[q] + v3 * s3[q]) + (
+                        v4 * s4[q] + v5 * s5[q] + v6 * s6[q] + v7 * s7[q]
+                    )
+                k += 8
+            while k < end:
                 v = data[k]
-                src = x_prev[indices[k]]
-                for q in range(p0, p1):
+                src = x_prev[indices[k], p0:p1]
+                for q in range(m):
                     row[q] += v * src[q]
+                k += 1
 
 
 def csr_step(R, x_prev: np.ndarray, drive: np.ndarray, block: int = DEFAULT_BLOCK) -> np.ndarray:
@@ -91,19 +114,31 @@ def csr_step(R, x_prev: np.ndarray, drive: np.ndarray, block: int = DEFAULT_BLOC
     return drive
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _temporal_ring(ring, h, newest, out):
+    # Four lags at a time over contiguous 1-D slices (the same pattern as ``_csr_step``).
     nt = ring.shape[0]
     j_count, p = out.shape
     for j in range(j_count):
         row = out[j]
         for q in range(p):
             row[q] = 0.0
-        for tau in range(nt):
+        tau = 0
+        while tau + 4 <= nt:
+            c0, c1, c2, c3 = h[tau, j], h[tau + 1, j], h[tau + 2, j], h[tau + 3, j]
+            s0 = ring[(newest - tau) % nt, j]
+            s1 = ring[(newest - tau - 1) % nt, j]
+            s2 = ring[(newest - tau - 2) % nt, j]
+            s3 = ring[(newest - tau - 3) % nt, j]
+            for q in range(p):
+                row[q] += (c0 * s0[q] + c1 * s1[q]) + (c2 * s2[q] + c3 * s3[q])
+            tau += 4
+        while tau < nt:
             c = h[tau, j]
             src = ring[(newest - tau) % nt, j]
             for q in range(p):
                 row[q] += c * src[q]
+            tau += 1
 
 
 def temporal_ring(ring: np.ndarray, h: np.ndarray, newest: int, out: np.ndarray) -> np.ndarray:
