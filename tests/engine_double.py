@@ -1,0 +1,105 @@
+"""A small stand-in for ``models.engine.MotionEngine`` with the same interface, for service tests.
+
+It reports the direction of the frame-to-frame shift found by phase correlation (OpenCV), so tests can
+check that a known motion comes through the pipeline; ``delay`` makes each step slow on purpose.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FakeMotionFrame:
+    direction: np.ndarray
+    speed: np.ndarray
+    confidence: np.ndarray
+    cell: int
+    direction_hist: np.ndarray
+    speed_hist: np.ndarray
+    top_units: list
+    global_direction: float
+    global_speed: float
+    global_confidence: float
+    active_per_patch: float
+
+
+class FakeState:
+    def __init__(self):
+        self.prev = None
+
+
+class FakeEngine:
+    N_DIR, N_SPEED, CELL = 8, 4, 16
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.direction_bins = np.arange(self.N_DIR) * 2 * np.pi / self.N_DIR
+        self.speed_bins = np.array([0.5, 1.0, 2.0, 4.0])
+        self.warmed = False
+        self.steps = 0
+
+    def warmup(self):
+        self.warmed = True
+
+    def new_state(self):
+        return FakeState()
+
+    def step(self, state, frame):
+        frame = np.asarray(frame)
+        if frame.ndim == 3:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        if frame.ndim != 2 or min(frame.shape) < 16:
+            raise ValueError(f"frame must be (H, W) with H, W >= 16, got {frame.shape}")
+        if self.delay:
+            time.sleep(self.delay)
+        self.steps += 1
+        cur = frame.astype(np.float32)
+        dx = dy = 0.0
+        if state.prev is not None and state.prev.shape == cur.shape:
+            (dx, dy), _ = cv2.phaseCorrelate(state.prev, cur)
+        state.prev = cur
+        direction = math.atan2(-dy, dx) % (2 * math.pi)
+        speed = math.hypot(dx, dy)
+        gh, gw = frame.shape[0] // self.CELL, frame.shape[1] // self.CELL
+        dir_hist = np.maximum(np.cos(self.direction_bins - direction), 0).astype(np.float32)
+        return FakeMotionFrame(
+            direction=np.full((gh, gw), direction, np.float32),
+            speed=np.full((gh, gw), speed, np.float32),
+            confidence=np.full((gh, gw), 1.0 if speed > 0.1 else 0.0, np.float32),
+            cell=self.CELL,
+            direction_hist=dir_hist,
+            speed_hist=np.exp(-((self.speed_bins - speed) ** 2)).astype(np.float32),
+            top_units=[(int(np.argmax(dir_hist)), float(dir_hist.max()))],
+            global_direction=direction,
+            global_speed=speed,
+            global_confidence=1.0 if speed > 0.1 else 0.0,
+            active_per_patch=1.0,
+        )
+
+    def tuning_report(self):
+        dirs = np.rad2deg(self.direction_bins)
+        units = []
+        for i in range(self.N_DIR):
+            tuning = np.maximum(np.cos(self.direction_bins - self.direction_bins[i]), 0)
+            units.append(
+                {
+                    "id": i,
+                    "preferred_direction_deg": float(dirs[i]),
+                    "preferred_speed": 1.0,
+                    "di": 1.0,
+                    "direction_tuning": tuning.round(3).tolist(),
+                    "speed_tuning": [0.2, 1.0, 0.5, 0.1],
+                }
+            )
+        return {
+            "n_units": self.N_DIR,
+            "directions_deg": dirs.tolist(),
+            "speeds": self.speed_bins.tolist(),
+            "units": units,
+        }
