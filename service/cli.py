@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "service.commands.serve",
     "service.commands.train",
     "service.commands.analyze",
+    "service.commands.stfit",
 ]
 
 
