@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -18,3 +18,17 @@ class Settings(BaseSettings):
     data_dir: Path = Field(PROJECT_ROOT / "var", description="job store and results")
     web_dir: Path = Field(PROJECT_ROOT / "web", description="static dashboard files")
     log_level: str = "info"
+
+    lm_weights: Path = Field(
+        PROJECT_ROOT / "models" / "weights" / "lm_ptb_rglm.npz",
+        description="language-model weights (.npz written by `v1motion lm train`)",
+    )
+    lm_max_chars: int = Field(20_000, ge=1, description="longest text /v1/language accepts")
+    lm_max_k: int = Field(100, ge=1, description="largest k /v1/language/next accepts")
+
+    @field_validator("lm_weights")
+    @classmethod
+    def _weights_exist(cls, v: Path) -> Path:
+        if not v.is_file():
+            raise ValueError(f"V1MOTION_LM_WEIGHTS: no language-model weights at {v}")
+        return v
