@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from models.language.data import Vocabulary
+from models.datasets import shared_data_dir
+from models.language.data import Vocabulary, load_ptb
 from models.language.rglm import (
     LinearRecurrentLM,
     loss_and_grads,
@@ -193,3 +194,17 @@ def test_estimator_errors(rng):
         LinearRecurrentLM(optimizer="lbfgs").fit(np.array([0, 1, 2]), _vocab(3))
     with pytest.raises(ValueError, match=r"ids in \[0, 3\)"):
         LinearRecurrentLM().fit(np.array([0, 5]), _vocab(3))
+
+
+@pytest.mark.skipif(
+    not (shared_data_dir() / "ptb" / "ptb.train.txt.gz").exists(), reason="no Penn Treebank"
+)
+def test_a_few_seconds_of_ptb_training_beats_the_unigram_model():
+    vocab, data = load_ptb()
+    train, held = data["train"][:100_000], data["valid"][:20_000]
+    model = LinearRecurrentLM(
+        n_hidden=32, n_samples=256, batch_size=32, n_epochs=2, learning_rate=0.01
+    ).fit(train, vocab)
+    counts = np.bincount(train, minlength=len(vocab)) + 0.5
+    unigram = np.exp(-np.mean(np.log(counts[held[1:]] / counts.sum())))
+    assert model.perplexity(held) < 0.75 * unigram  # ~410 against ~740
