@@ -33,3 +33,11 @@ def diag_scan_backward(dh, r, h, h0):
 def scatter_add_rows(target, rows, values):
     for i, k in enumerate(rows):
         target[k] += values[i]
+
+
+def adam_update(p, g, m, v, step_size, beta1=0.9, beta2=0.999, eps=1e-8, tiny=1e-30):
+    m[...] = beta1 * m + (1 - beta1) * g
+    v[...] = beta2 * v + (1 - beta2) * g * g
+    m[np.abs(m) < tiny] = 0.0
+    v[v < tiny] = 0.0
+    p -= step_size * m / (np.sqrt(v) + eps)

@@ -58,3 +58,22 @@ def test_scatter_add_rows_accumulates_repeats(rng):
         kernels.scatter_add_rows(target, np.array([6]), values[:1])
     with pytest.raises(ValueError, match="C-contiguous"):
         kernels.scatter_add_rows(np.zeros((3, 6)).T, rows, values)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_update_matches_twin_and_flushes_subnormals(rng, dtype):
+    shape = (5, 4)
+    p, g = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    m, v = rng.standard_normal(shape).astype(dtype), rng.random(shape).astype(dtype)
+    g[0] = 0.0
+    m[0] = 1e-36  # decays into the subnormal range without the flush
+    v[0] = 1e-36
+    p2, m2, v2 = p.copy(), m.copy(), v.copy()
+    kernels.adam_update(p, g, m, v, 0.01)
+    naive.adam_update(p2, g, m2, v2, 0.01)
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    for a, b in ((p, p2), (m, m2), (v, v2)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    assert not m[0].any() and not v[0].any()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.adam_update(p.T, g, m, v, 0.01)

@@ -199,6 +199,7 @@ def test_estimator_errors(rng):
 @pytest.mark.skipif(
     not (shared_data_dir() / "ptb" / "ptb.train.txt.gz").exists(), reason="no Penn Treebank"
 )
+@pytest.mark.slow
 def test_a_few_seconds_of_ptb_training_beats_the_unigram_model():
     vocab, data = load_ptb()
     train, held = data["train"][:100_000], data["valid"][:20_000]

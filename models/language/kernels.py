@@ -124,3 +124,58 @@ def scatter_add_rows(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -
     if rows.size and (rows.min() < 0 or rows.max() >= target.shape[0]):
         raise IndexError(f"row index out of range [0, {target.shape[0]})")
     _scatter_add_rows(target, rows, values)
+
+
+@njit(cache=True, nogil=True)
+def _adam_update(p, g, m, v, step_size, beta1, beta2, eps, tiny):
+    for i in range(p.size):
+        mi = beta1 * m[i] + (1.0 - beta1) * g[i]
+        vi = beta2 * v[i] + (1.0 - beta2) * g[i] * g[i]
+        if abs(mi) < tiny:
+            mi = 0.0
+        if vi < tiny:
+            vi = 0.0
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * mi / (np.sqrt(vi) + eps)
+
+
+def adam_update(
+    p: np.ndarray,
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    step_size: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    tiny: float = 1e-30,
+) -> None:
+    """One fused in-place Adam step ``p -= step_size * m / (sqrt(v) + eps)``.
+
+    Moments below ``tiny`` are flushed to zero: the moments of rarely seen words decay
+    geometrically and would otherwise pass through float32 subnormals, which are ~100x slower.
+
+    Parameters
+    ----------
+    p, m, v : C-contiguous arrays of one shape (parameters and both moments), updated in place
+    g : gradient, same shape
+    step_size : learning rate with the bias corrections folded in
+    """
+    for name, a in (("p", p), ("m", m), ("v", v)):
+        if not a.flags.c_contiguous or a.shape != p.shape:
+            raise ValueError(f"{name} must be C-contiguous with shape {p.shape}")
+    g = np.ascontiguousarray(g, dtype=p.dtype)
+    if g.shape != p.shape:
+        raise ValueError(f"g must have shape {p.shape}, got {g.shape}")
+    _adam_update(
+        p.reshape(-1),
+        g.reshape(-1),
+        m.reshape(-1),
+        v.reshape(-1),
+        step_size,
+        beta1,
+        beta2,
+        eps,
+        tiny,
+    )

@@ -25,7 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from models.language.data import Vocabulary
-from models.language.kernels import diag_scan_backward, diag_scan_forward, scatter_add_rows
+from models.language.kernels import (
+    adam_update,
+    diag_scan_backward,
+    diag_scan_forward,
+    scatter_add_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -248,15 +253,11 @@ class _Optimizer:
             if self.kind == "sgd":
                 m *= self.momentum
                 m -= self.lr * g
+                m[np.abs(m) < 1e-30] = 0.0  # no float32 subnormals (see adam_update)
                 p += m
             else:
-                m *= self.momentum
-                m += (1 - self.momentum) * g
-                v = self.v[k]
-                v *= self.beta2
-                v += (1 - self.beta2) * g * g
                 a = self.lr * np.sqrt(1 - self.beta2**self.step) / (1 - self.momentum**self.step)
-                p -= (a * m / (np.sqrt(v) + self.eps)).astype(p.dtype)
+                adam_update(p, g, m, self.v[k], a, self.momentum, self.beta2, self.eps)
 
 
 # ----------------------------------------------------------------------------------------------
