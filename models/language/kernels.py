@@ -126,18 +126,25 @@ def scatter_add_rows(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -
     _scatter_add_rows(target, rows, values)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def _adam_update(p, g, m, v, step_size, beta1, beta2, eps, tiny):
+    b1 = p.dtype.type(beta1)
+    b2 = p.dtype.type(beta2)
+    c1 = p.dtype.type(1.0 - beta1)
+    c2 = p.dtype.type(1.0 - beta2)
+    a = p.dtype.type(step_size)
+    e = p.dtype.type(eps)
+    t = p.dtype.type(tiny)
+    zero = p.dtype.type(0.0)
     for i in range(p.size):
-        mi = beta1 * m[i] + (1.0 - beta1) * g[i]
-        vi = beta2 * v[i] + (1.0 - beta2) * g[i] * g[i]
-        if abs(mi) < tiny:
-            mi = 0.0
-        if vi < tiny:
-            vi = 0.0
+        gi = g[i]
+        mi = b1 * m[i] + c1 * gi
+        vi = b2 * v[i] + c2 * gi * gi
+        mi = mi if abs(mi) >= t else zero
+        vi = vi if vi >= t else zero
         m[i] = mi
         v[i] = vi
-        p[i] -= step_size * mi / (np.sqrt(vi) + eps)
+        p[i] -= a * mi / (np.sqrt(vi) + e)
 
 
 def adam_update(
