@@ -6,7 +6,9 @@ import pytest
 from models.datasets import shared_data_dir
 from models.language.data import Vocabulary, load_ptb
 from models.language.rglm import (
+    R_MAX,
     LinearRecurrentLM,
+    dynamic_step,
     loss_and_grads,
     max_norm_rows,
     stream_log_probs,
@@ -101,6 +103,25 @@ def test_dynamic_evaluation_adapts_and_reduces_to_static_at_zero_rate(rng):
     dynamic = model.dynamic_log_probs(seq, learning_rate=0.05)
     assert dynamic[-70:].mean() > static[-70:].mean() + 0.1
     np.testing.assert_allclose(model.log_probs(seq), static)  # the fitted model is untouched
+
+
+@pytest.mark.parametrize("recurrence", ["diagonal", "full"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_dynamic_step_equals_sgd_on_the_window_gradient(rng, recurrence, tied):
+    V, H, n, lr = 9, 4, 6, 0.3
+    p = _random_params(rng, V, H, recurrence, tied)
+    X, Y = rng.integers(0, V, n), rng.integers(0, V, n)
+    h0 = rng.standard_normal((1, H))
+    loss, grads, hT, lp = loss_and_grads(p, X[:, None], Y[:, None], h0, return_logp=True)
+    expected = {k: p[k] - lr * n * g for k, g in grads.items()}
+    if recurrence == "diagonal":
+        expected["r"] = np.clip(expected["r"], -R_MAX, R_MAX)
+    logp, h_fast = dynamic_step(p, X, Y, h0, lr)
+    np.testing.assert_allclose(logp, lp[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(h_fast, hT, rtol=1e-12)
+    assert -logp.mean() == pytest.approx(loss)
+    for k, v in expected.items():
+        np.testing.assert_allclose(p[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
 
 
 def test_max_norm_and_timescales():

@@ -203,6 +203,58 @@ def stream_log_probs(
     return logp, h[-1].copy()
 
 
+def dynamic_step(
+    params: dict, X: np.ndarray, Y: np.ndarray, h0: np.ndarray, learning_rate: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score one window of a stream, then take one in-place SGD step on it.
+
+    Same update as ``p -= learning_rate * n * grads[p]`` with ``grads`` from
+    :func:`loss_and_grads` (full softmax, no dropout), but the output-matrix update, a rank-n
+    change of a V x H matrix, is applied in place by BLAS instead of forming the dense gradient.
+
+    Parameters
+    ----------
+    params : parameter dict, modified in place (C-contiguous float32 or float64 arrays)
+    X, Y : (n,) the words read and the words that follow them
+    h0 : (1, H) state before the window
+    learning_rate : step per token (the window gradient is summed over its n tokens)
+
+    Returns
+    -------
+    logp : (n,) log P(Y[i] | ..., X[i]) under the parameters before the update
+    hT : (1, H) state after the window (computed with the parameters before the update)
+    """
+    from scipy.linalg import blas
+
+    E, P, r, c = params["E"], params["P"], params["r"], params["c"]
+    Wout = _out_matrix(params)
+    n = X.shape[0]
+    x = E[X][:, None, :]
+    h = recur(x, r, h0)
+    h2 = h[:, 0, :]
+    u = h2 @ P
+    lp = log_softmax_rows(u @ Wout.T + c)
+    logp = lp[np.arange(n), Y].astype(np.float64)
+    G = np.exp(lp)
+    G[np.arange(n), Y] -= 1.0  # gradient of the summed loss with respect to the logits
+    du = G @ Wout
+    dP = h2.T @ du
+    dx, dr = recur_backward((du @ P.T)[:, None, :], r, h, h0)
+    lr = learning_rate
+    # Wout.T (F-ordered view of the C-ordered Wout) += -lr * u^T G, in place
+    gemm = blas.get_blas_funcs("gemm", (Wout,))
+    res = gemm(-lr, u, G, beta=1.0, c=Wout.T, trans_a=1, overwrite_c=1)
+    if not np.shares_memory(res, Wout):
+        Wout[...] = res.T
+    c -= lr * G.sum(axis=0)
+    scatter_add_rows(E, X, -lr * dx[:, 0, :])
+    P -= lr * dP
+    r -= lr * dr
+    if r.ndim == 1:
+        np.clip(r, -R_MAX, R_MAX, out=r)
+    return logp, h[-1].copy()
+
+
 def next_word_log_probs(params: dict, h: np.ndarray) -> np.ndarray:
     """Log-probabilities (V,) of the next word given the state ``h`` (H,)."""
     logits = (np.asarray(h, params["E"].dtype) @ params["P"]) @ _out_matrix(params).T + params["c"]
@@ -505,15 +557,16 @@ class LinearRecurrentLM:
         self,
         tokens: np.ndarray,
         learning_rate: float = 0.05,
-        chunk: int = 10,
+        chunk: int = 20,
         progress: bool = False,
     ) -> np.ndarray:
         """Dynamic evaluation: log P of ``tokens[1:]`` while training online on the stream.
 
         The stream is cut into windows of ``chunk`` predictions. Each window is scored with the
-        current parameters first; only then is one SGD step (exact full-softmax gradient, BPTT
-        inside the window) taken on it. So no token ever influences the parameters that score it.
-        The fitted parameters are left untouched (a copy is adapted).
+        current parameters first; only then is one SGD step (:func:`dynamic_step`: exact
+        full-softmax gradient summed over the window, BPTT inside it) taken on it. So no token
+        ever influences the parameters that score it. The fitted parameters are left untouched
+        (a float32 copy is adapted).
         """
         self._check_fitted()
         if chunk < 1 or learning_rate < 0:
@@ -530,18 +583,7 @@ class LinearRecurrentLM:
             starts = tqdm(starts, desc="dynamic eval", unit="win")
         for s in starts:
             e = min(s + chunk, len(tokens) - 1)
-            X = tokens[s:e, None]
-            Y = tokens[s + 1 : e + 1, None]
-            # one forward pass with the current parameters scores the window (exact full
-            # softmax); only afterwards are its gradients applied
-            _, grads, h, lp = loss_and_grads(params, X, Y, h, return_logp=True)
-            out[s:e] = lp[:, 0]
-            _clip_global(grads, 5.0)
-            n = e - s
-            for k, g in grads.items():
-                params[k] -= (learning_rate * n) * g
-            if params["r"].ndim == 1:
-                np.clip(params["r"], -R_MAX, R_MAX, out=params["r"])
+            out[s:e], h = dynamic_step(params, tokens[s:e], tokens[s + 1 : e + 1], h, learning_rate)
         return out
 
     def next_word_log_probs(self, context: np.ndarray) -> np.ndarray:
