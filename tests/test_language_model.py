@@ -100,7 +100,7 @@ def test_dynamic_evaluation_adapts_and_reduces_to_static_at_zero_rate(rng):
     seq = np.tile(rng.integers(0, 8, 7), 30)  # a repeating pattern online learning can pick up
     static = model.log_probs(seq)
     np.testing.assert_allclose(model.dynamic_log_probs(seq, learning_rate=0.0), static, atol=1e-5)
-    dynamic = model.dynamic_log_probs(seq, learning_rate=0.05)
+    dynamic = model.dynamic_log_probs(seq, learning_rate=0.01)
     assert dynamic[-70:].mean() > static[-70:].mean() + 0.1
     np.testing.assert_allclose(model.log_probs(seq), static)  # the fitted model is untouched
 
@@ -116,7 +116,7 @@ def test_dynamic_step_equals_sgd_on_the_window_gradient(rng, recurrence, tied):
     expected = {k: p[k] - lr * n * g for k, g in grads.items()}
     if recurrence == "diagonal":
         expected["r"] = np.clip(expected["r"], -R_MAX, R_MAX)
-    logp, h_fast = dynamic_step(p, X, Y, h0, lr)
+    logp, h_fast = dynamic_step(p, X, Y, h0, lr, max_grad_norm=None)
     np.testing.assert_allclose(logp, lp[:, 0], rtol=1e-12)
     np.testing.assert_allclose(h_fast, hT, rtol=1e-12)
     assert -logp.mean() == pytest.approx(loss)

@@ -204,7 +204,12 @@ def stream_log_probs(
 
 
 def dynamic_step(
-    params: dict, X: np.ndarray, Y: np.ndarray, h0: np.ndarray, learning_rate: float
+    params: dict,
+    X: np.ndarray,
+    Y: np.ndarray,
+    h0: np.ndarray,
+    learning_rate: float,
+    max_grad_norm: float | None = 5.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score one window of a stream, then take one in-place SGD step on it.
 
@@ -218,6 +223,8 @@ def dynamic_step(
     X, Y : (n,) the words read and the words that follow them
     h0 : (1, H) state before the window
     learning_rate : step per token (the window gradient is summed over its n tokens)
+    max_grad_norm : the step is scaled down when the window gradient's norm exceeds
+        ``max_grad_norm * n`` (norms of the separate parts added in quadrature); None: never
 
     Returns
     -------
@@ -241,6 +248,14 @@ def dynamic_step(
     dP = h2.T @ du
     dx, dr = recur_backward((du @ P.T)[:, None, :], r, h, h0)
     lr = learning_rate
+    if max_grad_norm is not None:
+        # ||G^T u||_F^2 = sum((u u^T) * (G G^T)): the output-matrix part without forming it
+        sq = float(np.sum((u @ u.T) * (G @ G.T)))
+        sq += float(np.vdot(dx, dx) + np.vdot(dP, dP) + np.vdot(dr, dr))
+        sq += float(np.vdot(G.sum(axis=0), G.sum(axis=0)))
+        norm = np.sqrt(sq)
+        if norm > max_grad_norm * n:
+            lr *= max_grad_norm * n / norm
     # Wout.T (F-ordered view of the C-ordered Wout) += -lr * u^T G, in place
     gemm = blas.get_blas_funcs("gemm", (Wout,))
     res = gemm(-lr, u, G, beta=1.0, c=Wout.T, trans_a=1, overwrite_c=1)
