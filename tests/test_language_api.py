@@ -102,3 +102,14 @@ def test_cli_score(weights, capsys):
     assert "unknown -> <unk>" in out
     assert "perplexity" in out
     assert out.count("next:") == 3
+
+
+def test_shipped_default_model_serves_ptb_style_text():
+    with TestClient(create_app(Settings())) as c:
+        r = c.post("/v1/language/score", json={"text": "The stock market fell sharply on Monday."})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["n_unknown"] == 0
+        assert body["perplexity"] < 200  # in-domain text; a uniform guess would be 10,000
+        top = c.post("/v1/language/next", json={"context": "the stock", "k": 3}).json()["words"]
+        assert "market" in [w["word"] for w in top]
