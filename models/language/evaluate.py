@@ -28,7 +28,7 @@ TARGETS = {
     "R-GLM + KN5 + cache": 94.0,
     "dynamic R-GLM + KN5 + cache": 90.7,
 }
-DYNAMIC_LRS = (0.003, 0.01, 0.03)
+DYNAMIC_LRS = (0.001, 0.003, 0.01)
 CACHE_SIZES = (100, 200, 500, 1000, 2000)
 TUNE_TOKENS = 10000
 
