@@ -26,6 +26,15 @@ def test_tokenize_ptb_style():
     ]
     assert tokenize("  ...  ") == []
     assert tokenize("The U.S. economy") == ["the", "u.s.", "economy"]
+    assert tokenize("$5 for AT&T in the 1980s") == [
+        "$",
+        "N",
+        "for",
+        "at&t",
+        "in",
+        "the",
+        "1980s",
+    ]
 
 
 def test_vocabulary_maps_unknown_words_to_unk():

@@ -91,14 +91,15 @@ def load_ptb(root: Path | None = None) -> tuple[Vocabulary, dict[str, np.ndarray
 
 
 _CONTRACTION = re.compile(r"(?i)(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
-_NUMBER = re.compile(r"^[+-]?(\d+([.,:/]\d+)*|\d*\.\d+)(st|nd|rd|th|s)?$")
-_TOKEN = re.compile(r"(?:[a-z]\.){2,}|n't|'\w+|[\w$&%-]+(?:[.,:/][\w]+)*|[.!?;]")
+_NUMBER = re.compile(r"^[+-]?(\d+([.,:/]\d+)*|\d*\.\d+)(st|nd|rd|th)?$")
+_TOKEN = re.compile(r"(?:[a-z]\.){2,}|n't|'\w+|[\w-]+(?:[&.,:/]\w+)*|[$#&%]|[.!?;]")
 
 
 def tokenize(text: str) -> list[str]:
     """Turn free text into PTB-style tokens (before vocabulary look-up).
 
-    Lower-cases, splits clitics (``don't`` -> ``do n't``), writes numbers as ``N`` (as Mikolov's
+    Lower-cases, splits clitics (``don't`` -> ``do n't``) and currency signs (``$5`` -> ``$ N``),
+    writes numbers as ``N`` (as Mikolov's
     preprocessing does), turns sentence-final ``.``, ``!``, ``?`` and ``;`` into ``<eos>`` and drops
     other punctuation, which the PTB language-modelling split does not contain.
     """
