@@ -1,9 +1,10 @@
 """The linear recurrent language model (R-GLM).
 
-``h_t = R h_{t-1} + E[w_t]`` and ``P(w_{t+1} | w_<=t) = softmax(W (P h_t) + c)``.
+``h_t = R h_{t-1} + E[w_t]`` and ``P(w_{t+1} | w_<=t) = softmax(W P^T h_t + c)`` (in code, rows:
+``(h @ P) @ W.T + c``).
 
 ``R`` is diagonal by default (each unit a leaky integrator with its own timescale ``-1/log|r|``
-words) or a full matrix. With tied embeddings the output word vectors ``W`` are the input
+words; |r| is kept below ``R_MAX``) or a full matrix (unconstrained). With tied embeddings the output word vectors ``W`` are the input
 embedding ``E``; the small projection ``P`` (H x H) keeps the tied model from being forced into
 symmetric word-to-word interactions. Untied models learn a separate ``W``.
 
