@@ -32,10 +32,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
+    from threadpoolctl import threadpool_limits
+
     from models.build import build_all
     from models.training import TrainConfig
-
-    from threadpoolctl import threadpool_limits
 
     cfg = TrainConfig(
         **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "shuffle_time"}
