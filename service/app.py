@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.routers import ops
+from service.routers import ops, spikes
 from service.settings import Settings
 
 
@@ -17,8 +17,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
+        spikes.setup(app)
         yield
+        spikes.teardown(app)
 
     app = FastAPI(title="v1motion", version="0.1.0", lifespan=lifespan)
     app.include_router(ops.router)
+    app.include_router(spikes.router)
     return app

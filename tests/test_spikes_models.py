@@ -209,6 +209,7 @@ def test_neuron_ordering_choices():
 
 def test_correlated_poisson_recovers_planted_coupling():
     A, b = _planted_correlated(5, seed=4)
+    A *= 0.5  # keep counts moderate (exp link with strong excitation gives heavy tails)
     true = _set_params(CorrelatedGLM(), {"A": A, "b": b}, 5)
     y = true.sample(n_trials=4, n_bins=5000, seed=5)
     fit = CorrelatedGLM(ordering="index", l2=0.0).fit(y)
