@@ -57,6 +57,7 @@ def cross_validate(
     n_folds: int = 5,
     seed: int = 0,
     progress: bool = True,
+    keep: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Held-out bits/spike of each model on each fold of trials.
 
@@ -69,7 +70,8 @@ def cross_validate(
     -------
     dict name -> ndarray of shape (n_folds,) of bits/spike relative to the homogeneous independent
     Poisson fitted on the same training trials; also ``"_baseline_abs"``: the baseline's absolute
-    log-likelihood per held-out spike (bits).
+    log-likelihood per held-out spike (bits). When ``keep`` is a dict, the models fitted on fold 0's
+    training trials are stored in it by name.
     """
     from tqdm import tqdm
 
@@ -81,7 +83,10 @@ def cross_validate(
     for f, name in tqdm(jobs, desc="cross-validation", disable=not progress, leave=False):
         test = folds[f]
         train = np.setdiff1d(np.arange(y.shape[0]), test)
-        res = held_out_bits(factories[name](), y[train], y[test])
+        model = factories[name]()
+        res = held_out_bits(model, y[train], y[test])
+        if keep is not None and f == 0:
+            keep[name] = model
         out[name][f] = res["bits_per_spike"]
         out["_baseline_abs"][f] = res["baseline_bits_per_spike"]
         log.info("fold %d %s: %.4f bits/spike", f, name, res["bits_per_spike"])

@@ -61,7 +61,7 @@ def add_parser(subparsers) -> None:
     r.add_argument(
         "--recording", action="append", help="only this recording (repeatable); default both"
     )
-    r.add_argument("--folds", type=int, default=5)
+    r.add_argument("--folds", type=int, default=3)
     r.add_argument(
         "--assemble-only", action="store_true", help="rebuild table.md from existing JSON"
     )
