@@ -47,3 +47,23 @@ def glm_eta(y, filters, A, b):
                         eta[t, i] += filters[i, j, lag - 1] * y[t - lag, j]
             eta[t, i] += A[i] @ y[t]
     return eta
+
+
+def linear_recursion(drive, R):
+    """``x^t = drive^t + R x^{t-1}``, one trial and bin at a time with numpy products."""
+    X = np.zeros_like(drive)
+    for k in range(drive.shape[0]):
+        x = np.zeros(drive.shape[2])
+        for t in range(drive.shape[1]):
+            x = drive[k, t] + R @ x
+            X[k, t] = x
+    return X
+
+
+def adjoint_recursion(direct, R):
+    """``lam^t = direct^{t+1} + R^T lam^{t+1}``, ``lam^{T-1} = 0``, by explicit backward loops."""
+    lam = np.zeros_like(direct)
+    for k in range(direct.shape[0]):
+        for t in range(direct.shape[1] - 2, -1, -1):
+            lam[k, t] = direct[k, t + 1] + R.T @ lam[k, t + 1]
+    return lam

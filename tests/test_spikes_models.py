@@ -315,6 +315,36 @@ def test_rglm_and_glm_predictors_match_loop_references(rng):
     np.testing.assert_allclose(g.predict_eta(y)[0], ref)
 
 
+@pytest.mark.parametrize("shape", [(3, 17, 4), (1, 1, 1), (2, 5, 1)])
+def test_recursion_kernels_match_numpy_twins(shape, rng):
+    from models.spikes.rglm import adjoint_recursion, linear_recursion
+
+    drive = rng.normal(0, 1, shape)
+    R = rng.normal(0, 0.5, (shape[2], shape[2]))
+    np.testing.assert_allclose(
+        linear_recursion(drive, R), naive.linear_recursion(drive, R), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        adjoint_recursion(drive, R), naive.adjoint_recursion(drive, R), atol=1e-12
+    )
+    # non-contiguous views, zeros and -0.0 are handled like any input
+    view = rng.normal(0, 1, (shape[0], shape[1], 2 * shape[2]))[:, :, ::2]
+    np.testing.assert_allclose(
+        linear_recursion(view, R), naive.linear_recursion(view, R), atol=1e-12
+    )
+    z = np.full(shape, -0.0)
+    assert np.all(linear_recursion(z, R) == 0) and np.all(adjoint_recursion(z, R) == 0)
+
+
+def test_recursion_kernels_propagate_nan(rng):
+    from models.spikes.rglm import linear_recursion
+
+    drive = rng.normal(0, 1, (1, 4, 2))
+    drive[0, 1, 0] = np.nan
+    X = linear_recursion(drive, np.eye(2))
+    assert np.isnan(X[0, 1:, 0]).all() and not np.isnan(X[0, 0]).any()
+
+
 def test_history_features_zero_before_trial(rng):
     y = rng.poisson(1, (2, 6, 2)).astype(float)
     F = history_features(y, np.eye(3))

@@ -17,6 +17,7 @@ import functools
 import logging
 
 import numpy as np
+from scipy import sparse
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
@@ -230,11 +231,21 @@ class SpikeModel:
         return {}
 
     # ------------------------------------------------------------------ core
+    def _design(self, yp) -> Design:
+        """The design matrix of ``yp``, cached for the training data while fitting."""
+        cache = getattr(self, "_design_cache", None)
+        if cache is not None and cache[0] is yp:
+            return cache[1]
+        D = Design(yp)
+        if getattr(self, "_fitting", False):
+            self._design_cache = (yp, D)
+        return D
+
     def _eta(self, params, yp, u):
         h, cache = self._history(params, yp, u)
         eta = h + params["b"]
         if self.correlated:
-            eta = eta + yp @ params["A"].T
+            eta = eta + self._design(yp).matmul(params["A"].T)
         return eta, cache
 
     def _loss_grad(self, theta, packer, yp, u, weights=None):
@@ -256,7 +267,7 @@ class SpikeModel:
             g = obs.loss_grad(yp, eta) * (weights / n_bins)
         grads = {"b": g.sum(axis=(0, 1))}
         if self.correlated:
-            grads["A"] = _outer_sum(g, yp)
+            grads["A"] = self._design(yp).outer(g)
         grads.update(self._history_grad(params, yp, u, g, cache))
         for k in self.weight_keys:
             if k in params:
@@ -295,13 +306,18 @@ class SpikeModel:
         params = self._init_params(yp, u)
         packer = ParamPacker(self._shapes(yp.shape[-1], self.n_inputs_), yp.shape[-1])
         yf, weights = self._fit_data(yp, u)
-        theta, self.fit_info_ = lbfgs(
-            lambda th: self._loss_grad(th, packer, yf, u, weights),
-            packer.pack(params),
-            self.max_iter,
-            self.tol,
-            type(self).__name__,
-        )
+        self._fitting = True  # cache what depends only on the training data
+        try:
+            theta, self.fit_info_ = lbfgs(
+                lambda th: self._loss_grad(th, packer, yf, u, weights),
+                packer.pack(params),
+                self.max_iter,
+                self.tol,
+                type(self).__name__,
+            )
+        finally:
+            self._fitting = False
+            self._design_cache = None
         self.params_ = packer.unpack(theta)
         self._packer = packer
         obs = self._obs()
@@ -426,6 +442,28 @@ def sample_bin(
             if max_count is not None:
                 y[:, i] = np.minimum(y[:, i], max_count)
     return y
+
+
+class Design:
+    """Counts as a 2-D design matrix (all bins stacked), sparse when spikes are rare.
+
+    Spike counts in 10 ms bins are mostly zeros; products with a CSR matrix then cost a fraction of the
+    dense ones. Dense data (density above ``max_density``) stays dense.
+    """
+
+    def __init__(self, yp: np.ndarray, max_density: float = 0.1):
+        self.shape = yp.shape
+        flat = yp.reshape(-1, yp.shape[-1])
+        dense = np.count_nonzero(flat) > max_density * flat.size
+        self.matrix = flat if dense else sparse.csr_matrix(flat)
+
+    def matmul(self, M: np.ndarray) -> np.ndarray:
+        """``yp @ M`` with shape (n_trials, n_bins, M.shape[1])."""
+        return np.asarray(self.matrix @ M).reshape(self.shape[:-1] + (M.shape[1],))
+
+    def outer(self, g: np.ndarray) -> np.ndarray:
+        """``sum_{k,t} g[k, t, :, None] * yp[k, t, None, :]`` of shape (g.shape[-1], n_neurons)."""
+        return np.asarray(self.matrix.T @ g.reshape(-1, g.shape[-1])).T
 
 
 def _outer_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:

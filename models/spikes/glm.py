@@ -195,12 +195,7 @@ class SpikeHistoryGLM(SpikeModel):
     def _history_grad(self, params, yp, u, g, F):
         return {"W": np.asarray(F.T @ g.reshape(-1, g.shape[-1])).T}
 
-    def _fit_data(self, yp, u):
-        self._fitting = True  # cache the history features of the training data during the fit
-        return yp, None
-
     def _after_fit(self, yp, u):
-        self._fitting = False
         self._feat_cache = None
         self.basis_ = self._basis()
 

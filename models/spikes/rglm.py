@@ -9,8 +9,9 @@ Fitted by maximum likelihood with exact gradients by back-propagation through ti
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from models.spikes.base import SpikeModel, _outer_sum
+from models.spikes.base import Design, SpikeModel, _outer_sum
 
 
 def rglm_states(
@@ -30,16 +31,75 @@ def rglm_states(
     -------
     X : ndarray of shape (n_trials, n_bins, n_hidden)
     """
-    drive = yp @ W0.T
+    drive = yp.matmul(W0.T) if isinstance(yp, Design) else yp @ W0.T
     if bu is not None:
         drive = drive + bu
+    return linear_recursion(drive, R)
+
+
+def linear_recursion(drive: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """``x^t = drive^t + R x^{t-1}`` with ``x^{-1} = 0``.
+
+    Parameters
+    ----------
+    drive : ndarray of shape (n_trials, n_bins, n_hidden)
+    R : ndarray of shape (n_hidden, n_hidden)
+
+    Returns
+    -------
+    X : ndarray of shape (n_trials, n_bins, n_hidden)
+    """
+    return _linear_recursion(
+        np.ascontiguousarray(drive, dtype=np.float64), np.ascontiguousarray(R, dtype=np.float64)
+    )
+
+
+def adjoint_recursion(direct: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Back-propagation through the recursion: ``lam^t = direct^{t+1} + R^T lam^{t+1}``, ``lam^{T-1} = 0``.
+
+    Parameters
+    ----------
+    direct : ndarray of shape (n_trials, n_bins, n_hidden)
+        ``dL/dx^{t-1}`` through the output at bin ``t`` (stored at index ``t``).
+    R : ndarray of shape (n_hidden, n_hidden)
+
+    Returns
+    -------
+    lam : ndarray of shape (n_trials, n_bins, n_hidden), ``dL/dx^t``.
+    """
+    return _adjoint_recursion(
+        np.ascontiguousarray(direct, dtype=np.float64), np.ascontiguousarray(R, dtype=np.float64)
+    )
+
+
+@njit(cache=True, nogil=True)
+def _linear_recursion(drive, R):
+    n_trials, n_bins, d = drive.shape
     X = np.empty_like(drive)
-    x = np.zeros(drive.shape[::2])
-    Rt = np.ascontiguousarray(R.T)
-    for t in range(drive.shape[1]):
-        x = drive[:, t] + x @ Rt
-        X[:, t] = x
+    for k in range(n_trials):
+        for i in range(d):
+            X[k, 0, i] = drive[k, 0, i]
+        for t in range(1, n_bins):
+            for i in range(d):
+                acc = drive[k, t, i]
+                for j in range(d):
+                    acc += R[i, j] * X[k, t - 1, j]
+                X[k, t, i] = acc
     return X
+
+
+@njit(cache=True, nogil=True)
+def _adjoint_recursion(direct, R):
+    n_trials, n_bins, d = direct.shape
+    lam = np.zeros_like(direct)
+    for k in range(n_trials):
+        for t in range(n_bins - 2, -1, -1):
+            for i in range(d):
+                acc = direct[k, t + 1, i]
+                for j in range(d):
+                    acc += R[j, i] * lam[k, t + 1, j]
+                lam[k, t, i] = acc
+    return lam
 
 
 def _shift(X):
@@ -112,7 +172,7 @@ class RGLM(SpikeModel):
 
     def _history(self, params, yp, u):
         bu = None if u is None else u @ params["B"].T
-        X = rglm_states(yp, params["W0"], params["R"], bu)
+        X = rglm_states(self._design(yp), params["W0"], params["R"], bu)
         Xp = _shift(X)
         return Xp @ params["C"].T, (X, Xp)
 
@@ -122,14 +182,10 @@ class RGLM(SpikeModel):
         n_trials, n_bins, _ = g.shape
         gC = _outer_sum(g, Xp)
         direct = g @ C  # dL/dx^{t-1} through eta^t, at index t
-        lam = np.zeros_like(X)  # lam[:, t] = dL/dx^t
-        acc = np.zeros((n_trials, self.n_hidden))
-        for t in range(n_bins - 2, -1, -1):
-            acc = direct[:, t + 1] + acc @ R
-            lam[:, t] = acc
+        lam = adjoint_recursion(direct, R)  # lam[:, t] = dL/dx^t
         grads = {
             "C": gC,
-            "W0": _outer_sum(lam, yp),
+            "W0": self._design(yp).outer(lam),
             "R": _outer_sum(lam, Xp),
         }
         if u is not None:
