@@ -124,7 +124,12 @@ def lbfgs(fun, theta0: np.ndarray, maxiter: int, tol: float, name: str) -> tuple
             res.message,
             res.nit,
         )
-    info = {"n_iter": int(res.nit), "loss": float(res.fun), "converged": bool(res.success)}
+    info = {
+        "n_iter": int(res.nit),
+        "loss": float(res.fun),
+        "converged": bool(res.success),
+        "message": str(res.message),
+    }
     return res.x, info
 
 

@@ -40,6 +40,10 @@ def kalman_covariances(F, Q, C, r, V0, n_bins):
     for t in range(n_bins):
         if t > 0:
             P = F @ Pf[t - 1] @ F.T + Q
+            if np.max(np.abs(P - Pp[t - 1])) <= 1e-13 * max(np.max(np.abs(P)), 1e-300):
+                # the filter reached its steady state: the remaining bins repeat it exactly
+                Pp[t:], Pf[t:], K[t:], Sp[t:] = Pp[t - 1], Pf[t - 1], K[t - 1], Sp[t - 1]
+                break
         Pp[t] = P
         S = C @ P @ C.T + np.diag(r)
         Sp[t] = S
@@ -183,7 +187,7 @@ class GaussianLDS:
         n = z.shape[-1]
         L = np.linalg.cholesky(Sp)  # (T, n, n)
         e = z - zp  # (K, T, n)
-        sol = np.stack([np.linalg.solve(L[t], e[:, t].T) for t in range(z.shape[1])])  # (T, n, K)
+        sol = np.linalg.solve(L, e.transpose(1, 2, 0))  # (T, n, K), one triangular system per bin
         logdet = 2 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)  # (T,)
         return float(
             -0.5

@@ -47,10 +47,10 @@ OPTIONS = {
     "independent": {},
     "correlated": {"l2": 1e-4},
     "glm": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 200},
-    "lds": {"n_latent": 4, "n_iter": 30},
+    "lds": {"n_latent": 8, "n_iter": 50},
     "glm_correlated": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 200},
-    "rglm_correlated": {"n_hidden": 8, "l2": 1e-4, "max_iter": 200},
-    "rglm": {"n_hidden": 8, "l2": 1e-4, "max_iter": 200},
+    "rglm_correlated": {"n_hidden": 8, "l2": 1e-4, "max_iter": 300},
+    "rglm": {"n_hidden": 8, "l2": 1e-4, "max_iter": 300},
 }
 ORDERINGS = ["rate", "rate_ascending", "index", "random"]
 SAMPLE_KINDS = ["independent", "correlated", "glm", "lds", "rglm_correlated"]

@@ -165,7 +165,9 @@ class RGLM(SpikeModel):
         n, d = yp.shape[-1], self.n_hidden
         params["W0"] = rng.normal(0, 0.3, (d, n))
         params["R"] = np.diag(np.linspace(*self.init_timescales, d))
-        params["C"] = rng.normal(0, 0.1, (n, d))
+        # C = 0: the first steps then move only the read-out (the gradient with respect to R and W0 is
+        # zero), instead of a large step in R whose slow modes have steep gradients and can run away
+        params["C"] = np.zeros((n, d))
         if u is not None:
             params["B"] = rng.normal(0, 0.1, (d, u.shape[-1]))
         return params
