@@ -25,3 +25,12 @@ def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
     text = report.assemble(tmp_path)
     assert "| R-GLM with correlated Poisson |" in text
     assert json.loads((tmp_path / "results_Movie1Exp1.json").read_text())["n_folds"] == 2
+    assert "Near-duplicate units" in text
+
+
+def test_near_duplicates_finds_copied_units(rng):
+    from models.spikes.report import near_duplicates
+
+    y = rng.poisson(0.2, (3, 400, 4)).astype(float)
+    y[..., 3] = y[..., 1]
+    assert [(i, j) for i, j, _ in near_duplicates(y)] == [(1, 3)]
