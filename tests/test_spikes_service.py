@@ -51,7 +51,7 @@ def test_fit_get_evaluate_sample(client):
 def test_fit_rglm_reports_timescales(client):
     r = _fit(client, kind="rglm_correlated", options={"n_hidden": 2, "max_iter": 30})
     assert r.status_code == 201, r.text
-    assert len(r.json()["timescales_ms"]) == 2
+    assert len(r.json()["timescales_bins"]) == 2
 
 
 def test_fit_from_spike_times(client):

@@ -59,7 +59,9 @@ class SpikeModelPublic(BaseModel):
     n_test_trials: int
     fit_seconds: float
     created: float
-    timescales_ms: list[float] | None = None
+    timescales_bins: list[float] | None = Field(
+        None, description="R-GLM: timescales of the eigenvalues of R, in bins (-1: not decaying)"
+    )
 
 
 class SpikeEvaluation(BaseModel):
@@ -250,7 +252,7 @@ def _fit(y, spec: SpikeModelCreate) -> dict:
         "n_test_trials": report["n_test_trials"],
         "fit_seconds": report["fit_seconds"],
         "created": time.time(),
-        "timescales_ms": None if tau is None else [t if np.isfinite(t) else -1.0 for t in tau],
+        "timescales_bins": None if tau is None else [t if np.isfinite(t) else -1.0 for t in tau],
         "model": model,
         "baseline": baseline,
     }
