@@ -103,20 +103,28 @@ class ParamPacker:
 
 
 def lbfgs(fun, theta0: np.ndarray, maxiter: int, tol: float, name: str) -> tuple[np.ndarray, dict]:
-    """Minimise ``fun(theta) -> (value, grad)`` with scipy's L-BFGS-B; warn when it stops early."""
+    """Minimise ``fun(theta) -> (value, grad)`` with scipy's L-BFGS-B; warn when it stops early.
+
+    A step into an unstable region (a recurrent loop whose state runs away over the trial) overflows.
+    Such a point is reported as NaN, which makes scipy's line search backtrack. (A huge finite value or
+    ``inf`` with a zero gradient instead ends the line search with a spurious "convergence": measured on
+    the retina R-GLM, it stopped after 5 iterations at 0.40 bits/spike where the fit reaches 1.3.)
+    """
+    n_bad = [0]
 
     def safe(theta):
-        # a step into an unstable region (a recurrent loop that runs away) overflows: report a huge
-        # loss so the line search backtracks instead of stopping
         with np.errstate(over="ignore", invalid="ignore"):
             value, grad = fun(theta)
         if not (np.isfinite(value) and np.all(np.isfinite(grad))):
-            return 1e20, np.zeros_like(theta)
+            n_bad[0] += 1
+            return np.nan, np.full_like(theta, np.nan)
         return value, grad
 
     res = minimize(
         safe, theta0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter, "gtol": tol}
     )
+    if not np.isfinite(res.fun):
+        raise FloatingPointError(f"{name}: the fit diverged (non-finite loss at the last point)")
     if not res.success:
         log.warning(
             "%s: L-BFGS stopped without converging (%s) after %d iterations",
@@ -128,6 +136,7 @@ def lbfgs(fun, theta0: np.ndarray, maxiter: int, tol: float, name: str) -> tuple
         "n_iter": int(res.nit),
         "loss": float(res.fun),
         "converged": bool(res.success),
+        "overflowing_steps": n_bad[0],
         "message": str(res.message),
     }
     return res.x, info

@@ -118,6 +118,18 @@ def run_recording(
     return result
 
 
+def rerun_rows(recording: str, out_dir: Path, kinds: list[str], seed: int = 0) -> dict:
+    """Recompute the cross-validated bits/spike of some rows in an existing ``results_<recording>.json``."""
+    path = Path(out_dir) / f"results_{recording}.json"
+    result = json.loads(path.read_text())
+    y = load_retina(recording, BIN_MS)
+    cv = cross_validate({k: _factory(k) for k in kinds}, y, n_folds=result["n_folds"], seed=seed)
+    for k in kinds:
+        result["bits_per_spike"][k] = cv[k].tolist()
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def near_duplicates(y: np.ndarray, threshold: float = 0.5) -> list[tuple[int, int, float]]:
     """Neuron pairs whose 10 ms counts correlate above ``threshold`` (candidate duplicated units)."""
     c = pairwise_correlations(y)

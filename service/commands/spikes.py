@@ -66,6 +66,9 @@ def add_parser(subparsers) -> None:
         "--assemble-only", action="store_true", help="rebuild table.md from existing JSON"
     )
     r.add_argument(
+        "--rows", help="only recompute these rows (comma-separated kinds) in existing JSON"
+    )
+    r.add_argument(
         "--duplicates-only",
         action="store_true",
         help="only the near-duplicate-unit check (seconds)",
@@ -143,6 +146,11 @@ def run_report(args: argparse.Namespace) -> int:
         print(report.assemble(args.out))
         return 0
     recs = args.recording or ["Movie1Exp1", "Movie2Exp1"]
+    if args.rows:
+        for rec in recs:
+            report.rerun_rows(rec, args.out, args.rows.split(","))
+        print(report.assemble(args.out))
+        return 0
     if args.duplicates_only:
         for rec in recs:
             print(json.dumps(report.run_duplicate_check(rec, args.out, args.folds)))
