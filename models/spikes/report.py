@@ -315,6 +315,9 @@ def assemble(out_dir: Path) -> str:
         prev = k
     lines += [
         "",
+        "Δ follows the row order of the original table, so the GLM with correlated Poisson is compared "
+        "with the LDS row above it; against the GLM it gains (GLM+corr) − (GLM).",
+        "",
         "The extra rows are not in the original table. The R-GLM (independent noise) has no A; the PSTH model "
         "predicts each bin from the trial-averaged response, so it uses the repeated stimulus that the "
         "recurrent models do not see (no stimulus frames are in this data set).",
@@ -337,6 +340,12 @@ def assemble(out_dir: Path) -> str:
         "Correlation between the models' and the data's pairwise (zero-lag, 10 ms) correlations; figures "
         "`samples_<recording>.png` (scatter of pairwise correlations, cross-correlograms of the three most "
         "correlated pairs). Models fitted on the training trials of fold 0.",
+        "",
+        "A mean rate far above the data's means the free-running model ran away: exp-link models with "
+        "excitatory coupling (history filters, the R-GLM loop, or chains of positive within-bin weights) "
+        "are not guaranteed to be stable when sampled without the data, a known property of Poisson GLMs. "
+        "Samples are capped at 100 counts per bin and neuron; their correlations are then dominated by the "
+        "runaway bins.",
         "",
         "| model | " + " | ".join(f"{r}: r | {r}: mean corr | {r}: mean rate" for r in recs) + " |",
         "|---|" + "---|---|---|" * len(recs),
