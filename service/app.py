@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from service.metrics import Metrics
 from service.pipeline import EngineHolder, StreamManager, StreamPipeline
-from service.routers import camera, language, ops, streams
+from service.routers import camera, language, ops, spikes, streams
 from service.settings import Settings
 from service.sources import SourceFactory, source_factory
 
@@ -82,9 +82,11 @@ def create_app(
         app.state.streams = manager = StreamManager(pipelines, settings, metrics)
         log.info("serving streams: %s", ", ".join(pipelines))
         app.state.language_scorer = language.load_scorer(settings)
+        spikes.setup(app)
         try:
             yield
         finally:
+            spikes.teardown(app)
             await asyncio.wait_for(manager.close(), settings.shutdown_timeout_s)
 
     app = FastAPI(
@@ -94,6 +96,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(ops.router)
+    app.include_router(spikes.router)
     app.include_router(language.router)
     app.include_router(streams.router)
     app.include_router(camera.router)

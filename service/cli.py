@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "service.commands.analyze",
     "service.commands.stfit",
     "service.commands.lm",
+    "service.commands.spikes",
 ]
 
 

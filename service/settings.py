@@ -202,3 +202,14 @@ class Settings(BaseSettings):
         if not v.is_file():
             raise ValueError(f"V1MOTION_LM_WEIGHTS: no language-model weights at {v}")
         return v
+
+    # spike-model endpoints (/v1/spikes)
+    spikes_max_models: int = Field(
+        32, ge=1, description="fitted models kept; the oldest is dropped"
+    )
+    spikes_max_elements: int = Field(
+        3_000_000, ge=1, description="largest counts array accepted (trials x bins x neurons)"
+    )
+    spikes_max_sample_elements: int = Field(2_000_000, ge=1, description="largest sample returned")
+    spikes_fit_workers: int = Field(1, ge=1, le=16, description="threads running fits")
+    spikes_max_pending: int = Field(4, ge=1, description="fits running or waiting; more get 429")

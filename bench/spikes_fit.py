@@ -1,0 +1,52 @@
+"""Fit time of the R-GLM on the 38-neuron salamander retina recording (goal: <= 60 s on 2 cores).
+
+Run under the shared lock:  flock /tmp/v1motion-heavy.lock python bench/spikes_fit.py
+Prints one row per model: wall time of ``fit`` on all 30 trials x 1800 bins (10 ms), L-BFGS iterations,
+time per iteration, and the ratio to the correlated Poisson fit measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from models.spikes.data import load_retina
+from models.spikes.registry import make_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--recording", default="Movie1Exp1")
+    p.add_argument("--n-hidden", type=int, default=8)
+    p.add_argument("--max-iter", type=int, default=500)
+    args = p.parse_args()
+    y = load_retina(args.recording)
+    print(
+        f"{args.recording}: counts {y.shape}, {int(y.sum())} spikes, {os.cpu_count()} cores visible"
+    )
+    rows = []
+    for kind, opts in [
+        ("correlated", {}),
+        ("rglm", {"n_hidden": args.n_hidden, "max_iter": args.max_iter}),
+        ("rglm_correlated", {"n_hidden": args.n_hidden, "max_iter": args.max_iter}),
+    ]:
+        m = make_model(kind, **opts)
+        t0 = time.perf_counter()
+        m.fit(y)
+        dt = time.perf_counter() - t0
+        info = m.fit_info_
+        rows.append((kind, m.n_params_, info["n_iter"], info["converged"], dt))
+    ref = rows[0][-1]
+    print(
+        f"{'model':<18}{'params':>8}{'iters':>7}{'conv':>6}{'fit s':>9}{'ms/iter':>9}{'x corr':>8}"
+    )
+    for kind, n_params, iters, conv, dt in rows:
+        print(
+            f"{kind:<18}{n_params:>8}{iters:>7}{conv!s:>6}{dt:>9.1f}{1000 * dt / max(iters, 1):>9.0f}{dt / ref:>8.1f}"
+        )
+    print("goal: rglm_correlated fit <= 60 s")
+
+
+if __name__ == "__main__":
+    main()

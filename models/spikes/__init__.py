@@ -1,0 +1,31 @@
+"""Spike-train models: observation objects, independent / correlated / spike-history GLMs, the recurrent
+GLM (R-GLM) and a Gaussian LDS, with held-out bits/spike evaluation (see docs/architecture.md)."""
+
+from models.spikes.glm import CorrelatedGLM, IndependentPoisson, PSTHPoisson, SpikeHistoryGLM
+from models.spikes.lds import GaussianLDS
+from models.spikes.observations import (
+    BernoulliObservations,
+    GaussianObservations,
+    PoissonObservations,
+    get_link,
+    get_observations,
+)
+from models.spikes.registry import MODEL_KINDS, fit_and_score, make_model
+from models.spikes.rglm import RGLM
+
+__all__ = [
+    "BernoulliObservations",
+    "CorrelatedGLM",
+    "GaussianLDS",
+    "GaussianObservations",
+    "IndependentPoisson",
+    "MODEL_KINDS",
+    "PSTHPoisson",
+    "PoissonObservations",
+    "RGLM",
+    "SpikeHistoryGLM",
+    "fit_and_score",
+    "get_link",
+    "get_observations",
+    "make_model",
+]

@@ -1,0 +1,501 @@
+"""Shared machinery of the spike models: neuron ordering, parameter packing, L-BFGS, the estimator base.
+
+Every model's linear predictor for bin ``t`` has the form
+
+    eta^t = h^t + A y^t + b,
+
+where ``h^t`` depends only on the past (nothing for the independent and correlated models, spike-history
+filters for the GLM, ``C x^{t-1}`` for the R-GLM) and ``A`` is strictly lower triangular in the model's
+neuron ordering (``order_``), or absent. The joint probability of one bin is then a product of
+conditionals, ``p(y^t) = prod_i p(y_i^t | y_<i^t, past)``, so it is normalised exactly and can be sampled
+neuron by neuron.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
+
+from models.spikes.data import as_counts
+from models.spikes.observations import GaussianObservations, Observations, get_observations
+
+log = logging.getLogger(__name__)
+
+ORDERINGS = ("rate", "rate_ascending", "index", "random")
+
+
+def neuron_order(y: np.ndarray, ordering: str | np.ndarray, seed: int = 0) -> np.ndarray:
+    """Return the neuron ordering used by the within-bin coupling ``A``.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n_trials, n_bins, n_neurons)
+    ordering : {"rate", "rate_ascending", "index", "random"} or array of ints
+        ``rate``: highest firing rate first (the default: the most informative neurons condition the
+        rest); ``rate_ascending``: lowest first; ``index``: as given; ``random``: a seeded permutation;
+        an explicit permutation is used as is.
+    """
+    n = y.shape[-1]
+    if not isinstance(ordering, str):
+        order = np.asarray(ordering, dtype=int)
+        if sorted(order.tolist()) != list(range(n)):
+            raise ValueError(f"ordering must be a permutation of 0..{n - 1}")
+        return order
+    rates = y.reshape(-1, n).mean(axis=0)
+    if ordering == "rate":
+        return np.argsort(-rates, kind="stable")
+    if ordering == "rate_ascending":
+        return np.argsort(rates, kind="stable")
+    if ordering == "index":
+        return np.arange(n)
+    if ordering == "random":
+        return np.random.default_rng(seed).permutation(n)
+    raise ValueError(f"unknown ordering {ordering!r}; valid: {list(ORDERINGS)} or a permutation")
+
+
+def single_blas_thread(fn):
+    """Run ``fn`` with one BLAS thread: the matrices here are small and threads only contend for the
+    cores (measured 10x slower matrix products with OpenBLAS's default threads on a busy 2-core machine)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class ParamPacker:
+    """Pack a dict of arrays into one flat vector and back; ``A`` entries are its strict lower triangle."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], n_neurons: int):
+        self.shapes = shapes
+        self.tril = np.tril_indices(n_neurons, -1)
+        self.sizes = {
+            k: (len(self.tril[0]) if k == "A" else int(np.prod(s))) for k, s in shapes.items()
+        }
+        self.size = sum(self.sizes.values())
+
+    def pack(self, params: dict[str, np.ndarray]) -> np.ndarray:
+        parts = []
+        for k in self.shapes:
+            v = params[k]
+            parts.append(v[self.tril] if k == "A" else np.ravel(v))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def unpack(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        out, i = {}, 0
+        for k, s in self.shapes.items():
+            n = self.sizes[k]
+            if k == "A":
+                A = np.zeros(s)
+                A[self.tril] = theta[i : i + n]
+                out[k] = A
+            else:
+                out[k] = theta[i : i + n].reshape(s).copy()
+            i += n
+        return out
+
+
+def lbfgs(fun, theta0: np.ndarray, maxiter: int, tol: float, name: str) -> tuple[np.ndarray, dict]:
+    """Minimise ``fun(theta) -> (value, grad)`` with scipy's L-BFGS-B; warn when it stops early.
+
+    A step into an unstable region (a recurrent loop whose state runs away over the trial) overflows.
+    Such a point is reported as NaN, which makes scipy's line search backtrack. (A huge finite value or
+    ``inf`` with a zero gradient instead ends the line search with a spurious "convergence": measured on
+    the retina R-GLM, it stopped after 5 iterations at 0.40 bits/spike where the fit reaches 1.3.)
+    """
+    n_bad = [0]
+
+    def safe(theta):
+        with np.errstate(over="ignore", invalid="ignore"):
+            value, grad = fun(theta)
+        if not (np.isfinite(value) and np.all(np.isfinite(grad))):
+            n_bad[0] += 1
+            return np.nan, np.full_like(theta, np.nan)
+        return value, grad
+
+    res = minimize(
+        safe, theta0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter, "gtol": tol}
+    )
+    if not np.isfinite(res.fun):
+        raise FloatingPointError(f"{name}: the fit diverged (non-finite loss at the last point)")
+    if not res.success:
+        log.warning(
+            "%s: L-BFGS stopped without converging (%s) after %d iterations",
+            name,
+            res.message,
+            res.nit,
+        )
+    info = {
+        "n_iter": int(res.nit),
+        "loss": float(res.fun),
+        "converged": bool(res.success),
+        "overflowing_steps": n_bad[0],
+        "message": str(res.message),
+    }
+    return res.x, info
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a model is used before ``fit``."""
+
+
+class SpikeModel:
+    """Base class of the spike-train estimators (scikit-learn style: ``fit`` returns ``self``).
+
+    Subclasses implement ``_init_params``, ``_history`` (the past-dependent drive ``h``) and
+    ``_history_grad`` (back-propagation of ``dL/deta`` into the history parameters), and
+    ``_sample_history`` for free-running sampling.
+
+    Parameters
+    ----------
+    obs : str or Observations, default "poisson"
+    link : str, optional
+        Inverse link; default the observation model's (``exp`` for Poisson).
+    correlated : bool
+        Whether the model has the within-bin coupling ``A``.
+    ordering : str or array, default "rate"
+        Neuron ordering for ``A`` (see :func:`neuron_order`).
+    l2 : float
+        L2 penalty on all weights except the biases ``b`` (per bin of data).
+    max_iter, tol : L-BFGS settings.
+    seed : int
+    """
+
+    kind = "base"
+    weight_keys: tuple[str, ...] = ("A",)
+
+    def __init__(
+        self,
+        obs="poisson",
+        link=None,
+        correlated=True,
+        ordering="rate",
+        l2=1e-4,
+        max_iter=500,
+        tol=1e-6,
+        seed=0,
+    ):
+        self.obs = obs
+        self.link = link
+        self.correlated = correlated
+        self.ordering = ordering
+        self.l2 = l2
+        self.max_iter = max_iter
+        self.tol = tol
+        self.seed = seed
+
+    # ------------------------------------------------------------------ helpers
+    def _check_fitted(self):
+        if not hasattr(self, "params_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(counts) first"
+            )
+
+    def _check_y(self, y):
+        y = as_counts(y) if not isinstance(self._obs(), GaussianObservations) else _as_float3(y)
+        self._obs().check_data(y)
+        if hasattr(self, "n_neurons_") and y.shape[-1] != self.n_neurons_:
+            raise ValueError(
+                f"counts have {y.shape[-1]} neurons; the model was fitted on {self.n_neurons_}"
+            )
+        return y
+
+    def _obs(self) -> Observations:
+        if not hasattr(self, "_obs_cache"):
+            self._obs_cache = get_observations(self.obs, self.link)
+        return self._obs_cache
+
+    def _shapes(self, n: int, u_dim: int) -> dict[str, tuple[int, ...]]:
+        shapes = {"b": (n,)}
+        if self.correlated:
+            shapes["A"] = (n, n)
+        return shapes
+
+    def _init_params(self, yp, u) -> dict[str, np.ndarray]:
+        n = yp.shape[-1]
+        obs = self._obs()
+        m = yp.reshape(-1, n).mean(axis=0)
+        if obs.name == "poisson" and obs.link.name == "exp":
+            b = np.log(m + 1e-3)
+        elif obs.name == "poisson":
+            b = np.log(np.expm1(m + 1e-3))
+        elif obs.name == "bernoulli":
+            p = np.clip(m, 1e-3, 1 - 1e-3)
+            b = np.log(p / (1 - p))
+        else:
+            b = m.copy()
+        params = {"b": b}
+        if self.correlated:
+            params["A"] = np.zeros((n, n))
+        return params
+
+    # --------------------------------------------------- history (subclass hooks)
+    def _history(self, params, yp, u):
+        """Past-dependent drive ``h`` of shape (n_trials, n_bins, n_neurons) and a cache."""
+        return np.zeros_like(yp), None
+
+    def _history_grad(self, params, yp, u, g, cache) -> dict[str, np.ndarray]:
+        return {}
+
+    # ------------------------------------------------------------------ core
+    def _design(self, yp) -> Design:
+        """The design matrix of ``yp``, cached for the training data while fitting."""
+        cache = getattr(self, "_design_cache", None)
+        if cache is not None and cache[0] is yp:
+            return cache[1]
+        D = Design(yp)
+        if getattr(self, "_fitting", False):
+            self._design_cache = (yp, D)
+        return D
+
+    def _eta(self, params, yp, u):
+        h, cache = self._history(params, yp, u)
+        eta = h + params["b"]
+        if self.correlated:
+            eta = eta + self._design(yp).matmul(params["A"].T)
+        return eta, cache
+
+    def _loss_grad(self, theta, packer, yp, u, weights=None):
+        """Penalised negative log-likelihood per bin and its gradient.
+
+        ``weights`` (shape (n_trials, n_bins, 1)) counts how often each bin occurs, for models whose
+        bins can be deduplicated (no history): the loss is then the weighted sum.
+        """
+        params = packer.unpack(theta)
+        eta, cache = self._eta(params, yp, u)
+        obs = self._obs()
+        if weights is None:
+            n_bins = yp.shape[0] * yp.shape[1]
+            loss = obs.loss(yp, eta) / n_bins
+            g = obs.loss_grad(yp, eta) / n_bins
+        else:
+            n_bins = float(weights.sum())
+            loss = -float(np.sum(weights * obs.log_likelihood(yp, eta))) / n_bins
+            g = obs.loss_grad(yp, eta) * (weights / n_bins)
+        grads = {"b": g.sum(axis=(0, 1))}
+        if self.correlated:
+            grads["A"] = self._design(yp).outer(g)
+        grads.update(self._history_grad(params, yp, u, g, cache))
+        for k in self.weight_keys:
+            if k in params:
+                loss += 0.5 * self.l2 * np.sum(params[k] ** 2)
+                grads[k] = grads[k] + self.l2 * params[k]
+        return loss, packer.pack(grads)
+
+    def _prepare(self, y, u, fitting=False):
+        y = self._check_y(y)
+        if fitting:
+            self.n_neurons_ = y.shape[-1]
+            self.order_ = neuron_order(y, self.ordering if self.correlated else "index", self.seed)
+        yp = np.ascontiguousarray(y[..., self.order_])
+        if u is not None:
+            u = _as_float3(u, name="stimulus")
+            if u.shape[:2] != y.shape[:2]:
+                raise ValueError(
+                    f"stimulus has shape {u.shape}; it needs (n_trials, n_bins, n_inputs) = {y.shape[:2]} + (k,)"
+                )
+        return y, yp, u
+
+    @single_blas_thread
+    def fit(self, y, u=None):
+        """Fit by maximum likelihood (L-BFGS, L2 penalty) and return ``self``.
+
+        Parameters
+        ----------
+        y : array of shape (n_trials, n_bins, n_neurons) or (n_bins, n_neurons)
+        u : array of shape (n_trials, n_bins, n_inputs), optional
+            Stimulus inputs (models that take them).
+        """
+        for name in ("_obs_cache",):
+            self.__dict__.pop(name, None)
+        y, yp, u = self._prepare(y, u, fitting=True)
+        self.n_inputs_ = 0 if u is None else u.shape[-1]
+        params = self._init_params(yp, u)
+        packer = ParamPacker(self._shapes(yp.shape[-1], self.n_inputs_), yp.shape[-1])
+        yf, weights = self._fit_data(yp, u)
+        self._fitting = True  # cache what depends only on the training data
+        try:
+            theta, self.fit_info_ = lbfgs(
+                lambda th: self._loss_grad(th, packer, yf, u, weights),
+                packer.pack(params),
+                self.max_iter,
+                self.tol,
+                type(self).__name__,
+            )
+        finally:
+            self._fitting = False
+            self._design_cache = None
+        self.params_ = packer.unpack(theta)
+        self._packer = packer
+        obs = self._obs()
+        if isinstance(obs, GaussianObservations):
+            eta, _ = self._eta(self.params_, yp, u)
+            obs.estimate_scale(yp, eta)
+        self._after_fit(yp, u)
+        return self
+
+    def _after_fit(self, yp, u):
+        pass
+
+    def _fit_data(self, yp, u):
+        """Data the optimiser sees and per-bin weights (``None``: every bin once)."""
+        return yp, None
+
+    @property
+    def n_params_(self) -> int:
+        self._check_fitted()
+        return self._packer.size
+
+    @single_blas_thread
+    def predict_eta(self, y, u=None) -> np.ndarray:
+        """Linear predictor of every bin given the observed counts, in the original neuron order."""
+        self._check_fitted()
+        y, yp, u = self._prepare(y, u)
+        eta, _ = self._eta(self.params_, yp, u)
+        out = np.empty_like(eta)
+        out[..., self.order_] = eta
+        return out
+
+    @single_blas_thread
+    def log_likelihood(self, y, u=None, per_trial: bool = False):
+        """Full log-likelihood in nats of ``y`` (summed, or one value per trial)."""
+        self._check_fitted()
+        y, yp, u = self._prepare(y, u)
+        eta, _ = self._eta(self.params_, yp, u)
+        ll = self._obs().log_likelihood(yp, eta)
+        return ll.sum(axis=(1, 2)) if per_trial else float(ll.sum())
+
+    # ------------------------------------------------------------------ sampling
+    def _sample_history_init(self, n_trials, u):
+        return None
+
+    def _sample_history_step(self, state, t, u):
+        """Return ``h^t`` of shape (n_trials, n_neurons) given the state; ``None`` means zero."""
+        return None
+
+    def _sample_history_update(self, state, t, y_t, u):
+        return state
+
+    @single_blas_thread
+    def sample(
+        self, n_trials: int = 1, n_bins: int = 1000, u=None, seed: int | None = None, max_count=100
+    ):
+        """Draw counts from the fitted model, free-running, bin by bin and neuron by neuron.
+
+        ``max_count`` caps a Poisson count per bin: a recurrent model with net excitatory feedback
+        can run away when sampled freely; a warning says when the cap was hit.
+
+        Returns
+        -------
+        y : ndarray of shape (n_trials, n_bins, n_neurons)
+        """
+        self._check_fitted()
+        if n_trials < 1 or n_bins < 1:
+            raise ValueError("n_trials and n_bins must be at least 1")
+        if u is not None:
+            u = _as_float3(u, name="stimulus")
+            if u.shape[:2] != (n_trials, n_bins):
+                raise ValueError(f"stimulus must have shape ({n_trials}, {n_bins}, n_inputs)")
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        n = self.n_neurons_
+        obs = self._obs()
+        A = self.params_.get("A") if self.correlated else None
+        out = np.zeros((n_trials, n_bins, n))
+        state = self._sample_history_init(n_trials, u)
+        for t in range(n_bins):
+            h = self._sample_history_step(state, t, u)
+            eta0 = np.broadcast_to(self.params_["b"], (n_trials, n)).copy()
+            if h is not None:
+                eta0 += h
+            y_t = sample_bin(obs, eta0, A, rng, max_count if obs.name == "poisson" else None)
+            out[:, t] = y_t
+            state = self._sample_history_update(state, t, y_t, u)
+        if obs.name == "poisson" and np.any(out >= max_count):
+            log.warning(
+                "%s sample ran away: %d bins hit the cap of %d counts",
+                type(self).__name__,
+                int(np.sum(out >= max_count)),
+                max_count,
+            )
+        res = np.empty_like(out)
+        res[..., self.order_] = out
+        return res
+
+
+def sample_bin(
+    obs: Observations, eta0: np.ndarray, A: np.ndarray | None, rng, max_count: float | None = None
+) -> np.ndarray:
+    """Sample one bin neuron by neuron: ``y_i ~ obs(f(eta0_i + sum_{j<i} A_ij y_j))``.
+
+    Parameters
+    ----------
+    eta0 : ndarray of shape (n_trials, n_neurons)
+        Drive without the within-bin term, in the model's neuron order.
+    A : ndarray of shape (n_neurons, n_neurons), strictly lower triangular, or None
+    """
+    if A is None:
+        if isinstance(obs, GaussianObservations):
+            return obs.link(eta0) + np.sqrt(obs.scale) * rng.standard_normal(eta0.shape)
+        y = obs.sample(eta0, rng)
+        return y if max_count is None else np.minimum(y, max_count)
+    y = np.zeros_like(eta0)
+    scale = np.broadcast_to(np.asarray(getattr(obs, "scale", 1.0), float), (eta0.shape[1],))
+    for i in range(eta0.shape[1]):
+        eta_i = eta0[:, i] + y[:, :i] @ A[i, :i]
+        if isinstance(obs, GaussianObservations):
+            y[:, i] = obs.link(eta_i) + np.sqrt(scale[i]) * rng.standard_normal(eta_i.shape)
+        else:
+            y[:, i] = obs.sample(eta_i, rng)
+            if max_count is not None:
+                y[:, i] = np.minimum(y[:, i], max_count)
+    return y
+
+
+class Design:
+    """Counts as a 2-D design matrix (all bins stacked), sparse when spikes are rare.
+
+    Spike counts in 10 ms bins are mostly zeros; products with a CSR matrix then cost a fraction of the
+    dense ones. Dense data (density above ``max_density``) stays dense.
+    """
+
+    def __init__(self, yp: np.ndarray, max_density: float = 0.1):
+        self.shape = yp.shape
+        flat = yp.reshape(-1, yp.shape[-1])
+        dense = np.count_nonzero(flat) > max_density * flat.size
+        self.matrix = flat if dense else sparse.csr_matrix(flat)
+
+    def matmul(self, M: np.ndarray) -> np.ndarray:
+        """``yp @ M`` with shape (n_trials, n_bins, M.shape[1])."""
+        return np.asarray(self.matrix @ M).reshape(self.shape[:-1] + (M.shape[1],))
+
+    def outer(self, g: np.ndarray) -> np.ndarray:
+        """``sum_{k,t} g[k, t, :, None] * yp[k, t, None, :]`` of shape (g.shape[-1], n_neurons)."""
+        return np.asarray(self.matrix.T @ g.reshape(-1, g.shape[-1])).T
+
+
+def _outer_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum_{k,t} a[k, t, :, None] * b[k, t, None, :]`` as one matrix product."""
+    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+
+
+def _as_float3(x, name="data") -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=float)
+    except (ValueError, TypeError):
+        raise ValueError(f"{name} must be a rectangular numeric array (ragged input?)") from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise ValueError(
+            f"{name} must have shape (n_trials, n_bins, n_channels) with no empty axis"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr

@@ -1,0 +1,146 @@
+"""Spike-count data: validation, binning of spike times, and the salamander retina recordings.
+
+Throughout the spike models, counts are a float array of shape ``(n_trials, n_bins, n_neurons)``; a
+2-D array ``(n_bins, n_neurons)`` is one trial.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from models.datasets import require_shared_data
+
+log = logging.getLogger(__name__)
+
+RETINA_DIR = "spikes_retina_salamander_onken2016"
+RETINA_RECORDINGS = ("Movie1Exp1", "Movie2Exp1")
+RETINA_DURATION_MS = 18000.0
+
+
+def as_counts(y, *, max_elements: int | None = None, name: str = "counts") -> np.ndarray:
+    """Validate spike counts and return them as float ``(n_trials, n_bins, n_neurons)``.
+
+    Raises ``ValueError`` naming the problem: ragged nesting, wrong rank, zero neurons/bins/trials,
+    non-finite values, negative or non-integer counts, or more than ``max_elements`` entries.
+    """
+    try:
+        arr = np.asarray(y, dtype=float)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{name} must be a rectangular numeric array (ragged input?): {exc}"
+        ) from None
+    if arr.dtype == object:
+        raise ValueError(f"{name} must be a rectangular numeric array (ragged input?)")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(
+            f"{name} must have shape (n_bins, n_neurons) or (n_trials, n_bins, n_neurons); got {arr.ndim}-D"
+        )
+    n_trials, n_bins, n_neurons = arr.shape
+    if n_neurons == 0:
+        raise ValueError(f"{name} has zero neurons")
+    if n_bins == 0:
+        raise ValueError(f"{name} has zero time bins")
+    if n_trials == 0:
+        raise ValueError(f"{name} has zero trials")
+    if max_elements is not None and arr.size > max_elements:
+        raise ValueError(f"{name} too large: {arr.size} entries, at most {max_elements} allowed")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if np.any(arr < 0):
+        raise ValueError(f"{name} contains negative counts")
+    if np.any(arr != np.round(arr)):
+        raise ValueError(f"{name} contains non-integer counts")
+    return arr
+
+
+def bin_spike_times(
+    spike_times: list[list[float]] | list[list[list[float]]],
+    bin_size: float,
+    duration: float | None = None,
+) -> np.ndarray:
+    """Bin spike times into counts.
+
+    Parameters
+    ----------
+    spike_times : list over neurons of lists of times, or list over trials of such lists
+        Times in any unit, from the start of the trial (``>= 0``).
+    bin_size : float
+        Bin width in the same unit.
+    duration : float, optional
+        Trial length; default the last spike time (over all trials).
+
+    Returns
+    -------
+    counts : ndarray of shape (n_trials, n_bins, n_neurons)
+    """
+    if not bin_size > 0:
+        raise ValueError("bin_size must be positive")
+    trials = spike_times
+    if len(trials) == 0:
+        raise ValueError("spike_times has zero neurons")
+    # one trial given as neurons x times: wrap
+    first = trials[0]
+    if len(first) == 0 or np.isscalar(first[0]):
+        trials = [trials]
+    n_neurons = len(trials[0])
+    if n_neurons == 0:
+        raise ValueError("spike_times has zero neurons")
+    flat = []
+    for k, tr in enumerate(trials):
+        if len(tr) != n_neurons:
+            raise ValueError(
+                f"spike_times is ragged: trial {k} has {len(tr)} neurons, not {n_neurons}"
+            )
+        for times in tr:
+            t = np.asarray(times, dtype=float).ravel()
+            if not np.all(np.isfinite(t)):
+                raise ValueError("spike_times contains NaN or infinite values")
+            if np.any(t < 0):
+                raise ValueError("spike_times contains negative times")
+            flat.append(t)
+    if duration is None:
+        duration = max((t.max() for t in flat if t.size), default=bin_size)
+    n_bins = int(np.ceil(duration / bin_size - 1e-9))
+    n_bins = max(n_bins, 1)
+    edges = np.arange(n_bins + 1) * bin_size
+    edges[-1] = max(edges[-1], duration)
+    counts = np.zeros((len(trials), n_bins, n_neurons))
+    for k, tr in enumerate(trials):
+        for i, times in enumerate(tr):
+            counts[k, :, i] = np.histogram(np.asarray(times, dtype=float), edges)[0]
+    return counts
+
+
+def load_retina(recording: str = "Movie1Exp1", bin_ms: float = 10.0, data_dir: Path | None = None):
+    """Load one salamander retina movie recording (Onken et al. 2016) as binned counts.
+
+    Parameters
+    ----------
+    recording : {"Movie1Exp1", "Movie2Exp1"}
+    bin_ms : float, default 10
+    data_dir : Path, optional
+        Folder holding the ``.mat`` files; default the shared data folder.
+
+    Returns
+    -------
+    counts : ndarray of shape (30, 18000 / bin_ms, 38)
+    """
+    import scipy.io as sio
+
+    if recording not in RETINA_RECORDINGS:
+        raise ValueError(f"unknown recording {recording!r}; valid: {list(RETINA_RECORDINGS)}")
+    folder = Path(data_dir) if data_dir is not None else require_shared_data(RETINA_DIR)
+    m = sio.loadmat(folder / f"{recording}.mat")
+    spikes = m["Spikes"]
+    n_neurons, n_trials = int(m["n_neurons"][0, 0]), int(m["n_trials"][0, 0])
+    times = [
+        [np.ravel(spikes[i, k]).astype(float) for i in range(n_neurons)] for k in range(n_trials)
+    ]
+    counts = bin_spike_times(times, bin_ms, duration=RETINA_DURATION_MS)
+    log.info("loaded %s: %s counts, %d spikes", recording, counts.shape, int(counts.sum()))
+    return counts

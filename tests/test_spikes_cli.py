@@ -1,0 +1,73 @@
+"""``v1motion spikes fit|eval|sample`` on a small counts file."""
+
+import json
+
+import numpy as np
+import pytest
+
+from service.cli import main
+
+
+def test_fit_eval_sample_roundtrip(tmp_path, capsys):
+    counts = np.random.default_rng(0).poisson(0.4, (4, 150, 3))
+    np.savez(tmp_path / "c.npz", counts=counts)
+    model = tmp_path / "m.pkl"
+    assert (
+        main(
+            [
+                "spikes",
+                "fit",
+                "--counts",
+                str(tmp_path / "c.npz"),
+                "--kind",
+                "rglm_correlated",
+                "--option",
+                "n_hidden=2",
+                "--option",
+                "max_iter=20",
+                "--out",
+                str(model),
+            ]
+        )
+        == 0
+    )
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["kind"] == "rglm_correlated" and np.isfinite(fitted["bits_per_spike"])
+    assert main(["spikes", "eval", "--counts", str(tmp_path / "c.npz"), "--model", str(model)]) == 0
+    assert np.isfinite(json.loads(capsys.readouterr().out)["bits_per_spike"])
+    out = tmp_path / "s.npz"
+    assert (
+        main(
+            [
+                "spikes",
+                "sample",
+                "--model",
+                str(model),
+                "--n-trials",
+                "2",
+                "--n-bins",
+                "30",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert np.load(out)["counts"].shape == (2, 30, 3)
+
+
+def test_unknown_kind_is_refused_with_the_valid_kinds(tmp_path):
+    np.savez(tmp_path / "c.npz", counts=np.ones((2, 10, 2)))
+    with pytest.raises(ValueError, match="valid kinds"):
+        main(
+            [
+                "spikes",
+                "fit",
+                "--counts",
+                str(tmp_path / "c.npz"),
+                "--kind",
+                "hmm",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )

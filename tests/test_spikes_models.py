@@ -1,0 +1,559 @@
+"""Spike models: likelihoods against brute force, gradients against finite differences, recovery."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from models.spikes import base as spike_base
+from models.spikes.base import NotFittedError, ParamPacker, neuron_order
+from models.spikes.data import as_counts, bin_spike_times
+from models.spikes.glm import (
+    CorrelatedGLM,
+    IndependentPoisson,
+    PSTHPoisson,
+    SpikeHistoryGLM,
+    history_features,
+    raised_cosine_basis,
+)
+from models.spikes.lds import GaussianLDS
+from models.spikes.observations import get_link, get_observations
+from models.spikes.rglm import RGLM
+from tests import naive_spikes as naive
+
+# ----------------------------------------------------------------------------- observation models
+
+
+def test_lookup_by_name_lists_valid_names():
+    with pytest.raises(ValueError, match="valid names: \\['bernoulli', 'gaussian', 'poisson'\\]"):
+        get_observations("poison")
+    with pytest.raises(ValueError, match="valid links"):
+        get_link("relu")
+    with pytest.raises(ValueError, match="valid links: \\['logistic'\\]"):
+        get_observations("bernoulli", "exp")
+
+
+@pytest.mark.parametrize(
+    "obs,link",
+    [
+        ("poisson", "exp"),
+        ("poisson", "softplus"),
+        ("bernoulli", None),
+        ("gaussian", None),
+        ("gaussian", "softplus"),
+    ],
+)
+def test_loss_grad_matches_finite_differences(obs, link, rng):
+    o = get_observations(obs, link)
+    eta = rng.normal(0, 1, 20)
+    y = (
+        rng.integers(0, 2, 20).astype(float)
+        if obs == "bernoulli"
+        else rng.poisson(1.5, 20).astype(float)
+    )
+    g = o.loss_grad(y, eta)
+    h = 1e-6
+    for i in range(len(eta)):
+        e1, e2 = eta.copy(), eta.copy()
+        e1[i] += h
+        e2[i] -= h
+        assert np.isclose((o.loss(y, e1) - o.loss(y, e2)) / (2 * h), g[i], rtol=1e-5, atol=1e-7)
+    # the loss differs from -loglik by a constant in eta
+    d = -o.log_likelihood(y, eta).sum() - o.loss(y, eta)
+    d2 = -o.log_likelihood(y, eta + 0.3).sum() - o.loss(y, eta + 0.3)
+    assert np.isclose(d, d2)
+
+
+def test_log_likelihoods_match_scipy(rng):
+    eta = rng.normal(0, 1, 30)
+    y = rng.poisson(1.0, 30).astype(float)
+    np.testing.assert_allclose(
+        get_observations("poisson").log_likelihood(y, eta), stats.poisson.logpmf(y, np.exp(eta))
+    )
+    sp = np.log1p(np.exp(eta))
+    np.testing.assert_allclose(
+        get_observations("poisson", "softplus").log_likelihood(y, eta), stats.poisson.logpmf(y, sp)
+    )
+    yb = (y > 0).astype(float)
+    np.testing.assert_allclose(
+        get_observations("bernoulli").log_likelihood(yb, eta),
+        stats.bernoulli.logpmf(yb, 1 / (1 + np.exp(-eta))),
+    )
+    g = get_observations("gaussian")
+    g.scale = 0.7
+    np.testing.assert_allclose(g.log_likelihood(y, eta), stats.norm.logpdf(y, eta, np.sqrt(0.7)))
+
+
+def test_observations_reject_data_outside_support():
+    with pytest.raises(ValueError, match="non-negative integer"):
+        get_observations("poisson").check_data(np.array([1.5]))
+    with pytest.raises(ValueError, match="0 or 1"):
+        get_observations("bernoulli").check_data(np.array([2.0]))
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_as_counts_names_each_problem():
+    with pytest.raises(ValueError, match="NaN"):
+        as_counts([[1.0, np.nan]])
+    with pytest.raises(ValueError, match="negative"):
+        as_counts([[1, -1]])
+    with pytest.raises(ValueError, match="ragged"):
+        as_counts([[1, 2], [3]])
+    with pytest.raises(ValueError, match="zero neurons"):
+        as_counts(np.zeros((5, 0)))
+    with pytest.raises(ValueError, match="too large"):
+        as_counts(np.zeros((10, 10)), max_elements=50)
+    with pytest.raises(ValueError, match="non-integer"):
+        as_counts([[0.5]])
+    assert as_counts(np.zeros((4, 3))).shape == (1, 4, 3)
+
+
+def test_bin_spike_times_counts_each_spike_once():
+    times = [[[0.0, 9.9, 10.0, 25.0], [5.0]], [[], [29.0, 30.0]]]
+    c = bin_spike_times(times, 10.0, duration=30.0)
+    assert c.shape == (2, 3, 2)
+    np.testing.assert_array_equal(c[0, :, 0], [2, 1, 1])
+    np.testing.assert_array_equal(c[1, :, 1], [0, 0, 2])  # the end point falls in the last bin
+    with pytest.raises(ValueError, match="ragged"):
+        bin_spike_times([[[1.0], [2.0]], [[1.0]]], 10.0)
+    with pytest.raises(ValueError, match="negative"):
+        bin_spike_times([[-1.0]], 10.0)
+
+
+def test_retina_loader_matches_source_counts():
+    from models.datasets import shared_data_dir
+    from models.spikes.data import RETINA_DIR, load_retina
+
+    if not (shared_data_dir() / RETINA_DIR).exists():
+        pytest.skip("shared retina data not available")
+    y = load_retina("Movie1Exp1")
+    assert y.shape == (30, 1800, 38) and y.sum() == 26968
+    with pytest.raises(ValueError, match="valid"):
+        load_retina("Movie9")
+
+
+# ----------------------------------------------------------------------------- correlated models
+
+
+def _planted_correlated(n=3, seed=1):
+    r = np.random.default_rng(seed)
+    A = np.tril(r.normal(0, 0.6, (n, n)), -1)
+    b = r.normal(-0.7, 0.3, n)
+    return A, b
+
+
+def _set_params(model, params, n, order=None, u_dim=0):
+    model.n_neurons_ = n
+    model.order_ = np.arange(n) if order is None else order
+    model.n_inputs_ = u_dim
+    model.params_ = params
+    model._packer = ParamPacker(model._shapes(n, u_dim), n)
+    return model
+
+
+def test_correlated_poisson_normalises_by_enumeration():
+    A, b = _planted_correlated()
+    m = _set_params(CorrelatedGLM(), {"A": A, "b": b}, 3)
+    states = np.array(naive.enumerate_states(3, 14))
+    ll = m.log_likelihood(states[:, None, :], per_trial=True)
+    assert np.isclose(np.exp(ll).sum(), 1.0, atol=1e-8)
+    ref = [naive.correlated_poisson_loglik(s, A, b) for s in states[:200]]
+    np.testing.assert_allclose(ll[:200], ref, rtol=1e-10)
+
+
+def test_correlated_bernoulli_normalises_exactly():
+    A, b = _planted_correlated(4)
+    m = _set_params(CorrelatedGLM(obs="bernoulli"), {"A": A, "b": b}, 4)
+    states = np.array(naive.enumerate_states(4, 1))
+    assert np.isclose(np.exp(m.log_likelihood(states[:, None, :], per_trial=True)).sum(), 1.0)
+
+
+def test_correlated_gaussian_is_full_covariance_gaussian(rng):
+    n = 4
+    A, b = _planted_correlated(n)
+    m = _set_params(CorrelatedGLM(obs="gaussian"), {"A": A, "b": b}, n)
+    scale = np.array([0.5, 1.0, 2.0, 0.3])
+    m._obs().scale = scale
+    # y = A y + b + e, e ~ N(0, diag(scale))  =>  y ~ N((I-A)^-1 b, (I-A)^-1 D (I-A)^-T)
+    M = np.linalg.inv(np.eye(n) - A)
+    y = rng.normal(0, 1, (50, n))
+    ref = stats.multivariate_normal(M @ b, M @ np.diag(scale) @ M.T).logpdf(y)
+    np.testing.assert_allclose(m.log_likelihood(y[:, None, :], per_trial=True), ref)
+
+
+def test_neuron_by_neuron_sampler_matches_enumerated_probabilities():
+    A, b = _planted_correlated()
+    m = _set_params(CorrelatedGLM(), {"A": A, "b": b}, 3)
+    y = m.sample(n_trials=1, n_bins=40000, seed=3)[0]
+    states, counts = np.unique(y, axis=0, return_counts=True)
+    top = np.argsort(-counts)[:6]
+    p = np.exp(m.log_likelihood(states[top][:, None, :], per_trial=True))
+    freq = counts[top] / len(y)
+    assert np.all(np.abs(freq - p) < 4 * np.sqrt(p * (1 - p) / len(y)) + 1e-3)
+
+
+def test_neuron_ordering_choices():
+    y = np.zeros((1, 10, 3))
+    y[0, :5, 2] = 1
+    y[0, :2, 0] = 1
+    assert list(neuron_order(y, "rate")) == [2, 0, 1]
+    assert list(neuron_order(y, "rate_ascending")) == [1, 0, 2]
+    assert list(neuron_order(y, "index")) == [0, 1, 2]
+    assert sorted(neuron_order(y, "random")) == [0, 1, 2]
+    with pytest.raises(ValueError, match="valid: \\['rate'"):
+        neuron_order(y, "alphabetical")
+    with pytest.raises(ValueError, match="permutation"):
+        neuron_order(y, [0, 0, 1])
+
+
+def test_correlated_poisson_recovers_planted_coupling():
+    A, b = _planted_correlated(5, seed=4)
+    A *= 0.5  # keep counts moderate (exp link with strong excitation gives heavy tails)
+    true = _set_params(CorrelatedGLM(), {"A": A, "b": b}, 5)
+    y = true.sample(n_trials=4, n_bins=5000, seed=5)
+    fit = CorrelatedGLM(ordering="index", l2=0.0).fit(y)
+    np.testing.assert_allclose(fit.params_["A"], A, atol=0.08)
+    np.testing.assert_allclose(fit.params_["b"], b, atol=0.05)
+
+
+def test_fitted_likelihood_is_invariant_to_input_order_bookkeeping(rng):
+    # a model fitted with a non-trivial ordering evaluates the same data identically after permuting
+    # nothing: log_likelihood handles order_ internally, and predict_eta returns the original order.
+    A, b = _planted_correlated(4, seed=6)
+    true = _set_params(CorrelatedGLM(), {"A": A, "b": b}, 4)
+    y = true.sample(n_trials=2, n_bins=3000, seed=7)
+    m = CorrelatedGLM(ordering="rate_ascending").fit(y)
+    eta = m.predict_eta(y)
+    ll = get_observations("poisson").log_likelihood(y, eta).sum()
+    assert np.isclose(ll, m.log_likelihood(y))
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def _check_model_grad(model, y, u=None, seed=0):
+    y, yp, u = model._prepare(y, u, fitting=True)
+    shapes = model._shapes(yp.shape[-1], 0 if u is None else u.shape[-1])
+    packer = ParamPacker(shapes, yp.shape[-1])
+    r = np.random.default_rng(seed)
+    theta = r.normal(0, 0.3, packer.size)
+    if hasattr(model, "_feat_cache"):
+        model._feat_cache = None
+    _, g = model._loss_grad(theta, packer, yp, u)
+    h = 1e-6
+    idx = r.choice(packer.size, size=min(40, packer.size), replace=False)
+    num = []
+    for i in idx:
+        e = np.zeros_like(theta)
+        e[i] = h
+        num.append(
+            (
+                model._loss_grad(theta + e, packer, yp, u)[0]
+                - model._loss_grad(theta - e, packer, yp, u)[0]
+            )
+            / (2 * h)
+        )
+    np.testing.assert_allclose(g[idx], num, rtol=1e-4, atol=1e-7)
+
+
+def _toy_counts(rng, n_trials=2, n_bins=30, n=4, binary=False):
+    y = rng.poisson(0.6, (n_trials, n_bins, n)).astype(float)
+    return (y > 0).astype(float) if binary else y
+
+
+@pytest.mark.parametrize(
+    "obs,link",
+    [("poisson", None), ("poisson", "softplus"), ("bernoulli", None), ("gaussian", None)],
+)
+def test_correlated_gradient(obs, link, rng):
+    _check_model_grad(
+        CorrelatedGLM(obs=obs, link=link, l2=0.01), _toy_counts(rng, binary=obs == "bernoulli")
+    )
+
+
+@pytest.mark.parametrize("correlated", [False, True])
+def test_glm_gradient(correlated, rng):
+    _check_model_grad(
+        SpikeHistoryGLM(n_lags=5, n_basis=3, correlated=correlated, l2=0.01), _toy_counts(rng)
+    )
+
+
+@pytest.mark.parametrize(
+    "kw", [{"correlated": False}, {"correlated": True}, {"link": "softplus"}, {"obs": "bernoulli"}]
+)
+def test_rglm_bptt_gradient(kw, rng):
+    binary = kw.get("obs") == "bernoulli"
+    _check_model_grad(RGLM(n_hidden=3, l2=0.01, **kw), _toy_counts(rng, binary=binary))
+
+
+def test_rglm_bptt_gradient_with_stimulus(rng):
+    y = _toy_counts(rng)
+    u = rng.normal(0, 1, y.shape[:2] + (2,))
+    _check_model_grad(RGLM(n_hidden=3, l2=0.01), y, u)
+
+
+def test_rglm_and_glm_predictors_match_loop_references(rng):
+    y = _toy_counts(rng, n_trials=1, n_bins=25, n=3)
+    d = 2
+    params = {
+        "W0": rng.normal(0, 0.5, (d, 3)),
+        "R": rng.normal(0, 0.4, (d, d)),
+        "C": rng.normal(0, 0.5, (3, d)),
+        "A": np.tril(rng.normal(0, 0.5, (3, 3)), -1),
+        "b": rng.normal(0, 0.5, 3),
+    }
+    m = _set_params(RGLM(n_hidden=d), params, 3)
+    ref = naive.rglm_eta(y[0], params["W0"], params["R"], params["C"], params["A"], params["b"])
+    np.testing.assert_allclose(m.predict_eta(y)[0], ref)
+
+    g = SpikeHistoryGLM(n_lags=4, n_basis=2, correlated=True)
+    gp = {"W": rng.normal(0, 0.5, (3, 6)), "A": params["A"], "b": params["b"]}
+    _set_params(g, gp, 3)
+    g.basis_ = raised_cosine_basis(4, 2)
+    ref = naive.glm_eta(y[0], g.filters_, params["A"], params["b"])
+    np.testing.assert_allclose(g.predict_eta(y)[0], ref)
+
+
+@pytest.mark.parametrize("shape", [(3, 17, 4), (1, 1, 1), (2, 5, 1)])
+def test_recursion_kernels_match_numpy_twins(shape, rng):
+    from models.spikes.rglm import adjoint_recursion, linear_recursion
+
+    drive = rng.normal(0, 1, shape)
+    R = rng.normal(0, 0.5, (shape[2], shape[2]))
+    np.testing.assert_allclose(
+        linear_recursion(drive, R), naive.linear_recursion(drive, R), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        adjoint_recursion(drive, R), naive.adjoint_recursion(drive, R), atol=1e-12
+    )
+    # non-contiguous views, zeros and -0.0 are handled like any input
+    view = rng.normal(0, 1, (shape[0], shape[1], 2 * shape[2]))[:, :, ::2]
+    np.testing.assert_allclose(
+        linear_recursion(view, R), naive.linear_recursion(view, R), atol=1e-12
+    )
+    z = np.full(shape, -0.0)
+    assert np.all(linear_recursion(z, R) == 0) and np.all(adjoint_recursion(z, R) == 0)
+
+
+def test_recursion_kernels_propagate_nan(rng):
+    from models.spikes.rglm import linear_recursion
+
+    drive = rng.normal(0, 1, (1, 4, 2))
+    drive[0, 1, 0] = np.nan
+    X = linear_recursion(drive, np.eye(2))
+    assert np.isnan(X[0, 1:, 0]).all() and not np.isnan(X[0, 0]).any()
+
+
+def test_history_features_zero_before_trial(rng):
+    y = rng.poisson(1, (2, 6, 2)).astype(float)
+    F = history_features(y, np.eye(3))
+    assert np.all(F[:, 0] == 0)
+    np.testing.assert_array_equal(F[:, 3].reshape(2, 2, 3)[:, :, 0], y[:, 2])  # lag 1
+
+
+# ----------------------------------------------------------------------------- recovery
+
+
+def _planted_rglm(n=6, d=2, seed=8):
+    """A stable planted R-GLM: the feedback through the hidden state is mostly inhibitory."""
+    r = np.random.default_rng(seed)
+    W0 = r.normal(0, 0.6, (d, n))
+    params = {
+        "W0": W0,
+        "R": np.array([[0.85, 0.1], [-0.1, 0.6]])[:d, :d],
+        "C": -0.6 * W0.T + r.normal(0, 0.15, (n, d)),
+        "A": np.tril(r.normal(0, 0.2, (n, n)), -1),
+        "b": np.full(n, -1.0),
+    }
+    return _set_params(RGLM(n_hidden=d), params, n)
+
+
+def _kernels(p, n_lags=6):
+    """Identifiable history kernels ``C R^k W0``: a hidden state is only defined up to a basis change."""
+    out, M = [], np.eye(p["R"].shape[0])
+    for _ in range(n_lags):
+        out.append(p["C"] @ M @ p["W0"])
+        M = p["R"] @ M
+    return np.stack(out)
+
+
+@pytest.mark.slow
+def test_rglm_recovers_planted_kernels_and_coupling():
+    true = _planted_rglm()
+    y = true.sample(n_trials=8, n_bins=2500, seed=9)
+    fit = RGLM(n_hidden=2, ordering="index", l2=1e-5, seed=1).fit(y)
+    kt, kf = _kernels(true.params_), _kernels(fit.params_)
+    assert np.linalg.norm(kf - kt) / np.linalg.norm(kt) < 0.25
+    np.testing.assert_allclose(fit.params_["A"], true.params_["A"], atol=0.15)
+    ev_true = np.sort(np.abs(np.linalg.eigvals(true.params_["R"])))
+    ev_fit = np.sort(np.abs(np.linalg.eigvals(fit.params_["R"])))
+    np.testing.assert_allclose(ev_fit, ev_true, atol=0.15)
+
+
+def test_glm_recovers_planted_filters():
+    n = 3
+    r = np.random.default_rng(10)
+    true = SpikeHistoryGLM(n_lags=6, n_basis=3)
+    _set_params(true, {"W": r.normal(0, 0.4, (n, n * 3)), "b": np.full(n, -1.0)}, n)
+    true.basis_ = raised_cosine_basis(6, 3)
+    y = true.sample(n_trials=4, n_bins=5000, seed=11)
+    fit = SpikeHistoryGLM(n_lags=6, n_basis=3, l2=0.0).fit(y)
+    assert np.abs(fit.filters_ - true.filters_).max() < 0.2
+    np.testing.assert_allclose(fit.params_["b"], true.params_["b"], atol=0.1)
+
+
+def test_independent_recovers_rates_and_psth(rng):
+    rates = np.array([0.05, 0.3, 1.2])
+    y = rng.poisson(rates, (20, 500, 3)).astype(float)
+    m = IndependentPoisson().fit(y)
+    np.testing.assert_allclose(m.rate_, rates, rtol=0.05)
+    p = PSTHPoisson(smooth_bins=0, shrink=0).fit(y)
+    np.testing.assert_allclose(p.rate_.mean(axis=0), rates, rtol=0.05)
+
+
+def _lag_covariances(C, F, Q, r, n_lags=2):
+    k = F.shape[0]
+    S = np.linalg.solve(np.eye(k * k) - np.kron(F, F), Q.ravel()).reshape(
+        k, k
+    )  # stationary covariance
+    out = [C @ S @ C.T + np.diag(r)]
+    for lag in range(1, n_lags):
+        out.append(C @ np.linalg.matrix_power(F, lag) @ S @ C.T)
+    return out
+
+
+def test_gaussian_lds_recovers_lagged_covariances():
+    k, n = 2, 6
+    r = np.random.default_rng(12)
+    true = GaussianLDS(n_latent=k)
+    true.F_ = np.array([[0.9, 0.2], [-0.2, 0.7]])
+    true.Q_ = 0.1 * np.eye(k)
+    true.C_ = r.normal(0, 1, (n, k))
+    true.d_ = np.full(n, 2.0)
+    true.r_ = np.full(n, 0.2)
+    true.n_neurons_ = n
+    true.V0_ = np.eye(k) * 0.3
+    true.mu0_ = np.zeros(k)
+    z = true.sample(n_trials=10, n_bins=400, seed=13, gaussian=True)
+    y = np.round(
+        np.maximum(z, 0) ** 2
+    )  # the fit works on sqrt counts: give it counts whose sqrt is ~z
+    fit = GaussianLDS(n_latent=k, n_iter=60).fit(y)
+    assert np.all(
+        np.diff(fit.loglik_) > -1e-6 * abs(fit.loglik_[0])
+    )  # EM never decreases the likelihood
+    zq = np.sqrt(y)
+    emp0 = np.cov(zq.reshape(-1, n).T)
+    emp1 = np.mean([np.cov(zq[i, 1:].T, zq[i, :-1].T)[:n, n:] for i in range(10)], axis=0)
+    m0, m1 = _lag_covariances(fit.C_, fit.F_, fit.Q_, fit.r_)
+    assert np.linalg.norm(m0 - emp0) / np.linalg.norm(emp0) < 0.1
+    assert np.linalg.norm(m1 - emp1) / np.linalg.norm(emp1) < 0.15
+    assert np.all(np.abs(np.linalg.eigvals(fit.F_)) < 1)
+    t0, _ = _lag_covariances(true.C_, true.F_, true.Q_, true.r_)
+    assert np.linalg.norm(m0 - t0) / np.linalg.norm(t0) < 0.3
+
+
+# ----------------------------------------------------------------------------- the true model wins
+
+
+def test_true_models_beat_the_baseline_on_synthetic_data():
+    from models.spikes.evaluation import held_out_bits
+
+    true = _planted_rglm()
+    y = true.sample(n_trials=6, n_bins=2000, seed=15)
+    train, test = y[:4], y[4:]
+    rg = held_out_bits(RGLM(n_hidden=2, seed=2), train, test)["bits_per_spike"]
+    corr = held_out_bits(CorrelatedGLM(), train, test)["bits_per_spike"]
+    ind = held_out_bits(IndependentPoisson(), train, test)["bits_per_spike"]
+    assert ind == 0.0
+    assert corr > 0.0
+    assert rg > corr + 0.02  # the dynamics carry information the within-bin model cannot see
+
+
+def test_rglm_timescales_and_hidden_states():
+    m = _planted_rglm()
+    ev, tau = m.timescales(bin_size=10.0)
+    assert tau[0] >= tau[-1]
+    np.testing.assert_allclose(
+        np.sort(np.abs(ev)), np.sort(np.abs(np.linalg.eigvals(m.params_["R"])))
+    )
+    y = m.sample(n_trials=2, n_bins=50, seed=1)
+    assert m.hidden_states(y).shape == (2, 50, 2)
+
+
+def test_linear_decoder_reads_external_variable_from_hidden_state():
+    """A slow external variable drives the population; decode it from the fitted R-GLM's hidden state."""
+    from models.spikes.evaluation import decode, fit_linear_decoder, r_squared
+
+    r = np.random.default_rng(16)
+    n, T, K = 12, 1500, 4
+    v = np.zeros((K, T))
+    for t in range(1, T):
+        v[:, t] = 0.98 * v[:, t - 1] + 0.2 * r.standard_normal(K)
+    w = r.normal(0, 0.8, n)
+    y = r.poisson(np.exp(-1.5 + v[..., None] * w)).astype(float)
+    m = RGLM(n_hidden=3, correlated=False, seed=0).fit(y[:3])
+    X = m.hidden_states(y)
+    W, c = fit_linear_decoder(X[:3], v[:3])
+    r2 = r_squared(v[3:], decode(X[3:], W, c))
+    Wy, cy = fit_linear_decoder(y[:3], v[:3])
+    r2_counts = r_squared(v[3:], decode(y[3:], Wy, cy))
+    assert r2 > 0.6
+    assert r2 > r2_counts + 0.2  # the hidden state integrates the past; one bin of counts cannot
+
+
+# ----------------------------------------------------------------------------- estimator hygiene
+
+
+@pytest.mark.parametrize("cls", [CorrelatedGLM, SpikeHistoryGLM, RGLM, IndependentPoisson])
+def test_unfitted_and_mismatched_use_is_refused(cls, rng):
+    m = cls()
+    with pytest.raises(NotFittedError, match="not fitted"):
+        m.log_likelihood(np.zeros((5, 3)))
+    m.fit(rng.poisson(0.5, (1, 60, 3)))
+    with pytest.raises(ValueError, match="fitted on 3"):
+        m.log_likelihood(np.zeros((5, 4)))
+    assert m.sample(2, 7, seed=0).shape == (2, 7, 3)
+
+
+def test_lds_unfitted_is_refused():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        GaussianLDS().log_likelihood(np.zeros((5, 3)))
+
+
+def test_exp_link_never_overflows():
+    assert np.isfinite(get_link("exp")(np.array([1e4]))).all()
+    assert spike_base.ORDERINGS[0] == "rate"
+
+
+def test_correlated_bernoulli_and_gaussian_recover_planted_parameters():
+    A, b = _planted_correlated(4, seed=17)
+    true = _set_params(CorrelatedGLM(obs="bernoulli"), {"A": A, "b": b}, 4)
+    y = true.sample(n_trials=4, n_bins=5000, seed=18)
+    fit = CorrelatedGLM(obs="bernoulli", ordering="index", l2=0.0).fit(y)
+    np.testing.assert_allclose(fit.params_["A"], A, atol=0.12)
+
+    g = _set_params(CorrelatedGLM(obs="gaussian"), {"A": A, "b": b}, 4)
+    g._obs().scale = np.array([0.5, 1.0, 2.0, 0.3])
+    yg = g.sample(n_trials=2, n_bins=5000, seed=19)
+    fg = CorrelatedGLM(obs="gaussian", ordering="index", l2=0.0).fit(yg)
+    np.testing.assert_allclose(fg.params_["A"], A, atol=0.05)
+    np.testing.assert_allclose(fg._obs().scale, [0.5, 1.0, 2.0, 0.3], rtol=0.05)
+
+
+def test_rglm_with_stimulus_recovers_input_kernel():
+    """The stimulus enters through the hidden state: recover the identifiable map ``C B`` (one-bin delay)."""
+    true = _planted_rglm()
+    d = 2
+    B = np.array([[1.0], [-0.5]])
+    true.params_["B"] = B
+    true.n_inputs_ = 1
+    true._packer = ParamPacker(true._shapes(6, 1), 6)
+    r = np.random.default_rng(20)
+    u = r.normal(0, 1, (6, 2000, 1))
+    y = true.sample(n_trials=6, n_bins=2000, u=u, seed=21)
+    fit = RGLM(n_hidden=d, ordering="index", l2=1e-5, seed=1).fit(y, u)
+    cb_true = true.params_["C"] @ B
+    cb_fit = fit.params_["C"] @ fit.params_["B"]
+    assert np.linalg.norm(cb_fit - cb_true) / np.linalg.norm(cb_true) < 0.2

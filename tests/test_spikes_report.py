@@ -1,0 +1,41 @@
+"""The report pipeline end to end on the first bins of the retina data (skipped without the data)."""
+
+import json
+
+import pytest
+
+from models.datasets import shared_data_dir
+from models.spikes.data import RETINA_DIR
+
+
+@pytest.mark.skipif(
+    not (shared_data_dir() / RETINA_DIR).exists(), reason="shared retina data not available"
+)
+def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
+    from models.spikes import report
+
+    quick = {k: {**v, "max_iter": 5} if "max_iter" in v else v for k, v in report.OPTIONS.items()}
+    quick["lds"] = {"n_latent": 2, "n_iter": 3}
+    monkeypatch.setattr(report, "OPTIONS", quick)
+    res = report.run_recording("Movie1Exp1", tmp_path, n_folds=2, max_bins=150)
+    report_data = report.load_retina("Movie1Exp1", 10.0)
+    assert set(res["bits_per_spike"]) >= {"correlated", "glm", "lds", "rglm_correlated", "psth"}
+    assert len(res["rglm_timescales_ms"]) == quick["rglm_correlated"]["n_hidden"]
+    assert (tmp_path / "samples_Movie1Exp1.png").stat().st_size > 1000
+    assert (tmp_path / "timescales_Movie1Exp1.png").stat().st_size > 1000
+    monkeypatch.setattr(report, "load_retina", lambda rec, bin_ms: report_data[:, :150])
+    again = report.rerun_rows("Movie1Exp1", tmp_path, ["rglm"])
+    assert len(again["bits_per_spike"]["rglm"]) == 2
+    assert again["bits_per_spike"]["correlated"] == res["bits_per_spike"]["correlated"]
+    text = report.assemble(tmp_path)
+    assert "| R-GLM with correlated Poisson |" in text
+    assert json.loads((tmp_path / "results_Movie1Exp1.json").read_text())["n_folds"] == 2
+    assert "Near-duplicate units" in text
+
+
+def test_near_duplicates_finds_copied_units(rng):
+    from models.spikes.report import near_duplicates
+
+    y = rng.poisson(0.2, (3, 400, 4)).astype(float)
+    y[..., 3] = y[..., 1]
+    assert [(i, j) for i, j, _ in near_duplicates(y)] == [(1, 3)]

@@ -1,0 +1,186 @@
+"""``/v1/spikes`` endpoints: fit, get, evaluate, sample, and a 422 naming each kind of bad input."""
+
+import io
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+
+
+@pytest.fixture
+def client():
+    app = create_app(
+        Settings(spikes_max_elements=20_000, spikes_max_models=2, spikes_max_sample_elements=5_000)
+    )
+    with TestClient(app) as c:
+        yield c
+
+
+def _counts(seed=0, trials=4, bins=200, n=3):
+    return np.random.default_rng(seed).poisson(0.3, (trials, bins, n)).astype(float)
+
+
+def _fit(client, **kw):
+    body = {"counts": _counts().tolist(), "kind": "correlated", **kw}
+    return client.post("/v1/spikes/models", json=body)
+
+
+def test_fit_get_evaluate_sample(client):
+    r = _fit(client)
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert info["kind"] == "correlated" and info["n_neurons"] == 3
+    assert np.isfinite(info["held_out_bits_per_spike"])
+    mid = info["id"]
+    assert client.get(f"/v1/spikes/models/{mid}").json()["id"] == mid
+    ev = client.post(f"/v1/spikes/models/{mid}/evaluate", json={"counts": _counts(1).tolist()})
+    assert ev.status_code == 200 and np.isfinite(ev.json()["bits_per_spike"])
+    s = client.post(
+        f"/v1/spikes/models/{mid}/sample", json={"n_trials": 2, "n_bins": 50, "seed": 1}
+    )
+    assert s.status_code == 200
+    assert np.asarray(s.json()["counts"]).shape == (2, 50, 3)
+
+
+def test_fit_rglm_reports_timescales(client):
+    r = _fit(client, kind="rglm_correlated", options={"n_hidden": 2, "max_iter": 30})
+    assert r.status_code == 201, r.text
+    assert len(r.json()["timescales_bins"]) == 2
+
+
+def test_fit_from_spike_times(client):
+    rng = np.random.default_rng(2)
+    times = [[sorted(rng.uniform(0, 1000, 40).tolist()) for _ in range(3)] for _ in range(4)]
+    r = client.post(
+        "/v1/spikes/models",
+        json={"spike_times": times, "bin_size": 10, "duration": 1000, "kind": "independent"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["n_neurons"] == 3
+
+
+def test_fit_from_npz_upload(client):
+    buf = io.BytesIO()
+    np.savez(buf, counts=_counts())
+    r = client.post(
+        "/v1/spikes/models",
+        files={"file": ("c.npz", buf.getvalue(), "application/octet-stream")},
+        data={"kind": "glm", "options": '{"n_lags": 3, "n_basis": 2}'},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["kind"] == "glm"
+
+
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        ({"counts": [[[1, float("nan")]]]}, "NaN"),
+        ({"counts": [[[1, -1], [0, 0]]]}, "negative"),
+        ({"counts": [[1, 2], [3]]}, "ragged"),
+        ({"counts": [[[], []]]}, "zero neurons"),
+        ({"counts": np.zeros((1, 10_000, 3)).tolist()}, "too large"),
+        ({"counts": [[[0.5]]]}, "non-integer"),
+        ({}, "exactly one of"),
+        ({"spike_times": [[1.0]]}, "bin_size"),
+        ({"spike_times": [[[1.0], [2.0]], [[1.0]]], "bin_size": 1}, "ragged"),
+        ({"counts": _counts().tolist(), "kind": "hmm"}, "valid kinds"),
+        ({"counts": _counts().tolist(), "kind": "glm", "options": {"lags": 3}}, "valid options"),
+        ({"counts": np.zeros((2, 5, 2)).tolist(), "kind": "independent"}, "no spikes"),
+    ],
+)
+def test_bad_input_gets_422_naming_the_problem(client, body, expected):
+    # json.dumps writes NaN as the literal NaN, which strict JSON clients refuse to send
+    r = client.post(
+        "/v1/spikes/models", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert expected in str(r.json()["detail"])
+
+
+def test_bad_npz_and_bad_json(client):
+    r = client.post(
+        "/v1/spikes/models", files={"file": ("c.npz", b"not a zip", "application/octet-stream")}
+    )
+    assert r.status_code == 422 and "npz" in r.json()["detail"]
+    buf = io.BytesIO()
+    np.savez(buf, spikes=_counts())
+    r = client.post(
+        "/v1/spikes/models", files={"file": ("c.npz", buf.getvalue(), "application/octet-stream")}
+    )
+    assert r.status_code == 422 and "'counts'" in r.json()["detail"]
+    r = client.post(
+        "/v1/spikes/models", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and "JSON" in r.json()["detail"]
+
+
+def test_evaluate_and_sample_refuse_bad_requests(client):
+    mid = _fit(client).json()["id"]
+    r = client.post(f"/v1/spikes/models/{mid}/evaluate", json={"counts": _counts(n=4).tolist()})
+    assert r.status_code == 422 and "fitted on 3" in r.json()["detail"]
+    r = client.post(f"/v1/spikes/models/{mid}/evaluate", json={"counts": [[[1, -2, 0]]]})
+    assert r.status_code == 422 and "negative" in r.json()["detail"]
+    r = client.post(f"/v1/spikes/models/{mid}/sample", json={"n_trials": 100, "n_bins": 1000})
+    assert r.status_code == 422 and "too large" in r.json()["detail"]
+    assert client.get("/v1/spikes/models/nope").status_code == 404
+
+
+def test_store_is_bounded(client):
+    ids = [_fit(client).json()["id"] for _ in range(3)]
+    assert client.get(f"/v1/spikes/models/{ids[0]}").status_code == 404
+    assert client.get(f"/v1/spikes/models/{ids[2]}").status_code == 200
+
+
+def test_fit_does_not_block_the_event_loop():
+    """While a slow fit runs in the worker thread, the app keeps answering."""
+    from service.routers import spikes as spikes_router
+
+    gate = threading.Event()
+    real = spikes_router._fit
+
+    def slow_fit(y, spec):
+        gate.wait(10)
+        return real(y, spec)
+
+    app = create_app(Settings())
+    spikes_router_fit = spikes_router._fit
+    spikes_router._fit = slow_fit
+    try:
+        with TestClient(app) as c:
+            result = {}
+            t = threading.Thread(target=lambda: result.setdefault("r", _fit(c)))
+            t.start()
+            time.sleep(0.2)
+            assert c.get("/healthz").status_code == 200  # answered while the fit waits
+            assert "r" not in result
+            gate.set()
+            t.join(10)
+            assert result["r"].status_code == 201
+    finally:
+        spikes_router._fit = spikes_router_fit
+
+
+def test_too_many_pending_fits_get_429():
+    from service.routers import spikes as spikes_router
+
+    gate = threading.Event()
+    real = spikes_router._fit
+    spikes_router._fit = lambda y, spec: (gate.wait(10), real(y, spec))[1]
+    try:
+        app = create_app(Settings(spikes_max_pending=1))
+        with TestClient(app) as c:
+            t = threading.Thread(target=lambda: _fit(c))
+            t.start()
+            time.sleep(0.2)
+            r = _fit(c)
+            assert r.status_code == 429 and "retry" in r.json()["detail"]
+            gate.set()
+            t.join(10)
+    finally:
+        spikes_router._fit = real
