@@ -26,7 +26,7 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 cd "$scratch"
 echo "schemathesis: ${SCHEMATHESIS_MAX_EXAMPLES} examples per operation, all checks"
-timeout "$SCHEMATHESIS_TIMEOUT_S" "$bin/schemathesis" run "$V1MOTION_CONTAINER_URL/openapi.json" \
+timeout "$SCHEMATHESIS_TIMEOUT_S" "$bin/schemathesis" --config-file "$root/docker/schemathesis.toml" run "$V1MOTION_CONTAINER_URL/openapi.json" \
   --checks all --max-examples "$SCHEMATHESIS_MAX_EXAMPLES" --seed 0 --workers 1 \
   --request-timeout 30 --generation-database none --no-color "${auth[@]}"
 cd "$root"

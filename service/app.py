@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from service import allow
 from service.metrics import Metrics
 from service.pipeline import EngineHolder, StreamManager, StreamPipeline
 from service.routers import camera, ops, streams
@@ -95,6 +96,7 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(streams.router)
     app.include_router(camera.router)
+    allow.install(app)
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     else:
