@@ -13,14 +13,12 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, from pyproject.toml alone, so a code change does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN python - <<'PY' > /tmp/requirements.txt && pip install -r /tmp/requirements.txt
-import os, tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-deps = list(project["dependencies"])
-for extra in filter(None, (e.strip() for e in os.environ.get("EXTRAS", "").split(","))):
-    deps += project.get("optional-dependencies", {}).get(extra, [])
-print("\n".join(deps))
-PY
+RUN python -c 'import os, tomllib; \
+p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+extras = [e.strip() for e in os.environ.get("EXTRAS", "").split(",") if e.strip()]; \
+print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
+    > /tmp/requirements.txt \
+ && cat /tmp/requirements.txt && pip install -r /tmp/requirements.txt
 COPY models ./models
 COPY service ./service
 RUN pip install --no-deps . && pip check
