@@ -93,10 +93,10 @@ def create_app(
         summary="Live visual motion from a recurrent model of V1",
         lifespan=lifespan,
     )
+    allow.install(app)
     app.include_router(ops.router)
     app.include_router(streams.router)
     app.include_router(camera.router)
-    allow.install(app)
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     else:
