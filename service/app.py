@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from service import allow
 from service.metrics import Metrics
 from service.pipeline import EngineHolder, StreamManager, StreamPipeline
-from service.routers import camera, ops, streams
+from service.routers import camera, language, ops, streams
 from service.settings import Settings
 from service.sources import SourceFactory, source_factory
 
@@ -82,6 +82,7 @@ def create_app(
         }
         app.state.streams = manager = StreamManager(pipelines, settings, metrics)
         log.info("serving streams: %s", ", ".join(pipelines))
+        app.state.language_scorer = language.load_scorer(settings)
         try:
             yield
         finally:
@@ -95,6 +96,7 @@ def create_app(
     )
     allow.install(app)
     app.include_router(ops.router)
+    app.include_router(language.router)
     app.include_router(streams.router)
     app.include_router(camera.router)
     if settings.web_dir.is_dir():

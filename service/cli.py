@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "service.commands.train",
     "service.commands.analyze",
     "service.commands.stfit",
+    "service.commands.lm",
 ]
 
 

@@ -188,3 +188,17 @@ class Settings(BaseSettings):
             return not ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return True
+
+    lm_weights: Path = Field(
+        PROJECT_ROOT / "models" / "weights" / "lm_ptb_rglm.npz",
+        description="language-model weights (.npz written by `v1motion lm train`)",
+    )
+    lm_max_chars: int = Field(20_000, ge=1, description="longest text /v1/language accepts")
+    lm_max_k: int = Field(100, ge=1, description="largest k /v1/language/next accepts")
+
+    @field_validator("lm_weights")
+    @classmethod
+    def _weights_exist(cls, v: Path) -> Path:
+        if not v.is_file():
+            raise ValueError(f"V1MOTION_LM_WEIGHTS: no language-model weights at {v}")
+        return v

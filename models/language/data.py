@@ -1,0 +1,116 @@
+"""Penn Treebank (Mikolov's split) and the vocabulary that maps words to ids.
+
+The corpus is read from ``shared_data_dir()/"ptb"`` (gzipped, never copied into the repository). Each
+line is a sentence; every line ends with one ``<eos>`` token, so a split is one long stream of ids.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.datasets import require_shared_data
+
+SPLITS = ("train", "valid", "test")
+EOS = "<eos>"
+UNK = "<unk>"
+
+
+def read_ptb_words(split: str, root: Path | None = None) -> list[str]:
+    """Read one split as a flat list of words, one ``<eos>`` after each sentence.
+
+    Parameters
+    ----------
+    split : {"train", "valid", "test"}
+    root : folder holding ``ptb.{split}.txt.gz``; default ``shared_data_dir()/"ptb"``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown PTB split {split!r}; valid choices: {', '.join(SPLITS)}")
+    folder = Path(root) if root is not None else require_shared_data("ptb")
+    path = folder / f"ptb.{split}.txt.gz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found (expected Mikolov's gzipped PTB split)")
+    words: list[str] = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            words.extend(line.split())
+            words.append(EOS)
+    return words
+
+
+class Vocabulary:
+    """A fixed word list with ids; words outside it map to ``<unk>``.
+
+    Parameters
+    ----------
+    words : the vocabulary, in id order; must contain ``<unk>`` and ``<eos>``.
+    """
+
+    def __init__(self, words: Sequence[str]):
+        words = list(words)
+        if len(set(words)) != len(words):
+            raise ValueError("vocabulary words must be unique")
+        for special in (UNK, EOS):
+            if special not in words:
+                raise ValueError(f"vocabulary must contain {special!r}")
+        self.words = words
+        self.index = {w: i for i, w in enumerate(words)}
+        self.unk_id = self.index[UNK]
+        self.eos_id = self.index[EOS]
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    @classmethod
+    def from_corpus(cls, words: Iterable[str]) -> Vocabulary:
+        """Most frequent first (ties alphabetical), so ids double as frequency ranks."""
+        counts = Counter(words)
+        counts.setdefault(UNK, 0)
+        counts.setdefault(EOS, 0)
+        return cls(sorted(counts, key=lambda w: (-counts[w], w)))
+
+    def encode(self, words: Sequence[str]) -> np.ndarray:
+        """Ids of ``words`` as an int32 array of shape (n,), unknown words as ``<unk>``."""
+        get = self.index.get
+        return np.fromiter((get(w, self.unk_id) for w in words), dtype=np.int32, count=len(words))
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.words[int(i)] for i in ids]
+
+
+def load_ptb(root: Path | None = None) -> tuple[Vocabulary, dict[str, np.ndarray]]:
+    """The PTB vocabulary (from train) and each split as an int32 id stream of shape (n,)."""
+    words = {s: read_ptb_words(s, root) for s in SPLITS}
+    vocab = Vocabulary.from_corpus(words["train"])
+    return vocab, {s: vocab.encode(w) for s, w in words.items()}
+
+
+_CONTRACTION = re.compile(r"(?i)(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
+_NUMBER = re.compile(r"^[+-]?(\d+([.,:/]\d+)*|\d*\.\d+)(st|nd|rd|th)?$")
+_TOKEN = re.compile(r"(?:[a-z]\.){2,}|n't|'\w+|[\w-]+(?:[&.,:/]\w+)*|[$#&%]|[.!?;]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Turn free text into PTB-style tokens (before vocabulary look-up).
+
+    Lower-cases, splits clitics (``don't`` -> ``do n't``) and currency signs (``$5`` -> ``$ N``),
+    writes numbers as ``N`` (as Mikolov's
+    preprocessing does), turns sentence-final ``.``, ``!``, ``?`` and ``;`` into ``<eos>`` and drops
+    other punctuation, which the PTB language-modelling split does not contain.
+    """
+    text = _CONTRACTION.sub(r"\1 \2", text.lower())
+    out: list[str] = []
+    for tok in _TOKEN.findall(text):
+        if tok in ".!?;":
+            if out and out[-1] != EOS:
+                out.append(EOS)
+        elif _NUMBER.match(tok):
+            out.append("N")
+        else:
+            out.append(tok.strip("-") or tok)
+    return out

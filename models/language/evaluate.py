@@ -1,0 +1,180 @@
+"""The Penn Treebank perplexity table: R-GLM, dynamic R-GLM, KN5, cache and tuned mixtures.
+
+Every tunable (dynamic-evaluation learning rate, cache size, mixture weights) is chosen on the
+validation split; perplexities are then reported on the requested split (test by default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models.language.data import load_ptb
+from models.language.ngram import KneserNeyLM, UnigramCache, fit_mixture, mixture_log_probs
+from models.language.rglm import LinearRecurrentLM
+
+log = logging.getLogger(__name__)
+
+# Test perplexities of the original work's table (Pachitariu & Sahani 2013 / Mikolov et al. 2011).
+TARGETS = {
+    "KN5": 141.2,
+    "RNN": 124.7,
+    "R-GLM": 102.0,
+    "dynamic R-GLM": 98.4,
+    "R-GLM + KN5 + cache": 94.0,
+    "dynamic R-GLM + KN5 + cache": 90.7,
+}
+DYNAMIC_LRS = (0.001, 0.003, 0.01)
+CACHE_SIZES = (100, 200, 500, 1000, 2000)
+TUNE_TOKENS = 10000
+
+
+def _ppl(logp: np.ndarray) -> float:
+    return float(np.exp(-np.mean(logp)))
+
+
+def tune_dynamic_lr(model: LinearRecurrentLM, valid: np.ndarray, progress: bool = False) -> float:
+    """Dynamic-evaluation learning rate with the best perplexity on the start of ``valid``."""
+    part = valid[:TUNE_TOKENS]
+    scores = {lr: _ppl(model.dynamic_log_probs(part, learning_rate=lr)) for lr in DYNAMIC_LRS}
+    for lr, ppl in scores.items():
+        log.info("dynamic lr %s: valid[:%s] ppl %.2f", lr, TUNE_TOKENS, ppl)
+    finite = {lr: p for lr, p in scores.items() if np.isfinite(p)}
+    if not finite:
+        raise FloatingPointError("dynamic evaluation diverged at every learning rate tried")
+    return min(finite, key=finite.get)
+
+
+def ptb_table(
+    model_path: str | Path,
+    split: str = "test",
+    dynamic: bool = True,
+    dynamic_lr: float | None = None,
+    baselines: bool = True,
+    progress: bool = False,
+) -> list[dict]:
+    """Rows ``{model, ppl, target, note}`` of the PTB table for the model saved at ``model_path``."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    model = LinearRecurrentLM.load(model_path)
+    vocab, data = load_ptb()
+    if vocab.words != model.vocab_.words:
+        raise ValueError("the model's vocabulary is not the PTB training vocabulary")
+    valid, evals = data["valid"], data[split]
+    rows: list[dict] = []
+    meta = getattr(model, "meta_", {})
+    note = (
+        f"H={model.n_hidden} {model.recurrence} R, {'tied' if model.tied else 'untied'}; "
+        f"trained {meta.get('train_seconds', float('nan')):.0f} s at "
+        f"{meta.get('tokens_per_s', float('nan')):.0f} tok/s"
+    )
+    t0 = time.perf_counter()
+    lp = {("rglm", "valid"): model.log_probs(valid), ("rglm", split): model.log_probs(evals)}
+    rows.append(
+        {"model": "R-GLM", "ppl": _ppl(lp["rglm", split]), "target": TARGETS["R-GLM"], "note": note}
+    )
+    log.info("static R-GLM done in %.1f s", time.perf_counter() - t0)
+    if dynamic:
+        lr = dynamic_lr if dynamic_lr is not None else tune_dynamic_lr(model, valid, progress)
+        t0 = time.perf_counter()
+        lp["dyn", split] = model.dynamic_log_probs(evals, learning_rate=lr, progress=progress)
+        rows.append(
+            {
+                "model": "dynamic R-GLM",
+                "ppl": _ppl(lp["dyn", split]),
+                "target": TARGETS["dynamic R-GLM"],
+                "note": f"SGD lr {lr} (tuned on valid), windows of 20 words, "
+                f"{time.perf_counter() - t0:.0f} s",
+            }
+        )
+        if baselines:
+            lp["dyn", "valid"] = model.dynamic_log_probs(valid, learning_rate=lr, progress=progress)
+    if baselines:
+        kn = KneserNeyLM(order=5).fit(data["train"], len(vocab))
+        lp["kn", "valid"], lp["kn", split] = kn.log_probs(valid), kn.log_probs(evals)
+        rows.insert(
+            0,
+            {
+                "model": "KN5",
+                "ppl": _ppl(lp["kn", split]),
+                "target": TARGETS["KN5"],
+                "note": "interpolated modified Kneser-Ney 5-gram, this repository",
+            },
+        )
+        # cache size: best KN5 + cache mixture on valid
+        best = None
+        for size in CACHE_SIZES:
+            pc = UnigramCache(size).probs(valid)
+            probs = np.stack([np.exp(lp["kn", "valid"]), pc])
+            w = fit_mixture(probs)
+            ll = mixture_log_probs(probs, w).mean()
+            if best is None or ll > best[0]:
+                best = (ll, size)
+        size = best[1]
+        cache = {s: UnigramCache(size).probs(data[s]) for s in ("valid", split)}
+        mixes = [("KN5 + cache", ["kn"]), ("R-GLM + KN5 + cache", ["rglm", "kn"])]
+        if dynamic:
+            mixes.append(("dynamic R-GLM + KN5 + cache", ["dyn", "kn"]))
+        for name, parts in mixes:
+            pv = np.stack([np.exp(lp[p, "valid"]) for p in parts] + [cache["valid"]])
+            w = fit_mixture(pv)
+            pe = np.stack([np.exp(lp[p, split]) for p in parts] + [cache[split]])
+            weights = ", ".join(f"{p} {x:.2f}" for p, x in zip([*parts, "cache"], w, strict=True))
+            rows.append(
+                {
+                    "model": name,
+                    "ppl": _ppl(mixture_log_probs(pe, w)),
+                    "target": TARGETS.get(name),
+                    "note": f"linear mixture, weights tuned on valid: {weights}; cache {size} words",
+                }
+            )
+    rows.append(
+        {
+            "model": "RNN",
+            "ppl": float("nan"),
+            "target": TARGETS["RNN"],
+            "note": "Mikolov's nonlinear RNN: reference row, not trained here",
+        }
+    )
+    return rows
+
+
+def plot_timescales(model: LinearRecurrentLM, path: str | Path) -> Path:
+    """Histogram of the unit timescales -1/log|r| (words) on a log axis, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tau = model.timescales()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    bins = np.logspace(np.log10(max(tau.min(), 0.1)), np.log10(tau.max() * 1.01), 30)
+    ax.hist(tau, bins=bins, color="#4477aa", edgecolor="white")
+    ax.set_xscale("log")
+    ax.set_xlabel("unit timescale  -1 / log|r|  (words)")
+    ax.set_ylabel("hidden units")
+    ax.set_title(f"R-GLM timescales (H={tau.size}, median {np.median(tau):.1f} words)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(folder: str | Path, rows: list[dict], model_path: str | Path) -> None:
+    """``ptb_table.md``, ``ptb_table.json`` and ``timescales.png`` in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ptb_table.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| model | test ppl | target | notes |", "|---|---|---|---|"]
+    for r in rows:
+        ppl = "—" if np.isnan(r["ppl"]) else f"{r['ppl']:.1f}"
+        target = "" if r.get("target") is None else f"{r['target']:.1f}"
+        lines.append(f"| {r['model']} | {ppl} | {target} | {r.get('note', '')} |")
+    (folder / "ptb_table.md").write_text("\n".join(lines) + "\n")
+    plot_timescales(LinearRecurrentLM.load(model_path), folder / "timescales.png")

@@ -1,0 +1,747 @@
+"""The linear recurrent language model (R-GLM).
+
+``h_t = R h_{t-1} + E[w_t]`` and ``P(w_{t+1} | w_<=t) = softmax(W P^T h_t + c)`` (in code, rows:
+``(h @ P) @ W.T + c``).
+
+``R`` is diagonal by default (each unit a leaky integrator with its own timescale ``-1/log|r|``
+words; |r| is kept below ``R_MAX``) or a full matrix (unconstrained). With tied embeddings the output word vectors ``W`` are the input
+embedding ``E``; the small projection ``P`` (H x H) keeps the tied model from being forced into
+symmetric word-to-word interactions. Untied models learn a separate ``W``.
+
+Training: truncated back-propagation through time over ``bptt`` steps on ``batch_size`` parallel
+streams, a sampled softmax (shared negative samples, importance-corrected) so the output layer costs
+``n_samples`` instead of ``V`` columns per token, dropout on the embeddings and on the hidden state
+fed to the output, and a max-norm on every word vector (the columns of the embedding and output
+matrices in the paper's layout). Reported perplexities always use the exact full softmax.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.language.data import Vocabulary
+from models.language.kernels import (
+    adam_update,
+    diag_scan_backward,
+    diag_scan_forward,
+    scatter_add_rows,
+)
+
+log = logging.getLogger(__name__)
+
+RECURRENCES = ("diagonal", "full")
+OPTIMIZERS = ("adam", "sgd")
+R_MAX = 0.9995  # |r| bound: timescales up to ~2000 words, and the recurrence stays stable
+NAMES = ("E", "W", "P", "r", "c")
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain functions on a parameter dict {E, W (None when tied), P, r (H,) or (H, H), c}
+# ----------------------------------------------------------------------------------------------
+
+
+def _out_matrix(params: dict) -> np.ndarray:
+    return params["E"] if params.get("W") is None else params["W"]
+
+
+def recur(x: np.ndarray, r: np.ndarray, h0: np.ndarray) -> np.ndarray:
+    """States (T, B, H) of ``h_t = R h_{t-1} + x_t``; ``r`` is (H,) (diagonal) or (H, H) (full)."""
+    if r.ndim == 1:
+        return diag_scan_forward(x, r, h0)
+    out = np.empty_like(x)
+    prev = h0
+    for t in range(x.shape[0]):
+        prev = prev @ r.T + x[t]
+        out[t] = prev
+    return out
+
+
+def recur_backward(dh, r, h, h0):
+    """Gradients ``(dx, dr)`` of :func:`recur` given the loss gradient ``dh`` on each state."""
+    if r.ndim == 1:
+        return diag_scan_backward(dh, r, h, h0)
+    dx = np.empty_like(dh)
+    dr = np.zeros_like(r)
+    delta = np.zeros_like(h0)
+    for t in range(dh.shape[0] - 1, -1, -1):
+        delta = dh[t] + delta @ r
+        dx[t] = delta
+        dr += delta.T @ (h[t - 1] if t > 0 else h0)
+    return dx, dr
+
+
+def log_softmax_rows(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(axis=1, keepdims=True)
+    z = logits - m
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def loss_and_grads(
+    params: dict,
+    X: np.ndarray,
+    Y: np.ndarray,
+    h0: np.ndarray,
+    mask_in: np.ndarray | None = None,
+    mask_h: np.ndarray | None = None,
+    samples: np.ndarray | None = None,
+    log_q: np.ndarray | None = None,
+    return_logp: bool = False,
+):
+    """Mean cross-entropy (nats/token) of one truncated-BPTT window and its gradients.
+
+    Parameters
+    ----------
+    params : parameter dict (``W`` is None for tied embeddings)
+    X, Y : (T, B) int input words and the words that follow them
+    h0 : (B, H) carried state (a constant: gradients are truncated here)
+    mask_in, mask_h : (T, B, H) dropout multipliers (0 or 1/(1-p)) on embeddings and on the state
+        fed to the output; None means no dropout
+    samples : (K,) negative samples for the sampled softmax (with replacement, from ``exp(log_q)``);
+        None means the exact full softmax
+    log_q : (V,) log sampling probabilities, needed with ``samples``
+
+    Returns
+    -------
+    loss : float
+    grads : dict with the keys of ``params`` (``E`` collects both input and tied-output gradients)
+    hT : (B, H) last state (undropped), to carry into the next window
+    logp : (T, B) log P of each target (full softmax only), returned last when ``return_logp``
+    """
+    E, P, r, c = params["E"], params["P"], params["r"], params["c"]
+    Wout = _out_matrix(params)
+    T, B = X.shape
+    H = E.shape[1]
+    N = T * B
+    x = E[X]
+    if mask_in is not None:
+        x = x * mask_in
+    h = recur(x, r, h0)
+    hd = h * mask_h if mask_h is not None else h
+    hd2 = hd.reshape(N, H)
+    u = hd2 @ P
+    y = Y.reshape(N)
+    dW = np.zeros_like(Wout)
+    dc = np.zeros_like(c)
+    if samples is None:
+        logits = u @ Wout.T + c
+        lp = log_softmax_rows(logits)
+        loss = -lp[np.arange(N), y].mean()
+        G = np.exp(lp)
+        G[np.arange(N), y] -= 1.0
+        G /= N
+        du = G @ Wout
+        dW += G.T @ u
+        dc += G.sum(axis=0)
+    else:
+        Ws = Wout[samples]
+        Wy = Wout[y]
+        true_logit = np.einsum("nh,nh->n", u, Wy) + c[y] - (log_q[y] + np.log(len(samples)))
+        samp_logit = u @ Ws.T + (c[samples] - (log_q[samples] + np.log(len(samples))))
+        samp_logit[y[:, None] == samples[None, :]] = -np.inf  # accidental hits
+        logits = np.concatenate([true_logit[:, None], samp_logit], axis=1)
+        lp = log_softmax_rows(logits)
+        loss = -lp[:, 0].mean()
+        G = np.exp(lp)
+        G[:, 0] -= 1.0
+        G /= N
+        g0, gs = G[:, :1], G[:, 1:]
+        du = g0 * Wy + gs @ Ws
+        scatter_add_rows(dW, y, g0 * u)
+        scatter_add_rows(dW, samples, gs.T @ u)
+        np.add.at(dc, y, g0[:, 0])
+        np.add.at(dc, samples, gs.sum(axis=0))
+    dP = hd2.T @ du
+    dh = (du @ P.T).reshape(T, B, H)
+    if mask_h is not None:
+        dh *= mask_h
+    dx, dr = recur_backward(dh, r, h, h0)
+    if mask_in is not None:
+        dx *= mask_in
+    dE = np.zeros_like(E)
+    scatter_add_rows(dE, X.reshape(N), dx.reshape(N, H))
+    grads = {"P": dP, "r": dr, "c": dc}
+    if params.get("W") is None:
+        grads["E"] = dE + dW
+    else:
+        grads["E"], grads["W"] = dE, dW
+    if return_logp:
+        return float(loss), grads, h[-1].copy(), lp[np.arange(N), y].reshape(T, B)
+    return float(loss), grads, h[-1].copy()
+
+
+def stream_log_probs(
+    params: dict, tokens: np.ndarray, h0: np.ndarray | None = None, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact log-probability (nats) of each ``tokens[t+1]`` given ``tokens[:t+1]``, full softmax.
+
+    Parameters
+    ----------
+    tokens : (n,) ids of one stream
+    h0 : (H,) state before the first token (zeros by default)
+
+    Returns
+    -------
+    logp : (n-1,) log P(tokens[t+1] | tokens[:t+1])
+    hT : (H,) state after the last token
+    """
+    E, P, r, c = params["E"], params["P"], params["r"], params["c"]
+    Wout = _out_matrix(params)
+    tokens = np.asarray(tokens)
+    H = E.shape[1]
+    h0 = np.zeros((1, H), E.dtype) if h0 is None else np.asarray(h0, E.dtype).reshape(1, H)
+    h = recur(E[tokens][:, None, :], r, h0)[:, 0, :]
+    logp = np.empty(len(tokens) - 1, dtype=np.float64)
+    for s in range(0, len(tokens) - 1, chunk):
+        e = min(s + chunk, len(tokens) - 1)
+        lp = log_softmax_rows((h[s:e] @ P) @ Wout.T + c)
+        logp[s:e] = lp[np.arange(e - s), tokens[s + 1 : e + 1]]
+    return logp, h[-1].copy()
+
+
+def dynamic_step(
+    params: dict,
+    X: np.ndarray,
+    Y: np.ndarray,
+    h0: np.ndarray,
+    learning_rate: float,
+    max_grad_norm: float | None = 5.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score one window of a stream, then take one in-place SGD step on it.
+
+    Same update as ``p -= learning_rate * n * grads[p]`` with ``grads`` from
+    :func:`loss_and_grads` (full softmax, no dropout), but the output-matrix update, a rank-n
+    change of a V x H matrix, is applied in place by BLAS instead of forming the dense gradient.
+
+    Parameters
+    ----------
+    params : parameter dict, modified in place (C-contiguous float32 or float64 arrays)
+    X, Y : (n,) the words read and the words that follow them
+    h0 : (1, H) state before the window
+    learning_rate : step per token (the window gradient is summed over its n tokens)
+    max_grad_norm : the step is scaled down when the window gradient's norm exceeds
+        ``max_grad_norm * n`` (norms of the separate parts added in quadrature); None: never
+
+    Returns
+    -------
+    logp : (n,) log P(Y[i] | ..., X[i]) under the parameters before the update
+    hT : (1, H) state after the window (computed with the parameters before the update)
+    """
+    from scipy.linalg import blas
+
+    E, P, r, c = params["E"], params["P"], params["r"], params["c"]
+    Wout = _out_matrix(params)
+    n = X.shape[0]
+    x = E[X][:, None, :]
+    h = recur(x, r, h0)
+    h2 = h[:, 0, :]
+    u = h2 @ P
+    lp = log_softmax_rows(u @ Wout.T + c)
+    logp = lp[np.arange(n), Y].astype(np.float64)
+    G = np.exp(lp)
+    G[np.arange(n), Y] -= 1.0  # gradient of the summed loss with respect to the logits
+    du = G @ Wout
+    dP = h2.T @ du
+    dx, dr = recur_backward((du @ P.T)[:, None, :], r, h, h0)
+    lr = learning_rate
+    if max_grad_norm is not None:
+        # ||G^T u||_F^2 = sum((u u^T) * (G G^T)): the output-matrix part without forming it
+        sq = float(np.sum((u @ u.T) * (G @ G.T)))
+        sq += float(np.vdot(dx, dx) + np.vdot(dP, dP) + np.vdot(dr, dr))
+        sq += float(np.vdot(G.sum(axis=0), G.sum(axis=0)))
+        norm = np.sqrt(sq)
+        if norm > max_grad_norm * n:
+            lr *= max_grad_norm * n / norm
+    # Wout.T (F-ordered view of the C-ordered Wout) += -lr * u^T G, in place
+    gemm = blas.get_blas_funcs("gemm", (Wout,))
+    res = gemm(-lr, u, G, beta=1.0, c=Wout.T, trans_a=1, overwrite_c=1)
+    if not np.shares_memory(res, Wout):
+        Wout[...] = res.T
+    c -= lr * G.sum(axis=0)
+    scatter_add_rows(E, X, -lr * dx[:, 0, :])
+    P -= lr * dP
+    r -= lr * dr
+    if r.ndim == 1:
+        np.clip(r, -R_MAX, R_MAX, out=r)
+    return logp, h[-1].copy()
+
+
+def next_word_log_probs(params: dict, h: np.ndarray) -> np.ndarray:
+    """Log-probabilities (V,) of the next word given the state ``h`` (H,)."""
+    logits = (np.asarray(h, params["E"].dtype) @ params["P"]) @ _out_matrix(params).T + params["c"]
+    return log_softmax_rows(logits[None, :].astype(np.float64))[0]
+
+
+def max_norm_rows(M: np.ndarray, max_norm: float) -> None:
+    """In place: rescale every row (word vector) whose L2 norm exceeds ``max_norm``."""
+    norms = np.sqrt(np.einsum("ij,ij->i", M, M))
+    big = norms > max_norm
+    if big.any():
+        M[big] *= (max_norm / norms[big])[:, None].astype(M.dtype)
+
+
+def timescales(r: np.ndarray) -> np.ndarray:
+    """Unit timescales ``-1/log|r|`` in words (H,); for a full R, of its eigenvalues."""
+    lam = np.abs(r) if r.ndim == 1 else np.abs(np.linalg.eigvals(r))
+    lam = np.clip(lam, 1e-12, 1 - 1e-12)
+    return -1.0 / np.log(lam)
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisers
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Optimizer:
+    kind: str
+    lr: float
+    momentum: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    step: int = 0
+
+    def init(self, params: dict) -> None:
+        self.m = {k: np.zeros_like(v) for k, v in params.items() if v is not None}
+        self.v = (
+            {k: np.zeros_like(v) for k, v in params.items() if v is not None}
+            if self.kind == "adam"
+            else {}
+        )
+
+    def update(self, params: dict, grads: dict) -> None:
+        self.step += 1
+        for k, g in grads.items():
+            p, m = params[k], self.m[k]
+            if self.kind == "sgd":
+                m *= self.momentum
+                m -= self.lr * g
+                m[np.abs(m) < 1e-30] = 0.0  # no float32 subnormals (see adam_update)
+                p += m
+            else:
+                a = self.lr * np.sqrt(1 - self.beta2**self.step) / (1 - self.momentum**self.step)
+                adam_update(p, g, m, self.v[k], a, self.momentum, self.beta2, self.eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# The estimator
+# ----------------------------------------------------------------------------------------------
+
+
+class LinearRecurrentLM:
+    """Linear recurrent language model (R-GLM) trained by truncated BPTT.
+
+    Parameters
+    ----------
+    n_hidden : int, default 200
+    recurrence : {"diagonal", "full"}, default "diagonal"
+    tied : bool, default True -- output word vectors are the input embedding
+    dropout_input, dropout_hidden : float in [0, 1), defaults 0.1 and 0.25
+    max_norm : float or None, default 3.0 -- max L2 norm of every word vector
+    bptt : int, default 20 -- truncation length
+    batch_size : int, default 64 -- parallel streams
+    n_samples : int or None, default 1024 -- sampled-softmax negatives (None: full softmax)
+    optimizer : {"adam", "sgd"}, default "adam"
+    learning_rate : float or None -- default 2e-3 (adam) or 1.0 (sgd, momentum 0.9)
+    momentum : float, default 0.9
+    anneal : float, default 0.5 -- learning-rate factor when validation stops improving
+    n_epochs : int, default 20
+    time_limit : float or None -- stop after the epoch that crosses this many seconds
+    seed : int, default 0
+
+    Attributes
+    ----------
+    params_ : dict of E (V, H), W (V, H) or None, P (H, H), r (H,) or (H, H), c (V,)
+    vocab_ : Vocabulary
+    history_ : list of per-epoch dicts (train loss, valid perplexity, tokens/s, lr, seconds)
+    """
+
+    def __init__(
+        self,
+        n_hidden: int = 200,
+        recurrence: str = "diagonal",
+        tied: bool = True,
+        dropout_input: float = 0.1,
+        dropout_hidden: float = 0.25,
+        max_norm: float | None = 3.0,
+        bptt: int = 20,
+        batch_size: int = 64,
+        n_samples: int | None = 1024,
+        optimizer: str = "adam",
+        learning_rate: float | None = None,
+        momentum: float = 0.9,
+        anneal: float = 0.5,
+        n_epochs: int = 20,
+        time_limit: float | None = None,
+        seed: int = 0,
+    ):
+        self.n_hidden = n_hidden
+        self.recurrence = recurrence
+        self.tied = tied
+        self.dropout_input = dropout_input
+        self.dropout_hidden = dropout_hidden
+        self.max_norm = max_norm
+        self.bptt = bptt
+        self.batch_size = batch_size
+        self.n_samples = n_samples
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.anneal = anneal
+        self.n_epochs = n_epochs
+        self.time_limit = time_limit
+        self.seed = seed
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        if self.recurrence not in RECURRENCES:
+            raise ValueError(
+                f"recurrence={self.recurrence!r}; valid choices: {', '.join(RECURRENCES)}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer={self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}"
+            )
+        for name in ("dropout_input", "dropout_hidden"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("n_hidden", "bptt", "batch_size", "n_epochs"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    def init_params(self, vocab_size: int, unigram: np.ndarray | None = None) -> dict:
+        """Fresh parameters: timescales log-uniform over 1-100 words, P = diag(1 - r)."""
+        rng = np.random.default_rng(self.seed)
+        H, V = self.n_hidden, vocab_size
+        tau = np.exp(rng.uniform(0.0, np.log(100.0), H))
+        r_diag = np.exp(-1.0 / tau).astype(np.float32)
+        E = (rng.standard_normal((V, H)) * 0.1).astype(np.float32)
+        W = None if self.tied else (rng.standard_normal((V, H)) * 0.1).astype(np.float32)
+        r = r_diag if self.recurrence == "diagonal" else np.diag(r_diag).astype(np.float32)
+        P = np.diag(1.0 - r_diag).astype(np.float32)
+        if unigram is None:
+            c = np.zeros(V, np.float32)
+        else:
+            c = np.log(np.maximum(unigram, 1e-8) / unigram.sum()).astype(np.float32)
+        return {"E": E, "W": W, "P": P, "r": r, "c": c}
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "params_"):
+            raise RuntimeError("this LinearRecurrentLM is not fitted: call fit() or load() first")
+
+    # -- training -------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train: np.ndarray,
+        vocab: Vocabulary,
+        valid: np.ndarray | None = None,
+        checkpoint: str | Path | None = None,
+        progress: bool = False,
+    ) -> LinearRecurrentLM:
+        """Train on the id stream ``train`` (n,); anneal on ``valid`` perplexity; keep the best.
+
+        With ``checkpoint`` the full training state is saved after every epoch and, if the file
+        already exists, training resumes from it (so a long run can be split into short jobs).
+        """
+        self._validate()
+        train = np.asarray(train, dtype=np.int64)
+        V = len(vocab)
+        if train.ndim != 1 or train.size < 2 or train.min() < 0 or train.max() >= V:
+            raise ValueError(f"train must be a 1-d stream of ids in [0, {V})")
+        self.vocab_ = vocab
+        counts = np.bincount(train, minlength=V).astype(np.float64) + 1.0
+        q = counts**0.75
+        log_q = np.log(q / q.sum())
+        q_cdf = np.cumsum(np.exp(log_q))
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        if ckpt is not None and ckpt.exists():
+            state = self._load_checkpoint(ckpt)
+            log.info("resuming from %s at epoch %s", ckpt, state["epoch"])
+        else:
+            lr = self.learning_rate or (2e-3 if self.optimizer == "adam" else 1.0)
+            opt = _Optimizer(self.optimizer, lr, self.momentum)
+            self.params_ = self.init_params(V, counts)
+            opt.init(self.params_)
+            state = {
+                "epoch": 0,
+                "opt": opt,
+                "best": np.inf,
+                "best_params": None,
+                "history": [],
+                "rng": np.random.default_rng(self.seed + 1),
+            }
+        self.history_ = state["history"]
+        opt, rng = state["opt"], state["rng"]
+        B, T, H = self.batch_size, self.bptt, self.n_hidden
+        L = (train.size - 1) // B
+        data = train[: L * B + 1]
+        Xs = data[:-1].reshape(B, L).T
+        Ys = data[1:].reshape(B, L).T
+        started = time.perf_counter()
+        while state["epoch"] < self.n_epochs:
+            t0 = time.perf_counter()
+            h = np.zeros((B, H), np.float32)
+            total, count = 0.0, 0
+            steps = range(0, L, T)
+            if progress:
+                from tqdm import tqdm
+
+                steps = tqdm(steps, desc=f"epoch {state['epoch'] + 1}", unit="win", leave=False)
+            for s in steps:
+                X, Y = Xs[s : s + T], Ys[s : s + T]
+                shape = (*X.shape, H)
+                m_in = _dropout_mask(rng, shape, self.dropout_input)
+                m_h = _dropout_mask(rng, shape, self.dropout_hidden)
+                samples = None
+                if self.n_samples:
+                    samples = np.searchsorted(q_cdf, rng.random(self.n_samples) * q_cdf[-1])
+                    samples = np.minimum(samples, V - 1)
+                loss, grads, h = loss_and_grads(
+                    self.params_, X, Y, h, m_in, m_h, samples, log_q if self.n_samples else None
+                )
+                if not np.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training diverged at epoch {state['epoch'] + 1}: lower learning_rate"
+                    )
+                _clip_global(grads, 5.0)
+                opt.update(self.params_, grads)
+                self._project()
+                total += loss * X.size
+                count += X.size
+            seconds = time.perf_counter() - t0
+            entry = {
+                "epoch": state["epoch"] + 1,
+                "train_loss": total / count,
+                "tokens_per_s": count / seconds,
+                "seconds": seconds,
+                "lr": opt.lr,
+            }
+            if valid is not None:
+                entry["valid_ppl"] = self.perplexity(valid)
+                if entry["valid_ppl"] < state["best"]:
+                    state["best"] = entry["valid_ppl"]
+                    state["best_params"] = _copy_params(self.params_)
+                if entry["valid_ppl"] > 0.995 * min(
+                    [e["valid_ppl"] for e in self.history_] or [np.inf]
+                ):
+                    opt.lr *= self.anneal
+            self.history_.append(entry)
+            state["epoch"] += 1
+            log.info("epoch %s: %s", entry["epoch"], entry)
+            if ckpt is not None:
+                self._save_checkpoint(ckpt, state)
+            if self.time_limit is not None:
+                elapsed = time.perf_counter() - started
+                if elapsed + seconds * 1.3 > self.time_limit:
+                    log.info(
+                        "time limit: stopping after epoch %s (%.0f s)", state["epoch"], elapsed
+                    )
+                    break
+        if state["best_params"] is not None:
+            self.params_ = state["best_params"]
+        self.epochs_done_ = state["epoch"]
+        return self
+
+    def _project(self) -> None:
+        r = self.params_["r"]
+        if r.ndim == 1:
+            np.clip(r, -R_MAX, R_MAX, out=r)
+        if self.max_norm:
+            max_norm_rows(self.params_["E"], self.max_norm)
+            if self.params_.get("W") is not None:
+                max_norm_rows(self.params_["W"], self.max_norm)
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def log_probs(self, tokens: np.ndarray) -> np.ndarray:
+        """Exact log P (nats) of ``tokens[1:]`` (n-1,) reading the stream from a zero state."""
+        self._check_fitted()
+        return stream_log_probs(self.params_, np.asarray(tokens, dtype=np.int64))[0]
+
+    def perplexity(self, tokens: np.ndarray) -> float:
+        """Exact full-softmax perplexity of ``tokens[1:]``."""
+        return float(np.exp(-self.log_probs(tokens).mean()))
+
+    def dynamic_log_probs(
+        self,
+        tokens: np.ndarray,
+        learning_rate: float = 0.05,
+        chunk: int = 20,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Dynamic evaluation: log P of ``tokens[1:]`` while training online on the stream.
+
+        The stream is cut into windows of ``chunk`` predictions. Each window is scored with the
+        current parameters first; only then is one SGD step (:func:`dynamic_step`: exact
+        full-softmax gradient summed over the window, BPTT inside it) taken on it. So no token
+        ever influences the parameters that score it. The fitted parameters are left untouched
+        (a float32 copy is adapted).
+        """
+        self._check_fitted()
+        if chunk < 1 or learning_rate < 0:
+            raise ValueError("chunk must be >= 1 and learning_rate >= 0")
+        tokens = np.asarray(tokens, dtype=np.int64)
+        params = _copy_params(self.params_, np.float32)
+        H = params["E"].shape[1]
+        h = np.zeros((1, H), np.float32)
+        out = np.empty(len(tokens) - 1, np.float64)
+        starts = range(0, len(tokens) - 1, chunk)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="dynamic eval", unit="win")
+        for s in starts:
+            e = min(s + chunk, len(tokens) - 1)
+            out[s:e], h = dynamic_step(params, tokens[s:e], tokens[s + 1 : e + 1], h, learning_rate)
+        return out
+
+    def next_word_log_probs(self, context: np.ndarray) -> np.ndarray:
+        """Log-probabilities (V,) of the word after the id sequence ``context`` (from zero state)."""
+        self._check_fitted()
+        context = np.asarray(context, dtype=np.int64)
+        H = self.params_["E"].shape[1]
+        if context.size == 0:
+            return next_word_log_probs(self.params_, np.zeros(H, np.float32))
+        x = self.params_["E"][context][:, None, :].astype(np.float32)
+        h = recur(x, self.params_["r"].astype(np.float32), np.zeros((1, H), np.float32))
+        return next_word_log_probs(self.params_, h[-1, 0])
+
+    def timescales(self) -> np.ndarray:
+        """Unit timescales in words (H,), ``-1/log|r|``."""
+        self._check_fitted()
+        return timescales(self.params_["r"])
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def get_config(self) -> dict:
+        keys = [
+            "n_hidden",
+            "recurrence",
+            "tied",
+            "dropout_input",
+            "dropout_hidden",
+            "max_norm",
+            "bptt",
+            "batch_size",
+            "n_samples",
+            "optimizer",
+            "learning_rate",
+            "momentum",
+            "anneal",
+            "n_epochs",
+            "time_limit",
+            "seed",
+        ]
+        return {k: getattr(self, k) for k in keys}
+
+    def save(self, path: str | Path, half: bool = True, meta: dict | None = None) -> Path:
+        """Write the fitted model to one ``.npz``; word vectors in float16 when ``half``.
+
+        ``r`` and ``P`` stay float32: float16 cannot resolve ``r`` near 1 (long timescales).
+        """
+        self._check_fitted()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        big = np.float16 if half else np.float32
+        arrays = {
+            "E": self.params_["E"].astype(big),
+            "P": self.params_["P"].astype(np.float32),
+            "r": self.params_["r"].astype(np.float32),
+            "c": self.params_["c"].astype(np.float32),
+            "vocab": np.array(self.vocab_.words),
+            "config": np.array(json.dumps({**self.get_config(), **(meta or {})})),
+        }
+        if self.params_.get("W") is not None:
+            arrays["W"] = self.params_["W"].astype(big)
+        np.savez_compressed(path, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinearRecurrentLM:
+        """Load a model written by :meth:`save` (parameters as float32 for computing)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"language model weights {path} not found")
+        with np.load(path, allow_pickle=False) as z:
+            config = json.loads(str(z["config"]))
+            init_keys = cls().get_config().keys()
+            model = cls(**{k: v for k, v in config.items() if k in init_keys})
+            model.meta_ = config
+            model.vocab_ = Vocabulary([str(w) for w in z["vocab"]])
+            model.params_ = {
+                "E": z["E"].astype(np.float32),
+                "W": z["W"].astype(np.float32) if "W" in z.files else None,
+                "P": z["P"].astype(np.float32),
+                "r": z["r"].astype(np.float32),
+                "c": z["c"].astype(np.float32),
+            }
+        return model
+
+    def _save_checkpoint(self, path: Path, state: dict) -> None:
+        opt = state["opt"]
+        arrays = {f"p_{k}": v for k, v in self.params_.items() if v is not None}
+        arrays.update({f"m_{k}": v for k, v in opt.m.items()})
+        arrays.update({f"v_{k}": v for k, v in opt.v.items()})
+        if state["best_params"] is not None:
+            arrays.update({f"b_{k}": v for k, v in state["best_params"].items() if v is not None})
+        meta = {
+            "epoch": state["epoch"],
+            "best": state["best"],
+            "history": state["history"],
+            "lr": opt.lr,
+            "step": opt.step,
+            "rng": state["rng"].bit_generator.state,
+            "config": self.get_config(),
+            "vocab": self.vocab_.words,
+        }
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+        tmp.replace(path)
+
+    def _load_checkpoint(self, path: Path) -> dict:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            self.params_ = {k: z[f"p_{k}"] if f"p_{k}" in z.files else None for k in NAMES}
+            opt = _Optimizer(self.optimizer, meta["lr"], self.momentum, step=meta["step"])
+            opt.m = {k[2:]: z[k] for k in z.files if k.startswith("m_")}
+            opt.v = {k[2:]: z[k] for k in z.files if k.startswith("v_")}
+            best_params = None
+            if any(k.startswith("b_") for k in z.files):
+                best_params = {k: z[f"b_{k}"] if f"b_{k}" in z.files else None for k in NAMES}
+        rng = np.random.default_rng()
+        rng.bit_generator.state = meta["rng"]
+        return {
+            "epoch": meta["epoch"],
+            "opt": opt,
+            "best": meta["best"],
+            "best_params": best_params,
+            "history": meta["history"],
+            "rng": rng,
+        }
+
+
+def _dropout_mask(rng: np.random.Generator, shape, p: float) -> np.ndarray | None:
+    if p <= 0:
+        return None
+    return (rng.random(shape, dtype=np.float32) >= p).astype(np.float32) / np.float32(1 - p)
+
+
+def _clip_global(grads: dict, max_norm: float) -> None:
+    total = np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    if total > max_norm:
+        for g in grads.values():
+            g *= max_norm / total
+
+
+def _copy_params(params: dict, dtype=None) -> dict:
+    return {
+        k: (None if v is None else (v.astype(dtype) if dtype is not None else v.copy()))
+        for k, v in params.items()
+    }

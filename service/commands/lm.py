@@ -1,0 +1,137 @@
+"""``v1motion lm train|eval|score``: the linear recurrent language model offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights" / "lm_ptb_rglm.npz"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("lm", help="train, evaluate and use the language model")
+    sub = p.add_subparsers(dest="lm_command", required=True)
+
+    t = sub.add_parser("train", help="train an R-GLM on Penn Treebank (resumable)")
+    t.add_argument("--out", type=Path, required=True, help="where to write the weights (.npz)")
+    t.add_argument("--checkpoint", type=Path, help="resumable training state (.npz)")
+    t.add_argument("--hidden", type=int, default=200)
+    t.add_argument("--recurrence", choices=["diagonal", "full"], default="diagonal")
+    t.add_argument("--untied", action="store_true", help="separate output word vectors")
+    t.add_argument("--dropout-input", type=float, default=0.1)
+    t.add_argument("--dropout-hidden", type=float, default=0.25)
+    t.add_argument("--max-norm", type=float, default=3.0, help="0 disables the max-norm")
+    t.add_argument("--bptt", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--samples", type=int, default=1024, help="sampled-softmax size, 0 = full")
+    t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--anneal", type=float, default=0.5)
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--time-limit", type=float, default=None, help="seconds for this job")
+    t.add_argument("--train-tokens", type=int, default=None, help="use only a prefix of train")
+    t.add_argument("--float32", action="store_true", help="save word vectors as float32")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=run_train)
+
+    e = sub.add_parser("eval", help="the Penn Treebank perplexity table for a trained model")
+    e.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS)
+    e.add_argument("--split", choices=["valid", "test"], default="test")
+    e.add_argument("--dynamic", action="store_true", help="add dynamic evaluation rows")
+    e.add_argument("--dynamic-lr", type=float, default=None, help="default: tuned on valid")
+    e.add_argument("--baselines", action="store_true", help="add KN5, cache and mixtures")
+    e.add_argument("--report", type=Path, help="write the table (markdown, json) and figure here")
+    e.set_defaults(func=run_eval)
+
+    s = sub.add_parser("score", help="per-word surprisal of a text")
+    s.add_argument("text", help="text to score")
+    s.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS)
+    s.add_argument("--next", type=int, default=0, help="also list the k most likely next words")
+    s.set_defaults(func=run_score)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from models.language.data import load_ptb
+    from models.language.rglm import LinearRecurrentLM
+
+    vocab, data = load_ptb()
+    train = data["train"] if args.train_tokens is None else data["train"][: args.train_tokens]
+    model = LinearRecurrentLM(
+        n_hidden=args.hidden,
+        recurrence=args.recurrence,
+        tied=not args.untied,
+        dropout_input=args.dropout_input,
+        dropout_hidden=args.dropout_hidden,
+        max_norm=args.max_norm or None,
+        bptt=args.bptt,
+        batch_size=args.batch_size,
+        n_samples=args.samples or None,
+        optimizer=args.optimizer,
+        learning_rate=args.lr,
+        anneal=args.anneal,
+        n_epochs=args.epochs,
+        time_limit=args.time_limit,
+        seed=args.seed,
+    )
+    t0 = time.perf_counter()
+    model.fit(train, vocab, valid=data["valid"], checkpoint=args.checkpoint, progress=True)
+    for e in model.history_:
+        print(
+            f"epoch {e['epoch']:3d}  train {e['train_loss']:.3f} nats  valid ppl "
+            f"{e.get('valid_ppl', float('nan')):8.2f}  {e['tokens_per_s']:8.0f} tok/s  lr {e['lr']:.2g}"
+        )
+    done = model.epochs_done_ >= model.n_epochs
+    seconds = sum(e["seconds"] for e in model.history_)
+    meta = {
+        "train_seconds": seconds,
+        "epochs_done": model.epochs_done_,
+        "tokens_per_s": sum(e["tokens_per_s"] for e in model.history_) / len(model.history_),
+        "valid_ppl": min(e["valid_ppl"] for e in model.history_),
+    }
+    path = model.save(args.out, half=not args.float32, meta=meta)
+    args.out.with_suffix(".history.json").write_text(json.dumps(model.history_, indent=1))
+    print(
+        f"{'finished' if done else 'paused (resume with the same command)'}: {model.epochs_done_}/"
+        f"{model.n_epochs} epochs, best valid ppl {meta['valid_ppl']:.2f}, "
+        f"{time.perf_counter() - t0:.0f} s this job; weights in {path}"
+    )
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from models.language.evaluate import ptb_table, write_report
+
+    rows = ptb_table(
+        args.model,
+        split=args.split,
+        dynamic=args.dynamic,
+        dynamic_lr=args.dynamic_lr,
+        baselines=args.baselines,
+        progress=True,
+    )
+    width = max(len(r["model"]) for r in rows)
+    print(f"{'model':<{width}}  {args.split} ppl  target")
+    for r in rows:
+        target = "" if r.get("target") is None else f"{r['target']:.1f}"
+        print(f"{r['model']:<{width}}  {r['ppl']:8.2f}  {target}")
+    if args.report:
+        write_report(args.report, rows, args.model)
+        print(f"report written to {args.report}")
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from models.language.scoring import LanguageScorer
+
+    scorer = LanguageScorer.from_file(args.model)
+    result = scorer.score(args.text)
+    for tok in result["tokens"]:
+        flag = "  (unknown -> <unk>)" if tok["unknown"] else ""
+        print(f"{tok['token']:>16}  {tok['surprisal_bits']:7.2f} bits{flag}")
+    print(f"perplexity {result['perplexity']:.2f} over {len(result['tokens'])} tokens")
+    if args.next:
+        for w in scorer.next_words(args.text, args.next):
+            print(f"next: {w['word']:>16}  p={w['probability']:.4f}")
+    return 0

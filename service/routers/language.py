@@ -1,0 +1,106 @@
+"""Language: per-word surprisal and next-word prediction from the linear recurrent LM."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from models.language.scoring import LanguageScorer
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/language", tags=["language"])
+
+
+def load_scorer(settings: Settings) -> LanguageScorer:
+    """Load the model named by the settings and compile its kernels (called from the lifespan)."""
+    scorer = LanguageScorer.from_file(settings.lm_weights)
+    scorer.score("the")  # compile the recurrence kernel before the first request
+    log.info("language model loaded from %s (V=%s)", settings.lm_weights, len(scorer.vocab))
+    return scorer
+
+
+class ScoreRequest(BaseModel):
+    text: str = Field(description="text to score; lower-cased and tokenised PTB-style")
+
+
+class TokenScore(BaseModel):
+    token: str = Field(description="the token read from the text")
+    word: str = Field(description="the vocabulary entry scored (<unk> for unknown tokens)")
+    unknown: bool
+    surprisal_bits: float = Field(description="-log2 P(word | preceding words)")
+
+
+class ScoreResponse(BaseModel):
+    tokens: list[TokenScore]
+    perplexity: float
+    bits_per_token: float
+    n_unknown: int
+
+
+class NextRequest(BaseModel):
+    context: str = Field("", description="text read so far (may be empty: start of a sentence)")
+    k: int = Field(10, description="how many candidate next words")
+
+
+class NextWord(BaseModel):
+    word: str
+    probability: float
+
+
+class NextResponse(BaseModel):
+    context_tokens: list[str]
+    words: list[NextWord]
+
+
+def get_scorer(request: Request) -> LanguageScorer:
+    scorer = getattr(request.app.state, "language_scorer", None)
+    if scorer is None:
+        raise HTTPException(503, detail="language model is not loaded")
+    return scorer
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+Scorer = Annotated[LanguageScorer, Depends(get_scorer)]
+AppSettings = Annotated[Settings, Depends(get_settings)]
+
+
+def _check_length(text: str, field: str, settings: Settings) -> None:
+    if len(text) > settings.lm_max_chars:
+        raise HTTPException(
+            413, detail=f"{field} is {len(text)} characters; the limit is {settings.lm_max_chars}"
+        )
+
+
+@router.post("/score", response_model=ScoreResponse)
+async def score(body: ScoreRequest, scorer: Scorer, settings: AppSettings) -> ScoreResponse:
+    """Per-token surprisal in bits and the perplexity of the text."""
+    _check_length(body.text, "text", settings)
+    try:
+        result = await run_in_threadpool(scorer.score, body.text)
+    except ValueError as err:
+        raise HTTPException(422, detail=str(err)) from err
+    n_unknown = sum(t["unknown"] for t in result["tokens"])
+    return ScoreResponse(**result, n_unknown=n_unknown)
+
+
+@router.post("/next", response_model=NextResponse)
+async def next_words(body: NextRequest, scorer: Scorer, settings: AppSettings) -> NextResponse:
+    """The k most probable next words after the context."""
+    _check_length(body.context, "context", settings)
+    if not 1 <= body.k <= settings.lm_max_k:
+        raise HTTPException(
+            422, detail=f"k must be between 1 and {settings.lm_max_k}, got {body.k}"
+        )
+    words = await run_in_threadpool(scorer.next_words, body.context, body.k)
+    return NextResponse(
+        context_tokens=scorer.tokens(body.context), words=[NextWord(**w) for w in words]
+    )

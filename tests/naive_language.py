@@ -1,0 +1,43 @@
+"""Slow, obviously-right numpy twins of the language-model Numba kernels."""
+
+import numpy as np
+
+
+def diag_scan_forward(x, r, h0):
+    h = np.empty_like(x)
+    prev = h0
+    for t in range(x.shape[0]):
+        prev = r * prev + x[t]
+        h[t] = prev
+    return h
+
+
+def diag_scan_backward(dh, r, h, h0):
+    # unroll: h_t = sum_{s<=t} r^(t-s) x_s + r^(t+1) h0, so dL/dx_s = sum_{t>=s} r^(t-s) dh_t
+    T = dh.shape[0]
+    dx = np.zeros_like(dh)
+    for s in range(T):
+        for t in range(s, T):
+            dx[s] += r ** (t - s) * dh[t]
+    # dL/dr = sum_t dh_t * d h_t / d r, with d h_t/d r = h_{t-1} + r d h_{t-1}/d r
+    dr = np.zeros_like(r)
+    dh_dr = np.zeros_like(h0)
+    prev = h0
+    for t in range(T):
+        dh_dr = prev + r * dh_dr
+        dr += (dh[t] * dh_dr).sum(axis=0)
+        prev = h[t]
+    return dx, dr
+
+
+def scatter_add_rows(target, rows, values):
+    for i, k in enumerate(rows):
+        target[k] += values[i]
+
+
+def adam_update(p, g, m, v, step_size, beta1=0.9, beta2=0.999, eps=1e-8, tiny=1e-30):
+    m[...] = beta1 * m + (1 - beta1) * g
+    v[...] = beta2 * v + (1 - beta2) * g * g
+    m[np.abs(m) < tiny] = 0.0
+    v[v < tiny] = 0.0
+    p -= step_size * m / (np.sqrt(v) + eps)

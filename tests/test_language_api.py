@@ -1,0 +1,115 @@
+"""/v1/language endpoints and the `v1motion lm` CLI, with a tiny model written to a temp folder."""
+
+import math
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from models.language.data import Vocabulary
+from models.language.rglm import LinearRecurrentLM
+from service.app import create_app
+from service.cli import main
+from service.settings import Settings
+
+WORDS = ["<unk>", "<eos>", "the", "cat", "sat", "on", "mat", "n't", "do", "N"]
+
+
+@pytest.fixture
+def weights(tmp_path):
+    model = LinearRecurrentLM(n_hidden=6, seed=4)
+    model.vocab_ = Vocabulary(WORDS)
+    rng = np.random.default_rng(0)
+    model.params_ = {
+        k: None if v is None else v + 0.3 * rng.standard_normal(v.shape).astype(np.float32)
+        for k, v in model.init_params(len(WORDS)).items()
+    }
+    return model.save(tmp_path / "lm.npz")
+
+
+@pytest.fixture
+def client(weights):
+    settings = Settings(lm_weights=weights, lm_max_chars=200, lm_max_k=5)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_score_gives_surprisal_and_flags_unknown_words(client):
+    r = client.post("/v1/language/score", json={"text": "The cat sat on the zebra."})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    toks = body["tokens"]
+    assert [t["token"] for t in toks] == ["the", "cat", "sat", "on", "the", "zebra", "<eos>"]
+    zebra = toks[5]
+    assert zebra["unknown"] and zebra["word"] == "<unk>"
+    assert body["n_unknown"] == 1
+    bits = [t["surprisal_bits"] for t in toks]
+    assert all(b > 0 for b in bits)
+    assert body["perplexity"] == pytest.approx(2 ** (sum(bits) / len(bits)))
+    assert body["bits_per_token"] == pytest.approx(math.log2(body["perplexity"]))
+
+
+def test_next_returns_k_words_in_order_from_a_distribution(client):
+    r = client.post("/v1/language/next", json={"context": "the cat", "k": 5})
+    assert r.status_code == 200, r.text
+    words = r.json()["words"]
+    assert len(words) == 5
+    probs = [w["probability"] for w in words]
+    assert probs == sorted(probs, reverse=True)
+    assert 0 < sum(probs) <= 1.0
+    assert r.json()["context_tokens"] == ["the", "cat"]
+    # all ten words: the whole distribution
+    r = client.post("/v1/language/next", json={"context": "", "k": 5})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "detail"),
+    [
+        ("/v1/language/score", {"text": "x" * 201}, 413, "limit is 200"),
+        ("/v1/language/score", {"text": "  ?! "}, 422, "no words"),
+        ("/v1/language/score", {}, 422, "text"),
+        ("/v1/language/score", {"text": 5}, 422, "string"),
+        ("/v1/language/next", {"context": "the", "k": 0}, 422, "between 1 and 5"),
+        ("/v1/language/next", {"context": "the", "k": 6}, 422, "between 1 and 5"),
+        ("/v1/language/next", {"context": "the", "k": "many"}, 422, "integer"),
+        ("/v1/language/next", {"context": "y" * 201}, 413, "context is 201 characters"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(client, path, payload, status, detail):
+    r = client.post(path, json=payload)
+    assert r.status_code == status
+    assert detail in str(r.json()["detail"])
+
+
+def test_missing_model_is_503_not_a_crash(client):
+    client.app.state.language_scorer = None
+    r = client.post("/v1/language/score", json={"text": "the cat"})
+    assert r.status_code == 503
+    assert "not loaded" in r.json()["detail"]
+
+
+def test_settings_refuse_missing_weights(tmp_path):
+    with pytest.raises(ValueError, match="no language-model weights"):
+        Settings(lm_weights=tmp_path / "nope.npz")
+
+
+def test_cli_score(weights, capsys):
+    assert (
+        main(["lm", "score", "the cat sat on a zebra", "--model", str(weights), "--next", "3"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "unknown -> <unk>" in out
+    assert "perplexity" in out
+    assert out.count("next:") == 3
+
+
+def test_shipped_default_model_serves_ptb_style_text():
+    with TestClient(create_app(Settings())) as c:
+        r = c.post("/v1/language/score", json={"text": "The stock market fell sharply on Monday."})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["n_unknown"] == 0
+        assert body["perplexity"] < 200  # in-domain text; a uniform guess would be 10,000
+        top = c.post("/v1/language/next", json={"context": "the stock", "k": 3}).json()["words"]
+        assert "market" in [w["word"] for w in top]

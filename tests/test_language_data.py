@@ -1,0 +1,61 @@
+"""PTB reader, vocabulary and the free-text tokenizer."""
+
+import numpy as np
+import pytest
+
+from models.datasets import shared_data_dir
+from models.language.data import Vocabulary, load_ptb, read_ptb_words, tokenize
+
+HAVE_PTB = (shared_data_dir() / "ptb" / "ptb.train.txt.gz").exists()
+
+
+def test_tokenize_ptb_style():
+    assert tokenize("I don't know, it's 3.5 Million dollars. Really?") == [
+        "i",
+        "do",
+        "n't",
+        "know",
+        "it",
+        "'s",
+        "N",
+        "million",
+        "dollars",
+        "<eos>",
+        "really",
+        "<eos>",
+    ]
+    assert tokenize("  ...  ") == []
+    assert tokenize("The U.S. economy") == ["the", "u.s.", "economy"]
+    assert tokenize("$5 for AT&T in the 1980s") == [
+        "$",
+        "N",
+        "for",
+        "at&t",
+        "in",
+        "the",
+        "1980s",
+    ]
+
+
+def test_vocabulary_maps_unknown_words_to_unk():
+    vocab = Vocabulary.from_corpus(["b", "a", "b", "<eos>"])
+    assert vocab.words[0] == "b"  # most frequent first
+    ids = vocab.encode(["a", "zebra", "<eos>"])
+    assert ids.dtype == np.int32
+    assert vocab.decode(ids) == ["a", "<unk>", "<eos>"]
+    with pytest.raises(ValueError, match="must contain '<unk>'"):
+        Vocabulary(["a", "<eos>"])
+    with pytest.raises(ValueError, match="valid choices: train, valid, test"):
+        read_ptb_words("dev")
+
+
+@pytest.mark.skipif(not HAVE_PTB, reason="Penn Treebank not in the shared data folder")
+def test_ptb_matches_its_documented_sizes():
+    vocab, data = load_ptb()
+    assert len(vocab) == 10000
+    assert {k: v.size for k, v in data.items()} == {
+        "train": 929589,
+        "valid": 73760,
+        "test": 82430,
+    }
+    assert (data["valid"] != vocab.unk_id).sum() < data["valid"].size  # <unk> occurs, as a word

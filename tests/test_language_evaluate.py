@@ -1,0 +1,52 @@
+"""The PTB table and the training command, end to end through the CLI (needs the shared PTB)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from models.datasets import shared_data_dir
+from models.language.data import load_ptb
+from models.language.evaluate import TARGETS
+from models.language.rglm import LinearRecurrentLM
+from service.cli import main
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (shared_data_dir() / "ptb" / "ptb.train.txt.gz").exists(), reason="no Penn Treebank"
+    ),
+]
+
+
+def test_eval_table_kn5_matches_published_and_mixtures_help(tmp_path, capsys):
+    vocab, _ = load_ptb()
+    model = LinearRecurrentLM(n_hidden=4, seed=0)
+    model.vocab_ = vocab
+    model.params_ = model.init_params(len(vocab))  # untrained: unigram bias only
+    path = model.save(tmp_path / "tiny.npz")
+    report = tmp_path / "report"
+    assert main(["lm", "eval", "--model", str(path), "--baselines", "--report", str(report)]) == 0
+    assert "KN5" in capsys.readouterr().out
+    rows = {r["model"]: r for r in json.loads((report / "ptb_table.json").read_text())}
+    # our modified-KN 5-gram against the published 141.2 (Mikolov et al. 2011)
+    assert rows["KN5"]["ppl"] == pytest.approx(TARGETS["KN5"], rel=0.01)
+    assert rows["KN5 + cache"]["ppl"] < rows["KN5"]["ppl"]
+    assert rows["R-GLM + KN5 + cache"]["ppl"] <= rows["KN5 + cache"]["ppl"] * 1.001
+    assert np.isnan(rows["RNN"]["ppl"])
+    assert "| KN5 |" in (report / "ptb_table.md").read_text()
+    assert (report / "timescales.png").stat().st_size > 1000
+
+
+def test_train_command_writes_half_precision_weights_and_resumes(tmp_path, capsys):
+    out, ckpt = tmp_path / "m.npz", tmp_path / "ckpt.npz"
+    args = ["lm", "train", "--out", str(out), "--checkpoint", str(ckpt), "--hidden", "8"]
+    args += ["--samples", "64", "--train-tokens", "20000", "--epochs", "2", "--time-limit", "0.01"]
+    assert main(args) == 0
+    assert "paused" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "finished: 2/2 epochs" in capsys.readouterr().out
+    model = LinearRecurrentLM.load(out)
+    assert model.n_hidden == 8 and model.meta_["epochs_done"] == 2
+    with np.load(out) as z:
+        assert z["E"].dtype == np.float16

@@ -1,0 +1,232 @@
+"""The linear recurrent LM: gradients, normalisation, dynamic evaluation, learning, persistence."""
+
+import numpy as np
+import pytest
+
+from models.datasets import shared_data_dir
+from models.language.data import Vocabulary, load_ptb
+from models.language.rglm import (
+    R_MAX,
+    LinearRecurrentLM,
+    dynamic_step,
+    loss_and_grads,
+    max_norm_rows,
+    stream_log_probs,
+    timescales,
+)
+
+
+def _vocab(V):
+    return Vocabulary(["<unk>", "<eos>", *[f"w{i}" for i in range(V - 2)]])
+
+
+def _random_params(rng, V, H, recurrence="diagonal", tied=True, dtype=np.float64):
+    p = LinearRecurrentLM(n_hidden=H, recurrence=recurrence, tied=tied).init_params(V)
+    return {
+        k: None if v is None else (v + 0.2 * rng.standard_normal(v.shape)).astype(dtype)
+        for k, v in p.items()
+    }
+
+
+@pytest.mark.parametrize("recurrence", ["diagonal", "full"])
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("sampled", [False, True])
+def test_bptt_gradients_match_finite_differences(rng, recurrence, tied, sampled):
+    V, H, T, B = 7, 4, 5, 3
+    p = _random_params(rng, V, H, recurrence, tied)
+    X, Y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    h0 = rng.standard_normal((B, H))
+    m_in = (rng.random((T, B, H)) > 0.3) / 0.7
+    m_h = (rng.random((T, B, H)) > 0.3) / 0.7
+    samples = rng.integers(0, V, 6) if sampled else None
+    log_q = np.log(np.full(V, 1.0 / V))
+
+    def loss():
+        return loss_and_grads(p, X, Y, h0, m_in, m_h, samples, log_q)[0]
+
+    _, grads, _ = loss_and_grads(p, X, Y, h0, m_in, m_h, samples, log_q)
+    assert set(grads) == ({"E", "P", "r", "c"} if tied else {"E", "W", "P", "r", "c"})
+    eps = 1e-6
+    for name, g in grads.items():
+        a = p[name]
+        num = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + eps
+            up = loss()
+            a[idx] = old - eps
+            down = loss()
+            a[idx] = old
+            num[idx] = (up - down) / (2 * eps)
+        np.testing.assert_allclose(g, num, rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+def _fitted(rng, V=9, H=5, **kw):
+    model = LinearRecurrentLM(n_hidden=H, **kw)
+    model.vocab_ = _vocab(V)
+    model.params_ = _random_params(rng, V, H, kw.get("recurrence", "diagonal"), dtype=np.float32)
+    return model
+
+
+def test_next_word_probabilities_sum_to_one_and_match_stream_scores(rng):
+    model = _fitted(rng)
+    context = rng.integers(0, 9, 12)
+    logp = model.next_word_log_probs(context)
+    assert logp.shape == (9,)
+    assert np.exp(logp).sum() == pytest.approx(1.0, abs=1e-6)
+    # the stream scorer gives each possible next word the same probability
+    for w in range(9):
+        lp = model.log_probs(np.append(context, w))
+        assert lp[-1] == pytest.approx(logp[w], abs=1e-5)
+
+
+def test_dynamic_evaluation_never_updates_on_a_token_before_scoring_it(rng):
+    V = 6
+    model = _fitted(rng, V=V, H=4)
+    seq = rng.integers(0, V, 40)
+    for j in (1, 13, 20, 39):  # first word, inside a window, at a window start, last word
+        # if token j had reached the parameters that score it, the probabilities it receives
+        # as each possible word would not form one distribution
+        total = 0.0
+        for v in range(V):
+            s = seq.copy()
+            s[j] = v
+            total += np.exp(model.dynamic_log_probs(s, learning_rate=0.5, chunk=10)[j - 1])
+        assert total == pytest.approx(1.0, abs=1e-5)
+
+
+def test_dynamic_evaluation_adapts_and_reduces_to_static_at_zero_rate(rng):
+    model = _fitted(rng, V=8, H=4)
+    seq = np.tile(rng.integers(0, 8, 7), 30)  # a repeating pattern online learning can pick up
+    static = model.log_probs(seq)
+    np.testing.assert_allclose(model.dynamic_log_probs(seq, learning_rate=0.0), static, atol=1e-5)
+    dynamic = model.dynamic_log_probs(seq, learning_rate=0.01)
+    assert dynamic[-70:].mean() > static[-70:].mean() + 0.1
+    np.testing.assert_allclose(model.log_probs(seq), static)  # the fitted model is untouched
+
+
+@pytest.mark.parametrize("recurrence", ["diagonal", "full"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_dynamic_step_equals_sgd_on_the_window_gradient(rng, recurrence, tied):
+    V, H, n, lr = 9, 4, 6, 0.3
+    p = _random_params(rng, V, H, recurrence, tied)
+    X, Y = rng.integers(0, V, n), rng.integers(0, V, n)
+    h0 = rng.standard_normal((1, H))
+    loss, grads, hT, lp = loss_and_grads(p, X[:, None], Y[:, None], h0, return_logp=True)
+    expected = {k: p[k] - lr * n * g for k, g in grads.items()}
+    if recurrence == "diagonal":
+        expected["r"] = np.clip(expected["r"], -R_MAX, R_MAX)
+    logp, h_fast = dynamic_step(p, X, Y, h0, lr, max_grad_norm=None)
+    np.testing.assert_allclose(logp, lp[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(h_fast, hT, rtol=1e-12)
+    assert -logp.mean() == pytest.approx(loss)
+    for k, v in expected.items():
+        np.testing.assert_allclose(p[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_max_norm_and_timescales():
+    M = np.array([[3.0, 4.0], [0.3, 0.4]])
+    max_norm_rows(M, 1.0)
+    np.testing.assert_allclose(M, [[0.6, 0.8], [0.3, 0.4]])
+    r = np.array([np.exp(-1.0), np.exp(-0.1), -np.exp(-0.5)])
+    np.testing.assert_allclose(timescales(r), [1.0, 10.0, 2.0])
+    np.testing.assert_allclose(np.sort(timescales(np.diag(r))), [1.0, 2.0, 10.0])
+
+
+def _sample_planted(V, H, n, seed=1):
+    """Sample a stream from a planted untied R-GLM with strong, slow structure.
+
+    Seed 1 gives a chain that keeps visiting every word (some random draws collapse onto a few).
+    """
+    rng = np.random.default_rng(seed)
+    E = rng.standard_normal((V, H))
+    W = rng.standard_normal((V, H))
+    r = np.linspace(0.0, 0.8, H)
+    c = np.zeros(V)
+    out = np.empty(n, np.int64)
+    out[0] = 0
+    h = np.zeros(H)
+    for t in range(n - 1):
+        h = r * h + E[out[t]]
+        z = W @ h + c
+        p = np.exp(z - z.max())
+        out[t + 1] = rng.choice(V, p=p / p.sum())
+    return out, {"E": E, "W": W, "P": np.eye(H), "r": r, "c": c}
+
+
+def test_small_model_learns_planted_structure_and_beats_unigram():
+    V, H = 12, 4
+    seq, planted = _sample_planted(V, H, 30000)
+    train, held = seq[:25000], seq[25000:]
+    model = LinearRecurrentLM(
+        n_hidden=8,
+        tied=False,
+        n_samples=None,
+        dropout_input=0.0,
+        dropout_hidden=0.0,
+        max_norm=None,
+        batch_size=16,
+        n_epochs=6,
+        learning_rate=0.02,
+        seed=1,
+    ).fit(train, _vocab(V))
+    counts = np.bincount(train, minlength=V) + 1.0
+    unigram = np.exp(-np.mean(np.log(counts[held[1:]] / counts.sum())))
+    true = np.exp(-stream_log_probs(planted, held)[0].mean())
+    fitted = model.perplexity(held)
+    assert true < 0.8 * unigram  # the planted structure is worth learning
+    assert fitted < 0.8 * unigram
+    assert fitted < 1.05 * true  # close to the entropy of the planted model
+
+
+def test_save_load_round_trip_in_half_precision(rng, tmp_path):
+    model = _fitted(rng, V=9, H=5)
+    path = model.save(tmp_path / "m.npz", meta={"valid_ppl": 1.0})
+    back = LinearRecurrentLM.load(path)
+    assert back.vocab_.words == model.vocab_.words
+    assert back.params_["E"].dtype == np.float32  # computed in float32, stored in float16
+    np.testing.assert_allclose(back.params_["E"], model.params_["E"], atol=2e-3)
+    np.testing.assert_array_equal(back.params_["r"], model.params_["r"])  # r kept float32
+    seq = rng.integers(0, 9, 30)
+    np.testing.assert_allclose(back.log_probs(seq), model.log_probs(seq), atol=1e-2)
+    assert back.meta_["valid_ppl"] == 1.0
+
+
+def test_checkpoint_resume_continues_training(rng, tmp_path):
+    V = 10
+    seq = rng.integers(0, V, 3000)
+    kw = dict(n_hidden=4, n_samples=5, batch_size=4, bptt=5, seed=3)
+    ckpt = tmp_path / "ckpt.npz"
+    LinearRecurrentLM(n_epochs=1, **kw).fit(seq, _vocab(V), valid=seq[:200], checkpoint=ckpt)
+    resumed = LinearRecurrentLM(n_epochs=2, **kw).fit(
+        seq, _vocab(V), valid=seq[:200], checkpoint=ckpt
+    )
+    straight = LinearRecurrentLM(n_epochs=2, **kw).fit(seq, _vocab(V), valid=seq[:200])
+    assert [e["epoch"] for e in resumed.history_] == [1, 2]
+    np.testing.assert_allclose(resumed.params_["E"], straight.params_["E"], rtol=1e-5, atol=1e-6)
+
+
+def test_estimator_errors(rng):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        LinearRecurrentLM().log_probs(np.array([0, 1]))
+    with pytest.raises(ValueError, match="valid choices: diagonal, full"):
+        LinearRecurrentLM(recurrence="banded").fit(np.array([0, 1, 2]), _vocab(3))
+    with pytest.raises(ValueError, match="valid choices: adam, sgd"):
+        LinearRecurrentLM(optimizer="lbfgs").fit(np.array([0, 1, 2]), _vocab(3))
+    with pytest.raises(ValueError, match=r"ids in \[0, 3\)"):
+        LinearRecurrentLM().fit(np.array([0, 5]), _vocab(3))
+
+
+@pytest.mark.skipif(
+    not (shared_data_dir() / "ptb" / "ptb.train.txt.gz").exists(), reason="no Penn Treebank"
+)
+@pytest.mark.slow
+def test_a_few_seconds_of_ptb_training_beats_the_unigram_model():
+    vocab, data = load_ptb()
+    train, held = data["train"][:100_000], data["valid"][:20_000]
+    model = LinearRecurrentLM(
+        n_hidden=32, n_samples=256, batch_size=32, n_epochs=2, learning_rate=0.01
+    ).fit(train, vocab)
+    counts = np.bincount(train, minlength=len(vocab)) + 0.5
+    unigram = np.exp(-np.mean(np.log(counts[held[1:]] / counts.sum())))
+    assert model.perplexity(held) < 0.75 * unigram  # ~410 against ~740
