@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from service import allow
+from service import http_errors
 from service.metrics import Metrics
 from service.pipeline import EngineHolder, StreamManager, StreamPipeline
 from service.routers import camera, language, ops, streams
@@ -94,7 +94,7 @@ def create_app(
         summary="Live visual motion from a recurrent model of V1",
         lifespan=lifespan,
     )
-    allow.install(app)
+    http_errors.install(app)
     app.include_router(ops.router)
     app.include_router(language.router)
     app.include_router(streams.router)
