@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from service import http_errors
 from service.metrics import Metrics
 from service.pipeline import EngineHolder, StreamManager, StreamPipeline
 from service.routers import camera, language, ops, spikes, streams
@@ -95,6 +96,7 @@ def create_app(
         summary="Live visual motion from a recurrent model of V1",
         lifespan=lifespan,
     )
+    http_errors.install(app)
     app.include_router(ops.router)
     app.include_router(spikes.router)
     app.include_router(language.router)

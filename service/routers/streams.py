@@ -72,7 +72,7 @@ def list_streams(request: Request, _: TokenDep) -> StreamsPublic:
     )
 
 
-@router.get("/streams/{name}")
+@router.get("/streams/{name}", responses={404: {"description": "no stream with that name"}})
 def get_stream(name: str, request: Request, _: TokenDep) -> StreamPublic:
     """One stream's state."""
     try:
@@ -82,7 +82,7 @@ def get_stream(name: str, request: Request, _: TokenDep) -> StreamPublic:
     return StreamPublic(**p.status())
 
 
-@router.get("/units")
+@router.get("/units", responses={503: {"description": "engine still loading"}})
 async def tuning_report(request: Request, _: TokenDep) -> dict[str, Any]:
     """The engine's measured tuning: per unit, direction tuning (polar) and speed tuning.
 

@@ -1,0 +1,79 @@
+"""Statuses and bodies the API really answers are in its OpenAPI schema (schemathesis fuzzes the
+container against that schema in CI, and an undocumented status or body fails it)."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+from service_helpers import random_engine
+
+from service.app import create_app
+from service.settings import Settings
+
+
+class Note(BaseModel):
+    text: str
+
+
+def make_app():
+    """The app plus a DELETE beside GET /v1/streams/{name} and a POST-only route, as real routers do."""
+    app = create_app(Settings(), engine_factory=random_engine)
+
+    def delete_stream(name: str) -> None:
+        return None
+
+    def post_note(note: Note) -> dict:
+        if not note.text:
+            raise HTTPException(422, detail="the note is empty")
+        return {"n": len(note.text)}
+
+    app.router.add_api_route("/v1/streams/{name}", delete_stream, methods=["DELETE"])
+    app.router.add_api_route("/v1/notes", post_note, methods=["POST"])
+    for _ in range(2):  # before the static files at /, like the routers' routes
+        app.router.routes.insert(0, app.router.routes.pop())
+    return app
+
+
+def test_unknown_stream_404_is_documented():
+    with TestClient(make_app()) as client:
+        res = client.get("/v1/streams/nope")
+        assert res.status_code == 404
+        assert "nope" in res.json()["detail"]
+        spec = client.get("/openapi.json").json()
+    assert "404" in spec["paths"]["/v1/streams/{name}"]["get"]["responses"]
+    assert "503" in spec["paths"]["/v1/units"]["get"]["responses"]
+
+
+def test_405_allow_lists_every_method_of_the_path():
+    with TestClient(make_app()) as client:
+        res = client.put("/v1/streams/synthetic")
+        assert res.status_code == 405
+        assert res.headers["allow"] == "DELETE, GET"
+        assert "PUT" in res.json()["detail"]
+        assert client.post("/v1/streams").headers["allow"] == "GET"
+        # a POST-only route: GET fell through to the static files' 404
+        res = client.get("/v1/notes")
+        assert res.status_code == 405 and res.headers["allow"] == "POST"
+        # the dashboard's static files keep their own answers
+        assert client.post("/index.html").headers["allow"] == "GET, HEAD"
+        assert client.get("/no-such-file.js").status_code == 404
+
+
+def test_unparseable_body_is_a_documented_422():
+    with TestClient(make_app()) as client:
+        res = client.post(
+            "/v1/notes", content=b"\xff{not json", headers={"content-type": "application/json"}
+        )
+        assert res.status_code == 422, res.text
+        assert res.json()["detail"][0]["loc"] == ["body"]
+        assert client.post("/v1/notes", json={"text": "abc"}).json() == {"n": 3}
+
+
+def test_a_sentence_in_a_422_detail_matches_the_schema():
+    with TestClient(make_app()) as client:
+        res = client.post("/v1/notes", json={"text": ""})
+        assert res.status_code == 422 and res.json()["detail"] == "the note is empty"
+        spec = client.get("/openapi.json").json()
+    detail = spec["components"]["schemas"]["HTTPValidationError"]["properties"]["detail"]
+    assert {"type": "string"} in detail["anyOf"]
