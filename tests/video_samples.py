@@ -90,3 +90,15 @@ def png_image() -> bytes:
     ok, buf = cv2.imencode(".png", moving_square_frames(1)[0])
     assert ok
     return buf.tobytes()
+
+
+def damaged_frames_avi(tmp: Path) -> bytes:
+    """An AVI with intact headers (it passes the probe) whose every JPEG frame is wiped after its
+    first two bytes, so no frame decodes: a problem that only shows while decoding."""
+    d = bytearray(avi(tmp))
+    movi = d.index(b"movi") + 4
+    start = movi
+    while (start := d.find(b"\xff\xd8", start)) != -1:
+        d[start + 2 : start + 602] = bytes(600)
+        start += 602
+    return bytes(d)

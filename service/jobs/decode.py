@@ -81,6 +81,20 @@ class VideoInfo:
 # ----------------------------------------------------------------------------------------- child
 
 
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (no orphaned decoders or workers after
+    a hard kill of the service). A no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except OSError:
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -121,12 +135,16 @@ def check_probe(width: int, height: int, fps: float, codec: str, limits: Limits)
 def _child_main(path: str, limits: Limits, probe_only: bool) -> int:
     import resource
 
+    die_with_parent()
     mem = limits.memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     cpu = max(1, int(limits.deadline_s) + 5)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    out = sys.stdout.buffer
+    # Our messages get a private copy of stdout; fd 1 becomes stderr, so anything native code prints
+    # cannot corrupt the frame stream.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
 
     def send(tag: bytes, payload: bytes) -> None:
         out.write(_MSG.pack(tag, len(payload)))

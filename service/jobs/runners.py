@@ -167,9 +167,10 @@ class Runner:
 
 def worker_main(conn, engine_factory: Callable[[], object], limits: Limits) -> None:
     """Body of a worker process: build the engine once, then run jobs sent over ``conn``."""
-    from service.jobs.decode import DecodeError
+    from service.jobs.decode import DecodeError, die_with_parent
     from service.jobs.process import process_video
 
+    die_with_parent()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
