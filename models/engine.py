@@ -1,0 +1,285 @@
+"""The per-frame motion engine used by the live service and the video jobs.
+
+Per frame: grey float frame -> Gaussian pyramid -> whitening convolution and contrast normalisation per
+level -> atom correlations of the non-overlapping patches (one BLAS GEMM) -> the ss-RNN greedy filtering
+kernel with the recurrent state of the stream -> per-patch read-out contributions ``z_u * beta_u`` ->
+exponential average over frames and box average over space -> motion map (direction, speed, confidence).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from models.readout import MotionReadout
+from models.ssrnn import SSRNN
+from models.whitening import patch_grid
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "ssrnn_default.npz"
+SPEED_BINS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
+N_DIRECTION_BINS = 16
+MAX_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class MotionFrame:
+    """The motion read out of one frame. Directions in radians: 0 = right, pi/2 = up on screen."""
+
+    direction: np.ndarray
+    speed: np.ndarray
+    confidence: np.ndarray
+    cell: int
+    direction_hist: np.ndarray
+    speed_hist: np.ndarray
+    top_units: list
+    global_direction: float
+    global_speed: float
+    global_confidence: float
+    active_per_patch: float
+
+    def to_dict(self, decimals: int = 3) -> dict:
+        r = lambda a: np.round(np.asarray(a, float), decimals).tolist()  # noqa: E731
+        return {
+            "cell": self.cell,
+            "direction": r(self.direction),
+            "speed": r(self.speed),
+            "confidence": r(self.confidence),
+            "direction_hist": r(self.direction_hist),
+            "speed_hist": r(self.speed_hist),
+            "top_units": [[int(u), round(float(a), decimals)] for u, a in self.top_units],
+            "global_direction": round(self.global_direction, decimals),
+            "global_speed": round(self.global_speed, decimals),
+            "global_confidence": round(self.global_confidence, decimals),
+            "active_per_patch": round(self.active_per_patch, decimals),
+        }
+
+
+@dataclass
+class StreamState:
+    """Recurrent state of one stream; not shared between threads."""
+
+    shape: tuple | None = None
+    prev: list = field(default_factory=list)
+    rms: list = field(default_factory=list)
+    acc: np.ndarray | None = None
+    frames: int = 0
+
+
+def to_grey(frame: np.ndarray) -> np.ndarray:
+    """Validate a frame and return it as float32 grey in [0, 1]; raise ValueError naming the problem."""
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"frame must be a numpy array, got {type(frame).__name__}")
+    if frame.ndim == 3 and frame.shape[2] in (3, 4):
+        if frame.dtype != np.uint8:
+            raise ValueError(f"colour frames must be uint8 BGR, got {frame.dtype}")
+        code = cv2.COLOR_BGR2GRAY if frame.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+        return cv2.cvtColor(frame, code).astype(np.float32) / 255.0
+    if frame.ndim != 2:
+        raise ValueError(f"frame must be (H, W) grey or (H, W, 3) BGR, got shape {frame.shape}")
+    if frame.dtype == np.uint8:
+        return frame.astype(np.float32) / 255.0
+    if frame.dtype in (np.float32, np.float64):
+        if not np.all(np.isfinite(frame)):
+            raise ValueError("frame contains NaN or infinite values")
+        return frame.astype(np.float32)
+    raise ValueError(f"frame dtype must be uint8, float32 or float64, got {frame.dtype}")
+
+
+class MotionEngine:
+    """ss-RNN + read-out + tuning, applied frame by frame.
+
+    Parameters
+    ----------
+    model : SSRNN
+    readout : MotionReadout fitted on features of ``levels`` pyramid levels.
+    tuning : dict with per-unit arrays ``pref_dir`` (N,), ``pref_speed`` (N,), ``di`` (N,),
+        ``direction_curves`` (16, N), ``speed_curves`` (N, n_speeds), ``speeds`` (n_speeds,).
+    levels : pyramid levels.  pool_px : side of the spatial pooling window in input pixels.
+    tau : time constant (frames) of the temporal average.  cell : motion-map cell in patches.
+    """
+
+    def __init__(self, model: SSRNN, readout: MotionReadout, tuning: dict, levels: int = 3,
+                 pool_px: int = 48, tau: float = 4.0, cell: int = 2, rms_floor: float = 0.1):  # fmt: skip
+        self.model = model
+        self.readout = readout
+        self.tuning = tuning
+        self.levels = levels
+        self.pool_px = pool_px
+        self.tau = tau
+        self.cell_patches = cell
+        self.rms_floor = rms_floor
+        n = model.n_units
+        if readout.coef_.shape != (levels * n, 3):
+            raise ValueError(
+                f"read-out has {readout.coef_.shape[0]} features; expected {levels} levels x {n} units"
+            )
+        self._beta = readout.coef_.reshape(levels, n, 3)
+        self._G = model.gram()
+        self._RT = np.ascontiguousarray(model.R_.T)
+        self._W = np.ascontiguousarray(model.W_)
+        self.direction_bins = (np.arange(N_DIRECTION_BINS) * 2 * np.pi / N_DIRECTION_BINS).astype(
+            np.float32
+        )
+        self.speed_bins = SPEED_BINS
+        pref = np.asarray(tuning["pref_dir"], float)
+        self._dir_bin = (
+            np.round(pref / (2 * np.pi) * N_DIRECTION_BINS).astype(int) % N_DIRECTION_BINS
+        )
+        self._ds_weight = np.clip(np.asarray(tuning["di"], np.float32), 0, 1)
+        log_speed = np.log2(np.asarray(tuning["pref_speed"], float))
+        self._speed_bin = [
+            np.clip(np.round(log_speed + lv - np.log2(SPEED_BINS[0])), 0, len(SPEED_BINS) - 1).astype(int)
+            for lv in range(levels)
+        ]  # fmt: skip
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def load(cls, path, **kw) -> MotionEngine:
+        model = SSRNN.load(path)
+        extra = model.extra_
+        if "readout_coef" not in extra:
+            raise ValueError(f"{Path(path).name} has no read-out: train with `v1motion train`")
+        readout = MotionReadout()
+        readout.coef_ = extra["readout_coef"].astype(np.float32)
+        readout.intercept_ = extra["readout_intercept"].astype(np.float32)
+        tuning = json.loads(str(extra["tuning"]))
+        levels = int(extra["readout_levels"])
+        return cls(model, readout, tuning, levels=levels, **kw)
+
+    @classmethod
+    def load_default(cls, **kw) -> MotionEngine:
+        if not DEFAULT_WEIGHTS.exists():
+            raise FileNotFoundError(f"{DEFAULT_WEIGHTS.name} missing: run `v1motion train`")
+        return cls.load(DEFAULT_WEIGHTS, **kw)
+
+    @classmethod
+    def random(cls, seed: int = 0, n_atoms: int = 16, n_clones: int = 2, levels: int = 2, **kw):
+        """A small untrained engine (random atoms, R and read-out): real pipeline, meaningless motion."""
+        rng = np.random.default_rng(seed)
+        model = SSRNN(n_atoms=n_atoms, n_clones=n_clones, patch=8).init_random(seed, 0.3, -1.0)
+        n = model.n_units
+        readout = MotionReadout()
+        readout.coef_ = (0.1 * rng.standard_normal((levels * n, 3))).astype(np.float32)
+        readout.intercept_ = np.zeros(3, np.float32)
+        tuning = {
+            "pref_dir": rng.uniform(0, 2 * np.pi, n).tolist(),
+            "pref_speed": (2.0 ** rng.integers(-2, 4, n)).tolist(),
+            "di": rng.uniform(0, 1, n).tolist(),
+            "direction_curves": rng.uniform(0, 1, (N_DIRECTION_BINS, n)).tolist(),
+            "speed_curves": rng.uniform(0, 1, (n, 6)).tolist(),
+            "speeds": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+            "responsive": [True] * n,
+        }
+        return cls(model, readout, tuning, levels=levels, **kw)
+
+    # ---------------------------------------------------------------- use
+    def new_state(self) -> StreamState:
+        return StreamState()
+
+    def warmup(self) -> None:
+        """Compile the kernels and touch every code path once."""
+        state = self.new_state()
+        rng = np.random.default_rng(0)
+        for _ in range(2):
+            self.step(state, rng.integers(0, 255, (96, 128), dtype=np.uint8))
+
+    @property
+    def min_side(self) -> int:
+        return self.model.patch * 2 ** (self.levels - 1) * 2
+
+    def step(self, state: StreamState, frame: np.ndarray) -> MotionFrame:
+        grey = to_grey(frame)
+        h, w = grey.shape
+        if min(h, w) < self.min_side:
+            raise ValueError(f"frame {w}x{h} is too small: each side needs >= {self.min_side} px")
+        if max(h, w) > MAX_SIDE:
+            raise ValueError(f"frame {w}x{h} is too large: each side must be <= {MAX_SIDE} px")
+        model, p = self.model, self.model.patch
+        if state.shape != (h, w):
+            state.shape = (h, w)
+            state.prev = [None] * self.levels
+            state.rms = [None] * self.levels
+            state.acc = None
+            state.frames = 0
+        gh0, gw0 = h // p, w // p
+        total = np.zeros((gh0, gw0, 3), np.float32)
+        dir_hist = np.zeros(N_DIRECTION_BINS, np.float32)
+        speed_hist = np.zeros(len(SPEED_BINS), np.float32)
+        unit_act = np.zeros(model.n_units, np.float32)
+        n_active, n_patches = 0, 0
+        img = grey
+        for lv in range(self.levels):
+            if lv:
+                img = cv2.pyrDown(img)
+            white = model.whitener_.transform(img)
+            rms = float(np.sqrt(np.mean(white**2)))
+            prev_rms = state.rms[lv]
+            state.rms[lv] = rms if prev_rms is None else 0.9 * prev_rms + 0.1 * rms
+            white *= np.float32(1.0 / max(state.rms[lv], self.rms_floor))
+            grid = patch_grid(white, p)
+            gh, gw, d = grid.shape
+            code = model.infer(grid.reshape(-1, d) @ self._W, state.prev[lv], self._G, self._RT)
+            state.prev[lv] = code
+            contrib = np.einsum("mk,mkc->mc", code.val, self._beta[lv][code.idx])
+            up = contrib.reshape(gh, gw, 3)
+            if lv:
+                f = 2**lv
+                up = np.repeat(np.repeat(up, f, 0), f, 1)
+                up = np.pad(up, ((0, gh0 - up.shape[0]), (0, gw0 - up.shape[1]), (0, 0)), "edge")
+            total += up[:gh0, :gw0]
+            active = code.val > 0
+            idx, val = code.idx[active], code.val[active]
+            weight = val * self._ds_weight[idx]
+            dir_hist += np.bincount(self._dir_bin[idx], weight, N_DIRECTION_BINS).astype(np.float32)
+            speed_hist += np.bincount(self._speed_bin[lv][idx], weight, len(SPEED_BINS)).astype(
+                np.float32
+            )
+            if lv == 0:
+                unit_act += np.bincount(idx, val, model.n_units).astype(np.float32)
+                n_active, n_patches = int(active.sum()), gh * gw
+        alpha = 1.0 / self.tau if state.acc is not None else 1.0
+        state.acc = total if state.acc is None else (1 - alpha) * state.acc + alpha * total
+        state.frames += 1
+        k = max(1, int(round(self.pool_px / p)))
+        pooled = cv2.blur(state.acc, (k, k), borderType=cv2.BORDER_REPLICATE)
+        c = self.cell_patches
+        ch, cw = gh0 // c, gw0 // c
+        cells = pooled[: ch * c, : cw * c].reshape(ch, c, cw, c, 3).mean((1, 3))
+        direction, speed, conf = MotionReadout.decode(cells + self.readout.intercept_)
+        g_dir, g_speed, g_conf = MotionReadout.decode(
+            state.acc.mean((0, 1)) + self.readout.intercept_
+        )
+        top = np.argsort(unit_act)[::-1][:10]
+        top_units = [(int(u), float(unit_act[u])) for u in top if unit_act[u] > 0]
+        return MotionFrame(
+            direction.astype(np.float32), speed.astype(np.float32), conf.astype(np.float32),
+            c * p, dir_hist, speed_hist, top_units, float(g_dir), float(g_speed), float(g_conf),
+            n_active / max(n_patches, 1),
+        )  # fmt: skip
+
+    def tuning_report(self) -> dict:
+        t = self.tuning
+        units = []
+        for u in range(self.model.n_units):
+            units.append(
+                {
+                    "id": u,
+                    "preferred_direction_deg": round(float(np.rad2deg(t["pref_dir"][u])), 1),
+                    "preferred_speed": float(t["pref_speed"][u]),
+                    "di": round(float(t["di"][u]), 3),
+                    "responsive": bool(t["responsive"][u]),
+                    "direction_tuning": [round(float(r[u]), 4) for r in t["direction_curves"]],
+                    "speed_tuning": [round(float(v), 4) for v in t["speed_curves"][u]],
+                }
+            )
+        return {
+            "n_units": self.model.n_units,
+            "directions_deg": [round(float(d), 1) for d in np.rad2deg(self.direction_bins)],
+            "speeds": [float(s) for s in t["speeds"]],
+            "units": units,
+        }

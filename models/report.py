@@ -1,0 +1,193 @@
+"""The tuning report: metrics of a trained ss-RNN next to its time-shuffled control, and figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from models.calibration import fit_readout, grating_direction_error, natural_direction_error
+from models.population import pooled_response
+from models.ssrnn import SSRNN
+from models.stimuli import gabor_sequence
+from models.tuning import (
+    DIRECTIONS,
+    N_DIRECTIONS,
+    SPEEDS,
+    TuningSummary,
+    grating_tuning,
+    natural_tuning,
+    summarize,
+)
+
+log = logging.getLogger(__name__)
+
+
+def measure_tuning(model: SSRNN) -> TuningSummary:
+    return summarize(model, grating_tuning(model), natural_tuning(model))
+
+
+def tuning_dict(summary: TuningSummary) -> dict:
+    """The per-unit tuning the engine ships with (JSON-able)."""
+    return {
+        "pref_dir": summary.pref_dir.tolist(),
+        "pref_speed": summary.pref_speed.tolist(),
+        "di": summary.di.tolist(),
+        "responsive": summary.responsive.tolist(),
+        "direction_curves": summary.direction_curves.tolist(),
+        "speed_curves": summary.speed_curves.tolist(),
+        "speeds": list(SPEEDS),
+    }
+
+
+def build_report(model: SSRNN, control: SSRNN, readout, levels: int, control_readout=None,
+                 progress=None) -> tuple[dict, dict]:  # fmt: skip
+    """All report metrics; returns ``(report, artefacts for the figures)``."""
+    step = progress or (lambda msg: log.info("%s", msg))
+    step("tuning of the model")
+    tm = measure_tuning(model)
+    step("tuning of the time-shuffled control")
+    tc = measure_tuning(control)
+    step("read-out on held-out natural pans and gratings")
+    nat = natural_direction_error(model, readout, levels)
+    grat = grating_direction_error(model, readout, levels)
+    report = {
+        "ds_fraction": tm.metrics["ds_fraction"],
+        "ds_fraction_natural": tm.metrics["ds_fraction_natural"],
+        "ds_fraction_control": tc.metrics["ds_fraction"],
+        "ds_fraction_natural_control": tc.metrics["ds_fraction_natural"],
+        "direction_agreement": tm.metrics["direction_agreement"],
+        "speed_octaves": tm.metrics["speed_octaves"],
+        "coorientation_ratio": tm.metrics["coorientation_ratio"],
+        "grating_direction_error_deg": grat["grating_direction_error_deg"],
+        "natural_direction_error_deg": nat["natural_direction_error_deg"],
+        "details": {
+            "model": tm.metrics,
+            "control": tc.metrics,
+            "readout_natural": nat,
+            "readout_gratings": grat,
+            "readout_levels": levels,
+        },
+    }
+    if control_readout is not None:
+        step("read-out of the control (how much of the decodable motion is learned)")
+        report["details"]["control_readout_natural"] = natural_direction_error(
+            control, control_readout, levels
+        )
+    return report, {"model": tm, "control": tc}
+
+
+def gabor_polar(model: SSRNN, units, speed=1.0, period=8.0, size=32, n_frames=15):
+    frames = np.stack(
+        [gabor_sequence((size, size), d, speed, period, n_frames) for d in DIRECTIONS]
+    )
+    resp = pooled_response(model, frames)[:, 0]  # (n_dir, N)
+    return resp[:, units]
+
+
+def write_figures(model: SSRNN, art: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tm, tc = art["model"], art["control"]
+    names = []
+    # 1. DI histograms, model against control.
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    bins = np.linspace(0, 1, 21)
+    for ax, key, title in (
+        (axes[0], "di", "drifting gratings"),
+        (axes[1], "di_natural", "held-out natural pans"),
+    ):
+        mask_m = tm.responsive if key == "di" else tm.responsive_natural
+        mask_c = tc.responsive if key == "di" else tc.responsive_natural
+        ax.hist(getattr(tm, key)[mask_m], bins, alpha=0.7, label="ss-RNN", color="C0")
+        ax.hist(
+            getattr(tc, key)[mask_c], bins, alpha=0.6, label="time-shuffled control", color="C1"
+        )
+        ax.axvline(0.5, color="k", ls=":", lw=1)
+        ax.set(xlabel="direction index", ylabel="responsive units", title=title)
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(out / "di_histogram.png", dpi=110)
+    plt.close(fig)
+    names.append("di_histogram.png")
+    # 2. Speed tuning curves of DS units.
+    ds = np.nonzero(tm.ds)[0]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    rng = np.random.default_rng(0)
+    for u in rng.choice(ds, min(12, len(ds)), replace=False) if len(ds) else []:
+        c = tm.speed_curves[u]
+        axes[0].plot(SPEEDS, c / max(c.max(), 1e-12), marker="o", alpha=0.7)
+    axes[0].set(xscale="log", xlabel="speed (px/frame)", ylabel="normalised response",
+                title="speed tuning of DS units")  # fmt: skip
+    counts = [int((tm.pref_speed[ds] == s).sum()) for s in SPEEDS]
+    axes[1].bar([str(s) for s in SPEEDS], counts, color="C0")
+    axes[1].set(xlabel="preferred speed (px/frame)", ylabel="DS units", title="preferred speeds")
+    fig.tight_layout()
+    fig.savefig(out / "speed_tuning.png", dpi=110)
+    plt.close(fig)
+    names.append("speed_tuning.png")
+    # 3. Polar plots for drifting Gabors.
+    top = ds[np.argsort(tm.di[ds])[::-1][:8]] if len(ds) else np.arange(8)
+    resp = gabor_polar(model, top)
+    fig, axes = plt.subplots(2, 4, figsize=(11, 5.6), subplot_kw={"projection": "polar"})
+    theta = np.append(DIRECTIONS, DIRECTIONS[0])
+    for ax, i in zip(axes.ravel(), range(len(top)), strict=False):
+        r = np.append(resp[:, i], resp[0, i])
+        ax.plot(theta, r, color="C0")
+        ax.fill(theta, r, alpha=0.25, color="C0")
+        ax.set_title(f"unit {top[i]} (DI {tm.di[top[i]]:.2f})", fontsize=9)
+        ax.set_yticklabels([])
+    fig.suptitle("responses to drifting Gabors (0° = rightward, counter-clockwise)")
+    fig.tight_layout()
+    fig.savefig(out / "gabor_polar.png", dpi=110)
+    plt.close(fig)
+    names.append("gabor_polar.png")
+    # 4. Spectrum of R.
+    ev = np.linalg.eigvals(model.R_.astype(np.float64))
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.scatter(ev.real, ev.imag, s=6, alpha=0.6)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set(xlabel="Re λ", ylabel="Im λ", title="eigenvalues of R")
+    fig.tight_layout()
+    fig.savefig(out / "r_spectrum.png", dpi=110)
+    plt.close(fig)
+    names.append("r_spectrum.png")
+    # 5. Largest outgoing connections of a few DS units, drawn as receptive fields.
+    filt = model.unit_filters()
+    p = model.patch
+    show = top[:4]
+    fig, axes = plt.subplots(len(show), 6, figsize=(9, 1.7 * len(show) + 0.4), squeeze=False)
+    for row, j in enumerate(show):
+        targets = np.argsort(model.R_[:, j])[::-1][:5]
+        cells = [(j, f"unit {j}\npref {np.rad2deg(tm.pref_dir[j]):.0f}°")] + [
+            (u, f"→{u}  R={model.R_[u, j]:.1f}") for u in targets
+        ]
+        for col, (u, label) in enumerate(cells):
+            ax = axes[row, col]
+            f = filt[:, u].reshape(p, p)
+            lim = np.abs(f).max() + 1e-9
+            ax.imshow(f, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_title(label, fontsize=7)
+            ax.axis("off")
+    fig.suptitle("DS units and their strongest outgoing recurrent connections")
+    fig.tight_layout()
+    fig.savefig(out / "outgoing_connections.png", dpi=110)
+    plt.close(fig)
+    names.append("outgoing_connections.png")
+    return names
+
+
+def write_report(report: dict, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    return path
+
+
+__all__ = ["build_report", "write_figures", "write_report", "fit_readout", "N_DIRECTIONS"]

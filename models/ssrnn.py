@@ -1,0 +1,265 @@
+"""The spike-and-slab recurrent neural network (ss-RNN).
+
+Generative model, per patch location, for a whitened ``P x P`` patch ``y^t`` (flattened, ``D = P*P``)::
+
+    h_u^t ~ Bernoulli(sigmoid(pi_u^t)),   pi^t = R z^{t-1} + b
+    x_u^t ~ N(0, tau_x^2) restricted to x >= 0 (sign-split units)
+    z^t   = h^t * x^t
+    y^t   ~ N(W z^t, tau_y^2 I)
+
+Units come in sign-split pairs that share one dictionary atom (``+w`` and ``-w``, values ``x >= 0``), and each
+of those in ``K`` clones that share the atom for good and differ only in ``b`` and in their rows of ``R``.
+So the Bernoulli prior can see the polarity of a feature, and clones can specialise on the temporal context
+they are reached from. ``W`` is stored once per atom: ``W_`` has shape ``(D, A)``; ``N = 2 A K``.
+
+Inference is greedy filtering: at frame ``t``, with ``z^{t-1}`` fixed, maximise
+
+    L^t = -||y - W z||^2 / 2 tau_y^2 - ||x||^2 / 2 tau_x^2 + sum_u [h_u log s(pi_u) + (1-h_u) log(1-s(pi_u))]
+          - kappa * |S|
+
+by matching pursuit: add the unit whose closed-form value gives the largest gain
+``rho^2 / (2 tau_y^2 (1 + lambda)) + pi_u - kappa`` (``rho`` its residual correlation,
+``lambda = tau_y^2 / tau_x^2``), ridge-refit the values on the support, stop when no gain is positive.
+``kappa = 0.5 log(1 + tau_x^2 / tau_y^2)`` is the Occam cost of switching a unit on: integrating out the slab
+of a single active unit gives exactly this term, and without it every unit with positive prior log-odds
+switches on with ``x ~ 0`` and ``R`` runs away.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.kernels import _ssrnn_infer_frame
+from models.whitening import Whitener, patch_grid
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SparseCode:
+    """Sparse code of ``M`` patches: unit ids, values (>= 0) and counts; ``kmax`` slots per patch."""
+
+    idx: np.ndarray  # (M, kmax) int64
+    val: np.ndarray  # (M, kmax) float32
+    cnt: np.ndarray  # (M,) int64
+    prior: np.ndarray  # (M,) float64, summed prior log-odds of the active units
+
+    @classmethod
+    def empty(cls, m: int, kmax: int) -> SparseCode:
+        return cls(
+            np.zeros((m, kmax), np.int64),
+            np.zeros((m, kmax), np.float32),
+            np.zeros(m, np.int64),
+            np.zeros(m),
+        )
+
+    def dense(self, n_units: int) -> np.ndarray:
+        """``(M, N)`` dense code ``z``."""
+        z = np.zeros((len(self.cnt), n_units), np.float32)
+        for i in range(self.idx.shape[1]):
+            rows = np.nonzero(self.cnt > i)[0]
+            z[rows, self.idx[rows, i]] = self.val[rows, i]
+        return z
+
+
+def unit_atom(u, n_clones):
+    return np.asarray(u) // (2 * n_clones)
+
+
+def unit_sign(u, n_clones):
+    return np.where((np.asarray(u) // n_clones) % 2 == 0, 1.0, -1.0)
+
+
+class SSRNN:
+    """Spike-and-slab RNN with sign-split, cloned units.
+
+    Parameters
+    ----------
+    n_atoms : int, default 64
+        Dictionary atoms ``A``.
+    n_clones : int, default 4
+        Clones ``K`` per (atom, sign); ``N = 2 A K`` units.
+    patch : int, default 8
+        Patch side ``P``.
+    tau_x, tau_y : float
+        Slab and observation noise scales.
+    kmax : int, default 10
+        Most active units per patch.
+
+    Attributes
+    ----------
+    W_ : (D, A) float32, unit-norm atoms in whitened space.
+    b_ : (N,) float32 biases.  R_ : (N, N) float32 recurrent weights, ``pi = R z^{t-1} + b``.
+    whitener_ : Whitener.
+    """
+
+    def __init__(
+        self,
+        n_atoms: int = 64,
+        n_clones: int = 4,
+        patch: int = 8,
+        tau_x: float = 3.0,
+        tau_y: float = 0.6,
+        kmax: int = 10,
+    ):
+        self.n_atoms = n_atoms
+        self.n_clones = n_clones
+        self.patch = patch
+        self.tau_x = tau_x
+        self.tau_y = tau_y
+        self.kmax = kmax
+
+    # ---------------------------------------------------------------- derived constants
+    @property
+    def n_units(self) -> int:
+        return 2 * self.n_atoms * self.n_clones
+
+    @property
+    def lam(self) -> float:
+        return self.tau_y**2 / self.tau_x**2
+
+    @property
+    def kappa(self) -> float:
+        return 0.5 * float(np.log1p(self.tau_x**2 / self.tau_y**2))
+
+    def unit_atoms(self) -> np.ndarray:
+        return unit_atom(np.arange(self.n_units), self.n_clones)
+
+    def unit_signs(self) -> np.ndarray:
+        return unit_sign(np.arange(self.n_units), self.n_clones)
+
+    def unit_filters(self) -> np.ndarray:
+        """``(D, N)`` signed filter of every unit."""
+        return self.W_[:, self.unit_atoms()] * self.unit_signs()[None, :].astype(np.float32)
+
+    def _check_fitted(self):
+        if not hasattr(self, "W_"):
+            raise RuntimeError("SSRNN has no parameters: fit it, load weights, or init_random()")
+
+    # ---------------------------------------------------------------- parameters
+    def init_random(self, seed: int = 0, r_scale: float = 0.0, b: float = -3.0) -> SSRNN:
+        """Random unit-norm atoms, constant bias, Gaussian ``R`` of sd ``r_scale``; centre-surround whitening."""
+        rng = np.random.default_rng(seed)
+        d = self.patch * self.patch
+        w = rng.standard_normal((d, self.n_atoms))
+        self.W_ = (w / np.linalg.norm(w, axis=0)).astype(np.float32)
+        self.b_ = np.full(self.n_units, b, np.float32)
+        self.R_ = (r_scale * rng.standard_normal((self.n_units, self.n_units))).astype(np.float32)
+        if not hasattr(self, "whitener_"):
+            # A zero-sum centre-surround filter: a crude whitening that, like a fitted one, removes DC.
+            wh = Whitener(size=3)
+            wh.kernel_ = np.full((3, 3), -1 / 8, np.float32)
+            wh.kernel_[1, 1] = 1.0
+            wh.scale_ = 1.0
+            self.whitener_ = wh
+        return self
+
+    def set_params(self, W, b, R):
+        self.W_ = np.ascontiguousarray(W, np.float32)
+        self.b_ = np.ascontiguousarray(b, np.float32)
+        self.R_ = np.ascontiguousarray(R, np.float32)
+        return self
+
+    # ---------------------------------------------------------------- inference
+    def gram(self) -> np.ndarray:
+        self._check_fitted()
+        return (self.W_.T.astype(np.float64) @ self.W_.astype(np.float64)).astype(np.float64)
+
+    def infer(
+        self,
+        C: np.ndarray,
+        prev: SparseCode | None,
+        G: np.ndarray | None = None,
+        RT: np.ndarray | None = None,
+    ) -> SparseCode:
+        """One greedy filtering step for ``M`` patches given their atom correlations ``C`` ``(M, A)``."""
+        self._check_fitted()
+        C = np.ascontiguousarray(C, np.float32)
+        if C.ndim != 2 or C.shape[1] != self.n_atoms:
+            raise ValueError(f"C must have shape (M, {self.n_atoms}), got {C.shape}")
+        m = C.shape[0]
+        if prev is None:
+            prev = SparseCode.empty(m, self.kmax)
+        if len(prev.cnt) != m:
+            raise ValueError("previous code has a different number of patches")
+        G = self.gram() if G is None else G
+        RT = np.ascontiguousarray(self.R_.T) if RT is None else RT
+        out = SparseCode.empty(m, self.kmax)
+        _ssrnn_infer_frame(
+            C, G, RT, self.b_, prev.idx, prev.val, prev.cnt, self.n_clones,
+            1.0 / (2 * self.tau_y**2), self.lam, self.kappa, self.kmax,
+            out.idx, out.val, out.cnt, out.prior,
+        )  # fmt: skip
+        return out
+
+    def correlations(self, white: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """Atom correlations of the non-overlapping patches of a whitened frame, and the grid shape."""
+        grid = patch_grid(white, self.patch)
+        gh, gw, d = grid.shape
+        return grid.reshape(gh * gw, d) @ self.W_, (gh, gw)
+
+    def objective(self, y: np.ndarray, code: SparseCode, pi: np.ndarray) -> np.ndarray:
+        """``L^t`` per patch (up to constants), for checks: ``y (M, D)``, ``pi (M, N)`` prior log-odds."""
+        z = code.dense(self.n_units).astype(np.float64)
+        h = (z > 0).astype(np.float64)
+        recon = z @ self.unit_filters().T.astype(np.float64)
+        data = -((y - recon) ** 2).sum(1) / (2 * self.tau_y**2) - (z**2).sum(1) / (
+            2 * self.tau_x**2
+        )
+        log_prior = -np.logaddexp(0, -pi) * h - np.logaddexp(0, pi) * (1 - h)
+        return data + log_prior.sum(1) - self.kappa * h.sum(1)
+
+    # ---------------------------------------------------------------- persistence
+    def hyperparams(self) -> dict:
+        return {
+            "n_atoms": self.n_atoms,
+            "n_clones": self.n_clones,
+            "patch": self.patch,
+            "tau_x": self.tau_x,
+            "tau_y": self.tau_y,
+            "kmax": self.kmax,
+        }
+
+    def save(self, path, **extra_arrays) -> None:
+        """Versioned ``.npz``: hyper-parameters as JSON, parameters and whitening as arrays."""
+        self._check_fitted()
+        meta = {"format": "v1motion-ssrnn", "format_version": FORMAT_VERSION, **self.hyperparams()}
+        np.savez_compressed(
+            path,
+            meta=np.array(json.dumps(meta)),
+            W=self.W_,
+            b=self.b_,
+            R=self.R_,
+            whiten_kernel=self.whitener_.kernel_,
+            whiten_scale=np.float32(self.whitener_.scale_),
+            **extra_arrays,
+        )
+
+    @classmethod
+    def load(cls, path) -> SSRNN:
+        path = Path(path)
+        with np.load(path, allow_pickle=False) as f:
+            try:
+                meta = json.loads(str(f["meta"]))
+            except KeyError as e:
+                raise ValueError(f"{path.name} is not a v1motion ss-RNN weights file") from e
+            if meta.get("format") != "v1motion-ssrnn":
+                raise ValueError(f"{path.name} is not a v1motion ss-RNN weights file")
+            if meta["format_version"] > FORMAT_VERSION:
+                raise ValueError(
+                    f"{path.name} has format version {meta['format_version']}; "
+                    f"this v1motion reads up to {FORMAT_VERSION}"
+                )
+            hp = {k: meta[k] for k in ("n_atoms", "n_clones", "patch", "tau_x", "tau_y", "kmax")}
+            model = cls(**hp)
+            model.set_params(f["W"], f["b"], f["R"])
+            wh = Whitener(size=f["whiten_kernel"].shape[0])
+            wh.kernel_ = f["whiten_kernel"].astype(np.float32)
+            wh.scale_ = float(f["whiten_scale"])
+            model.whitener_ = wh
+            model.extra_ = {k: f[k] for k in f.files if k not in {"meta", "W", "b", "R"}}
+        return model

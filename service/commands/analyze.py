@@ -1,0 +1,55 @@
+"""``v1motion analyze``: the tuning report (report.json and figures) of trained weights vs their control."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "analyze", help="measure direction/speed tuning and read-out accuracy"
+    )
+    p.add_argument("--weights", type=Path, default=WEIGHTS / "ssrnn_default.npz")
+    p.add_argument("--control", type=Path, default=WEIGHTS / "ssrnn_shuffled_control.npz")
+    p.add_argument("--out", type=Path, required=True, help="folder for report.json and PNGs")
+    p.add_argument("--model-card", type=Path, default=None, help="also write the model card here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from models.engine import MotionEngine
+    from models.model_card import write_model_card
+    from models.report import build_report, write_figures, write_report
+
+    for path in (args.weights, args.control):
+        if not path.exists():
+            raise SystemExit(f"{path} not found: run `v1motion train` first")
+    engine = MotionEngine.load(args.weights)
+    control = MotionEngine.load(args.control)
+    bar = tqdm(total=5, desc="analyze")
+
+    def step(msg):
+        bar.set_description(msg)
+        bar.update(1)
+
+    report, art = build_report(
+        engine.model, control.model, engine.readout, engine.levels, control.readout, progress=step
+    )
+    step("figures")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report["figures"] = write_figures(engine.model, art, args.out)
+    path = write_report(report, args.out)
+    bar.close()
+    if args.model_card:
+        write_model_card(args.model_card, args.weights, args.control, report)
+    print(
+        json.dumps({k: v for k, v in report.items() if k not in ("details", "figures")}, indent=2)
+    )
+    print(f"wrote {path}")
+    return 0

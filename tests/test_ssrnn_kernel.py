@@ -1,0 +1,100 @@
+"""The Numba inference kernel against its numpy twin, and the greedy step against the objective."""
+
+import numpy as np
+import pytest
+
+from models.ssrnn import SSRNN, SparseCode
+from tests import naive
+
+
+def _random_model(seed, n_atoms=12, n_clones=3, patch=4, r_scale=0.8, b=-1.0):
+    m = SSRNN(n_atoms=n_atoms, n_clones=n_clones, patch=patch, tau_x=2.0, tau_y=0.5, kmax=5)
+    m.init_random(seed=seed, r_scale=r_scale, b=b)
+    rng = np.random.default_rng(seed + 100)
+    m.b_ = (b + 0.7 * rng.standard_normal(m.n_units)).astype(np.float32)
+    return m
+
+
+def _compare(model, C, prev):
+    out = model.infer(C, prev)
+    ref = naive._ssrnn_infer_frame(
+        C, model.gram(), model.R_, model.b_, prev.idx, prev.val, prev.cnt, model.n_clones,
+        1 / (2 * model.tau_y**2), model.lam, model.kappa, model.kmax,
+    )  # fmt: skip
+    for m, (units, vals) in enumerate(ref):
+        got_units = out.idx[m, : out.cnt[m]]
+        assert list(got_units) == list(units), f"patch {m}"
+        np.testing.assert_allclose(out.val[m, : out.cnt[m]], vals, rtol=1e-5, atol=1e-5)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kernel_matches_numpy_twin_over_a_sequence(seed):
+    model = _random_model(seed)
+    rng = np.random.default_rng(seed)
+    prev = SparseCode.empty(40, model.kmax)
+    n_active = 0
+    for _ in range(4):
+        C = (2.5 * rng.standard_normal((40, model.n_atoms))).astype(np.float32)
+        prev = _compare(model, C, prev)
+        n_active += prev.cnt.sum()
+    assert n_active > 0
+
+
+def test_kernel_edge_cases():
+    model = _random_model(7)
+    prev = SparseCode.empty(6, model.kmax)
+    C = np.zeros((6, model.n_atoms), np.float32)
+    C[1] = -0.0
+    C[2, 3] = 50.0  # one strong feature
+    C[3] = 1e-6
+    C[4] = np.linspace(-20, 20, model.n_atoms)
+    out = _compare(model, C, prev)
+    assert out.cnt[0] == 0 and out.cnt[1] == 0  # nothing to explain: nothing switches on
+    assert out.cnt[2] >= 1
+    # Non-contiguous input view behaves like its copy.
+    wide = np.zeros((6, 2 * model.n_atoms), np.float32)
+    wide[:, ::2] = C
+    out2 = model.infer(wide[:, ::2], prev)
+    np.testing.assert_array_equal(out2.cnt, out.cnt)
+
+
+def test_kernel_respects_kmax_and_nonnegativity(rng):
+    model = _random_model(3, b=3.0)  # a permissive prior: many units want to be on
+    C = (10 * rng.standard_normal((30, model.n_atoms))).astype(np.float32)
+    out = model.infer(C, None)
+    assert out.cnt.max() <= model.kmax
+    for m in range(30):
+        assert np.all(out.val[m, : out.cnt[m]] > 0)
+        atoms = out.idx[m, : out.cnt[m]] // (2 * model.n_clones)
+        assert len(set(atoms)) == len(atoms)  # at most one unit per atom
+
+
+def test_no_greedy_step_lowers_the_objective(rng):
+    """Each accepted addition raises L^t: replay the pursuit with kmax = 1, 2, ... and compare."""
+    model = _random_model(11)
+    d = model.patch**2
+    y = (rng.standard_normal((25, d)) * 1.5).astype(np.float32)
+    C = y @ model.W_
+    prev = SparseCode.empty(25, model.kmax)
+    prev_code = model.infer(C, prev)  # some realistic t-1 activity
+    pi = model.b_[None, :].astype(np.float64) + prev_code.dense(model.n_units) @ model.R_.T
+    kmax = model.kmax
+    last = model.objective(y.astype(np.float64), SparseCode.empty(25, kmax), pi)
+    for k in range(1, kmax + 1):
+        model.kmax = k
+        code = model.infer(C, prev_code)
+        code.idx = np.pad(code.idx, ((0, 0), (0, kmax - k)))
+        code.val = np.pad(code.val, ((0, 0), (0, kmax - k)))
+        now = model.objective(y.astype(np.float64), code, pi)
+        assert np.all(now >= last - 1e-6)
+        last = now
+    model.kmax = kmax
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = _random_model(0)
+    with pytest.raises(ValueError, match="shape"):
+        model.infer(np.zeros((3, model.n_atoms + 1), np.float32), None)
+    with pytest.raises(RuntimeError, match="no parameters"):
+        SSRNN().infer(np.zeros((1, 64), np.float32), None)

@@ -1,0 +1,97 @@
+"""Learning recovers planted parameters from data sampled from the ss-RNN itself; persistence."""
+
+import numpy as np
+import pytest
+
+from models.ssrnn import SSRNN
+from models.training import TrainConfig, fit_ssrnn
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _planted(seed=0, n_atoms=6, patch=4):
+    rng = np.random.default_rng(seed)
+    true = SSRNN(n_atoms=n_atoms, n_clones=1, patch=patch, tau_x=2.0, tau_y=0.3, kmax=4)
+    q, _ = np.linalg.qr(rng.standard_normal((patch * patch, n_atoms)))
+    n = true.n_units
+    r = np.zeros((n, n))
+    succ = rng.permutation(n)  # unit j at t-1 strongly drives unit succ[j] at t: a planted sequence
+    for j in range(n):
+        if true.unit_atoms()[succ[j]] != true.unit_atoms()[j]:
+            r[succ[j], j] = 2.5
+    true.set_params(q, np.full(n, -3.0), r)
+    return true, succ
+
+
+def _sample(model, rng, batch, seq_len):
+    n, d = model.n_units, model.patch**2
+    filt = model.unit_filters()
+    y = np.empty((batch, seq_len, d), np.float32)
+    z = np.zeros((batch, n))
+    for t in range(seq_len):
+        h = rng.random((batch, n)) < _sigmoid(z @ model.R_.T + model.b_)
+        z = h * np.abs(rng.normal(0, model.tau_x, (batch, n)))
+        y[:, t] = z @ filt.T + rng.normal(0, model.tau_y, (batch, d))
+    return y
+
+
+@pytest.mark.slow
+def test_learning_recovers_planted_dictionary_and_recurrence():
+    true, succ = _planted()
+    rng = np.random.default_rng(1)
+    cfg = TrainConfig(
+        n_atoms=6, n_clones=1, patch=4, tau_x=2.0, tau_y=0.3, kmax=4, batch=100, seq_len=20,
+        steps_w=150, steps_r=400, lr_r=3.0, r_clip=5.0, b_init=-2.0, seed=0,
+    )  # fmt: skip
+    model, hist = fit_ssrnn(cfg, lambda: _sample(true, rng, cfg.batch, cfg.seq_len), rng, False)
+    cos = true.W_.T @ model.W_  # (true atoms, learned atoms)
+    match = np.abs(cos).argmax(1)
+    assert len(set(match)) == true.n_atoms
+    assert np.abs(cos).max(1).min() > 0.95
+    # Map each planted unit to the learned unit with the same atom and polarity.
+    n = true.n_units
+    flip = np.sign(cos[np.arange(true.n_atoms), match])
+    perm = np.empty(n, int)
+    for u in range(n):
+        a, s = true.unit_atoms()[u], true.unit_signs()[u]
+        learned_sign = s * flip[a]
+        perm[u] = match[a] * 2 + (0 if learned_sign > 0 else 1)
+    r_hat = model.R_[np.ix_(perm, perm)]
+    planted = true.R_ != 0
+    assert np.corrcoef(true.R_.ravel(), r_hat.ravel())[0, 1] > 0.8
+    assert r_hat[planted].min() > 1.0 > np.abs(r_hat[~planted]).max() - 0.5
+
+
+def test_save_load_round_trip(tmp_path, rng):
+    m = SSRNN(n_atoms=5, n_clones=2, patch=4).init_random(seed=3, r_scale=0.5)
+    path = tmp_path / "w.npz"
+    m.save(path, extra=np.arange(3))
+    back = SSRNN.load(path)
+    assert back.hyperparams() == m.hyperparams()
+    for name in ("W_", "b_", "R_"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(m, name))
+    np.testing.assert_array_equal(back.whitener_.kernel_, m.whitener_.kernel_)
+    np.testing.assert_array_equal(back.extra_["extra"], np.arange(3))
+    c = rng.standard_normal((7, 5)).astype(np.float32)
+    np.testing.assert_array_equal(back.infer(c, None).idx, m.infer(c, None).idx)
+
+
+def test_load_rejects_foreign_and_future_files(tmp_path):
+    bad = tmp_path / "x.npz"
+    np.savez(bad, a=np.zeros(2))
+    with pytest.raises(ValueError, match="not a v1motion"):
+        SSRNN.load(bad)
+    m = SSRNN(n_atoms=2, n_clones=1, patch=4).init_random()
+    m.save(tmp_path / "m.npz")
+    import json
+
+    with np.load(tmp_path / "m.npz") as f:
+        arrays = dict(f)
+    meta = json.loads(str(arrays["meta"]))
+    meta["format_version"] = 99
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "future.npz", **arrays)
+    with pytest.raises(ValueError, match="format version 99"):
+        SSRNN.load(tmp_path / "future.npz")
