@@ -67,7 +67,7 @@ def test_decodes_every_frame_in_order(good_avi):
 
 
 def test_large_frames_are_shrunk_to_max_side(good_avi):
-    with SandboxedDecoder(good_avi, Limits(max_side=48)) as dec:
+    with SandboxedDecoder(good_avi, Limits(max_side=48, min_side=16)) as dec:
         frame = next(iter(dec.frames()))
     assert frame.shape == (32, 48, 3) and dec.info.scale == pytest.approx(0.5)
 
@@ -97,8 +97,17 @@ def test_frame_and_duration_caps_stop_decoding(good_avi, limits):
         (lambda t: vs.write_video(t / "raw.avi", None), "codec 'raw/unknown' is not accepted"),
         (lambda t: vs.mp4(t)[:1200], "could not be opened"),
         (lambda t: os.urandom(5000), "could not be opened"),
+        (lambda t: vs.write_video(t / "s.avi", "MJPG", size=(48, 32)), "too small"),
     ],
-    ids=["huge-dimensions", "zero-fps", "no-video-stream", "codec", "truncated-mp4", "random"],
+    ids=[
+        "huge-dimensions",
+        "zero-fps",
+        "no-video-stream",
+        "codec",
+        "truncated-mp4",
+        "random",
+        "tiny",
+    ],
 )
 def test_probe_refuses_with_a_reason(tmp_path, make, reason):
     path = tmp_path / "input.bin"

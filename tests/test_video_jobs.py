@@ -186,3 +186,26 @@ def test_restart_requeues_interrupted_jobs_and_they_finish(tmp_path):
         assert rec.result["frames"] == 300
     finally:
         second.stop()
+
+
+def test_process_video_with_the_real_engine(tmp_path):
+    """The product path: models.engine.MotionEngine (small random one) through the same function."""
+    from service.jobs.engines import engine_factory
+
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=8, size=(128, 96)))
+    out = tmp_path / "out"
+    result = process_video(src, out, engine_factory("random"), Limits())
+    npz = np.load(out / "motion.npz")
+    cell = result["cell"]
+    assert npz["direction"].shape == (8, 96 // cell, 128 // cell)
+    assert npz["direction_hist"].shape == (8, 16) and npz["speed_bins"].shape == (7,)
+    conf = npz["confidence"].astype(np.float32)
+    assert np.all((conf >= 0) & (conf <= 1))
+
+
+def test_engine_names_are_checked():
+    from service.jobs.engines import engine_factory
+
+    with pytest.raises(ValueError, match="default, random"):
+        engine_factory("trained")

@@ -18,7 +18,8 @@ def moving_square_frames(n: int, size=(96, 64), step: int = 2) -> list[np.ndarra
     for i in range(n):
         f = np.full((h, w, 3), 30, np.uint8)
         x = (4 + step * i) % (w - 24)
-        f[20:44, x : x + 24] = tex
+        y = max(0, (h - 24) // 2)
+        f[y : y + 24, x : x + 24] = tex
         frames.append(f)
     return frames
 

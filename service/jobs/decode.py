@@ -117,6 +117,10 @@ def check_probe(width: int, height: int, fps: float, codec: str, limits: Limits)
     """Raise :class:`VideoRejected` if a probed stream breaks a limit (runs in the child)."""
     if width <= 0 or height <= 0:
         raise VideoRejected("the file has no decodable video stream")
+    if min(width, height) < limits.min_side:
+        raise VideoRejected(
+            f"frame size {width}x{height} is too small: each side needs at least {limits.min_side} px"
+        )
     if width > limits.max_width or height > limits.max_height:
         raise VideoRejected(
             f"frame size {width}x{height} exceeds the limit of {limits.max_width}x{limits.max_height}"

@@ -36,6 +36,8 @@ class Limits:
     ----------
     max_width, max_height : int
         Largest accepted frame size in pixels (the declared size; checked before any frame is decoded).
+    min_side : int
+        Smallest accepted width and height (the motion engine needs a few patches per side).
     max_frames : int
         Decoding stops after this many frames, whatever the container declares.
     max_seconds : float
@@ -56,6 +58,7 @@ class Limits:
 
     max_width: int = 3840
     max_height: int = 2160
+    min_side: int = 64
     max_frames: int = 18_000
     max_seconds: float = 600.0
     min_fps: float = 1.0

@@ -153,7 +153,10 @@ def process_video(
             last = 0.0
             cell = None
             for frame in dec.frames():
-                mf = engine.step(state, frame)
+                try:
+                    mf = engine.step(state, frame)
+                except ValueError as exc:  # the engine names what is wrong with the frame
+                    raise VideoRejected(f"frame {dec.frames_decoded}: {exc}") from None
                 cell = mf.cell
                 grids.append(mf)
                 summary.update(mf.direction, mf.speed, mf.confidence)
