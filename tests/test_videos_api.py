@@ -204,3 +204,14 @@ def test_results_of_a_job_in_progress_are_409(client):
     assert r.status_code == 409 and "the job is running" in r.json()["detail"]
     assert client.delete(f"/v1/videos/{job_id}").status_code == 204
     assert not folder.exists()
+
+
+def test_the_configured_engine_runs_in_the_workers(tmp_path):
+    """No override: the workers build ``V1MOTION_VIDEO_ENGINE`` (the real engine, small random one)."""
+    app = create_app(Settings(data_dir=tmp_path / "data", video_engine="random"))
+    with TestClient(app) as c:
+        r = upload(c, vs.avi(tmp_path, n=6, size=(128, 96)))
+        assert r.status_code == 202, r.text
+        job = wait_done(c, r.json()["id"], timeout=180)
+        assert job["status"] == "succeeded", job["error"]
+        assert job["result"]["cell"] == 16
