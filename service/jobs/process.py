@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +50,57 @@ def _write_motion_json(path: Path, video: dict, arrays: dict, summary: dict) -> 
             }
             f.write(("," if i else "") + json.dumps(frame, separators=(",", ":")))
         f.write("]}\n")
+
+
+class _OverlayWriter:
+    """Draws and encodes overlay frames on a thread (OpenCV releases the GIL), so the engine of the
+    next frame runs meanwhile. The queue is bounded: the job never runs ahead by more than a few
+    frames."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+        import cv2
+
+        from service.render import draw_overlay
+
+        self._draw = draw_overlay
+        self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not self._writer.isOpened():
+            raise RuntimeError("OpenCV cannot write an mp4v overlay video here")
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="overlay-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            frame, mf = item
+            try:
+                self._writer.write(
+                    self._draw(frame, mf.direction, mf.speed, mf.confidence, mf.cell)
+                )
+            except BaseException as exc:  # re-raised in the job's thread
+                self._error = exc
+
+    def write(self, frame: np.ndarray, mf) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((frame, mf))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._writer.release()
+        if self._error is not None:
+            raise self._error
+
+    def close_quietly(self) -> None:
+        """Stop after a failure elsewhere; the file is discarded with the work folder."""
+        self._error = self._error or RuntimeError("closed")
+        self._queue.put(None)
+        self._thread.join()
+        self._writer.release()
 
 
 class _Grids:
@@ -118,9 +171,7 @@ def process_video(
     service.jobs.decode.DecodeError
         The file was refused or could not be decoded; the message is meant for the user.
     """
-    import cv2
-
-    from service.render import draw_overlay, summary_figure
+    from service.render import summary_figure
 
     input_path, out_dir = Path(input_path), Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".tmp")
@@ -128,6 +179,7 @@ def process_video(
     work.mkdir()  # the parent must exist: a deleted job's folder is never brought back
     t0 = time.perf_counter()
     grids = _Grids(work, 1)
+    writer = None
     try:
         try:
             container = sniff_file(input_path)
@@ -142,14 +194,9 @@ def process_video(
             grids.capacity = info.max_frames
             glob = {k: [] for k in ("global_direction", "global_speed", "global_confidence")}
             dir_hist, speed_hist = [], []
-            writer = None
             if overlay:
-                writer = cv2.VideoWriter(
-                    str(work / "overlay.mp4"),
-                    cv2.VideoWriter_fourcc(*"mp4v"),
-                    info.fps,
-                    (info.out_width, info.out_height),
-                )
+                size = (info.out_width, info.out_height)
+                writer = _OverlayWriter(work / "overlay.mp4", info.fps, size)
             last = 0.0
             cell = None
             for frame in dec.frames():
@@ -165,15 +212,14 @@ def process_video(
                 dir_hist.append(mf.direction_hist)
                 speed_hist.append(mf.speed_hist)
                 if writer is not None:
-                    writer.write(
-                        draw_overlay(frame, mf.direction, mf.speed, mf.confidence, mf.cell)
-                    )
+                    writer.write(frame, mf)
                 now = time.perf_counter()
                 if progress_cb is not None and now - last >= PROGRESS_INTERVAL_S:
                     last = now
                     progress_cb(dec.frames_decoded, max(total, dec.frames_decoded))
             if writer is not None:
-                writer.release()
+                writer, w = None, writer
+                w.close()
             n = dec.frames_decoded
             stopped_at_cap = dec.stopped_at_cap
         if n == 0:
@@ -227,6 +273,8 @@ def process_video(
         log.info("processed %s: %d frames in %.1f s", input_path.name, n, elapsed)
         return result
     except BaseException:
+        if writer is not None:
+            writer.close_quietly()
         grids.remove()
         shutil.rmtree(work, ignore_errors=True)
         raise
