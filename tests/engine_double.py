@@ -71,3 +71,8 @@ def fake_engine() -> FakeEngine:
 
 def slow_fake_engine() -> FakeEngine:
     return FakeEngine(delay_s=0.05)
+
+
+def hanging_fake_engine() -> FakeEngine:
+    """Its first step never returns (in practice: an hour)."""
+    return FakeEngine(delay_s=3600.0)

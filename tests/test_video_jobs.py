@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import video_samples as vs
-from engine_double import fake_engine, slow_fake_engine
+from engine_double import fake_engine, hanging_fake_engine, slow_fake_engine
 
 from service.jobs.decode import DecodeError
 from service.jobs.limits import Limits
@@ -209,3 +209,17 @@ def test_engine_names_are_checked():
 
     with pytest.raises(ValueError, match="default, random"):
         engine_factory("trained")
+
+
+def test_a_stuck_job_is_stopped_by_the_watchdog(tmp_path, monkeypatch):
+    from service.jobs import runners
+
+    monkeypatch.setattr(runners, "JOB_GRACE_S", 0.5)
+    jobs = VideoJobs.local(tmp_path / "data", Limits(deadline_s=1.0), hanging_fake_engine)
+    jobs.start()
+    try:
+        job_id = _submit(jobs, vs.avi(tmp_path, n=4))
+        rec = wait_for(lambda: _finished(jobs, job_id), timeout=30)
+        assert rec.status == "failed" and "took longer than 1.5 s" in rec.error
+    finally:
+        jobs.stop()

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "input.bin"
 OUTPUT_DIR = "out"
+JOB_GRACE_S = 60.0  # beyond the decode deadline, for writing results
 
 
 def job_paths(jobs_dir: Path, job_id: str) -> tuple[Path, Path]:
@@ -270,7 +271,14 @@ class LocalWorkerPool(Runner):
         proc, conn = self._workers[slot]
         input_path, out_dir = job_paths(self.jobs_dir, job.id)
         conn.send(("job", job.id, str(input_path), str(out_dir)))
+        # Watchdog for what the decoder's own deadline cannot see (e.g. a stuck engine step).
+        deadline = time.monotonic() + self.limits.deadline_s + JOB_GRACE_S
         while True:
+            if time.monotonic() > deadline:
+                self._teardown_slot(slot)
+                return "failed", (
+                    f"the job took longer than {self.limits.deadline_s + JOB_GRACE_S:g} s and was stopped"
+                )
             if should_stop():
                 self._teardown_slot(slot)  # the only way to interrupt native decoding code
                 raise _Cancelled
