@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     video_max_upload_mb: float = Field(512.0, gt=0, description="largest accepted upload")
     video_max_frames: int = Field(18_000, ge=1, description="frames decoded per video at most")
     video_max_seconds: float = Field(600.0, gt=0, description="video time decoded at most")
+    video_max_side: int = Field(
+        640, ge=64, le=3840, description="frames are shrunk to this longer side before the engine"
+    )
     video_memory_mb: int = Field(2048, ge=256, description="address-space cap of a decoder process")
     video_deadline_s: float = Field(1800.0, gt=0, description="wall-clock limit of one decode")
     video_max_attempts: int = Field(2, ge=1, description="starts of a job across restarts")

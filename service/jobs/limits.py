@@ -67,7 +67,7 @@ class Limits:
     memory_mb: int = 2048
     deadline_s: float = 1800.0
     probe_timeout_s: float = 20.0
-    max_side: int = 960
+    max_side: int = 640
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -150,8 +150,8 @@ def process_video(
     input_path : Path
         The video (for uploads: the generated name in the job folder).
     out_dir : Path
-        Results folder (its parent must exist); written as ``<out_dir>.tmp`` and renamed when complete, so it either holds
-        every result file or does not exist.
+        Results folder (its parent must exist); written as ``<out_dir>.tmp`` and renamed when
+        complete, so it either holds every result file or does not exist.
     engine_factory : callable
         ``engine_factory()`` returns a motion engine (``new_state``, ``step``, ``direction_bins``).
     limits : Limits
@@ -243,6 +243,7 @@ def process_video(
             "fps": info.fps,
             "processed_width": info.out_width,
             "processed_height": info.out_height,
+            "speed_unit": "pixels of the processed frame per frame",
             "cell": cell,
             "frames": n,
             "declared_frames": info.declared_frames,

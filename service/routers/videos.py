@@ -47,6 +47,7 @@ def limits_from_settings(settings: Settings) -> Limits:
     return Limits(
         max_frames=settings.video_max_frames,
         max_seconds=settings.video_max_seconds,
+        max_side=settings.video_max_side,
         memory_mb=settings.video_memory_mb,
         deadline_s=settings.video_deadline_s,
     )
