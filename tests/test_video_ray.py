@@ -37,13 +37,15 @@ def ray_jobs(tmp_path_factory):
     ray.shutdown()
 
 
-def _run(jobs, data: bytes, timeout=180):
+def _run(jobs, data: bytes, timeout=180, seen=None):
     job_id, folder = jobs.new_folder()
     (folder / "input.bin").write_bytes(data)
     jobs.submit(job_id, "clip.avi", "video/x-msvideo", len(data))
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         rec = jobs.get(job_id)
+        if seen is not None and rec.status == "running":
+            seen.add(rec.frames_done)
         if rec.status in ("succeeded", "failed"):
             return rec
         time.sleep(0.2)
@@ -51,12 +53,14 @@ def _run(jobs, data: bytes, timeout=180):
 
 
 def test_ray_runs_the_same_job_and_fails_the_same_way(ray_jobs, tmp_path):
-    rec = _run(ray_jobs, vs.avi(tmp_path, n=8, size=(128, 96)))
+    seen = set()
+    rec = _run(ray_jobs, vs.avi(tmp_path, n=300, size=(128, 96)), seen=seen)
     assert rec.status == "succeeded", rec.error
+    assert any(0 < s < 300 for s in seen), seen  # progress arrives while the task runs
     out = job_paths(ray_jobs.jobs_dir, rec.id)[1]
     assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
-    assert rec.result["frames"] == 8 and rec.frames_done == 8
-    assert np.load(out / "motion.npz")["speed"].shape[0] == 8
+    assert rec.result["frames"] == 300 and rec.frames_done == 300
+    assert np.load(out / "motion.npz")["speed"].shape[0] == 300
 
     bad = _run(ray_jobs, vs.damaged_frames_avi(tmp_path))
     assert bad.status == "failed" and "no frame could be decoded" in bad.error
