@@ -54,7 +54,7 @@ def _run(jobs, data: bytes, timeout=180, seen=None):
 
 def test_ray_runs_the_same_job_and_fails_the_same_way(ray_jobs, tmp_path):
     seen = set()
-    rec = _run(ray_jobs, vs.avi(tmp_path, n=300, size=(128, 96)), seen=seen)
+    rec = _run(ray_jobs, vs.avi(tmp_path, n=300, size=(320, 240)), seen=seen)
     assert rec.status == "succeeded", rec.error
     assert any(0 < s < 300 for s in seen), seen  # progress arrives while the task runs
     out = job_paths(ray_jobs.jobs_dir, rec.id)[1]

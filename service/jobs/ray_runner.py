@@ -86,7 +86,7 @@ class RayRunner(Runner):
             input_path.read_bytes(), self.limits, self.engine_factory, job.id, self._board
         )
         while True:
-            done, _ = ray.wait([ref], timeout=0.5)
+            done, _ = ray.wait([ref], timeout=0.25)
             if done:
                 break
             posted = ray.get(self._board.take.remote(job.id))
