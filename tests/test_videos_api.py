@@ -144,6 +144,19 @@ def test_over_the_size_limit_is_413_and_leaves_no_file(client):
         "/v1/videos", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
     )
     assert r.status_code == 413, r.text
+
+    def other_field():  # a huge non-file field counts against the limit too
+        yield b"--b\r\nContent-Disposition: form-data; name=notes\r\n\r\n"
+        for _ in range(40):
+            yield bytes(16 * 1024)
+        yield b"\r\n--b--\r\n"
+
+    r = client.post(
+        "/v1/videos",
+        content=other_field(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code == 413, r.text
     assert job_folders(client) == before
     assert set(os.listdir(tempfile.gettempdir())) - before_tmp == set()
 

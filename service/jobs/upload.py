@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 FILE_FIELD = "file"
 MAX_PARTS = 4
+MAX_OVERHEAD = 64 * 1024  # multipart boundaries, headers and small fields around the file
 ACCEPTED_PART_TYPES = ("video/", "application/octet-stream")
 
 
@@ -132,8 +133,12 @@ async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Receiv
         },
         max_size=max_bytes + 1024 * 1024,
     )
+    received = 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes + MAX_OVERHEAD:  # other fields count too
+                raise UploadError(413, f"the upload is larger than the limit of {max_bytes} bytes")
             parser.write(chunk)
         parser.finalize()
     except UploadError:

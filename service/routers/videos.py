@@ -18,7 +18,7 @@ from service.jobs.limits import Limits
 from service.jobs.manager import VideoJobs
 from service.jobs.schemas import RESULT_NAMES, JobCreate, JobPublic, JobsPublic
 from service.jobs.sniff import UnsupportedContainer, sniff_file
-from service.jobs.upload import UploadError, receive_upload
+from service.jobs.upload import MAX_OVERHEAD, UploadError, receive_upload
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ MEDIA_TYPES = {
     "overlay.mp4": "video/mp4",
     "summary.png": "image/png",
 }
-MULTIPART_OVERHEAD = 64 * 1024
 
 
 # ------------------------------------------------------------------------------- lifecycle
@@ -113,7 +112,7 @@ async def create_video_job(request: Request, response: Response, jobs: Jobs) -> 
     settings = _settings(request)
     max_bytes = int(settings.video_max_upload_mb * 1024 * 1024)
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
+    if declared and declared.isdigit() and int(declared) > max_bytes + MAX_OVERHEAD:
         raise HTTPException(413, f"the upload is larger than the limit of {max_bytes} bytes")
     if jobs.queue_full():
         raise HTTPException(503, f"{jobs.max_queued} videos are already waiting; try again later")
