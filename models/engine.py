@@ -15,8 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from models.kernels import _readout_frame
 from models.readout import MotionReadout
-from models.ssrnn import SSRNN
+from models.ssrnn import SSRNN, recurrent_csr
 from models.whitening import patch_grid
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -118,9 +119,9 @@ class MotionEngine:
             raise ValueError(
                 f"read-out has {readout.coef_.shape[0]} features; expected {levels} levels x {n} units"
             )
-        self._beta = readout.coef_.reshape(levels, n, 3)
+        self._beta = np.ascontiguousarray(readout.coef_.reshape(levels, n, 3))
         self._G = model.gram()
-        self._RT = np.ascontiguousarray(model.R_.T)
+        self._csr = recurrent_csr(model.R_)
         self._W = np.ascontiguousarray(model.W_)
         self.direction_bins = (np.arange(N_DIRECTION_BINS) * 2 * np.pi / N_DIRECTION_BINS).astype(
             np.float32
@@ -133,7 +134,7 @@ class MotionEngine:
         self._ds_weight = np.clip(np.asarray(tuning["di"], np.float32), 0, 1)
         log_speed = np.log2(np.asarray(tuning["pref_speed"], float))
         self._speed_bin = [
-            np.clip(np.round(log_speed + lv - np.log2(SPEED_BINS[0])), 0, len(SPEED_BINS) - 1).astype(int)
+            np.clip(np.round(log_speed + lv - np.log2(SPEED_BINS[0])), 0, len(SPEED_BINS) - 1).astype(np.int64)
             for lv in range(levels)
         ]  # fmt: skip
 
@@ -211,6 +212,7 @@ class MotionEngine:
         dir_hist = np.zeros(N_DIRECTION_BINS, np.float32)
         speed_hist = np.zeros(len(SPEED_BINS), np.float32)
         unit_act = np.zeros(model.n_units, np.float32)
+        scratch_act = np.zeros(model.n_units, np.float32)
         n_active, n_patches = 0, 0
         img = grey
         for lv in range(self.levels):
@@ -223,25 +225,22 @@ class MotionEngine:
             white *= np.float32(1.0 / max(state.rms[lv], self.rms_floor))
             grid = patch_grid(white, p)
             gh, gw, d = grid.shape
-            code = model.infer(grid.reshape(-1, d) @ self._W, state.prev[lv], self._G, self._RT)
+            code = model.infer(grid.reshape(-1, d) @ self._W, state.prev[lv], self._G, self._csr)
             state.prev[lv] = code
-            contrib = np.einsum("mk,mkc->mc", code.val, self._beta[lv][code.idx])
+            contrib = np.empty((gh * gw, 3), np.float32)
+            act = unit_act if lv == 0 else scratch_act
+            _readout_frame(
+                code.idx, code.val, code.cnt, self._beta[lv], self._dir_bin, self._speed_bin[lv],
+                self._ds_weight, contrib, dir_hist, speed_hist, act,
+            )  # fmt: skip
             up = contrib.reshape(gh, gw, 3)
             if lv:
                 f = 2**lv
                 up = np.repeat(np.repeat(up, f, 0), f, 1)
                 up = np.pad(up, ((0, gh0 - up.shape[0]), (0, gw0 - up.shape[1]), (0, 0)), "edge")
             total += up[:gh0, :gw0]
-            active = code.val > 0
-            idx, val = code.idx[active], code.val[active]
-            weight = val * self._ds_weight[idx]
-            dir_hist += np.bincount(self._dir_bin[idx], weight, N_DIRECTION_BINS).astype(np.float32)
-            speed_hist += np.bincount(self._speed_bin[lv][idx], weight, len(SPEED_BINS)).astype(
-                np.float32
-            )
             if lv == 0:
-                unit_act += np.bincount(idx, val, model.n_units).astype(np.float32)
-                n_active, n_patches = int(active.sum()), gh * gw
+                n_active, n_patches = int(code.cnt.sum()), gh * gw
         alpha = 1.0 / self.tau if state.acc is not None else 1.0
         state.acc = total if state.acc is None else (1 - alpha) * state.acc + alpha * total
         state.frames += 1

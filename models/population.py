@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.ssrnn import SSRNN, SparseCode
+from models.ssrnn import SSRNN, SparseCode, recurrent_csr
 from models.training import unit_rms
 from models.whitening import patch_grid
 
@@ -53,7 +53,7 @@ def pooled_response(
         raise ValueError(f"need more than {warmup} frames per movie, got {t_n}")
     n = model.n_units
     G = model.gram()
-    RT = np.ascontiguousarray(model.R_.T)
+    csr = recurrent_csr(model.R_)
     resp = np.zeros((s_n, levels, n))
     for lo in range(0, s_n, chunk):
         hi = min(lo + chunk, s_n)
@@ -64,7 +64,7 @@ def pooled_response(
             seq_of = np.repeat(np.arange(s_c), m)
             acc = np.zeros(s_c * n)
             for t in range(t_n):
-                code = model.infer(y[:, t].reshape(-1, d) @ model.W_, prev, G, RT)
+                code = model.infer(y[:, t].reshape(-1, d) @ model.W_, prev, G, csr)
                 if t >= warmup:
                     for i in range(int(code.cnt.max(initial=0))):
                         rows = np.nonzero(code.cnt > i)[0]

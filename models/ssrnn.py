@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.kernels import _ssrnn_infer_frame
+from models.kernels import _ssrnn_infer_frame, _ssrnn_infer_frame_dense
 from models.whitening import Whitener, patch_grid
 
 FORMAT_VERSION = 1
@@ -64,6 +64,31 @@ class SparseCode:
             rows = np.nonzero(self.cnt > i)[0]
             z[rows, self.idx[rows, i]] = self.val[rows, i]
         return z
+
+
+def recurrent_csr(R: np.ndarray):
+    """``R^T`` in CSR form: for each unit ``j``, the units it drives at the next frame and the weights.
+
+    Zeros of ``R`` (after pruning) are left out, so a pruned ``R`` gives a cheaper recurrent drive.
+    """
+    rt = np.asarray(R, np.float32).T
+    mask = rt != 0
+    ptr = np.zeros(rt.shape[0] + 1, np.int64)
+    ptr[1:] = np.cumsum(mask.sum(1))
+    rows, cols = np.nonzero(mask)
+    return ptr, cols.astype(np.int64), rt[rows, cols].astype(np.float32)
+
+
+def prune_recurrent(R: np.ndarray, density: float) -> np.ndarray:
+    """Keep the ``density`` fraction of entries of ``R`` with the largest magnitude, zero the rest."""
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    r = np.asarray(R, np.float32)
+    k = max(1, int(round(density * r.size)))
+    if k >= r.size:
+        return r.copy()
+    cut = np.partition(np.abs(r).ravel(), r.size - k)[r.size - k]
+    return np.where(np.abs(r) >= cut, r, 0).astype(np.float32)
 
 
 def unit_atom(u, n_clones):
@@ -174,7 +199,7 @@ class SSRNN:
         C: np.ndarray,
         prev: SparseCode | None,
         G: np.ndarray | None = None,
-        RT: np.ndarray | None = None,
+        csr: tuple | None = None,
     ) -> SparseCode:
         """One greedy filtering step for ``M`` patches given their atom correlations ``C`` ``(M, A)``."""
         self._check_fitted()
@@ -187,12 +212,26 @@ class SSRNN:
         if len(prev.cnt) != m:
             raise ValueError("previous code has a different number of patches")
         G = self.gram() if G is None else G
-        RT = np.ascontiguousarray(self.R_.T) if RT is None else RT
+        ptr, idx, val = recurrent_csr(self.R_) if csr is None else csr
         out = SparseCode.empty(m, self.kmax)
         _ssrnn_infer_frame(
-            C, G, RT, self.b_, prev.idx, prev.val, prev.cnt, self.n_clones,
+            C, G, ptr, idx, val, self.b_, prev.idx, prev.val, prev.cnt, self.n_clones,
             1.0 / (2 * self.tau_y**2), self.lam, self.kappa, self.kmax,
             out.idx, out.val, out.cnt, out.prior,
+        )  # fmt: skip
+        return out
+
+    def infer_dense(self, C: np.ndarray, prev: SparseCode | None, G=None) -> SparseCode:
+        """The same step with the recurrent drive computed densely, ``b + Z^{t-1} R^T`` by BLAS."""
+        self._check_fitted()
+        C = np.ascontiguousarray(C, np.float32)
+        m = C.shape[0]
+        z = np.zeros((m, self.n_units), np.float32) if prev is None else prev.dense(self.n_units)
+        pi = np.ascontiguousarray(z @ self.R_.T + self.b_, np.float64)
+        out = SparseCode.empty(m, self.kmax)
+        _ssrnn_infer_frame_dense(
+            C, self.gram() if G is None else G, pi, self.n_clones, 1.0 / (2 * self.tau_y**2),
+            self.lam, self.kappa, self.kmax, out.idx, out.val, out.cnt, out.prior,
         )  # fmt: skip
         return out
 

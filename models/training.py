@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from models.ssrnn import SSRNN, SparseCode
+from models.ssrnn import SSRNN, SparseCode, prune_recurrent, recurrent_csr
 from models.stimuli import direction_vector
 from models.whitening import Whitener
 
@@ -53,6 +53,7 @@ class TrainConfig:
     split_until: float = 2 / 3
     split_threshold: float = 0.1
     dead_every: int = 25
+    r_density: float = 1.0
     shuffle_time: bool = False
     seed: int = 0
 
@@ -119,15 +120,15 @@ def _sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def infer_sequences(model: SSRNN, y: np.ndarray, G=None, RT=None) -> np.ndarray:
+def infer_sequences(model: SSRNN, y: np.ndarray, G=None, csr=None) -> np.ndarray:
     """Dense codes ``(T, B, N)`` of patch sequences ``y`` ``(B, T, D)`` by greedy filtering."""
     b, t_len, _ = y.shape
     G = model.gram() if G is None else G
-    RT = np.ascontiguousarray(model.R_.T) if RT is None else RT
+    csr = recurrent_csr(model.R_) if csr is None else csr
     z = np.zeros((t_len, b, model.n_units), np.float32)
     prev = SparseCode.empty(b, model.kmax)
     for t in range(t_len):
-        code = model.infer(y[:, t] @ model.W_, prev, G, RT)
+        code = model.infer(y[:, t] @ model.W_, prev, G, csr)
         z[t] = code.dense(model.n_units)
         prev = code
     return z
@@ -174,8 +175,8 @@ def fit_ssrnn(config: TrainConfig, batch, rng, progress: bool = True) -> tuple[S
             usage[:] = 0
         y = batch()
         G = model.gram()
-        RT = np.ascontiguousarray(model.R_.T)
-        z = infer_sequences(model, y, G, RT)  # (T, B, N)
+        csr = recurrent_csr(model.R_)
+        z = infer_sequences(model, y, G, csr)  # (T, B, N)
         t_len, b_size, _ = z.shape
         zf = z.reshape(-1, n)
         zprev = np.concatenate([np.zeros((1, b_size, n), np.float32), z[:-1]]).reshape(-1, n)
@@ -219,6 +220,8 @@ def fit_ssrnn(config: TrainConfig, batch, rng, progress: bool = True) -> tuple[S
         history["r_abs_max"].append(float(np.abs(model.R_).max()))
         if step % 20 == 0:
             bar.set_postfix(active=f"{h.sum(1).mean():.2f}", r2=f"{r2:.2f}")
+    if cfg.r_density < 1:
+        model.R_ = prune_recurrent(model.R_, cfg.r_density)
     model.train_config_ = asdict(cfg)
     return model, history
 

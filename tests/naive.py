@@ -49,3 +49,20 @@ def _ssrnn_infer_frame(
             (np.array(support, int), np.abs(coef[: len(support)]) if support else np.zeros(0))
         )
     return results
+
+
+def _readout_frame(idx, val, cnt, beta, dir_bin, speed_bin, ds_weight, n_dir, n_speed):
+    """Returns ``(contrib, dir_hist, speed_hist, unit_act)`` for one frame, by explicit sums."""
+    m_patches = len(cnt)
+    contrib = np.zeros((m_patches, 3))
+    dir_hist = np.zeros(n_dir)
+    speed_hist = np.zeros(n_speed)
+    unit_act = np.zeros(len(beta))
+    for m in range(m_patches):
+        for i in range(cnt[m]):
+            u, v = idx[m, i], val[m, i]
+            contrib[m] += v * beta[u]
+            dir_hist[dir_bin[u]] += v * ds_weight[u]
+            speed_hist[speed_bin[u]] += v * ds_weight[u]
+            unit_act[u] += v
+    return contrib, dir_hist, speed_hist, unit_act

@@ -17,6 +17,10 @@ def _random_model(seed, n_atoms=12, n_clones=3, patch=4, r_scale=0.8, b=-1.0):
 
 def _compare(model, C, prev):
     out = model.infer(C, prev)
+    dense = model.infer_dense(C, prev)
+    np.testing.assert_array_equal(dense.cnt, out.cnt)
+    np.testing.assert_array_equal(dense.idx, out.idx)
+    np.testing.assert_allclose(dense.val, out.val, rtol=1e-5)
     ref = naive._ssrnn_infer_frame(
         C, model.gram(), model.R_, model.b_, prev.idx, prev.val, prev.cnt, model.n_clones,
         1 / (2 * model.tau_y**2), model.lam, model.kappa, model.kmax,
@@ -98,3 +102,27 @@ def test_bad_inputs_raise_clear_errors():
         model.infer(np.zeros((3, model.n_atoms + 1), np.float32), None)
     with pytest.raises(RuntimeError, match="no parameters"):
         SSRNN().infer(np.zeros((1, 64), np.float32), None)
+
+
+def test_readout_kernel_matches_numpy_twin(rng):
+    from models.kernels import _readout_frame
+
+    model = _random_model(5)
+    code = model.infer((3 * rng.standard_normal((50, model.n_atoms))).astype(np.float32), None)
+    n = model.n_units
+    beta = rng.standard_normal((n, 3)).astype(np.float32)
+    dir_bin = rng.integers(0, 16, n)
+    speed_bin = rng.integers(0, 7, n)
+    ds_weight = rng.uniform(0, 1, n).astype(np.float32)
+    contrib = np.empty((50, 3), np.float32)
+    hists = np.zeros(16, np.float32), np.zeros(7, np.float32), np.zeros(n, np.float32)
+    _readout_frame(
+        code.idx, code.val, code.cnt, beta, dir_bin, speed_bin, ds_weight, contrib, *hists
+    )
+    ref = naive._readout_frame(
+        code.idx, code.val, code.cnt, beta, dir_bin, speed_bin, ds_weight, 16, 7
+    )
+    np.testing.assert_allclose(contrib, ref[0], rtol=1e-5, atol=1e-5)
+    for got, want in zip(hists, ref[1:], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert code.cnt.sum() > 0

@@ -1,0 +1,79 @@
+"""Tuning metrics on curves with known answers; the read-out recovers a planted linear code."""
+
+import numpy as np
+import pytest
+
+from models.readout import MotionReadout, angular_error
+from models.tuning import (
+    DIRECTIONS,
+    N_DIRECTIONS,
+    best_condition_curves,
+    circ_dist,
+    direction_index,
+    preferred_orientation,
+    responsive_mask,
+)
+
+
+def test_direction_index_on_known_curves():
+    flat = np.ones(N_DIRECTIONS)
+    one_way = np.zeros(N_DIRECTIONS)
+    one_way[3] = 2.0
+    half = np.ones(N_DIRECTIONS)
+    half[5] = 4.0
+    half[13] = 2.0  # opposite of 5
+    silent = np.zeros(N_DIRECTIONS)
+    di, pref, r_pref = direction_index(np.stack([flat, one_way, half, silent], 1))
+    np.testing.assert_allclose(di, [0.0, 1.0, 0.5, 0.0])
+    assert pref[1] == 3 and pref[2] == 5
+    np.testing.assert_allclose(r_pref, [1.0, 2.0, 4.0, 0.0])
+
+
+def test_best_condition_is_the_peak_response():
+    resp = np.zeros((N_DIRECTIONS, 3, 2))
+    resp[2, 1, 0] = 5.0  # unit 0 peaks in condition 1
+    resp[7, 2, 1] = 1.0  # unit 1 peaks in condition 2
+    curves, best = best_condition_curves(resp)
+    assert list(best) == [1, 2]
+    assert curves[2, 0] == 5.0 and curves[7, 1] == 1.0
+
+
+def test_preferred_orientation_is_perpendicular_to_motion():
+    curves = np.zeros((N_DIRECTIONS, 1))
+    curves[0] = 1.0  # prefers rightward drift: a vertical grating, orientation 90 degrees
+    curves[8] = 1.0
+    assert circ_dist(preferred_orientation(curves)[0], np.pi / 2, np.pi) < 1e-6
+
+
+def test_responsive_mask_is_relative_to_the_population():
+    r = np.array([0.0, 1e-4, 0.5, 1.0, 1.0])
+    assert list(responsive_mask(r)) == [False, False, True, True, True]
+    assert not responsive_mask(np.zeros(4)).any()
+
+
+def test_readout_recovers_a_planted_linear_code(rng):
+    n, f = 600, 40
+    direction = rng.uniform(-np.pi, np.pi, n)
+    speed = np.exp(rng.uniform(np.log(0.5), np.log(4), n))
+    # Features: a few units tuned to cos/sin of direction and to log speed, plus noise.
+    basis = np.stack([np.cos(direction), np.sin(direction), np.log(speed)], 1)
+    mix = rng.standard_normal((3, f))
+    x = np.maximum(basis @ mix + 0.1 * rng.standard_normal((n, f)) + 1.0, 0)
+    ro = MotionReadout().fit(x[:400], direction[:400], speed[:400])
+    pdir, pspeed, conf = ro.predict(x[400:])
+    assert np.rad2deg(angular_error(pdir, direction[400:])).mean() < 10
+    assert np.median(np.abs(pspeed / speed[400:] - 1)) < 0.15
+    assert np.all((conf >= 0) & (conf <= 1))
+
+
+def test_readout_rejects_bad_use():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        MotionReadout().predict(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="at least 8"):
+        MotionReadout().fit(np.zeros((3, 2)), np.zeros(3), np.ones(3))
+
+
+def test_angular_error_wraps():
+    assert angular_error(0.1, 2 * np.pi - 0.1) == pytest.approx(0.2)
+    assert angular_error(np.pi, -np.pi) == pytest.approx(0.0)
+    assert DIRECTIONS[4] == pytest.approx(np.pi / 2)
