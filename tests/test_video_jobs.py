@@ -223,3 +223,30 @@ def test_a_stuck_job_is_stopped_by_the_watchdog(tmp_path, monkeypatch):
         assert rec.status == "failed" and "took longer than 1.5 s" in rec.error
     finally:
         jobs.stop()
+
+
+def _pan_video(path, vx, vy_up, n=60, shape=(240, 320)):
+    """A still panned so its content moves by (vx, vy_up) px/frame (up positive), as MJPG AVI."""
+    from models.stimuli import load_still, pan_frame
+
+    img = load_still("camera")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, shape[::-1])
+    for t in range(n):
+        frame = pan_frame(img, (256 - vx * t, 256 + vy_up * t), shape)
+        grey = np.clip(frame * 255, 0, 255).astype(np.uint8)
+        writer.write(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    writer.release()
+
+
+@pytest.mark.parametrize("vx, vy_up, expected_deg", [(2, 0, 0), (0, 2, 90), (-2, 0, 180)])
+def test_planted_pan_comes_back_through_the_job(tmp_path, vx, vy_up, expected_deg):
+    """The shipped engine through process_video recovers the direction of a planted pan."""
+    from service.jobs.engines import engine_factory
+
+    src = tmp_path / "pan.avi"
+    _pan_video(src, vx, vy_up)
+    result = process_video(src, tmp_path / "out", engine_factory("default"), Limits())
+    gap = (result["dominant_direction_deg"] - expected_deg + 180) % 360 - 180
+    assert abs(gap) < 30, result["dominant_direction_deg"]
+    speed = np.median(np.load(tmp_path / "out" / "motion.npz")["speed_over_time"][20:])
+    assert 1.0 < speed < 6.0  # planted 2 px/frame; the engine's speed read-out is coarse
