@@ -132,7 +132,13 @@ def summary_figure(
     ax.set_yticklabels([])
     ax2 = fig.add_subplot(1, 2, 2)
     t = np.arange(len(speed_over_time)) / fps
-    ax2.plot(t, speed_over_time * fps, lw=1.2)
+    px_per_s = np.asarray(speed_over_time, dtype=float) * fps
+    ax2.plot(t, px_per_s, lw=1.2)
+    if len(px_per_s) > 20:  # a start-up transient must not flatten the rest of the curve
+        top = np.percentile(px_per_s, 98) * 1.3
+        if top > 0 and top < px_per_s.max():
+            ax2.set_ylim(0, top)
+            ax2.annotate("(clipped)", (0.01, 0.97), xycoords="axes fraction", va="top", fontsize=8)
     ax2.set_xlabel("time (s)")
     ax2.set_ylabel("mean speed of moving regions (px/s)")
     ax2.set_title("speed over time")

@@ -186,6 +186,7 @@ def process_video(
         except UnsupportedContainer as exc:
             raise VideoRejected(str(exc)) from None
         engine = engine_factory()
+        t0 = time.perf_counter()  # the job's own time, not the engine's one-off loading
         state = engine.new_state()
         summary = MotionSummary(n_bins=len(engine.direction_bins))
         with SandboxedDecoder(input_path, limits) as dec:
