@@ -33,6 +33,40 @@ def colour_wheel(size: int) -> np.ndarray:
     return wheel
 
 
+def arrow_segments(direction, speed, confidence, cell, min_confidence=0.3, arrow_gain=3.0):
+    """Line segments of the motion arrows, all at once.
+
+    Returns
+    -------
+    ndarray, shape (n_segments, 2, 2), int32
+        Each row is ((x0, y0), (x1, y1)) in pixels: for every drawn arrow its shaft and the two strokes
+        of its head. Arrows start at cell centres, point along ``direction`` (y grows downwards on
+        screen, so up is -y) and are ``arrow_gain * speed`` long, capped at 0.95 cell; cells below
+        ``min_confidence`` or shorter than 1 px get none.
+    """
+    length = np.minimum(np.asarray(speed, np.float64) * arrow_gain, 0.95 * cell)
+    keep = (np.asarray(confidence) >= min_confidence) & (length >= 1.0)
+    ii, jj = np.nonzero(keep)
+    if len(ii) == 0:
+        return np.zeros((0, 2, 2), np.int32)
+    d = np.asarray(direction, np.float64)[ii, jj]
+    ln = length[ii, jj]
+    cx, cy = (jj + 0.5) * cell, (ii + 0.5) * cell
+    tx, ty = cx + ln * np.cos(d), cy - ln * np.sin(d)
+    head = 0.35 * ln
+    segs = [np.stack([np.stack([cx, cy], -1), np.stack([tx, ty], -1)], 1)]
+    for turn in (np.pi - 0.5, np.pi + 0.5):  # the two strokes of the head, swept back from the tip
+        hx, hy = tx + head * np.cos(d + turn), ty - head * np.sin(d + turn)
+        segs.append(np.stack([np.stack([tx, ty], -1), np.stack([hx, hy], -1)], 1))
+    return np.round(np.concatenate(segs)).astype(np.int32)
+
+
+def _draw_arrows(out, direction, speed, confidence, cell, min_confidence, arrow_gain) -> None:
+    segs = arrow_segments(direction, speed, confidence, cell, min_confidence, arrow_gain)
+    if len(segs):
+        cv2.polylines(out, list(segs), False, (255, 255, 255), 1, cv2.LINE_AA)
+
+
 def draw_overlay(
     frame: np.ndarray,
     direction: np.ndarray,
@@ -80,15 +114,7 @@ def draw_overlay(
         out[:ch, :cw] = cv2.blendLinear(
             np.ascontiguousarray(out[:ch, :cw]), np.ascontiguousarray(colours[:ch, :cw]), 1.0 - a, a
         )
-    ii, jj = np.nonzero(confidence >= min_confidence)
-    for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
-        cy, cx = (i + 0.5) * cell, (j + 0.5) * cell
-        length = min(float(speed[i, j]) * arrow_gain, 0.95 * cell)
-        if length < 1.0:
-            continue
-        d = float(direction[i, j])
-        tip = (round(cx + length * np.cos(d)), round(cy - length * np.sin(d)))
-        cv2.arrowedLine(out, (round(cx), round(cy)), tip, (255, 255, 255), 1, cv2.LINE_AA, 0, 0.35)
+    _draw_arrows(out, direction, speed, confidence, cell, min_confidence, arrow_gain)
     legend = max(16, min(h, w) // 8)
     if legend + 4 < min(h, w):
         wheel = colour_wheel(legend)

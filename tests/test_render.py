@@ -41,3 +41,23 @@ def test_summary_figure_is_a_png(tmp_path):
     bins = np.arange(8) * np.pi / 4
     summary_figure(path, bins, np.ones(8) / 8, np.linspace(0, 2, 30), 30.0, "t")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_arrow_shafts_match_a_cell_by_cell_loop(rng):
+    from service.render import arrow_segments
+
+    d = rng.uniform(0, 2 * np.pi, (5, 7))
+    s = rng.uniform(0, 6, (5, 7))
+    c = rng.uniform(0, 1, (5, 7))
+    segs = arrow_segments(d, s, c, cell=16)
+    shafts = []
+    for i in range(5):
+        for j in range(7):
+            length = min(s[i, j] * 3.0, 0.95 * 16)
+            if c[i, j] < 0.3 or length < 1.0:
+                continue
+            x0, y0 = (j + 0.5) * 16, (i + 0.5) * 16
+            x1, y1 = x0 + length * np.cos(d[i, j]), y0 - length * np.sin(d[i, j])
+            shafts.append([[x0, y0], [x1, y1]])
+    assert len(segs) == 3 * len(shafts)
+    np.testing.assert_allclose(segs[: len(shafts)], np.round(shafts), atol=1)

@@ -150,9 +150,10 @@ def _child_main(path: str, limits: Limits, probe_only: bool) -> int:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
 
-    def send(tag: bytes, payload: bytes) -> None:
-        out.write(_MSG.pack(tag, len(payload)))
-        out.write(payload)
+    def send(tag: bytes, payload) -> None:
+        view = memoryview(payload).cast("B")
+        out.write(_MSG.pack(tag, view.nbytes))
+        out.write(view)
 
     try:
         import cv2
@@ -202,7 +203,7 @@ def _child_main(path: str, limits: Limits, probe_only: bool) -> int:
                 frame = cv2.resize(frame, (out_w, out_h), interpolation=cv2.INTER_AREA)
             if frame.ndim == 2:
                 frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-            send(_FRAME, np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+            send(_FRAME, np.ascontiguousarray(frame, dtype=np.uint8))
             n += 1
         cap.release()
         send(_DONE, json.dumps({"frames": n, "stop": reason}).encode())
@@ -268,16 +269,17 @@ class SandboxedDecoder:
             close_fds=True,
         )
         threading.Thread(target=self._drain_stderr, name="decoder-stderr", daemon=True).start()
+        _widen_pipe(self._proc.stdout.fileno())
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._proc.stdout, selectors.EVENT_READ)
         start = time.monotonic()
         self._deadline = start + self.limits.deadline_s
         tag, payload = self._read_message(start + self.limits.probe_timeout_s, "probing")
         if tag == _ERROR:
-            raise VideoRejected(payload.decode(errors="replace"))
+            raise VideoRejected(bytes(payload).decode(errors="replace"))
         if tag != _HEADER:
             raise DecodeError("the decoder sent no stream description")
-        self.info = VideoInfo(**json.loads(payload))
+        self.info = VideoInfo(**json.loads(bytes(payload)))
         # Defence in depth: the child checked these too.
         if self.info.out_width * self.info.out_height > self.limits.max_side**2:
             raise DecodeError("the decoder reported an impossible frame size")
@@ -308,10 +310,10 @@ class SandboxedDecoder:
                 self.frames_decoded += 1
                 yield np.frombuffer(payload, np.uint8).reshape(info.out_height, info.out_width, 3)
             elif tag == _DONE:
-                self.stopped_at_cap = json.loads(payload)["stop"] == "cap"
+                self.stopped_at_cap = json.loads(bytes(payload))["stop"] == "cap"
                 return
             elif tag == _ERROR:
-                raise VideoRejected(payload.decode(errors="replace"))
+                raise VideoRejected(bytes(payload).decode(errors="replace"))
             else:
                 raise DecodeError("the decoder sent an unknown message")
 
@@ -322,10 +324,13 @@ class SandboxedDecoder:
             self._stderr_tail.append(line[:300])
         self._proc.stderr.close()
 
-    def _read_exact(self, n: int, deadline: float, what: str) -> bytes:
-        buf = bytearray()
+    def _read_exact(self, n: int, deadline: float, what: str) -> bytearray:
+        """Read exactly ``n`` bytes into a fresh buffer (frames are handed on without a copy)."""
+        buf = bytearray(n)
+        view = memoryview(buf)
         fd = self._proc.stdout.fileno()
-        while len(buf) < n:
+        got = 0
+        while got < n:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._proc.kill()
@@ -333,16 +338,16 @@ class SandboxedDecoder:
                 raise DecodeError(f"the decoder took longer than {limit:g} s while {what}")
             if not self._sel.select(timeout=min(remaining, 1.0)):
                 continue
-            chunk = os.read(fd, min(n - len(buf), 1 << 20))
-            if not chunk:
+            k = os.readv(fd, [view[got:]])
+            if k == 0:
                 raise self._died(what)
-            buf += chunk
-        return bytes(buf)
+            got += k
+        return buf
 
     def _read_message(
         self, deadline: float, what: str, max_len: int = 1 << 16
-    ) -> tuple[bytes, bytes]:
-        tag, length = _MSG.unpack(self._read_exact(_MSG.size, deadline, what))
+    ) -> tuple[bytes, bytearray]:
+        tag, length = _MSG.unpack(bytes(self._read_exact(_MSG.size, deadline, what)))
         if length > max(max_len, 1 << 16):
             raise DecodeError("the decoder sent an oversized message")
         return tag, self._read_exact(length, deadline, what)
@@ -365,6 +370,16 @@ class SandboxedDecoder:
                 f"the decoder ran out of memory (limit {self.limits.memory_mb} MB) while {what}"
             )
         return DecodeError(f"the decoder stopped unexpectedly (exit code {code}) while {what}")
+
+
+def _widen_pipe(fd: int) -> None:
+    """Grow the frame pipe from 64 kB to 1 MB (Linux), so a frame crosses in a few reads."""
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except OSError:
+        log.debug("could not widen the decoder pipe")
 
 
 def probe(path: Path, limits: Limits) -> VideoInfo:
