@@ -216,3 +216,10 @@ def test_results_of_a_job_in_progress_are_409(client):
     assert r.status_code == 409 and "the job is running" in r.json()["detail"]
     assert client.delete(f"/v1/videos/{job_id}").status_code == 204
     assert not folder.exists()
+
+
+def test_openapi_documents_the_upload(client):
+    post = client.get("/openapi.json").json()["paths"]["/v1/videos"]["post"]
+    schema = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert schema["properties"]["file"]["format"] == "binary"
+    assert {"202", "413", "415", "422"} <= set(post["responses"])

@@ -106,7 +106,35 @@ def _job_or_404(jobs: VideoJobs, job_id: str):
 # ----------------------------------------------------------------------------------- routes
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+UPLOAD_ERRORS = {
+    413: {"description": "larger than V1MOTION_VIDEO_MAX_UPLOAD_MB"},
+    415: {"description": "not multipart, not a video content type, or not an accepted container"},
+    422: {"description": "empty, no 'file' field, or refused by the probe (size, codec, fps...)"},
+    503: {"description": "too many videos waiting"},
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    openapi_extra=UPLOAD_BODY,
+    responses=UPLOAD_ERRORS,
+)
 async def create_video_job(request: Request, response: Response, jobs: Jobs) -> JobPublic:
     """Upload a video (multipart field ``file``); answers 202 with the queued job."""
     settings = _settings(request)
