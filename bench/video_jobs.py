@@ -10,6 +10,7 @@ Rows, each in this process, one after another on the same machine (2 cores):
 - engine only: ``engine.step`` on the decoded frames already in memory;
 - full job: ``process_video`` (decode child + engine + summaries + overlay.mp4 + motion.json/npz +
   summary.png), at the native size and with frames shrunk to a longer side of 320 px;
+- full job with the engine replaced by a no-op: what the job machinery costs on its own;
 - 2 jobs at once: two copies of box.mp4 through the local worker pool with 2 worker processes
   (aggregate frames/s; the multiple of real time is per 30 fps stream summed over both).
 
@@ -25,6 +26,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from models.datasets import require_shared_data
 from service.jobs.decode import SandboxedDecoder
 from service.jobs.engines import make_engine
@@ -39,6 +42,34 @@ def vtest_path(videos: Path, folder: Path) -> Path:
         for part in sorted(videos.glob("vtest.avi.part*")):
             f.write(part.read_bytes())
     return out
+
+
+class NoOpEngine:
+    """Stands in for the engine to measure what the job machinery itself costs: constant motion maps
+    of the real grid size (half the cells confident, so the overlay draws arrows)."""
+
+    cell = 16
+
+    def __init__(self, engine):
+        self.direction_bins, self.speed_bins = engine.direction_bins, engine.speed_bins
+        self._frames = {}
+
+    def new_state(self):
+        return None
+
+    def step(self, state, frame):
+        from models.engine import MotionFrame
+
+        shape = (frame.shape[0] // self.cell, frame.shape[1] // self.cell)
+        if shape not in self._frames:
+            conf = np.zeros(shape, np.float32)
+            conf[:, ::2] = 0.8
+            self._frames[shape] = MotionFrame(
+                np.full(shape, 0.5, np.float32), np.full(shape, 2.0, np.float32), conf,
+                self.cell, np.ones(len(self.direction_bins), np.float32),
+                np.ones(len(self.speed_bins), np.float32), [], 0.5, 2.0, 0.4, 1.0,
+            )  # fmt: skip
+        return self._frames[shape]
 
 
 def decode_only(path: Path, limits: Limits) -> tuple[int, float, float, list]:
@@ -136,6 +167,18 @@ def main() -> None:
                     clip.name,
                     size,
                     "full job without overlay.mp4",
+                    res["frames"],
+                    time.perf_counter() - t0,
+                    fps,
+                )
+                shutil.rmtree(out)
+                noop = NoOpEngine(engine)
+                t0 = time.perf_counter()
+                res = process_video(clip, out, lambda: noop, limits)  # noqa: B023
+                row(
+                    clip.name,
+                    size,
+                    "full job, engine replaced by a no-op",
                     res["frames"],
                     time.perf_counter() - t0,
                     fps,
