@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     video_max_side: int = Field(
         640, ge=64, le=3840, description="frames are shrunk to this longer side before the engine"
     )
+    video_overlay: bool = Field(True, description="draw overlay.mp4 for each video job")
     video_memory_mb: int = Field(2048, ge=256, description="address-space cap of a decoder process")
     video_deadline_s: float = Field(1800.0, gt=0, description="wall-clock limit of one decode")
     video_max_attempts: int = Field(2, ge=1, description="starts of a job across restarts")

@@ -223,3 +223,13 @@ def test_openapi_documents_the_upload(client):
     schema = post["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert schema["properties"]["file"]["format"] == "binary"
     assert {"202", "413", "415", "422"} <= set(post["responses"])
+
+
+def test_overlay_can_be_switched_off(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", video_engine="random", video_overlay=False)
+    with TestClient(create_app(settings)) as c:
+        job = wait_done(c, upload(c, vs.avi(tmp_path, n=4)).json()["id"])
+        assert job["status"] == "succeeded", job["error"]
+        r = c.get(f"/v1/videos/{job['id']}/overlay.mp4")
+        assert r.status_code == 404 and "draws no overlays" in r.json()["detail"]
+        assert c.get(f"/v1/videos/{job['id']}/summary.png").status_code == 200

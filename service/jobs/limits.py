@@ -54,6 +54,8 @@ class Limits:
         Wall-clock limit of opening and probing the file.
     max_side : int
         Frames larger than this on their longer side are shrunk before the motion engine sees them.
+    overlay : bool
+        Draw and encode ``overlay.mp4`` (at 640x480 it costs several times what decoding does).
     """
 
     max_width: int = 3840
@@ -68,6 +70,7 @@ class Limits:
     deadline_s: float = 1800.0
     probe_timeout_s: float = 20.0
     max_side: int = 640
+    overlay: bool = True
 
     def to_dict(self) -> dict:
         d = asdict(self)

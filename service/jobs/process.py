@@ -141,7 +141,7 @@ def process_video(
     limits: Limits,
     progress_cb: Callable[[int, int], None] | None = None,
     *,
-    overlay: bool = True,
+    overlay: bool | None = None,
 ) -> dict:
     """Compute the motion map of a video and write the results.
 
@@ -158,8 +158,8 @@ def process_video(
     progress_cb : callable(frames_done, frames_total), optional
         Called a few times a second. ``frames_total`` is the container's frame count capped by the
         limits, an estimate; the last call has the true count.
-    overlay : bool
-        Write ``overlay.mp4``.
+    overlay : bool, optional
+        Write ``overlay.mp4``; default ``limits.overlay``.
 
     Returns
     -------
@@ -174,6 +174,7 @@ def process_video(
     from service.render import summary_figure
 
     input_path, out_dir = Path(input_path), Path(out_dir)
+    overlay = limits.overlay if overlay is None else overlay
     work = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()  # the parent must exist: a deleted job's folder is never brought back

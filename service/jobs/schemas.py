@@ -44,6 +44,7 @@ class JobPublic(BaseModel):
 
     @classmethod
     def from_record(cls, rec: JobRecord, base: str) -> JobPublic:
+        """Public view of a record; result links only once it has succeeded."""
         total = rec.frames_total
         fraction = min(1.0, rec.frames_done / total) if total else None
         links = {"self": f"{base}/{rec.id}"}

@@ -47,6 +47,7 @@ def limits_from_settings(settings: Settings) -> Limits:
         max_frames=settings.video_max_frames,
         max_seconds=settings.video_max_seconds,
         max_side=settings.video_max_side,
+        overlay=settings.video_overlay,
         memory_mb=settings.video_memory_mb,
         deadline_s=settings.video_deadline_s,
     )
@@ -204,7 +205,8 @@ def get_video_result(job_id: str, name: str, jobs: Jobs) -> FileResponse:
         raise HTTPException(409, f"the job is {rec.status}; results appear when it has succeeded")
     path: Path = jobs.result_path(job_id, name)
     if not path.is_file():
-        raise HTTPException(404, f"{name} is missing from the results of job {job_id}")
+        why = " (this service draws no overlays)" if name == "overlay.mp4" else ""
+        raise HTTPException(404, f"{name} is not among the results of job {job_id}{why}")
     return FileResponse(path, media_type=MEDIA_TYPES[name], filename=f"{job_id}-{name}")
 
 
