@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 
 from models.ssrnn import SSRNN, SparseCode, recurrent_csr
-from models.training import unit_rms
 from models.whitening import patch_grid
 
 
@@ -23,15 +22,18 @@ def pyramid(frame: np.ndarray, levels: int) -> list[np.ndarray]:
     return out
 
 
-def whiten_sequences(model: SSRNN, frames: np.ndarray, level: int) -> np.ndarray:
-    """Whitened, contrast-normalised patches ``(S, T, M, D)`` of movies ``frames`` ``(S, T, H, W)``."""
+def whiten_sequences(model: SSRNN, frames: np.ndarray, level: int, warmup: int = 0) -> np.ndarray:
+    """Whitened, contrast-normalised patches ``(S, T, M, D)`` of movies ``frames`` ``(S, T, H, W)``.
+
+    The contrast of each movie is measured on its frames after ``warmup``, the frames that are scored.
+    """
     s_n, t_n = frames.shape[:2]
     out = None
     for s in range(s_n):
         white = np.stack(
             [model.whitener_.transform(pyramid(f, level + 1)[level]) for f in frames[s]]
         )
-        white = unit_rms(white)
+        white = white / max(float(np.sqrt(np.mean(white[warmup:] ** 2))), 1e-3)
         grids = np.stack([patch_grid(w, model.patch) for w in white])  # (T, gh, gw, D)
         if out is None:
             gh, gw, d = grids.shape[1:]
@@ -58,7 +60,7 @@ def pooled_response(
     for lo in range(0, s_n, chunk):
         hi = min(lo + chunk, s_n)
         for level in range(levels):
-            y = whiten_sequences(model, frames[lo:hi], level)  # (S, T, M, D)
+            y = whiten_sequences(model, frames[lo:hi], level, warmup)  # (S, T, M, D)
             s_c, _, m, d = y.shape
             prev = SparseCode.empty(s_c * m, model.kmax)
             seq_of = np.repeat(np.arange(s_c), m)

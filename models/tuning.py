@@ -82,21 +82,27 @@ def natural_pan_stimuli(
     size: int = 64,
     n_frames: int = 15,
     seed: int = 1,
+    warmup: int = 3,
 ):
-    """Held-out stills panned in 16 directions; every direction uses the same start positions."""
+    """Held-out stills panned in 16 directions; every direction uses the same positions."""
     rng = np.random.default_rng(seed)
     frames, keys = [], []
     for name in images:
         img = load_still(name)
         starts = [
-            random_pan_start(img, 0.0, 0.0, n_frames, (size, size), rng) for _ in range(n_positions)
+            random_pan_start(
+                img, 0.0, 0.0, n_frames, (size + 2 * max(speeds) * n_frames, size), rng
+            )
+            for _ in range(n_positions)
         ]
         for d in range(N_DIRECTIONS):
             for s, speed in enumerate(speeds):
                 for cx, cy in starts:
-                    # Start positions are pan midpoints, so every direction stays inside the image.
+                    # The frames after the warm-up are centred on the same point for every direction,
+                    # so opposite directions show the same frames in reverse order: without recurrence
+                    # DI is exactly 0, and what DI remains comes from the order of the frames alone.
                     dx, dy = np.cos(DIRECTIONS[d]), -np.sin(DIRECTIONS[d])
-                    half = speed * (n_frames - 1) / 2
+                    half = speed * (warmup + n_frames - 1) / 2
                     start = (cx + dx * half, cy + dy * half)
                     frames.append(
                         pan_sequence(img, start, DIRECTIONS[d], speed, n_frames, (size, size))

@@ -2,26 +2,104 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
-from service.routers import ops, videos
+from service.metrics import Metrics
+from service.pipeline import EngineHolder, StreamManager, StreamPipeline
+from service.routers import camera, ops, streams, videos
 from service.settings import Settings
+from service.sources import SourceFactory, source_factory
+
+log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; engines and sources are created in the lifespan, never at import time."""
+def default_engine_factory(settings: Settings) -> Callable[[], Any]:
+    """``MotionEngine.load_default`` (trained weights) or ``MotionEngine.random(seed=0)``."""
+
+    def build():
+        from models.engine import MotionEngine
+
+        if settings.engine == "random":
+            return MotionEngine.random(seed=0)
+        return MotionEngine.load_default()
+
+    return build
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine_factory: Callable[[], Any] | None = None,
+    source_factories: dict[str, SourceFactory] | None = None,
+) -> FastAPI:
+    """Build the app; engines and sources are created in the lifespan, never at import time.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Defaults to ``Settings()`` (the environment).
+    engine_factory : callable, optional
+        Builds the motion engine; defaults to the one named by ``settings.engine``.
+    source_factories : dict, optional
+        Replace the source of some configured streams by name (tests and benchmarks).
+    """
     settings = settings or Settings()
+    engine_factory = engine_factory or default_engine_factory(settings)
+    source_factories = source_factories or {}
+    unknown = set(source_factories) - {s.name for s in settings.sources}
+    if unknown:
+        raise ValueError(f"source_factories for unconfigured streams: {sorted(unknown)}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
+        app.state.metrics = metrics = Metrics()
+        app.state.cache = {}
+        app.state.camera_clients = 0
+        app.state.engine = holder = EngineHolder()
+        # Loading and compiling take seconds: done in a thread, /readyz reports when it is over.
+        threading.Thread(
+            target=holder.load, args=(engine_factory,), name="engine-load", daemon=True
+        ).start()
+        pipelines = {
+            spec.name: StreamPipeline(
+                spec,
+                source_factories.get(spec.name) or source_factory(spec, settings),
+                holder,
+                settings,
+                metrics,
+            )
+            for spec in settings.sources
+        }
+        app.state.streams = manager = StreamManager(pipelines, settings, metrics)
+        log.info("serving streams: %s", ", ".join(pipelines))
         await videos.start_jobs(app, settings)
-        yield
-        await videos.stop_jobs(app)
+        try:
+            yield
+        finally:
+            await videos.stop_jobs(app)
+            await asyncio.wait_for(manager.close(), settings.shutdown_timeout_s)
 
-    app = FastAPI(title="v1motion", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="v1motion",
+        version="0.1.0",
+        summary="Live visual motion from a recurrent model of V1",
+        lifespan=lifespan,
+    )
     app.include_router(ops.router)
+    app.include_router(streams.router)
+    app.include_router(camera.router)
     app.include_router(videos.router)
+    if settings.web_dir.is_dir():
+        app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
+    else:
+        log.warning("no dashboard: %s is not a folder", settings.web_dir)
     return app

@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "service.commands.motion",
     "service.commands.train",
     "service.commands.analyze",
+    "service.commands.stfit",
 ]
 
 

@@ -1,28 +1,153 @@
-"""Settings from the environment (prefix ``V1MOTION_``), validated at start-up."""
+"""Settings from the environment (prefix ``V1MOTION_``), validated at start-up.
+
+Sources are configured here and only here: clients pick a source by name and never send a path or URL.
+``V1MOTION_SOURCES`` is a JSON list whose items are either objects (the fields of :class:`SourceSpec`) or
+short strings ``"name=kind:target"``, for example::
+
+    V1MOTION_SOURCES='["synthetic", "lobby=camera:0", "clip=file:videos/walk.mp4", "gate=url:rtsp://cam/s"]'
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+SOURCE_KINDS = ("synthetic", "camera", "file", "url")
+URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class SourceSpec(BaseModel):
+    """One server-side source. ``target`` is the camera index, file path or stream URL."""
+
+    name: str
+    kind: Literal["synthetic", "camera", "file", "url"]
+    target: str = ""
+    loop: bool = Field(True, description="file sources: start again at the end")
+    fps: float = Field(
+        30.0, gt=0, le=240, description="synthetic and file sources: frames per second"
+    )
+    width: int = Field(320, ge=32, le=4096, description="synthetic sources: frame width")
+    height: int = Field(240, ge=32, le=4096, description="synthetic sources: frame height")
+    max_width: int = Field(
+        640, ge=32, le=4096, description="wider frames are downscaled before the engine"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(
+                f"source name {v!r} must be 1-32 characters of a-z, 0-9, '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _target_ok(self) -> SourceSpec:
+        if self.kind == "camera" and not self.target.isdigit():
+            raise ValueError(f"camera source {self.name!r}: target must be a device index like '0'")
+        if self.kind == "file":
+            if not self.target:
+                raise ValueError(f"file source {self.name!r}: target must be a video file path")
+            if not Path(self.target).expanduser().is_file():
+                raise ValueError(f"file source {self.name!r}: no such file {self.target!r}")
+        if self.kind == "url":
+            scheme = urlsplit(self.target).scheme.lower()
+            if scheme not in URL_SCHEMES:
+                raise ValueError(
+                    f"url source {self.name!r}: scheme {scheme!r} not supported; "
+                    f"use one of {', '.join(URL_SCHEMES)}"
+                )
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> SourceSpec:
+        """Parse ``"name=kind:target"``, ``"kind:target"`` or a bare ``"synthetic"``."""
+        name, sep, rest = text.partition("=")
+        if not sep:
+            name, rest = "", text
+        kind, _, target = rest.partition(":")
+        kind = kind.strip().lower()
+        if kind not in SOURCE_KINDS:
+            raise ValueError(
+                f"source {text!r}: unknown kind {kind!r}; valid kinds: {', '.join(SOURCE_KINDS)}"
+            )
+        if not name:
+            name = kind if kind == "synthetic" else f"{kind}{target}" if kind == "camera" else ""
+        if not name:
+            raise ValueError(f"source {text!r}: give it a name, as in 'name={rest}'")
+        return cls(name=name.strip(), kind=kind, target=target.strip())
+
+    def describe(self) -> str:
+        """A description safe to show clients: never the URL (it may carry credentials)."""
+        if self.kind == "synthetic":
+            return f"synthetic gratings and panned images, {self.width}x{self.height}"
+        if self.kind == "camera":
+            return f"camera {self.target} on the server"
+        if self.kind == "file":
+            return f"video file {Path(self.target).name}" + (" (looping)" if self.loop else "")
+        return f"{urlsplit(self.target).scheme} stream"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="V1MOTION_", extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=0, le=65535)
+    root_path: str = Field("", description="path prefix when served behind a reverse proxy")
     data_dir: Path = Field(PROJECT_ROOT / "var", description="job store and results")
     web_dir: Path = Field(PROJECT_ROOT / "web", description="static dashboard files")
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    engine: Literal["default", "random"] = Field(
+        "default", description="'default': shipped trained weights; 'random': untrained, for tests"
+    )
+    sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec.parse("synthetic")])
+
+    token: SecretStr | None = Field(
+        None, description="required when bound to anything but localhost"
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="extra websocket Origins allowed besides the page's own host",
+    )
+
+    grace_period_s: float = Field(
+        5.0, ge=0, description="stop a stream this long after its last viewer"
+    )
+    stall_timeout_s: float = Field(5.0, gt=0, description="no frame for this long: reconnect")
+    open_timeout_s: float = Field(5.0, gt=0, description="OpenCV FFmpeg open timeout")
+    read_timeout_s: float = Field(5.0, gt=0, description="OpenCV FFmpeg read timeout")
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    send_timeout_s: float = Field(10.0, gt=0, description="a viewer that stops reading is dropped")
+    ws_ping_interval_s: float = Field(20.0, gt=0)
+    ws_ping_timeout_s: float = Field(20.0, gt=0)
+    shutdown_timeout_s: int = Field(5, ge=1, description="graceful shutdown with open websockets")
+
+    preview_width: int = Field(320, ge=32, le=1280, description="width of binary preview frames")
+    preview_quality: int = Field(70, ge=10, le=100)
+    camera_max_width: int = Field(640, ge=32, le=1920)
+    camera_max_height: int = Field(480, ge=32, le=1080)
+    camera_max_clients: int = Field(8, ge=1, le=256, description="browser cameras at once")
+    camera_max_bytes: int = Field(
+        512 * 1024, ge=1024, description="largest JPEG accepted from a browser camera"
+    )
 
     # Video jobs (service/routers/videos.py, service/jobs/)
-    video_engine: Literal["default", "random"] = Field(
-        "default", description="motion engine of the video workers ('random' is for tests)"
+    video_engine: Literal["default", "random"] | None = Field(
+        None, description="motion engine of the video workers; unset: the same as 'engine'"
     )
     video_workers: int = Field(1, ge=1, le=64, description="video jobs run at the same time")
     video_max_queued: int = Field(32, ge=1, description="uploads are refused while this many wait")
@@ -39,3 +164,47 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         None, description="run video jobs as Ray tasks on this cluster ('auto', 'ray://host:10001')"
     )
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _parse_sources(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        return [SourceSpec.parse(x) if isinstance(x, str) else x for x in v]
+
+    @field_validator("root_path")
+    @classmethod
+    def _root_path_ok(cls, v: str) -> str:
+        v = v.rstrip("/")
+        if v and not v.startswith("/"):
+            raise ValueError(f"root_path {v!r} must start with '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate source names: {', '.join(dupes)}")
+        if not self.sources:
+            raise ValueError("configure at least one source (the default is 'synthetic')")
+        if self.requires_token and self.token is None:
+            raise ValueError(
+                f"host {self.host!r} is not localhost: set V1MOTION_TOKEN (or --token) so that "
+                "only clients with the token can use the service"
+            )
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be at least backoff_initial_s")
+        return self
+
+    @property
+    def requires_token(self) -> bool:
+        """True when bound to a non-loopback address, or whenever a token is configured."""
+        if self.token is not None:
+            return True
+        if self.host in LOCAL_HOSTS:
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return True

@@ -1,11 +1,16 @@
-"""A tiny stand-in for models.engine.MotionEngine with the same interface, for the video job tests
-that do not need the real model (fast, deterministic). Product code never uses it."""
+"""A small stand-in for ``models.engine.MotionEngine`` with the same interface, for service tests.
+
+It reports the direction of the frame-to-frame shift found by phase correlation (OpenCV), so tests can
+check that a known motion comes through the pipeline; ``delay`` makes each step slow on purpose.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -24,55 +29,77 @@ class FakeMotionFrame:
     active_per_patch: float
 
 
+class FakeState:
+    def __init__(self):
+        self.prev = None
+
+
 class FakeEngine:
-    """Motion = frame difference per cell, always pointing right; ``delay_s`` slows each step."""
+    N_DIR, N_SPEED, CELL = 8, 4, 16
 
-    cell = 16
-
-    def __init__(self, delay_s: float = 0.0):
-        self.delay_s = delay_s
-        self.direction_bins = np.arange(8) * (2 * np.pi / 8)
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.direction_bins = np.arange(self.N_DIR) * 2 * np.pi / self.N_DIR
         self.speed_bins = np.array([0.5, 1.0, 2.0, 4.0])
+        self.warmed = False
+        self.steps = 0
 
     def warmup(self):
-        return self
+        self.warmed = True
 
     def new_state(self):
-        return {"prev": None}
+        return FakeState()
 
     def step(self, state, frame):
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        grey = frame.mean(axis=-1) if frame.ndim == 3 else frame.astype(np.float32)
-        c = self.cell
-        gh, gw = grey.shape[0] // c, grey.shape[1] // c
-        prev = state["prev"] if state["prev"] is not None else grey
-        state["prev"] = grey
-        diff = np.abs(grey - prev)[: gh * c, : gw * c].reshape(gh, c, gw, c).mean(axis=(1, 3))
-        conf = np.clip(diff / 10.0, 0, 1).astype(np.float32)
+        frame = np.asarray(frame)
+        if frame.ndim == 3:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        if frame.ndim != 2 or min(frame.shape) < 16:
+            raise ValueError(f"frame must be (H, W) with H, W >= 16, got {frame.shape}")
+        if self.delay:
+            time.sleep(self.delay)
+        self.steps += 1
+        cur = frame.astype(np.float32)
+        dx = dy = 0.0
+        if state.prev is not None and state.prev.shape == cur.shape:
+            (dx, dy), _ = cv2.phaseCorrelate(state.prev, cur)
+        state.prev = cur
+        direction = math.atan2(-dy, dx) % (2 * math.pi)
+        speed = math.hypot(dx, dy)
+        gh, gw = frame.shape[0] // self.CELL, frame.shape[1] // self.CELL
+        dir_hist = np.maximum(np.cos(self.direction_bins - direction), 0).astype(np.float32)
         return FakeMotionFrame(
-            direction=np.zeros((gh, gw), np.float32),
-            speed=(diff / 5.0).astype(np.float32),
-            confidence=conf,
-            cell=c,
-            direction_hist=np.eye(8, dtype=np.float32)[0] * conf.mean(),
-            speed_hist=np.zeros(4, np.float32),
-            top_units=[],
-            global_direction=0.0,
-            global_speed=float(diff.mean() / 5.0),
-            global_confidence=float(conf.mean()),
-            active_per_patch=0.0,
+            direction=np.full((gh, gw), direction, np.float32),
+            speed=np.full((gh, gw), speed, np.float32),
+            confidence=np.full((gh, gw), 1.0 if speed > 0.1 else 0.0, np.float32),
+            cell=self.CELL,
+            direction_hist=dir_hist,
+            speed_hist=np.exp(-((self.speed_bins - speed) ** 2)).astype(np.float32),
+            top_units=[(int(np.argmax(dir_hist)), float(dir_hist.max()))],
+            global_direction=direction,
+            global_speed=speed,
+            global_confidence=1.0 if speed > 0.1 else 0.0,
+            active_per_patch=1.0,
         )
 
-
-def fake_engine() -> FakeEngine:
-    return FakeEngine()
-
-
-def slow_fake_engine() -> FakeEngine:
-    return FakeEngine(delay_s=0.05)
-
-
-def hanging_fake_engine() -> FakeEngine:
-    """Its first step never returns (in practice: an hour)."""
-    return FakeEngine(delay_s=3600.0)
+    def tuning_report(self):
+        dirs = np.rad2deg(self.direction_bins)
+        units = []
+        for i in range(self.N_DIR):
+            tuning = np.maximum(np.cos(self.direction_bins - self.direction_bins[i]), 0)
+            units.append(
+                {
+                    "id": i,
+                    "preferred_direction_deg": float(dirs[i]),
+                    "preferred_speed": 1.0,
+                    "di": 1.0,
+                    "direction_tuning": tuning.round(3).tolist(),
+                    "speed_tuning": [0.2, 1.0, 0.5, 0.1],
+                }
+            )
+        return {
+            "n_units": self.N_DIR,
+            "directions_deg": dirs.tolist(),
+            "speeds": self.speed_bins.tolist(),
+            "units": units,
+        }

@@ -88,3 +88,24 @@ def test_whitener_requires_fit_and_odd_size():
         Whitener(size=8)
     with pytest.raises(RuntimeError, match="not fitted"):
         Whitener().transform(np.zeros((8, 8)))
+
+
+def test_empty_or_broken_video_raises_a_clear_error(tmp_path):
+    from models.movies import read_grey_frames
+
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.mp4"):
+        read_grey_frames(empty, 10)
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ValueError, match="junk.avi"):
+        read_grey_frames(junk, 10)
+
+
+def test_missing_research_data_names_the_setting(monkeypatch, tmp_path):
+    from models.datasets import require_shared_data
+
+    monkeypatch.setenv("V1MOTION_SHARED_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="V1MOTION_SHARED_DATA"):
+        require_shared_data("videos")

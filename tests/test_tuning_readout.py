@@ -77,3 +77,25 @@ def test_angular_error_wraps():
     assert angular_error(0.1, 2 * np.pi - 0.1) == pytest.approx(0.2)
     assert angular_error(np.pi, -np.pi) == pytest.approx(0.0)
     assert DIRECTIONS[4] == pytest.approx(np.pi / 2)
+
+
+def test_natural_pans_in_opposite_directions_show_the_same_measured_frames():
+    from models.tuning import natural_pan_stimuli
+
+    frames, keys = natural_pan_stimuli(images=("chelsea",), speeds=(2.0,), n_positions=1, size=32)
+    by_dir = {d: frames[i] for i, (d, _) in enumerate(keys)}
+    warm = 3
+    fwd = by_dir[0][warm:]
+    back = by_dir[N_DIRECTIONS // 2][warm:][::-1]
+    np.testing.assert_allclose(fwd, back, atol=1e-5)
+
+
+def test_without_recurrence_natural_di_is_zero():
+    from models.ssrnn import SSRNN
+    from models.tuning import direction_index, natural_tuning
+
+    m = SSRNN(n_atoms=8, n_clones=2, patch=8).init_random(seed=1, r_scale=0.0, b=-1.0)
+    nt = natural_tuning(m, speeds=(1.0,), images=("chelsea",), n_positions=2, size=32)
+    di, _, r_pref = direction_index(nt.resp[:, 0, 0])
+    assert r_pref.max() > 0
+    np.testing.assert_allclose(di, 0.0, atol=1e-4)

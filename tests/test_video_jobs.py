@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import video_samples as vs
-from engine_double import fake_engine, hanging_fake_engine, slow_fake_engine
+from video_engine_double import fake_engine, hanging_fake_engine, slow_fake_engine
 
 from service.jobs.decode import DecodeError
 from service.jobs.limits import Limits
@@ -145,7 +145,7 @@ def test_deleting_a_running_job_stops_it(tmp_path, slow_jobs):
 CRASHING_SERVICE = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
-from engine_double import slow_fake_engine
+from video_engine_double import slow_fake_engine
 from service.jobs.limits import Limits
 from service.jobs.manager import VideoJobs
 if __name__ == "__main__":

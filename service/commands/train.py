@@ -21,7 +21,11 @@ def add_parser(subparsers) -> None:
     for f in fields(TrainConfig):
         if f.name == "shuffle_time":
             continue
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default)
     p.set_defaults(func=run)
 
 

@@ -1,8 +1,12 @@
-"""Operations: liveness and readiness."""
+"""Operations: liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.security import TokenDep
 
 router = APIRouter(tags=["ops"])
 
@@ -11,3 +15,24 @@ router = APIRouter(tags=["ops"])
 def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "engine still loading or failed"}})
+def readyz(request: Request):
+    """Readiness: the motion engine is loaded and its kernels are compiled."""
+    holder = request.app.state.engine
+    if holder.ready.is_set():
+        return {"status": "ready"}
+    if holder.failed.is_set():
+        return JSONResponse({"status": "failed", "detail": holder.error}, status_code=503)
+    return JSONResponse(
+        {"status": "starting", "detail": "engine loading and compiling"}, status_code=503
+    )
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request, _: TokenDep) -> Response:
+    """Prometheus metrics: frames processed, latency histograms, dropped frames, clients per stream."""
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

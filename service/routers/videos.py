@@ -19,12 +19,14 @@ from service.jobs.manager import VideoJobs
 from service.jobs.schemas import RESULT_NAMES, JobCreate, JobPublic, JobsPublic
 from service.jobs.sniff import UnsupportedContainer, sniff_file
 from service.jobs.upload import MAX_OVERHEAD, UploadError, receive_upload
+from service.security import require_token
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1/videos"
-router = APIRouter(prefix=PREFIX, tags=["videos"])
+# Same rule as the other HTTP routes: a token when the service is not bound to localhost.
+router = APIRouter(prefix=PREFIX, tags=["videos"], dependencies=[Depends(require_token)])
 
 MEDIA_TYPES = {
     "motion.json": "application/json",
@@ -39,7 +41,7 @@ MEDIA_TYPES = {
 
 def get_engine_factory(settings: Settings):
     """The engine the video workers build (tests override this through ``app.dependency_overrides``)."""
-    return engine_factory(settings.video_engine)
+    return engine_factory(settings.video_engine or settings.engine)
 
 
 def limits_from_settings(settings: Settings) -> Limits:

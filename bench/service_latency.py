@@ -1,0 +1,184 @@
+"""End-to-end frames/s and capture-to-websocket latency of the live service.
+
+Starts ``v1motion serve`` in its own process with synthetic sources at 30 fps, connects websocket
+viewers from this process, and measures for each result the time from capture (``capture_ts``, the
+server's wall clock when the frame was captured) to its arrival here (same machine, same clock).
+Scenarios: one stream at 320x240 and at 640x480, 8 streams at once, and 50 viewers on one stream.
+The baseline is ``engine.step`` alone on the same frames, in this process.
+
+    flock /tmp/v1motion-heavy.lock python bench/service_latency.py [--engine default|random] [--seconds 10]
+
+Prints a table; the goal is latency p95 <= 10 ms at 30 fps input on 320x240.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+from websockets.asyncio.client import connect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(engine: str, sources: list[dict]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, V1MOTION_SOURCES=json.dumps(sources), V1MOTION_LOG_LEVEL="warning")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--engine", engine, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=1)
+            if r.status_code == 200:
+                return proc, url
+            if r.json().get("status") == "failed":
+                raise SystemExit(f"engine failed to load: {r.json()['detail']}")
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not become ready")
+
+
+async def viewer(url: str, stream: str, warmup: float, seconds: float, out: list) -> None:
+    lat, seqs, engine_ms = [], [], []
+    async with connect(f"{url.replace('http', 'ws')}/v1/streams/{stream}", max_size=None) as ws:
+        t_start = time.monotonic()
+        t_end = t_start + warmup + seconds
+        while (now := time.monotonic()) < t_end:
+            try:
+                msg = await asyncio.wait_for(ws.recv(), timeout=max(0.01, t_end - now))
+            except TimeoutError:
+                break
+            if isinstance(msg, bytes):
+                continue
+            arrived = time.time() * 1000.0
+            m = json.loads(msg)
+            if m["type"] != "result" or time.monotonic() - t_start < warmup:
+                continue
+            lat.append(arrived - m["capture_ts"])
+            seqs.append(m["seq"])
+            engine_ms.append(m["timing"]["engine_ms"])
+    out.append({"lat": lat, "seqs": seqs, "engine_ms": engine_ms, "seconds": seconds})
+
+
+async def run_viewers(url: str, plan: list[str], warmup: float, seconds: float) -> list[dict]:
+    out: list[dict] = []
+    await asyncio.gather(*(viewer(url, s, warmup, seconds, out) for s in plan))
+    return out
+
+
+def scenario(
+    engine: str, name: str, w: int, h: int, n_streams: int, n_viewers: int, seconds: float
+):
+    sources = [
+        {"name": f"s{i}", "kind": "synthetic", "width": w, "height": h, "fps": 30}
+        for i in range(n_streams)
+    ]
+    proc, url = start_server(engine, sources)
+    try:
+        plan = [f"s{i % n_streams}" for i in range(max(n_viewers, n_streams))]
+        results = asyncio.run(run_viewers(url, plan, warmup=3.0, seconds=seconds))
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    lat = np.concatenate([r["lat"] for r in results])
+    fps = np.mean([len(r["seqs"]) / r["seconds"] for r in results])
+    eng = np.concatenate([r["engine_ms"] for r in results])
+    dropped = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("v1motion_dropped_frames_total")
+    )
+    return {
+        "scenario": name,
+        "size": f"{w}x{h}",
+        "streams": n_streams,
+        "viewers": len(plan),
+        "fps/viewer": fps,
+        "p50 ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+        "p95 ms": float(np.percentile(lat, 95)) if lat.size else float("nan"),
+        "engine p50 ms": float(np.percentile(eng, 50)) if eng.size else float("nan"),
+        "dropped": int(dropped),
+    }
+
+
+def baseline_step_ms(engine_name: str, w: int, h: int) -> float:
+    """``engine.step`` alone on synthetic frames, in this process."""
+    from models.engine import MotionEngine
+    from service.settings import SourceSpec
+    from service.sources import SyntheticSource
+
+    engine = MotionEngine.random(seed=0) if engine_name == "random" else MotionEngine.load_default()
+    engine.warmup()
+    src = SyntheticSource(
+        SourceSpec(name="b", kind="synthetic", width=w, height=h, fps=240), threading.Event()
+    )
+    src.open()
+    frames = [src.read() for _ in range(60)]
+    state = engine.new_state()
+    for f in frames[:10]:
+        engine.step(state, f)
+    t0 = time.perf_counter()
+    for f in frames[10:]:
+        engine.step(state, f)
+    return (time.perf_counter() - t0) / 50 * 1000
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engine", choices=["default", "random"], default="default")
+    p.add_argument("--seconds", type=float, default=10.0)
+    args = p.parse_args(argv)
+    rows = []
+    plan = [
+        ("one stream", 320, 240, 1, 1),
+        ("one stream", 640, 480, 1, 1),
+        ("8 streams", 320, 240, 8, 8),
+        ("50 viewers", 320, 240, 1, 50),
+    ]
+    for name, w, h, n_streams, n_viewers in plan:
+        rows.append(scenario(args.engine, name, w, h, n_streams, n_viewers, args.seconds))
+        print(f"  done: {name} {w}x{h}", file=sys.stderr, flush=True)
+    base = {(w, h): baseline_step_ms(args.engine, w, h) for w, h in {(320, 240), (640, 480)}}
+    print(
+        f"\nengine: {args.engine}; input 30 fps per stream; {args.seconds:.0f} s per scenario, "
+        f"{os.cpu_count()} CPUs"
+    )
+    cols = ["scenario", "size", "streams", "viewers", "fps/viewer", "p50 ms", "p95 ms",
+            "engine p50 ms", "dropped", "p50 / step"]  # fmt: skip
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        w, h = map(int, r["size"].split("x"))
+        r["p50 / step"] = r["p50 ms"] / base[(w, h)]
+        print("| " + " | ".join(
+            f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols
+        ) + " |")  # fmt: skip
+    for (w, h), ms in sorted(base.items()):
+        print(f"baseline engine.step alone at {w}x{h}: {ms:.1f} ms/frame")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Prometheus metrics, one registry per app (so several apps in one process do not collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+
+class Metrics:
+    """The service's metrics; label ``stream`` is a configured source name or ``camera``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames = Counter(
+            "v1motion_frames_processed", "Frames run through the engine", ["stream"], registry=r
+        )
+        self.latency = Histogram(
+            "v1motion_capture_to_send_seconds",
+            "Time from frame capture to the end of its websocket send",
+            ["stream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.engine_time = Histogram(
+            "v1motion_engine_step_seconds",
+            "Time of one engine step",
+            ["stream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dropped = Counter(
+            "v1motion_dropped_frames",
+            "Frames or results dropped: 'capture' = newer frame arrived before the engine took it, "
+            "'subscriber' = newer result replaced one a slow viewer had not been sent, "
+            "'camera' = browser frame replaced before processing or rejected",
+            ["stream", "reason"],
+            registry=r,
+        )
+        self.clients = Gauge(
+            "v1motion_clients", "Websocket clients connected", ["stream"], registry=r
+        )
+        self.reconnects = Counter(
+            "v1motion_source_reconnects", "Source reconnect attempts", ["stream"], registry=r
+        )
+        self.stalls = Counter(
+            "v1motion_source_stalls", "Stalls detected by frame age", ["stream"], registry=r
+        )
+        self.slow_clients = Counter(
+            "v1motion_slow_clients_disconnected",
+            "Viewers disconnected because a send timed out",
+            ["stream"],
+            registry=r,
+        )

@@ -1,0 +1,99 @@
+"""The websocket protocol: JSON messages with a schema version, and binary preview frames.
+
+Documented in ``docs/protocol.md``; bump :data:`SCHEMA_VERSION` on any incompatible change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+PREVIEW_MAGIC = b"V1MP"
+_PREVIEW_HEADER = struct.Struct("!4sI")  # magic, sequence number (big-endian uint32)
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+def message(kind: str, **fields: Any) -> str:
+    """A JSON text message ``{"v": SCHEMA_VERSION, "type": kind, ...}``."""
+    return dumps({"v": SCHEMA_VERSION, "type": kind, **fields})
+
+
+def error(code: str, detail: str) -> str:
+    return message("error", code=code, detail=detail)
+
+
+def preview_frame(seq: int, jpeg: bytes) -> bytes:
+    """Binary preview message: ``b"V1MP"`` + big-endian uint32 ``seq`` + JPEG bytes."""
+    return _PREVIEW_HEADER.pack(PREVIEW_MAGIC, seq & 0xFFFFFFFF) + jpeg
+
+
+def parse_preview(data: bytes) -> tuple[int, bytes]:
+    magic, seq = _PREVIEW_HEADER.unpack_from(data)
+    if magic != PREVIEW_MAGIC:
+        raise ValueError("not a preview frame")
+    return seq, data[_PREVIEW_HEADER.size :]
+
+
+def _grid(a: np.ndarray, decimals: int) -> list:
+    return np.round(np.nan_to_num(np.asarray(a, dtype=np.float64)), decimals).tolist()
+
+
+def _finite(x: float, decimals: int = 3) -> float:
+    x = float(x)
+    return round(x, decimals) if math.isfinite(x) else 0.0
+
+
+def motion_payload(mf: Any) -> dict[str, Any]:
+    """The motion part of a result: grids of direction (degrees), speed, confidence, and summaries."""
+    direction_deg = np.rad2deg(np.mod(np.nan_to_num(mf.direction), 2 * np.pi))
+    return {
+        "cell": int(mf.cell),
+        "rows": int(mf.direction.shape[0]),
+        "cols": int(mf.direction.shape[1]),
+        "direction_deg": np.rint(direction_deg).astype(np.int32).tolist(),
+        "speed": _grid(mf.speed, 2),
+        "confidence": _grid(mf.confidence, 2),
+        "direction_hist": _grid(mf.direction_hist, 4),
+        "speed_hist": _grid(mf.speed_hist, 4),
+        "top_units": [[int(u), _finite(a, 4)] for u, a in mf.top_units],
+        "global": {
+            "direction_deg": _finite(math.degrees(float(mf.global_direction) % (2 * math.pi)), 1),
+            "speed": _finite(mf.global_speed, 3),
+            "confidence": _finite(mf.global_confidence, 3),
+        },
+        "active_per_patch": _finite(mf.active_per_patch, 3),
+    }
+
+
+def flow_payload(direction: np.ndarray, speed: np.ndarray, cell: int) -> dict[str, Any]:
+    direction_deg = np.rad2deg(np.mod(direction, 2 * np.pi))
+    return {
+        "cell": int(cell),
+        "rows": int(direction.shape[0]),
+        "cols": int(direction.shape[1]),
+        "direction_deg": np.rint(direction_deg).astype(np.int32).tolist(),
+        "speed": _grid(speed, 2),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One encoded result, shared by every subscriber: ``text`` then, if present, ``preview``."""
+
+    seq: int
+    text: str
+    preview: bytes | None
+    t_capture: float  # time.monotonic() at capture, for capture-to-send latency
+
+
+END = Outgoing(seq=-1, text="", preview=None, t_capture=0.0)
+"""Sentinel offered to subscribers when the stream shuts down."""

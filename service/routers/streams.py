@@ -1,0 +1,231 @@
+"""Configured streams: list them, watch one over a websocket, read the engine's tuning report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request, WebSocket, status
+from pydantic import BaseModel
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from service import protocol
+from service.pipeline import StreamManager, Subscriber
+from service.security import TokenDep, accept_websocket
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["streams"])
+
+STATUS_INTERVAL_S = 1.0
+
+
+class StreamPublic(BaseModel):
+    name: str
+    kind: str
+    description: str
+    state: str
+    subscribers: int
+    frames: int
+    dropped: int
+    fps: float
+    frame_age_s: float | None
+    size: list[int] | None
+    error: str | None
+
+
+class CameraInfo(BaseModel):
+    path: str
+    max_width: int
+    max_height: int
+    max_bytes: int
+
+
+class StreamsPublic(BaseModel):
+    streams: list[StreamPublic]
+    camera: CameraInfo
+    default: str
+
+
+def _manager(app) -> StreamManager:
+    return app.state.streams
+
+
+@router.get("/streams")
+def list_streams(request: Request, _: TokenDep) -> StreamsPublic:
+    """The configured sources and their state; the browser camera socket and its limits."""
+    s = request.app.state.settings
+    mgr = _manager(request.app)
+    return StreamsPublic(
+        streams=[StreamPublic(**p.status()) for p in mgr.pipelines.values()],
+        camera=CameraInfo(
+            path="v1/camera",
+            max_width=s.camera_max_width,
+            max_height=s.camera_max_height,
+            max_bytes=s.camera_max_bytes,
+        ),
+        default=s.sources[0].name,
+    )
+
+
+@router.get("/streams/{name}")
+def get_stream(name: str, request: Request, _: TokenDep) -> StreamPublic:
+    """One stream's state."""
+    try:
+        p = _manager(request.app).get(name)
+    except KeyError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=exc.args[0]) from None
+    return StreamPublic(**p.status())
+
+
+@router.get("/units")
+async def tuning_report(request: Request, _: TokenDep) -> dict[str, Any]:
+    """The engine's measured tuning: per unit, direction tuning (polar) and speed tuning.
+
+    Also the bin centres of the population histograms in each result: ``histogram_directions_deg``
+    and ``histogram_speed_bins`` (px/frame).
+    """
+    holder = request.app.state.engine
+    if not holder.ready.is_set():
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail="the engine is still loading; retry shortly"
+        )
+    cache = request.app.state.cache
+    if "tuning" not in cache:
+        report = await asyncio.to_thread(holder.engine.tuning_report)
+        engine = holder.engine
+        report["histogram_directions_deg"] = [
+            round(float(d), 2) for d in np.rad2deg(engine.direction_bins)
+        ]
+        report["histogram_speed_bins"] = [float(v) for v in engine.speed_bins]
+        cache["tuning"] = report
+    return cache["tuning"]
+
+
+async def close_quietly(ws: WebSocket, code: int, reason: str = "") -> None:
+    if ws.application_state == WebSocketState.DISCONNECTED:
+        return
+    try:
+        await asyncio.wait_for(ws.close(code=code, reason=reason), 1.0)
+    except (TimeoutError, RuntimeError, WebSocketDisconnect, OSError):
+        pass
+
+
+def parse_text(raw: str) -> dict[str, Any]:
+    """A client's JSON message as a dict with a string ``type``; ``ValueError`` names the problem."""
+    try:
+        msg = json.loads(raw)
+    except ValueError:
+        raise ValueError("malformed JSON") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ValueError('a message must be a JSON object with a string "type"')
+    return msg
+
+
+@router.websocket("/streams/{name}")
+async def stream_socket(ws: WebSocket, name: str) -> None:
+    """Results of one configured stream: a ``hello``, then per frame a JSON ``result`` followed by a
+    binary preview, and a ``status`` every second (see docs/protocol.md)."""
+    if not await accept_websocket(ws):
+        return
+    app = ws.app
+    mgr = _manager(app)
+    settings = app.state.settings
+    metrics = app.state.metrics
+    try:
+        pipeline = mgr.get(name)
+    except KeyError as exc:
+        await ws.send_text(protocol.error("unknown_stream", exc.args[0]))
+        await close_quietly(ws, 4404, "unknown stream")
+        return
+    sub = Subscriber(want_flow=ws.query_params.get("flow") in ("1", "true"))
+    try:
+        mgr.subscribe(name, sub)
+    except RuntimeError as exc:
+        await ws.send_text(protocol.error("shutting_down", str(exc)))
+        await close_quietly(ws, 1001)
+        return
+    lock = asyncio.Lock()
+    log.info("stream %s: viewer joined (%d now)", name, len(pipeline.hub.subscribers))
+    try:
+        await ws.send_text(
+            protocol.message("hello", stream=name, description=pipeline.spec.describe())
+        )
+        sender = asyncio.create_task(_send_loop(ws, sub, name, lock, settings, metrics))
+        receiver = asyncio.create_task(_receive_loop(ws, sub, lock))
+        done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for t in done:
+            if t.exception() is not None and not isinstance(
+                t.exception(), WebSocketDisconnect | RuntimeError | OSError
+            ):
+                log.error("stream %s: websocket task failed", name, exc_info=t.exception())
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass
+    finally:
+        mgr.unsubscribe(name, sub)
+        log.info("stream %s: viewer left (sent %d, dropped %d)", name, sub.sent, sub.dropped)
+        await close_quietly(ws, 1000)
+
+
+async def _send_loop(ws, sub: Subscriber, name: str, lock, settings, metrics) -> None:
+    last_status = time.monotonic()
+    while True:
+        msg = await sub.next()
+        if msg is protocol.END:
+            await close_quietly(ws, 1001, "stream stopped")
+            return
+        try:
+            async with asyncio.timeout(settings.send_timeout_s):
+                async with lock:
+                    await ws.send_text(msg.text)
+                    if msg.preview is not None:
+                        await ws.send_bytes(msg.preview)
+        except TimeoutError:
+            metrics.slow_clients.labels(name).inc()
+            log.warning(
+                "stream %s: viewer did not read for %.1f s; disconnecting it",
+                name,
+                settings.send_timeout_s,
+            )
+            await close_quietly(ws, 4008, "too slow")
+            return
+        sub.sent += 1
+        metrics.latency.labels(name).observe(time.monotonic() - msg.t_capture)
+        now = time.monotonic()
+        if now - last_status >= STATUS_INTERVAL_S:
+            last_status = now
+            async with lock:
+                await ws.send_text(
+                    protocol.message("status", stream=name, sent=sub.sent, dropped=sub.dropped)
+                )
+
+
+async def _receive_loop(ws: WebSocket, sub: Subscriber, lock) -> None:
+    while True:
+        event = await ws.receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        if event.get("text") is None:
+            async with lock:
+                await ws.send_text(
+                    protocol.error("unexpected_binary", "stream sockets accept JSON text only")
+                )
+            continue
+        try:
+            msg = parse_text(event["text"])
+            if msg["type"] != "options":
+                raise ValueError(f"unknown message type {msg['type']!r}; valid: 'options'")
+            flow = msg.get("flow", sub.want_flow)
+            if not isinstance(flow, bool):
+                raise ValueError('"flow" must be true or false')
+            sub.want_flow = flow
+        except ValueError as exc:
+            async with lock:
+                await ws.send_text(protocol.error("bad_message", str(exc)))

@@ -1,0 +1,258 @@
+"""The dashboard in a real Chromium (Debian's, driven by Playwright), its fake camera fed a y4m clip.
+
+Chromium may be missing on a developer's machine: then these tests skip, unless ``CI`` is set, where
+they fail instead (``.ci/run`` installs chromium).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine_double import FakeEngine
+from service_helpers import default_engine, random_engine, serving
+
+from service.app import create_app
+from service.settings import Settings
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+CLIP_DIRECTION_DEG = 90.0  # the clip's texture moves up the screen
+CLIP_SPEED = 1  # px per clip frame
+# The camera path analyses frames as fast as results come back, so on a busy machine several clip frames
+# pass between two analysed ones; a slow clip keeps that displacement within the engine's range
+# (it reads 1-6 px/frame well): at 10 fps and 1 px/frame, 2 analysed frames/s still give 5 px.
+CLIP_FPS = 10
+PREFIX = "/v1m"
+
+
+def _need_chromium():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed, and CI must run the browser tests")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+
+
+def periodic_texture(h: int, w: int, seed: int = 0, sigma: float = 3.0) -> np.ndarray:
+    """Smooth random texture that tiles seamlessly (low-pass filtered in the Fourier domain)."""
+    rng = np.random.default_rng(seed)
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    lowpass = np.exp(-2 * (np.pi * sigma) ** 2 * (fx**2 + fy**2))
+    img = np.fft.ifft2(np.fft.fft2(rng.standard_normal((h, w))) * lowpass).real
+    img = (img - img.mean()) / (img.std() + 1e-9)
+    return np.clip(128 + 50 * img, 0, 255).astype(np.uint8)
+
+
+def write_y4m(path: Path, frames: np.ndarray, fps: int = 30) -> None:
+    """Grey frames (T, H, W) uint8 as a 4:2:0 YUV4MPEG2 clip (chroma flat grey)."""
+    t, h, w = frames.shape
+    chroma = np.full((h // 2) * (w // 2), 128, np.uint8).tobytes()
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            f.write(b"FRAME\n" + frame.tobytes() + chroma + chroma)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A texture moving up by 1 px/frame at 10 fps; 240 frames shift it by exactly its height, so it
+    loops without a seam."""
+    h, w = 240, 320
+    tex = periodic_texture(h, w)
+    n = h // CLIP_SPEED
+    # content moving up: row r of frame t shows row r + speed*t of the texture
+    frames = np.stack([np.roll(tex, -CLIP_SPEED * t, axis=0) for t in range(n)])
+    path = tmp_path_factory.mktemp("clip") / "up.y4m"
+    write_y4m(path, frames, fps=CLIP_FPS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    _need_chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture
+def browser(playwright, clip):
+    b = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        headless=True,
+        args=[
+            *ARGS,
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-video-capture={clip}",
+        ],
+    )
+    yield b
+    b.close()
+
+
+def behind_prefix(app, prefix: str):
+    """What a reverse proxy that strips ``prefix`` plus ``uvicorn --root-path`` present to the app."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith(prefix):
+            scope = dict(scope, root_path=prefix)
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def open_dashboard(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    return page, errors
+
+
+def results(page) -> int:
+    return int(page.get_attribute("#dominant", "data-results") or 0)
+
+
+def wait_results(page, n, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while results(page) < n:
+        assert time.monotonic() < deadline, f"only {results(page)} results after {timeout} s"
+        page.wait_for_timeout(100)
+
+
+def canvas_spread(page, selector) -> float:
+    """Standard deviation of a canvas's pixel values: 0 for a blank canvas."""
+    return page.evaluate(
+        """sel => { const c = document.querySelector(sel);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let s = 0, s2 = 0, n = 0;
+            for (let i = 0; i < d.length; i += 4 * 7) { s += d[i] + d[i+1]; s2 += d[i]*d[i] + d[i+1]*d[i+1]; n += 2; }
+            const m = s / n; return Math.sqrt(s2 / n - m * m); }""",
+        selector,
+    )
+
+
+def test_dashboard_streams_then_analyses_the_browser_camera_under_a_path_prefix(browser):
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(behind_prefix(app, PREFIX)) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}{PREFIX}/")
+        # the synthetic stream plays first
+        wait_results(page, 10)
+        assert page.input_value("#source") == "synthetic"
+        assert canvas_spread(page, "#map") > 5
+        page.wait_for_function("document.querySelectorAll('#unit-select option').length > 0")
+        assert page.locator("#unit-select option").count() == random_engine().model.n_units
+        # the optical-flow toggle shows DIS flow next to the model
+        page.click("text=Optical flow")
+        n = results(page)
+        wait_results(page, n + 5)
+        assert page.is_visible("#flow-card") and canvas_spread(page, "#flow") > 5
+        # the browser camera: frames go up, results come back on the same socket
+        page.click("#camera-btn")
+        page.wait_for_function("document.querySelector('#conn').textContent.includes('my camera')")
+        n0 = results(page)
+        wait_results(page, n0 + 15)
+        assert app.state.metrics.frames.labels("camera")._value.get() >= 15
+        fps = float(page.text_content("#stat-fps"))
+        assert fps > 1
+        page.screenshot(
+            path=str(Path(os.environ.get("V1MOTION_SCREENSHOTS", "/tmp")) / "dashboard-camera.png")
+        )
+        assert errors == []
+
+
+def test_camera_needs_https_on_a_non_secure_remote_origin(browser):
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page = browser.new_page()
+        # What a page loaded over plain http from another machine sees.
+        page.add_init_script("Object.defineProperty(window, 'isSecureContext', {value: false})")
+        page.goto(f"{srv.url}/")
+        page.click("#camera-btn")
+        banner = page.locator("#banner")
+        banner.wait_for(state="visible")
+        assert "HTTPS" in banner.text_content()
+
+
+def test_websocket_urls_follow_the_page_address(browser):
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(behind_prefix(app, PREFIX)) as srv:
+        page, _ = open_dashboard(browser, f"{srv.url}{PREFIX}/")
+        page.wait_for_function("window.v1motion !== undefined")
+        assert page.evaluate("v1motion.wsUrl('v1/camera')") == f"{srv.ws_url}{PREFIX}/v1/camera"
+        assert page.evaluate("v1motion.apiUrl('v1/streams')") == f"{srv.url}{PREFIX}/v1/streams"
+
+
+def circular_mean_deg(values):
+    a = np.deg2rad(values)
+    return math.degrees(math.atan2(np.sin(a).mean(), np.cos(a).mean())) % 360
+
+
+def _dominant_direction(browser, engine_factory):
+    app = create_app(Settings(), engine_factory=engine_factory)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        page.wait_for_function("document.querySelector('#source').options.length > 0")
+        page.click("#camera-btn")
+        page.wait_for_function("document.querySelector('#conn').textContent.includes('my camera')")
+        n0 = results(page)
+        wait_results(page, n0 + 10, timeout=60)
+        seen = []
+        for _ in range(20):  # sample the rendered readout over about two seconds
+            page.wait_for_timeout(100)
+            d = page.get_attribute("#dominant", "data-direction-deg")
+            c = float(page.get_attribute("#dominant", "data-confidence"))
+            seen.append((float(d), c))
+        assert errors == []
+    return seen
+
+
+def test_reported_direction_matches_the_clip_with_an_engine_double(browser):
+    """The plumbing (camera, JPEG, socket, readout) keeps the direction: an exact double reads 90."""
+    seen = _dominant_direction(browser, FakeEngine)
+    moving = [d for d, c in seen if c > 0.05]  # a repeated camera frame shows no motion
+    assert len(moving) >= 5, seen
+    mean = circular_mean_deg(moving)
+    assert abs((mean - CLIP_DIRECTION_DEG + 180) % 360 - 180) < 15, seen
+
+
+@pytest.mark.slow
+def test_reported_direction_matches_the_clip_with_the_trained_engine(browser):
+    """The shipped engine, through the real dashboard and fake camera, reads the clip's direction."""
+    seen = _dominant_direction(browser, default_engine)
+    confident = [d for d, c in seen if c > 0.05]
+    assert len(confident) >= len(seen) // 2, seen
+    mean = circular_mean_deg(confident)
+    assert abs((mean - CLIP_DIRECTION_DEG + 180) % 360 - 180) < 30, (mean, seen)
+
+
+def test_dashboard_asks_for_the_token_and_then_streams(browser):
+    app = create_app(Settings(token="tok-123"), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        page.locator("#token-form").wait_for(state="visible")
+        page.fill("#token-input", "tok-123")
+        page.click("#token-form button")
+        wait_results(page, 3)
+        # a link carrying the token in its fragment works too, and the token leaves the address bar
+        page2, _ = open_dashboard(browser, f"{srv.url}/#token=tok-123")
+        wait_results(page2, 3)
+        assert "tok-123" not in page2.url
+        assert errors == []

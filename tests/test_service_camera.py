@@ -1,0 +1,254 @@
+"""The browser-camera socket: negotiation, frames, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+
+import cv2
+import numpy as np
+import pytest
+from engine_double import FakeEngine
+from fastapi.testclient import TestClient
+from service_helpers import random_engine
+from starlette.websockets import WebSocketDisconnect
+
+from service.app import create_app
+from service.jpeg import JPEGHeaderError, jpeg_size
+from service.settings import Settings
+
+
+def jpeg(img, **kw) -> bytes:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90, *kw.get("params", [])])
+    assert ok
+    return buf.tobytes()
+
+
+def huge_claim_jpeg(width=16000, height=16000) -> bytes:
+    """A few hundred bytes whose frame header claims ``width`` x ``height`` pixels."""
+    data = bytearray(jpeg(np.zeros((16, 16), np.uint8)))
+    i = data.index(b"\xff\xc0")
+    data[i + 5 : i + 7] = height.to_bytes(2, "big")
+    data[i + 7 : i + 9] = width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def texture(shift=0, shape=(96, 128)):
+    rng = np.random.default_rng(1)
+    t = np.kron(
+        rng.integers(0, 256, (shape[0] // 4, shape[1] // 4), dtype=np.uint8),
+        np.ones((4, 4), np.uint8),
+    )
+    return np.roll(t, shift, axis=1)
+
+
+@pytest.fixture
+def client():
+    app = create_app(Settings(camera_max_bytes=64 * 1024), engine_factory=random_engine)
+    with TestClient(app) as c:
+        yield c
+
+
+def hello(ws, width=128, height=96, **kw):
+    ws.send_text(json.dumps({"type": "hello", "width": width, "height": height, **kw}))
+    return json.loads(ws.receive_text())
+
+
+def receive_json(ws):
+    return json.loads(ws.receive_text())
+
+
+# ---- the header parser -------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 1), (96, 128), (480, 640), (37, 1001)])
+@pytest.mark.parametrize("progressive", [0, 1])
+def test_jpeg_size_matches_the_encoded_image(shape, progressive):
+    data = jpeg(np.full(shape, 100, np.uint8), params=[cv2.IMWRITE_JPEG_PROGRESSIVE, progressive])
+    assert jpeg_size(data) == (shape[1], shape[0])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 30,
+        b"\xff\xd8\xff",
+        b"\xff\xd8\x00\x00\x00\x00",
+        b"\xff\xd8\xff\xda\x00\x02",
+    ],
+)
+def test_jpeg_size_rejects_non_jpegs_and_truncations(data):
+    with pytest.raises(JPEGHeaderError):
+        jpeg_size(data)
+
+
+def test_jpeg_size_reads_the_claimed_size_of_a_tiny_file():
+    data = huge_claim_jpeg()
+    assert len(data) < 700
+    assert jpeg_size(data) == (16000, 16000)
+
+
+# ---- the socket --------------------------------------------------------------------------------
+def test_camera_frames_get_results_with_the_motion():
+    app = create_app(Settings(), engine_factory=FakeEngine)
+    with TestClient(app) as client, client.websocket_connect("/v1/camera") as ws:
+        ready = hello(ws)
+        assert ready["type"] == "ready" and (ready["width"], ready["height"]) == (128, 96)
+        for k in range(4):
+            ws.send_bytes(jpeg(texture(shift=3 * k)))  # moving right 3 px/frame
+            m = receive_json(ws)
+            assert m["type"] == "result", m
+        g = m["motion"]["global"]
+        assert min(g["direction_deg"], 360 - g["direction_deg"]) < 10
+        assert m["stream"] == "camera" and m["preview"] is False
+
+
+def test_camera_flow_toggle(client):
+    with client.websocket_connect("/v1/camera") as ws:
+        hello(ws, flow=True)
+        for k in range(3):
+            ws.send_bytes(jpeg(texture(shift=3 * k)))
+            m = receive_json(ws)
+        assert m["flow"] is not None and m["flow"]["rows"] == m["motion"]["rows"]
+
+
+def expect_error(ws, code):
+    m = receive_json(ws)
+    assert m["type"] == "error" and m["code"] == code, m
+    return m
+
+
+def still_works(ws, client):
+    ws.send_bytes(jpeg(texture()))
+    assert receive_json(ws)["type"] == "result"
+    assert client.get("/healthz").status_code == 200
+
+
+def test_non_jpeg_frame_is_refused(client):
+    with client.websocket_connect("/v1/camera") as ws:
+        hello(ws)
+        ok, png = cv2.imencode(".png", texture())
+        ws.send_bytes(png.tobytes())
+        assert "not a JPEG" in expect_error(ws, "bad_frame")["detail"]
+        still_works(ws, client)
+
+
+def test_oversized_frame_is_refused_before_decoding(client):
+    with client.websocket_connect("/v1/camera") as ws:
+        hello(ws)
+        ws.send_bytes(b"\xff\xd8" + b"\x00" * (100 * 1024))
+        assert "exceeds the limit" in expect_error(ws, "bad_frame")["detail"]
+        still_works(ws, client)
+
+
+def test_huge_dimension_jpeg_is_refused_without_allocating(client):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with client.websocket_connect("/v1/camera") as ws:
+        hello(ws)
+        ws.send_bytes(huge_claim_jpeg())
+        assert "16000x16000" in expect_error(ws, "bad_frame")["detail"]
+        still_works(ws, client)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100  # decoding it would take 256 MB
+
+
+def test_opencv_pixel_limit_backs_up_the_header_check():
+    """Even if a huge JPEG reached cv2.imdecode, the limit set by ``import service`` refuses it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import service, cv2, numpy as np, sys\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_service_camera import huge_claim_jpeg\n"
+        "try:\n"
+        "    img = cv2.imdecode(np.frombuffer(huge_claim_jpeg(), np.uint8), cv2.IMREAD_GRAYSCALE)\n"
+        "except cv2.error as e:\n"
+        "    print('refused' if 'CV_IO_MAX_IMAGE_PIXELS' in str(e) else e)\n"
+        "else:\n"
+        "    print('decoded', None if img is None else img.shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "refused", out.stdout + out.stderr
+
+
+def test_frame_of_the_wrong_size_is_refused(client):
+    with client.websocket_connect("/v1/camera") as ws:
+        hello(ws)
+        ws.send_bytes(jpeg(np.zeros((100, 100), np.uint8)))
+        assert "negotiated size is 128x96" in expect_error(ws, "bad_frame")["detail"]
+        still_works(ws, client)
+
+
+def test_corrupt_jpeg_body_is_an_error_not_a_crash(client):
+    with client.websocket_connect("/v1/camera") as ws:
+        hello(ws)
+        data = jpeg(texture())
+        i = data.index(b"\xff\xda")
+        ws.send_bytes(data[: i + 14])  # header intact, image data cut off
+        m = receive_json(ws)
+        assert m["type"] in ("error", "result")  # libjpeg may pad a truncated scan; never a crash
+        still_works(ws, client)
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ("{oops", "bad_hello"),
+        (json.dumps({"type": "hello", "width": 100000, "height": 96}), "bad_hello"),
+        (json.dumps({"type": "hello", "width": "128", "height": 96}), "bad_hello"),
+        (json.dumps({"type": "frame"}), "bad_hello"),
+    ],
+)
+def test_bad_hello_gets_an_error_and_can_be_retried(client, payload, code):
+    with client.websocket_connect("/v1/camera") as ws:
+        ws.send_text(payload)
+        expect_error(ws, code)
+        assert hello(ws)["type"] == "ready"
+
+
+def test_frames_before_hello_are_not_decoded(client):
+    with client.websocket_connect("/v1/camera") as ws:
+        ws.send_bytes(jpeg(texture()))
+        expect_error(ws, "no_hello")
+        assert hello(ws)["type"] == "ready"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    ["not json", json.dumps({"type": "dance"}), json.dumps({"type": "options", "flow": 3})],
+)
+def test_malformed_messages_after_hello(client, payload):
+    with client.websocket_connect("/v1/camera") as ws:
+        hello(ws)
+        ws.send_text(payload)
+        expect_error(ws, "bad_message")
+        still_works(ws, client)
+
+
+def test_frames_sent_ahead_keep_only_the_newest():
+    engine = FakeEngine(delay=0.2)
+    with TestClient(create_app(Settings(), engine_factory=lambda: engine)) as c:
+        with c.websocket_connect("/v1/camera") as ws:
+            hello(ws)
+            for k in range(10):  # a misbehaving client: ten frames without waiting
+                ws.send_bytes(jpeg(texture(shift=k)))
+            results = 0
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                m = receive_json(ws)
+                results += 1
+                if m["timing"]["dropped"] + results >= 10:
+                    break
+            assert m["timing"]["dropped"] >= 5  # not queued: replaced while one was in flight
+            assert engine.steps == results <= 4
+
+
+def test_too_many_cameras_are_told_so():
+    with TestClient(create_app(Settings(camera_max_clients=1), engine_factory=random_engine)) as c:
+        with c.websocket_connect("/v1/camera") as first:
+            hello(first)
+            with c.websocket_connect("/v1/camera") as second:
+                assert expect_error(second, "busy")
+                with pytest.raises(WebSocketDisconnect):
+                    second.receive_text()

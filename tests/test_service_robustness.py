@@ -1,0 +1,286 @@
+"""Live sources that stall, fail or stop; slow viewers; timeouts. Real uvicorn where sockets matter."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import PatternSource, RawWebSocket, pattern_factory, random_engine, serving
+from websockets.sync.client import connect
+
+from service.app import create_app
+from service.settings import Settings, SourceSpec
+from service.sources import OpenCVSource, SourceError
+
+
+def wait_for(pred, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def two_streams(**kw):
+    return Settings(
+        sources=[SourceSpec(name="a", kind="synthetic"), SourceSpec(name="b", kind="synthetic")],
+        **kw,
+    )
+
+
+class StallingSource(PatternSource):
+    """Its first connection delivers a few frames and then blocks in ``read`` (like a hung network)."""
+
+    release = threading.Event()
+
+    def read(self):
+        if self.stats["opens"] == 1 and self.t >= 5:
+            self.release.wait(30)  # stuck, but not forever: the test releases it at the end
+            return None
+        return super().read()
+
+
+def test_stalled_source_is_detected_by_frame_age_and_reconnected_while_others_run():
+    stats, other = {}, {}
+    app = create_app(
+        two_streams(stall_timeout_s=0.5, backoff_initial_s=0.05),
+        engine_factory=random_engine,
+        source_factories={
+            "a": lambda stop: StallingSource(None, stop, stats),
+            "b": pattern_factory(other),
+        },
+    )
+    try:
+        with (
+            TestClient(app) as c,
+            c.websocket_connect("/v1/streams/a"),
+            c.websocket_connect("/v1/streams/b"),
+        ):
+            wait_for(lambda: stats.get("opens") == 2, what="a second open after the stall")
+            reads_b = other["reads"]
+            wait_for(lambda: stats.get("reads", 0) > 10, what="frames after reconnecting")
+            assert other["reads"] > reads_b  # the other stream kept running all along
+            wait_for(lambda: c.get("/v1/streams/a").json()["state"] == "running")
+            assert 'v1motion_source_stalls_total{stream="a"} 1.0' in c.get("/metrics").text
+    finally:
+        StallingSource.release.set()
+
+
+class FlakySource(PatternSource):
+    """Fails to open the first ``fails`` times; records when each open was tried."""
+
+    def __init__(self, *a, fails=4, **kw):
+        super().__init__(*a, **kw)
+        self.fails = fails
+
+    def open(self):
+        super().open()
+        self.stats.setdefault("times", []).append(time.monotonic())
+        if self.stats["opens"] <= self.fails:
+            raise SourceError("camera unplugged")
+
+
+def test_failing_source_reconnects_with_growing_jittered_backoff_and_reports_state():
+    stats = {}
+    app = create_app(
+        two_streams(backoff_initial_s=0.1, backoff_max_s=1.0),
+        engine_factory=random_engine,
+        source_factories={"a": lambda stop: FlakySource(None, stop, stats, fails=4)},
+    )
+    with TestClient(app) as c, c.websocket_connect("/v1/streams/a"):
+        wait_for(lambda: stats.get("opens", 0) >= 2, what="a retry")
+        s = c.get("/v1/streams/a").json()
+        assert s["state"] == "reconnecting" and "camera unplugged" in s["error"]
+        wait_for(lambda: c.get("/v1/streams/a").json()["state"] == "running", what="recovery")
+        assert c.get("/v1/streams/a").json()["error"] is None
+    gaps = np.diff(stats["times"][:5])
+    base = 0.1 * 2.0 ** np.arange(4)
+    # equal jitter: each wait lies in [base/2, base] (plus scheduling slack)
+    assert np.all(gaps >= 0.5 * base - 0.01) and np.all(gaps <= base + 0.15), gaps
+
+
+class EndingSource(PatternSource):
+    def read(self):
+        return None if self.t >= 3 else super().read()
+
+
+def test_source_that_ends_is_reopened():
+    stats = {}
+    app = create_app(
+        two_streams(backoff_initial_s=0.05),
+        engine_factory=random_engine,
+        source_factories={"a": lambda stop: EndingSource(None, stop, stats)},
+    )
+    with TestClient(app) as c, c.websocket_connect("/v1/streams/a"):
+        wait_for(lambda: stats.get("opens", 0) >= 3, what="reopening")
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server that accepts connections and never answers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    conns = []
+    stop = threading.Event()
+
+    def accept():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(2)
+    for c in conns:
+        c.close()
+    srv.close()
+
+
+def test_network_source_open_times_out(silent_server):
+    spec = SourceSpec(name="net", kind="url", target=f"http://127.0.0.1:{silent_server}/live.mjpg")
+    src = OpenCVSource(spec, Settings(open_timeout_s=1.0, read_timeout_s=1.0))
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="could not open"):
+        src.open()
+    assert time.monotonic() - t0 < 5.0
+
+
+@pytest.fixture
+def stalling_mjpeg_server():
+    """An HTTP MJPEG stream that sends five frames and then goes silent without closing."""
+    import cv2
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    stop = threading.Event()
+    ok, jpg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (120, 160), np.uint8))
+    part = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
+
+    def handle(c):
+        c.recv(4096)
+        c.sendall(
+            b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
+        )
+        for _ in range(5):
+            c.sendall(part + jpg.tobytes() + b"\r\n")
+        stop.wait(30)
+        c.close()
+
+    def serve():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(2)
+    srv.close()
+
+
+def test_network_source_read_times_out_when_the_stream_goes_silent(stalling_mjpeg_server):
+    url = f"http://127.0.0.1:{stalling_mjpeg_server}/stream.mjpg"
+    src = OpenCVSource(
+        SourceSpec(name="net", kind="url", target=url), Settings(open_timeout_s=2, read_timeout_s=1)
+    )
+    src.open()
+    frames, t_last = 0, None
+    for _ in range(10):
+        t0 = time.monotonic()
+        frame = src.read()
+        t_last = time.monotonic() - t0
+        if frame is None:
+            break
+        assert frame.shape == (120, 160, 3)
+        frames += 1
+    src.close()
+    assert frames >= 3  # the frames that came were read
+    assert frame is None and t_last < 3.0  # then the silent stream gave up after the read timeout
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.slow
+def test_slow_viewer_gets_fewer_messages_no_memory_and_does_not_delay_others():
+    # Noise frames make large previews (~70 KB), so a slow link falls behind fast.
+    stats = {}
+    settings = Settings(sources=["synthetic"], send_timeout_s=2.0, preview_quality=95)
+    app = create_app(
+        settings,
+        engine_factory=random_engine,
+        source_factories={
+            "synthetic": lambda stop: NoiseSource(None, stop, stats, fps=30, shape=(240, 320))
+        },
+    )
+    with serving(app) as srv:
+        url = f"{srv.ws_url}/v1/streams/synthetic"
+        pipeline = app.state.streams.pipelines["synthetic"]
+        with connect(url, max_size=None) as fast:
+            json.loads(fast.recv())  # hello
+            stalled = RawWebSocket(srv.port, "/v1/streams/synthetic")  # never reads again
+            slow = RawWebSocket(srv.port, "/v1/streams/synthetic")  # a ~300 KB/s link
+            rss0 = _rss_mb()
+            frames0 = pipeline.frames
+            fast_results, gaps, last = 0, [], time.monotonic()
+            t_end = time.monotonic() + 6.0
+            next_slow = time.monotonic()
+            while time.monotonic() < t_end:
+                m = fast.recv(timeout=3)
+                if isinstance(m, str) and json.loads(m)["type"] == "result":
+                    fast_results += 1
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+                if time.monotonic() >= next_slow:
+                    slow.read_some(16384)
+                    next_slow += 0.05
+            frames = pipeline.frames - frames0
+            rss1 = _rss_mb()
+            slow_dropped = app.state.metrics.slow_clients.labels("synthetic")._value.get()
+            slow_results = [
+                json.loads(p)["seq"]
+                for op, p in slow.messages
+                if op == 1 and json.loads(p)["type"] == "result"
+            ]
+            slow.close()
+            stalled.close()
+    metrics = app.state.metrics
+    assert frames > 50
+    assert fast_results >= 0.8 * frames, (fast_results, frames)
+    # the slow viewer got a few results, skipping ahead to the newest rather than queueing
+    assert 3 <= len(slow_results) < fast_results / 3, (len(slow_results), fast_results)
+    assert max(np.diff(slow_results)) > 2
+    # the fast viewer was never held up for long by the others
+    assert max(gaps[3:]) < 1.0, max(gaps[3:])
+    assert rss1 - rss0 < 60, (rss0, rss1)
+    assert metrics.dropped.labels("synthetic", "subscriber")._value.get() > 0
+    assert slow_dropped == 1  # only the socket that stopped reading; the slow one stays
+
+
+class NoiseSource(PatternSource):
+    def read(self):
+        self.stop.wait(1.0 / self.fps)
+        self.t += 1
+        self.stats["reads"] = self.stats.get("reads", 0) + 1
+        return np.random.default_rng(self.t).integers(0, 256, self.shape, dtype=np.uint8)

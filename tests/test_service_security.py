@@ -1,0 +1,124 @@
+"""Token authentication and Origin checks; configuration refused at start-up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from service_helpers import pattern_factory, random_engine
+from starlette.websockets import WebSocketDisconnect
+
+from service.app import create_app
+from service.settings import Settings, SourceSpec
+
+TOKEN = "s3cret-token_1"
+
+
+@pytest.fixture
+def client():
+    settings = Settings(host="0.0.0.0", token=TOKEN, sources=["synthetic"])
+    app = create_app(
+        settings, engine_factory=random_engine, source_factories={"synthetic": pattern_factory()}
+    )
+    with TestClient(app) as c:
+        yield c
+
+
+def test_non_localhost_without_token_is_refused_at_start():
+    with pytest.raises(ValidationError, match="V1MOTION_TOKEN"):
+        Settings(host="0.0.0.0")
+    with pytest.raises(ValidationError, match="V1MOTION_TOKEN"):
+        Settings(host="192.168.1.20")
+    assert not Settings(host="127.0.0.1").requires_token
+    assert not Settings(host="::1").requires_token
+
+
+def test_http_routes_need_the_token(client):
+    assert client.get("/v1/streams").status_code == 401
+    assert "token" in client.get("/v1/streams").json()["detail"]
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/v1/streams", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        client.get("/v1/streams", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    )
+    assert client.get("/v1/streams", headers={"X-V1Motion-Token": TOKEN}).status_code == 200
+    # probes and the dashboard's files stay open: the page must load to ask for the token
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/").status_code == 200
+
+
+def test_websocket_token_as_subprotocol(client):
+    with client.websocket_connect(
+        "/v1/streams/synthetic", subprotocols=["v1motion.v1", f"v1motion.token.{TOKEN}"]
+    ) as ws:
+        assert ws.accepted_subprotocol == "v1motion.v1"
+        assert json.loads(ws.receive_text())["type"] == "hello"
+
+
+def test_websocket_token_as_first_message(client):
+    with client.websocket_connect("/v1/streams/synthetic") as ws:
+        ws.send_text(json.dumps({"type": "auth", "token": TOKEN}))
+        assert json.loads(ws.receive_text())["type"] == "hello"
+
+
+@pytest.mark.parametrize("first", [json.dumps({"type": "auth", "token": "nope"}), "garbage"])
+def test_websocket_wrong_token_is_closed(client, first):
+    with client.websocket_connect("/v1/camera") as ws:
+        ws.send_text(first)
+        m = json.loads(ws.receive_text())
+        assert m["code"] == "unauthorized"
+        with pytest.raises(WebSocketDisconnect) as exc:
+            ws.receive_text()
+        assert exc.value.code == 4401
+
+
+def test_websocket_from_a_foreign_origin_is_refused():
+    with TestClient(create_app(Settings(), engine_factory=random_engine)) as c:
+        with pytest.raises(WebSocketDisconnect) as exc:
+            with c.websocket_connect("/v1/camera", headers={"Origin": "https://evil.example"}):
+                pass
+        assert exc.value.code == 1008
+        # the page's own origin, and a configured one, are allowed
+        with c.websocket_connect("/v1/camera", headers={"Origin": "http://testserver"}) as ws:
+            ws.send_text(json.dumps({"type": "hello", "width": 64, "height": 64}))
+            assert json.loads(ws.receive_text())["type"] == "ready"
+    s = Settings(allowed_origins=["https://dash.example"])
+    with TestClient(create_app(s, engine_factory=random_engine)) as c:
+        with c.websocket_connect("/v1/camera", headers={"Origin": "https://dash.example"}) as ws:
+            ws.send_text(json.dumps({"type": "hello", "width": 64, "height": 64}))
+            assert json.loads(ws.receive_text())["type"] == "ready"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bogus:1", "unknown kind 'bogus'"),
+        ("Big Name=camera:0", "source name"),
+        ("cam=camera:front", "device index"),
+        ("clip=file:/no/such/video.mp4", "no such file"),
+        ("net=url:file:///etc/passwd", "scheme 'file' not supported"),
+        ("url:rtsp://x/y", "give it a name"),
+    ],
+)
+def test_bad_sources_are_refused_with_a_clear_message(text, message):
+    with pytest.raises((ValueError, ValidationError), match=message):
+        Settings(sources=[text])
+
+
+def test_source_strings_and_duplicates():
+    s = Settings(sources=["synthetic", "cam0=camera:0", "gate=url:rtsp://10.0.0.2/live"])
+    assert [(x.name, x.kind, x.target) for x in s.sources] == [
+        ("synthetic", "synthetic", ""),
+        ("cam0", "camera", "0"),
+        ("gate", "url", "rtsp://10.0.0.2/live"),
+    ]
+    assert "10.0.0.2" not in s.sources[2].describe()  # URLs may hold credentials: never shown
+    with pytest.raises(ValidationError, match="duplicate source names: synthetic"):
+        Settings(sources=["synthetic", SourceSpec(name="synthetic", kind="synthetic")])
+
+
+def test_sources_from_the_environment(monkeypatch):
+    monkeypatch.setenv("V1MOTION_SOURCES", json.dumps(["synthetic", "cam=camera:1"]))
+    assert [s.name for s in Settings().sources] == ["synthetic", "cam"]

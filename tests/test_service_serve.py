@@ -1,0 +1,132 @@
+"""``v1motion serve`` as a real process: start-up, JSON logs, pings, SIGTERM with open websockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from service_helpers import RawWebSocket, free_port
+from websockets.sync.client import connect
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = dict(
+        os.environ,
+        V1MOTION_LOG_FORMAT="json",
+        V1MOTION_WS_PING_INTERVAL_S="0.5",
+        V1MOTION_WS_PING_TIMEOUT_S="1",
+    )
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--engine", "random", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server not ready in 60 s"
+        time.sleep(0.2)
+    yield proc, port, tmp_path / "serve.log"
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    log.close()
+
+
+def test_sigterm_with_open_websockets_exits_within_seconds(server):
+    proc, port, log_path = server
+    viewers = [connect(f"ws://127.0.0.1:{port}/v1/streams/synthetic") for _ in range(3)]
+    for ws in viewers:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+        while not (isinstance(m := ws.recv(timeout=30), str) and json.loads(m)["type"] == "result"):
+            pass
+    camera = connect(f"ws://127.0.0.1:{port}/v1/camera")
+    camera.send(json.dumps({"type": "hello", "width": 64, "height": 64}))
+    assert json.loads(camera.recv(timeout=10))["type"] == "ready"
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(15)
+    elapsed = time.monotonic() - t0
+    # uvicorn shuts down gracefully, then re-raises the signal it caught
+    assert code in (0, -signal.SIGTERM)
+    assert elapsed < 8.0, elapsed  # shutdown_timeout_s is 5
+    msgs = [json.loads(x)["msg"] for x in log_path.read_text().splitlines() if x.startswith("{")]
+    assert "stream synthetic: stopped" in msgs
+    assert any("Application shutdown complete" in m for m in msgs), msgs[-10:]
+    for ws in viewers:
+        ws.close()
+    camera.close()
+
+
+def test_logs_are_json_lines_with_the_stream_name(server):
+    proc, port, log_path = server
+    with connect(f"ws://127.0.0.1:{port}/v1/streams/synthetic") as ws:
+        ws.recv(timeout=10)
+    time.sleep(0.3)
+    records = [
+        json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")
+    ]
+    assert records, log_path.read_text()
+    assert {"ts", "level", "logger", "msg", "thread"} <= set(records[0])
+    assert any("stream synthetic: viewer joined" in r["msg"] for r in records)
+    assert any(r["msg"].startswith("engine ready") for r in records)
+
+
+def test_pings_keep_sockets_alive_and_drop_dead_peers(server):
+    _, port, _ = server
+    # A peer that never answers pings: the server pings every 0.5 s and gives up after 1 s.
+    dead = RawWebSocket(port, "/v1/camera")
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError):
+        while time.monotonic() - t0 < 10:
+            dead.read_some(65536)
+    assert any(op == 9 for op, _ in dead.messages)  # it was pinged
+    assert time.monotonic() - t0 < 6
+    dead.close()
+    # A live client answers pings (the library does) and stays connected.
+    with connect(f"ws://127.0.0.1:{port}/v1/camera") as ws:
+        time.sleep(2.5)
+        ws.send(json.dumps({"type": "hello", "width": 64, "height": 64}))
+        assert json.loads(ws.recv(timeout=5))["type"] == "ready"
+
+
+def test_bad_configuration_is_refused_with_a_message():
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "V1MOTION_TOKEN" in out.stdout
+
+
+def test_messages_beyond_the_socket_limit_close_the_socket_not_the_server(server):
+    from websockets.exceptions import ConnectionClosed
+
+    _, port, _ = server
+    with connect(f"ws://127.0.0.1:{port}/v1/camera", max_size=None) as ws:
+        ws.send(json.dumps({"type": "hello", "width": 64, "height": 64}))
+        ready = json.loads(ws.recv(timeout=10))
+        # past the app's own limit (an error message) and uvicorn's (twice that: close 1009)
+        ws.send(b"\xff\xd8" + b"\x00" * (2 * ready["max_bytes"] + 10))
+        with pytest.raises(ConnectionClosed) as exc:
+            ws.recv(timeout=10)
+        assert exc.value.rcvd.code == 1009
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200

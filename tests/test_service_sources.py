@@ -1,0 +1,85 @@
+"""Server-side sources: synthetic ground truth, looping video files, cameras that are not there."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from service.settings import Settings, SourceSpec
+from service.sources import OpenCVSource, SourceError, SyntheticSource, source_factory
+
+
+def measured_shift(a, b):
+    """Content displacement (dx, dy_up) from frame a to frame b by phase correlation (OpenCV)."""
+    win = cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F)
+    (dx, dy), _ = cv2.phaseCorrelate(a.astype(np.float32), b.astype(np.float32), win)
+    return dx, -dy
+
+
+@pytest.mark.parametrize("segment", range(len(SyntheticSource.SCHEDULE)))
+def test_synthetic_source_moves_as_its_schedule_says(segment):
+    spec = SourceSpec(name="s", kind="synthetic", fps=240)
+    src = SyntheticSource(spec, threading.Event())
+    src.open()
+    n = src._segment_frames
+    src._t = segment * n + n // 2
+    frames = [src.read() for _ in range(5)]
+    kind, direction, speed = src.velocity_at(segment * n + n // 2)
+    assert frames[0].shape == (240, 320) and frames[0].dtype == np.uint8
+    dx, dy = np.divide(measured_shift(frames[0], frames[4]), 4)  # 4 frames: sub-pixel errors shrink
+    if kind == "pan":  # a pan moves the whole content: the shift is the velocity
+        assert dx == pytest.approx(speed * math.cos(direction), abs=0.25)
+        assert dy == pytest.approx(speed * math.sin(direction), abs=0.25)
+    else:  # a grating only shows motion along its normal (the aperture problem): project on it
+        along = dx * math.cos(direction) + dy * math.sin(direction)
+        assert along == pytest.approx(speed, abs=0.3)
+
+
+def test_synthetic_schedule_changes_velocity_every_few_seconds():
+    src = SyntheticSource(SourceSpec(name="s", kind="synthetic", fps=30), threading.Event())
+    seen = {src.velocity_at(t) for t in range(0, 30 * 32, 15)}
+    assert len(seen) == len(SyntheticSource.SCHEDULE)
+    assert src.velocity_at(0) == src.velocity_at(119) != src.velocity_at(120)
+
+
+def test_video_file_source_loops(tmp_path):
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (160, 120))
+    for k in range(5):
+        w.write(np.full((120, 160, 3), 40 * k, np.uint8))
+    w.release()
+    spec = SourceSpec(name="clip", kind="file", target=str(path), loop=True, fps=240)
+    src = source_factory(spec, Settings())(threading.Event())
+    src._pacer = None
+    src.open()
+    src._pacer = None  # read as fast as possible
+    means = [src.read().mean() for _ in range(12)]
+    src.close()
+    assert len(means) == 12 and means[5] == pytest.approx(means[0], abs=3)  # wrapped around
+    spec = SourceSpec(name="clip", kind="file", target=str(path), loop=False)
+    src = OpenCVSource(spec, Settings())
+    src.open()
+    src._pacer = None
+    frames = [src.read() for _ in range(6)]
+    assert frames[-1] is None  # a non-looping file ends
+
+
+def test_wide_frames_are_downscaled(tmp_path):
+    path = tmp_path / "wide.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (1280, 720))
+    w.write(np.zeros((720, 1280, 3), np.uint8))
+    w.release()
+    src = OpenCVSource(SourceSpec(name="w", kind="file", target=str(path)), Settings())
+    src.open()
+    src._pacer = None
+    assert src.read().shape == (360, 640, 3)
+
+
+def test_missing_camera_is_a_source_error():
+    src = OpenCVSource(SourceSpec(name="cam", kind="camera", target="63"), Settings())
+    with pytest.raises(SourceError, match="could not open camera 63"):
+        src.open()

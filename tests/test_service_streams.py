@@ -1,0 +1,301 @@
+"""Streams API and websocket, against FastAPI's TestClient with the engine test double."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from engine_double import FakeEngine
+from fastapi.testclient import TestClient
+from service_helpers import pattern_factory, random_engine
+from starlette.websockets import WebSocketDisconnect
+
+from service.app import create_app
+from service.protocol import SCHEMA_VERSION, parse_preview
+from service.settings import Settings, SourceSpec
+
+
+def make_settings(**kw):
+    base = dict(
+        sources=[
+            SourceSpec(name="pat", kind="synthetic"),
+            SourceSpec(name="other", kind="synthetic"),
+        ],
+        grace_period_s=0.3,
+    )
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture
+def stats():
+    return {}
+
+
+@pytest.fixture
+def client(stats):
+    app = create_app(
+        make_settings(),
+        engine_factory=random_engine,
+        source_factories={
+            "pat": pattern_factory(stats, vx=2),
+            "other": pattern_factory(vx=0, vy_up=2),
+        },
+    )
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 10
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield c
+
+
+def next_result(ws, timeout_msgs=200):
+    """Skip to the next ``result``; return it with its preview."""
+    for _ in range(timeout_msgs):
+        msg = ws.receive()
+        if msg.get("text"):
+            m = json.loads(msg["text"])
+            if m["type"] == "result":
+                preview = ws.receive()["bytes"] if m["preview"] else None
+                return m, preview
+    raise AssertionError("no result")
+
+
+def test_health_ready_and_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/streams" in paths and "/v1/units" in paths
+
+
+def test_list_streams_idle_before_viewers(client):
+    body = client.get("/v1/streams").json()
+    assert [s["name"] for s in body["streams"]] == ["pat", "other"]
+    assert all(s["state"] == "idle" and s["subscribers"] == 0 for s in body["streams"])
+    assert body["default"] == "pat"
+    assert body["camera"]["path"] == "v1/camera"
+
+
+def test_unknown_stream_is_404_with_the_valid_names(client):
+    r = client.get("/v1/streams/nope")
+    assert r.status_code == 404
+    assert "nope" in r.json()["detail"] and "pat" in r.json()["detail"]
+
+
+def test_stream_socket_sends_hello_results_and_previews(client):
+    with client.websocket_connect("/v1/streams/pat") as ws:
+        hello = json.loads(ws.receive_text())
+        assert hello == {
+            "v": SCHEMA_VERSION,
+            "type": "hello",
+            "stream": "pat",
+            "description": hello["description"],
+        }
+        for _ in range(3):
+            m, preview = next_result(ws)
+        assert m["v"] == SCHEMA_VERSION and m["stream"] == "pat"
+        motion = m["motion"]
+        assert motion["rows"] == 96 // motion["cell"] and motion["cols"] == 128 // motion["cell"]
+        assert len(motion["direction_deg"]) == motion["rows"]
+        assert len(motion["speed"][0]) == len(motion["confidence"][0]) == motion["cols"]
+        assert all(0 <= d < 360 for row in motion["direction_deg"] for d in row)
+        assert len(motion["direction_hist"]) == 16 and len(motion["speed_hist"]) == 7
+        assert set(m["timing"]) >= {"latency_ms", "fps", "dropped", "engine_ms"}
+        seq, jpeg = parse_preview(preview)
+        assert seq == m["seq"] and jpeg[:2] == b"\xff\xd8"
+        assert m["flow"] is None
+        status = client.get("/v1/streams/pat").json()
+        assert status["state"] == "running" and status["subscribers"] == 1
+
+
+def test_the_engine_numbers_reach_the_viewer():
+    """With an engine double that measures the shift, a pattern moving right reads as 0 degrees."""
+    app = create_app(
+        make_settings(),
+        engine_factory=FakeEngine,
+        source_factories={"pat": pattern_factory(vx=2), "other": pattern_factory(vx=0, vy_up=2)},
+    )
+    with TestClient(app) as c:
+        for name, expected in (("pat", 0.0), ("other", 90.0)):
+            with c.websocket_connect(f"/v1/streams/{name}") as ws:
+                for _ in range(3):
+                    m, _ = next_result(ws)
+            g = m["motion"]["global"]
+            assert abs((g["direction_deg"] - expected + 180) % 360 - 180) < 10
+            assert g["speed"] == pytest.approx(2.0, abs=0.3)
+
+
+def test_flow_option_adds_dis_flow_in_the_same_grid(client):
+    with client.websocket_connect("/v1/streams/pat?flow=1") as ws:
+        for _ in range(3):
+            m, _ = next_result(ws)
+        flow = m["flow"]
+        assert flow["rows"] == m["motion"]["rows"] and flow["cols"] == m["motion"]["cols"]
+        centre = flow["direction_deg"][flow["rows"] // 2][flow["cols"] // 2]
+        assert min(centre, 360 - centre) < 20  # DIS also sees rightward motion
+        ws.send_text(json.dumps({"type": "options", "flow": False}))
+        for _ in range(3):
+            m, _ = next_result(ws)
+        assert m["flow"] is None
+
+
+def test_one_capture_however_many_viewers(client, stats):
+    with (
+        client.websocket_connect("/v1/streams/pat") as a,
+        client.websocket_connect("/v1/streams/pat") as b,
+        client.websocket_connect("/v1/streams/pat") as c,
+    ):
+        for ws in (a, b, c):
+            next_result(ws)
+        assert stats["opens"] == 1
+        assert client.get("/v1/streams/pat").json()["subscribers"] == 3
+
+
+def test_stream_stops_after_grace_period_and_restarts(client, stats):
+    with client.websocket_connect("/v1/streams/pat") as ws:
+        next_result(ws)
+    deadline = time.monotonic() + 5
+    while client.get("/v1/streams/pat").json()["state"] != "idle":
+        assert time.monotonic() < deadline, "stream did not stop after its grace period"
+        time.sleep(0.05)
+    assert stats["closes"] == 1
+    with client.websocket_connect("/v1/streams/pat") as ws:
+        next_result(ws)
+    assert stats["opens"] == 2
+
+
+def test_unknown_stream_socket_gets_error_message(client):
+    with client.websocket_connect("/v1/streams/nope") as ws:
+        m = json.loads(ws.receive_text())
+        assert m["type"] == "error" and m["code"] == "unknown_stream" and "pat" in m["detail"]
+        with pytest.raises(WebSocketDisconnect) as exc:
+            ws.receive_text()
+        assert exc.value.code == 4404
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ("{not json", "bad_message"),
+        ("[1, 2]", "bad_message"),
+        (json.dumps({"type": "launch"}), "bad_message"),
+        (json.dumps({"type": "options", "flow": "yes"}), "bad_message"),
+        (b"\x00\x01", "unexpected_binary"),
+    ],
+)
+def test_malformed_messages_get_an_error_and_the_stream_goes_on(client, payload, code):
+    with client.websocket_connect("/v1/streams/pat") as ws:
+        if isinstance(payload, bytes):
+            ws.send_bytes(payload)
+        else:
+            ws.send_text(payload)
+        for _ in range(300):
+            msg = ws.receive()
+            if msg.get("text") and json.loads(msg["text"])["type"] == "error":
+                assert json.loads(msg["text"])["code"] == code
+                break
+        else:
+            raise AssertionError("no error message")
+        next_result(ws)  # still streaming
+
+
+def test_metrics_count_frames_clients_and_latency(client):
+    with client.websocket_connect("/v1/streams/pat") as ws:
+        for _ in range(5):
+            next_result(ws)
+        text = client.get("/metrics").text
+    assert 'v1motion_clients{stream="pat"} 1.0' in text
+    frames = [
+        l
+        for l in text.splitlines()
+        if l.startswith('v1motion_frames_processed_total{stream="pat"}')
+    ]
+    assert frames and float(frames[0].split()[-1]) >= 5
+    assert 'v1motion_capture_to_send_seconds_count{stream="pat"}' in text
+
+
+def test_units_endpoint_serves_the_tuning_report(client):
+    body = client.get("/v1/units").json()
+    assert body["n_units"] == len(body["units"]) > 0
+    u = body["units"][0]
+    assert len(u["direction_tuning"]) == len(body["directions_deg"])
+    assert len(u["speed_tuning"]) == len(body["speeds"])
+    assert len(body["histogram_speed_bins"]) == 7 and len(body["histogram_directions_deg"]) == 16
+
+
+def test_readyz_is_503_until_the_engine_is_warm():
+    import threading
+
+    gate = threading.Event()
+
+    def slow_engine():
+        gate.wait(10)
+        return random_engine()
+
+    app = create_app(make_settings(), engine_factory=slow_engine, source_factories={})
+    with TestClient(app) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "starting"
+        assert c.get("/v1/units").status_code == 503
+        gate.set()
+        deadline = time.monotonic() + 5
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
+def test_readyz_reports_a_failed_engine():
+    def broken():
+        raise RuntimeError("weights missing")
+
+    with TestClient(create_app(make_settings(), engine_factory=broken)) as c:
+        deadline = time.monotonic() + 5
+        while (r := c.get("/readyz")).json()["status"] == "starting":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert r.status_code == 503 and "weights missing" in r.json()["detail"]
+
+
+def test_dashboard_is_served_at_root(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "<html" in r.text.lower()
+
+
+def test_a_viewer_arriving_while_the_stream_stops_gets_it_restarted(stats):
+    import asyncio
+
+    from service.metrics import Metrics
+    from service.pipeline import EngineHolder, StreamManager, StreamPipeline, Subscriber
+
+    settings = make_settings(grace_period_s=0.0)
+    holder = EngineHolder()
+    holder.load(random_engine)
+
+    async def scenario():
+        spec = settings.sources[0]
+        p = StreamPipeline(spec, pattern_factory(stats), holder, settings, Metrics())
+        real_stop = p.stop
+
+        def slow_stop(timeout=3.0):
+            time.sleep(0.3)  # the viewer below arrives during this
+            real_stop(timeout)
+
+        p.stop = slow_stop
+        mgr = StreamManager({"pat": p}, settings, Metrics())
+        first = Subscriber()
+        mgr.subscribe("pat", first)
+        await first.next()
+        mgr.unsubscribe("pat", first)
+        await asyncio.sleep(0.1)  # the stop is under way
+        second = Subscriber()
+        mgr.subscribe("pat", second)
+        await asyncio.sleep(0.5)
+        msg = await asyncio.wait_for(second.next(), 5)
+        assert msg.seq >= 1 and p.running
+        await mgr.close()
+
+    asyncio.run(scenario())
+    assert stats["opens"] == 2

@@ -1,0 +1,686 @@
+// v1motion dashboard: plain ES module, no build step. Protocol: docs/protocol.md.
+const SCHEMA_VERSION = 1;
+const VMAX = 4; // px/frame drawn as a full-cell arrow
+const CAMERA_SIZE = { width: 320, height: 240 };
+const $ = (id) => document.getElementById(id);
+
+// ---- addresses: everything relative to the page, so the app works under a path prefix ------------
+const BASE = new URL(".", location.href);
+export function apiUrl(path) { return new URL(path, BASE).toString(); }
+export function wsUrl(path) {
+  const u = new URL(path, BASE);
+  u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+  return u.toString();
+}
+
+const state = {
+  token: readToken(),
+  streams: [],
+  mode: "stream", // "stream" | "camera"
+  stream: null,
+  ws: null,
+  flow: false,
+  last: null, // latest result message
+  image: null, // ImageBitmap of the frame the result belongs to
+  pendingPreview: null,
+  results: 0,
+  arrivals: [], // arrival times of recent results, for fps
+  fps: 0,
+  latency: null,
+  dropsServer: 0,
+  dropsClient: 0,
+  units: null,
+  unitId: null,
+  camera: null, // {stream, canvas, inFlight, sentAt}
+  reconnectTimer: null,
+};
+
+function readToken() {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem("v1motion-token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("v1motion-token");
+}
+
+function authHeaders() { return state.token ? { Authorization: `Bearer ${state.token}` } : {}; }
+function subprotocols() {
+  const p = ["v1motion.v1"];
+  if (state.token) p.push(`v1motion.token.${state.token}`);
+  return p;
+}
+
+async function api(path) {
+  const r = await fetch(apiUrl(path), { headers: authHeaders() });
+  if (r.status === 401) { askToken(); throw new Error("unauthorized"); }
+  if (!r.ok) throw new Error(`${path}: ${r.status}`);
+  return r.json();
+}
+
+function askToken() {
+  $("token-form").hidden = false;
+  setConn("token needed", "warn");
+}
+
+function banner(text, kind = "warn") {
+  const b = $("banner");
+  if (!text) { b.hidden = true; return; }
+  b.textContent = text;
+  b.className = `banner ${kind === "error" ? "error" : ""}`;
+  b.hidden = false;
+}
+
+function setConn(text, kind) {
+  const c = $("conn");
+  c.textContent = text;
+  c.className = `pill pill-${kind}`;
+}
+
+// ---- colours and drawing helpers ------------------------------------------------------------------
+function hue(deg, alpha = 1, light = 58) { return `hsla(${deg}, 92%, ${light}%, ${alpha})`; }
+
+function fitCanvas(canvas, w, h) {
+  const scale = Math.max(1, Math.min(3, Math.round(960 / w)));
+  if (canvas.width !== w * scale || canvas.height !== h * scale) {
+    canvas.width = w * scale;
+    canvas.height = h * scale;
+  }
+  return scale;
+}
+
+function arrow(ctx, x, y, dx, dy, head) {
+  const len = Math.hypot(dx, dy);
+  if (len < 0.5) return;
+  const ux = dx / len, uy = dy / len;
+  const tx = x + dx / 2, ty = y + dy / 2;
+  const sx = x - dx / 2, sy = y - dy / 2;
+  ctx.beginPath();
+  ctx.moveTo(sx, sy);
+  ctx.lineTo(tx, ty);
+  ctx.stroke();
+  const h = Math.min(head, len * 0.6);
+  ctx.beginPath();
+  ctx.moveTo(tx, ty);
+  ctx.lineTo(tx - ux * h - uy * h * 0.55, ty - uy * h + ux * h * 0.55);
+  ctx.lineTo(tx - ux * h + uy * h * 0.55, ty - uy * h - ux * h * 0.55);
+  ctx.closePath();
+  ctx.fill();
+}
+
+// Draws the frame, a colour-wheel tint per cell and an arrow per cell. grid: {rows, cols, cell,
+// direction_deg, speed, confidence?}. Directions: 0 = right, 90 = up (screen y points down).
+function drawMap(canvas, image, frameW, frameH, grid) {
+  const ctx = canvas.getContext("2d");
+  const s = fitCanvas(canvas, frameW, frameH);
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.fillStyle = "#05080b";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  if (image) {
+    ctx.globalAlpha = 0.75;
+    ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
+    ctx.globalAlpha = 1;
+  }
+  if (!grid) return;
+  const cell = grid.cell * s;
+  const offX = (canvas.width - grid.cols * cell) / 2, offY = (canvas.height - grid.rows * cell) / 2;
+  ctx.lineCap = "round";
+  ctx.lineWidth = Math.max(2, cell / 9);
+  for (let i = 0; i < grid.rows; i++) {
+    for (let j = 0; j < grid.cols; j++) {
+      const d = grid.direction_deg[i][j], v = grid.speed[i][j];
+      const c = grid.confidence ? grid.confidence[i][j] : Math.min(1, v / 0.5);
+      if (c < 0.05 || v < 0.05) continue;
+      const x = offX + (j + 0.5) * cell, y = offY + (i + 0.5) * cell;
+      ctx.fillStyle = hue(d, 0.28 * c);
+      ctx.fillRect(x - cell / 2, y - cell / 2, cell, cell);
+      const len = cell * 0.95 * Math.max(0.3, Math.min(1, v / VMAX));
+      const rad = (d * Math.PI) / 180;
+      ctx.strokeStyle = hue(d, 0.35 + 0.65 * c, 62);
+      ctx.fillStyle = ctx.strokeStyle;
+      arrow(ctx, x, y, Math.cos(rad) * len, -Math.sin(rad) * len, cell * 0.32);
+    }
+  }
+}
+
+function drawWheel(canvas) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, r = w / 2 - 4, c = w / 2;
+  for (let a = 0; a < 360; a += 1) {
+    ctx.beginPath();
+    ctx.moveTo(c, c);
+    ctx.arc(c, c, r, (-(a + 1) * Math.PI) / 180, (-a * Math.PI) / 180 + 0.01);
+    ctx.closePath();
+    ctx.fillStyle = hue(a);
+    ctx.fill();
+  }
+  ctx.fillStyle = "#131a22";
+  ctx.beginPath();
+  ctx.arc(c, c, r * 0.45, 0, 2 * Math.PI);
+  ctx.fill();
+  ctx.fillStyle = "#e6edf3";
+  ctx.font = "bold 15px system-ui";
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  ctx.fillText("dir", c, c);
+}
+
+function polarAxes(ctx, c, r) {
+  ctx.strokeStyle = "#2a3644";
+  ctx.lineWidth = 1;
+  for (const f of [0.33, 0.66, 1]) {
+    ctx.beginPath();
+    ctx.arc(c, c, r * f, 0, 2 * Math.PI);
+    ctx.stroke();
+  }
+  for (let a = 0; a < 360; a += 45) {
+    const rad = (a * Math.PI) / 180;
+    ctx.beginPath();
+    ctx.moveTo(c, c);
+    ctx.lineTo(c + Math.cos(rad) * r, c - Math.sin(rad) * r);
+    ctx.stroke();
+  }
+  ctx.fillStyle = "#8b9aab";
+  ctx.font = "12px system-ui";
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  const lab = [["0°", 0], ["90°", 90], ["180°", 180], ["270°", 270]];
+  for (const [t, a] of lab) {
+    const rad = (a * Math.PI) / 180;
+    ctx.fillText(t, c + Math.cos(rad) * (r + 14), c - Math.sin(rad) * (r + 12));
+  }
+}
+
+// Rose of the population's direction histogram: one petal per bin, coloured by its direction.
+function drawPolar(canvas, values, dominantDeg) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, c = w / 2, r = c - 26;
+  ctx.clearRect(0, 0, w, w);
+  polarAxes(ctx, c, r);
+  if (!values || !values.length) return;
+  const n = values.length, max = Math.max(...values, 1e-9), half = Math.PI / n;
+  for (let k = 0; k < n; k++) {
+    const a = (2 * Math.PI * k) / n, len = r * Math.sqrt(values[k] / max);
+    ctx.beginPath();
+    ctx.moveTo(c, c);
+    ctx.arc(c, c, len, -(a + half * 0.9), -(a - half * 0.9));
+    ctx.closePath();
+    ctx.fillStyle = hue((360 * k) / n, 0.75);
+    ctx.fill();
+  }
+  if (dominantDeg != null) {
+    const rad = (dominantDeg * Math.PI) / 180;
+    ctx.strokeStyle = "#ffffff";
+    ctx.fillStyle = "#ffffff";
+    ctx.lineWidth = 2.5;
+    arrow(ctx, c + (Math.cos(rad) * r) / 2, c - (Math.sin(rad) * r) / 2, Math.cos(rad) * r, -Math.sin(rad) * r, 10);
+  }
+}
+
+function fmtSpeed(v) { return v >= 1 ? `${+v.toFixed(1)}` : `${+v.toFixed(2)}`; }
+
+function drawBars(canvas, values, labels, highlight) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = 22;
+  ctx.clearRect(0, 0, w, h);
+  if (!values || !values.length) return;
+  const n = values.length, max = Math.max(...values, 1e-9), bw = (w - 8) / n;
+  ctx.font = "11px system-ui";
+  ctx.textAlign = "center";
+  for (let k = 0; k < n; k++) {
+    const bh = ((h - pad - 6) * values[k]) / max;
+    const x = 4 + k * bw;
+    ctx.fillStyle = k === highlight ? "#58a6ff" : "#2f6fb3";
+    ctx.beginPath();
+    ctx.roundRect(x + 3, h - pad - bh, bw - 6, Math.max(bh, 1), 3);
+    ctx.fill();
+    ctx.fillStyle = "#8b9aab";
+    ctx.fillText(labels[k], x + bw / 2, h - 7);
+  }
+}
+
+function drawDominantArrow(canvas, deg, conf) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, c = w / 2;
+  ctx.clearRect(0, 0, w, w);
+  ctx.strokeStyle = "#2a3644";
+  ctx.lineWidth = 2;
+  ctx.beginPath();
+  ctx.arc(c, c, c - 4, 0, 2 * Math.PI);
+  ctx.stroke();
+  if (deg == null) return;
+  const rad = (deg * Math.PI) / 180, len = (c - 14) * 2;
+  ctx.strokeStyle = hue(deg, 0.3 + 0.7 * conf, 62);
+  ctx.fillStyle = ctx.strokeStyle;
+  ctx.lineWidth = 7;
+  ctx.lineCap = "round";
+  arrow(ctx, c, c, Math.cos(rad) * len * 0.8, -Math.sin(rad) * len * 0.8, 22);
+}
+
+function drawSpeedTuning(canvas, speeds, values, pref) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, l = 34, b = 28, t = 10, r = 12;
+  ctx.clearRect(0, 0, w, h);
+  const lx = speeds.map((s) => Math.log2(s));
+  const x0 = Math.min(...lx), x1 = Math.max(...lx), max = Math.max(...values, 1e-9);
+  const X = (v) => l + ((v - x0) / Math.max(x1 - x0, 1e-9)) * (w - l - r);
+  const Y = (v) => h - b - (v / max) * (h - b - t);
+  ctx.strokeStyle = "#2a3644";
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.moveTo(l, t);
+  ctx.lineTo(l, h - b);
+  ctx.lineTo(w - r, h - b);
+  ctx.stroke();
+  ctx.fillStyle = "#8b9aab";
+  ctx.font = "11px system-ui";
+  ctx.textAlign = "center";
+  speeds.forEach((s, k) => ctx.fillText(fmtSpeed(s), X(lx[k]), h - b + 15));
+  ctx.fillText("px/frame (log scale)", (l + w - r) / 2, h - 2);
+  ctx.save();
+  ctx.translate(11, (t + h - b) / 2);
+  ctx.rotate(-Math.PI / 2);
+  ctx.fillText("response", 0, 0);
+  ctx.restore();
+  ctx.strokeStyle = "#58a6ff";
+  ctx.lineWidth = 2.5;
+  ctx.beginPath();
+  values.forEach((v, k) => (k ? ctx.lineTo(X(lx[k]), Y(v)) : ctx.moveTo(X(lx[k]), Y(v))));
+  ctx.stroke();
+  ctx.fillStyle = "#58a6ff";
+  values.forEach((v, k) => { ctx.beginPath(); ctx.arc(X(lx[k]), Y(v), 3.5, 0, 2 * Math.PI); ctx.fill(); });
+  if (pref) {
+    const px = X(Math.log2(pref));
+    ctx.strokeStyle = "rgba(255,255,255,.35)";
+    ctx.setLineDash([4, 4]);
+    ctx.beginPath();
+    ctx.moveTo(px, t);
+    ctx.lineTo(px, h - b);
+    ctx.stroke();
+    ctx.setLineDash([]);
+  }
+}
+
+function drawUnitPolar(canvas, dirsDeg, values, prefDeg) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, c = w / 2, r = c - 26;
+  ctx.clearRect(0, 0, w, w);
+  polarAxes(ctx, c, r);
+  const max = Math.max(...values, 1e-9);
+  ctx.beginPath();
+  values.forEach((v, k) => {
+    const rad = (dirsDeg[k] * Math.PI) / 180, len = (r * v) / max;
+    const x = c + Math.cos(rad) * len, y = c - Math.sin(rad) * len;
+    k ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
+  });
+  ctx.closePath();
+  ctx.fillStyle = hue(prefDeg, 0.25);
+  ctx.strokeStyle = hue(prefDeg, 1, 62);
+  ctx.lineWidth = 2.5;
+  ctx.fill();
+  ctx.stroke();
+}
+
+// ---- rendering ------------------------------------------------------------------------------------
+let frameRequested = false;
+function scheduleRender() {
+  if (frameRequested) return;
+  frameRequested = true;
+  requestAnimationFrame(() => { frameRequested = false; render(); });
+}
+
+function render() {
+  const m = state.last;
+  if (!m) return;
+  $("waiting").hidden = true;
+  drawMap($("map"), state.image, m.width, m.height, m.motion);
+  if (state.flow) drawMap($("flow"), state.image, m.width, m.height, m.flow);
+  const g = m.motion.global;
+  const dom = $("dominant");
+  const confident = g.confidence > 0.05;
+  dom.dataset.directionDeg = g.direction_deg;
+  dom.dataset.speed = g.speed;
+  dom.dataset.confidence = g.confidence;
+  dom.dataset.results = state.results;
+  $("dom-dir").textContent = confident ? `${Math.round(g.direction_deg)}°` : "–";
+  $("dom-speed").textContent = confident ? `${fmtSpeed(g.speed)} px/frame` : "no clear motion";
+  $("dom-conf").textContent = g.confidence.toFixed(2);
+  $("dom-conf-bar").style.width = `${Math.round(100 * g.confidence)}%`;
+  drawDominantArrow($("dominant-arrow"), confident ? g.direction_deg : null, g.confidence);
+  drawPolar($("polar"), m.motion.direction_hist, confident ? g.direction_deg : null);
+  const speeds = state.units ? state.units.histogram_speed_bins : null;
+  const labels = m.motion.speed_hist.map((_, k) => (speeds ? fmtSpeed(speeds[k]) : `${k}`));
+  const sh = m.motion.speed_hist;
+  drawBars($("speed-hist"), sh, labels, sh.indexOf(Math.max(...sh)));
+  renderTopUnits(m.motion.top_units);
+}
+
+function renderTopUnits(top) {
+  const box = $("top-units");
+  const key = top.map((u) => u[0]).join(",") + `|${state.unitId}`;
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
+  box.replaceChildren();
+  if (!top.length) { box.textContent = "no unit active"; return; }
+  for (const [id, act] of top) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = `chip${id === state.unitId ? " selected" : ""}`;
+    const info = state.units && state.units.byId.get(id);
+    const dot = document.createElement("i");
+    dot.style.background = info ? hue(info.preferred_direction_deg) : "#8b9aab";
+    b.append(dot, `#${id}`);
+    const small = document.createElement("small");
+    small.textContent = act.toFixed(2);
+    b.append(small);
+    b.title = info ? `prefers ${info.preferred_direction_deg}° at ${info.preferred_speed} px/frame` : "";
+    b.addEventListener("click", () => selectUnit(id));
+    box.append(b);
+  }
+}
+
+function updateStats() {
+  $("stat-fps").textContent = state.fps ? state.fps.toFixed(1) : "–";
+  $("stat-latency").textContent = state.latency == null ? "–" : state.latency.toFixed(1);
+  $("stat-drops").textContent = String(state.dropsServer + state.dropsClient);
+}
+
+function onResult(m) {
+  const now = performance.now();
+  // Results per second over the last two seconds, as seen by this page.
+  const arr = state.arrivals;
+  arr.push(now);
+  while (arr.length && now - arr[0] > 2000) arr.shift();
+  state.fps = arr.length > 1 ? ((arr.length - 1) * 1000) / Math.max(now - arr[0], 1) : 0;
+  state.results += 1;
+  state.dropsServer = m.timing.dropped;
+  if (state.mode === "camera" && state.camera && state.camera.sentAt != null) {
+    state.latency = now - state.camera.sentAt; // capture to result, measured in the browser
+  } else {
+    state.latency = m.timing.latency_ms;
+  }
+  state.last = m;
+  updateStats();
+  if (!m.preview) scheduleRender();
+}
+
+// ---- server streams -------------------------------------------------------------------------------
+function closeSocket() {
+  clearTimeout(state.reconnectTimer);
+  if (state.ws) {
+    state.ws.onclose = null;
+    state.ws.close();
+    state.ws = null;
+  }
+}
+
+function resetView() {
+  state.last = null;
+  state.image = null;
+  state.results = 0;
+  state.fps = 0;
+  state.arrivals = [];
+  state.latency = null;
+  state.dropsServer = 0;
+  state.dropsClient = 0;
+  $("waiting").hidden = false;
+  updateStats();
+}
+
+function openStream(name, attempt = 0) {
+  closeSocket();
+  state.mode = "stream";
+  state.stream = name;
+  const s = state.streams.find((x) => x.name === name);
+  $("source-desc").textContent = s ? s.description : "";
+  const ws = new WebSocket(wsUrl(`v1/streams/${encodeURIComponent(name)}?flow=${state.flow ? 1 : 0}`), subprotocols());
+  ws.binaryType = "blob";
+  state.ws = ws;
+  setConn("connecting", "idle");
+  ws.onopen = () => { setConn(`live · ${name}`, "live"); attempt = 0; };
+  ws.onmessage = async (ev) => {
+    if (typeof ev.data === "string") {
+      const m = JSON.parse(ev.data);
+      if (m.v !== SCHEMA_VERSION) { banner(`server speaks protocol v${m.v}; this page v${SCHEMA_VERSION}`, "error"); return; }
+      if (m.type === "result") onResult(m);
+      else if (m.type === "status") { state.dropsClient = m.dropped; updateStats(); }
+      else if (m.type === "error") banner(`${m.code}: ${m.detail}`, "error");
+      return;
+    }
+    // Binary preview: 4-byte magic, 4-byte sequence number, JPEG.
+    const blob = ev.data.slice(8);
+    try {
+      const bmp = await createImageBitmap(blob);
+      const old = state.image;
+      state.image = bmp;
+      if (old && old.close) old.close();
+      scheduleRender();
+    } catch (e) { /* a corrupt preview is skipped */ }
+  };
+  ws.onclose = (ev) => {
+    if (state.ws !== ws) return;
+    if (ev.code === 4401) { askToken(); return; }
+    if (ev.code === 4404) { setConn("unknown stream", "bad"); return; }
+    setConn("reconnecting", "warn");
+    const delay = Math.min(10000, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
+    state.reconnectTimer = setTimeout(() => openStream(name, attempt + 1), delay);
+  };
+}
+
+// ---- the browser's own camera ---------------------------------------------------------------------
+export function cameraBlockedReason() {
+  if (!window.isSecureContext) {
+    return "The camera needs HTTPS: browsers only allow getUserMedia on https:// pages or on localhost. " +
+      "Open this dashboard over HTTPS (for example behind a TLS reverse proxy) to use your camera.";
+  }
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) return "This browser has no camera API.";
+  return null;
+}
+
+async function startCamera() {
+  const blocked = cameraBlockedReason();
+  if (blocked) { banner(blocked, "warn"); return; }
+  let media;
+  try {
+    media = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
+  } catch (e) {
+    banner(`Could not open the camera: ${e.message}`, "error");
+    return;
+  }
+  closeSocket();
+  resetView();
+  const video = $("cam-video");
+  video.srcObject = media;
+  await video.play();
+  const canvases = [0, 1].map(() => {
+    const c = document.createElement("canvas");
+    c.width = CAMERA_SIZE.width;
+    c.height = CAMERA_SIZE.height;
+    return c;
+  });
+  state.camera = { media, canvases, turn: 0, sentCanvas: null, inFlight: false, sentAt: null, ready: false };
+  state.mode = "camera";
+  $("camera-btn").classList.add("active");
+  $("camera-label").textContent = "Stop camera";
+  $("source-desc").textContent = "your camera, analysed on the server";
+  banner(null);
+
+  const ws = new WebSocket(wsUrl("v1/camera"), subprotocols());
+  state.ws = ws;
+  setConn("connecting camera", "idle");
+  ws.onopen = () => {
+    ws.send(JSON.stringify({ type: "hello", ...CAMERA_SIZE, flow: state.flow }));
+  };
+  ws.onmessage = (ev) => {
+    const m = JSON.parse(ev.data);
+    if (m.type === "ready") { setConn("live · my camera", "live"); state.camera.ready = true; sendCameraFrame(); return; }
+    if (m.type === "result") {
+      state.camera.inFlight = false;
+      state.image = state.camera.sentCanvas;
+      onResult(m);
+      scheduleRender();
+      sendCameraFrame(); // one frame in flight: the next leaves when this result is back
+    } else if (m.type === "error") {
+      state.camera.inFlight = false;
+      banner(`${m.code}: ${m.detail}`, "error");
+      setTimeout(sendCameraFrame, 200);
+    }
+  };
+  ws.onclose = (ev) => {
+    if (state.ws !== ws) return;
+    if (ev.code === 4401) askToken();
+    setConn("camera disconnected", "bad");
+  };
+}
+
+function sendCameraFrame() {
+  const cam = state.camera;
+  const ws = state.ws;
+  if (!cam || !cam.ready || cam.inFlight || !ws || ws.readyState !== WebSocket.OPEN) return;
+  // Two canvases take turns: one holds the frame on screen (the last analysed), the other the frame
+  // in flight, so the map is always drawn over the very image it was computed from.
+  cam.turn = 1 - cam.turn;
+  const canvas = cam.canvases[cam.turn];
+  canvas.getContext("2d").drawImage($("cam-video"), 0, 0, canvas.width, canvas.height);
+  cam.inFlight = true;
+  const sentAt = performance.now();
+  canvas.toBlob((blob) => {
+    if (!blob || ws.readyState !== WebSocket.OPEN) { cam.inFlight = false; return; }
+    cam.sentAt = sentAt;
+    cam.sentCanvas = canvas;
+    ws.send(blob);
+  }, "image/jpeg", 0.8);
+}
+
+function stopCamera() {
+  const cam = state.camera;
+  if (!cam) return;
+  cam.media.getTracks().forEach((t) => t.stop());
+  state.camera = null;
+  $("camera-btn").classList.remove("active");
+  $("camera-label").textContent = "Use my camera";
+  resetView();
+  if (state.stream) openStream(state.stream);
+}
+
+// ---- units ----------------------------------------------------------------------------------------
+async function loadUnits(attempt = 0) {
+  let rep;
+  try {
+    rep = await api("v1/units");
+  } catch (e) {
+    if (attempt < 60) setTimeout(() => loadUnits(attempt + 1), 1000);
+    return;
+  }
+  const byId = new Map(rep.units.map((u) => [u.id, u]));
+  state.units = { ...rep, byId };
+  const sel = $("unit-select");
+  const sorted = [...rep.units].sort((a, b) => b.di - a.di);
+  sel.replaceChildren(...sorted.map((u) => {
+    const o = document.createElement("option");
+    o.value = u.id;
+    o.textContent = `unit ${u.id} · ${Math.round(u.preferred_direction_deg)}° · DI ${u.di.toFixed(2)}`;
+    return o;
+  }));
+  selectUnit(sorted.length ? sorted[0].id : null);
+}
+
+function selectUnit(id) {
+  if (id == null || !state.units) return;
+  const u = state.units.byId.get(Number(id));
+  if (!u) return;
+  state.unitId = u.id;
+  $("unit-select").value = String(u.id);
+  const facts = [
+    ["preferred direction", `${Math.round(u.preferred_direction_deg)}°`],
+    ["preferred speed", `${fmtSpeed(u.preferred_speed)} px/frame`],
+    ["direction index", u.di.toFixed(2)],
+  ];
+  if (u.responsive === false) facts.push(["note", "weakly responsive to gratings"]);
+  $("unit-facts").replaceChildren(...facts.flatMap(([k, v]) => {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = v;
+    return [dt, dd];
+  }));
+  drawUnitPolar($("unit-polar"), state.units.directions_deg, u.direction_tuning, u.preferred_direction_deg);
+  drawSpeedTuning($("unit-speed"), state.units.speeds, u.speed_tuning, u.preferred_speed);
+  $("top-units").dataset.key = "";
+  if (state.last) renderTopUnits(state.last.motion.top_units);
+}
+
+function stepUnit(delta) {
+  const sel = $("unit-select");
+  const i = Math.min(sel.options.length - 1, Math.max(0, sel.selectedIndex + delta));
+  if (i >= 0) selectUnit(sel.options[i].value);
+}
+
+// ---- start-up -------------------------------------------------------------------------------------
+async function waitReady() {
+  for (let i = 0; ; i++) {
+    try {
+      const r = await fetch(apiUrl("readyz"));
+      if (r.ok) { banner(null); return; }
+      const body = await r.json();
+      if (body.status === "failed") { banner(`The motion engine failed to load: ${body.detail}`, "error"); return; }
+      if (i === 2) banner("The motion engine is loading and compiling; results start in a few seconds.");
+    } catch (e) { /* server not up yet */ }
+    await new Promise((res) => setTimeout(res, 500));
+  }
+}
+
+async function start() {
+  drawWheel($("wheel"));
+  $("vmax-label").textContent = VMAX;
+  drawPolar($("polar"), null, null);
+  drawDominantArrow($("dominant-arrow"), null, 0);
+  const blocked = cameraBlockedReason();
+  if (blocked) $("camera-btn").title = blocked;
+
+  $("source").addEventListener("change", (e) => { if (state.camera) stopCamera(); resetView(); openStream(e.target.value); });
+  $("camera-btn").addEventListener("click", () => (state.camera ? stopCamera() : startCamera()));
+  $("flow-toggle").addEventListener("change", (e) => {
+    state.flow = e.target.checked;
+    $("flow-card").hidden = !state.flow;
+    document.querySelector(".maps").classList.toggle("with-flow", state.flow);
+    if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify({ type: "options", flow: state.flow }));
+  });
+  $("unit-select").addEventListener("change", (e) => selectUnit(e.target.value));
+  $("unit-prev").addEventListener("click", () => stepUnit(-1));
+  $("unit-next").addEventListener("click", () => stepUnit(1));
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.token = $("token-input").value.trim();
+    sessionStorage.setItem("v1motion-token", state.token);
+    $("token-form").hidden = true;
+    start2();
+  });
+  waitReady();
+  start2();
+}
+
+async function start2() {
+  let body;
+  try {
+    body = await api("v1/streams");
+  } catch (e) {
+    if (e.message !== "unauthorized") { setConn("server unreachable", "bad"); setTimeout(start2, 2000); }
+    return;
+  }
+  state.streams = body.streams;
+  const sel = $("source");
+  sel.replaceChildren(...body.streams.map((s) => {
+    const o = document.createElement("option");
+    o.value = s.name;
+    o.textContent = s.name === s.kind ? s.name : `${s.name} (${s.kind})`;
+    o.title = s.description;
+    return o;
+  }));
+  const wanted = new URLSearchParams(location.search).get("source");
+  const name = body.streams.some((s) => s.name === wanted) ? wanted : body.default;
+  sel.value = name;
+  openStream(name);
+  loadUnits();
+}
+
+start();
+window.v1motion = { state, wsUrl, apiUrl, cameraBlockedReason };
