@@ -154,12 +154,13 @@ def test_memory_cap_is_enforced(good_avi):
 
 def test_deadline_kills_a_stalled_decoder(tmp_path):
     path = tmp_path / "input.bin"
-    path.write_bytes(vs.avi(tmp_path, n=20))
-    with SandboxedDecoder(path, Limits(deadline_s=1.0)) as dec:
-        frames = dec.frames()
-        next(frames)
-        os.kill(dec.pid, signal.SIGSTOP)  # a hung decoder
-        with pytest.raises(DecodeError, match="took longer than 1 s"):
+    path.write_bytes(vs.avi(tmp_path, n=60, size=(320, 240)))  # far more than the 1 MB pipe holds
+    dec = SandboxedDecoder(path, Limits(deadline_s=3.0))
+    with pytest.raises(DecodeError, match="took longer than 3 s"):
+        with dec:
+            frames = dec.frames()
+            next(frames)
+            os.kill(dec.pid, signal.SIGSTOP)  # a hung decoder
             for _ in frames:
                 pass
     assert dec._proc.poll() is not None

@@ -233,3 +233,19 @@ def test_overlay_can_be_switched_off(tmp_path):
         r = c.get(f"/v1/videos/{job['id']}/overlay.mp4")
         assert r.status_code == 404 and "draws no overlays" in r.json()["detail"]
         assert c.get(f"/v1/videos/{job['id']}/summary.png").status_code == 200
+
+
+def test_a_token_is_required_when_the_service_is_exposed(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path / "data", video_engine="random", host="0.0.0.0", token="s3cret"
+    )
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/videos", files={"file": ("a.avi", vs.avi(tmp_path), "video/x-msvideo")})
+        assert r.status_code == 401 and not any((tmp_path / "data" / "videos").iterdir())
+        assert c.get("/v1/videos").status_code == 401
+        r = c.post(
+            "/v1/videos",
+            files={"file": ("a.avi", vs.avi(tmp_path), "video/x-msvideo")},
+            headers={"Authorization": "Bearer s3cret"},
+        )
+        assert r.status_code == 202, r.text
