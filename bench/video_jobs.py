@@ -95,7 +95,9 @@ def two_jobs_at_once(clip: Path, tmp: Path, engine_name: str, limits: Limits) ->
     from service.jobs.engines import engine_factory
     from service.jobs.manager import VideoJobs
 
-    jobs = VideoJobs.local(tmp / "service", limits, engine_factory(engine_name), workers=2)
+    jobs = VideoJobs.local(
+        tmp / "service", limits, engine_factory(engine_name), workers=2, lazy=False
+    )
     jobs.start()
     try:
         while len(jobs.runner.worker_pids()) < 2:  # engines built and warm

@@ -250,3 +250,16 @@ def test_planted_pan_comes_back_through_the_job(tmp_path, vx, vy_up, expected_de
     assert abs(gap) < 30, result["dominant_direction_deg"]
     speed = np.median(np.load(tmp_path / "out" / "motion.npz")["speed_over_time"][20:])
     assert 1.0 < speed < 6.0  # planted 2 px/frame; the engine's speed read-out is coarse
+
+
+def test_workers_start_with_the_first_job_not_with_the_service(tmp_path):
+    jobs = VideoJobs.local(tmp_path / "data", Limits(), fake_engine)
+    jobs.start()
+    try:
+        time.sleep(1.5)
+        assert jobs.runner.worker_pids() == []
+        job_id = _submit(jobs, vs.avi(tmp_path, n=4))
+        assert wait_for(lambda: _finished(jobs, job_id)).status == "succeeded"
+        assert len(jobs.runner.worker_pids()) == 1  # and it stays, warm
+    finally:
+        jobs.stop()

@@ -55,11 +55,11 @@ class VideoJobs:
         self.runner = runner_factory(self.store, self.jobs_dir, limits)
 
     @classmethod
-    def local(cls, data_dir, limits, engine_factory, workers=1, **kw) -> VideoJobs:
+    def local(cls, data_dir, limits, engine_factory, workers=1, lazy=True, **kw) -> VideoJobs:
         return cls(
             data_dir,
             limits,
-            lambda s, d, lim: LocalWorkerPool(s, d, lim, engine_factory, slots=workers),
+            lambda s, d, lim: LocalWorkerPool(s, d, lim, engine_factory, slots=workers, lazy=lazy),
             **kw,
         )
 

@@ -94,6 +94,12 @@ class Runner:
 
     # -- executor hooks
 
+    lazy = False  # True: prepare a slot only once a job is waiting
+
+    def _slot_ready(self, slot: int) -> bool:
+        """Whether the slot is prepared already."""
+        return True
+
     def _setup_slot(self, slot: int) -> bool:
         """Prepare a slot; False if it cannot take jobs yet (retried)."""
         return True
@@ -113,6 +119,10 @@ class Runner:
     def _slot_loop(self, slot: int) -> None:
         backoff = 1.0
         while not self._stop.is_set():
+            if self.lazy and not self._slot_ready(slot) and self.store.count("queued") == 0:
+                with self._wake:  # no worker and nothing to do: do not start one yet
+                    self._wake.wait(1.0)
+                continue
             try:
                 ready = self._setup_slot(slot)
             except Exception:
@@ -208,19 +218,24 @@ def worker_main(conn, engine_factory: Callable[[], object], limits: Limits) -> N
 class LocalWorkerPool(Runner):
     """Jobs run in separate worker processes (spawned), one per slot, each with its own engine.
 
-    A worker that dies (crash, kill, out of memory) fails the job it held with a reason and is replaced.
+    Workers start when the first job is queued (``lazy``) and then stay, warm. A worker that dies
+    (crash, kill, out of memory) fails the job it held with a reason and is replaced.
     """
 
     name = "local"
 
     def __init__(
-        self, store, jobs_dir, limits, engine_factory, slots: int = 1, ready_timeout=600.0
+        self, store, jobs_dir, limits, engine_factory, slots=1, ready_timeout=600.0, lazy=True
     ):
         super().__init__(store, jobs_dir, limits, slots)
         self.engine_factory = engine_factory
+        self.lazy = lazy  # workers start with the first queued job, not with the service
         self.ready_timeout = ready_timeout
         self._ctx = mp.get_context("spawn")
         self._workers: dict[int, tuple[mp.Process, object]] = {}
+
+    def _slot_ready(self, slot: int) -> bool:
+        return slot in self._workers and self._workers[slot][0].is_alive()
 
     def worker_pids(self) -> list[int]:
         return [p.pid for p, _ in self._workers.values()]
