@@ -13,8 +13,8 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def _cholesky_solve(m, rhs, k, work):
-    """Solve ``m[:k, :k] x = rhs[:k]`` for SPD ``m`` in place of ``work``; returns x in a new array."""
+def _cholesky_solve(m, rhs, k, work, x):
+    """Solve ``m[:k, :k] x = rhs[:k]`` for SPD ``m``; ``work`` holds the factor, ``x`` the solution."""
     for i in range(k):
         for j in range(i + 1):
             s = m[i, j]
@@ -24,7 +24,6 @@ def _cholesky_solve(m, rhs, k, work):
                 work[i, i] = np.sqrt(s)
             else:
                 work[i, j] = s / work[j, j]
-    x = np.empty(k)
     for i in range(k):
         s = rhs[i]
         for p in range(i):
@@ -35,7 +34,6 @@ def _cholesky_solve(m, rhs, k, work):
         for p in range(i + 1, k):
             s -= work[p, i] * x[p]
         x[i] = s / work[i, i]
-    return x
 
 
 @njit(cache=True, nogil=True)
@@ -61,7 +59,7 @@ def _best_clones(pi, n_clones, best_pi, best_u):
 @njit(cache=True, nogil=True)
 def _pursuit_patch(
     m, C, G, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, in_support,
-    s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi, out_idx, out_val, out_cnt, out_prior,
+    s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi, xs, out_idx, out_val, out_cnt, out_prior,
 ):  # fmt: skip
     """Greedy pursuit of patch ``m`` given the best clone of every (atom, sign) and its prior log-odds
     (``best_u``, ``best_pi``, both (A, 2)); writes row ``m`` of the outputs."""
@@ -105,7 +103,7 @@ def _pursuit_patch(
                 for j in range(k_act):
                     gmat[i, j] = G[s_atom[i], s_atom[j]]
                 gmat[i, i] += lam
-            xs = _cholesky_solve(gmat, rhs, k_act, work)
+            _cholesky_solve(gmat, rhs, k_act, work, xs)
             keep = 0
             for i in range(k_act):
                 sign = 1.0 if s_sign[i] == 0 else -1.0
@@ -182,6 +180,7 @@ def _ssrnn_infer_frame(
     rhs = np.empty(kmax)
     work = np.empty((kmax, kmax))
     xi = np.zeros(kmax)
+    xs = np.zeros(kmax)
     for m in range(m_patches):
         best_pi[:, :] = base_pi
         best_u[:, :] = base_u
@@ -203,7 +202,7 @@ def _ssrnn_infer_frame(
             best_pi[a, s], best_u[a, s] = _best_clone(pi, a, s, n_clones)
         _pursuit_patch(
             m, C, G, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, in_support,
-            s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi, out_idx, out_val, out_cnt,
+            s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi, xs, out_idx, out_val, out_cnt,
             out_prior,
         )  # fmt: skip
         for t in range(n_touched):
@@ -232,11 +231,12 @@ def _ssrnn_infer_frame_dense(
     rhs = np.empty(kmax)
     work = np.empty((kmax, kmax))
     xi = np.zeros(kmax)
+    xs = np.zeros(kmax)
     for m in range(m_patches):
         _best_clones(PI[m], n_clones, best_pi, best_u)
         _pursuit_patch(
             m, C, G, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, in_support,
-            s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi, out_idx, out_val, out_cnt,
+            s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi, xs, out_idx, out_val, out_cnt,
             out_prior,
         )  # fmt: skip
 

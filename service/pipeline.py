@@ -80,6 +80,7 @@ class CapturedFrame:
     image: np.ndarray
     t_capture: float  # time.monotonic()
     wall_ms: float  # time.time() * 1000, comparable across processes on one machine
+    truth: dict | None = None  # the known velocity, for synthetic sources
 
 
 class Subscriber:
@@ -194,6 +195,7 @@ class StreamPipeline:
         self._threads: list[threading.Thread] = []
         self._rng = random.Random(hash(spec.name) & 0xFFFF)
         self._lock = threading.Lock()
+        self.log = logging.LoggerAdapter(log, {"stream": spec.name})  # a field in JSON logs
 
     # ---- life cycle (called from the event loop) -------------------------------------------
     @property
@@ -212,7 +214,7 @@ class StreamPipeline:
         self._threads = [worker]
         self._start_capture()
         worker.start()
-        log.info("stream %s: started (%s)", self.name, self.spec.describe())
+        self.log.info("stream %s: started (%s)", self.name, self.spec.describe())
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop both threads (blocking: call it via ``asyncio.to_thread``)."""
@@ -220,12 +222,12 @@ class StreamPipeline:
         for t in list(self._threads):
             t.join(timeout)
             if t.is_alive():
-                log.warning(
+                self.log.warning(
                     "stream %s: thread %s did not stop within %.1f s", self.name, t.name, timeout
                 )
         self.state = "idle"
         self.fps = 0.0
-        log.info("stream %s: stopped", self.name)
+        self.log.info("stream %s: stopped", self.name)
 
     def status(self) -> dict[str, Any]:
         age = time.monotonic() - self._last_frame_t if self.running and self.frames else None
@@ -277,7 +279,8 @@ class StreamPipeline:
                         break
                     now = time.monotonic()
                     self._last_frame_t = now
-                    self._slot.put(CapturedFrame(frame, now, time.time() * 1000.0))
+                    truth = getattr(source, "truth", None)
+                    self._slot.put(CapturedFrame(frame, now, time.time() * 1000.0, truth))
                     if not got_frame:
                         got_frame, attempt = True, 0
                         self.state, self.last_error = "running", None
@@ -285,7 +288,7 @@ class StreamPipeline:
                 if not self._current(gen):
                     break
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning(
+                self.log.warning(
                     "stream %s: source failed (%s)",
                     self.name,
                     self.last_error,
@@ -296,14 +299,16 @@ class StreamPipeline:
                     try:
                         source.close()
                     except Exception:
-                        log.exception("stream %s: closing the source failed", self.name)
+                        self.log.exception("stream %s: closing the source failed", self.name)
             if not self._current(gen):
                 break
             delay = self._backoff(attempt)
             attempt += 1
             self.state = "reconnecting"
             self.metrics.reconnects.labels(self.name).inc()
-            log.info("stream %s: reconnecting in %.2f s (attempt %d)", self.name, delay, attempt)
+            self.log.info(
+                "stream %s: reconnecting in %.2f s (attempt %d)", self.name, delay, attempt
+            )
             self._stop.wait(delay)
             self._last_frame_t = time.monotonic()
 
@@ -313,7 +318,9 @@ class StreamPipeline:
             return
         age = time.monotonic() - self._last_frame_t
         if age > self.settings.stall_timeout_s:
-            log.warning("stream %s: stalled (no frame for %.1f s); reconnecting", self.name, age)
+            self.log.warning(
+                "stream %s: stalled (no frame for %.1f s); reconnecting", self.name, age
+            )
             self.state = "stalled"
             self.last_error = f"no frame for {age:.1f} s"
             self.metrics.stalls.labels(self.name).inc()
@@ -325,7 +332,7 @@ class StreamPipeline:
         try:
             self._work_loop()
         except Exception:
-            log.exception("stream %s: worker died", self.name)
+            self.log.exception("stream %s: worker died", self.name)
             self.state = "error"
             self.last_error = "worker thread died; see the server log"
 
@@ -357,7 +364,7 @@ class StreamPipeline:
             try:
                 mf = engine.step(state, cf.image)
             except ValueError as exc:
-                log.warning("stream %s: frame rejected by the engine: %s", self.name, exc)
+                self.log.warning("stream %s: frame rejected by the engine: %s", self.name, exc)
                 self.last_error = str(exc)
                 continue
             t1 = time.monotonic()
@@ -395,6 +402,7 @@ class StreamPipeline:
                 },
                 motion=protocol.motion_payload(mf),
                 flow=flow_payload,
+                truth=cf.truth,
                 preview=preview is not None,
             )
             out = protocol.Outgoing(

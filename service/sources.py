@@ -92,6 +92,7 @@ class SyntheticSource:
         self._t = 0
         self._image: np.ndarray | None = None
         self._pacer: _Pacer | None = None
+        self.truth: dict | None = None  # velocity shown in the frame last read
 
     def velocity_at(self, t: int) -> tuple[str, float, float]:
         """Return ``(kind, direction_rad, speed_px_per_frame)`` shown at frame ``t``."""
@@ -119,6 +120,11 @@ class SyntheticSource:
         self._pacer.wait()
         shape = (self.spec.height, self.spec.width)
         kind, direction, speed = self.velocity_at(self._t)
+        self.truth = {
+            "kind": kind,
+            "direction_deg": round(math.degrees(direction), 1),
+            "speed": speed,
+        }
         if kind == "grating":
             img = grating_frame(shape, direction, speed, period=24.0, t=float(self._t))
         else:

@@ -252,3 +252,16 @@ def test_too_many_cameras_are_told_so():
                 assert expect_error(second, "busy")
                 with pytest.raises(WebSocketDisconnect):
                     second.receive_text()
+
+
+def test_camera_with_a_failed_engine_is_told_so():
+    def broken():
+        raise RuntimeError("no weights")
+
+    with TestClient(create_app(Settings(), engine_factory=broken)) as c:
+        with c.websocket_connect("/v1/camera") as ws:
+            assert expect_error(ws, "not_ready")
+            with pytest.raises(WebSocketDisconnect) as exc:
+                ws.receive_text()
+            assert exc.value.code == 1013
+        assert c.get("/healthz").status_code == 200

@@ -56,6 +56,7 @@ def test_sigterm_with_open_websockets_exits_within_seconds(server):
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
         while not (isinstance(m := ws.recv(timeout=30), str) and json.loads(m)["type"] == "result"):
             pass
+        assert json.loads(m)["truth"]["kind"] in ("grating", "pan")  # the synthetic ground truth
     camera = connect(f"ws://127.0.0.1:{port}/v1/camera")
     camera.send(json.dumps({"type": "hello", "width": 64, "height": 64}))
     assert json.loads(camera.recv(timeout=10))["type"] == "ready"
@@ -85,6 +86,7 @@ def test_logs_are_json_lines_with_the_stream_name(server):
     assert records, log_path.read_text()
     assert {"ts", "level", "logger", "msg", "thread"} <= set(records[0])
     assert any("stream synthetic: viewer joined" in r["msg"] for r in records)
+    assert any(r.get("stream") == "synthetic" and "started" in r["msg"] for r in records)
     assert any(r["msg"].startswith("engine ready") for r in records)
 
 

@@ -29,6 +29,11 @@ def test_synthetic_source_moves_as_its_schedule_says(segment):
     src._t = segment * n + n // 2
     frames = [src.read() for _ in range(5)]
     kind, direction, speed = src.velocity_at(segment * n + n // 2)
+    assert src.truth == {
+        "kind": kind,
+        "direction_deg": round(math.degrees(direction), 1),
+        "speed": speed,
+    }
     assert frames[0].shape == (240, 320) and frames[0].dtype == np.uint8
     dx, dy = np.divide(measured_shift(frames[0], frames[4]), 4)  # 4 frames: sub-pixel errors shrink
     if kind == "pan":  # a pan moves the whole content: the shift is the velocity

@@ -43,7 +43,7 @@ def test_learning_recovers_planted_dictionary_and_recurrence():
     rng = np.random.default_rng(1)
     cfg = TrainConfig(
         n_atoms=6, n_clones=1, patch=4, tau_x=2.0, tau_y=0.3, kmax=4, batch=100, seq_len=20,
-        steps_w=150, steps_r=400, lr_r=3.0, r_clip=5.0, b_init=-2.0, seed=0,
+        steps_w=150, steps_r=400, lr_r=3.0, r_clip=5.0, b_init=-2.0, seed=0, r_density=1.0,
     )  # fmt: skip
     model, hist = fit_ssrnn(cfg, lambda: _sample(true, rng, cfg.batch, cfg.seq_len), rng, False)
     cos = true.W_.T @ model.W_  # (true atoms, learned atoms)
@@ -95,3 +95,22 @@ def test_load_rejects_foreign_and_future_files(tmp_path):
     np.savez(tmp_path / "future.npz", **arrays)
     with pytest.raises(ValueError, match="format version 99"):
         SSRNN.load(tmp_path / "future.npz")
+
+
+def test_prune_recurrent_keeps_the_largest_entries(rng):
+    from models.ssrnn import prune_recurrent, recurrent_csr
+
+    r = rng.standard_normal((40, 40)).astype(np.float32)
+    p = prune_recurrent(r, 0.05)
+    kept = p != 0
+    assert kept.sum() == 80
+    assert np.abs(r[kept]).min() >= np.abs(r[~kept]).max()
+    np.testing.assert_array_equal(p[kept], r[kept])
+    ptr, idx, val = recurrent_csr(p)
+    assert ptr[-1] == 80
+    dense = np.zeros_like(r)
+    for j in range(40):
+        dense[idx[ptr[j] : ptr[j + 1]], j] = val[ptr[j] : ptr[j + 1]]
+    np.testing.assert_array_equal(dense, p)
+    with pytest.raises(ValueError, match="density"):
+        prune_recurrent(r, 0.0)

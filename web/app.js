@@ -239,7 +239,7 @@ function drawBars(canvas, values, labels, highlight) {
   }
 }
 
-function drawDominantArrow(canvas, deg, conf) {
+function drawDominantArrow(canvas, deg, conf, truth) {
   const ctx = canvas.getContext("2d");
   const w = canvas.width, c = w / 2;
   ctx.clearRect(0, 0, w, w);
@@ -248,6 +248,15 @@ function drawDominantArrow(canvas, deg, conf) {
   ctx.beginPath();
   ctx.arc(c, c, c - 4, 0, 2 * Math.PI);
   ctx.stroke();
+  if (truth) { // the known velocity of a synthetic source: a tick on the rim
+    const t = (truth.direction_deg * Math.PI) / 180;
+    ctx.strokeStyle = "#e6edf3";
+    ctx.lineWidth = 4;
+    ctx.beginPath();
+    ctx.moveTo(c + Math.cos(t) * (c - 14), c - Math.sin(t) * (c - 14));
+    ctx.lineTo(c + Math.cos(t) * (c - 1), c - Math.sin(t) * (c - 1));
+    ctx.stroke();
+  }
   if (deg == null) return;
   const rad = (deg * Math.PI) / 180, len = (c - 14) * 2;
   ctx.strokeStyle = hue(deg, 0.3 + 0.7 * conf, 62);
@@ -346,7 +355,15 @@ function render() {
   $("dom-speed").textContent = confident ? `${fmtSpeed(g.speed)} px/frame` : "no clear motion";
   $("dom-conf").textContent = g.confidence.toFixed(2);
   $("dom-conf-bar").style.width = `${Math.round(100 * g.confidence)}%`;
-  drawDominantArrow($("dominant-arrow"), confident ? g.direction_deg : null, g.confidence);
+  drawDominantArrow($("dominant-arrow"), confident ? g.direction_deg : null, g.confidence, m.truth);
+  const truth = $("truth");
+  truth.hidden = !m.truth;
+  if (m.truth) {
+    truth.replaceChildren("truth: ");
+    const b = document.createElement("b");
+    b.textContent = `${Math.round(m.truth.direction_deg)}° · ${fmtSpeed(m.truth.speed)} px/frame`;
+    truth.append(b, ` (${m.truth.kind})`);
+  }
   drawPolar($("polar"), m.motion.direction_hist, confident ? g.direction_deg : null);
   const speeds = state.units ? state.units.histogram_speed_bins : null;
   const labels = m.motion.speed_hist.map((_, k) => (speeds ? fmtSpeed(speeds[k]) : `${k}`));
@@ -498,7 +515,22 @@ async function startCamera() {
     c.height = CAMERA_SIZE.height;
     return c;
   });
-  state.camera = { media, canvases, turn: 0, sentCanvas: null, inFlight: false, sentAt: null, ready: false };
+  state.camera = {
+    media, canvases, turn: 0, sentCanvas: null, inFlight: false, sentAt: null, ready: false,
+    presented: null, sentPresented: null, waiting: false,
+  };
+  if (video.requestVideoFrameCallback) {
+    const cam = state.camera;
+    cam.presented = 0;
+    cam.sentPresented = -1;
+    const onFrame = (now, meta) => {
+      if (state.camera !== cam) return;
+      cam.presented = meta.presentedFrames;
+      if (cam.waiting) { cam.waiting = false; sendCameraFrame(); }
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
   state.mode = "camera";
   $("camera-btn").classList.add("active");
   $("camera-label").textContent = "Stop camera";
@@ -537,6 +569,12 @@ function sendCameraFrame() {
   const cam = state.camera;
   const ws = state.ws;
   if (!cam || !cam.ready || cam.inFlight || !ws || ws.readyState !== WebSocket.OPEN) return;
+  // Never analyse the same camera frame twice: wait for the next one the video presents.
+  if (cam.presented !== null && cam.presented === cam.sentPresented) {
+    cam.waiting = true;
+    return;
+  }
+  cam.sentPresented = cam.presented;
   // Two canvases take turns: one holds the frame on screen (the last analysed), the other the frame
   // in flight, so the map is always drawn over the very image it was computed from.
   cam.turn = 1 - cam.turn;
@@ -656,6 +694,21 @@ async function start() {
   });
   waitReady();
   start2();
+  pollStreamState();
+}
+
+// The source's own state (running, reconnecting, stalled...) as the server reports it.
+async function pollStreamState() {
+  if (state.mode === "stream" && state.stream && state.ws && state.ws.readyState === WebSocket.OPEN) {
+    try {
+      const s = await api(`v1/streams/${encodeURIComponent(state.stream)}`);
+      if (s.state === "running") setConn(`live · ${s.name}`, "live");
+      else if (s.state === "starting") setConn(`starting · ${s.name}`, "idle");
+      else setConn(`${s.state} · ${s.name}`, s.state === "error" ? "bad" : "warn");
+      $("conn").title = s.error || "";
+    } catch (e) { /* shown by the socket's own state */ }
+  }
+  setTimeout(pollStreamState, 2000);
 }
 
 async function start2() {

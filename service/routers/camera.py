@@ -161,7 +161,12 @@ async def camera_socket(ws: WebSocket) -> None:
 
 
 async def _serve_camera(ws: WebSocket, settings, metrics, holder) -> None:
-    if not await asyncio.to_thread(holder.ready.wait, 60.0):
+    # Polled rather than waited on in a thread: waiting cameras must not fill the thread pool.
+    for _ in range(300):
+        if holder.ready.is_set() or holder.failed.is_set():
+            break
+        await asyncio.sleep(0.2)
+    if not holder.ready.is_set():
         await ws.send_text(protocol.error("not_ready", "the engine is not ready; retry shortly"))
         await close_quietly(ws, 1013, "not ready")
         return
