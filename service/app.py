@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from service import http_errors
 from service.metrics import Metrics
 from service.pipeline import EngineHolder, StreamManager, StreamPipeline
-from service.routers import camera, language, ops, spikes, streams
+from service.routers import camera, language, ops, spikes, streams, videos
 from service.settings import Settings
 from service.sources import SourceFactory, source_factory
 
@@ -84,9 +84,11 @@ def create_app(
         log.info("serving streams: %s", ", ".join(pipelines))
         app.state.language_scorer = language.load_scorer(settings)
         spikes.setup(app)
+        await videos.start_jobs(app, settings)
         try:
             yield
         finally:
+            await videos.stop_jobs(app)
             spikes.teardown(app)
             await asyncio.wait_for(manager.close(), settings.shutdown_timeout_s)
 
@@ -102,6 +104,7 @@ def create_app(
     app.include_router(language.router)
     app.include_router(streams.router)
     app.include_router(camera.router)
+    app.include_router(videos.router)
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     else:

@@ -10,6 +10,7 @@ import sys
 # Each module defines ``add_parser(subparsers)`` which registers its subcommand and sets ``func``.
 COMMAND_MODULES = [
     "service.commands.serve",
+    "service.commands.motion",
     "service.commands.train",
     "service.commands.analyze",
     "service.commands.stfit",

@@ -259,7 +259,12 @@ def _fit(y, spec: SpikeModelCreate) -> dict:
 
 
 # ----------------------------------------------------------------------------- routes
-@router.post("/models", response_model=SpikeModelPublic, status_code=201)
+NOT_FOUND = {404: {"description": "no spike model with this id"}}
+BUSY = {429: {"description": "too many spike jobs queued; retry later"}}
+BAD_DATA = {422: {"description": "counts or options that cannot be used (the detail says why)"}}
+
+
+@router.post("/models", response_model=SpikeModelPublic, status_code=201, responses=BAD_DATA | BUSY)
 async def create_model(request: Request, store: Store, worker: Worker) -> SpikeModelPublic:
     """Fit a model (JSON body, or multipart with an .npz ``file`` holding ``counts``)."""
     settings = request.app.state.settings
@@ -274,12 +279,16 @@ async def create_model(request: Request, store: Store, worker: Worker) -> SpikeM
     return _public(rec)
 
 
-@router.get("/models/{model_id}", response_model=SpikeModelPublic)
+@router.get("/models/{model_id}", response_model=SpikeModelPublic, responses=NOT_FOUND)
 def get_model(model_id: str, store: Store) -> SpikeModelPublic:
     return _public(store.get(model_id))
 
 
-@router.post("/models/{model_id}/evaluate", response_model=SpikeEvaluation)
+@router.post(
+    "/models/{model_id}/evaluate",
+    response_model=SpikeEvaluation,
+    responses=NOT_FOUND | BAD_DATA | BUSY,
+)
 async def evaluate_model(
     model_id: str, data: SpikeData, request: Request, store: Store, worker: Worker
 ):
@@ -295,7 +304,9 @@ async def evaluate_model(
     return SpikeEvaluation(id=model_id, **res)
 
 
-@router.post("/models/{model_id}/sample", response_model=SamplePublic)
+@router.post(
+    "/models/{model_id}/sample", response_model=SamplePublic, responses=NOT_FOUND | BAD_DATA | BUSY
+)
 async def sample_model(
     model_id: str, body: SampleCreate, request: Request, store: Store, worker: Worker
 ):

@@ -1,0 +1,77 @@
+"""``v1motion motion INPUT -o OUTDIR``: the motion map of a video file, offline, with a progress bar.
+
+Runs the same job function as the service (sniffing, sandboxed decoding, the same limits), and writes
+motion.json, motion.npz, overlay.mp4, summary.png and result.json into OUTDIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("motion", help="compute the motion map of a video file")
+    p.add_argument("input", type=Path, help="video file (MP4/MOV, AVI, Matroska/WebM)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="results folder")
+    p.add_argument(
+        "--engine", choices=("default", "random"), default="default", help="motion engine"
+    )
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this much video")
+    p.add_argument(
+        "--max-side", type=int, default=None, help="shrink frames to this longer side first"
+    )
+    p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from service.jobs.decode import DecodeError
+    from service.jobs.engines import engine_factory
+    from service.jobs.limits import Limits
+    from service.jobs.process import RESULT_FILES, process_video
+
+    out = args.output
+    if out.exists() and (
+        not out.is_dir() or set(p.name for p in out.iterdir()) - set(RESULT_FILES)
+    ):
+        print(f"error: {out} exists and holds other files; choose a new folder", file=sys.stderr)
+        return 2
+    if not args.input.is_file():
+        print(f"error: {args.input} is not a file", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    limits = Limits()
+    overrides = {"max_frames": args.max_frames, "max_seconds": args.max_seconds}
+    overrides["max_side"] = args.max_side
+    limits = replace(limits, **{k: v for k, v in overrides.items() if v is not None})
+    bar = tqdm(unit="frame", desc=args.input.name)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        result = process_video(
+            args.input,
+            out,
+            engine_factory(args.engine),
+            limits,
+            progress,
+            overlay=not args.no_overlay,
+        )
+    except DecodeError as exc:
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar.close()
+    print(json.dumps(result, indent=1))
+    print(f"results in {out}")
+    return 0

@@ -1,0 +1,397 @@
+"""Decode an untrusted video in a separate, capped process.
+
+The parent (:class:`SandboxedDecoder`) starts ``python -m service.jobs.decode`` with the stored file's
+path and the :class:`~service.jobs.limits.Limits`. The child caps its own address space
+(``RLIMIT_AS``), CPU time and open files, restricts OpenCV's FFmpeg backend to plain files and to the
+allowed demuxers (``protocol_whitelist;file|format_whitelist;...`` through
+``OPENCV_FFMPEG_CAPTURE_OPTIONS``), probes the stream (a video stream exists, size, codec, frame rate)
+and only then decodes, stopping at the frame and duration caps whatever the container declares.
+Frames travel over a pipe as tagged messages. A crash, an abort, a memory blow-up or a hang ends the
+child, never the parent: the parent sees end-of-pipe or its deadline and raises :class:`DecodeError`
+with a readable reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.jobs.limits import Limits
+
+log = logging.getLogger(__name__)
+
+# Demuxers OpenCV's FFmpeg backend may use: the containers sniff.py accepts, nothing that reads other
+# files (hls, concat, image2, subtitles...).
+FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,avi,matroska,webm"
+CAPTURE_OPTIONS = f"protocol_whitelist;file|format_whitelist;{FORMAT_WHITELIST}"
+
+_MSG = struct.Struct("<cI")  # tag, payload length
+_HEADER, _FRAME, _ERROR, _DONE = b"H", b"F", b"E", b"D"
+_EXIT_REJECTED = 3
+# What running into RLIMIT_AS looks like on the child's stderr.
+_OOM_MARKS = (
+    "MemoryError",
+    "bad_alloc",
+    "Cannot allocate",
+    "failed to map segment",
+    "out of memory",
+)
+
+
+class DecodeError(RuntimeError):
+    """Decoding failed; the message is meant for the user."""
+
+
+class VideoRejected(DecodeError):
+    """The video breaks one of the limits or is not a readable video."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the probe found; ``out_width`` x ``out_height`` is the size of the frames delivered."""
+
+    width: int
+    height: int
+    fps: float
+    codec: str
+    declared_frames: int
+    out_width: int
+    out_height: int
+    max_frames: int
+
+    @property
+    def scale(self) -> float:
+        return self.out_width / self.width
+
+
+# ----------------------------------------------------------------------------------------- child
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (no orphaned decoders or workers after
+    a hard kill of the service). A no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except OSError:
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OPENCV_FFMPEG_CAPTURE_OPTIONS=CAPTURE_OPTIONS,
+        OPENCV_VIDEOIO_PRIORITY_LIST="FFMPEG",
+        OPENCV_LOG_LEVEL="ERROR",
+        OPENCV_FFMPEG_LOGLEVEL="8",
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+    )
+    return env
+
+
+def _fourcc(value: float) -> str:
+    code = int(value) & 0xFFFFFFFF
+    return code.to_bytes(4, "little").decode("latin-1").strip("\x00 ").lower()
+
+
+def check_probe(width: int, height: int, fps: float, codec: str, limits: Limits) -> None:
+    """Raise :class:`VideoRejected` if a probed stream breaks a limit (runs in the child)."""
+    if width <= 0 or height <= 0:
+        raise VideoRejected("the file has no decodable video stream")
+    if min(width, height) < limits.min_side:
+        raise VideoRejected(
+            f"frame size {width}x{height} is too small: each side needs at least {limits.min_side} px"
+        )
+    if width > limits.max_width or height > limits.max_height:
+        raise VideoRejected(
+            f"frame size {width}x{height} exceeds the limit of {limits.max_width}x{limits.max_height}"
+        )
+    if not np.isfinite(fps) or fps < limits.min_fps or fps > limits.max_fps:
+        raise VideoRejected(
+            f"frame rate {fps:g} fps is outside the accepted range "
+            f"{limits.min_fps:g}-{limits.max_fps:g} fps"
+        )
+    if codec not in limits.codecs:
+        raise VideoRejected(
+            f"video codec {codec or 'raw/unknown'!r} is not accepted; accepted: {', '.join(limits.codecs)}"
+        )
+
+
+def _child_main(path: str, limits: Limits, probe_only: bool) -> int:
+    import resource
+
+    die_with_parent()
+    mem = limits.memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    cpu = max(1, int(limits.deadline_s) + 5)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    # Our messages get a private copy of stdout; fd 1 becomes stderr, so anything native code prints
+    # cannot corrupt the frame stream.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+
+    def send(tag: bytes, payload) -> None:
+        view = memoryview(payload).cast("B")
+        out.write(_MSG.pack(tag, view.nbytes))
+        out.write(view)
+
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+        cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            raise VideoRejected(
+                "the file could not be opened as a video: it has no video stream, is truncated, "
+                "or its container is not an accepted one"
+            )
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        codec = _fourcc(cap.get(cv2.CAP_PROP_FOURCC))
+        declared = int(max(0.0, cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+        check_probe(width, height, fps, codec, limits)
+        scale = min(1.0, limits.max_side / max(width, height))
+        out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+        max_frames = int(min(limits.max_frames, np.floor(limits.max_seconds * fps)))
+        header = dict(
+            width=width,
+            height=height,
+            fps=fps,
+            codec=codec,
+            declared_frames=declared,
+            out_width=out_w,
+            out_height=out_h,
+            max_frames=max_frames,
+        )
+        send(_HEADER, json.dumps(header).encode())
+        out.flush()
+        n, reason = 0, "end"
+        while not probe_only:
+            if n >= max_frames:
+                reason = "cap"
+                break
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                break
+            if frame.shape[:2] != (height, width):
+                raise VideoRejected(
+                    f"frame {n} is {frame.shape[1]}x{frame.shape[0]}, "
+                    f"but the stream declared {width}x{height}"
+                )
+            if (out_w, out_h) != (width, height):
+                frame = cv2.resize(frame, (out_w, out_h), interpolation=cv2.INTER_AREA)
+            if frame.ndim == 2:
+                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            send(_FRAME, np.ascontiguousarray(frame, dtype=np.uint8))
+            n += 1
+        cap.release()
+        send(_DONE, json.dumps({"frames": n, "stop": reason}).encode())
+        out.flush()
+        return 0
+    except VideoRejected as exc:
+        send(_ERROR, str(exc).encode())
+        out.flush()
+        return _EXIT_REJECTED
+    except MemoryError:
+        send(_ERROR, f"the decoder ran out of memory (limit {limits.memory_mb} MB)".encode())
+        out.flush()
+        return _EXIT_REJECTED
+
+
+# ---------------------------------------------------------------------------------------- parent
+
+
+class SandboxedDecoder:
+    """Run the decoder child for one file; use as a context manager.
+
+    Parameters
+    ----------
+    path : Path
+        The stored file (a generated name inside the job folder).
+    limits : Limits
+    probe_only : bool
+        Stop after the header (used to check an upload before it is queued).
+
+    Attributes
+    ----------
+    info : VideoInfo
+        Set on entry.
+    frames_decoded : int
+    stopped_at_cap : bool
+        True when decoding stopped at the frame/duration cap rather than the end of the file.
+    """
+
+    def __init__(self, path: Path, limits: Limits, probe_only: bool = False):
+        self.path = Path(path)
+        self.limits = limits
+        self.probe_only = probe_only
+        self.info: VideoInfo | None = None
+        self.frames_decoded = 0
+        self.stopped_at_cap = False
+        self._proc: subprocess.Popen | None = None
+        self._stderr_tail: deque[bytes] = deque(maxlen=20)
+        self._deadline = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def __enter__(self) -> SandboxedDecoder:
+        cmd = [sys.executable, "-m", "service.jobs.decode", str(self.path)]
+        cmd += [json.dumps(self.limits.to_dict())] + (["--probe"] if self.probe_only else [])
+        self._proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_child_env(),
+            close_fds=True,
+        )
+        threading.Thread(target=self._drain_stderr, name="decoder-stderr", daemon=True).start()
+        _widen_pipe(self._proc.stdout.fileno())
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._proc.stdout, selectors.EVENT_READ)
+        start = time.monotonic()
+        self._deadline = start + self.limits.deadline_s
+        tag, payload = self._read_message(start + self.limits.probe_timeout_s, "probing")
+        if tag == _ERROR:
+            raise VideoRejected(bytes(payload).decode(errors="replace"))
+        if tag != _HEADER:
+            raise DecodeError("the decoder sent no stream description")
+        self.info = VideoInfo(**json.loads(bytes(payload)))
+        # Defence in depth: the child checked these too.
+        if self.info.out_width * self.info.out_height > self.limits.max_side**2:
+            raise DecodeError("the decoder reported an impossible frame size")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        self._sel.close()
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Yield BGR uint8 frames of shape (out_height, out_width, 3) until the end or a cap."""
+        info = self.info
+        nbytes = info.out_width * info.out_height * 3
+        while True:
+            tag, payload = self._read_message(self._deadline, "decoding", max_len=nbytes)
+            if tag == _FRAME:
+                if len(payload) != nbytes:
+                    raise DecodeError("the decoder sent a frame of the wrong size")
+                self.frames_decoded += 1
+                yield np.frombuffer(payload, np.uint8).reshape(info.out_height, info.out_width, 3)
+            elif tag == _DONE:
+                self.stopped_at_cap = json.loads(bytes(payload))["stop"] == "cap"
+                return
+            elif tag == _ERROR:
+                raise VideoRejected(bytes(payload).decode(errors="replace"))
+            else:
+                raise DecodeError("the decoder sent an unknown message")
+
+    # -- plumbing
+
+    def _drain_stderr(self) -> None:
+        for line in self._proc.stderr:
+            self._stderr_tail.append(line[:300])
+        self._proc.stderr.close()
+
+    def _read_exact(self, n: int, deadline: float, what: str) -> bytearray:
+        """Read exactly ``n`` bytes into a fresh buffer (frames are handed on without a copy)."""
+        buf = bytearray(n)
+        view = memoryview(buf)
+        fd = self._proc.stdout.fileno()
+        got = 0
+        while got < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._proc.kill()
+                limit = self.limits.probe_timeout_s if what == "probing" else self.limits.deadline_s
+                raise DecodeError(f"the decoder took longer than {limit:g} s while {what}")
+            if not self._sel.select(timeout=min(remaining, 1.0)):
+                continue
+            k = os.readv(fd, [view[got:]])
+            if k == 0:
+                raise self._died(what)
+            got += k
+        return buf
+
+    def _read_message(
+        self, deadline: float, what: str, max_len: int = 1 << 16
+    ) -> tuple[bytes, bytearray]:
+        tag, length = _MSG.unpack(bytes(self._read_exact(_MSG.size, deadline, what)))
+        if length > max(max_len, 1 << 16):
+            raise DecodeError("the decoder sent an oversized message")
+        return tag, self._read_exact(length, deadline, what)
+
+    def _died(self, what: str) -> DecodeError:
+        try:
+            code = self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            code = self._proc.wait()
+        tail = b"".join(self._stderr_tail).decode(errors="replace").strip()
+        log.info(
+            "decoder for %s exited with %s while %s; stderr tail: %s", self.path, code, what, tail
+        )
+        if code < 0:
+            name = signal.Signals(-code).name
+            return DecodeError(f"the decoder crashed ({name}) while {what} the file")
+        if any(m in tail for m in _OOM_MARKS):
+            return DecodeError(
+                f"the decoder ran out of memory (limit {self.limits.memory_mb} MB) while {what}"
+            )
+        return DecodeError(f"the decoder stopped unexpectedly (exit code {code}) while {what}")
+
+
+def _widen_pipe(fd: int) -> None:
+    """Grow the frame pipe from 64 kB to 1 MB (Linux), so a frame crosses in a few reads."""
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except OSError:
+        log.debug("could not widen the decoder pipe")
+
+
+def probe(path: Path, limits: Limits) -> VideoInfo:
+    """Open and check ``path`` in the sandbox without decoding frames; raises :class:`DecodeError`."""
+    with SandboxedDecoder(path, limits, probe_only=True) as dec:
+        return dec.info
+
+
+def _main(argv: list[str]) -> int:
+    path, limits_json = argv[0], argv[1]
+    return _child_main(path, Limits.from_dict(json.loads(limits_json)), "--probe" in argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,84 @@
+"""The limits a video must respect before and while it is decoded."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# FourCC codes (as OpenCV's FFmpeg backend reports them) of the video codecs we agree to decode.
+DEFAULT_CODECS = (
+    "h264",
+    "avc1",
+    "hevc",
+    "hev1",
+    "hvc1",
+    "mp4v",
+    "fmp4",
+    "xvid",
+    "divx",
+    "dx50",
+    "mp42",
+    "mp43",
+    "mjpg",
+    "cvid",
+    "vp80",
+    "vp90",
+    "vp08",
+    "vp09",
+    "av01",
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps applied to one video job.
+
+    Parameters
+    ----------
+    max_width, max_height : int
+        Largest accepted frame size in pixels (the declared size; checked before any frame is decoded).
+    min_side : int
+        Smallest accepted width and height (the motion engine needs a few patches per side).
+    max_frames : int
+        Decoding stops after this many frames, whatever the container declares.
+    max_seconds : float
+        Decoding stops after this much video time (frames / fps).
+    min_fps, max_fps : float
+        Accepted range of the declared frame rate.
+    codecs : tuple of str
+        Allowed codec FourCCs, lower case.
+    memory_mb : int
+        Address-space cap of the decoder process (``RLIMIT_AS``).
+    deadline_s : float
+        Wall-clock limit of one job's decoding; the decoder is killed when it passes.
+    probe_timeout_s : float
+        Wall-clock limit of opening and probing the file.
+    max_side : int
+        Frames larger than this on their longer side are shrunk before the motion engine sees them.
+    overlay : bool
+        Draw and encode ``overlay.mp4`` (at 640x480 it costs several times what decoding does).
+    """
+
+    max_width: int = 3840
+    max_height: int = 2160
+    min_side: int = 64
+    max_frames: int = 18_000
+    max_seconds: float = 600.0
+    min_fps: float = 1.0
+    max_fps: float = 240.0
+    codecs: tuple[str, ...] = field(default=DEFAULT_CODECS)
+    memory_mb: int = 2048
+    deadline_s: float = 1800.0
+    probe_timeout_s: float = 20.0
+    max_side: int = 640
+    overlay: bool = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["codecs"] = list(self.codecs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Limits:
+        d = dict(d)
+        d["codecs"] = tuple(d.get("codecs", DEFAULT_CODECS))
+        return cls(**d)

@@ -1,0 +1,123 @@
+"""The video job service behind the router: store, job folders, runner, start-up recovery."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from service.jobs.limits import Limits
+from service.jobs.runners import LocalWorkerPool, Runner, job_paths
+from service.jobs.store import JobRecord, JobStore
+
+log = logging.getLogger(__name__)
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+DB_NAME = "jobs.sqlite3"
+JOBS_FOLDER = "videos"
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class VideoJobs:
+    """Owns the job store, the job folders and the runner.
+
+    Parameters
+    ----------
+    data_dir : Path
+        ``jobs.sqlite3`` and ``videos/<job id>/`` live here.
+    limits : Limits
+    runner_factory : callable(store, jobs_dir, limits) -> Runner
+    max_queued : int
+        Uploads are refused (503) while this many jobs wait.
+    max_attempts : int
+        Starts allowed per job before a restart-interrupted job is failed.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        limits: Limits,
+        runner_factory: Callable[[JobStore, Path, Limits], Runner],
+        max_queued: int = 32,
+        max_attempts: int = 2,
+    ):
+        self.data_dir = Path(data_dir)
+        self.jobs_dir = self.data_dir / JOBS_FOLDER
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.limits, self.max_queued, self.max_attempts = limits, max_queued, max_attempts
+        self.store = JobStore(self.data_dir / DB_NAME)
+        self.runner = runner_factory(self.store, self.jobs_dir, limits)
+
+    @classmethod
+    def local(cls, data_dir, limits, engine_factory, workers=1, lazy=True, **kw) -> VideoJobs:
+        return cls(
+            data_dir,
+            limits,
+            lambda s, d, lim: LocalWorkerPool(s, d, lim, engine_factory, slots=workers, lazy=lazy),
+            **kw,
+        )
+
+    def start(self) -> None:
+        requeued, failed = self.store.recover(self.max_attempts)
+        if requeued or failed:
+            log.warning("recovered %d interrupted jobs, failed %d", len(requeued), len(failed))
+        self._sweep()
+        self.runner.start()
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.store.close()
+
+    def _sweep(self) -> None:
+        """Remove job folders with no record (an upload cut off by a crash) and half-written results;
+        fail queued jobs whose stored upload is missing."""
+        known = set()
+        records, _ = self.store.list(limit=1_000_000)
+        for rec in records:
+            known.add(rec.id)
+            inp, out = job_paths(self.jobs_dir, rec.id)
+            shutil.rmtree(out.with_name("out.tmp"), ignore_errors=True)
+            if rec.status == "queued" and not inp.exists():
+                self.store.fail(rec.id, "the stored upload is missing; upload the video again")
+        for folder in self.jobs_dir.iterdir():
+            if folder.name not in known:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # -- used by the router
+
+    def queue_full(self) -> bool:
+        return self.store.count("queued") >= self.max_queued
+
+    def new_folder(self) -> tuple[str, Path]:
+        job_id = new_job_id()
+        folder = self.jobs_dir / job_id
+        folder.mkdir()
+        return job_id, folder
+
+    def submit(self, job_id: str, filename: str, content_type: str, size_bytes: int) -> JobRecord:
+        rec = self.store.create(job_id, filename, content_type, size_bytes)
+        self.runner.wake()
+        return rec
+
+    def get(self, job_id: str) -> JobRecord | None:
+        if not JOB_ID.match(job_id):
+            return None
+        return self.store.get(job_id)
+
+    def result_path(self, job_id: str, name: str) -> Path:
+        return job_paths(self.jobs_dir, job_id)[1] / name
+
+    def delete(self, job_id: str) -> bool:
+        rec = self.get(job_id)
+        if rec is None:
+            return False
+        self.store.delete(job_id)  # first, so no slot can claim it any more
+        self.runner.cancel(job_id)  # then stop it if a slot already holds it
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+        return True

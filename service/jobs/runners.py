@@ -1,0 +1,317 @@
+"""Who runs the queued jobs: local worker processes (default) or Ray tasks (when configured).
+
+Both share one dispatcher: a thread per slot claims the oldest queued job from the store, hands it to
+its executor and records progress and the outcome. The queue is the ``queued`` rows of the store (its
+length is capped where uploads come in); each slot holds at most one job.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import shutil
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from service.jobs.limits import Limits
+from service.jobs.store import JobRecord, JobStore
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input.bin"
+OUTPUT_DIR = "out"
+JOB_GRACE_S = 60.0  # beyond the decode deadline, for writing results
+
+
+def job_paths(jobs_dir: Path, job_id: str) -> tuple[Path, Path]:
+    """(stored input file, results folder) of a job."""
+    folder = Path(jobs_dir) / job_id
+    return folder / INPUT_NAME, folder / OUTPUT_DIR
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class Runner:
+    """Base dispatcher: ``slots`` threads, each running one job at a time through :meth:`_execute`.
+
+    Parameters
+    ----------
+    store : JobStore
+    jobs_dir : Path
+        Holds one folder per job.
+    limits : Limits
+    slots : int
+        Jobs run at the same time.
+    """
+
+    name = "runner"
+
+    def __init__(self, store: JobStore, jobs_dir: Path, limits: Limits, slots: int = 1):
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.store, self.jobs_dir, self.limits, self.slots = store, Path(jobs_dir), limits, slots
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._current: dict[int, str] = {}
+        self._cancel: set[str] = set()
+        self._released = threading.Condition()
+
+    # -- public
+
+    def start(self) -> None:
+        for i in range(self.slots):
+            t = threading.Thread(target=self._slot_loop, args=(i,), name=f"{self.name}-slot-{i}")
+            t.start()
+            self._threads.append(t)
+
+    def wake(self) -> None:
+        """A job was queued."""
+        with self._wake:
+            self._wake.notify_all()
+
+    def cancel(self, job_id: str, timeout: float = 30.0) -> None:
+        """Stop a running job and wait until no slot holds it any more."""
+        with self._released:
+            if job_id not in self._current.values():
+                return
+            self._cancel.add(job_id)
+            self._released.wait_for(lambda: job_id not in self._current.values(), timeout)
+            self._cancel.discard(job_id)
+
+    def stop(self) -> None:
+        """Stop the slots; jobs still running go back to the queue for the next start."""
+        self._stop.set()
+        self.wake()
+        for t in self._threads:
+            t.join()
+        self._threads.clear()
+
+    # -- executor hooks
+
+    lazy = False  # True: prepare a slot only once a job is waiting
+
+    def _slot_ready(self, slot: int) -> bool:
+        """Whether the slot is prepared already."""
+        return True
+
+    def _setup_slot(self, slot: int) -> bool:
+        """Prepare a slot; False if it cannot take jobs yet (retried)."""
+        return True
+
+    def _teardown_slot(self, slot: int) -> None:
+        pass
+
+    def _execute(
+        self, slot: int, job: JobRecord, should_stop: Callable[[], bool]
+    ) -> tuple[str, object]:
+        """Run one job; return ("ok", result dict) or ("failed", reason). Raise _Cancelled if
+        ``should_stop()`` turned true and the job was abandoned."""
+        raise NotImplementedError
+
+    # -- dispatcher
+
+    def _slot_loop(self, slot: int) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            if self.lazy and not self._slot_ready(slot) and self.store.count("queued") == 0:
+                with self._wake:  # no worker and nothing to do: do not start one yet
+                    self._wake.wait(1.0)
+                continue
+            try:
+                ready = self._setup_slot(slot)
+            except Exception:
+                log.exception("%s slot %d could not start", self.name, slot)
+                ready = False
+            if not ready:
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            backoff = 1.0
+            job = self.store.claim_next()
+            if job is None:
+                with self._wake:
+                    self._wake.wait(1.0)
+                continue
+            self._run_one(slot, job)
+        self._teardown_slot(slot)
+
+    def _run_one(self, slot: int, job: JobRecord) -> None:
+        with self._released:
+            self._current[slot] = job.id
+
+        def should_stop() -> bool:
+            return self._stop.is_set() or job.id in self._cancel
+
+        log.info(
+            "job %s: started on %s slot %d (attempt %d)", job.id, self.name, slot, job.attempts
+        )
+        try:
+            status, payload = self._execute(slot, job, should_stop)
+            if status == "ok":
+                self.store.succeed(job.id, payload)
+                log.info("job %s: succeeded", job.id)
+            else:
+                self.store.fail(job.id, str(payload))
+                log.info("job %s: failed: %s", job.id, payload)
+        except _Cancelled:
+            if self._stop.is_set() and job.id not in self._cancel:
+                self.store.requeue(job.id, count_attempt=False)
+                log.info("job %s: back in the queue (service stopping)", job.id)
+        except Exception as exc:
+            log.exception("job %s: internal error", job.id)
+            self.store.fail(job.id, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(job_paths(self.jobs_dir, job.id)[1].with_name("out.tmp"), True)
+            with self._released:
+                self._current.pop(slot, None)
+                self._released.notify_all()
+
+
+# ------------------------------------------------------------------------------ local processes
+
+
+def worker_main(conn, engine_factory: Callable[[], object], limits: Limits) -> None:
+    """Body of a worker process: build the engine once, then run jobs sent over ``conn``."""
+    from service.jobs.decode import DecodeError, die_with_parent
+    from service.jobs.process import process_video
+
+    die_with_parent()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        engine = engine_factory()
+    except Exception as exc:
+        conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg[0] == "stop":
+            return
+        _, job_id, input_path, out_dir = msg
+
+        def progress(done: int, total: int) -> None:
+            conn.send(("progress", done, total))
+
+        try:
+            result = process_video(
+                Path(input_path), Path(out_dir), lambda: engine, limits, progress
+            )
+            conn.send(("ok", result))
+        except DecodeError as exc:
+            conn.send(("failed", str(exc)))
+        except Exception as exc:
+            logging.getLogger(__name__).error("job %s:\n%s", job_id, traceback.format_exc())
+            conn.send(("failed", f"internal error: {type(exc).__name__}: {exc}"))
+
+
+class LocalWorkerPool(Runner):
+    """Jobs run in separate worker processes (spawned), one per slot, each with its own engine.
+
+    Workers start when the first job is queued (``lazy``) and then stay, warm. A worker that dies
+    (crash, kill, out of memory) fails the job it held with a reason and is replaced.
+    """
+
+    name = "local"
+
+    def __init__(
+        self, store, jobs_dir, limits, engine_factory, slots=1, ready_timeout=600.0, lazy=True
+    ):
+        super().__init__(store, jobs_dir, limits, slots)
+        self.engine_factory = engine_factory
+        self.lazy = lazy  # workers start with the first queued job, not with the service
+        self.ready_timeout = ready_timeout
+        self._ctx = mp.get_context("spawn")
+        self._workers: dict[int, tuple[mp.Process, object]] = {}
+
+    def _slot_ready(self, slot: int) -> bool:
+        return slot in self._workers and self._workers[slot][0].is_alive()
+
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p, _ in self._workers.values()]
+
+    def _setup_slot(self, slot: int) -> bool:
+        if slot in self._workers and self._workers[slot][0].is_alive():
+            return True
+        self._teardown_slot(slot)
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=worker_main,
+            args=(child, self.engine_factory, self.limits),
+            name=f"v1motion-video-worker-{slot}",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if parent.poll(0.5):
+                try:
+                    kind, detail = parent.recv()
+                except EOFError:
+                    break
+                if kind == "ready":
+                    self._workers[slot] = (proc, parent)
+                    log.info("local worker %d ready (pid %d)", slot, proc.pid)
+                    return True
+                log.error("local worker %d could not build its engine: %s", slot, detail)
+                break
+            if not proc.is_alive():
+                break
+        proc.kill()
+        proc.join()
+        parent.close()
+        return False
+
+    def _teardown_slot(self, slot: int) -> None:
+        proc, conn = self._workers.pop(slot, (None, None))
+        if proc is None:
+            return
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        conn.close()
+
+    def _execute(self, slot, job, should_stop):
+        proc, conn = self._workers[slot]
+        input_path, out_dir = job_paths(self.jobs_dir, job.id)
+        conn.send(("job", job.id, str(input_path), str(out_dir)))
+        # Watchdog for what the decoder's own deadline cannot see (e.g. a stuck engine step).
+        deadline = time.monotonic() + self.limits.deadline_s + JOB_GRACE_S
+        while True:
+            if time.monotonic() > deadline:
+                self._teardown_slot(slot)
+                return "failed", (
+                    f"the job took longer than {self.limits.deadline_s + JOB_GRACE_S:g} s and was stopped"
+                )
+            if should_stop():
+                self._teardown_slot(slot)  # the only way to interrupt native decoding code
+                raise _Cancelled
+            try:
+                ready = conn.poll(0.25)
+                msg = conn.recv() if ready else None
+            except (EOFError, OSError):
+                msg, ready = None, True
+            if msg is None:
+                if ready or not proc.is_alive():
+                    proc.join(5)
+                    code = proc.exitcode
+                    self._teardown_slot(slot)
+                    return "failed", (
+                        f"the worker process died (exit code {code}) while processing this video"
+                    )
+                continue
+            if msg[0] == "progress":
+                self.store.set_progress(job.id, msg[1], msg[2])
+            elif msg[0] in ("ok", "failed"):
+                return msg[0], msg[1]

@@ -1,0 +1,72 @@
+"""Request and response models of the video API (one family: create / public / list)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from service.jobs.store import JobRecord
+
+RESULT_NAMES = ("motion.json", "motion.npz", "overlay.mp4", "summary.png")
+
+
+class JobCreate(BaseModel):
+    """What the server records about an accepted upload (the client's file name is only a label)."""
+
+    filename: str = Field(max_length=200)
+    content_type: str
+    size_bytes: int = Field(ge=1)
+
+
+class Progress(BaseModel):
+    frames_done: int
+    frames_total: int | None = Field(
+        description="the container's frame count capped by the limits: an estimate until the end"
+    )
+    fraction: float | None
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    filename: str
+    content_type: str
+    size_bytes: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    progress: Progress
+    error: str | None = Field(description="why the job failed, for people")
+    result: dict | None = Field(description="video facts and timing, once succeeded")
+    links: dict[str, str]
+
+    @classmethod
+    def from_record(cls, rec: JobRecord, base: str) -> JobPublic:
+        """Public view of a record; result links only once it has succeeded."""
+        total = rec.frames_total
+        fraction = min(1.0, rec.frames_done / total) if total else None
+        links = {"self": f"{base}/{rec.id}"}
+        if rec.status == "succeeded":
+            links.update({name: f"{base}/{rec.id}/{name}" for name in RESULT_NAMES})
+        return cls(
+            id=rec.id,
+            status=rec.status,
+            filename=rec.filename,
+            content_type=rec.content_type,
+            size_bytes=rec.size_bytes,
+            created_at=rec.created_at,
+            started_at=rec.started_at,
+            finished_at=rec.finished_at,
+            attempts=rec.attempts,
+            progress=Progress(frames_done=rec.frames_done, frames_total=total, fraction=fraction),
+            error=rec.error,
+            result=rec.result,
+            links=links,
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int = Field(description="all jobs, not only this page")

@@ -1,0 +1,203 @@
+"""Job records in SQLite (WAL mode), one file under the data directory.
+
+States: ``queued`` → ``running`` → ``succeeded`` | ``failed``. A job is claimed atomically, so two
+dispatchers never run the same one. :meth:`JobStore.recover` runs at start-up: jobs left ``running`` by
+a dead service are re-queued (up to ``max_attempts`` starts) or failed with a reason; nothing stays
+``running`` and nothing vanishes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+STATUSES = ("queued", "running", "succeeded", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id            TEXT PRIMARY KEY,
+    status        TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
+    filename      TEXT NOT NULL,
+    content_type  TEXT NOT NULL,
+    size_bytes    INTEGER NOT NULL,
+    created_at    REAL NOT NULL,
+    started_at    REAL,
+    finished_at   REAL,
+    frames_done   INTEGER NOT NULL DEFAULT 0,
+    frames_total  INTEGER,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    error         TEXT,
+    result        TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
+"""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    status: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    frames_done: int
+    frames_total: int | None
+    attempts: int
+    error: str | None
+    result: dict | None
+
+
+def _record(row: sqlite3.Row | None) -> JobRecord | None:
+    if row is None:
+        return None
+    d = dict(row)
+    d["result"] = json.loads(d["result"]) if d["result"] else None
+    return JobRecord(**d)
+
+
+class JobStore:
+    """Thread-safe access to the jobs table.
+
+    Parameters
+    ----------
+    path : Path
+        The SQLite file (created with its folder if missing).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    @property
+    def journal_mode(self) -> str:
+        with self._lock:
+            return self._db.execute("PRAGMA journal_mode").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def create(self, job_id: str, filename: str, content_type: str, size_bytes: int) -> JobRecord:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, status, filename, content_type, size_bytes, created_at)"
+                " VALUES (?, 'queued', ?, ?, ?, ?)",
+                (job_id, filename, content_type, size_bytes, time.time()),
+            )
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _record(row)
+
+    def list(self, limit: int = 100, offset: int = 0) -> tuple[list[JobRecord], int]:
+        """Newest first, with the total count."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs ORDER BY created_at DESC, id LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+            total = self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        return [_record(r) for r in rows], total
+
+    def count(self, status: str) -> int:
+        with self._lock:
+            return self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)
+            ).fetchone()[0]
+
+    def claim_next(self) -> JobRecord | None:
+        """Atomically move the oldest queued job to ``running`` and return it (None if none)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1"
+                ).fetchone()
+                if row is not None:
+                    self._db.execute(
+                        "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1,"
+                        " frames_done = 0 WHERE id = ?",
+                        (time.time(), row["id"]),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return self.get(row["id"]) if row is not None else None
+
+    def set_progress(self, job_id: str, frames_done: int, frames_total: int | None) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET frames_done = ?, frames_total = ? WHERE id = ? AND status = 'running'",
+                (frames_done, frames_total, job_id),
+            )
+
+    def succeed(self, job_id: str, result: dict) -> None:
+        frames = int(result.get("frames", 0))
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET status = 'succeeded', finished_at = ?, result = ?,"
+                " frames_done = ?, frames_total = ?, error = NULL WHERE id = ?",
+                (time.time(), json.dumps(result), frames, frames, job_id),
+            )
+
+    def fail(self, job_id: str, reason: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                (time.time(), reason, job_id),
+            )
+
+    def requeue(self, job_id: str, count_attempt: bool = True) -> None:
+        """Put a running job back in the queue (a graceful shutdown does not count as an attempt)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET status = 'queued', started_at = NULL, frames_done = 0,"
+                " attempts = attempts - ? WHERE id = ?",
+                (0 if count_attempt else 1, job_id),
+            )
+
+    def delete(self, job_id: str) -> bool:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return cur.rowcount > 0
+
+    def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
+        """Handle jobs a previous process left ``running``.
+
+        Returns
+        -------
+        requeued, failed : list of str
+            Job ids put back in the queue, and those failed because they had used up their attempts.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, attempts FROM jobs WHERE status = 'running'"
+            ).fetchall()
+        requeued, failed = [], []
+        for row in rows:
+            if row["attempts"] < max_attempts:
+                self.requeue(row["id"])
+                requeued.append(row["id"])
+            else:
+                self.fail(
+                    row["id"],
+                    f"interrupted by a service restart {row['attempts']} times; not retried again",
+                )
+                failed.append(row["id"])
+        return requeued, failed

@@ -1,0 +1,176 @@
+"""Pictures of motion maps: the overlay drawn on video frames and the per-video summary figure.
+
+Drawing only; the numbers come from the motion engine and :mod:`models.motion_summary`.
+Colour wheel: hue = direction (red = right, then counter-clockwise as seen: yellow-green = up,
+cyan = left, blue-violet = down), opacity = confidence; arrows point the way things move, their length
+grows with speed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+TWO_PI = 2.0 * np.pi
+
+
+def direction_colours(direction: np.ndarray) -> np.ndarray:
+    """BGR uint8 colours for directions in radians (hue wheel), shape ``direction.shape + (3,)``."""
+    hue = (np.mod(np.asarray(direction, dtype=np.float64), TWO_PI) / TWO_PI * 180.0).astype(
+        np.uint8
+    )
+    hsv = np.stack([np.minimum(hue, 179), np.full_like(hue, 255), np.full_like(hue, 255)], axis=-1)
+    return cv2.cvtColor(hsv.reshape(-1, 1, 3), cv2.COLOR_HSV2BGR).reshape(hsv.shape)
+
+
+def colour_wheel(size: int) -> np.ndarray:
+    """A BGR legend disc of side ``size``: each point coloured by its direction from the centre."""
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2.0
+    wheel = direction_colours(np.arctan2(-yy, xx))  # screen y grows downwards; up is +pi/2
+    wheel[np.hypot(xx, yy) > size / 2.0] = 0
+    return wheel
+
+
+def arrow_segments(direction, speed, confidence, cell, min_confidence=0.3, arrow_gain=3.0):
+    """Line segments of the motion arrows, all at once.
+
+    Returns
+    -------
+    ndarray, shape (n_segments, 2, 2), int32
+        Each row is ((x0, y0), (x1, y1)) in pixels: for every drawn arrow its shaft and the two strokes
+        of its head. Arrows start at cell centres, point along ``direction`` (y grows downwards on
+        screen, so up is -y) and are ``arrow_gain * speed`` long, capped at 0.95 cell; cells below
+        ``min_confidence`` or shorter than 1 px get none.
+    """
+    length = np.minimum(np.asarray(speed, np.float64) * arrow_gain, 0.95 * cell)
+    keep = (np.asarray(confidence) >= min_confidence) & (length >= 1.0)
+    ii, jj = np.nonzero(keep)
+    if len(ii) == 0:
+        return np.zeros((0, 2, 2), np.int32)
+    d = np.asarray(direction, np.float64)[ii, jj]
+    ln = length[ii, jj]
+    cx, cy = (jj + 0.5) * cell, (ii + 0.5) * cell
+    tx, ty = cx + ln * np.cos(d), cy - ln * np.sin(d)
+    head = 0.35 * ln
+    segs = [np.stack([np.stack([cx, cy], -1), np.stack([tx, ty], -1)], 1)]
+    for turn in (np.pi - 0.5, np.pi + 0.5):  # the two strokes of the head, swept back from the tip
+        hx, hy = tx + head * np.cos(d + turn), ty - head * np.sin(d + turn)
+        segs.append(np.stack([np.stack([tx, ty], -1), np.stack([hx, hy], -1)], 1))
+    return np.round(np.concatenate(segs)).astype(np.int32)
+
+
+def _draw_arrows(out, direction, speed, confidence, cell, min_confidence, arrow_gain) -> None:
+    segs = arrow_segments(direction, speed, confidence, cell, min_confidence, arrow_gain)
+    if len(segs):
+        cv2.polylines(out, list(segs), False, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def draw_overlay(
+    frame: np.ndarray,
+    direction: np.ndarray,
+    speed: np.ndarray,
+    confidence: np.ndarray,
+    cell: int,
+    *,
+    opacity: float = 0.55,
+    min_confidence: float = 0.3,
+    arrow_gain: float = 3.0,
+) -> np.ndarray:
+    """Draw a motion map over a frame.
+
+    Parameters
+    ----------
+    frame : ndarray, shape (H, W, 3), uint8 BGR
+    direction, speed, confidence : ndarray, shape (gh, gw)
+        The engine's grids; grid cell (i, j) covers rows ``i*cell:(i+1)*cell`` and columns
+        ``j*cell:(j+1)*cell`` of the frame.
+    cell : int
+        Side of a grid cell in frame pixels.
+    opacity : float
+        Opacity of the colour layer where confidence is 1.
+    min_confidence : float
+        Cells below this get no arrow.
+    arrow_gain : float
+        Arrow length in pixels per (pixel per frame) of speed, capped at one cell.
+
+    Returns
+    -------
+    ndarray, shape (H, W, 3), uint8
+        A new frame; the input is not modified.
+    """
+    h, w = frame.shape[:2]
+    gh, gw = direction.shape
+    out = frame.copy()
+    ch, cw = min(h, gh * cell), min(w, gw * cell)
+    if ch > 0 and cw > 0:
+        colours = cv2.resize(
+            direction_colours(direction), (gw * cell, gh * cell), interpolation=cv2.INTER_NEAREST
+        )
+        alpha = np.clip(confidence, 0, 1).astype(np.float32) * np.float32(opacity)
+        alpha = cv2.resize(alpha, (gw * cell, gh * cell), interpolation=cv2.INTER_NEAREST)
+        a = np.ascontiguousarray(alpha[:ch, :cw])
+        out[:ch, :cw] = cv2.blendLinear(
+            np.ascontiguousarray(out[:ch, :cw]), np.ascontiguousarray(colours[:ch, :cw]), 1.0 - a, a
+        )
+    _draw_arrows(out, direction, speed, confidence, cell, min_confidence, arrow_gain)
+    legend = max(16, min(h, w) // 8)
+    if legend + 4 < min(h, w):
+        wheel = colour_wheel(legend)
+        mask = wheel.any(axis=-1)
+        out[4 : 4 + legend, w - 4 - legend : w - 4][mask] = wheel[mask]
+    return out
+
+
+def summary_figure(
+    path: Path,
+    bin_centres: np.ndarray,
+    direction_hist: np.ndarray,
+    speed_over_time: np.ndarray,
+    fps: float,
+    title: str = "",
+) -> None:
+    """Write a PNG: a polar histogram of directions and the mean speed over time.
+
+    Parameters
+    ----------
+    path : Path
+    bin_centres : ndarray, shape (n_bins,)
+        Radians (0 = right, pi/2 = up).
+    direction_hist : ndarray, shape (n_bins,)
+    speed_over_time : ndarray, shape (n_frames,)
+        Pixels per frame.
+    fps : float
+        For the time axis.
+    title : str
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(10, 4.2), dpi=100)
+    ax = fig.add_subplot(1, 2, 1, projection="polar")
+    width = TWO_PI / max(len(bin_centres), 1)
+    ax.bar(bin_centres, direction_hist, width=width * 0.9, color=plt.cm.hsv(bin_centres / TWO_PI))
+    ax.set_title("direction of motion (confidence-weighted)")
+    ax.set_yticklabels([])
+    ax2 = fig.add_subplot(1, 2, 2)
+    t = np.arange(len(speed_over_time)) / fps
+    px_per_s = np.asarray(speed_over_time, dtype=float) * fps
+    ax2.plot(t, px_per_s, lw=1.2)
+    if len(px_per_s) > 20:  # a start-up transient must not flatten the rest of the curve
+        top = np.percentile(px_per_s, 98) * 1.3
+        if top > 0 and top < px_per_s.max():
+            ax2.set_ylim(0, top)
+            ax2.annotate("(clipped)", (0.01, 0.97), xycoords="axes fraction", va="top", fontsize=8)
+    ax2.set_xlabel("time (s)")
+    ax2.set_ylabel("mean speed of moving regions (px/s)")
+    ax2.set_title("speed over time")
+    ax2.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,230 @@
+"""Video motion maps: upload a video, follow its job, fetch the results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.jobs.decode import DecodeError, probe
+from service.jobs.engines import engine_factory
+from service.jobs.limits import Limits
+from service.jobs.manager import VideoJobs
+from service.jobs.schemas import RESULT_NAMES, JobCreate, JobPublic, JobsPublic
+from service.jobs.sniff import UnsupportedContainer, sniff_file
+from service.jobs.upload import MAX_OVERHEAD, UploadError, receive_upload
+from service.security import require_token
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/v1/videos"
+# Same rule as the other HTTP routes: a token when the service is not bound to localhost.
+router = APIRouter(prefix=PREFIX, tags=["videos"], dependencies=[Depends(require_token)])
+
+MEDIA_TYPES = {
+    "motion.json": "application/json",
+    "motion.npz": "application/octet-stream",
+    "overlay.mp4": "video/mp4",
+    "summary.png": "image/png",
+}
+
+
+# ------------------------------------------------------------------------------- lifecycle
+
+
+def get_engine_factory(settings: Settings):
+    """The engine the video workers build (tests override this through ``app.dependency_overrides``)."""
+    return engine_factory(settings.video_engine or settings.engine)
+
+
+def limits_from_settings(settings: Settings) -> Limits:
+    return Limits(
+        max_frames=settings.video_max_frames,
+        max_seconds=settings.video_max_seconds,
+        max_side=settings.video_max_side,
+        overlay=settings.video_overlay,
+        memory_mb=settings.video_memory_mb,
+        deadline_s=settings.video_deadline_s,
+    )
+
+
+def build_jobs(app: FastAPI, settings: Settings) -> VideoJobs:
+    factory = app.dependency_overrides.get(get_engine_factory, get_engine_factory)(settings)
+    limits = limits_from_settings(settings)
+    kw = dict(max_queued=settings.video_max_queued, max_attempts=settings.video_max_attempts)
+    if settings.ray_address:
+        from service.jobs.ray_runner import RayRunner
+
+        return VideoJobs(
+            settings.data_dir,
+            limits,
+            lambda s, d, lim: RayRunner(
+                s, d, lim, factory, settings.ray_address, slots=settings.video_workers
+            ),
+            **kw,
+        )
+    return VideoJobs.local(settings.data_dir, limits, factory, settings.video_workers, **kw)
+
+
+async def start_jobs(app: FastAPI, settings: Settings) -> None:
+    """Lifespan start: recover interrupted jobs and start the runner (workers warm up on their own)."""
+    jobs = await run_in_threadpool(build_jobs, app, settings)
+    await run_in_threadpool(jobs.start)
+    app.state.videos = jobs
+    app.state.video_probe_slots = asyncio.Semaphore(2)
+
+
+async def stop_jobs(app: FastAPI) -> None:
+    """Lifespan stop: running jobs go back to the queue."""
+    jobs: VideoJobs | None = getattr(app.state, "videos", None)
+    if jobs is not None:
+        await run_in_threadpool(jobs.stop)
+
+
+def get_jobs(request: Request) -> VideoJobs:
+    return request.app.state.videos
+
+
+Jobs = Annotated[VideoJobs, Depends(get_jobs)]
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _job_or_404(jobs: VideoJobs, job_id: str):
+    rec = jobs.get(job_id)
+    if rec is None:
+        raise HTTPException(404, f"no video job with id {job_id!r}")
+    return rec
+
+
+# ----------------------------------------------------------------------------------- routes
+
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+UPLOAD_ERRORS = {
+    400: {"description": "more form fields than the limit"},
+    413: {"description": "larger than V1MOTION_VIDEO_MAX_UPLOAD_MB"},
+    415: {"description": "not multipart, not a video content type, or not an accepted container"},
+    422: {"description": "empty, no 'file' field, or refused by the probe (size, codec, fps...)"},
+    503: {"description": "too many videos waiting"},
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    openapi_extra=UPLOAD_BODY,
+    responses=UPLOAD_ERRORS,
+)
+async def create_video_job(request: Request, response: Response, jobs: Jobs) -> JobPublic:
+    """Upload a video (multipart field ``file``); answers 202 with the queued job."""
+    settings = _settings(request)
+    max_bytes = int(settings.video_max_upload_mb * 1024 * 1024)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + MAX_OVERHEAD:
+        raise HTTPException(413, f"the upload is larger than the limit of {max_bytes} bytes")
+    if jobs.queue_full():
+        raise HTTPException(503, f"{jobs.max_queued} videos are already waiting; try again later")
+    job_id, folder = jobs.new_folder()
+    path = folder / "input.bin"
+    accepted = False
+    try:
+        try:
+            upload = await receive_upload(request, path, max_bytes)
+            if upload.size_bytes == 0:
+                raise UploadError(422, "the file is empty")
+            sniff_file(path)
+        except UploadError as exc:
+            raise HTTPException(exc.status, exc.detail) from None
+        except UnsupportedContainer as exc:
+            raise HTTPException(415, str(exc)) from None
+        async with request.app.state.video_probe_slots:
+            try:
+                await run_in_threadpool(probe, path, jobs.limits)
+            except DecodeError as exc:
+                raise HTTPException(422, f"the video was refused: {exc}") from None
+        create = JobCreate(
+            filename=upload.filename, content_type=upload.content_type, size_bytes=upload.size_bytes
+        )
+        rec = jobs.submit(job_id, create.filename, create.content_type, create.size_bytes)
+        accepted = True
+    finally:
+        if not accepted:
+            shutil.rmtree(folder, ignore_errors=True)
+    log.info("job %s: queued (%d bytes)", job_id, upload.size_bytes)
+    response.headers["Location"] = f"{PREFIX}/{job_id}"
+    return JobPublic.from_record(rec, PREFIX)
+
+
+@router.get("", response_model=JobsPublic)
+def list_video_jobs(
+    jobs: Jobs,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
+    """Jobs, newest first."""
+    records, total = jobs.store.list(limit, offset)
+    return JobsPublic(data=[JobPublic.from_record(r, PREFIX) for r in records], count=total)
+
+
+JOB_NOT_FOUND = {404: {"description": "no video job with this id"}}
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=JOB_NOT_FOUND)
+def get_video_job(job_id: str, jobs: Jobs) -> JobPublic:
+    """Status and progress (frames done of total)."""
+    return JobPublic.from_record(_job_or_404(jobs, job_id), PREFIX)
+
+
+@router.get(
+    "/{job_id}/{name}",
+    responses={
+        404: {"description": "no such job, or no result by that name"},
+        409: {"description": "the job has not succeeded, so it has no results yet"},
+    },
+)
+def get_video_result(job_id: str, name: str, jobs: Jobs) -> FileResponse:
+    """One result file: ``motion.json``, ``motion.npz``, ``overlay.mp4`` or ``summary.png``."""
+    if name not in RESULT_NAMES:
+        raise HTTPException(404, f"no result named {name!r}; results: {', '.join(RESULT_NAMES)}")
+    rec = _job_or_404(jobs, job_id)
+    if rec.status == "failed":
+        raise HTTPException(409, f"the job failed, so it has no results: {rec.error}")
+    if rec.status != "succeeded":
+        raise HTTPException(409, f"the job is {rec.status}; results appear when it has succeeded")
+    path: Path = jobs.result_path(job_id, name)
+    if not path.is_file():
+        why = " (this service draws no overlays)" if name == "overlay.mp4" else ""
+        raise HTTPException(404, f"{name} is not among the results of job {job_id}{why}")
+    return FileResponse(path, media_type=MEDIA_TYPES[name], filename=f"{job_id}-{name}")
+
+
+@router.delete("/{job_id}", status_code=204, responses=JOB_NOT_FOUND)
+async def delete_video_job(job_id: str, jobs: Jobs) -> Response:
+    """Delete a job, its upload and its results (a running job is stopped first)."""
+    _job_or_404(jobs, job_id)
+    await run_in_threadpool(jobs.delete, job_id)
+    return Response(status_code=204)

@@ -1,0 +1,34 @@
+"""``v1motion motion INPUT -o OUTDIR``."""
+
+import json
+
+import video_samples as vs
+
+from service.cli import main
+from service.jobs.process import RESULT_FILES
+
+
+def test_motion_command_writes_the_results(tmp_path, capsys):
+    src = tmp_path / "clip.avi"
+    src.write_bytes(vs.avi(tmp_path, n=6, size=(128, 96)))
+    out = tmp_path / "results" / "clip"
+    assert main(["motion", str(src), "-o", str(out), "--engine", "random"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
+    printed = capsys.readouterr().out
+    assert json.loads(printed[: printed.rindex("}") + 1])["frames"] == 6
+
+
+def test_motion_command_refuses_hostile_input_and_busy_folders(tmp_path, capsys):
+    playlist = tmp_path / "list.m3u8"
+    playlist.write_bytes(vs.hls_playlist(tmp_path / "clip.avi"))
+    assert main(["motion", str(playlist), "-o", str(tmp_path / "out"), "--engine", "random"]) == 2
+    assert "HLS playlist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("precious")
+    src = tmp_path / "clip.avi"
+    src.write_bytes(vs.avi(tmp_path, n=4))
+    assert main(["motion", str(src), "-o", str(busy), "--engine", "random"]) == 2
+    assert "holds other files" in capsys.readouterr().err
+    assert (busy / "thesis.tex").read_text() == "precious"

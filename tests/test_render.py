@@ -1,0 +1,63 @@
+"""service.render: overlay colours and arrows follow the direction convention (pi/2 = up on screen)."""
+
+import numpy as np
+import pytest
+
+from service.render import colour_wheel, direction_colours, draw_overlay, summary_figure
+
+
+def test_colour_wheel_matches_direction_colours():
+    wheel = colour_wheel(41)
+    c = 20
+    np.testing.assert_array_equal(wheel[c, 40], direction_colours(np.array(0.0)))  # right
+    np.testing.assert_array_equal(wheel[0, c], direction_colours(np.array(np.pi / 2)))  # up
+    assert tuple(direction_colours(np.array(0.0))) == (0, 0, 255)  # red in BGR
+    assert np.all(wheel[0, 0] == 0)  # outside the disc
+
+
+@pytest.mark.parametrize(
+    "direction, moved", [(np.pi / 2, (-1, 0)), (0.0, (0, 1)), (np.pi, (0, -1))]
+)
+def test_arrow_points_the_way_of_motion(direction, moved):
+    frame = np.zeros((64, 64, 3), np.uint8)
+    d = np.full((1, 1), direction, np.float32)
+    out = draw_overlay(frame, d, np.full((1, 1), 10.0), np.ones((1, 1)), cell=32, opacity=0.0)
+    white = np.argwhere(out[:32, :32].min(axis=-1) > 200)
+    centre = white.mean(axis=0) - 16
+    assert np.sign(np.round(centre / 3)).astype(int).tolist() == list(moved)
+
+
+def test_overlay_tints_by_confidence_and_keeps_the_input():
+    frame = np.full((32, 64, 3), 100, np.uint8)
+    conf = np.array([[0.0, 1.0]])
+    out = draw_overlay(frame, np.zeros((1, 2)), np.zeros((1, 2)), conf, cell=32, opacity=0.5)
+    assert np.all(out[:, :32] == 100)  # still cell: untouched
+    assert out[16, 40, 2] > 150 and out[16, 40, 0] < 60  # moving cell: tinted red
+    assert np.all(frame == 100)
+
+
+def test_summary_figure_is_a_png(tmp_path):
+    path = tmp_path / "s.png"
+    bins = np.arange(8) * np.pi / 4
+    summary_figure(path, bins, np.ones(8) / 8, np.linspace(0, 2, 30), 30.0, "t")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_arrow_shafts_match_a_cell_by_cell_loop(rng):
+    from service.render import arrow_segments
+
+    d = rng.uniform(0, 2 * np.pi, (5, 7))
+    s = rng.uniform(0, 6, (5, 7))
+    c = rng.uniform(0, 1, (5, 7))
+    segs = arrow_segments(d, s, c, cell=16)
+    shafts = []
+    for i in range(5):
+        for j in range(7):
+            length = min(s[i, j] * 3.0, 0.95 * 16)
+            if c[i, j] < 0.3 or length < 1.0:
+                continue
+            x0, y0 = (j + 0.5) * 16, (i + 0.5) * 16
+            x1, y1 = x0 + length * np.cos(d[i, j]), y0 - length * np.sin(d[i, j])
+            shafts.append([[x0, y0], [x1, y1]])
+    assert len(segs) == 3 * len(shafts)
+    np.testing.assert_allclose(segs[: len(shafts)], np.round(shafts), atol=1)

@@ -1,0 +1,166 @@
+"""service.jobs.sniff and the sandboxed decoder (service.jobs.decode) on good and hostile files."""
+
+import os
+import signal
+
+import cv2
+import numpy as np
+import pytest
+import video_samples as vs
+
+from service.jobs.decode import DecodeError, SandboxedDecoder, VideoRejected, probe
+from service.jobs.limits import Limits
+from service.jobs.sniff import UnsupportedContainer, sniff_container
+
+
+@pytest.fixture
+def good_avi(tmp_path):
+    path = tmp_path / "input.bin"
+    path.write_bytes(vs.avi(tmp_path, n=12))
+    return path
+
+
+# ------------------------------------------------------------------------------------ sniffing
+
+
+def test_sniff_accepts_the_listed_containers(tmp_path):
+    assert sniff_container(vs.avi(tmp_path)[:64]) == "avi"
+    assert sniff_container(vs.mp4(tmp_path)[:64]) == "mp4"
+    assert sniff_container(vs.write_video(tmp_path / "a.mkv", "mp4v")[:64]) == "matroska"
+
+
+@pytest.mark.parametrize(
+    "head, says",
+    [
+        (b"", "empty"),
+        (b"#EXTM3U\n#EXTINF:10,\n/etc/passwd\n", "HLS playlist"),
+        (b"\xef\xbb\xbf#EXTM3U\n", "HLS playlist"),
+        (b"ffconcat version 1.0\nfile a.mp4\n", "ffconcat script"),
+        (b"\x89PNG\r\n\x1a\n0000000000", "PNG image"),
+        (b"\xff\xd8\xff\xe0000000000000", "JPEG image"),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt ", "unrecognised"),
+        (b"\x00\x00\x00\x18ftypavif0000", "HEIF/AVIF image"),
+        (bytes(range(64)), "unrecognised"),
+    ],
+)
+def test_sniff_refuses_and_names_the_rest(head, says):
+    with pytest.raises(UnsupportedContainer, match=says):
+        sniff_container(head)
+
+
+# ------------------------------------------------------------------------------------ decoding
+
+
+def test_decodes_every_frame_in_order(good_avi):
+    expected = vs.moving_square_frames(12)
+    with SandboxedDecoder(good_avi, Limits()) as dec:
+        assert (dec.info.width, dec.info.height, dec.info.codec) == (96, 64, "mjpg")
+        assert dec.info.fps == pytest.approx(10.0)
+        frames = list(dec.frames())
+    assert len(frames) == 12 and not dec.stopped_at_cap
+    # MJPG is lossy: compare loosely, but tightly enough to tell frames apart
+    errors = [
+        np.abs(f.astype(int) - e.astype(int)).mean() for f, e in zip(frames, expected, strict=True)
+    ]
+    assert max(errors) < 8
+    assert np.abs(frames[0].astype(int) - expected[5].astype(int)).mean() > 10
+
+
+def test_large_frames_are_shrunk_to_max_side(good_avi):
+    with SandboxedDecoder(good_avi, Limits(max_side=48, min_side=16)) as dec:
+        frame = next(iter(dec.frames()))
+    assert frame.shape == (32, 48, 3) and dec.info.scale == pytest.approx(0.5)
+
+
+def test_declared_frame_count_is_not_trusted(tmp_path):
+    path = tmp_path / "input.bin"
+    path.write_bytes(vs.lying_frame_count_avi(tmp_path, n=12))
+    with SandboxedDecoder(path, Limits()) as dec:
+        assert dec.info.declared_frames == 10_000_000
+        assert dec.info.max_frames == 6000  # 600 s at 10 fps: the duration cap, not the header
+        assert sum(1 for _ in dec.frames()) == 12
+
+
+@pytest.mark.parametrize("limits", [Limits(max_frames=5), Limits(max_seconds=0.5)])
+def test_frame_and_duration_caps_stop_decoding(good_avi, limits):
+    with SandboxedDecoder(good_avi, limits) as dec:
+        assert sum(1 for _ in dec.frames()) == 5
+        assert dec.stopped_at_cap
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (vs.huge_dimensions_avi, "8000x6000 exceeds the limit of 3840x2160"),
+        (vs.zero_fps_avi, "frame rate .* outside the accepted range"),
+        (vs.no_video_stream_avi, "no video stream"),
+        (lambda t: vs.write_video(t / "raw.avi", None), "codec 'raw/unknown' is not accepted"),
+        (lambda t: vs.mp4(t)[:1200], "could not be opened"),
+        (lambda t: os.urandom(5000), "could not be opened"),
+        (lambda t: vs.write_video(t / "s.avi", "MJPG", size=(48, 32)), "too small"),
+    ],
+    ids=[
+        "huge-dimensions",
+        "zero-fps",
+        "no-video-stream",
+        "codec",
+        "truncated-mp4",
+        "random",
+        "tiny",
+    ],
+)
+def test_probe_refuses_with_a_reason(tmp_path, make, reason):
+    path = tmp_path / "input.bin"
+    path.write_bytes(make(tmp_path))
+    with pytest.raises(VideoRejected, match=reason):
+        probe(path, Limits())
+
+
+def test_playlist_and_concat_cannot_reach_other_files(tmp_path, good_avi):
+    """Even past the sniffer, the FFmpeg backend is held to plain files and listed demuxers."""
+    secret = tmp_path / "elsewhere.avi"
+    secret.write_bytes(good_avi.read_bytes())
+    playlist = tmp_path / "playlist.m3u8"  # the extension FFmpeg wants before it follows one
+    playlist.write_bytes(vs.hls_playlist(secret))
+    concat = tmp_path / "list.ffconcat"
+    concat.write_bytes(vs.ffconcat_script(secret.name))
+    # Control: OpenCV left to its defaults follows the playlist to the other file.
+    cap = cv2.VideoCapture(str(playlist), cv2.CAP_FFMPEG)
+    assert cap.isOpened() and cap.read()[0]
+    cap.release()
+    for path in (playlist, concat):
+        with pytest.raises(VideoRejected, match="could not be opened"):
+            probe(path, Limits())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGABRT])
+def test_a_decoder_crash_fails_cleanly(tmp_path, sig):
+    path = tmp_path / "input.bin"
+    path.write_bytes(vs.avi(tmp_path, n=400, size=(320, 240)))
+    with SandboxedDecoder(path, Limits()) as dec:
+        frames = dec.frames()
+        next(frames)
+        os.kill(dec.pid, sig)
+        with pytest.raises(DecodeError, match=rf"crashed \({sig.name}\)"):
+            for _ in frames:
+                pass
+    assert dec._proc.poll() is not None
+
+
+def test_memory_cap_is_enforced(good_avi):
+    with pytest.raises(DecodeError, match="ran out of memory"):
+        probe(good_avi, Limits(memory_mb=64))
+
+
+def test_deadline_kills_a_stalled_decoder(tmp_path):
+    path = tmp_path / "input.bin"
+    path.write_bytes(vs.avi(tmp_path, n=60, size=(320, 240)))  # far more than the 1 MB pipe holds
+    dec = SandboxedDecoder(path, Limits(deadline_s=3.0))
+    with pytest.raises(DecodeError, match="took longer than 3 s"):
+        with dec:
+            frames = dec.frames()
+            next(frames)
+            os.kill(dec.pid, signal.SIGSTOP)  # a hung decoder
+            for _ in frames:
+                pass
+    assert dec._proc.poll() is not None

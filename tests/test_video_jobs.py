@@ -1,0 +1,265 @@
+"""The job function, the SQLite store, the local worker pool and restart recovery."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import video_samples as vs
+from video_engine_double import fake_engine, hanging_fake_engine, slow_fake_engine
+
+from service.jobs.decode import DecodeError
+from service.jobs.limits import Limits
+from service.jobs.manager import VideoJobs
+from service.jobs.process import RESULT_FILES, process_video
+from service.jobs.runners import job_paths
+from service.jobs.store import JobStore
+
+
+def wait_for(predicate, timeout=60.0, every=0.1):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+# ------------------------------------------------------------------------------ process_video
+
+
+def test_process_video_writes_every_result(tmp_path):
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=12))
+    calls = []
+    out = tmp_path / "out"
+    result = process_video(src, out, fake_engine, Limits(), lambda d, t: calls.append((d, t)))
+    assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
+    assert not (tmp_path / "out.tmp").exists()
+    assert result["frames"] == 12 and calls[-1] == (12, 12)
+
+    npz = np.load(out / "motion.npz")
+    assert npz["direction"].shape == npz["speed"].shape == npz["confidence"].shape == (12, 4, 6)
+    assert npz["speed_over_time"].shape == (12,) and npz["direction_hist"].shape == (12, 8)
+    assert npz["video_direction_hist"].sum() == pytest.approx(1.0, abs=1e-5)
+
+    doc = json.loads((out / "motion.json").read_text())
+    assert doc["video"]["frames"] == 12 and len(doc["frames"]) == 12
+    assert np.allclose(doc["frames"][3]["speed"], npz["speed"][3], atol=2e-3)
+    assert doc["summary"]["dominant_direction_deg"] == 0.0  # the double always says "right"
+
+    assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
+    cap = cv2.VideoCapture(str(out / "overlay.mp4"))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 12 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
+
+
+def test_process_video_leaves_nothing_when_refused(tmp_path):
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.zero_fps_avi(tmp_path))
+    with pytest.raises(DecodeError, match="frame rate"):
+        process_video(src, tmp_path / "out", fake_engine, Limits())
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+# ------------------------------------------------------------------------------------- store
+
+
+def test_store_is_wal_and_claims_each_job_once(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    assert store.journal_mode == "wal"
+    for i in range(3):
+        store.create(f"{i:032x}", "a.mp4", "video/mp4", 10)
+    claimed = [store.claim_next() for _ in range(4)]
+    assert [c.id[-1] for c in claimed[:3]] == ["0", "1", "2"] and claimed[3] is None
+    assert all(c.status == "running" and c.attempts == 1 for c in claimed[:3])
+
+
+def test_recover_requeues_then_fails_with_a_reason(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    store.create("a" * 32, "a.mp4", "video/mp4", 10)
+    store.claim_next()
+    assert store.recover(max_attempts=2) == (["a" * 32], [])
+    assert store.get("a" * 32).status == "queued"
+    store.claim_next()
+    assert store.recover(max_attempts=2) == ([], ["a" * 32])
+    rec = store.get("a" * 32)
+    assert rec.status == "failed" and "restart" in rec.error
+
+
+# ------------------------------------------------------------------------------- worker pool
+
+
+def _submit(jobs: VideoJobs, data: bytes) -> str:
+    job_id, folder = jobs.new_folder()
+    (folder / "input.bin").write_bytes(data)
+    jobs.submit(job_id, "clip.avi", "video/x-msvideo", len(data))
+    return job_id
+
+
+def _finished(jobs, job_id):
+    rec = jobs.get(job_id)
+    return rec if rec.status in ("succeeded", "failed") else None
+
+
+@pytest.fixture
+def slow_jobs(tmp_path):
+    jobs = VideoJobs.local(tmp_path / "data", Limits(), slow_fake_engine, workers=1)
+    jobs.start()
+    yield jobs
+    jobs.stop()
+
+
+def test_a_dead_worker_fails_its_job_only(tmp_path, slow_jobs):
+    jobs = slow_jobs
+    victim = _submit(jobs, vs.avi(tmp_path, n=200))
+    wait_for(lambda: jobs.get(victim).frames_done > 0)
+    os.kill(jobs.runner.worker_pids()[0], signal.SIGKILL)
+    rec = wait_for(lambda: _finished(jobs, victim))
+    assert rec.status == "failed" and "worker process died" in rec.error
+    assert not job_paths(jobs.jobs_dir, victim)[1].exists()
+    assert not (jobs.jobs_dir / victim / "out.tmp").exists()
+    good = _submit(jobs, vs.avi(tmp_path, n=6))
+    assert wait_for(lambda: _finished(jobs, good)).status == "succeeded"
+
+
+def test_deleting_a_running_job_stops_it(tmp_path, slow_jobs):
+    jobs = slow_jobs
+    job_id = _submit(jobs, vs.avi(tmp_path, n=400))
+    wait_for(lambda: jobs.get(job_id).frames_done > 0)
+    assert jobs.delete(job_id)
+    assert jobs.get(job_id) is None and not (jobs.jobs_dir / job_id).exists()
+    time.sleep(0.5)
+    assert not (jobs.jobs_dir / job_id).exists()
+
+
+CRASHING_SERVICE = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from video_engine_double import slow_fake_engine
+from service.jobs.limits import Limits
+from service.jobs.manager import VideoJobs
+if __name__ == "__main__":
+    jobs = VideoJobs.local(sys.argv[1], Limits(), slow_fake_engine, workers=1)
+    jobs.start()
+    time.sleep(600)
+"""
+
+
+def test_restart_requeues_interrupted_jobs_and_they_finish(tmp_path):
+    data_dir = tmp_path / "data"
+    setup = VideoJobs.local(data_dir, Limits(), fake_engine)  # not started: only to queue a job
+    job_id = _submit(setup, vs.avi(tmp_path, n=300))
+    setup.store.close()
+    script = tmp_path / "crashing_service.py"
+    script.write_text(CRASHING_SERVICE)
+    tests_dir = str(Path(__file__).parent)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(data_dir), tests_dir], start_new_session=True
+    )
+    try:
+        watch = JobStore(data_dir / "jobs.sqlite3")
+        wait_for(lambda: watch.get(job_id).frames_done > 0)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole service, workers and decoders at once
+        proc.wait()
+    assert watch.get(job_id).status == "running"
+    watch.close()
+    orphan = data_dir / "videos" / ("f" * 32)
+    orphan.mkdir()  # an upload cut off mid-way: a folder with no record
+
+    second = VideoJobs.local(data_dir, Limits(), fake_engine, workers=1)
+    second.start()
+    try:
+        assert not orphan.exists()
+        rec = wait_for(lambda: _finished(second, job_id))
+        assert rec.status == "succeeded" and rec.attempts == 2
+        assert rec.result["frames"] == 300
+    finally:
+        second.stop()
+
+
+def test_process_video_with_the_real_engine(tmp_path):
+    """The product path: models.engine.MotionEngine (small random one) through the same function."""
+    from service.jobs.engines import engine_factory
+
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=8, size=(128, 96)))
+    out = tmp_path / "out"
+    result = process_video(src, out, engine_factory("random"), Limits())
+    npz = np.load(out / "motion.npz")
+    cell = result["cell"]
+    assert npz["direction"].shape == (8, 96 // cell, 128 // cell)
+    assert npz["direction_hist"].shape == (8, 16) and npz["speed_bins"].shape == (7,)
+    conf = npz["confidence"].astype(np.float32)
+    assert np.all((conf >= 0) & (conf <= 1))
+
+
+def test_engine_names_are_checked():
+    from service.jobs.engines import engine_factory
+
+    with pytest.raises(ValueError, match="default, random"):
+        engine_factory("trained")
+
+
+def test_a_stuck_job_is_stopped_by_the_watchdog(tmp_path, monkeypatch):
+    from service.jobs import runners
+
+    monkeypatch.setattr(runners, "JOB_GRACE_S", 0.5)
+    jobs = VideoJobs.local(tmp_path / "data", Limits(deadline_s=1.0), hanging_fake_engine)
+    jobs.start()
+    try:
+        job_id = _submit(jobs, vs.avi(tmp_path, n=4))
+        rec = wait_for(lambda: _finished(jobs, job_id), timeout=30)
+        assert rec.status == "failed" and "took longer than 1.5 s" in rec.error
+    finally:
+        jobs.stop()
+
+
+def _pan_video(path, vx, vy_up, n=60, shape=(240, 320)):
+    """A still panned so its content moves by (vx, vy_up) px/frame (up positive), as MJPG AVI."""
+    from models.stimuli import load_still, pan_frame
+
+    img = load_still("camera")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, shape[::-1])
+    for t in range(n):
+        frame = pan_frame(img, (256 - vx * t, 256 + vy_up * t), shape)
+        grey = np.clip(frame * 255, 0, 255).astype(np.uint8)
+        writer.write(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    writer.release()
+
+
+@pytest.mark.parametrize("vx, vy_up, expected_deg", [(2, 0, 0), (0, 2, 90), (-2, 0, 180)])
+def test_planted_pan_comes_back_through_the_job(tmp_path, vx, vy_up, expected_deg):
+    """The shipped engine through process_video recovers the direction of a planted pan."""
+    from service.jobs.engines import engine_factory
+
+    src = tmp_path / "pan.avi"
+    _pan_video(src, vx, vy_up)
+    result = process_video(src, tmp_path / "out", engine_factory("default"), Limits())
+    gap = (result["dominant_direction_deg"] - expected_deg + 180) % 360 - 180
+    assert abs(gap) < 30, result["dominant_direction_deg"]
+    speed = np.median(np.load(tmp_path / "out" / "motion.npz")["speed_over_time"][20:])
+    assert 1.0 < speed < 6.0  # planted 2 px/frame; the engine's speed read-out is coarse
+
+
+def test_workers_start_with_the_first_job_not_with_the_service(tmp_path):
+    jobs = VideoJobs.local(tmp_path / "data", Limits(), fake_engine)
+    jobs.start()
+    try:
+        time.sleep(1.5)
+        assert jobs.runner.worker_pids() == []
+        job_id = _submit(jobs, vs.avi(tmp_path, n=4))
+        assert wait_for(lambda: _finished(jobs, job_id)).status == "succeeded"
+        assert len(jobs.runner.worker_pids()) == 1  # and it stays, warm
+    finally:
+        jobs.stop()

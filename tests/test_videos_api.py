@@ -1,0 +1,251 @@
+"""/v1/videos: the happy path and at least twelve kinds of bad input, none of them a 5xx."""
+
+import os
+import tempfile
+import time
+
+import pytest
+import video_samples as vs
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+
+MAX_UPLOAD_MB = 0.25
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    settings = Settings(data_dir=data_dir, video_max_upload_mb=MAX_UPLOAD_MB, video_engine="random")
+    app = create_app(settings)  # the real engine (small, random weights) in a real worker process
+    with TestClient(app) as c:
+        c.data_dir = data_dir
+        yield c
+
+
+def upload(client, data: bytes, filename="clip.avi", content_type="video/x-msvideo"):
+    r = client.post("/v1/videos", files={"file": (filename, data, content_type)})
+    assert r.status_code < 500, r.text
+    return r
+
+
+def wait_done(client, job_id, timeout=120):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        body = client.get(f"/v1/videos/{job_id}").json()
+        if body["status"] in ("succeeded", "failed"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def job_folders(client):
+    return sorted(p.name for p in (client.data_dir / "videos").iterdir())
+
+
+def test_upload_process_fetch_delete(client, tmp_path):
+    r = upload(client, vs.avi(tmp_path, n=12))
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert (
+        job["status"] in ("queued", "running")
+        and r.headers["location"] == f"/v1/videos/{job['id']}"
+    )
+    done = wait_done(client, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["progress"] == {"frames_done": 12, "frames_total": 12, "fraction": 1.0}
+    assert done["result"]["frames"] == 12 and done["result"]["codec"] == "mjpg"
+    assert done["result"]["cell"] == 16
+
+    base = f"/v1/videos/{job['id']}"
+    motion = client.get(f"{base}/motion.json")
+    assert motion.status_code == 200 and len(motion.json()["frames"]) == 12
+    npz = client.get(f"{base}/motion.npz")
+    assert npz.status_code == 200 and npz.content[:2] == b"PK"
+    assert client.get(f"{base}/overlay.mp4").headers["content-type"] == "video/mp4"
+    png = client.get(f"{base}/summary.png")
+    assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+    listed = client.get("/v1/videos").json()
+    assert job["id"] in [j["id"] for j in listed["data"]] and listed["count"] >= 1
+
+    assert client.delete(base).status_code == 204
+    assert client.get(base).status_code == 404
+    assert job["id"] not in job_folders(client)
+
+
+def test_format_characters_in_the_name_are_only_a_label(client, tmp_path):
+    r = upload(client, vs.avi(tmp_path, n=6), filename="../../clip%d%s%n.avi")
+    assert r.status_code == 202, r.text
+    job = wait_done(client, r.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["filename"] == "clip%d%s%n.avi"
+    folder = client.data_dir / "videos" / job["id"]
+    assert sorted(p.name for p in folder.iterdir()) == ["input.bin", "out"]
+
+
+def _huge(tmp):
+    return vs.huge_dimensions_avi(tmp)
+
+
+BAD_UPLOADS = [
+    # name, bytes maker, content type, status, words in the detail
+    ("empty", lambda t: b"", "video/mp4", 422, "empty"),
+    ("random bytes", lambda t: os.urandom(4096), "video/mp4", 415, "unrecognised format"),
+    ("still image", lambda t: vs.png_image(), "image/png", 415, "not a video type"),
+    ("still image as video", lambda t: vs.png_image(), "video/mp4", 415, "PNG image"),
+    ("truncated mp4", lambda t: vs.mp4(t)[:1200], "video/mp4", 422, "could not be opened"),
+    ("huge dimensions", _huge, "video/x-msvideo", 422, "8000x6000 exceeds"),
+    ("zero fps", vs.zero_fps_avi, "video/x-msvideo", 422, "frame rate"),
+    ("wrong content type", lambda t: vs.avi(t), "text/plain", 415, "not a video type"),
+    ("hls playlist", lambda t: vs.hls_playlist(t / "x.mp4"), "video/mp4", 415, "HLS playlist"),
+    ("ffconcat", lambda t: vs.ffconcat_script(t / "x.mp4"), "video/mp4", 415, "ffconcat"),
+    ("no video stream", vs.no_video_stream_avi, "video/x-msvideo", 422, "no video stream"),
+    (
+        "codec not allowed",
+        lambda t: vs.write_video(t / "r.avi", None),
+        "video/x-msvideo",
+        422,
+        "codec",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "make, content_type, status, words",
+    [b[1:] for b in BAD_UPLOADS],
+    ids=[b[0] for b in BAD_UPLOADS],
+)
+def test_bad_upload_is_refused_with_a_reason(client, tmp_path, make, content_type, status, words):
+    before = job_folders(client)
+    r = upload(client, make(tmp_path), content_type=content_type)
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+    assert job_folders(client) == before  # nothing half-written
+
+
+def test_over_the_size_limit_is_413_and_leaves_no_file(client):
+    before_tmp = set(os.listdir(tempfile.gettempdir()))
+    before = job_folders(client)
+    big = b"\x00\x00\x00\x18ftypisom" + os.urandom(int(MAX_UPLOAD_MB * 1024 * 1024))
+    r = upload(client, big, content_type="video/mp4")
+    assert r.status_code == 413 and "larger than the limit" in r.json()["detail"]
+
+    # Without a Content-Length to reject early, the streamed body is cut off at the limit.
+    def chunks():
+        yield b"--b\r\nContent-Disposition: form-data; name=file; filename=a.mp4\r\n"
+        yield b"Content-Type: video/mp4\r\n\r\n"
+        for _ in range(40):
+            yield bytes(16 * 1024)
+        yield b"\r\n--b--\r\n"
+
+    r = client.post(
+        "/v1/videos", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert r.status_code == 413, r.text
+
+    def other_field():  # a huge non-file field counts against the limit too
+        yield b"--b\r\nContent-Disposition: form-data; name=notes\r\n\r\n"
+        for _ in range(40):
+            yield bytes(16 * 1024)
+        yield b"\r\n--b--\r\n"
+
+    r = client.post(
+        "/v1/videos",
+        content=other_field(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code == 413, r.text
+    assert job_folders(client) == before
+    assert set(os.listdir(tempfile.gettempdir())) - before_tmp == set()
+
+
+def test_not_multipart_is_415(client):
+    r = client.post("/v1/videos", json={"url": "http://example.com/a.mp4"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+
+
+def test_missing_file_field_is_422(client):
+    r = client.post("/v1/videos", files={"video": ("a.avi", b"RIFF", "video/x-msvideo")})
+    assert r.status_code == 422 and "'file'" in r.json()["detail"]
+
+
+def test_damage_found_mid_decode_fails_the_job_with_a_reason(client, tmp_path):
+    r = upload(client, vs.damaged_frames_avi(tmp_path))
+    assert r.status_code == 202, r.text
+    job = wait_done(client, r.json()["id"])
+    assert job["status"] == "failed" and "no frame could be decoded" in job["error"]
+    res = client.get(f"/v1/videos/{job['id']}/motion.json")
+    assert res.status_code == 409 and "no frame could be decoded" in res.json()["detail"]
+    assert not (client.data_dir / "videos" / job["id"] / "out").exists()
+    # and the service carries on: the next job succeeds
+    nxt = wait_done(client, upload(client, vs.avi(tmp_path, n=4)).json()["id"])
+    assert nxt["status"] == "succeeded"
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/v1/videos/" + "0" * 32, 404),
+        ("/v1/videos/..%2F..%2Fetc%2Fpasswd", 404),
+        ("/v1/videos/" + "0" * 32 + "/motion.json", 404),
+        ("/v1/videos/" + "0" * 32 + "/input.bin", 404),
+        ("/v1/videos?limit=0", 422),
+    ],
+)
+def test_unknown_jobs_and_names(client, path, status):
+    r = client.get(path)
+    assert r.status_code == status and r.json()["detail"]
+
+
+def test_delete_unknown_is_404(client):
+    assert client.delete("/v1/videos/" + "a" * 32).status_code == 404
+
+
+def test_results_of_a_job_in_progress_are_409(client):
+    jobs = client.app.state.videos
+    job_id, folder = jobs.new_folder()
+    with jobs.store._lock:  # a record some slot is running (inserted as such: no slot can claim it)
+        jobs.store._db.execute(
+            "INSERT INTO jobs (id, status, filename, content_type, size_bytes, created_at)"
+            " VALUES (?, 'running', 'a.avi', 'video/x-msvideo', 10, 0)",
+            (job_id,),
+        )
+    r = client.get(f"/v1/videos/{job_id}/summary.png")
+    assert r.status_code == 409 and "the job is running" in r.json()["detail"]
+    assert client.delete(f"/v1/videos/{job_id}").status_code == 204
+    assert not folder.exists()
+
+
+def test_openapi_documents_the_upload(client):
+    post = client.get("/openapi.json").json()["paths"]["/v1/videos"]["post"]
+    schema = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert schema["properties"]["file"]["format"] == "binary"
+    assert {"202", "413", "415", "422"} <= set(post["responses"])
+
+
+def test_overlay_can_be_switched_off(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", video_engine="random", video_overlay=False)
+    with TestClient(create_app(settings)) as c:
+        job = wait_done(c, upload(c, vs.avi(tmp_path, n=4)).json()["id"])
+        assert job["status"] == "succeeded", job["error"]
+        r = c.get(f"/v1/videos/{job['id']}/overlay.mp4")
+        assert r.status_code == 404 and "draws no overlays" in r.json()["detail"]
+        assert c.get(f"/v1/videos/{job['id']}/summary.png").status_code == 200
+
+
+def test_a_token_is_required_when_the_service_is_exposed(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path / "data", video_engine="random", host="0.0.0.0", token="s3cret"
+    )
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/videos", files={"file": ("a.avi", vs.avi(tmp_path), "video/x-msvideo")})
+        assert r.status_code == 401 and not any((tmp_path / "data" / "videos").iterdir())
+        assert c.get("/v1/videos").status_code == 401
+        r = c.post(
+            "/v1/videos",
+            files={"file": ("a.avi", vs.avi(tmp_path), "video/x-msvideo")},
+            headers={"Authorization": "Bearer s3cret"},
+        )
+        assert r.status_code == 202, r.text

@@ -1,0 +1,105 @@
+"""Small video files made on the fly for the video tests: good ones and hostile ones."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def moving_square_frames(n: int, size=(96, 64), step: int = 2) -> list[np.ndarray]:
+    """BGR frames of a textured square moving right by ``step`` px per frame on a dark background."""
+    w, h = size
+    rng = np.random.default_rng(0)
+    tex = rng.integers(0, 255, size=(24, 24, 3), dtype=np.uint8)
+    frames = []
+    for i in range(n):
+        f = np.full((h, w, 3), 30, np.uint8)
+        x = (4 + step * i) % (w - 24)
+        y = max(0, (h - 24) // 2)
+        f[y : y + 24, x : x + 24] = tex
+        frames.append(f)
+    return frames
+
+
+def write_video(path: Path, fourcc: str | None = "MJPG", n=12, size=(96, 64), fps=10.0) -> bytes:
+    """Write frames with OpenCV (``fourcc=None``: uncompressed) and return the file's bytes."""
+    code = cv2.VideoWriter_fourcc(*fourcc) if fourcc else 0
+    writer = cv2.VideoWriter(str(path), code, fps, size)
+    assert writer.isOpened(), f"OpenCV cannot write {path} with {fourcc}"
+    for f in moving_square_frames(n, size):
+        writer.write(f)
+    writer.release()
+    return Path(path).read_bytes()
+
+
+def avi(tmp: Path, **kw) -> bytes:
+    return write_video(tmp / "sample.avi", "MJPG", **kw)
+
+
+def mp4(tmp: Path, **kw) -> bytes:
+    return write_video(tmp / "sample.mp4", "mp4v", **kw)
+
+
+def _patch(data: bytes, tag: bytes, offset: int, fmt: str, *values) -> bytes:
+    d = bytearray(data)
+    struct.pack_into(fmt, d, d.index(tag) + 8 + offset, *values)
+    return bytes(d)
+
+
+def huge_dimensions_avi(tmp: Path) -> bytes:
+    """A ~50 kB uncompressed AVI whose headers declare 8000x6000 frames."""
+    data = write_video(tmp / "raw.avi", None, n=2, size=(64, 48))
+    data = _patch(data, b"avih", 32, "<II", 8000, 6000)
+    return _patch(data, b"strf", 4, "<ii", 8000, 6000)
+
+
+def zero_fps_avi(tmp: Path) -> bytes:
+    """An AVI whose stream rate is 1 frame per 2**31 s. (A literal 0/0 rate is replaced by FFmpeg
+    with 25 fps, so 'zero fps' reaches the decoder as this: practically zero.)"""
+    data = avi(tmp)
+    data = _patch(data, b"avih", 0, "<I", 0)
+    return _patch(data, b"strh", 20, "<II", 2**31, 1)
+
+
+def no_video_stream_avi(tmp: Path) -> bytes:
+    """A well-formed AVI whose only stream is declared as a text stream, not video."""
+    d = bytearray(avi(tmp))
+    i = d.index(b"strh") + 8
+    d[i : i + 4] = b"txts"
+    return bytes(d)
+
+
+def lying_frame_count_avi(tmp: Path, n: int = 12) -> bytes:
+    """An AVI of ``n`` frames whose headers declare 10 million."""
+    data = avi(tmp, n=n)
+    data = _patch(data, b"avih", 16, "<I", 10_000_000)
+    return _patch(data, b"strh", 32, "<I", 10_000_000)
+
+
+def hls_playlist(target: Path) -> bytes:
+    return (f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{target}\n#EXT-X-ENDLIST\n").encode()
+
+
+def ffconcat_script(target: Path) -> bytes:
+    return f"ffconcat version 1.0\nfile '{target}'\n".encode()
+
+
+def png_image() -> bytes:
+    ok, buf = cv2.imencode(".png", moving_square_frames(1)[0])
+    assert ok
+    return buf.tobytes()
+
+
+def damaged_frames_avi(tmp: Path) -> bytes:
+    """An AVI with intact headers (it passes the probe) whose every JPEG frame is wiped after its
+    first two bytes, so no frame decodes: a problem that only shows while decoding."""
+    d = bytearray(avi(tmp))
+    movi = d.index(b"movi") + 4
+    start = movi
+    while (start := d.find(b"\xff\xd8", start)) != -1:
+        d[start + 2 : start + 602] = bytes(600)
+        start += 602
+    return bytes(d)
