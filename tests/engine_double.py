@@ -8,25 +8,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-
-@dataclass(frozen=True)
-class FakeMotionFrame:
-    direction: np.ndarray
-    speed: np.ndarray
-    confidence: np.ndarray
-    cell: int
-    direction_hist: np.ndarray
-    speed_hist: np.ndarray
-    top_units: list
-    global_direction: float
-    global_speed: float
-    global_confidence: float
-    active_per_patch: float
+from models.engine import MotionFrame
 
 
 class FakeState:
@@ -68,7 +54,7 @@ class FakeEngine:
         speed = math.hypot(dx, dy)
         gh, gw = frame.shape[0] // self.CELL, frame.shape[1] // self.CELL
         dir_hist = np.maximum(np.cos(self.direction_bins - direction), 0).astype(np.float32)
-        return FakeMotionFrame(
+        return MotionFrame(
             direction=np.full((gh, gw), direction, np.float32),
             speed=np.full((gh, gw), speed, np.float32),
             confidence=np.full((gh, gw), 1.0 if speed > 0.1 else 0.0, np.float32),

@@ -4,24 +4,10 @@ slow or hanging on demand (crash, watchdog and restart tests). Product code neve
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class FakeMotionFrame:
-    direction: np.ndarray
-    speed: np.ndarray
-    confidence: np.ndarray
-    cell: int
-    direction_hist: np.ndarray
-    speed_hist: np.ndarray
-    top_units: list
-    global_direction: float
-    global_speed: float
-    global_confidence: float
-    active_per_patch: float
+from models.engine import MotionFrame
 
 
 class FakeEngine:
@@ -50,7 +36,7 @@ class FakeEngine:
         state["prev"] = grey
         diff = np.abs(grey - prev)[: gh * c, : gw * c].reshape(gh, c, gw, c).mean(axis=(1, 3))
         conf = np.clip(diff / 10.0, 0, 1).astype(np.float32)
-        return FakeMotionFrame(
+        return MotionFrame(
             direction=np.zeros((gh, gw), np.float32),
             speed=(diff / 5.0).astype(np.float32),
             confidence=conf,
