@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from models.calibration import fit_readout, grating_direction_error, natural_direction_error
+from models.calibration import grating_direction_error, natural_direction_error
 from models.population import pooled_response
 from models.ssrnn import SSRNN
 from models.stimuli import gabor_sequence
 from models.tuning import (
     DIRECTIONS,
-    N_DIRECTIONS,
     SPEEDS,
     TuningSummary,
     grating_tuning,
@@ -188,6 +187,3 @@ def write_report(report: dict, out: Path) -> Path:
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=2))
     return path
-
-
-__all__ = ["build_report", "write_figures", "write_report", "fit_readout", "N_DIRECTIONS"]

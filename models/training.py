@@ -9,7 +9,6 @@ noise, so clones of one atom specialise on different temporal contexts (directio
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 
@@ -250,7 +249,3 @@ def _split_clones(model, groups, usage, cfg, rng) -> None:
         u, src = groups[g, k], busiest[g]
         model.R_[u] = model.R_[src] + cfg.r_init * rng.standard_normal(model.n_units)
         model.b_[u] = model.b_[src]
-
-
-def config_json(model: SSRNN) -> str:
-    return json.dumps(getattr(model, "train_config_", {}))
