@@ -1,6 +1,6 @@
 """Training speed of the R-GLM on Penn Treebank: tokens/s by hidden size and output layer.
 
-Run under the shared lock:  flock /tmp/v1motion-heavy.lock .venv/bin/python bench/lm_speed.py
+Run on a quiet machine:  .venv/bin/python bench/lm_speed.py
 Prints a markdown table; the full-softmax row is the baseline the sampled softmax is compared to.
 """
 

@@ -6,7 +6,7 @@ server's wall clock when the frame was captured) to its arrival here (same machi
 Scenarios: one stream at 320x240 and at 640x480, 8 streams at once, and 50 viewers on one stream.
 The baseline is ``engine.step`` alone on the same frames, in this process.
 
-    flock /tmp/v1motion-heavy.lock python bench/service_latency.py [--engine default|random] [--seconds 10]
+    python bench/service_latency.py [--engine default|random] [--seconds 10]
 
 Prints a table; the goal is latency p95 <= 10 ms at 30 fps input on 320x240. ``rest`` is latency minus
 the engine step: the wait for the worker (a frame that arrives while it is busy waits for the current

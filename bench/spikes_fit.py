@@ -1,6 +1,6 @@
 """Fit time of the R-GLM on the 38-neuron salamander retina recording (goal: <= 60 s on 2 cores).
 
-Run under the shared lock:  flock /tmp/v1motion-heavy.lock python bench/spikes_fit.py
+Run on a quiet machine:  python bench/spikes_fit.py
 Prints one row per model: wall time of ``fit`` on all 30 trials x 1800 bins (10 ms), L-BFGS iterations,
 time per iteration, and the ratio to the correlated Poisson fit measured in the same process.
 """

@@ -2,7 +2,7 @@
 
 Run under the shared lock (it takes a few minutes):
 
-    flock /tmp/v1motion-heavy.lock .venv/bin/python bench/stfilter.py --rnn runs/stfit/rnn.npz
+    .venv/bin/python bench/stfilter.py --rnn runs/stfit/rnn.npz
 
 All paths run single-threaded (BLAS and Numba) on the same frames in one process, in float32.
 Quality is the relative error of each path's output against the exact feed-forward bank, over the

@@ -1,7 +1,7 @@
 """Start and optimiser of the recurrent filter fit: variance explained vs L-BFGS iterations (issue 7).
 
-    flock /tmp/v1motion-heavy.lock .venv/bin/python bench/stfit_init.py --runs lsq:0,lsq:60,random:60
-    flock /tmp/v1motion-heavy.lock .venv/bin/python bench/stfit_init.py --t-peak 14.5 --runs lsq:60,random:60
+    .venv/bin/python bench/stfit_init.py --runs lsq:0,lsq:60,random:60
+    .venv/bin/python bench/stfit_init.py --t-peak 14.5 --runs lsq:60,random:60
 
 Each run fits R (5 % non-zero) and W0 to the 12 x 12 x 30 Gabor bank from the named start with the
 given number of L-BFGS iterations, and prints overall / worst-filter variance explained, the

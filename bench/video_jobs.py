@@ -1,6 +1,6 @@
 """Video job throughput: frames processed per second on real clips, as a multiple of real time.
 
-    flock /tmp/v1motion-heavy.lock .venv/bin/python bench/video_jobs.py [--engine default|random]
+    .venv/bin/python bench/video_jobs.py [--engine default|random]
 
 Clips come from ``models.datasets.shared_data_dir() / "videos"``: box.mp4 (640x480, 29.97 fps, H.264)
 and vtest.avi (768x576, 10 fps, MS-MPEG4; reassembled from its three parts into a temporary file).
