@@ -136,6 +136,26 @@ def _pursuit_patch(
 
 
 @njit(cache=True, nogil=True)
+def _pursuit_scratch(n_atoms, kmax):
+    """Work buffers of ``_pursuit_patch``, allocated once per frame by each driver."""
+    return (
+        np.empty((n_atoms, 2)),  # best_pi
+        np.empty((n_atoms, 2), np.int64),  # best_u
+        np.empty(n_atoms),  # rho
+        np.zeros(n_atoms, np.bool_),  # in_support
+        np.empty(kmax, np.int64),  # s_atom
+        np.empty(kmax, np.int64),  # s_sign
+        np.empty(kmax, np.int64),  # s_unit
+        np.empty(kmax),  # s_prior
+        np.empty((kmax, kmax)),  # gmat
+        np.empty(kmax),  # rhs
+        np.empty((kmax, kmax)),  # work
+        np.zeros(kmax),  # xi
+        np.zeros(kmax),  # xs
+    )
+
+
+@njit(cache=True, nogil=True)
 def _ssrnn_infer_frame(
     C, G, r_ptr, r_idx, r_val, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax,
     out_idx, out_val, out_cnt, out_prior,
@@ -166,21 +186,10 @@ def _ssrnn_infer_frame(
     base_pi = np.empty((n_atoms, 2))
     base_u = np.empty((n_atoms, 2), np.int64)
     _best_clones(pi, n_clones, base_pi, base_u)
-    best_pi = np.empty((n_atoms, 2))
-    best_u = np.empty((n_atoms, 2), np.int64)
     touched = np.empty(n_units, np.int64)
     group_dirty = np.zeros(2 * n_atoms, np.bool_)
-    rho = np.empty(n_atoms)
-    in_support = np.zeros(n_atoms, np.bool_)
-    s_atom = np.empty(kmax, np.int64)
-    s_sign = np.empty(kmax, np.int64)
-    s_unit = np.empty(kmax, np.int64)
-    s_prior = np.empty(kmax)
-    gmat = np.empty((kmax, kmax))
-    rhs = np.empty(kmax)
-    work = np.empty((kmax, kmax))
-    xi = np.zeros(kmax)
-    xs = np.zeros(kmax)
+    (best_pi, best_u, rho, in_support, s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi,
+     xs) = _pursuit_scratch(n_atoms, kmax)  # fmt: skip
     for m in range(m_patches):
         best_pi[:, :] = base_pi
         best_u[:, :] = base_u
@@ -219,19 +228,8 @@ def _ssrnn_infer_frame_dense(
     """The same inference given the prior log-odds of every patch ``PI`` (M, N), e.g. ``b + Z R^T``
     computed densely with BLAS: the baseline the sparse drive is measured against."""
     m_patches, n_atoms = C.shape
-    best_pi = np.empty((n_atoms, 2))
-    best_u = np.empty((n_atoms, 2), np.int64)
-    rho = np.empty(n_atoms)
-    in_support = np.zeros(n_atoms, np.bool_)
-    s_atom = np.empty(kmax, np.int64)
-    s_sign = np.empty(kmax, np.int64)
-    s_unit = np.empty(kmax, np.int64)
-    s_prior = np.empty(kmax)
-    gmat = np.empty((kmax, kmax))
-    rhs = np.empty(kmax)
-    work = np.empty((kmax, kmax))
-    xi = np.zeros(kmax)
-    xs = np.zeros(kmax)
+    (best_pi, best_u, rho, in_support, s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi,
+     xs) = _pursuit_scratch(n_atoms, kmax)  # fmt: skip
     for m in range(m_patches):
         _best_clones(PI[m], n_clones, best_pi, best_u)
         _pursuit_patch(
