@@ -28,15 +28,34 @@ def extract_patches(frames: np.ndarray, size: int, n: int, rng) -> np.ndarray:
     return out
 
 
-def zca_matrix(patches: np.ndarray, eps_rel: float = 0.05) -> np.ndarray:
-    """ZCA matrix ``Z = U (S + eps)^-1/2 U^T`` of mean-removed patches; eps = eps_rel * mean eigenvalue."""
+def zca_matrix(patches: np.ndarray, eps_rel: float = 0.05, floor_rel: float = 1e-10) -> np.ndarray:
+    """ZCA matrix ``Z = U (S + eps)^-1/2 U^T`` of mean-removed patches.
+
+    Parameters
+    ----------
+    patches : ndarray, shape (n, d)
+    eps_rel : float
+        Regulariser added to every eigenvalue, as a fraction of the mean eigenvalue.
+    floor_rel : float
+        Eigenvalues at or below ``floor_rel * max eigenvalue`` are numerically zero (removing each
+        patch's mean leaves one such direction): they get gain 0 instead of ``1/sqrt(rounding
+        error)``, so the result does not depend on the sign of a rounding error.
+
+    Returns
+    -------
+    ndarray, shape (d, d)
+    """
     x = np.asarray(patches, np.float64)
     x = x - x.mean(axis=1, keepdims=True)
     cov = x.T @ x / len(x)
     s, u = np.linalg.eigh(cov)
-    s = np.clip(s, 0.0, None)
-    eps = eps_rel * s.mean()
-    return (u * (1.0 / np.sqrt(s + eps))) @ u.T
+    keep = s > floor_rel * max(float(s.max()), 0.0)
+    if not keep.any():
+        raise ValueError("patches have no variance: cannot fit a whitening matrix")
+    eps = eps_rel * s[keep].sum() / len(s)
+    gain = np.zeros_like(s)
+    gain[keep] = 1.0 / np.sqrt(s[keep] + eps)
+    return (u * gain) @ u.T
 
 
 def patch_grid(frame: np.ndarray, size: int) -> np.ndarray:

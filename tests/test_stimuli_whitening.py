@@ -54,11 +54,31 @@ def test_unknown_names_list_the_valid_choices():
 def test_exact_zca_gives_identity_covariance(rng):
     x = rng.standard_normal((20000, 16)) @ rng.standard_normal((16, 16))
     z = zca_matrix(x, eps_rel=0.0)
+    assert np.all(np.isfinite(z))
     w = (x - x.mean(1, keepdims=True)) @ z
-    cov = np.cov(w.T)
-    # The per-patch mean is removed first, so one direction has no variance left.
-    evals = np.linalg.eigvalsh(cov)
+    evals = np.linalg.eigvalsh(np.cov(w.T))
+    # Removing each patch's mean leaves one direction with no variance: the floor gives it gain 0
+    # (whatever the sign of its rounding error), every other direction comes out with variance 1.
+    assert abs(evals[0]) < 1e-8
     np.testing.assert_allclose(evals[1:], 1.0, rtol=0.05)
+
+
+@pytest.mark.parametrize("tiny", [-1e-15, 0.0, 1e-15])
+def test_zca_floor_does_not_depend_on_the_sign_of_a_rounding_error(rng, tiny):
+    # Rank-deficient patches (column 3 copies column 2): one more zero eigenvalue, nudged either way.
+    x = rng.standard_normal((5000, 8))
+    x[:, 3] = x[:, 2] + tiny
+    z = zca_matrix(x, eps_rel=0.0)
+    assert np.all(np.isfinite(z))
+    w = (x - x.mean(1, keepdims=True)) @ z
+    evals = np.linalg.eigvalsh(np.cov(w.T))
+    assert np.all(np.abs(evals[:2]) < 1e-8)
+    np.testing.assert_allclose(evals[2:], 1.0, rtol=0.05)
+
+
+def test_zca_of_constant_patches_is_refused():
+    with pytest.raises(ValueError, match="no variance"):
+        zca_matrix(np.ones((100, 9)))
 
 
 def test_convolution_whitening_decorrelates_natural_patches():
