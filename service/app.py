@@ -16,6 +16,7 @@ from service import http_errors
 from service.metrics import Metrics
 from service.pipeline import EngineHolder, StreamManager, StreamPipeline
 from service.routers import camera, language, ops, spikes, streams, videos
+from service.security import AuthDep, WebSocketRefused, ignore_refused
 from service.settings import Settings
 from service.sources import SourceFactory, source_factory
 
@@ -99,12 +100,11 @@ def create_app(
         lifespan=lifespan,
     )
     http_errors.install(app)
-    app.include_router(ops.router)
-    app.include_router(spikes.router)
-    app.include_router(language.router)
-    app.include_router(streams.router)
-    app.include_router(camera.router)
-    app.include_router(videos.router)
+    app.add_exception_handler(WebSocketRefused, ignore_refused)
+    app.include_router(ops.router)  # probes are public; /metrics asks for the token itself
+    # Every /v1 router is guarded here, once, so that no route can forget the token.
+    for router in (spikes.router, language.router, streams.router, camera.router, videos.router):
+        app.include_router(router, dependencies=[AuthDep])
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     else:

@@ -2,6 +2,11 @@
 
 A token is required when the service is bound to anything but localhost (``Settings.requires_token``).
 Websocket Origins are always checked: a page on another site must not drive a user's local service.
+
+``authorize`` is the one dependency that guards the API: the app factory includes every ``/v1`` router
+with it, so a new route cannot forget it. For HTTP it checks the token header; for a websocket it checks
+the Origin, accepts the socket and authenticates it (a token may arrive as the first message), and a
+refused socket is closed before the route's code runs.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import logging
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, Request, WebSocket, status
+from fastapi import Depends, HTTPException, WebSocket, status
+from starlette.requests import HTTPConnection
 
 from service import protocol
 from service.settings import Settings
@@ -41,7 +47,7 @@ def _header_token(headers) -> str | None:
     return headers.get(TOKEN_HEADER)
 
 
-def require_token(request: Request) -> None:
+def require_token(request: HTTPConnection) -> None:
     """FastAPI dependency for HTTP routes: ``Authorization: Bearer <token>`` or ``X-V1Motion-Token``."""
     settings: Settings = request.app.state.settings
     if settings.requires_token and not _token_ok(settings, _header_token(request.headers)):
@@ -53,6 +59,29 @@ def require_token(request: Request) -> None:
 
 
 TokenDep = Annotated[None, Depends(require_token)]
+
+
+class WebSocketRefused(Exception):
+    """Raised by ``authorize`` after it closed a websocket it refused; the app swallows it."""
+
+
+async def authorize(conn: HTTPConnection) -> None:
+    """The API's guard: the token for HTTP requests; Origin, accept and token for websockets."""
+    if conn.scope["type"] == "websocket":
+        ws = (
+            conn if isinstance(conn, WebSocket) else WebSocket(conn.scope, conn.receive, conn._send)
+        )
+        if not await accept_websocket(ws):
+            raise WebSocketRefused
+        return
+    require_token(conn)  # type: ignore[arg-type]
+
+
+async def ignore_refused(_conn: HTTPConnection, _exc: Exception) -> None:
+    """Exception handler for ``WebSocketRefused``: the socket was already closed with a reason."""
+
+
+AuthDep = Depends(authorize)
 
 
 def origin_allowed(ws: WebSocket, settings: Settings) -> bool:

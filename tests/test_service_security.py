@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -122,3 +123,62 @@ def test_source_strings_and_duplicates():
 def test_sources_from_the_environment(monkeypatch):
     monkeypatch.setenv("V1MOTION_SOURCES", json.dumps(["synthetic", "cam=camera:1"]))
     assert [s.name for s in Settings().sources] == ["synthetic", "cam"]
+
+
+# Routes that answer without a token by design: probes and the dashboard's static files.
+PUBLIC = {"/healthz", "/readyz"}
+
+
+def _leaf_routes(routes, prefix=""):
+    """Every route with its full path, also inside routers that FastAPI keeps as included objects."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            context = getattr(route, "include_context", None)
+            yield from _leaf_routes(inner.routes, prefix + (getattr(context, "prefix", "") or ""))
+        else:
+            yield prefix + getattr(route, "path", ""), route
+
+
+def _api_routes(app):
+    from fastapi.routing import APIRoute, APIWebSocketRoute
+
+    http, ws = [], []
+    for path, route in _leaf_routes(app.routes):
+        if path in PUBLIC or path.startswith(("/docs", "/redoc", "/openapi")) or path == "/":
+            continue
+        concrete = re.sub(r"\{[^}]+\}", "x", path)
+        if isinstance(route, APIRoute):
+            http += [(m, concrete) for m in sorted(route.methods - {"HEAD"})]
+        elif isinstance(route, APIWebSocketRoute):
+            ws.append(concrete)
+    return http, ws
+
+
+def test_every_http_route_refuses_a_missing_or_wrong_token(client):
+    http, _ = _api_routes(client.app)
+    prefixes = {p.split("/")[2] for _, p in http if p.startswith("/v1/")}
+    assert {"spikes", "language", "videos", "streams"} <= prefixes  # the walk sees every router
+    for method, path in http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-V1Motion-Token": "wrong"}):
+            r = client.request(method, path, headers=headers)
+            assert r.status_code == 401, (method, path, headers, r.status_code, r.text)
+
+
+def test_spike_and_language_routes_accept_the_right_token(client):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.post("/v1/language/next", json={"context": "the", "k": 3}, headers=auth)
+    assert r.status_code != 401
+    assert client.get("/v1/spikes/models/nope", headers=auth).status_code == 404
+
+
+def test_every_websocket_route_refuses_a_wrong_token(client):
+    _, ws = _api_routes(client.app)
+    assert {"/v1/camera", "/v1/streams/x"} <= set(ws)
+    for path in ws:
+        with client.websocket_connect(path) as sock:
+            sock.send_text(json.dumps({"type": "auth", "token": "wrong"}))
+            assert json.loads(sock.receive_text())["code"] == "unauthorized"
+            with pytest.raises(WebSocketDisconnect) as exc:
+                sock.receive_text()
+            assert exc.value.code == 4401

@@ -22,7 +22,6 @@ from service import protocol
 from service.flow import DISFlow
 from service.jpeg import JPEGHeaderError, jpeg_size
 from service.routers.streams import close_quietly, parse_text
-from service.security import accept_websocket
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +137,7 @@ class CameraSession:
 @router.websocket("/camera")
 async def camera_socket(ws: WebSocket) -> None:
     """Analyse the browser's own camera: JPEG frames in, JSON results out on the same socket."""
-    if not await accept_websocket(ws):
-        return
-    app = ws.app
+    app = ws.app  # accepted and authenticated by the router's guard (service.security.authorize)
     settings, metrics, holder = app.state.settings, app.state.metrics, app.state.engine
     if app.state.camera_clients >= settings.camera_max_clients:
         await ws.send_text(

@@ -15,7 +15,6 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service import protocol
 from service.pipeline import StreamManager, Subscriber
-from service.security import TokenDep, accept_websocket
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def _manager(app) -> StreamManager:
 
 
 @router.get("/streams")
-def list_streams(request: Request, _: TokenDep) -> StreamsPublic:
+def list_streams(request: Request) -> StreamsPublic:
     """The configured sources and their state; the browser camera socket and its limits."""
     s = request.app.state.settings
     mgr = _manager(request.app)
@@ -73,7 +72,7 @@ def list_streams(request: Request, _: TokenDep) -> StreamsPublic:
 
 
 @router.get("/streams/{name}", responses={404: {"description": "no stream with that name"}})
-def get_stream(name: str, request: Request, _: TokenDep) -> StreamPublic:
+def get_stream(name: str, request: Request) -> StreamPublic:
     """One stream's state."""
     try:
         p = _manager(request.app).get(name)
@@ -83,7 +82,7 @@ def get_stream(name: str, request: Request, _: TokenDep) -> StreamPublic:
 
 
 @router.get("/units", responses={503: {"description": "engine still loading"}})
-async def tuning_report(request: Request, _: TokenDep) -> dict[str, Any]:
+async def tuning_report(request: Request) -> dict[str, Any]:
     """The engine's measured tuning: per unit, direction tuning (polar) and speed tuning.
 
     Also the bin centres of the population histograms in each result: ``histogram_directions_deg``
@@ -130,9 +129,7 @@ def parse_text(raw: str) -> dict[str, Any]:
 async def stream_socket(ws: WebSocket, name: str) -> None:
     """Results of one configured stream: a ``hello``, then per frame a JSON ``result`` followed by a
     binary preview, and a ``status`` every second (see docs/protocol.md)."""
-    if not await accept_websocket(ws):
-        return
-    app = ws.app
+    app = ws.app  # accepted and authenticated by the router's guard (service.security.authorize)
     mgr = _manager(app)
     settings = app.state.settings
     metrics = app.state.metrics
