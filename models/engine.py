@@ -17,7 +17,7 @@ import numpy as np
 
 from models.kernels import _readout_frame
 from models.readout import MotionReadout
-from models.ssrnn import SSRNN, recurrent_csr
+from models.ssrnn import SSRNN, SparseCode, recurrent_csr
 from models.whitening import patch_grid
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -194,26 +194,30 @@ class MotionEngine:
         return self.model.patch * 2 ** (self.levels - 1) * 2
 
     def step(self, state: StreamState, frame: np.ndarray) -> MotionFrame:
+        """Analyse one frame of a stream: encode it with the ss-RNN, then read the motion out."""
         grey = to_grey(frame)
         h, w = grey.shape
         if min(h, w) < self.min_side:
             raise ValueError(f"frame {w}x{h} is too small: each side needs >= {self.min_side} px")
         if max(h, w) > MAX_SIDE:
             raise ValueError(f"frame {w}x{h} is too large: each side must be <= {MAX_SIDE} px")
-        model, p = self.model, self.model.patch
         if state.shape != (h, w):
             state.shape = (h, w)
             state.prev = [None] * self.levels
             state.rms = [None] * self.levels
             state.acc = None
             state.frames = 0
-        gh0, gw0 = h // p, w // p
-        total = np.zeros((gh0, gw0, 3), np.float32)
-        dir_hist = np.zeros(N_DIRECTION_BINS, np.float32)
-        speed_hist = np.zeros(len(SPEED_BINS), np.float32)
-        unit_act = np.zeros(model.n_units, np.float32)
-        scratch_act = np.zeros(model.n_units, np.float32)
-        n_active, n_patches = 0, 0
+        codes = self.encode(state, grey)
+        return self.read(state, codes, (h, w))
+
+    def encode(self, state: StreamState, grey: np.ndarray) -> list[tuple[SparseCode, int, int]]:
+        """The ss-RNN's sparse code of every pyramid level, ``[(code, rows, cols)]``; updates ``state``.
+
+        Per level: whitening convolution, contrast normalised by a running RMS, non-overlapping
+        patches, atom correlations (one GEMM), greedy filtering with the level's recurrent state.
+        """
+        model, p = self.model, self.model.patch
+        out = []
         img = grey
         for lv in range(self.levels):
             if lv:
@@ -227,6 +231,21 @@ class MotionEngine:
             gh, gw, d = grid.shape
             code = model.infer(grid.reshape(-1, d) @ self._W, state.prev[lv], self._G, self._csr)
             state.prev[lv] = code
+            out.append((code, gh, gw))
+        return out
+
+    def read(self, state: StreamState, codes, shape: tuple[int, int]) -> MotionFrame:
+        """The motion map, histograms and global motion from the codes of one frame."""
+        model, p = self.model, self.model.patch
+        h, w = shape
+        gh0, gw0 = h // p, w // p
+        total = np.zeros((gh0, gw0, 3), np.float32)
+        dir_hist = np.zeros(N_DIRECTION_BINS, np.float32)
+        speed_hist = np.zeros(len(SPEED_BINS), np.float32)
+        unit_act = np.zeros(model.n_units, np.float32)
+        scratch_act = np.zeros(model.n_units, np.float32)
+        n_active, n_patches = 0, 0
+        for lv, (code, gh, gw) in enumerate(codes):
             contrib = np.empty((gh * gw, 3), np.float32)
             act = unit_act if lv == 0 else scratch_act
             _readout_frame(
