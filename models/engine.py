@@ -15,13 +15,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.kernels import _readout_frame
+from models.mt_readout import MTReadout, Pooling, _project_frame
 from models.readout import MotionReadout
 from models.ssrnn import SSRNN, SparseCode, recurrent_csr
 from models.whitening import patch_grid
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "ssrnn_default.npz"
+DEFAULT_MT = WEIGHTS_DIR / "mt_readout_default.npz"
 SPEED_BINS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
 N_DIRECTION_BINS = 16
 MAX_SIDE = 4096
@@ -67,7 +68,7 @@ class StreamState:
     shape: tuple | None = None
     prev: list = field(default_factory=list)
     rms: list = field(default_factory=list)
-    acc: np.ndarray | None = None
+    acc: list = field(default_factory=list)
     frames: int = 0
 
 
@@ -92,34 +93,63 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
 
 
 class MotionEngine:
-    """ss-RNN + read-out + tuning, applied frame by frame.
+    """ss-RNN + MT-like read-out + tuning, applied frame by frame.
 
     Parameters
     ----------
     model : SSRNN
-    readout : MotionReadout fitted on features of ``levels`` pyramid levels.
+    readout : MotionReadout
+        The linear read-out shipped with the weights (``readout_levels`` levels); the tuning report's
+        science keys are scored with it. The live motion comes from ``mt``.
     tuning : dict with per-unit arrays ``pref_dir`` (N,), ``pref_speed`` (N,), ``di`` (N,),
         ``direction_curves`` (16, N), ``speed_curves`` (N, n_speeds), ``speeds`` (n_speeds,).
-    levels : pyramid levels.  pool_px : side of the spatial pooling window in input pixels.
-    tau : time constant (frames) of the temporal average.  cell : motion-map cell in patches.
+    levels : pyramid levels of the linear read-out.
+    mt : MTReadout, optional
+        The motion read-out of ``step``; it sets how many pyramid levels are encoded. Without it the
+        engine can encode but not read motion.
+    pooling : Pooling, optional
+        Temporal and spatial pooling of the MT read-out's inputs (must be the one it was fitted with).
     """
 
     def __init__(self, model: SSRNN, readout: MotionReadout, tuning: dict, levels: int = 3,
-                 pool_px: int = 48, tau: float = 4.0, cell: int = 2, rms_floor: float = 0.1):  # fmt: skip
+                 mt: MTReadout | None = None, pooling: Pooling | None = None,
+                 rms_floor: float = 0.1):  # fmt: skip
         self.model = model
         self.readout = readout
+        self.readout_levels = levels
         self.tuning = tuning
-        self.levels = levels
-        self.pool_px = pool_px
-        self.tau = tau
-        self.cell_patches = cell
+        self.mt = mt
+        self.pooling = pooling or Pooling(patch=model.patch)
+        if mt is not None and mt.n_features % self.pooling.n_scales:
+            raise ValueError(
+                f"MT read-out has {mt.n_features} feature sets, not a multiple of the "
+                f"{self.pooling.n_scales} pooling scales"
+            )
+        self.levels = mt.n_features // self.pooling.n_scales if mt is not None else levels
+        # Per level, the projections of every pooling scale side by side: (N, S * H).
+        self._proj = (
+            []
+            if mt is None
+            else [
+                np.ascontiguousarray(
+                    np.concatenate(
+                        list(
+                            mt.proj_[lv * self.pooling.n_scales : (lv + 1) * self.pooling.n_scales]
+                        ),
+                        1,
+                    )
+                )
+                for lv in range(self.levels)
+            ]
+        )
         self.rms_floor = rms_floor
         n = model.n_units
         if readout.coef_.shape != (levels * n, 3):
             raise ValueError(
                 f"read-out has {readout.coef_.shape[0]} features; expected {levels} levels x {n} units"
             )
-        self._beta = np.ascontiguousarray(readout.coef_.reshape(levels, n, 3))
+        if mt is not None and mt.proj_.shape[1] != n:
+            raise ValueError(f"MT read-out is for {mt.proj_.shape[1]} units; the model has {n}")
         self._G = model.gram()
         self._csr = recurrent_csr(model.R_)
         self._W = np.ascontiguousarray(model.W_)
@@ -135,12 +165,13 @@ class MotionEngine:
         log_speed = np.log2(np.asarray(tuning["pref_speed"], float))
         self._speed_bin = [
             np.clip(np.round(log_speed + lv - np.log2(SPEED_BINS[0])), 0, len(SPEED_BINS) - 1).astype(np.int64)
-            for lv in range(levels)
+            for lv in range(self.levels)
         ]  # fmt: skip
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def load(cls, path, **kw) -> MotionEngine:
+    def load(cls, path, mt_path=None, **kw) -> MotionEngine:
+        """Weights of the ss-RNN (with its linear read-out and tuning) and, optionally, an MT read-out."""
         model = SSRNN.load(path)
         extra = model.extra_
         if "readout_coef" not in extra:
@@ -150,13 +181,17 @@ class MotionEngine:
         readout.intercept_ = extra["readout_intercept"].astype(np.float32)
         tuning = json.loads(str(extra["tuning"]))
         levels = int(extra["readout_levels"])
-        return cls(model, readout, tuning, levels=levels, **kw)
+        mt = MTReadout.load(mt_path) if mt_path is not None else None
+        if mt is not None and "pooling" in mt.meta_ and "pooling" not in kw:
+            kw["pooling"] = Pooling(**mt.meta_["pooling"])
+        return cls(model, readout, tuning, levels=levels, mt=mt, **kw)
 
     @classmethod
     def load_default(cls, **kw) -> MotionEngine:
-        if not DEFAULT_WEIGHTS.exists():
-            raise FileNotFoundError(f"{DEFAULT_WEIGHTS.name} missing: run `v1motion train`")
-        return cls.load(DEFAULT_WEIGHTS, **kw)
+        for path in (DEFAULT_WEIGHTS, DEFAULT_MT):
+            if not path.exists():
+                raise FileNotFoundError(f"{path.name} missing: run `v1motion train`")
+        return cls.load(DEFAULT_WEIGHTS, mt_path=DEFAULT_MT, **kw)
 
     @classmethod
     def random(cls, seed: int = 0, n_atoms: int = 16, n_clones: int = 2, levels: int = 2, **kw):
@@ -176,7 +211,9 @@ class MotionEngine:
             "speeds": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
             "responsive": [True] * n,
         }
-        return cls(model, readout, tuning, levels=levels, **kw)
+        pooling = kw.get("pooling") or Pooling(patch=model.patch)
+        mt = MTReadout.random(levels * pooling.n_scales, n, seed=seed)
+        return cls(model, readout, tuning, levels=levels, mt=mt, **kw)
 
     # ---------------------------------------------------------------- use
     def new_state(self) -> StreamState:
@@ -191,7 +228,8 @@ class MotionEngine:
 
     @property
     def min_side(self) -> int:
-        return self.model.patch * 2 ** (self.levels - 1) * 2
+        """Smallest frame side: one patch at the coarsest pyramid level."""
+        return self.model.patch * 2 ** (self.levels - 1)
 
     def step(self, state: StreamState, frame: np.ndarray) -> MotionFrame:
         """Analyse one frame of a stream: encode it with the ss-RNN, then read the motion out."""
@@ -205,7 +243,7 @@ class MotionEngine:
             state.shape = (h, w)
             state.prev = [None] * self.levels
             state.rms = [None] * self.levels
-            state.acc = None
+            state.acc = [None] * self.levels
             state.frames = 0
         codes = self.encode(state, grey)
         return self.read(state, codes, (h, w))
@@ -235,49 +273,41 @@ class MotionEngine:
         return out
 
     def read(self, state: StreamState, codes, shape: tuple[int, int]) -> MotionFrame:
-        """The motion map, histograms and global motion from the codes of one frame."""
-        model, p = self.model, self.model.patch
-        h, w = shape
-        gh0, gw0 = h // p, w // p
-        total = np.zeros((gh0, gw0, 3), np.float32)
+        """The motion map, histograms and global motion from the codes of one frame.
+
+        Per level, each patch's code is projected onto the MT read-out's inputs (plus its total
+        activity); those channels are averaged over time and space (``self.pooling``) and decoded per
+        cell, and for the whole frame.
+        """
+        mt = self.mt
+        if mt is None:
+            raise RuntimeError("this engine has no MT read-out: load one with mt_path=")
         dir_hist = np.zeros(N_DIRECTION_BINS, np.float32)
         speed_hist = np.zeros(len(SPEED_BINS), np.float32)
-        unit_act = np.zeros(model.n_units, np.float32)
-        scratch_act = np.zeros(model.n_units, np.float32)
-        n_active, n_patches = 0, 0
+        unit_act = np.zeros(self.model.n_units, np.float32)
+        scratch_act = np.zeros(self.model.n_units, np.float32)
+        n_hidden = mt.proj_.shape[2]
         for lv, (code, gh, gw) in enumerate(codes):
-            contrib = np.empty((gh * gw, 3), np.float32)
-            act = unit_act if lv == 0 else scratch_act
-            _readout_frame(
-                code.idx, code.val, code.cnt, self._beta[lv], self._dir_bin, self._speed_bin[lv],
-                self._ds_weight, contrib, dir_hist, speed_hist, act,
+            contrib = np.empty((gh * gw, self._proj[lv].shape[1] + 1), np.float32)
+            _project_frame(
+                code.idx, code.val, code.cnt, self._proj[lv], self._dir_bin, self._speed_bin[lv],
+                self._ds_weight, contrib, dir_hist, speed_hist, unit_act if lv == 0 else scratch_act,
             )  # fmt: skip
-            up = contrib.reshape(gh, gw, 3)
-            if lv:
-                f = 2**lv
-                up = np.repeat(np.repeat(up, f, 0), f, 1)
-                up = np.pad(up, ((0, gh0 - up.shape[0]), (0, gw0 - up.shape[1]), (0, 0)), "edge")
-            total += up[:gh0, :gw0]
-            if lv == 0:
-                n_active, n_patches = int(code.cnt.sum()), gh * gw
-        alpha = 1.0 / self.tau if state.acc is not None else 1.0
-        state.acc = total if state.acc is None else (1 - alpha) * state.acc + alpha * total
+            state.acc[lv] = self.pooling.update(state.acc[lv], contrib.reshape(gh, gw, -1))
         state.frames += 1
-        k = max(1, int(round(self.pool_px / p)))
-        pooled = cv2.blur(state.acc, (k, k), borderType=cv2.BORDER_REPLICATE)
-        c = self.cell_patches
-        ch, cw = gh0 // c, gw0 // c
-        cells = pooled[: ch * c, : cw * c].reshape(ch, c, cw, c, 3).mean((1, 3))
-        direction, speed, conf = MotionReadout.decode(cells + self.readout.intercept_)
-        g_dir, g_speed, g_conf = MotionReadout.decode(
-            state.acc.mean((0, 1)) + self.readout.intercept_
-        )
+        cells = self.pooling.cells(state.acc, shape, blocks=n_hidden)
+        direction, speed, conf, _ = mt.decode_hidden(mt.hidden_from_projected(cells))
+        conf *= mt.evidence(cells[..., -1])
+        whole = self.pooling.whole(state.acc, blocks=n_hidden)
+        g_dir, g_speed, g_conf, _ = mt.decode_hidden(mt.hidden_from_projected(whole))
+        g_conf *= mt.evidence(whole[..., -1])
+        code0, gh0, gw0 = codes[0]
         top = np.argsort(unit_act)[::-1][:10]
         top_units = [(int(u), float(unit_act[u])) for u in top if unit_act[u] > 0]
         return MotionFrame(
-            direction.astype(np.float32), speed.astype(np.float32), conf.astype(np.float32),
-            c * p, dir_hist, speed_hist, top_units, float(g_dir), float(g_speed), float(g_conf),
-            n_active / max(n_patches, 1),
+            direction.astype(np.float32), speed, conf, self.pooling.cell_px, dir_hist, speed_hist,
+            top_units, float(g_dir), float(g_speed), float(g_conf),
+            int(code0.cnt.sum()) / max(gh0 * gw0, 1),
         )  # fmt: skip
 
     def tuning_report(self) -> dict:

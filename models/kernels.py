@@ -237,27 +237,3 @@ def _ssrnn_infer_frame_dense(
             s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi, xs, out_idx, out_val, out_cnt,
             out_prior,
         )  # fmt: skip
-
-
-@njit(cache=True, nogil=True)
-def _readout_frame(idx, val, cnt, beta, dir_bin, speed_bin, ds_weight, contrib, dir_hist,
-                   speed_hist, unit_act):  # fmt: skip
-    """Per-patch read-out contributions ``sum_u z_u beta_u`` (M, 3) and, accumulated in place, the
-    DS-weighted activity by preferred-direction and preferred-speed bin and the activity of each unit."""
-    for m in range(cnt.shape[0]):
-        c0 = 0.0
-        c1 = 0.0
-        c2 = 0.0
-        for i in range(cnt[m]):
-            u = idx[m, i]
-            v = val[m, i]
-            c0 += v * beta[u, 0]
-            c1 += v * beta[u, 1]
-            c2 += v * beta[u, 2]
-            w = v * ds_weight[u]
-            dir_hist[dir_bin[u]] += w
-            speed_hist[speed_bin[u]] += w
-            unit_act[u] += v
-        contrib[m, 0] = c0
-        contrib[m, 1] = c1
-        contrib[m, 2] = c2

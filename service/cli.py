@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "service.commands.serve",
     "service.commands.motion",
     "service.commands.train",
+    "service.commands.fit_readout",
     "service.commands.analyze",
     "service.commands.stfit",
     "service.commands.lm",

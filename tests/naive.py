@@ -51,17 +51,19 @@ def _ssrnn_infer_frame(
     return results
 
 
-def _readout_frame(idx, val, cnt, beta, dir_bin, speed_bin, ds_weight, n_dir, n_speed):
-    """Returns ``(contrib, dir_hist, speed_hist, unit_act)`` for one frame, by explicit sums."""
+def _project_frame(idx, val, cnt, proj, dir_bin, speed_bin, ds_weight, n_dir, n_speed):
+    """Returns ``(contrib, dir_hist, speed_hist, unit_act)`` for one frame, by explicit sums:
+    ``contrib[m] = [sum_u z_u proj[u], sum_u z_u]``."""
     m_patches = len(cnt)
-    contrib = np.zeros((m_patches, 3))
+    contrib = np.zeros((m_patches, proj.shape[1] + 1))
     dir_hist = np.zeros(n_dir)
     speed_hist = np.zeros(n_speed)
-    unit_act = np.zeros(len(beta))
+    unit_act = np.zeros(len(proj))
     for m in range(m_patches):
         for i in range(cnt[m]):
             u, v = idx[m, i], val[m, i]
-            contrib[m] += v * beta[u]
+            contrib[m, :-1] += v * proj[u]
+            contrib[m, -1] += v
             dir_hist[dir_bin[u]] += v * ds_weight[u]
             speed_hist[speed_bin[u]] += v * ds_weight[u]
             unit_act[u] += v

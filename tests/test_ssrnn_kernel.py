@@ -104,23 +104,24 @@ def test_bad_inputs_raise_clear_errors():
         SSRNN().infer(np.zeros((1, 64), np.float32), None)
 
 
-def test_readout_kernel_matches_numpy_twin(rng):
-    from models.kernels import _readout_frame
+@pytest.mark.parametrize("n_out", [1, 3, 16])
+def test_projection_kernel_matches_numpy_twin(rng, n_out):
+    from models.mt_readout import _project_frame
 
     model = _random_model(5)
     code = model.infer((3 * rng.standard_normal((50, model.n_atoms))).astype(np.float32), None)
     n = model.n_units
-    beta = rng.standard_normal((n, 3)).astype(np.float32)
+    proj = rng.standard_normal((n, n_out)).astype(np.float32)
     dir_bin = rng.integers(0, 16, n)
     speed_bin = rng.integers(0, 7, n)
     ds_weight = rng.uniform(0, 1, n).astype(np.float32)
-    contrib = np.empty((50, 3), np.float32)
+    contrib = np.full((50, n_out + 1), np.nan, np.float32)  # every entry must be written
     hists = np.zeros(16, np.float32), np.zeros(7, np.float32), np.zeros(n, np.float32)
-    _readout_frame(
-        code.idx, code.val, code.cnt, beta, dir_bin, speed_bin, ds_weight, contrib, *hists
+    _project_frame(
+        code.idx, code.val, code.cnt, proj, dir_bin, speed_bin, ds_weight, contrib, *hists
     )
-    ref = naive._readout_frame(
-        code.idx, code.val, code.cnt, beta, dir_bin, speed_bin, ds_weight, 16, 7
+    ref = naive._project_frame(
+        code.idx, code.val, code.cnt, proj, dir_bin, speed_bin, ds_weight, 16, 7
     )
     np.testing.assert_allclose(contrib, ref[0], rtol=1e-5, atol=1e-5)
     for got, want in zip(hists, ref[1:], strict=True):

@@ -1,0 +1,229 @@
+"""Fitting the MT read-out on what the engine computes live.
+
+Training sequences (training stills only, never the held-out ones) with per-cell ground truth:
+rigid pans over the whole speed range, drifting gratings with their normal velocity, still frames
+with sensor noise, and a textured object moving over a still textured background (cells inside the
+object move, cells outside are still, mixed cells are not scored). Each sequence runs through the
+engine's own ``encode`` with a fresh stream state, and the per-unit activity is pooled exactly as
+``MotionEngine.read`` pools the projected channels (``Pooling``), so the read-out is fitted on the
+features it will see.
+
+``v1motion fit-readout`` regenerates ``models/weights/mt_readout_default.npz``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from models.mt_readout import MTReadout, Pooling
+from models.stimuli import (
+    TRAIN_STILLS,
+    direction_vector,
+    grating_sequence,
+    load_still,
+    pan_frame,
+    pan_sequence,
+    random_pan_start,
+)
+
+log = logging.getLogger(__name__)
+
+SIZE = (240, 320)
+N_FRAMES = 12
+SCORED = (5, 7, 9, 11)
+
+
+def _upscaled(name: str, factor: float) -> np.ndarray:
+    img = load_still(name)
+    if factor == 1.0:
+        return img
+    return cv2.resize(img, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+
+
+def _cells_truth(shape, cell, direction, speed, mask=None):
+    """Per-cell truth ``(dir, speed)``; with a moving ``mask``: object cells (>= 75 % inside) move,
+    background cells (0 %) are still, mixed cells are NaN (not scored)."""
+    ch, cw = shape[0] // cell, shape[1] // cell
+    d = np.full((ch, cw), direction, np.float32)
+    s = np.full((ch, cw), speed, np.float32)
+    if mask is not None:
+        frac = mask[: ch * cell, : cw * cell].reshape(ch, cell, cw, cell).mean((1, 3))
+        s = np.where(frac >= 0.75, speed, np.where(frac == 0, 0.0, np.nan)).astype(np.float32)
+    return d, s
+
+
+def make_sequence(kind: str, rng, shape=SIZE, n_frames=N_FRAMES, cell=16, stills=TRAIN_STILLS):
+    """One training sequence: ``frames (T, H, W)`` and a per-cell truth ``(dir, speed)`` shared by
+    every scored frame (speed 0 = still, NaN = not scored), made from ``stills``."""
+    h, w = shape
+    if kind == "pan":
+        direction = rng.uniform(-np.pi, np.pi)
+        speed = float(np.exp2(rng.uniform(-2.5, 4.2)))
+        name = stills[rng.integers(len(stills))]
+        img = _upscaled(name, 1.0)
+        need = speed * n_frames + max(shape) + 4
+        if min(img.shape) < need:
+            img = _upscaled(name, need / min(img.shape) * 1.05)
+        start = random_pan_start(img, direction, speed, n_frames, shape, rng)
+        frames = pan_sequence(img, start, direction, speed, n_frames, shape)
+        return frames, _cells_truth(shape, cell, direction, speed)
+    if kind == "grating":
+        direction = rng.uniform(-np.pi, np.pi)
+        period = float(np.exp2(rng.uniform(3, 5.3)))
+        speed = float(min(np.exp2(rng.uniform(-2, 3)), 0.4 * period))
+        frames = grating_sequence(
+            shape, direction, speed, period, n_frames, kind=("square", "sine")[rng.integers(2)],
+            phase=rng.uniform(0, 2 * np.pi),
+        )  # fmt: skip
+        contrast = rng.uniform(0.3, 1.0)
+        frames = 0.5 + contrast * (frames - 0.5)
+        return frames.astype(np.float32), _cells_truth(shape, cell, direction, speed)
+    if kind == "still":
+        img = load_still(stills[rng.integers(len(stills))])
+        start = random_pan_start(img, 0.0, 0.0, n_frames, shape, rng)
+        frame = pan_frame(img, start, shape)
+        noise = rng.uniform(0.0, 0.02)
+        frames = frame[None] + noise * rng.standard_normal((n_frames, h, w)).astype(np.float32)
+        return np.clip(frames, 0, 1).astype(np.float32), _cells_truth(shape, cell, 0.0, 0.0)
+    if kind == "object":
+        bg_name, obj_name = rng.choice(stills, 2, replace=False)
+        bg = pan_frame(
+            load_still(bg_name), random_pan_start(load_still(bg_name), 0, 0, 1, shape, rng), shape
+        )
+        direction = rng.uniform(-np.pi, np.pi)
+        speed = float(np.exp2(rng.uniform(-1, 3.5)))
+        side = int(rng.integers(h // 4, h // 2))
+        obj_img = load_still(obj_name)
+        o0 = random_pan_start(obj_img, 0, 0, 1, (side, side), rng)
+        obj = pan_frame(obj_img, o0, (side, side))
+        dx, dy = direction_vector(direction)
+        cx0 = w / 2 - dx * speed * (n_frames - 1) / 2 + rng.uniform(-w / 8, w / 8)
+        cy0 = h / 2 - dy * speed * (n_frames - 1) / 2 + rng.uniform(-h / 8, h / 8)
+        frames = np.empty((n_frames, h, w), np.float32)
+        masks = np.empty((n_frames, h, w), np.float32)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        for t in range(n_frames):
+            cx, cy = cx0 + dx * speed * t, cy0 + dy * speed * t
+            # The object is a sub-pixel shifted copy of its texture (bilinear), inside a square.
+            u = xx - (cx - side / 2)
+            v = yy - (cy - side / 2)
+            inside = (u >= 0) & (u <= side - 1) & (v >= 0) & (v <= side - 1)
+            warped = cv2.remap(obj, u.astype(np.float32), v.astype(np.float32), cv2.INTER_LINEAR)
+            frames[t] = np.where(inside, warped, bg)
+            masks[t] = inside
+        return frames, _cells_truth(shape, cell, direction, speed, mask=masks[n_frames - 1])
+    raise ValueError(f"unknown sequence kind {kind!r}")
+
+
+KINDS = {"pan": 0.5, "grating": 0.15, "still": 0.1, "object": 0.25}
+
+
+def pooled_units(engine, frames, pooling):
+    """Per frame of ``frames``, every level's running average of the dense per-unit activity plus
+    total ``[(gh, gw, N + 1)]``, computed from ``engine.encode`` with a fresh stream state: the same
+    pooling as ``MotionEngine.read`` applies to the projected channels."""
+    n_units, levels = engine.model.n_units, engine.levels
+    state = engine.new_state()
+    state.shape = frames.shape[1:]
+    state.prev = [None] * levels
+    state.rms = [None] * levels
+    accs = [None] * levels
+    for frame in frames:
+        codes = engine.encode(state, frame)
+        for lv, (code, gh, gw) in enumerate(codes):
+            dense = np.zeros((gh * gw, n_units + 1), np.float32)
+            rows = np.repeat(np.arange(gh * gw), code.cnt)
+            mask = np.arange(code.idx.shape[1])[None, :] < code.cnt[:, None]
+            np.add.at(dense, (rows, code.idx[mask]), code.val[mask])
+            dense[:, n_units] = dense[:, :n_units].sum(1)
+            accs[lv] = pooling.update(accs[lv], dense.reshape(gh, gw, -1))
+        yield accs
+
+
+def collect(engine, n_sequences: int, seed: int = 0, cells_per_frame: int = 20, pooling=None,
+            progress=True):  # fmt: skip
+    """Run training sequences through ``engine.encode`` and pool per-unit activity like the live read.
+
+    Returns ``x (n, L, N)``, ``total (n, L)``, ``direction (n,)``, ``speed (n,)``, ``weight (n,)``;
+    the last rows of every sequence's scored frames are whole-frame features (weighted more).
+    """
+    from tqdm import tqdm
+
+    pooling = pooling or engine.pooling
+    rng = np.random.default_rng(seed)
+    kinds = list(KINDS)
+    probs = np.array([KINDS[k] for k in kinds])
+    n_units = engine.model.n_units
+    xs, ts, ds, ss, ws = [], [], [], [], []
+    for _ in tqdm(range(n_sequences), desc="read-out data", disable=not progress):
+        kind = kinds[rng.choice(len(kinds), p=probs / probs.sum())]
+        frames, (tdir, tspeed) = make_sequence(kind, rng)
+        for t, accs in enumerate(pooled_units(engine, frames, pooling)):
+            if t not in SCORED:
+                continue
+            cells = pooling.cells(accs, frames.shape[1:])
+            ok = np.argwhere(np.isfinite(tspeed))
+            pick = ok[rng.choice(len(ok), min(cells_per_frame, len(ok)), replace=False)]
+            f = cells[pick[:, 0], pick[:, 1]]
+            xs.append(f[..., :n_units])
+            ts.append(f[..., n_units])
+            ds.append(tdir[pick[:, 0], pick[:, 1]])
+            ss.append(tspeed[pick[:, 0], pick[:, 1]])
+            ws.append(np.ones(len(pick), np.float32))
+            if kind != "object":
+                whole = pooling.whole(accs)
+                xs.append(whole[None, :, :n_units])
+                ts.append(whole[None, :, n_units])
+                ds.append(tdir[:1, 0])
+                ss.append(tspeed[:1, 0])
+                ws.append(np.full(1, 4.0, np.float32))
+    return (np.concatenate(xs), np.concatenate(ts), np.concatenate(ds), np.concatenate(ss),
+            np.concatenate(ws))  # fmt: skip
+
+
+def fit_default(out: Path, sequences: int = 3000, levels: int = 4, hidden: int = 64,
+                pool_px=(48,), tau: float = 3.0, epochs: int = 12, seed: int = 0,
+                progress: bool = True) -> dict:  # fmt: skip
+    """Fit the MT read-out of the shipped ss-RNN and write it to ``out``; returns a summary.
+
+    Data and fitting run with one BLAS thread so that sums run in a fixed order: one seed, one file.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from models.engine import DEFAULT_WEIGHTS, MotionEngine
+
+    base = MotionEngine.load(DEFAULT_WEIGHTS)
+    pooling = Pooling(patch=base.model.patch, pool_px=tuple(pool_px), tau=tau)
+    probe = MTReadout.random(levels * pooling.n_scales, base.model.n_units)
+    engine = MotionEngine(base.model, base.readout, base.tuning, levels=base.readout_levels,
+                          mt=probe, pooling=pooling)  # fmt: skip
+    t0 = time.time()
+    with threadpool_limits(1):
+        x, total, d, s, w = collect(
+            engine, sequences, seed=seed, pooling=pooling, progress=progress
+        )
+        t1 = time.time()
+        log.info("read-out data: %d rows from %d sequences in %.0f s", len(x), sequences, t1 - t0)
+        ro = MTReadout(n_hidden=hidden, epochs=epochs, seed=seed).fit(
+            x, total, d, s, weight=w,
+            progress=lambda e, loss: log.info("read-out epoch %d: loss %.4f", e, loss),
+        )  # fmt: skip
+    command = (
+        f"v1motion fit-readout --sequences {sequences} --levels {levels} --hidden {hidden} "
+        f"--epochs {epochs} --seed {seed} --pool-px {' '.join(map(str, pool_px))} --tau {tau}"
+    )
+    summary = {
+        "rows": int(len(x)),
+        "collect_s": round(t1 - t0, 1),
+        "fit_s": round(time.time() - t1, 1),
+        "final_loss": round(float(ro.history_[-1]), 4),
+        "command": command,
+    }
+    ro.save(out, pooling=asdict(pooling), **summary)
+    return summary

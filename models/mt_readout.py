@@ -1,0 +1,383 @@
+"""MT-like motion read-out: velocity-tuned units pooled from the ss-RNN's direction-selective code.
+
+The ss-RNN's units are direction selective but each sees one 8x8 patch of one pyramid level, and a
+single linear map of their pooled activity cannot undo the aperture problem or read speeds that span
+two decades. As in the classic V1 -> MT route (Simoncelli & Heeger), a second stage pools the units
+over space and time, normalises each pyramid level by its own total activity (divisive normalisation),
+and combines them in velocity-tuned "MT" units (a rectified linear layer) from which direction, speed
+(a choice among speed classes, one of them "still") and a confidence are read.
+
+Because pooling is linear, the first layer is applied per patch, before pooling: the kernel projects
+each patch's code onto the ``H`` MT inputs plus one total-activity channel, and only ``H + 1``
+channels per level are averaged over time and space, not 512 units.
+
+Units: directions in radians inside ``models`` (0 = right, pi/2 = up on screen), speeds in px/frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numba import njit
+
+SPEED_CLASSES = np.array([0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
+"""Speed classes in px/frame; class 0 is "still"."""
+
+
+@njit(cache=True, nogil=True)
+def _project_frame(idx, val, cnt, proj, dir_bin, speed_bin, ds_weight, contrib, dir_hist,
+                   speed_hist, unit_act):  # fmt: skip
+    """Per-patch projections ``contrib[m, :K] = sum_u z_u proj[u]`` and total ``contrib[m, K] =
+    sum_u z_u`` (M, K + 1); accumulated in place: the DS-weighted activity by preferred-direction and
+    preferred-speed bin, and the activity of each unit."""
+    n_out = proj.shape[1]
+    for m in range(cnt.shape[0]):
+        for k in range(n_out + 1):
+            contrib[m, k] = 0.0
+        for i in range(cnt[m]):
+            u = idx[m, i]
+            v = val[m, i]
+            for k in range(n_out):
+                contrib[m, k] += v * proj[u, k]
+            contrib[m, n_out] += v
+            w = v * ds_weight[u]
+            dir_hist[dir_bin[u]] += w
+            speed_hist[speed_bin[u]] += w
+            unit_act[u] += v
+
+
+def box_pool(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean over a ``k x k`` window at every position of ``(h, w, c)``, edges replicated."""
+    if k <= 1:
+        return x
+    parts = [
+        cv2.blur(np.ascontiguousarray(x[..., i : i + 512]), (k, k), borderType=cv2.BORDER_REPLICATE)
+        for i in range(0, x.shape[-1], 512)
+    ]
+    out = np.concatenate([p.reshape(*x.shape[:2], -1) for p in parts], axis=-1)
+    return out
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How per-patch channels become per-cell features (the same live and in training).
+
+    Each level's channels are averaged over time (exponential, ``tau`` frames) at the level's own
+    resolution, then over space by a box of about ``pool_px`` input pixels (one feature set per
+    entry: several entries give the read-out local detail and wider context side by side), then
+    sampled at the cells (``cell_px`` side): finer levels average the patches of a cell, coarser
+    levels take the patch under the cell's centre. Features are ordered level-major:
+    ``index = level * n_scales + scale``.
+    """
+
+    patch: int = 8
+    cell_px: int = 16
+    pool_px: tuple[int, ...] = (48,)
+    tau: float = 3.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "pool_px", tuple(int(p) for p in np.atleast_1d(self.pool_px)))
+
+    @property
+    def n_scales(self) -> int:
+        return len(self.pool_px)
+
+    def box(self, level: int, scale: int = 0) -> int:
+        return max(1, int(round(self.pool_px[scale] / (self.patch * 2**level))))
+
+    def grid(self, shape: tuple[int, int]) -> tuple[int, int]:
+        return shape[0] // self.cell_px, shape[1] // self.cell_px
+
+    def update(self, acc: np.ndarray | None, contrib: np.ndarray) -> np.ndarray:
+        """The running average of one level's ``(gh, gw, C)`` channels after a new frame."""
+        if acc is None or acc.shape != contrib.shape:
+            return contrib.copy()
+        a = np.float32(1.0 / self.tau)
+        acc *= 1 - a
+        acc += a * contrib
+        return acc
+
+    @staticmethod
+    def _scale_channels(acc: np.ndarray, scale: int, blocks: int | None) -> np.ndarray:
+        if blocks is None:
+            return acc
+        return np.concatenate([acc[..., scale * blocks : (scale + 1) * blocks], acc[..., -1:]], -1)
+
+    def _at_cells(self, pooled: np.ndarray, level: int, ch: int, cw: int) -> np.ndarray:
+        side = self.patch * 2**level
+        if side <= self.cell_px:
+            f = self.cell_px // side
+            gh, gw = ch * f, cw * f
+            sub = pooled[:gh, :gw]
+            if sub.shape[0] < gh or sub.shape[1] < gw:
+                sub = np.pad(sub, ((0, gh - sub.shape[0]), (0, gw - sub.shape[1]), (0, 0)), "edge")
+            return sub.reshape(ch, f, cw, f, -1).mean((1, 3))
+        yi = np.minimum(((np.arange(ch) + 0.5) * self.cell_px // side).astype(int),
+                        pooled.shape[0] - 1)  # fmt: skip
+        xi = np.minimum(((np.arange(cw) + 0.5) * self.cell_px // side).astype(int),
+                        pooled.shape[1] - 1)  # fmt: skip
+        return pooled[yi][:, xi]
+
+    def cells(self, accs: list[np.ndarray], shape: tuple[int, int], blocks: int | None = None):
+        """Per-cell features ``(ch, cw, L * S, C)`` from the running averages of every level.
+
+        ``blocks=None``: every scale pools the same channels (fitting: per-unit activity + total).
+        ``blocks=K``: the channels are ``S`` blocks of ``K`` (one projection per scale) and a total;
+        scale ``s`` pools its block and the total, so ``C = K + 1``.
+        """
+        ch, cw = self.grid(shape)
+        n_s = self.n_scales
+        out = None
+        for lv, acc in enumerate(accs):
+            for sc in range(n_s):
+                chans = self._scale_channels(acc, sc, blocks)
+                cell = self._at_cells(box_pool(chans, self.box(lv, sc)), lv, ch, cw)
+                if out is None:
+                    out = np.empty((ch, cw, len(accs) * n_s, cell.shape[-1]), np.float32)
+                out[:, :, lv * n_s + sc] = cell
+        return out
+
+    def whole(self, accs: list[np.ndarray], blocks: int | None = None) -> np.ndarray:
+        """Features of the whole frame ``(L * S, C)``: the mean of every level's running average."""
+        rows = []
+        for acc in accs:
+            mean = acc.reshape(-1, acc.shape[-1]).mean(0)
+            rows += [self._scale_channels(mean, sc, blocks) for sc in range(self.n_scales)]
+        return np.stack(rows)
+
+
+class MTReadout:
+    """Velocity-tuned second stage on divisively normalised, pooled ss-RNN activity.
+
+    Parameters
+    ----------
+    n_hidden : int
+        Number of MT-like units.
+    epochs, batch, lr, weight_decay, seed : training settings (Adam on minibatches).
+
+    Attributes
+    ----------
+    proj_ : (L, N, H) float32
+        First layer per level, folded with the input standardisation; applied per patch.
+    norm_ : (L,) float32
+        Semi-saturation constant of each level's divisive normalisation.
+    b1_ : (H,) float32.  W2_ : (H, 2 + S) float32.  b2_ : (2 + S,) float32.
+    speed_classes_ : (S,) float32, px/frame; class 0 = still.
+
+    Notes
+    -----
+    For a cell with pooled unit activity ``x_l`` (N,) and total ``t_l`` at level ``l``, the MT units
+    are ``h = relu(sum_l P_l^T x_l / (t_l + c_l) + b1)``; the outputs are a direction vector
+    ``v = W2[:, :2]^T h`` (trained towards ``(cos, sin)`` of the true direction on moving cells) and
+    speed-class logits. Direction = ``atan2(v)``; speed = ``2 ** E[log2 s | moving]`` over the class
+    probabilities; confidence = ``P(moving) * min(|v|, 1) * evidence`` where evidence =
+    ``min(sum_l t_l / sum_l c_l, 1)`` (no activity, no confidence).
+    """
+
+    def __init__(self, n_hidden: int = 64, epochs: int = 12, batch: int = 512, lr: float = 2e-3,
+                 weight_decay: float = 1e-4, seed: int = 0):  # fmt: skip
+        self.n_hidden = n_hidden
+        self.epochs = epochs
+        self.batch = batch
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.seed = seed
+
+    # ------------------------------------------------------------------ training
+    @staticmethod
+    def speed_targets(speed: np.ndarray, classes: np.ndarray = SPEED_CLASSES) -> np.ndarray:
+        """Soft class labels: still = class 0; a speed between two classes splits in log2 space."""
+        speed = np.asarray(speed, np.float64)
+        y = np.zeros((len(speed), len(classes)), np.float32)
+        moving = speed > 0
+        y[~moving, 0] = 1.0
+        logc = np.log2(classes[1:].astype(np.float64))
+        ls = np.clip(np.log2(np.where(moving, speed, 1.0)), logc[0], logc[-1])
+        pos = np.interp(ls, logc, np.arange(len(logc)))
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, len(logc) - 1)
+        frac = (pos - lo).astype(np.float32)
+        rows = np.nonzero(moving)[0]
+        y[rows, 1 + lo[rows]] += 1 - frac[rows]
+        y[rows, 1 + hi[rows]] += frac[rows]
+        return y
+
+    def _normalise(self, x: np.ndarray, total: np.ndarray) -> np.ndarray:
+        return (x / (total[..., None] + self.norm_[None, :, None])).reshape(len(x), -1)
+
+    def fit(self, x, total, direction, speed, weight=None, progress=None) -> MTReadout:
+        """Fit on pooled features.
+
+        Parameters
+        ----------
+        x : (n, L, N) pooled unit activity per level.  total : (n, L) pooled total activity.
+        direction : (n,) radians (ignored where ``speed == 0``).  speed : (n,) px/frame, 0 = still.
+        weight : (n,) optional row weights.
+        """
+        x = np.asarray(x, np.float32)
+        total = np.asarray(total, np.float32)
+        n, n_levels, n_units = x.shape
+        if total.shape != (n, n_levels) or len(direction) != n or len(speed) != n:
+            raise ValueError("x (n, L, N), total (n, L), direction (n,) and speed (n,) must agree")
+        rng = np.random.default_rng(self.seed)
+        self.speed_classes_ = SPEED_CLASSES.copy()
+        self.norm_ = (0.25 * np.maximum(total.mean(0), 1e-6)).astype(np.float32)
+        f = self._normalise(x, total)
+        mu = f.mean(0)
+        sd = f.std(0) + 1e-3
+        fs = (f - mu) / sd
+        del f
+        d = fs.shape[1]
+        h = self.n_hidden
+        s = len(self.speed_classes_)
+        ys = self.speed_targets(speed, self.speed_classes_)
+        moving = (np.asarray(speed) > 0).astype(np.float32)
+        yv = (
+            np.stack([np.cos(direction), np.sin(direction)], 1).astype(np.float32) * moving[:, None]
+        )
+        w = np.ones(n, np.float32) if weight is None else np.asarray(weight, np.float32)
+        params = {
+            "W1": (rng.standard_normal((d, h)) * np.sqrt(2.0 / d)).astype(np.float32),
+            "b1": np.zeros(h, np.float32),
+            "W2": (rng.standard_normal((h, 2 + s)) * np.sqrt(1.0 / h)).astype(np.float32),
+            "b2": np.zeros(2 + s, np.float32),
+        }
+        m = {k: np.zeros_like(v) for k, v in params.items()}
+        v2 = {k: np.zeros_like(v) for k, v in params.items()}
+        step = 0
+        self.history_ = []
+        for epoch in range(self.epochs):
+            order = rng.permutation(n)
+            lr = self.lr * 0.5 * (1 + np.cos(np.pi * epoch / self.epochs))
+            tot = 0.0
+            for start in range(0, n, self.batch):
+                bi = order[start : start + self.batch]
+                xb, wb = fs[bi], w[bi][:, None]
+                a1 = xb @ params["W1"] + params["b1"]
+                h1 = np.maximum(a1, 0)
+                out = h1 @ params["W2"] + params["b2"]
+                vec, logit = out[:, :2], out[:, 2:]
+                logit = logit - logit.max(1, keepdims=True)
+                p = np.exp(logit)
+                p /= p.sum(1, keepdims=True)
+                mv = moving[bi][:, None]
+                g_vec = 2 * (vec - yv[bi]) * mv * wb
+                g_logit = (p - ys[bi]) * wb
+                loss = (
+                    ((vec - yv[bi]) ** 2 * mv * wb).sum() - (ys[bi] * np.log(p + 1e-9) * wb).sum()
+                ) / len(bi)
+                tot += loss * len(bi)
+                g_out = np.concatenate([g_vec, g_logit], 1) / len(bi)
+                grads = {"W2": h1.T @ g_out, "b2": g_out.sum(0)}
+                g_h = (g_out @ params["W2"].T) * (a1 > 0)
+                grads["W1"] = xb.T @ g_h
+                grads["b1"] = g_h.sum(0)
+                step += 1
+                for k in params:
+                    g = grads[k] + (self.weight_decay * params[k] if k[0] == "W" else 0)
+                    m[k] = 0.9 * m[k] + 0.1 * g
+                    v2[k] = 0.999 * v2[k] + 0.001 * g * g
+                    mh = m[k] / (1 - 0.9**step)
+                    vh = v2[k] / (1 - 0.999**step)
+                    params[k] -= (lr * mh / (np.sqrt(vh) + 1e-8)).astype(np.float32)
+            self.history_.append(tot / n)
+            if progress is not None:
+                progress(epoch, tot / n)
+        # Fold the standardisation into the first layer, so that it applies to raw normalised input.
+        w1 = params["W1"] / sd[:, None]
+        self.proj_ = np.ascontiguousarray(w1.reshape(n_levels, n_units, h), np.float32)
+        self.b1_ = (params["b1"] - (mu / sd) @ params["W1"]).astype(np.float32)
+        self.W2_ = params["W2"].astype(np.float32)
+        self.b2_ = params["b2"].astype(np.float32)
+        return self
+
+    # ------------------------------------------------------------------ use
+    def _check_fitted(self):
+        if not hasattr(self, "proj_"):
+            raise RuntimeError("MTReadout is not fitted: call fit() or load one")
+
+    @property
+    def n_features(self) -> int:
+        """Feature sets read (pyramid levels x pooling scales)."""
+        self._check_fitted()
+        return self.proj_.shape[0]
+
+    def hidden_from_projected(self, pooled: np.ndarray) -> np.ndarray:
+        """MT units from pooled projected channels ``(..., L, H + 1)`` (last channel = total)."""
+        self._check_fitted()
+        total = pooled[..., -1] + self.norm_
+        a = (pooled[..., :-1] / total[..., None]).sum(-2) + self.b1_
+        return np.maximum(a, 0, out=a)
+
+    def evidence(self, total: np.ndarray) -> np.ndarray:
+        """How much activity backs a read-out, in [0, 1]: the summed total over feature sets
+        ``(..., L)`` relative to the summed semi-saturation constants. No activity, no confidence:
+        a blank region is never shown as moving, whatever the MT units say."""
+        return np.clip(total.sum(-1) / self.norm_.sum(), 0.0, 1.0).astype(np.float32)
+
+    def decode_hidden(self, h: np.ndarray):
+        """``(direction rad, speed px/frame, confidence, P(moving))`` from MT units ``(..., H)``."""
+        out = h @ self.W2_ + self.b2_
+        vec, logit = out[..., :2], out[..., 2:]
+        logit = logit - logit.max(-1, keepdims=True)
+        p = np.exp(logit)
+        p /= p.sum(-1, keepdims=True)
+        p_move = 1.0 - p[..., 0]
+        logs = np.log2(self.speed_classes_[1:])
+        pm = p[..., 1:]
+        speed = np.exp2((pm * logs).sum(-1) / np.maximum(pm.sum(-1), 1e-9))
+        direction = np.arctan2(vec[..., 1], vec[..., 0])
+        conf = p_move * np.minimum(np.hypot(vec[..., 0], vec[..., 1]), 1.0)
+        return direction, speed.astype(np.float32), conf.astype(np.float32), p_move
+
+    def predict(self, x: np.ndarray, total: np.ndarray):
+        """Decode raw pooled unit activity ``(n, L, N)`` with totals ``(n, L)`` (training space)."""
+        self._check_fitted()
+        f = np.asarray(x, np.float32) / (
+            np.asarray(total, np.float32)[..., None] + self.norm_[:, None]
+        )
+        a = np.einsum("nlu,luh->nh", f, self.proj_) + self.b1_
+        direction, speed, conf, p_move = self.decode_hidden(np.maximum(a, 0))
+        return direction, speed, conf * self.evidence(np.asarray(total, np.float32)), p_move
+
+    # ------------------------------------------------------------------ storage
+    FIELDS = ("proj_", "norm_", "b1_", "W2_", "b2_", "speed_classes_")
+
+    def save(self, path, **meta) -> None:
+        self._check_fitted()
+        import json
+
+        np.savez_compressed(
+            path,
+            format=np.array("v1motion-mt-readout"),
+            meta=np.array(json.dumps(meta)),
+            **{k.rstrip("_"): getattr(self, k) for k in self.FIELDS},
+        )
+
+    @classmethod
+    def load(cls, path) -> MTReadout:
+        import json
+
+        with np.load(path, allow_pickle=False) as f:
+            if "format" not in f.files or str(f["format"]) != "v1motion-mt-readout":
+                raise ValueError(f"{path} is not a v1motion MT read-out file")
+            r = cls()
+            for k in cls.FIELDS:
+                setattr(r, k, f[k.rstrip("_")].astype(np.float32))
+            r.meta_ = json.loads(str(f["meta"]))
+        return r
+
+    @classmethod
+    def random(cls, n_levels: int, n_units: int, n_hidden: int = 16, seed: int = 0) -> MTReadout:
+        """An untrained read-out with random weights (tests and the ``random`` engine)."""
+        rng = np.random.default_rng(seed)
+        r = cls(n_hidden=n_hidden, seed=seed)
+        r.proj_ = (0.3 * rng.standard_normal((n_levels, n_units, n_hidden))).astype(np.float32)
+        r.norm_ = np.ones(n_levels, np.float32)
+        r.b1_ = (0.1 * rng.standard_normal(n_hidden)).astype(np.float32)
+        r.speed_classes_ = SPEED_CLASSES.copy()
+        r.W2_ = rng.standard_normal((n_hidden, 2 + len(SPEED_CLASSES))).astype(np.float32)
+        r.b2_ = np.zeros(2 + len(SPEED_CLASSES), np.float32)
+        return r

@@ -1,0 +1,44 @@
+"""``v1motion fit-readout``: regenerate the motion engine's MT read-out from the shipped ss-RNN."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "models" / "weights" / "mt_readout_default.npz"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fit-readout",
+        help="fit the MT read-out (direction, speed, still) of the shipped ss-RNN",
+        description="Run training sequences (pans, gratings, still frames and moving objects made "
+        "from the training stills) through the engine and fit the MT read-out on the pooled "
+        "activity it sees live. Example: v1motion fit-readout --sequences 3000 --seed 0",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the .npz goes")
+    p.add_argument("--sequences", type=int, default=3000, help="training sequences (12 frames)")
+    p.add_argument("--levels", type=int, default=4, help="pyramid levels read")
+    p.add_argument("--hidden", type=int, default=64, help="MT units")
+    p.add_argument("--pool-px", type=int, nargs="+", default=[48], help="pooling box sides, px")
+    p.add_argument("--tau", type=float, default=3.0, help="temporal average, frames")
+    p.add_argument("--epochs", type=int, default=12, help="passes over the data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.mt_fit import fit_default
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    summary = fit_default(
+        args.out, sequences=args.sequences, levels=args.levels, hidden=args.hidden,
+        pool_px=tuple(args.pool_px), tau=args.tau, epochs=args.epochs, seed=args.seed,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(json.dumps({"out": str(args.out), **summary}, indent=2))
+    return 0

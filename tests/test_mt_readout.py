@@ -1,0 +1,124 @@
+"""The MT read-out: soft speed labels, learning planted tuning, storage, and the live read matching
+the features it is fitted on."""
+
+import numpy as np
+import pytest
+
+from models import stimuli
+from models.engine import MotionEngine
+from models.mt_fit import make_sequence, pooled_units
+from models.mt_readout import SPEED_CLASSES, MTReadout, Pooling, box_pool
+from models.readout import angular_error
+
+
+def test_speed_targets_are_soft_labels_in_log_speed():
+    y = MTReadout.speed_targets(np.array([0.0, 1.0, 1.5, 0.1, 40.0]))
+    np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-6)
+    assert y[0, 0] == 1.0  # still
+    assert y[1, list(SPEED_CLASSES).index(1.0)] == 1.0  # a class centre is one class
+    i1, i2 = list(SPEED_CLASSES).index(1.0), list(SPEED_CLASSES).index(2.0)
+    frac = np.log2(1.5)  # 1.5 px/frame lies log2(1.5) of the way from 1 to 2
+    np.testing.assert_allclose(y[2, [i1, i2]], [1 - frac, frac], rtol=1e-5)
+    assert y[3, 1] == 1.0 and y[4, -1] == 1.0  # out of range: clipped to the end classes
+
+
+def _units(rng, n_levels=2, n_units=24):
+    """Preferred direction and log2 speed of a planted population."""
+    return rng.uniform(-np.pi, np.pi, (n_levels, n_units)), rng.uniform(-2, 4, (n_levels, n_units))
+
+
+def _planted(rng, n, units):
+    """Rows of a population with von Mises direction and log-Gaussian speed tuning; a quarter of
+    rows still (baseline activity only)."""
+    pref_dir, pref_ls = units
+    n_levels, n_units = pref_dir.shape
+    direction = rng.uniform(-np.pi, np.pi, n)
+    speed = np.exp2(rng.uniform(-2, 4, n))
+    speed[: n // 4] = 0
+    gain = (speed > 0)[:, None, None]
+    tune = np.exp(2 * np.cos(direction[:, None, None] - pref_dir)) * np.exp(
+        -((np.log2(np.maximum(speed, 1e-3))[:, None, None] - pref_ls) ** 2) / 2
+    )
+    x = (gain * tune + 0.3 + 0.05 * rng.standard_normal((n, n_levels, n_units))).clip(0)
+    return x.astype(np.float32), x.sum(-1).astype(np.float32), direction, speed
+
+
+def test_fit_recovers_planted_direction_and_speed_tuning(rng):
+    units = _units(rng)
+    x, total, d, s = _planted(rng, 6000, units)
+    ro = MTReadout(n_hidden=32, epochs=15, seed=0).fit(x, total, d, s)
+    xt, tt, dt, st = _planted(np.random.default_rng(7), 1000, units)  # held-out rows
+    pd, ps, conf, pmove = ro.predict(xt, tt)
+    moving = st > 0
+    err = np.rad2deg(angular_error(pd[moving], dt[moving]))
+    assert np.median(err) < 15
+    assert np.median(np.abs(np.log2(ps[moving] / st[moving]))) < 0.5  # within ~40 %
+    assert (pmove[~moving] < 0.5).mean() > 0.9 and (pmove[moving] > 0.5).mean() > 0.9
+    assert conf[~moving].mean() < conf[moving].mean()
+
+
+def test_unfitted_readout_refuses_and_bad_shapes_are_named():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        MTReadout().predict(np.zeros((1, 1, 2)), np.zeros((1, 1)))
+    with pytest.raises(ValueError, match="must agree"):
+        MTReadout().fit(np.zeros((4, 2, 3)), np.zeros((4, 3)), np.zeros(4), np.zeros(4))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    ro = MTReadout.random(3, 10, n_hidden=5, seed=1)
+    ro.save(tmp_path / "r.npz", pooling={"tau": 2.0})
+    back = MTReadout.load(tmp_path / "r.npz")
+    for k in MTReadout.FIELDS:
+        np.testing.assert_array_equal(getattr(back, k), getattr(ro, k))
+    assert back.meta_ == {"pooling": {"tau": 2.0}}
+    np.savez(tmp_path / "other.npz", a=np.zeros(2))
+    with pytest.raises(ValueError, match="not a v1motion MT read-out"):
+        MTReadout.load(tmp_path / "other.npz")
+
+
+def test_box_pool_is_a_windowed_mean_even_past_512_channels(rng):
+    x = rng.standard_normal((7, 9, 600)).astype(np.float32)
+    got = box_pool(x, 3)
+    pad = np.pad(x, ((1, 1), (1, 1), (0, 0)), "edge")
+    want = np.mean([pad[i : i + 7, j : j + 9] for i in range(3) for j in range(3)], axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool_px", [(48,), (32, 96)])
+@pytest.mark.parametrize("shape", [(96, 128), (100, 140)])
+def test_live_read_equals_the_readout_on_the_features_it_is_fitted_on(shape, pool_px):
+    """``MotionEngine.read`` pools projected channels; fitting pools per-unit activity. Linearity
+    makes them the same numbers: the read-out sees live exactly what it was fitted on."""
+    engine = MotionEngine.random(seed=3, levels=3, pooling=Pooling(pool_px=pool_px))
+    frames = stimuli.pan_sequence(stimuli.load_still("camera"), (256.0, 256.0), 0.7, 2.0, 6, shape)
+    state = engine.new_state()
+    live = [engine.step(state, f) for f in frames]
+    n = engine.model.n_units
+    for accs, got in zip(pooled_units(engine, frames, engine.pooling), live, strict=True):
+        cells = engine.pooling.cells(accs, shape)
+        ch, cw = cells.shape[:2]
+        d, s, c, _ = engine.mt.predict(
+            cells[..., :n].reshape(ch * cw, -1, n), cells[..., n].reshape(ch * cw, -1)
+        )
+        assert got.direction.shape == (ch, cw)
+        np.testing.assert_allclose(c.reshape(ch, cw), got.confidence, atol=1e-4)
+        np.testing.assert_allclose(s.reshape(ch, cw), got.speed, rtol=1e-4)
+        strong = got.confidence > 1e-3  # direction is defined where the vector is not ~0
+        assert angular_error(d.reshape(ch, cw), got.direction)[strong].max() < 1e-3
+        whole = engine.pooling.whole(accs)
+        gd, gs, gc, _ = engine.mt.predict(whole[None, :, :n], whole[None, :, n])
+        assert abs(gc[0] - got.global_confidence) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["pan", "grating", "still", "object"])
+def test_training_sequences_have_truth_for_every_scored_cell(kind):
+    frames, (d, s) = make_sequence(kind, np.random.default_rng(0))
+    assert frames.shape == (12, 240, 320) and frames.dtype == np.float32
+    assert d.shape == s.shape == (15, 20)
+    assert 0 <= frames.min() and frames.max() <= 1
+    if kind == "still":
+        assert np.all(s == 0)
+    elif kind == "object":
+        assert (s == 0).any() and (s > 0).any()  # both still background and moving object cells
+    else:
+        assert np.all(s > 0)
