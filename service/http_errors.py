@@ -27,6 +27,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.security import require_token
+
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
 
@@ -73,16 +75,26 @@ def _safe(value: Any, depth: int) -> Any:
     return value
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError):
+    # FastAPI reads and parses a JSON body before it runs the route's dependencies, so a malformed
+    # body would get its 422 before the token check: a guarded route answers 401 first.
+    # (service.app guards every /v1 router with service.security.authorize).
+    if _api_path(request).startswith("/v1/"):
+        try:
+            require_token(request)
+        except StarletteHTTPException as denied:
+            return await _http_error(request, denied)
     return JSONResponse({"detail": json_safe(exc.errors())}, 422)
+
+
+def _api_path(request: Request) -> str:
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException):
     if exc.status_code in (404, 405):
-        path, root = request.scope["path"], request.scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        methods = allowed_methods(request.app, path)
+        methods = allowed_methods(request.app, _api_path(request))
         if methods and request.method not in methods:
             allow = ", ".join(methods)
             exc = StarletteHTTPException(

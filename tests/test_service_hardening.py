@@ -175,6 +175,12 @@ def test_allowed_origin_may_post_without_a_token():
 # ------------------------------------------------------------------- item 6: spike upload sizes
 
 
+def test_a_spike_form_with_too_many_fields_is_a_422_naming_it(client):
+    fields = {f"f{i}": "x" for i in range(12)}
+    r = client.post("/v1/spikes/models", data=fields, files={"file": ("c.npz", b"x")})
+    assert r.status_code == 422 and "fields" in r.json()["detail"], r.text
+
+
 def _npz_bomb(shape=(100, 1000, 40)) -> bytes:
     """A few tens of KiB that decompress to 32 MB of zeros."""
     buf = io.BytesIO()
@@ -431,6 +437,15 @@ def test_token_mode_without_a_host_list_checks_the_token_not_the_host(token_clie
     assert (
         token_client.get("/v1/streams", headers={"Host": "motion.example.org"}).status_code == 401
     )
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/language/next", "/v1/spikes/models/x/evaluate", "/v1/spikes/models/x/sample"]
+)
+def test_a_malformed_body_without_the_token_is_a_401_not_a_422(token_client, path):
+    assert post_json(token_client, path, "{not json").status_code == 401
+    r = post_json(token_client, path, "{not json", Authorization=f"Bearer {TOKEN}")
+    assert r.status_code == 422
 
 
 def test_api_docs_stay_public_with_a_token(token_client):

@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.spikes.data import as_counts, bin_spike_times
 from models.spikes.registry import evaluate, fit_and_score, model_options
@@ -299,7 +300,12 @@ async def _parse_create(request: Request, max_elements: int) -> tuple[SpikeModel
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         request._body = raw  # parsed from the bytes already read, within the limit
-        form = await request.form(max_files=1, max_fields=8)
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except StarletteHTTPException as exc:  # Starlette's 400 for a form it will not read
+            raise HTTPException(
+                422, detail=f"the multipart body was refused: {exc.detail}"
+            ) from None
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HTTPException(422, detail="multipart upload needs a 'file' field holding an .npz")
