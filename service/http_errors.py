@@ -78,13 +78,18 @@ def _safe(value: Any, depth: int) -> Any:
 async def _validation_error(request: Request, exc: RequestValidationError):
     # FastAPI reads and parses a JSON body before it runs the route's dependencies, so a malformed
     # body would get its 422 before the token check: a guarded route answers 401 first.
-    # (service.app guards every /v1 router with service.security.authorize).
+    return await _token_first(request) or JSONResponse({"detail": json_safe(exc.errors())}, 422)
+
+
+async def _token_first(request: Request):
+    """The 401 of a guarded (/v1) route without the right token, else None: body errors come after
+    the token check (service.app guards every /v1 router with service.security.authorize)."""
     if _api_path(request).startswith("/v1/"):
         try:
             require_token(request)
         except StarletteHTTPException as denied:
             return await _http_error(request, denied)
-    return JSONResponse({"detail": json_safe(exc.errors())}, 422)
+    return None
 
 
 def _api_path(request: Request) -> str:
@@ -101,6 +106,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
                 405, f"method {request.method} not allowed here; use {allow}", {"Allow": allow}
             )
     elif exc.status_code == 400 and exc.detail == PARSE_ERROR:
+        if (denied := await _token_first(request)) is not None:
+            return denied
         msg = "the request body could not be parsed (malformed JSON, form data or encoding)"
         return JSONResponse(
             {"detail": [{"type": "body_unparseable", "loc": ["body"], "msg": msg}]}, 422
