@@ -253,3 +253,60 @@ class HostOriginGuard:
             )
             return
         await JSONResponse({"detail": problem}, status.HTTP_403_FORBIDDEN)(scope, receive, send)
+
+
+# ----------------------------------------------------------------------------- request body size
+
+
+class _BodyTooLarge(BaseException):
+    """Raised from ``receive`` past the limit. A BaseException: FastAPI turns any Exception met
+    while reading a body into a 400, which would hide the 413."""
+
+
+# Routes that count their own bodies while streaming them, each against its own setting.
+STREAMED_BODIES = {"/v1/videos", "/v1/spikes/models"}
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``settings.max_body_mb`` gets 413, refused from its
+    Content-Length before it is read, or as soon as the bytes received pass the limit (chunked
+    bodies). Routes in :data:`STREAMED_BODIES` apply their own limits."""
+
+    def __init__(self, app: ASGIApp, settings: Settings):
+        self.app = app
+        self.limit = int(settings.max_body_mb * 1024 * 1024)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if scope["type"] != "http" or path.rstrip("/") in STREAMED_BODIES:
+            await self.app(scope, receive, send)
+            return
+        detail = f"the request body is larger than the limit of {self.limit} bytes"
+        declared = HTTPConnection(scope).headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await JSONResponse({"detail": detail}, 413)(scope, receive, send)

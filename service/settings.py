@@ -268,6 +268,12 @@ class Settings(BaseSettings):
         description="largest fit: counts entries x history lags (or hidden units, latents)",
     )
 
+    max_body_mb: float = Field(
+        16.0,
+        gt=0,
+        description="largest request body of the JSON routes (uploads have their own limits)",
+    )
+
     # every upload (video files, spike bodies)
     upload_max_concurrent: int = Field(
         4, ge=1, description="uploads received at the same time; more get 503 with Retry-After"

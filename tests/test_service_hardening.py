@@ -220,6 +220,25 @@ def test_spike_body_over_the_limit_is_a_413(client, as_file):
     assert r.status_code == 413 and "limit" in r.json()["detail"]
 
 
+def test_json_bodies_over_the_limit_are_a_413_declared_or_chunked():
+    with TestClient(_app(max_body_mb=0.01)) as c:  # 10 KiB
+        body = json.dumps({"text": "the " * 5000}).encode()
+        r = c.post("/v1/language/score", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+        def chunks():
+            for _ in range(10):
+                yield b" " * 2000
+            yield b'{"text": "the"}'
+
+        r = c.post(
+            "/v1/language/score", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 413, r.text
+        small = c.post("/v1/language/score", json={"text": "the cat"})
+        assert small.status_code == 200
+
+
 # ------------------------------------------------------------------ item 7: spike option bounds
 
 
