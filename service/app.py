@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +17,13 @@ from service import http_errors
 from service.metrics import Metrics
 from service.pipeline import EngineHolder, StreamManager, StreamPipeline
 from service.routers import camera, language, ops, spikes, streams, videos
-from service.security import AuthDep, WebSocketRefused, ignore_refused
+from service.security import (
+    AuthDep,
+    BodyLimit,
+    HostOriginGuard,
+    WebSocketRefused,
+    ignore_refused,
+)
 from service.settings import Settings
 from service.sources import SourceFactory, source_factory
 
@@ -100,6 +107,18 @@ def create_app(
         lifespan=lifespan,
     )
     http_errors.install(app)
+    app.state.websockets = weakref.WeakSet()  # accepted sockets (service.security.authorize)
+
+    async def close_websockets(code: int, reason: str) -> None:
+        """Close every open websocket (service.server.Server: 1001 before uvicorn's 1012)."""
+        await asyncio.gather(
+            *(streams.close_quietly(ws, code, reason) for ws in list(app.state.websockets))
+        )
+
+    app.state.close_websockets = close_websockets
+    # Without a token: only this service's Host names, and no state changes from other sites' pages.
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(HostOriginGuard, settings=settings)  # outermost: before any body is read
     app.add_exception_handler(WebSocketRefused, ignore_refused)
     app.include_router(ops.router)  # probes are public; /metrics asks for the token itself
     # Every /v1 router is guarded here, once, so that no route can forget the token.

@@ -8,16 +8,26 @@
   FastAPI's undocumented ``400 There was an error parsing the body``.
 - **422 ``detail`` may be a sentence.** Routes raise ``HTTPException(422, "what is wrong")``; the schema's
   ``HTTPValidationError.detail`` now says "a list of validation errors, or a string".
+- **Error bodies are always valid JSON.** A validation error echoes the input it refused, and Python's JSON
+  reader accepts ``NaN`` and ``Infinity``, which strict JSON cannot write: ``{"k": NaN}`` made the 422
+  itself fail with a 500. Non-finite numbers in an error body are written as the strings ``"NaN"``,
+  ``"Infinity"`` and ``"-Infinity"``, for every route at once.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.security import require_token
 
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
@@ -45,28 +55,72 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
     return sorted(methods)
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` made writable as strict JSON: non-finite floats become strings, deep nesting is cut."""
+    return _safe(jsonable_encoder(_safe(value, 0)), 0)
+
+
+_MAX_DEPTH = 32
+
+
+def _safe(value: Any, depth: int) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict | list | tuple) and depth >= _MAX_DEPTH:
+        return "..."
+    if isinstance(value, dict):
+        return {k: _safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_safe(v, depth + 1) for v in value]
+    return value
+
+
+async def _validation_error(request: Request, exc: RequestValidationError):
+    # FastAPI reads and parses a JSON body before it runs the route's dependencies, so a malformed
+    # body would get its 422 before the token check: a guarded route answers 401 first.
+    return await _token_first(request) or JSONResponse({"detail": json_safe(exc.errors())}, 422)
+
+
+async def _token_first(request: Request):
+    """The 401 of a guarded (/v1) route without the right token, else None: body errors come after
+    the token check (service.app guards every /v1 router with service.security.authorize)."""
+    if _api_path(request).startswith("/v1/"):
+        try:
+            require_token(request)
+        except StarletteHTTPException as denied:
+            return await _http_error(request, denied)
+    return None
+
+
+def _api_path(request: Request) -> str:
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException):
     if exc.status_code in (404, 405):
-        path, root = request.scope["path"], request.scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        methods = allowed_methods(request.app, path)
+        methods = allowed_methods(request.app, _api_path(request))
         if methods and request.method not in methods:
             allow = ", ".join(methods)
             exc = StarletteHTTPException(
                 405, f"method {request.method} not allowed here; use {allow}", {"Allow": allow}
             )
     elif exc.status_code == 400 and exc.detail == PARSE_ERROR:
+        if (denied := await _token_first(request)) is not None:
+            return denied
         msg = "the request body could not be parsed (malformed JSON, form data or encoding)"
         return JSONResponse(
             {"detail": [{"type": "body_unparseable", "loc": ["body"], "msg": msg}]}, 422
         )
+    if not isinstance(exc.detail, str):
+        exc = StarletteHTTPException(exc.status_code, json_safe(exc.detail), exc.headers)
     return await http_exception_handler(request, exc)
 
 
 def install(app: FastAPI) -> None:
     """Register the handler and the schema fix (other HTTP errors keep FastAPI's default answer)."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     build_schema = app.openapi
 
     def openapi() -> dict:

@@ -4,7 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+
+# A secret in a query string (``?token=...``) would reach the access log with the path.
+_SECRET_PARAM = re.compile(
+    r"([?&](?:token|access_token|api_key|apikey|key|password|secret)=)[^&\s\"']*", re.IGNORECASE
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of secret-looking query parameters replaced by ``[redacted]``."""
+    return _SECRET_PARAM.sub(r"\1[redacted]", text)
+
+
+class RedactSecrets(logging.Filter):
+    """Redacts secret query parameters in every record (uvicorn's access log puts the path in
+    ``args``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -31,6 +55,7 @@ class JSONFormatter(logging.Formatter):
 
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(RedactSecrets())
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:

@@ -6,7 +6,14 @@ Websocket Origins are always checked: a page on another site must not drive a us
 ``authorize`` is the one dependency that guards the API: the app factory includes every ``/v1`` router
 with it, so a new route cannot forget it. For HTTP it checks the token header; for a websocket it checks
 the Origin, accepts the socket and authenticates it (a token may arrive as the first message), and a
-refused socket is closed before the route's code runs.
+refused socket is closed before the route's code runs. It also refuses (415) a body whose Content-Type
+is not one the route reads (``application/json`` for JSON routes): a page on another site can send
+``text/plain`` or form bodies without asking the browser first, never ``application/json``.
+
+:class:`HostOriginGuard` is middleware for the whole app. Without a token (a localhost service) any page
+the user opens could otherwise use it: it refuses a ``Host`` that is not one of this service's names
+(DNS rebinding points an attacker's name at 127.0.0.1; the browser then sends that name as ``Host``), and
+a state-changing request (POST, PUT, PATCH, DELETE) whose ``Origin`` is another site's.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import logging
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, WebSocket, status
+from fastapi import Depends, HTTPException, WebSocket, params, status
 from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import protocol
 from service.settings import Settings
@@ -29,7 +38,8 @@ log = logging.getLogger(__name__)
 SUBPROTOCOL = "v1motion.v1"
 TOKEN_SUBPROTOCOL_PREFIX = "v1motion.token."
 TOKEN_HEADER = "x-v1motion-token"
-AUTH_TIMEOUT_S = 5.0
+AUTH_TIMEOUT_S = 1.0  # a client without a token in the handshake must send it as its first message
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def _token_ok(settings: Settings, given: str | None) -> bool:
@@ -73,8 +83,48 @@ async def authorize(conn: HTTPConnection) -> None:
         )
         if not await accept_websocket(ws):
             raise WebSocketRefused
+        sockets = getattr(ws.app.state, "websockets", None)
+        if sockets is not None:  # closed with 1001 when the service stops (service.server)
+            sockets.add(ws)
         return
     require_token(conn)  # type: ignore[arg-type]
+    require_media_type(conn)
+
+
+def body_media_types(route) -> tuple[str, ...]:
+    """The media types a route reads its body as (empty: it takes no body)."""
+    cached = getattr(route, "_v1motion_media_types", None)
+    if cached is not None:
+        return cached
+    extra = (getattr(route, "openapi_extra", None) or {}).get("requestBody", {}).get("content")
+    if extra:
+        types = tuple(extra)
+    elif getattr(route, "body_field", None) is not None:
+        forms = any(isinstance(f.field_info, params.Form) for f in route.dependant.body_params)
+        types = ("multipart/form-data", "application/x-www-form-urlencoded") if forms else ()
+        types = types or ("application/json",)
+    else:
+        types = ()
+    route._v1motion_media_types = types
+    return types
+
+
+def require_media_type(request: HTTPConnection) -> None:
+    """415 when a request sends a body of a type its route does not read."""
+    if request.scope.get("method") not in ("POST", "PUT", "PATCH"):
+        return
+    accepted = body_media_types(request.scope.get("route"))
+    headers = request.headers
+    if not accepted or (
+        headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
+    ):
+        return
+    media = headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in accepted:
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            detail=f"send the body as {' or '.join(accepted)}, not {media or 'no Content-Type'}",
+        )
 
 
 async def ignore_refused(_conn: HTTPConnection, _exc: Exception) -> None:
@@ -89,10 +139,8 @@ def origin_allowed(ws: WebSocket, settings: Settings) -> bool:
     origin = ws.headers.get("origin")
     if origin is None:
         return True
-    if origin in settings.allowed_origins:
-        return True
-    host = ws.headers.get("host", "")
-    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+    # Comparing with Host is safe: without a token, HostOriginGuard only lets this service's names in.
+    return same_site(origin, ws.headers.get("host", ""), settings)
 
 
 async def accept_websocket(ws: WebSocket) -> bool:
@@ -115,14 +163,150 @@ async def accept_websocket(ws: WebSocket) -> bool:
     await ws.accept(subprotocol=chosen)
     if not settings.requires_token or _token_ok(settings, given):
         return True
-    try:
-        first = await asyncio.wait_for(ws.receive_text(), AUTH_TIMEOUT_S)
-        msg = json.loads(first)
-        token = msg.get("token") if isinstance(msg, dict) and msg.get("type") == "auth" else None
-    except (TimeoutError, ValueError, KeyError, RuntimeError):
-        token = None
+    token = None
+    if given is None:  # no token in the handshake: it may come as the first message, soon
+        try:
+            first = await asyncio.wait_for(ws.receive_text(), AUTH_TIMEOUT_S)
+            msg = json.loads(first)
+            if isinstance(msg, dict) and msg.get("type") == "auth":
+                token = msg.get("token")
+        except (TimeoutError, ValueError, KeyError, RuntimeError):
+            pass
     if _token_ok(settings, token if isinstance(token, str) else None):
         return True
     await ws.send_text(protocol.error("unauthorized", "missing or wrong token"))
     await ws.close(code=4401, reason="unauthorized")
     return False
+
+
+# ------------------------------------------------------------------------- Host and Origin guard
+
+
+def _split_host(value: str) -> str:
+    """``host[:port]`` or ``[v6]:port`` to the lower-case host name."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def allowed_hosts(settings: Settings) -> set[str]:
+    """Names the service answers to: localhost names, the bound host and ``settings.allowed_hosts``."""
+    names = {"localhost", "127.0.0.1", "::1", settings.host.lower()}
+    return names | {_split_host(h) for h in settings.allowed_hosts}
+
+
+def host_guarded(settings: Settings) -> bool:
+    """The Host and Origin checks apply without a token, or when allowed hosts are configured."""
+    return not settings.requires_token or bool(settings.allowed_hosts)
+
+
+def same_site(origin: str, host: str, settings: Settings) -> bool:
+    """An ``Origin`` of the page's own host, or one of ``settings.allowed_origins``."""
+    if origin in settings.allowed_origins:
+        return True
+    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
+
+class HostOriginGuard:
+    """ASGI middleware: refuse foreign ``Host`` names and cross-site state-changing requests.
+
+    Active when no token is required (see :func:`host_guarded`): a token is what protects a service
+    bound to the network, and a page on another site can neither read nor send it.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings):
+        self.app = app
+        self.settings = settings
+        self.hosts = allowed_hosts(settings)
+        self.active = host_guarded(settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.active or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        conn = HTTPConnection(scope)
+        host = conn.headers.get("host", "")
+        problem = None
+        if host and _split_host(host) not in self.hosts:
+            problem = (
+                f"Host {host!r} is not a name of this service; add it to V1MOTION_ALLOWED_HOSTS "
+                "if it is one"
+            )
+        elif scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
+            origin = conn.headers.get("origin")
+            fetch_site = conn.headers.get("sec-fetch-site", "")
+            if origin is not None and not same_site(origin, host, self.settings):
+                problem = (
+                    f"cross-site request refused: Origin {origin!r} is not this service; "
+                    "add it to V1MOTION_ALLOWED_ORIGINS if pages there may use it"
+                )
+            elif origin is None and fetch_site == "cross-site":
+                problem = "cross-site request refused (Sec-Fetch-Site: cross-site)"
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        log.warning("refused %s %s: %s", scope.get("method", "websocket"), scope["path"], problem)
+        if scope["type"] == "websocket":
+            await send(
+                {"type": "websocket.close", "code": 1008, "reason": "host or origin not allowed"}
+            )
+            return
+        await JSONResponse({"detail": problem}, status.HTTP_403_FORBIDDEN)(scope, receive, send)
+
+
+# ----------------------------------------------------------------------------- request body size
+
+
+class _BodyTooLarge(BaseException):
+    """Raised from ``receive`` past the limit. A BaseException: FastAPI turns any Exception met
+    while reading a body into a 400, which would hide the 413."""
+
+
+# Routes that count their own bodies while streaming them, each against its own setting.
+STREAMED_BODIES = {"/v1/videos", "/v1/spikes/models"}
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``settings.max_body_mb`` gets 413, refused from its
+    Content-Length before it is read, or as soon as the bytes received pass the limit (chunked
+    bodies). Routes in :data:`STREAMED_BODIES` apply their own limits."""
+
+    def __init__(self, app: ASGIApp, settings: Settings):
+        self.app = app
+        self.limit = int(settings.max_body_mb * 1024 * 1024)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if scope["type"] != "http" or path.rstrip("/") in STREAMED_BODIES:
+            await self.app(scope, receive, send)
+            return
+        detail = f"the request body is larger than the limit of {self.limit} bytes"
+        declared = HTTPConnection(scope).headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await JSONResponse({"detail": detail}, 413)(scope, receive, send)

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +106,19 @@ class SourceSpec(BaseModel):
         return f"{urlsplit(self.target).scheme} stream"
 
 
+def config_errors(exc: ValidationError) -> str:
+    """A settings ``ValidationError`` as lines ``field: message``, without the values given.
+
+    pydantic's own text repeats the input, and for a check across fields that is every setting,
+    ``token`` included: a start-up error must not print the secret.
+    """
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="V1MOTION_", extra="ignore")
 
@@ -120,7 +140,13 @@ class Settings(BaseSettings):
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
-        description="extra websocket Origins allowed besides the page's own host",
+        description="extra Origins (websockets; POST, PUT, PATCH, DELETE without a token) allowed "
+        "besides the page's own host",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="extra Host names accepted besides localhost names and 'host' (checked when no "
+        "token is required, or when this list is set)",
     )
 
     grace_period_s: float = Field(
@@ -233,3 +259,28 @@ class Settings(BaseSettings):
     spikes_max_sample_elements: int = Field(2_000_000, ge=1, description="largest sample returned")
     spikes_fit_workers: int = Field(1, ge=1, le=16, description="threads running fits")
     spikes_max_pending: int = Field(4, ge=1, description="fits running or waiting; more get 429")
+    spikes_max_upload_mb: float = Field(
+        16.0, gt=0, description="largest /v1/spikes/models body (JSON or multipart .npz), as sent"
+    )
+    spikes_max_work: int = Field(
+        30_000_000,
+        ge=1,
+        description="largest fit: counts entries x history lags (or hidden units, latents)",
+    )
+
+    max_body_mb: float = Field(
+        16.0,
+        gt=0,
+        description="largest request body of the JSON routes (uploads have their own limits)",
+    )
+
+    # every upload (video files, spike bodies)
+    upload_max_concurrent: int = Field(
+        4, ge=1, description="uploads received at the same time; more get 503 with Retry-After"
+    )
+    upload_idle_timeout_s: float = Field(
+        30.0, gt=0, description="an upload that sends nothing for this long is dropped (408)"
+    )
+    upload_timeout_s: float = Field(
+        900.0, gt=0, description="an upload still arriving after this long is dropped (408)"
+    )

@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 from service_helpers import RawWebSocket, free_port
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 
@@ -62,6 +63,12 @@ def test_sigterm_with_open_websockets_exits_within_seconds(server):
     assert json.loads(camera.recv(timeout=10))["type"] == "ready"
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
+    # docs/protocol.md: when the service stops, viewers get close code 1001 ("going away")
+    for ws in [*viewers, camera]:
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     code = proc.wait(15)
     elapsed = time.monotonic() - t0
     # uvicorn shuts down gracefully, then re-raises the signal it caught
@@ -117,6 +124,19 @@ def test_bad_configuration_is_refused_with_a_message():
     )
     assert out.returncode == 2
     assert "V1MOTION_TOKEN" in out.stdout
+
+
+def test_a_configuration_error_does_not_print_the_token():
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--token", "hunter2-x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, V1MOTION_BACKOFF_INITIAL_S="10", V1MOTION_BACKOFF_MAX_S="1"),
+    )
+    assert out.returncode == 2
+    assert "backoff_max_s must be at least" in out.stdout
+    assert "hunter2-x" not in out.stdout + out.stderr
 
 
 def test_messages_beyond_the_socket_limit_close_the_socket_not_the_server(server):

@@ -116,6 +116,23 @@ def test_probe_refuses_with_a_reason(tmp_path, make, reason):
         probe(path, Limits())
 
 
+def test_a_refused_file_leaves_no_decoder_process_or_pipe_behind(tmp_path):
+    path = tmp_path / "input.bin"
+    path.write_bytes(vs.write_video(tmp_path / "s.avi", "MJPG", size=(48, 32)))
+    dec = SandboxedDecoder(path, Limits(), probe_only=True)
+    with pytest.raises(VideoRejected, match="too small"):
+        dec.__enter__()  # what ``with`` does: __exit__ never runs when __enter__ raises
+    assert dec._proc.returncode is not None  # reaped, not a zombie until garbage collection
+    assert dec._proc.stdout.closed
+
+
+def test_decoders_leave_sigterm_to_the_service(good_avi):
+    """systemd signals the whole process group; the decoder outlives it until its parent stops it."""
+    with SandboxedDecoder(good_avi, Limits()) as dec:
+        os.kill(dec.pid, signal.SIGTERM)
+        assert len(list(dec.frames())) == 12
+
+
 def test_playlist_and_concat_cannot_reach_other_files(tmp_path, good_avi):
     """Even past the sniffer, the FFmpeg backend is held to plain files and listed demuxers."""
     secret = tmp_path / "elsewhere.avi"

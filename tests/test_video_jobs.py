@@ -188,6 +188,51 @@ def test_restart_requeues_interrupted_jobs_and_they_finish(tmp_path):
         second.stop()
 
 
+STOPPING_SERVICE = """
+import signal, sys, threading
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+from video_engine_double import slow_fake_engine
+from service.jobs.limits import Limits
+from service.jobs.manager import VideoJobs
+if __name__ == "__main__":
+    jobs = VideoJobs.local(sys.argv[1], Limits(), slow_fake_engine, workers=1)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # as uvicorn does: stop gracefully
+    jobs.start()
+    stop.wait(600)
+    jobs.stop()
+"""
+
+
+_TEST_AND_PROJECT_DIRS = (str(Path(__file__).parent), str(Path(__file__).parents[1]))
+
+
+def test_sigterm_to_the_process_group_requeues_the_running_job(tmp_path):
+    """``systemctl stop`` signals every process of the service: the worker and its decoder too."""
+    data_dir = tmp_path / "data"
+    setup = VideoJobs.local(data_dir, Limits(), fake_engine)  # not started: only to queue a job
+    job_id = _submit(setup, vs.avi(tmp_path, n=300))
+    setup.store.close()
+    script = tmp_path / "stopping_service.py"
+    script.write_text(STOPPING_SERVICE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(data_dir), *_TEST_AND_PROJECT_DIRS],
+        start_new_session=True,
+    )
+    watch = JobStore(data_dir / "jobs.sqlite3")
+    try:
+        wait_for(lambda: watch.get(job_id).frames_done > 0)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    rec = watch.get(job_id)
+    watch.close()
+    assert rec.status == "queued", rec.error  # not "worker process died (exit code -15)"
+
+
 def test_process_video_with_the_real_engine(tmp_path):
     """The product path: models.engine.MotionEngine (small random one) through the same function."""
     from service.jobs.engines import engine_factory

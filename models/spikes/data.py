@@ -62,6 +62,8 @@ def bin_spike_times(
     spike_times: list[list[float]] | list[list[list[float]]],
     bin_size: float,
     duration: float | None = None,
+    *,
+    max_elements: int | None = None,
 ) -> np.ndarray:
     """Bin spike times into counts.
 
@@ -73,6 +75,9 @@ def bin_spike_times(
         Bin width in the same unit.
     duration : float, optional
         Trial length; default the last spike time (over all trials).
+    max_elements : int, optional
+        Refuse (``ValueError``) before allocating more than this many counts
+        (trials x bins x neurons).
 
     Returns
     -------
@@ -105,7 +110,15 @@ def bin_spike_times(
             flat.append(t)
     if duration is None:
         duration = max((t.max() for t in flat if t.size), default=bin_size)
-    n_bins = int(np.ceil(duration / bin_size - 1e-9))
+    with np.errstate(over="ignore"):
+        span = float(duration) / float(bin_size)
+    limit = max_elements if max_elements is not None else np.inf
+    if not np.isfinite(span) or span * len(trials) * n_neurons > limit:
+        raise ValueError(
+            f"spike_times too large: {duration:g} / bin_size {bin_size:g} = {span:g} bins per neuron "
+            f"and trial, more than {limit:g} bins x neurons x trials in all"
+        )
+    n_bins = int(np.ceil(span - 1e-9))
     n_bins = max(n_bins, 1)
     edges = np.arange(n_bins + 1) * bin_size
     edges[-1] = max(edges[-1], duration)

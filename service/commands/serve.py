@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.logs import configure_logging
-    from service.settings import Settings
+    from service.server import Server
+    from service.settings import Settings, config_errors
 
     overrides = {
         k: v
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        print(f"v1motion serve: bad configuration:\n{exc}")
+        print(f"v1motion serve: bad configuration:\n{config_errors(exc)}")
         return 2
     configure_logging(settings.log_level, settings.log_format)
     config = uvicorn.Config(
@@ -84,5 +85,5 @@ def run(args: argparse.Namespace) -> int:
     )
     sock = bind_socket(settings.host, settings.port)
     print(f"v1motion: dashboard on http://{settings.host}:{sock.getsockname()[1]}/", flush=True)
-    uvicorn.Server(config).run(sockets=[sock])
+    Server(config).run(sockets=[sock])
     return 0

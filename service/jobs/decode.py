@@ -81,6 +81,16 @@ class VideoInfo:
 # ----------------------------------------------------------------------------------------- child
 
 
+def leave_signals_to_parent() -> None:
+    """Ignore SIGTERM and SIGINT: the parent decides when a child stops (it kills it outright).
+
+    ``systemctl stop`` and Ctrl-C signal the whole process group. A child that died of that signal
+    before the service had stopped it would make its job look like a crash (failed for good) instead
+    of an interrupted job that goes back to the queue."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def die_with_parent() -> None:
     """Ask Linux to kill this process when its parent dies (no orphaned decoders or workers after
     a hard kill of the service). A no-op elsewhere."""
@@ -139,6 +149,7 @@ def check_probe(width: int, height: int, fps: float, codec: str, limits: Limits)
 def _child_main(path: str, limits: Limits, probe_only: bool) -> int:
     import resource
 
+    leave_signals_to_parent()
     die_with_parent()
     mem = limits.memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -252,6 +263,7 @@ class SandboxedDecoder:
         self._proc: subprocess.Popen | None = None
         self._stderr_tail: deque[bytes] = deque(maxlen=20)
         self._deadline = 0.0
+        self._sel: selectors.BaseSelector | None = None
 
     @property
     def pid(self) -> int | None:
@@ -268,6 +280,13 @@ class SandboxedDecoder:
             env=_child_env(),
             close_fds=True,
         )
+        try:
+            return self._start()
+        except BaseException:
+            self.close()  # a refused file must not leave the child and its pipes behind
+            raise
+
+    def _start(self) -> SandboxedDecoder:
         threading.Thread(target=self._drain_stderr, name="decoder-stderr", daemon=True).start()
         _widen_pipe(self._proc.stdout.fileno())
         self._sel = selectors.DefaultSelector()
@@ -296,7 +315,8 @@ class SandboxedDecoder:
             proc.kill()
         proc.wait()
         proc.stdout.close()
-        self._sel.close()
+        if self._sel is not None:
+            self._sel.close()
 
     def frames(self) -> Iterator[np.ndarray]:
         """Yield BGR uint8 frames of shape (out_height, out_width, 3) until the end or a cap."""

@@ -178,9 +178,10 @@ class Runner:
 
 def worker_main(conn, engine_factory: Callable[[], object], limits: Limits) -> None:
     """Body of a worker process: build the engine once, then run jobs sent over ``conn``."""
-    from service.jobs.decode import DecodeError, die_with_parent
+    from service.jobs.decode import DecodeError, die_with_parent, leave_signals_to_parent
     from service.jobs.process import process_video
 
+    leave_signals_to_parent()  # a SIGTERM to the process group is for the service, which stops us
     die_with_parent()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -307,6 +308,8 @@ class LocalWorkerPool(Runner):
                     proc.join(5)
                     code = proc.exitcode
                     self._teardown_slot(slot)
+                    if self._stop.is_set():  # killed by the shutdown, not by this video
+                        raise _Cancelled
                     return "failed", (
                         f"the worker process died (exit code {code}) while processing this video"
                     )

@@ -3,10 +3,19 @@
 Starlette's form parser spools files to the system temp folder before the route runs, so the limit could
 not be enforced while receiving. This parser writes the ``file`` field directly to the destination
 (a generated name chosen by the server) and stops reading as soon as the limit is passed.
+
+Every upload body (videos here, spike data in ``service.routers.spikes``) is read through
+:func:`body_chunks`: at most ``max_bytes``, refused as soon as the count passes it, and dropped (408) when
+the client sends nothing for ``idle_timeout_s`` or is still sending after ``total_timeout_s``.
+:class:`UploadSlots` caps how many uploads are received at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +25,15 @@ from starlette.requests import Request
 
 FILE_FIELD = "file"
 MAX_PARTS = 4
+# A part's header line may hold a long file name: it is read up to this size and cut to 200 characters.
+MAX_PART_HEADER = 16 * 1024
 MAX_OVERHEAD = 64 * 1024  # multipart boundaries, headers and small fields around the file
+# Recent python-multipart versions cap a part's header line (4 KiB by default); older ones have no cap.
+_HEADER_LIMIT = (
+    {"max_header_size": MAX_PART_HEADER}
+    if "max_header_size" in inspect.signature(MultipartParser.__init__).parameters
+    else {}
+)
 ACCEPTED_PART_TYPES = ("video/", "application/octet-stream")
 
 
@@ -26,6 +43,69 @@ class UploadError(Exception):
     def __init__(self, status: int, detail: str):
         super().__init__(detail)
         self.status, self.detail = status, detail
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    max_bytes: int
+    idle_timeout_s: float = 30.0
+    total_timeout_s: float = 900.0
+
+    @classmethod
+    def from_settings(cls, settings, max_bytes: int) -> BodyLimits:
+        return cls(max_bytes, settings.upload_idle_timeout_s, settings.upload_timeout_s)
+
+
+async def body_chunks(request: Request, limits: BodyLimits) -> AsyncIterator[bytes]:
+    """The request body chunk by chunk; ``UploadError`` 413 past ``max_bytes``, 408 on a timeout."""
+    too_large = f"the body is larger than the limit of {limits.max_bytes} bytes"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_bytes:
+        raise UploadError(413, too_large)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.total_timeout_s
+    stream = request.stream().__aiter__()
+    received = 0
+    while True:
+        wait = min(limits.idle_timeout_s, deadline - loop.time())
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(stream.__anext__(), wait)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadError(
+                408,
+                f"the body did not arrive in time (nothing for {limits.idle_timeout_s:g} s, "
+                f"or not complete after {limits.total_timeout_s:g} s)",
+            ) from None
+        received += len(chunk)
+        if received > limits.max_bytes:
+            raise UploadError(413, too_large)
+        yield chunk
+
+
+async def read_body(request: Request, limits: BodyLimits) -> bytes:
+    """The whole body, read through :func:`body_chunks`."""
+    return b"".join([c async for c in body_chunks(request, limits)])
+
+
+class UploadSlots:
+    """At most ``n`` uploads received at once; one more gets ``UploadError`` 503 (``retry_after`` s)."""
+
+    def __init__(self, n: int, retry_after: int = 10):
+        self.n, self.retry_after, self.active = n, retry_after, 0
+
+    @contextlib.contextmanager
+    def hold(self):
+        if self.active >= self.n:
+            raise UploadError(503, f"{self.n} uploads are already arriving; try again shortly")
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
 
 
 @dataclass(frozen=True)
@@ -56,15 +136,17 @@ def clean_filename(name: str | None) -> str:
     return name[:200] or "upload"
 
 
-async def receive_upload(request: Request, dest: Path, max_bytes: int) -> ReceivedUpload:
+async def receive_upload(
+    request: Request, dest: Path, max_bytes: int, limits: BodyLimits | None = None
+) -> ReceivedUpload:
     """Write the multipart field ``file`` of ``request`` to ``dest``.
 
     Raises
     ------
     UploadError
         415 not multipart or the file part is not a video type; 413 over ``max_bytes``;
-        400 malformed body; 422 no ``file`` field. ``dest`` may be left partly written: the caller
-        removes the job folder.
+        400 malformed body; 408 too slow (``limits``); 422 no ``file`` field. ``dest`` may be left
+        partly written: the caller removes the job folder.
     """
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
@@ -132,19 +214,29 @@ async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Receiv
             "on_headers_finished": on_headers_finished,
         },
         max_size=max_bytes + 1024 * 1024,
+        **_HEADER_LIMIT,
     )
-    received = 0
+    limits = limits or BodyLimits(max_bytes)
+    # other fields and the multipart framing count too
+    limits = BodyLimits(max_bytes + MAX_OVERHEAD, limits.idle_timeout_s, limits.total_timeout_s)
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > max_bytes + MAX_OVERHEAD:  # other fields count too
-                raise UploadError(413, f"the upload is larger than the limit of {max_bytes} bytes")
+        async for chunk in body_chunks(request, limits):
             parser.write(chunk)
         parser.finalize()
-    except UploadError:
+    except UploadError as exc:
+        if exc.status == 413:
+            raise UploadError(
+                413, f"the upload is larger than the limit of {max_bytes} bytes"
+            ) from None
         raise
     except Exception as exc:
-        raise UploadError(400, f"malformed multipart body: {exc}") from None
+        msg = str(exc)
+        if "header size" in msg:
+            msg = (
+                f"a part's header is longer than {MAX_PART_HEADER} bytes "
+                "(a file name that long is refused; names are kept to 200 characters)"
+            )
+        raise UploadError(400, f"malformed multipart body: {msg}") from None
     finally:
         out.close()
     if "filename" not in found:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["camera"])
 
 HELLO_TIMEOUT_S = 10.0
-MIN_SIDE = 32
+MIN_SIDE = 64  # used only for an engine that does not say its own ``min_side``
 
 
 @dataclass
@@ -60,15 +60,21 @@ class CameraSession:
         self._fps_t: float | None = None
         self.fps = 0.0
 
+    @property
+    def min_side(self) -> int:
+        """The smallest side the engine analyses (it refuses smaller frames)."""
+        return int(getattr(self.engine, "min_side", MIN_SIDE))
+
     def negotiate(self, msg: dict) -> None:
         s = self.settings
         w, h = msg.get("width"), msg.get("height")
         if not (isinstance(w, int) and isinstance(h, int)):
             raise ValueError('hello needs integer "width" and "height"')
-        if not (MIN_SIDE <= w <= s.camera_max_width and MIN_SIDE <= h <= s.camera_max_height):
+        low = self.min_side
+        if not (low <= w <= s.camera_max_width and low <= h <= s.camera_max_height):
             raise ValueError(
-                f"frame size {w}x{h} not allowed: width {MIN_SIDE}-{s.camera_max_width}, "
-                f"height {MIN_SIDE}-{s.camera_max_height}"
+                f"frame size {w}x{h} not allowed: width {low}-{s.camera_max_width}, "
+                f"height {low}-{s.camera_max_height}"
             )
         self.width, self.height = w, h
         flow = msg.get("flow", self.want_flow)
@@ -149,8 +155,10 @@ async def camera_socket(ws: WebSocket) -> None:
     metrics.clients.labels("camera").set(app.state.camera_clients)
     try:
         await _serve_camera(ws, settings, metrics, holder)
-    except (WebSocketDisconnect, RuntimeError, OSError):
+    except WebSocketDisconnect:
         pass
+    except (RuntimeError, OSError) as exc:  # the socket broke mid-send, or a bug: say which
+        log.warning("camera: session ended by %s: %s", type(exc).__name__, exc)
     finally:
         app.state.camera_clients -= 1
         metrics.clients.labels("camera").set(app.state.camera_clients)

@@ -3,6 +3,11 @@
 Fits run in a bounded thread pool (``spikes_fit_workers`` threads, at most ``spikes_max_pending`` fits
 running or waiting, more get 429), never on the event loop. Fitted models live in a bounded in-memory
 store (``spikes_max_models``; the oldest is dropped).
+
+Input is bounded before any work: the body (JSON or multipart ``.npz``) is read up to
+``spikes_max_upload_mb``; each array of an ``.npz`` is sized from its header before it is decompressed;
+every numeric option has a range in :class:`SpikeOptions`; and a fit's work (counts entries times history
+lags, hidden units or latents) is capped by ``spikes_max_work``.
 """
 
 from __future__ import annotations
@@ -11,19 +16,23 @@ import asyncio
 import io
 import json
 import logging
+import struct
 import threading
 import time
 import uuid
+import zipfile
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.spikes.data import as_counts, bin_spike_times
 from models.spikes.registry import evaluate, fit_and_score, model_options
+from service.jobs.upload import BodyLimits, UploadError, read_body
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +45,61 @@ class SpikeData(BaseModel):
 
     counts: Any = Field(None, description="(trials, bins, neurons) or (bins, neurons) counts")
     spike_times: Any = Field(None, description="neurons x times, or trials x neurons x times")
-    bin_size: float | None = Field(None, gt=0, description="bin width for spike_times (their unit)")
-    duration: float | None = Field(None, gt=0, description="trial length for spike_times")
+    bin_size: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="bin width for spike_times (their unit)"
+    )
+    duration: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="trial length for spike_times"
+    )
+
+
+SEED = Field(None, ge=0, le=2**32 - 1)
+
+
+class SpikeOptions(BaseModel):
+    """Options of the model kinds, each with a range (a kind refuses the names it does not take)."""
+
+    model_config = ConfigDict(extra="allow")  # unknown names: the kind lists its valid ones (422)
+
+    n_lags: int | None = Field(None, ge=1, le=100, description="history bins (glm kinds)")
+    n_basis: int | None = Field(None, ge=1, le=20, description="history basis functions (glm)")
+    n_hidden: int | None = Field(None, ge=1, le=64, description="hidden units (rglm kinds)")
+    n_latent: int | None = Field(None, ge=1, le=64, description="latent dimensions (lds)")
+    l2: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description="L2 penalty")
+    max_iter: int | None = Field(None, ge=1, le=2000, description="optimiser iterations")
+    n_iter: int | None = Field(None, ge=1, le=500, description="EM iterations (lds)")
+    tol: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    min_rate: float | None = Field(None, gt=0, le=1e3, allow_inf_nan=False)
+    init_timescales: (
+        tuple[
+            Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)],
+            Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)],
+        ]
+        | None
+    ) = None
+    obs: str | None = Field(None, max_length=32, description="observation model")
+    link: str | None = Field(None, max_length=32, description="inverse link")
+    ordering: (
+        str
+        | Annotated[list[Annotated[int, Field(ge=0, le=100_000)]], Field(max_length=100_000)]
+        | None
+    ) = Field(None, description="neuron ordering: a name or a permutation")
+    seed: int | None = SEED
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+# The options whose size multiplies a fit's work (per counts entry).
+WORK_OPTIONS = ("n_lags", "n_hidden", "n_latent")
+DEFAULT_SIZES = {"n_lags": 10, "n_hidden": 8, "n_latent": 4}  # the model classes' defaults
 
 
 class SpikeModelCreate(SpikeData):
-    kind: str = "rglm_correlated"
-    options: dict[str, Any] = Field(default_factory=dict)
+    kind: str = Field("rglm_correlated", max_length=64)
+    options: SpikeOptions = Field(default_factory=SpikeOptions)
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class SpikeModelPublic(BaseModel):
@@ -73,9 +128,9 @@ class SpikeEvaluation(BaseModel):
 
 
 class SampleCreate(BaseModel):
-    n_trials: int = Field(1, ge=1)
-    n_bins: int = Field(1000, ge=1)
-    seed: int = 0
+    n_trials: int = Field(1, ge=1, le=10_000)
+    n_bins: int = Field(1000, ge=1, le=10_000_000)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class SamplePublic(BaseModel):
@@ -173,28 +228,91 @@ def _counts_from(data: SpikeData, max_elements: int) -> np.ndarray:
             raise ValueError("'spike_times' needs 'bin_size'")
         if not isinstance(data.spike_times, list):
             raise ValueError("'spike_times' must be a list of neurons' spike-time lists")
-        n_bins = None
-        if data.duration is not None:
-            n_bins = data.duration / data.bin_size
-        if n_bins is not None and n_bins * len(data.spike_times) > max_elements:
-            raise ValueError(f"spike_times too large: more than {max_elements} bins x neurons")
-        y = bin_spike_times(data.spike_times, data.bin_size, data.duration)
+        y = bin_spike_times(
+            data.spike_times, data.bin_size, data.duration, max_elements=max_elements
+        )
         return as_counts(y, max_elements=max_elements)
-    except (ValueError, TypeError) as exc:
-        raise HTTPException(422, detail=str(exc)) from None
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        raise HTTPException(422, detail=str(exc) or type(exc).__name__) from None
+
+
+MAX_NPZ_MEMBERS = 16
+
+
+def load_npz_counts(raw: bytes, max_elements: int) -> np.ndarray:
+    """The ``counts`` array of an ``.npz``; its size is read from its header before it is decompressed.
+
+    ``ValueError`` names the problem: not a zip, too many members, no ``counts``, an object array, or
+    more than ``max_elements`` entries (a small compressed file may expand to gigabytes).
+    """
+    eocd = raw.rfind(b"PK\x05\x06", max(0, len(raw) - 65_557))
+    if eocd < 0 or eocd + 22 > len(raw):
+        raise ValueError("file is not a readable .npz (no zip directory)")
+    n_members = struct.unpack("<H", raw[eocd + 10 : eocd + 12])[0]
+    if n_members > MAX_NPZ_MEMBERS:  # 0xFFFF (zip64) included
+        raise ValueError(f"the .npz holds {n_members} members; at most {MAX_NPZ_MEMBERS} are read")
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            names = zf.namelist()
+            if "counts.npy" not in names:
+                have = [n.removesuffix(".npy") for n in names]
+                raise ValueError(f"the .npz has no array 'counts' (has {have})")
+            with zf.open("counts.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(f)
+    except ValueError:
+        raise
+    except Exception as exc:  # zipfile and the npy header reader raise several types
+        raise ValueError(f"file is not a readable .npz: {type(exc).__name__}") from None
+    if dtype.hasobject:
+        raise ValueError("'counts' is an object array; send numbers")
+    size = int(np.prod(shape, dtype=object))
+    if size > max_elements or size * dtype.itemsize > max_elements * 8:
+        raise ValueError(f"counts too large: {size} entries, at most {max_elements} allowed")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            return z["counts"]
+    except Exception as exc:
+        raise ValueError(f"file is not a readable .npz: {type(exc).__name__}") from None
+
+
+def _invalid(exc: ValidationError) -> HTTPException:
+    return HTTPException(422, detail=exc.errors(include_url=False))
 
 
 async def _parse_create(request: Request, max_elements: int) -> tuple[SpikeModelCreate, np.ndarray]:
+    settings = request.app.state.settings
+    from service.routers.videos import upload_slots
+
+    slots = upload_slots(request.app)
+    limits = BodyLimits.from_settings(settings, int(settings.spikes_max_upload_mb * 1024 * 1024))
+    try:
+        with slots.hold():
+            raw = await read_body(request, limits)
+    except UploadError as exc:
+        headers = {"Retry-After": str(slots.retry_after)} if exc.status == 503 else None
+        raise HTTPException(exc.status, exc.detail, headers) from None
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        form = await request.form()
+        request._body = raw  # parsed from the bytes already read, within the limit
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except StarletteHTTPException as exc:  # Starlette's 400 for a form it will not read
+            raise HTTPException(
+                422, detail=f"the multipart body was refused: {exc.detail}"
+            ) from None
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HTTPException(422, detail="multipart upload needs a 'file' field holding an .npz")
-        raw = await upload.read()
+        data = await upload.read()
         try:
             options = json.loads(form.get("options") or "{}")
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             raise HTTPException(422, detail=f"'options' is not valid JSON: {exc}") from None
         fields = {
             k: form.get(k) for k in ("kind", "test_fraction", "seed") if form.get(k) is not None
@@ -202,31 +320,41 @@ async def _parse_create(request: Request, max_elements: int) -> tuple[SpikeModel
         try:
             spec = SpikeModelCreate(options=options, **fields)
         except ValidationError as exc:
-            raise HTTPException(422, detail=exc.errors(include_url=False)) from None
+            raise _invalid(exc) from None
         try:
-            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-                if "counts" not in z:
-                    raise HTTPException(
-                        422, detail=f"the .npz has no array 'counts' (has {list(z.keys())})"
-                    )
-                arr = z["counts"]
-        except HTTPException:
-            raise
-        except Exception as exc:  # np.load raises several types on a corrupt file
-            raise HTTPException(
-                422, detail=f"file is not a readable .npz: {type(exc).__name__}"
-            ) from None
-        spec.counts = arr
+            spec.counts = load_npz_counts(data, max_elements)
+        except ValueError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
         return spec, _counts_from(spec, max_elements)
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
         raise HTTPException(422, detail="body is not valid JSON") from None
+    except RecursionError:
+        raise HTTPException(422, detail="body is nested too deeply to be read") from None
     try:
         spec = SpikeModelCreate.model_validate(body)
     except ValidationError as exc:
-        raise HTTPException(422, detail=exc.errors(include_url=False)) from None
+        raise _invalid(exc) from None
     return spec, _counts_from(spec, max_elements)
+
+
+def check_work(spec: SpikeModelCreate, y: np.ndarray, max_work: int) -> None:
+    """422 when option names do not fit the kind, or the fit would do more than ``max_work``."""
+    valid = model_options(spec.kind)
+    given = spec.options.given()
+    bad = sorted(set(given) - set(valid))
+    if bad:
+        raise ValueError(f"unknown option(s) {bad} for kind {spec.kind!r}; valid options: {valid}")
+    factor = max(
+        (int(given.get(k, DEFAULT_SIZES[k])) for k in WORK_OPTIONS if k in valid), default=1
+    )
+    work = int(y.size) * factor
+    if work > max_work:
+        raise ValueError(
+            f"fit too large: {y.size} counts entries x {factor} (history lags, hidden units or "
+            f"latents) = {work}, at most {max_work} allowed; send fewer bins or a smaller model"
+        )
 
 
 def _public(rec: dict) -> SpikeModelPublic:
@@ -235,7 +363,7 @@ def _public(rec: dict) -> SpikeModelPublic:
 
 def _fit(y, spec: SpikeModelCreate) -> dict:
     model, baseline, report = fit_and_score(
-        y, spec.kind, spec.options, spec.test_fraction, spec.seed
+        y, spec.kind, spec.options.given(), spec.test_fraction, spec.seed
     )
     tau = None
     if hasattr(model, "timescales"):
@@ -243,7 +371,7 @@ def _fit(y, spec: SpikeModelCreate) -> dict:
     return {
         "id": uuid.uuid4().hex[:12],
         "kind": spec.kind,
-        "options": spec.options,
+        "options": spec.options.given(),
         "n_neurons": int(y.shape[-1]),
         "n_params": report["n_params"],
         "held_out_bits_per_spike": report["bits_per_spike"],
@@ -264,16 +392,72 @@ BUSY = {429: {"description": "too many spike jobs queued; retry later"}}
 BAD_DATA = {422: {"description": "counts or options that cannot be used (the detail says why)"}}
 
 
-@router.post("/models", response_model=SpikeModelPublic, status_code=201, responses=BAD_DATA | BUSY)
+def _create_body() -> dict:
+    """The request body of ``POST /models`` for the schema (the route reads the body itself)."""
+    schema = SpikeModelCreate.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    multipart = {
+        "type": "object",
+        "required": ["file"],
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": ".npz with 'counts'"},
+            "kind": {"type": "string"},
+            "options": {"type": "string", "description": "the options as a JSON object"},
+            "test_fraction": {"type": "number"},
+            "seed": {"type": "integer"},
+        },
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": inline(schema)},
+                "multipart/form-data": {"schema": multipart},
+            },
+        }
+    }
+
+
+TOO_LARGE = {
+    408: {"description": "the body stopped arriving"},
+    413: {"description": "body larger than V1MOTION_SPIKES_MAX_UPLOAD_MB"},
+    415: {"description": "neither application/json nor multipart/form-data"},
+    503: {"description": "too many uploads arriving at once; retry later"},
+}
+
+
+@router.post(
+    "/models",
+    response_model=SpikeModelPublic,
+    status_code=201,
+    responses=BAD_DATA | BUSY | TOO_LARGE,
+    openapi_extra=_create_body(),
+)
 async def create_model(request: Request, store: Store, worker: Worker) -> SpikeModelPublic:
     """Fit a model (JSON body, or multipart with an .npz ``file`` holding ``counts``)."""
     settings = request.app.state.settings
     spec, y = await _parse_create(request, settings.spikes_max_elements)
     try:
-        model_options(spec.kind)  # unknown kind: 422 before queueing
+        check_work(
+            spec, y, settings.spikes_max_work
+        )  # kind, option names and size: before queueing
         rec = await worker.run(_fit, y, spec)
     except (ValueError, TypeError) as exc:  # bad kind, option names or values, data without spikes
         raise HTTPException(422, detail=str(exc)) from None
+    except ArithmeticError as exc:  # the optimiser diverged (FloatingPointError) or overflowed
+        raise HTTPException(
+            422, detail=f"the fit failed on these data and options: {exc}"
+        ) from None
     store.add(rec)
     log.info("spike model %s (%s) fitted in %.1f s", rec["id"], spec.kind, rec["fit_seconds"])
     return _public(rec)

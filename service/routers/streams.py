@@ -159,12 +159,17 @@ async def stream_socket(ws: WebSocket, name: str) -> None:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         for t in done:
-            if t.exception() is not None and not isinstance(
-                t.exception(), WebSocketDisconnect | RuntimeError | OSError
-            ):
-                log.error("stream %s: websocket task failed", name, exc_info=t.exception())
-    except (WebSocketDisconnect, RuntimeError, OSError):
+            exc = t.exception()
+            if exc is None or isinstance(exc, WebSocketDisconnect):
+                continue
+            if isinstance(exc, RuntimeError | OSError):  # usually a send after the peer left
+                log.info("stream %s: viewer task ended by %s: %s", name, type(exc).__name__, exc)
+            else:
+                log.error("stream %s: websocket task failed", name, exc_info=exc)
+    except WebSocketDisconnect:
         pass
+    except (RuntimeError, OSError) as exc:  # the socket broke mid-send, or a bug: say which
+        log.warning("stream %s: viewer ended by %s: %s", name, type(exc).__name__, exc)
     finally:
         mgr.unsubscribe(name, sub)
         log.info("stream %s: viewer left (sent %d, dropped %d)", name, sub.sent, sub.dropped)

@@ -18,7 +18,13 @@ from service.jobs.limits import Limits
 from service.jobs.manager import VideoJobs
 from service.jobs.schemas import RESULT_NAMES, JobCreate, JobPublic, JobsPublic
 from service.jobs.sniff import UnsupportedContainer, sniff_file
-from service.jobs.upload import MAX_OVERHEAD, UploadError, receive_upload
+from service.jobs.upload import (
+    MAX_OVERHEAD,
+    BodyLimits,
+    UploadError,
+    UploadSlots,
+    receive_upload,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,6 +86,14 @@ async def start_jobs(app: FastAPI, settings: Settings) -> None:
     app.state.video_probe_slots = asyncio.Semaphore(2)
 
 
+def upload_slots(app: FastAPI) -> UploadSlots:
+    """The app's one cap on uploads being received (videos and spike files share it)."""
+    slots = getattr(app.state, "upload_slots", None)
+    if slots is None:
+        slots = app.state.upload_slots = UploadSlots(app.state.settings.upload_max_concurrent)
+    return slots
+
+
 async def stop_jobs(app: FastAPI) -> None:
     """Lifespan stop: running jobs go back to the queue."""
     jobs: VideoJobs | None = getattr(app.state, "videos", None)
@@ -123,11 +137,12 @@ UPLOAD_BODY = {
     }
 }
 UPLOAD_ERRORS = {
-    400: {"description": "more form fields than the limit"},
+    400: {"description": "more form fields than the limit, or a malformed multipart body"},
+    408: {"description": "the body stopped arriving (V1MOTION_UPLOAD_IDLE_TIMEOUT_S)"},
     413: {"description": "larger than V1MOTION_VIDEO_MAX_UPLOAD_MB"},
     415: {"description": "not multipart, not a video content type, or not an accepted container"},
     422: {"description": "empty, no 'file' field, or refused by the probe (size, codec, fps...)"},
-    503: {"description": "too many videos waiting"},
+    503: {"description": "too many videos waiting, or too many uploads arriving at once"},
 }
 
 
@@ -146,18 +161,26 @@ async def create_video_job(request: Request, response: Response, jobs: Jobs) -> 
     if declared and declared.isdigit() and int(declared) > max_bytes + MAX_OVERHEAD:
         raise HTTPException(413, f"the upload is larger than the limit of {max_bytes} bytes")
     if jobs.queue_full():
-        raise HTTPException(503, f"{jobs.max_queued} videos are already waiting; try again later")
+        raise HTTPException(
+            503,
+            f"{jobs.max_queued} videos are already waiting; try again later",
+            {"Retry-After": "30"},
+        )
+    slots = upload_slots(request.app)
     job_id, folder = jobs.new_folder()
     path = folder / "input.bin"
     accepted = False
     try:
         try:
-            upload = await receive_upload(request, path, max_bytes)
+            with slots.hold():
+                limits = BodyLimits.from_settings(settings, max_bytes)
+                upload = await receive_upload(request, path, max_bytes, limits)
             if upload.size_bytes == 0:
                 raise UploadError(422, "the file is empty")
             sniff_file(path)
         except UploadError as exc:
-            raise HTTPException(exc.status, exc.detail) from None
+            headers = {"Retry-After": str(slots.retry_after)} if exc.status == 503 else None
+            raise HTTPException(exc.status, exc.detail, headers) from None
         except UnsupportedContainer as exc:
             raise HTTPException(415, str(exc)) from None
         async with request.app.state.video_probe_slots:
@@ -178,11 +201,16 @@ async def create_video_job(request: Request, response: Response, jobs: Jobs) -> 
     return JobPublic.from_record(rec, PREFIX)
 
 
+MAX_OFFSET = (
+    1_000_000_000  # SQLite's OFFSET is a signed 64-bit integer; no store holds this many jobs
+)
+
+
 @router.get("", response_model=JobsPublic)
 def list_video_jobs(
     jobs: Jobs,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobsPublic:
     """Jobs, newest first."""
     records, total = jobs.store.list(limit, offset)
