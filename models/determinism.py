@@ -9,10 +9,13 @@ The Numba kernels they call are serial and compiled without ``fastmath``; a test
 
 from __future__ import annotations
 
+import platform
 from contextlib import contextmanager
 
 import cv2
-from threadpoolctl import threadpool_limits
+import numba
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 
 @contextmanager
@@ -29,3 +32,27 @@ def single_threaded():
             yield
     finally:
         cv2.setNumThreads(previous)
+
+
+def numeric_environment() -> dict:
+    """What besides the seed fixes a run's bits: library versions, BLAS kernels and numpy's SIMD paths.
+
+    Two runs with one seed are bit-identical when these agree; when they differ, so may the weights.
+    """
+    try:  # where ``numpy.show_runtime`` reads them (numpy 2; numpy 1 keeps them in ``numpy.core``)
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "opencv": cv2.__version__,
+        "machine": platform.machine(),
+        "numpy_simd": [f for f in __cpu_dispatch__ if __cpu_features__.get(f)],
+        "thread_pools": [
+            {k: pool.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+            for pool in threadpool_info()
+        ],
+        "opencv_threads": cv2.getNumThreads(),
+    }

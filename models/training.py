@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from models.determinism import single_threaded
+from models.determinism import numeric_environment, single_threaded
 from models.ssrnn import SSRNN, SparseCode, prune_recurrent, recurrent_csr
 from models.stimuli import direction_vector
 from models.whitening import Whitener
@@ -157,6 +157,7 @@ def train_ssrnn(
     Deterministic: the same seed and inputs give the same bits whatever the caller's thread counts
     (see :mod:`models.determinism`).
     """
+    log.info("training with seed %d on %s", config.seed, numeric_environment())
     rng = np.random.default_rng(config.seed)
     sampler = MovieSampler(whitener, stills, clips, config, rng)
     model, history = fit_ssrnn(config, sampler.batch, rng, progress)

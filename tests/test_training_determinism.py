@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 import models.build as build
 from models import kernels
-from models.determinism import single_threaded
+from models.determinism import numeric_environment, single_threaded
 from models.stimuli import load_still
 from models.training import TrainConfig, fit_ssrnn, train_ssrnn
 from models.whitening import Whitener
@@ -157,3 +157,12 @@ def test_training_kernels_are_serial_and_strict(kernel):
     options = kernel.targetoptions
     assert not options.get("parallel", False)
     assert not options.get("fastmath", False)
+
+
+def test_numeric_environment_names_what_fixes_the_bits():
+    with single_threaded():
+        env = numeric_environment()
+    assert env["numpy"] == np.__version__
+    assert env["opencv_threads"] == 1
+    assert env["thread_pools"] and all(pool["num_threads"] == 1 for pool in env["thread_pools"])
+    assert all(isinstance(f, str) for f in env["numpy_simd"])
