@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from models.calibration import fit_readout
+from models.determinism import single_threaded
 from models.movies import load_training_movies, training_stills
 from models.report import measure_tuning, tuning_dict
 from models.ssrnn import SSRNN
@@ -23,6 +24,7 @@ DEFAULT_NAME = "ssrnn_default.npz"
 CONTROL_NAME = "ssrnn_shuffled_control.npz"
 
 
+@single_threaded()
 def finish_weights(model: SSRNN, levels: int, seed: int, out: Path, history: dict, seconds: float):
     """Measure tuning, fit the read-out and save everything the engine needs in one ``.npz``."""
     summary = measure_tuning(model)
@@ -48,6 +50,8 @@ def finish_weights(model: SSRNN, levels: int, seed: int, out: Path, history: dic
     return summary, readout, train_info
 
 
+# Pinned here, not only in the CLI, so every caller of the library gets the weights the seed defines.
+@single_threaded()
 def build_all(out_dir: Path, config: TrainConfig, levels: int = 3, control: bool = True,
               progress: bool = True) -> dict:  # fmt: skip
     """Train the default model (and its time-shuffled control) and write their weights."""

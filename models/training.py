@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from models.determinism import numeric_environment, single_threaded
 from models.ssrnn import SSRNN, SparseCode, prune_recurrent, recurrent_csr
 from models.stimuli import direction_vector
 from models.whitening import Whitener
@@ -147,10 +148,16 @@ def infer_sequences(model: SSRNN, y: np.ndarray, G=None, csr=None) -> np.ndarray
     return z
 
 
+@single_threaded()
 def train_ssrnn(
     config: TrainConfig, whitener: Whitener, stills: dict, clips: dict, progress: bool = True
 ) -> tuple[SSRNN, dict]:
-    """Train an ss-RNN on natural movies; returns the model and per-step diagnostics."""
+    """Train an ss-RNN on natural movies; returns the model and per-step diagnostics.
+
+    Deterministic: the same seed and inputs give the same bits whatever the caller's thread counts
+    (see :mod:`models.determinism`).
+    """
+    log.info("training with seed %d on %s", config.seed, numeric_environment())
     rng = np.random.default_rng(config.seed)
     sampler = MovieSampler(whitener, stills, clips, config, rng)
     model, history = fit_ssrnn(config, sampler.batch, rng, progress)
@@ -158,8 +165,13 @@ def train_ssrnn(
     return model, history
 
 
+@single_threaded()
 def fit_ssrnn(config: TrainConfig, batch, rng, progress: bool = True) -> tuple[SSRNN, dict]:
-    """The learning loop on any source of whitened patch sequences ``batch() -> (B, T, P*P)``."""
+    """The learning loop on any source of whitened patch sequences ``batch() -> (B, T, P*P)``.
+
+    Runs on one BLAS and one OpenCV thread, so its sums do not depend on the machine's core count;
+    all randomness comes from ``rng``.
+    """
     from tqdm.auto import tqdm
 
     cfg = config

@@ -10,6 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from models.determinism import single_threaded
+
 
 def extract_patches(frames: np.ndarray, size: int, n: int, rng) -> np.ndarray:
     """``n`` random ``size x size`` patches from ``frames`` ``(T, H, W)``, flattened to ``(n, size*size)``."""
@@ -90,8 +92,12 @@ class Whitener:
         self.size = size
         self.eps_rel = eps_rel
 
+    @single_threaded()
     def fit(self, movies, n_patches: int = 50_000, seed: int = 0) -> Whitener:
-        """Fit on one array of frames ``(T, H, W)`` / ``(H, W)`` or a list of them (sampled equally)."""
+        """Fit on one array of frames ``(T, H, W)`` / ``(H, W)`` or a list of them (sampled equally).
+
+        Deterministic given ``seed``: it runs on one BLAS and one OpenCV thread.
+        """
         rng = np.random.default_rng(seed)
         movies = [movies] if isinstance(movies, np.ndarray) else list(movies)
         per = max(1, n_patches // len(movies))
