@@ -1,5 +1,5 @@
 // v1motion dashboard: plain ES module, no build step. Protocol: docs/protocol.md.
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 const VMAX = 4; // px/frame drawn as a full-cell arrow
 const CAMERA_SIZE = { width: 320, height: 240 };
 const $ = (id) => document.getElementById(id);
@@ -108,8 +108,8 @@ function arrow(ctx, x, y, dx, dy, head) {
   ctx.fill();
 }
 
-// Draws the frame, a colour-wheel tint per cell and an arrow per cell. grid: {rows, cols, cell,
-// direction_deg, speed, confidence?}. Directions: 0 = right, 90 = up (screen y points down).
+// Draws the frame, a colour-wheel tint per cell and an arrow per cell. grid: {rows, cols, cell_px,
+// direction_deg, speed_px_per_frame, confidence?}. Directions: 0 = right, 90 = up (screen y points down).
 function drawMap(canvas, image, frameW, frameH, grid) {
   const ctx = canvas.getContext("2d");
   const s = fitCanvas(canvas, frameW, frameH);
@@ -122,13 +122,13 @@ function drawMap(canvas, image, frameW, frameH, grid) {
     ctx.globalAlpha = 1;
   }
   if (!grid) return;
-  const cell = grid.cell * s;
+  const cell = grid.cell_px * s;
   const offX = (canvas.width - grid.cols * cell) / 2, offY = (canvas.height - grid.rows * cell) / 2;
   ctx.lineCap = "round";
   ctx.lineWidth = Math.max(2, cell / 9);
   for (let i = 0; i < grid.rows; i++) {
     for (let j = 0; j < grid.cols; j++) {
-      const d = grid.direction_deg[i][j], v = grid.speed[i][j];
+      const d = grid.direction_deg[i][j], v = grid.speed_px_per_frame[i][j];
       const c = grid.confidence ? grid.confidence[i][j] : Math.min(1, v / 0.5);
       if (c < 0.05 || v < 0.05) continue;
       const x = offX + (j + 0.5) * cell, y = offY + (i + 0.5) * cell;
@@ -344,27 +344,28 @@ function render() {
   $("waiting").hidden = true;
   drawMap($("map"), state.image, m.width, m.height, m.motion);
   if (state.flow) drawMap($("flow"), state.image, m.width, m.height, m.flow);
-  const g = m.motion.global;
+  const mo = m.motion;
+  const dir = mo.global_direction_deg, speed = mo.global_speed_px_per_frame, conf = mo.global_confidence;
   const dom = $("dominant");
-  const confident = g.confidence > 0.05;
-  dom.dataset.directionDeg = g.direction_deg;
-  dom.dataset.speed = g.speed;
-  dom.dataset.confidence = g.confidence;
+  const confident = conf > 0.05;
+  dom.dataset.directionDeg = dir;
+  dom.dataset.speed = speed;
+  dom.dataset.confidence = conf;
   dom.dataset.results = state.results;
-  $("dom-dir").textContent = confident ? `${Math.round(g.direction_deg)}°` : "–";
-  $("dom-speed").textContent = confident ? `${fmtSpeed(g.speed)} px/frame` : "no clear motion";
-  $("dom-conf").textContent = g.confidence.toFixed(2);
-  $("dom-conf-bar").style.width = `${Math.round(100 * g.confidence)}%`;
-  drawDominantArrow($("dominant-arrow"), confident ? g.direction_deg : null, g.confidence, m.truth);
+  $("dom-dir").textContent = confident ? `${Math.round(dir)}°` : "–";
+  $("dom-speed").textContent = confident ? `${fmtSpeed(speed)} px/frame` : "no clear motion";
+  $("dom-conf").textContent = conf.toFixed(2);
+  $("dom-conf-bar").style.width = `${Math.round(100 * conf)}%`;
+  drawDominantArrow($("dominant-arrow"), confident ? dir : null, conf, m.truth);
   const truth = $("truth");
   truth.hidden = !m.truth;
   if (m.truth) {
     truth.replaceChildren("truth: ");
     const b = document.createElement("b");
-    b.textContent = `${Math.round(m.truth.direction_deg)}° · ${fmtSpeed(m.truth.speed)} px/frame`;
+    b.textContent = `${Math.round(m.truth.direction_deg)}° · ${fmtSpeed(m.truth.speed_px_per_frame)} px/frame`;
     truth.append(b, ` (${m.truth.kind})`);
   }
-  drawPolar($("polar"), m.motion.direction_hist, confident ? g.direction_deg : null);
+  drawPolar($("polar"), mo.direction_hist, confident ? dir : null);
   const speeds = state.units ? state.units.histogram_speed_bins : null;
   const labels = m.motion.speed_hist.map((_, k) => (speeds ? fmtSpeed(speeds[k]) : `${k}`));
   const sh = m.motion.speed_hist;
