@@ -42,11 +42,14 @@ CLIP_FPS = 5
 PREFIX = "/v1m"
 
 
+ENABLE = "enable them with `apt-get install chromium` (Debian's; never `playwright install`)"
+
+
 def _need_chromium():
     if CHROMIUM is None:
         if os.environ.get("CI"):
-            pytest.fail("chromium is not installed, and CI must run the browser tests")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+            pytest.fail(f"chromium is not installed, and CI must run the browser tests: {ENABLE}")
+        pytest.skip(f"browser tests skipped: chromium is not installed; {ENABLE}")
 
 
 def periodic_texture(h: int, w: int, seed: int = 0, sigma: float = 3.0) -> np.ndarray:
@@ -86,7 +89,12 @@ def clip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def playwright():
     _need_chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("playwright is not installed, and CI must run the browser tests")
+        pytest.skip("browser tests skipped: playwright is not installed (pip install -e '.[dev]')")
     with sync_api.sync_playwright() as p:
         yield p
 
@@ -225,6 +233,7 @@ def _dominant_direction(browser, engine_factory):
     return seen
 
 
+@pytest.mark.slow
 def test_reported_direction_matches_the_clip_with_an_engine_double(browser):
     """The plumbing (camera, JPEG, socket, readout) keeps the direction: an exact double reads 90."""
     seen = _dominant_direction(browser, FakeEngine)
