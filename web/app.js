@@ -763,9 +763,10 @@ export function initialUnit(units) {
 }
 
 function unitLabel(u) {
-  const mark = u.degenerate ? (u.weak ? " ⚠ near-zero" : " ⚠ one direction") : "";
-  return `#${u.id} · ${Math.round(u.preferred_direction_deg)}° · DI ${u.di.toFixed(2)} · ` +
-    `resp ${u.peak.toFixed(2)}${mark}`;
+  // The mark leads, so a narrow select still shows it.
+  const mark = u.degenerate ? (u.weak ? "⚠ near-zero · " : "⚠ one direction · ") : "";
+  return `${mark}#${u.id} · ${Math.round(u.preferred_direction_deg)}° · DI ${u.di.toFixed(2)} · ` +
+    `resp ${u.peak.toFixed(2)}`;
 }
 
 function fillUnitSelect() {
