@@ -792,6 +792,12 @@ async function loadUnits(attempt = 0) {
   classifyUnits(rep.units);
   const byId = new Map(rep.units.map((u) => [u.id, u]));
   state.units = { ...rep, byId };
+  for (const [id, el] of state.chips.els) { // chips made before the tuning arrived: colour and title
+    const chip = makeChip(id);
+    chip.querySelector("small").textContent = el.querySelector("small").textContent;
+    el.replaceWith(chip);
+    state.chips.els.set(id, chip);
+  }
   fillUnitSelect();
   const first = initialUnit(rep.units);
   selectUnit(first ? first.id : null);
