@@ -45,17 +45,20 @@ class MotionFrame:
     active_per_patch: float
 
     def to_dict(self, decimals: int = 3) -> dict:
+        """Plain lists with the units in the field names, as the websocket protocol sends them:
+        directions in degrees (0 = right, 90 = up on screen), speeds in px/frame, cell size in px."""
         r = lambda a: np.round(np.asarray(a, float), decimals).tolist()  # noqa: E731
+        deg = lambda a: np.mod(np.rad2deg(np.asarray(a, float)), 360.0)  # noqa: E731
         return {
-            "cell": self.cell,
-            "direction": r(self.direction),
-            "speed": r(self.speed),
+            "cell_px": self.cell,
+            "direction_deg": r(deg(self.direction)),
+            "speed_px_per_frame": r(self.speed),
             "confidence": r(self.confidence),
             "direction_hist": r(self.direction_hist),
             "speed_hist": r(self.speed_hist),
             "top_units": [[int(u), round(float(a), decimals)] for u, a in self.top_units],
-            "global_direction": round(self.global_direction, decimals),
-            "global_speed": round(self.global_speed, decimals),
+            "global_direction_deg": round(float(deg(self.global_direction)), decimals),
+            "global_speed_px_per_frame": round(self.global_speed, decimals),
             "global_confidence": round(self.global_confidence, decimals),
             "active_per_patch": round(self.active_per_patch, decimals),
         }

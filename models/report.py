@@ -116,19 +116,7 @@ def write_figures(model: SSRNN, art: dict, out: Path) -> list[str]:
     names.append("di_histogram.png")
     # 2. Speed tuning curves of DS units.
     ds = np.nonzero(tm.ds)[0]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    rng = np.random.default_rng(0)
-    for u in rng.choice(ds, min(12, len(ds)), replace=False) if len(ds) else []:
-        c = tm.speed_curves[u]
-        axes[0].plot(SPEEDS, c / max(c.max(), 1e-12), marker="o", alpha=0.7)
-    axes[0].set(xscale="log", xlabel="speed (px/frame)", ylabel="normalised response",
-                title="speed tuning of DS units")  # fmt: skip
-    counts = [int((tm.pref_speed[ds] == s).sum()) for s in SPEEDS]
-    axes[1].bar([str(s) for s in SPEEDS], counts, color="C0")
-    axes[1].set(xlabel="preferred speed (px/frame)", ylabel="DS units", title="preferred speeds")
-    fig.tight_layout()
-    fig.savefig(out / "speed_tuning.png", dpi=110)
-    plt.close(fig)
+    speed_tuning_figure(plt, tm.ds, tm.speed_curves, tm.pref_speed, out / "speed_tuning.png")
     names.append("speed_tuning.png")
     # 3. Polar plots for drifting Gabors.
     top = ds[np.argsort(tm.di[ds])[::-1][:8]] if len(ds) else np.arange(8)
@@ -180,6 +168,32 @@ def write_figures(model: SSRNN, art: dict, out: Path) -> list[str]:
     plt.close(fig)
     names.append("outgoing_connections.png")
     return names
+
+
+def speed_tuning_figure(plt, ds_mask, speed_curves, pref_speed, path: Path) -> None:
+    """Speed tuning curves of 12 direction-selective units and the histogram of preferred speeds.
+
+    ``ds_mask`` (U,) bool, ``speed_curves`` (U, len(SPEEDS)), ``pref_speed`` (U,) px/frame. The log
+    axis is labelled at the measured speeds only: matplotlib's default minor-tick labels on a log axis
+    (``3x10^-1``, ``4x10^-1``, ...) overlap.
+    """
+    ds = np.nonzero(np.asarray(ds_mask))[0]
+    speed_curves, pref_speed = np.asarray(speed_curves), np.asarray(pref_speed)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    rng = np.random.default_rng(0)
+    for u in rng.choice(ds, min(12, len(ds)), replace=False) if len(ds) else []:
+        c = speed_curves[u]
+        axes[0].plot(SPEEDS, c / max(c.max(), 1e-12), marker="o", alpha=0.7)
+    axes[0].set(xscale="log", xlabel="speed (px/frame)", ylabel="normalised response",
+                title="speed tuning of DS units")  # fmt: skip
+    axes[0].set_xticks(list(SPEEDS), [f"{s:g}" for s in SPEEDS])
+    axes[0].minorticks_off()
+    counts = [int((pref_speed[ds] == s).sum()) for s in SPEEDS]
+    axes[1].bar([f"{s:g}" for s in SPEEDS], counts, color="C0")
+    axes[1].set(xlabel="preferred speed (px/frame)", ylabel="DS units", title="preferred speeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write_report(report: dict, out: Path) -> Path:

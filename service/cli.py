@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+import textwrap
 
 # Each module defines ``add_parser(subparsers)`` which registers its subcommand and sets ``func``.
 COMMAND_MODULES = [
@@ -19,11 +20,66 @@ COMMAND_MODULES = [
     "service.commands.spikes",
 ]
 
+DESCRIPTION = """\
+v1motion reads visual motion (which way things move, and how fast) out of a recurrent model of
+primary visual cortex, live from a camera or stream, or offline from a video file. It also ships
+sibling models for spike trains and language."""
+
+EPILOG = """\
+examples:
+  v1motion serve                       # live dashboard on http://127.0.0.1:8000/
+  v1motion motion clip.mp4 -o out/     # motion map of a video file, offline
+  v1motion serve --help                # every command has its own help"""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions by paragraph, keeps example blocks as written, shows each option's default.
+
+    A paragraph whose first line ends with ``:`` or that has indented lines (``examples:``) keeps
+    its line breaks. An option whose help already says its default, a flag, or an option whose
+    default is None is left as written.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        blocks = []
+        for block in text.split("\n\n"):
+            lines = block.splitlines()
+            if lines and (lines[0].endswith(":") or any(ln.startswith(" ") for ln in lines)):
+                blocks.append("\n".join(indent + ln for ln in lines))
+            else:
+                blocks.append(
+                    textwrap.fill(
+                        " ".join(lines), width, initial_indent=indent, subsequent_indent=indent
+                    )
+                )
+        return "\n\n".join(blocks)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or any(action.default is x for x in (None, False, argparse.SUPPRESS))
+            or "default" in text
+            or "%(default)" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose help, and every subcommand's, uses :class:`HelpFormatter`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="v1motion", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="v1motion", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages too")
+    subparsers = parser.add_subparsers(
+        title="commands", dest="command", required=True, metavar="COMMAND"
+    )
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)
     return parser

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: units in the field names (speed_px_per_frame, global_direction_deg, ...)
 PREVIEW_MAGIC = b"V1MP"
 _PREVIEW_HEADER = struct.Struct("!4sI")  # magic, sequence number (big-endian uint32)
 
@@ -53,35 +53,37 @@ def _finite(x: float, decimals: int = 3) -> float:
 
 
 def motion_payload(mf: Any) -> dict[str, Any]:
-    """The motion part of a result: grids of direction (degrees), speed, confidence, and summaries."""
+    """The motion part of a result, units in the field names: grids of ``direction_deg`` (0 = right,
+    90 = up on screen), ``speed_px_per_frame`` and ``confidence``, histograms, and the frame's dominant
+    motion as ``global_*`` fields. The same names as :meth:`models.engine.MotionFrame.to_dict`."""
     direction_deg = np.rad2deg(np.mod(np.nan_to_num(mf.direction), 2 * np.pi))
+    global_deg = _finite(math.degrees(float(mf.global_direction) % (2 * math.pi)), 1) % 360
     return {
-        "cell": int(mf.cell),
+        "cell_px": int(mf.cell),
         "rows": int(mf.direction.shape[0]),
         "cols": int(mf.direction.shape[1]),
-        "direction_deg": np.rint(direction_deg).astype(np.int32).tolist(),
-        "speed": _grid(mf.speed, 2),
+        "direction_deg": (np.rint(direction_deg).astype(np.int32) % 360).tolist(),
+        "speed_px_per_frame": _grid(mf.speed, 2),
         "confidence": _grid(mf.confidence, 2),
         "direction_hist": _grid(mf.direction_hist, 4),
         "speed_hist": _grid(mf.speed_hist, 4),
         "top_units": [[int(u), _finite(a, 4)] for u, a in mf.top_units],
-        "global": {
-            "direction_deg": _finite(math.degrees(float(mf.global_direction) % (2 * math.pi)), 1),
-            "speed": _finite(mf.global_speed, 3),
-            "confidence": _finite(mf.global_confidence, 3),
-        },
+        "global_direction_deg": global_deg,
+        "global_speed_px_per_frame": _finite(mf.global_speed, 3),
+        "global_confidence": _finite(mf.global_confidence, 3),
         "active_per_patch": _finite(mf.active_per_patch, 3),
     }
 
 
 def flow_payload(direction: np.ndarray, speed: np.ndarray, cell: int) -> dict[str, Any]:
+    """DIS optical flow on the motion map's grid, with the motion payload's field names."""
     direction_deg = np.rad2deg(np.mod(direction, 2 * np.pi))
     return {
-        "cell": int(cell),
+        "cell_px": int(cell),
         "rows": int(direction.shape[0]),
         "cols": int(direction.shape[1]),
-        "direction_deg": np.rint(direction_deg).astype(np.int32).tolist(),
-        "speed": _grid(speed, 2),
+        "direction_deg": (np.rint(direction_deg).astype(np.int32) % 360).tolist(),
+        "speed_px_per_frame": _grid(speed, 2),
     }
 
 

@@ -123,7 +123,7 @@ class SyntheticSource:
         self.truth = {
             "kind": kind,
             "direction_deg": round(math.degrees(direction), 1),
-            "speed": speed,
+            "speed_px_per_frame": speed,
         }
         if kind == "grating":
             img = grating_frame(shape, direction, speed, period=24.0, t=float(self._t))

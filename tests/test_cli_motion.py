@@ -2,12 +2,14 @@
 
 import json
 
+import pytest
 import video_samples as vs
 
 from service.cli import main
 from service.jobs.process import RESULT_FILES
 
 
+@pytest.mark.slow
 def test_motion_command_writes_the_results(tmp_path, capsys):
     src = tmp_path / "clip.avi"
     src.write_bytes(vs.avi(tmp_path, n=6, size=(128, 96)))

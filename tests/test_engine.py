@@ -27,7 +27,7 @@ def test_motion_frame_contract(engine, rng):
     assert mf.speed_hist.shape == (len(engine.speed_bins),)
     assert len(mf.top_units) <= 10
     d = mf.to_dict()
-    assert len(d["direction"]) == gh and len(d["direction"][0]) == gw
+    assert len(d["direction_deg"]) == gh and len(d["direction_deg"][0]) == gw
     report = engine.tuning_report()
     assert report["n_units"] == len(report["units"]) == engine.model.n_units
 
@@ -75,3 +75,20 @@ def test_constant_frame_has_no_confident_motion(engine):
 def test_bad_frames_raise_clear_errors(engine, frame, message):
     with pytest.raises(ValueError, match=message):
         engine.step(engine.new_state(), frame)
+
+
+def test_to_dict_and_the_websocket_payload_name_the_same_fields_in_degrees(engine, rng):
+    from service.protocol import motion_payload
+
+    mf = engine.step(engine.new_state(), rng.integers(0, 255, (96, 128), dtype=np.uint8))
+    d, p = mf.to_dict(), motion_payload(mf)
+    assert set(d) == set(p) - {"rows", "cols"}
+    assert {"direction_deg", "speed_px_per_frame", "global_direction_deg"} <= set(d)
+    # radians inside the engine, degrees [0, 360) in every output; 0 = right, 90 = up on screen
+    expected = np.mod(np.rad2deg(mf.direction), 360)
+    assert np.allclose(d["direction_deg"], expected, atol=1e-3)
+    gap = (np.asarray(p["direction_deg"]) - expected + 180) % 360 - 180
+    assert np.abs(gap).max() <= 0.5 + 1e-6
+    assert 0 <= d["global_direction_deg"] < 360.001
+    g_gap = (p["global_direction_deg"] - d["global_direction_deg"] + 180) % 360 - 180
+    assert abs(g_gap) <= 0.06

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from engine_double import FakeEngine
-from service_helpers import default_engine, random_engine, serving
+from service_helpers import default_engine, pattern_factory, random_engine, serving
 
 from service.app import create_app
 from service.settings import Settings
@@ -42,11 +42,14 @@ CLIP_FPS = 5
 PREFIX = "/v1m"
 
 
+ENABLE = "enable them with `apt-get install chromium` (Debian's; never `playwright install`)"
+
+
 def _need_chromium():
     if CHROMIUM is None:
         if os.environ.get("CI"):
-            pytest.fail("chromium is not installed, and CI must run the browser tests")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+            pytest.fail(f"chromium is not installed, and CI must run the browser tests: {ENABLE}")
+        pytest.skip(f"browser tests skipped: chromium is not installed; {ENABLE}")
 
 
 def periodic_texture(h: int, w: int, seed: int = 0, sigma: float = 3.0) -> np.ndarray:
@@ -86,7 +89,12 @@ def clip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def playwright():
     _need_chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("playwright is not installed, and CI must run the browser tests")
+        pytest.skip("browser tests skipped: playwright is not installed (pip install -e '.[dev]')")
     with sync_api.sync_playwright() as p:
         yield p
 
@@ -178,6 +186,123 @@ def test_dashboard_streams_then_analyses_the_browser_camera_under_a_path_prefix(
         assert errors == []
 
 
+def test_flow_panel_says_when_optical_flow_finds_no_motion(browser):
+    app = create_app(
+        Settings(sources=["still=synthetic", "moving=synthetic"]),
+        engine_factory=random_engine,
+        source_factories={
+            "still": pattern_factory(vx=0, vy_up=0, fps=20.0),  # the same frame again and again
+            "moving": pattern_factory(vx=2, vy_up=0, fps=20.0),
+        },
+    )
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/?source=still")
+        wait_results(page, 3)
+        page.click("text=Optical flow")
+        wait_results(page, results(page) + 5)
+        assert page.is_visible("#flow-empty")
+        assert page.text_content("#flow-empty") == "no motion found by optical flow"
+        page.select_option("#source", "moving")
+        wait_results(page, 5)
+        page.wait_for_function("document.querySelector('#flow-empty').hidden")
+        assert canvas_spread(page, "#flow") > 5
+        assert errors == []
+
+
+def test_most_active_units_hold_still_under_the_pointer_and_can_be_clicked(browser):
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        page.wait_for_function("document.querySelectorAll('#top-units .chip').length >= 3")
+        page.wait_for_function("document.querySelectorAll('#unit-select option').length > 0")
+        chip = page.locator("#top-units .chip").last  # the lowest rank moves the most
+        unit = chip.get_attribute("data-unit")
+        box = chip.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x, y)
+        assert "frozen" in page.get_attribute("#top-units", "class")
+        n = results(page)
+        page.wait_for_timeout(2500)  # more than two reorder periods while results arrive
+        assert results(page) >= n + 5
+        under = page.evaluate(
+            "([x, y]) => document.elementFromPoint(x, y).closest('.chip').dataset.unit", [x, y]
+        )
+        assert under == unit
+        page.mouse.click(x, y)
+        assert page.input_value("#unit-select") == unit
+        assert "selected" in chip.get_attribute("class")
+        page.mouse.move(5, 5)
+        assert "frozen" not in page.get_attribute("#top-units", "class")
+        assert errors == []
+
+
+def test_phone_width_shows_the_dominant_motion_then_the_map_first(browser):
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+        page.goto(f"{srv.url}/")
+        wait_results(page, 3)
+        top = {
+            sel: page.locator(sel).bounding_box()["y"]
+            for sel in (".dominant-card", "#map", "#polar", "#speed-hist", "#top-units", ".units")
+        }
+        assert top[".dominant-card"] < top["#map"] < 844  # both on the first screen
+        assert all(top["#map"] < top[s] for s in ("#polar", "#speed-hist", "#top-units", ".units"))
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390  # nothing wider than the phone
+
+
+def test_unit_browser_marks_degenerate_units_and_opens_on_a_tuned_one(browser):
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        page.wait_for_function("document.querySelectorAll('#unit-select option').length > 0")
+        flags = page.evaluate(
+            """() => {
+                const flat = Array(16).fill(0);
+                const one = flat.map((_, k) => (k === 3 ? 0.6 : 0));
+                const lobe = flat.map((_, k) => [0.3, 1, 0.3][k - 4] || 0);
+                const units = [
+                    {id: 0, di: 1.0, responsive: true, direction_tuning: one},
+                    {id: 1, di: 1.0, responsive: true, direction_tuning: lobe.map((v) => v / 1000)},
+                    {id: 2, di: 0.9, responsive: true, direction_tuning: lobe},
+                    {id: 3, di: 0.4, responsive: true, direction_tuning: lobe.map((v) => v + 0.5)},
+                    {id: 4, di: 1.0, responsive: false, direction_tuning: lobe},
+                ];
+                v1motion.classifyUnits(units);
+                return {flags: units.map((u) => [u.single, u.weak, u.degenerate]),
+                        first: v1motion.initialUnit(units).id};
+            }"""
+        )
+        assert flags["flags"] == [
+            [True, False, True],  # DI 1.00 from a single direction of 16
+            [False, True, True],  # near-zero response
+            [False, False, False],
+            [False, False, False],
+            [False, True, True],  # not responsive to gratings
+        ]
+        assert flags["first"] == 2  # the best-tuned unit that is not degenerate
+        # the page's own list: filtering shows only degenerate units, each marked
+        page.select_option("#unit-filter", "degenerate")
+        labels = page.eval_on_selector_all("#unit-select option", "os => os.map(o => o.text)")
+        assert all("⚠" in t for t in labels)
+        page.select_option("#unit-filter", "all")
+        page.select_option("#unit-sort", "id")
+        ids = page.eval_on_selector_all("#unit-select option", "os => os.map(o => +o.value)")
+        assert ids == sorted(ids) and len(ids) == random_engine().model.n_units
+        assert errors == []
+
+
+def test_arrow_length_does_not_saturate_at_ordinary_speeds(browser):
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, _ = open_dashboard(browser, f"{srv.url}/")
+        page.wait_for_function("window.v1motion !== undefined")
+        lengths = page.evaluate("[0.25, 0.5, 1, 2, 4, 8, 16].map(v1motion.arrowFraction)")
+        assert all(a < b for a, b in zip(lengths, lengths[1:], strict=False)), lengths
+        assert lengths[-1] == 1 and lengths[-2] < 0.9 and lengths[0] > 0.1
+
+
 def test_camera_needs_https_on_a_non_secure_remote_origin(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
@@ -225,6 +350,7 @@ def _dominant_direction(browser, engine_factory):
     return seen
 
 
+@pytest.mark.slow
 def test_reported_direction_matches_the_clip_with_an_engine_double(browser):
     """The plumbing (camera, JPEG, socket, readout) keeps the direction: an exact double reads 90."""
     seen = _dominant_direction(browser, FakeEngine)

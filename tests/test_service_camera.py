@@ -98,8 +98,8 @@ def test_camera_frames_get_results_with_the_motion():
             ws.send_bytes(jpeg(texture(shift=3 * k)))  # moving right 3 px/frame
             m = receive_json(ws)
             assert m["type"] == "result", m
-        g = m["motion"]["global"]
-        assert min(g["direction_deg"], 360 - g["direction_deg"]) < 10
+        g = m["motion"]["global_direction_deg"]
+        assert min(g, 360 - g) < 10
         assert m["stream"] == "camera" and m["preview"] is False
 
 

@@ -46,6 +46,7 @@ class StallingSource(PatternSource):
         return super().read()
 
 
+@pytest.mark.slow
 def test_stalled_source_is_detected_by_frame_age_and_reconnected_while_others_run():
     stats, other = {}, {}
     app = create_app(

@@ -32,7 +32,7 @@ def test_synthetic_source_moves_as_its_schedule_says(segment):
     assert src.truth == {
         "kind": kind,
         "direction_deg": round(math.degrees(direction), 1),
-        "speed": speed,
+        "speed_px_per_frame": speed,
     }
     assert frames[0].shape == (240, 320) and frames[0].dtype == np.uint8
     dx, dy = np.divide(measured_shift(frames[0], frames[4]), 4)  # 4 frames: sub-pixel errors shrink

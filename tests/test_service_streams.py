@@ -97,9 +97,10 @@ def test_stream_socket_sends_hello_results_and_previews(client):
             m, preview = next_result(ws)
         assert m["v"] == SCHEMA_VERSION and m["stream"] == "pat"
         motion = m["motion"]
-        assert motion["rows"] == 96 // motion["cell"] and motion["cols"] == 128 // motion["cell"]
-        assert len(motion["direction_deg"]) == motion["rows"]
-        assert len(motion["speed"][0]) == len(motion["confidence"][0]) == motion["cols"]
+        cell, rows, cols = motion["cell_px"], motion["rows"], motion["cols"]
+        assert rows == 96 // cell and cols == 128 // cell
+        assert len(motion["direction_deg"]) == rows
+        assert len(motion["speed_px_per_frame"][0]) == len(motion["confidence"][0]) == cols
         assert all(0 <= d < 360 for row in motion["direction_deg"] for d in row)
         assert len(motion["direction_hist"]) == 16 and len(motion["speed_hist"]) == 7
         assert set(m["timing"]) >= {"latency_ms", "fps", "dropped", "engine_ms"}
@@ -122,9 +123,9 @@ def test_the_engine_numbers_reach_the_viewer():
             with c.websocket_connect(f"/v1/streams/{name}") as ws:
                 for _ in range(3):
                     m, _ = next_result(ws)
-            g = m["motion"]["global"]
-            assert abs((g["direction_deg"] - expected + 180) % 360 - 180) < 10
-            assert g["speed"] == pytest.approx(2.0, abs=0.3)
+            motion = m["motion"]
+            assert abs((motion["global_direction_deg"] - expected + 180) % 360 - 180) < 10
+            assert motion["global_speed_px_per_frame"] == pytest.approx(2.0, abs=0.3)
 
 
 def test_flow_option_adds_dis_flow_in_the_same_grid(client):

@@ -71,3 +71,10 @@ def test_unknown_kind_is_refused_with_the_valid_kinds(tmp_path):
                 str(tmp_path / "m"),
             ]
         )
+
+
+def test_the_kinds_offered_by_the_cli_are_the_models_kinds():
+    from models.spikes import MODEL_KINDS
+    from service.commands.spikes import MODEL_KIND_NAMES
+
+    assert sorted(MODEL_KIND_NAMES) == sorted(MODEL_KINDS)

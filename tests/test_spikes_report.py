@@ -8,6 +8,7 @@ from models.datasets import shared_data_dir
 from models.spikes.data import RETINA_DIR
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (shared_data_dir() / RETINA_DIR).exists(), reason="shared retina data not available"
 )

@@ -399,6 +399,7 @@ def test_stfit_cli_writes_report_and_a_loadable_rnn(tmp_path, capsys):
     assert "variance_explained_overall" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_stfit_cli_loads_a_bank_array(tmp_path, rng):
     from service.cli import main
 

@@ -169,6 +169,7 @@ def test_memory_cap_is_enforced(good_avi):
         probe(good_avi, Limits(memory_mb=64))
 
 
+@pytest.mark.slow
 def test_deadline_kills_a_stalled_decoder(tmp_path):
     path = tmp_path / "input.bin"
     path.write_bytes(vs.avi(tmp_path, n=60, size=(320, 240)))  # far more than the 1 MB pipe holds

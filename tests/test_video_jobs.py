@@ -119,6 +119,7 @@ def slow_jobs(tmp_path):
     jobs.stop()
 
 
+@pytest.mark.slow
 def test_a_dead_worker_fails_its_job_only(tmp_path, slow_jobs):
     jobs = slow_jobs
     victim = _submit(jobs, vs.avi(tmp_path, n=200))
@@ -132,6 +133,7 @@ def test_a_dead_worker_fails_its_job_only(tmp_path, slow_jobs):
     assert wait_for(lambda: _finished(jobs, good)).status == "succeeded"
 
 
+@pytest.mark.slow
 def test_deleting_a_running_job_stops_it(tmp_path, slow_jobs):
     jobs = slow_jobs
     job_id = _submit(jobs, vs.avi(tmp_path, n=400))
@@ -155,6 +157,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_restart_requeues_interrupted_jobs_and_they_finish(tmp_path):
     data_dir = tmp_path / "data"
     setup = VideoJobs.local(data_dir, Limits(), fake_engine)  # not started: only to queue a job
@@ -256,6 +259,7 @@ def test_engine_names_are_checked():
         engine_factory("trained")
 
 
+@pytest.mark.slow
 def test_a_stuck_job_is_stopped_by_the_watchdog(tmp_path, monkeypatch):
     from service.jobs import runners
 
@@ -283,6 +287,7 @@ def _pan_video(path, vx, vy_up, n=60, shape=(240, 320)):
     writer.release()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vx, vy_up, expected_deg", [(2, 0, 0), (0, 2, 90), (-2, 0, 180)])
 def test_planted_pan_comes_back_through_the_job(tmp_path, vx, vy_up, expected_deg):
     """The shipped engine through process_video recovers the direction of a planted pan."""
@@ -297,6 +302,7 @@ def test_planted_pan_comes_back_through_the_job(tmp_path, vx, vy_up, expected_de
     assert 1.0 < speed < 6.0  # planted 2 px/frame; the engine's speed read-out is coarse
 
 
+@pytest.mark.slow
 def test_workers_start_with_the_first_job_not_with_the_service(tmp_path):
     jobs = VideoJobs.local(tmp_path / "data", Limits(), fake_engine)
     jobs.start()

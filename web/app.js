@@ -1,6 +1,13 @@
 // v1motion dashboard: plain ES module, no build step. Protocol: docs/protocol.md.
-const SCHEMA_VERSION = 1;
-const VMAX = 4; // px/frame drawn as a full-cell arrow
+const SCHEMA_VERSION = 2;
+// Arrow length grows with the logarithm of speed and reaches a full cell at VMAX px/frame, so the
+// ordinary range (0.5-8 px/frame) stays distinguishable instead of saturating at a few px/frame.
+const V0 = 0.25;
+const VMAX = 16;
+const SCALE_SPEEDS = [0.5, 2, 8]; // the arrow-length legend
+const FLOW_EMPTY_SPEED = 0.05; // px/frame: below this in every cell, optical flow found no motion
+const CHIP_REORDER_MS = 1000; // the most-active chips change order at most this often
+const ACTIVITY_TAU_MS = 1000; // unit activity is averaged over about this long before ranking
 const CAMERA_SIZE = { width: 320, height: 240 };
 const $ = (id) => document.getElementById(id);
 
@@ -31,6 +38,9 @@ const state = {
   dropsClient: 0,
   units: null,
   unitId: null,
+  // Most active units: activity averaged over ~1 s (the per-frame top 10 changes every frame), and
+  // the chips showing it.
+  chips: { activity: new Map(), lastAt: null, els: new Map(), order: "", reorderedAt: 0, held: false, latest: [] },
   camera: null, // {stream, canvas, inFlight, sentAt}
   reconnectTimer: null,
 };
@@ -89,6 +99,12 @@ function fitCanvas(canvas, w, h) {
   return scale;
 }
 
+// Fraction of a cell an arrow covers at speed v (px/frame): log-scaled, 1 at VMAX and above.
+export function arrowFraction(v) {
+  if (!(v > 0)) return 0;
+  return Math.min(1, Math.log2(1 + v / V0) / Math.log2(1 + VMAX / V0));
+}
+
 function arrow(ctx, x, y, dx, dy, head) {
   const len = Math.hypot(dx, dy);
   if (len < 0.5) return;
@@ -108,8 +124,9 @@ function arrow(ctx, x, y, dx, dy, head) {
   ctx.fill();
 }
 
-// Draws the frame, a colour-wheel tint per cell and an arrow per cell. grid: {rows, cols, cell,
-// direction_deg, speed, confidence?}. Directions: 0 = right, 90 = up (screen y points down).
+// Draws the frame, a colour-wheel tint per cell and an arrow per cell. grid: {rows, cols, cell_px,
+// direction_deg, speed_px_per_frame, confidence?}. Directions: 0 = right, 90 = up (screen y points down).
+// Returns the drawn cell's side in CSS pixels (for the arrow-length legend), or null.
 function drawMap(canvas, image, frameW, frameH, grid) {
   const ctx = canvas.getContext("2d");
   const s = fitCanvas(canvas, frameW, frameH);
@@ -121,26 +138,59 @@ function drawMap(canvas, image, frameW, frameH, grid) {
     ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
     ctx.globalAlpha = 1;
   }
-  if (!grid) return;
-  const cell = grid.cell * s;
+  if (!grid) return null;
+  const cell = grid.cell_px * s;
   const offX = (canvas.width - grid.cols * cell) / 2, offY = (canvas.height - grid.rows * cell) / 2;
   ctx.lineCap = "round";
   ctx.lineWidth = Math.max(2, cell / 9);
   for (let i = 0; i < grid.rows; i++) {
     for (let j = 0; j < grid.cols; j++) {
-      const d = grid.direction_deg[i][j], v = grid.speed[i][j];
+      const d = grid.direction_deg[i][j], v = grid.speed_px_per_frame[i][j];
       const c = grid.confidence ? grid.confidence[i][j] : Math.min(1, v / 0.5);
       if (c < 0.05 || v < 0.05) continue;
       const x = offX + (j + 0.5) * cell, y = offY + (i + 0.5) * cell;
       ctx.fillStyle = hue(d, 0.28 * c);
       ctx.fillRect(x - cell / 2, y - cell / 2, cell, cell);
-      const len = cell * 0.95 * Math.max(0.3, Math.min(1, v / VMAX));
+      const len = cell * 0.95 * arrowFraction(v);
       const rad = (d * Math.PI) / 180;
       ctx.strokeStyle = hue(d, 0.35 + 0.65 * c, 62);
       ctx.fillStyle = ctx.strokeStyle;
       arrow(ctx, x, y, Math.cos(rad) * len, -Math.sin(rad) * len, cell * 0.32);
     }
   }
+  return canvas.clientWidth ? (cell * canvas.clientWidth) / canvas.width : null;
+}
+
+// One map cell per speed in SCALE_SPEEDS, with the arrow the map draws at that speed, at the map's
+// on-screen cell size (within 16-56 px).
+let scaleCell = null;
+function drawArrowScale(canvas, cellCss) {
+  const c = Math.round(Math.max(16, Math.min(56, cellCss || 32)));
+  if (c === scaleCell) return;
+  scaleCell = c;
+  const dpr = window.devicePixelRatio || 1, w = 240, h = c + 20;
+  canvas.width = w * dpr;
+  canvas.height = h * dpr;
+  canvas.style.height = `${h}px`;
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  const slot = w / SCALE_SPEEDS.length, size = c, y = 2 + size / 2, labelY = size + 16;
+  ctx.font = "11px system-ui";
+  ctx.textAlign = "center";
+  ctx.lineCap = "round";
+  SCALE_SPEEDS.forEach((v, k) => {
+    const x = slot * (k + 0.5);
+    ctx.strokeStyle = "#2a3644";
+    ctx.lineWidth = 1;
+    ctx.strokeRect(x - size / 2, y - size / 2, size, size);
+    ctx.strokeStyle = "#e6edf3";
+    ctx.fillStyle = "#e6edf3";
+    ctx.lineWidth = Math.max(2, size / 9);
+    arrow(ctx, x, y, size * 0.95 * arrowFraction(v), 0, size * 0.32);
+    ctx.fillStyle = "#8b9aab";
+    ctx.fillText(`${v}`, x, labelY);
+  });
 }
 
 function drawWheel(canvas) {
@@ -342,58 +392,123 @@ function render() {
   const m = state.last;
   if (!m) return;
   $("waiting").hidden = true;
-  drawMap($("map"), state.image, m.width, m.height, m.motion);
-  if (state.flow) drawMap($("flow"), state.image, m.width, m.height, m.flow);
-  const g = m.motion.global;
+  const cellCss = drawMap($("map"), state.image, m.width, m.height, m.motion);
+  if (cellCss) drawArrowScale($("arrow-scale"), cellCss);
+  if (state.flow) {
+    drawMap($("flow"), state.image, m.width, m.height, m.flow);
+    const empty = $("flow-empty");
+    if (!m.flow) {
+      empty.textContent = "waiting for optical flow…";
+      empty.hidden = false;
+    } else {
+      empty.textContent = "no motion found by optical flow";
+      empty.hidden = !flowIsEmpty(m.flow);
+    }
+  }
+  const mo = m.motion;
+  const dir = mo.global_direction_deg, speed = mo.global_speed_px_per_frame, conf = mo.global_confidence;
   const dom = $("dominant");
-  const confident = g.confidence > 0.05;
-  dom.dataset.directionDeg = g.direction_deg;
-  dom.dataset.speed = g.speed;
-  dom.dataset.confidence = g.confidence;
+  const confident = conf > 0.05;
+  dom.dataset.directionDeg = dir;
+  dom.dataset.speed = speed;
+  dom.dataset.confidence = conf;
   dom.dataset.results = state.results;
-  $("dom-dir").textContent = confident ? `${Math.round(g.direction_deg)}°` : "–";
-  $("dom-speed").textContent = confident ? `${fmtSpeed(g.speed)} px/frame` : "no clear motion";
-  $("dom-conf").textContent = g.confidence.toFixed(2);
-  $("dom-conf-bar").style.width = `${Math.round(100 * g.confidence)}%`;
-  drawDominantArrow($("dominant-arrow"), confident ? g.direction_deg : null, g.confidence, m.truth);
+  $("dom-dir").textContent = confident ? `${Math.round(dir)}°` : "–";
+  $("dom-speed").textContent = confident ? `${fmtSpeed(speed)} px/frame` : "no clear motion";
+  $("dom-conf").textContent = conf.toFixed(2);
+  $("dom-conf-bar").style.width = `${Math.round(100 * conf)}%`;
+  drawDominantArrow($("dominant-arrow"), confident ? dir : null, conf, m.truth);
   const truth = $("truth");
   truth.hidden = !m.truth;
   if (m.truth) {
     truth.replaceChildren("truth: ");
     const b = document.createElement("b");
-    b.textContent = `${Math.round(m.truth.direction_deg)}° · ${fmtSpeed(m.truth.speed)} px/frame`;
+    b.textContent = `${Math.round(m.truth.direction_deg)}° · ${fmtSpeed(m.truth.speed_px_per_frame)} px/frame`;
     truth.append(b, ` (${m.truth.kind})`);
   }
-  drawPolar($("polar"), m.motion.direction_hist, confident ? g.direction_deg : null);
+  drawPolar($("polar"), mo.direction_hist, confident ? dir : null);
   const speeds = state.units ? state.units.histogram_speed_bins : null;
   const labels = m.motion.speed_hist.map((_, k) => (speeds ? fmtSpeed(speeds[k]) : `${k}`));
   const sh = m.motion.speed_hist;
   drawBars($("speed-hist"), sh, labels, sh.indexOf(Math.max(...sh)));
-  renderTopUnits(m.motion.top_units);
+  renderTopUnits(topActivity());
 }
 
-function renderTopUnits(top) {
-  const box = $("top-units");
-  const key = top.map((u) => u[0]).join(",") + `|${state.unitId}`;
-  if (box.dataset.key === key) return;
-  box.dataset.key = key;
-  box.replaceChildren();
-  if (!top.length) { box.textContent = "no unit active"; return; }
-  for (const [id, act] of top) {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.className = `chip${id === state.unitId ? " selected" : ""}`;
-    const info = state.units && state.units.byId.get(id);
-    const dot = document.createElement("i");
-    dot.style.background = info ? hue(info.preferred_direction_deg) : "#8b9aab";
-    b.append(dot, `#${id}`);
-    const small = document.createElement("small");
-    small.textContent = act.toFixed(2);
-    b.append(small);
-    b.title = info ? `prefers ${info.preferred_direction_deg}° at ${info.preferred_speed} px/frame` : "";
-    b.addEventListener("click", () => selectUnit(id));
-    box.append(b);
+// Exponential average of each unit's activity over ACTIVITY_TAU_MS; units that fade out are dropped.
+function updateActivity(top, now) {
+  const chips = state.chips;
+  const dt = chips.lastAt == null ? ACTIVITY_TAU_MS : Math.max(0, now - chips.lastAt);
+  chips.lastAt = now;
+  const a = 1 - Math.exp(-dt / ACTIVITY_TAU_MS);
+  for (const [id, v] of chips.activity) {
+    if (v * (1 - a) < 1e-3) chips.activity.delete(id);
+    else chips.activity.set(id, v * (1 - a));
   }
+  for (const [id, x] of top) chips.activity.set(id, (chips.activity.get(id) || 0) + a * x);
+}
+
+function topActivity(n = 10) {
+  return [...state.chips.activity].sort((p, q) => q[1] - p[1]).slice(0, n);
+}
+
+export function flowIsEmpty(flow) {
+  return !flow.speed_px_per_frame.some((row) => row.some((v) => v >= FLOW_EMPTY_SPEED));
+}
+
+// The most active units as chips that stay put: values change in place on every result, the set and
+// its order at most once a second, and not at all while the pointer (or keyboard focus) is on them,
+// so a chip can always be clicked. A chip whose unit dropped out meanwhile is dimmed.
+function renderTopUnits(top) {
+  const chips = state.chips;
+  chips.latest = top;
+  const activity = chips.activity; // every unit still active, not only the top ten
+  for (const [id, el] of chips.els) {
+    const a = activity.get(id);
+    el.querySelector("small").textContent = a == null ? "–" : fmtActivity(a);
+    el.classList.toggle("stale", a == null);
+  }
+  const order = top.map((u) => u[0]).join(",");
+  const now = performance.now();
+  if (chips.held || order === chips.order || now - chips.reorderedAt < CHIP_REORDER_MS) return;
+  chips.order = order;
+  chips.reorderedAt = now;
+  const box = $("top-units");
+  const keep = new Map();
+  for (const [id] of top) keep.set(id, chips.els.get(id) || makeChip(id));
+  for (const [id, el] of chips.els) if (!keep.has(id)) el.remove();
+  chips.els = keep;
+  for (const [id, el] of keep) {
+    el.querySelector("small").textContent = fmtActivity(activity.get(id));
+    el.classList.remove("stale");
+    box.append(el); // moves an existing chip, so its listeners and focus survive
+  }
+  $("top-units-empty").hidden = top.length > 0;
+}
+
+function fmtActivity(a) { return a >= 100 ? a.toFixed(0) : a >= 10 ? a.toFixed(1) : a.toFixed(2); }
+
+function makeChip(id) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = `chip${id === state.unitId ? " selected" : ""}`;
+  b.dataset.unit = id;
+  const info = state.units && state.units.byId.get(id);
+  const dot = document.createElement("i");
+  dot.style.background = info ? hue(info.preferred_direction_deg) : "#8b9aab";
+  const small = document.createElement("small");
+  b.append(dot, `#${id}`, small);
+  if (info) {
+    b.title = `prefers ${Math.round(info.preferred_direction_deg)}° at ${fmtSpeed(info.preferred_speed)} px/frame` +
+      (info.degenerate ? ` · ${info.degenerateWhy}` : "");
+  }
+  b.addEventListener("click", () => selectUnit(id));
+  return b;
+}
+
+function holdChips(held) {
+  state.chips.held = held;
+  $("top-units").classList.toggle("frozen", held);
+  if (!held && state.chips.latest) renderTopUnits(state.chips.latest);
 }
 
 function updateStats() {
@@ -417,6 +532,7 @@ function onResult(m) {
     state.latency = m.timing.latency_ms;
   }
   state.last = m;
+  updateActivity(m.motion.top_units, now);
   updateStats();
   if (!m.preview) scheduleRender();
 }
@@ -440,6 +556,8 @@ function resetView() {
   state.latency = null;
   state.dropsServer = 0;
   state.dropsClient = 0;
+  state.chips.activity.clear();
+  state.chips.lastAt = null;
   $("waiting").hidden = false;
   updateStats();
 }
@@ -602,6 +720,67 @@ function stopCamera() {
 }
 
 // ---- units ----------------------------------------------------------------------------------------
+// Each unit's tuning, measured on drifting gratings of 16 directions. A direction index (DI) of 1.00 can
+// come from responding to a single direction, or from a response near zero; such units are
+// "degenerate": their tuning says little, so they are marked and filtered out by default.
+export function classifyUnits(units) {
+  const peak = (u) => Math.max(0, ...u.direction_tuning);
+  const peaks = units.filter((u) => u.responsive !== false).map(peak).sort((a, b) => a - b);
+  const median = peaks.length ? peaks[Math.floor(peaks.length / 2)] : 0;
+  for (const u of units) {
+    u.peak = peak(u);
+    u.nDirections = u.peak > 0 ? u.direction_tuning.filter((v) => v > 0.1 * u.peak).length : 0;
+    u.weak = u.responsive === false || u.peak < 0.1 * median;
+    u.single = !u.weak && u.nDirections <= 1;
+    u.degenerate = u.weak || u.single;
+    u.degenerateWhy = u.weak
+      ? "near-zero response to gratings: its tuning is noise"
+      : u.single
+        ? `responds to 1 of ${u.direction_tuning.length} directions: its DI says little`
+        : "";
+  }
+  return units;
+}
+
+const UNIT_FILTERS = {
+  tuned: (u) => !u.degenerate,
+  responsive: (u) => u.responsive !== false,
+  degenerate: (u) => u.degenerate,
+  all: () => true,
+};
+const UNIT_SORTS = {
+  di: (a, b) => b.di - a.di || b.peak - a.peak,
+  response: (a, b) => b.peak - a.peak,
+  id: (a, b) => a.id - b.id,
+};
+
+// The unit the browser opens on: strongly direction-tuned, well responsive, and tuned to more than
+// one direction so that its polar plot shows a lobe.
+export function initialUnit(units) {
+  const broad = units.filter((u) => !u.degenerate && u.nDirections >= 3);
+  const pool = broad.length ? broad : units.filter((u) => !u.degenerate);
+  return [...(pool.length ? pool : units)].sort(UNIT_SORTS.di)[0] || null;
+}
+
+function unitLabel(u) {
+  // The mark leads, so a narrow select still shows it.
+  const mark = u.degenerate ? (u.weak ? "⚠ near-zero · " : "⚠ one direction · ") : "";
+  return `${mark}#${u.id} · ${Math.round(u.preferred_direction_deg)}° · DI ${u.di.toFixed(2)} · ` +
+    `resp ${u.peak.toFixed(2)}`;
+}
+
+function fillUnitSelect() {
+  const units = state.units.units.filter(UNIT_FILTERS[$("unit-filter").value] || UNIT_FILTERS.all);
+  units.sort(UNIT_SORTS[$("unit-sort").value] || UNIT_SORTS.di);
+  $("unit-select").replaceChildren(...units.map((u) => {
+    const o = document.createElement("option");
+    o.value = u.id;
+    o.textContent = unitLabel(u);
+    return o;
+  }));
+  return units;
+}
+
 async function loadUnits(attempt = 0) {
   let rep;
   try {
@@ -610,17 +789,24 @@ async function loadUnits(attempt = 0) {
     if (attempt < 60) setTimeout(() => loadUnits(attempt + 1), 1000);
     return;
   }
+  classifyUnits(rep.units);
   const byId = new Map(rep.units.map((u) => [u.id, u]));
   state.units = { ...rep, byId };
-  const sel = $("unit-select");
-  const sorted = [...rep.units].sort((a, b) => b.di - a.di);
-  sel.replaceChildren(...sorted.map((u) => {
-    const o = document.createElement("option");
-    o.value = u.id;
-    o.textContent = `unit ${u.id} · ${Math.round(u.preferred_direction_deg)}° · DI ${u.di.toFixed(2)}`;
-    return o;
-  }));
-  selectUnit(sorted.length ? sorted[0].id : null);
+  for (const [id, el] of state.chips.els) { // chips made before the tuning arrived: colour and title
+    const chip = makeChip(id);
+    chip.querySelector("small").textContent = el.querySelector("small").textContent;
+    el.replaceWith(chip);
+    state.chips.els.set(id, chip);
+  }
+  fillUnitSelect();
+  const first = initialUnit(rep.units);
+  selectUnit(first ? first.id : null);
+}
+
+function onUnitListChange() {
+  const units = fillUnitSelect();
+  const keep = units.some((u) => u.id === state.unitId);
+  selectUnit(keep ? state.unitId : units.length ? units[0].id : null);
 }
 
 function selectUnit(id) {
@@ -628,22 +814,31 @@ function selectUnit(id) {
   const u = state.units.byId.get(Number(id));
   if (!u) return;
   state.unitId = u.id;
-  $("unit-select").value = String(u.id);
+  const sel = $("unit-select");
+  if (![...sel.options].some((o) => Number(o.value) === u.id)) {
+    $("unit-filter").value = "all"; // a unit clicked elsewhere that the current filter hides
+    fillUnitSelect();
+  }
+  sel.value = String(u.id);
   const facts = [
     ["preferred direction", `${Math.round(u.preferred_direction_deg)}°`],
     ["preferred speed", `${fmtSpeed(u.preferred_speed)} px/frame`],
     ["direction index", u.di.toFixed(2)],
+    ["peak response", u.peak.toFixed(2)],
+    ["responds to", `${u.nDirections} of ${u.direction_tuning.length} directions`],
   ];
-  if (u.responsive === false) facts.push(["note", "weakly responsive to gratings"]);
+  if (u.degenerate) facts.push(["degenerate", u.degenerateWhy]);
+  else if (u.responsive === false) facts.push(["note", "weakly responsive to gratings"]);
   $("unit-facts").replaceChildren(...facts.flatMap(([k, v]) => {
     const dt = document.createElement("dt"); dt.textContent = k;
     const dd = document.createElement("dd"); dd.textContent = v;
+    if (k === "degenerate") dd.className = "warn";
     return [dt, dd];
   }));
+  $("unit-facts").dataset.degenerate = u.degenerate ? "true" : "false";
   drawUnitPolar($("unit-polar"), state.units.directions_deg, u.direction_tuning, u.preferred_direction_deg);
   drawSpeedTuning($("unit-speed"), state.units.speeds, u.speed_tuning, u.preferred_speed);
-  $("top-units").dataset.key = "";
-  if (state.last) renderTopUnits(state.last.motion.top_units);
+  for (const [cid, el] of state.chips.els) el.classList.toggle("selected", cid === u.id);
 }
 
 function stepUnit(delta) {
@@ -669,6 +864,7 @@ async function waitReady() {
 async function start() {
   drawWheel($("wheel"));
   $("vmax-label").textContent = VMAX;
+  drawArrowScale($("arrow-scale"), null);
   drawPolar($("polar"), null, null);
   drawDominantArrow($("dominant-arrow"), null, 0);
   const blocked = cameraBlockedReason();
@@ -683,6 +879,18 @@ async function start() {
     if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify({ type: "options", flow: state.flow }));
   });
   $("unit-select").addEventListener("change", (e) => selectUnit(e.target.value));
+  $("unit-filter").addEventListener("change", onUnitListChange);
+  $("unit-sort").addEventListener("change", onUnitListChange);
+  const chipBox = $("top-units");
+  // Chips hold still under the pointer, and while a keyboard user is on one (not after a mouse click).
+  const keyboardOnChip = () => chipBox.querySelector(":focus-visible") !== null;
+  chipBox.addEventListener("pointerenter", () => holdChips(true));
+  chipBox.addEventListener("pointerleave", () => holdChips(keyboardOnChip()));
+  chipBox.addEventListener("focusin", () => holdChips(chipBox.matches(":hover") || keyboardOnChip()));
+  chipBox.addEventListener("focusout", (e) => {
+    const stays = chipBox.contains(e.relatedTarget) && e.relatedTarget.matches(":focus-visible");
+    holdChips(chipBox.matches(":hover") || stays);
+  });
   $("unit-prev").addEventListener("click", () => stepUnit(-1));
   $("unit-next").addEventListener("click", () => stepUnit(1));
   $("token-form").addEventListener("submit", (e) => {
@@ -736,4 +944,4 @@ async function start2() {
 }
 
 start();
-window.v1motion = { state, wsUrl, apiUrl, cameraBlockedReason };
+window.v1motion = { state, wsUrl, apiUrl, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty };

@@ -11,12 +11,34 @@ WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights"
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "analyze", help="measure direction/speed tuning and read-out accuracy"
+        "analyze",
+        help="measure direction/speed tuning and read-out accuracy",
+        description="Measure every unit's direction and speed tuning on drifting gratings, and the "
+        "read-out's accuracy on panned images, for trained weights next to their time-shuffled "
+        "control; write report.json and its figures.",
+        epilog="example:\n  v1motion analyze --out docs/report "
+        "--model-card models/weights/MODEL_CARD.md",
     )
-    p.add_argument("--weights", type=Path, default=WEIGHTS / "ssrnn_default.npz")
-    p.add_argument("--control", type=Path, default=WEIGHTS / "ssrnn_shuffled_control.npz")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=WEIGHTS / "ssrnn_default.npz",
+        help="trained weights to analyse (default: the shipped ssrnn_default.npz)",
+    )
+    p.add_argument(
+        "--control",
+        type=Path,
+        default=WEIGHTS / "ssrnn_shuffled_control.npz",
+        help="time-shuffled control to compare with (default: the shipped "
+        "ssrnn_shuffled_control.npz)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for report.json and PNGs")
-    p.add_argument("--model-card", type=Path, default=None, help="also write the model card here")
+    p.add_argument(
+        "--model-card",
+        type=Path,
+        default=None,
+        help="also write the model card to this file (default: no model card)",
+    )
     p.set_defaults(func=run)
 
 

@@ -11,44 +11,122 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights" / "
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("lm", help="train, evaluate and use the language model")
-    sub = p.add_subparsers(dest="lm_command", required=True)
-
-    t = sub.add_parser("train", help="train an R-GLM on Penn Treebank (resumable)")
+    p = subparsers.add_parser(
+        "lm",
+        help="train, evaluate and use the language model",
+        description="The linear recurrent language model (R-GLM) trained on Penn Treebank: "
+        "train it, print its perplexity table, or score a text with the shipped weights.",
+        epilog='examples:\n  v1motion lm score "the market fell" --next 5\n'
+        "  v1motion lm eval --baselines",
+    )
+    sub = p.add_subparsers(title="commands", dest="lm_command", required=True, metavar="COMMAND")
+    t = sub.add_parser(
+        "train",
+        help="train an R-GLM on Penn Treebank (resumable)",
+        description="Train an R-GLM on Penn Treebank (needs the research data folder). With "
+        "--checkpoint, a stopped run resumes where it left off.",
+        epilog="example:\n  v1motion lm train --out runs/lm.npz --checkpoint runs/lm.ckpt.npz "
+        "--time-limit 3600",
+    )
     t.add_argument("--out", type=Path, required=True, help="where to write the weights (.npz)")
-    t.add_argument("--checkpoint", type=Path, help="resumable training state (.npz)")
-    t.add_argument("--hidden", type=int, default=200)
-    t.add_argument("--recurrence", choices=["diagonal", "full"], default="diagonal")
+    t.add_argument(
+        "--checkpoint", type=Path, help="resumable training state (.npz) (default: none)"
+    )
+    t.add_argument("--hidden", type=int, default=200, help="hidden units")
+    t.add_argument(
+        "--recurrence",
+        choices=["diagonal", "full"],
+        default="diagonal",
+        help="diagonal or full recurrent matrix",
+    )
     t.add_argument("--untied", action="store_true", help="separate output word vectors")
-    t.add_argument("--dropout-input", type=float, default=0.1)
-    t.add_argument("--dropout-hidden", type=float, default=0.25)
-    t.add_argument("--max-norm", type=float, default=3.0, help="0 disables the max-norm")
-    t.add_argument("--bptt", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--samples", type=int, default=1024, help="sampled-softmax size, 0 = full")
-    t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--anneal", type=float, default=0.5)
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--time-limit", type=float, default=None, help="seconds for this job")
-    t.add_argument("--train-tokens", type=int, default=None, help="use only a prefix of train")
+    t.add_argument(
+        "--dropout-input", type=float, default=0.1, help="dropout on the word embeddings"
+    )
+    t.add_argument("--dropout-hidden", type=float, default=0.25, help="dropout on the hidden state")
+    t.add_argument(
+        "--max-norm", type=float, default=3.0, help="largest word-vector norm; 0 disables it"
+    )
+    t.add_argument("--bptt", type=int, default=20, help="truncated back-propagation steps")
+    t.add_argument("--batch-size", type=int, default=64, help="parallel token streams")
+    t.add_argument(
+        "--samples", type=int, default=1024, help="sampled-softmax size; 0 = full softmax"
+    )
+    t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="optimiser")
+    t.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: 2e-3 with adam, 1.0 with sgd)",
+    )
+    t.add_argument(
+        "--anneal",
+        type=float,
+        default=0.5,
+        help="learning-rate factor when validation stops improving",
+    )
+    t.add_argument("--epochs", type=int, default=20, help="passes over the training text")
+    t.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="stop after the epoch that crosses this many seconds (default: no limit)",
+    )
+    t.add_argument(
+        "--train-tokens",
+        type=int,
+        default=None,
+        help="use only this many tokens of the training text (default: all)",
+    )
     t.add_argument("--float32", action="store_true", help="save word vectors as float32")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed")
     t.set_defaults(func=run_train)
 
-    e = sub.add_parser("eval", help="the Penn Treebank perplexity table for a trained model")
-    e.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS)
-    e.add_argument("--split", choices=["valid", "test"], default="test")
+    e = sub.add_parser(
+        "eval",
+        help="the Penn Treebank perplexity table for a trained model",
+        description="Print the Penn Treebank perplexity table of a trained model, optionally "
+        "with dynamic evaluation and n-gram baselines (needs the research data folder).",
+        epilog="example:\n  v1motion lm eval --dynamic --baselines --report docs/language",
+    )
+    e.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_WEIGHTS,
+        help="weights (.npz) (default: the shipped lm_ptb_rglm.npz)",
+    )
+    e.add_argument("--split", choices=["valid", "test"], default="test", help="text to score")
     e.add_argument("--dynamic", action="store_true", help="add dynamic evaluation rows")
-    e.add_argument("--dynamic-lr", type=float, default=None, help="default: tuned on valid")
+    e.add_argument(
+        "--dynamic-lr",
+        type=float,
+        default=None,
+        help="learning rate of dynamic evaluation (default: tuned on valid)",
+    )
     e.add_argument("--baselines", action="store_true", help="add KN5, cache and mixtures")
-    e.add_argument("--report", type=Path, help="write the table (markdown, json) and figure here")
+    e.add_argument(
+        "--report",
+        type=Path,
+        help="write the table (markdown, json) and figure to this folder (default: print only)",
+    )
     e.set_defaults(func=run_eval)
 
-    s = sub.add_parser("score", help="per-word surprisal of a text")
+    s = sub.add_parser(
+        "score",
+        help="per-word surprisal of a text",
+        description="Print the surprisal (bits) of every word of a text under the model.",
+        epilog='example:\n  v1motion lm score "the market fell" --next 5',
+    )
     s.add_argument("text", help="text to score")
-    s.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS)
-    s.add_argument("--next", type=int, default=0, help="also list the k most likely next words")
+    s.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_WEIGHTS,
+        help="weights (.npz) (default: the shipped lm_ptb_rglm.npz)",
+    )
+    s.add_argument(
+        "--next", type=int, default=0, help="also list the k most likely next words; 0 = none"
+    )
     s.set_defaults(func=run_score)
 
 

@@ -13,16 +13,43 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("motion", help="compute the motion map of a video file")
+    from service.jobs.limits import Limits
+
+    limits = Limits()
+    p = subparsers.add_parser(
+        "motion",
+        help="compute the motion map of a video file",
+        description="Compute the motion map of a video file offline, as the service's video jobs "
+        "do, and write motion.json, motion.npz, overlay.mp4 (the video with the map drawn on "
+        "it), summary.png and result.json into the output folder.",
+        epilog="examples:\n  v1motion motion clip.mp4 -o results/clip\n"
+        "  v1motion motion long.mkv -o results/long --max-seconds 60 --no-overlay",
+    )
     p.add_argument("input", type=Path, help="video file (MP4/MOV, AVI, Matroska/WebM)")
     p.add_argument("-o", "--output", type=Path, required=True, help="results folder")
     p.add_argument(
-        "--engine", choices=("default", "random"), default="default", help="motion engine"
+        "--engine",
+        choices=("default", "random"),
+        default="default",
+        help="'default' is the shipped trained model; 'random' a small untrained one, for tests",
     )
-    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--max-seconds", type=float, default=None, help="stop after this much video")
     p.add_argument(
-        "--max-side", type=int, default=None, help="shrink frames to this longer side first"
+        "--max-frames",
+        type=int,
+        default=None,
+        help=f"stop after this many frames (default: {limits.max_frames}, as the service)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help=f"stop after this many seconds of video (default: {limits.max_seconds:g}, as the service)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help=f"shrink frames to this longer side first (default: {limits.max_side}, as the service)",
     )
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
     p.set_defaults(func=run)

@@ -3,25 +3,86 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+DESCRIPTION = """\
+Start the motion service and its live dashboard. With no options it analyses a synthetic source
+(drifting gratings and panned images) with the shipped model on http://127.0.0.1:8000/, so it
+needs no camera. The address is printed once the server answers; results start when the motion
+engine is ready (a few seconds; the first start after installing may compile for longer).
+
+Every option can also be set with an environment variable V1MOTION_<NAME> (see the README);
+a flag wins over the variable."""
+
+EPILOG = """\
+examples:
+  v1motion serve                                   # dashboard on http://127.0.0.1:8000/
+  v1motion serve --port 8001                       # when port 8000 is taken
+  v1motion serve --source lobby=camera:0           # your first webcam, as a source named lobby
+  V1MOTION_TOKEN=change-me v1motion serve --host 0.0.0.0   # reachable from other machines"""
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="run the service and its dashboard")
-    p.add_argument("--host", default=None, help="bind address (default from V1MOTION_HOST)")
-    p.add_argument("--port", type=int, default=None, help="port (default from V1MOTION_PORT)")
+    p = subparsers.add_parser(
+        "serve",
+        help="run the service and its live dashboard",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
+    p.add_argument(
+        "--host",
+        default=None,
+        help="address to listen on; anything but localhost needs a token "
+        "(default: V1MOTION_HOST, else 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to listen on (default: V1MOTION_PORT, else 8000)",
+    )
     p.add_argument(
         "--source",
         action="append",
         dest="sources",
         metavar="NAME=KIND:TARGET",
-        help="a source, repeatable: 'synthetic', 'cam=camera:0', 'clip=file:walk.mp4', "
-        "'gate=url:rtsp://host/stream' (default from V1MOTION_SOURCES, else 'synthetic')",
+        help="a source the dashboard can pick, repeatable; kinds: synthetic, camera, file, url; "
+        "e.g. 'synthetic', 'cam=camera:0', 'clip=file:walk.mp4', 'gate=url:rtsp://host/stream' "
+        "(default: V1MOTION_SOURCES, else synthetic)",
     )
-    p.add_argument("--engine", choices=["default", "random"], default=None)
-    p.add_argument("--root-path", default=None, help="path prefix behind a reverse proxy")
-    p.add_argument("--token", default=None, help="required token (default from V1MOTION_TOKEN)")
-    p.add_argument("--log-format", choices=["text", "json"], default=None)
+    p.add_argument(
+        "--engine",
+        choices=["default", "random"],
+        default=None,
+        help="motion engine: 'default' is the shipped trained model; 'random' a small untrained "
+        "one that starts instantly but reads meaningless motion, for tests "
+        "(default: V1MOTION_ENGINE, else default)",
+    )
+    p.add_argument(
+        "--root-path",
+        default=None,
+        help="path prefix when served behind a reverse proxy, e.g. /motion "
+        "(default: V1MOTION_ROOT_PATH, else none)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="access token that clients must send; prefer the environment variable, which "
+        "other users cannot read from the process list (default: V1MOTION_TOKEN, else none)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=None,
+        help="'json' writes one JSON object per log line (default: V1MOTION_LOG_FORMAT, else text)",
+    )
     p.set_defaults(func=run)
 
 
@@ -46,6 +107,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     import uvicorn
     from pydantic import ValidationError
 
@@ -83,7 +145,102 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         proxy_headers=True,
     )
-    sock = bind_socket(settings.host, settings.port)
-    print(f"v1motion: dashboard on http://{settings.host}:{sock.getsockname()[1]}/", flush=True)
-    Server(config).run(sockets=[sock])
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as exc:
+        print(f"v1motion serve: {_bind_error(exc, settings.host, settings.port)}", file=sys.stderr)
+        return 1
+    port = sock.getsockname()[1]
+    stop = threading.Event()
+    threading.Thread(
+        target=announce_when_answering,
+        args=(settings.host, port, stop, started),
+        name="announce",
+        daemon=True,
+    ).start()
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        stop.set()
     return 0
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> str:
+    """One line that says why the server cannot listen and what to change."""
+    if exc.errno == errno.EADDRINUSE:
+        other = port + 1 if port < 65535 else 8001
+        return (
+            f"port {port} on {host} is already in use (another v1motion serve?); "
+            f"pick a free one with --port {other} or V1MOTION_PORT={other}"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"not allowed to listen on port {port}; ports below 1024 need privileges: "
+            f"use --port 8000 or V1MOTION_PORT=8000"
+        )
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(exc, socket.gaierror):
+        return (
+            f"cannot listen on {host}: not an address of this machine; "
+            f"use --host 127.0.0.1 or V1MOTION_HOST=127.0.0.1"
+        )
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+def announce_when_answering(
+    host: str, port: int, stop: threading.Event, started: float, poll_s: float = 0.1
+) -> None:
+    """Print the dashboard's address once the server answers HTTP, then say when the engine is ready.
+
+    Polls ``/readyz`` on the local socket: any HTTP answer means the server is up (503 while the
+    engine loads); 200 means results are flowing.
+    """
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    probe = f"http://{_url_host(local)}:{port}/readyz"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    announced = False
+    while not stop.is_set():
+        status, body = _get(opener, probe)
+        if status is not None and not announced:
+            announced = True
+            print(f"v1motion: dashboard on http://{_url_host(host)}:{port}/", flush=True)
+            if status != 200:
+                print(
+                    "v1motion: the motion engine is loading; results start when it is ready",
+                    flush=True,
+                )
+        if status == 200:
+            print(
+                f"v1motion: motion engine ready, {time.monotonic() - started:.1f} s after start",
+                flush=True,
+            )
+            return
+        if body.get("status") == "failed":
+            print(
+                f"v1motion: the motion engine failed to load: {body.get('detail')} (see the log)",
+                flush=True,
+            )
+            return
+        stop.wait(poll_s)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _get(opener, url: str) -> tuple[int | None, dict]:
+    """Status and JSON body of a GET; ``(None, {})`` while nothing answers."""
+    try:
+        with opener.open(url, timeout=2) as r:
+            return r.status, _json(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, _json(exc.read())
+    except OSError:
+        return None, {}
+
+
+def _json(data: bytes) -> dict:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

@@ -7,10 +7,33 @@ import json
 import pickle
 from pathlib import Path
 
+# The kinds of models.spikes.MODEL_KINDS, spelled out so `v1motion --help` need not import the models
+# (tests/test_spikes_cli.py checks the two lists agree).
+MODEL_KIND_NAMES = (
+    "correlated",
+    "glm",
+    "glm_correlated",
+    "independent",
+    "lds",
+    "rglm",
+    "rglm_correlated",
+)
+
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("spikes", help="fit, evaluate and sample spike-train models")
-    sub = p.add_subparsers(dest="spikes_command", required=True)
+    p = subparsers.add_parser(
+        "spikes",
+        help="fit, evaluate and sample spike-train models",
+        description="Spike-train models (independent and correlated Poisson, spike-history GLM, "
+        "R-GLM, LDS) offline: fit one to binned counts, score counts with it, sample from it, or "
+        "regenerate the retina report.",
+        epilog="examples:\n"
+        "  v1motion spikes fit --recording Movie1Exp1 --kind glm --out runs/glm.pkl\n"
+        "  v1motion spikes sample --model runs/glm.pkl --n-bins 500 --out runs/sample.npz",
+    )
+    sub = p.add_subparsers(
+        title="commands", dest="spikes_command", required=True, metavar="COMMAND"
+    )
 
     def data_args(q):
         g = q.add_mutually_exclusive_group(required=True)
@@ -20,53 +43,84 @@ def add_parser(subparsers) -> None:
         g.add_argument(
             "--recording", help="retina recording from the shared data (Movie1Exp1, Movie2Exp1)"
         )
-        q.add_argument("--bin-ms", type=float, default=10.0, help="bin size for --recording (ms)")
+        q.add_argument(
+            "--bin-ms", type=float, default=10.0, help="bin size in ms, with --recording"
+        )
 
-    f = sub.add_parser("fit", help="fit a model; print its held-out bits/spike")
+    f = sub.add_parser(
+        "fit",
+        help="fit a model; print its held-out bits/spike",
+        description="Fit a spike-train model on part of the trials and print its bits/spike on "
+        "the held-out rest; save the fitted model.",
+        epilog="example:\n"
+        "  v1motion spikes fit --counts counts.npz --kind rglm --option n_hidden=4 "
+        "--out runs/rglm.pkl",
+    )
     data_args(f)
     f.add_argument(
-        "--kind", default="rglm_correlated", help="model kind (see error message for the list)"
+        "--kind",
+        default="rglm_correlated",
+        metavar="KIND",
+        help=f"model: {', '.join(MODEL_KIND_NAMES)}",
     )
     f.add_argument(
         "--option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="model option (JSON value)",
+        help="a constructor option of the model, value as JSON; repeatable (default: none)",
     )
-    f.add_argument("--test-fraction", type=float, default=0.2)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--test-fraction", type=float, default=0.2, help="fraction of trials held out")
+    f.add_argument("--seed", type=int, default=0, help="random seed")
     f.add_argument(
         "--out", type=Path, required=True, help="where to write the fitted model (pickle)"
     )
     f.set_defaults(func=run_fit)
 
-    e = sub.add_parser("eval", help="bits/spike of counts under a fitted model")
+    e = sub.add_parser(
+        "eval",
+        help="bits/spike of counts under a fitted model",
+        description="Print the bits/spike of counts under a fitted model.",
+        epilog="example:\n  v1motion spikes eval --counts test.npz --model runs/glm.pkl",
+    )
     data_args(e)
-    e.add_argument("--model", type=Path, required=True)
+    e.add_argument("--model", type=Path, required=True, help="fitted model (pickle)")
     e.set_defaults(func=run_eval)
 
-    s = sub.add_parser("sample", help="sample counts from a fitted model")
-    s.add_argument("--model", type=Path, required=True)
-    s.add_argument("--n-trials", type=int, default=1)
-    s.add_argument("--n-bins", type=int, default=1000)
-    s.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser(
+        "sample",
+        help="sample counts from a fitted model",
+        description="Sample spike counts from a fitted model into an .npz (array 'counts').",
+        epilog="example:\n  v1motion spikes sample --model runs/glm.pkl --out sample.npz",
+    )
+    s.add_argument("--model", type=Path, required=True, help="fitted model (pickle)")
+    s.add_argument("--n-trials", type=int, default=1, help="trials to sample")
+    s.add_argument("--n-bins", type=int, default=1000, help="time bins per trial")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--out", type=Path, required=True, help=".npz to write (array 'counts')")
     s.set_defaults(func=run_sample)
 
     r = sub.add_parser(
-        "report", help="regenerate the bits/spike table and figures on the retina data"
+        "report",
+        help="regenerate the bits/spike table and figures on the retina data",
+        description="Regenerate the bits/spike table and figures of every model kind on the "
+        "retina recordings (needs the research data folder; long).",
+        epilog="example:\n  v1motion spikes report --out docs/spikes --rows glm,rglm",
     )
-    r.add_argument("--out", type=Path, default=Path("docs/spikes"))
+    r.add_argument("--out", type=Path, default=Path("docs/spikes"), help="report folder")
     r.add_argument(
-        "--recording", action="append", help="only this recording (repeatable); default both"
+        "--recording",
+        action="append",
+        help="only this recording, repeatable (default: Movie1Exp1 and Movie2Exp1)",
     )
-    r.add_argument("--folds", type=int, default=3)
+    r.add_argument("--folds", type=int, default=3, help="cross-validation folds")
     r.add_argument(
         "--assemble-only", action="store_true", help="rebuild table.md from existing JSON"
     )
     r.add_argument(
-        "--rows", help="only recompute these rows (comma-separated kinds) in existing JSON"
+        "--rows",
+        help="only recompute these rows (comma-separated kinds) in existing JSON "
+        "(default: all rows)",
     )
     r.add_argument(
         "--duplicates-only",

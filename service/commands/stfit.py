@@ -9,10 +9,14 @@ import json
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "stfit",
-        help="fit R, W0 so that R^tau W0 reproduces a filter bank; report JSON + PNG",
-        description=__doc__,
+        help="fit a sparse RNN to a spatio-temporal filter bank; report JSON + PNG",
+        description="Fit a sparse recurrent network (R, W0) so that R^tau W0 reproduces a bank of "
+        "spatio-temporal filters (by default 3-D Gabors), then compare the network and the bank "
+        "streaming over a video; write a JSON report and figures.",
+        epilog="examples:\n  v1motion stfit --n-filters 400 --max-iter 100 --out runs/stfit-small\n"
+        "  v1motion stfit --bank my_bank.npz --bank-key filters --no-video",
     )
-    p.add_argument("--out", default="runs/stfit", help="output folder (default runs/stfit)")
+    p.add_argument("--out", default="runs/stfit", help="output folder")
     p.add_argument("--bank", default=None, help=".npy/.npz bank (default: 3-D Gabor bank)")
     p.add_argument("--bank-key", default="bank", help="array name inside an .npz bank")
     p.add_argument("--layout", default="tnyx", choices=("tnyx", "ntyx"), help="axes of --bank")
@@ -22,13 +26,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--density", type=float, default=0.05, help="fraction of non-zero R")
     p.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations")
     p.add_argument("--init", default="lsq", choices=("lsq", "random"), help="start of the fit")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--video", default=None, help="video file to compare the two streams on")
+    src.add_argument(
+        "--video",
+        default=None,
+        help="video file to compare the two streams on (default: synthetic gratings)",
+    )
     src.add_argument(
         "--shared-video",
         default=None,
-        help="name of a clip in the shared data folder's videos/ (e.g. box.mp4)",
+        help="name of a clip in the shared data folder's videos/, e.g. box.mp4 (default: none)",
     )
     p.add_argument("--frames", type=int, default=60, help="frames of the comparison video")
     p.add_argument("--video-size", default="60x80", help="HxW the video is resized to")

@@ -10,22 +10,82 @@ from pathlib import Path
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "models" / "weights"
 
 
+# Help for the training settings; the defaults are the shipped model's (see ``TrainConfig``).
+SETTING_HELP = {
+    "n_atoms": "dictionary atoms per patch",
+    "n_clones": "recurrent clones per atom",
+    "patch": "patch side in pixels",
+    "tau_x": "standard deviation of a unit's value (slab) prior",
+    "tau_y": "standard deviation of the patch noise",
+    "kmax": "most active units per patch",
+    "whiten_size": "side of the whitening filter in pixels",
+    "batch": "sequences per training step",
+    "seq_len": "frames per training sequence",
+    "steps_w": "phase 1 steps (dictionary only)",
+    "steps_r": "phase 2 steps (dictionary and recurrence)",
+    "lr_w": "dictionary learning rate in phase 1",
+    "lr_w_phase2": "dictionary learning rate in phase 2",
+    "lr_b": "bias learning rate",
+    "lr_r": "recurrence learning rate",
+    "r_decay": "weight decay of the recurrence",
+    "r_clip": "largest absolute recurrent weight",
+    "r_init": "scale of the initial recurrent weights",
+    "b_init": "initial unit bias (log-odds of being on)",
+    "speed_min": "slowest training pan, px/frame",
+    "speed_max": "fastest training pan, px/frame",
+    "speed_log": "draw pan speeds log-uniformly instead of uniformly",
+    "clip_fraction": "fraction of sequences from real video clips",
+    "split_every": "steps between clone splits",
+    "split_until": "fraction of phase 2 after which clones stop splitting",
+    "split_threshold": "a clone used less than this times its group's mean is re-split",
+    "dead_every": "phase 1 steps between re-seeding unused atoms",
+    "r_density": "fraction of recurrent weights kept after training",
+    "seed": "random seed",
+}
+
+DESCRIPTION = """\
+Train the motion engine's ss-RNN on natural movies and fit its motion read-out, reproducing the
+shipped weights (models/weights/ssrnn_default.npz) and a time-shuffled control from the seed.
+Needs the research data folder (V1MOTION_SHARED_DATA, or ../shared/data) and takes hours of CPU."""
+
+EPILOG = """\
+examples:
+  v1motion train                          # the shipped model and its control, seed 0
+  v1motion train --out-dir runs/w --seed 1 --no-control"""
+
+
 def add_parser(subparsers) -> None:
     from models.training import TrainConfig
 
-    p = subparsers.add_parser("train", help="train the motion engine's ss-RNN from natural movies")
-    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="where the .npz files go")
+    p = subparsers.add_parser(
+        "train",
+        help="train the motion engine's ss-RNN from natural movies",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="folder the .npz weights are written to (default: models/weights, the shipped ones)",
+    )
     p.add_argument("--levels", type=int, default=3, help="pyramid levels of the read-out")
     p.add_argument("--no-control", action="store_true", help="skip the time-shuffled control")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for f in fields(TrainConfig):
         if f.name == "shuffle_time":
             continue
         flag = f"--{f.name.replace('_', '-')}"
+        text = SETTING_HELP.get(f.name, "training setting (see TrainConfig)")
         if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
+                help=f"{text} (default: %(default)s)",
+            )
         else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
+            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
     p.set_defaults(func=run)
 
 

@@ -103,11 +103,11 @@ def test_websocket_result_from_the_synthetic_source(ready):
                 break
         else:
             pytest.fail("no result message within 60 s")
-    assert msg["v"] == 1 and msg["stream"] == "synthetic"
+    assert msg["v"] == 2 and msg["stream"] == "synthetic"
     motion = msg["motion"]
     assert motion["rows"] > 0 and motion["cols"] > 0
     assert len(motion["direction_deg"]) == motion["rows"]
-    assert len(motion["speed"][0]) == motion["cols"]
+    assert len(motion["speed_px_per_frame"][0]) == motion["cols"]
     assert msg["timing"]["engine_ms"] > 0
 
 

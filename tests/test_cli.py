@@ -1,0 +1,107 @@
+"""The ``v1motion`` command line as a user meets it: help, the printed address, a busy port."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from service_helpers import ServerThread, random_engine
+
+from service.app import create_app
+from service.cli import build_parser
+from service.commands.serve import announce_when_answering
+from service.settings import Settings
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str = "v1motion"):
+    """Every parser of the command tree, with its command line."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def test_top_level_help_speaks_to_users_with_an_example():
+    text = build_parser().format_help()
+    assert "``" not in text and "entry point" not in text  # no developer docstring
+    assert "examples:" in text and "v1motion serve" in text
+
+
+def test_every_option_has_help_and_says_its_default():
+    for name, parser in _parsers(build_parser()):
+        required_groups = {
+            a for g in parser._mutually_exclusive_groups if g.required for a in g._group_actions
+        }
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            assert action.help, f"{name} {action.dest}: no help"
+            flag = action.nargs == 0  # store_true and friends
+            if action.option_strings and not (action.required or flag or action in required_groups):
+                shown = formatter._get_help_string(action)
+                assert "default" in shown, f"{name} {action.option_strings[0]}: no default shown"
+        if name != "v1motion":
+            assert parser.description and parser.epilog, f"{name}: no description or example"
+
+
+def test_engine_option_is_explained():
+    serve = dict(_parsers(build_parser()))["v1motion serve"]
+    engine = next(a for a in serve._actions if a.dest == "engine")
+    assert "trained" in engine.help and "random" in engine.help
+
+
+def test_busy_port_is_one_line_that_names_the_fix_and_no_traceback():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--engine",
+                "random",
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr + out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert f"port {port}" in lines[0] and "already in use" in lines[0]
+    assert "--port" in lines[0] and "V1MOTION_PORT" in lines[0]
+    assert "dashboard on" not in out.stdout
+
+
+def test_address_is_printed_only_once_the_server_answers(capsys):
+    srv = ServerThread(create_app(Settings(), engine_factory=random_engine))
+    stop = threading.Event()
+    announcer = threading.Thread(
+        target=announce_when_answering,
+        args=("127.0.0.1", srv.port, stop, time.monotonic(), 0.05),
+        daemon=True,
+    )
+    announcer.start()
+    try:
+        time.sleep(0.6)  # the socket listens, but nothing answers HTTP yet
+        assert capsys.readouterr().out == ""
+        with srv:
+            announcer.join(30)
+            assert not announcer.is_alive()
+    finally:
+        stop.set()
+    out = capsys.readouterr().out
+    url_at = out.index(f"dashboard on http://127.0.0.1:{srv.port}/")
+    assert url_at < out.index("motion engine ready")
