@@ -795,7 +795,9 @@ class Tally:
         }
 
 
-def evaluate(methods, sequences, cell: int = CELL_PX, progress=None) -> dict[str, dict]:
+def evaluate(
+    methods, sequences, cell: int = CELL_PX, progress=None, by: str | None = None
+) -> dict[str, dict]:
     """Run every method on every sequence (the same uint8 frames) and score it against the truth.
 
     Parameters
@@ -804,19 +806,23 @@ def evaluate(methods, sequences, cell: int = CELL_PX, progress=None) -> dict[str
     sequences : iterable of :class:`Sequence`.
     cell : cell side in pixels (the engine's ``MotionFrame.cell``).
     progress : optional callable wrapping the sequence iterable (e.g. ``tqdm``).
+    by : optional key of ``Sequence.params`` (e.g. ``"speed"``): each summary then also holds
+        ``"by": {str(value): summary}`` for the sequences of each value.
 
     Returns
     -------
     ``{method name: summary dict}`` (see :meth:`Tally.summary`).
     """
     tallies = {m.name: Tally() for m in methods}
+    groups: dict[str, dict[str, Tally]] = {m.name: {} for m in methods}
     seqs = progress(sequences) if progress is not None else sequences
     for seq in seqs:
         wanted = seq.wanted()
         for m in methods:
             m.reset()
-            tally = tallies[m.name]
-            tally.n_sequences += 1
+            targets = [tallies[m.name]]
+            if by is not None:
+                targets.append(groups[m.name].setdefault(str(seq.params.get(by)), Tally()))
             recovery = []
             for t, frame in enumerate(seq.frames):
                 out = m.step(frame, t in wanted)
@@ -827,11 +833,19 @@ def evaluate(methods, sequences, cell: int = CELL_PX, progress=None) -> dict[str
                 if t in seq.scored:
                     truth_v, label = cell_truth(seq, t, cell)
                     g = None if seq.cell_velocity is not None else seq.velocity[t]
-                    tally.add_frame(out, truth_v, label, g)
-            if seq.change_frame is not None:
-                v = seq.velocity[seq.change_frame]
-                tally.recover.append(frames_to_recover(recovery, np.arctan2(v[1], v[0])))
-    return {name: t.summary() for name, t in tallies.items()}
+                    for tally in targets:
+                        tally.add_frame(out, truth_v, label, g)
+            for tally in targets:
+                tally.n_sequences += 1
+                if seq.change_frame is not None:
+                    v = seq.velocity[seq.change_frame]
+                    tally.recover.append(frames_to_recover(recovery, np.arctan2(v[1], v[0])))
+    out = {}
+    for name, tally in tallies.items():
+        out[name] = tally.summary()
+        if by is not None:
+            out[name]["by"] = {k: g.summary() for k, g in groups[name].items()}
+    return out
 
 
 def parse_size(size) -> tuple[int, int]:
