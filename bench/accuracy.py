@@ -51,7 +51,14 @@ FULL = {
     "still": {"crops_per_still": 4},
     "clip": {},
 }
-BY = {"pan": "speed", "grating": "speed", "plaid": "type", "object": "speed", "clip": "clip"}
+BY = {
+    "pan": "speed",
+    "grating": "speed",
+    "plaid": "type",
+    "object": "speed",
+    "abrupt": "turn_size_deg",
+    "clip": "clip",
+}
 COLUMNS = (
     ("global dir err (med/mean °)", ("global_dir_err_median_deg", "global_dir_err_mean_deg"), "{:.1f}"),
     ("cell dir err med °", ("cell_dir_err_median_deg",), "{:.1f}"),
@@ -142,14 +149,19 @@ def by_table(rows: list[dict], family: str, key: str, methods) -> str:
     if not sel:
         return ""
     values = list(sel[0]["summary"]["by"])
-    head = ["size", "method"] + [f"{key} {v}" for v in values]
+    head = ["size", "method"] + [v if key in ("type", "clip") else f"{key} {v}" for v in values]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sel:
         cells = [r["size"], r["method"]]
         for v in values:
             s = r["summary"]["by"].get(v, {})
             med, p90, spd = (s.get(k) for k in ("cell_dir_err_median_deg", "cell_dir_err_p90_deg", "speed_rel_err_median"))  # fmt: skip
-            cells.append("-" if med is None else f"{med:.1f}° / {p90:.0f}° / {spd:.2f}")
+            text = "-" if med is None else f"{med:.1f}° / {p90:.0f}° / {spd:.2f}"
+            if s.get("frames_to_recover_median") is not None or s.get("not_recovered"):
+                rec = s.get("frames_to_recover_median")
+                text += f"; recover {'-' if rec is None else f'{rec:.0f}'}"
+                text += f" ({s['not_recovered']} never)" if s.get("not_recovered") else ""
+            cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -262,7 +274,7 @@ def main(argv=None) -> int:
                 parts += [f"\n### {family}: per-cell median / p90 direction error / speed error, by {key}\n", t + "\n"]  # fmt: skip
         cal = calibration_table(rows)
         if cal:
-            parts += ["\n### Calibration (pans): confidence decile range: median per-cell direction error\n", cal + "\n"]  # fmt: skip
+            parts += ["\n### Calibration (pans, moving cells): confidence decile range: median direction error (deciles tied at confidence 1.00 merge)\n", cal + "\n"]  # fmt: skip
         args.md.write_text("\n".join(parts))
     return 0
 

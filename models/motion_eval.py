@@ -412,15 +412,16 @@ def object_family(
     pairs = list(zip(HELDOUT_STILLS, HELDOUT_STILLS[1:] + HELDOUT_STILLS[:1], strict=True))
     travel = max(speeds) * (n_frames - 1)
     k = 0
-    for d in _directions(n_directions):
-        for s in speeds:
+    for i, d in enumerate(_directions(n_directions)):
+        for j, s in enumerate(speeds):
             dx, dy = direction_vector(d)
             span_x, span_y = abs(dx) * s * (n_frames - 1), abs(dy) * s * (n_frames - 1)
             margin = side / 2 + 2
             if w - 2 * margin <= span_x or h - 2 * margin <= span_y:
                 log.info("object: %.1f px/frame does not fit %dx%d; skipped", s, w, h)
                 continue
-            obj_name, bg_name = pairs[k % len(pairs)]
+            # Pairs taken in turn along directions and speeds, so no speed gets one pair only.
+            obj_name, bg_name = pairs[(i + j) % len(pairs)]
             kind = ("square", "disc")[k % 2]
             k += 1
             x0 = rng.uniform(margin + max(0, -dx) * s * (n_frames - 1), w - margin - max(0, dx) * s * (n_frames - 1))  # fmt: skip
@@ -462,11 +463,11 @@ def abrupt_family(
     n_frames = n_before + n_after
     images = {n: still_for_travel(n, shape, speed * n_frames) for n in HELDOUT_STILLS}
     k = 0
-    for d in _directions(n_directions):
-        for turn in turns_deg:
+    for i, d in enumerate(_directions(n_directions)):
+        for j, turn in enumerate(turns_deg):
             sign = 1.0 if k % 2 == 0 else -1.0
             d2 = (d + sign * np.deg2rad(turn)) % (2 * np.pi)
-            name = HELDOUT_STILLS[k % len(HELDOUT_STILLS)]
+            name = HELDOUT_STILLS[(i + j) % len(HELDOUT_STILLS)]  # no turn gets one still only
             k += 1
             img, factor = images[name]
             v = np.array([_velocity(d if t < n_before else d2, speed) for t in range(n_frames)])
@@ -476,6 +477,7 @@ def abrupt_family(
                 change_frame=n_before,
                 params={"still": name, "still_scale": factor, "direction_deg": float(np.rad2deg(d)),
                         "new_direction_deg": float(np.rad2deg(d2)), "turn_deg": sign * turn,
+                        "turn_size_deg": turn,
                         "speed": speed},
             )  # fmt: skip
 
