@@ -17,13 +17,17 @@ log = logging.getLogger(__name__)
 CLIPS = ("vtest.avi", "box.mp4", "cup.mp4", "tree.avi")
 
 
-def read_grey_frames(path: Path, max_frames: int, scale: float = 0.5) -> np.ndarray:
-    """Decode up to ``max_frames`` frames as float32 grey in [0, 1], resized by ``scale``."""
+def read_grey_frames(path: Path, max_frames: int, scale: float = 0.5, start: int = 0) -> np.ndarray:
+    """Decode up to ``max_frames`` frames from frame ``start`` on, as float32 grey in [0, 1], resized by
+    ``scale``."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise ValueError(f"cannot open video {path.name}")
     frames = []
     try:
+        for _ in range(start):
+            if not cap.grab():
+                break
         while len(frames) < max_frames:
             ok, frame = cap.read()
             if not ok:
@@ -39,8 +43,9 @@ def read_grey_frames(path: Path, max_frames: int, scale: float = 0.5) -> np.ndar
     return np.stack(frames)
 
 
-def load_clip(name: str, max_frames: int = 300, scale: float = 0.5) -> np.ndarray:
-    """One of the shared real camera clips; ``vtest.avi`` is reassembled from its three parts."""
+def load_clip(name: str, max_frames: int = 300, scale: float = 0.5, start: int = 0) -> np.ndarray:
+    """One of the shared real camera clips, from frame ``start`` on; ``vtest.avi`` is reassembled from
+    its three parts."""
     videos = require_shared_data("videos")
     if name == "vtest.avi":
         with tempfile.TemporaryDirectory() as tmp:
@@ -48,8 +53,8 @@ def load_clip(name: str, max_frames: int = 300, scale: float = 0.5) -> np.ndarra
             with joined.open("wb") as out:
                 for i in range(3):
                     out.write((videos / f"vtest.avi.part{i}").read_bytes())
-            return read_grey_frames(joined, max_frames, scale)
-    return read_grey_frames(videos / name, max_frames, scale)
+            return read_grey_frames(joined, max_frames, scale, start)
+    return read_grey_frames(videos / name, max_frames, scale, start)
 
 
 def load_training_movies(max_frames: int = 300, scale: float = 0.5) -> dict[str, np.ndarray]:

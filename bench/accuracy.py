@@ -1,0 +1,283 @@
+"""Ground-truth accuracy of the motion engine next to OpenCV optical flow, on the same frames and cells.
+
+Families of stimuli with known motion (``models.motion_eval``): pans of held-out stills, drifting
+gratings, plaids, a textured object over a still background, abrupt turns, still frames and real clips
+(against DIS MEDIUM). Each method is pooled to the engine's 16-px cells; flow baselines use the direction
+and length of each cell's mean flow vector and count a cell as moving when that length exceeds 0.2 px/frame;
+the engine counts a cell as moving when its confidence exceeds 0.5. Prints one table, writes JSON.
+
+    python bench/accuracy.py --quick                  # < 2 min: 320x240, few directions and speeds
+    python bench/accuracy.py --out docs/motion/accuracy.json --md docs/motion/accuracy.md
+    python bench/accuracy.py --engine path/to/weights.npz --families pan,object --sizes 320x240
+
+Deterministic for a given ``--seed`` (stimuli and pan starts are seeded; the engine and the flows are
+deterministic). Runs on one thread.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmark the models/ of this checkout, whatever is installed
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from models import motion_eval as me  # noqa: E402
+from models.engine import DEFAULT_WEIGHTS, MotionEngine  # noqa: E402
+
+cv2.setNumThreads(1)
+
+# Full-run settings per family (the families' own defaults, written out so the output records them).
+FULL = {
+    "pan": {"n_directions": 16, "speeds": me.PAN_SPEEDS},
+    "grating": {"n_directions": 8, "periods": (8.0, 16.0, 32.0), "speeds": (0.5, 1.0, 2.0, 4.0)},
+    "plaid": {"n_directions": 8, "speeds": (1.0, 2.0, 4.0)},
+    "object": {"n_directions": 8, "speeds": (1.0, 2.0, 4.0)},
+    "abrupt": {"n_directions": 8, "turns_deg": (90.0, 135.0, 180.0), "speed": 2.0},
+    "still": {"crops_per_still": 4},
+    "clip": {},
+}
+BY = {
+    "pan": "speed",
+    "grating": "speed",
+    "plaid": "type",
+    "object": "speed",
+    "abrupt": "turn_size_deg",
+    "clip": "clip",
+}
+COLUMNS = (
+    ("global dir err (med/mean °)", ("global_dir_err_median_deg", "global_dir_err_mean_deg"), "{:.1f}"),
+    ("cell dir err med °", ("cell_dir_err_median_deg",), "{:.1f}"),
+    ("cell dir err p90 °", ("cell_dir_err_p90_deg",), "{:.0f}"),
+    ("speed err (med \\|pred/true-1\\|)", ("speed_rel_err_median",), "{:.2f}"),
+    ("moving cells shown", ("moving_shown_rate",), "{:.0%}"),
+    ("false motion", ("false_motion_rate",), "{:.1%}"),
+    ("frames to recover (med/max)", ("frames_to_recover_median", "frames_to_recover_max"), "{:.0f}"),
+)  # fmt: skip
+
+
+NOTES = """
+Columns. *global dir err*: angle between the method's global (dominant) direction and the truth, median
+and mean over scored frames (engine: `global_direction`; flow: direction of the frame's mean flow vector;
+object family: truth = the object's velocity). *cell dir err*: angle between each cell's direction and its
+true direction, over all moving cells of all scored frames (median, 90th percentile); a cell with no
+direction (zero flow) scores 90°. *speed err*: median over moving cells of |predicted / true speed - 1|.
+*moving cells shown*: share of moving cells the method shows as moving (engine confidence > 0.5; flow
+cell mean > 0.2 px/frame). *false motion*: the same share over still cells. *frames to recover*: frames
+after an abrupt turn until the global direction is first within 20° of the new direction (1 = on the
+first new frame; "never" = not within the sequence's frames after the turn).
+
+Families (`models/motion_eval.py`; held-out stills chelsea, rocket, gravel only). Sequences of 16
+frames, scored on frames 8, 10, 12, 14 (the engine's state carries over frames: warm-up first).
+*pan*: rigid pans, 16 directions x 0.25-16 px/frame, one still per (direction, speed) in turn; stills
+too small for the fastest pan are upscaled (cubic) once per size, the same factor for every speed.
+*grating*: square gratings, 8 directions, periods 8/16/32 px x speeds 0.5-4 with speed/period < 0.4;
+truth = normal velocity. *plaid*: two sine gratings (periods 16 and 24 px), normals at +-60° (type I)
+or +20°/+70° (type II) from the pattern direction, 8 directions x 1/2/4 px/frame; truth = pattern
+velocity (intersection of constraints). *object*: a textured square or disc (side = 1/4 of the frame
+width) over another, still, held-out still; object cells >= 75 % covered at this frame and the one
+before, background cells 0 %, others not scored. *abrupt*: 2 px/frame pans turning by 90°, 135° or
+180° at frame 10 (22 frames; per-cell scores on frames 18, 20). *still*: still crops with Gaussian
+noise of 2/255 per frame (so flow methods see noise, not a frozen frame). *clip*: 56-frame windows of
+the real clips (vtest from frame 180, box 120, cup 40, tree 12; tree only at its native 320x240),
+truth = DIS MEDIUM on the same frames (cell mean), cells moving > 1 px/frame and still < 0.2 px/frame;
+the DIS medium row of this family is the reference itself (0 by construction).
+"""
+
+
+def load_engine(spec: str) -> MotionEngine:
+    if spec == "default":
+        return MotionEngine.load_default()
+    if spec == "random":
+        return MotionEngine.random(seed=0)
+    path = Path(spec)
+    if not path.exists():
+        raise SystemExit(
+            f"--engine {spec!r}: no such file; use 'default', 'random' or a weights .npz"
+        )
+    return MotionEngine.load(path)
+
+
+def rel(path: Path) -> str:
+    """A path relative to the project root when inside it (outputs name no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return Path(path).name
+
+
+def fmt(summary: dict, keys, spec: str) -> str:
+    vals = [summary.get(k) for k in keys]
+    if all(v is None for v in vals):
+        return "-"
+    text = "/".join("-" if v is None else spec.format(v) for v in vals)
+    if keys[0] == "frames_to_recover_median" and summary.get("not_recovered"):
+        text += f" ({summary['not_recovered']} never)"
+    return text
+
+
+def table(rows: list[dict]) -> str:
+    head = ["family", "size", "method", "seqs"] + [c[0] for c in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        s = r["summary"]
+        cells = [r["family"], r["size"], r["method"], str(s["n_sequences"])]
+        cells += [fmt(s, keys, spec) for _, keys, spec in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def by_table(rows: list[dict], family: str, key: str, methods) -> str:
+    """Per-cell median / p90 direction error and speed error by ``key`` for one family."""
+    sel = [
+        r for r in rows if r["family"] == family and r["method"] in methods and "by" in r["summary"]
+    ]
+    if not sel:
+        return ""
+    values = list(sel[0]["summary"]["by"])
+    head = ["size", "method"] + [v if key in ("type", "clip") else f"{key} {v}" for v in values]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sel:
+        cells = [r["size"], r["method"]]
+        for v in values:
+            s = r["summary"]["by"].get(v, {})
+            med, p90, spd = (s.get(k) for k in ("cell_dir_err_median_deg", "cell_dir_err_p90_deg", "speed_rel_err_median"))  # fmt: skip
+            text = "-" if med is None else f"{med:.1f}° / {p90:.0f}° / {spd:.2f}"
+            if s.get("frames_to_recover_median") is not None or s.get("not_recovered"):
+                rec = s.get("frames_to_recover_median")
+                text += f"; recover {'-' if rec is None else f'{rec:.0f}'}"
+                text += f" ({s['not_recovered']} never)" if s.get("not_recovered") else ""
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def calibration_table(rows: list[dict], family: str = "pan") -> str:
+    sel = [r for r in rows if r["family"] == family and r["summary"]["calibration"]]
+    if not sel:
+        return ""
+    lines = [
+        "| size | method | " + " | ".join(f"d{i + 1}" for i in range(10)) + " |",
+        "|" + "---|" * 12,
+    ]
+    for r in sel:
+        cal = r["summary"]["calibration"]
+        cells = [f"{c['confidence_lo']:.2f}-{c['confidence_hi']:.2f}: {c['dir_err_median_deg']:.0f}°" for c in cal]  # fmt: skip
+        lines.append(f"| {r['size']} | {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--quick", action="store_true", help="few directions/speeds, 320x240 only")
+    ap.add_argument("--engine", default="default", help="'default' (shipped weights), 'random' or a weights .npz")  # fmt: skip
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sizes", default=None, help="comma-separated WxH (default 320x240,640x480; quick 320x240)")  # fmt: skip
+    ap.add_argument(
+        "--families", default=None, help=f"comma-separated, from {','.join(me.FAMILIES)}"
+    )
+    ap.add_argument(
+        "--no-flow", action="store_true", help="the engine only, no optical-flow baselines"
+    )
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--md", type=Path, default=None, help="write the tables as Markdown here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    families = args.families.split(",") if args.families else list(me.FAMILIES)
+    for f in families:
+        if f not in me.FAMILIES:
+            raise SystemExit(f"unknown family {f!r}; choose from {', '.join(me.FAMILIES)}")
+    default_sizes = "320x240" if args.quick else ",".join(f"{w}x{h}" for w, h in me.SIZES)
+    sizes = [me.parse_size(s) for s in (args.sizes or default_sizes).split(",")]
+
+    engine = load_engine(args.engine)
+    engine.warmup()
+    methods = [me.EngineMethod(engine)]
+    if not args.no_flow:
+        methods += me.flow_methods(me.CELL_PX)
+
+    command = "python bench/accuracy.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))  # fmt: skip
+    rows, timings = [], {}
+    t_all = time.perf_counter()
+    for size in sizes:
+        for family in families:
+            opts = {} if args.quick else FULL[family]
+            seqs = me.family_sequences(family, size, quick=args.quick, seed=args.seed, **opts)
+            label = f"{family} {size[0]}x{size[1]}"
+            t0 = time.perf_counter()
+            bar = lambda it, label=label: tqdm(it, desc=label, unit="seq", leave=False)  # noqa: E731
+            res = me.evaluate(methods, seqs, me.CELL_PX, progress=bar, by=BY.get(family))
+            timings[label] = round(time.perf_counter() - t0, 1)
+            for name, summary in res.items():
+                rows.append({"family": family, "size": f"{size[0]}x{size[1]}", "method": name, "summary": summary})  # fmt: skip
+            tqdm.write(f"{label}: {timings[label]:.0f} s")
+    total = time.perf_counter() - t_all
+
+    engine_name = args.engine if args.engine in ("default", "random") else rel(Path(args.engine))
+    header = (
+        f"# {command}\n"
+        f"# engine: {engine_name}"
+        + (f" ({rel(DEFAULT_WEIGHTS)})" if args.engine == "default" else "")
+        + f"; seed {args.seed}; {'quick' if args.quick else 'full'} mode; "
+        f"{total:.0f} s wall clock on one thread"
+    )
+    main_table = table(rows)
+    print(header)
+    print(main_table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "command": command,
+            "engine": engine_name,
+            "seed": args.seed,
+            "quick": args.quick,
+            "sizes": [f"{w}x{h}" for w, h in sizes],
+            "families": families,
+            "settings": {f: (me.QUICK[f] if args.quick else FULL[f]) for f in families},
+            "cell_px": me.CELL_PX,
+            "engine_moving_confidence": me.CONFIDENT,
+            "flow_moving_min_px_per_frame": me.FLOW_MOVING_MIN,
+            "versions": {"numpy": np.__version__, "opencv": cv2.__version__},
+            "seconds": timings,
+            "total_seconds": round(total, 1),
+            "results": rows,
+        }
+        args.out.write_text(json.dumps(doc, indent=1, default=lambda o: list(o)) + "\n")
+    if args.md is not None:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        names = [m.name for m in methods]
+        parts = [
+            "# Motion accuracy against ground truth\n",
+            "Produced by `bench/accuracy.py` (families and scores in `models/motion_eval.py`):\n",
+            f"```\n{header.replace('# ', '')}\n```\n",
+            main_table + "\n",
+            NOTES,
+        ]
+        for family, key in BY.items():
+            t = by_table(rows, family, key, names)
+            if t:
+                parts += [f"\n### {family}: per-cell median / p90 direction error / speed error, by {key}\n", t + "\n"]  # fmt: skip
+        cal = calibration_table(rows)
+        if cal:
+            parts += ["\n### Calibration (pans, moving cells): confidence decile range: median direction error (deciles tied at confidence 1.00 merge)\n", cal + "\n"]  # fmt: skip
+        args.md.write_text("\n".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
