@@ -75,7 +75,7 @@ class Pooling:
     patch: int = 8
     cell_px: int = 16
     pool_px: tuple[int, ...] = (48,)
-    tau: float = 3.0
+    tau: float = 2.0
 
     def __post_init__(self):
         object.__setattr__(self, "pool_px", tuple(int(p) for p in np.atleast_1d(self.pool_px)))
