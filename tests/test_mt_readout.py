@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models import stimuli
-from models.engine import MotionEngine
+from models.engine import MotionEngine, global_motion
 from models.mt_fit import make_sequence, pooled_units
 from models.mt_readout import SPEED_CLASSES, MTReadout, Pooling, box_pool
 from models.readout import angular_error
@@ -105,9 +105,24 @@ def test_live_read_equals_the_readout_on_the_features_it_is_fitted_on(shape, poo
         np.testing.assert_allclose(s.reshape(ch, cw), got.speed, rtol=1e-4)
         strong = got.confidence > 1e-3  # direction is defined where the vector is not ~0
         assert angular_error(d.reshape(ch, cw), got.direction)[strong].max() < 1e-3
-        whole = engine.pooling.whole(accs)
-        gd, gs, gc, _ = engine.mt.predict(whole[None, :, :n], whole[None, :, n])
-        assert abs(gc[0] - got.global_confidence) < 1e-4
+        gd, gs, gc = global_motion(got.direction, got.speed, got.confidence)
+        assert (gd, gs, gc) == (got.global_direction, got.global_speed, got.global_confidence)
+
+
+def test_global_motion_is_the_confident_cells_consensus(rng):
+    direction = np.full((6, 8), 1.0, np.float32)
+    speed = np.full((6, 8), 2.0, np.float32)
+    conf = np.zeros((6, 8), np.float32)
+    assert global_motion(direction, speed, conf) == (0.0, 0.0, 0.0)  # nothing confident
+    conf[:2, :2] = 0.9  # a small object: its own direction, full confidence
+    d, s, c = global_motion(direction, speed, conf)
+    assert abs(d - 1.0) < 1e-6 and abs(s - 2.0) < 1e-5 and c == pytest.approx(0.9 * 1.0)
+    direction[:, 4:] = 1.0 + np.pi  # two opposite motions of equal weight: no consensus
+    speed[:, 4:] = 8.0
+    conf[:] = 1.0
+    d, s, c = global_motion(direction, speed, conf)
+    assert c < 1e-6
+    assert s == pytest.approx(4.0)  # geometric mean of 2 and 8
 
 
 @pytest.mark.parametrize("kind", ["pan", "grating", "still", "object"])
