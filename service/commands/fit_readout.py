@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pool-px", type=int, nargs="+", default=[32, 96], help="pooling box sides, px")
     p.add_argument("--tau", type=float, default=2.0, help="temporal average, frames")
     p.add_argument("--epochs", type=int, default=16, help="passes over the data")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the sequences and the fit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
