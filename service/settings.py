@@ -160,6 +160,12 @@ class Settings(BaseSettings):
     send_timeout_s: float = Field(10.0, gt=0, description="a viewer that stops reading is dropped")
     ws_ping_interval_s: float = Field(20.0, gt=0)
     ws_ping_timeout_s: float = Field(20.0, gt=0)
+    ws_compression: bool = Field(
+        False,
+        description="accept permessage-deflate: each message is then compressed once per viewer, "
+        "which costs the server far more CPU than the engine with dozens of viewers; previews are "
+        "JPEG and gain nothing",
+    )
     shutdown_timeout_s: int = Field(5, ge=1, description="graceful shutdown with open websockets")
 
     preview_width: int = Field(320, ge=32, le=1280, description="width of binary preview frames")
