@@ -300,3 +300,51 @@ def test_a_viewer_arriving_while_the_stream_stops_gets_it_restarted(stats):
 
     asyncio.run(scenario())
     assert stats["opens"] == 2
+
+
+def test_missed_counts_every_result_a_viewer_does_not_get():
+    """A slow viewer's ``missed`` grows, a fast one's stays 0, and sent + missed adds up."""
+    import asyncio
+
+    from service.metrics import Metrics
+    from service.pipeline import Hub, Subscriber
+    from service.protocol import Outgoing
+
+    async def scenario():
+        metrics = Metrics()
+        hub = Hub("pat", metrics)
+        hub.bind(asyncio.get_running_loop())
+        fast, slow = Subscriber(), Subscriber()
+        hub.subscribers |= {fast, slow}
+        got = {fast: [], slow: []}
+
+        async def read(sub, delay):
+            while True:
+                msg = await sub.next()
+                got[sub].append(msg.seq)
+                sub.sent += 1
+                await asyncio.sleep(delay)
+
+        readers = [asyncio.create_task(read(fast, 0)), asyncio.create_task(read(slow, 0.02))]
+        n = 100
+        for seq in range(1, n + 1):
+            hub.publish(Outgoing(seq, f'{{"seq":{seq}}}', None, 0.0))
+            await asyncio.sleep(0.002)
+        # three results published while the fan-out is queued reach nobody but the newest
+        for seq in range(n + 1, n + 4):
+            hub.publish(Outgoing(seq, f'{{"seq":{seq}}}', None, 0.0))
+        await asyncio.sleep(0.1)
+        for t in readers:
+            t.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        return metrics, fast, slow, got, n + 3
+
+    metrics, fast, slow, got, published = asyncio.run(scenario())
+    assert got[fast][: published - 3] == list(range(1, published - 2))
+    assert fast.missed == 2  # only the two passed over by the coalesced fan-out
+    assert slow.missed > published / 2  # it read one result in ten or so
+    for sub in (fast, slow):  # first result offered .. last: each one sent, missed or waiting
+        assert sub.sent + sub.missed + (sub.pending is not None) == published
+        assert len(got[sub]) == sub.sent
+    assert slow.pending is None or isinstance(slow.pending.seq, int)  # one message, never a queue
+    assert metrics.dropped.labels("pat", "subscriber")._value.get() == fast.missed + slow.missed
