@@ -157,10 +157,14 @@ def scenario(
 
 
 def baseline_step_ms(engine_name: str, w: int, h: int) -> float:
-    """``engine.step`` alone on synthetic frames, in this process."""
+    """``engine.step`` alone on synthetic frames, in this process, with the server's BLAS threads."""
+    from threadpoolctl import threadpool_limits
+
     from models.engine import MotionEngine
-    from service.settings import SourceSpec
+    from service.settings import Settings, SourceSpec
     from service.sources import SyntheticSource
+
+    threadpool_limits(Settings().blas_threads, user_api="blas")
 
     engine = MotionEngine.random(seed=0) if engine_name == "random" else MotionEngine.load_default()
     engine.warmup()

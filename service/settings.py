@@ -133,6 +133,14 @@ class Settings(BaseSettings):
     engine: Literal["default", "random"] = Field(
         "default", description="'default': shipped trained weights; 'random': untrained, for tests"
     )
+    blas_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="threads per BLAS call in this process (the engine's matrix products); the "
+        "engine's are small, and a pool of waiting BLAS threads made each step 5-7x slower on a busy "
+        "2-core machine and took CPU from the viewers' event loop",
+    )
     sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec.parse("synthetic")])
 
     token: SecretStr | None = Field(

@@ -348,3 +348,17 @@ def test_missed_counts_every_result_a_viewer_does_not_get():
         assert len(got[sub]) == sub.sent
     assert slow.pending is None or isinstance(slow.pending.seq, int)  # one message, never a queue
     assert metrics.dropped.labels("pat", "subscriber")._value.get() == fast.missed + slow.missed
+
+
+def test_the_server_limits_blas_threads_while_it_runs():
+    """Small matrix products: a pool of BLAS threads only waits and takes CPU from the viewers."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    app = create_app(make_settings(blas_threads=1), engine_factory=random_engine)
+    with TestClient(app):
+        assert blas_threads() and set(blas_threads()) == {1}
+    assert blas_threads() == before  # restored at shutdown: other code in the process keeps its own
