@@ -368,3 +368,17 @@ def test_the_server_limits_blas_threads_while_it_runs():
     with TestClient(app):
         assert blas_threads() and set(blas_threads()) == {1}
     assert blas_threads() == before  # restored at shutdown: other code in the process keeps its own
+
+
+def test_status_reports_sent_and_missed(client):
+    with client.websocket_connect("/v1/streams/pat") as ws:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            msg = ws.receive()
+            if msg.get("text") and (m := json.loads(msg["text"]))["type"] == "status":
+                break
+        else:
+            raise AssertionError("no status within 10 s")
+    assert m["stream"] == "pat" and m["sent"] >= 1
+    assert isinstance(m["missed"], int) and m["missed"] >= 0
+    assert m["dropped"] == m["missed"]  # the field's first name, kept for existing clients
