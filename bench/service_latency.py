@@ -6,11 +6,13 @@ server's wall clock when the frame was captured) to its arrival here (same machi
 Scenarios: one stream at 320x240 and at 640x480, 8 streams at once, and 50 viewers on one stream.
 The baseline is ``engine.step`` alone on the same frames, in this process.
 
-    python bench/service_latency.py [--engine default|random] [--seconds 10]
+    python bench/service_latency.py [--engine default|random] [--seconds 10] [--only 50viewers,...]
 
 Prints a table; the goal is latency p95 <= 10 ms at 30 fps input on 320x240. ``rest`` is latency minus
 the engine step: the wait for the worker (a frame that arrives while it is busy waits for the current
-step to end), encoding, fan-out and sending.
+step to end), encoding, fan-out and sending. ``stream fps``: results the stream published per second
+(the span of ``seq`` its viewers saw); ``received``: the share of those each viewer got (mean, and the
+worst viewer); ``missed``: the viewers' own count from their last ``status``, summed.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def start_server(engine: str, sources: list[dict]) -> tuple[subprocess.Popen, st
 
 
 async def viewer(url: str, stream: str, warmup: float, seconds: float, out: list) -> None:
-    lat, seqs, engine_ms = [], [], []
+    lat, seqs, engine_ms, missed = [], [], [], [None, None]
     async with connect(f"{url.replace('http', 'ws')}/v1/streams/{stream}", max_size=None) as ws:
         t_start = time.monotonic()
         t_end = t_start + warmup + seconds
@@ -75,12 +77,27 @@ async def viewer(url: str, stream: str, warmup: float, seconds: float, out: list
                 continue
             arrived = time.time() * 1000.0
             m = json.loads(msg)
+            if m["type"] == "status":
+                # counted since joining: keep the first and the last after warm-up
+                if time.monotonic() - t_start >= warmup:
+                    missed[0] = m.get("missed", m["dropped"]) if missed[0] is None else missed[0]
+                    missed[1] = m.get("missed", m["dropped"])
+                continue
             if m["type"] != "result" or time.monotonic() - t_start < warmup:
                 continue
             lat.append(arrived - m["capture_ts"])
             seqs.append(m["seq"])
             engine_ms.append(m["timing"]["engine_ms"])
-    out.append({"lat": lat, "seqs": seqs, "engine_ms": engine_ms, "seconds": seconds})
+    out.append(
+        {
+            "stream": stream,
+            "lat": lat,
+            "seqs": seqs,
+            "engine_ms": engine_ms,
+            "seconds": seconds,
+            "missed": 0 if missed[0] is None else missed[1] - missed[0],
+        }
+    )
 
 
 async def run_viewers(url: str, plan: list[str], warmup: float, seconds: float) -> list[dict]:
@@ -106,6 +123,14 @@ def scenario(
         proc.wait(15)
     lat = np.concatenate([r["lat"] for r in results])
     fps = np.mean([len(r["seqs"]) / r["seconds"] for r in results])
+    spans = {}  # per stream: the results published during the measurement
+    for r in results:
+        if r["seqs"]:
+            lo, hi = spans.get(r["stream"], (r["seqs"][0], r["seqs"][-1]))
+            spans[r["stream"]] = (min(lo, r["seqs"][0]), max(hi, r["seqs"][-1]))
+    published = {k: hi - lo + 1 for k, (lo, hi) in spans.items()}
+    stream_fps = np.mean([n / seconds for n in published.values()]) if published else 0.0
+    shares = [len(r["seqs"]) / published[r["stream"]] if r["seqs"] else 0.0 for r in results]
     eng = np.concatenate([r["engine_ms"] for r in results])
     rest = lat - eng  # waiting for the worker, encoding, fan-out, sending
     dropped = sum(
@@ -118,7 +143,11 @@ def scenario(
         "size": f"{w}x{h}",
         "streams": n_streams,
         "viewers": len(plan),
+        "stream fps": float(stream_fps),
         "fps/viewer": fps,
+        "received %": 100 * float(np.mean(shares)),
+        "worst %": 100 * float(np.min(shares)),
+        "missed": int(sum(r["missed"] for r in results)),
         "p50 ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
         "p95 ms": float(np.percentile(lat, 95)) if lat.size else float("nan"),
         "engine p50 ms": float(np.percentile(eng, 50)) if eng.size else float("nan"),
@@ -128,10 +157,14 @@ def scenario(
 
 
 def baseline_step_ms(engine_name: str, w: int, h: int) -> float:
-    """``engine.step`` alone on synthetic frames, in this process."""
+    """``engine.step`` alone on synthetic frames, in this process, with the server's BLAS threads."""
+    from threadpoolctl import threadpool_limits
+
     from models.engine import MotionEngine
-    from service.settings import SourceSpec
+    from service.settings import Settings, SourceSpec
     from service.sources import SyntheticSource
+
+    threadpool_limits(Settings().blas_threads, user_api="blas")
 
     engine = MotionEngine.random(seed=0) if engine_name == "random" else MotionEngine.load_default()
     engine.warmup()
@@ -149,28 +182,42 @@ def baseline_step_ms(engine_name: str, w: int, h: int) -> float:
     return (time.perf_counter() - t0) / 50 * 1000
 
 
+PLAN = {  # key: (scenario, width, height, streams, viewers)
+    "one-320": ("one stream", 320, 240, 1, 1),
+    "one-640": ("one stream", 640, 480, 1, 1),
+    "8streams": ("8 streams", 320, 240, 8, 8),
+    "50viewers": ("50 viewers", 320, 240, 1, 50),
+}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engine", choices=["default", "random"], default="default")
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument(
+        "--only",
+        default=",".join(PLAN),
+        help=f"comma-separated scenarios to run, in this order (default: all; {', '.join(PLAN)})",
+    )
     args = p.parse_args(argv)
+    keys = [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in PLAN]
+    if unknown:
+        p.error(f"unknown scenario(s) {unknown}; valid: {', '.join(PLAN)}")
     rows = []
-    plan = [
-        ("one stream", 320, 240, 1, 1),
-        ("one stream", 640, 480, 1, 1),
-        ("8 streams", 320, 240, 8, 8),
-        ("50 viewers", 320, 240, 1, 50),
-    ]
-    for name, w, h, n_streams, n_viewers in plan:
+    for key in keys:
+        name, w, h, n_streams, n_viewers = PLAN[key]
         rows.append(scenario(args.engine, name, w, h, n_streams, n_viewers, args.seconds))
         print(f"  done: {name} {w}x{h}", file=sys.stderr, flush=True)
-    base = {(w, h): baseline_step_ms(args.engine, w, h) for w, h in {(320, 240), (640, 480)}}
+    sizes = {tuple(map(int, r["size"].split("x"))) for r in rows}
+    base = {(w, h): baseline_step_ms(args.engine, w, h) for w, h in sizes}
     print(
         f"\nengine: {args.engine}; input 30 fps per stream; {args.seconds:.0f} s per scenario, "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the end"
     )
-    cols = ["scenario", "size", "streams", "viewers", "fps/viewer", "p50 ms", "p95 ms",
-            "engine p50 ms", "rest p50 ms", "dropped", "p50 / step"]  # fmt: skip
+    cols = ["scenario", "size", "streams", "viewers", "stream fps", "fps/viewer", "received %",
+            "worst %", "missed", "p50 ms", "p95 ms", "engine p50 ms", "rest p50 ms", "dropped",
+            "p50 / step"]  # fmt: skip
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

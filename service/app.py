@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from threadpoolctl import threadpool_limits
 
 from service import http_errors
 from service.metrics import Metrics
@@ -73,6 +74,8 @@ def create_app(
         app.state.metrics = metrics = Metrics()
         app.state.cache = {}
         app.state.camera_clients = 0
+        # Before the engine loads: every engine step in this process runs with this many BLAS threads.
+        blas = threadpool_limits(settings.blas_threads, user_api="blas")
         app.state.engine = holder = EngineHolder()
         # Loading and compiling take seconds: done in a thread, /readyz reports when it is over.
         threading.Thread(
@@ -98,7 +101,10 @@ def create_app(
         finally:
             await videos.stop_jobs(app)
             spikes.teardown(app)
-            await asyncio.wait_for(manager.close(), settings.shutdown_timeout_s)
+            try:
+                await asyncio.wait_for(manager.close(), settings.shutdown_timeout_s)
+            finally:
+                blas.restore_original_limits()
 
     app = FastAPI(
         title="v1motion",

@@ -3,7 +3,7 @@
 One capture per source however many viewers. The worker always takes the newest frame (never a backlog),
 runs ``engine.step`` off the event loop, encodes the result once, and hands it to the :class:`Hub`, which
 gives each subscriber a one-message latest-wins mailbox: a slow viewer gets fewer messages (counted as
-dropped), never more server memory, and never delays the others.
+missed, per viewer), never more server memory, and never delays the others.
 """
 
 from __future__ import annotations
@@ -84,25 +84,34 @@ class CapturedFrame:
 
 
 class Subscriber:
-    """One viewer's latest-wins mailbox; lives on the event loop."""
+    """One viewer's latest-wins mailbox; lives on the event loop.
+
+    ``missed`` counts every result published on the stream since the viewer joined that it will never
+    get: replaced in its mailbox before it was sent, or never offered to it because the fan-out
+    coalesced several results into the newest (the event loop was busy). ``sent + missed`` plus the
+    one message that may be waiting equals the results published while it watched.
+    """
 
     def __init__(self, want_flow: bool = False) -> None:
         self.pending: protocol.Outgoing | None = None
         self.event = asyncio.Event()
         self.sent = 0
-        self.dropped = 0
+        self.missed = 0
         self.want_flow = want_flow
+        self._last_seq = 0  # seq of the last result offered; the stream numbers results 1, 2, ...
 
-    def offer(self, msg: protocol.Outgoing) -> bool:
-        """Replace any unsent message; return True if one was dropped."""
-        dropped = self.pending is not None and self.pending is not protocol.END
+    def offer(self, msg: protocol.Outgoing) -> int:
+        """Replace any unsent message; return how many results this viewer missed by it."""
         if self.pending is protocol.END:
-            return False
-        if dropped:
-            self.dropped += 1
+            return 0
+        missed = int(self.pending is not None)
+        if self._last_seq and msg.seq > self._last_seq + 1:
+            missed += msg.seq - self._last_seq - 1  # published, but coalesced before the fan-out
+        self._last_seq = msg.seq  # a restarted stream counts from 1 again: no gap is counted then
+        self.missed += missed
         self.pending = msg
         self.event.set()
-        return dropped
+        return missed
 
     async def next(self) -> protocol.Outgoing:
         await self.event.wait()
@@ -147,11 +156,11 @@ class Hub:
             msg, self._latest, self._scheduled = self._latest, None, False
         if msg is None:
             return
-        dropped = 0
+        missed = 0
         for sub in self.subscribers:
-            dropped += sub.offer(msg)
-        if dropped:
-            self.metrics.dropped.labels(self.name, "subscriber").inc(dropped)
+            missed += sub.offer(msg)
+        if missed:
+            self.metrics.dropped.labels(self.name, "subscriber").inc(missed)
 
     def close(self) -> None:
         """On the loop: tell every subscriber the stream ended."""

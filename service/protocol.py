@@ -31,6 +31,12 @@ def error(code: str, detail: str) -> str:
     return message("error", code=code, detail=detail)
 
 
+def status(stream: str, sent: int, missed: int) -> str:
+    """A viewer's ``status``: results sent to it and results it missed (``dropped``: the same count
+    under its first name, kept for clients written before ``missed``)."""
+    return message("status", stream=stream, sent=sent, missed=missed, dropped=missed)
+
+
 def preview_frame(seq: int, jpeg: bytes) -> bytes:
     """Binary preview message: ``b"V1MP"`` + big-endian uint32 ``seq`` + JPEG bytes."""
     return _PREVIEW_HEADER.pack(PREVIEW_MAGIC, seq & 0xFFFFFFFF) + jpeg

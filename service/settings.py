@@ -133,6 +133,14 @@ class Settings(BaseSettings):
     engine: Literal["default", "random"] = Field(
         "default", description="'default': shipped trained weights; 'random': untrained, for tests"
     )
+    blas_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="threads per BLAS call in this process (the engine's matrix products); the "
+        "engine's are small, and a pool of waiting BLAS threads made each step 5-7x slower on a busy "
+        "2-core machine and took CPU from the viewers' event loop",
+    )
     sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec.parse("synthetic")])
 
     token: SecretStr | None = Field(
@@ -160,6 +168,12 @@ class Settings(BaseSettings):
     send_timeout_s: float = Field(10.0, gt=0, description="a viewer that stops reading is dropped")
     ws_ping_interval_s: float = Field(20.0, gt=0)
     ws_ping_timeout_s: float = Field(20.0, gt=0)
+    ws_compression: bool = Field(
+        False,
+        description="accept permessage-deflate: each message is then compressed once per viewer, "
+        "which costs the server far more CPU than the engine with dozens of viewers; previews are "
+        "JPEG and gain nothing",
+    )
     shutdown_timeout_s: int = Field(5, ge=1, description="graceful shutdown with open websockets")
 
     preview_width: int = Field(320, ge=32, le=1280, description="width of binary preview frames")

@@ -243,7 +243,7 @@ def test_slow_viewer_gets_fewer_messages_no_memory_and_does_not_delay_others():
             slow = RawWebSocket(srv.port, "/v1/streams/synthetic")  # a ~300 KB/s link
             rss0 = _rss_mb()
             frames0 = pipeline.frames
-            fast_results, gaps, last = 0, [], time.monotonic()
+            fast_results, gaps, last, fast_status = 0, [], time.monotonic(), None
             t_end = time.monotonic() + 6.0
             next_slow = time.monotonic()
             while time.monotonic() < t_end:
@@ -253,17 +253,17 @@ def test_slow_viewer_gets_fewer_messages_no_memory_and_does_not_delay_others():
                     now = time.monotonic()
                     gaps.append(now - last)
                     last = now
+                elif isinstance(m, str) and json.loads(m)["type"] == "status":
+                    fast_status = json.loads(m)
                 if time.monotonic() >= next_slow:
                     slow.read_some(16384)
                     next_slow += 0.05
             frames = pipeline.frames - frames0
             rss1 = _rss_mb()
             slow_dropped = app.state.metrics.slow_clients.labels("synthetic")._value.get()
-            slow_results = [
-                json.loads(p)["seq"]
-                for op, p in slow.messages
-                if op == 1 and json.loads(p)["type"] == "result"
-            ]
+            slow_texts = [json.loads(p) for op, p in slow.messages if op == 1]
+            slow_results = [m["seq"] for m in slow_texts if m["type"] == "result"]
+            slow_status = [m for m in slow_texts if m["type"] == "status"]
             slow.close()
             stalled.close()
     metrics = app.state.metrics
@@ -277,6 +277,12 @@ def test_slow_viewer_gets_fewer_messages_no_memory_and_does_not_delay_others():
     assert rss1 - rss0 < 60, (rss0, rss1)
     assert metrics.dropped.labels("synthetic", "subscriber")._value.get() > 0
     assert slow_dropped == 1  # only the socket that stopped reading; the slow one stays
+    # each viewer's status counts what it missed: the slow one most results, the fast one ~none
+    assert fast_status["missed"] < fast_status["sent"] / 4, fast_status
+    assert slow_status and slow_status[-1]["missed"] > slow_status[-1]["sent"], slow_status
+    last = max(i for i, m in enumerate(slow_texts) if m["type"] == "status")
+    seen = [m["seq"] for m in slow_texts[:last] if m["type"] == "result"]
+    assert slow_status[-1]["missed"] >= seen[-1] - seen[0] + 1 - len(seen)  # the gaps in its seq
 
 
 class NoiseSource(PatternSource):

@@ -54,6 +54,8 @@ def test_sigterm_with_open_websockets_exits_within_seconds(server):
     proc, port, log_path = server
     viewers = [connect(f"ws://127.0.0.1:{port}/v1/streams/synthetic") for _ in range(3)]
     for ws in viewers:
+        # the client offers permessage-deflate; the server declines it (compression per viewer)
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
         while not (isinstance(m := ws.recv(timeout=30), str) and json.loads(m)["type"] == "result"):
             pass

@@ -300,3 +300,85 @@ def test_a_viewer_arriving_while_the_stream_stops_gets_it_restarted(stats):
 
     asyncio.run(scenario())
     assert stats["opens"] == 2
+
+
+def test_missed_counts_every_result_a_viewer_does_not_get():
+    """A slow viewer's ``missed`` grows, a fast one's stays 0, and sent + missed adds up."""
+    import asyncio
+
+    from service.metrics import Metrics
+    from service.pipeline import Hub, Subscriber
+    from service.protocol import Outgoing
+
+    async def scenario():
+        metrics = Metrics()
+        hub = Hub("pat", metrics)
+        hub.bind(asyncio.get_running_loop())
+        fast, slow = Subscriber(), Subscriber()
+        hub.subscribers |= {fast, slow}
+        got = {fast: [], slow: []}
+
+        gate = asyncio.Event()  # the slow viewer reads only when let through: one result in ten
+
+        async def read(sub, gated):
+            while True:
+                if gated:
+                    await gate.wait()
+                    gate.clear()
+                msg = await sub.next()
+                got[sub].append(msg.seq)
+                sub.sent += 1
+
+        readers = [asyncio.create_task(read(fast, False)), asyncio.create_task(read(slow, True))]
+        n = 100
+        for seq in range(1, n + 1):
+            hub.publish(Outgoing(seq, f'{{"seq":{seq}}}', None, 0.0))
+            if seq % 10 == 0:
+                gate.set()
+            await asyncio.sleep(0.001)  # the fan-out and the readers run in between
+        # three results published while the fan-out is queued reach nobody but the newest
+        for seq in range(n + 1, n + 4):
+            hub.publish(Outgoing(seq, f'{{"seq":{seq}}}', None, 0.0))
+        await asyncio.sleep(0.1)
+        for t in readers:
+            t.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        return metrics, fast, slow, got, n + 3
+
+    metrics, fast, slow, got, published = asyncio.run(scenario())
+    assert got[fast][: published - 3] == list(range(1, published - 2))
+    assert fast.missed == 2  # only the two passed over by the coalesced fan-out
+    assert slow.missed >= published - 12  # it read one result in ten
+    for sub in (fast, slow):  # first result offered .. last: each one sent, missed or waiting
+        assert sub.sent + sub.missed + (sub.pending is not None) == published
+        assert len(got[sub]) == sub.sent
+    assert slow.pending is None or isinstance(slow.pending.seq, int)  # one message, never a queue
+    assert metrics.dropped.labels("pat", "subscriber")._value.get() == fast.missed + slow.missed
+
+
+def test_the_server_limits_blas_threads_while_it_runs():
+    """Small matrix products: a pool of BLAS threads only waits and takes CPU from the viewers."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    app = create_app(make_settings(blas_threads=1), engine_factory=random_engine)
+    with TestClient(app):
+        assert blas_threads() and set(blas_threads()) == {1}
+    assert blas_threads() == before  # restored at shutdown: other code in the process keeps its own
+
+
+def test_status_reports_sent_and_missed(client):
+    with client.websocket_connect("/v1/streams/pat") as ws:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            msg = ws.receive()
+            if msg.get("text") and (m := json.loads(msg["text"]))["type"] == "status":
+                break
+        else:
+            raise AssertionError("no status within 10 s")
+    assert m["stream"] == "pat" and m["sent"] >= 1
+    assert isinstance(m["missed"], int) and m["missed"] >= 0
+    assert m["dropped"] == m["missed"]  # the field's first name, kept for existing clients

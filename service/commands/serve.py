@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         ws_max_size=settings.camera_max_bytes * 2,
         ws_ping_interval=settings.ws_ping_interval_s,
         ws_ping_timeout=settings.ws_ping_timeout_s,
+        ws_per_message_deflate=settings.ws_compression,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         proxy_headers=True,
     )

@@ -172,7 +172,7 @@ async def stream_socket(ws: WebSocket, name: str) -> None:
         log.warning("stream %s: viewer ended by %s: %s", name, type(exc).__name__, exc)
     finally:
         mgr.unsubscribe(name, sub)
-        log.info("stream %s: viewer left (sent %d, dropped %d)", name, sub.sent, sub.dropped)
+        log.info("stream %s: viewer left (sent %d, missed %d)", name, sub.sent, sub.missed)
         await close_quietly(ws, 1000)
 
 
@@ -204,9 +204,7 @@ async def _send_loop(ws, sub: Subscriber, name: str, lock, settings, metrics) ->
         if now - last_status >= STATUS_INTERVAL_S:
             last_status = now
             async with lock:
-                await ws.send_text(
-                    protocol.message("status", stream=name, sent=sub.sent, dropped=sub.dropped)
-                )
+                await ws.send_text(protocol.status(name, sub.sent, sub.missed))
 
 
 async def _receive_loop(ws: WebSocket, sub: Subscriber, lock) -> None:
