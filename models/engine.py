@@ -26,6 +26,7 @@ DEFAULT_MT = WEIGHTS_DIR / "mt_readout_default.npz"
 SPEED_BINS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
 N_DIRECTION_BINS = 16
 MAX_SIDE = 4096
+GLOBAL_EVIDENCE_RANGE = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -319,8 +320,13 @@ class MotionEngine:
         state.frames += 1
         cells = self.pooling.cells(state.acc, shape, blocks=n_hidden)
         direction, speed, conf, _ = mt.decode_hidden(mt.hidden_from_projected(cells))
+        # The dominant motion weighs every cell with some activity; the map shows a cell as confident
+        # only where enough activity backs it (weakly active cells err most, but on natural pans they
+        # are also the least biased by strong edges, so the consensus keeps them).
+        g_dir, g_speed, g_conf = global_motion(
+            direction, speed, conf * mt.evidence(cells[..., -1], GLOBAL_EVIDENCE_RANGE)
+        )
         conf *= mt.evidence(cells[..., -1])
-        g_dir, g_speed, g_conf = global_motion(direction, speed, conf)
         code0, gh0, gw0 = codes[0]
         top = np.argsort(unit_act)[::-1][:10]
         top_units = [(int(u), float(unit_act[u])) for u in top if unit_act[u] > 0]

@@ -172,8 +172,8 @@ class MTReadout:
     are ``h = relu(sum_l P_l^T x_l / (t_l + c_l) + b1)``; the outputs are a direction vector
     ``v = W2[:, :2]^T h`` (trained towards ``(cos, sin)`` of the true direction on moving cells) and
     speed-class logits. Direction = ``atan2(v)``; speed = ``2 ** E[log2 s | moving]`` over the class
-    probabilities; confidence = ``P(moving) * min(|v|, 1) * evidence`` where evidence =
-    ``min(sum_l t_l / sum_l c_l, 1)`` (no activity, no confidence).
+    probabilities; confidence = ``P(moving) * min(|v|, 1) * evidence``, evidence rising from 0 to 1 as ``sum_l t_l / sum_l c_l``
+    goes through ``EVIDENCE_RANGE`` (no activity, no confidence).
     """
 
     def __init__(self, n_hidden: int = 64, epochs: int = 12, batch: int = 512, lr: float = 2e-3,
@@ -311,11 +311,19 @@ class MTReadout:
         a = (pooled[..., :-1] / total[..., None]).sum(-2) + self.b1_
         return np.maximum(a, 0, out=a)
 
-    def evidence(self, total: np.ndarray) -> np.ndarray:
+    #: Activity (summed totals relative to the summed semi-saturation constants) at which a cell's
+    #: confidence starts, and at which it is no longer reduced. On a held-out pan seen through JPEG,
+    #: cells at ratios 1-2 erred by 27 deg (median), at 2-4 by 9 deg, above 4 by 8 deg.
+    EVIDENCE_RANGE = (0.5, 3.0)
+
+    def evidence(self, total: np.ndarray, evidence_range: tuple[float, float] | None = None):
         """How much activity backs a read-out, in [0, 1]: the summed total over feature sets
-        ``(..., L)`` relative to the summed semi-saturation constants. No activity, no confidence:
-        a blank region is never shown as moving, whatever the MT units say."""
-        return np.clip(total.sum(-1) / self.norm_.sum(), 0.0, 1.0).astype(np.float32)
+        ``(..., L)`` relative to the summed semi-saturation constants, mapped linearly from
+        ``EVIDENCE_RANGE`` to [0, 1]. No activity, no confidence: a blank or nearly flat region is
+        never shown as confidently moving, whatever the MT units say."""
+        lo, hi = evidence_range or self.EVIDENCE_RANGE
+        ratio = total.sum(-1) / self.norm_.sum()
+        return np.clip((ratio - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
     def decode_hidden(self, h: np.ndarray):
         """``(direction rad, speed px/frame, confidence, P(moving))`` from MT units ``(..., H)``."""
