@@ -8,6 +8,7 @@ grows with speed.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import cv2
@@ -31,6 +32,54 @@ def colour_wheel(size: int) -> np.ndarray:
     wheel = direction_colours(np.arctan2(-yy, xx))  # screen y grows downwards; up is +pi/2
     wheel[np.hypot(xx, yy) > size / 2.0] = 0
     return wheel
+
+
+@functools.lru_cache(maxsize=8)
+def _legend(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The colour wheel and its disc mask, made once per size (every overlay frame draws it)."""
+    wheel = colour_wheel(size)
+    mask = wheel.any(axis=-1)
+    wheel.flags.writeable = mask.flags.writeable = False
+    return wheel, mask
+
+
+def blend_cells(frame: np.ndarray, colours: np.ndarray, alpha: np.ndarray, cell: int) -> np.ndarray:
+    """Blend one colour per grid cell over a frame, with one opacity per cell.
+
+    The blend is worked out once per cell (premultiplied colour and the frame's remaining weight, in
+    1/255 steps) and only then scaled up to pixels with nearest-neighbour ``cv2.resize``; the per-pixel
+    work is one saturating multiply and one add, both vectorised in OpenCV.
+
+    Parameters
+    ----------
+    frame : ndarray, shape (H, W, 3), uint8
+    colours : ndarray, shape (gh, gw, 3), uint8
+    alpha : ndarray, shape (gh, gw)
+        Opacity of each cell's colour, clipped to [0, 1].
+    cell : int
+        Side of a cell in pixels; cell (i, j) covers rows ``i*cell:(i+1)*cell``, columns
+        ``j*cell:(j+1)*cell``. Pixels beyond the grid are left as they are.
+
+    Returns
+    -------
+    ndarray, shape (H, W, 3), uint8
+        A new frame, within 1 of ``(1 - alpha) * frame + alpha * colour`` per channel.
+    """
+    h, w = frame.shape[:2]
+    gh, gw = alpha.shape
+    out = frame.copy()
+    ch, cw = min(h, gh * cell), min(w, gw * cell)
+    if ch <= 0 or cw <= 0:
+        return out
+    a8 = np.rint(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
+    a3 = np.repeat(a8[..., None], 3, axis=2)
+    premultiplied = cv2.multiply(np.ascontiguousarray(colours, np.uint8), a3, scale=1.0 / 255)
+    full = (gw * cell, gh * cell)
+    paint = cv2.resize(premultiplied, full, interpolation=cv2.INTER_NEAREST)[:ch, :cw]
+    keep = cv2.resize(255 - a3, full, interpolation=cv2.INTER_NEAREST)[:ch, :cw]
+    region = np.ascontiguousarray(out[:ch, :cw])
+    out[:ch, :cw] = cv2.add(cv2.multiply(region, keep, scale=1.0 / 255), paint)
+    return out
 
 
 def arrow_segments(direction, speed, confidence, cell, min_confidence=0.3, arrow_gain=3.0):
@@ -101,24 +150,12 @@ def draw_overlay(
         A new frame; the input is not modified.
     """
     h, w = frame.shape[:2]
-    gh, gw = direction.shape
-    out = frame.copy()
-    ch, cw = min(h, gh * cell), min(w, gw * cell)
-    if ch > 0 and cw > 0:
-        colours = cv2.resize(
-            direction_colours(direction), (gw * cell, gh * cell), interpolation=cv2.INTER_NEAREST
-        )
-        alpha = np.clip(confidence, 0, 1).astype(np.float32) * np.float32(opacity)
-        alpha = cv2.resize(alpha, (gw * cell, gh * cell), interpolation=cv2.INTER_NEAREST)
-        a = np.ascontiguousarray(alpha[:ch, :cw])
-        out[:ch, :cw] = cv2.blendLinear(
-            np.ascontiguousarray(out[:ch, :cw]), np.ascontiguousarray(colours[:ch, :cw]), 1.0 - a, a
-        )
+    alpha = np.clip(confidence, 0, 1).astype(np.float32) * np.float32(opacity)
+    out = blend_cells(frame, direction_colours(direction), alpha, cell)
     _draw_arrows(out, direction, speed, confidence, cell, min_confidence, arrow_gain)
     legend = max(16, min(h, w) // 8)
     if legend + 4 < min(h, w):
-        wheel = colour_wheel(legend)
-        mask = wheel.any(axis=-1)
+        wheel, mask = _legend(legend)
         out[4 : 4 + legend, w - 4 - legend : w - 4][mask] = wheel[mask]
     return out
 

@@ -61,3 +61,22 @@ def test_arrow_shafts_match_a_cell_by_cell_loop(rng):
             shafts.append([[x0, y0], [x1, y1]])
     assert len(segs) == 3 * len(shafts)
     np.testing.assert_allclose(segs[: len(shafts)], np.round(shafts), atol=1)
+
+
+@pytest.mark.parametrize("shape, cell", [((48, 80), 16), ((50, 70), 16), ((32, 32), 8)])
+def test_blend_cells_matches_a_per_pixel_float_blend(rng, shape, cell):
+    from service.render import blend_cells
+
+    h, w = shape
+    frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    gh, gw = h // cell, w // cell
+    colours = rng.integers(0, 256, (gh, gw, 3), dtype=np.uint8)
+    alpha = rng.uniform(-0.2, 1.2, (gh, gw))  # clipped to [0, 1]
+    out = blend_cells(frame, colours, alpha, cell)
+    a = np.kron(np.clip(alpha, 0, 1), np.ones((cell, cell)))[..., None]
+    expect = frame.astype(float)
+    expect[: gh * cell, : gw * cell] = (1 - a) * expect[: gh * cell, : gw * cell] + a * np.kron(
+        colours, np.ones((cell, cell, 1))
+    )
+    assert np.abs(out.astype(int) - np.rint(expect)).max() <= 1
+    np.testing.assert_array_equal(out[gh * cell :], frame[gh * cell :])  # beyond the grid: as is
