@@ -8,6 +8,23 @@ from collections.abc import Callable
 ENGINE_NAMES = ("default", "random")
 
 
+def pin_threads(n: int = 1) -> None:
+    """Give this process ``n`` threads each for BLAS/OpenMP, OpenCV and Numba, for good.
+
+    Video workers call it once at start: a job already overlaps its own stages on threads (decoding
+    in a child process, the engine on the job's thread, results and overlay on stages), and with
+    each library also running a pool of one thread per core, two jobs on two cores fight over them
+    and together get less done than one alone.
+    """
+    import cv2
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n)  # not used as a context manager: the limit stays
+    cv2.setNumThreads(n)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
 def make_engine(name: str):
     """Build a warmed-up motion engine: ``"default"`` (shipped weights) or ``"random"`` (seed 0, tests)."""
     from models.engine import MotionEngine
