@@ -167,8 +167,10 @@ def summary_figure(
     speed_over_time: np.ndarray,
     fps: float,
     title: str = "",
+    main_directions: list[dict] | None = None,
 ) -> None:
-    """Write a PNG: a polar histogram of directions and the mean speed over time.
+    """Write a PNG: a polar histogram of directions with the main directions marked, and the mean
+    speed over time.
 
     Parameters
     ----------
@@ -176,11 +178,16 @@ def summary_figure(
     bin_centres : ndarray, shape (n_bins,)
         Radians (0 = right, pi/2 = up).
     direction_hist : ndarray, shape (n_bins,)
+        Fractions of the confidence-weighted cells.
     speed_over_time : ndarray, shape (n_frames,)
         Pixels per frame.
     fps : float
         For the time axis.
     title : str
+    main_directions : list of dict, optional
+        ``{"direction_deg", "share", "median_speed_px_per_frame"}`` as
+        :attr:`models.motion_summary.MotionSummary.main_directions_` gives them; each is drawn as a
+        spoke and listed in the legend.
     """
     import matplotlib
 
@@ -191,19 +198,31 @@ def summary_figure(
     ax = fig.add_subplot(1, 2, 1, projection="polar")
     width = TWO_PI / max(len(bin_centres), 1)
     ax.bar(bin_centres, direction_hist, width=width * 0.9, color=plt.cm.hsv(bin_centres / TWO_PI))
-    ax.set_title("direction of motion (confidence-weighted)")
+    top = float(np.max(direction_hist)) if len(direction_hist) else 0.0
+    for m in main_directions or []:
+        if m["direction_deg"] is None:
+            continue
+        theta = np.radians(m["direction_deg"])
+        label = (
+            f"{m['direction_deg']:.0f}°: {m['share']:.0%} of the motion, "
+            f"median {m['median_speed_px_per_frame']:.2g} px/frame"
+        )
+        ax.plot([theta, theta], [0, top * 1.05 or 1.0], color="black", lw=1.5, label=label)
+    ax.set_title("direction of motion (degrees; 0 = right, 90 = up)", fontsize=10)
     ax.set_yticklabels([])
+    if main_directions:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), fontsize=8, frameon=False)
     ax2 = fig.add_subplot(1, 2, 2)
     t = np.arange(len(speed_over_time)) / fps
-    px_per_s = np.asarray(speed_over_time, dtype=float) * fps
-    ax2.plot(t, px_per_s, lw=1.2)
-    if len(px_per_s) > 20:  # a start-up transient must not flatten the rest of the curve
-        top = np.percentile(px_per_s, 98) * 1.3
-        if top > 0 and top < px_per_s.max():
-            ax2.set_ylim(0, top)
+    speed = np.asarray(speed_over_time, dtype=float)
+    ax2.plot(t, speed, lw=1.2)
+    if len(speed) > 20:  # a start-up transient must not flatten the rest of the curve
+        cap = np.percentile(speed, 98) * 1.3
+        if cap > 0 and cap < speed.max():
+            ax2.set_ylim(0, cap)
             ax2.annotate("(clipped)", (0.01, 0.97), xycoords="axes fraction", va="top", fontsize=8)
     ax2.set_xlabel("time (s)")
-    ax2.set_ylabel("mean speed of moving regions (px/s)")
+    ax2.set_ylabel("mean speed of moving regions (px/frame)")
     ax2.set_title("speed over time")
     ax2.grid(alpha=0.3)
     if title:

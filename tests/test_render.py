@@ -41,6 +41,12 @@ def test_summary_figure_is_a_png(tmp_path):
     bins = np.arange(8) * np.pi / 4
     summary_figure(path, bins, np.ones(8) / 8, np.linspace(0, 2, 30), 30.0, "t")
     assert path.read_bytes()[:4] == b"\x89PNG"
+    main = [
+        {"direction_deg": 90.0, "share": 0.6, "median_speed_px_per_frame": 2.0},
+        {"direction_deg": None, "share": 0.4, "median_speed_px_per_frame": 1.0},
+    ]
+    summary_figure(path, bins, np.ones(8) / 8, np.zeros(3), 30.0, main_directions=main)
+    assert path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_arrow_shafts_match_a_cell_by_cell_loop(rng):
