@@ -126,7 +126,7 @@ def describe(result: dict) -> str:
     stages = ", ".join(
         f"{name} {n / s:.0f}/s" if s > 0 else f"{name} -"
         for name, s in result["stage_seconds"].items()
-        if name != "write_files"
+        if not name.startswith("write_")
     )
     lines.append(f"frames/s of each stage on its own (they overlap): {stages}")
     return "\n".join(lines)

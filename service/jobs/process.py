@@ -329,7 +329,11 @@ def process_video(
             "stopped_at_cap": stopped_at_cap,
         }
         np.savez_compressed(work / "motion.npz", **arrays)
+        timing["write_npz"] = time.perf_counter() - t_write
+        t_write = time.perf_counter()
         results.write_motion_json(work / "motion.json", video, summary.to_dict())
+        timing["write_json"] = time.perf_counter() - t_write
+        t_write = time.perf_counter()
         summary_figure(
             work / "summary.png",
             summary.bin_centres_,
@@ -339,8 +343,8 @@ def process_video(
             title=f"{n} frames, {info.width}x{info.height} at {info.fps:.3g} fps",
             main_directions=main,
         )
+        timing["write_png"] = time.perf_counter() - t_write
         results.remove()
-        timing["write_files"] = time.perf_counter() - t_write
         elapsed = time.perf_counter() - t0
         result = dict(
             video,
