@@ -36,7 +36,7 @@ import numpy as np
 
 from models.datasets import require_shared_data
 from service.jobs.decode import SandboxedDecoder
-from service.jobs.engines import make_engine
+from service.jobs.engines import make_engine, pin_threads
 from service.jobs.limits import Limits
 from service.jobs.process import process_video
 
@@ -88,22 +88,22 @@ def decode_only(path: Path, limits: Limits) -> tuple[int, float, float, list]:
     return len(frames), time.perf_counter() - t0, fps, frames
 
 
-def engine_only(engine, frames: list, one_thread: bool = False) -> tuple[float, list]:
-    """Seconds to step every frame, and the motion maps."""
+def engine_only(engine, frames: list, pools: bool = False) -> tuple[float, list]:
+    """Seconds to step every frame, and the motion maps; ``pools``: with BLAS and OpenCV thread
+    pools of one thread per core (the libraries' defaults) instead of one thread."""
     import cv2
     from threadpoolctl import threadpool_limits
 
-    before = cv2.getNumThreads()
-    with threadpool_limits(limits=1 if one_thread else None):
-        if one_thread:
-            cv2.setNumThreads(1)
+    n = os.cpu_count() if pools else 1
+    with threadpool_limits(limits=n):
+        cv2.setNumThreads(n)
         try:
             state = engine.new_state()
             t0 = time.perf_counter()
             maps = [engine.step(state, f) for f in frames]
             return time.perf_counter() - t0, maps
         finally:
-            cv2.setNumThreads(before)
+            cv2.setNumThreads(1)
 
 
 def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, float]:
@@ -202,6 +202,7 @@ def main() -> None:
     ap.add_argument("--sides", default="native,320", help="frame sizes: native and/or longer sides")
     args = ap.parse_args()
     name = args.engine
+    pin_threads(1)  # as the video workers and the CLI run
     try:
         engine = make_engine(name)
     except FileNotFoundError as exc:
@@ -235,10 +236,10 @@ def main() -> None:
                 size = f"{frames[0].shape[1]}x{frames[0].shape[0]}"
                 r = functools.partial(row, clip.name, size, fps=fps)
                 r("stage alone: decode (sandboxed child)", n, s)
+                s, maps = engine_only(engine, frames, pools=True)
+                r("stage alone: engine (thread pools, 1/core)", n, s)
                 s, maps = engine_only(engine, frames)
-                r("stage alone: engine (default threads)", n, s)
-                s, maps = engine_only(engine, frames, one_thread=True)
-                r("stage alone: engine (1 thread, as workers)", n, s)
+                r("stage alone: engine (1 thread, as jobs run)", n, s)
                 for label, sec in stages_alone(frames, maps, fps, tmp).items():
                     r(f"stage alone: {label}", n, sec)
                 del frames, maps

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from service.jobs.decode import DecodeError
-    from service.jobs.engines import engine_factory
+    from service.jobs.engines import engine_factory, pin_threads
     from service.jobs.limits import Limits
     from service.jobs.process import RESULT_FILES, process_video
 
@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
+    pin_threads(1)  # the job overlaps its own stages; library pools would only contend
     try:
         result = process_video(
             args.input,
