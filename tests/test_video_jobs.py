@@ -278,6 +278,17 @@ def test_process_video_with_the_real_engine(tmp_path):
     assert np.all((conf >= 0) & (conf <= 1))
 
 
+def test_pin_threads_leaves_one_thread_in_every_pool():
+    code = (
+        "import cv2, numba; from threadpoolctl import threadpool_info;"
+        "from service.jobs.engines import pin_threads; pin_threads(1);"
+        "pools = [p['num_threads'] for p in threadpool_info()];"
+        "print(cv2.getNumThreads(), numba.get_num_threads(), set(pools) or {1})"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1", "{1}"]
+
+
 def test_engine_names_are_checked():
     from service.jobs.engines import engine_factory
 

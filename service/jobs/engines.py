@@ -22,9 +22,9 @@ def pin_threads(n: int = 1) -> None:
     import numba
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=n)  # not used as a context manager: the limit stays
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # loads its OpenMP layer first,
+    threadpool_limits(limits=n)  # so this reaches it too; not a context manager: the limit stays
     cv2.setNumThreads(n)
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def make_engine(name: str):
