@@ -66,19 +66,25 @@ def blend_cells(frame: np.ndarray, colours: np.ndarray, alpha: np.ndarray, cell:
         A new frame, within 1 of ``(1 - alpha) * frame + alpha * colour`` per channel.
     """
     h, w = frame.shape[:2]
-    gh, gw = alpha.shape
     out = frame.copy()
-    ch, cw = min(h, gh * cell), min(w, gw * cell)
-    if ch <= 0 or cw <= 0:
-        return out
     a8 = np.rint(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
-    a3 = np.repeat(a8[..., None], 3, axis=2)
-    premultiplied = cv2.multiply(np.ascontiguousarray(colours, np.uint8), a3, scale=1.0 / 255)
-    full = (gw * cell, gh * cell)
-    paint = cv2.resize(premultiplied, full, interpolation=cv2.INTER_NEAREST)[:ch, :cw]
-    keep = cv2.resize(255 - a3, full, interpolation=cv2.INTER_NEAREST)[:ch, :cw]
-    region = np.ascontiguousarray(out[:ch, :cw])
-    out[:ch, :cw] = cv2.add(cv2.multiply(region, keep, scale=1.0 / 255), paint)
+    # Only the box around the cells that show any colour is touched (often a small part).
+    rows, cols = np.flatnonzero(a8.any(axis=1)), np.flatnonzero(a8.any(axis=0))
+    if len(rows) == 0:
+        return out
+    (i0, i1), (j0, j1) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
+    y0, y1 = i0 * cell, min(h, i1 * cell)
+    x0, x1 = j0 * cell, min(w, j1 * cell)
+    if y1 <= y0 or x1 <= x0:
+        return out
+    a3 = np.repeat(a8[i0:i1, j0:j1, None], 3, axis=2)
+    box = np.ascontiguousarray(colours[i0:i1, j0:j1], np.uint8)
+    premultiplied = cv2.multiply(box, a3, scale=1.0 / 255)
+    size = ((j1 - j0) * cell, (i1 - i0) * cell)
+    paint = cv2.resize(premultiplied, size, interpolation=cv2.INTER_NEAREST)[: y1 - y0, : x1 - x0]
+    keep = cv2.resize(255 - a3, size, interpolation=cv2.INTER_NEAREST)[: y1 - y0, : x1 - x0]
+    region = np.ascontiguousarray(out[y0:y1, x0:x1])
+    out[y0:y1, x0:x1] = cv2.add(cv2.multiply(region, keep, scale=1.0 / 255), paint)
     return out
 
 

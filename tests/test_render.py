@@ -86,3 +86,16 @@ def test_blend_cells_matches_a_per_pixel_float_blend(rng, shape, cell):
     )
     assert np.abs(out.astype(int) - np.rint(expect)).max() <= 1
     np.testing.assert_array_equal(out[gh * cell :], frame[gh * cell :])  # beyond the grid: as is
+
+
+def test_blend_cells_touches_only_coloured_cells(rng):
+    from service.render import blend_cells
+
+    frame = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    alpha = np.zeros((4, 6))
+    assert np.array_equal(blend_cells(frame, np.zeros((4, 6, 3), np.uint8), alpha, 16), frame)
+    alpha[2, 3] = 1.0
+    out = blend_cells(frame, np.full((4, 6, 3), 7, np.uint8), alpha, 16)
+    assert np.all(out[32:48, 48:64] == 7)
+    changed = np.argwhere((out != frame).any(axis=-1))
+    assert np.all(changed.min(axis=0) >= [32, 48]) and np.all(changed.max(axis=0) <= [47, 63])
