@@ -106,6 +106,15 @@ def engine_only(engine, frames: list, pools: bool = False) -> tuple[float, list]
             cv2.setNumThreads(1)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its finished children (the decoders)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, float]:
     """Seconds of each later stage on its own, over all frames."""
     import json
@@ -244,9 +253,17 @@ def main() -> None:
                     r(f"stage alone: {label}", n, sec)
                 del frames, maps
                 out = tmp / "out"
+                cpu0 = cpu_seconds()
                 t0 = time.perf_counter()
                 res = process_video(clip, out, lambda: engine, limits)
-                r("full job (process_video, as the CLI)", res["frames"], time.perf_counter() - t0)
+                wall = time.perf_counter() - t0
+                r("full job (process_video, as the CLI)", res["frames"], wall)
+                cpu = cpu_seconds() - cpu0
+                print(
+                    f"{'':21}CPU of that job (all threads + decoder child): {cpu:.2f} s = "
+                    f"{cpu / wall:.2f} cores busy; {res['frames'] / cpu:.1f} frames per CPU-second, "
+                    f"so 2 free cores could do {2 * res['frames'] / cpu:.0f} frames/s"
+                )
                 for stage, sec in res["stage_seconds"].items():
                     r(f"  in the job, busy in {stage}", res["frames"], sec)
                 t0 = time.perf_counter()
