@@ -1,25 +1,31 @@
 """Video job throughput: frames processed per second on real clips, as a multiple of real time.
 
-    .venv/bin/python bench/video_jobs.py [--engine default|random]
+    .venv/bin/python bench/video_jobs.py [--engine default|random] [--only-box] [--max-frames N]
 
 Clips come from ``models.datasets.shared_data_dir() / "videos"``: box.mp4 (640x480, 29.97 fps, H.264)
 and vtest.avi (768x576, 10 fps, MS-MPEG4; reassembled from its three parts into a temporary file).
-Rows, each in this process, one after another on the same machine (2 cores):
+Per clip and size, one after another on the same machine:
 
-- decode only: the sandboxed decoder child, frames piped to this process and dropped;
-- engine only: ``engine.step`` on the decoded frames already in memory;
-- full job: ``process_video`` (decode child + engine + summaries + overlay.mp4 + motion.json/npz +
-  summary.png), at the native size and with frames shrunk to a longer side of 320 px;
+- each stage on its own, on frames already in memory: decode (the sandboxed child, frames piped to
+  this process), engine step (the libraries' default thread pools, then pinned to one thread as the
+  video workers run it), overlay drawing, overlay encoding (mp4v), the motion.json entry
+  (``MotionFrame.to_dict`` + ``json.dumps``) and the summary update;
+- full job: ``process_video`` in this process (what ``v1motion motion`` runs), with its own per-stage
+  times (``stage_seconds``: the stages overlap on threads, so these are busy times, not a partition);
 - full job with the engine replaced by a no-op: what the job machinery costs on its own;
-- 2 jobs at once: two copies of box.mp4 through the local worker pool with 2 worker processes
-  (aggregate frames/s; the multiple of real time is per 30 fps stream summed over both).
+- the service: 1 job through the local worker pool with 1 worker, then 2 jobs at once with 2 workers
+  (aggregate frames/s; "x real time" sums both streams), and their ratio;
+- the CLI: ``v1motion motion`` as a command, start-up and engine loading included.
 
-Goal (issue 4): >= 10x real time for 30 fps video, i.e. >= 300 frames/s on the 640x480 clip.
+Goal (issue 12): >= 10x real time for 30 fps video, i.e. >= 300 frames/s on the 640x480 clip, and
+2 jobs >= 1.5x the throughput of 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import shutil
 import tempfile
 import time
@@ -30,7 +36,7 @@ import numpy as np
 
 from models.datasets import require_shared_data
 from service.jobs.decode import SandboxedDecoder
-from service.jobs.engines import make_engine
+from service.jobs.engines import make_engine, pin_threads
 from service.jobs.limits import Limits
 from service.jobs.process import process_video
 
@@ -82,48 +88,130 @@ def decode_only(path: Path, limits: Limits) -> tuple[int, float, float, list]:
     return len(frames), time.perf_counter() - t0, fps, frames
 
 
-def engine_only(engine, frames: list) -> float:
-    state = engine.new_state()
+def engine_only(engine, frames: list, pools: bool = False) -> tuple[float, list]:
+    """Seconds to step every frame, and the motion maps; ``pools``: with BLAS and OpenCV thread
+    pools of one thread per core (the libraries' defaults) instead of one thread."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    n = os.cpu_count() if pools else 1
+    with threadpool_limits(limits=n):
+        cv2.setNumThreads(n)
+        try:
+            state = engine.new_state()
+            t0 = time.perf_counter()
+            maps = [engine.step(state, f) for f in frames]
+            return time.perf_counter() - t0, maps
+        finally:
+            cv2.setNumThreads(1)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its finished children (the decoders)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, float]:
+    """Seconds of each later stage on its own, over all frames."""
+    import json
+
+    import cv2
+
+    from models.motion_summary import MotionSummary
+    from service.render import draw_overlay
+
+    out = {}
     t0 = time.perf_counter()
-    for f in frames:
-        engine.step(state, f)
-    return time.perf_counter() - t0
+    drawn = [
+        draw_overlay(f, m.direction, m.speed, m.confidence, m.cell)
+        for f, m in zip(frames, maps, strict=True)
+    ]
+    out["overlay draw"] = time.perf_counter() - t0
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(tmp / "o.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    t0 = time.perf_counter()
+    for d in drawn:
+        writer.write(d)
+    writer.release()
+    out["overlay encode (mp4v)"] = time.perf_counter() - t0
+    del drawn
+    t0 = time.perf_counter()
+    for m in maps:
+        json.dumps(m.to_dict(), separators=(",", ":"))
+    out["motion.json entry"] = time.perf_counter() - t0
+    summary = MotionSummary()
+    t0 = time.perf_counter()
+    for m in maps:
+        summary.update(m.direction, m.speed, m.confidence)
+    out["summary update"] = time.perf_counter() - t0
+    return out
 
 
-def two_jobs_at_once(clip: Path, tmp: Path, engine_name: str, limits: Limits) -> tuple[int, float]:
-    """Two uploads of ``clip`` through the local worker pool with 2 workers: total frames, seconds."""
+def through_pool(
+    clip: Path, tmp: Path, engine_name: str, limits: Limits, n: int
+) -> tuple[int, float]:
+    """``n`` uploads of ``clip`` at once through the local worker pool with ``n`` warm workers:
+    total frames, seconds."""
     from service.jobs.engines import engine_factory
     from service.jobs.manager import VideoJobs
 
-    jobs = VideoJobs.local(
-        tmp / "service", limits, engine_factory(engine_name), workers=2, lazy=False
-    )
+    folder = tmp / f"service{n}"
+    jobs = VideoJobs.local(folder, limits, engine_factory(engine_name), workers=n, lazy=False)
     jobs.start()
     try:
-        while len(jobs.runner.worker_pids()) < 2:  # engines built and warm
+        while len(jobs.runner.worker_pids()) < n:  # engines built and warm
             time.sleep(0.2)
         ids = []
         t0 = time.perf_counter()
-        for _ in range(2):
-            job_id, folder = jobs.new_folder()
-            shutil.copy(clip, folder / "input.bin")
+        for _ in range(n):
+            job_id, job_folder = jobs.new_folder()
+            shutil.copy(clip, job_folder / "input.bin")
             jobs.submit(job_id, clip.name, "video/mp4", clip.stat().st_size)
             ids.append(job_id)
         while any(jobs.get(i).status in ("queued", "running") for i in ids):
             time.sleep(0.05)
         seconds = time.perf_counter() - t0
+        bad = [jobs.get(i).error for i in ids if jobs.get(i).status != "succeeded"]
+        if bad:
+            raise RuntimeError(f"a benchmark job failed: {bad}")
         return sum(jobs.get(i).frames_done for i in ids), seconds
     finally:
         jobs.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def cli_run(clip: Path, tmp: Path, engine_name: str, limits: Limits) -> tuple[int, float]:
+    """``v1motion motion`` as a command: frames, wall seconds including start-up."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp / "cli"
+    cmd = [sys.executable, "-m", "service.cli", "motion", str(clip), "-o", str(out)]
+    cmd += ["--engine", engine_name, "--max-frames", str(limits.max_frames)]
+    if limits.max_side != Limits().max_side:
+        cmd += ["--max-side", str(limits.max_side)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    seconds = time.perf_counter() - t0
+    frames = json.loads((out / "result.json").read_text())["frames"]
+    shutil.rmtree(out)
+    return frames, seconds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", choices=("default", "random"), default="default")
-    ap.add_argument("--max-frames", type=int, default=600)
+    ap.add_argument("--max-frames", type=int, default=300)
     ap.add_argument("--only-box", action="store_true", help="skip vtest.avi (a shorter run)")
+    ap.add_argument("--sides", default="native,320", help="frame sizes: native and/or longer sides")
     args = ap.parse_args()
     name = args.engine
+    pin_threads(1)  # as the video workers and the CLI run
     try:
         engine = make_engine(name)
     except FileNotFoundError as exc:
@@ -133,62 +221,70 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="v1motion-bench-"))
     clips = [videos / "box.mp4"] + ([] if args.only_box else [vtest_path(videos, tmp)])
     base = Limits(max_frames=args.max_frames)
-    print(f"engine: {name}; at most {args.max_frames} frames per clip; 2 cores shared machine")
+    sides = [None if s == "native" else int(s) for s in args.sides.split(",")]
     print(
-        f"{'clip':10} {'size':>9} {'row':34} {'frames':>6} {'s':>7} {'frames/s':>9} {'x real time':>11}"
+        f"engine: {name}; at most {args.max_frames} frames per clip; {os.cpu_count()} cores, shared"
+    )
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(
+        f"{'clip':10} {'size':>9} {'row':44} {'frames':>6} {'s':>7} {'frames/s':>9} {'x real time':>11}"
     )
 
-    def row(clip, size, label, n, seconds, fps):
-        rate = n / seconds
+    def row(clip, size, label, n, seconds, *, fps):
+        rate = n / seconds if seconds > 0 else float("inf")
         print(
-            f"{clip:10} {size:>9} {label:34} {n:6d} {seconds:7.2f} {rate:9.1f} {rate / fps:10.1f}x"
+            f"{clip:10} {size:>9} {label:44} {n:6d} {seconds:7.2f} {rate:9.1f} {rate / fps:10.2f}x"
         )
+        return rate
 
     try:
         for clip in clips:
-            for side in (None, 320):
+            for side in sides:
                 limits = base if side is None else replace(base, max_side=side)
                 n, s, fps, frames = decode_only(clip, limits)
                 size = f"{frames[0].shape[1]}x{frames[0].shape[0]}"
-                row(clip.name, size, "decode only (sandboxed child)", n, s, fps)
-                row(clip.name, size, "engine only", n, engine_only(engine, frames), fps)
-                del frames
+                r = functools.partial(row, clip.name, size, fps=fps)
+                r("stage alone: decode (sandboxed child)", n, s)
+                s, maps = engine_only(engine, frames, pools=True)
+                r("stage alone: engine (thread pools, 1/core)", n, s)
+                s, maps = engine_only(engine, frames)
+                r("stage alone: engine (1 thread, as jobs run)", n, s)
+                for label, sec in stages_alone(frames, maps, fps, tmp).items():
+                    r(f"stage alone: {label}", n, sec)
+                del frames, maps
                 out = tmp / "out"
+                cpu0 = cpu_seconds()
                 t0 = time.perf_counter()
                 res = process_video(clip, out, lambda: engine, limits)
-                row(
-                    clip.name,
-                    size,
-                    "full job (process_video)",
-                    res["frames"],
-                    time.perf_counter() - t0,
-                    fps,
+                wall = time.perf_counter() - t0
+                r("full job (process_video, as the CLI)", res["frames"], wall)
+                cpu = cpu_seconds() - cpu0
+                print(
+                    f"{'':21}CPU of that job (all threads + decoder child): {cpu:.2f} s = "
+                    f"{cpu / wall:.2f} cores busy; {res['frames'] / cpu:.1f} frames per CPU-second, "
+                    f"so 2 free cores could do {2 * res['frames'] / cpu:.0f} frames/s"
                 )
+                for stage, sec in res["stage_seconds"].items():
+                    r(f"  in the job, busy in {stage}", res["frames"], sec)
                 t0 = time.perf_counter()
                 res = process_video(clip, out, lambda: engine, limits, overlay=False)
-                row(
-                    clip.name,
-                    size,
-                    "full job without overlay.mp4",
-                    res["frames"],
-                    time.perf_counter() - t0,
-                    fps,
-                )
+                r("full job without overlay.mp4", res["frames"], time.perf_counter() - t0)
                 shutil.rmtree(out)
                 noop = NoOpEngine(engine)
                 t0 = time.perf_counter()
                 res = process_video(clip, out, lambda: noop, limits)  # noqa: B023
-                row(
-                    clip.name,
-                    size,
-                    "full job, engine replaced by a no-op",
-                    res["frames"],
-                    time.perf_counter() - t0,
-                    fps,
-                )
+                r("full job, engine replaced by a no-op", res["frames"], time.perf_counter() - t0)
                 shutil.rmtree(out)
-        n, seconds = two_jobs_at_once(clips[0], tmp, name, replace(base, max_side=320))
-        row(clips[0].name, "320x240", "2 jobs at once, 2 worker processes", n, seconds, 29.97)
+                if clip != clips[0]:
+                    continue
+                one = r(
+                    "service: 1 job, 1 worker process", *through_pool(clip, tmp, name, limits, 1)
+                )
+                two = r(
+                    "service: 2 jobs at once, 2 workers", *through_pool(clip, tmp, name, limits, 2)
+                )
+                print(f"{'':21}2 jobs / 1 job throughput: {two / one:.2f}")
+                r("CLI: v1motion motion (with start-up)", *cli_run(clip, tmp, name, limits))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,8 +1,13 @@
-"""Per-video summaries of a sequence of motion maps: direction histogram and speed over time.
+"""Per-video summaries of a sequence of motion maps: direction histogram, main directions, speed over time.
 
 A motion map (one per frame) is three grids of the same shape: ``direction`` (radians, 0 = moving right,
 pi/2 = moving up on screen), ``speed`` (pixels per frame) and ``confidence`` (in [0, 1], 0 where nothing
 moves). The summaries weight every grid cell by its confidence, so still background counts for nothing.
+
+A video's motion is described by its *main directions*: the peaks of the confidence-weighted histogram
+of the confident cells' directions, each with its share of the moving mass and its median speed. A mean
+direction would not do: a box moved up and then down-left has a mean direction of about 160 degrees,
+where nothing moved.
 """
 
 from __future__ import annotations
@@ -77,15 +82,117 @@ def circular_mean(angles, weights) -> float:
     return float(np.mod(np.arctan2(s, c), TWO_PI))
 
 
+def smooth_circular(hist, sigma_bins: float) -> np.ndarray:
+    """Gaussian smoothing of a histogram on the circle (the last bin neighbours the first).
+
+    Parameters
+    ----------
+    hist : array_like, shape (n_bins,)
+    sigma_bins : float
+        Standard deviation of the Gaussian in bins; 0 returns a copy.
+
+    Returns
+    -------
+    ndarray, shape (n_bins,)
+        Same total as ``hist``.
+    """
+    hist = np.asarray(hist, dtype=np.float64)
+    n = len(hist)
+    if sigma_bins <= 0 or n < 3:
+        return hist.copy()
+    offsets = np.arange(n)
+    gap = np.minimum(offsets, n - offsets)  # circular distance of bin k from bin 0
+    kernel = np.exp(-0.5 * (gap / sigma_bins) ** 2)
+    kernel /= kernel.sum()
+    # circular convolution through the FFT: exact for any n, no edge effects
+    return np.real(np.fft.ifft(np.fft.fft(hist) * np.fft.fft(kernel)))
+
+
+def histogram_peaks(
+    hist, min_share: float = 0.10, max_peaks: int = 3, sigma_bins: float = 1.5
+) -> list[tuple[int, float, np.ndarray]]:
+    """The main peaks of a circular histogram, largest share first.
+
+    The histogram is smoothed (:func:`smooth_circular`); every local maximum of the smoothed histogram
+    owns the bins that climb to it (its basin, bounded by the minima on either side). A peak's share is
+    its basin's part of the *raw* histogram's total.
+
+    Parameters
+    ----------
+    hist : array_like, shape (n_bins,)
+        Non-negative.
+    min_share : float, default 0.10
+        Peaks holding less than this fraction of the total are dropped.
+    max_peaks : int, default 3
+    sigma_bins : float, default 1.5
+        Smoothing, in bins.
+
+    Returns
+    -------
+    list of (peak_bin, share, basin)
+        ``basin`` is a boolean mask of shape (n_bins,). Empty if the histogram is all zeros.
+    """
+    hist = np.asarray(hist, dtype=np.float64)
+    total = hist.sum()
+    n = len(hist)
+    if n == 0 or total <= 0:
+        return []
+    sm = smooth_circular(hist, sigma_bins)
+    sm = np.where(sm > total * 1e-12, sm, 0.0)  # FFT round-off must not make flat zeros bumpy
+    if n == 1 or np.ptp(sm) <= 1e-12 * total:  # flat: one "peak" holding everything, no direction
+        return [(int(np.argmax(hist)), 1.0, np.ones(n, bool))]
+    # Hill climbing: each bin follows its higher neighbour until a local maximum (ties go clockwise,
+    # i.e. to the lower index, so a plateau ends at one bin).
+    up = np.arange(n)
+    left, right = np.roll(sm, 1), np.roll(sm, -1)
+    go_left = (left > sm) & (left >= right)
+    go_right = (right > sm) & ~go_left
+    up = np.where(go_left, (up - 1) % n, np.where(go_right, (up + 1) % n, up))
+    top = up.copy()
+    for _ in range(n):
+        nxt = up[top]
+        if np.array_equal(nxt, top):
+            break
+        top = nxt
+    peaks = []
+    for b in np.unique(top):
+        basin = top == b
+        share = float(hist[basin].sum() / total)
+        if share > 0 and share >= min_share:  # still, empty stretches are no peak
+            peaks.append((int(b), share, basin))
+    peaks.sort(key=lambda p: -p[1])
+    return peaks[:max_peaks]
+
+
+def weighted_median(values, weights) -> float:
+    """The value at which the cumulative weight reaches half the total (NaN if the total is 0)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    total = weights.sum()
+    if total <= 0:
+        return float("nan")
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, 0.5 * total)])
+
+
 class MotionSummary:
     """Accumulate per-frame motion maps into per-video summaries without keeping the frames.
 
     Parameters
     ----------
     n_bins : int, default 16
-        Number of direction bins.
+        Number of direction bins of ``direction_hist_`` (the figure's histogram).
     moving_threshold : float, default 0.5
-        A cell counts as moving when its confidence is above this.
+        A cell counts as moving when its confidence is above this; only moving cells enter the main
+        directions.
+    peak_bins : int, default 72
+        Direction bins (5 degrees each by default) of the histogram the main directions are found in.
+    peak_sigma_deg : float, default 10.0
+        Circular Gaussian smoothing of that histogram before its peaks are looked for.
+    min_share : float, default 0.10
+        A main direction holds at least this fraction of the moving cells' confidence.
+    max_peaks : int, default 3
 
     Attributes
     ----------
@@ -93,29 +200,66 @@ class MotionSummary:
         Confidence-weighted direction histogram over the whole video, normalised to sum 1
         (all zeros if nothing ever moved).
     bin_centres_ : ndarray, shape (n_bins,)
+        Radians.
     speed_over_time_ : ndarray, shape (n_frames,)
         Confidence-weighted mean speed of each frame (px/frame).
     moving_fraction_ : ndarray, shape (n_frames,)
         Fraction of cells moving in each frame.
-    dominant_direction_ : float
-        Circular mean of all directions weighted by confidence (radians), NaN if nothing moved.
+    main_directions_ : list of dict
+        ``{"direction_deg", "share", "median_speed_px_per_frame"}`` per peak, largest share first; empty
+        if nothing moved. ``direction_deg`` is the circular mean of the peak's basin (0 = right,
+        90 = up on screen); ``share`` its part of the moving cells' confidence; the median speed is read
+        from a histogram with log-spaced bins about 9 % wide.
+
+    Notes
+    -----
+    Every moving cell of every frame adds its confidence to one cell of a joint (direction, log speed)
+    histogram. The direction marginal, smoothed on the circle, is split into the basins of its local
+    maxima (:func:`histogram_peaks`); the speed histogram of a basin gives the peak's median speed.
     """
 
-    def __init__(self, n_bins: int = 16, moving_threshold: float = 0.5):
+    SPEED_EDGES = np.geomspace(1.0 / 64, 64.0, 97)  # px/frame; outside values go to the end bins
+
+    def __init__(
+        self,
+        n_bins: int = 16,
+        moving_threshold: float = 0.5,
+        peak_bins: int = 72,
+        peak_sigma_deg: float = 10.0,
+        min_share: float = 0.10,
+        max_peaks: int = 3,
+    ):
+        if peak_bins < 1:
+            raise ValueError(f"peak_bins must be >= 1, got {peak_bins}")
         self.n_bins = n_bins
         self.moving_threshold = moving_threshold
+        self.peak_bins = peak_bins
+        self.peak_sigma_deg = peak_sigma_deg
+        self.min_share = min_share
+        self.max_peaks = max_peaks
         self._hist = np.zeros(n_bins)
+        self._joint = np.zeros((peak_bins, len(self.SPEED_EDGES) - 1))
         self._speeds: list[float] = []
         self._moving: list[float] = []
-        self._cs = np.zeros(2)
 
     def update(self, direction, speed, confidence) -> MotionSummary:
         """Add one frame's grids (all of the same shape). Returns self."""
         direction, confidence = _check_grids(direction, confidence)
+        speed = np.asarray(speed, dtype=np.float64)
         self._hist += direction_histogram(direction, confidence, self.n_bins)
         self._speeds.append(weighted_mean_speed(speed, confidence))
-        self._moving.append(float(np.mean(confidence > self.moving_threshold)))
-        self._cs += ((confidence * np.cos(direction)).sum(), (confidence * np.sin(direction)).sum())
+        moving = confidence > self.moving_threshold
+        self._moving.append(float(np.mean(moving)))
+        if moving.any():
+            width = TWO_PI / self.peak_bins
+            d = np.floor(np.mod(direction[moving] + width / 2.0, TWO_PI) / width).astype(np.int64)
+            d %= self.peak_bins
+            n_speed = self._joint.shape[1]
+            v = np.searchsorted(self.SPEED_EDGES, speed[moving], side="right") - 1
+            v = np.clip(v, 0, n_speed - 1)
+            self._joint += np.bincount(
+                d * n_speed + v, weights=confidence[moving], minlength=self._joint.size
+            ).reshape(self._joint.shape)
         return self
 
     @property
@@ -140,20 +284,31 @@ class MotionSummary:
         return np.asarray(self._moving)
 
     @property
-    def dominant_direction_(self) -> float:
-        c, s = self._cs
-        if np.hypot(c, s) <= 1e-12 * max(self._hist.sum(), 1e-300):
-            return float("nan")
-        return float(np.mod(np.arctan2(s, c), TWO_PI))
+    def main_directions_(self) -> list[dict]:
+        marginal = self._joint.sum(axis=1)
+        sigma = self.peak_sigma_deg / (360.0 / self.peak_bins)
+        centres = direction_bin_centres(self.peak_bins)
+        speed_centres = np.sqrt(self.SPEED_EDGES[:-1] * self.SPEED_EDGES[1:])
+        out = []
+        for _, share, basin in histogram_peaks(marginal, self.min_share, self.max_peaks, sigma):
+            mean = circular_mean(centres[basin], marginal[basin])
+            speed = weighted_median(speed_centres, self._joint[basin].sum(axis=0))
+            out.append(
+                {
+                    "direction_deg": None if np.isnan(mean) else round(float(np.degrees(mean)), 1),
+                    "share": round(share, 3),
+                    "median_speed_px_per_frame": round(speed, 3),
+                }
+            )
+        return out
 
     def to_dict(self) -> dict:
-        """JSON-able summary (rounded)."""
-        dom = self.dominant_direction_
+        """JSON-able summary (rounded); units in the field names."""
         return {
             "n_frames": self.n_frames,
+            "main_directions": self.main_directions_,
             "direction_bins_deg": np.round(np.degrees(self.bin_centres_), 3).tolist(),
             "direction_hist": np.round(self.direction_hist_, 5).tolist(),
-            "speed_over_time": np.round(self.speed_over_time_, 4).tolist(),
+            "speed_over_time_px_per_frame": np.round(self.speed_over_time_, 4).tolist(),
             "moving_fraction": np.round(self.moving_fraction_, 4).tolist(),
-            "dominant_direction_deg": None if np.isnan(dom) else round(float(np.degrees(dom)), 3),
         }

@@ -8,6 +8,7 @@ grows with speed.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import cv2
@@ -31,6 +32,60 @@ def colour_wheel(size: int) -> np.ndarray:
     wheel = direction_colours(np.arctan2(-yy, xx))  # screen y grows downwards; up is +pi/2
     wheel[np.hypot(xx, yy) > size / 2.0] = 0
     return wheel
+
+
+@functools.lru_cache(maxsize=8)
+def _legend(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The colour wheel and its disc mask, made once per size (every overlay frame draws it)."""
+    wheel = colour_wheel(size)
+    mask = wheel.any(axis=-1)
+    wheel.flags.writeable = mask.flags.writeable = False
+    return wheel, mask
+
+
+def blend_cells(frame: np.ndarray, colours: np.ndarray, alpha: np.ndarray, cell: int) -> np.ndarray:
+    """Blend one colour per grid cell over a frame, with one opacity per cell.
+
+    The blend is worked out once per cell (premultiplied colour and the frame's remaining weight, in
+    1/255 steps) and only then scaled up to pixels with nearest-neighbour ``cv2.resize``; the per-pixel
+    work is one saturating multiply and one add, both vectorised in OpenCV.
+
+    Parameters
+    ----------
+    frame : ndarray, shape (H, W, 3), uint8
+    colours : ndarray, shape (gh, gw, 3), uint8
+    alpha : ndarray, shape (gh, gw)
+        Opacity of each cell's colour, clipped to [0, 1].
+    cell : int
+        Side of a cell in pixels; cell (i, j) covers rows ``i*cell:(i+1)*cell``, columns
+        ``j*cell:(j+1)*cell``. Pixels beyond the grid are left as they are.
+
+    Returns
+    -------
+    ndarray, shape (H, W, 3), uint8
+        A new frame, within 1 of ``(1 - alpha) * frame + alpha * colour`` per channel.
+    """
+    h, w = frame.shape[:2]
+    out = frame.copy()
+    a8 = np.rint(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
+    # Only the box around the cells that show any colour is touched (often a small part).
+    rows, cols = np.flatnonzero(a8.any(axis=1)), np.flatnonzero(a8.any(axis=0))
+    if len(rows) == 0:
+        return out
+    (i0, i1), (j0, j1) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
+    y0, y1 = i0 * cell, min(h, i1 * cell)
+    x0, x1 = j0 * cell, min(w, j1 * cell)
+    if y1 <= y0 or x1 <= x0:
+        return out
+    a3 = np.repeat(a8[i0:i1, j0:j1, None], 3, axis=2)
+    box = np.ascontiguousarray(colours[i0:i1, j0:j1], np.uint8)
+    premultiplied = cv2.multiply(box, a3, scale=1.0 / 255)
+    size = ((j1 - j0) * cell, (i1 - i0) * cell)
+    paint = cv2.resize(premultiplied, size, interpolation=cv2.INTER_NEAREST)[: y1 - y0, : x1 - x0]
+    keep = cv2.resize(255 - a3, size, interpolation=cv2.INTER_NEAREST)[: y1 - y0, : x1 - x0]
+    region = np.ascontiguousarray(out[y0:y1, x0:x1])
+    out[y0:y1, x0:x1] = cv2.add(cv2.multiply(region, keep, scale=1.0 / 255), paint)
+    return out
 
 
 def arrow_segments(direction, speed, confidence, cell, min_confidence=0.3, arrow_gain=3.0):
@@ -101,24 +156,12 @@ def draw_overlay(
         A new frame; the input is not modified.
     """
     h, w = frame.shape[:2]
-    gh, gw = direction.shape
-    out = frame.copy()
-    ch, cw = min(h, gh * cell), min(w, gw * cell)
-    if ch > 0 and cw > 0:
-        colours = cv2.resize(
-            direction_colours(direction), (gw * cell, gh * cell), interpolation=cv2.INTER_NEAREST
-        )
-        alpha = np.clip(confidence, 0, 1).astype(np.float32) * np.float32(opacity)
-        alpha = cv2.resize(alpha, (gw * cell, gh * cell), interpolation=cv2.INTER_NEAREST)
-        a = np.ascontiguousarray(alpha[:ch, :cw])
-        out[:ch, :cw] = cv2.blendLinear(
-            np.ascontiguousarray(out[:ch, :cw]), np.ascontiguousarray(colours[:ch, :cw]), 1.0 - a, a
-        )
+    alpha = np.clip(confidence, 0, 1).astype(np.float32) * np.float32(opacity)
+    out = blend_cells(frame, direction_colours(direction), alpha, cell)
     _draw_arrows(out, direction, speed, confidence, cell, min_confidence, arrow_gain)
     legend = max(16, min(h, w) // 8)
     if legend + 4 < min(h, w):
-        wheel = colour_wheel(legend)
-        mask = wheel.any(axis=-1)
+        wheel, mask = _legend(legend)
         out[4 : 4 + legend, w - 4 - legend : w - 4][mask] = wheel[mask]
     return out
 
@@ -130,8 +173,10 @@ def summary_figure(
     speed_over_time: np.ndarray,
     fps: float,
     title: str = "",
+    main_directions: list[dict] | None = None,
 ) -> None:
-    """Write a PNG: a polar histogram of directions and the mean speed over time.
+    """Write a PNG: a polar histogram of directions with the main directions marked, and the mean
+    speed over time.
 
     Parameters
     ----------
@@ -139,11 +184,16 @@ def summary_figure(
     bin_centres : ndarray, shape (n_bins,)
         Radians (0 = right, pi/2 = up).
     direction_hist : ndarray, shape (n_bins,)
+        Fractions of the confidence-weighted cells.
     speed_over_time : ndarray, shape (n_frames,)
         Pixels per frame.
     fps : float
         For the time axis.
     title : str
+    main_directions : list of dict, optional
+        ``{"direction_deg", "share", "median_speed_px_per_frame"}`` as
+        :attr:`models.motion_summary.MotionSummary.main_directions_` gives them; each is drawn as a
+        spoke and listed in the legend.
     """
     import matplotlib
 
@@ -154,19 +204,31 @@ def summary_figure(
     ax = fig.add_subplot(1, 2, 1, projection="polar")
     width = TWO_PI / max(len(bin_centres), 1)
     ax.bar(bin_centres, direction_hist, width=width * 0.9, color=plt.cm.hsv(bin_centres / TWO_PI))
-    ax.set_title("direction of motion (confidence-weighted)")
+    top = float(np.max(direction_hist)) if len(direction_hist) else 0.0
+    for m in main_directions or []:
+        if m["direction_deg"] is None:
+            continue
+        theta = np.radians(m["direction_deg"])
+        label = (
+            f"{m['direction_deg']:.0f}°: {m['share']:.0%} of the motion, "
+            f"median {m['median_speed_px_per_frame']:.2g} px/frame"
+        )
+        ax.plot([theta, theta], [0, top * 1.05 or 1.0], color="black", lw=1.5, label=label)
+    ax.set_title("direction of motion (degrees; 0 = right, 90 = up)", fontsize=10)
     ax.set_yticklabels([])
+    if main_directions:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), fontsize=8, frameon=False)
     ax2 = fig.add_subplot(1, 2, 2)
     t = np.arange(len(speed_over_time)) / fps
-    px_per_s = np.asarray(speed_over_time, dtype=float) * fps
-    ax2.plot(t, px_per_s, lw=1.2)
-    if len(px_per_s) > 20:  # a start-up transient must not flatten the rest of the curve
-        top = np.percentile(px_per_s, 98) * 1.3
-        if top > 0 and top < px_per_s.max():
-            ax2.set_ylim(0, top)
+    speed = np.asarray(speed_over_time, dtype=float)
+    ax2.plot(t, speed, lw=1.2)
+    if len(speed) > 20:  # a start-up transient must not flatten the rest of the curve
+        cap = np.percentile(speed, 98) * 1.3
+        if cap > 0 and cap < speed.max():
+            ax2.set_ylim(0, cap)
             ax2.annotate("(clipped)", (0.01, 0.97), xycoords="axes fraction", va="top", fontsize=8)
     ax2.set_xlabel("time (s)")
-    ax2.set_ylabel("mean speed of moving regions (px/s)")
+    ax2.set_ylabel("mean speed of moving regions (px/frame)")
     ax2.set_title("speed over time")
     ax2.grid(alpha=0.3)
     if title:

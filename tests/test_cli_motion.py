@@ -17,7 +17,9 @@ def test_motion_command_writes_the_results(tmp_path, capsys):
     assert main(["motion", str(src), "-o", str(out), "--engine", "random"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
     printed = capsys.readouterr().out
-    assert json.loads(printed[: printed.rindex("}") + 1])["frames"] == 6
+    result = json.loads(printed[: printed.rindex("}") + 1])
+    assert result["frames"] == 6 and "main_directions" in result
+    assert "main directions:" in printed and "x real time" in printed
 
 
 def test_motion_command_refuses_hostile_input_and_busy_folders(tmp_path, capsys):

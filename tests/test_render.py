@@ -41,6 +41,12 @@ def test_summary_figure_is_a_png(tmp_path):
     bins = np.arange(8) * np.pi / 4
     summary_figure(path, bins, np.ones(8) / 8, np.linspace(0, 2, 30), 30.0, "t")
     assert path.read_bytes()[:4] == b"\x89PNG"
+    main = [
+        {"direction_deg": 90.0, "share": 0.6, "median_speed_px_per_frame": 2.0},
+        {"direction_deg": None, "share": 0.4, "median_speed_px_per_frame": 1.0},
+    ]
+    summary_figure(path, bins, np.ones(8) / 8, np.zeros(3), 30.0, main_directions=main)
+    assert path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_arrow_shafts_match_a_cell_by_cell_loop(rng):
@@ -61,3 +67,35 @@ def test_arrow_shafts_match_a_cell_by_cell_loop(rng):
             shafts.append([[x0, y0], [x1, y1]])
     assert len(segs) == 3 * len(shafts)
     np.testing.assert_allclose(segs[: len(shafts)], np.round(shafts), atol=1)
+
+
+@pytest.mark.parametrize("shape, cell", [((48, 80), 16), ((50, 70), 16), ((32, 32), 8)])
+def test_blend_cells_matches_a_per_pixel_float_blend(rng, shape, cell):
+    from service.render import blend_cells
+
+    h, w = shape
+    frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    gh, gw = h // cell, w // cell
+    colours = rng.integers(0, 256, (gh, gw, 3), dtype=np.uint8)
+    alpha = rng.uniform(-0.2, 1.2, (gh, gw))  # clipped to [0, 1]
+    out = blend_cells(frame, colours, alpha, cell)
+    a = np.kron(np.clip(alpha, 0, 1), np.ones((cell, cell)))[..., None]
+    expect = frame.astype(float)
+    expect[: gh * cell, : gw * cell] = (1 - a) * expect[: gh * cell, : gw * cell] + a * np.kron(
+        colours, np.ones((cell, cell, 1))
+    )
+    assert np.abs(out.astype(int) - np.rint(expect)).max() <= 1
+    np.testing.assert_array_equal(out[gh * cell :], frame[gh * cell :])  # beyond the grid: as is
+
+
+def test_blend_cells_touches_only_coloured_cells(rng):
+    from service.render import blend_cells
+
+    frame = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    alpha = np.zeros((4, 6))
+    assert np.array_equal(blend_cells(frame, np.zeros((4, 6, 3), np.uint8), alpha, 16), frame)
+    alpha[2, 3] = 1.0
+    out = blend_cells(frame, np.full((4, 6, 3), 7, np.uint8), alpha, 16)
+    assert np.all(out[32:48, 48:64] == 7)
+    changed = np.argwhere((out != frame).any(axis=-1))
+    assert np.all(changed.min(axis=0) >= [32, 48]) and np.all(changed.max(axis=0) <= [47, 63])

@@ -46,14 +46,24 @@ def test_process_video_writes_every_result(tmp_path):
     assert result["frames"] == 12 and calls[-1] == (12, 12)
 
     npz = np.load(out / "motion.npz")
-    assert npz["direction"].shape == npz["speed"].shape == npz["confidence"].shape == (12, 4, 6)
-    assert npz["speed_over_time"].shape == (12,) and npz["direction_hist"].shape == (12, 8)
+    grids = ("direction_deg", "speed_px_per_frame", "confidence")
+    assert {npz[k].shape for k in grids} == {(12, 4, 6)}
+    assert npz["speed_over_time_px_per_frame"].shape == (12,)
+    assert npz["direction_hist"].shape == (12, 8) and int(npz["cell_px"]) == 16
     assert npz["video_direction_hist"].sum() == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(npz["direction_bins_deg"], np.arange(8) * 45.0)
 
     doc = json.loads((out / "motion.json").read_text())
     assert doc["video"]["frames"] == 12 and len(doc["frames"]) == 12
-    assert np.allclose(doc["frames"][3]["speed"], npz["speed"][3], atol=2e-3)
-    assert doc["summary"]["dominant_direction_deg"] == 0.0  # the double always says "right"
+    frame = doc["frames"][3]
+    assert frame["index"] == 3 and frame["cell_px"] == 16
+    assert np.allclose(frame["speed_px_per_frame"], npz["speed_px_per_frame"][3], atol=2e-3)
+    assert np.allclose(frame["direction_deg"], 0.0)  # the double always says "right"
+    [main] = doc["summary"]["main_directions"]
+    assert main["direction_deg"] == 0.0 and main["share"] == 1.0
+    assert result["main_directions"] == doc["summary"]["main_directions"]
+    assert "dominant_direction_deg" not in result and "speed_px_per_frame" in result["units"]
+    assert set(result["stage_seconds"]) >= {"decode_wait", "engine", "results", "overlay_draw"}
 
     assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
     cap = cv2.VideoCapture(str(out / "overlay.mp4"))
@@ -61,6 +71,20 @@ def test_process_video_writes_every_result(tmp_path):
     while cap.read()[0]:
         n += 1
     assert n == 12 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
+
+
+def test_a_failure_on_a_stage_thread_fails_the_job_and_leaves_nothing(tmp_path, monkeypatch):
+    import service.render
+
+    def broken(*args, **kw):
+        raise RuntimeError("cannot draw")
+
+    monkeypatch.setattr(service.render, "draw_overlay", broken)
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=12))
+    with pytest.raises(RuntimeError, match="cannot draw"):
+        process_video(src, tmp_path / "out", fake_engine, Limits())
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
 def test_process_video_leaves_nothing_when_refused(tmp_path):
@@ -245,11 +269,24 @@ def test_process_video_with_the_real_engine(tmp_path):
     out = tmp_path / "out"
     result = process_video(src, out, engine_factory("random"), Limits())
     npz = np.load(out / "motion.npz")
-    cell = result["cell"]
-    assert npz["direction"].shape == (8, 96 // cell, 128 // cell)
-    assert npz["direction_hist"].shape == (8, 16) and npz["speed_bins"].shape == (7,)
+    cell = result["cell_px"]
+    assert npz["direction_deg"].shape == (8, 96 // cell, 128 // cell)
+    assert npz["direction_hist"].shape == (8, 16) and npz["speed_bins_px_per_frame"].shape == (7,)
+    deg = npz["direction_deg"].astype(np.float32)
+    assert np.all((deg >= 0) & (deg <= 360))
     conf = npz["confidence"].astype(np.float32)
     assert np.all((conf >= 0) & (conf <= 1))
+
+
+def test_pin_threads_leaves_one_thread_in_every_pool():
+    code = (
+        "import cv2, numba; from threadpoolctl import threadpool_info;"
+        "from service.jobs.engines import pin_threads; pin_threads(1);"
+        "pools = [p['num_threads'] for p in threadpool_info()];"
+        "print(cv2.getNumThreads(), numba.get_num_threads(), set(pools) or {1})"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1", "{1}"]
 
 
 def test_engine_names_are_checked():
@@ -296,9 +333,11 @@ def test_planted_pan_comes_back_through_the_job(tmp_path, vx, vy_up, expected_de
     src = tmp_path / "pan.avi"
     _pan_video(src, vx, vy_up)
     result = process_video(src, tmp_path / "out", engine_factory("default"), Limits())
-    gap = (result["dominant_direction_deg"] - expected_deg + 180) % 360 - 180
-    assert abs(gap) < 30, result["dominant_direction_deg"]
-    speed = np.median(np.load(tmp_path / "out" / "motion.npz")["speed_over_time"][20:])
+    main = result["main_directions"][0]["direction_deg"]
+    gap = (main - expected_deg + 180) % 360 - 180
+    assert abs(gap) < 30, result["main_directions"]
+    npz = np.load(tmp_path / "out" / "motion.npz")
+    speed = np.median(npz["speed_over_time_px_per_frame"][20:])
     assert 1.0 < speed < 6.0  # planted 2 px/frame; the engine's speed read-out is coarse
 
 
@@ -314,3 +353,23 @@ def test_workers_start_with_the_first_job_not_with_the_service(tmp_path):
         assert len(jobs.runner.worker_pids()) == 1  # and it stays, warm
     finally:
         jobs.stop()
+
+
+@pytest.mark.slow
+def test_a_box_moved_up_then_down_left_has_those_two_main_directions(tmp_path):
+    """Known truth through the shipped engine and the job: 90 deg then 225 deg, 2 and 2.8 px/frame,
+    and nothing in between (the old summary, a mean direction, said 161 deg for such a clip)."""
+    from service.jobs.engines import engine_factory
+
+    src = vs.box_up_then_down_left(tmp_path / "box.avi")
+    result = process_video(src, tmp_path / "out", engine_factory("default"), Limits())
+    main = result["main_directions"]
+    found = sorted(m["direction_deg"] for m in main)
+    assert len(found) == 2 and found == pytest.approx([90, 225], abs=20), main
+    assert all(m["share"] >= 0.2 for m in main)
+    for m in main:
+        truth = 2.0 if abs(m["direction_deg"] - 90) < 45 else 2.0 * np.sqrt(2)
+        assert m["median_speed_px_per_frame"] == pytest.approx(truth, rel=0.5)
+    assert all(abs(f - 161) > 45 for f in found)
+    summary = json.loads((tmp_path / "out" / "motion.json").read_text())["summary"]
+    assert summary["main_directions"] == main

@@ -60,7 +60,7 @@ def test_ray_runs_the_same_job_and_fails_the_same_way(ray_jobs, tmp_path):
     out = job_paths(ray_jobs.jobs_dir, rec.id)[1]
     assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
     assert rec.result["frames"] == 300 and rec.frames_done == 300
-    assert np.load(out / "motion.npz")["speed"].shape[0] == 300
+    assert np.load(out / "motion.npz")["speed_px_per_frame"].shape[0] == 300
 
     bad = _run(ray_jobs, vs.damaged_frames_avi(tmp_path))
     assert bad.status == "failed" and "no frame could be decoded" in bad.error

@@ -56,7 +56,7 @@ def test_upload_process_fetch_delete(client, tmp_path):
     assert done["status"] == "succeeded", done["error"]
     assert done["progress"] == {"frames_done": 12, "frames_total": 12, "fraction": 1.0}
     assert done["result"]["frames"] == 12 and done["result"]["codec"] == "mjpg"
-    assert done["result"]["cell"] == 16
+    assert done["result"]["cell_px"] == 16
 
     base = f"/v1/videos/{job['id']}"
     motion = client.get(f"{base}/motion.json")

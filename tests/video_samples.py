@@ -103,3 +103,27 @@ def damaged_frames_avi(tmp: Path) -> bytes:
         d[start + 2 : start + 602] = bytes(600)
         start += 602
     return bytes(d)
+
+
+def box_up_then_down_left(path: Path, n_each: int = 40, size=(320, 240), step: int = 2) -> Path:
+    """A textured box on a still textured background, moved up by ``step`` px per frame for
+    ``n_each`` frames, then down-left (225 degrees) by ``step`` px along each axis per frame, as an
+    MJPG AVI at 30 fps. Known truth: motion at 90 degrees, then at 225 degrees; nothing else moves."""
+    w, h = size
+    rng = np.random.default_rng(1)
+    background = cv2.GaussianBlur(rng.integers(0, 255, (h, w), dtype=np.uint8), (0, 0), 2.0)
+    background = (background.astype(np.float32) * 0.5 + 40).astype(np.uint8)
+    box = cv2.GaussianBlur(rng.integers(0, 255, (72, 72), dtype=np.uint8), (0, 0), 1.5)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, size)
+    assert writer.isOpened()
+    x, y = w // 2 - 36, h - 72 - 8
+    for t in range(2 * n_each):
+        f = background.copy()
+        f[y : y + 72, x : x + 72] = box
+        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+        if t < n_each:
+            y -= step
+        else:
+            x, y = x - step, y + step
+    writer.release()
+    return Path(path)

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from service.jobs.decode import DecodeError
-    from service.jobs.engines import engine_factory
+    from service.jobs.engines import engine_factory, pin_threads
     from service.jobs.limits import Limits
     from service.jobs.process import RESULT_FILES, process_video
 
@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
+    pin_threads(1)  # the job overlaps its own stages; library pools would only contend
     try:
         result = process_video(
             args.input,
@@ -100,5 +101,33 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bar.close()
     print(json.dumps(result, indent=1))
+    print(describe(result))
     print(f"results in {out}")
     return 0
+
+
+def describe(result: dict) -> str:
+    """Lines for people: the main directions, the speed of the run and where its time went."""
+    main = result["main_directions"]
+    lines = [
+        "main directions: "
+        + (
+            "; ".join(
+                f"{m['direction_deg']:g} deg ({m['share']:.0%}, median "
+                f"{m['median_speed_px_per_frame']:.3g} px/frame)"
+                for m in main
+                if m["direction_deg"] is not None
+            )
+            or "none (nothing moved confidently)"
+        )
+    ]
+    n, fps = result["frames"], result["fps"]
+    rate = result["processed_frames_per_second"]
+    lines.append(f"{n} frames at {rate:g} frames/s = {rate / fps:.2f}x real time")
+    stages = ", ".join(
+        f"{name} {n / s:.0f}/s" if s > 0 else f"{name} -"
+        for name, s in result["stage_seconds"].items()
+        if not name.startswith("write_")
+    )
+    lines.append(f"frames/s of each stage on its own (they overlap): {stages}")
+    return "\n".join(lines)

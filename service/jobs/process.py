@@ -27,35 +27,66 @@ RESULT_FILES = ("motion.json", "motion.npz", "overlay.mp4", "summary.png", "resu
 PROGRESS_INTERVAL_S = 0.25
 
 
-def _round_grid(a: np.ndarray, decimals: int) -> list:
-    return np.round(a.astype(np.float64), decimals).tolist()
+UNITS = {
+    "direction_deg": "degrees, 0 = moving right, 90 = moving up on screen, counter-clockwise",
+    "speed_px_per_frame": "pixels of the processed frame (processed_width x processed_height) per frame",
+    "cell_px": "side of a grid cell in pixels of the processed frame",
+    "confidence": "0 (nothing moves) to 1",
+    "share": "fraction of the moving cells' confidence, summed over the video",
+    "direction_hist": "fraction of the confidence-weighted cells in each direction bin",
+}
 
 
-def _write_motion_json(path: Path, video: dict, arrays: dict, summary: dict) -> None:
-    """Stream motion.json frame by frame so a long video never sits in memory as one string."""
-    n = arrays["direction"].shape[0]
-    with open(path, "w") as f:
-        f.write('{"video": ' + json.dumps(video) + ', "summary": ' + json.dumps(summary))
-        f.write(', "frames": [')
-        for i in range(n):
-            frame = {
-                "index": i,
-                "time_s": round(i / video["fps"], 4),
-                "direction": _round_grid(arrays["direction"][i], 3),
-                "speed": _round_grid(arrays["speed"][i], 3),
-                "confidence": _round_grid(arrays["confidence"][i], 3),
-                "global_direction": round(float(arrays["global_direction"][i]), 4),
-                "global_speed": round(float(arrays["global_speed"][i]), 4),
-                "global_confidence": round(float(arrays["global_confidence"][i]), 4),
-            }
-            f.write(("," if i else "") + json.dumps(frame, separators=(",", ":")))
-        f.write("]}\n")
+class _Stage:
+    """A worker thread fed through a bounded queue: ``fn(*item)`` per item, in order.
+
+    The job's own thread decodes and steps the engine (whose Numba kernels, BLAS and OpenCV calls
+    release the GIL) while stages consume its frames; the bounded queue keeps the job from running
+    more than a few frames ahead. An exception in ``fn`` is re-raised in the job's thread at the next
+    ``put`` or at ``close``. ``seconds`` is the time spent inside ``fn``.
+    """
+
+    def __init__(self, name: str, fn: Callable[..., None], maxsize: int = 4):
+        self.name, self._fn = name, fn
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._error: BaseException | None = None
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            t0 = time.perf_counter()
+            try:
+                self._fn(*item)
+            except BaseException as exc:  # re-raised in the job's thread
+                log.debug("stage %s failed", self.name, exc_info=True)
+                self._error = exc
+            self.seconds += time.perf_counter() - t0
+
+    def put(self, *item) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def close_quietly(self) -> None:
+        """Stop after a failure elsewhere; what it wrote is discarded with the work folder."""
+        self._error = self._error or RuntimeError("closed")
+        self._queue.put(None)
+        self._thread.join()
 
 
 class _OverlayWriter:
-    """Draws and encodes overlay frames on a thread (OpenCV releases the GIL), so the engine of the
-    next frame runs meanwhile. The queue is bounded: the job never runs ahead by more than a few
-    frames."""
+    """Draws the motion map on each frame and encodes overlay.mp4, on two stages of its own (drawing
+    is numpy and OpenCV, encoding is FFmpeg; both mostly outside the GIL)."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         import cv2
@@ -66,72 +97,108 @@ class _OverlayWriter:
         self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not self._writer.isOpened():
             raise RuntimeError("OpenCV cannot write an mp4v overlay video here")
-        self._queue: queue.Queue = queue.Queue(maxsize=4)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="overlay-writer", daemon=True)
-        self._thread.start()
+        self.encode = _Stage("overlay-encode", self._writer.write)
+        self.draw = _Stage("overlay-draw", self._draw_one)
 
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            frame, mf = item
-            try:
-                self._writer.write(
-                    self._draw(frame, mf.direction, mf.speed, mf.confidence, mf.cell)
-                )
-            except BaseException as exc:  # re-raised in the job's thread
-                self._error = exc
+    def _draw_one(self, frame: np.ndarray, mf) -> None:
+        self.encode.put(self._draw(frame, mf.direction, mf.speed, mf.confidence, mf.cell))
 
     def write(self, frame: np.ndarray, mf) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put((frame, mf))
+        self.draw.put(frame, mf)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._writer.release()
-        if self._error is not None:
-            raise self._error
+        try:
+            self.draw.close()
+        finally:
+            self.encode.close()
+            self._writer.release()
 
     def close_quietly(self) -> None:
-        """Stop after a failure elsewhere; the file is discarded with the work folder."""
-        self._error = self._error or RuntimeError("closed")
-        self._queue.put(None)
-        self._thread.join()
+        self.draw.close_quietly()
+        self.encode.close_quietly()
         self._writer.release()
 
 
-class _Grids:
-    """Per-frame grids appended to memory-mapped .npy files in the work folder (long videos stay off
-    the heap); sized for the frame cap, trimmed when saved."""
+class _Results:
+    """Everything kept of each frame's motion, gathered on a stage of its own: the grids (appended to
+    memory-mapped .npy files in the work folder, so long videos stay off the heap; sized for the
+    frame cap, trimmed when saved), the per-video summary, and the frame's entry of motion.json,
+    serialised by :meth:`models.engine.MotionFrame.to_dict` (the format of the websocket's motion
+    messages) and streamed to a part file."""
 
-    NAMES = ("direction", "speed", "confidence")
+    GRIDS = ("direction_deg", "speed_px_per_frame", "confidence")
+    GLOBALS = ("global_direction_deg", "global_speed_px_per_frame", "global_confidence")
 
-    def __init__(self, folder: Path, capacity: int):
-        self.folder, self.capacity = folder, capacity
+    def __init__(self, folder: Path, capacity: int, fps: float, summary: MotionSummary):
+        self.folder, self.capacity, self.fps, self.summary = folder, capacity, fps, summary
         self.maps: dict[str, np.ndarray] = {}
+        self.globals: dict[str, list[float]] = {k: [] for k in self.GLOBALS}
+        self.direction_hist: list[np.ndarray] = []
+        self.speed_hist: list[np.ndarray] = []
+        self.cell: int | None = None
         self.n = 0
+        self.frames_path = folder / "frames.jsonl"
+        self._frames = open(self.frames_path, "w")
 
-    def append(self, mf) -> None:
+    def add(self, mf) -> None:
         if not self.maps:
-            for name in self.NAMES:
-                shape = (self.capacity,) + getattr(mf, name).shape
+            for name in self.GRIDS:
+                shape = (self.capacity,) + mf.direction.shape
                 self.maps[name] = np.lib.format.open_memmap(
                     self.folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape
                 )
-        for name in self.NAMES:
-            self.maps[name][self.n] = getattr(mf, name)
+        frame = {"index": self.n, "time_s": round(self.n / self.fps, 4)} | mf.to_dict()
+        self._frames.write(("," if self.n else "") + json.dumps(frame, separators=(",", ":")))
+        self.maps["direction_deg"][self.n] = np.mod(np.degrees(mf.direction), 360.0)
+        self.maps["speed_px_per_frame"][self.n] = mf.speed
+        self.maps["confidence"][self.n] = mf.confidence
+        for k in self.GLOBALS:
+            self.globals[k].append(frame[k])
+        self.direction_hist.append(mf.direction_hist)
+        self.speed_hist.append(mf.speed_hist)
+        self.summary.update(mf.direction, mf.speed, mf.confidence)
+        self.cell = mf.cell
         self.n += 1
 
-    def trimmed(self) -> dict[str, np.ndarray]:
-        return {name: m[: self.n] for name, m in self.maps.items()}
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {name: m[: self.n] for name, m in self.maps.items()}
+        out.update({k: np.asarray(v, dtype=np.float32) for k, v in self.globals.items()})
+        out["direction_hist"] = np.asarray(self.direction_hist, dtype=np.float32)
+        out["speed_hist"] = np.asarray(self.speed_hist, dtype=np.float32)
+        return out
+
+    def write_motion_json(self, path: Path, video: dict, summary: dict) -> None:
+        """motion.json: the video, its summary, then the frames copied from the part file (a long
+        video never sits in memory as one string)."""
+        self._frames.close()
+        with open(path, "w") as f:
+            head = {"video": video, "units": UNITS, "summary": summary}
+            f.write(json.dumps(head)[:-1] + ', "frames": [')
+            with open(self.frames_path) as frames:
+                shutil.copyfileobj(frames, f, 1 << 20)
+            f.write("]}\n")
+        self.frames_path.unlink()
 
     def remove(self) -> None:
+        self._frames.close()
         self.maps.clear()
-        for name in self.NAMES:
+        for name in self.GRIDS:
             (self.folder / f"{name}.npy").unlink(missing_ok=True)
+        self.frames_path.unlink(missing_ok=True)
+
+
+def _frames_timed(frames, timing: dict):
+    """Iterate ``frames``, adding the time spent waiting for each to ``timing["decode_wait"]``."""
+    it = iter(frames)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            frame = next(it)
+        except StopIteration:
+            return
+        finally:
+            timing["decode_wait"] += time.perf_counter() - t0
+        yield frame
 
 
 def process_video(
@@ -179,8 +246,8 @@ def process_video(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()  # the parent must exist: a deleted job's folder is never brought back
     t0 = time.perf_counter()
-    grids = _Grids(work, 1)
-    writer = None
+    results = writer = keeper = None
+    timing = {"decode_wait": 0.0, "engine": 0.0}
     try:
         try:
             container = sniff_file(input_path)
@@ -193,50 +260,61 @@ def process_video(
         with SandboxedDecoder(input_path, limits) as dec:
             info = dec.info
             total = min(info.declared_frames or info.max_frames, info.max_frames)
-            grids.capacity = info.max_frames
-            glob = {k: [] for k in ("global_direction", "global_speed", "global_confidence")}
-            dir_hist, speed_hist = [], []
+            results = _Results(work, info.max_frames, info.fps, summary)
+            keeper = _Stage("motion-results", results.add)
             if overlay:
                 size = (info.out_width, info.out_height)
                 writer = _OverlayWriter(work / "overlay.mp4", info.fps, size)
             last = 0.0
-            cell = None
-            for frame in dec.frames():
+            for frame in _frames_timed(dec.frames(), timing):
+                t_step = time.perf_counter()
                 try:
                     mf = engine.step(state, frame)
                 except ValueError as exc:  # the engine names what is wrong with the frame
                     raise VideoRejected(f"frame {dec.frames_decoded}: {exc}") from None
-                cell = mf.cell
-                grids.append(mf)
-                summary.update(mf.direction, mf.speed, mf.confidence)
-                for k, v in glob.items():
-                    v.append(getattr(mf, k))
-                dir_hist.append(mf.direction_hist)
-                speed_hist.append(mf.speed_hist)
+                timing["engine"] += time.perf_counter() - t_step
+                keeper.put(mf)
                 if writer is not None:
                     writer.write(frame, mf)
                 now = time.perf_counter()
                 if progress_cb is not None and now - last >= PROGRESS_INTERVAL_S:
                     last = now
                     progress_cb(dec.frames_decoded, max(total, dec.frames_decoded))
+            keeper, k = None, keeper
+            k.close()
+            timing["results"] = k.seconds
             if writer is not None:
                 writer, w = None, writer
                 w.close()
+                timing["overlay_draw"] = w.draw.seconds
+                timing["overlay_encode"] = w.encode.seconds
             n = dec.frames_decoded
             stopped_at_cap = dec.stopped_at_cap
         if n == 0:
             raise VideoRejected("no frame could be decoded: the file is truncated or damaged")
         if progress_cb is not None:
             progress_cb(n, n)
-        arrays = grids.trimmed()
-        arrays.update({k: np.asarray(v, dtype=np.float32) for k, v in glob.items()})
-        arrays["direction_hist"] = np.asarray(dir_hist, dtype=np.float32)
-        arrays["speed_hist"] = np.asarray(speed_hist, dtype=np.float32)
-        arrays["direction_bins"] = np.asarray(engine.direction_bins, dtype=np.float32)
-        arrays["speed_bins"] = np.asarray(engine.speed_bins, dtype=np.float32)
-        arrays["video_direction_hist"] = summary.direction_hist_.astype(np.float32)
-        arrays["video_direction_bins"] = summary.bin_centres_.astype(np.float32)
-        arrays["speed_over_time"] = summary.speed_over_time_.astype(np.float32)
+        t_write = time.perf_counter()
+        arrays = results.arrays()
+        main = summary.main_directions_
+        arrays.update(
+            cell_px=np.asarray(results.cell, dtype=np.int32),
+            direction_bins_deg=np.degrees(np.asarray(engine.direction_bins, np.float64)).astype(
+                np.float32
+            ),
+            speed_bins_px_per_frame=np.asarray(engine.speed_bins, dtype=np.float32),
+            video_direction_hist=summary.direction_hist_.astype(np.float32),
+            video_direction_bins_deg=np.degrees(summary.bin_centres_).astype(np.float32),
+            speed_over_time_px_per_frame=summary.speed_over_time_.astype(np.float32),
+            main_directions_deg=np.asarray(
+                [np.nan if m["direction_deg"] is None else m["direction_deg"] for m in main],
+                dtype=np.float32,
+            ),
+            main_directions_share=np.asarray([m["share"] for m in main], dtype=np.float32),
+            main_directions_median_speed_px_per_frame=np.asarray(
+                [m["median_speed_px_per_frame"] for m in main], dtype=np.float32
+            ),
+        )
         video = {
             "container": container,
             "codec": info.codec,
@@ -245,15 +323,17 @@ def process_video(
             "fps": info.fps,
             "processed_width": info.out_width,
             "processed_height": info.out_height,
-            "speed_unit": "pixels of the processed frame per frame",
-            "cell": cell,
+            "cell_px": results.cell,
             "frames": n,
             "declared_frames": info.declared_frames,
             "stopped_at_cap": stopped_at_cap,
         }
         np.savez_compressed(work / "motion.npz", **arrays)
-        summary_dict = summary.to_dict()
-        _write_motion_json(work / "motion.json", video, arrays, summary_dict)
+        timing["write_npz"] = time.perf_counter() - t_write
+        t_write = time.perf_counter()
+        results.write_motion_json(work / "motion.json", video, summary.to_dict())
+        timing["write_json"] = time.perf_counter() - t_write
+        t_write = time.perf_counter()
         summary_figure(
             work / "summary.png",
             summary.bin_centres_,
@@ -261,14 +341,18 @@ def process_video(
             summary.speed_over_time_,
             info.fps,
             title=f"{n} frames, {info.width}x{info.height} at {info.fps:.3g} fps",
+            main_directions=main,
         )
-        grids.remove()
+        timing["write_png"] = time.perf_counter() - t_write
+        results.remove()
         elapsed = time.perf_counter() - t0
         result = dict(
             video,
-            seconds=round(elapsed, 3),
-            frames_per_second=round(n / elapsed, 2),
-            dominant_direction_deg=summary_dict["dominant_direction_deg"],
+            main_directions=main,
+            processing_seconds=round(elapsed, 3),
+            processed_frames_per_second=round(n / elapsed, 2),
+            stage_seconds={k: round(v, 3) for k, v in timing.items()},
+            units=UNITS,
         )
         (work / "result.json").write_text(json.dumps(result, indent=1))
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -276,8 +360,10 @@ def process_video(
         log.info("processed %s: %d frames in %.1f s", input_path.name, n, elapsed)
         return result
     except BaseException:
-        if writer is not None:
-            writer.close_quietly()
-        grids.remove()
+        for stage in (keeper, writer):
+            if stage is not None:
+                stage.close_quietly()
+        if results is not None:
+            results.remove()
         shutil.rmtree(work, ignore_errors=True)
         raise

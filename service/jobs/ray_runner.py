@@ -39,7 +39,10 @@ def run_job_on_worker(
 ) -> tuple:
     """Body of the Ray task: ("ok", result, {file name: bytes}) or ("failed", reason, None)."""
     from service.jobs.decode import DecodeError
+    from service.jobs.engines import pin_threads
     from service.jobs.process import process_video
+
+    pin_threads(1)  # Ray runs one task per CPU it schedules
 
     def progress(done: int, total: int) -> None:
         if board is not None:

@@ -179,6 +179,7 @@ class Runner:
 def worker_main(conn, engine_factory: Callable[[], object], limits: Limits) -> None:
     """Body of a worker process: build the engine once, then run jobs sent over ``conn``."""
     from service.jobs.decode import DecodeError, die_with_parent, leave_signals_to_parent
+    from service.jobs.engines import pin_threads
     from service.jobs.process import process_video
 
     leave_signals_to_parent()  # a SIGTERM to the process group is for the service, which stops us
@@ -187,6 +188,7 @@ def worker_main(conn, engine_factory: Callable[[], object], limits: Limits) -> N
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        pin_threads(1)
         engine = engine_factory()
     except Exception as exc:
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))

@@ -147,4 +147,4 @@ def test_video_upload_and_motion_map(client, ready, tmp_path):
     assert motion.status_code == 200
     frames = motion.json()["frames"]
     assert len(frames) == 16
-    assert len(frames[0]["direction"]) > 0 and len(frames[0]["direction"][0]) > 0
+    assert len(frames[0]["direction_deg"]) > 0 and len(frames[0]["direction_deg"][0]) > 0
