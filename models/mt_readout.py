@@ -340,15 +340,17 @@ class MTReadout:
         conf = p_move * np.minimum(np.hypot(vec[..., 0], vec[..., 1]), 1.0)
         return direction, speed.astype(np.float32), conf.astype(np.float32), p_move
 
-    def predict(self, x: np.ndarray, total: np.ndarray):
-        """Decode raw pooled unit activity ``(n, L, N)`` with totals ``(n, L)`` (training space)."""
+    def predict(self, x: np.ndarray, total: np.ndarray, evidence_range=None):
+        """Decode raw pooled unit activity ``(n, L, N)`` with totals ``(n, L)`` (training space);
+        ``evidence_range`` as in :meth:`evidence`."""
         self._check_fitted()
         f = np.asarray(x, np.float32) / (
             np.asarray(total, np.float32)[..., None] + self.norm_[:, None]
         )
         a = np.einsum("nlu,luh->nh", f, self.proj_) + self.b1_
         direction, speed, conf, p_move = self.decode_hidden(np.maximum(a, 0))
-        return direction, speed, conf * self.evidence(np.asarray(total, np.float32)), p_move
+        ev = self.evidence(np.asarray(total, np.float32), evidence_range)
+        return direction, speed, conf * ev, p_move
 
     # ------------------------------------------------------------------ storage
     FIELDS = ("proj_", "norm_", "b1_", "W2_", "b2_", "speed_classes_")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models import stimuli
-from models.engine import MotionEngine, global_motion
+from models.engine import GLOBAL_EVIDENCE_RANGE, MotionEngine, global_motion
 from models.mt_fit import make_sequence, pooled_units
 from models.mt_readout import SPEED_CLASSES, MTReadout, Pooling, box_pool
 from models.readout import angular_error
@@ -105,8 +105,16 @@ def test_live_read_equals_the_readout_on_the_features_it_is_fitted_on(shape, poo
         np.testing.assert_allclose(s.reshape(ch, cw), got.speed, rtol=1e-4)
         strong = got.confidence > 1e-3  # direction is defined where the vector is not ~0
         assert angular_error(d.reshape(ch, cw), got.direction)[strong].max() < 1e-3
-        gd, gs, gc = global_motion(got.direction, got.speed, got.confidence)
-        assert (gd, gs, gc) == (got.global_direction, got.global_speed, got.global_confidence)
+        # the dominant motion weighs the cells with the milder evidence range
+        _, _, c_all, _ = engine.mt.predict(
+            cells[..., :n].reshape(ch * cw, -1, n),
+            cells[..., n].reshape(ch * cw, -1),
+            evidence_range=GLOBAL_EVIDENCE_RANGE,
+        )
+        gd, gs, gc = global_motion(got.direction, got.speed, c_all.reshape(ch, cw))
+        assert gd == pytest.approx(got.global_direction, abs=1e-4)
+        assert gs == pytest.approx(got.global_speed, rel=1e-4)
+        assert gc == pytest.approx(got.global_confidence, abs=1e-4)
 
 
 def test_global_motion_is_the_confident_cells_consensus(rng):

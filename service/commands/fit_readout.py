@@ -16,8 +16,9 @@ def add_parser(subparsers) -> None:
         help="fit the MT read-out (direction, speed, still) of the shipped ss-RNN",
         description="Run training sequences (pans, gratings, still frames and moving objects made "
         "from the training stills) through the engine and fit the MT read-out on the pooled "
-        "activity it sees live. Example: v1motion fit-readout --sequences 3000 --seed 0",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "activity it sees live. With the defaults it remakes the shipped read-out and its card.",
+        epilog="example:\n  v1motion fit-readout --out /tmp/readout.npz   # then compare with "
+        "python bench/accuracy.py --quick",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the .npz goes")
     p.add_argument("--sequences", type=int, default=2500, help="training sequences (12 frames)")
