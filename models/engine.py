@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import numba
 import numpy as np
 
 from models.kernels import _readout_frame
 from models.readout import MotionReadout
 from models.ssrnn import SSRNN, SparseCode, recurrent_csr
-from models.whitening import patch_grid
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "ssrnn_default.npz"
@@ -102,10 +102,23 @@ class MotionEngine:
         ``direction_curves`` (16, N), ``speed_curves`` (N, n_speeds), ``speeds`` (n_speeds,).
     levels : pyramid levels.  pool_px : side of the spatial pooling window in input pixels.
     tau : time constant (frames) of the temporal average.  cell : motion-map cell in patches.
+    threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the patches
+        of a frame are split into ``threads`` chunks of whole patch rows that run in parallel; the codes
+        are identical. ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
+        the calling thread before every parallel call; engines with different settings can share a
+        process. Concurrent calls from several Python threads need Numba's ``omp`` or ``tbb``
+        threading layer (the ``workqueue`` layer is not thread-safe).
     """
 
     def __init__(self, model: SSRNN, readout: MotionReadout, tuning: dict, levels: int = 3,
-                 pool_px: int = 48, tau: float = 4.0, cell: int = 2, rms_floor: float = 0.1):  # fmt: skip
+                 pool_px: int = 48, tau: float = 4.0, cell: int = 2, rms_floor: float = 0.1,
+                 threads: int = 1):  # fmt: skip
+        if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(
+                f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
+                f"(NUMBA_NUM_THREADS), got {threads}"
+            )
+        self.threads = threads
         self.model = model
         self.readout = readout
         self.tuning = tuning
@@ -121,6 +134,7 @@ class MotionEngine:
             )
         self._beta = np.ascontiguousarray(readout.coef_.reshape(levels, n, 3))
         self._G = model.gram()
+        self._layouts: dict = {}
         self._csr = recurrent_csr(model.R_)
         self._W = np.ascontiguousarray(model.W_)
         self.direction_bins = (np.arange(N_DIRECTION_BINS) * 2 * np.pi / N_DIRECTION_BINS).astype(
@@ -214,25 +228,85 @@ class MotionEngine:
         """The ss-RNN's sparse code of every pyramid level, ``[(code, rows, cols)]``; updates ``state``.
 
         Per level: whitening convolution, contrast normalised by a running RMS, non-overlapping
-        patches, atom correlations (one GEMM), greedy filtering with the level's recurrent state.
+        patches, atom correlations (one GEMM). Then for all levels at once, greedy filtering with each
+        patch's recurrent state (one kernel call). The codes of the levels are views of one joint
+        code, rows ``[offsets[lv], offsets[lv + 1])``.
         """
         model, p = self.model, self.model.patch
-        out = []
+        shapes, offsets, bounds = self._layout(grey.shape)
+        patches = np.empty((offsets[-1], p, p), np.float32)
+        C = np.empty((offsets[-1], model.n_atoms), np.float32)
         img = grey
-        for lv in range(self.levels):
+        for lv, (gh, gw) in enumerate(shapes):
             if lv:
                 img = cv2.pyrDown(img)
             white = model.whitener_.transform(img)
             rms = float(np.sqrt(np.mean(white**2)))
             prev_rms = state.rms[lv]
             state.rms[lv] = rms if prev_rms is None else 0.9 * prev_rms + 0.1 * rms
-            white *= np.float32(1.0 / max(state.rms[lv], self.rms_floor))
-            grid = patch_grid(white, p)
-            gh, gw, d = grid.shape
-            code = model.infer(grid.reshape(-1, d) @ self._W, state.prev[lv], self._G, self._csr)
-            state.prev[lv] = code
-            out.append((code, gh, gw))
+            # Scale and cut out the patches in one pass: the same float32 products as scaling the
+            # frame first, so the correlations are unchanged.
+            grid = white[: gh * p, : gw * p].reshape(gh, p, gw, p).transpose(0, 2, 1, 3)
+            rows = slice(offsets[lv], offsets[lv + 1])
+            np.multiply(
+                grid,
+                np.float32(1.0 / max(state.rms[lv], self.rms_floor)),
+                out=patches[rows].reshape(gh, gw, p, p),
+            )
+            # One GEMM per level: BLAS rounds a row differently depending on where it falls in the
+            # matrix, so a single GEMM over all levels would change the last bits of some rows.
+            np.matmul(patches[rows].reshape(-1, p * p), self._W, out=C[rows])
+        if self.threads > 1:
+            numba.set_num_threads(self.threads)
+        code = model.infer(C, self._joint_prev(state, offsets), self._G, self._csr, bounds)
+        out = []
+        for lv, (gh, gw) in enumerate(shapes):
+            a, b = offsets[lv], offsets[lv + 1]
+            level = SparseCode(code.idx[a:b], code.val[a:b], code.cnt[a:b], code.prior[a:b])
+            state.prev[lv] = level
+            out.append((level, gh, gw))
         return out
+
+    def _layout(self, shape: tuple[int, int]):
+        """Patch grid of every level, their row offsets in the joint code, and the thread chunks."""
+        cached = self._layouts.get(shape)
+        if cached is not None:
+            return cached
+        p = self.model.patch
+        h, w = shape
+        shapes = []
+        for _ in range(self.levels):
+            shapes.append((h // p, w // p))
+            h, w = (h + 1) // 2, (w + 1) // 2  # cv2.pyrDown's output size
+        offsets = np.concatenate([[0], np.cumsum([gh * gw for gh, gw in shapes])]).astype(np.int64)
+        bounds = None
+        if self.threads > 1:
+            # Whole patch rows, about the same number of patches per chunk.
+            starts = [
+                off + gw * np.arange(gh) for off, (gh, gw) in zip(offsets, shapes, strict=False)
+            ]
+            rows = np.concatenate([*starts, [offsets[-1]]])
+            want = np.linspace(0, offsets[-1], self.threads + 1)[1:-1]
+            cut = rows[np.searchsorted(rows, want)]
+            bounds = np.unique(np.concatenate([[0], cut, [offsets[-1]]])).astype(np.int64)
+        self._layouts[shape] = shapes, offsets, bounds
+        return shapes, offsets, bounds
+
+    def _joint_prev(self, state: StreamState, offsets: np.ndarray) -> SparseCode | None:
+        """The previous frame's code of all levels as one code (``None`` at the start of a stream).
+
+        ``encode`` leaves views of one joint code in ``state.prev``; their bases are that code.
+        """
+        prev = state.prev
+        if any(c is None for c in prev):
+            return None
+        fields = ("idx", "val", "cnt", "prior")
+        bases = [getattr(prev[0], f).base for f in fields]
+        if all(b is not None and len(b) == offsets[-1] for b in bases) and all(
+            getattr(c, f).base is b for c in prev for f, b in zip(fields, bases, strict=True)
+        ):
+            return SparseCode(*bases)
+        return SparseCode(*(np.concatenate([getattr(c, f) for c in prev]) for f in fields))
 
     def read(self, state: StreamState, codes, shape: tuple[int, int]) -> MotionFrame:
         """The motion map, histograms and global motion from the codes of one frame."""

@@ -33,7 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models.kernels import _ssrnn_infer_frame, _ssrnn_infer_frame_dense
+from models.kernels import (
+    _ssrnn_infer_frame,
+    _ssrnn_infer_frame_dense,
+    _ssrnn_infer_frame_parallel,
+)
 from models.whitening import Whitener, patch_grid
 
 FORMAT_VERSION = 1
@@ -200,8 +204,15 @@ class SSRNN:
         prev: SparseCode | None,
         G: np.ndarray | None = None,
         csr: tuple | None = None,
+        bounds: np.ndarray | None = None,
     ) -> SparseCode:
-        """One greedy filtering step for ``M`` patches given their atom correlations ``C`` ``(M, A)``."""
+        """One greedy filtering step for ``M`` patches given their atom correlations ``C`` ``(M, A)``.
+
+        ``bounds`` (increasing int64 from 0 to ``M``) splits the patches into chunks
+        ``bounds[c] <= m < bounds[c + 1]`` that run in parallel on Numba's threads; the code is identical
+        to the serial one for any split. The number of threads is Numba's per-thread setting of the
+        calling thread (``numba.set_num_threads``).
+        """
         self._check_fitted()
         C = np.ascontiguousarray(C, np.float32)
         if C.ndim != 2 or C.shape[1] != self.n_atoms:
@@ -214,11 +225,18 @@ class SSRNN:
         G = self.gram() if G is None else G
         ptr, idx, val = recurrent_csr(self.R_) if csr is None else csr
         out = SparseCode.empty(m, self.kmax)
-        _ssrnn_infer_frame(
+        args = (
             C, G, ptr, idx, val, self.b_, prev.idx, prev.val, prev.cnt, self.n_clones,
             1.0 / (2 * self.tau_y**2), self.lam, self.kappa, self.kmax,
             out.idx, out.val, out.cnt, out.prior,
         )  # fmt: skip
+        if bounds is None:
+            _ssrnn_infer_frame(*args)
+        else:
+            bounds = np.asarray(bounds, np.int64)
+            if bounds[0] != 0 or bounds[-1] != m or np.any(np.diff(bounds) < 0):
+                raise ValueError(f"bounds must increase from 0 to {m}, got {bounds}")
+            _ssrnn_infer_frame_parallel(*args, bounds)
         return out
 
     def infer_dense(self, C: np.ndarray, prev: SparseCode | None, G=None) -> SparseCode:

@@ -15,12 +15,21 @@ def _random_model(seed, n_atoms=12, n_clones=3, patch=4, r_scale=0.8, b=-1.0):
     return m
 
 
+def _assert_same_code(a, b):
+    for f in ("idx", "val", "cnt", "prior"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+
+
 def _compare(model, C, prev):
     out = model.infer(C, prev)
     dense = model.infer_dense(C, prev)
     np.testing.assert_array_equal(dense.cnt, out.cnt)
     np.testing.assert_array_equal(dense.idx, out.idx)
     np.testing.assert_allclose(dense.val, out.val, rtol=1e-5)
+    # The parallel driver, on uneven chunks (one of them empty), gives exactly the serial code.
+    m = len(C)
+    for bounds in ([0, m], [0, m // 3, m // 3, m], np.linspace(0, m, 5).astype(np.int64)):
+        _assert_same_code(model.infer(C, prev, bounds=np.asarray(bounds, np.int64)), out)
     ref = naive._ssrnn_infer_frame(
         C, model.gram(), model.R_, model.b_, prev.idx, prev.val, prev.cnt, model.n_clones,
         1 / (2 * model.tau_y**2), model.lam, model.kappa, model.kmax,
@@ -61,6 +70,14 @@ def test_kernel_edge_cases():
     wide[:, ::2] = C
     out2 = model.infer(wide[:, ::2], prev)
     np.testing.assert_array_equal(out2.cnt, out.cnt)
+
+
+def test_parallel_bounds_must_cover_the_patches():
+    model = _random_model(1)
+    C = np.zeros((10, model.n_atoms), np.float32)
+    for bounds in ([0, 5], [1, 10], [0, 6, 4, 10]):
+        with pytest.raises(ValueError, match="bounds"):
+            model.infer(C, None, bounds=np.array(bounds))
 
 
 def test_kernel_respects_kmax_and_nonnegativity(rng):
