@@ -165,11 +165,12 @@ def _pursuit_scratch(n_atoms, kmax):
 
 @njit(cache=True, nogil=True)
 def _infer_patches(
-    m0, m1, C, G, Gt, r_ptr, r_idx, r_val, b, group_of, base_pi, base_u, prev_idx, prev_val,
+    m0, m1, C, G, Gt, r_ptr, r_idx, r_val, b, g_ptr, g_idx, base_pi, base_u, prev_idx, prev_val,
     prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt, out_prior,
 ):  # fmt: skip
     """Patches ``m0 <= m < m1`` of a frame, with the sparse recurrent drive; allocates its own scratch,
-    so disjoint ranges can run on different threads."""
+    so disjoint ranges can run on different threads. ``g_ptr``, ``g_idx``: the (atom, sign) groups
+    that each unit's row of ``R^T`` reaches (``_drive_groups``)."""
     n_units = b.shape[0]
     n_atoms = C.shape[1]
     pi = np.empty(n_units)
@@ -177,57 +178,70 @@ def _infer_patches(
         pi[u] = b[u]
     best_pi = base_pi.copy()
     best_u = base_u.copy()
-    touched = np.empty(n_units, np.int64)
-    group_dirty = np.zeros(2 * n_atoms, np.bool_)
     rho, gain, in_support, s_atom, s_sign, s_unit, s_prior, chol, fwd, xi = _pursuit_scratch(
         n_atoms, kmax
     )
     for m in range(m0, m1):
-        n_touched = 0
-        for i in range(prev_cnt[m]):
+        n_prev = prev_cnt[m]
+        for i in range(n_prev):
             j = prev_idx[m, i]
             v = prev_val[m, i]
             for e in range(r_ptr[j], r_ptr[j + 1]):
-                u = r_idx[e]
-                g = group_of[u]
-                if not group_dirty[g]:
-                    group_dirty[g] = True
-                    touched[n_touched] = g
-                    n_touched += 1
-                pi[u] += v * r_val[e]
-        for t in range(n_touched):
-            g = touched[t]
-            a, s = g // 2, g % 2
-            best_pi[s, a], best_u[s, a] = _best_clone(pi, a, s, n_clones)
+                pi[r_idx[e]] += v * r_val[e]
+        # Best clone of every group the drive reached (a group reached twice is simply redone).
+        for i in range(n_prev):
+            j = prev_idx[m, i]
+            for e in range(g_ptr[j], g_ptr[j + 1]):
+                g = g_idx[e]
+                a, s = g >> 1, g & 1
+                best_pi[s, a], best_u[s, a] = _best_clone(pi, a, s, n_clones)
         _pursuit_patch(
             m, C, G, Gt, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, gain, in_support,
             s_atom, s_sign, s_unit, s_prior, chol, fwd, xi, out_idx, out_val, out_cnt, out_prior,
         )  # fmt: skip
-        # Undo this patch's drive: only the touched groups differ from the bias-only state.
-        for t in range(n_touched):
-            g = touched[t]
-            group_dirty[g] = False
-            a, s = g // 2, g % 2
-            best_pi[s, a] = base_pi[s, a]
-            best_u[s, a] = base_u[s, a]
-            for u in range(g * n_clones, (g + 1) * n_clones):
-                pi[u] = b[u]
+        # Undo this patch's drive: only the groups it reached differ from the bias-only state.
+        for i in range(n_prev):
+            j = prev_idx[m, i]
+            for e in range(g_ptr[j], g_ptr[j + 1]):
+                g = g_idx[e]
+                a, s = g >> 1, g & 1
+                best_pi[s, a] = base_pi[s, a]
+                best_u[s, a] = base_u[s, a]
+                for u in range(g * n_clones, (g + 1) * n_clones):
+                    pi[u] = b[u]
 
 
 @njit(cache=True, nogil=True)
-def _frame_setup(G, b, n_clones, n_atoms):
-    """Per-frame constants: ``G.T`` contiguous, the group of every unit, the best clone from ``b``."""
+def _drive_groups(r_ptr, r_idx, n_clones):
+    """For each row ``j`` of ``R^T`` in CSR form, the (atom, sign) groups ``u // n_clones`` of its units,
+    as CSR ``(g_ptr, g_idx)``; consecutive repeats are merged (rows are sorted, so each group once)."""
+    n = r_ptr.shape[0] - 1
+    g_ptr = np.zeros(n + 1, np.int64)
+    g_idx = np.empty(r_idx.shape[0], np.int64)
+    k = 0
+    for j in range(n):
+        last = -1
+        for e in range(r_ptr[j], r_ptr[j + 1]):
+            g = r_idx[e] // n_clones
+            if g != last:
+                g_idx[k] = g
+                k += 1
+                last = g
+        g_ptr[j + 1] = k
+    return g_ptr, g_idx[:k]
+
+
+@njit(cache=True, nogil=True)
+def _frame_setup(G, b, r_ptr, r_idx, n_clones, n_atoms):
+    """Per-frame constants: ``G.T`` contiguous, the best clone of every group from ``b`` alone, and the
+    groups each unit's recurrent row reaches."""
     Gt = np.ascontiguousarray(G.T)
-    n_units = b.shape[0]
-    group_of = np.empty(n_units, np.int64)
-    pi = np.empty(n_units)
-    for u in range(n_units):
-        group_of[u] = u // n_clones
-        pi[u] = b[u]
+    pi = b.astype(np.float64)
     base_pi = np.empty((2, n_atoms))
     base_u = np.empty((2, n_atoms), np.int64)
     _best_clones(pi, n_clones, base_pi, base_u)
-    return Gt, group_of, base_pi, base_u
+    g_ptr, g_idx = _drive_groups(r_ptr, r_idx, n_clones)
+    return Gt, base_pi, base_u, g_ptr, g_idx
 
 
 @njit(cache=True, nogil=True)
@@ -251,13 +265,13 @@ def _ssrnn_infer_frame(
     Notes
     -----
     Only the units that the active units of t-1 project to change their prior, so the best clone of
-    every (atom, sign) group is computed once from ``b`` and updated for the touched groups alone, and
-    restored from the bias-only state after the patch.
+    every (atom, sign) group is computed once from ``b``, updated for the groups the drive reaches
+    alone, and restored from the bias-only state after the patch.
     """
     n_atoms = C.shape[1]
-    Gt, group_of, base_pi, base_u = _frame_setup(G, b, n_clones, n_atoms)
+    Gt, base_pi, base_u, g_ptr, g_idx = _frame_setup(G, b, r_ptr, r_idx, n_clones, n_atoms)
     _infer_patches(
-        0, C.shape[0], C, G, Gt, r_ptr, r_idx, r_val, b, group_of, base_pi, base_u, prev_idx,
+        0, C.shape[0], C, G, Gt, r_ptr, r_idx, r_val, b, g_ptr, g_idx, base_pi, base_u, prev_idx,
         prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt,
         out_prior,
     )  # fmt: skip
@@ -272,10 +286,10 @@ def _ssrnn_infer_frame_parallel(
     run in parallel (``prange``), each chunk with its own scratch. Patches are independent given the
     previous code, so the result is identical to the serial kernel's for any split."""
     n_atoms = C.shape[1]
-    Gt, group_of, base_pi, base_u = _frame_setup(G, b, n_clones, n_atoms)
+    Gt, base_pi, base_u, g_ptr, g_idx = _frame_setup(G, b, r_ptr, r_idx, n_clones, n_atoms)
     for c in prange(bounds.shape[0] - 1):
         _infer_patches(
-            bounds[c], bounds[c + 1], C, G, Gt, r_ptr, r_idx, r_val, b, group_of, base_pi, base_u,
+            bounds[c], bounds[c + 1], C, G, Gt, r_ptr, r_idx, r_val, b, g_ptr, g_idx, base_pi, base_u,
             prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val,
             out_cnt, out_prior,
         )  # fmt: skip

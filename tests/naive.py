@@ -112,3 +112,8 @@ def encode(engine, state, grey):
         state[("prev", lv)] = code
         out.append(code)
     return out
+
+
+def _drive_groups(r_ptr, r_idx, n_clones):
+    """The sorted distinct (atom, sign) groups of the units in each row of ``R^T`` (CSR), per row."""
+    return [np.unique(r_idx[r_ptr[j] : r_ptr[j + 1]] // n_clones) for j in range(len(r_ptr) - 1)]

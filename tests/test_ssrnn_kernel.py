@@ -72,6 +72,21 @@ def test_kernel_edge_cases():
     np.testing.assert_array_equal(out2.cnt, out.cnt)
 
 
+def test_drive_groups_match_numpy_twin(rng):
+    from models.kernels import _drive_groups
+    from models.ssrnn import prune_recurrent, recurrent_csr
+
+    for n_clones, density in ((3, 0.05), (4, 0.3), (1, 1.0)):
+        R = prune_recurrent(rng.standard_normal((6 * n_clones * 2, 6 * n_clones * 2)), density)
+        R[:, 0] = 0  # a unit that drives nothing
+        ptr, idx, _ = recurrent_csr(R)
+        g_ptr, g_idx = _drive_groups(ptr, idx, n_clones)
+        want = naive._drive_groups(ptr, idx, n_clones)
+        assert len(g_ptr) == len(want) + 1
+        for j, groups in enumerate(want):
+            np.testing.assert_array_equal(g_idx[g_ptr[j] : g_ptr[j + 1]], groups)
+
+
 def test_parallel_bounds_must_cover_the_patches():
     model = _random_model(1)
     C = np.zeros((10, model.n_atoms), np.float32)
