@@ -36,6 +36,17 @@ def _best_clones(pi, n_clones, best_pi, best_u):
             best_pi[s, a], best_u[s, a] = _best_clone(pi, a, s, n_clones)
 
 
+@njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
+def _max_gain(gain):
+    """``max(0, max(gain))``. Gains are never NaN and max is exact in any order, so the flags that let
+    this reduction vectorise cannot change the result."""
+    best = 0.0
+    for a in range(gain.shape[0]):
+        g = gain[a]
+        best = g if g > best else best
+    return best
+
+
 @njit(cache=True, nogil=True)
 def _pursuit_patch(
     m, C, G, Gt, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, gain, in_support,
@@ -65,14 +76,14 @@ def _pursuit_patch(
         if k_act >= kmax:
             break
         # Gains of every atom with the sign of its residual correlation; -inf where it cannot be added.
+        # (Both priors are loaded and the masks combined without branches so that the loop vectorises.)
         for a in range(n_atoms):
             r = rho[a]
-            bp = best_pi[0, a] if r > 0 else best_pi[1, a]
-            g = r * r * data_scale + bp - kappa
-            gain[a] = -np.inf if (in_support[a] or r == 0.0) else g
-        best_gain = 0.0
-        for a in range(n_atoms):
-            best_gain = max(best_gain, gain[a])
+            p_pos = best_pi[0, a]
+            p_neg = best_pi[1, a]
+            g = r * r * data_scale + (p_pos if r > 0 else p_neg) - kappa
+            gain[a] = -np.inf if in_support[a] | (r == 0.0) else g
+        best_gain = _max_gain(gain)
         if not best_gain > 0.0:
             break
         best_a = 0
