@@ -255,7 +255,16 @@ def _frame_setup(G, b, r_ptr, r_idx, n_clones, n_atoms):
     return Gt, base_pi, base_u, g_ptr, g_idx
 
 
-@njit(cache=True, nogil=True)
+# The serial driver is the one Python calls: an eager signature compiles it once (or loads it from the
+# cache) at import and rejects wrong dtypes or layouts instead of compiling a slow variant for them.
+_INFER_FRAME_SIGNATURE = (
+    "void(float32[:, ::1], float64[:, ::1], int64[::1], int64[::1], float32[::1], float32[::1], "
+    "int64[:, ::1], float32[:, ::1], int64[::1], int64, float64, float64, float64, int64, "
+    "int64[:, ::1], float32[:, ::1], int64[::1], float64[::1])"
+)
+
+
+@njit(_INFER_FRAME_SIGNATURE, cache=True, nogil=True)
 def _ssrnn_infer_frame(
     C, G, r_ptr, r_idx, r_val, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax,
     out_idx, out_val, out_cnt, out_prior,

@@ -52,6 +52,8 @@ class SparseCode:
     cnt: np.ndarray  # (M,) int64
     prior: np.ndarray  # (M,) float64, summed prior log-odds of the active units
 
+    DTYPES = (np.int64, np.float32, np.int64, np.float64)
+
     @classmethod
     def empty(cls, m: int, kmax: int) -> SparseCode:
         return cls(
@@ -60,6 +62,9 @@ class SparseCode:
             np.zeros(m, np.int64),
             np.zeros(m),
         )
+
+    def arrays(self) -> tuple:
+        return self.idx, self.val, self.cnt, self.prior
 
     def dense(self, n_units: int) -> np.ndarray:
         """``(M, N)`` dense code ``z``."""
@@ -222,8 +227,14 @@ class SSRNN:
             prev = SparseCode.empty(m, self.kmax)
         if len(prev.cnt) != m:
             raise ValueError("previous code has a different number of patches")
-        G = self.gram() if G is None else G
+        G = self.gram() if G is None else np.ascontiguousarray(G, np.float64)
         ptr, idx, val = recurrent_csr(self.R_) if csr is None else csr
+        prev = SparseCode(
+            *(
+                np.ascontiguousarray(a, t)
+                for a, t in zip(prev.arrays(), SparseCode.DTYPES, strict=True)
+            )
+        )
         out = SparseCode.empty(m, self.kmax)
         args = (
             C, G, ptr, idx, val, self.b_, prev.idx, prev.val, prev.cnt, self.n_clones,

@@ -87,6 +87,25 @@ def test_drive_groups_match_numpy_twin(rng):
             np.testing.assert_array_equal(g_idx[g_ptr[j] : g_ptr[j + 1]], groups)
 
 
+def test_kernel_rejects_wrong_dtypes_instead_of_compiling_them():
+    from models.kernels import _ssrnn_infer_frame
+
+    model = _random_model(2)
+    C = np.zeros((4, model.n_atoms))  # float64, the wrapper would have made it float32
+    prev, out = SparseCode.empty(4, model.kmax), SparseCode.empty(4, model.kmax)
+    ptr, idx, val = (
+        np.zeros(model.n_units + 1, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.float32),
+    )
+    with pytest.raises(TypeError, match="No matching definition"):
+        _ssrnn_infer_frame(
+            C, model.gram(), ptr, idx, val, model.b_, *prev.arrays()[:3], model.n_clones,
+            1.0, model.lam, model.kappa, model.kmax, *out.arrays(),
+        )  # fmt: skip
+    assert len(_ssrnn_infer_frame.signatures) == 1
+
+
 def test_parallel_bounds_must_cover_the_patches():
     model = _random_model(1)
     C = np.zeros((10, model.n_atoms), np.float32)
