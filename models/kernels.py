@@ -5,8 +5,8 @@ Unit layout: ``N = A * 2 * K`` units; unit ``u`` uses atom ``u // (2K)`` with si
 and differ only in their bias and recurrent weights, so the likelihood term is shared and the clone with
 the largest prior log-odds is the one that can win.
 
-Arrays indexed by (atom, sign) are stored sign-major, ``(2, A)``, so that picking the sign of a residual
-correlation is a select between two rows and the scans over atoms vectorise.
+Arrays indexed by (atom, sign) are flat by group ``g = 2 * atom + sign = unit // K``, so the recurrent
+drive indexes them by group directly and the scans over atoms read the two signs side by side.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from numba import njit, prange
 
 
 @njit(cache=True, nogil=True)
-def _best_clone(pi, a, s, n_clones):
-    """The clone of (atom a, sign s) with the largest prior log-odds (the first one on ties)."""
-    base = (2 * a + s) * n_clones
+def _best_clone(pi, g, n_clones):
+    """The clone of group ``g = 2 * atom + sign`` with the largest prior log-odds (the first on ties)."""
+    base = g * n_clones
     bu = base
     bp = pi[base]
     for k in range(1, n_clones):
@@ -30,10 +30,9 @@ def _best_clone(pi, a, s, n_clones):
 
 @njit(cache=True, nogil=True)
 def _best_clones(pi, n_clones, best_pi, best_u):
-    """Fill ``best_pi``, ``best_u`` ``(2, A)`` with the best clone of every (atom, sign)."""
-    for a in range(best_pi.shape[1]):
-        for s in range(2):
-            best_pi[s, a], best_u[s, a] = _best_clone(pi, a, s, n_clones)
+    """Fill ``best_pi``, ``best_u`` ``(2 A,)`` with the best clone of every group ``2 * atom + sign``."""
+    for g in range(best_pi.shape[0]):
+        best_pi[g], best_u[g] = _best_clone(pi, g, n_clones)
 
 
 @njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
@@ -53,7 +52,7 @@ def _pursuit_patch(
     s_atom, s_sign, s_unit, s_prior, chol, fwd, xi, out_idx, out_val, out_cnt, out_prior,
 ):  # fmt: skip
     """Greedy pursuit of patch ``m`` given the best clone of every (atom, sign) and its prior log-odds
-    (``best_u``, ``best_pi``, both (2, A)); writes row ``m`` of the outputs.
+    (``best_u``, ``best_pi``, both (2 A,), by group ``2 * atom + sign``); writes row ``m`` of the outputs.
 
     ``Gt`` is ``G.T`` stored contiguously, so the residual update runs along rows. ``in_support`` must be
     all False on entry and is left all False.
@@ -79,8 +78,8 @@ def _pursuit_patch(
         # (Both priors are loaded and the masks combined without branches so that the loop vectorises.)
         for a in range(n_atoms):
             r = rho[a]
-            p_pos = best_pi[0, a]
-            p_neg = best_pi[1, a]
+            p_pos = best_pi[2 * a]
+            p_neg = best_pi[2 * a + 1]
             g = r * r * data_scale + (p_pos if r > 0 else p_neg) - kappa
             gain[a] = -np.inf if in_support[a] | (r == 0.0) else g
         best_gain = _max_gain(gain)
@@ -92,8 +91,8 @@ def _pursuit_patch(
         s = 0 if rho[best_a] > 0 else 1
         s_atom[k_act] = best_a
         s_sign[k_act] = s
-        s_unit[k_act] = best_u[s, best_a]
-        s_prior[k_act] = best_pi[s, best_a]
+        s_unit[k_act] = best_u[2 * best_a + s]
+        s_prior[k_act] = best_pi[2 * best_a + s]
         in_support[best_a] = True
         k_act += 1
         # Ridge refit of the signed atom coefficients on the support; drop units whose value lost
@@ -204,8 +203,7 @@ def _infer_patches(
             j = prev_idx[m, i]
             for e in range(g_ptr[j], g_ptr[j + 1]):
                 g = g_idx[e]
-                a, s = g >> 1, g & 1
-                best_pi[s, a], best_u[s, a] = _best_clone(pi, a, s, n_clones)
+                best_pi[g], best_u[g] = _best_clone(pi, g, n_clones)
         _pursuit_patch(
             m, C, G, Gt, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, gain, in_support,
             s_atom, s_sign, s_unit, s_prior, chol, fwd, xi, out_idx, out_val, out_cnt, out_prior,
@@ -215,9 +213,8 @@ def _infer_patches(
             j = prev_idx[m, i]
             for e in range(g_ptr[j], g_ptr[j + 1]):
                 g = g_idx[e]
-                a, s = g >> 1, g & 1
-                best_pi[s, a] = base_pi[s, a]
-                best_u[s, a] = base_u[s, a]
+                best_pi[g] = base_pi[g]
+                best_u[g] = base_u[g]
                 for u in range(g * n_clones, (g + 1) * n_clones):
                     pi[u] = b[u]
 
@@ -248,8 +245,8 @@ def _frame_setup(G, b, r_ptr, r_idx, n_clones, n_atoms):
     groups each unit's recurrent row reaches."""
     Gt = np.ascontiguousarray(G.T)
     pi = b.astype(np.float64)
-    base_pi = np.empty((2, n_atoms))
-    base_u = np.empty((2, n_atoms), np.int64)
+    base_pi = np.empty(2 * n_atoms)
+    base_u = np.empty(2 * n_atoms, np.int64)
     _best_clones(pi, n_clones, base_pi, base_u)
     g_ptr, g_idx = _drive_groups(r_ptr, r_idx, n_clones)
     return Gt, base_pi, base_u, g_ptr, g_idx
@@ -323,8 +320,8 @@ def _ssrnn_infer_frame_dense(
     computed densely with BLAS: the baseline the sparse drive is measured against."""
     n_atoms = C.shape[1]
     Gt = np.ascontiguousarray(G.T)
-    best_pi = np.empty((2, n_atoms))
-    best_u = np.empty((2, n_atoms), np.int64)
+    best_pi = np.empty(2 * n_atoms)
+    best_u = np.empty(2 * n_atoms, np.int64)
     rho, gain, in_support, s_atom, s_sign, s_unit, s_prior, chol, fwd, xi = _pursuit_scratch(
         n_atoms, kmax
     )
