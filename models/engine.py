@@ -9,6 +9,7 @@ exponential average over frames and box average over space -> motion map (direct
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,11 +104,13 @@ class MotionEngine:
     levels : pyramid levels.  pool_px : side of the spatial pooling window in input pixels.
     tau : time constant (frames) of the temporal average.  cell : motion-map cell in patches.
     threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the patches
-        of a frame are split into ``threads`` chunks of whole patch rows that run in parallel; the codes
-        are identical. ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
+        of a frame are split into ``threads`` chunks of whole patch rows that run in parallel, and the
+        coarser pyramid levels are whitened and correlated on a helper thread; the codes are identical. ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
         the calling thread before every parallel call; engines with different settings can share a
         process. Concurrent calls from several Python threads need Numba's ``omp`` or ``tbb``
-        threading layer (the ``workqueue`` layer is not thread-safe).
+        threading layer (the ``workqueue`` layer is not thread-safe). On a machine shared with other
+        work, run with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP's default spin-waiting between frames takes
+        the core the other thread needs, and two threads then ran slower than one.
     """
 
     def __init__(self, model: SSRNN, readout: MotionReadout, tuning: dict, levels: int = 3,
@@ -135,6 +138,11 @@ class MotionEngine:
         self._beta = np.ascontiguousarray(readout.coef_.reshape(levels, n, 3))
         self._G = model.gram()
         self._layouts: dict = {}
+        self._pool = (
+            ThreadPoolExecutor(threads - 1, thread_name_prefix="v1motion-encode")
+            if threads > 1
+            else None
+        )
         self._csr = recurrent_csr(model.R_)
         self._W = np.ascontiguousarray(model.W_)
         self.direction_bins = (np.arange(N_DIRECTION_BINS) * 2 * np.pi / N_DIRECTION_BINS).astype(
@@ -236,8 +244,36 @@ class MotionEngine:
         shapes, offsets, bounds = self._layout(grey.shape)
         patches = np.empty((offsets[-1], p, p), np.float32)
         C = np.empty((offsets[-1], model.n_atoms), np.float32)
-        img = grey
+        rest = None
+        if self._pool is not None and self.levels > 1:
+            # The coarser levels on a helper thread while this one does level 0 (OpenCV, numpy and
+            # BLAS release the GIL); each level's numbers are computed exactly as on one thread.
+            rest = self._pool.submit(
+                self._correlate_levels, state, grey, 1, shapes, offsets, patches, C
+            )
+        self._correlate_levels(state, grey, 0, shapes[:1], offsets, patches, C)
+        if rest is not None:
+            rest.result()
+        elif self.levels > 1:
+            self._correlate_levels(state, grey, 1, shapes, offsets, patches, C)
+        if self.threads > 1:
+            numba.set_num_threads(self.threads)
+        code = model.infer(C, self._joint_prev(state, offsets), self._G, self._csr, bounds)
+        out = []
         for lv, (gh, gw) in enumerate(shapes):
+            a, b = offsets[lv], offsets[lv + 1]
+            level = SparseCode(code.idx[a:b], code.val[a:b], code.cnt[a:b], code.prior[a:b])
+            state.prev[lv] = level
+            out.append((level, gh, gw))
+        return out
+
+    def _correlate_levels(self, state, img, first, shapes, offsets, patches, C) -> None:
+        """Levels ``first <= lv < len(shapes)`` (``img`` is level ``first - 1``, or level 0 if
+        ``first == 0``): whiten, normalise by the running RMS, cut out the patches into ``patches``
+        and correlate them with the atoms into ``C``, at rows ``offsets[lv]:offsets[lv + 1]``."""
+        model, p = self.model, self.model.patch
+        for lv in range(first, len(shapes)):
+            gh, gw = shapes[lv]
             if lv:
                 img = cv2.pyrDown(img)
             white = model.whitener_.transform(img)
@@ -256,16 +292,6 @@ class MotionEngine:
             # One GEMM per level: BLAS rounds a row differently depending on where it falls in the
             # matrix, so a single GEMM over all levels would change the last bits of some rows.
             np.matmul(patches[rows].reshape(-1, p * p), self._W, out=C[rows])
-        if self.threads > 1:
-            numba.set_num_threads(self.threads)
-        code = model.infer(C, self._joint_prev(state, offsets), self._G, self._csr, bounds)
-        out = []
-        for lv, (gh, gw) in enumerate(shapes):
-            a, b = offsets[lv], offsets[lv + 1]
-            level = SparseCode(code.idx[a:b], code.val[a:b], code.cnt[a:b], code.prior[a:b])
-            state.prev[lv] = level
-            out.append((level, gh, gw))
-        return out
 
     def _layout(self, shape: tuple[int, int]):
         """Patch grid of every level, their row offsets in the joint code, and the thread chunks."""
