@@ -104,7 +104,7 @@ class MotionEngine:
     levels : pyramid levels.  pool_px : side of the spatial pooling window in input pixels.
     tau : time constant (frames) of the temporal average.  cell : motion-map cell in patches.
     threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the patches
-        of a frame are split into ``threads`` chunks of whole patch rows that run in parallel, and the
+        of a frame are split into ``4 * threads`` chunks of whole patch rows that run in parallel, and the
         coarser pyramid levels are whitened and correlated on a helper thread; the codes are identical. ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
         the calling thread before every parallel call; engines with different settings can share a
         process. Concurrent calls from several Python threads need Numba's ``omp`` or ``tbb``
@@ -307,12 +307,12 @@ class MotionEngine:
         offsets = np.concatenate([[0], np.cumsum([gh * gw for gh, gw in shapes])]).astype(np.int64)
         bounds = None
         if self.threads > 1:
-            # Whole patch rows, about the same number of patches per chunk.
+            # Whole patch rows, about the same number of patches per chunk, four chunks per thread.
             starts = [
                 off + gw * np.arange(gh) for off, (gh, gw) in zip(offsets, shapes, strict=False)
             ]
             rows = np.concatenate([*starts, [offsets[-1]]])
-            want = np.linspace(0, offsets[-1], self.threads + 1)[1:-1]
+            want = np.linspace(0, offsets[-1], 4 * self.threads + 1)[1:-1]
             cut = rows[np.searchsorted(rows, want)]
             bounds = np.unique(np.concatenate([[0], cut, [offsets[-1]]])).astype(np.int64)
         self._layouts[shape] = shapes, offsets, bounds

@@ -240,30 +240,29 @@ def _drive_groups(r_ptr, r_idx, n_clones):
 
 
 @njit(cache=True, nogil=True)
-def _frame_setup(G, b, r_ptr, r_idx, n_clones, n_atoms):
-    """Per-frame constants: ``G.T`` contiguous, the best clone of every group from ``b`` alone, and the
-    groups each unit's recurrent row reaches."""
+def _frame_setup(G, b, n_clones, n_atoms):
+    """Per-frame constants: ``G.T`` contiguous and the best clone of every group from ``b`` alone."""
     Gt = np.ascontiguousarray(G.T)
     pi = b.astype(np.float64)
     base_pi = np.empty(2 * n_atoms)
     base_u = np.empty(2 * n_atoms, np.int64)
     _best_clones(pi, n_clones, base_pi, base_u)
-    g_ptr, g_idx = _drive_groups(r_ptr, r_idx, n_clones)
-    return Gt, base_pi, base_u, g_ptr, g_idx
+    return Gt, base_pi, base_u
 
 
 # The serial driver is the one Python calls: an eager signature compiles it once (or loads it from the
 # cache) at import and rejects wrong dtypes or layouts instead of compiling a slow variant for them.
 _INFER_FRAME_SIGNATURE = (
-    "void(float32[:, ::1], float64[:, ::1], int64[::1], int64[::1], float32[::1], float32[::1], "
-    "int64[:, ::1], float32[:, ::1], int64[::1], int64, float64, float64, float64, int64, "
-    "int64[:, ::1], float32[:, ::1], int64[::1], float64[::1])"
+    "void(float32[:, ::1], float64[:, ::1], int64[::1], int64[::1], float32[::1], int64[::1], "
+    "int64[::1], float32[::1], int64[:, ::1], float32[:, ::1], int64[::1], int64, float64, float64, "
+    "float64, int64, int64[:, ::1], float32[:, ::1], int64[::1], float64[::1])"
 )
 
 
 @njit(_INFER_FRAME_SIGNATURE, cache=True, nogil=True)
 def _ssrnn_infer_frame(
-    C, G, r_ptr, r_idx, r_val, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax,
+    C, G, r_ptr, r_idx, r_val, g_ptr, g_idx, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam,
+    kappa, kmax,
     out_idx, out_val, out_cnt, out_prior,
 ):  # fmt: skip
     """Greedy MAP inference of one frame for all patches, with the sparse recurrent drive.
@@ -274,6 +273,7 @@ def _ssrnn_infer_frame(
     G : (A, A) float, Gram matrix of the atoms.
     r_ptr, r_idx, r_val : R^T in CSR form: row ``j`` lists the units ``u`` that unit ``j`` drives at the
         next frame and the weights ``R[u, j]``.
+    g_ptr, g_idx : the (atom, sign) groups of each row's units (``_drive_groups``).
     b : (N,) float32 biases.
     prev_idx, prev_val, prev_cnt : the sparse code at t-1 (units, values, counts per patch).
     out_idx, out_val, out_cnt : the sparse code at t (written).
@@ -286,7 +286,7 @@ def _ssrnn_infer_frame(
     alone, and restored from the bias-only state after the patch.
     """
     n_atoms = C.shape[1]
-    Gt, base_pi, base_u, g_ptr, g_idx = _frame_setup(G, b, r_ptr, r_idx, n_clones, n_atoms)
+    Gt, base_pi, base_u = _frame_setup(G, b, n_clones, n_atoms)
     _infer_patches(
         0, C.shape[0], C, G, Gt, r_ptr, r_idx, r_val, b, g_ptr, g_idx, base_pi, base_u, prev_idx,
         prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt,
@@ -296,14 +296,15 @@ def _ssrnn_infer_frame(
 
 @njit(nogil=True, parallel=True)
 def _ssrnn_infer_frame_parallel(
-    C, G, r_ptr, r_idx, r_val, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax,
+    C, G, r_ptr, r_idx, r_val, g_ptr, g_idx, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam,
+    kappa, kmax,
     out_idx, out_val, out_cnt, out_prior, bounds,
 ):  # fmt: skip
     """``_ssrnn_infer_frame`` with the patches split into chunks ``bounds[c] <= m < bounds[c + 1]``
     run in parallel (``prange``), each chunk with its own scratch. Patches are independent given the
     previous code, so the result is identical to the serial kernel's for any split."""
     n_atoms = C.shape[1]
-    Gt, base_pi, base_u, g_ptr, g_idx = _frame_setup(G, b, r_ptr, r_idx, n_clones, n_atoms)
+    Gt, base_pi, base_u = _frame_setup(G, b, n_clones, n_atoms)
     for c in prange(bounds.shape[0] - 1):
         _infer_patches(
             bounds[c], bounds[c + 1], C, G, Gt, r_ptr, r_idx, r_val, b, g_ptr, g_idx, base_pi, base_u,

@@ -31,9 +31,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from models.kernels import (
+    _drive_groups,
     _ssrnn_infer_frame,
     _ssrnn_infer_frame_dense,
     _ssrnn_infer_frame_parallel,
@@ -235,9 +237,10 @@ class SSRNN:
                 for a, t in zip(prev.arrays(), SparseCode.DTYPES, strict=True)
             )
         )
+        g_ptr, g_idx = self._drive_groups(ptr, idx)
         out = SparseCode.empty(m, self.kmax)
         args = (
-            C, G, ptr, idx, val, self.b_, prev.idx, prev.val, prev.cnt, self.n_clones,
+            C, G, ptr, idx, val, g_ptr, g_idx, self.b_, prev.idx, prev.val, prev.cnt, self.n_clones,
             1.0 / (2 * self.tau_y**2), self.lam, self.kappa, self.kmax,
             out.idx, out.val, out.cnt, out.prior,
         )  # fmt: skip
@@ -247,8 +250,21 @@ class SSRNN:
             bounds = np.asarray(bounds, np.int64)
             if bounds[0] != 0 or bounds[-1] != m or np.any(np.diff(bounds) < 0):
                 raise ValueError(f"bounds must increase from 0 to {m}, got {bounds}")
-            _ssrnn_infer_frame_parallel(*args, bounds)
+            # Chunks handed out one at a time as threads finish (the chunk size is, like the thread
+            # count, Numba's per-thread setting), so a busy chunk does not hold the others up.
+            with numba.parallel_chunksize(1):
+                _ssrnn_infer_frame_parallel(*args, bounds)
         return out
+
+    def _drive_groups(self, ptr: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The groups each row of ``R^T`` reaches, kept for the last CSR arrays seen (callers pass the
+        same ``csr`` every frame; the arrays are held, so a new ``csr`` is never mistaken for it)."""
+        cached = getattr(self, "_groups_cache", None)
+        if cached is not None and cached[0] is ptr and cached[1] is idx:
+            return cached[2]
+        groups = _drive_groups(ptr, idx, self.n_clones)
+        self._groups_cache = (ptr, idx, groups)
+        return groups
 
     def infer_dense(self, C: np.ndarray, prev: SparseCode | None, G=None) -> SparseCode:
         """The same step with the recurrent drive computed densely, ``b + Z^{t-1} R^T`` by BLAS."""

@@ -100,7 +100,7 @@ def test_kernel_rejects_wrong_dtypes_instead_of_compiling_them():
     )
     with pytest.raises(TypeError, match="No matching definition"):
         _ssrnn_infer_frame(
-            C, model.gram(), ptr, idx, val, model.b_, *prev.arrays()[:3], model.n_clones,
+            C, model.gram(), ptr, idx, val, ptr, idx, model.b_, *prev.arrays()[:3], model.n_clones,
             1.0, model.lam, model.kappa, model.kmax, *out.arrays(),
         )  # fmt: skip
     assert len(_ssrnn_infer_frame.signatures) == 1
