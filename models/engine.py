@@ -104,8 +104,8 @@ class MotionEngine:
     levels : pyramid levels.  pool_px : side of the spatial pooling window in input pixels.
     tau : time constant (frames) of the temporal average.  cell : motion-map cell in patches.
     threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the patches
-        of a frame are split into ``4 * threads`` chunks of whole patch rows that run in parallel, and the
-        coarser pyramid levels are whitened and correlated on a helper thread; the codes are identical. ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
+        of a frame are split into ``4 * threads`` chunks of whole patch rows that run in parallel, and a
+        helper thread whitens half of level 0 and the coarser levels; the codes are identical. ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
         the calling thread before every parallel call; engines with different settings can share a
         process. Concurrent calls from several Python threads need Numba's ``omp`` or ``tbb``
         threading layer (the ``workqueue`` layer is not thread-safe). On a machine shared with other
@@ -244,18 +244,24 @@ class MotionEngine:
         shapes, offsets, bounds = self._layout(grey.shape)
         patches = np.empty((offsets[-1], p, p), np.float32)
         C = np.empty((offsets[-1], model.n_atoms), np.float32)
-        rest = None
-        if self._pool is not None and self.levels > 1:
-            # The coarser levels on a helper thread while this one does level 0 (OpenCV, numpy and
-            # BLAS release the GIL); each level's numbers are computed exactly as on one thread.
+        if self._pool is None:
+            self._correlate_levels(state, grey, 0, shapes, offsets, patches, C)
+        else:
+            # A helper thread whitens the lower half of level 0, then does the coarser levels, while
+            # this one whitens the upper half and finishes level 0 (OpenCV, numpy and BLAS release
+            # the GIL). Every number is computed as on one thread: the bands are filtered with their
+            # real neighbour rows, and each level keeps its own GEMM.
+            white0 = np.empty(grey.shape, np.float32)
+            cut = grey.shape[0] // 2
+            whitener = model.whitener_
+            lower = self._pool.submit(whitener.transform_rows, grey, white0, cut, grey.shape[0])
             rest = self._pool.submit(
                 self._correlate_levels, state, grey, 1, shapes, offsets, patches, C
             )
-        self._correlate_levels(state, grey, 0, shapes[:1], offsets, patches, C)
-        if rest is not None:
+            whitener.transform_rows(grey, white0, 0, cut)
+            lower.result()
+            self._correlate_levels(state, grey, 0, shapes[:1], offsets, patches, C, white0)
             rest.result()
-        elif self.levels > 1:
-            self._correlate_levels(state, grey, 1, shapes, offsets, patches, C)
         if self.threads > 1:
             numba.set_num_threads(self.threads)
         code = model.infer(C, self._joint_prev(state, offsets), self._G, self._csr, bounds)
@@ -267,16 +273,18 @@ class MotionEngine:
             out.append((level, gh, gw))
         return out
 
-    def _correlate_levels(self, state, img, first, shapes, offsets, patches, C) -> None:
+    def _correlate_levels(self, state, img, first, shapes, offsets, patches, C, white=None) -> None:
         """Levels ``first <= lv < len(shapes)`` (``img`` is level ``first - 1``, or level 0 if
         ``first == 0``): whiten, normalise by the running RMS, cut out the patches into ``patches``
-        and correlate them with the atoms into ``C``, at rows ``offsets[lv]:offsets[lv + 1]``."""
+        and correlate them with the atoms into ``C``, at rows ``offsets[lv]:offsets[lv + 1]``.
+        ``white``: the first level already whitened."""
         model, p = self.model, self.model.patch
         for lv in range(first, len(shapes)):
             gh, gw = shapes[lv]
             if lv:
                 img = cv2.pyrDown(img)
-            white = model.whitener_.transform(img)
+            if white is None or lv != first:
+                white = model.whitener_.transform(img)
             rms = float(np.sqrt(np.mean(white**2)))
             prev_rms = state.rms[lv]
             state.rms[lv] = rms if prev_rms is None else 0.9 * prev_rms + 0.1 * rms

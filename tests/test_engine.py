@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from models.engine import MotionEngine, to_grey
+from models.whitening import Whitener
 from tests import naive
 
 
@@ -139,3 +140,19 @@ def test_encode_accepts_a_non_contiguous_frame(engine, rng):
 def test_bad_thread_counts_raise_clear_errors(threads):
     with pytest.raises(ValueError, match="threads"):
         MotionEngine.random(seed=0, threads=threads)
+
+
+@pytest.mark.parametrize("size", [3, 9])
+@pytest.mark.parametrize("shape", [(64, 80), (101, 139), (17, 30)])
+def test_whitening_by_bands_equals_the_whole_frame(rng, shape, size):
+    """The two-thread encode whitens level 0 in bands: each band must give the whole frame's values."""
+    wh = Whitener(size=size)
+    wh.kernel_ = rng.standard_normal((size, size)).astype(np.float32)
+    wh.scale_ = 1.7
+    frame = rng.random((shape[0], 2 * shape[1])).astype(np.float32)[:, ::2]  # a strided view too
+    whole = wh.transform(frame)
+    for cuts in ([0, shape[0] // 2, shape[0]], [0, 1, 5, shape[0] - 1, shape[0]]):
+        out = np.full(shape, np.nan, np.float32)
+        for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True):
+            wh.transform_rows(frame, out, r0, r1)
+        np.testing.assert_array_equal(out, whole)
