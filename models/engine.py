@@ -17,7 +17,7 @@ import cv2
 import numba
 import numpy as np
 
-from models.kernels import _readout_frame
+from models.kernels import _readout_frame, _scaled_patches
 from models.readout import MotionReadout
 from models.ssrnn import SSRNN, SparseCode, recurrent_csr
 
@@ -242,7 +242,7 @@ class MotionEngine:
         """
         model, p = self.model, self.model.patch
         shapes, offsets, bounds = self._layout(grey.shape)
-        patches = np.empty((offsets[-1], p, p), np.float32)
+        patches = np.empty((offsets[-1], p * p), np.float32)
         C = np.empty((offsets[-1], model.n_atoms), np.float32)
         if self._pool is None:
             self._correlate_levels(state, grey, 0, shapes, offsets, patches, C)
@@ -280,7 +280,6 @@ class MotionEngine:
         ``white``: the first level already whitened."""
         model, p = self.model, self.model.patch
         for lv in range(first, len(shapes)):
-            gh, gw = shapes[lv]
             if lv:
                 img = cv2.pyrDown(img)
             if white is None or lv != first:
@@ -290,16 +289,12 @@ class MotionEngine:
             state.rms[lv] = rms if prev_rms is None else 0.9 * prev_rms + 0.1 * rms
             # Scale and cut out the patches in one pass: the same float32 products as scaling the
             # frame first, so the correlations are unchanged.
-            grid = white[: gh * p, : gw * p].reshape(gh, p, gw, p).transpose(0, 2, 1, 3)
             rows = slice(offsets[lv], offsets[lv + 1])
-            np.multiply(
-                grid,
-                np.float32(1.0 / max(state.rms[lv], self.rms_floor)),
-                out=patches[rows].reshape(gh, gw, p, p),
-            )
+            scale = np.float32(1.0 / max(state.rms[lv], self.rms_floor))
+            _scaled_patches(white, scale, p, patches[rows])
             # One GEMM per level: BLAS rounds a row differently depending on where it falls in the
             # matrix, so a single GEMM over all levels would change the last bits of some rows.
-            np.matmul(patches[rows].reshape(-1, p * p), self._W, out=C[rows])
+            np.matmul(patches[rows], self._W, out=C[rows])
 
     def _layout(self, shape: tuple[int, int]):
         """Patch grid of every level, their row offsets in the joint code, and the thread chunks."""

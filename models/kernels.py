@@ -208,15 +208,16 @@ def _infer_patches(
             m, C, G, Gt, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, gain, in_support,
             s_atom, s_sign, s_unit, s_prior, chol, fwd, xi, out_idx, out_val, out_cnt, out_prior,
         )  # fmt: skip
-        # Undo this patch's drive: only the groups it reached differ from the bias-only state.
+        # Undo this patch's drive: only the units and groups it reached differ from the bias-only state.
         for i in range(n_prev):
             j = prev_idx[m, i]
+            for e in range(r_ptr[j], r_ptr[j + 1]):
+                u = r_idx[e]
+                pi[u] = b[u]
             for e in range(g_ptr[j], g_ptr[j + 1]):
                 g = g_idx[e]
                 best_pi[g] = base_pi[g]
                 best_u[g] = base_u[g]
-                for u in range(g * n_clones, (g + 1) * n_clones):
-                    pi[u] = b[u]
 
 
 @njit(cache=True, nogil=True)
@@ -332,6 +333,19 @@ def _ssrnn_infer_frame_dense(
             m, C, G, Gt, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, gain, in_support,
             s_atom, s_sign, s_unit, s_prior, chol, fwd, xi, out_idx, out_val, out_cnt, out_prior,
         )  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def _scaled_patches(frame, scale, p, out):
+    """The non-overlapping ``p x p`` patches of ``frame`` times ``scale`` (float32 products), row-major
+    over the patch grid (``frame.shape[1] // p`` columns), each flattened row-major into a row of ``out``
+    ``(rows * cols, p * p)``; ``out`` may hold fewer rows than the frame has, as the engine's levels do."""
+    cols = frame.shape[1] // p
+    for k in range(out.shape[0]):
+        i, j = k // cols, k % cols
+        for r in range(p):
+            for c in range(p):
+                out[k, r * p + c] = frame[i * p + r, j * p + c] * scale
 
 
 @njit(cache=True, nogil=True)

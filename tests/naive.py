@@ -117,3 +117,16 @@ def encode(engine, state, grey):
 def _drive_groups(r_ptr, r_idx, n_clones):
     """The sorted distinct (atom, sign) groups of the units in each row of ``R^T`` (CSR), per row."""
     return [np.unique(r_idx[r_ptr[j] : r_ptr[j + 1]] // n_clones) for j in range(len(r_ptr) - 1)]
+
+
+def _scaled_patches(frame, scale, p):
+    """The non-overlapping ``p x p`` patches of ``frame * scale``, one flattened patch per row."""
+    gh, gw = frame.shape[0] // p, frame.shape[1] // p
+    scaled = frame * np.float32(scale)
+    return np.array(
+        [
+            scaled[i * p : (i + 1) * p, j * p : (j + 1) * p].ravel()
+            for i in range(gh)
+            for j in range(gw)
+        ]
+    ).reshape(gh * gw, p * p)

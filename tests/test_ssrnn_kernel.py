@@ -106,6 +106,21 @@ def test_kernel_rejects_wrong_dtypes_instead_of_compiling_them():
     assert len(_ssrnn_infer_frame.signatures) == 1
 
 
+@pytest.mark.parametrize("shape, p", [((24, 40), 8), ((29, 37), 8), ((13, 9), 4)])
+def test_scaled_patches_match_numpy_twin(rng, shape, p):
+    from models.kernels import _scaled_patches
+
+    wide = rng.standard_normal((shape[0], 2 * shape[1])).astype(np.float32)
+    wide[0, :6] = -0.0
+    wide[1] = 0.0
+    for frame in (wide[:, ::2], np.ascontiguousarray(wide[:, ::2])):  # a strided view and its copy
+        want = naive._scaled_patches(frame, 0.37, p)
+        got = np.full(want.shape, np.nan, np.float32)
+        _scaled_patches(frame, np.float32(0.37), p, got)
+        np.testing.assert_array_equal(got, want)  # the same float32 products, bit for bit
+        assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
 def test_parallel_bounds_must_cover_the_patches():
     model = _random_model(1)
     C = np.zeros((10, model.n_atoms), np.float32)
