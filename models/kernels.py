@@ -188,6 +188,8 @@ def _infer_patches(
         pi[u] = b[u]
     best_pi = base_pi.copy()
     best_u = base_u.copy()
+    touched = np.empty(base_pi.shape[0] + 1, np.int64)
+    stamp = np.full(base_pi.shape[0], -1, np.int64)
     rho, gain, in_support, s_atom, s_sign, s_unit, s_prior, chol, fwd, xi = _pursuit_scratch(
         n_atoms, kmax
     )
@@ -198,12 +200,19 @@ def _infer_patches(
             v = prev_val[m, i]
             for e in range(r_ptr[j], r_ptr[j + 1]):
                 pi[r_idx[e]] += v * r_val[e]
-        # Best clone of every group the drive reached (a group reached twice is simply redone).
+        # Best clone of every group the drive reached; groups reached from two units of t-1 are
+        # listed once (a stamp per group, without a branch).
+        n_touched = 0
         for i in range(n_prev):
             j = prev_idx[m, i]
             for e in range(g_ptr[j], g_ptr[j + 1]):
                 g = g_idx[e]
-                best_pi[g], best_u[g] = _best_clone(pi, g, n_clones)
+                touched[n_touched] = g
+                n_touched += np.int64(stamp[g] != m)
+                stamp[g] = m
+        for t in range(n_touched):
+            g = touched[t]
+            best_pi[g], best_u[g] = _best_clone(pi, g, n_clones)
         _pursuit_patch(
             m, C, G, Gt, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, gain, in_support,
             s_atom, s_sign, s_unit, s_prior, chol, fwd, xi, out_idx, out_val, out_cnt, out_prior,
@@ -214,10 +223,10 @@ def _infer_patches(
             for e in range(r_ptr[j], r_ptr[j + 1]):
                 u = r_idx[e]
                 pi[u] = b[u]
-            for e in range(g_ptr[j], g_ptr[j + 1]):
-                g = g_idx[e]
-                best_pi[g] = base_pi[g]
-                best_u[g] = base_u[g]
+        for t in range(n_touched):
+            g = touched[t]
+            best_pi[g] = base_pi[g]
+            best_u[g] = base_u[g]
 
 
 @njit(cache=True, nogil=True)
