@@ -258,10 +258,12 @@ class MotionEngine:
             rest = self._pool.submit(
                 self._correlate_levels, state, grey, 1, shapes, offsets, patches, C
             )
-            whitener.transform_rows(grey, white0, 0, cut)
-            lower.result()
-            self._correlate_levels(state, grey, 0, shapes[:1], offsets, patches, C, white0)
-            rest.result()
+            try:
+                whitener.transform_rows(grey, white0, 0, cut)
+                lower.result()
+                self._correlate_levels(state, grey, 0, shapes[:1], offsets, patches, C, white0)
+            finally:  # the helper writes to `state`: never return (or raise) while it still runs
+                rest.result()
         if self.threads > 1:
             numba.set_num_threads(self.threads)
         code = model.infer(C, self._joint_prev(state, offsets), self._G, self._csr, bounds)
