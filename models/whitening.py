@@ -124,4 +124,6 @@ class Whitener:
         """Whiten ``(H, W)`` or ``(T, H, W)`` frames (float in [0, 1]); unit variance per pixel."""
         if not hasattr(self, "kernel_"):
             raise RuntimeError("Whitener is not fitted: call fit() or load one")
-        return self._filter(np.asarray(frames, np.float32)) * np.float32(self.scale_)
+        out = self._filter(np.asarray(frames, np.float32))
+        out *= np.float32(self.scale_)  # in place: the same float32 products, one array fewer
+        return out
