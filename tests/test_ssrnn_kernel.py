@@ -1,5 +1,6 @@
 """The Numba inference kernel against its numpy twin, and the greedy step against the objective."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -87,6 +88,7 @@ def test_drive_groups_match_numpy_twin(rng):
             np.testing.assert_array_equal(g_idx[g_ptr[j] : g_ptr[j + 1]], groups)
 
 
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="checks the compiled dispatcher")
 def test_kernel_rejects_wrong_dtypes_instead_of_compiling_them():
     from models.kernels import _ssrnn_infer_frame
 
