@@ -111,11 +111,11 @@ class Whitener:
 
     def transform_rows(self, frame: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
         """Rows ``r0 <= r < r1`` of ``transform(frame)`` for one ``(H, W)`` frame, written to the same
-        rows of ``out``: the band is filtered with ``size // 2`` rows of real neighbours on each side,
+        rows of ``out``: the band is filtered with half the filter's rows of real neighbours on each side,
         so every value is the one the whole-frame filter gives (a band per thread splits the work)."""
         if not hasattr(self, "kernel_"):
             raise RuntimeError("Whitener is not fitted: call fit() or load one")
-        pad = self.size // 2
+        pad = self.kernel_.shape[0] // 2
         a, b = max(0, r0 - pad), min(frame.shape[0], r1 + pad)
         band = self._filter(np.asarray(frame[a:b], np.float32))
         np.multiply(band[r0 - a : r1 - a], np.float32(self.scale_), out=out[r0:r1])
