@@ -1,5 +1,6 @@
 """The per-frame engine: output contract, recurrent state, and clear errors on bad frames."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -112,6 +113,7 @@ def test_encode_matches_the_naive_reference(engine, rng):
     assert active > 0
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
 def test_threads_give_the_same_codes(rng):
     one = MotionEngine.random(seed=0)
     two = MotionEngine.random(seed=0, threads=2)
