@@ -1,16 +1,25 @@
-"""Motion engine against OpenCV optical flow: frames/s on one thread, and direction error on stimuli with
-ground-truth motion. Prints tables; run under the machine's heavy-job lock. Ratios are what to quote: the
-baselines run in the same process on the same frames, so machine noise cancels.
+"""Motion engine against OpenCV optical flow: frames/s, and direction error on stimuli with ground-truth
+motion. Prints tables. Ratios are what to quote: the baselines run in the same process on the same frames,
+interleaved round by round, so machine noise largely cancels; each figure is the median over rounds.
 
-    python bench/engine_speed.py [--weights models/weights/ssrnn_default.npz] [--frames 60]
+    python bench/engine_speed.py [--weights models/weights/ssrnn_default.npz] [--frames 60] [--rounds 5]
+
+BLAS and OpenCV run on one thread. The engine runs with ``threads=1`` (the reference path) and
+``threads=2`` (the ss-RNN kernel split over patch rows with Numba's ``prange``, level 0 whitened in two
+bands and the coarser levels on a helper thread); "encode" is the ss-RNN stage alone (pyramid to sparse
+codes), "step" adds the motion read-out. Both give identical codes.
 """
 
 from __future__ import annotations
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
+os.environ.setdefault("NUMBA_NUM_THREADS", "2")
+# OpenMP threads wait passively between frames: spin-waiting takes the core the other thread needs on
+# a machine shared with other work (there two threads measured 0.3-0.6x one thread).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import time  # noqa: E402
@@ -19,9 +28,9 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from models.engine import DEFAULT_WEIGHTS, MotionEngine  # noqa: E402
+from models.engine import DEFAULT_WEIGHTS, MotionEngine, to_grey  # noqa: E402
 from models.movies import load_clip  # noqa: E402
-from models.readout import MotionReadout, angular_error  # noqa: E402
+from models.readout import angular_error  # noqa: E402
 from models.ssrnn import recurrent_csr  # noqa: E402
 from models.stimuli import (  # noqa: E402
     HELDOUT_STILLS,
@@ -32,77 +41,118 @@ from models.stimuli import (  # noqa: E402
 )
 
 cv2.setNumThreads(1)
-SIZES = ((160, 120), (320, 240), (640, 480))
-
-
-def timed(fn, frames, repeat=1):
-    fn(frames[0])  # warm
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for f in frames:
-            fn(f)
-        best = min(best, time.perf_counter() - t0)
-    return len(frames) / best
+SIZES = ((320, 240), (640, 480))
+REFERENCE = "DIS ultrafast"
 
 
 def flow_methods():
-    dis_fast = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-    dis_med = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    presets = {
+        "DIS ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+        "DIS fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+        "DIS medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+    }
+    methods = {}
+    for name, preset in presets.items():
+        dis = cv2.DISOpticalFlow_create(preset)
+        methods[name] = lambda a, b, dis=dis: dis.calc(a, b, None)
 
     def farneback(a, b):
         return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
 
-    return {
-        "DIS ultrafast": lambda a, b: dis_fast.calc(a, b, None),
-        "DIS medium": lambda a, b: dis_med.calc(a, b, None),
-        "Farneback": farneback,
-    }
+    methods["Farneback"] = farneback
+    return methods
 
 
-def engine_levels(engine: MotionEngine, levels: int) -> MotionEngine:
-    """The same network read out from the first ``levels`` pyramid levels only (for timing)."""
-    n = engine.model.n_units
-    r = MotionReadout()
-    r.coef_ = engine.readout.coef_[: levels * n]
-    r.intercept_ = engine.readout.intercept_
-    return MotionEngine(engine.model, r, engine.tuning, levels=levels)
+def flow_run(fn, frames):
+    """Optical flow between consecutive frames; each field is dropped at once, as the engine's outputs
+    are (keeping them all would time the allocator, not the flow)."""
+    for a, b in zip(frames[:-1], frames[1:], strict=True):
+        fn(a, b)
 
 
-def speed_table(engine, clip, n_frames):
-    rows = []
+def engine_runners(engine: MotionEngine, threads: int):
+    """Per-frame callables over a run of frames, each starting a fresh stream."""
+    e = MotionEngine(
+        engine.model, engine.readout, engine.tuning, levels=engine.readout_levels, mt=engine.mt,
+        pooling=engine.pooling, threads=threads,
+    )  # fmt: skip
+    e.warmup()
+
+    def step(frames):
+        state = e.new_state()
+        for f in frames:
+            e.step(state, f)
+
+    def encode(frames):
+        state = e.new_state()
+        h, w = frames[0].shape
+        state.shape, state.prev, state.rms = (h, w), [None] * e.levels, [None] * e.levels
+        for f in frames:
+            e.encode(state, to_grey(f))
+
+    return step, encode
+
+
+def kernel_runners(model, grey):
+    """The ss-RNN kernel alone on level 0, sparse against dense recurrent drive, on the same patches."""
+    cs = []
+    for f in grey:
+        white = model.whitener_.transform(f.astype(np.float32) / 255)
+        white /= max(float(np.sqrt(np.mean(white**2))), 0.1)
+        cs.append(model.correlations(white)[0].astype(np.float32))
+    G = model.gram()
+    csr = recurrent_csr(model.R_)
+
+    def sparse(_frames):
+        prev = None
+        for c in cs:
+            prev = model.infer(c, prev, G, csr)
+
+    def dense(_frames):
+        prev = None
+        for c in cs:
+            prev = model.infer_dense(c, prev, G)
+
+    return {"kernel sparse drive": sparse, "kernel dense drive": dense}
+
+
+def speed_table(engine, clip, n_frames, rounds):
+    """Frames/s of every method at every size: medians over ``rounds`` interleaved rounds, and the
+    median over rounds of each method's ratio to DIS ultrafast in the same round."""
+    runners = {}
+    for threads in (1, 2):
+        step, encode = engine_runners(engine, threads)
+        runners[f"step {threads} thr"] = step
+        runners[f"encode {threads} thr"] = encode
     flows = flow_methods()
+    table = []
     for w, h in SIZES:
         grey = [cv2.resize((f * 255).astype(np.uint8), (w, h)) for f in clip[:n_frames]]
-        row = {"size": f"{w}x{h}"}
-        for levels in (engine.levels, 1):
-            e = engine_levels(engine, levels) if levels != engine.levels else engine
-            state = e.new_state()
-            row[f"engine {levels} lvl"] = timed(lambda f, e=e, s=state: e.step(s, f), grey)
-        # Kernel alone, sparse against dense recurrent drive, on the same whitened patches.
-        model = engine.model
-        cs = []
-        for f in grey:
-            white = model.whitener_.transform(f.astype(np.float32) / 255)
-            white /= max(float(np.sqrt(np.mean(white**2))), 0.1)
-            cs.append(model.correlations(white)[0].astype(np.float32))
-        G = model.gram()
-        csr = recurrent_csr(model.R_)
-        for name, infer in (
-            ("kernel sparse drive", lambda c, p, m=model, g=G, r=csr: m.infer(c, p, g, r)),
-            ("kernel dense drive", lambda c, p, m=model, g=G: m.infer_dense(c, p, g)),
-        ):
-            prev = [None]
-
-            def run(c, infer=infer, prev=prev):
-                prev[0] = infer(c, prev[0])
-
-            row[name] = timed(run, cs)
-        pairs = list(zip(grey[:-1], grey[1:], strict=True))
+        methods = dict(runners) | kernel_runners(engine.model, grey)
         for name, fn in flows.items():
-            row[name] = timed(lambda ab, fn=fn: fn(*ab), pairs)
-        rows.append(row)
-    return rows
+            methods[name] = lambda frames, fn=fn: flow_run(fn, frames)
+        counts = {name: len(grey) - 1 if name in flows else len(grey) for name in methods}
+        for fn in methods.values():
+            fn(grey[:3])  # warm
+        fps = {name: [] for name in methods}
+        for _ in range(rounds):
+            for name, fn in methods.items():
+                t0 = time.perf_counter()
+                fn(grey)
+                fps[name].append(counts[name] / (time.perf_counter() - t0))
+        ref = np.array(fps[REFERENCE])
+        table.append(
+            {
+                "size": f"{w}x{h}",
+                "fps": {k: float(np.median(v)) for k, v in fps.items()},
+                "ratio": {k: float(np.median(np.array(v) / ref)) for k, v in fps.items()},
+                "threads": float(np.median(np.array(fps["step 2 thr"]) / fps["step 1 thr"])),
+                "encode_threads": float(
+                    np.median(np.array(fps["encode 2 thr"]) / fps["encode 1 thr"])
+                ),
+            }
+        )
+    return table
 
 
 def stimuli_sets(size=96, n_frames=15, seed=3):
@@ -153,25 +203,32 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-accuracy", action="store_true", help="skip the direction-error table")
     args = ap.parse_args()
     engine = MotionEngine.load(args.weights)
     engine.warmup()
     clip = load_clip("vtest.avi", max_frames=args.frames + 1, scale=1.0)
-    rows = speed_table(engine, clip, args.frames)
-    cols = list(rows[0])
-    print(f"\nframes/s on one thread ({args.frames} frames of vtest.avi, resized)")
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(r["size"] if c == "size" else f"{r[c]:.0f}" for c in cols) + " |")
-    print("\nratios at each size")
-    for r in rows:
-        e = r[f"engine {engine.levels} lvl"]
-        print(
-            f"- {r['size']}: engine / DIS ultrafast = {e / r['DIS ultrafast']:.2f}; "
-            f"engine 1 lvl / DIS ultrafast = {r['engine 1 lvl'] / r['DIS ultrafast']:.2f}; "
-            f"sparse / dense drive = {r['kernel sparse drive'] / r['kernel dense drive']:.2f}"
-        )
+    table = speed_table(engine, clip, args.frames, args.rounds)
+    cols = list(table[0]["fps"])
+    print(
+        f"\nframes/s, median of {args.rounds} interleaved rounds of {args.frames} frames of "
+        "vtest.avi, resized (BLAS and OpenCV on one thread)"
+    )
+    print("| size | " + " | ".join(cols) + " |")
+    print("|" + "---|" * (len(cols) + 1))
+    for r in table:
+        print(f"| {r['size']} | " + " | ".join(f"{r['fps'][c]:.0f}" for c in cols) + " |")
+    print(f"\nratio to {REFERENCE} (median over rounds of the ratio within a round)")
+    print("| size | " + " | ".join(cols) + " |")
+    print("|" + "---|" * (len(cols) + 1))
+    for r in table:
+        print(f"| {r['size']} | " + " | ".join(f"{r['ratio'][c]:.2f}" for c in cols) + " |")
+    print("\ntwo threads against one (median over rounds)")
+    for r in table:
+        print(f"- {r['size']}: step {r['threads']:.2f}x, encode {r['encode_threads']:.2f}x")
+    if args.no_accuracy:
+        return
     errs = direction_errors(engine, stimuli_sets())
     print(
         "\nmean direction error (degrees; 96x96 px, 15 frames; flow = mean flow vector of frames 3-14)"

@@ -9,16 +9,18 @@ exponential average over frames and box average over space -> motion map (direct
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import numba
 import numpy as np
 
+from models.kernels import _scaled_patches
 from models.mt_readout import MTReadout, Pooling, _project_frame
 from models.readout import MotionReadout
 from models.ssrnn import SSRNN, SparseCode, recurrent_csr
-from models.whitening import patch_grid
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "ssrnn_default.npz"
@@ -132,11 +134,26 @@ class MotionEngine:
         engine can encode but not read motion.
     pooling : Pooling, optional
         Temporal and spatial pooling of the MT read-out's inputs (must be the one it was fitted with).
+    threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the
+        patches of a frame are split into ``4 * threads`` chunks of whole patch rows that run in
+        parallel, and a helper thread whitens half of level 0 and the coarser levels; the codes are
+        identical. ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
+        the calling thread before every parallel call; engines with different settings can share a
+        process. Concurrent calls from several Python threads need Numba's ``omp`` or ``tbb``
+        threading layer (the ``workqueue`` layer is not thread-safe). On a machine shared with other
+        work, run with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP's default spin-waiting between frames
+        takes the core the other thread needs, and two threads then ran slower than one.
     """
 
     def __init__(self, model: SSRNN, readout: MotionReadout, tuning: dict, levels: int = 3,
                  mt: MTReadout | None = None, pooling: Pooling | None = None,
-                 rms_floor: float = 0.1):  # fmt: skip
+                 rms_floor: float = 0.1, threads: int = 1):  # fmt: skip
+        if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(
+                f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
+                f"(NUMBA_NUM_THREADS), got {threads}"
+            )
+        self.threads = threads
         self.model = model
         self.readout = readout
         self.readout_levels = levels
@@ -174,6 +191,12 @@ class MotionEngine:
         if mt is not None and mt.proj_.shape[1] != n:
             raise ValueError(f"MT read-out is for {mt.proj_.shape[1]} units; the model has {n}")
         self._G = model.gram()
+        self._layouts: dict = {}
+        self._pool = (
+            ThreadPoolExecutor(threads - 1, thread_name_prefix="v1motion-encode")
+            if threads > 1
+            else None
+        )
         self._csr = recurrent_csr(model.R_)
         self._W = np.ascontiguousarray(model.W_)
         self.direction_bins = (np.arange(N_DIRECTION_BINS) * 2 * np.pi / N_DIRECTION_BINS).astype(
@@ -275,25 +298,108 @@ class MotionEngine:
         """The ss-RNN's sparse code of every pyramid level, ``[(code, rows, cols)]``; updates ``state``.
 
         Per level: whitening convolution, contrast normalised by a running RMS, non-overlapping
-        patches, atom correlations (one GEMM), greedy filtering with the level's recurrent state.
+        patches, atom correlations (one GEMM). Then for all levels at once, greedy filtering with each
+        patch's recurrent state (one kernel call). The codes of the levels are views of one joint
+        code, rows ``[offsets[lv], offsets[lv + 1])``.
         """
         model, p = self.model, self.model.patch
+        shapes, offsets, bounds = self._layout(grey.shape)
+        patches = np.empty((offsets[-1], p * p), np.float32)
+        C = np.empty((offsets[-1], model.n_atoms), np.float32)
+        if self._pool is None:
+            self._correlate_levels(state, grey, 0, shapes, offsets, patches, C)
+        else:
+            # A helper thread whitens the lower half of level 0, then does the coarser levels, while
+            # this one whitens the upper half and finishes level 0 (OpenCV, numpy and BLAS release
+            # the GIL). Every number is computed as on one thread: the bands are filtered with their
+            # real neighbour rows, and each level keeps its own GEMM.
+            white0 = np.empty(grey.shape, np.float32)
+            cut = grey.shape[0] // 2
+            whitener = model.whitener_
+            lower = self._pool.submit(whitener.transform_rows, grey, white0, cut, grey.shape[0])
+            rest = self._pool.submit(
+                self._correlate_levels, state, grey, 1, shapes, offsets, patches, C
+            )
+            try:
+                whitener.transform_rows(grey, white0, 0, cut)
+                lower.result()
+                self._correlate_levels(state, grey, 0, shapes[:1], offsets, patches, C, white0)
+            finally:  # the helper writes to `state`: never return (or raise) while it still runs
+                rest.result()
+        if self.threads > 1:
+            numba.set_num_threads(self.threads)
+        code = model.infer(C, self._joint_prev(state, offsets), self._G, self._csr, bounds)
         out = []
-        img = grey
-        for lv in range(self.levels):
+        for lv, (gh, gw) in enumerate(shapes):
+            a, b = offsets[lv], offsets[lv + 1]
+            level = SparseCode(code.idx[a:b], code.val[a:b], code.cnt[a:b], code.prior[a:b])
+            state.prev[lv] = level
+            out.append((level, gh, gw))
+        return out
+
+    def _correlate_levels(self, state, img, first, shapes, offsets, patches, C, white=None) -> None:
+        """Levels ``first <= lv < len(shapes)`` (``img`` is level ``first - 1``, or level 0 if
+        ``first == 0``): whiten, normalise by the running RMS, cut out the patches into ``patches``
+        and correlate them with the atoms into ``C``, at rows ``offsets[lv]:offsets[lv + 1]``.
+        ``white``: the first level already whitened."""
+        model, p = self.model, self.model.patch
+        for lv in range(first, len(shapes)):
             if lv:
                 img = cv2.pyrDown(img)
-            white = model.whitener_.transform(img)
+            if white is None or lv != first:
+                white = model.whitener_.transform(img)
             rms = float(np.sqrt(np.mean(white**2)))
             prev_rms = state.rms[lv]
             state.rms[lv] = rms if prev_rms is None else 0.9 * prev_rms + 0.1 * rms
-            white *= np.float32(1.0 / max(state.rms[lv], self.rms_floor))
-            grid = patch_grid(white, p)
-            gh, gw, d = grid.shape
-            code = model.infer(grid.reshape(-1, d) @ self._W, state.prev[lv], self._G, self._csr)
-            state.prev[lv] = code
-            out.append((code, gh, gw))
-        return out
+            # Scale and cut out the patches in one pass: the same float32 products as scaling the
+            # frame first, so the correlations are unchanged.
+            rows = slice(offsets[lv], offsets[lv + 1])
+            scale = np.float32(1.0 / max(state.rms[lv], self.rms_floor))
+            _scaled_patches(white, scale, p, patches[rows])
+            # One GEMM per level: BLAS rounds a row differently depending on where it falls in the
+            # matrix, so a single GEMM over all levels would change the last bits of some rows.
+            np.matmul(patches[rows], self._W, out=C[rows])
+
+    def _layout(self, shape: tuple[int, int]):
+        """Patch grid of every level, their row offsets in the joint code, and the thread chunks."""
+        cached = self._layouts.get(shape)
+        if cached is not None:
+            return cached
+        p = self.model.patch
+        h, w = shape
+        shapes = []
+        for _ in range(self.levels):
+            shapes.append((h // p, w // p))
+            h, w = (h + 1) // 2, (w + 1) // 2  # cv2.pyrDown's output size
+        offsets = np.concatenate([[0], np.cumsum([gh * gw for gh, gw in shapes])]).astype(np.int64)
+        bounds = None
+        if self.threads > 1:
+            # Whole patch rows, about the same number of patches per chunk, four chunks per thread.
+            starts = [
+                off + gw * np.arange(gh) for off, (gh, gw) in zip(offsets, shapes, strict=False)
+            ]
+            rows = np.concatenate([*starts, [offsets[-1]]])
+            want = np.linspace(0, offsets[-1], 4 * self.threads + 1)[1:-1]
+            cut = rows[np.searchsorted(rows, want)]
+            bounds = np.unique(np.concatenate([[0], cut, [offsets[-1]]])).astype(np.int64)
+        self._layouts[shape] = shapes, offsets, bounds
+        return shapes, offsets, bounds
+
+    def _joint_prev(self, state: StreamState, offsets: np.ndarray) -> SparseCode | None:
+        """The previous frame's code of all levels as one code (``None`` at the start of a stream).
+
+        ``encode`` leaves views of one joint code in ``state.prev``; their bases are that code.
+        """
+        prev = state.prev
+        if any(c is None for c in prev):
+            return None
+        fields = ("idx", "val", "cnt", "prior")
+        bases = [getattr(prev[0], f).base for f in fields]
+        if all(b is not None and len(b) == offsets[-1] for b in bases) and all(
+            getattr(c, f).base is b for c in prev for f, b in zip(fields, bases, strict=True)
+        ):
+            return SparseCode(*bases)
+        return SparseCode(*(np.concatenate([getattr(c, f) for c in prev]) for f in fields))
 
     def read(self, state: StreamState, codes, shape: tuple[int, int]) -> MotionFrame:
         """The motion map, histograms and global motion from the codes of one frame.

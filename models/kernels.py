@@ -4,42 +4,21 @@ Unit layout: ``N = A * 2 * K`` units; unit ``u`` uses atom ``u // (2K)`` with si
 ``(u // K) % 2 == 0`` else ``-1``, and is clone ``u % K`` of its (atom, sign) group. Clones share the atom
 and differ only in their bias and recurrent weights, so the likelihood term is shared and the clone with
 the largest prior log-odds is the one that can win.
+
+Arrays indexed by (atom, sign) are flat by group ``g = 2 * atom + sign = unit // K``, so the recurrent
+drive indexes them by group directly and the scans over atoms read the two signs side by side.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 @njit(cache=True, nogil=True)
-def _cholesky_solve(m, rhs, k, work, x):
-    """Solve ``m[:k, :k] x = rhs[:k]`` for SPD ``m``; ``work`` holds the factor, ``x`` the solution."""
-    for i in range(k):
-        for j in range(i + 1):
-            s = m[i, j]
-            for p in range(j):
-                s -= work[i, p] * work[j, p]
-            if i == j:
-                work[i, i] = np.sqrt(s)
-            else:
-                work[i, j] = s / work[j, j]
-    for i in range(k):
-        s = rhs[i]
-        for p in range(i):
-            s -= work[i, p] * x[p]
-        x[i] = s / work[i, i]
-    for i in range(k - 1, -1, -1):
-        s = x[i]
-        for p in range(i + 1, k):
-            s -= work[p, i] * x[p]
-        x[i] = s / work[i, i]
-
-
-@njit(cache=True, nogil=True)
-def _best_clone(pi, a, s, n_clones):
-    """The clone of (atom a, sign s) with the largest prior log-odds (the first one on ties)."""
-    base = (2 * a + s) * n_clones
+def _best_clone(pi, g, n_clones):
+    """The clone of group ``g = 2 * atom + sign`` with the largest prior log-odds (the first on ties)."""
+    base = g * n_clones
     bu = base
     bp = pi[base]
     for k in range(1, n_clones):
@@ -51,113 +30,249 @@ def _best_clone(pi, a, s, n_clones):
 
 @njit(cache=True, nogil=True)
 def _best_clones(pi, n_clones, best_pi, best_u):
-    for a in range(best_pi.shape[0]):
-        for s in range(2):
-            best_pi[a, s], best_u[a, s] = _best_clone(pi, a, s, n_clones)
+    """Fill ``best_pi``, ``best_u`` ``(2 A,)`` with the best clone of every group ``2 * atom + sign``."""
+    for g in range(best_pi.shape[0]):
+        best_pi[g], best_u[g] = _best_clone(pi, g, n_clones)
+
+
+@njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
+def _max_gain(gain):
+    """``max(0, max(gain))``. Gains are never NaN and max is exact in any order, so the flags that let
+    this reduction vectorise cannot change the result."""
+    best = 0.0
+    for a in range(gain.shape[0]):
+        g = gain[a]
+        best = g if g > best else best
+    return best
 
 
 @njit(cache=True, nogil=True)
 def _pursuit_patch(
-    m, C, G, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, in_support,
-    s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi, xs, out_idx, out_val, out_cnt, out_prior,
+    m, C, G, Gt, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, gain, in_support,
+    s_atom, s_sign, s_unit, s_prior, chol, fwd, xi, out_idx, out_val, out_cnt, out_prior,
 ):  # fmt: skip
     """Greedy pursuit of patch ``m`` given the best clone of every (atom, sign) and its prior log-odds
-    (``best_u``, ``best_pi``, both (A, 2)); writes row ``m`` of the outputs."""
+    (``best_u``, ``best_pi``, both (2 A,), by group ``2 * atom + sign``); writes row ``m`` of the outputs.
+
+    ``Gt`` is ``G.T`` stored contiguously, so the residual update runs along rows. ``in_support`` must be
+    all False on entry and is left all False.
+
+    Notes
+    -----
+    The ridge refit on the support is solved by Cholesky. Row ``i`` of a Cholesky factor (and of the
+    forward substitution) depends only on the leading ``i + 1`` rows of the matrix, so when a unit is
+    appended only its row is computed, and when units are dropped the factor is recomputed from the
+    first dropped position on. Every number is computed by the same operations in the same order as a
+    full refactorisation, so the result is identical, not merely close.
+    """
     n_atoms = C.shape[1]
     for a in range(n_atoms):
         rho[a] = C[m, a]
-        in_support[a] = False
     data_scale = inv2ty2 / (1.0 + lam)
     k_act = 0
     # Dropping a unit can in principle let the pursuit revisit it, so cap the number of additions.
     for _step in range(2 * kmax):
         if k_act >= kmax:
             break
-        best_gain = 0.0
-        best_a = -1
+        # Gains of every atom with the sign of its residual correlation; -inf where it cannot be added.
+        # (Both priors are loaded and the masks combined without branches so that the loop vectorises.)
         for a in range(n_atoms):
-            if in_support[a]:
-                continue
             r = rho[a]
-            if r == 0.0:
-                continue
-            s = 0 if r > 0 else 1
-            gain = r * r * data_scale + best_pi[a, s] - kappa
-            if gain > best_gain:
-                best_gain = gain
-                best_a = a
-        if best_a < 0:
+            p_pos = best_pi[2 * a]
+            p_neg = best_pi[2 * a + 1]
+            g = r * r * data_scale + (p_pos if r > 0 else p_neg) - kappa
+            gain[a] = -np.inf if in_support[a] | (r == 0.0) else g
+        best_gain = _max_gain(gain)
+        if not best_gain > 0.0:
             break
+        best_a = 0
+        while gain[best_a] != best_gain:  # the first atom with the largest gain
+            best_a += 1
         s = 0 if rho[best_a] > 0 else 1
         s_atom[k_act] = best_a
         s_sign[k_act] = s
-        s_unit[k_act] = best_u[best_a, s]
-        s_prior[k_act] = best_pi[best_a, s]
+        s_unit[k_act] = best_u[2 * best_a + s]
+        s_prior[k_act] = best_pi[2 * best_a + s]
         in_support[best_a] = True
         k_act += 1
         # Ridge refit of the signed atom coefficients on the support; drop units whose value lost
         # its sign (their non-negative optimum is zero) and refit again.
+        first = k_act - 1  # rows of the factor still to compute
         while True:
-            for i in range(k_act):
-                rhs[i] = C[m, s_atom[i]]
-                for j in range(k_act):
-                    gmat[i, j] = G[s_atom[i], s_atom[j]]
-                gmat[i, i] += lam
-            _cholesky_solve(gmat, rhs, k_act, work, xs)
+            for i in range(first, k_act):
+                ai = s_atom[i]
+                for j in range(i + 1):
+                    t = G[ai, s_atom[j]]
+                    if i == j:
+                        t += lam
+                    for p in range(j):
+                        t -= chol[i, p] * chol[j, p]
+                    if i == j:
+                        chol[i, i] = np.sqrt(t)
+                    else:
+                        chol[i, j] = t / chol[j, j]
+                t = np.float64(C[m, ai])
+                for p in range(i):
+                    t -= chol[i, p] * fwd[p]
+                fwd[i] = t / chol[i, i]
+            for i in range(k_act - 1, -1, -1):
+                t = fwd[i]
+                for p in range(i + 1, k_act):
+                    t -= chol[p, i] * xi[p]
+                xi[i] = t / chol[i, i]
             keep = 0
+            first = k_act
             for i in range(k_act):
                 sign = 1.0 if s_sign[i] == 0 else -1.0
-                if xs[i] * sign > 0:
-                    s_atom[keep] = s_atom[i]
-                    s_sign[keep] = s_sign[i]
-                    s_unit[keep] = s_unit[i]
-                    s_prior[keep] = s_prior[i]
-                    xi[keep] = xs[i]
+                if xi[i] * sign > 0:
+                    if keep != i:
+                        s_atom[keep] = s_atom[i]
+                        s_sign[keep] = s_sign[i]
+                        s_unit[keep] = s_unit[i]
+                        s_prior[keep] = s_prior[i]
                     keep += 1
                 else:
                     in_support[s_atom[i]] = False
+                    first = min(first, i)
             if keep == k_act:
                 break
             k_act = keep
             if k_act == 0:
                 break
         for a in range(n_atoms):
-            r = C[m, a]
-            for i in range(k_act):
-                r -= G[a, s_atom[i]] * xi[i]
-            rho[a] = r
+            rho[a] = C[m, a]
+        for i in range(k_act):
+            row = s_atom[i]
+            x = xi[i]
+            for a in range(n_atoms):
+                rho[a] -= Gt[row, a] * x
     total_prior = 0.0
     for i in range(k_act):
         out_idx[m, i] = s_unit[i]
         out_val[m, i] = abs(xi[i])
         total_prior += s_prior[i]
+        in_support[s_atom[i]] = False
     out_cnt[m] = k_act
     out_prior[m] = total_prior
 
 
 @njit(cache=True, nogil=True)
 def _pursuit_scratch(n_atoms, kmax):
-    """Work buffers of ``_pursuit_patch``, allocated once per frame by each driver."""
+    """Work buffers of ``_pursuit_patch``, allocated once per frame (or per chunk of patches)."""
     return (
-        np.empty((n_atoms, 2)),  # best_pi
-        np.empty((n_atoms, 2), np.int64),  # best_u
         np.empty(n_atoms),  # rho
+        np.empty(n_atoms),  # gain
         np.zeros(n_atoms, np.bool_),  # in_support
         np.empty(kmax, np.int64),  # s_atom
         np.empty(kmax, np.int64),  # s_sign
         np.empty(kmax, np.int64),  # s_unit
         np.empty(kmax),  # s_prior
-        np.empty((kmax, kmax)),  # gmat
-        np.empty(kmax),  # rhs
-        np.empty((kmax, kmax)),  # work
+        np.empty((kmax, kmax)),  # chol
+        np.zeros(kmax),  # fwd
         np.zeros(kmax),  # xi
-        np.zeros(kmax),  # xs
     )
 
 
 @njit(cache=True, nogil=True)
+def _infer_patches(
+    m0, m1, C, G, Gt, r_ptr, r_idx, r_val, b, g_ptr, g_idx, base_pi, base_u, prev_idx, prev_val,
+    prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt, out_prior,
+):  # fmt: skip
+    """Patches ``m0 <= m < m1`` of a frame, with the sparse recurrent drive; allocates its own scratch,
+    so disjoint ranges can run on different threads. ``g_ptr``, ``g_idx``: the (atom, sign) groups
+    that each unit's row of ``R^T`` reaches (``_drive_groups``)."""
+    n_units = b.shape[0]
+    n_atoms = C.shape[1]
+    pi = np.empty(n_units)
+    for u in range(n_units):
+        pi[u] = b[u]
+    best_pi = base_pi.copy()
+    best_u = base_u.copy()
+    touched = np.empty(base_pi.shape[0] + 1, np.int64)
+    stamp = np.full(base_pi.shape[0], -1, np.int64)
+    rho, gain, in_support, s_atom, s_sign, s_unit, s_prior, chol, fwd, xi = _pursuit_scratch(
+        n_atoms, kmax
+    )
+    for m in range(m0, m1):
+        n_prev = prev_cnt[m]
+        for i in range(n_prev):
+            j = prev_idx[m, i]
+            v = prev_val[m, i]
+            for e in range(r_ptr[j], r_ptr[j + 1]):
+                pi[r_idx[e]] += v * r_val[e]
+        # Best clone of every group the drive reached; groups reached from two units of t-1 are
+        # listed once (a stamp per group, without a branch).
+        n_touched = 0
+        for i in range(n_prev):
+            j = prev_idx[m, i]
+            for e in range(g_ptr[j], g_ptr[j + 1]):
+                g = g_idx[e]
+                touched[n_touched] = g
+                n_touched += np.int64(stamp[g] != m)
+                stamp[g] = m
+        for t in range(n_touched):
+            g = touched[t]
+            best_pi[g], best_u[g] = _best_clone(pi, g, n_clones)
+        _pursuit_patch(
+            m, C, G, Gt, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, gain, in_support,
+            s_atom, s_sign, s_unit, s_prior, chol, fwd, xi, out_idx, out_val, out_cnt, out_prior,
+        )  # fmt: skip
+        # Undo this patch's drive: only the units and groups it reached differ from the bias-only state.
+        for i in range(n_prev):
+            j = prev_idx[m, i]
+            for e in range(r_ptr[j], r_ptr[j + 1]):
+                u = r_idx[e]
+                pi[u] = b[u]
+        for t in range(n_touched):
+            g = touched[t]
+            best_pi[g] = base_pi[g]
+            best_u[g] = base_u[g]
+
+
+@njit(cache=True, nogil=True)
+def _drive_groups(r_ptr, r_idx, n_clones):
+    """For each row ``j`` of ``R^T`` in CSR form, the (atom, sign) groups ``u // n_clones`` of its units,
+    as CSR ``(g_ptr, g_idx)``; consecutive repeats are merged (rows are sorted, so each group once)."""
+    n = r_ptr.shape[0] - 1
+    g_ptr = np.zeros(n + 1, np.int64)
+    g_idx = np.empty(r_idx.shape[0], np.int64)
+    k = 0
+    for j in range(n):
+        last = -1
+        for e in range(r_ptr[j], r_ptr[j + 1]):
+            g = r_idx[e] // n_clones
+            if g != last:
+                g_idx[k] = g
+                k += 1
+                last = g
+        g_ptr[j + 1] = k
+    return g_ptr, g_idx[:k]
+
+
+@njit(cache=True, nogil=True)
+def _frame_setup(G, b, n_clones, n_atoms):
+    """Per-frame constants: ``G.T`` contiguous and the best clone of every group from ``b`` alone."""
+    Gt = np.ascontiguousarray(G.T)
+    pi = b.astype(np.float64)
+    base_pi = np.empty(2 * n_atoms)
+    base_u = np.empty(2 * n_atoms, np.int64)
+    _best_clones(pi, n_clones, base_pi, base_u)
+    return Gt, base_pi, base_u
+
+
+# The serial driver is the one Python calls: an eager signature compiles it once (or loads it from the
+# cache) at import and rejects wrong dtypes or layouts instead of compiling a slow variant for them.
+_INFER_FRAME_SIGNATURE = (
+    "void(float32[:, ::1], float64[:, ::1], int64[::1], int64[::1], float32[::1], int64[::1], "
+    "int64[::1], float32[::1], int64[:, ::1], float32[:, ::1], int64[::1], int64, float64, float64, "
+    "float64, int64, int64[:, ::1], float32[:, ::1], int64[::1], float64[::1])"
+)
+
+
+@njit(_INFER_FRAME_SIGNATURE, cache=True, nogil=True)
 def _ssrnn_infer_frame(
-    C, G, r_ptr, r_idx, r_val, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax,
+    C, G, r_ptr, r_idx, r_val, g_ptr, g_idx, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam,
+    kappa, kmax,
     out_idx, out_val, out_cnt, out_prior,
 ):  # fmt: skip
     """Greedy MAP inference of one frame for all patches, with the sparse recurrent drive.
@@ -168,6 +283,7 @@ def _ssrnn_infer_frame(
     G : (A, A) float, Gram matrix of the atoms.
     r_ptr, r_idx, r_val : R^T in CSR form: row ``j`` lists the units ``u`` that unit ``j`` drives at the
         next frame and the weights ``R[u, j]``.
+    g_ptr, g_idx : the (atom, sign) groups of each row's units (``_drive_groups``).
     b : (N,) float32 biases.
     prev_idx, prev_val, prev_cnt : the sparse code at t-1 (units, values, counts per patch).
     out_idx, out_val, out_cnt : the sparse code at t (written).
@@ -176,49 +292,35 @@ def _ssrnn_infer_frame(
     Notes
     -----
     Only the units that the active units of t-1 project to change their prior, so the best clone of
-    every (atom, sign) group is computed once from ``b`` and updated for the touched groups alone.
+    every (atom, sign) group is computed once from ``b``, updated for the groups the drive reaches
+    alone, and restored from the bias-only state after the patch.
     """
-    m_patches, n_atoms = C.shape
-    n_units = b.shape[0]
-    pi = np.empty(n_units)
-    for u in range(n_units):
-        pi[u] = b[u]
-    base_pi = np.empty((n_atoms, 2))
-    base_u = np.empty((n_atoms, 2), np.int64)
-    _best_clones(pi, n_clones, base_pi, base_u)
-    touched = np.empty(n_units, np.int64)
-    group_dirty = np.zeros(2 * n_atoms, np.bool_)
-    (best_pi, best_u, rho, in_support, s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi,
-     xs) = _pursuit_scratch(n_atoms, kmax)  # fmt: skip
-    for m in range(m_patches):
-        best_pi[:, :] = base_pi
-        best_u[:, :] = base_u
-        n_touched = 0
-        for i in range(prev_cnt[m]):
-            j = prev_idx[m, i]
-            v = prev_val[m, i]
-            for e in range(r_ptr[j], r_ptr[j + 1]):
-                u = r_idx[e]
-                g = u // n_clones
-                if not group_dirty[g]:
-                    group_dirty[g] = True
-                    touched[n_touched] = g
-                    n_touched += 1
-                pi[u] += v * r_val[e]
-        for t in range(n_touched):
-            g = touched[t]
-            a, s = g // 2, g % 2
-            best_pi[a, s], best_u[a, s] = _best_clone(pi, a, s, n_clones)
-        _pursuit_patch(
-            m, C, G, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, in_support,
-            s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi, xs, out_idx, out_val, out_cnt,
-            out_prior,
+    n_atoms = C.shape[1]
+    Gt, base_pi, base_u = _frame_setup(G, b, n_clones, n_atoms)
+    _infer_patches(
+        0, C.shape[0], C, G, Gt, r_ptr, r_idx, r_val, b, g_ptr, g_idx, base_pi, base_u, prev_idx,
+        prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt,
+        out_prior,
+    )  # fmt: skip
+
+
+@njit(nogil=True, parallel=True)
+def _ssrnn_infer_frame_parallel(
+    C, G, r_ptr, r_idx, r_val, g_ptr, g_idx, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam,
+    kappa, kmax,
+    out_idx, out_val, out_cnt, out_prior, bounds,
+):  # fmt: skip
+    """``_ssrnn_infer_frame`` with the patches split into chunks ``bounds[c] <= m < bounds[c + 1]``
+    run in parallel (``prange``), each chunk with its own scratch. Patches are independent given the
+    previous code, so the result is identical to the serial kernel's for any split."""
+    n_atoms = C.shape[1]
+    Gt, base_pi, base_u = _frame_setup(G, b, n_clones, n_atoms)
+    for c in prange(bounds.shape[0] - 1):
+        _infer_patches(
+            bounds[c], bounds[c + 1], C, G, Gt, r_ptr, r_idx, r_val, b, g_ptr, g_idx, base_pi, base_u,
+            prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val,
+            out_cnt, out_prior,
         )  # fmt: skip
-        for t in range(n_touched):
-            g = touched[t]
-            group_dirty[g] = False
-            for u in range(g * n_clones, (g + 1) * n_clones):
-                pi[u] = b[u]
 
 
 @njit(cache=True, nogil=True)
@@ -227,13 +329,29 @@ def _ssrnn_infer_frame_dense(
 ):
     """The same inference given the prior log-odds of every patch ``PI`` (M, N), e.g. ``b + Z R^T``
     computed densely with BLAS: the baseline the sparse drive is measured against."""
-    m_patches, n_atoms = C.shape
-    (best_pi, best_u, rho, in_support, s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi,
-     xs) = _pursuit_scratch(n_atoms, kmax)  # fmt: skip
-    for m in range(m_patches):
+    n_atoms = C.shape[1]
+    Gt = np.ascontiguousarray(G.T)
+    best_pi = np.empty(2 * n_atoms)
+    best_u = np.empty(2 * n_atoms, np.int64)
+    rho, gain, in_support, s_atom, s_sign, s_unit, s_prior, chol, fwd, xi = _pursuit_scratch(
+        n_atoms, kmax
+    )
+    for m in range(C.shape[0]):
         _best_clones(PI[m], n_clones, best_pi, best_u)
         _pursuit_patch(
-            m, C, G, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, in_support,
-            s_atom, s_sign, s_unit, s_prior, gmat, rhs, work, xi, xs, out_idx, out_val, out_cnt,
-            out_prior,
+            m, C, G, Gt, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, gain, in_support,
+            s_atom, s_sign, s_unit, s_prior, chol, fwd, xi, out_idx, out_val, out_cnt, out_prior,
         )  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def _scaled_patches(frame, scale, p, out):
+    """The non-overlapping ``p x p`` patches of ``frame`` times ``scale`` (float32 products), row-major
+    over the patch grid (``frame.shape[1] // p`` columns), each flattened row-major into a row of ``out``
+    ``(rows * cols, p * p)``; ``out`` may hold fewer rows than the frame has, as the engine's levels do."""
+    cols = frame.shape[1] // p
+    for k in range(out.shape[0]):
+        i, j = k // cols, k % cols
+        for r in range(p):
+            for c in range(p):
+                out[k, r * p + c] = frame[i * p + r, j * p + c] * scale

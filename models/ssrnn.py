@@ -31,9 +31,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 
-from models.kernels import _ssrnn_infer_frame, _ssrnn_infer_frame_dense
+from models.kernels import (
+    _drive_groups,
+    _ssrnn_infer_frame,
+    _ssrnn_infer_frame_dense,
+    _ssrnn_infer_frame_parallel,
+)
 from models.whitening import Whitener, patch_grid
 
 FORMAT_VERSION = 1
@@ -48,6 +54,8 @@ class SparseCode:
     cnt: np.ndarray  # (M,) int64
     prior: np.ndarray  # (M,) float64, summed prior log-odds of the active units
 
+    DTYPES = (np.int64, np.float32, np.int64, np.float64)
+
     @classmethod
     def empty(cls, m: int, kmax: int) -> SparseCode:
         return cls(
@@ -56,6 +64,9 @@ class SparseCode:
             np.zeros(m, np.int64),
             np.zeros(m),
         )
+
+    def arrays(self) -> tuple:
+        return self.idx, self.val, self.cnt, self.prior
 
     def dense(self, n_units: int) -> np.ndarray:
         """``(M, N)`` dense code ``z``."""
@@ -200,8 +211,15 @@ class SSRNN:
         prev: SparseCode | None,
         G: np.ndarray | None = None,
         csr: tuple | None = None,
+        bounds: np.ndarray | None = None,
     ) -> SparseCode:
-        """One greedy filtering step for ``M`` patches given their atom correlations ``C`` ``(M, A)``."""
+        """One greedy filtering step for ``M`` patches given their atom correlations ``C`` ``(M, A)``.
+
+        ``bounds`` (increasing int64 from 0 to ``M``) splits the patches into chunks
+        ``bounds[c] <= m < bounds[c + 1]`` that run in parallel on Numba's threads; the code is identical
+        to the serial one for any split. The number of threads is Numba's per-thread setting of the
+        calling thread (``numba.set_num_threads``).
+        """
         self._check_fitted()
         C = np.ascontiguousarray(C, np.float32)
         if C.ndim != 2 or C.shape[1] != self.n_atoms:
@@ -211,15 +229,42 @@ class SSRNN:
             prev = SparseCode.empty(m, self.kmax)
         if len(prev.cnt) != m:
             raise ValueError("previous code has a different number of patches")
-        G = self.gram() if G is None else G
+        G = self.gram() if G is None else np.ascontiguousarray(G, np.float64)
         ptr, idx, val = recurrent_csr(self.R_) if csr is None else csr
+        prev = SparseCode(
+            *(
+                np.ascontiguousarray(a, t)
+                for a, t in zip(prev.arrays(), SparseCode.DTYPES, strict=True)
+            )
+        )
+        g_ptr, g_idx = self._drive_groups(ptr, idx)
         out = SparseCode.empty(m, self.kmax)
-        _ssrnn_infer_frame(
-            C, G, ptr, idx, val, self.b_, prev.idx, prev.val, prev.cnt, self.n_clones,
+        args = (
+            C, G, ptr, idx, val, g_ptr, g_idx, self.b_, prev.idx, prev.val, prev.cnt, self.n_clones,
             1.0 / (2 * self.tau_y**2), self.lam, self.kappa, self.kmax,
             out.idx, out.val, out.cnt, out.prior,
         )  # fmt: skip
+        if bounds is None:
+            _ssrnn_infer_frame(*args)
+        else:
+            bounds = np.asarray(bounds, np.int64)
+            if bounds[0] != 0 or bounds[-1] != m or np.any(np.diff(bounds) < 0):
+                raise ValueError(f"bounds must increase from 0 to {m}, got {bounds}")
+            # Chunks handed out one at a time as threads finish (the chunk size is, like the thread
+            # count, Numba's per-thread setting), so a busy chunk does not hold the others up.
+            with numba.parallel_chunksize(1):
+                _ssrnn_infer_frame_parallel(*args, bounds)
         return out
+
+    def _drive_groups(self, ptr: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The groups each row of ``R^T`` reaches, kept for the last CSR arrays seen (callers pass the
+        same ``csr`` every frame; the arrays are held, so a new ``csr`` is never mistaken for it)."""
+        cached = getattr(self, "_groups_cache", None)
+        if cached is not None and cached[0] is ptr and cached[1] is idx:
+            return cached[2]
+        groups = _drive_groups(ptr, idx, self.n_clones)
+        self._groups_cache = (ptr, idx, groups)
+        return groups
 
     def infer_dense(self, C: np.ndarray, prev: SparseCode | None, G=None) -> SparseCode:
         """The same step with the recurrent drive computed densely, ``b + Z^{t-1} R^T`` by BLAS."""

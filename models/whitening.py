@@ -115,8 +115,21 @@ class Whitener:
             return cv2.filter2D(frames, cv2.CV_32F, self.kernel_, borderType=cv2.BORDER_REFLECT)
         return np.stack([self._filter(f) for f in frames])
 
+    def transform_rows(self, frame: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
+        """Rows ``r0 <= r < r1`` of ``transform(frame)`` for one ``(H, W)`` frame, written to the same
+        rows of ``out``: the band is filtered with half the filter's rows of real neighbours on each side,
+        so every value is the one the whole-frame filter gives (a band per thread splits the work)."""
+        if not hasattr(self, "kernel_"):
+            raise RuntimeError("Whitener is not fitted: call fit() or load one")
+        pad = self.kernel_.shape[0] // 2
+        a, b = max(0, r0 - pad), min(frame.shape[0], r1 + pad)
+        band = self._filter(np.asarray(frame[a:b], np.float32))
+        np.multiply(band[r0 - a : r1 - a], np.float32(self.scale_), out=out[r0:r1])
+
     def transform(self, frames: np.ndarray) -> np.ndarray:
         """Whiten ``(H, W)`` or ``(T, H, W)`` frames (float in [0, 1]); unit variance per pixel."""
         if not hasattr(self, "kernel_"):
             raise RuntimeError("Whitener is not fitted: call fit() or load one")
-        return self._filter(np.asarray(frames, np.float32)) * np.float32(self.scale_)
+        out = self._filter(np.asarray(frames, np.float32))
+        out *= np.float32(self.scale_)  # in place: the same float32 products, one array fewer
+        return out

@@ -1,5 +1,7 @@
-"""Slow, obviously-right numpy twins of the Numba kernels in ``models/kernels.py`` (same names)."""
+"""Slow, obviously-right numpy twins of the Numba kernels in ``models/kernels.py`` (same names), and of
+``MotionEngine.encode`` as it was written before it was optimised."""
 
+import cv2
 import numpy as np
 
 
@@ -24,14 +26,13 @@ def _ssrnn_infer_frame(
         for _ in range(2 * kmax):
             if len(support) >= kmax:
                 break
-            used_atoms = {atom_of[u] for u in support}
-            gains = np.full(n_units, -np.inf)
-            for u in range(n_units):
-                a = atom_of[u]
-                if a in used_atoms or sign_of[u] * rho[a] <= 0:
-                    continue
-                gains[u] = rho[a] ** 2 * inv2ty2 / (1 + lam) + pi[u] - kappa
-            u_best = int(np.argmax(gains))
+            # Gain of every unit whose atom is free and whose sign matches the residual correlation.
+            free = ~np.isin(atom_of, [atom_of[u] for u in support])
+            r = rho[atom_of]
+            gains = np.where(
+                free & (sign_of * r > 0), r**2 * inv2ty2 / (1 + lam) + pi - kappa, -np.inf
+            )
+            u_best = int(np.argmax(gains))  # the first unit on ties
             if not gains[u_best] > 0:
                 break
             support.append(u_best)
@@ -68,3 +69,66 @@ def _project_frame(idx, val, cnt, proj, dir_bin, speed_bin, ds_weight, n_dir, n_
             speed_hist[speed_bin[u]] += v * ds_weight[u]
             unit_act[u] += v
     return contrib, dir_hist, speed_hist, unit_act
+
+
+def encode(engine, state, grey):
+    """``MotionEngine.encode`` written level by level with the numpy twin of the kernel.
+
+    ``state`` is a dict, ``{}`` at the start of a stream. Returns ``[(units, values) per patch]`` per level.
+    Per level: pyramid, whitening convolution, RMS contrast normalisation with a running average, the
+    non-overlapping patches, their atom correlations, then greedy inference patch by patch.
+    """
+    model, p = engine.model, engine.model.patch
+    n_atoms, kmax = model.n_atoms, model.kmax
+    out = []
+    img = grey
+    for lv in range(engine.levels):
+        if lv:
+            img = cv2.pyrDown(img)
+        white = model.whitener_.transform(img)
+        rms = float(np.sqrt(np.mean(white**2)))
+        state[("rms", lv)] = (
+            rms if ("rms", lv) not in state else 0.9 * state[("rms", lv)] + 0.1 * rms
+        )
+        white *= np.float32(1.0 / max(state[("rms", lv)], engine.rms_floor))
+        gh, gw = white.shape[0] // p, white.shape[1] // p
+        patches = np.array(
+            [
+                white[i * p : (i + 1) * p, j * p : (j + 1) * p].ravel()
+                for i in range(gh)
+                for j in range(gw)
+            ]
+        ).reshape(gh * gw, p * p)
+        C = (patches @ model.W_).reshape(gh * gw, n_atoms)
+        prev_idx = np.zeros((gh * gw, kmax), np.int64)
+        prev_val = np.zeros((gh * gw, kmax), np.float32)
+        prev_cnt = np.zeros(gh * gw, np.int64)
+        for m, (units, vals) in enumerate(state.get(("prev", lv), [])):
+            prev_idx[m, : len(units)] = units
+            prev_val[m, : len(units)] = vals
+            prev_cnt[m] = len(units)
+        code = _ssrnn_infer_frame(
+            C, model.gram(), model.R_, model.b_, prev_idx, prev_val, prev_cnt, model.n_clones,
+            1 / (2 * model.tau_y**2), model.lam, model.kappa, kmax,
+        )  # fmt: skip
+        state[("prev", lv)] = code
+        out.append(code)
+    return out
+
+
+def _drive_groups(r_ptr, r_idx, n_clones):
+    """The sorted distinct (atom, sign) groups of the units in each row of ``R^T`` (CSR), per row."""
+    return [np.unique(r_idx[r_ptr[j] : r_ptr[j + 1]] // n_clones) for j in range(len(r_ptr) - 1)]
+
+
+def _scaled_patches(frame, scale, p):
+    """The non-overlapping ``p x p`` patches of ``frame * scale``, one flattened patch per row."""
+    gh, gw = frame.shape[0] // p, frame.shape[1] // p
+    scaled = frame * np.float32(scale)
+    return np.array(
+        [
+            scaled[i * p : (i + 1) * p, j * p : (j + 1) * p].ravel()
+            for i in range(gh)
+            for j in range(gw)
+        ]
+    ).reshape(gh * gw, p * p)

@@ -1,9 +1,12 @@
 """The per-frame engine: output contract, recurrent state, and clear errors on bad frames."""
 
+import numba
 import numpy as np
 import pytest
 
-from models.engine import MotionEngine
+from models.engine import MotionEngine, to_grey
+from models.whitening import Whitener
+from tests import naive
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +95,83 @@ def test_to_dict_and_the_websocket_payload_name_the_same_fields_in_degrees(engin
     assert 0 <= d["global_direction_deg"] < 360.001
     g_gap = (p["global_direction_deg"] - d["global_direction_deg"] + 180) % 360 - 180
     assert abs(g_gap) <= 0.06
+
+
+def _assert_codes_match(codes, ref):
+    """Same active units in the same order for every patch; values within 1e-5."""
+    assert len(codes) == len(ref)
+    for (code, gh, gw), want in zip(codes, ref, strict=True):
+        assert gh * gw == len(want) == len(code.cnt)
+        for m, (units, vals) in enumerate(want):
+            n = code.cnt[m]
+            assert list(code.idx[m, :n]) == list(units), f"patch {m}"
+            np.testing.assert_allclose(code.val[m, :n], vals, rtol=1e-5, atol=1e-6)
+
+
+def _fresh(engine, shape):
+    state = engine.new_state()
+    state.shape, state.prev, state.rms = shape, [None] * engine.levels, [None] * engine.levels
+    return state
+
+
+def test_encode_matches_the_naive_reference(engine, rng):
+    """Random frames, then a constant frame and a black one, at a size that is not a multiple of the
+    patch; the recurrent state carries over, so every frame depends on the previous codes."""
+    shape = (101, 139)
+    frames = [rng.integers(0, 255, shape, dtype=np.uint8) for _ in range(4)]
+    frames += [np.full(shape, 77, np.uint8), np.zeros(shape, np.uint8), frames[0]]
+    state, ref_state = _fresh(engine, shape), {}
+    active = 0
+    for f in frames:
+        grey = to_grey(f)
+        codes = engine.encode(state, grey)
+        _assert_codes_match(codes, naive.encode(engine, ref_state, grey))
+        active += sum(int(c.cnt.sum()) for c, _, _ in codes)
+    assert active > 0
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_threads_give_the_same_codes(rng):
+    one = MotionEngine.random(seed=0)
+    two = MotionEngine.random(seed=0, threads=2)
+    for shape in ((96, 128), (83, 117)):
+        s1, s2 = _fresh(one, shape), _fresh(two, shape)
+        for _ in range(3):
+            grey = to_grey(rng.integers(0, 255, shape, dtype=np.uint8))
+            for (a, _, _), (b, _, _) in zip(
+                one.encode(s1, grey), two.encode(s2, grey), strict=True
+            ):
+                for f in ("idx", "val", "cnt", "prior"):
+                    np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
+def test_encode_accepts_a_non_contiguous_frame(engine, rng):
+    grey = to_grey(rng.integers(0, 255, (96, 256), dtype=np.uint8))
+    view = grey[:, ::2]
+    a = engine.encode(_fresh(engine, view.shape), view)
+    b = engine.encode(_fresh(engine, view.shape), view.copy())
+    for (x, _, _), (y, _, _) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.idx, y.idx)
+        np.testing.assert_array_equal(x.val, y.val)
+
+
+@pytest.mark.parametrize("threads", [0, 10_000])
+def test_bad_thread_counts_raise_clear_errors(threads):
+    with pytest.raises(ValueError, match="threads"):
+        MotionEngine.random(seed=0, threads=threads)
+
+
+@pytest.mark.parametrize("size", [3, 9])
+@pytest.mark.parametrize("shape", [(64, 80), (101, 139), (17, 30)])
+def test_whitening_by_bands_equals_the_whole_frame(rng, shape, size):
+    """The two-thread encode whitens level 0 in bands: each band must give the whole frame's values."""
+    wh = Whitener(size=size)
+    wh.kernel_ = rng.standard_normal((size, size)).astype(np.float32)
+    wh.scale_ = 1.7
+    frame = rng.random((shape[0], 2 * shape[1])).astype(np.float32)[:, ::2]  # a strided view too
+    whole = wh.transform(frame)
+    for cuts in ([0, shape[0] // 2, shape[0]], [0, 1, 5, shape[0] - 1, shape[0]]):
+        out = np.full(shape, np.nan, np.float32)
+        for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True):
+            wh.transform_rows(frame, out, r0, r1)
+        np.testing.assert_array_equal(out, whole)

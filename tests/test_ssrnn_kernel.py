@@ -1,5 +1,6 @@
 """The Numba inference kernel against its numpy twin, and the greedy step against the objective."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -15,12 +16,21 @@ def _random_model(seed, n_atoms=12, n_clones=3, patch=4, r_scale=0.8, b=-1.0):
     return m
 
 
+def _assert_same_code(a, b):
+    for f in ("idx", "val", "cnt", "prior"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+
+
 def _compare(model, C, prev):
     out = model.infer(C, prev)
     dense = model.infer_dense(C, prev)
     np.testing.assert_array_equal(dense.cnt, out.cnt)
     np.testing.assert_array_equal(dense.idx, out.idx)
     np.testing.assert_allclose(dense.val, out.val, rtol=1e-5)
+    # The parallel driver, on uneven chunks (one of them empty), gives exactly the serial code.
+    m = len(C)
+    for bounds in ([0, m], [0, m // 3, m // 3, m], np.linspace(0, m, 5).astype(np.int64)):
+        _assert_same_code(model.infer(C, prev, bounds=np.asarray(bounds, np.int64)), out)
     ref = naive._ssrnn_infer_frame(
         C, model.gram(), model.R_, model.b_, prev.idx, prev.val, prev.cnt, model.n_clones,
         1 / (2 * model.tau_y**2), model.lam, model.kappa, model.kmax,
@@ -61,6 +71,64 @@ def test_kernel_edge_cases():
     wide[:, ::2] = C
     out2 = model.infer(wide[:, ::2], prev)
     np.testing.assert_array_equal(out2.cnt, out.cnt)
+
+
+def test_drive_groups_match_numpy_twin(rng):
+    from models.kernels import _drive_groups
+    from models.ssrnn import prune_recurrent, recurrent_csr
+
+    for n_clones, density in ((3, 0.05), (4, 0.3), (1, 1.0)):
+        R = prune_recurrent(rng.standard_normal((6 * n_clones * 2, 6 * n_clones * 2)), density)
+        R[:, 0] = 0  # a unit that drives nothing
+        ptr, idx, _ = recurrent_csr(R)
+        g_ptr, g_idx = _drive_groups(ptr, idx, n_clones)
+        want = naive._drive_groups(ptr, idx, n_clones)
+        assert len(g_ptr) == len(want) + 1
+        for j, groups in enumerate(want):
+            np.testing.assert_array_equal(g_idx[g_ptr[j] : g_ptr[j + 1]], groups)
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="checks the compiled dispatcher")
+def test_kernel_rejects_wrong_dtypes_instead_of_compiling_them():
+    from models.kernels import _ssrnn_infer_frame
+
+    model = _random_model(2)
+    C = np.zeros((4, model.n_atoms))  # float64, the wrapper would have made it float32
+    prev, out = SparseCode.empty(4, model.kmax), SparseCode.empty(4, model.kmax)
+    ptr, idx, val = (
+        np.zeros(model.n_units + 1, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.float32),
+    )
+    with pytest.raises(TypeError, match="No matching definition"):
+        _ssrnn_infer_frame(
+            C, model.gram(), ptr, idx, val, ptr, idx, model.b_, *prev.arrays()[:3], model.n_clones,
+            1.0, model.lam, model.kappa, model.kmax, *out.arrays(),
+        )  # fmt: skip
+    assert len(_ssrnn_infer_frame.signatures) == 1
+
+
+@pytest.mark.parametrize("shape, p", [((24, 40), 8), ((29, 37), 8), ((13, 9), 4)])
+def test_scaled_patches_match_numpy_twin(rng, shape, p):
+    from models.kernels import _scaled_patches
+
+    wide = rng.standard_normal((shape[0], 2 * shape[1])).astype(np.float32)
+    wide[0, :6] = -0.0
+    wide[1] = 0.0
+    for frame in (wide[:, ::2], np.ascontiguousarray(wide[:, ::2])):  # a strided view and its copy
+        want = naive._scaled_patches(frame, 0.37, p)
+        got = np.full(want.shape, np.nan, np.float32)
+        _scaled_patches(frame, np.float32(0.37), p, got)
+        np.testing.assert_array_equal(got, want)  # the same float32 products, bit for bit
+        assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
+def test_parallel_bounds_must_cover_the_patches():
+    model = _random_model(1)
+    C = np.zeros((10, model.n_atoms), np.float32)
+    for bounds in ([0, 5], [1, 10], [0, 6, 4, 10]):
+        with pytest.raises(ValueError, match="bounds"):
+            model.infer(C, None, bounds=np.array(bounds))
 
 
 def test_kernel_respects_kmax_and_nonnegativity(rng):
