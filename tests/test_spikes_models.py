@@ -557,3 +557,36 @@ def test_rglm_with_stimulus_recovers_input_kernel():
     cb_true = true.params_["C"] @ B
     cb_fit = fit.params_["C"] @ fit.params_["B"]
     assert np.linalg.norm(cb_fit - cb_true) / np.linalg.norm(cb_true) < 0.2
+
+
+# ----------------------------------------------------------------------------- convergence reports
+
+
+def test_fit_at_the_iteration_cap_says_so_and_warns(caplog):
+    y = np.random.default_rng(30).poisson(0.3, (3, 200, 4)).astype(float)
+    with caplog.at_level("WARNING", logger="models.spikes.base"):
+        m = RGLM(n_hidden=2, max_iter=2).fit(y)
+    assert m.converged_ is False
+    assert m.stop_reason_ == "max_iter" and m.n_iter_ == 2
+    assert m.grad_norm_ > m.tol
+    assert any("max_iter=2" in r.getMessage() for r in caplog.records)
+
+
+def test_well_posed_poisson_glm_converges_below_tol(caplog):
+    y = np.random.default_rng(31).poisson([0.2, 0.5, 1.0], (2, 2000, 3)).astype(float)
+    with caplog.at_level("WARNING", logger="models.spikes.base"):
+        m = SpikeHistoryGLM(n_lags=4, n_basis=2, l2=1e-3, tol=1e-4).fit(y)
+    assert m.converged_ is True and m.stop_reason_ == "gtol"
+    assert m.grad_norm_ <= m.tol and 0 < m.n_iter_ < m.max_iter
+    assert not caplog.records
+    # the reported norm is the gradient of the per-bin loss at the fitted parameters
+    _, g = m._loss_grad(m._packer.pack(m.params_), m._packer, y[..., m.order_], None)
+    assert np.max(np.abs(g)) == pytest.approx(m.grad_norm_)
+
+
+def test_closed_form_and_em_fits_report_how_they_ended():
+    y = np.random.default_rng(33).poisson(0.3, (2, 300, 3)).astype(float)
+    m = IndependentPoisson().fit(y)
+    assert (m.converged_, m.stop_reason_, m.grad_norm_, m.n_iter_) == (True, "closed_form", 0.0, 0)
+    lds = GaussianLDS(n_latent=1, n_iter=2).fit(y)
+    assert lds.stop_reason_ == "max_iter" and lds.converged_ is False and lds.grad_norm_ is None
