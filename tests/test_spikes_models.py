@@ -17,7 +17,7 @@ from models.spikes.glm import (
 )
 from models.spikes.lds import GaussianLDS
 from models.spikes.observations import get_link, get_observations
-from models.spikes.rglm import RGLM
+from models.spikes.rglm import RGLM, realise_filters
 from tests import naive_spikes as naive
 
 # ----------------------------------------------------------------------------- observation models
@@ -590,3 +590,42 @@ def test_closed_form_and_em_fits_report_how_they_ended():
     assert (m.converged_, m.stop_reason_, m.grad_norm_, m.n_iter_) == (True, "closed_form", 0.0, 0)
     lds = GaussianLDS(n_latent=1, n_iter=2).fit(y)
     assert lds.stop_reason_ == "max_iter" and lds.converged_ is False and lds.grad_norm_ is None
+
+
+# ----------------------------------------------------------------------------- R-GLM started from the GLM
+
+
+def test_realised_filters_reproduce_the_impulse_response(rng):
+    n, L = 3, 6
+    K = np.einsum("ijq,lq->lij", rng.normal(0, 0.5, (n, n, 3)), raised_cosine_basis(L, 3))
+
+    def impulse(p, lags):
+        return np.stack([p["C"] @ np.linalg.matrix_power(p["R"], k) @ p["W0"] for k in range(lags)])
+
+    full = realise_filters(K, n * L)  # a shift register of lagged counts: exact
+    np.testing.assert_allclose(
+        impulse(full, L + 4), np.concatenate([K, np.zeros((4, n, n))]), atol=1e-10
+    )
+    errs = [np.linalg.norm(impulse(realise_filters(K, d), L) - K) for d in (2, 6, 12)]
+    assert errs[0] > errs[1] > errs[2]  # more states, closer
+    assert np.all(np.abs(np.linalg.eigvals(realise_filters(K, 2)["R"])) <= 0.99 + 1e-12)
+
+
+@pytest.mark.parametrize("correlated", [False, True])
+def test_rglm_started_from_glm_predicts_like_it(correlated, rng):
+    y = rng.poisson(0.3, (2, 300, 3)).astype(float)
+    glm = SpikeHistoryGLM(n_lags=4, n_basis=2, correlated=correlated, max_iter=50).fit(y)
+    m = RGLM(n_hidden=3 * 4, correlated=correlated, init=glm, max_iter=1).fit(y)
+    m.params_ = m._init_params(y[..., m.order_], None)
+    np.testing.assert_allclose(m.predict_eta(y), glm.predict_eta(y), atol=1e-8)
+    fitted = RGLM(n_hidden=2, correlated=correlated, init="glm", max_iter=20).fit(y)
+    assert np.isfinite(fitted.log_likelihood(y))
+
+
+def test_rglm_refuses_an_unknown_init(rng):
+    y = rng.poisson(0.3, (2, 50, 3)).astype(float)
+    with pytest.raises(ValueError, match="valid: 'random', 'glm'"):
+        RGLM(n_hidden=2, init="pca").fit(y)
+    glm = SpikeHistoryGLM(n_lags=3, n_basis=2, correlated=False, max_iter=5).fit(y)
+    with pytest.raises(ValueError, match="neuron order and correlated"):
+        RGLM(n_hidden=2, correlated=True, init=glm).fit(y)
