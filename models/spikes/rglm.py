@@ -176,7 +176,7 @@ class RGLM(SpikeModel):
         Include the within-bin coupling ``A`` (R-GLM with correlated Poisson noise).
     init_timescales : tuple of float, default (0.5, 0.97)
         Range of the diagonal of ``R`` at a random start (``init="random"``).
-    init : {"random", "glm"} or fitted SpikeHistoryGLM, default "random"
+    init : {"glm", "random"} or fitted SpikeHistoryGLM, default "glm"
         ``"random"``: random ``W0``, diagonal ``R`` from ``init_timescales``, ``C = 0``. ``"glm"``: first
         fit a spike-history GLM (10 lags, 4 basis functions, the same noise model, ordering, ``l2``,
         ``max_iter`` and ``tol``) and start from it: its ``b`` and ``A``, and ``(W0, R, C)`` realising its
@@ -205,7 +205,7 @@ class RGLM(SpikeModel):
         max_iter=500,
         tol=1e-6,
         init_timescales=(0.5, 0.97),
-        init="random",
+        init="glm",
         seed=0,
     ):
         super().__init__(obs, link, correlated, ordering, l2, max_iter, tol, seed)
