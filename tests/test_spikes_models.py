@@ -629,3 +629,19 @@ def test_rglm_refuses_an_unknown_init(rng):
     glm = SpikeHistoryGLM(n_lags=3, n_basis=2, correlated=False, max_iter=5).fit(y)
     with pytest.raises(ValueError, match="neuron order and correlated"):
         RGLM(n_hidden=2, correlated=True, init=glm).fit(y)
+
+
+def test_lbfgs_backs_off_from_overflowing_steps():
+    """Steps beyond |theta| > 0.3 overflow; the fit must back off to finite points, not stop on NaN."""
+
+    def fun(theta):
+        if np.any(np.abs(theta) > 0.3):
+            return np.inf, np.full_like(theta, np.inf)
+        return float(np.sum((theta - 10) ** 2)), 2 * (theta - 10)
+
+    theta, info = spike_base.lbfgs(fun, np.zeros(3), 20, 1e-6, "toy")
+    assert info["overflowing_steps"] > 0 and np.isfinite(info["loss"])
+    assert info["loss"] < fun(np.zeros(3))[0] and np.all(np.abs(theta) <= 0.3)
+    assert info["converged"] is False
+    with pytest.raises(FloatingPointError, match="starting parameters"):
+        spike_base.lbfgs(lambda th: (np.nan, th), np.zeros(2), 5, 1e-6, "toy")
