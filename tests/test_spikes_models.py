@@ -17,7 +17,7 @@ from models.spikes.glm import (
 )
 from models.spikes.lds import GaussianLDS
 from models.spikes.observations import get_link, get_observations
-from models.spikes.rglm import RGLM
+from models.spikes.rglm import RGLM, realise_filters
 from tests import naive_spikes as naive
 
 # ----------------------------------------------------------------------------- observation models
@@ -557,3 +557,91 @@ def test_rglm_with_stimulus_recovers_input_kernel():
     cb_true = true.params_["C"] @ B
     cb_fit = fit.params_["C"] @ fit.params_["B"]
     assert np.linalg.norm(cb_fit - cb_true) / np.linalg.norm(cb_true) < 0.2
+
+
+# ----------------------------------------------------------------------------- convergence reports
+
+
+def test_fit_at_the_iteration_cap_says_so_and_warns(caplog):
+    y = np.random.default_rng(30).poisson(0.3, (3, 200, 4)).astype(float)
+    with caplog.at_level("WARNING", logger="models.spikes.base"):
+        m = RGLM(n_hidden=2, max_iter=2).fit(y)
+    assert m.converged_ is False
+    assert m.stop_reason_ == "max_iter" and m.n_iter_ == 2
+    assert m.grad_norm_ > m.tol
+    assert any("max_iter=2" in r.getMessage() for r in caplog.records)
+
+
+def test_well_posed_poisson_glm_converges_below_tol(caplog):
+    y = np.random.default_rng(31).poisson([0.2, 0.5, 1.0], (2, 2000, 3)).astype(float)
+    with caplog.at_level("WARNING", logger="models.spikes.base"):
+        m = SpikeHistoryGLM(n_lags=4, n_basis=2, l2=1e-3, tol=1e-4).fit(y)
+    assert m.converged_ is True and m.stop_reason_ == "gtol"
+    assert m.grad_norm_ <= m.tol and 0 < m.n_iter_ < m.max_iter
+    assert not caplog.records
+    # the reported norm is the gradient of the per-bin loss at the fitted parameters
+    _, g = m._loss_grad(m._packer.pack(m.params_), m._packer, y[..., m.order_], None)
+    assert np.max(np.abs(g)) == pytest.approx(m.grad_norm_)
+
+
+def test_closed_form_and_em_fits_report_how_they_ended():
+    y = np.random.default_rng(33).poisson(0.3, (2, 300, 3)).astype(float)
+    m = IndependentPoisson().fit(y)
+    assert (m.converged_, m.stop_reason_, m.grad_norm_, m.n_iter_) == (True, "closed_form", 0.0, 0)
+    lds = GaussianLDS(n_latent=1, n_iter=2).fit(y)
+    assert lds.stop_reason_ == "max_iter" and lds.converged_ is False and lds.grad_norm_ is None
+
+
+# ----------------------------------------------------------------------------- R-GLM started from the GLM
+
+
+def test_realised_filters_reproduce_the_impulse_response(rng):
+    n, L = 3, 6
+    K = np.einsum("ijq,lq->lij", rng.normal(0, 0.5, (n, n, 3)), raised_cosine_basis(L, 3))
+
+    def impulse(p, lags):
+        return np.stack([p["C"] @ np.linalg.matrix_power(p["R"], k) @ p["W0"] for k in range(lags)])
+
+    full = realise_filters(K, n * L)  # a shift register of lagged counts: exact
+    np.testing.assert_allclose(
+        impulse(full, L + 4), np.concatenate([K, np.zeros((4, n, n))]), atol=1e-10
+    )
+    errs = [np.linalg.norm(impulse(realise_filters(K, d), L) - K) for d in (2, 6, 12)]
+    assert errs[0] > errs[1] > errs[2]  # more states, closer
+    assert np.all(np.abs(np.linalg.eigvals(realise_filters(K, 2)["R"])) <= 0.99 + 1e-12)
+
+
+@pytest.mark.parametrize("correlated", [False, True])
+def test_rglm_started_from_glm_predicts_like_it(correlated, rng):
+    y = rng.poisson(0.3, (2, 300, 3)).astype(float)
+    glm = SpikeHistoryGLM(n_lags=4, n_basis=2, correlated=correlated, max_iter=50).fit(y)
+    m = RGLM(n_hidden=3 * 4, correlated=correlated, init=glm, max_iter=1).fit(y)
+    m.params_ = m._init_params(y[..., m.order_], None)
+    np.testing.assert_allclose(m.predict_eta(y), glm.predict_eta(y), atol=1e-8)
+    fitted = RGLM(n_hidden=2, correlated=correlated, init="glm", max_iter=20).fit(y)
+    assert np.isfinite(fitted.log_likelihood(y))
+
+
+def test_rglm_refuses_an_unknown_init(rng):
+    y = rng.poisson(0.3, (2, 50, 3)).astype(float)
+    with pytest.raises(ValueError, match="valid: 'random', 'glm'"):
+        RGLM(n_hidden=2, init="pca").fit(y)
+    glm = SpikeHistoryGLM(n_lags=3, n_basis=2, correlated=False, max_iter=5).fit(y)
+    with pytest.raises(ValueError, match="neuron order and correlated"):
+        RGLM(n_hidden=2, correlated=True, init=glm).fit(y)
+
+
+def test_lbfgs_backs_off_from_overflowing_steps():
+    """Steps beyond |theta| > 0.3 overflow; the fit must back off to finite points, not stop on NaN."""
+
+    def fun(theta):
+        if np.any(np.abs(theta) > 0.3):
+            return np.inf, np.full_like(theta, np.inf)
+        return float(np.sum((theta - 10) ** 2)), 2 * (theta - 10)
+
+    theta, info = spike_base.lbfgs(fun, np.zeros(3), 20, 1e-6, "toy")
+    assert info["overflowing_steps"] > 0 and np.isfinite(info["loss"])
+    assert info["loss"] < fun(np.zeros(3))[0] and np.all(np.abs(theta) <= 0.3)
+    assert info["converged"] is False
+    with pytest.raises(FloatingPointError, match="starting parameters"):
+        spike_base.lbfgs(lambda th: (np.nan, th), np.zeros(2), 5, 1e-6, "toy")

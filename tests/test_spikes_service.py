@@ -184,3 +184,23 @@ def test_too_many_pending_fits_get_429():
             t.join(10)
     finally:
         spikes_router._fit = real
+
+
+@pytest.mark.parametrize(
+    "kind,options",
+    [("correlated", {}), ("rglm", {"n_hidden": 2, "max_iter": 3}), ("lds", {"n_latent": 2})],
+)
+def test_fit_response_says_how_the_optimiser_ended(client, kind, options):
+    r = _fit(client, kind=kind, options=options)
+    assert r.status_code == 201, r.text
+    fit = r.json()["fit"]
+    assert set(fit) == {"converged", "stop_reason", "grad_norm", "n_iter"}
+    if kind == "rglm":
+        assert fit == {**fit, "converged": False, "stop_reason": "max_iter", "n_iter": 3}
+        assert fit["grad_norm"] > 0
+    elif kind == "correlated":
+        assert fit["converged"] and fit["stop_reason"] in ("gtol", "ftol")
+    else:
+        assert fit["grad_norm"] is None
+    mid = r.json()["id"]
+    assert client.get(f"/v1/spikes/models/{mid}").json()["fit"] == fit

@@ -102,40 +102,108 @@ class ParamPacker:
         return out
 
 
-def lbfgs(fun, theta0: np.ndarray, maxiter: int, tol: float, name: str) -> tuple[np.ndarray, dict]:
-    """Minimise ``fun(theta) -> (value, grad)`` with scipy's L-BFGS-B; warn when it stops early.
+STOP_REASONS = ("gtol", "ftol", "max_iter", "max_fun", "line_search", "closed_form")
 
+
+def _stop_reason(message: str) -> str:
+    """Name the criterion that ended an L-BFGS-B run, from scipy's message."""
+    m = message.upper().replace("_", " ")
+    if "PROJECTED GRADIENT" in m:
+        return "gtol"
+    if "REDUCTION OF F" in m:
+        return "ftol"
+    if "ITERATIONS REACHED LIMIT" in m:
+        return "max_iter"
+    if "EVALUATIONS EXCEEDS LIMIT" in m:
+        return "max_fun"
+    return "line_search"
+
+
+def lbfgs(fun, theta0: np.ndarray, maxiter: int, tol: float, name: str) -> tuple[np.ndarray, dict]:
+    """Minimise ``fun(theta) -> (value, grad)`` with scipy's L-BFGS-B and say how it stopped.
+
+    Parameters
+    ----------
+    fun : callable
+        Loss per bin of data and its gradient.
+    theta0 : ndarray of shape (n_params,)
+    maxiter : int
+        Iteration cap (the models' ``max_iter``).
+    tol : float
+        Gradient tolerance: the run has converged when ``max_i |grad_i| <= tol``.
+    name : str
+        Model name for the log.
+
+    Returns
+    -------
+    theta : ndarray of shape (n_params,)
+    info : dict
+        ``n_iter``, ``loss``, ``grad_norm`` (largest absolute entry of the gradient at ``theta``, on the
+        per-bin loss scale; without bounds the projected gradient is the gradient), ``stop_reason``
+        (``"gtol"``: gradient below ``tol``; ``"ftol"``: the loss changed by less than scipy's relative
+        ``ftol`` = 2.2e-9 in one iteration; ``"max_iter"``: the iteration cap; ``"max_fun"``: the cap on
+        evaluations; ``"line_search"``: no step decreased the loss), ``converged`` (``gtol`` or ``ftol``),
+        ``overflowing_steps`` and scipy's ``message``. Every stop other than convergence is
+        logged as a warning.
+
+    Notes
+    -----
     A step into an unstable region (a recurrent loop whose state runs away over the trial) overflows.
-    Such a point is reported as NaN, which makes scipy's line search backtrack. (A huge finite value or
-    ``inf`` with a zero gradient instead ends the line search with a spurious "convergence": measured on
-    the retina R-GLM, it stopped after 5 iterations at 0.40 bits/spike where the fit reaches 1.3.)
+    Such a point is reported as a loss far above the best one seen, with that point's gradient, so the
+    line search interpolates back to a shorter step. (Reported as NaN, scipy 1.17's line search does not
+    backtrack and ends "ABNORMAL" at the NaN point: measured on an R-GLM started from a 5-iteration GLM on
+    the retina. ``inf`` or a huge value with a zero gradient instead ends the line search with a spurious
+    "convergence": measured on the retina R-GLM, it stopped after 5 iterations at 0.40 bits/spike where
+    the fit reaches 1.3.)
     """
     n_bad = [0]
+    best: dict = {}
 
     def safe(theta):
         with np.errstate(over="ignore", invalid="ignore"):
             value, grad = fun(theta)
         if not (np.isfinite(value) and np.all(np.isfinite(grad))):
             n_bad[0] += 1
-            return np.nan, np.full_like(theta, np.nan)
+            if not best:
+                return np.nan, np.full_like(theta, np.nan)
+            # far above the best loss, with its (non-zero) gradient: the line search interpolates back
+            return best["fun"] + 1e6 * max(1.0, abs(best["fun"])), best["jac"]
+        if not best or value < best["fun"]:
+            best.update(fun=value, x=theta.copy(), jac=grad.copy())
         return value, grad
 
     res = minimize(
         safe, theta0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter, "gtol": tol}
     )
     if not np.isfinite(res.fun):
-        raise FloatingPointError(f"{name}: the fit diverged (non-finite loss at the last point)")
-    if not res.success:
+        raise FloatingPointError(f"{name}: the loss is not finite at the starting parameters")
+    reason = _stop_reason(str(res.message))
+    grad_norm = float(np.max(np.abs(res.jac))) if np.size(res.jac) else 0.0
+    converged = reason in ("gtol", "ftol")
+    if reason == "max_iter":
         log.warning(
-            "%s: L-BFGS stopped without converging (%s) after %d iterations",
+            "%s: L-BFGS hit the iteration cap max_iter=%d without converging "
+            "(gradient norm %.3g, tol %.3g); raise max_iter",
             name,
+            maxiter,
+            grad_norm,
+            tol,
+        )
+    elif not converged:
+        log.warning(
+            "%s: L-BFGS stopped without converging (%s: %s) after %d iterations, gradient norm %.3g",
+            name,
+            reason,
             res.message,
             res.nit,
+            grad_norm,
         )
     info = {
         "n_iter": int(res.nit),
         "loss": float(res.fun),
-        "converged": bool(res.success),
+        "grad_norm": grad_norm,
+        "stop_reason": reason,
+        "converged": converged,
         "overflowing_steps": n_bad[0],
         "message": str(res.message),
     }
@@ -164,8 +232,25 @@ class SpikeModel:
         Neuron ordering for ``A`` (see :func:`neuron_order`).
     l2 : float
         L2 penalty on all weights except the biases ``b`` (per bin of data).
-    max_iter, tol : L-BFGS settings.
+    max_iter : int
+        L-BFGS iteration cap; a fit that reaches it logs a warning naming ``max_iter``.
+    tol : float
+        Gradient tolerance (largest absolute gradient entry of the per-bin loss).
     seed : int
+
+    Attributes
+    ----------
+    params_ : dict of ndarrays, in the model's neuron order ``order_``.
+    converged_ : bool
+        Whether a stopping criterion was met (``stop_reason_`` ``"gtol"`` or ``"ftol"``).
+    stop_reason_ : str
+        What ended the fit, one of :data:`STOP_REASONS` (see :func:`lbfgs`).
+    grad_norm_ : float
+        Largest absolute entry of the gradient of the per-bin penalised loss at the fitted parameters.
+    n_iter_ : int
+        L-BFGS iterations.
+    fit_info_ : dict
+        All of the above and the final loss.
     """
 
     kind = "base"
@@ -332,6 +417,7 @@ class SpikeModel:
         finally:
             self._fitting = False
             self._design_cache = None
+        self._record_fit(self.fit_info_)
         self.params_ = packer.unpack(theta)
         self._packer = packer
         obs = self._obs()
@@ -340,6 +426,14 @@ class SpikeModel:
             obs.estimate_scale(yp, eta)
         self._after_fit(yp, u)
         return self
+
+    def _record_fit(self, info: dict) -> None:
+        """Keep how the fit ended as attributes (``converged_``, ``stop_reason_``, ...)."""
+        self.fit_info_ = info
+        self.converged_ = bool(info["converged"])
+        self.stop_reason_ = str(info["stop_reason"])
+        self.grad_norm_ = float(info["grad_norm"])
+        self.n_iter_ = int(info["n_iter"])
 
     def _after_fit(self, yp, u):
         pass

@@ -39,7 +39,10 @@ class IndependentPoisson(SpikeModel):
         rate = np.maximum(y.reshape(-1, y.shape[-1]).mean(axis=0), self.min_rate)
         self.params_ = {"b": np.log(rate)}
         self.n_inputs_ = 0
-        self.fit_info_ = {"n_iter": 0, "converged": True}
+        # closed form: the maximum-likelihood rate is the mean count, the gradient is zero there
+        self._record_fit(
+            {"n_iter": 0, "converged": True, "stop_reason": "closed_form", "grad_norm": 0.0}
+        )
         from models.spikes.base import ParamPacker
 
         self._packer = ParamPacker({"b": (y.shape[-1],)}, y.shape[-1])

@@ -106,6 +106,13 @@ class GaussianLDS:
     Attributes
     ----------
     F_, Q_, C_, d_, r_, mu0_, V0_ : fitted parameters; ``loglik_`` the Gaussian log-likelihood per EM step.
+    n_iter_ : int
+        EM steps taken.
+    converged_ : bool
+        Whether the gain per bin fell below ``tol`` (``stop_reason_`` ``"ftol"``) before ``n_iter``
+        steps (``"max_iter"``, logged as a warning).
+    grad_norm_ : None
+        EM computes no gradient.
     """
 
     kind = "lds"
@@ -145,12 +152,14 @@ class GaussianLDS:
         mu0, V0 = np.zeros(k), np.eye(k)
         self.loglik_ = []
         prev = -np.inf
+        converged = False
         for _ in tqdm(range(self.n_iter), desc="LDS EM", disable=None, leave=False):
             covs = kalman_covariances(F, Q, C, r, V0, n_bins)
             mp, mf, ms, zp = kalman_means(z, F, C, d, mu0, covs)
             ll = self._gauss_ll(z, zp, covs["Sp"])
             self.loglik_.append(ll)
             if ll - prev < self.tol * n_trials * n_bins:
+                converged = True
                 break
             prev = ll
             Ps = covs["Ps"]
@@ -177,9 +186,15 @@ class GaussianLDS:
             dm = ms[:, 0] - mu0
             V0 = Ps[0] + dm.T @ dm / n_trials + 1e-6 * np.eye(k)
         else:
-            log.warning("GaussianLDS: EM used all %d iterations without reaching tol", self.n_iter)
+            log.warning(
+                "GaussianLDS: EM hit the iteration cap n_iter=%d without reaching tol", self.n_iter
+            )
         self.F_, self.Q_, self.C_, self.d_, self.r_, self.mu0_, self.V0_ = F, Q, C, d, r, mu0, V0
         self.n_iter_ = len(self.loglik_)
+        # EM computes no gradient: convergence is the log-likelihood gain per bin below tol
+        self.converged_ = converged
+        self.stop_reason_ = "ftol" if converged else "max_iter"
+        self.grad_norm_ = None
         return self
 
     @staticmethod

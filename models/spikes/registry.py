@@ -71,6 +71,18 @@ def split_trials(y: np.ndarray, test_fraction: float, seed: int = 0):
     return y[:, : n_bins - n_test], y[:, n_bins - n_test :]
 
 
+def fit_summary(model) -> dict:
+    """How a fitted model's optimiser ended: ``converged``, ``stop_reason``, ``grad_norm`` (``None`` for
+    EM), ``n_iter``."""
+    grad = getattr(model, "grad_norm_", None)
+    return {
+        "converged": bool(model.converged_),
+        "stop_reason": str(model.stop_reason_),
+        "grad_norm": None if grad is None else float(grad),
+        "n_iter": int(model.n_iter_),
+    }
+
+
 def fit_and_score(y: np.ndarray, kind: str, options: dict | None = None, test_fraction=0.2, seed=0):
     """Fit ``kind`` on training trials and score it on held-out ones.
 
@@ -79,7 +91,8 @@ def fit_and_score(y: np.ndarray, kind: str, options: dict | None = None, test_fr
     model : the fitted model (on the training split)
     baseline : :class:`IndependentPoisson` fitted on the same split (the bits/spike reference)
     report : dict with ``bits_per_spike`` (held-out, relative to the baseline), ``n_spikes_test``,
-        ``fit_seconds``, ``n_train_trials``, ``n_test_trials`` and ``n_params``.
+        ``fit_seconds``, ``n_train_trials``, ``n_test_trials``, ``n_params`` and ``fit`` (see
+        :func:`fit_summary`).
     """
     model = make_model(kind, **(options or {}))
     train, test = split_trials(y, test_fraction, seed)
@@ -98,6 +111,7 @@ def fit_and_score(y: np.ndarray, kind: str, options: dict | None = None, test_fr
         "n_train_trials": int(train.shape[0]),
         "n_test_trials": int(test.shape[0]),
         "n_params": int(model.n_params_),
+        "fit": fit_summary(model),
     }
     log.info(
         "fitted %s: %.4f held-out bits/spike in %.1f s", kind, report["bits_per_spike"], seconds

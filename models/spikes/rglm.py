@@ -102,6 +102,62 @@ def _adjoint_recursion(direct, R):
     return lam
 
 
+def realise_filters(K: np.ndarray, n_hidden: int) -> dict[str, np.ndarray]:
+    """A recurrence of ``n_hidden`` states whose drive approximates the coupling filters ``K``.
+
+    The R-GLM's drive is ``C x^{t-1} = sum_{l>=1} C R^{l-1} W0 y^{t-l}``; a GLM's history drive is
+    ``sum_{l=1}^{L} K_l y^{t-l}``. Matching the two is a model-reduction problem, solved here by the
+    eigensystem realisation algorithm (Ho-Kalman): the block Hankel matrix of the filters, truncated to its
+    ``n_hidden`` largest singular values, gives ``(W0, R, C)``.
+
+    Parameters
+    ----------
+    K : ndarray of shape (n_lags, n_neurons, n_neurons)
+        ``K[l - 1, i, j]``: weight of neuron ``j``'s count ``l`` bins ago on neuron ``i``'s drive.
+    n_hidden : int
+
+    Returns
+    -------
+    dict with ``W0`` (n_hidden, n_neurons), ``R`` (n_hidden, n_hidden), ``C`` (n_neurons, n_hidden).
+
+    Notes
+    -----
+    With ``n_hidden = n_neurons * n_lags`` the realisation is exact (a shift register of lagged counts).
+    The filters are zero beyond ``n_lags``, so the Hankel matrices ``H0[a, b] = K_{a+b+1}`` and
+    ``H1[a, b] = K_{a+b+2}`` (block indices ``a, b = 0..n_lags-1``) are padded with zero blocks. With
+    ``H0 ~ U S V^T`` truncated: ``C`` = first block row of ``U S^{1/2}``, ``W0`` = first block column of
+    ``S^{1/2} V^T``, ``R = S^{-1/2} U^T H1 V S^{-1/2}``. A spectral radius of ``R`` above 0.99 (possible
+    after truncation) is scaled down to 0.99 so the state cannot run away.
+    """
+    L, n, _ = K.shape
+    if n_hidden < 1:
+        raise ValueError("n_hidden must be at least 1")
+    Kp = np.concatenate([K, np.zeros((L + 1, n, n))])
+
+    def hankel(offset):
+        return np.block([[Kp[a + b + offset] for b in range(L)] for a in range(L)])
+
+    H0, H1 = hankel(0), hankel(1)
+    U, S, Vt = np.linalg.svd(H0)
+    d = min(n_hidden, int(np.sum(S > S[0] * 1e-12)) if S[0] > 0 else 0)
+    out = {
+        "W0": np.zeros((n_hidden, n)),
+        "R": np.zeros((n_hidden, n_hidden)),
+        "C": np.zeros((n, n_hidden)),
+    }
+    if d == 0:
+        return out
+    sq = np.sqrt(S[:d])
+    O = U[:, :d] * sq
+    Q = sq[:, None] * Vt[:d]
+    R = (U[:, :d].T @ H1 @ Vt[:d].T) / np.outer(sq, sq)
+    rho = np.max(np.abs(np.linalg.eigvals(R)))
+    if rho > 0.99:
+        R *= 0.99 / rho
+    out["C"][:, :d], out["W0"][:d], out["R"][:d, :d] = O[:n], Q[:, :n], R
+    return out
+
+
 def _shift(X):
     """``x^{t-1}`` for every ``t`` (zeros at ``t = 0``)."""
     Xp = np.zeros_like(X)
@@ -119,7 +175,13 @@ class RGLM(SpikeModel):
     correlated : bool, default True
         Include the within-bin coupling ``A`` (R-GLM with correlated Poisson noise).
     init_timescales : tuple of float, default (0.5, 0.97)
-        Range of the diagonal of ``R`` at initialisation.
+        Range of the diagonal of ``R`` at a random start (``init="random"``).
+    init : {"glm", "random"} or fitted SpikeHistoryGLM, default "glm"
+        ``"random"``: random ``W0``, diagonal ``R`` from ``init_timescales``, ``C = 0``. ``"glm"``: first
+        fit a spike-history GLM (10 lags, 4 basis functions, the same noise model, ordering, ``l2``,
+        ``max_iter`` and ``tol``) and start from it: its ``b`` and ``A``, and ``(W0, R, C)`` realising its
+        coupling filters with ``n_hidden`` states (:func:`realise_filters`). A fitted GLM with the same
+        ``correlated`` setting can be given instead (it is used as is; its neuron order must match).
     Other parameters as :class:`models.spikes.base.SpikeModel`.
 
     Attributes
@@ -143,11 +205,13 @@ class RGLM(SpikeModel):
         max_iter=500,
         tol=1e-6,
         init_timescales=(0.5, 0.97),
+        init="glm",
         seed=0,
     ):
         super().__init__(obs, link, correlated, ordering, l2, max_iter, tol, seed)
         self.n_hidden = n_hidden
         self.init_timescales = init_timescales
+        self.init = init
 
     def _shapes(self, n, u_dim):
         d = self.n_hidden
@@ -170,7 +234,48 @@ class RGLM(SpikeModel):
         params["C"] = np.zeros((n, d))
         if u is not None:
             params["B"] = rng.normal(0, 0.1, (d, u.shape[-1]))
+        if isinstance(self.init, str) and self.init == "random":
+            return params
+        glm = self._init_glm(yp)
+        params["b"] = glm.params_["b"].copy()
+        if self.correlated:
+            params["A"] = glm.params_["A"].copy()
+        W = glm.params_["W"].reshape(n, n, glm.n_basis)
+        K = np.einsum("ijq,lq->lij", W, glm.basis_)  # in the shared neuron order
+        params.update(realise_filters(K, d))
         return params
+
+    def _init_glm(self, yp):
+        """The fitted spike-history GLM to start from (``init="glm"`` fits one on ``yp``)."""
+        from models.spikes.glm import SpikeHistoryGLM
+
+        if isinstance(self.init, SpikeHistoryGLM):
+            glm = self.init
+            glm._check_fitted()
+            if not np.array_equal(glm.order_, self.order_) or glm.correlated != self.correlated:
+                raise ValueError(
+                    "init GLM must share the R-GLM's neuron order and correlated setting"
+                )
+            return glm
+        if self.init != "glm":
+            raise ValueError(
+                f"unknown init {self.init!r}; valid: 'random', 'glm' or a fitted SpikeHistoryGLM"
+            )
+        glm = SpikeHistoryGLM(
+            n_lags=10,
+            n_basis=4,
+            obs=self.obs,
+            link=self.link,
+            correlated=self.correlated,
+            ordering=self.order_,
+            l2=self.l2,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            seed=self.seed,
+        )
+        y = np.empty_like(yp)
+        y[..., self.order_] = yp
+        return glm.fit(y)
 
     def _history(self, params, yp, u):
         bu = None if u is None else u @ params["B"].T

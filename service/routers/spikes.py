@@ -102,6 +102,21 @@ class SpikeModelCreate(SpikeData):
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
+class FitPublic(BaseModel):
+    """How the optimiser ended (L-BFGS for most kinds, EM for ``lds``)."""
+
+    converged: bool = Field(description="a stopping criterion was met (stop_reason gtol or ftol)")
+    stop_reason: str = Field(
+        description="gtol: gradient below tol; ftol: loss change below scipy's relative ftol; "
+        "max_iter: iteration cap (not converged); max_fun: evaluation cap; line_search: no step "
+        "decreased the loss; closed_form: no iterations needed"
+    )
+    grad_norm: float | None = Field(
+        description="largest absolute gradient entry of the per-bin loss at the fit (null for EM)"
+    )
+    n_iter: int = Field(description="optimiser iterations")
+
+
 class SpikeModelPublic(BaseModel):
     id: str
     kind: str
@@ -113,6 +128,7 @@ class SpikeModelPublic(BaseModel):
     n_train_trials: int
     n_test_trials: int
     fit_seconds: float
+    fit: FitPublic
     created: float
     timescales_bins: list[float] | None = Field(
         None, description="R-GLM: timescales of the eigenvalues of R, in bins (-1: not decaying)"
@@ -379,6 +395,7 @@ def _fit(y, spec: SpikeModelCreate) -> dict:
         "n_train_trials": report["n_train_trials"],
         "n_test_trials": report["n_test_trials"],
         "fit_seconds": report["fit_seconds"],
+        "fit": report["fit"],
         "created": time.time(),
         "timescales_bins": None if tau is None else [t if np.isfinite(t) else -1.0 for t in tau],
         "model": model,
