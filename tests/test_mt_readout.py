@@ -145,3 +145,22 @@ def test_training_sequences_have_truth_for_every_scored_cell(kind):
         assert (s == 0).any() and (s > 0).any()  # both still background and moving object cells
     else:
         assert np.all(s > 0)
+
+
+def test_fitting_twice_with_one_seed_gives_identical_weights():
+    """Data and fit are seeded and run with one BLAS thread: one seed, one read-out."""
+    from threadpoolctl import threadpool_limits
+
+    from models.mt_fit import collect
+
+    engine = MotionEngine.random(seed=1, levels=2)
+
+    def fit(seed):
+        with threadpool_limits(1):
+            x, t, d, s, w = collect(engine, 3, seed=seed, cells_per_frame=10, progress=False)
+            return MTReadout(n_hidden=8, epochs=2, seed=seed).fit(x, t, d, s, weight=w)
+
+    a, b, c = fit(0), fit(0), fit(1)
+    for k in MTReadout.FIELDS:
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    assert not np.array_equal(a.proj_, c.proj_)
