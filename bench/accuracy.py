@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from models import motion_eval as me  # noqa: E402
-from models.engine import DEFAULT_WEIGHTS, MotionEngine  # noqa: E402
+from models.engine import DEFAULT_MT, DEFAULT_WEIGHTS, MotionEngine  # noqa: E402
 
 cv2.setNumThreads(1)
 
@@ -109,7 +109,7 @@ def load_engine(spec: str) -> MotionEngine:
         raise SystemExit(
             f"--engine {spec!r}: no such file; use 'default', 'random' or a weights .npz"
         )
-    return MotionEngine.load(path)
+    return MotionEngine.load(path, mt_path=DEFAULT_MT)  # another ss-RNN, the shipped MT read-out
 
 
 def rel(path: Path) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from models.engine import DEFAULT_WEIGHTS, MotionEngine, to_grey  # noqa: E402
+from models.engine import DEFAULT_MT, DEFAULT_WEIGHTS, MotionEngine, to_grey  # noqa: E402
 from models.movies import load_clip  # noqa: E402
 from models.readout import angular_error  # noqa: E402
 from models.ssrnn import recurrent_csr  # noqa: E402
@@ -201,12 +201,13 @@ def direction_errors(engine, sets):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="ss-RNN weights")
+    ap.add_argument("--mt", type=Path, default=DEFAULT_MT, help="MT read-out")
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-accuracy", action="store_true", help="skip the direction-error table")
     args = ap.parse_args()
-    engine = MotionEngine.load(args.weights)
+    engine = MotionEngine.load(args.weights, mt_path=args.mt)
     engine.warmup()
     clip = load_clip("vtest.avi", max_frames=args.frames + 1, scale=1.0)
     table = speed_table(engine, clip, args.frames, args.rounds)

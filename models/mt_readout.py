@@ -113,7 +113,15 @@ class Pooling:
             sub = pooled[:gh, :gw]
             if sub.shape[0] < gh or sub.shape[1] < gw:
                 sub = np.pad(sub, ((0, gh - sub.shape[0]), (0, gw - sub.shape[1]), (0, 0)), "edge")
-            return sub.reshape(ch, f, cw, f, -1).mean((1, 3))
+            # The mean of the f x f patches of every cell, as f * f strided views (numpy's mean over
+            # two non-adjacent axes of a reshape is several times slower).
+            out = sub[0::f, 0::f].copy()
+            for dy in range(f):
+                for dx in range(f):
+                    if dy or dx:
+                        out += sub[dy::f, dx::f]
+            out *= np.float32(1.0 / (f * f))
+            return out
         yi = np.minimum(((np.arange(ch) + 0.5) * self.cell_px // side).astype(int),
                         pooled.shape[0] - 1)  # fmt: skip
         xi = np.minimum(((np.arange(cw) + 0.5) * self.cell_px // side).astype(int),
