@@ -2,8 +2,9 @@
 
 Per frame: grey float frame -> Gaussian pyramid -> whitening convolution and contrast normalisation per
 level -> atom correlations of the non-overlapping patches (one BLAS GEMM) -> the ss-RNN greedy filtering
-kernel with the recurrent state of the stream -> per-patch read-out contributions ``z_u * beta_u`` ->
-exponential average over frames and box average over space -> motion map (direction, speed, confidence).
+kernel with the recurrent state of the stream (``encode``) -> the MT read-out (``read``): per-patch
+projections of the code, averaged over frames and over space, decoded per cell into direction, speed
+and confidence; the dominant motion is the consensus of the confident cells.
 """
 
 from __future__ import annotations
@@ -406,7 +407,7 @@ class MotionEngine:
 
         Per level, each patch's code is projected onto the MT read-out's inputs (plus its total
         activity); those channels are averaged over time and space (``self.pooling``) and decoded per
-        cell, and for the whole frame.
+        cell; the frame's dominant motion is the consensus of its cells (``global_motion``).
         """
         mt = self.mt
         if mt is None:
