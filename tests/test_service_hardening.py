@@ -475,3 +475,11 @@ def test_api_docs_stay_public_with_a_token(token_client):
     assert token_client.get("/openapi.json").status_code == 200
     assert token_client.get("/docs").status_code == 200
     assert token_client.get("/v1/videos").status_code == 401
+
+
+def test_an_unknown_rglm_start_is_a_422_naming_the_choices(client):
+    body = {"counts": json.loads(COUNTS), "kind": "rglm", "options": {"init": "bogus"}}
+    r = client.post("/v1/spikes/models", json=body)
+    assert r.status_code == 422, r.text
+    assert ["options", "init"] == r.json()["detail"][0]["loc"][:2]
+    assert "glm" in r.text and "random" in r.text

@@ -23,7 +23,7 @@ import uuid
 import zipfile
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -77,6 +77,9 @@ class SpikeOptions(BaseModel):
         ]
         | None
     ) = None
+    init: Literal["glm", "random"] | None = Field(
+        None, description="start of an R-GLM fit (rglm kinds): from the fitted GLM, or random"
+    )
     obs: str | None = Field(None, max_length=32, description="observation model")
     link: str | None = Field(None, max_length=32, description="inverse link")
     ordering: (
