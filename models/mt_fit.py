@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from models.determinism import single_threaded
 from models.mt_readout import MTReadout, Pooling
 from models.stimuli import (
     TRAIN_STILLS,
@@ -198,10 +199,9 @@ def fit_default(out: Path, sequences: int = 2500, levels: int = 4, hidden: int =
                 progress: bool = True) -> dict:  # fmt: skip
     """Fit the MT read-out of the shipped ss-RNN and write it to ``out``; returns a summary.
 
-    Data and fitting run with one BLAS thread so that sums run in a fixed order: one seed, one file.
+    Data and fitting run single-threaded (``models.determinism``, as the ss-RNN's training does) so
+    that sums run in a fixed order: one seed, one file.
     """
-    from threadpoolctl import threadpool_limits
-
     from models.engine import DEFAULT_WEIGHTS, MotionEngine
 
     base = MotionEngine.load(DEFAULT_WEIGHTS)
@@ -210,7 +210,7 @@ def fit_default(out: Path, sequences: int = 2500, levels: int = 4, hidden: int =
     engine = MotionEngine(base.model, base.readout, base.tuning, levels=base.readout_levels,
                           mt=probe, pooling=pooling)  # fmt: skip
     t0 = time.time()
-    with threadpool_limits(1):
+    with single_threaded():
         x, total, d, s, w = collect(
             engine, sequences, seed=seed, pooling=pooling, progress=progress
         )

@@ -148,15 +148,14 @@ def test_training_sequences_have_truth_for_every_scored_cell(kind):
 
 
 def test_fitting_twice_with_one_seed_gives_identical_weights():
-    """Data and fit are seeded and run with one BLAS thread: one seed, one read-out."""
-    from threadpoolctl import threadpool_limits
-
+    """Data and fit are seeded and run single-threaded: one seed, one read-out."""
+    from models.determinism import single_threaded
     from models.mt_fit import collect
 
     engine = MotionEngine.random(seed=1, levels=2)
 
     def fit(seed):
-        with threadpool_limits(1):
+        with single_threaded():
             x, t, d, s, w = collect(engine, 3, seed=seed, cells_per_frame=10, progress=False)
             return MTReadout(n_hidden=8, epochs=2, seed=seed).fit(x, t, d, s, weight=w)
 
