@@ -48,7 +48,7 @@ WORKDIR /app
 USER v1motion
 # Compile the Numba kernels once, as the app user, into NUMBA_CACHE_DIR: the container is ready in
 # seconds instead of compiling at every start (a host with another CPU model recompiles once, there).
-RUN python -c "from models.engine import MotionEngine; MotionEngine.load_default().warmup(); MotionEngine.random().warmup()"
+RUN python -c "from models.motion.engine import MotionEngine; MotionEngine.load_default().warmup(); MotionEngine.random().warmup()"
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["python", "/app/healthcheck.py"]

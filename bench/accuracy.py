@@ -1,6 +1,6 @@
 """Ground-truth accuracy of the motion engine next to OpenCV optical flow, on the same frames and cells.
 
-Families of stimuli with known motion (``models.motion_eval``): pans of held-out stills, drifting
+Families of stimuli with known motion (``models.motion.motion_eval``): pans of held-out stills, drifting
 gratings, plaids, a textured object over a still background, abrupt turns, still frames and real clips
 (against DIS MEDIUM). Each method is pooled to the engine's 16-px cells; flow baselines use the direction
 and length of each cell's mean flow vector and count a cell as moving when that length exceeds 0.2 px/frame;
@@ -36,8 +36,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from models import motion_eval as me  # noqa: E402
-from models.engine import DEFAULT_MT, DEFAULT_WEIGHTS, MotionEngine  # noqa: E402
+from models.motion import motion_eval as me  # noqa: E402
+from models.motion.engine import DEFAULT_MT, DEFAULT_WEIGHTS, MotionEngine  # noqa: E402
 
 cv2.setNumThreads(1)
 
@@ -81,7 +81,7 @@ cell mean > 0.2 px/frame). *false motion*: the same share over still cells. *fra
 after an abrupt turn until the global direction is first within 20° of the new direction (1 = on the
 first new frame; "never" = not within the sequence's frames after the turn).
 
-Families (`models/motion_eval.py`; held-out stills chelsea, rocket, gravel only). Sequences of 16
+Families (`models/motion/motion_eval.py`; held-out stills chelsea, rocket, gravel only). Sequences of 16
 frames, scored on frames 8, 10, 12, 14 (the engine's state carries over frames: warm-up first).
 *pan*: rigid pans, 16 directions x 0.25-16 px/frame, one still per (direction, speed) in turn; stills
 too small for the fastest pan are upscaled (cubic) once per size, the same factor for every speed.
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
         names = [m.name for m in methods]
         parts = [
             "# Motion accuracy against ground truth\n",
-            "Produced by `bench/accuracy.py` (families and scores in `models/motion_eval.py`):\n",
+            "Produced by `bench/accuracy.py` (families and scores in `models/motion/motion_eval.py`):\n",
             f"```\n{header.replace('# ', '')}\n```\n",
             main_table + "\n",
             NOTES,

@@ -160,7 +160,7 @@ def baseline_step_ms(engine_name: str, w: int, h: int) -> float:
     """``engine.step`` alone on synthetic frames, in this process, with the server's BLAS threads."""
     from threadpoolctl import threadpool_limits
 
-    from models.engine import MotionEngine
+    from models.motion.engine import MotionEngine
     from service.settings import Settings, SourceSpec
     from service.sources import SyntheticSource
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from models.datasets import require_shared_data
 from service.jobs.decode import SandboxedDecoder
-from service.jobs.engines import make_engine, pin_threads
+from service.jobs.engines import pin_threads, warm_engine
 from service.jobs.limits import Limits
 from service.jobs.process import process_video
 
@@ -64,7 +64,7 @@ class NoOpEngine:
         return None
 
     def step(self, state, frame):
-        from models.engine import MotionFrame
+        from models.motion.engine import MotionFrame
 
         shape = (frame.shape[0] // self.cell, frame.shape[1] // self.cell)
         if shape not in self._frames:
@@ -121,7 +121,7 @@ def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, f
 
     import cv2
 
-    from models.motion_summary import MotionSummary
+    from models.motion.motion_summary import MotionSummary
     from service.render import draw_overlay
 
     out = {}
@@ -213,10 +213,10 @@ def main() -> None:
     name = args.engine
     pin_threads(1)  # as the video workers and the CLI run
     try:
-        engine = make_engine(name)
+        engine = warm_engine(name)
     except FileNotFoundError as exc:
         print(f"default engine unavailable ({exc}); using the random engine")
-        name, engine = "random", make_engine("random")
+        name, engine = "random", warm_engine("random")
     videos = require_shared_data("videos")
     tmp = Path(tempfile.mkdtemp(prefix="v1motion-bench-"))
     clips = [videos / "box.mp4"] + ([] if args.only_box else [vtest_path(videos, tmp)])

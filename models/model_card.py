@@ -47,11 +47,11 @@ def write_model_card(path: Path, weights: Path, control: Path, report: dict) -> 
         "from the weights that `v1motion train` writes (both are deterministic given the seed; see Reproduce).",
         "",
         "## What it is",
-        "A spike-and-slab recurrent network of V1 (see `models/ssrnn.py`) with sign-split units",
+        "A spike-and-slab recurrent network of V1 (see `models/motion/ssrnn.py`) with sign-split units",
         f"(+w, -w, x >= 0) in {cfg.get('n_clones')} clones per atom that share their dictionary element and",
         "differ only in bias and recurrent weights. The engine runs it on a Gaussian pyramid of",
         f"{report['details']['readout_levels']} levels and reads motion with a linear read-out fitted on pans",
-        "of the training stills (`models/readout.py`).",
+        "of the training stills (`models/motion/readout.py`).",
         "",
         "## Data",
         "- Stills from scikit-image (training: camera, astronaut, coffee, grass, brick, moon, coins,",
@@ -96,7 +96,7 @@ def write_model_card(path: Path, weights: Path, control: Path, report: dict) -> 
     d = report["details"]
     lines += [
         "",
-        "Definitions are in `models/tuning.py` and `models/calibration.py`. DI uses rectified responses",
+        "Definitions are in `models/motion/tuning.py` and `models/motion/calibration.py`. DI uses rectified responses",
         "max(z, 0) at each unit's best grating (16 directions, periods 4-32 px, speeds 0.25-8 px/frame).",
         "Unit metrics are for the network itself (pyramid level 0). The read-out errors use all levels,",
         "pooled over a 96 x 96 px region and 12 frames.",

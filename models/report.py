@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models.calibration import grating_direction_error, natural_direction_error
-from models.population import pooled_response
-from models.ssrnn import SSRNN
-from models.stimuli import gabor_sequence
-from models.tuning import (
+from models.motion.calibration import grating_direction_error, natural_direction_error
+from models.motion.population import pooled_response
+from models.motion.ssrnn import SSRNN
+from models.motion.stimuli import gabor_sequence
+from models.motion.tuning import (
     DIRECTIONS,
     SPEEDS,
     TuningSummary,

@@ -8,13 +8,14 @@ import threading
 import weakref
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
+from models.motion.contract import Engine
 from service import http_errors
+from service.jobs import engines as jobs_engines
 from service.metrics import Metrics
 from service.pipeline import EngineHolder, StreamManager, StreamPipeline
 from service.routers import camera, language, ops, spikes, streams, videos
@@ -31,23 +32,10 @@ from service.sources import SourceFactory, source_factory
 log = logging.getLogger(__name__)
 
 
-def default_engine_factory(settings: Settings) -> Callable[[], Any]:
-    """``MotionEngine.load_default`` (trained weights) or ``MotionEngine.random(seed=0)``."""
-
-    def build():
-        from models.engine import MotionEngine
-
-        if settings.engine == "random":
-            return MotionEngine.random(seed=0)
-        return MotionEngine.load_default()
-
-    return build
-
-
 def create_app(
     settings: Settings | None = None,
     *,
-    engine_factory: Callable[[], Any] | None = None,
+    engine_factory: Callable[[], Engine] | None = None,
     source_factories: dict[str, SourceFactory] | None = None,
 ) -> FastAPI:
     """Build the app; engines and sources are created in the lifespan, never at import time.
@@ -62,7 +50,7 @@ def create_app(
         Replace the source of some configured streams by name (tests and benchmarks).
     """
     settings = settings or Settings()
-    engine_factory = engine_factory or default_engine_factory(settings)
+    engine_factory = engine_factory or jobs_engines.engine_factory(settings.engine)
     source_factories = source_factories or {}
     unknown = set(source_factories) - {s.name for s in settings.sources}
     if unknown:

@@ -13,12 +13,14 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
+from models.motion.contract import Engine
 from service import protocol
 from service.flow import DISFlow
 from service.metrics import Metrics
@@ -32,12 +34,12 @@ class EngineHolder:
     """The shared engine, loaded and warmed in a background thread; ``ready`` is set when usable."""
 
     def __init__(self) -> None:
-        self.engine: Any = None
+        self.engine: Engine | None = None
         self.error: str | None = None
         self.ready = threading.Event()
         self.failed = threading.Event()
 
-    def load(self, factory) -> None:
+    def load(self, factory: Callable[[], Engine]) -> None:
         try:
             t0 = time.perf_counter()
             engine = factory()

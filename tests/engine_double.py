@@ -1,7 +1,10 @@
-"""A small stand-in for ``models.engine.MotionEngine`` with the same interface, for service tests.
+"""The one stand-in for ``models.motion.engine.MotionEngine`` in the service and video-job tests.
 
-It reports the direction of the frame-to-frame shift found by phase correlation (OpenCV), so tests can
-check that a known motion comes through the pipeline; ``delay`` makes each step slow on purpose.
+It satisfies ``models.motion.contract.Engine``. By default it reports the direction of the
+frame-to-frame shift found by phase correlation (OpenCV), so tests can check that a known motion comes
+through the pipeline. ``motion="difference"`` instead reports the mean absolute frame difference per cell,
+always pointing right (fast and deterministic, for the video jobs). ``delay`` makes each step slow on
+purpose. The module-level factories are picklable, for worker processes.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 import cv2
 import numpy as np
 
-from models.engine import MotionFrame
+from models.motion.engine import MotionFrame
 
 
 class FakeState:
@@ -23,8 +26,13 @@ class FakeState:
 class FakeEngine:
     N_DIR, N_SPEED, CELL = 8, 4, 16
 
-    def __init__(self, delay: float = 0.0):
+    min_side = 16
+
+    def __init__(self, delay: float = 0.0, motion: str = "phase"):
+        if motion not in ("phase", "difference"):
+            raise ValueError(f"motion must be 'phase' or 'difference', got {motion!r}")
         self.delay = delay
+        self.motion = motion
         self.direction_bins = np.arange(self.N_DIR) * 2 * np.pi / self.N_DIR
         self.speed_bins = np.array([0.5, 1.0, 2.0, 4.0])
         self.warmed = False
@@ -37,6 +45,8 @@ class FakeEngine:
         return FakeState()
 
     def step(self, state, frame):
+        if self.motion == "difference":
+            return self._difference_step(state, frame)
         frame = np.asarray(frame)
         if frame.ndim == 3:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
@@ -68,6 +78,30 @@ class FakeEngine:
             active_per_patch=1.0,
         )
 
+    def _difference_step(self, state, frame):
+        if self.delay:
+            time.sleep(self.delay)
+        grey = frame.mean(axis=-1) if frame.ndim == 3 else frame.astype(np.float32)
+        c = self.CELL
+        gh, gw = grey.shape[0] // c, grey.shape[1] // c
+        prev = state.prev if state.prev is not None else grey
+        state.prev = grey
+        diff = np.abs(grey - prev)[: gh * c, : gw * c].reshape(gh, c, gw, c).mean(axis=(1, 3))
+        conf = np.clip(diff / 10.0, 0, 1).astype(np.float32)
+        return MotionFrame(
+            direction=np.zeros((gh, gw), np.float32),
+            speed=(diff / 5.0).astype(np.float32),
+            confidence=conf,
+            cell=c,
+            direction_hist=np.eye(self.N_DIR, dtype=np.float32)[0] * conf.mean(),
+            speed_hist=np.zeros(4, np.float32),
+            top_units=[],
+            global_direction=0.0,
+            global_speed=float(diff.mean() / 5.0),
+            global_confidence=float(conf.mean()),
+            active_per_patch=0.0,
+        )
+
     def tuning_report(self):
         dirs = np.rad2deg(self.direction_bins)
         units = []
@@ -89,3 +123,16 @@ class FakeEngine:
             "speeds": self.speed_bins.tolist(),
             "units": units,
         }
+
+
+def fake_engine() -> FakeEngine:
+    return FakeEngine(motion="difference")
+
+
+def slow_fake_engine() -> FakeEngine:
+    return FakeEngine(delay=0.05, motion="difference")
+
+
+def hanging_fake_engine() -> FakeEngine:
+    """Its first step never returns (in practice: an hour)."""
+    return FakeEngine(delay=3600.0, motion="difference")

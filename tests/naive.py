@@ -1,4 +1,4 @@
-"""Slow, obviously-right numpy twins of the Numba kernels in ``models/kernels.py`` (same names), and of
+"""Slow, obviously-right numpy twins of the Numba kernels in ``models/motion/kernels.py`` (same names), and of
 ``MotionEngine.encode`` as it was written before it was optimised."""
 
 import cv2

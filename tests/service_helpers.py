@@ -153,7 +153,7 @@ class RawWebSocket:
 
 @functools.lru_cache(maxsize=1)
 def _random_engine():
-    from models.engine import MotionEngine
+    from models.motion.engine import MotionEngine
 
     engine = MotionEngine.random(seed=0)
     engine.warmup()
@@ -167,7 +167,7 @@ def random_engine():
 
 @functools.lru_cache(maxsize=1)
 def _default_engine():
-    from models.engine import MotionEngine
+    from models.motion.engine import MotionEngine
 
     engine = MotionEngine.load_default()
     engine.warmup()

@@ -4,8 +4,8 @@ import numba
 import numpy as np
 import pytest
 
-from models.engine import MotionEngine, to_grey
-from models.whitening import Whitener
+from models.motion.engine import MotionEngine, to_grey
+from models.motion.whitening import Whitener
 from tests import naive
 
 

@@ -7,8 +7,8 @@ The full figures are in ``docs/motion/accuracy.md`` (``python bench/accuracy.py`
 
 import pytest
 
-from models.engine import MotionEngine
-from models.motion_eval import evaluate_family
+from models.motion.engine import MotionEngine
+from models.motion.motion_eval import evaluate_family
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_rigid_pans_of_held_out_stills(engine):
 
 def test_gratings_read_along_their_normal_and_never_a_clipped_speed(engine):
     state = engine.new_state()
-    from models import stimuli
+    from models.motion import stimuli
 
     frames = stimuli.grating_sequence((240, 320), 0.3, 1.0, 16.0, 12)
     speeds = [engine.step(state, f).global_speed for f in frames]

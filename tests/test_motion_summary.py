@@ -1,9 +1,9 @@
-"""models.motion_summary against a slow loop and planted motion."""
+"""models.motion.motion_summary against a slow loop and planted motion."""
 
 import numpy as np
 import pytest
 
-from models.motion_summary import (
+from models.motion.motion_summary import (
     MotionSummary,
     circular_mean,
     direction_bin_centres,

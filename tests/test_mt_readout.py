@@ -4,11 +4,11 @@ the features it is fitted on."""
 import numpy as np
 import pytest
 
-from models import stimuli
-from models.engine import GLOBAL_EVIDENCE_RANGE, MotionEngine, global_motion
-from models.mt_fit import make_sequence, pooled_units
-from models.mt_readout import SPEED_CLASSES, MTReadout, Pooling, box_pool
-from models.readout import angular_error
+from models.motion import stimuli
+from models.motion.engine import GLOBAL_EVIDENCE_RANGE, MotionEngine, global_motion
+from models.motion.mt_fit import make_sequence, pooled_units
+from models.motion.mt_readout import SPEED_CLASSES, MTReadout, Pooling, box_pool
+from models.motion.readout import angular_error
 
 
 def test_speed_targets_are_soft_labels_in_log_speed():
@@ -150,7 +150,7 @@ def test_training_sequences_have_truth_for_every_scored_cell(kind):
 def test_fitting_twice_with_one_seed_gives_identical_weights():
     """Data and fit are seeded and run single-threaded: one seed, one read-out."""
     from models.determinism import single_threaded
-    from models.mt_fit import collect
+    from models.motion.mt_fit import collect
 
     engine = MotionEngine.random(seed=1, levels=2)
 

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from models.motion.tuning import SPEEDS
 from models.report import speed_tuning_figure
-from models.tuning import SPEEDS
 
 
 def test_speed_tuning_axis_is_labelled_at_the_measured_speeds_only(tmp_path, rng):

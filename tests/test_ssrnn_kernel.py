@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 
-from models.ssrnn import SSRNN, SparseCode
+from models.motion.ssrnn import SSRNN, SparseCode
 from tests import naive
 
 
@@ -74,8 +74,8 @@ def test_kernel_edge_cases():
 
 
 def test_drive_groups_match_numpy_twin(rng):
-    from models.kernels import _drive_groups
-    from models.ssrnn import prune_recurrent, recurrent_csr
+    from models.motion.kernels import _drive_groups
+    from models.motion.ssrnn import prune_recurrent, recurrent_csr
 
     for n_clones, density in ((3, 0.05), (4, 0.3), (1, 1.0)):
         R = prune_recurrent(rng.standard_normal((6 * n_clones * 2, 6 * n_clones * 2)), density)
@@ -90,7 +90,7 @@ def test_drive_groups_match_numpy_twin(rng):
 
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="checks the compiled dispatcher")
 def test_kernel_rejects_wrong_dtypes_instead_of_compiling_them():
-    from models.kernels import _ssrnn_infer_frame
+    from models.motion.kernels import _ssrnn_infer_frame
 
     model = _random_model(2)
     C = np.zeros((4, model.n_atoms))  # float64, the wrapper would have made it float32
@@ -110,7 +110,7 @@ def test_kernel_rejects_wrong_dtypes_instead_of_compiling_them():
 
 @pytest.mark.parametrize("shape, p", [((24, 40), 8), ((29, 37), 8), ((13, 9), 4)])
 def test_scaled_patches_match_numpy_twin(rng, shape, p):
-    from models.kernels import _scaled_patches
+    from models.motion.kernels import _scaled_patches
 
     wide = rng.standard_normal((shape[0], 2 * shape[1])).astype(np.float32)
     wide[0, :6] = -0.0
@@ -174,7 +174,7 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.mark.parametrize("n_out", [1, 3, 16])
 def test_projection_kernel_matches_numpy_twin(rng, n_out):
-    from models.mt_readout import _project_frame
+    from models.motion.mt_readout import _project_frame
 
     model = _random_model(5)
     code = model.infer((3 * rng.standard_normal((50, model.n_atoms))).astype(np.float32), None)

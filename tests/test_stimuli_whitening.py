@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from models import stimuli
-from models.whitening import Whitener, extract_patches, patch_grid, zca_matrix
+from models.motion import stimuli
+from models.motion.whitening import Whitener, extract_patches, patch_grid, zca_matrix
 
 
 @pytest.mark.parametrize("direction_deg", [0, 30, 90, 200, 315])
@@ -111,7 +111,7 @@ def test_whitener_requires_fit_and_odd_size():
 
 
 def test_empty_or_broken_video_raises_a_clear_error(tmp_path):
-    from models.movies import read_grey_frames
+    from models.motion.movies import read_grey_frames
 
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")

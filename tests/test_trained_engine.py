@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from models.engine import DEFAULT_WEIGHTS, MotionEngine, to_grey
-from models.readout import angular_error
-from models.stimuli import load_still, pan_sequence
+from models.motion.engine import DEFAULT_WEIGHTS, MotionEngine, to_grey
+from models.motion.readout import angular_error
+from models.motion.stimuli import load_still, pan_sequence
 from tests import naive
 
 

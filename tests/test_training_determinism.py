@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
-import models.build as build
-from models import kernels
+import models.motion.build as build
 from models.determinism import numeric_environment, single_threaded
-from models.stimuli import load_still
-from models.training import TrainConfig, fit_ssrnn, train_ssrnn
-from models.whitening import Whitener
+from models.motion import kernels
+from models.motion.stimuli import load_still
+from models.motion.training import TrainConfig, fit_ssrnn, train_ssrnn
+from models.motion.whitening import Whitener
 
 STILLS = ("camera", "grass", "brick")
 

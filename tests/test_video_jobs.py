@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import video_samples as vs
-from video_engine_double import fake_engine, hanging_fake_engine, slow_fake_engine
+from engine_double import fake_engine, hanging_fake_engine, slow_fake_engine
 
 from service.jobs.decode import DecodeError
 from service.jobs.limits import Limits
@@ -171,7 +171,7 @@ def test_deleting_a_running_job_stops_it(tmp_path, slow_jobs):
 CRASHING_SERVICE = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
-from video_engine_double import slow_fake_engine
+from engine_double import slow_fake_engine
 from service.jobs.limits import Limits
 from service.jobs.manager import VideoJobs
 if __name__ == "__main__":
@@ -218,7 +218,7 @@ def test_restart_requeues_interrupted_jobs_and_they_finish(tmp_path):
 STOPPING_SERVICE = """
 import signal, sys, threading
 sys.path[:0] = [sys.argv[2], sys.argv[3]]
-from video_engine_double import slow_fake_engine
+from engine_double import slow_fake_engine
 from service.jobs.limits import Limits
 from service.jobs.manager import VideoJobs
 if __name__ == "__main__":
@@ -261,7 +261,7 @@ def test_sigterm_to_the_process_group_requeues_the_running_job(tmp_path):
 
 
 def test_process_video_with_the_real_engine(tmp_path):
-    """The product path: models.engine.MotionEngine (small random one) through the same function."""
+    """The product path: models.motion.engine.MotionEngine (small random one) through the same function."""
     from service.jobs.engines import engine_factory
 
     src = tmp_path / "input.bin"
@@ -313,7 +313,7 @@ def test_a_stuck_job_is_stopped_by_the_watchdog(tmp_path, monkeypatch):
 
 def _pan_video(path, vx, vy_up, n=60, shape=(240, 320)):
     """A still panned so its content moves by (vx, vy_up) px/frame (up positive), as MJPG AVI."""
-    from models.stimuli import load_still, pan_frame
+    from models.motion.stimuli import load_still, pan_frame
 
     img = load_still("camera")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, shape[::-1])

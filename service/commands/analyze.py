@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights"
+from models import WEIGHTS_DIR
+
+WEIGHTS = WEIGHTS_DIR
 
 
 def add_parser(subparsers) -> None:
@@ -45,8 +47,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from models.engine import MotionEngine
     from models.model_card import write_model_card
+    from models.motion.engine import MotionEngine
     from models.report import build_report, write_figures, write_report
 
     for path in (args.weights, args.control):

@@ -7,7 +7,9 @@ import json
 import logging
 from pathlib import Path
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "models" / "weights" / "mt_readout_default.npz"
+from models import WEIGHTS_DIR
+
+DEFAULT_OUT = WEIGHTS_DIR / "mt_readout_default.npz"
 
 
 def add_parser(subparsers) -> None:
@@ -33,7 +35,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.mt_fit import fit_default
+    from models.motion.mt_fit import fit_default
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = fit_default(

@@ -7,7 +7,9 @@ import json
 import time
 from pathlib import Path
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights" / "lm_ptb_rglm.npz"
+from models import WEIGHTS_DIR
+
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "lm_ptb_rglm.npz"
 
 
 def add_parser(subparsers) -> None:

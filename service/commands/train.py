@@ -7,7 +7,9 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "models" / "weights"
+from models import WEIGHTS_DIR
+
+DEFAULT_OUT = WEIGHTS_DIR
 
 
 # Help for the training settings; the defaults are the shipped model's (see ``TrainConfig``).
@@ -55,7 +57,7 @@ examples:
 
 
 def add_parser(subparsers) -> None:
-    from models.training import TrainConfig
+    from models.motion.training import TrainConfig
 
     p = subparsers.add_parser(
         "train",
@@ -92,8 +94,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from models.build import build_all
-    from models.training import TrainConfig
+    from models.motion.build import build_all
+    from models.motion.training import TrainConfig
 
     cfg = TrainConfig(
         **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "shuffle_time"}

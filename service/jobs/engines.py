@@ -1,11 +1,12 @@
-"""Motion engines by name, as picklable factories (worker processes and Ray tasks build their own)."""
+"""Motion engines by name as picklable factories (worker processes and Ray tasks build their own), and
+the thread pinning of the processes that run them."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 
-ENGINE_NAMES = ("default", "random")
+from models.motion.contract import ENGINE_NAMES, Engine, make_engine
 
 
 def pin_threads(n: int = 1) -> None:
@@ -27,22 +28,18 @@ def pin_threads(n: int = 1) -> None:
     cv2.setNumThreads(n)
 
 
-def make_engine(name: str):
-    """Build a warmed-up motion engine: ``"default"`` (shipped weights) or ``"random"`` (seed 0, tests)."""
-    from models.engine import MotionEngine
-
-    if name == "default":
-        engine = MotionEngine.load_default()
-    elif name == "random":
-        engine = MotionEngine.random(seed=0)
-    else:
-        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
+def warm_engine(name: str, threads: int = 1) -> Engine:
+    """The named engine (``models.motion.contract.make_engine``), compiled and warmed up."""
+    engine = make_engine(name, threads=threads)
     engine.warmup()
     return engine
 
 
-def engine_factory(name: str) -> Callable[[], object]:
-    """A picklable zero-argument callable that builds the named engine."""
+def engine_factory(name: str, threads: int = 1) -> Callable[[], Engine]:
+    """A picklable zero-argument callable that builds the named engine, warmed up.
+
+    Worker processes and Ray tasks receive this rather than an engine and build their own.
+    """
     if name not in ENGINE_NAMES:
-        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
-    return functools.partial(make_engine, name)
+        raise ValueError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINE_NAMES)}")
+    return functools.partial(warm_engine, name, threads)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.motion_summary import MotionSummary
+from models.motion.contract import Engine
+from models.motion.motion_summary import MotionSummary
 from service.jobs.decode import SandboxedDecoder, VideoRejected
 from service.jobs.limits import Limits
 from service.jobs.sniff import UnsupportedContainer, sniff_file
@@ -123,7 +124,7 @@ class _Results:
     """Everything kept of each frame's motion, gathered on a stage of its own: the grids (appended to
     memory-mapped .npy files in the work folder, so long videos stay off the heap; sized for the
     frame cap, trimmed when saved), the per-video summary, and the frame's entry of motion.json,
-    serialised by :meth:`models.engine.MotionFrame.to_dict` (the format of the websocket's motion
+    serialised by :meth:`models.motion.engine.MotionFrame.to_dict` (the format of the websocket's motion
     messages) and streamed to a part file."""
 
     GRIDS = ("direction_deg", "speed_px_per_frame", "confidence")
@@ -204,7 +205,7 @@ def _frames_timed(frames, timing: dict):
 def process_video(
     input_path: Path,
     out_dir: Path,
-    engine_factory: Callable[[], object],
+    engine_factory: Callable[[], Engine],
     limits: Limits,
     progress_cb: Callable[[int, int], None] | None = None,
     *,

@@ -18,17 +18,19 @@ import numpy as np
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from models.motion.contract import Engine
 from service import protocol
 from service.flow import DISFlow
 from service.jpeg import JPEGHeaderError, jpeg_size
+from service.metrics import Metrics
 from service.routers.streams import close_quietly, parse_text
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["camera"])
 
 HELLO_TIMEOUT_S = 10.0
-MIN_SIDE = 64  # used only for an engine that does not say its own ``min_side``
 
 
 @dataclass
@@ -42,7 +44,7 @@ class _Frame:
 class CameraSession:
     """One browser's state: negotiated size, engine state, optional DIS flow, the newest frame."""
 
-    def __init__(self, engine, settings, metrics) -> None:
+    def __init__(self, engine: Engine, settings: Settings, metrics: Metrics) -> None:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
@@ -63,7 +65,7 @@ class CameraSession:
     @property
     def min_side(self) -> int:
         """The smallest side the engine analyses (it refuses smaller frames)."""
-        return int(getattr(self.engine, "min_side", MIN_SIDE))
+        return self.engine.min_side
 
     def negotiate(self, msg: dict) -> None:
         s = self.settings

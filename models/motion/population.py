@@ -10,8 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.ssrnn import SSRNN, SparseCode, recurrent_csr
-from models.whitening import patch_grid
+from models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
+from models.motion.whitening import patch_grid
 
 
 def pyramid(frame: np.ndarray, levels: int) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from models.datasets import require_shared_data
-from models.stimuli import TRAIN_STILLS, load_still
+from models.motion.stimuli import TRAIN_STILLS, load_still
 
 log = logging.getLogger(__name__)
 

@@ -34,13 +34,13 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from models.kernels import (
+from models.motion.kernels import (
     _drive_groups,
     _ssrnn_infer_frame,
     _ssrnn_infer_frame_dense,
     _ssrnn_infer_frame_parallel,
 )
-from models.whitening import Whitener, patch_grid
+from models.motion.whitening import Whitener, patch_grid
 
 FORMAT_VERSION = 1
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.population import pooled_response
-from models.ssrnn import SSRNN
-from models.stimuli import (
+from models.motion.population import pooled_response
+from models.motion.ssrnn import SSRNN
+from models.motion.stimuli import (
     HELDOUT_STILLS,
     grating_sequence,
     load_still,

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from models.determinism import single_threaded
-from models.mt_readout import MTReadout, Pooling
-from models.stimuli import (
+from models.motion.mt_readout import MTReadout, Pooling
+from models.motion.stimuli import (
     TRAIN_STILLS,
     direction_vector,
     grating_sequence,
@@ -202,7 +202,7 @@ def fit_default(out: Path, sequences: int = 2500, levels: int = 4, hidden: int =
     Data and fitting run single-threaded (``models.determinism``, as the ss-RNN's training does) so
     that sums run in a fixed order: one seed, one file.
     """
-    from models.engine import DEFAULT_WEIGHTS, MotionEngine
+    from models.motion.engine import DEFAULT_WEIGHTS, MotionEngine
 
     base = MotionEngine.load(DEFAULT_WEIGHTS)
     pooling = Pooling(patch=base.model.patch, pool_px=tuple(pool_px), tau=tau)
@@ -247,7 +247,7 @@ units: {n_sets // pooling.n_scales} pyramid levels x {pooling.n_scales} pooling 
 ({", ".join(f"{p} px" for p in pooling.pool_px)}), each level divided by its own total activity,
 {n_hidden} rectified MT units, a direction vector and {len(ro.speed_classes_)} speed classes
 ({", ".join(f"{s:g}" for s in ro.speed_classes_)} px/frame; 0 = still). Temporal average:
-exponential, {pooling.tau:g} frames. Code: `models/mt_readout.py`; fitting: `models/mt_fit.py`.
+exponential, {pooling.tau:g} frames. Code: `models/motion/mt_readout.py`; fitting: `models/motion/mt_fit.py`.
 
 ## Data
 {sequences} sequences of {N_FRAMES} frames at {SIZE[1]}x{SIZE[0]} made from the training stills only

@@ -18,12 +18,12 @@ import cv2
 import numba
 import numpy as np
 
-from models.kernels import _scaled_patches
-from models.mt_readout import MTReadout, Pooling, _project_frame
-from models.readout import MotionReadout
-from models.ssrnn import SSRNN, SparseCode, recurrent_csr
+from models import WEIGHTS_DIR
+from models.motion.kernels import _scaled_patches
+from models.motion.mt_readout import MTReadout, Pooling, _project_frame
+from models.motion.readout import MotionReadout
+from models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "ssrnn_default.npz"
 DEFAULT_MT = WEIGHTS_DIR / "mt_readout_default.npz"
 SPEED_BINS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 
 from models.determinism import numeric_environment, single_threaded
-from models.ssrnn import SSRNN, SparseCode, prune_recurrent, recurrent_csr
-from models.stimuli import direction_vector
-from models.whitening import Whitener
+from models.motion.ssrnn import SSRNN, SparseCode, prune_recurrent, recurrent_csr
+from models.motion.stimuli import direction_vector
+from models.motion.whitening import Whitener
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from models.calibration import fit_readout
 from models.determinism import single_threaded
-from models.movies import load_training_movies, training_stills
+from models.motion.calibration import fit_readout
+from models.motion.movies import load_training_movies, training_stills
+from models.motion.ssrnn import SSRNN
+from models.motion.training import TrainConfig, train_ssrnn
+from models.motion.whitening import Whitener
 from models.report import measure_tuning, tuning_dict
-from models.ssrnn import SSRNN
-from models.training import TrainConfig, train_ssrnn
-from models.whitening import Whitener
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.population import pooled_response
-from models.readout import MotionReadout, angular_error
-from models.ssrnn import SSRNN
-from models.stimuli import (
+from models.motion.population import pooled_response
+from models.motion.readout import MotionReadout, angular_error
+from models.motion.ssrnn import SSRNN
+from models.motion.stimuli import (
     HELDOUT_STILLS,
     TRAIN_STILLS,
     grating_sequence,
@@ -15,7 +15,7 @@ from models.stimuli import (
     pan_sequence,
     random_pan_start,
 )
-from models.tuning import DIRECTIONS, N_DIRECTIONS, NATURAL_SPEEDS
+from models.motion.tuning import DIRECTIONS, N_DIRECTIONS, NATURAL_SPEEDS
 
 
 def random_pan_trials(images, n_trials, size, n_frames, speed_range, seed):

@@ -1,0 +1,73 @@
+"""The motion engine's contract: what the service and the video jobs need of an engine.
+
+:class:`~models.motion.engine.MotionEngine` is the product's engine; tests use a double with the same
+shape. The service types against :class:`Engine` and builds engines with :func:`make_engine`, so a
+reader (or a type checker) can follow a frame from a socket into this package.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from models.motion.engine import MotionEngine, MotionFrame
+
+ENGINE_NAMES = ("default", "random")
+"""``default``: the shipped weights; ``random``: a small untrained engine (seed 0) for tests and demos."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A frame-by-frame motion engine.
+
+    One engine serves many streams: each stream keeps its own ``state`` (from :meth:`new_state`), and
+    a state is never shared between threads.
+    """
+
+    @property
+    def min_side(self) -> int:
+        """The smallest frame side (px) :meth:`step` accepts."""
+        ...
+
+    def new_state(self) -> Any:
+        """A fresh recurrent state for one stream."""
+        ...
+
+    def warmup(self) -> None:
+        """Compile and touch every code path once, so the first real frame is not slow."""
+        ...
+
+    def step(self, state: Any, frame: np.ndarray) -> MotionFrame:
+        """Analyse the next frame of a stream (grey ``(H, W)`` or BGR ``(H, W, 3)`` uint8).
+
+        Raises
+        ------
+        ValueError
+            The frame cannot be analysed (shape, dtype, size, NaN); the message names the problem.
+        """
+        ...
+
+    def tuning_report(self) -> dict:
+        """Per-unit direction and speed tuning, for the dashboard's unit browser."""
+        ...
+
+
+def make_engine(name: str, *, threads: int = 1) -> MotionEngine:
+    """Build the named engine (not yet warmed up).
+
+    Parameters
+    ----------
+    name : {"default", "random"}
+        ``default`` loads the shipped weights; ``random`` builds a small untrained engine (seed 0).
+    threads : int, default 1
+        Numba threads of the ss-RNN kernel (see :class:`~models.motion.engine.MotionEngine`).
+    """
+    from models.motion.engine import MotionEngine
+
+    if name == "default":
+        return MotionEngine.load_default(threads=threads)
+    if name == "random":
+        return MotionEngine.random(seed=0, threads=threads)
+    raise ValueError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINE_NAMES)}")
