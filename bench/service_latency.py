@@ -161,8 +161,8 @@ def baseline_step_ms(engine_name: str, w: int, h: int) -> float:
     from threadpoolctl import threadpool_limits
 
     from models.motion.engine import MotionEngine
+    from service.live.sources import SyntheticSource
     from service.settings import Settings, SourceSpec
-    from service.sources import SyntheticSource
 
     threadpool_limits(Settings().blas_threads, user_api="blas")
 

@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import weakref
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
 
 from models.motion.contract import Engine
 from service import http_errors
 from service.jobs import engines as jobs_engines
+from service.jobs.manager import VideoJobs
+from service.jobs.upload import UploadSlots
+from service.live.engine import EngineHolder
+from service.live.pipeline import StreamManager, StreamPipeline
+from service.live.sources import SourceFactory, source_factory
 from service.metrics import Metrics
-from service.pipeline import EngineHolder, StreamManager, StreamPipeline
 from service.routers import camera, language, ops, spikes, streams, videos
 from service.security import (
     AuthDep,
@@ -27,7 +31,7 @@ from service.security import (
     ignore_refused,
 )
 from service.settings import Settings
-from service.sources import SourceFactory, source_factory
+from service.state import AppState, Capacity
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +62,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.settings = settings
-        app.state.metrics = metrics = Metrics()
-        app.state.cache = {}
-        app.state.camera_clients = 0
+        """Build every stateful object into one AppState; close them in reverse on shutdown."""
+        metrics = Metrics()
         # Before the engine loads: every engine step in this process runs with this many BLAS threads.
         blas = threadpool_limits(settings.blas_threads, user_api="blas")
-        app.state.engine = holder = EngineHolder()
+        holder = EngineHolder()
         # Loading and compiling take seconds: done in a thread, /readyz reports when it is over.
         threading.Thread(
             target=holder.load, args=(engine_factory,), name="engine-load", daemon=True
@@ -79,16 +81,30 @@ def create_app(
             )
             for spec in settings.sources
         }
-        app.state.streams = manager = StreamManager(pipelines, settings, metrics)
+        manager = StreamManager(pipelines, settings, metrics)
         log.info("serving streams: %s", ", ".join(pipelines))
-        app.state.language_scorer = language.load_scorer(settings)
-        spikes.setup(app)
-        await videos.start_jobs(app, settings)
+        videos = await run_in_threadpool(VideoJobs.from_settings, settings)
+        await run_in_threadpool(videos.start)  # recovers interrupted jobs; workers warm up lazily
+        state = app.state.services = AppState(
+            settings=settings,
+            metrics=metrics,
+            engine=holder,
+            streams=manager,
+            cameras=Capacity(settings.camera_max_clients),
+            videos=videos,
+            upload_slots=UploadSlots(settings.upload_max_concurrent),
+            video_probe_slots=asyncio.Semaphore(2),
+            language_scorer=language.load_scorer(settings),
+            spike_store=spikes.SpikeModelStore(settings.spikes_max_models),
+            spike_worker=spikes.SpikeWorker(
+                settings.spikes_fit_workers, settings.spikes_max_pending
+            ),
+        )
         try:
             yield
         finally:
-            await videos.stop_jobs(app)
-            spikes.teardown(app)
+            await run_in_threadpool(videos.stop)  # running jobs go back to the queue
+            state.spike_worker.close()
             try:
                 await asyncio.wait_for(manager.close(), settings.shutdown_timeout_s)
             finally:
@@ -101,13 +117,14 @@ def create_app(
         lifespan=lifespan,
     )
     http_errors.install(app)
-    app.state.websockets = weakref.WeakSet()  # accepted sockets (service.security.authorize)
+    app.state.settings = settings  # the configuration, readable before the lifespan has run
 
     async def close_websockets(code: int, reason: str) -> None:
         """Close every open websocket (service.server.Server: 1001 before uvicorn's 1012)."""
-        await asyncio.gather(
-            *(streams.close_quietly(ws, code, reason) for ws in list(app.state.websockets))
-        )
+        state: AppState | None = getattr(app.state, "services", None)
+        if state is not None:
+            sockets = list(state.websockets)
+            await asyncio.gather(*(streams.close_quietly(ws, code, reason) for ws in sockets))
 
     app.state.close_websockets = close_websockets
     # Without a token: only this service's Host names, and no state changes from other sites' pages.

@@ -83,9 +83,9 @@ async def authorize(conn: HTTPConnection) -> None:
         )
         if not await accept_websocket(ws):
             raise WebSocketRefused
-        sockets = getattr(ws.app.state, "websockets", None)
-        if sockets is not None:  # closed with 1001 when the service stops (service.server)
-            sockets.add(ws)
+        services = getattr(ws.app.state, "services", None)
+        if services is not None:  # closed with 1001 when the service stops (service.server)
+            services.websockets.add(ws)
         return
     require_token(conn)  # type: ignore[arg-type]
     require_media_type(conn)

@@ -83,7 +83,7 @@ def test_bad_input_gets_a_clear_4xx(client, path, payload, status, detail):
 
 
 def test_missing_model_is_503_not_a_crash(client):
-    client.app.state.language_scorer = None
+    client.app.state.services.language_scorer = None
     r = client.post("/v1/language/score", json={"text": "the cat"})
     assert r.status_code == 503
     assert "not loaded" in r.json()["detail"]

@@ -41,3 +41,21 @@ def test_no_print_in_library_code():
                 ):
                     offenders.append(f"{p.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_routers_reach_the_application_state_only_through_the_deps_module():
+    """Routes declare what they need (service.deps); none digs into app.state by itself, and none
+    builds or tears down state (the lifespan in service.app does)."""
+    offenders = []
+    for path in sorted((ROOT / "service" / "routers").glob("*.py")):
+        text = path.read_text()
+        for word in (
+            "app.state",
+            "def setup(",
+            "def teardown(",
+            "def start_jobs(",
+            "def stop_jobs(",
+        ):
+            if word in text:
+                offenders.append(f"{path.name}: {word}")
+    assert not offenders, offenders

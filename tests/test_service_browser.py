@@ -177,7 +177,7 @@ def test_dashboard_streams_then_analyses_the_browser_camera_under_a_path_prefix(
         page.wait_for_function("document.querySelector('#conn').textContent.includes('my camera')")
         n0 = results(page)
         wait_results(page, n0 + 15)
-        assert app.state.metrics.frames.labels("camera")._value.get() >= 15
+        assert app.state.services.metrics.frames.labels("camera")._value.get() >= 15
         fps = float(page.text_content("#stat-fps"))
         assert fps > 1
         page.screenshot(
@@ -388,7 +388,7 @@ def test_dashboard_asks_for_the_token_and_then_streams(browser):
 
 
 def test_dashboard_shows_a_source_that_is_reconnecting(browser):
-    from service.sources import SourceError
+    from service.live.sources import SourceError
 
     class Unplugged:
         def __init__(self, stop):

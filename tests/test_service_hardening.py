@@ -408,9 +408,7 @@ def test_uploads_past_the_concurrent_limit_get_a_503_with_retry_after(client, tm
     with slots.hold(), pytest.raises(UploadError) as exc, slots.hold():
         pass
     assert exc.value.status == 503 and slots.active == 0  # both released, none leaked
-    from service.routers.videos import upload_slots
-
-    held = upload_slots(client.app)
+    held = client.app.state.services.upload_slots  # one cap, shared by videos and spike files
     held.active = held.n  # every slot busy
     try:
         files = {"file": ("clip.avi", vs.avi(tmp_path, n=3), "video/x-msvideo")}

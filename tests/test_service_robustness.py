@@ -15,8 +15,8 @@ from service_helpers import PatternSource, RawWebSocket, pattern_factory, random
 from websockets.sync.client import connect
 
 from service.app import create_app
+from service.live.sources import OpenCVSource, SourceError
 from service.settings import Settings, SourceSpec
-from service.sources import OpenCVSource, SourceError
 
 
 def wait_for(pred, timeout=10.0, what="condition"):
@@ -236,7 +236,7 @@ def test_slow_viewer_gets_fewer_messages_no_memory_and_does_not_delay_others():
     )
     with serving(app) as srv:
         url = f"{srv.ws_url}/v1/streams/synthetic"
-        pipeline = app.state.streams.pipelines["synthetic"]
+        pipeline = app.state.services.streams.pipelines["synthetic"]
         with connect(url, max_size=None) as fast:
             json.loads(fast.recv())  # hello
             stalled = RawWebSocket(srv.port, "/v1/streams/synthetic")  # never reads again
@@ -260,13 +260,13 @@ def test_slow_viewer_gets_fewer_messages_no_memory_and_does_not_delay_others():
                     next_slow += 0.05
             frames = pipeline.frames - frames0
             rss1 = _rss_mb()
-            slow_dropped = app.state.metrics.slow_clients.labels("synthetic")._value.get()
+            slow_dropped = app.state.services.metrics.slow_clients.labels("synthetic")._value.get()
             slow_texts = [json.loads(p) for op, p in slow.messages if op == 1]
             slow_results = [m["seq"] for m in slow_texts if m["type"] == "result"]
             slow_status = [m for m in slow_texts if m["type"] == "status"]
             slow.close()
             stalled.close()
-    metrics = app.state.metrics
+    metrics = app.state.services.metrics
     assert frames > 50
     assert fast_results >= 0.8 * frames, (fast_results, frames)
     # the slow viewer got a few results, skipping ahead to the newest rather than queueing

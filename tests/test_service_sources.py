@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from service.live.sources import OpenCVSource, SourceError, SyntheticSource, source_factory
 from service.settings import Settings, SourceSpec
-from service.sources import OpenCVSource, SourceError, SyntheticSource, source_factory
 
 
 def measured_shift(a, b):

@@ -268,8 +268,10 @@ def test_dashboard_is_served_at_root(client):
 def test_a_viewer_arriving_while_the_stream_stops_gets_it_restarted(stats):
     import asyncio
 
+    from service.live.engine import EngineHolder
+    from service.live.hub import Subscriber
+    from service.live.pipeline import StreamManager, StreamPipeline
     from service.metrics import Metrics
-    from service.pipeline import EngineHolder, StreamManager, StreamPipeline, Subscriber
 
     settings = make_settings(grace_period_s=0.0)
     holder = EngineHolder()
@@ -306,8 +308,8 @@ def test_missed_counts_every_result_a_viewer_does_not_get():
     """A slow viewer's ``missed`` grows, a fast one's stays 0, and sent + missed adds up."""
     import asyncio
 
+    from service.live.hub import Hub, Subscriber
     from service.metrics import Metrics
-    from service.pipeline import Hub, Subscriber
     from service.protocol import Outgoing
 
     async def scenario():

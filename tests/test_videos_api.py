@@ -204,7 +204,7 @@ def test_delete_unknown_is_404(client):
 
 
 def test_results_of_a_job_in_progress_are_409(client):
-    jobs = client.app.state.videos
+    jobs = client.app.state.services.videos
     job_id, folder = jobs.new_folder()
     with jobs.store._lock:  # a record some slot is running (inserted as such: no slot can claim it)
         jobs.store._db.execute(

@@ -9,9 +9,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from service.jobs.engines import engine_factory
 from service.jobs.limits import Limits
 from service.jobs.runners import LocalWorkerPool, Runner, job_paths
 from service.jobs.store import JobRecord, JobStore
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,31 @@ class VideoJobs:
         self.limits, self.max_queued, self.max_attempts = limits, max_queued, max_attempts
         self.store = JobStore(self.data_dir / DB_NAME)
         self.runner = runner_factory(self.store, self.jobs_dir, limits)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VideoJobs:
+        """The service's jobs: local worker processes, or Ray tasks when ``ray_address`` is set."""
+        factory = engine_factory(settings.video_engine or settings.engine)
+        limits = Limits(
+            max_frames=settings.video_max_frames,
+            max_seconds=settings.video_max_seconds,
+            max_side=settings.video_max_side,
+            overlay=settings.video_overlay,
+            memory_mb=settings.video_memory_mb,
+            deadline_s=settings.video_deadline_s,
+        )
+        kw = dict(max_queued=settings.video_max_queued, max_attempts=settings.video_max_attempts)
+        if settings.ray_address:
+            from service.jobs.ray_runner import RayRunner
+
+            address, slots = settings.ray_address, settings.video_workers
+            return cls(
+                settings.data_dir,
+                limits,
+                lambda s, d, lim: RayRunner(s, d, lim, factory, address, slots=slots),
+                **kw,
+            )
+        return cls.local(settings.data_dir, limits, factory, settings.video_workers, **kw)
 
     @classmethod
     def local(cls, data_dir, limits, engine_factory, workers=1, lazy=True, **kw) -> VideoJobs:

@@ -11,20 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
-import cv2
-import numpy as np
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from models.motion.contract import Engine
 from service import protocol
-from service.flow import DISFlow
-from service.jpeg import JPEGHeaderError, jpeg_size
-from service.metrics import Metrics
+from service.deps import StateDep
+from service.live.camera import CameraFrame, CameraSession
 from service.routers.streams import close_quietly, parse_text
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -33,128 +27,18 @@ router = APIRouter(prefix="/v1", tags=["camera"])
 HELLO_TIMEOUT_S = 10.0
 
 
-@dataclass
-class _Frame:
-    data: bytes
-    t_recv: float
-    wall_ms: float
-    client_seq: int | None
-
-
-class CameraSession:
-    """One browser's state: negotiated size, engine state, optional DIS flow, the newest frame."""
-
-    def __init__(self, engine: Engine, settings: Settings, metrics: Metrics) -> None:
-        self.engine = engine
-        self.settings = settings
-        self.metrics = metrics
-        self.width = 0
-        self.height = 0
-        self.state = engine.new_state()
-        self.flow = DISFlow()
-        self.want_flow = False
-        self.pending: _Frame | None = None
-        self.wake = asyncio.Event()
-        self.frames = 0
-        self.dropped = 0
-        self.rejected = 0
-        self.seq = 0
-        self._fps_t: float | None = None
-        self.fps = 0.0
-
-    @property
-    def min_side(self) -> int:
-        """The smallest side the engine analyses (it refuses smaller frames)."""
-        return self.engine.min_side
-
-    def negotiate(self, msg: dict) -> None:
-        s = self.settings
-        w, h = msg.get("width"), msg.get("height")
-        if not (isinstance(w, int) and isinstance(h, int)):
-            raise ValueError('hello needs integer "width" and "height"')
-        low = self.min_side
-        if not (low <= w <= s.camera_max_width and low <= h <= s.camera_max_height):
-            raise ValueError(
-                f"frame size {w}x{h} not allowed: width {low}-{s.camera_max_width}, "
-                f"height {low}-{s.camera_max_height}"
-            )
-        self.width, self.height = w, h
-        flow = msg.get("flow", self.want_flow)
-        if not isinstance(flow, bool):
-            raise ValueError('"flow" must be true or false')
-        self.want_flow = flow
-
-    def check(self, data: bytes) -> str | None:
-        """Return an error message for a frame that must not be decoded, else ``None``."""
-        if len(data) > self.settings.camera_max_bytes:
-            return (
-                f"frame of {len(data)} bytes exceeds the limit of {self.settings.camera_max_bytes}"
-            )
-        try:
-            w, h = jpeg_size(data)
-        except JPEGHeaderError as exc:
-            return str(exc)
-        if (w, h) != (self.width, self.height):
-            return f"JPEG is {w}x{h} but the negotiated size is {self.width}x{self.height}"
-        return None
-
-    def process(self, frame: _Frame) -> str:
-        """Decode and analyse one frame (runs in a worker thread)."""
-        grey = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_GRAYSCALE)
-        if grey is None or grey.shape != (self.height, self.width):
-            raise ValueError("the JPEG could not be decoded")
-        t0 = time.monotonic()
-        mf = self.engine.step(self.state, grey)
-        t1 = time.monotonic()
-        self.metrics.engine_time.labels("camera").observe(t1 - t0)
-        self.metrics.frames.labels("camera").inc()
-        self.frames += 1
-        if self._fps_t is not None and t1 > self._fps_t:
-            self.fps = (
-                0.9 * self.fps + 0.1 / (t1 - self._fps_t) if self.fps else 1 / (t1 - self._fps_t)
-            )
-        self._fps_t = t1
-        flow_payload = None
-        if self.want_flow:
-            pooled = self.flow.step(grey, int(mf.cell))
-            if pooled is not None:
-                flow_payload = protocol.flow_payload(*pooled, int(mf.cell))
-        else:
-            self.flow.reset()
-        self.seq += 1
-        return protocol.message(
-            "result",
-            stream="camera",
-            seq=self.seq,
-            client_seq=frame.client_seq,
-            capture_ts=round(frame.wall_ms, 3),
-            width=self.width,
-            height=self.height,
-            timing={
-                "engine_ms": round((t1 - t0) * 1000, 3),
-                "latency_ms": round((time.monotonic() - frame.t_recv) * 1000, 3),
-                "fps": round(self.fps, 2),
-                "dropped": self.dropped,
-            },
-            motion=protocol.motion_payload(mf),
-            flow=flow_payload,
-            preview=False,
-        )
-
-
 @router.websocket("/camera")
-async def camera_socket(ws: WebSocket) -> None:
+async def camera_socket(ws: WebSocket, state: StateDep) -> None:
     """Analyse the browser's own camera: JPEG frames in, JSON results out on the same socket."""
-    app = ws.app  # accepted and authenticated by the router's guard (service.security.authorize)
-    settings, metrics, holder = app.state.settings, app.state.metrics, app.state.engine
-    if app.state.camera_clients >= settings.camera_max_clients:
+    # Accepted and authenticated by the router's guard (service.security.authorize).
+    settings, metrics, holder = state.settings, state.metrics, state.engine
+    if not state.cameras.acquire():
         await ws.send_text(
             protocol.error("busy", f"at most {settings.camera_max_clients} browser cameras at once")
         )
         await close_quietly(ws, 1013, "busy")
         return
-    app.state.camera_clients += 1
-    metrics.clients.labels("camera").set(app.state.camera_clients)
+    metrics.clients.labels("camera").set(state.cameras.used)
     try:
         await _serve_camera(ws, settings, metrics, holder)
     except WebSocketDisconnect:
@@ -162,8 +46,8 @@ async def camera_socket(ws: WebSocket) -> None:
     except (RuntimeError, OSError) as exc:  # the socket broke mid-send, or a bug: say which
         log.warning("camera: session ended by %s: %s", type(exc).__name__, exc)
     finally:
-        app.state.camera_clients -= 1
-        metrics.clients.labels("camera").set(app.state.camera_clients)
+        state.cameras.release()
+        metrics.clients.labels("camera").set(state.cameras.used)
         await close_quietly(ws, 1000)
 
 
@@ -264,7 +148,7 @@ async def _receive_frames(ws: WebSocket, session: CameraSession, send) -> None:
             if session.pending is not None:  # the browser sent ahead: keep the newest only
                 session.dropped += 1
                 session.metrics.dropped.labels("camera", "camera").inc()
-            session.pending = _Frame(data, time.monotonic(), time.time() * 1000.0, client_seq)
+            session.pending = CameraFrame(data, time.monotonic(), time.time() * 1000.0, client_seq)
             client_seq = None
             session.wake.set()
             continue

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from models.language.scoring import LanguageScorer
+from service.deps import SettingsDep, get_scorer
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,19 +59,8 @@ class NextResponse(BaseModel):
     words: list[NextWord]
 
 
-def get_scorer(request: Request) -> LanguageScorer:
-    scorer = getattr(request.app.state, "language_scorer", None)
-    if scorer is None:
-        raise HTTPException(503, detail="language model is not loaded")
-    return scorer
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 Scorer = Annotated[LanguageScorer, Depends(get_scorer)]
-AppSettings = Annotated[Settings, Depends(get_settings)]
+AppSettings = SettingsDep
 
 
 def _check_length(text: str, field: str, settings: Settings) -> None:

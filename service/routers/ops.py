@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.deps import MetricsDep, StateDep
 from service.security import TokenDep
 
 router = APIRouter(tags=["ops"])
@@ -18,9 +19,9 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "engine still loading or failed"}})
-def readyz(request: Request):
+def readyz(state: StateDep):
     """Readiness: the motion engine is loaded and its kernels are compiled."""
-    holder = request.app.state.engine
+    holder = state.engine
     if holder.ready.is_set():
         return {"status": "ready"}
     if holder.failed.is_set():
@@ -31,8 +32,6 @@ def readyz(request: Request):
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(request: Request, _: TokenDep) -> Response:
+def metrics(metrics: MetricsDep, _: TokenDep) -> Response:
     """Prometheus metrics: frames processed, latency histograms, dropped frames, clients per stream."""
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.spikes.data import as_counts, bin_spike_times
 from models.spikes.registry import evaluate, fit_and_score, model_options
+from service.deps import StateDep, get_settings, get_state
 from service.jobs.upload import BodyLimits, UploadError, read_body
 
 log = logging.getLogger(__name__)
@@ -212,23 +213,12 @@ class SpikeWorker:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def setup(app) -> None:
-    """Create the spike store and worker on ``app.state`` (called from the lifespan)."""
-    s = app.state.settings
-    app.state.spike_store = SpikeModelStore(s.spikes_max_models)
-    app.state.spike_worker = SpikeWorker(s.spikes_fit_workers, s.spikes_max_pending)
+def get_store(state: StateDep) -> SpikeModelStore:
+    return state.spike_store
 
 
-def teardown(app) -> None:
-    app.state.spike_worker.close()
-
-
-def get_store(request: Request) -> SpikeModelStore:
-    return request.app.state.spike_store
-
-
-def get_worker(request: Request) -> SpikeWorker:
-    return request.app.state.spike_worker
+def get_worker(state: StateDep) -> SpikeWorker:
+    return state.spike_worker
 
 
 Store = Annotated[SpikeModelStore, Depends(get_store)]
@@ -305,10 +295,9 @@ def _invalid(exc: ValidationError) -> HTTPException:
 
 
 async def _parse_create(request: Request, max_elements: int) -> tuple[SpikeModelCreate, np.ndarray]:
-    settings = request.app.state.settings
-    from service.routers.videos import upload_slots
+    settings = get_settings(request)
 
-    slots = upload_slots(request.app)
+    slots = get_state(request).upload_slots
     limits = BodyLimits.from_settings(settings, int(settings.spikes_max_upload_mb * 1024 * 1024))
     try:
         with slots.hold():
@@ -465,7 +454,7 @@ TOO_LARGE = {
 )
 async def create_model(request: Request, store: Store, worker: Worker) -> SpikeModelPublic:
     """Fit a model (JSON body, or multipart with an .npz ``file`` holding ``counts``)."""
-    settings = request.app.state.settings
+    settings = get_settings(request)
     spec, y = await _parse_create(request, settings.spikes_max_elements)
     try:
         check_work(
@@ -498,7 +487,7 @@ async def evaluate_model(
 ):
     """Bits/spike of new counts relative to the homogeneous Poisson of the model's training data."""
     rec = store.get(model_id)
-    y = _counts_from(data, request.app.state.settings.spikes_max_elements)
+    y = _counts_from(data, get_settings(request).spikes_max_elements)
     if y.shape[-1] != rec["n_neurons"]:
         raise HTTPException(
             422,
@@ -516,7 +505,7 @@ async def sample_model(
 ):
     """Free-running samples from the model."""
     rec = store.get(model_id)
-    limit = request.app.state.settings.spikes_max_sample_elements
+    limit = get_settings(request).spikes_max_sample_elements
     size = body.n_trials * body.n_bins * rec["n_neurons"]
     if size > limit:
         raise HTTPException(

@@ -9,12 +9,13 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request, WebSocket, status
+from fastapi import APIRouter, HTTPException, WebSocket, status
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service import protocol
-from service.pipeline import StreamManager, Subscriber
+from service.deps import EngineDep, SettingsDep, StateDep, StreamsDep
+from service.live.hub import Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,9 @@ class StreamsPublic(BaseModel):
     default: str
 
 
-def _manager(app) -> StreamManager:
-    return app.state.streams
-
-
 @router.get("/streams")
-def list_streams(request: Request) -> StreamsPublic:
+def list_streams(s: SettingsDep, mgr: StreamsDep) -> StreamsPublic:
     """The configured sources and their state; the browser camera socket and its limits."""
-    s = request.app.state.settings
-    mgr = _manager(request.app)
     return StreamsPublic(
         streams=[StreamPublic(**p.status()) for p in mgr.pipelines.values()],
         camera=CameraInfo(
@@ -72,28 +67,27 @@ def list_streams(request: Request) -> StreamsPublic:
 
 
 @router.get("/streams/{name}", responses={404: {"description": "no stream with that name"}})
-def get_stream(name: str, request: Request) -> StreamPublic:
+def get_stream(name: str, mgr: StreamsDep) -> StreamPublic:
     """One stream's state."""
     try:
-        p = _manager(request.app).get(name)
+        p = mgr.get(name)
     except KeyError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=exc.args[0]) from None
     return StreamPublic(**p.status())
 
 
 @router.get("/units", responses={503: {"description": "engine still loading"}})
-async def tuning_report(request: Request) -> dict[str, Any]:
+async def tuning_report(holder: EngineDep, state: StateDep) -> dict[str, Any]:
     """The engine's measured tuning: per unit, direction tuning (polar) and speed tuning.
 
     Also the bin centres of the population histograms in each result: ``histogram_directions_deg``
     and ``histogram_speed_bins`` (px/frame).
     """
-    holder = request.app.state.engine
     if not holder.ready.is_set():
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, detail="the engine is still loading; retry shortly"
         )
-    cache = request.app.state.cache
+    cache = state.units_cache
     if "tuning" not in cache:
         report = await asyncio.to_thread(holder.engine.tuning_report)
         engine = holder.engine
@@ -126,13 +120,11 @@ def parse_text(raw: str) -> dict[str, Any]:
 
 
 @router.websocket("/streams/{name}")
-async def stream_socket(ws: WebSocket, name: str) -> None:
+async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
     """Results of one configured stream: a ``hello``, then per frame a JSON ``result`` followed by a
     binary preview, and a ``status`` every second (see docs/protocol.md)."""
-    app = ws.app  # accepted and authenticated by the router's guard (service.security.authorize)
-    mgr = _manager(app)
-    settings = app.state.settings
-    metrics = app.state.metrics
+    # Accepted and authenticated by the router's guard (service.security.authorize).
+    mgr, settings, metrics = state.streams, state.settings, state.metrics
     try:
         pipeline = mgr.get(name)
     except KeyError as exc:

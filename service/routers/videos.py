@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from service.deps import JobsDep, StateDep
 from service.jobs.decode import DecodeError, probe
-from service.jobs.engines import engine_factory
-from service.jobs.limits import Limits
 from service.jobs.manager import VideoJobs
 from service.jobs.schemas import RESULT_NAMES, JobCreate, JobPublic, JobsPublic
 from service.jobs.sniff import UnsupportedContainer, sniff_file
@@ -22,10 +20,8 @@ from service.jobs.upload import (
     MAX_OVERHEAD,
     BodyLimits,
     UploadError,
-    UploadSlots,
     receive_upload,
 )
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,77 +35,6 @@ MEDIA_TYPES = {
     "overlay.mp4": "video/mp4",
     "summary.png": "image/png",
 }
-
-
-# ------------------------------------------------------------------------------- lifecycle
-
-
-def get_engine_factory(settings: Settings):
-    """The engine the video workers build (tests override this through ``app.dependency_overrides``)."""
-    return engine_factory(settings.video_engine or settings.engine)
-
-
-def limits_from_settings(settings: Settings) -> Limits:
-    return Limits(
-        max_frames=settings.video_max_frames,
-        max_seconds=settings.video_max_seconds,
-        max_side=settings.video_max_side,
-        overlay=settings.video_overlay,
-        memory_mb=settings.video_memory_mb,
-        deadline_s=settings.video_deadline_s,
-    )
-
-
-def build_jobs(app: FastAPI, settings: Settings) -> VideoJobs:
-    factory = app.dependency_overrides.get(get_engine_factory, get_engine_factory)(settings)
-    limits = limits_from_settings(settings)
-    kw = dict(max_queued=settings.video_max_queued, max_attempts=settings.video_max_attempts)
-    if settings.ray_address:
-        from service.jobs.ray_runner import RayRunner
-
-        return VideoJobs(
-            settings.data_dir,
-            limits,
-            lambda s, d, lim: RayRunner(
-                s, d, lim, factory, settings.ray_address, slots=settings.video_workers
-            ),
-            **kw,
-        )
-    return VideoJobs.local(settings.data_dir, limits, factory, settings.video_workers, **kw)
-
-
-async def start_jobs(app: FastAPI, settings: Settings) -> None:
-    """Lifespan start: recover interrupted jobs and start the runner (workers warm up on their own)."""
-    jobs = await run_in_threadpool(build_jobs, app, settings)
-    await run_in_threadpool(jobs.start)
-    app.state.videos = jobs
-    app.state.video_probe_slots = asyncio.Semaphore(2)
-
-
-def upload_slots(app: FastAPI) -> UploadSlots:
-    """The app's one cap on uploads being received (videos and spike files share it)."""
-    slots = getattr(app.state, "upload_slots", None)
-    if slots is None:
-        slots = app.state.upload_slots = UploadSlots(app.state.settings.upload_max_concurrent)
-    return slots
-
-
-async def stop_jobs(app: FastAPI) -> None:
-    """Lifespan stop: running jobs go back to the queue."""
-    jobs: VideoJobs | None = getattr(app.state, "videos", None)
-    if jobs is not None:
-        await run_in_threadpool(jobs.stop)
-
-
-def get_jobs(request: Request) -> VideoJobs:
-    return request.app.state.videos
-
-
-Jobs = Annotated[VideoJobs, Depends(get_jobs)]
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 def _job_or_404(jobs: VideoJobs, job_id: str):
@@ -153,9 +78,11 @@ UPLOAD_ERRORS = {
     openapi_extra=UPLOAD_BODY,
     responses=UPLOAD_ERRORS,
 )
-async def create_video_job(request: Request, response: Response, jobs: Jobs) -> JobPublic:
+async def create_video_job(
+    request: Request, response: Response, jobs: JobsDep, state: StateDep
+) -> JobPublic:
     """Upload a video (multipart field ``file``); answers 202 with the queued job."""
-    settings = _settings(request)
+    settings = state.settings
     max_bytes = int(settings.video_max_upload_mb * 1024 * 1024)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + MAX_OVERHEAD:
@@ -166,7 +93,7 @@ async def create_video_job(request: Request, response: Response, jobs: Jobs) -> 
             f"{jobs.max_queued} videos are already waiting; try again later",
             {"Retry-After": "30"},
         )
-    slots = upload_slots(request.app)
+    slots = state.upload_slots
     job_id, folder = jobs.new_folder()
     path = folder / "input.bin"
     accepted = False
@@ -183,7 +110,7 @@ async def create_video_job(request: Request, response: Response, jobs: Jobs) -> 
             raise HTTPException(exc.status, exc.detail, headers) from None
         except UnsupportedContainer as exc:
             raise HTTPException(415, str(exc)) from None
-        async with request.app.state.video_probe_slots:
+        async with state.video_probe_slots:
             try:
                 await run_in_threadpool(probe, path, jobs.limits)
             except DecodeError as exc:
@@ -208,7 +135,7 @@ MAX_OFFSET = (
 
 @router.get("", response_model=JobsPublic)
 def list_video_jobs(
-    jobs: Jobs,
+    jobs: JobsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobsPublic:
@@ -221,7 +148,7 @@ JOB_NOT_FOUND = {404: {"description": "no video job with this id"}}
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=JOB_NOT_FOUND)
-def get_video_job(job_id: str, jobs: Jobs) -> JobPublic:
+def get_video_job(job_id: str, jobs: JobsDep) -> JobPublic:
     """Status and progress (frames done of total)."""
     return JobPublic.from_record(_job_or_404(jobs, job_id), PREFIX)
 
@@ -233,7 +160,7 @@ def get_video_job(job_id: str, jobs: Jobs) -> JobPublic:
         409: {"description": "the job has not succeeded, so it has no results yet"},
     },
 )
-def get_video_result(job_id: str, name: str, jobs: Jobs) -> FileResponse:
+def get_video_result(job_id: str, name: str, jobs: JobsDep) -> FileResponse:
     """One result file: ``motion.json``, ``motion.npz``, ``overlay.mp4`` or ``summary.png``."""
     if name not in RESULT_NAMES:
         raise HTTPException(404, f"no result named {name!r}; results: {', '.join(RESULT_NAMES)}")
@@ -250,7 +177,7 @@ def get_video_result(job_id: str, name: str, jobs: Jobs) -> FileResponse:
 
 
 @router.delete("/{job_id}", status_code=204, responses=JOB_NOT_FOUND)
-async def delete_video_job(job_id: str, jobs: Jobs) -> Response:
+async def delete_video_job(job_id: str, jobs: JobsDep) -> Response:
     """Delete a job, its upload and its results (a running job is stopped first)."""
     _job_or_404(jobs, job_id)
     await run_in_threadpool(jobs.delete, job_id)

@@ -1,6 +1,7 @@
 """OpenCV's DIS optical flow on the same frames as the engine, pooled onto the engine's grid.
 
-Only for the dashboard's comparison view: computed when a viewer asks for it, in the worker thread.
+Only for the dashboard's comparison view (the service computes it when a viewer asks for it); never
+an input of the engine.
 """
 
 from __future__ import annotations

@@ -13,166 +13,21 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from models.motion.contract import Engine
 from service import protocol
-from service.flow import DISFlow
+from service.live.analyse import Analyser
+from service.live.engine import EngineHolder
+from service.live.hub import Hub, Subscriber
+from service.live.slot import CapturedFrame, LatestSlot
+from service.live.sources import SourceFactory
 from service.metrics import Metrics
 from service.settings import Settings, SourceSpec
-from service.sources import SourceFactory
 
 log = logging.getLogger(__name__)
-
-
-class EngineHolder:
-    """The shared engine, loaded and warmed in a background thread; ``ready`` is set when usable."""
-
-    def __init__(self) -> None:
-        self.engine: Engine | None = None
-        self.error: str | None = None
-        self.ready = threading.Event()
-        self.failed = threading.Event()
-
-    def load(self, factory: Callable[[], Engine]) -> None:
-        try:
-            t0 = time.perf_counter()
-            engine = factory()
-            engine.warmup()
-            self.engine = engine
-            self.ready.set()
-            log.info("engine ready in %.1f s", time.perf_counter() - t0)
-        except Exception as exc:  # reported by /readyz; the traceback goes to the log
-            log.exception("engine failed to load")
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.failed.set()
-
-
-class LatestSlot:
-    """A one-item mailbox between threads: ``put`` replaces, ``get`` waits for a newer item."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Any = None
-        self._seq = 0
-
-    def put(self, item: Any) -> None:
-        with self._cond:
-            self._item = item
-            self._seq += 1
-            self._cond.notify_all()
-
-    def get(self, after: int, timeout: float) -> tuple[int, Any] | None:
-        """Return ``(seq, item)`` with ``seq > after``, or ``None`` after ``timeout`` seconds."""
-        with self._cond:
-            if self._seq <= after:
-                self._cond.wait(timeout)
-            if self._seq <= after:
-                return None
-            return self._seq, self._item
-
-
-@dataclass(slots=True)
-class CapturedFrame:
-    image: np.ndarray
-    t_capture: float  # time.monotonic()
-    wall_ms: float  # time.time() * 1000, comparable across processes on one machine
-    truth: dict | None = None  # the known velocity, for synthetic sources
-
-
-class Subscriber:
-    """One viewer's latest-wins mailbox; lives on the event loop.
-
-    ``missed`` counts every result published on the stream since the viewer joined that it will never
-    get: replaced in its mailbox before it was sent, or never offered to it because the fan-out
-    coalesced several results into the newest (the event loop was busy). ``sent + missed`` plus the
-    one message that may be waiting equals the results published while it watched.
-    """
-
-    def __init__(self, want_flow: bool = False) -> None:
-        self.pending: protocol.Outgoing | None = None
-        self.event = asyncio.Event()
-        self.sent = 0
-        self.missed = 0
-        self.want_flow = want_flow
-        self._last_seq = 0  # seq of the last result offered; the stream numbers results 1, 2, ...
-
-    def offer(self, msg: protocol.Outgoing) -> int:
-        """Replace any unsent message; return how many results this viewer missed by it."""
-        if self.pending is protocol.END:
-            return 0
-        missed = int(self.pending is not None)
-        if self._last_seq and msg.seq > self._last_seq + 1:
-            missed += msg.seq - self._last_seq - 1  # published, but coalesced before the fan-out
-        self._last_seq = msg.seq  # a restarted stream counts from 1 again: no gap is counted then
-        self.missed += missed
-        self.pending = msg
-        self.event.set()
-        return missed
-
-    async def next(self) -> protocol.Outgoing:
-        await self.event.wait()
-        self.event.clear()
-        msg, self.pending = self.pending, None
-        assert msg is not None
-        return msg
-
-
-class Hub:
-    """Fans one encoded result out to every subscriber, coalescing wake-ups from the worker thread."""
-
-    def __init__(self, name: str, metrics: Metrics) -> None:
-        self.name = name
-        self.metrics = metrics
-        self.subscribers: set[Subscriber] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        self._latest: protocol.Outgoing | None = None
-        self._scheduled = False
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def publish(self, msg: protocol.Outgoing) -> None:
-        """Called from the worker thread; at most one fan-out callback is queued at a time."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with self._lock:
-            self._latest = msg
-            if self._scheduled:
-                return
-            self._scheduled = True
-        try:
-            loop.call_soon_threadsafe(self._fanout)
-        except RuntimeError:  # loop closed during shutdown
-            pass
-
-    def _fanout(self) -> None:
-        with self._lock:
-            msg, self._latest, self._scheduled = self._latest, None, False
-        if msg is None:
-            return
-        missed = 0
-        for sub in self.subscribers:
-            missed += sub.offer(msg)
-        if missed:
-            self.metrics.dropped.labels(self.name, "subscriber").inc(missed)
-
-    def close(self) -> None:
-        """On the loop: tell every subscriber the stream ended."""
-        for sub in self.subscribers:
-            sub.pending = protocol.END
-            sub.event.set()
-
-    @property
-    def flow_wanted(self) -> bool:
-        return any(s.want_flow for s in list(self.subscribers))
 
 
 class StreamPipeline:
@@ -354,13 +209,9 @@ class StreamPipeline:
                 return
         if self._stop.is_set():
             return
-        engine = self.engine.engine
-        state = engine.new_state()
-        flow = DISFlow()
+        analyser = Analyser(self.engine.engine, self.name, self.metrics)
+        self.analyser = analyser
         last_seq = 0
-        seq_out = 0
-        ema_dt = None
-        t_prev = None
         while not self._stop.is_set():
             got = self._slot.get(last_seq, timeout=0.25)
             self._check_stall()
@@ -371,55 +222,28 @@ class StreamPipeline:
                 self.dropped_capture += seq - last_seq - 1
                 self.metrics.dropped.labels(self.name, "capture").inc(seq - last_seq - 1)
             last_seq = seq
-            t0 = time.monotonic()
+            preview = self._preview(cf.image)
             try:
-                mf = engine.step(state, cf.image)
+                result = analyser.analyse(
+                    cf.image,
+                    t_capture=cf.t_capture,
+                    wall_ms=cf.wall_ms,
+                    dropped=self.dropped_capture,
+                    want_flow=self.hub.flow_wanted,
+                    preview=preview is not None,
+                    truth=cf.truth,
+                )
             except ValueError as exc:
                 self.log.warning("stream %s: frame rejected by the engine: %s", self.name, exc)
                 self.last_error = str(exc)
                 continue
-            t1 = time.monotonic()
-            self.metrics.engine_time.labels(self.name).observe(t1 - t0)
-            self.metrics.frames.labels(self.name).inc()
-            self.frames += 1
+            self.frames, self.fps = analyser.frames, analyser.fps
             h, w = cf.image.shape[:2]
             self.size = (w, h)
-            if t_prev is not None:
-                dt = t1 - t_prev
-                ema_dt = dt if ema_dt is None else 0.9 * ema_dt + 0.1 * dt
-                self.fps = 1.0 / ema_dt if ema_dt > 0 else 0.0
-            t_prev = t1
-            flow_payload = None
-            if self.hub.flow_wanted:
-                pooled = flow.step(cf.image, int(mf.cell))
-                if pooled is not None:
-                    flow_payload = protocol.flow_payload(*pooled, int(mf.cell))
-            else:
-                flow.reset()
-            seq_out += 1
-            preview = self._preview(cf.image)
-            text = protocol.message(
-                "result",
-                stream=self.name,
-                seq=seq_out,
-                capture_ts=round(cf.wall_ms, 3),
-                width=w,
-                height=h,
-                timing={
-                    "engine_ms": round((t1 - t0) * 1000, 3),
-                    "latency_ms": round((time.monotonic() - cf.t_capture) * 1000, 3),
-                    "fps": round(self.fps, 2),
-                    "dropped": self.dropped_capture,
-                },
-                motion=protocol.motion_payload(mf),
-                flow=flow_payload,
-                truth=cf.truth,
-                preview=preview is not None,
-            )
             out = protocol.Outgoing(
-                seq_out,
-                text,
-                protocol.preview_frame(seq_out, preview) if preview is not None else None,
+                result.seq,
+                result.text,
+                protocol.preview_frame(result.seq, preview) if preview is not None else None,
                 cf.t_capture,
             )
             self.hub.publish(out)

@@ -1,0 +1,132 @@
+"""The one analysis step of a live frame, shared by the server-side streams and the browser camera.
+
+engine step -> timing -> frames per second -> DIS flow (when a viewer wants it) -> one encoded result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.motion.contract import Engine
+from models.motion.flow import DISFlow
+from service import protocol
+from service.metrics import Metrics
+
+FPS_SMOOTHING = 0.1
+"""Weight of the newest frame interval in the exponential average behind ``fps``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """One analysed frame: its result message (JSON text) and sequence number."""
+
+    seq: int
+    text: str
+    engine_ms: float
+
+
+class Analyser:
+    """A stream's engine state, frame rate and result numbering; one per stream or browser camera.
+
+    Not thread-safe: one thread analyses a stream's frames in order.
+
+    Parameters
+    ----------
+    engine : Engine
+        Shared by all streams; this analyser keeps its own recurrent state.
+    stream : str
+        The stream's name in results and metrics (``"camera"`` for browser cameras).
+    metrics : Metrics
+    """
+
+    def __init__(self, engine: Engine, stream: str, metrics: Metrics) -> None:
+        self.engine = engine
+        self.stream = stream
+        self.metrics = metrics
+        self.state = engine.new_state()
+        self.flow = DISFlow()
+        self.frames = 0
+        self.seq = 0
+        self.fps = 0.0
+        self._ema_dt: float | None = None
+        self._t_prev: float | None = None
+
+    def analyse(
+        self,
+        image: np.ndarray,
+        *,
+        t_capture: float,
+        wall_ms: float,
+        dropped: int,
+        want_flow: bool = False,
+        preview: bool = False,
+        **extra: Any,
+    ) -> Analysis:
+        """Analyse the stream's next frame and encode its ``result`` message.
+
+        Parameters
+        ----------
+        image : ndarray
+            Grey ``(H, W)`` or BGR ``(H, W, 3)`` uint8 frame.
+        t_capture : float
+            ``time.monotonic()`` when the frame arrived (for ``latency_ms``).
+        wall_ms : float
+            ``time.time() * 1000`` at arrival (``capture_ts``, comparable across processes).
+        dropped : int
+            Frames the stream skipped so far (``timing.dropped``).
+        want_flow : bool
+            Also compute DIS optical flow on the motion map's grid (``flow``).
+        preview : bool
+            Whether a binary preview follows this result.
+        **extra
+            More top-level fields of the result (``truth``, ``client_seq``); ``None`` values are kept.
+
+        Raises
+        ------
+        ValueError
+            The engine refused the frame; nothing was counted.
+        """
+        t0 = time.monotonic()
+        mf = self.engine.step(self.state, image)
+        t1 = time.monotonic()
+        self.metrics.engine_time.labels(self.stream).observe(t1 - t0)
+        self.metrics.frames.labels(self.stream).inc()
+        self.frames += 1
+        if self._t_prev is not None and t1 > self._t_prev:
+            dt = t1 - self._t_prev
+            ema = self._ema_dt
+            self._ema_dt = dt if ema is None else (1 - FPS_SMOOTHING) * ema + FPS_SMOOTHING * dt
+            self.fps = 1.0 / self._ema_dt
+        self._t_prev = t1
+        flow = None
+        if want_flow:
+            pooled = self.flow.step(image, int(mf.cell))
+            if pooled is not None:
+                flow = protocol.flow_payload(*pooled, int(mf.cell))
+        else:
+            self.flow.reset()
+        self.seq += 1
+        h, w = image.shape[:2]
+        text = protocol.message(
+            "result",
+            stream=self.stream,
+            seq=self.seq,
+            **extra,
+            capture_ts=round(wall_ms, 3),
+            width=w,
+            height=h,
+            timing={
+                "engine_ms": round((t1 - t0) * 1000, 3),
+                "latency_ms": round((time.monotonic() - t_capture) * 1000, 3),
+                "fps": round(self.fps, 2),
+                "dropped": dropped,
+            },
+            motion=protocol.motion_payload(mf),
+            flow=flow,
+            preview=preview,
+        )
+        return Analysis(self.seq, text, (t1 - t0) * 1000)

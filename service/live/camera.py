@@ -1,0 +1,96 @@
+"""The browser camera's session: size negotiation, the checks before decoding, and analysis.
+
+The socket protocol itself is in :mod:`service.routers.camera`; each decoded frame goes through the same
+:class:`~service.live.analyse.Analyser` as the server-side streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from models.motion.contract import Engine
+from service.jpeg import JPEGHeaderError, jpeg_size
+from service.live.analyse import Analyser
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+@dataclass
+class CameraFrame:
+    """One JPEG as received, before any decoding."""
+
+    data: bytes
+    t_recv: float
+    wall_ms: float
+    client_seq: int | None
+
+
+class CameraSession:
+    """One browser camera: the negotiated size, its :class:`Analyser`, and the newest frame not yet analysed."""
+
+    def __init__(self, engine: Engine, settings: Settings, metrics: Metrics) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+        self.width = 0
+        self.height = 0
+        self.analyser = Analyser(engine, "camera", metrics)
+        self.want_flow = False
+        self.pending: CameraFrame | None = None
+        self.wake = asyncio.Event()
+        self.dropped = 0
+        self.rejected = 0
+
+    @property
+    def min_side(self) -> int:
+        """The smallest side the engine analyses (it refuses smaller frames)."""
+        return self.engine.min_side
+
+    def negotiate(self, msg: dict) -> None:
+        s = self.settings
+        w, h = msg.get("width"), msg.get("height")
+        if not (isinstance(w, int) and isinstance(h, int)):
+            raise ValueError('hello needs integer "width" and "height"')
+        low = self.min_side
+        if not (low <= w <= s.camera_max_width and low <= h <= s.camera_max_height):
+            raise ValueError(
+                f"frame size {w}x{h} not allowed: width {low}-{s.camera_max_width}, "
+                f"height {low}-{s.camera_max_height}"
+            )
+        self.width, self.height = w, h
+        flow = msg.get("flow", self.want_flow)
+        if not isinstance(flow, bool):
+            raise ValueError('"flow" must be true or false')
+        self.want_flow = flow
+
+    def check(self, data: bytes) -> str | None:
+        """Return an error message for a frame that must not be decoded, else ``None``."""
+        if len(data) > self.settings.camera_max_bytes:
+            return (
+                f"frame of {len(data)} bytes exceeds the limit of {self.settings.camera_max_bytes}"
+            )
+        try:
+            w, h = jpeg_size(data)
+        except JPEGHeaderError as exc:
+            return str(exc)
+        if (w, h) != (self.width, self.height):
+            return f"JPEG is {w}x{h} but the negotiated size is {self.width}x{self.height}"
+        return None
+
+    def process(self, frame: CameraFrame) -> str:
+        """Decode and analyse one frame (runs in a worker thread); the result message's text."""
+        grey = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if grey is None or grey.shape != (self.height, self.width):
+            raise ValueError("the JPEG could not be decoded")
+        return self.analyser.analyse(
+            grey,
+            t_capture=frame.t_recv,
+            wall_ms=frame.wall_ms,
+            dropped=self.dropped,
+            want_flow=self.want_flow,
+            client_seq=frame.client_seq,
+        ).text

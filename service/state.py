@@ -1,0 +1,60 @@
+"""The application's state: every stateful object of a running service, built by the lifespan.
+
+``create_app`` hangs one :class:`AppState` on ``app.state.services`` when the lifespan starts and closes
+it when the lifespan ends; routes reach its parts only through the typed dependencies of
+:mod:`service.deps`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from service.live.engine import EngineHolder
+from service.live.pipeline import StreamManager
+from service.metrics import Metrics
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import WebSocket
+
+    from service.jobs.manager import VideoJobs
+    from service.jobs.upload import UploadSlots
+
+
+class Capacity:
+    """A counter with a ceiling, used on the event loop (browser cameras at once)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def acquire(self) -> bool:
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def release(self) -> None:
+        self.used = max(0, self.used - 1)
+
+
+@dataclass(eq=False)
+class AppState:
+    """Everything a running service holds; one per app, built and closed by the lifespan."""
+
+    settings: Settings
+    metrics: Metrics
+    engine: EngineHolder
+    streams: StreamManager
+    cameras: Capacity
+    videos: VideoJobs
+    upload_slots: UploadSlots
+    video_probe_slots: asyncio.Semaphore
+    language_scorer: Any  # models.language.scoring.LanguageScorer, or None when it failed to load
+    spike_store: Any  # service.routers.spikes.SpikeModelStore
+    spike_worker: Any  # service.routers.spikes.SpikeWorker
+    units_cache: dict[str, Any] = field(default_factory=dict)
+    websockets: weakref.WeakSet[WebSocket] = field(default_factory=weakref.WeakSet)

@@ -1,0 +1,75 @@
+"""service.live.analyse: the one analysis step of the server-side streams and the browser camera."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from engine_double import FakeEngine
+
+from service.live.analyse import Analyser
+from service.live.camera import CameraFrame, CameraSession
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+def frames(n=4, shape=(64, 96), step=2):
+    base = np.random.default_rng(0).integers(0, 255, (shape[0], shape[1] + n * step), np.uint8)
+    return [np.ascontiguousarray(base[:, i * step : i * step + shape[1]]) for i in range(n)]
+
+
+def test_results_are_numbered_timed_and_carry_the_engines_motion():
+    a = Analyser(FakeEngine(), "s", Metrics())
+    out = [a.analyse(f, t_capture=0.0, wall_ms=1.0, dropped=3, truth={"x": 1}) for f in frames()]
+    assert [r.seq for r in out] == [1, 2, 3, 4] and a.frames == 4
+    msg = json.loads(out[-1].text)
+    assert msg["type"] == "result" and msg["stream"] == "s" and msg["seq"] == 4
+    assert msg["width"] == 96 and msg["height"] == 64 and msg["truth"] == {"x": 1}
+    assert msg["timing"]["dropped"] == 3 and msg["timing"]["engine_ms"] >= 0
+    # The frames move left by 2 px: the double's phase correlation says 180 degrees.
+    assert msg["motion"]["global_direction_deg"] == pytest.approx(180, abs=1)
+    assert msg["flow"] is None
+
+
+def test_flow_is_computed_only_when_wanted_and_from_the_second_frame():
+    a = Analyser(FakeEngine(), "s", Metrics())
+    fs = frames()
+    assert (
+        json.loads(a.analyse(fs[0], t_capture=0, wall_ms=0, dropped=0, want_flow=True).text)["flow"]
+        is None
+    )  # no previous frame yet
+    msg = json.loads(a.analyse(fs[1], t_capture=0, wall_ms=0, dropped=0, want_flow=True).text)
+    assert msg["flow"]["rows"] == msg["motion"]["rows"]
+
+
+def test_fps_is_the_inverse_of_the_smoothed_interval_between_results(monkeypatch):
+    # Three readings per frame (engine start, engine end, latency), frames 0.1 s apart.
+    clock = iter([0.1 * i for i in range(4) for _ in range(3)])
+    monkeypatch.setattr("service.live.analyse.time.monotonic", lambda: next(clock))
+    a = Analyser(FakeEngine(), "s", Metrics())
+    for f in frames(4):
+        a.analyse(f, t_capture=0, wall_ms=0, dropped=0)
+    # Results 0.1 s apart after each engine step: 10 frames per second.
+    assert a.fps == pytest.approx(10.0)
+
+
+def test_a_refused_frame_raises_and_counts_nothing():
+    a = Analyser(FakeEngine(), "s", Metrics())
+    with pytest.raises(ValueError):
+        a.analyse(np.zeros((4, 4), np.uint8), t_capture=0, wall_ms=0, dropped=0)
+    assert a.frames == 0 and a.seq == 0
+
+
+def test_the_browser_camera_analyses_through_the_same_analyser():
+    import cv2
+
+    session = CameraSession(FakeEngine(), Settings(), Metrics())
+    session.negotiate({"width": 96, "height": 64})
+    assert isinstance(session.analyser, Analyser)
+    for i, f in enumerate(frames()):
+        data = cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+        assert session.check(data) is None
+        msg = json.loads(session.process(CameraFrame(data, 0.0, 0.0, client_seq=10 + i)))
+    assert msg["stream"] == "camera" and msg["seq"] == 4 and msg["client_seq"] == 13
+    assert msg["motion"]["global_direction_deg"] == pytest.approx(180, abs=10)
