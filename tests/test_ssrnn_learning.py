@@ -21,7 +21,7 @@ def _planted(seed=0, n_atoms=6, patch=4):
     for j in range(n):
         if true.unit_atoms()[succ[j]] != true.unit_atoms()[j]:
             r[succ[j], j] = 2.5
-    true.set_params(q, np.full(n, -3.0), r)
+    true.set_weights(q, np.full(n, -3.0), r)
     return true, succ
 
 
@@ -114,3 +114,88 @@ def test_prune_recurrent_keeps_the_largest_entries(rng):
     np.testing.assert_array_equal(dense, p)
     with pytest.raises(ValueError, match="density"):
         prune_recurrent(r, 0.0)
+
+
+# ------------------------------------------------------------- the estimator (scikit-learn's manner)
+_CFG = dict(
+    n_atoms=6, n_clones=1, patch=4, tau_x=2.0, tau_y=0.3, kmax=4, batch=100, seq_len=20,
+    steps_w=100, steps_r=10, lr_r=3.0, b_init=-2.0, seed=0, r_density=1.0,
+)  # fmt: skip
+
+
+def _estimator(**kw):
+    cfg = TrainConfig(**(_CFG | kw))
+    return SSRNN(6, 1, 4, 2.0, 0.3, 4, train_config=cfg), cfg
+
+
+def _learned_order(true, model):
+    """For each planted unit, the learned unit with the same atom and polarity."""
+    cos = true.W_.T @ model.W_
+    match = np.abs(cos).argmax(1)
+    flip = np.sign(cos[np.arange(true.n_atoms), match])
+    perm = np.empty(true.n_units, int)
+    for u in range(true.n_units):
+        a, s = true.unit_atoms()[u], true.unit_signs()[u]
+        perm[u] = match[a] * 2 + (0 if s * flip[a] > 0 else 1)
+    return perm
+
+
+def test_fit_runs_the_learning_loop_and_returns_self_with_learned_attributes():
+    true, _ = _planted()
+    est, cfg = _estimator()
+    data = _sample(true, np.random.default_rng(1), 200, 20)
+    draw = np.random.default_rng(5)
+
+    def batch():
+        return data[draw.choice(200, cfg.batch)]
+
+    assert est.fit(batch) is est
+    draw = np.random.default_rng(5)
+    ref, hist = fit_ssrnn(cfg, batch, np.random.default_rng(cfg.seed), False)
+    for name in ("W_", "b_", "R_"):
+        np.testing.assert_array_equal(getattr(est, name), getattr(ref, name))
+    assert est.history_["r2"] == hist["r2"] and est.train_config_["steps_w"] == 100
+
+
+def test_fit_on_an_array_of_sequences_recovers_the_planted_atoms():
+    true, _ = _planted()
+    est, _ = _estimator()
+    est.fit(_sample(true, np.random.default_rng(1), 400, 20))
+    assert np.abs(true.W_.T @ est.W_).max(1).min() > 0.99
+
+
+def test_partial_fit_learns_online_and_recovers_the_planted_atoms_and_recurrence():
+    true, _ = _planted()
+    rng = np.random.default_rng(1)
+    data = _sample(true, rng, 400, 20)
+    est, _ = _estimator()
+    assert not hasattr(est, "W_")
+    for _ in range(600):
+        assert est.partial_fit(data[rng.choice(400, 50)]) is est
+    assert np.abs(true.W_.T @ est.W_).max(1).min() > 0.99
+    order = _learned_order(true, est)
+    r_hat = est.R_[np.ix_(order, order)]
+    assert np.corrcoef(true.R_.ravel(), r_hat.ravel())[0, 1] > 0.9
+    assert r_hat[true.R_ != 0].min() > 1.0
+
+
+def test_settings_are_parameters_and_weights_are_not():
+    est, cfg = _estimator()
+    params = est.get_params()
+    assert params["n_atoms"] == 6 and params["train_config"] is cfg and "W_" not in params
+    assert est.set_params(kmax=3) is est and est.kmax == 3
+    with pytest.raises(ValueError, match="unknown setting 'W'.*n_atoms"):
+        est.set_params(W=np.zeros((16, 6)))
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((4, 20)), np.zeros((4, 20, 9)), np.full((4, 20, 16), np.nan)]
+)
+def test_fit_and_partial_fit_refuse_data_of_the_wrong_shape_or_with_nan(bad):
+    est, _ = _estimator()
+    with pytest.raises(ValueError, match="X "):
+        est.fit(bad)
+    with pytest.raises(ValueError, match="X "):
+        est.partial_fit(bad)
+    with pytest.raises(RuntimeError, match="fit it"):
+        est.gram()

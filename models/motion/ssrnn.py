@@ -125,6 +125,9 @@ class SSRNN:
         Slab and observation noise scales.
     kmax : int, default 10
         Most active units per patch.
+    train_config : TrainConfig, optional
+        The learning settings of :meth:`fit` and :meth:`partial_fit` (default ``TrainConfig()``, the
+        shipped model's); its architecture fields are overridden by this estimator's.
 
     Attributes
     ----------
@@ -141,7 +144,9 @@ class SSRNN:
         tau_x: float = 3.0,
         tau_y: float = 0.6,
         kmax: int = 10,
+        train_config=None,
     ):
+        self.train_config = train_config
         self.n_atoms = n_atoms
         self.n_clones = n_clones
         self.patch = patch
@@ -194,7 +199,96 @@ class SSRNN:
             self.whitener_ = wh
         return self
 
-    def set_params(self, W, b, R):
+    # ---------------------------------------------------------------- estimator (scikit-learn's manner)
+    _SETTINGS = ("n_atoms", "n_clones", "patch", "tau_x", "tau_y", "kmax", "train_config")
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's settings (never the learned weights)."""
+        return {k: getattr(self, k) for k in self._SETTINGS}
+
+    def set_params(self, **settings) -> SSRNN:
+        """Change constructor settings; unknown names raise ``ValueError`` listing the valid ones."""
+        for k, v in settings.items():
+            if k not in self._SETTINGS:
+                raise ValueError(f"unknown setting {k!r}; valid: {', '.join(self._SETTINGS)}")
+            setattr(self, k, v)
+        return self
+
+    def _learning_config(self):
+        from dataclasses import replace
+
+        from models.motion.training import TrainConfig
+
+        arch = {k: getattr(self, k) for k in self._SETTINGS if k != "train_config"}
+        return replace(self.train_config or TrainConfig(), **arch)
+
+    def _check_sequences(self, X) -> np.ndarray:
+        X = np.asarray(X, np.float32)
+        d = self.patch * self.patch
+        if X.ndim != 3 or X.shape[2] != d or X.shape[0] < 1 or X.shape[1] < 1:
+            raise ValueError(f"X must be whitened patch sequences (B, T, {d}), got shape {X.shape}")
+        if not np.all(np.isfinite(X)):
+            raise ValueError("X contains NaN or infinite values")
+        return X
+
+    def fit(self, X, y=None, *, progress: bool = False) -> SSRNN:
+        """Learn ``W_``, ``b_`` and ``R_`` from whitened patch sequences (the whole learning run).
+
+        Parameters
+        ----------
+        X : (S, T, P*P) array or callable
+            Whitened patch sequences, from which each step draws ``train_config.batch`` of them; or a
+            callable returning such a batch (e.g. ``MovieSampler.batch``, which draws fresh movies).
+        y : ignored
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        self
+        """
+        from models.motion.training import fit_ssrnn
+
+        cfg = self._learning_config()
+        rng = np.random.default_rng(cfg.seed)
+        if callable(X):
+            batch = X
+        else:
+            X = self._check_sequences(X)
+            replace = len(X) < cfg.batch
+
+            def batch():
+                return X[rng.choice(len(X), cfg.batch, replace=replace)]
+
+        model, history = fit_ssrnn(cfg, batch, rng, progress)
+        self.set_weights(model.W_, model.b_, model.R_)
+        self.train_config_ = model.train_config_
+        self.history_ = history
+        self.__dict__.pop("_learning_run", None)
+        return self
+
+    def partial_fit(self, X, y=None) -> SSRNN:
+        """One learning step on a batch of whitened patch sequences ``X`` ``(B, T, P*P)``.
+
+        Online learning with the rules of the run's second phase (``W``, ``b`` and ``R`` together, no
+        clone housekeeping). On an unfitted model the first call starts the atoms from patches of
+        ``X``. Returns ``self``.
+        """
+        from models.motion.training import LearningRun, init_weights
+
+        X = self._check_sequences(X)
+        run = self.__dict__.get("_learning_run")
+        if run is None:
+            cfg = self._learning_config()
+            rng = np.random.default_rng(cfg.seed)
+            if not hasattr(self, "W_"):
+                init_weights(self, X, cfg, rng)
+            run = self._learning_run = LearningRun(self, cfg, rng)
+        run.step(X, phase2=True)
+        return self
+
+    def set_weights(self, W, b, R) -> SSRNN:
+        """Set the learned weights ``W_`` (D, A), ``b_`` (N,) and ``R_`` (N, N) (loading, tests)."""
         self.W_ = np.ascontiguousarray(W, np.float32)
         self.b_ = np.ascontiguousarray(b, np.float32)
         self.R_ = np.ascontiguousarray(R, np.float32)
@@ -340,7 +434,7 @@ class SSRNN:
                 )
             hp = {k: meta[k] for k in ("n_atoms", "n_clones", "patch", "tau_x", "tau_y", "kmax")}
             model = cls(**hp)
-            model.set_params(f["W"], f["b"], f["R"])
+            model.set_weights(f["W"], f["b"], f["R"])
             wh = Whitener(size=f["whiten_kernel"].shape[0])
             wh.kernel_ = f["whiten_kernel"].astype(np.float32)
             wh.scale_ = float(f["whiten_scale"])

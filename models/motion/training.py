@@ -165,40 +165,30 @@ def train_ssrnn(
     return model, history
 
 
-@single_threaded()
-def fit_ssrnn(config: TrainConfig, batch, rng, progress: bool = True) -> tuple[SSRNN, dict]:
-    """The learning loop on any source of whitened patch sequences ``batch() -> (B, T, P*P)``.
+class LearningRun:
+    """The bookkeeping of learning on one model: which atom and sign each unit has, clone groups,
+    and how often each unit was active since the last housekeeping."""
 
-    Runs on one BLAS and one OpenCV thread, so its sums do not depend on the machine's core count;
-    all randomness comes from ``rng``.
-    """
-    from tqdm.auto import tqdm
+    def __init__(self, model: SSRNN, cfg: TrainConfig, rng: np.random.Generator) -> None:
+        self.model, self.cfg, self.rng = model, cfg, rng
+        n = model.n_units
+        signs = model.unit_signs().astype(np.float32)
+        self.atoms = model.unit_atoms()
+        self.to_atom = np.zeros(
+            (n, cfg.n_atoms), np.float32
+        )  # unit value -> signed atom coefficient
+        self.to_atom[np.arange(n), self.atoms] = signs
+        self.groups = np.arange(n).reshape(-1, cfg.n_clones)  # (2A, K): clones of one (atom, sign)
+        self.usage = np.zeros(n)
 
-    cfg = config
-    model = SSRNN(cfg.n_atoms, cfg.n_clones, cfg.patch, cfg.tau_x, cfg.tau_y, cfg.kmax)
-    # Atoms start as random whitened patches: already in the right part of patch space.
-    init = batch().reshape(-1, cfg.patch**2)
-    init = init[rng.choice(len(init), cfg.n_atoms, replace=False)].T.astype(np.float64)
-    init /= np.linalg.norm(init, axis=0) + 1e-12
-    n = model.n_units
-    model.set_params(init, np.full(n, cfg.b_init), np.zeros((n, n)))
-    signs = model.unit_signs().astype(np.float32)
-    atoms = model.unit_atoms()
-    to_atom = np.zeros((n, cfg.n_atoms), np.float32)  # unit value -> signed atom coefficient
-    to_atom[np.arange(n), atoms] = signs
-    groups = np.arange(n).reshape(-1, cfg.n_clones)  # (2A, K): the clones of one (atom, sign)
-    history = {"active": [], "r2": [], "b_mean": [], "r_abs_max": []}
-    usage = np.zeros(n)
-    total = cfg.steps_w + cfg.steps_r
-    split_stop = cfg.steps_w + int(cfg.split_until * cfg.steps_r)
-    bar = tqdm(range(total), desc="train ss-RNN" + (" (shuffled)" if cfg.shuffle_time else ""),
-               disable=not progress)  # fmt: skip
-    for step in bar:
-        phase2 = step >= cfg.steps_w
-        if step == cfg.steps_w:
-            model.R_ = (cfg.r_init * rng.standard_normal((n, n))).astype(np.float32)
-            usage[:] = 0
-        y = batch()
+    def step(self, y: np.ndarray, phase2: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """One learning step on whitened patch sequences ``y`` ``(B, T, P*P)``.
+
+        Phase 1 learns the atoms ``W`` and biases ``b`` (shared by the clones of an atom and sign);
+        phase 2 also learns ``R``. Returns the active units ``h``, the residual, the patches and R^2.
+        """
+        model, cfg = self.model, self.cfg
+        n = model.n_units
         G = model.gram()
         csr = recurrent_csr(model.R_)
         z = infer_sequences(model, y, G, csr)  # (T, B, N)
@@ -207,9 +197,9 @@ def fit_ssrnn(config: TrainConfig, batch, rng, progress: bool = True) -> tuple[S
         zprev = np.concatenate([np.zeros((1, b_size, n), np.float32), z[:-1]]).reshape(-1, n)
         yf = y.transpose(1, 0, 2).reshape(-1, cfg.patch**2)
         h = (zf > 0).astype(np.float32)
-        usage += h.sum(0)
+        self.usage += h.sum(0)
         # Dictionary: reconstruction gradient, averaged over the frames each atom was used in.
-        xi = zf @ to_atom
+        xi = zf @ self.to_atom
         resid = yf - xi @ model.W_.T
         grad_w = resid.T @ xi / cfg.tau_y**2
         count = (xi != 0).sum(0)
@@ -221,12 +211,52 @@ def fit_ssrnn(config: TrainConfig, batch, rng, progress: bool = True) -> tuple[S
         err = h - _sigmoid(pi)
         grad_b = err.mean(0)
         if not phase2:
-            grad_b = np.repeat(grad_b.reshape(groups.shape).mean(1), cfg.n_clones)
+            grad_b = np.repeat(grad_b.reshape(self.groups.shape).mean(1), cfg.n_clones)
         model.b_ = (model.b_ + cfg.lr_b * grad_b).astype(np.float32)
         if phase2:
             grad_r = err.T @ zprev / len(zf)
             r = model.R_ * (1 - cfg.r_decay) + cfg.lr_r * grad_r
             model.R_ = np.clip(r, -cfg.r_clip, cfg.r_clip).astype(np.float32)
+        r2 = 1.0 - float((resid**2).sum() / max((yf**2).sum(), 1e-12))
+        return h, resid, yf, r2
+
+
+def init_weights(model: SSRNN, y: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> None:
+    """Atoms start as random whitened patches of ``y`` (already in the right part of patch space),
+    biases at ``b_init``, ``R`` at zero."""
+    init = y.reshape(-1, cfg.patch**2)
+    init = init[rng.choice(len(init), cfg.n_atoms, replace=False)].T.astype(np.float64)
+    init /= np.linalg.norm(init, axis=0) + 1e-12
+    n = model.n_units
+    model.set_weights(init, np.full(n, cfg.b_init), np.zeros((n, n)))
+
+
+@single_threaded()
+def fit_ssrnn(config: TrainConfig, batch, rng, progress: bool = True) -> tuple[SSRNN, dict]:
+    """The learning loop on any source of whitened patch sequences ``batch() -> (B, T, P*P)``.
+
+    Runs on one BLAS and one OpenCV thread, so its sums do not depend on the machine's core count;
+    all randomness comes from ``rng``.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config
+    model = SSRNN(cfg.n_atoms, cfg.n_clones, cfg.patch, cfg.tau_x, cfg.tau_y, cfg.kmax)
+    init_weights(model, batch(), cfg, rng)
+    n = model.n_units
+    run = LearningRun(model, cfg, rng)
+    usage, atoms, groups = run.usage, run.atoms, run.groups
+    history = {"active": [], "r2": [], "b_mean": [], "r_abs_max": []}
+    total = cfg.steps_w + cfg.steps_r
+    split_stop = cfg.steps_w + int(cfg.split_until * cfg.steps_r)
+    bar = tqdm(range(total), desc="train ss-RNN" + (" (shuffled)" if cfg.shuffle_time else ""),
+               disable=not progress)  # fmt: skip
+    for step in bar:
+        phase2 = step >= cfg.steps_w
+        if step == cfg.steps_w:
+            model.R_ = (cfg.r_init * rng.standard_normal((n, n))).astype(np.float32)
+            usage[:] = 0
+        h, _, yf, r2 = run.step(batch(), phase2)
         # Housekeeping: revive dead atoms in phase 1, split clones in phase 2.
         if not phase2 and (step + 1) % cfg.dead_every == 0:
             atom_use = np.bincount(atoms, weights=usage, minlength=cfg.n_atoms)
@@ -238,7 +268,6 @@ def fit_ssrnn(config: TrainConfig, batch, rng, progress: bool = True) -> tuple[S
         if phase2 and step < split_stop and (step + 1 - cfg.steps_w) % cfg.split_every == 0:
             _split_clones(model, groups, usage, cfg, rng)
             usage[:] = 0
-        r2 = 1.0 - float((resid**2).sum() / max((yf**2).sum(), 1e-12))
         history["active"].append(float(h.sum(1).mean()))
         history["r2"].append(r2)
         history["b_mean"].append(float(model.b_.mean()))
