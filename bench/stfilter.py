@@ -33,7 +33,7 @@ from models.stfilter import (  # noqa: E402
     SeparableStream,
     gabor_bank,
 )
-from models.stfilter.report import load_rnn, load_video, synthetic_video  # noqa: E402
+from models.stfilter.evaluate import load_rnn, load_video, synthetic_video  # noqa: E402
 
 
 def run_path(stream, video, nt):

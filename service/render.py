@@ -197,13 +197,17 @@ def summary_figure(
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from models.reports.plotting import new_figure
 
-    fig = plt.figure(figsize=(10, 4.2), dpi=100)
+    fig = new_figure(figsize=(10, 4.2), dpi=100)
     ax = fig.add_subplot(1, 2, 1, projection="polar")
     width = TWO_PI / max(len(bin_centres), 1)
-    ax.bar(bin_centres, direction_hist, width=width * 0.9, color=plt.cm.hsv(bin_centres / TWO_PI))
+    ax.bar(
+        bin_centres,
+        direction_hist,
+        width=width * 0.9,
+        color=matplotlib.colormaps["hsv"](bin_centres / TWO_PI),
+    )
     top = float(np.max(direction_hist)) if len(direction_hist) else 0.0
     for m in main_directions or []:
         if m["direction_deg"] is None:
@@ -235,4 +239,3 @@ def summary_figure(
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

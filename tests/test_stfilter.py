@@ -359,7 +359,7 @@ def test_stream_rejects_bad_input(rng):
 def test_stfit_cli_writes_report_and_a_loadable_rnn(tmp_path, capsys):
     import json
 
-    from models.stfilter.report import load_rnn
+    from models.stfilter.evaluate import load_rnn
     from service.cli import main
 
     out = tmp_path / "rep"

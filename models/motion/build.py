@@ -15,8 +15,8 @@ from models.motion.calibration import fit_readout
 from models.motion.movies import load_training_movies, training_stills
 from models.motion.ssrnn import SSRNN
 from models.motion.training import TrainConfig, train_ssrnn
+from models.motion.tuning_report import measure_tuning, tuning_dict
 from models.motion.whitening import Whitener
-from models.report import measure_tuning, tuning_dict
 
 log = logging.getLogger(__name__)
 

@@ -47,9 +47,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from models.model_card import write_model_card
     from models.motion.engine import MotionEngine
-    from models.report import build_report, write_figures, write_report
+    from models.motion.tuning_report import build_report
+    from models.reports.model_card import write_model_card
+    from models.reports.motion import write_figures, write_report
 
     for path in (args.weights, args.control):
         if not path.exists():

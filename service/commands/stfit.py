@@ -46,8 +46,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from models.datasets import require_shared_data
+    from models.reports.stfilter import write_report
     from models.stfilter import RecurrentFilterFit, gabor_bank, load_bank
-    from models.stfilter.report import load_video, synthetic_video, write_report
+    from models.stfilter.evaluate import load_video, synthetic_video
 
     try:
         h, w = (int(v) for v in args.video_size.lower().split("x"))

@@ -1,101 +1,25 @@
-"""The tuning report: metrics of a trained ss-RNN next to its time-shuffled control, and figures."""
+"""Figures and files of the ss-RNN's tuning report (``v1motion analyze``); the numbers come from
+:mod:`models.motion.tuning_report`."""
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 
-from models.motion.calibration import grating_direction_error, natural_direction_error
-from models.motion.population import pooled_response
 from models.motion.ssrnn import SSRNN
-from models.motion.stimuli import gabor_sequence
-from models.motion.tuning import (
-    DIRECTIONS,
-    SPEEDS,
-    TuningSummary,
-    grating_tuning,
-    natural_tuning,
-    summarize,
-)
-
-log = logging.getLogger(__name__)
-
-
-def measure_tuning(model: SSRNN) -> TuningSummary:
-    return summarize(model, grating_tuning(model), natural_tuning(model))
-
-
-def tuning_dict(summary: TuningSummary) -> dict:
-    """The per-unit tuning the engine ships with (JSON-able)."""
-    return {
-        "pref_dir": summary.pref_dir.tolist(),
-        "pref_speed": summary.pref_speed.tolist(),
-        "di": summary.di.tolist(),
-        "responsive": summary.responsive.tolist(),
-        "direction_curves": summary.direction_curves.tolist(),
-        "speed_curves": summary.speed_curves.tolist(),
-        "speeds": list(SPEEDS),
-    }
-
-
-def build_report(model: SSRNN, control: SSRNN, readout, levels: int, control_readout=None,
-                 progress=None) -> tuple[dict, dict]:  # fmt: skip
-    """All report metrics; returns ``(report, artefacts for the figures)``."""
-    step = progress or (lambda msg: log.info("%s", msg))
-    step("tuning of the model")
-    tm = measure_tuning(model)
-    step("tuning of the time-shuffled control")
-    tc = measure_tuning(control)
-    step("read-out on held-out natural pans and gratings")
-    nat = natural_direction_error(model, readout, levels)
-    grat = grating_direction_error(model, readout, levels)
-    report = {
-        "ds_fraction": tm.metrics["ds_fraction"],
-        "ds_fraction_natural": tm.metrics["ds_fraction_natural"],
-        "ds_fraction_control": tc.metrics["ds_fraction"],
-        "ds_fraction_natural_control": tc.metrics["ds_fraction_natural"],
-        "direction_agreement": tm.metrics["direction_agreement"],
-        "speed_octaves": tm.metrics["speed_octaves"],
-        "coorientation_ratio": tm.metrics["coorientation_ratio"],
-        "grating_direction_error_deg": grat["grating_direction_error_deg"],
-        "natural_direction_error_deg": nat["natural_direction_error_deg"],
-        "details": {
-            "model": tm.metrics,
-            "control": tc.metrics,
-            "readout_natural": nat,
-            "readout_gratings": grat,
-            "readout_levels": levels,
-        },
-    }
-    if control_readout is not None:
-        step("read-out of the control (how much of the decodable motion is learned)")
-        report["details"]["control_readout_natural"] = natural_direction_error(
-            control, control_readout, levels
-        )
-    return report, {"model": tm, "control": tc}
-
-
-def gabor_polar(model: SSRNN, units, speed=1.0, period=8.0, size=32, n_frames=15):
-    frames = np.stack(
-        [gabor_sequence((size, size), d, speed, period, n_frames) for d in DIRECTIONS]
-    )
-    resp = pooled_response(model, frames)[:, 0]  # (n_dir, N)
-    return resp[:, units]
+from models.motion.tuning import DIRECTIONS, SPEEDS
+from models.motion.tuning_report import gabor_polar
+from models.reports.plotting import new_figure
 
 
 def write_figures(model: SSRNN, art: dict, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tm, tc = art["model"], art["control"]
     names = []
     # 1. DI histograms, model against control.
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = new_figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     bins = np.linspace(0, 1, 21)
     for ax, key, title in (
         (axes[0], "di", "drifting gratings"),
@@ -112,16 +36,16 @@ def write_figures(model: SSRNN, art: dict, out: Path) -> list[str]:
         ax.legend(frameon=False)
     fig.tight_layout()
     fig.savefig(out / "di_histogram.png", dpi=110)
-    plt.close(fig)
     names.append("di_histogram.png")
     # 2. Speed tuning curves of DS units.
     ds = np.nonzero(tm.ds)[0]
-    speed_tuning_figure(plt, tm.ds, tm.speed_curves, tm.pref_speed, out / "speed_tuning.png")
+    speed_tuning_figure(tm.ds, tm.speed_curves, tm.pref_speed, out / "speed_tuning.png")
     names.append("speed_tuning.png")
     # 3. Polar plots for drifting Gabors.
     top = ds[np.argsort(tm.di[ds])[::-1][:8]] if len(ds) else np.arange(8)
     resp = gabor_polar(model, top)
-    fig, axes = plt.subplots(2, 4, figsize=(11, 5.6), subplot_kw={"projection": "polar"})
+    fig = new_figure(figsize=(11, 5.6))
+    axes = fig.subplots(2, 4, subplot_kw={"projection": "polar"})
     theta = np.append(DIRECTIONS, DIRECTIONS[0])
     for ax, i in zip(axes.ravel(), range(len(top)), strict=False):
         r = np.append(resp[:, i], resp[0, i])
@@ -132,24 +56,24 @@ def write_figures(model: SSRNN, art: dict, out: Path) -> list[str]:
     fig.suptitle("responses to drifting Gabors (0° = rightward, counter-clockwise)")
     fig.tight_layout()
     fig.savefig(out / "gabor_polar.png", dpi=110)
-    plt.close(fig)
     names.append("gabor_polar.png")
     # 4. Spectrum of R.
     ev = np.linalg.eigvals(model.R_.astype(np.float64))
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    fig = new_figure(figsize=(4.6, 4.4))
+    ax = fig.subplots()
     ax.scatter(ev.real, ev.imag, s=6, alpha=0.6)
     ax.axhline(0, color="k", lw=0.5)
     ax.axvline(0, color="k", lw=0.5)
     ax.set(xlabel="Re λ", ylabel="Im λ", title="eigenvalues of R")
     fig.tight_layout()
     fig.savefig(out / "r_spectrum.png", dpi=110)
-    plt.close(fig)
     names.append("r_spectrum.png")
     # 5. Largest outgoing connections of a few DS units, drawn as receptive fields.
     filt = model.unit_filters()
     p = model.patch
     show = top[:4]
-    fig, axes = plt.subplots(len(show), 6, figsize=(9, 1.7 * len(show) + 0.4), squeeze=False)
+    fig = new_figure(figsize=(9, 1.7 * len(show) + 0.4))
+    axes = fig.subplots(len(show), 6, squeeze=False)
     for row, j in enumerate(show):
         targets = np.argsort(model.R_[:, j])[::-1][:5]
         cells = [(j, f"unit {j}\npref {np.rad2deg(tm.pref_dir[j]):.0f}°")] + [
@@ -165,12 +89,11 @@ def write_figures(model: SSRNN, art: dict, out: Path) -> list[str]:
     fig.suptitle("DS units and their strongest outgoing recurrent connections")
     fig.tight_layout()
     fig.savefig(out / "outgoing_connections.png", dpi=110)
-    plt.close(fig)
     names.append("outgoing_connections.png")
     return names
 
 
-def speed_tuning_figure(plt, ds_mask, speed_curves, pref_speed, path: Path) -> None:
+def speed_tuning_figure(ds_mask, speed_curves, pref_speed, path: Path) -> None:
     """Speed tuning curves of 12 direction-selective units and the histogram of preferred speeds.
 
     ``ds_mask`` (U,) bool, ``speed_curves`` (U, len(SPEEDS)), ``pref_speed`` (U,) px/frame. The log
@@ -179,7 +102,8 @@ def speed_tuning_figure(plt, ds_mask, speed_curves, pref_speed, path: Path) -> N
     """
     ds = np.nonzero(np.asarray(ds_mask))[0]
     speed_curves, pref_speed = np.asarray(speed_curves), np.asarray(pref_speed)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = new_figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     rng = np.random.default_rng(0)
     for u in rng.choice(ds, min(12, len(ds)), replace=False) if len(ds) else []:
         c = speed_curves[u]
@@ -193,7 +117,6 @@ def speed_tuning_figure(plt, ds_mask, speed_curves, pref_speed, path: Path) -> N
     axes[1].set(xlabel="preferred speed (px/frame)", ylabel="DS units", title="preferred speeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_report(report: dict, out: Path) -> Path:
