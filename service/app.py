@@ -54,7 +54,9 @@ def create_app(
         Replace the source of some configured streams by name (tests and benchmarks).
     """
     settings = settings or Settings()
-    engine_factory = engine_factory or jobs_engines.engine_factory(settings.engine)
+    engine_factory = engine_factory or jobs_engines.engine_factory(
+        settings.engine, settings.engine_threads
+    )
     source_factories = source_factories or {}
     unknown = set(source_factories) - {s.name for s in settings.sources}
     if unknown:

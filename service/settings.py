@@ -133,6 +133,13 @@ class Settings(BaseSettings):
     engine: Literal["default", "random"] = Field(
         "default", description="'default': shipped trained weights; 'random': untrained, for tests"
     )
+    engine_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="threads of the live engine's ss-RNN kernel (patch rows in parallel, the same "
+        "results); at most NUMBA_NUM_THREADS, the number of cores by default",
+    )
     blas_threads: int = Field(
         1,
         ge=1,
@@ -190,6 +197,13 @@ class Settings(BaseSettings):
         None, description="motion engine of the video workers; unset: the same as 'engine'"
     )
     video_workers: int = Field(1, ge=1, le=64, description="video jobs run at the same time")
+    video_engine_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="threads of each video job's engine kernel; with several workers keep "
+        "workers x threads <= cores, so that parallel jobs add up",
+    )
     video_max_queued: int = Field(32, ge=1, description="uploads are refused while this many wait")
     video_max_upload_mb: float = Field(512.0, gt=0, description="largest accepted upload")
     video_max_frames: int = Field(18_000, ge=1, description="frames decoded per video at most")
@@ -204,6 +218,18 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         None, description="run video jobs as Ray tasks on this cluster ('auto', 'ray://host:10001')"
     )
+
+    @field_validator("engine_threads", "video_engine_threads")
+    @classmethod
+    def _threads_within_numba(cls, v: int) -> int:
+        import numba
+
+        if v > numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(
+                f"{v} threads asked, but Numba has {numba.config.NUMBA_NUM_THREADS} "
+                "(NUMBA_NUM_THREADS, by default the number of cores)"
+            )
+        return v
 
     @field_validator("sources", mode="before")
     @classmethod

@@ -145,6 +145,35 @@ def test_threads_give_the_same_codes(rng):
                     np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_streams_on_several_python_threads_share_a_threaded_engine(rng):
+    """Several streams step one threaded engine at once (the live service): no crash of Numba's
+    threading layer, and every stream gets exactly the single-threaded engine's motion."""
+    import threading
+
+    frames = rng.integers(0, 255, (6, 96, 128), dtype=np.uint8)
+    ref = MotionEngine.random(seed=0)
+    state = ref.new_state()
+    want = [ref.step(state, f) for f in frames]
+    shared = MotionEngine.random(seed=0, threads=2)
+    got: dict[int, list] = {}
+
+    def stream(k):
+        s = shared.new_state()
+        got[k] = [shared.step(s, f) for f in frames]
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [0, 1, 2]
+    for k in got:
+        for a, b in zip(got[k], want, strict=True):
+            np.testing.assert_array_equal(a.direction, b.direction)
+            np.testing.assert_array_equal(a.confidence, b.confidence)
+
+
 def test_encode_accepts_a_non_contiguous_frame(engine, rng):
     grey = to_grey(rng.integers(0, 255, (96, 256), dtype=np.uint8))
     view = grey[:, ::2]

@@ -35,3 +35,49 @@ def test_the_service_factory_builds_the_same_engine_as_make_engine():
     np.testing.assert_array_equal(ma.direction, mb.direction)
     with pytest.raises(ValueError, match="unknown engine"):
         engine_factory("nope")
+
+
+def test_thread_settings_beyond_numbas_threads_are_refused_at_start_up():
+    import numba
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match="NUMBA_NUM_THREADS"):
+        Settings(engine_threads=numba.config.NUMBA_NUM_THREADS + 1)
+    with pytest.raises(ValidationError, match="NUMBA_NUM_THREADS"):
+        Settings(video_engine_threads=numba.config.NUMBA_NUM_THREADS + 1)
+    assert Settings(engine_threads=1).engine_threads == 1
+
+
+def test_the_service_builds_its_engines_with_the_thread_settings(tmp_path):
+    """The live engine and the video workers' engines each get their own thread setting."""
+    import numba
+
+    from service.jobs.manager import VideoJobs
+    from service.settings import Settings
+
+    n = min(2, numba.config.NUMBA_NUM_THREADS)
+    settings = Settings(
+        engine="random", engine_threads=n, video_engine_threads=1, data_dir=tmp_path
+    )
+    jobs = VideoJobs.from_settings(settings)  # not started: nothing runs
+    assert jobs.runner.engine_factory.args == ("random", 1)
+    assert engine_factory(settings.engine, settings.engine_threads).args == ("random", n)
+
+
+def test_the_live_engine_runs_with_the_configured_threads():
+    import time
+
+    import numba
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    n = min(2, numba.config.NUMBA_NUM_THREADS)
+    with TestClient(create_app(Settings(engine="random", engine_threads=n))) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.app.state.services.engine.engine.threads == n

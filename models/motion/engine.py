@@ -10,6 +10,7 @@ and confidence; the dominant motion is the consensus of the confident cells.
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ SPEED_BINS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
 N_DIRECTION_BINS = 16
 MAX_SIDE = 4096
 GLOBAL_EVIDENCE_RANGE = (0.0, 1.0)
+_PARALLEL_LAUNCH = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,8 @@ class MotionEngine:
         parallel, and a helper thread whitens half of level 0 and the coarser levels; the codes are
         identical. ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
         the calling thread before every parallel call; engines with different settings can share a
-        process. Concurrent calls from several Python threads need Numba's ``omp`` or ``tbb``
-        threading layer (the ``workqueue`` layer is not thread-safe). On a machine shared with other
+        process. Parallel kernel launches take one process-wide lock, so several streams can share
+        threaded engines under any Numba threading layer. On a machine shared with other
         work, run with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP's default spin-waiting between frames
         takes the core the other thread needs, and two threads then ran slower than one.
     """
@@ -327,9 +329,15 @@ class MotionEngine:
                 self._correlate_levels(state, grey, 0, shapes[:1], offsets, patches, C, white0)
             finally:  # the helper writes to `state`: never return (or raise) while it still runs
                 rest.result()
+        prev = self._joint_prev(state, offsets)
         if self.threads > 1:
-            numba.set_num_threads(self.threads)
-        code = model.infer(C, self._joint_prev(state, offsets), self._G, self._csr, bounds)
+            # Numba's default (workqueue) threading layer aborts the process if two Python threads
+            # launch parallel kernels at once; each launch already uses every thread it is given.
+            with _PARALLEL_LAUNCH:
+                numba.set_num_threads(self.threads)
+                code = model.infer(C, prev, self._G, self._csr, bounds)
+        else:
+            code = model.infer(C, prev, self._G, self._csr, bounds)
         out = []
         for lv, (gh, gw) in enumerate(shapes):
             a, b = offsets[lv], offsets[lv + 1]
@@ -464,3 +472,12 @@ class MotionEngine:
             "speeds": [float(s) for s in t["speeds"]],
             "units": units,
         }
+
+
+def compile_kernels() -> None:
+    """Compile every kernel of the shipped engine into Numba's on-disk cache: the serial path, and
+    the parallel one when this machine has more than one core (run at install and image build, so
+    a server starts in seconds)."""
+    MotionEngine.load_default().warmup()
+    if numba.config.NUMBA_NUM_THREADS > 1:
+        MotionEngine.load_default(threads=2).warmup()

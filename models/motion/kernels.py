@@ -304,7 +304,7 @@ def _ssrnn_infer_frame(
     )  # fmt: skip
 
 
-@njit(nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _ssrnn_infer_frame_parallel(
     C, G, r_ptr, r_idx, r_val, g_ptr, g_idx, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam,
     kappa, kmax,

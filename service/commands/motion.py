@@ -51,6 +51,12 @@ def add_parser(subparsers) -> None:
         default=None,
         help=f"shrink frames to this longer side first (default: {limits.max_side}, as the service)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads of the engine's kernel (default: 1; the results are the same with more)",
+    )
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
     p.set_defaults(func=run)
 
@@ -71,6 +77,14 @@ def run(args: argparse.Namespace) -> int:
     ):
         print(f"error: {out} exists and holds other files; choose a new folder", file=sys.stderr)
         return 2
+    import numba
+
+    if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+        print(
+            f"error: --threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}",
+            file=sys.stderr,
+        )
+        return 2
     if not args.input.is_file():
         print(f"error: {args.input} is not a file", file=sys.stderr)
         return 2
@@ -90,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         result = process_video(
             args.input,
             out,
-            engine_factory(args.engine),
+            engine_factory(args.engine, args.threads),
             limits,
             progress,
             overlay=not args.no_overlay,

@@ -66,6 +66,13 @@ def add_parser(subparsers) -> None:
         "(default: V1MOTION_ENGINE, else default)",
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads of the live engine's kernel, at most the number of cores; the results are the "
+        "same with more (default: V1MOTION_ENGINE_THREADS, else 1)",
+    )
+    p.add_argument(
         "--root-path",
         default=None,
         help="path prefix when served behind a reverse proxy, e.g. /motion "
@@ -123,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             ("port", args.port),
             ("sources", args.sources),
             ("engine", args.engine),
+            ("engine_threads", args.threads),
             ("root_path", args.root_path),
             ("token", args.token),
             ("log_format", args.log_format),

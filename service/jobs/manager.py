@@ -59,7 +59,9 @@ class VideoJobs:
     @classmethod
     def from_settings(cls, settings: Settings) -> VideoJobs:
         """The service's jobs: local worker processes, or Ray tasks when ``ray_address`` is set."""
-        factory = engine_factory(settings.video_engine or settings.engine)
+        factory = engine_factory(
+            settings.video_engine or settings.engine, settings.video_engine_threads
+        )
         limits = Limits(
             max_frames=settings.video_max_frames,
             max_seconds=settings.video_max_seconds,
