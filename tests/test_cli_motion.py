@@ -6,7 +6,7 @@ import pytest
 import video_samples as vs
 
 from service.cli import main
-from service.jobs.process import RESULT_FILES
+from service.jobs.layout import RESULT_FILES
 
 
 @pytest.mark.slow

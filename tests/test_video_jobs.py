@@ -15,10 +15,10 @@ import video_samples as vs
 from engine_double import fake_engine, hanging_fake_engine, slow_fake_engine
 
 from service.jobs.decode import DecodeError
+from service.jobs.layout import RESULT_FILES, JobLayout
 from service.jobs.limits import Limits
 from service.jobs.manager import VideoJobs
-from service.jobs.process import RESULT_FILES, process_video
-from service.jobs.runners import job_paths
+from service.jobs.process import process_video
 from service.jobs.store import JobStore
 
 
@@ -151,7 +151,7 @@ def test_a_dead_worker_fails_its_job_only(tmp_path, slow_jobs):
     os.kill(jobs.runner.worker_pids()[0], signal.SIGKILL)
     rec = wait_for(lambda: _finished(jobs, victim))
     assert rec.status == "failed" and "worker process died" in rec.error
-    assert not job_paths(jobs.jobs_dir, victim)[1].exists()
+    assert not JobLayout.of(jobs.jobs_dir, victim).results.out.exists()
     assert not (jobs.jobs_dir / victim / "out.tmp").exists()
     good = _submit(jobs, vs.avi(tmp_path, n=6))
     assert wait_for(lambda: _finished(jobs, good)).status == "succeeded"

@@ -7,11 +7,10 @@ import pytest
 import video_samples as vs
 
 from service.jobs.engines import engine_factory
+from service.jobs.layout import RESULT_FILES, JobLayout
 from service.jobs.limits import Limits
 from service.jobs.manager import VideoJobs
-from service.jobs.process import RESULT_FILES
 from service.jobs.ray_runner import RayRunner
-from service.jobs.runners import job_paths
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -57,11 +56,11 @@ def test_ray_runs_the_same_job_and_fails_the_same_way(ray_jobs, tmp_path):
     rec = _run(ray_jobs, vs.avi(tmp_path, n=300, size=(320, 240)), seen=seen)
     assert rec.status == "succeeded", rec.error
     assert any(0 < s < 300 for s in seen), seen  # progress arrives while the task runs
-    out = job_paths(ray_jobs.jobs_dir, rec.id)[1]
+    out = JobLayout.of(ray_jobs.jobs_dir, rec.id).results.out
     assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
     assert rec.result["frames"] == 300 and rec.frames_done == 300
     assert np.load(out / "motion.npz")["speed_px_per_frame"].shape[0] == 300
 
     bad = _run(ray_jobs, vs.damaged_frames_avi(tmp_path))
     assert bad.status == "failed" and "no frame could be decoded" in bad.error
-    assert not job_paths(ray_jobs.jobs_dir, bad.id)[1].exists()
+    assert not JobLayout.of(ray_jobs.jobs_dir, bad.id).results.out.exists()

@@ -68,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
     from service.jobs.decode import DecodeError
     from service.jobs.engines import engine_factory, pin_threads
+    from service.jobs.layout import RESULT_FILES
     from service.jobs.limits import Limits
-    from service.jobs.process import RESULT_FILES, process_video
+    from service.jobs.process import process_video
 
     out = args.output
     if out.exists() and (

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.jobs.engines import engine_factory
+from service.jobs.layout import JobLayout
 from service.jobs.limits import Limits
-from service.jobs.runners import LocalWorkerPool, Runner, job_paths
+from service.jobs.runners import LocalWorkerPool, Runner
 from service.jobs.store import JobRecord, JobStore
 from service.settings import Settings
 
@@ -110,9 +111,9 @@ class VideoJobs:
         records, _ = self.store.list(limit=1_000_000)
         for rec in records:
             known.add(rec.id)
-            inp, out = job_paths(self.jobs_dir, rec.id)
-            shutil.rmtree(out.with_name("out.tmp"), ignore_errors=True)
-            if rec.status == "queued" and not inp.exists():
+            job_dir = JobLayout.of(self.jobs_dir, rec.id)
+            job_dir.results.discard()
+            if rec.status == "queued" and not job_dir.input.exists():
                 self.store.fail(rec.id, "the stored upload is missing; upload the video again")
         for folder in self.jobs_dir.iterdir():
             if folder.name not in known:
@@ -140,7 +141,7 @@ class VideoJobs:
         return self.store.get(job_id)
 
     def result_path(self, job_id: str, name: str) -> Path:
-        return job_paths(self.jobs_dir, job_id)[1] / name
+        return JobLayout.of(self.jobs_dir, job_id).result(name)
 
     def delete(self, job_id: str) -> bool:
         rec = self.get(job_id)

@@ -19,12 +19,12 @@ import numpy as np
 from models.motion.contract import Engine
 from models.motion.motion_summary import MotionSummary
 from service.jobs.decode import SandboxedDecoder, VideoRejected
+from service.jobs.layout import ResultsFolder
 from service.jobs.limits import Limits
 from service.jobs.sniff import UnsupportedContainer, sniff_file
 
 log = logging.getLogger(__name__)
 
-RESULT_FILES = ("motion.json", "motion.npz", "overlay.mp4", "summary.png", "result.json")
 PROGRESS_INTERVAL_S = 0.25
 
 
@@ -243,9 +243,8 @@ def process_video(
 
     input_path, out_dir = Path(input_path), Path(out_dir)
     overlay = limits.overlay if overlay is None else overlay
-    work = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()  # the parent must exist: a deleted job's folder is never brought back
+    folder = ResultsFolder(out_dir)
+    work = folder.begin()
     t0 = time.perf_counter()
     results = writer = keeper = None
     timing = {"decode_wait": 0.0, "engine": 0.0}
@@ -356,8 +355,7 @@ def process_video(
             units=UNITS,
         )
         (work / "result.json").write_text(json.dumps(result, indent=1))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        work.rename(out_dir)
+        folder.publish()
         log.info("processed %s: %d frames in %.1f s", input_path.name, n, elapsed)
         return result
     except BaseException:
@@ -366,5 +364,5 @@ def process_video(
                 stage.close_quietly()
         if results is not None:
             results.remove()
-        shutil.rmtree(work, ignore_errors=True)
+        folder.discard()
         raise

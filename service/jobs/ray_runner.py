@@ -9,12 +9,12 @@ worker and posts its progress to a small actor that the runner polls.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
+from service.jobs.layout import INPUT_NAME, OUTPUT_DIR, JobLayout
 from service.jobs.limits import Limits
-from service.jobs.runners import Runner, _Cancelled, job_paths
+from service.jobs.runners import Runner, _Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ def run_job_on_worker(
             board.post.remote(job_id, done, total)
 
     with tempfile.TemporaryDirectory(prefix="v1motion-ray-") as tmp:
-        src = Path(tmp) / "input.bin"
+        src = Path(tmp) / INPUT_NAME
         src.write_bytes(input_bytes)
-        out = Path(tmp) / "out"
+        out = Path(tmp) / OUTPUT_DIR
         try:
             result = process_video(src, out, engine_factory, limits, progress)
         except DecodeError as exc:
@@ -84,9 +84,9 @@ class RayRunner(Runner):
     def _execute(self, slot, job, should_stop):
         import ray
 
-        input_path, out_dir = job_paths(self.jobs_dir, job.id)
+        job_dir = JobLayout.of(self.jobs_dir, job.id)
         ref = self._task.remote(
-            input_path.read_bytes(), self.limits, self.engine_factory, job.id, self._board
+            job_dir.input.read_bytes(), self.limits, self.engine_factory, job.id, self._board
         )
         while True:
             done, _ = ray.wait([ref], timeout=0.25)
@@ -104,11 +104,9 @@ class RayRunner(Runner):
             return "failed", f"the Ray task failed: {type(exc).__name__}"
         if status != "ok":
             return status, payload
-        work = out_dir.with_name("out.tmp")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
+        results = job_dir.results
+        work = results.begin()
         for name, data in files.items():
             (work / Path(name).name).write_bytes(data)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        work.rename(out_dir)
+        results.publish()
         return "ok", payload

@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import shutil
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from service.jobs.layout import JobLayout
 from service.jobs.limits import Limits
 from service.jobs.store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "input.bin"
-OUTPUT_DIR = "out"
 JOB_GRACE_S = 60.0  # beyond the decode deadline, for writing results
-
-
-def job_paths(jobs_dir: Path, job_id: str) -> tuple[Path, Path]:
-    """(stored input file, results folder) of a job."""
-    folder = Path(jobs_dir) / job_id
-    return folder / INPUT_NAME, folder / OUTPUT_DIR
 
 
 class _Cancelled(Exception):
@@ -167,7 +159,7 @@ class Runner:
             log.exception("job %s: internal error", job.id)
             self.store.fail(job.id, f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            shutil.rmtree(job_paths(self.jobs_dir, job.id)[1].with_name("out.tmp"), True)
+            JobLayout.of(self.jobs_dir, job.id).results.discard()
             with self._released:
                 self._current.pop(slot, None)
                 self._released.notify_all()
@@ -287,8 +279,8 @@ class LocalWorkerPool(Runner):
 
     def _execute(self, slot, job, should_stop):
         proc, conn = self._workers[slot]
-        input_path, out_dir = job_paths(self.jobs_dir, job.id)
-        conn.send(("job", job.id, str(input_path), str(out_dir)))
+        job_dir = JobLayout.of(self.jobs_dir, job.id)
+        conn.send(("job", job.id, str(job_dir.input), str(job_dir.results.out)))
         # Watchdog for what the decoder's own deadline cannot see (e.g. a stuck engine step).
         deadline = time.monotonic() + self.limits.deadline_s + JOB_GRACE_S
         while True:

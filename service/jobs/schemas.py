@@ -6,9 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from service.jobs.layout import RESULT_NAMES
 from service.jobs.store import JobRecord
-
-RESULT_NAMES = ("motion.json", "motion.npz", "overlay.mp4", "summary.png")
 
 
 class JobCreate(BaseModel):

@@ -13,8 +13,9 @@ from starlette.concurrency import run_in_threadpool
 
 from service.deps import JobsDep, StateDep
 from service.jobs.decode import DecodeError, probe
+from service.jobs.layout import RESULT_NAMES, JobLayout
 from service.jobs.manager import VideoJobs
-from service.jobs.schemas import RESULT_NAMES, JobCreate, JobPublic, JobsPublic
+from service.jobs.schemas import JobCreate, JobPublic, JobsPublic
 from service.jobs.sniff import UnsupportedContainer, sniff_file
 from service.jobs.upload import (
     MAX_OVERHEAD,
@@ -95,7 +96,7 @@ async def create_video_job(
         )
     slots = state.upload_slots
     job_id, folder = jobs.new_folder()
-    path = folder / "input.bin"
+    path = JobLayout(folder).input
     accepted = False
     try:
         try:

@@ -1,0 +1,70 @@
+"""Where a video job's files live, in one place.
+
+Per job, ``<jobs_dir>/<job id>/``: the upload as ``input.bin``, and the results in ``out/``. Results are
+written to ``out.tmp/`` and published by one rename, so a reader never sees half of them. The same
+publish rule holds for any results folder (``v1motion motion -o <folder>`` writes ``<folder>.tmp``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+INPUT_NAME = "input.bin"
+OUTPUT_DIR = "out"
+RESULT_NAMES = ("motion.json", "motion.npz", "overlay.mp4", "summary.png")
+"""The results a client can fetch (``GET /v1/videos/{id}/{name}``)."""
+RESULT_FILES = (*RESULT_NAMES, "result.json")
+"""Every file a finished job's results folder holds (``result.json`` is the job's record of it)."""
+
+
+@dataclass(frozen=True)
+class ResultsFolder:
+    """A results folder written as ``<out>.tmp`` and published by renaming it to ``out``."""
+
+    out: Path
+
+    @property
+    def work(self) -> Path:
+        return self.out.with_name(self.out.name + ".tmp")
+
+    def begin(self) -> Path:
+        """A fresh, empty work folder (its parent must exist: a deleted job is never brought back)."""
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir()
+        return self.work
+
+    def publish(self) -> None:
+        """Replace ``out`` by the finished work folder in one rename."""
+        shutil.rmtree(self.out, ignore_errors=True)
+        self.work.rename(self.out)
+
+    def discard(self) -> None:
+        """Remove a half-written work folder, if any."""
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """The folder of one job: its upload and its results."""
+
+    folder: Path
+
+    @classmethod
+    def of(cls, jobs_dir: Path, job_id: str) -> JobLayout:
+        return cls(Path(jobs_dir) / job_id)
+
+    @property
+    def input(self) -> Path:
+        return self.folder / INPUT_NAME
+
+    @property
+    def results(self) -> ResultsFolder:
+        return ResultsFolder(self.folder / OUTPUT_DIR)
+
+    def result(self, name: str) -> Path:
+        """A published result file (``name`` must be one of :data:`RESULT_FILES`)."""
+        if name not in RESULT_FILES:
+            raise ValueError(f"no result named {name!r}; results: {', '.join(RESULT_FILES)}")
+        return self.results.out / name
