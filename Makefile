@@ -28,13 +28,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The quick set: everything not marked @pytest.mark.slow (a couple of minutes on two cores).
+# The quick set: everything not marked slow or deadline (a couple of minutes on two cores).
 test: lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not deadline"
 
-# Only the slow tests; pytest's exit code 5 ("no tests collected") is not a failure here.
+# The slow tests and the wall-clock deadline tests; pytest's exit code 5 ("no tests collected") is not a failure here.
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow; status=$$?; [ $$status -eq 5 ] || exit $$status
+	$(PY) -m pytest -q -m "slow or deadline"; status=$$?; [ $$status -eq 5 ] || exit $$status
 
 # Everything: lint, the quick set and the slow tests, in one pytest run.
 test-all: lint

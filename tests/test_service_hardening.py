@@ -392,6 +392,7 @@ class _TricklingRequest:
         yield b"never"
 
 
+@pytest.mark.deadline
 def test_an_upload_that_stops_sending_gets_a_408():
     async def read():
         limits = BodyLimits(1000, idle_timeout_s=0.2, total_timeout_s=10)
@@ -429,6 +430,7 @@ def token_client():
         yield c
 
 
+@pytest.mark.deadline
 def test_a_websocket_without_a_token_is_refused_within_about_a_second(token_client):
     t0 = time.monotonic()
     with token_client.websocket_connect("/v1/camera") as ws:
@@ -438,6 +440,7 @@ def test_a_websocket_without_a_token_is_refused_within_about_a_second(token_clie
     assert exc.value.code == 4401 and time.monotonic() - t0 < 2.5
 
 
+@pytest.mark.deadline
 def test_a_websocket_with_a_wrong_token_is_refused_at_once(token_client):
     t0 = time.monotonic()
     with token_client.websocket_connect(

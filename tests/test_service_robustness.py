@@ -149,6 +149,7 @@ def silent_server():
     srv.close()
 
 
+@pytest.mark.deadline
 def test_network_source_open_times_out(silent_server):
     spec = SourceSpec(name="net", kind="url", target=f"http://127.0.0.1:{silent_server}/live.mjpg")
     src = OpenCVSource(spec, Settings(open_timeout_s=1.0, read_timeout_s=1.0))

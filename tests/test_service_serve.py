@@ -50,6 +50,7 @@ def server(tmp_path):
     log.close()
 
 
+@pytest.mark.deadline
 def test_sigterm_with_open_websockets_exits_within_seconds(server):
     proc, port, log_path = server
     viewers = [connect(f"ws://127.0.0.1:{port}/v1/streams/synthetic") for _ in range(3)]
@@ -99,6 +100,7 @@ def test_logs_are_json_lines_with_the_stream_name(server):
     assert any(r["msg"].startswith("engine ready") for r in records)
 
 
+@pytest.mark.deadline
 def test_pings_keep_sockets_alive_and_drop_dead_peers(server):
     _, port, _ = server
     # A peer that never answers pings: the server pings every 0.5 s and gives up after 1 s.
