@@ -7,7 +7,7 @@ import pytest
 from models.motion import stimuli
 from models.motion.engine import GLOBAL_EVIDENCE_RANGE, MotionEngine, global_motion
 from models.motion.mt_fit import make_sequence, pooled_units
-from models.motion.mt_readout import SPEED_CLASSES, MTReadout, Pooling, box_pool
+from models.motion.mt_readout import SPEED_CLASSES, MTReadout, Pooling, box_pool, integrate_cells
 from models.motion.readout import angular_error
 
 
@@ -100,18 +100,22 @@ def test_live_read_equals_the_readout_on_the_features_it_is_fitted_on(shape, poo
         d, s, c, _ = engine.mt.predict(
             cells[..., :n].reshape(ch * cw, -1, n), cells[..., n].reshape(ch * cw, -1)
         )
+        d, s, c = d.reshape(ch, cw), s.reshape(ch, cw), c.reshape(ch, cw)
         assert got.direction.shape == (ch, cw)
-        np.testing.assert_allclose(c.reshape(ch, cw), got.confidence, atol=1e-4)
-        np.testing.assert_allclose(s.reshape(ch, cw), got.speed, rtol=1e-4)
-        strong = got.confidence > 1e-3  # direction is defined where the vector is not ~0
-        assert angular_error(d.reshape(ch, cw), got.direction)[strong].max() < 1e-3
+        np.testing.assert_allclose(c, got.confidence, atol=1e-4)
+        # then each cell is integrated over its confident neighbours
+        d_int, s_int = integrate_cells(d, s, c, engine.integration_sigma)
+        np.testing.assert_allclose(s_int, got.speed, rtol=1e-3)
+        backed = c.sum() > 1e-3  # direction is defined where there is some confidence
+        if backed:
+            assert angular_error(d_int, got.direction).max() < 1e-2
         # the dominant motion weighs the cells with the milder evidence range
         _, _, c_all, _ = engine.mt.predict(
             cells[..., :n].reshape(ch * cw, -1, n),
             cells[..., n].reshape(ch * cw, -1),
             evidence_range=GLOBAL_EVIDENCE_RANGE,
         )
-        gd, gs, gc = global_motion(got.direction, got.speed, c_all.reshape(ch, cw))
+        gd, gs, gc = global_motion(d, s, c_all.reshape(ch, cw))  # of the cells before integration
         assert gd == pytest.approx(got.global_direction, abs=1e-4)
         assert gs == pytest.approx(got.global_speed, rel=1e-4)
         assert gc == pytest.approx(got.global_confidence, abs=1e-4)
@@ -163,3 +167,75 @@ def test_fitting_twice_with_one_seed_gives_identical_weights():
     for k in MTReadout.FIELDS:
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
     assert not np.array_equal(a.proj_, c.proj_)
+
+
+# ------------------------------------------------------------- integration over neighbouring cells
+def test_integration_with_sigma_zero_changes_nothing():
+    from models.motion.mt_readout import integrate_cells
+
+    rng = np.random.default_rng(0)
+    d, s, w = rng.uniform(-np.pi, np.pi, (5, 7)), rng.uniform(0.5, 4, (5, 7)), rng.random((5, 7))
+    d2, s2 = integrate_cells(d, s, w, 0.0)
+    np.testing.assert_allclose(d2, d, rtol=1e-6)
+    np.testing.assert_allclose(s2, s, rtol=1e-6)
+    with pytest.raises(ValueError, match="sigma"):
+        integrate_cells(d, s, w, -1.0)
+
+
+def test_a_uniform_field_is_unchanged_and_directions_average_as_vectors_across_180_degrees():
+    from models.motion.mt_readout import integrate_cells
+
+    d = np.full((6, 8), np.deg2rad(179.0))
+    d[::2, ::2] = np.deg2rad(-179.0)  # the same motion, on the other side of the +-180 cut
+    s = np.full((6, 8), 2.0)
+    d2, s2 = integrate_cells(d, s, np.ones((6, 8)), 2.0)
+    assert np.all(np.abs(np.abs(np.rad2deg(d2)) - 180.0) < 1.01)  # not the 0 of a scalar mean
+    np.testing.assert_allclose(s2, 2.0, rtol=1e-5)
+
+
+def test_cells_that_each_see_one_component_integrate_to_the_common_motion():
+    """An aperture-like field: cells alternately read 40 deg to either side of the truth."""
+    from models.motion.mt_readout import integrate_cells
+
+    truth = np.deg2rad(30.0)
+    sign = np.where((np.add.outer(np.arange(10), np.arange(12)) % 2) == 0, 1.0, -1.0)
+    d = truth + sign * np.deg2rad(40.0)
+    s = np.where(sign > 0, 1.0, 4.0)  # and speeds 1 and 4: the geometric mean is 2
+    d2, s2 = integrate_cells(d, s, np.ones_like(d), 2.5)
+    inner = (slice(3, -3), slice(3, -3))
+    assert np.abs(np.rad2deg(d2[inner] - truth)).max() < 3.0
+    np.testing.assert_allclose(s2[inner], 2.0, rtol=0.15)
+
+
+def test_still_cells_lend_nothing_and_take_their_confident_neighbours_motion():
+    from models.motion.mt_readout import integrate_cells
+
+    rng = np.random.default_rng(1)
+    d = rng.uniform(-np.pi, np.pi, (9, 9))  # still background: arbitrary directions, no weight
+    s = rng.uniform(0.3, 8.0, (9, 9))
+    w = np.zeros((9, 9))
+    d[3:6, 3:6], s[3:6, 3:6], w[3:6, 3:6] = 1.0, 3.0, 1.0  # a confident object
+    d2, s2 = integrate_cells(d, s, w, 2.5)
+    np.testing.assert_allclose(d2[3:6, 3:6], 1.0, atol=1e-5)  # not pulled by the background
+    np.testing.assert_allclose(s2[3:6, 3:6], 3.0, rtol=1e-4)
+    np.testing.assert_allclose(d2[2, 4], 1.0, atol=1e-5)  # an unconfident neighbour takes it
+    d3, s3 = integrate_cells(d, s, np.zeros((9, 9)), 2.5)
+    np.testing.assert_allclose(d3, d, rtol=1e-6)  # no weight anywhere: every cell keeps its own
+    np.testing.assert_allclose(s3, s, rtol=1e-6)
+
+
+def test_the_engine_integrates_its_cells_and_zero_turns_it_off():
+    from models.motion.engine import MotionEngine
+
+    frames = np.random.default_rng(2).integers(0, 255, (4, 96, 128), dtype=np.uint8)
+    out = {}
+    for sigma in (0.0, 2.5):
+        e = MotionEngine.random(seed=0, integration_sigma=sigma)
+        st = e.new_state()
+        out[sigma] = [e.step(st, f) for f in frames][-1]
+    raw, smooth = out[0.0], out[2.5]
+    np.testing.assert_array_equal(raw.confidence, smooth.confidence)  # what is shown as moving
+    assert raw.global_direction == smooth.global_direction  # the consensus is of the raw cells
+    assert not np.allclose(raw.direction, smooth.direction)
+    with pytest.raises(ValueError, match="integration_sigma"):
+        MotionEngine.random(seed=0, integration_sigma=-1)

@@ -4,7 +4,8 @@ Per frame: grey float frame -> Gaussian pyramid -> whitening convolution and con
 level -> atom correlations of the non-overlapping patches (one BLAS GEMM) -> the ss-RNN greedy filtering
 kernel with the recurrent state of the stream (``encode``) -> the MT read-out (``read``): per-patch
 projections of the code, averaged over frames and over space, decoded per cell into direction, speed
-and confidence; the dominant motion is the consensus of the confident cells.
+and confidence; the dominant motion is the consensus of the confident cells; each cell's motion is then
+integrated over its confident neighbours.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from models import WEIGHTS_DIR
 from models.motion.kernels import _scaled_patches
-from models.motion.mt_readout import MTReadout, Pooling, _project_frame
+from models.motion.mt_readout import MTReadout, Pooling, _project_frame, integrate_cells
 from models.motion.readout import MotionReadout
 from models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
 
@@ -31,6 +32,9 @@ SPEED_BINS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
 N_DIRECTION_BINS = 16
 MAX_SIDE = 4096
 GLOBAL_EVIDENCE_RANGE = (0.0, 1.0)
+INTEGRATION_SIGMA = 2.5
+"""Cells (of ``Pooling.cell_px``) over which each cell's direction and speed are integrated
+(``integrate_cells``); chosen on the accuracy benchmark (docs/motion/accuracy.md)."""
 _PARALLEL_LAUNCH = threading.Lock()
 
 
@@ -137,6 +141,9 @@ class MotionEngine:
         engine can encode but not read motion.
     pooling : Pooling, optional
         Temporal and spatial pooling of the MT read-out's inputs (must be the one it was fitted with).
+    integration_sigma : float, default INTEGRATION_SIGMA
+        Each cell's direction and speed are the confidence-weighted mean over a Gaussian
+        neighbourhood of this many cells (``integrate_cells``); 0 reads every cell on its own.
     threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the
         patches of a frame are split into ``4 * threads`` chunks of whole patch rows that run in
         parallel, and a helper thread whitens half of level 0 and the coarser levels; the codes are
@@ -150,12 +157,16 @@ class MotionEngine:
 
     def __init__(self, model: SSRNN, readout: MotionReadout, tuning: dict, levels: int = 3,
                  mt: MTReadout | None = None, pooling: Pooling | None = None,
-                 rms_floor: float = 0.1, threads: int = 1):  # fmt: skip
+                 rms_floor: float = 0.1, threads: int = 1,
+                 integration_sigma: float = INTEGRATION_SIGMA):  # fmt: skip
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(
                 f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
                 f"(NUMBA_NUM_THREADS), got {threads}"
             )
+        if not integration_sigma >= 0:
+            raise ValueError(f"integration_sigma must be >= 0, got {integration_sigma}")
+        self.integration_sigma = float(integration_sigma)
         self.threads = threads
         self.model = model
         self.readout = readout
@@ -415,7 +426,8 @@ class MotionEngine:
 
         Per level, each patch's code is projected onto the MT read-out's inputs (plus its total
         activity); those channels are averaged over time and space (``self.pooling``) and decoded per
-        cell; the frame's dominant motion is the consensus of its cells (``global_motion``).
+        cell; the frame's dominant motion is the consensus of its cells (``global_motion``); last, each
+        cell's direction and speed are integrated over its confident neighbours (``integrate_cells``).
         """
         mt = self.mt
         if mt is None:
@@ -442,6 +454,7 @@ class MotionEngine:
             direction, speed, conf * mt.evidence(cells[..., -1], GLOBAL_EVIDENCE_RANGE)
         )
         conf *= mt.evidence(cells[..., -1])
+        direction, speed = integrate_cells(direction, speed, conf, self.integration_sigma)
         code0, gh0, gw0 = codes[0]
         top = np.argsort(unit_act)[::-1][:10]
         top_units = [(int(u), float(unit_act[u])) for u in top if unit_act[u] > 0]

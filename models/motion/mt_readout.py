@@ -60,6 +60,48 @@ def box_pool(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def integrate_cells(direction: np.ndarray, speed: np.ndarray, weight: np.ndarray, sigma: float):
+    """Each cell's motion from its neighbourhood: the weighted vector mean of the directions and the
+    weighted geometric mean of the speeds, over a Gaussian of ``sigma`` cells (MST-like pooling of the
+    MT units' estimates).
+
+    A single cell on an edge sees only the motion across it (the aperture problem); its neighbours on
+    other edges see other components. Weighting by ``weight`` (the cells' confidence) means that still
+    or blank cells lend nothing, so a moving object's direction does not spread into a still
+    background by this step, and that an unconfident cell takes the motion of the confident cells
+    around it. A cell whose whole neighbourhood has no weight keeps its own estimate.
+
+    Parameters
+    ----------
+    direction, speed, weight : (rows, cols) arrays
+        Radians, px/frame, and non-negative weights.
+    sigma : float
+        Standard deviation of the Gaussian in cells; 0 returns the inputs unchanged.
+
+    Returns
+    -------
+    direction (rows, cols) float32 radians, speed (rows, cols) float32 px/frame
+    """
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    if sigma == 0 or direction.size == 0:
+        return direction.astype(np.float32), speed.astype(np.float32)
+    w = np.maximum(np.nan_to_num(weight, nan=0.0), 0.0).astype(np.float32)
+
+    def blur(a):
+        return cv2.GaussianBlur(
+            np.ascontiguousarray(a, np.float32), (0, 0), sigma, borderType=cv2.BORDER_REFLECT
+        )
+
+    sw = blur(w)
+    vx, vy = blur(w * np.cos(direction)), blur(w * np.sin(direction))
+    log_speed = blur(w * np.log(np.maximum(speed, 1e-3))) / np.maximum(sw, 1e-12)
+    backed = sw > 1e-6
+    out_dir = np.where(backed, np.arctan2(vy, vx), direction).astype(np.float32)
+    out_speed = np.where(backed, np.exp(log_speed), speed).astype(np.float32)
+    return out_dir, out_speed
+
+
 @dataclass(frozen=True)
 class Pooling:
     """How per-patch channels become per-cell features (the same live and in training).
