@@ -73,3 +73,14 @@ def test_the_browser_camera_analyses_through_the_same_analyser():
         msg = json.loads(session.process(CameraFrame(data, 0.0, 0.0, client_seq=10 + i)))
     assert msg["stream"] == "camera" and msg["seq"] == 4 and msg["client_seq"] == 13
     assert msg["motion"]["global_direction_deg"] == pytest.approx(180, abs=10)
+
+
+def test_speeds_are_divided_by_the_source_frames_between_analysed_frames():
+    a = Analyser(FakeEngine(), "s", Metrics())
+    fs = frames(n=3, step=6)  # 6 px between analysed frames: 3 source frames of 2 px
+    for f in fs:
+        msg = json.loads(a.analyse(f, t_capture=0, wall_ms=0, dropped=0, frames_elapsed=3).text)
+    assert msg["motion"]["global_speed_px_per_frame"] == pytest.approx(2.0, abs=0.2)
+    assert max(map(max, msg["motion"]["speed_px_per_frame"])) == pytest.approx(2.0, abs=0.2)
+    with pytest.raises(ValueError, match="frames_elapsed"):
+        a.analyse(fs[0], t_capture=0, wall_ms=0, dropped=0, frames_elapsed=0)

@@ -128,6 +128,24 @@ def test_the_engine_numbers_reach_the_viewer():
             assert motion["global_speed_px_per_frame"] == pytest.approx(2.0, abs=0.3)
 
 
+def test_speeds_are_per_source_frame_when_the_engine_skips_frames():
+    """A slow engine sees every third or fourth frame of a 2 px/frame pattern, 6-8 px apart; the
+    viewer is still told 2 px/frame, the unit of the source's own truth, and so is the flow."""
+    app = create_app(
+        make_settings(),
+        engine_factory=lambda: FakeEngine(delay=0.03),
+        source_factories={"pat": pattern_factory(vx=2, fps=120.0)},
+    )
+    with TestClient(app) as c, c.websocket_connect("/v1/streams/pat?flow=1") as ws:
+        results = [next_result(ws)[0] for _ in range(8)][2:]
+    assert results[-1]["timing"]["dropped"] > len(results)  # frames were skipped
+    for m in results:
+        assert m["motion"]["global_speed_px_per_frame"] == pytest.approx(2.0, abs=0.3)
+        flow = m["flow"]
+        centre = flow["speed_px_per_frame"][flow["rows"] // 2][flow["cols"] // 2]
+        assert centre == pytest.approx(2.0, abs=0.6)
+
+
 def test_flow_option_adds_dis_flow_in_the_same_grid(client):
     with client.websocket_connect("/v1/streams/pat?flow=1") as ws:
         for _ in range(3):

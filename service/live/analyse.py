@@ -6,7 +6,7 @@ engine step -> timing -> frames per second -> DIS flow (when a viewer wants it) 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,7 @@ class Analyser:
         t_capture: float,
         wall_ms: float,
         dropped: int,
+        frames_elapsed: int = 1,
         want_flow: bool = False,
         preview: bool = False,
         **extra: Any,
@@ -78,6 +79,10 @@ class Analyser:
             ``time.time() * 1000`` at arrival (``capture_ts``, comparable across processes).
         dropped : int
             Frames the stream skipped so far (``timing.dropped``).
+        frames_elapsed : int
+            Source frames since the previous analysed frame (1 when none was skipped). The engine
+            reads the displacement between the frames it sees; dividing by this gives speeds in px
+            per source frame, the unit of the source's own truth, however many frames were skipped.
         want_flow : bool
             Also compute DIS optical flow on the motion map's grid (``flow``).
         preview : bool
@@ -91,8 +96,14 @@ class Analyser:
             The engine refused the frame; nothing was counted.
         """
         t0 = time.monotonic()
+        if frames_elapsed < 1:
+            raise ValueError(f"frames_elapsed must be >= 1, got {frames_elapsed}")
         mf = self.engine.step(self.state, image)
         t1 = time.monotonic()
+        if frames_elapsed > 1:
+            mf = replace(
+                mf, speed=mf.speed / frames_elapsed, global_speed=mf.global_speed / frames_elapsed
+            )
         self.metrics.engine_time.labels(self.stream).observe(t1 - t0)
         self.metrics.frames.labels(self.stream).inc()
         self.frames += 1
@@ -106,7 +117,8 @@ class Analyser:
         if want_flow:
             pooled = self.flow.step(image, int(mf.cell))
             if pooled is not None:
-                flow = protocol.flow_payload(*pooled, int(mf.cell))
+                direction, speed = pooled
+                flow = protocol.flow_payload(direction, speed / frames_elapsed, int(mf.cell))
         else:
             self.flow.reset()
         self.seq += 1

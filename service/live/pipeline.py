@@ -218,6 +218,7 @@ class StreamPipeline:
             if got is None:
                 continue
             seq, cf = got
+            elapsed = seq - last_seq if last_seq else 1
             if last_seq and seq - last_seq > 1:
                 self.dropped_capture += seq - last_seq - 1
                 self.metrics.dropped.labels(self.name, "capture").inc(seq - last_seq - 1)
@@ -229,6 +230,7 @@ class StreamPipeline:
                     t_capture=cf.t_capture,
                     wall_ms=cf.wall_ms,
                     dropped=self.dropped_capture,
+                    frames_elapsed=elapsed,
                     want_flow=self.hub.flow_wanted,
                     preview=preview is not None,
                     truth=cf.truth,
