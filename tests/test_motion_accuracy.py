@@ -19,7 +19,9 @@ def engine():
 def test_rigid_pans_of_held_out_stills(engine):
     r = evaluate_family(engine, "pan")
     assert r["global_dir_err_median_deg"] < 10
-    assert r["cell_dir_err_median_deg"] < 20
+    # Without the integration over neighbouring cells: 12.6 deg median, 67 deg p90 on these sequences.
+    assert r["cell_dir_err_median_deg"] < 10
+    assert r["cell_dir_err_p90_deg"] < 40
     assert r["speed_rel_err_median"] < 0.3
 
 
