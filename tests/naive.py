@@ -132,3 +132,11 @@ def _scaled_patches(frame, scale, p):
             for j in range(gw)
         ]
     ).reshape(gh * gw, p * p)
+
+
+def code_change(prev, cur, n_units):
+    """Twin of ``_code_change``: dense codes, L1 of the difference over the sum of the L1 norms."""
+    a, b = prev.dense(n_units).astype(np.float64), cur.dense(n_units).astype(np.float64)
+    total = np.abs(a).sum(1) + np.abs(b).sum(1)
+    diff = np.abs(a - b).sum(1)
+    return np.where(total > 0, diff / np.where(total > 0, total, 1.0), 0.0)

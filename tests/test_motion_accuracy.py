@@ -39,13 +39,15 @@ def test_gratings_read_along_their_normal_and_never_a_clipped_speed(engine):
 
 def test_still_frames_are_mostly_still(engine):
     r = evaluate_family(engine, "still")
-    assert r["false_motion_rate"] < 0.05
+    # 0.9 % without the code-change gate on these frames
+    assert r["false_motion_rate"] < 0.005
 
 
 def test_object_over_a_still_background(engine):
     r = evaluate_family(engine, "object")
     assert r["cell_dir_err_median_deg"] < 25
-    assert r["false_motion_rate"] < 0.15
+    # 7.6 % without the code-change gate on these sequences
+    assert r["false_motion_rate"] < 0.04
 
 
 def test_a_turn_is_followed_within_a_few_frames(engine):

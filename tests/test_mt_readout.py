@@ -89,7 +89,9 @@ def test_box_pool_is_a_windowed_mean_even_past_512_channels(rng):
 def test_live_read_equals_the_readout_on_the_features_it_is_fitted_on(shape, pool_px):
     """``MotionEngine.read`` pools projected channels; fitting pools per-unit activity. Linearity
     makes them the same numbers: the read-out sees live exactly what it was fitted on."""
-    engine = MotionEngine.random(seed=3, levels=3, pooling=Pooling(pool_px=pool_px))
+    engine = MotionEngine.random(
+        seed=3, levels=3, pooling=Pooling(pool_px=pool_px), change_gate=None
+    )  # the read alone: the code-change gate on top is tested below
     frames = stimuli.pan_sequence(stimuli.load_still("camera"), (256.0, 256.0), 0.7, 2.0, 6, shape)
     state = engine.new_state()
     live = [engine.step(state, f) for f in frames]
@@ -239,3 +241,37 @@ def test_the_engine_integrates_its_cells_and_zero_turns_it_off():
     assert not np.allclose(raw.direction, smooth.direction)
     with pytest.raises(ValueError, match="integration_sigma"):
         MotionEngine.random(seed=0, integration_sigma=-1)
+
+
+# ------------------------------------------------------------- the code-change gate
+def test_a_still_scene_is_shown_still_whatever_the_read_out_says():
+    """The same textured frame again and again: the ss-RNN's code settles, and no cell is shown
+    moving; without the gate the same engine shows confident motion on some of these frames."""
+    from models.motion.motion_eval import CONFIDENT
+
+    frame = stimuli.load_still("camera")[100:196, 100:228]
+    frame = (255 * (frame - frame.min()) / np.ptp(frame)).astype(np.uint8)
+    shown = {}
+    for gate in (None, (0.1, 0.3)):
+        e = MotionEngine.load_default(change_gate=gate)
+        st = e.new_state()
+        confs = [e.step(st, frame).confidence for _ in range(8)]
+        shown[gate] = max(float(c.max()) for c in confs[4:])
+    assert shown[(0.1, 0.3)] < 0.1  # far below what is shown as moving (CONFIDENT)
+    assert shown[None] > CONFIDENT
+
+
+def test_moving_texture_passes_the_gate():
+    e = MotionEngine.load_default()
+    frames = stimuli.pan_sequence(
+        stimuli.load_still("camera"), (256.0, 256.0), 0.7, 2.0, 8, (96, 128)
+    )
+    st = e.new_state()
+    for f in frames:
+        mf = e.step(st, f)
+    assert (mf.confidence > 0.5).mean() > 0.3
+
+
+def test_the_change_gate_is_validated():
+    with pytest.raises(ValueError, match="change_gate"):
+        MotionEngine.random(seed=0, change_gate=(0.3, 0.1))

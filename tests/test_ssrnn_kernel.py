@@ -195,3 +195,45 @@ def test_projection_kernel_matches_numpy_twin(rng, n_out):
     for got, want in zip(hists, ref[1:], strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert code.cnt.sum() > 0
+
+
+def _random_code(rng, m, kmax, n_units, fill=0.7):
+    from models.motion.ssrnn import SparseCode
+
+    code = SparseCode.empty(m, kmax)
+    for i in range(m):
+        k = int(rng.integers(0, kmax + 1)) if rng.random() < fill else 0
+        code.idx[i, :k] = rng.choice(n_units, k, replace=False)
+        code.val[i, :k] = rng.uniform(0.1, 3.0, k)
+        code.cnt[i] = k
+    return code
+
+
+@pytest.mark.parametrize("n_units", [6, 40])
+def test_code_change_matches_numpy_twin(rng, n_units):
+    """Random codes over few units (many shared) and over many (few shared), some patches empty."""
+    from models.motion.kernels import _code_change
+
+    m, kmax = 300, 5
+    prev, cur = _random_code(rng, m, kmax, n_units), _random_code(rng, m, kmax, n_units)
+    cur.idx[::3], cur.val[::3], cur.cnt[::3] = prev.idx[::3], prev.val[::3], prev.cnt[::3]
+    cur.val[1::3] = prev.val[1::3] * 1.5  # the same units with other values (where the ids agree)
+    got = np.full(m, -1.0, np.float32)
+    _code_change(prev.idx, prev.val, prev.cnt, cur.idx, cur.val, cur.cnt, got)
+    want = naive.code_change(prev, cur, n_units)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.all(got[::3] == 0.0)  # an unchanged code
+    assert np.all((got >= 0) & (got <= 1 + 1e-6))
+
+
+def test_code_change_edge_cases():
+    from models.motion.kernels import _code_change
+    from models.motion.ssrnn import SparseCode
+
+    prev, cur = SparseCode.empty(3, 2), SparseCode.empty(3, 2)
+    prev.idx[1, 0], prev.val[1, 0], prev.cnt[1] = 4, 2.0, 1  # patch 1: a unit stops
+    prev.idx[2, 0], prev.val[2, 0], prev.cnt[2] = 4, 2.0, 1  # patch 2: another unit takes over
+    cur.idx[2, 0], cur.val[2, 0], cur.cnt[2] = 5, 1.0, 1
+    out = np.full(3, -1.0, np.float32)
+    _code_change(prev.idx, prev.val, prev.cnt, cur.idx, cur.val, cur.cnt, out)
+    np.testing.assert_array_equal(out, [0.0, 1.0, 1.0])  # no activity at all counts as no change

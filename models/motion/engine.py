@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from models import WEIGHTS_DIR
-from models.motion.kernels import _scaled_patches
+from models.motion.kernels import _code_change, _scaled_patches
 from models.motion.mt_readout import MTReadout, Pooling, _project_frame, integrate_cells
 from models.motion.readout import MotionReadout
 from models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
@@ -33,6 +33,11 @@ N_DIRECTION_BINS = 16
 MAX_SIDE = 4096
 GLOBAL_EVIDENCE_RANGE = (0.0, 1.0)
 INTEGRATION_SIGMA = 2.5
+CHANGE_GATE = (0.1, 0.3)
+"""A cell is shown moving only as far as the ss-RNN's code around it changes between frames: the
+code change (``_code_change``, averaged over about 2 frames and 3 x 3 cells) mapped linearly from
+``CHANGE_GATE`` to a factor in [0, 1] on the cell's confidence; chosen on the accuracy benchmark."""
+CHANGE_CELLS = 3
 """Cells (of ``Pooling.cell_px``) over which each cell's direction and speed are integrated
 (``integrate_cells``); chosen on the accuracy benchmark (docs/motion/accuracy.md)."""
 _PARALLEL_LAUNCH = threading.Lock()
@@ -82,6 +87,7 @@ class StreamState:
     prev: list = field(default_factory=list)
     rms: list = field(default_factory=list)
     acc: list = field(default_factory=list)
+    change: np.ndarray | None = None  # running code change of the finest level's patches
     frames: int = 0
 
 
@@ -144,6 +150,10 @@ class MotionEngine:
     integration_sigma : float, default INTEGRATION_SIGMA
         Each cell's direction and speed are the confidence-weighted mean over a Gaussian
         neighbourhood of this many cells (``integrate_cells``); 0 reads every cell on its own.
+    change_gate : (float, float) or None, default CHANGE_GATE
+        Where the code of the finest level does not change between frames, nothing is shown moving:
+        each cell's confidence is multiplied by its code change mapped from this range to [0, 1].
+        ``None`` turns the gate off.
     threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the
         patches of a frame are split into ``4 * threads`` chunks of whole patch rows that run in
         parallel, and a helper thread whitens half of level 0 and the coarser levels; the codes are
@@ -158,7 +168,8 @@ class MotionEngine:
     def __init__(self, model: SSRNN, readout: MotionReadout, tuning: dict, levels: int = 3,
                  mt: MTReadout | None = None, pooling: Pooling | None = None,
                  rms_floor: float = 0.1, threads: int = 1,
-                 integration_sigma: float = INTEGRATION_SIGMA):  # fmt: skip
+                 integration_sigma: float = INTEGRATION_SIGMA,
+                 change_gate: tuple[float, float] | None = CHANGE_GATE):  # fmt: skip
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(
                 f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
@@ -167,6 +178,9 @@ class MotionEngine:
         if not integration_sigma >= 0:
             raise ValueError(f"integration_sigma must be >= 0, got {integration_sigma}")
         self.integration_sigma = float(integration_sigma)
+        if change_gate is not None and not 0 <= change_gate[0] < change_gate[1]:
+            raise ValueError(f"change_gate must be (lo, hi) with 0 <= lo < hi, got {change_gate}")
+        self.change_gate = None if change_gate is None else tuple(map(float, change_gate))
         self.threads = threads
         self.model = model
         self.readout = readout
@@ -304,9 +318,34 @@ class MotionEngine:
             state.prev = [None] * self.levels
             state.rms = [None] * self.levels
             state.acc = [None] * self.levels
+            state.change = None
             state.frames = 0
+        prev0 = state.prev[0]  # encode replaces it by a new code: this one is kept as it was
         codes = self.encode(state, grey)
-        return self.read(state, codes, (h, w))
+        mf = self.read(state, codes, (h, w))
+        if self.change_gate is None:
+            return mf
+        code0, gh0, gw0 = codes[0]
+        gate = self._change_gate(state, prev0, code0, (gh0, gw0), mf.confidence.shape)
+        return replace(mf, confidence=mf.confidence * gate)
+
+    def _change_gate(self, state, prev, code, grid, cells) -> np.ndarray:
+        """Per cell, a factor in [0, 1]: how much the finest level's code changed around it."""
+        gh, gw = grid
+        change = np.ones(gh * gw, np.float32)  # the first frame of a stream: no gate yet
+        if prev is not None:
+            _code_change(prev.idx, prev.val, prev.cnt, code.idx, code.val, code.cnt, change)
+        change = change.reshape(gh, gw)
+        state.change = self.pooling.update(state.change, change[..., None])
+        f = self.pooling.cell_px // self.model.patch
+        ch, cw = cells
+        per_cell = state.change[: ch * f, : cw * f, 0].reshape(ch, f, cw, f).mean(axis=(1, 3))
+        if CHANGE_CELLS > 1 and per_cell.size:
+            per_cell = cv2.blur(
+                per_cell, (CHANGE_CELLS, CHANGE_CELLS), borderType=cv2.BORDER_REFLECT
+            )
+        lo, hi = self.change_gate
+        return np.clip((per_cell - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
     def encode(self, state: StreamState, grey: np.ndarray) -> list[tuple[SparseCode, int, int]]:
         """The ss-RNN's sparse code of every pyramid level, ``[(code, rows, cols)]``; updates ``state``.
