@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models.motion import stimuli
-from models.motion.engine import GLOBAL_EVIDENCE_RANGE, MotionEngine, global_motion
+from models.motion.engine import MotionEngine, global_motion
 from models.motion.mt_fit import make_sequence, pooled_units
 from models.motion.mt_readout import SPEED_CLASSES, MTReadout, Pooling, box_pool, integrate_cells
 from models.motion.readout import angular_error
@@ -111,13 +111,8 @@ def test_live_read_equals_the_readout_on_the_features_it_is_fitted_on(shape, poo
         backed = c.sum() > 1e-3  # direction is defined where there is some confidence
         if backed:
             assert angular_error(d_int, got.direction).max() < 1e-2
-        # the dominant motion weighs the cells with the milder evidence range
-        _, _, c_all, _ = engine.mt.predict(
-            cells[..., :n].reshape(ch * cw, -1, n),
-            cells[..., n].reshape(ch * cw, -1),
-            evidence_range=GLOBAL_EVIDENCE_RANGE,
-        )
-        gd, gs, gc = global_motion(d, s, c_all.reshape(ch, cw))  # of the cells before integration
+        # the dominant motion is the consensus of the integrated cells as shown
+        gd, gs, gc = global_motion(got.direction, got.speed, got.confidence)
         assert gd == pytest.approx(got.global_direction, abs=1e-4)
         assert gs == pytest.approx(got.global_speed, rel=1e-4)
         assert gc == pytest.approx(got.global_confidence, abs=1e-4)
@@ -237,8 +232,10 @@ def test_the_engine_integrates_its_cells_and_zero_turns_it_off():
         out[sigma] = [e.step(st, f) for f in frames][-1]
     raw, smooth = out[0.0], out[2.5]
     np.testing.assert_array_equal(raw.confidence, smooth.confidence)  # what is shown as moving
-    assert raw.global_direction == smooth.global_direction  # the consensus is of the raw cells
     assert not np.allclose(raw.direction, smooth.direction)
+    for mf in (raw, smooth):  # the dominant motion is the consensus of the map as shown
+        gd, _, _ = global_motion(mf.direction, mf.speed, mf.confidence)
+        assert gd == pytest.approx(mf.global_direction, abs=1e-5)
     with pytest.raises(ValueError, match="integration_sigma"):
         MotionEngine.random(seed=0, integration_sigma=-1)
 

@@ -4,8 +4,8 @@ Per frame: grey float frame -> Gaussian pyramid -> whitening convolution and con
 level -> atom correlations of the non-overlapping patches (one BLAS GEMM) -> the ss-RNN greedy filtering
 kernel with the recurrent state of the stream (``encode``) -> the MT read-out (``read``): per-patch
 projections of the code, averaged over frames and over space, decoded per cell into direction, speed
-and confidence; the dominant motion is the consensus of the confident cells; each cell's motion is then
-integrated over its confident neighbours.
+and confidence; each cell's motion is integrated over its confident neighbours, and shown moving only as
+far as the code around it changes; the dominant motion is the consensus of the cells as shown.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ DEFAULT_MT = WEIGHTS_DIR / "mt_readout_default.npz"
 SPEED_BINS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
 N_DIRECTION_BINS = 16
 MAX_SIDE = 4096
-GLOBAL_EVIDENCE_RANGE = (0.0, 1.0)
 INTEGRATION_SIGMA = 2.5
 CHANGE_GATE = (0.1, 0.3)
 """A cell is shown moving only as far as the ss-RNN's code around it changes between frames: the
@@ -327,7 +326,16 @@ class MotionEngine:
             return mf
         code0, gh0, gw0 = codes[0]
         gate = self._change_gate(state, prev0, code0, (gh0, gw0), mf.confidence.shape)
-        return replace(mf, confidence=mf.confidence * gate)
+        conf = mf.confidence * gate
+        # The dominant motion is the consensus of the cells as shown: a still scene has none.
+        g_dir, g_speed, g_conf = global_motion(mf.direction, mf.speed, conf)
+        return replace(
+            mf,
+            confidence=conf,
+            global_direction=g_dir,
+            global_speed=g_speed,
+            global_confidence=g_conf,
+        )
 
     def _change_gate(self, state, prev, code, grid, cells) -> np.ndarray:
         """Per cell, a factor in [0, 1]: how much the finest level's code changed around it."""
@@ -465,8 +473,10 @@ class MotionEngine:
 
         Per level, each patch's code is projected onto the MT read-out's inputs (plus its total
         activity); those channels are averaged over time and space (``self.pooling``) and decoded per
-        cell; the frame's dominant motion is the consensus of its cells (``global_motion``); last, each
-        cell's direction and speed are integrated over its confident neighbours (``integrate_cells``).
+        cell; each cell's direction and speed are integrated over its confident neighbours
+        (``integrate_cells``); the frame's dominant motion is the consensus of the cells
+        (``global_motion``). ``step`` then gates the confidence by the code change and takes the
+        consensus again.
         """
         mt = self.mt
         if mt is None:
@@ -486,14 +496,9 @@ class MotionEngine:
         state.frames += 1
         cells = self.pooling.cells(state.acc, shape, blocks=n_hidden)
         direction, speed, conf, _ = mt.decode_hidden(mt.hidden_from_projected(cells))
-        # The dominant motion weighs every cell with some activity; the map shows a cell as confident
-        # only where enough activity backs it (weakly active cells err most, but on natural pans they
-        # are also the least biased by strong edges, so the consensus keeps them).
-        g_dir, g_speed, g_conf = global_motion(
-            direction, speed, conf * mt.evidence(cells[..., -1], GLOBAL_EVIDENCE_RANGE)
-        )
-        conf *= mt.evidence(cells[..., -1])
+        conf *= mt.evidence(cells[..., -1])  # a cell is confident only where activity backs it
         direction, speed = integrate_cells(direction, speed, conf, self.integration_sigma)
+        g_dir, g_speed, g_conf = global_motion(direction, speed, conf)
         code0, gh0, gw0 = codes[0]
         top = np.argsort(unit_act)[::-1][:10]
         top_units = [(int(u), float(unit_act[u])) for u in top if unit_act[u] > 0]
