@@ -305,7 +305,8 @@ class Settings(BaseSettings):
     spikes_max_work: int = Field(
         30_000_000,
         ge=1,
-        description="largest fit: counts entries x history lags (or hidden units, latents)",
+        description="largest fit: counts entries x history lags (or hidden units, latents; an R-GLM: "
+        "hidden units + the lags of the GLM it is started from)",
     )
 
     max_body_mb: float = Field(

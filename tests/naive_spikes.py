@@ -6,13 +6,15 @@ import math
 import numpy as np
 
 
-def correlated_poisson_loglik(y_bin, A, b):
-    """log p(y) of one bin by the chain rule, one neuron at a time with explicit sums (exp link)."""
+def correlated_poisson_loglik(y_bin, A, b, cap=1.0):
+    """log p(y) of one bin by the chain rule, one neuron at a time with explicit sums (exp link).
+
+    Counts enter the coupling as ``min(y, cap)`` (``cap=None``: unchanged)."""
     total = 0.0
     for i in range(len(y_bin)):
         eta = b[i]
         for j in range(i):
-            eta += A[i][j] * y_bin[j]
+            eta += A[i][j] * (y_bin[j] if cap is None else min(y_bin[j], cap))
         rate = math.exp(eta)
         total += y_bin[i] * eta - rate - math.lgamma(y_bin[i] + 1)
     return total
@@ -23,20 +25,24 @@ def enumerate_states(n_neurons, max_count):
     return [np.array(s, float) for s in itertools.product(range(max_count + 1), repeat=n_neurons)]
 
 
-def rglm_eta(y, W0, R, C, A, b):
-    """R-GLM linear predictor for one trial, by explicit loops over bins."""
+def rglm_eta(y, W0, R, C, A, b, cap=1.0):
+    """R-GLM linear predictor for one trial, by explicit loops over bins (inputs ``min(y, cap)``)."""
     T, n = y.shape
     x = np.zeros(R.shape[0])
     eta = np.zeros((T, n))
     for t in range(T):
-        eta[t] = C @ x + A @ y[t] + b
-        x = W0 @ y[t] + R @ x
+        g = y[t] if cap is None else np.array([min(v, cap) for v in y[t]])
+        eta[t] = C @ x + A @ g + b
+        x = W0 @ g + R @ x
     return eta
 
 
-def glm_eta(y, filters, A, b):
-    """Spike-history GLM predictor, one trial: ``eta_i^t = b_i + sum_j sum_l filters[i,j,l-1] y_j^{t-l} + (A y^t)_i``."""
+def glm_eta(y, filters, A, b, cap=1.0):
+    """Spike-history GLM predictor, one trial: ``eta_i^t = b_i + sum_j sum_l filters[i,j,l-1] g_j^{t-l} + (A g^t)_i``
+    with ``g = min(y, cap)``."""
     T, n = y.shape
+    if cap is not None:
+        y = np.array([[min(v, cap) for v in row] for row in y])
     n_lags = filters.shape[2]
     eta = np.tile(b, (T, 1)).astype(float)
     for t in range(T):
@@ -67,3 +73,19 @@ def adjoint_recursion(direct, R):
         for t in range(direct.shape[1] - 2, -1, -1):
             lam[k, t] = direct[k, t + 1] + R.T @ lam[k, t + 1]
     return lam
+
+
+def stable_recurrence(r_real, r_mod, r_angle):
+    """Block-diagonal R entry by entry: ``tanh`` real eigenvalues, then rotation blocks scaled by a sigmoid
+    (angle ``r_angle (1 - m)``)."""
+    d = len(r_real) + 2 * len(r_mod)
+    R = np.zeros((d, d))
+    for k, p in enumerate(r_real):
+        R[k, k] = math.tanh(p)
+    for j, (q, a) in enumerate(zip(r_mod, r_angle, strict=True)):
+        m = 1.0 / (1.0 + math.exp(-q))
+        a = a * (1.0 - m)  # the angle in units of the decay per bin
+        i = len(r_real) + 2 * j
+        R[i, i], R[i, i + 1] = m * math.cos(a), -m * math.sin(a)
+        R[i + 1, i], R[i + 1, i + 1] = m * math.sin(a), m * math.cos(a)
+    return R

@@ -17,7 +17,13 @@ from models.spikes.glm import (
 )
 from models.spikes.lds import GaussianLDS
 from models.spikes.observations import get_link, get_observations
-from models.spikes.rglm import RGLM, realise_filters
+from models.spikes.rglm import (
+    RGLM,
+    realise_filters,
+    stable_recurrence,
+    stable_recurrence_grad,
+    to_block_form,
+)
 from tests import naive_spikes as naive
 
 # ----------------------------------------------------------------------------- observation models
@@ -517,6 +523,14 @@ def test_unfitted_and_mismatched_use_is_refused(cls, rng):
     assert m.sample(2, 7, seed=0).shape == (2, 7, 3)
 
 
+def test_gaussian_lds_with_more_latents_than_neurons(rng):
+    y = rng.poisson(0.5, (2, 200, 3)).astype(float)
+    m = GaussianLDS(n_latent=5, n_iter=5).fit(y)
+    assert m.C_.shape == (3, 5) and m.F_.shape == (5, 5)
+    assert np.isfinite(m.log_likelihood(y)) and np.all(np.diff(m.loglik_) > -1e-6)
+    assert m.sample(n_trials=1, n_bins=20, seed=1).shape == (1, 20, 3)
+
+
 def test_lds_unfitted_is_refused():
     with pytest.raises(RuntimeError, match="not fitted"):
         GaussianLDS().log_likelihood(np.zeros((5, 3)))
@@ -611,15 +625,110 @@ def test_realised_filters_reproduce_the_impulse_response(rng):
     assert np.all(np.abs(np.linalg.eigvals(realise_filters(K, 2)["R"])) <= 0.99 + 1e-12)
 
 
+def _impulse(p, lags):
+    return np.stack([p["C"] @ np.linalg.matrix_power(p["R"], k) @ p["W0"] for k in range(lags)])
+
+
+def test_stable_recurrence_matches_twin_and_stays_inside_the_unit_circle(rng):
+    r_real, r_mod, r_angle = rng.normal(0, 3, 3), rng.normal(0, 3, 2), rng.normal(0, 30, 2)
+    R = stable_recurrence(r_real, r_mod, r_angle)
+    np.testing.assert_allclose(R, naive.stable_recurrence(r_real, r_mod, r_angle), atol=1e-14)
+    assert np.all(np.abs(np.linalg.eigvals(R)) < 1)
+    # however large the parameters: moduli below 1 (in floating point, up to 1)
+    extreme = stable_recurrence(np.array([40.0, -40.0]), np.array([40.0]), np.array([1e3]))
+    assert np.all(np.abs(np.linalg.eigvals(extreme)) <= 1 + 1e-12)
+    # the chain rule, by central differences on a random linear functional of R
+    G = rng.normal(0, 1, R.shape)
+    g = stable_recurrence_grad(G, r_real, r_mod, r_angle)
+    theta = np.concatenate([r_real, r_mod, r_angle])
+    h, num = 1e-6, []
+    for i in range(len(theta)):
+        e = np.zeros_like(theta)
+        e[i] = h
+
+        def f(t):
+            return np.sum(G * stable_recurrence(t[:3], t[3:5], t[5:]))
+
+        num.append((f(theta + e) - f(theta - e)) / (2 * h))
+    np.testing.assert_allclose(np.concatenate(g), num, rtol=1e-6, atol=1e-9)
+
+
+def test_block_form_keeps_the_impulse_response(rng):
+    d, n = 5, 3
+    R = rng.normal(0, 0.35, (d, d))  # has complex pairs (checked) and real eigenvalues
+    ev = np.linalg.eigvals(R)
+    assert np.any(np.abs(ev.imag) > 1e-6) and np.any(np.abs(ev.imag) < 1e-12)
+    assert np.abs(ev).max() < 0.999
+    W0, C = rng.normal(0, 1, (d, n)), rng.normal(0, 1, (n, d))
+    b = to_block_form(W0, R, C)
+    Rb = stable_recurrence(b["R_real"], b["R_mod"], b["R_angle"])
+    got = _impulse({"W0": b["W0"], "R": Rb, "C": b["C"]}, 12)
+    np.testing.assert_allclose(got, _impulse({"W0": W0, "R": R, "C": C}, 12), atol=1e-9)
+    # modes balanced: each real mode's row of W0 and column of C have one norm
+    k = len(b["R_real"])
+    np.testing.assert_allclose(
+        np.linalg.norm(b["W0"][:k], axis=1), np.linalg.norm(b["C"][:, :k], axis=0)
+    )
+    # a defective R (a nilpotent shift register) is split by a small perturbation: close, not exact
+    S = np.diag(np.ones(3), -1)
+    W0s, Cs = rng.normal(0, 1, (4, n)), rng.normal(0, 1, (n, 4))
+    bs = to_block_form(W0s, S, Cs)
+    Rs = stable_recurrence(bs["R_real"], bs["R_mod"], bs["R_angle"])
+    ref = _impulse({"W0": W0s, "R": S, "C": Cs}, 6)
+    err = _impulse({"W0": bs["W0"], "R": Rs, "C": bs["C"]}, 6) - ref
+    assert np.abs(err).max() < 0.05 * np.abs(ref).max()
+
+
 @pytest.mark.parametrize("correlated", [False, True])
-def test_rglm_started_from_glm_predicts_like_it(correlated, rng):
+def test_rglm_started_from_glm_predicts_like_its_realisation(correlated, rng):
     y = rng.poisson(0.3, (2, 300, 3)).astype(float)
     glm = SpikeHistoryGLM(n_lags=4, n_basis=2, correlated=correlated, max_iter=50).fit(y)
-    m = RGLM(n_hidden=3 * 4, correlated=correlated, init=glm, max_iter=1).fit(y)
-    m.params_ = m._init_params(y[..., m.order_], None)
-    np.testing.assert_allclose(m.predict_eta(y), glm.predict_eta(y), atol=1e-8)
+    m = RGLM(n_hidden=4, correlated=correlated, init=glm, max_iter=1).fit(y)
+    start = m._init_params(y[..., m.order_], None)
+    W = glm.params_["W"].reshape(3, 3, 2)
+    real = realise_filters(np.einsum("ijq,lq->lij", W, glm.basis_), 4)
+    ref = RGLM(n_hidden=4, correlated=correlated)
+    _set_params(ref, {**start, **real}, 3, order=m.order_)
+    m.params_ = {**start, "R": m._R(start)}
+    np.testing.assert_allclose(m.predict_eta(y), ref.predict_eta(y), atol=1e-8)
     fitted = RGLM(n_hidden=2, correlated=correlated, init="glm", max_iter=20).fit(y)
     assert np.isfinite(fitted.log_likelihood(y))
+
+
+@pytest.mark.parametrize("correlated", [False, True])
+def test_rglm_with_history_filters_starts_as_the_glm(correlated, rng):
+    y = rng.poisson(0.3, (2, 300, 3)).astype(float)
+    glm = SpikeHistoryGLM(n_lags=4, n_basis=2, correlated=correlated, max_iter=50).fit(y)
+    m = RGLM(n_hidden=2, n_lags=4, n_basis=2, correlated=correlated, init=glm, max_iter=1)
+    m.fit(y)
+    start = m._init_params(y[..., m.order_], None)
+    m.params_ = {**start, "R": m._R(start)}
+    np.testing.assert_allclose(m.predict_eta(y), glm.predict_eta(y), atol=1e-10)
+    # and it samples: the filters' buffer and the state both run
+    assert m.sample(n_trials=2, n_bins=30, seed=3).shape == (2, 30, 3)
+    with pytest.raises(ValueError, match="n_lags and n_basis"):
+        RGLM(n_hidden=2, n_lags=3, n_basis=2, correlated=correlated, init=glm).fit(y)
+
+
+def test_rglm_with_history_filters_and_state_l2_gradient(rng):
+    _check_model_grad(
+        RGLM(n_hidden=3, n_lags=4, n_basis=2, l2=0.01, l2_state=0.3), _toy_counts(rng)
+    )
+
+
+def test_input_cap_bounds_a_self_exciting_glm():
+    """One neuron exciting itself: with raw counts its samples run away, capped at 1 they cannot."""
+    W = np.array([[1.5, 0.0]])  # basis 0 covers lag 1
+    runs = {}
+    for cap in (None, 1.0):
+        g = SpikeHistoryGLM(n_lags=2, n_basis=2, input_cap=cap)
+        _set_params(g, {"W": W, "b": np.array([-0.5])}, 1)
+        g.basis_ = raised_cosine_basis(2, 2)
+        runs[cap] = g.sample(n_trials=4, n_bins=400, seed=2, max_count=100)
+    assert runs[None].max() >= 100  # exp(-0.5 + 1.5 y): each spike raises the next bin's rate
+    # capped, the rate is at most exp(b + the filter's positive lags) = exp(-0.5 + 1.5 + 0.75)
+    bound = np.exp(-0.5 + np.clip(g.filters_, 0, None).sum())
+    assert np.isclose(bound, np.exp(1.75)) and runs[1.0].mean() < bound and runs[1.0].max() < 25
 
 
 def test_rglm_refuses_an_unknown_init(rng):

@@ -21,7 +21,7 @@ def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
     res = report.run_recording("Movie1Exp1", tmp_path, n_folds=2, max_bins=150)
     report_data = report.load_retina("Movie1Exp1", 10.0)
     assert set(res["bits_per_spike"]) >= {"correlated", "glm", "lds", "rglm_correlated", "psth"}
-    assert len(res["rglm_timescales_ms"]) == quick["rglm_correlated"]["n_hidden"]
+    assert len(res["rglm_timescales_s"]) == quick["rglm_correlated"]["n_hidden"]
     assert (tmp_path / "samples_Movie1Exp1.png").stat().st_size > 1000
     assert (tmp_path / "timescales_Movie1Exp1.png").stat().st_size > 1000
     monkeypatch.setattr(report, "load_retina", lambda rec, bin_ms: report_data[:, :150])

@@ -204,3 +204,31 @@ def test_fit_response_says_how_the_optimiser_ended(client, kind, options):
         assert fit["grad_norm"] is None
     mid = r.json()["id"]
     assert client.get(f"/v1/spikes/models/{mid}").json()["fit"] == fit
+
+
+def test_work_cap_counts_the_glm_an_rglm_is_started_from():
+    """2400 counts entries: an R-GLM with 2 hidden units started from a 10-lag GLM is 2 + 10 per entry."""
+    from service.routers.spikes import work_factor
+
+    assert work_factor("rglm", {"n_hidden": 2}) == 12
+    assert work_factor("rglm", {"n_hidden": 2, "init": "random"}) == 2
+    assert work_factor("rglm_correlated", {"n_hidden": 2, "n_lags": 4}) == 2 + 4 + 4
+    assert work_factor("glm", {"n_lags": 7}) == 7 and work_factor("lds", {}) == 4
+    app = create_app(Settings(spikes_max_work=2400 * 6))
+    with TestClient(app) as c:
+        r = _fit(c, kind="rglm", options={"n_hidden": 2, "max_iter": 3})
+        assert r.status_code == 422 and "GLM it starts from" in r.json()["detail"]
+        r = _fit(c, kind="rglm", options={"n_hidden": 2, "max_iter": 3, "init": "random"})
+        assert r.status_code == 201, r.text
+
+
+def test_default_rglm_fit_reports_convergence_and_stable_timescales(client):
+    """The endpoint fits the stable-R R-GLM (from the GLM) and says whether it converged."""
+    r = _fit(client, kind="rglm_correlated", options={"n_hidden": 2})
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert isinstance(info["fit"]["converged"], bool) and info["fit"]["n_iter"] >= 1
+    assert info["fit"]["stop_reason"] in ("gtol", "ftol", "max_iter")
+    assert info["fit"]["converged"] == (info["fit"]["stop_reason"] in ("gtol", "ftol"))
+    tau = info["timescales_bins"]
+    assert len(tau) == 2 and all(t > 0 for t in tau)  # R is stable by construction: never -1

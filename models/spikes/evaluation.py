@@ -58,6 +58,7 @@ def cross_validate(
     seed: int = 0,
     progress: bool = True,
     keep: dict | None = None,
+    fits: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Held-out bits/spike of each model on each fold of trials.
 
@@ -71,8 +72,12 @@ def cross_validate(
     dict name -> ndarray of shape (n_folds,) of bits/spike relative to the homogeneous independent
     Poisson fitted on the same training trials; also ``"_baseline_abs"``: the baseline's absolute
     log-likelihood per held-out spike (bits). When ``keep`` is a dict, the models fitted on fold 0's
-    training trials are stored in it by name.
+    training trials are stored in it by name. When ``fits`` is a dict, ``fits[name]`` is the list (one per
+    fold) of how each fit ended: ``converged``, ``stop_reason``, ``grad_norm``, ``n_iter``, ``tol`` and
+    ``fit_seconds`` (wall time), for the models that report it.
     """
+    import time
+
     from tqdm import tqdm
 
     y = as_counts(y)
@@ -84,9 +89,23 @@ def cross_validate(
         test = folds[f]
         train = np.setdiff1d(np.arange(y.shape[0]), test)
         model = factories[name]()
+        t0 = time.perf_counter()
         res = held_out_bits(model, y[train], y[test])
+        seconds = time.perf_counter() - t0
         if keep is not None and f == 0:
             keep[name] = model
+        if fits is not None and hasattr(model, "stop_reason_"):
+            grad = getattr(model, "grad_norm_", None)
+            fits.setdefault(name, []).append(
+                {
+                    "converged": bool(model.converged_),
+                    "stop_reason": str(model.stop_reason_),
+                    "grad_norm": None if grad is None else float(grad),
+                    "n_iter": int(model.n_iter_),
+                    "tol": getattr(model, "tol", None),
+                    "fit_seconds": seconds,
+                }
+            )
         out[name][f] = res["bits_per_spike"]
         out["_baseline_abs"][f] = res["baseline_bits_per_spike"]
         log.info("fold %d %s: %.4f bits/spike", f, name, res["bits_per_spike"])

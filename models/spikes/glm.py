@@ -67,9 +67,17 @@ class CorrelatedGLM(SpikeModel):
     kind = "correlated"
 
     def __init__(
-        self, obs="poisson", link=None, ordering="rate", l2=1e-4, max_iter=500, tol=1e-6, seed=0
+        self,
+        obs="poisson",
+        link=None,
+        ordering="rate",
+        l2=1e-4,
+        max_iter=500,
+        tol=1e-6,
+        seed=0,
+        input_cap=1.0,
     ):
-        super().__init__(obs, link, True, ordering, l2, max_iter, tol, seed)
+        super().__init__(obs, link, True, ordering, l2, max_iter, tol, seed, input_cap)
 
     def _fit_data(self, yp, u):
         # no history: the likelihood depends only on how often each within-bin pattern occurs, and
@@ -162,8 +170,9 @@ class SpikeHistoryGLM(SpikeModel):
         max_iter=500,
         tol=1e-6,
         seed=0,
+        input_cap=1.0,
     ):
-        super().__init__(obs, link, correlated, ordering, l2, max_iter, tol, seed)
+        super().__init__(obs, link, correlated, ordering, l2, max_iter, tol, seed, input_cap)
         self.n_lags = n_lags
         self.n_basis = n_basis
 
@@ -184,7 +193,7 @@ class SpikeHistoryGLM(SpikeModel):
         cache = getattr(self, "_feat_cache", None)
         if cache is not None and cache[0] is yp:
             return cache[1]
-        F = history_features(yp, self._basis())
+        F = history_features(self._inputs(yp), self._basis())
         # spike trains are sparse, and so are their filtered histories: sparse products are faster
         F = sparse.csr_matrix(F.reshape(-1, F.shape[-1]))
         if getattr(self, "_fitting", False):

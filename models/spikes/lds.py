@@ -145,7 +145,14 @@ class GaussianLDS:
         cov = zc.T @ zc / len(zc)
         w, v = np.linalg.eigh(cov)
         idx = np.argsort(w)[::-1][:k]
-        C = v[:, idx] * np.sqrt(np.maximum(w[idx], 1e-6))
+        # with more latents than neurons, PCA gives only n directions: the rest start small and random
+        # (all zero, their EM updates would stay zero)
+        C = (
+            0.01
+            * np.sqrt(max(np.mean(w), 1e-6))
+            * np.random.default_rng(self.seed).standard_normal((n, k))
+        )
+        C[:, : len(idx)] = v[:, idx] * np.sqrt(np.maximum(w[idx], 1e-6))
         r = np.maximum(np.diag(cov) - np.sum(C**2, axis=1), 1e-3)
         F = 0.9 * np.eye(k)
         Q = (1 - 0.81) * np.eye(k)

@@ -46,14 +46,28 @@ EXTRA_ROWS = [
 OPTIONS = {
     "independent": {},
     "correlated": {"l2": 1e-4},
-    "glm": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 200},
+    "glm": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000},
     "lds": {"n_latent": 8, "n_iter": 50},
-    "glm_correlated": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 200},
-    "rglm_correlated": {"n_hidden": 8, "l2": 1e-4, "max_iter": 300},
-    "rglm": {"n_hidden": 8, "l2": 1e-4, "max_iter": 300},
+    "glm_correlated": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000},
+    "rglm_correlated": {
+        "n_hidden": 8,
+        "l2": 1e-4,
+        "l2_state": 1e-3,
+        "max_iter": 1000,
+        "init": "glm",
+    },
+    "rglm": {"n_hidden": 8, "l2": 1e-4, "l2_state": 1e-3, "max_iter": 1000, "init": "glm"},
 }
 ORDERINGS = ["rate", "rate_ascending", "index", "random"]
-SAMPLE_KINDS = ["independent", "correlated", "glm", "lds", "rglm_correlated"]
+SAMPLE_KINDS = [
+    "independent",
+    "correlated",
+    "glm",
+    "lds",
+    "glm_correlated",
+    "rglm",
+    "rglm_correlated",
+]
 
 
 def _factory(kind):
@@ -63,7 +77,7 @@ def _factory(kind):
 
 
 def run_recording(
-    recording: str, out_dir: Path, n_folds: int = 3, seed: int = 0, max_bins: int | None = None
+    recording: str, out_dir: Path, n_folds: int = 5, seed: int = 0, max_bins: int | None = None
 ) -> dict:
     """Cross-validate every model on one recording, run the ordering experiment, sample; write JSON + figures.
 
@@ -74,7 +88,10 @@ def run_recording(
     y = load_retina(recording, BIN_MS)[:, :max_bins]
     kinds = [k for k, _, _ in TABLE_ROWS] + [k for k, _ in EXTRA_ROWS]
     fitted: dict = {}
-    cv = cross_validate({k: _factory(k) for k in kinds}, y, n_folds=n_folds, seed=seed, keep=fitted)
+    fits: dict = {}
+    cv = cross_validate(
+        {k: _factory(k) for k in kinds}, y, n_folds=n_folds, seed=seed, keep=fitted, fits=fits
+    )
     orderings = {}
     for name in ORDERINGS:
         if name == "random":
@@ -99,17 +116,18 @@ def run_recording(
     }
     stats = sample_statistics(y, samples)
     rg = fitted["rglm_correlated"]
-    ev, tau = rg.timescales(bin_size=BIN_MS)
+    ev, tau = rg.timescales(bin_size=BIN_MS / 1000.0)
     result = {
         "recording": recording,
         "shape": list(y.shape),
         "n_spikes": float(y.sum()),
         "n_folds": n_folds,
         "bits_per_spike": {k: v.tolist() for k, v in cv.items()},
+        "fits": fits,
         "orderings": orderings,
         "sample_stats": stats["summary"],
         "rglm_eigenvalues": [[float(e.real), float(e.imag)] for e in ev],
-        "rglm_timescales_ms": [float(t) for t in tau],
+        "rglm_timescales_s": [float(t) for t in tau],
     }
     (out_dir / f"results_{recording}.json").write_text(json.dumps(result, indent=1))
     plot_samples(stats, recording, out_dir / f"samples_{recording}.png")
@@ -137,7 +155,7 @@ def near_duplicates(y: np.ndarray, threshold: float = 0.5) -> list[tuple[int, in
     return [(int(iu[0][p]), int(iu[1][p]), float(c[p])) for p in np.where(c > threshold)[0]]
 
 
-def run_duplicate_check(recording: str, out_dir: Path, n_folds: int = 3, seed: int = 0) -> dict:
+def run_duplicate_check(recording: str, out_dir: Path, n_folds: int = 5, seed: int = 0) -> dict:
     """Correlated Poisson gain with and without the second unit of each near-duplicate pair."""
     y = load_retina(recording, BIN_MS)
     pairs = near_duplicates(y)
@@ -173,8 +191,11 @@ def sample_statistics(
         corr[kind] = c
         ccg[kind] = [cross_correlogram(s, i, j, max_lag)[1] for i, j in pairs]
         ok = np.isfinite(c) & np.isfinite(c_data)
+        cm, cdm = np.ravel(ccg[kind]), np.ravel(ccg["data"])
+        okc = np.isfinite(cm) & np.isfinite(cdm)
         summary[kind] = {
             "corr_vs_data_r": float(np.corrcoef(c[ok], c_data[ok])[0, 1]) if ok.sum() > 2 else None,
+            "ccg_vs_data_r": float(np.corrcoef(cm[okc], cdm[okc])[0, 1]) if okc.sum() > 2 else None,
             "mean_pairwise_corr": float(np.nanmean(c)),
             "mean_rate_per_bin": float(s.mean()),
             "max_count": float(s.max()),
@@ -245,9 +266,9 @@ def plot_timescales(ev: np.ndarray, tau: np.ndarray, recording: str, path: Path)
     a2.bar(np.arange(len(tau)), np.where(np.isfinite(tau), tau, np.nan))
     a2.set_yscale("log")
     a2.set_xlabel("mode (slowest first)")
-    a2.set_ylabel("timescale −Δt / log|λ| (ms)")
+    a2.set_ylabel("timescale −Δt / log|λ| (s)")
     a2.set_title("R-GLM timescales")
-    fig.suptitle(f"{recording}: R-GLM with correlated Poisson, fold 0")
+    fig.suptitle(f"{recording}: R-GLM with correlated Poisson, fold 0 (Δt = {BIN_MS:g} ms)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

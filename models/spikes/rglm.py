@@ -1,7 +1,11 @@
 """Recurrent GLM (R-GLM): a linear hidden state that integrates the population's past.
 
-    x^t = W0 y^t + R x^{t-1} (+ B u^t),        x^{-1} = 0
-    y^t ~ obs(f(C x^{t-1} + A y^t + b)),       A strictly lower triangular (or absent)
+    x^t = W0 g(y^t) + R x^{t-1} (+ B u^t),        x^{-1} = 0
+    y^t ~ obs(f(C x^{t-1} + A g(y^t) + b)),       A strictly lower triangular (or absent)
+
+with ``g(y) = min(y, input_cap)`` (see :class:`models.spikes.base.SpikeModel`). ``R`` is stable by
+construction: block diagonal, with real eigenvalues ``tanh(p)`` and complex pairs ``sigmoid(q) e^{±i theta}``
+(:func:`stable_recurrence`), so every eigenvalue has modulus below 1 whatever the parameters.
 
 Fitted by maximum likelihood with exact gradients by back-propagation through time (BPTT) and L-BFGS.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from scipy import sparse
 
 from models.spikes.base import Design, SpikeModel, _outer_sum
 
@@ -158,6 +163,128 @@ def realise_filters(K: np.ndarray, n_hidden: int) -> dict[str, np.ndarray]:
     return out
 
 
+def stable_recurrence(r_real: np.ndarray, r_mod: np.ndarray, r_angle: np.ndarray) -> np.ndarray:
+    """The recurrence matrix from its unconstrained parameters: stable by construction.
+
+    Parameters
+    ----------
+    r_real : ndarray of shape (n_real,)
+        Real eigenvalues ``tanh(r_real)`` (in (-1, 1)), on the first ``n_real`` diagonal entries.
+    r_mod, r_angle : ndarrays of shape (n_pairs,)
+        Complex pairs ``m e^{±i a}`` with modulus ``m = sigmoid(r_mod)`` and angle ``a = r_angle (1 - m)``,
+        each a 2x2 block ``m [[cos a, -sin a], [sin a, cos a]]`` after the real part.
+
+    Returns
+    -------
+    R : ndarray of shape (n_real + 2 n_pairs, n_real + 2 n_pairs)
+
+    Notes
+    -----
+    Any diagonalisable ``R`` equals ``T D T^{-1}`` with ``D`` of this block form (its real Jordan form);
+    since the R-GLM's drive depends on ``(W0, R, C)`` only through ``C R^k W0``, absorbing ``T`` into ``W0``
+    and ``C`` loses nothing but the non-diagonalisable matrices. The moduli go through ``tanh`` and the
+    sigmoid, so the slope of a mode's modulus in its parameter, ``1 - |lambda|^2`` or
+    ``|lambda| (1 - |lambda|)``, vanishes as the mode approaches 1: the parameter is then close to the log
+    of its timescale, and a slow mode cannot cross into instability. The angle is measured in units of the
+    decay per bin ``1 - m`` (about one over the timescale in bins): the phase after ``k`` bins is ``k a``,
+    so the loss's slope in a raw angle grows with the square of the timescale (measured: the largest
+    gradient entry of a retina fit, 0.1-0.35, sat in the raw angles of the slow pairs); in these units
+    it grows like the timescale, as for the moduli.
+    """
+    n_real, n_pairs = len(r_real), len(r_mod)
+    d = n_real + 2 * n_pairs
+    R = np.zeros((d, d))
+    idx = np.arange(n_real)
+    R[idx, idx] = np.tanh(r_real)
+    m = 1.0 / (1.0 + np.exp(-np.asarray(r_mod, float)))
+    a = np.asarray(r_angle, float) * (1.0 - m)
+    c, s = m * np.cos(a), m * np.sin(a)
+    p = n_real + 2 * np.arange(n_pairs)
+    R[p, p], R[p, p + 1], R[p + 1, p], R[p + 1, p + 1] = c, -s, s, c
+    return R
+
+
+def stable_recurrence_grad(
+    G: np.ndarray, r_real: np.ndarray, r_mod: np.ndarray, r_angle: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chain rule through :func:`stable_recurrence`: from ``G = dL/dR`` to the gradients of its parameters."""
+    n_real, n_pairs = len(r_real), len(r_mod)
+    idx = np.arange(n_real)
+    g_real = G[idx, idx] * (1.0 - np.tanh(r_real) ** 2)
+    m = 1.0 / (1.0 + np.exp(-np.asarray(r_mod, float)))
+    phi = np.asarray(r_angle, float)
+    a = phi * (1.0 - m)
+    c, s = np.cos(a), np.sin(a)
+    p = n_real + 2 * np.arange(n_pairs)
+    Gpp, Gpq, Gqp, Gqq = G[p, p], G[p, p + 1], G[p + 1, p], G[p + 1, p + 1]
+    dm = (Gpp + Gqq) * c + (Gqp - Gpq) * s  # dL/d(modulus) at a fixed angle
+    da = m * (-(Gpp + Gqq) * s + (Gqp - Gpq) * c)  # dL/d(angle)
+    g_mod = (dm - phi * da) * m * (1.0 - m)
+    g_angle = da * (1.0 - m)
+    return g_real, g_mod, g_angle
+
+
+def to_block_form(
+    W0: np.ndarray, R: np.ndarray, C: np.ndarray, max_modulus: float = 0.999
+) -> dict[str, np.ndarray]:
+    """The same drive ``C R^k W0`` with ``R`` in the block form of :func:`stable_recurrence`.
+
+    Eigenvalues of modulus above ``max_modulus`` are pulled in to it (the recurrence's parameters cannot
+    reach 1). A defective ``R`` is perturbed first by a seeded random matrix of norm about 1e-8 to 1e-3 (the
+    smallest that gives an eigenbasis of condition number below 1e6). Each mode's basis vector is scaled so that its rows of ``W0`` and columns of ``C`` have equal
+    norms (both entries of a pair by one factor).
+
+    Returns
+    -------
+    dict with ``W0``, ``C`` and the parameters ``R_real``, ``R_mod``, ``R_angle``.
+    """
+    d = R.shape[0]
+    R0, jitter = R, 0.0
+    for jitter in (0.0, 1e-8, 1e-6, 1e-4, 1e-3):
+        # a defective R (e.g. the nilpotent shift register of an exact realisation) has no eigenbasis:
+        # split its repeated eigenvalues by a small seeded perturbation (a dense one: a triangular R
+        # plus a diagonal keeps nearly parallel eigenvectors)
+        R = R0 + jitter * np.random.default_rng(0).standard_normal((d, d)) / np.sqrt(d)
+        ev, V = np.linalg.eig(R)
+        if np.linalg.cond(V) < 1e6:
+            break
+    else:
+        raise np.linalg.LinAlgError("R is too far from diagonalisable for the block form")
+    real = np.abs(ev.imag) <= 1e-9 * max(1.0, np.abs(ev).max())
+    cols, lam_real, pairs = [], [], []
+    for k in np.where(real)[0]:
+        v = V[:, k].real
+        cols.append([v / np.linalg.norm(v)])
+        lam_real.append(ev[k].real)
+    for k in np.where(~real & (ev.imag > 0))[0]:
+        v = V[:, k]
+        pairs.append((ev[k], [v.real, v.imag]))
+    T = np.column_stack([c for group in cols for c in group] + [c for _, vv in pairs for c in vv])
+    W0b, Cb = np.linalg.solve(T, W0), C @ T
+    n_real = len(lam_real)
+    # balance: scale each mode (each pair together) so ||W0 row|| = ||C column||
+    groups = [[k] for k in range(n_real)] + [
+        [n_real + 2 * j, n_real + 2 * j + 1] for j in range(len(pairs))
+    ]
+    for g in groups:
+        a, b = np.linalg.norm(W0b[g]), np.linalg.norm(Cb[:, g])
+        if a > 0 and b > 0:
+            f = np.sqrt(a / b)
+            W0b[g] /= f
+            Cb[:, g] *= f
+    lam = np.clip(np.asarray(lam_real, float), -max_modulus, max_modulus)
+    mod = np.clip(np.array([abs(e) for e, _ in pairs]), 1e-6, max_modulus)
+    # in the basis [Re v, Im v] the block is [[a, b], [-b, a]] for lambda = a + ib: angle -arg(lambda)
+    ang = np.array([-np.angle(e) for e, _ in pairs]) / (1 - mod)
+    return {
+        "W0": W0b,
+        "C": Cb,
+        "R_real": np.arctanh(lam),
+        "R_mod": np.log(mod / (1 - mod)),
+        "R_angle": ang,
+    }
+
+
 def _shift(X):
     """``x^{t-1}`` for every ``t`` (zeros at ``t = 0``)."""
     Xp = np.zeros_like(X)
@@ -175,24 +302,47 @@ class RGLM(SpikeModel):
     correlated : bool, default True
         Include the within-bin coupling ``A`` (R-GLM with correlated Poisson noise).
     init_timescales : tuple of float, default (0.5, 0.97)
-        Range of the diagonal of ``R`` at a random start (``init="random"``).
+        Range of the moduli of ``R``'s eigenvalues at a random start (``init="random"``).
     init : {"glm", "random"} or fitted SpikeHistoryGLM, default "glm"
-        ``"random"``: random ``W0``, diagonal ``R`` from ``init_timescales``, ``C = 0``. ``"glm"``: first
-        fit a spike-history GLM (10 lags, 4 basis functions, the same noise model, ordering, ``l2``,
-        ``max_iter`` and ``tol``) and start from it: its ``b`` and ``A``, and ``(W0, R, C)`` realising its
-        coupling filters with ``n_hidden`` states (:func:`realise_filters`). A fitted GLM with the same
-        ``correlated`` setting can be given instead (it is used as is; its neuron order must match).
+        ``"random"``: random ``W0``, ``R`` with real eigenvalue pairs spread over ``init_timescales``,
+        ``C = 0``. ``"glm"``: first fit a spike-history GLM (10 lags, 4 basis functions, the same noise
+        model, ordering, ``l2``, ``max_iter``, ``tol`` and ``input_cap``) and start from it: its ``b`` and
+        ``A``, and ``(W0, R, C)`` realising its coupling filters with ``n_hidden`` states
+        (:func:`realise_filters`, then :func:`to_block_form`). A fitted GLM with the same ``correlated``
+        setting can be given instead (it is used as is; its neuron order must match).
+    n_lags : int, default 0
+        With ``n_lags > 0`` the R-GLM keeps the spike-history GLM's own coupling filters (``n_lags`` bins on
+        ``n_basis`` raised-cosine functions, as :class:`models.spikes.glm.SpikeHistoryGLM`) beside its
+        recurrent state: ``eta^t = C x^{t-1} + sum_l K_l g(y^{t-l}) + A g(y^t) + b``. The GLM is then the
+        special case ``C = 0``; with ``init="glm"`` the fit starts there (the GLM's ``W``, ``A``, ``b``;
+        ``C = 0``, and ``W0``, ``R`` as at a random start) and the state learns what the filters miss.
+    n_basis : int, default 4
+        Basis functions per history filter (with ``n_lags > 0``).
+    l2_state : float, optional
+        L2 penalty on the state's weights ``W0``, ``C`` (and ``B``); default ``l2``. The start GLM uses
+        ``l2``.
     Other parameters as :class:`models.spikes.base.SpikeModel`.
 
     Attributes
     ----------
     params_ : dict with ``W0`` (n_hidden, n_neurons), ``R`` (n_hidden, n_hidden), ``C`` (n_neurons, n_hidden),
         ``b`` (n_neurons,), ``A`` (n_neurons, n_neurons) and ``B`` (n_hidden, n_inputs) when used, all in the
-        model's neuron order ``order_``.
+        model's neuron order ``order_``; ``R_real``, ``R_mod``, ``R_angle``: the parameters of ``R``
+        (:func:`stable_recurrence`).
+    n_real_ : int
+        Real eigenvalues of ``R``; the other ``n_hidden - n_real_`` come in complex pairs. Fixed at the
+        start of the fit (by the GLM's realisation, or ``n_hidden % 2`` from a random start).
+    init_glm_ : SpikeHistoryGLM or None
+        The GLM the fit started from.
+
+    Notes
+    -----
+    No L2 penalty on ``R``'s parameters: its moduli are bounded by construction, and a penalty would pull
+    every timescale towards ``|lambda| = 0.5`` (one bin and a half).
     """
 
     kind = "rglm"
-    weight_keys = ("A", "W0", "R", "C", "B")
+    weight_keys = ("A", "W0", "C", "B", "W")
 
     def __init__(
         self,
@@ -207,18 +357,46 @@ class RGLM(SpikeModel):
         init_timescales=(0.5, 0.97),
         init="glm",
         seed=0,
+        input_cap=1.0,
+        n_lags=0,
+        n_basis=4,
+        l2_state=None,
     ):
-        super().__init__(obs, link, correlated, ordering, l2, max_iter, tol, seed)
+        super().__init__(obs, link, correlated, ordering, l2, max_iter, tol, seed, input_cap)
         self.n_hidden = n_hidden
         self.init_timescales = init_timescales
         self.init = init
+        self.n_lags = n_lags
+        self.n_basis = n_basis
+        self.l2_state = l2_state
+
+    def _l2(self, key):
+        if key in ("W0", "C", "B") and self.l2_state is not None:
+            return self.l2_state
+        return self.l2
+
+    def _structure(self) -> tuple[int, int]:
+        """(real eigenvalues, complex pairs) of ``R``."""
+        n_real = getattr(self, "n_real_", self.n_hidden % 2)
+        return n_real, (self.n_hidden - n_real) // 2
 
     def _shapes(self, n, u_dim):
         d = self.n_hidden
+        n_real, n_pairs = self._structure()
         shapes = super()._shapes(n, u_dim)
-        shapes.update({"W0": (d, n), "R": (d, d), "C": (n, d)})
+        shapes.update(
+            {
+                "W0": (d, n),
+                "C": (n, d),
+                "R_real": (n_real,),
+                "R_mod": (n_pairs,),
+                "R_angle": (n_pairs,),
+            }
+        )
         if u_dim:
             shapes["B"] = (d, u_dim)
+        if self.n_lags:
+            shapes["W"] = (n, n * self.n_basis)
         return shapes
 
     def _init_params(self, yp, u):
@@ -227,22 +405,40 @@ class RGLM(SpikeModel):
         params = super()._init_params(yp, u)
         rng = np.random.default_rng(self.seed)
         n, d = yp.shape[-1], self.n_hidden
+        self.init_glm_ = None
         params["W0"] = rng.normal(0, 0.3, (d, n))
-        params["R"] = np.diag(np.linspace(*self.init_timescales, d))
+        self.n_real_ = d % 2
+        n_pairs = d // 2
+        lo, hi = self.init_timescales
+        mods = np.clip(np.linspace(lo, hi, d)[: self.n_real_ + n_pairs], 1e-3, 0.999)
+        params["R_real"] = np.arctanh(mods[: self.n_real_])
+        params["R_mod"] = np.log(mods[self.n_real_ :] / (1 - mods[self.n_real_ :]))
+        params["R_angle"] = np.zeros(n_pairs)  # a real double eigenvalue
         # C = 0: the first steps then move only the read-out (the gradient with respect to R and W0 is
         # zero), instead of a large step in R whose slow modes have steep gradients and can run away
         params["C"] = np.zeros((n, d))
         if u is not None:
             params["B"] = rng.normal(0, 0.1, (d, u.shape[-1]))
+        if self.n_lags < 0 or (self.n_lags and self.n_basis < 1):
+            raise ValueError("n_lags must be at least 0 and n_basis at least 1")
+        if self.n_lags:
+            params["W"] = np.zeros((n, n * self.n_basis))
         if isinstance(self.init, str) and self.init == "random":
             return params
         glm = self._init_glm(yp)
+        self.init_glm_ = glm
         params["b"] = glm.params_["b"].copy()
         if self.correlated:
             params["A"] = glm.params_["A"].copy()
+        if self.n_lags:  # the GLM itself (C = 0); the state starts as at a random start
+            params["W"] = glm.params_["W"].copy()
+            return params
         W = glm.params_["W"].reshape(n, n, glm.n_basis)
         K = np.einsum("ijq,lq->lij", W, glm.basis_)  # in the shared neuron order
-        params.update(realise_filters(K, d))
+        real = realise_filters(K, d)
+        block = to_block_form(real["W0"], real["R"], real["C"])
+        self.n_real_ = len(block["R_real"])
+        params.update(block)
         return params
 
     def _init_glm(self, yp):
@@ -256,14 +452,16 @@ class RGLM(SpikeModel):
                 raise ValueError(
                     "init GLM must share the R-GLM's neuron order and correlated setting"
                 )
+            if self.n_lags and (glm.n_lags, glm.n_basis) != (self.n_lags, self.n_basis):
+                raise ValueError("init GLM must have the R-GLM's n_lags and n_basis")
             return glm
         if self.init != "glm":
             raise ValueError(
                 f"unknown init {self.init!r}; valid: 'random', 'glm' or a fitted SpikeHistoryGLM"
             )
         glm = SpikeHistoryGLM(
-            n_lags=10,
-            n_basis=4,
+            n_lags=self.n_lags or 10,
+            n_basis=self.n_basis if self.n_lags else 4,
             obs=self.obs,
             link=self.link,
             correlated=self.correlated,
@@ -272,39 +470,75 @@ class RGLM(SpikeModel):
             max_iter=self.max_iter,
             tol=self.tol,
             seed=self.seed,
+            input_cap=self.input_cap,
         )
         y = np.empty_like(yp)
         y[..., self.order_] = yp
         return glm.fit(y)
 
+    @staticmethod
+    def _R(params) -> np.ndarray:
+        if "R" in params:
+            return params["R"]
+        return stable_recurrence(params["R_real"], params["R_mod"], params["R_angle"])
+
+    def _features(self, yp):
+        """Filtered spike history (sparse, cached while fitting), as the GLM's."""
+        from models.spikes.glm import history_features, raised_cosine_basis
+
+        cache = getattr(self, "_feat_cache", None)
+        if cache is not None and cache[0] is yp:
+            return cache[1]
+        F = history_features(self._inputs(yp), raised_cosine_basis(self.n_lags, self.n_basis))
+        F = sparse.csr_matrix(F.reshape(-1, F.shape[-1]))
+        if getattr(self, "_fitting", False):
+            self._feat_cache = (yp, F)
+        return F
+
     def _history(self, params, yp, u):
         bu = None if u is None else u @ params["B"].T
-        X = rglm_states(self._design(yp), params["W0"], params["R"], bu)
+        R = self._R(params)
+        X = rglm_states(self._design(yp), params["W0"], R, bu)
         Xp = _shift(X)
-        return Xp @ params["C"].T, (X, Xp)
+        h = Xp @ params["C"].T
+        F = None
+        if self.n_lags:
+            F = self._features(yp)
+            h = h + np.asarray(F @ params["W"].T).reshape(yp.shape)
+        return h, (X, Xp, R, F)
 
     def _history_grad(self, params, yp, u, g, cache):
-        X, Xp = cache
-        R, C = params["R"], params["C"]
-        n_trials, n_bins, _ = g.shape
+        X, Xp, R, F = cache
+        C = params["C"]
         gC = _outer_sum(g, Xp)
         direct = g @ C  # dL/dx^{t-1} through eta^t, at index t
         lam = adjoint_recursion(direct, R)  # lam[:, t] = dL/dx^t
+        g_real, g_mod, g_angle = stable_recurrence_grad(
+            _outer_sum(lam, Xp), params["R_real"], params["R_mod"], params["R_angle"]
+        )
         grads = {
             "C": gC,
             "W0": self._design(yp).outer(lam),
-            "R": _outer_sum(lam, Xp),
+            "R_real": g_real,
+            "R_mod": g_mod,
+            "R_angle": g_angle,
         }
         if u is not None:
             grads["B"] = _outer_sum(lam, u)
+        if F is not None:
+            grads["W"] = np.asarray(F.T @ g.reshape(-1, g.shape[-1])).T
         return grads
+
+    def _after_fit(self, yp, u):
+        self._feat_cache = None
+        self.params_["R"] = self._R({k: self.params_[k] for k in ("R_real", "R_mod", "R_angle")})
 
     def hidden_states(self, y, u=None) -> np.ndarray:
         """Hidden states ``x^t`` of shape (n_trials, n_bins, n_hidden) given observed counts."""
         self._check_fitted()
         y, yp, u = self._prepare(y, u)
         bu = None if u is None else u @ self.params_["B"].T
-        return rglm_states(yp, self.params_["W0"], self.params_["R"], bu)
+        return rglm_states(self._design(yp), self.params_["W0"], self.params_["R"], bu)
 
     def timescales(self, bin_size: float = 1.0):
         """Eigenvalues of ``R`` and their timescales ``tau = -bin_size / log|lambda|`` (sorted, slowest first).
@@ -313,7 +547,7 @@ class RGLM(SpikeModel):
         -------
         eigvals : complex ndarray of shape (n_hidden,)
         tau : ndarray of shape (n_hidden,)
-            ``inf`` for ``|lambda| >= 1``.
+            ``inf`` for ``|lambda| >= 1``; in the unit of ``bin_size``.
         """
         self._check_fitted()
         ev = np.linalg.eigvals(self.params_["R"])
@@ -324,13 +558,28 @@ class RGLM(SpikeModel):
         return ev[idx], tau[idx]
 
     def _sample_history_init(self, n_trials, u):
-        return np.zeros((n_trials, self.n_hidden))
+        # the state, and the last n_lags inputs (buffer[:, l-1] = g(y^{t-l})) for the history filters
+        return np.zeros((n_trials, self.n_hidden)), np.zeros(
+            (n_trials, self.n_lags, self.n_neurons_)
+        )
 
-    def _sample_history_step(self, x_prev, t, u):
-        return x_prev @ self.params_["C"].T
+    def _sample_history_step(self, state, t, u):
+        x_prev, buf = state
+        h = x_prev @ self.params_["C"].T
+        if self.n_lags:
+            from models.spikes.glm import raised_cosine_basis
 
-    def _sample_history_update(self, x_prev, t, y_t, u):
+            basis = raised_cosine_basis(self.n_lags, self.n_basis)
+            hist = np.einsum("klj,lq->kjq", buf, basis).reshape(buf.shape[0], -1)
+            h = h + hist @ self.params_["W"].T
+        return h
+
+    def _sample_history_update(self, state, t, y_t, u):
+        x_prev, buf = state
         x = y_t @ self.params_["W0"].T + x_prev @ self.params_["R"].T
         if u is not None:
             x = x + u[:, t] @ self.params_["B"].T
-        return x
+        if self.n_lags:
+            buf = np.roll(buf, 1, axis=1)
+            buf[:, 0] = y_t
+        return x, buf

@@ -113,7 +113,7 @@ def add_parser(subparsers) -> None:
         action="append",
         help="only this recording, repeatable (default: Movie1Exp1 and Movie2Exp1)",
     )
-    r.add_argument("--folds", type=int, default=3, help="cross-validation folds")
+    r.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     r.add_argument(
         "--assemble-only", action="store_true", help="rebuild table.md from existing JSON"
     )

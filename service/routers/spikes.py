@@ -7,12 +7,14 @@ store (``spikes_max_models``; the oldest is dropped).
 Input is bounded before any work: the body (JSON or multipart ``.npz``) is read up to
 ``spikes_max_upload_mb``; each array of an ``.npz`` is sized from its header before it is decompressed;
 every numeric option has a range in :class:`SpikeOptions`; and a fit's work (counts entries times history
-lags, hidden units or latents) is capped by ``spikes_max_work``.
+lags, hidden units or latents; for an R-GLM its hidden units plus the lags of the GLM it fits first) is
+capped by ``spikes_max_work`` (:func:`work_factor`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import logging
@@ -32,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.spikes.data import as_counts, bin_spike_times
 from models.spikes.registry import evaluate, fit_and_score, model_options
+from models.spikes.rglm import RGLM
 from service.deps import StateDep, get_settings, get_state
 from service.jobs.upload import BodyLimits, UploadError, read_body
 
@@ -81,6 +84,20 @@ class SpikeOptions(BaseModel):
     init: Literal["glm", "random"] | None = Field(
         None, description="start of an R-GLM fit (rglm kinds): from the fitted GLM, or random"
     )
+    l2_state: float | None = Field(
+        None,
+        ge=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="L2 penalty on the R-GLM's state weights",
+    )
+    input_cap: float | None = Field(
+        None,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="counts enter coupling and history as min(y, input_cap); null: raw counts",
+    )
     obs: str | None = Field(None, max_length=32, description="observation model")
     link: str | None = Field(None, max_length=32, description="inverse link")
     ordering: (
@@ -96,7 +113,30 @@ class SpikeOptions(BaseModel):
 
 # The options whose size multiplies a fit's work (per counts entry).
 WORK_OPTIONS = ("n_lags", "n_hidden", "n_latent")
-DEFAULT_SIZES = {"n_lags": 10, "n_hidden": 8, "n_latent": 4}  # the model classes' defaults
+
+
+def work_factor(kind: str, given: dict) -> int:
+    """How many times a fit of ``kind`` goes over each counts entry, roughly (work per entry).
+
+    History lags, hidden units or latents (the largest given or default); for an R-GLM, its hidden units
+    plus its own history lags plus, unless ``init="random"``, the lags of the GLM it fits first (10 when
+    it has no filters of its own).
+    """
+    from models.spikes.registry import MODEL_KINDS
+
+    cls = MODEL_KINDS[kind][0]
+    sig = inspect.signature(cls.__init__).parameters
+
+    def size(k):
+        if k not in sig:
+            return 0
+        v = given.get(k, sig[k].default)
+        return 0 if v is None else int(v)
+
+    if issubclass(cls, RGLM):
+        prefit = 0 if given.get("init", sig["init"].default) == "random" else size("n_lags") or 10
+        return max(1, size("n_hidden") + size("n_lags") + prefit)
+    return max([1] + [size(k) for k in WORK_OPTIONS])
 
 
 class SpikeModelCreate(SpikeData):
@@ -354,14 +394,13 @@ def check_work(spec: SpikeModelCreate, y: np.ndarray, max_work: int) -> None:
     bad = sorted(set(given) - set(valid))
     if bad:
         raise ValueError(f"unknown option(s) {bad} for kind {spec.kind!r}; valid options: {valid}")
-    factor = max(
-        (int(given.get(k, DEFAULT_SIZES[k])) for k in WORK_OPTIONS if k in valid), default=1
-    )
+    factor = work_factor(spec.kind, given)
     work = int(y.size) * factor
     if work > max_work:
         raise ValueError(
             f"fit too large: {y.size} counts entries x {factor} (history lags, hidden units or "
-            f"latents) = {work}, at most {max_work} allowed; send fewer bins or a smaller model"
+            f"latents; an R-GLM's hidden units plus the lags of the GLM it starts from) = {work}, "
+            f"at most {max_work} allowed; send fewer bins or a smaller model"
         )
 
 
