@@ -102,8 +102,10 @@ class ParamPacker:
         return out
 
 
-# corrections kept by L-BFGS (scipy default 10)
-LBFGS_MEMORY = 10
+# corrections kept by L-BFGS (scipy's default is 10). Measured on an R-GLM of one retina recording
+# (1000 iterations from the GLM): 30 gave a gradient norm of 8.5e-4 against 1.5e-2 with 10, and
+# +1.985 against +1.977 held-out bits/spike; the cost per iteration is the loss's, not the memory's.
+LBFGS_MEMORY = 30
 
 STOP_REASONS = ("gtol", "ftol", "max_iter", "max_fun", "line_search", "closed_form")
 
