@@ -2,7 +2,7 @@
 
     python bench/spikes_rglm_init.py --recording Movie1Exp1 --fold 0 [--max-iter 1000] [--independent]
 
-Fits, on the training trials of one fold of the report's 3-fold split (seed 0) and with the report's
+Fits, on the training trials of one fold of the report's 5-fold split (seed 0) and with the report's
 settings: the GLM with correlated Poisson, and the R-GLM with correlated Poisson from a random start
 (``init="random"``, the default before issue 16) and from a GLM it fits first (``init="glm"``: the GLM's
 ``b`` and ``A``, and its coupling filters realised by ``n_hidden`` recurrent states; the time includes that
@@ -28,7 +28,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--recording", default="Movie1Exp1")
     p.add_argument("--fold", type=int, default=0)
-    p.add_argument("--n-folds", type=int, default=3)
+    p.add_argument("--n-folds", type=int, default=5)
     p.add_argument("--max-iter", type=int, default=OPTIONS["rglm_correlated"]["max_iter"])
     p.add_argument("--glm-max-iter", type=int, default=OPTIONS["glm_correlated"]["max_iter"])
     p.add_argument(

@@ -345,6 +345,9 @@ class RGLM(SpikeModel):
         ``C = 0``, and ``W0``, ``R`` as at a random start) and the state learns what the filters miss.
     n_basis : int, default 4
         Basis functions per history filter (with ``n_lags > 0``).
+    max_iter : int, default 1500
+        L-BFGS iterations (the retina fits need about 1000-1500 to meet ``ftol``; each costs one pass of
+        BPTT over the data).
     l2_state : float, optional
         L2 penalty on the state's weights ``U0``, ``C`` (and ``B``); default ``l2``. The start GLM uses
         ``l2``.
@@ -385,7 +388,7 @@ class RGLM(SpikeModel):
         correlated=True,
         ordering="rate",
         l2=1e-4,
-        max_iter=500,
+        max_iter=1500,
         tol=1e-6,
         init_timescales=(0.5, 0.97),
         init="glm",
