@@ -32,6 +32,9 @@ def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
     assert "| R-GLM with correlated Poisson |" in text
     assert json.loads((tmp_path / "results_Movie1Exp1.json").read_text())["n_folds"] == 2
     assert "Near-duplicate units" in text
+    # every row's fits are accounted for: 5 iterations cannot converge, and the table says so
+    assert "| R-GLM with correlated Poisson | Movie1Exp1 | 0/2 | max_iter |" in text
+    assert "target met |" in text and "CCG r" in text
 
 
 def test_near_duplicates_finds_copied_units(rng):
@@ -40,3 +43,22 @@ def test_near_duplicates_finds_copied_units(rng):
     y = rng.poisson(0.2, (3, 400, 4)).astype(float)
     y[..., 3] = y[..., 1]
     assert [(i, j) for i, j, _ in near_duplicates(y)] == [(1, 3)]
+
+
+def test_cross_validation_records_how_every_fit_ended(rng):
+    from models.spikes.evaluation import cross_validate
+    from models.spikes.glm import CorrelatedGLM, IndependentPoisson
+
+    y = rng.poisson(0.3, (4, 100, 3)).astype(float)
+    fits = {}
+    cv = cross_validate(
+        {"c": lambda: CorrelatedGLM(max_iter=2), "i": IndependentPoisson},
+        y,
+        n_folds=2,
+        progress=False,
+        fits=fits,
+    )
+    assert len(cv["c"]) == 2 and len(fits["c"]) == 2 and len(fits["i"]) == 2
+    assert fits["c"][0]["stop_reason"] == "max_iter" and fits["c"][0]["converged"] is False
+    assert fits["c"][0]["tol"] == 1e-6 and fits["c"][0]["fit_seconds"] >= 0
+    assert fits["i"][0]["stop_reason"] == "closed_form" and fits["i"][0]["converged"]
