@@ -257,16 +257,17 @@ def to_block_form(
     """The same drive ``C R^k W0`` with ``R`` in the block form of :func:`stable_recurrence`.
 
     Eigenvalues of modulus above ``max_modulus`` are pulled in to it (the recurrence's parameters cannot
-    reach 1). A defective ``R`` is perturbed first by a seeded random matrix of norm about 1e-8 to 1e-3 (the
-    smallest that gives an eigenbasis of condition number below 1e6). Each mode's basis vector is scaled so that its rows of ``W0`` and columns of ``C`` have equal
-    norms (both entries of a pair by one factor).
+    reach 1). A defective ``R`` is perturbed first by a seeded random matrix of norm about 1e-8 to 1e-3
+    (the smallest that gives an eigenbasis of condition number below 1e6). Each mode's basis vector is
+    scaled so that its rows of ``W0`` and columns of ``C`` have equal norms (both entries of a pair by one
+    factor).
 
     Returns
     -------
     dict with ``W0``, ``C`` and the parameters ``R_real``, ``R_mod``, ``R_angle``.
     """
     d = R.shape[0]
-    R0, jitter = R, 0.0
+    R0 = R
     for jitter in (0.0, 1e-8, 1e-6, 1e-4, 1e-3):
         # a defective R (e.g. the nilpotent shift register of an exact realisation) has no eigenbasis:
         # split its repeated eigenvalues by a small seeded perturbation (a dense one: a triangular R
