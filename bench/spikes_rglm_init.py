@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 
+from models.reports.spikes import BIN_MS, OPTIONS
 from models.spikes.data import load_retina
 from models.spikes.evaluation import bits_per_spike, trial_folds
 from models.spikes.glm import IndependentPoisson
 from models.spikes.registry import make_model
-from models.spikes.report import BIN_MS, OPTIONS
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from models.spikes.data import RETINA_DIR
     not (shared_data_dir() / RETINA_DIR).exists(), reason="shared retina data not available"
 )
 def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
-    from models.spikes import report
+    from models.reports import spikes as report
 
     quick = {k: {**v, "max_iter": 5} if "max_iter" in v else v for k, v in report.OPTIONS.items()}
     quick["lds"] = {"n_latent": 2, "n_iter": 3}
@@ -38,7 +38,7 @@ def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
 
 
 def test_near_duplicates_finds_copied_units(rng):
-    from models.spikes.report import near_duplicates
+    from models.reports.spikes import near_duplicates
 
     y = rng.poisson(0.2, (3, 400, 4)).astype(float)
     y[..., 3] = y[..., 1]
@@ -62,3 +62,31 @@ def test_cross_validation_records_how_every_fit_ended(rng):
     assert fits["c"][0]["stop_reason"] == "max_iter" and fits["c"][0]["converged"] is False
     assert fits["c"][0]["tol"] == 1e-6 and fits["c"][0]["fit_seconds"] >= 0
     assert fits["i"][0]["stop_reason"] == "closed_form" and fits["i"][0]["converged"]
+
+
+def test_the_sample_and_timescale_figures_are_drawn(tmp_path):
+    """Both figure writers on small made-up statistics, without touching matplotlib's backend."""
+    import matplotlib
+    import numpy as np
+
+    from models.reports.spikes import plot_samples, plot_timescales
+
+    backend = matplotlib.get_backend()
+    rng = np.random.default_rng(0)
+    lags = np.arange(-5, 6)
+    stats = {
+        "corr": {"data": rng.normal(0, 0.1, 45), "glm": rng.normal(0, 0.1, 45)},
+        "summary": {"glm": {"corr_vs_data_r": 0.5}},
+        "lags": lags,
+        "pairs": [(0, 1), (2, 3)],
+        "ccg": {
+            "data": rng.normal(0, 0.1, (2, len(lags))),
+            "glm": rng.normal(0, 0.1, (2, len(lags))),
+        },
+    }
+    plot_samples(stats, "demo", tmp_path / "samples.png")
+    ev = np.array([0.9, 0.5 + 0.3j, 0.5 - 0.3j])
+    plot_timescales(ev, -0.01 / np.log(np.abs(ev)), "demo", tmp_path / "timescales.png")
+    for name in ("samples.png", "timescales.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert matplotlib.get_backend() == backend

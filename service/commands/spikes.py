@@ -194,7 +194,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from models.spikes import report
+    from models.reports import spikes as report
 
     if args.assemble_only:
         print(report.assemble(args.out))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.reports.plotting import new_figure
 from models.spikes.data import load_retina
 from models.spikes.evaluation import (
     cross_correlogram,
@@ -209,15 +210,9 @@ def sample_statistics(
 
 
 def plot_samples(stats: dict, recording: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     kinds = [k for k in stats["corr"] if k != "data"]
-    fig, axes = plt.subplots(
-        2, max(len(kinds), len(stats["pairs"])), figsize=(3.2 * len(kinds), 6.4)
-    )
+    fig = new_figure(figsize=(3.2 * len(kinds), 6.4))
+    axes = fig.subplots(2, max(len(kinds), len(stats["pairs"])), squeeze=False)
     cd = stats["corr"]["data"]
     lim = np.nanmax(np.abs(cd)) * 1.1
     for ax, kind in zip(axes[0], kinds, strict=False):
@@ -241,16 +236,11 @@ def plot_samples(stats: dict, recording: str, path: Path) -> None:
     fig.suptitle(f"{recording}: free-running samples vs data (10 ms bins)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_timescales(ev: np.ndarray, tau: np.ndarray, recording: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
+    fig = new_figure(figsize=(9, 4))
+    a1, a2 = fig.subplots(1, 2)
     th = np.linspace(0, 2 * np.pi, 200)
     a1.plot(np.cos(th), np.sin(th), "k--", lw=0.8)
     a1.scatter(ev.real, ev.imag)
@@ -266,7 +256,6 @@ def plot_timescales(ev: np.ndarray, tau: np.ndarray, recording: str, path: Path)
     fig.suptitle(f"{recording}: R-GLM with correlated Poisson, fold 0 (Δt = {BIN_MS:g} ms)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def synthetic_decoder_check(seed: int = 16) -> dict:
