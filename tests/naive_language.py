@@ -41,3 +41,18 @@ def adam_update(p, g, m, v, step_size, beta1=0.9, beta2=0.999, eps=1e-8, tiny=1e
     m[np.abs(m) < tiny] = 0.0
     v[v < tiny] = 0.0
     p -= step_size * m / (np.sqrt(v) + eps)
+
+
+def class_softmax(u, y, Wout, c, Wc, bc, word_class):
+    """log P(y_i) = log softmax_k(u_i . Wc_k + bc_k)[class(y_i)]
+    + log softmax over the words w of that class of (u_i . Wout_w + c_w), one token at a time."""
+    out = np.empty(len(y))
+    for i in range(len(y)):
+        zc = Wc @ u[i] + bc
+        k = word_class[y[i]]
+        lp_class = zc[k] - np.log(np.sum(np.exp(zc)))
+        members = [w for w in range(len(word_class)) if word_class[w] == k]
+        zw = np.array([Wout[w] @ u[i] + c[w] for w in members])
+        lp_word = Wout[y[i]] @ u[i] + c[y[i]] - np.log(np.sum(np.exp(zw)))
+        out[i] = lp_class + lp_word
+    return out

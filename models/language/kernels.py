@@ -186,3 +186,184 @@ def adam_update(
         eps,
         tiny,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Class-factorised (frequency-binned) softmax
+# ----------------------------------------------------------------------------------------------
+
+
+class WordClasses:
+    """A partition of the vocabulary into classes of contiguous frequency rank.
+
+    ``P(w | h) = P(class(w) | h) P(w | class(w), h)``: a ``C``-way softmax over classes times a
+    softmax over the members of the word's class. Frequent words share small classes, rare words
+    large ones, so scoring a running-text token touches ``C`` plus a few hundred columns instead
+    of ``V``.
+
+    Parameters
+    ----------
+    word_class : (V,) int class of each word id, every class in ``[0, C)`` non-empty
+
+    Attributes
+    ----------
+    word_class : (V,) int64
+    members : (V,) int64 word ids grouped by class (class ``k`` is ``members[ptr[k]:ptr[k+1]]``)
+    ptr : (C + 1,) int64 class boundaries in ``members``
+    position : (V,) int64 index of each word inside its class
+    """
+
+    def __init__(self, word_class: np.ndarray):
+        word_class = np.asarray(word_class, dtype=np.int64)
+        if word_class.ndim != 1 or word_class.size == 0 or word_class.min() < 0:
+            raise ValueError("word_class must be a non-empty 1-d array of class ids >= 0")
+        C = int(word_class.max()) + 1
+        sizes = np.bincount(word_class, minlength=C)
+        if (sizes == 0).any():
+            raise ValueError(f"classes {np.flatnonzero(sizes == 0).tolist()} have no words")
+        self.word_class = word_class
+        self.members = np.argsort(word_class, kind="stable").astype(np.int64)
+        self.ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.position = np.empty_like(word_class)
+        self.position[self.members] = (
+            np.arange(word_class.size) - self.ptr[word_class[self.members]]
+        )
+
+    @property
+    def n_classes(self) -> int:
+        return self.ptr.size - 1
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, n_classes: int, power: float = 0.5) -> WordClasses:
+        """Frequency binning: words by decreasing count, cut into ``n_classes`` equal slices of
+        the cumulative ``count**power`` mass (Mikolov et al. 2011; ``power`` 0.5 balances the
+        cost of the class and the word softmax better than raw counts).
+
+        Parameters
+        ----------
+        counts : (V,) word counts in the training text (> 0; add one for unseen words)
+        n_classes : number of classes, 1 <= n_classes <= V
+        """
+        counts = np.asarray(counts, dtype=np.float64)
+        V = counts.size
+        if not 1 <= n_classes <= V:
+            raise ValueError(f"n_classes must be in [1, {V}], got {n_classes}")
+        order = np.argsort(-counts, kind="stable")
+        mass = counts[order] ** power
+        total = mass.sum()
+        k = np.empty(V, np.int64)
+        cur, acc = 0, 0.0
+        for i in range(V):
+            k[i] = cur
+            acc += mass[i]
+            classes_left = n_classes - cur - 1
+            # close the class at its share of the mass, or when each class left needs a word
+            if classes_left > 0 and (
+                acc >= (cur + 1) / n_classes * total or V - i - 1 == classes_left
+            ):
+                cur += 1
+        word_class = np.empty(V, np.int64)
+        word_class[order] = k
+        return cls(word_class)
+
+
+def _log_softmax_rows(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def class_softmax(
+    u: np.ndarray,
+    y: np.ndarray,
+    Wout: np.ndarray,
+    c: np.ndarray,
+    Wc: np.ndarray,
+    bc: np.ndarray,
+    classes: WordClasses,
+    scale: float = 1.0,
+    grads: bool = True,
+):
+    """Exact log-probability of each target under the class-factorised softmax, and gradients.
+
+    Tokens are grouped by the class of their target; each group is one BLAS product with its
+    class's word vectors, so the cost per token is ``C + |class(y)|`` columns instead of ``V``.
+
+    Parameters
+    ----------
+    u : (N, H) output features (``h P``)
+    y : (N,) target word ids
+    Wout : (V, H) output word vectors; c : (V,) word biases
+    Wc : (C, H) class vectors; bc : (C,) class biases
+    classes : the vocabulary partition
+    scale : the gradients are those of ``-scale * sum(logp)`` (``1/N`` for a mean)
+    grads : also return gradients
+
+    Returns
+    -------
+    logp : (N,) float64 ``log P(y_i | u_i)``, normalised over all ``V`` words
+    and, when ``grads``: du (N, H), dWout (V, H), dc (V,), dWc (C, H), dbc (C,)
+    """
+    N = y.shape[0]
+    rows = np.arange(N)
+    ky = classes.word_class[y]
+    lpc = _log_softmax_rows(u @ Wc.T + bc)
+    logp = lpc[rows, ky].astype(np.float64)
+    if grads:
+        Gc = np.exp(lpc)
+        Gc[rows, ky] -= 1.0
+        Gc *= scale
+        du = Gc @ Wc
+        dWc = Gc.T @ u
+        dbc = Gc.sum(axis=0)
+        dW = np.zeros_like(Wout)
+        dc = np.zeros_like(c)
+    order = np.argsort(ky, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(ky, minlength=classes.n_classes))])
+    pos_all = classes.position[y]
+    for k in np.flatnonzero(np.diff(bounds)):
+        idx = order[bounds[k] : bounds[k + 1]]
+        mk = classes.members[classes.ptr[k] : classes.ptr[k + 1]]
+        Wk = Wout[mk]
+        uk = u[idx]
+        lpk = _log_softmax_rows(uk @ Wk.T + c[mk])
+        pos = pos_all[idx]
+        sub = np.arange(idx.size)
+        logp[idx] += lpk[sub, pos]
+        if grads:
+            Gk = np.exp(lpk)
+            Gk[sub, pos] -= 1.0
+            Gk *= scale
+            du[idx] += Gk @ Wk
+            dW[mk] += Gk.T @ uk
+            dc[mk] += Gk.sum(axis=0)
+    if grads:
+        return logp, du, dW, dc, dWc, dbc
+    return logp
+
+
+def class_log_probs_all(
+    u: np.ndarray,
+    Wout: np.ndarray,
+    c: np.ndarray,
+    Wc: np.ndarray,
+    bc: np.ndarray,
+    classes: WordClasses,
+) -> np.ndarray:
+    """Log-probabilities (N, V) of every word under the class-factorised softmax.
+
+    Parameters
+    ----------
+    u : (N, H) output features
+
+    Returns
+    -------
+    (N, V) float64, each row normalised over the vocabulary
+    """
+    lpc = _log_softmax_rows((u @ Wc.T + bc).astype(np.float64))
+    out = np.empty((u.shape[0], Wout.shape[0]), np.float64)
+    for k in range(classes.n_classes):
+        mk = classes.members[classes.ptr[k] : classes.ptr[k + 1]]
+        out[:, mk] = lpc[:, k : k + 1] + _log_softmax_rows(
+            (u @ Wout[mk].T + c[mk]).astype(np.float64)
+        )
+    return out

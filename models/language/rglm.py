@@ -27,7 +27,10 @@ import numpy as np
 
 from models.language.data import Vocabulary
 from models.language.kernels import (
+    WordClasses,
     adam_update,
+    class_log_probs_all,
+    class_softmax,
     diag_scan_backward,
     diag_scan_forward,
     scatter_add_rows,
@@ -38,7 +41,7 @@ log = logging.getLogger(__name__)
 RECURRENCES = ("diagonal", "full")
 OPTIMIZERS = ("adam", "sgd")
 R_MAX = 0.9995  # |r| bound: timescales up to ~2000 words, and the recurrence stays stable
-NAMES = ("E", "W", "P", "r", "c")
+NAMES = ("E", "W", "P", "r", "c", "Wc", "bc")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,6 +95,7 @@ def loss_and_grads(
     samples: np.ndarray | None = None,
     log_q: np.ndarray | None = None,
     return_logp: bool = False,
+    classes: WordClasses | None = None,
 ):
     """Mean cross-entropy (nats/token) of one truncated-BPTT window and its gradients.
 
@@ -105,6 +109,8 @@ def loss_and_grads(
     samples : (K,) negative samples for the sampled softmax (with replacement, from ``exp(log_q)``);
         None means the exact full softmax
     log_q : (V,) log sampling probabilities, needed with ``samples``
+    classes : the word classes of a class-factorised output layer (parameters ``Wc`` (C, H) and
+        ``bc`` (C,)); None for the plain softmax. The class softmax is exact, not an estimate.
 
     Returns
     -------
@@ -126,12 +132,20 @@ def loss_and_grads(
     hd2 = hd.reshape(N, H)
     u = hd2 @ P
     y = Y.reshape(N)
-    dW = np.zeros_like(Wout)
-    dc = np.zeros_like(c)
-    if samples is None:
+    extra = {}
+    if classes is not None:
+        lp_y, du, dW, dc, dWc, dbc = class_softmax(
+            u, y, Wout, c, params["Wc"], params["bc"], classes, scale=1.0 / N
+        )
+        loss = -lp_y.mean()
+        extra = {"Wc": dWc, "bc": dbc}
+    elif samples is None:
+        dW = np.zeros_like(Wout)
+        dc = np.zeros_like(c)
         logits = u @ Wout.T + c
         lp = log_softmax_rows(logits)
-        loss = -lp[np.arange(N), y].mean()
+        lp_y = lp[np.arange(N), y]
+        loss = -lp_y.mean()
         G = np.exp(lp)
         G[np.arange(N), y] -= 1.0
         G /= N
@@ -139,6 +153,8 @@ def loss_and_grads(
         dW += G.T @ u
         dc += G.sum(axis=0)
     else:
+        dW = np.zeros_like(Wout)
+        dc = np.zeros_like(c)
         Ws = Wout[samples]
         Wy = Wout[y]
         true_logit = np.einsum("nh,nh->n", u, Wy) + c[y] - (log_q[y] + np.log(len(samples)))
@@ -146,7 +162,8 @@ def loss_and_grads(
         samp_logit[y[:, None] == samples[None, :]] = -np.inf  # accidental hits
         logits = np.concatenate([true_logit[:, None], samp_logit], axis=1)
         lp = log_softmax_rows(logits)
-        loss = -lp[:, 0].mean()
+        lp_y = lp[:, 0]
+        loss = -lp_y.mean()
         G = np.exp(lp)
         G[:, 0] -= 1.0
         G /= N
@@ -165,18 +182,22 @@ def loss_and_grads(
         dx *= mask_in
     dE = np.zeros_like(E)
     scatter_add_rows(dE, X.reshape(N), dx.reshape(N, H))
-    grads = {"P": dP, "r": dr, "c": dc}
+    grads = {"P": dP, "r": dr, "c": dc, **extra}
     if params.get("W") is None:
         grads["E"] = dE + dW
     else:
         grads["E"], grads["W"] = dE, dW
     if return_logp:
-        return float(loss), grads, h[-1].copy(), lp[np.arange(N), y].reshape(T, B)
+        return float(loss), grads, h[-1].copy(), lp_y.reshape(T, B)
     return float(loss), grads, h[-1].copy()
 
 
 def stream_log_probs(
-    params: dict, tokens: np.ndarray, h0: np.ndarray | None = None, chunk: int = 1024
+    params: dict,
+    tokens: np.ndarray,
+    h0: np.ndarray | None = None,
+    chunk: int = 1024,
+    classes: WordClasses | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact log-probability (nats) of each ``tokens[t+1]`` given ``tokens[:t+1]``, full softmax.
 
@@ -184,6 +205,7 @@ def stream_log_probs(
     ----------
     tokens : (n,) ids of one stream
     h0 : (H,) state before the first token (zeros by default)
+    classes : word classes of a class-factorised output layer (None: plain softmax)
 
     Returns
     -------
@@ -199,6 +221,18 @@ def stream_log_probs(
     logp = np.empty(len(tokens) - 1, dtype=np.float64)
     for s in range(0, len(tokens) - 1, chunk):
         e = min(s + chunk, len(tokens) - 1)
+        if classes is not None:
+            logp[s:e] = class_softmax(
+                h[s:e] @ P,
+                tokens[s + 1 : e + 1],
+                Wout,
+                c,
+                params["Wc"],
+                params["bc"],
+                classes,
+                grads=False,
+            )
+            continue
         lp = log_softmax_rows((h[s:e] @ P) @ Wout.T + c)
         logp[s:e] = lp[np.arange(e - s), tokens[s + 1 : e + 1]]
     return logp, h[-1].copy()
@@ -211,6 +245,7 @@ def dynamic_step(
     h0: np.ndarray,
     learning_rate: float,
     max_grad_norm: float | None = 5.0,
+    classes: WordClasses | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score one window of a stream, then take one in-place SGD step on it.
 
@@ -226,6 +261,8 @@ def dynamic_step(
     learning_rate : step per token (the window gradient is summed over its n tokens)
     max_grad_norm : the step is scaled down when the window gradient's norm exceeds
         ``max_grad_norm * n`` (norms of the separate parts added in quadrature); None: never
+    classes : word classes of a class-factorised output layer (None: plain softmax); then the
+        exact class-softmax gradient of :func:`loss_and_grads` is applied
 
     Returns
     -------
@@ -234,6 +271,8 @@ def dynamic_step(
     """
     from scipy.linalg import blas
 
+    if classes is not None:
+        return _dynamic_step_classes(params, X, Y, h0, learning_rate, max_grad_norm, classes)
     E, P, r, c = params["E"], params["P"], params["r"], params["c"]
     Wout = _out_matrix(params)
     n = X.shape[0]
@@ -271,8 +310,33 @@ def dynamic_step(
     return logp, h[-1].copy()
 
 
-def next_word_log_probs(params: dict, h: np.ndarray) -> np.ndarray:
+def _dynamic_step_classes(params, X, Y, h0, learning_rate, max_grad_norm, classes):
+    n = X.shape[0]
+    _, grads, hT, lp = loss_and_grads(
+        params, X[:, None], Y[:, None], h0, return_logp=True, classes=classes
+    )
+    lr = learning_rate * n  # the gradients are of the mean loss
+    if max_grad_norm is not None:
+        norm = n * np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+        if norm > max_grad_norm * n:
+            lr *= max_grad_norm * n / norm
+    for k, g in grads.items():
+        params[k] -= (lr * g).astype(params[k].dtype)
+    r = params["r"]
+    if r.ndim == 1:
+        np.clip(r, -R_MAX, R_MAX, out=r)
+    return lp[:, 0].astype(np.float64), hT
+
+
+def next_word_log_probs(
+    params: dict, h: np.ndarray, classes: WordClasses | None = None
+) -> np.ndarray:
     """Log-probabilities (V,) of the next word given the state ``h`` (H,)."""
+    if classes is not None:
+        u = (np.asarray(h, params["E"].dtype) @ params["P"])[None, :]
+        return class_log_probs_all(
+            u, _out_matrix(params), params["c"], params["Wc"], params["bc"], classes
+        )[0]
     logits = (np.asarray(h, params["E"].dtype) @ params["P"]) @ _out_matrix(params).T + params["c"]
     return log_softmax_rows(logits[None, :].astype(np.float64))[0]
 
@@ -346,6 +410,9 @@ class LinearRecurrentLM:
     bptt : int, default 20 -- truncation length
     batch_size : int, default 64 -- parallel streams
     n_samples : int or None, default 1024 -- sampled-softmax negatives (None: full softmax)
+    n_classes : int or None, default None -- a class-factorised output layer with this many
+        frequency-binned classes (the model is then ``P(class | h) P(word | class, h)``, trained
+        and scored exactly; ``n_samples`` is ignored)
     optimizer : {"adam", "sgd"}, default "adam"
     learning_rate : float or None -- default 2e-3 (adam) or 1.0 (sgd, momentum 0.9)
     momentum : float, default 0.9
@@ -372,6 +439,7 @@ class LinearRecurrentLM:
         bptt: int = 20,
         batch_size: int = 64,
         n_samples: int | None = 1024,
+        n_classes: int | None = None,
         optimizer: str = "adam",
         learning_rate: float | None = None,
         momentum: float = 0.9,
@@ -389,6 +457,7 @@ class LinearRecurrentLM:
         self.bptt = bptt
         self.batch_size = batch_size
         self.n_samples = n_samples
+        self.n_classes = n_classes
         self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.momentum = momentum
@@ -429,11 +498,27 @@ class LinearRecurrentLM:
             c = np.zeros(V, np.float32)
         else:
             c = np.log(np.maximum(unigram, 1e-8) / unigram.sum()).astype(np.float32)
-        return {"E": E, "W": W, "P": P, "r": r, "c": c}
+        params = {"E": E, "W": W, "P": P, "r": r, "c": c}
+        classes = getattr(self, "classes_", None)
+        if classes is not None:
+            C = classes.n_classes
+            params["Wc"] = (rng.standard_normal((C, H)) * 0.1).astype(np.float32)
+            if unigram is None:
+                params["bc"] = np.zeros(C, np.float32)
+            else:
+                # class biases carry the class unigram, word biases the share inside the class
+                mass = np.bincount(classes.word_class, weights=unigram, minlength=C)
+                params["bc"] = np.log(mass / mass.sum()).astype(np.float32)
+                params["c"] = np.log(np.maximum(unigram, 1e-8) / mass[classes.word_class]).astype(
+                    np.float32
+                )
+        return params
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "params_"):
             raise RuntimeError("this LinearRecurrentLM is not fitted: call fit() or load() first")
+        if not hasattr(self, "classes_"):
+            self.classes_ = None
 
     # -- training -------------------------------------------------------------------------------
 
@@ -444,11 +529,27 @@ class LinearRecurrentLM:
         valid: np.ndarray | None = None,
         checkpoint: str | Path | None = None,
         progress: bool = False,
+        checkpoint_every: float = 60.0,
+        stop_after: int | None = None,
     ) -> LinearRecurrentLM:
         """Train on the id stream ``train`` (n,); anneal on ``valid`` perplexity; keep the best.
 
-        With ``checkpoint`` the full training state is saved after every epoch and, if the file
-        already exists, training resumes from it (so a long run can be split into short jobs).
+        With ``checkpoint`` the full training state (parameters, optimiser moments, random
+        generator, carried hidden state, position inside the epoch) is saved every
+        ``checkpoint_every`` seconds, at the end of every epoch and when the run pauses; if the
+        file exists, training resumes from it. Resuming from any checkpoint gives the same
+        parameters as an uninterrupted run, so a run can be stopped at any moment and loses
+        at most ``checkpoint_every`` seconds.
+
+        Parameters
+        ----------
+        train : (n,) training ids; valid : (m,) validation ids (annealing, early stopping)
+        vocab : the vocabulary
+        checkpoint : path of the resumable state (.npz), or None
+        progress : show a progress bar over the windows of each epoch
+        checkpoint_every : seconds between checkpoints inside an epoch
+        stop_after : pause after this many training windows in this call (None: no pause);
+            ``time_limit`` pauses the same way after that many seconds in this call
         """
         self._validate()
         train = np.asarray(train, dtype=np.int64)
@@ -460,10 +561,12 @@ class LinearRecurrentLM:
         q = counts**0.75
         log_q = np.log(q / q.sum())
         q_cdf = np.cumsum(np.exp(log_q))
+        self.classes_ = WordClasses.from_counts(counts, self.n_classes) if self.n_classes else None
         ckpt = Path(checkpoint) if checkpoint is not None else None
+        B, T, H = self.batch_size, self.bptt, self.n_hidden
         if ckpt is not None and ckpt.exists():
             state = self._load_checkpoint(ckpt)
-            log.info("resuming from %s at epoch %s", ckpt, state["epoch"])
+            log.info("resuming from %s at epoch %s window %s", ckpt, state["epoch"], state["pos"])
         else:
             lr = self.learning_rate or (2e-3 if self.optimizer == "adam" else 1.0)
             opt = _Optimizer(self.optimizer, lr, self.momentum)
@@ -471,6 +574,11 @@ class LinearRecurrentLM:
             opt.init(self.params_)
             state = {
                 "epoch": 0,
+                "pos": 0,
+                "h": np.zeros((B, H), np.float32),
+                "total": 0.0,
+                "count": 0,
+                "epoch_seconds": 0.0,
                 "opt": opt,
                 "best": np.inf,
                 "best_params": None,
@@ -479,32 +587,48 @@ class LinearRecurrentLM:
             }
         self.history_ = state["history"]
         opt, rng = state["opt"], state["rng"]
-        B, T, H = self.batch_size, self.bptt, self.n_hidden
         L = (train.size - 1) // B
         data = train[: L * B + 1]
         Xs = data[:-1].reshape(B, L).T
         Ys = data[1:].reshape(B, L).T
+        n_windows = (L + T - 1) // T
         started = time.perf_counter()
-        while state["epoch"] < self.n_epochs:
+        last_save = started
+        windows_run = 0
+        paused = False
+        while state["epoch"] < self.n_epochs and not paused:
             t0 = time.perf_counter()
-            h = np.zeros((B, H), np.float32)
-            total, count = 0.0, 0
-            steps = range(0, L, T)
+            bar = None
             if progress:
                 from tqdm import tqdm
 
-                steps = tqdm(steps, desc=f"epoch {state['epoch'] + 1}", unit="win", leave=False)
-            for s in steps:
+                bar = tqdm(
+                    total=n_windows,
+                    initial=state["pos"],
+                    desc=f"epoch {state['epoch'] + 1}/{self.n_epochs}",
+                    unit="win",
+                    leave=False,
+                )
+            while state["pos"] < n_windows:
+                s = state["pos"] * T
                 X, Y = Xs[s : s + T], Ys[s : s + T]
                 shape = (*X.shape, H)
                 m_in = _dropout_mask(rng, shape, self.dropout_input)
                 m_h = _dropout_mask(rng, shape, self.dropout_hidden)
                 samples = None
-                if self.n_samples:
+                if self.n_samples and self.classes_ is None:
                     samples = np.searchsorted(q_cdf, rng.random(self.n_samples) * q_cdf[-1])
                     samples = np.minimum(samples, V - 1)
-                loss, grads, h = loss_and_grads(
-                    self.params_, X, Y, h, m_in, m_h, samples, log_q if self.n_samples else None
+                loss, grads, state["h"] = loss_and_grads(
+                    self.params_,
+                    X,
+                    Y,
+                    state["h"],
+                    m_in,
+                    m_h,
+                    samples,
+                    log_q if samples is not None else None,
+                    classes=self.classes_,
                 )
                 if not np.isfinite(loss):
                     raise FloatingPointError(
@@ -513,14 +637,33 @@ class LinearRecurrentLM:
                 _clip_global(grads, 5.0)
                 opt.update(self.params_, grads)
                 self._project()
-                total += loss * X.size
-                count += X.size
-            seconds = time.perf_counter() - t0
+                state["total"] += loss * X.size
+                state["count"] += X.size
+                state["pos"] += 1
+                windows_run += 1
+                if bar is not None:
+                    bar.update(1)
+                now = time.perf_counter()
+                over_time = self.time_limit is not None and now - started > self.time_limit
+                over_count = stop_after is not None and windows_run >= stop_after
+                if (over_time or over_count) and state["pos"] < n_windows:
+                    paused = True
+                    break
+                if ckpt is not None and now - last_save > checkpoint_every:
+                    state["epoch_seconds"] += now - t0
+                    t0 = now
+                    self._save_checkpoint(ckpt, state)
+                    last_save = time.perf_counter()
+            if bar is not None:
+                bar.close()
+            state["epoch_seconds"] += time.perf_counter() - t0
+            if paused:
+                break
             entry = {
                 "epoch": state["epoch"] + 1,
-                "train_loss": total / count,
-                "tokens_per_s": count / seconds,
-                "seconds": seconds,
+                "train_loss": state["total"] / state["count"],
+                "tokens_per_s": state["count"] / state["epoch_seconds"],
+                "seconds": state["epoch_seconds"],
                 "lr": opt.lr,
             }
             if valid is not None:
@@ -533,20 +676,33 @@ class LinearRecurrentLM:
                 ):
                     opt.lr *= self.anneal
             self.history_.append(entry)
-            state["epoch"] += 1
+            state.update(
+                epoch=state["epoch"] + 1,
+                pos=0,
+                h=np.zeros((B, H), np.float32),
+                total=0.0,
+                count=0,
+                epoch_seconds=0.0,
+            )
             log.info("epoch %s: %s", entry["epoch"], entry)
-            if ckpt is not None:
-                self._save_checkpoint(ckpt, state)
-            if self.time_limit is not None:
-                elapsed = time.perf_counter() - started
-                if elapsed + seconds * 1.3 > self.time_limit:
-                    log.info(
-                        "time limit: stopping after epoch %s (%.0f s)", state["epoch"], elapsed
-                    )
-                    break
+            if self.time_limit is not None and time.perf_counter() - started > self.time_limit:
+                paused = state["epoch"] < self.n_epochs
+            if stop_after is not None and windows_run >= stop_after:
+                paused = state["epoch"] < self.n_epochs
+        if ckpt is not None:
+            self._save_checkpoint(ckpt, state)
+        if paused:
+            log.info(
+                "paused at epoch %s window %s/%s after %.0f s",
+                state["epoch"] + 1,
+                state["pos"],
+                n_windows,
+                time.perf_counter() - started,
+            )
         if state["best_params"] is not None:
             self.params_ = state["best_params"]
         self.epochs_done_ = state["epoch"]
+        self.finished_ = state["epoch"] >= self.n_epochs
         return self
 
     def _project(self) -> None:
@@ -563,7 +719,9 @@ class LinearRecurrentLM:
     def log_probs(self, tokens: np.ndarray) -> np.ndarray:
         """Exact log P (nats) of ``tokens[1:]`` (n-1,) reading the stream from a zero state."""
         self._check_fitted()
-        return stream_log_probs(self.params_, np.asarray(tokens, dtype=np.int64))[0]
+        return stream_log_probs(
+            self.params_, np.asarray(tokens, dtype=np.int64), classes=self.classes_
+        )[0]
 
     def perplexity(self, tokens: np.ndarray) -> float:
         """Exact full-softmax perplexity of ``tokens[1:]``."""
@@ -599,7 +757,9 @@ class LinearRecurrentLM:
             starts = tqdm(starts, desc="dynamic eval", unit="win")
         for s in starts:
             e = min(s + chunk, len(tokens) - 1)
-            out[s:e], h = dynamic_step(params, tokens[s:e], tokens[s + 1 : e + 1], h, learning_rate)
+            out[s:e], h = dynamic_step(
+                params, tokens[s:e], tokens[s + 1 : e + 1], h, learning_rate, classes=self.classes_
+            )
         return out
 
     def next_word_log_probs(self, context: np.ndarray) -> np.ndarray:
@@ -608,10 +768,10 @@ class LinearRecurrentLM:
         context = np.asarray(context, dtype=np.int64)
         H = self.params_["E"].shape[1]
         if context.size == 0:
-            return next_word_log_probs(self.params_, np.zeros(H, np.float32))
+            return next_word_log_probs(self.params_, np.zeros(H, np.float32), self.classes_)
         x = self.params_["E"][context][:, None, :].astype(np.float32)
         h = recur(x, self.params_["r"].astype(np.float32), np.zeros((1, H), np.float32))
-        return next_word_log_probs(self.params_, h[-1, 0])
+        return next_word_log_probs(self.params_, h[-1, 0], self.classes_)
 
     def timescales(self) -> np.ndarray:
         """Unit timescales in words (H,), ``-1/log|r|``."""
@@ -631,6 +791,7 @@ class LinearRecurrentLM:
             "bptt",
             "batch_size",
             "n_samples",
+            "n_classes",
             "optimizer",
             "learning_rate",
             "momentum",
@@ -660,6 +821,10 @@ class LinearRecurrentLM:
         }
         if self.params_.get("W") is not None:
             arrays["W"] = self.params_["W"].astype(big)
+        if self.classes_ is not None:
+            arrays["Wc"] = self.params_["Wc"].astype(np.float32)
+            arrays["bc"] = self.params_["bc"].astype(np.float32)
+            arrays["word_class"] = self.classes_.word_class.astype(np.int16)
         np.savez_compressed(path, **arrays)
         return path
 
@@ -682,6 +847,11 @@ class LinearRecurrentLM:
                 "r": z["r"].astype(np.float32),
                 "c": z["c"].astype(np.float32),
             }
+            model.classes_ = None
+            if "word_class" in z.files:
+                model.classes_ = WordClasses(z["word_class"])
+                model.params_["Wc"] = z["Wc"].astype(np.float32)
+                model.params_["bc"] = z["bc"].astype(np.float32)
         return model
 
     def _save_checkpoint(self, path: Path, state: dict) -> None:
@@ -691,8 +861,13 @@ class LinearRecurrentLM:
         arrays.update({f"v_{k}": v for k, v in opt.v.items()})
         if state["best_params"] is not None:
             arrays.update({f"b_{k}": v for k, v in state["best_params"].items() if v is not None})
+        arrays["h"] = state["h"]
         meta = {
             "epoch": state["epoch"],
+            "pos": state["pos"],
+            "total": state["total"],
+            "count": state["count"],
+            "epoch_seconds": state["epoch_seconds"],
             "best": state["best"],
             "history": state["history"],
             "lr": opt.lr,
@@ -715,10 +890,16 @@ class LinearRecurrentLM:
             best_params = None
             if any(k.startswith("b_") for k in z.files):
                 best_params = {k: z[f"b_{k}"] if f"b_{k}" in z.files else None for k in NAMES}
+            h = z["h"]
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["rng"]
         return {
             "epoch": meta["epoch"],
+            "pos": meta["pos"],
+            "h": h,
+            "total": meta["total"],
+            "count": meta["count"],
+            "epoch_seconds": meta["epoch_seconds"],
             "opt": opt,
             "best": meta["best"],
             "best_params": best_params,

@@ -52,7 +52,16 @@ def add_parser(subparsers) -> None:
     t.add_argument("--bptt", type=int, default=20, help="truncated back-propagation steps")
     t.add_argument("--batch-size", type=int, default=64, help="parallel token streams")
     t.add_argument(
-        "--samples", type=int, default=1024, help="sampled-softmax size; 0 = full softmax"
+        "--classes",
+        type=int,
+        default=100,
+        help="frequency-binned classes of the output layer; 0 = a plain softmax over all words",
+    )
+    t.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        help="sampled-softmax negatives when --classes 0; 0 = exact full softmax",
     )
     t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="optimiser")
     t.add_argument(
@@ -72,7 +81,14 @@ def add_parser(subparsers) -> None:
         "--time-limit",
         type=float,
         default=None,
-        help="stop after the epoch that crosses this many seconds (default: no limit)",
+        help="pause (saving the checkpoint) after this many seconds of this job "
+        "(default: no limit)",
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=60.0,
+        help="seconds between checkpoints inside an epoch",
     )
     t.add_argument(
         "--train-tokens",
@@ -148,6 +164,7 @@ def run_train(args: argparse.Namespace) -> int:
         bptt=args.bptt,
         batch_size=args.batch_size,
         n_samples=args.samples or None,
+        n_classes=args.classes or None,
         optimizer=args.optimizer,
         learning_rate=args.lr,
         anneal=args.anneal,
@@ -156,13 +173,23 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     t0 = time.perf_counter()
-    model.fit(train, vocab, valid=data["valid"], checkpoint=args.checkpoint, progress=True)
+    model.fit(
+        train,
+        vocab,
+        valid=data["valid"],
+        checkpoint=args.checkpoint,
+        progress=True,
+        checkpoint_every=args.checkpoint_every,
+    )
     for e in model.history_:
         print(
             f"epoch {e['epoch']:3d}  train {e['train_loss']:.3f} nats  valid ppl "
             f"{e.get('valid_ppl', float('nan')):8.2f}  {e['tokens_per_s']:8.0f} tok/s  lr {e['lr']:.2g}"
         )
-    done = model.epochs_done_ >= model.n_epochs
+    done = model.finished_
+    if not model.history_:
+        print(f"paused inside epoch 1 (resume with the same command); state in {args.checkpoint}")
+        return 0
     seconds = sum(e["seconds"] for e in model.history_)
     meta = {
         "train_seconds": seconds,

@@ -1,0 +1,224 @@
+"""Class-factorised softmax: kernel against its twin, normalisation, gradients, resumable training."""
+
+import numpy as np
+import pytest
+
+import tests.naive_language as naive
+from models.language.data import Vocabulary
+from models.language.kernels import WordClasses, class_log_probs_all, class_softmax
+from models.language.rglm import (
+    R_MAX,
+    LinearRecurrentLM,
+    dynamic_step,
+    loss_and_grads,
+    stream_log_probs,
+)
+
+
+def _vocab(V):
+    return Vocabulary(["<unk>", "<eos>", *[f"w{i}" for i in range(V - 2)]])
+
+
+def _class_params(rng, V, H, C, recurrence="diagonal", tied=True, dtype=np.float64):
+    p = LinearRecurrentLM(n_hidden=H, recurrence=recurrence, tied=tied).init_params(V)
+    p["Wc"] = np.zeros((C, H))
+    p["bc"] = np.zeros(C)
+    return {
+        k: None if v is None else (v + 0.3 * rng.standard_normal(v.shape)).astype(dtype)
+        for k, v in p.items()
+    }
+
+
+def test_frequency_binning_gives_non_empty_classes_of_contiguous_rank():
+    rng = np.random.default_rng(0)
+    counts = rng.zipf(1.5, 500).astype(float)
+    wc = WordClasses.from_counts(counts, 20)
+    assert wc.n_classes == 20
+    assert (np.diff(wc.ptr) > 0).all()
+    # more frequent words never sit in a later class than rarer ones
+    order = np.argsort(-counts, kind="stable")
+    assert (np.diff(wc.word_class[order]) >= 0).all()
+    # the frequent head is in small classes, the rare tail in large ones
+    sizes = np.diff(wc.ptr)
+    assert sizes[0] < sizes[-1]
+    # members/ptr/position are consistent
+    for k in range(20):
+        mk = wc.members[wc.ptr[k] : wc.ptr[k + 1]]
+        assert (wc.word_class[mk] == k).all()
+        np.testing.assert_array_equal(wc.position[mk], np.arange(mk.size))
+    # edge cases: one word per class, and one class for everything
+    np.testing.assert_array_equal(WordClasses.from_counts(np.ones(5), 5).word_class, np.arange(5))
+    assert WordClasses.from_counts(np.ones(5), 1).n_classes == 1
+    with pytest.raises(ValueError, match="n_classes"):
+        WordClasses.from_counts(np.ones(5), 6)
+    with pytest.raises(ValueError, match="no words"):
+        WordClasses(np.array([0, 2, 2]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_class_softmax_matches_twin_and_is_normalised(rng, dtype):
+    V, H, C, N = 23, 5, 4, 40
+    wc = WordClasses.from_counts(rng.integers(1, 100, V).astype(float), C)
+    u = rng.standard_normal((N, H)).astype(dtype)
+    W = rng.standard_normal((V, H)).astype(dtype)
+    c = rng.standard_normal(V).astype(dtype)
+    Wc = rng.standard_normal((C, H)).astype(dtype)
+    bc = rng.standard_normal(C).astype(dtype)
+    y = rng.integers(0, V, N)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    expected = naive.class_softmax(u, y, W, c, Wc, bc, wc.word_class)
+    np.testing.assert_allclose(
+        class_softmax(u, y, W, c, Wc, bc, wc, grads=False), expected, rtol=tol, atol=tol
+    )
+    np.testing.assert_allclose(
+        class_softmax(u, y, W, c, Wc, bc, wc)[0], expected, rtol=tol, atol=tol
+    )
+    full = class_log_probs_all(u, W, c, Wc, bc, wc)
+    np.testing.assert_allclose(np.exp(full).sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(full[np.arange(N), y], expected, rtol=tol, atol=tol)
+    # a non-contiguous view of the features gives the same answer
+    big = np.repeat(u, 2, axis=0)[::2]
+    np.testing.assert_allclose(
+        class_softmax(big, y, W, c, Wc, bc, wc, grads=False), expected, rtol=tol, atol=tol
+    )
+
+
+@pytest.mark.parametrize("recurrence", ["diagonal", "full"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_class_softmax_bptt_gradients_match_finite_differences(rng, recurrence, tied):
+    V, H, C, T, B = 11, 4, 3, 4, 3
+    wc = WordClasses.from_counts(rng.integers(1, 50, V).astype(float), C)
+    p = _class_params(rng, V, H, C, recurrence, tied)
+    X, Y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    h0 = rng.standard_normal((B, H))
+    m_in = (rng.random((T, B, H)) > 0.3) / 0.7
+    m_h = (rng.random((T, B, H)) > 0.3) / 0.7
+
+    def loss():
+        return loss_and_grads(p, X, Y, h0, m_in, m_h, classes=wc)[0]
+
+    _, grads, _ = loss_and_grads(p, X, Y, h0, m_in, m_h, classes=wc)
+    expected_keys = {"E", "P", "r", "c", "Wc", "bc"} | (set() if tied else {"W"})
+    assert set(grads) == expected_keys
+    eps = 1e-6
+    for name, g in grads.items():
+        a = p[name]
+        num = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + eps
+            up = loss()
+            a[idx] = old - eps
+            down = loss()
+            a[idx] = old
+            num[idx] = (up - down) / (2 * eps)
+        np.testing.assert_allclose(g, num, rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+def _class_model(rng, V=13, H=5, C=4):
+    model = LinearRecurrentLM(n_hidden=H, n_classes=C)
+    model.vocab_ = _vocab(V)
+    model.classes_ = WordClasses.from_counts(rng.integers(1, 50, V).astype(float), C)
+    model.params_ = _class_params(rng, V, H, C, dtype=np.float32)
+    return model
+
+
+def test_class_model_next_word_sums_to_one_and_matches_stream(rng):
+    model = _class_model(rng)
+    context = rng.integers(0, 13, 9)
+    logp = model.next_word_log_probs(context)
+    assert np.exp(logp).sum() == pytest.approx(1.0, abs=1e-6)
+    for w in range(13):
+        assert model.log_probs(np.append(context, w))[-1] == pytest.approx(logp[w], abs=1e-5)
+
+
+def test_class_dynamic_step_equals_sgd_and_scores_before_updating(rng):
+    V, H, C, n, lr = 13, 4, 4, 6, 0.3
+    wc = WordClasses.from_counts(rng.integers(1, 50, V).astype(float), C)
+    p = _class_params(rng, V, H, C)
+    X, Y = rng.integers(0, V, n), rng.integers(0, V, n)
+    h0 = rng.standard_normal((1, H))
+    loss, grads, hT, lp = loss_and_grads(
+        p, X[:, None], Y[:, None], h0, return_logp=True, classes=wc
+    )
+    expected = {k: p[k] - lr * n * g for k, g in grads.items()}
+    expected["r"] = np.clip(expected["r"], -R_MAX, R_MAX)
+    logp, h_fast = dynamic_step(p, X, Y, h0, lr, max_grad_norm=None, classes=wc)
+    np.testing.assert_allclose(logp, lp[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(h_fast, hT, rtol=1e-12)
+    for k, v in expected.items():
+        np.testing.assert_allclose(p[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
+    # dynamic evaluation of a class model: every position still gets one distribution
+    model = _class_model(rng, V=7, H=4, C=3)
+    seq = rng.integers(0, 7, 30)
+    for j in (1, 12, 29):
+        total = 0.0
+        for v in range(7):
+            s = seq.copy()
+            s[j] = v
+            total += np.exp(model.dynamic_log_probs(s, learning_rate=0.5, chunk=10)[j - 1])
+        assert total == pytest.approx(1.0, abs=1e-5)
+
+
+def test_class_model_learns_planted_structure():
+    from tests.test_language_model import _sample_planted
+
+    V, H = 12, 4
+    seq, planted = _sample_planted(V, H, 30000)
+    train, held = seq[:25000], seq[25000:]
+    model = LinearRecurrentLM(
+        n_hidden=8,
+        tied=False,
+        n_classes=3,
+        dropout_input=0.0,
+        dropout_hidden=0.0,
+        max_norm=None,
+        batch_size=16,
+        n_epochs=6,
+        learning_rate=0.02,
+        seed=1,
+    ).fit(train, _vocab(V))
+    counts = np.bincount(train, minlength=V) + 1.0
+    unigram = np.exp(-np.mean(np.log(counts[held[1:]] / counts.sum())))
+    true = np.exp(-stream_log_probs(planted, held)[0].mean())
+    fitted = model.perplexity(held)
+    assert fitted < 0.8 * unigram
+    assert fitted < 1.05 * true
+
+
+def test_class_model_save_load_round_trip(rng, tmp_path):
+    model = _class_model(rng)
+    back = LinearRecurrentLM.load(model.save(tmp_path / "m.npz"))
+    np.testing.assert_array_equal(back.classes_.word_class, model.classes_.word_class)
+    seq = rng.integers(0, 13, 30)
+    np.testing.assert_allclose(back.log_probs(seq), model.log_probs(seq), atol=1e-2)
+
+
+@pytest.mark.parametrize("n_classes", [None, 3])
+@pytest.mark.parametrize("stops", [[1], [7, 3], [11], [5, 5, 5, 5]])
+def test_training_stopped_anywhere_resumes_to_the_uninterrupted_result(
+    rng, tmp_path, n_classes, stops
+):
+    # 3 epochs of 6 windows: the stops land inside an epoch, on an epoch boundary (6, 12) and
+    # several times in one run
+    V = 10
+    seq = rng.integers(0, V, 6 * 4 * 5 + 1)
+    kw = dict(
+        n_hidden=4, n_samples=5, n_classes=n_classes, batch_size=4, bptt=5, seed=3, n_epochs=3
+    )
+    valid = seq[:100]
+    straight = LinearRecurrentLM(**kw).fit(seq, _vocab(V), valid=valid)
+    ckpt = tmp_path / "ckpt.npz"
+    for k in stops:
+        part = LinearRecurrentLM(**kw).fit(
+            seq, _vocab(V), valid=valid, checkpoint=ckpt, stop_after=k
+        )
+        assert ckpt.exists()
+    assert not part.finished_ or sum(stops) >= 18
+    resumed = LinearRecurrentLM(**kw).fit(seq, _vocab(V), valid=valid, checkpoint=ckpt)
+    assert resumed.finished_
+    assert [e["epoch"] for e in resumed.history_] == [1, 2, 3]
+    assert [e["valid_ppl"] for e in resumed.history_] == [e["valid_ppl"] for e in straight.history_]
+    for name, v in straight.params_.items():
+        if v is not None:
+            np.testing.assert_array_equal(resumed.params_[name], v, err_msg=name)
