@@ -222,3 +222,70 @@ def test_training_stopped_anywhere_resumes_to_the_uninterrupted_result(
     for name, v in straight.params_.items():
         if v is not None:
             np.testing.assert_array_equal(resumed.params_[name], v, err_msg=name)
+
+
+def test_train_command_round_trips_through_the_cli_parser():
+    from service.cli import build_parser
+    from service.commands.lm import train_command
+
+    argv = [
+        "lm",
+        "train",
+        "--out",
+        "runs/x.npz",
+        "--checkpoint",
+        "runs/x.ckpt.npz",
+        "--hidden",
+        "300",
+        "--untied",
+        "--dropout-hidden",
+        "0.5",
+        "--classes",
+        "50",
+        "--lr",
+        "0.003",
+        "--epochs",
+        "7",
+        "--time-limit",
+        "60",
+    ]
+    args = build_parser().parse_args(argv)
+    command = train_command(args)
+    assert command.startswith("v1motion lm train ")
+    again = build_parser().parse_args(["lm", *command.replace("\\\n", " ").split()[2:]])
+    for key in (
+        "out",
+        "checkpoint",
+        "hidden",
+        "untied",
+        "dropout_input",
+        "dropout_hidden",
+        "classes",
+        "samples",
+        "lr",
+        "epochs",
+        "seed",
+        "max_norm",
+        "anneal",
+    ):
+        assert getattr(again, key) == getattr(args, key), key
+    assert "--time-limit" not in command  # where a run pauses does not change its result
+
+
+def test_model_card_carries_the_command_and_the_table(rng, tmp_path):
+    from models.language.evaluate import write_card
+
+    model = _class_model(rng)
+    path = model.save(
+        tmp_path / "m.npz",
+        meta={"command": "v1motion lm train --hidden 5", "valid_ppl": 12.5, "epochs_done": 3},
+    )
+    rows = [
+        {"model": "R-GLM", "ppl": 11.25, "target": 102.0},
+        {"model": "RNN", "ppl": float("nan"), "target": 124.7},
+    ]
+    text = write_card(tmp_path / "card.md", path, rows).read_text()
+    assert "v1motion lm train --hidden 5" in text
+    assert "Valid 12.5" in text and "Test 11.2" in text
+    assert "4 frequency-binned classes" in text
+    assert "| RNN | — | 124.7 |" in text

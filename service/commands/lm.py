@@ -127,6 +127,11 @@ def add_parser(subparsers) -> None:
         type=Path,
         help="write the table (markdown, json) and figure to this folder (default: print only)",
     )
+    e.add_argument(
+        "--card",
+        type=Path,
+        help="also write the model card (markdown) for --model here (default: none)",
+    )
     e.set_defaults(func=run_eval)
 
     s = sub.add_parser(
@@ -146,6 +151,24 @@ def add_parser(subparsers) -> None:
         "--next", type=int, default=0, help="also list the k most likely next words; 0 = none"
     )
     s.set_defaults(func=run_score)
+
+
+def train_command(args: argparse.Namespace) -> str:
+    """The ``v1motion lm train`` command that reproduces ``args``, every setting spelled out."""
+    parts = [
+        f"--out {args.out.as_posix()}",
+        f"--checkpoint {args.checkpoint.as_posix()}" if args.checkpoint else "",
+        f"--hidden {args.hidden} --recurrence {args.recurrence}",
+        "--untied" if args.untied else "",
+        f"--dropout-input {args.dropout_input} --dropout-hidden {args.dropout_hidden}",
+        f"--max-norm {args.max_norm} --bptt {args.bptt} --batch-size {args.batch_size}",
+        f"--classes {args.classes} --samples {args.samples}",
+        f"--optimizer {args.optimizer}" + (f" --lr {args.lr}" if args.lr is not None else ""),
+        f"--anneal {args.anneal} --epochs {args.epochs} --seed {args.seed}",
+        f"--train-tokens {args.train_tokens}" if args.train_tokens is not None else "",
+        "--float32" if args.float32 else "",
+    ]
+    return "v1motion lm train " + " \\\n    ".join(p for p in parts if p)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -196,6 +219,7 @@ def run_train(args: argparse.Namespace) -> int:
         "epochs_done": model.epochs_done_,
         "tokens_per_s": sum(e["tokens_per_s"] for e in model.history_) / len(model.history_),
         "valid_ppl": min(e["valid_ppl"] for e in model.history_),
+        "command": train_command(args),
     }
     path = model.save(args.out, half=not args.float32, meta=meta)
     args.out.with_suffix(".history.json").write_text(json.dumps(model.history_, indent=1))
@@ -208,7 +232,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from models.language.evaluate import ptb_table, write_report
+    from models.language.evaluate import ptb_table, write_card, write_report
 
     rows = ptb_table(
         args.model,
@@ -226,6 +250,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.report:
         write_report(args.report, rows, args.model)
         print(f"report written to {args.report}")
+    if args.card:
+        write_card(args.card, args.model, rows)
+        print(f"model card written to {args.card}")
     return 0
 
 
