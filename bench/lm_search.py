@@ -55,6 +55,10 @@ SETTINGS: dict[str, dict] = {
     "maxnorm1.5": dict(max_norm=1.5),
     # recurrence
     "full-R": dict(recurrence="full"),
+    # output layer
+    "sampled1024": dict(n_classes=None, n_samples=1024),
+    "classes-pow1": dict(class_power=1.0),
+    "classes200": dict(n_classes=200),
     # embeddings
     "untied": dict(tied=False),
     # learning-rate schedule

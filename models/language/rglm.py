@@ -413,6 +413,8 @@ class LinearRecurrentLM:
     n_classes : int or None, default None -- a class-factorised output layer with this many
         frequency-binned classes (the model is then ``P(class | h) P(word | class, h)``, trained
         and scored exactly; ``n_samples`` is ignored)
+    class_power : float, default 0.5 -- classes are equal slices of cumulative ``count**power``
+        (1: Mikolov's frequency binning; 0.5 gives smaller classes to the rare tail)
     optimizer : {"adam", "sgd"}, default "adam"
     learning_rate : float or None -- default 2e-3 (adam) or 1.0 (sgd, momentum 0.9)
     momentum : float, default 0.9
@@ -440,6 +442,7 @@ class LinearRecurrentLM:
         batch_size: int = 64,
         n_samples: int | None = 1024,
         n_classes: int | None = None,
+        class_power: float = 0.5,
         optimizer: str = "adam",
         learning_rate: float | None = None,
         momentum: float = 0.9,
@@ -458,6 +461,7 @@ class LinearRecurrentLM:
         self.batch_size = batch_size
         self.n_samples = n_samples
         self.n_classes = n_classes
+        self.class_power = class_power
         self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.momentum = momentum
@@ -561,7 +565,11 @@ class LinearRecurrentLM:
         q = counts**0.75
         log_q = np.log(q / q.sum())
         q_cdf = np.cumsum(np.exp(log_q))
-        self.classes_ = WordClasses.from_counts(counts, self.n_classes) if self.n_classes else None
+        self.classes_ = (
+            WordClasses.from_counts(counts, self.n_classes, self.class_power)
+            if self.n_classes
+            else None
+        )
         ckpt = Path(checkpoint) if checkpoint is not None else None
         B, T, H = self.batch_size, self.bptt, self.n_hidden
         if ckpt is not None and ckpt.exists():
@@ -792,6 +800,7 @@ class LinearRecurrentLM:
             "batch_size",
             "n_samples",
             "n_classes",
+            "class_power",
             "optimizer",
             "learning_rate",
             "momentum",
