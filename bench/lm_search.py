@@ -31,6 +31,7 @@ BASE = dict(
     batch_size=64,
     n_samples=None,
     n_classes=100,
+    class_power=0.5,
     optimizer="adam",
     learning_rate=2e-3,
     anneal=0.5,

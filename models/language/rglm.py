@@ -413,8 +413,9 @@ class LinearRecurrentLM:
     n_classes : int or None, default None -- a class-factorised output layer with this many
         frequency-binned classes (the model is then ``P(class | h) P(word | class, h)``, trained
         and scored exactly; ``n_samples`` is ignored)
-    class_power : float, default 0.5 -- classes are equal slices of cumulative ``count**power``
-        (1: Mikolov's frequency binning; 0.5 gives smaller classes to the rare tail)
+    class_power : float, default 1.0 -- classes are equal slices of cumulative ``count**power``
+        (1: Mikolov's frequency binning, 8 % lower validation perplexity than 0.5 in
+        ``docs/language/search.md``; 0.5 gives smaller classes to the rare tail, 20 % faster)
     optimizer : {"adam", "sgd"}, default "adam"
     learning_rate : float or None -- default 2e-3 (adam) or 1.0 (sgd, momentum 0.9)
     momentum : float, default 0.9
@@ -442,7 +443,7 @@ class LinearRecurrentLM:
         batch_size: int = 64,
         n_samples: int | None = 1024,
         n_classes: int | None = None,
-        class_power: float = 0.5,
+        class_power: float = 1.0,
         optimizer: str = "adam",
         learning_rate: float | None = None,
         momentum: float = 0.9,

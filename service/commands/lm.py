@@ -58,6 +58,12 @@ def add_parser(subparsers) -> None:
         help="frequency-binned classes of the output layer; 0 = a plain softmax over all words",
     )
     t.add_argument(
+        "--class-power",
+        type=float,
+        default=1.0,
+        help="classes are equal slices of cumulative count**power (1: frequency binning)",
+    )
+    t.add_argument(
         "--samples",
         type=int,
         default=0,
@@ -162,7 +168,7 @@ def train_command(args: argparse.Namespace) -> str:
         "--untied" if args.untied else "",
         f"--dropout-input {args.dropout_input} --dropout-hidden {args.dropout_hidden}",
         f"--max-norm {args.max_norm} --bptt {args.bptt} --batch-size {args.batch_size}",
-        f"--classes {args.classes} --samples {args.samples}",
+        f"--classes {args.classes} --class-power {args.class_power} --samples {args.samples}",
         f"--optimizer {args.optimizer}" + (f" --lr {args.lr}" if args.lr is not None else ""),
         f"--anneal {args.anneal} --epochs {args.epochs} --seed {args.seed}",
         f"--train-tokens {args.train_tokens}" if args.train_tokens is not None else "",
@@ -188,6 +194,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         n_samples=args.samples or None,
         n_classes=args.classes or None,
+        class_power=args.class_power,
         optimizer=args.optimizer,
         learning_rate=args.lr,
         anneal=args.anneal,
