@@ -113,3 +113,37 @@ def test_shipped_default_model_serves_ptb_style_text():
         assert body["perplexity"] < 200  # in-domain text; a uniform guess would be 10,000
         top = c.post("/v1/language/next", json={"context": "the stock", "k": 3}).json()["words"]
         assert "market" in [w["word"] for w in top]
+
+
+def test_a_class_factorised_model_is_served_the_same_way(tmp_path):
+    from models.language.kernels import WordClasses
+
+    model = LinearRecurrentLM(n_hidden=6, n_classes=3, seed=4)
+    model.vocab_ = Vocabulary(WORDS)
+    model.classes_ = WordClasses.from_counts(np.arange(len(WORDS), 0, -1.0), 3)
+    rng = np.random.default_rng(0)
+    model.params_ = {
+        k: None if v is None else v + 0.3 * rng.standard_normal(v.shape).astype(np.float32)
+        for k, v in model.init_params(len(WORDS), np.ones(len(WORDS))).items()
+    }
+    settings = Settings(lm_weights=model.save(tmp_path / "lm.npz"), lm_max_k=len(WORDS))
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/language/next", json={"context": "the cat", "k": len(WORDS)})
+        assert r.status_code == 200, r.text
+        assert sum(w["probability"] for w in r.json()["words"]) == pytest.approx(1.0, abs=1e-5)
+        r = c.post("/v1/language/score", json={"text": "the cat sat"})
+        assert r.status_code == 200, r.text
+        assert r.json()["perplexity"] > 1.0
+
+
+def test_the_shipped_model_is_the_default_and_predicts_plausible_words():
+    settings = Settings()
+    assert settings.lm_weights.name == "lm_ptb_rglm.npz"
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/language/next", json={"context": "the stock market fell", "k": 5})
+        assert r.status_code == 200, r.text
+        words = [w["word"] for w in r.json()["words"]]
+        assert "<unk>" in words or "to" in words or "in" in words
+        r = c.post("/v1/language/score", json={"text": "the company said it expects profit"})
+        assert r.status_code == 200, r.text
+        assert r.json()["perplexity"] < 1000  # a 10,000-word vocabulary: uniform would be 10,000
