@@ -13,6 +13,11 @@ streams, a sampled softmax (shared negative samples, importance-corrected) so th
 ``n_samples`` instead of ``V`` columns per token, dropout on the embeddings and on the hidden state
 fed to the output, and a max-norm on every word vector (the columns of the embedding and output
 matrices in the paper's layout). Reported perplexities always use the exact full softmax.
+
+With ``n_classes`` the output layer is instead class-factorised, ``P(class | h) P(word | class, h)``
+over frequency-binned classes (:class:`models.language.kernels.WordClasses`): ~4x cheaper per
+training token than 1,024 sampled negatives, and exact, so such a model is trained and scored with
+the same normalised distribution.
 """
 
 from __future__ import annotations
@@ -421,7 +426,8 @@ class LinearRecurrentLM:
     momentum : float, default 0.9
     anneal : float, default 0.5 -- learning-rate factor when validation stops improving
     n_epochs : int, default 20
-    time_limit : float or None -- stop after the epoch that crosses this many seconds
+    time_limit : float or None -- pause ``fit`` after this many seconds (inside an epoch; with a
+        checkpoint, calling ``fit`` again resumes exactly where it paused)
     seed : int, default 0
 
     Attributes
