@@ -41,9 +41,10 @@ def test_eval_table_kn5_matches_published_and_mixtures_help(tmp_path, capsys):
 def test_train_command_writes_half_precision_weights_and_resumes(tmp_path, capsys):
     out, ckpt = tmp_path / "m.npz", tmp_path / "ckpt.npz"
     args = ["lm", "train", "--out", str(out), "--checkpoint", str(ckpt), "--hidden", "8"]
-    args += ["--samples", "64", "--train-tokens", "20000", "--epochs", "2", "--time-limit", "0.01"]
-    assert main(args) == 0
-    assert "paused" in capsys.readouterr().out
+    args += ["--samples", "64", "--train-tokens", "20000", "--epochs", "2"]
+    assert main([*args, "--time-limit", "0.01"]) == 0  # pauses after its first window
+    assert "paused inside epoch 1" in capsys.readouterr().out
+    assert ckpt.exists() and not out.exists()
     assert main(args) == 0
     assert "finished: 2/2 epochs" in capsys.readouterr().out
     model = LinearRecurrentLM.load(out)
