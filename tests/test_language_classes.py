@@ -273,7 +273,7 @@ def test_train_command_round_trips_through_the_cli_parser():
 
 
 def test_model_card_carries_the_command_and_the_table(rng, tmp_path):
-    from models.language.evaluate import write_card
+    from models.reports.language import write_card
 
     model = _class_model(rng)
     path = model.save(
@@ -289,3 +289,17 @@ def test_model_card_carries_the_command_and_the_table(rng, tmp_path):
     assert "Valid 12.5" in text and "Test 11.2" in text
     assert "4 frequency-binned classes" in text
     assert "| RNN | — | 124.7 |" in text
+
+
+def test_the_report_writes_the_table_and_the_timescale_figure(rng, tmp_path):
+    import matplotlib
+
+    from models.reports.language import write_report
+
+    backend = matplotlib.get_backend()
+    path = _class_model(rng).save(tmp_path / "m.npz", meta={})
+    rows = [{"model": "R-GLM", "ppl": 11.25, "target": 102.0, "note": "tiny"}]
+    write_report(tmp_path / "report", rows, path)
+    assert "| R-GLM | 11.2 | 102.0 | tiny |" in (tmp_path / "report" / "ptb_table.md").read_text()
+    assert (tmp_path / "report" / "timescales.png").stat().st_size > 1000
+    assert matplotlib.get_backend() == backend

@@ -239,7 +239,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from models.language.evaluate import ptb_table, write_card, write_report
+    from models.language.evaluate import ptb_table
+    from models.reports.language import write_card, write_report
 
     rows = ptb_table(
         args.model,
