@@ -59,3 +59,15 @@ def test_routers_reach_the_application_state_only_through_the_deps_module():
             if word in text:
                 offenders.append(f"{path.name}: {word}")
     assert not offenders, offenders
+
+
+def test_no_library_code_touches_matplotlibs_global_state():
+    """Figures are drawn on plain Figure objects (models/reports/plotting.py): no module chooses a
+    backend for the whole process or keeps figures in pyplot's registry."""
+    offenders = []
+    for top in ("models", "service"):
+        for path in (ROOT / top).rglob("*.py"):
+            text = path.read_text()
+            if "matplotlib.use(" in text or "matplotlib.pyplot" in _imports(path):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders, offenders
