@@ -1,7 +1,13 @@
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The test modules live in folders that mirror the packages (tests/models/motion, tests/service/live,
+# ...); the shared helpers (engine_double, naive twins, service_helpers, video_samples) stay here.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from service.jobs.layout import RESULT_FILES, RESULT_NAMES, JobLayout, ResultsFolder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_a_jobs_files_are_where_the_layout_says(tmp_path):

@@ -159,7 +159,7 @@ def test_opencv_pixel_limit_backs_up_the_header_check():
 
     code = (
         "import service, cv2, numpy as np, sys\n"
-        "sys.path.insert(0, 'tests')\n"
+        "sys.path[:0] = ['tests', 'tests/service/live']\n"
         "from test_service_camera import huge_claim_jpeg\n"
         "try:\n"
         "    img = cv2.imdecode(np.frombuffer(huge_claim_jpeg(), np.uint8), cv2.IMREAD_GRAYSCALE)\n"

@@ -189,7 +189,7 @@ def test_restart_requeues_interrupted_jobs_and_they_finish(tmp_path):
     setup.store.close()
     script = tmp_path / "crashing_service.py"
     script.write_text(CRASHING_SERVICE)
-    tests_dir = str(Path(__file__).parent)
+    tests_dir = str(Path(__file__).resolve().parents[2])  # tests/: the helpers
     proc = subprocess.Popen(
         [sys.executable, str(script), str(data_dir), tests_dir], start_new_session=True
     )
@@ -231,7 +231,7 @@ if __name__ == "__main__":
 """
 
 
-_TEST_AND_PROJECT_DIRS = (str(Path(__file__).parent), str(Path(__file__).parents[1]))
+_TEST_AND_PROJECT_DIRS = tuple(str(Path(__file__).resolve().parents[i]) for i in (2, 3))
 
 
 def test_sigterm_to_the_process_group_requeues_the_running_job(tmp_path):

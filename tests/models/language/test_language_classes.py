@@ -161,7 +161,7 @@ def test_class_dynamic_step_equals_sgd_and_scores_before_updating(rng):
 
 
 def test_class_model_learns_planted_structure():
-    from tests.test_language_model import _sample_planted
+    from test_language_model import _sample_planted  # the same folder
 
     V, H = 12, 4
     seq, planted = _sample_planted(V, H, 30000)
