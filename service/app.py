@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from models.motion.contract import Engine
 from service import http_errors
 from service.jobs import engines as jobs_engines
+from service.jobs.lock import StoreLocked
 from service.jobs.manager import VideoJobs
 from service.jobs.upload import UploadSlots
 from service.live.engine import EngineHolder
@@ -86,7 +87,12 @@ def create_app(
         manager = StreamManager(pipelines, settings, metrics)
         log.info("serving streams: %s", ", ".join(pipelines))
         videos = await run_in_threadpool(VideoJobs.from_settings, settings)
-        await run_in_threadpool(videos.start)  # recovers interrupted jobs; workers warm up lazily
+        try:  # locks the job store, recovers interrupted jobs; workers warm up lazily
+            await run_in_threadpool(videos.start)
+        except StoreLocked as exc:  # another service uses this data directory
+            videos.store.close()
+            log.error("cannot start: %s", exc)
+            raise
         state = app.state.services = AppState(
             settings=settings,
             metrics=metrics,

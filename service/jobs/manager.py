@@ -12,6 +12,7 @@ from pathlib import Path
 from service.jobs.engines import engine_factory
 from service.jobs.layout import JobLayout
 from service.jobs.limits import Limits
+from service.jobs.lock import StoreLock
 from service.jobs.runners import LocalWorkerPool, Runner
 from service.jobs.store import JobRecord, JobStore
 from service.settings import Settings
@@ -33,7 +34,8 @@ class VideoJobs:
     Parameters
     ----------
     data_dir : Path
-        ``jobs.sqlite3`` and ``videos/<job id>/`` live here.
+        ``jobs.sqlite3``, ``jobs.lock`` and ``videos/<job id>/`` live here; one started
+        :class:`VideoJobs` per data directory (:mod:`service.jobs.lock`).
     limits : Limits
     runner_factory : callable(store, jobs_dir, limits) -> Runner
     max_queued : int
@@ -55,6 +57,7 @@ class VideoJobs:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.limits, self.max_queued, self.max_attempts = limits, max_queued, max_attempts
         self.store = JobStore(self.data_dir / DB_NAME)
+        self.lock = StoreLock(self.data_dir)
         self.runner = runner_factory(self.store, self.jobs_dir, limits)
 
     @classmethod
@@ -94,6 +97,9 @@ class VideoJobs:
         )
 
     def start(self) -> None:
+        """Lock the store (:class:`~service.jobs.lock.StoreLocked` if another service holds it),
+        recover interrupted jobs, start the runner."""
+        self.lock.acquire()  # first: recovery would re-queue the other service's running jobs
         requeued, failed = self.store.recover(self.max_attempts)
         if requeued or failed:
             log.warning("recovered %d interrupted jobs, failed %d", len(requeued), len(failed))
@@ -103,6 +109,7 @@ class VideoJobs:
     def stop(self) -> None:
         self.runner.stop()
         self.store.close()
+        self.lock.release()
 
     def _sweep(self) -> None:
         """Remove job folders with no record (an upload cut off by a crash) and half-written results;
