@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
+import socket
 import threading
 import time
 import traceback
@@ -202,6 +204,11 @@ def worker_main(conn, engine_factory: Callable[[], object], limits: Limits) -> N
             result = process_video(
                 Path(input_path), Path(out_dir), lambda: engine, limits, progress
             )
+            result["ran_on"] = {
+                "runner": "local",
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+            }
             conn.send(("ok", result))
         except DecodeError as exc:
             conn.send(("failed", str(exc)))

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -349,8 +350,16 @@ def test_workers_start_with_the_first_job_not_with_the_service(tmp_path):
         time.sleep(1.5)
         assert jobs.runner.worker_pids() == []
         job_id = _submit(jobs, vs.avi(tmp_path, n=4))
-        assert wait_for(lambda: _finished(jobs, job_id)).status == "succeeded"
+        rec = wait_for(lambda: _finished(jobs, job_id))
+        assert rec.status == "succeeded"
         assert len(jobs.runner.worker_pids()) == 1  # and it stays, warm
+        # the record says which process ran the frames: the worker, not the service
+        assert rec.result["ran_on"] == {
+            "runner": "local",
+            "hostname": socket.gethostname(),
+            "pid": jobs.runner.worker_pids()[0],
+        }
+        assert rec.result["ran_on"]["pid"] != os.getpid()
     finally:
         jobs.stop()
 

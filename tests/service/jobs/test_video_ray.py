@@ -1,5 +1,6 @@
 """The Ray path: the same job function as Ray tasks on a local Ray instance this test starts itself."""
 
+import socket
 import time
 
 import numpy as np
@@ -59,8 +60,49 @@ def test_ray_runs_the_same_job_and_fails_the_same_way(ray_jobs, tmp_path):
     out = JobLayout.of(ray_jobs.jobs_dir, rec.id).results.out
     assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
     assert rec.result["frames"] == 300 and rec.frames_done == 300
+    ran_on = rec.result["ran_on"]  # the Ray node that ran the task: here the only one
+    assert ran_on["runner"] == "ray" and ran_on["hostname"] == socket.gethostname()
+    assert ran_on["node_id"] == ray.get_runtime_context().get_node_id()
     assert np.load(out / "motion.npz")["speed_px_per_frame"].shape[0] == 300
 
     bad = _run(ray_jobs, vs.damaged_frames_avi(tmp_path))
     assert bad.status == "failed" and "no frame could be decoded" in bad.error
     assert not JobLayout.of(ray_jobs.jobs_dir, bad.id).results.out.exists()
+
+
+def test_a_ray_task_that_does_not_finish_is_cancelled_and_fails_with_a_reason(
+    tmp_path, monkeypatch
+):
+    """The watchdog: a task stuck on its node (or waiting for one) never leaves the job running."""
+    import engine_double
+    from engine_double import hanging_fake_engine
+
+    import service.jobs.ray_runner as ray_runner
+
+    ray.cloudpickle.register_pickle_by_value(engine_double)  # not importable on the workers
+    monkeypatch.setattr(ray_runner, "JOB_GRACE_S", 1.0)
+    jobs = VideoJobs(
+        tmp_path / "data",
+        Limits(deadline_s=1.0),
+        lambda s, d, lim: RayRunner(s, d, lim, hanging_fake_engine, address="local"),
+    )
+    jobs.start()
+    try:
+        rec = _run(jobs, vs.avi(tmp_path, n=4), timeout=60)
+    finally:
+        jobs.stop()
+    assert rec.status == "failed"
+    assert "did not finish within 2 s and was cancelled" in rec.error
+
+
+def test_a_ray_failure_reason_is_the_cause_without_colour_codes():
+    from service.jobs.ray_runner import ray_failure
+
+    exc = ray.exceptions.RaySystemError(
+        "\x1b[36mray::run_job_on_worker()\x1b[39m (pid=1, ip=10.0.0.2)\n"
+        "  File x\nModuleNotFoundError: No module named 'engine_double'"
+    )
+    assert ray_failure(exc) == (
+        "the Ray task failed: RaySystemError: "
+        "ModuleNotFoundError: No module named 'engine_double'"
+    )
