@@ -106,3 +106,13 @@ def test_a_ray_failure_reason_is_the_cause_without_colour_codes():
         "the Ray task failed: RaySystemError: "
         "ModuleNotFoundError: No module named 'engine_double'"
     )
+
+
+def test_a_lost_worker_is_said_plainly():
+    from service.jobs.ray_runner import ray_failure
+
+    exc = ray.exceptions.ObjectReconstructionFailedError("abc")
+    assert ray_failure(exc).startswith(
+        "the Ray worker running this job was lost; the Ray task failed: "
+        "ObjectReconstructionFailedError"
+    )

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Remove from a built venv what the service never loads at run time (run in the Dockerfile's builder
+# stages, before the runtime stage copies the venv; docker/runtime_check.py then proves, in the
+# runtime stage, that every feature still runs):
+#   - test suites of the installed packages, pip/setuptools/wheel (nothing installs at run
+#     time), and networkx (scikit-image's graph module needs it; the service uses only skimage.data);
+#   - debug symbols of the Python extension modules (strip --strip-unneeded keeps the dynamic symbols;
+#     the vendored libraries in *.libs/ are left alone: auditwheel rewrote them with patchelf).
+#
+#   sh docker/prune_venv.sh /opt/venv
+set -eu
+venv="$1"
+site="$(echo "$venv"/lib/python3.*/site-packages)"
+before=$(du -sm "$venv" | cut -f1)
+
+find "$site" -depth -type d \( -name tests -o -name test -o -name testing_data \) \
+  -not -path "*/numpy/testing*" -exec rm -rf {} +
+rm -rf "$site"/pip "$site"/pip-* "$site"/setuptools "$site"/setuptools-* "$site"/_distutils_hack \
+       "$site"/distutils-precedence.pth "$site"/wheel "$site"/wheel-* \
+       "$site"/networkx "$site"/networkx-* \
+       "$venv"/bin/pip "$venv"/bin/pip3*
+
+find "$site" -type f -name "*.so*" -not -path "*.libs/*" -exec strip --strip-unneeded {} +
+
+echo "prune_venv: $venv $before MB -> $(du -sm "$venv" | cut -f1) MB"

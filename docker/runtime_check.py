@@ -1,0 +1,146 @@
+"""Run every run-time feature of the service once, inside the image, at build time.
+
+The Dockerfile runs this as the app user after the venv has been pruned, so that
+
+- every Numba kernel the service uses is compiled into ``NUMBA_CACHE_DIR`` (the container is ready in
+  seconds instead of compiling at each start), and
+- an image that lacks something the service imports at run time fails to *build*, instead of failing
+  on a user's first request.
+
+It walks the features, not the code: the motion engines (trained and random), the synthetic source's
+still image (scikit-image's data), the browser camera's optical flow, a whole video job (FFmpeg decode,
+overlay MP4, summary figure with matplotlib), a fit of every spike-model kind (scipy), the language
+model. At the end it prints the third-party packages that were loaded, and fails if one of those
+``--absent`` (pruned from the image) was needed after all.
+
+    python docker/runtime_check.py --absent networkx pip --require ray
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _step(name: str, fn) -> None:
+    t0 = time.perf_counter()
+    fn()
+    print(f"runtime check: {name}: ok ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+
+def _import_all() -> None:
+    """Import every module of the two packages (catches a missing top-level import)."""
+    import models
+    import service
+
+    for pkg in (models, service):
+        for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            if info.name.endswith("ray_runner"):
+                continue  # imports Ray lazily; only the Ray image has it
+            importlib.import_module(info.name)
+
+
+def _engines() -> None:
+    from models.motion.engine import MotionEngine
+
+    MotionEngine.load_default().warmup()
+    MotionEngine.random().warmup()
+
+
+def _synthetic_source() -> None:
+    from models.motion.stimuli import load_still
+
+    assert load_still("astronaut").ndim == 2
+
+
+def _camera_flow() -> None:
+    from models.motion.flow import DISFlow
+
+    rng = np.random.default_rng(0)
+    a = (rng.random((96, 128)) * 255).astype(np.uint8)
+    flow = DISFlow()
+    flow.step(a, 16)
+    assert flow.step(np.roll(a, 2, axis=1), 16) is not None
+
+
+def _video_job() -> None:
+    import cv2
+
+    from service.jobs.engines import engine_factory
+    from service.jobs.layout import RESULT_FILES
+    from service.jobs.limits import Limits
+    from service.jobs.process import process_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "clip.avi"
+        writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (128, 96))
+        tex = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        for i in range(12):
+            frame = np.full((96, 128, 3), 30, np.uint8)
+            frame[32:64, 8 + 2 * i : 40 + 2 * i] = tex
+            writer.write(frame)
+        writer.release()
+        out = Path(tmp) / "out"
+        result = process_video(src, out, engine_factory("random"), Limits())
+        assert result["frames"] == 12, result
+        missing = [n for n in RESULT_FILES if not (out / n).is_file()]
+        assert not missing, f"video job wrote no {missing}"
+
+
+def _spike_models() -> None:
+    from models.spikes.registry import MODEL_KINDS, fit_and_score
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(0.3, size=(10, 40, 4)).astype(np.float64)
+    for kind in MODEL_KINDS:
+        fit_and_score(counts, kind)
+
+
+def _language_model() -> None:
+    from models.language.scoring import LanguageScorer
+    from service.settings import Settings
+
+    scorer = LanguageScorer.from_file(Settings.model_fields["lm_weights"].default)
+    scorer.score("the cat sat on the mat")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--absent", nargs="*", default=[], help="packages pruned from the image")
+    parser.add_argument("--require", nargs="*", default=[], help="modules this image must have")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    for name in args.require:
+        _step(f"import {name}", lambda name=name: importlib.import_module(name))
+    _step("import every module of models and service", _import_all)
+    _step("motion engines (trained, random): kernels compiled", _engines)
+    _step("synthetic source still", _synthetic_source)
+    _step("camera optical flow", _camera_flow)
+    _step("video job (decode, motion map, overlay, summary figure)", _video_job)
+    _step("spike models, every kind", _spike_models)
+    _step("language model", _language_model)
+    loaded = sorted(
+        {
+            name.partition(".")[0]
+            for name, mod in list(sys.modules.items())
+            if mod is not None and "site-packages" in str(getattr(mod, "__file__", "") or "")
+        }
+    )
+    print("runtime check: third-party packages loaded:", " ".join(loaded))
+    needed = sorted(set(args.absent) & set(loaded))
+    if needed:
+        print(f"runtime check: pruned but needed: {needed}", file=sys.stderr)
+        return 1
+    print(f"runtime check: all features ran in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
