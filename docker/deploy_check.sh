@@ -86,7 +86,7 @@ hostname_of() { "$P" inspect --format '{{.Config.Hostname}}' "$1"; }
 ip_of() { "$P" inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
 
 # ------------------------------------------------------------------ 0. default image: size, ready time
-if [[ -n ${READY_IMAGE:-} ]]; then  # e.g. localhost/app:ci, the image container_smoke.sh built
+if [[ -n ${READY_IMAGE:-} ]]; then  # e.g. localhost/v1motion:ci, the image container_smoke.sh built
   size=$("$P" image inspect --format '{{.Size}}' "$READY_IMAGE" | awk '{printf "%.0f", $1/1e6}')
   for i in 1 2 3; do
     "$P" rm -f v1motion-ci-ready >/dev/null 2>&1 || true
