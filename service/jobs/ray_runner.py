@@ -145,13 +145,21 @@ class RayRunner(Runner):
             return True
 
     def _poll_progress(self, job_id: str) -> None:
-        """Copy the task's posted progress to the store; progress is best effort, never fatal."""
+        """Copy the task's posted progress to the store; progress is best effort, never fatal.
+
+        The board actor lives on some node of the cluster; if that node goes, a new board is made
+        (this job's progress stops, later jobs report theirs) and the task's outcome decides the job.
+        """
         import ray
 
         try:
             posted = ray.get(self._board.take.remote(job_id), timeout=5)
-        except Exception as exc:  # the board's node died, a timeout: the task's outcome decides
-            log.warning("job %s: no progress from Ray (%s)", job_id, type(exc).__name__)
+        except ray.exceptions.RayActorError:
+            log.warning("job %s: the Ray progress actor was lost; making a new one", job_id)
+            self._board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+            return
+        except Exception as exc:  # a timeout, a lost connection: the task's outcome decides
+            log.debug("job %s: no progress from Ray (%s)", job_id, type(exc).__name__)
             return
         if posted is not None:
             self.store.set_progress(job_id, *posted)

@@ -103,8 +103,7 @@ def test_a_ray_failure_reason_is_the_cause_without_colour_codes():
         "  File x\nModuleNotFoundError: No module named 'engine_double'"
     )
     assert ray_failure(exc) == (
-        "the Ray task failed: RaySystemError: "
-        "ModuleNotFoundError: No module named 'engine_double'"
+        "the Ray task failed: RaySystemError: ModuleNotFoundError: No module named 'engine_double'"
     )
 
 
@@ -116,3 +115,14 @@ def test_a_lost_worker_is_said_plainly():
         "the Ray worker running this job was lost; the Ray task failed: "
         "ObjectReconstructionFailedError"
     )
+
+
+def test_a_lost_progress_actor_is_replaced_not_fatal(ray_jobs):
+    runner = ray_jobs.runner
+    assert runner._setup_slot(0)
+    old = runner._board
+    ray.kill(old)
+    runner._poll_progress("f" * 32)  # the dead actor: replaced, no exception
+    assert runner._board is not old
+    ray.get(runner._board.post.remote("x", 3, 10))
+    assert ray.get(runner._board.take.remote("x")) == (3, 10)
