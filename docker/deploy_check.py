@@ -1,14 +1,15 @@
 """The client side of docker/deploy_check.sh: video jobs against a deployed service, from outside.
 
     python docker/deploy_check.py ran-on URL --runner ray --worker-host H --worker-ip IP --not-host H2 H3
-    python docker/deploy_check.py stop-mid-job URL --stop-cmd "podman stop -t 2 worker"
+    python docker/deploy_check.py stop-mid-job URL --stop-cmd "podman kill worker"
 
 ``ran-on`` uploads a short clip, waits for the job, fetches its motion map (``motion.json`` and
 ``motion.npz``) and checks the record's ``result.ran_on``: the runner, and for Ray that it names the
-worker container (its host name and IP) and none of the other containers. ``stop-mid-job`` uploads a longer clip, waits until the
-job runs and reports progress (frames are being processed on a worker), runs ``--stop-cmd`` and checks
-that the job then ends ``failed`` with a reason, or is retried to success; never still ``running``
-after ``--end-timeout`` seconds. The token comes from ``V1MOTION_TOKEN``.
+worker container (its host name and IP) and none of the other containers. ``stop-mid-job`` uploads a
+longer clip (4000 frames of 320x240), waits until the job runs and reports progress (frames are being
+processed on a worker), runs ``--stop-cmd`` (kills the worker) and checks that the job then ends
+``failed`` with a Ray reason, or is retried to success; never still ``running`` after
+``--end-timeout`` seconds. The token comes from ``V1MOTION_TOKEN``.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def client(url: str) -> httpx.Client:
     return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=30.0)
 
 
-def upload(c: httpx.Client, frames: int) -> dict:
+def upload(c: httpx.Client, frames: int, size=(160, 120)) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        data = clip(Path(tmp) / "clip.avi", frames)
+        data = clip(Path(tmp) / "clip.avi", frames, size)
     res = c.post("/v1/videos", files={"file": ("clip.avi", data, "video/x-msvideo")})
     if res.status_code != 202:
         sys.exit(f"deploy check: upload refused: {res.status_code} {res.text}")
@@ -113,7 +114,7 @@ def ran_on(args) -> int:
 
 def stop_mid_job(args) -> int:
     with client(args.url) as c:
-        job = upload(c, args.frames)
+        job = upload(c, args.frames, (320, 240))  # about 30 s of work for one worker CPU
         t0 = time.monotonic()
         while not (job["status"] == "running" and job["progress"]["frames_done"] > 0):
             if job["status"] not in ("queued", "running"):
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     b = sub.add_parser("stop-mid-job")
     b.add_argument("url")
     b.add_argument("--stop-cmd", required=True)
-    b.add_argument("--frames", type=int, default=3000)
+    b.add_argument("--frames", type=int, default=4000)
     b.add_argument("--timeout", type=float, default=180.0, help="for the job to report progress")
     b.add_argument("--end-timeout", type=float, default=180.0, help="for it to end after the stop")
     args = parser.parse_args(argv)
