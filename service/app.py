@@ -66,6 +66,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         """Build every stateful object into one AppState; close them in reverse on shutdown."""
+        # First, before any thread starts: a data directory another service holds stops us here.
+        videos = await run_in_threadpool(VideoJobs.from_settings, settings)
+        try:  # locks the job store, recovers interrupted jobs; workers warm up lazily
+            await run_in_threadpool(videos.start)
+        except StoreLocked as exc:  # another service uses this data directory
+            videos.store.close()
+            log.error("cannot start: %s", exc)
+            raise
         metrics = Metrics()
         # Before the engine loads: every engine step in this process runs with this many BLAS threads.
         blas = threadpool_limits(settings.blas_threads, user_api="blas")
@@ -86,13 +94,6 @@ def create_app(
         }
         manager = StreamManager(pipelines, settings, metrics)
         log.info("serving streams: %s", ", ".join(pipelines))
-        videos = await run_in_threadpool(VideoJobs.from_settings, settings)
-        try:  # locks the job store, recovers interrupted jobs; workers warm up lazily
-            await run_in_threadpool(videos.start)
-        except StoreLocked as exc:  # another service uses this data directory
-            videos.store.close()
-            log.error("cannot start: %s", exc)
-            raise
         state = app.state.services = AppState(
             settings=settings,
             metrics=metrics,
