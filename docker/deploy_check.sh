@@ -144,7 +144,8 @@ wait_ready "http://127.0.0.1:${ports[0]}" "${replicas[0]}"
 run_replica "${replicas[1]}" "${ports[1]}"
 code=$(timeout 120 "$P" wait "${replicas[1]}")
 said=$("$P" logs "${replicas[1]}" 2>&1)
-if [[ $code == 0 || $said != *"one job store per data volume"* ]]; then
+# 3: uvicorn's start-up failure, a clean exit (not a crash) with the reason in the log.
+if [[ $code != 3 || $said != *"one job store per data volume"* ]]; then
   log "the second replica on the same volume did not refuse to start (exit $code)"; exit 1
 fi
 log "the second replica on the shared volume refused to start (exit $code), saying:"
