@@ -48,9 +48,9 @@ def _import_all() -> None:
 
 
 def _engines() -> None:
-    from models.motion.engine import MotionEngine
+    from models.motion.engine import MotionEngine, compile_kernels
 
-    MotionEngine.load_default().warmup()
+    compile_kernels()  # the shipped engine, serial and (on a multi-core build) threaded
     MotionEngine.random().warmup()
 
 
