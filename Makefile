@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 warmup:
 	@echo "v1motion: compiling the motion engine's kernels once (cached for every later start)"
-	@$(PY) -c "from models.motion.engine import compile_kernels; compile_kernels()"
+	@$(PY) -c "from v1motion.models.motion.engine import compile_kernels; compile_kernels()"
 
 serve: $(STAMP)
 	$(VENV)/bin/v1motion serve

@@ -1,6 +1,6 @@
 """Ground-truth accuracy of the motion engine next to OpenCV optical flow, on the same frames and cells.
 
-Families of stimuli with known motion (``models.motion.motion_eval``): pans of held-out stills, drifting
+Families of stimuli with known motion (``v1motion.models.motion.motion_eval``): pans of held-out stills, drifting
 gratings, plaids, a textured object over a still background, abrupt turns, still frames and real clips
 (against DIS MEDIUM). Each method is pooled to the engine's 16-px cells; flow baselines use the direction
 and length of each cell's mean flow vector and count a cell as moving when that length exceeds 0.2 px/frame;
@@ -35,9 +35,8 @@ sys.path.insert(0, str(ROOT))  # benchmark the models/ of this checkout, whateve
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-
-from models.motion import motion_eval as me  # noqa: E402
-from models.motion.engine import DEFAULT_MT, DEFAULT_WEIGHTS, MotionEngine  # noqa: E402
+from v1motion.models.motion import motion_eval as me  # noqa: E402
+from v1motion.models.motion.engine import DEFAULT_MT, DEFAULT_WEIGHTS, MotionEngine  # noqa: E402
 
 cv2.setNumThreads(1)
 

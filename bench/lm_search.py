@@ -70,8 +70,8 @@ SETTINGS: dict[str, dict] = {
 
 
 def run(name: str, epochs: int) -> dict:
-    from models.language.data import load_ptb
-    from models.language.rglm import LinearRecurrentLM
+    from v1motion.models.language.data import load_ptb
+    from v1motion.models.language.rglm import LinearRecurrentLM
 
     vocab, data = load_ptb()
     config = {**BASE, **SETTINGS[name], "n_epochs": epochs}

@@ -16,9 +16,8 @@ import os
 import time
 
 from threadpoolctl import threadpool_limits
-
-from models.language.data import load_ptb
-from models.language.rglm import LinearRecurrentLM
+from v1motion.models.language.data import load_ptb
+from v1motion.models.language.rglm import LinearRecurrentLM
 
 LAYERS = {
     "full": dict(n_samples=None, n_classes=None),

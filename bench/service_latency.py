@@ -42,7 +42,16 @@ def start_server(engine: str, sources: list[dict]) -> tuple[subprocess.Popen, st
     port = free_port()
     env = dict(os.environ, V1MOTION_SOURCES=json.dumps(sources), V1MOTION_LOG_LEVEL="warning")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--engine", engine, "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "v1motion.service.cli",
+            "serve",
+            "--engine",
+            engine,
+            "--port",
+            str(port),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -159,10 +168,9 @@ def scenario(
 def baseline_step_ms(engine_name: str, w: int, h: int) -> float:
     """``engine.step`` alone on synthetic frames, in this process, with the server's BLAS threads."""
     from threadpoolctl import threadpool_limits
-
-    from models.motion.engine import MotionEngine
-    from service.live.sources import SyntheticSource
-    from service.settings import Settings, SourceSpec
+    from v1motion.models.motion.engine import MotionEngine
+    from v1motion.service.live.sources import SyntheticSource
+    from v1motion.service.settings import Settings, SourceSpec
 
     threadpool_limits(Settings().blas_threads, user_api="blas")
 

@@ -14,8 +14,8 @@ import argparse
 import os
 import time
 
-from models.spikes.data import load_retina
-from models.spikes.registry import make_model
+from v1motion.models.spikes.data import load_retina
+from v1motion.models.spikes.registry import make_model
 
 
 def main() -> None:

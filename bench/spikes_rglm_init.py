@@ -16,12 +16,11 @@ import argparse
 import time
 
 import numpy as np
-
-from models.reports.spikes import BIN_MS, OPTIONS
-from models.spikes.data import load_retina
-from models.spikes.evaluation import bits_per_spike, trial_folds
-from models.spikes.glm import IndependentPoisson
-from models.spikes.registry import make_model
+from v1motion.models.reports.spikes import BIN_MS, OPTIONS
+from v1motion.models.spikes.data import load_retina
+from v1motion.models.spikes.evaluation import bits_per_spike, trial_folds
+from v1motion.models.spikes.glm import IndependentPoisson
+from v1motion.models.spikes.registry import make_model
 
 
 def main() -> None:

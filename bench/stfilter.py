@@ -24,16 +24,15 @@ import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-from models.datasets import shared_data_dir  # noqa: E402
-from models.stfilter import (  # noqa: E402
+from v1motion.models.datasets import shared_data_dir  # noqa: E402
+from v1motion.models.stfilter import (  # noqa: E402
     FeedForwardStream,
     RecurrentFilterFit,
     RecurrentStream,
     SeparableStream,
     gabor_bank,
 )
-from models.stfilter.evaluate import load_rnn, load_video, synthetic_video  # noqa: E402
+from v1motion.models.stfilter.evaluate import load_rnn, load_video, synthetic_video  # noqa: E402
 
 
 def run_path(stream, video, nt):
@@ -179,7 +178,7 @@ def main(argv=None):
     frame = video[0]
     # the unrefined least-squares start is enough here (the state's size does not depend on R's
     # values); silence its stability warning, which is about values, not sizes
-    logging.getLogger("models.stfilter.fit").setLevel(logging.ERROR)
+    logging.getLogger("v1motion.models.stfilter.fit").setLevel(logging.ERROR)
     for nt_m in (int(v) for v in args.memory_nts.split(",")):
         bank_m, _ = gabor_bank(n, ly, lx, nt_m)
         quick = RecurrentFilterFit(density=density, max_iter=0).fit(

@@ -15,8 +15,7 @@ import argparse
 import time
 
 import numpy as np
-
-from models.stfilter import RecurrentFilterFit, gabor_bank
+from v1motion.models.stfilter import RecurrentFilterFit, gabor_bank
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/video_jobs.py [--engine default|random] [--only-box] [--max-frames N]
 
-Clips come from ``models.datasets.shared_data_dir() / "videos"``: box.mp4 (640x480, 29.97 fps, H.264)
+Clips come from ``v1motion.models.datasets.shared_data_dir() / "videos"``: box.mp4 (640x480, 29.97 fps, H.264)
 and vtest.avi (768x576, 10 fps, MS-MPEG4; reassembled from its three parts into a temporary file).
 Per clip and size, one after another on the same machine:
 
@@ -33,12 +33,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
-from models.datasets import require_shared_data
-from service.jobs.decode import SandboxedDecoder
-from service.jobs.engines import pin_threads, warm_engine
-from service.jobs.limits import Limits
-from service.jobs.process import process_video
+from v1motion.models.datasets import require_shared_data
+from v1motion.service.jobs.decode import SandboxedDecoder
+from v1motion.service.jobs.engines import pin_threads, warm_engine
+from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.process import process_video
 
 
 def vtest_path(videos: Path, folder: Path) -> Path:
@@ -64,7 +63,7 @@ class NoOpEngine:
         return None
 
     def step(self, state, frame):
-        from models.motion.engine import MotionFrame
+        from v1motion.models.motion.engine import MotionFrame
 
         shape = (frame.shape[0] // self.cell, frame.shape[1] // self.cell)
         if shape not in self._frames:
@@ -120,9 +119,8 @@ def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, f
     import json
 
     import cv2
-
-    from models.motion.motion_summary import MotionSummary
-    from service.render import draw_overlay
+    from v1motion.models.motion.motion_summary import MotionSummary
+    from v1motion.service.render import draw_overlay
 
     out = {}
     t0 = time.perf_counter()
@@ -156,8 +154,8 @@ def through_pool(
 ) -> tuple[int, float]:
     """``n`` uploads of ``clip`` at once through the local worker pool with ``n`` warm workers:
     total frames, seconds."""
-    from service.jobs.engines import engine_factory
-    from service.jobs.manager import VideoJobs
+    from v1motion.service.jobs.engines import engine_factory
+    from v1motion.service.jobs.manager import VideoJobs
 
     folder = tmp / f"service{n}"
     jobs = VideoJobs.local(folder, limits, engine_factory(engine_name), workers=n, lazy=False)
@@ -191,7 +189,7 @@ def cli_run(clip: Path, tmp: Path, engine_name: str, limits: Limits) -> tuple[in
     import sys
 
     out = tmp / "cli"
-    cmd = [sys.executable, "-m", "service.cli", "motion", str(clip), "-o", str(out)]
+    cmd = [sys.executable, "-m", "v1motion.service.cli", "motion", str(clip), "-o", str(out)]
     cmd += ["--engine", engine_name, "--max-frames", str(limits.max_frames)]
     if limits.max_side != Limits().max_side:
         cmd += ["--max-side", str(limits.max_side)]

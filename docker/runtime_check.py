@@ -37,8 +37,7 @@ def _step(name: str, fn) -> None:
 
 def _import_all() -> None:
     """Import every module of the two packages (catches a missing top-level import)."""
-    import models
-    import service
+    from v1motion import models, service
 
     for pkg in (models, service):
         for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
@@ -48,20 +47,20 @@ def _import_all() -> None:
 
 
 def _engines() -> None:
-    from models.motion.engine import MotionEngine, compile_kernels
+    from v1motion.models.motion.engine import MotionEngine, compile_kernels
 
     compile_kernels()  # the shipped engine, serial and (on a multi-core build) threaded
     MotionEngine.random().warmup()
 
 
 def _synthetic_source() -> None:
-    from models.motion.stimuli import load_still
+    from v1motion.models.motion.stimuli import load_still
 
     assert load_still("astronaut").ndim == 2
 
 
 def _camera_flow() -> None:
-    from models.motion.flow import DISFlow
+    from v1motion.models.motion.flow import DISFlow
 
     rng = np.random.default_rng(0)
     a = (rng.random((96, 128)) * 255).astype(np.uint8)
@@ -72,11 +71,10 @@ def _camera_flow() -> None:
 
 def _video_job() -> None:
     import cv2
-
-    from service.jobs.engines import engine_factory
-    from service.jobs.layout import RESULT_FILES
-    from service.jobs.limits import Limits
-    from service.jobs.process import process_video
+    from v1motion.service.jobs.engines import engine_factory
+    from v1motion.service.jobs.layout import RESULT_FILES
+    from v1motion.service.jobs.limits import Limits
+    from v1motion.service.jobs.process import process_video
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "clip.avi"
@@ -95,7 +93,7 @@ def _video_job() -> None:
 
 
 def _spike_models() -> None:
-    from models.spikes.registry import MODEL_KINDS, fit_and_score
+    from v1motion.models.spikes.registry import MODEL_KINDS, fit_and_score
 
     rng = np.random.default_rng(0)
     counts = rng.poisson(0.3, size=(10, 40, 4)).astype(np.float64)
@@ -104,8 +102,8 @@ def _spike_models() -> None:
 
 
 def _language_model() -> None:
-    from models.language.scoring import LanguageScorer
-    from service.settings import Settings
+    from v1motion.models.language.scoring import LanguageScorer
+    from v1motion.service.settings import Settings
 
     scorer = LanguageScorer.from_file(Settings.model_fields["lm_weights"].default)
     scorer.score("the cat sat on the mat")

@@ -12,27 +12,26 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
-
-from models.motion.contract import Engine
-from service import http_errors
-from service.jobs import engines as jobs_engines
-from service.jobs.lock import StoreLocked
-from service.jobs.manager import VideoJobs
-from service.jobs.upload import UploadSlots
-from service.live.engine import EngineHolder
-from service.live.pipeline import StreamManager, StreamPipeline
-from service.live.sources import SourceFactory, source_factory
-from service.metrics import Metrics
-from service.routers import camera, language, ops, spikes, streams, videos
-from service.security import (
+from v1motion.models.motion.contract import Engine
+from v1motion.service import http_errors
+from v1motion.service.jobs import engines as jobs_engines
+from v1motion.service.jobs.lock import StoreLocked
+from v1motion.service.jobs.manager import VideoJobs
+from v1motion.service.jobs.upload import UploadSlots
+from v1motion.service.live.engine import EngineHolder
+from v1motion.service.live.pipeline import StreamManager, StreamPipeline
+from v1motion.service.live.sources import SourceFactory, source_factory
+from v1motion.service.metrics import Metrics
+from v1motion.service.routers import camera, language, ops, spikes, streams, videos
+from v1motion.service.security import (
     AuthDep,
     BodyLimit,
     HostOriginGuard,
     WebSocketRefused,
     ignore_refused,
 )
-from service.settings import Settings
-from service.state import AppState, Capacity
+from v1motion.service.settings import Settings
+from v1motion.service.state import AppState, Capacity
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ def create_app(
     app.state.settings = settings  # the configuration, readable before the lifespan has run
 
     async def close_websockets(code: int, reason: str) -> None:
-        """Close every open websocket (service.server.Server: 1001 before uvicorn's 1012)."""
+        """Close every open websocket (v1motion.service.server.Server: 1001 before uvicorn's 1012)."""
         state: AppState | None = getattr(app.state, "services", None)
         if state is not None:
             sockets = list(state.websockets)

@@ -1,4 +1,4 @@
-"""``v1motion``: one entry point, one module per subcommand under ``service.commands``."""
+"""``v1motion``: one entry point, one module per subcommand under ``v1motion.service.commands``."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import textwrap
 
 # Each module defines ``add_parser(subparsers)`` which registers its subcommand and sets ``func``.
 COMMAND_MODULES = [
-    "service.commands.serve",
-    "service.commands.motion",
-    "service.commands.train",
-    "service.commands.fit_readout",
-    "service.commands.analyze",
-    "service.commands.stfit",
-    "service.commands.lm",
-    "service.commands.spikes",
+    "v1motion.service.commands.serve",
+    "v1motion.service.commands.motion",
+    "v1motion.service.commands.train",
+    "v1motion.service.commands.fit_readout",
+    "v1motion.service.commands.analyze",
+    "v1motion.service.commands.stfit",
+    "v1motion.service.commands.lm",
+    "v1motion.service.commands.spikes",
 ]
 
 DESCRIPTION = """\

@@ -2,7 +2,7 @@
 
 Routes declare what they need (``settings: SettingsDep``, ``jobs: JobsDep``); tests replace any of these
 with ``app.dependency_overrides``. The token guard is applied where the routers are included
-(:func:`service.app.create_app`), not here.
+(:func:`v1motion.service.app.create_app`), not here.
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
 from starlette.requests import HTTPConnection
-
-from service.jobs.manager import VideoJobs
-from service.jobs.upload import UploadSlots
-from service.live.engine import EngineHolder
-from service.live.pipeline import StreamManager
-from service.metrics import Metrics
-from service.settings import Settings
-from service.state import AppState
+from v1motion.service.jobs.manager import VideoJobs
+from v1motion.service.jobs.upload import UploadSlots
+from v1motion.service.live.engine import EngineHolder
+from v1motion.service.live.pipeline import StreamManager
+from v1motion.service.metrics import Metrics
+from v1motion.service.settings import Settings
+from v1motion.service.state import AppState
 
 
 def get_state(conn: HTTPConnection) -> AppState:

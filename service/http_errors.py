@@ -26,8 +26,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from service.security import require_token
+from v1motion.service.security import require_token
 
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
@@ -83,7 +82,7 @@ async def _validation_error(request: Request, exc: RequestValidationError):
 
 async def _token_first(request: Request):
     """The 401 of a guarded (/v1) route without the right token, else None: body errors come after
-    the token check (service.app guards every /v1 router with service.security.authorize)."""
+    the token check (v1motion.service.app guards every /v1 router with v1motion.service.security.authorize)."""
     if _api_path(request).startswith("/v1/"):
         try:
             require_token(request)

@@ -61,7 +61,7 @@ def _finite(x: float, decimals: int = 3) -> float:
 def motion_payload(mf: Any) -> dict[str, Any]:
     """The motion part of a result, units in the field names: grids of ``direction_deg`` (0 = right,
     90 = up on screen), ``speed_px_per_frame`` and ``confidence``, histograms, and the frame's dominant
-    motion as ``global_*`` fields. The same names as :meth:`models.motion.engine.MotionFrame.to_dict`."""
+    motion as ``global_*`` fields. The same names as :meth:`v1motion.models.motion.engine.MotionFrame.to_dict`."""
     direction_deg = np.rad2deg(np.mod(np.nan_to_num(mf.direction), 2 * np.pi))
     global_deg = _finite(math.degrees(float(mf.global_direction) % (2 * math.pi)), 1) % 360
     return {

@@ -1,6 +1,6 @@
 """Pictures of motion maps: the overlay drawn on video frames and the per-video summary figure.
 
-Drawing only; the numbers come from the motion engine and :mod:`models.motion.motion_summary`.
+Drawing only; the numbers come from the motion engine and :mod:`v1motion.models.motion.motion_summary`.
 Colour wheel: hue = direction (red = right, then counter-clockwise as seen: yellow-green = up,
 cyan = left, blue-violet = down), opacity = confidence; arrows point the way things move, their length
 grows with speed.
@@ -192,12 +192,11 @@ def summary_figure(
     title : str
     main_directions : list of dict, optional
         ``{"direction_deg", "share", "median_speed_px_per_frame"}`` as
-        :attr:`models.motion.motion_summary.MotionSummary.main_directions_` gives them; each is drawn as a
+        :attr:`v1motion.models.motion.motion_summary.MotionSummary.main_directions_` gives them; each is drawn as a
         spoke and listed in the legend.
     """
     import matplotlib
-
-    from models.reports.plotting import new_figure
+    from v1motion.models.reports.plotting import new_figure
 
     fig = new_figure(figsize=(10, 4.2), dpi=100)
     ax = fig.add_subplot(1, 2, 1, projection="polar")

@@ -29,9 +29,8 @@ from fastapi import Depends, HTTPException, WebSocket, params, status
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from service import protocol
-from service.settings import Settings
+from v1motion.service import protocol
+from v1motion.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,9 @@ async def authorize(conn: HTTPConnection) -> None:
         if not await accept_websocket(ws):
             raise WebSocketRefused
         services = getattr(ws.app.state, "services", None)
-        if services is not None:  # closed with 1001 when the service stops (service.server)
+        if (
+            services is not None
+        ):  # closed with 1001 when the service stops (v1motion.service.server)
             services.websockets.add(ws)
         return
     require_token(conn)  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 ``create_app`` hangs one :class:`AppState` on ``app.state.services`` when the lifespan starts and closes
 it when the lifespan ends; routes reach its parts only through the typed dependencies of
-:mod:`service.deps`.
+:mod:`v1motion.service.deps`.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from service.live.engine import EngineHolder
-from service.live.pipeline import StreamManager
-from service.metrics import Metrics
-from service.settings import Settings
+from v1motion.service.live.engine import EngineHolder
+from v1motion.service.live.pipeline import StreamManager
+from v1motion.service.metrics import Metrics
+from v1motion.service.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import WebSocket
-
-    from service.jobs.manager import VideoJobs
-    from service.jobs.upload import UploadSlots
+    from v1motion.service.jobs.manager import VideoJobs
+    from v1motion.service.jobs.upload import UploadSlots
 
 
 class Capacity:
@@ -53,8 +52,10 @@ class AppState:
     videos: VideoJobs
     upload_slots: UploadSlots
     video_probe_slots: asyncio.Semaphore
-    language_scorer: Any  # models.language.scoring.LanguageScorer, or None when it failed to load
-    spike_store: Any  # service.routers.spikes.SpikeModelStore
-    spike_worker: Any  # service.routers.spikes.SpikeWorker
+    language_scorer: (
+        Any  # v1motion.models.language.scoring.LanguageScorer, or None when it failed to load
+    )
+    spike_store: Any  # v1motion.service.routers.spikes.SpikeModelStore
+    spike_worker: Any  # v1motion.service.routers.spikes.SpikeWorker
     units_cache: dict[str, Any] = field(default_factory=dict)
     websockets: weakref.WeakSet[WebSocket] = field(default_factory=weakref.WeakSet)

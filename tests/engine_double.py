@@ -1,6 +1,6 @@
-"""The one stand-in for ``models.motion.engine.MotionEngine`` in the service and video-job tests.
+"""The one stand-in for ``v1motion.models.motion.engine.MotionEngine`` in the service and video-job tests.
 
-It satisfies ``models.motion.contract.Engine``. By default it reports the direction of the
+It satisfies ``v1motion.models.motion.contract.Engine``. By default it reports the direction of the
 frame-to-frame shift found by phase correlation (OpenCV), so tests can check that a known motion comes
 through the pipeline. ``motion="difference"`` instead reports the mean absolute frame difference per cell,
 always pointing right (fast and deterministic, for the video jobs). ``delay`` makes each step slow on
@@ -14,8 +14,7 @@ import time
 
 import cv2
 import numpy as np
-
-from models.motion.engine import MotionFrame
+from v1motion.models.motion.engine import MotionFrame
 
 
 class FakeState:

@@ -1,4 +1,4 @@
-"""Slow, obviously-right numpy twins of the kernels and streams in ``models.stfilter``."""
+"""Slow, obviously-right numpy twins of the kernels and streams in ``v1motion.models.stfilter``."""
 
 import numpy as np
 

@@ -53,7 +53,7 @@ class ServerThread:
     """A real uvicorn serving ``app`` on 127.0.0.1 and a free port, in a background thread."""
 
     def __init__(self, app, **config):
-        from service.commands.serve import bind_socket
+        from v1motion.service.commands.serve import bind_socket
 
         self.sock = bind_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
@@ -153,7 +153,7 @@ class RawWebSocket:
 
 @functools.lru_cache(maxsize=1)
 def _random_engine():
-    from models.motion.engine import MotionEngine
+    from v1motion.models.motion.engine import MotionEngine
 
     engine = MotionEngine.random(seed=0)
     engine.warmup()
@@ -167,7 +167,7 @@ def random_engine():
 
 @functools.lru_cache(maxsize=1)
 def _default_engine():
-    from models.motion.engine import MotionEngine
+    from v1motion.models.motion.engine import MotionEngine
 
     engine = MotionEngine.load_default()
     engine.warmup()

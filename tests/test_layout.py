@@ -12,9 +12,9 @@ def _imports(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
     return names
 
 
@@ -22,7 +22,7 @@ def test_models_never_import_service():
     offenders = [
         str(p.relative_to(ROOT))
         for p in (ROOT / "models").rglob("*.py")
-        if "service" in _imports(p)
+        if any(n == "v1motion.service" or n.startswith("v1motion.service.") for n in _imports(p))
     ]
     assert offenders == []
 
@@ -45,8 +45,8 @@ def test_no_print_in_library_code():
 
 
 def test_routers_reach_the_application_state_only_through_the_deps_module():
-    """Routes declare what they need (service.deps); none digs into app.state by itself, and none
-    builds or tears down state (the lifespan in service.app does)."""
+    """Routes declare what they need (v1motion.service.deps); none digs into app.state by itself, and none
+    builds or tears down state (the lifespan in v1motion.service.app does)."""
     offenders = []
     for path in sorted((ROOT / "service" / "routers").glob("*.py")):
         text = path.read_text()
@@ -76,4 +76,31 @@ def test_no_library_code_touches_matplotlibs_global_state():
                 pyplot and "pyplot" in pyplot.group(0) + text[pyplot.end() : pyplot.end() + 40]
             ):
                 offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders, offenders
+
+
+def test_every_package_folder_is_installed_under_the_v1motion_namespace():
+    """pyproject.toml lists the packages explicitly (their folders sit at the project root): a new
+    sub-package that is not listed would be missing from the wheel and the container."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = {
+        "v1motion." + ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("models", "service")
+        for p in (ROOT / top).rglob("__init__.py")
+    }
+    assert found == listed, {"not listed": found - listed, "no folder": listed - found}
+
+
+def test_nothing_imports_the_folders_by_their_bare_names():
+    """`models` and `service` are installed as `v1motion.models` and `v1motion.service`; importing
+    a bare name would only work from the project folder, and would load a second copy."""
+    offenders = []
+    for top in ("models", "service", "tests", "bench", "docker"):
+        for path in (ROOT / top).rglob("*.py"):
+            for name in _imports(path):
+                if name.split(".")[0] in ("models", "service"):
+                    offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert not offenders, offenders

@@ -13,8 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-
-from models.datasets import require_shared_data
+from v1motion.models.datasets import require_shared_data
 
 SPLITS = ("train", "valid", "test")
 EOS = "<eos>"

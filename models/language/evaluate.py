@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from models.language.data import load_ptb
-from models.language.ngram import KneserNeyLM, UnigramCache, fit_mixture, mixture_log_probs
-from models.language.rglm import LinearRecurrentLM
+from v1motion.models.language.data import load_ptb
+from v1motion.models.language.ngram import KneserNeyLM, UnigramCache, fit_mixture, mixture_log_probs
+from v1motion.models.language.rglm import LinearRecurrentLM
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,9 @@
 Each kernel has a slow numpy twin of the same name in ``tests/naive_language.py``.
 Kernels take every tunable as an argument and release the GIL (``nogil``) so the service can call
 them from worker threads.
+
+Numba caches the compiled kernels on disk (``cache=True``) beside this file, keyed by its path and
+stamp; the cached code records its module by name (``v1motion.models...``).
 """
 
 from __future__ import annotations

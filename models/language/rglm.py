@@ -15,7 +15,7 @@ fed to the output, and a max-norm on every word vector (the columns of the embed
 matrices in the paper's layout). Reported perplexities always use the exact full softmax.
 
 With ``n_classes`` the output layer is instead class-factorised, ``P(class | h) P(word | class, h)``
-over frequency-binned classes (:class:`models.language.kernels.WordClasses`): 2.4x faster
+over frequency-binned classes (:class:`v1motion.models.language.kernels.WordClasses`): 2.4x faster
 to train at H=200 than 1,024 sampled negatives (``bench/lm_speed.py``), and exact, so such a
 model is trained and scored with the same normalised distribution.
 """
@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from models.language.data import Vocabulary
-from models.language.kernels import (
+from v1motion.models.language.data import Vocabulary
+from v1motion.models.language.kernels import (
     WordClasses,
     adam_update,
     class_log_probs_all,

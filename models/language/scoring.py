@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from models.language.data import EOS, tokenize
-from models.language.rglm import LinearRecurrentLM
+from v1motion.models.language.data import EOS, tokenize
+from v1motion.models.language.rglm import LinearRecurrentLM
 
 LOG2E = 1.0 / np.log(2.0)
 

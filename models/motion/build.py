@@ -9,14 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
-from models.determinism import single_threaded
-from models.motion.calibration import fit_readout
-from models.motion.movies import load_training_movies, training_stills
-from models.motion.ssrnn import SSRNN
-from models.motion.training import TrainConfig, train_ssrnn
-from models.motion.tuning_report import measure_tuning, tuning_dict
-from models.motion.whitening import Whitener
+from v1motion.models.determinism import single_threaded
+from v1motion.models.motion.calibration import fit_readout
+from v1motion.models.motion.movies import load_training_movies, training_stills
+from v1motion.models.motion.ssrnn import SSRNN
+from v1motion.models.motion.training import TrainConfig, train_ssrnn
+from v1motion.models.motion.tuning_report import measure_tuning, tuning_dict
+from v1motion.models.motion.whitening import Whitener
 
 log = logging.getLogger(__name__)
 

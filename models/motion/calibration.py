@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-
-from models.motion.population import pooled_response
-from models.motion.readout import MotionReadout, angular_error
-from models.motion.ssrnn import SSRNN
-from models.motion.stimuli import (
+from v1motion.models.motion.population import pooled_response
+from v1motion.models.motion.readout import MotionReadout, angular_error
+from v1motion.models.motion.ssrnn import SSRNN
+from v1motion.models.motion.stimuli import (
     HELDOUT_STILLS,
     TRAIN_STILLS,
     grating_sequence,
@@ -15,7 +14,7 @@ from models.motion.stimuli import (
     pan_sequence,
     random_pan_start,
 )
-from models.motion.tuning import DIRECTIONS, N_DIRECTIONS, NATURAL_SPEEDS
+from v1motion.models.motion.tuning import DIRECTIONS, N_DIRECTIONS, NATURAL_SPEEDS
 
 
 def random_pan_trials(images, n_trials, size, n_frames, speed_range, seed):

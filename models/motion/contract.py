@@ -1,6 +1,6 @@
 """The motion engine's contract: what the service and the video jobs need of an engine.
 
-:class:`~models.motion.engine.MotionEngine` is the product's engine; tests use a double with the same
+:class:`~v1motion.models.motion.engine.MotionEngine` is the product's engine; tests use a double with the same
 shape. The service types against :class:`Engine` and builds engines with :func:`make_engine`, so a
 reader (or a type checker) can follow a frame from a socket into this package.
 """
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from models.motion.engine import MotionEngine, MotionFrame
+    from v1motion.models.motion.engine import MotionEngine, MotionFrame
 
 ENGINE_NAMES = ("default", "random")
 """``default``: the shipped weights; ``random``: a small untrained engine (seed 0) for tests and demos."""
@@ -62,9 +62,9 @@ def make_engine(name: str, *, threads: int = 1) -> MotionEngine:
     name : {"default", "random"}
         ``default`` loads the shipped weights; ``random`` builds a small untrained engine (seed 0).
     threads : int, default 1
-        Numba threads of the ss-RNN kernel (see :class:`~models.motion.engine.MotionEngine`).
+        Numba threads of the ss-RNN kernel (see :class:`~v1motion.models.motion.engine.MotionEngine`).
     """
-    from models.motion.engine import MotionEngine
+    from v1motion.models.motion.engine import MotionEngine
 
     if name == "default":
         return MotionEngine.load_default(threads=threads)

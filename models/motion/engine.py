@@ -19,12 +19,11 @@ from pathlib import Path
 import cv2
 import numba
 import numpy as np
-
-from models import WEIGHTS_DIR
-from models.motion.kernels import _code_change, _scaled_patches
-from models.motion.mt_readout import MTReadout, Pooling, _project_frame, integrate_cells
-from models.motion.readout import MotionReadout
-from models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
+from v1motion.models import WEIGHTS_DIR
+from v1motion.models.motion.kernels import _code_change, _scaled_patches
+from v1motion.models.motion.mt_readout import MTReadout, Pooling, _project_frame, integrate_cells
+from v1motion.models.motion.readout import MotionReadout
+from v1motion.models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
 
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "ssrnn_default.npz"
 DEFAULT_MT = WEIGHTS_DIR / "mt_readout_default.npz"

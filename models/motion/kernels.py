@@ -7,6 +7,9 @@ the largest prior log-odds is the one that can win.
 
 Arrays indexed by (atom, sign) are flat by group ``g = 2 * atom + sign = unit // K``, so the recurrent
 drive indexes them by group directly and the scans over atoms read the two signs side by side.
+
+Numba caches the compiled kernels on disk (``cache=True``) beside this file, keyed by its path and
+stamp; the cached code records its module by name (``v1motion.models...``).
 """
 
 from __future__ import annotations

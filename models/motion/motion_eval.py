@@ -6,7 +6,7 @@ per-cell truth on the motion map's grid (cell ``(i, j)`` covers pixels ``[i*cell
 j*cell:(j+1)*cell]``). Methods (the ss-RNN engine, or an optical-flow baseline pooled to the same cells)
 are run over the frames by :func:`evaluate`, which returns one summary per method.
 
-Conventions (those of :mod:`models.motion.stimuli`): directions in radians, 0 = moving right, pi/2 = moving up on
+Conventions (those of :mod:`v1motion.models.motion.stimuli`): directions in radians, 0 = moving right, pi/2 = moving up on
 screen; velocities are ``(vx, vy_up)`` in px/frame; image rows grow downwards, so an optical-flow field
 ``(dx, dy)`` in image coordinates has direction ``atan2(-dy, dx)``. The velocity of frame ``t`` is the
 displacement from frame ``t - 1`` to frame ``t``.
@@ -35,10 +35,9 @@ from typing import NamedTuple, Protocol
 
 import cv2
 import numpy as np
-
-from models.datasets import require_shared_data
-from models.motion.movies import load_clip
-from models.motion.stimuli import (
+from v1motion.models.datasets import require_shared_data
+from v1motion.models.motion.movies import load_clip
+from v1motion.models.motion.stimuli import (
     HELDOUT_STILLS,
     direction_vector,
     grating_frame,

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from models.datasets import require_shared_data
-from models.motion.stimuli import TRAIN_STILLS, load_still
+from v1motion.models.datasets import require_shared_data
+from v1motion.models.motion.stimuli import TRAIN_STILLS, load_still
 
 log = logging.getLogger(__name__)
 

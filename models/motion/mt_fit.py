@@ -20,10 +20,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from models.determinism import single_threaded
-from models.motion.mt_readout import MTReadout, Pooling
-from models.motion.stimuli import (
+from v1motion.models.determinism import single_threaded
+from v1motion.models.motion.mt_readout import MTReadout, Pooling
+from v1motion.models.motion.stimuli import (
     TRAIN_STILLS,
     direction_vector,
     grating_sequence,
@@ -199,10 +198,10 @@ def fit_default(out: Path, sequences: int = 2500, levels: int = 4, hidden: int =
                 progress: bool = True) -> dict:  # fmt: skip
     """Fit the MT read-out of the shipped ss-RNN and write it to ``out``; returns a summary.
 
-    Data and fitting run single-threaded (``models.determinism``, as the ss-RNN's training does) so
+    Data and fitting run single-threaded (``v1motion.models.determinism``, as the ss-RNN's training does) so
     that sums run in a fixed order: one seed, one file.
     """
-    from models.motion.engine import DEFAULT_WEIGHTS, MotionEngine
+    from v1motion.models.motion.engine import DEFAULT_WEIGHTS, MotionEngine
 
     base = MotionEngine.load(DEFAULT_WEIGHTS)
     pooling = Pooling(patch=base.model.patch, pool_px=tuple(pool_px), tau=tau)

@@ -12,6 +12,9 @@ each patch's code onto the ``H`` MT inputs plus one total-activity channel, and 
 channels per level are averaged over time and space, not 512 units.
 
 Units: directions in radians inside ``models`` (0 = right, pi/2 = up on screen), speeds in px/frame.
+
+Numba caches the compiled kernels on disk (``cache=True``) beside this file, keyed by its path and
+stamp; the cached code records its module by name (``v1motion.models...``).
 """
 
 from __future__ import annotations

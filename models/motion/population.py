@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
-from models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
-from models.motion.whitening import patch_grid
+from v1motion.models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
+from v1motion.models.motion.whitening import patch_grid
 
 
 def pyramid(frame: np.ndarray, levels: int) -> list[np.ndarray]:

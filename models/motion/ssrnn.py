@@ -33,14 +33,13 @@ from pathlib import Path
 
 import numba
 import numpy as np
-
-from models.motion.kernels import (
+from v1motion.models.motion.kernels import (
     _drive_groups,
     _ssrnn_infer_frame,
     _ssrnn_infer_frame_dense,
     _ssrnn_infer_frame_parallel,
 )
-from models.motion.whitening import Whitener, patch_grid
+from v1motion.models.motion.whitening import Whitener, patch_grid
 
 FORMAT_VERSION = 1
 
@@ -217,7 +216,7 @@ class SSRNN:
     def _learning_config(self):
         from dataclasses import replace
 
-        from models.motion.training import TrainConfig
+        from v1motion.models.motion.training import TrainConfig
 
         arch = {k: getattr(self, k) for k in self._SETTINGS if k != "train_config"}
         return replace(self.train_config or TrainConfig(), **arch)
@@ -247,7 +246,7 @@ class SSRNN:
         -------
         self
         """
-        from models.motion.training import fit_ssrnn
+        from v1motion.models.motion.training import fit_ssrnn
 
         cfg = self._learning_config()
         rng = np.random.default_rng(cfg.seed)
@@ -274,7 +273,7 @@ class SSRNN:
         clone housekeeping). On an unfitted model the first call starts the atoms from patches of
         ``X``. Returns ``self``.
         """
-        from models.motion.training import LearningRun, init_weights
+        from v1motion.models.motion.training import LearningRun, init_weights
 
         X = self._check_sequences(X)
         run = self.__dict__.get("_learning_run")

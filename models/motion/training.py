@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
-
-from models.determinism import numeric_environment, single_threaded
-from models.motion.ssrnn import SSRNN, SparseCode, prune_recurrent, recurrent_csr
-from models.motion.stimuli import direction_vector
-from models.motion.whitening import Whitener
+from v1motion.models.determinism import numeric_environment, single_threaded
+from v1motion.models.motion.ssrnn import SSRNN, SparseCode, prune_recurrent, recurrent_csr
+from v1motion.models.motion.stimuli import direction_vector
+from v1motion.models.motion.whitening import Whitener
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +154,7 @@ def train_ssrnn(
     """Train an ss-RNN on natural movies; returns the model and per-step diagnostics.
 
     Deterministic: the same seed and inputs give the same bits whatever the caller's thread counts
-    (see :mod:`models.determinism`).
+    (see :mod:`v1motion.models.determinism`).
     """
     log.info("training with seed %d on %s", config.seed, numeric_environment())
     rng = np.random.default_rng(config.seed)

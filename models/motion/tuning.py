@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from models.motion.population import pooled_response
-from models.motion.ssrnn import SSRNN
-from models.motion.stimuli import (
+from v1motion.models.motion.population import pooled_response
+from v1motion.models.motion.ssrnn import SSRNN
+from v1motion.models.motion.stimuli import (
     HELDOUT_STILLS,
     grating_sequence,
     load_still,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-
-from models.motion.calibration import grating_direction_error, natural_direction_error
-from models.motion.population import pooled_response
-from models.motion.ssrnn import SSRNN
-from models.motion.stimuli import gabor_sequence
-from models.motion.tuning import (
+from v1motion.models.motion.calibration import grating_direction_error, natural_direction_error
+from v1motion.models.motion.population import pooled_response
+from v1motion.models.motion.ssrnn import SSRNN
+from v1motion.models.motion.stimuli import gabor_sequence
+from v1motion.models.motion.tuning import (
     DIRECTIONS,
     SPEEDS,
     TuningSummary,

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
-from models.determinism import single_threaded
+from v1motion.models.determinism import single_threaded
 
 
 def extract_patches(frames: np.ndarray, size: int, n: int, rng) -> np.ndarray:

@@ -1,5 +1,5 @@
 """The language model's report: the PTB table files, the timescale figure and the model card
-(``v1motion lm eval --report/--card``); the numbers come from :mod:`models.language.evaluate`."""
+(``v1motion lm eval --report/--card``); the numbers come from :mod:`v1motion.models.language.evaluate`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-
-from models.language.rglm import LinearRecurrentLM
-from models.reports.plotting import new_figure
+from v1motion.models.language.rglm import LinearRecurrentLM
+from v1motion.models.reports.plotting import new_figure
 
 
 def plot_timescales(model: LinearRecurrentLM, path: str | Path) -> Path:

@@ -1,5 +1,5 @@
 """Figures and files of the ss-RNN's tuning report (``v1motion analyze``); the numbers come from
-:mod:`models.motion.tuning_report`."""
+:mod:`v1motion.models.motion.tuning_report`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from models.motion.ssrnn import SSRNN
-from models.motion.tuning import DIRECTIONS, SPEEDS
-from models.motion.tuning_report import gabor_polar
-from models.reports.plotting import new_figure
+from v1motion.models.motion.ssrnn import SSRNN
+from v1motion.models.motion.tuning import DIRECTIONS, SPEEDS
+from v1motion.models.motion.tuning_report import gabor_polar
+from v1motion.models.reports.plotting import new_figure
 
 
 def write_figures(model: SSRNN, art: dict, out: Path) -> list[str]:

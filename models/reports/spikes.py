@@ -12,10 +12,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-
-from models.reports.plotting import new_figure
-from models.spikes.data import load_retina
-from models.spikes.evaluation import (
+from v1motion.models.reports.plotting import new_figure
+from v1motion.models.spikes.data import load_retina
+from v1motion.models.spikes.evaluation import (
     cross_correlogram,
     cross_validate,
     decode,
@@ -24,8 +23,8 @@ from models.spikes.evaluation import (
     r_squared,
     trial_folds,
 )
-from models.spikes.glm import CorrelatedGLM, PSTHPoisson
-from models.spikes.registry import make_model
+from v1motion.models.spikes.glm import CorrelatedGLM, PSTHPoisson
+from v1motion.models.spikes.registry import make_model
 
 log = logging.getLogger(__name__)
 

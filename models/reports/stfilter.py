@@ -1,5 +1,5 @@
 """The recurrent filter bank's report: figure and files (``v1motion stfit``); the numbers come from
-:mod:`models.stfilter.evaluate`."""
+:mod:`v1motion.models.stfilter.evaluate`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-
-from models.reports.plotting import new_figure
-from models.stfilter.evaluate import compare_streams, fit_summary
-from models.stfilter.fit import RecurrentFilterFit
+from v1motion.models.reports.plotting import new_figure
+from v1motion.models.stfilter.evaluate import compare_streams, fit_summary
+from v1motion.models.stfilter.fit import RecurrentFilterFit
 
 log = logging.getLogger(__name__)
 

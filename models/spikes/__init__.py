@@ -1,17 +1,22 @@
 """Spike-train models: observation objects, independent / correlated / spike-history GLMs, the recurrent
 GLM (R-GLM) and a Gaussian LDS, with held-out bits/spike evaluation (see docs/architecture.md)."""
 
-from models.spikes.glm import CorrelatedGLM, IndependentPoisson, PSTHPoisson, SpikeHistoryGLM
-from models.spikes.lds import GaussianLDS
-from models.spikes.observations import (
+from v1motion.models.spikes.glm import (
+    CorrelatedGLM,
+    IndependentPoisson,
+    PSTHPoisson,
+    SpikeHistoryGLM,
+)
+from v1motion.models.spikes.lds import GaussianLDS
+from v1motion.models.spikes.observations import (
     BernoulliObservations,
     GaussianObservations,
     PoissonObservations,
     get_link,
     get_observations,
 )
-from models.spikes.registry import MODEL_KINDS, fit_and_score, make_model
-from models.spikes.rglm import RGLM
+from v1motion.models.spikes.registry import MODEL_KINDS, fit_and_score, make_model
+from v1motion.models.spikes.rglm import RGLM
 
 __all__ = [
     "BernoulliObservations",

@@ -20,9 +20,8 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
-
-from models.spikes.data import as_counts
-from models.spikes.observations import GaussianObservations, Observations, get_observations
+from v1motion.models.spikes.data import as_counts
+from v1motion.models.spikes.observations import GaussianObservations, Observations, get_observations
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,8 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-
-from models.spikes.data import as_counts
-from models.spikes.glm import IndependentPoisson
+from v1motion.models.spikes.data import as_counts
+from v1motion.models.spikes.glm import IndependentPoisson
 
 log = logging.getLogger(__name__)
 LN2 = np.log(2.0)

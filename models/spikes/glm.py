@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
-
-from models.spikes.base import SpikeModel
-from models.spikes.data import as_counts
+from v1motion.models.spikes.base import SpikeModel
+from v1motion.models.spikes.data import as_counts
 
 
 class IndependentPoisson(SpikeModel):
@@ -43,7 +42,7 @@ class IndependentPoisson(SpikeModel):
         self._record_fit(
             {"n_iter": 0, "converged": True, "stop_reason": "closed_form", "grad_norm": 0.0}
         )
-        from models.spikes.base import ParamPacker
+        from v1motion.models.spikes.base import ParamPacker
 
         self._packer = ParamPacker({"b": (y.shape[-1],)}, y.shape[-1])
         return self
@@ -61,7 +60,7 @@ class CorrelatedGLM(SpikeModel):
     With ``obs="poisson"`` this is the correlated Poisson model; ``"bernoulli"`` for binary data;
     ``"gaussian"`` gives a full-covariance Gaussian (``A`` and the conditional variances are its
     Cholesky factorisation, so its likelihood equals the multivariate normal's).
-    See :class:`models.spikes.base.SpikeModel` for the parameters.
+    See :class:`v1motion.models.spikes.base.SpikeModel` for the parameters.
     """
 
     kind = "correlated"
@@ -146,7 +145,7 @@ class SpikeHistoryGLM(SpikeModel):
         Raised-cosine basis functions per coupling filter.
     correlated : bool, default False
         Add the within-bin coupling ``A`` (the GLM with correlated Poisson noise).
-    Other parameters as :class:`models.spikes.base.SpikeModel`.
+    Other parameters as :class:`v1motion.models.spikes.base.SpikeModel`.
 
     Attributes
     ----------

@@ -15,9 +15,8 @@ import logging
 
 import numpy as np
 from scipy.special import gammaln
-
-from models.spikes.base import _outer_sum, single_blas_thread
-from models.spikes.data import as_counts
+from v1motion.models.spikes.base import _outer_sum, single_blas_thread
+from v1motion.models.spikes.data import as_counts
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,10 @@ import logging
 import time
 
 import numpy as np
-
-from models.spikes.evaluation import bits_per_spike
-from models.spikes.glm import CorrelatedGLM, IndependentPoisson, SpikeHistoryGLM
-from models.spikes.lds import GaussianLDS
-from models.spikes.rglm import RGLM
+from v1motion.models.spikes.evaluation import bits_per_spike
+from v1motion.models.spikes.glm import CorrelatedGLM, IndependentPoisson, SpikeHistoryGLM
+from v1motion.models.spikes.lds import GaussianLDS
+from v1motion.models.spikes.rglm import RGLM
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,14 @@
     y^t ~ obs(f(C x^{t-1} + A g(y^t) + b)),       A strictly lower triangular (or absent)
     W0 = diag(gamma) U0,                          gamma_k = sqrt(1 - |lambda_k|^2)
 
-with ``g(y) = min(y, input_cap)`` (see :class:`models.spikes.base.SpikeModel`). ``R`` is stable by
+with ``g(y) = min(y, input_cap)`` (see :class:`v1motion.models.spikes.base.SpikeModel`). ``R`` is stable by
 construction: block diagonal, with real eigenvalues ``tanh(p)`` and complex pairs ``sigmoid(q) e^{±i theta}``
 (:func:`stable_recurrence`), so every eigenvalue has modulus below 1 whatever the parameters.
 
 Fitted by maximum likelihood with exact gradients by back-propagation through time (BPTT) and L-BFGS.
+
+Numba caches the compiled kernels on disk (``cache=True``) beside this file, keyed by its path and
+stamp; the cached code records its module by name (``v1motion.models...``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 from scipy import sparse
-
-from models.spikes.base import Design, SpikeModel, _outer_sum
+from v1motion.models.spikes.base import Design, SpikeModel, _outer_sum
 
 
 def rglm_states(
@@ -340,7 +342,7 @@ class RGLM(SpikeModel):
         setting can be given instead (it is used as is; its neuron order must match).
     n_lags : int, default 0
         With ``n_lags > 0`` the R-GLM keeps the spike-history GLM's own coupling filters (``n_lags`` bins on
-        ``n_basis`` raised-cosine functions, as :class:`models.spikes.glm.SpikeHistoryGLM`) beside its
+        ``n_basis`` raised-cosine functions, as :class:`v1motion.models.spikes.glm.SpikeHistoryGLM`) beside its
         recurrent state: ``eta^t = C x^{t-1} + sum_l K_l g(y^{t-l}) + A g(y^t) + b``. The GLM is then the
         special case ``C = 0``; with ``init="glm"`` the fit starts there (the GLM's ``W``, ``A``, ``b``;
         ``C = 0``, and ``W0``, ``R`` as at a random start) and the state learns what the filters miss.
@@ -352,7 +354,7 @@ class RGLM(SpikeModel):
     l2_state : float, optional
         L2 penalty on the state's weights ``U0``, ``C`` (and ``B``); default ``l2``. The start GLM uses
         ``l2``.
-    Other parameters as :class:`models.spikes.base.SpikeModel`.
+    Other parameters as :class:`v1motion.models.spikes.base.SpikeModel`.
 
     Attributes
     ----------
@@ -482,7 +484,7 @@ class RGLM(SpikeModel):
 
     def _init_glm(self, yp):
         """The fitted spike-history GLM to start from (``init="glm"`` fits one on ``yp``)."""
-        from models.spikes.glm import SpikeHistoryGLM
+        from v1motion.models.spikes.glm import SpikeHistoryGLM
 
         if isinstance(self.init, SpikeHistoryGLM):
             glm = self.init
@@ -523,7 +525,7 @@ class RGLM(SpikeModel):
 
     def _features(self, yp):
         """Filtered spike history (sparse, cached while fitting), as the GLM's."""
-        from models.spikes.glm import history_features, raised_cosine_basis
+        from v1motion.models.spikes.glm import history_features, raised_cosine_basis
 
         cache = getattr(self, "_feat_cache", None)
         if cache is not None and cache[0] is yp:
@@ -619,7 +621,7 @@ class RGLM(SpikeModel):
         x_prev, buf = state
         h = x_prev @ self.params_["C"].T
         if self.n_lags:
-            from models.spikes.glm import raised_cosine_basis
+            from v1motion.models.spikes.glm import raised_cosine_basis
 
             basis = raised_cosine_basis(self.n_lags, self.n_basis)
             hist = np.einsum("klj,lq->kjq", buf, basis).reshape(buf.shape[0], -1)

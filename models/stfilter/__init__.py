@@ -8,15 +8,15 @@ and streaming filtering of video with it next to the feed-forward bank.
 - :mod:`.report`: the ``v1motion stfit`` report (JSON + figure).
 """
 
-from models.stfilter.bank import GaborParams, as_bank, gabor_bank, load_bank
-from models.stfilter.fit import (
+from v1motion.models.stfilter.bank import GaborParams, as_bank, gabor_bank, load_bank
+from v1motion.models.stfilter.fit import (
     RecurrentFilterFit,
     impulse_responses,
     loss_and_grad,
     lsq_init,
     variance_explained,
 )
-from models.stfilter.stream import (
+from v1motion.models.stfilter.stream import (
     FeedForwardStream,
     RecurrentStream,
     SeparableStream,

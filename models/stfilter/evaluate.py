@@ -8,9 +8,8 @@ import time
 from collections import defaultdict
 
 import numpy as np
-
-from models.stfilter.fit import RecurrentFilterFit
-from models.stfilter.stream import FeedForwardStream, RecurrentStream
+from v1motion.models.stfilter.fit import RecurrentFilterFit
+from v1motion.models.stfilter.stream import FeedForwardStream, RecurrentStream
 
 log = logging.getLogger(__name__)
 

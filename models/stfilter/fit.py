@@ -13,9 +13,8 @@ import time
 import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
-
-from models.stfilter.bank import as_bank
-from models.stfilter.kernels import masked_row_dots
+from v1motion.models.stfilter.bank import as_bank
+from v1motion.models.stfilter.kernels import masked_row_dots
 
 log = logging.getLogger(__name__)
 

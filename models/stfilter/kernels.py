@@ -1,5 +1,9 @@
 """Numba kernels of the spatio-temporal filtering paths; slow numpy twins live in
-``tests/naive_stfilter.py``. Public wrappers validate and call the private ``_kernels``."""
+``tests/naive_stfilter.py``. Public wrappers validate and call the private ``_kernels``.
+
+Numba caches the compiled kernels on disk (``cache=True``) beside this file, keyed by its path and
+stamp; the cached code records its module by name (``v1motion.models...``).
+"""
 
 from __future__ import annotations
 

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-
-from models.stfilter.bank import as_bank
-from models.stfilter.kernels import DEFAULT_BLOCK, csr_step, temporal_ring
+from v1motion.models.stfilter.bank import as_bank
+from v1motion.models.stfilter.kernels import DEFAULT_BLOCK, csr_step, temporal_ring
 
 
 def frame_patches(frame: np.ndarray, ly: int, lx: int, dtype=np.float32) -> np.ndarray:

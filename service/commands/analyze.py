@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from models import WEIGHTS_DIR
+from v1motion.models import WEIGHTS_DIR
 
 WEIGHTS = WEIGHTS_DIR
 
@@ -46,11 +46,10 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
-
-    from models.motion.engine import MotionEngine
-    from models.motion.tuning_report import build_report
-    from models.reports.model_card import write_model_card
-    from models.reports.motion import write_figures, write_report
+    from v1motion.models.motion.engine import MotionEngine
+    from v1motion.models.motion.tuning_report import build_report
+    from v1motion.models.reports.model_card import write_model_card
+    from v1motion.models.reports.motion import write_figures, write_report
 
     for path in (args.weights, args.control):
         if not path.exists():

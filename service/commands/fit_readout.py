@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from models import WEIGHTS_DIR
+from v1motion.models import WEIGHTS_DIR
 
 DEFAULT_OUT = WEIGHTS_DIR / "mt_readout_default.npz"
 
@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.motion.mt_fit import fit_default
+    from v1motion.models.motion.mt_fit import fit_default
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = fit_default(

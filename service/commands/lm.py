@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from models import WEIGHTS_DIR
+from v1motion.models import WEIGHTS_DIR
 
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "lm_ptb_rglm.npz"
 
@@ -178,8 +178,8 @@ def train_command(args: argparse.Namespace) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from models.language.data import load_ptb
-    from models.language.rglm import LinearRecurrentLM
+    from v1motion.models.language.data import load_ptb
+    from v1motion.models.language.rglm import LinearRecurrentLM
 
     vocab, data = load_ptb()
     train = data["train"] if args.train_tokens is None else data["train"][: args.train_tokens]
@@ -239,8 +239,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from models.language.evaluate import ptb_table
-    from models.reports.language import write_card, write_report
+    from v1motion.models.language.evaluate import ptb_table
+    from v1motion.models.reports.language import write_card, write_report
 
     rows = ptb_table(
         args.model,
@@ -265,7 +265,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from models.language.scoring import LanguageScorer
+    from v1motion.models.language.scoring import LanguageScorer
 
     scorer = LanguageScorer.from_file(args.model)
     result = scorer.score(args.text)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    from service.jobs.limits import Limits
+    from v1motion.service.jobs.limits import Limits
 
     limits = Limits()
     p = subparsers.add_parser(
@@ -65,12 +65,11 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tqdm import tqdm
-
-    from service.jobs.decode import DecodeError
-    from service.jobs.engines import engine_factory, pin_threads
-    from service.jobs.layout import RESULT_FILES
-    from service.jobs.limits import Limits
-    from service.jobs.process import process_video
+    from v1motion.service.jobs.decode import DecodeError
+    from v1motion.service.jobs.engines import engine_factory, pin_threads
+    from v1motion.service.jobs.layout import RESULT_FILES
+    from v1motion.service.jobs.limits import Limits
+    from v1motion.service.jobs.process import process_video
 
     out = args.output
     if out.exists() and (

@@ -117,11 +117,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     import uvicorn
     from pydantic import ValidationError
-
-    from service.app import create_app
-    from service.logs import configure_logging
-    from service.server import Server
-    from service.settings import Settings, config_errors
+    from v1motion.service.app import create_app
+    from v1motion.service.logs import configure_logging
+    from v1motion.service.server import Server
+    from v1motion.service.settings import Settings, config_errors
 
     overrides = {
         k: v

@@ -7,7 +7,7 @@ import json
 import pickle
 from pathlib import Path
 
-# The kinds of models.spikes.MODEL_KINDS, spelled out so `v1motion --help` need not import the models
+# The kinds of v1motion.models.spikes.MODEL_KINDS, spelled out so `v1motion --help` need not import the models
 # (tests/test_spikes_cli.py checks the two lists agree).
 MODEL_KIND_NAMES = (
     "correlated",
@@ -132,8 +132,7 @@ def add_parser(subparsers) -> None:
 
 def _load_counts(args):
     import numpy as np
-
-    from models.spikes.data import as_counts, load_retina
+    from v1motion.models.spikes.data import as_counts, load_retina
 
     if args.recording:
         return load_retina(args.recording, args.bin_ms)
@@ -157,7 +156,7 @@ def _parse_options(items):
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from models.spikes.registry import fit_and_score
+    from v1motion.models.spikes.registry import fit_and_score
 
     y = _load_counts(args)
     model, baseline, report = fit_and_score(
@@ -176,7 +175,7 @@ def _load_model(path):
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from models.spikes.registry import evaluate
+    from v1motion.models.spikes.registry import evaluate
 
     saved = _load_model(args.model)
     print(json.dumps(evaluate(saved["model"], saved["baseline"], _load_counts(args)), indent=1))
@@ -194,7 +193,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from models.reports import spikes as report
+    from v1motion.models.reports import spikes as report
 
     if args.assemble_only:
         print(report.assemble(args.out))

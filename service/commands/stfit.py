@@ -45,10 +45,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.datasets import require_shared_data
-    from models.reports.stfilter import write_report
-    from models.stfilter import RecurrentFilterFit, gabor_bank, load_bank
-    from models.stfilter.evaluate import load_video, synthetic_video
+    from v1motion.models.datasets import require_shared_data
+    from v1motion.models.reports.stfilter import write_report
+    from v1motion.models.stfilter import RecurrentFilterFit, gabor_bank, load_bank
+    from v1motion.models.stfilter.evaluate import load_video, synthetic_video
 
     try:
         h, w = (int(v) for v in args.video_size.lower().split("x"))

@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from models import WEIGHTS_DIR
+from v1motion.models import WEIGHTS_DIR
 
 DEFAULT_OUT = WEIGHTS_DIR
 
@@ -57,7 +57,7 @@ examples:
 
 
 def add_parser(subparsers) -> None:
-    from models.motion.training import TrainConfig
+    from v1motion.models.motion.training import TrainConfig
 
     p = subparsers.add_parser(
         "train",
@@ -94,8 +94,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from models.motion.build import build_all
-    from models.motion.training import TrainConfig
+    from v1motion.models.motion.build import build_all
+    from v1motion.models.motion.training import TrainConfig
 
     cfg = TrainConfig(
         **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "shuffle_time"}

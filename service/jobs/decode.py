@@ -1,7 +1,7 @@
 """Decode an untrusted video in a separate, capped process.
 
-The parent (:class:`SandboxedDecoder`) starts ``python -m service.jobs.decode`` with the stored file's
-path and the :class:`~service.jobs.limits.Limits`. The child caps its own address space
+The parent (:class:`SandboxedDecoder`) starts ``python -m v1motion.service.jobs.decode`` with the stored file's
+path and the :class:`~v1motion.service.jobs.limits.Limits`. The child caps its own address space
 (``RLIMIT_AS``), CPU time and open files, restricts OpenCV's FFmpeg backend to plain files and to the
 allowed demuxers (``protocol_whitelist;file|format_whitelist;...`` through
 ``OPENCV_FFMPEG_CAPTURE_OPTIONS``), probes the stream (a video stream exists, size, codec, frame rate)
@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from service.jobs.limits import Limits
+from v1motion.service.jobs.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +269,7 @@ class SandboxedDecoder:
         return self._proc.pid if self._proc else None
 
     def __enter__(self) -> SandboxedDecoder:
-        cmd = [sys.executable, "-m", "service.jobs.decode", str(self.path)]
+        cmd = [sys.executable, "-m", "v1motion.service.jobs.decode", str(self.path)]
         cmd += [json.dumps(self.limits.to_dict())] + (["--probe"] if self.probe_only else [])
         self._proc = subprocess.Popen(
             cmd,

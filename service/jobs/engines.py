@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from models.motion.contract import ENGINE_NAMES, Engine, make_engine
+from v1motion.models.motion.contract import ENGINE_NAMES, Engine, make_engine
 
 
 def pin_threads(n: int = 1) -> None:
@@ -29,7 +29,7 @@ def pin_threads(n: int = 1) -> None:
 
 
 def warm_engine(name: str, threads: int = 1) -> Engine:
-    """The named engine (``models.motion.contract.make_engine``), compiled and warmed up."""
+    """The named engine (``v1motion.models.motion.contract.make_engine``), compiled and warmed up."""
     engine = make_engine(name, threads=threads)
     engine.warmup()
     return engine

@@ -9,13 +9,13 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from service.jobs.engines import engine_factory
-from service.jobs.layout import JobLayout
-from service.jobs.limits import Limits
-from service.jobs.lock import StoreLock
-from service.jobs.runners import LocalWorkerPool, Runner
-from service.jobs.store import JobRecord, JobStore
-from service.settings import Settings
+from v1motion.service.jobs.engines import engine_factory
+from v1motion.service.jobs.layout import JobLayout
+from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.lock import StoreLock
+from v1motion.service.jobs.runners import LocalWorkerPool, Runner
+from v1motion.service.jobs.store import JobRecord, JobStore
+from v1motion.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class VideoJobs:
     ----------
     data_dir : Path
         ``jobs.sqlite3``, ``jobs.lock`` and ``videos/<job id>/`` live here; one started
-        :class:`VideoJobs` per data directory (:mod:`service.jobs.lock`).
+        :class:`VideoJobs` per data directory (:mod:`v1motion.service.jobs.lock`).
     limits : Limits
     runner_factory : callable(store, jobs_dir, limits) -> Runner
     max_queued : int
@@ -76,7 +76,7 @@ class VideoJobs:
         )
         kw = dict(max_queued=settings.video_max_queued, max_attempts=settings.video_max_attempts)
         if settings.ray_address:
-            from service.jobs.ray_runner import RayRunner
+            from v1motion.service.jobs.ray_runner import RayRunner
 
             address, slots = settings.ray_address, settings.video_workers
             return cls(
@@ -97,7 +97,7 @@ class VideoJobs:
         )
 
     def start(self) -> None:
-        """Lock the store (:class:`~service.jobs.lock.StoreLocked` if another service holds it),
+        """Lock the store (:class:`~v1motion.service.jobs.lock.StoreLocked` if another service holds it),
         recover interrupted jobs, start the runner."""
         self.lock.acquire()  # first: recovery would re-queue the other service's running jobs
         requeued, failed = self.store.recover(self.max_attempts)

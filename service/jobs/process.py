@@ -15,13 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-from models.motion.contract import Engine
-from models.motion.motion_summary import MotionSummary
-from service.jobs.decode import SandboxedDecoder, VideoRejected
-from service.jobs.layout import ResultsFolder
-from service.jobs.limits import Limits
-from service.jobs.sniff import UnsupportedContainer, sniff_file
+from v1motion.models.motion.contract import Engine
+from v1motion.models.motion.motion_summary import MotionSummary
+from v1motion.service.jobs.decode import SandboxedDecoder, VideoRejected
+from v1motion.service.jobs.layout import ResultsFolder
+from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.sniff import UnsupportedContainer, sniff_file
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +90,7 @@ class _OverlayWriter:
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         import cv2
-
-        from service.render import draw_overlay
+        from v1motion.service.render import draw_overlay
 
         self._draw = draw_overlay
         self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
@@ -124,7 +122,7 @@ class _Results:
     """Everything kept of each frame's motion, gathered on a stage of its own: the grids (appended to
     memory-mapped .npy files in the work folder, so long videos stay off the heap; sized for the
     frame cap, trimmed when saved), the per-video summary, and the frame's entry of motion.json,
-    serialised by :meth:`models.motion.engine.MotionFrame.to_dict` (the format of the websocket's motion
+    serialised by :meth:`v1motion.models.motion.engine.MotionFrame.to_dict` (the format of the websocket's motion
     messages) and streamed to a part file."""
 
     GRIDS = ("direction_deg", "speed_px_per_frame", "confidence")
@@ -236,10 +234,10 @@ def process_video(
 
     Raises
     ------
-    service.jobs.decode.DecodeError
+    v1motion.service.jobs.decode.DecodeError
         The file was refused or could not be decoded; the message is meant for the user.
     """
-    from service.render import summary_figure
+    from v1motion.service.render import summary_figure
 
     input_path, out_dir = Path(input_path), Path(out_dir)
     overlay = limits.overlay if overlay is None else overlay

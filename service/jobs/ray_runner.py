@@ -1,4 +1,4 @@
-"""Video jobs as Ray tasks: the same :func:`~service.jobs.process.process_video`, on a cluster.
+"""Video jobs as Ray tasks: the same :func:`~v1motion.service.jobs.process.process_video`, on a cluster.
 
 Used when ``V1MOTION_RAY_ADDRESS`` is set (needs the ``ray`` extra: ``pip install -e '.[ray]'``). The
 input bytes travel through Ray's object store and the result files come back the same way, so the
@@ -18,9 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-from service.jobs.layout import INPUT_NAME, OUTPUT_DIR, JobLayout
-from service.jobs.limits import Limits
-from service.jobs.runners import JOB_GRACE_S, Runner, _Cancelled
+from v1motion.service.jobs.layout import INPUT_NAME, OUTPUT_DIR, JobLayout
+from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.runners import JOB_GRACE_S, Runner, _Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ def run_job_on_worker(
 
     The result carries ``ran_on`` (:func:`ray_node`): the node and host that processed the frames.
     """
-    from service.jobs.decode import DecodeError
-    from service.jobs.engines import pin_threads
-    from service.jobs.process import process_video
+    from v1motion.service.jobs.decode import DecodeError
+    from v1motion.service.jobs.engines import pin_threads
+    from v1motion.service.jobs.process import process_video
 
     pin_threads(1)  # Ray runs one task per CPU it schedules
 

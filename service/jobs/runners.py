@@ -17,9 +17,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from service.jobs.layout import JobLayout
-from service.jobs.limits import Limits
-from service.jobs.store import JobRecord, JobStore
+from v1motion.service.jobs.layout import JobLayout
+from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +172,9 @@ class Runner:
 
 def worker_main(conn, engine_factory: Callable[[], object], limits: Limits) -> None:
     """Body of a worker process: build the engine once, then run jobs sent over ``conn``."""
-    from service.jobs.decode import DecodeError, die_with_parent, leave_signals_to_parent
-    from service.jobs.engines import pin_threads
-    from service.jobs.process import process_video
+    from v1motion.service.jobs.decode import DecodeError, die_with_parent, leave_signals_to_parent
+    from v1motion.service.jobs.engines import pin_threads
+    from v1motion.service.jobs.process import process_video
 
     leave_signals_to_parent()  # a SIGTERM to the process group is for the service, which stops us
     die_with_parent()

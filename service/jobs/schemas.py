@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, Field
-
-from service.jobs.layout import RESULT_NAMES
-from service.jobs.store import JobRecord
+from v1motion.service.jobs.layout import RESULT_NAMES
+from v1motion.service.jobs.store import JobRecord
 
 
 class JobCreate(BaseModel):

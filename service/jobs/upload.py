@@ -4,7 +4,7 @@ Starlette's form parser spools files to the system temp folder before the route 
 not be enforced while receiving. This parser writes the ``file`` field directly to the destination
 (a generated name chosen by the server) and stops reading as soon as the limit is passed.
 
-Every upload body (videos here, spike data in ``service.routers.spikes``) is read through
+Every upload body (videos here, spike data in ``v1motion.service.routers.spikes``) is read through
 :func:`body_chunks`: at most ``max_bytes``, refused as soon as the count passes it, and dropped (408) when
 the client sends nothing for ``idle_timeout_s`` or is still sending after ``total_timeout_s``.
 :class:`UploadSlots` caps how many uploads are received at once.

@@ -10,11 +10,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-
-from models.motion.contract import Engine
-from models.motion.flow import DISFlow
-from service import protocol
-from service.metrics import Metrics
+from v1motion.models.motion.contract import Engine
+from v1motion.models.motion.flow import DISFlow
+from v1motion.service import protocol
+from v1motion.service.metrics import Metrics
 
 FPS_SMOOTHING = 0.1
 """Weight of the newest frame interval in the exponential average behind ``fps``."""

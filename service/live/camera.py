@@ -1,7 +1,7 @@
 """The browser camera's session: size negotiation, the checks before decoding, and analysis.
 
-The socket protocol itself is in :mod:`service.routers.camera`; each decoded frame goes through the same
-:class:`~service.live.analyse.Analyser` as the server-side streams.
+The socket protocol itself is in :mod:`v1motion.service.routers.camera`; each decoded frame goes through the same
+:class:`~v1motion.service.live.analyse.Analyser` as the server-side streams.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
-from models.motion.contract import Engine
-from service.jpeg import JPEGHeaderError, jpeg_size
-from service.live.analyse import Analyser
-from service.metrics import Metrics
-from service.settings import Settings
+from v1motion.models.motion.contract import Engine
+from v1motion.service.jpeg import JPEGHeaderError, jpeg_size
+from v1motion.service.live.analyse import Analyser
+from v1motion.service.metrics import Metrics
+from v1motion.service.settings import Settings
 
 
 @dataclass

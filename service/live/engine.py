@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from models.motion.contract import Engine
+from v1motion.models.motion.contract import Engine
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from service import protocol
-from service.metrics import Metrics
+from v1motion.service import protocol
+from v1motion.service.metrics import Metrics
 
 
 class Subscriber:

@@ -17,15 +17,14 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from service import protocol
-from service.live.analyse import Analyser
-from service.live.engine import EngineHolder
-from service.live.hub import Hub, Subscriber
-from service.live.slot import CapturedFrame, LatestSlot
-from service.live.sources import SourceFactory
-from service.metrics import Metrics
-from service.settings import Settings, SourceSpec
+from v1motion.service import protocol
+from v1motion.service.live.analyse import Analyser
+from v1motion.service.live.engine import EngineHolder
+from v1motion.service.live.hub import Hub, Subscriber
+from v1motion.service.live.slot import CapturedFrame, LatestSlot
+from v1motion.service.live.sources import SourceFactory
+from v1motion.service.metrics import Metrics
+from v1motion.service.settings import Settings, SourceSpec
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-
-from service.settings import Settings, SourceSpec
+from v1motion.service.settings import Settings, SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ class SyntheticSource:
         return max(1, round(self.SEGMENT_S * self.spec.fps))
 
     def open(self) -> None:
-        from models.motion.stimuli import load_still
+        from v1motion.models.motion.stimuli import load_still
 
         still = load_still("astronaut")
         # Twice the still's size, so a whole pan segment fits inside it without hitting an edge.
@@ -113,7 +112,7 @@ class SyntheticSource:
         self._pacer = _Pacer(self.spec.fps, self._stop)
 
     def read(self) -> np.ndarray | None:
-        from models.motion.stimuli import grating_frame, pan_frame
+        from v1motion.models.motion.stimuli import grating_frame, pan_frame
 
         if self._image is None or self._pacer is None:
             raise SourceError("synthetic source read before open")

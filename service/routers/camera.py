@@ -14,11 +14,10 @@ import time
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
-
-from service import protocol
-from service.deps import StateDep
-from service.live.camera import CameraFrame, CameraSession
-from service.routers.streams import close_quietly, parse_text
+from v1motion.service import protocol
+from v1motion.service.deps import StateDep
+from v1motion.service.live.camera import CameraFrame, CameraSession
+from v1motion.service.routers.streams import close_quietly, parse_text
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ HELLO_TIMEOUT_S = 10.0
 @router.websocket("/camera")
 async def camera_socket(ws: WebSocket, state: StateDep) -> None:
     """Analyse the browser's own camera: JPEG frames in, JSON results out on the same socket."""
-    # Accepted and authenticated by the router's guard (service.security.authorize).
+    # Accepted and authenticated by the router's guard (v1motion.service.security.authorize).
     settings, metrics, holder = state.settings, state.metrics, state.engine
     if not state.cameras.acquire():
         await ws.send_text(

@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from service.deps import MetricsDep, StateDep
-from service.security import TokenDep
+from v1motion.service.deps import MetricsDep, StateDep
+from v1motion.service.security import TokenDep
 
 router = APIRouter(tags=["ops"])
 

@@ -31,12 +31,11 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from models.spikes.data import as_counts, bin_spike_times
-from models.spikes.registry import evaluate, fit_and_score, model_options
-from models.spikes.rglm import RGLM
-from service.deps import StateDep, get_settings, get_state
-from service.jobs.upload import BodyLimits, UploadError, read_body
+from v1motion.models.spikes.data import as_counts, bin_spike_times
+from v1motion.models.spikes.registry import evaluate, fit_and_score, model_options
+from v1motion.models.spikes.rglm import RGLM
+from v1motion.service.deps import StateDep, get_settings, get_state
+from v1motion.service.jobs.upload import BodyLimits, UploadError, read_body
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ def work_factor(kind: str, given: dict) -> int:
     plus its own history lags plus, unless ``init="random"``, the lags of the GLM it fits first (10 when
     it has no filters of its own).
     """
-    from models.spikes.registry import MODEL_KINDS
+    from v1motion.models.spikes.registry import MODEL_KINDS
 
     cls = MODEL_KINDS[kind][0]
     sig = inspect.signature(cls.__init__).parameters

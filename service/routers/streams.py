@@ -12,10 +12,9 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, WebSocket, status
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect, WebSocketState
-
-from service import protocol
-from service.deps import EngineDep, SettingsDep, StateDep, StreamsDep
-from service.live.hub import Subscriber
+from v1motion.service import protocol
+from v1motion.service.deps import EngineDep, SettingsDep, StateDep, StreamsDep
+from v1motion.service.live.hub import Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ def parse_text(raw: str) -> dict[str, Any]:
 async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
     """Results of one configured stream: a ``hello``, then per frame a JSON ``result`` followed by a
     binary preview, and a ``status`` every second (see docs/protocol.md)."""
-    # Accepted and authenticated by the router's guard (service.security.authorize).
+    # Accepted and authenticated by the router's guard (v1motion.service.security.authorize).
     mgr, settings, metrics = state.streams, state.settings, state.metrics
     try:
         pipeline = mgr.get(name)

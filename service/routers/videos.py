@@ -10,14 +10,13 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
-
-from service.deps import JobsDep, StateDep
-from service.jobs.decode import DecodeError, probe
-from service.jobs.layout import RESULT_NAMES, JobLayout
-from service.jobs.manager import VideoJobs
-from service.jobs.schemas import JobCreate, JobPublic, JobsPublic
-from service.jobs.sniff import UnsupportedContainer, sniff_file
-from service.jobs.upload import (
+from v1motion.service.deps import JobsDep, StateDep
+from v1motion.service.jobs.decode import DecodeError, probe
+from v1motion.service.jobs.layout import RESULT_NAMES, JobLayout
+from v1motion.service.jobs.manager import VideoJobs
+from v1motion.service.jobs.schemas import JobCreate, JobPublic, JobsPublic
+from v1motion.service.jobs.sniff import UnsupportedContainer, sniff_file
+from v1motion.service.jobs.upload import (
     MAX_OVERHEAD,
     BodyLimits,
     UploadError,
@@ -27,7 +26,7 @@ from service.jobs.upload import (
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1/videos"
-# The token is checked where the app includes this router (service.app).
+# The token is checked where the app includes this router (v1motion.service.app).
 router = APIRouter(prefix=PREFIX, tags=["videos"])
 
 MEDIA_TYPES = {

@@ -10,11 +10,10 @@ import threading
 import time
 
 from service_helpers import ServerThread, random_engine
-
-from service.app import create_app
-from service.cli import build_parser
-from service.commands.serve import announce_when_answering
-from service.settings import Settings
+from v1motion.service.app import create_app
+from v1motion.service.cli import build_parser
+from v1motion.service.commands.serve import announce_when_answering
+from v1motion.service.settings import Settings
 
 
 def _parsers(parser: argparse.ArgumentParser, name: str = "v1motion"):
@@ -65,7 +64,7 @@ def test_busy_port_is_one_line_that_names_the_fix_and_no_traceback():
             [
                 sys.executable,
                 "-m",
-                "service.cli",
+                "v1motion.service.cli",
                 "serve",
                 "--engine",
                 "random",

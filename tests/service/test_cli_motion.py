@@ -4,9 +4,8 @@ import json
 
 import pytest
 import video_samples as vs
-
-from service.cli import main
-from service.jobs.layout import RESULT_FILES
+from v1motion.service.cli import main
+from v1motion.service.jobs.layout import RESULT_FILES
 
 
 @pytest.mark.slow

@@ -1,9 +1,8 @@
-"""service.render: overlay colours and arrows follow the direction convention (pi/2 = up on screen)."""
+"""v1motion.service.render: overlay colours and arrows follow the direction convention (pi/2 = up on screen)."""
 
 import numpy as np
 import pytest
-
-from service.render import colour_wheel, direction_colours, draw_overlay, summary_figure
+from v1motion.service.render import colour_wheel, direction_colours, draw_overlay, summary_figure
 
 
 def test_colour_wheel_matches_direction_colours():
@@ -50,7 +49,7 @@ def test_summary_figure_is_a_png(tmp_path):
 
 
 def test_arrow_shafts_match_a_cell_by_cell_loop(rng):
-    from service.render import arrow_segments
+    from v1motion.service.render import arrow_segments
 
     d = rng.uniform(0, 2 * np.pi, (5, 7))
     s = rng.uniform(0, 6, (5, 7))
@@ -71,7 +70,7 @@ def test_arrow_shafts_match_a_cell_by_cell_loop(rng):
 
 @pytest.mark.parametrize("shape, cell", [((48, 80), 16), ((50, 70), 16), ((32, 32), 8)])
 def test_blend_cells_matches_a_per_pixel_float_blend(rng, shape, cell):
-    from service.render import blend_cells
+    from v1motion.service.render import blend_cells
 
     h, w = shape
     frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -89,7 +88,7 @@ def test_blend_cells_matches_a_per_pixel_float_blend(rng, shape, cell):
 
 
 def test_blend_cells_touches_only_coloured_cells(rng):
-    from service.render import blend_cells
+    from v1motion.service.render import blend_cells
 
     frame = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
     alpha = np.zeros((4, 6))

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from engine_double import FakeEngine
 from service_helpers import default_engine, pattern_factory, random_engine, serving
-
-from service.app import create_app
-from service.settings import Settings
+from v1motion.service.app import create_app
+from v1motion.service.settings import Settings
 
 pytestmark = pytest.mark.browser
 
@@ -388,7 +387,7 @@ def test_dashboard_asks_for_the_token_and_then_streams(browser):
 
 
 def test_dashboard_shows_a_source_that_is_reconnecting(browser):
-    from service.live.sources import SourceError
+    from v1motion.service.live.sources import SourceError
 
     class Unplugged:
         def __init__(self, stop):

@@ -16,11 +16,10 @@ import video_samples as vs
 from fastapi.testclient import TestClient
 from service_helpers import pattern_factory, random_engine
 from starlette.websockets import WebSocketDisconnect
-
-from service.app import create_app
-from service.jobs.upload import BodyLimits, UploadError, UploadSlots, body_chunks
-from service.logs import RedactSecrets, redact
-from service.settings import Settings, config_errors
+from v1motion.service.app import create_app
+from v1motion.service.jobs.upload import BodyLimits, UploadError, UploadSlots, body_chunks
+from v1motion.service.logs import RedactSecrets, redact
+from v1motion.service.settings import Settings, config_errors
 
 TOKEN = "s3cret-token_1"
 
@@ -104,7 +103,7 @@ def test_hostile_spike_json_gets_a_422_naming_the_problem(client, body, words):
 
 
 def test_a_diverging_fit_is_a_422_not_a_500(client, monkeypatch):
-    from service.routers import spikes
+    from v1motion.service.routers import spikes
 
     def diverge(*a, **kw):
         raise FloatingPointError("SpikeHistoryGLM: the fit diverged (non-finite loss)")
@@ -263,8 +262,8 @@ def test_spike_options_out_of_range_are_a_422(client, options, field):
 
 
 def test_every_option_of_every_kind_has_a_declared_range():
-    from models.spikes.registry import MODEL_KINDS, model_options
-    from service.routers.spikes import SpikeOptions
+    from v1motion.models.spikes.registry import MODEL_KINDS, model_options
+    from v1motion.service.routers.spikes import SpikeOptions
 
     for kind in MODEL_KINDS:
         assert set(model_options(kind)) <= set(SpikeOptions.model_fields), kind

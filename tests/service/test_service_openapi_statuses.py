@@ -7,9 +7,8 @@ from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from service_helpers import random_engine
-
-from service.app import create_app
-from service.settings import Settings
+from v1motion.service.app import create_app
+from v1motion.service.settings import Settings
 
 
 class Note(BaseModel):

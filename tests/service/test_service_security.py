@@ -10,9 +10,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from service_helpers import pattern_factory, random_engine
 from starlette.websockets import WebSocketDisconnect
-
-from service.app import create_app
-from service.settings import Settings, SourceSpec
+from v1motion.service.app import create_app
+from v1motion.service.settings import Settings, SourceSpec
 
 TOKEN = "s3cret-token_1"
 

@@ -27,7 +27,16 @@ def server(tmp_path):
     )
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--engine", "random", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "v1motion.service.cli",
+            "serve",
+            "--engine",
+            "random",
+            "--port",
+            str(port),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -121,7 +130,7 @@ def test_pings_keep_sockets_alive_and_drop_dead_peers(server):
 
 def test_bad_configuration_is_refused_with_a_message():
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+        [sys.executable, "-m", "v1motion.service.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -132,7 +141,16 @@ def test_bad_configuration_is_refused_with_a_message():
 
 def test_a_configuration_error_does_not_print_the_token():
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--token", "hunter2-x"],
+        [
+            sys.executable,
+            "-m",
+            "v1motion.service.cli",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--token",
+            "hunter2-x",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -4,8 +4,7 @@ import json
 
 import numpy as np
 import pytest
-
-from service.cli import main
+from v1motion.service.cli import main
 
 
 def test_fit_eval_sample_roundtrip(tmp_path, capsys):
@@ -74,7 +73,7 @@ def test_unknown_kind_is_refused_with_the_valid_kinds(tmp_path):
 
 
 def test_the_kinds_offered_by_the_cli_are_the_models_kinds():
-    from models.spikes import MODEL_KINDS
-    from service.commands.spikes import MODEL_KIND_NAMES
+    from v1motion.models.spikes import MODEL_KINDS
+    from v1motion.service.commands.spikes import MODEL_KIND_NAMES
 
     assert sorted(MODEL_KIND_NAMES) == sorted(MODEL_KINDS)

@@ -2,17 +2,17 @@
 
 import numpy as np
 import pytest
-
-import tests.naive_language as naive
-from models.language.data import Vocabulary
-from models.language.kernels import WordClasses, class_log_probs_all, class_softmax
-from models.language.rglm import (
+from v1motion.models.language.data import Vocabulary
+from v1motion.models.language.kernels import WordClasses, class_log_probs_all, class_softmax
+from v1motion.models.language.rglm import (
     R_MAX,
     LinearRecurrentLM,
     dynamic_step,
     loss_and_grads,
     stream_log_probs,
 )
+
+import tests.naive_language as naive
 
 
 def _vocab(V):
@@ -225,8 +225,8 @@ def test_training_stopped_anywhere_resumes_to_the_uninterrupted_result(
 
 
 def test_train_command_round_trips_through_the_cli_parser():
-    from service.cli import build_parser
-    from service.commands.lm import train_command
+    from v1motion.service.cli import build_parser
+    from v1motion.service.commands.lm import train_command
 
     argv = [
         "lm",
@@ -273,7 +273,7 @@ def test_train_command_round_trips_through_the_cli_parser():
 
 
 def test_model_card_carries_the_command_and_the_table(rng, tmp_path):
-    from models.reports.language import write_card
+    from v1motion.models.reports.language import write_card
 
     model = _class_model(rng)
     path = model.save(
@@ -293,8 +293,7 @@ def test_model_card_carries_the_command_and_the_table(rng, tmp_path):
 
 def test_the_report_writes_the_table_and_the_timescale_figure(rng, tmp_path):
     import matplotlib
-
-    from models.reports.language import write_report
+    from v1motion.models.reports.language import write_report
 
     backend = matplotlib.get_backend()
     path = _class_model(rng).save(tmp_path / "m.npz", meta={})

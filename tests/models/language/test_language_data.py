@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-
-from models.datasets import shared_data_dir
-from models.language.data import Vocabulary, load_ptb, read_ptb_words, tokenize
+from v1motion.models.datasets import shared_data_dir
+from v1motion.models.language.data import Vocabulary, load_ptb, read_ptb_words, tokenize
 
 HAVE_PTB = (shared_data_dir() / "ptb" / "ptb.train.txt.gz").exists()
 

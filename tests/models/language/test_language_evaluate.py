@@ -4,12 +4,11 @@ import json
 
 import numpy as np
 import pytest
-
-from models.datasets import shared_data_dir
-from models.language.data import load_ptb
-from models.language.evaluate import TARGETS
-from models.language.rglm import LinearRecurrentLM
-from service.cli import main
+from v1motion.models.datasets import shared_data_dir
+from v1motion.models.language.data import load_ptb
+from v1motion.models.language.evaluate import TARGETS
+from v1motion.models.language.rglm import LinearRecurrentLM
+from v1motion.service.cli import main
 
 pytestmark = [
     pytest.mark.slow,

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from models.datasets import shared_data_dir
-from models.language.data import Vocabulary, load_ptb
-from models.language.rglm import (
+from v1motion.models.datasets import shared_data_dir
+from v1motion.models.language.data import Vocabulary, load_ptb
+from v1motion.models.language.rglm import (
     R_MAX,
     LinearRecurrentLM,
     dynamic_step,

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
-
-from models.language.ngram import (
+from v1motion.models.language.ngram import (
     KneserNeyLM,
     UnigramCache,
     fit_mixture,

@@ -3,9 +3,9 @@
 import numba
 import numpy as np
 import pytest
+from v1motion.models.motion.engine import MotionEngine, to_grey
+from v1motion.models.motion.whitening import Whitener
 
-from models.motion.engine import MotionEngine, to_grey
-from models.motion.whitening import Whitener
 from tests import naive
 
 
@@ -81,7 +81,7 @@ def test_bad_frames_raise_clear_errors(engine, frame, message):
 
 
 def test_to_dict_and_the_websocket_payload_name_the_same_fields_in_degrees(engine, rng):
-    from service.protocol import motion_payload
+    from v1motion.service.protocol import motion_payload
 
     mf = engine.step(engine.new_state(), rng.integers(0, 255, (96, 128), dtype=np.uint8))
     d, p = mf.to_dict(), motion_payload(mf)

@@ -1,14 +1,13 @@
-"""models.motion.contract: the engine the service types against, built by name in one place."""
+"""v1motion.models.motion.contract: the engine the service types against, built by name in one place."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from engine_double import FakeEngine
-
-from models.motion.contract import ENGINE_NAMES, Engine, make_engine
-from models.motion.engine import MotionEngine
-from service.jobs.engines import engine_factory
+from v1motion.models.motion.contract import ENGINE_NAMES, Engine, make_engine
+from v1motion.models.motion.engine import MotionEngine
+from v1motion.service.jobs.engines import engine_factory
 
 
 def test_the_engine_and_the_test_double_both_satisfy_the_contract():
@@ -40,8 +39,7 @@ def test_the_service_factory_builds_the_same_engine_as_make_engine():
 def test_thread_settings_beyond_numbas_threads_are_refused_at_start_up():
     import numba
     from pydantic import ValidationError
-
-    from service.settings import Settings
+    from v1motion.service.settings import Settings
 
     with pytest.raises(ValidationError, match="NUMBA_NUM_THREADS"):
         Settings(engine_threads=numba.config.NUMBA_NUM_THREADS + 1)
@@ -53,9 +51,8 @@ def test_thread_settings_beyond_numbas_threads_are_refused_at_start_up():
 def test_the_service_builds_its_engines_with_the_thread_settings(tmp_path):
     """The live engine and the video workers' engines each get their own thread setting."""
     import numba
-
-    from service.jobs.manager import VideoJobs
-    from service.settings import Settings
+    from v1motion.service.jobs.manager import VideoJobs
+    from v1motion.service.settings import Settings
 
     n = min(2, numba.config.NUMBA_NUM_THREADS)
     settings = Settings(
@@ -71,9 +68,8 @@ def test_the_live_engine_runs_with_the_configured_threads():
 
     import numba
     from fastapi.testclient import TestClient
-
-    from service.app import create_app
-    from service.settings import Settings
+    from v1motion.service.app import create_app
+    from v1motion.service.settings import Settings
 
     n = min(2, numba.config.NUMBA_NUM_THREADS)
     with TestClient(create_app(Settings(engine="random", engine_threads=n))) as client:

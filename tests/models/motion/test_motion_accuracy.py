@@ -6,9 +6,8 @@ The full figures are in ``docs/motion/accuracy.md`` (``python bench/accuracy.py`
 """
 
 import pytest
-
-from models.motion.engine import MotionEngine
-from models.motion.motion_eval import evaluate_family
+from v1motion.models.motion.engine import MotionEngine
+from v1motion.models.motion.motion_eval import evaluate_family
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def test_rigid_pans_of_held_out_stills(engine):
 
 def test_gratings_read_along_their_normal_and_never_a_clipped_speed(engine):
     state = engine.new_state()
-    from models.motion import stimuli
+    from v1motion.models.motion import stimuli
 
     frames = stimuli.grating_sequence((240, 320), 0.3, 1.0, 16.0, 12)
     speeds = [engine.step(state, f).global_speed for f in frames]

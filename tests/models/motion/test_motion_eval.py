@@ -1,12 +1,11 @@
-"""The ground-truth families and the scores of models.motion.motion_eval, checked independently of the engine."""
+"""The ground-truth families and the scores of v1motion.models.motion.motion_eval, checked independently of the engine."""
 
 import cv2
 import numpy as np
 import pytest
-
-from models.datasets import shared_data_dir
-from models.motion import motion_eval as me
-from models.motion.engine import MotionEngine
+from v1motion.models.datasets import shared_data_dir
+from v1motion.models.motion import motion_eval as me
+from v1motion.models.motion.engine import MotionEngine
 
 SMALL = (128, 96)  # width, height
 
@@ -233,7 +232,7 @@ def test_evaluate_family_runs_an_engine_on_small_inputs():
     not (shared_data_dir() / "videos" / "box.mp4").exists(), reason="no shared videos"
 )
 def test_load_clip_start_skips_frames():
-    from models.motion.movies import load_clip
+    from v1motion.models.motion.movies import load_clip
 
     whole = load_clip("box.mp4", max_frames=7, scale=0.25)
     window = load_clip("box.mp4", max_frames=2, scale=0.25, start=5)

@@ -1,9 +1,8 @@
-"""models.motion.motion_summary against a slow loop and planted motion."""
+"""v1motion.models.motion.motion_summary against a slow loop and planted motion."""
 
 import numpy as np
 import pytest
-
-from models.motion.motion_summary import (
+from v1motion.models.motion.motion_summary import (
     MotionSummary,
     circular_mean,
     direction_bin_centres,

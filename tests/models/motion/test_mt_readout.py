@@ -3,12 +3,17 @@ the features it is fitted on."""
 
 import numpy as np
 import pytest
-
-from models.motion import stimuli
-from models.motion.engine import MotionEngine, global_motion
-from models.motion.mt_fit import make_sequence, pooled_units
-from models.motion.mt_readout import SPEED_CLASSES, MTReadout, Pooling, box_pool, integrate_cells
-from models.motion.readout import angular_error
+from v1motion.models.motion import stimuli
+from v1motion.models.motion.engine import MotionEngine, global_motion
+from v1motion.models.motion.mt_fit import make_sequence, pooled_units
+from v1motion.models.motion.mt_readout import (
+    SPEED_CLASSES,
+    MTReadout,
+    Pooling,
+    box_pool,
+    integrate_cells,
+)
+from v1motion.models.motion.readout import angular_error
 
 
 def test_speed_targets_are_soft_labels_in_log_speed():
@@ -150,8 +155,8 @@ def test_training_sequences_have_truth_for_every_scored_cell(kind):
 
 def test_fitting_twice_with_one_seed_gives_identical_weights():
     """Data and fit are seeded and run single-threaded: one seed, one read-out."""
-    from models.determinism import single_threaded
-    from models.motion.mt_fit import collect
+    from v1motion.models.determinism import single_threaded
+    from v1motion.models.motion.mt_fit import collect
 
     engine = MotionEngine.random(seed=1, levels=2)
 
@@ -168,7 +173,7 @@ def test_fitting_twice_with_one_seed_gives_identical_weights():
 
 # ------------------------------------------------------------- integration over neighbouring cells
 def test_integration_with_sigma_zero_changes_nothing():
-    from models.motion.mt_readout import integrate_cells
+    from v1motion.models.motion.mt_readout import integrate_cells
 
     rng = np.random.default_rng(0)
     d, s, w = rng.uniform(-np.pi, np.pi, (5, 7)), rng.uniform(0.5, 4, (5, 7)), rng.random((5, 7))
@@ -180,7 +185,7 @@ def test_integration_with_sigma_zero_changes_nothing():
 
 
 def test_a_uniform_field_is_unchanged_and_directions_average_as_vectors_across_180_degrees():
-    from models.motion.mt_readout import integrate_cells
+    from v1motion.models.motion.mt_readout import integrate_cells
 
     d = np.full((6, 8), np.deg2rad(179.0))
     d[::2, ::2] = np.deg2rad(-179.0)  # the same motion, on the other side of the +-180 cut
@@ -192,7 +197,7 @@ def test_a_uniform_field_is_unchanged_and_directions_average_as_vectors_across_1
 
 def test_cells_that_each_see_one_component_integrate_to_the_common_motion():
     """An aperture-like field: cells alternately read 40 deg to either side of the truth."""
-    from models.motion.mt_readout import integrate_cells
+    from v1motion.models.motion.mt_readout import integrate_cells
 
     truth = np.deg2rad(30.0)
     sign = np.where((np.add.outer(np.arange(10), np.arange(12)) % 2) == 0, 1.0, -1.0)
@@ -205,7 +210,7 @@ def test_cells_that_each_see_one_component_integrate_to_the_common_motion():
 
 
 def test_still_cells_lend_nothing_and_take_their_confident_neighbours_motion():
-    from models.motion.mt_readout import integrate_cells
+    from v1motion.models.motion.mt_readout import integrate_cells
 
     rng = np.random.default_rng(1)
     d = rng.uniform(-np.pi, np.pi, (9, 9))  # still background: arbitrary directions, no weight
@@ -222,7 +227,7 @@ def test_still_cells_lend_nothing_and_take_their_confident_neighbours_motion():
 
 
 def test_the_engine_integrates_its_cells_and_zero_turns_it_off():
-    from models.motion.engine import MotionEngine
+    from v1motion.models.motion.engine import MotionEngine
 
     frames = np.random.default_rng(2).integers(0, 255, (4, 96, 128), dtype=np.uint8)
     out = {}
@@ -244,7 +249,7 @@ def test_the_engine_integrates_its_cells_and_zero_turns_it_off():
 def test_a_still_scene_is_shown_still_whatever_the_read_out_says():
     """The same textured frame again and again: the ss-RNN's code settles, and no cell is shown
     moving; without the gate the same engine shows confident motion on some of these frames."""
-    from models.motion.motion_eval import CONFIDENT
+    from v1motion.models.motion.motion_eval import CONFIDENT
 
     frame = stimuli.load_still("camera")[100:196, 100:228]
     frame = (255 * (frame - frame.min()) / np.ptp(frame)).astype(np.uint8)

@@ -3,8 +3,8 @@
 import numba
 import numpy as np
 import pytest
+from v1motion.models.motion.ssrnn import SSRNN, SparseCode
 
-from models.motion.ssrnn import SSRNN, SparseCode
 from tests import naive
 
 
@@ -74,8 +74,8 @@ def test_kernel_edge_cases():
 
 
 def test_drive_groups_match_numpy_twin(rng):
-    from models.motion.kernels import _drive_groups
-    from models.motion.ssrnn import prune_recurrent, recurrent_csr
+    from v1motion.models.motion.kernels import _drive_groups
+    from v1motion.models.motion.ssrnn import prune_recurrent, recurrent_csr
 
     for n_clones, density in ((3, 0.05), (4, 0.3), (1, 1.0)):
         R = prune_recurrent(rng.standard_normal((6 * n_clones * 2, 6 * n_clones * 2)), density)
@@ -90,7 +90,7 @@ def test_drive_groups_match_numpy_twin(rng):
 
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="checks the compiled dispatcher")
 def test_kernel_rejects_wrong_dtypes_instead_of_compiling_them():
-    from models.motion.kernels import _ssrnn_infer_frame
+    from v1motion.models.motion.kernels import _ssrnn_infer_frame
 
     model = _random_model(2)
     C = np.zeros((4, model.n_atoms))  # float64, the wrapper would have made it float32
@@ -110,7 +110,7 @@ def test_kernel_rejects_wrong_dtypes_instead_of_compiling_them():
 
 @pytest.mark.parametrize("shape, p", [((24, 40), 8), ((29, 37), 8), ((13, 9), 4)])
 def test_scaled_patches_match_numpy_twin(rng, shape, p):
-    from models.motion.kernels import _scaled_patches
+    from v1motion.models.motion.kernels import _scaled_patches
 
     wide = rng.standard_normal((shape[0], 2 * shape[1])).astype(np.float32)
     wide[0, :6] = -0.0
@@ -174,7 +174,7 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.mark.parametrize("n_out", [1, 3, 16])
 def test_projection_kernel_matches_numpy_twin(rng, n_out):
-    from models.motion.mt_readout import _project_frame
+    from v1motion.models.motion.mt_readout import _project_frame
 
     model = _random_model(5)
     code = model.infer((3 * rng.standard_normal((50, model.n_atoms))).astype(np.float32), None)
@@ -198,7 +198,7 @@ def test_projection_kernel_matches_numpy_twin(rng, n_out):
 
 
 def _random_code(rng, m, kmax, n_units, fill=0.7):
-    from models.motion.ssrnn import SparseCode
+    from v1motion.models.motion.ssrnn import SparseCode
 
     code = SparseCode.empty(m, kmax)
     for i in range(m):
@@ -212,7 +212,7 @@ def _random_code(rng, m, kmax, n_units, fill=0.7):
 @pytest.mark.parametrize("n_units", [6, 40])
 def test_code_change_matches_numpy_twin(rng, n_units):
     """Random codes over few units (many shared) and over many (few shared), some patches empty."""
-    from models.motion.kernels import _code_change
+    from v1motion.models.motion.kernels import _code_change
 
     m, kmax = 300, 5
     prev, cur = _random_code(rng, m, kmax, n_units), _random_code(rng, m, kmax, n_units)
@@ -227,8 +227,8 @@ def test_code_change_matches_numpy_twin(rng, n_units):
 
 
 def test_code_change_edge_cases():
-    from models.motion.kernels import _code_change
-    from models.motion.ssrnn import SparseCode
+    from v1motion.models.motion.kernels import _code_change
+    from v1motion.models.motion.ssrnn import SparseCode
 
     prev, cur = SparseCode.empty(3, 2), SparseCode.empty(3, 2)
     prev.idx[1, 0], prev.val[1, 0], prev.cnt[1] = 4, 2.0, 1  # patch 1: a unit stops

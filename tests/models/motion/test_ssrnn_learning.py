@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-
-from models.motion.ssrnn import SSRNN
-from models.motion.training import TrainConfig, fit_ssrnn
+from v1motion.models.motion.ssrnn import SSRNN
+from v1motion.models.motion.training import TrainConfig, fit_ssrnn
 
 
 def _sigmoid(x):
@@ -98,7 +97,7 @@ def test_load_rejects_foreign_and_future_files(tmp_path):
 
 
 def test_prune_recurrent_keeps_the_largest_entries(rng):
-    from models.motion.ssrnn import prune_recurrent, recurrent_csr
+    from v1motion.models.motion.ssrnn import prune_recurrent, recurrent_csr
 
     r = rng.standard_normal((40, 40)).astype(np.float32)
     p = prune_recurrent(r, 0.05)

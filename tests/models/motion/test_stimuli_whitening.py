@@ -3,9 +3,8 @@
 import cv2
 import numpy as np
 import pytest
-
-from models.motion import stimuli
-from models.motion.whitening import Whitener, extract_patches, patch_grid, zca_matrix
+from v1motion.models.motion import stimuli
+from v1motion.models.motion.whitening import Whitener, extract_patches, patch_grid, zca_matrix
 
 
 @pytest.mark.parametrize("direction_deg", [0, 30, 90, 200, 315])
@@ -111,7 +110,7 @@ def test_whitener_requires_fit_and_odd_size():
 
 
 def test_empty_or_broken_video_raises_a_clear_error(tmp_path):
-    from models.motion.movies import read_grey_frames
+    from v1motion.models.motion.movies import read_grey_frames
 
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
@@ -124,7 +123,7 @@ def test_empty_or_broken_video_raises_a_clear_error(tmp_path):
 
 
 def test_missing_research_data_names_the_setting(monkeypatch, tmp_path):
-    from models.datasets import require_shared_data
+    from v1motion.models.datasets import require_shared_data
 
     monkeypatch.setenv("V1MOTION_SHARED_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="V1MOTION_SHARED_DATA"):

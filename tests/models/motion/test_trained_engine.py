@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from v1motion.models.motion.engine import DEFAULT_WEIGHTS, MotionEngine, to_grey
+from v1motion.models.motion.readout import angular_error
+from v1motion.models.motion.stimuli import load_still, pan_sequence
 
-from models.motion.engine import DEFAULT_WEIGHTS, MotionEngine, to_grey
-from models.motion.readout import angular_error
-from models.motion.stimuli import load_still, pan_sequence
 from tests import naive
 
 

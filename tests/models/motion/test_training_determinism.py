@@ -10,14 +10,13 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import v1motion.models.motion.build as build
 from threadpoolctl import threadpool_info, threadpool_limits
-
-import models.motion.build as build
-from models.determinism import numeric_environment, single_threaded
-from models.motion import kernels
-from models.motion.stimuli import load_still
-from models.motion.training import TrainConfig, fit_ssrnn, train_ssrnn
-from models.motion.whitening import Whitener
+from v1motion.models.determinism import numeric_environment, single_threaded
+from v1motion.models.motion import kernels
+from v1motion.models.motion.stimuli import load_still
+from v1motion.models.motion.training import TrainConfig, fit_ssrnn, train_ssrnn
+from v1motion.models.motion.whitening import Whitener
 
 STILLS = ("camera", "grass", "brick")
 

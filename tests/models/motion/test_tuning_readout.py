@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-
-from models.motion.readout import MotionReadout, angular_error
-from models.motion.tuning import (
+from v1motion.models.motion.readout import MotionReadout, angular_error
+from v1motion.models.motion.tuning import (
     DIRECTIONS,
     N_DIRECTIONS,
     best_condition_curves,
@@ -80,7 +79,7 @@ def test_angular_error_wraps():
 
 
 def test_natural_pans_in_opposite_directions_show_the_same_measured_frames():
-    from models.motion.tuning import natural_pan_stimuli
+    from v1motion.models.motion.tuning import natural_pan_stimuli
 
     frames, keys = natural_pan_stimuli(images=("chelsea",), speeds=(2.0,), n_positions=1, size=32)
     by_dir = {d: frames[i] for i, (d, _) in enumerate(keys)}
@@ -91,8 +90,8 @@ def test_natural_pans_in_opposite_directions_show_the_same_measured_frames():
 
 
 def test_without_recurrence_natural_di_is_zero():
-    from models.motion.ssrnn import SSRNN
-    from models.motion.tuning import direction_index, natural_tuning
+    from v1motion.models.motion.ssrnn import SSRNN
+    from v1motion.models.motion.tuning import direction_index, natural_tuning
 
     m = SSRNN(n_atoms=8, n_clones=2, patch=8).init_random(seed=1, r_scale=0.0, b=-1.0)
     nt = natural_tuning(m, speeds=(1.0,), images=("chelsea",), n_positions=2, size=32)

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from models.motion.tuning import SPEEDS
-from models.reports import motion as reports_motion
-from models.reports.motion import speed_tuning_figure
+from v1motion.models.motion.tuning import SPEEDS
+from v1motion.models.reports import motion as reports_motion
+from v1motion.models.reports.motion import speed_tuning_figure
 
 
 def test_speed_tuning_axis_is_labelled_at_the_measured_speeds_only(tmp_path, rng, monkeypatch):
@@ -37,10 +36,9 @@ def test_the_tuning_figures_are_written_from_a_small_model(tmp_path):
     """Every figure of ``v1motion analyze`` is drawn and saved (a small random model, not the
     shipped one: this checks the drawing, not the science)."""
     import matplotlib
-
-    from models.motion.ssrnn import SSRNN
-    from models.motion.tuning_report import measure_tuning
-    from models.reports.motion import write_figures
+    from v1motion.models.motion.ssrnn import SSRNN
+    from v1motion.models.motion.tuning_report import measure_tuning
+    from v1motion.models.reports.motion import write_figures
 
     backend = matplotlib.get_backend()
     model = SSRNN(n_atoms=4, n_clones=2, patch=8).init_random(seed=0, r_scale=0.5, b=-1.0)

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 from scipy import stats
-
-from models.spikes import base as spike_base
-from models.spikes.base import NotFittedError, ParamPacker, neuron_order
-from models.spikes.data import as_counts, bin_spike_times
-from models.spikes.glm import (
+from v1motion.models.spikes import base as spike_base
+from v1motion.models.spikes.base import NotFittedError, ParamPacker, neuron_order
+from v1motion.models.spikes.data import as_counts, bin_spike_times
+from v1motion.models.spikes.glm import (
     CorrelatedGLM,
     IndependentPoisson,
     PSTHPoisson,
@@ -15,15 +14,16 @@ from models.spikes.glm import (
     history_features,
     raised_cosine_basis,
 )
-from models.spikes.lds import GaussianLDS
-from models.spikes.observations import get_link, get_observations
-from models.spikes.rglm import (
+from v1motion.models.spikes.lds import GaussianLDS
+from v1motion.models.spikes.observations import get_link, get_observations
+from v1motion.models.spikes.rglm import (
     RGLM,
     realise_filters,
     stable_recurrence,
     stable_recurrence_grad,
     to_block_form,
 )
+
 from tests import naive_spikes as naive
 
 # ----------------------------------------------------------------------------- observation models
@@ -128,8 +128,8 @@ def test_bin_spike_times_counts_each_spike_once():
 
 
 def test_retina_loader_matches_source_counts():
-    from models.datasets import shared_data_dir
-    from models.spikes.data import RETINA_DIR, load_retina
+    from v1motion.models.datasets import shared_data_dir
+    from v1motion.models.spikes.data import RETINA_DIR, load_retina
 
     if not (shared_data_dir() / RETINA_DIR).exists():
         pytest.skip("shared retina data not available")
@@ -323,7 +323,7 @@ def test_rglm_and_glm_predictors_match_loop_references(rng):
 
 @pytest.mark.parametrize("shape", [(3, 17, 4), (1, 1, 1), (2, 5, 1)])
 def test_recursion_kernels_match_numpy_twins(shape, rng):
-    from models.spikes.rglm import adjoint_recursion, linear_recursion
+    from v1motion.models.spikes.rglm import adjoint_recursion, linear_recursion
 
     drive = rng.normal(0, 1, shape)
     R = rng.normal(0, 0.5, (shape[2], shape[2]))
@@ -343,7 +343,7 @@ def test_recursion_kernels_match_numpy_twins(shape, rng):
 
 
 def test_recursion_kernels_propagate_nan(rng):
-    from models.spikes.rglm import linear_recursion
+    from v1motion.models.spikes.rglm import linear_recursion
 
     drive = rng.normal(0, 1, (1, 4, 2))
     drive[0, 1, 0] = np.nan
@@ -492,7 +492,7 @@ def test_gaussian_lds_recovers_lagged_covariances():
 
 
 def test_true_models_beat_the_baseline_on_synthetic_data():
-    from models.spikes.evaluation import held_out_bits
+    from v1motion.models.spikes.evaluation import held_out_bits
 
     true = _planted_rglm()
     y = true.sample(n_trials=6, n_bins=2000, seed=15)
@@ -518,7 +518,7 @@ def test_rglm_timescales_and_hidden_states():
 
 def test_linear_decoder_reads_external_variable_from_hidden_state():
     """A slow external variable drives the population; decode it from the fitted R-GLM's hidden state."""
-    from models.spikes.evaluation import decode, fit_linear_decoder, r_squared
+    from v1motion.models.spikes.evaluation import decode, fit_linear_decoder, r_squared
 
     r = np.random.default_rng(16)
     n, T, K = 12, 1500, 4
@@ -606,7 +606,7 @@ def test_rglm_with_stimulus_recovers_input_kernel():
 
 def test_fit_at_the_iteration_cap_says_so_and_warns(caplog):
     y = np.random.default_rng(30).poisson(0.3, (3, 200, 4)).astype(float)
-    with caplog.at_level("WARNING", logger="models.spikes.base"):
+    with caplog.at_level("WARNING", logger="v1motion.models.spikes.base"):
         m = RGLM(n_hidden=2, max_iter=2).fit(y)
     assert m.converged_ is False
     assert m.stop_reason_ == "max_iter" and m.n_iter_ == 2
@@ -616,7 +616,7 @@ def test_fit_at_the_iteration_cap_says_so_and_warns(caplog):
 
 def test_well_posed_poisson_glm_converges_below_tol(caplog):
     y = np.random.default_rng(31).poisson([0.2, 0.5, 1.0], (2, 2000, 3)).astype(float)
-    with caplog.at_level("WARNING", logger="models.spikes.base"):
+    with caplog.at_level("WARNING", logger="v1motion.models.spikes.base"):
         m = SpikeHistoryGLM(n_lags=4, n_basis=2, l2=1e-3, tol=1e-4).fit(y)
     assert m.converged_ is True and m.stop_reason_ == "gtol"
     assert m.grad_norm_ <= m.tol and 0 < m.n_iter_ < m.max_iter

@@ -3,9 +3,8 @@
 import json
 
 import pytest
-
-from models.datasets import shared_data_dir
-from models.spikes.data import RETINA_DIR
+from v1motion.models.datasets import shared_data_dir
+from v1motion.models.spikes.data import RETINA_DIR
 
 
 @pytest.mark.slow
@@ -13,7 +12,7 @@ from models.spikes.data import RETINA_DIR
     not (shared_data_dir() / RETINA_DIR).exists(), reason="shared retina data not available"
 )
 def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
-    from models.reports import spikes as report
+    from v1motion.models.reports import spikes as report
 
     quick = {k: {**v, "max_iter": 5} if "max_iter" in v else v for k, v in report.OPTIONS.items()}
     quick["lds"] = {"n_latent": 2, "n_iter": 3}
@@ -38,7 +37,7 @@ def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
 
 
 def test_near_duplicates_finds_copied_units(rng):
-    from models.reports.spikes import near_duplicates
+    from v1motion.models.reports.spikes import near_duplicates
 
     y = rng.poisson(0.2, (3, 400, 4)).astype(float)
     y[..., 3] = y[..., 1]
@@ -46,8 +45,8 @@ def test_near_duplicates_finds_copied_units(rng):
 
 
 def test_cross_validation_records_how_every_fit_ended(rng):
-    from models.spikes.evaluation import cross_validate
-    from models.spikes.glm import CorrelatedGLM, IndependentPoisson
+    from v1motion.models.spikes.evaluation import cross_validate
+    from v1motion.models.spikes.glm import CorrelatedGLM, IndependentPoisson
 
     y = rng.poisson(0.3, (4, 100, 3)).astype(float)
     fits = {}
@@ -68,8 +67,7 @@ def test_the_sample_and_timescale_figures_are_drawn(tmp_path):
     """Both figure writers on small made-up statistics, without touching matplotlib's backend."""
     import matplotlib
     import numpy as np
-
-    from models.reports.spikes import plot_samples, plot_timescales
+    from v1motion.models.reports.spikes import plot_samples, plot_timescales
 
     backend = matplotlib.get_backend()
     rng = np.random.default_rng(0)

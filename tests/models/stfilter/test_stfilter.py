@@ -3,23 +3,23 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
-import tests.naive_stfilter as naive
-from models.stfilter.bank import as_bank, gabor_bank, load_bank
-from models.stfilter.fit import (
+from v1motion.models.stfilter.bank import as_bank, gabor_bank, load_bank
+from v1motion.models.stfilter.fit import (
     RecurrentFilterFit,
     impulse_responses,
     loss_and_grad,
     lsq_init,
     variance_explained,
 )
-from models.stfilter.kernels import csr_step, masked_row_dots, temporal_ring
-from models.stfilter.stream import (
+from v1motion.models.stfilter.kernels import csr_step, masked_row_dots, temporal_ring
+from v1motion.models.stfilter.stream import (
     FeedForwardStream,
     RecurrentStream,
     SeparableStream,
     frame_patches,
 )
+
+import tests.naive_stfilter as naive
 
 
 def planted_system(rng, n=24, d=9, nt=12, density=0.25, radius=0.9):
@@ -359,8 +359,8 @@ def test_stream_rejects_bad_input(rng):
 def test_stfit_cli_writes_report_and_a_loadable_rnn(tmp_path, capsys):
     import json
 
-    from models.stfilter.evaluate import load_rnn
-    from service.cli import main
+    from v1motion.models.stfilter.evaluate import load_rnn
+    from v1motion.service.cli import main
 
     out = tmp_path / "rep"
     code = main(
@@ -401,7 +401,7 @@ def test_stfit_cli_writes_report_and_a_loadable_rnn(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_stfit_cli_loads_a_bank_array(tmp_path, rng):
-    from service.cli import main
+    from v1motion.service.cli import main
 
     R, W0, F = planted_system(rng, n=20, d=16, nt=6, density=0.2)
     np.save(tmp_path / "bank.npy", F.reshape(6, 20, 4, 4))

@@ -9,17 +9,16 @@ import textwrap
 import pytest
 from engine_double import fake_engine
 from fastapi.testclient import TestClient
-
-from service.app import create_app
-from service.jobs.limits import Limits
-from service.jobs.lock import LOCK_NAME, StoreLock, StoreLocked
-from service.jobs.manager import VideoJobs
-from service.settings import Settings
+from v1motion.service.app import create_app
+from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.lock import LOCK_NAME, StoreLock, StoreLocked
+from v1motion.service.jobs.manager import VideoJobs
+from v1motion.service.settings import Settings
 
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from service.jobs.lock import StoreLock
+    from v1motion.service.jobs.lock import StoreLock
     lock = StoreLock(sys.argv[1])
     lock.acquire()
     print("held", flush=True)

@@ -1,4 +1,4 @@
-"""service.jobs.sniff and the sandboxed decoder (service.jobs.decode) on good and hostile files."""
+"""v1motion.service.jobs.sniff and the sandboxed decoder (v1motion.service.jobs.decode) on good and hostile files."""
 
 import os
 import signal
@@ -7,10 +7,9 @@ import cv2
 import numpy as np
 import pytest
 import video_samples as vs
-
-from service.jobs.decode import DecodeError, SandboxedDecoder, VideoRejected, probe
-from service.jobs.limits import Limits
-from service.jobs.sniff import UnsupportedContainer, sniff_container
+from v1motion.service.jobs.decode import DecodeError, SandboxedDecoder, VideoRejected, probe
+from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.sniff import UnsupportedContainer, sniff_container
 
 
 @pytest.fixture

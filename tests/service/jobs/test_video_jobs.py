@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import video_samples as vs
 from engine_double import fake_engine, hanging_fake_engine, slow_fake_engine
-
-from service.jobs.decode import DecodeError
-from service.jobs.layout import RESULT_FILES, JobLayout
-from service.jobs.limits import Limits
-from service.jobs.manager import VideoJobs
-from service.jobs.process import process_video
-from service.jobs.store import JobStore
+from v1motion.service.jobs.decode import DecodeError
+from v1motion.service.jobs.layout import RESULT_FILES, JobLayout
+from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.manager import VideoJobs
+from v1motion.service.jobs.process import process_video
+from v1motion.service.jobs.store import JobStore
 
 
 def wait_for(predicate, timeout=60.0, every=0.1):
@@ -75,12 +74,12 @@ def test_process_video_writes_every_result(tmp_path):
 
 
 def test_a_failure_on_a_stage_thread_fails_the_job_and_leaves_nothing(tmp_path, monkeypatch):
-    import service.render
+    import v1motion.service.render
 
     def broken(*args, **kw):
         raise RuntimeError("cannot draw")
 
-    monkeypatch.setattr(service.render, "draw_overlay", broken)
+    monkeypatch.setattr(v1motion.service.render, "draw_overlay", broken)
     src = tmp_path / "input.bin"
     src.write_bytes(vs.avi(tmp_path, n=12))
     with pytest.raises(RuntimeError, match="cannot draw"):
@@ -173,8 +172,8 @@ CRASHING_SERVICE = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
 from engine_double import slow_fake_engine
-from service.jobs.limits import Limits
-from service.jobs.manager import VideoJobs
+from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.manager import VideoJobs
 if __name__ == "__main__":
     jobs = VideoJobs.local(sys.argv[1], Limits(), slow_fake_engine, workers=1)
     jobs.start()
@@ -220,8 +219,8 @@ STOPPING_SERVICE = """
 import signal, sys, threading
 sys.path[:0] = [sys.argv[2], sys.argv[3]]
 from engine_double import slow_fake_engine
-from service.jobs.limits import Limits
-from service.jobs.manager import VideoJobs
+from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.manager import VideoJobs
 if __name__ == "__main__":
     jobs = VideoJobs.local(sys.argv[1], Limits(), slow_fake_engine, workers=1)
     stop = threading.Event()
@@ -262,8 +261,8 @@ def test_sigterm_to_the_process_group_requeues_the_running_job(tmp_path):
 
 
 def test_process_video_with_the_real_engine(tmp_path):
-    """The product path: models.motion.engine.MotionEngine (small random one) through the same function."""
-    from service.jobs.engines import engine_factory
+    """The product path: v1motion.models.motion.engine.MotionEngine (small random one) through the same function."""
+    from v1motion.service.jobs.engines import engine_factory
 
     src = tmp_path / "input.bin"
     src.write_bytes(vs.avi(tmp_path, n=8, size=(128, 96)))
@@ -282,7 +281,7 @@ def test_process_video_with_the_real_engine(tmp_path):
 def test_pin_threads_leaves_one_thread_in_every_pool():
     code = (
         "import cv2, numba; from threadpoolctl import threadpool_info;"
-        "from service.jobs.engines import pin_threads; pin_threads(1);"
+        "from v1motion.service.jobs.engines import pin_threads; pin_threads(1);"
         "pools = [p['num_threads'] for p in threadpool_info()];"
         "print(cv2.getNumThreads(), numba.get_num_threads(), set(pools) or {1})"
     )
@@ -291,7 +290,7 @@ def test_pin_threads_leaves_one_thread_in_every_pool():
 
 
 def test_engine_names_are_checked():
-    from service.jobs.engines import engine_factory
+    from v1motion.service.jobs.engines import engine_factory
 
     with pytest.raises(ValueError, match="default, random"):
         engine_factory("trained")
@@ -299,7 +298,7 @@ def test_engine_names_are_checked():
 
 @pytest.mark.slow
 def test_a_stuck_job_is_stopped_by_the_watchdog(tmp_path, monkeypatch):
-    from service.jobs import runners
+    from v1motion.service.jobs import runners
 
     monkeypatch.setattr(runners, "JOB_GRACE_S", 0.5)
     jobs = VideoJobs.local(tmp_path / "data", Limits(deadline_s=1.0), hanging_fake_engine)
@@ -314,7 +313,7 @@ def test_a_stuck_job_is_stopped_by_the_watchdog(tmp_path, monkeypatch):
 
 def _pan_video(path, vx, vy_up, n=60, shape=(240, 320)):
     """A still panned so its content moves by (vx, vy_up) px/frame (up positive), as MJPG AVI."""
-    from models.motion.stimuli import load_still, pan_frame
+    from v1motion.models.motion.stimuli import load_still, pan_frame
 
     img = load_still("camera")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, shape[::-1])
@@ -329,7 +328,7 @@ def _pan_video(path, vx, vy_up, n=60, shape=(240, 320)):
 @pytest.mark.parametrize("vx, vy_up, expected_deg", [(2, 0, 0), (0, 2, 90), (-2, 0, 180)])
 def test_planted_pan_comes_back_through_the_job(tmp_path, vx, vy_up, expected_deg):
     """The shipped engine through process_video recovers the direction of a planted pan."""
-    from service.jobs.engines import engine_factory
+    from v1motion.service.jobs.engines import engine_factory
 
     src = tmp_path / "pan.avi"
     _pan_video(src, vx, vy_up)
@@ -368,7 +367,7 @@ def test_workers_start_with_the_first_job_not_with_the_service(tmp_path):
 def test_a_box_moved_up_then_down_left_has_those_two_main_directions(tmp_path):
     """Known truth through the shipped engine and the job: 90 deg then 225 deg, 2 and 2.8 px/frame,
     and nothing in between (the old summary, a mean direction, said 161 deg for such a clip)."""
-    from service.jobs.engines import engine_factory
+    from v1motion.service.jobs.engines import engine_factory
 
     src = vs.box_up_then_down_left(tmp_path / "box.avi")
     result = process_video(src, tmp_path / "out", engine_factory("default"), Limits())

@@ -1,12 +1,11 @@
-"""service.jobs.layout: a job's files, and results published by one rename."""
+"""v1motion.service.jobs.layout: a job's files, and results published by one rename."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-from service.jobs.layout import RESULT_FILES, RESULT_NAMES, JobLayout, ResultsFolder
+from v1motion.service.jobs.layout import RESULT_FILES, RESULT_NAMES, JobLayout, ResultsFolder
 
 ROOT = Path(__file__).resolve().parents[3]
 

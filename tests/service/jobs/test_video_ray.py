@@ -6,12 +6,11 @@ import time
 import numpy as np
 import pytest
 import video_samples as vs
-
-from service.jobs.engines import engine_factory
-from service.jobs.layout import RESULT_FILES, JobLayout
-from service.jobs.limits import Limits
-from service.jobs.manager import VideoJobs
-from service.jobs.ray_runner import RayRunner
+from v1motion.service.jobs.engines import engine_factory
+from v1motion.service.jobs.layout import RESULT_FILES, JobLayout
+from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.manager import VideoJobs
+from v1motion.service.jobs.ray_runner import RayRunner
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -75,9 +74,8 @@ def test_a_ray_task_that_does_not_finish_is_cancelled_and_fails_with_a_reason(
 ):
     """The watchdog: a task stuck on its node (or waiting for one) never leaves the job running."""
     import engine_double
+    import v1motion.service.jobs.ray_runner as ray_runner
     from engine_double import hanging_fake_engine
-
-    import service.jobs.ray_runner as ray_runner
 
     ray.cloudpickle.register_pickle_by_value(engine_double)  # not importable on the workers
     monkeypatch.setattr(ray_runner, "JOB_GRACE_S", 1.0)
@@ -96,7 +94,7 @@ def test_a_ray_task_that_does_not_finish_is_cancelled_and_fails_with_a_reason(
 
 
 def test_a_ray_failure_reason_is_the_cause_without_colour_codes():
-    from service.jobs.ray_runner import ray_failure
+    from v1motion.service.jobs.ray_runner import ray_failure
 
     exc = ray.exceptions.RaySystemError(
         "\x1b[36mray::run_job_on_worker()\x1b[39m (pid=1, ip=10.0.0.2)\n"
@@ -108,7 +106,7 @@ def test_a_ray_failure_reason_is_the_cause_without_colour_codes():
 
 
 def test_a_lost_worker_is_said_plainly():
-    from service.jobs.ray_runner import ray_failure
+    from v1motion.service.jobs.ray_runner import ray_failure
 
     exc = ray.exceptions.ObjectReconstructionFailedError("abc")
     assert ray_failure(exc).startswith(

@@ -1,4 +1,4 @@
-"""service.live.analyse: the one analysis step of the server-side streams and the browser camera."""
+"""v1motion.service.live.analyse: the one analysis step of the server-side streams and the browser camera."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 from engine_double import FakeEngine
-
-from service.live.analyse import Analyser
-from service.live.camera import CameraFrame, CameraSession
-from service.metrics import Metrics
-from service.settings import Settings
+from v1motion.service.live.analyse import Analyser
+from v1motion.service.live.camera import CameraFrame, CameraSession
+from v1motion.service.metrics import Metrics
+from v1motion.service.settings import Settings
 
 
 def frames(n=4, shape=(64, 96), step=2):
@@ -46,7 +45,7 @@ def test_flow_is_computed_only_when_wanted_and_from_the_second_frame():
 def test_fps_is_the_inverse_of_the_smoothed_interval_between_results(monkeypatch):
     # Three readings per frame (engine start, engine end, latency), frames 0.1 s apart.
     clock = iter([0.1 * i for i in range(4) for _ in range(3)])
-    monkeypatch.setattr("service.live.analyse.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("v1motion.service.live.analyse.time.monotonic", lambda: next(clock))
     a = Analyser(FakeEngine(), "s", Metrics())
     for f in frames(4):
         a.analyse(f, t_capture=0, wall_ms=0, dropped=0)

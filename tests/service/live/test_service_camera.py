@@ -13,10 +13,9 @@ from engine_double import FakeEngine
 from fastapi.testclient import TestClient
 from service_helpers import random_engine
 from starlette.websockets import WebSocketDisconnect
-
-from service.app import create_app
-from service.jpeg import JPEGHeaderError, jpeg_size
-from service.settings import Settings
+from v1motion.service.app import create_app
+from v1motion.service.jpeg import JPEGHeaderError, jpeg_size
+from v1motion.service.settings import Settings
 
 
 def jpeg(img, **kw) -> bytes:
@@ -158,7 +157,7 @@ def test_opencv_pixel_limit_backs_up_the_header_check():
     import sys
 
     code = (
-        "import service, cv2, numpy as np, sys\n"
+        "import v1motion.service, cv2, numpy as np, sys\n"
         "sys.path[:0] = ['tests', 'tests/service/live']\n"
         "from test_service_camera import huge_claim_jpeg\n"
         "try:\n"

@@ -8,9 +8,8 @@ import threading
 import cv2
 import numpy as np
 import pytest
-
-from service.live.sources import OpenCVSource, SourceError, SyntheticSource, source_factory
-from service.settings import Settings, SourceSpec
+from v1motion.service.live.sources import OpenCVSource, SourceError, SyntheticSource, source_factory
+from v1motion.service.settings import Settings, SourceSpec
 
 
 def measured_shift(a, b):

@@ -10,10 +10,9 @@ from engine_double import FakeEngine
 from fastapi.testclient import TestClient
 from service_helpers import pattern_factory, random_engine
 from starlette.websockets import WebSocketDisconnect
-
-from service.app import create_app
-from service.protocol import SCHEMA_VERSION, parse_preview
-from service.settings import Settings, SourceSpec
+from v1motion.service.app import create_app
+from v1motion.service.protocol import SCHEMA_VERSION, parse_preview
+from v1motion.service.settings import Settings, SourceSpec
 
 
 def make_settings(**kw):
@@ -286,10 +285,10 @@ def test_dashboard_is_served_at_root(client):
 def test_a_viewer_arriving_while_the_stream_stops_gets_it_restarted(stats):
     import asyncio
 
-    from service.live.engine import EngineHolder
-    from service.live.hub import Subscriber
-    from service.live.pipeline import StreamManager, StreamPipeline
-    from service.metrics import Metrics
+    from v1motion.service.live.engine import EngineHolder
+    from v1motion.service.live.hub import Subscriber
+    from v1motion.service.live.pipeline import StreamManager, StreamPipeline
+    from v1motion.service.metrics import Metrics
 
     settings = make_settings(grace_period_s=0.0)
     holder = EngineHolder()
@@ -326,9 +325,9 @@ def test_missed_counts_every_result_a_viewer_does_not_get():
     """A slow viewer's ``missed`` grows, a fast one's stays 0, and sent + missed adds up."""
     import asyncio
 
-    from service.live.hub import Hub, Subscriber
-    from service.metrics import Metrics
-    from service.protocol import Outgoing
+    from v1motion.service.live.hub import Hub, Subscriber
+    from v1motion.service.metrics import Metrics
+    from v1motion.service.protocol import Outgoing
 
     async def scenario():
         metrics = Metrics()

@@ -5,12 +5,11 @@ import math
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
-from models.language.data import Vocabulary
-from models.language.rglm import LinearRecurrentLM
-from service.app import create_app
-from service.cli import main
-from service.settings import Settings
+from v1motion.models.language.data import Vocabulary
+from v1motion.models.language.rglm import LinearRecurrentLM
+from v1motion.service.app import create_app
+from v1motion.service.cli import main
+from v1motion.service.settings import Settings
 
 WORDS = ["<unk>", "<eos>", "the", "cat", "sat", "on", "mat", "n't", "do", "N"]
 
@@ -116,7 +115,7 @@ def test_shipped_default_model_serves_ptb_style_text():
 
 
 def test_a_class_factorised_model_is_served_the_same_way(tmp_path):
-    from models.language.kernels import WordClasses
+    from v1motion.models.language.kernels import WordClasses
 
     model = LinearRecurrentLM(n_hidden=6, n_classes=3, seed=4)
     model.vocab_ = Vocabulary(WORDS)

@@ -8,9 +8,8 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
-from service.app import create_app
-from service.settings import Settings
+from v1motion.service.app import create_app
+from v1motion.service.settings import Settings
 
 
 @pytest.fixture
@@ -139,7 +138,7 @@ def test_store_is_bounded(client):
 
 def test_fit_does_not_block_the_event_loop():
     """While a slow fit runs in the worker thread, the app keeps answering."""
-    from service.routers import spikes as spikes_router
+    from v1motion.service.routers import spikes as spikes_router
 
     gate = threading.Event()
     real = spikes_router._fit
@@ -167,7 +166,7 @@ def test_fit_does_not_block_the_event_loop():
 
 
 def test_too_many_pending_fits_get_429():
-    from service.routers import spikes as spikes_router
+    from v1motion.service.routers import spikes as spikes_router
 
     gate = threading.Event()
     real = spikes_router._fit
@@ -208,7 +207,7 @@ def test_fit_response_says_how_the_optimiser_ended(client, kind, options):
 
 def test_work_cap_counts_the_glm_an_rglm_is_started_from():
     """2400 counts entries: an R-GLM with 2 hidden units started from a 10-lag GLM is 2 + 10 per entry."""
-    from service.routers.spikes import work_factor
+    from v1motion.service.routers.spikes import work_factor
 
     assert work_factor("rglm", {"n_hidden": 2}) == 12
     assert work_factor("rglm", {"n_hidden": 2, "init": "random"}) == 2

@@ -7,9 +7,8 @@ import time
 import pytest
 import video_samples as vs
 from fastapi.testclient import TestClient
-
-from service.app import create_app
-from service.settings import Settings
+from v1motion.service.app import create_app
+from v1motion.service.settings import Settings
 
 MAX_UPLOAD_MB = 0.25
 
