@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))  # benchmark the models/ of this checkout, whateve
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+
 from v1motion.models.motion import motion_eval as me  # noqa: E402
 from v1motion.models.motion.engine import DEFAULT_MT, DEFAULT_WEIGHTS, MotionEngine  # noqa: E402
 

@@ -27,6 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+
 from v1motion.models.motion.engine import DEFAULT_MT, DEFAULT_WEIGHTS, MotionEngine, to_grey  # noqa: E402
 from v1motion.models.motion.movies import load_clip  # noqa: E402
 from v1motion.models.motion.readout import angular_error  # noqa: E402

@@ -16,6 +16,7 @@ import os
 import time
 
 from threadpoolctl import threadpool_limits
+
 from v1motion.models.language.data import load_ptb
 from v1motion.models.language.rglm import LinearRecurrentLM
 

@@ -168,6 +168,7 @@ def scenario(
 def baseline_step_ms(engine_name: str, w: int, h: int) -> float:
     """``engine.step`` alone on synthetic frames, in this process, with the server's BLAS threads."""
     from threadpoolctl import threadpool_limits
+
     from v1motion.models.motion.engine import MotionEngine
     from v1motion.service.live.sources import SyntheticSource
     from v1motion.service.settings import Settings, SourceSpec

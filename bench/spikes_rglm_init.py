@@ -16,6 +16,7 @@ import argparse
 import time
 
 import numpy as np
+
 from v1motion.models.reports.spikes import BIN_MS, OPTIONS
 from v1motion.models.spikes.data import load_retina
 from v1motion.models.spikes.evaluation import bits_per_spike, trial_folds

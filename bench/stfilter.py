@@ -24,6 +24,7 @@ import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
 import numpy as np  # noqa: E402
+
 from v1motion.models.datasets import shared_data_dir  # noqa: E402
 from v1motion.models.stfilter import (  # noqa: E402
     FeedForwardStream,

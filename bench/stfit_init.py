@@ -15,6 +15,7 @@ import argparse
 import time
 
 import numpy as np
+
 from v1motion.models.stfilter import RecurrentFilterFit, gabor_bank
 
 

@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.datasets import require_shared_data
 from v1motion.service.jobs.decode import SandboxedDecoder
 from v1motion.service.jobs.engines import pin_threads, warm_engine
@@ -119,6 +120,7 @@ def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, f
     import json
 
     import cv2
+
     from v1motion.models.motion.motion_summary import MotionSummary
     from v1motion.service.render import draw_overlay
 

@@ -71,6 +71,7 @@ def _camera_flow() -> None:
 
 def _video_job() -> None:
     import cv2
+
     from v1motion.service.jobs.engines import engine_factory
     from v1motion.service.jobs.layout import RESULT_FILES
     from v1motion.service.jobs.limits import Limits

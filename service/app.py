@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
+
 from v1motion.models.motion.contract import Engine
 from v1motion.service import http_errors
 from v1motion.service.jobs import engines as jobs_engines
@@ -31,6 +32,7 @@ from v1motion.service.security import (
     ignore_refused,
 )
 from v1motion.service.settings import Settings
+from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker
 from v1motion.service.state import AppState, Capacity
 
 log = logging.getLogger(__name__)
@@ -103,10 +105,8 @@ def create_app(
             upload_slots=UploadSlots(settings.upload_max_concurrent),
             video_probe_slots=asyncio.Semaphore(2),
             language_scorer=language.load_scorer(settings),
-            spike_store=spikes.SpikeModelStore(settings.spikes_max_models),
-            spike_worker=spikes.SpikeWorker(
-                settings.spikes_fit_workers, settings.spikes_max_pending
-            ),
+            spike_store=SpikeModelStore(settings.spikes_max_models),
+            spike_worker=SpikeWorker(settings.spikes_fit_workers, settings.spikes_max_pending),
         )
         try:
             yield

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
 from starlette.requests import HTTPConnection
+
 from v1motion.service.jobs.manager import VideoJobs
 from v1motion.service.jobs.upload import UploadSlots
 from v1motion.service.live.engine import EngineHolder

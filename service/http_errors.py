@@ -26,6 +26,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from v1motion.service.security import require_token
 
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

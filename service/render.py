@@ -196,6 +196,7 @@ def summary_figure(
         spoke and listed in the legend.
     """
     import matplotlib
+
     from v1motion.models.reports.plotting import new_figure
 
     fig = new_figure(figsize=(10, 4.2), dpi=100)

@@ -29,6 +29,7 @@ from fastapi import Depends, HTTPException, WebSocket, params, status
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
 from v1motion.service import protocol
 from v1motion.service.settings import Settings
 

@@ -16,9 +16,11 @@ from v1motion.service.live.engine import EngineHolder
 from v1motion.service.live.pipeline import StreamManager
 from v1motion.service.metrics import Metrics
 from v1motion.service.settings import Settings
+from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker
 
 if TYPE_CHECKING:
     from fastapi import WebSocket
+
     from v1motion.service.jobs.manager import VideoJobs
     from v1motion.service.jobs.upload import UploadSlots
 
@@ -55,7 +57,7 @@ class AppState:
     language_scorer: (
         Any  # v1motion.models.language.scoring.LanguageScorer, or None when it failed to load
     )
-    spike_store: Any  # v1motion.service.routers.spikes.SpikeModelStore
-    spike_worker: Any  # v1motion.service.routers.spikes.SpikeWorker
+    spike_store: SpikeModelStore
+    spike_worker: SpikeWorker
     units_cache: dict[str, Any] = field(default_factory=dict)
     websockets: weakref.WeakSet[WebSocket] = field(default_factory=weakref.WeakSet)

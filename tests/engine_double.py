@@ -14,6 +14,7 @@ import time
 
 import cv2
 import numpy as np
+
 from v1motion.models.motion.engine import MotionFrame
 
 

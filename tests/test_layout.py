@@ -104,3 +104,19 @@ def test_nothing_imports_the_folders_by_their_bare_names():
                 if name.split(".")[0] in ("models", "service"):
                     offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert not offenders, offenders
+
+
+def test_routers_define_no_classes_but_request_and_response_schemas():
+    """State (stores, pools, sessions) lives outside the routers; a router holds routes and the
+    pydantic models of its requests and responses."""
+    offenders = []
+    for path in sorted((ROOT / "service" / "routers").glob("*.py")):
+        schemas = {"BaseModel"}
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
+                if bases & schemas:
+                    schemas.add(node.name)
+                else:
+                    offenders.append(f"{path.name}: {node.name}")
+    assert not offenders, offenders

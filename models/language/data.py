@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.datasets import require_shared_data
 
 SPLITS = ("train", "valid", "test")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.language.data import load_ptb
 from v1motion.models.language.ngram import KneserNeyLM, UnigramCache, fit_mixture, mixture_log_probs
 from v1motion.models.language.rglm import LinearRecurrentLM

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.language.data import Vocabulary
 from v1motion.models.language.kernels import (
     WordClasses,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.language.data import EOS, tokenize
 from v1motion.models.language.rglm import LinearRecurrentLM
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.determinism import single_threaded
 from v1motion.models.motion.calibration import fit_readout
 from v1motion.models.motion.movies import load_training_movies, training_stills

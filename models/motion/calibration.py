@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from v1motion.models.motion.population import pooled_response
 from v1motion.models.motion.readout import MotionReadout, angular_error
 from v1motion.models.motion.ssrnn import SSRNN

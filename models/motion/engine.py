@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numba
 import numpy as np
+
 from v1motion.models import WEIGHTS_DIR
 from v1motion.models.motion.kernels import _code_change, _scaled_patches
 from v1motion.models.motion.mt_readout import MTReadout, Pooling, _project_frame, integrate_cells

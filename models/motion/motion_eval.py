@@ -35,6 +35,7 @@ from typing import NamedTuple, Protocol
 
 import cv2
 import numpy as np
+
 from v1motion.models.datasets import require_shared_data
 from v1motion.models.motion.movies import load_clip
 from v1motion.models.motion.stimuli import (

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from v1motion.models.datasets import require_shared_data
 from v1motion.models.motion.stimuli import TRAIN_STILLS, load_still
 

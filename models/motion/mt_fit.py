@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from v1motion.models.determinism import single_threaded
 from v1motion.models.motion.mt_readout import MTReadout, Pooling
 from v1motion.models.motion.stimuli import (

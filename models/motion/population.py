@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
 from v1motion.models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
 from v1motion.models.motion.whitening import patch_grid
 

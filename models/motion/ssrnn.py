@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+
 from v1motion.models.motion.kernels import (
     _drive_groups,
     _ssrnn_infer_frame,

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+
 from v1motion.models.determinism import numeric_environment, single_threaded
 from v1motion.models.motion.ssrnn import SSRNN, SparseCode, prune_recurrent, recurrent_csr
 from v1motion.models.motion.stimuli import direction_vector

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from v1motion.models.motion.population import pooled_response
 from v1motion.models.motion.ssrnn import SSRNN
 from v1motion.models.motion.stimuli import (

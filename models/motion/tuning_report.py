@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+
 from v1motion.models.motion.calibration import grating_direction_error, natural_direction_error
 from v1motion.models.motion.population import pooled_response
 from v1motion.models.motion.ssrnn import SSRNN

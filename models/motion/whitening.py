@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
 from v1motion.models.determinism import single_threaded
 
 

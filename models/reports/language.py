@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.language.rglm import LinearRecurrentLM
 from v1motion.models.reports.plotting import new_figure
 

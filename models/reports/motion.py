@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.motion.ssrnn import SSRNN
 from v1motion.models.motion.tuning import DIRECTIONS, SPEEDS
 from v1motion.models.motion.tuning_report import gabor_polar

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.reports.plotting import new_figure
 from v1motion.models.spikes.data import load_retina
 from v1motion.models.spikes.evaluation import (

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.reports.plotting import new_figure
 from v1motion.models.stfilter.evaluate import compare_streams, fit_summary
 from v1motion.models.stfilter.fit import RecurrentFilterFit

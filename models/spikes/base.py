@@ -20,6 +20,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
+
 from v1motion.models.spikes.data import as_counts
 from v1motion.models.spikes.observations import GaussianObservations, Observations, get_observations
 

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.datasets import require_shared_data
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+
 from v1motion.models.spikes.data import as_counts
 from v1motion.models.spikes.glm import IndependentPoisson
 

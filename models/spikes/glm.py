@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
+
 from v1motion.models.spikes.base import SpikeModel
 from v1motion.models.spikes.data import as_counts
 

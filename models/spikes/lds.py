@@ -15,6 +15,7 @@ import logging
 
 import numpy as np
 from scipy.special import gammaln
+
 from v1motion.models.spikes.base import _outer_sum, single_blas_thread
 from v1motion.models.spikes.data import as_counts
 

@@ -7,6 +7,7 @@ import logging
 import time
 
 import numpy as np
+
 from v1motion.models.spikes.evaluation import bits_per_spike
 from v1motion.models.spikes.glm import CorrelatedGLM, IndependentPoisson, SpikeHistoryGLM
 from v1motion.models.spikes.lds import GaussianLDS

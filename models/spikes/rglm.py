@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 from scipy import sparse
+
 from v1motion.models.spikes.base import Design, SpikeModel, _outer_sum
 
 

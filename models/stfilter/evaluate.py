@@ -8,6 +8,7 @@ import time
 from collections import defaultdict
 
 import numpy as np
+
 from v1motion.models.stfilter.fit import RecurrentFilterFit
 from v1motion.models.stfilter.stream import FeedForwardStream, RecurrentStream
 

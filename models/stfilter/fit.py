@@ -13,6 +13,7 @@ import time
 import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
+
 from v1motion.models.stfilter.bank import as_bank
 from v1motion.models.stfilter.kernels import masked_row_dots
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+
 from v1motion.models.stfilter.bank import as_bank
 from v1motion.models.stfilter.kernels import DEFAULT_BLOCK, csr_step, temporal_ring
 

@@ -46,6 +46,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
+
     from v1motion.models.motion.engine import MotionEngine
     from v1motion.models.motion.tuning_report import build_report
     from v1motion.models.reports.model_card import write_model_card

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tqdm import tqdm
+
     from v1motion.service.jobs.decode import DecodeError
     from v1motion.service.jobs.engines import engine_factory, pin_threads
     from v1motion.service.jobs.layout import RESULT_FILES

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     import uvicorn
     from pydantic import ValidationError
+
     from v1motion.service.app import create_app
     from v1motion.service.logs import configure_logging
     from v1motion.service.server import Server

@@ -132,6 +132,7 @@ def add_parser(subparsers) -> None:
 
 def _load_counts(args):
     import numpy as np
+
     from v1motion.models.spikes.data import as_counts, load_retina
 
     if args.recording:

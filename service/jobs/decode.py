@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.service.jobs.limits import Limits
 
 log = logging.getLogger(__name__)

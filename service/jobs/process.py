@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from v1motion.models.motion.contract import Engine
 from v1motion.models.motion.motion_summary import MotionSummary
 from v1motion.service.jobs.decode import SandboxedDecoder, VideoRejected
@@ -90,6 +91,7 @@ class _OverlayWriter:
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         import cv2
+
         from v1motion.service.render import draw_overlay
 
         self._draw = draw_overlay

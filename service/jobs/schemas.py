@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
 from v1motion.service.jobs.layout import RESULT_NAMES
 from v1motion.service.jobs.store import JobRecord
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+
 from v1motion.models.motion.contract import Engine
 from v1motion.models.motion.flow import DISFlow
 from v1motion.service import protocol

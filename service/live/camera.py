@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from v1motion.models.motion.contract import Engine
 from v1motion.service.jpeg import JPEGHeaderError, jpeg_size
 from v1motion.service.live.analyse import Analyser

@@ -17,6 +17,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from v1motion.service import protocol
 from v1motion.service.live.analyse import Analyser
 from v1motion.service.live.engine import EngineHolder

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+
 from v1motion.service.settings import Settings, SourceSpec
 
 log = logging.getLogger(__name__)

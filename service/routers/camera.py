@@ -14,6 +14,7 @@ import time
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
+
 from v1motion.service import protocol
 from v1motion.service.deps import StateDep
 from v1motion.service.live.camera import CameraFrame, CameraSession

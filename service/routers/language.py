@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+
 from v1motion.models.language.scoring import LanguageScorer
 from v1motion.service.deps import SettingsDep, get_scorer
 from v1motion.service.settings import Settings

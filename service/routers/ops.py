@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from v1motion.service.deps import MetricsDep, StateDep
 from v1motion.service.security import TokenDep
 

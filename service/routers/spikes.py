@@ -13,29 +13,27 @@ capped by ``spikes_max_work`` (:func:`work_factor`).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import io
 import json
 import logging
 import struct
-import threading
 import time
 import uuid
 import zipfile
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from v1motion.models.spikes.data import as_counts, bin_spike_times
 from v1motion.models.spikes.registry import evaluate, fit_and_score, model_options
 from v1motion.models.spikes.rglm import RGLM
 from v1motion.service.deps import StateDep, get_settings, get_state
 from v1motion.service.jobs.upload import BodyLimits, UploadError, read_body
+from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker
 
 log = logging.getLogger(__name__)
 
@@ -199,59 +197,6 @@ class SamplePublic(BaseModel):
 
 
 # ----------------------------------------------------------------------------- state
-class SpikeModelStore:
-    """Fitted models by id, at most ``max_models`` (least recently created dropped first)."""
-
-    def __init__(self, max_models: int):
-        self.max_models = max_models
-        self._items: OrderedDict[str, dict] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, record: dict) -> str:
-        with self._lock:
-            self._items[record["id"]] = record
-            while len(self._items) > self.max_models:
-                dropped, _ = self._items.popitem(last=False)
-                log.info("spike model store full: dropped %s", dropped)
-        return record["id"]
-
-    def get(self, model_id: str) -> dict:
-        with self._lock:
-            rec = self._items.get(model_id)
-        if rec is None:
-            raise HTTPException(404, detail=f"no spike model with id {model_id!r}")
-        return rec
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class SpikeWorker:
-    """A bounded thread pool for fits and samples: work runs off the event loop."""
-
-    def __init__(self, workers: int, max_pending: int):
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spikes-fit")
-        self.max_pending = max_pending
-        self._pending = 0
-        self._lock = threading.Lock()
-
-    async def run(self, fn, *args):
-        with self._lock:
-            if self._pending >= self.max_pending:
-                raise HTTPException(
-                    429, detail=f"{self._pending} spike jobs already queued; retry later"
-                )
-            self._pending += 1
-        try:
-            return await asyncio.wrap_future(self.pool.submit(fn, *args))
-        finally:
-            with self._lock:
-                self._pending -= 1
-
-    def close(self):
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
 def get_store(state: StateDep) -> SpikeModelStore:
     return state.spike_store
 

@@ -12,6 +12,7 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, WebSocket, status
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect, WebSocketState
+
 from v1motion.service import protocol
 from v1motion.service.deps import EngineDep, SettingsDep, StateDep, StreamsDep
 from v1motion.service.live.hub import Subscriber

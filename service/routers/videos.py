@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
+
 from v1motion.service.deps import JobsDep, StateDep
 from v1motion.service.jobs.decode import DecodeError, probe
 from v1motion.service.jobs.layout import RESULT_NAMES, JobLayout

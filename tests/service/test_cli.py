@@ -10,6 +10,7 @@ import threading
 import time
 
 from service_helpers import ServerThread, random_engine
+
 from v1motion.service.app import create_app
 from v1motion.service.cli import build_parser
 from v1motion.service.commands.serve import announce_when_answering

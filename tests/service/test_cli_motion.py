@@ -4,6 +4,7 @@ import json
 
 import pytest
 import video_samples as vs
+
 from v1motion.service.cli import main
 from v1motion.service.jobs.layout import RESULT_FILES
 

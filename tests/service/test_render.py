@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from v1motion.service.render import colour_wheel, direction_colours, draw_overlay, summary_figure
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from engine_double import FakeEngine
 from service_helpers import default_engine, pattern_factory, random_engine, serving
+
 from v1motion.service.app import create_app
 from v1motion.service.settings import Settings
 

@@ -16,6 +16,7 @@ import video_samples as vs
 from fastapi.testclient import TestClient
 from service_helpers import pattern_factory, random_engine
 from starlette.websockets import WebSocketDisconnect
+
 from v1motion.service.app import create_app
 from v1motion.service.jobs.upload import BodyLimits, UploadError, UploadSlots, body_chunks
 from v1motion.service.logs import RedactSecrets, redact

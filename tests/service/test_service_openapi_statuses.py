@@ -7,6 +7,7 @@ from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from service_helpers import random_engine
+
 from v1motion.service.app import create_app
 from v1motion.service.settings import Settings
 

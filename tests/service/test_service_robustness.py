@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from service_helpers import PatternSource, RawWebSocket, pattern_factory, random_engine, serving
+from websockets.sync.client import connect
+
 from v1motion.service.app import create_app
 from v1motion.service.live.sources import OpenCVSource, SourceError
 from v1motion.service.settings import Settings, SourceSpec
-from websockets.sync.client import connect
 
 
 def wait_for(pred, timeout=10.0, what="condition"):

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from service_helpers import pattern_factory, random_engine
 from starlette.websockets import WebSocketDisconnect
+
 from v1motion.service.app import create_app
 from v1motion.service.settings import Settings, SourceSpec
 

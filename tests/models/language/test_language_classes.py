@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+import tests.naive_language as naive
 from v1motion.models.language.data import Vocabulary
 from v1motion.models.language.kernels import WordClasses, class_log_probs_all, class_softmax
 from v1motion.models.language.rglm import (
@@ -11,8 +13,6 @@ from v1motion.models.language.rglm import (
     loss_and_grads,
     stream_log_probs,
 )
-
-import tests.naive_language as naive
 
 
 def _vocab(V):
@@ -293,6 +293,7 @@ def test_model_card_carries_the_command_and_the_table(rng, tmp_path):
 
 def test_the_report_writes_the_table_and_the_timescale_figure(rng, tmp_path):
     import matplotlib
+
     from v1motion.models.reports.language import write_report
 
     backend = matplotlib.get_backend()

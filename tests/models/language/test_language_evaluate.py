@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from v1motion.models.datasets import shared_data_dir
 from v1motion.models.language.data import load_ptb
 from v1motion.models.language.evaluate import TARGETS

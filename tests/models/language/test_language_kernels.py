@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from v1motion.models.language import kernels
 
 import tests.naive_language as naive
+from v1motion.models.language import kernels
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

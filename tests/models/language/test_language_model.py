@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from v1motion.models.datasets import shared_data_dir
 from v1motion.models.language.data import Vocabulary, load_ptb
 from v1motion.models.language.rglm import (

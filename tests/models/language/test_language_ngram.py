@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
+
 from v1motion.models.language.ngram import (
     KneserNeyLM,
     UnigramCache,

@@ -3,10 +3,10 @@
 import numba
 import numpy as np
 import pytest
-from v1motion.models.motion.engine import MotionEngine, to_grey
-from v1motion.models.motion.whitening import Whitener
 
 from tests import naive
+from v1motion.models.motion.engine import MotionEngine, to_grey
+from v1motion.models.motion.whitening import Whitener
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from engine_double import FakeEngine
+
 from v1motion.models.motion.contract import ENGINE_NAMES, Engine, make_engine
 from v1motion.models.motion.engine import MotionEngine
 from v1motion.service.jobs.engines import engine_factory
@@ -39,6 +40,7 @@ def test_the_service_factory_builds_the_same_engine_as_make_engine():
 def test_thread_settings_beyond_numbas_threads_are_refused_at_start_up():
     import numba
     from pydantic import ValidationError
+
     from v1motion.service.settings import Settings
 
     with pytest.raises(ValidationError, match="NUMBA_NUM_THREADS"):
@@ -51,6 +53,7 @@ def test_thread_settings_beyond_numbas_threads_are_refused_at_start_up():
 def test_the_service_builds_its_engines_with_the_thread_settings(tmp_path):
     """The live engine and the video workers' engines each get their own thread setting."""
     import numba
+
     from v1motion.service.jobs.manager import VideoJobs
     from v1motion.service.settings import Settings
 
@@ -68,6 +71,7 @@ def test_the_live_engine_runs_with_the_configured_threads():
 
     import numba
     from fastapi.testclient import TestClient
+
     from v1motion.service.app import create_app
     from v1motion.service.settings import Settings
 

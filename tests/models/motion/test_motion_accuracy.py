@@ -6,6 +6,7 @@ The full figures are in ``docs/motion/accuracy.md`` (``python bench/accuracy.py`
 """
 
 import pytest
+
 from v1motion.models.motion.engine import MotionEngine
 from v1motion.models.motion.motion_eval import evaluate_family
 

@@ -3,6 +3,7 @@
 import cv2
 import numpy as np
 import pytest
+
 from v1motion.models.datasets import shared_data_dir
 from v1motion.models.motion import motion_eval as me
 from v1motion.models.motion.engine import MotionEngine

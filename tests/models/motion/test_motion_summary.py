@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from v1motion.models.motion.motion_summary import (
     MotionSummary,
     circular_mean,

@@ -3,6 +3,7 @@ the features it is fitted on."""
 
 import numpy as np
 import pytest
+
 from v1motion.models.motion import stimuli
 from v1motion.models.motion.engine import MotionEngine, global_motion
 from v1motion.models.motion.mt_fit import make_sequence, pooled_units

@@ -3,9 +3,9 @@
 import numba
 import numpy as np
 import pytest
-from v1motion.models.motion.ssrnn import SSRNN, SparseCode
 
 from tests import naive
+from v1motion.models.motion.ssrnn import SSRNN, SparseCode
 
 
 def _random_model(seed, n_atoms=12, n_clones=3, patch=4, r_scale=0.8, b=-1.0):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from v1motion.models.motion.ssrnn import SSRNN
 from v1motion.models.motion.training import TrainConfig, fit_ssrnn
 

@@ -3,6 +3,7 @@
 import cv2
 import numpy as np
 import pytest
+
 from v1motion.models.motion import stimuli
 from v1motion.models.motion.whitening import Whitener, extract_patches, patch_grid, zca_matrix
 

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+
+from tests import naive
 from v1motion.models.motion.engine import DEFAULT_WEIGHTS, MotionEngine, to_grey
 from v1motion.models.motion.readout import angular_error
 from v1motion.models.motion.stimuli import load_still, pan_sequence
-
-from tests import naive
 
 
 @pytest.fixture(scope="module")

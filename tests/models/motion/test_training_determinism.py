@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-import v1motion.models.motion.build as build
 from threadpoolctl import threadpool_info, threadpool_limits
+
+import v1motion.models.motion.build as build
 from v1motion.models.determinism import numeric_environment, single_threaded
 from v1motion.models.motion import kernels
 from v1motion.models.motion.stimuli import load_still

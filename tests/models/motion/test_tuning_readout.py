@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from v1motion.models.motion.readout import MotionReadout, angular_error
 from v1motion.models.motion.tuning import (
     DIRECTIONS,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from v1motion.models.motion.tuning import SPEEDS
 from v1motion.models.reports import motion as reports_motion
 from v1motion.models.reports.motion import speed_tuning_figure
@@ -36,6 +37,7 @@ def test_the_tuning_figures_are_written_from_a_small_model(tmp_path):
     """Every figure of ``v1motion analyze`` is drawn and saved (a small random model, not the
     shipped one: this checks the drawing, not the science)."""
     import matplotlib
+
     from v1motion.models.motion.ssrnn import SSRNN
     from v1motion.models.motion.tuning_report import measure_tuning
     from v1motion.models.reports.motion import write_figures

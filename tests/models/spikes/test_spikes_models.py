@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 from scipy import stats
+
+from tests import naive_spikes as naive
 from v1motion.models.spikes import base as spike_base
 from v1motion.models.spikes.base import NotFittedError, ParamPacker, neuron_order
 from v1motion.models.spikes.data import as_counts, bin_spike_times
@@ -23,8 +25,6 @@ from v1motion.models.spikes.rglm import (
     stable_recurrence_grad,
     to_block_form,
 )
-
-from tests import naive_spikes as naive
 
 # ----------------------------------------------------------------------------- observation models
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from v1motion.models.datasets import shared_data_dir
 from v1motion.models.spikes.data import RETINA_DIR
 
@@ -67,6 +68,7 @@ def test_the_sample_and_timescale_figures_are_drawn(tmp_path):
     """Both figure writers on small made-up statistics, without touching matplotlib's backend."""
     import matplotlib
     import numpy as np
+
     from v1motion.models.reports.spikes import plot_samples, plot_timescales
 
     backend = matplotlib.get_backend()

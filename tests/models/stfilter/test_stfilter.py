@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
+import tests.naive_stfilter as naive
 from v1motion.models.stfilter.bank import as_bank, gabor_bank, load_bank
 from v1motion.models.stfilter.fit import (
     RecurrentFilterFit,
@@ -18,8 +20,6 @@ from v1motion.models.stfilter.stream import (
     SeparableStream,
     frame_patches,
 )
-
-import tests.naive_stfilter as naive
 
 
 def planted_system(rng, n=24, d=9, nt=12, density=0.25, radius=0.9):

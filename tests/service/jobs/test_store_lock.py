@@ -9,6 +9,7 @@ import textwrap
 import pytest
 from engine_double import fake_engine
 from fastapi.testclient import TestClient
+
 from v1motion.service.app import create_app
 from v1motion.service.jobs.limits import Limits
 from v1motion.service.jobs.lock import LOCK_NAME, StoreLock, StoreLocked

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import video_samples as vs
+
 from v1motion.service.jobs.decode import DecodeError, SandboxedDecoder, VideoRejected, probe
 from v1motion.service.jobs.limits import Limits
 from v1motion.service.jobs.sniff import UnsupportedContainer, sniff_container

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import video_samples as vs
 from engine_double import fake_engine, hanging_fake_engine, slow_fake_engine
+
 from v1motion.service.jobs.decode import DecodeError
 from v1motion.service.jobs.layout import RESULT_FILES, JobLayout
 from v1motion.service.jobs.limits import Limits

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from v1motion.service.jobs.layout import RESULT_FILES, RESULT_NAMES, JobLayout, ResultsFolder
 
 ROOT = Path(__file__).resolve().parents[3]

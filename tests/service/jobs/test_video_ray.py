@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import video_samples as vs
+
 from v1motion.service.jobs.engines import engine_factory
 from v1motion.service.jobs.layout import RESULT_FILES, JobLayout
 from v1motion.service.jobs.limits import Limits
@@ -74,8 +75,9 @@ def test_a_ray_task_that_does_not_finish_is_cancelled_and_fails_with_a_reason(
 ):
     """The watchdog: a task stuck on its node (or waiting for one) never leaves the job running."""
     import engine_double
-    import v1motion.service.jobs.ray_runner as ray_runner
     from engine_double import hanging_fake_engine
+
+    import v1motion.service.jobs.ray_runner as ray_runner
 
     ray.cloudpickle.register_pickle_by_value(engine_double)  # not importable on the workers
     monkeypatch.setattr(ray_runner, "JOB_GRACE_S", 1.0)

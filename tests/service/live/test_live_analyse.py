@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from engine_double import FakeEngine
+
 from v1motion.service.live.analyse import Analyser
 from v1motion.service.live.camera import CameraFrame, CameraSession
 from v1motion.service.metrics import Metrics

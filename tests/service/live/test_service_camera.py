@@ -13,6 +13,7 @@ from engine_double import FakeEngine
 from fastapi.testclient import TestClient
 from service_helpers import random_engine
 from starlette.websockets import WebSocketDisconnect
+
 from v1motion.service.app import create_app
 from v1motion.service.jpeg import JPEGHeaderError, jpeg_size
 from v1motion.service.settings import Settings

@@ -8,6 +8,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
+
 from v1motion.service.live.sources import OpenCVSource, SourceError, SyntheticSource, source_factory
 from v1motion.service.settings import Settings, SourceSpec
 

@@ -10,6 +10,7 @@ from engine_double import FakeEngine
 from fastapi.testclient import TestClient
 from service_helpers import pattern_factory, random_engine
 from starlette.websockets import WebSocketDisconnect
+
 from v1motion.service.app import create_app
 from v1motion.service.protocol import SCHEMA_VERSION, parse_preview
 from v1motion.service.settings import Settings, SourceSpec

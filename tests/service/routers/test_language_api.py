@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+
 from v1motion.models.language.data import Vocabulary
 from v1motion.models.language.rglm import LinearRecurrentLM
 from v1motion.service.app import create_app

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+
 from v1motion.service.app import create_app
 from v1motion.service.settings import Settings
 

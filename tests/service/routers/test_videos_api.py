@@ -7,6 +7,7 @@ import time
 import pytest
 import video_samples as vs
 from fastapi.testclient import TestClient
+
 from v1motion.service.app import create_app
 from v1motion.service.settings import Settings
 
