@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 
 
-def to_grey(frame: np.ndarray) -> np.ndarray:
+def _grey_u8(frame: np.ndarray) -> np.ndarray:
+    """The frame as uint8 grey, as DIS needs it (the engine's ``to_grey`` gives float32 in [0, 1])."""
     if frame.ndim == 3:
         return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     if frame.dtype != np.uint8:
@@ -33,7 +34,7 @@ class DISFlow:
         self._prev = None
 
     def step(self, frame: np.ndarray, cell: int) -> tuple[np.ndarray, np.ndarray] | None:
-        grey = to_grey(frame)
+        grey = _grey_u8(frame)
         prev, self._prev = self._prev, grey
         if prev is None or prev.shape != grey.shape:
             return None
