@@ -37,6 +37,16 @@ import cv2
 import numpy as np
 
 from v1motion.models.datasets import require_shared_data
+
+# The cell pooling and polar conversion of flows live with the DIS flow the dashboard shows;
+# they are used here and re-exported (me.pool_flow, ...).
+from v1motion.models.motion.flow import (  # noqa: F401
+    CELL_PX,
+    cell_grid,
+    cell_mean,
+    flow_to_polar,
+    pool_flow,
+)
 from v1motion.models.motion.movies import load_clip
 from v1motion.models.motion.stimuli import (
     HELDOUT_STILLS,
@@ -48,7 +58,6 @@ from v1motion.models.motion.stimuli import (
 
 log = logging.getLogger(__name__)
 
-CELL_PX = 16
 PAN_SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 SIZES = ((320, 240), (640, 480))
 OBJECT_MIN_FRACTION = 0.75
@@ -100,47 +109,6 @@ class Sequence:
         if self.change_frame is not None:
             out.update(range(self.change_frame, len(self.frames)))
         return out
-
-
-def cell_grid(shape: tuple[int, int], cell: int = CELL_PX) -> tuple[int, int]:
-    """``(rows, cols)`` of whole cells in a frame of ``shape = (H, W)``."""
-    return shape[0] // cell, shape[1] // cell
-
-
-def cell_mean(field_: np.ndarray, cell: int = CELL_PX) -> np.ndarray:
-    """Mean of ``(H, W, ...)`` over each whole ``cell`` x ``cell`` block -> ``(rows, cols, ...)``."""
-    rows, cols = cell_grid(field_.shape[:2], cell)
-    f = np.asarray(field_, np.float64)[: rows * cell, : cols * cell]
-    return f.reshape(rows, cell, cols, cell, *f.shape[2:]).mean(axis=(1, 3))
-
-
-def pool_flow(flow: np.ndarray, cell: int = CELL_PX, how: str = "mean") -> np.ndarray:
-    """Pool a dense flow ``(H, W, 2)`` (image coordinates ``dx, dy`` down) to cells -> ``(rows, cols, 2)``.
-
-    ``how="mean"`` is the mean flow vector of each cell, ``"median"`` the per-component median.
-    The result stays in image coordinates; :func:`flow_to_polar` converts it.
-    """
-    flow = np.asarray(flow)
-    if flow.ndim != 3 or flow.shape[2] != 2:
-        raise ValueError(f"flow must be (H, W, 2), got {flow.shape}")
-    if how == "mean":
-        return cell_mean(flow, cell)
-    if how == "median":
-        rows, cols = cell_grid(flow.shape[:2], cell)
-        f = flow[: rows * cell, : cols * cell].reshape(rows, cell, cols, cell, 2)
-        return np.median(f.transpose(0, 2, 1, 3, 4).reshape(rows, cols, -1, 2), axis=2)
-    raise ValueError(f"unknown pooling {how!r}; choose 'mean' or 'median'")
-
-
-def flow_to_polar(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Image-coordinate flow ``(..., 2)`` -> direction (rad, 0 = right, pi/2 = up) and speed (px/frame).
-
-    The direction of a zero vector is NaN (undefined), not ``atan2(0, 0) = 0``.
-    """
-    flow = np.asarray(flow, np.float64)
-    speed = np.hypot(flow[..., 0], flow[..., 1])
-    direction = np.where(speed > 0, np.arctan2(-flow[..., 1], flow[..., 0]), np.nan)
-    return direction, speed
 
 
 def cell_truth(seq: Sequence, t: int, cell: int = CELL_PX) -> tuple[np.ndarray, np.ndarray]:
