@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -75,6 +76,22 @@ def create_app(
             videos.store.close()
             log.error("cannot start: %s", exc)
             raise
+        try:
+            state, blas = await _build_state(videos)
+        except BaseException:
+            await run_in_threadpool(videos.stop)  # a failed start leaves the data directory free
+            raise
+        try:
+            yield
+        finally:
+            await run_in_threadpool(videos.stop)  # running jobs go back to the queue
+            state.spike_worker.close()
+            try:
+                await asyncio.wait_for(state.streams.close(), settings.shutdown_timeout_s)
+            finally:
+                blas.restore_original_limits()
+
+    async def _build_state(videos: VideoJobs) -> tuple[AppState, Any]:
         metrics = Metrics()
         # Before the engine loads: every engine step in this process runs with this many BLAS threads.
         blas = threadpool_limits(settings.blas_threads, user_api="blas")
@@ -108,15 +125,7 @@ def create_app(
             spike_store=SpikeModelStore(settings.spikes_max_models),
             spike_worker=SpikeWorker(settings.spikes_fit_workers, settings.spikes_max_pending),
         )
-        try:
-            yield
-        finally:
-            await run_in_threadpool(videos.stop)  # running jobs go back to the queue
-            state.spike_worker.close()
-            try:
-                await asyncio.wait_for(manager.close(), settings.shutdown_timeout_s)
-            finally:
-                blas.restore_original_limits()
+        return state, blas
 
     app = FastAPI(
         title="v1motion",

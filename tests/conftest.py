@@ -18,3 +18,11 @@ def rng():
 # The test client sends ``Host: testserver``; the service answers only to its own names (DNS rebinding),
 # so the tests configure that name the way a deployment would configure its own.
 os.environ.setdefault("V1MOTION_ALLOWED_HOSTS", '["testserver"]')
+
+
+@pytest.fixture(autouse=True)
+def _own_data_dir(tmp_path_factory, monkeypatch):
+    """Every test's services get their own data directory (job store, videos): a data directory
+    belongs to one running service (its store is locked), and a test must not wait for the previous
+    test's server to finish shutting down, nor see its jobs."""
+    monkeypatch.setenv("V1MOTION_DATA_DIR", str(tmp_path_factory.mktemp("data")))

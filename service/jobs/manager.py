@@ -107,9 +107,11 @@ class VideoJobs:
         self.runner.start()
 
     def stop(self) -> None:
-        self.runner.stop()
-        self.store.close()
-        self.lock.release()
+        try:
+            self.runner.stop()
+            self.store.close()
+        finally:
+            self.lock.release()  # whatever failed above, the data directory is free again
 
     def _sweep(self) -> None:
         """Remove job folders with no record (an upload cut off by a crash) and half-written results;

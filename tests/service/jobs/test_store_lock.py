@@ -100,3 +100,21 @@ def test_the_service_refuses_to_start_on_a_data_dir_in_use(tmp_path, caplog):
         proc.wait()
     with TestClient(create_app(Settings(data_dir=tmp_path, engine="random"))) as client:
         assert client.get("/healthz").status_code == 200  # the holder is gone: it starts
+
+
+def test_a_start_that_fails_after_locking_leaves_the_data_dir_free(tmp_path, monkeypatch):
+    """Anything failing after the store is locked (here the language model) releases the lock."""
+    from v1motion.service.routers import language
+
+    def broken(settings):
+        raise RuntimeError("no model")
+
+    monkeypatch.setattr(language, "load_scorer", broken)
+    with (
+        pytest.raises(RuntimeError, match="no model"),
+        TestClient(create_app(Settings(data_dir=tmp_path, engine="random"))),
+    ):
+        pass
+    monkeypatch.undo()
+    with TestClient(create_app(Settings(data_dir=tmp_path, engine="random"))) as client:
+        assert client.get("/healthz").status_code == 200
