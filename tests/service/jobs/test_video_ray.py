@@ -122,6 +122,15 @@ def test_a_lost_progress_actor_is_replaced_not_fatal(ray_jobs):
     assert runner._setup_slot(0)
     old = runner._board
     ray.kill(old)
+    # Wait until Ray reports the actor dead (on a loaded machine a call may first just time out).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get(old.take.remote("x"), timeout=5)
+        except ray.exceptions.RayActorError:
+            break
+        except ray.exceptions.GetTimeoutError:
+            continue
     runner._poll_progress("f" * 32)  # the dead actor: replaced, no exception
     assert runner._board is not old
     ray.get(runner._board.post.remote("x", 3, 10))
