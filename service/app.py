@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -14,9 +15,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
 
-from v1motion.models.motion.contract import Engine
+from v1motion.models.motion.contract import Engine, make_engine
 from v1motion.service import http_errors
-from v1motion.service.jobs import engines as jobs_engines
 from v1motion.service.jobs.lock import StoreLocked
 from v1motion.service.jobs.manager import VideoJobs
 from v1motion.service.jobs.upload import UploadSlots
@@ -57,8 +57,9 @@ def create_app(
         Replace the source of some configured streams by name (tests and benchmarks).
     """
     settings = settings or Settings()
-    engine_factory = engine_factory or jobs_engines.engine_factory(
-        settings.engine, settings.engine_threads
+    # Built, not warmed: EngineHolder.load warms whatever engine it is given.
+    engine_factory = engine_factory or functools.partial(
+        make_engine, settings.engine, threads=settings.engine_threads
     )
     source_factories = source_factories or {}
     unknown = set(source_factories) - {s.name for s in settings.sources}

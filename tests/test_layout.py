@@ -1,7 +1,6 @@
 """The package boundaries the architecture promises."""
 
 import ast
-import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,13 +67,19 @@ def test_no_library_code_touches_matplotlibs_global_state():
     offenders = []
     for top in ("models", "service"):
         for path in (ROOT / top).rglob("*.py"):
-            text = path.read_text()
-            pyplot = re.search(
-                r"^\s*(import matplotlib\.pyplot|from matplotlib(\.pyplot)? import)", text, re.M
+            tree = ast.parse(path.read_text())
+            imports_pyplot = "matplotlib.pyplot" in _imports(path) or any(
+                isinstance(n, ast.ImportFrom)
+                and n.module == "matplotlib"
+                and any(a.name == "pyplot" for a in n.names)
+                for n in ast.walk(tree)
             )
-            if "matplotlib.use(" in text or (
-                pyplot and "pyplot" in pyplot.group(0) + text[pyplot.end() : pyplot.end() + 40]
-            ):
+            calls_use = any(
+                isinstance(n, ast.Attribute) and n.attr == "use"
+                and isinstance(n.value, ast.Name) and n.value.id == "matplotlib"
+                for n in ast.walk(tree)
+            )  # fmt: skip
+            if imports_pyplot or calls_use:
                 offenders.append(str(path.relative_to(ROOT)))
     assert not offenders, offenders
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -321,21 +321,11 @@ class MotionEngine:
             state.frames = 0
         prev0 = state.prev[0]  # encode replaces it by a new code: this one is kept as it was
         codes = self.encode(state, grey)
-        mf = self.read(state, codes, (h, w))
-        if self.change_gate is None:
-            return mf
-        code0, gh0, gw0 = codes[0]
-        gate = self._change_gate(state, prev0, code0, (gh0, gw0), mf.confidence.shape)
-        conf = mf.confidence * gate
-        # The dominant motion is the consensus of the cells as shown: a still scene has none.
-        g_dir, g_speed, g_conf = global_motion(mf.direction, mf.speed, conf)
-        return replace(
-            mf,
-            confidence=conf,
-            global_direction=g_dir,
-            global_speed=g_speed,
-            global_confidence=g_conf,
-        )
+        gate = None
+        if self.change_gate is not None:
+            code0, gh0, gw0 = codes[0]
+            gate = self._change_gate(state, prev0, code0, (gh0, gw0), self.pooling.grid((h, w)))
+        return self.read(state, codes, (h, w), gate)
 
     def _change_gate(self, state, prev, code, grid, cells) -> np.ndarray:
         """Per cell, a factor in [0, 1]: how much the finest level's code changed around it."""
@@ -468,15 +458,17 @@ class MotionEngine:
             return SparseCode(*bases)
         return SparseCode(*(np.concatenate([getattr(c, f) for c in prev]) for f in fields))
 
-    def read(self, state: StreamState, codes, shape: tuple[int, int]) -> MotionFrame:
+    def read(
+        self, state: StreamState, codes, shape: tuple[int, int], gate: np.ndarray | None = None
+    ) -> MotionFrame:
         """The motion map, histograms and global motion from the codes of one frame.
 
         Per level, each patch's code is projected onto the MT read-out's inputs (plus its total
         activity); those channels are averaged over time and space (``self.pooling``) and decoded per
         cell; each cell's direction and speed are integrated over its confident neighbours
-        (``integrate_cells``); the frame's dominant motion is the consensus of the cells
-        (``global_motion``). ``step`` then gates the confidence by the code change and takes the
-        consensus again.
+        (``integrate_cells``); ``gate`` (per cell, from ``step``: the code change) then scales the
+        confidence, and the frame's dominant motion is the consensus of the cells as shown
+        (``global_motion``): a still scene has none.
         """
         mt = self.mt
         if mt is None:
@@ -498,6 +490,8 @@ class MotionEngine:
         direction, speed, conf, _ = mt.decode_hidden(mt.hidden_from_projected(cells))
         conf *= mt.evidence(cells[..., -1])  # a cell is confident only where activity backs it
         direction, speed = integrate_cells(direction, speed, conf, self.integration_sigma)
+        if gate is not None:
+            conf *= gate
         g_dir, g_speed, g_conf = global_motion(direction, speed, conf)
         code0, gh0, gw0 = codes[0]
         top = np.argsort(unit_act)[::-1][:10]
