@@ -478,15 +478,24 @@ class MotionEngine:
         unit_act = np.zeros(self.model.n_units, np.float32)
         scratch_act = np.zeros(self.model.n_units, np.float32)
         n_hidden = mt.proj_.shape[2]
+        n_s = self.pooling.n_scales
         for lv, (code, gh, gw) in enumerate(codes):
-            contrib = np.empty((gh * gw, self._proj[lv].shape[1] + 1), np.float32)
+            acc, alpha = state.acc[lv], 1.0 / self.pooling.tau
+            if acc is None or acc.shape != (n_s, gh * gw, n_hidden + 1):
+                acc = state.acc[lv] = np.empty((n_s, gh * gw, n_hidden + 1), np.float32)
+                alpha = 1.0  # the first frame: no average yet
             _project_frame(
                 code.idx, code.val, code.cnt, self._proj[lv], self._dir_bin, self._speed_bin[lv],
-                self._ds_weight, contrib, dir_hist, speed_hist, unit_act if lv == 0 else scratch_act,
+                self._ds_weight, alpha, acc, dir_hist, speed_hist, unit_act if lv == 0 else scratch_act,
             )  # fmt: skip
-            state.acc[lv] = self.pooling.update(state.acc[lv], contrib.reshape(gh, gw, -1))
         state.frames += 1
-        cells = self.pooling.cells(state.acc, shape, blocks=n_hidden)
+        cells = self.pooling.cells_by_scale(
+            [
+                acc.reshape(n_s, gh, gw, -1)
+                for acc, (_, gh, gw) in zip(state.acc, codes, strict=True)
+            ],
+            shape,
+        )
         direction, speed, conf, _ = mt.decode_hidden(mt.hidden_from_projected(cells))
         conf *= mt.evidence(cells[..., -1])  # a cell is confident only where activity backs it
         direction, speed = integrate_cells(direction, speed, conf, self.integration_sigma)

@@ -30,37 +30,59 @@ SPEED_CLASSES = np.array([0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
 
 
 @njit(cache=True, nogil=True)
-def _project_frame(idx, val, cnt, proj, dir_bin, speed_bin, ds_weight, contrib, dir_hist,
+def _project_frame(idx, val, cnt, proj, dir_bin, speed_bin, ds_weight, alpha, acc, dir_hist,
                    speed_hist, unit_act):  # fmt: skip
-    """Per-patch projections ``contrib[m, :K] = sum_u z_u proj[u]`` and total ``contrib[m, K] =
-    sum_u z_u`` (M, K + 1); accumulated in place: the DS-weighted activity by preferred-direction and
-    preferred-speed bin, and the activity of each unit."""
-    n_out = proj.shape[1]
+    """Per-patch projections of one frame's code, folded into their running averages over frames.
+
+    ``proj`` (N, S * K) holds one block of ``K`` projections per pooling scale; ``acc`` (S, M, K + 1)
+    holds, per scale, each patch's running average of its block and of the total activity:
+    ``acc[s, m] = (1 - alpha) acc[s, m] + alpha [sum_u z_u proj[u, sK:(s+1)K], sum_u z_u]``
+    (``alpha >= 1``: the first frame, ``acc`` is overwritten). Each scale's slab is then contiguous
+    for the spatial pooling. Accumulated in place: the DS-weighted activity by preferred-direction
+    and preferred-speed bin, and the activity of each unit."""
+    n_scales = acc.shape[0]
+    n_k = acc.shape[2] - 1
+    first = alpha >= 1.0
+    keep = np.float32(1.0) - np.float32(alpha)
+    a = np.float32(alpha)
+    row = np.empty(n_scales * n_k + 1, np.float32)
     for m in range(cnt.shape[0]):
-        for k in range(n_out + 1):
-            contrib[m, k] = 0.0
+        row[:] = 0.0
         for i in range(cnt[m]):
             u = idx[m, i]
             v = val[m, i]
-            for k in range(n_out):
-                contrib[m, k] += v * proj[u, k]
-            contrib[m, n_out] += v
+            for k in range(n_scales * n_k):
+                row[k] += v * proj[u, k]
+            row[n_scales * n_k] += v
             w = v * ds_weight[u]
             dir_hist[dir_bin[u]] += w
             speed_hist[speed_bin[u]] += w
             unit_act[u] += v
+        total = row[n_scales * n_k]
+        for s in range(n_scales):
+            for k in range(n_k):
+                if first:
+                    acc[s, m, k] = row[s * n_k + k]
+                else:
+                    acc[s, m, k] = acc[s, m, k] * keep + a * row[s * n_k + k]
+            if first:
+                acc[s, m, n_k] = total
+            else:
+                acc[s, m, n_k] = acc[s, m, n_k] * keep + a * total
 
 
 def box_pool(x: np.ndarray, k: int) -> np.ndarray:
     """Mean over a ``k x k`` window at every position of ``(h, w, c)``, edges replicated."""
     if k <= 1:
         return x
+    if x.shape[-1] <= 512:  # OpenCV's channel limit
+        out = cv2.blur(np.ascontiguousarray(x), (k, k), borderType=cv2.BORDER_REPLICATE)
+        return out.reshape(x.shape)
     parts = [
         cv2.blur(np.ascontiguousarray(x[..., i : i + 512]), (k, k), borderType=cv2.BORDER_REPLICATE)
         for i in range(0, x.shape[-1], 512)
     ]
-    out = np.concatenate([p.reshape(*x.shape[:2], -1) for p in parts], axis=-1)
-    return out
+    return np.concatenate([p.reshape(*x.shape[:2], -1) for p in parts], axis=-1)
 
 
 def integrate_cells(direction: np.ndarray, speed: np.ndarray, weight: np.ndarray, sigma: float):
@@ -180,13 +202,21 @@ class Pooling:
         ``blocks=K``: the channels are ``S`` blocks of ``K`` (one projection per scale) and a total;
         scale ``s`` pools its block and the total, so ``C = K + 1``.
         """
+        n_s = self.n_scales
+        return self.cells_by_scale(
+            [[self._scale_channels(acc, sc, blocks) for sc in range(n_s)] for acc in accs], shape
+        )
+
+    def cells_by_scale(self, accs, shape: tuple[int, int]) -> np.ndarray:
+        """Per-cell features ``(ch, cw, L * S, C)`` from ``accs[level][scale]``, the ``(gh, gw, C)``
+        running average of the channels that scale pools (the live engine keeps them apart, see
+        ``_project_frame``)."""
         ch, cw = self.grid(shape)
         n_s = self.n_scales
         out = None
-        for lv, acc in enumerate(accs):
+        for lv, by_scale in enumerate(accs):
             for sc in range(n_s):
-                chans = self._scale_channels(acc, sc, blocks)
-                cell = self._at_cells(box_pool(chans, self.box(lv, sc)), lv, ch, cw)
+                cell = self._at_cells(box_pool(by_scale[sc], self.box(lv, sc)), lv, ch, cw)
                 if out is None:
                     out = np.empty((ch, cw, len(accs) * n_s, cell.shape[-1]), np.float32)
                 out[:, :, lv * n_s + sc] = cell

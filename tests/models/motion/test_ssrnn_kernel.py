@@ -172,29 +172,39 @@ def test_bad_inputs_raise_clear_errors():
         SSRNN().infer(np.zeros((1, 64), np.float32), None)
 
 
-@pytest.mark.parametrize("n_out", [1, 3, 16])
-def test_projection_kernel_matches_numpy_twin(rng, n_out):
+@pytest.mark.parametrize("n_scales, n_out", [(1, 1), (1, 16), (2, 3), (3, 5)])
+def test_projection_kernel_matches_numpy_twin(rng, n_scales, n_out):
     from v1motion.models.motion.mt_readout import _project_frame
 
     model = _random_model(5)
-    code = model.infer((3 * rng.standard_normal((50, model.n_atoms))).astype(np.float32), None)
     n = model.n_units
-    proj = rng.standard_normal((n, n_out)).astype(np.float32)
+    proj = rng.standard_normal((n, n_scales * n_out)).astype(np.float32)
     dir_bin = rng.integers(0, 16, n)
     speed_bin = rng.integers(0, 7, n)
     ds_weight = rng.uniform(0, 1, n).astype(np.float32)
-    contrib = np.full((50, n_out + 1), np.nan, np.float32)  # every entry must be written
-    hists = np.zeros(16, np.float32), np.zeros(7, np.float32), np.zeros(n, np.float32)
-    _project_frame(
-        code.idx, code.val, code.cnt, proj, dir_bin, speed_bin, ds_weight, contrib, *hists
-    )
-    ref = naive._project_frame(
-        code.idx, code.val, code.cnt, proj, dir_bin, speed_bin, ds_weight, 16, 7
-    )
-    np.testing.assert_allclose(contrib, ref[0], rtol=1e-5, atol=1e-5)
-    for got, want in zip(hists, ref[1:], strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert code.cnt.sum() > 0
+    acc = np.full((n_scales, 50, n_out + 1), np.nan, np.float32)  # every entry must be written
+    want_acc = None
+    for frame, alpha in enumerate([1.0, 0.5, 0.3]):  # the first frame overwrites, then averages
+        code = model.infer((3 * rng.standard_normal((50, model.n_atoms))).astype(np.float32), None)
+        hists = np.zeros(16, np.float32), np.zeros(7, np.float32), np.zeros(n, np.float32)
+        _project_frame(
+            code.idx, code.val, code.cnt, proj, dir_bin, speed_bin, ds_weight, alpha, acc, *hists
+        )
+        ref = naive._project_frame(
+            code.idx, code.val, code.cnt, proj, dir_bin, speed_bin, ds_weight, 16, 7
+        )
+        contrib = ref[0]  # (M, S * K + 1): every scale's block, then the total
+        per_scale = np.stack(
+            [
+                np.concatenate([contrib[:, s * n_out : (s + 1) * n_out], contrib[:, -1:]], 1)
+                for s in range(n_scales)
+            ]
+        )
+        want_acc = per_scale if frame == 0 else (1 - alpha) * want_acc + alpha * per_scale
+        np.testing.assert_allclose(acc, want_acc, rtol=1e-5, atol=1e-5)
+        for got, want in zip(hists, ref[1:], strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert code.cnt.sum() > 0
 
 
 def _random_code(rng, m, kmax, n_units, fill=0.7):
