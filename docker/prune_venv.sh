@@ -5,7 +5,10 @@
 #   - test suites of the installed packages, pip/setuptools/wheel (nothing installs at run
 #     time), and networkx (scikit-image's graph module needs it; the service uses only skimage.data);
 #   - debug symbols of the Python extension modules (strip --strip-unneeded keeps the dynamic symbols;
-#     the vendored libraries in *.libs/ are left alone: auditwheel rewrote them with patchelf).
+#     the vendored libraries in *.libs/ are left alone: auditwheel rewrote them with patchelf);
+#   - scikit-image except what `skimage.data` imports (models/motion/stimuli.py, the only user of
+#     scikit-image, loads its bundled stills through skimage.data -> skimage.io -> imageio -> Pillow),
+#     and the bundled data files that are not stills of stimuli.STILL_NAMES.
 #
 #   sh docker/prune_venv.sh /opt/venv
 set -eu
@@ -21,5 +24,18 @@ rm -rf "$site"/pip "$site"/pip-* "$site"/setuptools "$site"/setuptools-* "$site"
        "$venv"/bin/pip "$venv"/bin/pip3*
 
 find "$site" -type f -name "*.so*" -not -path "*.libs/*" -exec strip --strip-unneeded {} +
+
+# scikit-image: the package's __init__ (with the __init__.pyi that lazy_loader reads) and the
+# subpackages `import skimage.data` and its loaders import; the others (filters, feature, measure,
+# transform, ...: 20 MB) go. Then the data files no still of STILL_NAMES is read from.
+for d in "$site"/skimage/*/; do
+  case "$(basename "$d")" in
+    _shared | _vendored | color | data | exposure | io | util | __pycache__) ;;
+    *) rm -rf "$d" ;;
+  esac
+done
+rm -f "$site"/skimage/data/lfw_subset.npy "$site"/skimage/data/motorcycle_* \
+      "$site"/skimage/data/lbpcascade_frontalface_opencv.xml "$site"/skimage/data/clock_motion.png \
+      "$site"/skimage/data/color.png "$site"/skimage/data/logo.png "$site"/skimage/data/retina.jpg
 
 echo "prune_venv: $venv $before MB -> $(du -sm "$venv" | cut -f1) MB"

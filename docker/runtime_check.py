@@ -8,9 +8,9 @@ The Dockerfile runs this as the app user after the venv has been pruned, so that
   on a user's first request.
 
 It walks the features, not the code: the motion engines (trained and random), the synthetic source's
-still image (scikit-image's data), the browser camera's optical flow, a whole video job (FFmpeg decode,
-overlay MP4, summary figure with matplotlib), a fit of every spike-model kind (scipy), the language
-model. At the end it prints the third-party packages that were loaded, and fails if one of those
+still image and the offline commands' other stills (scikit-image's data), the browser camera's optical
+flow, a whole video job (FFmpeg decode, overlay MP4, summary figure with matplotlib), a fit of every
+spike-model kind (scipy), the language model. At the end it prints the third-party packages that were loaded, and fails if one of those
 ``--absent`` (pruned from the image) was needed after all.
 
     python docker/runtime_check.py --absent networkx pip --require ray
@@ -53,10 +53,14 @@ def _engines() -> None:
     MotionEngine.random().warmup()
 
 
-def _synthetic_source() -> None:
-    from v1motion.models.motion.stimuli import load_still
+def _stills() -> None:
+    """The synthetic source's still, and every other still the offline commands read (the image
+    keeps only these of scikit-image's data files, and only the part of scikit-image that loads them)."""
+    from v1motion.models.motion.stimuli import STILL_NAMES, load_still
 
     assert load_still("astronaut").ndim == 2
+    for name in STILL_NAMES:
+        assert load_still(name).ndim == 2, name
 
 
 def _camera_flow() -> None:
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         _step(f"import {name}", lambda name=name: importlib.import_module(name))
     _step("import every module of models and service", _import_all)
     _step("motion engines (trained, random): kernels compiled", _engines)
-    _step("synthetic source still", _synthetic_source)
+    _step("stills (synthetic source and offline commands)", _stills)
     _step("camera optical flow", _camera_flow)
     _step("video job (decode, motion map, overlay, summary figure)", _video_job)
     _step("spike models, every kind", _spike_models)
