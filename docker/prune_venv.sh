@@ -8,7 +8,11 @@
 #     the vendored libraries in *.libs/ are left alone: auditwheel rewrote them with patchelf);
 #   - scikit-image except what `skimage.data` imports (models/motion/stimuli.py, the only user of
 #     scikit-image, loads its bundled stills through skimage.data -> skimage.io -> imageio -> Pillow),
-#     and the bundled data files that are not stills of stimuli.STILL_NAMES.
+#     and the bundled data files that are not stills of stimuli.STILL_NAMES;
+#   - fontTools except fontTools.misc and fontTools.agl: matplotlib imports the rest (subset, ttLib)
+#     only to embed fonts in PDF and PostScript files; the image draws PNG only (Agg), and its
+#     command-line tools (ttx, pyftsubset, ...), which need the rest, go too, and so do the Cython C
+#     sources the wheel ships beside its compiled modules.
 #
 #   sh docker/prune_venv.sh /opt/venv
 set -eu
@@ -37,5 +41,16 @@ done
 rm -f "$site"/skimage/data/lfw_subset.npy "$site"/skimage/data/motorcycle_* \
       "$site"/skimage/data/lbpcascade_frontalface_opencv.xml "$site"/skimage/data/clock_motion.png \
       "$site"/skimage/data/color.png "$site"/skimage/data/logo.png "$site"/skimage/data/retina.jpg
+
+# fontTools: keep the package's __init__, agl and misc (what matplotlib's PNG path imports).
+for p in "$site"/fontTools/*; do
+  case "$(basename "$p")" in
+    __init__.py | agl.py | misc | __pycache__) ;;
+    *) rm -rf "$p" ;;
+  esac
+done
+find "$site"/fontTools/__pycache__ -type f -not -name "__init__.*" -not -name "agl.*" -delete
+rm -f "$venv"/bin/fonttools "$venv"/bin/pyftmerge "$venv"/bin/pyftsubset "$venv"/bin/ttx
+find "$site"/fontTools -name "*.c" -delete
 
 echo "prune_venv: $venv $before MB -> $(du -sm "$venv" | cut -f1) MB"
