@@ -12,7 +12,13 @@
 #   - fontTools except fontTools.misc and fontTools.agl: matplotlib imports the rest (subset, ttLib)
 #     only to embed fonts in PDF and PostScript files; the image draws PNG only (Agg), and its
 #     command-line tools (ttx, pyftsubset, ...), which need the rest, go too, and so do the Cython C
-#     sources the wheel ships beside its compiled modules.
+#     sources the wheel ships beside its compiled modules;
+#   - OpenCV's Haar cascades (cv2/data/*.xml: face detection, never used), matplotlib's sample data,
+#     numpy's C headers and static libraries (build-time files);
+#   - Pillow's AVIF codec (PIL/_avif and its libavif): optional, loaded only to read or write AVIF
+#     files, which nothing here does (OpenCV has its own copy for cv2.imread);
+#   - copies of one vendored library in several wheels (numpy.libs, scipy.libs and OpenCV's carry the
+#     same libgfortran and libquadmath builds): byte-identical files become hard links.
 #
 #   sh docker/prune_venv.sh /opt/venv
 set -eu
@@ -52,5 +58,15 @@ done
 find "$site"/fontTools/__pycache__ -type f -not -name "__init__.*" -not -name "agl.*" -delete
 rm -f "$venv"/bin/fonttools "$venv"/bin/pyftmerge "$venv"/bin/pyftsubset "$venv"/bin/ttx
 find "$site"/fontTools -name "*.c" -delete
+
+rm -f "$site"/cv2/data/*.xml
+rm -rf "$site"/matplotlib/mpl-data/sample_data
+rm -rf "$site"/numpy/_core/include "$site"/numpy/_core/lib/*.a
+rm -f "$site"/PIL/_avif.* "$site"/pillow.libs/libavif-*
+
+# Byte-identical vendored libraries: one copy, hard-linked into each *.libs folder.
+find "$site" -path "*.libs/*" -type f -exec sha256sum {} + | sort \
+  | awk '$1 == sum { print first, $2; next } { sum = $1; first = $2 }' \
+  | while read -r keep dup; do ln -f "$keep" "$dup"; done
 
 echo "prune_venv: $venv $before MB -> $(du -sm "$venv" | cut -f1) MB"
