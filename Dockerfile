@@ -46,8 +46,27 @@ COPY models ./models
 COPY service ./service
 RUN pip install --no-deps . && pip check && sh /usr/local/bin/prune_venv.sh /opt/venv
 
+# ------------------------------------------------------------------ the base's Python, stripped
+# The base's interpreter, libpython and stdlib extension modules without their debug symbols (the
+# official python images link them so; a base that kept them carries ~35 MB more). Here because
+# `deps` has binutils; its /usr/local is the base's.
+FROM deps AS python-stripped
+RUN cp -a /usr/local /tmp/local \
+ && find /tmp/local -type f \( -name "*.so" -o -name "*.so.*" -o -path "*/bin/python3*" \) \
+      -exec sh -c 'for f; do if head -c 4 "$f" | grep -q ELF; then strip --strip-unneeded "$f"; fi; done' sh {} +
+
+# ------------------------------------------------------------------ the base's file system, slimmed
+FROM ${BASE_IMAGE} AS runtime-root
+COPY --from=python-stripped /tmp/local/ /usr/local/
+COPY docker/slim_base.sh /tmp/
+RUN sh /tmp/slim_base.sh && rm /tmp/slim_base.sh
+
 # ------------------------------------------------------------------ base of both runtime images
-FROM ${BASE_IMAGE} AS runtime-base
+# The slimmed base as one layer (files deleted in a layer on top of the base would still be shipped
+# in the base's layer). It is rebuilt only when the base image or docker/slim_base.sh changes; the
+# base's ENV does not carry over, so PATH and LANG are set here as the python images set them.
+FROM scratch AS runtime-base
+COPY --from=runtime-root / /
 ARG APP_UID=10001
 # A system user with no login; in group "video" so a passed-through camera (/dev/video0) is readable.
 RUN groupadd --system --gid ${APP_UID} v1motion \
@@ -55,7 +74,8 @@ RUN groupadd --system --gid ${APP_UID} v1motion \
             --home-dir /app --no-create-home --shell /usr/sbin/nologin v1motion \
  && mkdir -p /app /data /var/cache/v1motion/numba \
  && chown v1motion:v1motion /data /var/cache/v1motion/numba
-ENV PATH=/opt/venv/bin:$PATH \
+ENV PATH=/opt/venv/bin:/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
     NUMBA_CACHE_DIR=/var/cache/v1motion/numba \
     MPLBACKEND=Agg \
