@@ -53,7 +53,8 @@ RUN pip install --no-deps . && pip check && sh /usr/local/bin/prune_venv.sh /opt
 FROM deps AS python-stripped
 RUN cp -a /usr/local /tmp/local \
  && find /tmp/local -type f \( -name "*.so" -o -name "*.so.*" -o -path "*/bin/python3*" \) \
-      -exec sh -c 'for f; do if head -c 4 "$f" | grep -q ELF; then strip --strip-unneeded "$f"; fi; done' sh {} +
+      -exec sh -c 'for f; do if head -c 4 "$f" | grep -q ELF; then \
+                              strip --strip-unneeded "$f" || exit 1; fi; done' sh {} +
 
 # ------------------------------------------------------------------ the base's file system, slimmed
 FROM ${BASE_IMAGE} AS runtime-root
