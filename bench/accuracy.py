@@ -65,6 +65,7 @@ COLUMNS = (
     ("cell dir err p90 °", ("cell_dir_err_p90_deg",), "{:.0f}"),
     ("speed err (med \\|pred/true-1\\|)", ("speed_rel_err_median",), "{:.2f}"),
     ("moving cells shown", ("moving_shown_rate",), "{:.0%}"),
+    ("cell dir err med ° of shown cells", ("shown_cell_dir_err_median_deg",), "{:.1f}"),
     ("false motion", ("false_motion_rate",), "{:.1%}"),
     ("frames to recover (med/max)", ("frames_to_recover_median", "frames_to_recover_max"), "{:.0f}"),
 )  # fmt: skip
@@ -77,7 +78,9 @@ object family: truth = the object's velocity). *cell dir err*: angle between eac
 true direction, over all moving cells of all scored frames (median, 90th percentile); a cell with no
 direction (zero flow) scores 90°. *speed err*: median over moving cells of |predicted / true speed - 1|.
 *moving cells shown*: share of moving cells the method shows as moving (engine confidence > 0.5; flow
-cell mean > 0.2 px/frame). *false motion*: the same share over still cells. *frames to recover*: frames
+cell mean > 0.2 px/frame). *cell dir err med ° of shown cells*: the per-cell median over those shown
+cells only, the motion a user sees on the map (on real clips DIS fills textureless regions with the
+motion around them, cells the engine leaves unconfident). *false motion*: the same share over still cells. *frames to recover*: frames
 after an abrupt turn until the global direction is first within 20° of the new direction (1 = on the
 first new frame; "never" = not within the sequence's frames after the turn).
 

@@ -755,6 +755,8 @@ class Tally:
             "cell_dir_err_median_deg": stat(err, np.median),
             "cell_dir_err_p90_deg": stat(err, lambda x: np.percentile(x, 90)),
             "cell_dir_err_mean_deg": stat(err, np.mean),
+            # the same over the moving cells the method shows as moving: what a user sees on the map
+            "shown_cell_dir_err_median_deg": stat(err[mov.astype(bool)], np.median),
             "speed_rel_err_median": stat(spd, np.median),
             "moving_shown_rate": stat(mov, np.mean),
             "false_motion_rate": stat(still, np.mean),

@@ -220,6 +220,22 @@ def test_still_cells_count_as_false_motion_when_shown_moving():
     assert s["global_dir_err_median_deg"] is None  # no global direction when nothing moves
 
 
+def test_shown_cells_error_counts_only_the_cells_shown_moving():
+    truth = np.zeros((2, 3, 2))
+    truth[..., 0] = 1.0  # everything moves right
+    label = np.ones((2, 3), int)
+    direction = np.array(
+        [[0.0, 0.0, np.pi], [0.0, np.pi / 2, np.pi]]
+    )  # errors 0, 0, 180, 0, 90, 180
+    shown = np.array([[True, True, False], [True, True, False]])  # the 180s are not shown
+    out = me.CellMotion(direction, np.ones((2, 3)), shown.astype(float), shown, 0.0, 1.0)
+    tally = me.Tally()
+    tally.add_frame(out, truth, label, np.array([1.0, 0.0]))
+    s = tally.summary()
+    assert s["cell_dir_err_median_deg"] == pytest.approx(45.0)  # median of 0, 0, 0, 90, 180, 180
+    assert s["shown_cell_dir_err_median_deg"] == pytest.approx(0.0)  # median of 0, 0, 0, 90
+
+
 def test_evaluate_family_runs_an_engine_on_small_inputs():
     engine = MotionEngine.random(seed=0)
     s = me.evaluate_family(engine, "pan", size="96x64", quick=True, speeds=(1.0,), n_frames=10)
