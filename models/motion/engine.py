@@ -155,8 +155,9 @@ class MotionEngine:
         ``None`` turns the gate off.
     threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the
         patches of a frame are split into ``4 * threads`` chunks of whole patch rows that run in
-        parallel, and a helper thread whitens half of level 0 and the coarser levels; the codes are
-        identical. ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
+        parallel, and a helper thread whitens half of level 0 and the coarser levels, then takes half
+        of the read's projection and pooling; the codes and the motion map are identical (the
+        histograms to float32 rounding). ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
         the calling thread before every parallel call; engines with different settings can share a
         process. Parallel kernel launches take one process-wide lock, so several streams can share
         threaded engines under any Numba threading layer. On a machine shared with other
@@ -473,21 +474,34 @@ class MotionEngine:
         mt = self.mt
         if mt is None:
             raise RuntimeError("this engine has no MT read-out: load one with mt_path=")
-        dir_hist = np.zeros(N_DIRECTION_BINS, np.float32)
-        speed_hist = np.zeros(len(SPEED_BINS), np.float32)
-        unit_act = np.zeros(self.model.n_units, np.float32)
-        scratch_act = np.zeros(self.model.n_units, np.float32)
         n_hidden = mt.proj_.shape[2]
         n_s = self.pooling.n_scales
-        for lv, (code, gh, gw) in enumerate(codes):
-            acc, alpha = state.acc[lv], 1.0 / self.pooling.tau
-            if acc is None or acc.shape != (n_s, gh * gw, n_hidden + 1):
-                acc = state.acc[lv] = np.empty((n_s, gh * gw, n_hidden + 1), np.float32)
+        alphas = []
+        for lv, (_, gh, gw) in enumerate(codes):
+            alpha = 1.0 / self.pooling.tau
+            if state.acc[lv] is None or state.acc[lv].shape != (n_s, gh * gw, n_hidden + 1):
+                state.acc[lv] = np.empty((n_s, gh * gw, n_hidden + 1), np.float32)
                 alpha = 1.0  # the first frame: no average yet
-            _project_frame(
-                code.idx, code.val, code.cnt, self._proj[lv], self._dir_bin, self._speed_bin[lv],
-                self._ds_weight, alpha, acc, dir_hist, speed_hist, unit_act if lv == 0 else scratch_act,
-            )  # fmt: skip
+            alphas.append(alpha)
+        hists = self._new_hists()
+        n0 = codes[0][1] * codes[0][2]
+        if self._pool is None:
+            self._project(state, codes, alphas, [(lv, 0, None) for lv in range(len(codes))], hists)
+        else:
+            # A helper thread projects the coarser levels and the last patches of level 0 while
+            # this one projects the first half of all patches: the same numbers per patch, and the
+            # histograms are the sum of the two threads' (equal to float32 rounding).
+            cut = min(n0, sum(gh * gw for _, gh, gw in codes) // 2)
+            theirs = self._new_hists()
+            jobs = [(0, cut, None)] + [(lv, 0, None) for lv in range(1, len(codes))]
+            helper = self._pool.submit(self._project, state, codes, alphas, jobs, theirs)
+            try:
+                self._project(state, codes, alphas, [(0, 0, cut)], hists)
+            finally:  # the helper writes to `state`: never return (or raise) while it still runs
+                helper.result()
+            for mine, other in zip(hists, theirs, strict=True):
+                mine += other
+        dir_hist, speed_hist, unit_act, _ = hists
         state.frames += 1
         cells = self.pooling.cells_by_scale(
             [
@@ -495,6 +509,7 @@ class MotionEngine:
                 for acc, (_, gh, gw) in zip(state.acc, codes, strict=True)
             ],
             shape,
+            executor=self._pool,
         )
         direction, speed, conf, _ = mt.decode_hidden(mt.hidden_from_projected(cells))
         conf *= mt.evidence(cells[..., -1])  # a cell is confident only where activity backs it
@@ -510,6 +525,30 @@ class MotionEngine:
             top_units, float(g_dir), float(g_speed), float(g_conf),
             int(code0.cnt.sum()) / max(gh0 * gw0, 1),
         )  # fmt: skip
+
+    def _new_hists(self):
+        """Accumulators of ``_project_frame``: direction and speed histograms, level 0's activity per
+        unit, and a scratch for the other levels' activity."""
+        n = self.model.n_units
+        return (
+            np.zeros(N_DIRECTION_BINS, np.float32),
+            np.zeros(len(SPEED_BINS), np.float32),
+            np.zeros(n, np.float32),
+            np.zeros(n, np.float32),
+        )
+
+    def _project(self, state, codes, alphas, jobs, hists) -> None:
+        """Fold patches ``m0 <= m < m1`` (``m1=None``: to the end) of level ``lv``, for each
+        ``(lv, m0, m1)`` of ``jobs``, into the level's running averages ``state.acc[lv]``."""
+        dir_hist, speed_hist, unit_act, scratch_act = hists
+        for lv, m0, m1 in jobs:
+            code = codes[lv][0]
+            rows = slice(m0, m1)
+            _project_frame(
+                code.idx[rows], code.val[rows], code.cnt[rows], self._proj[lv], self._dir_bin,
+                self._speed_bin[lv], self._ds_weight, alphas[lv], state.acc[lv][:, rows],
+                dir_hist, speed_hist, unit_act if lv == 0 else scratch_act,
+            )  # fmt: skip
 
     def tuning_report(self) -> dict:
         t = self.tuning

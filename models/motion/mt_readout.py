@@ -207,19 +207,34 @@ class Pooling:
             [[self._scale_channels(acc, sc, blocks) for sc in range(n_s)] for acc in accs], shape
         )
 
-    def cells_by_scale(self, accs, shape: tuple[int, int]) -> np.ndarray:
+    def cells_by_scale(self, accs, shape: tuple[int, int], executor=None) -> np.ndarray:
         """Per-cell features ``(ch, cw, L * S, C)`` from ``accs[level][scale]``, the ``(gh, gw, C)``
         running average of the channels that scale pools (the live engine keeps them apart, see
-        ``_project_frame``)."""
+        ``_project_frame``). With an ``executor`` (``concurrent.futures``), the finest level's widest
+        box is pooled on the calling thread and the others on the executor (OpenCV releases the
+        GIL); the numbers are the same."""
         ch, cw = self.grid(shape)
         n_s = self.n_scales
-        out = None
-        for lv, by_scale in enumerate(accs):
-            for sc in range(n_s):
-                cell = self._at_cells(box_pool(by_scale[sc], self.box(lv, sc)), lv, ch, cw)
-                if out is None:
-                    out = np.empty((ch, cw, len(accs) * n_s, cell.shape[-1]), np.float32)
-                out[:, :, lv * n_s + sc] = cell
+        n_c = accs[0][0].shape[-1]
+        out = np.empty((ch, cw, len(accs) * n_s, n_c), np.float32)
+
+        def pool(tasks):
+            for lv, sc in tasks:
+                pooled = box_pool(accs[lv][sc], self.box(lv, sc))
+                out[:, :, lv * n_s + sc] = self._at_cells(pooled, lv, ch, cw)
+
+        tasks = [(lv, sc) for lv in range(len(accs)) for sc in range(n_s)]
+        if executor is None or len(tasks) == 1:
+            pool(tasks)
+            return out
+        # The finest level's widest box is about half of the work (measured at 640x480 with boxes
+        # of 32 and 96 px: 0.4 ms of 0.8): it stays on this thread, the rest goes to the helper.
+        mine = (0, n_s - 1)
+        rest = executor.submit(pool, [t for t in tasks if t != mine])
+        try:
+            pool([mine])
+        finally:  # `out` is written by the helper: never return while it still runs
+            rest.result()
         return out
 
     def whole(self, accs: list[np.ndarray], blocks: int | None = None) -> np.ndarray:

@@ -204,3 +204,21 @@ def test_whitening_by_bands_equals_the_whole_frame(rng, shape, size):
         for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True):
             wh.transform_rows(frame, out, r0, r1)
         np.testing.assert_array_equal(out, whole)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_threaded_read_gives_the_serial_motion_and_histograms(rng):
+    """With two threads the read splits the projection and the pooling: the same motion map, and
+    histograms that are the same sums in another order."""
+    one = MotionEngine.random(seed=0, levels=3)
+    two = MotionEngine.random(seed=0, levels=3, threads=2)
+    s1, s2 = one.new_state(), two.new_state()
+    for _ in range(4):
+        frame = rng.integers(0, 255, (112, 160), dtype=np.uint8)
+        a, b = one.step(s1, frame), two.step(s2, frame)
+        for f in ("direction", "speed", "confidence"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+        assert a.global_direction == b.global_direction
+        np.testing.assert_allclose(a.direction_hist, b.direction_hist, rtol=1e-5)
+        np.testing.assert_allclose(a.speed_hist, b.speed_hist, rtol=1e-5)
+        assert a.direction_hist.sum() > 0

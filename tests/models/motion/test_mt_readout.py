@@ -278,3 +278,21 @@ def test_moving_texture_passes_the_gate():
 def test_the_change_gate_is_validated():
     with pytest.raises(ValueError, match="change_gate"):
         MotionEngine.random(seed=0, change_gate=(0.3, 0.1))
+
+
+@pytest.mark.parametrize("pool_px", [(48,), (32, 96)])
+def test_pooling_on_a_helper_thread_gives_the_same_cells(rng, pool_px):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pooling = Pooling(pool_px=pool_px)
+    shape = (100, 140)
+    grids = [(12, 17), (6, 9), (3, 5)]
+    accs = [[rng.random((gh, gw, 5), dtype=np.float32) for _ in pool_px] for gh, gw in grids]
+    serial = pooling.cells_by_scale(accs, shape)
+    with ThreadPoolExecutor(1) as pool:
+        threaded = pooling.cells_by_scale(accs, shape, executor=pool)
+    np.testing.assert_array_equal(threaded, serial)
+    # and each feature set is the box mean of its own level and scale, sampled at the cells
+    lv, sc = len(grids) - 1, len(pool_px) - 1
+    want = pooling._at_cells(box_pool(accs[lv][sc], pooling.box(lv, sc)), lv, *pooling.grid(shape))
+    np.testing.assert_array_equal(serial[:, :, lv * len(pool_px) + sc], want)
