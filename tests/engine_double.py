@@ -4,7 +4,8 @@ It satisfies ``v1motion.models.motion.contract.Engine``. By default it reports t
 frame-to-frame shift found by phase correlation (OpenCV), so tests can check that a known motion comes
 through the pipeline. ``motion="difference"`` instead reports the mean absolute frame difference per cell,
 always pointing right (fast and deterministic, for the video jobs). ``delay`` makes each step slow on
-purpose. The module-level factories are picklable, for worker processes.
+purpose. ``average=True`` reports the running average over about two frames of the shift, as the real
+engine's temporal pooling does (what the live analyser assumes when frames are skipped). The module-level factories are picklable, for worker processes.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ class FakeEngine:
 
     min_side = 16
 
-    def __init__(self, delay: float = 0.0, motion: str = "phase"):
+    def __init__(self, delay: float = 0.0, motion: str = "phase", average: bool = False):
         if motion not in ("phase", "difference"):
             raise ValueError(f"motion must be 'phase' or 'difference', got {motion!r}")
         self.delay = delay
+        self.average = average
         self.motion = motion
         self.direction_bins = np.arange(self.N_DIR) * 2 * np.pi / self.N_DIR
         self.speed_bins = np.array([0.5, 1.0, 2.0, 4.0])
@@ -62,6 +64,10 @@ class FakeEngine:
         state.prev = cur
         direction = math.atan2(-dy, dx) % (2 * math.pi)
         speed = math.hypot(dx, dy)
+        if self.average:
+            avg = getattr(state, "avg", None)
+            speed = speed if avg is None else avg + (speed - avg) / 2
+            state.avg = speed
         gh, gw = frame.shape[0] // self.CELL, frame.shape[1] // self.CELL
         dir_hist = np.maximum(np.cos(self.direction_bins - direction), 0).astype(np.float32)
         return MotionFrame(

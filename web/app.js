@@ -693,6 +693,7 @@ function sendCameraFrame() {
     return;
   }
   cam.sentPresented = cam.presented;
+  const seq = cam.presented; // the camera's frame number: the server divides speeds by the frames skipped
   // Two canvases take turns: one holds the frame on screen (the last analysed), the other the frame
   // in flight, so the map is always drawn over the very image it was computed from.
   cam.turn = 1 - cam.turn;
@@ -704,6 +705,7 @@ function sendCameraFrame() {
     if (!blob || ws.readyState !== WebSocket.OPEN) { cam.inFlight = false; return; }
     cam.sentAt = sentAt;
     cam.sentCanvas = canvas;
+    if (seq !== null) ws.send(JSON.stringify({ type: "frame", seq }));
     ws.send(blob);
   }, "image/jpeg", 0.8);
 }

@@ -18,6 +18,12 @@ from v1motion.service.metrics import Metrics
 
 FPS_SMOOTHING = 0.1
 """Weight of the newest frame interval in the exponential average behind ``fps``."""
+ELAPSED_TAU = 2.0
+"""Frames over which the model's speeds are put back in px per source frame: the engine reads the
+displacement between the frames it sees averaged over about this many of them (the MT read-out's
+temporal average, ``Pooling.tau``), so its speeds are divided by the same running average of the
+source frames that passed between them, not by the last gap alone (gaps of 1, 2, 1, 2 frames would
+otherwise swing the reading by -33 % / +50 %)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,7 @@ class Analyser:
         self.fps = 0.0
         self._ema_dt: float | None = None
         self._t_prev: float | None = None
+        self._elapsed: float | None = None  # running average of frames_elapsed (ELAPSED_TAU)
 
     def analyse(
         self,
@@ -81,8 +88,10 @@ class Analyser:
             Frames the stream skipped so far (``timing.dropped``).
         frames_elapsed : int
             Source frames since the previous analysed frame (1 when none was skipped). The engine
-            reads the displacement between the frames it sees; dividing by this gives speeds in px
-            per source frame, the unit of the source's own truth, however many frames were skipped.
+            reads the displacement between the frames it sees; dividing its speeds by the running
+            average of this count (``ELAPSED_TAU``), and optical flow's by the count itself, gives
+            speeds in px per source frame, the unit of the source's own truth, however many frames
+            were skipped.
         want_flow : bool
             Also compute DIS optical flow on the motion map's grid (``flow``).
         preview : bool
@@ -100,10 +109,11 @@ class Analyser:
             raise ValueError(f"frames_elapsed must be >= 1, got {frames_elapsed}")
         mf = self.engine.step(self.state, image)
         t1 = time.monotonic()
-        if frames_elapsed > 1:
-            mf = replace(
-                mf, speed=mf.speed / frames_elapsed, global_speed=mf.global_speed / frames_elapsed
-            )
+        avg = self._elapsed
+        avg = float(frames_elapsed) if avg is None else avg + (frames_elapsed - avg) / ELAPSED_TAU
+        self._elapsed = avg
+        if avg != 1.0:
+            mf = replace(mf, speed=mf.speed / avg, global_speed=mf.global_speed / avg)
         self.metrics.engine_time.labels(self.stream).observe(t1 - t0)
         self.metrics.frames.labels(self.stream).inc()
         self.frames += 1

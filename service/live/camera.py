@@ -18,6 +18,10 @@ from v1motion.service.live.analyse import Analyser
 from v1motion.service.metrics import Metrics
 from v1motion.service.settings import Settings
 
+MAX_SEQ_GAP = 30
+"""Largest step of the page's frame numbers taken as camera frames skipped (a second at 30 fps);
+a larger jump (a paused tab, a restarted camera) counts as one frame."""
+
 
 @dataclass
 class CameraFrame:
@@ -44,6 +48,7 @@ class CameraSession:
         self.wake = asyncio.Event()
         self.dropped = 0
         self.rejected = 0
+        self._last_seq: int | None = None  # client_seq of the last analysed frame
 
     @property
     def min_side(self) -> int:
@@ -62,6 +67,7 @@ class CameraSession:
                 f"height {low}-{s.camera_max_height}"
             )
         self.width, self.height = w, h
+        self._last_seq = None
         flow = msg.get("flow", self.want_flow)
         if not isinstance(flow, bool):
             raise ValueError('"flow" must be true or false')
@@ -91,6 +97,19 @@ class CameraSession:
             t_capture=frame.t_recv,
             wall_ms=frame.wall_ms,
             dropped=self.dropped,
+            frames_elapsed=self._frames_elapsed(frame.client_seq),
             want_flow=self.want_flow,
             client_seq=frame.client_seq,
         ).text
+
+    def _frames_elapsed(self, seq: int | None) -> int:
+        """Camera frames since the last analysed frame, from the ``seq`` the page announced with
+        each frame (the camera's frame number: the dashboard sends the video's ``presentedFrames``).
+        The page sends a frame only when the last result is back, so at a slower round trip than
+        the camera's frame period it skips camera frames; dividing by them keeps speeds in px per
+        camera frame. 1 when a frame has no ``seq`` or the numbers do not advance by 1 to
+        ``MAX_SEQ_GAP``."""
+        last, self._last_seq = self._last_seq, seq
+        if seq is None or last is None or not 1 <= seq - last <= MAX_SEQ_GAP:
+            return 1
+        return seq - last

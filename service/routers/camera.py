@@ -157,7 +157,7 @@ async def _receive_frames(ws: WebSocket, session: CameraSession, send) -> None:
             kind = msg["type"]
             if kind == "frame":  # optional: announces the client's sequence number of the next JPEG
                 seq = msg.get("seq")
-                client_seq = seq if isinstance(seq, int) else None
+                client_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
             elif kind == "options":
                 flow = msg.get("flow")
                 if not isinstance(flow, bool):

@@ -6,6 +6,7 @@ they fail instead (``.ci/run`` installs chromium).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -172,7 +173,10 @@ def test_dashboard_streams_then_analyses_the_browser_camera_under_a_path_prefix(
         n = results(page)
         wait_results(page, n + 5)
         assert page.is_visible("#flow-card") and canvas_spread(page, "#flow") > 5
-        # the browser camera: frames go up, results come back on the same socket
+        # the browser camera: frames go up, results come back on the same socket; each JPEG is
+        # announced with the camera's frame number, so the server can count the frames skipped
+        sent = []
+        page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
         page.click("#camera-btn")
         page.wait_for_function("document.querySelector('#conn').textContent.includes('my camera')")
         n0 = results(page)
@@ -180,6 +184,11 @@ def test_dashboard_streams_then_analyses_the_browser_camera_under_a_path_prefix(
         assert app.state.services.metrics.frames.labels("camera")._value.get() >= 15
         fps = float(page.text_content("#stat-fps"))
         assert fps > 1
+        texts = [json.loads(m) for m in sent if isinstance(m, str)]
+        seqs = [m["seq"] for m in texts if m.get("type") == "frame"]
+        jpegs = [m for m in sent if isinstance(m, bytes)]
+        assert len(seqs) >= 15 and len(seqs) >= len(jpegs) - 1
+        assert all(isinstance(q, int) for q in seqs) and seqs == sorted(set(seqs))
         page.screenshot(
             path=str(Path(os.environ.get("V1MOTION_SCREENSHOTS", "/tmp")) / "dashboard-camera.png")
         )

@@ -9,7 +9,7 @@ import pytest
 from engine_double import FakeEngine
 
 from v1motion.service.live.analyse import Analyser
-from v1motion.service.live.camera import CameraFrame, CameraSession
+from v1motion.service.live.camera import MAX_SEQ_GAP, CameraFrame, CameraSession
 from v1motion.service.metrics import Metrics
 from v1motion.service.settings import Settings
 
@@ -84,3 +84,58 @@ def test_speeds_are_divided_by_the_source_frames_between_analysed_frames():
     assert max(map(max, msg["motion"]["speed_px_per_frame"])) == pytest.approx(2.0, abs=0.2)
     with pytest.raises(ValueError, match="frames_elapsed"):
         a.analyse(fs[0], t_capture=0, wall_ms=0, dropped=0, frames_elapsed=0)
+
+
+def shifted(offsets, shape=(64, 96)):
+    base = np.random.default_rng(1).integers(0, 255, (shape[0], shape[1] + max(offsets)), np.uint8)
+    return [np.ascontiguousarray(base[:, o : o + shape[1]]) for o in offsets]
+
+
+def test_speeds_stay_per_source_frame_when_the_gaps_between_analysed_frames_vary():
+    """Content moves 2 px per source frame; the analysed frames are 1 or 2 source frames apart in
+    turn. The engine averages the displacement over frames, so dividing each reading by its own gap
+    would swing by -33 % / +50 %; dividing by the same running average of the gaps does not."""
+    gaps = [1, 2] * 8
+    frames_ = shifted(np.cumsum([0] + [2 * g for g in gaps]).tolist())
+    a = Analyser(FakeEngine(average=True), "s", Metrics())
+    got = []
+    for f, gap in zip(frames_, [1, *gaps], strict=True):
+        msg = json.loads(a.analyse(f, t_capture=0, wall_ms=0, dropped=0, frames_elapsed=gap).text)
+        got.append(msg["motion"]["global_speed_px_per_frame"])
+    assert got[6:] == pytest.approx([2.0] * len(got[6:]), rel=0.05)
+
+
+def test_camera_speeds_count_the_camera_frames_the_page_skipped():
+    """The page announces each JPEG's camera frame number (``seq``); frames it skipped between two
+    analysed ones divide the displacement, so speeds stay in px per camera frame."""
+    import cv2
+
+    def run(seqs):
+        session = CameraSession(FakeEngine(average=True), Settings(), Metrics())
+        session.negotiate({"width": 96, "height": 64})
+        for f, seq in zip(shifted([3 * i for i in range(6)]), seqs, strict=True):
+            data = cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+            msg = json.loads(session.process(CameraFrame(data, 0.0, 0.0, client_seq=seq)))
+        return msg["motion"]["global_speed_px_per_frame"]
+
+    # content moving 1 px per camera frame, the page sending every third camera frame
+    assert run([0, 3, 6, 9, 12, 15]) == pytest.approx(1.0, abs=0.15)
+    # without frame numbers every JPEG counts as the next frame: 3 px/frame
+    assert run([None] * 6) == pytest.approx(3.0, abs=0.3)
+
+
+def test_camera_frame_numbers_that_do_not_advance_count_as_one_frame():
+    session = CameraSession(FakeEngine(), Settings(), Metrics())
+    session.negotiate({"width": 96, "height": 64})
+    steps = [session._frames_elapsed(s) for s in (5, 7, 7, 3, 3 + MAX_SEQ_GAP + 1, None, 9, 10)]
+    assert steps == [1, 2, 1, 1, 1, 1, 1, 1]
+    session._frames_elapsed(20)
+    session.negotiate({"width": 96, "height": 64})  # a new size starts the count again
+    assert session._frames_elapsed(25) == 1
+
+
+def test_the_running_average_of_skipped_frames_matches_the_engines_own():
+    from v1motion.models.motion.engine import MotionEngine
+    from v1motion.service.live.analyse import ELAPSED_TAU
+
+    assert MotionEngine.load_default().pooling.tau == ELAPSED_TAU

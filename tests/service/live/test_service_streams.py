@@ -129,11 +129,12 @@ def test_the_engine_numbers_reach_the_viewer():
 
 
 def test_speeds_are_per_source_frame_when_the_engine_skips_frames():
-    """A slow engine sees every third or fourth frame of a 2 px/frame pattern, 6-8 px apart; the
-    viewer is still told 2 px/frame, the unit of the source's own truth, and so is the flow."""
+    """A slow engine (averaging over frames as the real one does) sees every third or fourth frame
+    of a 2 px/frame pattern, 6-8 px apart; the viewer is still told 2 px/frame, the unit of the
+    source's own truth, and so is the flow."""
     app = create_app(
         make_settings(),
-        engine_factory=lambda: FakeEngine(delay=0.03),
+        engine_factory=lambda: FakeEngine(delay=0.03, average=True),
         source_factories={"pat": pattern_factory(vx=2, fps=120.0)},
     )
     with TestClient(app) as c, c.websocket_connect("/v1/streams/pat?flow=1") as ws:
