@@ -425,8 +425,11 @@ def test_uploads_past_the_concurrent_limit_get_a_503_with_retry_after(client, tm
 
 
 @pytest.fixture(scope="module")
-def token_client():
-    with TestClient(_app(host="0.0.0.0", token=TOKEN, allowed_hosts=[])) as c:
+def token_client(tmp_path_factory):
+    app = _app(
+        host="0.0.0.0", token=TOKEN, allowed_hosts=[], data_dir=tmp_path_factory.mktemp("data")
+    )
+    with TestClient(app) as c:
         yield c
 
 
