@@ -36,6 +36,15 @@ CHANGE_GATE = (0.1, 0.3)
 """A cell is shown moving only as far as the ss-RNN's code around it changes between frames: the
 code change (``_code_change``, averaged over about 2 frames and 3 x 3 cells) mapped linearly from
 ``CHANGE_GATE`` to a factor in [0, 1] on the cell's confidence; chosen on the accuracy benchmark."""
+FAST_FROM = 5.0
+"""px/frame. Fast motion is also read one octave coarser: the MT read-out applied to pyramid levels
+1-4 (level 4 encoded for it) reads the frame at half resolution, where a displacement of 16 px/frame
+is one of 8, inside the speeds the ss-RNN was trained on. A cell takes that reading where it is at
+least this fast, confident (``COARSE_CONFIDENT``) and the cell itself shows some motion (confidence
+above ``FINE_MOVING``, so an object's motion does not spread into a still background by the coarser
+cells); chosen on the accuracy benchmark (docs/motion/accuracy.md)."""
+COARSE_CONFIDENT = 0.3
+FINE_MOVING = 0.1
 CHANGE_CELLS = 3
 """Cells (of ``Pooling.cell_px``) over which each cell's direction and speed are integrated
 (``integrate_cells``); chosen on the accuracy benchmark (docs/motion/accuracy.md)."""
@@ -87,6 +96,8 @@ class StreamState:
     rms: list = field(default_factory=list)
     acc: list = field(default_factory=list)
     change: np.ndarray | None = None  # running code change of the finest level's patches
+    coarse_acc: list = field(default_factory=list)  # the same two for the coarse read
+    coarse_change: np.ndarray | None = None
     frames: int = 0
 
 
@@ -153,6 +164,10 @@ class MotionEngine:
         Where the code of the finest level does not change between frames, nothing is shown moving:
         each cell's confidence is multiplied by its code change mapped from this range to [0, 1].
         ``None`` turns the gate off.
+    coarse : bool, default True
+        Also read the motion one octave coarser (pyramid levels 1 and up, one more level encoded)
+        and let a cell take that reading where it is fast (``FAST_FROM``); frames whose sides are
+        under ``2 * min_side`` are read at one scale.
     threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the
         patches of a frame are split into ``4 * threads`` chunks of whole patch rows that run in
         parallel, and a helper thread whitens half of level 0 and the coarser levels, then takes half
@@ -169,7 +184,8 @@ class MotionEngine:
                  mt: MTReadout | None = None, pooling: Pooling | None = None,
                  rms_floor: float = 0.1, threads: int = 1,
                  integration_sigma: float = INTEGRATION_SIGMA,
-                 change_gate: tuple[float, float] | None = CHANGE_GATE):  # fmt: skip
+                 change_gate: tuple[float, float] | None = CHANGE_GATE,
+                 coarse: bool = True):  # fmt: skip
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(
                 f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
@@ -181,6 +197,7 @@ class MotionEngine:
         if change_gate is not None and not 0 <= change_gate[0] < change_gate[1]:
             raise ValueError(f"change_gate must be (lo, hi) with 0 <= lo < hi, got {change_gate}")
         self.change_gate = None if change_gate is None else tuple(map(float, change_gate))
+        self.coarse = bool(coarse)
         self.threads = threads
         self.model = model
         self.readout = readout
@@ -313,32 +330,53 @@ class MotionEngine:
             raise ValueError(f"frame {w}x{h} is too small: each side needs >= {self.min_side} px")
         if max(h, w) > MAX_SIDE:
             raise ValueError(f"frame {w}x{h} is too large: each side must be <= {MAX_SIDE} px")
+        # The coarse read needs one more level: frames too small for it are read at one scale.
+        coarse = self.coarse and min(h, w) >= self.min_side * 2
+        n_levels = self.levels + coarse
         if state.shape != (h, w):
             state.shape = (h, w)
-            state.prev = [None] * self.levels
-            state.rms = [None] * self.levels
+            state.prev = [None] * n_levels
+            state.rms = [None] * n_levels
             state.acc = [None] * self.levels
-            state.change = None
+            state.coarse_acc = [None] * self.levels
+            state.change = state.coarse_change = None
             state.frames = 0
-        prev0 = state.prev[0]  # encode replaces it by a new code: this one is kept as it was
-        codes = self.encode(state, grey)
-        gate = None
+        prev = list(
+            state.prev[:2]
+        )  # encode replaces them by new codes: these are kept as they were
+        codes = self.encode(state, grey, n_levels)
+        gates = [None, None]
         if self.change_gate is not None:
-            code0, gh0, gw0 = codes[0]
-            gate = self._change_gate(state, prev0, code0, (gh0, gw0), self.pooling.grid((h, w)))
-        return self.read(state, codes, (h, w), gate)
+            for k in range(1 + coarse):  # the finest level of each read
+                code, gh, gw = codes[k]
+                cells = self.pooling.grid(self._level_shape((h, w), k))
+                gates[k] = self._change_gate(state, k, prev[k], code, (gh, gw), cells)
+        if not coarse:
+            return self.read(state, codes, (h, w), gates[0])
+        return self.read(state, codes[: self.levels], (h, w), gates[0], (codes[1:], gates[1]))
 
-    def _change_gate(self, state, prev, code, grid, cells) -> np.ndarray:
-        """Per cell, a factor in [0, 1]: how much the finest level's code changed around it."""
+    @staticmethod
+    def _level_shape(shape: tuple[int, int], level: int) -> tuple[int, int]:
+        """The image size at pyramid ``level`` (``cv2.pyrDown`` rounds up)."""
+        h, w = shape
+        for _ in range(level):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
+
+    def _change_gate(self, state, read, prev, code, grid, cells) -> np.ndarray:
+        """Per cell, a factor in [0, 1]: how much the code of a read's finest level (``read`` 0: the
+        frame's level 0; 1: the coarse read's, level 1) changed around it."""
         gh, gw = grid
         change = np.ones(gh * gw, np.float32)  # the first frame of a stream: no gate yet
         if prev is not None:
             _code_change(prev.idx, prev.val, prev.cnt, code.idx, code.val, code.cnt, change)
         change = change.reshape(gh, gw)
-        state.change = self.pooling.update(state.change, change[..., None])
+        name = "change" if read == 0 else "coarse_change"
+        running = self.pooling.update(getattr(state, name), change[..., None])
+        setattr(state, name, running)
         f = self.pooling.cell_px // self.model.patch
         ch, cw = cells
-        per_cell = state.change[: ch * f, : cw * f, 0].reshape(ch, f, cw, f).mean(axis=(1, 3))
+        per_cell = running[: ch * f, : cw * f, 0].reshape(ch, f, cw, f).mean(axis=(1, 3))
         if CHANGE_CELLS > 1 and per_cell.size:
             per_cell = cv2.blur(
                 per_cell, (CHANGE_CELLS, CHANGE_CELLS), borderType=cv2.BORDER_REFLECT
@@ -346,16 +384,19 @@ class MotionEngine:
         lo, hi = self.change_gate
         return np.clip((per_cell - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
-    def encode(self, state: StreamState, grey: np.ndarray) -> list[tuple[SparseCode, int, int]]:
+    def encode(
+        self, state: StreamState, grey: np.ndarray, levels: int | None = None
+    ) -> list[tuple[SparseCode, int, int]]:
         """The ss-RNN's sparse code of every pyramid level, ``[(code, rows, cols)]``; updates ``state``.
 
         Per level: whitening convolution, contrast normalised by a running RMS, non-overlapping
         patches, atom correlations (one GEMM). Then for all levels at once, greedy filtering with each
         patch's recurrent state (one kernel call). The codes of the levels are views of one joint
-        code, rows ``[offsets[lv], offsets[lv + 1])``.
+        code, rows ``[offsets[lv], offsets[lv + 1])``. ``levels``: how many (default: the read-out's;
+        ``step`` adds one for the coarse read); ``state.prev`` and ``state.rms`` hold one entry each.
         """
         model, p = self.model, self.model.patch
-        shapes, offsets, bounds = self._layout(grey.shape)
+        shapes, offsets, bounds = self._layout(grey.shape, levels or self.levels)
         patches = np.empty((offsets[-1], p * p), np.float32)
         C = np.empty((offsets[-1], model.n_atoms), np.float32)
         if self._pool is None:
@@ -418,15 +459,15 @@ class MotionEngine:
             # matrix, so a single GEMM over all levels would change the last bits of some rows.
             np.matmul(patches[rows], self._W, out=C[rows])
 
-    def _layout(self, shape: tuple[int, int]):
+    def _layout(self, shape: tuple[int, int], levels: int):
         """Patch grid of every level, their row offsets in the joint code, and the thread chunks."""
-        cached = self._layouts.get(shape)
+        cached = self._layouts.get((shape, levels))
         if cached is not None:
             return cached
         p = self.model.patch
         h, w = shape
         shapes = []
-        for _ in range(self.levels):
+        for _ in range(levels):
             shapes.append((h // p, w // p))
             h, w = (h + 1) // 2, (w + 1) // 2  # cv2.pyrDown's output size
         offsets = np.concatenate([[0], np.cumsum([gh * gw for gh, gw in shapes])]).astype(np.int64)
@@ -440,7 +481,7 @@ class MotionEngine:
             want = np.linspace(0, offsets[-1], 4 * self.threads + 1)[1:-1]
             cut = rows[np.searchsorted(rows, want)]
             bounds = np.unique(np.concatenate([[0], cut, [offsets[-1]]])).astype(np.int64)
-        self._layouts[shape] = shapes, offsets, bounds
+        self._layouts[(shape, levels)] = shapes, offsets, bounds
         return shapes, offsets, bounds
 
     def _joint_prev(self, state: StreamState, offsets: np.ndarray) -> SparseCode | None:
@@ -460,7 +501,12 @@ class MotionEngine:
         return SparseCode(*(np.concatenate([getattr(c, f) for c in prev]) for f in fields))
 
     def read(
-        self, state: StreamState, codes, shape: tuple[int, int], gate: np.ndarray | None = None
+        self,
+        state: StreamState,
+        codes,
+        shape: tuple[int, int],
+        gate: np.ndarray | None = None,
+        coarse: tuple | None = None,
     ) -> MotionFrame:
         """The motion map, histograms and global motion from the codes of one frame.
 
@@ -468,54 +514,21 @@ class MotionEngine:
         activity); those channels are averaged over time and space (``self.pooling``) and decoded per
         cell; each cell's direction and speed are integrated over its confident neighbours
         (``integrate_cells``); ``gate`` (per cell, from ``step``: the code change) then scales the
-        confidence, and the frame's dominant motion is the consensus of the cells as shown
-        (``global_motion``): a still scene has none.
+        confidence. ``coarse``: ``(codes of levels 1.., its gate)``, the same read one octave coarser,
+        which a cell takes where it reads fast motion (``FAST_FROM``). The frame's dominant motion is
+        the consensus of the cells as shown (``global_motion``): a still scene has none.
         """
-        mt = self.mt
-        if mt is None:
+        if self.mt is None:
             raise RuntimeError("this engine has no MT read-out: load one with mt_path=")
-        n_hidden = mt.proj_.shape[2]
-        n_s = self.pooling.n_scales
-        alphas = []
-        for lv, (_, gh, gw) in enumerate(codes):
-            alpha = 1.0 / self.pooling.tau
-            if state.acc[lv] is None or state.acc[lv].shape != (n_s, gh * gw, n_hidden + 1):
-                state.acc[lv] = np.empty((n_s, gh * gw, n_hidden + 1), np.float32)
-                alpha = 1.0  # the first frame: no average yet
-            alphas.append(alpha)
         hists = self._new_hists()
-        n0 = codes[0][1] * codes[0][2]
-        if self._pool is None:
-            self._project(state, codes, alphas, [(lv, 0, None) for lv in range(len(codes))], hists)
-        else:
-            # A helper thread projects the coarser levels and the last patches of level 0 while
-            # this one projects the first half of all patches: the same numbers per patch, and the
-            # histograms are the sum of the two threads' (equal to float32 rounding).
-            cut = min(n0, sum(gh * gw for _, gh, gw in codes) // 2)
-            theirs = self._new_hists()
-            jobs = [(0, cut, None)] + [(lv, 0, None) for lv in range(1, len(codes))]
-            helper = self._pool.submit(self._project, state, codes, alphas, jobs, theirs)
-            try:
-                self._project(state, codes, alphas, [(0, 0, cut)], hists)
-            finally:  # the helper writes to `state`: never return (or raise) while it still runs
-                helper.result()
-            for mine, other in zip(hists, theirs, strict=True):
-                mine += other
-        dir_hist, speed_hist, unit_act, _ = hists
+        direction, speed, conf = self._motion_map(state.acc, codes, shape, gate, hists)
+        if coarse is not None:
+            c_codes, c_gate = coarse
+            c_shape = self._level_shape(shape, 1)
+            c_map = self._motion_map(state.coarse_acc, c_codes, c_shape, c_gate, self._new_hists())
+            direction, speed, conf = self._take_fast((direction, speed, conf), c_map)
         state.frames += 1
-        cells = self.pooling.cells_by_scale(
-            [
-                acc.reshape(n_s, gh, gw, -1)
-                for acc, (_, gh, gw) in zip(state.acc, codes, strict=True)
-            ],
-            shape,
-            executor=self._pool,
-        )
-        direction, speed, conf, _ = mt.decode_hidden(mt.hidden_from_projected(cells))
-        conf *= mt.evidence(cells[..., -1])  # a cell is confident only where activity backs it
-        direction, speed = integrate_cells(direction, speed, conf, self.integration_sigma)
-        if gate is not None:
-            conf *= gate
+        dir_hist, speed_hist, unit_act, _ = hists
         g_dir, g_speed, g_conf = global_motion(direction, speed, conf)
         code0, gh0, gw0 = codes[0]
         top = np.argsort(unit_act)[::-1][:10]
@@ -525,6 +538,68 @@ class MotionEngine:
             top_units, float(g_dir), float(g_speed), float(g_conf),
             int(code0.cnt.sum()) / max(gh0 * gw0, 1),
         )  # fmt: skip
+
+    @staticmethod
+    def _take_fast(fine, coarse):
+        """Each cell's motion from the fine read, or from the coarse one (its cells twice as large,
+        its speeds in px of the half-size image) where that reads fast motion (``FAST_FROM``)."""
+        direction, speed, conf = fine
+        ch, cw = direction.shape
+
+        def up(a):  # each coarse cell covers 2 x 2 cells; odd sizes repeat the last row or column
+            a = np.repeat(np.repeat(a, 2, 0), 2, 1)[:ch, :cw]
+            return np.pad(a, ((0, ch - a.shape[0]), (0, cw - a.shape[1])), "edge")
+
+        c_dir, c_speed, c_conf = (up(a) for a in coarse)
+        c_speed = 2 * c_speed
+        take = (c_speed >= FAST_FROM) & (c_conf > COARSE_CONFIDENT) & (conf > FINE_MOVING)
+        return (
+            np.where(take, c_dir, direction).astype(np.float32),
+            np.where(take, c_speed, speed).astype(np.float32),
+            np.where(take, c_conf, conf).astype(np.float32),
+        )
+
+    def _motion_map(self, accs, codes, shape, gate, hists):
+        """Direction, speed and confidence per cell of ``shape`` from the codes of the read-out's
+        levels (``codes[0]`` is its finest); ``accs`` holds their running averages."""
+        mt = self.mt
+        n_hidden = mt.proj_.shape[2]
+        n_s = self.pooling.n_scales
+        alphas = []
+        for lv, (_, gh, gw) in enumerate(codes):
+            alpha = 1.0 / self.pooling.tau
+            if accs[lv] is None or accs[lv].shape != (n_s, gh * gw, n_hidden + 1):
+                accs[lv] = np.empty((n_s, gh * gw, n_hidden + 1), np.float32)
+                alpha = 1.0  # the first frame: no average yet
+            alphas.append(alpha)
+        n0 = codes[0][1] * codes[0][2]
+        if self._pool is None:
+            self._project(accs, codes, alphas, [(lv, 0, None) for lv in range(len(codes))], hists)
+        else:
+            # A helper thread projects the coarser levels and the last patches of level 0 while
+            # this one projects the first half of all patches: the same numbers per patch, and the
+            # histograms are the sum of the two threads' (equal to float32 rounding).
+            cut = min(n0, sum(gh * gw for _, gh, gw in codes) // 2)
+            theirs = self._new_hists()
+            jobs = [(0, cut, None)] + [(lv, 0, None) for lv in range(1, len(codes))]
+            helper = self._pool.submit(self._project, accs, codes, alphas, jobs, theirs)
+            try:
+                self._project(accs, codes, alphas, [(0, 0, cut)], hists)
+            finally:  # the helper writes to `accs`: never return (or raise) while it still runs
+                helper.result()
+            for mine, other in zip(hists, theirs, strict=True):
+                mine += other
+        cells = self.pooling.cells_by_scale(
+            [acc.reshape(n_s, gh, gw, -1) for acc, (_, gh, gw) in zip(accs, codes, strict=True)],
+            shape,
+            executor=self._pool,
+        )
+        direction, speed, conf, _ = mt.decode_hidden(mt.hidden_from_projected(cells))
+        conf *= mt.evidence(cells[..., -1])  # a cell is confident only where activity backs it
+        direction, speed = integrate_cells(direction, speed, conf, self.integration_sigma)
+        if gate is not None:
+            conf *= gate
+        return direction, speed, conf
 
     def _new_hists(self):
         """Accumulators of ``_project_frame``: direction and speed histograms, level 0's activity per
@@ -537,16 +612,16 @@ class MotionEngine:
             np.zeros(n, np.float32),
         )
 
-    def _project(self, state, codes, alphas, jobs, hists) -> None:
+    def _project(self, accs, codes, alphas, jobs, hists) -> None:
         """Fold patches ``m0 <= m < m1`` (``m1=None``: to the end) of level ``lv``, for each
-        ``(lv, m0, m1)`` of ``jobs``, into the level's running averages ``state.acc[lv]``."""
+        ``(lv, m0, m1)`` of ``jobs``, into the level's running averages ``accs[lv]``."""
         dir_hist, speed_hist, unit_act, scratch_act = hists
         for lv, m0, m1 in jobs:
             code = codes[lv][0]
             rows = slice(m0, m1)
             _project_frame(
                 code.idx[rows], code.val[rows], code.cnt[rows], self._proj[lv], self._dir_bin,
-                self._speed_bin[lv], self._ds_weight, alphas[lv], state.acc[lv][:, rows],
+                self._speed_bin[lv], self._ds_weight, alphas[lv], accs[lv][:, rows],
                 dir_hist, speed_hist, unit_act if lv == 0 else scratch_act,
             )  # fmt: skip
 

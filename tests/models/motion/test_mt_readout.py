@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from v1motion.models.motion import stimuli
-from v1motion.models.motion.engine import MotionEngine, global_motion
+from v1motion.models.motion.engine import MotionEngine, global_motion, to_grey
 from v1motion.models.motion.mt_fit import make_sequence, pooled_units
 from v1motion.models.motion.mt_readout import (
     SPEED_CLASSES,
@@ -96,8 +96,8 @@ def test_live_read_equals_the_readout_on_the_features_it_is_fitted_on(shape, poo
     """``MotionEngine.read`` pools projected channels; fitting pools per-unit activity. Linearity
     makes them the same numbers: the read-out sees live exactly what it was fitted on."""
     engine = MotionEngine.random(
-        seed=3, levels=3, pooling=Pooling(pool_px=pool_px), change_gate=None
-    )  # the read alone: the code-change gate on top is tested below
+        seed=3, levels=3, pooling=Pooling(pool_px=pool_px), change_gate=None, coarse=False
+    )  # the read alone: the code-change gate and the coarse read on top are tested below
     frames = stimuli.pan_sequence(stimuli.load_still("camera"), (256.0, 256.0), 0.7, 2.0, 6, shape)
     state = engine.new_state()
     live = [engine.step(state, f) for f in frames]
@@ -296,3 +296,52 @@ def test_pooling_on_a_helper_thread_gives_the_same_cells(rng, pool_px):
     lv, sc = len(grids) - 1, len(pool_px) - 1
     want = pooling._at_cells(box_pool(accs[lv][sc], pooling.box(lv, sc)), lv, *pooling.grid(shape))
     np.testing.assert_array_equal(serial[:, :, lv * len(pool_px) + sc], want)
+
+
+@pytest.mark.parametrize("shape", [(100, 140), (129, 161)])
+def test_coarse_read_is_the_read_of_the_half_size_frame_where_it_is_fast(shape):
+    """The coarse read is the one-scale read of the frame one octave down (``cv2.pyrDown``, as the
+    pyramid makes it), by the same ss-RNN codes; a cell takes it where it reads fast motion."""
+    import cv2
+
+    from v1motion.models.motion import engine as engine_mod
+
+    kw = dict(seed=3, levels=3, pooling=Pooling(pool_px=(32, 96)))
+    both = MotionEngine.random(**kw)
+    fine, half = MotionEngine.random(**kw, coarse=False), MotionEngine.random(**kw, coarse=False)
+    frames = stimuli.pan_sequence(stimuli.load_still("camera"), (256.0, 256.0), 0.7, 6.0, 6, shape)
+    s_both, s_fine, s_half = both.new_state(), fine.new_state(), half.new_state()
+    for f in frames:
+        got = both.step(s_both, f)
+        a = fine.step(s_fine, f)
+        b = half.step(s_half, cv2.pyrDown(to_grey(f)))
+        want = engine_mod.MotionEngine._take_fast(
+            (a.direction, a.speed, a.confidence), (b.direction, b.speed, b.confidence)
+        )
+        for g, w in zip((got.direction, got.speed, got.confidence), want, strict=True):
+            np.testing.assert_array_equal(g, w)
+    assert got.direction.shape == a.direction.shape
+    # a frame too small for one more level is read at one scale
+    small = MotionEngine.random(**kw)
+    tiny = np.zeros((40, 48), np.uint8)
+    assert small.step(small.new_state(), tiny).direction.shape == (2, 3)
+
+
+def test_take_fast_takes_fast_confident_cells_over_moving_ones_only():
+    from v1motion.models.motion.engine import COARSE_CONFIDENT, FAST_FROM, FINE_MOVING, MotionEngine
+
+    fine = (np.zeros((4, 6)), np.full((4, 6), 1.0), np.full((4, 6), 0.5))
+    fine[2][3, :] = FINE_MOVING / 2  # a still row: never takes the coarse reading
+    c_speed = np.full((2, 3), FAST_FROM / 2)  # in px of the half-size image: exactly FAST_FROM
+    c_speed[0, 0] = FAST_FROM / 2 - 0.5  # too slow
+    c_conf = np.full((2, 3), 0.9)
+    c_conf[0, 1] = COARSE_CONFIDENT / 2  # not confident
+    coarse = (np.full((2, 3), np.pi), c_speed, c_conf)
+    d, s, c = MotionEngine._take_fast(fine, coarse)
+    take = np.ones((4, 6), bool)
+    take[:2, :2] = False
+    take[:2, 2:4] = False
+    take[3, :] = False
+    np.testing.assert_array_equal(d == np.float32(np.pi), take)
+    np.testing.assert_array_equal(s, np.where(take, FAST_FROM, 1.0).astype(np.float32))
+    np.testing.assert_array_equal(c, np.where(take, 0.9, fine[2]).astype(np.float32))
