@@ -5,7 +5,9 @@ level -> atom correlations of the non-overlapping patches (one BLAS GEMM) -> the
 kernel with the recurrent state of the stream (``encode``) -> the MT read-out (``read``): per-patch
 projections of the code, averaged over frames and over space, decoded per cell into direction, speed
 and confidence; each cell's motion is integrated over its confident neighbours, and shown moving only as
-far as the code around it changes; the dominant motion is the consensus of the cells as shown.
+far as the code around it changes. The same read on pyramid levels 1-4 (one more level encoded) reads
+the frame one octave coarser, and a cell takes it where it reads fast motion. The dominant motion is
+the consensus of the cells as shown.
 """
 
 from __future__ import annotations
