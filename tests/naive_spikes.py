@@ -89,3 +89,45 @@ def stable_recurrence(r_real, r_mod, r_angle):
         R[i, i], R[i, i + 1] = m * math.cos(a), -m * math.sin(a)
         R[i + 1, i], R[i + 1, i + 1] = m * math.sin(a), m * math.cos(a)
     return R
+
+
+def block_tridiag_dense(D, B):
+    """The dense (T k, T k) matrix of one trial's diagonal blocks ``D`` (T, k, k) and sub-diagonal blocks
+    ``B[t] = H[t, t-1]`` (``B[0]`` unused), written block by block."""
+    T, k = D.shape[0], D.shape[1]
+    H = np.zeros((T * k, T * k))
+    for t in range(T):
+        H[t * k : (t + 1) * k, t * k : (t + 1) * k] = D[t]
+        if t > 0:
+            H[t * k : (t + 1) * k, (t - 1) * k : t * k] = B[t]
+            H[(t - 1) * k : t * k, t * k : (t + 1) * k] = B[t].T
+    return H
+
+
+def poisson_lds_filter(y, F, Q, C, d, mu0, V0):
+    """The Poisson LDS's approximate filter for one trial, written from its definition: predict
+    ``N(m, P)``, record ``c_i'm + d_i`` and ``c_i'P c_i``, then the mode of ``log N(s; m, P) + log p(y | s)``
+    by scipy's BFGS and ``P_f = (P^{-1} + C' diag(exp(C s + d)) C)^{-1}`` there."""
+    from scipy.optimize import minimize
+
+    T, n = y.shape
+    mean, var = np.zeros((T, n)), np.zeros((T, n))
+    mf, Pf = None, None
+    for t in range(T):
+        m = mu0 if t == 0 else F @ mf
+        P = V0 if t == 0 else F @ Pf @ F.T + Q
+        for i in range(n):
+            mean[t, i] = C[i] @ m + d[i]
+            var[t, i] = C[i] @ P @ C[i]
+        Pinv = np.linalg.inv(P)
+
+        def neg(s, m=m, Pinv=Pinv, yt=y[t]):
+            eta = C @ s + d
+            r = s - m
+            value = -(yt @ eta - np.exp(eta).sum()) + 0.5 * r @ Pinv @ r
+            return value, -(C.T @ (yt - np.exp(eta))) + Pinv @ r
+
+        s = minimize(neg, m, jac=True, method="BFGS", options={"gtol": 1e-12}).x
+        mf = s
+        Pf = np.linalg.inv(Pinv + C.T @ np.diag(np.exp(C @ s + d)) @ C)
+    return mean, var

@@ -1,0 +1,1084 @@
+"""Poisson latent linear dynamical system (Poisson LDS), fitted by Laplace-EM.
+
+    s^t = F s^{t-1} + w,   w ~ N(0, Q),   s^0 ~ N(mu0, V0)
+    y_i^t ~ Poisson(exp(c_i' s^t + d_i))
+
+The LDS baseline of the original work: the same latent dynamics as :class:`GaussianLDS`, but the counts
+themselves are Poisson given the latents (no square root, no Gaussian noise).
+
+Fit (Laplace-EM). The posterior of a trial's latent path is not Gaussian; the E-step replaces it by the
+Laplace approximation: its mode ``m`` (the MAP path, by Newton's method on the log-posterior, whose negative
+Hessian ``H`` is block tridiagonal: a banded Cholesky factor per Newton step, ``O(T k^3)``) and the
+covariance ``H^{-1}`` at the mode, of which only the diagonal blocks ``Cov(s^t)`` and the first
+off-diagonal blocks ``Cov(s^t, s^{t-1})`` are computed (a backward recursion on the same factor). The
+M-step is then closed-form for ``F, Q, mu0, V0`` (as in the Gaussian LDS), and ``(C, d)`` maximise the
+expected Poisson log-likelihood under the Gaussian posterior,
+``sum y (c'm + d) - exp(c'm + d + c'Vc/2)``, concave, by a few Newton steps per neuron. The fit
+starts from a Gaussian LDS fitted on square-root counts (its dynamics and smoothed latents; ``(C, d)`` by
+the Poisson M-step on those latents).
+
+Held-out scoring (an approximate filter). Bits/spike needs ``p(y^t | y^{<t})`` as for every row of the
+table. The filtered posterior ``p(s^{t-1} | y^{<t})`` is approximated by a Gaussian ``N(m_f, P_f)``;
+propagated, it gives ``s^t ~ N(m, P)`` with ``m = F m_f``, ``P = F P_f F' + Q``. Each neuron's count is
+given the Poisson distribution whose mean is the predictive mean ``E[exp(c_i's + d_i)] = exp(c_i'm + d_i +
+c_i'P c_i / 2)`` (the exact predictive is a Poisson-lognormal mixture, correlated across neurons; the
+Gaussian LDS row makes the same kind of approximation). The filter is then updated with the observed
+counts by Laplace's method: Newton's method for the mode of ``log N(s; m, P) + log p(y^t | s)`` gives
+``m_f``, and ``P_f = (P^{-1} + C' diag(lambda) C)^{-1}`` at the mode.
+
+Derivations: docs/spikes/README.md ("The Poisson LDS").
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from numba import njit
+from scipy.special import gammaln, logsumexp
+
+from v1motion.models.spikes.base import single_blas_thread
+from v1motion.models.spikes.data import as_counts
+from v1motion.models.spikes.observations import ETA_MAX
+
+log = logging.getLogger(__name__)
+
+METHODS = ("variational", "laplace")
+PREDICTIVES = ("lognormal", "poisson")
+N_QUADRATURE = 40
+
+
+def poisson_lognormal_logpmf(y, mean, var, n_points=N_QUADRATURE):
+    """``log int Poisson(y; e^eta) N(eta; mean, var) d eta`` elementwise.
+
+    Parameters
+    ----------
+    y, mean, var : arrays of one shape (counts, log-rate means and variances)
+    n_points : int
+        Gauss-Hermite points.
+
+    Notes
+    -----
+    Adaptive Gauss-Hermite quadrature: the integrand ``f`` is log-concave in ``eta``, so it is centred on
+    its mode ``eta*`` (1-D Newton: ``y - e^eta - (eta - mean) / var = 0``) and scaled by its curvature
+    ``h = e^eta* + 1 / var``: ``int f = h^{-1/2} sum_i w_i e^{x_i^2 / 2} f(eta* + x_i / sqrt(h))``. Plain
+    Gauss-Hermite around ``mean`` misses the peak of ``f`` when ``var`` is large and ``y >= 1`` (measured:
+    0.3 nats off at ``y = 3, mean = -2, var = 9`` with 20 points). ``var = 0`` gives the Poisson.
+    """
+    y = np.asarray(y, float)
+    mu = np.broadcast_to(np.asarray(mean, float), y.shape).ravel()
+    v = np.broadcast_to(np.asarray(var, float), y.shape).ravel()
+    yf = y.ravel()
+    out = np.empty(yf.size)
+    point = v < 1e-12
+    eta = np.minimum(mu[point], ETA_MAX)
+    out[point] = yf[point] * eta - np.exp(eta)
+    idx = np.flatnonzero(~point)
+    x, w = np.polynomial.hermite_e.hermegauss(n_points)
+    lw = np.log(w) + 0.5 * x**2
+    chunk = 1 << 16
+    for i in range(0, idx.size, chunk):
+        j = idx[i : i + chunk]
+        yj, mj, vj = yf[j], mu[j], v[j]
+        e = mj.copy()
+        for _ in range(100):
+            lam = np.exp(np.minimum(e, ETA_MAX))
+            step = (yj - lam - (e - mj) / vj) / (lam + 1.0 / vj)
+            e += np.clip(step, -2.0, 2.0)
+            if np.max(np.abs(step)) < 1e-10:
+                break
+        h = np.exp(np.minimum(e, ETA_MAX)) + 1.0 / vj
+        nodes = np.minimum(e[:, None] + x / np.sqrt(h)[:, None], ETA_MAX)
+        logf = (
+            yj[:, None] * nodes
+            - np.exp(nodes)
+            - (nodes - mj[:, None]) ** 2 / (2 * vj[:, None])
+            - 0.5 * np.log(2 * np.pi * vj)[:, None]
+        )
+        out[j] = logsumexp(logf + lw, axis=1) - 0.5 * np.log(h)
+    return out.reshape(y.shape) - gammaln(y + 1)
+
+
+# ----------------------------------------------------------------------------- small dense kernels
+@njit(cache=True, nogil=True)
+def _chol(A, L):
+    """Lower Cholesky factor of the symmetric ``A`` into ``L``; False when ``A`` is not positive definite."""
+    k = A.shape[0]
+    for j in range(k):
+        s = A[j, j]
+        for p in range(j):
+            s -= L[j, p] * L[j, p]
+        if not s > 0.0:
+            return False
+        ljj = np.sqrt(s)
+        L[j, j] = ljj
+        for i in range(j + 1, k):
+            s = A[i, j]
+            for p in range(j):
+                s -= L[i, p] * L[j, p]
+            L[i, j] = s / ljj
+        for i in range(j):
+            L[i, j] = 0.0
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _fwd(L, b, x):
+    """Solve ``L x = b`` (``L`` lower triangular); ``x`` may be ``b``."""
+    k = L.shape[0]
+    for i in range(k):
+        s = b[i]
+        for p in range(i):
+            s -= L[i, p] * x[p]
+        x[i] = s / L[i, i]
+
+
+@njit(cache=True, nogil=True)
+def _bwd(L, b, x):
+    """Solve ``L' x = b`` (``L`` lower triangular); ``x`` may be ``b``."""
+    k = L.shape[0]
+    for i in range(k - 1, -1, -1):
+        s = b[i]
+        for p in range(i + 1, k):
+            s -= L[p, i] * x[p]
+        x[i] = s / L[i, i]
+
+
+@njit(cache=True, nogil=True)
+def _tri_inv(L, out):
+    """Inverse of the lower-triangular ``L`` (lower triangular)."""
+    k = L.shape[0]
+    e = np.zeros(k)
+    col = np.empty(k)
+    for j in range(k):
+        e[:] = 0.0
+        e[j] = 1.0
+        _fwd(L, e, col)
+        for i in range(k):
+            out[i, j] = col[i]
+
+
+# ----------------------------------------------------------------------------- block-tridiagonal kernels
+@njit(cache=True, nogil=True)
+def _bt_cholesky(D, B, L, M):
+    n_trials, n_bins, k = D.shape[0], D.shape[1], D.shape[2]
+    work = np.empty((k, k))
+    for r in range(n_trials):
+        for t in range(n_bins):
+            if t == 0:
+                work[:, :] = D[r, 0]
+            else:
+                Lp = L[r, t - 1]
+                for i in range(k):  # row i of M_t solves L_{t-1} x = B_t[i]
+                    _fwd(Lp, B[r, t, i], M[r, t, i])
+                for i in range(k):
+                    for j in range(i + 1):
+                        s = D[r, t, i, j]
+                        for p in range(k):
+                            s -= M[r, t, i, p] * M[r, t, j, p]
+                        work[i, j] = s
+                        work[j, i] = s
+            if not _chol(work, L[r, t]):
+                return r * n_bins + t
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _bt_solve(L, M, g, x):
+    n_trials, n_bins, k = L.shape[0], L.shape[1], L.shape[2]
+    rhs = np.empty(k)
+    for r in range(n_trials):
+        for t in range(n_bins):  # forward: L z = g (z kept in x)
+            for i in range(k):
+                s = g[r, t, i]
+                if t > 0:
+                    for p in range(k):
+                        s -= M[r, t, i, p] * x[r, t - 1, p]
+                rhs[i] = s
+            _fwd(L[r, t], rhs, x[r, t])
+        for t in range(n_bins - 1, -1, -1):  # backward: L' x = z
+            for i in range(k):
+                s = x[r, t, i]
+                if t < n_bins - 1:
+                    for p in range(k):
+                        s -= M[r, t + 1, p, i] * x[r, t + 1, p]
+                rhs[i] = s
+            _bwd(L[r, t], rhs, x[r, t])
+
+
+@njit(cache=True, nogil=True)
+def _bt_inverse_blocks(L, M, S, So):
+    n_trials, n_bins, k = L.shape[0], L.shape[1], L.shape[2]
+    Li = np.empty((k, k))
+    G = np.empty((k, k))
+    for r in range(n_trials):
+        for t in range(n_bins - 1, -1, -1):
+            _tri_inv(L[r, t], Li)
+            for i in range(k):  # S_t = Li' Li (+ G' S_{t+1} G below)
+                for j in range(k):
+                    s = 0.0
+                    for p in range(max(i, j), k):
+                        s += Li[p, i] * Li[p, j]
+                    S[r, t, i, j] = s
+            if t < n_bins - 1:
+                for i in range(k):  # G = M_{t+1} Li
+                    for j in range(k):
+                        s = 0.0
+                        for p in range(j, k):
+                            s += M[r, t + 1, i, p] * Li[p, j]
+                        G[i, j] = s
+                for i in range(k):  # So_{t+1} = Cov(s^{t+1}, s^t) = -S_{t+1} G
+                    for j in range(k):
+                        s = 0.0
+                        for p in range(k):
+                            s -= S[r, t + 1, i, p] * G[p, j]
+                        So[r, t + 1, i, j] = s
+                for i in range(k):  # S_t -= G' So_{t+1}
+                    for j in range(k):
+                        s = 0.0
+                        for p in range(k):
+                            s += G[p, i] * So[r, t + 1, p, j]
+                        S[r, t, i, j] -= s
+            for i in range(k):
+                for j in range(i):
+                    v = 0.5 * (S[r, t, i, j] + S[r, t, j, i])
+                    S[r, t, i, j] = v
+                    S[r, t, j, i] = v
+        So[r, 0, :, :] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _cd_stats(m, V, y, C, d, out_obj, out_g, out_H):
+    """Per neuron: ``sum y (c'm + d) - exp(c'm + d + c'Vc/2)``, its gradient in ``(c, d)`` and its negative
+    Hessian (``out_g`` (n, k+1), ``out_H`` (n, k+1, k+1)); ``out_H`` is skipped when it has no rows."""
+    N, k = m.shape
+    n = C.shape[0]
+    want_h = out_H.shape[0] > 0
+    a = np.empty(k)
+    out_obj[:] = 0.0
+    out_g[:, :] = 0.0
+    if want_h:
+        out_H[:, :, :] = 0.0
+    for t in range(N):
+        for i in range(n):
+            lin = d[i]
+            quad = 0.0
+            for p in range(k):
+                lin += C[i, p] * m[t, p]
+                acc = 0.0
+                for q in range(k):
+                    acc += V[t, p, q] * C[i, q]
+                a[p] = acc
+                quad += C[i, p] * acc
+            rho = np.exp(min(lin + 0.5 * quad, ETA_MAX))
+            out_obj[i] += y[t, i] * lin - rho
+            for p in range(k):
+                a[p] += m[t, p]  # d(lin + quad / 2) / dc
+                out_g[i, p] += y[t, i] * m[t, p] - rho * a[p]
+            out_g[i, k] += y[t, i] - rho
+            if want_h:
+                for p in range(k):
+                    rp = rho * a[p]
+                    for q in range(p + 1):
+                        out_H[i, p, q] += rp * a[q] + rho * V[t, p, q]
+                    out_H[i, k, p] += rp
+                out_H[i, k, k] += rho
+    if want_h:
+        for i in range(n):
+            for p in range(k + 1):
+                for q in range(p):
+                    out_H[i, q, p] = out_H[i, p, q]
+
+
+def _f64(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def block_tridiag_cholesky(D: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cholesky factor of symmetric block-tridiagonal matrices, one per trial, in ``O(T k^3)``.
+
+    Parameters
+    ----------
+    D : ndarray of shape (n_trials, n_bins, k, k)
+        Diagonal blocks ``H[t, t]``.
+    B : ndarray of shape (n_trials, n_bins, k, k)
+        Sub-diagonal blocks: ``B[:, t] = H[t, t-1]`` (``B[:, 0]`` is not read).
+
+    Returns
+    -------
+    L, M : ndarrays of shape (n_trials, n_bins, k, k)
+        The block-bidiagonal factor ``H = G G'``: diagonal blocks ``L[:, t]`` (lower triangular) and
+        sub-diagonal blocks ``M[:, t] = G[t, t-1]`` (``M[:, 0] = 0``).
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        When a matrix is not positive definite (naming the trial and bin where the factorisation failed).
+
+    Notes
+    -----
+    ``L_0 L_0' = D_0``; for ``t >= 1``: ``M_t = B_t L_{t-1}^{-T}`` and ``L_t L_t' = D_t - M_t M_t'``.
+    """
+    D, B = _f64(D), _f64(B)
+    if D.ndim != 4 or D.shape != B.shape or D.shape[2] != D.shape[3]:
+        raise ValueError("D and B must both have shape (n_trials, n_bins, k, k)")
+    L = np.zeros_like(D)
+    M = np.zeros_like(D)
+    bad = _bt_cholesky(D, B, L, M)
+    if bad >= 0:
+        r, t = divmod(int(bad), D.shape[1])
+        raise np.linalg.LinAlgError(
+            f"block-tridiagonal matrix not positive definite (trial {r}, bin {t})"
+        )
+    return L, M
+
+
+def block_tridiag_solve(L: np.ndarray, M: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Solve ``H x = g`` per trial with the factor of :func:`block_tridiag_cholesky`.
+
+    Parameters
+    ----------
+    L, M : ndarrays of shape (n_trials, n_bins, k, k)
+    g : ndarray of shape (n_trials, n_bins, k)
+
+    Returns
+    -------
+    x : ndarray of shape (n_trials, n_bins, k)
+    """
+    L, M, g = _f64(L), _f64(M), _f64(g)
+    if g.shape != L.shape[:3]:
+        raise ValueError(f"g must have shape {L.shape[:3]}; got {g.shape}")
+    x = np.empty_like(g)
+    _bt_solve(L, M, g, x)
+    return x
+
+
+def block_tridiag_inverse_blocks(L: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Diagonal and first sub-diagonal blocks of ``H^{-1}``, from its factor, in ``O(T k^3)``.
+
+    Returns
+    -------
+    S : ndarray of shape (n_trials, n_bins, k, k)
+        ``S[:, t] = (H^{-1})[t, t]``.
+    So : ndarray of shape (n_trials, n_bins, k, k)
+        ``So[:, t] = (H^{-1})[t, t-1]`` (``So[:, 0] = 0``).
+
+    Notes
+    -----
+    With ``H = G G'`` and ``X = H^{-1}``, ``G' X = G^{-1}`` is upper-triangular-free above the diagonal, so
+    block row ``t`` gives ``X[t, t+1] = -L_t^{-T} M_{t+1}' X[t+1, t+1]`` and ``X[t, t] = L_t^{-T} L_t^{-1}
+    - L_t^{-T} M_{t+1}' X[t+1, t]``: with ``G_t = M_{t+1} L_t^{-1}``, ``X[t+1, t] = -X[t+1, t+1] G_t`` and
+    ``X[t, t] = L_t^{-T} L_t^{-1} + G_t' X[t+1, t+1] G_t``, backwards from ``X[T-1, T-1] = L^{-T} L^{-1}``.
+    """
+    L, M = _f64(L), _f64(M)
+    S = np.empty_like(L)
+    So = np.empty_like(L)
+    _bt_inverse_blocks(L, M, S, So)
+    return S, So
+
+
+def block_tridiag_logdet(L: np.ndarray) -> np.ndarray:
+    """``log det H`` per trial from the diagonal blocks of its factor, shape (n_trials,)."""
+    return 2.0 * np.log(np.diagonal(L, axis1=2, axis2=3)).sum(axis=(1, 2))
+
+
+# ----------------------------------------------------------------------------- the approximate filter
+@njit(cache=True, nogil=True)
+def _laplace_filter(y, F, Q, C, d, mu0, V0, max_newton, tol, eta_mean, eta_var):
+    n_trials, n_bins, n = y.shape
+    k = F.shape[0]
+    m = np.empty(k)
+    P = np.empty((k, k))
+    Pf = np.empty((k, k))
+    mf = np.empty(k)
+    Lp = np.empty((k, k))
+    Pinv = np.empty((k, k))
+    H = np.empty((k, k))
+    LH = np.empty((k, k))
+    s = np.empty(k)
+    s_new = np.empty(k)
+    g = np.empty(k)
+    step = np.empty(k)
+    tmp = np.empty(k)
+    lam = np.empty(n)
+    n_capped = 0
+    for r in range(n_trials):
+        for t in range(n_bins):
+            # predict
+            if t == 0:
+                m[:] = mu0
+                P[:, :] = V0
+            else:
+                for i in range(k):
+                    acc = 0.0
+                    for j in range(k):
+                        acc += F[i, j] * mf[j]
+                    m[i] = acc
+                for i in range(k):
+                    for j in range(k):
+                        acc = Q[i, j]
+                        for a in range(k):
+                            fa = F[i, a]
+                            for b in range(k):
+                                acc += fa * Pf[a, b] * F[j, b]
+                        P[i, j] = acc
+                for i in range(k):
+                    for j in range(i):
+                        v = 0.5 * (P[i, j] + P[j, i])
+                        P[i, j] = v
+                        P[j, i] = v
+            for i in range(n):
+                mu = d[i]
+                var = 0.0
+                for a in range(k):
+                    mu += C[i, a] * m[a]
+                    for b in range(k):
+                        var += C[i, a] * P[a, b] * C[i, b]
+                eta_mean[r, t, i] = mu
+                eta_var[r, t, i] = var
+            # update: Newton for the mode of log N(s; m, P) + sum_i y_i eta_i - exp(eta_i)
+            _chol(P, Lp)
+            _tri_inv(Lp, LH)
+            for i in range(k):
+                for j in range(k):
+                    acc = 0.0
+                    for p in range(max(i, j), k):
+                        acc += LH[p, i] * LH[p, j]
+                    Pinv[i, j] = acc
+            s[:] = m
+            f = 0.0
+            for i in range(n):
+                e = eta_mean[r, t, i]
+                f += y[r, t, i] * e - np.exp(min(e, ETA_MAX))
+            converged = False
+            for _ in range(max_newton):
+                for i in range(n):
+                    e = d[i]
+                    for a in range(k):
+                        e += C[i, a] * s[a]
+                    lam[i] = np.exp(min(e, ETA_MAX))
+                for a in range(k):
+                    acc = 0.0
+                    for i in range(n):
+                        acc += C[i, a] * (y[r, t, i] - lam[i])
+                    for b in range(k):
+                        acc -= Pinv[a, b] * (s[b] - m[b])
+                    g[a] = acc
+                for a in range(k):
+                    for b in range(a + 1):
+                        acc = Pinv[a, b]
+                        for i in range(n):
+                            acc += C[i, a] * lam[i] * C[i, b]
+                        H[a, b] = acc
+                        H[b, a] = acc
+                _chol(H, LH)
+                _fwd(LH, g, tmp)
+                _bwd(LH, tmp, step)
+                dec = 0.0
+                for a in range(k):
+                    dec += g[a] * step[a]
+                if dec < 2.0 * tol:
+                    converged = True
+                    break
+                alpha = 1.0
+                accepted = False
+                for _ls in range(40):
+                    for a in range(k):
+                        s_new[a] = s[a] + alpha * step[a]
+                    f_new = 0.0
+                    for i in range(n):
+                        e = d[i]
+                        for a in range(k):
+                            e += C[i, a] * s_new[a]
+                        f_new += y[r, t, i] * e - np.exp(min(e, ETA_MAX))
+                    for a in range(k):
+                        tmp[a] = 0.0
+                        for b in range(k):
+                            tmp[a] += Pinv[a, b] * (s_new[b] - m[b])
+                    for a in range(k):
+                        f_new -= 0.5 * (s_new[a] - m[a]) * tmp[a]
+                    if f_new >= f + 1e-4 * alpha * dec:
+                        accepted = True
+                        break
+                    alpha *= 0.5
+                if not accepted:
+                    converged = True  # no ascent step left: at the mode to rounding
+                    break
+                s[:] = s_new
+                f = f_new
+            if not converged:
+                n_capped += 1
+            # the filtered posterior: mode, and the inverse negative Hessian there
+            for i in range(n):
+                e = d[i]
+                for a in range(k):
+                    e += C[i, a] * s[a]
+                lam[i] = np.exp(min(e, ETA_MAX))
+            for a in range(k):
+                for b in range(a + 1):
+                    acc = Pinv[a, b]
+                    for i in range(n):
+                        acc += C[i, a] * lam[i] * C[i, b]
+                    H[a, b] = acc
+                    H[b, a] = acc
+            _chol(H, LH)
+            _tri_inv(LH, Lp)
+            for i in range(k):
+                for j in range(k):
+                    acc = 0.0
+                    for p in range(max(i, j), k):
+                        acc += Lp[p, i] * Lp[p, j]
+                    Pf[i, j] = acc
+            mf[:] = s
+    return n_capped
+
+
+def laplace_filter(y, F, Q, C, d, mu0, V0, max_newton=50, tol=1e-10):
+    """One-step-ahead predictive distribution of the log-rates under the approximate (Laplace) filter.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n_trials, n_bins, n_neurons)
+    F, Q : ndarrays of shape (k, k)
+    C : ndarray of shape (n_neurons, k)
+    d : ndarray of shape (n_neurons,)
+    mu0 : ndarray of shape (k,)
+    V0 : ndarray of shape (k, k)
+    max_newton : int
+        Newton iterations per update (a cap reached is logged as a warning).
+    tol : float
+        An update stops when half the Newton decrement ``g' H^{-1} g / 2`` is below ``tol`` (nats).
+
+    Returns
+    -------
+    eta_mean, eta_var : ndarrays of shape (n_trials, n_bins, n_neurons)
+        Mean ``c_i'm + d_i`` and variance ``c_i'P c_i`` of neuron ``i``'s log-rate given ``y^{<t}``; the
+        predicted mean count is ``exp(eta_mean + eta_var / 2)``.
+    """
+    y = _f64(y)
+    eta_mean = np.empty_like(y)
+    eta_var = np.empty_like(y)
+    capped = _laplace_filter(
+        y, _f64(F), _f64(Q), _f64(C), _f64(d), _f64(mu0), _f64(V0), int(max_newton), float(tol),
+        eta_mean, eta_var,
+    )  # fmt: skip
+    if capped:
+        log.warning(
+            "Poisson LDS filter: %d updates reached max_newton=%d before the Newton decrement fell "
+            "below %g",
+            capped,
+            max_newton,
+            tol,
+        )
+    return eta_mean, eta_var
+
+
+# ----------------------------------------------------------------------------- the estimator
+class PoissonLDS:
+    """Poisson LDS (latent linear dynamics, Poisson counts with an exp link) fitted by Laplace-EM.
+
+    Parameters
+    ----------
+    n_latent : int, default 4
+    n_iter : int, default 200
+        EM iterations at most; a fit that reaches the cap logs a warning and says so (``stop_reason_``
+        ``"max_iter"``).
+    tol : float, default 1e-5
+        Convergence: the Laplace approximation of the log marginal likelihood changed by less than ``tol``
+        nats per bin in one EM iteration (Laplace-EM is not guaranteed monotone, so the change is taken in
+        absolute value).
+    init_iter : int, default 20
+        EM iterations of the Gaussian LDS on square-root counts that starts the fit.
+    seed : int, default 0
+
+    Attributes
+    ----------
+    F_, Q_, C_, d_, mu0_, V0_ : fitted parameters.
+    loglik_ : list of float
+        Laplace approximation of the log marginal likelihood of the training counts (nats), per EM step
+        (before that step's M-step).
+    n_iter_ : int
+        EM iterations taken.
+    converged_ : bool
+        Whether the change per bin fell below ``tol`` (``stop_reason_`` ``"ftol"``).
+    final_change_ : float
+        The last EM iteration's change of ``loglik_``, nats per bin.
+    grad_norm_ : None
+        EM computes no gradient.
+
+    Notes
+    -----
+    E-step per trial: Newton's method on ``L(s) = sum_t y^t'(C s^t + d) - 1'exp(C s^t + d) - prior``, whose
+    negative Hessian is ``J + blockdiag(C' diag(lambda^t) C)`` with ``J`` the block-tridiagonal precision of
+    the Gauss-Markov prior, warm-started from the previous iteration's mode; it stops when half the Newton
+    decrement is below ``newton_tol`` nats per trial. Derivations in docs/spikes/README.md.
+    """
+
+    kind = "plds"
+    newton_tol = 1e-8
+    max_newton = 50
+    cd_steps = 3
+    e_steps = 3
+
+    def __init__(
+        self, n_latent=4, n_iter=200, tol=1e-5, init_iter=20, method="variational", seed=0
+    ):
+        self.n_latent = n_latent
+        self.method = method
+        self.n_iter = n_iter
+        self.tol = tol
+        self.init_iter = init_iter
+        self.seed = seed
+
+    # ------------------------------------------------------------------ helpers
+    def _check_fitted(self):
+        if not hasattr(self, "F_"):
+            raise RuntimeError("this PoissonLDS is not fitted yet: call fit(counts) first")
+
+    def _check_y(self, y):
+        y = as_counts(y)
+        if hasattr(self, "n_neurons_") and y.shape[-1] != self.n_neurons_:
+            raise ValueError(
+                f"counts have {y.shape[-1]} neurons; the model was fitted on {self.n_neurons_}"
+            )
+        return y
+
+    def _params(self):
+        return {
+            "F": self.F_,
+            "Q": self.Q_,
+            "C": self.C_,
+            "d": self.d_,
+            "mu0": self.mu0_,
+            "V0": self.V0_,
+        }
+
+    # ------------------------------------------------------------------ E-step
+    @staticmethod
+    def _prior_terms(p, n_bins):
+        """Prior precision blocks: diagonal (n_bins, k, k), sub-diagonal (k, k), and the inverses."""
+        F, Q, V0 = p["F"], p["Q"], p["V0"]
+        k = F.shape[0]
+        Qi = np.linalg.inv(Q)
+        Qi = 0.5 * (Qi + Qi.T)
+        V0i = np.linalg.inv(V0)
+        V0i = 0.5 * (V0i + V0i.T)
+        Dp = np.empty((n_bins, k, k))
+        Dp[:] = Qi
+        Dp[0] = V0i
+        if n_bins > 1:
+            Dp[:-1] += F.T @ Qi @ F
+        return Dp, -Qi @ F, Qi, V0i
+
+    @staticmethod
+    def log_posterior(s, y, p, Qi=None, V0i=None):
+        """Unnormalised log-posterior of latent paths ``s`` (n_trials, n_bins, k), per trial (nats).
+
+        ``log p(y | s) + log p(s)`` without the terms that do not depend on ``s``.
+        """
+        Qi = np.linalg.inv(p["Q"]) if Qi is None else Qi
+        V0i = np.linalg.inv(p["V0"]) if V0i is None else V0i
+        eta = s @ p["C"].T + p["d"]
+        with np.errstate(over="ignore"):
+            ll = np.sum(y * eta - np.exp(eta), axis=(1, 2))
+        e0 = s[:, 0] - p["mu0"]
+        q = np.einsum("ri,ij,rj->r", e0, V0i, e0)
+        e = s[:, 1:] - s[:, :-1] @ p["F"].T
+        q = q + np.einsum("rti,ij,rtj->r", e, Qi, e)
+        return ll - 0.5 * q
+
+    @staticmethod
+    def log_posterior_grad(s, y, p, Qi=None, V0i=None):
+        """Gradient of :meth:`log_posterior` with respect to ``s``, shape like ``s``."""
+        Qi = np.linalg.inv(p["Q"]) if Qi is None else Qi
+        V0i = np.linalg.inv(p["V0"]) if V0i is None else V0i
+        lam = np.exp(np.minimum(s @ p["C"].T + p["d"], ETA_MAX))
+        g = (y - lam) @ p["C"]
+        g[:, 0] -= (s[:, 0] - p["mu0"]) @ V0i
+        e = (s[:, 1:] - s[:, :-1] @ p["F"].T) @ Qi
+        g[:, 1:] -= e
+        g[:, :-1] += e @ p["F"]
+        return g
+
+    @staticmethod
+    def neg_hessian_blocks(s, p, Dp=None, Bp=None):
+        """Blocks of the negative Hessian of :meth:`log_posterior`: diagonal (n_trials, n_bins, k, k) and
+        sub-diagonal ``H[t, t-1]`` (k, k), the same for every bin and trial."""
+        C = p["C"]
+        n, k = C.shape
+        if Dp is None:
+            Dp, Bp, _, _ = PoissonLDS._prior_terms(p, s.shape[1])
+        lam = np.exp(np.minimum(s @ C.T + p["d"], ETA_MAX))
+        CC = (C[:, :, None] * C[:, None, :]).reshape(n, k * k)
+        D = Dp + (lam.reshape(-1, n) @ CC).reshape(s.shape[0], s.shape[1], k, k)
+        return D, Bp
+
+    def _estep(self, y, p, s):
+        """Laplace E-step for every trial: the MAP paths, the posterior covariance blocks, and the Laplace
+        approximation of ``log p(y)`` per trial."""
+        n_trials, n_bins, _ = y.shape
+        k = p["F"].shape[0]
+        Dp, Bp, Qi, V0i = self._prior_terms(p, n_bins)
+        B = np.broadcast_to(Bp, (n_trials, n_bins, k, k))
+        f = self.log_posterior(s, y, p, Qi, V0i)
+        active = np.ones(n_trials, bool)
+        n_newton = 0
+        for _ in range(self.max_newton):
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
+                break
+            n_newton += 1
+            sa, ya = s[idx], y[idx]
+            g = self.log_posterior_grad(sa, ya, p, Qi, V0i)
+            D, _ = self.neg_hessian_blocks(sa, p, Dp, Bp)
+            L, M = block_tridiag_cholesky(D, B[idx])
+            step = block_tridiag_solve(L, M, g)
+            dec = np.sum(g * step, axis=(1, 2))
+            done = dec < 2 * self.newton_tol
+            alpha = np.ones(idx.size)
+            f_old = f[idx]
+            f_new = np.full(idx.size, -np.inf)
+            todo = ~done
+            for _ls in range(40):
+                if not todo.any():
+                    break
+                cand = sa[todo] + alpha[todo, None, None] * step[todo]
+                fc = self.log_posterior(cand, ya[todo], p, Qi, V0i)
+                ok = np.isfinite(fc) & (fc >= f_old[todo] + 1e-4 * alpha[todo] * dec[todo])
+                t_idx = np.flatnonzero(todo)
+                acc = t_idx[ok]
+                s[idx[acc]] = cand[ok]
+                f_new[acc] = fc[ok]
+                todo[acc] = False
+                alpha[t_idx[~ok]] *= 0.5
+            # no ascent step left (rounding): that trial is at its mode
+            done |= todo
+            moved = np.isfinite(f_new)
+            f[idx[moved]] = f_new[moved]
+            active[idx[done]] = False
+        if active.any():
+            log.warning(
+                "PoissonLDS E-step: %d trials reached max_newton=%d",
+                int(active.sum()),
+                self.max_newton,
+            )
+        D, _ = self.neg_hessian_blocks(s, p, Dp, Bp)
+        L, M = block_tridiag_cholesky(D, B)
+        S, So = block_tridiag_inverse_blocks(L, M)
+        # log p(y) ~ log p(y, s*) + (T k / 2) log 2 pi - log det(H) / 2; the 2 pi terms cancel with the prior's
+        loglik = (
+            f
+            - gammaln(y + 1).sum(axis=(1, 2))
+            - 0.5 * np.linalg.slogdet(p["V0"])[1]
+            - 0.5 * (n_bins - 1) * np.linalg.slogdet(p["Q"])[1]
+            - 0.5 * block_tridiag_logdet(L)
+        )
+        return s, S, So, loglik, n_newton
+
+    def _vstep(self, y, p, s, S=None):
+        """Variational E-step: the Gaussian ``q`` over each trial's path that maximises the ELBO.
+
+        The optimal ``q`` has precision ``Lam = J + blockdiag(C' diag(lbar^t) C)`` with the expected rates
+        ``lbar = exp(C m + d + diag(C S^t C') / 2)``, and its mean maximises ``E_q[log p(y | s)] + E_q[log
+        p(s)]``. Each iteration: a Newton step on the mean with ``S`` fixed (negative Hessian ``Lam``), then
+        ``S`` from that same ``Lam`` (a fixed-point step); at most ``e_steps`` of them, fewer when the ELBO
+        of a trial changes by less than ``tol`` per bin. Returns means, covariance blocks, the ELBO per trial and the iterations.
+        """
+        n_trials, n_bins, n = y.shape
+        C, d = p["C"], p["d"]
+        k = C.shape[1]
+        Dp, Bp, Qi, V0i = self._prior_terms(p, n_bins)
+        CC = (C[:, :, None] * C[:, None, :]).reshape(n, k * k)
+        B = np.broadcast_to(Bp, (n_trials, n_bins, k, k))
+        S = np.zeros((n_trials, n_bins, k, k)) if S is None else S.copy()
+        So = np.zeros_like(S)
+        logdet = np.zeros(n_trials)
+        elbo = np.full(n_trials, -np.inf)
+        active = np.ones(n_trials, bool)
+        const = (
+            -gammaln(y + 1).sum(axis=(1, 2))
+            - 0.5 * np.linalg.slogdet(p["V0"])[1]
+            - 0.5 * (n_bins - 1) * np.linalg.slogdet(p["Q"])[1]
+            + 0.5 * n_bins * k
+        )
+
+        def half_var(Sa):
+            return 0.5 * (Sa.reshape(-1, k * k) @ CC.T).reshape(Sa.shape[:2] + (n,))
+
+        def objective(m, ya, hv):
+            eta = m @ C.T + d
+            with np.errstate(over="ignore"):
+                ll = np.sum(ya * eta - np.exp(eta + hv), axis=(1, 2))
+            e0 = m[:, 0] - p["mu0"]
+            e = m[:, 1:] - m[:, :-1] @ p["F"].T
+            q = np.einsum("ri,ij,rj->r", e0, V0i, e0) + np.einsum("rti,ij,rtj->r", e, Qi, e)
+            return ll - 0.5 * q
+
+        n_iter = 0
+        for _ in range(self.e_steps):
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
+                break
+            n_iter += 1
+            ma, ya = s[idx], y[idx]
+            hv = half_var(S[idx])
+            lbar = np.exp(np.minimum(ma @ C.T + d + hv, ETA_MAX))
+            g = (ya - lbar) @ C
+            g[:, 0] -= (ma[:, 0] - p["mu0"]) @ V0i
+            e = (ma[:, 1:] - ma[:, :-1] @ p["F"].T) @ Qi
+            g[:, 1:] -= e
+            g[:, :-1] += e @ p["F"]
+            D = Dp + (lbar.reshape(-1, n) @ CC).reshape(idx.size, n_bins, k, k)
+            L, M = block_tridiag_cholesky(D, B[idx])
+            step = block_tridiag_solve(L, M, g)
+            dec = np.sum(g * step, axis=(1, 2))
+            f0 = objective(ma, ya, hv)
+            alpha = np.ones(idx.size)
+            todo = dec > 0
+            for _ls in range(40):
+                if not todo.any():
+                    break
+                t_idx = np.flatnonzero(todo)
+                cand = ma[t_idx] + alpha[t_idx, None, None] * step[t_idx]
+                fc = objective(cand, ya[t_idx], hv[t_idx])
+                ok = np.isfinite(fc) & (fc >= f0[t_idx] + 1e-4 * alpha[t_idx] * dec[t_idx])
+                ma[t_idx[ok]] = cand[ok]
+                todo[t_idx[ok]] = False
+                alpha[t_idx[~ok]] *= 0.5
+            s[idx] = ma
+            Sa, Soa = block_tridiag_inverse_blocks(L, M)
+            S[idx], So[idx] = Sa, Soa
+            logdet[idx] = -block_tridiag_logdet(L)
+            # ELBO = E_q log p(y|s) + E_q log p(s) + H[q]
+            hv = half_var(Sa)
+            trJS = np.einsum("tab,rtba->r", Dp, Sa) + 2 * np.einsum("ab,rtab->r", Bp, Soa[:, 1:])
+            new = objective(ma, ya, hv) - 0.5 * trJS + 0.5 * logdet[idx] + const[idx]
+            done = np.abs(new - elbo[idx]) < self.tol * n_bins
+            elbo[idx] = new
+            active[idx[done]] = False
+        # a partial E-step (at most e_steps ascent steps, warm-started): each step raises the ELBO, and the
+        # fit's convergence test is on the ELBO over whole EM iterations
+        return s, S, So, elbo, n_iter
+
+    # ------------------------------------------------------------------ M-step
+    @staticmethod
+    def expected_loglik_cd(C, d, m, V, y):
+        """``sum y (c'm + d) - exp(c'm + d + c'Vc/2)`` per neuron (nats), the (C, d) part of the M-step.
+
+        ``m`` (n_bins_total, k), ``V`` (n_bins_total, k, k), ``y`` (n_bins_total, n)."""
+        n, k = C.shape
+        obj = np.empty(n)
+        _cd_stats(_f64(m), _f64(V), _f64(y), _f64(C), _f64(d), obj, np.empty((n, k + 1)),
+                  np.empty((0, k + 1, k + 1)))  # fmt: skip
+        return obj
+
+    def _update_cd(self, C, d, m, V, y, n_steps):
+        """Newton steps on each neuron's ``(c_i, d_i)`` (a concave objective), with backtracking.
+
+        ``m`` (n_bins_total, k), ``V`` (n_bins_total, k, k), ``y`` (n_bins_total, n); returns C, d."""
+        N, k = m.shape
+        n = C.shape[0]
+        m, V, y = _f64(m), _f64(V), _f64(y)
+        obj, g, H = np.empty(n), np.empty((n, k + 1)), np.empty((n, k + 1, k + 1))
+        obj_c, g_c, no_h = np.empty(n), np.empty((n, k + 1)), np.empty((0, k + 1, k + 1))
+        C, d = _f64(C).copy(), _f64(d).copy()
+        for _ in range(n_steps):
+            _cd_stats(m, V, y, C, d, obj, g, H)
+            step = np.linalg.solve(H, g[:, :, None])[:, :, 0]
+            dec = np.sum(g * step, axis=1)
+            todo = dec > 2 * self.newton_tol * N
+            if not todo.any():
+                break
+            alpha = np.ones(n)
+            for _ls in range(30):
+                Cc = C + (alpha * todo)[:, None] * step[:, :k]
+                dc = d + alpha * todo * step[:, k]
+                _cd_stats(m, V, y, Cc, dc, obj_c, g_c, no_h)
+                ok = todo & np.isfinite(obj_c) & (obj_c >= obj + 1e-4 * alpha * dec)
+                C[ok], d[ok] = Cc[ok], dc[ok]
+                todo &= ~ok
+                if not todo.any():
+                    break
+                alpha[todo] *= 0.5
+        return C, d
+
+    def _mstep(self, p, y, s, S, So):
+        n_trials, n_bins, k = s.shape
+        S00 = np.einsum("rti,rtj->ij", s[:, :-1], s[:, :-1]) + S[:, :-1].sum(axis=(0, 1))
+        S11 = np.einsum("rti,rtj->ij", s[:, 1:], s[:, 1:]) + S[:, 1:].sum(axis=(0, 1))
+        S10 = np.einsum("rti,rtj->ij", s[:, 1:], s[:, :-1]) + So[:, 1:].sum(axis=(0, 1))
+        F = np.linalg.solve(S00.T, S10.T).T
+        Q = (S11 - F @ S10.T) / (n_trials * (n_bins - 1))
+        Q = 0.5 * (Q + Q.T) + 1e-9 * np.eye(k)
+        mu0 = s[:, 0].mean(axis=0)
+        dm = s[:, 0] - mu0
+        V0 = S[:, 0].mean(axis=0) + dm.T @ dm / n_trials
+        V0 = 0.5 * (V0 + V0.T) + 1e-6 * np.eye(k)
+        C, d = self._update_cd(
+            p["C"].copy(),
+            p["d"].copy(),
+            s.reshape(-1, k),
+            S.reshape(-1, k, k),
+            y.reshape(-1, y.shape[-1]),
+            self.cd_steps,
+        )
+        return {"F": F, "Q": Q, "C": C, "d": d, "mu0": mu0, "V0": V0}
+
+    # ------------------------------------------------------------------ fit
+    def _init(self, y):
+        from v1motion.models.spikes.lds import GaussianLDS, kalman_covariances, kalman_means
+
+        k = self.n_latent
+        g = GaussianLDS(n_latent=k, n_iter=self.init_iter, seed=self.seed)
+        # a starting point: it need not converge (its cap is logged by GaussianLDS)
+        g.fit(y)
+        z = np.sqrt(y)
+        covs = kalman_covariances(g.F_, g.Q_, g.C_, g.r_, g.V0_, y.shape[1])
+        ms = kalman_means(z, g.F_, g.C_, g.d_, g.mu0_, covs)[2]
+        Ps = np.broadcast_to(covs["Ps"], (y.shape[0],) + covs["Ps"].shape)
+        n = y.shape[-1]
+        rate = y.reshape(-1, n).mean(axis=0)
+        C0 = np.zeros((n, k))
+        d0 = np.log(rate + 1e-3)
+        C, d = self._update_cd(
+            C0,
+            d0,
+            ms.reshape(-1, k),
+            np.ascontiguousarray(Ps).reshape(-1, k, k),
+            y.reshape(-1, n),
+            20,
+        )
+        p = {"F": g.F_, "Q": g.Q_, "C": C, "d": d, "mu0": g.mu0_, "V0": g.V0_}
+        return p, np.array(ms)
+
+    @single_blas_thread
+    def fit(self, y, u=None):
+        """Fit by Laplace-EM, started from a Gaussian LDS on square-root counts; returns ``self``.
+
+        Parameters
+        ----------
+        y : array of shape (n_trials, n_bins, n_neurons) or (n_bins, n_neurons)
+        u : None
+            No stimulus input (accepted for the common interface).
+        """
+        from tqdm import tqdm
+
+        y = as_counts(y)
+        if u is not None:
+            raise ValueError("PoissonLDS takes no stimulus input")
+        if not self.n_latent >= 1:
+            raise ValueError("n_latent must be at least 1")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid: {list(METHODS)}")
+        if not self.n_iter >= 1 or not self.init_iter >= 1:
+            raise ValueError("n_iter and init_iter must be at least 1")
+        n_trials, n_bins, n = y.shape
+        if n_bins < 2:
+            raise ValueError("a Poisson LDS needs at least 2 bins per trial")
+        self.n_neurons_ = n
+        p, s = self._init(y)
+        self.loglik_ = []
+        self.newton_iter_ = []
+        converged = False
+        change = float("nan")
+        n_bins_total = n_trials * n_bins
+        S = None
+        for _ in tqdm(range(self.n_iter), desc="Poisson LDS EM", disable=None, leave=False):
+            if self.method == "variational":
+                s, S, So, ll, n_newton = self._vstep(y, p, s, S)
+            else:
+                s, S, So, ll, n_newton = self._estep(y, p, s)
+            self.newton_iter_.append(n_newton)
+            total = float(ll.sum())
+            if self.loglik_:
+                change = (total - self.loglik_[-1]) / n_bins_total
+            self.loglik_.append(total)
+            if abs(change) < self.tol:
+                converged = True
+                break
+            p = self._mstep(p, y, s, S, So)
+        else:
+            log.warning(
+                "PoissonLDS: EM hit the iteration cap n_iter=%d without reaching tol=%g "
+                "(last change %.3g nats per bin)",
+                self.n_iter,
+                self.tol,
+                change,
+            )
+        self.F_, self.Q_, self.C_, self.d_ = p["F"], p["Q"], p["C"], p["d"]
+        self.mu0_, self.V0_ = p["mu0"], p["V0"]
+        self.n_iter_ = len(self.loglik_)
+        self.converged_ = converged
+        self.stop_reason_ = "ftol" if converged else "max_iter"
+        self.final_change_ = change
+        self.grad_norm_ = None
+        return self
+
+    # ------------------------------------------------------------------ use
+    @property
+    def n_params_(self) -> int:
+        self._check_fitted()
+        k, n = self.n_latent, self.n_neurons_
+        return k * k + k * (k + 1) // 2 + n * k + n + k + k * (k + 1) // 2
+
+    @single_blas_thread
+    def _predict(self, y):
+        self._check_fitted()
+        y = self._check_y(y)
+        mean, var = laplace_filter(
+            y, self.F_, self.Q_, self.C_, self.d_, self.mu0_, self.V0_, self.max_newton
+        )
+        return y, mean, var
+
+    def predict_rate(self, y) -> np.ndarray:
+        """One-step-ahead predicted mean count ``exp(c'm + d + c'Pc/2)`` of every bin, shape like ``y``."""
+        _, mean, var = self._predict(y)
+        return np.exp(np.minimum(mean + 0.5 * var, ETA_MAX))
+
+    def log_likelihood(self, y, u=None, per_trial=False, predictive="lognormal"):
+        """Log-likelihood (nats) of counts under the one-step-ahead predictive of the approximate filter.
+
+        Parameters
+        ----------
+        predictive : {"lognormal", "poisson"}
+            ``"lognormal"`` (default): each neuron's count has the Poisson-lognormal distribution
+            ``int Poisson(y; e^eta) N(eta; c'm + d, c'Pc) d eta`` (adaptive 40-point Gauss-Hermite), the exact
+            marginal under the filter's Gaussian prediction. ``"poisson"``: a Poisson with the same mean
+            ``exp(c'm + d + c'Pc/2)``, as the Gaussian LDS is scored; it undercounts empty bins when the
+            predicted log-rate is uncertain (docs/spikes/README.md).
+        """
+        if predictive not in PREDICTIVES:
+            raise ValueError(f"unknown predictive {predictive!r}; valid: {list(PREDICTIVES)}")
+        y, mean, var = self._predict(y)
+        if predictive == "poisson":
+            eta = np.minimum(mean + 0.5 * var, ETA_MAX)
+            ll = y * eta - np.exp(eta) - gammaln(y + 1)
+        else:
+            ll = poisson_lognormal_logpmf(y, mean, var)
+        return ll.sum(axis=(1, 2)) if per_trial else float(ll.sum())
+
+    @single_blas_thread
+    def smoothed_latents(self, y) -> np.ndarray:
+        """MAP latent paths given each whole trial (the Laplace posterior means), (n_trials, n_bins, k)."""
+        self._check_fitted()
+        y = self._check_y(y)
+        p = self._params()
+        s0 = np.broadcast_to(self.mu0_, y.shape[:2] + (self.n_latent,)).copy()
+        return self._estep(y, p, s0)[0]
+
+    @single_blas_thread
+    def sample(self, n_trials=1, n_bins=1000, u=None, seed=None):
+        """Sample counts, shape (n_trials, n_bins, n_neurons): a latent path, then Poisson counts."""
+        self._check_fitted()
+        if n_trials < 1 or n_bins < 1:
+            raise ValueError("n_trials and n_bins must be at least 1")
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        k = self.n_latent
+        s = rng.multivariate_normal(self.mu0_, self.V0_, size=n_trials)
+        Lq = np.linalg.cholesky(self.Q_ + 1e-12 * np.eye(k))
+        out = np.empty((n_trials, n_bins, self.n_neurons_))
+        for t in range(n_bins):
+            if t > 0:
+                s = s @ self.F_.T + rng.standard_normal((n_trials, k)) @ Lq.T
+            out[:, t] = rng.poisson(np.exp(np.minimum(s @ self.C_.T + self.d_, ETA_MAX)))
+        return out
