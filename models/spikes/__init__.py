@@ -1,5 +1,5 @@
 """Spike-train models: observation objects, independent / correlated / spike-history GLMs, the recurrent
-GLM (R-GLM) and a Gaussian LDS, with held-out bits/spike evaluation (see docs/architecture.md)."""
+GLM (R-GLM), a Gaussian LDS and a Poisson LDS, with held-out bits/spike evaluation (see docs/architecture.md)."""
 
 from v1motion.models.spikes.glm import (
     CorrelatedGLM,
@@ -15,6 +15,7 @@ from v1motion.models.spikes.observations import (
     get_link,
     get_observations,
 )
+from v1motion.models.spikes.plds import PoissonLDS
 from v1motion.models.spikes.registry import MODEL_KINDS, fit_and_score, make_model
 from v1motion.models.spikes.rglm import RGLM
 
@@ -26,6 +27,7 @@ __all__ = [
     "IndependentPoisson",
     "MODEL_KINDS",
     "PSTHPoisson",
+    "PoissonLDS",
     "PoissonObservations",
     "RGLM",
     "SpikeHistoryGLM",

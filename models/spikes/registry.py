@@ -11,6 +11,7 @@ import numpy as np
 from v1motion.models.spikes.evaluation import bits_per_spike
 from v1motion.models.spikes.glm import CorrelatedGLM, IndependentPoisson, SpikeHistoryGLM
 from v1motion.models.spikes.lds import GaussianLDS
+from v1motion.models.spikes.plds import PoissonLDS
 from v1motion.models.spikes.rglm import RGLM
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ MODEL_KINDS = {
     "glm": (SpikeHistoryGLM, {"correlated": False}),
     "glm_correlated": (SpikeHistoryGLM, {"correlated": True}),
     "lds": (GaussianLDS, {}),
+    "plds": (PoissonLDS, {}),
     "rglm": (RGLM, {"correlated": False}),
     "rglm_correlated": (RGLM, {"correlated": True}),
 }

@@ -15,6 +15,7 @@ MODEL_KIND_NAMES = (
     "glm_correlated",
     "independent",
     "lds",
+    "plds",
     "rglm",
     "rglm_correlated",
 )
@@ -25,7 +26,7 @@ def add_parser(subparsers) -> None:
         "spikes",
         help="fit, evaluate and sample spike-train models",
         description="Spike-train models (independent and correlated Poisson, spike-history GLM, "
-        "R-GLM, LDS) offline: fit one to binned counts, score counts with it, sample from it, or "
+        "R-GLM, Gaussian and Poisson LDS) offline: fit one to binned counts, score counts with it, sample from it, or "
         "regenerate the retina report.",
         epilog="examples:\n"
         "  v1motion spikes fit --recording Movie1Exp1 --kind glm --out runs/glm.pkl\n"

@@ -68,7 +68,13 @@ class SpikeOptions(BaseModel):
     n_latent: int | None = Field(None, ge=1, le=64, description="latent dimensions (lds)")
     l2: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description="L2 penalty")
     max_iter: int | None = Field(None, ge=1, le=2000, description="optimiser iterations")
-    n_iter: int | None = Field(None, ge=1, le=500, description="EM iterations (lds)")
+    n_iter: int | None = Field(None, ge=1, le=500, description="EM iterations (lds, plds)")
+    init_iter: int | None = Field(
+        None, ge=1, le=500, description="Gaussian LDS EM iterations that start a Poisson LDS (plds)"
+    )
+    method: Literal["variational", "laplace"] | None = Field(
+        None, description="E-step of a Poisson LDS (plds): Gaussian variational, or Laplace"
+    )
     tol: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     min_rate: float | None = Field(None, gt=0, le=1e3, allow_inf_nan=False)
     init_timescales: (
@@ -144,7 +150,7 @@ class SpikeModelCreate(SpikeData):
 
 
 class FitPublic(BaseModel):
-    """How the optimiser ended (L-BFGS for most kinds, EM for ``lds``)."""
+    """How the optimiser ended (L-BFGS for most kinds, EM for ``lds`` and ``plds``)."""
 
     converged: bool = Field(description="a stopping criterion was met (stop_reason gtol or ftol)")
     stop_reason: str = Field(

@@ -188,7 +188,12 @@ def test_too_many_pending_fits_get_429():
 
 @pytest.mark.parametrize(
     "kind,options",
-    [("correlated", {}), ("rglm", {"n_hidden": 2, "max_iter": 3}), ("lds", {"n_latent": 2})],
+    [
+        ("correlated", {}),
+        ("rglm", {"n_hidden": 2, "max_iter": 3}),
+        ("lds", {"n_latent": 2}),
+        ("plds", {"n_latent": 2, "n_iter": 3, "init_iter": 2}),
+    ],
 )
 def test_fit_response_says_how_the_optimiser_ended(client, kind, options):
     r = _fit(client, kind=kind, options=options)
@@ -214,6 +219,7 @@ def test_work_cap_counts_the_glm_an_rglm_is_started_from():
     assert work_factor("rglm", {"n_hidden": 2, "init": "random"}) == 2
     assert work_factor("rglm_correlated", {"n_hidden": 2, "n_lags": 4}) == 2 + 4 + 4
     assert work_factor("glm", {"n_lags": 7}) == 7 and work_factor("lds", {}) == 4
+    assert work_factor("plds", {"n_latent": 3}) == 3
     app = create_app(Settings(spikes_max_work=2400 * 6))
     with TestClient(app) as c:
         r = _fit(c, kind="rglm", options={"n_hidden": 2, "max_iter": 3})
