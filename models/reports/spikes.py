@@ -35,7 +35,8 @@ TABLE_ROWS = [
     ("independent", "fully independent", "−3.15"),
     ("correlated", "correlated Poisson", "+0.175"),
     ("glm", "GLM", "+0.225"),
-    ("lds", "LDS", "(figures)"),
+    ("lds", "Gaussian LDS (square-root counts)", ""),
+    ("plds", "Poisson LDS (variational EM)", "(figures)"),
     ("glm_correlated", "GLM with correlated Poisson", "+0.03"),
     ("rglm_correlated", "R-GLM with correlated Poisson", "+0.03"),
 ]
@@ -49,6 +50,7 @@ OPTIONS = {
     "correlated": {"l2": 1e-4},
     "glm": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000},
     "lds": {"n_latent": 8, "n_iter": 50},
+    "plds": {"n_latent": 8, "n_iter": 40},
     "glm_correlated": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000},
     "rglm_correlated": {"n_hidden": 8, "l2": 1e-4, "max_iter": 1500, "init": "glm"},
     "rglm": {"n_hidden": 8, "l2": 1e-4, "max_iter": 1500, "init": "glm"},
@@ -59,6 +61,7 @@ SAMPLE_KINDS = [
     "correlated",
     "glm",
     "lds",
+    "plds",
     "glm_correlated",
     "rglm",
     "rglm_correlated",
@@ -132,13 +135,33 @@ def run_recording(
 
 
 def rerun_rows(recording: str, out_dir: Path, kinds: list[str], seed: int = 0) -> dict:
-    """Recompute the cross-validated bits/spike of some rows in an existing ``results_<recording>.json``."""
+    """Recompute some rows in an existing ``results_<recording>.json`` without refitting the others.
+
+    For each kind: its cross-validated bits/spike, how each of its fits ended (``fits``) and, for the
+    sampled kinds, the statistics of free-running samples of its fold-0 model (the figure
+    ``samples_<recording>.png`` is not redrawn: it needs every model's samples).
+    """
     path = Path(out_dir) / f"results_{recording}.json"
     result = json.loads(path.read_text())
-    y = load_retina(recording, BIN_MS)
-    cv = cross_validate({k: _factory(k) for k in kinds}, y, n_folds=result["n_folds"], seed=seed)
+    y = load_retina(recording, BIN_MS)[:, : result["shape"][1]]
+    n_folds = result["n_folds"]
+    fitted: dict = {}
+    fits: dict = {}
+    cv = cross_validate(
+        {k: _factory(k) for k in kinds}, y, n_folds=n_folds, seed=seed, keep=fitted, fits=fits
+    )
     for k in kinds:
         result["bits_per_spike"][k] = cv[k].tolist()
+        if k in fits:
+            result.setdefault("fits", {})[k] = fits[k]
+    sampled = [k for k in kinds if k in SAMPLE_KINDS]
+    if sampled:
+        test = trial_folds(y.shape[0], n_folds, seed)[0]
+        n_train = y.shape[0] - len(test)
+        samples = {
+            k: fitted[k].sample(n_trials=n_train, n_bins=y.shape[1], seed=seed + 1) for k in sampled
+        }
+        result.setdefault("sample_stats", {}).update(sample_statistics(y, samples)["summary"])
     path.write_text(json.dumps(result, indent=1))
     return result
 
@@ -311,9 +334,11 @@ def assemble(out_dir: Path) -> str:
             bps = r["bits_per_spike"]
             if k == "independent":
                 cells += [f"0 (absolute {np.mean(bps['_baseline_abs']):.2f})", ""]
+            elif k not in bps:
+                cells += ["not run", ""]
             else:
                 delta = ""
-                if prev is not None and idx < len(TABLE_ROWS):
+                if prev is not None and idx < len(TABLE_ROWS) and prev in bps:
                     delta = _fmt(np.asarray(bps[k]) - np.asarray(bps[prev]))
                 cells += [_fmt(bps[k]), delta]
         lines.append(f"| {name} | {orig} | " + " | ".join(cells) + " |")
@@ -321,7 +346,8 @@ def assemble(out_dir: Path) -> str:
     lines += [
         "",
         "Δ follows the row order of the original table, so the GLM with correlated Poisson is compared "
-        "with the LDS row above it; against the GLM it gains (GLM+corr) − (GLM). Each ± is the standard "
+        "with the Poisson LDS row above it (the original's LDS), and the Poisson LDS with the Gaussian LDS "
+        "on square-root counts; against the GLM the GLM with correlated Poisson gains (GLM+corr) − (GLM). Each ± is the standard "
         "error over the folds (of the gain, or of the per-fold difference for Δ: the folds are paired).",
         "",
         "The extra rows are not in the original table. The R-GLM (independent noise) has no A; the PSTH model "
@@ -353,8 +379,9 @@ def assemble(out_dir: Path) -> str:
         "",
         "Per row and recording, over the folds: fits that met a stopping criterion (`gtol`: largest "
         "gradient entry of the per-bin loss ≤ `tol`; `ftol`: the loss changed by less than 2.2e-9 "
-        "relative in one iteration; the LDS: EM gain per bin below its `tol`), the stop reasons, the "
-        "largest final gradient entry, the most iterations and the longest fit (wall seconds on the "
+        "relative in one iteration; the LDSs: EM gain per bin below its `tol`), the stop reasons, the "
+        "largest final gradient entry (for EM: the largest last change of the log-likelihood, or of the "
+        "Poisson LDS's ELBO, in nats per bin), the most iterations and the longest fit (wall seconds on the "
         "training trials, one thread, `nice`d, on a shared 2-core machine with other jobs running).",
         "",
         "| model | recording | converged | stop reasons | largest gradient | tol | iterations | longest fit (s) |",
@@ -366,13 +393,16 @@ def assemble(out_dir: Path) -> str:
             if not fl:
                 continue
             grads = [f["grad_norm"] for f in fl if f["grad_norm"] is not None]
+            changes = [abs(f["final_change"]) for f in fl if f.get("final_change") is not None]
             tol = fl[0].get("tol")
             cells = [
                 name,
                 r["recording"],
                 f"{sum(f['converged'] for f in fl)}/{len(fl)}",
                 ", ".join(sorted({f["stop_reason"] for f in fl})),
-                f"{max(grads):.1e}" if grads else "– (EM)",
+                f"{max(grads):.1e}"
+                if grads
+                else (f"– (EM; last change {max(changes):.1e}/bin)" if changes else "– (EM)"),
                 "" if tol is None else f"{tol:g}",
                 str(max(f["n_iter"] for f in fl)),
                 f"{max(f['fit_seconds'] for f in fl):.0f}",
@@ -410,7 +440,10 @@ def assemble(out_dir: Path) -> str:
     for kind in SAMPLE_KINDS + ["data"]:
         cells = []
         for r in results:
-            s = r["sample_stats"][kind]
+            s = r["sample_stats"].get(kind)
+            if s is None:
+                cells += ["not run"] + [""] * 4
+                continue
             rr, rc = s.get("corr_vs_data_r"), s.get("ccg_vs_data_r")
             cells += [
                 "" if rr is None else f"{rr:.2f}",

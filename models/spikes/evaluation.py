@@ -74,7 +74,8 @@ def cross_validate(
     log-likelihood per held-out spike (bits). When ``keep`` is a dict, the models fitted on fold 0's
     training trials are stored in it by name. When ``fits`` is a dict, ``fits[name]`` is the list (one per
     fold) of how each fit ended: ``converged``, ``stop_reason``, ``grad_norm``, ``n_iter``, ``tol`` and
-    ``fit_seconds`` (wall time), for the models that report it.
+    ``fit_seconds`` (wall time), for the models that report it, and ``final_change`` (EM fits that
+    record it: the last iteration's change of their objective, nats per bin; otherwise ``None``).
     """
     import time
 
@@ -103,6 +104,7 @@ def cross_validate(
                     "grad_norm": None if grad is None else float(grad),
                     "n_iter": int(model.n_iter_),
                     "tol": getattr(model, "tol", None),
+                    "final_change": getattr(model, "final_change_", None),
                     "fit_seconds": seconds,
                 }
             )

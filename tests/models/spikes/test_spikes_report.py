@@ -17,6 +17,7 @@ def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
 
     quick = {k: {**v, "max_iter": 5} if "max_iter" in v else v for k, v in report.OPTIONS.items()}
     quick["lds"] = {"n_latent": 2, "n_iter": 3}
+    quick["plds"] = {"n_latent": 2, "n_iter": 2, "init_iter": 2}
     monkeypatch.setattr(report, "OPTIONS", quick)
     res = report.run_recording("Movie1Exp1", tmp_path, n_folds=2, max_bins=150)
     report_data = report.load_retina("Movie1Exp1", 10.0)
@@ -25,8 +26,10 @@ def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
     assert (tmp_path / "samples_Movie1Exp1.png").stat().st_size > 1000
     assert (tmp_path / "timescales_Movie1Exp1.png").stat().st_size > 1000
     monkeypatch.setattr(report, "load_retina", lambda rec, bin_ms: report_data[:, :150])
-    again = report.rerun_rows("Movie1Exp1", tmp_path, ["rglm"])
+    again = report.rerun_rows("Movie1Exp1", tmp_path, ["rglm", "plds"])
     assert len(again["bits_per_spike"]["rglm"]) == 2
+    assert [f["n_iter"] for f in again["fits"]["plds"]] == [2, 2]  # how the rerun fits ended
+    assert again["sample_stats"]["plds"]["mean_rate_per_bin"] > 0
     assert again["bits_per_spike"]["correlated"] == res["bits_per_spike"]["correlated"]
     text = report.assemble(tmp_path)
     assert "| R-GLM with correlated Poisson |" in text
@@ -34,6 +37,7 @@ def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
     assert "Near-duplicate units" in text
     # every row's fits are accounted for: 5 iterations cannot converge, and the table says so
     assert "| R-GLM with correlated Poisson | Movie1Exp1 | 0/2 | max_iter |" in text
+    assert "| Poisson LDS (variational EM) | Movie1Exp1 | 0/2 | max_iter | – (EM; last change" in text
     assert "target met |" in text and "CCG r" in text
 
 
