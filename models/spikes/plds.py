@@ -1,30 +1,43 @@
-"""Poisson latent linear dynamical system (Poisson LDS), fitted by Laplace-EM.
+"""Poisson latent linear dynamical system (Poisson LDS), fitted by variational EM (or Laplace-EM).
 
     s^t = F s^{t-1} + w,   w ~ N(0, Q),   s^0 ~ N(mu0, V0)
     y_i^t ~ Poisson(exp(c_i' s^t + d_i))
 
-The LDS baseline of the original work: the same latent dynamics as :class:`GaussianLDS`, but the counts
+The LDS baseline of the original work: the latent dynamics of :class:`GaussianLDS`, but the counts
 themselves are Poisson given the latents (no square root, no Gaussian noise).
 
-Fit (Laplace-EM). The posterior of a trial's latent path is not Gaussian; the E-step replaces it by the
-Laplace approximation: its mode ``m`` (the MAP path, by Newton's method on the log-posterior, whose negative
-Hessian ``H`` is block tridiagonal: a banded Cholesky factor per Newton step, ``O(T k^3)``) and the
-covariance ``H^{-1}`` at the mode, of which only the diagonal blocks ``Cov(s^t)`` and the first
-off-diagonal blocks ``Cov(s^t, s^{t-1})`` are computed (a backward recursion on the same factor). The
-M-step is then closed-form for ``F, Q, mu0, V0`` (as in the Gaussian LDS), and ``(C, d)`` maximise the
-expected Poisson log-likelihood under the Gaussian posterior,
-``sum y (c'm + d) - exp(c'm + d + c'Vc/2)``, concave, by a few Newton steps per neuron. The fit
-starts from a Gaussian LDS fitted on square-root counts (its dynamics and smoothed latents; ``(C, d)`` by
-the Poisson M-step on those latents).
+Fit. The posterior of a trial's latent path is not Gaussian. The E-step approximates it by a Gaussian
+``q = N(m, Lam^{-1})`` whose precision is block tridiagonal,
+``Lam = J + blockdiag(C' diag(r^t) C)`` (``J`` the precision of the Gauss-Markov prior), so every
+solve is a banded Cholesky factor in ``O(T k^3)`` and the moments the M-step needs, the diagonal blocks
+``Cov(s^t)`` and the first off-diagonal blocks ``Cov(s^t, s^{t-1})`` of ``Lam^{-1}``, come from a backward
+recursion on the same factor (:func:`block_tridiag_inverse_blocks`); no dense ``(T k) x (T k)`` matrix is
+formed.
 
-Held-out scoring (an approximate filter). Bits/spike needs ``p(y^t | y^{<t})`` as for every row of the
+- ``method="variational"`` (default): ``q`` maximises the ELBO. At its optimum ``r^t`` are the expected
+  rates ``exp(C m^t + d + diag(C S^t C') / 2)``; the mean ascends by Newton steps (negative Hessian
+  ``Lam``) and the covariance follows from ``Lam`` (a fixed-point step). Each step raises the ELBO, and so
+  does the M-step: the fit ascends the ELBO monotonically.
+- ``method="laplace"``: ``m`` is the posterior mode (Newton's method on the log-posterior) and ``r^t`` the
+  rates there. Measured on a planted model it does not converge to it: the Gaussian at the mode overstates
+  ``E[exp(c's + d)]`` for sparse counts, the M-step lowers ``d`` to compensate, and one eigenvalue of ``F``
+  drifts to 1 while the Laplace evidence falls (docs/spikes/README.md).
+
+The M-step is closed-form for ``F, Q, mu0, V0`` (as in the Gaussian LDS), and ``(C, d)`` maximise the
+expected Poisson log-likelihood under ``q``, ``sum y (c'm + d) - exp(c'm + d + c'Vc/2)``, a concave
+function, by a few Newton steps per neuron. The fit starts from a Gaussian LDS fitted on square-root counts
+(its dynamics and smoothed latents, with ``(C, d)`` from the Poisson M-step on those latents).
+
+Held-out scoring (an approximate filter). Bits/spike needs ``p(y^t | y^{<t})``, as for every row of the
 table. The filtered posterior ``p(s^{t-1} | y^{<t})`` is approximated by a Gaussian ``N(m_f, P_f)``;
-propagated, it gives ``s^t ~ N(m, P)`` with ``m = F m_f``, ``P = F P_f F' + Q``. Each neuron's count is
-given the Poisson distribution whose mean is the predictive mean ``E[exp(c_i's + d_i)] = exp(c_i'm + d_i +
-c_i'P c_i / 2)`` (the exact predictive is a Poisson-lognormal mixture, correlated across neurons; the
-Gaussian LDS row makes the same kind of approximation). The filter is then updated with the observed
-counts by Laplace's method: Newton's method for the mode of ``log N(s; m, P) + log p(y^t | s)`` gives
-``m_f``, and ``P_f = (P^{-1} + C' diag(lambda) C)^{-1}`` at the mode.
+propagated, it predicts ``s^t ~ N(m, P)`` with ``m = F m_f``, ``P = F P_f F' + Q``, so neuron ``i``'s
+log-rate is ``N(c_i'm + d_i, c_i'P c_i)``. Each count is scored by its Poisson-lognormal marginal under
+that prediction (adaptive Gauss-Hermite quadrature); the neurons of one bin are treated as independent
+given the past (the exact predictive couples them through ``s^t``). The predicted mean count is
+``exp(c_i'm + d_i + c_i'P c_i / 2)``; scoring with a Poisson of that mean (``predictive="poisson"``, as the
+Gaussian LDS is scored) undercounts empty bins when the log-rate is uncertain. The filter is then updated
+with the observed counts by Laplace's method: Newton's method for the mode of
+``log N(s; m, P) + log p(y^t | s)`` gives ``m_f``, and ``P_f = (P^{-1} + C' diag(lambda) C)^{-1}`` there.
 
 Derivations: docs/spikes/README.md ("The Poisson LDS").
 """
@@ -575,7 +588,7 @@ def laplace_filter(y, F, Q, C, d, mu0, V0, max_newton=50, tol=1e-10):
 
 # ----------------------------------------------------------------------------- the estimator
 class PoissonLDS:
-    """Poisson LDS (latent linear dynamics, Poisson counts with an exp link) fitted by Laplace-EM.
+    """Poisson LDS (latent linear dynamics, Poisson counts with an exp link) fitted by variational EM.
 
     Parameters
     ----------
@@ -584,19 +597,22 @@ class PoissonLDS:
         EM iterations at most; a fit that reaches the cap logs a warning and says so (``stop_reason_``
         ``"max_iter"``).
     tol : float, default 1e-5
-        Convergence: the Laplace approximation of the log marginal likelihood changed by less than ``tol``
-        nats per bin in one EM iteration (Laplace-EM is not guaranteed monotone, so the change is taken in
-        absolute value).
+        Convergence: the ELBO (``method="variational"``) or the Laplace approximation of the log marginal
+        likelihood (``"laplace"``) changed by less than ``tol`` nats per bin in one EM iteration (in
+        absolute value: Laplace-EM is not monotone).
     init_iter : int, default 20
-        EM iterations of the Gaussian LDS on square-root counts that starts the fit.
+        EM iterations of the Gaussian LDS on square-root counts that starts the fit (it is not run to
+        convergence; GaussianLDS logs its cap).
+    method : {"variational", "laplace"}, default "variational"
+        The E-step (see the module's docstring).
     seed : int, default 0
 
     Attributes
     ----------
     F_, Q_, C_, d_, mu0_, V0_ : fitted parameters.
     loglik_ : list of float
-        Laplace approximation of the log marginal likelihood of the training counts (nats), per EM step
-        (before that step's M-step).
+        The ELBO (or the Laplace approximation of ``log p(y)``) of the training counts in nats, per EM
+        step (after that step's E-step, before its M-step).
     n_iter_ : int
         EM iterations taken.
     converged_ : bool
@@ -608,10 +624,11 @@ class PoissonLDS:
 
     Notes
     -----
-    E-step per trial: Newton's method on ``L(s) = sum_t y^t'(C s^t + d) - 1'exp(C s^t + d) - prior``, whose
-    negative Hessian is ``J + blockdiag(C' diag(lambda^t) C)`` with ``J`` the block-tridiagonal precision of
-    the Gauss-Markov prior, warm-started from the previous iteration's mode; it stops when half the Newton
-    decrement is below ``newton_tol`` nats per trial. Derivations in docs/spikes/README.md.
+    The variational E-step is partial: at most ``e_steps`` (3) ascent steps per EM iteration, warm-started
+    from the previous iteration's ``q``; each raises the ELBO, and convergence is judged on the ELBO over
+    whole EM iterations. The Laplace E-step runs Newton's method on the log-posterior to its mode (half the
+    Newton decrement below ``newton_tol`` nats per trial, at most ``max_newton`` steps, a cap logged).
+    Derivations in docs/spikes/README.md.
     """
 
     kind = "plds"
@@ -953,7 +970,8 @@ class PoissonLDS:
 
     @single_blas_thread
     def fit(self, y, u=None):
-        """Fit by Laplace-EM, started from a Gaussian LDS on square-root counts; returns ``self``.
+        """Fit by EM (variational or Laplace), started from a Gaussian LDS on square-root counts; returns
+        ``self``.
 
         Parameters
         ----------

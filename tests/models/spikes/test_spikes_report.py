@@ -37,7 +37,9 @@ def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
     assert "Near-duplicate units" in text
     # every row's fits are accounted for: 5 iterations cannot converge, and the table says so
     assert "| R-GLM with correlated Poisson | Movie1Exp1 | 0/2 | max_iter |" in text
-    assert "| Poisson LDS (variational EM) | Movie1Exp1 | 0/2 | max_iter | – (EM; last change" in text
+    assert (
+        "| Poisson LDS (variational EM) | Movie1Exp1 | 0/2 | max_iter | – (EM; last change" in text
+    )
     assert "target met |" in text and "CCG r" in text
 
 
