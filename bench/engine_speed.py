@@ -7,7 +7,8 @@ interleaved round by round, so machine noise largely cancels; each figure is the
 BLAS and OpenCV run on one thread. The engine runs with ``threads=1`` (the reference path) and
 ``threads=2`` (the ss-RNN kernel split over patch rows with Numba's ``prange``, level 0 whitened in two
 bands and the coarser levels on a helper thread); "encode" is the ss-RNN stage alone (pyramid to sparse
-codes), "step" adds the motion read-out. Both give identical codes.
+codes), "step" adds the motion read-out, with the coarse read of fast motion ("one scale": without
+it). Both thread counts give identical codes.
 """
 
 from __future__ import annotations
@@ -70,11 +71,11 @@ def flow_run(fn, frames):
         fn(a, b)
 
 
-def engine_runners(engine: MotionEngine, threads: int):
+def engine_runners(engine: MotionEngine, threads: int, coarse: bool = True):
     """Per-frame callables over a run of frames, each starting a fresh stream."""
     e = MotionEngine(
         engine.model, engine.readout, engine.tuning, levels=engine.readout_levels, mt=engine.mt,
-        pooling=engine.pooling, threads=threads,
+        pooling=engine.pooling, threads=threads, coarse=coarse,
     )  # fmt: skip
     e.warmup()
 
@@ -124,6 +125,7 @@ def speed_table(engine, clip, n_frames, rounds):
         step, encode = engine_runners(engine, threads)
         runners[f"step {threads} thr"] = step
         runners[f"encode {threads} thr"] = encode
+    runners["step 1 thr, one scale"] = engine_runners(engine, 1, coarse=False)[0]
     flows = flow_methods()
     table = []
     for w, h in SIZES:
@@ -149,6 +151,9 @@ def speed_table(engine, clip, n_frames, rounds):
                 "threads": float(np.median(np.array(fps["step 2 thr"]) / fps["step 1 thr"])),
                 "encode_threads": float(
                     np.median(np.array(fps["encode 2 thr"]) / fps["encode 1 thr"])
+                ),
+                "coarse": float(
+                    np.median(np.array(fps["step 1 thr"]) / fps["step 1 thr, one scale"])
                 ),
             }
         )
@@ -228,6 +233,9 @@ def main():
     print("\ntwo threads against one (median over rounds)")
     for r in table:
         print(f"- {r['size']}: step {r['threads']:.2f}x, encode {r['encode_threads']:.2f}x")
+    print("\nthe step with the coarse read of fast motion against one scale (median over rounds)")
+    for r in table:
+        print(f"- {r['size']}: {r['coarse']:.2f}x")
     if args.no_accuracy:
         return
     errs = direction_errors(engine, stimuli_sets())
