@@ -44,7 +44,8 @@ FAST_FROM = 5.0
 is one of 8, inside the speeds the ss-RNN was trained on. A cell takes that reading where it is at
 least this fast, confident (``COARSE_CONFIDENT``) and the cell itself shows some motion (confidence
 above ``FINE_MOVING``, so an object's motion does not spread into a still background by the coarser
-cells); chosen on the accuracy benchmark (docs/motion/accuracy.md)."""
+cells); chosen on the accuracy benchmark (docs/motion/accuracy.md). The coarse read's averages are
+kept every frame, but it is decoded only when some moving cell reads at least half this fast."""
 COARSE_CONFIDENT = 0.3
 FINE_MOVING = 0.1
 CHANGE_CELLS = 3
@@ -523,12 +524,17 @@ class MotionEngine:
         if self.mt is None:
             raise RuntimeError("this engine has no MT read-out: load one with mt_path=")
         hists = self._new_hists()
-        direction, speed, conf = self._motion_map(state.acc, codes, shape, gate, hists)
+        self._fold(state.acc, codes, hists)
+        direction, speed, conf = self._decode(state.acc, codes, shape, gate)
         if coarse is not None:
             c_codes, c_gate = coarse
-            c_shape = self._level_shape(shape, 1)
-            c_map = self._motion_map(state.coarse_acc, c_codes, c_shape, c_gate, self._new_hists())
-            direction, speed, conf = self._take_fast((direction, speed, conf), c_map)
+            self._fold(state.coarse_acc, c_codes, self._new_hists())  # kept current every frame
+            # Decoded only when the frame may hold fast motion: some moving cell reads at least
+            # half of FAST_FROM (at one scale fast motion is read too slow, not slower than that).
+            if np.any((conf > FINE_MOVING) & (speed >= FAST_FROM / 2)):
+                c_shape = self._level_shape(shape, 1)
+                c_map = self._decode(state.coarse_acc, c_codes, c_shape, c_gate)
+                direction, speed, conf = self._take_fast((direction, speed, conf), c_map)
         state.frames += 1
         dir_hist, speed_hist, unit_act, _ = hists
         g_dir, g_speed, g_conf = global_motion(direction, speed, conf)
@@ -561,11 +567,10 @@ class MotionEngine:
             np.where(take, c_conf, conf).astype(np.float32),
         )
 
-    def _motion_map(self, accs, codes, shape, gate, hists):
-        """Direction, speed and confidence per cell of ``shape`` from the codes of the read-out's
-        levels (``codes[0]`` is its finest); ``accs`` holds their running averages."""
-        mt = self.mt
-        n_hidden = mt.proj_.shape[2]
+    def _fold(self, accs, codes, hists) -> None:
+        """Fold the codes of the read-out's levels (``codes[0]`` is its finest) into their running
+        averages ``accs`` (and the histograms ``hists``)."""
+        n_hidden = self.mt.proj_.shape[2]
         n_s = self.pooling.n_scales
         alphas = []
         for lv, (_, gh, gw) in enumerate(codes):
@@ -577,20 +582,26 @@ class MotionEngine:
         n0 = codes[0][1] * codes[0][2]
         if self._pool is None:
             self._project(accs, codes, alphas, [(lv, 0, None) for lv in range(len(codes))], hists)
-        else:
-            # A helper thread projects the coarser levels and the last patches of level 0 while
-            # this one projects the first half of all patches: the same numbers per patch, and the
-            # histograms are the sum of the two threads' (equal to float32 rounding).
-            cut = min(n0, sum(gh * gw for _, gh, gw in codes) // 2)
-            theirs = self._new_hists()
-            jobs = [(0, cut, None)] + [(lv, 0, None) for lv in range(1, len(codes))]
-            helper = self._pool.submit(self._project, accs, codes, alphas, jobs, theirs)
-            try:
-                self._project(accs, codes, alphas, [(0, 0, cut)], hists)
-            finally:  # the helper writes to `accs`: never return (or raise) while it still runs
-                helper.result()
-            for mine, other in zip(hists, theirs, strict=True):
-                mine += other
+            return
+        # A helper thread projects the coarser levels and the last patches of level 0 while this
+        # one projects the first half of all patches: the same numbers per patch, and the
+        # histograms are the sum of the two threads' (equal to float32 rounding).
+        cut = min(n0, sum(gh * gw for _, gh, gw in codes) // 2)
+        theirs = self._new_hists()
+        jobs = [(0, cut, None)] + [(lv, 0, None) for lv in range(1, len(codes))]
+        helper = self._pool.submit(self._project, accs, codes, alphas, jobs, theirs)
+        try:
+            self._project(accs, codes, alphas, [(0, 0, cut)], hists)
+        finally:  # the helper writes to `accs`: never return (or raise) while it still runs
+            helper.result()
+        for mine, other in zip(hists, theirs, strict=True):
+            mine += other
+
+    def _decode(self, accs, codes, shape, gate):
+        """Direction, speed and confidence per cell of ``shape`` from the running averages of the
+        read-out's levels: pooled over space, decoded, integrated over confident neighbours, gated."""
+        mt = self.mt
+        n_s = self.pooling.n_scales
         cells = self.pooling.cells_by_scale(
             [acc.reshape(n_s, gh, gw, -1) for acc, (_, gh, gw) in zip(accs, codes, strict=True)],
             shape,

@@ -299,28 +299,45 @@ def test_pooling_on_a_helper_thread_gives_the_same_cells(rng, pool_px):
 
 
 @pytest.mark.parametrize("shape", [(100, 140), (129, 161)])
-def test_coarse_read_is_the_read_of_the_half_size_frame_where_it_is_fast(shape):
+@pytest.mark.parametrize("fast_from", [None, 0.05])
+def test_coarse_read_is_the_read_of_the_half_size_frame_where_it_is_fast(
+    shape, fast_from, monkeypatch
+):
     """The coarse read is the one-scale read of the frame one octave down (``cv2.pyrDown``, as the
-    pyramid makes it), by the same ss-RNN codes; a cell takes it where it reads fast motion."""
+    pyramid makes it), by the same ss-RNN codes; a cell takes it where it reads fast motion, and it
+    is decoded only when some moving cell reads at least half that fast. (A random engine seldom
+    reads fast: low thresholds make it decode and take the coarse read on every frame.)"""
     import cv2
 
     from v1motion.models.motion import engine as engine_mod
+
+    if fast_from is not None:
+        monkeypatch.setattr(engine_mod, "FAST_FROM", fast_from)
+        monkeypatch.setattr(engine_mod, "COARSE_CONFIDENT", 0.0)
+        monkeypatch.setattr(engine_mod, "FINE_MOVING", -1.0)
 
     kw = dict(seed=3, levels=3, pooling=Pooling(pool_px=(32, 96)))
     both = MotionEngine.random(**kw)
     fine, half = MotionEngine.random(**kw, coarse=False), MotionEngine.random(**kw, coarse=False)
     frames = stimuli.pan_sequence(stimuli.load_still("camera"), (256.0, 256.0), 0.7, 6.0, 6, shape)
     s_both, s_fine, s_half = both.new_state(), fine.new_state(), half.new_state()
+    decoded, taken = [], []
     for f in frames:
         got = both.step(s_both, f)
         a = fine.step(s_fine, f)
         b = half.step(s_half, cv2.pyrDown(to_grey(f)))
-        want = engine_mod.MotionEngine._take_fast(
-            (a.direction, a.speed, a.confidence), (b.direction, b.speed, b.confidence)
-        )
+        want = (a.direction, a.speed, a.confidence)
+        # decoded only where some moving cell reads at least half of FAST_FROM at one scale
+        fast = (a.confidence > engine_mod.FINE_MOVING) & (a.speed >= engine_mod.FAST_FROM / 2)
+        if fast.any():
+            want = engine_mod.MotionEngine._take_fast(want, (b.direction, b.speed, b.confidence))
+        decoded.append(bool(fast.any()))
+        taken.append(int((got.speed != a.speed).sum()))
         for g, w in zip((got.direction, got.speed, got.confidence), want, strict=True):
             np.testing.assert_array_equal(g, w)
     assert got.direction.shape == a.direction.shape
+    if fast_from is not None:
+        assert all(decoded[1:]) and sum(taken) > 0
     # a frame too small for one more level is read at one scale
     small = MotionEngine.random(**kw)
     tiny = np.zeros((40, 48), np.uint8)
