@@ -173,6 +173,40 @@ def _tri_inv(L, out):
 
 # ----------------------------------------------------------------------------- block-tridiagonal kernels
 @njit(cache=True, nogil=True)
+def _spd_inverse(A, L, Linv, out):
+    """``out = A^-1`` for a symmetric positive definite ``A``: ``A = L L^T``, ``A^-1 = Linv^T Linv``
+    (``L`` and ``Linv`` are scratch, written)."""
+    _chol(A, L)
+    _tri_inv(L, Linv)
+    k = A.shape[0]
+    for i in range(k):
+        for j in range(k):
+            acc = 0.0
+            for p in range(max(i, j), k):
+                acc += Linv[p, i] * Linv[p, j]
+            out[i, j] = acc
+
+
+@njit(cache=True, nogil=True)
+def _rates_and_precision(Pinv, C, d, s, lam, H):
+    """At the latent ``s``: the rates ``lam_i = exp(min(c_i' s + d_i, ETA_MAX))`` and the posterior
+    precision ``H = Pinv + C' diag(lam) C`` (the negative Hessian of the one-bin log-posterior)."""
+    n, k = C.shape
+    for i in range(n):
+        e = d[i]
+        for a in range(k):
+            e += C[i, a] * s[a]
+        lam[i] = np.exp(min(e, ETA_MAX))
+    for a in range(k):
+        for b in range(a + 1):
+            acc = Pinv[a, b]
+            for i in range(n):
+                acc += C[i, a] * lam[i] * C[i, b]
+            H[a, b] = acc
+            H[b, a] = acc
+
+
+@njit(cache=True, nogil=True)
 def _bt_cholesky(D, B, L, M):
     n_trials, n_bins, k = D.shape[0], D.shape[1], D.shape[2]
     work = np.empty((k, k))
@@ -450,14 +484,7 @@ def _laplace_filter(y, F, Q, C, d, mu0, V0, max_newton, tol, eta_mean, eta_var):
                 eta_mean[r, t, i] = mu
                 eta_var[r, t, i] = var
             # update: Newton for the mode of log N(s; m, P) + sum_i y_i eta_i - exp(eta_i)
-            _chol(P, Lp)
-            _tri_inv(Lp, LH)
-            for i in range(k):
-                for j in range(k):
-                    acc = 0.0
-                    for p in range(max(i, j), k):
-                        acc += LH[p, i] * LH[p, j]
-                    Pinv[i, j] = acc
+            _spd_inverse(P, Lp, LH, Pinv)
             s[:] = m
             f = 0.0
             for i in range(n):
@@ -465,11 +492,7 @@ def _laplace_filter(y, F, Q, C, d, mu0, V0, max_newton, tol, eta_mean, eta_var):
                 f += y[r, t, i] * e - np.exp(min(e, ETA_MAX))
             converged = False
             for _ in range(max_newton):
-                for i in range(n):
-                    e = d[i]
-                    for a in range(k):
-                        e += C[i, a] * s[a]
-                    lam[i] = np.exp(min(e, ETA_MAX))
+                _rates_and_precision(Pinv, C, d, s, lam, H)
                 for a in range(k):
                     acc = 0.0
                     for i in range(n):
@@ -477,13 +500,6 @@ def _laplace_filter(y, F, Q, C, d, mu0, V0, max_newton, tol, eta_mean, eta_var):
                     for b in range(k):
                         acc -= Pinv[a, b] * (s[b] - m[b])
                     g[a] = acc
-                for a in range(k):
-                    for b in range(a + 1):
-                        acc = Pinv[a, b]
-                        for i in range(n):
-                            acc += C[i, a] * lam[i] * C[i, b]
-                        H[a, b] = acc
-                        H[b, a] = acc
                 _chol(H, LH)
                 _fwd(LH, g, tmp)
                 _bwd(LH, tmp, step)
@@ -522,26 +538,8 @@ def _laplace_filter(y, F, Q, C, d, mu0, V0, max_newton, tol, eta_mean, eta_var):
             if not converged:
                 n_capped += 1
             # the filtered posterior: mode, and the inverse negative Hessian there
-            for i in range(n):
-                e = d[i]
-                for a in range(k):
-                    e += C[i, a] * s[a]
-                lam[i] = np.exp(min(e, ETA_MAX))
-            for a in range(k):
-                for b in range(a + 1):
-                    acc = Pinv[a, b]
-                    for i in range(n):
-                        acc += C[i, a] * lam[i] * C[i, b]
-                    H[a, b] = acc
-                    H[b, a] = acc
-            _chol(H, LH)
-            _tri_inv(LH, Lp)
-            for i in range(k):
-                for j in range(k):
-                    acc = 0.0
-                    for p in range(max(i, j), k):
-                        acc += Lp[p, i] * Lp[p, j]
-                    Pf[i, j] = acc
+            _rates_and_precision(Pinv, C, d, s, lam, H)
+            _spd_inverse(H, LH, Lp, Pf)
             mf[:] = s
     return n_capped
 
