@@ -344,16 +344,16 @@ class MotionEngine:
             state.coarse_acc = [None] * self.levels
             state.change = state.coarse_change = None
             state.frames = 0
-        prev = list(
-            state.prev[:2]
-        )  # encode replaces them by new codes: these are kept as they were
+        # encode replaces the previous codes: the finest of each read are kept as they were
+        prev = state.prev[:2]
         codes = self.encode(state, grey, n_levels)
         gates = [None, None]
         if self.change_gate is not None:
-            for k in range(1 + coarse):  # the finest level of each read
-                code, gh, gw = codes[k]
-                cells = self.pooling.grid(self._level_shape((h, w), k))
-                gates[k] = self._change_gate(state, k, prev[k], code, (gh, gw), cells)
+            gates[0], state.change = self._change_gate(state.change, prev[0], codes[0], (h, w))
+            if coarse:
+                gates[1], state.coarse_change = self._change_gate(
+                    state.coarse_change, prev[1], codes[1], self._level_shape((h, w), 1)
+                )
         if not coarse:
             return self.read(state, codes, (h, w), gates[0])
         return self.read(state, codes[: self.levels], (h, w), gates[0], (codes[1:], gates[1]))
@@ -366,26 +366,25 @@ class MotionEngine:
             h, w = (h + 1) // 2, (w + 1) // 2
         return h, w
 
-    def _change_gate(self, state, read, prev, code, grid, cells) -> np.ndarray:
-        """Per cell, a factor in [0, 1]: how much the code of a read's finest level (``read`` 0: the
-        frame's level 0; 1: the coarse read's, level 1) changed around it."""
-        gh, gw = grid
+    def _change_gate(self, running, prev, level, shape):
+        """Per cell of an image of ``shape``, a factor in [0, 1]: how much the code ``level`` =
+        ``(code, rows, cols)`` of its finest pyramid level changed around it since ``prev``; and
+        the running average of the change per patch that it updates (``running``, ``None`` at
+        first)."""
+        code, gh, gw = level
         change = np.ones(gh * gw, np.float32)  # the first frame of a stream: no gate yet
         if prev is not None:
             _code_change(prev.idx, prev.val, prev.cnt, code.idx, code.val, code.cnt, change)
-        change = change.reshape(gh, gw)
-        name = "change" if read == 0 else "coarse_change"
-        running = self.pooling.update(getattr(state, name), change[..., None])
-        setattr(state, name, running)
+        running = self.pooling.update(running, change.reshape(gh, gw, 1))
         f = self.pooling.cell_px // self.model.patch
-        ch, cw = cells
+        ch, cw = self.pooling.grid(shape)
         per_cell = running[: ch * f, : cw * f, 0].reshape(ch, f, cw, f).mean(axis=(1, 3))
         if CHANGE_CELLS > 1 and per_cell.size:
             per_cell = cv2.blur(
                 per_cell, (CHANGE_CELLS, CHANGE_CELLS), borderType=cv2.BORDER_REFLECT
             )
         lo, hi = self.change_gate
-        return np.clip((per_cell - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+        return np.clip((per_cell - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), running
 
     def encode(
         self, state: StreamState, grey: np.ndarray, levels: int | None = None
@@ -468,11 +467,10 @@ class MotionEngine:
         if cached is not None:
             return cached
         p = self.model.patch
-        h, w = shape
         shapes = []
-        for _ in range(levels):
+        for lv in range(levels):
+            h, w = self._level_shape(shape, lv)
             shapes.append((h // p, w // p))
-            h, w = (h + 1) // 2, (w + 1) // 2  # cv2.pyrDown's output size
         offsets = np.concatenate([[0], np.cumsum([gh * gw for gh, gw in shapes])]).astype(np.int64)
         bounds = None
         if self.threads > 1:
