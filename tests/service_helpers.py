@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import socket
+import sys
 import threading
 import time
 
@@ -177,3 +178,9 @@ def _default_engine():
 def default_engine():
     """The shipped trained engine (loaded and compiled once per test session)."""
     return _default_engine()
+
+
+def serve_command(port: int, engine: str = "random") -> list[str]:
+    """The command line of ``v1motion serve`` on ``port`` with this interpreter."""
+    return [sys.executable, "-m", "v1motion.service.cli", "serve", "--engine", engine,
+            "--port", str(port)]  # fmt: skip

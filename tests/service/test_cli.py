@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import socket
 import subprocess
-import sys
 import threading
 import time
 
-from service_helpers import ServerThread, random_engine
+from service_helpers import ServerThread, random_engine, serve_command
 
 from v1motion.service.app import create_app
 from v1motion.service.cli import build_parser
@@ -62,16 +61,7 @@ def test_busy_port_is_one_line_that_names_the_fix_and_no_traceback():
         taken.listen()
         port = taken.getsockname()[1]
         out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "v1motion.service.cli",
-                "serve",
-                "--engine",
-                "random",
-                "--port",
-                str(port),
-            ],
+            serve_command(port),
             capture_output=True,
             text=True,
             timeout=60,

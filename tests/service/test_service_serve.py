@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from service_helpers import RawWebSocket, free_port
+from service_helpers import RawWebSocket, free_port, serve_command
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -27,16 +27,7 @@ def server(tmp_path):
     )
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "v1motion.service.cli",
-            "serve",
-            "--engine",
-            "random",
-            "--port",
-            str(port),
-        ],
+        serve_command(port),
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
