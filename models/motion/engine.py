@@ -52,6 +52,8 @@ CHANGE_CELLS = 3
 """Cells (of ``Pooling.cell_px``) over which each cell's direction and speed are integrated
 (``integrate_cells``); chosen on the accuracy benchmark (docs/motion/accuracy.md)."""
 _PARALLEL_LAUNCH = threading.Lock()
+_NO_HISTS = (np.empty(0, np.float32),) * 4
+"""What ``_project_frame`` is given for histograms it is told not to count (it never touches them)."""
 
 
 @dataclass(frozen=True)
@@ -526,7 +528,9 @@ class MotionEngine:
         direction, speed, conf = self._decode(state.acc, codes, shape, gate)
         if coarse is not None:
             c_codes, c_gate = coarse
-            self._fold(state.coarse_acc, c_codes, self._new_hists())  # kept current every frame
+            # Its running averages are kept current every frame; its histograms are not wanted
+            # (the frame's come from the fine read).
+            self._fold(state.coarse_acc, c_codes)
             # Decoded only when the frame may hold fast motion: some moving cell reads at least
             # half of FAST_FROM (at one scale fast motion is read too slow, not slower than that).
             if np.any((conf > FINE_MOVING) & (speed >= FAST_FROM / 2)):
@@ -565,9 +569,9 @@ class MotionEngine:
             np.where(take, c_conf, conf).astype(np.float32),
         )
 
-    def _fold(self, accs, codes, hists) -> None:
+    def _fold(self, accs, codes, hists=None) -> None:
         """Fold the codes of the read-out's levels (``codes[0]`` is its finest) into their running
-        averages ``accs`` (and the histograms ``hists``)."""
+        averages ``accs`` (and into the histograms ``hists``, unless ``None``)."""
         n_hidden = self.mt.proj_.shape[2]
         n_s = self.pooling.n_scales
         alphas = []
@@ -585,15 +589,16 @@ class MotionEngine:
         # one projects the first half of all patches: the same numbers per patch, and the
         # histograms are the sum of the two threads' (equal to float32 rounding).
         cut = min(n0, sum(gh * gw for _, gh, gw in codes) // 2)
-        theirs = self._new_hists()
+        theirs = None if hists is None else self._new_hists()
         jobs = [(0, cut, None)] + [(lv, 0, None) for lv in range(1, len(codes))]
         helper = self._pool.submit(self._project, accs, codes, alphas, jobs, theirs)
         try:
             self._project(accs, codes, alphas, [(0, 0, cut)], hists)
         finally:  # the helper writes to `accs`: never return (or raise) while it still runs
             helper.result()
-        for mine, other in zip(hists, theirs, strict=True):
-            mine += other
+        if hists is not None:
+            for mine, other in zip(hists, theirs, strict=True):
+                mine += other
 
     def _decode(self, accs, codes, shape, gate):
         """Direction, speed and confidence per cell of ``shape`` from the running averages of the
@@ -625,15 +630,17 @@ class MotionEngine:
 
     def _project(self, accs, codes, alphas, jobs, hists) -> None:
         """Fold patches ``m0 <= m < m1`` (``m1=None``: to the end) of level ``lv``, for each
-        ``(lv, m0, m1)`` of ``jobs``, into the level's running averages ``accs[lv]``."""
-        dir_hist, speed_hist, unit_act, scratch_act = hists
+        ``(lv, m0, m1)`` of ``jobs``, into the level's running averages ``accs[lv]`` (and into
+        ``hists``, unless ``None``)."""
+        histograms = hists is not None
+        dir_hist, speed_hist, unit_act, scratch_act = hists if histograms else _NO_HISTS
         for lv, m0, m1 in jobs:
             code = codes[lv][0]
             rows = slice(m0, m1)
             _project_frame(
                 code.idx[rows], code.val[rows], code.cnt[rows], self._proj[lv], self._dir_bin,
                 self._speed_bin[lv], self._ds_weight, alphas[lv], accs[lv][:, rows],
-                dir_hist, speed_hist, unit_act if lv == 0 else scratch_act,
+                dir_hist, speed_hist, unit_act if lv == 0 else scratch_act, histograms,
             )  # fmt: skip
 
     def tuning_report(self) -> dict:

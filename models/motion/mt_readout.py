@@ -31,15 +31,16 @@ SPEED_CLASSES = np.array([0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
 
 @njit(cache=True, nogil=True)
 def _project_frame(idx, val, cnt, proj, dir_bin, speed_bin, ds_weight, alpha, acc, dir_hist,
-                   speed_hist, unit_act):  # fmt: skip
+                   speed_hist, unit_act, histograms):  # fmt: skip
     """Per-patch projections of one frame's code, folded into their running averages over frames.
 
     ``proj`` (N, S * K) holds one block of ``K`` projections per pooling scale; ``acc`` (S, M, K + 1)
     holds, per scale, each patch's running average of its block and of the total activity:
     ``acc[s, m] = (1 - alpha) acc[s, m] + alpha [sum_u z_u proj[u, sK:(s+1)K], sum_u z_u]``
     (``alpha >= 1``: the first frame, ``acc`` is overwritten). Each scale's slab is then contiguous
-    for the spatial pooling. Accumulated in place: the DS-weighted activity by preferred-direction
-    and preferred-speed bin, and the activity of each unit."""
+    for the spatial pooling. Accumulated in place if ``histograms``: the DS-weighted activity by
+    preferred-direction and preferred-speed bin, and the activity of each unit (otherwise the three
+    arrays are not touched; the running averages are the same either way)."""
     n_scales = acc.shape[0]
     n_k = acc.shape[2] - 1
     first = alpha >= 1.0
@@ -54,10 +55,11 @@ def _project_frame(idx, val, cnt, proj, dir_bin, speed_bin, ds_weight, alpha, ac
             for k in range(n_scales * n_k):
                 row[k] += v * proj[u, k]
             row[n_scales * n_k] += v
-            w = v * ds_weight[u]
-            dir_hist[dir_bin[u]] += w
-            speed_hist[speed_bin[u]] += w
-            unit_act[u] += v
+            if histograms:
+                w = v * ds_weight[u]
+                dir_hist[dir_bin[u]] += w
+                speed_hist[speed_bin[u]] += w
+                unit_act[u] += v
         total = row[n_scales * n_k]
         for s in range(n_scales):
             for k in range(n_k):

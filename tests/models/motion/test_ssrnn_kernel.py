@@ -183,13 +183,17 @@ def test_projection_kernel_matches_numpy_twin(rng, n_scales, n_out):
     speed_bin = rng.integers(0, 7, n)
     ds_weight = rng.uniform(0, 1, n).astype(np.float32)
     acc = np.full((n_scales, 50, n_out + 1), np.nan, np.float32)  # every entry must be written
+    bare = acc.copy()  # the same averages, the histograms not counted
     want_acc = None
     for frame, alpha in enumerate([1.0, 0.5, 0.3]):  # the first frame overwrites, then averages
         code = model.infer((3 * rng.standard_normal((50, model.n_atoms))).astype(np.float32), None)
         hists = np.zeros(16, np.float32), np.zeros(7, np.float32), np.zeros(n, np.float32)
-        _project_frame(
-            code.idx, code.val, code.cnt, proj, dir_bin, speed_bin, ds_weight, alpha, acc, *hists
-        )
+        args = code.idx, code.val, code.cnt, proj, dir_bin, speed_bin, ds_weight, alpha
+        _project_frame(*args, acc, *hists, True)
+        untouched = np.full(16, 7, np.float32), np.full(7, 7, np.float32), np.full(n, 7, np.float32)
+        _project_frame(*args, bare, *untouched, False)
+        np.testing.assert_array_equal(bare, acc)
+        assert all((u == 7).all() for u in untouched)
         ref = naive._project_frame(
             code.idx, code.val, code.cnt, proj, dir_bin, speed_bin, ds_weight, 16, 7
         )
