@@ -6,7 +6,6 @@ Documented in ``docs/protocol.md``; bump :data:`SCHEMA_VERSION` on any incompati
 from __future__ import annotations
 
 import json
-import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -53,36 +52,10 @@ def _grid(a: np.ndarray, decimals: int) -> list:
     return np.round(np.nan_to_num(np.asarray(a, dtype=np.float64)), decimals).tolist()
 
 
-def _finite(x: float, decimals: int = 3) -> float:
-    x = float(x)
-    return round(x, decimals) if math.isfinite(x) else 0.0
-
-
-def motion_payload(mf: Any) -> dict[str, Any]:
-    """The motion part of a result, units in the field names: grids of ``direction_deg`` (0 = right,
-    90 = up on screen), ``speed_px_per_frame`` and ``confidence``, histograms, and the frame's dominant
-    motion as ``global_*`` fields. The same names as :meth:`v1motion.models.motion.engine.MotionFrame.to_dict`."""
-    direction_deg = np.rad2deg(np.mod(np.nan_to_num(mf.direction), 2 * np.pi))
-    global_deg = _finite(math.degrees(float(mf.global_direction) % (2 * math.pi)), 1) % 360
-    return {
-        "cell_px": int(mf.cell),
-        "rows": int(mf.direction.shape[0]),
-        "cols": int(mf.direction.shape[1]),
-        "direction_deg": (np.rint(direction_deg).astype(np.int32) % 360).tolist(),
-        "speed_px_per_frame": _grid(mf.speed, 2),
-        "confidence": _grid(mf.confidence, 2),
-        "direction_hist": _grid(mf.direction_hist, 4),
-        "speed_hist": _grid(mf.speed_hist, 4),
-        "top_units": [[int(u), _finite(a, 4)] for u, a in mf.top_units],
-        "global_direction_deg": global_deg,
-        "global_speed_px_per_frame": _finite(mf.global_speed, 3),
-        "global_confidence": _finite(mf.global_confidence, 3),
-        "active_per_patch": _finite(mf.active_per_patch, 3),
-    }
-
-
 def flow_payload(direction: np.ndarray, speed: np.ndarray, cell: int) -> dict[str, Any]:
-    """DIS optical flow on the motion map's grid, with the motion payload's field names."""
+    """DIS optical flow on the motion map's grid, in the format of the grids of the result's
+    ``motion`` (:meth:`v1motion.models.motion.engine.MotionFrame.to_dict`): the same field names,
+    whole degrees, speeds to 2 decimals."""
     direction_deg = np.rad2deg(np.mod(direction, 2 * np.pi))
     return {
         "cell_px": int(cell),

@@ -13,6 +13,7 @@ the consensus of the cells as shown.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,24 +73,52 @@ class MotionFrame:
     global_confidence: float
     active_per_patch: float
 
-    def to_dict(self, decimals: int = 3) -> dict:
-        """Plain lists with the units in the field names, as the websocket protocol sends them:
-        directions in degrees (0 = right, 90 = up on screen), speeds in px/frame, cell size in px."""
-        r = lambda a: np.round(np.asarray(a, float), decimals).tolist()  # noqa: E731
-        deg = lambda a: np.mod(np.rad2deg(np.asarray(a, float)), 360.0)  # noqa: E731
+    def to_dict(self) -> dict:
+        """The one serialised form of a frame's motion: the websocket result's ``motion`` and each
+        entry of a video job's motion.json (docs/protocol.md, docs/video_outputs.md).
+
+        Plain JSON values, units in the field names: the grids (``rows`` x ``cols`` cells of
+        ``cell_px``, row 0 at the top) of ``direction_deg`` in whole degrees in [0, 360) (0 = right,
+        90 = up on screen), ``speed_px_per_frame`` and ``confidence`` to 2 decimals; the histograms
+        and the units' activity to 4; ``global_direction_deg`` to 0.1 degree in [0, 360) and the
+        other numbers to 3. NaN and infinities become 0, so the result is always valid JSON.
+        """
+        # np.mod and np.rint in the grids' own dtype (float32 from the engine), then whole degrees
+        # modulo 360: a direction just under 360 rounds to 0.
+        direction_deg = np.rad2deg(np.mod(_finite_array(self.direction), 2 * np.pi))
+        global_deg = _finite(math.degrees(float(self.global_direction) % (2 * math.pi)), 1) % 360
         return {
-            "cell_px": self.cell,
-            "direction_deg": r(deg(self.direction)),
-            "speed_px_per_frame": r(self.speed),
-            "confidence": r(self.confidence),
-            "direction_hist": r(self.direction_hist),
-            "speed_hist": r(self.speed_hist),
-            "top_units": [[int(u), round(float(a), decimals)] for u, a in self.top_units],
-            "global_direction_deg": round(float(deg(self.global_direction)), decimals),
-            "global_speed_px_per_frame": round(self.global_speed, decimals),
-            "global_confidence": round(self.global_confidence, decimals),
-            "active_per_patch": round(self.active_per_patch, decimals),
+            "cell_px": int(self.cell),
+            "rows": int(self.direction.shape[0]),
+            "cols": int(self.direction.shape[1]),
+            "direction_deg": (np.rint(direction_deg).astype(np.int32) % 360).tolist(),
+            "speed_px_per_frame": _grid(self.speed, 2),
+            "confidence": _grid(self.confidence, 2),
+            "direction_hist": _grid(self.direction_hist, 4),
+            "speed_hist": _grid(self.speed_hist, 4),
+            "top_units": [[int(u), _finite(a, 4)] for u, a in self.top_units],
+            "global_direction_deg": global_deg,
+            "global_speed_px_per_frame": _finite(self.global_speed, 3),
+            "global_confidence": _finite(self.global_confidence, 3),
+            "active_per_patch": _finite(self.active_per_patch, 3),
         }
+
+
+def _finite_array(a) -> np.ndarray:
+    """``a`` with NaN and infinities as 0 (in its own dtype)."""
+    return np.nan_to_num(np.asarray(a), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _grid(a, decimals: int) -> list:
+    """An array as nested lists of floats rounded to ``decimals``; NaN and infinities as 0 (an
+    infinity kept as the largest float would round back to infinity)."""
+    return np.round(_finite_array(np.asarray(a, dtype=np.float64)), decimals).tolist()
+
+
+def _finite(x, decimals: int) -> float:
+    """A number rounded to ``decimals``; NaN and infinities as 0."""
+    x = float(x)
+    return round(x, decimals) if math.isfinite(x) else 0.0
 
 
 @dataclass

@@ -147,7 +147,7 @@ class Analyser:
                 "fps": round(self.fps, 2),
                 "dropped": dropped,
             },
-            motion=protocol.motion_payload(mf),
+            motion=mf.to_dict(),
             flow=flow,
             preview=preview,
         )

@@ -1,11 +1,13 @@
 """The per-frame engine: output contract, recurrent state, and clear errors on bad frames."""
 
+import json
+
 import numba
 import numpy as np
 import pytest
 
 from tests import naive
-from v1motion.models.motion.engine import MotionEngine, to_grey
+from v1motion.models.motion.engine import MotionEngine, MotionFrame, to_grey
 from v1motion.models.motion.whitening import Whitener
 
 
@@ -80,21 +82,92 @@ def test_bad_frames_raise_clear_errors(engine, frame, message):
         engine.step(engine.new_state(), frame)
 
 
-def test_to_dict_and_the_websocket_payload_name_the_same_fields_in_degrees(engine, rng):
-    from v1motion.service.protocol import motion_payload
+FIELDS = [
+    "cell_px", "rows", "cols", "direction_deg", "speed_px_per_frame", "confidence",
+    "direction_hist", "speed_hist", "top_units", "global_direction_deg",
+    "global_speed_px_per_frame", "global_confidence", "active_per_patch",
+]  # fmt: skip
 
+
+def _frame(direction, speed=None, confidence=None, **kw) -> MotionFrame:
+    """A MotionFrame with these grids (speed 1 and confidence 0.5 by default) and quiet defaults."""
+    direction = np.asarray(direction, np.float32)
+    ones = np.ones(direction.shape, np.float32)
+    fields = dict(
+        direction=direction,
+        speed=ones if speed is None else np.asarray(speed, np.float32),
+        confidence=0.5 * ones if confidence is None else np.asarray(confidence, np.float32),
+        cell=16,
+        direction_hist=np.zeros(16, np.float32),
+        speed_hist=np.zeros(7, np.float32),
+        top_units=[],
+        global_direction=0.0,
+        global_speed=0.0,
+        global_confidence=0.0,
+        active_per_patch=0.0,
+    )
+    return MotionFrame(**(fields | kw))
+
+
+def test_to_dict_is_the_one_format_of_a_frames_motion(engine, rng):
+    """The websocket's ``motion`` and motion.json's frames (docs/protocol.md): whole degrees, grids
+    to 2 decimals, histograms to 4, the global direction to 0.1 degree, plain JSON values."""
     mf = engine.step(engine.new_state(), rng.integers(0, 255, (96, 128), dtype=np.uint8))
-    d, p = mf.to_dict(), motion_payload(mf)
-    assert set(d) == set(p) - {"rows", "cols"}
-    assert {"direction_deg", "speed_px_per_frame", "global_direction_deg"} <= set(d)
-    # radians inside the engine, degrees [0, 360) in every output; 0 = right, 90 = up on screen
-    expected = np.mod(np.rad2deg(mf.direction), 360)
-    assert np.allclose(d["direction_deg"], expected, atol=1e-3)
-    gap = (np.asarray(p["direction_deg"]) - expected + 180) % 360 - 180
-    assert np.abs(gap).max() <= 0.5 + 1e-6
-    assert 0 <= d["global_direction_deg"] < 360.001
-    g_gap = (p["global_direction_deg"] - d["global_direction_deg"] + 180) % 360 - 180
-    assert abs(g_gap) <= 0.06
+    d = mf.to_dict()
+    assert list(d) == FIELDS
+    assert (d["rows"], d["cols"]) == mf.direction.shape and d["cell_px"] == mf.cell
+    assert all(type(v) is int and 0 <= v < 360 for row in d["direction_deg"] for v in row)
+    # radians inside the engine, whole degrees [0, 360) outside; 0 = right, 90 = up on screen
+    gap = (np.asarray(d["direction_deg"]) - np.rad2deg(mf.direction) + 180) % 360 - 180
+    assert np.abs(gap).max() <= 0.5 + 1e-4
+    for name, grid, decimals in [
+        ("speed_px_per_frame", mf.speed, 2), ("confidence", mf.confidence, 2),
+        ("direction_hist", mf.direction_hist, 4), ("speed_hist", mf.speed_hist, 4),
+    ]:  # fmt: skip
+        np.testing.assert_array_equal(d[name], np.round(grid.astype(np.float64), decimals))
+    g_gap = (d["global_direction_deg"] - np.rad2deg(mf.global_direction) + 180) % 360 - 180
+    assert abs(g_gap) <= 0.05 + 1e-9 and d["global_direction_deg"] == round(
+        d["global_direction_deg"], 1
+    )
+    assert d["global_speed_px_per_frame"] == round(mf.global_speed, 3)
+    assert d["top_units"] == [[u, round(a, 4)] for u, a in mf.top_units]
+    assert json.loads(json.dumps(d, allow_nan=False)) == d
+
+
+def test_to_dict_degrees_are_whole_and_in_0_to_360():
+    rad = [
+        [-1e-7, 0.0, 2 * np.pi, 2 * np.pi - 1e-4],  # just under 360 degrees rounds to 0
+        [-np.pi / 2, np.pi / 2, 7 * np.pi, np.deg2rad(359.4)],
+    ]
+    assert _frame(rad).to_dict()["direction_deg"] == [[0, 0, 0, 0], [270, 90, 180, 359]]
+    for g, want in [(-1e-9, 0.0), (2 * np.pi - 1e-6, 0.0), (-np.pi / 2, 270.0), (7.5, 69.7)]:
+        got = _frame(rad, global_direction=g).to_dict()["global_direction_deg"]
+        assert 0 <= got < 360 and got == want
+
+
+def test_to_dict_turns_nan_and_infinities_into_0():
+    """The engine never gives them; if it ever did, the frame is still valid JSON (the websocket
+    refuses NaN) and reads as no motion there."""
+    nan, inf = np.nan, np.inf
+    mf = _frame(
+        [[nan, inf, -inf], [0.0, np.pi / 2, np.pi]],
+        speed=[[1.0, 1.0, 1.0], [nan, inf, 2.345]],
+        confidence=[[0.5, nan, 0.5], [0.5, 0.5, -inf]],
+        direction_hist=np.array([nan, inf] + [0.25] * 14, np.float32),
+        top_units=[(3, nan), (4, 1.23456)],
+        global_direction=nan,
+        global_speed=inf,
+        global_confidence=nan,
+        active_per_patch=-inf,
+    )
+    d = mf.to_dict()
+    assert d["direction_deg"] == [[0, 0, 0], [0, 90, 180]]
+    assert d["speed_px_per_frame"] == [[1.0, 1.0, 1.0], [0.0, 0.0, 2.35]]
+    assert d["confidence"] == [[0.5, 0.0, 0.5], [0.5, 0.5, 0.0]]
+    assert d["direction_hist"][:3] == [0.0, 0.0, 0.25]
+    assert d["top_units"] == [[3, 0.0], [4, 1.2346]]
+    assert [d[k] for k in FIELDS[-4:]] == [0.0, 0.0, 0.0, 0.0]
+    json.dumps(d, allow_nan=False)
 
 
 def _assert_codes_match(codes, ref):

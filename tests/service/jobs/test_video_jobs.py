@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 import pytest
 import video_samples as vs
-from engine_double import fake_engine, hanging_fake_engine, slow_fake_engine
+from engine_double import FakeEngine, fake_engine, hanging_fake_engine, slow_fake_engine
 
+from v1motion.models.motion.engine import MotionFrame
 from v1motion.service.jobs.decode import DecodeError
 from v1motion.service.jobs.layout import RESULT_FILES, JobLayout
 from v1motion.service.jobs.limits import Limits
@@ -58,7 +59,9 @@ def test_process_video_writes_every_result(tmp_path):
     assert doc["video"]["frames"] == 12 and len(doc["frames"]) == 12
     frame = doc["frames"][3]
     assert frame["index"] == 3 and frame["cell_px"] == 16
-    assert np.allclose(frame["speed_px_per_frame"], npz["speed_px_per_frame"][3], atol=2e-3)
+    # the same speeds: to 2 decimals in motion.json, float16 in motion.npz
+    speed = npz["speed_px_per_frame"][3]
+    assert np.allclose(frame["speed_px_per_frame"], speed, atol=0.005, rtol=1e-3)
     assert np.allclose(frame["direction_deg"], 0.0)  # the double always says "right"
     [main] = doc["summary"]["main_directions"]
     assert main["direction_deg"] == 0.0 and main["share"] == 1.0
@@ -72,6 +75,52 @@ def test_process_video_writes_every_result(tmp_path):
     while cap.read()[0]:
         n += 1
     assert n == 12 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
+
+
+class _EdgyEngine(FakeEngine):
+    """The double, its motion made to test the format: directions on both sides of 0 = 360
+    degrees, numbers to round, and NaN where only the format reads it (not the video's summary)."""
+
+    def step(self, state, frame):
+        t = state.steps = getattr(state, "steps", 0) + 1
+        gh, gw = frame.shape[0] // self.CELL, frame.shape[1] // self.CELL
+        grid = np.arange(gh * gw, dtype=np.float32).reshape(gh, gw)
+        hist = np.linspace(0, 1, self.N_DIR, dtype=np.float32) / 3
+        hist[t % self.N_DIR] = np.nan
+        return MotionFrame(
+            direction=(2 * np.pi - 1e-4 + (grid - 3) * 0.2 * t).astype(np.float32),
+            speed=(1.23456 * t + grid / 7).astype(np.float32),
+            confidence=np.full((gh, gw), 0.5 + 0.0123 * t, np.float32),
+            cell=self.CELL,
+            direction_hist=hist,
+            speed_hist=np.full(4, 0.123456 * t, np.float32),
+            top_units=[(t, 1 / 3), (t + 1, np.nan)],
+            global_direction=-1e-3 * t,
+            global_speed=1.0 / 3 + t,
+            global_confidence=2 / 3,
+            active_per_patch=np.nan,
+        )
+
+
+def test_motion_json_frames_carry_the_live_results_motion(tmp_path):
+    """One serialiser (``MotionFrame.to_dict``): a video job's frame is ``{"index", "time_s"}`` plus
+    exactly the ``motion`` of the live result for the same motion."""
+    from v1motion.service.live.analyse import Analyser
+    from v1motion.service.metrics import Metrics
+
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=4))
+    process_video(src, tmp_path / "out", _EdgyEngine, Limits(), overlay=False)
+    frames = json.loads((tmp_path / "out" / "motion.json").read_text())["frames"]
+
+    live = Analyser(_EdgyEngine(), "s", Metrics())
+    image = np.zeros((64, 96, 3), np.uint8)  # the video's size: the double's motion ignores pixels
+    for i, frame in enumerate(frames):
+        msg = json.loads(live.analyse(image, t_capture=0.0, wall_ms=0.0, dropped=0).text)
+        assert frame == {"index": i, "time_s": round(i / 10.0, 4)} | msg["motion"]
+        assert all(0 <= d < 360 for row in frame["direction_deg"] for d in row)
+        assert frame["active_per_patch"] == 0.0 and 0.0 in frame["direction_hist"]
+    assert len(frames) == 4
 
 
 def test_a_failure_on_a_stage_thread_fails_the_job_and_leaves_nothing(tmp_path, monkeypatch):
