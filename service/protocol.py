@@ -49,7 +49,10 @@ def parse_preview(data: bytes) -> tuple[int, bytes]:
 
 
 def _grid(a: np.ndarray, decimals: int) -> list:
-    return np.round(np.nan_to_num(np.asarray(a, dtype=np.float64)), decimals).tolist()
+    """As the motion grids of ``MotionFrame.to_dict``: nested lists rounded to ``decimals``, NaN and
+    infinities as 0."""
+    a = np.asarray(a, dtype=np.float64)
+    return np.round(np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), decimals).tolist()
 
 
 def flow_payload(direction: np.ndarray, speed: np.ndarray, cell: int) -> dict[str, Any]:

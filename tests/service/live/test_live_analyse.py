@@ -43,6 +43,19 @@ def test_flow_is_computed_only_when_wanted_and_from_the_second_frame():
     assert msg["flow"]["rows"] == msg["motion"]["rows"]
 
 
+def test_flow_grids_are_rounded_as_the_motion_grids_and_never_infinite():
+    from v1motion.service import protocol
+
+    direction = np.array([[0.0, np.pi / 2, 2 * np.pi - 1e-4]], np.float32)
+    speed = np.array([[1.234, np.inf, np.nan]], np.float32)
+    flow = protocol.flow_payload(direction, speed, 16)
+    assert flow == {
+        "cell_px": 16, "rows": 1, "cols": 3,
+        "direction_deg": [[0, 90, 0]], "speed_px_per_frame": [[1.23, 0.0, 0.0]],
+    }  # fmt: skip
+    protocol.dumps(flow)  # NaN and infinities refused by the encoder: none left
+
+
 def test_fps_is_the_inverse_of_the_smoothed_interval_between_results(monkeypatch):
     # Three readings per frame (engine start, engine end, latency), frames 0.1 s apart.
     clock = iter([0.1 * i for i in range(4) for _ in range(3)])
