@@ -19,7 +19,8 @@ open("/src/requirements-ray.txt", "w").write("\n".join(p["optional-dependencies"
 # ------------------------------------------------------------------ deps: the venv, as pip makes it
 FROM ${BASE_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
-# binutils: `strip` for docker/prune_venv.sh (build stages only).
+# binutils: `strip` for docker/prune_venv.sh, `nm`, `as` and `ld` for docker/share_blas.sh (build
+# stages only).
 RUN apt-get update -q && apt-get install -y -q --no-install-recommends binutils \
  && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
@@ -28,14 +29,15 @@ WORKDIR /src
 # Dependencies first, so a code change does not reinstall them.
 COPY --from=requirements /src/requirements.txt /tmp/
 RUN cat /tmp/requirements.txt && pip install -r /tmp/requirements.txt
-COPY docker/prune_venv.sh /usr/local/bin/prune_venv.sh
+COPY docker/prune_venv.sh docker/share_blas.sh /usr/local/bin/
 
 # ------------------------------------------------------------------ venv: deps + project, pruned
 FROM deps AS venv
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY service ./service
-RUN pip install --no-deps . && pip check && sh /usr/local/bin/prune_venv.sh /opt/venv
+RUN pip install --no-deps . && pip check \
+ && sh /usr/local/bin/share_blas.sh /opt/venv && sh /usr/local/bin/prune_venv.sh /opt/venv
 
 # ------------------------------------------------------------------ venv-ray: the same with Ray
 FROM deps AS venv-ray
@@ -44,7 +46,8 @@ RUN cat /tmp/requirements-ray.txt && pip install -r /tmp/requirements-ray.txt
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY service ./service
-RUN pip install --no-deps . && pip check && sh /usr/local/bin/prune_venv.sh /opt/venv
+RUN pip install --no-deps . && pip check \
+ && sh /usr/local/bin/share_blas.sh /opt/venv && sh /usr/local/bin/prune_venv.sh /opt/venv
 
 # ------------------------------------------------------------------ the base's Python, stripped
 # The base's interpreter, libpython and stdlib extension modules without their debug symbols (the

@@ -15,8 +15,20 @@
 #     sources the wheel ships beside its compiled modules;
 #   - OpenCV's Haar cascades (cv2/data/*.xml: face detection, never used), matplotlib's sample data,
 #     numpy's C headers and static libraries (build-time files);
-#   - Pillow's AVIF codec (PIL/_avif and its libavif): optional, loaded only to read or write AVIF
-#     files, which nothing here does (OpenCV has its own copy for cv2.imread);
+#   - Pillow's optional modules (AVIF and WebP codecs, fonts, colour management, ImageMath,
+#     ImageMorph, Tk), loaded only by PIL.ImageFont, ImageCms, ... or to read or write AVIF and WebP
+#     files, none of which the service does (matplotlib draws text with its own FreeType, and OpenCV
+#     has its own codecs), then the vendored libraries in pillow.libs that only they loaded (FreeType,
+#     HarfBuzz, Brotli, lcms2, libwebp, ...); numpy's _simd module (SIMD checks for numpy's tests);
+#   - scipy's subpackages the service never imports (stats, signal, interpolate, integrate, odr,
+#     cluster, ...: ~24 MB). Those the models use (optimize, sparse, special, linalg, and io and
+#     ndimage, imported inside functions) stay with what they import; from them only
+#     differential_evolution and shgo (scipy.stats.qmc) and spatial's RotationSpline
+#     (scipy.interpolate) reach a removed one, inside functions nothing here calls;
+#   - Numba's CUDA target (no GPU here; `import numba` never loads it), the tzdata package (the
+#     base's /usr/share/zoneinfo serves zoneinfo), matplotlib's DejaVu Serif fonts (the figures use
+#     its default, DejaVu Sans; math text, as in log-scale tick labels, falls back to the Computer
+#     Modern and STIX fonts, which stay) and its PDF/PostScript core font metrics;
 #   - copies of one vendored library in several wheels (numpy.libs, scipy.libs and OpenCV's carry the
 #     same libgfortran and libquadmath builds): byte-identical files become hard links.
 #
@@ -62,7 +74,33 @@ find "$site"/fontTools -name "*.c" -delete
 rm -f "$site"/cv2/data/*.xml
 rm -rf "$site"/matplotlib/mpl-data/sample_data
 rm -rf "$site"/numpy/_core/include "$site"/numpy/_core/lib/*.a
-rm -f "$site"/PIL/_avif.* "$site"/pillow.libs/libavif-*
+rm -f "$site"/PIL/_avif.* "$site"/PIL/_webp.* "$site"/PIL/_imagingft.* "$site"/PIL/_imagingcms.* \
+      "$site"/PIL/_imagingmath.* "$site"/PIL/_imagingmorph.* "$site"/PIL/_imagingtk.* \
+      "$site"/numpy/_core/_simd.*
+# pillow.libs: keep what the remaining modules load, directly or through another library there.
+needed() { readelf -d "$@" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
+reach="$(mktemp)"
+find "$site" -type f -name "*.so*" -not -path "*.libs/*" -exec sh -c 'readelf -d "$@" 2>/dev/null' sh {} + \
+  | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort -u > "$reach"
+while :; do
+  more="$(while read -r n; do [ ! -f "$site/pillow.libs/$n" ] || needed "$site/pillow.libs/$n"; done < "$reach" \
+          | sort -u | comm -13 "$reach" -)"
+  [ -n "$more" ] || break
+  printf '%s\n' "$more" >> "$reach" && sort -u -o "$reach" "$reach"
+done
+for lib in "$site"/pillow.libs/*; do grep -qxF "$(basename "$lib")" "$reach" || rm -f "$lib"; done
+rm -f "$reach"
+
+# scipy: keep what scipy.optimize, sparse, special, linalg (and io, ndimage) import; see the header.
+for d in "$site"/scipy/*/; do
+  case "$(basename "$d")" in
+    _external | _lib | __pycache__ | constants | fft | io | linalg | ndimage | optimize | sparse | spatial | special) ;;
+    *) rm -rf "$d" ;;
+  esac
+done
+rm -rf "$site"/numba/cuda "$site"/tzdata "$site"/tzdata-*
+fonts="$site"/matplotlib/mpl-data/fonts
+rm -rf "$fonts"/afm "$fonts"/pdfcorefonts "$fonts"/ttf/DejaVuSerif*
 
 # Byte-identical vendored libraries: one copy, hard-linked into each *.libs folder.
 find "$site" -path "*.libs/*" -type f -exec sha256sum {} + | sort \

@@ -9,9 +9,10 @@ The Dockerfile runs this as the app user after the venv has been pruned, so that
 
 It walks the features, not the code: the motion engines (trained and random), the synthetic source's
 still image and the offline commands' other stills (scikit-image's data), the browser camera's optical
-flow, a whole video job (FFmpeg decode, overlay MP4, summary figure with matplotlib), a fit of every
-spike-model kind (scipy), the language model. At the end it prints the third-party packages that were loaded, and fails if one of those
-``--absent`` (pruned from the image) was needed after all.
+flow, OpenCV's LAPACK calls, a whole video job (FFmpeg decode, overlay MP4, summary figure with
+matplotlib), a fit of every spike-model kind (scipy), the language model. At the end it prints the
+third-party packages that were loaded, and fails if one of those ``--absent`` (pruned from the image)
+was needed after all.
 
     python docker/runtime_check.py --absent networkx pip --require ray
 """
@@ -73,6 +74,23 @@ def _camera_flow() -> None:
     assert flow.step(np.roll(a, 2, axis=1), 16) is not None
 
 
+def _opencv_lapack() -> None:
+    """cv2's SVD and QR solvers go through LAPACK, which docker/share_blas.sh pointed at scipy's
+    OpenBLAS: their results must match numpy's on random matrices, in float32 and float64."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for dtype, tol in ((np.float32, 1e-3), (np.float64, 1e-9)):
+        a = rng.standard_normal((64, 64)).astype(dtype)
+        b = rng.standard_normal((64, 3)).astype(dtype)
+        for flag in (cv2.DECOMP_SVD, cv2.DECOMP_QR):
+            ok, x = cv2.solve(a, b, flags=flag)
+            assert ok and np.allclose(a.astype(np.float64) @ x, b, atol=100 * tol), flag
+        w = cv2.SVDecomp(a)[0].ravel()
+        expected = np.linalg.svd(a.astype(np.float64), compute_uv=False)
+        assert np.allclose(np.sort(w)[::-1], expected, rtol=10 * tol, atol=10 * tol)
+
+
 def _video_job() -> None:
     import cv2
 
@@ -126,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     _step("motion engines (trained, random): kernels compiled", _engines)
     _step("stills (synthetic source and offline commands)", _stills)
     _step("camera optical flow", _camera_flow)
+    _step("OpenCV linear algebra (scipy's OpenBLAS)", _opencv_lapack)
     _step("video job (decode, motion map, overlay, summary figure)", _video_job)
     _step("spike models, every kind", _spike_models)
     _step("language model", _language_model)
