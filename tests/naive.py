@@ -140,3 +140,9 @@ def code_change(prev, cur, n_units):
     total = np.abs(a).sum(1) + np.abs(b).sum(1)
     diff = np.abs(a - b).sum(1)
     return np.where(total > 0, diff / np.where(total > 0, total, 1.0), 0.0)
+
+
+def axis_sums(code, axis_re, axis_im, n_units):
+    """Twin of ``_axis_sums``: dense codes times the units' doubled-angle axes, and their total."""
+    a = code.dense(n_units).astype(np.float64)
+    return np.stack([a @ axis_re, a @ axis_im, a.sum(1)], axis=1)

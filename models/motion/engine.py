@@ -24,8 +24,15 @@ import numba
 import numpy as np
 
 from v1motion.models import WEIGHTS_DIR
-from v1motion.models.motion.kernels import _code_change, _scaled_patches
-from v1motion.models.motion.mt_readout import MTReadout, Pooling, _project_frame, integrate_cells
+from v1motion.models.motion.kernels import _axis_sums, _code_change, _scaled_patches
+from v1motion.models.motion.mt_readout import (
+    MTReadout,
+    Pooling,
+    _project_frame,
+    along_one_axis,
+    integrate_cells,
+    unit_axes,
+)
 from v1motion.models.motion.readout import MotionReadout
 from v1motion.models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
 
@@ -48,6 +55,11 @@ above ``FINE_MOVING``, so an object's motion does not spread into a still backgr
 cells); chosen on the accuracy benchmark (docs/motion/accuracy.md). The coarse read's averages are
 kept every frame, but it is decoded only when some moving cell reads at least half this fast."""
 COARSE_CONFIDENT = 0.3
+APERTURE = (0.7, 0.9)
+"""Where the units around a cell respond to one axis of motion only (coherence of their doubled-angle
+axes, weighted by activity, over the ``integrate_cells`` neighbourhood: 0.9 on gratings, 0.35 on
+natural images), the cell shows only the motion along that axis (``along_one_axis``), blended in from
+the first coherence to the second; chosen on the accuracy benchmark (docs/motion/accuracy.md)."""
 FINE_MOVING = 0.1
 CHANGE_CELLS = 3
 """Cells (of ``Pooling.cell_px``) over which each cell's direction and speed are integrated
@@ -219,7 +231,8 @@ class MotionEngine:
                  rms_floor: float = 0.1, threads: int = 1,
                  integration_sigma: float = INTEGRATION_SIGMA,
                  change_gate: tuple[float, float] | None = CHANGE_GATE,
-                 coarse: bool = True):  # fmt: skip
+                 coarse: bool = True,
+                 aperture: tuple[float, float] | None = APERTURE):  # fmt: skip
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(
                 f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
@@ -232,6 +245,17 @@ class MotionEngine:
             raise ValueError(f"change_gate must be (lo, hi) with 0 <= lo < hi, got {change_gate}")
         self.change_gate = None if change_gate is None else tuple(map(float, change_gate))
         self.coarse = bool(coarse)
+        if aperture is not None:
+            if not 0 <= aperture[0] < aperture[1] <= 1:
+                raise ValueError(
+                    f"aperture must be (lo, hi) with 0 <= lo < hi <= 1, got {aperture}"
+                )
+            if "direction_curves" not in tuning:
+                raise ValueError(
+                    "aperture needs the units' direction tuning curves (tuning['direction_curves'])"
+                )
+            self._axis_re, self._axis_im = unit_axes(tuning["direction_curves"])
+        self.aperture = None if aperture is None else tuple(map(float, aperture))
         self.threads = threads
         self.model = model
         self.readout = readout
@@ -547,8 +571,10 @@ class MotionEngine:
         cell; each cell's direction and speed are integrated over its confident neighbours
         (``integrate_cells``); ``gate`` (per cell, from ``step``: the code change) then scales the
         confidence. ``coarse``: ``(codes of levels 1.., its gate)``, the same read one octave coarser,
-        which a cell takes where it reads fast motion (``FAST_FROM``). The frame's dominant motion is
-        the consensus of the cells as shown (``global_motion``): a still scene has none.
+        which a cell takes where it reads fast motion (``FAST_FROM``). Where the units around a cell
+        respond to one axis of motion only, the cell keeps only the motion along that axis
+        (``APERTURE``, ``along_one_axis``). The frame's dominant motion is the consensus of the cells
+        as shown (``global_motion``): a still scene has none.
         """
         if self.mt is None:
             raise RuntimeError("this engine has no MT read-out: load one with mt_path=")
@@ -566,6 +592,8 @@ class MotionEngine:
                 c_shape = self._level_shape(shape, 1)
                 c_map = self._decode(state.coarse_acc, c_codes, c_shape, c_gate)
                 direction, speed, conf = self._take_fast((direction, speed, conf), c_map)
+        if self.aperture is not None:
+            direction, speed = self._along_one_axis(codes[0], shape, direction, speed)
         state.frames += 1
         dir_hist, speed_hist, unit_act, _ = hists
         g_dir, g_speed, g_conf = global_motion(direction, speed, conf)
@@ -597,6 +625,20 @@ class MotionEngine:
             np.where(take, c_speed, speed).astype(np.float32),
             np.where(take, c_conf, conf).astype(np.float32),
         )
+
+    def _along_one_axis(self, level, shape, direction, speed):
+        """``along_one_axis`` with the axes of the units active in ``level`` = ``(code, rows, cols)``
+        (the read-out's finest level) summed over each cell of ``shape``."""
+        code, gh, gw = level
+        sums = np.empty((gh * gw, 3), np.float32)
+        _axis_sums(code.idx, code.val, code.cnt, self._axis_re, self._axis_im, sums)
+        f = self.pooling.cell_px // self.model.patch
+        ch, cw = direction.shape
+        per_cell = (
+            sums.reshape(gh, gw, 3)[: ch * f, : cw * f].reshape(ch, f, cw, f, 3).sum(axis=(1, 3))
+        )
+        lo, hi = self.aperture
+        return along_one_axis(direction, speed, per_cell, self.integration_sigma, lo, hi)
 
     def _fold(self, accs, codes, hists=None) -> None:
         """Fold the codes of the read-out's levels (``codes[0]`` is its finest) into their running

@@ -388,3 +388,24 @@ def _code_change(prev_idx, prev_val, prev_cnt, idx, val, cnt, out):
             if not found:
                 diff += v
         out[m] = diff / total if total > 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _axis_sums(idx, val, cnt, axis_re, axis_im, out):
+    """Per patch, its units' motion axes summed with their activity: ``out[m] = (sum_u z_u cos 2a_u,
+    sum_u z_u sin 2a_u, sum_u z_u)`` over the patch's active units ``u`` (values ``z_u``), where
+    ``(axis_re[u], axis_im[u])`` is unit ``u``'s axis of motion as a doubled-angle vector (length:
+    how selective the unit is for it). ``out`` is ``(M, 3)`` float32."""
+    for m in range(idx.shape[0]):
+        re = 0.0
+        im = 0.0
+        total = 0.0
+        for a in range(cnt[m]):
+            u = idx[m, a]
+            v = val[m, a]
+            re += v * axis_re[u]
+            im += v * axis_im[u]
+            total += v
+        out[m, 0] = re
+        out[m, 1] = im
+        out[m, 2] = total

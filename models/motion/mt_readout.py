@@ -129,6 +129,61 @@ def integrate_cells(direction: np.ndarray, speed: np.ndarray, weight: np.ndarray
     return out_dir, out_speed
 
 
+def unit_axes(direction_curves) -> tuple[np.ndarray, np.ndarray]:
+    """Each unit's axis of motion from its direction tuning curve ``(n, N)``: responses of the ``N``
+    units to gratings drifting in ``n`` equally spaced directions. The doubled-angle mean of a unit's
+    rectified responses, ``sum_d r_d e^{2i theta_d} / sum_d r_d``: its angle is twice the axis (a
+    grating and its reverse share one), its length in [0, 1] how selective the unit is for that axis.
+    Returns the real and imaginary parts, float32 ``(N,)`` each (0 for a unit that never responds)."""
+    r = np.maximum(np.asarray(direction_curves, np.float64), 0.0)
+    theta = np.arange(r.shape[0]) * 2 * np.pi / r.shape[0]
+    total = r.sum(0)
+    z = (r * np.exp(2j * theta)[:, None]).sum(0) / np.where(total > 0, total, 1.0)
+    return z.real.astype(np.float32), z.imag.astype(np.float32)
+
+
+def along_one_axis(direction, speed, axis_sums, sigma: float, lo: float, hi: float):
+    """The aperture problem, stated where it holds. Where the units around a cell respond to one axis
+    of motion only (a grating, a long straight edge), they measure only the motion along that axis
+    (normal to the stripes); the motion along the stripes is a guess, which the MT read-out makes from
+    its priors and which wanders with the grating's phase. There each cell's velocity is replaced by
+    its component along the axis, blended in as the axis coherence goes from ``lo`` to ``hi``;
+    elsewhere (natural textures, plaids, objects) it is unchanged.
+
+    Parameters
+    ----------
+    direction, speed : (rows, cols) arrays, radians and px/frame.
+    axis_sums : (rows, cols, 3) per cell, its units' activity-weighted doubled-angle axes and their
+        total activity (``kernels._axis_sums`` summed over the cell's patches).
+    sigma : the neighbourhood, a Gaussian of ``sigma`` cells (that of ``integrate_cells``); 0: the
+        cell alone.
+    lo, hi : coherence (length of the mean doubled-angle axis, in [0, 1]) where the blend starts and
+        where it is complete.
+
+    Returns
+    -------
+    direction (rows, cols) float32 radians, speed (rows, cols) float32 px/frame
+    """
+    if not 0 <= lo < hi:
+        raise ValueError(f"need 0 <= lo < hi, got lo={lo}, hi={hi}")
+    sums = np.ascontiguousarray(axis_sums, np.float32)
+    if direction.size == 0:
+        return direction.astype(np.float32), speed.astype(np.float32)
+    if sigma > 0:
+        sums = cv2.GaussianBlur(sums, (0, 0), sigma, borderType=cv2.BORDER_REFLECT).reshape(
+            axis_sums.shape
+        )
+    re, im, total = sums[..., 0], sums[..., 1], sums[..., 2]
+    coherence = np.hypot(re, im) / np.maximum(total, 1e-12)
+    w = np.clip((coherence - lo) / (hi - lo), 0.0, 1.0)
+    axis = 0.5 * np.arctan2(im, re)
+    nx, ny = np.cos(axis), np.sin(axis)
+    vx, vy = speed * np.cos(direction), speed * np.sin(direction)
+    along = vx * nx + vy * ny
+    vx, vy = vx + w * (along * nx - vx), vy + w * (along * ny - vy)
+    return np.arctan2(vy, vx).astype(np.float32), np.hypot(vx, vy).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Pooling:
     """How per-patch channels become per-cell features (the same live and in training).

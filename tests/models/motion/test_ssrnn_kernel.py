@@ -251,3 +251,18 @@ def test_code_change_edge_cases():
     out = np.full(3, -1.0, np.float32)
     _code_change(prev.idx, prev.val, prev.cnt, cur.idx, cur.val, cur.cnt, out)
     np.testing.assert_array_equal(out, [0.0, 1.0, 1.0])  # no activity at all counts as no change
+
+
+@pytest.mark.parametrize("n_units", [6, 40])
+def test_axis_sums_match_numpy_twin(rng, n_units):
+    """Random codes (some patches empty) and random unit axes."""
+    from v1motion.models.motion.kernels import _axis_sums
+
+    code = _random_code(rng, 300, 5, n_units)
+    axis_re = rng.uniform(-1, 1, n_units).astype(np.float32)
+    axis_im = rng.uniform(-1, 1, n_units).astype(np.float32)
+    got = np.full((300, 3), -1.0, np.float32)
+    _axis_sums(code.idx, code.val, code.cnt, axis_re, axis_im, got)
+    want = naive.axis_sums(code, axis_re, axis_im, n_units)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.all(got[code.cnt == 0] == 0.0)
