@@ -30,6 +30,7 @@ from v1motion.models.motion.mt_readout import (
     Pooling,
     _project_frame,
     along_one_axis,
+    axis_coherence,
     integrate_cells,
     unit_axes,
 )
@@ -60,6 +61,12 @@ APERTURE = (0.7, 0.9)
 axes, weighted by activity, over the ``integrate_cells`` neighbourhood: 0.9 on gratings, 0.35 on
 natural images), the cell shows only the motion along that axis (``along_one_axis``), blended in from
 the first coherence to the second; chosen on the accuracy benchmark (docs/motion/accuracy.md)."""
+GLOBAL_2D_POWER = 4.0
+"""The dominant motion weighs each cell by its confidence times ``(1 - coherence) ** GLOBAL_2D_POWER``
+(the axis coherence of ``APERTURE``): cells whose units see structure in several orientations, where
+the aperture problem is solved within reach of the cell, count more than cells on a single edge,
+whose reading along the edge is a guess. Chosen on the accuracy benchmark; with ``aperture=None``
+the cells weigh by confidence alone."""
 FINE_MOVING = 0.1
 CHANGE_CELLS = 3
 """Cells (of ``Pooling.cell_px``) over which each cell's direction and speed are integrated
@@ -167,23 +174,32 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
     raise ValueError(f"frame dtype must be uint8, float32 or float64, got {frame.dtype}")
 
 
-def global_motion(direction, speed, confidence, support: float = 4.0) -> tuple[float, float, float]:
-    """The frame's dominant motion from its cells: the confidence-weighted mean direction, the
-    confidence-weighted geometric mean speed, and a confidence = how well the confident cells agree
-    (length of their mean unit vector) x how many there are (saturating at ``support`` cells' worth).
+def global_motion(
+    direction, speed, confidence, support: float = 4.0, weight=None
+) -> tuple[float, float, float]:
+    """The frame's dominant motion from its cells: the weighted mean direction, the weighted geometric
+    mean speed, and a confidence = how well the weighted cells agree (length of their mean unit vector)
+    x how many confident cells there are (saturating at ``support`` cells' worth).
+
+    Cells weigh ``confidence`` times ``weight`` (per cell, >= 0; ``None``: 1). Where the weights of
+    every confident cell are (near) 0, the cells weigh by confidence alone.
 
     On held-out pans this errs by about half as much as decoding the whole frame's pooled activity,
     and a small object over a still background still gets its own direction (still cells weigh 0).
     """
-    w = confidence.astype(np.float64)
-    total = w.sum()
-    if total <= 1e-9:
+    conf = confidence.astype(np.float64)
+    amount = conf.sum()
+    if amount <= 1e-9:
         return 0.0, 0.0, 0.0
+    w = conf if weight is None else conf * np.maximum(np.asarray(weight, np.float64), 0.0)
+    total = w.sum()
+    if total <= 1e-6 * amount:
+        w, total = conf, amount
     vx = (w * np.cos(direction)).sum()
     vy = (w * np.sin(direction)).sum()
-    coherence = np.hypot(vx, vy) / total
+    agreement = np.hypot(vx, vy) / total
     g_speed = np.exp((w * np.log(np.maximum(speed, 1e-6))).sum() / total)
-    return float(np.arctan2(vy, vx)), float(g_speed), float(coherence * min(1.0, total / support))
+    return float(np.arctan2(vy, vx)), float(g_speed), float(agreement * min(1.0, amount / support))
 
 
 class MotionEngine:
@@ -581,6 +597,7 @@ class MotionEngine:
         hists = self._new_hists()
         self._fold(state.acc, codes, hists)
         direction, speed, conf = self._decode(state.acc, codes, shape, gate)
+        axes = []
         if coarse is not None:
             c_codes, c_gate = coarse
             # Its running averages are kept current every frame; its histograms are not wanted
@@ -591,12 +608,27 @@ class MotionEngine:
             if np.any((conf > FINE_MOVING) & (speed >= FAST_FROM / 2)):
                 c_shape = self._level_shape(shape, 1)
                 c_map = self._decode(state.coarse_acc, c_codes, c_shape, c_gate)
-                direction, speed, conf = self._take_fast((direction, speed, conf), c_map)
+                also = ()
+                if self.aperture is not None:  # a cell taken from the coarse read: its axes too
+                    coarse_axes = self._axis_coherence(c_codes[0], c_map[0].shape)
+                    also = tuple(
+                        zip(
+                            self._axis_coherence(codes[0], direction.shape),
+                            coarse_axes,
+                            strict=True,
+                        )
+                    )
+                direction, speed, conf, *axes = self._take_fast(
+                    (direction, speed, conf), c_map, *also
+                )
+        weight = None
         if self.aperture is not None:
-            direction, speed = self._along_one_axis(codes[0], shape, direction, speed)
+            coherence, axis = axes or self._axis_coherence(codes[0], direction.shape)
+            direction, speed = along_one_axis(direction, speed, coherence, axis, *self.aperture)
+            weight = (1.0 - coherence) ** GLOBAL_2D_POWER
         state.frames += 1
         dir_hist, speed_hist, unit_act, _ = hists
-        g_dir, g_speed, g_conf = global_motion(direction, speed, conf)
+        g_dir, g_speed, g_conf = global_motion(direction, speed, conf, weight=weight)
         code0, gh0, gw0 = codes[0]
         top = np.argsort(unit_act)[::-1][:10]
         top_units = [(int(u), float(unit_act[u])) for u in top if unit_act[u] > 0]
@@ -607,9 +639,11 @@ class MotionEngine:
         )  # fmt: skip
 
     @staticmethod
-    def _take_fast(fine, coarse):
+    def _take_fast(fine, coarse, *also):
         """Each cell's motion from the fine read, or from the coarse one (its cells twice as large,
-        its speeds in px of the half-size image) where that reads fast motion (``FAST_FROM``)."""
+        its speeds in px of the half-size image) where that reads fast motion (``FAST_FROM``).
+        ``also``: more ``(fine, coarse)`` pairs of per-cell arrays, taken from the same cells and
+        returned after the motion."""
         direction, speed, conf = fine
         ch, cw = direction.shape
 
@@ -624,21 +658,21 @@ class MotionEngine:
             np.where(take, c_dir, direction).astype(np.float32),
             np.where(take, c_speed, speed).astype(np.float32),
             np.where(take, c_conf, conf).astype(np.float32),
-        )
+        ) + tuple(np.where(take, up(c), f) for f, c in also)
 
-    def _along_one_axis(self, level, shape, direction, speed):
-        """``along_one_axis`` with the axes of the units active in ``level`` = ``(code, rows, cols)``
-        (the read-out's finest level) summed over each cell of ``shape``."""
+    def _axis_coherence(self, level, cells):
+        """``axis_coherence`` of the units active in ``level`` = ``(code, rows, cols)`` (the read-out's
+        finest level), summed over each of the ``cells = (rows, cols)`` and over the neighbourhood of
+        ``integrate_cells``."""
         code, gh, gw = level
         sums = np.empty((gh * gw, 3), np.float32)
         _axis_sums(code.idx, code.val, code.cnt, self._axis_re, self._axis_im, sums)
         f = self.pooling.cell_px // self.model.patch
-        ch, cw = direction.shape
+        ch, cw = cells
         per_cell = (
             sums.reshape(gh, gw, 3)[: ch * f, : cw * f].reshape(ch, f, cw, f, 3).sum(axis=(1, 3))
         )
-        lo, hi = self.aperture
-        return along_one_axis(direction, speed, per_cell, self.integration_sigma, lo, hi)
+        return axis_coherence(per_cell, self.integration_sigma)
 
     def _fold(self, accs, codes, hists=None) -> None:
         """Fold the codes of the read-out's levels (``codes[0]`` is its finest) into their running

@@ -96,8 +96,13 @@ def test_live_read_equals_the_readout_on_the_features_it_is_fitted_on(shape, poo
     """``MotionEngine.read`` pools projected channels; fitting pools per-unit activity. Linearity
     makes them the same numbers: the read-out sees live exactly what it was fitted on."""
     engine = MotionEngine.random(
-        seed=3, levels=3, pooling=Pooling(pool_px=pool_px), change_gate=None, coarse=False
-    )  # the read alone: the code-change gate and the coarse read on top are tested below
+        seed=3,
+        levels=3,
+        pooling=Pooling(pool_px=pool_px),
+        change_gate=None,
+        coarse=False,
+        aperture=None,
+    )  # the read alone: the code-change gate, the coarse and the aperture reads are tested below
     frames = stimuli.pan_sequence(stimuli.load_still("camera"), (256.0, 256.0), 0.7, 2.0, 6, shape)
     state = engine.new_state()
     live = [engine.step(state, f) for f in frames]
@@ -233,7 +238,7 @@ def test_the_engine_integrates_its_cells_and_zero_turns_it_off():
     frames = np.random.default_rng(2).integers(0, 255, (4, 96, 128), dtype=np.uint8)
     out = {}
     for sigma in (0.0, 2.5):
-        e = MotionEngine.random(seed=0, integration_sigma=sigma)
+        e = MotionEngine.random(seed=0, integration_sigma=sigma, aperture=None)
         st = e.new_state()
         out[sigma] = [e.step(st, f) for f in frames][-1]
     raw, smooth = out[0.0], out[2.5]
@@ -362,6 +367,9 @@ def test_take_fast_takes_fast_confident_cells_over_moving_ones_only():
     np.testing.assert_array_equal(d == np.float32(np.pi), take)
     np.testing.assert_array_equal(s, np.where(take, FAST_FROM, 1.0).astype(np.float32))
     np.testing.assert_array_equal(c, np.where(take, 0.9, fine[2]).astype(np.float32))
+    # more per-cell arrays (the axes of the aperture read) come from the same cells
+    *_, extra = MotionEngine._take_fast(fine, coarse, (np.zeros((4, 6)), np.full((2, 3), 7.0)))
+    np.testing.assert_array_equal(extra, np.where(take, 7.0, 0.0))
 
 
 # ------------------------------------------------------------- the aperture problem: one axis of motion
@@ -385,47 +393,51 @@ def _axis_field(shape, axis_deg, coherence, total=1.0):
 
 
 def test_one_axis_keeps_the_velocity_component_along_it():
-    from v1motion.models.motion.mt_readout import along_one_axis
+    from v1motion.models.motion.mt_readout import along_one_axis, axis_coherence
 
     d = np.full((4, 5), np.deg2rad(45.0))
     s = np.full((4, 5), np.sqrt(2.0))
     # Stripes along x (the axis of motion is vertical): (1, 1) px/frame measures as (0, 1).
-    d2, s2 = along_one_axis(d, s, _axis_field((4, 5), 90.0, 1.0), 0.0, 0.6, 0.8)
+    d2, s2 = along_one_axis(d, s, *axis_coherence(_axis_field((4, 5), 90.0, 1.0), 0.0), 0.6, 0.8)
     np.testing.assert_allclose(np.rad2deg(d2), 90.0, atol=1e-4)
     np.testing.assert_allclose(s2, 1.0, rtol=1e-5)
     # An axis at 135 deg: the component of (1, 1) along (-1, 1) is 0; along 0 deg, (1, 0).
-    _, s3 = along_one_axis(d, s, _axis_field((4, 5), 135.0, 1.0), 0.0, 0.6, 0.8)
+    _, s3 = along_one_axis(d, s, *axis_coherence(_axis_field((4, 5), 135.0, 1.0), 0.0), 0.6, 0.8)
     np.testing.assert_allclose(s3, 0.0, atol=1e-5)
-    d4, s4 = along_one_axis(d, s, _axis_field((4, 5), 0.0, 1.0), 0.0, 0.6, 0.8)
+    d4, s4 = along_one_axis(d, s, *axis_coherence(_axis_field((4, 5), 0.0, 1.0), 0.0), 0.6, 0.8)
     np.testing.assert_allclose(np.rad2deg(d4), 0.0, atol=1e-4)
     np.testing.assert_allclose(s4, 1.0, rtol=1e-5)
 
 
 def test_many_axes_leave_the_velocity_and_the_blend_is_linear_in_coherence():
-    from v1motion.models.motion.mt_readout import along_one_axis
+    from v1motion.models.motion.mt_readout import along_one_axis, axis_coherence
 
     d = np.full((3, 3), np.deg2rad(45.0))
     s = np.full((3, 3), np.sqrt(2.0))
-    d2, s2 = along_one_axis(d, s, _axis_field((3, 3), 90.0, 0.5), 1.0, 0.6, 0.8)  # below lo
+    d2, s2 = along_one_axis(
+        d, s, *axis_coherence(_axis_field((3, 3), 90.0, 0.5), 1.0), 0.6, 0.8
+    )  # below lo
     np.testing.assert_allclose(d2, d, rtol=1e-6)
     np.testing.assert_allclose(s2, s, rtol=1e-6)
-    d3, s3 = along_one_axis(d, s, _axis_field((3, 3), 90.0, 0.7), 1.0, 0.6, 0.8)  # halfway
+    d3, s3 = along_one_axis(
+        d, s, *axis_coherence(_axis_field((3, 3), 90.0, 0.7), 1.0), 0.6, 0.8
+    )  # halfway
     vx, vy = s3 * np.cos(d3), s3 * np.sin(d3)
     np.testing.assert_allclose(vx, 0.5, rtol=1e-4)  # half of the along-stripe component stays
     np.testing.assert_allclose(vy, 1.0, rtol=1e-4)
     with pytest.raises(ValueError, match="lo < hi"):
-        along_one_axis(d, s, _axis_field((3, 3), 90.0, 0.7), 1.0, 0.8, 0.6)
+        along_one_axis(d, s, *axis_coherence(_axis_field((3, 3), 90.0, 0.7), 1.0), 0.8, 0.6)
 
 
 def test_coherence_is_measured_over_the_neighbourhood_not_the_cell():
     """A cell of one axis inside a field of another is not a grating: the blurred axes disagree."""
-    from v1motion.models.motion.mt_readout import along_one_axis
+    from v1motion.models.motion.mt_readout import along_one_axis, axis_coherence
 
     field = _axis_field((9, 9), 0.0, 1.0)
     field[1::2, :] = _axis_field((4, 9), 90.0, 1.0)  # alternate rows: a plaid-like mix
     d = np.full((9, 9), np.deg2rad(30.0))
     s = np.full((9, 9), 2.0)
-    d2, s2 = along_one_axis(d, s, field, 2.0, 0.6, 0.8)
+    d2, s2 = along_one_axis(d, s, *axis_coherence(field, 2.0), 0.6, 0.8)
     np.testing.assert_allclose(d2[2:-2, 2:-2], d[2:-2, 2:-2], rtol=1e-5)
     np.testing.assert_allclose(s2[2:-2, 2:-2], 2.0, rtol=1e-5)
 
@@ -454,3 +466,18 @@ def test_the_aperture_read_is_validated_and_can_be_turned_off():
     with pytest.raises(ValueError, match="aperture"):
         MotionEngine.load_default(aperture=(0.8, 0.6))
     assert MotionEngine.load_default(aperture=None).aperture is None
+
+
+def test_the_dominant_motion_weighs_cells_by_the_given_weight_and_falls_back_to_confidence():
+    """Cells on one edge (high axis coherence) read 40 deg off; the textured cells read the truth."""
+    d = np.zeros((4, 6))
+    d[:, :2] = np.deg2rad(40.0)
+    s, conf = np.ones((4, 6)), np.ones((4, 6))
+    coherence = np.zeros((4, 6))
+    coherence[:, :2] = 0.95
+    plain = global_motion(d, s, conf)
+    weighted = global_motion(d, s, conf, weight=(1 - coherence) ** 4)
+    assert np.rad2deg(plain[0]) > 10.0
+    assert abs(np.rad2deg(weighted[0])) < 0.01
+    assert weighted[2] > plain[2]  # the cells that count agree better
+    assert global_motion(d, s, conf, weight=np.zeros((4, 6))) == plain  # no weight anywhere
