@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from v1motion.models.spikes.base import SpikeModel
+from v1motion.models.spikes.base import MAX_DRIVE, SpikeModel
 from v1motion.models.spikes.data import as_counts
 
 
@@ -171,8 +171,11 @@ class SpikeHistoryGLM(SpikeModel):
         tol=1e-6,
         seed=0,
         input_cap=1.0,
+        max_drive=MAX_DRIVE,
     ):
-        super().__init__(obs, link, correlated, ordering, l2, max_iter, tol, seed, input_cap)
+        super().__init__(
+            obs, link, correlated, ordering, l2, max_iter, tol, seed, input_cap, max_drive
+        )
         self.n_lags = n_lags
         self.n_basis = n_basis
 
@@ -206,6 +209,17 @@ class SpikeHistoryGLM(SpikeModel):
 
     def _history_grad(self, params, yp, u, g, F):
         return {"W": np.asarray(F.T @ g.reshape(-1, g.shape[-1])).T}
+
+    def _history_gains(self, params):
+        n = params["b"].shape[0]
+        s = self._basis().sum(axis=0)  # each basis function's sum over the lags
+        W = params["W"].reshape(n, n, self.n_basis)
+        G = W @ s
+
+        def back(gG):
+            return {"W": (gG[:, :, None] * s).reshape(n, n * self.n_basis)}
+
+        return G, back
 
     def _after_fit(self, yp, u):
         self._feat_cache = None

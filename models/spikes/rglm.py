@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 from scipy import sparse
 
-from v1motion.models.spikes.base import Design, SpikeModel, _outer_sum
+from v1motion.models.spikes.base import MAX_DRIVE, Design, SpikeModel, _outer_sum
 
 
 def rglm_states(
@@ -401,8 +401,11 @@ class RGLM(SpikeModel):
         n_lags=0,
         n_basis=4,
         l2_state=None,
+        max_drive=MAX_DRIVE,
     ):
-        super().__init__(obs, link, correlated, ordering, l2, max_iter, tol, seed, input_cap)
+        super().__init__(
+            obs, link, correlated, ordering, l2, max_iter, tol, seed, input_cap, max_drive
+        )
         self.n_hidden = n_hidden
         self.init_timescales = init_timescales
         self.init = init
@@ -513,6 +516,7 @@ class RGLM(SpikeModel):
             tol=self.tol,
             seed=self.seed,
             input_cap=self.input_cap,
+            max_drive=self.max_drive,
         )
         y = np.empty_like(yp)
         y[..., self.order_] = yp
@@ -581,6 +585,42 @@ class RGLM(SpikeModel):
         if F is not None:
             grads["W"] = np.asarray(F.T @ g.reshape(-1, g.shape[-1])).T
         return grads
+
+    def _history_gains(self, params):
+        """``G = C (I - R)^{-1} W0`` (the state's drive under a sustained input of 1 from every
+        neuron, summed over all lags), plus the history filters' gains with ``n_lags > 0``."""
+        from v1motion.models.spikes.glm import raised_cosine_basis
+
+        R, W0, C = self._R(params), self._W0(params), params["C"]
+        eye = np.eye(R.shape[0])
+        Z = np.linalg.solve(eye - R, W0)
+        G = C @ Z
+        n = C.shape[0]
+        if self.n_lags:
+            s = raised_cosine_basis(self.n_lags, self.n_basis).sum(axis=0)
+            G = G + params["W"].reshape(n, n, self.n_basis) @ s
+
+        def back(gG):
+            M = np.linalg.solve((eye - R).T, C.T @ gG)  # dL/dW0
+            g_real, g_mod, g_angle = stable_recurrence_grad(
+                M @ Z.T, params["R_real"], params["R_mod"], params["R_angle"]
+            )
+            gamma = input_gains(params["R_real"], params["R_mod"])
+            gr, gm = input_gains_grad(
+                np.sum(M * params["U0"], axis=1), params["R_real"], params["R_mod"]
+            )
+            out = {
+                "C": gG @ Z.T,
+                "U0": gamma[:, None] * M,
+                "R_real": g_real + gr,
+                "R_mod": g_mod + gm,
+                "R_angle": g_angle,
+            }
+            if self.n_lags:
+                out["W"] = (gG[:, :, None] * s).reshape(n, n * self.n_basis)
+            return out
+
+        return G, back
 
     def _after_fit(self, yp, u):
         self._feat_cache = None

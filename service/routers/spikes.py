@@ -101,6 +101,14 @@ class SpikeOptions(BaseModel):
         allow_inf_nan=False,
         description="counts enter coupling and history as min(y, input_cap); null: raw counts",
     )
+    max_drive: float | None = Field(
+        None,
+        ge=-50,
+        le=50,
+        allow_inf_nan=False,
+        description="bound on each neuron's log-rate in a self-sustained state of the population "
+        "(glm and rglm kinds; default 4); null: no bound",
+    )
     obs: str | None = Field(None, max_length=32, description="observation model")
     link: str | None = Field(None, max_length=32, description="inverse link")
     ordering: (
