@@ -48,12 +48,18 @@ EXTRA_ROWS = [
 OPTIONS = {
     "independent": {},
     "correlated": {"l2": 1e-4},
-    "glm": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000},
+    "glm": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000, "max_drive": 4.0},
     "lds": {"n_latent": 8, "n_iter": 50},
     "plds": {"n_latent": 8, "n_iter": 40},
-    "glm_correlated": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000},
-    "rglm_correlated": {"n_hidden": 8, "l2": 1e-4, "max_iter": 1500, "init": "glm"},
-    "rglm": {"n_hidden": 8, "l2": 1e-4, "max_iter": 1500, "init": "glm"},
+    "glm_correlated": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000, "max_drive": 4.0},
+    "rglm_correlated": {
+        "n_hidden": 8,
+        "l2": 1e-4,
+        "max_iter": 1500,
+        "init": "glm",
+        "max_drive": 4.0,
+    },
+    "rglm": {"n_hidden": 8, "l2": 1e-4, "max_iter": 1500, "init": "glm", "max_drive": 4.0},
 }
 ORDERINGS = ["rate", "rate_ascending", "index", "random"]
 SAMPLE_KINDS = [
@@ -163,6 +169,35 @@ def rerun_rows(recording: str, out_dir: Path, kinds: list[str], seed: int = 0) -
         }
         result.setdefault("sample_stats", {}).update(sample_statistics(y, samples)["summary"])
     path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def redraw_samples(recording: str, out_dir: Path, seed: int = 0) -> dict:
+    """Refit every sampled kind on fold 0's training trials, sample, and redraw the figures.
+
+    Updates ``sample_stats``, ``rglm_eigenvalues`` and ``rglm_timescales_s`` in the existing
+    ``results_<recording>.json`` and redraws ``samples_<recording>.png`` and
+    ``timescales_<recording>.png``: what a full run draws from its fold-0 models (the fits are
+    deterministic, so they are the same models), without the cross-validation of every row.
+    """
+    path = Path(out_dir) / f"results_{recording}.json"
+    result = json.loads(path.read_text())
+    y = load_retina(recording, BIN_MS)[:, : result["shape"][1]]
+    test = trial_folds(y.shape[0], result["n_folds"], seed)[0]
+    train = np.setdiff1d(np.arange(y.shape[0]), test)
+    fitted = {kind: _factory(kind)().fit(y[train]) for kind in SAMPLE_KINDS}
+    samples = {
+        kind: m.sample(n_trials=len(train), n_bins=y.shape[1], seed=seed + 1)
+        for kind, m in fitted.items()
+    }
+    stats = sample_statistics(y, samples)
+    ev, tau = fitted["rglm_correlated"].timescales(bin_size=BIN_MS / 1000.0)
+    result["sample_stats"] = stats["summary"]
+    result["rglm_eigenvalues"] = [[float(e.real), float(e.imag)] for e in ev]
+    result["rglm_timescales_s"] = [float(t) for t in tau]
+    path.write_text(json.dumps(result, indent=1))
+    plot_samples(stats, recording, Path(out_dir) / f"samples_{recording}.png")
+    plot_timescales(ev, tau, recording, Path(out_dir) / f"timescales_{recording}.png")
     return result
 
 

@@ -124,6 +124,11 @@ def add_parser(subparsers) -> None:
         "(default: all rows)",
     )
     r.add_argument(
+        "--samples-only",
+        action="store_true",
+        help="only refit every sampled kind on fold 0, sample, redraw the figures (minutes)",
+    )
+    r.add_argument(
         "--duplicates-only",
         action="store_true",
         help="only the near-duplicate-unit check (seconds)",
@@ -204,6 +209,11 @@ def run_report(args: argparse.Namespace) -> int:
     if args.rows:
         for rec in recs:
             report.rerun_rows(rec, args.out, args.rows.split(","))
+        print(report.assemble(args.out))
+        return 0
+    if args.samples_only:
+        for rec in recs:
+            report.redraw_samples(rec, args.out)
         print(report.assemble(args.out))
         return 0
     if args.duplicates_only:

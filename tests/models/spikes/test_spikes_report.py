@@ -31,6 +31,9 @@ def test_report_writes_results_figures_and_table(tmp_path, monkeypatch):
     assert [f["n_iter"] for f in again["fits"]["plds"]] == [2, 2]  # how the rerun fits ended
     assert again["sample_stats"]["plds"]["mean_rate_per_bin"] > 0
     assert again["bits_per_spike"]["correlated"] == res["bits_per_spike"]["correlated"]
+    redrawn = report.redraw_samples("Movie1Exp1", tmp_path)
+    assert set(redrawn["sample_stats"]) == set(report.SAMPLE_KINDS) | {"data"}
+    assert redrawn["bits_per_spike"] == again["bits_per_spike"]  # no row refitted
     text = report.assemble(tmp_path)
     assert "| R-GLM with correlated Poisson |" in text
     assert json.loads((tmp_path / "results_Movie1Exp1.json").read_text())["n_folds"] == 2
