@@ -278,8 +278,8 @@ class SpikeModel:
         of each neuron is bounded whatever the past. Counts above 1 are 7% of the non-empty 10 ms bins of
         the retina data.
     max_drive : float or None
-        Bound on each neuron's excitatory drive ``D_i = b_i + sum_j pos(G_ij)`` (:meth:`excitatory_drive`,
-        log-rate per bin): the rate of neuron ``i`` in a self-sustained state where every neuron that
+        Bound on each neuron's excitatory drive ``D_i = b_i + sum_j pos(G_ij) + sum_j pos(A_ij)``
+        (:meth:`excitatory_drive`, log-rate per bin): the rate of neuron ``i`` in a self-sustained state where every neuron that
         excites it fires in every bin. The fit adds ``(STABILITY_WEIGHT / 2) sum_i max(0, D_i -
         max_drive)^2`` to the loss; ``None``: no bound. Only models with a history (the GLM and the
         R-GLM, default 4) use it. Fitted on a stimulus-driven recording without the stimulus, a history
@@ -450,24 +450,26 @@ class SpikeModel:
         return None
 
     def excitatory_drive(self, params=None) -> np.ndarray:
-        """``D_i = b_i + sum_j pos(G_ij)``, in the model's neuron order.
+        """``D_i = b_i + sum_j pos(G_ij) + sum_{j<i} pos(A_ij)``, in the model's neuron order.
 
         ``G_ij`` is the gain of neuron ``j``'s sustained firing on neuron ``i``'s log-rate (its history
-        filter summed over all lags, see ``_history_gains``), so ``D_i`` is the log-rate of neuron ``i``
-        when every neuron that excites it has fired in every past bin and no inhibitory one has: the
-        largest rate a self-sustained state of the population can reach through the past. ``pos`` is
-        the positive part, smoothed over ``[0, DRIVE_SMOOTH]`` (:func:`smooth_pos`). The within-bin
-        coupling ``A`` is not in ``D``: it acts within one bin and carries no activity to the next.
+        filter summed over all lags, see ``_history_gains``) and ``A`` the within-bin coupling, so ``D_i``
+        is the log-rate of neuron ``i`` when every neuron that excites it has fired in every bin, this
+        one included, and no inhibitory one has: the largest rate a self-sustained state of the
+        population can reach. ``pos`` is the positive part, smoothed over ``[0, DRIVE_SMOOTH]``
+        (:func:`smooth_pos`).
         """
         params = self.params_ if params is None else params
         return self._excitatory_drive(params)[0]
 
     def _excitatory_drive(self, params):
+        D = params["b"].copy()
         hist = self._history_gains(params)
-        if hist is None:
-            return params["b"].copy(), None
-        G, back = hist
-        return params["b"] + smooth_pos(G).sum(axis=1), (G, back)
+        if hist is not None:
+            D = D + smooth_pos(hist[0]).sum(axis=1)
+        if self.correlated and "A" in params:
+            D = D + np.tril(smooth_pos(params["A"]), -1).sum(axis=1)
+        return D, hist
 
     def _drive_penalty(self, params):
         """``(STABILITY_WEIGHT / 2) sum_i max(0, D_i - max_drive)^2`` and its gradients."""
@@ -476,6 +478,8 @@ class SpikeModel:
         pen = 0.5 * STABILITY_WEIGHT * float(np.sum(over**2))
         gD = STABILITY_WEIGHT * over
         grads = {"b": gD}
+        if self.correlated and "A" in params:
+            grads["A"] = np.tril(gD[:, None] * smooth_pos_grad(params["A"]), -1)
         if hist is not None:
             G, back = hist
             grads.update(back(gD[:, None] * smooth_pos_grad(G)))
