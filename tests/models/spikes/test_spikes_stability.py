@@ -102,8 +102,8 @@ def test_the_bound_is_inactive_below_it():
 def test_retina_glm_samples_do_not_run_away(recording):
     """The regression test of the runaway. Without the bound, the GLM with correlated Poisson fitted on
     fold 0's 24 training trials samples 1.2 (Movie1Exp1) and 2.9 (Movie2Exp1) counts per bin against the
-    data's 0.013 and 0.017, 1-3% of the entries at the sampler's cap of 100; with the default bound its
-    samples stay near the data's rate."""
+    data's 0.013 and 0.017, with 1.1% and 2.7% of the counts at the sampler's cap of 100; with the
+    default bound its samples stay near the data's rate (23 and 1 of 1.6 million counts at the cap)."""
     from v1motion.models.datasets import shared_data_dir
     from v1motion.models.spikes.data import RETINA_DIR, load_retina
     from v1motion.models.spikes.evaluation import trial_folds
