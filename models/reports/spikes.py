@@ -48,18 +48,17 @@ EXTRA_ROWS = [
 OPTIONS = {
     "independent": {},
     "correlated": {"l2": 1e-4},
-    "glm": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000, "max_drive": 4.0},
+    "glm": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000},
     "lds": {"n_latent": 8, "n_iter": 50},
     "plds": {"n_latent": 8, "n_iter": 40},
-    "glm_correlated": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000, "max_drive": 4.0},
+    "glm_correlated": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000},
     "rglm_correlated": {
         "n_hidden": 8,
         "l2": 1e-4,
         "max_iter": 1500,
         "init": "glm",
-        "max_drive": 4.0,
     },
-    "rglm": {"n_hidden": 8, "l2": 1e-4, "max_iter": 1500, "init": "glm", "max_drive": 4.0},
+    "rglm": {"n_hidden": 8, "l2": 1e-4, "max_iter": 1500, "init": "glm"},
 }
 ORDERINGS = ["rate", "rate_ascending", "index", "random"]
 SAMPLE_KINDS = [

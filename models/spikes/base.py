@@ -115,7 +115,8 @@ DRIVE_SMOOTH = 0.1
 # (R-GLM) at the iteration caps. A weight of 1 held it to 0.01 but left the GLM fits far from converged
 # (largest gradient entries 0.03-0.1 at 1000 iterations, against 4e-5 to 1.7e-4 with 0.01)
 STABILITY_WEIGHT = 0.01
-# default bound on a history model's excitatory drive (log-rate per bin, see SpikeModel.max_drive)
+# the bound on a history model's excitatory drive measured for sampling (log-rate per bin, see
+# SpikeModel.max_drive); opt-in: the fits default to none, the maximum-likelihood fit
 MAX_DRIVE = 4.0
 
 
@@ -284,7 +285,7 @@ class SpikeModel:
         (:meth:`excitatory_drive`, log-rate per bin): the log-rate of neuron ``i`` in a self-sustained
         state where every neuron that excites it fires in every bin. The fit adds
         ``(STABILITY_WEIGHT / 2) sum_i max(0, D_i - max_drive)^2`` to the loss; ``None``: no bound. Only models with a history (the GLM and the
-        R-GLM, default 4) use it. Fitted on a stimulus-driven recording without the stimulus, a history
+        R-GLM; default ``None``, ``MAX_DRIVE = 4`` is the measured choice for sampling) use it. Fitted on a stimulus-driven recording without the stimulus, a history
         model explains the stimulus-locked bursts by self-excitation, and free-running samples fall into
         a state where a group of neurons keeps itself firing (measured on the retina: ``D`` up to 47-56,
         samples at 0.14-18 counts per bin against 0.013-0.017 in the data); the bound removes that state

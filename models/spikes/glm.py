@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from v1motion.models.spikes.base import MAX_DRIVE, SpikeModel
+from v1motion.models.spikes.base import SpikeModel
 from v1motion.models.spikes.data import as_counts
 
 
@@ -171,7 +171,7 @@ class SpikeHistoryGLM(SpikeModel):
         tol=1e-6,
         seed=0,
         input_cap=1.0,
-        max_drive=MAX_DRIVE,
+        max_drive=None,
     ):
         super().__init__(
             obs, link, correlated, ordering, l2, max_iter, tol, seed, input_cap, max_drive

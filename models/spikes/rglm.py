@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 from scipy import sparse
 
-from v1motion.models.spikes.base import MAX_DRIVE, Design, SpikeModel, _outer_sum
+from v1motion.models.spikes.base import Design, SpikeModel, _outer_sum
 
 
 def rglm_states(
@@ -401,7 +401,7 @@ class RGLM(SpikeModel):
         n_lags=0,
         n_basis=4,
         l2_state=None,
-        max_drive=MAX_DRIVE,
+        max_drive=None,
     ):
         super().__init__(
             obs, link, correlated, ordering, l2, max_iter, tol, seed, input_cap, max_drive

@@ -107,7 +107,8 @@ class SpikeOptions(BaseModel):
         le=50,
         allow_inf_nan=False,
         description="bound on each neuron's log-rate in a self-sustained state of the population "
-        "(glm and rglm kinds; default 4); null: no bound",
+        "(glm and rglm kinds), for free-running samples that stay in range at some cost in "
+        "likelihood (4 is the measured choice); null (default): no bound, the maximum-likelihood fit",
     )
     obs: str | None = Field(None, max_length=32, description="observation model")
     link: str | None = Field(None, max_length=32, description="inverse link")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tests.models.spikes.test_spikes_models import _check_model_grad, _toy_counts
-from v1motion.models.spikes.base import smooth_pos, smooth_pos_grad
+from v1motion.models.spikes.base import MAX_DRIVE, smooth_pos, smooth_pos_grad
 from v1motion.models.spikes.glm import SpikeHistoryGLM
 from v1motion.models.spikes.rglm import RGLM
 
@@ -103,7 +103,7 @@ def test_retina_glm_samples_do_not_run_away(recording):
     """The regression test of the runaway. Without the bound, the GLM with correlated Poisson fitted on
     fold 0's 24 training trials samples 1.2 (Movie1Exp1) and 2.9 (Movie2Exp1) counts per bin against the
     data's 0.013 and 0.017, with 1.1% and 2.7% of the counts at the sampler's cap of 100; with the
-    default bound its samples stay near the data's rate (23 and 1 of 1.6 million counts at the cap)."""
+    bound of `MAX_DRIVE` its samples stay near the data's rate (23 and 1 of 1.6 million counts at the cap)."""
     from v1motion.models.datasets import shared_data_dir
     from v1motion.models.spikes.data import RETINA_DIR, load_retina
     from v1motion.models.spikes.evaluation import trial_folds
@@ -112,7 +112,7 @@ def test_retina_glm_samples_do_not_run_away(recording):
         pytest.skip("shared retina data not available")
     y = load_retina(recording)
     train = np.setdiff1d(np.arange(30), trial_folds(30, 5, 0)[0])
-    model = SpikeHistoryGLM(correlated=True, max_iter=1000).fit(y[train])
+    model = SpikeHistoryGLM(correlated=True, max_iter=1000, max_drive=MAX_DRIVE).fit(y[train])
     assert model.excitatory_drive().max() < model.max_drive + 0.2
     s = model.sample(n_trials=len(train), n_bins=1800, seed=1)
     assert y.mean() / 3 < s.mean() < 3 * y.mean()
