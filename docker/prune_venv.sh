@@ -19,7 +19,8 @@
 #     ImageMorph, Tk), loaded only by PIL.ImageFont, ImageCms, ... or to read or write AVIF and WebP
 #     files, none of which the service does (matplotlib draws text with its own FreeType, and OpenCV
 #     has its own codecs), then the vendored libraries in pillow.libs that only they loaded (FreeType,
-#     HarfBuzz, Brotli, lcms2, libwebp, ...); numpy's _simd module (SIMD checks for numpy's tests);
+#     HarfBuzz, Brotli, lcms2, libwebp, ...), and in OpenCV's libraries the Fortran runtime only its
+#     OpenBLAS loaded (docker/share_blas.sh); numpy's _simd module (SIMD checks for numpy's tests);
 #   - scipy's subpackages the service never imports (stats, signal, interpolate, integrate, odr,
 #     cluster, ...: ~24 MB). Those the models use (optimize, sparse, special, linalg, and io and
 #     ndimage, imported inside functions) stay with what they import; from them only
@@ -77,18 +78,23 @@ rm -rf "$site"/numpy/_core/include "$site"/numpy/_core/lib/*.a
 rm -f "$site"/PIL/_avif.* "$site"/PIL/_webp.* "$site"/PIL/_imagingft.* "$site"/PIL/_imagingcms.* \
       "$site"/PIL/_imagingmath.* "$site"/PIL/_imagingmorph.* "$site"/PIL/_imagingtk.* \
       "$site"/numpy/_core/_simd.*
-# pillow.libs: keep what the remaining modules load, directly or through another library there.
+# pillow.libs and OpenCV's libraries: keep what the remaining modules load, directly or through
+# another library there (after docker/share_blas.sh, OpenCV's Fortran runtime is nobody's).
+pruned="pillow.libs opencv_python_headless.libs"
 needed() { readelf -d "$@" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
 reach="$(mktemp)"
 find "$site" -type f -name "*.so*" -not -path "*.libs/*" -exec sh -c 'readelf -d "$@" 2>/dev/null' sh {} + \
   | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort -u > "$reach"
 while :; do
-  more="$(while read -r n; do [ ! -f "$site/pillow.libs/$n" ] || needed "$site/pillow.libs/$n"; done < "$reach" \
-          | sort -u | comm -13 "$reach" -)"
+  more="$(while read -r n; do
+            for d in $pruned; do [ ! -f "$site/$d/$n" ] || needed "$site/$d/$n"; done
+          done < "$reach" | sort -u | comm -13 "$reach" -)"
   [ -n "$more" ] || break
   printf '%s\n' "$more" >> "$reach" && sort -u -o "$reach" "$reach"
 done
-for lib in "$site"/pillow.libs/*; do grep -qxF "$(basename "$lib")" "$reach" || rm -f "$lib"; done
+for d in $pruned; do
+  for lib in "$site/$d"/*; do grep -qxF "$(basename "$lib")" "$reach" || rm -f "$lib"; done
+done
 rm -f "$reach"
 
 # scipy: keep what scipy.optimize, sparse, special, linalg (and io, ndimage) import; see the header.

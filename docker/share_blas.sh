@@ -40,13 +40,5 @@ ld -shared -soname "$(basename "$cvblas")" -o "$work/shim.so" "$work/shim.o" \
 before=$(du -sk "$cvblas" | cut -f1)
 mv "$work/shim.so" "$cvblas"
 
-# OpenCV's OpenBLAS was the only user of the Fortran runtime OpenCV's wheel carries.
-for lib in "$cvlibs"/libgfortran-* "$cvlibs"/libquadmath-*; do
-  [ -e "$lib" ] || continue
-  name="$(basename "$lib")"
-  for f in "$site"/cv2/*.so "$cvlibs"/*.so*; do
-    [ "$f" = "$lib" ] || readelf -d "$f" | grep NEEDED
-  done | grep -qF "[$name]" || rm -f "$lib"
-done
 echo "share_blas: $(wc -l < "$work/needed") functions of $(basename "$cvblas") ($before kB) now jump to $(basename "$scipyblas")"
 rm -rf "$work"
