@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from v1motion.models.motion.grids import grid, whole_degrees
+
 SCHEMA_VERSION = 2  # 2: units in the field names (speed_px_per_frame, global_direction_deg, ...)
 PREVIEW_MAGIC = b"V1MP"
 _PREVIEW_HEADER = struct.Struct("!4sI")  # magic, sequence number (big-endian uint32)
@@ -48,24 +50,16 @@ def parse_preview(data: bytes) -> tuple[int, bytes]:
     return seq, data[_PREVIEW_HEADER.size :]
 
 
-def _grid(a: np.ndarray, decimals: int) -> list:
-    """As the motion grids of ``MotionFrame.to_dict``: nested lists rounded to ``decimals``, NaN and
-    infinities as 0."""
-    a = np.asarray(a, dtype=np.float64)
-    return np.round(np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), decimals).tolist()
-
-
 def flow_payload(direction: np.ndarray, speed: np.ndarray, cell: int) -> dict[str, Any]:
     """DIS optical flow on the motion map's grid, in the format of the grids of the result's
     ``motion`` (:meth:`v1motion.models.motion.engine.MotionFrame.to_dict`): the same field names,
     whole degrees, speeds to 2 decimals."""
-    direction_deg = np.rad2deg(np.mod(direction, 2 * np.pi))
     return {
         "cell_px": int(cell),
         "rows": int(direction.shape[0]),
         "cols": int(direction.shape[1]),
-        "direction_deg": (np.rint(direction_deg).astype(np.int32) % 360).tolist(),
-        "speed_px_per_frame": _grid(speed, 2),
+        "direction_deg": whole_degrees(direction),
+        "speed_px_per_frame": grid(speed, 2),
     }
 
 

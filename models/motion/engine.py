@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from v1motion.models import WEIGHTS_DIR
+from v1motion.models.motion.grids import finite, grid, whole_degrees
 from v1motion.models.motion.kernels import _axis_sums, _code_change, _scaled_patches
 from v1motion.models.motion.mt_readout import (
     MTReadout,
@@ -102,42 +103,22 @@ class MotionFrame:
         and the units' activity to 4; ``global_direction_deg`` to 0.1 degree in [0, 360) and the
         other numbers to 3. NaN and infinities become 0, so the result is always valid JSON.
         """
-        # np.mod and np.rint in the grids' own dtype (float32 from the engine), then whole degrees
-        # modulo 360: a direction just under 360 rounds to 0.
-        direction_deg = np.rad2deg(np.mod(_finite_array(self.direction), 2 * np.pi))
-        global_deg = _finite(math.degrees(float(self.global_direction) % (2 * math.pi)), 1) % 360
+        global_deg = finite(math.degrees(float(self.global_direction) % (2 * math.pi)), 1) % 360
         return {
             "cell_px": int(self.cell),
             "rows": int(self.direction.shape[0]),
             "cols": int(self.direction.shape[1]),
-            "direction_deg": (np.rint(direction_deg).astype(np.int32) % 360).tolist(),
-            "speed_px_per_frame": _grid(self.speed, 2),
-            "confidence": _grid(self.confidence, 2),
-            "direction_hist": _grid(self.direction_hist, 4),
-            "speed_hist": _grid(self.speed_hist, 4),
-            "top_units": [[int(u), _finite(a, 4)] for u, a in self.top_units],
+            "direction_deg": whole_degrees(self.direction),
+            "speed_px_per_frame": grid(self.speed, 2),
+            "confidence": grid(self.confidence, 2),
+            "direction_hist": grid(self.direction_hist, 4),
+            "speed_hist": grid(self.speed_hist, 4),
+            "top_units": [[int(u), finite(a, 4)] for u, a in self.top_units],
             "global_direction_deg": global_deg,
-            "global_speed_px_per_frame": _finite(self.global_speed, 3),
-            "global_confidence": _finite(self.global_confidence, 3),
-            "active_per_patch": _finite(self.active_per_patch, 3),
+            "global_speed_px_per_frame": finite(self.global_speed, 3),
+            "global_confidence": finite(self.global_confidence, 3),
+            "active_per_patch": finite(self.active_per_patch, 3),
         }
-
-
-def _finite_array(a) -> np.ndarray:
-    """``a`` with NaN and infinities as 0 (in its own dtype)."""
-    return np.nan_to_num(np.asarray(a), nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _grid(a, decimals: int) -> list:
-    """An array as nested lists of floats rounded to ``decimals``; NaN and infinities as 0 (an
-    infinity kept as the largest float would round back to infinity)."""
-    return np.round(_finite_array(np.asarray(a, dtype=np.float64)), decimals).tolist()
-
-
-def _finite(x, decimals: int) -> float:
-    """A number rounded to ``decimals``; NaN and infinities as 0."""
-    x = float(x)
-    return round(x, decimals) if math.isfinite(x) else 0.0
 
 
 @dataclass
