@@ -146,3 +146,25 @@ def axis_sums(code, axis_re, axis_im, n_units):
     """Twin of ``_axis_sums``: dense codes times the units' doubled-angle axes, and their total."""
     a = code.dense(n_units).astype(np.float64)
     return np.stack([a @ axis_re, a @ axis_im, a.sum(1)], axis=1)
+
+
+def box_mean(src, k):
+    """The mean over the ``k x k`` window at every position of ``(h, w, c)``, edges replicated, the
+    window of ``y`` covering ``y - k // 2 .. y - k // 2 + k - 1``, one window at a time."""
+    half = k // 2
+    pad = np.pad(
+        src.astype(np.float64), ((half, k - 1 - half), (half, k - 1 - half), (0, 0)), "edge"
+    )
+    h, w = src.shape[:2]
+    return np.mean([pad[i : i + h, j : j + w] for i in range(k) for j in range(k)], axis=0)
+
+
+def _pool_cells(src, k, ys, xs):
+    """Box means sampled at cells: each cell the mean of ``box_mean`` at its rows ``ys[i]`` x columns
+    ``xs[j]``."""
+    b = box_mean(src, k)
+    out = np.empty((len(ys), len(xs), src.shape[2]))
+    for i, rows in enumerate(ys):
+        for j, cols in enumerate(xs):
+            out[i, j] = np.mean([b[r, q] for r in rows for q in cols], axis=0)
+    return out.astype(np.float32)

@@ -19,6 +19,7 @@ stamp; the cached code records its module by name (``v1motion.models...``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -73,18 +74,62 @@ def _project_frame(idx, val, cnt, proj, dir_bin, speed_bin, ds_weight, alpha, ac
                 acc[s, m, n_k] = acc[s, m, n_k] * keep + a * total
 
 
-def box_pool(x: np.ndarray, k: int) -> np.ndarray:
-    """Mean over a ``k x k`` window at every position of ``(h, w, c)``, edges replicated."""
-    if k <= 1:
-        return x
-    if x.shape[-1] <= 512:  # OpenCV's channel limit
-        out = cv2.blur(np.ascontiguousarray(x), (k, k), borderType=cv2.BORDER_REPLICATE)
-        return out.reshape(x.shape)
-    parts = [
-        cv2.blur(np.ascontiguousarray(x[..., i : i + 512]), (k, k), borderType=cv2.BORDER_REPLICATE)
-        for i in range(0, x.shape[-1], 512)
-    ]
-    return np.concatenate([p.reshape(*x.shape[:2], -1) for p in parts], axis=-1)
+@njit(cache=True, nogil=True, inline="always")
+def _slide(rows, at, cur, k, sums):
+    """``sums`` (m,) becomes the sum of the ``k`` rows of ``rows`` (n, m) in the window of row ``at``
+    (``at - k // 2 .. at - k // 2 + k - 1``, clamped to the edges), given that it holds the window of
+    row ``cur``: slid one row at a time when ``at`` is a little past ``cur``, summed anew otherwise.
+    Returns ``at``, the new ``cur``."""
+    n, m = rows.shape
+    half = k // 2
+    if at < cur or at - cur > k:
+        sums[:] = 0.0
+        for u in range(k):
+            r = min(max(at - half + u, 0), n - 1)
+            for c in range(m):
+                sums[c] += rows[r, c]
+        return at
+    while cur < at:
+        cur += 1
+        gone = min(max(cur - 1 - half, 0), n - 1)
+        new = min(max(cur - half + k - 1, 0), n - 1)
+        for c in range(m):
+            sums[c] += rows[new, c] - rows[gone, c]
+    return at
+
+
+@njit(cache=True, nogil=True)
+def _pool_cells(src, k, ys, xs, out):
+    """Box means of ``src`` (gh, gw, C), C-contiguous, sampled at cells, in one pass.
+
+    ``out[i, j] = mean over t, s of B[ys[i, t], xs[j, s]]``, where ``B`` is the mean over the ``k x k``
+    window at every position, edges replicated, the window of position ``y`` covering
+    ``y - k // 2 .. y - k // 2 + k - 1`` (OpenCV's ``blur`` with its default anchor). Cells of a finer
+    level average the ``f x f`` positions they cover (``ys`` (ch, f)); a coarser level's cells take one
+    position each (``ys`` (ch, 1)). Only the rows and columns the cells need are computed, by running
+    sums (float32) that slide from one wanted row to the next (``_slide``); ``ys[i]`` and ``xs[j]``
+    should rise with ``i`` and ``j`` for the sums to slide (otherwise they restart: the same numbers)."""
+    gh, gw, nc = src.shape
+    flat = src.reshape(gh, gw * nc)
+    col = np.zeros(gw * nc, np.float32)  # per column and channel, the sum over the window's rows
+    row = np.empty((gw, nc), np.float32)
+    run = np.zeros(nc, np.float32)
+    acc = np.empty(nc, np.float32)
+    scale = np.float32(1.0 / (k * k * ys.shape[1] * xs.shape[1]))
+    cur = -(1 << 30)
+    for i in range(ys.shape[0]):
+        row[:] = 0.0
+        for t in range(ys.shape[1]):
+            cur = _slide(flat, ys[i, t], cur, k, col)
+            row += col.reshape(gw, nc)
+        at = -(1 << 30)
+        for j in range(xs.shape[0]):
+            acc[:] = 0.0
+            for t in range(xs.shape[1]):
+                at = _slide(row, xs[j, t], at, k, run)
+                acc += run
+            for c in range(nc):
+                out[i, j, c] = acc[c] * scale
 
 
 def integrate_cells(direction: np.ndarray, speed: np.ndarray, weight: np.ndarray, sigma: float):
@@ -188,6 +233,21 @@ def along_one_axis(direction, speed, coherence, axis, lo: float, hi: float):
     return np.arctan2(vy, vx).astype(np.float32), np.hypot(vx, vy).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=256)
+def _sample_at(side: int, cell_px: int, grid: tuple[int, int], cells: tuple[int, int]):
+    out = []
+    for n, size in zip(cells, grid, strict=True):
+        if side <= cell_px:
+            f = cell_px // side
+            at = np.arange(n)[:, None] * f + np.arange(f)[None, :]
+        else:
+            at = ((np.arange(n) + 0.5) * cell_px // side).astype(np.int64)[:, None]
+        at = np.ascontiguousarray(np.minimum(at, size - 1), np.int64)
+        at.flags.writeable = False
+        out.append(at)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Pooling:
     """How per-patch channels become per-cell features (the same live and in training).
@@ -233,28 +293,12 @@ class Pooling:
             return acc
         return np.concatenate([acc[..., scale * blocks : (scale + 1) * blocks], acc[..., -1:]], -1)
 
-    def _at_cells(self, pooled: np.ndarray, level: int, ch: int, cw: int) -> np.ndarray:
-        side = self.patch * 2**level
-        if side <= self.cell_px:
-            f = self.cell_px // side
-            gh, gw = ch * f, cw * f
-            sub = pooled[:gh, :gw]
-            if sub.shape[0] < gh or sub.shape[1] < gw:
-                sub = np.pad(sub, ((0, gh - sub.shape[0]), (0, gw - sub.shape[1]), (0, 0)), "edge")
-            # The mean of the f x f patches of every cell, as f * f strided views (numpy's mean over
-            # two non-adjacent axes of a reshape is several times slower).
-            out = sub[0::f, 0::f].copy()
-            for dy in range(f):
-                for dx in range(f):
-                    if dy or dx:
-                        out += sub[dy::f, dx::f]
-            out *= np.float32(1.0 / (f * f))
-            return out
-        yi = np.minimum(((np.arange(ch) + 0.5) * self.cell_px // side).astype(int),
-                        pooled.shape[0] - 1)  # fmt: skip
-        xi = np.minimum(((np.arange(cw) + 0.5) * self.cell_px // side).astype(int),
-                        pooled.shape[1] - 1)  # fmt: skip
-        return pooled[yi][:, xi]
+    def sample_at(self, level: int, grid: tuple[int, int], cells: tuple[int, int]):
+        """Which positions of a level's ``grid = (gh, gw)`` patches each of the ``cells = (ch, cw)``
+        samples, as ``(ys (ch, f), xs (cw, f))`` for ``_pool_cells``: on levels finer than the cells,
+        the ``f x f`` patches of each cell (past the grid's edge, its last row or column); on coarser
+        levels, the patch under the cell's centre. Read-only arrays, computed once per layout."""
+        return _sample_at(self.patch * 2**level, self.cell_px, tuple(grid), tuple(cells))
 
     def cells(self, accs: list[np.ndarray], shape: tuple[int, int], blocks: int | None = None):
         """Per-cell features ``(ch, cw, L * S, C)`` from the running averages of every level.
@@ -281,8 +325,9 @@ class Pooling:
 
         def pool(tasks):
             for lv, sc in tasks:
-                pooled = box_pool(accs[lv][sc], self.box(lv, sc))
-                out[:, :, lv * n_s + sc] = self._at_cells(pooled, lv, ch, cw)
+                src = np.ascontiguousarray(accs[lv][sc], np.float32)
+                ys, xs = self.sample_at(lv, src.shape[:2], (ch, cw))
+                _pool_cells(src, self.box(lv, sc), ys, xs, out[:, :, lv * n_s + sc])
 
         tasks = [(lv, sc) for lv in range(len(accs)) for sc in range(n_s)]
         if executor is None or len(tasks) == 1:

@@ -1,9 +1,11 @@
 """The MT read-out: soft speed labels, learning planted tuning, storage, and the live read matching
 the features it is fitted on."""
 
+import cv2
 import numpy as np
 import pytest
 
+from tests import naive
 from v1motion.models.motion import stimuli
 from v1motion.models.motion.engine import MotionEngine, global_motion, to_grey
 from v1motion.models.motion.mt_fit import make_sequence, pooled_units
@@ -11,7 +13,7 @@ from v1motion.models.motion.mt_readout import (
     SPEED_CLASSES,
     MTReadout,
     Pooling,
-    box_pool,
+    _pool_cells,
     integrate_cells,
 )
 from v1motion.models.motion.readout import angular_error
@@ -82,12 +84,38 @@ def test_save_and_load_round_trip(tmp_path):
         MTReadout.load(tmp_path / "other.npz")
 
 
-def test_box_pool_is_a_windowed_mean_even_past_512_channels(rng):
-    x = rng.standard_normal((7, 9, 600)).astype(np.float32)
-    got = box_pool(x, 3)
-    pad = np.pad(x, ((1, 1), (1, 1), (0, 0)), "edge")
-    want = np.mean([pad[i : i + 7, j : j + 9] for i in range(3) for j in range(3)], axis=0)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+def test_the_box_mean_twin_is_opencvs_blur_with_replicated_edges(rng):
+    """What the pooling was before it became one kernel: ``cv2.blur`` with its default anchor."""
+    for k in (1, 2, 3, 4, 12):
+        x = rng.standard_normal((7, 9, 5)).astype(np.float32)
+        want = cv2.blur(x, (k, k), borderType=cv2.BORDER_REPLICATE)
+        np.testing.assert_allclose(naive.box_mean(x, k), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 6, 12])
+@pytest.mark.parametrize(("grid", "level"), [((12, 17), 0), ((6, 9), 1), ((3, 5), 2), ((2, 2), 3)])
+def test_pool_cells_matches_its_naive_twin(rng, k, grid, level):
+    pooling = Pooling(pool_px=(32, 96))
+    src = rng.standard_normal((*grid, 7)).astype(np.float32)
+    cells = pooling.grid((100, 140))  # 6 x 8 cells of 16 px
+    ys, xs = pooling.sample_at(level, grid, cells)
+    out = np.full((*cells, 7), np.nan, np.float32)
+    _pool_cells(src, k, ys, xs, out)
+    np.testing.assert_allclose(out, naive._pool_cells(src, k, ys, xs), rtol=1e-5, atol=1e-5)
+    # rows and columns that do not rise restart the running sums: the same numbers
+    back = np.full_like(out, np.nan)
+    _pool_cells(src, k, ys[::-1].copy(), xs[::-1].copy(), back)
+    np.testing.assert_allclose(back, out[::-1, ::-1], rtol=1e-5, atol=1e-5)
+
+
+def test_cells_sample_the_patches_they_cover_or_the_one_under_their_centre():
+    pooling = Pooling(patch=8, cell_px=16)
+    ys, xs = pooling.sample_at(0, (7, 9), (4, 5))  # 8 px patches, 2 x 2 per cell; past the edge
+    np.testing.assert_array_equal(ys, [[0, 1], [2, 3], [4, 5], [6, 6]])
+    np.testing.assert_array_equal(xs, [[0, 1], [2, 3], [4, 5], [6, 7], [8, 8]])
+    ys, xs = pooling.sample_at(2, (3, 4), (6, 8))  # 32 px patches: the one under each centre
+    np.testing.assert_array_equal(ys[:, 0], [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(xs[:, 0], [0, 0, 1, 1, 2, 2, 3, 3])
 
 
 @pytest.mark.parametrize("pool_px", [(48,), (32, 96)])
@@ -299,8 +327,9 @@ def test_pooling_on_a_helper_thread_gives_the_same_cells(rng, pool_px):
     np.testing.assert_array_equal(threaded, serial)
     # and each feature set is the box mean of its own level and scale, sampled at the cells
     lv, sc = len(grids) - 1, len(pool_px) - 1
-    want = pooling._at_cells(box_pool(accs[lv][sc], pooling.box(lv, sc)), lv, *pooling.grid(shape))
-    np.testing.assert_array_equal(serial[:, :, lv * len(pool_px) + sc], want)
+    ys, xs = pooling.sample_at(lv, grids[lv], pooling.grid(shape))
+    want = naive._pool_cells(accs[lv][sc], pooling.box(lv, sc), ys, xs)
+    np.testing.assert_allclose(serial[:, :, lv * len(pool_px) + sc], want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(100, 140), (129, 161)])
@@ -312,7 +341,6 @@ def test_coarse_read_is_the_read_of_the_half_size_frame_where_it_is_fast(
     pyramid makes it), by the same ss-RNN codes; a cell takes it where it reads fast motion, and it
     is decoded only when some moving cell reads at least half that fast. (A random engine seldom
     reads fast: low thresholds make it decode and take the coarse read on every frame.)"""
-    import cv2
 
     from v1motion.models.motion import engine as engine_mod
 
