@@ -627,10 +627,12 @@ class MotionEngine:
         returned after the motion."""
         direction, speed, conf = fine
         ch, cw = direction.shape
+        # each coarse cell covers 2 x 2 cells; odd sizes repeat the last row or column
+        rows = np.minimum(np.arange(ch) // 2, coarse[0].shape[0] - 1)[:, None]
+        cols = np.minimum(np.arange(cw) // 2, coarse[0].shape[1] - 1)[None, :]
 
-        def up(a):  # each coarse cell covers 2 x 2 cells; odd sizes repeat the last row or column
-            a = np.repeat(np.repeat(a, 2, 0), 2, 1)[:ch, :cw]
-            return np.pad(a, ((0, ch - a.shape[0]), (0, cw - a.shape[1])), "edge")
+        def up(a):
+            return a[rows, cols]
 
         c_dir, c_speed, c_conf = (up(a) for a in coarse)
         c_speed = 2 * c_speed
@@ -696,8 +698,8 @@ class MotionEngine:
             shape,
             executor=self._pool,
         )
-        direction, speed, conf, _ = mt.decode_hidden(mt.hidden_from_projected(cells))
-        conf *= mt.evidence(cells[..., -1])  # a cell is confident only where activity backs it
+        # a cell is confident only where activity backs it (MTReadout.evidence)
+        direction, speed, conf = mt.decode_projected(cells)
         direction, speed = integrate_cells(direction, speed, conf, self.integration_sigma)
         if gate is not None:
             conf *= gate

@@ -118,6 +118,30 @@ def test_cells_sample_the_patches_they_cover_or_the_one_under_their_centre():
     np.testing.assert_array_equal(xs[:, 0], [0, 0, 1, 1, 2, 2, 3, 3])
 
 
+def test_decode_cells_matches_its_naive_twin_and_the_numpy_read_out(rng):
+    mt = MTReadout.random(n_levels=6, n_units=20, n_hidden=16, seed=4)
+    # totals from none to plenty, so the evidence runs over its whole range and beyond
+    pooled = rng.standard_normal((7, 9, 6, 17)).astype(np.float32)
+    pooled[..., -1] = mt.norm_ * rng.uniform(0, 8, (7, 9, 1)) * rng.uniform(0.5, 1.5, (7, 9, 6))
+    direction, speed, conf = mt.decode_projected(pooled)
+    assert direction.shape == speed.shape == conf.shape == (7, 9)
+    assert direction.dtype == speed.dtype == conf.dtype == np.float32
+    lo, hi = MTReadout.EVIDENCE_RANGE
+    want = naive._decode_cells(
+        pooled.reshape(-1, 6, 17), mt.norm_, mt.b1_, mt.W2_, mt.b2_, mt.speed_classes_, lo, hi
+    )
+    for got, ref in zip((direction, speed, conf), want, strict=True):
+        np.testing.assert_allclose(got.ravel(), ref, rtol=1e-5, atol=1e-5)
+    ratio = pooled[..., -1].sum(-1) / mt.norm_.sum()
+    assert (ratio < lo).any() and (ratio > hi).any()
+    assert np.all(conf[ratio < lo] == 0)  # no activity, no confidence
+    # and the numpy read-out it fuses (used in fitting) gives the same
+    d, s, c, _ = mt.decode_hidden(mt.hidden_from_projected(pooled))
+    np.testing.assert_allclose(speed, s, rtol=1e-5)
+    np.testing.assert_allclose(conf, c * mt.evidence(pooled[..., -1]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.cos(direction - d), 1.0, atol=1e-8)
+
+
 @pytest.mark.parametrize("pool_px", [(48,), (32, 96)])
 @pytest.mark.parametrize("shape", [(96, 128), (100, 140)])
 def test_live_read_equals_the_readout_on_the_features_it_is_fitted_on(shape, pool_px):
