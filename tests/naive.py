@@ -116,9 +116,12 @@ def encode(engine, state, grey):
     return out
 
 
-def _drive_groups(r_ptr, r_idx, n_clones):
-    """The sorted distinct (atom, sign) groups of the units in each row of ``R^T`` (CSR), per row."""
-    return [np.unique(r_idx[r_ptr[j] : r_ptr[j + 1]] // n_clones) for j in range(len(r_ptr) - 1)]
+def _best_clones(pi, n_clones):
+    """Per group of ``n_clones`` consecutive units, the largest prior log-odds and the first unit that
+    has it."""
+    groups = np.asarray(pi).reshape(-1, n_clones)
+    first = groups.argmax(1)  # argmax returns the first of equal values
+    return groups.max(1), np.arange(len(groups)) * n_clones + first
 
 
 def _scaled_patches(frame, scale, p):

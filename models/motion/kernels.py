@@ -19,23 +19,38 @@ from numba import njit, prange
 
 
 @njit(cache=True, nogil=True)
-def _best_clone(pi, g, n_clones):
-    """The clone of group ``g = 2 * atom + sign`` with the largest prior log-odds (the first on ties)."""
-    base = g * n_clones
-    bu = base
-    bp = pi[base]
-    for k in range(1, n_clones):
-        if pi[base + k] > bp:
-            bp = pi[base + k]
-            bu = base + k
-    return bp, bu
-
-
-@njit(cache=True, nogil=True)
 def _best_clones(pi, n_clones, best_pi, best_u):
-    """Fill ``best_pi``, ``best_u`` ``(2 A,)`` with the best clone of every group ``2 * atom + sign``."""
-    for g in range(best_pi.shape[0]):
-        best_pi[g], best_u[g] = _best_clone(pi, g, n_clones)
+    """Fill ``best_pi``, ``best_u`` ``(2 A,)`` with the best clone of every group ``2 * atom + sign``: the
+    clone with the largest prior log-odds ``pi``, the first on ties.
+
+    Written without branches, over all groups at once, so that it vectorises: for every frame patch
+    that the recurrent drive reaches, recomputing all groups is cheaper than finding and updating the
+    ones it reached. Four clones (the shipped model) compare in pairs; any other number clone by
+    clone. Both keep the first of equal values, as a scan from clone 0 would."""
+    n_groups = best_pi.shape[0]
+    if n_clones == 4:
+        for g in range(n_groups):
+            base = 4 * g
+            p0, p1, p2, p3 = pi[base], pi[base + 1], pi[base + 2], pi[base + 3]
+            take1 = p1 > p0
+            m01 = p1 if take1 else p0
+            u01 = base + 1 if take1 else base
+            take3 = p3 > p2
+            m23 = p3 if take3 else p2
+            u23 = base + 3 if take3 else base + 2
+            take23 = m23 > m01
+            best_pi[g] = m23 if take23 else m01
+            best_u[g] = u23 if take23 else u01
+        return
+    for g in range(n_groups):
+        best_pi[g] = pi[g * n_clones]
+        best_u[g] = g * n_clones
+    for k in range(1, n_clones):
+        for g in range(n_groups):
+            x = pi[g * n_clones + k]
+            better = x > best_pi[g]
+            best_pi[g] = x if better else best_pi[g]
+            best_u[g] = g * n_clones + k if better else best_u[g]
 
 
 @njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
@@ -178,12 +193,12 @@ def _pursuit_scratch(n_atoms, kmax):
 
 @njit(cache=True, nogil=True)
 def _infer_patches(
-    m0, m1, C, G, Gt, r_ptr, r_idx, r_val, b, g_ptr, g_idx, base_pi, base_u, prev_idx, prev_val,
-    prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt, out_prior,
+    m0, m1, C, G, Gt, r_ptr, r_idx, r_val, b, base_pi, base_u, prev_idx, prev_val, prev_cnt,
+    n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt, out_prior,
 ):  # fmt: skip
     """Patches ``m0 <= m < m1`` of a frame, with the sparse recurrent drive; allocates its own scratch,
-    so disjoint ranges can run on different threads. ``g_ptr``, ``g_idx``: the (atom, sign) groups
-    that each unit's row of ``R^T`` reaches (``_drive_groups``)."""
+    so disjoint ranges can run on different threads. ``base_pi``, ``base_u``: the best clone of every
+    group from the biases alone (``_frame_setup``), what a patch that nothing drives uses."""
     n_units = b.shape[0]
     n_atoms = C.shape[1]
     pi = np.empty(n_units)
@@ -191,65 +206,32 @@ def _infer_patches(
         pi[u] = b[u]
     best_pi = base_pi.copy()
     best_u = base_u.copy()
-    touched = np.empty(base_pi.shape[0] + 1, np.int64)
-    stamp = np.full(base_pi.shape[0], -1, np.int64)
     rho, gain, in_support, s_atom, s_sign, s_unit, s_prior, chol, fwd, xi = _pursuit_scratch(
         n_atoms, kmax
     )
     for m in range(m0, m1):
         n_prev = prev_cnt[m]
-        for i in range(n_prev):
-            j = prev_idx[m, i]
-            v = prev_val[m, i]
-            for e in range(r_ptr[j], r_ptr[j + 1]):
-                pi[r_idx[e]] += v * r_val[e]
-        # Best clone of every group the drive reached; groups reached from two units of t-1 are
-        # listed once (a stamp per group, without a branch).
-        n_touched = 0
-        for i in range(n_prev):
-            j = prev_idx[m, i]
-            for e in range(g_ptr[j], g_ptr[j + 1]):
-                g = g_idx[e]
-                touched[n_touched] = g
-                n_touched += np.int64(stamp[g] != m)
-                stamp[g] = m
-        for t in range(n_touched):
-            g = touched[t]
-            best_pi[g], best_u[g] = _best_clone(pi, g, n_clones)
+        if n_prev:
+            for i in range(n_prev):
+                j = prev_idx[m, i]
+                v = prev_val[m, i]
+                for e in range(r_ptr[j], r_ptr[j + 1]):
+                    pi[r_idx[e]] += v * r_val[e]
+            _best_clones(pi, n_clones, best_pi, best_u)
         _pursuit_patch(
             m, C, G, Gt, inv2ty2, lam, kappa, kmax, best_pi, best_u, rho, gain, in_support,
             s_atom, s_sign, s_unit, s_prior, chol, fwd, xi, out_idx, out_val, out_cnt, out_prior,
         )  # fmt: skip
-        # Undo this patch's drive: only the units and groups it reached differ from the bias-only state.
-        for i in range(n_prev):
-            j = prev_idx[m, i]
-            for e in range(r_ptr[j], r_ptr[j + 1]):
-                u = r_idx[e]
-                pi[u] = b[u]
-        for t in range(n_touched):
-            g = touched[t]
-            best_pi[g] = base_pi[g]
-            best_u[g] = base_u[g]
-
-
-@njit(cache=True, nogil=True)
-def _drive_groups(r_ptr, r_idx, n_clones):
-    """For each row ``j`` of ``R^T`` in CSR form, the (atom, sign) groups ``u // n_clones`` of its units,
-    as CSR ``(g_ptr, g_idx)``; consecutive repeats are merged (rows are sorted, so each group once)."""
-    n = r_ptr.shape[0] - 1
-    g_ptr = np.zeros(n + 1, np.int64)
-    g_idx = np.empty(r_idx.shape[0], np.int64)
-    k = 0
-    for j in range(n):
-        last = -1
-        for e in range(r_ptr[j], r_ptr[j + 1]):
-            g = r_idx[e] // n_clones
-            if g != last:
-                g_idx[k] = g
-                k += 1
-                last = g
-        g_ptr[j + 1] = k
-    return g_ptr, g_idx[:k]
+        if n_prev:
+            # Undo this patch's drive: only the units it reached differ from the bias-only state.
+            for i in range(n_prev):
+                j = prev_idx[m, i]
+                for e in range(r_ptr[j], r_ptr[j + 1]):
+                    u = r_idx[e]
+                    pi[u] = b[u]
+            for g in range(best_pi.shape[0]):
+                best_pi[g] = base_pi[g]
+                best_u[g] = base_u[g]
 
 
 @njit(cache=True, nogil=True)
@@ -266,16 +248,15 @@ def _frame_setup(G, b, n_clones, n_atoms):
 # The serial driver is the one Python calls: an eager signature compiles it once (or loads it from the
 # cache) at import and rejects wrong dtypes or layouts instead of compiling a slow variant for them.
 _INFER_FRAME_SIGNATURE = (
-    "void(float32[:, ::1], float64[:, ::1], int64[::1], int64[::1], float32[::1], int64[::1], "
-    "int64[::1], float32[::1], int64[:, ::1], float32[:, ::1], int64[::1], int64, float64, float64, "
-    "float64, int64, int64[:, ::1], float32[:, ::1], int64[::1], float64[::1])"
+    "void(float32[:, ::1], float64[:, ::1], int64[::1], int64[::1], float32[::1], float32[::1], "
+    "int64[:, ::1], float32[:, ::1], int64[::1], int64, float64, float64, float64, int64, "
+    "int64[:, ::1], float32[:, ::1], int64[::1], float64[::1])"
 )
 
 
 @njit(_INFER_FRAME_SIGNATURE, cache=True, nogil=True)
 def _ssrnn_infer_frame(
-    C, G, r_ptr, r_idx, r_val, g_ptr, g_idx, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam,
-    kappa, kmax,
+    C, G, r_ptr, r_idx, r_val, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax,
     out_idx, out_val, out_cnt, out_prior,
 ):  # fmt: skip
     """Greedy MAP inference of one frame for all patches, with the sparse recurrent drive.
@@ -286,7 +267,6 @@ def _ssrnn_infer_frame(
     G : (A, A) float, Gram matrix of the atoms.
     r_ptr, r_idx, r_val : R^T in CSR form: row ``j`` lists the units ``u`` that unit ``j`` drives at the
         next frame and the weights ``R[u, j]``.
-    g_ptr, g_idx : the (atom, sign) groups of each row's units (``_drive_groups``).
     b : (N,) float32 biases.
     prev_idx, prev_val, prev_cnt : the sparse code at t-1 (units, values, counts per patch).
     out_idx, out_val, out_cnt : the sparse code at t (written).
@@ -295,22 +275,21 @@ def _ssrnn_infer_frame(
     Notes
     -----
     Only the units that the active units of t-1 project to change their prior, so the best clone of
-    every (atom, sign) group is computed once from ``b``, updated for the groups the drive reaches
-    alone, and restored from the bias-only state after the patch.
+    every (atom, sign) group is computed once from ``b``; a patch that the drive reaches adds it to
+    the units it reaches, recomputes the best clones (``_best_clones``, all groups: branch-free, it
+    costs less than tracking which groups were reached) and restores the bias-only state after.
     """
     n_atoms = C.shape[1]
     Gt, base_pi, base_u = _frame_setup(G, b, n_clones, n_atoms)
     _infer_patches(
-        0, C.shape[0], C, G, Gt, r_ptr, r_idx, r_val, b, g_ptr, g_idx, base_pi, base_u, prev_idx,
-        prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt,
-        out_prior,
+        0, C.shape[0], C, G, Gt, r_ptr, r_idx, r_val, b, base_pi, base_u, prev_idx, prev_val,
+        prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt, out_prior,
     )  # fmt: skip
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _ssrnn_infer_frame_parallel(
-    C, G, r_ptr, r_idx, r_val, g_ptr, g_idx, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam,
-    kappa, kmax,
+    C, G, r_ptr, r_idx, r_val, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax,
     out_idx, out_val, out_cnt, out_prior, bounds,
 ):  # fmt: skip
     """``_ssrnn_infer_frame`` with the patches split into chunks ``bounds[c] <= m < bounds[c + 1]``
@@ -320,9 +299,9 @@ def _ssrnn_infer_frame_parallel(
     Gt, base_pi, base_u = _frame_setup(G, b, n_clones, n_atoms)
     for c in prange(bounds.shape[0] - 1):
         _infer_patches(
-            bounds[c], bounds[c + 1], C, G, Gt, r_ptr, r_idx, r_val, b, g_ptr, g_idx, base_pi, base_u,
-            prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val,
-            out_cnt, out_prior,
+            bounds[c], bounds[c + 1], C, G, Gt, r_ptr, r_idx, r_val, b, base_pi, base_u, prev_idx,
+            prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt,
+            out_prior,
         )  # fmt: skip
 
 

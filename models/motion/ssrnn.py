@@ -35,7 +35,6 @@ import numba
 import numpy as np
 
 from v1motion.models.motion.kernels import (
-    _drive_groups,
     _ssrnn_infer_frame,
     _ssrnn_infer_frame_dense,
     _ssrnn_infer_frame_parallel,
@@ -331,10 +330,9 @@ class SSRNN:
                 for a, t in zip(prev.arrays(), SparseCode.DTYPES, strict=True)
             )
         )
-        g_ptr, g_idx = self._drive_groups(ptr, idx)
         out = SparseCode.empty(m, self.kmax)
         args = (
-            C, G, ptr, idx, val, g_ptr, g_idx, self.b_, prev.idx, prev.val, prev.cnt, self.n_clones,
+            C, G, ptr, idx, val, self.b_, prev.idx, prev.val, prev.cnt, self.n_clones,
             1.0 / (2 * self.tau_y**2), self.lam, self.kappa, self.kmax,
             out.idx, out.val, out.cnt, out.prior,
         )  # fmt: skip
@@ -349,16 +347,6 @@ class SSRNN:
             with numba.parallel_chunksize(1):
                 _ssrnn_infer_frame_parallel(*args, bounds)
         return out
-
-    def _drive_groups(self, ptr: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The groups each row of ``R^T`` reaches, kept for the last CSR arrays seen (callers pass the
-        same ``csr`` every frame; the arrays are held, so a new ``csr`` is never mistaken for it)."""
-        cached = getattr(self, "_groups_cache", None)
-        if cached is not None and cached[0] is ptr and cached[1] is idx:
-            return cached[2]
-        groups = _drive_groups(ptr, idx, self.n_clones)
-        self._groups_cache = (ptr, idx, groups)
-        return groups
 
     def infer_dense(self, C: np.ndarray, prev: SparseCode | None, G=None) -> SparseCode:
         """The same step with the recurrent drive computed densely, ``b + Z^{t-1} R^T`` by BLAS."""

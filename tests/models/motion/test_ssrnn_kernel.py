@@ -42,9 +42,11 @@ def _compare(model, C, prev):
     return out
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_kernel_matches_numpy_twin_over_a_sequence(seed):
-    model = _random_model(seed)
+@pytest.mark.parametrize(
+    ("seed", "n_clones"), [(s, 3) for s in range(5)] + [(5, 4), (6, 1), (7, 4)]
+)
+def test_kernel_matches_numpy_twin_over_a_sequence(seed, n_clones):
+    model = _random_model(seed, n_clones=n_clones)
     rng = np.random.default_rng(seed)
     prev = SparseCode.empty(40, model.kmax)
     n_active = 0
@@ -73,19 +75,21 @@ def test_kernel_edge_cases():
     np.testing.assert_array_equal(out2.cnt, out.cnt)
 
 
-def test_drive_groups_match_numpy_twin(rng):
-    from v1motion.models.motion.kernels import _drive_groups
-    from v1motion.models.motion.ssrnn import prune_recurrent, recurrent_csr
+@pytest.mark.parametrize("n_clones", [1, 2, 3, 4, 5])
+def test_best_clones_match_numpy_twin_first_on_ties(rng, n_clones):
+    from v1motion.models.motion.kernels import _best_clones
 
-    for n_clones, density in ((3, 0.05), (4, 0.3), (1, 1.0)):
-        R = prune_recurrent(rng.standard_normal((6 * n_clones * 2, 6 * n_clones * 2)), density)
-        R[:, 0] = 0  # a unit that drives nothing
-        ptr, idx, _ = recurrent_csr(R)
-        g_ptr, g_idx = _drive_groups(ptr, idx, n_clones)
-        want = naive._drive_groups(ptr, idx, n_clones)
-        assert len(g_ptr) == len(want) + 1
-        for j, groups in enumerate(want):
-            np.testing.assert_array_equal(g_idx[g_ptr[j] : g_ptr[j + 1]], groups)
+    n_groups = 14
+    for pi in (
+        rng.standard_normal(n_groups * n_clones),
+        rng.integers(-2, 2, n_groups * n_clones).astype(np.float64),  # many ties
+        np.full(n_groups * n_clones, -1.5),
+    ):
+        best_pi, best_u = np.empty(n_groups), np.empty(n_groups, np.int64)
+        _best_clones(pi, n_clones, best_pi, best_u)
+        want_pi, want_u = naive._best_clones(pi, n_clones)
+        np.testing.assert_array_equal(best_u, want_u)
+        np.testing.assert_array_equal(best_pi, want_pi)
 
 
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="checks the compiled dispatcher")
@@ -102,7 +106,7 @@ def test_kernel_rejects_wrong_dtypes_instead_of_compiling_them():
     )
     with pytest.raises(TypeError, match="No matching definition"):
         _ssrnn_infer_frame(
-            C, model.gram(), ptr, idx, val, ptr, idx, model.b_, *prev.arrays()[:3], model.n_clones,
+            C, model.gram(), ptr, idx, val, model.b_, *prev.arrays()[:3], model.n_clones,
             1.0, model.lam, model.kappa, model.kmax, *out.arrays(),
         )  # fmt: skip
     assert len(_ssrnn_infer_frame.signatures) == 1

@@ -156,7 +156,7 @@ def test_whitener_fit_runs_single_threaded(two_threads, monkeypatch):
         kernels._infer_patches,
         kernels._pursuit_patch,
         kernels._frame_setup,
-        kernels._drive_groups,
+        kernels._best_clones,
         kernels._max_gain,
     ],
 )
