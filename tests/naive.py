@@ -173,23 +173,32 @@ def _pool_cells(src, k, ys, xs):
     return out.astype(np.float32)
 
 
+def _hidden_cells(pooled, norm, b1):
+    """The MT units of each cell, one cell at a time: divisively normalised pooled channels summed
+    over the feature sets, rectified; and each cell's summed total activity."""
+    n_h = pooled.shape[-1] - 1
+    hidden, totals = [], []
+    for cell in pooled.astype(np.float64):
+        drive = sum(cell[lv, :n_h] / (cell[lv, n_h] + norm[lv]) for lv in range(len(cell)))
+        hidden.append(np.maximum(b1 + drive, 0))
+        totals.append(cell[:, n_h].sum())
+    return np.array(hidden), np.array(totals)
+
+
 def _decode_cells(pooled, norm, b1, W2, b2, speed_classes, lo, hi):
     """The MT read-out of each cell written from its definition, one cell at a time: divisively
     normalised pooled channels, rectified MT units, a direction vector and speed-class probabilities,
     the speed as the geometric mean over the moving classes, and the confidence as P(moving) x the
     vector's length (at most 1) x the evidence of the summed activity."""
-    n_h = pooled.shape[-1] - 1
     direction, speed, conf = [], [], []
-    for cell in pooled.astype(np.float64):
-        h = np.maximum(
-            b1 + sum(cell[lv, :n_h] / (cell[lv, n_h] + norm[lv]) for lv in range(len(cell))), 0
-        )
+    hidden, totals = _hidden_cells(pooled, norm, b1)
+    for h, total in zip(hidden, totals, strict=True):
         out = h @ W2 + b2
         p = np.exp(out[2:] - out[2:].max())
         p /= p.sum()
         moving = p[1:]
         speed.append(2 ** ((moving * np.log2(speed_classes[1:])).sum() / max(moving.sum(), 1e-9)))
         direction.append(np.arctan2(out[1], out[0]))
-        evidence = np.clip((cell[:, n_h].sum() / norm.sum() - lo) / (hi - lo), 0, 1)
+        evidence = np.clip((total / norm.sum() - lo) / (hi - lo), 0, 1)
         conf.append((1 - p[0]) * min(np.hypot(out[0], out[1]), 1.0) * evidence)
     return np.array(direction), np.array(speed), np.array(conf)

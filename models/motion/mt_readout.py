@@ -137,59 +137,32 @@ def _pool_cells(src, k, ys, xs, out):
 
 
 @njit(cache=True, nogil=True)
-def _decode_cells(pooled, norm, b1, W2, b2, log_speeds, lo, hi, direction, speed, conf):
-    """The MT read-out of every cell from its pooled projected channels, in one pass.
+def _hidden_cells(pooled, norm, b1, hidden, totals):
+    """The MT units of every cell from its pooled projected channels, in one pass.
 
     ``pooled`` (n, L, H + 1): per cell and feature set, the ``H`` pooled projections and the pooled
-    total activity (last). Writes ``direction`` (radians), ``speed`` (px/frame) and ``conf`` (n,):
-    ``MTReadout.decode_hidden(MTReadout.hidden_from_projected(pooled))`` with the confidence times
-    ``MTReadout.evidence`` over ``(lo, hi)`` (``log_speeds``: log2 of the moving speed classes)."""
+    total activity (last). Writes ``hidden`` (n, H) ``= relu(b1 + sum_l pooled[:, l, :H] / (total_l +
+    norm_l))`` (``MTReadout.hidden_from_projected``) and ``totals`` (n,), the summed total activity."""
     n, n_l, width = pooled.shape
     n_h = width - 1
-    n_out = W2.shape[1]
-    n_s = n_out - 2
-    norm_sum = 0.0
-    for lv in range(n_l):
-        norm_sum += norm[lv]
-    inv = np.empty(n_l)
-    h = np.empty(n_h)
-    out = np.empty(n_out)
+    inv = np.empty(n_l, np.float32)
     for m in range(n):
-        total = 0.0
+        total = np.float32(0.0)
         for lv in range(n_l):
             t = pooled[m, lv, n_h]
             total += t
-            inv[lv] = 1.0 / (t + norm[lv])
+            inv[lv] = np.float32(1.0) / (t + norm[lv])
+        h = hidden[m]
         for k in range(n_h):
             h[k] = b1[k]
         for lv in range(n_l):
             w = inv[lv]
+            x = pooled[m, lv]
             for k in range(n_h):
-                h[k] += w * pooled[m, lv, k]
-        for o in range(n_out):
-            out[o] = b2[o]
+                h[k] += w * x[k]
         for k in range(n_h):
-            a = h[k]
-            if a > 0.0:
-                for o in range(n_out):
-                    out[o] += a * W2[k, o]
-        top = out[2]
-        for o in range(3, n_out):
-            top = max(top, out[o])
-        z = 0.0
-        for o in range(2, n_out):
-            out[o] = np.exp(out[o] - top)
-            z += out[o]
-        moving = 0.0
-        log_mean = 0.0
-        for c in range(1, n_s):
-            moving += out[2 + c]
-            log_mean += out[2 + c] * log_speeds[c - 1]
-        p_move = moving / z
-        speed[m] = 2.0 ** (log_mean / max(moving, 1e-9 * z))
-        direction[m] = np.arctan2(out[1], out[0])
-        evidence = min(max((total / norm_sum - lo) / (hi - lo), 0.0), 1.0)
-        conf[m] = p_move * min(np.hypot(out[0], out[1]), 1.0) * evidence
+            h[k] = max(h[k], np.float32(0.0))
+        totals[m] = total
 
 
 def integrate_cells(direction: np.ndarray, speed: np.ndarray, weight: np.ndarray, sigma: float):
@@ -590,22 +563,21 @@ class MTReadout:
         ratio = total.sum(-1) / self.norm_.sum()
         return np.clip((ratio - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
-    def decode_projected(
-        self, pooled: np.ndarray, evidence_range: tuple[float, float] | None = None
-    ):
+    def decode_projected(self, pooled: np.ndarray, evidence_range=None):
         """``(direction rad, speed px/frame, confidence)``, float32 ``(...)``, from pooled projected
-        channels ``(..., L, H + 1)``: ``hidden_from_projected``, ``decode_hidden`` and ``evidence`` in
-        one compiled pass (what the live engine calls every frame)."""
+        channels ``(..., L, H + 1)``: ``hidden_from_projected``, ``decode_hidden`` and ``evidence``,
+        with the MT units computed in one compiled pass (what the live engine calls every frame)."""
         self._check_fitted()
-        lo, hi = evidence_range or self.EVIDENCE_RANGE
         shape = pooled.shape[:-2]
         flat = np.ascontiguousarray(pooled, np.float32).reshape(-1, *pooled.shape[-2:])
-        out = [np.empty(len(flat), np.float32) for _ in range(3)]
-        _decode_cells(
-            flat, self.norm_, self.b1_, self.W2_, self.b2_,
-            np.log2(self.speed_classes_[1:]).astype(np.float64), float(lo), float(hi), *out,
-        )  # fmt: skip
-        return tuple(a.reshape(shape) for a in out)
+        hidden = np.empty((len(flat), flat.shape[-1] - 1), np.float32)
+        totals = np.empty(len(flat), np.float32)
+        _hidden_cells(flat, self.norm_, self.b1_, hidden, totals)
+        direction, speed, conf, _ = self.decode_hidden(hidden)
+        conf *= self.evidence(totals[:, None], evidence_range)
+        return tuple(
+            a.reshape(shape).astype(np.float32, copy=False) for a in (direction, speed, conf)
+        )
 
     def decode_hidden(self, h: np.ndarray):
         """``(direction rad, speed px/frame, confidence, P(moving))`` from MT units ``(..., H)``."""

@@ -13,6 +13,7 @@ from v1motion.models.motion.mt_readout import (
     SPEED_CLASSES,
     MTReadout,
     Pooling,
+    _hidden_cells,
     _pool_cells,
     integrate_cells,
 )
@@ -118,7 +119,19 @@ def test_cells_sample_the_patches_they_cover_or_the_one_under_their_centre():
     np.testing.assert_array_equal(xs[:, 0], [0, 0, 1, 1, 2, 2, 3, 3])
 
 
-def test_decode_cells_matches_its_naive_twin_and_the_numpy_read_out(rng):
+def test_hidden_cells_matches_its_naive_twin(rng):
+    mt = MTReadout.random(n_levels=5, n_units=20, n_hidden=16, seed=2)
+    pooled = rng.standard_normal((23, 5, 17)).astype(np.float32)
+    pooled[..., -1] = np.abs(pooled[..., -1])
+    hidden, totals = np.full((23, 16), np.nan, np.float32), np.full(23, np.nan, np.float32)
+    _hidden_cells(pooled, mt.norm_, mt.b1_, hidden, totals)
+    want_hidden, want_totals = naive._hidden_cells(pooled, mt.norm_, mt.b1_)
+    np.testing.assert_allclose(hidden, want_hidden, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(totals, want_totals, rtol=1e-5)
+    assert 0 < (hidden == 0).mean() < 1  # rectified, not all
+
+
+def test_decode_projected_matches_its_naive_twin_and_the_numpy_read_out(rng):
     mt = MTReadout.random(n_levels=6, n_units=20, n_hidden=16, seed=4)
     # totals from none to plenty, so the evidence runs over its whole range and beyond
     pooled = rng.standard_normal((7, 9, 6, 17)).astype(np.float32)
