@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -399,16 +399,74 @@ class MotionEngine:
         # encode replaces the previous codes: the finest of each read are kept as they were
         prev = state.prev[:2]
         codes = self.encode(state, grey, n_levels)
-        gates = [None, None]
-        if self.change_gate is not None:
-            gates[0], state.change = self._change_gate(state.change, prev[0], codes[0], (h, w))
-            if coarse:
-                gates[1], state.coarse_change = self._change_gate(
-                    state.coarse_change, prev[1], codes[1], self._level_shape((h, w), 1)
-                )
         if not coarse:
-            return self.read(state, codes, (h, w), gates[0])
-        return self.read(state, codes[: self.levels], (h, w), gates[0], (codes[1:], gates[1]))
+            return self.read(
+                state, codes, (h, w), self._fine_gate(state, prev[0], codes[0], (h, w))
+            )
+        fine, c_codes, c_shape = codes[: self.levels], codes[1:], self._level_shape((h, w), 1)
+        if self._pool is not None:
+            return self._read_on_two_threads(state, prev, fine, c_codes, (h, w), c_shape)
+        gate = self._fine_gate(state, prev[0], fine[0], (h, w))
+        c_gate = self._coarse_fold(state, prev[1], c_codes, c_shape)
+        return self.read(
+            state, fine, (h, w), gate, lambda: self._coarse_decode(state, c_codes, c_shape, c_gate)
+        )
+
+    def _fine_gate(self, state: StreamState, prev, level, shape):
+        """The change gate of the fine read (``None`` without one); updates ``state.change``."""
+        if self.change_gate is None:
+            return None
+        gate, state.change = self._change_gate(state.change, prev, level, shape)
+        return gate
+
+    def _coarse_fold(self, state: StreamState, prev, c_codes, c_shape):
+        """What the coarse read needs every frame: its change gate (returned) and its running
+        averages (``state.coarse_change``, ``state.coarse_acc``); its histograms are not wanted (the
+        frame's come from the fine read)."""
+        gate = None
+        if self.change_gate is not None:
+            gate, state.coarse_change = self._change_gate(
+                state.coarse_change, prev, c_codes[0], c_shape
+            )
+        self._fold(state.coarse_acc, c_codes, executor=None)
+        return gate
+
+    def _coarse_decode(self, state: StreamState, c_codes, c_shape, c_gate):
+        """The coarse read's map and, with ``aperture``, its units' axes: ``(map, axes or None)``."""
+        c_map = self._decode(state.coarse_acc, c_codes, c_shape, c_gate, executor=None)
+        axes = None
+        if self.aperture is not None:
+            axes = self._axis_coherence(c_codes[0], c_map[0].shape)
+        return c_map, axes
+
+    def _read_on_two_threads(self, state: StreamState, prev, fine, c_codes, shape, c_shape):
+        """``read`` with the coarse read, the work split between this thread and the helper.
+
+        The helper takes, in this order, the last patches of the fine read's fold, then the whole
+        coarse read (decoded whether or not the frame turns out to need it: the helper would
+        otherwise wait) and the fine read's axes; this thread takes the fine read's gate, the first
+        patches of its fold and its decoding. The same numbers as on one thread."""
+        if self.mt is None:
+            raise RuntimeError("this engine has no MT read-out: load one with mt_path=")
+        hists = self._new_hists()
+        pending = self._fold_start(state.acc, fine, hists, self._pool)
+        cells = self.pooling.grid(shape)
+
+        def helper():
+            c_gate = self._coarse_fold(state, prev[1], c_codes, c_shape)
+            coarse = self._coarse_decode(state, c_codes, c_shape, c_gate)
+            axes = self._axis_coherence(fine[0], cells) if self.aperture is not None else None
+            return coarse, axes
+
+        job = self._pool.submit(helper)
+        try:
+            gate = self._fine_gate(state, prev[0], fine[0], shape)
+            self._fold_finish(pending)
+            fine_map = self._decode(state.acc, fine, shape, gate, executor=None)
+        finally:  # the helper writes to `state`: never return (or raise) while it still runs
+            wait([job] + ([pending[-1]] if pending is not None else []))
+        coarse, axes = job.result()
+        return self._combine(state, fine, hists, fine_map, lambda: coarse, lambda: axes)
 
     @staticmethod
     def _level_shape(shape: tuple[int, int], level: int) -> tuple[int, int]:
@@ -559,7 +617,7 @@ class MotionEngine:
         codes,
         shape: tuple[int, int],
         gate: np.ndarray | None = None,
-        coarse: tuple | None = None,
+        coarse=None,
     ) -> MotionFrame:
         """The motion map, histograms and global motion from the codes of one frame.
 
@@ -567,8 +625,9 @@ class MotionEngine:
         activity); those channels are averaged over time and space (``self.pooling``) and decoded per
         cell; each cell's direction and speed are integrated over its confident neighbours
         (``integrate_cells``); ``gate`` (per cell, from ``step``: the code change) then scales the
-        confidence. ``coarse``: ``(codes of levels 1.., its gate)``, the same read one octave coarser,
-        which a cell takes where it reads fast motion (``FAST_FROM``). Where the units around a cell
+        confidence. ``coarse``: the same read one octave coarser, as a callable returning its
+        ``(map, axes)`` (``_coarse_decode``; called only for frames that may hold fast motion), which a
+        cell takes where it reads fast motion (``FAST_FROM``). Where the units around a cell
         respond to one axis of motion only, the cell keeps only the motion along that axis
         (``APERTURE``, ``along_one_axis``). The frame's dominant motion is the consensus of the cells
         as shown (``global_motion``): a still scene has none.
@@ -577,34 +636,28 @@ class MotionEngine:
             raise RuntimeError("this engine has no MT read-out: load one with mt_path=")
         hists = self._new_hists()
         self._fold(state.acc, codes, hists)
-        direction, speed, conf = self._decode(state.acc, codes, shape, gate)
+        fine_map = self._decode(state.acc, codes, shape, gate)
+        return self._combine(state, codes, hists, fine_map, coarse)
+
+    def _combine(self, state, codes, hists, fine_map, coarse=None, fine_axes=None) -> MotionFrame:
+        """The frame's motion from the fine read's map, the coarse read (``read``'s ``coarse``) where
+        it reads fast motion, the aperture step and the consensus. ``fine_axes``: a callable giving
+        the fine read's ``_axis_coherence`` (computed here if ``None``)."""
+        direction, speed, conf = fine_map
+        if fine_axes is None:
+            fine_axes = lambda: self._axis_coherence(codes[0], direction.shape)  # noqa: E731
         axes = []
-        if coarse is not None:
-            c_codes, c_gate = coarse
-            # Its running averages are kept current every frame; its histograms are not wanted
-            # (the frame's come from the fine read).
-            self._fold(state.coarse_acc, c_codes)
-            # Decoded only when the frame may hold fast motion: some moving cell reads at least
-            # half of FAST_FROM (at one scale fast motion is read too slow, not slower than that).
-            if np.any((conf > FINE_MOVING) & (speed >= FAST_FROM / 2)):
-                c_shape = self._level_shape(shape, 1)
-                c_map = self._decode(state.coarse_acc, c_codes, c_shape, c_gate)
-                also = ()
-                if self.aperture is not None:  # a cell taken from the coarse read: its axes too
-                    coarse_axes = self._axis_coherence(c_codes[0], c_map[0].shape)
-                    also = tuple(
-                        zip(
-                            self._axis_coherence(codes[0], direction.shape),
-                            coarse_axes,
-                            strict=True,
-                        )
-                    )
-                direction, speed, conf, *axes = self._take_fast(
-                    (direction, speed, conf), c_map, *also
-                )
+        # The coarse read is taken only when the frame may hold fast motion: some moving cell reads
+        # at least half of FAST_FROM (at one scale fast motion is read too slow, not slower than that).
+        if coarse is not None and np.any((conf > FINE_MOVING) & (speed >= FAST_FROM / 2)):
+            c_map, coarse_axes = coarse()
+            also = ()
+            if self.aperture is not None:  # a cell taken from the coarse read: its axes too
+                also = tuple(zip(fine_axes(), coarse_axes, strict=True))
+            direction, speed, conf, *axes = self._take_fast((direction, speed, conf), c_map, *also)
         weight = None
         if self.aperture is not None:
-            coherence, axis = axes or self._axis_coherence(codes[0], direction.shape)
+            coherence, axis = axes or fine_axes()
             direction, speed = along_one_axis(direction, speed, coherence, axis, *self.aperture)
             weight = (1.0 - coherence) ** GLOBAL_2D_POWER
         state.frames += 1
@@ -657,9 +710,21 @@ class MotionEngine:
         )
         return axis_coherence(per_cell, self.integration_sigma)
 
-    def _fold(self, accs, codes, hists=None) -> None:
+    _DEFAULT = object()
+
+    def _fold(self, accs, codes, hists=None, executor=_DEFAULT) -> None:
         """Fold the codes of the read-out's levels (``codes[0]`` is its finest) into their running
-        averages ``accs`` (and into the histograms ``hists``, unless ``None``)."""
+        averages ``accs`` (and into the histograms ``hists``, unless ``None``); with an ``executor``
+        (default: the engine's helper thread, if any) the work is split with it."""
+        self._fold_finish(
+            self._fold_start(
+                accs, codes, hists, self._pool if executor is self._DEFAULT else executor
+            )
+        )
+
+    def _fold_start(self, accs, codes, hists, executor):
+        """``_fold``: without an ``executor``, all of it (returns ``None``); with one, hands the
+        helper its share and returns what ``_fold_finish`` needs to do this thread's and merge."""
         n_hidden = self.mt.proj_.shape[2]
         n_s = self.pooling.n_scales
         alphas = []
@@ -669,34 +734,42 @@ class MotionEngine:
                 accs[lv] = np.empty((n_s, gh * gw, n_hidden + 1), np.float32)
                 alpha = 1.0  # the first frame: no average yet
             alphas.append(alpha)
-        n0 = codes[0][1] * codes[0][2]
-        if self._pool is None:
+        if executor is None:
             self._project(accs, codes, alphas, [(lv, 0, None) for lv in range(len(codes))], hists)
-            return
-        # A helper thread projects the coarser levels and the last patches of level 0 while this
-        # one projects the first half of all patches: the same numbers per patch, and the
-        # histograms are the sum of the two threads' (equal to float32 rounding).
+            return None
+        # The helper projects the coarser levels and the last patches of level 0 while this thread
+        # projects the first half of all patches: the same numbers per patch, and the histograms are
+        # the sum of the two threads' (equal to float32 rounding).
+        n0 = codes[0][1] * codes[0][2]
         cut = min(n0, sum(gh * gw for _, gh, gw in codes) // 2)
         theirs = None if hists is None else self._new_hists()
         jobs = [(0, cut, None)] + [(lv, 0, None) for lv in range(1, len(codes))]
-        helper = self._pool.submit(self._project, accs, codes, alphas, jobs, theirs)
+        helper = executor.submit(self._project, accs, codes, alphas, jobs, theirs)
+        return accs, codes, alphas, cut, hists, theirs, helper
+
+    def _fold_finish(self, pending) -> None:
+        if pending is None:
+            return
+        accs, codes, alphas, cut, hists, theirs, helper = pending
         try:
             self._project(accs, codes, alphas, [(0, 0, cut)], hists)
         finally:  # the helper writes to `accs`: never return (or raise) while it still runs
-            helper.result()
+            wait([helper])
+        helper.result()
         if hists is not None:
             for mine, other in zip(hists, theirs, strict=True):
                 mine += other
 
-    def _decode(self, accs, codes, shape, gate):
+    def _decode(self, accs, codes, shape, gate, executor=_DEFAULT):
         """Direction, speed and confidence per cell of ``shape`` from the running averages of the
-        read-out's levels: pooled over space, decoded, integrated over confident neighbours, gated."""
+        read-out's levels: pooled over space, decoded, integrated over confident neighbours, gated.
+        ``executor`` as in ``_fold``."""
         mt = self.mt
         n_s = self.pooling.n_scales
         cells = self.pooling.cells_by_scale(
             [acc.reshape(n_s, gh, gw, -1) for acc, (_, gh, gw) in zip(accs, codes, strict=True)],
             shape,
-            executor=self._pool,
+            executor=self._pool if executor is self._DEFAULT else executor,
         )
         # a cell is confident only where activity backs it (MTReadout.evidence)
         direction, speed, conf = mt.decode_projected(cells)

@@ -280,14 +280,26 @@ def test_whitening_by_bands_equals_the_whole_frame(rng, shape, size):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-def test_threaded_read_gives_the_serial_motion_and_histograms(rng):
-    """With two threads the read splits the projection and the pooling: the same motion map, and
-    histograms that are the same sums in another order."""
+@pytest.mark.parametrize(
+    ("shape", "fast_from"), [((112, 160), None), ((112, 160), 0.05), ((56, 80), None)]
+)
+def test_threaded_read_gives_the_serial_motion_and_histograms(rng, monkeypatch, shape, fast_from):
+    """With two threads the read splits the projection and the pooling, and the coarse read runs on
+    the helper beside the fine one: the same motion map, and histograms that are the same sums in
+    another order. ``fast_from`` 0.05: every moving cell takes the coarse read; 56 x 80: too small
+    for a coarse read."""
+    from v1motion.models.motion import engine as engine_mod
+
+    if fast_from is not None:
+        monkeypatch.setattr(engine_mod, "FAST_FROM", fast_from)
     one = MotionEngine.random(seed=0, levels=3)
     two = MotionEngine.random(seed=0, levels=3, threads=2)
     s1, s2 = one.new_state(), two.new_state()
+    decoded = []
+    coarse_decode = two._coarse_decode
+    monkeypatch.setattr(two, "_coarse_decode", lambda *a: decoded.append(1) or coarse_decode(*a))
     for _ in range(4):
-        frame = rng.integers(0, 255, (112, 160), dtype=np.uint8)
+        frame = rng.integers(0, 255, shape, dtype=np.uint8)
         a, b = one.step(s1, frame), two.step(s2, frame)
         for f in ("direction", "speed", "confidence"):
             np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
@@ -295,3 +307,4 @@ def test_threaded_read_gives_the_serial_motion_and_histograms(rng):
         np.testing.assert_allclose(a.direction_hist, b.direction_hist, rtol=1e-5)
         np.testing.assert_allclose(a.speed_hist, b.speed_hist, rtol=1e-5)
         assert a.direction_hist.sum() > 0
+    assert len(decoded) == (4 if shape[0] >= 64 else 0)  # every frame, on the helper
