@@ -211,8 +211,13 @@ def lbfgs(fun, theta0: np.ndarray, maxiter: int, tol: float, name: str) -> tuple
     )
     if not np.isfinite(res.fun):
         raise FloatingPointError(f"{name}: the loss is not finite at the starting parameters")
+    x, loss, jac = res.x, float(res.fun), res.jac
+    if best and not loss <= best["fun"]:
+        # The run ended on (or reported) a point that overflowed, whose loss is the stand-in above:
+        # the result is the best point evaluated, with its own loss and gradient.
+        x, loss, jac = best["x"], float(best["fun"]), best["jac"]
     reason = _stop_reason(str(res.message))
-    grad_norm = float(np.max(np.abs(res.jac))) if np.size(res.jac) else 0.0
+    grad_norm = float(np.max(np.abs(jac))) if np.size(jac) else 0.0
     converged = reason in ("gtol", "ftol")
     if reason == "max_iter":
         log.warning(
@@ -234,14 +239,14 @@ def lbfgs(fun, theta0: np.ndarray, maxiter: int, tol: float, name: str) -> tuple
         )
     info = {
         "n_iter": int(res.nit),
-        "loss": float(res.fun),
+        "loss": loss,
         "grad_norm": grad_norm,
         "stop_reason": reason,
         "converged": converged,
         "overflowing_steps": n_bad[0],
         "message": str(res.message),
     }
-    return res.x, info
+    return x, info
 
 
 class NotFittedError(RuntimeError):
