@@ -119,6 +119,13 @@ def config_errors(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _numba_threads() -> int:
+    """Numba's thread count (NUMBA_NUM_THREADS, by default the number of cores)."""
+    import numba
+
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="V1MOTION_", extra="ignore")
 
@@ -134,11 +141,12 @@ class Settings(BaseSettings):
         "default", description="'default': shipped trained weights; 'random': untrained, for tests"
     )
     engine_threads: int = Field(
-        1,
+        default_factory=lambda: min(2, _numba_threads()),
         ge=1,
         le=64,
-        description="threads of the live engine's ss-RNN kernel (patch rows in parallel, the same "
-        "results); at most NUMBA_NUM_THREADS, the number of cores by default",
+        description="threads of the live engine (the ss-RNN kernel over patch rows, the coarse "
+        "read beside the fine one; the same results); frames under 150,000 pixels run on one. At "
+        "most NUMBA_NUM_THREADS, the number of cores by default; default 2 where there are 2 cores",
     )
     blas_threads: int = Field(
         1,
@@ -222,11 +230,9 @@ class Settings(BaseSettings):
     @field_validator("engine_threads", "video_engine_threads")
     @classmethod
     def _threads_within_numba(cls, v: int) -> int:
-        import numba
-
-        if v > numba.config.NUMBA_NUM_THREADS:
+        if v > _numba_threads():
             raise ValueError(
-                f"{v} threads asked, but Numba has {numba.config.NUMBA_NUM_THREADS} "
+                f"{v} threads asked, but Numba has {_numba_threads()} "
                 "(NUMBA_NUM_THREADS, by default the number of cores)"
             )
         return v

@@ -69,6 +69,11 @@ the aperture problem is solved within reach of the cell, count more than cells o
 whose reading along the edge is a guess. Chosen on the accuracy benchmark; with ``aperture=None``
 the cells weigh by confidence alone."""
 FINE_MOVING = 0.1
+PARALLEL_FROM_PX = 150_000
+"""An engine with more than one thread steps frames of fewer pixels on one thread: at 320x240
+(76,800 px) two threads were slower than one (0.85-0.92x the step rate in one process on vtest.avi,
+and a higher latency in the live service), at 640x480 (307,200 px) faster (1.2-1.5x; live latency p95
+20-21 ms against 24-26 ms), on 2 cores (docs/bench/service_latency.md)."""
 CHANGE_CELLS = 3
 """Cells (of ``Pooling.cell_px``) over which each cell's direction and speed are integrated
 (``integrate_cells``); chosen on the accuracy benchmark (docs/motion/accuracy.md)."""
@@ -221,6 +226,9 @@ class MotionEngine:
         threaded engines under any Numba threading layer. On a machine shared with other
         work, run with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP's default spin-waiting between frames
         takes the core the other thread needs, and two threads then ran slower than one.
+    parallel_from_px : int, default PARALLEL_FROM_PX
+        With ``threads > 1``, frames of fewer pixels are stepped on one thread (a one-thread twin
+        of this engine, sharing its weights), where splitting them costs more than it saves.
     """
 
     def __init__(self, model: SSRNN, readout: MotionReadout, tuning: dict, levels: int = 3,
@@ -229,7 +237,8 @@ class MotionEngine:
                  integration_sigma: float = INTEGRATION_SIGMA,
                  change_gate: tuple[float, float] | None = CHANGE_GATE,
                  coarse: bool = True,
-                 aperture: tuple[float, float] | None = APERTURE):  # fmt: skip
+                 aperture: tuple[float, float] | None = APERTURE,
+                 parallel_from_px: int = PARALLEL_FROM_PX):  # fmt: skip
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(
                 f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
@@ -297,6 +306,15 @@ class MotionEngine:
             if threads > 1
             else None
         )
+        # Frames under parallel_from_px are stepped by a one-thread twin sharing the weights.
+        self.parallel_from_px = int(parallel_from_px)
+        self._serial = None
+        if threads > 1:
+            self._serial = MotionEngine(
+                model, readout, tuning, levels=levels, mt=mt, pooling=self.pooling,
+                rms_floor=rms_floor, threads=1, integration_sigma=integration_sigma,
+                change_gate=change_gate, coarse=coarse, aperture=aperture,
+            )  # fmt: skip
         self._csr = recurrent_csr(model.R_)
         self._W = np.ascontiguousarray(model.W_)
         self.direction_bins = (np.arange(N_DIRECTION_BINS) * 2 * np.pi / N_DIRECTION_BINS).astype(
@@ -366,11 +384,17 @@ class MotionEngine:
         return StreamState()
 
     def warmup(self) -> None:
-        """Compile the kernels and touch every code path once."""
-        state = self.new_state()
+        """Compile the kernels and touch every code path once (with several threads, on a frame
+        small enough for one thread and on one large enough for all)."""
         rng = np.random.default_rng(0)
-        for _ in range(2):
-            self.step(state, rng.integers(0, 255, (96, 128), dtype=np.uint8))
+        shapes = [(96, 128)]
+        if self._serial is not None and 96 * 128 < self.parallel_from_px:
+            side = int(math.ceil(math.sqrt(self.parallel_from_px)))
+            shapes.append((side, side))
+        for shape in shapes:
+            state = self.new_state()
+            for _ in range(2):
+                self.step(state, rng.integers(0, 255, shape, dtype=np.uint8))
 
     @property
     def min_side(self) -> int:
@@ -378,7 +402,16 @@ class MotionEngine:
         return self.model.patch * 2 ** (self.levels - 1)
 
     def step(self, state: StreamState, frame: np.ndarray) -> MotionFrame:
-        """Analyse one frame of a stream: encode it with the ss-RNN, then read the motion out."""
+        """Analyse one frame of a stream: encode it with the ss-RNN, then read the motion out.
+        With several threads, frames under ``parallel_from_px`` pixels are stepped on one (the same
+        results)."""
+        if (
+            self._serial is not None
+            and isinstance(frame, np.ndarray)
+            and frame.ndim >= 2
+            and frame.shape[0] * frame.shape[1] < self.parallel_from_px
+        ):
+            return self._serial.step(state, frame)
         grey = to_grey(frame)
         h, w = grey.shape
         if min(h, w) < self.min_side:

@@ -69,8 +69,9 @@ def add_parser(subparsers) -> None:
         "--threads",
         type=int,
         default=None,
-        help="threads of the live engine's kernel, at most the number of cores; the results are the "
-        "same with more (default: V1MOTION_ENGINE_THREADS, else 1)",
+        help="threads of the live engine, at most the number of cores; frames under 150,000 pixels "
+        "run on one; the results are the same with more (default: V1MOTION_ENGINE_THREADS, else 2 "
+        "where there are 2 cores)",
     )
     p.add_argument(
         "--root-path",

@@ -228,7 +228,7 @@ def test_streams_on_several_python_threads_share_a_threaded_engine(rng):
     ref = MotionEngine.random(seed=0)
     state = ref.new_state()
     want = [ref.step(state, f) for f in frames]
-    shared = MotionEngine.random(seed=0, threads=2)
+    shared = MotionEngine.random(seed=0, threads=2, parallel_from_px=0)
     got: dict[int, list] = {}
 
     def stream(k):
@@ -245,6 +245,26 @@ def test_streams_on_several_python_threads_share_a_threaded_engine(rng):
         for a, b in zip(got[k], want, strict=True):
             np.testing.assert_array_equal(a.direction, b.direction)
             np.testing.assert_array_equal(a.confidence, b.confidence)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_a_threaded_engine_steps_small_frames_on_one_thread(rng, monkeypatch):
+    one = MotionEngine.random(seed=0)
+    two = MotionEngine.random(seed=0, threads=2, parallel_from_px=112 * 160)
+    serial = []
+    step = two._serial.step
+    monkeypatch.setattr(two._serial, "step", lambda *a: serial.append(1) or step(*a))
+    for shape, on_one in (((96, 128), True), ((112, 160), False)):
+        s1, s2 = one.new_state(), two.new_state()
+        serial.clear()
+        for _ in range(3):
+            frame = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+            a, b = one.step(s1, frame), two.step(s2, frame)
+            np.testing.assert_array_equal(a.direction, b.direction)
+            np.testing.assert_array_equal(a.confidence, b.confidence)
+        assert len(serial) == (3 if on_one else 0)
+    with pytest.raises(ValueError, match="frame must be a numpy array"):
+        two.step(two.new_state(), [[1, 2], [3, 4]])
 
 
 def test_encode_accepts_a_non_contiguous_frame(engine, rng):
@@ -293,7 +313,7 @@ def test_threaded_read_gives_the_serial_motion_and_histograms(rng, monkeypatch, 
     if fast_from is not None:
         monkeypatch.setattr(engine_mod, "FAST_FROM", fast_from)
     one = MotionEngine.random(seed=0, levels=3)
-    two = MotionEngine.random(seed=0, levels=3, threads=2)
+    two = MotionEngine.random(seed=0, levels=3, threads=2, parallel_from_px=0)
     s1, s2 = one.new_state(), two.new_state()
     decoded = []
     coarse_decode = two._coarse_decode
