@@ -6,9 +6,11 @@ interleaved round by round, so machine noise largely cancels; each figure is the
 
 BLAS and OpenCV run on one thread. The engine runs with ``threads=1`` (the reference path) and
 ``threads=2`` (the ss-RNN kernel split over patch rows with Numba's ``prange``, level 0 whitened in two
-bands and the coarser levels on a helper thread); "encode" is the ss-RNN stage alone (pyramid to sparse
-codes), "step" adds the motion read-out, with the coarse read of fast motion ("one scale": without
-it). Both thread counts give identical codes.
+bands and the coarser levels on a helper thread, the coarse read on the helper beside the fine one),
+on every frame size (``parallel_from_px=0``: by default the engine steps frames under
+``PARALLEL_FROM_PX`` on one thread, where two measured slower); "encode" is the ss-RNN stage alone
+(pyramid to sparse codes), "step" adds the motion read-out, with the coarse read of fast motion ("one
+scale": without it). Both thread counts give identical codes.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def engine_runners(engine: MotionEngine, threads: int, coarse: bool = True):
     """Per-frame callables over a run of frames, each starting a fresh stream."""
     e = MotionEngine(
         engine.model, engine.readout, engine.tuning, levels=engine.readout_levels, mt=engine.mt,
-        pooling=engine.pooling, threads=threads, coarse=coarse,
+        pooling=engine.pooling, threads=threads, coarse=coarse, parallel_from_px=0,
     )  # fmt: skip
     e.warmup()
 
