@@ -218,14 +218,14 @@ class MotionEngine:
         under ``2 * min_side`` are read at one scale.
     threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the
         patches of a frame are split into ``4 * threads`` chunks of whole patch rows that run in
-        parallel, and a helper thread whitens half of level 0 and the coarser levels, then takes half
-        of the read's projection and pooling; the codes and the motion map are identical (the
-        histograms to float32 rounding). ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
+        parallel, and a helper thread whitens half of level 0 and the coarser levels, then takes part
+        of the fine read's projection and the whole coarse read (``_read_on_two_threads``); the codes
+        and the motion map are identical (the histograms to float32 rounding). ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
         the calling thread before every parallel call; engines with different settings can share a
         process. Parallel kernel launches take one process-wide lock, so several streams can share
         threaded engines under any Numba threading layer. On a machine shared with other
-        work, run with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP's default spin-waiting between frames
-        takes the core the other thread needs, and two threads then ran slower than one.
+        work, run with ``OMP_WAIT_POLICY=PASSIVE`` (the ``v1motion`` command sets it): OpenMP's
+        default spin-waiting between frames takes the core the other thread needs.
     parallel_from_px : int, default PARALLEL_FROM_PX
         With ``threads > 1``, frames of fewer pixels are stepped on one thread (a one-thread twin
         of this engine, sharing its weights), where splitting them costs more than it saves.
