@@ -95,3 +95,16 @@ def test_address_is_printed_only_once_the_server_answers(capsys):
     out = capsys.readouterr().out
     url_at = out.index(f"dashboard on http://127.0.0.1:{srv.port}/")
     assert url_at < out.index("motion engine ready")
+
+
+def test_the_command_makes_openmp_threads_wait_passively_unless_told_otherwise():
+    import os
+    import sys
+
+    code = "import os, v1motion.service.cli; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE", out.stderr

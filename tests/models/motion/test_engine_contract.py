@@ -81,3 +81,15 @@ def test_the_live_engine_runs_with_the_configured_threads():
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert client.app.state.services.engine.engine.threads == n
+
+
+@pytest.mark.parametrize(("cores", "want"), [(1, 1), (2, 2), (8, 2)])
+def test_the_live_engine_defaults_to_two_threads_where_there_are_two_cores(
+    monkeypatch, cores, want
+):
+    from v1motion.service import settings as settings_mod
+
+    monkeypatch.setattr(settings_mod, "_numba_threads", lambda: cores)
+    s = settings_mod.Settings()
+    assert s.engine_threads == want
+    assert s.video_engine_threads == 1  # jobs add up across workers instead
