@@ -40,6 +40,7 @@ from v1motion.models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
 
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "ssrnn_default.npz"
 DEFAULT_MT = WEIGHTS_DIR / "mt_readout_default.npz"
+DEFAULT_AXIS = WEIGHTS_DIR / "axis_calibration.json"
 SPEED_BINS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
 N_DIRECTION_BINS = 16
 MAX_SIDE = 4096
@@ -188,6 +189,16 @@ def global_motion(
     return float(np.arctan2(vy, vx)), float(g_speed), float(agreement * min(1.0, amount / support))
 
 
+def load_axis_calibration(path) -> np.ndarray:
+    """The axis calibration offsets (radians) of an ``axis_calibration.json`` (``v1motion fit-readout
+    --axis-calibration``)."""
+    data = json.loads(Path(path).read_text())
+    offsets = np.radians(np.asarray(data["offsets_deg"], np.float64))
+    if offsets.ndim != 1 or len(offsets) < 2 or not np.all(np.isfinite(offsets)):
+        raise ValueError(f"{Path(path).name}: offsets_deg must be a list of finite numbers")
+    return offsets
+
+
 class MotionEngine:
     """ss-RNN + MT-like read-out + tuning, applied frame by frame.
 
@@ -226,6 +237,10 @@ class MotionEngine:
         threaded engines under any Numba threading layer. On a machine shared with other
         work, run with ``OMP_WAIT_POLICY=PASSIVE`` (the ``v1motion`` command sets it): OpenMP's
         default spin-waiting between frames takes the core the other thread needs.
+    axis_calibration : (K,) radians, optional
+        Offsets that correct the axis the aperture step reads from the units (``calibrate_axis``):
+        fitted on gratings of known axis (``mt_fit.fit_axis_calibration``), shipped in
+        ``axis_calibration.json``; ``None`` reads the units' axis as it is.
     parallel_from_px : int, default PARALLEL_FROM_PX
         With ``threads > 1``, frames of fewer pixels are stepped on one thread (a one-thread twin
         of this engine, sharing its weights), where splitting them costs more than it saves.
@@ -238,7 +253,8 @@ class MotionEngine:
                  change_gate: tuple[float, float] | None = CHANGE_GATE,
                  coarse: bool = True,
                  aperture: tuple[float, float] | None = APERTURE,
-                 parallel_from_px: int = PARALLEL_FROM_PX):  # fmt: skip
+                 parallel_from_px: int = PARALLEL_FROM_PX,
+                 axis_calibration=None):  # fmt: skip
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(
                 f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
@@ -262,6 +278,9 @@ class MotionEngine:
                 )
             self._axis_re, self._axis_im = unit_axes(tuning["direction_curves"])
         self.aperture = None if aperture is None else tuple(map(float, aperture))
+        self.axis_calibration = (
+            None if axis_calibration is None else np.asarray(axis_calibration, np.float64)
+        )
         self.threads = threads
         self.model = model
         self.readout = readout
@@ -314,6 +333,7 @@ class MotionEngine:
                 model, readout, tuning, levels=levels, mt=mt, pooling=self.pooling,
                 rms_floor=rms_floor, threads=1, integration_sigma=integration_sigma,
                 change_gate=change_gate, coarse=coarse, aperture=aperture,
+                axis_calibration=axis_calibration,
             )  # fmt: skip
         self._csr = recurrent_csr(model.R_)
         self._W = np.ascontiguousarray(model.W_)
@@ -355,6 +375,8 @@ class MotionEngine:
         for path in (DEFAULT_WEIGHTS, DEFAULT_MT):
             if not path.exists():
                 raise FileNotFoundError(f"{path.name} missing: run `v1motion train`")
+        if "axis_calibration" not in kw and DEFAULT_AXIS.exists():
+            kw["axis_calibration"] = load_axis_calibration(DEFAULT_AXIS)
         return cls.load(DEFAULT_WEIGHTS, mt_path=DEFAULT_MT, **kw)
 
     @classmethod
@@ -741,7 +763,7 @@ class MotionEngine:
         per_cell = (
             sums.reshape(gh, gw, 3)[: ch * f, : cw * f].reshape(ch, f, cw, f, 3).sum(axis=(1, 3))
         )
-        return axis_coherence(per_cell, self.integration_sigma)
+        return axis_coherence(per_cell, self.integration_sigma, self.axis_calibration)
 
     _DEFAULT = object()
 

@@ -268,3 +268,55 @@ machine.
 
 Accuracy against ground truth and optical flow: `docs/motion/accuracy.md` (`python bench/accuracy.py`).
 """
+
+
+AXIS_GRATINGS = ((12.0, 0.5), (20.0, 2.0), (32.0, 1.0))
+"""(period px, speed px/frame) of the square-wave gratings the axis calibration is fitted on; the
+accuracy benchmark and the live synthetic source use others (periods 16-24 px)."""
+
+
+def fit_axis_calibration(engine, step_deg: float = 2.5, gratings=AXIS_GRATINGS,
+                         shape=(240, 320), n_frames: int = 12, progress: bool = True) -> dict:  # fmt: skip
+    """Measure the axis the aperture step reads (``MotionEngine._axis_coherence``, uncalibrated) on
+    drifting gratings of every axis ``k * step_deg`` in [0, 180), both directions of each, and fit
+    the offsets that map it back (``mt_readout.axis_offsets``). Returns ``offsets_deg`` on the grid
+    of ``step_deg`` and what was measured: per true axis, the estimated axis (the doubled-angle
+    mean over its cells of coherence > 0.7 and over its gratings)."""
+    from tqdm import tqdm
+
+    from v1motion.models.motion.engine import to_grey
+    from v1motion.models.motion.mt_readout import axis_offsets
+
+    true_axes = np.radians(np.arange(0.0, 180.0, step_deg))
+    cells = engine.pooling.grid(shape)
+    saved, engine.axis_calibration = engine.axis_calibration, None
+    est = []
+    try:
+        for theta in tqdm(true_axes, desc="axis calibration", disable=not progress):
+            z = []
+            for period, speed in gratings:
+                for direction in (theta, theta + np.pi):
+                    state = engine.new_state()
+                    state.shape = shape
+                    state.prev, state.rms = [None] * engine.levels, [None] * engine.levels
+                    for frame in grating_sequence(shape, direction, speed, period, n_frames):
+                        codes = engine.encode(state, to_grey(frame))
+                    coherence, axis = engine._axis_coherence(codes[0], cells)
+                    sel = coherence > 0.7
+                    z.append(np.exp(2j * axis[sel]).mean() if sel.any() else 0.0)
+            est.append(np.angle(np.mean(z)) / 2)
+    finally:
+        engine.axis_calibration = saved
+    est = np.asarray(est)
+    offsets = axis_offsets(true_axes, est, n=len(true_axes))
+    return {
+        "offsets_deg": [round(float(v), 4) for v in np.degrees(offsets)],
+        "grid_step_deg": step_deg,
+        "measured": {
+            "true_axis_deg": [round(float(v), 2) for v in np.degrees(true_axes)],
+            "estimated_axis_deg": [round(float(v), 3) for v in np.degrees(np.mod(est, np.pi))],
+        },
+        "gratings": [{"period_px": p, "speed_px_per_frame": s} for p, s in gratings],
+        "frame": f"{shape[1]}x{shape[0]}",
+        "frames_per_grating": n_frames,
+    }

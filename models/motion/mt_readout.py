@@ -220,7 +220,48 @@ def unit_axes(direction_curves) -> tuple[np.ndarray, np.ndarray]:
     return z.real.astype(np.float32), z.imag.astype(np.float32)
 
 
-def axis_coherence(axis_sums, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def calibrate_axis(axis, offsets):
+    """``axis`` (radians, any shape) plus the calibration offset at it: ``offsets`` (K,) radians on the
+    uniform grid ``k pi / K`` of axes in [0, pi), interpolated linearly and periodically (period pi).
+    ``offsets=None``: ``axis`` unchanged."""
+    if offsets is None:
+        return axis
+    offsets = np.asarray(offsets, np.float64)
+    grid = np.arange(len(offsets)) * np.pi / len(offsets)
+    shift = np.interp(np.mod(axis, np.pi), grid, offsets, period=np.pi)
+    return (axis + shift).astype(np.float32)
+
+
+CARDINAL_AXES = (0.0, np.pi / 2)
+CARDINAL_WIDTH = np.radians(2.5)
+
+
+def axis_offsets(true_axis, estimated_axis, n: int = 72, fixed=CARDINAL_AXES, width=CARDINAL_WIDTH):
+    """The calibration ``offsets`` (``calibrate_axis``) that map estimated axes to true ones, from
+    pairs measured on stimuli of known axis (radians; axes, so modulo pi): on each of ``n`` grid
+    axes, the offset ``true - estimated`` interpolated between the pairs, ordered by their estimate.
+
+    Axes read within ``width`` of a ``fixed`` axis are kept as they are read (the pairs estimated
+    there are left out, and the offsets ramp from 0 at ``width`` to the measured ones): on the shipped ss-RNN the units' axes cluster at horizontal and vertical, so gratings from
+    2.5 degrees on one side of either to 7.5 on the other are all read within 0.5 degree of it. No
+    offset can tell them apart there; keeping the cardinal axes leaves horizontal and vertical
+    motion, the commonest, read as well as before."""
+    true_axis = np.asarray(true_axis, np.float64)
+    est = np.mod(np.asarray(estimated_axis, np.float64), np.pi)
+    off = np.angle(np.exp(2j * (true_axis - est))) / 2  # true - estimated, in (-pi/2, pi/2]
+    fixed = np.mod(np.asarray(fixed, np.float64), np.pi)
+    if fixed.size:
+        near = np.abs(np.angle(np.exp(2j * (est[:, None] - fixed[None, :]))) / 2) < width
+        keep = ~near.any(1)
+        kept = np.mod(np.concatenate([fixed - width, fixed, fixed + width]), np.pi)
+        est = np.concatenate([est[keep], kept])
+        off = np.concatenate([off[keep], np.zeros(len(kept))])
+    order = np.argsort(est)
+    grid = np.arange(n) * np.pi / n
+    return np.interp(grid, est[order], off[order], period=np.pi)
+
+
+def axis_coherence(axis_sums, sigma: float, offsets=None) -> tuple[np.ndarray, np.ndarray]:
     """How much the units around each cell agree on one axis of motion, and that axis.
 
     Parameters
@@ -229,11 +270,12 @@ def axis_coherence(axis_sums, sigma: float) -> tuple[np.ndarray, np.ndarray]:
         total activity (``kernels._axis_sums`` summed over the cell's patches).
     sigma : the neighbourhood, a Gaussian of ``sigma`` cells (that of ``integrate_cells``); 0: the
         cell alone.
+    offsets : the axis calibration (``calibrate_axis``, ``axis_offsets``), or ``None``.
 
     Returns
     -------
     coherence (rows, cols) float32 in [0, 1]: the length of the mean doubled-angle axis (about 0.9 on
-    a grating, 0.35 on a natural image); axis (rows, cols) float32 radians in (-pi/2, pi/2].
+    a grating, 0.35 on a natural image); axis (rows, cols) float32 radians (an axis: modulo pi).
     """
     sums = np.ascontiguousarray(axis_sums, np.float32)
     if sigma > 0 and sums.size:
@@ -242,7 +284,8 @@ def axis_coherence(axis_sums, sigma: float) -> tuple[np.ndarray, np.ndarray]:
         )
     re, im, total = sums[..., 0], sums[..., 1], sums[..., 2]
     coherence = np.clip(np.hypot(re, im) / np.maximum(total, 1e-12), 0.0, 1.0)
-    return coherence.astype(np.float32), (0.5 * np.arctan2(im, re)).astype(np.float32)
+    axis = calibrate_axis((0.5 * np.arctan2(im, re)).astype(np.float32), offsets)
+    return coherence.astype(np.float32), axis
 
 
 def along_one_axis(direction, speed, coherence, axis, lo: float, hi: float):

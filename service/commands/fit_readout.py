@@ -10,6 +10,8 @@ from pathlib import Path
 from v1motion.models import WEIGHTS_DIR
 
 DEFAULT_OUT = WEIGHTS_DIR / "mt_readout_default.npz"
+DEFAULT_AXIS_OUT = WEIGHTS_DIR / "axis_calibration.json"
+AXIS_COMMAND = "v1motion fit-readout --axis-calibration"
 
 
 def add_parser(subparsers) -> None:
@@ -31,6 +33,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=16, help="passes over the data")
     p.add_argument("--seed", type=int, default=0, help="seeds the sequences and the fit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--axis-calibration",
+        action="store_true",
+        help="instead, refit only the calibration of the axis the aperture step reads from the "
+        "units (on drifting gratings of every axis, 2.5 degrees apart; about 2 minutes) and write "
+        "it to --axis-out; rerun it after retraining the ss-RNN",
+    )
+    p.add_argument(
+        "--axis-out", type=Path, default=DEFAULT_AXIS_OUT, help="where the axis calibration goes"
+    )
     p.set_defaults(func=run)
 
 
@@ -38,10 +50,35 @@ def run(args: argparse.Namespace) -> int:
     from v1motion.models.motion.mt_fit import fit_default
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.axis_calibration:
+        return run_axis_calibration(args)
     summary = fit_default(
         args.out, sequences=args.sequences, levels=args.levels, hidden=args.hidden,
         pool_px=tuple(args.pool_px), tau=args.tau, epochs=args.epochs, seed=args.seed,
         progress=not args.no_progress,
     )  # fmt: skip
     print(json.dumps({"out": str(args.out), **summary}, indent=2))
+    return 0
+
+
+def run_axis_calibration(args: argparse.Namespace) -> int:
+    from v1motion.models.determinism import single_threaded
+    from v1motion.models.motion.engine import MotionEngine
+    from v1motion.models.motion.mt_fit import fit_axis_calibration
+
+    engine = MotionEngine.load_default(axis_calibration=None)
+    with single_threaded():
+        result = fit_axis_calibration(engine, progress=not args.no_progress)
+    result = {
+        "what": "offsets (true - estimated axis, degrees) on a grid of axes in [0, 180) that correct "
+        "the axis the motion engine's aperture step reads from the ss-RNN's units "
+        "(models/motion/mt_readout.py: calibrate_axis)",
+        "command": AXIS_COMMAND,
+        **result,
+    }
+    args.axis_out.write_text(json.dumps(result, indent=1) + "\n")
+    worst = max(abs(v) for v in result["offsets_deg"])
+    print(
+        f"wrote {args.axis_out}: {len(result['offsets_deg'])} offsets, the largest {worst:.1f} deg"
+    )
     return 0

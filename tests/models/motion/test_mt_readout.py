@@ -546,3 +546,74 @@ def test_the_dominant_motion_weighs_cells_by_the_given_weight_and_falls_back_to_
     assert abs(np.rad2deg(weighted[0])) < 0.01
     assert weighted[2] > plain[2]  # the cells that count agree better
     assert global_motion(d, s, conf, weight=np.zeros((4, 6))) == plain  # no weight anywhere
+
+
+def test_axis_calibration_recovers_a_planted_distortion():
+    from v1motion.models.motion.mt_readout import axis_offsets, calibrate_axis
+
+    def distort(theta):  # a readout that pulls axes by up to 6 degrees, with a period of 90
+        return theta + np.radians(6.0) * np.sin(4 * theta)
+
+    grid = np.radians(np.arange(0, 180, 2.5))
+    theta = np.radians(np.arange(0.7, 360, 3.3))  # off the grid, both directions of each axis
+    raw = np.degrees(np.angle(np.exp(2j * (distort(theta) - theta))) / 2)
+    assert np.abs(raw).max() > 5.5  # the distortion was there to correct
+    offsets = axis_offsets(grid, distort(grid), n=72, fixed=())
+    got = calibrate_axis(distort(theta), offsets)
+    err = np.degrees(np.angle(np.exp(2j * (got - theta))) / 2)
+    assert np.abs(err).max() < 0.3
+    # with the cardinal axes fixed, axes read within 2.5 degrees of one are left as read, the rest
+    # corrected as well as before
+    offsets = axis_offsets(grid, distort(grid), n=72)
+    est = np.mod(distort(theta), np.pi)
+    got = calibrate_axis(distort(theta), offsets)
+    near = np.min(np.abs(np.angle(np.exp(2j * (est[:, None] - [0.0, np.pi / 2]))) / 2), 1)
+    np.testing.assert_allclose(got[near < np.radians(2.5)], distort(theta)[near < np.radians(2.5)])
+    err = np.degrees(np.angle(np.exp(2j * (got - theta))) / 2)
+    assert np.abs(err[near > np.radians(5.0)]).max() < 0.3
+    np.testing.assert_array_equal(calibrate_axis(theta, None), theta)
+    np.testing.assert_allclose(calibrate_axis(theta, np.zeros(72)), theta, atol=1e-6)
+
+
+def test_the_engine_applies_its_axis_calibration_and_loads_it_from_json(rng, tmp_path):
+    from v1motion.models.motion.engine import load_axis_calibration
+
+    plain = MotionEngine.random(seed=0, levels=3)
+    shifted = MotionEngine.random(seed=0, levels=3, axis_calibration=np.full(8, np.radians(10.0)))
+    frame = rng.integers(0, 255, (112, 160), dtype=np.uint8)
+    s1, s2 = plain.new_state(), shifted.new_state()
+    plain.step(s1, frame)
+    shifted.step(s2, frame)
+    level = (s1.prev[0], 112 // 8, 160 // 8)
+    c1, a1 = plain._axis_coherence(level, (7, 10))
+    c2, a2 = shifted._axis_coherence(level, (7, 10))
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_allclose(np.degrees(a2 - a1), 10.0, atol=1e-4)
+    path = tmp_path / "axis.json"
+    path.write_text('{"offsets_deg": [1.0, -2.0, 3.0]}')
+    np.testing.assert_allclose(load_axis_calibration(path), np.radians([1.0, -2.0, 3.0]))
+    path.write_text('{"offsets_deg": [1.0]}')
+    with pytest.raises(ValueError, match="offsets_deg"):
+        load_axis_calibration(path)
+
+
+def test_fit_axis_calibration_measures_the_uncalibrated_engine_and_fits_offsets_for_it():
+    from v1motion.models.motion.mt_fit import fit_axis_calibration
+    from v1motion.models.motion.mt_readout import axis_offsets
+
+    engine = MotionEngine.random(seed=1, levels=3, axis_calibration=np.full(4, 0.5))
+    result = fit_axis_calibration(
+        engine, step_deg=30.0, gratings=((12.0, 1.0),), shape=(64, 96), n_frames=4, progress=False
+    )
+    np.testing.assert_array_equal(engine.axis_calibration, np.full(4, 0.5))  # put back
+    assert result["measured"]["true_axis_deg"] == [0.0, 30.0, 60.0, 90.0, 120.0, 150.0]
+    est = np.array(result["measured"]["estimated_axis_deg"])
+    assert np.all((est >= 0) & (est < 180))
+    # measured without the engine's own calibration: the same estimates as an engine without one
+    plain = fit_axis_calibration(
+        MotionEngine.random(seed=1, levels=3), step_deg=30.0, gratings=((12.0, 1.0),),
+        shape=(64, 96), n_frames=4, progress=False,
+    )  # fmt: skip
+    assert plain["measured"] == result["measured"]
+    want = axis_offsets(np.radians(result["measured"]["true_axis_deg"]), np.radians(est), n=6)
+    np.testing.assert_allclose(result["offsets_deg"], np.degrees(want), atol=1e-3)
