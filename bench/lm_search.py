@@ -7,6 +7,10 @@ epochs with the class-factorised output layer, and its validation perplexity aft
 
     OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 nice -n 10 python bench/lm_search.py NAME [NAME ...]
     python bench/lm_search.py --table          # only rewrite search.md
+    python bench/lm_search.py --add-run NAME runs/lm/cand.npz   # record an `lm train` run
+
+Runs made with ``v1motion lm train`` (longer, resumable) are recorded with ``--add-run`` from their
+weights file (configuration and training command) and the ``.history.json`` written next to it.
 
 Settings are listed in ``SETTINGS``; every one starts from ``BASE`` and changes what it names.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -38,6 +43,7 @@ BASE = dict(
     seed=0,
 )
 EPOCHS = 4
+PTB_TRAIN_TOKENS = 929_589  # training ids, one <eos> per sentence included
 
 SETTINGS: dict[str, dict] = {
     "base": {},
@@ -93,6 +99,34 @@ def run(name: str, epochs: int) -> dict:
     }
 
 
+def from_train_run(name: str, weights: Path) -> dict:
+    """The record of a run made with ``v1motion lm train``: its weights and ``.history.json``."""
+    import numpy as np
+
+    with np.load(weights, allow_pickle=False) as z:
+        config = json.loads(str(z["config"]))
+    history = json.loads(weights.with_suffix(".history.json").read_text())
+    if config.get("learning_rate") is None:
+        config["learning_rate"] = 2e-3 if config.get("optimizer", "adam") == "adam" else 1.0
+    skip = {"class_power"} if not config.get("n_classes") else set()
+    changes = {k: config[k] for k in BASE if k not in skip and config.get(k) != BASE[k]}
+    limit = re.search(r"--train-tokens (\d+)", config["command"])
+    n_train = int(limit.group(1)) if limit else PTB_TRAIN_TOKENS
+    tokens_per_epoch = (n_train - 1) // config["batch_size"] * config["batch_size"]
+    return {
+        "name": name,
+        "changes": changes,
+        "epochs": len(history),
+        "tokens_seen": len(history) * tokens_per_epoch,
+        "valid_ppl": [round(e["valid_ppl"], 2) for e in history],
+        "best_valid_ppl": round(min(e["valid_ppl"] for e in history), 2),
+        "train_loss": [round(e["train_loss"], 4) for e in history],
+        "tokens_per_s": round(sum(e["tokens_per_s"] for e in history) / len(history)),
+        "seconds": round(sum(e["seconds"] for e in history)),
+        "command": " ".join(config["command"].replace("\\\n", " ").split()),
+    }
+
+
 def write_table(results: list[dict]) -> str:
     base = ", ".join(f"{k}={v}" for k, v in BASE.items())
     lines = [
@@ -132,9 +166,21 @@ def main() -> None:
     ap.add_argument("names", nargs="*", help=f"settings to run: {', '.join(SETTINGS)}")
     ap.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per setting")
     ap.add_argument("--table", action="store_true", help="only rewrite search.md")
+    ap.add_argument(
+        "--add-run",
+        nargs=2,
+        metavar=("NAME", "WEIGHTS"),
+        help="record a run made with `v1motion lm train` from its weights (.npz) and history",
+    )
     args = ap.parse_args()
     store = DOCS / "search.json"
     results = json.loads(store.read_text()) if store.exists() else []
+    if args.add_run:
+        r = from_train_run(args.add_run[0], Path(args.add_run[1]))
+        print(json.dumps(r))
+        results = [x for x in results if x["name"] != r["name"]]
+        results.append(r)
+        store.write_text(json.dumps(results, indent=1) + "\n")
     for name in [] if args.table else args.names:
         if name not in SETTINGS:
             raise SystemExit(f"unknown setting {name!r}; valid: {', '.join(SETTINGS)}")
