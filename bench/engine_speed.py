@@ -31,14 +31,7 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from v1motion.models.motion.engine import (  # noqa: E402
-    DEFAULT_AXIS,
-    DEFAULT_MT,
-    DEFAULT_WEIGHTS,
-    MotionEngine,
-    load_axis_calibration,
-    to_grey,
-)
+from v1motion.models.motion.engine import DEFAULT_MT, DEFAULT_WEIGHTS, MotionEngine, to_grey  # noqa: E402
 from v1motion.models.motion.movies import load_clip  # noqa: E402
 from v1motion.models.motion.readout import angular_error  # noqa: E402
 from v1motion.models.motion.ssrnn import recurrent_csr  # noqa: E402
@@ -222,10 +215,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-accuracy", action="store_true", help="skip the direction-error table")
     args = ap.parse_args()
-    # the shipped axis calibration goes with the shipped ss-RNN only
-    shipped = args.weights == DEFAULT_WEIGHTS and DEFAULT_AXIS.exists()
-    axis = load_axis_calibration(DEFAULT_AXIS) if shipped else None
-    engine = MotionEngine.load(args.weights, mt_path=args.mt, axis_calibration=axis)
+    if (args.weights, args.mt) == (DEFAULT_WEIGHTS, DEFAULT_MT):
+        engine = MotionEngine.load_default()  # with the shipped axis calibration
+    else:
+        engine = MotionEngine.load(args.weights, mt_path=args.mt)
     engine.warmup()
     clip = load_clip("vtest.avi", max_frames=args.frames + 1, scale=1.0)
     table = speed_table(engine, clip, args.frames, args.rounds)

@@ -140,6 +140,14 @@ class StreamState:
     coarse_change: np.ndarray | None = None
     frames: int = 0
 
+    def start(self, shape: tuple[int, int], encoded: int, read: int) -> None:
+        """A new stream of frames of ``shape``: ``encoded`` pyramid levels, ``read`` of them per read."""
+        self.shape = shape
+        self.prev, self.rms = [None] * encoded, [None] * encoded
+        self.acc, self.coarse_acc = [None] * read, [None] * read
+        self.change = self.coarse_change = None
+        self.frames = 0
+
 
 def to_grey(frame: np.ndarray) -> np.ndarray:
     """Validate a frame and return it as float32 grey in [0, 1]; raise ValueError naming the problem."""
@@ -444,13 +452,7 @@ class MotionEngine:
         coarse = self.coarse and min(h, w) >= self.min_side * 2
         n_levels = self.levels + coarse
         if state.shape != (h, w):
-            state.shape = (h, w)
-            state.prev = [None] * n_levels
-            state.rms = [None] * n_levels
-            state.acc = [None] * self.levels
-            state.coarse_acc = [None] * self.levels
-            state.change = state.coarse_change = None
-            state.frames = 0
+            state.start((h, w), n_levels, self.levels)
         # encode replaces the previous codes: the finest of each read are kept as they were
         prev = state.prev[:2]
         codes = self.encode(state, grey, n_levels)
@@ -519,7 +521,7 @@ class MotionEngine:
             self._fold_finish(pending)
             fine_map = self._decode(state.acc, fine, shape, gate, executor=None)
         finally:  # the helper writes to `state`: never return (or raise) while it still runs
-            wait([job] + ([pending[-1]] if pending is not None else []))
+            wait([job, pending[-1]])
         coarse, axes = job.result()
         return self._combine(state, fine, hists, fine_map, lambda: coarse, lambda: axes)
 

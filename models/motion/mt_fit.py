@@ -297,8 +297,7 @@ def fit_axis_calibration(engine, step_deg: float = 2.5, gratings=AXIS_GRATINGS,
             for period, speed in gratings:
                 for direction in (theta, theta + np.pi):
                     state = engine.new_state()
-                    state.shape = shape
-                    state.prev, state.rms = [None] * engine.levels, [None] * engine.levels
+                    state.start(shape, engine.levels, engine.levels)
                     for frame in grating_sequence(shape, direction, speed, period, n_frames):
                         codes = engine.encode(state, to_grey(frame))
                     coherence, axis = engine._axis_coherence(codes[0], cells)

@@ -246,12 +246,16 @@ def axis_offsets(true_axis, estimated_axis, n: int = 72, fixed=CARDINAL_AXES, wi
     2.5 degrees on one side of either to 7.5 on the other are all read within 0.5 degree of it. No
     offset can tell them apart there; keeping the cardinal axes leaves horizontal and vertical
     motion, the commonest, read as well as before."""
+
+    def axis_difference(a, b):  # a - b for axes (modulo pi), in (-pi/2, pi/2]
+        return np.angle(np.exp(2j * (a - b))) / 2
+
     true_axis = np.asarray(true_axis, np.float64)
     est = np.mod(np.asarray(estimated_axis, np.float64), np.pi)
-    off = np.angle(np.exp(2j * (true_axis - est))) / 2  # true - estimated, in (-pi/2, pi/2]
+    off = axis_difference(true_axis, est)
     fixed = np.mod(np.asarray(fixed, np.float64), np.pi)
     if fixed.size:
-        near = np.abs(np.angle(np.exp(2j * (est[:, None] - fixed[None, :]))) / 2) < width
+        near = np.abs(axis_difference(est[:, None], fixed[None, :])) < width
         keep = ~near.any(1)
         kept = np.mod(np.concatenate([fixed - width, fixed, fixed + width]), np.pi)
         est = np.concatenate([est[keep], kept])

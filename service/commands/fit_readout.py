@@ -66,7 +66,7 @@ def run_axis_calibration(args: argparse.Namespace) -> int:
     from v1motion.models.motion.engine import MotionEngine
     from v1motion.models.motion.mt_fit import fit_axis_calibration
 
-    engine = MotionEngine.load_default(axis_calibration=None)
+    engine = MotionEngine.load_default()  # fit_axis_calibration measures it uncalibrated
     with single_threaded():
         result = fit_axis_calibration(engine, progress=not args.no_progress)
     result = {
