@@ -78,7 +78,7 @@ def engine_runners(engine: MotionEngine, threads: int, coarse: bool = True):
     e = MotionEngine(
         engine.model, engine.readout, engine.tuning, levels=engine.readout_levels, mt=engine.mt,
         pooling=engine.pooling, threads=threads, coarse=coarse, parallel_from_px=0,
-        axis_calibration=engine.axis_calibration,
+        axis_calibration=engine.axis_calibration, coherence_reference=engine.coherence_reference,
     )  # fmt: skip
     e.warmup()
 

@@ -280,8 +280,10 @@ def fit_axis_calibration(engine, step_deg: float = 2.5, gratings=AXIS_GRATINGS,
     """Measure the axis the aperture step reads (``MotionEngine._axis_coherence``, uncalibrated) on
     drifting gratings of every axis ``k * step_deg`` in [0, 180), both directions of each, and fit
     the offsets that map it back (``mt_readout.axis_offsets``). Returns ``offsets_deg`` on the grid
-    of ``step_deg`` and what was measured: per true axis, the estimated axis (the doubled-angle
-    mean over its cells of coherence > 0.7 and over its gratings)."""
+    of ``step_deg``, ``coherence_reference`` on the same grid (per true axis, the median coherence of
+    the cells of its gratings: ``mt_readout.coherence_on_axis_scale``), and what was measured: per
+    true axis, the estimated axis (the doubled-angle mean over its cells of coherence > 0.7 and over
+    its gratings)."""
     from tqdm import tqdm
 
     from v1motion.models.motion.engine import to_grey
@@ -289,11 +291,12 @@ def fit_axis_calibration(engine, step_deg: float = 2.5, gratings=AXIS_GRATINGS,
 
     true_axes = np.radians(np.arange(0.0, 180.0, step_deg))
     cells = engine.pooling.grid(shape)
-    saved, engine.axis_calibration = engine.axis_calibration, None
-    est = []
+    saved = engine.axis_calibration, engine.coherence_reference
+    engine.axis_calibration = engine.coherence_reference = None
+    est, reference = [], []
     try:
         for theta in tqdm(true_axes, desc="axis calibration", disable=not progress):
-            z = []
+            z, coherences = [], []
             for period, speed in gratings:
                 for direction in (theta, theta + np.pi):
                     state = engine.new_state()
@@ -301,15 +304,18 @@ def fit_axis_calibration(engine, step_deg: float = 2.5, gratings=AXIS_GRATINGS,
                     for frame in grating_sequence(shape, direction, speed, period, n_frames):
                         codes = engine.encode(state, to_grey(frame))
                     coherence, axis = engine._axis_coherence(codes[0], cells)
+                    coherences.append(coherence.ravel())
                     sel = coherence > 0.7
                     z.append(np.exp(2j * axis[sel]).mean() if sel.any() else 0.0)
             est.append(np.angle(np.mean(z)) / 2)
+            reference.append(np.median(np.concatenate(coherences)))
     finally:
-        engine.axis_calibration = saved
+        engine.axis_calibration, engine.coherence_reference = saved
     est = np.asarray(est)
     offsets = axis_offsets(true_axes, est, n=len(true_axes))
     return {
         "offsets_deg": [round(float(v), 4) for v in np.degrees(offsets)],
+        "coherence_reference": [round(float(max(v, 0.05)), 4) for v in reference],
         "grid_step_deg": step_deg,
         "measured": {
             "true_axis_deg": [round(float(v), 2) for v in np.degrees(true_axes)],

@@ -72,7 +72,8 @@ def run_axis_calibration(args: argparse.Namespace) -> int:
     result = {
         "what": "offsets (true - estimated axis, degrees) on a grid of axes in [0, 180) that correct "
         "the axis the motion engine's aperture step reads from the ss-RNN's units "
-        "(models/motion/mt_readout.py: calibrate_axis)",
+        "(models/motion/mt_readout.py: calibrate_axis), and the coherence of gratings on the same "
+        "grid, to which the aperture step relates each cell's (coherence_on_axis_scale)",
         "command": AXIS_COMMAND,
         **result,
     }

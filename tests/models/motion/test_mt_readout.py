@@ -591,21 +591,85 @@ def test_the_engine_applies_its_axis_calibration_and_loads_it_from_json(rng, tmp
     np.testing.assert_allclose(np.degrees(a2 - a1), 10.0, atol=1e-4)
     path = tmp_path / "axis.json"
     path.write_text('{"offsets_deg": [1.0, -2.0, 3.0]}')
-    np.testing.assert_allclose(load_axis_calibration(path), np.radians([1.0, -2.0, 3.0]))
+    offsets, reference = load_axis_calibration(path)
+    np.testing.assert_allclose(offsets, np.radians([1.0, -2.0, 3.0]))
+    assert reference is None  # a file from before the coherence reference
+    path.write_text('{"offsets_deg": [1.0, -2.0], "coherence_reference": [0.9, 0.8]}')
+    np.testing.assert_allclose(load_axis_calibration(path)[1], [0.9, 0.8])
     path.write_text('{"offsets_deg": [1.0]}')
     with pytest.raises(ValueError, match="offsets_deg"):
         load_axis_calibration(path)
+    path.write_text('{"offsets_deg": [1.0, 2.0], "coherence_reference": [0.9, 0.0]}')
+    with pytest.raises(ValueError, match="coherence_reference"):
+        load_axis_calibration(path)
+
+
+def test_coherence_is_taken_relative_to_a_gratings_at_the_cells_axis():
+    from v1motion.models.motion.mt_readout import coherence_on_axis_scale
+
+    reference = np.array([1.0, 0.8, 0.7, 0.8])  # axes 0, 45, 90, 135 degrees
+    axis = np.radians([[0.0, 45.0, 90.0, 67.5], [180.0, 225.0, 157.5, -45.0]])
+    coherence = np.full((2, 4), 0.7)
+    got = coherence_on_axis_scale(coherence, axis, reference, floor=0.6)
+    # [0.6, ref] stretched to [0.6, 1], at the reference of the cell's axis: on the grid; between
+    # grid axes linearly (67.5: 0.75, 157.5: 0.9); periodic in pi (180 = 0, 225 = 45, -45 = 135)
+    want = 0.6 + 0.1 * 0.4 / (np.array([[1.0, 0.8, 0.7, 0.75], [1.0, 0.8, 0.9, 0.8]]) - 0.6)
+    np.testing.assert_allclose(got, np.minimum(want, 1.0), rtol=1e-6)
+    assert got.dtype == np.float32
+    assert got[0, 2] == 1.0  # a cell as coherent as the gratings of its axis
+    # below the floor, nothing changes; above, never past 1
+    low = coherence_on_axis_scale(np.full(4, 0.55), axis[0], reference, floor=0.6)
+    np.testing.assert_allclose(low, 0.55)
+    high = coherence_on_axis_scale(np.full(4, 0.95), axis[0], reference)
+    np.testing.assert_allclose(high, [0.95, 1.0, 1.0, 1.0])  # a reference of 1 leaves it as it is
+    assert coherence_on_axis_scale(coherence, axis, None) is coherence
+    with pytest.raises(ValueError, match="positive"):
+        coherence_on_axis_scale(coherence, axis, [0.5, 0.0])
+
+
+def test_the_engine_reads_one_axis_relative_to_its_coherence_reference(rng, monkeypatch):
+    # Relative to a reference of 1 everywhere, the coherence is as read: the same map as without one.
+    # Where the scale puts every cell at 1 (a stand-in: the random engine's units hardly prefer an
+    # axis), every cell counts as seeing one axis: its motion lies along its axis.
+    from v1motion.models.motion import engine as engine_module
+    from v1motion.models.motion.mt_readout import coherence_on_axis_scale
+
+    def scale(coherence, axis, reference):
+        if reference is not None and np.all(reference < 0.5):
+            return np.ones_like(coherence)
+        return coherence_on_axis_scale(coherence, axis, reference)
+
+    monkeypatch.setattr(engine_module, "coherence_on_axis_scale", scale)
+    frames = [rng.integers(0, 255, (112, 160), dtype=np.uint8) for _ in range(3)]
+    out = {}
+    for name, reference in (("none", None), ("one", np.ones(8)), ("tiny", np.full(8, 0.1))):
+        engine = MotionEngine.random(seed=0, levels=3, coarse=False, coherence_reference=reference)
+        state = engine.new_state()
+        for frame in frames:
+            mf = engine.step(state, frame)
+        out[name] = mf, engine._axis_coherence((state.prev[0], 14, 20), mf.direction.shape)
+    np.testing.assert_array_equal(out["none"][0].direction, out["one"][0].direction)
+    np.testing.assert_array_equal(out["none"][0].global_direction, out["one"][0].global_direction)
+    mf, (coherence, axis) = out["tiny"]
+    moving = mf.speed > 1e-3
+    assert moving.sum() > 10
+    off_axis = np.abs(np.sin(mf.direction - axis))[moving]  # 0 when along the axis, either way
+    assert off_axis.max() < 1e-3
+    assert np.abs(np.sin(out["none"][0].direction - axis))[moving].max() > 0.1  # it was not before
 
 
 def test_fit_axis_calibration_measures_the_uncalibrated_engine_and_fits_offsets_for_it():
     from v1motion.models.motion.mt_fit import fit_axis_calibration
     from v1motion.models.motion.mt_readout import axis_offsets
 
-    engine = MotionEngine.random(seed=1, levels=3, axis_calibration=np.full(4, 0.5))
+    engine = MotionEngine.random(
+        seed=1, levels=3, axis_calibration=np.full(4, 0.5), coherence_reference=np.full(4, 0.5)
+    )
     result = fit_axis_calibration(
         engine, step_deg=30.0, gratings=((12.0, 1.0),), shape=(64, 96), n_frames=4, progress=False
     )
     np.testing.assert_array_equal(engine.axis_calibration, np.full(4, 0.5))  # put back
+    np.testing.assert_array_equal(engine.coherence_reference, np.full(4, 0.5))
     assert result["measured"]["true_axis_deg"] == [0.0, 30.0, 60.0, 90.0, 120.0, 150.0]
     est = np.array(result["measured"]["estimated_axis_deg"])
     assert np.all((est >= 0) & (est < 180))
@@ -615,5 +679,18 @@ def test_fit_axis_calibration_measures_the_uncalibrated_engine_and_fits_offsets_
         shape=(64, 96), n_frames=4, progress=False,
     )  # fmt: skip
     assert plain["measured"] == result["measured"]
+    assert plain["coherence_reference"] == result["coherence_reference"]
+    # the reference is the median coherence of the gratings of each axis, as the engine reads it
+    # without a reference
+    ref = np.array(result["coherence_reference"])
+    assert ref.shape == (6,) and np.all((ref >= 0.05) & (ref <= 1.0))
+    engine.axis_calibration = engine.coherence_reference = None
+    state, cells, both = engine.new_state(), engine.pooling.grid((64, 96)), []
+    for direction in np.radians([60.0, 240.0]):  # the axis of 60 degrees, third on the grid
+        state.start((64, 96), 3, 3)
+        for frame in stimuli.grating_sequence((64, 96), direction, 1.0, 12.0, 4):
+            codes = engine.encode(state, to_grey(frame))
+        both.append(engine._axis_coherence(codes[0], cells)[0].ravel())
+    assert ref[2] == round(float(max(np.median(np.concatenate(both)), 0.05)), 4)
     want = axis_offsets(np.radians(result["measured"]["true_axis_deg"]), np.radians(est), n=6)
     np.testing.assert_allclose(result["offsets_deg"], np.degrees(want), atol=1e-3)
