@@ -63,7 +63,9 @@ APERTURE = (0.7, 0.9)
 """Where the units around a cell respond to one axis of motion only (coherence of their doubled-angle
 axes, weighted by activity, over the ``integrate_cells`` neighbourhood: 0.9 on gratings, 0.35 on
 natural images), the cell shows only the motion along that axis (``along_one_axis``), blended in from
-the first coherence to the second; chosen on the accuracy benchmark (docs/motion/accuracy.md)."""
+the first coherence to the second; chosen on the accuracy benchmark (docs/motion/accuracy.md). The
+coherence is taken on the scale of gratings of the cell's axis (``coherence_on_axis_scale``, with the
+engine's ``coherence_reference``), on which oblique gratings reach it as horizontal ones do."""
 GLOBAL_2D_POWER = 4.0
 """The dominant motion weighs each cell by its confidence times ``(1 - coherence) ** GLOBAL_2D_POWER``
 (the axis coherence of ``APERTURE``): cells whose units see structure in several orientations, where
