@@ -1,0 +1,107 @@
+"""The engine step when frames arrive at a camera's pace against back to back, with one and two threads.
+
+The live service steps one frame every 33 ms (30 fps) and the machine idles in between; the engine
+benchmark (``bench/engine_speed.py``) steps frames back to back. This measures what the pause does to
+the step: frames of the live synthetic source, one engine per thread count, in interleaved rounds of
+three modes: back to back; paced (the caller sleeps until the next frame is due); and paced with the
+caller spinning instead of sleeping (the machine never idles). Prints p50 and p95 per mode.
+
+    python bench/paced_step.py [--size 640x480] [--fps 30] [--frames 120] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+os.environ.setdefault("NUMBA_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the v1motion command runs the engine
+
+import argparse  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from v1motion.models.motion.engine import MotionEngine  # noqa: E402
+from v1motion.service.live.sources import SyntheticSource  # noqa: E402
+from v1motion.service.settings import SourceSpec  # noqa: E402
+
+MODES = (
+    "back to back",
+    "paced, caller sleeps",
+    "paced, caller spins",
+    "paced, caller sleeps, spins the last 3 ms",
+)
+
+
+def source_frames(width: int, height: int, n: int) -> list[np.ndarray]:
+    """``n`` frames spread over the synthetic source's whole schedule (gratings and pans)."""
+    spec = SourceSpec(name="bench", kind="synthetic", width=width, height=height, fps=30)
+    src = SyntheticSource(spec, threading.Event())
+    src.open()
+    src._pacer.wait = lambda: None  # generate as fast as possible; the pacing is measured here
+    total = len(SyntheticSource.SCHEDULE) * src._segment_frames
+    every = max(1, total // n)
+    return [f for t, f in enumerate(src.read() for _ in range(total)) if t % every == 0][:n]
+
+
+def run(engine: MotionEngine, frames, mode: str, period: float) -> np.ndarray:
+    state = engine.new_state()
+    times = []
+    for frame in frames:
+        t0 = time.perf_counter()
+        engine.step(state, frame)
+        t1 = time.perf_counter()
+        times.append(t1 - t0)
+        if mode == MODES[1]:
+            time.sleep(max(0.0, period - (t1 - t0)))
+        elif mode == MODES[2]:
+            while time.perf_counter() < t0 + period:
+                pass
+        elif mode == MODES[3]:
+            time.sleep(max(0.0, period - 0.003 - (t1 - t0)))
+            while time.perf_counter() < t0 + period:
+                pass
+    return 1000.0 * np.asarray(times[10:])  # after the stream's first frames
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="640x480")
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--frames", type=int, default=120)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
+    frames = source_frames(width, height, args.frames)
+    engines = {}
+    for threads in (1, 2):
+        engines[threads] = MotionEngine.load_default(threads=threads, parallel_from_px=0)
+        engines[threads].warmup()
+    times: dict = {}
+    for _ in range(args.rounds):
+        for threads, engine in engines.items():
+            for mode in MODES:
+                times.setdefault((threads, mode), []).append(
+                    run(engine, frames, mode, 1.0 / args.fps)
+                )
+    print(
+        f"engine step at {args.size}, {len(frames)} frames of the synthetic source, "
+        f"{args.rounds} interleaved rounds, paced at {args.fps:g} fps; ms"
+    )
+    print("| threads | mode | p50 | p95 |")
+    print("|---|---|---|---|")
+    p50 = {}
+    for (threads, mode), runs in times.items():
+        t = np.concatenate(runs)
+        p50[threads, mode] = np.median(t)
+        print(f"| {threads} | {mode} | {np.median(t):.2f} | {np.percentile(t, 95):.2f} |")
+    for mode in MODES:
+        print(f"two threads against one, {mode}: {p50[1, mode] / p50[2, mode]:.2f}x (p50)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
