@@ -22,7 +22,12 @@ from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
 from v1motion.models.spikes.data import as_counts
-from v1motion.models.spikes.observations import GaussianObservations, Observations, get_observations
+from v1motion.models.spikes.observations import (
+    GaussianObservations,
+    Observations,
+    get_observations,
+    nonzero,
+)
 
 log = logging.getLogger(__name__)
 
@@ -411,11 +416,21 @@ class SpikeModel:
             self._design_cache = (yp, D)
         return D
 
+    def _spikes(self, yp):
+        """Non-zero entries of the training counts (``observations.nonzero``), found once per fit."""
+        cache = getattr(self, "_spikes_cache", None)
+        if cache is not None and cache[0] is yp:
+            return cache[1]
+        spikes = nonzero(yp)
+        if getattr(self, "_fitting", False):
+            self._spikes_cache = (yp, spikes)
+        return spikes
+
     def _eta(self, params, yp, u):
         h, cache = self._history(params, yp, u)
         eta = h + params["b"]
         if self.correlated:
-            eta = eta + self._design(yp).matmul(params["A"].T)
+            eta += self._design(yp).matmul(params["A"].T)
         return eta, cache
 
     def _loss_grad(self, theta, packer, yp, u, weights=None):
@@ -428,9 +443,9 @@ class SpikeModel:
         eta, cache = self._eta(params, yp, u)
         obs = self._obs()
         if weights is None:
-            n_bins = yp.shape[0] * yp.shape[1]
-            loss = obs.loss(yp, eta) / n_bins
-            g = obs.loss_grad(yp, eta) / n_bins
+            loss, g = obs.loss_and_grad(
+                yp, eta, 1.0 / (yp.shape[0] * yp.shape[1]), self._spikes(yp)
+            )
         else:
             n_bins = float(weights.sum())
             loss = -float(np.sum(weights * obs.log_likelihood(yp, eta))) / n_bins
@@ -540,7 +555,7 @@ class SpikeModel:
             )
         finally:
             self._fitting = False
-            self._design_cache = None
+            self._design_cache = self._spikes_cache = None
         self._record_fit(self.fit_info_)
         self.params_ = packer.unpack(theta)
         self._packer = packer

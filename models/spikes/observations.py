@@ -140,6 +140,12 @@ class Observations:
         """Full log-likelihood (nats) of each entry, same shape as ``y``."""
         raise NotImplementedError
 
+    def loss_and_grad(self, y: np.ndarray, eta: np.ndarray, scale: float = 1.0, spikes=None):
+        """``(scale * loss(y, eta), scale * loss_grad(y, eta))`` (what a fit evaluates at every step).
+
+        ``spikes`` may carry what a subclass precomputes from ``y`` (see Poisson's); unused here."""
+        return scale * self.loss(y, eta), scale * self.loss_grad(y, eta)
+
     def sample(self, eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
@@ -169,6 +175,20 @@ class PoissonObservations(Observations):
         rate = self.link(eta)
         return (1.0 - y / (rate + 1e-300)) * self.link.deriv(eta)
 
+    def loss_and_grad(self, y, eta, scale=1.0, spikes=None):
+        """For the exp link in fewer passes over the data (one ``exp`` per entry instead of two): the
+        loss and its gradient were a third of an R-GLM's time per iteration.
+
+        ``spikes``: ``(flat indices, values)`` of the non-zero entries of ``y``, from :func:`nonzero`
+        (a fit evaluates the same data at every step and finds them once).
+        """
+        if self.link.name != "exp" or np.shape(y) != np.shape(eta):
+            return super().loss_and_grad(y, eta, scale)
+        nz, yv = nonzero(y) if spikes is None else spikes
+        return _poisson_exp_loss_grad(
+            nz, yv, np.ascontiguousarray(eta, dtype=float), scale, ETA_MAX
+        )
+
     def log_likelihood(self, y, eta):
         if self.link.name == "exp":
             eta_c = np.minimum(eta, ETA_MAX)
@@ -183,6 +203,29 @@ class PoissonObservations(Observations):
         super().check_data(y)
         if np.any(y < 0) or np.any(y != np.round(y)):
             raise ValueError("poisson observations must be non-negative integer counts")
+
+
+def nonzero(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the non-zero entries of ``y`` and their values."""
+    nz = np.flatnonzero(y)
+    return nz, np.asarray(y, dtype=float).ravel()[nz]
+
+
+def _poisson_exp_loss_grad(nz, yv, eta, scale, eta_max):
+    """``scale * sum(exp(eta') - y eta')`` with ``eta' = min(eta, eta_max)`` and its gradient in ``eta``
+    (zero where ``eta > eta_max``), as :meth:`PoissonObservations.loss` and ``loss_grad``, in fewer
+    passes over the data: one ``exp``, and the terms in ``y`` only at its non-zero entries (flat indices
+    ``nz``, values ``yv``; 10 ms spike counts are mostly zeros)."""
+    over = np.max(eta, initial=-np.inf) > eta_max
+    g = np.exp(np.minimum(eta, eta_max) if over else eta)
+    ev = np.minimum(eta.ravel()[nz], eta_max)
+    total = float(np.sum(g)) - float(yv @ ev)
+    gf = g.ravel()
+    gf[nz] -= yv
+    if over:
+        g[eta > eta_max] = 0.0
+    g *= scale
+    return scale * total, g
 
 
 class BernoulliObservations(Observations):

@@ -6,6 +6,7 @@ from scipy import stats
 
 from tests import naive_spikes as naive
 from v1motion.models.spikes import base as spike_base
+from v1motion.models.spikes import observations as obs_module
 from v1motion.models.spikes.base import NotFittedError, ParamPacker, neuron_order
 from v1motion.models.spikes.data import as_counts, bin_spike_times
 from v1motion.models.spikes.glm import (
@@ -67,6 +68,26 @@ def test_loss_grad_matches_finite_differences(obs, link, rng):
     d = -o.log_likelihood(y, eta).sum() - o.loss(y, eta)
     d2 = -o.log_likelihood(y, eta + 0.3).sum() - o.loss(y, eta + 0.3)
     assert np.isclose(d, d2)
+
+
+@pytest.mark.parametrize(
+    "obs,link", [("poisson", "exp"), ("poisson", "softplus"), ("gaussian", None)]
+)
+def test_loss_and_grad_is_loss_and_loss_grad(obs, link, rng):
+    """The fused evaluation a fit uses equals the two separate ones, scaled, including entries above the
+    exp link's clip (ETA_MAX: flat loss, zero gradient), sparse and dense counts, and given spikes."""
+    o = get_observations(obs, link)
+    eta = rng.normal(-2, 3, (3, 50, 4))
+    eta[0, 3, 1], eta[2, 7, 0] = obs_module.ETA_MAX + 2.0, obs_module.ETA_MAX + 0.5
+    for lam in (0.05, 3.0):
+        y = rng.poisson(lam, eta.shape).astype(float)
+        for spikes in (None, obs_module.nonzero(y)):
+            loss, g = o.loss_and_grad(y, eta, 0.01, spikes)
+            assert np.isclose(loss, 0.01 * o.loss(y, eta), rtol=1e-12)
+            np.testing.assert_allclose(g, 0.01 * o.loss_grad(y, eta), rtol=1e-12, atol=1e-300)
+            assert g.shape == eta.shape
+    if link == "exp":
+        assert g[0, 3, 1] == 0.0 and g[2, 7, 0] == 0.0
 
 
 def test_log_likelihoods_match_scipy(rng):
