@@ -108,6 +108,9 @@ class GaussianLDS:
     F_, Q_, C_, d_, r_, mu0_, V0_ : fitted parameters; ``loglik_`` the Gaussian log-likelihood per EM step.
     n_iter_ : int
         EM steps taken.
+    final_change_ : float or None
+        Gain of the log-likelihood (of the square-root counts) between its last two evaluations, in nats
+        per bin (``None`` when it was evaluated once); convergence is this gain below ``tol``.
     converged_ : bool
         Whether the gain per bin fell below ``tol`` (``stop_reason_`` ``"ftol"``) before ``n_iter``
         steps (``"max_iter"``, logged as a warning).
@@ -160,11 +163,14 @@ class GaussianLDS:
         self.loglik_ = []
         prev = -np.inf
         converged = False
+        self.final_change_ = None
         for _ in tqdm(range(self.n_iter), desc="LDS EM", disable=None, leave=False):
             covs = kalman_covariances(F, Q, C, r, V0, n_bins)
             mp, mf, ms, zp = kalman_means(z, F, C, d, mu0, covs)
             ll = self._gauss_ll(z, zp, covs["Sp"])
             self.loglik_.append(ll)
+            if len(self.loglik_) > 1:
+                self.final_change_ = float((ll - prev) / (n_trials * n_bins))
             if ll - prev < self.tol * n_trials * n_bins:
                 converged = True
                 break

@@ -653,6 +653,11 @@ def test_closed_form_and_em_fits_report_how_they_ended():
     assert (m.converged_, m.stop_reason_, m.grad_norm_, m.n_iter_) == (True, "closed_form", 0.0, 0)
     lds = GaussianLDS(n_latent=1, n_iter=2).fit(y)
     assert lds.stop_reason_ == "max_iter" and lds.converged_ is False and lds.grad_norm_ is None
+    assert lds.final_change_ > lds.tol
+    lds = GaussianLDS(n_latent=1, n_iter=1000, tol=1e-4).fit(y)
+    assert lds.converged_ and lds.stop_reason_ == "ftol" and lds.n_iter_ < 1000
+    assert lds.final_change_ < lds.tol
+    assert np.isclose(lds.final_change_, np.diff(lds.loglik_)[-1] / y[..., 0].size)
 
 
 # ----------------------------------------------------------------------------- R-GLM started from the GLM
