@@ -67,7 +67,7 @@ class SpikeOptions(BaseModel):
     n_hidden: int | None = Field(None, ge=1, le=64, description="hidden units (rglm kinds)")
     n_latent: int | None = Field(None, ge=1, le=64, description="latent dimensions (lds)")
     l2: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description="L2 penalty")
-    max_iter: int | None = Field(None, ge=1, le=2000, description="optimiser iterations")
+    max_iter: int | None = Field(None, ge=1, le=5000, description="optimiser iterations")
     n_iter: int | None = Field(None, ge=1, le=500, description="EM iterations (lds, plds)")
     init_iter: int | None = Field(
         None, ge=1, le=500, description="Gaussian LDS EM iterations that start a Poisson LDS (plds)"
