@@ -1,6 +1,6 @@
 """Fit time of the R-GLM on the 38-neuron salamander retina recording (goal: <= 60 s per R-GLM fit).
 
-    python bench/spikes_fit.py [--recording Movie1Exp1] [--max-iter 1500]
+    python bench/spikes_fit.py [--recording Movie1Exp1] [--n-hidden 16] [--max-iter 4000]
 
 Prints one row per model: wall time of ``fit`` on all 30 trials x 1800 bins (10 ms) with the report's
 settings (the R-GLMs start from the GLM they fit first; its time is included), L-BFGS iterations, what
@@ -14,6 +14,7 @@ import argparse
 import os
 import time
 
+from v1motion.models.reports.spikes import OPTIONS
 from v1motion.models.spikes.data import load_retina
 from v1motion.models.spikes.registry import make_model
 
@@ -21,8 +22,9 @@ from v1motion.models.spikes.registry import make_model
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--recording", default="Movie1Exp1")
-    p.add_argument("--n-hidden", type=int, default=8)
-    p.add_argument("--max-iter", type=int, default=1500)
+    # the table's R-GLM (with correlated Poisson) by default
+    p.add_argument("--n-hidden", type=int, default=OPTIONS["rglm_correlated"]["n_hidden"])
+    p.add_argument("--max-iter", type=int, default=OPTIONS["rglm_correlated"]["max_iter"])
     args = p.parse_args()
     y = load_retina(args.recording)
     print(
