@@ -220,16 +220,21 @@ def unit_axes(direction_curves) -> tuple[np.ndarray, np.ndarray]:
     return z.real.astype(np.float32), z.imag.astype(np.float32)
 
 
+def _on_axis_grid(table, axis) -> np.ndarray:
+    """``table`` (K,) given on the uniform grid ``k pi / K`` of axes in [0, pi), at ``axis`` (radians,
+    any shape): interpolated linearly and periodically (period pi)."""
+    table = np.asarray(table, np.float64)
+    grid = np.arange(len(table)) * np.pi / len(table)
+    return np.interp(np.mod(axis, np.pi), grid, table, period=np.pi)
+
+
 def calibrate_axis(axis, offsets):
     """``axis`` (radians, any shape) plus the calibration offset at it: ``offsets`` (K,) radians on the
     uniform grid ``k pi / K`` of axes in [0, pi), interpolated linearly and periodically (period pi).
     ``offsets=None``: ``axis`` unchanged."""
     if offsets is None:
         return axis
-    offsets = np.asarray(offsets, np.float64)
-    grid = np.arange(len(offsets)) * np.pi / len(offsets)
-    shift = np.interp(np.mod(axis, np.pi), grid, offsets, period=np.pi)
-    return (axis + shift).astype(np.float32)
+    return (axis + _on_axis_grid(offsets, axis)).astype(np.float32)
 
 
 CARDINAL_AXES = (0.0, np.pi / 2)
@@ -288,8 +293,7 @@ def coherence_on_axis_scale(coherence, axis, reference, floor: float = COHERENCE
     reference = np.asarray(reference, np.float64)
     if reference.ndim != 1 or len(reference) < 2 or not np.all(reference > 0):
         raise ValueError("reference must be (K >= 2,) positive coherences")
-    grid = np.arange(len(reference)) * np.pi / len(reference)
-    ref = np.interp(np.mod(axis, np.pi), grid, reference, period=np.pi)
+    ref = _on_axis_grid(reference, axis)
     stretched = floor + (coherence - floor) * (1.0 - floor) / np.maximum(ref - floor, 0.05)
     return np.clip(np.where(coherence > floor, stretched, coherence), 0.0, 1.0).astype(np.float32)
 

@@ -406,25 +406,24 @@ class SpikeModel:
         return {}
 
     # ------------------------------------------------------------------ core
-    def _design(self, yp) -> Design:
-        """The design matrix of ``yp``, cached for the training data while fitting."""
-        cache = getattr(self, "_design_cache", None)
+    def _per_fit(self, name: str, yp, compute):
+        """``compute(yp)``, kept in ``self.<name>`` for the training data while fitting (``fit``
+        clears it), so every evaluation of one fit reuses it."""
+        cache = getattr(self, name, None)
         if cache is not None and cache[0] is yp:
             return cache[1]
-        D = Design(self._inputs(yp))
+        value = compute(yp)
         if getattr(self, "_fitting", False):
-            self._design_cache = (yp, D)
-        return D
+            setattr(self, name, (yp, value))
+        return value
+
+    def _design(self, yp) -> Design:
+        """The design matrix of ``yp``, cached for the training data while fitting."""
+        return self._per_fit("_design_cache", yp, lambda y: Design(self._inputs(y)))
 
     def _spikes(self, yp):
         """Non-zero entries of the training counts (``observations.nonzero``), found once per fit."""
-        cache = getattr(self, "_spikes_cache", None)
-        if cache is not None and cache[0] is yp:
-            return cache[1]
-        spikes = nonzero(yp)
-        if getattr(self, "_fitting", False):
-            self._spikes_cache = (yp, spikes)
-        return spikes
+        return self._per_fit("_spikes_cache", yp, nonzero)
 
     def _eta(self, params, yp, u):
         h, cache = self._history(params, yp, u)
