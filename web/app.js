@@ -6,6 +6,11 @@ const V0 = 0.25;
 const VMAX = 16;
 const SCALE_SPEEDS = [0.5, 2, 8]; // the arrow-length legend
 const FLOW_EMPTY_SPEED = 0.05; // px/frame: below this in every cell, optical flow found no motion
+// The distribution panels summarise the motion map itself (each cell weighted by its confidence),
+// so their peaks sit where the map and the dominant motion are: speed bins one octave wide, centred
+// on these px/frame values (the end bins also take everything slower or faster), and 16 directions.
+const SPEED_BIN_CENTRES = [0.25, 0.5, 1, 2, 4, 8, 16, 32];
+const DIRECTION_BINS = 16;
 const CHIP_REORDER_MS = 1000; // the most-active chips change order at most this often
 const ACTIVITY_TAU_MS = 1000; // unit activity is averaged over about this long before ranking
 const CAMERA_SIZE = { width: 320, height: 240 };
@@ -267,9 +272,32 @@ function drawPolar(canvas, values, dominantDeg) {
   }
 }
 
+// Confidence-weighted histograms of the map's cells: `speed[k]` sums the confidence of the cells whose
+// speed rounds to SPEED_BIN_CENTRES[k] on a log2 scale, `direction[k]` of those within 360/16 degrees
+// of k * 360/16. Cells with no confidence (nothing moving) count nowhere.
+export function cellHistograms(motion) {
+  const speed = new Array(SPEED_BIN_CENTRES.length).fill(0);
+  const direction = new Array(DIRECTION_BINS).fill(0);
+  const last = SPEED_BIN_CENTRES.length - 1;
+  motion.confidence.forEach((row, i) => row.forEach((c, j) => {
+    const v = motion.speed_px_per_frame[i][j], d = motion.direction_deg[i][j];
+    if (!(c > 0) || !Number.isFinite(v) || !Number.isFinite(d)) return;
+    const k = v > 0 ? Math.round(Math.log2(v / SPEED_BIN_CENTRES[0])) : 0;
+    speed[Math.min(Math.max(k, 0), last)] += c;
+    direction[((Math.round((d * DIRECTION_BINS) / 360) % DIRECTION_BINS) + DIRECTION_BINS) % DIRECTION_BINS] += c;
+  }));
+  return { speed, direction };
+}
+
+// Where a speed falls on the bar chart's axis, in bins (0 = the centre of the first bar).
+export function speedBinPosition(v) {
+  return Math.log2(v / SPEED_BIN_CENTRES[0]);
+}
+
 function fmtSpeed(v) { return v >= 1 ? `${+v.toFixed(1)}` : `${+v.toFixed(2)}`; }
 
-function drawBars(canvas, values, labels, highlight) {
+// Bars; `marker` (a position in bins, as speedBinPosition) draws the source's true value as a tick.
+function drawBars(canvas, values, labels, highlight, marker = null) {
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height, pad = 22;
   ctx.clearRect(0, 0, w, h);
@@ -286,6 +314,17 @@ function drawBars(canvas, values, labels, highlight) {
     ctx.fill();
     ctx.fillStyle = "#8b9aab";
     ctx.fillText(labels[k], x + bw / 2, h - 7);
+  }
+  if (marker != null && Number.isFinite(marker)) {
+    const x = 4 + (Math.min(Math.max(marker, -0.5), n - 0.5) + 0.5) * bw;
+    ctx.strokeStyle = "#e6edf3";
+    ctx.lineWidth = 2;
+    ctx.setLineDash([4, 3]);
+    ctx.beginPath();
+    ctx.moveTo(x, 4);
+    ctx.lineTo(x, h - pad);
+    ctx.stroke();
+    ctx.setLineDash([]);
   }
 }
 
@@ -426,11 +465,15 @@ function render() {
     b.textContent = `${Math.round(m.truth.direction_deg)}° · ${fmtSpeed(m.truth.speed_px_per_frame)} px/frame`;
     truth.append(b, ` (${m.truth.kind})`);
   }
-  drawPolar($("polar"), mo.direction_hist, confident ? dir : null);
-  const speeds = state.units ? state.units.histogram_speed_bins : null;
-  const labels = m.motion.speed_hist.map((_, k) => (speeds ? fmtSpeed(speeds[k]) : `${k}`));
-  const sh = m.motion.speed_hist;
-  drawBars($("speed-hist"), sh, labels, sh.indexOf(Math.max(...sh)));
+  const hists = cellHistograms(mo);
+  const moving = hists.speed.some((v) => v > 0);
+  $("polar-empty").hidden = moving;
+  $("speed-hist-empty").hidden = moving;
+  drawPolar($("polar"), moving ? hists.direction : null, confident ? dir : null);
+  const labels = SPEED_BIN_CENTRES.map((v, k) => (k === SPEED_BIN_CENTRES.length - 1 ? `≥${fmtSpeed(v)}` : fmtSpeed(v)));
+  const atDominant = confident ? Math.round(speedBinPosition(speed)) : -1;
+  drawBars($("speed-hist"), moving ? hists.speed : null, labels, atDominant,
+    m.truth ? speedBinPosition(m.truth.speed_px_per_frame) : null);
   renderTopUnits(topActivity());
 }
 
@@ -946,4 +989,7 @@ async function start2() {
 }
 
 start();
-window.v1motion = { state, wsUrl, apiUrl, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty };
+window.v1motion = {
+  state, wsUrl, apiUrl, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty,
+  cellHistograms, speedBinPosition,
+};

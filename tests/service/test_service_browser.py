@@ -421,3 +421,49 @@ def test_dashboard_shows_a_source_that_is_reconnecting(browser):
         )
         assert "camera unplugged" in page.get_attribute("#conn", "title")
         assert errors == []
+
+
+def test_distribution_panels_summarise_the_map_by_confidence(browser):
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        page.wait_for_function("window.v1motion !== undefined")
+        got = page.evaluate(
+            """() => v1motion.cellHistograms({
+                speed_px_per_frame: [[0.1, 0.6, 1.5, 3.0], [40, 2.0, 5.0, 1.0]],
+                direction_deg: [[359, 100, 90, 180], [0, 270, 12, 45]],
+                confidence: [[0.5, 1.0, 0.25, 0], [1.0, 0.5, 0.75, 0]],
+            })"""
+        )
+        # octave bins centred on 0.25 ... 32 px/frame; the end bins take the rest; no confidence: nowhere
+        assert got["speed"] == [0.5, 1.0, 0, 0.75, 0.75, 0, 0, 1.0]
+        direction = [0.0] * 16
+        for k, c in ((0, 0.5), (4, 1.0), (4, 0.25), (0, 1.0), (12, 0.5), (1, 0.75)):
+            direction[k] += c
+        assert got["direction"] == direction
+        assert page.evaluate("[0.25, 1, 32].map(v1motion.speedBinPosition)") == [0, 2, 7]
+        assert errors == []
+
+
+def test_speed_distribution_peaks_at_the_speed_the_map_shows(browser):
+    """A pattern moving right by 2 px/frame, read by the exact double: every moving cell's speed, and
+    the panel's tallest bar, is 2 px/frame; a still pattern empties both panels."""
+    app = create_app(
+        Settings(sources=["moving=synthetic", "still=synthetic"]),
+        engine_factory=FakeEngine,
+        source_factories={
+            "moving": pattern_factory(vx=2, vy_up=0, fps=20.0),
+            "still": pattern_factory(vx=0, vy_up=0, fps=20.0),
+        },
+    )
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/?source=moving")
+        wait_results(page, 5)
+        hist = page.evaluate("v1motion.cellHistograms(v1motion.state.last.motion)")
+        assert max(range(8), key=hist["speed"].__getitem__) == 3  # the bin centred on 2 px/frame
+        assert max(range(16), key=hist["direction"].__getitem__) == 0  # right
+        assert page.is_hidden("#speed-hist-empty") and canvas_spread(page, "#speed-hist") > 5
+        page.select_option("#source", "still")
+        page.wait_for_function("!document.querySelector('#speed-hist-empty').hidden", timeout=15000)
+        assert page.is_visible("#polar-empty")
+        assert errors == []
