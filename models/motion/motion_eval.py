@@ -69,6 +69,13 @@ FLOW_MOVING_MIN = 0.2
 # First frame of the window scored in each clip: chosen where things move (DIS shows > 1 px/frame).
 CLIP_STARTS = {"vtest.avi": 180, "box.mp4": 120, "cup.mp4": 40, "tree.avi": 12}
 STILL_NOISE = 2.0 / 255
+TEXTURE_MIN = 1.0
+"""(grey levels / px)^2. A clip cell counts as *textured* where the smaller eigenvalue of the image's
+structure tensor (gradient products of the 0-255 frame, central differences, averaged over 7 x 7
+px) averages at least this over the cell: its brightness varies by about a grey level per pixel or
+more in every direction, so its motion is fixed by the image. Elsewhere (a blank wall, a single
+edge) any motion along the flat direction fits the frames, and DIS MEDIUM's reference there comes
+from its smoothness prior, not from the cell."""
 
 
 # ------------------------------------------------------------------ sequences and truth
@@ -86,6 +93,8 @@ class Sequence:
     mask : (T, H, W) float32 in [0, 1], share of each pixel covered by the moving object, or None when the
         whole frame moves with ``velocity``.
     cell_velocity : ``{t: (rows, cols, 2)}`` measured per-cell truth ``(vx, vy_up)`` (real clips), or None.
+    cell_textured : ``{t: (rows, cols) bool}`` cells of frame ``t - 1`` with 2-D texture
+        (:func:`textured_cells`), where a measured truth is fixed by the image (real clips), or None.
     change_frame : first frame of the new velocity (``abrupt`` family), or None.
     params : what generated the sequence (JSON-friendly).
     """
@@ -96,6 +105,7 @@ class Sequence:
     scored: tuple[int, ...]
     mask: np.ndarray | None = None
     cell_velocity: dict[int, np.ndarray] | None = None
+    cell_textured: dict[int, np.ndarray] | None = None
     change_frame: int | None = None
     params: dict = field(default_factory=dict)
 
@@ -137,6 +147,22 @@ def cell_truth(seq: Sequence, t: int, cell: int = CELL_PX) -> tuple[np.ndarray, 
     label[np.maximum(now, before) <= 1e-6] = 0
     vel = np.where((label == 1)[..., None], v, 0.0)
     return vel, label
+
+
+def textured_cells(
+    frame: np.ndarray, cell: int = CELL_PX, minimum: float = TEXTURE_MIN
+) -> np.ndarray:
+    """``(rows, cols)`` bool: cells of the grey ``frame`` (0-255) whose structure tensor's smaller
+    eigenvalue averages at least ``minimum`` (:data:`TEXTURE_MIN`); see there."""
+    img = np.asarray(frame, np.float32)
+    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=1, scale=0.5, borderType=cv2.BORDER_REFLECT)
+    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=1, scale=0.5, borderType=cv2.BORDER_REFLECT)
+    box = (7, 7)
+    jxx = cv2.blur(gx * gx, box, borderType=cv2.BORDER_REFLECT)
+    jyy = cv2.blur(gy * gy, box, borderType=cv2.BORDER_REFLECT)
+    jxy = cv2.blur(gx * gy, box, borderType=cv2.BORDER_REFLECT)
+    smaller = 0.5 * (jxx + jyy - np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2))
+    return cell_mean(smaller, cell) >= minimum
 
 
 def _to_u8(frames: np.ndarray) -> np.ndarray:
@@ -510,12 +536,14 @@ def clip_family(
         )
         flow = dis_medium()
         scored = _scored(len(frames), warmup, stride)
-        cells = {}
+        cells, textured = {}, {}
         for t in scored:
             pooled = pool_flow(flow(frames[t - 1], frames[t]), cell)
             cells[t] = np.stack([pooled[..., 0], -pooled[..., 1]], -1)
+            textured[t] = textured_cells(frames[t - 1], cell)
         yield Sequence(
             "clip", frames, np.full((len(frames), 2), np.nan), scored, cell_velocity=cells,
+            cell_textured=textured,
             params={"clip": name, "start": CLIP_STARTS.get(name, 0), "n_frames": len(frames),
                     "native": f"{raw.shape[2]}x{raw.shape[1]}",
                     "moving_min": CLIP_MOVING_MIN, "still_max": CLIP_STILL_MAX},
@@ -715,11 +743,17 @@ class Tally:
     moving_shown: list = field(default_factory=list)
     still_shown: list = field(default_factory=list)
     global_err: list = field(default_factory=list)
+    textured_err: list = field(default_factory=list)
+    textured_moving: list = field(default_factory=list)
     recover: list = field(default_factory=list)
     n_frames: int = 0
     n_sequences: int = 0
 
-    def add_frame(self, out: CellMotion, truth_v: np.ndarray, label: np.ndarray, global_v) -> None:
+    def add_frame(
+        self, out: CellMotion, truth_v: np.ndarray, label: np.ndarray, global_v, textured=None
+    ) -> None:
+        """Score one frame; ``textured`` (per cell, bool; optional) marks the cells whose truth is
+        fixed by the image (:func:`textured_cells`), scored again on their own."""
         if out.direction.shape != label.shape:
             raise ValueError(f"motion map {out.direction.shape} does not match cells {label.shape}")
         self.n_frames += 1
@@ -727,7 +761,11 @@ class Tally:
         if mov.any():
             t_dir = np.arctan2(truth_v[..., 1], truth_v[..., 0])[mov]
             t_speed = np.hypot(truth_v[..., 0], truth_v[..., 1])[mov]
-            self.cell_err.append(angular_error_deg(out.direction[mov], t_dir))
+            err = angular_error_deg(out.direction[mov], t_dir)
+            self.cell_err.append(err)
+            if textured is not None:
+                self.textured_moving.append(textured[mov])
+                self.textured_err.append(err[textured[mov]])
             self.cell_conf.append(out.confidence[mov])
             self.speed_err.append(speed_relative_error(out.speed[mov], t_speed))
             self.moving_shown.append(out.moving[mov])
@@ -757,6 +795,10 @@ class Tally:
             "cell_dir_err_mean_deg": stat(err, np.mean),
             # the same over the moving cells the method shows as moving: what a user sees on the map
             "shown_cell_dir_err_median_deg": stat(err[mov.astype(bool)], np.median),
+            # the same over the moving cells with 2-D texture, where a measured truth (real clips:
+            # DIS MEDIUM) is fixed by the image rather than by the flow's smoothness prior
+            "textured_cell_dir_err_median_deg": stat(cat(self.textured_err), np.median),
+            "textured_moving_share": stat(cat(self.textured_moving), np.mean),
             "speed_rel_err_median": stat(spd, np.median),
             "moving_shown_rate": stat(mov, np.mean),
             "false_motion_rate": stat(still, np.mean),
@@ -805,8 +847,9 @@ def evaluate(
                 if t in seq.scored:
                     truth_v, label = cell_truth(seq, t, cell)
                     g = None if seq.cell_velocity is not None else seq.velocity[t]
+                    tex = None if seq.cell_textured is None else seq.cell_textured[t]
                     for tally in targets:
-                        tally.add_frame(out, truth_v, label, g)
+                        tally.add_frame(out, truth_v, label, g, tex)
             for tally in targets:
                 tally.n_sequences += 1
                 if seq.change_frame is not None:

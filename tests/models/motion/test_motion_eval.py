@@ -236,6 +236,46 @@ def test_shown_cells_error_counts_only_the_cells_shown_moving():
     assert s["shown_cell_dir_err_median_deg"] == pytest.approx(0.0)  # median of 0, 0, 0, 90
 
 
+def test_textured_cells_need_brightness_changes_in_every_direction():
+    rng = np.random.default_rng(0)
+    h, w = 48, 64
+    flat = np.full((h, w), 200.0)
+    noise = flat + rng.normal(0, 20, (h, w))  # varies in every direction
+    stripes = np.tile(128 + 60 * np.sin(np.arange(w) / 2.0), (h, 1))  # varies along x only
+    ramp = (
+        np.tile(np.arange(w) * 3.0, (h, 1)) + np.arange(h)[:, None] * 3.0
+    )  # a plane: one gradient
+    assert me.textured_cells(noise).all()
+    for img in (flat, stripes, ramp):
+        assert not me.textured_cells(img).any()
+    # the threshold is on the smaller eigenvalue in (grey levels / px)^2: a 2-D texture of amplitude a
+    # (gradients up to a/2 per px here) passes at 40 grey levels and fails at half a grey level
+    y, x = np.mgrid[0:h, 0:w]
+    for amp, want in ((0.5, False), (40.0, True)):
+        img = 128 + amp * np.sin(x / 2.0) * np.sin(y / 2.0)
+        assert me.textured_cells(img).all() == want and me.textured_cells(img).any() == want
+
+
+def test_textured_cells_error_counts_only_the_textured_moving_cells():
+    truth = np.zeros((2, 3, 2))
+    truth[..., 0] = 1.0
+    label = np.array([[1, 1, 1], [1, 1, 0]])  # one still cell
+    direction = np.array([[0.0, np.pi, np.pi / 2], [0.0, np.pi, 0.0]])  # 0, 180, 90, 0, 180, -
+    textured = np.array([[True, False, True], [True, False, True]])  # the 180s are blank
+    out = me.CellMotion(
+        direction, np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 3), bool), 0.0, 1.0
+    )
+    tally = me.Tally()
+    tally.add_frame(out, truth, label, None, textured)
+    s = tally.summary()
+    assert s["cell_dir_err_median_deg"] == pytest.approx(90.0)  # 0, 0, 90, 180, 180
+    assert s["textured_cell_dir_err_median_deg"] == pytest.approx(0.0)  # 0, 0, 90
+    assert s["textured_moving_share"] == pytest.approx(3 / 5)
+    plain = me.Tally()
+    plain.add_frame(out, truth, label, None)
+    assert plain.summary()["textured_cell_dir_err_median_deg"] is None
+
+
 def test_evaluate_family_runs_an_engine_on_small_inputs():
     engine = MotionEngine.random(seed=0)
     s = me.evaluate_family(engine, "pan", size="96x64", quick=True, speeds=(1.0,), n_frames=10)
