@@ -695,7 +695,9 @@ async function startCamera() {
   state.mode = "camera";
   $("camera-btn").classList.add("active");
   $("camera-label").textContent = "Stop camera";
-  $("source-desc").textContent = "your camera, analysed on the server";
+  // Speeds are in px of the frames the server analyses (the camera scaled to CAMERA_SIZE) per camera frame.
+  $("source-desc").textContent =
+    `your camera scaled to ${CAMERA_SIZE.width}x${CAMERA_SIZE.height}, analysed on the server (speeds in its px/frame)`;
   banner(null);
 
   const ws = new WebSocket(wsUrl("v1/camera"), subprotocols());

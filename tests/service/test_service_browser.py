@@ -179,6 +179,7 @@ def test_dashboard_streams_then_analyses_the_browser_camera_under_a_path_prefix(
         page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
         page.click("#camera-btn")
         page.wait_for_function("document.querySelector('#conn').textContent.includes('my camera')")
+        assert "320x240" in page.text_content("#source-desc")  # the size its px/frame refer to
         n0 = results(page)
         wait_results(page, n0 + 15)
         assert app.state.services.metrics.frames.labels("camera")._value.get() >= 15
@@ -346,6 +347,7 @@ def _dominant_direction(browser, engine_factory):
         page.wait_for_function("document.querySelector('#source').options.length > 0")
         page.click("#camera-btn")
         page.wait_for_function("document.querySelector('#conn').textContent.includes('my camera')")
+        assert "320x240" in page.text_content("#source-desc")  # the size its px/frame refer to
         n0 = results(page)
         wait_results(page, n0 + 10, timeout=60)
         seen = []
