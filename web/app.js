@@ -303,10 +303,11 @@ function drawBars(canvas, values, labels, highlight, marker = null) {
   ctx.clearRect(0, 0, w, h);
   if (!values || !values.length) return;
   const n = values.length, max = Math.max(...values, 1e-9), bw = (w - 8) / n;
+  const top = marker != null ? 18 : 6; // room for the marker's label
   ctx.font = "11px system-ui";
   ctx.textAlign = "center";
   for (let k = 0; k < n; k++) {
-    const bh = ((h - pad - 6) * values[k]) / max;
+    const bh = ((h - pad - top) * values[k]) / max;
     const x = 4 + k * bw;
     ctx.fillStyle = k === highlight ? "#58a6ff" : "#2f6fb3";
     ctx.beginPath();
@@ -321,10 +322,13 @@ function drawBars(canvas, values, labels, highlight, marker = null) {
     ctx.lineWidth = 2;
     ctx.setLineDash([4, 3]);
     ctx.beginPath();
-    ctx.moveTo(x, 4);
+    ctx.moveTo(x, 16);
     ctx.lineTo(x, h - pad);
     ctx.stroke();
     ctx.setLineDash([]);
+    ctx.fillStyle = "#e6edf3";
+    ctx.textAlign = x > w - 30 ? "right" : x < 30 ? "left" : "center";
+    ctx.fillText("truth", x, 11);
   }
 }
 

@@ -226,6 +226,7 @@ def test_most_active_units_hold_still_under_the_pointer_and_can_be_clicked(brows
         page.wait_for_function("document.querySelectorAll('#top-units .chip').length >= 3")
         page.wait_for_function("document.querySelectorAll('#unit-select option').length > 0")
         chip = page.locator("#top-units .chip").last  # the lowest rank moves the most
+        chip.scroll_into_view_if_needed()
         unit = chip.get_attribute("data-unit")
         box = chip.bounding_box()
         x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -465,7 +466,10 @@ def test_speed_distribution_peaks_at_the_speed_the_map_shows(browser):
         assert max(range(8), key=hist["speed"].__getitem__) == 3  # the bin centred on 2 px/frame
         assert max(range(16), key=hist["direction"].__getitem__) == 0  # right
         assert page.is_hidden("#speed-hist-empty") and canvas_spread(page, "#speed-hist") > 5
+        below = page.locator("#top-units").bounding_box()["y"]
         page.select_option("#source", "still")
         page.wait_for_function("!document.querySelector('#speed-hist-empty').hidden", timeout=15000)
         assert page.is_visible("#polar-empty")
+        # the notes lie over the empty charts: nothing below them moves (the unit chips stay clickable)
+        assert page.locator("#top-units").bounding_box()["y"] == below
         assert errors == []
