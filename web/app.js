@@ -474,8 +474,9 @@ function render() {
   $("polar-empty").hidden = moving;
   $("speed-hist-empty").hidden = moving;
   drawPolar($("polar"), moving ? hists.direction : null, confident ? dir : null);
-  const labels = SPEED_BIN_CENTRES.map((v, k) => (k === SPEED_BIN_CENTRES.length - 1 ? `≥${fmtSpeed(v)}` : fmtSpeed(v)));
-  const atDominant = confident ? Math.round(speedBinPosition(speed)) : -1;
+  const last = SPEED_BIN_CENTRES.length - 1; // the end bins take everything slower or faster
+  const labels = SPEED_BIN_CENTRES.map((v, k) => (k === last ? `≥${fmtSpeed(v)}` : fmtSpeed(v)));
+  const atDominant = confident && speed > 0 ? Math.min(Math.max(Math.round(speedBinPosition(speed)), 0), last) : -1;
   drawBars($("speed-hist"), moving ? hists.speed : null, labels, atDominant,
     m.truth ? speedBinPosition(m.truth.speed_px_per_frame) : null);
   renderTopUnits(topActivity());
