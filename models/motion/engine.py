@@ -476,6 +476,8 @@ class MotionEngine:
         # encode replaces the previous codes: the finest of each read are kept as they were
         prev = state.prev[:2]
         codes = self.encode(state, grey, n_levels)
+        if state.frames == 0:
+            return self._first_frame(state, codes, (h, w))
         if not coarse:
             return self.read(
                 state, codes, (h, w), self._fine_gate(state, prev[0], codes[0], (h, w))
@@ -488,6 +490,24 @@ class MotionEngine:
         return self.read(
             state, fine, (h, w), gate, lambda: self._coarse_decode(state, c_codes, c_shape, c_gate)
         )
+
+    def _first_frame(self, state: StreamState, codes, shape) -> MotionFrame:
+        """The first frame of a stream holds no motion: its code only primes the recurrent state.
+
+        Nothing moves on it (every confidence 0), and it is left out of the read-out's running
+        averages and of the change gate, which start from the second frame. Read out like the others,
+        it showed a third of a still scene moving at 10-30 px/frame, and its trace in the averages
+        (over about two frames) made the next two frames read 14x and 1.7x too fast on pans.
+        """
+        state.frames += 1
+        rows, cols = self.pooling.grid(shape)
+        zeros = np.zeros((rows, cols), np.float32)
+        code0, gh0, gw0 = codes[0]
+        return MotionFrame(
+            zeros, zeros.copy(), zeros.copy(), self.pooling.cell_px,
+            np.zeros(N_DIRECTION_BINS, np.float32), np.zeros(len(SPEED_BINS), np.float32), [],
+            0.0, 0.0, 0.0, int(code0.cnt.sum()) / max(gh0 * gw0, 1),
+        )  # fmt: skip
 
     def _fine_gate(self, state: StreamState, prev, level, shape):
         """The change gate of the fine read (``None`` without one); updates ``state.change``."""

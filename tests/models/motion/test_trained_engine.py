@@ -94,3 +94,27 @@ def test_fast_held_out_pan_is_read_at_the_coarser_scale(engine):
     assert np.median(cell_err) < 11, cell_err
     assert max(global_err) < 18, global_err
     assert 12 * 0.7 < np.median(speeds) < 12 * 1.3, speeds
+
+
+def test_a_stream_shows_no_motion_before_it_has_seen_motion(engine):
+    """The first frame of a stream holds no motion, and does not leak into the next ones: a still
+    scene stays still from its first frame on, and a pan reads near its speed from its second
+    (read out like the others, the first frame showed a third of a still scene moving, and made the
+    next two frames of a 1 px/frame pan read at 14 and 1.7 px/frame)."""
+    img = load_still("chelsea")
+    rng = np.random.default_rng(0)
+    still = pan_sequence(img, (img.shape[1] / 2, img.shape[0] / 2), 0.0, 0.0, 4, (120, 160))
+    state = engine.new_state()
+    for f in still:
+        noisy = np.clip(f + rng.normal(0, 2 / 255, f.shape), 0, 1)
+        mf = engine.step(state, (noisy * 255).astype(np.uint8))
+        assert (mf.confidence > 0.5).mean() < 0.02
+    pan = pan_sequence(img, (img.shape[1] / 2, img.shape[0] / 2), 0.3, 1.0, 4, (120, 160))
+    state = engine.new_state()
+    speeds = []
+    for f in pan:
+        mf = engine.step(state, (f * 255).astype(np.uint8))
+        shown = mf.confidence > 0.5
+        speeds.append(float(np.median(mf.speed[shown])) if shown.any() else 0.0)
+    assert speeds[0] == 0.0
+    assert all(0.5 < s < 2.5 for s in speeds[1:]), speeds
