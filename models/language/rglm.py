@@ -818,17 +818,34 @@ class LinearRecurrentLM:
         ]
         return {k: getattr(self, k) for k in keys}
 
-    def save(self, path: str | Path, half: bool = True, meta: dict | None = None) -> Path:
+    def save(
+        self,
+        path: str | Path,
+        half: bool = True,
+        meta: dict | None = None,
+        int8: bool = False,
+    ) -> Path:
         """Write the fitted model to one ``.npz``; word vectors in float16 when ``half``.
 
-        ``r`` and ``P`` stay float32: float16 cannot resolve ``r`` near 1 (long timescales).
+        With ``int8`` the word vectors (``E``, and ``W`` when untied) are stored as int8 with one
+        float32 scale per word (symmetric, :func:`quantize_rows`: each entry within half a step
+        ``max|row| / 127`` of its value), half the bytes of float16, so a larger model fits the
+        same file size; ``half`` is then ignored. ``r`` and ``P`` stay float32: float16 cannot
+        resolve ``r`` near 1 (long timescales). :meth:`load` reads every variant.
         """
         self._check_fitted()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         big = np.float16 if half else np.float32
+
+        def words(name: str) -> dict:
+            if not int8:
+                return {name: self.params_[name].astype(big)}
+            q, scale = quantize_rows(self.params_[name])
+            return {name: q, f"{name}_scale": scale}
+
         arrays = {
-            "E": self.params_["E"].astype(big),
+            **words("E"),
             "P": self.params_["P"].astype(np.float32),
             "r": self.params_["r"].astype(np.float32),
             "c": self.params_["c"].astype(np.float32),
@@ -836,7 +853,7 @@ class LinearRecurrentLM:
             "config": np.array(json.dumps({**self.get_config(), **(meta or {})})),
         }
         if self.params_.get("W") is not None:
-            arrays["W"] = self.params_["W"].astype(big)
+            arrays.update(words("W"))
         if self.classes_ is not None:
             arrays["Wc"] = self.params_["Wc"].astype(np.float32)
             arrays["bc"] = self.params_["bc"].astype(np.float32)
@@ -846,7 +863,11 @@ class LinearRecurrentLM:
 
     @classmethod
     def load(cls, path: str | Path) -> LinearRecurrentLM:
-        """Load a model written by :meth:`save` (parameters as float32 for computing)."""
+        """Load a model written by :meth:`save` (parameters as float32 for computing).
+
+        int8 word vectors are dequantised (:func:`dequantize_rows`); ``word_storage_`` records
+        how they were stored.
+        """
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"language model weights {path} not found")
@@ -856,9 +877,10 @@ class LinearRecurrentLM:
             model = cls(**{k: v for k, v in config.items() if k in init_keys})
             model.meta_ = config
             model.vocab_ = Vocabulary([str(w) for w in z["vocab"]])
+            model.word_storage_ = str(z["E"].dtype)  # int8, float16 or float32
             model.params_ = {
-                "E": z["E"].astype(np.float32),
-                "W": z["W"].astype(np.float32) if "W" in z.files else None,
+                "E": _stored_words(z, "E"),
+                "W": _stored_words(z, "W") if "W" in z.files else None,
                 "P": z["P"].astype(np.float32),
                 "r": z["r"].astype(np.float32),
                 "c": z["c"].astype(np.float32),
@@ -922,6 +944,32 @@ class LinearRecurrentLM:
             "history": meta["history"],
             "rng": rng,
         }
+
+
+def quantize_rows(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantisation of each row of ``M`` (n, d) with its own float32 scale.
+
+    ``scale = max|row| / 127`` and ``q = round(row / scale)``, so ``q * scale`` is within half a
+    step (``scale / 2``) of every entry and the largest entry of each row is exact up to float32
+    rounding. An all-zero row gets scale 0 and codes 0.
+    """
+    M = np.asarray(M, dtype=np.float32)
+    scale = (np.abs(M).max(axis=1) / np.float32(127)).astype(np.float32)
+    step = np.where(scale > 0, scale, np.float32(1))[:, None]
+    q = np.clip(np.rint(M / step), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def dequantize_rows(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """float32 rows ``q * scale`` from :func:`quantize_rows`."""
+    return q.astype(np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
+
+
+def _stored_words(z, name: str) -> np.ndarray:
+    """Word vectors ``name`` of an open ``.npz`` as float32 (int8 ones dequantised)."""
+    if f"{name}_scale" in z.files:
+        return dequantize_rows(z[name], z[f"{name}_scale"])
+    return z[name].astype(np.float32)
 
 
 def _dropout_mask(rng: np.random.Generator, shape, p: float) -> np.ndarray | None:

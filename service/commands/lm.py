@@ -102,7 +102,14 @@ def add_parser(subparsers) -> None:
         default=None,
         help="use only this many tokens of the training text (default: all)",
     )
-    t.add_argument("--float32", action="store_true", help="save word vectors as float32")
+    store = t.add_mutually_exclusive_group()
+    store.add_argument("--float32", action="store_true", help="save word vectors as float32")
+    store.add_argument(
+        "--int8",
+        action="store_true",
+        help="save word vectors as int8 with a float32 scale per word (half the size of the "
+        "default float16); re-running a finished run's command with it only rewrites the weights",
+    )
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.set_defaults(func=run_train)
 
@@ -173,6 +180,7 @@ def train_command(args: argparse.Namespace) -> str:
         f"--anneal {args.anneal} --epochs {args.epochs} --seed {args.seed}",
         f"--train-tokens {args.train_tokens}" if args.train_tokens is not None else "",
         "--float32" if args.float32 else "",
+        "--int8" if args.int8 else "",
     ]
     return "v1motion lm train " + " \\\n    ".join(p for p in parts if p)
 
@@ -228,7 +236,7 @@ def run_train(args: argparse.Namespace) -> int:
         "valid_ppl": min(e["valid_ppl"] for e in model.history_),
         "command": train_command(args),
     }
-    path = model.save(args.out, half=not args.float32, meta=meta)
+    path = model.save(args.out, half=not args.float32, meta=meta, int8=args.int8)
     args.out.with_suffix(".history.json").write_text(json.dumps(model.history_, indent=1))
     print(
         f"{'finished' if done else 'paused (resume with the same command)'}: {model.epochs_done_}/"

@@ -221,6 +221,7 @@ def test_train_command_round_trips_through_the_cli_parser():
         "7",
         "--time-limit",
         "60",
+        "--int8",
     ]
     args = build_parser().parse_args(argv)
     command = train_command(args)
@@ -240,18 +241,22 @@ def test_train_command_round_trips_through_the_cli_parser():
         "seed",
         "max_norm",
         "anneal",
+        "int8",
+        "float32",
     ):
         assert getattr(again, key) == getattr(args, key), key
     assert "--time-limit" not in command  # where a run pauses does not change its result
 
 
-def test_model_card_carries_the_command_and_the_table(rng, tmp_path):
+@pytest.mark.parametrize("storage", ["float16", "int8"])
+def test_model_card_carries_the_command_and_the_table(rng, tmp_path, storage):
     from v1motion.models.reports.language import write_card
 
     model = _class_model(rng)
     path = model.save(
         tmp_path / "m.npz",
         meta={"command": "v1motion lm train --hidden 5", "valid_ppl": 12.5, "epochs_done": 3},
+        int8=storage == "int8",
     )
     rows = [
         {"model": "R-GLM", "ppl": 11.25, "target": 102.0},
@@ -262,6 +267,8 @@ def test_model_card_carries_the_command_and_the_table(rng, tmp_path):
     assert "Valid 12.5" in text and "Test 11.2" in text
     assert "4 frequency-binned classes" in text
     assert "| RNN | — | 124.7 |" in text
+    stored = "int8 with a float32 scale per word" if storage == "int8" else "float16"
+    assert f"stored {stored})" in text and f"the {storage} weights as shipped" in text
 
 
 def test_the_report_writes_the_table_and_the_timescale_figure(rng, tmp_path):

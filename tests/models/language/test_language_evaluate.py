@@ -51,3 +51,12 @@ def test_train_command_writes_half_precision_weights_and_resumes(tmp_path, capsy
     assert model.n_hidden == 8 and model.meta_["epochs_done"] == 2
     with np.load(out) as z:
         assert z["E"].dtype == np.float16
+    # the finished run's command with --int8 only rewrites the weights, quantised
+    history = out.with_suffix(".history.json").read_text()
+    assert main([*args, "--int8"]) == 0
+    assert "finished: 2/2 epochs" in capsys.readouterr().out
+    assert out.with_suffix(".history.json").read_text() == history  # no further training
+    quantised = LinearRecurrentLM.load(out)
+    assert quantised.word_storage_ == "int8" and "--int8" in quantised.meta_["command"]
+    step = np.abs(model.params_["E"]).max(axis=1, keepdims=True) / 127
+    assert (np.abs(quantised.params_["E"] - model.params_["E"]) <= 0.5 * step * 1.01 + 1e-3).all()

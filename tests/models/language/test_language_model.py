@@ -1,5 +1,7 @@
 """The linear recurrent LM: gradients, normalisation, dynamic evaluation, learning, persistence."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -8,9 +10,11 @@ from v1motion.models.language.data import Vocabulary, load_ptb
 from v1motion.models.language.rglm import (
     R_MAX,
     LinearRecurrentLM,
+    dequantize_rows,
     dynamic_step,
     loss_and_grads,
     max_norm_rows,
+    quantize_rows,
     timescales,
 )
 
@@ -167,6 +171,70 @@ def test_save_load_round_trip_in_half_precision(rng, tmp_path):
     seq = rng.integers(0, 9, 30)
     np.testing.assert_allclose(back.log_probs(seq), model.log_probs(seq), atol=1e-2)
     assert back.meta_["valid_ppl"] == 1.0
+
+
+def test_int8_rows_are_within_half_a_step_of_the_original(rng):
+    # rows of very different sizes, one all zero and one with a single non-zero entry
+    M = rng.standard_normal((6, 40)).astype(np.float32) * np.array([1e-3, 0.1, 1, 3, 0, 1])[:, None]
+    M[5] = 0.0
+    M[5, 7] = -2.5
+    q, scale = quantize_rows(M)
+    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.shape == (6,)
+    assert np.abs(q.astype(int)).max() <= 127
+    back = dequantize_rows(q, scale)
+    assert back.dtype == np.float32
+    # half a step per row, with a margin for float32 rounding of either sign
+    assert (np.abs(back - M) <= 0.5 * scale[:, None] * (1 + 1e-4)).all()
+    np.testing.assert_array_equal(back[4], 0.0)  # the zero row stays zero
+    assert np.abs(q[[0, 1, 2, 3, 5]]).max(axis=1).tolist() == [127] * 5  # each row uses its range
+    assert back[5, 7] == pytest.approx(-2.5, rel=1e-6)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_int8_weights_load_and_score_like_the_unquantised_model(rng, tmp_path, tied):
+    V, H = 50, 16
+    model = LinearRecurrentLM(n_hidden=H, tied=tied)
+    model.vocab_ = _vocab(V)
+    model.params_ = _random_params(rng, V, H, tied=tied, dtype=np.float32)
+    np.clip(model.params_["r"], -0.9, 0.9, out=model.params_["r"])  # a stable recurrence
+    path = model.save(tmp_path / "m.npz", int8=True, meta={"valid_ppl": 1.0})
+    with np.load(path) as z:
+        names = {"E", "E_scale"} | (set() if tied else {"W", "W_scale"})
+        assert names <= set(z.files)
+        assert all(z[k].dtype == np.int8 for k in names if not k.endswith("_scale"))
+        assert z["r"].dtype == z["P"].dtype == np.float32
+    back = LinearRecurrentLM.load(path)
+    assert back.word_storage_ == "int8" and back.meta_["valid_ppl"] == 1.0
+    for name in ("E", "W") if not tied else ("E",):
+        M = model.params_[name]
+        assert back.params_[name].dtype == np.float32
+        step = np.abs(M).max(axis=1, keepdims=True) / 127
+        assert (np.abs(back.params_[name] - M) <= 0.5 * step * (1 + 1e-4)).all()
+    for name in ("P", "r", "c"):
+        np.testing.assert_array_equal(back.params_[name], model.params_[name])  # kept float32
+    assert back.params_["W"] is None if tied else back.params_["W"] is not None
+    text = rng.integers(0, V, 400)
+    assert back.perplexity(text) == pytest.approx(model.perplexity(text), rel=2e-3)
+
+
+def test_float16_files_written_before_int8_existed_still_load(rng, tmp_path):
+    # the layout of the previous writer: float16 word vectors, no scale arrays
+    model = _fitted(rng, V=9, H=5)
+    path = tmp_path / "old.npz"
+    np.savez_compressed(
+        path,
+        E=model.params_["E"].astype(np.float16),
+        P=model.params_["P"],
+        r=model.params_["r"],
+        c=model.params_["c"],
+        vocab=np.array(model.vocab_.words),
+        config=np.array(json.dumps(model.get_config())),
+    )
+    back = LinearRecurrentLM.load(path)
+    assert back.word_storage_ == "float16" and back.params_["W"] is None
+    np.testing.assert_array_equal(back.params_["E"], model.params_["E"].astype(np.float16))
+    seq = rng.integers(0, 9, 30)
+    np.testing.assert_allclose(back.log_probs(seq), model.log_probs(seq), atol=1e-2)
 
 
 def test_checkpoint_resume_continues_training(rng, tmp_path):
