@@ -700,6 +700,9 @@ class LinearRecurrentLM:
                 epoch_seconds=0.0,
             )
             log.info("epoch %s: %s", entry["epoch"], entry)
+            if ckpt is not None:  # an epoch's validation is never lost to a stop
+                self._save_checkpoint(ckpt, state)
+                last_save = time.perf_counter()
             if self.time_limit is not None and time.perf_counter() - started > self.time_limit:
                 paused = state["epoch"] < self.n_epochs
             if stop_after is not None and windows_run >= stop_after:

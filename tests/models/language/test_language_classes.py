@@ -197,6 +197,25 @@ def test_training_stopped_anywhere_resumes_to_the_uninterrupted_result(
             np.testing.assert_array_equal(resumed.params_[name], v, err_msg=name)
 
 
+def test_a_checkpoint_is_written_at_every_epoch_end(rng, tmp_path, monkeypatch):
+    """Even when the timer never fires: a stop during the next epoch loses no finished epoch."""
+    V = 10
+    seq = rng.integers(0, V, 6 * 4 * 5 + 1)
+    saved = []
+    save = LinearRecurrentLM._save_checkpoint
+    monkeypatch.setattr(
+        LinearRecurrentLM,
+        "_save_checkpoint",
+        lambda self, path, state: (
+            saved.append((state["epoch"], state["pos"])) or save(self, path, state)
+        ),
+    )
+    LinearRecurrentLM(n_hidden=4, n_samples=5, batch_size=4, bptt=5, seed=3, n_epochs=3).fit(
+        seq, _vocab(V), valid=seq[:100], checkpoint=tmp_path / "ckpt.npz", checkpoint_every=1e9
+    )
+    assert (1, 0) in saved and (2, 0) in saved and saved[-1] == (3, 0)
+
+
 def test_train_command_round_trips_through_the_cli_parser():
     from v1motion.service.cli import build_parser
     from v1motion.service.commands.lm import train_command
