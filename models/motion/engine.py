@@ -200,6 +200,12 @@ def global_motion(
     return float(np.arctan2(vy, vx)), float(g_speed), float(agreement * min(1.0, amount / support))
 
 
+def _active_per_patch(codes) -> float:
+    """Mean number of active units per patch of the finest level of ``codes`` (``encode``'s)."""
+    code, gh, gw = codes[0]
+    return int(code.cnt.sum()) / max(gh * gw, 1)
+
+
 def load_axis_calibration(path) -> tuple[np.ndarray, np.ndarray | None]:
     """The axis calibration of an ``axis_calibration.json`` (``v1motion fit-readout
     --axis-calibration``): its offsets (radians) and its gratings' coherence by axis (``None`` in a
@@ -502,11 +508,10 @@ class MotionEngine:
         state.frames += 1
         rows, cols = self.pooling.grid(shape)
         zeros = np.zeros((rows, cols), np.float32)
-        code0, gh0, gw0 = codes[0]
         return MotionFrame(
             zeros, zeros.copy(), zeros.copy(), self.pooling.cell_px,
             np.zeros(N_DIRECTION_BINS, np.float32), np.zeros(len(SPEED_BINS), np.float32), [],
-            0.0, 0.0, 0.0, int(code0.cnt.sum()) / max(gh0 * gw0, 1),
+            0.0, 0.0, 0.0, _active_per_patch(codes),
         )  # fmt: skip
 
     def _fine_gate(self, state: StreamState, prev, level, shape):
@@ -763,13 +768,11 @@ class MotionEngine:
         state.frames += 1
         dir_hist, speed_hist, unit_act, _ = hists
         g_dir, g_speed, g_conf = global_motion(direction, speed, conf, weight=weight)
-        code0, gh0, gw0 = codes[0]
         top = np.argsort(unit_act)[::-1][:10]
         top_units = [(int(u), float(unit_act[u])) for u in top if unit_act[u] > 0]
         return MotionFrame(
             direction.astype(np.float32), speed, conf, self.pooling.cell_px, dir_hist, speed_hist,
-            top_units, float(g_dir), float(g_speed), float(g_conf),
-            int(code0.cnt.sum()) / max(gh0 * gw0, 1),
+            top_units, float(g_dir), float(g_speed), float(g_conf), _active_per_patch(codes),
         )  # fmt: skip
 
     @staticmethod
