@@ -177,35 +177,59 @@ class KneserNeyLM:
         return np.log(p)
 
 
-class UnigramCache:
-    """Unigram cache: P(w) = (occurrences of w among the last ``size`` words) / (words seen).
+class DecayingCache:
+    """Unigram and bigram caches whose memory fades exponentially (Kuhn & De Mori's cache, with the
+    bigram cache of Jelinek et al. 1991), reading a stream from its start.
 
-    Gives probability zero to words not in the window, so it is only useful mixed with a model
-    that covers the vocabulary (see :func:`fit_mixture`). Probabilities are returned, not logs.
+    For the word after ``tokens[:t+1]``, with weights ``decay ** (t - j)`` on the word at ``j``:
+
+    - unigram: ``P(w) = sum_j decay^(t-j) [tokens[j] = w] / sum_j decay^(t-j)`` over ``j <= t``;
+    - bigram: ``P(w | tokens[t])`` = the same weighted share of ``w`` among the words that followed
+      earlier occurrences of ``tokens[t]`` (weights by the position ``j`` of the following word,
+      ``1 <= j <= t``), and 0 where ``tokens[t]`` has not occurred before.
+
+    Both give probability zero to words they have not seen, so they are only useful mixed with a
+    model that covers the vocabulary (:func:`fit_mixture`). Probabilities are returned, not logs.
+    The counts decay lazily, one word type (or word pair) at a time, so a stream costs O(n).
     """
 
-    def __init__(self, size: int = 500):
-        if size < 1:
-            raise ValueError(f"cache size must be >= 1, got {size}")
-        self.size = size
+    def __init__(self, unigram_decay: float = 0.995, bigram_decay: float = 0.998):
+        for name, d in (("unigram_decay", unigram_decay), ("bigram_decay", bigram_decay)):
+            if not 0.0 < d <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {d}")
+        self.unigram_decay = float(unigram_decay)
+        self.bigram_decay = float(bigram_decay)
 
     def probs(self, tokens: np.ndarray) -> np.ndarray:
-        """P_cache(tokens[t+1] | tokens[:t+1]), shape (n-1,)."""
+        """``(2, n-1)``: the unigram and the bigram cache's ``P(tokens[t+1] | tokens[:t+1])``."""
         tokens = np.asarray(tokens, dtype=np.int64)
         n = tokens.size
-        if n < 2:
-            return np.zeros(0)
-        L = self.size
-        stride = n + L + 1
-        pos = np.arange(n, dtype=np.int64)
-        key = tokens * stride + pos + L  # offset by L so window starts stay non-negative
-        keys = np.sort(key)
-        # earlier occurrences of the same word at positions in [j - L, j - 1]
-        hi = np.searchsorted(keys, key)  # first key >= own key: strictly earlier ones
-        lo = np.searchsorted(keys, key - L)
-        count = (hi - lo)[1:]
-        seen = np.minimum(pos[1:], L)
-        return count / seen
+        out = np.zeros((2, max(n - 1, 0)))
+        lu, lb = self.unigram_decay, self.bigram_decay
+        uni: dict[int, tuple[float, int]] = {}  # word -> (decayed count, as of position)
+        pair: dict[tuple[int, int], tuple[float, int]] = {}
+        ctx: dict[
+            int, tuple[float, int]
+        ] = {}  # word -> decayed count of the words that followed it
+        total = 0.0
+        for t in range(n - 1):
+            w, nxt = int(tokens[t]), int(tokens[t + 1])
+            total = total * lu + 1.0
+            c, at = uni.get(w, (0.0, t))
+            uni[w] = (c * lu ** (t - at) + 1.0, t)
+            if t >= 1:
+                prev = int(tokens[t - 1])
+                c, at = pair.get((prev, w), (0.0, t))
+                pair[(prev, w)] = (c * lb ** (t - at) + 1.0, t)
+                c, at = ctx.get(prev, (0.0, t))
+                ctx[prev] = (c * lb ** (t - at) + 1.0, t)
+            c, at = uni.get(nxt, (0.0, t))
+            out[0, t] = c * lu ** (t - at) / total
+            seen, at = ctx.get(w, (0.0, t))
+            if seen > 0.0:
+                c, at2 = pair.get((w, nxt), (0.0, t))
+                out[1, t] = (c * lb ** (t - at2)) / (seen * lb ** (t - at))
+        return out
 
 
 def fit_mixture(probs: np.ndarray, n_iter: int = 200, tol: float = 1e-9) -> np.ndarray:

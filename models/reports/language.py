@@ -145,7 +145,9 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
     if "dynamic R-GLM" in ppl:
         tail.append(f"with dynamic evaluation {ppl['dynamic R-GLM']:.1f}")
     if "R-GLM + KN5 + cache" in ppl:
-        tail.append(f"mixed with KN5 and a unigram cache {ppl['R-GLM + KN5 + cache']:.1f}")
+        tail.append(
+            f"mixed with KN5 and decaying unigram and bigram caches {ppl['R-GLM + KN5 + cache']:.1f}"
+        )
     if "dynamic R-GLM + KN5 + cache" in ppl:
         tail.append(f"and {ppl['dynamic R-GLM + KN5 + cache']:.1f} with dynamic evaluation")
     lines[-1] += ("; " + "; ".join(tail) if tail else "") + "."

@@ -1,12 +1,12 @@
-"""Kneser-Ney, the unigram cache and mixture weights against hand-computed values."""
+"""Kneser-Ney, the decaying caches and mixture weights against hand-computed values."""
 
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
 from v1motion.models.language.ngram import (
+    DecayingCache,
     KneserNeyLM,
-    UnigramCache,
     fit_mixture,
     mixture_log_probs,
     modified_kn_discounts,
@@ -79,12 +79,48 @@ def test_kn_rejects_bad_input():
         KneserNeyLM(2, discounts=[(0.5, 1, 1.5)]).fit(TOY, 4)
 
 
-def test_unigram_cache_hand_computed():
+def _caches_naive(tokens, lu, lb):
+    """The definition, summed anew for every position (O(n^2))."""
+    n = len(tokens)
+    out = np.zeros((2, n - 1))
+    for t in range(n - 1):
+        w = tokens[t + 1]
+        j = np.arange(t + 1)
+        weight = lu ** (t - j)
+        out[0, t] = (weight * (tokens[j] == w)).sum() / weight.sum()
+        j = np.arange(1, t + 1)  # the word at j followed an occurrence of tokens[t] at j - 1
+        after = tokens[j - 1] == tokens[t]
+        weight = lb ** (t - j) * after
+        if after.any():
+            out[1, t] = (weight * (tokens[j] == w)).sum() / weight.sum()
+    return out
+
+
+def test_decaying_caches_hand_computed():
     tokens = np.array([A, B, A, A, C])
-    # window of 2 before each target: {a} -> b: 0; {a,b} -> a: 1/2; {b,a} -> a: 1/2; {a,a} -> c: 0
-    np.testing.assert_allclose(UnigramCache(2).probs(tokens), [0.0, 0.5, 0.5, 0.0])
-    # window of 3: third target a sees {a, b, a}: 2/3
-    np.testing.assert_allclose(UnigramCache(3).probs(tokens), [0.0, 0.5, 2 / 3, 0.0])
+    # no decay: the unigram cache is the share of the target among the words so far: b after {a}
+    # 0; a after {a, b} 1/2; a after {a, b, a} 2/3; c 0. The bigram cache: after a, the words that
+    # followed earlier a's: none yet; none yet (b followed a, but the target is a); {b}; {b, a}.
+    got = DecayingCache(1.0, 1.0).probs(tokens)
+    np.testing.assert_allclose(got[0], [0.0, 0.5, 2 / 3, 0.0])
+    np.testing.assert_allclose(got[1], [0.0, 0.0, 0.0, 0.0])
+    # a decay of 1/2 halves the weight of each older word: a after {a, b, a}: (1/4 + 1) / (7/4)
+    np.testing.assert_allclose(DecayingCache(0.5, 1.0).probs(tokens)[0, 2], (0.25 + 1) / 1.75)
+    # after the second a, the bigram cache has seen b follow a once: a is 0 there, b would be 1
+    np.testing.assert_allclose(DecayingCache(1.0, 1.0).probs(np.array([A, B, A, B]))[1], [0, 0, 1])
+
+
+@pytest.mark.parametrize("lu, lb", [(0.9, 0.8), (1.0, 0.5), (0.99, 0.995)])
+def test_decaying_caches_match_their_definition_on_random_streams(rng, lu, lb):
+    tokens = rng.integers(0, 6, 80)
+    got = DecayingCache(lu, lb).probs(tokens)
+    np.testing.assert_allclose(got, _caches_naive(tokens, lu, lb), rtol=1e-9, atol=1e-12)
+    assert got.shape == (2, 79)
+    assert DecayingCache().probs(np.array([A])).shape == (2, 0)
+    with pytest.raises(ValueError, match="unigram_decay"):
+        DecayingCache(0.0, 0.5)
+    with pytest.raises(ValueError, match="bigram_decay"):
+        DecayingCache(0.5, 1.5)
 
 
 def test_fit_mixture_matches_direct_optimisation(rng):
