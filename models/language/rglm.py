@@ -751,20 +751,26 @@ class LinearRecurrentLM:
         learning_rate: float = 0.05,
         chunk: int = 20,
         progress: bool = False,
+        decay: float = 0.0,
     ) -> np.ndarray:
         """Dynamic evaluation: log P of ``tokens[1:]`` while training online on the stream.
 
         The stream is cut into windows of ``chunk`` predictions. Each window is scored with the
         current parameters first; only then is one SGD step (:func:`dynamic_step`: exact
         full-softmax gradient summed over the window, BPTT inside it) taken on it. So no token
-        ever influences the parameters that score it. The fitted parameters are left untouched
-        (a float32 copy is adapted).
+        ever influences the parameters that score it. After each step the parameters move back
+        towards the fitted ones by ``decay`` of the difference (Krause et al. 2018's decay to the
+        global prior: what the stream taught fades, so a larger step can be taken); 0 keeps every
+        step. The fitted parameters are left untouched (a float32 copy is adapted).
         """
         self._check_fitted()
         if chunk < 1 or learning_rate < 0:
             raise ValueError("chunk must be >= 1 and learning_rate >= 0")
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"decay must be in [0, 1], got {decay}")
         tokens = np.asarray(tokens, dtype=np.int64)
         params = _copy_params(self.params_, np.float32)
+        fitted = _copy_params(self.params_, np.float32) if decay > 0 else None
         H = params["E"].shape[1]
         h = np.zeros((1, H), np.float32)
         out = np.empty(len(tokens) - 1, np.float64)
@@ -778,6 +784,10 @@ class LinearRecurrentLM:
             out[s:e], h = dynamic_step(
                 params, tokens[s:e], tokens[s + 1 : e + 1], h, learning_rate, classes=self.classes_
             )
+            if fitted is not None:
+                for k, p in params.items():
+                    if p is not None:
+                        p += np.float32(decay) * (fitted[k] - p)
         return out
 
     def next_word_log_probs(self, context: np.ndarray) -> np.ndarray:

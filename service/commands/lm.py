@@ -132,7 +132,8 @@ def add_parser(subparsers) -> None:
         "--dynamic-lr",
         type=float,
         default=None,
-        help="learning rate of dynamic evaluation (default: tuned on valid)",
+        help="learning rate of dynamic evaluation (default: tuned on valid; its decay to the "
+        "fitted weights is tuned on valid either way)",
     )
     e.add_argument("--baselines", action="store_true", help="add KN5, cache and mixtures")
     e.add_argument(

@@ -108,6 +108,22 @@ def test_dynamic_evaluation_adapts_and_reduces_to_static_at_zero_rate(rng):
     np.testing.assert_allclose(model.log_probs(seq), static)  # the fitted model is untouched
 
 
+def test_dynamic_evaluation_decays_back_to_the_fitted_weights(rng):
+    model = _fitted(rng, V=8, H=4)
+    seq = np.tile(rng.integers(0, 8, 7), 30)
+    static = model.log_probs(seq)
+    # a decay of 1 undoes every step before the next window is scored: the static model
+    undone = model.dynamic_log_probs(seq, learning_rate=0.5, chunk=10, decay=1.0)
+    np.testing.assert_allclose(undone, static, atol=1e-5)
+    # in between, the stream still teaches it, less than without decay
+    kept = model.dynamic_log_probs(seq, learning_rate=0.01, chunk=10)
+    faded = model.dynamic_log_probs(seq, learning_rate=0.01, chunk=10, decay=0.2)
+    assert static[-70:].mean() + 0.05 < faded[-70:].mean() < kept[-70:].mean() - 0.05
+    np.testing.assert_allclose(model.log_probs(seq), static)  # the fitted model is untouched
+    with pytest.raises(ValueError, match="decay"):
+        model.dynamic_log_probs(seq, decay=1.5)
+
+
 @pytest.mark.parametrize("recurrence", ["diagonal", "full"])
 @pytest.mark.parametrize("tied", [True, False])
 def test_dynamic_step_equals_sgd_on_the_window_gradient(rng, recurrence, tied):
