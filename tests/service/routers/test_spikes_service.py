@@ -3,7 +3,6 @@
 import io
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -141,10 +140,11 @@ def test_fit_does_not_block_the_event_loop():
     """While a slow fit runs in the worker thread, the app keeps answering."""
     from v1motion.service.routers import spikes as spikes_router
 
-    gate = threading.Event()
+    entered, gate = threading.Event(), threading.Event()
     real = spikes_router._fit
 
     def slow_fit(y, spec):
+        entered.set()
         gate.wait(10)
         return real(y, spec)
 
@@ -156,7 +156,7 @@ def test_fit_does_not_block_the_event_loop():
             result = {}
             t = threading.Thread(target=lambda: result.setdefault("r", _fit(c)))
             t.start()
-            time.sleep(0.2)
+            assert entered.wait(10)
             assert c.get("/healthz").status_code == 200  # answered while the fit waits
             assert "r" not in result
             gate.set()
@@ -169,15 +169,17 @@ def test_fit_does_not_block_the_event_loop():
 def test_too_many_pending_fits_get_429():
     from v1motion.service.routers import spikes as spikes_router
 
-    gate = threading.Event()
+    # The first fit holds its place until the second request has been answered; the second is
+    # sent only once the first is inside the worker (a fixed sleep raced with a loaded machine).
+    entered, gate = threading.Event(), threading.Event()
     real = spikes_router._fit
-    spikes_router._fit = lambda y, spec: (gate.wait(10), real(y, spec))[1]
+    spikes_router._fit = lambda y, spec: (entered.set(), gate.wait(10), real(y, spec))[2]
     try:
         app = create_app(Settings(spikes_max_pending=1))
         with TestClient(app) as c:
             t = threading.Thread(target=lambda: _fit(c))
             t.start()
-            time.sleep(0.2)
+            assert entered.wait(10)
             r = _fit(c)
             assert r.status_code == 429 and "retry" in r.json()["detail"]
             gate.set()
