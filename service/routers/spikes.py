@@ -161,11 +161,15 @@ class SpikeModelCreate(SpikeData):
 class FitPublic(BaseModel):
     """How the optimiser ended (L-BFGS for most kinds, EM for ``lds`` and ``plds``)."""
 
-    converged: bool = Field(description="a stopping criterion was met (stop_reason gtol or ftol)")
+    converged: bool = Field(
+        description="L-BFGS: the largest gradient entry of the per-bin loss is at most tol "
+        "(stop_reason gtol); EM: the gain per bin fell below tol (stop_reason ftol)"
+    )
     stop_reason: str = Field(
-        description="gtol: gradient below tol; ftol: loss change below scipy's relative ftol; "
-        "max_iter: iteration cap (not converged); max_fun: evaluation cap; line_search: no step "
-        "decreased the loss; closed_form: no iterations needed"
+        description="gtol: gradient below tol; ftol: EM gain per bin below tol (for L-BFGS: an "
+        "iteration that did not lower the loss at all, not converged); max_iter: iteration cap (not "
+        "converged); max_fun: evaluation cap; line_search: no acceptable step; closed_form: no "
+        "iterations needed"
     )
     grad_norm: float | None = Field(
         description="largest absolute gradient entry of the per-bin loss at the fit (null for EM)"
