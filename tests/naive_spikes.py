@@ -75,16 +75,17 @@ def adjoint_recursion(direct, R):
     return lam
 
 
-def stable_recurrence(r_real, r_mod, r_angle):
+def stable_recurrence(r_real, r_mod, r_angle, angle_scale=None):
     """Block-diagonal R entry by entry: ``tanh`` real eigenvalues, then rotation blocks scaled by a sigmoid
-    (angle ``r_angle (1 - m)``)."""
+    (angle ``r_angle (1 - m)``, or ``r_angle angle_scale[j]`` when the unit is given)."""
     d = len(r_real) + 2 * len(r_mod)
     R = np.zeros((d, d))
     for k, p in enumerate(r_real):
         R[k, k] = math.tanh(p)
     for j, (q, a) in enumerate(zip(r_mod, r_angle, strict=True)):
         m = 1.0 / (1.0 + math.exp(-q))
-        a = a * (1.0 - m)  # the angle in units of the decay per bin
+        # the angle in units of the decay per bin, or of a given constant
+        a = a * ((1.0 - m) if angle_scale is None else angle_scale[j])
         i = len(r_real) + 2 * j
         R[i, i], R[i, i + 1] = m * math.cos(a), -m * math.sin(a)
         R[i + 1, i], R[i + 1, i + 1] = m * math.sin(a), m * math.cos(a)

@@ -55,10 +55,11 @@ OPTIONS = {
     "rglm_correlated": {
         "n_hidden": 16,
         "l2": 1e-4,
+        "l2_state": 3e-4,
         "max_iter": 4000,
         "init": "glm",
     },
-    "rglm": {"n_hidden": 8, "l2": 1e-4, "max_iter": 1500, "init": "glm"},
+    "rglm": {"n_hidden": 8, "l2": 1e-4, "l2_state": 3e-4, "max_iter": 4000, "init": "glm"},
 }
 ORDERINGS = ["rate", "rate_ascending", "index", "random"]
 SAMPLE_KINDS = [

@@ -57,10 +57,17 @@ def linear_recursion(drive: np.ndarray, R: np.ndarray) -> np.ndarray:
     Returns
     -------
     X : ndarray of shape (n_trials, n_bins, n_hidden)
+
+    Notes
+    -----
+    A tridiagonal ``R`` (the fitted R-GLM's block form: 1x1 and 2x2 blocks) takes a kernel with three
+    products per state and bin instead of ``n_hidden`` (:func:`_tridiagonal`).
     """
-    return _linear_recursion(
-        np.ascontiguousarray(drive, dtype=np.float64), np.ascontiguousarray(R, dtype=np.float64)
-    )
+    drive = np.ascontiguousarray(drive, dtype=np.float64)
+    band = _tridiagonal(R)
+    if band is not None:
+        return _linear_recursion_band(drive, *band)
+    return _linear_recursion(drive, np.ascontiguousarray(R, dtype=np.float64))
 
 
 def adjoint_recursion(direct: np.ndarray, R: np.ndarray) -> np.ndarray:
@@ -76,9 +83,60 @@ def adjoint_recursion(direct: np.ndarray, R: np.ndarray) -> np.ndarray:
     -------
     lam : ndarray of shape (n_trials, n_bins, n_hidden), ``dL/dx^t``.
     """
-    return _adjoint_recursion(
-        np.ascontiguousarray(direct, dtype=np.float64), np.ascontiguousarray(R, dtype=np.float64)
-    )
+    direct = np.ascontiguousarray(direct, dtype=np.float64)
+    band = _tridiagonal(R)
+    if band is not None:
+        return _adjoint_recursion_band(direct, *band)
+    return _adjoint_recursion(direct, np.ascontiguousarray(R, dtype=np.float64))
+
+
+def _tridiagonal(R: np.ndarray):
+    """``(lower, diagonal, upper)`` of ``R`` when it is tridiagonal (``lower[i] = R[i, i-1]``,
+    ``upper[i] = R[i, i+1]``, zero where they do not exist), else ``None``."""
+    R = np.asarray(R, dtype=np.float64)
+    if np.any(np.triu(R, 2)) or np.any(np.tril(R, -2)):
+        return None
+    d = R.shape[0]
+    lower, upper = np.zeros(d), np.zeros(d)
+    lower[1:] = np.diagonal(R, -1)
+    upper[:-1] = np.diagonal(R, 1)
+    return lower, np.ascontiguousarray(np.diagonal(R)), upper
+
+
+@njit(cache=True, nogil=True)
+def _linear_recursion_band(drive, lower, diag, upper):
+    n_trials, n_bins, d = drive.shape
+    X = np.empty_like(drive)
+    for k in range(n_trials):
+        for i in range(d):
+            X[k, 0, i] = drive[k, 0, i]
+        for t in range(1, n_bins):
+            for i in range(d):
+                acc = drive[k, t, i] + diag[i] * X[k, t - 1, i]
+                if i > 0:
+                    acc += lower[i] * X[k, t - 1, i - 1]
+                if i < d - 1:
+                    acc += upper[i] * X[k, t - 1, i + 1]
+                X[k, t, i] = acc
+    return X
+
+
+@njit(cache=True, nogil=True)
+def _adjoint_recursion_band(direct, lower, diag, upper):
+    # lam^t_i = direct^{t+1}_i + sum_j R[j, i] lam^{t+1}_j, with R[i-1, i] = upper[i-1] and
+    # R[i+1, i] = lower[i+1]
+    n_trials, n_bins, d = direct.shape
+    lam = np.zeros_like(direct)
+    for k in range(n_trials):
+        for t in range(n_bins - 2, -1, -1):
+            for i in range(d):
+                acc = direct[k, t + 1, i] + diag[i] * lam[k, t + 1, i]
+                if i > 0:
+                    acc += upper[i - 1] * lam[k, t + 1, i - 1]
+                if i < d - 1:
+                    acc += lower[i + 1] * lam[k, t + 1, i + 1]
+                lam[k, t, i] = acc
+    return lam
 
 
 @njit(cache=True, nogil=True)
@@ -167,7 +225,12 @@ def realise_filters(K: np.ndarray, n_hidden: int) -> dict[str, np.ndarray]:
     return out
 
 
-def stable_recurrence(r_real: np.ndarray, r_mod: np.ndarray, r_angle: np.ndarray) -> np.ndarray:
+def stable_recurrence(
+    r_real: np.ndarray,
+    r_mod: np.ndarray,
+    r_angle: np.ndarray,
+    angle_scale: np.ndarray | None = None,
+) -> np.ndarray:
     """The recurrence matrix from its unconstrained parameters: stable by construction.
 
     Parameters
@@ -175,8 +238,11 @@ def stable_recurrence(r_real: np.ndarray, r_mod: np.ndarray, r_angle: np.ndarray
     r_real : ndarray of shape (n_real,)
         Real eigenvalues ``tanh(r_real)`` (in (-1, 1)), on the first ``n_real`` diagonal entries.
     r_mod, r_angle : ndarrays of shape (n_pairs,)
-        Complex pairs ``m e^{±i a}`` with modulus ``m = sigmoid(r_mod)`` and angle ``a = r_angle (1 - m)``,
+        Complex pairs ``m e^{±i a}`` with modulus ``m = sigmoid(r_mod)`` and angle ``a = r_angle s``,
         each a 2x2 block ``m [[cos a, -sin a], [sin a, cos a]]`` after the real part.
+    angle_scale : ndarray of shape (n_pairs,), optional
+        The unit ``s`` of each pair's angle: a constant (the R-GLM fixes it at the start of a fit, see
+        its ``angle_scale_``); ``None``: ``s = 1 - m``, the decay per bin at the current modulus.
 
     Returns
     -------
@@ -193,7 +259,12 @@ def stable_recurrence(r_real: np.ndarray, r_mod: np.ndarray, r_angle: np.ndarray
     decay per bin ``1 - m`` (about one over the timescale in bins): the phase after ``k`` bins is ``k a``,
     so the loss's slope in a raw angle grows with the square of the timescale (measured: the largest
     gradient entry of a retina fit, 0.1-0.35, sat in the raw angles of the slow pairs); in these units
-    it grows like the timescale, as for the moduli.
+    it grows like the timescale, as for the moduli. With ``s = 1 - m`` tied to the current modulus,
+    a change of ``r_mod`` also changes the angle, by ``r_angle`` times the relative change of the decay:
+    for an oscillating pair (``|r_angle|`` 20-30 on the retina) the loss is then ~``r_angle^2`` times
+    stiffer in ``r_mod`` than in anything else (measured: the Hessian's largest eigenvalue 105, on
+    ``r_mod`` of a pair with ``r_angle = -28``, against 2 with the unit held constant); a constant
+    ``s`` keeps the two apart.
     """
     n_real, n_pairs = len(r_real), len(r_mod)
     d = n_real + 2 * n_pairs
@@ -201,7 +272,7 @@ def stable_recurrence(r_real: np.ndarray, r_mod: np.ndarray, r_angle: np.ndarray
     idx = np.arange(n_real)
     R[idx, idx] = np.tanh(r_real)
     m = 1.0 / (1.0 + np.exp(-np.asarray(r_mod, float)))
-    a = np.asarray(r_angle, float) * (1.0 - m)
+    a = np.asarray(r_angle, float) * ((1.0 - m) if angle_scale is None else angle_scale)
     c, s = m * np.cos(a), m * np.sin(a)
     p = n_real + 2 * np.arange(n_pairs)
     R[p, p], R[p, p + 1], R[p + 1, p], R[p + 1, p + 1] = c, -s, s, c
@@ -209,7 +280,11 @@ def stable_recurrence(r_real: np.ndarray, r_mod: np.ndarray, r_angle: np.ndarray
 
 
 def stable_recurrence_grad(
-    G: np.ndarray, r_real: np.ndarray, r_mod: np.ndarray, r_angle: np.ndarray
+    G: np.ndarray,
+    r_real: np.ndarray,
+    r_mod: np.ndarray,
+    r_angle: np.ndarray,
+    angle_scale: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chain rule through :func:`stable_recurrence`: from ``G = dL/dR`` to the gradients of its parameters."""
     n_real, n_pairs = len(r_real), len(r_mod)
@@ -217,14 +292,18 @@ def stable_recurrence_grad(
     g_real = G[idx, idx] * (1.0 - np.tanh(r_real) ** 2)
     m = 1.0 / (1.0 + np.exp(-np.asarray(r_mod, float)))
     phi = np.asarray(r_angle, float)
-    a = phi * (1.0 - m)
+    scale = (1.0 - m) if angle_scale is None else np.asarray(angle_scale, float)
+    a = phi * scale
     c, s = np.cos(a), np.sin(a)
     p = n_real + 2 * np.arange(n_pairs)
     Gpp, Gpq, Gqp, Gqq = G[p, p], G[p, p + 1], G[p + 1, p], G[p + 1, p + 1]
     dm = (Gpp + Gqq) * c + (Gqp - Gpq) * s  # dL/d(modulus) at a fixed angle
     da = m * (-(Gpp + Gqq) * s + (Gqp - Gpq) * c)  # dL/d(angle)
-    g_mod = (dm - phi * da) * m * (1.0 - m)
-    g_angle = da * (1.0 - m)
+    if angle_scale is None:  # the angle moves with the modulus
+        g_mod = (dm - phi * da) * m * (1.0 - m)
+    else:
+        g_mod = dm * m * (1.0 - m)
+    g_angle = da * scale
     return g_real, g_mod, g_angle
 
 
@@ -353,11 +432,16 @@ class RGLM(SpikeModel):
     n_basis : int, default 4
         Basis functions per history filter (with ``n_lags > 0``).
     max_iter : int, default 4000
-        L-BFGS iterations (16-state retina fits needed about 2800 or more to meet ``ftol``; each costs
-        one pass of BPTT over the data).
-    l2_state : float, optional
-        L2 penalty on the state's weights ``U0``, ``C`` (and ``B``); default ``l2``. The start GLM uses
-        ``l2``.
+        L-BFGS iterations (16-state retina fits need 1500-2700 to bring their largest gradient entry
+        below ``tol``; each costs one pass of BPTT over the data).
+    l2_state : float or None, default 3e-4
+        L2 penalty on the state's weights ``U0``, ``C`` (and ``B``); ``None``: ``l2``. The start GLM uses
+        ``l2``. Chosen on held-out trials (issue 16; ``bench/spikes_rglm_l2.py``: fold 0's training
+        trials, 19 fit and 5 validation): 3e-4 gained +2.284 / +2.334 bits/spike (Movie1Exp1 /
+        Movie2Exp1) against +2.270 / +2.303 with 1e-3 and +2.069 / +2.137 with 3e-3, every fit
+        converged (largest gradient entry below ``tol``, 867-3038 iterations). With ``l2`` (1e-4) the
+        fits did not converge within 4000 iterations: the penalty also fixes the balance between a
+        mode's ``U0`` row and ``C`` column, a direction the likelihood leaves flat.
     Other parameters as :class:`v1motion.models.spikes.base.SpikeModel`.
 
     Attributes
@@ -403,7 +487,7 @@ class RGLM(SpikeModel):
         input_cap=1.0,
         n_lags=0,
         n_basis=4,
-        l2_state=None,
+        l2_state=3e-4,
         max_drive=None,
     ):
         super().__init__(
@@ -460,6 +544,7 @@ class RGLM(SpikeModel):
         params["R_real"] = np.arctanh(mods[: self.n_real_])
         params["R_mod"] = np.log(mods[self.n_real_ :] / (1 - mods[self.n_real_ :]))
         params["R_angle"] = np.zeros(n_pairs)  # a real double eigenvalue
+        self.angle_scale_ = 1.0 - mods[self.n_real_ :]
         # C = 0: the first steps then move only the read-out (the gradient with respect to R and W0 is
         # zero), instead of a large step in R whose slow modes have steep gradients and can run away
         params["C"] = np.zeros((n, d))
@@ -484,6 +569,8 @@ class RGLM(SpikeModel):
         real = realise_filters(K, d)
         block = to_block_form(real["W0"], real["R"], real["C"])
         self.n_real_ = len(block["R_real"])
+        # the angle's unit stays the decay per bin of the start (to_block_form's angles are in it)
+        self.angle_scale_ = 1.0 - 1.0 / (1.0 + np.exp(-block["R_mod"]))
         W0 = block.pop("W0")
         params.update(block)
         params["U0"] = W0 / input_gains(block["R_real"], block["R_mod"])[:, None]
@@ -525,11 +612,17 @@ class RGLM(SpikeModel):
         y[..., self.order_] = yp
         return glm.fit(y)
 
-    @staticmethod
-    def _R(params) -> np.ndarray:
+    def _R(self, params) -> np.ndarray:
         if "R" in params:
             return params["R"]
-        return stable_recurrence(params["R_real"], params["R_mod"], params["R_angle"])
+        return stable_recurrence(
+            params["R_real"], params["R_mod"], params["R_angle"], self._angle_scale()
+        )
+
+    def _angle_scale(self):
+        """The unit of each pair's angle (``angle_scale_``, fixed at the start of the fit); ``None``
+        (a model without it) ties it to the current modulus, as :func:`stable_recurrence` explains."""
+        return getattr(self, "angle_scale_", None)
 
     def _features(self, yp):
         """Filtered spike history (sparse, cached while fitting), as the GLM's."""
@@ -569,7 +662,11 @@ class RGLM(SpikeModel):
         direct = g @ C  # dL/dx^{t-1} through eta^t, at index t
         lam = adjoint_recursion(direct, R)  # lam[:, t] = dL/dx^t
         g_real, g_mod, g_angle = stable_recurrence_grad(
-            _outer_sum(lam, Xp), params["R_real"], params["R_mod"], params["R_angle"]
+            _outer_sum(lam, Xp),
+            params["R_real"],
+            params["R_mod"],
+            params["R_angle"],
+            self._angle_scale(),
         )
         gW0 = self._design(yp).outer(lam)
         gamma = input_gains(params["R_real"], params["R_mod"])
@@ -606,7 +703,7 @@ class RGLM(SpikeModel):
         def back(gG):
             M = np.linalg.solve((eye - R).T, C.T @ gG)  # dL/dW0
             g_real, g_mod, g_angle = stable_recurrence_grad(
-                M @ Z.T, params["R_real"], params["R_mod"], params["R_angle"]
+                M @ Z.T, params["R_real"], params["R_mod"], params["R_angle"], self._angle_scale()
             )
             gamma = input_gains(params["R_real"], params["R_mod"])
             gr, gm = input_gains_grad(
