@@ -412,9 +412,9 @@ def assemble(out_dir: Path) -> str:
         "",
         "## How each fit ended",
         "",
-        "Per row and recording, over the folds: fits that met a stopping criterion (`gtol`: largest "
-        "gradient entry of the per-bin loss ≤ `tol`; `ftol`: the loss changed by less than 2.2e-9 "
-        "relative in one iteration; the LDSs: EM gain per bin below its `tol`), the stop reasons, the "
+        "Per row and recording, over the folds: fits that converged (L-BFGS, `gtol`: largest "
+        "gradient entry of the per-bin loss ≤ `tol`, the only test, since L-BFGS's relative test on "
+        "the loss is off; the LDSs, `ftol`: EM gain per bin below its `tol`), the stop reasons, the "
         "largest final gradient entry (for EM: the largest last change of the log-likelihood, or of the "
         "Poisson LDS's ELBO, in nats per bin), the most iterations and the longest fit (wall seconds on the "
         "training trials, one thread, `nice`d, on a shared 2-core machine with other jobs running).",
