@@ -62,9 +62,8 @@ def tune_dynamic(
     """Dynamic evaluation's ``(learning rate, decay)`` with the best perplexity on the start of
     ``valid``, among :data:`DYNAMIC_SETTINGS` (those of learning rate ``lr`` if it is given)."""
     part = valid[:TUNE_TOKENS]
-    settings = [(a, d) for a, d in DYNAMIC_SETTINGS if lr is None or a == lr] or [
-        (lr, d) for d in sorted({d for _, d in DYNAMIC_SETTINGS})
-    ]
+    decays = sorted({d for _, d in DYNAMIC_SETTINGS})
+    settings = DYNAMIC_SETTINGS if lr is None else [(lr, d) for d in decays]
     scores = {}
     for a, d in settings:
         logp = model.dynamic_log_probs(part, learning_rate=a, chunk=DYNAMIC_CHUNK, decay=d)
@@ -138,14 +137,13 @@ def ptb_table(
         # the caches' decays: best KN5 + cache mixture on valid
         best = None
         for decays in CACHE_DECAYS:
-            probs = np.vstack(
-                [np.exp(lp["kn", "valid"])[None], DecayingCache(*decays).probs(valid)]
-            )
+            pc = DecayingCache(*decays).probs(valid)
+            probs = np.vstack([np.exp(lp["kn", "valid"])[None], pc])
             ll = mixture_log_probs(probs, fit_mixture(probs)).mean()
             if best is None or ll > best[0]:
-                best = (ll, decays)
-        decays = best[1]
-        cache = {s: DecayingCache(*decays).probs(data[s]) for s in ("valid", split)}
+                best = (ll, decays, pc)
+        _, decays, pc = best
+        cache = {"valid": pc, split: DecayingCache(*decays).probs(data[split])}
         about = f"unigram and bigram caches decaying {decays[0]} and {decays[1]} per word"
         mixes = [("KN5 + cache", ["kn"]), ("R-GLM + KN5 + cache", ["rglm", "kn"])]
         if dynamic:

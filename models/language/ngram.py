@@ -208,9 +208,8 @@ class DecayingCache:
         lu, lb = self.unigram_decay, self.bigram_decay
         uni: dict[int, tuple[float, int]] = {}  # word -> (decayed count, as of position)
         pair: dict[tuple[int, int], tuple[float, int]] = {}
-        ctx: dict[
-            int, tuple[float, int]
-        ] = {}  # word -> decayed count of the words that followed it
+        # word -> decayed count of the words that followed it
+        ctx: dict[int, tuple[float, int]] = {}
         total = 0.0
         for t in range(n - 1):
             w, nxt = int(tokens[t]), int(tokens[t + 1])
