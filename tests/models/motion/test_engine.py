@@ -1,6 +1,8 @@
 """The per-frame engine: output contract, recurrent state, and clear errors on bad frames."""
 
 import json
+import platform
+import sys
 
 import numba
 import numpy as np
@@ -59,6 +61,28 @@ def test_grey_float_and_uint8_agree(engine, rng):
     r1 = engine.step(engine.new_state(), f)
     r2 = engine.step(engine.new_state(), f.astype(np.float32) / 255)
     np.testing.assert_allclose(r1.direction, r2.direction, atol=1e-5)
+
+
+def test_to_grey_gives_the_float32_quotients_of_the_grey_levels():
+    levels = np.arange(256, dtype=np.uint8)
+    grey = np.repeat(levels[None], 3, 0)
+    want = grey.astype(np.float32) / 255.0
+    np.testing.assert_array_equal(to_grey(grey), want)
+    bgr = np.repeat(grey[..., None], 3, 2)  # equal channels: grey levels as they are
+    np.testing.assert_array_equal(to_grey(bgr), want)
+    bgra = np.concatenate([bgr, np.zeros_like(bgr[..., :1])], 2)
+    np.testing.assert_array_equal(to_grey(bgra), want)
+    assert to_grey(bgr).dtype == np.float32
+
+
+@pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+    reason="the heap setting is glibc's",
+)
+def test_engines_keep_the_heap_for_the_next_frame(engine):
+    from v1motion.models.motion import engine as engine_module
+
+    assert engine_module.keep_heap() is True
 
 
 def test_constant_frame_has_no_confident_motion(engine):
