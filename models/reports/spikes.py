@@ -56,7 +56,7 @@ OPTIONS = {
         "n_hidden": 16,
         "l2": 1e-4,
         "l2_state": 3e-4,
-        "max_iter": 4000,
+        "max_iter": 10000,
         "init": "glm",
     },
     "rglm": {"n_hidden": 8, "l2": 1e-4, "l2_state": 3e-4, "max_iter": 4000, "init": "glm"},
