@@ -325,6 +325,74 @@ def axis_coherence(axis_sums, sigma: float, offsets=None) -> tuple[np.ndarray, n
     return coherence.astype(np.float32), axis
 
 
+def pool_constraints(
+    direction, speed, weight, one_axis, axis, sigma: float, lo: float, hi: float, prior: float
+):
+    """The aperture problem, solved over a neighbourhood (intersection of constraints). A cell whose
+    units see one axis of motion measures only the velocity's component along that axis (a horizontal
+    strand of hair moving up and to the left is seen moving up); a cell whose units see several
+    axes measures the whole velocity. Each cell's velocity becomes the weighted least-squares velocity
+    that best meets the constraints of the cells around it, blended in as far as the cell itself
+    sees one axis only; where every neighbour sees the same axis (a grating) nothing fixes the motion
+    along it, and the cell keeps its own reading.
+
+    Parameters
+    ----------
+    direction, speed : (rows, cols) radians, px/frame: each cell's motion (after ``along_one_axis``).
+    weight : (rows, cols) >= 0, how much each cell's constraint counts (its confidence).
+    one_axis : (rows, cols) in [0, 1], the cells' coherence on the scale of gratings of their axis
+        (``coherence_on_axis_scale``); ``axis`` (rows, cols) radians, their axis (``axis_coherence``).
+    sigma : the neighbourhood, a Gaussian of ``sigma`` cells.
+    lo, hi : a cell's constraint goes from the whole velocity to the component along its axis, and
+        its blend towards the neighbourhood's solution from 0 to 1, as ``one_axis`` goes from ``lo`` to
+        ``hi``.
+    prior : weight of each cell's own velocity in its solution, relative to the mean weight of its
+        neighbourhood's constraints: it keeps nearly parallel constraints (a grating, whose cells' axes
+        differ by a few degrees) from swinging the solution along the stripes.
+
+    Notes
+    -----
+    Cell ``k`` with axis ``n_k`` and one-axis share ``a_k`` constrains a velocity ``u`` by
+    ``M_k = a_k n_k n_k^T + (1 - a_k) I``: it asks ``M_k u = M_k v_k``. Cell ``c`` takes
+    ``u_c = argmin sum_k g_ck w_k |M_k^(1/2) (u - v_k)|^2 + lam_c |u - v_c|^2`` with ``g`` the Gaussian
+    and ``lam_c = prior * trace(sum_k g_ck w_k M_k) / 2``, a 2 x 2 linear system per cell, and shows
+    ``(1 - a_c) v_c + a_c u_c``.
+
+    Returns
+    -------
+    direction (rows, cols) float32 radians, speed (rows, cols) float32 px/frame
+    """
+    if not 0 <= lo < hi:
+        raise ValueError(f"need 0 <= lo < hi, got lo={lo}, hi={hi}")
+    if not sigma > 0 or not prior > 0:
+        raise ValueError(f"sigma and prior must be > 0, got {sigma} and {prior}")
+    if direction.size == 0:
+        return direction.astype(np.float32), speed.astype(np.float32)
+    a = np.clip((one_axis - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    w = np.maximum(np.nan_to_num(weight, nan=0.0), 0.0).astype(np.float32)
+    nx, ny = np.cos(axis).astype(np.float32), np.sin(axis).astype(np.float32)
+    vx = (speed * np.cos(direction)).astype(np.float32)
+    vy = (speed * np.sin(direction)).astype(np.float32)
+    m11 = a * nx * nx + (1 - a)
+    m12 = a * nx * ny
+    m22 = a * ny * ny + (1 - a)
+    # per cell: w M, and w M v, summed over the neighbourhood
+    terms = np.stack([m11, m12, m22, m11 * vx + m12 * vy, m12 * vx + m22 * vy], -1) * w[..., None]
+    s11, s12, s22, r1, r2 = np.moveaxis(
+        cv2.GaussianBlur(terms, (0, 0), sigma, borderType=cv2.BORDER_REFLECT).reshape(terms.shape),
+        -1,
+        0,
+    )
+    lam = prior * 0.5 * (s11 + s22) + np.float32(1e-12)
+    s11, s22 = s11 + lam, s22 + lam
+    r1, r2 = r1 + lam * vx, r2 + lam * vy
+    det = s11 * s22 - s12 * s12
+    ux = (s22 * r1 - s12 * r2) / det
+    uy = (s11 * r2 - s12 * r1) / det
+    ox, oy = vx + a * (ux - vx), vy + a * (uy - vy)
+    return np.arctan2(oy, ox).astype(np.float32), np.hypot(ox, oy).astype(np.float32)
+
+
 def along_one_axis(direction, speed, coherence, axis, lo: float, hi: float):
     """The aperture problem, stated where it holds. Where the units around a cell respond to one axis
     of motion only (a grating, a long straight edge), they measure only the motion along that axis

@@ -391,7 +391,9 @@ def test_coarse_read_is_the_read_of_the_half_size_frame_where_it_is_fast(
         monkeypatch.setattr(engine_mod, "COARSE_CONFIDENT", 0.0)
         monkeypatch.setattr(engine_mod, "FINE_MOVING", -1.0)
 
-    kw = dict(seed=3, levels=3, pooling=Pooling(pool_px=(32, 96)))
+    # The constraints pool each cell with its neighbours after the cells are taken from either read,
+    # so they are off here: the composition holds for the steps that read each cell on its own.
+    kw = dict(seed=3, levels=3, pooling=Pooling(pool_px=(32, 96)), constraints=None)
     both = MotionEngine.random(**kw)
     fine, half = MotionEngine.random(**kw, coarse=False), MotionEngine.random(**kw, coarse=False)
     frames = stimuli.pan_sequence(stimuli.load_still("camera"), (256.0, 256.0), 0.7, 6.0, 6, shape)
@@ -554,6 +556,125 @@ def test_the_live_sources_gratings_read_at_their_truth(direction_deg, speed):
     assert abs(np.median(speeds) / speed - 1) < 0.25
 
 
+def _velocity(direction, speed):
+    return speed * np.cos(direction), speed * np.sin(direction)
+
+
+def test_one_axis_cells_take_the_motion_their_neighbourhood_constrains():
+    """A pan at 135 deg, (-1, 1) px/frame: the left half of the cells sees one axis only (horizontal
+    strands, axis 90 deg) and reads the component across them, (0, 1); the right half sees several
+    axes and reads the whole velocity. Pooled over the neighbourhood, the one-axis cells near the
+    textured half take the pan's velocity; the textured cells keep theirs."""
+    from v1motion.models.motion.mt_readout import pool_constraints
+
+    rows, cols = 6, 12
+    vx, vy = np.zeros((rows, cols)), np.ones((rows, cols))
+    vx[:, cols // 2 :] = -1.0
+    direction, speed = np.arctan2(vy, vx), np.hypot(vx, vy)
+    one_axis = np.where(np.arange(cols) < cols // 2, 1.0, 0.0)[None].repeat(rows, 0)
+    axis = np.full((rows, cols), np.pi / 2)
+    d2, s2 = pool_constraints(
+        direction, speed, np.ones((rows, cols)), one_axis, axis, 3.0, 0.05, 0.35, 0.1
+    )
+    ux, uy = _velocity(d2, s2)
+    np.testing.assert_allclose(uy, 1.0, atol=1e-4)  # the measured component is kept everywhere
+    np.testing.assert_allclose(ux[:, cols // 2 :], -1.0, atol=1e-5)  # textured cells unchanged
+    near = ux[:, cols // 2 - 2 : cols // 2]
+    assert np.all(near < -0.6), near  # was 0: the pan's motion along the strands is recovered
+    # without a textured neighbour nothing fixes the motion along the strands
+    d3, s3 = pool_constraints(
+        direction[:, : cols // 2], speed[:, : cols // 2], np.ones((rows, cols // 2)),
+        one_axis[:, : cols // 2], axis[:, : cols // 2], 3.0, 0.05, 0.35, 0.1,
+    )  # fmt: skip
+    np.testing.assert_allclose(np.rad2deg(d3), 90.0, atol=1e-3)
+    np.testing.assert_allclose(s3, 1.0, rtol=1e-4)
+
+
+def test_a_grating_keeps_its_normal_motion_under_the_constraints(rng):
+    """Every cell sees the same axis, its estimate a few degrees off from cell to cell: nearly
+    parallel constraints, which the prior keeps from swinging the motion along the stripes."""
+    from v1motion.models.motion.mt_readout import pool_constraints
+
+    shape = (15, 20)
+    axis = np.deg2rad(30.0 + rng.uniform(-4, 4, shape))
+    direction = axis.copy()
+    speed = np.full(shape, 2.0)
+    d2, s2 = pool_constraints(
+        direction, speed, rng.uniform(0.5, 1, shape), np.ones(shape), axis, 8.0, 0.05, 0.35, 0.1
+    )
+    err = np.rad2deg(np.abs(np.angle(np.exp(1j * (d2 - np.deg2rad(30.0))))))
+    assert np.median(err) < 3.0 and err.max() < 8.0, (np.median(err), err.max())
+    np.testing.assert_allclose(np.median(s2), 2.0, rtol=0.05)
+
+
+def test_cells_that_see_several_axes_are_left_as_they_are(rng):
+    from v1motion.models.motion.mt_readout import pool_constraints
+
+    shape = (7, 9)
+    d, s = rng.uniform(-np.pi, np.pi, shape), rng.uniform(0.5, 3, shape)
+    d2, s2 = pool_constraints(
+        d,
+        s,
+        np.ones(shape),
+        np.full(shape, 0.04),
+        rng.uniform(0, np.pi, shape),
+        4.0,
+        0.05,
+        0.35,
+        0.1,
+    )
+    np.testing.assert_allclose(np.cos(d2 - d), 1.0, atol=1e-6)
+    np.testing.assert_allclose(s2, s, rtol=1e-5)
+    for bad in [(0.0, 0.05, 0.35, 0.1), (4.0, 0.35, 0.05, 0.1), (4.0, 0.05, 0.35, 0.0)]:
+        with pytest.raises(ValueError):
+            pool_constraints(d, s, np.ones(shape), np.full(shape, 0.5), d, *bad)
+
+
+def test_pooled_constraints_match_the_per_cell_least_squares(rng):
+    """The numpy form against the definition, cell by cell, on the cells whose Gaussian does not
+    reach the edge: ``u = argmin sum_k g w_k |M_k^(1/2)(u - v_k)|^2 + lam |u - v_c|^2``."""
+    from v1motion.models.motion.mt_readout import pool_constraints
+
+    sigma, lo, hi, prior = 1.5, 0.05, 0.35, 0.1
+    shape = (24, 26)
+    d, s = rng.uniform(-np.pi, np.pi, shape), rng.uniform(0.2, 4, shape)
+    w, one_axis, axis = (
+        rng.uniform(0, 1, shape),
+        rng.uniform(0, 0.5, shape),
+        rng.uniform(0, np.pi, shape),
+    )
+    d2, s2 = pool_constraints(d, s, w, one_axis, axis, sigma, lo, hi, prior)
+    ksize = int(round(sigma * 8 + 1)) | 1  # OpenCV's kernel size for float images
+    g1 = cv2.getGaussianKernel(ksize, sigma).ravel()
+    half = ksize // 2
+    a = np.clip((one_axis - lo) / (hi - lo), 0, 1)
+    vx, vy = _velocity(d, s)
+    for i in range(half, shape[0] - half):
+        for j in range(half, shape[1] - half):
+            M, r = np.zeros((2, 2)), np.zeros(2)
+            for di in range(-half, half + 1):
+                for dj in range(-half, half + 1):
+                    k = (i + di, j + dj)
+                    n = np.array([np.cos(axis[k]), np.sin(axis[k])])
+                    Mk = a[k] * np.outer(n, n) + (1 - a[k]) * np.eye(2)
+                    gw = g1[di + half] * g1[dj + half] * w[k]
+                    M += gw * Mk
+                    r += gw * Mk @ np.array([vx[k], vy[k]])
+            lam = prior * np.trace(M) / 2
+            v = np.array([vx[i, j], vy[i, j]])
+            u = np.linalg.solve(M + lam * np.eye(2), r + lam * v)
+            want = v + a[i, j] * (u - v)
+            got = np.array(_velocity(d2[i, j], s2[i, j]))
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_the_constraints_are_validated_and_can_be_turned_off():
+    with pytest.raises(ValueError, match="constraints"):
+        MotionEngine.load_default(constraints=(8.0, 0.35, 0.05, 0.1))
+    assert MotionEngine.load_default(constraints=None).constraints is None
+    assert MotionEngine.load_default(aperture=None).constraints is None  # it needs the axes
+
+
 def test_the_aperture_read_is_validated_and_can_be_turned_off():
     with pytest.raises(ValueError, match="aperture"):
         MotionEngine.load_default(aperture=(0.8, 0.6))
@@ -670,7 +791,10 @@ def test_the_engine_reads_one_axis_relative_to_its_coherence_reference(rng, monk
     frames = [rng.integers(0, 255, (112, 160), dtype=np.uint8) for _ in range(3)]
     out = {}
     for name, reference in (("none", None), ("one", np.ones(8)), ("tiny", np.full(8, 0.1))):
-        engine = MotionEngine.random(seed=0, levels=3, coarse=False, coherence_reference=reference)
+        # the aperture step alone: the constraints would then pool the cells' different axes
+        engine = MotionEngine.random(
+            seed=0, levels=3, coarse=False, coherence_reference=reference, constraints=None
+        )
         state = engine.new_state()
         for frame in frames:
             mf = engine.step(state, frame)
