@@ -333,6 +333,130 @@ def _dynamic_step_classes(params, X, Y, h0, learning_rate, max_grad_norm, classe
     return lp[:, 0].astype(np.float64), hT
 
 
+def gradient_rms(
+    params: dict,
+    tokens: np.ndarray,
+    chunk: int,
+    batch: int = 100,
+    classes: WordClasses | None = None,
+) -> dict:
+    """Root mean square of each parameter's window gradient over a training stream.
+
+    Krause et al.'s (2018) gradient statistics for RMS-normalised dynamic evaluation:
+    ``tokens`` is cut into ``batch`` parallel streams (contiguous slices), read in windows of
+    ``chunk`` steps with the state carried from window to window; each window's gradient is that
+    of the mean loss over its ``chunk * batch`` tokens (exact softmax, no dropout).
+
+    Returns
+    -------
+    dict of float32 arrays shaped like the parameters (the keys of ``params`` that are not None)
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    steps = len(tokens) // batch
+    if chunk < 1 or steps < 2:
+        raise ValueError("need chunk >= 1 and at least two tokens per stream")
+    streams = tokens[: steps * batch].reshape(batch, steps).T  # (steps, batch)
+    E = params["E"]
+    h = np.zeros((batch, E.shape[1]), E.dtype)
+    ms = {k: np.zeros(v.shape, np.float64) for k, v in params.items() if v is not None}
+    count = 0
+    for s in range(0, steps - 1, chunk):
+        e = min(s + chunk, steps - 1)
+        _, grads, h = loss_and_grads(
+            params, streams[s:e], streams[s + 1 : e + 1], h, classes=classes
+        )
+        for k, g in grads.items():
+            ms[k] += np.square(g, dtype=np.float64)
+        count += 1
+    return {k: np.sqrt(v / count).astype(np.float32) for k, v in ms.items()}
+
+
+def rms_rates(rms: dict, decay: float, eps: float) -> tuple[dict, dict]:
+    """Per-weight ``(decay rates, 1 / (rms + eps))`` of Krause et al.'s RMS-normalised update.
+
+    Each weight decays at ``decay * rms / g`` towards the fitted value, ``g`` the mean over
+    parameter arrays of each array's mean RMS (so arrays count equally, whatever their size);
+    a rate is capped at 1 (Krause et al. cap ``rms / g`` at ``1 / decay``: no overshoot).
+    """
+    g = float(np.mean([float(np.mean(v)) for v in rms.values()]))
+    rates = {
+        k: np.minimum(np.float32(decay) * (v / np.float32(g)), 1.0).astype(np.float32)
+        for k, v in rms.items()
+    }
+    inv = {k: (1.0 / (v.astype(np.float64) + eps)).astype(np.float32) for k, v in rms.items()}
+    return rates, inv
+
+
+def _window_grads(params, X, Y, h0, classes):
+    """log P, last state and dense gradients of the mean loss of one window (n,) of a stream."""
+    if classes is not None:
+        _, grads, hT, lp = loss_and_grads(
+            params, X[:, None], Y[:, None], h0, return_logp=True, classes=classes
+        )
+        return lp[:, 0].astype(np.float64), hT, grads
+    E, P, r, c = params["E"], params["P"], params["r"], params["c"]
+    Wout = _out_matrix(params)
+    n = X.shape[0]
+    h = recur(E[X][:, None, :], r, h0)
+    h2 = h[:, 0, :]
+    u = h2 @ P
+    lp = log_softmax_rows(u @ Wout.T + c)
+    logp = lp[np.arange(n), Y].astype(np.float64)
+    G = np.exp(lp)
+    G[np.arange(n), Y] -= 1.0
+    G /= n
+    du = G @ Wout
+    dx, dr = recur_backward((du @ P.T)[:, None, :], r, h, h0)
+    grads = {"P": h2.T @ du, "r": dr, "c": G.sum(axis=0)}
+    dW = G.T @ u
+    if params.get("W") is None:
+        scatter_add_rows(dW, X, dx[:, 0, :])
+        grads["E"] = dW
+    else:
+        dE = np.zeros_like(E)
+        scatter_add_rows(dE, X, dx[:, 0, :])
+        grads["E"], grads["W"] = dE, dW
+    return logp, h[-1].copy(), grads
+
+
+def rms_dynamic_step(
+    params: dict,
+    fitted: dict,
+    X: np.ndarray,
+    Y: np.ndarray,
+    h0: np.ndarray,
+    learning_rate: float,
+    rates: dict,
+    inv_rms: dict,
+    classes: WordClasses | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score one window, then take Krause et al.'s (2018) RMS-normalised step on it, in place.
+
+    ``p += rates * (fitted - p) - learning_rate * g * inv_rms`` for every parameter, with ``g`` the
+    gradient of the window's mean loss (BPTT inside the window) and ``rates``, ``inv_rms`` from
+    :func:`rms_rates`; both terms use the parameters before the step.
+
+    Returns
+    -------
+    logp : (n,) log P(Y[i] | ..., X[i]) under the parameters before the update
+    hT : (1, H) state after the window (computed with the parameters before the update)
+    """
+    logp, hT, grads = _window_grads(params, X, Y, h0, classes)
+    lr = params["E"].dtype.type(learning_rate)
+    for k, g in grads.items():
+        p = params[k]
+        step = fitted[k] - p
+        step *= rates[k]
+        g *= inv_rms[k]
+        g *= lr
+        step -= g
+        p += step
+    r = params["r"]
+    if r.ndim == 1:
+        np.clip(r, -R_MAX, R_MAX, out=r)
+    return logp, hT
+
+
 def next_word_log_probs(
     params: dict, h: np.ndarray, classes: WordClasses | None = None
 ) -> np.ndarray:
@@ -752,6 +876,8 @@ class LinearRecurrentLM:
         chunk: int = 20,
         progress: bool = False,
         decay: float = 0.0,
+        rms: dict | None = None,
+        eps: float = 2e-5,
     ) -> np.ndarray:
         """Dynamic evaluation: log P of ``tokens[1:]`` while training online on the stream.
 
@@ -762,6 +888,11 @@ class LinearRecurrentLM:
         towards the fitted ones by ``decay`` of the difference (Krause et al. 2018's decay to the
         global prior: what the stream taught fades, so a larger step can be taken); 0 keeps every
         step. The fitted parameters are left untouched (a float32 copy is adapted).
+
+        With ``rms`` (each parameter's gradient RMS over training windows, :func:`gradient_rms`)
+        the step is instead Krause et al.'s (2018) RMS-normalised one (:func:`rms_dynamic_step`):
+        the gradient of the window's mean loss divided by ``rms + eps`` times ``learning_rate``,
+        and a decay of ``decay`` scaled per weight by its RMS (:func:`rms_rates`).
         """
         self._check_fitted()
         if chunk < 1 or learning_rate < 0:
@@ -770,7 +901,12 @@ class LinearRecurrentLM:
             raise ValueError(f"decay must be in [0, 1], got {decay}")
         tokens = np.asarray(tokens, dtype=np.int64)
         params = _copy_params(self.params_, np.float32)
-        fitted = _copy_params(self.params_, np.float32) if decay > 0 else None
+        fitted = _copy_params(self.params_, np.float32) if decay > 0 or rms is not None else None
+        if rms is not None:
+            names = {k for k, v in params.items() if v is not None}
+            if set(rms) != names:
+                raise ValueError(f"rms must have the parameters {sorted(names)}, got {sorted(rms)}")
+            rates, inv_rms = rms_rates(rms, decay, eps)
         H = params["E"].shape[1]
         h = np.zeros((1, H), np.float32)
         out = np.empty(len(tokens) - 1, np.float64)
@@ -781,9 +917,13 @@ class LinearRecurrentLM:
             starts = tqdm(starts, desc="dynamic eval", unit="win")
         for s in starts:
             e = min(s + chunk, len(tokens) - 1)
-            out[s:e], h = dynamic_step(
-                params, tokens[s:e], tokens[s + 1 : e + 1], h, learning_rate, classes=self.classes_
-            )
+            X, Y = tokens[s:e], tokens[s + 1 : e + 1]
+            if rms is not None:
+                out[s:e], h = rms_dynamic_step(
+                    params, fitted, X, Y, h, learning_rate, rates, inv_rms, self.classes_
+                )
+                continue
+            out[s:e], h = dynamic_step(params, X, Y, h, learning_rate, classes=self.classes_)
             if fitted is not None:
                 for k, p in params.items():
                     if p is not None:

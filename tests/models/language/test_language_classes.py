@@ -10,7 +10,9 @@ from v1motion.models.language.rglm import (
     R_MAX,
     LinearRecurrentLM,
     dynamic_step,
+    gradient_rms,
     loss_and_grads,
+    rms_dynamic_step,
 )
 
 
@@ -156,6 +158,40 @@ def test_class_dynamic_step_equals_sgd_and_scores_before_updating(rng):
             s = seq.copy()
             s[j] = v
             total += np.exp(model.dynamic_log_probs(s, learning_rate=0.5, chunk=10)[j - 1])
+        assert total == pytest.approx(1.0, abs=1e-5)
+
+
+def test_class_rms_dynamic_step_equals_krause_update_and_scores_before_updating(rng):
+    V, H, C, n, lr = 13, 4, 4, 6, 0.03
+    wc = WordClasses.from_counts(rng.integers(1, 50, V).astype(float), C)
+    p = _class_params(rng, V, H, C)
+    fitted = _class_params(rng, V, H, C)
+    names = [k for k, v in p.items() if v is not None]
+    rates = {k: rng.uniform(0.0, 1.0, p[k].shape) for k in names}
+    inv = {k: rng.uniform(0.5, 2.0, p[k].shape) for k in names}
+    X, Y = rng.integers(0, V, n), rng.integers(0, V, n)
+    h0 = rng.standard_normal((1, H))
+    _, grads, hT, lp = loss_and_grads(p, X[:, None], Y[:, None], h0, return_logp=True, classes=wc)
+    expected = {k: p[k] + rates[k] * (fitted[k] - p[k]) - lr * grads[k] * inv[k] for k in names}
+    expected["r"] = np.clip(expected["r"], -R_MAX, R_MAX)
+    logp, h = rms_dynamic_step(p, fitted, X, Y, h0, lr, rates, inv, classes=wc)
+    np.testing.assert_allclose(logp, lp[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(h, hT, rtol=1e-12)
+    for k in names:
+        np.testing.assert_allclose(p[k], expected[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    model = _class_model(rng, V=7, H=4, C=3)
+    rms = gradient_rms(
+        model.params_, rng.integers(0, 7, 200), chunk=5, batch=4, classes=model.classes_
+    )
+    assert set(rms) == {"E", "P", "r", "c", "Wc", "bc"}
+    seq = rng.integers(0, 7, 30)
+    for j in (1, 12, 29):
+        total = 0.0
+        for v in range(7):
+            s = seq.copy()
+            s[j] = v
+            kw = {"learning_rate": 1e-3, "chunk": 10, "decay": 0.01, "rms": rms}
+            total += np.exp(model.dynamic_log_probs(s, **kw)[j - 1])
         assert total == pytest.approx(1.0, abs=1e-5)
 
 

@@ -12,9 +12,13 @@ from v1motion.models.language.rglm import (
     LinearRecurrentLM,
     dequantize_rows,
     dynamic_step,
+    gradient_rms,
     loss_and_grads,
     max_norm_rows,
     quantize_rows,
+    recur,
+    rms_dynamic_step,
+    rms_rates,
     timescales,
 )
 
@@ -141,6 +145,97 @@ def test_dynamic_step_equals_sgd_on_the_window_gradient(rng, recurrence, tied):
     assert -logp.mean() == pytest.approx(loss)
     for k, v in expected.items():
         np.testing.assert_allclose(p[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_gradient_rms_is_the_rms_of_window_gradients_over_parallel_streams(rng):
+    V, H, chunk, batch = 7, 3, 4, 3
+    p = _random_params(rng, V, H)
+    tokens = rng.integers(0, V, 3 * 13 + 2)  # 13 steps per stream, 2 tokens left over
+    rms = gradient_rms(p, tokens, chunk, batch)
+    # twin: each stream read alone, its state carried by `recur`; a window's gradient of the mean
+    # loss over all streams is the mean of the streams' own mean-loss gradients (equal lengths)
+    streams = tokens[: 3 * 13].reshape(3, 13)
+    ms = {k: 0.0 for k in rms}
+    starts = range(0, 12, chunk)  # windows of 4, 4, 4 predictions
+    for s in starts:
+        total = {k: 0.0 for k in rms}
+        for b in range(batch):
+            x = p["E"][streams[b, :s]][:, None, :]
+            h0 = recur(x, p["r"], np.zeros((1, H)))[-1] if s else np.zeros((1, H))
+            X, Y = streams[b, s : s + chunk], streams[b, s + 1 : s + chunk + 1]
+            _, g, _ = loss_and_grads(p, X[:, None], Y[:, None], h0)
+            for k in total:
+                total[k] = total[k] + g[k] / batch
+        for k in ms:
+            ms[k] = ms[k] + total[k] ** 2
+    for k, v in rms.items():
+        np.testing.assert_allclose(v, np.sqrt(ms[k] / len(starts)), rtol=1e-5, err_msg=k)
+    with pytest.raises(ValueError, match="two tokens"):
+        gradient_rms(p, tokens[:5], chunk, batch)
+
+
+def test_rms_rates_by_hand():
+    rms = {
+        "E": np.ones((2, 2)),
+        "P": np.full((2, 2), 3.0),
+        "r": np.array([1.0, 3.0]),
+        "c": np.zeros(2),
+    }
+    # array means 1, 3, 2, 0 (each array counts once, whatever its size): g = 1.5
+    rates, inv = rms_rates(rms, decay=0.6, eps=0.5)
+    np.testing.assert_allclose(rates["E"], 0.4)  # 0.6 * 1 / 1.5
+    np.testing.assert_allclose(rates["P"], 1.0)  # 0.6 * 3 / 1.5 = 1.2, capped at 1
+    np.testing.assert_allclose(rates["r"], [0.4, 1.0])
+    np.testing.assert_allclose(rates["c"], 0.0)
+    np.testing.assert_allclose(inv["P"], 1 / 3.5)
+    np.testing.assert_allclose(inv["c"], 2.0)
+
+
+@pytest.mark.parametrize("recurrence", ["diagonal", "full"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_rms_dynamic_step_equals_krause_update_by_hand(rng, recurrence, tied):
+    V, H, n, lr = 9, 4, 6, 0.03
+    p = _random_params(rng, V, H, recurrence, tied)
+    fitted = _random_params(rng, V, H, recurrence, tied)
+    names = [k for k, v in p.items() if v is not None]
+    rates = {k: rng.uniform(0.0, 1.0, p[k].shape) for k in names}
+    inv = {k: rng.uniform(0.5, 2.0, p[k].shape) for k in names}
+    X, Y = rng.integers(0, V, n), rng.integers(0, V, n)
+    h0 = rng.standard_normal((1, H))
+    loss, grads, hT, lp = loss_and_grads(p, X[:, None], Y[:, None], h0, return_logp=True)
+    expected = {k: p[k] + rates[k] * (fitted[k] - p[k]) - lr * grads[k] * inv[k] for k in names}
+    if recurrence == "diagonal":
+        expected["r"] = np.clip(expected["r"], -R_MAX, R_MAX)
+    logp, h = rms_dynamic_step(p, fitted, X, Y, h0, lr, rates, inv)
+    np.testing.assert_allclose(logp, lp[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(h, hT, rtol=1e-12)
+    for k in names:
+        np.testing.assert_allclose(p[k], expected[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_rms_dynamic_evaluation_scores_before_updating_and_adapts(rng):
+    V = 6
+    model = _fitted(rng, V=V, H=4)
+    np.clip(model.params_["r"], -R_MAX, R_MAX, out=model.params_["r"])  # as fitted models are
+    rms = gradient_rms(model.params_, rng.integers(0, V, 400), chunk=10, batch=4)
+    kw = {"learning_rate": 1e-3, "chunk": 10, "decay": 0.01, "rms": rms}
+    seq = rng.integers(0, V, 40)
+    for j in (1, 13, 20, 39):
+        total = 0.0
+        for v in range(V):
+            s = seq.copy()
+            s[j] = v
+            total += np.exp(model.dynamic_log_probs(s, **kw)[j - 1])
+        assert total == pytest.approx(1.0, abs=1e-5)
+    seq = np.tile(rng.integers(0, V, 7), 30)
+    static = model.log_probs(seq)
+    np.testing.assert_allclose(
+        model.dynamic_log_probs(seq, **{**kw, "learning_rate": 0.0}), static, atol=1e-5
+    )
+    assert model.dynamic_log_probs(seq, **kw)[-70:].mean() > static[-70:].mean() + 0.1
+    np.testing.assert_allclose(model.log_probs(seq), static)  # the fitted model is untouched
+    with pytest.raises(ValueError, match="rms must have"):
+        model.dynamic_log_probs(seq, rms={"E": rms["E"]})
 
 
 def test_max_norm_and_timescales():
