@@ -56,3 +56,17 @@ def class_softmax(u, y, Wout, c, Wc, bc, word_class):
         lp_word = Wout[y[i]] @ u[i] + c[y[i]] - np.log(np.sum(np.exp(zw)))
         out[i] = lp_class + lp_word
     return out
+
+
+def assert_each_position_sums_to_one(model, seq, positions, **kw):
+    """Dynamic evaluation still gives every position one distribution over the words: summed by
+    brute force, every word put in turn at each of ``positions`` of ``seq`` (``kw`` for
+    ``model.dynamic_log_probs``)."""
+    n_words = model.params_["E"].shape[0]
+    for j in positions:
+        total = 0.0
+        for v in range(n_words):
+            s = np.array(seq).copy()
+            s[j] = v
+            total += np.exp(model.dynamic_log_probs(s, **kw)[j - 1])
+        assert abs(total - 1.0) <= 1e-5, (j, total)

@@ -151,14 +151,9 @@ def test_class_dynamic_step_equals_sgd_and_scores_before_updating(rng):
         np.testing.assert_allclose(p[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
     # dynamic evaluation of a class model: every position still gets one distribution
     model = _class_model(rng, V=7, H=4, C=3)
-    seq = rng.integers(0, 7, 30)
-    for j in (1, 12, 29):
-        total = 0.0
-        for v in range(7):
-            s = seq.copy()
-            s[j] = v
-            total += np.exp(model.dynamic_log_probs(s, learning_rate=0.5, chunk=10)[j - 1])
-        assert total == pytest.approx(1.0, abs=1e-5)
+    naive.assert_each_position_sums_to_one(
+        model, rng.integers(0, 7, 30), (1, 12, 29), learning_rate=0.5, chunk=10
+    )
 
 
 def test_class_rms_dynamic_step_equals_krause_update_and_scores_before_updating(rng):
@@ -184,15 +179,15 @@ def test_class_rms_dynamic_step_equals_krause_update_and_scores_before_updating(
         model.params_, rng.integers(0, 7, 200), chunk=5, batch=4, classes=model.classes_
     )
     assert set(rms) == {"E", "P", "r", "c", "Wc", "bc"}
-    seq = rng.integers(0, 7, 30)
-    for j in (1, 12, 29):
-        total = 0.0
-        for v in range(7):
-            s = seq.copy()
-            s[j] = v
-            kw = {"learning_rate": 1e-3, "chunk": 10, "decay": 0.01, "rms": rms}
-            total += np.exp(model.dynamic_log_probs(s, **kw)[j - 1])
-        assert total == pytest.approx(1.0, abs=1e-5)
+    naive.assert_each_position_sums_to_one(
+        model,
+        rng.integers(0, 7, 30),
+        (1, 12, 29),
+        learning_rate=1e-3,
+        chunk=10,
+        decay=0.01,
+        rms=rms,
+    )
 
 
 def test_class_model_save_load_round_trip(rng, tmp_path):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import tests.naive_language as naive_language
 from v1motion.models.datasets import shared_data_dir
 from v1motion.models.language.data import Vocabulary, load_ptb
 from v1motion.models.language.rglm import (
@@ -219,14 +220,9 @@ def test_rms_dynamic_evaluation_scores_before_updating_and_adapts(rng):
     np.clip(model.params_["r"], -R_MAX, R_MAX, out=model.params_["r"])  # as fitted models are
     rms = gradient_rms(model.params_, rng.integers(0, V, 400), chunk=10, batch=4)
     kw = {"learning_rate": 1e-3, "chunk": 10, "decay": 0.01, "rms": rms}
-    seq = rng.integers(0, V, 40)
-    for j in (1, 13, 20, 39):
-        total = 0.0
-        for v in range(V):
-            s = seq.copy()
-            s[j] = v
-            total += np.exp(model.dynamic_log_probs(s, **kw)[j - 1])
-        assert total == pytest.approx(1.0, abs=1e-5)
+    naive_language.assert_each_position_sums_to_one(
+        model, rng.integers(0, V, 40), (1, 13, 20, 39), **kw
+    )
     seq = np.tile(rng.integers(0, V, 7), 30)
     static = model.log_probs(seq)
     np.testing.assert_allclose(
