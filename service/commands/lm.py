@@ -133,9 +133,9 @@ def add_parser(subparsers) -> None:
         type=float,
         default=None,
         help="learning rate of the RMS-normalised dynamic evaluation, in units of each weight's "
-        "gradient RMS (about 4e-5 tuned on PTB; a plain-SGD rate such as 0.005 diverges). "
-        "Default: tuned on valid among 3e-5, 4e-5, 5e-5; its decay to the fitted weights is "
-        "tuned on valid either way",
+        "gradient RMS: about 4e-5 on PTB, where a plain-SGD rate such as 0.005 diverges "
+        "(default: tuned on valid among 3e-5, 4e-5, 5e-5; its decay to the fitted weights is "
+        "tuned on valid either way)",
     )
     e.add_argument("--baselines", action="store_true", help="add KN5, cache and mixtures")
     e.add_argument(
