@@ -281,17 +281,7 @@ def dynamic_step(
     E, P, r, c = params["E"], params["P"], params["r"], params["c"]
     Wout = _out_matrix(params)
     n = X.shape[0]
-    x = E[X][:, None, :]
-    h = recur(x, r, h0)
-    h2 = h[:, 0, :]
-    u = h2 @ P
-    lp = log_softmax_rows(u @ Wout.T + c)
-    logp = lp[np.arange(n), Y].astype(np.float64)
-    G = np.exp(lp)
-    G[np.arange(n), Y] -= 1.0  # gradient of the summed loss with respect to the logits
-    du = G @ Wout
-    dP = h2.T @ du
-    dx, dr = recur_backward((du @ P.T)[:, None, :], r, h, h0)
+    logp, h, u, G, dP, dx, dr = _window_backward(params, Wout, X, Y, h0, mean=False)
     lr = learning_rate
     if max_grad_norm is not None:
         # ||G^T u||_F^2 = sum((u u^T) * (G G^T)): the output-matrix part without forming it
@@ -387,15 +377,11 @@ def rms_rates(rms: dict, decay: float, eps: float) -> tuple[dict, dict]:
     return rates, inv
 
 
-def _window_grads(params, X, Y, h0, classes):
-    """log P, last state and dense gradients of the mean loss of one window (n,) of a stream."""
-    if classes is not None:
-        _, grads, hT, lp = loss_and_grads(
-            params, X[:, None], Y[:, None], h0, return_logp=True, classes=classes
-        )
-        return lp[:, 0].astype(np.float64), hT, grads
+def _window_backward(params, Wout, X, Y, h0, mean):
+    """Forward and backward pass of one window (n,) of a stream through the full softmax (output
+    matrix ``Wout``): ``(log P, states h, projected states u, logit gradient G, dP, dx, dr)`` for
+    the summed loss, or the mean loss if ``mean``."""
     E, P, r, c = params["E"], params["P"], params["r"], params["c"]
-    Wout = _out_matrix(params)
     n = X.shape[0]
     h = recur(E[X][:, None, :], r, h0)
     h2 = h[:, 0, :]
@@ -403,11 +389,25 @@ def _window_grads(params, X, Y, h0, classes):
     lp = log_softmax_rows(u @ Wout.T + c)
     logp = lp[np.arange(n), Y].astype(np.float64)
     G = np.exp(lp)
-    G[np.arange(n), Y] -= 1.0
-    G /= n
+    G[np.arange(n), Y] -= 1.0  # gradient of the summed loss with respect to the logits
+    if mean:
+        G /= n
     du = G @ Wout
+    dP = h2.T @ du
     dx, dr = recur_backward((du @ P.T)[:, None, :], r, h, h0)
-    grads = {"P": h2.T @ du, "r": dr, "c": G.sum(axis=0)}
+    return logp, h, u, G, dP, dx, dr
+
+
+def _window_grads(params, X, Y, h0, classes):
+    """log P, last state and dense gradients of the mean loss of one window (n,) of a stream."""
+    if classes is not None:
+        _, grads, hT, lp = loss_and_grads(
+            params, X[:, None], Y[:, None], h0, return_logp=True, classes=classes
+        )
+        return lp[:, 0].astype(np.float64), hT, grads
+    E = params["E"]
+    logp, h, u, G, dP, dx, dr = _window_backward(params, _out_matrix(params), X, Y, h0, mean=True)
+    grads = {"P": dP, "r": dr, "c": G.sum(axis=0)}
     dW = G.T @ u
     if params.get("W") is None:
         scatter_add_rows(dW, X, dx[:, 0, :])
