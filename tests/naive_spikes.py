@@ -132,3 +132,38 @@ def poisson_lds_filter(y, F, Q, C, d, mu0, V0):
         mf = s
         Pf = np.linalg.inv(Pinv + C.T @ np.diag(np.exp(C @ s + d)) @ C)
     return mean, var
+
+
+def previous_states(inputs, W0, R):
+    """``[x^{t-1}, 1]`` of every bin, trials stacked: ``x^t = W0 inputs^t + R x^{t-1}``, ``x^{-1} = 0``,
+    one bin at a time with numpy products."""
+    n_trials, n_bins, _ = inputs.shape
+    d = W0.shape[0]
+    out = np.zeros((n_trials, n_bins, d + 1))
+    for k in range(n_trials):
+        x = np.zeros(d)
+        for t in range(n_bins):
+            out[k, t, :d] = x
+            out[k, t, d] = 1.0
+            x = W0 @ inputs[k, t] + R @ x
+    return out.reshape(n_trials * n_bins, d + 1)
+
+
+def adjoint_grads(direct, inputs, W0, R):
+    """``dL/dR = sum_t lam^t x^{t-1}^T`` and ``dL/dW0 = sum_t lam^t inputs^t^T`` with
+    ``lam^t = direct^{t+1} + R^T lam^{t+1}`` (``lam^{T-1} = 0``), the states run forward with numpy
+    products, the adjoints backward, every outer product written out."""
+    n_trials, n_bins, _ = inputs.shape
+    d = W0.shape[0]
+    gR, gW0 = np.zeros((d, d)), np.zeros_like(W0)
+    for k in range(n_trials):
+        xs = [np.zeros(d)]  # xs[t] = x^{t-1}
+        for t in range(n_bins):
+            xs.append(W0 @ inputs[k, t] + R @ xs[-1])
+        lam = np.zeros(d)
+        for t in range(n_bins - 1, -1, -1):
+            if t < n_bins - 1:
+                lam = direct[k, t + 1] + R.T @ lam
+            gR += np.outer(lam, xs[t])
+            gW0 += np.outer(lam, inputs[k, t])
+    return gR, gW0

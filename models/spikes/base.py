@@ -448,6 +448,22 @@ class SpikeModel:
         bins can be deduplicated (no history): the loss is then the weighted sum.
         """
         params = packer.unpack(theta)
+        loss, grads = self._nll_grad(params, yp, u, weights)
+        for k in self.weight_keys:
+            if k in params:
+                l2 = self._l2(k)
+                loss += 0.5 * l2 * np.sum(params[k] ** 2)
+                grads[k] = grads[k] + l2 * params[k]
+        if getattr(self, "max_drive", None) is not None:
+            pen, pgrads = self._drive_penalty(params)
+            loss += pen
+            for k, v in pgrads.items():
+                grads[k] = grads[k] + v
+        return loss, packer.pack(grads)
+
+    def _nll_grad(self, params, yp, u, weights=None):
+        """Negative log-likelihood per bin (the loss before its penalties) and its gradient, a dict by
+        parameter; ``weights`` as in :meth:`_loss_grad`."""
         eta, cache = self._eta(params, yp, u)
         obs = self._obs()
         if weights is None:
@@ -462,17 +478,7 @@ class SpikeModel:
         if self.correlated:
             grads["A"] = self._design(yp).outer(g)
         grads.update(self._history_grad(params, yp, u, g, cache))
-        for k in self.weight_keys:
-            if k in params:
-                l2 = self._l2(k)
-                loss += 0.5 * l2 * np.sum(params[k] ** 2)
-                grads[k] = grads[k] + l2 * params[k]
-        if getattr(self, "max_drive", None) is not None:
-            pen, pgrads = self._drive_penalty(params)
-            loss += pen
-            for k, v in pgrads.items():
-                grads[k] = grads[k] + v
-        return loss, packer.pack(grads)
+        return loss, grads
 
     # ------------------------------------------------------- bound on the excitatory drive
     def _history_gains(self, params):
@@ -563,7 +569,7 @@ class SpikeModel:
             )
         finally:
             self._fitting = False
-            self._design_cache = self._spikes_cache = None
+            self._design_cache = self._spikes_cache = self._rows_cache = None
         self._record_fit(self.fit_info_)
         self.params_ = packer.unpack(theta)
         self._packer = packer

@@ -394,6 +394,97 @@ def test_banded_kernels_match_numpy_twins_on_a_block_form_recurrence(rng):
     )
 
 
+def _block_form_counts(rng, n_trials=3, n_bins=23, n=5):
+    """Sparse counts with a few counts above the input cap, and a block-form R (1 real, 2 pairs)."""
+    y = rng.poisson(0.3, (n_trials, n_bins, n)).astype(float)
+    R = stable_recurrence(rng.normal(0, 1, 1), rng.normal(2, 1, 2), rng.normal(0, 10, 2))
+    return y, R
+
+
+def test_fused_band_kernels_match_numpy_twins(rng):
+    from v1motion.models.spikes import rglm as rglm_module
+
+    y, R = _block_form_counts(rng)
+    n_trials, n_bins, n = y.shape
+    d = R.shape[0]
+    inputs = np.minimum(y, 1.0)
+    indptr, indices, counts, values, flat = rglm_module.spike_rows(y, inputs)
+    np.testing.assert_array_equal(flat, np.flatnonzero(y))
+    np.testing.assert_array_equal(counts, y.ravel()[flat])
+    np.testing.assert_array_equal(values, inputs.ravel()[flat])
+    for r in range(n_trials * n_bins):  # the spikes of flat bin r, in neuron order
+        cols = indices[indptr[r] : indptr[r + 1]]
+        np.testing.assert_array_equal(cols, np.flatnonzero(y.reshape(-1, n)[r]))
+    band = rglm_module._tridiagonal(R)
+    W0 = rng.normal(0, 1, (d, n))
+    Xp = rglm_module._previous_states_band(
+        indptr, indices, values, np.ascontiguousarray(W0.T), *band, n_bins,
+        np.empty((n_trials * n_bins, d + 1)),
+    )  # fmt: skip
+    np.testing.assert_allclose(Xp, naive.previous_states(inputs, W0, R), atol=1e-12)
+    direct = rng.normal(0, 1, (n_trials * n_bins, d))
+    gl, gd, gu, gWT = rglm_module._adjoint_band_grads(
+        direct, Xp, indptr, indices, values, *band, n_bins, n
+    )
+    gR, gW0 = naive.adjoint_grads(direct.reshape(n_trials, n_bins, d), inputs, W0, R)
+    np.testing.assert_allclose(gd, np.diag(gR), atol=1e-12)
+    np.testing.assert_allclose(gl[1:], np.diag(gR, -1), atol=1e-12)
+    np.testing.assert_allclose(gu[:-1], np.diag(gR, 1), atol=1e-12)
+    np.testing.assert_allclose(gWT.T, gW0, atol=1e-12)
+    # the within-bin coupling, added only at the spikes, and its outer product with dL/deta
+    A = np.tril(rng.normal(0, 1, (n, n)), -1)
+    H = rng.normal(0, 1, (n_trials * n_bins, n))
+    ref = H + inputs.reshape(-1, n) @ A.T
+    rglm_module._add_coupling(H, np.ascontiguousarray(A.T), indptr, indices, values)
+    np.testing.assert_allclose(H, ref, atol=1e-12)
+    G = rng.normal(0, 1, (n_trials * n_bins, n))
+    np.testing.assert_allclose(
+        rglm_module._spike_outer(G, indptr, indices, values, n),
+        sum(np.outer(G[r], inputs.reshape(-1, n)[r]) for r in range(len(G))),
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("correlated", [False, True])
+@pytest.mark.parametrize("chunk_bytes", [1, 700, 10**9])
+def test_fused_rglm_loss_matches_the_generic_path(correlated, chunk_bytes, rng, monkeypatch):
+    """The R-GLM's fused evaluation gives the loss and gradient of the generic one (``_eta``, the
+    observation model, ``_history_grad``) to rounding, whatever blocks of bins it works in (one bin,
+    blocks that cross trials, all at once), and again when it reuses its arrays within a fit."""
+    from v1motion.models.spikes import rglm as rglm_module
+
+    monkeypatch.setattr(rglm_module, "CHUNK_BYTES", chunk_bytes)
+    y, _ = _block_form_counts(rng)
+    model = RGLM(n_hidden=5, l2=0.01, correlated=correlated)
+    model.angle_scale_ = np.array([0.05, 0.3])
+    _, yp, _ = model._prepare(y, None, fitting=True)
+    packer = ParamPacker(model._shapes(yp.shape[-1], 0), yp.shape[-1])
+    model._fitting = True
+    for _ in range(2):
+        params = packer.unpack(rng.normal(0, 0.3, packer.size))
+        loss, grads = model._nll_grad(params, yp, None)
+        ref_loss, ref_grads = spike_base.SpikeModel._nll_grad(model, params, yp, None)
+        assert np.isclose(loss, ref_loss, rtol=1e-12)
+        assert grads.keys() == ref_grads.keys()
+        for k in grads:
+            np.testing.assert_allclose(grads[k], ref_grads[k], rtol=1e-10, atol=1e-13)
+
+
+def test_fused_rglm_loss_leaves_run_away_steps_to_the_generic_path(rng):
+    """A step whose drive exceeds ETA_MAX gets the clipped loss and gradient of the generic path."""
+    y, _ = _block_form_counts(rng)
+    model = RGLM(n_hidden=3, l2=0.01)
+    _, yp, _ = model._prepare(y, None, fitting=True)
+    packer = ParamPacker(model._shapes(yp.shape[-1], 0), yp.shape[-1])
+    params = packer.unpack(rng.normal(0, 0.3, packer.size))
+    params["b"][1] = obs_module.ETA_MAX + 5.0
+    loss, grads = model._nll_grad(params, yp, None)
+    ref_loss, ref_grads = spike_base.SpikeModel._nll_grad(model, params, yp, None)
+    assert np.isfinite(loss) and loss == ref_loss
+    for k in grads:
+        np.testing.assert_array_equal(grads[k], ref_grads[k])
+
+
 def test_recursion_kernels_propagate_nan(rng):
     from v1motion.models.spikes.rglm import linear_recursion
 
