@@ -16,6 +16,7 @@ from scipy import sparse
 
 from v1motion.models.spikes.base import SpikeModel
 from v1motion.models.spikes.data import as_counts
+from v1motion.models.spikes.observations import ETA_MAX
 
 
 class IndependentPoisson(SpikeModel):
@@ -209,6 +210,42 @@ class SpikeHistoryGLM(SpikeModel):
 
     def _history_grad(self, params, yp, u, g, F):
         return {"W": np.asarray(F.T @ g.reshape(-1, g.shape[-1])).T}
+
+    def _nll_grad(self, params, yp, u, weights=None):
+        """The likelihood term and its gradient; with Poisson counts and the exp link, the sparse
+        products (history features, within-bin coupling) by Numba kernels into one array reused
+        within a fit, ``exp`` in place, the scale ``1 / bins`` applied to the small results; else as
+        every model does. The same numbers as the generic path to rounding."""
+        obs = self._obs()
+        if not (weights is None and u is None and obs.name == "poisson" and obs.link.name == "exp"):
+            return super()._nll_grad(params, yp, u, weights)
+        from v1motion.models.spikes.rglm import _add_coupling, _spike_outer, spike_rows
+
+        def make(y):
+            F = self._features(y)
+            csr = (F.indptr.astype(np.int64), F.indices.astype(np.int64), F.data, F.shape[1])
+            return spike_rows(y, self._inputs(y)), csr, np.empty((F.shape[0], y.shape[-1]))
+
+        (indptr, indices, counts, values, flat), F, eta = self._per_fit("_rows_cache", yp, make)
+        n_trials, n_bins, n = yp.shape
+        scale = 1.0 / (n_trials * n_bins)
+        eta[:] = params["b"]
+        _add_coupling(eta, np.ascontiguousarray(params["W"].T), F[0], F[1], F[2])
+        if self.correlated:
+            _add_coupling(eta, np.ascontiguousarray(params["A"].T), indptr, indices, values)
+        ev = eta.ravel()[flat]
+        g = np.exp(eta, out=eta)
+        rates = float(np.sum(g))
+        if not rates <= np.exp(ETA_MAX):  # an entry above ETA_MAX or not finite: clipped there
+            return super()._nll_grad(params, yp, u, weights)
+        g.ravel()[flat] -= counts  # dL/deta per bin, without the scale
+        grads = {
+            "b": g.sum(axis=0) * scale,
+            "W": _spike_outer(g, F[0], F[1], F[2], F[3]) * scale,
+        }
+        if self.correlated:
+            grads["A"] = _spike_outer(g, indptr, indices, values, n) * scale
+        return scale * (rates - float(counts @ ev)), grads
 
     def _history_gains(self, params):
         n = params["b"].shape[0]

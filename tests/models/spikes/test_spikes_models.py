@@ -470,6 +470,26 @@ def test_fused_rglm_loss_matches_the_generic_path(correlated, chunk_bytes, rng, 
             np.testing.assert_allclose(grads[k], ref_grads[k], rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("correlated", [False, True])
+def test_glm_sparse_kernels_give_the_generic_loss(correlated, rng):
+    """The spike-history GLM's evaluation by sparse kernels equals the generic one to rounding, and
+    leaves a run-away step (a drive above ETA_MAX) to it."""
+    y, _ = _block_form_counts(rng)
+    model = SpikeHistoryGLM(n_lags=5, n_basis=3, correlated=correlated, l2=0.01)
+    _, yp, _ = model._prepare(y, None, fitting=True)
+    packer = ParamPacker(model._shapes(yp.shape[-1], 0), yp.shape[-1])
+    model._fitting = True
+    for big in (False, False, True):
+        params = packer.unpack(rng.normal(0, 0.3, packer.size))
+        if big:
+            params["b"][2] = obs_module.ETA_MAX + 5.0
+        loss, grads = model._nll_grad(params, yp, None)
+        ref_loss, ref_grads = spike_base.SpikeModel._nll_grad(model, params, yp, None)
+        assert np.isclose(loss, ref_loss, rtol=1e-12) and grads.keys() == ref_grads.keys()
+        for k in grads:
+            np.testing.assert_allclose(grads[k], ref_grads[k], rtol=1e-10, atol=1e-13)
+
+
 def test_fused_rglm_loss_leaves_run_away_steps_to_the_generic_path(rng):
     """A step whose drive exceeds ETA_MAX gets the clipped loss and gradient of the generic path."""
     y, _ = _block_form_counts(rng)
