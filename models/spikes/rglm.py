@@ -270,6 +270,42 @@ def _spike_outer(G, indptr, indices, values, n_neurons):
 
 
 @njit(cache=True, nogil=True)
+def _coupling_at_spikes(E, AT, coupled, indptr, indices, values, counts):
+    """On a block of bins ``E`` (bins by neurons; bin ``r``'s spikes ``indptr[r]:indptr[r + 1]``, as
+    :func:`spike_rows`): with ``coupled``, add the within-bin coupling ``A g(y^r)`` in place
+    (``AT = A.T``); then return ``sum_r y^r . E[r]``, summed at the spikes."""
+    n = E.shape[1]
+    total = 0.0
+    for r in range(E.shape[0]):
+        if coupled:
+            for p in range(indptr[r], indptr[r + 1]):
+                j = indices[p]
+                v = values[p]
+                for i in range(n):
+                    E[r, i] += v * AT[j, i]
+        for p in range(indptr[r], indptr[r + 1]):
+            total += counts[p] * E[r, indices[p]]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _counts_out_of_rates(E, coupled, indptr, indices, values, counts, gAT):
+    """On a block of bins ``E`` holding the rates (as :func:`_coupling_at_spikes`): subtract the counts
+    in place, making ``E`` ``dL/deta`` (unscaled); with ``coupled``, add ``g(y^r)_j E[r]`` to row ``j``
+    of ``gAT`` (``dL/dA`` transposed) at every spike."""
+    n = E.shape[1]
+    for r in range(E.shape[0]):
+        for p in range(indptr[r], indptr[r + 1]):
+            E[r, indices[p]] -= counts[p]
+        if coupled:
+            for p in range(indptr[r], indptr[r + 1]):
+                j = indices[p]
+                v = values[p]
+                for i in range(n):
+                    gAT[j, i] += v * E[r, i]
+
+
+@njit(cache=True, nogil=True)
 def _adjoint_band_grads(direct, Xp, indptr, indices, values, lower, diag, upper, n_bins, n_neurons):
     """Back-propagation through the tridiagonal recursion, summing what the gradient needs on the way.
 
@@ -846,15 +882,10 @@ class RGLM(SpikeModel):
             N, n, d = y.shape[0] * y.shape[1], y.shape[2], self.n_hidden
             rows = spike_rows(y, self._inputs(y))
             work = {"Xp": np.empty((N, d + 1)), "eta": np.empty((N, n)), "direct": np.empty((N, d))}
-            # blocks of bins whose per-bin arrays fit in a core's cache together (CHUNK_BYTES), with
-            # their spikes: positions in ``flat`` and flat indices within the block
+            # blocks of bins whose per-bin arrays fit in a core's cache together (CHUNK_BYTES)
             step = max(1, CHUNK_BYTES // (8 * (n + 2 * d + 1)))
-            chunks = []
-            for a in range(0, N, step):
-                b = min(N, a + step)
-                pa, pb = np.searchsorted(rows[4], [a * n, b * n])
-                chunks.append((a, b, pa, pb, rows[4][pa:pb] - a * n))
-            work["chunks"] = chunks
+            work["chunks"] = [(a, min(N, a + step)) for a in range(0, N, step)]
+            work["n_spikes"] = float(np.sum(rows[2]))
             return rows, work
 
         return self._per_fit("_rows_cache", yp, make)
@@ -883,16 +914,17 @@ class RGLM(SpikeModel):
         ``_history_grad``) to rounding, with fewer passes over the data.
 
         The states run once forward, writing ``[x^{t-1}, 1]`` (:func:`_previous_states_band`), so one
-        matrix product gives ``C x^{t-1} + b`` and another ``dL/dC`` and ``dL/db``; the within-bin coupling
-        is added only at bins with spikes (:func:`_add_coupling`); ``exp`` runs in place; the backward
-        pass sums ``dL/dR`` on its three diagonals and ``dL/dW0`` at the spikes without keeping the
-        adjoint states (:func:`_adjoint_band_grads`). The scale ``1 / bins`` is applied to the small
-        results, not to the per-bin arrays. The read-out, ``exp`` and the products with ``dL/deta`` run
-        block by block (``CHUNK_BYTES``), each block's arrays staying in cache between the steps.
+        matrix product gives ``C x^{t-1} + b`` and another ``dL/dC`` and ``dL/db`` (and so the sum of the
+        rates); the within-bin coupling and the count terms are taken only at the spikes
+        (:func:`_coupling_at_spikes`, :func:`_counts_out_of_rates`, which also sums ``dL/dA``); ``exp``
+        runs in place; the backward pass sums ``dL/dR`` on its three diagonals and ``dL/dW0`` at the
+        spikes without keeping the adjoint states (:func:`_adjoint_band_grads`). The scale ``1 / bins``
+        is applied to the small results, not to the per-bin arrays. Everything between the two passes
+        runs block by block (``CHUNK_BYTES``), each block's arrays staying in cache between the steps.
         """
         n_trials, n_bins, n = yp.shape
         scale = 1.0 / (n_trials * n_bins)
-        (indptr, indices, counts, values, flat), work = self._spike_rows(yp)
+        (indptr, indices, counts, values, _), work = self._spike_rows(yp)
         C, d = params["C"], self.n_hidden
         W0 = self._W0(params)
         Xp = _previous_states_band(
@@ -900,21 +932,22 @@ class RGLM(SpikeModel):
         )
         CbT = np.empty((d + 1, n))
         CbT[:d], CbT[d] = C.T, params["b"]
-        AT = np.ascontiguousarray(params["A"].T) if self.correlated else None
+        coupled = self.correlated
+        AT = np.ascontiguousarray(params["A"].T) if coupled else np.zeros((0, n))
         g, direct = work["eta"], work["direct"]
         gCb = np.zeros((n, d + 1))
-        rates = y_eta = 0.0
-        for a, b, pa, pb, local in work["chunks"]:
+        gAT = np.zeros((n, n))
+        y_eta = 0.0
+        for a, b in work["chunks"]:
             e = np.matmul(Xp[a:b], CbT, out=g[a:b])  # C x^{t-1} + b
-            if AT is not None:
-                _add_coupling(e, AT, indptr[a : b + 1], indices, values)
-            ef = e.ravel()
-            y_eta += float(counts[pa:pb] @ ef[local])
+            ptr = indptr[a : b + 1]
+            y_eta += _coupling_at_spikes(e, AT, coupled, ptr, indices, values, counts)
             np.exp(e, out=e)
-            rates += float(np.sum(e))
-            ef[local] -= counts[pa:pb]  # e = dL/deta per bin, without the scale
+            _counts_out_of_rates(e, coupled, ptr, indices, values, counts, gAT)  # e = dL/deta
             gCb += e.T @ Xp[a:b]
             np.matmul(e, C, out=direct[a:b])
+        # the last column of Xp is 1: gCb[:, d] sums dL/deta = rate - count over the bins
+        rates = float(np.sum(gCb[:, d])) + work["n_spikes"]
         if not rates <= np.exp(ETA_MAX):
             # some eta may exceed ETA_MAX (the rates are positive, so none does when their sum is at
             # most exp(ETA_MAX)), or is not finite: a run-away step, left to the generic path, which
@@ -943,7 +976,7 @@ class RGLM(SpikeModel):
             "R_angle": g_angle,
         }
         if self.correlated:
-            grads["A"] = _spike_outer(g, indptr, indices, values, n) * scale
+            grads["A"] = gAT.T * scale
         return scale * total, grads
 
     def _history_gains(self, params):

@@ -443,6 +443,21 @@ def test_fused_band_kernels_match_numpy_twins(rng):
         sum(np.outer(G[r], inputs.reshape(-1, n)[r]) for r in range(len(G))),
         atol=1e-12,
     )
+    # the same on a block of bins, with the count terms: y . eta, then rates minus counts and dL/dA
+    a, b = 7, 40
+    ptr = indptr[a : b + 1]
+    Y, In = y.reshape(-1, n)[a:b], inputs.reshape(-1, n)[a:b]
+    for coupled in (False, True):
+        E = rng.normal(0, 1, (b - a, n))
+        ref = E + In @ A.T if coupled else E.copy()
+        AT = np.ascontiguousarray(A.T) if coupled else np.zeros((0, n))
+        y_eta = rglm_module._coupling_at_spikes(E, AT, coupled, ptr, indices, values, counts)
+        np.testing.assert_allclose(E, ref, atol=1e-12)
+        assert np.isclose(y_eta, np.sum(Y * ref), rtol=1e-12)
+        gAT = np.zeros((n, n))
+        rglm_module._counts_out_of_rates(E, coupled, ptr, indices, values, counts, gAT)
+        np.testing.assert_allclose(E, ref - Y, atol=1e-12)
+        np.testing.assert_allclose(gAT.T, (ref - Y).T @ In if coupled else 0.0, atol=1e-12)
 
 
 @pytest.mark.parametrize("correlated", [False, True])
