@@ -185,7 +185,7 @@ def spike_rows(yp: np.ndarray, inputs: np.ndarray) -> tuple[np.ndarray, ...]:
     yp : ndarray of shape (n_trials, n_bins, n_neurons)
         Counts.
     inputs : ndarray of the same shape
-        The counts as they enter the model (``g(y)``), zero where the counts are.
+        The counts as they enter the model (``g(y)``), zero exactly where the counts are zero.
 
     Returns
     -------
@@ -245,7 +245,9 @@ def _previous_states_band(indptr, indices, values, W0T, lower, diag, upper, n_bi
 
 @njit(cache=True, nogil=True)
 def _add_coupling(H, AT, indptr, indices, values):
-    """``H[r] += A g(y^r)`` in place, only at the bins with spikes (``AT = A.T``)."""
+    """``H += S M`` in place for the sparse ``S`` with rows ``indptr``, columns ``indices`` and entries
+    ``values`` (CSR): the within-bin coupling ``A g(y)``, taken only at the spikes, with ``M = A.T`` and
+    :func:`spike_rows`; the GLM's history drive with its features and ``M = W.T``."""
     n = H.shape[1]
     for r in range(H.shape[0]):
         for p in range(indptr[r], indptr[r + 1]):
@@ -257,7 +259,9 @@ def _add_coupling(H, AT, indptr, indices, values):
 
 @njit(cache=True, nogil=True)
 def _spike_outer(G, indptr, indices, values, n_neurons):
-    """``sum_r G[r] g(y^r)^T`` of shape (G.shape[1], n_neurons), summed only at the spikes."""
+    """``G^T S`` of shape (G.shape[1], n_neurons) for the sparse ``S`` of :func:`_add_coupling` with
+    ``n_neurons`` columns: ``sum_r G[r] g(y^r)^T`` summed only at the spikes (``dL/dA`` from
+    ``G = dL/deta``), or the GLM's ``dL/dW`` from its features."""
     out = np.zeros((n_neurons, G.shape[1]))
     m = G.shape[1]
     for r in range(G.shape[0]):
