@@ -1083,11 +1083,19 @@ class PoissonLDS:
         return self._estep(y, p, s0)[0]
 
     @single_blas_thread
-    def sample(self, n_trials=1, n_bins=1000, u=None, seed=None):
-        """Sample counts, shape (n_trials, n_bins, n_neurons): a latent path, then Poisson counts."""
+    def sample(self, n_trials=1, n_bins=1000, u=None, seed=None, max_count=100):
+        """Sample counts, shape (n_trials, n_bins, n_neurons): a latent path, then Poisson counts.
+
+        ``max_count`` caps a count per bin, as the other models' samplers do (``None``: no cap). A
+        slow latent mode with a wide stationary variance drives ``exp`` of it to astronomical rates
+        (a fit run to convergence on the retina sampled 3e9 counts per bin on average, up to 1e13);
+        a warning says when the cap was hit.
+        """
         self._check_fitted()
         if n_trials < 1 or n_bins < 1:
             raise ValueError("n_trials and n_bins must be at least 1")
+        if max_count is not None and not max_count >= 1:
+            raise ValueError(f"max_count must be at least 1 (or None), got {max_count}")
         rng = np.random.default_rng(self.seed if seed is None else seed)
         k = self.n_latent
         s = rng.multivariate_normal(self.mu0_, self.V0_, size=n_trials)
@@ -1097,4 +1105,13 @@ class PoissonLDS:
             if t > 0:
                 s = s @ self.F_.T + rng.standard_normal((n_trials, k)) @ Lq.T
             out[:, t] = rng.poisson(np.exp(np.minimum(s @ self.C_.T + self.d_, ETA_MAX)))
+        if max_count is not None:
+            capped = int(np.sum(out > max_count))
+            if capped:
+                log.warning(
+                    "PoissonLDS sample ran away: %d bins hit the cap of %d counts",
+                    capped,
+                    max_count,
+                )
+            np.minimum(out, max_count, out=out)
         return out

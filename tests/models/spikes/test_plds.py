@@ -235,6 +235,19 @@ def test_samples_have_their_shape_and_stay_finite():
     assert np.all(s == np.round(s))
 
 
+def test_samples_are_capped_as_the_other_models_samples_are(caplog):
+    m = _planted(seed=9, rate=6.0)  # e^6 = 403 counts per bin on average: far above the cap
+    with caplog.at_level("WARNING", logger="v1motion.models.spikes.plds"):
+        s = m.sample(n_trials=2, n_bins=50, seed=1, max_count=100)
+    assert s.max() == 100
+    assert any("hit the cap of 100" in r.getMessage() for r in caplog.records)
+    free = m.sample(n_trials=2, n_bins=50, seed=1, max_count=None)
+    assert free.max() > 100
+    assert np.array_equal(s, np.minimum(free, 100))  # the same draws, capped
+    with pytest.raises(ValueError, match="max_count"):
+        m.sample(max_count=0)
+
+
 def test_unfitted_wrong_shape_and_bad_options_are_refused(rng):
     with pytest.raises(RuntimeError, match="not fitted"):
         PoissonLDS().log_likelihood(np.zeros((5, 3)))
