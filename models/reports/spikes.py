@@ -50,7 +50,7 @@ OPTIONS = {
     "correlated": {"l2": 1e-4},
     "glm": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000},
     "lds": {"n_latent": 8, "n_iter": 1500},
-    "plds": {"n_latent": 8, "n_iter": 40},
+    "plds": {"n_latent": 8, "n_iter": 1000},
     "glm_correlated": {"n_lags": 10, "n_basis": 4, "l2": 1e-4, "max_iter": 1000},
     "rglm_correlated": {
         "n_hidden": 16,
