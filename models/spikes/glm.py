@@ -17,6 +17,7 @@ from scipy import sparse
 from v1motion.models.spikes.base import SpikeModel
 from v1motion.models.spikes.data import as_counts
 from v1motion.models.spikes.observations import ETA_MAX
+from v1motion.models.spikes.sparse import _add_coupling, _spike_outer, spike_rows
 
 
 class IndependentPoisson(SpikeModel):
@@ -219,7 +220,6 @@ class SpikeHistoryGLM(SpikeModel):
         obs = self._obs()
         if not (weights is None and u is None and obs.name == "poisson" and obs.link.name == "exp"):
             return super()._nll_grad(params, yp, u, weights)
-        from v1motion.models.spikes.rglm import _add_coupling, _spike_outer, spike_rows
 
         def make(y):
             F = self._features(y)

@@ -22,6 +22,7 @@ from scipy import sparse
 
 from v1motion.models.spikes.base import Design, SpikeModel, _outer_sum
 from v1motion.models.spikes.observations import ETA_MAX
+from v1motion.models.spikes.sparse import _add_coupling, _add_spike_outer, spike_rows
 
 
 def rglm_states(
@@ -177,38 +178,6 @@ def _adjoint_recursion(direct, R):
 CHUNK_BYTES = 512 * 1024
 
 
-def spike_rows(yp: np.ndarray, inputs: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The non-zero entries of the counts, bin by bin: a CSR layout of the flattened bins.
-
-    Parameters
-    ----------
-    yp : ndarray of shape (n_trials, n_bins, n_neurons)
-        Counts.
-    inputs : ndarray of the same shape
-        The counts as they enter the model (``g(y)``), zero exactly where the counts are zero.
-
-    Returns
-    -------
-    indptr : int64 ndarray of shape (n_trials * n_bins + 1,)
-        The entries of flat bin ``r = k * n_bins + t`` are ``indptr[r]:indptr[r + 1]``.
-    indices : int64 ndarray
-        Their neurons.
-    counts, values : float64 ndarrays
-        Their counts and their inputs.
-    flat : int64 ndarray
-        Their flat indices in ``yp`` (``r * n_neurons + neuron``).
-    """
-    n = yp.shape[-1]
-    flat = np.flatnonzero(yp)
-    rows, indices = np.divmod(flat, n)
-    n_rows = yp.size // n if n else 0
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-    counts = np.asarray(yp, dtype=np.float64).ravel()[flat]
-    values = np.asarray(inputs, dtype=np.float64).ravel()[flat]
-    return indptr, indices.astype(np.int64), counts, values, flat
-
-
 @njit(cache=True, nogil=True)
 def _previous_states_band(indptr, indices, values, W0T, lower, diag, upper, n_bins, Xp):
     """Write ``[x^{t-1}, 1]`` of every bin into ``Xp`` (shape (n_trials * n_bins, d + 1), trials
@@ -244,49 +213,14 @@ def _previous_states_band(indptr, indices, values, W0T, lower, diag, upper, n_bi
 
 
 @njit(cache=True, nogil=True)
-def _add_coupling(H, AT, indptr, indices, values):
-    """``H += S M`` in place for the sparse ``S`` with rows ``indptr``, columns ``indices`` and entries
-    ``values`` (CSR): the within-bin coupling ``A g(y)``, taken only at the spikes, with ``M = A.T`` and
-    :func:`spike_rows`; the GLM's history drive with its features and ``M = W.T``."""
-    n = H.shape[1]
-    for r in range(H.shape[0]):
-        for p in range(indptr[r], indptr[r + 1]):
-            j = indices[p]
-            v = values[p]
-            for i in range(n):
-                H[r, i] += v * AT[j, i]
-
-
-@njit(cache=True, nogil=True)
-def _spike_outer(G, indptr, indices, values, n_neurons):
-    """``G^T S`` of shape (G.shape[1], n_neurons) for the sparse ``S`` of :func:`_add_coupling` with
-    ``n_neurons`` columns: ``sum_r G[r] g(y^r)^T`` summed only at the spikes (``dL/dA`` from
-    ``G = dL/deta``), or the GLM's ``dL/dW`` from its features."""
-    out = np.zeros((n_neurons, G.shape[1]))
-    m = G.shape[1]
-    for r in range(G.shape[0]):
-        for p in range(indptr[r], indptr[r + 1]):
-            j = indices[p]
-            v = values[p]
-            for i in range(m):
-                out[j, i] += v * G[r, i]
-    return out.T
-
-
-@njit(cache=True, nogil=True)
 def _coupling_at_spikes(E, AT, coupled, indptr, indices, values, counts):
     """On a block of bins ``E`` (bins by neurons; bin ``r``'s spikes ``indptr[r]:indptr[r + 1]``, as
     :func:`spike_rows`): with ``coupled``, add the within-bin coupling ``A g(y^r)`` in place
     (``AT = A.T``); then return ``sum_r y^r . E[r]``, summed at the spikes."""
-    n = E.shape[1]
+    if coupled:
+        _add_coupling(E, AT, indptr, indices, values)
     total = 0.0
     for r in range(E.shape[0]):
-        if coupled:
-            for p in range(indptr[r], indptr[r + 1]):
-                j = indices[p]
-                v = values[p]
-                for i in range(n):
-                    E[r, i] += v * AT[j, i]
         for p in range(indptr[r], indptr[r + 1]):
             total += counts[p] * E[r, indices[p]]
     return total
@@ -297,16 +231,11 @@ def _counts_out_of_rates(E, coupled, indptr, indices, values, counts, gAT):
     """On a block of bins ``E`` holding the rates (as :func:`_coupling_at_spikes`): subtract the counts
     in place, making ``E`` ``dL/deta`` (unscaled); with ``coupled``, add ``g(y^r)_j E[r]`` to row ``j``
     of ``gAT`` (``dL/dA`` transposed) at every spike."""
-    n = E.shape[1]
     for r in range(E.shape[0]):
         for p in range(indptr[r], indptr[r + 1]):
             E[r, indices[p]] -= counts[p]
-        if coupled:
-            for p in range(indptr[r], indptr[r + 1]):
-                j = indices[p]
-                v = values[p]
-                for i in range(n):
-                    gAT[j, i] += v * E[r, i]
+    if coupled:
+        _add_spike_outer(gAT, E, indptr, indices, values)
 
 
 @njit(cache=True, nogil=True)

@@ -403,12 +403,13 @@ def _block_form_counts(rng, n_trials=3, n_bins=23, n=5):
 
 def test_fused_band_kernels_match_numpy_twins(rng):
     from v1motion.models.spikes import rglm as rglm_module
+    from v1motion.models.spikes import sparse as sparse_module
 
     y, R = _block_form_counts(rng)
     n_trials, n_bins, n = y.shape
     d = R.shape[0]
     inputs = np.minimum(y, 1.0)
-    indptr, indices, counts, values, flat = rglm_module.spike_rows(y, inputs)
+    indptr, indices, counts, values, flat = sparse_module.spike_rows(y, inputs)
     np.testing.assert_array_equal(flat, np.flatnonzero(y))
     np.testing.assert_array_equal(counts, y.ravel()[flat])
     np.testing.assert_array_equal(values, inputs.ravel()[flat])
@@ -435,11 +436,11 @@ def test_fused_band_kernels_match_numpy_twins(rng):
     A = np.tril(rng.normal(0, 1, (n, n)), -1)
     H = rng.normal(0, 1, (n_trials * n_bins, n))
     ref = H + inputs.reshape(-1, n) @ A.T
-    rglm_module._add_coupling(H, np.ascontiguousarray(A.T), indptr, indices, values)
+    sparse_module._add_coupling(H, np.ascontiguousarray(A.T), indptr, indices, values)
     np.testing.assert_allclose(H, ref, atol=1e-12)
     G = rng.normal(0, 1, (n_trials * n_bins, n))
     np.testing.assert_allclose(
-        rglm_module._spike_outer(G, indptr, indices, values, n),
+        sparse_module._spike_outer(G, indptr, indices, values, n),
         sum(np.outer(G[r], inputs.reshape(-1, n)[r]) for r in range(len(G))),
         atol=1e-12,
     )
