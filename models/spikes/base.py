@@ -437,6 +437,8 @@ class SpikeModel:
     def _eta(self, params, yp, u):
         h, cache = self._history(params, yp, u)
         eta = h + params["b"]
+        if self._offset is not None:
+            eta += self._offset
         if self.correlated:
             eta += self._design(yp).matmul(params["A"].T)
         return eta, cache
@@ -526,12 +528,34 @@ class SpikeModel:
         """L2 penalty of the weight block ``key``."""
         return self.l2
 
-    def _prepare(self, y, u, fitting=False):
+    # The offset of the call being run (``fit``, ``log_likelihood``, ``predict_eta``, ``sample``), in
+    # the model's neuron order, or None; set by ``_offset_for`` and cleared when the call returns.
+    _offset = None
+
+    def _offset_for(self, offset, shape):
+        """``offset`` as an array of ``shape`` (n_trials, n_bins, n_neurons) in the model's neuron order
+        (a ``(n_bins, n_neurons)`` offset is shared by every trial), or ``None``."""
+        if offset is None:
+            return None
+        off = np.asarray(offset, dtype=float)
+        if off.ndim == 2:
+            off = np.broadcast_to(off, (shape[0],) + off.shape)
+        if off.shape != tuple(shape):
+            raise ValueError(
+                f"offset has shape {np.shape(offset)}; it needs (n_trials, n_bins, n_neurons) = "
+                f"{tuple(shape)} or (n_bins, n_neurons) = {tuple(shape[1:])}"
+            )
+        if not np.all(np.isfinite(off)):
+            raise ValueError("offset must be finite (a log-rate per bin and neuron)")
+        return np.ascontiguousarray(off[..., self.order_])
+
+    def _prepare(self, y, u, fitting=False, offset=None):
         y = self._check_y(y)
         if fitting:
             self.n_neurons_ = y.shape[-1]
             self.order_ = neuron_order(y, self.ordering if self.correlated else "index", self.seed)
         yp = np.ascontiguousarray(y[..., self.order_])
+        self._offset = self._offset_for(offset, yp.shape)
         if u is not None:
             u = _as_float3(u, name="stimulus")
             if u.shape[:2] != y.shape[:2]:
@@ -541,7 +565,7 @@ class SpikeModel:
         return y, yp, u
 
     @single_blas_thread
-    def fit(self, y, u=None):
+    def fit(self, y, u=None, offset=None):
         """Fit by maximum likelihood (L-BFGS, L2 penalty) and return ``self``.
 
         Parameters
@@ -549,10 +573,21 @@ class SpikeModel:
         y : array of shape (n_trials, n_bins, n_neurons) or (n_bins, n_neurons)
         u : array of shape (n_trials, n_bins, n_inputs), optional
             Stimulus inputs (models that take them).
+        offset : array of shape (n_trials, n_bins, n_neurons) or (n_bins, n_neurons), optional
+            A known drive added to every neuron's linear predictor (log-rate with the exp link) in
+            every bin, not fitted: e.g. the stimulus-locked log-rate of trials that repeat one stimulus
+            (:class:`v1motion.models.spikes.glm.StimulusLocked`). ``log_likelihood``, ``predict_eta``
+            and ``sample`` then need the offset of the trials they score or draw.
         """
+        try:
+            return self._fit(y, u, offset)
+        finally:
+            self._offset = None
+
+    def _fit(self, y, u, offset):
         for name in ("_obs_cache",):
             self.__dict__.pop(name, None)
-        y, yp, u = self._prepare(y, u, fitting=True)
+        y, yp, u = self._prepare(y, u, fitting=True, offset=offset)
         self.n_inputs_ = 0 if u is None else u.shape[-1]
         params = self._init_params(yp, u)
         packer = ParamPacker(self._shapes(yp.shape[-1], self.n_inputs_), yp.shape[-1])
@@ -601,21 +636,29 @@ class SpikeModel:
         return self._packer.size
 
     @single_blas_thread
-    def predict_eta(self, y, u=None) -> np.ndarray:
-        """Linear predictor of every bin given the observed counts, in the original neuron order."""
+    def predict_eta(self, y, u=None, offset=None) -> np.ndarray:
+        """Linear predictor of every bin given the observed counts, in the original neuron order
+        (``offset`` as in :meth:`fit`)."""
         self._check_fitted()
-        y, yp, u = self._prepare(y, u)
-        eta, _ = self._eta(self.params_, yp, u)
+        try:
+            y, yp, u = self._prepare(y, u, offset=offset)
+            eta, _ = self._eta(self.params_, yp, u)
+        finally:
+            self._offset = None
         out = np.empty_like(eta)
         out[..., self.order_] = eta
         return out
 
     @single_blas_thread
-    def log_likelihood(self, y, u=None, per_trial: bool = False):
-        """Full log-likelihood in nats of ``y`` (summed, or one value per trial)."""
+    def log_likelihood(self, y, u=None, per_trial: bool = False, offset=None):
+        """Full log-likelihood in nats of ``y`` (summed, or one value per trial; ``offset`` as in
+        :meth:`fit`)."""
         self._check_fitted()
-        y, yp, u = self._prepare(y, u)
-        eta, _ = self._eta(self.params_, yp, u)
+        try:
+            y, yp, u = self._prepare(y, u, offset=offset)
+            eta, _ = self._eta(self.params_, yp, u)
+        finally:
+            self._offset = None
         ll = self._obs().log_likelihood(yp, eta)
         return ll.sum(axis=(1, 2)) if per_trial else float(ll.sum())
 
@@ -632,12 +675,19 @@ class SpikeModel:
 
     @single_blas_thread
     def sample(
-        self, n_trials: int = 1, n_bins: int = 1000, u=None, seed: int | None = None, max_count=100
+        self,
+        n_trials: int = 1,
+        n_bins: int = 1000,
+        u=None,
+        seed: int | None = None,
+        max_count=100,
+        offset=None,
     ):
         """Draw counts from the fitted model, free-running, bin by bin and neuron by neuron.
 
         ``max_count`` caps a Poisson count per bin: a recurrent model with net excitatory feedback
-        can run away when sampled freely; a warning says when the cap was hit.
+        can run away when sampled freely; a warning says when the cap was hit. ``offset`` (as in
+        :meth:`fit`, for the drawn trials) is added to every bin's drive.
 
         Returns
         -------
@@ -652,6 +702,7 @@ class SpikeModel:
                 raise ValueError(f"stimulus must have shape ({n_trials}, {n_bins}, n_inputs)")
         rng = np.random.default_rng(self.seed if seed is None else seed)
         n = self.n_neurons_
+        off = self._offset_for(offset, (n_trials, n_bins, n))
         obs = self._obs()
         A = self.params_.get("A") if self.correlated else None
         out = np.zeros((n_trials, n_bins, n))
@@ -661,6 +712,8 @@ class SpikeModel:
             eta0 = np.broadcast_to(self.params_["b"], (n_trials, n)).copy()
             if h is not None:
                 eta0 += h
+            if off is not None:
+                eta0 += off[:, t]
             y_t = sample_bin(
                 obs, eta0, A, rng, max_count if obs.name == "poisson" else None, self._inputs
             )

@@ -83,7 +83,10 @@ class CorrelatedGLM(SpikeModel):
 
     def _fit_data(self, yp, u):
         # no history: the likelihood depends only on how often each within-bin pattern occurs, and
-        # sparse spike trains repeat few patterns (most bins are silent)
+        # sparse spike trains repeat few patterns (most bins are silent); not with an offset, which
+        # differs from bin to bin
+        if self._offset is not None:
+            return yp, None
         patterns, counts = np.unique(yp.reshape(-1, yp.shape[-1]), axis=0, return_counts=True)
         return patterns[None], counts[None, :, None].astype(float)
 
@@ -230,6 +233,8 @@ class SpikeHistoryGLM(SpikeModel):
         n_trials, n_bins, n = yp.shape
         scale = 1.0 / (n_trials * n_bins)
         eta[:] = params["b"]
+        if self._offset is not None:
+            eta += self._offset.reshape(-1, n)
         _add_coupling(eta, np.ascontiguousarray(params["W"].T), F[0], F[1], F[2])
         if self.correlated:
             _add_coupling(eta, np.ascontiguousarray(params["A"].T), indptr, indices, values)
@@ -326,3 +331,72 @@ class PSTHPoisson:
         rng = np.random.default_rng(seed)
         rate = self.rate_ if n_bins is None else np.resize(self.rate_, (n_bins, self.n_neurons_))
         return rng.poisson(np.broadcast_to(rate, (n_trials,) + rate.shape)).astype(float)
+
+
+class StimulusLocked:
+    """A spike model driven by the stimulus-locked log-rate of the trials it is fitted on.
+
+    For trials that repeat one stimulus (the retina's movie): ``eta = log r_t + (the model's own
+    predictor)``, where ``r_t`` is the :class:`PSTHPoisson` rate of bin ``t``, taken from the training
+    trials only and passed to ``model`` as a fixed ``offset``. The model's bias, history and coupling
+    then describe the spikes around the stimulus-locked rate, and ``sample`` draws trials of the same
+    stimulus. Held-out trials are scored with the training trials' rates, so they must have as many
+    bins. A history model fitted without the stimulus explains its bursts by self-excitation, and its
+    free-running samples run away (``docs/spikes/README.md``).
+
+    Parameters
+    ----------
+    model : an unfitted :class:`v1motion.models.spikes.base.SpikeModel` (GLM or R-GLM).
+    smooth_bins, shrink : the PSTH's smoothing and shrinkage (:class:`PSTHPoisson`).
+
+    Attributes
+    ----------
+    psth_ : the fitted :class:`PSTHPoisson`; everything else (``params_``, ``converged_``, ...) is the
+        wrapped model's.
+    """
+
+    def __init__(self, model, smooth_bins=2.0, shrink=0.05):
+        self.model = model
+        self.smooth_bins = smooth_bins
+        self.shrink = shrink
+
+    @property
+    def kind(self) -> str:
+        return f"{self.model.kind}_locked"
+
+    def __getattr__(self, name):
+        # fitted attributes and everything else the wrapped model has (not the ones set here)
+        if name in ("model", "psth_"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def _offset(self, n_bins: int) -> np.ndarray:
+        if not hasattr(self, "psth_"):
+            raise RuntimeError(
+                "this StimulusLocked model is not fitted yet: call fit(counts) first"
+            )
+        if n_bins != self.psth_.rate_.shape[0]:
+            raise ValueError(
+                f"trials have {n_bins} bins; the stimulus-locked rate has {self.psth_.rate_.shape[0]}"
+                " (the trials it was fitted on)"
+            )
+        return np.log(self.psth_.rate_)
+
+    def fit(self, y, u=None):
+        y = as_counts(y)
+        self.psth_ = PSTHPoisson(self.smooth_bins, self.shrink).fit(y)
+        self.model.fit(y, u, offset=self._offset(y.shape[1]))
+        return self
+
+    def log_likelihood(self, y, u=None, per_trial=False):
+        y = as_counts(y)
+        return self.model.log_likelihood(y, u, per_trial, offset=self._offset(y.shape[1]))
+
+    def predict_eta(self, y, u=None):
+        y = as_counts(y)
+        return self.model.predict_eta(y, u, offset=self._offset(y.shape[1]))
+
+    def sample(self, n_trials=1, n_bins=None, u=None, seed=None, max_count=100):
+        n_bins = self.psth_.rate_.shape[0] if n_bins is None and hasattr(self, "psth_") else n_bins
+        offset = self._offset(n_bins)
+        return self.model.sample(n_trials, n_bins, u, seed, max_count, offset=offset)

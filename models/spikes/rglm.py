@@ -731,7 +731,11 @@ class RGLM(SpikeModel):
         )
         y = np.empty_like(yp)
         y[..., self.order_] = yp
-        return glm.fit(y)
+        offset = None
+        if self._offset is not None:  # the start GLM sees the same offset, in its original order
+            offset = np.empty_like(self._offset)
+            offset[..., self.order_] = self._offset
+        return glm.fit(y, offset=offset)
 
     def _R(self, params) -> np.ndarray:
         if "R" in params:
@@ -868,11 +872,14 @@ class RGLM(SpikeModel):
         coupled = self.correlated
         AT = np.ascontiguousarray(params["A"].T) if coupled else np.zeros((0, n))
         g, direct = work["eta"], work["direct"]
+        off = None if self._offset is None else self._offset.reshape(-1, n)
         gCb = np.zeros((n, d + 1))
         gAT = np.zeros((n, n))
         y_eta = 0.0
         for a, b in work["chunks"]:
             e = np.matmul(Xp[a:b], CbT, out=g[a:b])  # C x^{t-1} + b
+            if off is not None:
+                e += off[a:b]
             ptr = indptr[a : b + 1]
             y_eta += _coupling_at_spikes(e, AT, coupled, ptr, indices, values, counts)
             np.exp(e, out=e)

@@ -259,8 +259,8 @@ def test_fitted_likelihood_is_invariant_to_input_order_bookkeeping(rng):
 # ----------------------------------------------------------------------------- gradients
 
 
-def _check_model_grad(model, y, u=None, seed=0):
-    y, yp, u = model._prepare(y, u, fitting=True)
+def _check_model_grad(model, y, u=None, seed=0, offset=None):
+    y, yp, u = model._prepare(y, u, fitting=True, offset=offset)
     shapes = model._shapes(yp.shape[-1], 0 if u is None else u.shape[-1])
     packer = ParamPacker(shapes, yp.shape[-1])
     r = np.random.default_rng(seed)
@@ -321,6 +321,20 @@ def test_rglm_bptt_gradient_with_a_fixed_angle_unit(correlated, rng):
     model = RGLM(n_hidden=5, l2=0.01, correlated=correlated)
     model.angle_scale_ = np.array([0.05, 0.3])  # two pairs after one real eigenvalue
     _check_model_grad(model, _toy_counts(rng))
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        SpikeHistoryGLM(n_lags=5, n_basis=3, correlated=True, l2=0.01),
+        RGLM(n_hidden=3, l2=0.01, correlated=True),
+        CorrelatedGLM(l2=0.01),
+    ],
+)
+def test_gradient_with_an_offset_matches_finite_differences(model, rng):
+    """A known offset in the linear predictor (``fit(..., offset=)``, the stimulus-locked log-rate)."""
+    y = _toy_counts(rng)
+    _check_model_grad(model, y, offset=rng.normal(0, 0.7, y.shape))
 
 
 def test_rglm_bptt_gradient_with_stimulus(rng):
