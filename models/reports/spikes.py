@@ -293,30 +293,43 @@ def sample_statistics(
     }
 
 
-def plot_samples(stats: dict, recording: str, path: Path) -> None:
+def plot_samples(stats: dict, recording: str, path: Path, ncols: int = 5) -> None:
+    """Each model's sampled pairwise correlations against the data's (a grid of ``ncols`` panels per
+    row), then the cross-correlograms of the data's most correlated pairs, the legend in a panel of its
+    own."""
     kinds = [k for k in stats["corr"] if k != "data"]
-    fig = new_figure(figsize=(3.2 * len(kinds), 6.4))
-    axes = fig.subplots(2, max(len(kinds), len(stats["pairs"])), squeeze=False)
+    n_pairs = len(stats["pairs"])
+    ncols = max(ncols, n_pairs + 1)
+    scatter_rows = -(-len(kinds) // ncols)
+    fig = new_figure(figsize=(3.0 * ncols, 3.0 * (scatter_rows + 1.2)))
+    grid = fig.add_gridspec(scatter_rows + 1, ncols, height_ratios=[1] * scatter_rows + [1.2])
     cd = stats["corr"]["data"]
     lim = np.nanmax(np.abs(cd)) * 1.1
-    for ax, kind in zip(axes[0], kinds, strict=False):
+    for n, kind in enumerate(kinds):
+        ax = fig.add_subplot(grid[n // ncols, n % ncols])
         ax.scatter(cd, stats["corr"][kind], s=4, alpha=0.5)
         ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
         r = stats["summary"][kind]["corr_vs_data_r"]
         ax.set_title(f"{kind}\nr = {r:.2f}" if r is not None else kind, fontsize=9)
-        ax.set_xlabel("data pairwise corr")
-    axes[0][0].set_ylabel("sampled pairwise corr")
+        if n // ncols == scatter_rows - 1 or n + ncols >= len(kinds):
+            ax.set_xlabel("data pairwise corr", fontsize=8)
+        if n % ncols == 0:
+            ax.set_ylabel("sampled pairwise corr", fontsize=8)
     lags_ms = stats["lags"] * BIN_MS
-    for n, (ax, (i, j)) in enumerate(zip(axes[1], stats["pairs"], strict=False)):
-        ax.plot(lags_ms, stats["ccg"]["data"][n], "k", lw=2, label="data")
+    colours = {k: f"C{i % 10}" for i, k in enumerate(kinds)}
+    lines = []
+    for n, (i, j) in enumerate(stats["pairs"]):
+        ax = fig.add_subplot(grid[scatter_rows, n])
+        lines = [ax.plot(lags_ms, stats["ccg"]["data"][n], "k", lw=2.5, label="data", zorder=5)[0]]
         for kind in kinds:
-            ax.plot(lags_ms, stats["ccg"][kind][n], lw=1, label=kind)
+            lines += ax.plot(lags_ms, stats["ccg"][kind][n], lw=1, color=colours[kind], label=kind)
         ax.set_title(f"CCG neurons {i}-{j}", fontsize=9)
-        ax.set_xlabel("lag (ms)")
-    axes[1][0].set_ylabel("correlation")
-    axes[1][0].legend(fontsize=7)
-    for ax in axes[1][len(stats["pairs"]) :]:
-        ax.axis("off")
+        ax.set_xlabel("lag (ms)", fontsize=8)
+        if n == 0:
+            ax.set_ylabel("correlation", fontsize=8)
+    legend = fig.add_subplot(grid[scatter_rows, n_pairs:])
+    legend.axis("off")
+    legend.legend(handles=lines, loc="center left", fontsize=8, ncols=2, frameon=False)
     fig.suptitle(f"{recording}: free-running samples vs data (10 ms bins)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
