@@ -311,7 +311,7 @@ def plot_samples(stats: dict, recording: str, path: Path, ncols: int = 5) -> Non
         ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
         r = stats["summary"][kind]["corr_vs_data_r"]
         ax.set_title(f"{kind}\nr = {r:.2f}" if r is not None else kind, fontsize=9)
-        if n // ncols == scatter_rows - 1 or n + ncols >= len(kinds):
+        if n + ncols >= len(kinds):  # nothing below it
             ax.set_xlabel("data pairwise corr", fontsize=8)
         if n % ncols == 0:
             ax.set_ylabel("sampled pairwise corr", fontsize=8)

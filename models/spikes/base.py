@@ -635,16 +635,22 @@ class SpikeModel:
         self._check_fitted()
         return self._packer.size
 
+    def _fitted_eta(self, y, u, offset):
+        """``(yp, eta)``: the counts in the model's neuron order and the fitted model's linear
+        predictor of every bin (``offset`` as in :meth:`fit`, cleared after)."""
+        self._check_fitted()
+        try:
+            _, yp, u = self._prepare(y, u, offset=offset)
+            eta, _ = self._eta(self.params_, yp, u)
+        finally:
+            self._offset = None
+        return yp, eta
+
     @single_blas_thread
     def predict_eta(self, y, u=None, offset=None) -> np.ndarray:
         """Linear predictor of every bin given the observed counts, in the original neuron order
         (``offset`` as in :meth:`fit`)."""
-        self._check_fitted()
-        try:
-            y, yp, u = self._prepare(y, u, offset=offset)
-            eta, _ = self._eta(self.params_, yp, u)
-        finally:
-            self._offset = None
+        _, eta = self._fitted_eta(y, u, offset)
         out = np.empty_like(eta)
         out[..., self.order_] = eta
         return out
@@ -653,12 +659,7 @@ class SpikeModel:
     def log_likelihood(self, y, u=None, per_trial: bool = False, offset=None):
         """Full log-likelihood in nats of ``y`` (summed, or one value per trial; ``offset`` as in
         :meth:`fit`)."""
-        self._check_fitted()
-        try:
-            y, yp, u = self._prepare(y, u, offset=offset)
-            eta, _ = self._eta(self.params_, yp, u)
-        finally:
-            self._offset = None
+        yp, eta = self._fitted_eta(y, u, offset)
         ll = self._obs().log_likelihood(yp, eta)
         return ll.sum(axis=(1, 2)) if per_trial else float(ll.sum())
 
