@@ -160,8 +160,14 @@ def test_messages_beyond_the_socket_limit_close_the_socket_not_the_server(server
         ws.send(json.dumps({"type": "hello", "width": 64, "height": 64}))
         ready = json.loads(ws.recv(timeout=10))
         # past the app's own limit (an error message) and uvicorn's (twice that: close 1009)
-        ws.send(b"\xff\xd8" + b"\x00" * (2 * ready["max_bytes"] + 10))
+        # The server closes (1009) as soon as it reads the frame's length, often
+        # while the client is still writing: the close then surfaces on send, and
+        # under load the client's socket may be reset before it reads the close
+        # frame at all. Either way the socket is closed; a close frame it did read
+        # must say "message too big".
         with pytest.raises(ConnectionClosed) as exc:
+            ws.send(b"\xff\xd8" + b"\x00" * (2 * ready["max_bytes"] + 10))
             ws.recv(timeout=10)
-        assert exc.value.rcvd.code == 1009
+        if exc.value.rcvd is not None:
+            assert exc.value.rcvd.code == 1009
     assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
