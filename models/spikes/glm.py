@@ -172,7 +172,7 @@ class SpikeHistoryGLM(SpikeModel):
         correlated=False,
         ordering="rate",
         l2=1e-4,
-        max_iter=500,
+        max_iter=1000,
         tol=1e-6,
         seed=0,
         input_cap=1.0,

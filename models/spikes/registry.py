@@ -9,7 +9,12 @@ import time
 import numpy as np
 
 from v1motion.models.spikes.evaluation import bits_per_spike
-from v1motion.models.spikes.glm import CorrelatedGLM, IndependentPoisson, SpikeHistoryGLM
+from v1motion.models.spikes.glm import (
+    CorrelatedGLM,
+    IndependentPoisson,
+    SpikeHistoryGLM,
+    StimulusLocked,
+)
 from v1motion.models.spikes.lds import GaussianLDS
 from v1motion.models.spikes.plds import PoissonLDS
 from v1motion.models.spikes.rglm import RGLM
@@ -25,6 +30,16 @@ MODEL_KINDS = {
     "plds": (PoissonLDS, {}),
     "rglm": (RGLM, {"correlated": False}),
     "rglm_correlated": (RGLM, {"correlated": True}),
+    "glm_correlated_locked": (SpikeHistoryGLM, {"correlated": True}),
+    "rglm_correlated_locked": (RGLM, {"correlated": True}),
+}
+
+# Kinds driven by the stimulus-locked rate of their training trials (:class:`StimulusLocked`), with
+# the defaults that differ from their class's: the R-GLM's ``l2_state`` was chosen on validation
+# trials of the retina recordings (docs/spikes/README.md, "Models that see the stimulus").
+STIMULUS_LOCKED = {
+    "glm_correlated_locked": {},
+    "rglm_correlated_locked": {"l2_state": 1e-3},
 }
 
 
@@ -50,7 +65,24 @@ def make_model(kind: str, **options):
     bad = sorted(set(options) - set(valid))
     if bad:
         raise ValueError(f"unknown option(s) {bad} for kind {kind!r}; valid options: {valid}")
+    if kind in STIMULUS_LOCKED:
+        return StimulusLocked(cls(**fixed, **{**STIMULUS_LOCKED[kind], **options}))
     return cls(**fixed, **options)
+
+
+def check_data(kind: str, y: np.ndarray) -> None:
+    """``ValueError`` when counts ``y`` (trials, bins, neurons) cannot be fitted by ``kind``.
+
+    A stimulus-locked kind needs repeated trials of one stimulus: at least 2 (a training and a
+    held-out trial of the same length)."""
+    _lookup(kind)
+    n_trials = y.shape[0] if np.ndim(y) == 3 else 1
+    if kind in STIMULUS_LOCKED and n_trials < 2:
+        raise ValueError(
+            f"kind {kind!r} is driven by the stimulus-locked rate of repeated trials: it needs "
+            f"counts of shape (trials, bins, neurons) with at least 2 trials of one stimulus, got "
+            f"{n_trials}"
+        )
 
 
 def split_trials(y: np.ndarray, test_fraction: float, seed: int = 0):
@@ -97,6 +129,7 @@ def fit_and_score(y: np.ndarray, kind: str, options: dict | None = None, test_fr
         :func:`fit_summary`).
     """
     model = make_model(kind, **(options or {}))
+    check_data(kind, y)
     train, test = split_trials(y, test_fraction, seed)
     if test.sum() == 0:
         raise ValueError("the held-out part has no spikes: bits/spike is undefined; give more data")

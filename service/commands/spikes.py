@@ -18,6 +18,8 @@ MODEL_KIND_NAMES = (
     "plds",
     "rglm",
     "rglm_correlated",
+    "glm_correlated_locked",
+    "rglm_correlated_locked",
 )
 
 
@@ -96,7 +98,12 @@ def add_parser(subparsers) -> None:
     )
     s.add_argument("--model", type=Path, required=True, help="fitted model (pickle)")
     s.add_argument("--n-trials", type=int, default=1, help="trials to sample")
-    s.add_argument("--n-bins", type=int, default=1000, help="time bins per trial")
+    s.add_argument(
+        "--n-bins",
+        type=int,
+        default=None,
+        help="time bins per trial (default 1000; a _locked model samples its stimulus's length only)",
+    )
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--out", type=Path, required=True, help=".npz to write (array 'counts')")
     s.set_defaults(func=run_sample)
@@ -193,7 +200,12 @@ def run_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
     saved = _load_model(args.model)
-    y = saved["model"].sample(n_trials=args.n_trials, n_bins=args.n_bins, seed=args.seed)
+    model = saved["model"]
+    n_bins = args.n_bins
+    if n_bins is None:
+        psth = getattr(model, "psth_", None)  # a stimulus-locked model: its stimulus's length
+        n_bins = 1000 if psth is None else psth.rate_.shape[0]
+    y = model.sample(n_trials=args.n_trials, n_bins=n_bins, seed=args.seed)
     np.savez_compressed(args.out, counts=y)
     print(f"wrote {args.out}: counts {y.shape}, {int(y.sum())} spikes")
     return 0

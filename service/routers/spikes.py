@@ -29,7 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from v1motion.models.spikes.data import as_counts, bin_spike_times
-from v1motion.models.spikes.registry import evaluate, fit_and_score, model_options
+from v1motion.models.spikes.registry import (
+    STIMULUS_LOCKED,
+    check_data,
+    evaluate,
+    fit_and_score,
+    model_options,
+)
 from v1motion.models.spikes.rglm import RGLM
 from v1motion.service.deps import StateDep, get_settings, get_state
 from v1motion.service.jobs.upload import BodyLimits, UploadError, read_body
@@ -67,7 +73,7 @@ class SpikeOptions(BaseModel):
     n_hidden: int | None = Field(None, ge=1, le=64, description="hidden units (rglm kinds)")
     n_latent: int | None = Field(None, ge=1, le=64, description="latent dimensions (lds)")
     l2: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description="L2 penalty")
-    max_iter: int | None = Field(None, ge=1, le=5000, description="optimiser iterations")
+    max_iter: int | None = Field(None, ge=1, le=10_000, description="optimiser iterations")
     n_iter: int | None = Field(None, ge=1, le=500, description="EM iterations (lds, plds)")
     init_iter: int | None = Field(
         None, ge=1, le=500, description="Gaussian LDS EM iterations that start a Poisson LDS (plds)"
@@ -152,7 +158,12 @@ def work_factor(kind: str, given: dict) -> int:
 
 
 class SpikeModelCreate(SpikeData):
-    kind: str = Field("rglm_correlated", max_length=64)
+    kind: str = Field(
+        "rglm_correlated",
+        max_length=64,
+        description="model kind; the ``_locked`` kinds are driven by the stimulus-locked rate (PSTH) "
+        "of the training trials, for trials that repeat one stimulus (at least 2, all of one length)",
+    )
     options: SpikeOptions = Field(default_factory=SpikeOptions)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -193,6 +204,11 @@ class SpikeModelPublic(BaseModel):
     timescales_bins: list[float] | None = Field(
         None, description="R-GLM: timescales of the eigenvalues of R, in bins (-1: not decaying)"
     )
+    stimulus_bins: int | None = Field(
+        None,
+        description="``_locked`` kinds: the length of the repeated stimulus in bins; evaluate and "
+        "sample take trials of this length (null for the other kinds)",
+    )
 
 
 class SpikeEvaluation(BaseModel):
@@ -205,7 +221,13 @@ class SpikeEvaluation(BaseModel):
 
 class SampleCreate(BaseModel):
     n_trials: int = Field(1, ge=1, le=10_000)
-    n_bins: int = Field(1000, ge=1, le=10_000_000)
+    n_bins: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="bins per trial; null: 1000, or the stimulus's length (``stimulus_bins``) for a "
+        "``_locked`` kind, which samples only that length",
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
@@ -351,8 +373,10 @@ async def _parse_create(request: Request, max_elements: int) -> tuple[SpikeModel
 
 
 def check_work(spec: SpikeModelCreate, y: np.ndarray, max_work: int) -> None:
-    """422 when option names do not fit the kind, or the fit would do more than ``max_work``."""
+    """422 when option names do not fit the kind, the counts do not (a ``_locked`` kind with one
+    trial), or the fit would do more than ``max_work``."""
     valid = model_options(spec.kind)
+    check_data(spec.kind, y)
     given = spec.options.given()
     bad = sorted(set(given) - set(valid))
     if bad:
@@ -392,9 +416,21 @@ def _fit(y, spec: SpikeModelCreate) -> dict:
         "fit": report["fit"],
         "created": time.time(),
         "timescales_bins": None if tau is None else [t if np.isfinite(t) else -1.0 for t in tau],
+        "stimulus_bins": int(y.shape[1]) if spec.kind in STIMULUS_LOCKED else None,
         "model": model,
         "baseline": baseline,
     }
+
+
+def _check_stimulus_bins(rec: dict, n_bins: int, what: str) -> None:
+    """422 when a stimulus-locked model is asked about trials of another length than its stimulus."""
+    want = rec.get("stimulus_bins")
+    if want is not None and n_bins != want:
+        raise HTTPException(
+            422,
+            detail=f"{what} {n_bins} bins; model {rec['id']} ({rec['kind']}) is driven by a "
+            f"stimulus of {want} bins and takes trials of that length only",
+        )
 
 
 # ----------------------------------------------------------------------------- routes
@@ -495,6 +531,7 @@ async def evaluate_model(
             422,
             detail=f"counts have {y.shape[-1]} neurons; model {model_id} was fitted on {rec['n_neurons']}",
         )
+    _check_stimulus_bins(rec, y.shape[1], "counts have")
     res = await worker.run(evaluate, rec["model"], rec["baseline"], y)
     return SpikeEvaluation(id=model_id, **res)
 
@@ -507,13 +544,15 @@ async def sample_model(
 ):
     """Free-running samples from the model."""
     rec = store.get(model_id)
+    n_bins = body.n_bins or rec["stimulus_bins"] or 1000
+    _check_stimulus_bins(rec, n_bins, "n_bins is")
     limit = get_settings(request).spikes_max_sample_elements
-    size = body.n_trials * body.n_bins * rec["n_neurons"]
+    size = body.n_trials * n_bins * rec["n_neurons"]
     if size > limit:
         raise HTTPException(
             422, detail=f"sample too large: {size} entries, at most {limit} allowed"
         )
     y = await worker.run(
-        lambda: rec["model"].sample(n_trials=body.n_trials, n_bins=body.n_bins, seed=body.seed)
+        lambda: rec["model"].sample(n_trials=body.n_trials, n_bins=n_bins, seed=body.seed)
     )
     return SamplePublic(id=model_id, counts=y.tolist(), n_spikes=float(y.sum()))

@@ -78,3 +78,16 @@ def test_the_kinds_offered_by_the_cli_are_the_models_kinds():
     from v1motion.service.commands.spikes import MODEL_KIND_NAMES
 
     assert sorted(MODEL_KIND_NAMES) == sorted(MODEL_KINDS)
+
+
+def test_a_stimulus_locked_model_samples_its_stimulus_length_by_default(tmp_path, capsys):
+    counts = np.random.default_rng(0).poisson(0.4, (4, 120, 3))
+    np.savez(tmp_path / "c.npz", counts=counts)
+    model, out = tmp_path / "m.pkl", tmp_path / "s.npz"
+    fit = ["spikes", "fit", "--counts", str(tmp_path / "c.npz"), "--kind", "glm_correlated_locked"]
+    assert main([*fit, "--option", "n_lags=2", "--out", str(model)]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "glm_correlated_locked"
+    assert main(["spikes", "sample", "--model", str(model), "--out", str(out)]) == 0
+    assert np.load(out)["counts"].shape == (1, 120, 3)
+    with pytest.raises(ValueError, match="the stimulus-locked rate has 120"):
+        main(["spikes", "sample", "--model", str(model), "--n-bins", "30", "--out", str(out)])

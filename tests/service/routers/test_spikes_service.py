@@ -242,3 +242,69 @@ def test_default_rglm_fit_reports_convergence_and_stable_timescales(client):
     assert info["fit"]["converged"] == (info["fit"]["grad_norm"] <= 1e-6)
     tau = info["timescales_bins"]
     assert len(tau) == 2 and all(t > 0 for t in tau)  # R is stable by construction: never -1
+
+
+def _locked_counts(seed=0, trials=6, bins=200, n=3):
+    """Trials repeating one stimulus: a rate that changes over the trial, the same in every trial."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(bins)
+    rate = 0.05 + 0.6 * (np.sin(2 * np.pi * t / 40)[:, None] * np.ones(n) > 0.5)
+    return rng.poisson(rate, (trials, bins, n)).astype(float)
+
+
+def test_stimulus_locked_kinds_fit_score_and_sample_trials_of_their_stimulus(client):
+    """The PSTH-driven kinds are offered: they use the repeats, and only take trials of that length."""
+    y = _locked_counts()
+    r = client.post("/v1/spikes/models", json={"counts": y.tolist(), "kind": "glm_correlated"})
+    history_only = r.json()["held_out_bits_per_spike"]
+    r = client.post(
+        "/v1/spikes/models",
+        json={"counts": y.tolist(), "kind": "glm_correlated_locked", "options": {"n_lags": 3}},
+    )
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert info["kind"] == "glm_correlated_locked" and info["stimulus_bins"] == 200
+    assert info["fit"]["converged"] and info["fit"]["stop_reason"] == "gtol"
+    # the stimulus-locked rate explains what the history alone cannot
+    assert info["held_out_bits_per_spike"] > history_only + 0.1
+    mid = info["id"]
+    ev = client.post(
+        f"/v1/spikes/models/{mid}/evaluate", json={"counts": _locked_counts(1).tolist()}
+    )
+    assert ev.status_code == 200 and ev.json()["bits_per_spike"] > 0.1
+    r = client.post(
+        f"/v1/spikes/models/{mid}/evaluate", json={"counts": _locked_counts(1, bins=150).tolist()}
+    )
+    assert r.status_code == 422 and "stimulus of 200 bins" in r.json()["detail"]
+    s = client.post(f"/v1/spikes/models/{mid}/sample", json={"n_trials": 4, "seed": 1})
+    assert s.status_code == 200, s.text
+    counts = np.asarray(s.json()["counts"])
+    assert counts.shape == (4, 200, 3)
+    # samples follow the stimulus: more spikes where the repeated rate is high
+    high = np.sin(2 * np.pi * np.arange(200) / 40) > 0.5
+    assert counts[:, high].mean() > 3 * counts[:, ~high].mean()
+    r = client.post(f"/v1/spikes/models/{mid}/sample", json={"n_bins": 50})
+    assert r.status_code == 422 and "stimulus of 200 bins" in r.json()["detail"]
+
+
+def test_stimulus_locked_rglm_reports_its_fit_and_timescales(client):
+    r = client.post(
+        "/v1/spikes/models",
+        json={
+            "counts": _locked_counts().tolist(),
+            "kind": "rglm_correlated_locked",
+            "options": {"n_hidden": 2, "max_iter": 20},
+        },
+    )
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert len(info["timescales_bins"]) == 2 and info["stimulus_bins"] == 200
+    assert info["fit"]["n_iter"] <= 20 and isinstance(info["fit"]["converged"], bool)
+
+
+@pytest.mark.parametrize("counts", [_locked_counts(trials=1), _locked_counts(trials=1)[0]])
+def test_stimulus_locked_kinds_refuse_a_single_trial(client, counts):
+    r = client.post(
+        "/v1/spikes/models", json={"counts": counts.tolist(), "kind": "glm_correlated_locked"}
+    )
+    assert r.status_code == 422 and "at least 2 trials" in r.json()["detail"]
