@@ -14,7 +14,10 @@ log = logging.getLogger(__name__)
 
 
 class SpikeModelStore:
-    """Fitted models by id, at most ``max_models`` (least recently created dropped first)."""
+    """Fitted models by id, at most ``max_models`` (least recently created dropped first).
+
+    Each record gets a ``lock``: a model is used by one request at a time (:func:`use_model`), since
+    a call may hold per-call state on the model (a stimulus-locked model's offset)."""
 
     def __init__(self, max_models: int):
         self.max_models = max_models
@@ -22,6 +25,7 @@ class SpikeModelStore:
         self._lock = threading.Lock()
 
     def add(self, record: dict) -> str:
+        record.setdefault("lock", threading.Lock())
         with self._lock:
             self._items[record["id"]] = record
             while len(self._items) > self.max_models:
@@ -38,6 +42,12 @@ class SpikeModelStore:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def use_model(record: dict, fn, *args):
+    """``fn(*args)`` while holding the model's lock (run it in the worker, never on the event loop)."""
+    with record["lock"]:
+        return fn(*args)
 
 
 class SpikeWorker:

@@ -39,7 +39,7 @@ from v1motion.models.spikes.registry import (
 from v1motion.models.spikes.rglm import RGLM
 from v1motion.service.deps import StateDep, get_settings, get_state
 from v1motion.service.jobs.upload import BodyLimits, UploadError, read_body
-from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker
+from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker, use_model
 
 log = logging.getLogger(__name__)
 
@@ -532,7 +532,7 @@ async def evaluate_model(
             detail=f"counts have {y.shape[-1]} neurons; model {model_id} was fitted on {rec['n_neurons']}",
         )
     _check_stimulus_bins(rec, y.shape[1], "counts have")
-    res = await worker.run(evaluate, rec["model"], rec["baseline"], y)
+    res = await worker.run(use_model, rec, evaluate, rec["model"], rec["baseline"], y)
     return SpikeEvaluation(id=model_id, **res)
 
 
@@ -553,6 +553,8 @@ async def sample_model(
             422, detail=f"sample too large: {size} entries, at most {limit} allowed"
         )
     y = await worker.run(
-        lambda: rec["model"].sample(n_trials=body.n_trials, n_bins=n_bins, seed=body.seed)
+        use_model,
+        rec,
+        lambda: rec["model"].sample(n_trials=body.n_trials, n_bins=n_bins, seed=body.seed),
     )
     return SamplePublic(id=model_id, counts=y.tolist(), n_spikes=float(y.sum()))

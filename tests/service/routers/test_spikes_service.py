@@ -308,3 +308,54 @@ def test_stimulus_locked_kinds_refuse_a_single_trial(client, counts):
         "/v1/spikes/models", json={"counts": counts.tolist(), "kind": "glm_correlated_locked"}
     )
     assert r.status_code == 422 and "at least 2 trials" in r.json()["detail"]
+
+
+def test_one_model_serves_one_request_at_a_time():
+    """With several fit workers, evaluate and sample of one model still run one at a time: a call
+    may hold per-call state on the model (a stimulus-locked model's offset)."""
+    app = create_app(Settings(spikes_fit_workers=4, spikes_max_pending=8))
+    with TestClient(app) as c:
+        r = c.post(
+            "/v1/spikes/models",
+            json={"counts": _locked_counts().tolist(), "kind": "glm_correlated_locked"},
+        )
+        assert r.status_code == 201, r.text
+        mid = r.json()["id"]
+        rec = app.state.services.spike_store.get(mid)
+        real, lock = rec["model"], threading.Lock()
+        active, seen = [0], []
+
+        class Watched:
+            def __getattr__(self, name):
+                fn = getattr(real, name)
+
+                def call(*a, **kw):
+                    with lock:
+                        active[0] += 1
+                        seen.append(active[0])
+                    try:
+                        threading.Event().wait(0.05)
+                        return fn(*a, **kw)
+                    finally:
+                        with lock:
+                            active[0] -= 1
+
+                return call
+
+        rec["model"] = Watched()
+        y = _locked_counts(1).tolist()
+        calls = [
+            lambda: c.post(f"/v1/spikes/models/{mid}/evaluate", json={"counts": y}),
+            lambda: c.post(f"/v1/spikes/models/{mid}/sample", json={"n_trials": 2}),
+        ] * 3
+        out = [None] * len(calls)
+        threads = [
+            threading.Thread(target=lambda i=i: out.__setitem__(i, calls[i]()))
+            for i in range(len(calls))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert [r.status_code for r in out] == [200] * len(calls)
+        assert len(seen) >= len(calls) and max(seen) == 1
