@@ -140,6 +140,9 @@ def smooth_pos_grad(x: np.ndarray) -> np.ndarray:
     return np.clip(x / DRIVE_SMOOTH, 0.0, 1.0)
 
 
+SAMPLE_MAX_COUNT = 100
+"""The samplers' cap on a Poisson count per bin (a count there means the sample ran away)."""
+
 STOP_REASONS = ("gtol", "ftol", "max_iter", "max_fun", "line_search", "closed_form")
 
 
@@ -681,7 +684,7 @@ class SpikeModel:
         n_bins: int = 1000,
         u=None,
         seed: int | None = None,
-        max_count=100,
+        max_count=SAMPLE_MAX_COUNT,
         offset=None,
     ):
         """Draw counts from the fitted model, free-running, bin by bin and neuron by neuron.

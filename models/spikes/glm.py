@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from v1motion.models.spikes.base import SpikeModel
+from v1motion.models.spikes.base import SAMPLE_MAX_COUNT, SpikeModel
 from v1motion.models.spikes.data import as_counts
 from v1motion.models.spikes.observations import ETA_MAX
 from v1motion.models.spikes.sparse import _add_coupling, _spike_outer, spike_rows
@@ -396,7 +396,7 @@ class StimulusLocked:
         y = as_counts(y)
         return self.model.predict_eta(y, u, offset=self._offset(y.shape[1]))
 
-    def sample(self, n_trials=1, n_bins=None, u=None, seed=None, max_count=100):
+    def sample(self, n_trials=1, n_bins=None, u=None, seed=None, max_count=SAMPLE_MAX_COUNT):
         n_bins = self.psth_.rate_.shape[0] if n_bins is None and hasattr(self, "psth_") else n_bins
         offset = self._offset(n_bins)
         return self.model.sample(n_trials, n_bins, u, seed, max_count, offset=offset)

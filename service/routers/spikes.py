@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
 from v1motion.models.spikes.data import as_counts, bin_spike_times
 from v1motion.models.spikes.registry import (
     STIMULUS_LOCKED,
@@ -235,6 +236,10 @@ class SamplePublic(BaseModel):
     id: str
     counts: list[list[list[float]]]
     n_spikes: float
+    n_at_cap: int = Field(
+        description=f"counts at the sampler's cap of {SAMPLE_MAX_COUNT} per bin: a sample that ran "
+        "away (a history-only model's self-excitation; docs/spikes/README.md), not data-like"
+    )
 
 
 # ----------------------------------------------------------------------------- state
@@ -557,4 +562,9 @@ async def sample_model(
         rec,
         lambda: rec["model"].sample(n_trials=body.n_trials, n_bins=n_bins, seed=body.seed),
     )
-    return SamplePublic(id=model_id, counts=y.tolist(), n_spikes=float(y.sum()))
+    return SamplePublic(
+        id=model_id,
+        counts=y.tolist(),
+        n_spikes=float(y.sum()),
+        n_at_cap=int(np.sum(y >= SAMPLE_MAX_COUNT)),
+    )

@@ -45,6 +45,7 @@ def test_fit_get_evaluate_sample(client):
     )
     assert s.status_code == 200
     assert np.asarray(s.json()["counts"]).shape == (2, 50, 3)
+    assert s.json()["n_at_cap"] == 0
 
 
 def test_fit_rglm_reports_timescales(client):
@@ -359,3 +360,20 @@ def test_one_model_serves_one_request_at_a_time():
             t.join(30)
         assert [r.status_code for r in out] == [200] * len(calls)
         assert len(seen) >= len(calls) and max(seen) == 1
+
+
+def test_a_sample_that_ran_away_says_how_many_counts_hit_the_cap(client):
+    from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
+
+    mid = _fit(client).json()["id"]
+    rec = client.app.state.services.spike_store.get(mid)
+
+    class RunAway:
+        def sample(self, n_trials, n_bins, seed):
+            y = np.zeros((n_trials, n_bins, 3))
+            y[:, n_bins // 2 :, 0] = SAMPLE_MAX_COUNT  # stuck at the cap from mid-trial on
+            return y
+
+    rec["model"] = RunAway()
+    s = client.post(f"/v1/spikes/models/{mid}/sample", json={"n_trials": 2, "n_bins": 40})
+    assert s.status_code == 200 and s.json()["n_at_cap"] == 40
