@@ -550,7 +550,7 @@ async def sample_model(
     """Free-running samples from the model."""
     rec = store.get(model_id)
     n_bins = body.n_bins or rec["stimulus_bins"] or 1000
-    _check_stimulus_bins(rec, n_bins, "n_bins is")
+    _check_stimulus_bins(rec, n_bins, "n_bins asks for")
     limit = get_settings(request).spikes_max_sample_elements
     size = body.n_trials * n_bins * rec["n_neurons"]
     if size > limit:
