@@ -34,12 +34,15 @@ MODEL_KINDS = {
     "rglm_correlated_locked": (RGLM, {"correlated": True}),
 }
 
-# Kinds driven by the stimulus-locked rate of their training trials (:class:`StimulusLocked`), with
-# the defaults that differ from their class's: the R-GLM's ``l2_state`` was chosen on validation
-# trials of the retina recordings (docs/spikes/README.md, "Models that see the stimulus").
-STIMULUS_LOCKED = {
-    "glm_correlated_locked": {},
+# Kinds driven by the stimulus-locked rate of their training trials (:class:`StimulusLocked`).
+STIMULUS_LOCKED = ("glm_correlated_locked", "rglm_correlated_locked")
+
+# The defaults that differ from the class's, measured on the retina recordings (docs/spikes/README.md):
+# the driven R-GLM's ``l2_state`` ("Models that see the stimulus"); the Poisson LDS's priors, without
+# which its EM does not converge ("The Poisson LDS").
+KIND_DEFAULTS = {
     "rglm_correlated_locked": {"l2_state": 1e-3},
+    "plds": {"l2_loadings": 10.0, "l2_dynamics": 100.0},
 }
 
 
@@ -65,9 +68,8 @@ def make_model(kind: str, **options):
     bad = sorted(set(options) - set(valid))
     if bad:
         raise ValueError(f"unknown option(s) {bad} for kind {kind!r}; valid options: {valid}")
-    if kind in STIMULUS_LOCKED:
-        return StimulusLocked(cls(**fixed, **{**STIMULUS_LOCKED[kind], **options}))
-    return cls(**fixed, **options)
+    model = cls(**fixed, **{**KIND_DEFAULTS.get(kind, {}), **options})
+    return StimulusLocked(model) if kind in STIMULUS_LOCKED else model
 
 
 def check_data(kind: str, y: np.ndarray) -> None:

@@ -64,6 +64,11 @@ class SpikeData(BaseModel):
 SEED = Field(None, ge=0, le=2**32 - 1)
 
 
+def _penalty(description: str):
+    """An optional non-negative, finite penalty (a precision or an L2 weight)."""
+    return Field(None, ge=0, le=1e6, allow_inf_nan=False, description=description)
+
+
 class SpikeOptions(BaseModel):
     """Options of the model kinds, each with a range (a kind refuses the names it does not take)."""
 
@@ -73,7 +78,7 @@ class SpikeOptions(BaseModel):
     n_basis: int | None = Field(None, ge=1, le=20, description="history basis functions (glm)")
     n_hidden: int | None = Field(None, ge=1, le=64, description="hidden units (rglm kinds)")
     n_latent: int | None = Field(None, ge=1, le=64, description="latent dimensions (lds)")
-    l2: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description="L2 penalty")
+    l2: float | None = _penalty("L2 penalty")
     max_iter: int | None = Field(None, ge=1, le=10_000, description="optimiser iterations")
     n_iter: int | None = Field(None, ge=1, le=500, description="EM iterations (lds, plds)")
     init_iter: int | None = Field(
@@ -81,6 +86,18 @@ class SpikeOptions(BaseModel):
     )
     method: Literal["variational", "laplace"] | None = Field(
         None, description="E-step of a Poisson LDS (plds): Gaussian variational, or Laplace"
+    )
+    latent_scale: Literal["stationary", "free"] | None = Field(
+        None,
+        description="Poisson LDS (plds): the latents' stationary covariance fixed to I (default), or "
+        "free dynamics (the latents' scale not identified; the fit may not converge)",
+    )
+    l2_loadings: float | None = _penalty(
+        "Poisson LDS: precision of a Gaussian prior on the loadings (default 10)"
+    )
+    l2_dynamics: float | None = _penalty(
+        "Poisson LDS with latent_scale stationary: precision of a Gaussian prior on the dynamics' "
+        "free parameter B, keeping ||F|| away from 1 (default 100)"
     )
     tol: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     min_rate: float | None = Field(None, gt=0, le=1e3, allow_inf_nan=False)
@@ -94,13 +111,7 @@ class SpikeOptions(BaseModel):
     init: Literal["glm", "random"] | None = Field(
         None, description="start of an R-GLM fit (rglm kinds): from the fitted GLM, or random"
     )
-    l2_state: float | None = Field(
-        None,
-        ge=0,
-        le=1e6,
-        allow_inf_nan=False,
-        description="L2 penalty on the R-GLM's state weights",
-    )
+    l2_state: float | None = _penalty("L2 penalty on the R-GLM's state weights")
     input_cap: float | None = Field(
         None,
         gt=0,

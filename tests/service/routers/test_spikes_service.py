@@ -377,3 +377,16 @@ def test_a_sample_that_ran_away_says_how_many_counts_hit_the_cap(client):
     rec["model"] = RunAway()
     s = client.post(f"/v1/spikes/models/{mid}/sample", json={"n_trials": 2, "n_bins": 40})
     assert s.status_code == 200 and s.json()["n_at_cap"] == 40
+
+
+def test_the_service_fits_the_tables_settings_by_default():
+    """A kind's defaults are the settings the table measured (where they differ from the class's)."""
+    from v1motion.models.reports.spikes import OPTIONS
+    from v1motion.models.spikes.registry import make_model
+
+    plds = make_model("plds")
+    for name in ("latent_scale", "l2_loadings", "l2_dynamics"):
+        assert getattr(plds, name) == OPTIONS["plds"][name], name
+    driven = make_model("rglm_correlated_locked")
+    assert driven.model.l2_state == OPTIONS["rglm_correlated_locked"]["l2_state"]
+    assert make_model("plds", l2_loadings=0.5).l2_loadings == 0.5  # an option still wins
