@@ -86,20 +86,18 @@ def rel(path: Path) -> str:
         return f"{Path(path).parent.name}/{Path(path).name}"
 
 
-def frames_per_s(engine: MotionEngine, frames: list[np.ndarray]) -> float:
+def timed_pass(engine: MotionEngine, frames: list[np.ndarray]) -> tuple[float, float]:
+    """Frames/s of a fresh stream over ``frames`` (after a warm-up on its first four), and the mean
+    number of active units per patch on them."""
     state = engine.new_state()
     for f in frames[:4]:
         engine.step(state, f)
     state = engine.new_state()
+    active = []
     t0 = time.perf_counter()
     for f in frames:
-        engine.step(state, f)
-    return len(frames) / (time.perf_counter() - t0)
-
-
-def active_per_patch(engine: MotionEngine, frames: list[np.ndarray]) -> float:
-    state = engine.new_state()
-    return float(np.mean([engine.step(state, f).active_per_patch for f in frames]))
+        active.append(engine.step(state, f).active_per_patch)
+    return len(frames) / (time.perf_counter() - t0), float(np.mean(active))
 
 
 def main(argv=None) -> int:
@@ -126,6 +124,7 @@ def main(argv=None) -> int:
         make, fit = engine_for(weights, tau_y, args.sequences, args.seed)
         for gate in gates:
             engine = make(gate)
+            fps, active = timed_pass(engine, timing_frames)
             pan = me.evaluate([me.EngineMethod(engine)], pans, by="speed")["ss-RNN"]
             obj = me.evaluate_family(engine, "object", SIZE, quick=False, seed=args.seed, **OBJECT)
             still = me.evaluate_family(engine, "still", SIZE, quick=False, seed=args.seed, **STILL)
@@ -135,8 +134,8 @@ def main(argv=None) -> int:
                     "tau_y": tau_y,
                     "change_gate": list(gate),
                     "kappa": round(engine.model.kappa, 3),
-                    "active_per_patch": round(active_per_patch(engine, timing_frames), 2),
-                    "fps": frames_per_s(engine, timing_frames),
+                    "active_per_patch": round(active, 2),
+                    "fps": fps,
                     **fit,
                     "pan": pan,
                     "object": obj,

@@ -675,29 +675,39 @@ def fit_transition_stationary(B0, S00, S10, S11, n_pairs, max_iter=100, l2=0.0):
     return res.x.reshape(k, k)
 
 
-def whiten_latents(F, Q, C, mu0, V0, max_radius=0.999):
+def whiten_latents(F, Q, C, mu0, V0, max_radius=0.999, sigma=None):
     """The same model with latents of unit stationary covariance (an exact change of variables).
 
     ``Sigma = F Sigma F' + Q`` (discrete Lyapunov) and ``Sigma = L L'``; the latents ``L^{-1} s`` have
     ``F' = L^{-1} F L``, ``Q' = L^{-1} Q L^{-T}``, ``C' = C L``, ``mu0' = L^{-1} mu0``,
     ``V0' = L^{-1} V0 L^{-T}``, so ``F' F'' + Q' = I``. When the spectral radius of ``F`` is not below
     ``max_radius`` (no stationary covariance), ``F`` is first scaled down to it (then not exact).
+    ``sigma``: ``Sigma`` when the caller has already solved for it (``F`` then within ``max_radius``).
 
     Returns ``F', Q', C', mu0', V0', L``.
     """
-    from scipy.linalg import solve_discrete_lyapunov
-
     F = np.asarray(F, float)
-    rho = np.max(np.abs(np.linalg.eigvals(F)))
-    if rho >= max_radius:
-        F = F * (max_radius / rho)
-    Sig = solve_discrete_lyapunov(F, Q)
+    if sigma is None:
+        from scipy.linalg import solve_discrete_lyapunov
+
+        rho = np.max(np.abs(np.linalg.eigvals(F)))
+        if rho >= max_radius:
+            F = F * (max_radius / rho)
+        sigma = solve_discrete_lyapunov(F, Q)
+    Sig = sigma
     L = np.linalg.cholesky(0.5 * (Sig + Sig.T))
     Li = np.linalg.inv(L)
     Fw = Li @ F @ L
     Qw = Li @ Q @ Li.T
     V0w = Li @ V0 @ Li.T
     return Fw, 0.5 * (Qw + Qw.T), C @ L, Li @ mu0, 0.5 * (V0w + V0w.T), L
+
+
+def _in_whitened_latents(means, covs, L):
+    """Posterior means ``(..., k)`` and covariances ``(..., k, k)`` of latents ``s`` as those of
+    ``L^{-1} s`` (:func:`whiten_latents`'s change of variables)."""
+    Li = np.linalg.inv(L)
+    return means @ Li.T, Li @ covs @ Li.T
 
 
 def stationary_parameter(F):
@@ -1115,11 +1125,17 @@ class PoissonLDS:
         F = np.linalg.solve(S00.T, S10.T).T
         Q = (S11 - F @ S10.T) / (n_trials * (n_bins - 1))
         Q = 0.5 * (Q + Q.T) + 1e-9 * np.eye(k)
+        return (F, Q, *self._initial_state(s, S))
+
+    @staticmethod
+    def _initial_state(s, S):
+        """The closed-form ``mu0, V0`` (the first bin's posterior, averaged over trials)."""
+        n_trials, _, k = s.shape
         mu0 = s[:, 0].mean(axis=0)
         dm = s[:, 0] - mu0
         V0 = S[:, 0].mean(axis=0) + dm.T @ dm / n_trials
         V0 = 0.5 * (V0 + V0.T) + 1e-6 * np.eye(k)
-        return F, Q, mu0, V0
+        return mu0, V0
 
     def _mstep(self, p, y, s, S, So):
         n_trials, n_bins, k = s.shape
@@ -1140,7 +1156,7 @@ class PoissonLDS:
                 p["B"], S00, S10, S11, n_trials * (n_bins - 1), l2=self.l2_dynamics
             )
             F, Q = stationary_dynamics(B)
-            _, _, mu0, V0 = self._free_dynamics(s, S, stats)
+            mu0, V0 = self._initial_state(s, S)
             C, d = self._update_cd(p["C"], p["d"], m2, V2, y2, self.cd_steps)
             return {"B": B, "F": F, "Q": Q, "C": C, "d": d, "mu0": mu0, "V0": V0}
         F, Q, mu0, V0 = self._free_dynamics(s, S, stats)
@@ -1181,7 +1197,7 @@ class PoissonLDS:
         lam = float(self.l2_loadings)
         C, d = self._update_cd(p["C"], p["d"], m2, V2, y2, self.cd_steps, penalty=lam * Sig)
 
-        Fw, Qw, Cw, mu0w, V0w, L = whiten_latents(F, Q, C, mu0, V0, self.max_radius)
+        Fw, Qw, Cw, mu0w, V0w, L = whiten_latents(F, Q, C, mu0, V0, sigma=Sig)
         Bw = stationary_parameter(Fw)
         cand = {"B": Bw, "F": F, "Q": Q, "C": C, "d": d, "mu0": mu0, "V0": V0}
         new = self._m_objective(cand, y2, s, S, stats, lam * Sig)
@@ -1208,9 +1224,7 @@ class PoissonLDS:
             # the same Gaussian LDS with latents of unit stationary covariance; then the initial state
             # is drawn from the stationary distribution (mu0 = 0, V0 = I)
             F, Q, _, mu0, V0, Lw = whiten_latents(F, Q, g.C_, mu0, V0, self.max_radius)
-            Lwi = np.linalg.inv(Lw)
-            ms = ms @ Lwi.T
-            Ps = Lwi @ Ps @ Lwi.T
+            ms, Ps = _in_whitened_latents(ms, Ps, Lw)
         rate = y.reshape(-1, n).mean(axis=0)
         C0 = np.zeros((n, k))
         d0 = np.log(rate + 1e-3)
@@ -1287,9 +1301,7 @@ class PoissonLDS:
             Lw = p.pop("_whiten", None)
             if Lw is not None:  # the same q in the whitened latents' coordinates
                 self.px_steps_ += 1
-                Lwi = np.linalg.inv(Lw)
-                s = s @ Lwi.T
-                S = Lwi @ S @ Lwi.T
+                s, S = _in_whitened_latents(s, S, Lw)
         else:
             log.warning(
                 "PoissonLDS: EM hit the iteration cap n_iter=%d without reaching tol=%g "
