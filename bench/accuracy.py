@@ -120,6 +120,21 @@ def load_engine(spec: str) -> MotionEngine:
     return MotionEngine.load(path, mt_path=DEFAULT_MT)  # another ss-RNN, the shipped MT read-out
 
 
+def parse_gate(text: str) -> tuple[float, float] | None:
+    """``--change-gate``: 'off' or 'LO,HI' with 0 <= LO < HI (the engine's ``change_gate``)."""
+    if text == "off":
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(
+            f"--change-gate {text!r}: expected LO,HI (e.g. 0.1,0.3) or 'off'"
+        ) from None
+    if not 0 <= lo < hi:
+        raise SystemExit(f"--change-gate {text!r}: expected 0 <= LO < HI")
+    return (lo, hi)
+
+
 def rel(path: Path) -> str:
     """A path relative to the project root when inside it (outputs name no machine paths)."""
     try:
@@ -206,6 +221,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--no-flow", action="store_true", help="the engine only, no optical-flow baselines"
     )
+    ap.add_argument(
+        "--change-gate", default=None, metavar="LO,HI",
+        help="the engine's change gate (code change mapped from LO-HI to a factor on confidence), "
+        "or 'off'; default the engine's CHANGE_GATE",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--md", type=Path, default=None, help="write the tables as Markdown here")
     args = ap.parse_args(argv)
@@ -219,6 +239,8 @@ def main(argv=None) -> int:
     sizes = [me.parse_size(s) for s in (args.sizes or default_sizes).split(",")]
 
     engine = load_engine(args.engine)
+    if args.change_gate is not None:
+        engine.change_gate = parse_gate(args.change_gate)
     engine.warmup()
     methods = [me.EngineMethod(engine)]
     if not args.no_flow:
@@ -246,7 +268,7 @@ def main(argv=None) -> int:
         f"# {command}\n"
         f"# engine: {engine_name}"
         + (f" ({rel(DEFAULT_WEIGHTS)})" if args.engine == "default" else "")
-        + f"; seed {args.seed}; {'quick' if args.quick else 'full'} mode; "
+        + f"; change gate {engine.change_gate}; seed {args.seed}; {'quick' if args.quick else 'full'} mode; "
         f"{total:.0f} s wall clock on one thread"
     )
     main_table = table(rows)
@@ -257,6 +279,7 @@ def main(argv=None) -> int:
         doc = {
             "command": command,
             "engine": engine_name,
+            "change_gate": engine.change_gate,
             "seed": args.seed,
             "quick": args.quick,
             "sizes": [f"{w}x{h}" for w, h in sizes],
