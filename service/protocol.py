@@ -38,6 +38,30 @@ def status(stream: str, sent: int, missed: int) -> str:
     return message("status", stream=stream, sent=sent, missed=missed, dropped=missed)
 
 
+def v1_names(fields: dict[str, Any]) -> dict[str, Any]:
+    """A result's fields with the names of schema version 1 that version 2 renamed, added next to the
+    new ones (the same numbers, the units of the new names), for clients written against version 1:
+    ``motion.global`` ``{direction_deg, speed, confidence}`` and ``speed`` in ``truth`` and ``flow``.
+    The grids of ``motion`` keep their version-2 names only (``cell`` and the ``speed`` grid would
+    double the largest part of every message). Returns new dicts; ``fields`` is not changed."""
+    out = dict(fields)
+    motion = out.get("motion")
+    if isinstance(motion, dict) and "global_direction_deg" in motion:
+        out["motion"] = {
+            **motion,
+            "global": {
+                "direction_deg": motion["global_direction_deg"],
+                "speed": motion["global_speed_px_per_frame"],
+                "confidence": motion["global_confidence"],
+            },
+        }
+    for key in ("truth", "flow"):
+        part = out.get(key)
+        if isinstance(part, dict) and "speed_px_per_frame" in part:
+            out[key] = {**part, "speed": part["speed_px_per_frame"]}
+    return out
+
+
 def preview_frame(seq: int, jpeg: bytes) -> bytes:
     """Binary preview message: ``b"V1MP"`` + big-endian uint32 ``seq`` + JPEG bytes."""
     return _PREVIEW_HEADER.pack(PREVIEW_MAGIC, seq & 0xFFFFFFFF) + jpeg

@@ -133,8 +133,7 @@ class Analyser:
             self.flow.reset()
         self.seq += 1
         h, w = image.shape[:2]
-        text = protocol.message(
-            "result",
+        fields = dict(
             stream=self.stream,
             seq=self.seq,
             **extra,
@@ -151,4 +150,5 @@ class Analyser:
             flow=flow,
             preview=preview,
         )
+        text = protocol.message("result", **protocol.v1_names(fields))
         return Analysis(self.seq, text, (t1 - t0) * 1000)

@@ -32,6 +32,29 @@ def test_results_are_numbered_timed_and_carry_the_engines_motion():
     assert msg["flow"] is None
 
 
+def test_results_keep_the_version_1_names_of_the_dominant_motion_and_the_speeds():
+    # Clients written against version 1 read motion.global and `speed` in truth and flow.
+    a = Analyser(FakeEngine(), "s", Metrics())
+    truth = {"kind": "pan", "direction_deg": 180.0, "speed_px_per_frame": 2.0}
+    for f in frames():
+        r = a.analyse(f, t_capture=0, wall_ms=0, dropped=0, want_flow=True, truth=truth)
+    msg = json.loads(r.text)
+    m = msg["motion"]
+    assert m["global"] == {
+        "direction_deg": m["global_direction_deg"],
+        "speed": m["global_speed_px_per_frame"],
+        "confidence": m["global_confidence"],
+    }
+    assert msg["truth"] == {**truth, "speed": 2.0}
+    assert msg["flow"]["speed"] == msg["flow"]["speed_px_per_frame"]
+    assert truth == {
+        "kind": "pan",
+        "direction_deg": 180.0,
+        "speed_px_per_frame": 2.0,
+    }  # not changed
+    assert "speed" not in m and "cell" not in m  # the grids keep their version-2 names only
+
+
 def test_flow_is_computed_only_when_wanted_and_from_the_second_frame():
     a = Analyser(FakeEngine(), "s", Metrics())
     fs = frames()
