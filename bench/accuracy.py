@@ -59,6 +59,24 @@ BY = {
     "abrupt": "turn_size_deg",
     "clip": "clip",
 }
+# Speed ranges the issue's targets are set on, scored pooled (every frame and cell of the range).
+RANGES = {"pan": {"0.5-8": (0.5, 8.0), "8-16": (8.0, 16.0)}}
+# The accuracy targets (issue 11), each on its own family, size and range: (what, family, sizes,
+# range label or None, summary key, bound: met when the figure is at most this, format).
+TARGETS = (
+    ("pans 0.5-8 px/frame: global direction", "pan", ("320x240",), "0.5-8", "global_dir_err_median_deg", 3.0, "{:.1f}°"),
+    ("pans 0.5-8 px/frame: per-cell direction", "pan", ("320x240",), "0.5-8", "cell_dir_err_median_deg", 10.0, "{:.1f}°"),
+    ("pans 0.5-8 px/frame: speed", "pan", ("320x240",), "0.5-8", "speed_rel_err_median", 0.20, "{:.0%}"),
+    ("pans 8-16 px/frame: global direction", "pan", ("640x480",), "8-16", "global_dir_err_median_deg", 10.0, "{:.1f}°"),
+    ("pans 8-16 px/frame: speed", "pan", ("640x480",), "8-16", "speed_rel_err_median", 0.30, "{:.0%}"),
+    ("gratings: global direction", "grating", ("320x240", "640x480"), None, "global_dir_err_median_deg", 10.0, "{:.1f}°"),
+    ("gratings: speed along the normal", "grating", ("320x240", "640x480"), None, "speed_rel_err_median", 0.25, "{:.0%}"),
+    ("object on a still background: false motion", "object", ("320x240", "640x480"), None, "false_motion_rate", 0.02, "{:.1%}"),
+    ("object on a still background: per-cell direction", "object", ("320x240", "640x480"), None, "cell_dir_err_median_deg", 20.0, "{:.1f}°"),
+    ("real clips: per-cell direction against DIS medium", "clip", ("320x240", "640x480"), None, "cell_dir_err_median_deg", 20.0, "{:.1f}°"),
+    ("real clips: false motion", "clip", ("320x240", "640x480"), None, "false_motion_rate", 0.03, "{:.1%}"),
+    ("after a velocity change: frames to within 20°", "abrupt", ("320x240", "640x480"), None, "frames_to_recover_median", 5, "{:.0f}"),
+)  # fmt: skip
 COLUMNS = (
     ("global dir err (med/mean °)", ("global_dir_err_median_deg", "global_dir_err_mean_deg"), "{:.1f}"),
     ("cell dir err med °", ("cell_dir_err_median_deg",), "{:.1f}"),
@@ -194,6 +212,28 @@ def by_table(rows: list[dict], family: str, key: str, methods) -> str:
     return "\n".join(lines)
 
 
+def targets_table(rows: list[dict], engine: str = "ss-RNN", peer: str = "DIS medium") -> str:
+    """The issue's targets, each scored on its family, size and range: the engine's figure, whether
+    it meets the bound, and the optical-flow peer's figure on the same frames (where it ran)."""
+    by_key = {(r["family"], r["size"], r["method"]): r["summary"] for r in rows}
+    lines = [
+        f"| target | size | bound | {engine} | met | {peer} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for what, family, sizes, span, key, bound, spec in TARGETS:
+        for size in sizes:
+            s = by_key.get((family, size, engine))
+            if s is None:
+                continue
+            figure = (s.get("ranges") or {}).get(span, {}).get(key) if span else s.get(key)
+            p = by_key.get((family, size, peer))
+            p_fig = None if p is None else ((p.get("ranges") or {}).get(span, {}).get(key) if span else p.get(key))  # fmt: skip
+            show = lambda v, spec=spec: "-" if v is None else spec.format(v)  # noqa: E731
+            met = "-" if figure is None else ("yes" if figure <= bound else "**no**")
+            lines.append(f"| {what} | {size} | ≤ {spec.format(bound)} | {show(figure)} | {met} | {show(p_fig)} |")  # fmt: skip
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def calibration_table(rows: list[dict], family: str = "pan") -> str:
     sel = [r for r in rows if r["family"] == family and r["summary"]["calibration"]]
     if not sel:
@@ -256,7 +296,10 @@ def main(argv=None) -> int:
             label = f"{family} {size[0]}x{size[1]}"
             t0 = time.perf_counter()
             bar = lambda it, label=label: tqdm(it, desc=label, unit="seq", leave=False)  # noqa: E731
-            res = me.evaluate(methods, seqs, me.CELL_PX, progress=bar, by=BY.get(family))
+            res = me.evaluate(
+                methods, seqs, me.CELL_PX, progress=bar, by=BY.get(family),
+                ranges=RANGES.get(family),
+            )  # fmt: skip
             timings[label] = round(time.perf_counter() - t0, 1)
             for name, summary in res.items():
                 rows.append({"family": family, "size": f"{size[0]}x{size[1]}", "method": name, "summary": summary})  # fmt: skip
@@ -272,8 +315,11 @@ def main(argv=None) -> int:
         f"{total:.0f} s wall clock on one thread"
     )
     main_table = table(rows)
+    goals = targets_table(rows)
     print(header)
     print(main_table)
+    if goals:
+        print("\nTargets (issue 11), each on its own family, size and speed range\n" + goals)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         doc = {
@@ -302,8 +348,13 @@ def main(argv=None) -> int:
             "Produced by `bench/accuracy.py` (families and scores in `models/motion/motion_eval.py`):\n",
             f"```\n{header.replace('# ', '')}\n```\n",
             main_table + "\n",
-            NOTES,
         ]
+        if goals:
+            parts += [
+                "### Targets, each scored on its own family, size and speed range (pooled)\n",
+                goals + "\n",
+            ]
+        parts.append(NOTES)
         for family, key in BY.items():
             t = by_table(rows, family, key, names)
             if t:

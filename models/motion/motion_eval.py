@@ -810,7 +810,12 @@ class Tally:
 
 
 def evaluate(
-    methods, sequences, cell: int = CELL_PX, progress=None, by: str | None = None
+    methods,
+    sequences,
+    cell: int = CELL_PX,
+    progress=None,
+    by: str | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, dict]:
     """Run every method on every sequence (the same uint8 frames) and score it against the truth.
 
@@ -822,13 +827,20 @@ def evaluate(
     progress : optional callable wrapping the sequence iterable (e.g. ``tqdm``).
     by : optional key of ``Sequence.params`` (e.g. ``"speed"``): each summary then also holds
         ``"by": {str(value): summary}`` for the sequences of each value.
+    ranges : optional ``{label: (lo, hi)}`` on the numeric ``by`` values: each summary then also
+        holds ``"ranges": {label: summary}`` over the sequences with ``lo <= value <= hi``, pooled
+        (frames and cells of the range together, not a mean of the values' summaries).
 
     Returns
     -------
     ``{method name: summary dict}`` (see :meth:`Tally.summary`).
     """
+    if ranges and by is None:
+        raise ValueError("ranges need `by`: the sequence parameter they bound")
+    ranges = ranges or {}
     tallies = {m.name: Tally() for m in methods}
     groups: dict[str, dict[str, Tally]] = {m.name: {} for m in methods}
+    spans = {m.name: {label: Tally() for label in ranges} for m in methods}
     seqs = progress(sequences) if progress is not None else sequences
     for seq in seqs:
         wanted = seq.wanted()
@@ -836,7 +848,11 @@ def evaluate(
             m.reset()
             targets = [tallies[m.name]]
             if by is not None:
-                targets.append(groups[m.name].setdefault(str(seq.params.get(by)), Tally()))
+                value = seq.params.get(by)
+                targets.append(groups[m.name].setdefault(str(value), Tally()))
+                for label, (lo, hi) in ranges.items():
+                    if value is not None and lo <= float(value) <= hi:
+                        targets.append(spans[m.name][label])
             recovery = []
             for t, frame in enumerate(seq.frames):
                 out = m.step(frame, t in wanted)
@@ -860,6 +876,8 @@ def evaluate(
         out[name] = tally.summary()
         if by is not None:
             out[name]["by"] = {k: g.summary() for k, g in groups[name].items()}
+        if ranges:
+            out[name]["ranges"] = {k: t.summary() for k, t in spans[name].items()}
     return out
 
 

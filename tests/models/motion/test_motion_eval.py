@@ -207,6 +207,39 @@ def test_flow_baseline_recovers_a_pan_and_a_turn():
     assert s["frames_to_recover_median"] == 1
 
 
+class _Rightwards:
+    """A method that shows every cell moving right at 1 px/frame."""
+
+    name = "right"
+
+    def reset(self) -> None:
+        pass
+
+    def step(self, frame, want):
+        rows, cols = frame.shape[0] // me.CELL_PX, frame.shape[1] // me.CELL_PX
+        one = np.ones((rows, cols))
+        return me.CellMotion(np.zeros((rows, cols)), one, one, one.astype(bool), 0.0, 1.0)
+
+
+def test_a_range_pools_the_sequences_of_its_values_and_no_others():
+    seqs = list(
+        me.family_sequences(
+            "pan", SMALL, n_directions=4, speeds=(1.0, 2.0, 4.0), n_frames=4, warmup=2
+        )
+    )
+    ranged = me.evaluate([_Rightwards()], seqs, by="speed", ranges={"1-2": (1.0, 2.0)})["right"]
+    inside = [q for q in seqs if q.params["speed"] <= 2.0]
+    alone = me.evaluate([_Rightwards()], inside)["right"]
+    pooled = ranged["ranges"]["1-2"]
+    assert pooled["n_sequences"] == len(inside) == 8 and pooled["n_frames"] == alone["n_frames"]
+    for key in ("global_dir_err_median_deg", "cell_dir_err_median_deg", "speed_rel_err_median"):
+        assert pooled[key] == alone[key]
+    # speeds 1 and 2 read as 1: a pooled median over both, not the median of one of them
+    assert pooled["speed_rel_err_median"] != ranged["by"]["1.0"]["speed_rel_err_median"]
+    with pytest.raises(ValueError, match="ranges need"):
+        me.evaluate([_Rightwards()], seqs, ranges={"1-2": (1.0, 2.0)})
+
+
 def test_still_cells_count_as_false_motion_when_shown_moving():
     seq = next(me.still_family(SMALL, crops_per_still=1, n_frames=4, warmup=2))
     out = me.CellMotion(
