@@ -25,6 +25,7 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -214,6 +215,7 @@ def main():
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-accuracy", action="store_true", help="skip the direction-error table")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
     args = ap.parse_args()
     if (args.weights, args.mt) == (DEFAULT_WEIGHTS, DEFAULT_MT):
         engine = MotionEngine.load_default()  # with the shipped axis calibration
@@ -243,6 +245,7 @@ def main():
     for r in table:
         print(f"- {r['size']}: {r['coarse']:.2f}x")
     if args.no_accuracy:
+        write_json(args.json, {"speed": table, "rounds": args.rounds, "frames": args.frames})
         return
     errs = direction_errors(engine, stimuli_sets())
     print(
@@ -253,6 +256,15 @@ def main():
     print("|" + "---|" * (len(names) + 1))
     for set_name, e in errs.items():
         print(f"| {set_name} | " + " | ".join(f"{e[n]:.1f}" for n in names) + " |")
+    write_json(
+        args.json,
+        {"speed": table, "rounds": args.rounds, "frames": args.frames, "direction_error_deg": errs},
+    )
+
+
+def write_json(path: Path | None, doc: dict) -> None:
+    if path is not None:
+        path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -209,6 +210,7 @@ def main(argv=None) -> int:
         default=",".join(PLAN),
         help=f"comma-separated scenarios to run, in this order (default: all; {', '.join(PLAN)})",
     )
+    p.add_argument("--json", type=Path, default=None, help="also write the rows here as JSON")
     args = p.parse_args(argv)
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in PLAN]
@@ -238,6 +240,13 @@ def main(argv=None) -> int:
         ) + " |")  # fmt: skip
     for (w, h), ms in sorted(base.items()):
         print(f"baseline engine.step alone at {w}x{h}: {ms:.1f} ms/frame")
+    if args.json is not None:
+        doc = {
+            "seconds": args.seconds,
+            "rows": [dict(r, key=key) for key, r in zip(keys, rows, strict=True)],
+            "baseline_step_ms": {f"{w}x{h}": ms for (w, h), ms in base.items()},
+        }
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0
 
 

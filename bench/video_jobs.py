@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -186,7 +187,6 @@ def through_pool(
 
 def cli_run(clip: Path, tmp: Path, engine_name: str, limits: Limits) -> tuple[int, float]:
     """``v1motion motion`` as a command: frames, wall seconds including start-up."""
-    import json
     import subprocess
     import sys
 
@@ -209,6 +209,7 @@ def main() -> None:
     ap.add_argument("--max-frames", type=int, default=300)
     ap.add_argument("--only-box", action="store_true", help="skip vtest.avi (a shorter run)")
     ap.add_argument("--sides", default="native,320", help="frame sizes: native and/or longer sides")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here as JSON")
     args = ap.parse_args()
     name = args.engine
     pin_threads(1)  # as the video workers and the CLI run
@@ -230,11 +231,15 @@ def main() -> None:
         f"{'clip':10} {'size':>9} {'row':44} {'frames':>6} {'s':>7} {'frames/s':>9} {'x real time':>11}"
     )
 
+    rows = []
+
     def row(clip, size, label, n, seconds, *, fps):
         rate = n / seconds if seconds > 0 else float("inf")
         print(
             f"{clip:10} {size:>9} {label:44} {n:6d} {seconds:7.2f} {rate:9.1f} {rate / fps:10.2f}x"
         )
+        rows.append({"clip": clip, "size": size, "row": label, "frames": n, "seconds": seconds,
+                     "frames_per_s": rate, "x_real_time": rate / fps})  # fmt: skip
         return rate
 
     try:
@@ -287,6 +292,9 @@ def main() -> None:
                 r("CLI: v1motion motion (with start-up)", *cli_run(clip, tmp, name, limits))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if args.json is not None:
+        doc = {"engine": name, "max_frames": args.max_frames, "rows": rows}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":
