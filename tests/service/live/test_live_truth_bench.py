@@ -23,7 +23,8 @@ _spec.loader.exec_module(lt)
 
 def test_it_reads_a_result_the_service_encodes_from_the_synthetic_source():
     # The fields it reads are those the service writes: a protocol rename breaks this test, not
-    # only the tool (an older copy of it read `motion.global`, which no longer exists).
+    # only the tool (an older copy of it read `motion.global`, a name of protocol version 1 that
+    # results now carry only as an alias).
     src = SyntheticSource(
         SourceSpec(name="s", kind="synthetic", width=96, height=64, fps=240), threading.Event()
     )

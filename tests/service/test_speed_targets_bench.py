@@ -1,0 +1,61 @@
+"""bench/speed_targets.py judges each figure against its target in the right direction."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_PATH = Path(__file__).resolve().parents[2] / "bench" / "speed_targets.py"
+_spec = importlib.util.spec_from_file_location("speed_targets", _PATH)
+st = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(st)
+
+
+def figures(step640=160.0, p95=14.0, cold=1.2, two_jobs=160.0):
+    engine = {
+        "speed": [
+            {"size": "320x240", "fps": {"step 1 thr": 300.0}, "ratio": {"step 1 thr": 0.2}, "threads": 1.0},
+            {"size": "640x480", "fps": {"step 1 thr": step640}, "ratio": {"step 1 thr": 0.4}, "threads": 1.8},
+        ]
+    }  # fmt: skip
+    live = {
+        "rows": [
+            {"key": "one-320", "stream fps": 30.0, "p95 ms": 8.0, "worst %": 100.0},
+            {"key": "one-640", "stream fps": 30.0, "p95 ms": p95, "worst %": 100.0},
+            {"key": "50viewers", "stream fps": 26.0, "p95 ms": 12.0, "worst %": 95.0},
+        ]
+    }
+    rows = [
+        ("service: 1 job, 1 worker process", 100.0, 3.3),
+        ("service: 2 jobs at once, 2 workers", two_jobs, 5.3),
+        ("CLI: v1motion motion (with start-up)", 90.0, 3.0),
+    ]
+    jobs = {
+        "rows": [
+            {"clip": "box.mp4", "size": "640x480", "row": r, "frames_per_s": f, "x_real_time": x}
+            for r, f, x in rows
+        ]
+    }
+    return engine, live, jobs, [1.0, cold]
+
+
+def verdicts(*args, **kw):
+    return {what: met for what, _, _, met in st.targets(*figures(*args, **kw))}
+
+
+def test_frames_per_second_must_reach_and_latencies_stay_under_their_bounds():
+    v = verdicts()
+    assert v["engine step, 1 thread, 640x480: frames/s (goal 300)"] is True  # 160 >= 150
+    assert v["engine step, 1 thread, 320x240: ratio to DIS ultrafast"] is False  # 0.2 < 1
+    assert v["engine step, 2 threads against 1, 640x480"] is True  # 1.8 >= 1.7
+    assert v["live 640x480: latency p95 (ms)"] is True  # 14 <= 15
+    assert v["50 viewers: stream fps against one viewer's"] is False  # 26 / 30 < 0.9
+    assert v["50 viewers: results each viewer receives (worst viewer)"] is True
+    assert v["box.mp4 640x480 with overlay, service: x real time"] is False
+    assert v["two jobs at once against one: throughput"] is True  # 1.6 >= 1.5
+    assert v["cold start: /readyz 200 after (s; worst of 2)"] is True
+    v = verdicts(step640=140.0, p95=16.0, cold=6.0, two_jobs=140.0)
+    assert v["engine step, 1 thread, 640x480: frames/s (goal 300)"] is False
+    assert v["live 640x480: latency p95 (ms)"] is False
+    assert v["two jobs at once against one: throughput"] is False
+    assert v["cold start: /readyz 200 after (s; worst of 2)"] is False
