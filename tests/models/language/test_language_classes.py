@@ -290,6 +290,8 @@ def test_train_command_round_trips_through_the_cli_parser():
         "7",
         "--time-limit",
         "60",
+        "--average-from",
+        "9",
         "--int8",
     ]
     args = build_parser().parse_args(argv)
@@ -312,9 +314,13 @@ def test_train_command_round_trips_through_the_cli_parser():
         "anneal",
         "int8",
         "float32",
+        "average_from",
     ):
         assert getattr(again, key) == getattr(args, key), key
     assert "--time-limit" not in command  # where a run pauses does not change its result
+    assert again.average_from == 9
+    default = build_parser().parse_args(["lm", "train", "--out", "runs/x.npz"])
+    assert default.average_from is None and "--average-from" not in train_command(default)
 
 
 @pytest.mark.parametrize("storage", ["float16", "int8"])
