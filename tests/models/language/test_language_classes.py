@@ -344,6 +344,10 @@ def test_model_card_carries_the_command_and_the_table(rng, tmp_path, storage):
     assert "| RNN | — | 124.7 |" in text
     stored = "int8 with a float32 scale per word" if storage == "int8" else "float16"
     assert f"stored {stored})" in text and f"the {storage} weights as shipped" in text
+    assert "Polyak" not in text
+    model.average_from = 9  # trained with averaging: the card says what was kept
+    text = write_card(tmp_path / "card.md", model.save(tmp_path / "m.npz"), rows).read_text()
+    assert "from epoch 9 on, the running mean of the weights over every update" in text
 
 
 def test_the_report_writes_the_table_and_the_timescale_figure(rng, tmp_path):
