@@ -110,10 +110,12 @@ def from_train_run(name: str, weights: Path) -> dict:
         config["learning_rate"] = 2e-3 if config.get("optimizer", "adam") == "adam" else 1.0
     skip = {"class_power"} if not config.get("n_classes") else set()
     changes = {k: config[k] for k in BASE if k not in skip and config.get(k) != BASE[k]}
+    if config.get("average_from") is not None:  # weights averaged from this epoch on
+        changes["average_from"] = config["average_from"]
     limit = re.search(r"--train-tokens (\d+)", config["command"])
     n_train = int(limit.group(1)) if limit else PTB_TRAIN_TOKENS
     tokens_per_epoch = (n_train - 1) // config["batch_size"] * config["batch_size"]
-    return {
+    record = {
         "name": name,
         "changes": changes,
         "epochs": len(history),
@@ -125,6 +127,11 @@ def from_train_run(name: str, weights: Path) -> dict:
         "seconds": round(sum(e["seconds"] for e in history)),
         "command": " ".join(config["command"].replace("\\\n", " ").split()),
     }
+    if any("valid_ppl_raw" in e for e in history):  # valid_ppl is of the averaged weights
+        record["valid_ppl_last_iterate"] = [
+            round(e["valid_ppl_raw"], 2) if "valid_ppl_raw" in e else None for e in history
+        ]
+    return record
 
 
 def write_table(results: list[dict]) -> str:
@@ -158,6 +165,16 @@ def write_table(results: list[dict]) -> str:
         lines += ["", "Runs made with `v1motion lm train` (not by this script), reproduced by:", ""]
         for r in longer:
             lines += [f"- {r['name']}:", "", "  ```bash", f"  {r['command']}", "  ```", ""]
+            if r.get("valid_ppl_last_iterate"):
+                raw = " / ".join(
+                    "—" if p is None else f"{p:.1f}" for p in r["valid_ppl_last_iterate"]
+                )
+                lines += [
+                    f"  From epoch {r['changes']['average_from']} the per-epoch column is the "
+                    "valid ppl of the running mean of the weights (Polyak averaging); that of the "
+                    f"last iterate per epoch: {raw}.",
+                    "",
+                ]
     return "\n".join(lines) + "\n"
 
 

@@ -550,6 +550,11 @@ class LinearRecurrentLM:
     momentum : float, default 0.9
     anneal : float, default 0.5 -- learning-rate factor when validation stops improving
     n_epochs : int, default 20
+    average_from : int or None, default None -- from the start of this epoch (1-based) keep the
+        running arithmetic mean of the parameters over every update (Polyak averaging; the
+        average of iterates that obey the max-norm and |r| bounds obeys them too, both sets being
+        convex). Each such epoch is then validated, kept as best and annealed on with the
+        averaged parameters; None: no averaging
     time_limit : float or None -- pause ``fit`` after this many seconds (inside an epoch; with a
         checkpoint, calling ``fit`` again resumes exactly where it paused)
     seed : int, default 0
@@ -558,7 +563,9 @@ class LinearRecurrentLM:
     ----------
     params_ : dict of E (V, H), W (V, H) or None, P (H, H), r (H,) or (H, H), c (V,)
     vocab_ : Vocabulary
-    history_ : list of per-epoch dicts (train loss, valid perplexity, tokens/s, lr, seconds)
+    history_ : list of per-epoch dicts (train loss, valid perplexity, tokens/s, lr, seconds);
+        with averaging on, ``valid_ppl`` is that of the averaged parameters and ``valid_ppl_raw``
+        that of the last iterate
     """
 
     def __init__(
@@ -579,6 +586,7 @@ class LinearRecurrentLM:
         momentum: float = 0.9,
         anneal: float = 0.5,
         n_epochs: int = 20,
+        average_from: int | None = None,
         time_limit: float | None = None,
         seed: int = 0,
     ):
@@ -598,6 +606,7 @@ class LinearRecurrentLM:
         self.momentum = momentum
         self.anneal = anneal
         self.n_epochs = n_epochs
+        self.average_from = average_from
         self.time_limit = time_limit
         self.seed = seed
 
@@ -618,6 +627,8 @@ class LinearRecurrentLM:
         for name in ("n_hidden", "bptt", "batch_size", "n_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.average_from is not None and int(self.average_from) < 1:
+            raise ValueError(f"average_from must be an epoch >= 1 or None, got {self.average_from}")
 
     def init_params(self, vocab_size: int, unigram: np.ndarray | None = None) -> dict:
         """Fresh parameters: timescales log-uniform over 1-100 words, P = diag(1 - r)."""
@@ -676,6 +687,14 @@ class LinearRecurrentLM:
         parameters as an uninterrupted run, so a run can be stopped at any moment and loses
         at most ``checkpoint_every`` seconds.
 
+        With ``average_from`` the running mean of the parameters (after every update from that
+        epoch on) is part of that state. From then on each epoch ends by scoring ``valid`` with
+        both the last iterate (``valid_ppl_raw``) and the mean (``valid_ppl``); the mean is the
+        candidate for the best epoch, and the learning rate is annealed when the mean's
+        perplexity stops improving: the mean is the model kept, and annealing on the noisier last
+        iterate would shrink the steps just when averaging their noise away pays (a stalling
+        iterate is what averaging is for).
+
         Parameters
         ----------
         train : (n,) training ids; valid : (m,) validation ids (annealing, early stopping)
@@ -723,6 +742,8 @@ class LinearRecurrentLM:
                 "best_params": None,
                 "history": [],
                 "rng": np.random.default_rng(self.seed + 1),
+                "avg_sum": None,
+                "avg_count": 0,
             }
         self.history_ = state["history"]
         opt, rng = state["opt"], state["rng"]
@@ -776,6 +797,8 @@ class LinearRecurrentLM:
                 _clip_global(grads, 5.0)
                 opt.update(self.params_, grads)
                 self._project()
+                if self.average_from is not None and state["epoch"] + 1 >= self.average_from:
+                    _accumulate(state, self.params_)
                 state["total"] += loss * X.size
                 state["count"] += X.size
                 state["pos"] += 1
@@ -806,10 +829,19 @@ class LinearRecurrentLM:
                 "lr": opt.lr,
             }
             if valid is not None:
-                entry["valid_ppl"] = self.perplexity(valid)
+                candidate = self.params_
+                if state["avg_count"]:
+                    entry["valid_ppl_raw"] = self.perplexity(valid)
+                    entry["averaged_updates"] = state["avg_count"]
+                    candidate = _mean_params(state, self.params_)
+                    iterate, self.params_ = self.params_, candidate
+                    entry["valid_ppl"] = self.perplexity(valid)
+                    self.params_ = iterate
+                else:
+                    entry["valid_ppl"] = self.perplexity(valid)
                 if entry["valid_ppl"] < state["best"]:
                     state["best"] = entry["valid_ppl"]
-                    state["best_params"] = _copy_params(self.params_)
+                    state["best_params"] = _copy_params(candidate)
                 if entry["valid_ppl"] > 0.995 * min(
                     [e["valid_ppl"] for e in self.history_] or [np.inf]
                 ):
@@ -966,6 +998,7 @@ class LinearRecurrentLM:
             "momentum",
             "anneal",
             "n_epochs",
+            "average_from",
             "time_limit",
             "seed",
         ]
@@ -1052,6 +1085,8 @@ class LinearRecurrentLM:
         arrays.update({f"v_{k}": v for k, v in opt.v.items()})
         if state["best_params"] is not None:
             arrays.update({f"b_{k}": v for k, v in state["best_params"].items() if v is not None})
+        if state["avg_sum"] is not None:
+            arrays.update({f"a_{k}": v for k, v in state["avg_sum"].items()})
         arrays["h"] = state["h"]
         meta = {
             "epoch": state["epoch"],
@@ -1061,6 +1096,7 @@ class LinearRecurrentLM:
             "epoch_seconds": state["epoch_seconds"],
             "best": state["best"],
             "history": state["history"],
+            "avg_count": state["avg_count"],
             "lr": opt.lr,
             "step": opt.step,
             "rng": state["rng"].bit_generator.state,
@@ -1081,6 +1117,7 @@ class LinearRecurrentLM:
             best_params = None
             if any(k.startswith("b_") for k in z.files):
                 best_params = {k: z[f"b_{k}"] if f"b_{k}" in z.files else None for k in NAMES}
+            avg_sum = {k[2:]: z[k] for k in z.files if k.startswith("a_")} or None
             h = z["h"]
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["rng"]
@@ -1096,6 +1133,8 @@ class LinearRecurrentLM:
             "best_params": best_params,
             "history": meta["history"],
             "rng": rng,
+            "avg_sum": avg_sum,
+            "avg_count": meta.get("avg_count", 0),
         }
 
 
@@ -1136,6 +1175,25 @@ def _clip_global(grads: dict, max_norm: float) -> None:
     if total > max_norm:
         for g in grads.values():
             g *= max_norm / total
+
+
+def _accumulate(state: dict, params: dict) -> None:
+    """Add the current parameters to the float64 running sum of the averaged iterates."""
+    if state["avg_sum"] is None:
+        state["avg_sum"] = {
+            k: np.zeros(v.shape, np.float64) for k, v in params.items() if v is not None
+        }
+    for k, s in state["avg_sum"].items():
+        s += params[k]
+    state["avg_count"] += 1
+
+
+def _mean_params(state: dict, like: dict) -> dict:
+    """The running mean of the averaged iterates, as a parameter dict in the dtypes of ``like``."""
+    n = state["avg_count"]
+    return {
+        k: None if v is None else (state["avg_sum"][k] / n).astype(v.dtype) for k, v in like.items()
+    }
 
 
 def _copy_params(params: dict, dtype=None) -> dict:

@@ -92,6 +92,12 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
                 "from unigram^0.75, importance-corrected; every reported perplexity uses the "
                 "exact full softmax)"
             )
+    averaging = ""
+    if getattr(model, "average_from", None) is not None:
+        averaging = (
+            f"from epoch {model.average_from} on, the running mean of the weights over every "
+            "update (Polyak averaging) is what is validated, annealed on and kept; "
+        )
     lines = [
         f"# Model card: `{model_path.name}` — linear recurrent language model (R-GLM) on Penn "
         "Treebank",
@@ -118,7 +124,7 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
         f"the state fed to the output, max-norm {model.max_norm} on every word vector, "
         f"{model.optimizer} (lr {lr:g}, multiplied by {model.anneal} whenever "
         "validation perplexity improves by less than 0.5 % in an epoch), gradient-norm clip 5, "
-        f"seed {model.seed}; the best epoch on valid is kept.",
+        f"seed {model.seed}; {averaging}the best epoch on valid is kept.",
         "",
         "## Reproduce",
         "",

@@ -84,6 +84,14 @@ def add_parser(subparsers) -> None:
     )
     t.add_argument("--epochs", type=int, default=20, help="passes over the training text")
     t.add_argument(
+        "--average-from",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help="from this epoch (1-based) on, validate, keep and anneal on the running mean of the "
+        "weights over every update (Polyak averaging) (default: no averaging)",
+    )
+    t.add_argument(
         "--time-limit",
         type=float,
         default=None,
@@ -181,6 +189,7 @@ def train_command(args: argparse.Namespace) -> str:
         f"--classes {args.classes} --class-power {args.class_power} --samples {args.samples}",
         f"--optimizer {args.optimizer}" + (f" --lr {args.lr}" if args.lr is not None else ""),
         f"--anneal {args.anneal} --epochs {args.epochs} --seed {args.seed}",
+        f"--average-from {args.average_from}" if args.average_from is not None else "",
         f"--train-tokens {args.train_tokens}" if args.train_tokens is not None else "",
         "--float32" if args.float32 else "",
         "--int8" if args.int8 else "",
@@ -210,6 +219,7 @@ def run_train(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         anneal=args.anneal,
         n_epochs=args.epochs,
+        average_from=args.average_from,
         time_limit=args.time_limit,
         seed=args.seed,
     )
@@ -223,9 +233,11 @@ def run_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
     )
     for e in model.history_:
+        raw = f"  (last iterate {e['valid_ppl_raw']:.2f})" if "valid_ppl_raw" in e else ""
         print(
             f"epoch {e['epoch']:3d}  train {e['train_loss']:.3f} nats  valid ppl "
             f"{e.get('valid_ppl', float('nan')):8.2f}  {e['tokens_per_s']:8.0f} tok/s  lr {e['lr']:.2g}"
+            f"{raw}"
         )
     done = model.finished_
     if not model.history_:

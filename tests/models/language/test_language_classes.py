@@ -198,20 +198,29 @@ def test_class_model_save_load_round_trip(rng, tmp_path):
     np.testing.assert_allclose(back.log_probs(seq), model.log_probs(seq), atol=1e-2)
 
 
+@pytest.mark.parametrize("average_from", [None, 2])
 @pytest.mark.parametrize("n_classes", [None, 3])
 @pytest.mark.parametrize("stops", [[1], [7, 3], [11], [5, 5, 5, 5]])
 def test_training_stopped_anywhere_resumes_to_the_uninterrupted_result(
-    rng, tmp_path, n_classes, stops
+    rng, tmp_path, n_classes, stops, average_from
 ):
     # 3 epochs of 6 windows: the stops land inside an epoch, on an epoch boundary (6, 12) and
-    # several times in one run
+    # several times in one run; with averaging from epoch 2 also inside the averaged epochs
     V = 10
     seq = rng.integers(0, V, 6 * 4 * 5 + 1)
     kw = dict(
-        n_hidden=4, n_samples=5, n_classes=n_classes, batch_size=4, bptt=5, seed=3, n_epochs=3
+        n_hidden=4,
+        n_samples=5,
+        n_classes=n_classes,
+        batch_size=4,
+        bptt=5,
+        seed=3,
+        n_epochs=3,
+        average_from=average_from,
     )
     valid = seq[:100]
-    straight = LinearRecurrentLM(**kw).fit(seq, _vocab(V), valid=valid)
+    straight_ckpt = tmp_path / "straight.npz"
+    straight = LinearRecurrentLM(**kw).fit(seq, _vocab(V), valid=valid, checkpoint=straight_ckpt)
     ckpt = tmp_path / "ckpt.npz"
     for k in stops:
         part = LinearRecurrentLM(**kw).fit(
@@ -222,10 +231,20 @@ def test_training_stopped_anywhere_resumes_to_the_uninterrupted_result(
     resumed = LinearRecurrentLM(**kw).fit(seq, _vocab(V), valid=valid, checkpoint=ckpt)
     assert resumed.finished_
     assert [e["epoch"] for e in resumed.history_] == [1, 2, 3]
-    assert [e["valid_ppl"] for e in resumed.history_] == [e["valid_ppl"] for e in straight.history_]
+    for key in ("valid_ppl", "valid_ppl_raw", "averaged_updates", "lr"):
+        assert [e.get(key) for e in resumed.history_] == [e.get(key) for e in straight.history_]
+    assert [e.get("averaged_updates") for e in straight.history_] == (
+        [None, None, None] if average_from is None else [None, 6, 12]
+    )
     for name, v in straight.params_.items():
         if v is not None:
             np.testing.assert_array_equal(resumed.params_[name], v, err_msg=name)
+    with np.load(ckpt) as a, np.load(straight_ckpt) as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert any(k.startswith("a_") for k in a.files) == (average_from is not None)
+        for k in a.files:
+            if k.startswith(("p_", "a_", "b_")):
+                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_a_checkpoint_is_written_at_every_epoch_end(rng, tmp_path, monkeypatch):
@@ -271,6 +290,8 @@ def test_train_command_round_trips_through_the_cli_parser():
         "7",
         "--time-limit",
         "60",
+        "--average-from",
+        "9",
         "--int8",
     ]
     args = build_parser().parse_args(argv)
@@ -293,9 +314,13 @@ def test_train_command_round_trips_through_the_cli_parser():
         "anneal",
         "int8",
         "float32",
+        "average_from",
     ):
         assert getattr(again, key) == getattr(args, key), key
     assert "--time-limit" not in command  # where a run pauses does not change its result
+    assert again.average_from == 9
+    default = build_parser().parse_args(["lm", "train", "--out", "runs/x.npz"])
+    assert default.average_from is None and "--average-from" not in train_command(default)
 
 
 @pytest.mark.parametrize("storage", ["float16", "int8"])
@@ -319,6 +344,10 @@ def test_model_card_carries_the_command_and_the_table(rng, tmp_path, storage):
     assert "| RNN | — | 124.7 |" in text
     stored = "int8 with a float32 scale per word" if storage == "int8" else "float16"
     assert f"stored {stored})" in text and f"the {storage} weights as shipped" in text
+    assert "Polyak" not in text
+    model.average_from = 9  # trained with averaging: the card says what was kept
+    text = write_card(tmp_path / "card.md", model.save(tmp_path / "m.npz"), rows).read_text()
+    assert "from epoch 9 on, the running mean of the weights over every update" in text
 
 
 def test_the_report_writes_the_table_and_the_timescale_figure(rng, tmp_path):

@@ -358,6 +358,65 @@ def test_checkpoint_resume_continues_training(rng, tmp_path):
     np.testing.assert_allclose(resumed.params_["E"], straight.params_["E"], rtol=1e-5, atol=1e-6)
 
 
+def _checkpoint_arrays(path, prefix):
+    with np.load(path) as z:
+        return {k[len(prefix) :]: z[k] for k in z.files if k.startswith(prefix)}
+
+
+def test_averaged_parameters_are_the_mean_of_the_iterates(rng, tmp_path):
+    V = 10
+    seq, valid = rng.integers(0, V, 400), rng.integers(0, V, 120)
+    kw = dict(n_hidden=3, n_samples=4, batch_size=2, bptt=5, seed=1, n_epochs=3, max_norm=0.5)
+    ckpt = tmp_path / "ckpt.npz"
+    n_windows = -(-(399 // 2) // 5)  # 40 per epoch
+    iterates, model = [], None
+    for _ in range(3 * n_windows):  # one window per call: every iterate is in the checkpoint
+        model = LinearRecurrentLM(average_from=2, **kw).fit(
+            seq, _vocab(V), valid=valid, checkpoint=ckpt, stop_after=1
+        )
+        iterates.append(_checkpoint_arrays(ckpt, "p_"))
+    assert model.finished_
+    averaged = iterates[n_windows:]  # every update of epochs 2 and 3
+
+    def slow_mean(its):
+        return {k: np.array([it[k].astype(np.float64) for it in its]).mean(axis=0) for k in its[0]}
+
+    mean = slow_mean(averaged)
+    sums = _checkpoint_arrays(ckpt, "a_")
+    with np.load(ckpt) as z:
+        assert json.loads(str(z["meta"]))["avg_count"] == len(averaged) == 2 * n_windows
+    for k, v in mean.items():
+        np.testing.assert_allclose(sums[k] / len(averaged), v, rtol=1e-12, atol=1e-12)
+    # the mean of iterates inside the max-norm ball is inside it too
+    assert np.sqrt((mean["E"] ** 2).sum(axis=1)).max() <= 0.5 + 1e-6
+
+    def ppl(params):
+        scorer = LinearRecurrentLM(**kw)
+        scorer.params_ = {k: params.get(k) for k in ("E", "W", "P", "r", "c")}
+        scorer.params_ = {
+            k: None if v is None else v.astype(np.float32) for k, v in scorer.params_.items()
+        }
+        return scorer.perplexity(valid)
+
+    h = model.history_
+    assert "valid_ppl_raw" not in h[0]
+    for epoch in (2, 3):  # validated with the mean so far, and with the last iterate
+        last = epoch * n_windows
+        so_far = slow_mean(iterates[n_windows:last])
+        assert h[epoch - 1]["valid_ppl"] == pytest.approx(ppl(so_far), rel=1e-5)
+        assert h[epoch - 1]["valid_ppl_raw"] == pytest.approx(ppl(iterates[last - 1]), rel=1e-5)
+        assert h[epoch - 1]["averaged_updates"] == last - n_windows
+    # the best epoch is returned: the averaged parameters when they won
+    best = int(np.argmin([e["valid_ppl"] for e in h]))
+    expected = (
+        iterates[n_windows - 1]
+        if best == 0
+        else slow_mean(iterates[n_windows : (best + 1) * n_windows])
+    )
+    for k, v in expected.items():
+        np.testing.assert_allclose(model.params_[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
 def test_estimator_errors(rng):
     with pytest.raises(RuntimeError, match="not fitted"):
         LinearRecurrentLM().log_probs(np.array([0, 1]))
@@ -367,6 +426,8 @@ def test_estimator_errors(rng):
         LinearRecurrentLM(optimizer="lbfgs").fit(np.array([0, 1, 2]), _vocab(3))
     with pytest.raises(ValueError, match=r"ids in \[0, 3\)"):
         LinearRecurrentLM().fit(np.array([0, 5]), _vocab(3))
+    with pytest.raises(ValueError, match="average_from"):
+        LinearRecurrentLM(average_from=0).fit(np.array([0, 1, 2]), _vocab(3))
 
 
 @pytest.mark.skipif(
