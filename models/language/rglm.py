@@ -555,6 +555,9 @@ class LinearRecurrentLM:
         average of iterates that obey the max-norm and |r| bounds obeys them too, both sets being
         convex). Each such epoch is then validated, kept as best and annealed on with the
         averaged parameters; None: no averaging
+    anneal_while_averaging : bool, default True -- False: the learning rate stays where it is once
+        averaging has started (as averaged SGD does: the mean, not a shrinking step, removes the
+        iterates' noise)
     time_limit : float or None -- pause ``fit`` after this many seconds (inside an epoch; with a
         checkpoint, calling ``fit`` again resumes exactly where it paused)
     seed : int, default 0
@@ -587,6 +590,7 @@ class LinearRecurrentLM:
         anneal: float = 0.5,
         n_epochs: int = 20,
         average_from: int | None = None,
+        anneal_while_averaging: bool = True,
         time_limit: float | None = None,
         seed: int = 0,
     ):
@@ -607,6 +611,7 @@ class LinearRecurrentLM:
         self.anneal = anneal
         self.n_epochs = n_epochs
         self.average_from = average_from
+        self.anneal_while_averaging = anneal_while_averaging
         self.time_limit = time_limit
         self.seed = seed
 
@@ -842,7 +847,8 @@ class LinearRecurrentLM:
                 if entry["valid_ppl"] < state["best"]:
                     state["best"] = entry["valid_ppl"]
                     state["best_params"] = _copy_params(candidate)
-                if entry["valid_ppl"] > 0.995 * min(
+                held = state["avg_count"] and not self.anneal_while_averaging
+                if not held and entry["valid_ppl"] > 0.995 * min(
                     [e["valid_ppl"] for e in self.history_] or [np.inf]
                 ):
                     opt.lr *= self.anneal
@@ -999,6 +1005,7 @@ class LinearRecurrentLM:
             "anneal",
             "n_epochs",
             "average_from",
+            "anneal_while_averaging",
             "time_limit",
             "seed",
         ]

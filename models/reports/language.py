@@ -94,9 +94,12 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
             )
     averaging = ""
     if getattr(model, "average_from", None) is not None:
+        held = not getattr(model, "anneal_while_averaging", True)
         averaging = (
             f"from epoch {model.average_from} on, the running mean of the weights over every "
-            "update (Polyak averaging) is what is validated, annealed on and kept; "
+            "update (Polyak averaging) is what is validated"
+            + (", the learning rate held, " if held else ", annealed on ")
+            + "and kept; "
         )
     lines = [
         f"# Model card: `{model_path.name}` — linear recurrent language model (R-GLM) on Penn "

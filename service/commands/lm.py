@@ -92,6 +92,12 @@ def add_parser(subparsers) -> None:
         "weights over every update (Polyak averaging) (default: no averaging)",
     )
     t.add_argument(
+        "--hold-lr-while-averaging",
+        action="store_true",
+        help="with --average-from: keep the learning rate where it is once averaging has started "
+        "(default: anneal on the averaged weights' validation perplexity)",
+    )
+    t.add_argument(
         "--time-limit",
         type=float,
         default=None,
@@ -190,6 +196,7 @@ def train_command(args: argparse.Namespace) -> str:
         f"--optimizer {args.optimizer}" + (f" --lr {args.lr}" if args.lr is not None else ""),
         f"--anneal {args.anneal} --epochs {args.epochs} --seed {args.seed}",
         f"--average-from {args.average_from}" if args.average_from is not None else "",
+        "--hold-lr-while-averaging" if args.hold_lr_while_averaging else "",
         f"--train-tokens {args.train_tokens}" if args.train_tokens is not None else "",
         "--float32" if args.float32 else "",
         "--int8" if args.int8 else "",
@@ -220,6 +227,7 @@ def run_train(args: argparse.Namespace) -> int:
         anneal=args.anneal,
         n_epochs=args.epochs,
         average_from=args.average_from,
+        anneal_while_averaging=not args.hold_lr_while_averaging,
         time_limit=args.time_limit,
         seed=args.seed,
     )

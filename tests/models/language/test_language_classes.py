@@ -292,6 +292,7 @@ def test_train_command_round_trips_through_the_cli_parser():
         "60",
         "--average-from",
         "9",
+        "--hold-lr-while-averaging",
         "--int8",
     ]
     args = build_parser().parse_args(argv)
@@ -315,12 +316,15 @@ def test_train_command_round_trips_through_the_cli_parser():
         "int8",
         "float32",
         "average_from",
+        "hold_lr_while_averaging",
     ):
         assert getattr(again, key) == getattr(args, key), key
     assert "--time-limit" not in command  # where a run pauses does not change its result
     assert again.average_from == 9
     default = build_parser().parse_args(["lm", "train", "--out", "runs/x.npz"])
     assert default.average_from is None and "--average-from" not in train_command(default)
+    assert again.hold_lr_while_averaging and not default.hold_lr_while_averaging
+    assert "--hold-lr-while-averaging" not in train_command(default)
 
 
 @pytest.mark.parametrize("storage", ["float16", "int8"])

@@ -417,6 +417,25 @@ def test_averaged_parameters_are_the_mean_of_the_iterates(rng, tmp_path):
         np.testing.assert_allclose(model.params_[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.parametrize("anneal_while_averaging", [True, False])
+def test_the_learning_rate_is_held_once_averaging_starts_only_when_asked(
+    rng, monkeypatch, anneal_while_averaging
+):
+    # Validation never improves, so every epoch ends by annealing unless the rate is held.
+    monkeypatch.setattr(LinearRecurrentLM, "perplexity", lambda self, tokens: 100.0)
+    V = 10
+    seq, valid = rng.integers(0, V, 400), rng.integers(0, V, 120)
+    model = LinearRecurrentLM(
+        average_from=3, anneal_while_averaging=anneal_while_averaging, learning_rate=0.01,
+        n_hidden=3, n_samples=4, batch_size=2, bptt=5, seed=1, n_epochs=5,
+    ).fit(seq, _vocab(V), valid=valid)  # fmt: skip
+    lrs = [e["lr"] for e in model.history_]  # the rate each epoch trained with
+    if anneal_while_averaging:
+        assert lrs == pytest.approx([0.01, 0.01, 0.005, 0.0025, 0.00125])  # from epoch 2 on
+    else:  # annealed after epoch 2, held from the first averaged epoch (3) on
+        assert lrs == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.005])
+
+
 def test_estimator_errors(rng):
     with pytest.raises(RuntimeError, match="not fitted"):
         LinearRecurrentLM().log_probs(np.array([0, 1]))
