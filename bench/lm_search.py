@@ -112,6 +112,8 @@ def from_train_run(name: str, weights: Path) -> dict:
     changes = {k: config[k] for k in BASE if k not in skip and config.get(k) != BASE[k]}
     if config.get("average_from") is not None:  # weights averaged from this epoch on
         changes["average_from"] = config["average_from"]
+        if config.get("anneal_while_averaging") is False:  # the learning rate held meanwhile
+            changes["anneal_while_averaging"] = False
     limit = re.search(r"--train-tokens (\d+)", config["command"])
     n_train = int(limit.group(1)) if limit else PTB_TRAIN_TOKENS
     tokens_per_epoch = (n_train - 1) // config["batch_size"] * config["batch_size"]
