@@ -222,12 +222,17 @@ def targets_table(rows: list[dict], engine: str = "ss-RNN", peer: str = "DIS med
     ]
     for what, family, sizes, span, key, bound, spec in TARGETS:
         for size in sizes:
-            s = by_key.get((family, size, engine))
-            if s is None:
+
+            def pick(method, span=span, key=key, family=family, size=size):
+                """The method's figure on this target's range (None where it did not run)."""
+                s = by_key.get((family, size, method))
+                if s is None:
+                    return None
+                return (s.get("ranges") or {}).get(span, {}).get(key) if span else s.get(key)
+
+            if (family, size, engine) not in by_key:
                 continue
-            figure = (s.get("ranges") or {}).get(span, {}).get(key) if span else s.get(key)
-            p = by_key.get((family, size, peer))
-            p_fig = None if p is None else ((p.get("ranges") or {}).get(span, {}).get(key) if span else p.get(key))  # fmt: skip
+            figure, p_fig = pick(engine), pick(peer)
             show = lambda v, spec=spec: "-" if v is None else spec.format(v)  # noqa: E731
             met = "-" if figure is None else ("yes" if figure <= bound else "**no**")
             lines.append(f"| {what} | {size} | ≤ {spec.format(bound)} | {show(figure)} | {met} | {show(p_fig)} |")  # fmt: skip

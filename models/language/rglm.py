@@ -839,11 +839,9 @@ class LinearRecurrentLM:
                     entry["valid_ppl_raw"] = self.perplexity(valid)
                     entry["averaged_updates"] = state["avg_count"]
                     candidate = _mean_params(state, self.params_)
-                    iterate, self.params_ = self.params_, candidate
-                    entry["valid_ppl"] = self.perplexity(valid)
-                    self.params_ = iterate
-                else:
-                    entry["valid_ppl"] = self.perplexity(valid)
+                iterate, self.params_ = self.params_, candidate
+                entry["valid_ppl"] = self.perplexity(valid)
+                self.params_ = iterate
                 if entry["valid_ppl"] < state["best"]:
                     state["best"] = entry["valid_ppl"]
                     state["best_params"] = _copy_params(candidate)
