@@ -166,6 +166,19 @@ def draw_overlay(
     return out
 
 
+def preload_plotting() -> None:
+    """Import what :func:`summary_figure` draws with (matplotlib, its polar axes and Agg canvas).
+
+    The import takes about a third of a second, once per process. Video workers preload when they
+    start and ``process_video`` preloads on a thread while the video is analysed, so a job does not
+    wait for it at its end. Importing this module does not import matplotlib (the server's start
+    stays lean)."""
+    import matplotlib.projections.polar  # noqa: F401
+    from matplotlib.backends import backend_agg  # noqa: F401
+
+    from v1motion.models.reports import plotting  # noqa: F401
+
+
 def summary_figure(
     path: Path,
     bin_centres: np.ndarray,

@@ -99,3 +99,17 @@ def test_blend_cells_touches_only_coloured_cells(rng):
     assert np.all(out[32:48, 48:64] == 7)
     changed = np.argwhere((out != frame).any(axis=-1))
     assert np.all(changed.min(axis=0) >= [32, 48]) and np.all(changed.max(axis=0) <= [47, 63])
+
+
+def test_matplotlib_is_imported_by_the_preload_not_by_the_module():
+    """The server imports this module at start; the summary figure's matplotlib (about a third of a
+    second) is imported by ``preload_plotting``, which video workers call when they start."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import v1motion.service.render as r; a = 'matplotlib' in sys.modules; "
+        "r.preload_plotting(); print(a, 'matplotlib.projections.polar' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "True"], out.stderr
