@@ -535,6 +535,10 @@ class LinearRecurrentLM:
     recurrence : {"diagonal", "full"}, default "diagonal"
     tied : bool, default True -- output word vectors are the input embedding
     dropout_input, dropout_hidden : float in [0, 1), defaults 0.1 and 0.25
+    dropout_words : float in [0, 1), default 0.0 -- word-type dropout (Gal & Ghahramani's
+        embedding dropout): in each training window every word type's embedding is dropped, at
+        all of its occurrences at once, with this probability (the kept ones scaled by 1/(1-p)),
+        on top of ``dropout_input``; 0 draws nothing, so runs without it are unchanged
     max_norm : float or None, default 3.0 -- max L2 norm of every word vector
     bptt : int, default 20 -- truncation length
     batch_size : int, default 64 -- parallel streams
@@ -578,6 +582,7 @@ class LinearRecurrentLM:
         tied: bool = True,
         dropout_input: float = 0.1,
         dropout_hidden: float = 0.25,
+        dropout_words: float = 0.0,
         max_norm: float | None = 3.0,
         bptt: int = 20,
         batch_size: int = 64,
@@ -599,6 +604,7 @@ class LinearRecurrentLM:
         self.tied = tied
         self.dropout_input = dropout_input
         self.dropout_hidden = dropout_hidden
+        self.dropout_words = dropout_words
         self.max_norm = max_norm
         self.bptt = bptt
         self.batch_size = batch_size
@@ -626,7 +632,7 @@ class LinearRecurrentLM:
             raise ValueError(
                 f"optimizer={self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}"
             )
-        for name in ("dropout_input", "dropout_hidden"):
+        for name in ("dropout_input", "dropout_hidden", "dropout_words"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("n_hidden", "bptt", "batch_size", "n_epochs"):
@@ -779,6 +785,8 @@ class LinearRecurrentLM:
                 X, Y = Xs[s : s + T], Ys[s : s + T]
                 shape = (*X.shape, H)
                 m_in = _dropout_mask(rng, shape, self.dropout_input)
+                if self.dropout_words > 0:
+                    m_in = _word_dropout(rng, X, V, self.dropout_words, m_in, shape)
                 m_h = _dropout_mask(rng, shape, self.dropout_hidden)
                 samples = None
                 if self.n_samples and self.classes_ is None:
@@ -991,6 +999,7 @@ class LinearRecurrentLM:
             "tied",
             "dropout_input",
             "dropout_hidden",
+            "dropout_words",
             "max_norm",
             "bptt",
             "batch_size",
@@ -1173,6 +1182,14 @@ def _dropout_mask(rng: np.random.Generator, shape, p: float) -> np.ndarray | Non
     if p <= 0:
         return None
     return (rng.random(shape, dtype=np.float32) >= p).astype(np.float32) / np.float32(1 - p)
+
+
+def _word_dropout(rng, X, n_words: int, p: float, m_in, shape) -> np.ndarray:
+    """``m_in`` (or ones) times a word-type mask: each of the ``n_words`` types kept with
+    probability ``1 - p`` (scaled by ``1/(1-p)``) or dropped, the same at every occurrence in ``X``."""
+    keep = (rng.random(n_words, dtype=np.float32) >= p).astype(np.float32) / np.float32(1 - p)
+    per_token = keep[X][..., None]
+    return np.broadcast_to(per_token, shape).copy() if m_in is None else m_in * per_token
 
 
 def _clip_global(grads: dict, max_norm: float) -> None:

@@ -47,6 +47,12 @@ def add_parser(subparsers) -> None:
     )
     t.add_argument("--dropout-hidden", type=float, default=0.25, help="dropout on the hidden state")
     t.add_argument(
+        "--dropout-words",
+        type=float,
+        default=0.0,
+        help="word-type dropout: a word's embedding dropped at all its occurrences in a window",
+    )
+    t.add_argument(
         "--max-norm", type=float, default=3.0, help="largest word-vector norm; 0 disables it"
     )
     t.add_argument("--bptt", type=int, default=20, help="truncated back-propagation steps")
@@ -191,6 +197,7 @@ def train_command(args: argparse.Namespace) -> str:
         f"--hidden {args.hidden} --recurrence {args.recurrence}",
         "--untied" if args.untied else "",
         f"--dropout-input {args.dropout_input} --dropout-hidden {args.dropout_hidden}",
+        f"--dropout-words {args.dropout_words}" if args.dropout_words else "",
         f"--max-norm {args.max_norm} --bptt {args.bptt} --batch-size {args.batch_size}",
         f"--classes {args.classes} --class-power {args.class_power} --samples {args.samples}",
         f"--optimizer {args.optimizer}" + (f" --lr {args.lr}" if args.lr is not None else ""),
@@ -216,6 +223,7 @@ def run_train(args: argparse.Namespace) -> int:
         tied=not args.untied,
         dropout_input=args.dropout_input,
         dropout_hidden=args.dropout_hidden,
+        dropout_words=args.dropout_words,
         max_norm=args.max_norm or None,
         bptt=args.bptt,
         batch_size=args.batch_size,

@@ -282,6 +282,8 @@ def test_train_command_round_trips_through_the_cli_parser():
         "--untied",
         "--dropout-hidden",
         "0.5",
+        "--dropout-words",
+        "0.1",
         "--classes",
         "50",
         "--lr",
@@ -306,6 +308,7 @@ def test_train_command_round_trips_through_the_cli_parser():
         "untied",
         "dropout_input",
         "dropout_hidden",
+        "dropout_words",
         "classes",
         "samples",
         "lr",
@@ -325,6 +328,7 @@ def test_train_command_round_trips_through_the_cli_parser():
     assert default.average_from is None and "--average-from" not in train_command(default)
     assert again.hold_lr_while_averaging and not default.hold_lr_while_averaging
     assert "--hold-lr-while-averaging" not in train_command(default)
+    assert again.dropout_words == 0.1 and "--dropout-words" not in train_command(default)
 
 
 @pytest.mark.parametrize("storage", ["float16", "int8"])

@@ -436,6 +436,64 @@ def test_the_learning_rate_is_held_once_averaging_starts_only_when_asked(
         assert lrs == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.005])
 
 
+def test_word_dropout_drops_a_word_type_at_all_its_occurrences_in_a_window(rng, monkeypatch):
+    """Each window's input mask is one keep-or-drop draw per word type (1/(1-p) or 0), the same at
+    every occurrence of the word and in every hidden unit; without element dropout it is that
+    alone, and about ``p`` of the types are dropped."""
+    import v1motion.models.language.rglm as rglm
+
+    masks, real = [], rglm.loss_and_grads
+
+    def spy(params, X, Y, h0, mask_in=None, *a, **kw):
+        masks.append((X.copy(), None if mask_in is None else mask_in.copy()))
+        return real(params, X, Y, h0, mask_in, *a, **kw)
+
+    monkeypatch.setattr(rglm, "loss_and_grads", spy)
+    V, p = 40, 0.3
+    train = rng.integers(0, V, 4000)
+    LinearRecurrentLM(
+        n_hidden=4, dropout_input=0.0, dropout_hidden=0.0, dropout_words=p, n_samples=None,
+        batch_size=8, bptt=10, n_epochs=1, seed=3,
+    ).fit(train, _vocab(V))  # fmt: skip
+    dropped = []
+    for X, m in masks:
+        assert m is not None and m.shape == (*X.shape, 4)
+        assert np.all(m == m[..., :1])  # one value per token, in every unit
+        per_token = m[..., 0]
+        assert set(np.unique(per_token)) <= {0.0, np.float32(1 / (1 - p))}
+        for w in np.unique(X):
+            assert len(np.unique(per_token[X == w])) == 1  # the type, not the token
+        dropped += [per_token[X == w][0] == 0 for w in np.unique(X)]
+    assert abs(np.mean(dropped) - p) < 0.05
+
+
+def test_word_dropout_adds_to_element_dropout_and_is_off_by_default(rng, monkeypatch):
+    import v1motion.models.language.rglm as rglm
+
+    masks, real = [], rglm.loss_and_grads
+
+    def spy(params, X, Y, h0, mask_in=None, *a, **kw):
+        masks.append(mask_in.copy())
+        return real(params, X, Y, h0, mask_in, *a, **kw)
+
+    monkeypatch.setattr(rglm, "loss_and_grads", spy)
+    train = rng.integers(0, 30, 2000)
+    kw = dict(n_hidden=6, dropout_input=0.5, dropout_hidden=0.0, n_samples=None, batch_size=8,
+              bptt=10, n_epochs=1, seed=5)  # fmt: skip
+    LinearRecurrentLM(**kw, dropout_words=0.5).fit(train, _vocab(30))
+    both = np.concatenate([m.ravel() for m in masks])
+    # kept by both (p 0.25): 1/(0.5 * 0.5) = 4; else 0
+    assert set(np.unique(both)) == {0.0, 4.0} and abs(np.mean(both == 4.0) - 0.25) < 0.02
+    masks.clear()
+    plain = LinearRecurrentLM(**kw).fit(train, _vocab(30))
+    assert LinearRecurrentLM().dropout_words == 0.0
+    assert set(np.unique(np.concatenate([m.ravel() for m in masks]))) == {0.0, 2.0}
+    again = LinearRecurrentLM(**kw, dropout_words=0.0).fit(train, _vocab(30))
+    for k, v in plain.params_.items():  # 0 draws nothing: the same run as before the option
+        if v is not None:
+            np.testing.assert_array_equal(v, again.params_[k])
+
+
 def test_estimator_errors(rng):
     with pytest.raises(RuntimeError, match="not fitted"):
         LinearRecurrentLM().log_probs(np.array([0, 1]))
@@ -447,6 +505,8 @@ def test_estimator_errors(rng):
         LinearRecurrentLM().fit(np.array([0, 5]), _vocab(3))
     with pytest.raises(ValueError, match="average_from"):
         LinearRecurrentLM(average_from=0).fit(np.array([0, 1, 2]), _vocab(3))
+    with pytest.raises(ValueError, match=r"dropout_words must be in \[0, 1\)"):
+        LinearRecurrentLM(dropout_words=1.0).fit(np.array([0, 1, 2]), _vocab(3))
 
 
 @pytest.mark.skipif(
