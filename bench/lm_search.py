@@ -110,6 +110,8 @@ def from_train_run(name: str, weights: Path) -> dict:
         config["learning_rate"] = 2e-3 if config.get("optimizer", "adam") == "adam" else 1.0
     skip = {"class_power"} if not config.get("n_classes") else set()
     changes = {k: config[k] for k in BASE if k not in skip and config.get(k) != BASE[k]}
+    if config.get("dropout_words"):  # word-type dropout (not in BASE: off in every short run)
+        changes["dropout_words"] = config["dropout_words"]
     if config.get("average_from") is not None:  # weights averaged from this epoch on
         changes["average_from"] = config["average_from"]
         if config.get("anneal_while_averaging") is False:  # the learning rate held meanwhile
