@@ -169,10 +169,10 @@ def draw_overlay(
 def preload_plotting() -> None:
     """Import what :func:`summary_figure` draws with (matplotlib, its polar axes and Agg canvas).
 
-    The import takes about a third of a second, once per process. Video workers preload when they
-    start and ``process_video`` preloads on a thread while the video is analysed, so a job does not
-    wait for it at its end. Importing this module does not import matplotlib (the server's start
-    stays lean)."""
+    The import takes about a third of a second, once per process: processes that run video jobs
+    preload before their first (``v1motion.service.jobs.engines.settle_job_process``), so that job
+    does not wait for it at its end. Importing this module does not import matplotlib (the server's
+    start stays lean)."""
     import matplotlib.projections.polar  # noqa: F401
     from matplotlib.backends import backend_agg  # noqa: F401
 

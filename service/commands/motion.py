@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from v1motion.service.jobs.decode import DecodeError
-    from v1motion.service.jobs.engines import engine_factory, pin_threads
+    from v1motion.service.jobs.engines import engine_factory, pin_threads, settle_job_process
     from v1motion.service.jobs.layout import RESULT_FILES
     from v1motion.service.jobs.limits import Limits
     from v1motion.service.jobs.process import process_video
@@ -101,11 +101,13 @@ def run(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     pin_threads(1)  # the job overlaps its own stages; library pools would only contend
+    engine = engine_factory(args.engine, args.threads)()
+    settle_job_process()
     try:
         result = process_video(
             args.input,
             out,
-            engine_factory(args.engine, args.threads),
+            lambda: engine,
             limits,
             progress,
             overlay=not args.no_overlay,

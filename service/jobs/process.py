@@ -9,7 +9,6 @@ import json
 import logging
 import queue
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -240,11 +239,8 @@ def process_video(
     v1motion.service.jobs.decode.DecodeError
         The file was refused or could not be decoded; the message is meant for the user.
     """
-    from v1motion.service.render import preload_plotting, summary_figure
+    from v1motion.service.render import summary_figure
 
-    if "matplotlib.projections.polar" not in sys.modules:
-        # Not a daemon: a job that fails at once still lets the import finish before the process exits.
-        threading.Thread(target=preload_plotting, name="preload-plotting").start()
     input_path, out_dir = Path(input_path), Path(out_dir)
     overlay = limits.overlay if overlay is None else overlay
     folder = ResultsFolder(out_dir)

@@ -173,9 +173,8 @@ class Runner:
 def worker_main(conn, engine_factory: Callable[[], object], limits: Limits) -> None:
     """Body of a worker process: build the engine once, then run jobs sent over ``conn``."""
     from v1motion.service.jobs.decode import DecodeError, die_with_parent, leave_signals_to_parent
-    from v1motion.service.jobs.engines import pin_threads
+    from v1motion.service.jobs.engines import pin_threads, settle_job_process
     from v1motion.service.jobs.process import process_video
-    from v1motion.service.render import preload_plotting
 
     leave_signals_to_parent()  # a SIGTERM to the process group is for the service, which stops us
     die_with_parent()
@@ -185,7 +184,7 @@ def worker_main(conn, engine_factory: Callable[[], object], limits: Limits) -> N
     try:
         pin_threads(1)
         engine = engine_factory()
-        preload_plotting()  # every job draws summary.png; its first would import matplotlib
+        settle_job_process()
     except Exception as exc:
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
         return

@@ -330,6 +330,12 @@ def test_process_video_with_the_real_engine(tmp_path):
     assert np.all((conf >= 0) & (conf <= 1))
 
 
+def _python(code: str) -> list[str]:
+    """The words ``code`` prints, run in a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
 def test_pin_threads_leaves_one_thread_in_every_pool():
     code = (
         "import cv2, numba; from threadpoolctl import threadpool_info;"
@@ -337,8 +343,19 @@ def test_pin_threads_leaves_one_thread_in_every_pool():
         "pools = [p['num_threads'] for p in threadpool_info()];"
         "print(cv2.getNumThreads(), numba.get_num_threads(), set(pools) or {1})"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["1", "1", "{1}"]
+    assert _python(code) == ["1", "1", "{1}"]
+
+
+def test_a_job_process_is_settled_with_plotting_loaded_and_its_start_up_heap_frozen():
+    """Before its first job a worker (or ``v1motion motion``) imports matplotlib, which summary.png
+    needs, and freezes what is alive: later garbage collections skip the modules and the engine."""
+    code = (
+        "import gc, sys; from v1motion.service.jobs.engines import settle_job_process;"
+        "before = (gc.get_freeze_count(), 'matplotlib.projections.polar' in sys.modules);"
+        "settle_job_process();"
+        "print(*before, gc.get_freeze_count() > 10000, 'matplotlib.projections.polar' in sys.modules)"
+    )
+    assert _python(code) == ["0", "False", "True", "True"]
 
 
 def test_engine_names_are_checked():
