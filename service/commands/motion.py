@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from v1motion.service.jobs.layout import RESULT_FILES
     from v1motion.service.jobs.limits import Limits
     from v1motion.service.jobs.process import process_video
+    from v1motion.service.jobs.sniff import UnsupportedContainer, sniff_file
 
     out = args.output
     if out.exists() and (
@@ -100,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
+    try:  # refuse what is not a video before spending a second on the engine
+        sniff_file(args.input)
+    except UnsupportedContainer as exc:
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     pin_threads(1)  # the job overlaps its own stages; library pools would only contend
     engine = engine_factory(args.engine, args.threads)()
     settle_job_process()

@@ -22,7 +22,13 @@ def test_motion_command_writes_the_results(tmp_path, capsys):
     assert "main directions:" in printed and "x real time" in printed
 
 
-def test_motion_command_refuses_hostile_input_and_busy_folders(tmp_path, capsys):
+def test_motion_command_refuses_hostile_input_and_busy_folders(tmp_path, capsys, monkeypatch):
+    from v1motion.service.jobs import engines
+
+    def no_engine(*a, **kw):
+        raise AssertionError("an engine was built for a file that is refused")
+
+    monkeypatch.setattr(engines, "warm_engine", no_engine)
     playlist = tmp_path / "list.m3u8"
     playlist.write_bytes(vs.hls_playlist(tmp_path / "clip.avi"))
     assert main(["motion", str(playlist), "-o", str(tmp_path / "out"), "--engine", "random"]) == 2
