@@ -36,7 +36,7 @@ def settle_job_process() -> None:
     (modules, the engine) into the garbage collector's permanent generation (``gc.freeze``): they are
     never garbage, and each full collection during a job would walk them all. With matplotlib
     imported at the start and no freeze, two box.mp4 jobs at once on two workers took 6.6 s instead of
-    5.9-6.2 (bench/video_jobs.py); with the freeze, 5.8-6.0 s.
+    5.9-6.2 (bench/video_jobs.py); with the freeze, 5.6-6.0 s.
     """
     import gc
 
