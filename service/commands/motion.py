@@ -71,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     from v1motion.service.jobs.layout import RESULT_FILES
     from v1motion.service.jobs.limits import Limits
     from v1motion.service.jobs.process import process_video
-    from v1motion.service.jobs.sniff import UnsupportedContainer, sniff_file
 
     out = args.output
     if out.exists() and (
@@ -101,20 +100,20 @@ def run(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    try:  # refuse what is not a video before spending a second on the engine
-        sniff_file(args.input)
-    except UnsupportedContainer as exc:
-        bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     pin_threads(1)  # the job overlaps its own stages; library pools would only contend
-    engine = engine_factory(args.engine, args.threads)()
-    settle_job_process()
+    build = engine_factory(args.engine, args.threads)
+
+    def settled_engine():
+        # process_video checks the container first, so a refused file never builds an engine
+        engine = build()
+        settle_job_process()
+        return engine
+
     try:
         result = process_video(
             args.input,
             out,
-            lambda: engine,
+            settled_engine,
             limits,
             progress,
             overlay=not args.no_overlay,
