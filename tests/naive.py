@@ -145,10 +145,16 @@ def code_change(prev, cur, n_units):
     return np.where(total > 0, diff / np.where(total > 0, total, 1.0), 0.0)
 
 
-def axis_sums(code, axis_re, axis_im, n_units):
-    """Twin of ``_axis_sums``: dense codes times the units' doubled-angle axes, and their total."""
+def axis_cell_sums(code, axis_re, axis_im, n_units, grid, f, cells):
+    """Twin of ``_axis_cell_sums``: dense codes times the units' doubled-angle axes, and their total,
+    per patch of the ``grid = (rows, cols)``, then summed over each cell's ``f x f`` patches."""
     a = code.dense(n_units).astype(np.float64)
-    return np.stack([a @ axis_re, a @ axis_im, a.sum(1)], axis=1)
+    per_patch = np.stack([a @ axis_re, a @ axis_im, a.sum(1)], axis=1).reshape(*grid, 3)
+    out = np.zeros((*cells, 3))
+    for i in range(cells[0]):
+        for j in range(cells[1]):
+            out[i, j] = per_patch[i * f : (i + 1) * f, j * f : (j + 1) * f].sum(axis=(0, 1))
+    return out
 
 
 def box_mean(src, k):

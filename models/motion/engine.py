@@ -29,7 +29,7 @@ import numpy as np
 
 from v1motion.models import WEIGHTS_DIR
 from v1motion.models.motion.grids import finite, grid, whole_degrees
-from v1motion.models.motion.kernels import _axis_sums, _code_change, _scaled_patches
+from v1motion.models.motion.kernels import _axis_cell_sums, _code_change, _scaled_patches
 from v1motion.models.motion.mt_readout import (
     MTReadout,
     Pooling,
@@ -878,14 +878,10 @@ class MotionEngine:
         """``axis_coherence`` of the units active in ``level`` = ``(code, rows, cols)`` (the read-out's
         finest level), summed over each of the ``cells = (rows, cols)`` and over the neighbourhood of
         ``integrate_cells``."""
-        code, gh, gw = level
-        sums = np.empty((gh * gw, 3), np.float32)
-        _axis_sums(code.idx, code.val, code.cnt, self._axis_re, self._axis_im, sums)
+        code, _, gw = level
         f = self.pooling.cell_px // self.model.patch
-        ch, cw = cells
-        per_cell = (
-            sums.reshape(gh, gw, 3)[: ch * f, : cw * f].reshape(ch, f, cw, f, 3).sum(axis=(1, 3))
-        )
+        per_cell = np.empty((*cells, 3), np.float32)
+        _axis_cell_sums(code.idx, code.val, code.cnt, self._axis_re, self._axis_im, gw, f, per_cell)
         return axis_coherence(per_cell, self.integration_sigma, self.axis_calibration)
 
     _DEFAULT = object()

@@ -370,21 +370,27 @@ def _code_change(prev_idx, prev_val, prev_cnt, idx, val, cnt, out):
 
 
 @njit(cache=True, nogil=True)
-def _axis_sums(idx, val, cnt, axis_re, axis_im, out):
-    """Per patch, its units' motion axes summed with their activity: ``out[m] = (sum_u z_u cos 2a_u,
-    sum_u z_u sin 2a_u, sum_u z_u)`` over the patch's active units ``u`` (values ``z_u``), where
-    ``(axis_re[u], axis_im[u])`` is unit ``u``'s axis of motion as a doubled-angle vector (length:
-    how selective the unit is for it). ``out`` is ``(M, 3)`` float32."""
-    for m in range(idx.shape[0]):
-        re = 0.0
-        im = 0.0
-        total = 0.0
-        for a in range(cnt[m]):
-            u = idx[m, a]
-            v = val[m, a]
-            re += v * axis_re[u]
-            im += v * axis_im[u]
-            total += v
-        out[m, 0] = re
-        out[m, 1] = im
-        out[m, 2] = total
+def _axis_cell_sums(idx, val, cnt, axis_re, axis_im, gw, f, out):
+    """Per cell of ``f x f`` patches, its units' motion axes summed with their activity: ``out[i, j] =
+    (sum_u z_u cos 2a_u, sum_u z_u sin 2a_u, sum_u z_u)`` over the active units ``u`` (values ``z_u``)
+    of the patches ``(i f + r, j f + c)``, ``0 <= r, c < f``, of a grid ``gw`` patches wide, where
+    ``(axis_re[u], axis_im[u])`` is unit ``u``'s axis of motion as a doubled-angle vector (length: how
+    selective the unit is for it). ``out`` is ``(rows, cols, 3)`` float32; the grid must hold
+    ``rows * f`` rows and ``cols * f`` columns of patches (the rest are left out)."""
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            re = 0.0
+            im = 0.0
+            total = 0.0
+            for r in range(f):
+                for c in range(f):
+                    m = (i * f + r) * gw + j * f + c
+                    for a in range(cnt[m]):
+                        u = idx[m, a]
+                        v = val[m, a]
+                        re += v * axis_re[u]
+                        im += v * axis_im[u]
+                        total += v
+            out[i, j, 0] = re
+            out[i, j, 1] = im
+            out[i, j, 2] = total

@@ -258,15 +258,21 @@ def test_code_change_edge_cases():
 
 
 @pytest.mark.parametrize("n_units", [6, 40])
-def test_axis_sums_match_numpy_twin(rng, n_units):
-    """Random codes (some patches empty) and random unit axes."""
-    from v1motion.models.motion.kernels import _axis_sums
+@pytest.mark.parametrize("f", [1, 2])
+def test_axis_cell_sums_match_numpy_twin(rng, n_units, f):
+    """Random codes (some patches empty) and random unit axes, on a grid with a row and a column of
+    patches past the last whole cell (left out)."""
+    from v1motion.models.motion.kernels import _axis_cell_sums
 
-    code = _random_code(rng, 300, 5, n_units)
+    cells = (4, 6)
+    grid = (cells[0] * f + 1, cells[1] * f + 1)
+    code = _random_code(rng, grid[0] * grid[1], 5, n_units)
     axis_re = rng.uniform(-1, 1, n_units).astype(np.float32)
     axis_im = rng.uniform(-1, 1, n_units).astype(np.float32)
-    got = np.full((300, 3), -1.0, np.float32)
-    _axis_sums(code.idx, code.val, code.cnt, axis_re, axis_im, got)
-    want = naive.axis_sums(code, axis_re, axis_im, n_units)
+    got = np.full((*cells, 3), -1.0, np.float32)
+    _axis_cell_sums(code.idx, code.val, code.cnt, axis_re, axis_im, grid[1], f, got)
+    want = naive.axis_cell_sums(code, axis_re, axis_im, n_units, grid, f, cells)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert np.all(got[code.cnt == 0] == 0.0)
+    empty = code.cnt.reshape(grid)[: cells[0] * f, : cells[1] * f]
+    empty = empty.reshape(cells[0], f, cells[1], f).sum(axis=(1, 3)) == 0
+    assert np.all(got[empty] == 0.0) and (~empty).any()
