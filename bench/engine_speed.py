@@ -7,7 +7,8 @@ interleaved round by round, so machine noise largely cancels; each figure is the
 BLAS and OpenCV run on one thread. The engine runs with ``threads=1`` (the reference path) and
 ``threads=2`` (the ss-RNN kernel split over patch rows with Numba's ``prange``, level 0 whitened in two
 bands and the coarser levels on a helper thread, the coarse read on the helper beside the fine one),
-on every frame size (``parallel_from_px=0``: by default the engine steps frames under
+on every frame size; "run 2 thr" is ``MotionEngine.run`` with two threads (a run of frames, as video
+jobs take them: each frame read while the next is encoded on a helper thread, one thread each) (``parallel_from_px=0``: by default the engine steps frames under
 ``PARALLEL_FROM_PX`` on one thread, where two measured slower); "encode" is the ss-RNN stage alone
 (pyramid to sparse codes), "step" adds the motion read-out, with the coarse read of fast motion ("one
 scale": without it). Both thread counts give identical codes.
@@ -88,6 +89,10 @@ def engine_runners(engine: MotionEngine, threads: int, coarse: bool = True):
         for f in frames:
             e.step(state, f)
 
+    def run(frames):
+        for _ in e.run(e.new_state(), frames):
+            pass
+
     def encode(frames):
         state = e.new_state()
         h, w = frames[0].shape
@@ -95,7 +100,7 @@ def engine_runners(engine: MotionEngine, threads: int, coarse: bool = True):
         for f in frames:
             e.encode(state, to_grey(f))
 
-    return step, encode
+    return step, encode, run
 
 
 def kernel_runners(model, grey):
@@ -126,9 +131,10 @@ def speed_table(engine, clip, n_frames, rounds):
     median over rounds of each method's ratio to DIS ultrafast in the same round."""
     runners = {}
     for threads in (1, 2):
-        step, encode = engine_runners(engine, threads)
+        step, encode, run = engine_runners(engine, threads)
         runners[f"step {threads} thr"] = step
         runners[f"encode {threads} thr"] = encode
+    runners["run 2 thr"] = run
     runners["step 1 thr, one scale"] = engine_runners(engine, 1, coarse=False)[0]
     flows = flow_methods()
     table = []
@@ -153,6 +159,7 @@ def speed_table(engine, clip, n_frames, rounds):
                 "fps": {k: float(np.median(v)) for k, v in fps.items()},
                 "ratio": {k: float(np.median(np.array(v) / ref)) for k, v in fps.items()},
                 "threads": float(np.median(np.array(fps["step 2 thr"]) / fps["step 1 thr"])),
+                "run_threads": float(np.median(np.array(fps["run 2 thr"]) / fps["step 1 thr"])),
                 "encode_threads": float(
                     np.median(np.array(fps["encode 2 thr"]) / fps["encode 1 thr"])
                 ),
@@ -240,7 +247,10 @@ def main():
         print(f"| {r['size']} | " + " | ".join(f"{r['ratio'][c]:.2f}" for c in cols) + " |")
     print("\ntwo threads against one (median over rounds)")
     for r in table:
-        print(f"- {r['size']}: step {r['threads']:.2f}x, encode {r['encode_threads']:.2f}x")
+        print(
+            f"- {r['size']}: step {r['threads']:.2f}x, encode {r['encode_threads']:.2f}x, "
+            f"run (each frame read while the next is encoded) {r['run_threads']:.2f}x"
+        )
     print("\nthe step with the coarse read of fast motion against one scale (median over rounds)")
     for r in table:
         print(f"- {r['size']}: {r['coarse']:.2f}x")

@@ -40,6 +40,7 @@ from v1motion.service.jobs.decode import SandboxedDecoder
 from v1motion.service.jobs.engines import pin_threads, warm_engine
 from v1motion.service.jobs.limits import Limits
 from v1motion.service.jobs.process import process_video
+from v1motion.service.settings import Settings
 
 
 def vtest_path(videos: Path, folder: Path) -> Path:
@@ -63,6 +64,10 @@ class NoOpEngine:
 
     def new_state(self):
         return None
+
+    def run(self, state, frames):
+        for frame in frames:
+            yield self.step(state, frame)
 
     def step(self, state, frame):
         from v1motion.models.motion.engine import MotionFrame
@@ -89,9 +94,10 @@ def decode_only(path: Path, limits: Limits) -> tuple[int, float, float, list]:
     return len(frames), time.perf_counter() - t0, fps, frames
 
 
-def engine_only(engine, frames: list, pools: bool = False) -> tuple[float, list]:
+def engine_only(engine, frames: list, pools: bool = False, run: bool = False) -> tuple[float, list]:
     """Seconds to step every frame, and the motion maps; ``pools``: with BLAS and OpenCV thread
-    pools of one thread per core (the libraries' defaults) instead of one thread."""
+    pools of one thread per core (the libraries' defaults) instead of one thread; ``run``: through
+    ``engine.run`` (with two threads, each frame read while the next is encoded), as jobs run."""
     import cv2
     from threadpoolctl import threadpool_limits
 
@@ -101,7 +107,9 @@ def engine_only(engine, frames: list, pools: bool = False) -> tuple[float, list]
         try:
             state = engine.new_state()
             t0 = time.perf_counter()
-            maps = [engine.step(state, f) for f in frames]
+            maps = (
+                list(engine.run(state, frames)) if run else [engine.step(state, f) for f in frames]
+            )
             return time.perf_counter() - t0, maps
         finally:
             cv2.setNumThreads(1)
@@ -155,13 +163,16 @@ def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, f
 def through_pool(
     clip: Path, tmp: Path, engine_name: str, limits: Limits, n: int
 ) -> tuple[int, float]:
-    """``n`` uploads of ``clip`` at once through the local worker pool with ``n`` warm workers:
-    total frames, seconds."""
+    """``n`` uploads of ``clip`` at once through the local worker pool with ``n`` warm workers, each
+    engine with the service's default threads for ``n`` workers: total frames, seconds."""
     from v1motion.service.jobs.engines import engine_factory
     from v1motion.service.jobs.manager import VideoJobs
 
+    threads = Settings(video_workers=n).video_engine_threads
     folder = tmp / f"service{n}"
-    jobs = VideoJobs.local(folder, limits, engine_factory(engine_name), workers=n, lazy=False)
+    jobs = VideoJobs.local(
+        folder, limits, engine_factory(engine_name, threads), workers=n, lazy=False
+    )
     jobs.start()
     try:
         while len(jobs.runner.worker_pids()) < n:  # engines built and warm
@@ -213,18 +224,21 @@ def main() -> None:
     args = ap.parse_args()
     name = args.engine
     pin_threads(1)  # as the video workers and the CLI run
+    threads = Settings().video_engine_threads  # a job's engine as the service builds it alone
     try:
-        engine = warm_engine(name)
+        engine, job_engine = warm_engine(name), warm_engine(name, threads)
     except FileNotFoundError as exc:
         print(f"default engine unavailable ({exc}); using the random engine")
-        name, engine = "random", warm_engine("random")
+        name = "random"
+        engine, job_engine = warm_engine(name), warm_engine(name, threads)
     videos = require_shared_data("videos")
     tmp = Path(tempfile.mkdtemp(prefix="v1motion-bench-"))
     clips = [videos / "box.mp4"] + ([] if args.only_box else [vtest_path(videos, tmp)])
     base = Limits(max_frames=args.max_frames)
     sides = [None if s == "native" else int(s) for s in args.sides.split(",")]
     print(
-        f"engine: {name}; at most {args.max_frames} frames per clip; {os.cpu_count()} cores, shared"
+        f"engine: {name}; at most {args.max_frames} frames per clip; {os.cpu_count()} cores, shared; "
+        f"a job's engine: {threads} thread(s), as the service's default with one worker"
     )
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(
@@ -253,14 +267,17 @@ def main() -> None:
                 s, maps = engine_only(engine, frames, pools=True)
                 r("stage alone: engine (thread pools, 1/core)", n, s)
                 s, maps = engine_only(engine, frames)
-                r("stage alone: engine (1 thread, as jobs run)", n, s)
+                r("stage alone: engine (1 thread)", n, s)
+                if threads > 1:
+                    s, maps = engine_only(job_engine, frames, run=True)
+                    r(f"stage alone: engine ({threads} threads, as jobs run)", n, s)
                 for label, sec in stages_alone(frames, maps, fps, tmp).items():
                     r(f"stage alone: {label}", n, sec)
                 del frames, maps
                 out = tmp / "out"
                 cpu0 = cpu_seconds()
                 t0 = time.perf_counter()
-                res = process_video(clip, out, lambda: engine, limits)
+                res = process_video(clip, out, lambda: job_engine, limits)
                 wall = time.perf_counter() - t0
                 r("full job (process_video, as the CLI)", res["frames"], wall)
                 cpu = cpu_seconds() - cpu0
@@ -272,7 +289,7 @@ def main() -> None:
                 for stage, sec in res["stage_seconds"].items():
                     r(f"  in the job, busy in {stage}", res["frames"], sec)
                 t0 = time.perf_counter()
-                res = process_video(clip, out, lambda: engine, limits, overlay=False)
+                res = process_video(clip, out, lambda: job_engine, limits, overlay=False)
                 r("full job without overlay.mp4", res["frames"], time.perf_counter() - t0)
                 shutil.rmtree(out)
                 noop = NoOpEngine(engine)

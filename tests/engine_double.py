@@ -46,6 +46,10 @@ class FakeEngine:
     def new_state(self):
         return FakeState()
 
+    def run(self, state, frames):
+        for frame in frames:
+            yield self.step(state, frame)
+
     def step(self, state, frame):
         if self.motion == "difference":
             return self._difference_step(state, frame)

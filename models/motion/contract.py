@@ -7,6 +7,7 @@ reader (or a type checker) can follow a frame from a socket into this package.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -47,6 +48,13 @@ class Engine(Protocol):
         ValueError
             The frame cannot be analysed (shape, dtype, size, NaN); the message names the problem.
         """
+        ...
+
+    def run(self, state: Any, frames: Iterable[np.ndarray]) -> Iterator[MotionFrame]:
+        """:meth:`step` on each frame in turn (a video, whose frames are all at hand): the same motion
+        frames in order, possibly computed faster (the shipped engine overlaps one frame's read with
+        the next frame's encoding when it has two threads). A refused frame raises its ``ValueError``
+        after the frames before it are yielded."""
         ...
 
     def tuning_report(self) -> dict:

@@ -63,9 +63,8 @@ class VideoJobs:
     @classmethod
     def from_settings(cls, settings: Settings) -> VideoJobs:
         """The service's jobs: local worker processes, or Ray tasks when ``ray_address`` is set."""
-        factory = engine_factory(
-            settings.video_engine or settings.engine, settings.video_engine_threads
-        )
+        name = settings.video_engine or settings.engine
+        factory = engine_factory(name, settings.video_engine_threads)
         limits = Limits(
             max_frames=settings.video_max_frames,
             max_seconds=settings.video_max_seconds,
@@ -79,10 +78,12 @@ class VideoJobs:
             from v1motion.service.jobs.ray_runner import RayRunner
 
             address, slots = settings.ray_address, settings.video_workers
+            # Ray schedules one CPU per task: its engines step on one thread
+            one = engine_factory(name, 1)
             return cls(
                 settings.data_dir,
                 limits,
-                lambda s, d, lim: RayRunner(s, d, lim, factory, address, slots=slots),
+                lambda s, d, lim: RayRunner(s, d, lim, one, address, slots=slots),
                 **kw,
             )
         return cls.local(settings.data_dir, limits, factory, settings.video_workers, **kw)

@@ -5,6 +5,7 @@ Used unchanged by the local worker processes, the Ray tasks and ``v1motion motio
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -221,7 +222,7 @@ def process_video(
         Results folder (its parent must exist); written as ``<out_dir>.tmp`` and renamed when
         complete, so it either holds every result file or does not exist.
     engine_factory : callable
-        ``engine_factory()`` returns a motion engine (``new_state``, ``step``, ``direction_bins``).
+        ``engine_factory()`` returns a motion engine (``new_state``, ``run``, ``direction_bins``).
     limits : Limits
     progress_cb : callable(frames_done, frames_total), optional
         Called a few times a second. ``frames_total`` is the container's frame count capped by the
@@ -266,20 +267,41 @@ def process_video(
                 size = (info.out_width, info.out_height)
                 writer = _OverlayWriter(work / "overlay.mp4", info.fps, size)
             last = 0.0
-            for frame in _frames_timed(dec.frames(), timing):
-                t_step = time.perf_counter()
-                try:
-                    mf = engine.step(state, frame)
-                except ValueError as exc:  # the engine names what is wrong with the frame
-                    raise VideoRejected(f"frame {dec.frames_decoded}: {exc}") from None
-                timing["engine"] += time.perf_counter() - t_step
-                keeper.put(mf)
-                if writer is not None:
-                    writer.write(frame, mf)
-                now = time.perf_counter()
-                if progress_cb is not None and now - last >= PROGRESS_INTERVAL_S:
-                    last = now
-                    progress_cb(dec.frames_decoded, max(total, dec.frames_decoded))
+            # The engine takes the frames itself (``Engine.run``: it may encode one frame ahead
+            # while it reads another); `pulled` pairs each motion frame with its frame.
+            pulled: collections.deque = collections.deque()
+
+            def feed():
+                for frame in _frames_timed(dec.frames(), timing):
+                    pulled.append(frame)
+                    yield frame
+
+            motion = engine.run(state, feed())
+            try:
+                done = 0
+                while True:
+                    t_step, waited = time.perf_counter(), timing["decode_wait"]
+                    try:
+                        mf = next(motion)
+                    except StopIteration:
+                        break
+                    except ValueError as exc:  # the engine names what is wrong with the frame
+                        raise VideoRejected(f"frame {done + 1}: {exc}") from None
+                    # the engine's time, without the decoder's (it is waited for inside the engine)
+                    timing["engine"] += (
+                        time.perf_counter() - t_step - (timing["decode_wait"] - waited)
+                    )
+                    frame = pulled.popleft()
+                    done += 1
+                    keeper.put(mf)
+                    if writer is not None:
+                        writer.write(frame, mf)
+                    now = time.perf_counter()
+                    if progress_cb is not None and now - last >= PROGRESS_INTERVAL_S:
+                        last = now
+                        progress_cb(dec.frames_decoded, max(total, dec.frames_decoded))
+            finally:  # its helper thread (if any) is joined here, not at garbage collection
+                motion.close()
             keeper, k = None, keeper
             k.close()
             timing["results"] = k.seconds

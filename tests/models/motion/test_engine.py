@@ -281,8 +281,8 @@ def test_a_threaded_engine_steps_small_frames_on_one_thread(rng, monkeypatch):
     one = MotionEngine.random(seed=0)
     two = MotionEngine.random(seed=0, threads=2, parallel_from_px=112 * 160)
     serial = []
-    step = two._serial.step
-    monkeypatch.setattr(two._serial, "step", lambda *a: serial.append(1) or step(*a))
+    encode = two._serial._encode_frame
+    monkeypatch.setattr(two._serial, "_encode_frame", lambda *a: serial.append(1) or encode(*a))
     for shape, on_one in (((96, 128), True), ((112, 160), False)):
         s1, s2 = one.new_state(), two.new_state()
         serial.clear()
@@ -358,3 +358,83 @@ def test_threaded_read_gives_the_serial_motion_and_histograms(rng, monkeypatch, 
         assert (a.direction_hist.sum() > 0) == (t > 0)  # the first frame is not read
     # every frame after the first, on the helper
     assert len(decoded) == (4 if shape[0] >= 64 else 0)
+
+
+def _same_motion(a, b):
+    for f in ("direction", "speed", "confidence", "direction_hist", "speed_hist"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert (a.global_direction, a.global_speed, a.top_units) == (
+        b.global_direction,
+        b.global_speed,
+        b.top_units,
+    )
+
+
+def _encoders():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("engine-encode-ahead")]
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_run_encodes_ahead_and_gives_the_steps_motion(rng, monkeypatch):
+    """``run`` with two threads: each frame after the first is encoded on the helper while the one
+    before is read, and the motion is what ``step`` gives, frame by frame, through a change of size
+    (which restarts the stream and is not encoded ahead) and colour frames."""
+    import threading
+
+    one = MotionEngine.random(seed=0, levels=3)
+    two = MotionEngine.random(seed=0, levels=3, threads=2)
+    frames = [rng.integers(0, 255, (112, 160), dtype=np.uint8) for _ in range(4)]
+    frames += [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    s1 = one.new_state()
+    want = [one.step(s1, f) for f in frames]
+    where = []
+    encode = two._serial._encode_frame
+    monkeypatch.setattr(
+        two._serial,
+        "_encode_frame",
+        lambda *a: where.append(threading.current_thread().name) or encode(*a),
+    )
+    s2 = two.new_state()
+    got = list(two.run(s2, frames))
+    assert len(got) == len(frames)
+    for a, b in zip(got, want, strict=True):
+        _same_motion(a, b)
+    ahead = [name.startswith("engine-encode-ahead") for name in where]
+    # the first frame and the first of the new size on this thread, the others ahead
+    assert ahead == [False, True, True, True, False, True, True]
+    assert s2.frames == s1.frames and s2.shape == s1.shape
+    assert not _encoders()  # the helper is gone with the generator
+
+
+def test_run_on_one_thread_is_step(engine, rng):
+    frames = rng.integers(0, 255, (4, 96, 128), dtype=np.uint8)
+    s1, s2 = engine.new_state(), engine.new_state()
+    for a, b in zip(engine.run(s1, frames), [engine.step(s2, f) for f in frames], strict=True):
+        _same_motion(a, b)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+@pytest.mark.parametrize("bad_at", [0, 3])
+def test_run_yields_the_frames_before_a_refused_one_then_raises(rng, bad_at):
+    two = MotionEngine.random(seed=0, levels=3, threads=2)
+    frames = [rng.integers(0, 255, (112, 160), dtype=np.uint8) for _ in range(5)]
+    frames[bad_at] = np.full((112, 160), np.nan, np.float32)
+    got = []
+    with pytest.raises(ValueError, match="NaN"):
+        for mf in two.run(two.new_state(), frames):
+            got.append(mf)
+    assert len(got) == bad_at
+    assert not _encoders()
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_run_closed_early_leaves_no_helper_running(rng):
+    two = MotionEngine.random(seed=0, levels=3, threads=2)
+    frames = (rng.integers(0, 255, (112, 160), dtype=np.uint8) for _ in range(50))
+    motion = two.run(two.new_state(), frames)
+    for _ in range(3):
+        next(motion)
+    motion.close()
+    assert not _encoders()

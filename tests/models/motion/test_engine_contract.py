@@ -64,6 +64,14 @@ def test_the_service_builds_its_engines_with_the_thread_settings(tmp_path):
     jobs = VideoJobs.from_settings(settings)  # not started: nothing runs
     assert jobs.runner.engine_factory.args == ("random", 1)
     assert engine_factory(settings.engine, settings.engine_threads).args == ("random", n)
+    two = Settings(engine="random", video_engine_threads=n, data_dir=tmp_path / "two")
+    assert VideoJobs.from_settings(two).runner.engine_factory.args == ("random", n)
+    # Ray schedules one CPU per task, so its tasks' engines run on one thread whatever the setting
+    ray = Settings(
+        engine="random", video_engine_threads=n, ray_address="auto", data_dir=tmp_path / "ray"
+    )
+    runner = VideoJobs.from_settings(ray).runner  # not started: Ray is neither imported nor asked
+    assert runner.name == "ray" and runner.engine_factory.args == ("random", 1)
 
 
 def test_the_live_engine_runs_with_the_configured_threads():
@@ -92,4 +100,7 @@ def test_the_live_engine_defaults_to_two_threads_where_there_are_two_cores(
     monkeypatch.setattr(settings_mod, "_numba_threads", lambda: cores)
     s = settings_mod.Settings()
     assert s.engine_threads == want
-    assert s.video_engine_threads == 1  # jobs add up across workers instead
+    # a video job encodes one frame ahead on its second thread; with more workers they share
+    assert s.video_engine_threads == want
+    assert settings_mod.Settings(video_workers=2).video_engine_threads == max(1, min(2, cores // 2))
+    assert settings_mod.Settings(video_workers=2, video_engine_threads=1).video_engine_threads == 1

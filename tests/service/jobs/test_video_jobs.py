@@ -77,6 +77,57 @@ def test_process_video_writes_every_result(tmp_path):
     assert n == 12 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
 
 
+@pytest.mark.skipif(
+    __import__("numba").config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2"
+)
+def test_a_job_on_two_engine_threads_writes_the_one_thread_motion(tmp_path):
+    """With two threads the engine reads each frame while it encodes the next (``Engine.run``):
+    every motion map and the overlay are those of one thread, frame for frame."""
+    from v1motion.models.motion.engine import MotionEngine
+
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=12, size=(128, 96)))
+    out = {}
+    for threads in (1, 2):
+        engine = MotionEngine.random(seed=0, levels=2, threads=threads)
+        out[threads] = tmp_path / f"out{threads}"
+        result = process_video(src, out[threads], lambda e=engine: e, Limits())
+        assert result["frames"] == 12
+    one, two = (np.load(out[t] / "motion.npz") for t in (1, 2))
+    assert set(one.files) == set(two.files)
+    for key in one.files:
+        np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+    assert one["confidence"].max() > 0  # something was read, not only the first frame
+    frames = {}
+    for t in (1, 2):
+        cap = cv2.VideoCapture(str(out[t] / "overlay.mp4"))
+        frames[t] = []
+        while (ok := cap.read())[0]:
+            frames[t].append(ok[1])
+    assert len(frames[1]) == len(frames[2]) == 12
+    for a, b in zip(frames[1], frames[2], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+class _PickyEngine(FakeEngine):
+    """The double, refusing the fifth frame it is given, as the engine refuses a frame it cannot
+    analyse."""
+
+    def step(self, state, frame):
+        state.seen = getattr(state, "seen", 0) + 1
+        if state.seen == 5:
+            raise ValueError("frame contains NaN or infinite values")
+        return super().step(state, frame)
+
+
+def test_a_frame_the_engine_refuses_fails_the_job_naming_the_frame(tmp_path):
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=12))
+    with pytest.raises(DecodeError, match="^frame 5: frame contains NaN"):
+        process_video(src, tmp_path / "out", _PickyEngine, Limits())
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
 class _EdgyEngine(FakeEngine):
     """The double, its motion made to test the format: directions on both sides of 0 = 360
     degrees, numbers to round, and NaN where only the format reads it (not the video's summary)."""
