@@ -145,7 +145,9 @@ def main(argv=None) -> int:
         out = args.out.resolve()
         shown = out.relative_to(ROOT).as_posix() if out.is_relative_to(ROOT) else out.name
         cmd = f"python bench/speed_targets.py --rounds {args.rounds} --seconds {args.seconds:g} --max-frames {args.max_frames} --out {shown}"  # fmt: skip
-        head = f"# {cmd}  ({os.cpu_count()} CPUs; load average at the end {load})"
+        dis = {r["size"]: r["fps"].get("DIS ultrafast") for r in engine["speed"]}.get("640x480")
+        pace = f"; this host runs DIS ultrafast at {dis:.0f} frames/s at 640x480" if dis else ""
+        head = f"# {cmd}  ({os.cpu_count()} CPUs; load average at the end {load}{pace})"
         args.out.write_text("\n".join([head, "", *log, *lines]) + "\n")
     return 0
 

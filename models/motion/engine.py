@@ -556,8 +556,8 @@ class MotionEngine:
 
         With ``threads > 1``, the two halves of a step overlap across frames: while this thread reads
         the motion of one frame (``read``), a helper thread encodes the next (``encode``), each half
-        on one thread (the one-thread twin of this engine). At 640x480 on 2 cores that gives 1.7x the
-        frames/s of one thread, where splitting each step over two threads gives 1.4x
+        on one thread (the one-thread twin of this engine). At 640x480 on 2 cores that gives 1.5-1.6x
+        the frames/s of one thread, where splitting each step over two threads gives 1.3-1.4x
         (``bench/engine_speed.py``); the latency of a frame is unchanged, so live streams ``step``.
 
         The frames are taken from ``frames`` one at a time, in the calling thread, one ahead of the
