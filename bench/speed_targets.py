@@ -110,13 +110,15 @@ def targets(engine: dict, live: dict, jobs: dict, cold: list[float]) -> list[tup
         add("50 viewers: results each viewer receives (worst viewer)", many["worst %"] / 100, 0.9, "{:.0%}")  # fmt: skip
     svc1 = job.get("service: 1 job, 1 worker process")
     svc2 = job.get("service: 2 jobs at once, 2 workers")
+    # jobs add up: against one job on the same pool (the 1-worker service runs one job on 2 threads)
+    alone = job.get("service: 1 job, 2 workers") or svc1
     cli = job.get("CLI: v1motion motion (with start-up)")
     if svc1:
         add("box.mp4 640x480 with overlay, service: x real time", svc1["x_real_time"], 10, "{:.2f}x")  # fmt: skip
     if cli:
         add("box.mp4 640x480 with overlay, CLI: x real time", cli["x_real_time"], 10, "{:.2f}x")
-    if svc1 and svc2:
-        add("two jobs at once against one: throughput", svc2["frames_per_s"] / svc1["frames_per_s"], 1.5, "{:.2f}x")  # fmt: skip
+    if alone and svc2:
+        add("two jobs at once against one on the same 2-worker pool: throughput", svc2["frames_per_s"] / alone["frames_per_s"], 1.5, "{:.2f}x")  # fmt: skip
     if cold:
         add(f"cold start: /readyz 200 after (s; worst of {len(cold)})", max(cold), 5.0, "{:.1f}", at_least=False)  # fmt: skip
     return out

@@ -13,8 +13,10 @@ Per clip and size, one after another on the same machine:
 - full job: ``process_video`` in this process (what ``v1motion motion`` runs), with its own per-stage
   times (``stage_seconds``: the stages overlap on threads, so these are busy times, not a partition);
 - full job with the engine replaced by a no-op: what the job machinery costs on its own;
-- the service: 1 job through the local worker pool with 1 worker, then 2 jobs at once with 2 workers
-  (aggregate frames/s; "x real time" sums both streams), and their ratio;
+- the service: 1 job through the local worker pool with 1 worker (its engine on two threads, the
+  default for one worker on 2 cores), then 2 jobs at once with 2 workers (one engine thread each;
+  aggregate frames/s, "x real time" sums both streams), then 1 job on that 2-worker pool; whether
+  jobs add up is the ratio of the last two;
 - the CLI: ``v1motion motion`` as a command, start-up and engine loading included.
 
 Goal (issue 12): >= 10x real time for 30 fps video, i.e. >= 300 frames/s on the 640x480 clip, and
@@ -161,21 +163,23 @@ def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, f
 
 
 def through_pool(
-    clip: Path, tmp: Path, engine_name: str, limits: Limits, n: int
+    clip: Path, tmp: Path, engine_name: str, limits: Limits, n: int, workers: int | None = None
 ) -> tuple[int, float]:
-    """``n`` uploads of ``clip`` at once through the local worker pool with ``n`` warm workers, each
-    engine with the service's default threads for ``n`` workers: total frames, seconds."""
+    """``n`` uploads of ``clip`` at once through the local worker pool with ``workers`` (default
+    ``n``) warm workers, each engine with the service's default threads for that many workers:
+    total frames, seconds."""
     from v1motion.service.jobs.engines import engine_factory
     from v1motion.service.jobs.manager import VideoJobs
 
-    threads = Settings(video_workers=n).video_engine_threads
-    folder = tmp / f"service{n}"
+    workers = n if workers is None else workers
+    threads = Settings(video_workers=workers).video_engine_threads
+    folder = tmp / f"service{n}-{workers}"
     jobs = VideoJobs.local(
-        folder, limits, engine_factory(engine_name, threads), workers=n, lazy=False
+        folder, limits, engine_factory(engine_name, threads), workers=workers, lazy=False
     )
     jobs.start()
     try:
-        while len(jobs.runner.worker_pids()) < n:  # engines built and warm
+        while len(jobs.runner.worker_pids()) < workers:  # engines built and warm
             time.sleep(0.2)
         ids = []
         t0 = time.perf_counter()
@@ -305,7 +309,15 @@ def main() -> None:
                 two = r(
                     "service: 2 jobs at once, 2 workers", *through_pool(clip, tmp, name, limits, 2)
                 )
-                print(f"{'':21}2 jobs / 1 job throughput: {two / one:.2f}")
+                # whether jobs add up: one job on the same two-worker pool (one engine thread each)
+                alone = r(
+                    "service: 1 job, 2 workers",
+                    *through_pool(clip, tmp, name, limits, 1, workers=2),
+                )
+                print(
+                    f"{'':21}2 jobs / 1 job throughput: {two / alone:.2f} on the same 2-worker "
+                    f"pool; {two / one:.2f} against 1 job on the default 1-worker service"
+                )
                 r("CLI: v1motion motion (with start-up)", *cli_run(clip, tmp, name, limits))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

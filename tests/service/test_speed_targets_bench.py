@@ -26,8 +26,11 @@ def figures(step640=160.0, p95=14.0, cold=1.2, two_jobs=160.0, run=1.72):
         ]
     }
     rows = [
-        ("service: 1 job, 1 worker process", 100.0, 3.3),
+        # one job on the default 1-worker service (two engine threads) is faster than one job on
+        # the 2-worker pool (one thread each), which is what two jobs at once are held against
+        ("service: 1 job, 1 worker process", 130.0, 4.3),
         ("service: 2 jobs at once, 2 workers", two_jobs, 5.3),
+        ("service: 1 job, 2 workers", 100.0, 3.3),
         ("CLI: v1motion motion (with start-up)", 90.0, 3.0),
     ]
     jobs = {
@@ -55,10 +58,10 @@ def test_frames_per_second_must_reach_and_latencies_stay_under_their_bounds():
     assert v["50 viewers: stream fps against one viewer's"] is False  # 26 / 30 < 0.9
     assert v["50 viewers: results each viewer receives (worst viewer)"] is True
     assert v["box.mp4 640x480 with overlay, service: x real time"] is False
-    assert v["two jobs at once against one: throughput"] is True  # 1.6 >= 1.5
+    assert v["two jobs at once against one on the same 2-worker pool: throughput"] is True  # 1.6
     assert v["cold start: /readyz 200 after (s; worst of 2)"] is True
     v = verdicts(step640=140.0, p95=16.0, cold=6.0, two_jobs=140.0)
     assert v["engine step, 1 thread, 640x480: frames/s (goal 300)"] is False
     assert v["live 640x480: latency p95 (ms)"] is False
-    assert v["two jobs at once against one: throughput"] is False
+    assert v["two jobs at once against one on the same 2-worker pool: throughput"] is False
     assert v["cold start: /readyz 200 after (s; worst of 2)"] is False
