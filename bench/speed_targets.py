@@ -111,7 +111,7 @@ def targets(engine: dict, live: dict, jobs: dict, cold: list[float]) -> list[tup
     svc1 = job.get("service: 1 job, 1 worker process")
     svc2 = job.get("service: 2 jobs at once, 2 workers")
     # jobs add up: against one job on the same pool (the 1-worker service runs one job on 2 threads)
-    alone = job.get("service: 1 job, 2 workers") or svc1
+    alone = job.get("service: 1 job, 2 workers")
     cli = job.get("CLI: v1motion motion (with start-up)")
     if svc1:
         add("box.mp4 640x480 with overlay, service: x real time", svc1["x_real_time"], 10, "{:.2f}x")  # fmt: skip

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from v1motion.models.datasets import require_shared_data
+from v1motion.models.motion.contract import step_each
 from v1motion.service.jobs.decode import SandboxedDecoder
 from v1motion.service.jobs.engines import pin_threads, warm_engine
 from v1motion.service.jobs.limits import Limits
@@ -68,8 +69,7 @@ class NoOpEngine:
         return None
 
     def run(self, state, frames):
-        for frame in frames:
-            yield self.step(state, frame)
+        return step_each(self, state, frames)
 
     def step(self, state, frame):
         from v1motion.models.motion.engine import MotionFrame

@@ -16,6 +16,7 @@ import time
 import cv2
 import numpy as np
 
+from v1motion.models.motion.contract import step_each
 from v1motion.models.motion.engine import MotionFrame
 
 
@@ -47,8 +48,7 @@ class FakeEngine:
         return FakeState()
 
     def run(self, state, frames):
-        for frame in frames:
-            yield self.step(state, frame)
+        return step_each(self, state, frames)
 
     def step(self, state, frame):
         if self.motion == "difference":

@@ -62,6 +62,13 @@ class Engine(Protocol):
         ...
 
 
+def step_each(engine: Engine, state: Any, frames: Iterable[np.ndarray]) -> Iterator[MotionFrame]:
+    """:meth:`Engine.run` as plain steps, one frame after the other: what an engine that has nothing
+    to overlap returns from ``run``."""
+    for frame in frames:
+        yield engine.step(state, frame)
+
+
 def make_engine(name: str, *, threads: int = 1) -> MotionEngine:
     """Build the named engine (not yet warmed up).
 

@@ -29,6 +29,7 @@ import numba
 import numpy as np
 
 from v1motion.models import WEIGHTS_DIR
+from v1motion.models.motion.contract import step_each
 from v1motion.models.motion.grids import finite, grid, whole_degrees
 from v1motion.models.motion.kernels import (
     _axis_cell_sums,
@@ -226,14 +227,6 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
             raise ValueError("frame contains NaN or infinite values")
         return frame.astype(np.float32)
     raise ValueError(f"frame dtype must be uint8, float32 or float64, got {frame.dtype}")
-
-
-def _frame_shape(frame) -> tuple[int, int] | None:
-    """``(H, W)`` of a frame as ``to_grey`` will see it, or ``None`` if it is not an image array."""
-    shape = getattr(frame, "shape", None)
-    if shape is None or len(shape) not in (2, 3):
-        return None
-    return int(shape[0]), int(shape[1])
 
 
 def global_motion(
@@ -566,10 +559,11 @@ class MotionEngine:
         ``step`` leaves it once the generator is exhausted (closing it early leaves it one frame on).
         """
         if self._serial is None:
-            for frame in frames:
-                yield self.step(state, frame)
+            yield from step_each(self, state, frames)
             return
         engine, end = self._serial, object()
+        # Leaving the block (exhausted, an error, or the generator closed) joins the helper, which
+        # writes to `state`, before anything else can touch it.
         with ThreadPoolExecutor(1, thread_name_prefix="engine-encode-ahead") as ahead:
             it = iter(frames)
             frame = next(it, end)
@@ -581,15 +575,9 @@ class MotionEngine:
                 job = None
                 # The next frame is encoded beside this one's read only if it keeps the stream's
                 # size: a new size restarts the state (``StreamState.start``), which the read uses.
-                if frame is not end and _frame_shape(frame) == state.shape:
+                if frame is not end and getattr(frame, "shape", ())[:2] == state.shape:
                     job = ahead.submit(engine._encode_frame, state, frame)
-                try:
-                    mf = engine._read_frame(state, encoded)
-                except BaseException:
-                    if job is not None:  # the helper writes to `state`: never leave it running
-                        wait([job])
-                    raise
-                yield mf
+                yield engine._read_frame(state, encoded)
                 if frame is end:
                     return
                 encoded = job.result() if job is not None else engine._encode_frame(state, frame)
