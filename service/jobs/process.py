@@ -19,6 +19,7 @@ import numpy as np
 
 from v1motion.models.motion.contract import Engine
 from v1motion.models.motion.motion_summary import MotionSummary
+from v1motion.service import protocol
 from v1motion.service.jobs.decode import SandboxedDecoder, VideoRejected
 from v1motion.service.jobs.layout import ResultsFolder
 from v1motion.service.jobs.limits import Limits
@@ -150,7 +151,7 @@ class _Results:
                     self.folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape
                 )
         frame = {"index": self.n, "time_s": round(self.n / self.fps, 4)} | mf.to_dict()
-        self._frames.write(("," if self.n else "") + json.dumps(frame, separators=(",", ":")))
+        self._frames.write(("," if self.n else "") + protocol.dumps(frame))
         self.maps["direction_deg"][self.n] = np.mod(np.degrees(mf.direction), 360.0)
         self.maps["speed_px_per_frame"][self.n] = mf.speed
         self.maps["confidence"][self.n] = mf.confidence

@@ -1,0 +1,52 @@
+"""v1motion.service.protocol.dumps: the compact JSON of every websocket message and motion.json frame."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from v1motion.models.motion.engine import MotionFrame
+from v1motion.service import protocol
+
+
+def _frame(rng, rows=30, cols=40, **kw) -> MotionFrame:
+    """A motion frame of 640x480's grid with values of every kind the engine can give: wide
+    ranges, exact halves (rounding ties), -0.0, tiny values that round to 0, NaN and infinities."""
+    direction = rng.uniform(-20, 20, (rows, cols)).astype(np.float32)
+    speed = (rng.gamma(1.0, 3.0, (rows, cols)) * rng.choice([1, 10, 1e-4], (rows, cols))).astype(
+        np.float32
+    )
+    conf = rng.random((rows, cols)).astype(np.float32)
+    speed.flat[:6] = [np.nan, np.inf, -np.inf, -0.0, 0.125, 0.005]
+    conf.flat[:4] = [-1e-9, 0.5, 0.015, np.nan]
+    hist = rng.random(16).astype(np.float32) * rng.choice([1.0, 1e-5], 16)
+    fields = dict(
+        direction=direction, speed=speed, confidence=conf, cell=16, direction_hist=hist,
+        speed_hist=np.r_[np.float32(np.nan), rng.random(6).astype(np.float32)],
+        top_units=[(3, 0.25), (7, float("nan")), (9, 1e-7)], global_direction=-1e-9,
+        global_speed=float(rng.gamma(1.0, 2.0)), global_confidence=0.5, active_per_patch=2.31,
+    )  # fmt: skip
+    return MotionFrame(**(fields | kw))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dumps_writes_the_text_json_writes_for_a_frames_motion(seed):
+    rng = np.random.default_rng(seed)
+    msg = {"v": protocol.SCHEMA_VERSION, "type": "result", "seq": seed, "capture_ts": 1234.567}
+    msg |= {"timing": {"engine_ms": 3.25, "fps": 29.97}, "motion": _frame(rng).to_dict()}
+    text = protocol.dumps(msg)
+    assert text == json.dumps(msg, separators=(",", ":"), allow_nan=False)
+    assert json.loads(text) == msg
+
+
+def test_dumps_writes_numpy_numbers_and_arrays_as_json_numbers():
+    obj = {"a": np.float64(1.5), "b": np.int64(3), "c": np.array([[0.25, 2.0]]), 4: "k"}
+    assert json.loads(protocol.dumps(obj)) == {"a": 1.5, "b": 3, "c": [[0.25, 2.0]], "4": "k"}
+
+
+def test_dumps_writes_small_numbers_as_the_same_values():
+    # the one difference with json.dumps: the exponent of numbers below 1e-4 (1e-5, not 1e-05)
+    obj = {"x": [1e-5, 1.5e-7, 0.0001, 1e16, -0.0]}
+    assert json.loads(protocol.dumps(obj)) == obj
