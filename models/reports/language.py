@@ -60,6 +60,13 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
     classes = getattr(model, "classes_", None)
     storage = getattr(model, "word_storage_", "float16")
     stored = "int8 with a float32 scale per word" if storage == "int8" else storage
+    dense = ["`r`"] + (["`P`"] if getattr(model, "p_storage_", "float32") == "float32" else [])
+    dense += ["the class vectors and biases"] if classes is not None else []
+    dense_text = (
+        ("`P` is float16; " if "`P`" not in dense else "")
+        + (", ".join(dense[:-1]) + " and " + dense[-1] if len(dense) > 1 else dense[0])
+        + (" are" if len(dense) > 1 else " is")
+    )
     ppl = {r["model"]: r["ppl"] for r in rows}
     lr = model.learning_rate or (2e-3 if model.optimizer == "adam" else 1.0)
     command = meta.get("command", "(command not recorded in the weights file)")
@@ -110,8 +117,7 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
         f"**What it is.** A linear recurrent language model, `h_t = R h_{{t-1}} + E[w_t]`, with "
         f"{r_text}, {out_text} ({V:,} x {H}, stored {stored}), a {H} x {H} output projection "
         f"`P` and as output layer {layer}. "
-        f"{'`r`, `P`, the class vectors and biases' if classes is not None else '`r` and `P`'} "
-        "are float32. "
+        f"{dense_text} float32. "
         f"{size_mb:.2f} MB on disk. Code: `models/language/rglm.py`; served by "
         "`/v1/language/score` and `/v1/language/next`.",
         "",

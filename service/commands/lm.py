@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -130,6 +131,19 @@ def add_parser(subparsers) -> None:
         help="save word vectors as int8 with a float32 scale per word (half the size of the "
         "default float16); re-running a finished run's command with it only rewrites the weights",
     )
+    t.add_argument(
+        "--float16-p",
+        action="store_true",
+        help="save the output projection P as float16 (default float32); like --int8, "
+        "re-running a finished run's command with it only rewrites the weights",
+    )
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS threads (default 1). A run's bits depend on it: the same seed with another "
+        "count gives other weights, so it is part of the printed command",
+    )
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.set_defaults(func=run_train)
 
@@ -202,16 +216,28 @@ def train_command(args: argparse.Namespace) -> str:
         f"--classes {args.classes} --class-power {args.class_power} --samples {args.samples}",
         f"--optimizer {args.optimizer}" + (f" --lr {args.lr}" if args.lr is not None else ""),
         f"--anneal {args.anneal} --epochs {args.epochs} --seed {args.seed}",
+        f"--threads {args.threads}" if args.threads != 1 else "",
         f"--average-from {args.average_from}" if args.average_from is not None else "",
         "--hold-lr-while-averaging" if args.hold_lr_while_averaging else "",
         f"--train-tokens {args.train_tokens}" if args.train_tokens is not None else "",
         "--float32" if args.float32 else "",
         "--int8" if args.int8 else "",
+        "--float16-p" if args.float16_p else "",
     ]
     return "v1motion lm train " + " \\\n    ".join(p for p in parts if p)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from threadpoolctl import threadpool_limits
+
+    if args.threads < 1:
+        print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from v1motion.models.language.data import load_ptb
     from v1motion.models.language.rglm import LinearRecurrentLM
 
@@ -267,7 +293,9 @@ def run_train(args: argparse.Namespace) -> int:
         "valid_ppl": min(e["valid_ppl"] for e in model.history_),
         "command": train_command(args),
     }
-    path = model.save(args.out, half=not args.float32, meta=meta, int8=args.int8)
+    path = model.save(
+        args.out, half=not args.float32, meta=meta, int8=args.int8, half_p=args.float16_p
+    )
     args.out.with_suffix(".history.json").write_text(json.dumps(model.history_, indent=1))
     print(
         f"{'finished' if done else 'paused (resume with the same command)'}: {model.epochs_done_}/"

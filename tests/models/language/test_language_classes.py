@@ -296,6 +296,9 @@ def test_train_command_round_trips_through_the_cli_parser():
         "9",
         "--hold-lr-while-averaging",
         "--int8",
+        "--float16-p",
+        "--threads",
+        "2",
     ]
     args = build_parser().parse_args(argv)
     command = train_command(args)
@@ -317,12 +320,17 @@ def test_train_command_round_trips_through_the_cli_parser():
         "max_norm",
         "anneal",
         "int8",
+        "float16_p",
+        "threads",
         "float32",
         "average_from",
         "hold_lr_while_averaging",
     ):
         assert getattr(again, key) == getattr(args, key), key
     assert "--time-limit" not in command  # where a run pauses does not change its result
+    assert "--threads" not in train_command(
+        build_parser().parse_args(["lm", "train", "--out", "x"])
+    )
     assert again.average_from == 9
     default = build_parser().parse_args(["lm", "train", "--out", "runs/x.npz"])
     assert default.average_from is None and "--average-from" not in train_command(default)
@@ -353,6 +361,9 @@ def test_model_card_carries_the_command_and_the_table(rng, tmp_path, storage):
     stored = "int8 with a float32 scale per word" if storage == "int8" else "float16"
     assert f"stored {stored})" in text and f"the {storage} weights as shipped" in text
     assert "Polyak" not in text
+    assert "`r`, `P` and the class vectors and biases are float32" in text
+    half = write_card(tmp_path / "card.md", model.save(tmp_path / "h.npz", half_p=True), rows)
+    assert "`P` is float16; `r` and the class vectors and biases are float32" in half.read_text()
     model.average_from = 9  # trained with averaging: the card says what was kept
     text = write_card(tmp_path / "card.md", model.save(tmp_path / "m.npz"), rows).read_text()
     assert "from epoch 9 on, the running mean of the weights over every update" in text

@@ -60,3 +60,27 @@ def test_train_command_writes_half_precision_weights_and_resumes(tmp_path, capsy
     assert quantised.word_storage_ == "int8" and "--int8" in quantised.meta_["command"]
     step = np.abs(model.params_["E"]).max(axis=1, keepdims=True) / 127
     assert (np.abs(quantised.params_["E"] - model.params_["E"]) <= 0.5 * step * 1.01 + 1e-3).all()
+    np.testing.assert_array_equal(quantised.params_["P"], model.params_["P"])  # float32 by default
+    # and with --float16-p, P too is rewritten, rounded to float16
+    assert main([*args, "--int8", "--float16-p"]) == 0
+    half = LinearRecurrentLM.load(out)
+    assert half.p_storage_ == "float16" and "--float16-p" in half.meta_["command"]
+    assert out.with_suffix(".history.json").read_text() == history
+    want = model.params_["P"].astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(half.params_["P"], want)
+    np.testing.assert_array_equal(half.params_["E"], quantised.params_["E"])
+
+
+def test_train_runs_with_the_blas_threads_it_is_given(tmp_path, monkeypatch, capsys):
+    from threadpoolctl import threadpool_info
+
+    from v1motion.service.commands import lm
+
+    seen = []
+    monkeypatch.setattr(lm, "_train", lambda args: seen.append(threadpool_info()) or 0)
+    base = ["lm", "train", "--out", str(tmp_path / "m.npz")]
+    assert main([*base, "--threads", "2"]) == 0
+    blas = [p["num_threads"] for p in seen[0] if p["user_api"] == "blas"]
+    assert blas and all(n == 2 for n in blas)
+    assert main([*base, "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
