@@ -9,7 +9,7 @@ Per clip and size, one after another on the same machine:
 - each stage on its own, on frames already in memory: decode (the sandboxed child, frames piped to
   this process), engine step (the libraries' default thread pools, then pinned to one thread as the
   video workers run it), overlay drawing, overlay encoding (mp4v), the motion.json entry
-  (``MotionFrame.to_dict`` + ``json.dumps``) and the summary update;
+  (``MotionFrame.to_dict`` + ``protocol.dumps``, as the job writes it) and the summary update;
 - full job: ``process_video`` in this process (what ``v1motion motion`` runs), with its own per-stage
   times (``stage_seconds``: the stages overlap on threads, so these are busy times, not a partition);
 - full job with the engine replaced by a no-op: what the job machinery costs on its own;
@@ -128,11 +128,10 @@ def cpu_seconds() -> float:
 
 def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, float]:
     """Seconds of each later stage on its own, over all frames."""
-    import json
-
     import cv2
 
     from v1motion.models.motion.motion_summary import MotionSummary
+    from v1motion.service import protocol
     from v1motion.service.render import draw_overlay
 
     out = {}
@@ -152,7 +151,7 @@ def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, f
     del drawn
     t0 = time.perf_counter()
     for m in maps:
-        json.dumps(m.to_dict(), separators=(",", ":"))
+        protocol.dumps(m.to_dict())
     out["motion.json entry"] = time.perf_counter() - t0
     summary = MotionSummary()
     t0 = time.perf_counter()
