@@ -160,6 +160,8 @@ def scenario(
         "missed": int(sum(r["missed"] for r in results)),
         "p50 ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
         "p95 ms": float(np.percentile(lat, 95)) if lat.size else float("nan"),
+        "p99 ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+        "max ms": float(lat.max()) if lat.size else float("nan"),
         "engine p50 ms": float(np.percentile(eng, 50)) if eng.size else float("nan"),
         "engine p95 ms": float(np.percentile(eng, 95)) if eng.size else float("nan"),
         "rest p50 ms": float(np.percentile(rest, 50)) if rest.size else float("nan"),
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the end"
     )
     cols = ["scenario", "size", "streams", "viewers", "stream fps", "fps/viewer", "received %",
-            "worst %", "missed", "p50 ms", "p95 ms", "engine p50 ms", "engine p95 ms", "rest p50 ms", "dropped",
+            "worst %", "missed", "p50 ms", "p95 ms", "p99 ms", "max ms", "engine p50 ms", "engine p95 ms", "rest p50 ms", "dropped",
             "p50 / step"]  # fmt: skip
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -99,7 +99,10 @@ def create_app(
         holder = EngineHolder()
         # Loading and compiling take seconds: done in a thread, /readyz reports when it is over.
         threading.Thread(
-            target=holder.load, args=(engine_factory,), name="engine-load", daemon=True
+            target=holder.load,
+            args=(engine_factory, settings.gc_freeze),
+            name="engine-load",
+            daemon=True,
         ).start()
         pipelines = {
             spec.name: StreamPipeline(

@@ -156,6 +156,13 @@ class Settings(BaseSettings):
         "engine's are small, and a pool of waiting BLAS threads made each step 5-7x slower on a busy "
         "2-core machine and took CPU from the viewers' event loop",
     )
+    gc_freeze: bool = Field(
+        True,
+        description="once the engine is ready, move every object alive (modules, the engine) "
+        "into the garbage collector's permanent generation: a full collection of the server's "
+        "heap holds every thread for 100-200 ms (one in each 20 s of a live stream on a busy "
+        "2-core machine); after the freeze it walks only the objects made since",
+    )
     sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec.parse("synthetic")])
 
     token: SecretStr | None = Field(

@@ -18,6 +18,9 @@ def rng():
 # The test client sends ``Host: testserver``; the service answers only to its own names (DNS rebinding),
 # so the tests configure that name the way a deployment would configure its own.
 os.environ.setdefault("V1MOTION_ALLOWED_HOSTS", '["testserver"]')
+# Test apps come and go in one process: none moves the test process's objects out of the garbage
+# collector's reach (Settings.gc_freeze; tests/service/live/test_engine_holder.py checks it).
+os.environ.setdefault("V1MOTION_GC_FREEZE", "false")
 
 
 @pytest.fixture(autouse=True)
