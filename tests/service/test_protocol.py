@@ -46,7 +46,7 @@ def test_dumps_writes_numpy_numbers_and_arrays_as_json_numbers():
     assert json.loads(protocol.dumps(obj)) == {"a": 1.5, "b": 3, "c": [[0.25, 2.0]], "4": "k"}
 
 
-def test_dumps_writes_small_numbers_as_the_same_values():
-    # the one difference with json.dumps: the exponent of numbers below 1e-4 (1e-5, not 1e-05)
-    obj = {"x": [1e-5, 1.5e-7, 0.0001, 1e16, -0.0]}
+def test_dumps_writes_small_numbers_and_other_characters_as_the_same_values():
+    # where the text may differ from json.dumps: exponents below 1e-4 (1e-5, not 1e-05), UTF-8
+    obj = {"x": [1e-5, 1.5e-7, 0.0001, 1e16, -0.0], "detail": "cannot read vidéo.avi: 90°"}
     assert json.loads(protocol.dumps(obj)) == obj
