@@ -547,21 +547,31 @@ class MotionEngine:
         """``step`` on each of ``frames`` in turn, for a stream whose frames are all at hand (a
         video): the same motion frames, in order.
 
-        With ``threads > 1``, the two halves of a step overlap across frames: while this thread reads
-        the motion of one frame (``read``), a helper thread encodes the next (``encode``), each half
-        on one thread (the one-thread twin of this engine). At 640x480 on 2 cores that gives 1.5-1.6x
-        the frames/s of one thread, where splitting each step over two threads gives 1.3-1.4x
-        (``bench/engine_speed.py``); the latency of a frame is unchanged, so live streams ``step``.
+        With ``threads > 1``, the step's work overlaps across frames, one thread each (the one-thread
+        twin of this engine): while this thread reads the motion of one frame (``read``) and then
+        whitens the frame after next (``_prepare``, which needs no state), a helper thread encodes
+        the next (``_encode_prepared``: the ss-RNN's code). The latency of a frame is unchanged, so
+        live streams ``step``; ``bench/engine_speed.py`` gives the frames/s of both ("run 2 thr").
 
-        The frames are taken from ``frames`` one at a time, in the calling thread, one ahead of the
-        frame yielded. A frame ``step`` refuses raises its ``ValueError`` after the frames before it
-        are yielded. ``state`` is encoded one frame ahead while a frame is yielded: it is left as
+        The frames are taken from ``frames`` one at a time, in the calling thread, up to two ahead of
+        the frame yielded. A frame ``step`` refuses raises its ``ValueError`` after the frames before
+        it are yielded. ``state`` is encoded one frame ahead while a frame is yielded: it is left as
         ``step`` leaves it once the generator is exhausted (closing it early leaves it one frame on).
         """
         if self._serial is None:
             yield from step_each(self, state, frames)
             return
         engine, end = self._serial, object()
+
+        def prepare(frame):
+            """``_prepare`` of the frame after next, or the error to raise when its turn comes."""
+            if frame is end:
+                return None
+            try:
+                return engine._prepare(frame)
+            except Exception as exc:  # raised after the frames before it are yielded
+                return exc
+
         # Leaving the block (exhausted, an error, or the generator closed) joins the helper, which
         # writes to `state`, before anything else can touch it.
         with ThreadPoolExecutor(1, thread_name_prefix="engine-encode-ahead") as ahead:
@@ -569,18 +579,27 @@ class MotionEngine:
             frame = next(it, end)
             if frame is end:
                 return
-            encoded = engine._encode_frame(state, frame)
+            encoded = engine._encode_prepared(state, engine._prepare(frame))
+            following = prepare(next(it, end))
             while True:
-                frame = next(it, end)
                 job = None
                 # The next frame is encoded beside this one's read only if it keeps the stream's
                 # size: a new size restarts the state (``StreamState.start``), which the read uses.
-                if frame is not end and getattr(frame, "shape", ())[:2] == state.shape:
-                    job = ahead.submit(engine._encode_frame, state, frame)
-                yield engine._read_frame(state, encoded)
-                if frame is end:
+                if isinstance(following, tuple) and following[0] == state.shape:
+                    job = ahead.submit(engine._encode_prepared, state, following)
+                motion = engine._read_frame(state, encoded)
+                # The frame after next is whitened here while the helper encodes the next: it needs
+                # no state, and it evens out the two threads' shares.
+                after = prepare(next(it, end)) if isinstance(following, tuple) else None
+                yield motion
+                if following is None:
                     return
-                encoded = job.result() if job is not None else engine._encode_frame(state, frame)
+                if isinstance(following, Exception):
+                    raise following
+                encoded = (
+                    job.result() if job is not None else engine._encode_prepared(state, following)
+                )
+                following = after
 
     def _engine_for(self, frame) -> MotionEngine:
         """The engine that steps ``frame``: the one-thread twin for frames under
@@ -598,6 +617,13 @@ class MotionEngine:
         """The first half of ``step``: the frame checked and encoded (``encode``; updates
         ``state.prev`` and ``state.rms``, and starts ``state`` anew for a new frame size). Returns
         what ``_read_frame`` needs: ``(shape, coarse, prev, codes)``."""
+        return self._encode_prepared(state, self._prepare(frame))
+
+    def _prepare(self, frame: np.ndarray) -> tuple:
+        """What ``_encode_frame`` does without the stream's state: the frame checked, made grey and
+        whitened at every pyramid level it needs. Returns ``(shape, coarse, levels, whites)``, or
+        ``(shape, coarse, levels, None)`` for an engine that whitens on several threads (``encode``
+        does it there)."""
         grey = to_grey(frame)
         h, w = grey.shape
         if min(h, w) < self.min_side:
@@ -607,11 +633,25 @@ class MotionEngine:
         # The coarse read needs one more level: frames too small for it are read at one scale.
         coarse = self.coarse and min(h, w) >= self.min_side * 2
         n_levels = self.levels + coarse
+        if self._pool is not None:
+            return (h, w), coarse, n_levels, grey
+        whites, img = [], grey
+        for lv in range(n_levels):
+            if lv:
+                img = cv2.pyrDown(img)
+            whites.append(self.model.whitener_.transform(img))
+        return (h, w), coarse, n_levels, whites
+
+    def _encode_prepared(self, state: StreamState, prepared: tuple) -> tuple:
+        """``_encode_frame`` from ``_prepare``'s result: the part that reads and updates ``state``."""
+        (h, w), coarse, n_levels, image = prepared
         if state.shape != (h, w):
             state.start((h, w), n_levels, self.levels)
         # encode replaces the previous codes: the finest of each read are kept as they were
         prev = state.prev[:2]
-        return (h, w), coarse, prev, self.encode(state, grey, n_levels)
+        if self._pool is not None:
+            return (h, w), coarse, prev, self.encode(state, image, n_levels)
+        return (h, w), coarse, prev, self.encode(state, image[0], n_levels, whites=image)
 
     def _read_frame(self, state: StreamState, encoded: tuple) -> MotionFrame:
         """The second half of ``step``: the motion read from ``_encode_frame``'s result (updates
@@ -734,7 +774,7 @@ class MotionEngine:
         return np.clip((per_cell - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), running
 
     def encode(
-        self, state: StreamState, grey: np.ndarray, levels: int | None = None
+        self, state: StreamState, grey: np.ndarray, levels: int | None = None, whites=None
     ) -> list[tuple[SparseCode, int, int]]:
         """The ss-RNN's sparse code of every pyramid level, ``[(code, rows, cols)]``; updates ``state``.
 
@@ -743,12 +783,16 @@ class MotionEngine:
         patch's recurrent state (one kernel call). The codes of the levels are views of one joint
         code, rows ``[offsets[lv], offsets[lv + 1])``. ``levels``: how many (default: the read-out's;
         ``step`` adds one for the coarse read); ``state.prev`` and ``state.rms`` hold one entry each.
+        ``whites``: every level already whitened (``_prepare``; then ``grey`` is not read), on one
+        thread.
         """
         model, p = self.model, self.model.patch
         shapes, offsets, bounds = self._layout(grey.shape, levels or self.levels)
         patches = np.empty((offsets[-1], p * p), np.float32)
         C = np.empty((offsets[-1], model.n_atoms), np.float32)
-        if self._pool is None:
+        if whites is not None:
+            self._correlate_levels(state, None, 0, shapes, offsets, patches, C, whites=whites)
+        elif self._pool is None:
             self._correlate_levels(state, grey, 0, shapes, offsets, patches, C)
         else:
             # A helper thread whitens the lower half of level 0, then does the coarser levels, while
@@ -785,17 +829,22 @@ class MotionEngine:
             out.append((level, gh, gw))
         return out
 
-    def _correlate_levels(self, state, img, first, shapes, offsets, patches, C, white=None) -> None:
+    def _correlate_levels(
+        self, state, img, first, shapes, offsets, patches, C, white=None, whites=None
+    ) -> None:
         """Levels ``first <= lv < len(shapes)`` (``img`` is level ``first - 1``, or level 0 if
         ``first == 0``): whiten, normalise by the running RMS, cut out the patches into ``patches``
         and correlate them with the atoms into ``C``, at rows ``offsets[lv]:offsets[lv + 1]``.
-        ``white``: the first level already whitened."""
+        ``white``: the first level already whitened; ``whites``: every level (``img`` unused)."""
         model, p = self.model, self.model.patch
         for lv in range(first, len(shapes)):
-            if lv:
-                img = cv2.pyrDown(img)
-            if white is None or lv != first:
-                white = model.whitener_.transform(img)
+            if whites is not None:
+                white = whites[lv]
+            else:
+                if lv:
+                    img = cv2.pyrDown(img)
+                if white is None or lv != first:
+                    white = model.whitener_.transform(img)
             rms = float(np.sqrt(np.mean(white**2)))
             prev_rms = state.rms[lv]
             state.rms[lv] = rms if prev_rms is None else 0.9 * prev_rms + 0.1 * rms

@@ -232,6 +232,28 @@ def test_encode_matches_the_naive_reference(engine, rng):
     assert active > 0
 
 
+def test_prepared_levels_give_the_codes_of_encode(engine, rng):
+    """``step``'s encoding, whitened ahead by ``_prepare`` then encoded with the state, gives the codes
+    ``encode`` gives from the grey frame, frame after frame (the running RMS and the recurrent state
+    carry over)."""
+    shape = (101, 139)
+    s1, s2 = engine.new_state(), engine.new_state()
+    for k in range(3):
+        frame = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+        prepared = engine._prepare(frame)
+        if k == 0:
+            s2.start(shape, prepared[2], engine.levels)
+        assert len(prepared[3]) == prepared[2]  # one whitened image per level
+        _, _, _, codes = engine._encode_prepared(s1, prepared)
+        want = engine.encode(s2, to_grey(frame), prepared[2])
+        assert len(codes) == len(want)
+        for (a, ah, aw), (b, bh, bw) in zip(codes, want, strict=True):
+            assert (ah, aw) == (bh, bw)
+            for f in ("idx", "val", "cnt", "prior"):
+                np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+        assert s1.rms == s2.rms
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
 def test_threads_give_the_same_codes(rng):
     one = MotionEngine.random(seed=0)
@@ -390,10 +412,10 @@ def test_run_encodes_ahead_and_gives_the_steps_motion(rng, monkeypatch):
     s1 = one.new_state()
     want = [one.step(s1, f) for f in frames]
     where = []
-    encode = two._serial._encode_frame
+    encode = two._serial._encode_prepared
     monkeypatch.setattr(
         two._serial,
-        "_encode_frame",
+        "_encode_prepared",
         lambda *a: where.append(threading.current_thread().name) or encode(*a),
     )
     s2 = two.new_state()
@@ -408,6 +430,46 @@ def test_run_encodes_ahead_and_gives_the_steps_motion(rng, monkeypatch):
     assert not _encoders()  # the helper is gone with the generator
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_run_whitens_the_frame_after_next_while_the_next_is_encoded(rng, monkeypatch):
+    """In ``run``, frame ``k + 2`` is prepared on the calling thread before frame ``k`` is yielded, while
+    the helper encodes frame ``k + 1``; frames are taken at most two ahead of the one yielded."""
+    import threading
+
+    two = MotionEngine.random(seed=0, levels=3, threads=2)
+    frames = [rng.integers(0, 255, (112, 160), dtype=np.uint8) for _ in range(5)]
+    events = []
+    prepare, encode = two._serial._prepare, two._serial._encode_prepared
+
+    def spy_prepare(frame):
+        k = next(i for i, f in enumerate(frames) if f is frame)
+        events.append(("prepare", k, threading.current_thread().name))
+        return prepare(frame)
+
+    monkeypatch.setattr(two._serial, "_prepare", spy_prepare)
+    monkeypatch.setattr(
+        two._serial,
+        "_encode_prepared",
+        lambda *a: events.append(("encode", None, threading.current_thread().name)) or encode(*a),
+    )
+
+    def source():
+        for k, f in enumerate(frames):
+            events.append(("take", k, None))
+            yield f
+
+    main = threading.current_thread().name
+    for k, _ in enumerate(two.run(two.new_state(), source())):
+        taken = max(i for e, i, _ in events if e == "take")
+        assert taken <= k + 2
+        prepared = [i for e, i, _ in events if e == "prepare"]
+        assert prepared == list(range(min(k + 3, len(frames))))
+    assert all(name == main for e, _, name in events if e == "prepare")
+    helpers = [name for e, _, name in events if e == "encode"]
+    assert helpers[0] == main and all(n.startswith("engine-encode-ahead") for n in helpers[1:])
+    assert len(helpers) == len(frames)
+
+
 def test_run_on_one_thread_is_step(engine, rng):
     frames = rng.integers(0, 255, (4, 96, 128), dtype=np.uint8)
     s1, s2 = engine.new_state(), engine.new_state()
@@ -416,7 +478,7 @@ def test_run_on_one_thread_is_step(engine, rng):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-@pytest.mark.parametrize("bad_at", [0, 3])
+@pytest.mark.parametrize("bad_at", [0, 1, 3, 4])
 def test_run_yields_the_frames_before_a_refused_one_then_raises(rng, bad_at):
     two = MotionEngine.random(seed=0, levels=3, threads=2)
     frames = [rng.integers(0, 255, (112, 160), dtype=np.uint8) for _ in range(5)]
