@@ -9,8 +9,8 @@ BLAS and OpenCV run on one thread. The engine runs with ``threads=1`` (the refer
 bands and the coarser levels on a helper thread, the coarse read on the helper beside the fine one),
 on every frame size (``parallel_from_px=0``: by default the engine steps frames under
 ``PARALLEL_FROM_PX`` on one thread, where two measured slower); "run 2 thr" is ``MotionEngine.run``
-with two threads (a run of frames, as video jobs take them: each frame read while the next is encoded
-on a helper thread, one thread each); "encode" is the ss-RNN stage alone
+with two threads (a run of frames, as video jobs take them: each frame read, and the one after next
+whitened, while the next is encoded on a helper thread, one thread each); "encode" is the ss-RNN stage alone
 (pyramid to sparse codes), "step" adds the motion read-out, with the coarse read of fast motion ("one
 scale": without it). Both thread counts give identical codes.
 """
