@@ -218,9 +218,9 @@ class Settings(BaseSettings):
         le=64,
         description="threads of each video job's engine: with 2, each frame's motion is read "
         "and the frame after next whitened while the next frame is encoded (the same results, 1.7x "
-        "the frames/s of one at 640x480 on 2 cores). Unset: the cores shared among the video workers, at most 2 (2 with one "
-        "worker on 2 cores, 1 with two); keep workers x threads <= cores. Ray tasks (ray_address) "
-        "run theirs on one, as Ray schedules one CPU per task",
+        "the frames/s of one at 640x480 on 2 cores). Unset: the cores shared among the video "
+        "workers, at most 2 (2 with one worker on 2 cores, 1 with two); keep workers x threads <= "
+        "cores. Ray tasks (ray_address) run theirs on one, as Ray schedules one CPU per task",
     )
     video_max_queued: int = Field(32, ge=1, description="uploads are refused while this many wait")
     video_max_upload_mb: float = Field(512.0, gt=0, description="largest accepted upload")
