@@ -622,8 +622,8 @@ class MotionEngine:
     def _prepare(self, frame: np.ndarray) -> tuple:
         """What ``_encode_frame`` does without the stream's state: the frame checked, made grey and
         whitened at every pyramid level it needs. Returns ``(shape, coarse, levels, whites)``, or
-        ``(shape, coarse, levels, None)`` for an engine that whitens on several threads (``encode``
-        does it there)."""
+        ``(shape, coarse, levels, grey)`` for an engine that whitens on several threads (``encode``
+        does it there, in bands)."""
         grey = to_grey(frame)
         h, w = grey.shape
         if min(h, w) < self.min_side:
@@ -783,8 +783,8 @@ class MotionEngine:
         patch's recurrent state (one kernel call). The codes of the levels are views of one joint
         code, rows ``[offsets[lv], offsets[lv + 1])``. ``levels``: how many (default: the read-out's;
         ``step`` adds one for the coarse read); ``state.prev`` and ``state.rms`` hold one entry each.
-        ``whites``: every level already whitened (``_prepare``; then ``grey`` is not read), on one
-        thread.
+        ``whites``: every level already whitened (``_prepare``), then correlated on this thread;
+        ``grey`` only gives the frame's size (``whites[0]`` will do).
         """
         model, p = self.model, self.model.patch
         shapes, offsets, bounds = self._layout(grey.shape, levels or self.levels)
