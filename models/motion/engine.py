@@ -579,7 +579,7 @@ class MotionEngine:
             frame = next(it, end)
             if frame is end:
                 return
-            encoded = engine._encode_prepared(state, engine._prepare(frame))
+            encoded = engine._encode_frame(state, frame)
             following = prepare(next(it, end))
             while True:
                 job = None
