@@ -191,20 +191,103 @@ def _hidden_cells(pooled, norm, b1):
     return np.array(hidden), np.array(totals)
 
 
-def _decode_cells(pooled, norm, b1, W2, b2, speed_classes, lo, hi):
-    """The MT read-out of each cell written from its definition, one cell at a time: divisively
-    normalised pooled channels, rectified MT units, a direction vector and speed-class probabilities,
-    the speed as the geometric mean over the moving classes, and the confidence as P(moving) x the
-    vector's length (at most 1) x the evidence of the summed activity."""
+def _decode_outputs(out, totals, speed_classes, norm_sum, lo, hi):
+    """The MT read-out's outputs decoded one cell at a time, from their definition: speed-class
+    probabilities, the speed as the geometric mean over the moving classes, the direction of the
+    vector, and the confidence as P(moving) x the vector's length (at most 1) x the evidence of the
+    summed activity."""
     direction, speed, conf = [], [], []
-    hidden, totals = _hidden_cells(pooled, norm, b1)
-    for h, total in zip(hidden, totals, strict=True):
-        out = h @ W2 + b2
-        p = np.exp(out[2:] - out[2:].max())
+    for o, total in zip(np.asarray(out, np.float64), totals, strict=True):
+        p = np.exp(o[2:] - o[2:].max())
         p /= p.sum()
         moving = p[1:]
         speed.append(2 ** ((moving * np.log2(speed_classes[1:])).sum() / max(moving.sum(), 1e-9)))
-        direction.append(np.arctan2(out[1], out[0]))
-        evidence = np.clip((total / norm.sum() - lo) / (hi - lo), 0, 1)
-        conf.append((1 - p[0]) * min(np.hypot(out[0], out[1]), 1.0) * evidence)
+        direction.append(np.arctan2(o[1], o[0]))
+        evidence = np.clip((total / norm_sum - lo) / (hi - lo), 0, 1)
+        conf.append((1 - p[0]) * min(np.hypot(o[0], o[1]), 1.0) * evidence)
     return np.array(direction), np.array(speed), np.array(conf)
+
+
+def _decode_cells(pooled, norm, b1, W2, b2, speed_classes, lo, hi):
+    """The MT read-out of each cell written from its definition, one cell at a time: divisively
+    normalised pooled channels, rectified MT units, then their outputs decoded
+    (``_decode_outputs``)."""
+    hidden, totals = _hidden_cells(pooled, norm, b1)
+    return _decode_outputs(hidden @ W2 + b2, totals, speed_classes, norm.sum(), lo, hi)
+
+
+# The read-out's per-cell steps (``models/motion/mt_readout.py``), as numpy expressions over whole
+# maps in float64 around the same Gaussian blur.
+
+
+def _gauss(a, sigma):
+    a = np.asarray(a, np.float32)
+    return cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REFLECT).reshape(a.shape)
+
+
+def _on_axis_grid(table, axis):
+    grid = np.arange(len(table)) * np.pi / len(table)
+    return np.interp(np.mod(axis, np.pi), grid, np.asarray(table, np.float64), period=np.pi)
+
+
+def integrate_cells(direction, speed, weight, sigma):
+    """Weighted vector mean of the directions and geometric mean of the speeds over a Gaussian;
+    a cell without weight around it keeps its own."""
+    d, s = np.asarray(direction, np.float64), np.asarray(speed, np.float64)
+    w = np.maximum(np.nan_to_num(np.asarray(weight, np.float64), nan=0.0), 0.0)
+    sw = _gauss(w, sigma).astype(np.float64)
+    vx, vy = _gauss(w * np.cos(d), sigma), _gauss(w * np.sin(d), sigma)
+    log_speed = _gauss(w * np.log(np.maximum(s, 1e-3)), sigma) / np.maximum(sw, 1e-12)
+    backed = sw > 1e-6
+    return np.where(backed, np.arctan2(vy, vx), d), np.where(backed, np.exp(log_speed), s)
+
+
+def axis_coherence(axis_sums, sigma, offsets=None):
+    """Length and half-angle of each cell's blurred mean doubled-angle axis, then calibrated."""
+    sums = _gauss(axis_sums, sigma).astype(np.float64) if sigma > 0 else np.float64(axis_sums)
+    re, im, total = sums[..., 0], sums[..., 1], sums[..., 2]
+    coherence = np.clip(np.hypot(re, im) / np.maximum(total, 1e-12), 0.0, 1.0)
+    axis = 0.5 * np.arctan2(im, re)
+    if offsets is not None:
+        axis = axis + _on_axis_grid(offsets, axis)
+    return coherence, axis
+
+
+def coherence_on_axis_scale(coherence, axis, reference, floor=0.6):
+    """Above ``floor``, ``[floor, reference(axis)]`` stretched to ``[floor, 1]``, clipped."""
+    c = np.asarray(coherence, np.float64)
+    ref = _on_axis_grid(reference, axis)
+    stretched = floor + (c - floor) * (1.0 - floor) / np.maximum(ref - floor, 0.05)
+    return np.clip(np.where(c > floor, stretched, c), 0.0, 1.0)
+
+
+def along_one_axis(direction, speed, coherence, axis, lo, hi):
+    """Each cell's velocity blended towards its component along ``axis`` by its coherence."""
+    d, s = np.asarray(direction, np.float64), np.asarray(speed, np.float64)
+    w = np.clip((np.asarray(coherence, np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    n = np.stack([np.cos(axis), np.sin(axis)], -1).astype(np.float64)
+    v = s[..., None] * np.stack([np.cos(d), np.sin(d)], -1)
+    along = (v * n).sum(-1, keepdims=True) * n
+    v = v + w[..., None] * (along - v)
+    return np.arctan2(v[..., 1], v[..., 0]), np.hypot(v[..., 0], v[..., 1])
+
+
+def pool_constraints(direction, speed, weight, one_axis, axis, sigma, lo, hi, prior):
+    """Per cell the 2 x 2 weighted least-squares velocity of its neighbourhood's constraints
+    ``M_k = a_k n_k n_k^T + (1 - a_k) I`` with a prior on its own velocity, blended in by ``a``."""
+    d, s = np.asarray(direction, np.float64), np.asarray(speed, np.float64)
+    a = np.clip((np.asarray(one_axis, np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    w = np.maximum(np.nan_to_num(np.asarray(weight, np.float64), nan=0.0), 0.0)
+    n = np.stack([np.cos(axis), np.sin(axis)], -1).astype(np.float64)
+    v = s[..., None] * np.stack([np.cos(d), np.sin(d)], -1)
+    M = a[..., None, None] * n[..., :, None] * n[..., None, :] + (1 - a)[..., None, None] * np.eye(
+        2
+    )
+    wM = w[..., None, None] * M
+    wMv = np.einsum("...ij,...j->...i", wM, v)
+    S = _gauss(wM.reshape(*wM.shape[:-2], 4), sigma).astype(np.float64).reshape(wM.shape)
+    r = _gauss(wMv, sigma).astype(np.float64)
+    lam = prior * 0.5 * (S[..., 0, 0] + S[..., 1, 1]) + 1e-12
+    u = np.linalg.solve(S + lam[..., None, None] * np.eye(2), (r + lam[..., None] * v)[..., None])
+    o = v + a[..., None] * (u[..., 0] - v)
+    return np.arctan2(o[..., 1], o[..., 0]), np.hypot(o[..., 0], o[..., 1])

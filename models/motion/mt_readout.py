@@ -171,6 +171,207 @@ def _hidden_cells(pooled, norm, b1, hidden, totals):
         totals[m] = total
 
 
+@njit(cache=True, nogil=True)
+def _decode_outputs(out, totals, log_speeds, norm_sum, lo, hi, direction, speed, conf):
+    """``MTReadout.decode_hidden`` and ``evidence`` of every cell from its outputs, in one pass.
+
+    ``out`` (n, 2 + S): per cell, the direction vector and the logits of the ``S`` speed classes
+    (class 0 still); ``totals`` (n,): its summed total activity; ``log_speeds`` (S - 1,): log2 of the
+    moving classes' speeds. Writes, float32 (n,): ``direction`` = atan2 of the vector (radians),
+    ``speed`` = 2 ** the mean of ``log_speeds`` under the moving classes' probabilities (px/frame),
+    ``conf`` = P(moving) x min(|vector|, 1) x the evidence, ``totals / norm_sum`` mapped from
+    ``[lo, hi]`` to [0, 1]."""
+    n, width = out.shape
+    n_s = width - 2
+    e = np.empty(n_s, np.float32)
+    span = np.float32(hi - lo)
+    for m in range(n):
+        o = out[m]
+        top = o[2]
+        for j in range(1, n_s):
+            top = max(top, o[2 + j])
+        total = np.float32(0.0)
+        for j in range(n_s):
+            e[j] = np.exp(o[2 + j] - top)
+            total += e[j]
+        moving = np.float32(0.0)
+        mean_log = np.float32(0.0)
+        for j in range(1, n_s):
+            p = e[j] / total
+            moving += p
+            mean_log += p * log_speeds[j - 1]
+        speed[m] = np.exp2(mean_log / max(moving, np.float32(1e-9)))
+        direction[m] = np.arctan2(o[1], o[0])
+        ratio = totals[m] / norm_sum
+        evidence = min(max((ratio - np.float32(lo)) / span, np.float32(0.0)), np.float32(1.0))
+        p_move = np.float32(1.0) - e[0] / total
+        conf[m] = p_move * min(np.hypot(o[0], o[1]), np.float32(1.0)) * evidence
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-cell steps of the read-out, each one pass over the cells around OpenCV's Gaussian blur (the
+# numpy expressions they replace are their twins in tests/naive.py). float32 as the numpy was;
+# the transcendental functions may differ from numpy's by an ulp.
+_F32_MAX = np.float32(np.finfo(np.float32).max)
+_NO_OFFSETS = np.zeros(0, np.float64)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _clean_weight(w):
+    """``max(nan_to_num(w), 0)``: NaN and negative weights count 0, +inf the largest float32."""
+    if not w > 0:
+        return np.float32(0.0)
+    return min(w, _F32_MAX)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _interp_axis(table, x):
+    """``table`` (K,) on the grid of axes ``k pi / K`` at the axis ``x`` (radians, float64):
+    interpolated linearly and periodically (period pi), as ``np.interp(x % pi, grid, table,
+    period=pi)`` computes it."""
+    k = table.shape[0]
+    x = x % np.pi
+    j = min(int(x * k / np.pi), k - 1)
+    if x < j * np.pi / k:  # rounding put x just below the grid point
+        j -= 1
+    x0 = j * np.pi / k
+    x1 = (j + 1) * np.pi / k if j + 1 < k else np.pi
+    f1 = table[j + 1] if j + 1 < k else table[0]
+    return (f1 - table[j]) / (x1 - x0) * (x - x0) + table[j]
+
+
+@njit(cache=True, nogil=True)
+def _integrate_terms(direction, speed, weight, terms):
+    """``terms[m] = w (1, cos d, sin d, log max(s, 1e-3))`` of every cell (``integrate_cells``)."""
+    for m in range(direction.shape[0]):
+        w = _clean_weight(weight[m])
+        d = direction[m]
+        t = terms[m]
+        t[0] = w
+        t[1] = w * np.cos(d)
+        t[2] = w * np.sin(d)
+        t[3] = w * np.log(max(speed[m], np.float32(1e-3)))
+
+
+@njit(cache=True, nogil=True)
+def _integrate_finish(sums, direction, speed, out_dir, out_speed):
+    """Each cell's weighted mean direction and geometric mean speed from its blurred ``terms``;
+    a cell without weight around it keeps its own."""
+    for m in range(direction.shape[0]):
+        s = sums[m]
+        if s[0] > np.float32(1e-6):
+            out_dir[m] = np.arctan2(s[2], s[1])
+            out_speed[m] = np.exp(s[3] / max(s[0], np.float32(1e-12)))
+        else:
+            out_dir[m] = direction[m]
+            out_speed[m] = speed[m]
+
+
+@njit(cache=True, nogil=True)
+def _axis_finish(sums, offsets, coherence, axis):
+    """``axis_coherence`` from the blurred sums ``(re, im, total)`` of each cell; ``offsets``: the
+    axis calibration (empty: none)."""
+    for m in range(sums.shape[0]):
+        re, im, total = sums[m, 0], sums[m, 1], sums[m, 2]
+        c = np.hypot(re, im) / max(total, np.float32(1e-12))
+        coherence[m] = min(max(c, np.float32(0.0)), np.float32(1.0))
+        a = np.float32(0.5) * np.arctan2(im, re)
+        if offsets.shape[0]:
+            a = np.float32(a + _interp_axis(offsets, np.float64(a)))
+        axis[m] = a
+
+
+@njit(cache=True, nogil=True)
+def _on_axis_scale(coherence, axis, reference, floor, out):
+    """``coherence_on_axis_scale`` of every cell (in float64)."""
+    for m in range(coherence.shape[0]):
+        c = np.float64(coherence[m])
+        if c > floor:
+            ref = _interp_axis(reference, np.float64(axis[m]))
+            c = floor + (c - floor) * (1.0 - floor) / max(ref - floor, 0.05)
+        out[m] = min(max(c, 0.0), 1.0)
+
+
+@njit(cache=True, nogil=True)
+def _along_axis(direction, speed, coherence, axis, lo, hi, out_dir, out_speed):
+    """``along_one_axis`` of every cell."""
+    span = np.float32(hi - lo)
+    for m in range(direction.shape[0]):
+        w = min(max((coherence[m] - np.float32(lo)) / span, np.float32(0.0)), np.float32(1.0))
+        nx, ny = np.cos(axis[m]), np.sin(axis[m])
+        s, d = speed[m], direction[m]
+        vx, vy = s * np.cos(d), s * np.sin(d)
+        along = vx * nx + vy * ny
+        vx, vy = vx + w * (along * nx - vx), vy + w * (along * ny - vy)
+        out_dir[m] = np.arctan2(vy, vx)
+        out_speed[m] = np.hypot(vx, vy)
+
+
+@njit(cache=True, nogil=True)
+def _constraint_terms(direction, speed, weight, one_axis, axis, lo, hi, terms, cell):
+    """Per cell, its constraint weighed (``terms`` (n, 5): ``w M`` as m11, m12, m22 and ``w M v``)
+    and what ``_constraint_finish`` needs of it (``cell`` (n, 3): its one-axis share and
+    velocity)."""
+    span = np.float32(hi - lo)
+    one = np.float32(1.0)
+    for m in range(direction.shape[0]):
+        a = min(max((one_axis[m] - np.float32(lo)) / span, np.float32(0.0)), one)
+        w = _clean_weight(weight[m])
+        nx, ny = np.cos(axis[m]), np.sin(axis[m])
+        s, d = speed[m], direction[m]
+        vx, vy = s * np.cos(d), s * np.sin(d)
+        m11 = a * nx * nx + (one - a)
+        m12 = a * nx * ny
+        m22 = a * ny * ny + (one - a)
+        t = terms[m]
+        t[0] = m11 * w
+        t[1] = m12 * w
+        t[2] = m22 * w
+        t[3] = (m11 * vx + m12 * vy) * w
+        t[4] = (m12 * vx + m22 * vy) * w
+        cell[m, 0] = a
+        cell[m, 1] = vx
+        cell[m, 2] = vy
+
+
+@njit(cache=True, nogil=True)
+def _constraint_finish(sums, cell, prior, out_dir, out_speed):
+    """Each cell's velocity from the 2 x 2 system of its neighbourhood's blurred ``terms``, blended
+    in by its one-axis share (``pool_constraints``)."""
+    half = np.float32(prior) * np.float32(0.5)
+    for m in range(cell.shape[0]):
+        s = sums[m]
+        s11, s12, s22, r1, r2 = s[0], s[1], s[2], s[3], s[4]
+        a, vx, vy = cell[m, 0], cell[m, 1], cell[m, 2]
+        lam = half * (s11 + s22) + np.float32(1e-12)
+        s11, s22 = s11 + lam, s22 + lam
+        r1, r2 = r1 + lam * vx, r2 + lam * vy
+        det = s11 * s22 - s12 * s12
+        ux = (s22 * r1 - s12 * r2) / det
+        uy = (s11 * r2 - s12 * r1) / det
+        ox, oy = vx + a * (ux - vx), vy + a * (uy - vy)
+        out_dir[m] = np.arctan2(oy, ox)
+        out_speed[m] = np.hypot(ox, oy)
+
+
+def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Every channel of ``a`` (rows, cols[, channels]) blurred by a Gaussian of ``sigma`` cells,
+    edges reflected; the shape kept."""
+    return cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REFLECT).reshape(a.shape)
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float32)
+
+
+def _flat(a, shape, dtype=np.float32) -> np.ndarray:
+    """``a`` broadcast to ``shape``, as one contiguous row of ``dtype`` (a view where it can be)."""
+    a = np.asarray(a, dtype)
+    if a.shape != shape:
+        a = np.broadcast_to(a, shape)
+    return np.ascontiguousarray(a).reshape(-1)
+
+
 def integrate_cells(direction: np.ndarray, speed: np.ndarray, weight: np.ndarray, sigma: float):
     """Each cell's motion from its neighbourhood: the weighted vector mean of the directions and the
     weighted geometric mean of the speeds, over a Gaussian of ``sigma`` cells (MST-like pooling of the
@@ -197,20 +398,13 @@ def integrate_cells(direction: np.ndarray, speed: np.ndarray, weight: np.ndarray
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     if sigma == 0 or direction.size == 0:
         return direction.astype(np.float32), speed.astype(np.float32)
-    w = np.maximum(np.nan_to_num(weight, nan=0.0), 0.0).astype(np.float32)
-
-    def blur(a):
-        return cv2.GaussianBlur(
-            np.ascontiguousarray(a, np.float32), (0, 0), sigma, borderType=cv2.BORDER_REFLECT
-        )
-
-    sw = blur(w)
-    vx, vy = blur(w * np.cos(direction)), blur(w * np.sin(direction))
-    log_speed = blur(w * np.log(np.maximum(speed, 1e-3))) / np.maximum(sw, 1e-12)
-    backed = sw > 1e-6
-    out_dir = np.where(backed, np.arctan2(vy, vx), direction).astype(np.float32)
-    out_speed = np.where(backed, np.exp(log_speed), speed).astype(np.float32)
-    return out_dir, out_speed
+    shape = direction.shape
+    d, s, w = (_flat(a, shape) for a in (direction, speed, weight))
+    terms = np.empty((*shape, 4), np.float32)
+    _integrate_terms(d, s, w, terms.reshape(-1, 4))
+    out_dir, out_speed = np.empty((2, d.size), np.float32)
+    _integrate_finish(_blur(terms, sigma).reshape(-1, 4), d, s, out_dir, out_speed)
+    return out_dir.reshape(shape), out_speed.reshape(shape)
 
 
 def unit_axes(direction_curves) -> tuple[np.ndarray, np.ndarray]:
@@ -299,9 +493,13 @@ def coherence_on_axis_scale(coherence, axis, reference, floor: float = COHERENCE
     reference = np.asarray(reference, np.float64)
     if reference.ndim != 1 or len(reference) < 2 or not np.all(reference > 0):
         raise ValueError("reference must be (K >= 2,) positive coherences")
-    ref = _on_axis_grid(reference, axis)
-    stretched = floor + (coherence - floor) * (1.0 - floor) / np.maximum(ref - floor, 0.05)
-    return np.clip(np.where(coherence > floor, stretched, coherence), 0.0, 1.0).astype(np.float32)
+    shape = np.broadcast_shapes(np.shape(coherence), np.shape(axis))
+    out = np.empty(shape, np.float32)
+    _on_axis_scale(
+        _flat(coherence, shape, np.float64), _flat(axis, shape, np.float64), reference, floor,
+        out.reshape(-1),
+    )  # fmt: skip
+    return out
 
 
 def axis_coherence(axis_sums, sigma: float, offsets=None) -> tuple[np.ndarray, np.ndarray]:
@@ -320,15 +518,13 @@ def axis_coherence(axis_sums, sigma: float, offsets=None) -> tuple[np.ndarray, n
     coherence (rows, cols) float32 in [0, 1]: the length of the mean doubled-angle axis (about 0.9 on
     a grating, 0.35 on a natural image); axis (rows, cols) float32 radians (an axis: modulo pi).
     """
-    sums = np.ascontiguousarray(axis_sums, np.float32)
+    sums = _f32(axis_sums)
     if sigma > 0 and sums.size:
-        sums = cv2.GaussianBlur(sums, (0, 0), sigma, borderType=cv2.BORDER_REFLECT).reshape(
-            axis_sums.shape
-        )
-    re, im, total = sums[..., 0], sums[..., 1], sums[..., 2]
-    coherence = np.clip(np.hypot(re, im) / np.maximum(total, 1e-12), 0.0, 1.0)
-    axis = calibrate_axis((0.5 * np.arctan2(im, re)).astype(np.float32), offsets)
-    return coherence.astype(np.float32), axis
+        sums = _blur(sums, sigma)
+    coherence, axis = np.empty((2, *sums.shape[:-1]), np.float32)
+    offsets = _NO_OFFSETS if offsets is None else np.asarray(offsets, np.float64)
+    _axis_finish(sums.reshape(-1, 3), offsets, coherence.reshape(-1), axis.reshape(-1))
+    return coherence, axis
 
 
 def pool_constraints(
@@ -374,29 +570,16 @@ def pool_constraints(
         raise ValueError(f"sigma and prior must be > 0, got {sigma} and {prior}")
     if direction.size == 0:
         return direction.astype(np.float32), speed.astype(np.float32)
-    a = np.clip((one_axis - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    w = np.maximum(np.nan_to_num(weight, nan=0.0), 0.0).astype(np.float32)
-    nx, ny = np.cos(axis).astype(np.float32), np.sin(axis).astype(np.float32)
-    vx = (speed * np.cos(direction)).astype(np.float32)
-    vy = (speed * np.sin(direction)).astype(np.float32)
-    m11 = a * nx * nx + (1 - a)
-    m12 = a * nx * ny
-    m22 = a * ny * ny + (1 - a)
-    # per cell: w M, and w M v, summed over the neighbourhood
-    terms = np.stack([m11, m12, m22, m11 * vx + m12 * vy, m12 * vx + m22 * vy], -1) * w[..., None]
-    s11, s12, s22, r1, r2 = np.moveaxis(
-        cv2.GaussianBlur(terms, (0, 0), sigma, borderType=cv2.BORDER_REFLECT).reshape(terms.shape),
-        -1,
-        0,
-    )
-    lam = prior * 0.5 * (s11 + s22) + np.float32(1e-12)
-    s11, s22 = s11 + lam, s22 + lam
-    r1, r2 = r1 + lam * vx, r2 + lam * vy
-    det = s11 * s22 - s12 * s12
-    ux = (s22 * r1 - s12 * r2) / det
-    uy = (s11 * r2 - s12 * r1) / det
-    ox, oy = vx + a * (ux - vx), vy + a * (uy - vy)
-    return np.arctan2(oy, ox).astype(np.float32), np.hypot(ox, oy).astype(np.float32)
+    shape = np.shape(direction)
+    # per cell: w M and w M v (summed over the neighbourhood by the blur), and its a and v
+    terms = np.empty((*shape, 5), np.float32)
+    cell = np.empty((direction.size, 3), np.float32)
+    inputs = (_flat(a, shape) for a in (direction, speed, weight, one_axis, axis))
+    _constraint_terms(*inputs, lo, hi, terms.reshape(-1, 5), cell)
+    out_dir, out_speed = np.empty((2, *shape), np.float32)
+    sums = _blur(terms, sigma).reshape(-1, 5)
+    _constraint_finish(sums, cell, prior, out_dir.reshape(-1), out_speed.reshape(-1))
+    return out_dir, out_speed
 
 
 def along_one_axis(direction, speed, coherence, axis, lo: float, hi: float):
@@ -412,12 +595,11 @@ def along_one_axis(direction, speed, coherence, axis, lo: float, hi: float):
     """
     if not 0 <= lo < hi:
         raise ValueError(f"need 0 <= lo < hi, got lo={lo}, hi={hi}")
-    w = np.clip((coherence - lo) / (hi - lo), 0.0, 1.0)
-    nx, ny = np.cos(axis), np.sin(axis)
-    vx, vy = speed * np.cos(direction), speed * np.sin(direction)
-    along = vx * nx + vy * ny
-    vx, vy = vx + w * (along * nx - vx), vy + w * (along * ny - vy)
-    return np.arctan2(vy, vx).astype(np.float32), np.hypot(vx, vy).astype(np.float32)
+    shape = np.broadcast_shapes(*(np.shape(a) for a in (direction, speed, coherence, axis)))
+    out_dir, out_speed = np.empty((2, *shape), np.float32)
+    cells = (_flat(a, shape) for a in (direction, speed, coherence, axis))
+    _along_axis(*cells, lo, hi, out_dir.reshape(-1), out_speed.reshape(-1))
+    return out_dir, out_speed
 
 
 @functools.lru_cache(maxsize=256)
@@ -720,18 +902,23 @@ class MTReadout:
     def decode_projected(self, pooled: np.ndarray, evidence_range=None):
         """``(direction rad, speed px/frame, confidence)``, float32 ``(...)``, from pooled projected
         channels ``(..., L, H + 1)``: ``hidden_from_projected``, ``decode_hidden`` and ``evidence``,
-        with the MT units computed in one compiled pass (what the live engine calls every frame)."""
+        with the MT units and the decoding of their outputs each computed in one compiled pass
+        (what the live engine calls every frame)."""
         self._check_fitted()
         shape = pooled.shape[:-2]
         flat = np.ascontiguousarray(pooled, np.float32).reshape(-1, *pooled.shape[-2:])
         hidden = np.empty((len(flat), flat.shape[-1] - 1), np.float32)
         totals = np.empty(len(flat), np.float32)
         _hidden_cells(flat, self.norm_, self.b1_, hidden, totals)
-        direction, speed, conf, _ = self.decode_hidden(hidden)
-        conf *= self.evidence(totals[:, None], evidence_range)
-        return tuple(
-            a.reshape(shape).astype(np.float32, copy=False) for a in (direction, speed, conf)
-        )
+        out = hidden @ self.W2_
+        out += self.b2_
+        lo, hi = evidence_range or self.EVIDENCE_RANGE
+        maps = np.empty((3, len(flat)), np.float32)
+        _decode_outputs(
+            out, totals, np.log2(self.speed_classes_[1:]), np.float32(self.norm_.sum()), lo, hi,
+            *maps,
+        )  # fmt: skip
+        return tuple(a.reshape(shape) for a in maps)
 
     def decode_hidden(self, h: np.ndarray):
         """``(direction rad, speed px/frame, confidence, P(moving))`` from MT units ``(..., H)``."""

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from tests import naive
-from v1motion.models.motion import stimuli
+from v1motion.models.motion import mt_readout, stimuli
 from v1motion.models.motion.engine import MotionEngine, global_motion, to_grey
 from v1motion.models.motion.mt_fit import make_sequence, pooled_units
 from v1motion.models.motion.mt_readout import (
     SPEED_CLASSES,
     MTReadout,
     Pooling,
+    _decode_outputs,
     _hidden_cells,
     _pool_cells,
     integrate_cells,
@@ -129,6 +130,25 @@ def test_hidden_cells_matches_its_naive_twin(rng):
     np.testing.assert_allclose(hidden, want_hidden, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(totals, want_totals, rtol=1e-5)
     assert 0 < (hidden == 0).mean() < 1  # rectified, not all
+
+
+def test_decode_outputs_matches_its_naive_twin(rng):
+    classes = np.array([0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
+    out = (3 * rng.standard_normal((41, 10))).astype(np.float32)
+    out[:5, 2] = 40.0  # certainly still: no moving probability left to average speeds over
+    out[5:10, :2] *= 0.01  # short vectors: the confidence follows their length
+    norm_sum, lo, hi = np.float32(2.5), 0.5, 3.0
+    totals = (norm_sum * rng.uniform(0, 4, 41)).astype(np.float32)  # evidence 0 to 1 and beyond
+    got = np.full((3, 41), np.nan, np.float32)
+    _decode_outputs(out, totals, np.log2(classes[1:]), norm_sum, lo, hi, *got)
+    want = naive._decode_outputs(out, totals, classes, norm_sum, lo, hi)
+    np.testing.assert_allclose(np.cos(got[0] - want[0]), 1.0, atol=1e-10)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-5, atol=1e-7)
+    ratio = totals / norm_sum
+    assert (ratio < lo).any() and (ratio > hi).any() and (got[2] > 0.5).any()
+    assert np.all(got[2][ratio < lo] == 0) and np.all(got[2][:5] < 1e-12)
+    assert np.all((got[1] >= 0.25) & (got[1] <= 16.0))
 
 
 def test_decode_projected_matches_its_naive_twin_and_the_numpy_read_out(rng):
@@ -845,3 +865,63 @@ def test_fit_axis_calibration_measures_the_uncalibrated_engine_and_fits_offsets_
     assert ref[2] == round(float(max(np.median(np.concatenate(both)), 0.05)), 4)
     want = axis_offsets(np.radians(result["measured"]["true_axis_deg"]), np.radians(est), n=6)
     np.testing.assert_allclose(result["offsets_deg"], np.degrees(want), atol=1e-3)
+
+
+def _cell_maps(rng, shape=(9, 13)):
+    """Random per-cell maps: direction (rad), speed (px/frame), confidence with some NaN and
+    negative entries, coherence, axis (rad)."""
+    d = rng.uniform(-np.pi, np.pi, shape).astype(np.float32)
+    s = rng.uniform(0.0, 12.0, shape).astype(np.float32)
+    s.flat[:3] = 0.0  # at and below the speed floors
+    w = rng.uniform(0, 1, shape).astype(np.float32)
+    w[rng.uniform(size=shape) < 0.3] = 0.0
+    w.flat[3], w.flat[4] = np.nan, -0.5
+    coherence = rng.uniform(0, 1, shape).astype(np.float32)
+    axis = rng.uniform(-np.pi, np.pi, shape).astype(np.float32)
+    return d, s, w, coherence, axis
+
+
+def _assert_motion_close(got, want):
+    (d, s), (d_ref, s_ref) = got, want
+    assert d.dtype == s.dtype == np.float32
+    np.testing.assert_allclose(np.cos(d - d_ref), 1.0, atol=1e-9)
+    np.testing.assert_allclose(s, s_ref, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_per_cell_steps_match_their_naive_twins(seed):
+    """``integrate_cells``, ``axis_coherence``, ``coherence_on_axis_scale``, ``along_one_axis`` and
+    ``pool_constraints`` (each a compiled pass around OpenCV's blur) against the numpy expressions
+    of their definitions, in float64."""
+    rng = np.random.default_rng(seed)
+    d, s, w, coherence, axis = _cell_maps(rng)
+    d2 = d.copy()
+    d2[:, :3] = 0.3  # a region of one direction, so the blur's sums do not cancel
+    _assert_motion_close(integrate_cells(d2, s, w, 2.5), naive.integrate_cells(d2, s, w, 2.5))
+    blank = np.zeros_like(w)
+    blank[0, 0] = 1.0  # one weighed cell: the far cells have none around them and keep their own
+    got = integrate_cells(d, s, blank, 0.8)
+    _assert_motion_close(got, naive.integrate_cells(d, s, blank, 0.8))
+    assert got[0][-1, -1] == d[-1, -1] and got[1][-1, -1] == s[-1, -1]
+
+    sums = np.stack([rng.normal(0, 1, d.shape), rng.normal(0, 1, d.shape), np.abs(w) + 2], -1)
+    sums = sums.astype(np.float32)
+    offsets = np.radians(rng.uniform(-5, 5, 72))
+    for sigma, off in [(2.5, offsets), (0.0, None)]:
+        c, a = mt_readout.axis_coherence(sums, sigma, off)
+        c_ref, a_ref = naive.axis_coherence(sums, sigma, off)
+        np.testing.assert_allclose(c, c_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.cos(2 * (a - a_ref)), 1.0, atol=1e-9)  # axes: modulo pi
+    reference = rng.uniform(0.7, 1.0, 8)
+    reference[:2] = 0.61, 0.63  # near the floor: the stretch is capped (0.05 in the denominator)
+    got = mt_readout.coherence_on_axis_scale(coherence, axis, reference)
+    want = naive.coherence_on_axis_scale(coherence, axis, reference)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert got.dtype == np.float32 and 0 < (got == 1.0).mean() < 1
+
+    _assert_motion_close(
+        mt_readout.along_one_axis(d, s, coherence, axis, 0.3, 0.7),
+        naive.along_one_axis(d, s, coherence, axis, 0.3, 0.7),
+    )
+    args = (d, s, np.nan_to_num(w) + 0.05, coherence, axis, 3.0, 0.2, 0.8, 0.5)
+    _assert_motion_close(mt_readout.pool_constraints(*args), naive.pool_constraints(*args))
