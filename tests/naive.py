@@ -1,4 +1,5 @@
-"""Slow, obviously-right numpy twins of the Numba kernels in ``models/motion/kernels.py`` (same names), and of
+"""Slow, obviously-right numpy twins of the Numba kernels in ``models/motion/kernels.py`` and
+``models/motion/mt_readout.py`` (same names, or the name of the function a kernel computes), and of
 ``MotionEngine.encode`` as it was written before it was optimised."""
 
 import cv2
