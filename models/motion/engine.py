@@ -57,6 +57,9 @@ SPEED_BINS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
 N_DIRECTION_BINS = 16
 MAX_SIDE = 4096
 INTEGRATION_SIGMA = 2.5
+"""Cells (of ``Pooling.cell_px``): the standard deviation of the Gaussian over which each cell's
+direction and speed are integrated (``integrate_cells``); chosen on the accuracy benchmark
+(docs/motion/accuracy.md)."""
 CHANGE_GATE = (0.1, 0.3)
 """A cell is shown moving only as far as the ss-RNN's code around it changes between frames: the
 code change (``_code_change``, averaged over about 2 frames and 3 x 3 cells) mapped linearly from
@@ -104,8 +107,8 @@ PARALLEL_FROM_PX = 150_000
 and a higher latency in the live service), at 640x480 (307,200 px) faster (1.2-1.5x; live latency p95
 20-21 ms against 24-26 ms), on 2 cores (docs/bench/service_latency.md)."""
 CHANGE_CELLS = 3
-"""Cells (of ``Pooling.cell_px``) over which each cell's direction and speed are integrated
-(``integrate_cells``); chosen on the accuracy benchmark (docs/motion/accuracy.md)."""
+"""The change gate (``CHANGE_GATE``) averages the code change over a box of this many cells (of
+``Pooling.cell_px``) a side."""
 _PARALLEL_LAUNCH = threading.Lock()
 HEAP_PAD_BYTES = 32 << 20
 """Per frame the engine allocates and frees several MB of temporaries (the pyramid, its whitened
