@@ -171,6 +171,12 @@ def _hidden_cells(pooled, norm, b1, hidden, totals):
         totals[m] = total
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _ramp(x, lo, span):
+    """``clip((x - lo) / span, 0, 1)`` in float32: 0 at ``lo``, 1 at ``lo + span``."""
+    return min(max((x - np.float32(lo)) / span, np.float32(0.0)), np.float32(1.0))
+
+
 @njit(cache=True, nogil=True)
 def _decode_outputs(out, totals, log_speeds, norm_sum, lo, hi, direction, speed, conf):
     """``MTReadout.decode_hidden`` and ``evidence`` of every cell from its outputs, in one pass.
@@ -203,7 +209,7 @@ def _decode_outputs(out, totals, log_speeds, norm_sum, lo, hi, direction, speed,
         speed[m] = np.exp2(mean_log / max(moving, np.float32(1e-9)))
         direction[m] = np.arctan2(o[1], o[0])
         ratio = totals[m] / norm_sum
-        evidence = min(max((ratio - np.float32(lo)) / span, np.float32(0.0)), np.float32(1.0))
+        evidence = _ramp(ratio, lo, span)
         p_move = np.float32(1.0) - e[0] / total
         conf[m] = p_move * min(np.hypot(o[0], o[1]), np.float32(1.0)) * evidence
 
@@ -297,7 +303,7 @@ def _along_axis(direction, speed, coherence, axis, lo, hi, out_dir, out_speed):
     """``along_one_axis`` of every cell."""
     span = np.float32(hi - lo)
     for m in range(direction.shape[0]):
-        w = min(max((coherence[m] - np.float32(lo)) / span, np.float32(0.0)), np.float32(1.0))
+        w = _ramp(coherence[m], lo, span)
         nx, ny = np.cos(axis[m]), np.sin(axis[m])
         s, d = speed[m], direction[m]
         vx, vy = s * np.cos(d), s * np.sin(d)
@@ -315,7 +321,7 @@ def _constraint_terms(direction, speed, weight, one_axis, axis, lo, hi, terms, c
     span = np.float32(hi - lo)
     one = np.float32(1.0)
     for m in range(direction.shape[0]):
-        a = min(max((one_axis[m] - np.float32(lo)) / span, np.float32(0.0)), one)
+        a = _ramp(one_axis[m], lo, span)
         w = _clean_weight(weight[m])
         nx, ny = np.cos(axis[m]), np.sin(axis[m])
         s, d = speed[m], direction[m]
