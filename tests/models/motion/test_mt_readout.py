@@ -233,6 +233,18 @@ def test_global_motion_is_the_confident_cells_consensus(rng):
     assert s == pytest.approx(4.0)  # geometric mean of 2 and 8
 
 
+def test_faint_cells_do_not_add_up_to_a_confident_dominant_motion():
+    direction = np.full((6, 8), 1.0, np.float32)
+    speed = np.full((6, 8), 2.0, np.float32)
+    conf = np.full((6, 8), 0.15, np.float32)  # 48 faint cells agreeing: 7 cells' worth in all
+    d, s, c = global_motion(direction, speed, conf)
+    assert abs(d - 1.0) < 1e-6 and c == 0.0  # a direction, but nothing shown moving
+    assert global_motion(direction, speed, conf, moving=(0.0, 1e-6))[2] == pytest.approx(1.0)
+    conf[:] = 0.0
+    conf[:2, :2] = 0.3  # half-way up the ramp of MOVING_FROM (0.2 to 0.4): half of each counts
+    assert global_motion(direction, speed, conf)[2] == pytest.approx(4 * 0.3 * 0.5 / 4.0)
+
+
 @pytest.mark.parametrize("kind", ["pan", "grating", "still", "object"])
 def test_training_sequences_have_truth_for_every_scored_cell(kind):
     frames, (d, s) = make_sequence(kind, np.random.default_rng(0))
@@ -357,6 +369,31 @@ def test_a_still_scene_is_shown_still_whatever_the_read_out_says():
     # states, which the read-out sees faintly on every second frame (0.2 here at most)
     assert shown[(0.1, 0.3)] < CONFIDENT / 2
     assert shown[None] > CONFIDENT
+
+
+def test_a_still_camera_view_has_no_dominant_motion():
+    """A textured still with camera noise (2/255 per frame, 320x240): some cells read faint motion
+    on every frame, but the frame's dominant motion is not confident; counting every cell's
+    confidence, as the consensus did before ``MOVING_FROM``, it was. Panned slowly, it is. (Where
+    noise makes cells read more than faint motion, on the astronaut still, the dominant motion
+    stays confident: docs/motion/still_confidence.md.)"""
+    image = stimuli.load_still("camera")
+    rng = np.random.default_rng(0)
+    e = MotionEngine.load_default()
+    shown, every_cell = [], []
+    for speed in (0.0, 0.5):
+        st = e.new_state()
+        frames = stimuli.pan_sequence(image, (256.0, 256.0), 0.7, speed, 24, (240, 320))
+        for t, f in enumerate(frames):
+            mf = e.step(st, np.clip(f + rng.normal(0, 2 / 255, f.shape), 0, 1).astype(np.float32))
+            if t >= 8 and speed == 0.0:
+                shown.append(mf.global_confidence)
+                every_cell.append(global_motion(mf.direction, mf.speed, mf.confidence,
+                                                moving=(0.0, 1e-6))[2])  # fmt: skip
+        if speed > 0:
+            assert mf.global_confidence > 0.9
+    assert np.median(shown) < 0.05 and max(shown) < 0.3
+    assert np.median(every_cell) > 0.15  # the same cells, every faint one counted
 
 
 def test_moving_texture_passes_the_gate():
