@@ -10,6 +10,10 @@ const FLOW_EMPTY_SPEED = 0.05; // px/frame: below this in every cell, optical fl
 // so their peaks sit where the map and the dominant motion are: speed bins one octave wide, centred
 // on these px/frame values (the end bins also take everything slower or faster), and 16 directions.
 const SPEED_BIN_CENTRES = [0.25, 0.5, 1, 2, 4, 8, 16, 32];
+// A cell counts in them as it does towards the dominant motion's confidence (the engine's MOVING_FROM):
+// its confidence times a ramp from 0 at 0.2 to 1 at 0.4. Drawn relative to the tallest bar, the faint
+// cells of a still view (camera noise) otherwise filled both panels while the map showed nothing.
+const MOVING_FROM = [0.2, 0.4];
 const DIRECTION_BINS = 16;
 const CHIP_REORDER_MS = 1000; // the most-active chips change order at most this often
 const ACTIVITY_TAU_MS = 1000; // unit activity is averaged over about this long before ranking
@@ -272,19 +276,26 @@ function drawPolar(canvas, values, dominantDeg) {
   }
 }
 
-// Confidence-weighted histograms of the map's cells: `speed[k]` sums the confidence of the cells whose
-// speed rounds to SPEED_BIN_CENTRES[k] on a log2 scale, `direction[k]` of those within 360/16 degrees
-// of k * 360/16. Cells with no confidence (nothing moving) count nowhere.
+// How much a cell of confidence `c` counts as moving (MOVING_FROM).
+export function movingWeight(c) {
+  const [lo, hi] = MOVING_FROM;
+  return c * Math.min(Math.max((c - lo) / (hi - lo), 0), 1);
+}
+
+// Histograms of the map's cells, each counted by movingWeight of its confidence: `speed[k]` sums the
+// cells whose speed rounds to SPEED_BIN_CENTRES[k] on a log2 scale, `direction[k]` those within
+// 360/16 degrees of k * 360/16. Cells below MOVING_FROM[0] (nothing shown moving) count nowhere.
 export function cellHistograms(motion) {
   const speed = new Array(SPEED_BIN_CENTRES.length).fill(0);
   const direction = new Array(DIRECTION_BINS).fill(0);
   const last = SPEED_BIN_CENTRES.length - 1;
   motion.confidence.forEach((row, i) => row.forEach((c, j) => {
     const v = motion.speed_px_per_frame[i][j], d = motion.direction_deg[i][j];
-    if (!(c > 0) || !Number.isFinite(v) || !Number.isFinite(d)) return;
+    const w = movingWeight(c);
+    if (!(w > 0) || !Number.isFinite(v) || !Number.isFinite(d)) return;
     const k = v > 0 ? Math.round(Math.log2(v / SPEED_BIN_CENTRES[0])) : 0;
-    speed[Math.min(Math.max(k, 0), last)] += c;
-    direction[((Math.round((d * DIRECTION_BINS) / 360) % DIRECTION_BINS) + DIRECTION_BINS) % DIRECTION_BINS] += c;
+    speed[Math.min(Math.max(k, 0), last)] += w;
+    direction[((Math.round((d * DIRECTION_BINS) / 360) % DIRECTION_BINS) + DIRECTION_BINS) % DIRECTION_BINS] += w;
   }));
   return { speed, direction };
 }
@@ -998,5 +1009,5 @@ async function start2() {
 start();
 window.v1motion = {
   state, wsUrl, apiUrl, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty,
-  cellHistograms, speedBinPosition,
+  cellHistograms, movingWeight, speedBinPosition,
 };

@@ -50,3 +50,17 @@ def test_dumps_writes_small_numbers_and_other_characters_as_the_same_values():
     # where the text may differ from json.dumps: exponents below 1e-4 (1e-5, not 1e-05), UTF-8
     obj = {"x": [1e-5, 1.5e-7, 0.0001, 1e16, -0.0], "detail": "cannot read vidéo.avi: 90°"}
     assert json.loads(protocol.dumps(obj)) == obj
+
+
+def test_the_dashboard_counts_moving_cells_as_the_engine_does():
+    """The distribution panels weigh cells as the dominant motion's confidence does: the dashboard's
+    MOVING_FROM is the engine's."""
+    import re
+
+    from v1motion.models.motion.engine import MOVING_FROM
+    from v1motion.service.settings import Settings
+
+    script = (Settings().web_dir / "app.js").read_text()
+    found = re.search(r"const MOVING_FROM = \[([0-9.]+), ([0-9.]+)\];", script)
+    assert found is not None
+    assert (float(found[1]), float(found[2])) == MOVING_FROM

@@ -435,15 +435,19 @@ def test_distribution_panels_summarise_the_map_by_confidence(browser):
             """() => v1motion.cellHistograms({
                 speed_px_per_frame: [[0.1, 0.6, 1.5, 3.0], [40, 2.0, 5.0, 1.0]],
                 direction_deg: [[359, 100, 90, 180], [0, 270, 12, 45]],
-                confidence: [[0.5, 1.0, 0.25, 0], [1.0, 0.5, 0.75, 0]],
+                confidence: [[0.5, 1.0, 0.3, 0.15], [1.0, 0.5, 0.75, 0]],
             })"""
         )
-        # octave bins centred on 0.25 ... 32 px/frame; the end bins take the rest; no confidence: nowhere
-        assert got["speed"] == [0.5, 1.0, 0, 0.75, 0.75, 0, 0, 1.0]
+        # octave bins centred on 0.25 ... 32 px/frame; the end bins take the rest. A cell counts by its
+        # confidence from 0.4 up, half of it at 0.3, nothing below 0.2 (as towards the dominant motion)
+        assert got["speed"] == pytest.approx([0.5, 1.0, 0, 0.15 + 0.5, 0.75, 0, 0, 1.0])
         direction = [0.0] * 16
-        for k, c in ((0, 0.5), (4, 1.0), (4, 0.25), (0, 1.0), (12, 0.5), (1, 0.75)):
+        for k, c in ((0, 0.5), (4, 1.0), (4, 0.15), (0, 1.0), (12, 0.5), (1, 0.75)):
             direction[k] += c
-        assert got["direction"] == direction
+        assert got["direction"] == pytest.approx(direction)
+        assert page.evaluate("[0.1, 0.2, 0.3, 0.4, 0.9].map(v1motion.movingWeight)") == (
+            pytest.approx([0, 0, 0.15, 0.4, 0.9])
+        )
         assert page.evaluate("[0.25, 1, 32].map(v1motion.speedBinPosition)") == [0, 2, 7]
         assert errors == []
 
