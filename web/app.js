@@ -135,6 +135,8 @@ function arrow(ctx, x, y, dx, dy, head) {
 
 // Draws the frame, a colour-wheel tint per cell and an arrow per cell. grid: {rows, cols, cell_px,
 // direction_deg, speed_px_per_frame, confidence?}. Directions: 0 = right, 90 = up (screen y points down).
+// A model cell is drawn from confidence MOVING_FROM[0], its arrow fading in up to MOVING_FROM[1] (as it
+// counts in the panels and the dominant motion): faint cells of a still view drew arrows otherwise.
 // Returns the drawn cell's side in CSS pixels (for the arrow-length legend), or null.
 function drawMap(canvas, image, frameW, frameH, grid) {
   const ctx = canvas.getContext("2d");
@@ -156,13 +158,15 @@ function drawMap(canvas, image, frameW, frameH, grid) {
     for (let j = 0; j < grid.cols; j++) {
       const d = grid.direction_deg[i][j], v = grid.speed_px_per_frame[i][j];
       const c = grid.confidence ? grid.confidence[i][j] : Math.min(1, v / 0.5);
-      if (c < 0.05 || v < 0.05) continue;
+      // the model's cells fade in as they count as moving (MOVING_FROM); flow cells from 0.05
+      const shown = grid.confidence ? movingRamp(c) : 1;
+      if (c < 0.05 || v < 0.05 || !(shown > 0)) continue;
       const x = offX + (j + 0.5) * cell, y = offY + (i + 0.5) * cell;
       ctx.fillStyle = hue(d, 0.28 * c);
       ctx.fillRect(x - cell / 2, y - cell / 2, cell, cell);
       const len = cell * 0.95 * arrowFraction(v);
       const rad = (d * Math.PI) / 180;
-      ctx.strokeStyle = hue(d, 0.35 + 0.65 * c, 62);
+      ctx.strokeStyle = hue(d, (0.35 + 0.65 * c) * shown, 62);
       ctx.fillStyle = ctx.strokeStyle;
       arrow(ctx, x, y, Math.cos(rad) * len, -Math.sin(rad) * len, cell * 0.32);
     }
@@ -276,10 +280,15 @@ function drawPolar(canvas, values, dominantDeg) {
   }
 }
 
-// How much a cell of confidence `c` counts as moving (MOVING_FROM).
-export function movingWeight(c) {
+// How far a cell of confidence `c` is shown moving: 0 below MOVING_FROM[0], 1 from MOVING_FROM[1].
+function movingRamp(c) {
   const [lo, hi] = MOVING_FROM;
-  return c * Math.min(Math.max((c - lo) / (hi - lo), 0), 1);
+  return Math.min(Math.max((c - lo) / (hi - lo), 0), 1);
+}
+
+// How much a cell of confidence `c` counts as moving in the panels (and the dominant motion).
+export function movingWeight(c) {
+  return c * movingRamp(c);
 }
 
 // Histograms of the map's cells, each counted by movingWeight of its confidence: `speed[k]` sums the
@@ -1009,5 +1018,5 @@ async function start2() {
 start();
 window.v1motion = {
   state, wsUrl, apiUrl, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty,
-  cellHistograms, movingWeight, speedBinPosition,
+  cellHistograms, movingWeight, speedBinPosition, drawMap,
 };

@@ -452,6 +452,33 @@ def test_distribution_panels_summarise_the_map_by_confidence(browser):
         assert errors == []
 
 
+def test_the_map_draws_a_cell_from_where_it_counts_as_moving(browser):
+    """A model cell below MOVING_FROM[0] (0.2) draws nothing on the map, as it counts nowhere in the
+    panels and the dominant motion; a cell of the flow map (no confidence) draws from 0.05 px/frame."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        page.wait_for_function("window.v1motion !== undefined")
+        spread = """([conf, withConf]) => {
+            const c = document.createElement('canvas'); c.id = 'probe';
+            document.body.appendChild(c);
+            const grid = {rows: 3, cols: 4, cell_px: 16,
+                direction_deg: Array(3).fill(Array(4).fill(90)),
+                speed_px_per_frame: Array(3).fill(Array(4).fill(2))};
+            if (withConf) grid.confidence = Array(3).fill(Array(4).fill(conf));
+            v1motion.drawMap(c, null, 64, 48, grid);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let lo = 255, hi = 0;
+            for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i + 1]); hi = Math.max(hi, d[i + 1]); }
+            c.remove();
+            return hi - lo; }"""
+        assert page.evaluate(spread, [0.15, True]) == 0  # nothing drawn on the background
+        assert page.evaluate(spread, [0.3, True]) > 20  # half-way: a tint and a fainter arrow
+        assert page.evaluate(spread, [0.9, True]) > page.evaluate(spread, [0.3, True])
+        assert page.evaluate(spread, [0.0, False]) > 20  # flow: 2 px/frame is drawn
+        assert errors == []
+
+
 def test_speed_distribution_peaks_at_the_speed_the_map_shows(browser):
     """A pattern moving right by 2 px/frame, read by the exact double: every moving cell's speed, and
     the panel's tallest bar, is 2 px/frame; a still pattern empties both panels."""
