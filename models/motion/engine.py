@@ -61,16 +61,19 @@ INTEGRATION_SIGMA = 2.5
 direction and speed are integrated (``integrate_cells``); chosen on the accuracy benchmark
 (docs/motion/accuracy.md)."""
 MOVING_FROM = (0.2, 0.4)
-"""How far a cell counts towards the confidence of the frame's dominant motion (``global_motion``),
-by its own confidence: not at all below 0.2, fully from 0.4, linearly between. On a still view with
+"""How far a cell is shown moving, by its confidence: not at all below 0.2, fully from 0.4, linearly
+between. The frame's dominant motion (``global_motion``) is the consensus of the cells as far as they
+are shown moving, and the dashboard's panels and map count them the same way. On a still view with
 camera noise, some cells read faint motion on every frame (0.05-0.3 each); summed over every cell they
 made the dominant motion confident while no cell was shown moving, and the dashboard showed a
 direction and a speed for a still camera (``python bench/still_confidence.py``,
 docs/motion/still_confidence.md: eight stills at 320x240 with noise of 2/255, median dominant
-confidence, every cell counted -> counted from 0.2: 0.12-0.60 -> 0.00-0.03 on six, 0.51 -> 0.19 on
-brick, 0.60 -> 0.53 on astronaut, where 5 % of the cells read more than 0.2). Pans of 0.5-1 px/frame
-keep 0.99-1.00. A small object (2 x 2 cells) over a still background keeps what its own cells show:
-0.00-0.64 (0.11-0.92 before), 0.00-0.02 where no cell of it reaches 0.3."""
+confidence, every cell counted -> cells shown moving: 0.12-0.45 -> 0.00-0.06 on six, brick 0.51 ->
+0.20, astronaut 0.60 -> 0.68, where 5 % of the cells read more than 0.2 and agree: the read-out's own
+false motion). Pans of 0.5-1 px/frame keep 0.99-1.00; a small object (2 x 2 cells) over a still
+background keeps what its own cells show: 0.00-0.64 (0.11-0.92 before), 0.00-0.03 where no cell of it
+reaches 0.3. The accuracy benchmark's dominant direction: objects at 640x480 6.1 -> 5.2 degrees, the
+other rows within 0.1 degree (docs/motion/accuracy.md)."""
 CHANGE_GATE = (0.1, 0.3)
 """A cell is shown moving only as far as the ss-RNN's code around it changes between frames: the
 code change (``_code_change``, averaged over about 2 frames and 3 x 3 cells) mapped linearly from
@@ -246,32 +249,37 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
 def global_motion(
     direction, speed, confidence, support: float = 4.0, weight=None, moving=MOVING_FROM
 ) -> tuple[float, float, float]:
-    """The frame's dominant motion from its cells: the weighted mean direction, the weighted geometric
-    mean speed, and a confidence = how well the weighted cells agree (length of their mean unit vector)
-    x how many cells are shown moving (saturating at ``support`` cells' worth).
+    """The frame's dominant motion from the cells shown moving: the weighted mean direction, the weighted
+    geometric mean speed, and a confidence = how well the weighted cells agree (length of their mean
+    unit vector) x how many cells are shown moving (saturating at ``support`` cells' worth).
 
-    Cells weigh ``confidence`` times ``weight`` (per cell, >= 0; ``None``: 1). Where the weights of
-    every confident cell are (near) 0, the cells weigh by confidence alone. A cell counts as moving
-    with its confidence times a ramp from 0 at ``moving[0]`` to 1 at ``moving[1]`` (``MOVING_FROM``):
-    many faint cells do not add up to a confident one.
+    A cell is shown moving as far as its confidence times a ramp from 0 at ``moving[0]`` to 1 at
+    ``moving[1]`` (``MOVING_FROM``): many faint cells neither add up to a confident one nor pull the
+    direction and speed of the cells shown moving. Cells weigh that times ``weight`` (per cell, >= 0;
+    ``None``: 1); where the weights of every such cell are (near) 0, they weigh by the first factor
+    alone. Where no cell is shown moving, the faint cells give the direction and speed, with no
+    confidence.
 
     On held-out pans this errs by about half as much as decoding the whole frame's pooled activity,
     and a small object over a still background still gets its own direction (still cells weigh 0).
     """
     conf = confidence.astype(np.float64)
-    amount = conf.sum()
-    if amount <= 1e-9:
+    if conf.sum() <= 1e-9:
         return 0.0, 0.0, 0.0
-    w = conf if weight is None else conf * np.maximum(np.asarray(weight, np.float64), 0.0)
+    lo, hi = moving
+    base = conf * np.clip((conf - lo) / (hi - lo), 0.0, 1.0)  # how far each cell is shown moving
+    shown = base.sum()
+    if shown <= 1e-9:  # nothing shown moving: the faint cells' motion, with no confidence
+        base = conf
+    amount = base.sum()
+    w = base if weight is None else base * np.maximum(np.asarray(weight, np.float64), 0.0)
     total = w.sum()
     if total <= 1e-6 * amount:
-        w, total = conf, amount
+        w, total = base, amount
     vx = (w * np.cos(direction)).sum()
     vy = (w * np.sin(direction)).sum()
     agreement = np.hypot(vx, vy) / total
     g_speed = np.exp((w * np.log(np.maximum(speed, 1e-6))).sum() / total)
-    lo, hi = moving
-    shown = (conf * np.clip((conf - lo) / (hi - lo), 0.0, 1.0)).sum()
     return float(np.arctan2(vy, vx)), float(g_speed), float(agreement * min(1.0, shown / support))
 
 

@@ -243,6 +243,14 @@ def test_faint_cells_do_not_add_up_to_a_confident_dominant_motion():
     conf[:] = 0.0
     conf[:2, :2] = 0.3  # half-way up the ramp of MOVING_FROM (0.2 to 0.4): half of each counts
     assert global_motion(direction, speed, conf)[2] == pytest.approx(4 * 0.3 * 0.5 / 4.0)
+    # nor do they pull the motion of the cells shown moving: 4 confident cells moving right at 2
+    # px/frame among 44 faint ones moving up at 8 (which, counted by confidence, weigh more)
+    direction[:], speed[:], conf[:] = np.pi / 2, 8.0, 0.15
+    direction[:2, :2], speed[:2, :2], conf[:2, :2] = 0.0, 2.0, 0.9
+    d, s, c = global_motion(direction, speed, conf)
+    assert abs(d) < 1e-6 and s == pytest.approx(2.0) and c == pytest.approx(0.9)
+    d, s, _ = global_motion(direction, speed, conf, moving=(0.0, 1e-6))
+    assert d > 0.9 and s > 4.0  # every cell counted: pulled up and faster
 
 
 @pytest.mark.parametrize("kind", ["pan", "grating", "still", "object"])
