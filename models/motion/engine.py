@@ -66,18 +66,25 @@ between. The frame's dominant motion (``global_motion``) is the consensus of the
 are shown moving, and the dashboard's panels and map count them the same way. On a still view with
 camera noise, some cells read faint motion on every frame (0.05-0.3 each); summed over every cell they
 made the dominant motion confident while no cell was shown moving, and the dashboard showed a
-direction and a speed for a still camera (``python bench/still_confidence.py``,
-docs/motion/still_confidence.md: eight stills at 320x240 with noise of 2/255, median dominant
-confidence, every cell counted -> cells shown moving: 0.12-0.45 -> 0.00-0.06 on six, brick 0.51 ->
-0.20, astronaut 0.60 -> 0.68, where 5 % of the cells read more than 0.2 and agree: the read-out's own
-false motion). Pans of 0.5-1 px/frame keep 0.99-1.00; a small object (2 x 2 cells) over a still
-background keeps what its own cells show: 0.00-0.64 (0.11-0.92 before), 0.00-0.03 where no cell of it
-reaches 0.3. The accuracy benchmark's dominant direction: objects at 640x480 6.1 -> 5.2 degrees, the
-other rows within 0.1 degree (docs/motion/accuracy.md)."""
+direction and a speed for a still camera. ``python bench/still_confidence.py``
+(docs/motion/still_confidence.md), eight stills at 320x240 with noise of 2/255, median dominant
+confidence: 0.12-0.60 with every cell counted and the one-frame change gate, 0.00-0.09 now (with
+``CHANGE_GATE``'s second comparison); at 4/255, 0.24-0.77 then, 0.00-0.12 now on seven and 0.99 on
+astronaut, where 4.5 % of the cells read more than 0.2 and agree (the read-out's own false motion).
+Pans of 0.5-1 px/frame keep 0.99-1.00; a small object (2 x 2 cells) over a still background keeps
+what its own cells show. The accuracy benchmark's rows: docs/motion/accuracy.md."""
 CHANGE_GATE = (0.1, 0.3)
 """A cell is shown moving only as far as the ss-RNN's code around it changes between frames: the
 code change (``_code_change``, averaged over about 2 frames and 3 x 3 cells) mapped linearly from
-``CHANGE_GATE`` to a factor in [0, 1] on the cell's confidence; chosen on the accuracy benchmark."""
+``CHANGE_GATE`` to a factor in [0, 1] on the cell's confidence; chosen on the accuracy benchmark.
+A patch's change is the smaller of its change since the previous frame and since the one before: on a
+still view the recurrent code can alternate between two states, which changes it on every frame
+while it returns to the same code every second one. Against the change since the previous frame
+alone (the accuracy benchmark, docs/motion/accuracy.md): false motion on still frames 0.04 % ->
+0.01 % (320x240) and 0.5 % -> 0.1 % (640x480), around objects 1.7 % -> 1.4 % and 0.9 % -> 0.6 %, on
+the real clips 1.2 % -> 0.8 % and 0.9 % -> 0.7 %; the dominant direction of objects 7.4 -> 7.7 and
+5.2 -> 5.5 degrees; per cell within 0.2 degrees but on tree.avi at 320x240 (53.8 -> 57.4). The
+second comparison costs 1-2 % of a step."""
 FAST_FROM = 5.0
 """px/frame. Fast motion is also read one octave coarser: the MT read-out applied to pyramid levels
 1-4 (level 4 encoded for it) reads the frame at half resolution, where a displacement of 16 px/frame
@@ -192,6 +199,8 @@ class StreamState:
     change: np.ndarray | None = None  # running code change of the finest level's patches
     coarse_acc: list = field(default_factory=list)  # the same two for the coarse read
     coarse_change: np.ndarray | None = None
+    # the previous frame's codes the fine and the coarse gate last compared with (CHANGE_GATE)
+    before: list = field(default_factory=lambda: [None, None])
     frames: int = 0
 
     def start(self, shape: tuple[int, int], encoded: int, read: int) -> None:
@@ -200,6 +209,7 @@ class StreamState:
         self.prev, self.rms = [None] * encoded, [None] * encoded
         self.acc, self.coarse_acc = [None] * read, [None] * read
         self.change = self.coarse_change = None
+        self.before = [None, None]
         self.frames = 0
 
 
@@ -716,10 +726,12 @@ class MotionEngine:
         )  # fmt: skip
 
     def _fine_gate(self, state: StreamState, prev, level, shape):
-        """The change gate of the fine read (``None`` without one); updates ``state.change``."""
+        """The change gate of the fine read (``None`` without one); updates ``state.change`` and
+        ``state.before``."""
         if self.change_gate is None:
             return None
-        gate, state.change = self._change_gate(state.change, prev, level, shape)
+        gate, state.change = self._change_gate(state.change, prev, level, shape, state.before[0])
+        state.before[0] = prev
         return gate
 
     def _coarse_fold(self, state: StreamState, prev, c_codes, c_shape):
@@ -729,8 +741,9 @@ class MotionEngine:
         gate = None
         if self.change_gate is not None:
             gate, state.coarse_change = self._change_gate(
-                state.coarse_change, prev, c_codes[0], c_shape
+                state.coarse_change, prev, c_codes[0], c_shape, state.before[1]
             )
+            state.before[1] = prev
         self._fold(state.coarse_acc, c_codes, executor=None)
         return gate
 
@@ -779,15 +792,22 @@ class MotionEngine:
             h, w = (h + 1) // 2, (w + 1) // 2
         return h, w
 
-    def _change_gate(self, running, prev, level, shape):
+    def _change_gate(self, running, prev, level, shape, before=None):
         """Per cell of an image of ``shape``, a factor in [0, 1]: how much the code ``level`` =
-        ``(code, rows, cols)`` of its finest pyramid level changed around it since ``prev``; and
-        the running average of the change per patch that it updates (``running``, ``None`` at
+        ``(code, rows, cols)`` of its finest pyramid level changed around it since ``prev`` (and,
+        per patch, no more than since ``before``, the code of the frame before: ``CHANGE_GATE``);
+        and the running average of the change per patch that it updates (``running``, ``None`` at
         first)."""
         code, gh, gw = level
         change = np.ones(gh * gw, np.float32)  # the first frame of a stream: no gate yet
         if prev is not None:
             _code_change(prev.idx, prev.val, prev.cnt, code.idx, code.val, code.cnt, change)
+            if before is not None and before.idx.shape == code.idx.shape:
+                again = np.empty_like(change)
+                _code_change(
+                    before.idx, before.val, before.cnt, code.idx, code.val, code.cnt, again
+                )
+                np.minimum(change, again, out=change)
         running = self.pooling.update(running, change.reshape(gh, gw, 1))
         f = self.pooling.cell_px // self.model.patch
         ch, cw = self.pooling.grid(shape)
