@@ -10,9 +10,9 @@ const FLOW_EMPTY_SPEED = 0.05; // px/frame: below this in every cell, optical fl
 // so their peaks sit where the map and the dominant motion are: speed bins one octave wide, centred
 // on these px/frame values (the end bins also take everything slower or faster), and 16 directions.
 const SPEED_BIN_CENTRES = [0.25, 0.5, 1, 2, 4, 8, 16, 32];
-// A cell counts in them as it does towards the dominant motion's confidence (the engine's MOVING_FROM):
-// its confidence times a ramp from 0 at 0.2 to 1 at 0.4. Drawn relative to the tallest bar, the faint
-// cells of a still view (camera noise) otherwise filled both panels while the map showed nothing.
+// A cell counts in them as it does in the dominant motion (the engine's MOVING_FROM): its confidence
+// times a ramp from 0 at 0.2 to 1 at 0.4. Drawn relative to the tallest bar, the faint cells of a
+// still view (camera noise) otherwise filled both panels while the map showed nothing.
 const MOVING_FROM = [0.2, 0.4];
 const DIRECTION_BINS = 16;
 const CHIP_REORDER_MS = 1000; // the most-active chips change order at most this often

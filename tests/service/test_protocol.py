@@ -53,7 +53,7 @@ def test_dumps_writes_small_numbers_and_other_characters_as_the_same_values():
 
 
 def test_the_dashboard_counts_moving_cells_as_the_engine_does():
-    """The distribution panels weigh cells as the dominant motion's confidence does: the dashboard's
+    """The distribution panels and the map count cells as the dominant motion does: the dashboard's
     MOVING_FROM is the engine's."""
     import re
 

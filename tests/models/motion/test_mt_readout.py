@@ -407,9 +407,9 @@ def test_the_change_gate_ignores_a_code_that_alternates_between_two_states():
             gate, running = e._change_gate(running, prev, (cur, gh, gw), shape, before)
             prev, before = cur, prev
         assert (gate.max() == 0.0) if closed else (gate.min() == 1.0)
-        # compared with the previous code only, the alternating code keeps the gate open
-        _, only = e._change_gate(None, code(4), (code(0), gh, gw), shape)
-        assert only.min() == 1.0
+    # compared with the previous code only, the alternating code keeps the gate open
+    previous_only, _ = e._change_gate(None, code(4), (code(0), gh, gw), shape)
+    assert previous_only.min() == 1.0
 
 
 def test_a_still_camera_view_has_no_dominant_motion():
