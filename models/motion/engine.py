@@ -199,8 +199,8 @@ class StreamState:
     change: np.ndarray | None = None  # running code change of the finest level's patches
     coarse_acc: list = field(default_factory=list)  # the same two for the coarse read
     coarse_change: np.ndarray | None = None
-    # the previous frame's codes the fine and the coarse gate last compared with (CHANGE_GATE)
-    before: list = field(default_factory=lambda: [None, None])
+    before: SparseCode | None = None  # the code the fine gate last compared with (CHANGE_GATE)
+    coarse_before: SparseCode | None = None  # the same for the coarse read
     frames: int = 0
 
     def start(self, shape: tuple[int, int], encoded: int, read: int) -> None:
@@ -209,7 +209,7 @@ class StreamState:
         self.prev, self.rms = [None] * encoded, [None] * encoded
         self.acc, self.coarse_acc = [None] * read, [None] * read
         self.change = self.coarse_change = None
-        self.before = [None, None]
+        self.before = self.coarse_before = None
         self.frames = 0
 
 
@@ -730,20 +730,20 @@ class MotionEngine:
         ``state.before``."""
         if self.change_gate is None:
             return None
-        gate, state.change = self._change_gate(state.change, prev, level, shape, state.before[0])
-        state.before[0] = prev
+        gate, state.change = self._change_gate(state.change, prev, level, shape, state.before)
+        state.before = prev
         return gate
 
     def _coarse_fold(self, state: StreamState, prev, c_codes, c_shape):
-        """What the coarse read needs every frame: its change gate (returned) and its running
-        averages (``state.coarse_change``, ``state.coarse_acc``); its histograms are not wanted (the
-        frame's come from the fine read)."""
+        """What the coarse read needs every frame: its change gate (returned; updates
+        ``state.coarse_change`` and ``state.coarse_before``) and its running averages
+        (``state.coarse_acc``); its histograms are not wanted (the frame's come from the fine read)."""
         gate = None
         if self.change_gate is not None:
             gate, state.coarse_change = self._change_gate(
-                state.coarse_change, prev, c_codes[0], c_shape, state.before[1]
+                state.coarse_change, prev, c_codes[0], c_shape, state.coarse_before
             )
-            state.before[1] = prev
+            state.coarse_before = prev
         self._fold(state.coarse_acc, c_codes, executor=None)
         return gate
 

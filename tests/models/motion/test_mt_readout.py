@@ -376,7 +376,7 @@ def test_a_still_scene_is_shown_still_whatever_the_read_out_says():
         confs = []
         for _ in range(12):
             if previous_only:
-                st.before = [None, None]
+                st.before = st.coarse_before = None
             confs.append(e.step(st, frame).confidence)
         shown[gate, previous_only] = max(float(c.max()) for c in confs[4:])
     assert shown[None, False] > CONFIDENT
