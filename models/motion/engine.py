@@ -130,6 +130,19 @@ and a higher latency in the live service), at 640x480 (307,200 px) faster (1.2-1
 CHANGE_CELLS = 3
 """The change gate (``CHANGE_GATE``) averages the code change over a box of this many cells (of
 ``Pooling.cell_px``) a side."""
+PRIME_PASSES = 4
+"""The first frame of a stream is encoded this many more times before it counts, each pass driven by
+the code of the one before, as if the camera had been looking at it for that long: the recurrent code
+starts settled, and the change gate (``CHANGE_GATE``) has its two earlier codes from the second frame
+on. From a cold start the code of a still frame takes about five passes to settle (its change since
+two passes back, on `brick`: 0.162, 0.064, 0.052, 0.019, 0.019), and until then the gate let motion
+through on a still view: ``python bench/still_confidence.py`` (docs/motion/still_confidence.md, 72
+still views at 320x240 with noise of 0-4 /255), a confident dominant motion (> 0.3) on any of the
+second to fourth frames on 48.6 % of them cold, 2.8 % primed; held-out pans that start with the
+stream are as confident from the second frame (median 0.99) and their dominant direction errs about
+as much (13.7 degrees on the second frame against 12.3, 7.5 against 7.6 on the third). Only the step
+path primes (``step``, ``run``); ``encode``, on which the read-out is fitted, does not. Costs four
+encodes on a stream's first frame."""
 _PARALLEL_LAUNCH = threading.Lock()
 HEAP_PAD_BYTES = 32 << 20
 """Per frame the engine allocates and frees several MB of temporaries (the pyramid, its whitened
@@ -364,6 +377,9 @@ class MotionEngine:
         threaded engines under any Numba threading layer. On a machine shared with other
         work, run with ``OMP_WAIT_POLICY=PASSIVE`` (the ``v1motion`` command sets it): OpenMP's
         default spin-waiting between frames takes the core the other thread needs.
+    prime_passes : int, default PRIME_PASSES
+        The first frame of a stream is encoded this many more times, each pass driven by the code of
+        the one before, so that the code starts settled (``PRIME_PASSES``); 0 starts it cold.
     axis_calibration : (K,) radians, optional
         Offsets that correct the axis the aperture step reads from the units (``calibrate_axis``):
         fitted on gratings of known axis (``mt_fit.fit_axis_calibration``), shipped in
@@ -387,7 +403,8 @@ class MotionEngine:
                  aperture: tuple[float, float] | None = APERTURE,
                  constraints: tuple[float, float, float, float] | None = CONSTRAINTS,
                  parallel_from_px: int = PARALLEL_FROM_PX,
-                 axis_calibration=None, coherence_reference=None):  # fmt: skip
+                 axis_calibration=None, coherence_reference=None,
+                 prime_passes: int = PRIME_PASSES):  # fmt: skip
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(
                 f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
@@ -400,6 +417,9 @@ class MotionEngine:
             raise ValueError(f"change_gate must be (lo, hi) with 0 <= lo < hi, got {change_gate}")
         self.change_gate = None if change_gate is None else tuple(map(float, change_gate))
         self.coarse = bool(coarse)
+        if not (isinstance(prime_passes, int | np.integer) and prime_passes >= 0):
+            raise ValueError(f"prime_passes must be an int >= 0, got {prime_passes!r}")
+        self.prime_passes = int(prime_passes)
         if aperture is not None:
             if not 0 <= aperture[0] < aperture[1] <= 1:
                 raise ValueError(
@@ -482,6 +502,7 @@ class MotionEngine:
                 rms_floor=rms_floor, threads=1, integration_sigma=integration_sigma,
                 change_gate=change_gate, coarse=coarse, aperture=aperture, constraints=constraints,
                 axis_calibration=axis_calibration, coherence_reference=coherence_reference,
+                prime_passes=prime_passes,
             )  # fmt: skip
         self._csr = recurrent_csr(model.R_)
         self._W = np.ascontiguousarray(model.W_)
@@ -683,11 +704,20 @@ class MotionEngine:
         (h, w), coarse, n_levels, image = prepared
         if state.shape != (h, w):
             state.start((h, w), n_levels, self.levels)
+        if self._pool is not None:
+            encode = lambda: self.encode(state, image, n_levels)  # noqa: E731
+        else:
+            encode = lambda: self.encode(state, image[0], n_levels, whites=image)  # noqa: E731
+        if state.prev[0] is None and self.prime_passes:
+            # The stream's first frame: the code settled on it (PRIME_PASSES), and the change
+            # gates' code of the frame before the previous one is the pass before the last.
+            for _ in range(self.prime_passes):
+                encode()
+            state.before = state.prev[0]
+            state.coarse_before = state.prev[1] if len(state.prev) > 1 else None
         # encode replaces the previous codes: the finest of each read are kept as they were
         prev = state.prev[:2]
-        if self._pool is not None:
-            return (h, w), coarse, prev, self.encode(state, image, n_levels)
-        return (h, w), coarse, prev, self.encode(state, image[0], n_levels, whites=image)
+        return (h, w), coarse, prev, encode()
 
     def _read_frame(self, state: StreamState, encoded: tuple) -> MotionFrame:
         """The second half of ``step``: the motion read from ``_encode_frame``'s result (updates

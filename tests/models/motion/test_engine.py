@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests import naive
-from v1motion.models.motion.engine import MotionEngine, MotionFrame, to_grey
+from v1motion.models.motion.engine import PRIME_PASSES, MotionEngine, MotionFrame, to_grey
 from v1motion.models.motion.whitening import Whitener
 
 
@@ -235,7 +235,9 @@ def test_encode_matches_the_naive_reference(engine, rng):
 def test_prepared_levels_give_the_codes_of_encode(engine, rng):
     """``step``'s encoding, whitened ahead by ``_prepare`` then encoded with the state, gives the codes
     ``encode`` gives from the grey frame, frame after frame (the running RMS and the recurrent state
-    carry over)."""
+    carry over); the stream's first frame is the frame encoded ``prime_passes`` more times first
+    (``PRIME_PASSES``)."""
+    assert engine.prime_passes == PRIME_PASSES > 0
     shape = (101, 139)
     s1, s2 = engine.new_state(), engine.new_state()
     for k in range(3):
@@ -243,6 +245,8 @@ def test_prepared_levels_give_the_codes_of_encode(engine, rng):
         prepared = engine._prepare(frame)
         if k == 0:
             s2.start(shape, prepared[2], engine.levels)
+            for _ in range(PRIME_PASSES):
+                engine.encode(s2, to_grey(frame), prepared[2])
         assert len(prepared[3]) == prepared[2]  # one whitened image per level
         _, _, _, codes = engine._encode_prepared(s1, prepared)
         want = engine.encode(s2, to_grey(frame), prepared[2])
