@@ -46,8 +46,9 @@ START_INTRO = f"""
 From the first frame of a new stream (the dashboard's camera, a live source, a video), on the engine
 as shipped, whose first frame is primed (encoded {PRIME_PASSES} more times, each pass driven by the
 code of the one before: `PRIME_PASSES`), and cold (`prime_passes=0`). *still views confident*: the
-share of still views (noise of 0, 2 and 4 /255, three noise seeds each, on every still above) whose dominant motion is confident (> {START_CONFIDENT}) on that frame; *largest*:
-the largest dominant confidence among them; then the dominant motion of held-out pans that start with
+share of still views (noise of 0, 2 and 4 /255, three noise seeds each, on every still above) whose
+dominant motion is confident (> {START_CONFIDENT}) on that frame; *largest*: the largest dominant
+confidence among them; then the dominant motion of held-out pans that start with
 the stream (8 directions, 0.5, 1, 2, 4 and 8 px/frame). Frame 1 shows no motion (nothing to compare
 with); *2-4*: the still views confident on any of frames 2-4.
 """
@@ -76,12 +77,16 @@ def frames_of(image, shape, speed, n, obj=None):
     return frames
 
 
+def with_noise(frame, noise, rng):
+    """``frame`` (floats in [0, 1]) with Gaussian camera noise of ``noise`` /255, as float32."""
+    return np.clip(frame + rng.normal(0, noise / 255, frame.shape), 0, 1).astype(np.float32)
+
+
 def measure(engine, frames, noise, rng):
     state = engine.new_state()
     rows = []
     for t, f in enumerate(frames):
-        noisy = np.clip(f + rng.normal(0, noise / 255, f.shape), 0, 1).astype(np.float32)
-        mf = engine.step(state, noisy)
+        mf = engine.step(state, with_noise(f, noise, rng))
         if t < 8:
             continue
         c = mf.confidence
@@ -95,9 +100,8 @@ def dominant_over_time(engine, frames, noise=0.0, rng=None):
     state = engine.new_state()
     out = []
     for f in frames:
-        if noise:
-            f = np.clip(f + rng.normal(0, noise / 255, f.shape), 0, 1).astype(np.float32)
-        mf = engine.step(state, np.asarray(f, np.float32))
+        f = with_noise(f, noise, rng) if noise else np.asarray(f, np.float32)
+        mf = engine.step(state, f)
         out.append((mf.global_direction, mf.global_confidence))
     return np.asarray(out)
 
