@@ -96,6 +96,8 @@ def test_every_package_folder_is_installed_under_the_v1motion_namespace():
         for top in ("models", "service")
         for p in (ROOT / top).rglob("__init__.py")
     }
+    found.add("v1motion.models.weights")  # data only: the shipped weights and their cards
+    assert (ROOT / "models" / "weights").is_dir()
     assert found == listed, {"not listed": found - listed, "no folder": listed - found}
 
 
