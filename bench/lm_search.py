@@ -131,6 +131,11 @@ def from_train_run(name: str, weights: Path) -> dict:
         "seconds": round(sum(e["seconds"] for e in history)),
         "command": " ".join(config["command"].replace("\\\n", " ").split()),
     }
+    init = config.get("init")
+    if init:  # fine-tuned from an earlier run's weights (``lm train --init``)
+        changes["init"] = re.search(r"--init (\S+)", config["command"]).group(1)
+        record["init_command"] = " ".join(init["command"].replace("\\\n", " ").split())
+        record["init_valid_ppl"] = round(init["valid_ppl"], 2)
     if any("valid_ppl_raw" in e for e in history):  # valid_ppl is of the averaged weights
         record["valid_ppl_last_iterate"] = [
             round(e["valid_ppl_raw"], 2) if "valid_ppl_raw" in e else None for e in history
@@ -169,6 +174,16 @@ def write_table(results: list[dict]) -> str:
         lines += ["", "Runs made with `v1motion lm train` (not by this script), reproduced by:", ""]
         for r in longer:
             lines += [f"- {r['name']}:", "", "  ```bash", f"  {r['command']}", "  ```", ""]
+            if r.get("init_command"):
+                lines += [
+                    f"  Started from the weights of this run (valid {r['init_valid_ppl']:.1f}); "
+                    "the per-epoch column is of the fine-tuning alone:",
+                    "",
+                    "  ```bash",
+                    f"  {r['init_command']}",
+                    "  ```",
+                    "",
+                ]
             if r.get("valid_ppl_last_iterate"):
                 raw = " / ".join(
                     "—" if p is None else f"{p:.1f}" for p in r["valid_ppl_last_iterate"]

@@ -116,11 +116,21 @@ def ptb_table(
     valid, evals = data["valid"], data[split]
     rows: list[dict] = []
     meta = getattr(model, "meta_", {})
+    trained = (
+        f"{meta.get('train_seconds') or float('nan'):.0f} s at "
+        f"{meta.get('tokens_per_s') or float('nan'):.0f} tok/s"
+    )
+    init = meta.get("init")  # a fine-tuned model (``lm train --init``): the first run, then this
+    if init:
+        trained = (
+            f"{init.get('train_seconds') or float('nan'):.0f} s at "
+            f"{init.get('tokens_per_s') or float('nan'):.0f} tok/s"
+            f"{' (sampled softmax)' if init.get('n_samples') else ''}, then fine-tuned {trained}"
+            f"{'' if model.n_samples else ' (exact softmax)'}"
+        )
     note = (
         f"H={model.n_hidden} {model.recurrence} R, {'tied' if model.tied else 'untied'}, "
-        f"{_output_layer(model)}; "
-        f"trained {meta.get('train_seconds', float('nan')):.0f} s at "
-        f"{meta.get('tokens_per_s', float('nan')):.0f} tok/s"
+        f"{_output_layer(model)}; trained {trained}"
     )
     t0 = time.perf_counter()
     lp = {("rglm", "valid"): model.log_probs(valid), ("rglm", split): model.log_probs(evals)}

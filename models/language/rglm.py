@@ -564,6 +564,10 @@ class LinearRecurrentLM:
         iterates' noise)
     time_limit : float or None -- pause ``fit`` after this many seconds (inside an epoch; with a
         checkpoint, calling ``fit`` again resumes exactly where it paused)
+    warm_start : bool, default False -- ``fit`` starts from the parameters already in ``params_``
+        (a loaded or fitted model's; their shapes must be the ones these settings give) with a
+        fresh optimiser, instead of fresh parameters: e.g. a model trained with the sampled
+        softmax fine-tuned with the exact one. A checkpoint to resume from still comes first
     seed : int, default 0
 
     Attributes
@@ -573,6 +577,8 @@ class LinearRecurrentLM:
     history_ : list of per-epoch dicts (train loss, valid perplexity, tokens/s, lr, seconds);
         with averaging on, ``valid_ppl`` is that of the averaged parameters and ``valid_ppl_raw``
         that of the last iterate
+    best_valid_ppl_ : float -- validation perplexity of the parameters kept (the best epoch's, or
+        with ``warm_start`` maybe those started from); inf when ``fit`` had no ``valid``
     """
 
     def __init__(
@@ -597,6 +603,7 @@ class LinearRecurrentLM:
         average_from: int | None = None,
         anneal_while_averaging: bool = True,
         time_limit: float | None = None,
+        warm_start: bool = False,
         seed: int = 0,
     ):
         self.n_hidden = n_hidden
@@ -619,6 +626,7 @@ class LinearRecurrentLM:
         self.average_from = average_from
         self.anneal_while_averaging = anneal_while_averaging
         self.time_limit = time_limit
+        self.warm_start = warm_start
         self.seed = seed
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -739,7 +747,8 @@ class LinearRecurrentLM:
         else:
             lr = self.learning_rate or (2e-3 if self.optimizer == "adam" else 1.0)
             opt = _Optimizer(self.optimizer, lr, self.momentum)
-            self.params_ = self.init_params(V, counts)
+            fresh = self.init_params(V, counts)
+            self.params_ = self._warm_params(fresh) if self.warm_start else fresh
             opt.init(self.params_)
             state = {
                 "epoch": 0,
@@ -756,6 +765,12 @@ class LinearRecurrentLM:
                 "avg_sum": None,
                 "avg_count": 0,
             }
+            if self.warm_start and valid is not None:
+                # the parameters started from are the first candidate: fine-tuning that only
+                # makes them worse on valid gives them back
+                state["best"] = self.perplexity(valid)
+                state["best_params"] = _copy_params(self.params_)
+                log.info("warm start: valid ppl %.2f before training", state["best"])
         self.history_ = state["history"]
         opt, rng = state["opt"], state["rng"]
         L = (train.size - 1) // B
@@ -887,9 +902,25 @@ class LinearRecurrentLM:
             )
         if state["best_params"] is not None:
             self.params_ = state["best_params"]
+        self.best_valid_ppl_ = state["best"]  # of the parameters kept (inf without ``valid``)
         self.epochs_done_ = state["epoch"]
         self.finished_ = state["epoch"] >= self.n_epochs
         return self
+
+    def _warm_params(self, fresh: dict) -> dict:
+        """A copy of ``params_`` to start from (``warm_start``), checked against ``fresh``, the
+        parameters these settings and this vocabulary would start from."""
+        have = getattr(self, "params_", None)
+        if have is None:
+            raise ValueError("warm_start needs parameters to start from: load or fit a model first")
+        shapes = {k: None if v is None else v.shape for k, v in have.items()}
+        want = {k: None if v is None else v.shape for k, v in fresh.items()}
+        if shapes != want:
+            raise ValueError(
+                f"warm_start: the parameters to start from have shapes {shapes}, these settings "
+                f"and vocabulary need {want}"
+            )
+        return _copy_params(have)
 
     def _project(self) -> None:
         r = self.params_["r"]
@@ -1014,6 +1045,7 @@ class LinearRecurrentLM:
             "average_from",
             "anneal_while_averaging",
             "time_limit",
+            "warm_start",
             "seed",
         ]
         return {k: getattr(self, k) for k in keys}

@@ -45,6 +45,24 @@ def write_report(folder: str | Path, rows: list[dict], model_path: str | Path) -
     plot_timescales(LinearRecurrentLM.load(model_path), folder / "timescales.png")
 
 
+def _cost(meta: dict) -> str:
+    return (
+        f"{meta.get('epochs_done', '?')} epochs, {meta.get('train_seconds') or float('nan'):.0f} s "
+        f"of training, {meta.get('tokens_per_s') or float('nan'):,.0f} tokens/s on average"
+    )
+
+
+def _fine_tuning(model: LinearRecurrentLM, meta: dict, init: dict) -> str:
+    """The card's sentence on a fine-tuning run (``lm train --init``) after the first run's."""
+    output = "the sampled" if model.n_samples else "the exact"
+    return (
+        f" Then, from those weights, {meta.get('epochs_done', '?')} epochs with {output} softmax "
+        f"({model.optimizer}, lr {model.learning_rate or 2e-3:g}, annealed the same way; a fresh "
+        f"optimiser, seed {model.seed}): valid {init.get('valid_ppl') or float('nan'):.1f} → "
+        f"{meta.get('valid_ppl') or float('nan'):.1f}."
+    )
+
+
 def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Path:
     """The model card (markdown) of the weights at ``model_path``, with its PTB ``rows``.
 
@@ -68,12 +86,18 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
         + (" are" if len(dense) > 1 else " is")
     )
     ppl = {r["model"]: r["ppl"] for r in rows}
-    lr = model.learning_rate or (2e-3 if model.optimizer == "adam" else 1.0)
+    # A fine-tuned model (``lm train --init``): the run it started from trained it first
+    init = meta.get("init") or {}
+    base = {k: init.get(k, getattr(model, k)) for k in ("optimizer", "learning_rate", "anneal")}
+    base["n_samples"] = init.get("n_samples") if init else model.n_samples
+    lr = base["learning_rate"] or (2e-3 if base["optimizer"] == "adam" else 1.0)
     command = meta.get("command", "(command not recorded in the weights file)")
+    if init:
+        command = f"{init['command']}\n{command}"
     shipped = f"models/weights/{model_path.name}"
-    trained_to = re.search(r"--out (\S+)", command)
-    if trained_to and trained_to.group(1) != shipped:
-        command += f"\ncp {trained_to.group(1)} {shipped}"
+    trained_to = re.findall(r"--out (\S+)", command)  # the last command's is the model's
+    if trained_to and trained_to[-1] != shipped:
+        command += f"\ncp {trained_to[-1]} {shipped}"
     r_text = (
         f"a diagonal `R` ({H} leaky integrators, each with its own timescale `-1/log|r|` words)"
         if model.recurrence == "diagonal"
@@ -93,11 +117,12 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
         )
     else:
         layer = f"a softmax over all {V:,} words"
-        if model.n_samples:
+        if base["n_samples"]:
             layer += (
-                f" (trained with a sampled softmax, {model.n_samples:,} shared negatives drawn "
-                "from unigram^0.75, importance-corrected; every reported perplexity uses the "
-                "exact full softmax)"
+                f" (trained with a sampled softmax, {base['n_samples']:,} shared negatives drawn "
+                "from unigram^0.75, importance-corrected"
+                + ("" if model.n_samples else ", then fine-tuned with the exact one")
+                + "; every reported perplexity uses the exact full softmax)"
             )
     averaging = ""
     if getattr(model, "average_from", None) is not None:
@@ -131,9 +156,10 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
         f"**Training.** Truncated BPTT ({model.bptt} steps) on {model.batch_size} parallel "
         f"streams, dropout {model.dropout_input} on the embeddings and {model.dropout_hidden} on "
         f"the state fed to the output, max-norm {model.max_norm} on every word vector, "
-        f"{model.optimizer} (lr {lr:g}, multiplied by {model.anneal} whenever "
+        f"{base['optimizer']} (lr {lr:g}, multiplied by {base['anneal']} whenever "
         "validation perplexity improves by less than 0.5 % in an epoch), gradient-norm clip 5, "
-        f"seed {model.seed}; {averaging}the best epoch on valid is kept.",
+        f"seed {init.get('seed', model.seed)}; {averaging}the best epoch on valid is kept."
+        + (_fine_tuning(model, meta, init) if init else ""),
         "",
         "## Reproduce",
         "",
@@ -147,10 +173,10 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
         f"    --report docs/language --card {shipped[:-4]}.md",
         "```",
         "",
-        f"**Training cost.** {meta.get('epochs_done', '?')} epochs, "
-        f"{meta.get('train_seconds', float('nan')):.0f} s of training, "
-        f"{meta.get('tokens_per_s', float('nan')):,.0f} tokens/s on average, single-threaded on a "
-        "2-core machine shared with other users' jobs (absolute speed varies with the load).",
+        "**Training cost.** "
+        + (f"{_cost(init)}, then fine-tuning {_cost(meta)}" if init else _cost(meta))
+        + ", on a 2-core machine shared with other users' jobs (absolute speed varies with the "
+        "load).",
         "",
         f"**Results (perplexity, exact, the {storage} weights as shipped).** "
         f"Valid {meta.get('valid_ppl', float('nan')):.1f} (best epoch). "

@@ -144,6 +144,17 @@ def add_parser(subparsers) -> None:
         help="BLAS threads (default 1). A run's bits depend on it: the same seed with another "
         "count gives other weights, so it is part of the printed command",
     )
+    t.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="WEIGHTS",
+        help="start from the weights of an earlier run (its --out) instead of fresh ones, with a "
+        "fresh optimiser: e.g. fine-tune a model trained with --samples using the exact softmax "
+        "(--samples 0). Its hidden size, recurrence and tying must be the ones given here; the "
+        "weights are kept if training does not improve their validation perplexity "
+        "(default: fresh weights)",
+    )
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.set_defaults(func=run_train)
 
@@ -223,6 +234,7 @@ def train_command(args: argparse.Namespace) -> str:
         "--float32" if args.float32 else "",
         "--int8" if args.int8 else "",
         "--float16-p" if args.float16_p else "",
+        f"--init {args.init.as_posix()}" if args.init is not None else "",
     ]
     return "v1motion lm train " + " \\\n    ".join(p for p in parts if p)
 
@@ -263,17 +275,33 @@ def _train(args: argparse.Namespace) -> int:
         average_from=args.average_from,
         anneal_while_averaging=not args.hold_lr_while_averaging,
         time_limit=args.time_limit,
+        warm_start=args.init is not None,
         seed=args.seed,
     )
+    start = None
+    if args.init is not None:
+        try:
+            start = LinearRecurrentLM.load(args.init)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: --init {args.init}: {exc}", file=sys.stderr)
+            return 2
+        if start.vocab_.words != vocab.words:
+            print(f"error: {args.init} was not trained on this vocabulary", file=sys.stderr)
+            return 2
+        model.params_ = start.params_
     t0 = time.perf_counter()
-    model.fit(
-        train,
-        vocab,
-        valid=data["valid"],
-        checkpoint=args.checkpoint,
-        progress=True,
-        checkpoint_every=args.checkpoint_every,
-    )
+    try:
+        model.fit(
+            train,
+            vocab,
+            valid=data["valid"],
+            checkpoint=args.checkpoint,
+            progress=True,
+            checkpoint_every=args.checkpoint_every,
+        )
+    except ValueError as exc:  # --init weights of another shape
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for e in model.history_:
         raw = f"  (last iterate {e['valid_ppl_raw']:.2f})" if "valid_ppl_raw" in e else ""
         print(
@@ -290,9 +318,18 @@ def _train(args: argparse.Namespace) -> int:
         "train_seconds": seconds,
         "epochs_done": model.epochs_done_,
         "tokens_per_s": sum(e["tokens_per_s"] for e in model.history_) / len(model.history_),
-        "valid_ppl": min(e["valid_ppl"] for e in model.history_),
+        "valid_ppl": model.best_valid_ppl_,  # with --init, maybe the weights started from
         "command": train_command(args),
     }
+    if start is not None:
+        # the card's Reproduce section: the run the weights started from, then this one
+        earlier = getattr(start, "meta_", {})
+        meta["init"] = {
+            **{k: earlier.get(k) for k in start.get_config()},
+            **{k: earlier.get(k) for k in ("train_seconds", "epochs_done", "tokens_per_s")},
+            "valid_ppl": earlier.get("valid_ppl"),
+            "command": earlier.get("command", f"(the command that wrote {args.init})"),
+        }
     path = model.save(
         args.out, half=not args.float32, meta=meta, int8=args.int8, half_p=args.float16_p
     )

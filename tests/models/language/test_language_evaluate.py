@@ -84,3 +84,37 @@ def test_train_runs_with_the_blas_threads_it_is_given(tmp_path, monkeypatch, cap
     assert blas and all(n == 2 for n in blas)
     assert main([*base, "--threads", "0"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_train_init_fine_tunes_an_earlier_run_and_its_card_says_how(tmp_path, capsys):
+    from v1motion.models.reports.language import write_card
+
+    first = tmp_path / "first.npz"
+    base = ["lm", "train", "--hidden", "8", "--train-tokens", "20000", "--epochs", "1"]
+    assert main([*base, "--out", str(first), "--samples", "64", "--classes", "0"]) == 0
+    start = LinearRecurrentLM.load(first)
+    out = tmp_path / "tuned.npz"
+    # on more of the text than the first run read (a second pass over its 20,000 words overfits)
+    tune = [*base, "--out", str(out), "--classes", "0", "--samples", "0", "--lr", "3e-3"]
+    tune += ["--train-tokens", "60000"]
+    assert main([*tune, "--init", str(first)]) == 0
+    capsys.readouterr()
+    tuned = LinearRecurrentLM.load(out)
+    init = tuned.meta_["init"]
+    assert init["n_samples"] == 64 and init["command"] == start.meta_["command"]
+    assert f"--init {first.as_posix()}" in tuned.meta_["command"]
+    # it started from the first run's weights and improved them
+    assert tuned.meta_["valid_ppl"] < 0.95 * init["valid_ppl"] < 1000
+    moved = np.abs(tuned.params_["E"] - start.params_["E"]).max()
+    assert 0 < moved < 0.5 * np.abs(start.params_["E"]).max()
+    rows = [{"model": "R-GLM", "ppl": 100.0, "target": 102.0}]
+    card = write_card(tmp_path / "card.md", out, rows).read_text()
+    assert start.meta_["command"] in card and tuned.meta_["command"] in card
+    assert card.index(start.meta_["command"]) < card.index(tuned.meta_["command"])
+    assert "then fine-tuned with the exact one" in card and "Then, from those weights" in card
+    assert f"cp {out.as_posix()} models/weights/tuned.npz" in card  # the fine-tuned run's weights
+    # weights of another shape are refused with a message, not a traceback
+    assert main([*tune, "--hidden", "6", "--init", str(first)]) == 2
+    assert "warm_start" in capsys.readouterr().err
+    assert main([*tune, "--init", str(tmp_path / "missing.npz")]) == 2
+    assert "--init" in capsys.readouterr().err

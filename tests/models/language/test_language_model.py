@@ -358,6 +358,40 @@ def test_checkpoint_resume_continues_training(rng, tmp_path):
     np.testing.assert_allclose(resumed.params_["E"], straight.params_["E"], rtol=1e-5, atol=1e-6)
 
 
+def test_warm_start_continues_from_the_parameters_it_is_given(rng):
+    V = 10
+    seq = rng.integers(0, V, 3000)
+    kw = dict(n_hidden=4, n_samples=None, batch_size=4, bptt=5, seed=3)
+    first = LinearRecurrentLM(n_epochs=2, **kw).fit(seq, _vocab(V), valid=seq[:200])
+    fresh = LinearRecurrentLM(n_epochs=1, **kw).init_params(V)
+    assert np.abs(first.params_["E"] - fresh["E"]).max() > 0.05  # training moved them
+    # a negligible rate: the warm run ends where the first one did, not at fresh parameters
+    warm = LinearRecurrentLM(n_epochs=1, learning_rate=1e-9, warm_start=True, **kw)
+    warm.params_ = first.params_
+    warm.fit(seq, _vocab(V), valid=seq[:200])
+    np.testing.assert_allclose(warm.params_["E"], first.params_["E"], atol=1e-6)
+    assert warm.params_["E"] is not first.params_["E"]  # a copy: the model it came from is intact
+    # a rate that makes valid worse: the parameters started from are given back unchanged
+    bad = LinearRecurrentLM(n_epochs=1, learning_rate=0.5, warm_start=True, **kw)
+    bad.params_ = first.params_
+    bad.fit(seq, _vocab(V), valid=seq[:200])
+    assert bad.history_[0]["valid_ppl"] > first.perplexity(seq[:200])
+    for k, v in first.params_.items():
+        if v is not None:
+            np.testing.assert_array_equal(bad.params_[k], v)
+
+
+def test_warm_start_needs_parameters_of_the_right_shape(rng):
+    V = 10
+    seq = rng.integers(0, V, 500)
+    with pytest.raises(ValueError, match="warm_start needs parameters"):
+        LinearRecurrentLM(n_hidden=4, warm_start=True).fit(seq, _vocab(V))
+    model = LinearRecurrentLM(n_hidden=4, warm_start=True, n_epochs=1)
+    model.params_ = LinearRecurrentLM(n_hidden=5).init_params(V)
+    with pytest.raises(ValueError, match=r"warm_start: .* shapes"):
+        model.fit(seq, _vocab(V))
+
+
 def _checkpoint_arrays(path, prefix):
     with np.load(path) as z:
         return {k[len(prefix) :]: z[k] for k in z.files if k.startswith(prefix)}
