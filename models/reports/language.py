@@ -52,13 +52,27 @@ def _cost(meta: dict) -> str:
     )
 
 
+_RUN_SETTINGS = (
+    "optimizer", "learning_rate", "anneal", "bptt", "batch_size", "dropout_input",
+    "dropout_hidden", "max_norm",
+)  # fmt: skip
+"""Settings a fine-tuning run (``lm train --init``) may change from the run it starts from."""
+
+
 def _fine_tuning(model: LinearRecurrentLM, meta: dict, init: dict) -> str:
     """The card's sentence on a fine-tuning run (``lm train --init``) after the first run's."""
     output = "the sampled" if model.n_samples else "the exact"
+    changed = [
+        f"{k.replace('_', ' ')} {getattr(model, k)}"
+        for k in _RUN_SETTINGS[3:]
+        if init.get(k, getattr(model, k)) != getattr(model, k)
+    ]
     return (
         f" Then, from those weights, {meta.get('epochs_done', '?')} epochs with {output} softmax "
         f"({model.optimizer}, lr {model.learning_rate or 2e-3:g}, annealed the same way; a fresh "
-        f"optimiser, seed {model.seed}): valid {init.get('valid_ppl') or float('nan'):.1f} → "
+        f"optimiser, seed {model.seed}"
+        + (f"; {', '.join(changed)}" if changed else "; the other settings the same")
+        + f"): valid {init.get('valid_ppl') or float('nan'):.1f} → "
         f"{meta.get('valid_ppl') or float('nan'):.1f}."
     )
 
@@ -88,7 +102,7 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
     ppl = {r["model"]: r["ppl"] for r in rows}
     # A fine-tuned model (``lm train --init``): the run it started from trained it first
     init = meta.get("init") or {}
-    base = {k: init.get(k, getattr(model, k)) for k in ("optimizer", "learning_rate", "anneal")}
+    base = {k: init.get(k, getattr(model, k)) for k in _RUN_SETTINGS}
     base["n_samples"] = init.get("n_samples") if init else model.n_samples
     lr = base["learning_rate"] or (2e-3 if base["optimizer"] == "adam" else 1.0)
     command = meta.get("command", "(command not recorded in the weights file)")
@@ -153,9 +167,10 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
         "text derives from the LDC Penn Treebank (research use; see the data folder's "
         "`SOURCE.md`), so these weights inherit its research-use status.",
         "",
-        f"**Training.** Truncated BPTT ({model.bptt} steps) on {model.batch_size} parallel "
-        f"streams, dropout {model.dropout_input} on the embeddings and {model.dropout_hidden} on "
-        f"the state fed to the output, max-norm {model.max_norm} on every word vector, "
+        f"**Training.** Truncated BPTT ({base['bptt']} steps) on {base['batch_size']} parallel "
+        f"streams, dropout {base['dropout_input']} on the embeddings and "
+        f"{base['dropout_hidden']} on the state fed to the output, max-norm {base['max_norm']} on "
+        "every word vector, "
         f"{base['optimizer']} (lr {lr:g}, multiplied by {base['anneal']} whenever "
         "validation perplexity improves by less than 0.5 % in an epoch), gradient-norm clip 5, "
         f"seed {init.get('seed', model.seed)}; {averaging}the best epoch on valid is kept."

@@ -96,7 +96,7 @@ def test_train_init_fine_tunes_an_earlier_run_and_its_card_says_how(tmp_path, ca
     out = tmp_path / "tuned.npz"
     # on more of the text than the first run read (a second pass over its 20,000 words overfits)
     tune = [*base, "--out", str(out), "--classes", "0", "--samples", "0", "--lr", "3e-3"]
-    tune += ["--train-tokens", "60000"]
+    tune += ["--train-tokens", "60000", "--dropout-hidden", "0.1"]
     assert main([*tune, "--init", str(first)]) == 0
     capsys.readouterr()
     tuned = LinearRecurrentLM.load(out)
@@ -113,6 +113,9 @@ def test_train_init_fine_tunes_an_earlier_run_and_its_card_says_how(tmp_path, ca
     assert card.index(start.meta_["command"]) < card.index(tuned.meta_["command"])
     assert "then fine-tuned with the exact one" in card and "Then, from those weights" in card
     assert f"cp {out.as_posix()} models/weights/tuned.npz" in card  # the fine-tuned run's weights
+    # each run's own settings: the first run's dropout, then what the fine-tuning changed
+    assert "dropout 0.1 on the embeddings and 0.25 on the state" in card
+    assert "; dropout hidden 0.1)" in card
     # weights of another shape are refused with a message, not a traceback
     assert main([*tune, "--hidden", "6", "--init", str(first)]) == 2
     assert "warm_start" in capsys.readouterr().err
