@@ -118,7 +118,7 @@ def test_routers_define_no_classes_but_request_and_response_schemas():
     pydantic models of its requests and responses."""
     offenders = []
     for path in sorted((ROOT / "service" / "routers").glob("*.py")):
-        schemas = {"BaseModel"}
+        schemas = {"BaseModel", "RequestBody"}  # RequestBody: v1motion.service.schemas
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.ClassDef):
                 bases = {b.id for b in node.bases if isinstance(b, ast.Name)}

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from v1motion.models.language.scoring import LanguageScorer
 from v1motion.service.deps import SettingsDep, get_scorer
+from v1motion.service.schemas import RequestBody
 from v1motion.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def load_scorer(settings: Settings) -> LanguageScorer:
     return scorer
 
 
-class ScoreRequest(BaseModel):
+class ScoreRequest(RequestBody):
     text: str = Field(description="text to score; lower-cased and tokenised PTB-style")
 
 
@@ -44,7 +45,7 @@ class ScoreResponse(BaseModel):
     n_unknown: int
 
 
-class NextRequest(BaseModel):
+class NextRequest(RequestBody):
     context: str = Field("", description="text read so far (may be empty: start of a sentence)")
     k: int = Field(10, description="how many candidate next words")
 

@@ -40,6 +40,7 @@ from v1motion.models.spikes.registry import (
 from v1motion.models.spikes.rglm import RGLM
 from v1motion.service.deps import StateDep, get_settings, get_state
 from v1motion.service.jobs.upload import BodyLimits, UploadError, read_body
+from v1motion.service.schemas import RequestBody
 from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker, use_model
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ router = APIRouter(prefix="/v1/spikes", tags=["spikes"])
 
 
 # ----------------------------------------------------------------------------- schemas
-class SpikeData(BaseModel):
+class SpikeData(RequestBody):
     """Binned counts, or spike times with a bin size (exactly one of the two)."""
 
     counts: Any = Field(None, description="(trials, bins, neurons) or (bins, neurons) counts")
@@ -231,7 +232,7 @@ class SpikeEvaluation(BaseModel):
     n_spikes: float
 
 
-class SampleCreate(BaseModel):
+class SampleCreate(RequestBody):
     n_trials: int = Field(1, ge=1, le=10_000)
     n_bins: int | None = Field(
         None,

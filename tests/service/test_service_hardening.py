@@ -487,3 +487,40 @@ def test_an_unknown_rglm_start_is_a_422_naming_the_choices(client):
     assert r.status_code == 422, r.text
     assert ["options", "init"] == r.json()["detail"][0]["loc"][:2]
     assert "glm" in r.text and "random" in r.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/language/next", {"text": "the stock market"}, "text"),  # its field is "context"
+        ("/v1/language/score", {"text": "the market", "k": 3}, "k"),
+        ("/v1/spikes/models", {"counts": [[1, 0], [0, 1]], "kinds": "glm"}, "kinds"),
+        ("/v1/spikes/models/none/evaluate", {"counts": [[1, 0], [0, 1]], "bins": 3}, "bins"),
+        ("/v1/spikes/models/none/sample", {"n_trial": 2}, "n_trial"),
+    ],
+)
+def test_an_unknown_field_in_a_json_body_is_a_422_naming_it(client, path, body, field):
+    """A misspelt or misplaced field is refused, not dropped for the field's default."""
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    errors = [e for e in r.json()["detail"] if e["type"] == "extra_forbidden"]
+    assert errors and errors[0]["loc"][-1] == field, r.text
+
+
+def test_every_json_request_body_refuses_unknown_fields(client):
+    """Any route taking JSON, present or future, declares its body closed (``RequestBody``)."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    open_bodies, seen = [], 0
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is None:
+                continue
+            schema = body["schema"]
+            if "$ref" in schema:
+                schema = schemas[schema["$ref"].rsplit("/", 1)[-1]]
+            seen += 1
+            if schema.get("additionalProperties") is not False:
+                open_bodies.append(f"{method.upper()} {path}")
+    assert seen >= 5 and not open_bodies, open_bodies
