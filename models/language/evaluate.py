@@ -116,17 +116,19 @@ def ptb_table(
     valid, evals = data["valid"], data[split]
     rows: list[dict] = []
     meta = getattr(model, "meta_", {})
-    trained = (
-        f"{meta.get('train_seconds') or float('nan'):.0f} s at "
-        f"{meta.get('tokens_per_s') or float('nan'):.0f} tok/s"
-    )
+
+    def pace(run: dict) -> str:
+        nan = float("nan")
+        return (
+            f"{run.get('train_seconds') or nan:.0f} s at {run.get('tokens_per_s') or nan:.0f} tok/s"
+        )
+
+    trained = pace(meta)
     init = meta.get("init")  # a fine-tuned model (``lm train --init``): the first run, then this
     if init:
         trained = (
-            f"{init.get('train_seconds') or float('nan'):.0f} s at "
-            f"{init.get('tokens_per_s') or float('nan'):.0f} tok/s"
-            f"{' (sampled softmax)' if init.get('n_samples') else ''}, then fine-tuned {trained}"
-            f"{'' if model.n_samples else ' (exact softmax)'}"
+            f"{pace(init)}{' (sampled softmax)' if init.get('n_samples') else ''}, then "
+            f"fine-tuned {trained}{'' if model.n_samples else ' (exact softmax)'}"
         )
     note = (
         f"H={model.n_hidden} {model.recurrence} R, {'tied' if model.tied else 'untied'}, "

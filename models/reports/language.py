@@ -52,11 +52,9 @@ def _cost(meta: dict) -> str:
     )
 
 
-_RUN_SETTINGS = (
-    "optimizer", "learning_rate", "anneal", "bptt", "batch_size", "dropout_input",
-    "dropout_hidden", "max_norm",
-)  # fmt: skip
-"""Settings a fine-tuning run (``lm train --init``) may change from the run it starts from."""
+_TUNABLE = ("bptt", "batch_size", "dropout_input", "dropout_hidden", "max_norm")
+"""Settings a fine-tuning run (``lm train --init``) may change from the run it starts from, named
+in the card when it does (its optimiser, rate and output layer are always named)."""
 
 
 def _fine_tuning(model: LinearRecurrentLM, meta: dict, init: dict) -> str:
@@ -64,7 +62,7 @@ def _fine_tuning(model: LinearRecurrentLM, meta: dict, init: dict) -> str:
     output = "the sampled" if model.n_samples else "the exact"
     changed = [
         f"{k.replace('_', ' ')} {getattr(model, k)}"
-        for k in _RUN_SETTINGS[3:]
+        for k in _TUNABLE
         if init.get(k, getattr(model, k)) != getattr(model, k)
     ]
     return (
@@ -102,8 +100,8 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
     ppl = {r["model"]: r["ppl"] for r in rows}
     # A fine-tuned model (``lm train --init``): the run it started from trained it first
     init = meta.get("init") or {}
-    base = {k: init.get(k, getattr(model, k)) for k in _RUN_SETTINGS}
-    base["n_samples"] = init.get("n_samples") if init else model.n_samples
+    first_run = ("optimizer", "learning_rate", "anneal", "n_samples", "seed", *_TUNABLE)
+    base = {k: init.get(k, getattr(model, k)) for k in first_run}
     lr = base["learning_rate"] or (2e-3 if base["optimizer"] == "adam" else 1.0)
     command = meta.get("command", "(command not recorded in the weights file)")
     if init:
@@ -173,7 +171,7 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
         "every word vector, "
         f"{base['optimizer']} (lr {lr:g}, multiplied by {base['anneal']} whenever "
         "validation perplexity improves by less than 0.5 % in an epoch), gradient-norm clip 5, "
-        f"seed {init.get('seed', model.seed)}; {averaging}the best epoch on valid is kept."
+        f"seed {base['seed']}; {averaging}the best epoch on valid is kept."
         + (_fine_tuning(model, meta, init) if init else ""),
         "",
         "## Reproduce",

@@ -299,7 +299,7 @@ def _train(args: argparse.Namespace) -> int:
             progress=True,
             checkpoint_every=args.checkpoint_every,
         )
-    except ValueError as exc:  # --init weights of another shape
+    except ValueError as exc:  # settings fit refuses, e.g. --init weights of another shape
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for e in model.history_:
