@@ -122,6 +122,10 @@ the aperture problem is solved within reach of the cell, count more than cells o
 whose reading along the edge is a guess. Chosen on the accuracy benchmark; with ``aperture=None``
 the cells weigh by confidence alone."""
 FINE_MOVING = 0.1
+CHUNKS_PER_THREAD = 8
+"""The ss-RNN kernel's patches are split into this many chunks per thread, whole patch rows each: at
+640x480 on two threads, 8 per thread ran the kernel 2.23 ms a frame, 4 per thread 2.56 ms (both
+interleaved; 4.3 ms on one thread)."""
 PARALLEL_FROM_PX = 150_000
 """An engine with more than one thread steps frames of fewer pixels on one thread: at 320x240
 (76,800 px) two threads were slower than one (0.85-0.92x the step rate in one process on vtest.avi,
@@ -366,7 +370,7 @@ class MotionEngine:
         and let a cell take that reading where it is fast (``FAST_FROM``); frames whose sides are
         under ``2 * min_side`` are read at one scale.
     threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the
-        patches of a frame are split into ``4 * threads`` chunks of whole patch rows that run in
+        patches of a frame are split into ``CHUNKS_PER_THREAD * threads`` chunks of whole patch rows that run in
         parallel, and a helper thread whitens half of level 0 and the coarser levels, then takes part
         of the fine read's projection and the whole coarse read (``_read_on_two_threads``); the codes
         and the motion map are identical (the histograms to float32 rounding). ``run`` (a video's
@@ -946,12 +950,13 @@ class MotionEngine:
         offsets = np.concatenate([[0], np.cumsum([gh * gw for gh, gw in shapes])]).astype(np.int64)
         bounds = None
         if self.threads > 1:
-            # Whole patch rows, about the same number of patches per chunk, four chunks per thread.
+            # Whole patch rows, about the same number of patches per chunk, CHUNKS_PER_THREAD
+            # chunks per thread (handed to the threads interleaved: ``interleaved_chunks``).
             starts = [
                 off + gw * np.arange(gh) for off, (gh, gw) in zip(offsets, shapes, strict=False)
             ]
             rows = np.concatenate([*starts, [offsets[-1]]])
-            want = np.linspace(0, offsets[-1], 4 * self.threads + 1)[1:-1]
+            want = np.linspace(0, offsets[-1], CHUNKS_PER_THREAD * self.threads + 1)[1:-1]
             cut = rows[np.searchsorted(rows, want)]
             bounds = np.unique(np.concatenate([[0], cut, [offsets[-1]]])).astype(np.int64)
         self._layouts[(shape, levels)] = shapes, offsets, bounds

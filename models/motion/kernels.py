@@ -290,16 +290,17 @@ def _ssrnn_infer_frame(
 @njit(cache=True, nogil=True, parallel=True)
 def _ssrnn_infer_frame_parallel(
     C, G, r_ptr, r_idx, r_val, b, prev_idx, prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax,
-    out_idx, out_val, out_cnt, out_prior, bounds,
+    out_idx, out_val, out_cnt, out_prior, starts, ends,
 ):  # fmt: skip
-    """``_ssrnn_infer_frame`` with the patches split into chunks ``bounds[c] <= m < bounds[c + 1]``
-    run in parallel (``prange``), each chunk with its own scratch. Patches are independent given the
-    previous code, so the result is identical to the serial kernel's for any split."""
+    """``_ssrnn_infer_frame`` with the patches split into chunks ``starts[c] <= m < ends[c]`` run in
+    parallel (``prange``), each chunk with its own scratch. Patches are independent given the
+    previous code, so the result is identical to the serial kernel's for any split and any order of
+    the chunks."""
     n_atoms = C.shape[1]
     Gt, base_pi, base_u = _frame_setup(G, b, n_clones, n_atoms)
-    for c in prange(bounds.shape[0] - 1):
+    for c in prange(starts.shape[0]):
         _infer_patches(
-            bounds[c], bounds[c + 1], C, G, Gt, r_ptr, r_idx, r_val, b, base_pi, base_u, prev_idx,
+            starts[c], ends[c], C, G, Gt, r_ptr, r_idx, r_val, b, base_pi, base_u, prev_idx,
             prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt,
             out_prior,
         )  # fmt: skip

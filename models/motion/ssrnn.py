@@ -44,6 +44,19 @@ from v1motion.models.motion.whitening import Whitener, patch_grid
 FORMAT_VERSION = 1
 
 
+def interleaved_chunks(bounds: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """The chunks ``bounds[c] <= m < bounds[c + 1]`` as ``(starts, ends)`` in the order that gives each
+    of ``threads`` threads chunks from all over the frame: ``c = 0, threads, 2 threads, ...``, then
+    ``1, 1 + threads, ...``. Numba's parallel loop hands each thread one contiguous run of its
+    iterations (a chunk size of 1 did not change that), and patches cost more where the image has
+    texture: with the chunks in frame order, one thread took the busy half of the frame (the
+    kernel on two threads at 640x480 ran 1.64x faster than on one; interleaved, 1.9x)."""
+    bounds = np.asarray(bounds, np.int64)
+    n = len(bounds) - 1
+    order = np.argsort(np.arange(n) % max(1, threads), kind="stable")
+    return np.ascontiguousarray(bounds[:-1][order]), np.ascontiguousarray(bounds[1:][order])
+
+
 @dataclass
 class SparseCode:
     """Sparse code of ``M`` patches: unit ids, values (>= 0) and counts; ``kmax`` slots per patch."""
@@ -342,10 +355,7 @@ class SSRNN:
             bounds = np.asarray(bounds, np.int64)
             if bounds[0] != 0 or bounds[-1] != m or np.any(np.diff(bounds) < 0):
                 raise ValueError(f"bounds must increase from 0 to {m}, got {bounds}")
-            # Chunks handed out one at a time as threads finish (the chunk size is, like the thread
-            # count, Numba's per-thread setting), so a busy chunk does not hold the others up.
-            with numba.parallel_chunksize(1):
-                _ssrnn_infer_frame_parallel(*args, bounds)
+            _ssrnn_infer_frame_parallel(*args, *interleaved_chunks(bounds, numba.get_num_threads()))
         return out
 
     def infer_dense(self, C: np.ndarray, prev: SparseCode | None, G=None) -> SparseCode:

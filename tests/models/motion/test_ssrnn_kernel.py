@@ -276,3 +276,21 @@ def test_axis_cell_sums_match_numpy_twin(rng, n_units, f):
     empty = code.cnt.reshape(grid)[: cells[0] * f, : cells[1] * f]
     empty = empty.reshape(cells[0], f, cells[1], f).sum(axis=(1, 3)) == 0
     assert np.all(got[empty] == 0.0) and (~empty).any()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_interleaved_chunks_give_each_thread_chunks_from_all_over_the_frame(threads):
+    from v1motion.models.motion.ssrnn import interleaved_chunks
+
+    bounds = np.array([0, 3, 3, 7, 12, 20, 21, 30, 40], np.int64)  # 8 chunks, one empty
+    starts, ends = interleaved_chunks(bounds, threads)
+    # every chunk exactly once
+    assert sorted(zip(starts.tolist(), ends.tolist(), strict=True)) == list(
+        zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+    )
+    # in the order 0, T, 2T, ..., 1, 1 + T, ...: a contiguous run of iterations spans the frame
+    chunk = {int(s): c for c, s in enumerate(bounds[:-1]) if bounds[c] != bounds[c + 1]}
+    got = [chunk[int(s)] for s, e in zip(starts, ends, strict=True) if s != e]
+    want = [c for r in range(threads) for c in range(r, 8, threads) if bounds[c] != bounds[c + 1]]
+    assert got == want
+    assert starts.flags.c_contiguous and ends.flags.c_contiguous
