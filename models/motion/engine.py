@@ -123,9 +123,9 @@ whose reading along the edge is a guess. Chosen on the accuracy benchmark; with 
 the cells weigh by confidence alone."""
 FINE_MOVING = 0.1
 CHUNKS_PER_THREAD = 8
-"""The ss-RNN kernel's patches are split into this many chunks per thread, whole patch rows each: at
-640x480 on two threads, 8 per thread ran the kernel 2.23 ms a frame, 4 per thread 2.56 ms (both
-interleaved; 4.3 ms on one thread)."""
+"""The ss-RNN kernel's patches are split into this many chunks per thread, whole patch rows each: the
+kernel alone on captured 640x480 frames of vtest.avi, two threads, chunks interleaved, ran 2.23-2.25
+ms a frame with 8 or 16 per thread and 2.56 ms with 4 (4.3 ms on one thread)."""
 PARALLEL_FROM_PX = 150_000
 """An engine with more than one thread steps frames of fewer pixels on one thread: at 320x240
 (76,800 px) two threads were slower than one (0.85-0.92x the step rate in one process on vtest.avi,
@@ -370,17 +370,18 @@ class MotionEngine:
         and let a cell take that reading where it is fast (``FAST_FROM``); frames whose sides are
         under ``2 * min_side`` are read at one scale.
     threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the
-        patches of a frame are split into ``CHUNKS_PER_THREAD * threads`` chunks of whole patch rows that run in
-        parallel, and a helper thread whitens half of level 0 and the coarser levels, then takes part
-        of the fine read's projection and the whole coarse read (``_read_on_two_threads``); the codes
-        and the motion map are identical (the histograms to float32 rounding). ``run`` (a video's
-        frames, all at hand) uses two threads differently: each frame is read while the next is
-        encoded, one thread each, for more frames/s. ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in
-        the calling thread before every parallel call; engines with different settings can share a
-        process. Parallel kernel launches take one process-wide lock, so several streams can share
-        threaded engines under any Numba threading layer. On a machine shared with other
-        work, run with ``OMP_WAIT_POLICY=PASSIVE`` (the ``v1motion`` command sets it): OpenMP's
-        default spin-waiting between frames takes the core the other thread needs.
+        patches of a frame are split into ``CHUNKS_PER_THREAD * threads`` chunks of whole patch rows
+        that run in parallel, and a helper thread whitens half of level 0 and the coarser levels,
+        then takes part of the fine read's projection and the whole coarse read
+        (``_read_on_two_threads``); the codes and the motion map are identical (the histograms to
+        float32 rounding). ``run`` (a video's frames, all at hand) uses two threads differently:
+        each frame is read while the next is encoded, one thread each, for more frames/s.
+        ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in the calling
+        thread before every parallel call; engines with different settings can share a process.
+        Parallel kernel launches take one process-wide lock, so several streams can share threaded
+        engines under any Numba threading layer. On a machine shared with other work, run with
+        ``OMP_WAIT_POLICY=PASSIVE`` (the ``v1motion`` command sets it): OpenMP's default
+        spin-waiting between frames takes the core the other thread needs.
     prime_passes : int, default PRIME_PASSES
         The first frame of a stream is encoded this many more times, each pass driven by the code of
         the one before, so that the code starts settled (``PRIME_PASSES``); 0 starts it cold.
