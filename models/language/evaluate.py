@@ -130,6 +130,12 @@ def ptb_table(
             f"{pace(init)}{' (sampled softmax)' if init.get('n_samples') else ''}, then "
             f"fine-tuned {trained}{'' if model.n_samples else ' (exact softmax)'}"
         )
+    calibration = meta.get("calibration")
+    if calibration:
+        trained += (
+            f", softmax temperature fitted on {calibration['split']} (logits x "
+            f"{calibration['logit_scale']:.3f})"
+        )
     note = (
         f"H={model.n_hidden} {model.recurrence} R, {'tied' if model.tied else 'untied'}, "
         f"{_output_layer(model)}; trained {trained}"

@@ -457,6 +457,80 @@ def rms_dynamic_step(
     return logp, hT
 
 
+def fit_logit_scale(
+    params: dict, tokens: np.ndarray, chunk: int = 1024, max_iter: int = 30, tol: float = 1e-5
+) -> tuple[float, float, float]:
+    """The one factor ``a`` on every logit that maximises the likelihood of ``tokens[1:]``.
+
+    A model trained with dropout is scored without it, and its deterministic logits can be too
+    sharp (or too flat) for the text it was not trained on: the temperature ``1 / a`` fitted on
+    held-out text is the classic calibration of a softmax (Guo et al. 2017). The mean
+    negative log-likelihood ``L(a) = mean(logsumexp(a z) - a z_y)`` is convex in ``a`` (its second
+    derivative is the variance of ``z`` under ``softmax(a z)``), so Newton's method from ``a = 1``
+    finds it in a few passes over ``tokens`` (exact full softmax; the stream read from a zero
+    state, as :func:`stream_log_probs` does). Plain softmax only.
+
+    Returns
+    -------
+    a : float
+        The fitted factor (> 0).
+    nll_before, nll_after : float
+        Mean negative log-likelihood (nats per prediction) at ``a = 1`` and at ``a``.
+    """
+    if params.get("Wc") is not None:
+        raise ValueError("fit_logit_scale: class-factorised output layers are not supported")
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) < 2:
+        raise ValueError("fit_logit_scale needs at least two tokens")
+    E, P, r, c = params["E"], params["P"], params["r"], params["c"]
+    Wout = _out_matrix(params)
+    H = E.shape[1]
+    h = recur(E[tokens][:, None, :], r, np.zeros((1, H), E.dtype))[:, 0, :]
+    n = len(tokens) - 1
+
+    def moments(a: float) -> tuple[float, float, float]:
+        """Mean NLL at ``a`` and its first and second derivatives in ``a``."""
+        nll = grad = curv = 0.0
+        f = np.float32(a)
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            z = ((h[s:e] @ P) @ Wout.T + c).astype(np.float32)  # the model's own precision
+            p = z * f
+            m = p.max(axis=1, keepdims=True)
+            p -= m
+            np.exp(p, out=p)
+            norm = p.sum(axis=1, keepdims=True, dtype=np.float64)
+            p /= norm.astype(np.float32)
+            zy = z[np.arange(e - s), tokens[s + 1 : e + 1]].astype(np.float64)
+            p *= z
+            ez = p.sum(axis=1, dtype=np.float64)
+            p *= z
+            ez2 = p.sum(axis=1, dtype=np.float64)
+            nll += float((np.log(norm[:, 0]) + m[:, 0] - a * zy).sum())
+            grad += float((ez - zy).sum())
+            curv += float((ez2 - ez * ez).sum())
+        return nll / n, grad / n, curv / n
+
+    a = 1.0
+    nll, grad, curv = moments(a)
+    before = nll
+    for _ in range(max_iter):
+        if curv <= 0.0:  # every logit equal: any factor scores the same
+            break
+        step = grad / curv
+        new = a - step if a - step > 0.0 else 0.5 * a  # Newton, kept positive
+        new_nll, new_grad, new_curv = moments(new)
+        while new_nll > nll and abs(new - a) > tol * a:  # a convex function: halve back to a
+            new = 0.5 * (new + a)
+            new_nll, new_grad, new_curv = moments(new)
+        done = abs(new - a) <= tol * a
+        if new_nll <= nll:
+            a, nll, grad, curv = new, new_nll, new_grad, new_curv
+        if done:
+            break
+    return float(a), float(before), float(nll)
+
+
 def next_word_log_probs(
     params: dict, h: np.ndarray, classes: WordClasses | None = None
 ) -> np.ndarray:
@@ -1015,6 +1089,29 @@ class LinearRecurrentLM:
         x = self.params_["E"][context][:, None, :].astype(np.float32)
         h = recur(x, self.params_["r"].astype(np.float32), np.zeros((1, H), np.float32))
         return next_word_log_probs(self.params_, h[-1, 0], self.classes_)
+
+    def calibrate(self, tokens: np.ndarray) -> tuple[float, float, float]:
+        """Fit one factor on every logit to ``tokens`` (held-out text) and fold it into the weights.
+
+        :func:`fit_logit_scale` finds the factor ``a``; ``P`` and ``c`` are multiplied by it, so the
+        model stays an R-GLM of the same shape whose logits are ``a`` times the old ones (the input
+        side, ``E`` and ``R``, is unchanged). ``logit_scale_`` accumulates the factors folded in so
+        far.
+
+        Returns
+        -------
+        a : float
+        ppl_before, ppl_after : float
+            Perplexity of ``tokens[1:]`` before and after.
+        """
+        self._check_fitted()
+        if self.classes_ is not None:
+            raise ValueError("calibrate: class-factorised output layers are not supported")
+        a, before, after = fit_logit_scale(self.params_, tokens)
+        self.params_["P"] = (self.params_["P"] * np.float32(a)).astype(self.params_["P"].dtype)
+        self.params_["c"] = (self.params_["c"] * np.float32(a)).astype(self.params_["c"].dtype)
+        self.logit_scale_ = getattr(self, "logit_scale_", 1.0) * a
+        return a, float(np.exp(before)), float(np.exp(after))
 
     def timescales(self) -> np.ndarray:
         """Unit timescales in words (H,), ``-1/log|r|``."""

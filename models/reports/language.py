@@ -45,9 +45,14 @@ def write_report(folder: str | Path, rows: list[dict], model_path: str | Path) -
     plot_timescales(LinearRecurrentLM.load(model_path), folder / "timescales.png")
 
 
+def _epochs(meta: dict) -> str:
+    n = meta.get("epochs_done", "?")
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
 def _cost(meta: dict) -> str:
     return (
-        f"{meta.get('epochs_done', '?')} epochs, {meta.get('train_seconds') or float('nan'):.0f} s "
+        f"{_epochs(meta)}, {meta.get('train_seconds') or float('nan'):.0f} s "
         f"of training, {meta.get('tokens_per_s') or float('nan'):,.0f} tokens/s on average"
     )
 
@@ -66,12 +71,21 @@ def _fine_tuning(model: LinearRecurrentLM, meta: dict, init: dict) -> str:
         if init.get(k, getattr(model, k)) != getattr(model, k)
     ]
     return (
-        f" Then, from those weights, {meta.get('epochs_done', '?')} epochs with {output} softmax "
+        f" Then, from those weights, {_epochs(meta)} with {output} softmax "
         f"({model.optimizer}, lr {model.learning_rate or 2e-3:g}, annealed the same way; a fresh "
         f"optimiser, seed {model.seed}"
         + (f"; {', '.join(changed)}" if changed else "; the other settings the same")
         + f"): valid {init.get('valid_ppl') or float('nan'):.1f} → "
         f"{meta.get('valid_ppl') or float('nan'):.1f}."
+    )
+
+
+def _calibration(calibration: dict) -> str:
+    """The card's sentence on the temperature fitted by ``lm calibrate``."""
+    return (
+        f" Last, the softmax temperature fitted on {calibration['split']} (`lm calibrate`: every "
+        f"logit multiplied by {calibration['logit_scale']:.3f}, folded into `P` and `c`): valid "
+        f"{calibration['valid_ppl_before']:.1f} → {calibration['valid_ppl_after']:.1f}."
     )
 
 
@@ -106,6 +120,9 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
     command = meta.get("command", "(command not recorded in the weights file)")
     if init:
         command = f"{init['command']}\n{command}"
+    calibration = meta.get("calibration") or {}
+    if calibration:
+        command += f"\n{calibration['command']}"
     shipped = f"models/weights/{model_path.name}"
     trained_to = re.findall(r"--out (\S+)", command)  # the last command's is the model's
     if trained_to and trained_to[-1] != shipped:
@@ -172,7 +189,8 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
         f"{base['optimizer']} (lr {lr:g}, multiplied by {base['anneal']} whenever "
         "validation perplexity improves by less than 0.5 % in an epoch), gradient-norm clip 5, "
         f"seed {base['seed']}; {averaging}the best epoch on valid is kept."
-        + (_fine_tuning(model, meta, init) if init else ""),
+        + (_fine_tuning(model, meta, init) if init else "")
+        + (_calibration(calibration) if calibration else ""),
         "",
         "## Reproduce",
         "",
@@ -192,8 +210,12 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
         "load).",
         "",
         f"**Results (perplexity, exact, the {storage} weights as shipped).** "
-        f"Valid {meta.get('valid_ppl', float('nan')):.1f} (best epoch). "
-        f"Test {ppl.get('R-GLM', float('nan')):.1f}",
+        + (
+            f"Valid {calibration['valid_ppl_after']:.1f} (best epoch, calibrated). "
+            if calibration
+            else f"Valid {meta.get('valid_ppl', float('nan')):.1f} (best epoch). "
+        )
+        + f"Test {ppl.get('R-GLM', float('nan')):.1f}",
     ]
     tail = []
     if "dynamic R-GLM" in ppl:

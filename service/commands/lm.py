@@ -1,4 +1,4 @@
-"""``v1motion lm train|eval|score``: the linear recurrent language model offline."""
+"""``v1motion lm train|calibrate|eval|score``: the linear recurrent language model offline."""
 
 from __future__ import annotations
 
@@ -195,6 +195,20 @@ def add_parser(subparsers) -> None:
     )
     e.set_defaults(func=run_eval)
 
+    c = sub.add_parser(
+        "calibrate",
+        help="fit the softmax temperature on valid and fold it into the weights",
+        description="Fit one factor on every logit of a trained model to the valid split (the "
+        "softmax temperature that maximises its likelihood), fold it into the output projection "
+        "P and the biases c, and write the weights in the same storage (needs the research data "
+        "folder).",
+        epilog="example:\n  v1motion lm calibrate --model runs/lm/m.npz "
+        "--out models/weights/lm_ptb_rglm.npz",
+    )
+    c.add_argument("--model", type=Path, required=True, help="trained weights (.npz)")
+    c.add_argument("--out", type=Path, required=True, help="where to write the calibrated weights")
+    c.set_defaults(func=run_calibrate)
+
     s = sub.add_parser(
         "score",
         help="per-word surprisal of a text",
@@ -365,6 +379,51 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.card:
         write_card(args.card, args.model, rows)
         print(f"model card written to {args.card}")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from v1motion.models.language.data import load_ptb
+    from v1motion.models.language.rglm import LinearRecurrentLM
+
+    try:
+        model = LinearRecurrentLM.load(args.model)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if model.classes_ is not None:
+        print("error: calibrate supports the plain softmax only", file=sys.stderr)
+        return 2
+    done = getattr(model, "meta_", {}).get("calibration")
+    if done:
+        print(
+            f"error: {args.model} is already calibrated (logits x {done['logit_scale']}); "
+            "calibrate the weights it was made from",
+            file=sys.stderr,
+        )
+        return 2
+    _, data = load_ptb()
+    a, before, after = model.calibrate(data["valid"])
+    meta = dict(getattr(model, "meta_", {}))
+    meta["calibration"] = {
+        "logit_scale": round(float(model.logit_scale_), 6),
+        "split": "valid",
+        "valid_ppl_before": before,
+        "valid_ppl_after": after,
+        "command": f"v1motion lm calibrate --model {args.model.as_posix()} "
+        f"--out {args.out.as_posix()}",
+    }
+    path = model.save(
+        args.out,
+        half=model.word_storage_ == "float16",
+        int8=model.word_storage_ == "int8",
+        half_p=model.p_storage_ == "float16",
+        meta=meta,
+    )
+    print(
+        f"logits x {a:.4f} (temperature {1 / a:.4f}): valid ppl {before:.2f} -> {after:.2f}; "
+        f"weights in {path}"
+    )
     return 0
 
 

@@ -49,3 +49,9 @@ def planted() -> Planted:
     unigram = float(np.exp(-np.mean(np.log(counts[held[1:]] / counts.sum()))))
     true = float(np.exp(-stream_log_probs(params, held)[0].mean()))
     return Planted(train, held, V, unigram, true)
+
+
+@pytest.fixture(scope="session")
+def planted_stream() -> tuple[np.ndarray, dict]:
+    """20,000 words of 12 and the parameters of the planted model (4 hidden units) that drew them."""
+    return sample_planted(12, 4, 20000)

@@ -121,3 +121,36 @@ def test_train_init_fine_tunes_an_earlier_run_and_its_card_says_how(tmp_path, ca
     assert "warm_start" in capsys.readouterr().err
     assert main([*tune, "--init", str(tmp_path / "missing.npz")]) == 2
     assert "--init" in capsys.readouterr().err
+
+
+def test_calibrate_command_fits_the_temperature_on_valid_and_keeps_the_storage(tmp_path, capsys):
+    from v1motion.models.reports.language import write_card
+
+    vocab, data = load_ptb()
+    model = LinearRecurrentLM(n_hidden=4, seed=0)
+    model.vocab_ = vocab
+    unigram = np.bincount(data["train"], minlength=len(vocab)).astype(np.float64)
+    model.params_ = model.init_params(len(vocab), unigram)  # a unigram model, and a little noise
+    model.params_["P"] *= 3.0  # logits three times too sharp
+    model.params_["c"] *= 3.0
+    command = "v1motion lm train --out runs/m.npz --hidden 4"
+    path = model.save(tmp_path / "m.npz", int8=True, meta={"command": command})
+    out = tmp_path / "cal.npz"
+    assert main(["lm", "calibrate", "--model", str(path), "--out", str(out)]) == 0
+    assert "valid ppl" in capsys.readouterr().out
+    cal = LinearRecurrentLM.load(out)
+    done = cal.meta_["calibration"]
+    assert done["valid_ppl_after"] < done["valid_ppl_before"]
+    assert done["valid_ppl_before"] == pytest.approx(model.perplexity(data["valid"]), rel=1e-3)
+    assert done["valid_ppl_after"] == pytest.approx(cal.perplexity(data["valid"]), rel=1e-3)
+    assert done["logit_scale"] == pytest.approx(1 / 3, rel=0.05)
+    assert cal.word_storage_ == "int8" and cal.p_storage_ == "float32"
+    assert cal.meta_["command"] == command  # the training record travels with the weights
+    np.testing.assert_array_equal(cal.params_["E"], LinearRecurrentLM.load(path).params_["E"])
+    # a calibrated file is not calibrated again
+    assert main(["lm", "calibrate", "--model", str(out), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "already calibrated" in capsys.readouterr().err
+    # the card names the step and the command that made it
+    card = write_card(tmp_path / "card.md", out, [{"model": "R-GLM", "ppl": 500.0}]).read_text()
+    assert f"lm calibrate --model {path.as_posix()} --out {out.as_posix()}" in card
+    assert "softmax temperature fitted on valid" in card and "(best epoch, calibrated)" in card

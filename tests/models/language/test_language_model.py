@@ -8,11 +8,13 @@ import pytest
 import tests.naive_language as naive_language
 from v1motion.models.datasets import shared_data_dir
 from v1motion.models.language.data import Vocabulary, load_ptb
+from v1motion.models.language.kernels import WordClasses
 from v1motion.models.language.rglm import (
     R_MAX,
     LinearRecurrentLM,
     dequantize_rows,
     dynamic_step,
+    fit_logit_scale,
     gradient_rms,
     loss_and_grads,
     max_norm_rows,
@@ -20,6 +22,7 @@ from v1motion.models.language.rglm import (
     recur,
     rms_dynamic_step,
     rms_rates,
+    stream_log_probs,
     timescales,
 )
 
@@ -556,3 +559,54 @@ def test_a_few_seconds_of_ptb_training_beats_the_unigram_model():
     counts = np.bincount(train, minlength=len(vocab)) + 0.5
     unigram = np.exp(-np.mean(np.log(counts[held[1:]] / counts.sum())))
     assert model.perplexity(held) < 0.75 * unigram  # ~410 against ~740
+
+
+def _scaled(params, a):
+    return {k: v if k not in ("P", "c") else v * a for k, v in params.items()}
+
+
+def test_fit_logit_scale_recovers_a_planted_temperature(planted_stream):
+    seq, params = planted_stream
+    # the model that generated the stream needs no correction ...
+    a, before, after = fit_logit_scale(params, seq)
+    assert a == pytest.approx(1.0, abs=0.05)
+    # ... and logits made 1.6 times too sharp are brought back
+    a, before, after = fit_logit_scale(_scaled(params, 1.6), seq)
+    assert a == pytest.approx(1 / 1.6, rel=0.05)
+    assert after < before
+    # the factor is the likelihood's maximum (the mean NLL through the plain stream scorer)
+    nll = lambda f: -stream_log_probs(_scaled(params, 1.6 * f), seq)[0].mean()  # noqa: E731
+    assert nll(a) == pytest.approx(after, rel=1e-6)
+    assert nll(a) < nll(a * 0.98) and nll(a) < nll(a * 1.02)
+    assert nll(1.0) == pytest.approx(before, rel=1e-6)
+
+
+def test_calibrate_folds_the_factor_into_the_output_and_leaves_the_input_alone(rng):
+    V, H = 20, 6
+    model = LinearRecurrentLM(n_hidden=H)
+    model.vocab_ = _vocab(V)
+    model.params_ = _random_params(rng, V, H, dtype=np.float32)
+    model.classes_ = None
+    tokens = rng.integers(0, V, 3000)
+    old = {k: None if v is None else v.copy() for k, v in model.params_.items()}
+    context = tokens[:50]
+    h = recur(old["E"][context][:, None, :], old["r"], np.zeros((1, H), np.float32))[-1, 0]
+    logits = (h @ old["P"]) @ old["E"].T + old["c"]
+    a, before, after = model.calibrate(tokens)
+    assert a > 0 and model.logit_scale_ == a and after <= before
+    np.testing.assert_array_equal(model.params_["E"], old["E"])
+    np.testing.assert_array_equal(model.params_["r"], old["r"])
+    np.testing.assert_allclose(model.params_["P"], old["P"] * a, rtol=1e-6)
+    want = logits * a - np.log(np.exp(logits * a - (logits * a).max()).sum()) - (logits * a).max()
+    np.testing.assert_allclose(model.next_word_log_probs(context), want, atol=1e-4)
+    assert model.perplexity(tokens) == pytest.approx(after, rel=1e-6)
+    assert np.exp(-stream_log_probs(old, tokens)[0].mean()) == pytest.approx(before, rel=1e-6)
+
+
+def test_calibrate_refuses_class_factorised_models(rng):
+    model = LinearRecurrentLM(n_hidden=4, n_classes=3)
+    model.vocab_ = _vocab(12)
+    model.params_ = model.init_params(12)
+    model.classes_ = WordClasses(np.arange(12) % 3)  # as a class-factorised fit leaves it
+    with pytest.raises(ValueError, match="class-factorised"):
+        model.calibrate(rng.integers(0, 12, 100))
