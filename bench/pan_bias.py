@@ -1,6 +1,6 @@
 """Is the engine's direction error on fast pans a bias of the direction, or of the image? (issue 11)
 
-    python bench/pan_bias.py [--speed 8] [--size 320x240] [--repeats 2]
+    python bench/pan_bias.py [--speed 8] [--size 320x240] [--repeats 2] [--with-training-stills]
 
 Pans each held-out still (``HELDOUT_STILLS``) in each of the accuracy benchmark's 16 directions at one
 speed, with the benchmark's sequences (16 frames, scored on frames 8, 10, 12, 14), ``--repeats`` random
@@ -19,6 +19,7 @@ import numpy as np
 
 from v1motion.models.motion import motion_eval as me
 from v1motion.models.motion.engine import MotionEngine
+from v1motion.models.motion.stimuli import TRAIN_STILLS
 
 
 def signed_deg(a, b):
@@ -30,6 +31,12 @@ def main() -> None:
     p.add_argument("--speed", type=float, default=8.0)
     p.add_argument("--size", default="320x240")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument(
+        "--with-training-stills",
+        action="store_true",
+        help="also pan the read-out's training stills (first), and print what subtracting their "
+        "mean signed error per direction (a fixed calibration) would do to the held-out stills",
+    )
     args = p.parse_args()
     w, h = me.parse_size(args.size)
     shape = (h, w)
@@ -38,6 +45,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n_frames, scored = 16, range(8, 16, 2)
     stills = me.HELDOUT_STILLS
+    if args.with_training_stills:
+        stills = TRAIN_STILLS + stills
     directions = me._directions(16)
     out = np.zeros((len(directions), len(stills), 3))
     for k, name in enumerate(stills):
@@ -65,8 +74,20 @@ def main() -> None:
         row = " | ".join(f"{g:+6.1f} / {c:+6.1f}, {s:4.1f}" for g, c, s in out[i])
         print(f"{np.rad2deg(d):9.1f} | {row}")
     print("median |dominant error| per still:", np.round(np.median(np.abs(out[:, :, 0]), 0), 1))
-    print("correlation of the stills' signed dominant errors over directions:")
-    print(np.round(np.corrcoef(out[:, :, 0].T), 2))
+    held = [stills.index(n) for n in me.HELDOUT_STILLS]
+    print("correlation of the held-out stills' signed dominant errors over directions:")
+    print(np.round(np.corrcoef(out[:, held, 0].T), 2))
+    if args.with_training_stills:
+        train = out[:, : len(TRAIN_STILLS), 0].mean(axis=1)
+        print(
+            "a fixed calibration: the training stills' mean signed error per direction, subtracted"
+        )
+        for k in held:
+            e = out[:, k, 0]
+            print(
+                f"{stills[k]}: correlation with it {np.corrcoef(e, train)[0, 1]:+.2f}, median "
+                f"|dominant error| {np.median(np.abs(e)):.1f} -> {np.median(np.abs(e - train)):.1f}"
+            )
 
 
 if __name__ == "__main__":
