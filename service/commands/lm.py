@@ -391,10 +391,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if model.classes_ is not None:
-        print("error: calibrate supports the plain softmax only", file=sys.stderr)
-        return 2
-    done = getattr(model, "meta_", {}).get("calibration")
+    done = model.meta_.get("calibration")
     if done:
         print(
             f"error: {args.model} is already calibrated (logits x {done['logit_scale']}); "
@@ -403,10 +400,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
         )
         return 2
     _, data = load_ptb()
-    a, before, after = model.calibrate(data["valid"])
-    meta = dict(getattr(model, "meta_", {}))
+    try:
+        a, before, after = model.calibrate(data["valid"])
+    except ValueError as exc:  # e.g. a class-factorised output layer
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    meta = dict(model.meta_)
     meta["calibration"] = {
-        "logit_scale": round(float(model.logit_scale_), 6),
+        "logit_scale": round(a, 6),
         "split": "valid",
         "valid_ppl_before": before,
         "valid_ppl_after": after,
