@@ -3,7 +3,7 @@
 Drawing only; the numbers come from the motion engine and :mod:`v1motion.models.motion.motion_summary`.
 Colour wheel: hue = direction (red = right, then counter-clockwise as seen: yellow-green = up,
 cyan = left, blue-violet = down), opacity = confidence; arrows point the way things move, their length
-grows with speed.
+grows with the logarithm of the speed, on the dashboard's scale.
 """
 
 from __future__ import annotations
@@ -15,6 +15,12 @@ import cv2
 import numpy as np
 
 TWO_PI = 2.0 * np.pi
+ARROW_V0 = 0.25
+"""px/frame: the speed at which an arrow covers 1/log2(1 + ARROW_VMAX / ARROW_V0) of its full length."""
+ARROW_VMAX = 16.0
+"""px/frame: an arrow covers its full length (0.95 cell) from this speed. The dashboard draws its
+arrows with the same two numbers (``V0``, ``VMAX`` in ``web/app.js``), so a speed looks the same in
+both."""
 
 
 def direction_colours(direction: np.ndarray) -> np.ndarray:
@@ -88,7 +94,16 @@ def blend_cells(frame: np.ndarray, colours: np.ndarray, alpha: np.ndarray, cell:
     return out
 
 
-def arrow_segments(direction, speed, confidence, cell, min_confidence=0.3, arrow_gain=3.0):
+def arrow_fraction(speed) -> np.ndarray:
+    """The fraction of its full length (0.95 cell) an arrow covers at ``speed`` (px/frame):
+    ``log2(1 + v / ARROW_V0) / log2(1 + ARROW_VMAX / ARROW_V0)``, 1 from ``ARROW_VMAX`` on, 0 for
+    speeds that are not positive (as the dashboard's ``arrowFraction``)."""
+    v = np.asarray(speed, np.float64)
+    frac = np.log2(1.0 + np.maximum(v, 0.0) / ARROW_V0) / np.log2(1.0 + ARROW_VMAX / ARROW_V0)
+    return np.where(v > 0, np.minimum(frac, 1.0), 0.0)
+
+
+def arrow_segments(direction, speed, confidence, cell, min_confidence=0.3):
     """Line segments of the motion arrows, all at once.
 
     Returns
@@ -96,10 +111,11 @@ def arrow_segments(direction, speed, confidence, cell, min_confidence=0.3, arrow
     ndarray, shape (n_segments, 2, 2), int32
         Each row is ((x0, y0), (x1, y1)) in pixels: for every drawn arrow its shaft and the two strokes
         of its head. Arrows start at cell centres, point along ``direction`` (y grows downwards on
-        screen, so up is -y) and are ``arrow_gain * speed`` long, capped at 0.95 cell; cells below
-        ``min_confidence`` or shorter than 1 px get none.
+        screen, so up is -y) and are ``0.95 * cell * arrow_fraction(speed)`` long (the logarithm of
+        the speed: a full cell from 16 px/frame); cells below ``min_confidence`` or shorter than 1 px
+        get none.
     """
-    length = np.minimum(np.asarray(speed, np.float64) * arrow_gain, 0.95 * cell)
+    length = 0.95 * cell * arrow_fraction(speed)
     keep = (np.asarray(confidence) >= min_confidence) & (length >= 1.0)
     ii, jj = np.nonzero(keep)
     if len(ii) == 0:
@@ -116,8 +132,8 @@ def arrow_segments(direction, speed, confidence, cell, min_confidence=0.3, arrow
     return np.round(np.concatenate(segs)).astype(np.int32)
 
 
-def _draw_arrows(out, direction, speed, confidence, cell, min_confidence, arrow_gain) -> None:
-    segs = arrow_segments(direction, speed, confidence, cell, min_confidence, arrow_gain)
+def _draw_arrows(out, direction, speed, confidence, cell, min_confidence) -> None:
+    segs = arrow_segments(direction, speed, confidence, cell, min_confidence)
     if len(segs):
         cv2.polylines(out, list(segs), False, (255, 255, 255), 1, cv2.LINE_AA)
 
@@ -131,7 +147,6 @@ def draw_overlay(
     *,
     opacity: float = 0.55,
     min_confidence: float = 0.3,
-    arrow_gain: float = 3.0,
 ) -> np.ndarray:
     """Draw a motion map over a frame.
 
@@ -146,9 +161,8 @@ def draw_overlay(
     opacity : float
         Opacity of the colour layer where confidence is 1.
     min_confidence : float
-        Cells below this get no arrow.
-    arrow_gain : float
-        Arrow length in pixels per (pixel per frame) of speed, capped at one cell.
+        Cells below this get no arrow. Arrow lengths grow with the logarithm of the speed
+        (:func:`arrow_fraction`), as on the dashboard.
 
     Returns
     -------
@@ -158,7 +172,7 @@ def draw_overlay(
     h, w = frame.shape[:2]
     alpha = np.clip(confidence, 0, 1).astype(np.float32) * np.float32(opacity)
     out = blend_cells(frame, direction_colours(direction), alpha, cell)
-    _draw_arrows(out, direction, speed, confidence, cell, min_confidence, arrow_gain)
+    _draw_arrows(out, direction, speed, confidence, cell, min_confidence)
     legend = max(16, min(h, w) // 8)
     if legend + 4 < min(h, w):
         wheel, mask = _legend(legend)

@@ -1,5 +1,9 @@
 """v1motion.service.render: overlay colours and arrows follow the direction convention (pi/2 = up on screen)."""
 
+import math
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -53,13 +57,14 @@ def test_arrow_shafts_match_a_cell_by_cell_loop(rng):
     from v1motion.service.render import arrow_segments
 
     d = rng.uniform(0, 2 * np.pi, (5, 7))
-    s = rng.uniform(0, 6, (5, 7))
+    s = rng.uniform(0, 24, (5, 7))
     c = rng.uniform(0, 1, (5, 7))
     segs = arrow_segments(d, s, c, cell=16)
     shafts = []
     for i in range(5):
         for j in range(7):
-            length = min(s[i, j] * 3.0, 0.95 * 16)
+            frac = math.log2(1 + s[i, j] / 0.25) / math.log2(1 + 16 / 0.25)
+            length = 0.95 * 16 * min(frac, 1.0)
             if c[i, j] < 0.3 or length < 1.0:
                 continue
             x0, y0 = (j + 0.5) * 16, (i + 0.5) * 16
@@ -113,3 +118,30 @@ def test_matplotlib_is_imported_by_the_preload_not_by_the_module():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["False", "True"], out.stderr
+
+
+def test_arrow_fraction_is_log_scaled_to_a_full_cell_at_16_px_per_frame():
+    from v1motion.service.render import arrow_fraction
+
+    f = arrow_fraction(np.array([-1.0, 0.0, 0.25, 1.0, 4.0, 16.0, 40.0, np.nan]))
+    np.testing.assert_allclose(f[:2], 0.0)
+    np.testing.assert_allclose(f[2], 1 / math.log2(65))  # log2(1 + 1) / log2(1 + 64)
+    np.testing.assert_allclose(f[5:7], 1.0)
+    assert f[7] == 0.0  # no speed, no arrow
+    assert 0 < f[2] < f[3] < f[4] < f[5]
+    # Each doubling of speed adds about the same length (a linear scale capped at a cell, as before,
+    # drew 8 and 16 px/frame alike).
+    steps = np.diff(arrow_fraction(np.array([1.0, 2.0, 4.0, 8.0, 16.0])))
+    assert steps.min() > 0.6 * steps.max()
+
+
+def test_overlay_and_dashboard_draw_arrows_on_one_scale():
+    from v1motion.service.render import ARROW_V0, ARROW_VMAX
+
+    js = (Path(__file__).parents[2] / "web" / "app.js").read_text()
+    v0 = re.search(r"^const V0 = ([0-9.]+);", js, re.M)
+    vmax = re.search(r"^const VMAX = ([0-9.]+);", js, re.M)
+    assert v0 and vmax, "web/app.js no longer defines V0 and VMAX"
+    assert float(v0.group(1)) == ARROW_V0
+    assert float(vmax.group(1)) == ARROW_VMAX
+    assert "Math.log2(1 + v / V0) / Math.log2(1 + VMAX / V0)" in js
