@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from v1motion.models.motion.engine import MOVING_FROM
+
 TWO_PI = 2.0 * np.pi
 ARROW_V0 = 0.25
 """px/frame: the speed at which an arrow covers 1/log2(1 + ARROW_VMAX / ARROW_V0) of its full length."""
@@ -146,7 +148,7 @@ def draw_overlay(
     cell: int,
     *,
     opacity: float = 0.55,
-    min_confidence: float = 0.3,
+    moving_from: tuple[float, float] = MOVING_FROM,
 ) -> np.ndarray:
     """Draw a motion map over a frame.
 
@@ -160,9 +162,11 @@ def draw_overlay(
         Side of a grid cell in frame pixels.
     opacity : float
         Opacity of the colour layer where confidence is 1.
-    min_confidence : float
-        Cells below this get no arrow. Arrow lengths grow with the logarithm of the speed
-        (:func:`arrow_fraction`), as on the dashboard.
+    moving_from : (lo, hi)
+        Which cells are drawn, as the dashboard draws them (the engine's ``MOVING_FROM``): cells
+        below ``lo`` get neither colour nor arrow; the dashboard fades arrows in from ``lo`` to
+        ``hi``, the overlay draws them (white, no fading) from halfway. Arrow lengths grow with the
+        logarithm of the speed (:func:`arrow_fraction`), as on the dashboard.
 
     Returns
     -------
@@ -170,9 +174,11 @@ def draw_overlay(
         A new frame; the input is not modified.
     """
     h, w = frame.shape[:2]
-    alpha = np.clip(confidence, 0, 1).astype(np.float32) * np.float32(opacity)
+    lo, hi = moving_from
+    conf = np.clip(confidence, 0, 1).astype(np.float32)
+    alpha = np.where(conf >= lo, conf * np.float32(opacity), np.float32(0.0))
     out = blend_cells(frame, direction_colours(direction), alpha, cell)
-    _draw_arrows(out, direction, speed, confidence, cell, min_confidence)
+    _draw_arrows(out, direction, speed, confidence, cell, (lo + hi) / 2)
     legend = max(16, min(h, w) // 8)
     if legend + 4 < min(h, w):
         wheel, mask = _legend(legend)

@@ -40,6 +40,22 @@ def test_overlay_tints_by_confidence_and_keeps_the_input():
     assert np.all(frame == 100)
 
 
+def test_overlay_draws_the_cells_the_dashboard_draws():
+    """Cells below MOVING_FROM[0] (the dashboard draws nothing there, and they count nowhere) stay
+    untouched; from there a cell is tinted, and from halfway up the dashboard's arrow fade it gets an
+    arrow."""
+    from v1motion.models.motion.engine import MOVING_FROM
+
+    lo, hi = MOVING_FROM
+    conf = np.array([[lo - 0.05, lo + 0.02, (lo + hi) / 2 + 0.02, 1.0]])
+    frame = np.full((32, 128, 3), 100, np.uint8)
+    out = draw_overlay(frame, np.zeros((1, 4)), np.full((1, 4), 4.0), conf, cell=32).astype(int)
+    tinted = [bool(np.any(out[:, 32 * j : 32 * j + 32] != 100)) for j in range(4)]
+    assert tinted == [False, True, True, True]
+    white = [bool(np.any(out[:, 32 * j : 32 * j + 32].min(axis=-1) > 200)) for j in range(4)]
+    assert white == [False, False, True, True]
+
+
 def test_summary_figure_is_a_png(tmp_path):
     path = tmp_path / "s.png"
     bins = np.arange(8) * np.pi / 4
