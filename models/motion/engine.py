@@ -793,10 +793,11 @@ class MotionEngine:
     def _read_on_two_threads(self, state: StreamState, prev, fine, c_codes, shape, c_shape):
         """``read`` with the coarse read, the work split between this thread and the helper.
 
-        The helper takes, in this order, the last patches of the fine read's fold, then the whole
-        coarse read (decoded whether or not the frame turns out to need it: the helper would
-        otherwise wait) and the fine read's axes; this thread takes the fine read's gate, the first
-        patches of its fold and its decoding. The same numbers as on one thread."""
+        The helper takes, in this order, the last patches of the fine read's fold, the fine read's
+        change gate, then the whole coarse read (decoded whether or not the frame turns out to need
+        it: the helper would otherwise wait) and the fine read's axes; this thread takes the first
+        patches of the fold and the fine read's decoding, which it gates once both are done. The
+        same numbers as on one thread."""
         if self.mt is None:
             raise RuntimeError("this engine has no MT read-out: load one with mt_path=")
         hists = self._new_hists()
@@ -809,14 +810,19 @@ class MotionEngine:
             axes = self._axis_coherence(fine[0], cells) if self.aperture is not None else None
             return coarse, axes
 
+        # FIFO on the one helper: its share of the fold, the gate, then the coarse read.
+        gate_job = self._pool.submit(self._fine_gate, state, prev[0], fine[0], shape)
         job = self._pool.submit(helper)
         try:
-            gate = self._fine_gate(state, prev[0], fine[0], shape)
             self._fold_finish(pending)
-            fine_map = self._decode(state.acc, fine, shape, gate, executor=None)
+            direction, speed, conf = self._decode(state.acc, fine, shape, None, executor=None)
+            gate = gate_job.result()
+            if gate is not None:  # as ``_decode`` gates: last
+                conf *= gate
         finally:  # the helper writes to `state`: never return (or raise) while it still runs
-            wait([job, pending[-1]])
+            wait([gate_job, job, pending[-1]])
         coarse, axes = job.result()
+        fine_map = direction, speed, conf
         return self._combine(state, fine, hists, fine_map, lambda: coarse, lambda: axes)
 
     @staticmethod
