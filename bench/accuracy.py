@@ -22,6 +22,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shlex  # noqa: E402
@@ -271,6 +272,11 @@ def main(argv=None) -> int:
         help="the engine's change gate (code change mapped from LO-HI to a factor on confidence), "
         "or 'off'; default the engine's CHANGE_GATE",
     )  # fmt: skip
+    ap.add_argument(
+        "--tau", type=float, default=None, metavar="FRAMES",
+        help="the read-out's temporal average (exponential, frames; it also averages the change "
+        "gate's code change); default the one the MT read-out was fitted with",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--md", type=Path, default=None, help="write the tables as Markdown here")
     args = ap.parse_args(argv)
@@ -286,6 +292,10 @@ def main(argv=None) -> int:
     engine = load_engine(args.engine)
     if args.change_gate is not None:
         engine.change_gate = parse_gate(args.change_gate)
+    if args.tau is not None:
+        if not args.tau >= 1.0:
+            raise SystemExit(f"--tau {args.tau}: expected at least 1 frame")
+        engine.pooling = dataclasses.replace(engine.pooling, tau=args.tau)
     engine.warmup()
     methods = [me.EngineMethod(engine)]
     if not args.no_flow:
@@ -316,7 +326,7 @@ def main(argv=None) -> int:
         f"# {command}\n"
         f"# engine: {engine_name}"
         + (f" ({rel(DEFAULT_WEIGHTS)})" if args.engine == "default" else "")
-        + f"; change gate {engine.change_gate}; seed {args.seed}; {'quick' if args.quick else 'full'} mode; "
+        + f"; change gate {engine.change_gate}; tau {engine.pooling.tau:g} frames; seed {args.seed}; {'quick' if args.quick else 'full'} mode; "
         f"{total:.0f} s wall clock on one thread"
     )
     main_table = table(rows)
@@ -331,6 +341,7 @@ def main(argv=None) -> int:
             "command": command,
             "engine": engine_name,
             "change_gate": engine.change_gate,
+            "tau_frames": engine.pooling.tau,
             "seed": args.seed,
             "quick": args.quick,
             "sizes": [f"{w}x{h}" for w, h in sizes],
