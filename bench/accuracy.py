@@ -38,7 +38,13 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from v1motion.models.motion import motion_eval as me  # noqa: E402
-from v1motion.models.motion.engine import DEFAULT_MT, DEFAULT_WEIGHTS, MotionEngine  # noqa: E402
+from v1motion.models.motion.engine import (  # noqa: E402
+    DEFAULT_AXIS,
+    DEFAULT_MT,
+    DEFAULT_WEIGHTS,
+    MotionEngine,
+    load_axis_calibration,
+)
 
 cv2.setNumThreads(1)
 
@@ -126,17 +132,26 @@ in from its smoothness prior (on `cup.mp4` it shows much of the white wall movin
 """
 
 
-def load_engine(spec: str) -> MotionEngine:
-    if spec == "default":
-        return MotionEngine.load_default()
+def load_engine(spec: str, mt: str | None = None) -> MotionEngine:
+    """The engine of ``--engine`` (an ss-RNN) with the MT read-out of ``--mt`` (default: shipped)."""
+    mt_path = DEFAULT_MT
+    if mt is not None:
+        mt_path = Path(mt)
+        if spec == "random" or not mt_path.exists():
+            raise SystemExit(f"--mt {mt!r}: no such file, or --engine random (it has its own)")
     if spec == "random":
         return MotionEngine.random(seed=0)
-    path = Path(spec)
+    path = DEFAULT_WEIGHTS if spec == "default" else Path(spec)
     if not path.exists():
         raise SystemExit(
             f"--engine {spec!r}: no such file; use 'default', 'random' or a weights .npz"
         )
-    return MotionEngine.load(path, mt_path=DEFAULT_MT)  # another ss-RNN, the shipped MT read-out
+    if spec == "default" and mt is None:
+        return MotionEngine.load_default()
+    kw = {}
+    if spec == "default" and DEFAULT_AXIS.exists():  # the shipped ss-RNN's axis calibration
+        kw["axis_calibration"], kw["coherence_reference"] = load_axis_calibration(DEFAULT_AXIS)
+    return MotionEngine.load(path, mt_path=mt_path, **kw)
 
 
 def parse_gate(text: str) -> tuple[float, float] | None:
@@ -259,6 +274,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="few directions/speeds, 320x240 only")
     ap.add_argument("--engine", default="default", help="'default' (shipped weights), 'random' or a weights .npz")  # fmt: skip
+    ap.add_argument(
+        "--mt", default=None, metavar="NPZ",
+        help="an MT read-out (v1motion fit-readout --out) instead of the shipped one",
+    )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sizes", default=None, help="comma-separated WxH (default 320x240,640x480; quick 320x240)")  # fmt: skip
     ap.add_argument(
@@ -289,7 +308,7 @@ def main(argv=None) -> int:
     default_sizes = "320x240" if args.quick else ",".join(f"{w}x{h}" for w, h in me.SIZES)
     sizes = [me.parse_size(s) for s in (args.sizes or default_sizes).split(",")]
 
-    engine = load_engine(args.engine)
+    engine = load_engine(args.engine, args.mt)
     if args.change_gate is not None:
         engine.change_gate = parse_gate(args.change_gate)
     if args.tau is not None:
@@ -322,6 +341,8 @@ def main(argv=None) -> int:
     total = time.perf_counter() - t_all
 
     engine_name = args.engine if args.engine in ("default", "random") else rel(Path(args.engine))
+    if args.mt is not None:
+        engine_name += f" with the MT read-out {rel(Path(args.mt))}"
     header = (
         f"# {command}\n"
         f"# engine: {engine_name}"

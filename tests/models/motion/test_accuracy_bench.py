@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 _PATH = Path(__file__).resolve().parents[3] / "bench" / "accuracy.py"
@@ -39,3 +40,18 @@ def test_tau_sets_the_read_outs_average_and_is_recorded(tmp_path, monkeypatch):
               "--out", str(out)])  # fmt: skip
     assert seen == [3.0]
     assert json.loads(out.read_text())["tau_frames"] == 3.0
+
+
+def test_an_mt_read_out_that_is_not_there_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="--mt"):
+        acc.main(["--mt", str(tmp_path / "none.npz"), "--families", "still", "--no-flow"])
+
+
+def test_mt_replaces_the_read_out_and_keeps_the_shipped_axis_calibration():
+    from v1motion.models.motion.engine import DEFAULT_MT, MotionEngine
+
+    shipped = MotionEngine.load_default()
+    engine = acc.load_engine("default", str(DEFAULT_MT))
+    np.testing.assert_array_equal(engine.mt.proj_, shipped.mt.proj_)
+    np.testing.assert_array_equal(engine.axis_calibration, shipped.axis_calibration)
+    np.testing.assert_array_equal(engine.coherence_reference, shipped.coherence_reference)
