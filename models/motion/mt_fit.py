@@ -163,7 +163,9 @@ def collect(engine, n_sequences: int, seed: int = 0, cells_per_frame: int = 20, 
     """Run training sequences through ``engine.encode`` and pool per-unit activity like the live read.
 
     Returns ``x (n, L, N)``, ``total (n, L)``, ``direction (n,)``, ``speed (n,)``, ``weight (n,)``;
-    the last rows of every sequence's scored frames are whole-frame features (weighted more).
+    the last rows of every sequence's scored frames are whole-frame features (weighted more). ``x``
+    (3.4 GB for the shipped read-out's data) is written into one array as the rows come, never
+    held twice.
     """
     from tqdm import tqdm
 
@@ -172,7 +174,17 @@ def collect(engine, n_sequences: int, seed: int = 0, cells_per_frame: int = 20, 
     kinds = list(KINDS)
     probs = np.array([KINDS[k] for k in kinds])
     n_units = engine.model.n_units
-    xs, ts, ds, ss, ws = [], [], [], [], []
+    ts, ds, ss, ws = [], [], [], []
+    x, n = None, 0  # rows are written to x[n:]; it is made at the first, with room for the most
+
+    def add(rows: np.ndarray) -> None:
+        nonlocal x, n
+        if x is None:
+            most = n_sequences * len(SCORED) * (cells_per_frame + 1)
+            x = np.empty((most, *rows.shape[1:]), np.float32)
+        x[n : n + len(rows)] = rows
+        n += len(rows)
+
     for _ in tqdm(range(n_sequences), desc="read-out data", disable=not progress):
         kind = kinds[rng.choice(len(kinds), p=probs / probs.sum())]
         frames, (tdir, tspeed) = make_sequence(kind, rng)
@@ -183,19 +195,19 @@ def collect(engine, n_sequences: int, seed: int = 0, cells_per_frame: int = 20, 
             ok = np.argwhere(np.isfinite(tspeed))
             pick = ok[rng.choice(len(ok), min(cells_per_frame, len(ok)), replace=False)]
             f = cells[pick[:, 0], pick[:, 1]]
-            xs.append(f[..., :n_units])
-            ts.append(f[..., n_units])
+            add(f[..., :n_units])
+            ts.append(f[..., n_units].copy())  # a view would keep all of f alive
             ds.append(tdir[pick[:, 0], pick[:, 1]])
             ss.append(tspeed[pick[:, 0], pick[:, 1]])
             ws.append(np.ones(len(pick), np.float32))
             if kind != "object":
                 whole = pooling.whole(accs)
-                xs.append(whole[None, :, :n_units])
-                ts.append(whole[None, :, n_units])
+                add(whole[None, :, :n_units])
+                ts.append(whole[None, :, n_units].copy())
                 ds.append(tdir[:1, 0])
                 ss.append(tspeed[:1, 0])
                 ws.append(np.full(1, 4.0, np.float32))
-    return (np.concatenate(xs), np.concatenate(ts), np.concatenate(ds), np.concatenate(ss),
+    return (x[:n], np.concatenate(ts), np.concatenate(ds), np.concatenate(ss),
             np.concatenate(ws))  # fmt: skip
 
 
@@ -222,7 +234,7 @@ def fit_default(out: Path, sequences: int = 2500, levels: int = 4, hidden: int =
         t1 = time.time()
         log.info("read-out data: %d rows from %d sequences in %.0f s", len(x), sequences, t1 - t0)
         ro = MTReadout(n_hidden=hidden, epochs=epochs, seed=seed).fit(
-            x, total, d, s, weight=w,
+            x, total, d, s, weight=w, copy=False,  # x is not used after: normalised in place
             progress=lambda e, loss: log.info("read-out epoch %d: loss %.4f", e, loss),
         )  # fmt: skip
     command = (
