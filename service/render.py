@@ -51,6 +51,39 @@ def _legend(size: int) -> tuple[np.ndarray, np.ndarray]:
     return wheel, mask
 
 
+SCALE_SPEEDS = (0.5, 2.0, 8.0)
+"""px/frame: the arrows of the overlay's speed legend (the dashboard's legend shows the same three)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _speed_legend(cell: int) -> tuple[np.ndarray, np.ndarray]:
+    """The speed legend, made once per cell size: one map cell per speed of ``SCALE_SPEEDS`` with the
+    arrow the map draws at that speed (``arrow_segments``, so the lengths are the map's), labelled,
+    on a dark box. Returns the BGR image and the mask of its pixels."""
+    slot = max(cell, 22)
+    pad, text_h = 3, 11
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.32
+    unit_w = max(cv2.getTextSize(t, font, scale, 1)[0][0] for t in ("px/", "frame")) + 2
+    h, w = pad + cell + text_h + pad, pad + slot * len(SCALE_SPEEDS) + unit_w + pad
+    img = np.full((h, w, 3), 20, np.uint8)
+    for k, v in enumerate(SCALE_SPEEDS):
+        x0 = pad + k * slot + (slot - cell) // 2
+        cv2.rectangle(img, (x0, pad), (x0 + cell - 1, pad + cell - 1), (70, 70, 70), 1)
+        segs = arrow_segments(np.zeros((1, 1)), np.full((1, 1), v), np.ones((1, 1)), cell)
+        segs = segs + np.array([x0, pad], np.int32)
+        cv2.polylines(img, list(segs), False, (255, 255, 255), 1, cv2.LINE_AA)
+        label = f"{v:g}"
+        (tw, _), _ = cv2.getTextSize(label, font, scale, 1)
+        org = (pad + k * slot + (slot - tw) // 2, h - pad - 1)
+        cv2.putText(img, label, org, font, scale, (230, 230, 230), 1, cv2.LINE_AA)
+    unit_x = pad + len(SCALE_SPEEDS) * slot + 1
+    for text, y in (("px/", pad + cell // 2 + 3), ("frame", h - pad - 1)):
+        cv2.putText(img, text, (unit_x, y), font, scale, (230, 230, 230), 1, cv2.LINE_AA)
+    mask = np.ones((h, w), bool)
+    img.flags.writeable = mask.flags.writeable = False
+    return img, mask
+
+
 def blend_cells(frame: np.ndarray, colours: np.ndarray, alpha: np.ndarray, cell: int) -> np.ndarray:
     """Blend one colour per grid cell over a frame, with one opacity per cell.
 
@@ -112,10 +145,11 @@ def arrow_segments(direction, speed, confidence, cell, min_confidence=0.3):
     -------
     ndarray, shape (n_segments, 2, 2), int32
         Each row is ((x0, y0), (x1, y1)) in pixels: for every drawn arrow its shaft and the two strokes
-        of its head. Arrows start at cell centres, point along ``direction`` (y grows downwards on
-        screen, so up is -y) and are ``0.95 * cell * arrow_fraction(speed)`` long (the logarithm of
-        the speed: a full cell from 16 px/frame); cells below ``min_confidence`` or shorter than 1 px
-        get none.
+        of its head. As on the dashboard, arrows are centred on their cells (they stay inside them),
+        point along ``direction`` (y grows downwards on screen, so up is -y), are ``0.95 * cell *
+        arrow_fraction(speed)`` long (the logarithm of the speed: a full cell from 16 px/frame) and
+        their head strokes ``min(0.32 * cell, 0.6 * length)``; cells below ``min_confidence`` or
+        shorter than 1 px get none.
     """
     length = 0.95 * cell * arrow_fraction(speed)
     keep = (np.asarray(confidence) >= min_confidence) & (length >= 1.0)
@@ -125,9 +159,10 @@ def arrow_segments(direction, speed, confidence, cell, min_confidence=0.3):
     d = np.asarray(direction, np.float64)[ii, jj]
     ln = length[ii, jj]
     cx, cy = (jj + 0.5) * cell, (ii + 0.5) * cell
-    tx, ty = cx + ln * np.cos(d), cy - ln * np.sin(d)
-    head = 0.35 * ln
-    segs = [np.stack([np.stack([cx, cy], -1), np.stack([tx, ty], -1)], 1)]
+    hx, hy = 0.5 * ln * np.cos(d), -0.5 * ln * np.sin(d)  # half the shaft
+    sx, sy, tx, ty = cx - hx, cy - hy, cx + hx, cy + hy
+    head = np.minimum(0.32 * cell, 0.6 * ln)
+    segs = [np.stack([np.stack([sx, sy], -1), np.stack([tx, ty], -1)], 1)]
     for turn in (np.pi - 0.5, np.pi + 0.5):  # the two strokes of the head, swept back from the tip
         hx, hy = tx + head * np.cos(d + turn), ty - head * np.sin(d + turn)
         segs.append(np.stack([np.stack([tx, ty], -1), np.stack([hx, hy], -1)], 1))
@@ -183,6 +218,10 @@ def draw_overlay(
     if legend + 4 < min(h, w):
         wheel, mask = _legend(legend)
         out[4 : 4 + legend, w - 4 - legend : w - 4][mask] = wheel[mask]
+    scale, _ = _speed_legend(cell)
+    sh, sw = scale.shape[:2]
+    if sw + 8 <= w // 2 and sh + legend + 12 <= h:  # bottom right, where it fits beside the map
+        out[h - 4 - sh : h - 4, w - 4 - sw : w - 4] = scale
     return out
 
 

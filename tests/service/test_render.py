@@ -83,11 +83,51 @@ def test_arrow_shafts_match_a_cell_by_cell_loop(rng):
             length = 0.95 * 16 * min(frac, 1.0)
             if c[i, j] < 0.3 or length < 1.0:
                 continue
-            x0, y0 = (j + 0.5) * 16, (i + 0.5) * 16
-            x1, y1 = x0 + length * np.cos(d[i, j]), y0 - length * np.sin(d[i, j])
-            shafts.append([[x0, y0], [x1, y1]])
+            cx, cy = (j + 0.5) * 16, (i + 0.5) * 16  # centred on the cell, as on the dashboard
+            dx, dy = length * np.cos(d[i, j]) / 2, -length * np.sin(d[i, j]) / 2
+            shafts.append([[cx - dx, cy - dy], [cx + dx, cy + dy]])
     assert len(segs) == 3 * len(shafts)
     np.testing.assert_allclose(segs[: len(shafts)], np.round(shafts), atol=1)
+
+
+def test_arrows_stay_inside_their_cells(rng):
+    """Centred on their cells as on the dashboard: even a full-length arrow (0.95 cell) reaches no
+    neighbouring cell."""
+    from v1motion.service.render import arrow_segments
+
+    d = rng.uniform(0, 2 * np.pi, (6, 9))
+    s = rng.uniform(0, 40, (6, 9))
+    segs = arrow_segments(d, s, np.ones((6, 9)), cell=16).astype(float)
+    kept = np.argwhere(0.95 * 16 * np.minimum(np.log2(1 + s / 0.25) / np.log2(65), 1) >= 1)
+    shafts = segs[: len(kept)]
+    for (i, j), shaft in zip(kept, shafts, strict=True):
+        centre = np.array([(j + 0.5) * 16, (i + 0.5) * 16])
+        np.testing.assert_allclose(shaft.mean(axis=0), centre, atol=1)
+    for seg in segs.reshape(3, len(kept), 2, 2).transpose(1, 0, 2, 3):
+        lo, hi = seg.min(axis=(0, 1)), seg.max(axis=(0, 1))
+        cell = np.floor(seg[0].mean(axis=0) / 16)
+        assert np.all(lo >= cell * 16 - 1) and np.all(hi <= (cell + 1) * 16 + 1)
+
+
+def test_overlay_has_a_speed_legend_with_the_maps_arrow_lengths():
+    from v1motion.service.render import SCALE_SPEEDS, _speed_legend, arrow_fraction
+
+    legend, _ = _speed_legend(16)
+    lh, lw = legend.shape[:2]
+    frame = np.full((480, 640, 3), 100, np.uint8)
+    out = draw_overlay(frame, np.zeros((30, 40)), np.zeros((30, 40)), np.zeros((30, 40)), 16)
+    np.testing.assert_array_equal(out[480 - 4 - lh : 476, 640 - 4 - lw : 636], legend)
+    # each slot's arrow is as long as the map's arrow at that speed
+    slot = 22
+    for k, v in enumerate(SCALE_SPEEDS):
+        box = legend[3 : 3 + 16, 3 + k * slot : 3 + (k + 1) * slot].min(axis=-1)
+        cols = np.flatnonzero((box > 200).any(axis=0))
+        assert abs((cols[-1] - cols[0] + 1) - 0.95 * 16 * arrow_fraction(v)) <= 2.5
+    # no room on a small frame (a third of its width or more): no legend
+    small = draw_overlay(
+        frame[:120, :160], np.zeros((7, 10)), np.zeros((7, 10)), np.zeros((7, 10)), 16
+    )
+    np.testing.assert_array_equal(small[90:], 100)
 
 
 @pytest.mark.parametrize("shape, cell", [((48, 80), 16), ((50, 70), 16), ((32, 32), 8)])
