@@ -56,10 +56,10 @@ SCALE_SPEEDS = (0.5, 2.0, 8.0)
 
 
 @functools.lru_cache(maxsize=8)
-def _speed_legend(cell: int) -> tuple[np.ndarray, np.ndarray]:
+def _speed_legend(cell: int) -> np.ndarray:
     """The speed legend, made once per cell size: one map cell per speed of ``SCALE_SPEEDS`` with the
     arrow the map draws at that speed (``arrow_segments``, so the lengths are the map's), labelled,
-    on a dark box. Returns the BGR image and the mask of its pixels."""
+    on a dark box (BGR, read-only)."""
     slot = max(cell, 22)
     pad, text_h = 3, 11
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.32
@@ -79,9 +79,8 @@ def _speed_legend(cell: int) -> tuple[np.ndarray, np.ndarray]:
     unit_x = pad + len(SCALE_SPEEDS) * slot + 1
     for text, y in (("px/", pad + cell // 2 + 3), ("frame", h - pad - 1)):
         cv2.putText(img, text, (unit_x, y), font, scale, (230, 230, 230), 1, cv2.LINE_AA)
-    mask = np.ones((h, w), bool)
-    img.flags.writeable = mask.flags.writeable = False
-    return img, mask
+    img.flags.writeable = False
+    return img
 
 
 def blend_cells(frame: np.ndarray, colours: np.ndarray, alpha: np.ndarray, cell: int) -> np.ndarray:
@@ -218,7 +217,7 @@ def draw_overlay(
     if legend + 4 < min(h, w):
         wheel, mask = _legend(legend)
         out[4 : 4 + legend, w - 4 - legend : w - 4][mask] = wheel[mask]
-    scale, _ = _speed_legend(cell)
+    scale = _speed_legend(cell)
     sh, sw = scale.shape[:2]
     if sw + 8 <= w // 2 and sh + legend + 12 <= h:  # bottom right, where it fits beside the map
         out[h - 4 - sh : h - 4, w - 4 - sw : w - 4] = scale

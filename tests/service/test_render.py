@@ -112,7 +112,7 @@ def test_arrows_stay_inside_their_cells(rng):
 def test_overlay_has_a_speed_legend_with_the_maps_arrow_lengths():
     from v1motion.service.render import SCALE_SPEEDS, _speed_legend, arrow_fraction
 
-    legend, _ = _speed_legend(16)
+    legend = _speed_legend(16)
     lh, lw = legend.shape[:2]
     frame = np.full((480, 640, 3), 100, np.uint8)
     out = draw_overlay(frame, np.zeros((30, 40)), np.zeros((30, 40)), np.zeros((30, 40)), 16)
@@ -201,3 +201,11 @@ def test_overlay_and_dashboard_draw_arrows_on_one_scale():
     assert float(v0.group(1)) == ARROW_V0
     assert float(vmax.group(1)) == ARROW_VMAX
     assert "Math.log2(1 + v / V0) / Math.log2(1 + VMAX / V0)" in js
+    # the two legends show the same speeds, and arrows centred on their cells with the same head
+    from v1motion.service.render import SCALE_SPEEDS
+
+    speeds = re.search(r"^const SCALE_SPEEDS = \[([0-9., ]+)\];", js, re.M)
+    assert speeds, "web/app.js no longer defines SCALE_SPEEDS"
+    assert tuple(float(v) for v in speeds.group(1).split(",")) == SCALE_SPEEDS
+    assert "const tx = x + dx / 2, ty = y + dy / 2;" in js  # centred (arrow_segments' half shaft)
+    assert "const h = Math.min(head, len * 0.6);" in js and "cell * 0.32" in js
