@@ -38,13 +38,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from v1motion.models.motion import motion_eval as me  # noqa: E402
-from v1motion.models.motion.engine import (  # noqa: E402
-    DEFAULT_AXIS,
-    DEFAULT_MT,
-    DEFAULT_WEIGHTS,
-    MotionEngine,
-    load_axis_calibration,
-)
+from v1motion.models.motion.engine import DEFAULT_MT, DEFAULT_WEIGHTS, MotionEngine  # noqa: E402
 
 cv2.setNumThreads(1)
 
@@ -146,12 +140,11 @@ def load_engine(spec: str, mt: str | None = None) -> MotionEngine:
         raise SystemExit(
             f"--engine {spec!r}: no such file; use 'default', 'random' or a weights .npz"
         )
-    if spec == "default" and mt is None:
-        return MotionEngine.load_default()
-    kw = {}
-    if spec == "default" and DEFAULT_AXIS.exists():  # the shipped ss-RNN's axis calibration
-        kw["axis_calibration"], kw["coherence_reference"] = load_axis_calibration(DEFAULT_AXIS)
-    return MotionEngine.load(path, mt_path=mt_path, **kw)
+    if spec == "default":
+        return MotionEngine.load_default(mt_path=mt_path)
+    return MotionEngine.load(
+        path, mt_path=mt_path
+    )  # another ss-RNN: no axis calibration of its own
 
 
 def parse_gate(text: str) -> tuple[float, float] | None:

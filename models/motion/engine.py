@@ -545,14 +545,16 @@ class MotionEngine:
         return cls(model, readout, tuning, levels=levels, mt=mt, **kw)
 
     @classmethod
-    def load_default(cls, **kw) -> MotionEngine:
-        for path in (DEFAULT_WEIGHTS, DEFAULT_MT):
+    def load_default(cls, mt_path=DEFAULT_MT, **kw) -> MotionEngine:
+        """The shipped ss-RNN with its axis calibration and the shipped MT read-out, or the one at
+        ``mt_path`` (e.g. a refitted one, to compare)."""
+        for path in (DEFAULT_WEIGHTS, Path(mt_path)):
             if not path.exists():
                 raise FileNotFoundError(f"{path.name} missing: run `v1motion train`")
         if "axis_calibration" not in kw and DEFAULT_AXIS.exists():
             kw["axis_calibration"], reference = load_axis_calibration(DEFAULT_AXIS)
             kw.setdefault("coherence_reference", reference)
-        return cls.load(DEFAULT_WEIGHTS, mt_path=DEFAULT_MT, **kw)
+        return cls.load(DEFAULT_WEIGHTS, mt_path=mt_path, **kw)
 
     @classmethod
     def random(cls, seed: int = 0, n_atoms: int = 16, n_clones: int = 2, levels: int = 2, **kw):
