@@ -142,9 +142,8 @@ def load_engine(spec: str, mt: str | None = None) -> MotionEngine:
         )
     if spec == "default":
         return MotionEngine.load_default(mt_path=mt_path)
-    return MotionEngine.load(
-        path, mt_path=mt_path
-    )  # another ss-RNN: no axis calibration of its own
+    # another ss-RNN: the shipped axis calibration is not its own
+    return MotionEngine.load(path, mt_path=mt_path)
 
 
 def parse_gate(text: str) -> tuple[float, float] | None:
