@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numba  # noqa: F401  Numba reads its thread count when first imported: before the bench pins it
 import numpy as np
 import pytest
 
