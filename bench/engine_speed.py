@@ -9,8 +9,9 @@ BLAS and OpenCV run on one thread. The engine runs with ``threads=1`` (the refer
 bands and the coarser levels on a helper thread, the coarse read on the helper beside the fine one),
 on every frame size (``parallel_from_px=0``: by default the engine steps frames under
 ``PARALLEL_FROM_PX`` on one thread, where two measured slower); "run 2 thr" is ``MotionEngine.run``
-with two threads (a run of frames, as video jobs take them: each frame read, and the one after next
-whitened, while the next is encoded on a helper thread, one thread each); "encode" is the ss-RNN stage alone
+with two threads (a run of frames, as video jobs take them: each frame read, and a later one whitened,
+while the following ones are encoded on a helper thread, up to ``RUN_AHEAD`` ahead, one thread each);
+"encode" is the ss-RNN stage alone
 (pyramid to sparse codes), "step" adds the motion read-out, with the coarse read of fast motion ("one
 scale": without it). Both thread counts give identical codes.
 """
@@ -250,7 +251,7 @@ def main():
     for r in table:
         print(
             f"- {r['size']}: step {r['threads']:.2f}x, encode {r['encode_threads']:.2f}x, "
-            f"run (each frame read while the next is encoded) {r['run_threads']:.2f}x"
+            f"run (each frame read while the following are encoded) {r['run_threads']:.2f}x"
         )
     print("\nthe step with the coarse read of fast motion against one scale (median over rounds)")
     for r in table:

@@ -97,7 +97,7 @@ def targets(engine: dict, live: dict, jobs: dict, cold: list[float]) -> list[tup
     add("engine step, 1 thread, 640x480: frames/s (goal 300)", s640["fps"]["step 1 thr"], 150, "{:.0f}")  # fmt: skip
     add("engine step, 2 threads against 1, 640x480", s640["threads"], 1.7, "{:.2f}x")
     if "run_threads" in s640:
-        add("engine run of frames, 2 threads (next frame encoded ahead) against 1 thread, 640x480", s640["run_threads"], 1.7, "{:.2f}x")  # fmt: skip
+        add("engine run of frames, 2 threads (following frames encoded ahead) against 1 thread, 640x480", s640["run_threads"], 1.7, "{:.2f}x")  # fmt: skip
     one640, one320 = rows.get("one-640"), rows.get("one-320")
     if one640:
         add("live 640x480, 30 fps input: analysed frames/s", one640["stream fps"], 29, "{:.1f}")

@@ -99,7 +99,7 @@ def decode_only(path: Path, limits: Limits) -> tuple[int, float, float, list]:
 def engine_only(engine, frames: list, pools: bool = False, run: bool = False) -> tuple[float, list]:
     """Seconds to step every frame, and the motion maps; ``pools``: with BLAS and OpenCV thread
     pools of one thread per core (the libraries' defaults) instead of one thread; ``run``: through
-    ``engine.run`` (with two threads, the next frame encoded ahead), as jobs run."""
+    ``engine.run`` (with two threads, the following frames encoded ahead), as jobs run."""
     import cv2
     from threadpoolctl import threadpool_limits
 

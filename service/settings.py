@@ -217,8 +217,8 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="threads of each video job's engine: with 2, each frame's motion is read "
-        "and the frame after next whitened while the next frame is encoded (the same results, 1.7x "
-        "the frames/s of one at 640x480 on 2 cores). Unset: the cores shared among the video "
+        "and a later frame whitened while the following frames are encoded on the other (the "
+        "same results, 1.7x the frames/s of one at 640x480 on 2 cores). Unset: the cores shared among the video "
         "workers, at most 2 (2 with one worker on 2 cores, 1 with two); keep workers x threads <= "
         "cores. Ray tasks (ray_address) run theirs on one, as Ray schedules one CPU per task",
     )

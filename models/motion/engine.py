@@ -14,13 +14,14 @@ cells as shown.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import json
 import math
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +135,15 @@ and a higher latency in the live service), at 640x480 (307,200 px) faster (1.2-1
 CHANGE_CELLS = 3
 """The change gate (``CHANGE_GATE``) averages the code change over a box of this many cells (of
 ``Pooling.cell_px``) a side."""
+RUN_AHEAD = 3
+"""``MotionEngine.run`` with two threads encodes frames up to this many ahead of the one it reads. With
+one frame ahead, the reading and the encoding thread waited for each other every frame, and in a
+video job, whose other stages (decoding, results, overlay) take turns on the same two cores, each
+wait for a thread the OS had parked stalled the other. A job on box.mp4 (300 frames at 640x480,
+``process_video`` with overlay, two engine threads), four rounds alternating in one process: 77.8
+frames/s with one frame ahead (the code before this setting), 84.6 with two, 86.2 with three, 84.2
+with four; the engine alone on the same frames within 2 % of one frame ahead. Each frame ahead holds
+one whitened pyramid (1.6 MB at 640x480)."""
 PRIME_PASSES = 4
 """The first frame of a stream is encoded this many more times before it counts, each pass driven by
 the code of the one before, as if the camera had been looking at it for that long: the recurrent code
@@ -159,6 +169,15 @@ free heap and serve blocks up to this size from it."""
 _HEAP_KEPT: bool | None = None
 _NO_HISTS = (np.empty(0, np.float32),) * 4
 """What ``_project_frame`` is given for histograms it is told not to count (it never touches them)."""
+_END = object()
+"""What ``run`` takes from an exhausted iterator of frames."""
+
+
+@dataclass(frozen=True)
+class _Here:
+    """A frame ``run`` encodes on its own thread when its turn comes (a first frame, a new size)."""
+
+    prepared: tuple
 
 
 @dataclass(frozen=True)
@@ -375,7 +394,8 @@ class MotionEngine:
         then takes part of the fine read's projection and the whole coarse read
         (``_read_on_two_threads``); the codes and the motion map are identical (the histograms to
         float32 rounding). ``run`` (a video's frames, all at hand) uses two threads differently:
-        each frame is read while the next is encoded, one thread each, for more frames/s.
+        frames are read on one thread while the following ones are encoded on the other, up to
+        ``run_ahead`` ahead, for more frames/s.
         ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in the calling
         thread before every parallel call; engines with different settings can share a process.
         Parallel kernel launches take one process-wide lock, so several streams can share threaded
@@ -398,6 +418,9 @@ class MotionEngine:
         With ``threads > 1``, frames of fewer pixels are stepped on one thread (a one-thread twin
         of this engine, sharing its weights), where splitting them costs more than it saves.
     """
+
+    run_ahead = RUN_AHEAD
+    """How many frames ``run`` encodes ahead of the one it reads (``RUN_AHEAD``)."""
 
     def __init__(self, model: SSRNN, readout: MotionReadout, tuning: dict, levels: int = 3,
                  mt: MTReadout | None = None, pooling: Pooling | None = None,
@@ -612,58 +635,70 @@ class MotionEngine:
         video): the same motion frames, in order.
 
         With ``threads > 1``, the step's work overlaps across frames, one thread each (the one-thread
-        twin of this engine): while this thread reads the motion of one frame (``read``) and then
-        whitens the frame after next (``_prepare``, which needs no state), a helper thread encodes
-        the next (``_encode_prepared``: the ss-RNN's code). The latency of a frame is unchanged, so
-        live streams ``step``; ``bench/engine_speed.py`` gives the frames/s of both ("run 2 thr").
+        twin of this engine): a helper thread encodes frames (``_encode_prepared``: the ss-RNN's
+        code) up to ``run_ahead`` (``RUN_AHEAD``) ahead of the one this thread reads (``read``); this
+        thread also whitens each frame before handing it to the helper (``_prepare``, which needs no
+        state). The latency of a frame is unchanged, so live streams ``step``;
+        ``bench/engine_speed.py`` gives the frames/s of both ("run 2 thr").
 
-        The frames are taken from ``frames`` one at a time, in the calling thread, up to two ahead of
-        the frame yielded. A frame ``step`` refuses raises its ``ValueError`` after the frames before
-        it are yielded. ``state`` is encoded one frame ahead while a frame is yielded: it is left as
-        ``step`` leaves it once the generator is exhausted (closing it early leaves it one frame on).
+        The frames are taken from ``frames`` one at a time, in the calling thread, up to
+        ``run_ahead`` ahead of the frame yielded. A stream's first frame and the first of a new size
+        (which restarts the state that the read uses, ``StreamState.start``) are encoded on this
+        thread once the frames before them are read. A frame ``step`` refuses raises its
+        ``ValueError`` after the frames before it are yielded. ``state`` is encoded ahead while a
+        frame is yielded: it is left as ``step`` leaves it once the generator is exhausted (closing
+        it early leaves it up to ``run_ahead`` frames on).
         """
         if self._serial is None:
             yield from step_each(self, state, frames)
             return
-        engine, end = self._serial, object()
+        engine, ahead_by = self._serial, max(1, int(self.run_ahead))
+        it, shape, taking = iter(frames), state.shape, True
+        # Per frame taken and not yet read, in order: its encoding's Future, a prepared frame to
+        # encode on this thread (``_Here``), or the error to raise when its turn comes.
+        queue: collections.deque = collections.deque(maxlen=ahead_by)
 
-        def prepare(frame):
-            """``_prepare`` of the frame after next, or the error to raise when its turn comes."""
-            if frame is end:
-                return None
-            try:
-                return engine._prepare(frame)
-            except Exception as exc:  # raised after the frames before it are yielded
-                return exc
+        def take(pool) -> None:
+            """Take, whiten and queue frames while fewer than ``ahead_by`` wait to be read."""
+            nonlocal shape, taking
+            while taking and len(queue) < ahead_by and not any(isinstance(q, _Here) for q in queue):
+                frame = next(it, _END)
+                if frame is _END:
+                    taking = False
+                    return
+                try:
+                    prepared = engine._prepare(frame)
+                except Exception as exc:  # raised after the frames before it are yielded
+                    queue.append(exc)
+                    taking = False
+                    return
+                if prepared[0] == shape:
+                    queue.append(pool.submit(engine._encode_prepared, state, prepared))
+                else:  # a first frame or a new size: nothing is taken after it until it is read
+                    shape = prepared[0]
+                    queue.append(_Here(prepared))
+                    return
 
         # Leaving the block (exhausted, an error, or the generator closed) joins the helper, which
         # writes to `state`, before anything else can touch it.
-        with ThreadPoolExecutor(1, thread_name_prefix="engine-encode-ahead") as ahead:
-            it = iter(frames)
-            frame = next(it, end)
-            if frame is end:
-                return
-            encoded = engine._encode_frame(state, frame)
-            following = prepare(next(it, end))
-            while True:
-                job = None
-                # The next frame is encoded beside this one's read only if it keeps the stream's
-                # size: a new size restarts the state (``StreamState.start``), which the read uses.
-                if isinstance(following, tuple) and following[0] == state.shape:
-                    job = ahead.submit(engine._encode_prepared, state, following)
-                motion = engine._read_frame(state, encoded)
-                # The frame after next is whitened here while the helper encodes the next: it needs
-                # no state, and it evens out the two threads' shares.
-                after = prepare(next(it, end)) if isinstance(following, tuple) else None
-                yield motion
-                if following is None:
-                    return
-                if isinstance(following, Exception):
-                    raise following
-                encoded = (
-                    job.result() if job is not None else engine._encode_prepared(state, following)
-                )
-                following = after
+        with ThreadPoolExecutor(1, thread_name_prefix="engine-encode-ahead") as pool:
+            try:
+                take(pool)
+                while queue:
+                    item = queue.popleft()
+                    if isinstance(item, Exception):
+                        raise item
+                    if isinstance(item, _Here):  # encoded before any frame after it
+                        encoded = engine._encode_prepared(state, item.prepared)
+                        take(pool)
+                    else:  # the helper gets the next frame before this one is read
+                        take(pool)
+                        encoded = item.result()
+                    yield engine._read_frame(state, encoded)
+            finally:  # frames not yet encoded are dropped, not encoded for nothing
+                for item in queue:
+                    if isinstance(item, Future):
+                        item.cancel()
 
     def _engine_for(self, frame) -> MotionEngine:
         """The engine that steps ``frame``: the one-thread twin for frames under

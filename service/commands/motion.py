@@ -55,7 +55,7 @@ def add_parser(subparsers) -> None:
         "--threads",
         type=int,
         default=None,
-        help="threads of the engine: with 2, each frame is read while the next is encoded (default: "
+        help="threads of the engine: with 2, each frame is read while the following are encoded (default: "
         "2, or 1 on one core; the results are the same)",
     )
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")

@@ -268,8 +268,8 @@ def process_video(
                 size = (info.out_width, info.out_height)
                 writer = _OverlayWriter(work / "overlay.mp4", info.fps, size)
             last = 0.0
-            # The engine takes the frames itself (``Engine.run``: it may encode one frame ahead
-            # while it reads another); `pulled` pairs each motion frame with its frame.
+            # The engine takes the frames itself (``Engine.run``: it may encode a few frames
+            # ahead while it reads another); `pulled` pairs each motion frame with its frame.
             pulled: collections.deque = collections.deque()
 
             def feed():

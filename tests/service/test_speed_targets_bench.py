@@ -51,7 +51,9 @@ def test_frames_per_second_must_reach_and_latencies_stay_under_their_bounds():
     assert v["engine step, 1 thread, 640x480: frames/s (goal 300)"] is True  # 160 >= 150
     assert v["engine step, 1 thread, 320x240: ratio to DIS ultrafast"] is False  # 0.2 < 1
     assert v["engine step, 2 threads against 1, 640x480"] is True  # 1.8 >= 1.7
-    run = "engine run of frames, 2 threads (next frame encoded ahead) against 1 thread, 640x480"
+    run = (
+        "engine run of frames, 2 threads (following frames encoded ahead) against 1 thread, 640x480"
+    )
     assert v[run] is True  # 1.72 >= 1.7
     assert verdicts(run=1.65)[run] is False
     assert v["live 640x480: latency p95 (ms)"] is True  # 14 <= 15

@@ -403,14 +403,17 @@ def _encoders():
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-def test_run_encodes_ahead_and_gives_the_steps_motion(rng, monkeypatch):
-    """``run`` with two threads: each frame after the first is encoded on the helper while the one
-    before is read, and the motion is what ``step`` gives, frame by frame, through a change of size
-    (which restarts the stream and is not encoded ahead) and colour frames."""
+@pytest.mark.parametrize("run_ahead", [1, 2, 3, 5])
+def test_run_encodes_ahead_and_gives_the_steps_motion(rng, monkeypatch, run_ahead):
+    """``run`` with two threads: each frame after the first is encoded on the helper, up to
+    ``run_ahead`` ahead of the one read, and the motion is what ``step`` gives, frame by frame,
+    through a change of size (which restarts the stream: encoded here, once the frames before it
+    are read, and nothing after it encoded before it) and colour frames."""
     import threading
 
     one = MotionEngine.random(seed=0, levels=3)
     two = MotionEngine.random(seed=0, levels=3, threads=2)
+    two.run_ahead = run_ahead
     frames = [rng.integers(0, 255, (112, 160), dtype=np.uint8) for _ in range(4)]
     frames += [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
     s1 = one.new_state()
@@ -420,28 +423,33 @@ def test_run_encodes_ahead_and_gives_the_steps_motion(rng, monkeypatch):
     monkeypatch.setattr(
         two._serial,
         "_encode_prepared",
-        lambda *a: where.append(threading.current_thread().name) or encode(*a),
+        lambda *a: where.append((threading.current_thread().name, a[1][0])) or encode(*a),
     )
     s2 = two.new_state()
     got = list(two.run(s2, frames))
     assert len(got) == len(frames)
     for a, b in zip(got, want, strict=True):
         _same_motion(a, b)
-    ahead = [name.startswith("engine-encode-ahead") for name in where]
-    # the first frame and the first of the new size on this thread, the others ahead
+    # the first frame and the first of the new size on this thread, the others ahead, in order
+    ahead = [name.startswith("engine-encode-ahead") for name, _ in where]
     assert ahead == [False, True, True, True, False, True, True]
+    assert [shape for _, shape in where] == [(112, 160)] * 4 + [(96, 128)] * 3
     assert s2.frames == s1.frames and s2.shape == s1.shape
     assert not _encoders()  # the helper is gone with the generator
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-def test_run_whitens_the_frame_after_next_while_the_next_is_encoded(rng, monkeypatch):
-    """In ``run``, frame ``k + 2`` is prepared on the calling thread before frame ``k`` is yielded, while
-    the helper encodes frame ``k + 1``; frames are taken at most two ahead of the one yielded."""
+@pytest.mark.parametrize("run_ahead", [1, 3])
+def test_run_takes_and_encodes_up_to_run_ahead_frames_ahead(rng, monkeypatch, run_ahead):
+    """In ``run``, frames are taken and whitened on the calling thread, at most ``run_ahead`` ahead
+    of the one yielded, and the helper encodes them while the caller holds a frame: by the time the
+    caller has the first frame, the next ``run_ahead`` get encoded without it asking for more."""
     import threading
+    import time
 
     two = MotionEngine.random(seed=0, levels=3, threads=2)
-    frames = [rng.integers(0, 255, (112, 160), dtype=np.uint8) for _ in range(5)]
+    two.run_ahead = run_ahead
+    frames = [rng.integers(0, 255, (112, 160), dtype=np.uint8) for _ in range(7)]
     events = []
     prepare, encode = two._serial._prepare, two._serial._encode_prepared
 
@@ -462,12 +470,20 @@ def test_run_whitens_the_frame_after_next_while_the_next_is_encoded(rng, monkeyp
             events.append(("take", k, None))
             yield f
 
+    def encoded():
+        return sum(e == "encode" for e, _, _ in events)
+
     main = threading.current_thread().name
     for k, _ in enumerate(two.run(two.new_state(), source())):
         taken = max(i for e, i, _ in events if e == "take")
-        assert taken <= k + 2
+        assert taken <= k + run_ahead
         prepared = [i for e, i, _ in events if e == "prepare"]
-        assert prepared == list(range(min(k + 3, len(frames))))
+        assert prepared == list(range(min(k + run_ahead + 1, len(frames))))
+        if k == 0:  # the helper goes on while this frame is held
+            deadline = time.monotonic() + 30
+            while encoded() < 1 + run_ahead and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert encoded() == 1 + run_ahead
     assert all(name == main for e, _, name in events if e == "prepare")
     helpers = [name for e, _, name in events if e == "encode"]
     assert helpers[0] == main and all(n.startswith("engine-encode-ahead") for n in helpers[1:])

@@ -100,7 +100,7 @@ def test_the_live_engine_defaults_to_two_threads_where_there_are_two_cores(
     monkeypatch.setattr(settings_mod, "_numba_threads", lambda: cores)
     s = settings_mod.Settings()
     assert s.engine_threads == want
-    # a video job encodes one frame ahead on its second thread; with more workers they share
+    # a video job encodes frames ahead on its second thread; with more workers they share
     assert s.video_engine_threads == want
     assert settings_mod.Settings(video_workers=2).video_engine_threads == max(1, min(2, cores // 2))
     assert settings_mod.Settings(video_workers=2, video_engine_threads=1).video_engine_threads == 1
