@@ -218,7 +218,7 @@ class Settings(BaseSettings):
         le=64,
         description="threads of each video job's engine: with 2, each frame's motion is read "
         "and a later frame whitened while the following frames are encoded on the other (the "
-        "same results, 1.7x the frames/s of one at 640x480 on 2 cores). Unset: the cores shared among the video "
+        "same results, 1.8x the frames/s of one at 640x480 on 2 cores). Unset: the cores shared among the video "
         "workers, at most 2 (2 with one worker on 2 cores, 1 with two); keep workers x threads <= "
         "cores. Ray tasks (ray_address) run theirs on one, as Ray schedules one CPU per task",
     )
