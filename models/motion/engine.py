@@ -135,6 +135,25 @@ and a higher latency in the live service), at 640x480 (307,200 px) faster (1.2-1
 CHANGE_CELLS = 3
 """The change gate (``CHANGE_GATE``) averages the code change over a box of this many cells (of
 ``Pooling.cell_px``) a side."""
+SCENE_CUT = (0.5, 0.5, 0.03, 0.06)
+"""A frame starts a new scene, and the stream starts anew from it (as on its first frame: no motion,
+the code primed on it), when its grey-level histogram (32 bins, as fractions) changes by more than
+``SCENE_CUT[0]`` (L1) since the previous frame and the two frames' thumbnails (1/8 a side,
+area-averaged, blurred by 1.5 thumbnail pixels: ``cut_features``) no longer match: where both have
+texture (standard deviation >= ``SCENE_CUT[3]``, grey in [0, 1]) their correlation is below
+``SCENE_CUT[1]``, or one is flat (< ``SCENE_CUT[2]``: e.g. a fine grating, which the blur removes) and
+the other has texture. Across a cut there is no motion to read, but the read-out's running average and
+the change gate carried the motion before it: at the switches of the live synthetic source (a grating
+to a panned image or back) the dominant motion was shown in the old direction on the frames after
+them, a grating's first frame at 15-19 px/frame for a truth of 1-2, and some pans not at all for five
+frames (docs/motion/accuracy.md, "Scene cuts"). Both cues must agree: on every frame pair of the
+accuracy benchmark's families at 320x240 and 640x480 (pans up to 16 px/frame, gratings, plaids,
+objects, turns, still frames, the real clips; and the four clips whole at 640x480), the histograms of
+natural images changed by 0.31 at most, those of gratings and plaids by up to 1.0 but their thumbnails
+are flat, and no pair was a cut; the switches of the synthetic source changed the histograms by
+1.0-1.6, one thumbnail flat (< 0.02), the other textured (> 0.17), and the twelve joins of two of the
+real clips changed them by 0.9-1.4 with thumbnails correlating at 0.33 at most. A cut between two
+scenes of like histograms is not seen (read as motion, as before). ``None`` turns it off."""
 RUN_AHEAD = 3
 """``MotionEngine.run`` with two threads encodes frames up to this many ahead of the one it reads. With
 one frame ahead, the reading and the encoding thread waited for each other every frame, and in a
@@ -175,9 +194,11 @@ _END = object()
 
 @dataclass(frozen=True)
 class _Here:
-    """A frame ``run`` encodes on its own thread when its turn comes (a first frame, a new size)."""
+    """A frame ``run`` encodes on its own thread when its turn comes (a first frame, a new size, a scene
+    cut: ``restart``)."""
 
     prepared: tuple
+    restart: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,6 +259,7 @@ class StreamState:
     before: SparseCode | None = None  # the code the fine gate last compared with (CHANGE_GATE)
     coarse_before: SparseCode | None = None  # the same for the coarse read
     frames: int = 0
+    cut_ref: tuple | None = None  # cut_features of the last frame taken (SCENE_CUT)
 
     def start(self, shape: tuple[int, int], encoded: int, read: int) -> None:
         """A new stream of frames of ``shape``: ``encoded`` pyramid levels, ``read`` of them per read."""
@@ -290,6 +312,41 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
             raise ValueError("frame contains NaN or infinite values")
         return frame.astype(np.float32)
     raise ValueError(f"frame dtype must be uint8, float32 or float64, got {frame.dtype}")
+
+
+def cut_features(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What ``is_scene_cut`` compares of a frame, from float32 grey in [0, 1]: every other pixel of every
+    other row as uint8, and its grey-level histogram (32 bins, as fractions); 0.05 ms at 640x480. The
+    thumbnails are made only for frames whose histogram changed (``_cut_thumbnail``)."""
+    half = cv2.convertScaleAbs(grey[::2, ::2], alpha=255.0)
+    hist = cv2.calcHist([half], [0], None, [32], [0, 256]).ravel()
+    hist /= max(float(hist.sum()), 1.0)
+    return hist, half
+
+
+def _cut_thumbnail(half: np.ndarray) -> np.ndarray:
+    """1/8 of the frame a side (from ``cut_features``' half-size frame, area-averaged), grey in [0, 1],
+    then a Gaussian blur of 1.5 thumbnail pixels (``SCENE_CUT``)."""
+    h, w = half.shape
+    thumb = cv2.resize(half, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(thumb.astype(np.float32) * np.float32(1 / 255), (0, 0), 1.5)
+
+
+def is_scene_cut(before, after, thresholds=SCENE_CUT) -> bool:
+    """Whether ``after`` (``cut_features`` of a frame) shows another scene than ``before`` (those of the
+    frame before it): see ``SCENE_CUT``. Frames of different sizes are not compared (``False``)."""
+    (h0, g0), (h1, g1) = before, after
+    if g0.shape != g1.shape:
+        return False
+    max_change, min_corr, flat, textured = thresholds
+    if float(np.abs(h1 - h0).sum()) <= max_change:
+        return False
+    t0, t1 = _cut_thumbnail(g0), _cut_thumbnail(g1)
+    s0, s1 = float(t0.std()), float(t1.std())
+    if min(s0, s1) >= textured:
+        a, b = t0 - t0.mean(), t1 - t1.mean()
+        return float((a * b).mean()) / (s0 * s1) < min_corr
+    return (s0 < flat and s1 >= textured) or (s1 < flat and s0 >= textured)
 
 
 def global_motion(
@@ -405,6 +462,10 @@ class MotionEngine:
     prime_passes : int, default PRIME_PASSES
         The first frame of a stream is encoded this many more times, each pass driven by the code of
         the one before, so that the code starts settled (``PRIME_PASSES``); 0 starts it cold.
+    scene_cut : (float, float, float, float) or None, default SCENE_CUT
+        ``step`` and ``run`` start the stream anew at a scene cut (``SCENE_CUT``, ``is_scene_cut``): the
+        new scene's first frame reads no motion and primes the code, as a stream's first frame does.
+        ``None``: never.
     axis_calibration : (K,) radians, optional
         Offsets that correct the axis the aperture step reads from the units (``calibrate_axis``):
         fitted on gratings of known axis (``mt_fit.fit_axis_calibration``), shipped in
@@ -432,7 +493,8 @@ class MotionEngine:
                  constraints: tuple[float, float, float, float] | None = CONSTRAINTS,
                  parallel_from_px: int = PARALLEL_FROM_PX,
                  axis_calibration=None, coherence_reference=None,
-                 prime_passes: int = PRIME_PASSES):  # fmt: skip
+                 prime_passes: int = PRIME_PASSES,
+                 scene_cut: tuple[float, float, float, float] | None = SCENE_CUT):  # fmt: skip
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(
                 f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
@@ -448,6 +510,14 @@ class MotionEngine:
         if not (isinstance(prime_passes, int | np.integer) and prime_passes >= 0):
             raise ValueError(f"prime_passes must be an int >= 0, got {prime_passes!r}")
         self.prime_passes = int(prime_passes)
+        if scene_cut is not None and not (
+            scene_cut[0] > 0 and -1 <= scene_cut[1] <= 1 and 0 <= scene_cut[2] <= scene_cut[3]
+        ):
+            raise ValueError(
+                "scene_cut must be (histogram change > 0, correlation in [-1, 1], flat, textured) "
+                f"with 0 <= flat <= textured, got {scene_cut}"
+            )
+        self.scene_cut = None if scene_cut is None else tuple(map(float, scene_cut))
         if aperture is not None:
             if not 0 <= aperture[0] < aperture[1] <= 1:
                 raise ValueError(
@@ -530,7 +600,7 @@ class MotionEngine:
                 rms_floor=rms_floor, threads=1, integration_sigma=integration_sigma,
                 change_gate=change_gate, coarse=coarse, aperture=aperture, constraints=constraints,
                 axis_calibration=axis_calibration, coherence_reference=coherence_reference,
-                prime_passes=prime_passes,
+                prime_passes=prime_passes, scene_cut=scene_cut,
             )  # fmt: skip
         self._csr = recurrent_csr(model.R_)
         self._W = np.ascontiguousarray(model.W_)
@@ -643,11 +713,11 @@ class MotionEngine:
 
         The frames are taken from ``frames`` one at a time, in the calling thread, up to
         ``run_ahead`` ahead of the frame yielded. A stream's first frame and the first of a new size
-        (which restarts the state that the read uses, ``StreamState.start``) are encoded on this
-        thread once the frames before them are read. A frame ``step`` refuses raises its
-        ``ValueError`` after the frames before it are yielded. ``state`` is encoded ahead while a
-        frame is yielded: it is left as ``step`` leaves it once the generator is exhausted (closing
-        it early leaves it up to ``run_ahead`` frames on).
+        or of a new scene (``SCENE_CUT``: each restarts the state that the read uses,
+        ``StreamState.start``) are encoded on this thread once the frames before them are read. A
+        frame ``step`` refuses raises its ``ValueError`` after the frames before it are yielded.
+        ``state`` is encoded ahead while a frame is yielded: it is left as ``step`` leaves it once the
+        generator is exhausted (closing it early leaves it up to ``run_ahead`` frames on).
         """
         if self._serial is None:
             yield from step_each(self, state, frames)
@@ -672,11 +742,12 @@ class MotionEngine:
                     queue.append(exc)
                     taking = False
                     return
-                if prepared[0] == shape:
+                cut = engine._cut(state, prepared)
+                if prepared[0] == shape and not cut:
                     queue.append(pool.submit(engine._encode_prepared, state, prepared))
-                else:  # a first frame or a new size: nothing is taken after it until it is read
+                else:  # a first frame, a new size or a cut: nothing is taken after it until it is read
                     shape = prepared[0]
-                    queue.append(_Here(prepared))
+                    queue.append(_Here(prepared, cut))
                     return
 
         # Leaving the block (exhausted, an error, or the generator closed) joins the helper, which
@@ -689,7 +760,7 @@ class MotionEngine:
                     if isinstance(item, Exception):
                         raise item
                     if isinstance(item, _Here):  # encoded before any frame after it
-                        encoded = engine._encode_prepared(state, item.prepared)
+                        encoded = engine._encode_prepared(state, item.prepared, item.restart)
                         take(pool)
                     else:  # the helper gets the next frame before this one is read
                         take(pool)
@@ -716,7 +787,8 @@ class MotionEngine:
         """The first half of ``step``: the frame checked and encoded (``encode``; updates
         ``state.prev`` and ``state.rms``, and starts ``state`` anew for a new frame size). Returns
         what ``_read_frame`` needs: ``(shape, coarse, prev, codes)``."""
-        return self._encode_prepared(state, self._prepare(frame))
+        prepared = self._prepare(frame)
+        return self._encode_prepared(state, prepared, self._cut(state, prepared))
 
     def _prepare(self, frame: np.ndarray) -> tuple:
         """What ``_encode_frame`` does without the stream's state: the frame checked, made grey and
@@ -732,19 +804,30 @@ class MotionEngine:
         # The coarse read needs one more level: frames too small for it are read at one scale.
         coarse = self.coarse and min(h, w) >= self.min_side * 2
         n_levels = self.levels + coarse
+        cut = None if self.scene_cut is None else cut_features(grey)
         if self._pool is not None:
-            return (h, w), coarse, n_levels, grey
+            return (h, w), coarse, n_levels, grey, cut
         whites, img = [], grey
         for lv in range(n_levels):
             if lv:
                 img = cv2.pyrDown(img)
             whites.append(self.model.whitener_.transform(img))
-        return (h, w), coarse, n_levels, whites
+        return (h, w), coarse, n_levels, whites, cut
 
-    def _encode_prepared(self, state: StreamState, prepared: tuple) -> tuple:
-        """``_encode_frame`` from ``_prepare``'s result: the part that reads and updates ``state``."""
-        (h, w), coarse, n_levels, image = prepared
-        if state.shape != (h, w):
+    def _cut(self, state: StreamState, prepared: tuple) -> bool:
+        """Whether the frame ``prepared`` (``_prepare``) starts a new scene (``SCENE_CUT``); keeps its
+        ``cut_features`` in ``state`` for the next frame. Called once per frame, in frame order."""
+        features = prepared[-1]
+        if features is None:
+            return False
+        before, state.cut_ref = state.cut_ref, features
+        return before is not None and is_scene_cut(before, features, self.scene_cut)
+
+    def _encode_prepared(self, state: StreamState, prepared: tuple, restart: bool = False) -> tuple:
+        """``_encode_frame`` from ``_prepare``'s result: the part that reads and updates ``state``.
+        ``restart``: the frame is a scene cut (``_cut``), and the stream starts anew from it."""
+        (h, w), coarse, n_levels, image, _ = prepared
+        if restart or state.shape != (h, w):
             state.start((h, w), n_levels, self.levels)
         if self._pool is not None:
             encode = lambda: self.encode(state, image, n_levels)  # noqa: E731
