@@ -785,7 +785,8 @@ class MotionEngine:
 
     def _encode_frame(self, state: StreamState, frame: np.ndarray) -> tuple:
         """The first half of ``step``: the frame checked and encoded (``encode``; updates
-        ``state.prev`` and ``state.rms``, and starts ``state`` anew for a new frame size). Returns
+        ``state.prev`` and ``state.rms``, and starts ``state`` anew for a new frame size or a scene
+        cut, ``_cut``). Returns
         what ``_read_frame`` needs: ``(shape, coarse, prev, codes)``."""
         prepared = self._prepare(frame)
         return self._encode_prepared(state, prepared, self._cut(state, prepared))

@@ -404,13 +404,11 @@ def _encoders():
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
 @pytest.mark.parametrize("run_ahead", [1, 2, 3, 5])
-def test_run_encodes_ahead_and_gives_the_steps_motion(rng, monkeypatch, run_ahead):
+def test_run_encodes_ahead_and_gives_the_steps_motion(rng, record_encodes, run_ahead):
     """``run`` with two threads: each frame after the first is encoded on the helper, up to
     ``run_ahead`` ahead of the one read, and the motion is what ``step`` gives, frame by frame,
     through a change of size (which restarts the stream: encoded here, once the frames before it
     are read, and nothing after it encoded before it) and colour frames."""
-    import threading
-
     one = MotionEngine.random(seed=0, levels=3)
     two = MotionEngine.random(seed=0, levels=3, threads=2)
     two.run_ahead = run_ahead
@@ -418,22 +416,16 @@ def test_run_encodes_ahead_and_gives_the_steps_motion(rng, monkeypatch, run_ahea
     frames += [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
     s1 = one.new_state()
     want = [one.step(s1, f) for f in frames]
-    where = []
-    encode = two._serial._encode_prepared
-    monkeypatch.setattr(
-        two._serial,
-        "_encode_prepared",
-        lambda *a: where.append((threading.current_thread().name, a[1][0])) or encode(*a),
-    )
+    where = record_encodes(two._serial)
     s2 = two.new_state()
     got = list(two.run(s2, frames))
     assert len(got) == len(frames)
     for a, b in zip(got, want, strict=True):
         _same_motion(a, b)
     # the first frame and the first of the new size on this thread, the others ahead, in order
-    ahead = [name.startswith("engine-encode-ahead") for name, _ in where]
+    ahead = [name.startswith("engine-encode-ahead") for name, _, _ in where]
     assert ahead == [False, True, True, True, False, True, True]
-    assert [shape for _, shape in where] == [(112, 160)] * 4 + [(96, 128)] * 3
+    assert [prepared[0] for _, prepared, _ in where] == [(112, 160)] * 4 + [(96, 128)] * 3
     assert s2.frames == s1.frames and s2.shape == s1.shape
     assert not _encoders()  # the helper is gone with the generator
 

@@ -115,26 +115,16 @@ def test_a_stream_of_one_scene_is_not_restarted(shipped):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-def test_run_starts_anew_at_the_same_cut_as_step(shipped, monkeypatch):
-    import threading
-
+def test_run_starts_anew_at_the_same_cut_as_step(shipped, record_encodes):
     two = MotionEngine.load_default(threads=2, parallel_from_px=0)
     frames = _cut_sequence()
     state = shipped.new_state()
     want = [shipped.step(state, f) for f in frames]
-    where = []
-    encode = two._serial._encode_prepared
-    monkeypatch.setattr(
-        two._serial,
-        "_encode_prepared",
-        lambda s, p, restart=False: (
-            where.append((threading.current_thread().name, restart)) or encode(s, p, restart)
-        ),
-    )
+    where = record_encodes(two._serial)
     got = list(two.run(two.new_state(), frames))
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a.direction, b.direction)
         np.testing.assert_array_equal(a.confidence, b.confidence)
     # the first frame and the cut encoded on this thread, once the frames before them are read
-    here = [k for k, (name, _) in enumerate(where) if not name.startswith("engine-encode-ahead")]
-    assert here == [0, 10] and [k for k, (_, r) in enumerate(where) if r] == [10]
+    here = [k for k, (name, _, _) in enumerate(where) if not name.startswith("engine-encode-ahead")]
+    assert here == [0, 10] and [k for k, (_, _, r) in enumerate(where) if r] == [10]
