@@ -57,7 +57,7 @@ examples:
 
 
 def add_parser(subparsers) -> None:
-    from v1motion.models.motion.training import TrainConfig
+    from v1motion.models.motion.train_config import TrainConfig
 
     p = subparsers.add_parser(
         "train",

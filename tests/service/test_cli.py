@@ -108,3 +108,18 @@ def test_the_command_makes_openmp_threads_wait_passively_unless_told_otherwise()
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "ACTIVE", out.stderr
+
+
+def test_help_answers_without_loading_the_numerics():
+    """``v1motion --help`` and every subcommand's help build the whole parser; none of them loads Numba,
+    OpenCV or the engine (that took 0.6 s of every help before the training settings moved out of the
+    training module)."""
+    import sys
+
+    code = (
+        "import sys; from v1motion.service.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('numba', 'cv2', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
