@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from bench_module import load_bench
 
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "speed_targets.py"
-_spec = importlib.util.spec_from_file_location("speed_targets", _PATH)
-st = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(st)
+st = load_bench("speed_targets")
 
 
 def figures(step640=160.0, p95=14.0, cold=1.2, two_jobs=160.0, run=1.72):

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-from pathlib import Path
 
 import numba  # noqa: F401  Numba reads its thread count when first imported: before the bench pins it
 import numpy as np
 import pytest
+from bench_module import load_bench
 
-_PATH = Path(__file__).resolve().parents[3] / "bench" / "accuracy.py"
-_spec = importlib.util.spec_from_file_location("accuracy_bench", _PATH)
-acc = importlib.util.module_from_spec(_spec)
-_environ = dict(os.environ)
-try:
-    _spec.loader.exec_module(acc)  # it pins thread counts in os.environ for its own runs
-finally:
-    os.environ.clear()
-    os.environ.update(_environ)
+acc = load_bench("accuracy")
 
 
 def test_tau_below_one_frame_is_refused():

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
-from pathlib import Path
 
 import pytest
+from bench_module import load_bench
 from engine_double import FakeEngine
 
 from v1motion.service.live.analyse import Analyser
@@ -15,10 +14,7 @@ from v1motion.service.live.sources import SyntheticSource
 from v1motion.service.metrics import Metrics
 from v1motion.service.settings import SourceSpec
 
-_PATH = Path(__file__).resolve().parents[3] / "bench" / "live_truth.py"
-_spec = importlib.util.spec_from_file_location("live_truth", _PATH)
-lt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lt)
+lt = load_bench("live_truth")
 
 
 def test_it_reads_a_result_the_service_encodes_from_the_synthetic_source():
