@@ -6,7 +6,8 @@ interleaved round by round, so machine noise largely cancels; each figure is the
 
 BLAS and OpenCV run on one thread. The engine runs with ``threads=1`` (the reference path) and
 ``threads=2`` (the ss-RNN kernel split over patch rows with Numba's ``prange``, level 0 whitened in two
-bands and the coarser levels on a helper thread, the coarse read on the helper beside the fine one),
+bands and the coarser levels on a helper thread, the coarse read on the helper beside the fine one,
+decoded there ahead when the frame before took it),
 on every frame size (``parallel_from_px=0``: by default the engine steps frames under
 ``PARALLEL_FROM_PX`` on one thread, where two measured slower); "run 2 thr" is ``MotionEngine.run``
 with two threads (a run of frames, as video jobs take them: each frame read, and a later one whitened,

@@ -260,6 +260,7 @@ class StreamState:
     coarse_before: SparseCode | None = None  # the same for the coarse read
     frames: int = 0
     cut_ref: tuple | None = None  # cut_features of the last frame taken (SCENE_CUT)
+    took_coarse: bool = True  # whether the last frame read took the coarse read (two threads)
 
     def start(self, shape: tuple[int, int], encoded: int, read: int) -> None:
         """A new stream of frames of ``shape``: ``encoded`` pyramid levels, ``read`` of them per read."""
@@ -448,8 +449,8 @@ class MotionEngine:
     threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the
         patches of a frame are split into ``CHUNKS_PER_THREAD * threads`` chunks of whole patch rows
         that run in parallel, and a helper thread whitens half of level 0 and the coarser levels,
-        then takes part of the fine read's projection and the whole coarse read
-        (``_read_on_two_threads``); the codes and the motion map are identical (the histograms to
+        then takes part of the fine read's projection and the coarse read (decoding it ahead when
+        the frame before took it, ``_read_on_two_threads``); the codes and the motion map are identical (the histograms to
         float32 rounding). ``run`` (a video's frames, all at hand) uses two threads differently:
         frames are read on one thread while the following ones are encoded on the other, up to
         ``run_ahead`` ahead, for more frames/s.
@@ -915,21 +916,26 @@ class MotionEngine:
         """``read`` with the coarse read, the work split between this thread and the helper.
 
         The helper takes, in this order, the last patches of the fine read's fold, the fine read's
-        change gate, then the whole coarse read (decoded whether or not the frame turns out to need
-        it: the helper would otherwise wait) and the fine read's axes; this thread takes the first
-        patches of the fold and the fine read's decoding, which it gates once both are done. The
-        same numbers as on one thread."""
+        change gate, then the coarse read's gate and fold, the fine read's axes and, if the frame
+        before took the coarse read, the coarse read's decoding (a frame seldom needs it right after
+        one that did not: on the live synthetic source 0.4 % of frames do, on vtest.avi most); this
+        thread takes the first patches of the fold and the fine read's decoding, which it gates once
+        both are done, and decodes the coarse read itself if the frame turns out to need it after
+        all. Decoding it only when needed keeps the helper's calls into Python from taking turns
+        with this thread's while it decodes (``bench/step_profile.py --contention``). The same
+        numbers as on one thread."""
         if self.mt is None:
             raise RuntimeError("this engine has no MT read-out: load one with mt_path=")
         hists = self._new_hists()
         pending = self._fold_start(state.acc, fine, hists, self._pool)
         cells = self.pooling.grid(shape)
+        eager = state.took_coarse
 
         def helper():
             c_gate = self._coarse_fold(state, prev[1], c_codes, c_shape)
-            coarse = self._coarse_decode(state, c_codes, c_shape, c_gate)
             axes = self._axis_coherence(fine[0], cells) if self.aperture is not None else None
-            return coarse, axes
+            coarse = self._coarse_decode(state, c_codes, c_shape, c_gate) if eager else None
+            return c_gate, axes, coarse
 
         # FIFO on the one helper: its share of the fold, the gate, then the coarse read.
         gate_job = self._pool.submit(self._fine_gate, state, prev[0], fine[0], shape)
@@ -942,9 +948,17 @@ class MotionEngine:
                 conf *= gate
         finally:  # the helper writes to `state`: never return (or raise) while it still runs
             wait([gate_job, job, pending[-1]])
-        coarse, axes = job.result()
+        c_gate, axes, coarse = job.result()
+        state.took_coarse = False
+
+        def coarse_read():
+            state.took_coarse = True
+            if coarse is not None:
+                return coarse
+            return self._coarse_decode(state, c_codes, c_shape, c_gate)
+
         fine_map = direction, speed, conf
-        return self._combine(state, fine, hists, fine_map, lambda: coarse, lambda: axes)
+        return self._combine(state, fine, hists, fine_map, coarse_read, lambda: axes)
 
     @staticmethod
     def _level_shape(shape: tuple[int, int], level: int) -> tuple[int, int]:

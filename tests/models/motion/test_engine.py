@@ -360,9 +360,12 @@ def test_whitening_by_bands_equals_the_whole_frame(rng, shape, size):
 )
 def test_threaded_read_gives_the_serial_motion_and_histograms(rng, monkeypatch, shape, fast_from):
     """With two threads the read splits the projection and the pooling, and the coarse read runs on
-    the helper beside the fine one: the same motion map, and histograms that are the same sums in
-    another order. ``fast_from`` 0.05: every moving cell takes the coarse read; 56 x 80: too small
-    for a coarse read."""
+    the helper beside the fine one when the frame before took it (otherwise on this thread, only if
+    the frame needs it): the same motion map, and histograms that are the same sums in another
+    order. ``fast_from`` 0.05: every moving cell takes the coarse read; 56 x 80: too small for a
+    coarse read."""
+    import threading
+
     from v1motion.models.motion import engine as engine_mod
 
     if fast_from is not None:
@@ -370,9 +373,13 @@ def test_threaded_read_gives_the_serial_motion_and_histograms(rng, monkeypatch, 
     one = MotionEngine.random(seed=0, levels=3)
     two = MotionEngine.random(seed=0, levels=3, threads=2, parallel_from_px=0)
     s1, s2 = one.new_state(), two.new_state()
-    decoded = []
-    coarse_decode = two._coarse_decode
-    monkeypatch.setattr(two, "_coarse_decode", lambda *a: decoded.append(1) or coarse_decode(*a))
+    needed, decoded = set(), []
+    c1, c2 = one._coarse_decode, two._coarse_decode
+    monkeypatch.setattr(one, "_coarse_decode", lambda *a: needed.add(t) or c1(*a))
+    on_helper = lambda: threading.current_thread() is not threading.main_thread()  # noqa: E731
+    monkeypatch.setattr(
+        two, "_coarse_decode", lambda *a: decoded.append((t, on_helper())) or c2(*a)
+    )
     for t in range(5):
         frame = rng.integers(0, 255, shape, dtype=np.uint8)
         a, b = one.step(s1, frame), two.step(s2, frame)
@@ -382,8 +389,46 @@ def test_threaded_read_gives_the_serial_motion_and_histograms(rng, monkeypatch, 
         np.testing.assert_allclose(a.direction_hist, b.direction_hist, rtol=1e-5)
         np.testing.assert_allclose(a.speed_hist, b.speed_hist, rtol=1e-5)
         assert (a.direction_hist.sum() > 0) == (t > 0)  # the first frame is not read
-    # every frame after the first, on the helper
-    assert len(decoded) == (4 if shape[0] >= 64 else 0)
+    if shape[0] < 64:
+        assert not needed and not decoded
+        return
+    if fast_from is not None:
+        assert needed == {1, 2, 3, 4}  # every frame after the first
+    # on the helper: the first frame read and each after one that took it; here: the others it needs
+    ahead = {1} | {t + 1 for t in needed}
+    expected = {(t, True) for t in range(1, 5) if t in ahead} | {(t, False) for t in needed - ahead}
+    assert sorted(decoded) == sorted(expected)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_threaded_read_decodes_the_coarse_read_ahead_only_after_a_frame_that_took_it(
+    rng, monkeypatch
+):
+    """Fast motion on frame 3 only: frame 3 decodes the coarse read on this thread when it finds it
+    needs it, frame 4 decodes it ahead on the helper (and does not need it); the maps are one
+    thread's throughout."""
+    import threading
+
+    from v1motion.models.motion import engine as engine_mod
+
+    one = MotionEngine.random(seed=0, levels=3)
+    two = MotionEngine.random(seed=0, levels=3, threads=2, parallel_from_px=0)
+    s1, s2 = one.new_state(), two.new_state()
+    decoded = []
+    c2 = two._coarse_decode
+    on_helper = lambda: threading.current_thread() is not threading.main_thread()  # noqa: E731
+    monkeypatch.setattr(
+        two, "_coarse_decode", lambda *a: decoded.append((t, on_helper())) or c2(*a)
+    )
+    for t in range(6):
+        monkeypatch.setattr(engine_mod, "FAST_FROM", 0.05 if t == 3 else 1e6)
+        frame = rng.integers(0, 255, (112, 160), dtype=np.uint8)
+        a, b = one.step(s1, frame), two.step(s2, frame)
+        for f in ("direction", "speed", "confidence"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+        assert (a.global_direction, a.global_speed) == (b.global_direction, b.global_speed)
+        assert t == 0 or s2.took_coarse == (t == 3)  # the first frame is not read
+    assert decoded == [(1, True), (3, False), (4, True)]
 
 
 def _same_motion(a, b):
