@@ -177,6 +177,43 @@ as much (13.7 degrees on the second frame against 12.3, 7.5 against 7.6 on the t
 path primes (``step``, ``run``); ``encode``, on which the read-out is fitted, does not. Costs four
 encodes on a stream's first frame."""
 _PARALLEL_LAUNCH = threading.Lock()
+
+
+class _OneBlasThread:
+    """Context: BLAS on one thread while any engine with ``threads > 1`` steps or runs frames
+    (process-wide, counted, so that overlapping users restore the caller's count once, at the end).
+
+    The engine's matrix products are small, and BLAS's own threads (by default one per core) take
+    the cores that the engine's threads are using: with BLAS's default thread count, a 640x480 step
+    on two threads ran at 0.89-0.94x the speed of one thread (OpenMP waiting passively; 0.65-0.76x
+    spinning), against 1.50-1.59x with BLAS on one thread. Entering costs about 6 us; where BLAS
+    already runs on one thread (the service, video jobs) nothing changes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limiter = None
+        self._controller = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                if self._controller is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    self._controller = ThreadpoolController()
+                self._limiter = self._controller.limit(limits=1, user_api="blas")
+            self._users += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._limiter.restore_original_limits()
+                self._limiter = None
+
+
+ONE_BLAS_THREAD = _OneBlasThread()
 HEAP_PAD_BYTES = 32 << 20
 """Per frame the engine allocates and frees several MB of temporaries (the pyramid, its whitened
 levels, patches, correlations, codes: about 10 MB at 640x480). With glibc's default settings the
@@ -457,9 +494,10 @@ class MotionEngine:
         ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in the calling
         thread before every parallel call; engines with different settings can share a process.
         Parallel kernel launches take one process-wide lock, so several streams can share threaded
-        engines under any Numba threading layer. On a machine shared with other work, run with
-        ``OMP_WAIT_POLICY=PASSIVE`` (the ``v1motion`` command sets it): OpenMP's default
-        spin-waiting between frames takes the core the other thread needs.
+        engines under any Numba threading layer. While such an engine steps or runs frames, BLAS runs
+        on one thread (``ONE_BLAS_THREAD``), and importing the kernels makes OpenMP wait passively
+        between parallel calls unless ``OMP_WAIT_POLICY`` says otherwise (``kernels.py``): with
+        either library's default, the two threads ran slower than one.
     prime_passes : int, default PRIME_PASSES
         The first frame of a stream is encoded this many more times, each pass driven by the code of
         the one before, so that the code starts settled (``PRIME_PASSES``); 0 starts it cold.
@@ -699,6 +737,9 @@ class MotionEngine:
         With several threads, frames under ``parallel_from_px`` pixels are stepped on one (the same
         results)."""
         engine = self._engine_for(frame)
+        if engine.threads > 1:
+            with ONE_BLAS_THREAD:
+                return engine._read_frame(state, engine._encode_frame(state, frame))
         return engine._read_frame(state, engine._encode_frame(state, frame))
 
     def run(self, state: StreamState, frames: Iterable[np.ndarray]) -> Iterator[MotionFrame]:
@@ -753,7 +794,10 @@ class MotionEngine:
 
         # Leaving the block (exhausted, an error, or the generator closed) joins the helper, which
         # writes to `state`, before anything else can touch it.
-        with ThreadPoolExecutor(1, thread_name_prefix="engine-encode-ahead") as pool:
+        with (
+            ONE_BLAS_THREAD,
+            ThreadPoolExecutor(1, thread_name_prefix="engine-encode-ahead") as pool,
+        ):
             try:
                 take(pool)
                 while queue:

@@ -14,8 +14,16 @@ stamp; the cached code records its module by name (``v1motion.models...``).
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit, prange
+import os
+
+# Before Numba's OpenMP layer starts (at the first parallel kernel call): its threads sleep between
+# calls instead of spinning, so they leave the cores to the engine's other thread. Spinning, a 640x480
+# step on two threads ran at 1.03-1.07x one thread's speed (BLAS on one thread), against 1.50-1.59x
+# waiting passively (the v1motion command sets this too). Set it in the environment to choose otherwise.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 
 @njit(cache=True, nogil=True)

@@ -98,16 +98,10 @@ def test_address_is_printed_only_once_the_server_answers(capsys):
 
 
 def test_the_command_makes_openmp_threads_wait_passively_unless_told_otherwise():
-    import os
-    import sys
+    from import_env import env_after_import
 
-    code = "import os, v1motion.service.cli; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "PASSIVE", out.stderr
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "ACTIVE", out.stderr
+    assert env_after_import("v1motion.service.cli", "OMP_WAIT_POLICY") == "PASSIVE"
+    assert env_after_import("v1motion.service.cli", "OMP_WAIT_POLICY", preset="ACTIVE") == "ACTIVE"
 
 
 def test_help_answers_without_loading_the_numerics():

@@ -557,3 +557,58 @@ def test_run_closed_early_leaves_no_helper_running(rng):
         next(motion)
     motion.close()
     assert not _encoders()
+
+
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_an_engine_on_two_threads_steps_and_runs_with_blas_on_one_thread_then_gives_it_back(
+    rng, monkeypatch
+):
+    """BLAS's own threads took the cores the engine's two threads were using (0.65-0.94x one thread's
+    speed): while it steps or runs frames, BLAS runs on one thread; the caller's count comes back
+    after, also when two users overlap."""
+    from threadpoolctl import threadpool_limits
+
+    from v1motion.models.motion import engine as engine_mod
+
+    two = MotionEngine.random(seed=0, levels=3, threads=2, parallel_from_px=0)
+    seen = []
+    decode = two._decode
+    monkeypatch.setattr(
+        two, "_decode", lambda *a, **k: seen.append(_blas_threads()) or decode(*a, **k)
+    )
+    frames = [rng.integers(0, 255, (112, 160), dtype=np.uint8) for _ in range(3)]
+    with threadpool_limits(limits=2, user_api="blas"):
+        state = two.new_state()
+        for f in frames:
+            two.step(state, f)
+        assert seen and set(seen) == {1}
+        assert _blas_threads() == 2
+        serial_seen = []
+        read = two._serial._decode
+        monkeypatch.setattr(
+            two._serial,
+            "_decode",
+            lambda *a, **k: serial_seen.append(_blas_threads()) or read(*a, **k),
+        )
+        assert len(list(two.run(two.new_state(), frames))) == 3
+        assert serial_seen and set(serial_seen) == {1}
+        assert _blas_threads() == 2
+        with engine_mod.ONE_BLAS_THREAD:
+            with engine_mod.ONE_BLAS_THREAD:
+                assert _blas_threads() == 1
+            assert _blas_threads() == 1  # the other user is still inside
+        assert _blas_threads() == 2
+
+
+def test_importing_the_kernels_makes_openmp_wait_passively_unless_told_otherwise():
+    from import_env import env_after_import
+
+    kernels = "v1motion.models.motion.kernels"
+    assert env_after_import(kernels, "OMP_WAIT_POLICY") == "PASSIVE"
+    assert env_after_import(kernels, "OMP_WAIT_POLICY", preset="ACTIVE") == "ACTIVE"
