@@ -53,7 +53,6 @@ STAGES = (
     (MotionEngine, "step", "step"),
 )
 """What is timed: (owner, attribute, label). A stage nested in another counts in both."""
-HELPER_WORK = {label for _, _, label in STAGES} - {"step"}
 
 
 class Recorder:

@@ -15,6 +15,7 @@ cells as shown.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import json
 import math
@@ -487,10 +488,10 @@ class MotionEngine:
         patches of a frame are split into ``CHUNKS_PER_THREAD * threads`` chunks of whole patch rows
         that run in parallel, and a helper thread whitens half of level 0 and the coarser levels,
         then takes part of the fine read's projection and the coarse read (decoding it ahead when
-        the frame before took it, ``_read_on_two_threads``); the codes and the motion map are identical (the histograms to
-        float32 rounding). ``run`` (a video's frames, all at hand) uses two threads differently:
-        frames are read on one thread while the following ones are encoded on the other, up to
-        ``run_ahead`` ahead, for more frames/s.
+        the frame before took it, ``_read_on_two_threads``); the codes and the motion map are
+        identical (the histograms to float32 rounding). ``run`` (a video's frames, all at hand)
+        uses two threads differently: frames are read on one thread while the following ones are
+        encoded on the other, up to ``run_ahead`` ahead, for more frames/s.
         ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in the calling
         thread before every parallel call; engines with different settings can share a process.
         Parallel kernel launches take one process-wide lock, so several streams can share threaded
@@ -737,10 +738,8 @@ class MotionEngine:
         With several threads, frames under ``parallel_from_px`` pixels are stepped on one (the same
         results)."""
         engine = self._engine_for(frame)
-        if engine.threads > 1:
-            with ONE_BLAS_THREAD:
-                return engine._read_frame(state, engine._encode_frame(state, frame))
-        return engine._read_frame(state, engine._encode_frame(state, frame))
+        with ONE_BLAS_THREAD if engine.threads > 1 else contextlib.nullcontext():
+            return engine._read_frame(state, engine._encode_frame(state, frame))
 
     def run(self, state: StreamState, frames: Iterable[np.ndarray]) -> Iterator[MotionFrame]:
         """``step`` on each of ``frames`` in turn, for a stream whose frames are all at hand (a
