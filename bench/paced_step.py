@@ -3,8 +3,10 @@
 The live service steps one frame every 33 ms (30 fps) and the machine idles in between; the engine
 benchmark (``bench/engine_speed.py``) steps frames back to back. This measures what the pause does to
 the step: frames of the live synthetic source, one engine per thread count, in interleaved rounds of
-three modes: back to back; paced (the caller sleeps until the next frame is due); and paced with the
-caller spinning instead of sleeping (the machine never idles). Prints p50 and p95 per mode.
+modes (``MODES``): back to back, with or without a short idle pause after each step; paced (the
+caller sleeps until the next frame is due); paced with the caller spinning instead of sleeping (the
+machine never idles); and paced with the caller polling only for the last few ms before the frame.
+Prints p50 and p95 per mode.
 
     python bench/paced_step.py [--size 640x480] [--fps 30] [--frames 120] [--rounds 3]
 """
@@ -30,10 +32,16 @@ from v1motion.service.settings import SourceSpec  # noqa: E402
 
 MODES = (
     "back to back",
+    "back to back, 5 ms idle after each step",
+    "back to back, 15 ms idle after each step",
     "paced, caller sleeps",
     "paced, caller spins",
     "paced, caller sleeps, spins the last 3 ms",
+    "paced, caller sleeps, polls the last 10 ms",
+    "paced, caller sleeps, polls the last 15 ms",
 )
+"""How the caller waits between steps. Polling yields the core between looks (``os.sched_yield``),
+as the live worker does with ``live_busy_poll_ms``."""
 
 
 def source_frames(width: int, height: int, n: int) -> list[np.ndarray]:
@@ -55,15 +63,23 @@ def run(engine: MotionEngine, frames, mode: str, period: float) -> np.ndarray:
         engine.step(state, frame)
         t1 = time.perf_counter()
         times.append(t1 - t0)
-        if mode == MODES[1]:
-            time.sleep(max(0.0, period - (t1 - t0)))
-        elif mode == MODES[2]:
-            while time.perf_counter() < t0 + period:
+        due = t0 + period
+        if mode.endswith("idle after each step"):
+            time.sleep(float(mode.split(", ")[1].split()[0]) / 1000)
+        elif mode == "paced, caller sleeps":
+            time.sleep(max(0.0, due - time.perf_counter()))
+        elif mode == "paced, caller spins":
+            while time.perf_counter() < due:
                 pass
-        elif mode == MODES[3]:
-            time.sleep(max(0.0, period - 0.003 - (t1 - t0)))
-            while time.perf_counter() < t0 + period:
+        elif mode == "paced, caller sleeps, spins the last 3 ms":
+            time.sleep(max(0.0, due - 0.003 - time.perf_counter()))
+            while time.perf_counter() < due:
                 pass
+        elif mode.startswith("paced, caller sleeps, polls the last"):
+            lead = float(mode.split()[-2]) / 1000
+            time.sleep(max(0.0, due - lead - time.perf_counter()))
+            while time.perf_counter() < due:
+                os.sched_yield()
     return 1000.0 * np.asarray(times[10:])  # after the stream's first frames
 
 

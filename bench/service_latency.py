@@ -7,12 +7,14 @@ Scenarios: one stream at 320x240 and at 640x480, 8 streams at once, and 50 viewe
 The baseline is ``engine.step`` alone on the same frames, in this process.
 
     python bench/service_latency.py [--engine default|random] [--seconds 10] [--only 50viewers,...]
+                                    [--busy-poll-ms 15]
 
 Prints a table; the goal is latency p95 <= 10 ms at 30 fps input on 320x240. ``rest`` is latency minus
 the engine step: the wait for the worker (a frame that arrives while it is busy waits for the current
 step to end), encoding, fan-out and sending. ``stream fps``: results the stream published per second
 (the span of ``seq`` its viewers saw); ``received``: the share of those each viewer got (mean, and the
-worst viewer); ``missed``: the viewers' own count from their last ``status``, summed.
+worst viewer); ``missed``: the viewers' own count from their last ``status``, summed; ``server
+CPU``: the server process's CPU time over the viewers' session, in cores (Linux).
 """
 
 from __future__ import annotations
@@ -39,9 +41,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(engine: str, sources: list[dict]) -> tuple[subprocess.Popen, str]:
+def start_server(
+    engine: str, sources: list[dict], busy_poll_ms: float = 0.0
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = dict(os.environ, V1MOTION_SOURCES=json.dumps(sources), V1MOTION_LOG_LEVEL="warning")
+    env = dict(
+        os.environ,
+        V1MOTION_SOURCES=json.dumps(sources),
+        V1MOTION_LOG_LEVEL="warning",
+        V1MOTION_LIVE_BUSY_POLL_MS=str(busy_poll_ms),
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -117,16 +126,25 @@ async def run_viewers(url: str, plan: list[str], warmup: float, seconds: float) 
 
 
 def scenario(
-    engine: str, name: str, w: int, h: int, n_streams: int, n_viewers: int, seconds: float
+    engine: str,
+    name: str,
+    w: int,
+    h: int,
+    n_streams: int,
+    n_viewers: int,
+    seconds: float,
+    busy_poll_ms: float = 0.0,
 ):
     sources = [
         {"name": f"s{i}", "kind": "synthetic", "width": w, "height": h, "fps": 30}
         for i in range(n_streams)
     ]
-    proc, url = start_server(engine, sources)
+    proc, url = start_server(engine, sources, busy_poll_ms)
     try:
         plan = [f"s{i % n_streams}" for i in range(max(n_viewers, n_streams))]
+        cpu0, t0 = process_cpu_s(proc.pid), time.monotonic()
         results = asyncio.run(run_viewers(url, plan, warmup=3.0, seconds=seconds))
+        cpu = (process_cpu_s(proc.pid) - cpu0) / (time.monotonic() - t0)
         metrics = httpx.get(f"{url}/metrics", timeout=5).text
     finally:
         proc.terminate()
@@ -166,7 +184,17 @@ def scenario(
         "engine p95 ms": float(np.percentile(eng, 95)) if eng.size else float("nan"),
         "rest p50 ms": float(np.percentile(rest, 50)) if rest.size else float("nan"),
         "dropped": int(dropped),
+        "server CPU": float(cpu),
     }
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the process has used so far; NaN off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def baseline_step_ms(engine_name: str, w: int, h: int) -> float:
@@ -212,6 +240,12 @@ def main(argv=None) -> int:
         default=",".join(PLAN),
         help=f"comma-separated scenarios to run, in this order (default: all; {', '.join(PLAN)})",
     )
+    p.add_argument(
+        "--busy-poll-ms",
+        type=float,
+        default=0.0,
+        help="the server's live_busy_poll_ms (default 0: its workers sleep until a frame comes)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the rows here as JSON")
     args = p.parse_args(argv)
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
@@ -221,17 +255,19 @@ def main(argv=None) -> int:
     rows = []
     for key in keys:
         name, w, h, n_streams, n_viewers = PLAN[key]
-        rows.append(scenario(args.engine, name, w, h, n_streams, n_viewers, args.seconds))
+        rows.append(
+            scenario(args.engine, name, w, h, n_streams, n_viewers, args.seconds, args.busy_poll_ms)
+        )
         print(f"  done: {name} {w}x{h}", file=sys.stderr, flush=True)
     sizes = {tuple(map(int, r["size"].split("x"))) for r in rows}
     base = {(w, h): baseline_step_ms(args.engine, w, h) for w, h in sizes}
     print(
         f"\nengine: {args.engine}; input 30 fps per stream; {args.seconds:.0f} s per scenario, "
-        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the end"
+        f"{os.cpu_count()} CPUs; live_busy_poll_ms {args.busy_poll_ms:g}; load average {os.getloadavg()[0]:.1f} at the end"
     )
     cols = ["scenario", "size", "streams", "viewers", "stream fps", "fps/viewer", "received %",
             "worst %", "missed", "p50 ms", "p95 ms", "p99 ms", "max ms", "engine p50 ms", "engine p95 ms", "rest p50 ms", "dropped",
-            "p50 / step"]  # fmt: skip
+            "server CPU", "p50 / step"]  # fmt: skip
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

@@ -2,7 +2,8 @@
 
 Runs, one after the other (never two at once), the engine against OpenCV's optical flow
 (``bench/engine_speed.py``: DIS ultrafast, fast, medium and Farneback on the same frames), the live
-service (``bench/service_latency.py``: one stream at 320x240 and 640x480, 50 viewers on one stream), the
+service (``bench/service_latency.py``: one stream at 320x240 and 640x480, 50 viewers on one stream; then
+640x480 again with the workers polling for frames, ``--busy-poll-ms``), the
 video jobs on ``box.mp4`` (``bench/video_jobs.py``: the CLI's job, the service with one job and with two
 at once, the CLI command with its start-up) and a cold start of ``v1motion serve`` (seconds from the
 command to ``/readyz`` answering 200, the kernels compiled at install). Prints their tables, then one
@@ -30,6 +31,8 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+BUSY_POLL_MS = 15.0
+"""The server's ``live_busy_poll_ms`` of the second 640x480 run (the default is 0: no polling)."""
 
 
 def run(script: str, args: list[str], out_json: Path, log: list[str]) -> dict:
@@ -87,10 +90,10 @@ def targets(engine: dict, live: dict, jobs: dict, cold: list[float]) -> list[tup
     job = {r["row"]: r for r in jobs["rows"] if r["clip"] == "box.mp4" and r["size"] == "640x480"}
     out = []
 
-    def add(what, value, bound, fmt, at_least=True):
+    def add(what, value, bound, fmt, at_least=True, note=""):
         met = value >= bound if at_least else value <= bound
         sign = "≥" if at_least else "≤"
-        out.append((what, fmt.format(value), f"{sign} {fmt.format(bound)}", met))
+        out.append((what, fmt.format(value) + note, f"{sign} {fmt.format(bound)}", met))
 
     s320, s640 = speed["320x240"], speed["640x480"]
     add("engine step, 1 thread, 320x240: ratio to DIS ultrafast", s320["ratio"]["step 1 thr"], 1.0, "{:.2f}x")  # fmt: skip
@@ -102,6 +105,11 @@ def targets(engine: dict, live: dict, jobs: dict, cold: list[float]) -> list[tup
     if one640:
         add("live 640x480, 30 fps input: analysed frames/s", one640["stream fps"], 29, "{:.1f}")
         add("live 640x480: latency p95 (ms)", one640["p95 ms"], 15, "{:.1f}", at_least=False)
+    busy = rows.get("one-640-busy")
+    if busy:
+        cpu = f" (server CPU {busy.get('server CPU', float('nan')):.2f} cores"
+        cpu += f", {one640.get('server CPU', float('nan')):.2f} without)" if one640 else ")"
+        add(f"live 640x480 with live_busy_poll_ms {BUSY_POLL_MS:g}: latency p95 (ms)", busy["p95 ms"], 15, "{:.1f}", at_least=False, note=cpu)  # fmt: skip
     if one320:
         add("live 320x240: latency p95 (ms)", one320["p95 ms"], 10, "{:.1f}", at_least=False)
     many = rows.get("50viewers")
@@ -136,6 +144,8 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         engine = run("engine_speed.py", ["--rounds", str(args.rounds), "--no-accuracy"], tmp / "e.json", log)  # fmt: skip
         live = run("service_latency.py", ["--only", "one-320,one-640,50viewers", "--seconds", f"{args.seconds:g}"], tmp / "l.json", log)  # fmt: skip
+        busy = run("service_latency.py", ["--only", "one-640", "--seconds", f"{args.seconds:g}", "--busy-poll-ms", f"{BUSY_POLL_MS:g}"], tmp / "b.json", log)  # fmt: skip
+        live["rows"] += [dict(r, key=f"{r['key']}-busy") for r in busy["rows"]]
         jobs = run("video_jobs.py", ["--only-box", "--sides", "native", "--max-frames", str(args.max_frames)], tmp / "j.json", log)  # fmt: skip
     cold = cold_start()
     lines = [f"cold start of `v1motion serve` to /readyz 200: {', '.join(f'{s:.2f}' for s in cold)} s", ""]  # fmt: skip

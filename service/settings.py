@@ -163,6 +163,16 @@ class Settings(BaseSettings):
         "heap holds every thread for 100-200 ms (one in each 20 s of a live stream on a busy "
         "2-core machine); after the freeze it walks only the objects made since",
     )
+    live_busy_poll_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="the worker of a server-side source polls for the next frame without sleeping "
+        "from this long before it is due (the source's pace, measured); 0: it sleeps until the "
+        "frame comes. A core idle for more than ~5 ms between frames ran the next 640x480 step "
+        "30-50 % slower on a 2-core virtual machine; 15 there took its latency p95 from 16-17 "
+        "to 12-13 ms for about 0.4 of a core more per stream (docs/bench/service_latency.md)",
+    )
     sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec.parse("synthetic")])
 
     token: SecretStr | None = Field(

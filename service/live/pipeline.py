@@ -212,8 +212,9 @@ class StreamPipeline:
         analyser = Analyser(self.engine.engine, self.name, self.metrics)
         self.analyser = analyser
         last_seq = 0
+        busy_s = self.settings.live_busy_poll_ms / 1000.0
         while not self._stop.is_set():
-            got = self._slot.get(last_seq, timeout=0.25)
+            got = self._slot.get(last_seq, timeout=0.25, busy_s=busy_s)
             self._check_stall()
             if got is None:
                 continue

@@ -112,6 +112,21 @@ def test_stream_socket_sends_hello_results_and_previews(client):
         assert status["state"] == "running" and status["subscribers"] == 1
 
 
+def test_a_worker_that_polls_before_each_frame_streams_every_frame():
+    """``live_busy_poll_ms``: the worker polls for frames instead of sleeping; results still come,
+    in order, each frame once."""
+    app = create_app(
+        make_settings(live_busy_poll_ms=15),
+        engine_factory=random_engine,
+        source_factories={"pat": pattern_factory(vx=2), "other": pattern_factory(vx=0, vy_up=2)},
+    )
+    with TestClient(app) as c, c.websocket_connect("/v1/streams/pat") as ws:
+        seqs = [next_result(ws)[0]["seq"] for _ in range(12)]
+        status = c.get("/v1/streams/pat").json()
+    assert seqs == sorted(seqs) and len(set(seqs)) == 12
+    assert status["state"] == "running" and status["frames"] >= 12
+
+
 def test_the_engine_numbers_reach_the_viewer():
     """With an engine double that measures the shift, a pattern moving right reads as 0 degrees."""
     app = create_app(
