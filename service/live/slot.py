@@ -16,6 +16,9 @@ PACE_SMOOTHING = 0.1
 PACE_BREAK = 4.0
 """An interval longer than this many running periods (a reconnect, a stall) is not a frame period."""
 
+_yield_core = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
+"""Give up the core (and the interpreter's lock) between looks; ``sched_yield`` is POSIX only."""
+
 
 class LatestSlot:
     """A one-item mailbox between threads: ``put`` replaces, ``get`` waits for a newer item.
@@ -72,7 +75,7 @@ class LatestSlot:
                     self._cond.wait(max(0.0, min(due - busy_s, deadline) - clock()))
             until = min(due + 0.5 * (self.period or 0.0), deadline)
             while self._seq <= after and clock() < until:
-                os.sched_yield()
+                _yield_core()
         with self._cond:
             if self._seq <= after:
                 self._cond.wait(max(0.0, deadline - clock()))

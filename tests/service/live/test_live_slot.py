@@ -75,3 +75,24 @@ def test_busy_polling_gives_up_half_a_period_after_the_item_was_due():
     c0 = time.thread_time()
     assert slot.get(2, timeout=0.5, busy_s=1.0) is None
     assert time.thread_time() - c0 < 0.2  # polled for about 75 ms at most, then slept
+
+
+def test_polling_works_where_the_os_has_no_sched_yield(monkeypatch):
+    """``os.sched_yield`` is POSIX only; elsewhere the slot sleeps for 0 s between looks."""
+    import importlib
+    import os
+
+    from v1motion.service.live import slot as module
+
+    monkeypatch.delattr(os, "sched_yield")
+    reloaded = importlib.reload(module)
+    try:
+        s = reloaded.LatestSlot()
+        s.put("first")
+        time.sleep(0.02)
+        s.put("second")
+        threading.Timer(0.02, s.put, args=("third",)).start()
+        assert s.get(2, timeout=1.0, busy_s=1.0) == (3, "third")
+    finally:
+        monkeypatch.undo()
+        importlib.reload(module)
