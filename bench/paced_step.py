@@ -2,7 +2,8 @@
 
 The live service steps one frame every 33 ms (30 fps) and the machine idles in between; the engine
 benchmark (``bench/engine_speed.py``) steps frames back to back. This measures what the pause does to
-the step: frames of the live synthetic source, one engine per thread count, in interleaved rounds of
+the step: frames of the live synthetic source, one engine per thread count (and two threads without
+the engine's thread placement, ``place_threads=False``), in interleaved rounds of
 modes (``MODES``): back to back, with or without a short idle pause after each step; paced (the
 caller sleeps until the next frame is due); paced with the caller spinning instead of sleeping (the
 machine never idles); and paced with the caller polling only for the last few ms before the frame.
@@ -29,6 +30,10 @@ import numpy as np  # noqa: E402
 from v1motion.models.motion.engine import MotionEngine  # noqa: E402
 from v1motion.service.live.sources import SyntheticSource  # noqa: E402
 from v1motion.service.settings import SourceSpec  # noqa: E402
+
+ENGINES = (("1", 1, True), ("2", 2, True), ("2, not placed", 2, False))
+"""(label, threads, place_threads): one thread; two with the engine's thread placement (the
+default); two where the scheduler puts them."""
 
 MODES = (
     "back to back",
@@ -93,14 +98,16 @@ def main(argv=None) -> int:
     width, height = (int(v) for v in args.size.split("x"))
     frames = source_frames(width, height, args.frames)
     engines = {}
-    for threads in (1, 2):
-        engines[threads] = MotionEngine.load_default(threads=threads, parallel_from_px=0)
-        engines[threads].warmup()
+    for label, threads, placed in ENGINES:
+        engines[label] = MotionEngine.load_default(
+            threads=threads, parallel_from_px=0, place_threads=placed
+        )
+        engines[label].warmup()
     times: dict = {}
     for _ in range(args.rounds):
-        for threads, engine in engines.items():
+        for label, engine in engines.items():
             for mode in MODES:
-                times.setdefault((threads, mode), []).append(
+                times.setdefault((label, mode), []).append(
                     run(engine, frames, mode, 1.0 / args.fps)
                 )
     print(
@@ -110,12 +117,15 @@ def main(argv=None) -> int:
     print("| threads | mode | p50 | p95 |")
     print("|---|---|---|---|")
     p50 = {}
-    for (threads, mode), runs in times.items():
+    for (label, mode), runs in times.items():
         t = np.concatenate(runs)
-        p50[threads, mode] = np.median(t)
-        print(f"| {threads} | {mode} | {np.median(t):.2f} | {np.percentile(t, 95):.2f} |")
-    for mode in MODES:
-        print(f"two threads against one, {mode}: {p50[1, mode] / p50[2, mode]:.2f}x (p50)")
+        p50[label, mode] = np.median(t)
+        print(f"| {label} | {mode} | {np.median(t):.2f} | {np.percentile(t, 95):.2f} |")
+    for label, _, _ in ENGINES[1:]:
+        for mode in MODES:
+            print(
+                f"{label} threads against one, {mode}: {p50['1', mode] / p50[label, mode]:.2f}x (p50)"
+            )
     return 0
 
 

@@ -169,9 +169,9 @@ class Settings(BaseSettings):
         le=1000,
         description="the worker of a server-side source polls for the next frame without sleeping "
         "from this long before it is due (the source's pace, measured); 0: it sleeps until the "
-        "frame comes. A core idle for more than ~5 ms between frames ran the next 640x480 step "
-        "30-50 % slower on a 2-core virtual machine; 15 there took its latency p95 from 16-17 "
-        "to 12-13 ms for about 0.4 of a core more per stream (docs/bench/service_latency.md)",
+        "frame comes. On a 2-core virtual machine, with the engine's threads placed (the "
+        "default), 15 took a 640x480 stream's latency p95 from 13.7-14.6 to 12.1 ms for 0.4 of a "
+        "core more (docs/bench/service_latency.md)",
     )
     sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec.parse("synthetic")])
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import itertools
 import json
 import math
+import os
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -177,7 +179,63 @@ stream are as confident from the second frame (median 0.99) and their dominant d
 as much (13.7 degrees on the second frame against 12.3, 7.5 against 7.6 on the third). Only the step
 path primes (``step``, ``run``); ``encode``, on which the read-out is fitted, does not. Costs four
 encodes on a stream's first frame."""
-_PARALLEL_LAUNCH = threading.Lock()
+
+
+class _Placement:
+    """Where an engine with ``threads > 1`` runs: the calling thread on one CPU while it steps a
+    frame (its affinity restored after), each helper thread on another, for good.
+
+    Left to the scheduler, the threads of a live stream, which idles between frames, were woken onto
+    each other's core: on a 2-core machine a 640x480 step paced at 30 fps took 13.5 ms (median)
+    against 8.3 ms back to back, and 9.7 ms with the threads placed (``bench/paced_step.py``),
+    about what keeping a core busy between frames gave. Consecutive CPUs of the process's affinity,
+    starting one further on for each engine made, so that engines spread over the CPUs. Only one
+    thread at a time is placed on an engine's CPU: a second stream stepping the same engine at once
+    runs where the scheduler puts it. Nothing is placed where the platform cannot
+    (``os.sched_setaffinity``) or the process has fewer CPUs than the engine has threads."""
+
+    _turn = itertools.count()
+
+    def __init__(self, threads: int) -> None:
+        self.cpus: list[int] = []
+        if threads > 1 and hasattr(os, "sched_setaffinity"):
+            allowed = sorted(os.sched_getaffinity(0))
+            if len(allowed) >= threads:
+                k = next(self._turn)
+                self.cpus = [allowed[(k + i) % len(allowed)] for i in range(threads)]
+        self._helpers = itertools.count(1)
+        self._lock = threading.Lock()
+        self._busy = False
+
+    def pin_helper(self) -> None:
+        """A helper thread's initializer: the next of the engine's other CPUs."""
+        if self.cpus:
+            i = next(self._helpers)
+            os.sched_setaffinity(0, {self.cpus[i % len(self.cpus)]})
+
+    @contextlib.contextmanager
+    def calling_thread(self):
+        """The calling thread on the engine's first CPU while inside (if no other is)."""
+        if not self.cpus:
+            yield
+            return
+        with self._lock:
+            mine, self._busy = not self._busy, True
+        saved = None
+        try:
+            if mine:
+                saved = os.sched_getaffinity(0)
+                if self.cpus[0] in saved and saved != {self.cpus[0]}:
+                    os.sched_setaffinity(0, {self.cpus[0]})
+                else:
+                    saved = None
+            yield
+        finally:
+            if saved is not None:
+                os.sched_setaffinity(0, saved)
+            if mine:
+                with self._lock:
+                    self._busy = False
 
 
 class _OneBlasThread:
@@ -484,21 +542,22 @@ class MotionEngine:
         Also read the motion one octave coarser (pyramid levels 1 and up, one more level encoded)
         and let a cell take that reading where it is fast (``FAST_FROM``); frames whose sides are
         under ``2 * min_side`` are read at one scale.
-    threads : Numba threads for the ss-RNN kernel (default 1, the reference path). With more, the
-        patches of a frame are split into ``CHUNKS_PER_THREAD * threads`` chunks of whole patch rows
-        that run in parallel, and a helper thread whitens half of level 0 and the coarser levels,
+    threads : threads of a step (default 1, the reference path; at most ``NUMBA_NUM_THREADS``, the
+        number of cores by default). With more, the patches of a frame are split into
+        ``CHUNKS_PER_THREAD * threads`` chunks of whole patch rows that the calling thread and the
+        engine's helper threads share (``SSRNN.infer`` with an executor), and a helper whitens half
+        of level 0 and the coarser levels,
         then takes part of the fine read's projection and the coarse read (decoding it ahead when
         the frame before took it, ``_read_on_two_threads``); the codes and the motion map are
         identical (the histograms to float32 rounding). ``run`` (a video's frames, all at hand)
         uses two threads differently: frames are read on one thread while the following ones are
-        encoded on the other, up to ``run_ahead`` ahead, for more frames/s.
-        ``numba.set_num_threads`` is per-thread state in Numba, so ``encode`` sets it in the calling
-        thread before every parallel call; engines with different settings can share a process.
-        Parallel kernel launches take one process-wide lock, so several streams can share threaded
-        engines under any Numba threading layer. While such an engine steps or runs frames, BLAS runs
-        on one thread (``ONE_BLAS_THREAD``), and importing the kernels makes OpenMP wait passively
-        between parallel calls unless ``OMP_WAIT_POLICY`` says otherwise (``kernels.py``): with
-        either library's default, the two threads ran slower than one.
+        encoded on the other, up to ``run_ahead`` ahead, for more frames/s. While such an engine
+        steps or runs frames, BLAS runs on one thread (``ONE_BLAS_THREAD``): with its default, the
+        two threads ran slower than one.
+    place_threads : bool, default True
+        With ``threads > 1``, ``step`` runs the calling thread on one CPU and each helper on another
+        (``_Placement``): left to the scheduler, a live stream's threads slowed each other after
+        every pause between frames. ``False`` leaves them where the scheduler puts them.
     prime_passes : int, default PRIME_PASSES
         The first frame of a stream is encoded this many more times, each pass driven by the code of
         the one before, so that the code starts settled (``PRIME_PASSES``); 0 starts it cold.
@@ -531,7 +590,7 @@ class MotionEngine:
                  coarse: bool = True,
                  aperture: tuple[float, float] | None = APERTURE,
                  constraints: tuple[float, float, float, float] | None = CONSTRAINTS,
-                 parallel_from_px: int = PARALLEL_FROM_PX,
+                 parallel_from_px: int = PARALLEL_FROM_PX, place_threads: bool = True,
                  axis_calibration=None, coherence_reference=None,
                  prime_passes: int = PRIME_PASSES,
                  scene_cut: tuple[float, float, float, float] | None = SCENE_CUT):  # fmt: skip
@@ -626,8 +685,13 @@ class MotionEngine:
             raise ValueError(f"MT read-out is for {mt.proj_.shape[1]} units; the model has {n}")
         self._G = model.gram()
         self._layouts: dict = {}
+        self._placement = _Placement(threads if place_threads else 1)
         self._pool = (
-            ThreadPoolExecutor(threads - 1, thread_name_prefix="v1motion-encode")
+            ThreadPoolExecutor(
+                threads - 1,
+                thread_name_prefix="v1motion-encode",
+                initializer=self._placement.pin_helper,
+            )
             if threads > 1
             else None
         )
@@ -738,7 +802,9 @@ class MotionEngine:
         With several threads, frames under ``parallel_from_px`` pixels are stepped on one (the same
         results)."""
         engine = self._engine_for(frame)
-        with ONE_BLAS_THREAD if engine.threads > 1 else contextlib.nullcontext():
+        if engine.threads == 1:
+            return engine._read_frame(state, engine._encode_frame(state, frame))
+        with ONE_BLAS_THREAD, engine._placement.calling_thread():
             return engine._read_frame(state, engine._encode_frame(state, frame))
 
     def run(self, state: StreamState, frames: Iterable[np.ndarray]) -> Iterator[MotionFrame]:
@@ -1078,14 +1144,12 @@ class MotionEngine:
             finally:  # the helper writes to `state`: never return (or raise) while it still runs
                 rest.result()
         prev = self._joint_prev(state, offsets)
-        if self.threads > 1:
-            # Numba's default (workqueue) threading layer aborts the process if two Python threads
-            # launch parallel kernels at once; each launch already uses every thread it is given.
-            with _PARALLEL_LAUNCH:
-                numba.set_num_threads(self.threads)
-                code = model.infer(C, prev, self._G, self._csr, bounds)
+        if self._pool is not None:  # the chunks interleaved over this thread and the helper
+            code = model.infer(
+                C, prev, self._G, self._csr, bounds, executor=self._pool, threads=self.threads
+            )
         else:
-            code = model.infer(C, prev, self._G, self._csr, bounds)
+            code = model.infer(C, prev, self._G, self._csr)
         out = []
         for lv, (gh, gw) in enumerate(shapes):
             a, b = offsets[lv], offsets[lv + 1]

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 
-# Before Numba's OpenMP layer starts (at the first parallel kernel call): its threads sleep between
-# calls instead of spinning, so they leave the cores to the engine's other thread. Spinning, a 640x480
-# step on two threads ran at 1.03-1.07x one thread's speed (BLAS on one thread), against 1.50-1.59x
-# waiting passively (the v1motion command sets this too). Set it in the environment to choose otherwise.
+# Before Numba's OpenMP layer starts (at the first parallel kernel call, ``SSRNN.infer`` without an
+# executor; the engine shares its chunks with its own threads instead): its threads sleep between
+# calls instead of spinning, so they leave the cores to other threads. Spinning, a 640x480 step on two
+# threads ran at 1.03-1.07x one thread's speed (BLAS on one thread), against 1.50-1.59x waiting
+# passively (the v1motion command sets this too). Set it in the environment to choose otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
@@ -307,6 +308,33 @@ def _ssrnn_infer_frame_parallel(
     n_atoms = C.shape[1]
     Gt, base_pi, base_u = _frame_setup(G, b, n_clones, n_atoms)
     for c in prange(starts.shape[0]):
+        _infer_patches(
+            starts[c], ends[c], C, G, Gt, r_ptr, r_idx, r_val, b, base_pi, base_u, prev_idx,
+            prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt,
+            out_prior,
+        )  # fmt: skip
+
+
+# Called from Python on each of several threads: an eager signature, as for the serial driver.
+_INFER_CHUNKS_SIGNATURE = (
+    "void(float32[:, ::1], float64[:, ::1], float64[:, ::1], float64[::1], int64[::1], int64[::1], "
+    "int64[::1], float32[::1], float32[::1], int64[:, ::1], float32[:, ::1], int64[::1], int64, "
+    "float64, float64, float64, int64, int64[:, ::1], float32[:, ::1], int64[::1], float64[::1], "
+    "int64[::1], int64[::1])"
+)
+
+
+@njit(_INFER_CHUNKS_SIGNATURE, cache=True, nogil=True)
+def _ssrnn_infer_chunks(
+    C, G, Gt, base_pi, base_u, r_ptr, r_idx, r_val, b, prev_idx, prev_val, prev_cnt, n_clones,
+    inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt, out_prior, starts, ends,
+):  # fmt: skip
+    """The patches ``starts[c] <= m < ends[c]`` of a frame, chunk after chunk, on the calling thread
+    with the interpreter's lock released: the share of ``_ssrnn_infer_frame``'s work one of several
+    Python threads does, for threads the caller places itself (``SSRNN.infer`` with an
+    ``executor``). ``Gt``, ``base_pi``, ``base_u``: ``_frame_setup``, computed once per frame.
+    Patches are independent given the previous code, so any split gives the serial kernel's code."""
+    for c in range(starts.shape[0]):
         _infer_patches(
             starts[c], ends[c], C, G, Gt, r_ptr, r_idx, r_val, b, base_pi, base_u, prev_idx,
             prev_val, prev_cnt, n_clones, inv2ty2, lam, kappa, kmax, out_idx, out_val, out_cnt,

@@ -28,6 +28,7 @@ switches on with ``x ~ 0`` and ``R`` runs away.
 from __future__ import annotations
 
 import json
+from concurrent.futures import wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ import numba
 import numpy as np
 
 from v1motion.models.motion.kernels import (
+    _frame_setup,
+    _ssrnn_infer_chunks,
     _ssrnn_infer_frame,
     _ssrnn_infer_frame_dense,
     _ssrnn_infer_frame_parallel,
@@ -55,6 +58,27 @@ def interleaved_chunks(bounds: np.ndarray, threads: int) -> tuple[np.ndarray, np
     n = len(bounds) - 1
     order = np.argsort(np.arange(n) % max(1, threads), kind="stable")
     return np.ascontiguousarray(bounds[:-1][order]), np.ascontiguousarray(bounds[1:][order])
+
+
+def _infer_on_threads(args: tuple, bounds: np.ndarray, executor, threads: int) -> None:
+    """``_ssrnn_infer_frame(*args)`` split over the calling thread and ``threads - 1`` of
+    ``executor``'s: chunk ``c`` of ``bounds`` on share ``c % threads``, share 0 on this thread."""
+    C, G, ptr, idx, val, b, p_idx, p_val, p_cnt, n_clones = args[:10]
+    rest = args[10:]
+    Gt, base_pi, base_u = _frame_setup(G, b, n_clones, C.shape[1])
+    head = (C, G, Gt, base_pi, base_u, ptr, idx, val, b, p_idx, p_val, p_cnt, n_clones, *rest)
+    starts, ends = bounds[:-1], bounds[1:]
+    share = [
+        (np.ascontiguousarray(starts[k::threads]), np.ascontiguousarray(ends[k::threads]))
+        for k in range(threads)
+    ]
+    helpers = [executor.submit(_ssrnn_infer_chunks, *head, *sh) for sh in share[1:] if len(sh[0])]
+    try:
+        _ssrnn_infer_chunks(*head, *share[0])
+    finally:  # the helpers write to the output: never return (or raise) while one still runs
+        wait(helpers)
+    for h in helpers:
+        h.result()
 
 
 @dataclass
@@ -318,13 +342,18 @@ class SSRNN:
         G: np.ndarray | None = None,
         csr: tuple | None = None,
         bounds: np.ndarray | None = None,
+        executor=None,
+        threads: int = 2,
     ) -> SparseCode:
         """One greedy filtering step for ``M`` patches given their atom correlations ``C`` ``(M, A)``.
 
         ``bounds`` (increasing int64 from 0 to ``M``) splits the patches into chunks
-        ``bounds[c] <= m < bounds[c + 1]`` that run in parallel on Numba's threads; the code is identical
-        to the serial one for any split. The number of threads is Numba's per-thread setting of the
-        calling thread (``numba.set_num_threads``).
+        ``bounds[c] <= m < bounds[c + 1]`` that run in parallel; the code is identical to the serial
+        one for any split. Without an ``executor`` they run on Numba's threads, as many as Numba's
+        per-thread setting of the calling thread (``numba.set_num_threads``). With one (a
+        ``concurrent.futures`` executor of ``threads - 1`` threads), chunk ``c`` runs on the calling
+        thread if ``c % threads == 0`` and on an executor thread otherwise (``interleaved_chunks``'s
+        split): threads that the caller owns and can place.
         """
         self._check_fitted()
         C = np.ascontiguousarray(C, np.float32)
@@ -351,11 +380,14 @@ class SSRNN:
         )  # fmt: skip
         if bounds is None:
             _ssrnn_infer_frame(*args)
-        else:
-            bounds = np.asarray(bounds, np.int64)
-            if bounds[0] != 0 or bounds[-1] != m or np.any(np.diff(bounds) < 0):
-                raise ValueError(f"bounds must increase from 0 to {m}, got {bounds}")
+            return out
+        bounds = np.asarray(bounds, np.int64)
+        if bounds[0] != 0 or bounds[-1] != m or np.any(np.diff(bounds) < 0):
+            raise ValueError(f"bounds must increase from 0 to {m}, got {bounds}")
+        if executor is None:
             _ssrnn_infer_frame_parallel(*args, *interleaved_chunks(bounds, numba.get_num_threads()))
+            return out
+        _infer_on_threads(args, bounds, executor, max(1, int(threads)))
         return out
 
     def infer_dense(self, C: np.ndarray, prev: SparseCode | None, G=None) -> SparseCode:

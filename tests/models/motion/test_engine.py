@@ -1,6 +1,7 @@
 """The per-frame engine: output contract, recurrent state, and clear errors on bad frames."""
 
 import json
+import os
 import platform
 import sys
 
@@ -612,3 +613,85 @@ def test_importing_the_kernels_makes_openmp_wait_passively_unless_told_otherwise
     kernels = "v1motion.models.motion.kernels"
     assert env_after_import(kernels, "OMP_WAIT_POLICY") == "PASSIVE"
     assert env_after_import(kernels, "OMP_WAIT_POLICY", preset="ACTIVE") == "ACTIVE"
+
+
+_CAN_PLACE = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+needs_two_cpus = pytest.mark.skipif(
+    not _CAN_PLACE or numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 CPUs to place threads on"
+)
+
+
+@needs_two_cpus
+def test_a_two_thread_step_places_its_threads_and_restores_the_callers_affinity(rng):
+    """``step`` runs the calling thread on the engine's first CPU and the helper on its second
+    (``_Placement``); after the step the caller may run anywhere it could before."""
+    from v1motion.models.motion.engine import MotionEngine as Engine
+
+    two = MotionEngine.random(seed=0, threads=2, parallel_from_px=0)
+    first, second = two._placement.cpus
+    assert first != second and {first, second} <= os.sched_getaffinity(0)
+    seen = []
+    encode = Engine._encode_frame
+
+    def spy(self, state, frame):
+        seen.append(os.sched_getaffinity(0))
+        return encode(self, state, frame)
+
+    before = os.sched_getaffinity(0)
+    state = two.new_state()
+    try:
+        Engine._encode_frame = spy
+        for _ in range(2):
+            two.step(state, rng.integers(0, 255, (96, 128), dtype=np.uint8))
+    finally:
+        Engine._encode_frame = encode
+    assert seen == [{first}, {first}]
+    assert os.sched_getaffinity(0) == before
+    assert two._pool.submit(os.sched_getaffinity, 0).result() == {second}
+    # engines made one after the other start one CPU further on
+    assert MotionEngine.random(seed=0, threads=2)._placement.cpus[0] != first
+
+
+@needs_two_cpus
+def test_threads_are_left_to_the_scheduler_when_told_or_when_cpus_are_too_few():
+    from v1motion.models.motion.engine import _Placement
+
+    assert MotionEngine.random(seed=0, threads=2, place_threads=False)._placement.cpus == []
+    assert _Placement(1).cpus == []
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})  # a process allowed one CPU
+        placement = _Placement(2)
+    finally:
+        os.sched_setaffinity(0, before)
+    assert placement.cpus == []
+    with placement.calling_thread():
+        assert os.sched_getaffinity(0) == before
+
+
+@needs_two_cpus
+def test_only_one_thread_at_a_time_is_placed_on_an_engines_cpu():
+    """Two streams stepping one engine at once: the second runs where the scheduler puts it."""
+    import threading
+
+    from v1motion.models.motion.engine import _Placement
+
+    placement = _Placement(2)
+    before = os.sched_getaffinity(0)
+    other, go = [], threading.Event()
+
+    def second():  # made before the first is placed: a new thread inherits its maker's affinity
+        go.wait()
+        with placement.calling_thread():
+            other.append(os.sched_getaffinity(0))
+
+    t = threading.Thread(target=second)
+    t.start()
+    with placement.calling_thread():
+        assert os.sched_getaffinity(0) == {placement.cpus[0]}
+        go.set()
+        t.join()
+    assert other == [before]
+    assert os.sched_getaffinity(0) == before
+    with placement.calling_thread():  # free again once the first has left
+        assert os.sched_getaffinity(0) == {placement.cpus[0]}

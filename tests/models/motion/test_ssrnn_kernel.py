@@ -1,5 +1,7 @@
 """The Numba inference kernel against its numpy twin, and the greedy step against the objective."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 import pytest
@@ -31,6 +33,13 @@ def _compare(model, C, prev):
     m = len(C)
     for bounds in ([0, m], [0, m // 3, m // 3, m], np.linspace(0, m, 5).astype(np.int64)):
         _assert_same_code(model.infer(C, prev, bounds=np.asarray(bounds, np.int64)), out)
+        # ... and so do the chunks shared by this thread and an executor's (the engine's way)
+        for threads in (2, 3):
+            with ThreadPoolExecutor(threads - 1) as ex:
+                got = model.infer(
+                    C, prev, bounds=np.asarray(bounds, np.int64), executor=ex, threads=threads
+                )
+            _assert_same_code(got, out)
     ref = naive._ssrnn_infer_frame(
         C, model.gram(), model.R_, model.b_, prev.idx, prev.val, prev.cnt, model.n_clones,
         1 / (2 * model.tau_y**2), model.lam, model.kappa, model.kmax,
