@@ -59,7 +59,10 @@ def create_app(
     settings = settings or Settings()
     # Built, not warmed: EngineHolder.load warms whatever engine it is given.
     engine_factory = engine_factory or functools.partial(
-        make_engine, settings.engine, threads=settings.engine_threads
+        make_engine,
+        settings.engine,
+        threads=settings.engine_threads,
+        place_threads=settings.engine_place_threads,
     )
     source_factories = source_factories or {}
     unknown = set(source_factories) - {s.name for s in settings.sources}

@@ -148,6 +148,14 @@ class Settings(BaseSettings):
         "read beside the fine one; the same results); frames under 150,000 pixels run on one. At "
         "most NUMBA_NUM_THREADS, the number of cores by default; default 2 where there are 2 cores",
     )
+    engine_place_threads: bool = Field(
+        True,
+        description="while the live engine steps a frame on several threads, run each on a CPU of "
+        "its own; left to the scheduler, a stream's threads were woken onto one core after each "
+        "pause between frames (640x480 latency p95 16.6-16.9 ms against 11.6-14.6 placed, a "
+        "2-core machine). Where other busy programs share the server's few cores (a browser on the "
+        "same 2 cores: p95 16.6-16.8 against 19.6-20.7 placed), false lets the scheduler move them",
+    )
     blas_threads: int = Field(
         1,
         ge=1,

@@ -69,7 +69,7 @@ def step_each(engine: Engine, state: Any, frames: Iterable[np.ndarray]) -> Itera
         yield engine.step(state, frame)
 
 
-def make_engine(name: str, *, threads: int = 1) -> MotionEngine:
+def make_engine(name: str, *, threads: int = 1, place_threads: bool = True) -> MotionEngine:
     """Build the named engine (not yet warmed up).
 
     Parameters
@@ -77,12 +77,14 @@ def make_engine(name: str, *, threads: int = 1) -> MotionEngine:
     name : {"default", "random"}
         ``default`` loads the shipped weights; ``random`` builds a small untrained engine (seed 0).
     threads : int, default 1
-        Numba threads of the ss-RNN kernel (see :class:`~v1motion.models.motion.engine.MotionEngine`).
+        Threads of a step (see :class:`~v1motion.models.motion.engine.MotionEngine`).
+    place_threads : bool, default True
+        With ``threads > 1``, run each of a step's threads on a CPU of its own (``MotionEngine``).
     """
     from v1motion.models.motion.engine import MotionEngine
 
     if name == "default":
-        return MotionEngine.load_default(threads=threads)
+        return MotionEngine.load_default(threads=threads, place_threads=place_threads)
     if name == "random":
-        return MotionEngine.random(seed=0, threads=threads)
+        return MotionEngine.random(seed=0, threads=threads, place_threads=place_threads)
     raise ValueError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINE_NAMES)}")

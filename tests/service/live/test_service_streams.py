@@ -421,3 +421,27 @@ def test_status_reports_sent_and_missed(client):
     assert m["stream"] == "pat" and m["sent"] >= 1
     assert isinstance(m["missed"], int) and m["missed"] >= 0
     assert m["dropped"] == m["missed"]  # the field's first name, kept for existing clients
+
+
+@pytest.mark.parametrize("placed", [True, False])
+def test_the_place_threads_setting_reaches_the_live_engine(placed):
+    """``engine_place_threads`` is handed to the engine the server builds (``make_engine``)."""
+    import os
+
+    import numba
+
+    if (
+        not hasattr(os, "sched_setaffinity")
+        or numba.config.NUMBA_NUM_THREADS < 2
+        or len(os.sched_getaffinity(0)) < 2
+    ):
+        pytest.skip("needs 2 CPUs to place threads on")
+    settings = make_settings(engine="random", engine_threads=2, engine_place_threads=placed)
+    app = create_app(settings, source_factories={"pat": pattern_factory(vx=2)})
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        engine = app.state.services.engine.engine
+        assert engine.threads == 2
+        assert bool(engine._placement.cpus) is placed
