@@ -36,16 +36,18 @@ ENGINES = (("1", 1, True), ("2", 2, True), ("2, not placed", 2, False))
 default); two where the scheduler puts them."""
 
 MODES = (
-    "back to back",
-    "back to back, 5 ms idle after each step",
-    "back to back, 15 ms idle after each step",
-    "paced, caller sleeps",
-    "paced, caller spins",
-    "paced, caller sleeps, spins the last 3 ms",
-    "paced, caller sleeps, polls the last 10 ms",
-    "paced, caller sleeps, polls the last 15 ms",
+    ("back to back", "none", 0.0),
+    ("back to back, 5 ms idle after each step", "idle", 5.0),
+    ("back to back, 15 ms idle after each step", "idle", 15.0),
+    ("paced, caller sleeps", "sleep", 0.0),
+    ("paced, caller spins", "spin", 0.0),
+    ("paced, caller sleeps, spins the last 3 ms", "sleep then spin", 3.0),
+    ("paced, caller sleeps, polls the last 10 ms", "sleep then poll", 10.0),
+    ("paced, caller sleeps, polls the last 15 ms", "sleep then poll", 15.0),
 )
-"""How the caller waits between steps. Polling yields the core between looks (``os.sched_yield``),
+"""(label, how the caller waits between steps, ms): not at all; an idle pause of ms after each step; sleeping
+until the next frame is due; spinning until then; sleeping, then spinning or polling the last ms
+before it. Polling yields the core between looks (``os.sched_yield``),
 as the live worker does with ``live_busy_poll_ms``."""
 
 
@@ -60,7 +62,8 @@ def source_frames(width: int, height: int, n: int) -> list[np.ndarray]:
     return [f for t, f in enumerate(src.read() for _ in range(total)) if t % every == 0][:n]
 
 
-def run(engine: MotionEngine, frames, mode: str, period: float) -> np.ndarray:
+def run(engine: MotionEngine, frames, mode: tuple, period: float) -> np.ndarray:
+    _, kind, ms = mode
     state = engine.new_state()
     times = []
     for frame in frames:
@@ -69,22 +72,16 @@ def run(engine: MotionEngine, frames, mode: str, period: float) -> np.ndarray:
         t1 = time.perf_counter()
         times.append(t1 - t0)
         due = t0 + period
-        if mode.endswith("idle after each step"):
-            time.sleep(float(mode.split(", ")[1].split()[0]) / 1000)
-        elif mode == "paced, caller sleeps":
-            time.sleep(max(0.0, due - time.perf_counter()))
-        elif mode == "paced, caller spins":
+        if kind == "idle":
+            time.sleep(ms / 1000)
+        elif kind == "spin":
             while time.perf_counter() < due:
                 pass
-        elif mode == "paced, caller sleeps, spins the last 3 ms":
-            time.sleep(max(0.0, due - 0.003 - time.perf_counter()))
+        elif kind.startswith("sleep"):
+            time.sleep(max(0.0, due - ms / 1000 - time.perf_counter()))
             while time.perf_counter() < due:
-                pass
-        elif mode.startswith("paced, caller sleeps, polls the last"):
-            lead = float(mode.split()[-2]) / 1000
-            time.sleep(max(0.0, due - lead - time.perf_counter()))
-            while time.perf_counter() < due:
-                os.sched_yield()
+                if kind == "sleep then poll":
+                    os.sched_yield()
     return 1000.0 * np.asarray(times[10:])  # after the stream's first frames
 
 
@@ -107,7 +104,7 @@ def main(argv=None) -> int:
     for _ in range(args.rounds):
         for label, engine in engines.items():
             for mode in MODES:
-                times.setdefault((label, mode), []).append(
+                times.setdefault((label, mode[0]), []).append(
                     run(engine, frames, mode, 1.0 / args.fps)
                 )
     print(
@@ -122,7 +119,7 @@ def main(argv=None) -> int:
         p50[label, mode] = np.median(t)
         print(f"| {label} | {mode} | {np.median(t):.2f} | {np.percentile(t, 95):.2f} |")
     for label, _, _ in ENGINES[1:]:
-        for mode in MODES:
+        for mode, _, _ in MODES:
             print(
                 f"{label} threads against one, {mode}: {p50['1', mode] / p50[label, mode]:.2f}x (p50)"
             )

@@ -802,9 +802,8 @@ class MotionEngine:
         With several threads, frames under ``parallel_from_px`` pixels are stepped on one (the same
         results)."""
         engine = self._engine_for(frame)
-        if engine.threads == 1:
-            return engine._read_frame(state, engine._encode_frame(state, frame))
-        with ONE_BLAS_THREAD, engine._placement.calling_thread():
+        blas = ONE_BLAS_THREAD if engine.threads > 1 else contextlib.nullcontext()
+        with blas, engine._placement.calling_thread():  # the latter a no-op on one thread
             return engine._read_frame(state, engine._encode_frame(state, frame))
 
     def run(self, state: StreamState, frames: Iterable[np.ndarray]) -> Iterator[MotionFrame]:
@@ -1445,9 +1444,9 @@ class MotionEngine:
 
 
 def compile_kernels() -> None:
-    """Compile every kernel of the shipped engine into Numba's on-disk cache: the serial path, and
-    the parallel one when this machine has more than one core (run at install and image build, so
-    a server starts in seconds)."""
+    """Compile every kernel of the shipped engine into Numba's on-disk cache: the one-thread path,
+    and the two-thread one when this machine has more than one core (run at install and image
+    build, so a server starts in seconds)."""
     MotionEngine.load_default().warmup()
     if numba.config.NUMBA_NUM_THREADS > 1:
         MotionEngine.load_default(threads=2).warmup()

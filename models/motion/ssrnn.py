@@ -47,31 +47,40 @@ from v1motion.models.motion.whitening import Whitener, patch_grid
 FORMAT_VERSION = 1
 
 
-def interleaved_chunks(bounds: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """The chunks ``bounds[c] <= m < bounds[c + 1]`` as ``(starts, ends)`` in the order that gives each
-    of ``threads`` threads chunks from all over the frame: ``c = 0, threads, 2 threads, ...``, then
-    ``1, 1 + threads, ...``. Numba's parallel loop hands each thread one contiguous run of its
-    iterations (a chunk size of 1 did not change that), and patches cost more where the image has
-    texture: with the chunks in frame order, one thread took the busy half of the frame (the
-    kernel on two threads at 640x480 ran 1.64x faster than on one; interleaved, 1.9x)."""
+def chunk_shares(bounds: np.ndarray, threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The chunks ``bounds[c] <= m < bounds[c + 1]`` dealt to ``threads`` threads, ``(starts, ends)``
+    per thread: thread ``k`` takes ``c = k, k + threads, k + 2 threads, ...``, chunks from all over
+    the frame. Patches cost more where the image has texture: with the chunks in frame order, one
+    thread took the busy half of the frame (the kernel on two threads at 640x480 ran 1.64x faster
+    than on one; interleaved, 1.9x)."""
     bounds = np.asarray(bounds, np.int64)
-    n = len(bounds) - 1
-    order = np.argsort(np.arange(n) % max(1, threads), kind="stable")
-    return np.ascontiguousarray(bounds[:-1][order]), np.ascontiguousarray(bounds[1:][order])
+    starts, ends = bounds[:-1], bounds[1:]
+    t = max(1, threads)
+    return [
+        (np.ascontiguousarray(starts[k::t]), np.ascontiguousarray(ends[k::t])) for k in range(t)
+    ]
+
+
+def interleaved_chunks(bounds: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """``chunk_shares`` one thread's after the other, as ``(starts, ends)``: ``c = 0, threads,
+    2 threads, ...``, then ``1, 1 + threads, ...``. Numba's parallel loop hands each thread one
+    contiguous run of its iterations (a chunk size of 1 did not change that), so this order gives
+    each thread its share."""
+    shares = chunk_shares(bounds, threads)
+    return (
+        np.concatenate([s for s, _ in shares]).astype(np.int64),
+        np.concatenate([e for _, e in shares]).astype(np.int64),
+    )
 
 
 def _infer_on_threads(args: tuple, bounds: np.ndarray, executor, threads: int) -> None:
     """``_ssrnn_infer_frame(*args)`` split over the calling thread and ``threads - 1`` of
-    ``executor``'s: chunk ``c`` of ``bounds`` on share ``c % threads``, share 0 on this thread."""
+    ``executor``'s (``chunk_shares``), share 0 on this thread."""
     C, G, ptr, idx, val, b, p_idx, p_val, p_cnt, n_clones = args[:10]
     rest = args[10:]
     Gt, base_pi, base_u = _frame_setup(G, b, n_clones, C.shape[1])
     head = (C, G, Gt, base_pi, base_u, ptr, idx, val, b, p_idx, p_val, p_cnt, n_clones, *rest)
-    starts, ends = bounds[:-1], bounds[1:]
-    share = [
-        (np.ascontiguousarray(starts[k::threads]), np.ascontiguousarray(ends[k::threads]))
-        for k in range(threads)
-    ]
+    share = chunk_shares(bounds, threads)
     helpers = [executor.submit(_ssrnn_infer_chunks, *head, *sh) for sh in share[1:] if len(sh[0])]
     try:
         _ssrnn_infer_chunks(*head, *share[0])
@@ -352,8 +361,8 @@ class SSRNN:
         one for any split. Without an ``executor`` they run on Numba's threads, as many as Numba's
         per-thread setting of the calling thread (``numba.set_num_threads``). With one (a
         ``concurrent.futures`` executor of ``threads - 1`` threads), chunk ``c`` runs on the calling
-        thread if ``c % threads == 0`` and on an executor thread otherwise (``interleaved_chunks``'s
-        split): threads that the caller owns and can place.
+        thread if ``c % threads == 0`` and on an executor thread otherwise (``chunk_shares``):
+        threads that the caller owns and can place.
         """
         self._check_fitted()
         C = np.ascontiguousarray(C, np.float32)
