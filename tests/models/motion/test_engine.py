@@ -622,7 +622,7 @@ needs_two_cpus = pytest.mark.skipif(
 
 
 @needs_two_cpus
-def test_a_two_thread_step_places_its_threads_and_restores_the_callers_affinity(rng):
+def test_a_two_thread_step_places_its_threads_and_restores_the_callers_affinity(rng, monkeypatch):
     """``step`` runs the calling thread on the engine's first CPU and the helper on its second
     (``_Placement``); after the step the caller may run anywhere it could before."""
     from v1motion.models.motion.engine import MotionEngine as Engine
@@ -639,12 +639,9 @@ def test_a_two_thread_step_places_its_threads_and_restores_the_callers_affinity(
 
     before = os.sched_getaffinity(0)
     state = two.new_state()
-    try:
-        Engine._encode_frame = spy
-        for _ in range(2):
-            two.step(state, rng.integers(0, 255, (96, 128), dtype=np.uint8))
-    finally:
-        Engine._encode_frame = encode
+    monkeypatch.setattr(Engine, "_encode_frame", spy)
+    for _ in range(2):
+        two.step(state, rng.integers(0, 255, (96, 128), dtype=np.uint8))
     assert seen == [{first}, {first}]
     assert os.sched_getaffinity(0) == before
     assert two._pool.submit(os.sched_getaffinity, 0).result() == {second}
