@@ -3,11 +3,13 @@
 Starts ``v1motion serve`` in its own process with synthetic sources at 30 fps, connects websocket
 viewers from this process, and measures for each result the time from capture (``capture_ts``, the
 server's wall clock when the frame was captured) to its arrival here (same machine, same clock).
-Scenarios: one stream at 320x240 and at 640x480, 8 streams at once, and 50 viewers on one stream.
+Scenarios: one stream at 320x240 and at 640x480, two 640x480 streams at once (two engines on two
+threads each, the engines' thread placement sharing the same two cores), 8 streams at once, and 50
+viewers on one stream.
 The baseline is ``engine.step`` alone on the same frames, in this process.
 
     python bench/service_latency.py [--engine default|random] [--seconds 10] [--only 50viewers,...]
-                                    [--busy-poll-ms 15]
+                                    [--busy-poll-ms 15] [--place-threads false]
 
 Prints a table; the goal is latency p95 <= 10 ms at 30 fps input on 320x240. ``rest`` is latency minus
 the engine step: the wait for the worker (a frame that arrives while it is busy waits for the current
@@ -42,7 +44,7 @@ def free_port() -> int:
 
 
 def start_server(
-    engine: str, sources: list[dict], busy_poll_ms: float = 0.0
+    engine: str, sources: list[dict], busy_poll_ms: float = 0.0, place_threads: bool = True
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(
@@ -50,6 +52,7 @@ def start_server(
         V1MOTION_SOURCES=json.dumps(sources),
         V1MOTION_LOG_LEVEL="warning",
         V1MOTION_LIVE_BUSY_POLL_MS=str(busy_poll_ms),
+        V1MOTION_ENGINE_PLACE_THREADS=str(place_threads).lower(),
     )
     proc = subprocess.Popen(
         [
@@ -134,12 +137,13 @@ def scenario(
     n_viewers: int,
     seconds: float,
     busy_poll_ms: float = 0.0,
+    place_threads: bool = True,
 ):
     sources = [
         {"name": f"s{i}", "kind": "synthetic", "width": w, "height": h, "fps": 30}
         for i in range(n_streams)
     ]
-    proc, url = start_server(engine, sources, busy_poll_ms)
+    proc, url = start_server(engine, sources, busy_poll_ms, place_threads)
     try:
         plan = [f"s{i % n_streams}" for i in range(max(n_viewers, n_streams))]
         cpu0, t0 = process_cpu_s(proc.pid), time.monotonic()
@@ -226,6 +230,7 @@ def baseline_step_ms(engine_name: str, w: int, h: int) -> float:
 PLAN = {  # key: (scenario, width, height, streams, viewers)
     "one-320": ("one stream", 320, 240, 1, 1),
     "one-640": ("one stream", 640, 480, 1, 1),
+    "two-640": ("two streams", 640, 480, 2, 2),
     "8streams": ("8 streams", 320, 240, 8, 8),
     "50viewers": ("50 viewers", 320, 240, 1, 50),
 }
@@ -246,8 +251,15 @@ def main(argv=None) -> int:
         default=0.0,
         help="the server's live_busy_poll_ms (default 0: its workers sleep until a frame comes)",
     )
+    p.add_argument(
+        "--place-threads",
+        choices=["true", "false"],
+        default="true",
+        help="the server's engine_place_threads (default true, the server's default)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the rows here as JSON")
     args = p.parse_args(argv)
+    place = args.place_threads == "true"
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in PLAN]
     if unknown:
@@ -256,14 +268,25 @@ def main(argv=None) -> int:
     for key in keys:
         name, w, h, n_streams, n_viewers = PLAN[key]
         rows.append(
-            scenario(args.engine, name, w, h, n_streams, n_viewers, args.seconds, args.busy_poll_ms)
+            scenario(
+                args.engine,
+                name,
+                w,
+                h,
+                n_streams,
+                n_viewers,
+                args.seconds,
+                args.busy_poll_ms,
+                place,
+            )
         )
         print(f"  done: {name} {w}x{h}", file=sys.stderr, flush=True)
     sizes = {tuple(map(int, r["size"].split("x"))) for r in rows}
     base = {(w, h): baseline_step_ms(args.engine, w, h) for w, h in sizes}
     print(
         f"\nengine: {args.engine}; input 30 fps per stream; {args.seconds:.0f} s per scenario, "
-        f"{os.cpu_count()} CPUs; live_busy_poll_ms {args.busy_poll_ms:g}; load average {os.getloadavg()[0]:.1f} at the end"
+        f"{os.cpu_count()} CPUs; live_busy_poll_ms {args.busy_poll_ms:g}; "
+        f"engine_place_threads {args.place_threads}; load average {os.getloadavg()[0]:.1f} at the end"
     )
     cols = ["scenario", "size", "streams", "viewers", "stream fps", "fps/viewer", "received %",
             "worst %", "missed", "p50 ms", "p95 ms", "p99 ms", "max ms", "engine p50 ms", "engine p95 ms", "rest p50 ms", "dropped",
