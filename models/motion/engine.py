@@ -192,7 +192,9 @@ class _Placement:
     starting one further on for each engine made, so that engines spread over the CPUs. Only one
     thread at a time is placed on an engine's CPU: a second stream stepping the same engine at once
     runs where the scheduler puts it. Nothing is placed where the platform cannot
-    (``os.sched_setaffinity``) or the process has fewer CPUs than the engine has threads."""
+    (``os.sched_setaffinity``) or the process has fewer CPUs than the engine has threads, and a
+    placement the system refuses later (a container's CPU set changed under the running process)
+    leaves that thread where it is: placing only ever speeds a step up, it never fails one."""
 
     _turn = itertools.count()
 
@@ -208,10 +210,11 @@ class _Placement:
         self._busy = False
 
     def pin_helper(self) -> None:
-        """A helper thread's initializer: the next of the engine's other CPUs."""
+        """A helper thread's initializer: the next of the engine's other CPUs. An initializer that
+        raises breaks its pool for good, so a refusal leaves the helper unplaced instead."""
         if self.cpus:
             i = next(self._helpers)
-            os.sched_setaffinity(0, {self.cpus[i % len(self.cpus)]})
+            _set_affinity({self.cpus[i % len(self.cpus)]})
 
     @contextlib.contextmanager
     def calling_thread(self):
@@ -225,17 +228,25 @@ class _Placement:
         try:
             if mine:
                 saved = os.sched_getaffinity(0)
-                if self.cpus[0] in saved and saved != {self.cpus[0]}:
-                    os.sched_setaffinity(0, {self.cpus[0]})
-                else:
+                placed = self.cpus[0] in saved and saved != {self.cpus[0]}
+                if not (placed and _set_affinity({self.cpus[0]})):
                     saved = None
             yield
         finally:
             if saved is not None:
-                os.sched_setaffinity(0, saved)
+                _set_affinity(saved)
             if mine:
                 with self._lock:
                     self._busy = False
+
+
+def _set_affinity(cpus: set[int]) -> bool:
+    """The calling thread on ``cpus``; ``False`` (nothing changed) if the system refuses."""
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError:
+        return False
+    return True
 
 
 class _OneBlasThread:

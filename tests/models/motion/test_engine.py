@@ -650,6 +650,29 @@ def test_a_two_thread_step_places_its_threads_and_restores_the_callers_affinity(
 
 
 @needs_two_cpus
+def test_a_placement_the_system_refuses_leaves_the_threads_where_they_are(rng, monkeypatch):
+    """A CPU set changed under a running process (a container's, say) makes ``sched_setaffinity``
+    fail: the step still runs, on both threads, with the numbers of an engine that places nothing."""
+    placed = MotionEngine.random(seed=0, threads=2, parallel_from_px=0)
+    free = MotionEngine.random(seed=0, threads=2, parallel_from_px=0, place_threads=False)
+    assert placed._placement.cpus
+
+    def refuse(pid, cpus):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)  # before the helper thread starts
+    before = os.sched_getaffinity(0)
+    s1, s2 = placed.new_state(), free.new_state()
+    for _ in range(3):
+        frame = rng.integers(0, 255, (96, 128), dtype=np.uint8)
+        a, b = placed.step(s1, frame), free.step(s2, frame)
+        np.testing.assert_array_equal(a.direction, b.direction)
+        np.testing.assert_array_equal(a.confidence, b.confidence)
+    assert os.sched_getaffinity(0) == before
+    assert placed._pool.submit(os.sched_getaffinity, 0).result() == before  # helper not placed
+
+
+@needs_two_cpus
 def test_threads_are_left_to_the_scheduler_when_told_or_when_cpus_are_too_few():
     from v1motion.models.motion.engine import _Placement
 
