@@ -48,7 +48,8 @@ class Metrics:
             "v1motion_dropped_frames",
             "Frames or results dropped: 'capture' = newer frame arrived before the engine took it, "
             "'subscriber' = newer result replaced one a slow viewer had not been sent, "
-            "'camera' = browser frame replaced before processing or rejected",
+            "'camera' = browser frame replaced before processing or rejected, "
+            "'engine_error' = the engine failed on the frame (an unexpected error, logged)",
             ["stream", "reason"],
             registry=r,
         )

@@ -146,3 +146,23 @@ def slow_fake_engine() -> FakeEngine:
 def hanging_fake_engine() -> FakeEngine:
     """Its first step never returns (in practice: an hour)."""
     return FakeEngine(delay=3600.0, motion="difference")
+
+
+class FlakyEngine(FakeEngine):
+    """The engine double, failing with a ``RuntimeError`` (a fault of the server, not a frame it
+    rejects) on the steps in ``fail`` (1-based; ``None``: every step). Counts its steps (``calls``)
+    and the states it made (``states``)."""
+
+    def __init__(self, fail=None):
+        super().__init__()
+        self.fail, self.calls, self.states = fail, 0, 0
+
+    def new_state(self):
+        self.states += 1
+        return super().new_state()
+
+    def step(self, state, frame):
+        self.calls += 1
+        if self.fail is None or self.calls in self.fail:
+            raise RuntimeError("kernel fault")
+        return super().step(state, frame)

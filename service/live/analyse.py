@@ -35,6 +35,15 @@ class Analysis:
     engine_ms: float
 
 
+MAX_FAILED_FRAMES = 30
+"""Frames in a row on which the engine may fail with an unexpected error (not a frame it rejects
+with a ``ValueError``) before a stream's worker or a browser camera's session gives up. Each such
+frame is dropped, counted (``v1motion_dropped_frames_total{reason="engine_error"}``) and named (the
+stream's ``last_error``; an ``engine_error`` message to a camera), and the engine state starts anew
+(``Analyser.restart``), as after a scene cut: one bad frame or a passing fault does not stop a
+stream for all its viewers, and a broken engine does not spin."""
+
+
 class Analyser:
     """A stream's engine state, frame rate and result numbering; one per stream or browser camera.
 
@@ -61,6 +70,12 @@ class Analyser:
         self._ema_dt: float | None = None
         self._t_prev: float | None = None
         self._elapsed: float | None = None  # running average of frames_elapsed (ELAPSED_TAU)
+
+    def restart(self) -> None:
+        """Start the stream's engine state anew (after the engine failed on a frame: the state may
+        be half updated). Numbering, frame rate and counts go on."""
+        self.state = self.engine.new_state()
+        self.flow.reset()
 
     def analyse(
         self,

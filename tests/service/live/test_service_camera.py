@@ -9,7 +9,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from engine_double import FakeEngine
+from engine_double import FakeEngine, FlakyEngine
 from fastapi.testclient import TestClient
 from service_helpers import random_engine
 from starlette.websockets import WebSocketDisconnect
@@ -122,6 +122,40 @@ def still_works(ws, client):
     ws.send_bytes(jpeg(texture()))
     assert receive_json(ws)["type"] == "result"
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_frame_the_engine_fails_on_gets_an_error_and_the_session_goes_on():
+    engine = FlakyEngine(fail={2})
+    app = create_app(Settings(), engine_factory=lambda: engine)
+    with TestClient(app) as client, client.websocket_connect("/v1/camera") as ws:
+        hello(ws)
+        states = engine.states
+        ws.send_bytes(jpeg(texture()))
+        assert receive_json(ws)["type"] == "result"
+        ws.send_bytes(jpeg(texture(shift=3)))
+        assert expect_error(ws, "engine_error")["detail"] == "RuntimeError: kernel fault"
+        assert engine.states == states + 1  # the session's motion starts anew
+        still_works(ws, client)
+        metrics = client.get("/metrics").text
+    assert 'v1motion_dropped_frames_total{reason="engine_error",stream="camera"} 1.0' in metrics
+
+
+def test_a_camera_whose_engine_fails_on_every_frame_is_closed_after_a_limit():
+    from v1motion.service.live.analyse import MAX_FAILED_FRAMES
+
+    app = create_app(Settings(), engine_factory=lambda: FlakyEngine())
+    with TestClient(app) as client, client.websocket_connect("/v1/camera") as ws:
+        hello(ws)
+        for _ in range(MAX_FAILED_FRAMES - 1):
+            ws.send_bytes(jpeg(texture()))
+            expect_error(ws, "engine_error")
+        ws.send_bytes(jpeg(texture()))
+        detail = expect_error(ws, "engine_error")["detail"]
+        assert f"{MAX_FAILED_FRAMES} frames in a row" in detail
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+        assert closed.value.code == 1011
+        assert client.get("/healthz").status_code == 200
 
 
 def test_non_jpeg_frame_is_refused(client):

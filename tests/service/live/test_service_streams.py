@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from engine_double import FakeEngine
+from engine_double import FakeEngine, FlakyEngine
 from fastapi.testclient import TestClient
 from service_helpers import pattern_factory, random_engine
 from starlette.websockets import WebSocketDisconnect
@@ -445,3 +445,49 @@ def test_the_place_threads_setting_reaches_the_live_engine(placed):
         engine = app.state.services.engine.engine
         assert engine.threads == 2
         assert bool(engine._placement.cpus) is placed
+
+
+def _dropped_for_engine_errors(c) -> float:
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith('v1motion_dropped_frames_total{reason="engine_error",stream="pat"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _app_on(engine):
+    sources = {"pat": pattern_factory(vx=2), "other": pattern_factory(vx=0)}
+    return create_app(make_settings(), engine_factory=lambda: engine, source_factories=sources)
+
+
+def _wait_for_status(c, done, seconds: float) -> dict:
+    """Stream ``pat``'s status once ``done(status)``; fails after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not done(status := c.get("/v1/streams/pat").json()):
+        assert time.monotonic() < deadline, f"not within {seconds} s: {status}"
+        time.sleep(0.05)
+    return status
+
+
+def test_a_frame_the_engine_fails_on_is_dropped_and_the_stream_goes_on():
+    """An unexpected error on one frame: that frame is counted and named, the stream's engine state
+    starts anew, and the stream goes on analysing frames (its worker used to die for good)."""
+    engine = FlakyEngine(fail={3})
+    with TestClient(_app_on(engine)) as c, c.websocket_connect("/v1/streams/pat"):
+        status = _wait_for_status(c, lambda st: st["frames"] >= 6, 10)
+        dropped = _dropped_for_engine_errors(c)
+    assert engine.calls >= 7 and engine.states >= 2  # the state started anew after the fault
+    assert status["state"] == "running"
+    assert status["error"] == "engine failed on a frame: RuntimeError: kernel fault"
+    assert dropped == 1.0
+
+
+def test_an_engine_that_fails_on_every_frame_stops_its_stream_after_a_limit():
+    from v1motion.service.live.analyse import MAX_FAILED_FRAMES
+
+    engine = FlakyEngine()
+    with TestClient(_app_on(engine)) as c, c.websocket_connect("/v1/streams/pat"):
+        status = _wait_for_status(c, lambda st: st["state"] == "error", 20)
+        time.sleep(0.2)
+        assert engine.calls == MAX_FAILED_FRAMES  # no step after it gave up
+        assert "RuntimeError: kernel fault" in status["error"]
+        assert _dropped_for_engine_errors(c) == MAX_FAILED_FRAMES
