@@ -592,6 +592,7 @@ function onResult(m) {
   arr.push(now);
   while (arr.length && now - arr[0] > 2000) arr.shift();
   state.fps = arr.length > 1 ? ((arr.length - 1) * 1000) / Math.max(now - arr[0], 1) : 0;
+  state.lastResultAt = now;
   state.results += 1;
   state.dropsServer = m.timing.dropped;
   if (state.mode === "camera" && state.camera && state.camera.sentAt != null) {
@@ -986,6 +987,18 @@ async function pollStreamState() {
       else if (s.state === "starting") setConn(`starting · ${s.name}`, "idle");
       else setConn(`${s.state} · ${s.name}`, s.state === "error" ? "bad" : "warn");
       $("conn").title = s.error || "";
+      // A stream whose worker stopped sends nothing more: say so, not a frozen map at the last fps.
+      if (s.state === "error") {
+        banner(`The stream ${s.name} stopped: ${s.error || "see the server log"}`, "error");
+        state.streamStopped = true;
+      } else if (state.streamStopped) {
+        banner(null);
+        state.streamStopped = false;
+      }
+      if (state.fps && performance.now() - (state.lastResultAt ?? 0) > 2000) {
+        state.fps = 0; // no result for 2 s: no frame rate to show
+        updateStats();
+      }
     } catch (e) { /* shown by the socket's own state */ }
   }
   setTimeout(pollStreamState, 2000);

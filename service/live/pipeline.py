@@ -199,7 +199,7 @@ class StreamPipeline:
             self._work_loop()
         except Exception as exc:
             self.log.exception("stream %s: worker died", self.name)
-            self.state = "error"
+            self.state, self.fps = "error", 0.0
             self.last_error = f"worker stopped by {type(exc).__name__}: {exc}; see the server log"
 
     def _work_loop(self) -> None:

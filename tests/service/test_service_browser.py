@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_double import FakeEngine
+from engine_double import FakeEngine, FlakyEngine
 from service_helpers import default_engine, pattern_factory, random_engine, serving
 
 from v1motion.service.app import create_app
@@ -424,6 +424,23 @@ def test_dashboard_shows_a_source_that_is_reconnecting(browser):
         )
         assert "camera unplugged" in page.get_attribute("#conn", "title")
         assert errors == []
+
+
+def test_dashboard_says_when_a_stream_stops_on_engine_errors(browser):
+    """The engine fails on every frame from the 20th: the stream goes on through the first failures,
+    then its worker stops; the page names the error and stops showing a frame rate."""
+    app = create_app(Settings(), engine_factory=lambda: FlakyEngine(fail=range(20, 10**9)))
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        page.wait_for_function(
+            "document.querySelector('#conn').textContent.startsWith('error')", timeout=20_000
+        )
+        assert "RuntimeError: kernel fault" in page.inner_text("#banner")
+        assert "stopped" in page.inner_text("#banner")
+        page.wait_for_function(
+            "document.querySelector('#stat-fps').textContent === '–'", timeout=10_000
+        )
+        assert results(page) >= 1 and errors == []
 
 
 def test_distribution_panels_summarise_the_map_by_confidence(browser):

@@ -481,13 +481,14 @@ def test_a_frame_the_engine_fails_on_is_dropped_and_the_stream_goes_on():
     assert dropped == 1.0
 
 
-def test_an_engine_that_fails_on_every_frame_stops_its_stream_after_a_limit():
+def test_an_engine_that_keeps_failing_stops_its_stream_after_a_limit():
     from v1motion.service.live.analyse import MAX_FAILED_FRAMES
 
-    engine = FlakyEngine()
+    engine = FlakyEngine(fail=range(10, 10**9))  # nine good frames, then none
     with TestClient(_app_on(engine)) as c, c.websocket_connect("/v1/streams/pat"):
         status = _wait_for_status(c, lambda st: st["state"] == "error", 20)
         time.sleep(0.2)
-        assert engine.calls == MAX_FAILED_FRAMES  # no step after it gave up
+        assert engine.calls == 9 + MAX_FAILED_FRAMES  # no step after it gave up
         assert "RuntimeError: kernel fault" in status["error"]
+        assert status["fps"] == 0.0  # not the rate it had before it stopped
         assert _dropped_for_engine_errors(c) == MAX_FAILED_FRAMES
