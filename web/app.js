@@ -592,7 +592,6 @@ function onResult(m) {
   arr.push(now);
   while (arr.length && now - arr[0] > 2000) arr.shift();
   state.fps = arr.length > 1 ? ((arr.length - 1) * 1000) / Math.max(now - arr[0], 1) : 0;
-  state.lastResultAt = now;
   state.results += 1;
   state.dropsServer = m.timing.dropped;
   if (state.mode === "camera" && state.camera && state.camera.sentAt != null) {
@@ -995,7 +994,7 @@ async function pollStreamState() {
         banner(null);
         state.streamStopped = false;
       }
-      if (state.fps && performance.now() - (state.lastResultAt ?? 0) > 2000) {
+      if (state.fps && performance.now() - (state.arrivals.at(-1) ?? 0) > 2000) {
         state.fps = 0; // no result for 2 s: no frame rate to show
         updateStats();
       }

@@ -67,10 +67,7 @@ def interleaved_chunks(bounds: np.ndarray, threads: int) -> tuple[np.ndarray, np
     contiguous run of its iterations (a chunk size of 1 did not change that), so this order gives
     each thread its share."""
     shares = chunk_shares(bounds, threads)
-    return (
-        np.concatenate([s for s, _ in shares]).astype(np.int64),
-        np.concatenate([e for _, e in shares]).astype(np.int64),
-    )
+    return np.concatenate([s for s, _ in shares]), np.concatenate([e for _, e in shares])
 
 
 def _infer_on_threads(args: tuple, bounds: np.ndarray, executor, threads: int) -> None:

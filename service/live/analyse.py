@@ -5,6 +5,7 @@ engine step -> timing -> frames per second -> DIS flow (when a viewer wants it) 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,6 +16,8 @@ from v1motion.models.motion.contract import Engine
 from v1motion.models.motion.flow import DISFlow
 from v1motion.service import protocol
 from v1motion.service.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 FPS_SMOOTHING = 0.1
 """Weight of the newest frame interval in the exponential average behind ``fps``."""
@@ -40,7 +43,7 @@ MAX_FAILED_FRAMES = 30
 with a ``ValueError``) before a stream's worker or a browser camera's session gives up. Each such
 frame is dropped, counted (``v1motion_dropped_frames_total{reason="engine_error"}``) and named (the
 stream's ``last_error``; an ``engine_error`` message to a camera), and the engine state starts anew
-(``Analyser.restart``), as after a scene cut: one bad frame or a passing fault does not stop a
+(``Analyser.fail``), as after a scene cut: one bad frame or a passing fault does not stop a
 stream for all its viewers, and a broken engine does not spin."""
 
 
@@ -70,12 +73,22 @@ class Analyser:
         self._ema_dt: float | None = None
         self._t_prev: float | None = None
         self._elapsed: float | None = None  # running average of frames_elapsed (ELAPSED_TAU)
+        self.failures = 0  # frames in a row the engine failed on (``fail``)
 
-    def restart(self) -> None:
-        """Start the stream's engine state anew (after the engine failed on a frame: the state may
-        be half updated). Numbering, frame rate and counts go on."""
+    def fail(self) -> bool:
+        """Call from the handler of an unexpected error of ``analyse`` (not a refused frame): the
+        frame is counted as dropped, the first failure of a run is logged with its traceback, and
+        the engine state starts anew (it may be half updated; numbering, frame rate and counts go
+        on). ``True`` once ``MAX_FAILED_FRAMES`` frames in a row have failed: give up."""
+        self.failures += 1
+        self.metrics.dropped.labels(self.stream, "engine_error").inc()
+        if self.failures >= MAX_FAILED_FRAMES:
+            return True
+        if self.failures == 1:
+            log.exception("%s: engine failed on a frame", self.stream)
         self.state = self.engine.new_state()
         self.flow.reset()
+        return False
 
     def analyse(
         self,
@@ -166,4 +179,5 @@ class Analyser:
             preview=preview,
         )
         text = protocol.message("result", **protocol.v1_names(fields))
+        self.failures = 0
         return Analysis(self.seq, text, (t1 - t0) * 1000)

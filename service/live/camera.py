@@ -87,10 +87,6 @@ class CameraSession:
             return f"JPEG is {w}x{h} but the negotiated size is {self.width}x{self.height}"
         return None
 
-    def restart(self) -> None:
-        """The engine state anew, after the engine failed on a frame (``Analyser.restart``)."""
-        self.analyser.restart()
-
     def process(self, frame: CameraFrame) -> str:
         """Decode and analyse one frame (runs in a worker thread); the result message's text."""
         grey = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_GRAYSCALE)

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from v1motion.service import protocol
-from v1motion.service.live.analyse import MAX_FAILED_FRAMES, Analyser
+from v1motion.service.live.analyse import Analyser
 from v1motion.service.live.engine import EngineHolder
 from v1motion.service.live.hub import Hub, Subscriber
 from v1motion.service.live.slot import CapturedFrame, LatestSlot
@@ -212,7 +212,6 @@ class StreamPipeline:
         analyser = Analyser(self.engine.engine, self.name, self.metrics)
         self.analyser = analyser
         last_seq = 0
-        failed = 0  # frames in a row the engine failed on (MAX_FAILED_FRAMES)
         busy_s = self.settings.live_busy_poll_ms / 1000.0
         while not self._stop.is_set():
             got = self._slot.get(last_seq, timeout=0.25, busy_s=busy_s)
@@ -242,16 +241,10 @@ class StreamPipeline:
                 self.last_error = str(exc)
                 continue
             except Exception as exc:
-                failed += 1
-                self.metrics.dropped.labels(self.name, "engine_error").inc()
                 self.last_error = f"engine failed on a frame: {type(exc).__name__}: {exc}"
-                if failed >= MAX_FAILED_FRAMES:
+                if analyser.fail():
                     raise  # _work logs it and marks the stream failed
-                if failed == 1:  # the first of a run, with its traceback; the rest are counted
-                    self.log.exception("stream %s: engine failed on a frame", self.name)
-                analyser.restart()
                 continue
-            failed = 0
             self.frames, self.fps = analyser.frames, analyser.fps
             h, w = cf.image.shape[:2]
             self.size = (w, h)

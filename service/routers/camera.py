@@ -17,7 +17,6 @@ from starlette.websockets import WebSocketDisconnect
 
 from v1motion.service import protocol
 from v1motion.service.deps import StateDep
-from v1motion.service.live.analyse import MAX_FAILED_FRAMES
 from v1motion.service.live.camera import CameraFrame, CameraSession
 from v1motion.service.routers.streams import close_quietly, parse_text
 
@@ -94,7 +93,6 @@ async def _serve_camera(ws: WebSocket, settings, metrics, holder) -> None:
     await ws.send_text(_ready(session, settings))
 
     receiver = asyncio.create_task(_receive_frames(ws, session, send))
-    failed = 0  # frames in a row the engine failed on (MAX_FAILED_FRAMES)
     try:
         while not receiver.done():
             waiter = asyncio.create_task(session.wake.wait())
@@ -114,23 +112,19 @@ async def _serve_camera(ws: WebSocket, settings, metrics, holder) -> None:
                 await send_error("bad_frame", str(exc))
                 continue
             except Exception as exc:  # the engine failed on the frame: say so, start anew, go on
-                failed += 1
-                metrics.dropped.labels("camera", "engine_error").inc()
-                if failed >= MAX_FAILED_FRAMES:
-                    log.error("camera: engine failed on %d frames in a row; closing", failed)
+                analyser = session.analyser
+                if analyser.fail():
+                    n = analyser.failures
+                    log.error("camera: engine failed on %d frames in a row; closing", n)
                     await send_error(
                         "engine_error",
-                        f"the engine failed on {failed} frames in a row "
+                        f"the engine failed on {n} frames in a row "
                         f"({type(exc).__name__}: {exc}); closing the session",
                     )
                     await close_quietly(ws, 1011, "engine error")
                     return
-                if failed == 1:
-                    log.exception("camera: engine failed on a frame")
-                session.restart()
                 await send_error("engine_error", f"{type(exc).__name__}: {exc}")
                 continue
-            failed = 0
             async with lock:
                 await asyncio.wait_for(ws.send_text(text), settings.send_timeout_s)
     finally:
