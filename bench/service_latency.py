@@ -86,7 +86,7 @@ def start_server(
 
 
 async def viewer(url: str, stream: str, warmup: float, seconds: float, out: list) -> None:
-    lat, seqs, engine_ms, missed = [], [], [], [None, None]
+    lat, seqs, engine_ms, arrivals, missed = [], [], [], [], [None, None]
     async with connect(f"{url.replace('http', 'ws')}/v1/streams/{stream}", max_size=None) as ws:
         t_start = time.monotonic()
         t_end = t_start + warmup + seconds
@@ -108,6 +108,7 @@ async def viewer(url: str, stream: str, warmup: float, seconds: float, out: list
             if m["type"] != "result" or time.monotonic() - t_start < warmup:
                 continue
             lat.append(arrived - m["capture_ts"])
+            arrivals.append(time.monotonic())
             seqs.append(m["seq"])
             engine_ms.append(m["timing"]["engine_ms"])
     out.append(
@@ -116,6 +117,7 @@ async def viewer(url: str, stream: str, warmup: float, seconds: float, out: list
             "lat": lat,
             "seqs": seqs,
             "engine_ms": engine_ms,
+            "arrivals": arrivals,
             "seconds": seconds,
             "missed": 0 if missed[0] is None else missed[1] - missed[0],
         }

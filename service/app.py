@@ -130,7 +130,9 @@ def create_app(
             video_probe_slots=asyncio.Semaphore(2),
             language_scorer=language.load_scorer(settings),
             spike_store=SpikeModelStore(settings.spikes_max_models),
-            spike_worker=SpikeWorker(settings.spikes_fit_workers, settings.spikes_max_pending),
+            spike_worker=SpikeWorker(
+                settings.spikes_fit_workers, settings.spikes_max_pending, settings.blas_threads
+            ),
         )
         return state, blas
 

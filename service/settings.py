@@ -333,7 +333,9 @@ class Settings(BaseSettings):
         3_000_000, ge=1, description="largest counts array accepted (trials x bins x neurons)"
     )
     spikes_max_sample_elements: int = Field(2_000_000, ge=1, description="largest sample returned")
-    spikes_fit_workers: int = Field(1, ge=1, le=16, description="threads running fits")
+    spikes_fit_workers: int = Field(
+        1, ge=1, le=16, description="worker processes running fits, samples and evaluations"
+    )
     spikes_max_pending: int = Field(4, ge=1, description="fits running or waiting; more get 429")
     spikes_max_upload_mb: float = Field(
         16.0, gt=0, description="largest /v1/spikes/models body (JSON or multipart .npz), as sent"

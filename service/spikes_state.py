@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing as mp
+import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from fastapi import HTTPException
 
 log = logging.getLogger(__name__)
 
+WORKER_NICENESS = 5  # spike work yields the cores to a live stream's engine
+STOP_TIMEOUT_S = 5.0  # a stopped worker process is waited for this long (SIGTERM ends it at once)
+
 
 class SpikeModelStore:
-    """Fitted models by id, at most ``max_models`` (least recently created dropped first).
-
-    Each record gets a ``lock``: a model is used by one request at a time (:func:`use_model`), since
-    a call may hold per-call state on the model (a stimulus-locked model's offset)."""
+    """Fitted models by id, at most ``max_models`` (least recently created dropped first)."""
 
     def __init__(self, max_models: int):
         self.max_models = max_models
@@ -25,7 +28,6 @@ class SpikeModelStore:
         self._lock = threading.Lock()
 
     def add(self, record: dict) -> str:
-        record.setdefault("lock", threading.Lock())
         with self._lock:
             self._items[record["id"]] = record
             while len(self._items) > self.max_models:
@@ -44,22 +46,42 @@ class SpikeModelStore:
         return len(self._items)
 
 
-def use_model(record: dict, fn, *args):
-    """``fn(*args)`` while holding the model's lock (run it in the worker, never on the event loop)."""
-    with record["lock"]:
-        return fn(*args)
-
-
 class SpikeWorker:
-    """A bounded thread pool for fits and samples: work runs off the event loop."""
+    """Fits, samples and evaluations in a bounded pool of worker processes, off the server's process.
 
-    def __init__(self, workers: int, max_pending: int):
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spikes-fit")
+    Not threads: the samplers step bin by bin in Python, and in a thread of the server they took
+    the interpreter's lock often enough to halve a live stream's analysed frame rate while they ran
+    (``bench/live_beside_spikes.py``). The processes are spawned with the first request (a server
+    never asked about spikes never pays for them), run at a lower priority than the live engine,
+    and stay. Each call gets its own copy of the model, so calls on one model cannot share per-call
+    state. A process that dies (killed, out of memory) fails its request with a 503 and the pool is
+    replaced with the next one.
+    """
+
+    def __init__(self, workers: int, max_pending: int, blas_threads: int | None = None):
+        self.workers = workers
         self.max_pending = max_pending
+        self.blas_threads = blas_threads
         self._pending = 0
         self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise HTTPException(503, detail="the server is shutting down")
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=mp.get_context("spawn"),
+                    initializer=_init_process,
+                    initargs=(self.blas_threads,),
+                )
+            return self._pool
 
     async def run(self, fn, *args):
+        """``fn(*args)`` in a worker process; ``fn``, its arguments and result must pickle."""
         with self._lock:
             if self._pending >= self.max_pending:
                 raise HTTPException(
@@ -67,10 +89,55 @@ class SpikeWorker:
                 )
             self._pending += 1
         try:
-            return await asyncio.wrap_future(self.pool.submit(fn, *args))
+            pool = self._executor()
+            try:
+                return await asyncio.wrap_future(pool.submit(fn, *args))
+            except BrokenProcessPool:
+                self._discard(pool)
+                log.error("a spike worker process died; its pool is replaced")
+                raise HTTPException(
+                    503,
+                    detail="the spike worker process died during this request (out of memory?); "
+                    "retry, or send less data",
+                ) from None
         finally:
             with self._lock:
                 self._pending -= 1
 
-    def close(self):
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        _stop(pool)
+
+    def close(self) -> None:
+        """Stop the processes, a running fit included: the server's shutdown does not wait for it."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            _stop(pool)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    # The executor has no public way to stop a running call before Python 3.14; its process table is
+    # read before the shutdown clears it.
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(STOP_TIMEOUT_S)
+
+
+def _init_process(blas_threads: int | None) -> None:
+    """A worker process: batch work, below the live engine's priority, with the server's BLAS limit."""
+    try:
+        os.nice(WORKER_NICENESS)
+    except OSError:
+        pass
+    if blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(blas_threads, user_api="blas")

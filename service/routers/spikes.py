@@ -18,30 +18,26 @@ import io
 import json
 import logging
 import struct
-import time
-import uuid
 import zipfile
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
 from v1motion.models.spikes.data import as_counts, bin_spike_times
 from v1motion.models.spikes.registry import (
-    STIMULUS_LOCKED,
     check_data,
-    evaluate,
-    fit_and_score,
     model_options,
 )
 from v1motion.models.spikes.rglm import RGLM
 from v1motion.service.deps import StateDep, get_settings, get_state
 from v1motion.service.jobs.upload import BodyLimits, UploadError, read_body
 from v1motion.service.schemas import RequestBody
-from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker, use_model
+from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker
+from v1motion.service.spikes_work import evaluate, fit_record, sample_body
 
 log = logging.getLogger(__name__)
 
@@ -412,33 +408,6 @@ def _public(rec: dict) -> SpikeModelPublic:
     return SpikeModelPublic(**{k: v for k, v in rec.items() if k in SpikeModelPublic.model_fields})
 
 
-def _fit(y, spec: SpikeModelCreate) -> dict:
-    model, baseline, report = fit_and_score(
-        y, spec.kind, spec.options.given(), spec.test_fraction, spec.seed
-    )
-    tau = None
-    if hasattr(model, "timescales"):
-        tau = [float(t) for t in model.timescales(bin_size=1.0)[1]]
-    return {
-        "id": uuid.uuid4().hex[:12],
-        "kind": spec.kind,
-        "options": spec.options.given(),
-        "n_neurons": int(y.shape[-1]),
-        "n_params": report["n_params"],
-        "held_out_bits_per_spike": report["bits_per_spike"],
-        "n_spikes_test": report["n_spikes_test"],
-        "n_train_trials": report["n_train_trials"],
-        "n_test_trials": report["n_test_trials"],
-        "fit_seconds": report["fit_seconds"],
-        "fit": report["fit"],
-        "created": time.time(),
-        "timescales_bins": None if tau is None else [t if np.isfinite(t) else -1.0 for t in tau],
-        "stimulus_bins": int(y.shape[1]) if spec.kind in STIMULUS_LOCKED else None,
-        "model": model,
-        "baseline": baseline,
-    }
-
-
 def _check_stimulus_bins(rec: dict, n_bins: int, what: str) -> None:
     """422 when a stimulus-locked model is asked about trials of another length than its stimulus."""
     want = rec.get("stimulus_bins")
@@ -452,7 +421,10 @@ def _check_stimulus_bins(rec: dict, n_bins: int, what: str) -> None:
 
 # ----------------------------------------------------------------------------- routes
 NOT_FOUND = {404: {"description": "no spike model with this id"}}
-BUSY = {429: {"description": "too many spike jobs queued; retry later"}}
+BUSY = {
+    429: {"description": "too many spike jobs queued; retry later"},
+    503: {"description": "the worker process died during this request; retry"},
+}
 BAD_DATA = {422: {"description": "counts or options that cannot be used (the detail says why)"}}
 
 
@@ -515,7 +487,9 @@ async def create_model(request: Request, store: Store, worker: Worker) -> SpikeM
         check_work(
             spec, y, settings.spikes_max_work
         )  # kind, option names and size: before queueing
-        rec = await worker.run(_fit, y, spec)
+        rec = await worker.run(
+            fit_record, y, spec.kind, spec.options.given(), spec.test_fraction, spec.seed
+        )
     except (ValueError, TypeError) as exc:  # bad kind, option names or values, data without spikes
         raise HTTPException(422, detail=str(exc)) from None
     except ArithmeticError as exc:  # the optimiser diverged (FloatingPointError) or overflowed
@@ -549,7 +523,7 @@ async def evaluate_model(
             detail=f"counts have {y.shape[-1]} neurons; model {model_id} was fitted on {rec['n_neurons']}",
         )
     _check_stimulus_bins(rec, y.shape[1], "counts have")
-    res = await worker.run(use_model, rec, evaluate, rec["model"], rec["baseline"], y)
+    res = await worker.run(evaluate, rec["model"], rec["baseline"], y)
     return SpikeEvaluation(id=model_id, **res)
 
 
@@ -569,14 +543,7 @@ async def sample_model(
         raise HTTPException(
             422, detail=f"sample too large: {size} entries, at most {limit} allowed"
         )
-    y = await worker.run(
-        use_model,
-        rec,
-        lambda: rec["model"].sample(n_trials=body.n_trials, n_bins=n_bins, seed=body.seed),
+    body_json = await worker.run(
+        sample_body, rec["model"], model_id, body.n_trials, n_bins, body.seed
     )
-    return SamplePublic(
-        id=model_id,
-        counts=y.tolist(),
-        n_spikes=float(y.sum()),
-        n_at_cap=int(np.sum(y >= SAMPLE_MAX_COUNT)),
-    )
+    return Response(content=body_json, media_type="application/json")

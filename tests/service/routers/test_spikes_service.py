@@ -2,7 +2,10 @@
 
 import io
 import json
+import os
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,56 +140,97 @@ def test_store_is_bounded(client):
     assert client.get(f"/v1/spikes/models/{ids[2]}").status_code == 200
 
 
-def test_fit_does_not_block_the_event_loop():
-    """While a slow fit runs in the worker thread, the app keeps answering."""
+# Spike work runs in spawned worker processes, which import this module to find these functions.
+def _gated_fit_record(*args):
+    """The real fit, after this process has said it started and until the test opens the gate."""
+    from v1motion.service.spikes_work import fit_record
+
+    gate = Path(os.environ["V1MOTION_TEST_GATE"])
+    (gate / f"entered-{os.getpid()}").touch()
+    deadline = time.monotonic() + 30
+    while not (gate / "open").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return fit_record(*args)
+
+
+def _dying_fit_record(*args):
+    os._exit(3)  # as the kernel's OOM killer would end it: no exception, no reply
+
+
+def _entered(gate: Path, timeout: float = 60.0) -> int:
+    """The pid of the process that entered the gated fit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(gate.glob("entered-*"))
+        if found:
+            return int(found[0].name.split("-")[1])
+        time.sleep(0.02)
+    raise AssertionError("the gated fit never started")
+
+
+@pytest.fixture
+def gated_fit(tmp_path, monkeypatch):
     from v1motion.service.routers import spikes as spikes_router
 
-    entered, gate = threading.Event(), threading.Event()
-    real = spikes_router._fit
+    monkeypatch.setenv("V1MOTION_TEST_GATE", str(tmp_path))
+    monkeypatch.setattr(spikes_router, "fit_record", _gated_fit_record)
+    return tmp_path
 
-    def slow_fit(y, spec):
-        entered.set()
-        gate.wait(10)
-        return real(y, spec)
 
+def test_spike_work_runs_in_another_process_while_the_app_answers(gated_fit):
     app = create_app(Settings())
-    spikes_router_fit = spikes_router._fit
-    spikes_router._fit = slow_fit
-    try:
-        with TestClient(app) as c:
-            result = {}
-            t = threading.Thread(target=lambda: result.setdefault("r", _fit(c)))
-            t.start()
-            assert entered.wait(10)
-            assert c.get("/healthz").status_code == 200  # answered while the fit waits
-            assert "r" not in result
-            gate.set()
-            t.join(10)
-            assert result["r"].status_code == 201
-    finally:
-        spikes_router._fit = spikes_router_fit
+    with TestClient(app) as c:
+        result = {}
+        t = threading.Thread(target=lambda: result.setdefault("r", _fit(c)))
+        t.start()
+        pid = _entered(gated_fit)
+        assert pid != os.getpid()  # not a thread of the server's process
+        assert c.get("/healthz").status_code == 200  # answered while the fit waits
+        assert "r" not in result
+        (gated_fit / "open").touch()
+        t.join(60)
+        assert result["r"].status_code == 201, result["r"].text
+        mid = result["r"].json()["id"]
+        assert c.post(f"/v1/spikes/models/{mid}/sample", json={"n_bins": 10}).status_code == 200
 
 
-def test_too_many_pending_fits_get_429():
-    from v1motion.service.routers import spikes as spikes_router
-
+def test_too_many_pending_fits_get_429(gated_fit):
     # The first fit holds its place until the second request has been answered; the second is
     # sent only once the first is inside the worker (a fixed sleep raced with a loaded machine).
-    entered, gate = threading.Event(), threading.Event()
-    real = spikes_router._fit
-    spikes_router._fit = lambda y, spec: (entered.set(), gate.wait(10), real(y, spec))[2]
-    try:
-        app = create_app(Settings(spikes_max_pending=1))
-        with TestClient(app) as c:
-            t = threading.Thread(target=lambda: _fit(c))
-            t.start()
-            assert entered.wait(10)
-            r = _fit(c)
-            assert r.status_code == 429 and "retry" in r.json()["detail"]
-            gate.set()
-            t.join(10)
-    finally:
-        spikes_router._fit = real
+    app = create_app(Settings(spikes_max_pending=1))
+    with TestClient(app) as c:
+        t = threading.Thread(target=lambda: _fit(c))
+        t.start()
+        _entered(gated_fit)
+        r = _fit(c)
+        assert r.status_code == 429 and "retry" in r.json()["detail"]
+        (gated_fit / "open").touch()
+        t.join(60)
+
+
+def test_a_worker_process_that_dies_fails_its_request_with_503_and_is_replaced(monkeypatch):
+    from v1motion.service.routers import spikes as spikes_router
+    from v1motion.service.spikes_work import fit_record
+
+    app = create_app(Settings())
+    with TestClient(app) as c:
+        monkeypatch.setattr(spikes_router, "fit_record", _dying_fit_record)
+        r = _fit(c)
+        assert r.status_code == 503 and "died" in r.json()["detail"]
+        monkeypatch.setattr(spikes_router, "fit_record", fit_record)
+        assert _fit(c).status_code == 201
+        assert c.get("/healthz").status_code == 200
+
+
+def test_shutdown_stops_a_running_fit(gated_fit):
+    """The server's shutdown does not wait for a fit: its process is stopped."""
+    app = create_app(Settings())
+    with TestClient(app) as c:
+        t = threading.Thread(target=lambda: _fit(c), daemon=True)
+        t.start()
+        pid = _entered(gated_fit)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 @pytest.mark.parametrize(
@@ -311,10 +355,10 @@ def test_stimulus_locked_kinds_refuse_a_single_trial(client, counts):
     assert r.status_code == 422 and "at least 2 trials" in r.json()["detail"]
 
 
-def test_one_model_serves_one_request_at_a_time():
-    """With several fit workers, evaluate and sample of one model still run one at a time: a call
-    may hold per-call state on the model (a stimulus-locked model's offset)."""
-    app = create_app(Settings(spikes_fit_workers=4, spikes_max_pending=8))
+def test_concurrent_calls_on_one_model_answer_as_sequential_ones():
+    """Evaluate and sample of one stimulus-locked model (whose calls set a per-call offset on it),
+    sent at once to several worker processes, answer as the same calls one after another."""
+    app = create_app(Settings(spikes_fit_workers=3, spikes_max_pending=8))
     with TestClient(app) as c:
         r = c.post(
             "/v1/spikes/models",
@@ -322,33 +366,17 @@ def test_one_model_serves_one_request_at_a_time():
         )
         assert r.status_code == 201, r.text
         mid = r.json()["id"]
-        rec = app.state.services.spike_store.get(mid)
-        real, lock = rec["model"], threading.Lock()
-        active, seen = [0], []
-
-        class Watched:
-            def __getattr__(self, name):
-                fn = getattr(real, name)
-
-                def call(*a, **kw):
-                    with lock:
-                        active[0] += 1
-                        seen.append(active[0])
-                    try:
-                        threading.Event().wait(0.05)
-                        return fn(*a, **kw)
-                    finally:
-                        with lock:
-                            active[0] -= 1
-
-                return call
-
-        rec["model"] = Watched()
-        y = _locked_counts(1).tolist()
         calls = [
-            lambda: c.post(f"/v1/spikes/models/{mid}/evaluate", json={"counts": y}),
-            lambda: c.post(f"/v1/spikes/models/{mid}/sample", json={"n_trials": 2}),
-        ] * 3
+            lambda s=s: c.post(
+                f"/v1/spikes/models/{mid}/evaluate",
+                json={"counts": _locked_counts(seed=s, trials=1).tolist()},
+            )
+            for s in range(3)
+        ] + [
+            lambda s=s: c.post(f"/v1/spikes/models/{mid}/sample", json={"n_trials": 2, "seed": s})
+            for s in range(3)
+        ]
+        sequential = [call().json() for call in calls]
         out = [None] * len(calls)
         threads = [
             threading.Thread(target=lambda i=i: out.__setitem__(i, calls[i]()))
@@ -357,24 +385,27 @@ def test_one_model_serves_one_request_at_a_time():
         for t in threads:
             t.start()
         for t in threads:
-            t.join(30)
+            t.join(60)
         assert [r.status_code for r in out] == [200] * len(calls)
-        assert len(seen) >= len(calls) and max(seen) == 1
+        assert [r.json() for r in out] == sequential
+
+
+class _RunAway:
+    """A model whose sample is stuck at the cap from mid-trial on."""
+
+    def sample(self, n_trials, n_bins, seed):
+        from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
+
+        y = np.zeros((n_trials, n_bins, 3))
+        y[:, n_bins // 2 :, 0] = SAMPLE_MAX_COUNT
+        return y
 
 
 def test_a_sample_that_ran_away_says_how_many_counts_hit_the_cap(client):
-    from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
 
     mid = _fit(client).json()["id"]
     rec = client.app.state.services.spike_store.get(mid)
-
-    class RunAway:
-        def sample(self, n_trials, n_bins, seed):
-            y = np.zeros((n_trials, n_bins, 3))
-            y[:, n_bins // 2 :, 0] = SAMPLE_MAX_COUNT  # stuck at the cap from mid-trial on
-            return y
-
-    rec["model"] = RunAway()
+    rec["model"] = _RunAway()
     s = client.post(f"/v1/spikes/models/{mid}/sample", json={"n_trials": 2, "n_bins": 40})
     assert s.status_code == 200 and s.json()["n_at_cap"] == 40
 

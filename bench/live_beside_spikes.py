@@ -1,0 +1,101 @@
+"""A live stream while the spike endpoints work: what a neuroscientist's request costs the viewers.
+
+Starts ``v1motion serve`` (the default 320x240 synthetic source at 30 fps) in its own process and
+watches the stream with one websocket viewer for ``--seconds`` per scenario: alone, then while one
+client keeps sending one kind of spike request, back to back (a sample of 100,000 bins of a
+4-neuron R-GLM, an evaluation of 400,000 bins posted as JSON, a fit of 20,000 bins). The baseline
+is the same stream alone, in the same server.
+
+    python bench/live_beside_spikes.py [--seconds 10] [--engine default|random]
+
+Per scenario: results/s the viewer received, the longest gap between two results, latency from
+capture to arrival (p50, p95, max; same machine, same clock), and the spike requests done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import threading
+import time
+
+import httpx
+import numpy as np
+from service_latency import start_server, viewer  # bench/ is this script's own folder
+
+WARMUP_S = 2.0
+
+
+def spike_load(url: str, kind: str, model_id: str, stop: threading.Event, done: list) -> None:
+    rng = np.random.default_rng(0)
+    with httpx.Client(base_url=url, timeout=600) as c:
+        while not stop.is_set():
+            t = time.monotonic()
+            if kind == "sample":
+                r = c.post(f"/v1/spikes/models/{model_id}/sample", json={"n_bins": 100_000})
+            elif kind == "evaluate":
+                counts = rng.poisson(0.3, (4, 100_000, 4)).tolist()
+                r = c.post(f"/v1/spikes/models/{model_id}/evaluate", json={"counts": counts})
+            else:
+                counts = rng.poisson(0.3, (4, 5_000, 4)).tolist()
+                r = c.post("/v1/spikes/models", json={"counts": counts, "kind": "rglm_correlated"})
+            r.raise_for_status()
+            done.append(time.monotonic() - t)
+
+
+def run(url: str, kind: str | None, model_id: str, seconds: float) -> dict:
+    stop, done = threading.Event(), []
+    load = None
+    if kind is not None:
+        load = threading.Thread(target=spike_load, args=(url, kind, model_id, stop, done))
+        load.start()
+    seen: list[dict] = []
+    asyncio.run(viewer(url, "synthetic", WARMUP_S, seconds, seen))
+    stop.set()
+    if load is not None:
+        load.join()
+    t, lat = np.array(seen[0]["arrivals"]), np.array(seen[0]["lat"])
+    return {
+        "beside": kind or "nothing",
+        "results/s": len(t) / seconds,
+        "max gap ms": float(np.diff(t).max() * 1000) if len(t) > 1 else float("nan"),
+        "p50 ms": float(np.percentile(lat, 50)),
+        "p95 ms": float(np.percentile(lat, 95)),
+        "max ms": float(lat.max()),
+        "requests": len(done),
+        "request s": float(np.mean(done)) if done else float("nan"),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--engine", default="default")
+    a = ap.parse_args(argv)
+    sources = [{"name": "synthetic", "kind": "synthetic", "width": 320, "height": 240, "fps": 30}]
+    proc, url = start_server(a.engine, sources)
+    try:
+        counts = np.random.default_rng(1).poisson(0.3, (3, 200, 4)).tolist()
+        r = httpx.post(
+            f"{url}/v1/spikes/models",
+            json={"counts": counts, "kind": "rglm_correlated"},
+            timeout=120,
+        )  # also starts the spike worker, before any measurement
+        r.raise_for_status()
+        model_id = r.json()["id"]
+        rows = [run(url, k, model_id, a.seconds) for k in (None, "sample", "evaluate", "fit", None)]
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    cols = list(rows[0])
+    print(f"# python bench/live_beside_spikes.py --seconds {a.seconds:g}; 320x240 at 30 fps")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for row in rows:
+        cells = [f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()]
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
