@@ -47,18 +47,43 @@ class SpikeModelStore:
 
 
 class SpikeWorker:
-    """Fits, samples and evaluations in a bounded pool of worker processes, off the server's process.
+    """Fits, samples and evaluations in a bounded pool of worker processes, off the server's process;
+    large JSON bodies are read in one more process of their own (:meth:`read`), so that a request's
+    parsing never waits behind a long fit.
 
     Not threads: the samplers step bin by bin in Python, and in a thread of the server they took
     the interpreter's lock often enough to halve a live stream's analysed frame rate while they ran
     (``bench/live_beside_spikes.py``). The processes are spawned with the first request (a server
     never asked about spikes never pays for them), run at a lower priority than the live engine,
     and stay. Each call gets its own copy of the model, so calls on one model cannot share per-call
-    state. A process that dies (killed, out of memory) fails its request with a 503 and the pool is
+    state. A process that dies (killed, out of memory) fails its request with a 503 and its pool is
     replaced with the next one.
     """
 
     def __init__(self, workers: int, max_pending: int, blas_threads: int | None = None):
+        self.workers = workers
+        self.max_pending = max_pending
+        self._work = _Processes(workers, max_pending, blas_threads)
+        self._reader = _Processes(1, max_pending, blas_threads)
+
+    async def run(self, fn, *args):
+        """``fn(*args)`` in a worker process; ``fn``, its arguments and result must pickle."""
+        return await self._work.run(fn, *args)
+
+    async def read(self, fn, *args):
+        """``fn(*args)`` in the reader process (parsing a request's body)."""
+        return await self._reader.run(fn, *args)
+
+    def close(self) -> None:
+        """Stop the processes, a running fit included: the server's shutdown does not wait for it."""
+        self._work.close()
+        self._reader.close()
+
+
+class _Processes:
+    """A lazily spawned process pool with at most ``max_pending`` calls running or waiting (429)."""
+
+    def __init__(self, workers: int, max_pending: int, blas_threads: int | None):
         self.workers = workers
         self.max_pending = max_pending
         self.blas_threads = blas_threads
@@ -81,7 +106,6 @@ class SpikeWorker:
             return self._pool
 
     async def run(self, fn, *args):
-        """``fn(*args)`` in a worker process; ``fn``, its arguments and result must pickle."""
         with self._lock:
             if self._pending >= self.max_pending:
                 raise HTTPException(
@@ -111,7 +135,6 @@ class SpikeWorker:
         _stop(pool)
 
     def close(self) -> None:
-        """Stop the processes, a running fit included: the server's shutdown does not wait for it."""
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None

@@ -372,6 +372,15 @@ async def _parse_create(request: Request, max_elements: int) -> tuple[SpikeModel
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from None
         return spec, _counts_from(spec, max_elements)
+    return await _parse_json(get_state(request).spike_worker, raw, SpikeModelCreate, max_elements)
+
+
+INLINE_JSON_BYTES = 256 * 1024  # smaller JSON bodies are read on the event loop (a few ms)
+
+
+def parse_json_counts(raw: bytes, schema: type[SpikeData], max_elements: int):
+    """The body as ``schema`` (its counts or spike times left out) and its counts; HTTPException 422
+    naming the problem."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -379,10 +388,31 @@ async def _parse_create(request: Request, max_elements: int) -> tuple[SpikeModel
     except RecursionError:
         raise HTTPException(422, detail="body is nested too deeply to be read") from None
     try:
-        spec = SpikeModelCreate.model_validate(body)
+        spec = schema.model_validate(body)
     except ValidationError as exc:
         raise _invalid(exc) from None
-    return spec, _counts_from(spec, max_elements)
+    y = _counts_from(spec, max_elements)
+    spec.counts = spec.spike_times = None  # the array stands for them (and need not be sent back)
+    return spec, y
+
+
+def _parse_json_reply(raw: bytes, schema: type[SpikeData], max_elements: int):
+    """:func:`parse_json_counts` in the spike worker's reader process: (error, None) or (None, out)."""
+    try:
+        return None, parse_json_counts(raw, schema, max_elements)
+    except HTTPException as exc:
+        return (exc.status_code, exc.detail), None
+
+
+async def _parse_json(worker: SpikeWorker, raw: bytes, schema: type[SpikeData], max_elements: int):
+    """:func:`parse_json_counts`, for a large body in the reader process: parsing and converting
+    millions of counts held the event loop, and with it every live stream, for tenths of a second."""
+    if len(raw) <= INLINE_JSON_BYTES:
+        return parse_json_counts(raw, schema, max_elements)
+    error, out = await worker.read(_parse_json_reply, raw, schema, max_elements)
+    if error is not None:
+        raise HTTPException(*error)
+    return out
 
 
 def check_work(spec: SpikeModelCreate, y: np.ndarray, max_work: int) -> None:
@@ -428,9 +458,9 @@ BUSY = {
 BAD_DATA = {422: {"description": "counts or options that cannot be used (the detail says why)"}}
 
 
-def _create_body() -> dict:
-    """The request body of ``POST /models`` for the schema (the route reads the body itself)."""
-    schema = SpikeModelCreate.model_json_schema()
+def _inline_schema(model: type[BaseModel]) -> dict:
+    """``model``'s JSON schema with its definitions inlined (a body the route reads itself)."""
+    schema = model.model_json_schema()
     defs = schema.pop("$defs", {})
 
     def inline(node):
@@ -442,6 +472,11 @@ def _create_body() -> dict:
             return [inline(v) for v in node]
         return node
 
+    return inline(schema)
+
+
+def _create_body() -> dict:
+    """The request body of ``POST /models`` for the schema (the route reads the body itself)."""
     multipart = {
         "type": "object",
         "required": ["file"],
@@ -457,7 +492,7 @@ def _create_body() -> dict:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": inline(schema)},
+                "application/json": {"schema": _inline_schema(SpikeModelCreate)},
                 "multipart/form-data": {"schema": multipart},
             },
         }
@@ -510,13 +545,19 @@ def get_model(model_id: str, store: Store) -> SpikeModelPublic:
     "/models/{model_id}/evaluate",
     response_model=SpikeEvaluation,
     responses=NOT_FOUND | BAD_DATA | BUSY,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _inline_schema(SpikeData)}},
+        }
+    },
 )
-async def evaluate_model(
-    model_id: str, data: SpikeData, request: Request, store: Store, worker: Worker
-):
+async def evaluate_model(model_id: str, request: Request, store: Store, worker: Worker):
     """Bits/spike of new counts relative to the homogeneous Poisson of the model's training data."""
+    raw = await request.body()  # within V1MOTION_MAX_BODY_MB (security.BodyLimit)
+    limit = get_settings(request).spikes_max_elements
+    _, y = await _parse_json(worker, raw, SpikeData, limit)  # a bad body is a 422 before a 404
     rec = store.get(model_id)
-    y = _counts_from(data, get_settings(request).spikes_max_elements)
     if y.shape[-1] != rec["n_neurons"]:
         raise HTTPException(
             422,

@@ -1,5 +1,6 @@
 """``/v1/spikes`` endpoints: fit, get, evaluate, sample, and a 422 naming each kind of bad input."""
 
+import contextlib
 import io
 import json
 import os
@@ -226,9 +227,15 @@ def test_shutdown_stops_a_running_fit(gated_fit):
     """The server's shutdown does not wait for a fit: its process is stopped."""
     app = create_app(Settings())
     with TestClient(app) as c:
-        t = threading.Thread(target=lambda: _fit(c), daemon=True)
+
+        def fit_cut_off():
+            with contextlib.suppress(RuntimeError):  # the shutdown cuts the request off
+                _fit(c)
+
+        t = threading.Thread(target=fit_cut_off, daemon=True)
         t.start()
         pid = _entered(gated_fit)
+    t.join(30)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
@@ -421,3 +428,40 @@ def test_the_service_fits_the_tables_settings_by_default():
     driven = make_model("rglm_correlated_locked")
     assert driven.model.l2_state == OPTIONS["rglm_correlated_locked"]["l2_state"]
     assert make_model("plds", l2_loadings=0.5).l2_loadings == 0.5  # an option still wins
+
+
+def test_a_large_json_body_is_read_in_the_reader_process(monkeypatch):
+    """Bodies over INLINE_JSON_BYTES are parsed off the event loop: the server's own parser is
+    broken here, and every large request still answers as it would have, refusals included."""
+    from v1motion.service.routers import spikes as spikes_router
+
+    app = create_app(Settings())
+    with TestClient(app) as c:
+        mid = _fit(c).json()["id"]
+        big = _counts(seed=2, trials=4, bins=15_000)  # 180,000 counts, about 0.9 MB of JSON
+        body = json.dumps({"counts": big.tolist()})
+        assert len(body) > spikes_router.INLINE_JSON_BYTES
+        inline = c.post(f"/v1/spikes/models/{mid}/evaluate", json={"counts": big[:1, :50].tolist()})
+        assert inline.status_code == 200
+
+        def broken(*a):
+            raise AssertionError("parsed on the event loop")
+
+        monkeypatch.setattr(spikes_router, "parse_json_counts", broken)
+        headers = {"Content-Type": "application/json"}
+        r = c.post(f"/v1/spikes/models/{mid}/evaluate", content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["n_spikes"] == big.sum()
+        fit = body[:-1] + ', "kind": "correlated"}'
+        r = c.post("/v1/spikes/models", content=fit, headers=headers)
+        assert r.status_code == 201, r.text
+
+        refusals = {
+            body[:-2]: "body is not valid JSON",
+            body.replace("[0.0,", "[-1.0,", 1): "negative",
+            body[:-1] + ', "bin_size": -1}': "greater than 0",
+            body[:-1] + ', "spike_times": [[1.0]]}': "exactly one",
+        }
+        for bad, words in refusals.items():
+            r = c.post(f"/v1/spikes/models/{mid}/evaluate", content=bad, headers=headers)
+            assert r.status_code == 422 and words in r.text, (words, r.text[:300])
