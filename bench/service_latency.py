@@ -44,11 +44,16 @@ def free_port() -> int:
 
 
 def start_server(
-    engine: str, sources: list[dict], busy_poll_ms: float = 0.0, place_threads: bool = True
+    engine: str,
+    sources: list[dict],
+    busy_poll_ms: float = 0.0,
+    place_threads: bool = True,
+    env: dict | None = None,
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(
         os.environ,
+        **(env or {}),
         V1MOTION_SOURCES=json.dumps(sources),
         V1MOTION_LOG_LEVEL="warning",
         V1MOTION_LIVE_BUSY_POLL_MS=str(busy_poll_ms),

@@ -131,7 +131,10 @@ def create_app(
             language_scorer=language.load_scorer(settings),
             spike_store=SpikeModelStore(settings.spikes_max_models),
             spike_worker=SpikeWorker(
-                settings.spikes_fit_workers, settings.spikes_max_pending, settings.blas_threads
+                settings.spikes_fit_workers,
+                settings.spikes_max_pending,
+                settings.blas_threads,
+                settings.batch_niceness,
             ),
         )
         return state, blas

@@ -333,6 +333,13 @@ class Settings(BaseSettings):
         3_000_000, ge=1, description="largest counts array accepted (trials x bins x neurons)"
     )
     spikes_max_sample_elements: int = Field(2_000_000, ge=1, description="largest sample returned")
+    batch_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="added to the (Unix) niceness of the video job and spike worker processes, so "
+        "that on shared cores the live streams' engines come first (0: the same priority)",
+    )
     spikes_fit_workers: int = Field(
         1, ge=1, le=16, description="worker processes running fits, samples and evaluations"
     )

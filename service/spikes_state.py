@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
-import os
+import signal
 import threading
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
@@ -15,7 +15,6 @@ from fastapi import HTTPException
 
 log = logging.getLogger(__name__)
 
-WORKER_NICENESS = 5  # spike work yields the cores to a live stream's engine
 STOP_TIMEOUT_S = 5.0  # a stopped worker process is waited for this long (SIGTERM ends it at once)
 
 
@@ -53,18 +52,20 @@ class SpikeWorker:
 
     Not threads: the samplers step bin by bin in Python, and in a thread of the server they took
     the interpreter's lock often enough to halve a live stream's analysed frame rate while they ran
-    (``bench/live_beside_spikes.py``). The processes are spawned with the first request (a server
+    (``bench/live_beside_batch.py``). The processes are spawned with the first request (a server
     never asked about spikes never pays for them), run at a lower priority than the live engine,
     and stay. Each call gets its own copy of the model, so calls on one model cannot share per-call
     state. A process that dies (killed, out of memory) fails its request with a 503 and its pool is
     replaced with the next one.
     """
 
-    def __init__(self, workers: int, max_pending: int, blas_threads: int | None = None):
+    def __init__(
+        self, workers: int, max_pending: int, blas_threads: int | None = None, niceness: int = 0
+    ):
         self.workers = workers
         self.max_pending = max_pending
-        self._work = _Processes(workers, max_pending, blas_threads)
-        self._reader = _Processes(1, max_pending, blas_threads)
+        self._work = _Processes(workers, max_pending, blas_threads, niceness)
+        self._reader = _Processes(1, max_pending, blas_threads, niceness)
 
     async def run(self, fn, *args):
         """``fn(*args)`` in a worker process; ``fn``, its arguments and result must pickle."""
@@ -83,10 +84,11 @@ class SpikeWorker:
 class _Processes:
     """A lazily spawned process pool with at most ``max_pending`` calls running or waiting (429)."""
 
-    def __init__(self, workers: int, max_pending: int, blas_threads: int | None):
+    def __init__(self, workers: int, max_pending: int, blas_threads: int | None, niceness: int):
         self.workers = workers
         self.max_pending = max_pending
         self.blas_threads = blas_threads
+        self.niceness = niceness
         self._pending = 0
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
@@ -101,7 +103,7 @@ class _Processes:
                     self.workers,
                     mp_context=mp.get_context("spawn"),
                     initializer=_init_process,
-                    initargs=(self.blas_threads,),
+                    initargs=(self.blas_threads, self.niceness),
                 )
             return self._pool
 
@@ -154,12 +156,15 @@ def _stop(pool: ProcessPoolExecutor) -> None:
         proc.join(STOP_TIMEOUT_S)
 
 
-def _init_process(blas_threads: int | None) -> None:
-    """A worker process: batch work, below the live engine's priority, with the server's BLAS limit."""
-    try:
-        os.nice(WORKER_NICENESS)
-    except OSError:
-        pass
+def _init_process(blas_threads: int | None, niceness: int) -> None:
+    """A worker process: batch work, below the live engines' priority, with the server's BLAS limit;
+    gone with the server (a hard kill included), and left to it on Ctrl-C (which signals the whole
+    process group): the server stops its workers itself."""
+    from v1motion.service.jobs.decode import die_with_parent, lower_priority
+
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lower_priority(niceness)
     if blas_threads is not None:
         from threadpoolctl import threadpool_limits
 

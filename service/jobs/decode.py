@@ -91,6 +91,17 @@ def leave_signals_to_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def lower_priority(niceness: int) -> None:
+    """Add ``niceness`` to this process's (Unix) niceness: batch work (video jobs, spike fits) gives
+    way to the live streams' engines on shared cores. A no-op at 0 or where it is refused."""
+    if niceness <= 0 or not hasattr(os, "nice"):
+        return
+    try:
+        os.nice(niceness)
+    except OSError:
+        log.debug("cannot lower this process's priority")
+
+
 def die_with_parent() -> None:
     """Ask Linux to kill this process when its parent dies (no orphaned decoders or workers after
     a hard kill of the service). A no-op elsewhere."""

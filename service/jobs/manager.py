@@ -86,16 +86,25 @@ class VideoJobs:
                 lambda s, d, lim: RayRunner(s, d, lim, one, address, slots=slots),
                 **kw,
             )
-        return cls.local(settings.data_dir, limits, factory, settings.video_workers, **kw)
-
-    @classmethod
-    def local(cls, data_dir, limits, engine_factory, workers=1, lazy=True, **kw) -> VideoJobs:
-        return cls(
-            data_dir,
+        return cls.local(
+            settings.data_dir,
             limits,
-            lambda s, d, lim: LocalWorkerPool(s, d, lim, engine_factory, slots=workers, lazy=lazy),
+            factory,
+            settings.video_workers,
+            niceness=settings.batch_niceness,
             **kw,
         )
+
+    @classmethod
+    def local(
+        cls, data_dir, limits, engine_factory, workers=1, lazy=True, niceness=0, **kw
+    ) -> VideoJobs:
+        def runner(s, d, lim):
+            return LocalWorkerPool(
+                s, d, lim, engine_factory, slots=workers, lazy=lazy, niceness=niceness
+            )
+
+        return cls(data_dir, limits, runner, **kw)
 
     def start(self) -> None:
         """Lock the store (:class:`~v1motion.service.jobs.lock.StoreLocked` if another service holds it),

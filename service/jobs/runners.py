@@ -170,14 +170,22 @@ class Runner:
 # ------------------------------------------------------------------------------ local processes
 
 
-def worker_main(conn, engine_factory: Callable[[], object], limits: Limits) -> None:
+def worker_main(
+    conn, engine_factory: Callable[[], object], limits: Limits, niceness: int = 0
+) -> None:
     """Body of a worker process: build the engine once, then run jobs sent over ``conn``."""
-    from v1motion.service.jobs.decode import DecodeError, die_with_parent, leave_signals_to_parent
+    from v1motion.service.jobs.decode import (
+        DecodeError,
+        die_with_parent,
+        leave_signals_to_parent,
+        lower_priority,
+    )
     from v1motion.service.jobs.engines import pin_threads, settle_job_process
     from v1motion.service.jobs.process import process_video
 
     leave_signals_to_parent()  # a SIGTERM to the process group is for the service, which stops us
     die_with_parent()
+    lower_priority(niceness)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -228,10 +236,19 @@ class LocalWorkerPool(Runner):
     name = "local"
 
     def __init__(
-        self, store, jobs_dir, limits, engine_factory, slots=1, ready_timeout=600.0, lazy=True
+        self,
+        store,
+        jobs_dir,
+        limits,
+        engine_factory,
+        slots=1,
+        ready_timeout=600.0,
+        lazy=True,
+        niceness=0,
     ):
         super().__init__(store, jobs_dir, limits, slots)
         self.engine_factory = engine_factory
+        self.niceness = niceness  # added to the workers' (Unix) niceness: live streams come first
         self.lazy = lazy  # workers start with the first queued job, not with the service
         self.ready_timeout = ready_timeout
         self._ctx = mp.get_context("spawn")
@@ -250,7 +267,7 @@ class LocalWorkerPool(Runner):
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=worker_main,
-            args=(child, self.engine_factory, self.limits),
+            args=(child, self.engine_factory, self.limits, self.niceness),
             name=f"v1motion-video-worker-{slot}",
             daemon=True,
         )

@@ -501,3 +501,16 @@ def test_a_box_moved_up_then_down_left_has_those_two_main_directions(tmp_path):
     assert all(abs(f - 161) > 45 for f in found)
     summary = json.loads((tmp_path / "out" / "motion.json").read_text())["summary"]
     assert summary["main_directions"] == main
+
+
+def test_job_workers_run_below_the_live_streams_priority(tmp_path):
+    """On shared cores a video job gives way to the live engines (Unix niceness, added)."""
+    jobs = VideoJobs.local(tmp_path / "data", Limits(), fake_engine, niceness=7)
+    jobs.start()
+    try:
+        job_id = _submit(jobs, vs.avi(tmp_path, n=4))
+        assert wait_for(lambda: _finished(jobs, job_id)).status == "succeeded"
+        (pid,) = jobs.runner.worker_pids()
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7
+    finally:
+        jobs.stop()

@@ -1,9 +1,12 @@
 """``/v1/spikes`` endpoints: fit, get, evaluate, sample, and a 422 naming each kind of bad input."""
 
+import asyncio
 import contextlib
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -465,3 +468,67 @@ def test_a_large_json_body_is_read_in_the_reader_process(monkeypatch):
         for bad, words in refusals.items():
             r = c.post(f"/v1/spikes/models/{mid}/evaluate", content=bad, headers=headers)
             assert r.status_code == 422 and words in r.text, (words, r.text[:300])
+
+
+SPIKE_WORKER_HOST = """
+import asyncio, os, time
+from v1motion.service.spikes_state import SpikeWorker
+
+worker = SpikeWorker(1, 4)
+
+
+async def main():
+    print(await worker.run(os.getpid), await worker.read(os.getpid), flush=True)
+
+
+asyncio.run(main())
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; its new parent may not reap it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_a_hard_kill_of_the_server_leaves_no_spike_worker_behind():
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SPIKE_WORKER_HOST],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and proc.pid not in pids and all(_running(p) for p in pids)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    deadline = time.monotonic() + 20
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(p) for p in pids)
+
+
+def test_spike_workers_run_below_the_live_streams_priority():
+    from v1motion.service.spikes_state import SpikeWorker
+
+    worker = SpikeWorker(1, 4, niceness=7)
+    try:
+        mine = os.nice(0)
+        assert asyncio.run(worker.run(os.nice, 0)) == mine + 7
+        assert asyncio.run(worker.read(os.nice, 0)) == mine + 7
+    finally:
+        worker.close()
+
+
+def test_the_service_passes_its_batch_niceness_on():
+    app = create_app(Settings(batch_niceness=3))
+    with TestClient(app) as c:
+        assert app.state.services.spike_worker._work.niceness == 3
+        assert app.state.services.videos.runner.niceness == 3
+        assert c.get("/healthz").status_code == 200
