@@ -64,16 +64,31 @@ class SpikeWorker:
     ):
         self.workers = workers
         self.max_pending = max_pending
-        self._work = _Processes(workers, max_pending, blas_threads, niceness)
-        self._reader = _Processes(1, max_pending, blas_threads, niceness)
+        self._work = _Processes(workers, blas_threads, niceness)
+        self._reader = _Processes(1, blas_threads, niceness)
+        self._pending = 0  # calls running or waiting, in both pools: at most max_pending (429)
+        self._lock = threading.Lock()
 
     async def run(self, fn, *args):
         """``fn(*args)`` in a worker process; ``fn``, its arguments and result must pickle."""
-        return await self._work.run(fn, *args)
+        return await self._call(self._work, fn, *args)
 
     async def read(self, fn, *args):
         """``fn(*args)`` in the reader process (parsing a request's body)."""
-        return await self._reader.run(fn, *args)
+        return await self._call(self._reader, fn, *args)
+
+    async def _call(self, processes: _Processes, fn, *args):
+        with self._lock:
+            if self._pending >= self.max_pending:
+                raise HTTPException(
+                    429, detail=f"{self._pending} spike jobs already queued; retry later"
+                )
+            self._pending += 1
+        try:
+            return await processes.run(fn, *args)
+        finally:
+            with self._lock:
+                self._pending -= 1
 
     def close(self) -> None:
         """Stop the processes, a running fit included: the server's shutdown does not wait for it."""
@@ -82,14 +97,12 @@ class SpikeWorker:
 
 
 class _Processes:
-    """A lazily spawned process pool with at most ``max_pending`` calls running or waiting (429)."""
+    """A lazily spawned process pool that is replaced when one of its processes dies (503)."""
 
-    def __init__(self, workers: int, max_pending: int, blas_threads: int | None, niceness: int):
+    def __init__(self, workers: int, blas_threads: int | None, niceness: int):
         self.workers = workers
-        self.max_pending = max_pending
         self.blas_threads = blas_threads
         self.niceness = niceness
-        self._pending = 0
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
@@ -108,27 +121,17 @@ class _Processes:
             return self._pool
 
     async def run(self, fn, *args):
-        with self._lock:
-            if self._pending >= self.max_pending:
-                raise HTTPException(
-                    429, detail=f"{self._pending} spike jobs already queued; retry later"
-                )
-            self._pending += 1
+        pool = self._executor()
         try:
-            pool = self._executor()
-            try:
-                return await asyncio.wrap_future(pool.submit(fn, *args))
-            except BrokenProcessPool:
-                self._discard(pool)
-                log.error("a spike worker process died; its pool is replaced")
-                raise HTTPException(
-                    503,
-                    detail="the spike worker process died during this request (out of memory?); "
-                    "retry, or send less data",
-                ) from None
-        finally:
-            with self._lock:
-                self._pending -= 1
+            return await asyncio.wrap_future(pool.submit(fn, *args))
+        except BrokenProcessPool:
+            self._discard(pool)
+            log.error("a spike worker process died; its pool is replaced")
+            raise HTTPException(
+                503,
+                detail="the spike worker process died during this request (out of memory?); "
+                "retry, or send less data",
+            ) from None
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:
         with self._lock:

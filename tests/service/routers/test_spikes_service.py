@@ -149,12 +149,17 @@ def _gated_fit_record(*args):
     """The real fit, after this process has said it started and until the test opens the gate."""
     from v1motion.service.spikes_work import fit_record
 
+    _hold_at_gate()
+    return fit_record(*args)
+
+
+def _hold_at_gate():
+    """In a worker process: say it started, then wait until the test opens the gate."""
     gate = Path(os.environ["V1MOTION_TEST_GATE"])
     (gate / f"entered-{os.getpid()}").touch()
     deadline = time.monotonic() + 30
     while not (gate / "open").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    return fit_record(*args)
 
 
 def _dying_fit_record(*args):
@@ -210,6 +215,38 @@ def test_too_many_pending_fits_get_429(gated_fit):
         assert r.status_code == 429 and "retry" in r.json()["detail"]
         (gated_fit / "open").touch()
         t.join(60)
+
+
+def _gated_parse_json_reply(*args):
+    """The real reading of a large body, held at the gate as :func:`_gated_fit_record` is."""
+    from v1motion.service.routers.spikes import _parse_json_reply
+
+    _hold_at_gate()
+    return _parse_json_reply(*args)
+
+
+def test_the_queue_bound_counts_body_reading_and_fits_together(tmp_path, monkeypatch):
+    """V1MOTION_SPIKES_MAX_PENDING bounds the spike requests of both of the worker's pools: while a
+    large body is being read, a fit is one too many."""
+    from v1motion.service.routers import spikes as spikes_router
+
+    monkeypatch.setenv("V1MOTION_TEST_GATE", str(tmp_path))
+    monkeypatch.setattr(spikes_router, "_parse_json_reply", _gated_parse_json_reply)
+    app = create_app(Settings(spikes_max_pending=1))
+    with TestClient(app) as c:
+        big = {"counts": _counts(trials=4, bins=15_000).tolist(), "kind": "correlated"}
+        out = {}
+        t = threading.Thread(
+            target=lambda: out.setdefault("r", c.post("/v1/spikes/models", json=big))
+        )
+        t.start()
+        _entered(tmp_path)  # the large body is in the reader
+        r = _fit(c)  # a small body, read inline, for the fit pool
+        assert r.status_code == 429 and "retry" in r.json()["detail"]
+        (tmp_path / "open").touch()
+        t.join(60)
+        assert out["r"].status_code == 201, out["r"].text
+        assert _fit(c).status_code == 201
 
 
 def test_a_worker_process_that_dies_fails_its_request_with_503_and_is_replaced(monkeypatch):
