@@ -34,14 +34,17 @@ def request_bodies(model_id: str) -> dict[str, tuple[str, bytes]]:
     evaluate = {"counts": rng.poisson(0.3, (4, 100_000, 4)).tolist()}
     fit = {"counts": rng.poisson(0.3, (4, 5_000, 4)).tolist(), "kind": "rglm_correlated"}
     return {
-        "sample": (f"/v1/spikes/models/{model_id}/sample", json.dumps({"n_bins": 100_000})),
-        "evaluate": (f"/v1/spikes/models/{model_id}/evaluate", json.dumps(evaluate)),
-        "fit": ("/v1/spikes/models", json.dumps(fit)),
+        "sample": (f"/v1/spikes/models/{model_id}/sample", _json({"n_bins": 100_000})),
+        "evaluate": (f"/v1/spikes/models/{model_id}/evaluate", _json(evaluate)),
+        "fit": ("/v1/spikes/models", _json(fit)),
     }
 
 
-def spike_load(url: str, path: str, body: str, stop: threading.Event, done: list) -> None:
-    content = body.encode()
+def _json(body: dict) -> bytes:
+    return json.dumps(body).encode()
+
+
+def spike_load(url: str, path: str, content: bytes, stop: threading.Event, done: list) -> None:
     headers = {"Content-Type": "application/json"}
     with httpx.Client(base_url=url, timeout=600) as c:
         while not stop.is_set():

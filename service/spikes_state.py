@@ -62,7 +62,6 @@ class SpikeWorker:
     def __init__(
         self, workers: int, max_pending: int, blas_threads: int | None = None, niceness: int = 0
     ):
-        self.workers = workers
         self.max_pending = max_pending
         self._work = _Processes(workers, blas_threads, niceness)
         self._reader = _Processes(1, blas_threads, niceness)

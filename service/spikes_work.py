@@ -1,7 +1,8 @@
 """What the spike worker processes run (:class:`~v1motion.service.spikes_state.SpikeWorker`).
 
 Module-level functions with picklable arguments and results, importing only the models: a spawned
-worker process imports this module, not the web app.
+fit worker imports this module, not the web app. (The reader process, which parses large bodies,
+imports the spike router for its request schemas: ``routers/spikes.py``'s ``_parse_json_reply``.)
 """
 
 from __future__ import annotations
