@@ -134,6 +134,12 @@ def _fourcc(value: float) -> str:
     return code.to_bytes(4, "little").decode("latin-1").strip("\x00 ").lower()
 
 
+def processed_size(width: int, height: int, limits: Limits) -> tuple[int, int]:
+    """The size of the frames the engine gets: the longer side shrunk to ``limits.max_side``."""
+    scale = min(1.0, limits.max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def check_probe(width: int, height: int, fps: float, codec: str, limits: Limits) -> None:
     """Raise :class:`VideoRejected` if a probed stream breaks a limit (runs in the child)."""
     if width <= 0 or height <= 0:
@@ -141,6 +147,13 @@ def check_probe(width: int, height: int, fps: float, codec: str, limits: Limits)
     if min(width, height) < limits.min_side:
         raise VideoRejected(
             f"frame size {width}x{height} is too small: each side needs at least {limits.min_side} px"
+        )
+    out_w, out_h = processed_size(width, height, limits)
+    if min(out_w, out_h) < limits.min_side:
+        # A long, narrow frame: accepted as decoded, but too small once shrunk for the engine.
+        raise VideoRejected(
+            f"frame size {width}x{height} is too narrow: shrunk to {out_w}x{out_h} (the longer side "
+            f"to {limits.max_side} px), its shorter side is under {limits.min_side} px"
         )
     if width > limits.max_width or height > limits.max_height:
         raise VideoRejected(
@@ -193,8 +206,7 @@ def _child_main(path: str, limits: Limits, probe_only: bool) -> int:
         codec = _fourcc(cap.get(cv2.CAP_PROP_FOURCC))
         declared = int(max(0.0, cap.get(cv2.CAP_PROP_FRAME_COUNT)))
         check_probe(width, height, fps, codec, limits)
-        scale = min(1.0, limits.max_side / max(width, height))
-        out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+        out_w, out_h = processed_size(width, height, limits)
         max_frames = int(min(limits.max_frames, np.floor(limits.max_seconds * fps)))
         header = dict(
             width=width,

@@ -98,6 +98,10 @@ def test_frame_and_duration_caps_stop_decoding(good_avi, limits):
         (lambda t: vs.mp4(t)[:1200], "could not be opened"),
         (lambda t: os.urandom(5000), "could not be opened"),
         (lambda t: vs.write_video(t / "s.avi", "MJPG", size=(48, 32)), "too small"),
+        (
+            lambda t: vs.write_video(t / "n.avi", "MJPG", n=3, size=(1300, 64)),
+            "1300x64 is too narrow: shrunk to 640x32",
+        ),
     ],
     ids=[
         "huge-dimensions",
@@ -107,6 +111,7 @@ def test_frame_and_duration_caps_stop_decoding(good_avi, limits):
         "truncated-mp4",
         "random",
         "tiny",
+        "narrow-once-shrunk",
     ],
 )
 def test_probe_refuses_with_a_reason(tmp_path, make, reason):

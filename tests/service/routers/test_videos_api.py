@@ -97,6 +97,13 @@ BAD_UPLOADS = [
     ("truncated mp4", lambda t: vs.mp4(t)[:1200], "video/mp4", 422, "could not be opened"),
     ("huge dimensions", _huge, "video/x-msvideo", 422, "8000x6000 exceeds"),
     ("zero fps", vs.zero_fps_avi, "video/x-msvideo", 422, "frame rate"),
+    (
+        "too narrow once shrunk",  # 1300x64: 640x32 after the longer side is shrunk to 640
+        lambda t: vs.write_video(t / "n.avi", "MJPG", n=3, size=(1300, 64)),
+        "video/x-msvideo",
+        422,
+        "shrunk to 640x32",
+    ),
     ("wrong content type", lambda t: vs.avi(t), "text/plain", 415, "not a video type"),
     ("hls playlist", lambda t: vs.hls_playlist(t / "x.mp4"), "video/mp4", 415, "HLS playlist"),
     ("ffconcat", lambda t: vs.ffconcat_script(t / "x.mp4"), "video/mp4", 415, "ffconcat"),
