@@ -92,7 +92,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.input.is_file():
         print(f"error: {args.input} is not a file", file=sys.stderr)
         return 2
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder should be, a read-only place
+        print(f"error: cannot create the results folder {out}: {exc}", file=sys.stderr)
+        return 2
     limits = Limits()
     overrides = {"max_frames": args.max_frames, "max_seconds": args.max_seconds}
     overrides["max_side"] = args.max_side
@@ -122,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
             overlay=not args.no_overlay,
         )
     except DecodeError as exc:
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (
+        OSError
+    ) as exc:  # the input unreadable, the results unwritable (permissions, a full disk)
         bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import video_samples as vs
 
@@ -42,3 +43,27 @@ def test_motion_command_refuses_hostile_input_and_busy_folders(tmp_path, capsys,
     assert main(["motion", str(src), "-o", str(busy), "--engine", "random"]) == 2
     assert "holds other files" in capsys.readouterr().err
     assert (busy / "thesis.tex").read_text() == "precious"
+
+
+def test_motion_command_says_why_it_cannot_write_the_results(tmp_path, capsys, monkeypatch):
+    """A place where the results cannot go is an error message and status 2, not a traceback."""
+    from v1motion.service.jobs import layout
+
+    src = tmp_path / "clip.avi"
+    src.write_bytes(vs.avi(tmp_path, n=4))
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "results"  # its parent is a file
+    assert main(["motion", str(src), "-o", str(out), "--engine", "random"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the results folder" in err and "a-file" in err
+
+    def full_disk(path, **arrays):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(
+        np, "savez_compressed", full_disk
+    )  # the disk fills as the results are saved
+    out = tmp_path / "results"
+    assert main(["motion", str(src), "-o", str(out), "--engine", "random"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not out.exists() and not layout.ResultsFolder(out).work.exists()  # nothing half-written
