@@ -39,6 +39,11 @@ examples:
   v1motion serve --help                # every command has its own help"""
 
 
+USER_ERRORS = (OSError, ValueError)
+"""What a command raises on a missing or unreadable file or a value it cannot use: told in one
+line (``error: ...``, status 2) instead of a traceback; ``-v`` shows the traceback."""
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Wraps descriptions by paragraph, keeps example blocks as written, shows each option's default.
 
@@ -98,7 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc} (v1motion -v {args.command} ... shows where)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

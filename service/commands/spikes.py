@@ -185,7 +185,15 @@ def run_fit(args: argparse.Namespace) -> int:
 
 def _load_model(path):
     with open(path, "rb") as fh:  # a file this CLI wrote: trusted local pickle
-        return pickle.load(fh)
+        try:
+            saved = pickle.load(fh)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as exc:
+            raise SystemExit(
+                f"{path} is not a model written by `v1motion spikes fit` ({exc})"
+            ) from None
+    if not (isinstance(saved, dict) and {"kind", "model", "baseline"} <= saved.keys()):
+        raise SystemExit(f"{path} is not a model written by `v1motion spikes fit`")
+    return saved
 
 
 def run_eval(args: argparse.Namespace) -> int:

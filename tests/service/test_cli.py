@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 
+import pytest
 from service_helpers import ServerThread, random_engine, serve_command
 
 from v1motion.service.app import create_app
@@ -117,3 +118,13 @@ def test_help_answers_without_loading_the_numerics():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_value_a_command_cannot_use_is_one_line_and_verbose_shows_where(capsys):
+    from v1motion.service.cli import main
+
+    assert main(["lm", "score", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: text contains no words to score") and "Traceback" not in err
+    with pytest.raises(ValueError, match="no words"):  # -v: the traceback, for a bug report
+        main(["-v", "lm", "score", ""])
