@@ -101,11 +101,18 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"max_frames": args.max_frames, "max_seconds": args.max_seconds}
     overrides["max_side"] = args.max_side
     limits = replace(limits, **{k: v for k, v in overrides.items() if v is not None})
-    bar = tqdm(unit="frame", desc=args.input.name)
+    bars = []  # started with the first progress report: a refused file prints no empty bar
 
     def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(unit="frame", desc=args.input.name, total=total))
+        bar = bars[0]
         bar.total = total
         bar.update(done - bar.n)
+
+    def close_bar() -> None:
+        for bar in bars:
+            bar.close()
 
     pin_threads(1)  # the job overlaps its own stages; library pools would only contend
     build = engine_factory(args.engine, args.threads)
@@ -126,16 +133,15 @@ def run(args: argparse.Namespace) -> int:
             overlay=not args.no_overlay,
         )
     except DecodeError as exc:
-        bar.close()
+        close_bar()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (
-        OSError
-    ) as exc:  # the input unreadable, the results unwritable (permissions, a full disk)
-        bar.close()
+    except OSError as exc:
+        # the input unreadable, the results unwritable (permissions, a full disk)
+        close_bar()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    bar.close()
+    close_bar()
     print(json.dumps(result, indent=1))
     print(describe(result))
     print(f"results in {out}")
