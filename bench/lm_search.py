@@ -72,6 +72,10 @@ SETTINGS: dict[str, dict] = {
     "lr1e-3": dict(learning_rate=1e-3),
     "lr4e-3": dict(learning_rate=4e-3),
     "anneal0.25": dict(anneal=0.25),
+    # optimiser: SGD with momentum 0.9 (the step is lr x the running sum of gradients)
+    "sgd-lr0.1": dict(optimizer="sgd", learning_rate=0.1),
+    "sgd-lr0.3": dict(optimizer="sgd", learning_rate=0.3),
+    "sgd-lr1": dict(optimizer="sgd", learning_rate=1.0),
 }
 
 

@@ -9,6 +9,8 @@ import os
 import sys
 import textwrap
 
+from v1motion.service.commands import run_command
+
 # Before Numba's OpenMP starts: its threads sleep between frames instead of spinning, so the engine's
 # second thread leaves the core to the capture, the encoding and the sockets between frames (on 2
 # cores, live 640x480 on two threads: p50 14.9-16.3 ms against 15.9-18.9 ms spinning). Set it in the
@@ -37,11 +39,6 @@ examples:
   v1motion serve                       # live dashboard on http://127.0.0.1:8000/
   v1motion motion clip.mp4 -o out/     # motion map of a video file, offline
   v1motion serve --help                # every command has its own help"""
-
-
-USER_ERRORS = (OSError, ValueError)
-"""What a command raises on a missing or unreadable file or a value it cannot use: told in one
-line (``error: ...``, status 2) instead of a traceback; ``-v`` shows the traceback."""
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -103,16 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        return int(args.func(args) or 0)
-    except USER_ERRORS as exc:
-        if args.verbose:
-            raise
-        print(f"error: {exc} (v1motion -v {args.command} ... shows where)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(args)
 
 
 if __name__ == "__main__":
