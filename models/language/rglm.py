@@ -1204,6 +1204,11 @@ class LinearRecurrentLM:
         if not path.exists():
             raise FileNotFoundError(f"language model weights {path} not found")
         with np.load(path, allow_pickle=False) as z:
+            missing = {"config", "vocab", "E", "P", "r", "c"} - set(z.files)
+            if missing:
+                raise ValueError(
+                    f"{path.name} is not an R-GLM weights file (no {', '.join(sorted(missing))})"
+                )
             config = json.loads(str(z["config"]))
             init_keys = cls().get_config().keys()
             model = cls(**{k: v for k, v in config.items() if k in init_keys})

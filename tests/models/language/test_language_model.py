@@ -283,6 +283,12 @@ def test_save_load_round_trip_in_half_precision(rng, tmp_path):
     assert back.meta_["valid_ppl"] == 1.0
 
 
+def test_a_file_that_is_not_a_model_is_refused_by_name(tmp_path):
+    np.savez(tmp_path / "counts.npz", counts=np.zeros(3))  # an .npz of something else
+    with pytest.raises(ValueError, match="counts.npz is not an R-GLM weights file .*config"):
+        LinearRecurrentLM.load(tmp_path / "counts.npz")
+
+
 def test_int8_rows_are_within_half_a_step_of_the_original(rng):
     # rows of very different sizes, one all zero and one with a single non-zero entry
     M = rng.standard_normal((6, 40)).astype(np.float32) * np.array([1e-3, 0.1, 1, 3, 0, 1])[:, None]
