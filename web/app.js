@@ -990,9 +990,15 @@ async function pollStreamState() {
       if (s.state === "error") {
         banner(`The stream ${s.name} stopped: ${s.error || "see the server log"}`, "error");
         state.streamStopped = true;
-      } else if (state.streamStopped) {
+      } else if (s.state === "reconnecting" && s.error) {
+        // a source that cannot be opened or read: say why, not only "waiting for frames"
+        const why = s.error.replace(/^SourceError: /, "").replace(/^source '[^']*': /, "");
+        banner(`The source ${s.name} cannot be read (${why}); the server keeps trying.`);
+        state.sourceTrouble = true;
+      } else if (state.streamStopped || state.sourceTrouble) {
         banner(null);
         state.streamStopped = false;
+        state.sourceTrouble = false;
       }
       if (state.fps && performance.now() - (state.arrivals.at(-1) ?? 0) > 2000) {
         state.fps = 0; // no result for 2 s: no frame rate to show

@@ -423,6 +423,9 @@ def test_dashboard_shows_a_source_that_is_reconnecting(browser):
             "document.querySelector('#conn').textContent.startsWith('reconnecting')"
         )
         assert "camera unplugged" in page.get_attribute("#conn", "title")
+        banner = page.locator("#banner")  # the reason, where it is seen without hovering
+        banner.wait_for(state="visible")
+        assert "cannot be read (camera unplugged); the server keeps trying" in banner.text_content()
         assert errors == []
 
 
