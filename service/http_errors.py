@@ -100,7 +100,9 @@ def _api_path(request: Request) -> str:
 async def _http_error(request: Request, exc: StarletteHTTPException):
     if exc.status_code in (404, 405):
         methods = allowed_methods(request.app, _api_path(request))
-        if methods and request.method not in methods:
+        # a HEAD route answers as its GET (left out of the schema): its 404 is a 404
+        head_of_get = request.method == "HEAD" and "GET" in methods and exc.status_code == 404
+        if methods and request.method not in methods and not head_of_get:
             allow = ", ".join(methods)
             exc = StarletteHTTPException(
                 405, f"method {request.method} not allowed here; use {allow}", {"Allow": allow}

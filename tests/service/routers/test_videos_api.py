@@ -63,7 +63,11 @@ def test_upload_process_fetch_delete(client, tmp_path):
     assert motion.status_code == 200 and len(motion.json()["frames"]) == 12
     npz = client.get(f"{base}/motion.npz")
     assert npz.status_code == 200 and npz.content[:2] == b"PK"
-    assert client.get(f"{base}/overlay.mp4").headers["content-type"] == "video/mp4"
+    overlay = client.get(f"{base}/overlay.mp4")
+    assert overlay.headers["content-type"] == "video/mp4"
+    head = client.head(f"{base}/overlay.mp4")  # the size and type without the body
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(overlay.content))
     png = client.get(f"{base}/summary.png")
     assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
     listed = client.get("/v1/videos").json()
@@ -221,6 +225,8 @@ def test_results_of_a_job_in_progress_are_409(client):
         )
     r = client.get(f"/v1/videos/{job_id}/summary.png")
     assert r.status_code == 409 and "the job is running" in r.json()["detail"]
+    assert client.head(f"/v1/videos/{job_id}/summary.png").status_code == 409
+    assert client.head("/v1/videos/no-such-job/summary.png").status_code == 404
     assert client.delete(f"/v1/videos/{job_id}").status_code == 204
     assert not folder.exists()
 
