@@ -942,7 +942,12 @@ async function start() {
   const blocked = cameraBlockedReason();
   if (blocked) $("camera-btn").title = blocked;
 
-  $("source").addEventListener("change", (e) => { if (state.camera) stopCamera(); resetView(); openStream(e.target.value); });
+  $("source").addEventListener("change", (e) => {
+    if (state.unknownSource) { banner(null); state.unknownSource = false; }
+    if (state.camera) stopCamera();
+    resetView();
+    openStream(e.target.value);
+  });
   $("camera-btn").addEventListener("click", () => (state.camera ? stopCamera() : startCamera()));
   $("flow-toggle").addEventListener("change", (e) => {
     state.flow = e.target.checked;
@@ -1027,9 +1032,15 @@ async function start2() {
     return o;
   }));
   const wanted = new URLSearchParams(location.search).get("source");
-  const name = body.streams.some((s) => s.name === wanted) ? wanted : body.default;
+  const known = body.streams.some((s) => s.name === wanted);
+  const name = known ? wanted : body.default;
   sel.value = name;
   openStream(name);
+  if (wanted !== null && !known) {  // a mistyped ?source= is said, not silently replaced
+    const names = body.streams.map((s) => s.name).join(", ");
+    banner(`There is no source named "${wanted}" (sources: ${names}); showing ${name}.`);
+    state.unknownSource = true;  // until another source is picked
+  }
   loadUnits();
 }
 

@@ -219,6 +219,29 @@ def test_flow_panel_says_when_optical_flow_finds_no_motion(browser):
         assert errors == []
 
 
+def test_a_mistyped_source_in_the_address_is_said_and_the_default_shown(browser):
+    app = create_app(
+        Settings(sources=["lobby=synthetic", "door=synthetic"]),
+        engine_factory=random_engine,
+        source_factories={"lobby": pattern_factory(), "door": pattern_factory()},
+    )
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/?source=loby")
+        wait_results(page, 3)
+        assert page.input_value("#source") == "lobby"
+        banner = page.locator("#banner")
+        banner.wait_for(state="visible")
+        assert (
+            'no source named "loby" (sources: lobby, door); showing lobby' in banner.text_content()
+        )
+        page.wait_for_timeout(2500)  # it stays: the stream's state reports do not clear it
+        assert banner.is_visible()
+        page.select_option("#source", "door")  # picking a source clears it
+        banner.wait_for(state="hidden")
+        wait_results(page, results(page) + 3)
+        assert errors == []
+
+
 def test_most_active_units_hold_still_under_the_pointer_and_can_be_clicked(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
