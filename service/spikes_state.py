@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import signal
@@ -105,6 +106,7 @@ class _Processes:
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
+        self._waiting: set[asyncio.Future] = set()  # the calls awaited, ended by close()
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -121,8 +123,17 @@ class _Processes:
 
     async def run(self, fn, *args):
         pool = self._executor()
+        call = asyncio.wrap_future(pool.submit(fn, *args))
+        with self._lock:
+            self._waiting.add(call)
         try:
-            return await asyncio.wrap_future(pool.submit(fn, *args))
+            return await call
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and not (task is not None and task.cancelling()):
+                # ended by close(), not by the request's own cancellation: answer it
+                raise HTTPException(503, detail="the server is shutting down") from None
+            raise
         except BrokenProcessPool:
             self._discard(pool)
             log.error("a spike worker process died; its pool is replaced")
@@ -131,6 +142,9 @@ class _Processes:
                 detail="the spike worker process died during this request (out of memory?); "
                 "retry, or send less data",
             ) from None
+        finally:
+            with self._lock:
+                self._waiting.discard(call)
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:
         with self._lock:
@@ -142,8 +156,15 @@ class _Processes:
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
+            waiting = list(self._waiting)
         if pool is not None:
             _stop(pool)
+        # The executor fails a call whose process it sees die, but not always once it has been shut
+        # down: a request then waited for ever, and the server's shutdown with it. The calls still
+        # awaited end here (each answers 503; one the executor has ended already is left as it is).
+        for call in waiting:
+            with contextlib.suppress(RuntimeError):  # its event loop is already closed
+                call.get_loop().call_soon_threadsafe(call.cancel)
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

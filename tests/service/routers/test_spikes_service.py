@@ -280,6 +280,63 @@ def test_shutdown_stops_a_running_fit(gated_fit):
         os.kill(pid, 0)
 
 
+def test_closing_ends_a_call_the_executor_never_finishes():
+    """The pool's shutdown does not always fail a call whose process it stopped (a shutdown then
+    hung, waiting for the request): close() itself ends every call still awaited, with a 503."""
+    from concurrent.futures import Future
+
+    from fastapi import HTTPException
+
+    from v1motion.service import spikes_state
+
+    class NeverFinishes:
+        def submit(self, fn, *args):
+            return Future()  # running for ever, as far as the caller can tell
+
+    processes = spikes_state._Processes(1, None, 0)
+    processes._pool = NeverFinishes()
+    stopped = []
+
+    async def scenario():
+        call = asyncio.ensure_future(processes.run(print, "never run"))
+        await asyncio.sleep(0.05)
+        assert not call.done()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(spikes_state, "_stop", stopped.append)
+            processes.close()
+        with pytest.raises(HTTPException) as refused:
+            await asyncio.wait_for(call, 5)
+        return refused.value
+
+    refused = asyncio.run(scenario())
+    assert refused.status_code == 503 and "shutting down" in refused.detail
+    assert len(stopped) == 1 and not processes._waiting
+
+
+def test_a_request_cancelled_by_its_client_stays_cancelled():
+    """Only close() turns a cancellation into a 503: a request cancelled from outside is cancelled."""
+    from concurrent.futures import Future
+
+    from v1motion.service import spikes_state
+
+    class NeverFinishes:
+        def submit(self, fn, *args):
+            return Future()
+
+    processes = spikes_state._Processes(1, None, 0)
+    processes._pool = NeverFinishes()
+
+    async def scenario():
+        call = asyncio.ensure_future(processes.run(print, "never run"))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(scenario())
+    assert not processes._waiting
+
+
 @pytest.mark.parametrize(
     "kind,options",
     [
