@@ -994,16 +994,15 @@ async function pollStreamState() {
       // A stream whose worker stopped sends nothing more: say so, not a frozen map at the last fps.
       if (s.state === "error") {
         banner(`The stream ${s.name} stopped: ${s.error || "see the server log"}`, "error");
-        state.streamStopped = true;
+        state.streamBanner = true;
       } else if (s.state === "reconnecting" && s.error) {
         // a source that cannot be opened or read: say why, not only "waiting for frames"
         const why = s.error.replace(/^SourceError: /, "").replace(/^source '[^']*': /, "");
         banner(`The source ${s.name} cannot be read (${why}); the server keeps trying.`);
-        state.sourceTrouble = true;
-      } else if (state.streamStopped || state.sourceTrouble) {
+        state.streamBanner = true;
+      } else if (state.streamBanner) {  // the banner showed this stream's trouble: it is over
         banner(null);
-        state.streamStopped = false;
-        state.sourceTrouble = false;
+        state.streamBanner = false;
       }
       if (state.fps && performance.now() - (state.arrivals.at(-1) ?? 0) > 2000) {
         state.fps = 0; // no result for 2 s: no frame rate to show

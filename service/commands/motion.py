@@ -101,17 +101,17 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"max_frames": args.max_frames, "max_seconds": args.max_seconds}
     overrides["max_side"] = args.max_side
     limits = replace(limits, **{k: v for k, v in overrides.items() if v is not None})
-    bars = []  # started with the first progress report: a refused file prints no empty bar
+    bar = None  # started with the first progress report: a refused file prints no empty bar
 
     def progress(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(unit="frame", desc=args.input.name, total=total))
-        bar = bars[0]
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(unit="frame", desc=args.input.name, total=total)
         bar.total = total
         bar.update(done - bar.n)
 
     def close_bar() -> None:
-        for bar in bars:
+        if bar is not None:
             bar.close()
 
     pin_threads(1)  # the job overlaps its own stages; library pools would only contend
@@ -132,12 +132,7 @@ def run(args: argparse.Namespace) -> int:
             progress,
             overlay=not args.no_overlay,
         )
-    except DecodeError as exc:
-        close_bar()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        # the input unreadable, the results unwritable (permissions, a full disk)
+    except (DecodeError, OSError) as exc:  # refused, or unreadable, or unwritable (a full disk)
         close_bar()
         print(f"error: {exc}", file=sys.stderr)
         return 2
