@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     for path in (args.weights, args.control):
         if not path.exists():
-            raise SystemExit(f"{path} not found: run `v1motion train` first")
+            raise FileNotFoundError(f"{path} not found: run `v1motion train` first")
     engine = MotionEngine.load(args.weights)
     control = MotionEngine.load(args.control)
     bar = tqdm(total=5, desc="analyze")

@@ -152,7 +152,7 @@ def _load_counts(args):
         return load_retina(args.recording, args.bin_ms)
     with np.load(args.counts) as z:
         if "counts" not in z:
-            raise SystemExit(f"{args.counts} has no array 'counts' (has: {list(z.keys())})")
+            raise ValueError(f"{args.counts} has no array 'counts' (has: {list(z.keys())})")
         return as_counts(z["counts"])
 
 
@@ -161,7 +161,7 @@ def _parse_options(items):
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--option {item!r}: expected KEY=VALUE")
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -188,11 +188,11 @@ def _load_model(path):
         try:
             saved = pickle.load(fh)
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as exc:
-            raise SystemExit(
+            raise ValueError(
                 f"{path} is not a model written by `v1motion spikes fit` ({exc})"
             ) from None
     if not (isinstance(saved, dict) and {"kind", "model", "baseline"} <= saved.keys()):
-        raise SystemExit(f"{path} is not a model written by `v1motion spikes fit`")
+        raise ValueError(f"{path} is not a model written by `v1motion spikes fit`")
     return saved
 
 

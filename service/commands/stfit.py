@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         h, w = (int(v) for v in args.video_size.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"--video-size must look like 60x80, got {args.video_size!r}") from None
+        raise ValueError(f"--video-size must look like 60x80, got {args.video_size!r}") from None
     params = None
     if args.bank:
         bank = load_bank(args.bank, key=args.bank_key, layout=args.layout)

@@ -128,3 +128,13 @@ def test_a_value_a_command_cannot_use_is_one_line_and_verbose_shows_where(capsys
     assert err.startswith("error: text contains no words to score") and "Traceback" not in err
     with pytest.raises(ValueError, match="no words"):  # -v: the traceback, for a bug report
         main(["-v", "lm", "score", ""])
+
+
+def test_analyze_without_trained_weights_says_so_in_one_line(tmp_path, capsys):
+    from v1motion.service.cli import main
+
+    missing = tmp_path / "none.npz"
+    assert main(["analyze", "--weights", str(missing), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {missing} not found: run `v1motion train` first")
+    assert not (tmp_path / "rep").exists()

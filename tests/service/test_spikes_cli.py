@@ -4,7 +4,6 @@ import json
 import pickle
 
 import numpy as np
-import pytest
 
 from v1motion.service.cli import main
 
@@ -94,10 +93,22 @@ def test_a_missing_or_foreign_model_file_is_one_line_not_a_traceback(tmp_path, c
     assert err.startswith("error: ") and "missing.pkl" in err and "Traceback" not in err
     foreign = tmp_path / "notes.pkl"
     foreign.write_text("not a pickle at all")
-    with pytest.raises(
-        SystemExit, match="notes.pkl is not a model written by `v1motion spikes fit`"
-    ):
-        main(["spikes", "sample", "--model", str(foreign), "--n-bins", "5", "--out", out])
+    assert main(["spikes", "sample", "--model", str(foreign), "--n-bins", "5", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert "notes.pkl is not a model written by `v1motion spikes fit`" in err
     foreign.write_bytes(pickle.dumps([1, 2, 3]))  # a pickle, but not of a fitted model
-    with pytest.raises(SystemExit, match="is not a model written by"):
-        main(["spikes", "eval", "--model", str(foreign), "--counts", out])
+    assert main(["spikes", "eval", "--model", str(foreign), "--counts", out]) == 2
+    assert "is not a model written by" in capsys.readouterr().err
+
+
+def test_a_counts_file_without_counts_and_a_bad_option_are_one_line(tmp_path, capsys):
+    np.savez(tmp_path / "c.npz", spikes=np.zeros((2, 10, 3)))
+    fit = ["spikes", "fit", "--kind", "rglm_correlated", "--out", str(tmp_path / "m.pkl")]
+    assert main([*fit, "--counts", str(tmp_path / "c.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "has no array 'counts' (has: ['spikes'])" in err
+    np.savez(tmp_path / "c.npz", counts=np.zeros((2, 10, 3), int))
+    assert main([*fit, "--counts", str(tmp_path / "c.npz"), "--option", "n_hidden"]) == 2
+    assert "--option 'n_hidden': expected KEY=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "m.pkl").exists()

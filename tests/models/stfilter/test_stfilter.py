@@ -400,7 +400,7 @@ def test_stfit_cli_writes_report_and_a_loadable_rnn(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_stfit_cli_loads_a_bank_array(tmp_path, rng):
+def test_stfit_cli_loads_a_bank_array(tmp_path, rng, capsys):
     from v1motion.service.cli import main
 
     R, W0, F = planted_system(rng, n=20, d=16, nt=6, density=0.2)
@@ -413,8 +413,9 @@ def test_stfit_cli_loads_a_bank_array(tmp_path, rng):
     report = json.loads((out / "report.json").read_text())
     assert report["fit"]["variance_explained_overall"] > 0.999
     assert "variance_explained_by_group" not in report["fit"]
-    with pytest.raises(SystemExit, match="video-size"):
-        main(["stfit", "--out", str(out), "--video-size", "big"])
+    capsys.readouterr()
+    assert main(["stfit", "--out", str(out), "--video-size", "big"]) == 2
+    assert capsys.readouterr().err.startswith("error: --video-size must look like 60x80")
 
 
 def test_variance_explained_definition(rng):
