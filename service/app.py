@@ -10,7 +10,8 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
@@ -160,12 +161,39 @@ def create_app(
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(HostOriginGuard, settings=settings)  # outermost: before any body is read
     app.add_exception_handler(WebSocketRefused, ignore_refused)
+    api = (spikes.router, language.router, streams.router, camera.router, videos.router)
+    for router in (ops.router, *api):
+        answer_head_as_get(router)
     app.include_router(ops.router)  # probes are public; /metrics asks for the token itself
     # Every /v1 router is guarded here, once, so that no route can forget the token.
-    for router in (spikes.router, language.router, streams.router, camera.router, videos.router):
+    for router in api:
         app.include_router(router, dependencies=[AuthDep])
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     else:
         log.warning("no dashboard: %s is not a folder", settings.web_dir)
     return app
+
+
+def answer_head_as_get(router: APIRouter) -> None:
+    """Every GET route of ``router`` answers HEAD too, with GET's status and headers and no body
+    (RFC 9110 §9.3.2): ``curl -I`` on a result file, an uptime check by HEAD on /healthz.
+    Starlette's own routes do this and the dashboard's files already did; FastAPI's do not, so each
+    GET route without a HEAD gets a twin in its router, before the router is included (so the twin
+    gets the router's token check as GET does). The twins stay out of the schema, where they would
+    repeat GET. Idempotent: the routers are module-level and apps are made many times in tests."""
+    routes = [r for r in router.routes if isinstance(r, APIRoute)]
+    has_head = {r.path for r in routes if "HEAD" in r.methods}
+    for r in routes:
+        if "GET" in r.methods and r.path not in has_head:
+            router.add_api_route(
+                r.path.removeprefix(router.prefix),  # the router puts its prefix back
+                r.endpoint,
+                methods=["HEAD"],
+                include_in_schema=False,
+                dependencies=r.dependencies,
+                status_code=r.status_code,
+                response_class=r.response_class,
+                response_model=r.response_model,
+                name=f"{r.name}_head",
+            )

@@ -47,11 +47,14 @@ def _path_patterns(app: FastAPI) -> list[tuple[re.Pattern, set[str]]]:
 
 
 def allowed_methods(app: FastAPI, path: str) -> list[str]:
-    """Methods the OpenAPI schema gives ``path`` (empty for paths outside the schema)."""
+    """Methods the OpenAPI schema gives ``path``, and HEAD where it has GET (every GET route
+    answers HEAD, v1motion.service.app.answer_head_as_get); empty for paths outside the schema."""
     methods: set[str] = set()
     for regex, ms in _path_patterns(app):
         if regex.fullmatch(path):
             methods |= ms
+    if "GET" in methods:
+        methods.add("HEAD")
     return sorted(methods)
 
 
@@ -100,9 +103,7 @@ def _api_path(request: Request) -> str:
 async def _http_error(request: Request, exc: StarletteHTTPException):
     if exc.status_code in (404, 405):
         methods = allowed_methods(request.app, _api_path(request))
-        # a HEAD route answers as its GET (left out of the schema): its 404 is a 404
-        head_of_get = request.method == "HEAD" and "GET" in methods and exc.status_code == 404
-        if methods and request.method not in methods and not head_of_get:
+        if methods and request.method not in methods:
             allow = ", ".join(methods)
             exc = StarletteHTTPException(
                 405, f"method {request.method} not allowed here; use {allow}", {"Allow": allow}

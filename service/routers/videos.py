@@ -177,13 +177,6 @@ def get_video_result(job_id: str, name: str, jobs: JobsDep) -> FileResponse:
     return FileResponse(path, media_type=MEDIA_TYPES[name], filename=f"{job_id}-{name}")
 
 
-# HEAD answers as GET without the body (a file's size and type before downloading it, curl -I);
-# left out of the schema, where it would repeat GET under the same operation id.
-router.add_api_route(
-    "/{job_id}/{name}", get_video_result, methods=["HEAD"], include_in_schema=False
-)
-
-
 @router.delete("/{job_id}", status_code=204, responses=JOB_NOT_FOUND)
 async def delete_video_job(job_id: str, jobs: JobsDep) -> Response:
     """Delete a job, its upload and its results (a running job is stopped first)."""

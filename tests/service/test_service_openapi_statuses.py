@@ -49,9 +49,9 @@ def test_405_allow_lists_every_method_of_the_path():
     with TestClient(make_app()) as client:
         res = client.put("/v1/streams/synthetic")
         assert res.status_code == 405
-        assert res.headers["allow"] == "DELETE, GET"
+        assert res.headers["allow"] == "DELETE, GET, HEAD"
         assert "PUT" in res.json()["detail"]
-        assert client.post("/v1/streams").headers["allow"] == "GET"
+        assert client.post("/v1/streams").headers["allow"] == "GET, HEAD"
         # a POST-only route: GET fell through to the static files' 404
         res = client.get("/v1/notes")
         assert res.status_code == 405 and res.headers["allow"] == "POST"
@@ -77,3 +77,29 @@ def test_a_sentence_in_a_422_detail_matches_the_schema():
         spec = client.get("/openapi.json").json()
     detail = spec["components"]["schemas"]["HTTPValidationError"]["properties"]["detail"]
     assert {"type": "string"} in detail["anyOf"]
+
+
+def test_every_get_route_answers_head_as_its_get():
+    """RFC 9110 §9.3.2: a HEAD has GET's status and headers; here for every GET path of the schema
+    that needs no id, and for a missing id (404, not 405); HEAD stays out of the schema."""
+    with TestClient(make_app()) as client:
+        spec = client.get("/openapi.json").json()
+        plain = [p for p, item in spec["paths"].items() if "get" in item and "{" not in p]
+        assert {"/healthz", "/readyz", "/v1/streams", "/v1/videos"} <= set(plain)
+        for path in plain:
+            got, head = client.get(path), client.head(path)
+            assert head.status_code == got.status_code, path
+            assert head.headers["content-type"] == got.headers["content-type"], path
+        assert client.head("/v1/streams/nope").status_code == 404
+        assert client.head("/v1/videos/no-such-job").status_code == 404
+        assert client.head("/v1/notes").headers["allow"] == "POST"
+        assert not any("head" in item for item in spec["paths"].values())
+
+
+def test_head_asks_for_the_token_as_get_does():
+    app = create_app(Settings(token="s3cret"), engine_factory=random_engine)
+    with TestClient(app) as client:
+        assert client.head("/v1/streams").status_code == 401
+        ok = client.head("/v1/streams", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert client.head("/healthz").status_code == 200  # the probes stay public
