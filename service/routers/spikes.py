@@ -343,36 +343,47 @@ async def _parse_create(request: Request, max_elements: int) -> tuple[SpikeModel
     except UploadError as exc:
         headers = {"Retry-After": str(slots.retry_after)} if exc.status == 503 else None
         raise HTTPException(exc.status, exc.detail, headers) from None
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
-        request._body = raw  # parsed from the bytes already read, within the limit
-        try:
-            form = await request.form(max_files=1, max_fields=8)
-        except StarletteHTTPException as exc:  # Starlette's 400 for a form it will not read
-            raise HTTPException(
-                422, detail=f"the multipart body was refused: {exc.detail}"
-            ) from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(422, detail="multipart upload needs a 'file' field holding an .npz")
-        data = await upload.read()
-        try:
-            options = json.loads(form.get("options") or "{}")
-        except (ValueError, RecursionError) as exc:
-            raise HTTPException(422, detail=f"'options' is not valid JSON: {exc}") from None
-        fields = {
-            k: form.get(k) for k in ("kind", "test_fraction", "seed") if form.get(k) is not None
-        }
-        try:
-            spec = SpikeModelCreate(options=options, **fields)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
-        try:
-            spec.counts = load_npz_counts(data, max_elements)
-        except ValueError as exc:
-            raise HTTPException(422, detail=str(exc)) from None
-        return spec, _counts_from(spec, max_elements)
-    return await _parse_json(get_state(request).spike_worker, raw, SpikeModelCreate, max_elements)
+    if not _is_multipart(request):
+        worker = get_state(request).spike_worker
+        return await _parse_json(worker, raw, SpikeModelCreate, max_elements)
+    form, data = await _npz_form(request, raw, max_fields=8)
+    try:
+        options = json.loads(form.get("options") or "{}")
+    except (ValueError, RecursionError) as exc:
+        raise HTTPException(422, detail=f"'options' is not valid JSON: {exc}") from None
+    fields = {k: form.get(k) for k in ("kind", "test_fraction", "seed") if form.get(k) is not None}
+    try:
+        spec = SpikeModelCreate(options=options, **fields)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    return spec, _npz_counts(data, max_elements)
+
+
+def _is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").startswith("multipart/form-data")
+
+
+async def _npz_form(request: Request, raw: bytes, max_fields: int):
+    """The multipart body ``raw`` (already read, within its limit) as its form and the bytes of its
+    ``file`` (an .npz); 422 naming the problem."""
+    request._body = raw  # parsed from the bytes already read
+    try:
+        form = await request.form(max_files=1, max_fields=max_fields)
+    except StarletteHTTPException as exc:  # Starlette's 400 for a form it will not read
+        raise HTTPException(422, detail=f"the multipart body was refused: {exc.detail}") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise HTTPException(422, detail="multipart upload needs a 'file' field holding an .npz")
+    return form, await upload.read()
+
+
+def _npz_counts(data: bytes, max_elements: int) -> np.ndarray:
+    """Validated counts of an uploaded .npz; 422 naming the problem."""
+    try:
+        counts = load_npz_counts(data, max_elements)
+    except ValueError as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+    return _counts_from(SpikeData.model_construct(counts=counts), max_elements)
 
 
 INLINE_JSON_BYTES = 256 * 1024  # smaller JSON bodies are read on the event loop (a few ms)
@@ -475,13 +486,22 @@ def _inline_schema(model: type[BaseModel]) -> dict:
     return inline(schema)
 
 
+NPZ_FILE = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": ".npz with 'counts'"}
+    },
+}
+
+
 def _create_body() -> dict:
     """The request body of ``POST /models`` for the schema (the route reads the body itself)."""
     multipart = {
         "type": "object",
         "required": ["file"],
         "properties": {
-            "file": {"type": "string", "format": "binary", "description": ".npz with 'counts'"},
+            **NPZ_FILE["properties"],
             "kind": {"type": "string"},
             "options": {"type": "string", "description": "the options as a JSON object"},
             "test_fraction": {"type": "number"},
@@ -548,15 +568,22 @@ def get_model(model_id: str, store: Store) -> SpikeModelPublic:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": _inline_schema(SpikeData)}},
+            "content": {
+                "application/json": {"schema": _inline_schema(SpikeData)},
+                "multipart/form-data": {"schema": NPZ_FILE},
+            },
         }
     },
 )
 async def evaluate_model(model_id: str, request: Request, store: Store, worker: Worker):
-    """Bits/spike of new counts relative to the homogeneous Poisson of the model's training data."""
+    """Bits/spike of new counts relative to the homogeneous Poisson of the model's training data
+    (JSON body, or multipart with an .npz ``file`` holding ``counts``, as for a fit)."""
     raw = await request.body()  # within V1MOTION_MAX_BODY_MB (security.BodyLimit)
     limit = get_settings(request).spikes_max_elements
-    _, y = await _parse_json(worker, raw, SpikeData, limit)  # a bad body is a 422 before a 404
+    if _is_multipart(request):  # a bad body is a 422 before a 404
+        y = _npz_counts((await _npz_form(request, raw, max_fields=1))[1], limit)
+    else:
+        _, y = await _parse_json(worker, raw, SpikeData, limit)
     rec = store.get(model_id)
     if y.shape[-1] != rec["n_neurons"]:
         raise HTTPException(

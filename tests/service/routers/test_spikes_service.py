@@ -84,6 +84,44 @@ def test_fit_from_npz_upload(client):
     assert r.json()["kind"] == "glm"
 
 
+def _npz(**arrays) -> dict:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return {"file": ("c.npz", buf.getvalue(), "application/octet-stream")}
+
+
+def test_evaluate_takes_the_npz_a_fit_takes(client):
+    """A model fitted from an .npz upload is evaluated on an .npz too, with the same answer as the
+    counts sent as JSON; a bad .npz is a 422 naming the problem, before the model is looked up."""
+    mid = client.post("/v1/spikes/models", files=_npz(counts=_counts()), data={"kind": "glm"})
+    mid = mid.json()["id"]
+    url = f"/v1/spikes/models/{mid}/evaluate"
+    as_json = client.post(url, json={"counts": _counts(1).tolist()})
+    as_npz = client.post(url, files=_npz(counts=_counts(1)))
+    assert as_npz.status_code == 200, as_npz.text
+    assert as_npz.json() == as_json.json()
+    r = client.post(url, files=_npz(spikes=_counts(1)))
+    assert r.status_code == 422 and "no array 'counts'" in r.json()["detail"]
+    r = client.post(url, files=_npz(counts=_counts(1, n=4)))
+    assert r.status_code == 422 and "fitted on 3" in r.json()["detail"]
+    r = client.post(url, files=_npz(counts=-_counts(1)))
+    assert r.status_code == 422 and "negative" in r.json()["detail"]
+    r = client.post(url, files={"counts": ("c.npz", b"1", "text/plain")})  # no 'file' field
+    assert r.status_code == 422 and "'file'" in r.json()["detail"]
+    assert client.post(url, data={"counts": "1"}).status_code == 415  # a urlencoded form
+    r = client.post("/v1/spikes/models/nope/evaluate", files=_npz(spikes=_counts(1)))
+    assert r.status_code == 422
+    assert (
+        client.post("/v1/spikes/models/nope/evaluate", files=_npz(counts=_counts(1))).status_code
+        == 404
+    )
+    schema = client.get("/openapi.json").json()["paths"]["/v1/spikes/models/{model_id}/evaluate"]
+    assert set(schema["post"]["requestBody"]["content"]) == {
+        "application/json",
+        "multipart/form-data",
+    }
+
+
 @pytest.mark.parametrize(
     "body,expected",
     [
