@@ -6,7 +6,7 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from v1motion.models.language.scoring import LanguageScorer
@@ -28,6 +28,10 @@ def load_scorer(settings: Settings) -> LanguageScorer:
 
 
 class ScoreRequest(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "The stock market fell sharply on Monday."}]}
+    )
+
     text: str = Field(description="text to score; lower-cased and tokenised PTB-style")
 
 
@@ -46,6 +50,8 @@ class ScoreResponse(BaseModel):
 
 
 class NextRequest(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"context": "the stock", "k": 5}]})
+
     context: str = Field("", description="text read so far (may be empty: start of a sentence)")
     k: int = Field(10, description="how many candidate next words")
 

@@ -45,8 +45,15 @@ router = APIRouter(prefix="/v1/spikes", tags=["spikes"])
 
 
 # ----------------------------------------------------------------------------- schemas
+# The schema's examples (what /docs fills in): one fit, then its evaluation and samples, that run as
+# they are (two neurons, three trials of twelve bins; tests/service/test_service_openapi_statuses.py).
+EXAMPLE_COUNTS = np.random.default_rng(0).poisson(0.5, (3, 12, 2)).tolist()
+
+
 class SpikeData(RequestBody):
     """Binned counts, or spike times with a bin size (exactly one of the two)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"counts": EXAMPLE_COUNTS}]})
 
     counts: Any = Field(None, description="(trials, bins, neurons) or (bins, neurons) counts")
     spike_times: Any = Field(None, description="neurons x times, or trials x neurons x times")
@@ -167,6 +174,12 @@ def work_factor(kind: str, given: dict) -> int:
 
 
 class SpikeModelCreate(SpikeData):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"counts": EXAMPLE_COUNTS, "kind": "glm", "options": {"n_lags": 3}}]
+        }
+    )
+
     kind: str = Field(
         "rglm_correlated",
         max_length=64,
@@ -229,6 +242,8 @@ class SpikeEvaluation(BaseModel):
 
 
 class SampleCreate(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"n_trials": 2, "n_bins": 50}]})
+
     n_trials: int = Field(1, ge=1, le=10_000)
     n_bins: int | None = Field(
         None,

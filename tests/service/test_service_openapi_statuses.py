@@ -103,3 +103,33 @@ def test_head_asks_for_the_token_as_get_does():
         ok = client.head("/v1/streams", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert client.head("/healthz").status_code == 200  # the probes stay public
+
+
+def test_every_json_body_has_an_example_that_runs_as_it_is():
+    """What /docs fills in for "Try it out" works: each JSON request body of the schema carries an
+    example, and sent as it is (a spike fit first, then its evaluation and samples on the id it
+    returns) it is answered 2xx."""
+    with TestClient(create_app(Settings(), engine_factory=random_engine)) as client:
+        spec = client.get("/openapi.json").json()
+        examples = {}
+        for path, item in spec["paths"].items():
+            for method, op in item.items():
+                body = op.get("requestBody", {}).get("content", {}).get("application/json")
+                if body is not None:
+                    schema = body["schema"]
+                    if "$ref" in schema:
+                        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+                    assert schema.get("examples"), f"{method.upper()} {path}"
+                    examples[path] = schema["examples"][0]
+        assert set(examples) == {
+            "/v1/spikes/models",
+            "/v1/spikes/models/{model_id}/evaluate",
+            "/v1/spikes/models/{model_id}/sample",
+            "/v1/language/score",
+            "/v1/language/next",
+        }
+        fit = client.post("/v1/spikes/models", json=examples.pop("/v1/spikes/models"))
+        assert fit.status_code == 201, fit.text
+        for path, example in examples.items():
+            res = client.post(path.replace("{model_id}", fit.json()["id"]), json=example)
+            assert res.status_code == 200, (path, res.text)
