@@ -73,7 +73,7 @@ def _penalty(description: str):
     return Field(None, ge=0, le=1e6, allow_inf_nan=False, description=description)
 
 
-class SpikeOptions(BaseModel):
+class SpikeOptions(RequestBody):
     """Options of the model kinds, each with a range (a kind refuses the names it does not take)."""
 
     model_config = ConfigDict(extra="allow")  # unknown names: the kind lists its valid ones (422)

@@ -509,6 +509,35 @@ def test_an_unknown_field_in_a_json_body_is_a_422_naming_it(client, path, body, 
     assert errors and errors[0]["loc"][-1] == field, r.text
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/v1/language/next", {"context": "the stock", "k": True}, ["k"]),
+        ("/v1/spikes/models", {"counts": [[1, 0], [0, 1]], "seed": False}, ["seed"]),
+        ("/v1/spikes/models", {"counts": [[1, 0]], "test_fraction": True}, ["test_fraction"]),
+        (
+            "/v1/spikes/models",
+            {"counts": [[1, 0]], "options": {"n_lags": True}},
+            ["options", "n_lags"],
+        ),
+        (
+            "/v1/spikes/models",
+            {"counts": [[1, 0]], "options": {"init_timescales": [True, 0.5]}},
+            ["options", "init_timescales"],
+        ),
+        ("/v1/spikes/models/none/evaluate", {"spike_times": [[1]], "bin_size": True}, ["bin_size"]),
+        ("/v1/spikes/models/none/sample", {"n_trials": True}, ["n_trials"]),
+    ],
+)
+def test_true_or_false_for_a_number_is_a_422_naming_it(client, path, body, loc):
+    """JSON true and false are not 1 and 0 (pydantic's lax mode reads them so): the schema says
+    integer or number, and the request is refused as it describes."""
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    (error,) = [e for e in r.json()["detail"] if e["loc"][-len(loc) :] == loc]
+    assert "not true or false" in error["msg"]
+
+
 def test_every_json_request_body_refuses_unknown_fields(client):
     """Any route taking JSON, present or future, declares its body closed (``RequestBody``)."""
     spec = client.get("/openapi.json").json()
