@@ -542,11 +542,28 @@ TOO_LARGE = {
 }
 
 
+MODEL_LINKS = {
+    201: {
+        "links": {  # OpenAPI links: from a fitted model to what takes its id (clients, fuzzers)
+            name: {
+                "operationRef": f"#/paths/~1v1~1spikes~1models~1{{model_id}}{path}/{method}",
+                "parameters": {"model_id": "$response.body#/id"},
+            }
+            for name, path, method in (
+                ("GetModel", "", "get"),
+                ("EvaluateModel", "~1evaluate", "post"),
+                ("SampleModel", "~1sample", "post"),
+            )
+        }
+    }
+}
+
+
 @router.post(
     "/models",
     response_model=SpikeModelPublic,
     status_code=201,
-    responses=BAD_DATA | BUSY | TOO_LARGE,
+    responses=MODEL_LINKS | BAD_DATA | BUSY | TOO_LARGE,
     openapi_extra=_create_body(),
 )
 async def create_model(request: Request, store: Store, worker: Worker) -> SpikeModelPublic:

@@ -133,3 +133,20 @@ def test_every_json_body_has_an_example_that_runs_as_it_is():
         for path, example in examples.items():
             res = client.post(path.replace("{model_id}", fit.json()["id"]), json=example)
             assert res.status_code == 200, (path, res.text)
+
+
+def test_the_schema_links_a_fitted_spike_model_to_what_takes_its_id():
+    """Each OpenAPI link resolves to an operation of the schema whose path takes the parameter it
+    fills, from a field the response has."""
+    with TestClient(make_app()) as client:
+        spec = client.get("/openapi.json").json()
+    links = spec["paths"]["/v1/spikes/models"]["post"]["responses"]["201"]["links"]
+    assert {"GetModel", "EvaluateModel", "SampleModel"} == set(links)
+    answer = spec["components"]["schemas"]["SpikeModelPublic"]["properties"]
+    for link in links.values():
+        node = spec
+        for part in link["operationRef"].removeprefix("#/").split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+        params = {p["name"] for p in node["parameters"] if p["in"] == "path"}
+        assert set(link["parameters"]) == params == {"model_id"}
+        assert link["parameters"]["model_id"] == "$response.body#/id" and "id" in answer
