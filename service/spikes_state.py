@@ -7,6 +7,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import signal
+import sys
 import threading
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
@@ -179,6 +180,21 @@ def _stop(pool: ProcessPoolExecutor) -> None:
         proc.join(STOP_TIMEOUT_S)
 
 
+class _NotATerminal:
+    """A worker's stderr, the server's, that does not say it is a terminal: the fits' progress bars
+    (tqdm draws on a terminal only) are for `v1motion spikes`, not for the server's console, where
+    they would cut into its log lines. Everything else is written through."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _init_process(blas_threads: int | None, niceness: int) -> None:
     """A worker process: batch work, below the live engines' priority, with the server's BLAS limit;
     gone with the server (a hard kill included), and left to it on Ctrl-C (which signals the whole
@@ -188,6 +204,7 @@ def _init_process(blas_threads: int | None, niceness: int) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lower_priority(niceness)
+    sys.stderr = _NotATerminal(sys.stderr)
     if blas_threads is not None:
         from threadpoolctl import threadpool_limits
 

@@ -173,7 +173,7 @@ def lbfgs(fun, theta0: np.ndarray, maxiter: int, tol: float, name: str) -> tuple
     tol : float
         Gradient tolerance: the run has converged when ``max_i |grad_i| <= tol``.
     name : str
-        Model name for the log.
+        Model name for the log and the progress bar.
 
     Returns
     -------
@@ -217,13 +217,28 @@ def lbfgs(fun, theta0: np.ndarray, maxiter: int, tol: float, name: str) -> tuple
             best.update(fun=value, x=theta.copy(), jac=grad.copy())
         return value, grad
 
-    res = minimize(
-        safe,
-        theta0,
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": maxiter, "gtol": tol, "ftol": 0.0, "maxcor": LBFGS_MEMORY},
-    )
+    from tqdm import tqdm
+
+    # A fit can take a minute (the retina's R-GLM: 6,000-8,000 iterations): a bar up to the cap, with
+    # the largest gradient entry against the tolerance that ends it. On a terminal only (disable=None):
+    # not in the service's worker processes or in logs.
+    bar = tqdm(total=maxiter, desc=f"{name} L-BFGS", unit="it", disable=None, leave=False)
+
+    def step(_theta) -> None:
+        if best and not bar.disable:  # drawn when tqdm redraws (at most every 0.1 s)
+            grad = np.max(np.abs(best["jac"]))
+            bar.set_postfix_str(f"max|grad| {grad:.1e} (stops at {tol:.0e})", refresh=False)
+        bar.update(1)
+
+    with bar:
+        res = minimize(
+            safe,
+            theta0,
+            jac=True,
+            method="L-BFGS-B",
+            callback=step,
+            options={"maxiter": maxiter, "gtol": tol, "ftol": 0.0, "maxcor": LBFGS_MEMORY},
+        )
     if not np.isfinite(res.fun):
         raise FloatingPointError(f"{name}: the loss is not finite at the starting parameters")
     x, loss, jac = res.x, float(res.fun), res.jac

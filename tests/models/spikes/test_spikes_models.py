@@ -1,5 +1,8 @@
 """Spike models: likelihoods against brute force, gradients against finite differences, recovery."""
 
+import re
+import time
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -983,3 +986,47 @@ def test_lbfgs_backs_off_from_overflowing_steps():
     assert info["converged"] is False
     with pytest.raises(FloatingPointError, match="starting parameters"):
         spike_base.lbfgs(lambda th: (np.nan, th), np.zeros(2), 5, 1e-6, "toy")
+
+
+class _Terminal:
+    """A stderr that says it is a terminal, holding what is written to it."""
+
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_lbfgs_shows_a_progress_bar_on_a_terminal_only(monkeypatch, tty):
+    """A long fit shows its iterations and largest gradient entry on a terminal; in a log or a
+    worker process (not a terminal) nothing is written. The fit is the same either way."""
+    a = np.linspace(1.0, 40.0, 30)
+
+    def fun(theta):
+        time.sleep(0.01)  # long enough for the bar to be redrawn (every 0.1 s)
+        return 0.5 * float(np.sum(a * theta**2)), a * theta
+
+    theta0 = np.ones(30)
+    monkeypatch.setattr("sys.stderr", _Terminal(tty))
+    import sys
+
+    theta, info = spike_base.lbfgs(fun, theta0, maxiter=200, tol=1e-8, name="Quadratic")
+    shown = sys.stderr.text
+    monkeypatch.undo()
+    assert info["converged"] and np.max(np.abs(theta)) < 1e-8
+    if not tty:
+        assert shown == ""
+        return
+    assert "Quadratic L-BFGS" in shown
+    drawn = [int(n) for n in re.findall(r"(\d+)/200", shown)]
+    assert drawn[0] == 0 and 0 < drawn[-1] <= info["n_iter"] and drawn == sorted(drawn)
+    assert "stops at 1e-08" in shown

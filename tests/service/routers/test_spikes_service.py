@@ -664,3 +664,45 @@ def test_the_service_passes_its_batch_niceness_on():
         assert app.state.services.spike_worker._work.niceness == 3
         assert app.state.services.videos.runner.niceness == 3
         assert c.get("/healthz").status_code == 200
+
+
+def _stderr_on_a_terminal(code: str) -> str:
+    """What a Python child writes to its stderr when that is a terminal (a pseudo-terminal)."""
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    main_fd, child_fd = os.openpty()
+    fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 columns
+    try:
+        subprocess.run([sys.executable, "-c", code], stderr=child_fd, check=True, timeout=120)
+        out = b""
+        while select.select([main_fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out.decode(errors="replace")
+    finally:
+        os.close(main_fd)
+        os.close(child_fd)
+
+
+def test_spike_worker_processes_draw_no_progress_bars_on_the_servers_terminal():
+    """A fit's progress bar is for `v1motion spikes` on a terminal; a worker process of the server
+    writes its warnings to the server's stderr but no bar (the same code, with and without the
+    worker's start-up)."""
+    bar = (
+        "import sys, time; from tqdm import tqdm\n"
+        "for _ in tqdm(range(3), disable=None, mininterval=0): time.sleep(0.01)\n"
+        "print('a warning', file=sys.stderr)\n"
+    )
+    start = "from v1motion.service.spikes_state import _init_process; _init_process(None, 0)\n"
+    assert "3/3" in _stderr_on_a_terminal(bar)  # the control: a terminal gets the bar
+    shown = _stderr_on_a_terminal(start + bar)
+    assert "3/3" not in shown and "it/s" not in shown
+    assert "a warning" in shown
