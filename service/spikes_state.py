@@ -43,6 +43,11 @@ class SpikeModelStore:
             raise HTTPException(404, detail=f"no spike model with id {model_id!r}")
         return rec
 
+    def records(self) -> list[dict]:
+        """Every model held, newest first."""
+        with self._lock:
+            return list(reversed(self._items.values()))
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -1,8 +1,8 @@
 """``/v1/spikes``: fit, inspect, evaluate and sample spike-train models.
 
-Fits run in a bounded thread pool (``spikes_fit_workers`` threads, at most ``spikes_max_pending`` fits
-running or waiting, more get 429), never on the event loop. Fitted models live in a bounded in-memory
-store (``spikes_max_models``; the oldest is dropped).
+Fits run in a bounded pool of worker processes (``spikes_fit_workers``, at most ``spikes_max_pending``
+fits running or waiting, more get 429), never on the event loop. Fitted models live in a bounded
+in-memory store (``spikes_max_models``; the oldest is dropped), listed by ``GET /models``.
 
 Input is bounded before any work: the body (JSON or multipart ``.npz``) is read up to
 ``spikes_max_upload_mb``; each array of an ``.npz`` is sized from its header before it is decompressed;
@@ -230,6 +230,15 @@ class SpikeModelPublic(BaseModel):
         None,
         description="``_locked`` kinds: the length of the repeated stimulus in bins; evaluate and "
         "sample take trials of this length (null for the other kinds)",
+    )
+
+
+class SpikeModelsPublic(BaseModel):
+    data: list[SpikeModelPublic] = Field(description="newest first")
+    count: int
+    max_models: int = Field(
+        description="how many the server keeps (V1MOTION_SPIKES_MAX_MODELS); a new fit beyond it "
+        "drops the oldest"
     )
 
 
@@ -586,6 +595,13 @@ async def create_model(request: Request, store: Store, worker: Worker) -> SpikeM
     store.add(rec)
     log.info("spike model %s (%s) fitted in %.1f s", rec["id"], spec.kind, rec["fit_seconds"])
     return _public(rec)
+
+
+@router.get("/models", response_model=SpikeModelsPublic)
+def list_models(store: Store) -> SpikeModelsPublic:
+    """The fitted models the server holds (kept in memory, lost on restart), newest first."""
+    data = [_public(rec) for rec in store.records()]
+    return SpikeModelsPublic(data=data, count=len(data), max_models=store.max_models)
 
 
 @router.get("/models/{model_id}", response_model=SpikeModelPublic, responses=NOT_FOUND)

@@ -706,3 +706,16 @@ def test_spike_worker_processes_draw_no_progress_bars_on_the_servers_terminal():
     shown = _stderr_on_a_terminal(start + bar)
     assert "3/3" not in shown and "it/s" not in shown
     assert "a warning" in shown
+
+
+def test_the_models_held_are_listed_newest_first_and_the_oldest_is_dropped(client):
+    """A client that lost an id finds its models again; the list says how many the server keeps."""
+    empty = client.get("/v1/spikes/models").json()
+    assert empty == {"data": [], "count": 0, "max_models": 2}
+    ids = [_fit(client).json()["id"] for _ in range(3)]  # the fixture keeps 2
+    listed = client.get("/v1/spikes/models").json()
+    assert [m["id"] for m in listed["data"]] == [ids[2], ids[1]] and listed["count"] == 2
+    assert listed["data"][0] == client.get(f"/v1/spikes/models/{ids[2]}").json()
+    assert client.get(f"/v1/spikes/models/{ids[0]}").status_code == 404
+    assert client.head("/v1/spikes/models").status_code == 200
+    assert client.put("/v1/spikes/models").headers["allow"] == "GET, HEAD, POST"
