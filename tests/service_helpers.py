@@ -13,6 +13,21 @@ import numpy as np
 import uvicorn
 
 
+def json_request_bodies(spec: dict) -> dict[str, dict]:
+    """``"METHOD /path"`` -> the JSON schema of its JSON request body, ``$ref`` resolved, for every
+    operation of the OpenAPI ``spec`` that takes one."""
+    bodies = {}
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None:
+                schema = body["schema"]
+                if "$ref" in schema:
+                    schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+                bodies[f"{method.upper()} {path}"] = schema
+    return bodies
+
+
 class PatternSource:
     """Random texture shifted by (vx, vy_up) px per frame, at ``fps``; counts opens in ``stats``."""
 

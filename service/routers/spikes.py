@@ -522,8 +522,7 @@ NPZ_FILE = {
 def _create_body() -> dict:
     """The request body of ``POST /models`` for the schema (the route reads the body itself)."""
     multipart = {
-        "type": "object",
-        "required": ["file"],
+        **NPZ_FILE,
         "properties": {
             **NPZ_FILE["properties"],
             "kind": {"type": "string"},

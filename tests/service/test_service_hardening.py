@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import video_samples as vs
 from fastapi.testclient import TestClient
-from service_helpers import pattern_factory, random_engine
+from service_helpers import json_request_bodies, pattern_factory, random_engine
 from starlette.websockets import WebSocketDisconnect
 
 from v1motion.service.app import create_app
@@ -540,18 +540,8 @@ def test_true_or_false_for_a_number_is_a_422_naming_it(client, path, body, loc):
 
 def test_every_json_request_body_refuses_unknown_fields(client):
     """Any route taking JSON, present or future, declares its body closed (``RequestBody``)."""
-    spec = client.get("/openapi.json").json()
-    schemas = spec["components"]["schemas"]
-    open_bodies, seen = [], 0
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            body = op.get("requestBody", {}).get("content", {}).get("application/json")
-            if body is None:
-                continue
-            schema = body["schema"]
-            if "$ref" in schema:
-                schema = schemas[schema["$ref"].rsplit("/", 1)[-1]]
-            seen += 1
-            if schema.get("additionalProperties") is not False:
-                open_bodies.append(f"{method.upper()} {path}")
-    assert seen >= 5 and not open_bodies, open_bodies
+    bodies = json_request_bodies(client.get("/openapi.json").json())
+    open_bodies = [
+        op for op, schema in bodies.items() if schema.get("additionalProperties") is not False
+    ]
+    assert len(bodies) >= 5 and not open_bodies, open_bodies

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
-from service_helpers import random_engine
+from service_helpers import json_request_bodies, random_engine
 
 from v1motion.service.app import create_app
 from v1motion.service.settings import Settings
@@ -110,17 +110,10 @@ def test_every_json_body_has_an_example_that_runs_as_it_is():
     example, and sent as it is (a spike fit first, then its evaluation and samples on the id it
     returns) it is answered 2xx."""
     with TestClient(create_app(Settings(), engine_factory=random_engine)) as client:
-        spec = client.get("/openapi.json").json()
         examples = {}
-        for path, item in spec["paths"].items():
-            for method, op in item.items():
-                body = op.get("requestBody", {}).get("content", {}).get("application/json")
-                if body is not None:
-                    schema = body["schema"]
-                    if "$ref" in schema:
-                        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
-                    assert schema.get("examples"), f"{method.upper()} {path}"
-                    examples[path] = schema["examples"][0]
+        for op, schema in json_request_bodies(client.get("/openapi.json").json()).items():
+            assert schema.get("examples"), op
+            examples[op.split(" ", 1)[1]] = schema["examples"][0]
         assert set(examples) == {
             "/v1/spikes/models",
             "/v1/spikes/models/{model_id}/evaluate",
