@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: serve test test-slow test-all lint format warmup
+.PHONY: serve test test-slow test-all lint format warmup vendor-docs
 
 # Quiet: pip prints only warnings and errors. The last step compiles the motion engine's Numba kernels
 # into their on-disk cache (cache=True), so the first `make serve` is ready in seconds, not a minute.
@@ -43,3 +43,27 @@ test-all: lint
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The API docs' pages (/docs: Swagger UI, /redoc: ReDoc) load these from web/vendor/, never from a CDN,
+# so they work offline and no third-party script sees the token typed into them. This target fetches
+# the pinned npm packages again, checks them against their registry checksums (sha512, hex) and
+# replaces the committed copies.
+SWAGGER_UI := 5.35.0
+SWAGGER_UI_SHA512 := 534eaba4cb56f55dd73c638179a993512af4674f63317e0826e00da44fc465b021c341bc0a0c2bcd4e18997927fe1d3008336c5dd19aad334d1c2dec53cc9551
+REDOC := 2.5.4
+REDOC_SHA512 := 33a8d6846d6aa019c7e93166cc99ecb72099f3b1e6398fd4cc39bbf261e262284476557f61c4bda203a8d4d94496724c78bb32c4715edb215ce2c3631d3ac005
+NPM := https://registry.npmjs.org
+
+vendor-docs:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && set -e && \
+	curl -fsSL $(NPM)/swagger-ui-dist/-/swagger-ui-dist-$(SWAGGER_UI).tgz -o $$tmp/swagger-ui.tgz && \
+	curl -fsSL $(NPM)/redoc/-/redoc-$(REDOC).tgz -o $$tmp/redoc.tgz && \
+	echo "$(SWAGGER_UI_SHA512)  $$tmp/swagger-ui.tgz" | sha512sum -c --quiet - && \
+	echo "$(REDOC_SHA512)  $$tmp/redoc.tgz" | sha512sum -c --quiet - && \
+	mkdir -p $$tmp/s $$tmp/r web/vendor/swagger-ui web/vendor/redoc && \
+	tar -xzf $$tmp/swagger-ui.tgz -C $$tmp/s && tar -xzf $$tmp/redoc.tgz -C $$tmp/r && \
+	cd $$tmp/s/package && cp LICENSE NOTICE swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt \
+	  swagger-ui.css $(CURDIR)/web/vendor/swagger-ui/ && \
+	cd $$tmp/r/package && cp LICENSE bundles/redoc.standalone.js bundles/redoc.standalone.js.LICENSE.txt \
+	  $(CURDIR)/web/vendor/redoc/ && \
+	echo "v1motion: web/vendor/ has swagger-ui-dist $(SWAGGER_UI) and redoc $(REDOC)"

@@ -25,11 +25,13 @@ from v1motion.service.live.engine import EngineHolder
 from v1motion.service.live.pipeline import StreamManager, StreamPipeline
 from v1motion.service.live.sources import SourceFactory, source_factory
 from v1motion.service.metrics import Metrics
-from v1motion.service.routers import camera, language, ops, spikes, streams, videos
+from v1motion.service.routers import api_docs, camera, language, ops, spikes, streams, videos
 from v1motion.service.security import (
+    TOKEN_REFUSED,
     AuthDep,
     BodyLimit,
     HostOriginGuard,
+    SecurityHeaders,
     WebSocketRefused,
     ignore_refused,
 )
@@ -145,6 +147,8 @@ def create_app(
         version="0.1.0",
         summary="Live visual motion from a recurrent model of V1",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN; ours are served: api_docs
+        redoc_url=None,
     )
     http_errors.install(app)
     app.state.settings = settings  # the configuration, readable before the lifespan has run
@@ -159,15 +163,17 @@ def create_app(
     app.state.close_websockets = close_websockets
     # Without a token: only this service's Host names, and no state changes from other sites' pages.
     app.add_middleware(BodyLimit, settings=settings)
-    app.add_middleware(HostOriginGuard, settings=settings)  # outermost: before any body is read
+    app.add_middleware(HostOriginGuard, settings=settings)  # before any body is read
+    app.add_middleware(SecurityHeaders)  # outermost: the guard's refusals carry the headers too
     app.add_exception_handler(WebSocketRefused, ignore_refused)
     api = (spikes.router, language.router, streams.router, camera.router, videos.router)
-    for router in (ops.router, *api):
+    for router in (ops.router, api_docs.router, *api):
         answer_head_as_get(router)
     app.include_router(ops.router)  # probes are public; /metrics asks for the token itself
+    app.include_router(api_docs.router)  # public, like the schema they show
     # Every /v1 router is guarded here, once, so that no route can forget the token.
     for router in api:
-        app.include_router(router, dependencies=[AuthDep])
+        app.include_router(router, dependencies=[AuthDep], responses=TOKEN_REFUSED)
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     else:

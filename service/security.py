@@ -14,6 +14,10 @@ is not one the route reads (``application/json`` for JSON routes): a page on ano
 the user opens could otherwise use it: it refuses a ``Host`` that is not one of this service's names
 (DNS rebinding points an attacker's name at 127.0.0.1; the browser then sends that name as ``Host``), and
 a state-changing request (POST, PUT, PATCH, DELETE) whose ``Origin`` is another site's.
+
+:class:`SecurityHeaders` is middleware for the whole app: every HTTP answer says how a browser may use it
+(a Content-Security-Policy that lets pages load scripts, styles and connections from this service only,
+no framing, no MIME sniffing, no referrer), unless the route set its own.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import logging
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, WebSocket, params, status
+from fastapi import Depends, HTTPException, Security, WebSocket, params, status
+from fastapi.security import HTTPBearer
+from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -57,7 +63,30 @@ def _header_token(headers) -> str | None:
     return headers.get(TOKEN_HEADER)
 
 
-def require_token(request: HTTPConnection) -> None:
+class _BearerScheme(HTTPBearer):
+    """Declares the token in the schema (``components.securitySchemes``, and ``security`` on each
+    guarded operation), so /docs offers "Authorize"; the check itself is :func:`require_token`'s.
+    Takes any connection: FastAPI gives a ``Request`` to HTTP routes only, and websockets share
+    :func:`authorize`."""
+
+    async def __call__(self, conn: HTTPConnection) -> None:  # type: ignore[override]
+        return None
+
+
+BEARER = _BearerScheme(
+    scheme_name="token",
+    description=(
+        "The server's token (V1MOTION_TOKEN), when it has one (a server bound beyond localhost "
+        "must): `Authorization: Bearer <token>`, or the header `X-V1Motion-Token: <token>`."
+    ),
+    auto_error=False,
+)
+TokenSchemeDep = Annotated[None, Security(BEARER)]
+# The answer every guarded operation documents beside its own.
+TOKEN_REFUSED = {401: {"description": "no token, or a wrong one, while the server has a token"}}
+
+
+def require_token(request: HTTPConnection, _scheme: TokenSchemeDep = None) -> None:
     """FastAPI dependency for HTTP routes: ``Authorization: Bearer <token>`` or ``X-V1Motion-Token``."""
     settings: Settings = request.app.state.settings
     if settings.requires_token and not _token_ok(settings, _header_token(request.headers)):
@@ -75,7 +104,7 @@ class WebSocketRefused(Exception):
     """Raised by ``authorize`` after it closed a websocket it refused; the app swallows it."""
 
 
-async def authorize(conn: HTTPConnection) -> None:
+async def authorize(conn: HTTPConnection, _scheme: TokenSchemeDep = None) -> None:
     """The API's guard: the token for HTTP requests; Origin, accept and token for websockets."""
     if conn.scope["type"] == "websocket":
         ws = (
@@ -255,6 +284,51 @@ class HostOriginGuard:
             )
             return
         await JSONResponse({"detail": problem}, status.HTTP_403_FORBIDDEN)(scope, receive, send)
+
+
+# ----------------------------------------------------------------------------- response headers
+
+# The dashboard's pages: their own scripts and styles only; images drawn from data and blob URLs (the
+# favicon, previews); the camera's stream; requests and websockets to this service only ('self' covers
+# ws: and wss: on the same host). No plugins, no <base>, no form posts, never inside another site's frame.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob: mediastream:; connect-src 'self'; worker-src 'none'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+# /docs and /redoc (their pages in web/, their libraries in web/vendor/): the same, except that
+# Swagger UI and ReDoc write inline styles and ReDoc runs its search in a worker made from a blob.
+API_DOCS_POLICY = CONTENT_SECURITY_POLICY.replace(
+    "style-src 'self'", "style-src 'self' 'unsafe-inline'"
+).replace("worker-src 'none'", "worker-src blob:")
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+
+
+class SecurityHeaders:
+    """ASGI middleware: :data:`SECURITY_HEADERS` on every HTTP answer that does not set its own
+    (refusals of the outer middleware included: it is the outermost)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 # ----------------------------------------------------------------------------- request body size

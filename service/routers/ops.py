@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from v1motion.service.deps import MetricsDep, StateDep
-from v1motion.service.security import TokenDep
+from v1motion.service.security import TOKEN_REFUSED, TokenDep
 
 router = APIRouter(tags=["ops"])
 
@@ -31,7 +31,7 @@ def readyz(state: StateDep):
     )
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses=TOKEN_REFUSED)
 def metrics(metrics: MetricsDep, _: TokenDep) -> Response:
     """Prometheus metrics: frames processed, latency histograms, dropped frames, clients per stream."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

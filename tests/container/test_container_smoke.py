@@ -73,6 +73,19 @@ def test_dashboard_page_and_its_script(client):
     assert script.status_code == 200 and len(script.content) > 1000
 
 
+def test_api_docs_are_served_by_the_image(client):
+    """/docs and /redoc load their libraries from the image (web/vendor/), not a CDN."""
+    for path, library in (
+        ("/docs", "vendor/swagger-ui/swagger-ui-bundle.js"),
+        ("/redoc", "vendor/redoc/redoc.standalone.js"),
+    ):
+        page = client.get(path)
+        assert page.status_code == 200 and library in page.text, path
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        script = client.get(f"/{library}")
+        assert script.status_code == 200 and len(script.content) > 500_000, library
+
+
 def test_metrics_need_the_token(client):
     import httpx
 

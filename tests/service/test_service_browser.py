@@ -127,10 +127,30 @@ def behind_prefix(app, prefix: str):
     return wrapped
 
 
-def open_dashboard(browser, url):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+def watch(page) -> list[str]:
+    """Errors thrown in the page, and anything the service's Content-Security-Policy refused."""
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on(
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    return errors
+
+
+def wait_for(page, expression: str, timeout: float = 30_000) -> None:
+    """Poll a JavaScript expression until it is true. Not ``page.wait_for_function``: its poller
+    evaluates the expression as a string inside the page, which the service's
+    Content-Security-Policy refuses (no 'unsafe-eval'), as it should."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true after {timeout / 1000:.0f} s: {expression}"
+        page.wait_for_timeout(100)
+
+
+def open_dashboard(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = watch(page)
     page.goto(url)
     return page, errors
 
@@ -166,7 +186,7 @@ def test_dashboard_streams_then_analyses_the_browser_camera_under_a_path_prefix(
         wait_results(page, 10)
         assert page.input_value("#source") == "synthetic"
         assert canvas_spread(page, "#map") > 5
-        page.wait_for_function("document.querySelectorAll('#unit-select option').length > 0")
+        wait_for(page, "document.querySelectorAll('#unit-select option').length > 0")
         assert page.locator("#unit-select option").count() == random_engine().model.n_units
         # the optical-flow toggle shows DIS flow next to the model
         page.click("text=Optical flow")
@@ -178,7 +198,7 @@ def test_dashboard_streams_then_analyses_the_browser_camera_under_a_path_prefix(
         sent = []
         page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
         page.click("#camera-btn")
-        page.wait_for_function("document.querySelector('#conn').textContent.includes('my camera')")
+        wait_for(page, "document.querySelector('#conn').textContent.includes('my camera')")
         assert "320x240" in page.text_content("#source-desc")  # the size its px/frame refer to
         n0 = results(page)
         wait_results(page, n0 + 15)
@@ -214,7 +234,7 @@ def test_flow_panel_says_when_optical_flow_finds_no_motion(browser):
         assert page.text_content("#flow-empty") == "no motion found by optical flow"
         page.select_option("#source", "moving")
         wait_results(page, 5)
-        page.wait_for_function("document.querySelector('#flow-empty').hidden")
+        wait_for(page, "document.querySelector('#flow-empty').hidden")
         assert canvas_spread(page, "#flow") > 5
         assert errors == []
 
@@ -246,8 +266,8 @@ def test_most_active_units_hold_still_under_the_pointer_and_can_be_clicked(brows
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/")
-        page.wait_for_function("document.querySelectorAll('#top-units .chip').length >= 3")
-        page.wait_for_function("document.querySelectorAll('#unit-select option').length > 0")
+        wait_for(page, "document.querySelectorAll('#top-units .chip').length >= 3")
+        wait_for(page, "document.querySelectorAll('#unit-select option').length > 0")
         chip = page.locator("#top-units .chip").last  # the lowest rank moves the most
         chip.scroll_into_view_if_needed()
         unit = chip.get_attribute("data-unit")
@@ -290,7 +310,7 @@ def test_unit_browser_marks_degenerate_units_and_opens_on_a_tuned_one(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/")
-        page.wait_for_function("document.querySelectorAll('#unit-select option').length > 0")
+        wait_for(page, "document.querySelectorAll('#unit-select option').length > 0")
         flags = page.evaluate(
             """() => {
                 const flat = Array(16).fill(0);
@@ -331,7 +351,7 @@ def test_arrow_length_does_not_saturate_at_ordinary_speeds(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
         page, _ = open_dashboard(browser, f"{srv.url}/")
-        page.wait_for_function("window.v1motion !== undefined")
+        wait_for(page, "window.v1motion !== undefined")
         lengths = page.evaluate("[0.25, 0.5, 1, 2, 4, 8, 16].map(v1motion.arrowFraction)")
         assert all(a < b for a, b in zip(lengths, lengths[1:], strict=False)), lengths
         assert lengths[-1] == 1 and lengths[-2] < 0.9 and lengths[0] > 0.1
@@ -354,7 +374,7 @@ def test_websocket_urls_follow_the_page_address(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(behind_prefix(app, PREFIX)) as srv:
         page, _ = open_dashboard(browser, f"{srv.url}{PREFIX}/")
-        page.wait_for_function("window.v1motion !== undefined")
+        wait_for(page, "window.v1motion !== undefined")
         assert page.evaluate("v1motion.wsUrl('v1/camera')") == f"{srv.ws_url}{PREFIX}/v1/camera"
         assert page.evaluate("v1motion.apiUrl('v1/streams')") == f"{srv.url}{PREFIX}/v1/streams"
 
@@ -368,9 +388,9 @@ def _dominant_direction(browser, engine_factory):
     app = create_app(Settings(), engine_factory=engine_factory)
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/")
-        page.wait_for_function("document.querySelector('#source').options.length > 0")
+        wait_for(page, "document.querySelector('#source').options.length > 0")
         page.click("#camera-btn")
-        page.wait_for_function("document.querySelector('#conn').textContent.includes('my camera')")
+        wait_for(page, "document.querySelector('#conn').textContent.includes('my camera')")
         assert "320x240" in page.text_content("#source-desc")  # the size its px/frame refer to
         n0 = results(page)
         wait_results(page, n0 + 10, timeout=60)
@@ -442,9 +462,7 @@ def test_dashboard_shows_a_source_that_is_reconnecting(browser):
     )
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/")
-        page.wait_for_function(
-            "document.querySelector('#conn').textContent.startsWith('reconnecting')"
-        )
+        wait_for(page, "document.querySelector('#conn').textContent.startsWith('reconnecting')")
         assert "camera unplugged" in page.get_attribute("#conn", "title")
         banner = page.locator("#banner")  # the reason, where it is seen without hovering
         banner.wait_for(state="visible")
@@ -458,14 +476,12 @@ def test_dashboard_says_when_a_stream_stops_on_engine_errors(browser):
     app = create_app(Settings(), engine_factory=lambda: FlakyEngine(fail=range(20, 10**9)))
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/")
-        page.wait_for_function(
-            "document.querySelector('#conn').textContent.startsWith('error')", timeout=20_000
+        wait_for(
+            page, "document.querySelector('#conn').textContent.startsWith('error')", timeout=20_000
         )
         assert "RuntimeError: kernel fault" in page.inner_text("#banner")
         assert "stopped" in page.inner_text("#banner")
-        page.wait_for_function(
-            "document.querySelector('#stat-fps').textContent === '–'", timeout=10_000
-        )
+        wait_for(page, "document.querySelector('#stat-fps').textContent === '–'", timeout=10_000)
         assert results(page) >= 1 and errors == []
 
 
@@ -473,7 +489,7 @@ def test_distribution_panels_summarise_the_map_by_confidence(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/")
-        page.wait_for_function("window.v1motion !== undefined")
+        wait_for(page, "window.v1motion !== undefined")
         got = page.evaluate(
             """() => v1motion.cellHistograms({
                 speed_px_per_frame: [[0.1, 0.6, 1.5, 3.0], [40, 2.0, 5.0, 1.0]],
@@ -501,7 +517,7 @@ def test_the_map_draws_a_cell_from_where_it_counts_as_moving(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/")
-        page.wait_for_function("window.v1motion !== undefined")
+        wait_for(page, "window.v1motion !== undefined")
         spread = """([conf, withConf]) => {
             const c = document.createElement('canvas'); c.id = 'probe';
             document.body.appendChild(c);
@@ -542,8 +558,63 @@ def test_speed_distribution_peaks_at_the_speed_the_map_shows(browser):
         assert page.is_hidden("#speed-hist-empty") and canvas_spread(page, "#speed-hist") > 5
         below = page.locator("#top-units").bounding_box()["y"]
         page.select_option("#source", "still")
-        page.wait_for_function("!document.querySelector('#speed-hist-empty').hidden", timeout=15000)
+        wait_for(page, "!document.querySelector('#speed-hist-empty').hidden", timeout=15000)
         assert page.is_visible("#polar-empty")
         # the notes lie over the empty charts: nothing below them moves (the unit chips stay clickable)
         assert page.locator("#top-units").bounding_box()["y"] == below
         assert errors == []
+
+
+def test_api_docs_work_offline_and_try_it_out_takes_the_token(browser):
+    """/docs from the service's own files (every other host unreachable, as in a closed network):
+    every operation of the schema listed; "Try it out" is refused until "Authorize" is given the
+    token, then answered. /redoc renders from its own files too."""
+    token = "docs-token-1"
+    settings = Settings(token=token, sources=["synthetic"])
+    app = create_app(
+        settings, engine_factory=random_engine, source_factories={"synthetic": pattern_factory()}
+    )
+    with serving(app) as srv:
+        schema = app.openapi()
+        n_ops = sum(len(item) for item in schema["paths"].values())
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        errors, elsewhere = watch(page), []
+
+        def local_only(route):
+            if route.request.url.startswith((srv.url, "data:", "blob:")):
+                route.continue_()
+            else:
+                elsewhere.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", local_only)
+        page.goto(f"{srv.url}/docs")
+        page.wait_for_selector(".opblock")
+        assert page.locator(".opblock").count() == n_ops
+
+        def try_streams() -> str:
+            block = page.locator(".opblock-get", has=page.locator("[data-path='/v1/streams']"))
+            block.locator(".opblock-summary").click()
+            if block.locator("button.try-out__btn").inner_text().strip() == "Try it out":
+                block.locator("button.try-out__btn").click()
+            block.locator("button.execute").click()
+            status = block.locator(".live-responses-table .response .response-col_status").first
+            status.wait_for()
+            text = status.inner_text().strip()
+            block.locator(".opblock-summary").click()
+            return text
+
+        assert try_streams().startswith("401")
+        page.click("button.authorize")
+        page.fill(".auth-container input", token)
+        page.click(".auth-btn-wrapper button.authorize")
+        page.click("button.btn-done")
+        assert try_streams().startswith("200")
+        assert errors == [] and elsewhere == []
+
+        page.goto(f"{srv.url}/redoc")
+        page.wait_for_selector("[data-section-id]")
+        assert page.locator("h2", has_text="List Streams").count() == 1
+        # ReDoc's one attempt at a file elsewhere (its logo) is refused and hidden by ReDoc itself
+        assert all("cdn.redoc.ly" in url for url in elsewhere)
+        assert all("cdn.redoc.ly" in e for e in errors if "Content Security Policy" in e)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -182,3 +183,96 @@ def test_every_websocket_route_refuses_a_wrong_token(client):
             with pytest.raises(WebSocketDisconnect) as exc:
                 sock.receive_text()
             assert exc.value.code == 4401
+
+
+def test_the_schema_declares_the_token_on_every_guarded_operation_and_only_there(client):
+    """/docs offers "Authorize" from this; the operations that refuse a missing token (the walk
+    above, /metrics included) are exactly the ones that say they need it, and that 401 may answer."""
+    schema = client.get("/openapi.json").json()
+    scheme = schema["components"]["securitySchemes"]["token"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert "X-V1Motion-Token" in scheme["description"]
+    declared = {
+        (method.upper(), re.sub(r"\{[^}]+\}", "x", path))
+        for path, item in schema["paths"].items()
+        for method, op in item.items()
+        if op.get("security") == [{"token": []}]
+    }
+    http, _ = _api_routes(client.app)
+    assert ("GET", "/metrics") in http
+    assert declared == set(http)
+    for item in schema["paths"].values():  # and they document the 401 (schemathesis checks it)
+        for op in item.values():
+            assert ("401" in op["responses"]) == ("security" in op), op["operationId"]
+    for path in PUBLIC:
+        assert "security" not in schema["paths"][path]["get"]
+
+
+def _local_app(**kw):
+    settings = Settings(sources=["synthetic"], **kw)
+    return create_app(
+        settings, engine_factory=random_engine, source_factories={"synthetic": pattern_factory()}
+    )
+
+
+def test_every_answer_says_how_a_browser_may_use_it(client, tmp_path):
+    """The dashboard, the API, errors and the middleware's own refusals all carry the headers."""
+    from v1motion.service.security import API_DOCS_POLICY, SECURITY_HEADERS
+
+    def check(r, policy=SECURITY_HEADERS["content-security-policy"]):
+        for name, value in SECURITY_HEADERS.items():
+            want = policy if name == "content-security-policy" else value
+            assert r.headers.get(name) == want, (r.request.url, r.status_code, name)
+
+    with TestClient(_local_app(data_dir=tmp_path / "a")) as local:
+        for path in ("/", "/index.html", "/app.js", "/healthz", "/openapi.json", "/v1/streams"):
+            r = local.get(path)
+            assert r.status_code == 200, path
+            check(r)
+        check(local.get("/nosuch"))  # 404
+        check(local.post("/v1/language/next", json={"k": "x"}))  # 422
+        check(local.get("/", headers={"Host": "attacker.example"}))  # the Host guard's 403
+        for path in ("/docs", "/redoc"):
+            r = local.get(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+            check(r, API_DOCS_POLICY)
+            assert local.head(path).status_code == 200
+    check(client.get("/v1/streams"))  # 401
+    assert "'unsafe-inline'" not in SECURITY_HEADERS["content-security-policy"]
+    assert "frame-ancestors 'none'" in API_DOCS_POLICY
+
+    with TestClient(_local_app(data_dir=tmp_path / "b", web_dir=tmp_path / "none")) as bare:
+        r = bare.get("/docs")
+        assert r.status_code == 404 and "docs.html" in r.json()["detail"]
+
+
+WEB = Path(__file__).resolve().parents[2] / "web"
+
+
+@pytest.mark.parametrize("page", ["index.html", "docs.html", "redoc.html"])
+def test_pages_load_only_the_services_own_files(page):
+    """No CDN, no web fonts: every script and style a page names is a file of web/ (so /docs and
+    /redoc work offline, and no third-party script sees a token typed into them)."""
+    html = (WEB / page).read_text()
+    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert refs
+    for ref in refs:
+        if ref.startswith("data:image/svg+xml"):
+            continue
+        assert "://" not in ref and not ref.startswith("/"), ref  # relative: path prefixes work
+        assert (WEB / ref).is_file(), ref
+    assert "<script>" not in html and "style=" not in html  # the policy allows no inline script
+
+
+def test_vendored_api_docs_match_the_makefile_pins():
+    """`make vendor-docs` remakes web/vendor/ from the versions the Makefile pins."""
+    makefile = (WEB.parent / "Makefile").read_text()
+    swagger = re.search(r"^SWAGGER_UI := (\S+)", makefile, re.M).group(1)
+    redoc = re.search(r"^REDOC := (\S+)", makefile, re.M).group(1)
+    for name in ("SWAGGER_UI_SHA512", "REDOC_SHA512"):
+        assert re.search(rf"^{name} := [0-9a-f]{{128}}$", makefile, re.M), name
+    bundle = (WEB / "vendor/swagger-ui/swagger-ui-bundle.js").read_text()
+    assert f'PACKAGE_VERSION:"{swagger}"' in bundle
+    assert f'"{redoc}"' in (WEB / "vendor/redoc/redoc.standalone.js").read_text()
+    for licence in ("swagger-ui/LICENSE", "swagger-ui/NOTICE", "redoc/LICENSE"):
+        assert (WEB / "vendor" / licence).stat().st_size > 0
