@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numba  # noqa: F401  Numba reads its thread count when first imported: before the bench pins it
 import numpy as np
+import pytest
 from bench_module import load_bench
 
 from v1motion.models.motion.engine import MotionEngine
@@ -45,7 +46,10 @@ def test_profile_times_both_thread_counts_and_unwraps_the_engine():
         assert out[n]["stages"][(True, sp.KERNEL)] <= out[n]["wall_ms"]
     serial = sum(out[2]["serial"].values())
     assert 0 < serial <= out[2]["wall_ms"]
-    assert serial <= out[2]["bound_ms"] <= out[2]["cpu_ms"]
+    # the bound is the serial part plus the rest of the CPU time split over the threads; not
+    # compared with the CPU time itself: the serial part is wall time, which a loaded machine
+    # stretches past the CPU time (CI: 3.30 > 3.21 ms)
+    assert out[2]["bound_ms"] == pytest.approx(serial + (out[2]["cpu_ms"] - serial) / 2)
     text = sp.report(out, "128x96")
     assert "at most" in text and "ss-RNN kernel" in text
 
