@@ -37,6 +37,7 @@ def fit_record(y: np.ndarray, kind: str, options: dict, test_fraction: float, se
         "n_test_trials": report["n_test_trials"],
         "fit_seconds": report["fit_seconds"],
         "fit": report["fit"],
+        "warnings": report["warnings"],
         "created": time.time(),
         "timescales_bins": None if tau is None else [t if np.isfinite(t) else -1.0 for t in tau],
         "stimulus_bins": int(y.shape[1]) if kind in STIMULUS_LOCKED else None,

@@ -119,6 +119,25 @@ def fit_summary(model) -> dict:
     }
 
 
+def fit_warnings(bits: float, n_params: int, n_train_counts: int) -> list[str]:
+    """What a user should know before trusting a fit: a model with more parameters than training
+    counts, or one that predicts held-out spikes worse than each neuron's constant mean rate (its
+    bits/spike below 0), which overfitting on little data gives without any other sign."""
+    out = []
+    if n_params > n_train_counts:
+        out.append(
+            f"the model has {n_params:,} parameters for {n_train_counts:,} training counts (trials x bins x "
+            "neurons): it can fit noise; give more trials or bins, or fewer lags, hidden units or "
+            "latents, or a larger l2"
+        )
+    if bits < 0:
+        out.append(
+            f"held-out spikes are predicted worse than by each neuron's constant mean rate "
+            f"({bits:.3g} bits/spike): the model overfits these data or does not suit them"
+        )
+    return out
+
+
 def fit_and_score(y: np.ndarray, kind: str, options: dict | None = None, test_fraction=0.2, seed=0):
     """Fit ``kind`` on training trials and score it on held-out ones.
 
@@ -127,8 +146,8 @@ def fit_and_score(y: np.ndarray, kind: str, options: dict | None = None, test_fr
     model : the fitted model (on the training split)
     baseline : :class:`IndependentPoisson` fitted on the same split (the bits/spike reference)
     report : dict with ``bits_per_spike`` (held-out, relative to the baseline), ``n_spikes_test``,
-        ``fit_seconds``, ``n_train_trials``, ``n_test_trials``, ``n_params`` and ``fit`` (see
-        :func:`fit_summary`).
+        ``fit_seconds``, ``n_train_trials``, ``n_test_trials``, ``n_params``, ``fit`` (see
+        :func:`fit_summary`) and ``warnings`` (see :func:`fit_warnings`).
     """
     model = make_model(kind, **(options or {}))
     check_data(kind, y)
@@ -150,6 +169,9 @@ def fit_and_score(y: np.ndarray, kind: str, options: dict | None = None, test_fr
         "n_params": int(model.n_params_),
         "fit": fit_summary(model),
     }
+    report["warnings"] = fit_warnings(report["bits_per_spike"], report["n_params"], train.size)
+    for warning in report["warnings"]:
+        log.warning("%s fit: %s", kind, warning)
     log.info(
         "fitted %s: %.4f held-out bits/spike in %.1f s", kind, report["bits_per_spike"], seconds
     )

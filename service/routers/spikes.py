@@ -222,6 +222,12 @@ class SpikeModelPublic(BaseModel):
     n_test_trials: int
     fit_seconds: float
     fit: FitPublic
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what to know before trusting this model: more parameters than training counts, "
+        "or held-out spikes predicted worse than by constant rates (bits/spike below 0); empty when "
+        "neither",
+    )
     created: float
     timescales_bins: list[float] | None = Field(
         None, description="R-GLM: timescales of the eigenvalues of R, in bins (-1: not decaying)"

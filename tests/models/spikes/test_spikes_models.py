@@ -1030,3 +1030,26 @@ def test_lbfgs_shows_a_progress_bar_on_a_terminal_only(monkeypatch, tty):
     drawn = [int(n) for n in re.findall(r"(\d+)/200", shown)]
     assert drawn[0] == 0 and 0 < drawn[-1] <= info["n_iter"] and drawn == sorted(drawn)
     assert "stops at 1e-08" in shown
+
+
+def _bursty_counts(trials=6, bins=300, n=3, seed=0):
+    """Each neuron switches between 0.05 and 1.5 spikes/bin, staying ~20 bins in each state: its
+    own recent spikes predict the next bin, which a GLM with a few lags learns."""
+    rng = np.random.default_rng(seed)
+    flips = rng.random((trials, bins, n)) < 0.05
+    state = np.cumsum(flips, axis=1) % 2
+    return rng.poisson(np.where(state > 0, 1.5, 0.05)).astype(float)
+
+
+def test_fit_warns_of_overfitting_and_not_of_a_fit_that_generalises():
+    from v1motion.models.spikes.registry import fit_and_score
+
+    _, _, good = fit_and_score(_bursty_counts(), "glm", {"n_lags": 5})
+    assert good["bits_per_spike"] > 0.1 and good["n_params"] < 6 * 300 * 3
+    assert good["warnings"] == []
+    tiny = np.random.default_rng(0).poisson(0.5, (3, 12, 2)).astype(float)  # 2 trials train
+    _, _, bad = fit_and_score(tiny, "rglm_correlated", {"n_lags": 3, "max_iter": 200})
+    assert bad["n_params"] > 2 * 12 * 2 and bad["bits_per_spike"] < 0
+    params, worse = bad["warnings"]
+    assert f"{bad['n_params']} parameters for 48 training counts" in params
+    assert "worse than by each neuron's constant mean rate" in worse

@@ -719,3 +719,30 @@ def test_the_models_held_are_listed_newest_first_and_the_oldest_is_dropped(clien
     assert client.get(f"/v1/spikes/models/{ids[0]}").status_code == 404
     assert client.head("/v1/spikes/models").status_code == 200
     assert client.put("/v1/spikes/models").headers["allow"] == "GET, HEAD, POST"
+
+
+def test_a_fit_that_overfits_says_so_in_its_answer(client):
+    """Two training trials of 12 bins under an R-GLM: the answer names both problems (its number
+    alone, -1e3 bits/spike, was the only sign); a GLM on data it can learn carries no warning."""
+    tiny = np.random.default_rng(0).poisson(0.5, (3, 12, 2)).tolist()
+    r = client.post(
+        "/v1/spikes/models",
+        json={"counts": tiny, "kind": "rglm_correlated", "options": {"n_lags": 3, "max_iter": 200}},
+    )
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert info["held_out_bits_per_spike"] < 0 and len(info["warnings"]) == 2
+    assert "parameters for 48 training counts" in info["warnings"][0]
+    assert "constant mean rate" in info["warnings"][1]
+    listed = client.get("/v1/spikes/models").json()["data"]
+    assert listed[0]["warnings"] == info["warnings"]
+
+    rng = np.random.default_rng(0)
+    state = np.cumsum(rng.random((6, 300, 3)) < 0.05, axis=1) % 2  # bursts of ~20 bins
+    bursty = rng.poisson(np.where(state > 0, 1.5, 0.05)).tolist()
+    r = client.post(
+        "/v1/spikes/models", json={"counts": bursty, "kind": "glm", "options": {"n_lags": 5}}
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["held_out_bits_per_spike"] > 0.1 and r.json()["warnings"] == []
+
