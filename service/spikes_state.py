@@ -43,6 +43,12 @@ class SpikeModelStore:
             raise HTTPException(404, detail=f"no spike model with id {model_id!r}")
         return rec
 
+    def remove(self, model_id: str) -> None:
+        with self._lock:
+            rec = self._items.pop(model_id, None)
+        if rec is None:
+            raise HTTPException(404, detail=f"no spike model with id {model_id!r}")
+
     def records(self) -> list[dict]:
         """Every model held, newest first."""
         with self._lock:

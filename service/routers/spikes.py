@@ -567,6 +567,7 @@ MODEL_LINKS = {
                 ("GetModel", "", "get"),
                 ("EvaluateModel", "~1evaluate", "post"),
                 ("SampleModel", "~1sample", "post"),
+                ("DeleteModel", "", "delete"),
             )
         }
     }
@@ -612,6 +613,14 @@ def list_models(store: Store) -> SpikeModelsPublic:
 @router.get("/models/{model_id}", response_model=SpikeModelPublic, responses=NOT_FOUND)
 def get_model(model_id: str, store: Store) -> SpikeModelPublic:
     return _public(store.get(model_id))
+
+
+@router.delete("/models/{model_id}", status_code=204, responses=NOT_FOUND)
+def delete_model(model_id: str, store: Store) -> Response:
+    """Forget a fitted model (it frees its place in the store; an evaluation or sample already
+    running on it finishes)."""
+    store.remove(model_id)
+    return Response(status_code=204)
 
 
 @router.post(

@@ -134,7 +134,7 @@ def test_the_schema_links_a_fitted_spike_model_to_what_takes_its_id():
     with TestClient(make_app()) as client:
         spec = client.get("/openapi.json").json()
     links = spec["paths"]["/v1/spikes/models"]["post"]["responses"]["201"]["links"]
-    assert {"GetModel", "EvaluateModel", "SampleModel"} == set(links)
+    assert {"GetModel", "EvaluateModel", "SampleModel", "DeleteModel"} == set(links)
     answer = spec["components"]["schemas"]["SpikeModelPublic"]["properties"]
     for link in links.values():
         node = spec

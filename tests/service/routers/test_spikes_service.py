@@ -746,3 +746,16 @@ def test_a_fit_that_overfits_says_so_in_its_answer(client):
     assert r.status_code == 201, r.text
     assert r.json()["held_out_bits_per_spike"] > 0.1 and r.json()["warnings"] == []
 
+
+def test_delete_forgets_a_model_and_frees_its_place(client):
+    """The store keeps two (the fixture): deleting one lets a third fit in without dropping the
+    other; a deleted or unknown id is 404."""
+    first, second = _fit(client).json()["id"], _fit(client, seed=1).json()["id"]
+    assert client.delete(f"/v1/spikes/models/{first}").status_code == 204
+    assert client.get(f"/v1/spikes/models/{first}").status_code == 404
+    r = client.delete(f"/v1/spikes/models/{first}")
+    assert r.status_code == 404 and first in r.json()["detail"]
+    assert client.post(f"/v1/spikes/models/{first}/sample", json={"n_bins": 5}).status_code == 404
+    third = _fit(client, seed=2).json()["id"]
+    listed = client.get("/v1/spikes/models").json()
+    assert [m["id"] for m in listed["data"]] == [third, second] and listed["count"] == 2
