@@ -20,20 +20,32 @@ RETINA_RECORDINGS = ("Movie1Exp1", "Movie2Exp1")
 RETINA_DURATION_MS = 18000.0
 
 
+def _check_numbers(arr: np.ndarray, name: str, booleans: bool) -> None:
+    """Numbers only: strings ("1") and, from JSON lists, true/false are not counts or times (numpy
+    would read them as 1.0). A boolean array (an ``.npz`` of spikes/no spikes) is taken as 0/1."""
+    if arr.dtype.kind in "USO" and arr.dtype != object:
+        raise ValueError(f"{name} must be numbers, not strings")
+    if arr.dtype.kind == "b" and not booleans:
+        raise ValueError(f"{name} must be numbers, not true/false")
+
+
 def as_counts(y, *, max_elements: int | None = None, name: str = "counts") -> np.ndarray:
     """Validate spike counts and return them as float ``(n_trials, n_bins, n_neurons)``.
 
-    Raises ``ValueError`` naming the problem: ragged nesting, wrong rank, zero neurons/bins/trials,
-    non-finite values, negative or non-integer counts, or more than ``max_elements`` entries.
+    Raises ``ValueError`` naming the problem: ragged nesting, strings or (in lists) booleans, wrong
+    rank, zero neurons/bins/trials, non-finite values, negative or non-integer counts, or more than
+    ``max_elements`` entries.
     """
     try:
-        arr = np.asarray(y, dtype=float)
+        arr = np.asarray(y)
     except (ValueError, TypeError) as exc:
         raise ValueError(
             f"{name} must be a rectangular numeric array (ragged input?): {exc}"
         ) from None
+    _check_numbers(arr, name, booleans=isinstance(y, np.ndarray))
     if arr.dtype == object:
         raise ValueError(f"{name} must be a rectangular numeric array (ragged input?)")
+    arr = arr.astype(float, copy=False)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
@@ -102,7 +114,9 @@ def bin_spike_times(
                 f"spike_times is ragged: trial {k} has {len(tr)} neurons, not {n_neurons}"
             )
         for times in tr:
-            t = np.asarray(times, dtype=float).ravel()
+            t = np.asarray(times)
+            _check_numbers(t, "spike_times", booleans=False)
+            t = t.astype(float).ravel()
             if not np.all(np.isfinite(t)):
                 raise ValueError("spike_times contains NaN or infinite values")
             if np.any(t < 0):

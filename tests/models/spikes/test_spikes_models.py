@@ -136,7 +136,13 @@ def test_as_counts_names_each_problem():
         as_counts(np.zeros((10, 10)), max_elements=50)
     with pytest.raises(ValueError, match="non-integer"):
         as_counts([[0.5]])
+    with pytest.raises(ValueError, match="not strings"):
+        as_counts([["1", "2"]])
+    with pytest.raises(ValueError, match="not true/false"):
+        as_counts([[True, False]])  # JSON's true and false
     assert as_counts(np.zeros((4, 3))).shape == (1, 4, 3)
+    # an array of spike / no spike (from an .npz) is 0/1 counts
+    np.testing.assert_array_equal(as_counts(np.array([[True, False]])), [[[1.0, 0.0]]])
 
 
 def test_bin_spike_times_counts_each_spike_once():
@@ -149,6 +155,10 @@ def test_bin_spike_times_counts_each_spike_once():
         bin_spike_times([[[1.0], [2.0]], [[1.0]]], 10.0)
     with pytest.raises(ValueError, match="negative"):
         bin_spike_times([[-1.0]], 10.0)
+    with pytest.raises(ValueError, match="not strings"):
+        bin_spike_times([["1.0"]], 10.0)
+    with pytest.raises(ValueError, match="not true/false"):
+        bin_spike_times([[True]], 10.0)
 
 
 def test_retina_loader_matches_source_counts():
