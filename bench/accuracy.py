@@ -169,6 +169,20 @@ def rel(path: Path) -> str:
         return Path(path).name
 
 
+def command_args(argv: list[str]) -> list[str]:
+    """The arguments as recorded in the outputs: the paths given to ``--out``, ``--md``, ``--engine``
+    and ``--mt`` as :func:`rel` writes them (a file outside the project by its name only)."""
+    out, paths = [], ("--out", "--md", "--engine", "--mt")
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if eq and flag in paths:
+            arg = f"{flag}={rel(Path(value))}"
+        elif i > 0 and argv[i - 1] in paths and arg not in ("default", "random"):
+            arg = rel(Path(arg))
+        out.append(arg)
+    return out
+
+
 def fmt(summary: dict, keys, spec: str) -> str:
     vals = [summary.get(k) for k in keys]
     if all(v is None for v in vals):
@@ -312,7 +326,8 @@ def main(argv=None) -> int:
     if not args.no_flow:
         methods += me.flow_methods(me.CELL_PX)
 
-    command = "python bench/accuracy.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))  # fmt: skip
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python bench/accuracy.py " + " ".join(shlex.quote(a) for a in command_args(given))
     rows, timings = [], {}
     t_all = time.perf_counter()
     for size in sizes:

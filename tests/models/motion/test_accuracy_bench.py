@@ -30,7 +30,19 @@ def test_tau_sets_the_read_outs_average_and_is_recorded(tmp_path, monkeypatch):
     acc.main(["--engine", "random", "--quick", "--families", "still", "--no-flow", "--tau", "3",
               "--out", str(out)])  # fmt: skip
     assert seen == [3.0]
-    assert json.loads(out.read_text())["tau_frames"] == 3.0
+    saved = json.loads(out.read_text())
+    assert saved["tau_frames"] == 3.0
+    # the outputs name no machine's paths: a file outside the project by its name only
+    assert str(tmp_path) not in out.read_text()
+    assert saved["command"].endswith("--tau 3 --out acc.json")
+
+
+def test_the_recorded_command_names_project_files_relative_to_the_project():
+    inside = str(acc.ROOT / "docs" / "motion" / "accuracy.json")
+    assert acc.command_args(["--out", inside, "--md=/elsewhere/acc.md", "--engine", "default",
+                             "--families", "pan"]) == [
+        "--out", "docs/motion/accuracy.json", "--md=acc.md", "--engine", "default",
+        "--families", "pan"]  # fmt: skip
 
 
 def test_an_mt_read_out_that_is_not_there_is_refused(tmp_path):
