@@ -1,6 +1,7 @@
 """The package boundaries the architecture promises."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,3 +128,23 @@ def test_routers_define_no_classes_but_request_and_response_schemas():
                 else:
                     offenders.append(f"{path.name}: {node.name}")
     assert not offenders, offenders
+
+
+def test_committed_reports_name_no_machines_paths():
+    """Reports, model cards and benchmark outputs record commands and files relative to the project
+    (a benchmark once recorded its output as a temporary file of the machine it ran on)."""
+    pattern = re.compile(r"(?:^|[^\w.])/(?:tmp|home|root|work|Users|mnt|opt)/")
+    files = [
+        p
+        for folder in ("docs", "models/weights")
+        for p in (ROOT / folder).rglob("*")
+        if p.suffix in (".md", ".json")
+    ]
+    assert len(files) > 20
+    found = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in files + [ROOT / "README.md"]
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []
