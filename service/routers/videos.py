@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -30,6 +31,7 @@ PREFIX = "/v1/videos"
 # The token is checked where the app includes this router (v1motion.service.app).
 router = APIRouter(prefix=PREFIX, tags=["videos"])
 
+BINARY = {"type": "string", "format": "binary"}
 MEDIA_TYPES = {
     "motion.json": "application/json",
     "motion.npz": "application/octet-stream",
@@ -154,14 +156,30 @@ def get_video_job(job_id: str, jobs: JobsDep) -> JobPublic:
     return JobPublic.from_record(_job_or_404(jobs, job_id), PREFIX)
 
 
+# The file's own type (a file download; motion.json is JSON), not FastAPI's default of JSON for all.
+RESULT_CONTENT = {
+    media: {"schema": {"type": "object"} if media == "application/json" else BINARY}
+    for media in dict.fromkeys(MEDIA_TYPES.values())
+}
+ResultName = Annotated[
+    str,
+    PathParam(
+        description="which result file: " + ", ".join(RESULT_NAMES),
+        json_schema_extra={"enum": list(RESULT_NAMES)},
+    ),
+]
+
+
 @router.get(
     "/{job_id}/{name}",
+    response_class=FileResponse,
     responses={
+        200: {"description": "the file, as an attachment", "content": RESULT_CONTENT},
         404: {"description": "no such job, or no result by that name"},
         409: {"description": "the job has not succeeded, so it has no results yet"},
     },
 )
-def get_video_result(job_id: str, name: str, jobs: JobsDep) -> FileResponse:
+def get_video_result(job_id: str, name: ResultName, jobs: JobsDep) -> FileResponse:
     """One result file: ``motion.json``, ``motion.npz``, ``overlay.mp4`` or ``summary.png``."""
     if name not in RESULT_NAMES:
         raise HTTPException(404, f"no result named {name!r}; results: {', '.join(RESULT_NAMES)}")

@@ -70,6 +70,15 @@ def test_upload_process_fetch_delete(client, tmp_path):
     assert head.headers["content-length"] == str(len(overlay.content))
     png = client.get(f"{base}/summary.png")
     assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+    r = client.get(f"{base}/summary.jpg")  # a name the schema's list does not have: 404 naming them
+    assert r.status_code == 404 and "summary.png" in r.json()["detail"]
+    # the schema says what each file is, so /docs offers the names and a download
+    op = client.get("/openapi.json").json()["paths"]["/v1/videos/{job_id}/{name}"]["get"]
+    names = next(p for p in op["parameters"] if p["name"] == "name")["schema"]["enum"]
+    assert names == ["motion.json", "motion.npz", "overlay.mp4", "summary.png"]
+    assert set(op["responses"]["200"]["content"]) == {
+        r.headers["content-type"] for r in (motion, npz, overlay, png)
+    }
     listed = client.get("/v1/videos").json()
     assert job["id"] in [j["id"] for j in listed["data"]] and listed["count"] >= 1
 
