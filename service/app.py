@@ -146,6 +146,7 @@ def create_app(
         title="v1motion",
         version="0.1.0",
         summary="Live visual motion from a recurrent model of V1",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,  # FastAPI's pages load their scripts from a CDN; ours are served: api_docs
         redoc_url=None,
@@ -179,6 +180,22 @@ def create_app(
     else:
         log.warning("no dashboard: %s is not a folder", settings.web_dir)
     return app
+
+
+# The first thing /docs and /redoc show: what the schema cannot say (units, the token, the sockets).
+API_DESCRIPTION = """\
+Directions are in **degrees** (0° = right, 90° = up, counter-clockwise) and speeds in **px/frame** of the
+frame the engine was given, everywhere: results, video jobs' files, the websocket messages.
+
+**Token.** A server bound beyond localhost (or given `V1MOTION_TOKEN`) needs it on every `/v1` route:
+`Authorization: Bearer <token>` ("Authorize" above). `/healthz`, `/readyz`, these pages and the schema
+are public.
+
+**Live results** come over two websockets, which this schema cannot list: `WS /v1/streams/{name}` (a
+source configured on the server; `GET /v1/streams` lists them) and `WS /v1/camera` (the browser's
+camera: JPEG frames in, results out), described in the project's `docs/protocol.md`; the dashboard at
+`/` uses both. Limits and what each refusal means: `docs/security.md`.
+"""
 
 
 def answer_head_as_get(router: APIRouter) -> None:

@@ -164,3 +164,10 @@ def test_the_schema_types_counts_and_spike_times_as_the_routes_read_them():
     times = [depth_and_leaf(n) for n in props["spike_times"]["anyOf"] if n.get("type") == "array"]
     assert sorted(counts) == [(2, "integer", 0), (3, "integer", 0)]
     assert sorted(times) == [(2, "number", 0), (3, "number", 0)]
+
+
+def test_the_schema_says_the_units_the_token_and_the_sockets_it_cannot_list():
+    with TestClient(make_app()) as client:
+        text = client.get("/openapi.json").json()["info"]["description"]
+    for needed in ("degrees", "px/frame", "Bearer", "WS /v1/streams/{name}", "WS /v1/camera"):
+        assert needed in text, needed
