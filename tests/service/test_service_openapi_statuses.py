@@ -145,27 +145,6 @@ def test_the_schema_links_a_fitted_spike_model_to_what_takes_its_id():
         assert link["parameters"]["model_id"] == "$response.body#/id" and "id" in answer
 
 
-def test_the_schema_types_counts_and_spike_times_as_the_routes_read_them():
-    """Arrays of non-negative integer counts, (trials,) bins, neurons; spike times as neurons' (or
-    trials' neurons') lists of non-negative numbers: what as_counts and bin_spike_times accept (the
-    routes refuse strings and true/false there, which numpy alone would read as numbers)."""
-    with TestClient(make_app()) as client:
-        spec = client.get("/openapi.json").json()
-    fit = spec["paths"]["/v1/spikes/models"]["post"]["requestBody"]["content"]
-    props = fit["application/json"]["schema"]["properties"]
-
-    def depth_and_leaf(node):
-        depth = 0
-        while node.get("type") == "array":
-            node, depth = node["items"], depth + 1
-        return depth, node["type"], node["minimum"]
-
-    counts = [depth_and_leaf(n) for n in props["counts"]["anyOf"] if n.get("type") == "array"]
-    times = [depth_and_leaf(n) for n in props["spike_times"]["anyOf"] if n.get("type") == "array"]
-    assert sorted(counts) == [(2, "integer", 0), (3, "integer", 0)]
-    assert sorted(times) == [(2, "number", 0), (3, "number", 0)]
-
-
 def test_the_schema_says_the_units_the_token_and_the_sockets_it_cannot_list():
     with TestClient(make_app()) as client:
         text = client.get("/openapi.json").json()["info"]["description"]
