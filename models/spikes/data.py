@@ -23,7 +23,7 @@ RETINA_DURATION_MS = 18000.0
 def _check_numbers(arr: np.ndarray, name: str, booleans: bool) -> None:
     """Numbers only: strings ("1") and, from JSON lists, true/false are not counts or times (numpy
     would read them as 1.0). A boolean array (an ``.npz`` of spikes/no spikes) is taken as 0/1."""
-    if arr.dtype.kind in "USO" and arr.dtype != object:
+    if arr.dtype.kind in "US":
         raise ValueError(f"{name} must be numbers, not strings")
     if arr.dtype.kind == "b" and not booleans:
         raise ValueError(f"{name} must be numbers, not true/false")
@@ -137,9 +137,8 @@ def bin_spike_times(
     edges = np.arange(n_bins + 1) * bin_size
     edges[-1] = max(edges[-1], duration)
     counts = np.zeros((len(trials), n_bins, n_neurons))
-    for k, tr in enumerate(trials):
-        for i, times in enumerate(tr):
-            counts[k, :, i] = np.histogram(np.asarray(times, dtype=float), edges)[0]
+    for j, t in enumerate(flat):  # trial by trial, neuron by neuron, as converted above
+        counts[j // n_neurons, :, j % n_neurons] = np.histogram(t, edges)[0]
     return counts
 
 
