@@ -147,6 +147,8 @@ class _Processes:
                 raise HTTPException(503, detail="the server is shutting down") from None
             raise
         except BrokenProcessPool:
+            if self._closed:  # its process was stopped by close(), not lost
+                raise HTTPException(503, detail="the server is shutting down") from None
             self._discard(pool)
             log.error("a spike worker process died; its pool is replaced")
             raise HTTPException(
