@@ -66,15 +66,18 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """A real uvicorn serving ``app`` on 127.0.0.1 and a free port, in a background thread."""
+    """A real uvicorn serving ``app`` on 127.0.0.1 and a free port, in a background thread; stopped
+    as ``v1motion serve`` is (``__exit__``, as on a signal), with at most 15 s to end."""
 
     def __init__(self, app, **config):
         from v1motion.service.commands.serve import bind_socket
 
         self.sock = bind_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
+        from v1motion.service.server import Server
+
         cfg = uvicorn.Config(app, log_level="warning", lifespan="on", **config)
-        self.server = uvicorn.Server(cfg)
+        self.server = Server(cfg)  # the service's own, as `v1motion serve` runs it
         self.thread = threading.Thread(
             target=self.server.run, args=([self.sock],), name="uvicorn-test", daemon=True
         )

@@ -331,6 +331,32 @@ def test_shutdown_stops_a_running_fit(gated_fit):
         os.kill(pid, 0)
 
 
+def test_a_stopping_server_answers_a_running_fit_at_once(gated_fit):
+    """A real server stopping (as on SIGTERM): uvicorn waits up to its grace period for open
+    requests, and a running fit used to hold it there for all of it, then be cut off without an
+    answer. Now the fit is stopped first and answers 503 at once; the server ends well within the
+    grace period (30 s here, the gate's own length, against the 15 s the server is given to end)."""
+    import httpx
+    from service_helpers import ServerThread
+
+    app = create_app(Settings(shutdown_timeout_s=30))
+    out = {}
+    with ServerThread(app) as srv:
+        body = {"counts": _counts().tolist(), "kind": "correlated"}
+
+        def fit():
+            out["r"] = httpx.post(f"{srv.url}/v1/spikes/models", json=body, timeout=60)
+
+        t = threading.Thread(target=fit, daemon=True)
+        t.start()
+        pid = _entered(gated_fit)
+    assert not srv.thread.is_alive(), "the server waited for the running fit"
+    t.join(30)
+    assert out["r"].status_code == 503 and "shutting down" in out["r"].json()["detail"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
 def test_closing_ends_a_call_the_executor_never_finishes():
     """The pool's shutdown does not always fail a call whose process it stopped (a shutdown then
     hung, waiting for the request): close() itself ends every call still awaited, with a 503."""
