@@ -154,18 +154,22 @@ def create_app(
     http_errors.install(app)
     app.state.settings = settings  # the configuration, readable before the lifespan has run
 
-    async def before_shutdown(code: int, reason: str) -> None:
-        """What ends before uvicorn waits for open connections (v1motion.service.server.Server):
-        every websocket closes with ``code`` (1001, not uvicorn's 1012), and running spike work
-        answers 503 at once, rather than holding the shutdown for its grace period and then being
-        cut off without an answer."""
+    async def close_websockets(code: int, reason: str) -> None:
+        """Close every open websocket (v1motion.service.server.Server: 1001 before uvicorn's 1012)."""
         state: AppState | None = getattr(app.state, "services", None)
         if state is not None:
-            state.spike_worker.close()
             sockets = list(state.websockets)
             await asyncio.gather(*(streams.close_quietly(ws, code, reason) for ws in sockets))
 
-    app.state.before_shutdown = before_shutdown
+    def stop_work() -> None:
+        """Stop the spike work still running (v1motion.service.server.Server, near the end of the
+        grace period): its requests answer 503 rather than being cut off without an answer."""
+        state: AppState | None = getattr(app.state, "services", None)
+        if state is not None:
+            state.spike_worker.close()
+
+    app.state.close_websockets = close_websockets
+    app.state.stop_work = stop_work
     # Without a token: only this service's Host names, and no state changes from other sites' pages.
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(HostOriginGuard, settings=settings)  # before any body is read

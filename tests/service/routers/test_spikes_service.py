@@ -331,30 +331,52 @@ def test_shutdown_stops_a_running_fit(gated_fit):
         os.kill(pid, 0)
 
 
-def test_a_stopping_server_answers_a_running_fit_at_once(gated_fit):
-    """A real server stopping (as on SIGTERM): uvicorn waits up to its grace period for open
-    requests, and a running fit used to hold it there for all of it, then be cut off without an
-    answer. Now the fit is stopped first and answers 503 at once; the server ends well within the
-    grace period (30 s here, the gate's own length, against the 15 s the server is given to end)."""
+def _fit_while_the_server_stops(gate: Path, open_gate_after: float | None):
+    """A real server (the service's own Server class, 5 s grace period) stopped while a fit is
+    held at the gate, which is opened ``open_gate_after`` seconds into the shutdown (or never);
+    returns the fit's answer (or the error of a request cut off) and the worker's pid."""
     import httpx
     from service_helpers import ServerThread
 
-    app = create_app(Settings(shutdown_timeout_s=30))
+    app = create_app(Settings())
     out = {}
-    with ServerThread(app) as srv:
+    with ServerThread(app, timeout_graceful_shutdown=5) as srv:
         body = {"counts": _counts().tolist(), "kind": "correlated"}
 
         def fit():
-            out["r"] = httpx.post(f"{srv.url}/v1/spikes/models", json=body, timeout=60)
+            try:
+                out["r"] = httpx.post(f"{srv.url}/v1/spikes/models", json=body, timeout=60)
+            except httpx.HTTPError as exc:  # cut off without an answer
+                out["r"] = exc
 
         t = threading.Thread(target=fit, daemon=True)
         t.start()
-        pid = _entered(gated_fit)
-    assert not srv.thread.is_alive(), "the server waited for the running fit"
+        pid = _entered(gate)
+        srv.server.should_exit = True  # as on SIGTERM
+        if open_gate_after is not None:
+            time.sleep(open_gate_after)
+            (gate / "open").touch()
+        srv.thread.join(15)
+        assert not srv.thread.is_alive(), "the server did not end"
     t.join(30)
-    assert out["r"].status_code == 503 and "shutting down" in out["r"].json()["detail"]
+    return out["r"], pid
+
+
+def test_a_stopping_server_answers_a_fit_it_stops(gated_fit):
+    """A fit still running near the end of the grace period is stopped and answered 503; uvicorn
+    alone would cancel its request at the end and close the connection without an answer."""
+    r, pid = _fit_while_the_server_stops(gated_fit, open_gate_after=None)
+    assert not isinstance(r, Exception), f"no answer: {r!r}"
+    assert r.status_code == 503 and "shutting down" in r.json()["detail"]
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_stopping_server_lets_a_fit_finish_within_the_grace_period(gated_fit):
+    """Work that ends within the grace period is answered as usual."""
+    r, _ = _fit_while_the_server_stops(gated_fit, open_gate_after=0.5)
+    assert not isinstance(r, Exception), f"no answer: {r!r}"
+    assert r.status_code == 201, r.text
 
 
 def test_closing_ends_a_call_the_executor_never_finishes():
