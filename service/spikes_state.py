@@ -218,6 +218,12 @@ def _init_process(blas_threads: int | None, niceness: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lower_priority(niceness)
     sys.stderr = _NotATerminal(sys.stderr)
+    # tqdm's default write lock holds a multiprocessing lock, whose named semaphore a process
+    # stopped by close() never unlinks: the server's exit then ended with Python's "leaked semaphore
+    # objects" warning after any spike request. This process draws no bar others share a line with.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     if blas_threads is not None:
         from threadpoolctl import threadpool_limits
 

@@ -379,6 +379,23 @@ def test_a_stopping_server_lets_a_fit_finish_within_the_grace_period(gated_fit):
     assert r.status_code == 201, r.text
 
 
+def test_a_worker_process_holds_no_multiprocessing_lock_for_its_progress_bars():
+    """tqdm's default write lock holds a multiprocessing lock; a worker stopped by close() (SIGTERM)
+    never unlinked its semaphore, and every `v1motion serve` that had run spike work ended with
+    Python's "leaked semaphore objects" warning. The worker's set-up gives tqdm a thread lock."""
+    code = (
+        "import gc, multiprocessing.synchronize as mps\n"
+        "from v1motion.service.spikes_state import _init_process\n"
+        "_init_process(None, 0)\n"
+        "from tqdm import tqdm\n"
+        "for _ in tqdm(range(3), disable=None): pass\n"  # as the fits draw theirs
+        "print(sum(isinstance(o, mps.SemLock) for o in gc.get_objects()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0"]
+
+
 def test_closing_ends_a_call_the_executor_never_finishes():
     """The pool's shutdown does not always fail a call whose process it stopped (a shutdown then
     hung, waiting for the request): close() itself ends every call still awaited, with a 503."""
