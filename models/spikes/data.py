@@ -6,6 +6,7 @@ Throughout the spike models, counts are a float array of shape ``(n_trials, n_bi
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -20,13 +21,31 @@ RETINA_RECORDINGS = ("Movie1Exp1", "Movie2Exp1")
 RETINA_DURATION_MS = 18000.0
 
 
-def _check_numbers(arr: np.ndarray, name: str, booleans: bool) -> None:
+def _check_numbers(arr: np.ndarray, name: str, booleans: bool, given=None) -> None:
     """Numbers only: strings ("1") and, from JSON lists, true/false are not counts or times (numpy
-    would read them as 1.0). A boolean array (an ``.npz`` of spikes/no spikes) is taken as 0/1."""
+    would read them as 1.0). A boolean array (an ``.npz`` of spikes/no spikes) is taken as 0/1.
+    ``given`` is the input ``arr`` was made from: a list mixing numbers with true/false gives a
+    numeric array, so the list itself is searched."""
     if arr.dtype.kind in "US":
         raise ValueError(f"{name} must be numbers, not strings")
-    if arr.dtype.kind == "b" and not booleans:
+    if booleans:
+        return
+    if arr.dtype.kind == "b" or (arr.dtype.kind in "iuf" and _holds_bools(given)):
         raise ValueError(f"{name} must be numbers, not true/false")
+
+
+def _holds_bools(y) -> bool:
+    """Whether (rectangular) nested lists hold a Python bool, JSON's true or false: the innermost
+    items are chained and their types collected at C speed (50 ms for 2 million counts)."""
+    if isinstance(y, bool):
+        return True
+    if not isinstance(y, list | tuple):
+        return False
+    items, first = y, y
+    while first and isinstance(first[0], list | tuple):
+        first = first[0]
+        items = itertools.chain.from_iterable(items)
+    return bool in set(map(type, items))
 
 
 def as_counts(y, *, max_elements: int | None = None, name: str = "counts") -> np.ndarray:
@@ -42,7 +61,7 @@ def as_counts(y, *, max_elements: int | None = None, name: str = "counts") -> np
         raise ValueError(
             f"{name} must be a rectangular numeric array (ragged input?): {exc}"
         ) from None
-    _check_numbers(arr, name, booleans=isinstance(y, np.ndarray))
+    _check_numbers(arr, name, booleans=isinstance(y, np.ndarray), given=y)
     if arr.dtype == object:
         raise ValueError(f"{name} must be a rectangular numeric array (ragged input?)")
     arr = arr.astype(float, copy=False)
@@ -115,7 +134,7 @@ def bin_spike_times(
             )
         for times in tr:
             t = np.asarray(times)
-            _check_numbers(t, "spike_times", booleans=False)
+            _check_numbers(t, "spike_times", booleans=False, given=times)
             t = t.astype(float).ravel()
             if not np.all(np.isfinite(t)):
                 raise ValueError("spike_times contains NaN or infinite values")

@@ -140,6 +140,9 @@ def test_as_counts_names_each_problem():
         as_counts([["1", "2"]])
     with pytest.raises(ValueError, match="not true/false"):
         as_counts([[True, False]])  # JSON's true and false
+    for mixed in ([[1, True], [0, 2]], [[[0.0, 1.0]], [[2.0, False]]]):  # numpy reads them as 1, 0
+        with pytest.raises(ValueError, match="not true/false"):
+            as_counts(mixed)
     assert as_counts(np.zeros((4, 3))).shape == (1, 4, 3)
     # an array of spike / no spike (from an .npz) is 0/1 counts
     np.testing.assert_array_equal(as_counts(np.array([[True, False]])), [[[1.0, 0.0]]])
@@ -159,6 +162,8 @@ def test_bin_spike_times_counts_each_spike_once():
         bin_spike_times([["1.0"]], 10.0)
     with pytest.raises(ValueError, match="not true/false"):
         bin_spike_times([[True]], 10.0)
+    with pytest.raises(ValueError, match="not true/false"):
+        bin_spike_times([[[1.5, True], [2.0]]], 10.0)
 
 
 def test_retina_loader_matches_source_counts():

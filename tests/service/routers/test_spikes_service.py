@@ -132,8 +132,10 @@ def test_evaluate_takes_the_npz_a_fit_takes(client):
         ({"counts": [[[0.5]]]}, "non-integer"),
         ({"counts": [[["1", "0"]]]}, "not strings"),  # numpy would read them as numbers
         ({"counts": [[[True, False]]]}, "not true/false"),
+        ({"counts": [[[1, 0], [0, True]]]}, "not true/false"),  # numpy would read true as 1
         ({"spike_times": [["0.5"]], "bin_size": 1}, "not strings"),
         ({"spike_times": [[True]], "bin_size": 1}, "not true/false"),
+        ({"spike_times": [[0.5, False]], "bin_size": 1}, "not true/false"),
         ({}, "exactly one of"),
         ({"spike_times": [[1.0]]}, "bin_size"),
         ({"spike_times": [[[1.0], [2.0]], [[1.0]]], "bin_size": 1}, "ragged"),
