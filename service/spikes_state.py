@@ -123,7 +123,7 @@ class _Processes:
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._closed:
-                raise HTTPException(503, detail="the server is shutting down")
+                raise _shutting_down()
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
                     self.workers,
@@ -144,11 +144,11 @@ class _Processes:
             task = asyncio.current_task()
             if self._closed and not (task is not None and task.cancelling()):
                 # ended by close(), not by the request's own cancellation: answer it
-                raise HTTPException(503, detail="the server is shutting down") from None
+                raise _shutting_down() from None
             raise
         except BrokenProcessPool:
             if self._closed:  # its process was stopped by close(), not lost
-                raise HTTPException(503, detail="the server is shutting down") from None
+                raise _shutting_down() from None
             self._discard(pool)
             log.error("a spike worker process died; its pool is replaced")
             raise HTTPException(
@@ -179,6 +179,11 @@ class _Processes:
         for call in waiting:
             with contextlib.suppress(RuntimeError):  # its event loop is already closed
                 call.get_loop().call_soon_threadsafe(call.cancel)
+
+
+def _shutting_down() -> HTTPException:
+    """The answer of a call refused or stopped because close() was called."""
+    return HTTPException(503, detail="the server is shutting down")
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

@@ -71,11 +71,10 @@ class ServerThread:
 
     def __init__(self, app, **config):
         from v1motion.service.commands.serve import bind_socket
+        from v1motion.service.server import Server
 
         self.sock = bind_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
-        from v1motion.service.server import Server
-
         cfg = uvicorn.Config(app, log_level="warning", lifespan="on", **config)
         self.server = Server(cfg)  # the service's own, as `v1motion serve` runs it
         self.thread = threading.Thread(

@@ -31,9 +31,12 @@ def _counts(seed=0, trials=4, bins=200, n=3):
     return np.random.default_rng(seed).poisson(0.3, (trials, bins, n)).astype(float)
 
 
+def _fit_body(**kw) -> dict:
+    return {"counts": _counts().tolist(), "kind": "correlated", **kw}
+
+
 def _fit(client, **kw):
-    body = {"counts": _counts().tolist(), "kind": "correlated", **kw}
-    return client.post("/v1/spikes/models", json=body)
+    return client.post("/v1/spikes/models", json=_fit_body(**kw))
 
 
 def test_fit_get_evaluate_sample(client):
@@ -320,8 +323,7 @@ def test_shutdown_stops_a_running_fit(gated_fit):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             async with app.router.lifespan_context(app):
-                body = {"counts": _counts().tolist(), "kind": "correlated"}
-                fit = asyncio.ensure_future(client.post("/v1/spikes/models", json=body))
+                fit = asyncio.ensure_future(client.post("/v1/spikes/models", json=_fit_body()))
                 pid = await asyncio.to_thread(_entered, gated_fit)
                 assert not fit.done()
             # the lifespan has ended, the gate is still closed: the fit was stopped, not awaited
@@ -343,11 +345,10 @@ def _fit_while_the_server_stops(gate: Path, open_gate_after: float | None):
     app = create_app(Settings())
     out = {}
     with ServerThread(app, timeout_graceful_shutdown=5) as srv:
-        body = {"counts": _counts().tolist(), "kind": "correlated"}
 
         def fit():
             try:
-                out["r"] = httpx.post(f"{srv.url}/v1/spikes/models", json=body, timeout=60)
+                out["r"] = httpx.post(f"{srv.url}/v1/spikes/models", json=_fit_body(), timeout=60)
             except httpx.HTTPError as exc:  # cut off without an answer
                 out["r"] = exc
 
