@@ -158,6 +158,18 @@ def require_media_type(request: HTTPConnection) -> None:
         )
 
 
+def _auth_message_token(text: str | None) -> str | None:
+    """The token of a first message ``{"type": "auth", "token": "..."}``; None for anything else
+    (a binary message, other JSON, not JSON)."""
+    try:
+        msg = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    if isinstance(msg, dict) and msg.get("type") == "auth" and isinstance(msg.get("token"), str):
+        return msg["token"]
+    return None
+
+
 async def ignore_refused(_conn: HTTPConnection, _exc: Exception) -> None:
     """Exception handler for ``WebSocketRefused``: the socket was already closed with a reason."""
 
@@ -197,13 +209,13 @@ async def accept_websocket(ws: WebSocket) -> bool:
     token = None
     if given is None:  # no token in the handshake: it may come as the first message, soon
         try:
-            first = await asyncio.wait_for(ws.receive_text(), AUTH_TIMEOUT_S)
-            msg = json.loads(first)
-            if isinstance(msg, dict) and msg.get("type") == "auth":
-                token = msg.get("token")
-        except (TimeoutError, ValueError, KeyError, RuntimeError):
-            pass
-    if _token_ok(settings, token if isinstance(token, str) else None):
+            first = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
+        except TimeoutError:
+            first = {}
+        if first.get("type") == "websocket.disconnect":
+            return False  # the client left before it sent a token: nobody to answer
+        token = _auth_message_token(first.get("text"))
+    if _token_ok(settings, token):
         return True
     await ws.send_text(protocol.error("unauthorized", "missing or wrong token"))
     await ws.close(code=4401, reason="unauthorized")

@@ -109,6 +109,28 @@ def serving(app, **config):
         yield srv
 
 
+@contextlib.contextmanager
+def server_warnings():
+    """The messages uvicorn's error log receives at WARNING and above while the block runs (a list
+    filled as they come). Enter it after the server has started: uvicorn's logging set-up removes
+    the handlers it finds on its loggers."""
+    import logging
+
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
 class RawWebSocket:
     """A bare websocket client over a socket with a small receive buffer, reading at a set pace.
 

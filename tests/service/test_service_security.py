@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from service_helpers import pattern_factory, random_engine
+from service_helpers import pattern_factory, random_engine, server_warnings, serving
 from starlette.websockets import WebSocketDisconnect
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from v1motion.service.app import create_app
 from v1motion.service.settings import Settings, SourceSpec
@@ -18,13 +21,16 @@ from v1motion.service.settings import Settings, SourceSpec
 TOKEN = "s3cret-token_1"
 
 
-@pytest.fixture
-def client():
+def _token_app():
     settings = Settings(host="0.0.0.0", token=TOKEN, sources=["synthetic"])
-    app = create_app(
+    return create_app(
         settings, engine_factory=random_engine, source_factories={"synthetic": pattern_factory()}
     )
-    with TestClient(app) as c:
+
+
+@pytest.fixture
+def client():
+    with TestClient(_token_app()) as c:
         yield c
 
 
@@ -183,6 +189,29 @@ def test_every_websocket_route_refuses_a_wrong_token(client):
             with pytest.raises(WebSocketDisconnect) as exc:
                 sock.receive_text()
             assert exc.value.code == 4401
+
+
+def test_a_websocket_that_leaves_or_sends_binary_while_the_token_is_awaited():
+    """On a real uvicorn: a client that goes away while the server waits for its token is let go
+    without an error in the server's log (it logged "Exception in ASGI application" with a
+    traceback); a binary first message is refused like a wrong token."""
+    app = _token_app()
+    _, paths = _api_routes(app)
+    with serving(app) as srv, server_warnings() as warnings:
+        for path in paths:
+            ws = connect(srv.ws_url + path)  # no token in the handshake, and no message
+            time.sleep(0.2)  # the server waits for its first message
+            ws.close()
+            with connect(srv.ws_url + path) as ws:
+                ws.send(b"\xff\xd8 not a token")
+                assert json.loads(ws.recv(timeout=5))["code"] == "unauthorized"
+                with pytest.raises(ConnectionClosed) as exc:
+                    ws.recv(timeout=5)
+                assert exc.value.rcvd.code == 4401
+        with connect(srv.ws_url + "/v1/streams/synthetic") as ws:  # the server goes on
+            ws.send(json.dumps({"type": "auth", "token": TOKEN}))
+            assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+    assert warnings == []
 
 
 def test_the_schema_declares_the_token_on_every_guarded_operation_and_only_there(client):
