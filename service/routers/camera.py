@@ -74,16 +74,18 @@ async def _serve_camera(ws: WebSocket, settings, metrics, holder) -> None:
     # The hello negotiates the frame size; nothing is decoded before it.
     while True:
         try:
-            raw = await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT_S)
+            event = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
         except TimeoutError:
             await send_error("no_hello", 'send {"type": "hello", "width", "height"} first')
             await close_quietly(ws, 4400, "no hello")
             return
-        except KeyError:  # a binary message: receive_text found no text
+        if event["type"] == "websocket.disconnect":
+            return
+        if event.get("text") is None:  # a binary message
             await send_error("no_hello", "negotiate the frame size with a hello before frames")
             continue
         try:
-            msg = parse_text(raw)
+            msg = parse_text(event["text"])
             if msg["type"] != "hello":
                 raise ValueError(f"expected a hello, got {msg['type']!r}")
             session.negotiate(msg)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from engine_double import FakeEngine, FlakyEngine
 from fastapi.testclient import TestClient
-from service_helpers import random_engine
+from service_helpers import random_engine, server_warnings, serving
 from starlette.websockets import WebSocketDisconnect
+from websockets.sync.client import connect
 
 from v1motion.service.app import create_app
 from v1motion.service.jpeg import JPEGHeaderError, jpeg_size
@@ -299,3 +300,37 @@ def test_camera_with_a_failed_engine_is_told_so():
                 ws.receive_text()
             assert exc.value.code == 1013
         assert c.get("/healthz").status_code == 200
+
+
+def test_cameras_that_leave_at_any_stage_free_their_place_without_a_server_error():
+    """On a real uvicorn, with room for one camera: browsers that close the socket before their
+    hello, after it, or between frames each give their place back (the next one is not told
+    "busy"), and the server's log stays clean."""
+    app = create_app(Settings(camera_max_clients=1), engine_factory=random_engine)
+    with serving(app) as srv, server_warnings() as warnings:
+        url = srv.ws_url + "/v1/camera"
+
+        def leave_before_hello(ws):
+            time.sleep(0.2)
+
+        def leave_after_hello(ws):
+            ws.send(json.dumps({"type": "hello", "width": 128, "height": 96}))
+            assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+
+        def leave_between_frames(ws):
+            leave_after_hello(ws)
+            for k in range(3):
+                ws.send(jpeg(texture(shift=2 * k)))
+            assert json.loads(ws.recv(timeout=10))["type"] == "result"
+
+        for leave in (leave_before_hello, leave_after_hello, leave_between_frames):
+            with connect(url) as ws:
+                leave(ws)
+            deadline = time.monotonic() + 5
+            while app.state.services.cameras.used and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert app.state.services.cameras.used == 0, leave.__name__
+        with connect(url) as ws:  # the one place is free
+            ws.send(json.dumps({"type": "hello", "width": 128, "height": 96}))
+            assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+    assert warnings == []
