@@ -353,6 +353,12 @@ class Settings(BaseSettings):
         description="largest fit: counts entries x history lags (or hidden units, latents; an R-GLM: "
         "hidden units + the lags of the GLM it is started from)",
     )
+    spikes_max_fit_mb: float = Field(
+        1000.0,
+        gt=0,
+        description="most memory a fit may need, estimated before it runs: it grows with the square "
+        "of the neurons (a GLM's couplings, an LDS's covariance of the counts in each bin)",
+    )
 
     max_body_mb: float = Field(
         16.0,

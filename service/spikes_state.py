@@ -146,6 +146,13 @@ class _Processes:
                 # ended by close(), not by the request's own cancellation: answer it
                 raise _shutting_down() from None
             raise
+        except MemoryError:
+            log.warning("a spike request ran out of memory in its worker process")
+            raise HTTPException(
+                503,
+                detail="the server had not enough memory for this request; retry later, or send "
+                "less data or a smaller model",
+            ) from None
         except BrokenProcessPool:
             if self._closed:  # its process was stopped by close(), not lost
                 raise _shutting_down() from None

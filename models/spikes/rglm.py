@@ -715,20 +715,7 @@ class RGLM(SpikeModel):
             raise ValueError(
                 f"unknown init {self.init!r}; valid: 'random', 'glm' or a fitted SpikeHistoryGLM"
             )
-        glm = SpikeHistoryGLM(
-            n_lags=self.n_lags or 10,
-            n_basis=self.n_basis if self.n_lags else 4,
-            obs=self.obs,
-            link=self.link,
-            correlated=self.correlated,
-            ordering=self.order_,
-            l2=self.l2,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            seed=self.seed,
-            input_cap=self.input_cap,
-            max_drive=self.max_drive,
-        )
+        glm = self._start_glm(self.order_)
         y = np.empty_like(yp)
         y[..., self.order_] = yp
         offset = None
@@ -736,6 +723,34 @@ class RGLM(SpikeModel):
             offset = np.empty_like(self._offset)
             offset[..., self.order_] = self._offset
         return glm.fit(y, offset=offset)
+
+    def _start_glm(self, ordering):
+        """The spike-history GLM (unfitted) that ``init="glm"`` fits first: the R-GLM's lags and
+        basis, or 10 lags on 4 basis functions when it has no filters of its own."""
+        from v1motion.models.spikes.glm import SpikeHistoryGLM
+
+        return SpikeHistoryGLM(
+            n_lags=self.n_lags or 10,
+            n_basis=self.n_basis if self.n_lags else 4,
+            obs=self.obs,
+            link=self.link,
+            correlated=self.correlated,
+            ordering=ordering,
+            l2=self.l2,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            seed=self.seed,
+            input_cap=self.input_cap,
+            max_drive=self.max_drive,
+        )
+
+    def optimised_params(self, n_neurons: int, n_inputs: int = 0) -> int:
+        """As :meth:`SpikeModel.optimised_params`; the larger of the R-GLM's own and, with
+        ``init="glm"``, that of the GLM it fits first."""
+        own = super().optimised_params(n_neurons, n_inputs)
+        if self.init != "glm":
+            return own
+        return max(own, self._start_glm("rate").optimised_params(n_neurons))
 
     def _R(self, params) -> np.ndarray:
         if "R" in params:

@@ -8,7 +8,8 @@ Input is bounded before any work: the body (JSON or multipart ``.npz``) is read 
 ``spikes_max_upload_mb``; each array of an ``.npz`` is sized from its header before it is decompressed;
 every numeric option has a range in :class:`SpikeOptions`; and a fit's work (counts entries times history
 lags, hidden units or latents; for an R-GLM its hidden units plus the lags of the GLM it fits first) is
-capped by ``spikes_max_work`` (:func:`work_factor`).
+capped by ``spikes_max_work`` (:func:`work_factor`), and the memory it needs (estimated before it runs:
+it grows with the square of the neurons) by ``spikes_max_fit_mb``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
 from v1motion.models.spikes.data import as_counts, bin_spike_times
 from v1motion.models.spikes.registry import (
     check_data,
+    fit_bytes,
     model_options,
 )
 from v1motion.models.spikes.rglm import RGLM
@@ -467,9 +469,9 @@ async def _parse_json(worker: SpikeWorker, raw: bytes, schema: type[SpikeData], 
     return out
 
 
-def check_work(spec: SpikeModelCreate, y: np.ndarray, max_work: int) -> None:
+def check_work(spec: SpikeModelCreate, y: np.ndarray, max_work: int, max_fit_mb: float) -> None:
     """422 when option names do not fit the kind, the counts do not (a ``_locked`` kind with one
-    trial), or the fit would do more than ``max_work``."""
+    trial), the fit would do more than ``max_work`` or need more than ``max_fit_mb`` of memory."""
     valid = model_options(spec.kind)
     check_data(spec.kind, y)
     given = spec.options.given()
@@ -483,6 +485,15 @@ def check_work(spec: SpikeModelCreate, y: np.ndarray, max_work: int) -> None:
             f"fit too large: {y.size} counts entries x {factor} (history lags, hidden units or "
             f"latents; an R-GLM's hidden units plus the lags of the GLM it starts from) = {work}, "
             f"at most {max_work} allowed; send fewer bins or a smaller model"
+        )
+    n_bins, n_neurons = int(y.shape[1]), int(y.shape[2])
+    need_mb = fit_bytes(spec.kind, n_bins, n_neurons, **given) / 1e6
+    if need_mb > max_fit_mb:
+        raise ValueError(
+            f"fit too large: kind {spec.kind!r} on {n_neurons} neurons and {n_bins} bins per trial "
+            f"needs about {need_mb:,.0f} MB of memory, at most {max_fit_mb:,.0f} MB allowed; send "
+            "fewer neurons or a smaller model (a GLM's couplings and an LDS's covariance of the "
+            "counts in each bin grow with the square of the neurons)"
         )
 
 
@@ -598,7 +609,7 @@ async def create_model(request: Request, store: Store, worker: Worker) -> SpikeM
     spec, y = await _parse_create(request, settings.spikes_max_elements)
     try:
         check_work(
-            spec, y, settings.spikes_max_work
+            spec, y, settings.spikes_max_work, settings.spikes_max_fit_mb
         )  # kind, option names and size: before queueing
         rec = await worker.run(
             fit_record, y, spec.kind, spec.options.given(), spec.test_fraction, spec.seed

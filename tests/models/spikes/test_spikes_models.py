@@ -1068,3 +1068,32 @@ def test_fit_warns_of_overfitting_and_not_of_a_fit_that_generalises():
     params, worse = bad["warnings"]
     assert f"{bad['n_params']} parameters for 48 training counts" in params
     assert "worse than by each neuron's constant mean rate" in worse
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("correlated", {}),
+        ("glm", {"n_lags": 5, "n_basis": 3}),
+        ("glm_correlated", {"n_lags": 4}),
+        ("rglm", {"n_hidden": 3, "init": "random"}),
+        ("rglm_correlated", {"n_hidden": 2, "n_lags": 3, "n_basis": 2}),
+        ("rglm_correlated", {"n_hidden": 2}),  # started from a 10-lag GLM of its own
+        ("glm_correlated_locked", {"n_lags": 3}),
+    ],
+)
+def test_the_parameters_a_fit_optimises_are_known_before_it(kind, options):
+    """What the service checks against its limit before a fit: the size of the fit's largest
+    L-BFGS run (an R-GLM from a GLM: that GLM's, if larger), as the fitted models count it."""
+    from v1motion.models.spikes.registry import make_model, optimised_params
+
+    y = np.random.default_rng(0).poisson(0.3, (2, 60, 7)).astype(float)
+    model = make_model(kind, max_iter=2, **options)
+    expected = optimised_params(kind, 7, **options)
+    model.fit(y)
+    inner = getattr(model, "model", model)  # a stimulus-locked kind drives a GLM or R-GLM
+    fitted = [inner.n_params_]
+    if getattr(inner, "init_glm_", None) is not None:
+        fitted.append(inner.init_glm_.n_params_)
+    assert expected == max(fitted) > 0
+    assert optimised_params("lds", 7) == optimised_params("plds", 7) == 0  # EM, not one L-BFGS run

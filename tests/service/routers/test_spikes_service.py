@@ -498,6 +498,44 @@ def test_work_cap_counts_the_glm_an_rglm_is_started_from():
         assert r.status_code == 201, r.text
 
 
+def test_a_fit_that_needs_too_much_memory_is_refused_before_it_runs():
+    """4 bins of 3,000 neurons is a small body within the work cap, but the default R-GLM would
+    first fit a GLM coupling every pair of neurons: 40.5 million parameters, whose optimiser
+    alone asked its worker for 55 GiB (a 500 and an error in the log). Refused with the reason;
+    so is an LDS that would keep a 3,000 x 3,000 covariance for each of 300 bins (43 GB with its
+    likelihood's)."""
+    with TestClient(create_app(Settings())) as client:  # the default limits
+        body = {"counts": np.random.default_rng(0).poisson(1.0, (4, 3000)).tolist()}
+        t0 = time.monotonic()
+        r = client.post("/v1/spikes/models", json=body)
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert "3000 neurons" in detail and "93,153 MB" in detail and "1,000 MB" in detail
+        assert time.monotonic() - t0 < 10
+        counts = np.random.default_rng(0).poisson(1.0, (300, 3000)).tolist()
+        r = client.post("/v1/spikes/models", json={"counts": counts, "kind": "lds"})
+        assert r.status_code == 422 and "43,200 MB" in r.json()["detail"], r.text
+        r = _fit(client, kind="glm_correlated")  # a few neurons: within it
+        assert r.status_code == 201, r.text
+
+
+def _fit_record_out_of_memory(*args):
+    raise MemoryError("Unable to allocate 55.0 GiB for an array with shape (7380725800,)")
+
+
+def test_a_fit_that_runs_out_of_memory_is_a_503_and_the_worker_goes_on(monkeypatch):
+    """Memory the limits did not foresee: the request is answered 503 with the reason, not 500."""
+    from v1motion.service.routers import spikes as spikes_router
+
+    app = create_app(Settings())
+    with TestClient(app) as c:
+        monkeypatch.setattr(spikes_router, "fit_record", _fit_record_out_of_memory)
+        r = _fit(c)
+        assert r.status_code == 503 and "not enough memory" in r.json()["detail"], r.text
+        monkeypatch.undo()
+        assert _fit(c).status_code == 201
+
+
 def test_default_rglm_fit_reports_convergence_and_stable_timescales(client):
     """The endpoint fits the stable-R R-GLM (from the GLM) and says whether it converged."""
     r = _fit(client, kind="rglm_correlated", options={"n_hidden": 2})
