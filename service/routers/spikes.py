@@ -486,14 +486,20 @@ def check_work(spec: SpikeModelCreate, y: np.ndarray, max_work: int, max_fit_mb:
             f"latents; an R-GLM's hidden units plus the lags of the GLM it starts from) = {work}, "
             f"at most {max_work} allowed; send fewer bins or a smaller model"
         )
+    check_memory(spec.kind, given, y, max_fit_mb, "fit")
+
+
+def check_memory(kind: str, options: dict, y: np.ndarray, max_fit_mb: float, what: str) -> None:
+    """``ValueError`` when a fit of ``kind`` on counts like ``y`` (or an evaluation of ``y``, which
+    takes as much for an LDS) needs more than ``max_fit_mb`` of memory (:func:`fit_bytes`)."""
     n_bins, n_neurons = int(y.shape[1]), int(y.shape[2])
-    need_mb = fit_bytes(spec.kind, n_bins, n_neurons, **given) / 1e6
+    need_mb = fit_bytes(kind, n_bins, n_neurons, **options) / 1e6
     if need_mb > max_fit_mb:
         raise ValueError(
-            f"fit too large: kind {spec.kind!r} on {n_neurons} neurons and {n_bins} bins per trial "
+            f"{what} too large: kind {kind!r} on {n_neurons} neurons and {n_bins} bins per trial "
             f"needs about {need_mb:,.0f} MB of memory, at most {max_fit_mb:,.0f} MB allowed; send "
-            "fewer neurons or a smaller model (a GLM's couplings and an LDS's covariance of the "
-            "counts in each bin grow with the square of the neurons)"
+            "fewer bins or neurons, or a smaller model (a GLM's couplings and an LDS's covariance "
+            "of the counts in each bin grow with the square of the neurons)"
         )
 
 
@@ -675,6 +681,12 @@ async def evaluate_model(model_id: str, request: Request, store: Store, worker: 
             detail=f"counts have {y.shape[-1]} neurons; model {model_id} was fitted on {rec['n_neurons']}",
         )
     _check_stimulus_bins(rec, y.shape[1], "counts have")
+    try:
+        check_memory(
+            rec["kind"], rec["options"], y, get_settings(request).spikes_max_fit_mb, "evaluation"
+        )
+    except ValueError as exc:
+        raise HTTPException(422, detail=str(exc)) from None
     res = await worker.run(evaluate, rec["model"], rec["baseline"], y)
     return SpikeEvaluation(id=model_id, **res)
 

@@ -519,6 +519,22 @@ def test_a_fit_that_needs_too_much_memory_is_refused_before_it_runs():
         assert r.status_code == 201, r.text
 
 
+def test_an_evaluation_that_needs_too_much_memory_is_refused():
+    """An LDS evaluates new counts with a covariance of the neurons per bin, as it fits: fitted
+    on 4 trials of 30 bins of 40 neurons (under 1 MB), its evaluation of 3,000 bins needs 77 MB,
+    refused under a limit of 50 MB (the fit is not)."""
+    counts = np.random.default_rng(0).poisson(0.5, (4, 30, 40))
+    with TestClient(create_app(Settings(spikes_max_fit_mb=50))) as client:
+        r = client.post("/v1/spikes/models", json={"counts": counts.tolist(), "kind": "lds"})
+        assert r.status_code == 201, r.text
+        url = f"/v1/spikes/models/{r.json()['id']}/evaluate"
+        assert client.post(url, json={"counts": counts[:2].tolist()}).status_code == 200
+        more = np.random.default_rng(1).poisson(0.5, (1, 3000, 40)).tolist()
+        r = client.post(url, json={"counts": more})
+        assert r.status_code == 422, r.text
+        assert "evaluation too large" in r.json()["detail"] and "77 MB" in r.json()["detail"]
+
+
 def _fit_record_out_of_memory(*args):
     raise MemoryError("Unable to allocate 55.0 GiB for an array with shape (7380725800,)")
 
