@@ -130,13 +130,13 @@ class GaussianLDS:
         if not hasattr(self, "F_"):
             raise RuntimeError("this GaussianLDS is not fitted yet: call fit(counts) first")
 
-    @single_blas_thread
     def fit_bytes(self, n_bins: int, n_neurons: int) -> int:
         """About how much memory :meth:`fit` takes on ``n_bins`` bins per trial of ``n_neurons``
         neurons: the Kalman filter keeps each bin's ``n x n`` predictive covariance of the counts,
         and the likelihood as much again (measured: 721 MB at 2,000 bins of 150 neurons)."""
         return 2 * 8 * n_bins * n_neurons**2
 
+    @single_blas_thread
     def fit(self, y, u=None):
         """Fit by EM on ``z = sqrt(y)``; returns ``self``."""
         from tqdm import tqdm

@@ -1241,7 +1241,6 @@ class PoissonLDS:
             p["B"] = stationary_parameter(F)
         return p, np.array(ms)
 
-    @single_blas_thread
     def fit_bytes(self, n_bins: int, n_neurons: int) -> int:
         """About how much memory :meth:`fit` takes: most of it the Gaussian LDS it starts from
         (:meth:`GaussianLDS.fit_bytes`; measured: 729 MB at 2,000 bins of 150 neurons)."""
@@ -1249,6 +1248,7 @@ class PoissonLDS:
 
         return GaussianLDS(n_latent=self.n_latent).fit_bytes(n_bins, n_neurons)
 
+    @single_blas_thread
     def fit(self, y, u=None):
         """Fit by EM (variational or Laplace), started from a Gaussian LDS on square-root counts; returns
         ``self``.

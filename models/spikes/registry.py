@@ -77,7 +77,7 @@ def optimised_params(kind: str, n_neurons: int, **options) -> int:
     (an R-GLM started from a GLM: the larger of the two), known before the fit. 0 for the kinds that
     are not fitted by one (the LDS, by EM); their size goes with the counts and latents."""
     model = make_model(kind, **options)
-    model = getattr(model, "model", model) if kind in STIMULUS_LOCKED else model
+    model = model.model if kind in STIMULUS_LOCKED else model
     count = getattr(model, "optimised_params", None)
     return 0 if count is None else int(count(n_neurons))
 

@@ -1097,3 +1097,26 @@ def test_the_parameters_a_fit_optimises_are_known_before_it(kind, options):
         fitted.append(inner.init_glm_.n_params_)
     assert expected == max(fitted) > 0
     assert optimised_params("lds", 7) == optimised_params("plds", 7) == 0  # EM, not one L-BFGS run
+
+
+@pytest.mark.parametrize("kind", ["lds", "plds"])
+def test_lds_fits_run_their_kalman_filter_on_one_blas_thread(kind, monkeypatch):
+    """``fit`` is what ``single_blas_thread`` is for (small matrices: threads only contend); the
+    decorator once slipped onto a method inserted above it, and the fits ran on every thread."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from v1motion.models.spikes import lds
+    from v1motion.models.spikes.registry import make_model
+
+    seen = []
+    real = lds.kalman_covariances
+
+    def spy(*args):
+        seen.append(max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"))
+        return real(*args)
+
+    monkeypatch.setattr(lds, "kalman_covariances", spy)
+    y = np.random.default_rng(0).poisson(0.5, (2, 40, 5)).astype(float)
+    with threadpool_limits(limits=2, user_api="blas"):  # more than one outside the fit
+        make_model(kind, n_iter=2).fit(y)
+    assert seen and set(seen) == {1}
