@@ -21,11 +21,17 @@ from v1motion.service.settings import Settings, SourceSpec
 TOKEN = "s3cret-token_1"
 
 
-def _token_app():
-    settings = Settings(host="0.0.0.0", token=TOKEN, sources=["synthetic"])
+def _app(**settings):
+    """The app on a synthetic source and a random engine; ``settings`` as for ``Settings``."""
     return create_app(
-        settings, engine_factory=random_engine, source_factories={"synthetic": pattern_factory()}
+        Settings(sources=["synthetic"], **settings),
+        engine_factory=random_engine,
+        source_factories={"synthetic": pattern_factory()},
     )
+
+
+def _token_app():
+    return _app(host="0.0.0.0", token=TOKEN)
 
 
 @pytest.fixture
@@ -237,13 +243,6 @@ def test_the_schema_declares_the_token_on_every_guarded_operation_and_only_there
         assert "security" not in schema["paths"][path]["get"]
 
 
-def _local_app(**kw):
-    settings = Settings(sources=["synthetic"], **kw)
-    return create_app(
-        settings, engine_factory=random_engine, source_factories={"synthetic": pattern_factory()}
-    )
-
-
 def test_every_answer_says_how_a_browser_may_use_it(client, tmp_path):
     """The dashboard, the API, errors and the middleware's own refusals all carry the headers."""
     from v1motion.service.security import API_DOCS_POLICY, SECURITY_HEADERS
@@ -253,7 +252,7 @@ def test_every_answer_says_how_a_browser_may_use_it(client, tmp_path):
             want = policy if name == "content-security-policy" else value
             assert r.headers.get(name) == want, (r.request.url, r.status_code, name)
 
-    with TestClient(_local_app(data_dir=tmp_path / "a")) as local:
+    with TestClient(_app(data_dir=tmp_path / "a")) as local:
         for path in ("/", "/index.html", "/app.js", "/healthz", "/openapi.json", "/v1/streams"):
             r = local.get(path)
             assert r.status_code == 200, path
@@ -270,7 +269,7 @@ def test_every_answer_says_how_a_browser_may_use_it(client, tmp_path):
     assert "'unsafe-inline'" not in SECURITY_HEADERS["content-security-policy"]
     assert "frame-ancestors 'none'" in API_DOCS_POLICY
 
-    with TestClient(_local_app(data_dir=tmp_path / "b", web_dir=tmp_path / "none")) as bare:
+    with TestClient(_app(data_dir=tmp_path / "b", web_dir=tmp_path / "none")) as bare:
         r = bare.get("/docs")
         assert r.status_code == 404 and "docs.html" in r.json()["detail"]
 

@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 from scipy import stats
+from spike_samples import bursty_counts
 
 from tests import naive_spikes as naive
 from v1motion.models.spikes import base as spike_base
@@ -1047,19 +1048,10 @@ def test_lbfgs_shows_a_progress_bar_on_a_terminal_only(monkeypatch, tty):
     assert "stops at 1e-08" in shown
 
 
-def _bursty_counts(trials=6, bins=300, n=3, seed=0):
-    """Each neuron switches between 0.05 and 1.5 spikes/bin, staying ~20 bins in each state: its
-    own recent spikes predict the next bin, which a GLM with a few lags learns."""
-    rng = np.random.default_rng(seed)
-    flips = rng.random((trials, bins, n)) < 0.05
-    state = np.cumsum(flips, axis=1) % 2
-    return rng.poisson(np.where(state > 0, 1.5, 0.05)).astype(float)
-
-
 def test_fit_warns_of_overfitting_and_not_of_a_fit_that_generalises():
     from v1motion.models.spikes.registry import fit_and_score
 
-    _, _, good = fit_and_score(_bursty_counts(), "glm", {"n_lags": 5})
+    _, _, good = fit_and_score(bursty_counts(), "glm", {"n_lags": 5})
     assert good["bits_per_spike"] > 0.1 and good["n_params"] < 6 * 300 * 3
     assert good["warnings"] == []
     tiny = np.random.default_rng(0).poisson(0.5, (3, 12, 2)).astype(float)  # 2 trials train

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from spike_samples import bursty_counts
 
 from v1motion.service.app import create_app
 from v1motion.service.settings import Settings
@@ -872,9 +873,7 @@ def test_a_fit_that_overfits_says_so_in_its_answer(client):
     listed = client.get("/v1/spikes/models").json()["data"]
     assert listed[0]["warnings"] == info["warnings"]
 
-    rng = np.random.default_rng(0)
-    state = np.cumsum(rng.random((6, 300, 3)) < 0.05, axis=1) % 2  # bursts of ~20 bins
-    bursty = rng.poisson(np.where(state > 0, 1.5, 0.05)).tolist()
+    bursty = bursty_counts().astype(int).tolist()
     r = client.post(
         "/v1/spikes/models", json={"counts": bursty, "kind": "glm", "options": {"n_lags": 5}}
     )
