@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -169,13 +170,34 @@ def _parse_options(items):
     return out
 
 
+def physical_memory_bytes() -> int:
+    """This machine's memory (Linux and other POSIX systems)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_fits_in_memory(kind: str, y, options: dict) -> None:
+    """A fit this machine cannot hold, refused with the estimate before it starts (it would fail
+    with numpy's traceback after the start GLM, or swap the machine to a crawl)."""
+    from v1motion.models.spikes.registry import fit_bytes
+
+    n_bins, n_neurons = y.shape[1], y.shape[2]
+    need, have = fit_bytes(kind, n_bins, n_neurons, **options), physical_memory_bytes()
+    if need > have:
+        raise ValueError(
+            f"this {kind} fit on {n_neurons} neurons and {n_bins} bins per trial needs about "
+            f"{need / 1e9:,.1f} GB of memory, more than this machine's {have / 1e9:,.1f} GB; fit "
+            "fewer neurons or a smaller model (a GLM's couplings and an LDS's covariance of the "
+            "counts in each bin grow with the square of the neurons)"
+        )
+
+
 def run_fit(args: argparse.Namespace) -> int:
     from v1motion.models.spikes.registry import fit_and_score
 
     y = _load_counts(args)
-    model, baseline, report = fit_and_score(
-        y, args.kind, _parse_options(args.option), args.test_fraction, args.seed
-    )
+    options = _parse_options(args.option)
+    _check_fits_in_memory(args.kind, y, options)
+    model, baseline, report = fit_and_score(y, args.kind, options, args.test_fraction, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "wb") as fh:
         pickle.dump({"kind": args.kind, "model": model, "baseline": baseline, "report": report}, fh)

@@ -112,3 +112,19 @@ def test_a_counts_file_without_counts_and_a_bad_option_are_one_line(tmp_path, ca
     assert main([*fit, "--counts", str(tmp_path / "c.npz"), "--option", "n_hidden"]) == 2
     assert "--option 'n_hidden': expected KEY=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "m.pkl").exists()
+
+
+def test_a_fit_larger_than_the_machine_is_refused_before_it_starts(tmp_path, capsys, monkeypatch):
+    """With 2 GB of memory, a correlated GLM on 1,000 neurons (4.5 million parameters, about 10 GB)
+    is one line naming both, before any fitting; 3 neurons fit."""
+    from v1motion.service.commands import spikes as spikes_cli
+
+    monkeypatch.setattr(spikes_cli, "physical_memory_bytes", lambda: 2_000_000_000)
+    np.savez(tmp_path / "c.npz", counts=np.random.default_rng(0).poisson(0.5, (2, 20, 1000)))
+    fit = ["spikes", "fit", "--kind", "glm_correlated", "--out", str(tmp_path / "m.pkl")]
+    assert main([*fit, "--counts", str(tmp_path / "c.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: this glm_correlated fit on 1000 neurons") and "10.4 GB" in err
+    assert "this machine's 2.0 GB" in err and not (tmp_path / "m.pkl").exists()
+    np.savez(tmp_path / "c.npz", counts=np.random.default_rng(0).poisson(0.5, (2, 20, 3)))
+    assert main([*fit, "--counts", str(tmp_path / "c.npz"), "--option", "max_iter=5"]) == 0
