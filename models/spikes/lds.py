@@ -22,6 +22,13 @@ from v1motion.models.spikes.data import as_counts
 log = logging.getLogger(__name__)
 
 
+def kalman_bytes(n_bins: int, n_neurons: int) -> int:
+    """Memory of :func:`kalman_covariances`' per-bin ``n x n`` predictive covariances of the counts
+    (float64), and as much again for the likelihood that reads them: what an LDS's fit and its
+    evaluation of ``n_bins`` bins per trial take beyond the data."""
+    return 2 * 8 * n_bins * n_neurons**2
+
+
 def kalman_covariances(F, Q, C, r, V0, n_bins):
     """Covariance recursions of the Kalman filter and RTS smoother (the same for every trial).
 
@@ -131,10 +138,9 @@ class GaussianLDS:
             raise RuntimeError("this GaussianLDS is not fitted yet: call fit(counts) first")
 
     def fit_bytes(self, n_bins: int, n_neurons: int) -> int:
-        """About how much memory :meth:`fit` takes on ``n_bins`` bins per trial of ``n_neurons``
-        neurons: the Kalman filter keeps each bin's ``n x n`` predictive covariance of the counts,
-        and the likelihood as much again (measured: 721 MB at 2,000 bins of 150 neurons)."""
-        return 2 * 8 * n_bins * n_neurons**2
+        """About how much memory :meth:`fit` takes (:func:`kalman_bytes`; measured: 721 MB at 2,000
+        bins of 150 neurons)."""
+        return kalman_bytes(n_bins, n_neurons)
 
     @single_blas_thread
     def fit(self, y, u=None):

@@ -72,23 +72,32 @@ def make_model(kind: str, **options):
     return StimulusLocked(model) if kind in STIMULUS_LOCKED else model
 
 
+# Why a fit's memory outgrows its counts: said by every refusal of a fit too large to hold.
+GROWS_WITH_NEURONS = (
+    "a GLM's couplings and an LDS's covariance of the counts in each bin grow with the square of "
+    "the neurons"
+)
+
+
+def _fitted_model(kind: str, options: dict):
+    """The model a ``kind`` fit optimises (a stimulus-locked kind's: the GLM or R-GLM it drives)."""
+    model = make_model(kind, **options)
+    return model.model if kind in STIMULUS_LOCKED else model
+
+
 def optimised_params(kind: str, n_neurons: int, **options) -> int:
     """How many numbers the largest L-BFGS run of a ``kind`` fit on ``n_neurons`` neurons optimises
     (an R-GLM started from a GLM: the larger of the two), known before the fit. 0 for the kinds that
     are not fitted by one (the LDS, by EM); their size goes with the counts and latents."""
-    model = make_model(kind, **options)
-    model = model.model if kind in STIMULUS_LOCKED else model
-    count = getattr(model, "optimised_params", None)
+    count = getattr(_fitted_model(kind, options), "optimised_params", None)
     return 0 if count is None else int(count(n_neurons))
 
 
 def fit_bytes(kind: str, n_bins: int, n_neurons: int, **options) -> int:
     """About how much memory a ``kind`` fit on ``n_bins`` bins per trial of ``n_neurons`` neurons
-    takes beyond its data, known before it runs. It grows with the square of the neurons: a GLM's
-    couplings (:func:`optimised_params`), an LDS's covariance of the counts in each bin."""
-    model = make_model(kind, **options)
-    model = model.model if kind in STIMULUS_LOCKED else model
-    return int(model.fit_bytes(n_bins, n_neurons))
+    takes beyond its data, known before it runs (``GROWS_WITH_NEURONS``: :func:`optimised_params`
+    for a GLM)."""
+    return int(_fitted_model(kind, options).fit_bytes(n_bins, n_neurons))
 
 
 def check_data(kind: str, y: np.ndarray) -> None:

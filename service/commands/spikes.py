@@ -178,7 +178,7 @@ def physical_memory_bytes() -> int:
 def _check_fits_in_memory(kind: str, y, options: dict) -> None:
     """A fit this machine cannot hold, refused with the estimate before it starts (it would fail
     with numpy's traceback after the start GLM, or swap the machine to a crawl)."""
-    from v1motion.models.spikes.registry import fit_bytes
+    from v1motion.models.spikes.registry import GROWS_WITH_NEURONS, fit_bytes
 
     n_bins, n_neurons = y.shape[1], y.shape[2]
     need, have = fit_bytes(kind, n_bins, n_neurons, **options), physical_memory_bytes()
@@ -186,8 +186,7 @@ def _check_fits_in_memory(kind: str, y, options: dict) -> None:
         raise ValueError(
             f"this {kind} fit on {n_neurons} neurons and {n_bins} bins per trial needs about "
             f"{need / 1e9:,.1f} GB of memory, more than this machine's {have / 1e9:,.1f} GB; fit "
-            "fewer neurons or a smaller model (a GLM's couplings and an LDS's covariance of the "
-            "counts in each bin grow with the square of the neurons)"
+            f"fewer neurons or a smaller model ({GROWS_WITH_NEURONS})"
         )
 
 

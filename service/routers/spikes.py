@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
 from v1motion.models.spikes.data import as_counts, bin_spike_times
 from v1motion.models.spikes.registry import (
+    GROWS_WITH_NEURONS,
     check_data,
     fit_bytes,
     model_options,
@@ -498,8 +499,7 @@ def check_memory(kind: str, options: dict, y: np.ndarray, max_fit_mb: float, wha
         raise ValueError(
             f"{what} too large: kind {kind!r} on {n_neurons} neurons and {n_bins} bins per trial "
             f"needs about {need_mb:,.0f} MB of memory, at most {max_fit_mb:,.0f} MB allowed; send "
-            "fewer bins or neurons, or a smaller model (a GLM's couplings and an LDS's covariance "
-            "of the counts in each bin grow with the square of the neurons)"
+            f"fewer bins or neurons, or a smaller model ({GROWS_WITH_NEURONS})"
         )
 
 
