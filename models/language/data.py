@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,10 @@ class Vocabulary:
         self.index = {w: i for i, w in enumerate(words)}
         self.unk_id = self.index[UNK]
         self.eos_id = self.index[EOS]
+        # one word and its period (``mr.``, ``inc.``), for :func:`tokenize`
+        self.abbreviations = frozenset(
+            w for w in words if len(w) > 1 and w.endswith(".") and "." not in w[:-1]
+        )
 
     def __len__(self) -> int:
         return len(self.words)
@@ -92,25 +96,42 @@ def load_ptb(root: Path | None = None) -> tuple[Vocabulary, dict[str, np.ndarray
 
 _CONTRACTION = re.compile(r"(?i)(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _NUMBER = re.compile(r"^[+-]?(\d+([.,:/]\d+)*|\d*\.\d+)(st|nd|rd|th)?$")
-_TOKEN = re.compile(r"(?:[a-z]\.){2,}|n't|'\w+|[\w-]+(?:[&.,:/]\w+)*|[$#&%]|[.!?;]")
+_TOKEN = re.compile(r"(?i)(?:[a-z]\.){2,}|n't|'\w+|[\w-]+(?:[&.,:/]\w+)*|[$#&%]|[.!?;]")
 
 
-def tokenize(text: str) -> list[str]:
+def tokenize(text: str, abbreviations: Collection[str] = ()) -> list[str]:
     """Turn free text into PTB-style tokens (before vocabulary look-up).
 
     Lower-cases, splits clitics (``don't`` -> ``do n't``) and currency signs (``$5`` -> ``$ N``),
-    writes numbers as ``N`` (as Mikolov's
-    preprocessing does), turns sentence-final ``.``, ``!``, ``?`` and ``;`` into ``<eos>`` and drops
-    other punctuation, which the PTB language-modelling split does not contain.
+    writes numbers as ``N`` and ``%`` as ``N`` too (as Mikolov's preprocessing does: ``12%`` is
+    ``N N`` in PTB), keeps PTB's own number token ``N`` (pasted PTB text), turns sentence-final
+    ``.``, ``!``, ``?`` and ``;`` into ``<eos>`` and drops other punctuation, which the PTB
+    language-modelling split does not contain.
+
+    ``abbreviations`` are tokens that end in a period (``mr.``, ``inc.``: a vocabulary's, see
+    :meth:`Vocabulary.abbreviations`); a word followed at once by a period that makes one of them
+    is that token, not the word and the end of a sentence.
     """
-    text = _CONTRACTION.sub(r"\1 \2", text.lower())
+    text = _CONTRACTION.sub(r"\1 \2", text)
     out: list[str] = []
-    for tok in _TOKEN.findall(text):
+    end = -1  # where the last word token ended in ``text``
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok == "N":
+            out.append("N")
+            end = -1
+            continue
+        tok = tok.lower()
         if tok in ".!?;":
-            if out and out[-1] != EOS:
+            if tok == "." and m.start() == end and out[-1] + "." in abbreviations:
+                out[-1] += "."
+            elif out and out[-1] != EOS:
                 out.append(EOS)
-        elif _NUMBER.match(tok):
+        elif tok == "%" or _NUMBER.match(tok):
             out.append("N")
         else:
             out.append(tok.strip("-") or tok)
+            end = m.end()
+            continue
+        end = -1
     return out

@@ -30,13 +30,13 @@ class LanguageScorer:
         return cls(LinearRecurrentLM.load(path))
 
     def _ids(self, text: str) -> tuple[list[str], np.ndarray, list[bool]]:
-        words = tokenize(text)
+        words = tokenize(text, self.vocab.abbreviations)
         unknown = [w not in self.vocab.index for w in words]
         return words, self.vocab.encode(words), unknown
 
     def tokens(self, text: str) -> list[str]:
         """The tokens the model reads for ``text`` (before vocabulary look-up)."""
-        return tokenize(text)
+        return tokenize(text, self.vocab.abbreviations)
 
     def score(self, text: str) -> dict:
         """Per-token surprisal (bits) and the perplexity of ``text``.
@@ -68,13 +68,18 @@ class LanguageScorer:
         return {"tokens": tokens, "bits_per_token": mean, "perplexity": float(2.0**mean)}
 
     def next_words(self, context: str, k: int = 10) -> list[dict]:
-        """The ``k`` most probable next words after ``context`` (may be empty), most likely first."""
+        """The ``k`` most probable next words after ``context`` (may be empty), most likely first.
+
+        ``<unk>`` is not a word to suggest (it stands for every rare word at once) and is left out;
+        the probabilities are the model's, not renormalised without it.
+        """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         _, ids, _ = self._ids(context)
         stream = np.concatenate([[self.vocab.eos_id], ids]).astype(np.int64)
-        logp = self.model.next_word_log_probs(stream)
-        k = min(k, logp.size)
+        logp = self.model.next_word_log_probs(stream).copy()
+        logp[self.vocab.unk_id] = -np.inf
+        k = min(k, logp.size - 1)
         top = np.argpartition(-logp, k - 1)[:k]
         top = top[np.argsort(-logp[top])]
         return [

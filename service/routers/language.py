@@ -42,22 +42,32 @@ class TokenScore(BaseModel):
     surprisal_bits: float = Field(description="-log2 P(word | preceding words)")
 
 
+_OVER_EVERY_TOKEN = (
+    "over every token, an unknown one scored as <unk> (the class of every rare word, as in PTB): "
+    "text of unknown words reads low; see n_unknown"
+)
+
+
 class ScoreResponse(BaseModel):
     tokens: list[TokenScore]
-    perplexity: float
-    bits_per_token: float
-    n_unknown: int
+    perplexity: float = Field(description=f"2 ** bits_per_token, {_OVER_EVERY_TOKEN}")
+    bits_per_token: float = Field(description=f"mean surprisal in bits, {_OVER_EVERY_TOKEN}")
+    n_unknown: int = Field(description="tokens outside the model's vocabulary")
 
 
 class NextRequest(RequestBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{"context": "the stock", "k": 5}]})
 
     context: str = Field("", description="text read so far (may be empty: start of a sentence)")
-    k: int = Field(10, description="how many candidate next words")
+    k: int = Field(
+        10, description="how many candidate next words, 1 to the server's limit (100 by default)"
+    )
 
 
 class NextWord(BaseModel):
-    word: str
+    word: str = Field(
+        description="a vocabulary word (<eos>: the sentence ends; N: a number); never <unk>"
+    )
     probability: float
 
 
@@ -77,7 +87,10 @@ def _check_length(text: str, field: str, settings: Settings) -> None:
         )
 
 
-@router.post("/score", response_model=ScoreResponse)
+TEXT_TOO_LONG = {413: {"description": "the text is longer than the server's limit"}}
+
+
+@router.post("/score", response_model=ScoreResponse, responses=TEXT_TOO_LONG)
 async def score(body: ScoreRequest, scorer: Scorer, settings: AppSettings) -> ScoreResponse:
     """Per-token surprisal in bits and the perplexity of the text."""
     _check_length(body.text, "text", settings)
@@ -89,7 +102,7 @@ async def score(body: ScoreRequest, scorer: Scorer, settings: AppSettings) -> Sc
     return ScoreResponse(**result, n_unknown=n_unknown)
 
 
-@router.post("/next", response_model=NextResponse)
+@router.post("/next", response_model=NextResponse, responses=TEXT_TOO_LONG)
 async def next_words(body: NextRequest, scorer: Scorer, settings: AppSettings) -> NextResponse:
     """The k most probable next words after the context."""
     _check_length(body.context, "context", settings)

@@ -37,6 +37,23 @@ def test_tokenize_ptb_style():
     ]
 
 
+def test_tokenize_keeps_the_vocabularys_abbreviations_and_ptb_number_tokens():
+    abbreviations = Vocabulary(["<unk>", "<eos>", "mr.", "inc.", "u.s.", "board"]).abbreviations
+    assert abbreviations == {"mr.", "inc."}  # one word and its period
+    assert tokenize("Mr. Smith joined the board.", abbreviations) == [
+        "mr.", "smith", "joined", "the", "board", "<eos>",
+    ]  # fmt: skip
+    assert tokenize("Mr. Smith joined the board.") == [
+        "mr", "<eos>", "smith", "joined", "the", "board", "<eos>",
+    ]  # fmt: skip
+    # a period after a space, or a word that is no abbreviation, still ends the sentence
+    assert tokenize("a mr . b", abbreviations) == ["a", "mr", "<eos>", "b"]
+    assert tokenize("Board. Inc. said", abbreviations) == ["board", "<eos>", "inc.", "said"]
+    # PTB writes '%' as N ('rose N N'), and pasted PTB text keeps its number token N
+    assert tokenize("Rose 12% to N N.") == ["rose", "N", "N", "to", "N", "N", "<eos>"]
+    assert tokenize("rock n roll") == ["rock", "n", "roll"]
+
+
 def test_vocabulary_maps_unknown_words_to_unk():
     vocab = Vocabulary.from_corpus(["b", "a", "b", "<eos>"])
     assert vocab.words[0] == "b"  # most frequent first

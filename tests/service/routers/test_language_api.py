@@ -130,7 +130,11 @@ def test_a_class_factorised_model_is_served_the_same_way(tmp_path):
     with TestClient(create_app(settings)) as c:
         r = c.post("/v1/language/next", json={"context": "the cat", "k": len(WORDS)})
         assert r.status_code == 200, r.text
-        assert sum(w["probability"] for w in r.json()["words"]) == pytest.approx(1.0, abs=1e-5)
+        words = r.json()["words"]
+        assert len(words) == len(WORDS) - 1  # every word but <unk>
+        p_unk = np.exp(model.next_word_log_probs(np.array([1, 2, 3]))[0])  # <eos> the cat
+        total = sum(w["probability"] for w in words)
+        assert total + p_unk == pytest.approx(1.0, abs=1e-5)
         r = c.post("/v1/language/score", json={"text": "the cat sat"})
         assert r.status_code == 200, r.text
         assert r.json()["perplexity"] > 1.0
@@ -143,7 +147,40 @@ def test_the_shipped_model_is_the_default_and_predicts_plausible_words():
         r = c.post("/v1/language/next", json={"context": "the stock market fell", "k": 5})
         assert r.status_code == 200, r.text
         words = [w["word"] for w in r.json()["words"]]
-        assert "<unk>" in words or "to" in words or "in" in words
+        assert "to" in words or "in" in words
         r = c.post("/v1/language/score", json={"text": "the company said it expects profit"})
         assert r.status_code == 200, r.text
         assert r.json()["perplexity"] < 1000  # a 10,000-word vocabulary: uniform would be 10,000
+
+
+def test_next_never_suggests_unk_even_where_it_is_most_likely():
+    with TestClient(create_app(Settings())) as c:
+        scorer = c.app.state.services.language_scorer
+        ids = scorer.vocab.encode(["<eos>", "the"]).astype(np.int64)
+        logp = scorer.model.next_word_log_probs(ids)
+        assert int(np.argmax(logp)) == scorer.vocab.unk_id  # the case the rule is for
+        r = c.post("/v1/language/next", json={"context": "the", "k": 5})
+        assert r.status_code == 200, r.text
+        words = r.json()["words"]
+        assert len(words) == 5 and "<unk>" not in [w["word"] for w in words]
+        best = np.sort(np.delete(logp, scorer.vocab.unk_id))[::-1][:5]
+        assert [w["probability"] for w in words] == pytest.approx(np.exp(best), rel=1e-5)
+
+
+def test_wsj_abbreviations_and_percent_signs_are_read_as_ptb_has_them():
+    """'Mr.' is the vocabulary's 'mr.', not the unknown 'mr' and the end of a sentence; '12%' is
+    PTB's 'N N'."""
+    with TestClient(create_app(Settings())) as c:
+        r = c.post(
+            "/v1/language/score",
+            json={"text": "Mr. Smith of Apple Inc. said shares fell 12% on Nov. 29."},
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [t["token"] for t in body["tokens"]] == [
+            "mr.", "smith", "of", "apple", "inc.", "said", "shares", "fell", "N", "N", "on",
+            "nov.", "N", "<eos>",
+        ]  # fmt: skip
+        assert body["n_unknown"] == 0
+        r = c.post("/v1/language/next", json={"context": "Mr.", "k": 3})
+        assert r.json()["context_tokens"] == ["mr."]
