@@ -89,6 +89,15 @@ def as_counts(y, *, max_elements: int | None = None, name: str = "counts") -> np
     return arr
 
 
+_SPIKE_TIMES_SHAPE = (
+    "spike_times must be a list over neurons of lists of times, or a list over trials of such lists"
+)
+
+
+def _is_list(value) -> bool:
+    return isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.ndim == 1)
+
+
 def bin_spike_times(
     spike_times: list[list[float]] | list[list[list[float]]],
     bin_size: float,
@@ -105,7 +114,8 @@ def bin_spike_times(
     bin_size : float
         Bin width in the same unit.
     duration : float, optional
-        Trial length; default the last spike time (over all trials).
+        Trial length, a whole number of bins, no spike after it; default: up to the end of the
+        bin of the last spike (over all trials).
     max_elements : int, optional
         Refuse (``ValueError``) before allocating more than this many counts
         (trials x bins x neurons).
@@ -117,22 +127,28 @@ def bin_spike_times(
     if not bin_size > 0:
         raise ValueError("bin_size must be positive")
     trials = spike_times
-    if len(trials) == 0:
-        raise ValueError("spike_times has zero neurons")
+    if not _is_list(trials) or len(trials) == 0:
+        raise ValueError(_SPIKE_TIMES_SHAPE)
     # one trial given as neurons x times: wrap
     first = trials[0]
-    if len(first) == 0 or np.isscalar(first[0]):
+    if not _is_list(first):
+        raise ValueError(_SPIKE_TIMES_SHAPE)
+    if len(first) == 0 or not _is_list(first[0]):
         trials = [trials]
     n_neurons = len(trials[0])
     if n_neurons == 0:
         raise ValueError("spike_times has zero neurons")
     flat = []
     for k, tr in enumerate(trials):
+        if not _is_list(tr) or not all(_is_list(times) for times in tr):
+            raise ValueError(f"{_SPIKE_TIMES_SHAPE}; trial {k} is not")
         if len(tr) != n_neurons:
             raise ValueError(
                 f"spike_times is ragged: trial {k} has {len(tr)} neurons, not {n_neurons}"
             )
         for times in tr:
+            if any(_is_list(t) for t in times):
+                raise ValueError(f"{_SPIKE_TIMES_SHAPE}; trial {k} nests deeper")
             t = np.asarray(times)
             _check_numbers(t, "spike_times", booleans=False, given=times)
             t = t.astype(float).ravel()
@@ -141,8 +157,12 @@ def bin_spike_times(
             if np.any(t < 0):
                 raise ValueError("spike_times contains negative times")
             flat.append(t)
-    if duration is None:
-        duration = max((t.max() for t in flat if t.size), default=bin_size)
+    last = max((t.max() for t in flat if t.size), default=0.0)
+    given = duration is not None
+    if not given:
+        duration = max(last, bin_size)
+    elif not duration > 0:
+        raise ValueError("duration must be positive")
     with np.errstate(over="ignore"):
         span = float(duration) / float(bin_size)
     limit = max_elements if max_elements is not None else np.inf
@@ -151,7 +171,20 @@ def bin_spike_times(
             f"spike_times too large: {duration:g} / bin_size {bin_size:g} = {span:g} bins per neuron "
             f"and trial, more than {limit:g} bins x neurons x trials in all"
         )
-    n_bins = int(np.ceil(span - 1e-9))
+    if given:
+        # every spike counted, and no last bin shorter than the others counted as a full one
+        if last > duration:
+            late = sum(int(np.count_nonzero(t > duration)) for t in flat)
+            raise ValueError(
+                f"{late} spike time(s) after duration {duration:g} (the latest {last:g}); "
+                "give a longer duration, or leave it out to end at the last spike's bin"
+            )
+        if abs(span - round(span)) > 1e-6 * max(span, 1.0):
+            raise ValueError(
+                f"duration {duration:g} is {span:g} bins of {bin_size:g}, not a whole number; "
+                "a last, shorter bin would be counted as a full one"
+            )
+    n_bins = int(np.ceil(span - 1e-6 * max(span, 1.0)))
     n_bins = max(n_bins, 1)
     edges = np.arange(n_bins + 1) * bin_size
     edges[-1] = max(edges[-1], duration)

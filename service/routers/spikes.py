@@ -75,7 +75,11 @@ class SpikeData(RequestBody):
         None, gt=0, allow_inf_nan=False, description="bin width for spike_times (their unit)"
     )
     duration: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="trial length for spike_times"
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="trial length for spike_times: a whole number of bins, every spike within it "
+        "(default: to the end of the last spike's bin)",
     )
 
 

@@ -165,6 +165,22 @@ def test_bin_spike_times_counts_each_spike_once():
         bin_spike_times([[True]], 10.0)
     with pytest.raises(ValueError, match="not true/false"):
         bin_spike_times([[[1.5, True], [2.0]]], 10.0)
+    # a duration is a whole number of bins (to rounding) that every spike falls within
+    assert bin_spike_times([[0.05, 0.95]], 0.1, duration=1.0).shape == (1, 10, 1)
+    assert bin_spike_times([[0.05, 0.3]], 0.1).shape == (1, 3, 1)  # to the last spike's bin
+    with pytest.raises(ValueError, match="1 spike time.*after duration 20"):
+        bin_spike_times([[5.0, 25.0]], 10.0, duration=20.0)
+    with pytest.raises(ValueError, match="2.5 bins of 10, not a whole number"):
+        bin_spike_times([[5.0]], 10.0, duration=25.0)
+
+
+@pytest.mark.parametrize(
+    "times",
+    [[{"a": 1}], {"a": [1.0]}, "1.0", [], [1.0, 2.0], [None], [[[0.1]], [0.2]], [[1.0, [2.0]]]],
+)
+def test_bin_spike_times_names_a_wrong_nesting(times):
+    with pytest.raises(ValueError, match="list over neurons of lists of times"):
+        bin_spike_times(times, 1.0)
 
 
 def test_retina_loader_matches_source_counts():

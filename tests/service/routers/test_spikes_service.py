@@ -143,6 +143,14 @@ def test_evaluate_takes_the_npz_a_fit_takes(client):
         ({}, "exactly one of"),
         ({"spike_times": [[1.0]]}, "bin_size"),
         ({"spike_times": [[[1.0], [2.0]], [[1.0]]], "bin_size": 1}, "ragged"),
+        ({"spike_times": [{"a": 1}], "bin_size": 0.1}, "lists of times"),  # was a 500 (KeyError)
+        ({"spike_times": [{"0": [0.1]}], "bin_size": 0.1}, "lists of times"),
+        ({"spike_times": [1.5], "bin_size": 1}, "lists of times"),
+        ({"spike_times": [None], "bin_size": 1}, "lists of times"),
+        ({"spike_times": [[[0.1]], [0.2]], "bin_size": 1}, "trial 1 is not"),  # mixed depths
+        ({"spike_times": [[[1.0], [[2.0]]]], "bin_size": 1}, "nests deeper"),
+        ({"spike_times": [[0.1, 0.5, 5.0, 7.0]], "bin_size": 0.1, "duration": 1}, "2 spike time"),
+        ({"spike_times": [[0.1]], "bin_size": 0.1, "duration": 1.05}, "not a whole number"),
         ({"counts": _counts().tolist(), "kind": "hmm"}, "valid kinds"),
         ({"counts": _counts().tolist(), "kind": "glm", "options": {"lags": 3}}, "valid options"),
         ({"counts": np.zeros((2, 5, 2)).tolist(), "kind": "independent"}, "no spikes"),
