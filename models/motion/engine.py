@@ -38,6 +38,7 @@ from v1motion.models.motion.grids import finite, grid, whole_degrees
 from v1motion.models.motion.kernels import (
     _axis_cell_sums,
     _code_change,
+    _code_change_where,
     _scaled_patches,
 )
 from v1motion.models.motion.mt_readout import (
@@ -89,6 +90,19 @@ alone (the accuracy benchmark, docs/motion/accuracy.md): false motion on still f
 the real clips 1.2 % -> 0.8 % and 0.9 % -> 0.7 %; the dominant direction of objects 7.4 -> 7.7 and
 5.2 -> 5.5 degrees; per cell within 0.2 degrees but on tree.avi at 320x240 (53.8 -> 57.4). The
 second comparison costs 1-2 % of a step."""
+CHANGE_HISTORY = 4
+"""How many frames back the fine read's change gate compares each patch's code with, taking the
+smallest change (``CHANGE_GATE``): the previous frame and the one before everywhere, and the two
+before those where the image itself is still (``STILL_IMAGE``). On a still view the recurrent code
+can cycle through up to four states (period 2 on a 320x240 crop of ``camera``, period 4 on ``brick``
+at 640x480), which the gate took for change and the read-out read as motion: at 640x480 with no noise,
+the dominant motion of ``astronaut``, ``gravel`` and ``brick`` read 0.46-0.97 confident and up to 1 %
+of the cells confident. The frames before the last two count only where the image is still, since a
+grating whose pattern repeats every 3 or 4 frames returns the code to where it was, while moving.
+The coarse read compares with the last two frames only."""
+STILL_IMAGE = (3.0, 6.0)
+"""Grey levels (of 255): a patch's image is still where its mean absolute change since the previous
+frame is below the first, moving from the second, and partly still between (``CHANGE_HISTORY``)."""
 FAST_FROM = 5.0
 """px/frame. Fast motion is also read one octave coarser: the MT read-out applied to pyramid levels
 1-4 (level 4 encoded for it) reads the frame at half resolution, where a displacement of 16 px/frame
@@ -363,10 +377,11 @@ class StreamState:
     change: np.ndarray | None = None  # running code change of the finest level's patches
     coarse_acc: list = field(default_factory=list)  # the same two for the coarse read
     coarse_change: np.ndarray | None = None
-    before: SparseCode | None = None  # the code the fine gate last compared with (CHANGE_GATE)
-    coarse_before: SparseCode | None = None  # the same for the coarse read
+    before: tuple = ()  # codes of the frames before the last one, newest first (CHANGE_HISTORY)
+    coarse_before: tuple = ()  # the same for the coarse read
     frames: int = 0
     cut_ref: tuple | None = None  # cut_features of the last frame taken (SCENE_CUT)
+    grey: np.ndarray | None = None  # the last frame encoded, grey (STILL_IMAGE)
     took_coarse: bool = True  # whether the last frame read took the coarse read (two threads)
 
     def start(self, shape: tuple[int, int], encoded: int, read: int) -> None:
@@ -375,7 +390,8 @@ class StreamState:
         self.prev, self.rms = [None] * encoded, [None] * encoded
         self.acc, self.coarse_acc = [None] * read, [None] * read
         self.change = self.coarse_change = None
-        self.before = self.coarse_before = None
+        self.before = self.coarse_before = ()
+        self.grey = None
         self.frames = 0
 
 
@@ -592,6 +608,8 @@ class MotionEngine:
 
     run_ahead = RUN_AHEAD
     """How many frames ``run`` encodes ahead of the one it reads (``RUN_AHEAD``)."""
+    change_history = CHANGE_HISTORY
+    """How many frames back the change gate compares a code with (``CHANGE_HISTORY``)."""
 
     def __init__(self, model: SSRNN, readout: MotionReadout, tuning: dict, levels: int = 3,
                  mt: MTReadout | None = None, pooling: Pooling | None = None,
@@ -913,9 +931,9 @@ class MotionEngine:
 
     def _prepare(self, frame: np.ndarray) -> tuple:
         """What ``_encode_frame`` does without the stream's state: the frame checked, made grey and
-        whitened at every pyramid level it needs. Returns ``(shape, coarse, levels, whites)``, or
-        ``(shape, coarse, levels, grey)`` for an engine that whitens on several threads (``encode``
-        does it there, in bands)."""
+        whitened at every pyramid level it needs. Returns ``(shape, coarse, levels, whites, grey,
+        cut)``, or ``(shape, coarse, levels, grey, grey, cut)`` for an engine that whitens on several
+        threads (``encode`` does it there, in bands); ``cut``: ``cut_features`` or ``None``."""
         grey = to_grey(frame)
         h, w = grey.shape
         if min(h, w) < self.min_side:
@@ -927,13 +945,13 @@ class MotionEngine:
         n_levels = self.levels + coarse
         cut = None if self.scene_cut is None else cut_features(grey)
         if self._pool is not None:
-            return (h, w), coarse, n_levels, grey, cut
+            return (h, w), coarse, n_levels, grey, grey, cut
         whites, img = [], grey
         for lv in range(n_levels):
             if lv:
                 img = cv2.pyrDown(img)
             whites.append(self.model.whitener_.transform(img))
-        return (h, w), coarse, n_levels, whites, cut
+        return (h, w), coarse, n_levels, whites, grey, cut
 
     def _cut(self, state: StreamState, prepared: tuple) -> bool:
         """Whether the frame ``prepared`` (``_prepare``) starts a new scene (``SCENE_CUT``); keeps its
@@ -947,38 +965,56 @@ class MotionEngine:
     def _encode_prepared(self, state: StreamState, prepared: tuple, restart: bool = False) -> tuple:
         """``_encode_frame`` from ``_prepare``'s result: the part that reads and updates ``state``.
         ``restart``: the frame is a scene cut (``_cut``), and the stream starts anew from it."""
-        (h, w), coarse, n_levels, image, _ = prepared
+        (h, w), coarse, n_levels, image, grey, _ = prepared
         if restart or state.shape != (h, w):
             state.start((h, w), n_levels, self.levels)
         if self._pool is not None:
             encode = lambda: self.encode(state, image, n_levels)  # noqa: E731
         else:
             encode = lambda: self.encode(state, image[0], n_levels, whites=image)  # noqa: E731
+        still = self._still_patches(state, grey)
         if state.prev[0] is None and self.prime_passes:
             # The stream's first frame: the code settled on it (PRIME_PASSES), and the change
             # gates' code of the frame before the previous one is the pass before the last.
+            passes = []
             for _ in range(self.prime_passes):
                 encode()
-            state.before = state.prev[0]
-            state.coarse_before = state.prev[1] if len(state.prev) > 1 else None
+                passes.append(state.prev[:2])
+            older = passes[::-1][: self.change_history - 1]
+            state.before = tuple(p[0] for p in older)
+            state.coarse_before = tuple(p[1] for p in older[:1] if len(p) > 1)
         # encode replaces the previous codes: the finest of each read are kept as they were
         prev = state.prev[:2]
-        return (h, w), coarse, prev, encode()
+        return (h, w), coarse, prev, encode(), still
+
+    def _still_patches(self, state: StreamState, grey: np.ndarray) -> np.ndarray | None:
+        """Per patch of the finest level, in [0, 1], how still the image is since the frame before
+        (``STILL_IMAGE``), flat in the code's patch order; ``None`` at a stream's first frame or
+        without a change gate. Keeps ``grey`` in ``state`` for the next frame."""
+        prev, state.grey = state.grey, grey
+        if prev is None or self.change_gate is None or prev.shape != grey.shape:
+            return None
+        p = self.model.patch
+        gh, gw = grey.shape[0] // p, grey.shape[1] // p
+        diff = cv2.absdiff(grey[: gh * p, : gw * p], prev[: gh * p, : gw * p])
+        mean = cv2.resize(diff, (gw, gh), interpolation=cv2.INTER_AREA) * 255.0
+        lo, hi = STILL_IMAGE
+        return np.clip((hi - mean) / (hi - lo), 0.0, 1.0).astype(np.float32).ravel()
 
     def _read_frame(self, state: StreamState, encoded: tuple) -> MotionFrame:
         """The second half of ``step``: the motion read from ``_encode_frame``'s result (updates
         the read's running averages, change gates and frame count in ``state``)."""
-        (h, w), coarse, prev, codes = encoded
+        (h, w), coarse, prev, codes, still = encoded
         if state.frames == 0:
             return self._first_frame(state, codes, (h, w))
         if not coarse:
             return self.read(
-                state, codes, (h, w), self._fine_gate(state, prev[0], codes[0], (h, w))
+                state, codes, (h, w), self._fine_gate(state, prev[0], codes[0], (h, w), still)
             )
         fine, c_codes, c_shape = codes[: self.levels], codes[1:], self._level_shape((h, w), 1)
         if self._pool is not None:
-            return self._read_on_two_threads(state, prev, fine, c_codes, (h, w), c_shape)
-        gate = self._fine_gate(state, prev[0], fine[0], (h, w))
+            return self._read_on_two_threads(state, prev, fine, c_codes, (h, w), c_shape, still)
+        gate = self._fine_gate(state, prev[0], fine[0], (h, w), still)
         c_gate = self._coarse_fold(state, prev[1], c_codes, c_shape)
         return self.read(
             state, fine, (h, w), gate, lambda: self._coarse_decode(state, c_codes, c_shape, c_gate)
@@ -1001,13 +1037,15 @@ class MotionEngine:
             0.0, 0.0, 0.0, _active_per_patch(codes),
         )  # fmt: skip
 
-    def _fine_gate(self, state: StreamState, prev, level, shape):
+    def _fine_gate(self, state: StreamState, prev, level, shape, still=None):
         """The change gate of the fine read (``None`` without one); updates ``state.change`` and
-        ``state.before``."""
+        ``state.before``. ``still``: per patch, how still the image is (``_still_patches``)."""
         if self.change_gate is None:
             return None
-        gate, state.change = self._change_gate(state.change, prev, level, shape, state.before)
-        state.before = prev
+        gate, state.change = self._change_gate(
+            state.change, prev, level, shape, state.before, still
+        )
+        state.before = (prev, *state.before)[: self.change_history - 1]
         return gate
 
     def _coarse_fold(self, state: StreamState, prev, c_codes, c_shape):
@@ -1019,7 +1057,7 @@ class MotionEngine:
             gate, state.coarse_change = self._change_gate(
                 state.coarse_change, prev, c_codes[0], c_shape, state.coarse_before
             )
-            state.coarse_before = prev
+            state.coarse_before = (prev,)
         self._fold(state.coarse_acc, c_codes, executor=None)
         return gate
 
@@ -1031,7 +1069,9 @@ class MotionEngine:
             axes = self._axis_coherence(c_codes[0], c_map[0].shape)
         return c_map, axes
 
-    def _read_on_two_threads(self, state: StreamState, prev, fine, c_codes, shape, c_shape):
+    def _read_on_two_threads(
+        self, state: StreamState, prev, fine, c_codes, shape, c_shape, still=None
+    ):
         """``read`` with the coarse read, the work split between this thread and the helper.
 
         The helper takes, in this order, the last patches of the fine read's fold, the fine read's
@@ -1057,7 +1097,7 @@ class MotionEngine:
             return c_gate, axes, coarse
 
         # FIFO on the one helper: its share of the fold, the gate, then the coarse read.
-        gate_job = self._pool.submit(self._fine_gate, state, prev[0], fine[0], shape)
+        gate_job = self._pool.submit(self._fine_gate, state, prev[0], fine[0], shape, still)
         job = self._pool.submit(helper)
         try:
             self._fold_finish(pending)
@@ -1087,22 +1127,36 @@ class MotionEngine:
             h, w = (h + 1) // 2, (w + 1) // 2
         return h, w
 
-    def _change_gate(self, running, prev, level, shape, before=None):
+    def _change_gate(self, running, prev, level, shape, before=(), still=None):
         """Per cell of an image of ``shape``, a factor in [0, 1]: how much the code ``level`` =
         ``(code, rows, cols)`` of its finest pyramid level changed around it since ``prev`` (and,
-        per patch, no more than since ``before``, the code of the frame before: ``CHANGE_GATE``);
-        and the running average of the change per patch that it updates (``running``, ``None`` at
-        first)."""
+        per patch, no more than since ``before[0]``, the code of the frame before, nor, as far as
+        ``still`` says its image is still, since the older codes of ``before``: ``CHANGE_GATE``,
+        ``CHANGE_HISTORY``); and the running average of the change per patch that it updates
+        (``running``, ``None`` at first)."""
         code, gh, gw = level
         change = np.ones(gh * gw, np.float32)  # the first frame of a stream: no gate yet
         if prev is not None:
             _code_change(prev.idx, prev.val, prev.cnt, code.idx, code.val, code.cnt, change)
-            if before is not None and before.idx.shape == code.idx.shape:
-                again = np.empty_like(change)
-                _code_change(
-                    before.idx, before.val, before.cnt, code.idx, code.val, code.cnt, again
+            again = older = None
+            for k, old in enumerate(before):
+                if old is None or old.idx.shape != code.idx.shape or (k and still is None):
+                    continue
+                again = np.empty_like(change) if again is None else again
+                if k == 0:
+                    _code_change(old.idx, old.val, old.cnt, code.idx, code.val, code.cnt, again)
+                    np.minimum(change, again, out=change)
+                    continue
+                # the older codes: only where the image is still (1 elsewhere)
+                _code_change_where(
+                    old.idx, old.val, old.cnt, code.idx, code.val, code.cnt, still, again
                 )
-                np.minimum(change, again, out=change)
+                if older is None:
+                    older = again.copy()
+                else:
+                    np.minimum(older, again, out=older)
+            if older is not None:  # where the image is still: no more than since the older codes
+                change -= still * np.maximum(change - older, 0.0)
         running = self.pooling.update(running, change.reshape(gh, gw, 1))
         f = self.pooling.cell_px // self.model.patch
         ch, cw = self.pooling.grid(shape)

@@ -376,34 +376,51 @@ def _scaled_patches(frame, scale, p, out):
                 out[k, r * p + c] = frame[i * p + r, j * p + c] * scale
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _patch_change(prev_idx, prev_val, prev_cnt, idx, val, cnt, m):
+    """``_code_change`` of patch ``m``."""
+    total = 0.0
+    diff = 0.0
+    for a in range(cnt[m]):
+        v = val[m, a]
+        total += v
+        match = 0.0
+        for b in range(prev_cnt[m]):
+            if prev_idx[m, b] == idx[m, a]:
+                match = prev_val[m, b]
+                break
+        diff += abs(v - match)
+    for b in range(prev_cnt[m]):
+        v = prev_val[m, b]
+        total += v
+        found = False
+        for a in range(cnt[m]):
+            if idx[m, a] == prev_idx[m, b]:
+                found = True
+                break
+        if not found:
+            diff += v
+    return diff / total if total > 0.0 else 0.0
+
+
 @njit(cache=True, nogil=True)
 def _code_change(prev_idx, prev_val, prev_cnt, idx, val, cnt, out):
     """Per patch, how much its code changed since the previous frame: the L1 distance between the two
     sparse codes over the sum of their L1 norms, in [0, 1] (0: the same units with the same values,
     or no activity at all; 1: no unit in common). ``out`` is ``(M,)`` float32."""
     for m in range(idx.shape[0]):
-        total = 0.0
-        diff = 0.0
-        for a in range(cnt[m]):
-            v = val[m, a]
-            total += v
-            match = 0.0
-            for b in range(prev_cnt[m]):
-                if prev_idx[m, b] == idx[m, a]:
-                    match = prev_val[m, b]
-                    break
-            diff += abs(v - match)
-        for b in range(prev_cnt[m]):
-            v = prev_val[m, b]
-            total += v
-            found = False
-            for a in range(cnt[m]):
-                if idx[m, a] == prev_idx[m, b]:
-                    found = True
-                    break
-            if not found:
-                diff += v
-        out[m] = diff / total if total > 0.0 else 0.0
+        out[m] = _patch_change(prev_idx, prev_val, prev_cnt, idx, val, cnt, m)
+
+
+@njit(cache=True, nogil=True)
+def _code_change_where(prev_idx, prev_val, prev_cnt, idx, val, cnt, where, out):
+    """``_code_change`` of the patches where ``where`` (``(M,)``) is above 0; the others read 1 (all
+    changed), so that a smallest change over several comparisons is not moved by them."""
+    for m in range(idx.shape[0]):
+        if where[m] > 0.0:
+            out[m] = _patch_change(prev_idx, prev_val, prev_cnt, idx, val, cnt, m)
+        else:
+            out[m] = 1.0
 
 
 @njit(cache=True, nogil=True)

@@ -249,7 +249,7 @@ def test_prepared_levels_give_the_codes_of_encode(engine, rng):
             for _ in range(PRIME_PASSES):
                 engine.encode(s2, to_grey(frame), prepared[2])
         assert len(prepared[3]) == prepared[2]  # one whitened image per level
-        _, _, _, codes = engine._encode_prepared(s1, prepared)
+        _, _, _, codes, _ = engine._encode_prepared(s1, prepared)
         want = engine.encode(s2, to_grey(frame), prepared[2])
         assert len(codes) == len(want)
         for (a, ah, aw), (b, bh, bw) in zip(codes, want, strict=True):

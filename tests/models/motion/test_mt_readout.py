@@ -7,7 +7,7 @@ import pytest
 
 from tests import naive
 from v1motion.models.motion import mt_readout, stimuli
-from v1motion.models.motion.engine import MotionEngine, global_motion, to_grey
+from v1motion.models.motion.engine import CHANGE_HISTORY, MotionEngine, global_motion, to_grey
 from v1motion.models.motion.mt_fit import make_sequence, pooled_units
 from v1motion.models.motion.mt_readout import (
     SPEED_CLASSES,
@@ -438,7 +438,7 @@ def test_a_still_scene_is_shown_still_whatever_the_read_out_says():
         confs = []
         for _ in range(12):
             if previous_only:
-                st.before = st.coarse_before = None
+                st.before = st.coarse_before = ()
             confs.append(e.step(st, frame).confidence)
         shown[gate, previous_only] = max(float(c.max()) for c in confs[4:])
     assert shown[None, False] > CONFIDENT
@@ -446,14 +446,19 @@ def test_a_still_scene_is_shown_still_whatever_the_read_out_says():
     assert shown[(0.1, 0.3), True] > 0.05
 
 
-def test_the_change_gate_ignores_a_code_that_alternates_between_two_states():
+def test_the_change_gate_ignores_a_code_that_cycles_where_the_image_is_still():
     """Per patch, the change is the smaller of the change since the previous code and since the one
-    before: a code alternating A, B, A, B ... closes the gate, a code that keeps changing does not."""
+    before: a code alternating A, B, A, B ... closes the gate, a code that keeps changing does not.
+    Where the image is still, the codes of the two frames before those count too: a code cycling
+    A, B, C, D (as on a still view at 640x480) closes it; where the image moves (a grating that
+    repeats every 4 frames), they do not."""
     from v1motion.models.motion.ssrnn import SparseCode
 
     e = MotionEngine.random(seed=0)
+    assert e.change_history == CHANGE_HISTORY == 4
     gh, gw, kmax = 4, 6, 3
     shape = (gh * e.model.patch, gw * e.model.patch)
+    still_image, moving_image = np.ones(gh * gw, np.float32), np.zeros(gh * gw, np.float32)
 
     def code(first_unit):
         idx = np.zeros((gh * gw, kmax), np.int64)
@@ -462,16 +467,51 @@ def test_the_change_gate_ignores_a_code_that_alternates_between_two_states():
         val[:, :2] = 1.0
         return SparseCode(idx, val, np.full(gh * gw, 2, np.int64), np.zeros(gh * gw))
 
-    for units, closed in (([0, 4] * 5, True), ([0, 4, 8, 12, 16, 20, 24, 28, 32, 36], False)):
-        running, prev, before = None, None, None
+    alternating, cycling = [0, 4] * 6, [0, 4, 8, 12] * 3
+    changing = list(range(0, 48, 4))
+    for units, still, closed in (
+        (alternating, None, True),
+        (alternating, moving_image, True),
+        (changing, still_image, False),
+        (cycling, still_image, True),
+        (cycling, moving_image, False),
+        (cycling, None, False),
+    ):
+        running, prev, before = None, None, ()
         for u in units:
             cur = code(u)
-            gate, running = e._change_gate(running, prev, (cur, gh, gw), shape, before)
-            prev, before = cur, prev
-        assert (gate.max() == 0.0) if closed else (gate.min() == 1.0)
+            gate, running = e._change_gate(running, prev, (cur, gh, gw), shape, before, still)
+            if prev is not None:
+                before = (prev, *before)[: e.change_history - 1]
+            prev = cur
+        assert (gate.max() == 0.0) if closed else (gate.min() == 1.0), (units, still)
     # compared with the previous code only, the alternating code keeps the gate open
     previous_only, _ = e._change_gate(None, code(4), (code(0), gh, gw), shape)
     assert previous_only.min() == 1.0
+
+
+def test_a_still_view_at_640x480_shows_no_motion_where_the_code_cycles():
+    """The same frame of ``brick`` at 640x480 again and again: the ss-RNN's code cycles through four
+    states, which the gate on the last two frames took for change (about 1 % of the cells confident,
+    the dominant motion 0.96); with the older frames where the image is still, nothing moves."""
+    from v1motion.models.motion.motion_eval import CONFIDENT
+
+    image = stimuli.load_still("brick")
+    frame = stimuli.pan_sequence(image, (image.shape[1] / 2, image.shape[0] / 2), 0.7, 0.0, 1,
+                                 (480, 640))[0]  # fmt: skip
+    frame = (255 * frame).round().astype(np.uint8)
+    shown = {}
+    for history in (2, CHANGE_HISTORY):
+        e = MotionEngine.load_default()
+        e.change_history = history
+        st = e.new_state()
+        frames = [e.step(st, frame) for _ in range(14)][6:]
+        shown[history] = (
+            max(float((f.confidence > CONFIDENT).mean()) for f in frames),
+            max(f.global_confidence for f in frames),
+        )
+    assert shown[2][0] > 0.002 and shown[2][1] > 0.5
+    assert shown[CHANGE_HISTORY] == (0.0, 0.0)
 
 
 def test_a_still_camera_view_has_no_dominant_motion():

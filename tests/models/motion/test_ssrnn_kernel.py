@@ -251,6 +251,13 @@ def test_code_change_matches_numpy_twin(rng, n_units):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert np.all(got[::3] == 0.0)  # an unchanged code
     assert np.all((got >= 0) & (got <= 1 + 1e-6))
+    # only where asked: the twin's value there, 1 elsewhere
+    from v1motion.models.motion.kernels import _code_change_where
+
+    where = rng.uniform(-1, 1, m).astype(np.float32)
+    some = np.full(m, -1.0, np.float32)
+    _code_change_where(prev.idx, prev.val, prev.cnt, cur.idx, cur.val, cur.cnt, where, some)
+    np.testing.assert_allclose(some, np.where(where > 0, want, 1.0), rtol=1e-5, atol=1e-6)
 
 
 def test_code_change_edge_cases():
