@@ -69,11 +69,11 @@ class ServerThread:
     """A real uvicorn serving ``app`` on 127.0.0.1 and a free port, in a background thread; stopped
     as ``v1motion serve`` is (``__exit__``, as on a signal), with at most 15 s to end."""
 
-    def __init__(self, app, **config):
+    def __init__(self, app, port: int = 0, **config):
         from v1motion.service.commands.serve import bind_socket
         from v1motion.service.server import Server
 
-        self.sock = bind_socket("127.0.0.1", 0)
+        self.sock = bind_socket("127.0.0.1", port)  # 0: a free port
         self.port = self.sock.getsockname()[1]
         cfg = uvicorn.Config(app, log_level="warning", lifespan="on", **config)
         self.server = Server(cfg)  # the service's own, as `v1motion serve` runs it
@@ -104,8 +104,8 @@ class ServerThread:
 
 
 @contextlib.contextmanager
-def serving(app, **config):
-    with ServerThread(app, **config) as srv:
+def serving(app, port: int = 0, **config):
+    with ServerThread(app, port, **config) as srv:
         yield srv
 
 

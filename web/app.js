@@ -78,8 +78,13 @@ async function api(path) {
 }
 
 function askToken() {
+  const refused = Boolean(state.token); // one was sent: it is wrong, not missing
+  $("token-msg").textContent = refused
+    ? "The server refused this access token: enter the right one."
+    : "This service needs an access token.";
+  if (refused) $("token-input").value = "";
   $("token-form").hidden = false;
-  setConn("token needed", "warn");
+  setConn(refused ? "token refused" : "token needed", "warn");
 }
 
 function banner(text, kind = "warn") {
@@ -314,6 +319,8 @@ export function speedBinPosition(v) {
   return Math.log2(v / SPEED_BIN_CENTRES[0]);
 }
 
+// Whole degrees in [0, 360): 359.6 reads 0, not 360.
+export function fmtDeg(d) { return ((Math.round(d) % 360) + 360) % 360; }
 function fmtSpeed(v) { return v >= 1 ? `${+v.toFixed(1)}` : `${+v.toFixed(2)}`; }
 
 // Bars; `marker` (a position in bins, as speedBinPosition) draws the source's true value as a tick.
@@ -476,7 +483,7 @@ function render() {
   dom.dataset.speed = speed;
   dom.dataset.confidence = conf;
   dom.dataset.results = state.results;
-  $("dom-dir").textContent = confident ? `${Math.round(dir)}°` : "–";
+  $("dom-dir").textContent = confident ? `${fmtDeg(dir)}°` : "–";
   $("dom-speed").textContent = confident ? `${fmtSpeed(speed)} px/frame` : "no clear motion";
   $("dom-conf").textContent = conf.toFixed(2);
   $("dom-conf-bar").style.width = `${Math.round(100 * conf)}%`;
@@ -486,7 +493,7 @@ function render() {
   if (m.truth) {
     truth.replaceChildren("truth: ");
     const b = document.createElement("b");
-    b.textContent = `${Math.round(m.truth.direction_deg)}° · ${fmtSpeed(m.truth.speed_px_per_frame)} px/frame`;
+    b.textContent = `${fmtDeg(m.truth.direction_deg)}° · ${fmtSpeed(m.truth.speed_px_per_frame)} px/frame`;
     truth.append(b, ` (${m.truth.kind})`);
   }
   const hists = cellHistograms(mo);
@@ -566,7 +573,7 @@ function makeChip(id) {
   const small = document.createElement("small");
   b.append(dot, `#${id}`, small);
   if (info) {
-    b.title = `prefers ${Math.round(info.preferred_direction_deg)}° at ${fmtSpeed(info.preferred_speed)} px/frame` +
+    b.title = `prefers ${fmtDeg(info.preferred_direction_deg)}° at ${fmtSpeed(info.preferred_speed)} px/frame` +
       (info.degenerate ? ` · ${info.degenerateWhy}` : "");
   }
   b.addEventListener("click", () => selectUnit(id));
@@ -593,7 +600,9 @@ function onResult(m) {
   while (arr.length && now - arr[0] > 2000) arr.shift();
   state.fps = arr.length > 1 ? ((arr.length - 1) * 1000) / Math.max(now - arr[0], 1) : 0;
   state.results += 1;
-  state.dropsServer = m.timing.dropped;
+  // the stream's count of frames it skipped since it started: this page counts those since it joined
+  if (state.dropsBase == null) state.dropsBase = m.timing.dropped;
+  state.dropsServer = Math.max(0, m.timing.dropped - state.dropsBase);
   if (state.mode === "camera" && state.camera && state.camera.sentAt != null) {
     state.latency = now - state.camera.sentAt; // capture to result, measured in the browser
   } else {
@@ -623,11 +632,35 @@ function resetView() {
   state.arrivals = [];
   state.latency = null;
   state.dropsServer = 0;
+  state.dropsBase = null;
   state.dropsClient = 0;
   state.chips.activity.clear();
   state.chips.lastAt = null;
   $("waiting").hidden = false;
+  clearReadings();
   updateStats();
+}
+
+// Nothing of a source, camera or connection left on screen: no map, no dominant motion, no panels.
+function clearReadings() {
+  for (const id of ["map", "flow"]) {
+    const c = $(id);
+    c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  }
+  $("flow-empty").hidden = true;
+  $("dom-dir").textContent = "–";
+  $("dom-speed").textContent = "–";
+  $("dom-conf").textContent = "–";
+  $("dom-conf-bar").style.width = "0%";
+  const dom = $("dominant");
+  for (const k of ["directionDeg", "speed", "confidence", "results"]) delete dom.dataset[k];
+  drawDominantArrow($("dominant-arrow"), null, 0);
+  $("truth").hidden = true;
+  drawPolar($("polar"), null, null);
+  drawBars($("speed-hist"), null, [], -1);
+  $("polar-empty").hidden = true;
+  $("speed-hist-empty").hidden = true;
+  renderTopUnits([]);
 }
 
 function openStream(name, attempt = 0) {
@@ -640,7 +673,11 @@ function openStream(name, attempt = 0) {
   ws.binaryType = "blob";
   state.ws = ws;
   setConn("connecting", "idle");
-  ws.onopen = () => { setConn(`live · ${name}`, "live"); attempt = 0; };
+  ws.onopen = () => {
+    setConn(`live · ${name}`, "live");
+    attempt = 0;
+    if (state.lostBanner) { banner(null); state.lostBanner = false; }
+  };
   ws.onmessage = async (ev) => {
     if (typeof ev.data === "string") {
       const m = JSON.parse(ev.data);
@@ -665,9 +702,17 @@ function openStream(name, attempt = 0) {
     if (ev.code === 4401) { askToken(); return; }
     if (ev.code === 4404) { setConn("unknown stream", "bad"); return; }
     setConn("reconnecting", "warn");
+    connectionLost();
     const delay = Math.min(10000, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
     state.reconnectTimer = setTimeout(() => openStream(name, attempt + 1), delay);
   };
+}
+
+// The server went away (restarted, network down): no frozen map or numbers that look live.
+function connectionLost() {
+  if (state.results || state.last) resetView();
+  banner("Lost the connection to the server; reconnecting…");
+  state.lostBanner = true;
 }
 
 // ---- the browser's own camera ---------------------------------------------------------------------
@@ -683,12 +728,18 @@ export function cameraBlockedReason() {
 async function startCamera() {
   const blocked = cameraBlockedReason();
   if (blocked) { banner(blocked, "warn"); return; }
+  if (state.cameraStarting) return; // a second click while the browser asks for the camera
+  state.cameraStarting = true;
+  $("camera-btn").disabled = true;
   let media;
   try {
     media = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
   } catch (e) {
     banner(`Could not open the camera: ${e.message}`, "error");
     return;
+  } finally {
+    state.cameraStarting = false;
+    $("camera-btn").disabled = false;
   }
   closeSocket();
   resetView();
@@ -724,32 +775,44 @@ async function startCamera() {
   $("source-desc").textContent =
     `your camera scaled to ${CAMERA_SIZE.width}x${CAMERA_SIZE.height}, analysed on the server (speeds in its px/frame)`;
   banner(null);
+  openCameraSocket(state.camera);
+}
 
+function openCameraSocket(cam, attempt = 0) {
+  if (state.camera !== cam) return; // stopped meanwhile
   const ws = new WebSocket(wsUrl("v1/camera"), subprotocols());
   state.ws = ws;
+  cam.ready = false;
+  cam.inFlight = false;
   setConn("connecting camera", "idle");
   ws.onopen = () => {
     ws.send(JSON.stringify({ type: "hello", ...CAMERA_SIZE, flow: state.flow }));
+    attempt = 0;
+    if (state.lostBanner) { banner(null); state.lostBanner = false; }
   };
   ws.onmessage = (ev) => {
     const m = JSON.parse(ev.data);
-    if (m.type === "ready") { setConn("live · my camera", "live"); state.camera.ready = true; sendCameraFrame(); return; }
+    if (m.type === "ready") { setConn("live · my camera", "live"); cam.ready = true; sendCameraFrame(); return; }
     if (m.type === "result") {
-      state.camera.inFlight = false;
-      state.image = state.camera.sentCanvas;
+      cam.inFlight = false;
+      state.image = cam.sentCanvas;
       onResult(m);
       scheduleRender();
       sendCameraFrame(); // one frame in flight: the next leaves when this result is back
     } else if (m.type === "error") {
-      state.camera.inFlight = false;
+      cam.inFlight = false;
       banner(`${m.code}: ${m.detail}`, "error");
       setTimeout(sendCameraFrame, 200);
     }
   };
   ws.onclose = (ev) => {
     if (state.ws !== ws) return;
-    if (ev.code === 4401) askToken();
-    setConn("camera disconnected", "bad");
+    if (ev.code === 4401) { askToken(); setConn("camera disconnected", "bad"); return; }
+    // the server restarted or the network dropped: the camera stays on and its socket comes back
+    setConn("camera reconnecting", "warn");
+    connectionLost();
+    const delay = Math.min(10000, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
+    state.reconnectTimer = setTimeout(() => openCameraSocket(cam, attempt + 1), delay);
   };
 }
 
@@ -783,6 +846,7 @@ function sendCameraFrame() {
 function stopCamera() {
   const cam = state.camera;
   if (!cam) return;
+  closeSocket();
   cam.media.getTracks().forEach((t) => t.stop());
   state.camera = null;
   $("camera-btn").classList.remove("active");
@@ -837,7 +901,7 @@ export function initialUnit(units) {
 function unitLabel(u) {
   // The mark leads, so a narrow select still shows it.
   const mark = u.degenerate ? (u.weak ? "⚠ near-zero · " : "⚠ one direction · ") : "";
-  return `${mark}#${u.id} · ${Math.round(u.preferred_direction_deg)}° · DI ${u.di.toFixed(2)} · ` +
+  return `${mark}#${u.id} · ${fmtDeg(u.preferred_direction_deg)}° · DI ${u.di.toFixed(2)} · ` +
     `resp ${u.peak.toFixed(2)}`;
 }
 
@@ -893,7 +957,7 @@ function selectUnit(id) {
   }
   sel.value = String(u.id);
   const facts = [
-    ["preferred direction", `${Math.round(u.preferred_direction_deg)}°`],
+    ["preferred direction", `${fmtDeg(u.preferred_direction_deg)}°`],
     ["preferred speed", `${fmtSpeed(u.preferred_speed)} px/frame`],
     ["direction index", u.di.toFixed(2)],
     ["peak response", u.peak.toFixed(2)],
@@ -1046,5 +1110,5 @@ async function start2() {
 start();
 window.v1motion = {
   state, wsUrl, apiUrl, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty,
-  cellHistograms, movingWeight, speedBinPosition, drawMap,
+  cellHistograms, movingWeight, speedBinPosition, drawMap, fmtDeg,
 };

@@ -442,19 +442,138 @@ def test_dashboard_asks_for_the_token_and_then_streams(browser):
         assert errors == []
 
 
+def test_a_refused_token_is_said_as_refused_not_as_missing(browser):
+    app = create_app(Settings(token="tok-123"), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/#token=wrong")
+        page.locator("#token-form").wait_for(state="visible")
+        assert "refused this access token" in page.text_content("#token-msg")
+        assert page.text_content("#conn") == "token refused"
+        assert page.input_value("#token-input") == ""  # the wrong one is not left in the field
+        page.fill("#token-input", "tok-123")
+        page.click("#token-form button")
+        wait_results(page, 3)
+        assert errors == []
+
+
+class Unplugged:
+    """A source that cannot be opened."""
+
+    def __init__(self, stop):
+        pass
+
+    def open(self):
+        from v1motion.service.live.sources import SourceError
+
+        raise SourceError("camera unplugged")
+
+    def close(self):
+        pass
+
+
+def shown_readings(page) -> dict:
+    return page.evaluate(
+        """() => ({dir: document.querySelector('#dom-dir').textContent,
+                   speed: document.querySelector('#dom-speed').textContent,
+                   conf: document.querySelector('#dom-conf').textContent,
+                   fps: document.querySelector('#stat-fps').textContent,
+                   waiting: !document.querySelector('#waiting').hidden})"""
+    )
+
+
+def test_switching_to_a_source_that_fails_leaves_nothing_of_the_last_one_on_screen(browser):
+    """Picked after a working source, a source that cannot be read showed the last source's map,
+    dominant motion and panels under its own banner for as long as it failed."""
+    app = create_app(
+        Settings(sources=["synthetic", "dead=synthetic"], backoff_initial_s=0.2),
+        engine_factory=default_engine,
+        source_factories={"dead": Unplugged},
+    )
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_results(page, 15)
+        wait_for(page, "document.querySelector('#dom-dir').textContent !== '–'")
+        assert canvas_spread(page, "#map") > 5
+        page.select_option("#source", "dead")
+        page.locator("#banner").wait_for(state="visible")
+        page.wait_for_timeout(1500)
+        shown = shown_readings(page)
+        assert shown == {"dir": "–", "speed": "–", "conf": "–", "fps": "–", "waiting": True}
+        assert canvas_spread(page, "#map") == 0
+        assert page.get_attribute("#dominant", "data-direction-deg") is None
+        assert errors == []
+
+
+def test_a_lost_server_is_said_and_the_dashboard_comes_back_with_it(browser):
+    """The server stops under an open page (a restart): the page says so and shows no frozen
+    readings that look live; the stream, and the browser's camera, come back once it is up."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        port = srv.port
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_results(page, 5)
+        cam_page, cam_errors = open_dashboard(browser, f"{srv.url}/")
+        cam_page.click("#camera-btn")
+        wait_for(cam_page, "document.querySelector('#conn').textContent.includes('my camera')")
+        wait_results(cam_page, 5)
+    for p in (page, cam_page):
+        wait_for(p, "document.querySelector('#banner').textContent.includes('Lost the connection')")
+        assert shown_readings(p) == {
+            "dir": "–", "speed": "–", "conf": "–", "fps": "–", "waiting": True
+        }  # fmt: skip
+    assert "reconnecting" in cam_page.text_content("#conn")
+    assert cam_page.text_content("#camera-label") == "Stop camera"  # the camera stays on
+    with serving(create_app(Settings(), engine_factory=random_engine), port=port):
+        for p in (page, cam_page):
+            n = results(p)
+            wait_results(p, n + 5, timeout=30)
+            assert p.locator("#banner").is_hidden()
+        assert "my camera" in cam_page.text_content("#conn")
+    assert errors == [] and cam_errors == []
+
+
+COUNT_CAMERAS = """
+window.__cameras = [];
+const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+navigator.mediaDevices.getUserMedia = async (c) => {
+  const m = await open(c);
+  window.__cameras.push(m);
+  return m;
+};
+"""
+
+
+def test_a_double_click_on_the_camera_button_opens_one_camera_that_stop_turns_off(browser):
+    """Two clicks while the browser opened the camera opened two; 'Stop camera' stopped one, and
+    the other stayed on (the camera light with it)."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = watch(page)
+        page.add_init_script(COUNT_CAMERAS)
+        page.goto(f"{srv.url}/")
+        wait_results(page, 3)
+        page.dblclick("#camera-btn")
+        wait_for(page, "document.querySelector('#conn').textContent.includes('my camera')")
+        wait_results(page, results(page) + 3)
+        assert page.evaluate("window.__cameras.length") == 1
+        page.click("#camera-btn")
+        live = "window.__cameras.flatMap(m => m.getTracks()).filter(t => t.readyState === 'live')"
+        wait_for(page, f"{live}.length === 0")
+        assert page.text_content("#camera-label") == "Use my camera"
+        assert errors == []
+
+
+def test_directions_read_in_whole_degrees_from_0_to_359(browser):
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        got = page.evaluate("[359.6, 0.4, -0.4, 360, 725.2, 180.5].map(window.v1motion.fmtDeg)")
+        assert got == [0, 0, 0, 0, 5, 181]
+        assert errors == []
+
+
 def test_dashboard_shows_a_source_that_is_reconnecting(browser):
-    from v1motion.service.live.sources import SourceError
-
-    class Unplugged:
-        def __init__(self, stop):
-            pass
-
-        def open(self):
-            raise SourceError("camera unplugged")
-
-        def close(self):
-            pass
-
     app = create_app(
         Settings(backoff_initial_s=0.2),
         engine_factory=random_engine,
