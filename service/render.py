@@ -255,7 +255,7 @@ def summary_figure(
     bin_centres : ndarray, shape (n_bins,)
         Radians (0 = right, pi/2 = up).
     direction_hist : ndarray, shape (n_bins,)
-        Fractions of the confidence-weighted cells.
+        Fractions of the cells shown moving (``MotionSummary.direction_hist_``).
     speed_over_time : ndarray, shape (n_frames,)
         Pixels per frame.
     fps : float
@@ -273,6 +273,8 @@ def summary_figure(
     fig = new_figure(figsize=(10, 4.2), dpi=100)
     ax = fig.add_subplot(1, 2, 1, projection="polar")
     width = TWO_PI / max(len(bin_centres), 1)
+    if main_directions is not None and not main_directions:
+        direction_hist = np.zeros_like(direction_hist)  # a few faint cells, normalised, fill it
     ax.bar(
         bin_centres,
         direction_hist,
@@ -293,6 +295,11 @@ def summary_figure(
     ax.set_yticklabels([])
     if main_directions:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), fontsize=8, frameon=False)
+    else:  # said, not left to empty axes
+        ax.annotate(
+            "nothing moved confidently", (0.5, -0.16), xycoords="axes fraction", ha="center",
+            fontsize=9,
+        )  # fmt: skip
     ax2 = fig.add_subplot(1, 2, 2)
     t = np.arange(len(speed_over_time)) / fps
     speed = np.asarray(speed_over_time, dtype=float)

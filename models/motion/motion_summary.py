@@ -176,6 +176,12 @@ def weighted_median(values, weights) -> float:
     return float(values[order][np.searchsorted(cum, 0.5 * total)])
 
 
+MOVING_FROM = (
+    0.2,
+    0.4,
+)  # the engine's MOVING_FROM (models/motion/engine.py; a test checks they agree)
+
+
 class MotionSummary:
     """Accumulate per-frame motion maps into per-video summaries without keeping the frames.
 
@@ -193,16 +199,24 @@ class MotionSummary:
     min_share : float, default 0.10
         A main direction holds at least this fraction of the moving cells' confidence.
     max_peaks : int, default 3
+    moving_from : (float, float), default MOVING_FROM
+        How far a cell counts in the direction histogram and the speed over time, by its confidence:
+        not at all below the first, fully from the second, as the engine's dominant motion and the
+        dashboard count cells (the engine's ``MOVING_FROM``).
+    min_moving : float, default 12.0
+        The main directions need at least this much moving cells' confidence over the whole video
+        (cell-frames: 12 is four confident cells for three frames); below it, nothing moved. A few
+        cells confident for a frame or two on a still video are not its motion.
 
     Attributes
     ----------
     direction_hist_ : ndarray, shape (n_bins,)
-        Confidence-weighted direction histogram over the whole video, normalised to sum 1
-        (all zeros if nothing ever moved).
+        Direction histogram over the whole video of the cells as far as they are shown moving
+        (``moving_from``), normalised to sum 1 (all zeros if nothing ever moved).
     bin_centres_ : ndarray, shape (n_bins,)
         Radians.
     speed_over_time_ : ndarray, shape (n_frames,)
-        Confidence-weighted mean speed of each frame (px/frame).
+        Mean speed of each frame (px/frame) over the cells as far as they are shown moving; 0 if none.
     moving_fraction_ : ndarray, shape (n_frames,)
         Fraction of cells moving in each frame.
     main_directions_ : list of dict
@@ -228,6 +242,8 @@ class MotionSummary:
         peak_sigma_deg: float = 10.0,
         min_share: float = 0.10,
         max_peaks: int = 3,
+        moving_from: tuple[float, float] = MOVING_FROM,
+        min_moving: float = 12.0,
     ):
         if peak_bins < 1:
             raise ValueError(f"peak_bins must be >= 1, got {peak_bins}")
@@ -237,6 +253,8 @@ class MotionSummary:
         self.peak_sigma_deg = peak_sigma_deg
         self.min_share = min_share
         self.max_peaks = max_peaks
+        self.moving_from = moving_from
+        self.min_moving = min_moving
         self._hist = np.zeros(n_bins)
         self._joint = np.zeros((peak_bins, len(self.SPEED_EDGES) - 1))
         self._speeds: list[float] = []
@@ -246,8 +264,10 @@ class MotionSummary:
         """Add one frame's grids (all of the same shape). Returns self."""
         direction, confidence = _check_grids(direction, confidence)
         speed = np.asarray(speed, dtype=np.float64)
-        self._hist += direction_histogram(direction, confidence, self.n_bins)
-        self._speeds.append(weighted_mean_speed(speed, confidence))
+        lo, hi = self.moving_from
+        shown = confidence * np.clip((confidence - lo) / (hi - lo), 0.0, 1.0)
+        self._hist += direction_histogram(direction, shown, self.n_bins)
+        self._speeds.append(weighted_mean_speed(speed, shown))
         moving = confidence > self.moving_threshold
         self._moving.append(float(np.mean(moving)))
         if moving.any():
@@ -286,6 +306,8 @@ class MotionSummary:
     @property
     def main_directions_(self) -> list[dict]:
         marginal = self._joint.sum(axis=1)
+        if marginal.sum() < self.min_moving:
+            return []
         sigma = self.peak_sigma_deg / (360.0 / self.peak_bins)
         centres = direction_bin_centres(self.peak_bins)
         speed_centres = np.sqrt(self.SPEED_EDGES[:-1] * self.SPEED_EDGES[1:])

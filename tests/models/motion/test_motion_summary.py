@@ -172,3 +172,33 @@ def test_weighted_median_matches_repeated_values(rng):
     expect = np.sort(np.repeat(values, counts))[(counts.sum() - 1) // 2]
     assert weighted_median(values, counts) == pytest.approx(expect)
     assert np.isnan(weighted_median(values, np.zeros(15)))
+
+
+def test_cells_count_as_the_engine_shows_them_and_a_few_confident_cells_are_no_main_direction():
+    """Faint cells (below 0.2, the engine's MOVING_FROM) count nowhere: a still video's faint
+    cells made its direction histogram and speed over time. A few cells confident on a frame or two
+    (a still video's start) are no main direction: it reported 100 degrees, 67 %."""
+    from v1motion.models.motion.engine import MOVING_FROM
+
+    assert MotionSummary().moving_from == MOVING_FROM
+    shape = (30, 40)
+    s = MotionSummary()
+    for t in range(60):
+        direction = np.full(shape, np.radians(45.0))
+        speed = np.full(shape, 3.0)
+        conf = np.full(shape, 0.15)  # faint everywhere
+        if t < 2:
+            direction[:3, 0], speed[:3, 0], conf[:3, 0] = np.radians(100.0), 5.0, 0.9
+        s.update(direction, speed, conf)
+    assert s.main_directions_ == []  # 5.4 cell-frames of confident motion in 60 frames
+    assert np.all(s.speed_over_time_[2:] == 0.0)
+    assert s.speed_over_time_[0] == pytest.approx(5.0)
+    assert int(np.argmax(s.direction_hist_)) == 4  # 100 degrees in 16 bins: only the shown cells
+    # the same cells confident for longer are a main direction
+    for _ in range(3):
+        direction = np.full(shape, np.radians(45.0))
+        conf = np.zeros(shape)
+        direction[:3, 0], conf[:3, 0] = np.radians(100.0), 0.9
+        s.update(direction, np.full(shape, 5.0), conf)
+    [main] = s.main_directions_
+    assert main["direction_deg"] == pytest.approx(100, abs=3)
