@@ -814,6 +814,8 @@ class LinearRecurrentLM:
             else None
         )
         ckpt = Path(checkpoint) if checkpoint is not None else None
+        if ckpt is not None:  # its folder made now: not found missing at the first save
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
         B, T, H = self.batch_size, self.bptt, self.n_hidden
         if ckpt is not None and ckpt.exists():
             state = self._load_checkpoint(ckpt)

@@ -357,7 +357,7 @@ def test_checkpoint_resume_continues_training(rng, tmp_path):
     V = 10
     seq = rng.integers(0, V, 3000)
     kw = dict(n_hidden=4, n_samples=5, batch_size=4, bptt=5, seed=3)
-    ckpt = tmp_path / "ckpt.npz"
+    ckpt = tmp_path / "runs" / "lm" / "ckpt.npz"  # a folder not made yet, as the card's command
     LinearRecurrentLM(n_epochs=1, **kw).fit(seq, _vocab(V), valid=seq[:200], checkpoint=ckpt)
     resumed = LinearRecurrentLM(n_epochs=2, **kw).fit(
         seq, _vocab(V), valid=seq[:200], checkpoint=ckpt
