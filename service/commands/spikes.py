@@ -151,7 +151,19 @@ def _load_counts(args):
 
     if args.recording:
         return load_retina(args.recording, args.bin_ms)
-    with np.load(args.counts) as z:
+    with open(args.counts, "rb") as fh:
+        magic = fh.read(6)
+    if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
+        raise ValueError(
+            f"{args.counts} is not a .npz (with an array 'counts') or a .npy of counts"
+        )
+    try:
+        loaded = np.load(args.counts)  # never pickles (allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{args.counts} cannot be read as .npz or .npy: {exc}") from None
+    if isinstance(loaded, np.ndarray):  # a .npy: the counts themselves
+        return as_counts(loaded)
+    with loaded as z:
         if "counts" not in z:
             raise ValueError(f"{args.counts} has no array 'counts' (has: {list(z.keys())})")
         return as_counts(z["counts"])
@@ -168,6 +180,28 @@ def _parse_options(items):
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _check_option_types(kind: str, options: dict) -> None:
+    """A number option given something else (``n_lags=abc``) is named here, not by a ``TypeError``
+    deep in the fit."""
+    import inspect
+
+    from v1motion.models.spikes.registry import KIND_DEFAULTS, MODEL_KINDS, model_options
+
+    cls, _ = MODEL_KINDS.get(kind, (None, None))
+    if cls is None:
+        return  # make_model names the kind
+    params = inspect.signature(cls.__init__).parameters
+    defaults = {k: params[k].default for k in model_options(kind)} | KIND_DEFAULTS.get(kind, {})
+    for key, value in options.items():
+        default = defaults.get(key)
+        if isinstance(default, bool) or not isinstance(default, int | float):
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (isinstance(default, int) and value != int(value)):
+            want = "a whole number" if isinstance(default, int) else "a number"
+            raise ValueError(f"--option {key}={value!r}: expected {want} (default {default!r})")
 
 
 def physical_memory_bytes() -> int:
@@ -195,6 +229,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
     y = _load_counts(args)
     options = _parse_options(args.option)
+    _check_option_types(args.kind, options)
     _check_fits_in_memory(args.kind, y, options)
     model, baseline, report = fit_and_score(y, args.kind, options, args.test_fraction, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ import json
 import pickle
 
 import numpy as np
+import pytest
 
 from v1motion.service.cli import main
 
@@ -61,6 +62,40 @@ def test_unknown_kind_is_refused_with_the_valid_kinds(tmp_path, capsys):
     args = ["--counts", str(tmp_path / "c.npz"), "--kind", "hmm", "--out", str(tmp_path / "m")]
     assert main(["spikes", "fit", *args]) == 2
     assert "valid kinds" in capsys.readouterr().err
+
+
+def test_counts_from_a_npy_file_fit_as_from_a_npz(tmp_path, capsys):
+    counts = np.random.default_rng(1).poisson(0.4, (4, 150, 3))
+    np.save(tmp_path / "c.npy", counts)
+    out = tmp_path / "m.pkl"
+    args = ["--counts", str(tmp_path / "c.npy"), "--kind", "glm", "--option", "n_lags=3"]
+    assert main(["spikes", "fit", *args, "--out", str(out)]) == 0  # was a TypeError
+    assert np.isfinite(json.loads(capsys.readouterr().out)["bits_per_spike"])
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("n_lags=abc", "--option n_lags='abc': expected a whole number"),
+        ('n_lags="5"', "--option n_lags='5': expected a whole number"),
+        ("n_lags=2.5", "--option n_lags=2.5: expected a whole number"),
+        ("l2=big", "--option l2='big': expected a number"),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_named(tmp_path, capsys, option, message):
+    np.savez(tmp_path / "c.npz", counts=np.random.default_rng(0).poisson(0.4, (4, 150, 3)))
+    args = ["--counts", str(tmp_path / "c.npz"), "--kind", "glm", "--option", option]
+    assert main(["spikes", "fit", *args, "--out", str(tmp_path / "m")]) == 2  # was a TypeError
+    assert message in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_counts_is_named(tmp_path, capsys):
+    (tmp_path / "mk.py").write_text("print('hello')\n")
+    args = ["--counts", str(tmp_path / "mk.py"), "--kind", "glm", "--out", str(tmp_path / "m")]
+    assert main(["spikes", "fit", *args]) == 2
+    assert "mk.py is not a .npz (with an array 'counts') or a .npy of counts" in (
+        capsys.readouterr().err
+    )
 
 
 def test_the_kinds_offered_by_the_cli_are_the_models_kinds():
