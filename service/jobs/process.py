@@ -375,6 +375,7 @@ def process_video(
             processing_seconds=round(elapsed, 3),
             processed_frames_per_second=round(n / elapsed, 2),
             stage_seconds={k: round(v, 3) for k, v in timing.items()},
+            overlay=bool(overlay),
             units=UNITS,
         )
         (work / "result.json").write_text(json.dumps(result, indent=1))

@@ -48,7 +48,9 @@ class JobPublic(BaseModel):
         fraction = min(1.0, rec.frames_done / total) if total else None
         links = {"self": f"{base}/{rec.id}"}
         if rec.status == "succeeded":
-            links.update({name: f"{base}/{rec.id}/{name}" for name in RESULT_NAMES})
+            drawn = (rec.result or {}).get("overlay", True)  # a server that draws no overlays
+            names = [n for n in RESULT_NAMES if drawn or n != "overlay.mp4"]
+            links.update({name: f"{base}/{rec.id}/{name}" for name in names})
         return cls(
             id=rec.id,
             status=rec.status,

@@ -57,6 +57,9 @@ def test_upload_process_fetch_delete(client, tmp_path):
     assert done["progress"] == {"frames_done": 12, "frames_total": 12, "fraction": 1.0}
     assert done["result"]["frames"] == 12 and done["result"]["codec"] == "mjpg"
     assert done["result"]["cell_px"] == 16
+    assert done["result"]["overlay"] is True
+    results = {"motion.json", "motion.npz", "overlay.mp4", "summary.png"}
+    assert results <= set(done["links"])
 
     base = f"/v1/videos/{job['id']}"
     motion = client.get(f"{base}/motion.json")
@@ -252,6 +255,8 @@ def test_overlay_can_be_switched_off(tmp_path):
     with TestClient(create_app(settings)) as c:
         job = wait_done(c, upload(c, vs.avi(tmp_path, n=4)).json()["id"])
         assert job["status"] == "succeeded", job["error"]
+        assert job["result"]["overlay"] is False
+        assert "overlay.mp4" not in job["links"] and "summary.png" in job["links"]  # no dead link
         r = c.get(f"/v1/videos/{job['id']}/overlay.mp4")
         assert r.status_code == 404 and "draws no overlays" in r.json()["detail"]
         assert c.get(f"/v1/videos/{job['id']}/summary.png").status_code == 200
