@@ -31,6 +31,20 @@ def _takes_bool(annotation: Any) -> bool:
     return False
 
 
+def _expected(annotation: Any) -> str:
+    """What a field of this type takes, for people: 'a string' for ``{"text": true}``."""
+    names = {str: "a string", int: "an integer", float: "a number"}
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        kinds = [_expected(a) for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(dict.fromkeys(kinds)) or "a number"
+    if origin in (list, tuple):
+        return "a list of numbers"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    return names.get(annotation, "a number")
+
+
 def _has_bool(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return any(isinstance(v, bool) for v in value)
@@ -46,6 +60,7 @@ class RequestBody(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if _has_bool(value) and not _takes_bool(cls.model_fields[info.field_name].annotation):
-            raise ValueError("expected a number, not true or false")
+        annotation = cls.model_fields[info.field_name].annotation
+        if _has_bool(value) and not _takes_bool(annotation):
+            raise ValueError(f"expected {_expected(annotation)}, not true or false")
         return value

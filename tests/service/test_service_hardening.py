@@ -538,6 +538,22 @@ def test_true_or_false_for_a_number_is_a_422_naming_it(client, path, body, loc):
     assert "not true or false" in error["msg"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "expected"),
+    [
+        ("/v1/language/score", {"text": True}, "expected a string, not true or false"),
+        ("/v1/language/next", {"context": "the", "k": True}, "expected an integer, not true"),
+        ("/v1/spikes/models", {"counts": [[1, 0]], "kind": True}, "expected a string, not true"),
+        ("/v1/spikes/models", {"counts": [[1, 0]], "test_fraction": False}, "expected a number"),
+    ],
+)
+def test_true_or_false_is_refused_naming_what_the_field_takes(client, path, body, expected):
+    """{"text": true} was told 'expected a number'; a string field says it wants a string."""
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert any(expected in e["msg"] for e in r.json()["detail"]), r.json()["detail"]
+
+
 def test_every_json_request_body_refuses_unknown_fields(client):
     """Any route taking JSON, present or future, declares its body closed (``RequestBody``)."""
     bodies = json_request_bodies(client.get("/openapi.json").json())
