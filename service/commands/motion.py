@@ -35,31 +35,46 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--max-frames",
-        type=int,
+        type=_positive(int),
         default=None,
         help=f"stop after this many frames (default: {limits.max_frames}, as the service)",
     )
     p.add_argument(
         "--max-seconds",
-        type=float,
+        type=_positive(float),
         default=None,
         help=f"stop after this many seconds of video (default: {limits.max_seconds:g}, as the service)",
     )
     p.add_argument(
         "--max-side",
-        type=int,
+        type=_positive(int),
         default=None,
         help=f"shrink frames to this longer side first (default: {limits.max_side}, as the service)",
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=_positive(int),
         default=None,
         help="threads of the engine: with 2, each frame is read while the following are encoded (default: "
         "2, or 1 on one core; the results are the same)",
     )
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
     p.set_defaults(func=run)
+
+
+def _positive(kind):
+    """An argparse type: a number above 0 (a cap of 0 frames read as 'no frame could be decoded')."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        return value
+
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
     from v1motion.service.jobs.process import process_video
 
     out = args.output
-    if out.exists() and (
-        not out.is_dir() or set(p.name for p in out.iterdir()) - set(RESULT_FILES)
-    ):
+    if out.exists() and not out.is_dir():
+        print(f"error: {out} is a file, not a folder; choose a new folder", file=sys.stderr)
+        return 2
+    if out.exists() and set(p.name for p in out.iterdir()) - set(RESULT_FILES):
         print(f"error: {out} exists and holds other files; choose a new folder", file=sys.stderr)
         return 2
     import numba
@@ -167,4 +183,5 @@ def describe(result: dict) -> str:
         if not name.startswith("write_")
     )
     lines.append(f"frames/s of each stage on its own (they overlap): {stages}")
+    lines.extend(f"warning: {w}" for w in result.get("warnings", []))
     return "\n".join(lines)

@@ -155,9 +155,15 @@ def check_probe(width: int, height: int, fps: float, codec: str, limits: Limits)
             f"frame size {width}x{height} is too narrow: shrunk to {out_w}x{out_h} (the longer side "
             f"to {limits.max_side} px), its shorter side is under {limits.min_side} px"
         )
-    if width > limits.max_width or height > limits.max_height:
+    # either way round: a portrait video of the landscape limit's size is as much work
+    long_max, short_max = (
+        max(limits.max_width, limits.max_height),
+        min(limits.max_width, limits.max_height),
+    )
+    if max(width, height) > long_max or min(width, height) > short_max:
         raise VideoRejected(
-            f"frame size {width}x{height} exceeds the limit of {limits.max_width}x{limits.max_height}"
+            f"frame size {width}x{height} exceeds the limit of {limits.max_width}x{limits.max_height} "
+            "(or its portrait equivalent)"
         )
     if not np.isfinite(fps) or fps < limits.min_fps or fps > limits.max_fps:
         raise VideoRejected(

@@ -204,6 +204,18 @@ def _frames_timed(frames, timing: dict):
         yield frame
 
 
+def _decode_warnings(frames: int, declared: int, stopped_at_cap: bool) -> list[str]:
+    """What a user should know about the decoding: a file that ended well before the frames its
+    container declares is likely damaged or cut (its results cover only the frames read)."""
+    short = declared - frames
+    if stopped_at_cap or declared <= 0 or short <= max(2, 0.02 * declared):
+        return []
+    return [
+        f"decoding ended after {frames} of the {declared} frames the file declares: it may be "
+        "damaged or cut short, and the results cover only the frames read"
+    ]
+
+
 def process_video(
     input_path: Path,
     out_dir: Path,
@@ -315,6 +327,11 @@ def process_video(
             stopped_at_cap = dec.stopped_at_cap
         if n == 0:
             raise VideoRejected("no frame could be decoded: the file is truncated or damaged")
+        if n == 1:
+            raise VideoRejected(
+                "the video has one frame: motion is read between frames, so it needs at least two"
+            )
+        warnings = _decode_warnings(n, info.declared_frames, stopped_at_cap)
         if progress_cb is not None:
             progress_cb(n, n)
         t_write = time.perf_counter()
@@ -350,6 +367,7 @@ def process_video(
             "frames": n,
             "declared_frames": info.declared_frames,
             "stopped_at_cap": stopped_at_cap,
+            "warnings": warnings,
         }
         np.savez_compressed(work / "motion.npz", **arrays)
         timing["write_npz"] = time.perf_counter() - t_write
@@ -380,7 +398,9 @@ def process_video(
         )
         (work / "result.json").write_text(json.dumps(result, indent=1))
         folder.publish()
-        log.info("processed %s: %d frames in %.1f s", input_path.name, n, elapsed)
+        # a job's upload is always input.bin: its folder (the job id) names it
+        name = input_path.parent.name if input_path.name == "input.bin" else input_path.name
+        log.info("processed %s: %d frames in %.1f s", name, n, elapsed)
         return result
     except BaseException:
         for stage in (keeper, writer):

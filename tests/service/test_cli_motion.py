@@ -44,6 +44,23 @@ def test_motion_command_refuses_hostile_input_and_busy_folders(tmp_path, capsys,
     assert main(["motion", str(src), "-o", str(busy), "--engine", "random"]) == 2
     assert "holds other files" in capsys.readouterr().err
     assert (busy / "thesis.tex").read_text() == "precious"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("precious")
+    assert main(["motion", str(src), "-o", str(a_file), "--engine", "random"]) == 2
+    assert "notes.txt is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--max-frames", "0"), ("--max-seconds", "-1"), ("--max-side", "0")]
+)
+def test_a_cap_that_is_not_positive_is_refused_as_such(tmp_path, capsys, flag, value):
+    """--max-frames 0 read 'no frame could be decoded: the file is truncated or damaged'."""
+    src = tmp_path / "clip.avi"
+    src.write_bytes(vs.avi(tmp_path, n=4))
+    with pytest.raises(SystemExit) as stop:
+        main(["motion", str(src), "-o", str(tmp_path / "out"), flag, value])
+    assert stop.value.code == 2
+    assert f"argument {flag}: must be more than 0, got {value}" in capsys.readouterr().err
 
 
 def test_motion_command_says_why_it_cannot_write_the_results(tmp_path, capsys, monkeypatch):

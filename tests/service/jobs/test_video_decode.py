@@ -187,3 +187,19 @@ def test_deadline_kills_a_stalled_decoder(tmp_path):
             for _ in frames:
                 pass
     assert dec._proc.poll() is not None
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "refused"),
+    [(3840, 2160, False), (2160, 3840, False), (3841, 2000, True), (2000, 3841, True),
+     (2200, 2200, True)],
+)  # fmt: skip
+def test_the_size_limit_holds_either_way_round(width, height, refused):
+    """A portrait 4K video (2160x3840) was refused as beyond 3840x2160: it is the same work."""
+    from v1motion.service.jobs.decode import check_probe
+
+    if refused:
+        with pytest.raises(VideoRejected, match="exceeds the limit of 3840x2160"):
+            check_probe(width, height, 30.0, "avc1", Limits())
+    else:
+        check_probe(width, height, 30.0, "avc1", Limits())

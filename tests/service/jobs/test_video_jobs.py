@@ -198,6 +198,27 @@ def test_process_video_leaves_nothing_when_refused(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
+def test_a_video_of_one_frame_fails_saying_motion_needs_two(tmp_path):
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=1))
+    with pytest.raises(DecodeError, match="one frame: motion is read between frames"):
+        process_video(src, tmp_path / "out", fake_engine, Limits())
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_ends_before_its_declared_frames_is_warned_about(tmp_path):
+    """A damaged or cut file 'succeeded' on the frames it had, without a word (25 of 90 frames)."""
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.lying_frame_count_avi(tmp_path, n=12))
+    result = process_video(src, tmp_path / "out", fake_engine, Limits())
+    assert result["frames"] == 12
+    [warning] = result["warnings"]
+    assert "ended after 12 of the 10000000 frames the file declares" in warning
+    whole = tmp_path / "whole.bin"
+    whole.write_bytes(vs.avi(tmp_path, n=12))
+    assert process_video(whole, tmp_path / "out2", fake_engine, Limits())["warnings"] == []
+
+
 # ------------------------------------------------------------------------------------- store
 
 
