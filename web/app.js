@@ -17,7 +17,17 @@ const MOVING_FROM = [0.2, 0.4];
 const DIRECTION_BINS = 16;
 const CHIP_REORDER_MS = 1000; // the most-active chips change order at most this often
 const ACTIVITY_TAU_MS = 1000; // unit activity is averaged over about this long before ranking
-const CAMERA_SIZE = { width: 320, height: 240 };
+const CAMERA_SIDE = 320; // the longer side of the frames the camera sends, in px
+
+// The size the camera's frames are sent at: its own aspect ratio, the longer side CAMERA_SIDE (a
+// 16:9 camera squeezed into 320x240 read a 45-degree motion as 39.5 degrees).
+export function cameraSize(videoWidth, videoHeight) {
+  if (!(videoWidth > 0 && videoHeight > 0)) return { width: CAMERA_SIDE, height: 240 };
+  const even = (v) => Math.max(64, 2 * Math.round(v / 2));
+  return videoWidth >= videoHeight
+    ? { width: CAMERA_SIDE, height: even((CAMERA_SIDE * videoHeight) / videoWidth) }
+    : { width: even((CAMERA_SIDE * videoWidth) / videoHeight), height: CAMERA_SIDE };
+}
 const $ = (id) => document.getElementById(id);
 
 // ---- addresses: everything relative to the page, so the app works under a path prefix ------------
@@ -746,14 +756,15 @@ async function startCamera() {
   const video = $("cam-video");
   video.srcObject = media;
   await video.play();
+  const size = cameraSize(video.videoWidth, video.videoHeight);
   const canvases = [0, 1].map(() => {
     const c = document.createElement("canvas");
-    c.width = CAMERA_SIZE.width;
-    c.height = CAMERA_SIZE.height;
+    c.width = size.width;
+    c.height = size.height;
     return c;
   });
   state.camera = {
-    media, canvases, turn: 0, sentCanvas: null, inFlight: false, sentAt: null, ready: false,
+    media, canvases, size, turn: 0, sentCanvas: null, inFlight: false, sentAt: null, ready: false,
     presented: null, sentPresented: null, waiting: false,
   };
   if (video.requestVideoFrameCallback) {
@@ -771,9 +782,9 @@ async function startCamera() {
   state.mode = "camera";
   $("camera-btn").classList.add("active");
   $("camera-label").textContent = "Stop camera";
-  // Speeds are in px of the frames the server analyses (the camera scaled to CAMERA_SIZE) per camera frame.
+  // Speeds are in px of the frames the server analyses (the camera scaled to `size`) per camera frame.
   $("source-desc").textContent =
-    `your camera scaled to ${CAMERA_SIZE.width}x${CAMERA_SIZE.height}, analysed on the server (speeds in its px/frame)`;
+    `your camera scaled to ${size.width}x${size.height}, analysed on the server (speeds in its px/frame)`;
   banner(null);
   openCameraSocket(state.camera);
 }
@@ -786,7 +797,7 @@ function openCameraSocket(cam, attempt = 0) {
   cam.inFlight = false;
   setConn("connecting camera", "idle");
   ws.onopen = () => {
-    ws.send(JSON.stringify({ type: "hello", ...CAMERA_SIZE, flow: state.flow }));
+    ws.send(JSON.stringify({ type: "hello", ...cam.size, flow: state.flow }));
     attempt = 0;
     if (state.lostBanner) { banner(null); state.lostBanner = false; }
   };
@@ -1029,8 +1040,9 @@ async function start() {
   chipBox.addEventListener("pointerleave", () => holdChips(keyboardOnChip()));
   chipBox.addEventListener("focusin", () => holdChips(chipBox.matches(":hover") || keyboardOnChip()));
   chipBox.addEventListener("focusout", (e) => {
-    const stays = chipBox.contains(e.relatedTarget) && e.relatedTarget.matches(":focus-visible");
-    holdChips(chipBox.matches(":hover") || stays);
+    // Focus moving to another chip has not arrived yet (it is not :focus-visible until then): a
+    // keyboard user tabbing along the chips keeps them held. After a click the pointer holds them.
+    holdChips(chipBox.matches(":hover") || chipBox.contains(e.relatedTarget));
   });
   $("unit-prev").addEventListener("click", () => stepUnit(-1));
   $("unit-next").addEventListener("click", () => stepUnit(1));
@@ -1110,5 +1122,5 @@ async function start2() {
 start();
 window.v1motion = {
   state, wsUrl, apiUrl, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty,
-  cellHistograms, movingWeight, speedBinPosition, drawMap, fmtDeg,
+  cellHistograms, movingWeight, speedBinPosition, drawMap, fmtDeg, cameraSize,
 };

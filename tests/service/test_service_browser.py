@@ -290,6 +290,32 @@ def test_most_active_units_hold_still_under_the_pointer_and_can_be_clicked(brows
         assert errors == []
 
 
+def test_most_active_units_hold_still_while_a_keyboard_user_tabs_along_them(browser):
+    """Tabbing from chip to chip, focus fell back to the page every few presses: the chips were
+    released between leaving one and reaching the next, and reordered under the keyboard."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_for(page, "document.querySelectorAll('#top-units .chip').length >= 6")
+        page.mouse.move(5, 5)
+        page.keyboard.press("Tab")  # keyboard focus from here on
+        page.focus("#top-units .chip")
+        order = page.evaluate(
+            "[...document.querySelectorAll('#top-units .chip')].map(c => c.dataset.unit).join()"
+        )
+        for _ in range(5):
+            page.wait_for_timeout(700)  # several reorder periods in all, while results arrive
+            page.keyboard.press("Tab")
+            on = page.evaluate("document.activeElement.classList.contains('chip')")
+            assert on, "focus left the chips"
+            assert "frozen" in page.get_attribute("#top-units", "class")
+        now = page.evaluate(
+            "[...document.querySelectorAll('#top-units .chip')].map(c => c.dataset.unit).join()"
+        )
+        assert now == order
+        assert errors == []
+
+
 def test_phone_width_shows_the_dominant_motion_then_the_map_first(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
@@ -564,12 +590,20 @@ def test_a_double_click_on_the_camera_button_opens_one_camera_that_stop_turns_of
         assert errors == []
 
 
-def test_directions_read_in_whole_degrees_from_0_to_359(browser):
+def test_directions_read_in_whole_degrees_and_camera_frames_keep_their_aspect(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/")
         got = page.evaluate("[359.6, 0.4, -0.4, 360, 725.2, 180.5].map(window.v1motion.fmtDeg)")
         assert got == [0, 0, 0, 0, 5, 181]
+        # the camera's frames keep its aspect ratio (a 16:9 camera was squeezed into 320x240)
+        sizes = page.evaluate(
+            "[[640, 480], [1280, 720], [480, 640], [1920, 200], [0, 0]]"
+            ".map(([w, h]) => window.v1motion.cameraSize(w, h))"
+        )
+        assert [(s["width"], s["height"]) for s in sizes] == [
+            (320, 240), (320, 180), (240, 320), (320, 64), (320, 240)
+        ]  # fmt: skip
         assert errors == []
 
 
