@@ -21,7 +21,7 @@ from v1motion.models.motion.contract import Engine
 from v1motion.models.motion.motion_summary import MotionSummary
 from v1motion.service import protocol
 from v1motion.service.jobs.decode import SandboxedDecoder, VideoRejected
-from v1motion.service.jobs.layout import ResultsFolder
+from v1motion.service.jobs.layout import INPUT_NAME, ResultsFolder
 from v1motion.service.jobs.limits import Limits
 from v1motion.service.jobs.sniff import UnsupportedContainer, sniff_file
 
@@ -398,8 +398,8 @@ def process_video(
         )
         (work / "result.json").write_text(json.dumps(result, indent=1))
         folder.publish()
-        # a job's upload is always input.bin: its folder (the job id) names it
-        name = input_path.parent.name if input_path.name == "input.bin" else input_path.name
+        # a job's upload has one name (INPUT_NAME): its folder, the job id, names it
+        name = input_path.parent.name if input_path.name == INPUT_NAME else input_path.name
         log.info("processed %s: %d frames in %.1f s", name, n, elapsed)
         return result
     except BaseException:
