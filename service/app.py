@@ -138,6 +138,7 @@ def create_app(
                 settings.spikes_max_pending,
                 settings.blas_threads,
                 settings.batch_niceness,
+                log=(settings.log_level, settings.log_format),
             ),
         )
         return state, blas

@@ -68,3 +68,12 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+def configure_worker_logging(level: str = "info", fmt: str = "text") -> None:
+    """A worker process's logging, as the server's (``configure_logging``): its records and Python
+    warnings in the server's format and level. Left alone, a spike worker's warnings reached the
+    server's log as bare lines (no time, level or logger: lines a JSON log reader cannot parse), its
+    INFO records nowhere, and the video workers logged text under ``--log-format json``."""
+    configure_logging(level, fmt)
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger, formatted

@@ -73,11 +73,16 @@ class SpikeWorker:
     """
 
     def __init__(
-        self, workers: int, max_pending: int, blas_threads: int | None = None, niceness: int = 0
+        self,
+        workers: int,
+        max_pending: int,
+        blas_threads: int | None = None,
+        niceness: int = 0,
+        log: tuple[str, str] = ("info", "text"),
     ):
         self.max_pending = max_pending
-        self._work = _Processes(workers, blas_threads, niceness)
-        self._reader = _Processes(1, blas_threads, niceness)
+        self._work = _Processes(workers, blas_threads, niceness, log)
+        self._reader = _Processes(1, blas_threads, niceness, log)
         self._pending = 0  # calls running or waiting, in both pools: at most max_pending (429)
         self._lock = threading.Lock()
 
@@ -111,10 +116,17 @@ class SpikeWorker:
 class _Processes:
     """A lazily spawned process pool that is replaced when one of its processes dies (503)."""
 
-    def __init__(self, workers: int, blas_threads: int | None, niceness: int):
+    def __init__(
+        self,
+        workers: int,
+        blas_threads: int | None,
+        niceness: int,
+        log: tuple[str, str] = ("info", "text"),
+    ):
         self.workers = workers
         self.blas_threads = blas_threads
         self.niceness = niceness
+        self.log = log  # the server's (level, format)
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
@@ -129,7 +141,7 @@ class _Processes:
                     self.workers,
                     mp_context=mp.get_context("spawn"),
                     initializer=_init_process,
-                    initargs=(self.blas_threads, self.niceness),
+                    initargs=(self.blas_threads, self.niceness, self.log),
                 )
             return self._pool
 
@@ -220,16 +232,20 @@ class _NotATerminal:
         return getattr(self._stream, name)
 
 
-def _init_process(blas_threads: int | None, niceness: int) -> None:
+def _init_process(
+    blas_threads: int | None, niceness: int, log: tuple[str, str] = ("info", "text")
+) -> None:
     """A worker process: batch work, below the live engines' priority, with the server's BLAS limit;
     gone with the server (a hard kill included), and left to it on Ctrl-C (which signals the whole
     process group): the server stops its workers itself."""
     from v1motion.service.jobs.decode import die_with_parent, lower_priority
+    from v1motion.service.logs import configure_worker_logging
 
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lower_priority(niceness)
     sys.stderr = _NotATerminal(sys.stderr)
+    configure_worker_logging(*log)
     # tqdm's default write lock holds a multiprocessing lock, whose named semaphore a process
     # stopped by close() never unlinks: the server's exit then ended with Python's "leaked semaphore
     # objects" warning after any spike request. This process draws no bar others share a line with.

@@ -92,16 +92,25 @@ class VideoJobs:
             factory,
             settings.video_workers,
             niceness=settings.batch_niceness,
+            log=(settings.log_level, settings.log_format),
             **kw,
         )
 
     @classmethod
     def local(
-        cls, data_dir, limits, engine_factory, workers=1, lazy=True, niceness=0, **kw
+        cls,
+        data_dir,
+        limits,
+        engine_factory,
+        workers=1,
+        lazy=True,
+        niceness=0,
+        log=("info", "text"),
+        **kw,
     ) -> VideoJobs:
         def runner(s, d, lim):
             return LocalWorkerPool(
-                s, d, lim, engine_factory, slots=workers, lazy=lazy, niceness=niceness
+                s, d, lim, engine_factory, slots=workers, lazy=lazy, niceness=niceness, log=log
             )
 
         return cls(data_dir, limits, runner, **kw)

@@ -171,7 +171,11 @@ class Runner:
 
 
 def worker_main(
-    conn, engine_factory: Callable[[], object], limits: Limits, niceness: int = 0
+    conn,
+    engine_factory: Callable[[], object],
+    limits: Limits,
+    niceness: int = 0,
+    log: tuple[str, str] = ("info", "text"),
 ) -> None:
     """Body of a worker process: build the engine once, then run jobs sent over ``conn``."""
     from v1motion.service.jobs.decode import (
@@ -182,13 +186,12 @@ def worker_main(
     )
     from v1motion.service.jobs.engines import pin_threads, settle_job_process
     from v1motion.service.jobs.process import process_video
+    from v1motion.service.logs import configure_worker_logging
 
     leave_signals_to_parent()  # a SIGTERM to the process group is for the service, which stops us
     die_with_parent()
     lower_priority(niceness)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_worker_logging(*log)  # the server's level and format (JSON lines included)
     try:
         pin_threads(1)
         engine = engine_factory()
@@ -245,8 +248,10 @@ class LocalWorkerPool(Runner):
         ready_timeout=600.0,
         lazy=True,
         niceness=0,
+        log=("info", "text"),
     ):
         super().__init__(store, jobs_dir, limits, slots)
+        self.log = log  # the server's (level, format), for the workers' logging
         self.engine_factory = engine_factory
         self.niceness = niceness  # added to the workers' (Unix) niceness: live streams come first
         self.lazy = lazy  # workers start with the first queued job, not with the service
@@ -267,7 +272,7 @@ class LocalWorkerPool(Runner):
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=worker_main,
-            args=(child, self.engine_factory, self.limits, self.niceness),
+            args=(child, self.engine_factory, self.limits, self.niceness, self.log),
             name=f"v1motion-video-worker-{slot}",
             daemon=True,
         )

@@ -1,0 +1,47 @@
+"""The worker processes (spike fits, video jobs) log as the server does: its format and level, Python
+warnings included. A spike worker's warnings reached the log as bare lines a JSON log reader cannot
+parse, and the video workers logged text under ``--log-format json``."""
+
+import json
+import time
+
+import numpy as np
+import video_samples as vs
+from fastapi.testclient import TestClient
+
+from v1motion.service.app import create_app
+from v1motion.service.settings import Settings
+
+
+def _json_lines(err: str, needle: str) -> list[dict]:
+    lines = [line for line in err.splitlines() if needle in line]
+    assert lines, f"no line with {needle!r} in:\n{err}"
+    return [json.loads(line) for line in lines]  # each one a JSON object, or this fails
+
+
+def test_a_spike_workers_warning_is_a_json_line_under_the_json_log_format(capfd):
+    counts = np.random.default_rng(0).poisson(0.3, (4, 120, 3)).astype(float)
+    body = {"counts": counts.tolist(), "kind": "lds", "options": {"n_iter": 2}}
+    with TestClient(create_app(Settings(log_format="json"))) as c:
+        r = c.post("/v1/spikes/models", json=body)
+        assert r.status_code == 201, r.text
+    (record,) = _json_lines(capfd.readouterr().err, "iteration cap")
+    assert record["level"] == "warning" and record["logger"] == "v1motion.models.spikes.lds"
+
+
+def test_a_video_workers_log_is_json_lines_under_the_json_log_format(tmp_path, capfd):
+    settings = Settings(data_dir=tmp_path / "data", video_engine="random", log_format="json")
+    with TestClient(create_app(settings)) as c:
+        r = c.post(
+            "/v1/videos", files={"file": ("a.avi", vs.avi(tmp_path, n=4), "video/x-msvideo")}
+        )
+        assert r.status_code == 202, r.text
+        job = r.json()["id"]
+        for _ in range(600):
+            status = c.get(f"/v1/videos/{job}").json()["status"]
+            if status in ("succeeded", "failed"):
+                break
+            time.sleep(0.1)
+        assert status == "succeeded"
+    (record,) = _json_lines(capfd.readouterr().err, f"processed {job}")
+    assert record["level"] == "info"
