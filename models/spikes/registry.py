@@ -147,6 +147,10 @@ def fit_summary(model) -> dict:
     }
 
 
+WORSE_BY = 1e-3
+"""bits/spike: a fit is said to predict worse than constant rates from this far below them."""
+
+
 def fit_warnings(bits: float, n_params: int, n_train_counts: int) -> list[str]:
     """What a user should know before trusting a fit: a model with more parameters than training
     counts, or one that predicts held-out spikes worse than each neuron's constant mean rate (its
@@ -158,7 +162,7 @@ def fit_warnings(bits: float, n_params: int, n_train_counts: int) -> list[str]:
             "neurons): it can fit noise; give more trials or bins, or fewer lags, hidden units or "
             "latents, or a larger l2"
         )
-    if bits < 0:
+    if bits < -WORSE_BY:  # not a rounding error's -1e-15 for a model that is the constant rate
         out.append(
             f"held-out spikes are predicted worse than by each neuron's constant mean rate "
             f"({bits:.3g} bits/spike): the model overfits these data or does not suit them"

@@ -268,10 +268,16 @@ class SpikeModelsPublic(BaseModel):
 
 class SpikeEvaluation(BaseModel):
     id: str
-    bits_per_spike: float | None
-    log_likelihood: float
-    log_likelihood_baseline: float
-    n_spikes: float
+    bits_per_spike: float | None = Field(
+        description="(log_likelihood - log_likelihood_baseline) / n_spikes / ln 2: bits per spike "
+        "gained over the baseline; null when the counts hold no spike"
+    )
+    log_likelihood: float = Field(description="of the counts under the model, in nats")
+    log_likelihood_baseline: float = Field(
+        description="of the counts under each neuron's constant mean rate on the fit's training "
+        "trials (a homogeneous Poisson process), in nats"
+    )
+    n_spikes: float = Field(description="spikes in the counts evaluated")
 
 
 class SampleCreate(RequestBody):
@@ -290,7 +296,9 @@ class SampleCreate(RequestBody):
 
 class SamplePublic(BaseModel):
     id: str
-    counts: list[list[list[float]]]
+    counts: list[list[list[float]]] = Field(
+        description="sampled counts, (trials, bins, neurons): the layout a fit takes"
+    )
     n_spikes: float
     n_at_cap: int = Field(
         description=f"counts at the sampler's cap of {SAMPLE_MAX_COUNT} per bin: a sample that ran "
@@ -489,7 +497,8 @@ def check_work(spec: SpikeModelCreate, y: np.ndarray, max_work: int, max_fit_mb:
         raise ValueError(
             f"fit too large: {y.size} counts entries x {factor} (history lags, hidden units or "
             f"latents; an R-GLM's hidden units plus the lags of the GLM it starts from) = {work}, "
-            f"at most {max_work} allowed; send fewer bins or a smaller model"
+            f"at most {max_work} allowed; send fewer trials or bins or a smaller model, or fit "
+            "it offline with `v1motion spikes fit`, which has no such cap"
         )
     check_memory(spec.kind, given, y, max_fit_mb, "fit")
 

@@ -1128,3 +1128,14 @@ def test_lds_fits_run_their_kalman_filter_on_one_blas_thread(kind, monkeypatch):
     with threadpool_limits(limits=2, user_api="blas"):  # more than one outside the fit
         make_model(kind, n_iter=2).fit(y)
     assert seen and set(seen) == {1}
+
+
+def test_a_fit_is_warned_of_as_worse_than_constant_rates_only_beyond_rounding():
+    """A model that is the constant rates (inputs capped at 1e-300) scored -1.5e-15 bits/spike and
+    was told it 'overfits these data'."""
+    from v1motion.models.spikes.registry import WORSE_BY, fit_warnings
+
+    assert fit_warnings(-1.5e-15, 10, 1000) == []
+    assert fit_warnings(-0.5 * WORSE_BY, 10, 1000) == []
+    [said] = fit_warnings(-0.05, 10, 1000)
+    assert "worse than by each neuron's constant mean rate (-0.05 bits/spike)" in said
