@@ -306,6 +306,12 @@ export function movingWeight(c) {
   return c * movingRamp(c);
 }
 
+// The distribution panels draw a frame's cells from one cell's worth of motion shown (movingWeight
+// summed): one faint cell, normalised to the panel's height, filled a whole petal and bar on a still
+// camera view, every other frame, while the dominant motion said "no clear motion".
+export const PANELS_FROM = 1.0;
+export function panelsShow(hists) { return hists.speed.reduce((a, b) => a + b, 0) >= PANELS_FROM; }
+
 // Histograms of the map's cells, each counted by movingWeight of its confidence: `speed[k]` sums the
 // cells whose speed rounds to SPEED_BIN_CENTRES[k] on a log2 scale, `direction[k]` those within
 // 360/16 degrees of k * 360/16. Cells below MOVING_FROM[0] (nothing shown moving) count nowhere.
@@ -507,7 +513,7 @@ function render() {
     truth.append(b, ` (${m.truth.kind})`);
   }
   const hists = cellHistograms(mo);
-  const moving = hists.speed.some((v) => v > 0);
+  const moving = panelsShow(hists);
   $("polar-empty").hidden = moving;
   $("speed-hist-empty").hidden = moving;
   drawPolar($("polar"), moving ? hists.direction : null, confident ? dir : null);
@@ -1122,5 +1128,5 @@ async function start2() {
 start();
 window.v1motion = {
   state, wsUrl, apiUrl, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty,
-  cellHistograms, movingWeight, speedBinPosition, drawMap, fmtDeg, cameraSize,
+  cellHistograms, movingWeight, speedBinPosition, drawMap, fmtDeg, cameraSize, panelsShow,
 };

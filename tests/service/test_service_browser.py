@@ -661,6 +661,10 @@ def test_distribution_panels_summarise_the_map_by_confidence(browser):
             pytest.approx([0, 0, 0.15, 0.4, 0.9])
         )
         assert page.evaluate("[0.25, 1, 32].map(v1motion.speedBinPosition)") == [0, 2, 7]
+        # one faint cell is no distribution to draw (it filled a whole petal on a still view)
+        shows = "([c]) => v1motion.panelsShow(v1motion.cellHistograms({speed_px_per_frame: [[1, 2]], direction_deg: [[0, 90]], confidence: [c]}))"  # noqa: E501
+        assert page.evaluate(shows, [[0.3, 0]]) is False
+        assert page.evaluate(shows, [[0.5, 0.6]]) is True
         assert errors == []
 
 
