@@ -204,6 +204,15 @@ def _frames_timed(frames, timing: dict):
         yield frame
 
 
+def _summary_title(n: int, info) -> str:
+    """summary.png's title; where the frames were shrunk, the size its speeds are in (a 1280x720
+    video's 4 px/frame read as '2 px/frame' under a title of 1280x720)."""
+    title = f"{n} frames, {info.width}x{info.height} at {info.fps:.3g} fps"
+    if (info.out_width, info.out_height) != (info.width, info.height):
+        title += f"; speeds in px of the {info.out_width}x{info.out_height} frames analysed"
+    return title
+
+
 def _decode_warnings(frames: int, declared: int, stopped_at_cap: bool) -> list[str]:
     """What a user should know about the decoding: a file that ended well before the frames its
     container declares is likely damaged or cut (its results cover only the frames read)."""
@@ -381,7 +390,7 @@ def process_video(
             summary.direction_hist_,
             summary.speed_over_time_,
             info.fps,
-            title=f"{n} frames, {info.width}x{info.height} at {info.fps:.3g} fps",
+            title=_summary_title(n, info),
             main_directions=main,
         )
         timing["write_png"] = time.perf_counter() - t_write

@@ -535,3 +535,17 @@ def test_job_workers_run_below_the_live_streams_priority(tmp_path):
         assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7
     finally:
         jobs.stop()
+
+
+def test_the_summary_title_says_the_size_its_speeds_are_in():
+    """A 1280x720 video's 4 px/frame read '2 px/frame' under a title of 1280x720."""
+    from types import SimpleNamespace
+
+    from v1motion.service.jobs.process import _summary_title
+
+    shrunk = SimpleNamespace(width=1280, height=720, fps=30.0, out_width=640, out_height=360)
+    assert _summary_title(90, shrunk) == (
+        "90 frames, 1280x720 at 30 fps; speeds in px of the 640x360 frames analysed"
+    )
+    kept = SimpleNamespace(width=640, height=480, fps=25.0, out_width=640, out_height=480)
+    assert _summary_title(10, kept) == "10 frames, 640x480 at 25 fps"
