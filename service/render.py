@@ -245,6 +245,7 @@ def summary_figure(
     fps: float,
     title: str = "",
     main_directions: list[dict] | None = None,
+    times: np.ndarray | None = None,
 ) -> None:
     """Write a PNG: a polar histogram of directions with the main directions marked, and the mean
     speed over time.
@@ -259,12 +260,14 @@ def summary_figure(
     speed_over_time : ndarray, shape (n_frames,)
         Pixels per frame.
     fps : float
-        For the time axis.
+        For the time axis (frame index / fps) when ``times`` is not given.
     title : str
     main_directions : list of dict, optional
         ``{"direction_deg", "share", "median_speed_px_per_frame"}`` as
         :attr:`v1motion.models.motion.motion_summary.MotionSummary.main_directions_` gives them; each is drawn as a
         spoke and listed in the legend.
+    times : ndarray, shape (n_frames,), optional
+        Each frame's time in seconds (a variable frame rate's are uneven).
     """
     import matplotlib
 
@@ -301,7 +304,7 @@ def summary_figure(
             fontsize=9,
         )  # fmt: skip
     ax2 = fig.add_subplot(1, 2, 2)
-    t = np.arange(len(speed_over_time)) / fps
+    t = np.arange(len(speed_over_time)) / fps if times is None else np.asarray(times, float)
     speed = np.asarray(speed_over_time, dtype=float)
     ax2.plot(t, speed, lw=1.2)
     if len(speed) > 20:  # a start-up transient must not flatten the rest of the curve

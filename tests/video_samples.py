@@ -127,3 +127,54 @@ def box_up_then_down_left(path: Path, n_each: int = 40, size=(320, 240), step: i
             x, y = x - step, y + step
     writer.release()
     return Path(path)
+
+
+_MP4_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"dinf"}
+
+
+def _mp4_boxes(buf: bytes) -> list:
+    out, i = [], 0
+    while i < len(buf):
+        size, kind = struct.unpack(">I4s", buf[i : i + 8])
+        body = buf[i + 8 : i + size]
+        out.append([kind, _mp4_boxes(body) if kind in _MP4_CONTAINERS else body])
+        i += size
+    return out
+
+
+def _mp4_bytes(boxes: list) -> bytes:
+    out = b""
+    for kind, body in boxes:
+        raw = _mp4_bytes(body) if isinstance(body, list) else body
+        out += struct.pack(">I4s", len(raw) + 8, kind) + raw
+    return out
+
+
+def variable_rate_mp4(tmp: Path, n: int = 12, slow_from: int = 6) -> bytes:
+    """An MP4 of ``n`` frames at 10 fps whose frames from ``slow_from`` on last three times as long
+    (its ``stts`` rewritten; OpenCV writes ``moov`` after ``mdat``, so no chunk offset moves): the
+    frame times of a phone's variable frame rate, 0.1 s apart and then 0.3 s."""
+    boxes = _mp4_boxes(mp4(tmp, n=n))
+    longer = slow_from + 3 * (n - slow_from)  # in frames of the first rate
+    # where a version-0 box keeps its duration: the movie's, the track's, its media's, its edit's
+    DURATION_AT = {b"mvhd": 16, b"tkhd": 20, b"mdhd": 16, b"elst": 8}  # noqa: N806
+    assert [b[0] for b in boxes].index(b"moov") > [b[0] for b in boxes].index(b"mdat")
+
+    def walk(level):
+        for box in level:
+            if box[0] == b"stts":
+                head, (count, delta) = box[1][:4], struct.unpack(">II", box[1][8:16])
+                entries = [(slow_from, delta), (count - slow_from, 3 * delta)]
+                box[1] = (
+                    head + struct.pack(">I", 2) + b"".join(struct.pack(">II", *e) for e in entries)
+                )
+            elif box[0] in DURATION_AT and box[1][0] == 0:  # the durations, longer as much
+                body, at = bytearray(box[1]), DURATION_AT[box[0]]
+                (duration,) = struct.unpack(">I", body[at : at + 4])
+                body[at : at + 4] = struct.pack(">I", duration * longer // n)
+                box[1] = bytes(body)
+            elif isinstance(box[1], list):
+                walk(box[1])
+
+    walk(boxes)
+    return _mp4_bytes(boxes)

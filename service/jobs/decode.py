@@ -40,7 +40,7 @@ FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,avi,matroska,webm"
 CAPTURE_OPTIONS = f"protocol_whitelist;file|format_whitelist;{FORMAT_WHITELIST}"
 
 _MSG = struct.Struct("<cI")  # tag, payload length
-_HEADER, _FRAME, _ERROR, _DONE = b"H", b"F", b"E", b"D"
+_HEADER, _FRAME, _ERROR, _DONE, _TIME = b"H", b"F", b"E", b"D", b"T"
 _EXIT_REJECTED = 3
 # What running into RLIMIT_AS looks like on the child's stderr.
 _OOM_MARKS = (
@@ -243,6 +243,8 @@ def _child_main(path: str, limits: Limits, probe_only: bool) -> int:
                 frame = cv2.resize(frame, (out_w, out_h), interpolation=cv2.INTER_AREA)
             if frame.ndim == 2:
                 frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            # the frame's own time in the container (a variable frame rate's are uneven)
+            send(_TIME, np.array([cap.get(cv2.CAP_PROP_POS_MSEC)], np.float64))
             send(_FRAME, np.ascontiguousarray(frame, dtype=np.uint8))
             n += 1
         cap.release()
@@ -278,6 +280,9 @@ class SandboxedDecoder:
     info : VideoInfo
         Set on entry.
     frames_decoded : int
+    frame_times : list of float
+        Seconds from the first frame to each frame yielded, from the container's timestamps (uneven
+        for a variable frame rate); ``index / fps`` where a timestamp is missing or does not advance.
     stopped_at_cap : bool
         True when decoding stopped at the frame/duration cap rather than the end of the file.
     """
@@ -288,7 +293,9 @@ class SandboxedDecoder:
         self.probe_only = probe_only
         self.info: VideoInfo | None = None
         self.frames_decoded = 0
+        self.frame_times: list[float] = []
         self.stopped_at_cap = False
+        self._first_ms: float | None = None
         self._proc: subprocess.Popen | None = None
         self._stderr_tail: deque[bytes] = deque(maxlen=20)
         self._deadline = 0.0
@@ -351,11 +358,18 @@ class SandboxedDecoder:
         """Yield BGR uint8 frames of shape (out_height, out_width, 3) until the end or a cap."""
         info = self.info
         nbytes = info.out_width * info.out_height * 3
+        stamp = None
         while True:
             tag, payload = self._read_message(self._deadline, "decoding", max_len=nbytes)
-            if tag == _FRAME:
+            if tag == _TIME:
+                if len(payload) != 8:
+                    raise DecodeError("the decoder sent a malformed timestamp")
+                stamp = float(np.frombuffer(payload, np.float64)[0])
+            elif tag == _FRAME:
                 if len(payload) != nbytes:
                     raise DecodeError("the decoder sent a frame of the wrong size")
+                self.frame_times.append(self._frame_time(stamp))
+                stamp = None
                 self.frames_decoded += 1
                 yield np.frombuffer(payload, np.uint8).reshape(info.out_height, info.out_width, 3)
             elif tag == _DONE:
@@ -365,6 +379,19 @@ class SandboxedDecoder:
                 raise VideoRejected(bytes(payload).decode(errors="replace"))
             else:
                 raise DecodeError("the decoder sent an unknown message")
+
+    def _frame_time(self, ms: float | None) -> float:
+        """Seconds from the first frame: the container's timestamp where it is a number that
+        advances, else the frame's index over the frame rate (after the last good time)."""
+        n, fps = len(self.frame_times), self.info.fps
+        last = self.frame_times[-1] if n else None
+        if ms is not None and np.isfinite(ms) and ms >= 0:
+            if self._first_ms is None:
+                self._first_ms = ms
+            t = (ms - self._first_ms) / 1000.0
+            if last is None or t > last:
+                return round(t, 6)
+        return round(n / fps if last is None else last + 1.0 / fps, 6)
 
     # -- plumbing
 

@@ -132,8 +132,16 @@ class _Results:
     GRIDS = ("direction_deg", "speed_px_per_frame", "confidence")
     GLOBALS = ("global_direction_deg", "global_speed_px_per_frame", "global_confidence")
 
-    def __init__(self, folder: Path, capacity: int, fps: float, summary: MotionSummary):
+    def __init__(
+        self,
+        folder: Path,
+        capacity: int,
+        fps: float,
+        summary: MotionSummary,
+        times: list[float] | None = None,
+    ):
         self.folder, self.capacity, self.fps, self.summary = folder, capacity, fps, summary
+        self.times = times  # each frame's time (the decoder's frame_times), filled ahead of add
         self.maps: dict[str, np.ndarray] = {}
         self.globals: dict[str, list[float]] = {k: [] for k in self.GLOBALS}
         self.direction_hist: list[np.ndarray] = []
@@ -150,7 +158,7 @@ class _Results:
                 self.maps[name] = np.lib.format.open_memmap(
                     self.folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape
                 )
-        frame = {"index": self.n, "time_s": round(self.n / self.fps, 4)} | mf.to_dict()
+        frame = {"index": self.n, "time_s": round(self.time_of(self.n), 4)} | mf.to_dict()
         self._frames.write(("," if self.n else "") + protocol.dumps(frame))
         self.maps["direction_deg"][self.n] = np.mod(np.degrees(mf.direction), 360.0)
         self.maps["speed_px_per_frame"][self.n] = mf.speed
@@ -162,6 +170,12 @@ class _Results:
         self.summary.update(mf.direction, mf.speed, mf.confidence)
         self.cell = mf.cell
         self.n += 1
+
+    def time_of(self, n: int) -> float:
+        """Seconds from the first frame to frame ``n``: the container's time where known."""
+        if self.times is not None and n < len(self.times):
+            return self.times[n]
+        return n / self.fps
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {name: m[: self.n] for name, m in self.maps.items()}
@@ -204,10 +218,18 @@ def _frames_timed(frames, timing: dict):
         yield frame
 
 
-def _summary_title(n: int, info) -> str:
+def _variable_rate(times: list[float], fps: float) -> bool:
+    """Whether the frames' times step unevenly: some step more than 10 % off the mean frame rate's
+    period (phones record at a variable rate; ``time_s`` then follows the frames' own times)."""
+    steps = np.diff(np.asarray(times, float))
+    return bool(steps.size) and bool(np.any(np.abs(steps * fps - 1.0) > 0.1))
+
+
+def _summary_title(n: int, info, variable: bool = False) -> str:
     """summary.png's title; where the frames were shrunk, the size its speeds are in (a 1280x720
     video's 4 px/frame read as '2 px/frame' under a title of 1280x720)."""
-    title = f"{n} frames, {info.width}x{info.height} at {info.fps:.3g} fps"
+    rate = f"a variable {info.fps:.3g} fps on average" if variable else f"{info.fps:.3g} fps"
+    title = f"{n} frames, {info.width}x{info.height} at {rate}"
     if (info.out_width, info.out_height) != (info.width, info.height):
         title += f"; speeds in px of the {info.out_width}x{info.out_height} frames analysed"
     return title
@@ -283,7 +305,7 @@ def process_video(
         with SandboxedDecoder(input_path, limits) as dec:
             info = dec.info
             total = min(info.declared_frames or info.max_frames, info.max_frames)
-            results = _Results(work, info.max_frames, info.fps, summary)
+            results = _Results(work, info.max_frames, info.fps, summary, dec.frame_times)
             keeper = _Stage("motion-results", results.add)
             if overlay:
                 size = (info.out_width, info.out_height)
@@ -341,6 +363,8 @@ def process_video(
                 "the video has one frame: motion is read between frames, so it needs at least two"
             )
         warnings = _decode_warnings(n, info.declared_frames, stopped_at_cap)
+        times = [results.time_of(k) for k in range(n)]
+        variable = _variable_rate(times, info.fps)
         if progress_cb is not None:
             progress_cb(n, n)
         t_write = time.perf_counter()
@@ -376,6 +400,7 @@ def process_video(
             "frames": n,
             "declared_frames": info.declared_frames,
             "stopped_at_cap": stopped_at_cap,
+            "variable_frame_rate": variable,
             "warnings": warnings,
         }
         np.savez_compressed(work / "motion.npz", **arrays)
@@ -390,8 +415,9 @@ def process_video(
             summary.direction_hist_,
             summary.speed_over_time_,
             info.fps,
-            title=_summary_title(n, info),
+            title=_summary_title(n, info, variable),
             main_directions=main,
+            times=times,
         )
         timing["write_png"] = time.perf_counter() - t_write
         results.remove()

@@ -203,3 +203,19 @@ def test_the_size_limit_holds_either_way_round(width, height, refused):
             check_probe(width, height, 30.0, "avc1", Limits())
     else:
         check_probe(width, height, 30.0, "avc1", Limits())
+
+
+def test_each_frame_carries_its_own_time_so_a_variable_frame_rate_is_kept(tmp_path):
+    """A phone records at a variable rate: its frames were timed as index / mean fps (frame 45 of a
+    video at 1.5 s labelled 3.0 s)."""
+    path = tmp_path / "input.bin"
+    path.write_bytes(vs.variable_rate_mp4(tmp_path, n=12, slow_from=6))
+    with SandboxedDecoder(path, Limits()) as dec:
+        assert sum(1 for _ in dec.frames()) == 12
+    want = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.9, 1.2, 1.5, 1.8, 2.1]
+    np.testing.assert_allclose(dec.frame_times, want, atol=1e-3)
+    steady = tmp_path / "steady.bin"
+    steady.write_bytes(vs.avi(tmp_path, n=5))  # 10 fps
+    with SandboxedDecoder(steady, Limits()) as dec:
+        assert sum(1 for _ in dec.frames()) == 5
+    np.testing.assert_allclose(dec.frame_times, [0.0, 0.1, 0.2, 0.3, 0.4], atol=1e-6)

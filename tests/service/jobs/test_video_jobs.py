@@ -549,3 +549,21 @@ def test_the_summary_title_says_the_size_its_speeds_are_in():
     )
     kept = SimpleNamespace(width=640, height=480, fps=25.0, out_width=640, out_height=480)
     assert _summary_title(10, kept) == "10 frames, 640x480 at 25 fps"
+    assert _summary_title(10, kept, variable=True) == (
+        "10 frames, 640x480 at a variable 25 fps on average"
+    )
+
+
+def test_a_variable_frame_rate_video_is_said_so_and_timed_by_its_frames(tmp_path):
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.variable_rate_mp4(tmp_path, n=12, slow_from=6))
+    result = process_video(src, tmp_path / "out", fake_engine, Limits())
+    assert result["variable_frame_rate"] is True
+    frames = json.loads((tmp_path / "out" / "motion.json").read_text())["frames"]
+    assert [f["time_s"] for f in frames][5:9] == pytest.approx([0.5, 0.6, 0.9, 1.2], abs=1e-3)
+    steady = tmp_path / "steady.bin"
+    steady.write_bytes(vs.avi(tmp_path, n=6))
+    assert (
+        process_video(steady, tmp_path / "out2", fake_engine, Limits())["variable_frame_rate"]
+        is False
+    )
