@@ -223,9 +223,23 @@ def add_parser(subparsers) -> None:
         help="weights (.npz) (default: the shipped lm_ptb_rglm.npz)",
     )
     s.add_argument(
-        "--next", type=int, default=0, help="also list the k most likely next words; 0 = none"
+        "--next",
+        type=_not_negative,
+        default=0,
+        help="also list the k most likely next words; 0 = none",
     )
     s.set_defaults(func=run_score)
+
+
+def _not_negative(text: str) -> int:
+    """``--next``: refused before any scoring (-3 printed the scores, then failed)."""
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if k < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {k}")
+    return k
 
 
 def train_command(args: argparse.Namespace) -> str:

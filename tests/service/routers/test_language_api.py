@@ -104,6 +104,15 @@ def test_cli_score(weights, capsys):
     assert out.count("next:") == 3
 
 
+def test_cli_refuses_a_negative_next_before_scoring(weights, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["lm", "score", "the cat", "--model", str(weights), "--next", "-3"])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert "argument --next: must be 0 or more, got -3" in captured.err
+    assert "perplexity" not in captured.out  # nothing scored first
+
+
 def test_shipped_default_model_serves_ptb_style_text():
     with TestClient(create_app(Settings())) as c:
         r = c.post("/v1/language/score", json={"text": "The stock market fell sharply on Monday."})
