@@ -178,4 +178,5 @@ class VideoJobs:
         self.store.delete(job_id)  # first, so no slot can claim it any more
         self.runner.cancel(job_id)  # then stop it if a slot already holds it
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+        log.info("job %s deleted (it was %s)", job_id, rec.status)
         return True

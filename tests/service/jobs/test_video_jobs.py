@@ -282,11 +282,13 @@ def test_a_dead_worker_fails_its_job_only(tmp_path, slow_jobs):
 
 
 @pytest.mark.slow
-def test_deleting_a_running_job_stops_it(tmp_path, slow_jobs):
+def test_deleting_a_running_job_stops_it(tmp_path, slow_jobs, caplog):
     jobs = slow_jobs
     job_id = _submit(jobs, vs.avi(tmp_path, n=400))
     wait_for(lambda: jobs.get(job_id).frames_done > 0)
-    assert jobs.delete(job_id)
+    with caplog.at_level("INFO", logger="v1motion.service.jobs.manager"):
+        assert jobs.delete(job_id)
+    assert f"job {job_id} deleted (it was running)" in caplog.text  # it logged nothing
     assert jobs.get(job_id) is None and not (jobs.jobs_dir / job_id).exists()
     time.sleep(0.5)
     assert not (jobs.jobs_dir / job_id).exists()
