@@ -70,6 +70,10 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         logging.getLogger(name).propagate = True
 
 
+WORKER_LOG = ("info", "text")
+"""A worker process's (level, format) where the server's are not given: ``configure_logging``'s."""
+
+
 def configure_worker_logging(level: str = "info", fmt: str = "text") -> None:
     """A worker process's logging, as the server's (``configure_logging``): its records and Python
     warnings in the server's format and level. Left alone, a spike worker's warnings reached the

@@ -15,6 +15,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 from fastapi import HTTPException
 
+from v1motion.service.logs import WORKER_LOG
+
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 5.0  # a stopped worker process is waited for this long (SIGTERM ends it at once)
@@ -78,7 +80,7 @@ class SpikeWorker:
         max_pending: int,
         blas_threads: int | None = None,
         niceness: int = 0,
-        log: tuple[str, str] = ("info", "text"),
+        log: tuple[str, str] = WORKER_LOG,
     ):
         self.max_pending = max_pending
         self._work = _Processes(workers, blas_threads, niceness, log)
@@ -121,7 +123,7 @@ class _Processes:
         workers: int,
         blas_threads: int | None,
         niceness: int,
-        log: tuple[str, str] = ("info", "text"),
+        log: tuple[str, str] = WORKER_LOG,
     ):
         self.workers = workers
         self.blas_threads = blas_threads
@@ -233,7 +235,7 @@ class _NotATerminal:
 
 
 def _init_process(
-    blas_threads: int | None, niceness: int, log: tuple[str, str] = ("info", "text")
+    blas_threads: int | None, niceness: int, log: tuple[str, str] = WORKER_LOG
 ) -> None:
     """A worker process: batch work, below the live engines' priority, with the server's BLAS limit;
     gone with the server (a hard kill included), and left to it on Ctrl-C (which signals the whole

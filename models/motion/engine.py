@@ -473,6 +473,13 @@ def is_scene_cut(before, after, thresholds=SCENE_CUT) -> bool:
     return (s0 < flat and s1 >= textured) or (s1 < flat and s0 >= textured)
 
 
+def shown_moving(confidence, moving=MOVING_FROM) -> np.ndarray:
+    """How far each cell is shown moving (``MOVING_FROM``): its confidence times a ramp from 0 at
+    ``moving[0]`` to 1 at ``moving[1]``."""
+    lo, hi = moving
+    return confidence * np.clip((confidence - lo) / (hi - lo), 0.0, 1.0)
+
+
 def global_motion(
     direction, speed, confidence, support: float = 4.0, weight=None, moving=MOVING_FROM
 ) -> tuple[float, float, float]:
@@ -493,8 +500,7 @@ def global_motion(
     conf = confidence.astype(np.float64)
     if conf.sum() <= 1e-9:
         return 0.0, 0.0, 0.0
-    lo, hi = moving
-    base = conf * np.clip((conf - lo) / (hi - lo), 0.0, 1.0)  # how far each cell is shown moving
+    base = shown_moving(conf, moving)
     shown = base.sum()
     if shown <= 1e-9:  # nothing shown moving: the faint cells' motion, with no confidence
         base = conf
@@ -508,6 +514,11 @@ def global_motion(
     agreement = np.hypot(vx, vy) / total
     g_speed = np.exp((w * np.log(np.maximum(speed, 1e-6))).sum() / total)
     return float(np.arctan2(vy, vx)), float(g_speed), float(agreement * min(1.0, shown / support))
+
+
+def _arrays(code: SparseCode) -> tuple:
+    """A sparse code's arrays as ``_code_change`` takes them."""
+    return code.idx, code.val, code.cnt
 
 
 def _active_per_patch(codes) -> float:
@@ -992,7 +1003,9 @@ class MotionEngine:
         (``STILL_IMAGE``), flat in the code's patch order; ``None`` at a stream's first frame or
         without a change gate. Keeps ``grey`` in ``state`` for the next frame."""
         prev, state.grey = state.grey, grey
-        if prev is None or self.change_gate is None or prev.shape != grey.shape:
+        if self.change_gate is None or self.change_history < 3:
+            return None  # no comparison with older codes to weigh
+        if prev is None or prev.shape != grey.shape:
             return None
         p = self.model.patch
         gh, gw = grey.shape[0] // p, grey.shape[1] // p
@@ -1137,25 +1150,20 @@ class MotionEngine:
         code, gh, gw = level
         change = np.ones(gh * gw, np.float32)  # the first frame of a stream: no gate yet
         if prev is not None:
-            _code_change(prev.idx, prev.val, prev.cnt, code.idx, code.val, code.cnt, change)
-            again = older = None
-            for k, old in enumerate(before):
-                if old is None or old.idx.shape != code.idx.shape or (k and still is None):
-                    continue
-                again = np.empty_like(change) if again is None else again
-                if k == 0:
-                    _code_change(old.idx, old.val, old.cnt, code.idx, code.val, code.cnt, again)
-                    np.minimum(change, again, out=change)
-                    continue
-                # the older codes: only where the image is still (1 elsewhere)
-                _code_change_where(
-                    old.idx, old.val, old.cnt, code.idx, code.val, code.cnt, still, again
-                )
-                if older is None:
-                    older = again.copy()
-                else:
+            _code_change(*_arrays(prev), *_arrays(code), change)
+            usable = [
+                old if old is not None and old.idx.shape == code.idx.shape else None
+                for old in before
+            ]
+            again = np.empty_like(change)
+            if usable and usable[0] is not None:
+                _code_change(*_arrays(usable[0]), *_arrays(code), again)
+                np.minimum(change, again, out=change)
+            if still is not None and any(old is not None for old in usable[1:]):
+                older = np.ones_like(change)  # the older codes, only where the image is still
+                for old in filter(None, usable[1:]):
+                    _code_change_where(*_arrays(old), *_arrays(code), still, again)
                     np.minimum(older, again, out=older)
-            if older is not None:  # where the image is still: no more than since the older codes
                 change -= still * np.maximum(change - older, 0.0)
         running = self.pooling.update(running, change.reshape(gh, gw, 1))
         f = self.pooling.cell_px // self.model.patch

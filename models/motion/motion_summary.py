@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from v1motion.models.motion.engine import MOVING_FROM, shown_moving
+
 TWO_PI = 2.0 * np.pi
 
 
@@ -176,12 +178,6 @@ def weighted_median(values, weights) -> float:
     return float(values[order][np.searchsorted(cum, 0.5 * total)])
 
 
-MOVING_FROM = (
-    0.2,
-    0.4,
-)  # the engine's MOVING_FROM (models/motion/engine.py; a test checks they agree)
-
-
 class MotionSummary:
     """Accumulate per-frame motion maps into per-video summaries without keeping the frames.
 
@@ -264,8 +260,7 @@ class MotionSummary:
         """Add one frame's grids (all of the same shape). Returns self."""
         direction, confidence = _check_grids(direction, confidence)
         speed = np.asarray(speed, dtype=np.float64)
-        lo, hi = self.moving_from
-        shown = confidence * np.clip((confidence - lo) / (hi - lo), 0.0, 1.0)
+        shown = shown_moving(confidence, self.moving_from)
         self._hist += direction_histogram(direction, shown, self.n_bins)
         self._speeds.append(weighted_mean_speed(speed, shown))
         moving = confidence > self.moving_threshold

@@ -15,6 +15,7 @@ from v1motion.service.jobs.limits import Limits
 from v1motion.service.jobs.lock import StoreLock
 from v1motion.service.jobs.runners import LocalWorkerPool, Runner
 from v1motion.service.jobs.store import JobRecord, JobStore
+from v1motion.service.logs import WORKER_LOG
 from v1motion.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class VideoJobs:
         workers=1,
         lazy=True,
         niceness=0,
-        log=("info", "text"),
+        log=WORKER_LOG,
         **kw,
     ) -> VideoJobs:
         def runner(s, d, lim):

@@ -138,10 +138,10 @@ class _Results:
         capacity: int,
         fps: float,
         summary: MotionSummary,
-        times: list[float] | None = None,
+        times: list[float],
     ):
         self.folder, self.capacity, self.fps, self.summary = folder, capacity, fps, summary
-        self.times = times  # each frame's time (the decoder's frame_times), filled ahead of add
+        self.times = times  # each frame's time (the decoder's frame_times, filled before a frame)
         self.maps: dict[str, np.ndarray] = {}
         self.globals: dict[str, list[float]] = {k: [] for k in self.GLOBALS}
         self.direction_hist: list[np.ndarray] = []
@@ -158,7 +158,7 @@ class _Results:
                 self.maps[name] = np.lib.format.open_memmap(
                     self.folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape
                 )
-        frame = {"index": self.n, "time_s": round(self.time_of(self.n), 4)} | mf.to_dict()
+        frame = {"index": self.n, "time_s": round(self.times[self.n], 4)} | mf.to_dict()
         self._frames.write(("," if self.n else "") + protocol.dumps(frame))
         self.maps["direction_deg"][self.n] = np.mod(np.degrees(mf.direction), 360.0)
         self.maps["speed_px_per_frame"][self.n] = mf.speed
@@ -170,12 +170,6 @@ class _Results:
         self.summary.update(mf.direction, mf.speed, mf.confidence)
         self.cell = mf.cell
         self.n += 1
-
-    def time_of(self, n: int) -> float:
-        """Seconds from the first frame to frame ``n``: the container's time where known."""
-        if self.times is not None and n < len(self.times):
-            return self.times[n]
-        return n / self.fps
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {name: m[: self.n] for name, m in self.maps.items()}
@@ -363,7 +357,7 @@ def process_video(
                 "the video has one frame: motion is read between frames, so it needs at least two"
             )
         warnings = _decode_warnings(n, info.declared_frames, stopped_at_cap)
-        times = [results.time_of(k) for k in range(n)]
+        times = results.times[:n]
         variable = _variable_rate(times, info.fps)
         if progress_cb is not None:
             progress_cb(n, n)

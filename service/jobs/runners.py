@@ -20,6 +20,7 @@ from pathlib import Path
 from v1motion.service.jobs.layout import JobLayout
 from v1motion.service.jobs.limits import Limits
 from v1motion.service.jobs.store import JobRecord, JobStore
+from v1motion.service.logs import WORKER_LOG
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def worker_main(
     engine_factory: Callable[[], object],
     limits: Limits,
     niceness: int = 0,
-    log: tuple[str, str] = ("info", "text"),
+    log: tuple[str, str] = WORKER_LOG,
 ) -> None:
     """Body of a worker process: build the engine once, then run jobs sent over ``conn``."""
     from v1motion.service.jobs.decode import (
@@ -248,7 +249,7 @@ class LocalWorkerPool(Runner):
         ready_timeout=600.0,
         lazy=True,
         niceness=0,
-        log=("info", "text"),
+        log=WORKER_LOG,
     ):
         super().__init__(store, jobs_dir, limits, slots)
         self.log = log  # the server's (level, format), for the workers' logging
