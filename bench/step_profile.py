@@ -183,9 +183,9 @@ def contention(
     grab = {}
     original = MotionEngine._read_on_two_threads
 
-    def keep(self, state, prev, fine, c_codes, shape, c_shape, still=None):
+    def keep(self, state, prev, fine, c_codes, shape, c_shape, image=(None, None)):
         grab.update(state=state, fine=fine, c_codes=c_codes, shape=shape, c_shape=c_shape)
-        return original(self, state, prev, fine, c_codes, shape, c_shape, still)
+        return original(self, state, prev, fine, c_codes, shape, c_shape, image)
 
     MotionEngine._read_on_two_threads = keep
     try:

@@ -4,7 +4,9 @@
     python bench/still_confidence.py --md docs/motion/still_confidence.md   # the committed report
 
 Each still (grey, cropped at its centre, no motion) with Gaussian camera noise of ``--noise`` /255 per
-pixel and frame, then the same still panned at 0.5 and 1 px/frame, then a small object (a 32 x 32 px
+pixel and frame, and with noise of 2, 4 and 8 /255 through JPEG of quality 80 (as the dashboard's
+camera sends frames), then the same still panned at 0.5 and 1 px/frame (and at 0.5 with noise of
+4/255 through JPEG), then a small object (a 32 x 32 px
 patch of another still: 2 x 2 cells) moving at 0.5 and 2 px/frame over it, with noise of 2/255. Per
 case, medians over the frames after the eighth: the largest cell confidence, the share of cells above
 0.2 and above 0.5 (the accuracy benchmark's "shown moving"), and the confidence of the frame's dominant
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from v1motion.models.motion import motion_eval as me
@@ -36,7 +39,8 @@ the first line of the block below), on the engine as shipped. *dominant conf*: t
 frame's dominant motion as the engine computes it, cells counted towards it from `MOVING_FROM`
 (`models/motion/engine.py`); *every cell counted*: the same consensus with every cell's confidence
 summed, as it was before. The dashboard shows a direction and a speed from 0.05; the accuracy
-benchmark counts a cell as shown moving above 0.5.
+benchmark counts a cell as shown moving above 0.5. *JPEG 80*: each frame, noise added, through JPEG
+of quality 80, as the dashboard's camera sends it.
 """
 START_FRAMES = 8
 START_CONFIDENT = 0.3
@@ -54,6 +58,8 @@ with); *2-4*: the still views confident on any of frames 2-4.
 """
 STILLS = ("astronaut", "camera", "chelsea", "coffee", "gravel", "rocket", "grass", "brick")
 EVERY_CELL = (0.0, 1e-6)
+JPEG = 80
+JPEG_NOISE = (2.0, 4.0, 8.0)
 
 
 def frames_of(image, shape, speed, n, obj=None):
@@ -77,16 +83,21 @@ def frames_of(image, shape, speed, n, obj=None):
     return frames
 
 
-def with_noise(frame, noise, rng):
-    """``frame`` (floats in [0, 1]) with Gaussian camera noise of ``noise`` /255, as float32."""
-    return np.clip(frame + rng.normal(0, noise / 255, frame.shape), 0, 1).astype(np.float32)
+def with_noise(frame, noise, rng, jpeg=None):
+    """``frame`` (floats in [0, 1]) with Gaussian camera noise of ``noise`` /255, as float32; with
+    ``jpeg``, as uint8 through JPEG of that quality (as the dashboard's camera sends frames)."""
+    noisy = np.clip(frame + rng.normal(0, noise / 255, frame.shape), 0, 1).astype(np.float32)
+    if jpeg is None:
+        return noisy
+    u8 = np.round(noisy * 255).astype(np.uint8)
+    return cv2.imdecode(cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, jpeg])[1], 0)
 
 
-def measure(engine, frames, noise, rng):
+def measure(engine, frames, noise, rng, jpeg=None):
     state = engine.new_state()
     rows = []
     for t, f in enumerate(frames):
-        mf = engine.step(state, with_noise(f, noise, rng))
+        mf = engine.step(state, with_noise(f, noise, rng, jpeg))
         if t < 8:
             continue
         c = mf.confidence
@@ -185,12 +196,15 @@ def main() -> None:
         image = stimuli.load_still(name)
         other = patch_src if name != "chelsea" else stimuli.load_still("camera")
         patch = np.asarray(other[200:232, 200:232], np.float32)
-        cases = [("still", 0.0, None, nz) for nz in noises]
-        cases += [(f"pan {v:g} px/frame", v, None, 2.0) for v in (0.5, 1.0)]
-        cases += [(f"object {v:g} px/frame", 0.0, (patch, v), 2.0) for v in (0.5, 2.0)]
-        for label, speed, obj, noise in cases:
+        cases = [("still", 0.0, None, nz, None) for nz in noises]
+        cases += [(f"still, JPEG {JPEG}", 0.0, None, nz, JPEG) for nz in JPEG_NOISE]
+        cases += [(f"pan {v:g} px/frame", v, None, 2.0, None) for v in (0.5, 1.0)]
+        cases += [(f"pan {v:g} px/frame, JPEG {JPEG}", v, None, 4.0, JPEG) for v in (0.5,)]
+        cases += [(f"object {v:g} px/frame", 0.0, (patch, v), 2.0, None) for v in (0.5, 2.0)]
+        for label, speed, obj, noise, jpeg in cases:
             rng = np.random.default_rng(0)
-            r = measure(engine, frames_of(image, shape, speed, args.frames, obj), noise, rng)
+            frames = frames_of(image, shape, speed, args.frames, obj)
+            r = measure(engine, frames, noise, rng, jpeg)
             rows.append(
                 f"| {name} | {label} | {noise:g} | {r[0]:.2f} | {100 * r[1]:.1f} % "
                 f"| {100 * r[2]:.1f} % | {r[3]:.2f} | {r[4]:.2f} |"

@@ -146,6 +146,20 @@ def code_change(prev, cur, n_units):
     return np.where(total > 0, diff / np.where(total > 0, total, 1.0), 0.0)
 
 
+def image_change(grey, prev, older, p, rows, cols):
+    """Twin of ``_image_change``: per ``p x p`` patch of the first ``rows x cols``, the mean absolute
+    difference from ``prev`` and the mean squared differences from ``prev`` and ``older``, one patch
+    at a time in float64, as ``(3, rows, cols)``."""
+    out = np.zeros((3, rows, cols))
+    for i in range(rows):
+        for j in range(cols):
+            cut = np.s_[i * p : (i + 1) * p, j * p : (j + 1) * p]
+            g = grey[cut].astype(np.float64)
+            d1, d2 = g - prev[cut], g - older[cut]
+            out[:, i, j] = np.abs(d1).mean(), (d1**2).mean(), (d2**2).mean()
+    return out
+
+
 def axis_cell_sums(code, axis_re, axis_im, n_units, grid, f, cells):
     """Twin of ``_axis_cell_sums``: dense codes times the units' doubled-angle axes, and their total,
     per patch of the ``grid = (rows, cols)``, then summed over each cell's ``f x f`` patches."""

@@ -376,6 +376,44 @@ def _scaled_patches(frame, scale, p, out):
                 out[k, r * p + c] = frame[i * p + r, j * p + c] * scale
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def _image_change(grey, prev, older, p, out):
+    """Per ``p x p`` patch of the grey frame ``grey`` (float32), how it changed: ``out[0]`` the mean
+    absolute difference from ``prev`` (the frame before), ``out[1]`` the mean squared difference from
+    ``prev`` and ``out[2]`` from ``older`` (the frame before that); ``out`` is ``(3, rows, cols)`` over
+    the frame's first ``rows x cols`` patches. Sums a row of patches at a time, pixel row by pixel
+    row, so that the loop over a row's pixels vectorises."""
+    rows, cols = out.shape[1], out.shape[2]
+    w = cols * p
+    ra = np.empty(w, np.float32)
+    r1 = np.empty(w, np.float32)
+    r2 = np.empty(w, np.float32)
+    inv = np.float32(1.0 / (p * p))
+    for i in range(rows):
+        ra[:] = 0.0
+        r1[:] = 0.0
+        r2[:] = 0.0
+        for y in range(i * p, i * p + p):
+            g, b1, b2 = grey[y], prev[y], older[y]
+            for x in range(w):
+                d1 = g[x] - b1[x]
+                d2 = g[x] - b2[x]
+                ra[x] += abs(d1)
+                r1[x] += d1 * d1
+                r2[x] += d2 * d2
+        for j in range(cols):
+            a = np.float32(0.0)
+            s1 = np.float32(0.0)
+            s2 = np.float32(0.0)
+            for x in range(j * p, j * p + p):
+                a += ra[x]
+                s1 += r1[x]
+                s2 += r2[x]
+            out[0, i, j] = a * inv
+            out[1, i, j] = s1 * inv
+            out[2, i, j] = s2 * inv
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _patch_change(prev_idx, prev_val, prev_cnt, idx, val, cnt, m):
     """``_code_change`` of patch ``m``."""

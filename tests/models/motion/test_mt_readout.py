@@ -426,7 +426,9 @@ def test_a_still_scene_is_shown_still_whatever_the_read_out_says():
     """The same textured frame again and again: no cell is shown moving, where without the gate the
     same engine shows confident motion on every second frame. The ss-RNN's code alternates between
     two states on this frame; compared with the previous frame only, the gate let the read-out show
-    that faintly on every second frame (0.1-0.2): compared with the frame before too, nothing."""
+    that faintly on every second frame (0.1-0.2): compared with the frame before too, nothing. (The
+    image does not change at all, which ``NOISE_GATE`` shows still too: off here, to test the code's
+    gate alone.)"""
     from v1motion.models.motion.motion_eval import CONFIDENT
 
     frame = stimuli.load_still("camera")[100:196, 100:228]
@@ -434,6 +436,7 @@ def test_a_still_scene_is_shown_still_whatever_the_read_out_says():
     shown = {}
     for gate, previous_only in ((None, False), ((0.1, 0.3), False), ((0.1, 0.3), True)):
         e = MotionEngine.load_default(change_gate=gate)
+        e.noise_gate = None
         st = e.new_state()
         confs = []
         for _ in range(12):
@@ -493,7 +496,9 @@ def test_the_change_gate_ignores_a_code_that_cycles_where_the_image_is_still():
 def test_a_still_view_at_640x480_shows_no_motion_where_the_code_cycles():
     """The same frame of ``brick`` at 640x480 again and again: the ss-RNN's code cycles through four
     states, which the gate on the last two frames took for change (about 1 % of the cells confident,
-    the dominant motion 0.96); with the older frames where the image is still, nothing moves."""
+    the dominant motion 0.96); with the older frames where the image is still, nothing moves. (The
+    image does not change at all, which ``NOISE_GATE`` shows still too: off here, to test the code's
+    gate alone.)"""
     from v1motion.models.motion.motion_eval import CONFIDENT
 
     image = stimuli.load_still("brick")
@@ -503,7 +508,7 @@ def test_a_still_view_at_640x480_shows_no_motion_where_the_code_cycles():
     shown = {}
     for history in (2, CHANGE_HISTORY):
         e = MotionEngine.load_default()
-        e.change_history = history
+        e.change_history, e.noise_gate = history, None
         st = e.new_state()
         frames = [e.step(st, frame) for _ in range(14)][6:]
         shown[history] = (
@@ -519,10 +524,12 @@ def test_a_still_camera_view_has_no_dominant_motion():
     on every frame, but the frame's dominant motion is not confident; counting every cell's
     confidence, as the consensus did before ``MOVING_FROM``, it was. Panned slowly, it is. (Where
     noise makes cells read more than faint motion, on the astronaut still, the dominant motion
-    stays confident: docs/motion/still_confidence.md.)"""
+    stays confident: docs/motion/still_confidence.md.) ``NOISE_GATE`` shows those faint cells
+    still too: off here, to test the consensus alone."""
     image = stimuli.load_still("gravel")
     rng = np.random.default_rng(0)
     e = MotionEngine.load_default()
+    e.noise_gate = None
     shown, every_cell = [], []
     for speed in (0.0, 0.5):
         st = e.new_state()
@@ -537,6 +544,78 @@ def test_a_still_camera_view_has_no_dominant_motion():
             assert mf.global_confidence > 0.9
     assert np.median(shown) < 0.05 and max(shown) < 0.3
     assert np.median(every_cell) > 0.15  # the same cells, every faint one counted
+
+
+def _through_a_camera(image, speed, n, rng, noise=4.0, quality=80):
+    """``image`` resized to 320x240, moved left at ``speed`` px/frame, with Gaussian noise of
+    ``noise`` /255 and through JPEG of ``quality``, as the dashboard's camera sends it: uint8."""
+    img = cv2.resize(image.astype(np.float32), (320, 240), interpolation=cv2.INTER_AREA)
+    frames = []
+    for t in range(n):
+        shift = np.float32([[1, 0, -speed * t], [0, 1, 0]])
+        f = cv2.warpAffine(img, shift, (320, 240), borderMode=cv2.BORDER_REFLECT)
+        f = np.clip(f + rng.normal(0, noise / 255, f.shape), 0, 1)
+        u8 = np.round(f * 255).astype(np.uint8)
+        frames.append(
+            cv2.imdecode(cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], 0)
+        )
+    return frames
+
+
+def test_a_still_view_through_camera_noise_and_jpeg_shows_no_motion():
+    """The whole ``chelsea`` photograph, still, with camera noise and JPEG: the code of its fur
+    changes with the noise and the read-out read that as faint motion that agreed, a dominant motion
+    0.99 confident on every frame. Where a cell's image changes as noise does (as much over two
+    frames as over one: ``NOISE_GATE``), it is shown still; panned slowly through the same camera,
+    it is shown moving, the right way."""
+    from v1motion.models.motion.engine import NOISE_GATE
+    from v1motion.models.motion.motion_eval import CONFIDENT
+
+    image = stimuli.load_still("chelsea")
+    read = {}
+    for gate in (None, NOISE_GATE):
+        e = MotionEngine.load_default()
+        e.noise_gate = gate
+        for speed in (0.0, 0.5):
+            st = e.new_state()
+            frames = [
+                e.step(st, f) for f in _through_a_camera(image, speed, 20, np.random.default_rng(0))
+            ]
+            read[gate, speed] = frames[8:]
+    without = read[None, 0.0]
+    assert np.median([f.global_confidence for f in without]) > 0.5
+    assert max(float((f.confidence > CONFIDENT).mean()) for f in without) > 0.005
+    still = read[NOISE_GATE, 0.0]
+    assert max(f.global_confidence for f in still) < 0.1
+    assert max(float(f.confidence.max()) for f in still) < CONFIDENT
+    for f in read[NOISE_GATE, 0.5]:
+        assert f.global_confidence > 0.9
+        assert angular_error(f.global_direction, np.pi) < np.radians(10)
+        assert (f.confidence > CONFIDENT).mean() > 0.4
+
+
+def test_the_noise_gate_tells_noise_from_motion():
+    """``_calm`` per cell, from the mean squared change over one frame (s1) and two (s2): noise
+    (s2 = s1, small) is calm 0; motion of a pixel or two (s2 = 4 s1) 1 however small; a change as
+    large over one frame as over two but larger than noise (a fast pan across texture) 1; between
+    the ranges of ``NOISE_GATE``, in between."""
+    e = MotionEngine.random(seed=0)
+    (g_lo, g_hi), (s_lo, s_hi) = e.noise_gate
+    shape = (64, 96)  # 4 x 6 cells of 16 px, 8 x 12 patches of 8
+    levels = np.float32(255**2)
+
+    def calm(s1, s2):
+        one = np.full((8, 12), s1 / levels, np.float32)
+        return e._calm(one, np.full((8, 12), s2 / levels, np.float32), shape)
+
+    assert calm(40.0, 40.0).max() == 0.0  # noise of about 4.5 grey levels
+    assert calm(40.0, 160.0).min() == 1.0  # motion
+    assert calm(2.0 * s_hi, 2.0 * s_hi).min() == 1.0  # large
+    mid_growth = calm(40.0, 40.0 * (1 + (g_lo + g_hi) / 2))
+    mid_size = calm((s_lo + s_hi) / 2, (s_lo + s_hi) / 2)
+    np.testing.assert_allclose(mid_growth, 0.5, atol=1e-4)
+    np.testing.assert_allclose(mid_size, 0.5, atol=1e-4)
+    assert calm(0.0, 0.0).max() == 0.0  # no change at all: still
 
 
 def test_moving_texture_passes_the_gate():

@@ -260,6 +260,24 @@ def test_code_change_matches_numpy_twin(rng, n_units):
     np.testing.assert_allclose(some, np.where(where > 0, want, 1.0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(48, 64), (53, 70)])
+def test_image_change_matches_numpy_twin(rng, shape):
+    """Random frames, sides a multiple of the patch and not (the last pixels beyond whole patches
+    are left out); the same frame as ``prev`` and ``older`` gives no change at all."""
+    from v1motion.models.motion.kernels import _image_change
+
+    p = 8
+    grey, prev, older = (rng.uniform(0, 1, shape).astype(np.float32) for _ in range(3))
+    rows, cols = shape[0] // p, shape[1] // p
+    got = np.full((3, rows, cols), -1.0, np.float32)
+    _image_change(grey, prev, older, p, got)
+    want = naive.image_change(grey, prev, older, p, rows, cols)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(got[1], got[2])  # the two comparisons are of different frames
+    _image_change(grey, grey, grey, p, got)
+    assert np.all(got == 0.0)
+
+
 def test_code_change_edge_cases():
     from v1motion.models.motion.kernels import _code_change
     from v1motion.models.motion.ssrnn import SparseCode
