@@ -6,7 +6,8 @@
 The engine as shipped but with its noise gate off (``noise_gate = None``) runs quick versions of the
 accuracy benchmark's families (pans at 0.25-16 px/frame, gratings, plaids, an object over a still
 background, still frames, the four real clips) and the eight stills of ``bench/still_confidence.py``
-with camera noise (2, 4 and 8 /255 through JPEG of quality 80, 4/255 without). On every frame after
+with camera noise (2, 4 and 8 /255 through JPEG of quality 80, 4/255 without, 6/255 through an mp4v
+video file, whose frames between key frames carry the noise of the frames before). On every frame after
 the eighth, per cell, it takes the statistics the gate reads (``MotionEngine._cell_changes``): the
 mean squared change since the frame before (``s1``, grey levels squared) and its growth over two
 frames, ``(s2 - s1) / s1``; and the engine's confidence. Per family, over the cells confident
@@ -22,6 +23,7 @@ those it sees move less than 0.2 px/frame, the share shown moving (false motion)
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -33,8 +35,9 @@ from v1motion.models.motion.engine import NOISE_GATE, MotionEngine
 from v1motion.models.motion.kernels import _image_change
 
 STILLS = ("chelsea", "astronaut", "coffee", "camera", "rocket", "brick", "gravel", "grass")
-NOISY = ((2.0, 80), (4.0, 80), (4.0, None), (8.0, 80))
-"""(noise /255, JPEG quality or None) of the noisy stills."""
+NOISY = ((2.0, 80), (4.0, 80), (4.0, None), (8.0, 80), (6.0, "mp4v"))
+"""(noise /255, JPEG quality, or "mp4v": the frames through an mp4v video file, or None) of the noisy
+stills."""
 FAMILIES = {
     "pan": {"n_directions": 4, "speeds": (0.25, 1.0, 4.0, 16.0), "n_frames": 14},
     "clip": {"clips": ("box.mp4", "vtest.avi", "tree.avi", "cup.mp4"), "n_frames": 24},
@@ -43,9 +46,26 @@ WARMUP = 8
 CONFIDENT = 0.5
 
 
+def through_mp4v(frames: list) -> list:
+    """uint8 grey ``frames`` written to an mp4v video (OpenCV's, 30 fps) and read back."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "still.mp4")
+        h, w = frames[0].shape
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30, (w, h))
+        for f in frames:
+            writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+        writer.release()
+        cap, out = cv2.VideoCapture(path), []
+        while True:
+            ok, f = cap.read()
+            if not ok:
+                return out
+            out.append(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY))
+
+
 def noisy_still(name: str, size: tuple[int, int], noise: float, quality, n: int) -> list:
     """``n`` uint8 frames of the still ``name`` scaled to ``size``, noise of ``noise`` /255 per
-    frame, through JPEG of ``quality`` (or not)."""
+    frame, through JPEG of ``quality``, through an mp4v video (``"mp4v"``) or neither (``None``)."""
     img = cv2.resize(
         stimuli.load_still(name).astype(np.float32), size, interpolation=cv2.INTER_AREA
     )
@@ -54,10 +74,10 @@ def noisy_still(name: str, size: tuple[int, int], noise: float, quality, n: int)
     for _ in range(n):
         u8 = np.round(np.clip(img + rng.normal(0, noise / 255, img.shape), 0, 1) * 255)
         u8 = u8.astype(np.uint8)
-        if quality:
+        if isinstance(quality, int):
             u8 = cv2.imdecode(cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], 0)
         frames.append(u8)
-    return frames
+    return through_mp4v(frames) if quality == "mp4v" else frames
 
 
 def cell_stats(engine: MotionEngine, gated: MotionEngine, frames) -> np.ndarray:
@@ -155,9 +175,10 @@ def main() -> None:
         groups[family] = np.concatenate([cell_stats(engine, gated, s.frames) for s in seqs])
         print(f"{family}: {len(groups[family])} cells", flush=True)
     for noise, quality in NOISY:
-        label = f"still, noise {noise:g}/255" + (f", JPEG {quality}" if quality else "")
+        codec = {None: "", "mp4v": ", through mp4v"}.get(quality, f", JPEG {quality}")
+        label = f"still, noise {noise:g}/255{codec}"
         groups[label] = np.concatenate(
-            [cell_stats(engine, gated, noisy_still(n, size, noise, quality, 24)) for n in STILLS]
+            [cell_stats(engine, gated, noisy_still(n, size, noise, quality, 40)) for n in STILLS]
         )
         print(f"{label}: {len(groups[label])} cells", flush=True)
     head = f"python bench/noise_gate.py --size {args.size}\nNOISE_GATE = {NOISE_GATE}"

@@ -104,21 +104,36 @@ The coarse read compares with the last two frames only."""
 STILL_IMAGE = (3.0, 6.0)
 """Grey levels (of 255): a patch's image is still where its mean absolute change since the previous
 frame is below the first, moving from the second, and partly still between (``CHANGE_HISTORY``)."""
-NOISE_GATE = ((0.1, 0.4), (150.0, 300.0))
+NOISE_GATE = ((0.3, 0.6), (150.0, 300.0))
 """``((lo, hi), (lo, hi))``: a cell is shown still as far as its image changes as camera noise does,
 whatever its code does. Noise changes a still image by as much between frames ``t - 2`` and ``t`` as
 between ``t - 1`` and ``t``, while motion changes it more over two frames than over one (up to four
 times the squared difference, for motion of a pixel or two): per cell, over its 3 x 3 cells
 (``CHANGE_CELLS``), the mean squared change since the frame before, ``s1``, and since the one before
-that, ``s2``, in grey levels squared (of 255). The cell is still as far as ``(s2 - s1) / s1`` is
-below the first range (fully below its ``lo``) and ``s1`` below the second: a change as large as a
-fast pan's across texture, which is as large over one frame as over two, is motion. Through a
-camera's noise and JPEG the code of a still view changes too, and the read-out read that as faint
-motion which agreed: the whole ``chelsea`` photograph at 320x240, noise of 4/255, JPEG quality 80,
-read a dominant motion 0.99 confident on every frame, 1.2 % of its cells confident (on its fur). Of
-the cells confident (> 0.5) on still views with noise of 2-8 /255, with and without JPEG, this takes
-all; of those confident on pans 1.2 %, on the real clips 1.0 %, on gratings, plaids and objects none
-(320x240; ``python bench/noise_gate.py``, docs/motion/noise_gate.md). ``None`` turns it off."""
+that, ``s2``, in grey levels squared (of 255). The cell is still as far as the growth
+``(s2 - s1) / s1`` is below the first range (fully below its ``lo``) and ``s1`` below the second: a
+change as large as a fast pan's across texture, which is as large over one frame as over two, is
+motion. Through a camera's noise and JPEG the code of a still view changes too, and the read-out read
+that as faint motion which agreed: the whole ``chelsea`` photograph at 320x240, noise of 4/255, JPEG
+quality 80, read a dominant motion 0.99 confident on every frame, 1.2 % of its cells confident (on
+its fur). Through a video codec the noise of a still view carries over from frame to frame between
+key frames, and grows less than motion but more than noise sent frame by frame (a growth of 0.1-0.5
+on an mp4v video of a still photograph with noise of 6/255, whose main directions were reported as
+motion): hence ``lo`` 0.3. Of the cells confident (> 0.5) on still views with noise of 2-8 /255,
+through JPEG, mp4v or neither, this takes all; of those confident on pans 1.8 %, on the real clips
+1.9 %, on gratings, plaids and objects none (320x240; ``python bench/noise_gate.py``,
+docs/motion/noise_gate.md). ``None`` turns it off. A frame the same as the one before
+(``SAME_FRAME``) keeps the factors of the frame before."""
+SAME_FRAME = 0.25
+"""Grey levels squared (of 255): a frame whose every patch's mean squared change since the frame
+before is below this is the same frame again, changed less than any camera's noise changes it (a
+frame read twice from a camera, or repeated by a video's frame-rate conversion). ``NOISE_GATE``
+cannot tell noise from motion on it (its growth over two frames is as large as the change before
+was), nor on the frame after it (over two frames, it changed once): a repeated frame keeps the
+gate's factors of the frame before, and the next frame's two-frame change is taken from the frame
+before the repeat. Without this a still view through noise and JPEG showed faint motion on a
+repeated frame (largest cell 0.38, dominant 0.20), and a pan with every fifth frame repeated (24
+to 30 frames/s) showed 0.57 of its cells confident on the frame after each repeat against 0.79."""
 FAST_FROM = 5.0
 """px/frame. Fast motion is also read one octave coarser: the MT read-out applied to pyramid levels
 1-4 (level 4 encoded for it) reads the frame at half resolution, where a displacement of 16 px/frame
@@ -399,6 +414,7 @@ class StreamState:
     cut_ref: tuple | None = None  # cut_features of the last frame taken (SCENE_CUT)
     grey: np.ndarray | None = None  # the last frame encoded, grey (STILL_IMAGE, NOISE_GATE)
     grey_before: np.ndarray | None = None  # the frame encoded before that (NOISE_GATE)
+    calm: np.ndarray | None = None  # the noise gate's factor per cell on the last frame
     took_coarse: bool = True  # whether the last frame read took the coarse read (two threads)
 
     def start(self, shape: tuple[int, int], encoded: int, read: int) -> None:
@@ -408,7 +424,7 @@ class StreamState:
         self.acc, self.coarse_acc = [None] * read, [None] * read
         self.change = self.coarse_change = None
         self.before = self.coarse_before = ()
-        self.grey = self.grey_before = None
+        self.grey = self.grey_before = self.calm = None
         self.frames = 0
 
 
@@ -1023,10 +1039,12 @@ class MotionEngine:
         (``STILL_IMAGE``), flat in the code's patch order; ``calm``: per cell, a factor in [0, 1] on
         its confidence, 0 where its change looks like camera noise (``NOISE_GATE``). Either is
         ``None`` where there is no frame before to compare with, or nothing to weigh it. Keeps
-        ``grey`` and the frame before it in ``state`` for the next frames."""
+        ``grey`` and the frame before it in ``state`` for the next frames; a frame the same as the
+        one before (``SAME_FRAME``) keeps the frame before that, and the cells their ``calm``."""
         prev, older = state.grey, state.grey_before
         state.grey, state.grey_before = grey, prev
         if self.change_gate is None or prev is None or prev.shape != grey.shape:
+            state.calm = None
             return None, None
         weigh_still = self.change_history >= 3  # a comparison with older codes to weigh
         calm_too = self.noise_gate is not None and older is not None and older.shape == grey.shape
@@ -1041,7 +1059,13 @@ class MotionEngine:
             lo, hi = STILL_IMAGE
             still = np.clip((hi - change[0] * 255.0) / (hi - lo), 0.0, 1.0).ravel()
         if calm_too:
-            calm = self._calm(change[1], change[2], grey.shape)
+            if state.calm is not None and float(change[1].max()) * 255**2 < SAME_FRAME:
+                # a repeated frame: the next frame's two-frame change is to span two changes
+                state.grey_before = older
+                calm = state.calm
+            else:
+                calm = self._calm(change[1], change[2], grey.shape)
+        state.calm = calm
         return still, calm
 
     def _cell_changes(self, s1: np.ndarray, s2: np.ndarray, shape: tuple[int, int]) -> tuple:
