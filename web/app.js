@@ -1077,6 +1077,9 @@ async function pollStreamState() {
       if (s.state === "error") {
         banner(`The stream ${s.name} stopped: ${s.error || "see the server log"}`, "error");
         state.streamBanner = true;
+      } else if (s.state === "ended") {
+        banner(`The stream ${s.name} has played its file to the end (it does not loop).`);
+        state.streamBanner = true;
       } else if (s.state === "reconnecting" && s.error) {
         // a source that cannot be opened or read: say why, not only "waiting for frames"
         const why = s.error.replace(/^SourceError: /, "").replace(/^source '[^']*': /, "");

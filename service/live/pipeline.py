@@ -23,7 +23,7 @@ from v1motion.service.live.analyse import Analyser
 from v1motion.service.live.engine import EngineHolder
 from v1motion.service.live.hub import Hub, Subscriber
 from v1motion.service.live.slot import CapturedFrame, LatestSlot
-from v1motion.service.live.sources import SourceFactory
+from v1motion.service.live.sources import SourceEnded, SourceFactory
 from v1motion.service.metrics import Metrics
 from v1motion.service.settings import Settings, SourceSpec
 
@@ -150,6 +150,12 @@ class StreamPipeline:
                     if not got_frame:
                         got_frame, attempt = True, 0
                         self.state, self.last_error = "running", None
+            except SourceEnded as end:
+                # a file that does not loop: the stream is over, not broken (no reconnecting)
+                if self._current(gen):
+                    self.state, self.last_error = "ended", None
+                    self.log.info("stream %s: %s; it does not loop", self.name, end)
+                break
             except Exception as exc:
                 if not self._current(gen):
                     break

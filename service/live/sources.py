@@ -28,6 +28,11 @@ class SourceError(RuntimeError):
     """A source could not be opened or read."""
 
 
+class SourceEnded(Exception):
+    """A source that has no more frames and is not to be opened again: a file source with
+    ``loop`` off at the end of its file."""
+
+
 class Source(Protocol):
     spec: SourceSpec
 
@@ -180,7 +185,9 @@ class OpenCVSource:
         if self._pacer is not None:
             self._pacer.wait()
         ok, frame = self._cap.read()
-        if not ok and self.spec.kind == "file" and self.spec.loop:
+        if not ok and self.spec.kind == "file":
+            if not self.spec.loop:
+                raise SourceEnded(f"source {self.spec.name!r}: end of {self.spec.describe()}")
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self._cap.read()
         if not ok or frame is None:

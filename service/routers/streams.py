@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, WebSocket, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from v1motion.service import protocol
@@ -28,7 +28,12 @@ class StreamPublic(BaseModel):
     name: str
     kind: str
     description: str
-    state: str
+    state: str = Field(
+        description="idle (no viewer), starting, running, reconnecting (the source failed or gave "
+        "no frame: opened again with backoff, `error` says why), stalled (no frame for "
+        "V1MOTION_STALL_TIMEOUT_S: opened again), ended (a file source with loop off played to "
+        "its end) or error (the stream stopped: `error` says why)"
+    )
     subscribers: int
     frames: int
     dropped: int

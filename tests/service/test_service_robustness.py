@@ -122,6 +122,41 @@ def test_source_that_ends_is_reopened():
         wait_for(lambda: stats.get("opens", 0) >= 3, what="reopening")
 
 
+def _short_clip(path, n=12):
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (160, 120))
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        writer.write(rng.integers(0, 255, (120, 160, 3), np.uint8))
+    writer.release()
+    return path
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_a_file_source_without_loop_ends_and_is_not_reopened(tmp_path, loop):
+    """With ``loop`` off a file source plays its frames once, then the stream is "ended": not
+    reconnecting, and the file is not played again (it was, with a warning each time); with ``loop``
+    on it starts again at the end."""
+    clip = _short_clip(tmp_path / "clip.avi")
+    spec = SourceSpec(name="clip", kind="file", target=str(clip), loop=loop)
+    app = create_app(Settings(sources=[spec], backoff_initial_s=0.05), engine_factory=random_engine)
+    with TestClient(app) as c, c.websocket_connect("/v1/streams/clip"):
+        if loop:
+            wait_for(lambda: c.get("/v1/streams/clip").json()["frames"] > 24, what="a second pass")
+            assert c.get("/v1/streams/clip").json()["state"] == "running"
+            return
+        wait_for(lambda: c.get("/v1/streams/clip").json()["state"] == "ended", what="the end")
+        time.sleep(0.5)  # time enough for a reconnection and a second pass, as before
+        s = c.get("/v1/streams/clip").json()
+        assert s["state"] == "ended" and s["error"] is None
+        assert s["frames"] <= 12
+        metrics = c.get("/metrics").text
+        assert 'v1motion_source_reconnects_total{stream="clip"}' not in metrics or (
+            'v1motion_source_reconnects_total{stream="clip"} 0.0' in metrics
+        )
+
+
 @pytest.fixture
 def silent_server():
     """A TCP server that accepts connections and never answers."""
