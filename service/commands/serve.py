@@ -156,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         proxy_headers=True,
     )
+    refusal = _data_dir_in_use(settings.data_dir, settings.port)
+    if refusal:
+        print(f"v1motion serve: {refusal}", file=sys.stderr)
+        return 1
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:
@@ -188,6 +192,30 @@ def _exit_on_sigterm(_signum, _frame) -> None:
     requested stop is not a failure (systemd counts exit status 143 as one), and as the container
     gave before: as PID 1 the default action of SIGTERM is to ignore it."""
     raise SystemExit(0)
+
+
+def _data_dir_in_use(data_dir, port: int) -> str | None:
+    """One line if another running service holds the job store of ``data_dir``, else ``None``.
+
+    The app takes that lock for good when it starts (``StoreLock``); refused there, the refusal
+    came as uvicorn's failed startup, some sixty lines of traceback. Checked before the port, so
+    that a second ``make serve`` on one machine learns both what it needs."""
+    from v1motion.service.jobs.lock import StoreLock, StoreLocked
+
+    probe = StoreLock(data_dir)
+    try:
+        probe.acquire()
+    except StoreLocked as exc:
+        other = port + 1 if port < 65535 else 8001
+        return (
+            f"{exc}. To run a second service on this machine, give it its own data folder and "
+            f"port: V1MOTION_DATA_DIR=var/{other} v1motion serve --port {other}"
+        )
+    except OSError as exc:
+        return f"cannot use the data folder {data_dir}: {exc.strerror or exc}"
+    finally:
+        probe.release()
+    return None
 
 
 def _bind_error(exc: OSError, host: str, port: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import threading
@@ -14,6 +15,7 @@ from service_helpers import ServerThread, random_engine, serve_command
 from v1motion.service.app import create_app
 from v1motion.service.cli import build_parser
 from v1motion.service.commands.serve import announce_when_answering
+from v1motion.service.jobs.lock import StoreLock
 from v1motion.service.settings import Settings
 
 
@@ -56,7 +58,7 @@ def test_engine_option_is_explained():
     assert "trained" in engine.help and "random" in engine.help
 
 
-def test_busy_port_is_one_line_that_names_the_fix_and_no_traceback():
+def test_busy_port_is_one_line_that_names_the_fix_and_no_traceback(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -66,6 +68,7 @@ def test_busy_port_is_one_line_that_names_the_fix_and_no_traceback():
             capture_output=True,
             text=True,
             timeout=60,
+            env=os.environ | {"V1MOTION_DATA_DIR": str(tmp_path)},  # not a running service's
         )
     assert out.returncode == 1
     assert "Traceback" not in out.stderr + out.stdout
@@ -73,6 +76,34 @@ def test_busy_port_is_one_line_that_names_the_fix_and_no_traceback():
     assert len(lines) == 1, out.stderr
     assert f"port {port}" in lines[0] and "already in use" in lines[0]
     assert "--port" in lines[0] and "V1MOTION_PORT" in lines[0]
+    assert "dashboard on" not in out.stdout
+
+
+def test_a_data_folder_in_use_is_one_line_that_names_the_holder_and_the_fix(tmp_path):
+    """A second service on the data folder of a running one: one line naming the holder and what
+    to change, before it listens (it was uvicorn's failed startup: some sixty lines of traceback,
+    exit status 3, after the port had been bound)."""
+    held = StoreLock(tmp_path)
+    held.acquire()
+    try:
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        out = subprocess.run(
+            serve_command(port),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=os.environ | {"V1MOTION_DATA_DIR": str(tmp_path)},
+        )
+    finally:
+        held.release()
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr + out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert f"pid {os.getpid()}" in lines[0] and "in use by another v1motion service" in lines[0]
+    assert "V1MOTION_DATA_DIR" in lines[0] and "--port" in lines[0]
     assert "dashboard on" not in out.stdout
 
 
