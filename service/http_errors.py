@@ -120,6 +120,30 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
     return await http_exception_handler(request, exc)
 
 
+GUARD_REFUSED = (
+    "a Host that is not this server's or a cross-site Origin, while the server has no token "
+    "(docs/security.md)"
+)
+BODY_REFUSED = {
+    "413": "the body is over its limit (docs/security.md)",
+    "415": "the body's Content-Type is not one this operation reads",
+}
+
+
+def _refusals_every_operation_can_get(schema: dict) -> None:
+    """Document the answers of the middleware and of the media-type check, which every operation
+    (403) and every operation with a body (413, 415) can give, where the routes do not already."""
+    for item in schema.get("paths", {}).values():
+        for method, operation in item.items():
+            if method not in ("get", "head", "post", "put", "patch", "delete"):
+                continue
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("403", {"description": GUARD_REFUSED})
+            if "requestBody" in operation:
+                for code, description in BODY_REFUSED.items():
+                    responses.setdefault(code, {"description": description})
+
+
 def install(app: FastAPI) -> None:
     """Register the handler and the schema fix (other HTTP errors keep FastAPI's default answer)."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -141,6 +165,7 @@ def install(app: FastAPI) -> None:
                         {"type": "string"},
                     ],
                 }
+            _refusals_every_operation_can_get(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

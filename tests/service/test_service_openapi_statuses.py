@@ -45,6 +45,32 @@ def test_unknown_stream_404_is_documented():
     assert "503" in spec["paths"]["/v1/units"]["get"]["responses"]
 
 
+def test_every_operation_documents_the_refusals_of_the_guard_and_the_body_checks():
+    """403 (Host or Origin refused) on every operation, 413 and 415 on every one that takes a body,
+    as they answer them: the language, spike-evaluation and sample operations answered 415 and 413
+    without listing them."""
+    with TestClient(make_app()) as client:
+        spec = client.get("/openapi.json").json()
+        res = client.post(
+            "/v1/language/score", content=b"x", headers={"content-type": "text/plain"}
+        )
+        assert res.status_code == 415
+    operations = [
+        (path, method, op)
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if method in ("get", "post", "delete")
+    ]
+    assert len(operations) > 10
+    for path, method, op in operations:
+        assert "403" in op["responses"], (path, method)
+        if "requestBody" in op:
+            assert {"413", "415"} <= set(op["responses"]), (path, method)
+    score = spec["paths"]["/v1/language/score"]["post"]["responses"]
+    assert "Content-Type" in score["415"]["description"]
+    assert "413" not in spec["paths"]["/v1/streams"]["get"]["responses"]
+
+
 def test_405_allow_lists_every_method_of_the_path():
     with TestClient(make_app()) as client:
         res = client.put("/v1/streams/synthetic")
