@@ -194,8 +194,18 @@ async def accept_websocket(ws: WebSocket) -> bool:
     """
     settings: Settings = ws.app.state.settings
     if not origin_allowed(ws, settings):
-        log.warning("websocket from origin %s refused", ws.headers.get("origin"))
-        await ws.close(code=1008, reason="origin not allowed")
+        origin = ws.headers.get("origin")
+        log.warning("websocket from origin %s refused", origin)
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            detail = (
+                f"cross-site websocket refused: Origin {origin!r} is not this service; add it to "
+                "V1MOTION_ALLOWED_ORIGINS if pages there may use it"
+            )  # a 403 with the reason and the security headers, as HTTP refusals get
+            await ws.send_denial_response(
+                JSONResponse({"detail": detail}, status.HTTP_403_FORBIDDEN)
+            )
+        else:
+            await ws.close(code=1008, reason="origin not allowed")
         return False
     offered = ws.scope.get("subprotocols") or []
     chosen = SUBPROTOCOL if SUBPROTOCOL in offered else None
@@ -290,11 +300,14 @@ class HostOriginGuard:
             await self.app(scope, receive, send)
             return
         log.warning("refused %s %s: %s", scope.get("method", "websocket"), scope["path"], problem)
-        if scope["type"] == "websocket":
+        if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
+            "extensions", {}
+        ):  # a server that cannot answer a handshake with a response of its own
             await send(
                 {"type": "websocket.close", "code": 1008, "reason": "host or origin not allowed"}
             )
             return
+        # HTTP, and the handshake of a websocket: the same 403 with the reason, and the headers
         await JSONResponse({"detail": problem}, status.HTTP_403_FORBIDDEN)(scope, receive, send)
 
 
@@ -329,12 +342,13 @@ class SecurityHeaders:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
 
         async def send_with_headers(message) -> None:
-            if message["type"] == "http.response.start":
+            # a websocket's handshake refused with a response of the app's own is an HTTP answer
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers.setdefault(name, value)

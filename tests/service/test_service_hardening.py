@@ -15,6 +15,7 @@ import pytest
 import video_samples as vs
 from fastapi.testclient import TestClient
 from service_helpers import json_request_bodies, pattern_factory, random_engine
+from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
 from v1motion.service.app import create_app
@@ -134,10 +135,13 @@ def test_video_list_refuses_offsets_beyond_sqlite_with_a_422(client, query):
 def test_foreign_host_is_refused_without_a_token(client, host):
     r = client.get("/v1/streams", headers={"Host": host})
     assert r.status_code == 403 and "V1MOTION_ALLOWED_HOSTS" in r.json()["detail"]
-    with pytest.raises(WebSocketDisconnect) as exc:
+    with pytest.raises(WebSocketDenialResponse) as exc:
         with client.websocket_connect("/v1/streams/synthetic", headers={"Host": host}):
             pass
-    assert exc.value.code == 1008
+    # the handshake gets the same 403, its reason and the security headers (it got none of them)
+    assert exc.value.status_code == 403 and "V1MOTION_ALLOWED_HOSTS" in exc.value.json()["detail"]
+    assert exc.value.headers["x-frame-options"] == "DENY"
+    assert "content-security-policy" in exc.value.headers
 
 
 @pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1", "[::1]:8000", "testserver"])

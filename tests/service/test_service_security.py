@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from service_helpers import pattern_factory, random_engine, server_warnings, serving
+from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -90,10 +91,11 @@ def test_websocket_wrong_token_is_closed(client, first):
 
 def test_websocket_from_a_foreign_origin_is_refused():
     with TestClient(create_app(Settings(), engine_factory=random_engine)) as c:
-        with pytest.raises(WebSocketDisconnect) as exc:
+        with pytest.raises(WebSocketDenialResponse) as exc:
             with c.websocket_connect("/v1/camera", headers={"Origin": "https://evil.example"}):
                 pass
-        assert exc.value.code == 1008
+        assert exc.value.status_code == 403 and "cross-site" in exc.value.json()["detail"]
+        assert exc.value.headers["x-content-type-options"] == "nosniff"
         # the page's own origin, and a configured one, are allowed
         with c.websocket_connect("/v1/camera", headers={"Origin": "http://testserver"}) as ws:
             ws.send_text(json.dumps({"type": "hello", "width": 64, "height": 64}))
