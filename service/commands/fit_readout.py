@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
         description="Run training sequences (pans, gratings, still frames and moving objects made "
         "from the training stills) through the engine and fit the MT read-out on the pooled "
         "activity it sees live. With the defaults it remakes the shipped read-out and its card "
-        "(about 4 minutes on one core, and 7 GB of memory at the peak).",
+        "(about 6 minutes on one core, and 7 GB of memory at the peak).",
         epilog="example:\n  v1motion fit-readout --out /tmp/readout.npz   # then compare with "
         "python bench/accuracy.py --quick",
     )
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
         "--axis-calibration",
         action="store_true",
         help="instead, refit only the calibration of the axis the aperture step reads from the "
-        "units (on drifting gratings of every axis, 2.5 degrees apart; about 2 minutes) and write "
+        "units (on drifting gratings of every axis, 2.5 degrees apart; about 30 s) and write "
         "it to --axis-out; rerun it after retraining the ss-RNN",
     )
     p.add_argument(
