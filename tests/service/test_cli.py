@@ -58,25 +58,32 @@ def test_engine_option_is_explained():
     assert "trained" in engine.help and "random" in engine.help
 
 
+def _refusal_of_serve(port: int, data_dir) -> str:
+    """``v1motion serve`` on ``port`` with ``data_dir``: it must refuse with status 1, in one line
+    on stderr and no traceback, without announcing a dashboard. Returns that line."""
+    out = subprocess.run(
+        serve_command(port),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | {"V1MOTION_DATA_DIR": str(data_dir)},
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr + out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "dashboard on" not in out.stdout
+    return lines[0]
+
+
 def test_busy_port_is_one_line_that_names_the_fix_and_no_traceback(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run(
-            serve_command(port),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=os.environ | {"V1MOTION_DATA_DIR": str(tmp_path)},  # not a running service's
-        )
-    assert out.returncode == 1
-    assert "Traceback" not in out.stderr + out.stdout
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
-    assert f"port {port}" in lines[0] and "already in use" in lines[0]
-    assert "--port" in lines[0] and "V1MOTION_PORT" in lines[0]
-    assert "dashboard on" not in out.stdout
+        line = _refusal_of_serve(port, tmp_path)  # a data folder no running service holds
+    assert f"port {port}" in line and "already in use" in line
+    assert "--port" in line and "V1MOTION_PORT" in line
 
 
 def test_a_data_folder_in_use_is_one_line_that_names_the_holder_and_the_fix(tmp_path):
@@ -89,22 +96,11 @@ def test_a_data_folder_in_use_is_one_line_that_names_the_holder_and_the_fix(tmp_
         with socket.socket() as free:
             free.bind(("127.0.0.1", 0))
             port = free.getsockname()[1]
-        out = subprocess.run(
-            serve_command(port),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=os.environ | {"V1MOTION_DATA_DIR": str(tmp_path)},
-        )
+        line = _refusal_of_serve(port, tmp_path)
     finally:
         held.release()
-    assert out.returncode == 1
-    assert "Traceback" not in out.stderr + out.stdout
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
-    assert f"pid {os.getpid()}" in lines[0] and "in use by another v1motion service" in lines[0]
-    assert "V1MOTION_DATA_DIR" in lines[0] and "--port" in lines[0]
-    assert "dashboard on" not in out.stdout
+    assert f"pid {os.getpid()}" in line and "in use by another v1motion service" in line
+    assert "V1MOTION_DATA_DIR" in line and "--port" in line
 
 
 def test_address_is_printed_only_once_the_server_answers(capsys):
