@@ -105,7 +105,7 @@ class StreamPipeline:
             "subscribers": len(self.hub.subscribers),
             "frames": self.frames,
             "dropped": self.dropped_capture,
-            "fps": round(self.fps, 2),
+            "fps": 0.0 if self.state == "ended" else round(self.fps, 2),  # no frames to come
             "frame_age_s": None if age is None else round(age, 3),
             "size": list(self.size) if self.size else None,
             "error": self.last_error,

@@ -149,7 +149,7 @@ def test_a_file_source_without_loop_ends_and_is_not_reopened(tmp_path, loop):
         wait_for(lambda: c.get("/v1/streams/clip").json()["state"] == "ended", what="the end")
         time.sleep(0.5)  # time enough for a reconnection and a second pass, as before
         s = c.get("/v1/streams/clip").json()
-        assert s["state"] == "ended" and s["error"] is None
+        assert s["state"] == "ended" and s["error"] is None and s["fps"] == 0.0
         assert s["frames"] <= 12
         metrics = c.get("/metrics").text
         assert 'v1motion_source_reconnects_total{stream="clip"}' not in metrics or (
