@@ -48,12 +48,18 @@ def _holds_bools(y) -> bool:
     return bool in set(map(type, items))
 
 
+MAX_COUNT = 100_000
+"""Spikes in one time bin: a neuron fires at most about once a millisecond, so this many is 100 s of
+firing at that rate in one bin. Counts sent far beyond it (1e20 was accepted) are another quantity
+sent by mistake, and fitted they gave held-out scores of -1e17 bits per spike, not an error."""
+
+
 def as_counts(y, *, max_elements: int | None = None, name: str = "counts") -> np.ndarray:
     """Validate spike counts and return them as float ``(n_trials, n_bins, n_neurons)``.
 
     Raises ``ValueError`` naming the problem: ragged nesting, strings or (in lists) booleans, wrong
-    rank, zero neurons/bins/trials, non-finite values, negative or non-integer counts, or more than
-    ``max_elements`` entries.
+    rank, zero neurons/bins/trials, non-finite values, negative or non-integer counts, more than
+    ``MAX_COUNT`` spikes in a bin, or more than ``max_elements`` entries.
     """
     try:
         arr = np.asarray(y)
@@ -86,6 +92,13 @@ def as_counts(y, *, max_elements: int | None = None, name: str = "counts") -> np
         raise ValueError(f"{name} contains negative counts")
     if np.any(arr != np.round(arr)):
         raise ValueError(f"{name} contains non-integer counts")
+    if arr.max() > MAX_COUNT:
+        t, b, n = np.unravel_index(int(np.argmax(arr)), arr.shape)
+        raise ValueError(
+            f"{name} has {arr.max():.6g} spikes in one bin (trial {t}, bin {b}, neuron {n}); a bin "
+            f"holds at most {MAX_COUNT:,}: counts are spikes per time bin, not rates, times or "
+            "samples of a signal"
+        )
     return arr
 
 

@@ -65,7 +65,7 @@ class SpikeData(RequestBody):
     counts: Any = Field(
         None,
         description="(trials, bins, neurons) or (bins, neurons) non-negative integer counts, "
-        "rectangular",
+        "rectangular, at most 100,000 spikes in a bin",
     )
     spike_times: Any = Field(
         None,

@@ -137,6 +137,9 @@ def test_as_counts_names_each_problem():
         as_counts(np.zeros((10, 10)), max_elements=50)
     with pytest.raises(ValueError, match="non-integer"):
         as_counts([[0.5]])
+    with pytest.raises(ValueError, match=r"1e\+20 spikes in one bin \(trial 0, bin 1, neuron 0\)"):
+        as_counts([[0, 2], [1e20, 3]])
+    assert as_counts([[100_000, 0]]).max() == 100_000  # the most a bin may hold
     with pytest.raises(ValueError, match="not strings"):
         as_counts([["1", "2"]])
     with pytest.raises(ValueError, match="not true/false"):

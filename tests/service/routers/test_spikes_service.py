@@ -134,6 +134,7 @@ def test_evaluate_takes_the_npz_a_fit_takes(client):
         ({"counts": [[[], []]]}, "zero neurons"),
         ({"counts": np.zeros((1, 10_000, 3)).tolist()}, "too large"),
         ({"counts": [[[0.5]]]}, "non-integer"),
+        ({"counts": [[[1e20, 0], [0, 1]]]}, "spikes in one bin"),  # was fitted: -1e17 bits/spike
         ({"counts": [[["1", "0"]]]}, "not strings"),  # numpy would read them as numbers
         ({"counts": [[[True, False]]]}, "not true/false"),
         ({"counts": [[[1, 0], [0, True]]]}, "not true/false"),  # numpy would read true as 1
