@@ -31,6 +31,7 @@ from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
 from v1motion.models.spikes.data import as_counts, bin_spike_times
 from v1motion.models.spikes.registry import (
     GROWS_WITH_NEURONS,
+    MODEL_KINDS,
     check_data,
     fit_bytes,
     model_options,
@@ -174,8 +175,6 @@ def work_factor(kind: str, given: dict) -> int:
     plus its own history lags plus, unless ``init="random"``, the lags of the GLM it fits first (10 when
     it has no filters of its own).
     """
-    from v1motion.models.spikes.registry import MODEL_KINDS
-
     cls = MODEL_KINDS[kind][0]
     sig = inspect.signature(cls.__init__).parameters
 
@@ -201,8 +200,9 @@ class SpikeModelCreate(SpikeData):
     kind: str = Field(
         "rglm_correlated",
         max_length=64,
-        description="model kind; the ``_locked`` kinds are driven by the stimulus-locked rate (PSTH) "
-        "of the training trials, for trials that repeat one stimulus (at least 2, all of one length)",
+        description=f"model kind, one of {', '.join(MODEL_KINDS)}; the ``_locked`` kinds are "
+        "driven by the stimulus-locked rate (PSTH) of the training trials, for trials that repeat "
+        "one stimulus (at least 2, all of one length)",
     )
     options: SpikeOptions = Field(default_factory=SpikeOptions)
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -572,7 +572,7 @@ def _create_body() -> dict:
         **NPZ_FILE,
         "properties": {
             **NPZ_FILE["properties"],
-            "kind": {"type": "string"},
+            "kind": {"type": "string", "description": f"one of {', '.join(MODEL_KINDS)}"},
             "options": {"type": "string", "description": "the options as a JSON object"},
             "test_fraction": {"type": "number"},
             "seed": {"type": "integer"},

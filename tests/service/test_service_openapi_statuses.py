@@ -71,6 +71,18 @@ def test_every_operation_documents_the_refusals_of_the_guard_and_the_body_checks
     assert "413" not in spec["paths"]["/v1/streams"]["get"]["responses"]
 
 
+def test_the_schema_names_every_spike_model_kind():
+    """A client reading the schema (or /docs) learns which kinds it may ask for, not only from a 422."""
+    from v1motion.models.spikes.registry import MODEL_KINDS
+
+    with TestClient(make_app()) as client:
+        spec = client.get("/openapi.json").json()
+    bodies = spec["paths"]["/v1/spikes/models"]["post"]["requestBody"]["content"]
+    for media in ("application/json", "multipart/form-data"):
+        description = bodies[media]["schema"]["properties"]["kind"]["description"]
+        assert all(kind in description for kind in MODEL_KINDS), media
+
+
 def test_405_allow_lists_every_method_of_the_path():
     with TestClient(make_app()) as client:
         res = client.put("/v1/streams/synthetic")
