@@ -72,7 +72,8 @@ def add_parser(subparsers) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a constructor option of the model, value as JSON; repeatable (default: none)",
+        help="a constructor option of the model, value as JSON, in the range the API gives it "
+        "(/docs: the fit's options); repeatable (default: none)",
     )
     f.add_argument("--test-fraction", type=float, default=0.2, help="fraction of trials held out")
     f.add_argument("--seed", type=int, default=0, help="random seed")
@@ -204,6 +205,21 @@ def _check_option_types(kind: str, options: dict) -> None:
             raise ValueError(f"--option {key}={value!r}: expected {want} (default {default!r})")
 
 
+def _check_option_ranges(options: dict) -> None:
+    """Each option within the range the service's schema gives it (``SpikeOptions``): ``n_lags=1e9``
+    ended in numpy's traceback for a 30 GB array, ``l2=-1`` and ``max_iter=0`` were fitted."""
+    from pydantic import ValidationError
+
+    from v1motion.service.routers.spikes import SpikeOptions
+
+    try:
+        SpikeOptions.model_validate(options)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = str(err["loc"][0]) if err["loc"] else "option"
+        raise ValueError(f"--option {key}={options.get(key)!r}: {err['msg']}") from None
+
+
 def physical_memory_bytes() -> int:
     """This machine's memory (Linux and other POSIX systems)."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -230,6 +246,7 @@ def run_fit(args: argparse.Namespace) -> int:
     y = _load_counts(args)
     options = _parse_options(args.option)
     _check_option_types(args.kind, options)
+    _check_option_ranges(options)
     _check_fits_in_memory(args.kind, y, options)
     model, baseline, report = fit_and_score(y, args.kind, options, args.test_fraction, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -80,9 +80,14 @@ def test_counts_from_a_npy_file_fit_as_from_a_npz(tmp_path, capsys):
         ('n_lags="5"', "--option n_lags='5': expected a whole number"),
         ("n_lags=2.5", "--option n_lags=2.5: expected a whole number"),
         ("l2=big", "--option l2='big': expected a number"),
+        # out of the service's ranges: a 30 GB array's traceback, or fitted as given
+        ("n_lags=1e9", "--option n_lags=1000000000.0: Input should be less than or equal to 100"),
+        ("n_lags=-3", "--option n_lags=-3: Input should be greater than or equal to 1"),
+        ("l2=-1", "--option l2=-1: Input should be greater than or equal to 0"),
+        ("max_iter=0", "--option max_iter=0: Input should be greater than or equal to 1"),
     ],
 )
-def test_an_option_of_the_wrong_type_is_named(tmp_path, capsys, option, message):
+def test_an_option_of_the_wrong_type_or_range_is_named(tmp_path, capsys, option, message):
     np.savez(tmp_path / "c.npz", counts=np.random.default_rng(0).poisson(0.4, (4, 150, 3)))
     args = ["--counts", str(tmp_path / "c.npz"), "--kind", "glm", "--option", option]
     assert main(["spikes", "fit", *args, "--out", str(tmp_path / "m")]) == 2  # was a TypeError
