@@ -402,7 +402,7 @@ async def _parse_create(request: Request, max_elements: int) -> tuple[SpikeModel
     if not _is_multipart(request):
         worker = get_state(request).spike_worker
         return await _parse_json(worker, raw, SpikeModelCreate, max_elements)
-    form, data = await _npz_form(request, raw, max_fields=8)
+    form, data = await _npz_form(request, raw, FIT_FORM_FIELDS)
     try:
         options = json.loads(form.get("options") or "{}")
     except (ValueError, RecursionError) as exc:
@@ -419,14 +419,25 @@ def _is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").startswith("multipart/form-data")
 
 
-async def _npz_form(request: Request, raw: bytes, max_fields: int):
+FIT_FORM_FIELDS = ("file", "kind", "options", "test_fraction", "seed")
+
+
+async def _npz_form(request: Request, raw: bytes, fields: tuple[str, ...] = ("file",)):
     """The multipart body ``raw`` (already read, within its limit) as its form and the bytes of its
-    ``file`` (an .npz); 422 naming the problem."""
+    ``file`` (an .npz); 422 naming the problem, a field other than ``fields`` included (a misspelt
+    ``test_fraction`` was ignored, the fit run with the default)."""
     request._body = raw  # parsed from the bytes already read
     try:
-        form = await request.form(max_files=1, max_fields=max_fields)
+        form = await request.form(max_files=1, max_fields=len(fields) + 2)
     except StarletteHTTPException as exc:  # Starlette's 400 for a form it will not read
         raise HTTPException(422, detail=f"the multipart body was refused: {exc.detail}") from None
+    unknown = sorted(set(form.keys()) - set(fields))
+    if unknown:
+        raise HTTPException(
+            422,
+            detail=f"unknown form field(s) {', '.join(map(repr, unknown))}; this upload takes "
+            f"{', '.join(map(repr, fields))}",
+        )
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise HTTPException(422, detail="multipart upload needs a 'file' field holding an .npz")
@@ -563,6 +574,7 @@ NPZ_FILE = {
     "properties": {
         "file": {"type": "string", "format": "binary", "description": ".npz with 'counts'"}
     },
+    "additionalProperties": False,  # another field is refused (_npz_form)
 }
 
 
@@ -684,7 +696,7 @@ async def evaluate_model(model_id: str, request: Request, store: Store, worker: 
     raw = await request.body()  # within V1MOTION_MAX_BODY_MB (security.BodyLimit)
     limit = get_settings(request).spikes_max_elements
     if _is_multipart(request):  # a bad body is a 422 before a 404
-        y = _npz_counts((await _npz_form(request, raw, max_fields=1))[1], limit)
+        y = _npz_counts((await _npz_form(request, raw))[1], limit)
     else:
         _, y = await _parse_json(worker, raw, SpikeData, limit)
     rec = store.get(model_id)

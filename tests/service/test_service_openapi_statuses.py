@@ -74,6 +74,7 @@ def test_every_operation_documents_the_refusals_of_the_guard_and_the_body_checks
 def test_the_schema_names_every_spike_model_kind():
     """A client reading the schema (or /docs) learns which kinds it may ask for, not only from a 422."""
     from v1motion.models.spikes.registry import MODEL_KINDS
+    from v1motion.service.routers.spikes import FIT_FORM_FIELDS
 
     with TestClient(make_app()) as client:
         spec = client.get("/openapi.json").json()
@@ -81,6 +82,10 @@ def test_the_schema_names_every_spike_model_kind():
     for media in ("application/json", "multipart/form-data"):
         description = bodies[media]["schema"]["properties"]["kind"]["description"]
         assert all(kind in description for kind in MODEL_KINDS), media
+    # the form fields the schema lists are the ones the upload takes; others are refused
+    form = bodies["multipart/form-data"]["schema"]
+    assert set(form["properties"]) == set(FIT_FORM_FIELDS)
+    assert form["additionalProperties"] is False
 
 
 def test_405_allow_lists_every_method_of_the_path():

@@ -111,6 +111,15 @@ def test_evaluate_takes_the_npz_a_fit_takes(client):
     assert r.status_code == 422 and "negative" in r.json()["detail"]
     r = client.post(url, files={"counts": ("c.npz", b"1", "text/plain")})  # no 'file' field
     assert r.status_code == 422 and "'file'" in r.json()["detail"]
+    # a field the upload does not take is named, not ignored (a fit ran with the default for a
+    # misspelt test_fraction)
+    r = client.post(url, files=_npz(counts=_counts(1)), data={"kind": "glm"})
+    assert r.status_code == 422 and "unknown form field(s) 'kind'" in r.json()["detail"]
+    fit = client.post(
+        "/v1/spikes/models", files=_npz(counts=_counts()), data={"test_fractoin": "0.5"}
+    )
+    assert fit.status_code == 422, fit.text
+    assert "'test_fractoin'" in fit.json()["detail"] and "'test_fraction'" in fit.json()["detail"]
     assert client.post(url, data={"counts": "1"}).status_code == 415  # a urlencoded form
     r = client.post("/v1/spikes/models/nope/evaluate", files=_npz(spikes=_counts(1)))
     assert r.status_code == 422
