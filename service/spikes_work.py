@@ -14,7 +14,12 @@ import uuid
 import numpy as np
 
 from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
-from v1motion.models.spikes.registry import STIMULUS_LOCKED, evaluate, fit_and_score
+from v1motion.models.spikes.registry import (
+    STIMULUS_LOCKED,
+    evaluate,
+    fit_and_score,
+    options_in_effect,
+)
 
 __all__ = ["evaluate", "fit_record", "sample_body"]
 
@@ -29,6 +34,7 @@ def fit_record(y: np.ndarray, kind: str, options: dict, test_fraction: float, se
         "id": uuid.uuid4().hex[:12],
         "kind": kind,
         "options": options,
+        "options_used": options_in_effect(kind, options),
         "n_neurons": int(y.shape[-1]),
         "n_params": report["n_params"],
         "held_out_bits_per_spike": report["bits_per_spike"],

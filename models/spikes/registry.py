@@ -52,6 +52,16 @@ def model_options(kind: str) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self" and p not in fixed]
 
 
+def options_in_effect(kind: str, given: dict) -> dict:
+    """Every option of ``kind`` as a fit with the options ``given`` uses it: the constructor's
+    defaults, this project's defaults for the kind (``KIND_DEFAULTS``), then the given ones; tuples
+    as lists (JSON)."""
+    cls, _ = _lookup(kind)
+    params = inspect.signature(cls.__init__).parameters
+    used = {k: params[k].default for k in model_options(kind)} | KIND_DEFAULTS.get(kind, {}) | given
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in used.items()}
+
+
 def _lookup(kind):
     try:
         return MODEL_KINDS[kind]

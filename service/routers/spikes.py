@@ -231,7 +231,16 @@ class FitPublic(BaseModel):
 class SpikeModelPublic(BaseModel):
     id: str
     kind: str
-    options: dict[str, Any]
+    options: dict[str, Any] = Field(description="the options given")
+    options_used: dict[str, Any] = Field(
+        default_factory=dict,
+        description="every option of the kind as the fit used it: its defaults, with the given ones",
+    )
+    bin_size: float | None = Field(
+        None,
+        description="the bin width the spike times were counted in (their unit); null when counts "
+        "were sent",
+    )
     n_neurons: int
     n_params: int
     held_out_bits_per_spike: float
@@ -651,6 +660,7 @@ async def create_model(request: Request, store: Store, worker: Worker) -> SpikeM
         raise HTTPException(
             422, detail=f"the fit failed on these data and options: {exc}"
         ) from None
+    rec["bin_size"] = getattr(spec, "bin_size", None)
     store.add(rec)
     log.info("spike model %s (%s) fitted in %.1f s", rec["id"], spec.kind, rec["fit_seconds"])
     return _public(rec)

@@ -1142,3 +1142,14 @@ def test_a_fit_is_warned_of_as_worse_than_constant_rates_only_beyond_rounding():
     assert fit_warnings(-0.5 * WORSE_BY, 10, 1000) == []
     [said] = fit_warnings(-0.05, 10, 1000)
     assert "worse than by each neuron's constant mean rate (-0.05 bits/spike)" in said
+
+
+def test_options_in_effect_are_the_defaults_with_the_given_ones():
+    from v1motion.models.spikes.registry import options_in_effect
+
+    used = options_in_effect("plds", {"n_latent": 2})
+    assert used["n_latent"] == 2 and used["n_iter"] == 200  # given; the class's default
+    assert used["l2_loadings"] == 10.0  # the kind's own default (KIND_DEFAULTS)
+    assert options_in_effect("rglm", {})["init_timescales"] == [0.5, 0.97]  # a tuple, as JSON
+    with pytest.raises(ValueError, match="unknown model kind"):
+        options_in_effect("hmm", {})

@@ -73,6 +73,23 @@ def test_fit_from_spike_times(client):
     )
     assert r.status_code == 201, r.text
     assert r.json()["n_neurons"] == 3
+    assert r.json()["bin_size"] == 10  # what the counts are counts of, kept with the model
+
+
+def test_the_record_says_every_option_the_fit_used(client):
+    """The record echoed the options given only: which n_basis or l2 a fit used was not on it."""
+    r = client.post(
+        "/v1/spikes/models",
+        json={"counts": _counts().tolist(), "kind": "glm", "options": {"n_lags": 3}},
+    )
+    assert r.status_code == 201, r.text
+    rec = r.json()
+    assert rec["options"] == {"n_lags": 3}
+    assert rec["options_used"]["n_lags"] == 3 and rec["options_used"]["n_basis"] == 4
+    assert rec["options_used"]["l2"] == 1e-4 and rec["bin_size"] is None
+    assert (
+        client.get(f"/v1/spikes/models/{rec['id']}").json()["options_used"] == rec["options_used"]
+    )
 
 
 def test_fit_from_npz_upload(client):
