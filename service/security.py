@@ -177,6 +177,20 @@ async def ignore_refused(_conn: HTTPConnection, _exc: Exception) -> None:
 AuthDep = Depends(authorize)
 
 
+def foreign_origin(origin: str) -> str:
+    """Why a request or a websocket from the page of another site is refused."""
+    return (
+        f"cross-site request refused: Origin {origin!r} is not this service; "
+        "add it to V1MOTION_ALLOWED_ORIGINS if pages there may use it"
+    )
+
+
+def answers_handshakes(scope: Scope) -> bool:
+    """Whether the server can refuse a websocket's handshake with a response of the app's own (the
+    ASGI denial-response extension: uvicorn, the test client); else only by closing it (1008)."""
+    return "websocket.http.response" in scope.get("extensions", {})
+
+
 def origin_allowed(ws: WebSocket, settings: Settings) -> bool:
     """No Origin (not a browser), the page's own host, or one of ``settings.allowed_origins``."""
     origin = ws.headers.get("origin")
@@ -196,13 +210,9 @@ async def accept_websocket(ws: WebSocket) -> bool:
     if not origin_allowed(ws, settings):
         origin = ws.headers.get("origin")
         log.warning("websocket from origin %s refused", origin)
-        if "websocket.http.response" in ws.scope.get("extensions", {}):
-            detail = (
-                f"cross-site websocket refused: Origin {origin!r} is not this service; add it to "
-                "V1MOTION_ALLOWED_ORIGINS if pages there may use it"
-            )  # a 403 with the reason and the security headers, as HTTP refusals get
+        if answers_handshakes(ws.scope):  # a 403 with the reason and the headers, as HTTP gets
             await ws.send_denial_response(
-                JSONResponse({"detail": detail}, status.HTTP_403_FORBIDDEN)
+                JSONResponse({"detail": foreign_origin(origin)}, status.HTTP_403_FORBIDDEN)
             )
         else:
             await ws.close(code=1008, reason="origin not allowed")
@@ -290,19 +300,14 @@ class HostOriginGuard:
             origin = conn.headers.get("origin")
             fetch_site = conn.headers.get("sec-fetch-site", "")
             if origin is not None and not same_site(origin, host, self.settings):
-                problem = (
-                    f"cross-site request refused: Origin {origin!r} is not this service; "
-                    "add it to V1MOTION_ALLOWED_ORIGINS if pages there may use it"
-                )
+                problem = foreign_origin(origin)
             elif origin is None and fetch_site == "cross-site":
                 problem = "cross-site request refused (Sec-Fetch-Site: cross-site)"
         if problem is None:
             await self.app(scope, receive, send)
             return
         log.warning("refused %s %s: %s", scope.get("method", "websocket"), scope["path"], problem)
-        if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
-            "extensions", {}
-        ):  # a server that cannot answer a handshake with a response of its own
+        if scope["type"] == "websocket" and not answers_handshakes(scope):
             await send(
                 {"type": "websocket.close", "code": 1008, "reason": "host or origin not allowed"}
             )
