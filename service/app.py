@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from v1motion.models.motion.contract import Engine, make_engine
 from v1motion.service import http_errors
-from v1motion.service.jobs.lock import StoreLocked
+from v1motion.service.jobs.lock import StoreLock, StoreLocked
 from v1motion.service.jobs.manager import VideoJobs
 from v1motion.service.jobs.upload import UploadSlots
 from v1motion.service.live.engine import EngineHolder
@@ -47,6 +47,7 @@ def create_app(
     *,
     engine_factory: Callable[[], Engine] | None = None,
     source_factories: dict[str, SourceFactory] | None = None,
+    store_lock: StoreLock | None = None,
 ) -> FastAPI:
     """Build the app; engines and sources are created in the lifespan, never at import time.
 
@@ -58,6 +59,10 @@ def create_app(
         Builds the motion engine; defaults to the one named by ``settings.engine``.
     source_factories : dict, optional
         Replace the source of some configured streams by name (tests and benchmarks).
+    store_lock : StoreLock, optional
+        The lock of ``settings.data_dir``'s job store, already taken by the caller (``v1motion
+        serve`` takes it before it binds its port); the app releases it when it stops. Without it
+        the app takes the lock itself when it starts.
     """
     settings = settings or Settings()
     # Built, not warmed: EngineHolder.load warms whatever engine it is given.
@@ -76,7 +81,7 @@ def create_app(
     async def lifespan(app: FastAPI):
         """Build every stateful object into one AppState; close them in reverse on shutdown."""
         # First, before any thread starts: a data directory another service holds stops us here.
-        videos = await run_in_threadpool(VideoJobs.from_settings, settings)
+        videos = await run_in_threadpool(VideoJobs.from_settings, settings, store_lock)
         try:  # locks the job store, recovers interrupted jobs; workers warm up lazily
             await run_in_threadpool(videos.start)
         except StoreLocked as exc:  # another service uses this data directory

@@ -145,8 +145,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"v1motion serve: bad configuration:\n{config_errors(exc)}")
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    store_lock, refusal = _lock_data_dir(settings.data_dir, settings.port)
+    if refusal:
+        print(f"v1motion serve: {refusal}", file=sys.stderr)
+        return 1
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, store_lock=store_lock),
         root_path=settings.root_path,
         log_config=None,
         ws_max_size=settings.camera_max_bytes * 2,
@@ -156,13 +160,10 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         proxy_headers=True,
     )
-    refusal = _data_dir_in_use(settings.data_dir, settings.port)
-    if refusal:
-        print(f"v1motion serve: {refusal}", file=sys.stderr)
-        return 1
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:
+        store_lock.release()
         print(f"v1motion serve: {_bind_error(exc, settings.host, settings.port)}", file=sys.stderr)
         return 1
     port = sock.getsockname()[1]
@@ -179,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         Server(config).run(sockets=[sock])
     finally:
         stop.set()
+        store_lock.release()  # the app released it when it stopped; not if it never started
     return 0
 
 
@@ -194,28 +196,29 @@ def _exit_on_sigterm(_signum, _frame) -> None:
     raise SystemExit(0)
 
 
-def _data_dir_in_use(data_dir, port: int) -> str | None:
-    """One line if another running service holds the job store of ``data_dir``, else ``None``.
+def _lock_data_dir(data_dir, port: int):
+    """Take the job store's lock of ``data_dir`` for the app: ``(lock, None)``, or ``(None, one line)``
+    if another running service holds it.
 
-    The app takes that lock for good when it starts (``StoreLock``); refused there, the refusal
-    came as uvicorn's failed startup, some sixty lines of traceback. Checked before the port, so
-    that a second ``make serve`` on one machine learns both what it needs."""
+    Taken here, before the port, so that a second ``make serve`` on one machine learns both what it
+    needs in one line (refused in the app's start-up, it was uvicorn's failed startup: some sixty
+    lines of traceback). Held from here on and handed to the app, which releases it when it stops:
+    a probe released again before the app took the lock let two services started in the same
+    instant both pass it, and the second then failed with that traceback after all."""
     from v1motion.service.jobs.lock import StoreLock, StoreLocked
 
-    probe = StoreLock(data_dir)
+    lock = StoreLock(data_dir)
     try:
-        probe.acquire()
+        lock.acquire()
     except StoreLocked as exc:
         other = port + 1 if port < 65535 else 8001
-        return (
+        return None, (
             f"{exc}. To run a second service on this machine, give it its own data folder and "
             f"port: V1MOTION_DATA_DIR=var/{other} v1motion serve --port {other}"
         )
     except OSError as exc:
-        return f"cannot use the data folder {data_dir}: {exc.strerror or exc}"
-    finally:
-        probe.release()
-    return None
+        return None, f"cannot use the data folder {data_dir}: {exc.strerror or exc}"
+    return lock, None
 
 
 def _bind_error(exc: OSError, host: str, port: int) -> str:

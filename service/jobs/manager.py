@@ -12,7 +12,7 @@ from pathlib import Path
 from v1motion.service.jobs.engines import engine_factory
 from v1motion.service.jobs.layout import JobLayout
 from v1motion.service.jobs.limits import Limits
-from v1motion.service.jobs.lock import StoreLock
+from v1motion.service.jobs.lock import LOCK_NAME, StoreLock
 from v1motion.service.jobs.runners import LocalWorkerPool, Runner
 from v1motion.service.jobs.store import JobRecord, JobStore
 from v1motion.service.logs import WORKER_LOG
@@ -43,6 +43,9 @@ class VideoJobs:
         Uploads are refused (503) while this many jobs wait.
     max_attempts : int
         Starts allowed per job before a restart-interrupted job is failed.
+    lock : StoreLock, optional
+        The lock of ``data_dir``'s job store when the caller has taken it already; :meth:`stop`
+        releases it.
     """
 
     def __init__(
@@ -52,18 +55,22 @@ class VideoJobs:
         runner_factory: Callable[[JobStore, Path, Limits], Runner],
         max_queued: int = 32,
         max_attempts: int = 2,
+        lock: StoreLock | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.jobs_dir = self.data_dir / JOBS_FOLDER
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.limits, self.max_queued, self.max_attempts = limits, max_queued, max_attempts
         self.store = JobStore(self.data_dir / DB_NAME)
-        self.lock = StoreLock(self.data_dir)
+        self.lock = lock or StoreLock(self.data_dir)
+        if self.lock.path.resolve() != (self.data_dir / LOCK_NAME).resolve():
+            raise ValueError(f"the lock {self.lock.path} is not that of {self.data_dir}")
         self.runner = runner_factory(self.store, self.jobs_dir, limits)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> VideoJobs:
-        """The service's jobs: local worker processes, or Ray tasks when ``ray_address`` is set."""
+    def from_settings(cls, settings: Settings, lock: StoreLock | None = None) -> VideoJobs:
+        """The service's jobs: local worker processes, or Ray tasks when ``ray_address`` is set;
+        ``lock``, if given, is the job store's lock already held by the caller."""
         name = settings.video_engine or settings.engine
         factory = engine_factory(name, settings.video_engine_threads)
         limits = Limits(
@@ -74,7 +81,11 @@ class VideoJobs:
             memory_mb=settings.video_memory_mb,
             deadline_s=settings.video_deadline_s,
         )
-        kw = dict(max_queued=settings.video_max_queued, max_attempts=settings.video_max_attempts)
+        kw = dict(
+            max_queued=settings.video_max_queued,
+            max_attempts=settings.video_max_attempts,
+            lock=lock,
+        )
         if settings.ray_address:
             from v1motion.service.jobs.ray_runner import RayRunner
 

@@ -15,7 +15,7 @@ from service_helpers import ServerThread, random_engine, serve_command
 from v1motion.service.app import create_app
 from v1motion.service.cli import build_parser
 from v1motion.service.commands.serve import announce_when_answering
-from v1motion.service.jobs.lock import StoreLock
+from v1motion.service.jobs.lock import StoreLock, StoreLocked
 from v1motion.service.settings import Settings
 
 
@@ -101,6 +101,34 @@ def test_a_data_folder_in_use_is_one_line_that_names_the_holder_and_the_fix(tmp_
         held.release()
     assert f"pid {os.getpid()}" in line and "in use by another v1motion service" in line
     assert "V1MOTION_DATA_DIR" in line and "--port" in line
+
+
+def test_serve_holds_the_data_folder_from_its_check_until_the_server_stops(tmp_path, monkeypatch):
+    """``v1motion serve`` keeps the job store's lock it checked and hands it to the app: a probe
+    released again before the app locked let two services started in the same instant both pass,
+    and the second died in start-up with uvicorn's traceback after all."""
+    from v1motion.service import server
+    from v1motion.service.commands import serve
+
+    seen = {}
+
+    def run_server(self, sockets):  # in place of uvicorn: is the folder still taken by serve?
+        try:
+            StoreLock(tmp_path).acquire()
+            seen["free"] = True
+        except StoreLocked:
+            seen["free"] = False
+
+    monkeypatch.setattr(server.Server, "run", run_server)
+    monkeypatch.setattr(serve, "announce_when_answering", lambda *a: None)
+    monkeypatch.setattr(serve.signal, "signal", lambda *a: None)  # not this process's SIGTERM
+    monkeypatch.setenv("V1MOTION_DATA_DIR", str(tmp_path))
+    args = build_parser().parse_args(["serve", "--engine", "random", "--port", "0"])
+    assert serve.run(args) == 0
+    assert seen == {"free": False}
+    after = StoreLock(tmp_path)
+    after.acquire()  # released when the server stopped
+    after.release()
 
 
 def test_address_is_printed_only_once_the_server_answers(capsys):

@@ -102,6 +102,26 @@ def test_the_service_refuses_to_start_on_a_data_dir_in_use(tmp_path, caplog):
         assert client.get("/healthz").status_code == 200  # the holder is gone: it starts
 
 
+def test_an_app_given_the_held_lock_runs_on_it_and_frees_it_when_it_stops(tmp_path):
+    """``v1motion serve`` takes the lock before it binds its port and hands it over: the app must
+    start on it (not refuse it as another service's) and release it when it stops."""
+    lock = StoreLock(tmp_path)
+    lock.acquire()
+    app = create_app(Settings(data_dir=tmp_path, engine="random"), store_lock=lock)
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        with pytest.raises(StoreLocked):
+            StoreLock(tmp_path).acquire()
+    assert not lock.held
+    with TestClient(create_app(Settings(data_dir=tmp_path, engine="random"))) as client:
+        assert client.get("/healthz").status_code == 200
+
+
+def test_jobs_refuse_the_lock_of_another_data_dir(tmp_path):
+    with pytest.raises(ValueError, match="is not that of"):
+        VideoJobs.local(tmp_path / "a", Limits(), fake_engine, lock=StoreLock(tmp_path / "b"))
+
+
 def test_a_start_that_fails_after_locking_leaves_the_data_dir_free(tmp_path, monkeypatch):
     """Anything failing after the store is locked (here the language model) releases the lock."""
     from v1motion.service.routers import language
