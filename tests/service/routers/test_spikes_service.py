@@ -401,6 +401,25 @@ def _fit_while_the_server_stops(gate: Path, open_gate_after: float | None):
     return out["r"], pid
 
 
+def test_a_fit_whose_client_hangs_up_is_kept(gated_fit):
+    """A client that gives up on a long fit (its own timeout, a proxy's) does not lose it: the fit
+    runs on and its model is listed by ``GET /v1/spikes/models``."""
+    import httpx
+    from service_helpers import ServerThread
+
+    with ServerThread(create_app(Settings())) as srv:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{srv.url}/v1/spikes/models", json=_fit_body(), timeout=(10, 1.0))
+        _entered(gated_fit)
+        assert httpx.get(f"{srv.url}/v1/spikes/models").json()["count"] == 0
+        (gated_fit / "open").touch()
+        deadline = time.monotonic() + 30
+        while (listed := httpx.get(f"{srv.url}/v1/spikes/models").json())["count"] == 0:
+            assert time.monotonic() < deadline, "the fit was lost"
+            time.sleep(0.1)
+    assert listed["data"][0]["kind"] == "correlated"
+
+
 def test_a_stopping_server_answers_a_fit_it_stops(gated_fit):
     """A fit still running near the end of the grace period is stopped and answered 503; uvicorn
     alone would cancel its request at the end and close the connection without an answer."""
