@@ -264,8 +264,9 @@ function polarAxes(ctx, c, r) {
   ctx.textBaseline = "middle";
   const lab = [["0°", 0], ["90°", 90], ["180°", 180], ["270°", 270]];
   for (const [t, a] of lab) {
-    const rad = (a * Math.PI) / 180;
-    ctx.fillText(t, c + Math.cos(rad) * (r + 14), c - Math.sin(rad) * (r + 12));
+    const rad = (a * Math.PI) / 180, half = ctx.measureText(t).width / 2;
+    const x = Math.min(Math.max(c + Math.cos(rad) * (r + 14), half + 1), 2 * c - half - 1);
+    ctx.fillText(t, x, c - Math.sin(rad) * (r + 12));
   }
 }
 
@@ -427,6 +428,9 @@ function drawSpeedTuning(canvas, speeds, values, pref) {
   ctx.rotate(-Math.PI / 2);
   ctx.fillText("response", 0, 0);
   ctx.restore();
+  ctx.textAlign = "right";
+  ctx.fillText(max.toFixed(2), l - 3, t + 4);
+  ctx.fillText("0", l - 3, h - b);
   ctx.strokeStyle = "#58a6ff";
   ctx.lineWidth = 2.5;
   ctx.beginPath();
@@ -555,7 +559,7 @@ function renderTopUnits(top) {
   const activity = chips.activity; // every unit still active, not only the top ten
   for (const [id, el] of chips.els) {
     const a = activity.get(id);
-    el.querySelector("small").textContent = a == null ? "–" : fmtActivity(a);
+    setChipActivity(el, id, a);
     el.classList.toggle("stale", a == null);
   }
   const order = top.map((u) => u[0]).join(",");
@@ -569,11 +573,16 @@ function renderTopUnits(top) {
   for (const [id, el] of chips.els) if (!keep.has(id)) el.remove();
   chips.els = keep;
   for (const [id, el] of keep) {
-    el.querySelector("small").textContent = fmtActivity(activity.get(id));
+    setChipActivity(el, id, activity.get(id));
     el.classList.remove("stale");
     box.append(el); // moves an existing chip, so its listeners and focus survive
   }
   $("top-units-empty").hidden = top.length > 0;
+}
+
+function setChipActivity(el, id, a) {
+  el.querySelector("small").textContent = a == null ? "–" : fmtActivity(a);
+  el.setAttribute("aria-label", a == null ? `unit ${id}, not active` : `unit ${id}, activity ${fmtActivity(a)}`);
 }
 
 function fmtActivity(a) { return a >= 100 ? a.toFixed(0) : a >= 10 ? a.toFixed(1) : a.toFixed(2); }
@@ -590,8 +599,9 @@ function makeChip(id) {
   b.append(dot, `#${id}`, small);
   if (info) {
     b.title = `prefers ${fmtDeg(info.preferred_direction_deg)}° at ${fmtSpeed(info.preferred_speed)} px/frame` +
-      (info.degenerate ? ` · ${info.degenerateWhy}` : "");
+      (info.degenerate ? ` · ${info.degenerateWhy}` : "") + "; activity: its code summed over the frame";
   }
+  b.setAttribute("aria-label", `unit ${id}`);
   b.addEventListener("click", () => selectUnit(id));
   return b;
 }
@@ -676,7 +686,19 @@ function clearReadings() {
   drawBars($("speed-hist"), null, [], -1);
   $("polar-empty").hidden = true;
   $("speed-hist-empty").hidden = true;
-  renderTopUnits([]);
+  clearTopUnits();
+}
+
+// No chips of a source or a connection that is gone (renderTopUnits reorders at most once a second).
+function clearTopUnits() {
+  const chips = state.chips;
+  chips.activity.clear();
+  for (const el of chips.els.values()) el.remove();
+  chips.els = new Map();
+  chips.order = "";
+  chips.latest = [];
+  chips.reorderedAt = -Infinity;
+  $("top-units-empty").hidden = false;
 }
 
 function openStream(name, attempt = 0) {
@@ -690,7 +712,9 @@ function openStream(name, attempt = 0) {
   state.ws = ws;
   setConn("connecting", "idle");
   ws.onopen = () => {
-    setConn(`live · ${name}`, "live");
+    // "live" once results flow (or the server says the source runs), not for a source that cannot open
+    setConn(`starting · ${name}`, "idle");
+    checkStreamState();
     attempt = 0;
     if (state.lostBanner) { banner(null); state.lostBanner = false; }
   };
@@ -698,8 +722,10 @@ function openStream(name, attempt = 0) {
     if (typeof ev.data === "string") {
       const m = JSON.parse(ev.data);
       if (m.v !== SCHEMA_VERSION) { banner(`server speaks protocol v${m.v}; this page v${SCHEMA_VERSION}`, "error"); return; }
-      if (m.type === "result") onResult(m);
-      else if (m.type === "status") { state.dropsClient = m.dropped; updateStats(); }
+      if (m.type === "result") {
+        if (!$("conn").classList.contains("pill-live")) setConn(`live · ${name}`, "live");
+        onResult(m);
+      } else if (m.type === "status") { state.dropsClient = m.dropped; updateStats(); }
       else if (m.type === "error") banner(`${m.code}: ${m.detail}`, "error");
       return;
     }
@@ -977,7 +1003,7 @@ function selectUnit(id) {
     ["preferred direction", `${fmtDeg(u.preferred_direction_deg)}°`],
     ["preferred speed", `${fmtSpeed(u.preferred_speed)} px/frame`],
     ["direction index", u.di.toFixed(2)],
-    ["peak response", u.peak.toFixed(2)],
+    ["peak response", `${u.peak.toFixed(2)} (mean code per patch)`],
     ["responds to", `${u.nDirections} of ${u.direction_tuning.length} directions`],
   ];
   if (u.degenerate) facts.push(["degenerate", u.degenerateWhy]);
@@ -1066,6 +1092,11 @@ async function start() {
 
 // The source's own state (running, reconnecting, stalled...) as the server reports it.
 async function pollStreamState() {
+  await checkStreamState();
+  setTimeout(pollStreamState, 2000);
+}
+
+async function checkStreamState() {
   if (state.mode === "stream" && state.stream && state.ws && state.ws.readyState === WebSocket.OPEN) {
     try {
       const s = await api(`v1/streams/${encodeURIComponent(state.stream)}`);
@@ -1095,7 +1126,6 @@ async function pollStreamState() {
       }
     } catch (e) { /* shown by the socket's own state */ }
   }
-  setTimeout(pollStreamState, 2000);
 }
 
 async function start2() {
