@@ -49,6 +49,7 @@ class Metrics:
             "Frames or results dropped: 'capture' = newer frame arrived before the engine took it, "
             "'subscriber' = newer result replaced one a slow viewer had not been sent, "
             "'camera' = browser frame replaced before processing or rejected, "
+            "'page' = camera frame the browser skipped while its last frame was analysed, "
             "'engine_error' = the engine failed on the frame (an unexpected error, logged)",
             ["stream", "reason"],
             registry=r,

@@ -46,7 +46,8 @@ class CameraSession:
         self.want_flow = False
         self.pending: CameraFrame | None = None
         self.wake = asyncio.Event()
-        self.dropped = 0
+        self.dropped = 0  # frames the server replaced with a newer one before analysing them
+        self.skipped = 0  # camera frames the page did not send (its frame numbers jumped)
         self.rejected = 0
         self._last_seq: int | None = None  # client_seq of the last analysed frame
 
@@ -92,12 +93,16 @@ class CameraSession:
         grey = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_GRAYSCALE)
         if grey is None or grey.shape != (self.height, self.width):
             raise ValueError("the JPEG could not be decoded")
+        elapsed = self._frames_elapsed(frame.client_seq)
+        if elapsed > 1:  # the page sent a frame only when the last result was back
+            self.skipped += elapsed - 1
+            self.metrics.dropped.labels("camera", "page").inc(elapsed - 1)
         return self.analyser.analyse(
             grey,
             t_capture=frame.t_recv,
             wall_ms=frame.wall_ms,
-            dropped=self.dropped,
-            frames_elapsed=self._frames_elapsed(frame.client_seq),
+            dropped=self.dropped + self.skipped,
+            frames_elapsed=elapsed,
             want_flow=self.want_flow,
             client_seq=frame.client_seq,
         ).text

@@ -160,6 +160,25 @@ def test_camera_speeds_count_the_camera_frames_the_page_skipped():
     assert run([None] * 6) == pytest.approx(3.0, abs=0.3)
 
 
+def test_camera_frames_the_page_skipped_are_counted_as_dropped():
+    """The dashboard's "dropped" counts the camera frames the page never sent (the gaps in its
+    frame numbers), not only the JPEGs the server replaced: a page sending every third frame of a
+    30 fps camera showed 10 results/s and "0 dropped"."""
+    import cv2
+
+    metrics = Metrics()
+    session = CameraSession(FakeEngine(), Settings(), metrics)
+    session.negotiate({"width": 96, "height": 64})
+    session.dropped = 2  # JPEGs replaced on the server before they were analysed
+    for f, seq in zip(shifted([0, 3, 6, 7]), [0, 3, 6, 7], strict=True):
+        data = cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+        msg = json.loads(session.process(CameraFrame(data, 0.0, 0.0, client_seq=seq)))
+    assert msg["timing"]["dropped"] == 2 + 2 + 2
+    from prometheus_client import generate_latest
+
+    assert 'reason="page",stream="camera"} 4.0' in generate_latest(metrics.registry).decode()
+
+
 def test_camera_frame_numbers_that_do_not_advance_count_as_one_frame():
     session = CameraSession(FakeEngine(), Settings(), Metrics())
     session.negotiate({"width": 96, "height": 64})
