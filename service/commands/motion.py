@@ -43,7 +43,8 @@ def add_parser(subparsers) -> None:
         "--max-seconds",
         type=_positive(float),
         default=None,
-        help=f"stop after this many seconds of video (default: {limits.max_seconds:g}, as the service)",
+        help="stop after this many seconds of video, by the frames' own times "
+        f"(default: {limits.max_seconds:g}, as the service)",
     )
     p.add_argument(
         "--max-side",

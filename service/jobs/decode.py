@@ -13,6 +13,7 @@ with a readable reason.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -40,6 +41,11 @@ FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,avi,matroska,webm"
 CAPTURE_OPTIONS = f"protocol_whitelist;file|format_whitelist;{FORMAT_WHITELIST}"
 
 _MSG = struct.Struct("<cI")  # tag, payload length
+# Frames held back in the decoder so that each gets its own time. With B-frames OpenCV reports the
+# time of the packet it last fed the decoder, in decode order (box.mp4: 0, 101, 67, 134, 34 ms...),
+# while the frames come in display order; the frames' times are those same times in order, so the
+# smallest not yet given is the next frame's, once more frames than the reordering depth are read.
+REORDER_FRAMES = 8
 _HEADER, _FRAME, _ERROR, _DONE, _TIME = b"H", b"F", b"E", b"D", b"T"
 _EXIT_REJECTED = 3
 # What running into RLIMIT_AS looks like on the child's stderr.
@@ -170,10 +176,21 @@ def check_probe(width: int, height: int, fps: float, codec: str, limits: Limits)
             f"frame rate {fps:g} fps is outside the accepted range "
             f"{limits.min_fps:g}-{limits.max_fps:g} fps"
         )
+    if not codec:
+        raise VideoRejected(
+            "the video is uncompressed or its codec has no name, and is not accepted; convert it "
+            "losslessly to FFV1 (ffmpeg -i in.avi -c:v ffv1 out.mkv) or to another accepted "
+            f"codec: {', '.join(limits.codecs)}"
+        )
     if codec not in limits.codecs:
         raise VideoRejected(
-            f"video codec {codec or 'raw/unknown'!r} is not accepted; accepted: {', '.join(limits.codecs)}"
+            f"video codec {codec!r} is not accepted; accepted: {', '.join(limits.codecs)}"
         )
+
+
+def _stamp(ms: float) -> float:
+    """OpenCV's time of a frame in ms; -1 where it has none (then timed by its index)."""
+    return ms if np.isfinite(ms) and ms >= 0 else -1.0
 
 
 def _child_main(path: str, limits: Limits, probe_only: bool) -> int:
@@ -227,9 +244,31 @@ def _child_main(path: str, limits: Limits, probe_only: bool) -> int:
         send(_HEADER, json.dumps(header).encode())
         out.flush()
         n, reason = 0, "end"
+        held: deque = deque()  # frames read, not yet sent (REORDER_FRAMES)
+        stamps: list[float] = []  # their times (ms), a heap
+        first_ms, sent, past = None, 0, False
+
+        def send_held() -> bool:
+            """Send the oldest held frame with its time; False if it lies past the seconds cap
+            (a file whose frames are sparser than its declared rate: a timelapse, dropped frames)."""
+            nonlocal first_ms, sent
+            ms = heapq.heappop(stamps)
+            if ms >= 0:
+                first_ms = ms if first_ms is None else first_ms
+                if (ms - first_ms) / 1000.0 > limits.max_seconds:
+                    return False
+            send(_TIME, np.array([ms], np.float64))
+            send(_FRAME, held.popleft())
+            sent += 1
+            return True
+
         while not probe_only:
             if n >= max_frames:
                 reason = "cap"
+                for _ in range(len(held)):  # the times of the frames after the cap, grabbed only:
+                    if not cap.grab():  # some of the held frames' times come with them
+                        break
+                    heapq.heappush(stamps, _stamp(cap.get(cv2.CAP_PROP_POS_MSEC)))
                 break
             ok, frame = cap.read()
             if not ok or frame is None:
@@ -244,11 +283,18 @@ def _child_main(path: str, limits: Limits, probe_only: bool) -> int:
             if frame.ndim == 2:
                 frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
             # the frame's own time in the container (a variable frame rate's are uneven)
-            send(_TIME, np.array([cap.get(cv2.CAP_PROP_POS_MSEC)], np.float64))
-            send(_FRAME, np.ascontiguousarray(frame, dtype=np.uint8))
+            heapq.heappush(stamps, _stamp(cap.get(cv2.CAP_PROP_POS_MSEC)))
+            held.append(np.ascontiguousarray(frame, dtype=np.uint8))
             n += 1
+            if len(held) > REORDER_FRAMES and not send_held():
+                past = True
+                break
+        while held and not past:
+            past = not send_held()  # past the seconds cap: the rest are later still
+        if past:
+            reason = "cap"
         cap.release()
-        send(_DONE, json.dumps({"frames": n, "stop": reason}).encode())
+        send(_DONE, json.dumps({"frames": sent, "stop": reason}).encode())
         out.flush()
         return 0
     except VideoRejected as exc:

@@ -25,6 +25,7 @@ DEFAULT_CODECS = (
     "vp08",
     "vp09",
     "av01",
+    "ffv1",
 )
 
 
@@ -41,7 +42,9 @@ class Limits:
     max_frames : int
         Decoding stops after this many frames, whatever the container declares.
     max_seconds : float
-        Decoding stops after this much video time (frames / fps).
+        Decoding stops after this much video time: at the first frame whose own time lies past
+        it, and after ``max_seconds`` times the declared frame rate in frames (the bound on the
+        frames a job keeps).
     min_fps, max_fps : float
         Accepted range of the declared frame rate.
     codecs : tuple of str
@@ -64,8 +67,8 @@ class Limits:
     min_side: int = 64
     max_frames: int = 18_000
     max_seconds: float = 600.0
-    min_fps: float = 1.0
-    max_fps: float = 240.0
+    min_fps: float = 0.1
+    max_fps: float = 1000.0
     codecs: tuple[str, ...] = field(default=DEFAULT_CODECS)
     memory_mb: int = 2048
     deadline_s: float = 1800.0

@@ -219,10 +219,19 @@ def _variable_rate(times: list[float], fps: float) -> bool:
     return bool(steps.size) and bool(np.any(np.abs(steps * fps - 1.0) > 0.1))
 
 
-def _summary_title(n: int, info, variable: bool = False) -> str:
+def _mean_rate(times: list[float], declared: float) -> float:
+    """Frames per second over the frames' own times: a file whose frames are sparser or denser
+    than its header says (an AVI with dropped frames declares 15 fps and holds 68 frames over 29.5
+    s) is read at its real mean rate; ``declared`` where the times span nothing."""
+    span = float(times[-1] - times[0]) if len(times) > 1 else 0.0
+    return (len(times) - 1) / span if span > 0 else declared
+
+
+def _summary_title(n: int, info, variable: bool = False, fps: float | None = None) -> str:
     """summary.png's title; where the frames were shrunk, the size its speeds are in (a 1280x720
     video's 4 px/frame read as '2 px/frame' under a title of 1280x720)."""
-    rate = f"a variable {info.fps:.3g} fps on average" if variable else f"{info.fps:.3g} fps"
+    fps = info.fps if fps is None else fps
+    rate = f"a variable {fps:.3g} fps on average" if variable else f"{fps:.3g} fps"
     title = f"{n} frames, {info.width}x{info.height} at {rate}"
     if (info.out_width, info.out_height) != (info.width, info.height):
         title += f"; speeds in px of the {info.out_width}x{info.out_height} frames analysed"
@@ -359,6 +368,7 @@ def process_video(
         warnings = _decode_warnings(n, info.declared_frames, stopped_at_cap)
         times = results.times[:n]
         variable = _variable_rate(times, info.fps)
+        fps = _mean_rate(times, info.fps) if variable else info.fps
         if progress_cb is not None:
             progress_cb(n, n)
         t_write = time.perf_counter()
@@ -387,7 +397,7 @@ def process_video(
             "codec": info.codec,
             "width": info.width,
             "height": info.height,
-            "fps": info.fps,
+            "fps": fps,
             "processed_width": info.out_width,
             "processed_height": info.out_height,
             "cell_px": results.cell,
@@ -408,8 +418,8 @@ def process_video(
             summary.bin_centres_,
             summary.direction_hist_,
             summary.speed_over_time_,
-            info.fps,
-            title=_summary_title(n, info, variable),
+            fps,
+            title=_summary_title(n, info, variable, fps),
             main_directions=main,
             times=times,
         )

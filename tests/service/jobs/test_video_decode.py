@@ -94,7 +94,10 @@ def test_frame_and_duration_caps_stop_decoding(good_avi, limits):
         (vs.huge_dimensions_avi, "8000x6000 exceeds the limit of 3840x2160"),
         (vs.zero_fps_avi, "frame rate .* outside the accepted range"),
         (vs.no_video_stream_avi, "no video stream"),
-        (lambda t: vs.write_video(t / "raw.avi", None), "codec 'raw/unknown' is not accepted"),
+        (
+            lambda t: vs.write_video(t / "raw.avi", None),
+            "uncompressed .* convert it losslessly to FFV1",
+        ),
         (lambda t: vs.mp4(t)[:1200], "could not be opened"),
         (lambda t: os.urandom(5000), "could not be opened"),
         (lambda t: vs.write_video(t / "s.avi", "MJPG", size=(48, 32)), "too small"),
@@ -219,3 +222,44 @@ def test_each_frame_carries_its_own_time_so_a_variable_frame_rate_is_kept(tmp_pa
     with SandboxedDecoder(steady, Limits()) as dec:
         assert sum(1 for _ in dec.frames()) == 5
     np.testing.assert_allclose(dec.frame_times, [0.0, 0.1, 0.2, 0.3, 0.4], atol=1e-6)
+
+
+def _shared_video(name: str):
+    from v1motion.models.datasets import shared_data_dir
+
+    path = shared_data_dir() / "videos" / name
+    if not path.exists():
+        pytest.skip(f"no shared video {name}")
+    return path
+
+
+def test_a_video_with_b_frames_is_timed_in_display_order():
+    """With B-frames OpenCV reports the time of the packet it last decoded, in decode order (box.mp4:
+    0, 101, 67, 134, 34 ms...): taken as the frames' times, a constant 30 fps file was called
+    variable, its ``time_s`` stepping 0.6 ms and 66 ms in turn."""
+    with SandboxedDecoder(_shared_video("box.mp4"), Limits(max_frames=60)) as dec:
+        assert sum(1 for _ in dec.frames()) == 60
+    steps = np.diff(dec.frame_times)
+    np.testing.assert_allclose(steps, 1 / dec.info.fps, rtol=0.05)
+
+
+def test_the_seconds_cap_holds_by_the_frames_own_times():
+    """An AVI with dropped frames declares 15 fps and holds 68 frames over 29.5 s: capped at 5 s by
+    frames / fps (75 frames) it ran all 29.5 s."""
+    with SandboxedDecoder(_shared_video("tree.avi"), Limits(max_seconds=5.0)) as dec:
+        n = sum(1 for _ in dec.frames())
+    assert dec.stopped_at_cap
+    assert 5.0 - 0.8 < dec.frame_times[-1] <= 5.0  # its frames are 0.33-0.73 s apart
+    assert n == len(dec.frame_times) < 68
+
+
+@pytest.mark.parametrize(
+    "fourcc, suffix, fps",
+    [("FFV1", "mkv", 30.0), ("MJPG", "avi", 0.5), ("MJPG", "avi", 1000.0)],
+)  # lossless archives of lab recordings; a timelapse; a high-speed camera
+def test_lab_videos_are_accepted(tmp_path, fourcc, suffix, fps):
+    path = tmp_path / f"clip.{suffix}"
+    vs.write_video(path, fourcc, n=6, fps=fps)
+    with SandboxedDecoder(path, Limits()) as dec:
+        assert sum(1 for _ in dec.frames()) == 6
+    assert dec.info.codec == fourcc.lower() and dec.info.fps == pytest.approx(fps, rel=1e-3)

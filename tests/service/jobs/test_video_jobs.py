@@ -563,6 +563,9 @@ def test_a_variable_frame_rate_video_is_said_so_and_timed_by_its_frames(tmp_path
     assert result["variable_frame_rate"] is True
     frames = json.loads((tmp_path / "out" / "motion.json").read_text())["frames"]
     assert [f["time_s"] for f in frames][5:9] == pytest.approx([0.5, 0.6, 0.9, 1.2], abs=1e-3)
+    # its mean rate over its frames' times (11 steps over 2.1 s), not the header's 5 fps: a file
+    # with dropped frames declared 15 fps over frames 0.33-0.73 s apart, its px/s 6.6 times too high
+    assert result["fps"] == pytest.approx(11 / 2.1, rel=1e-3)
     steady = tmp_path / "steady.bin"
     steady.write_bytes(vs.avi(tmp_path, n=6))
     assert (
