@@ -312,6 +312,8 @@ def summary_figure(
         if cap > 0 and cap < speed.max():
             ax2.set_ylim(0, cap)
             ax2.annotate("(clipped)", (0.01, 0.97), xycoords="axes fraction", va="top", fontsize=8)
+    # from 0, as speeds are (a still video's zeros were drawn on an axis from -0.04 to 0.05)
+    ax2.set_ylim(0, ax2.get_ylim()[1] if np.any(speed > 0) else 1.0)
     ax2.set_xlabel("time (s)")
     ax2.set_ylabel("mean speed of moving regions (px/frame)")
     ax2.set_title("speed over time")

@@ -93,7 +93,8 @@ async def create_video_job(
     if jobs.queue_full():
         raise HTTPException(
             503,
-            f"{jobs.max_queued} videos are already waiting; try again later",
+            f"{jobs.max_queued} {'video is' if jobs.max_queued == 1 else 'videos are'} already "
+            "waiting; try again later",
             {"Retry-After": "30"},
         )
     slots = state.upload_slots
