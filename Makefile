@@ -53,6 +53,9 @@ SWAGGER_UI_SHA512 := 534eaba4cb56f55dd73c638179a993512af4674f63317e0826e00da44fc
 REDOC := 2.5.4
 REDOC_SHA512 := 33a8d6846d6aa019c7e93166cc99ecb72099f3b1e6398fd4cc39bbf261e262284476557f61c4bda203a8d4d94496724c78bb32c4715edb215ce2c3631d3ac005
 NPM := https://registry.npmjs.org
+# ReDoc's footer loads its maker's logo from their CDN: the page's policy blocks it (a console error),
+# and the docs must not reach out; an empty image instead, which ReDoc hides.
+REDOC_LOGO := https://cdn.redoc.ly/redoc/logo-mini.svg
 
 vendor-docs:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && set -e && \
@@ -66,4 +69,5 @@ vendor-docs:
 	  swagger-ui.css $(CURDIR)/web/vendor/swagger-ui/ && \
 	cd $$tmp/r/package && cp LICENSE bundles/redoc.standalone.js bundles/redoc.standalone.js.LICENSE.txt \
 	  $(CURDIR)/web/vendor/redoc/ && \
+	sed -i 's|$(REDOC_LOGO)|data:,|' $(CURDIR)/web/vendor/redoc/redoc.standalone.js && \
 	echo "v1motion: web/vendor/ has swagger-ui-dist $(SWAGGER_UI) and redoc $(REDOC)"

@@ -202,7 +202,7 @@ Directions are in **degrees** (0° = right, 90° = up, counter-clockwise) and sp
 frame the engine was given, everywhere: results, video jobs' files, the websocket messages.
 
 **Token.** A server bound beyond localhost (or given `V1MOTION_TOKEN`) needs it on every `/v1` route:
-`Authorization: Bearer <token>` ("Authorize" above). `/healthz`, `/readyz`, these pages and the schema
+`Authorization: Bearer <token>` (on /docs: "Authorize" above). `/healthz`, `/readyz`, these pages and the schema
 are public.
 
 **Live results** come over two websockets, which this schema cannot list: `WS /v1/streams/{name}` (a
