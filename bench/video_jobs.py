@@ -8,7 +8,7 @@ Per clip and size, one after another on the same machine:
 
 - each stage on its own, on frames already in memory: decode (the sandboxed child, frames piped to
   this process), engine step (the libraries' default thread pools, then pinned to one thread as the
-  video workers run it), overlay drawing, overlay encoding (mp4v), the motion.json entry
+  video workers run it), overlay drawing, overlay encoding (mp4v, and h264 where PyAV is), the motion.json entry
   (``MotionFrame.to_dict`` + ``protocol.dumps``, as the job writes it) and the summary update;
 - full job: ``process_video`` in this process (what ``v1motion motion`` runs), with its own per-stage
   times (``stage_seconds``: the stages overlap on threads, so these are busy times, not a partition);
@@ -42,7 +42,7 @@ from v1motion.models.motion.contract import step_each
 from v1motion.service.jobs.decode import SandboxedDecoder
 from v1motion.service.jobs.engines import pin_threads, warm_engine
 from v1motion.service.jobs.limits import Limits
-from v1motion.service.jobs.process import process_video
+from v1motion.service.jobs.process import OVERLAY_WRITERS, overlay_codec, process_video
 from v1motion.service.settings import Settings
 
 
@@ -148,6 +148,13 @@ def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, f
         writer.write(d)
     writer.release()
     out["overlay encode (mp4v)"] = time.perf_counter() - t0
+    if overlay_codec("auto") == "h264":
+        writer = OVERLAY_WRITERS["h264"](tmp / "o264.mp4", fps, (w, h))
+        t0 = time.perf_counter()
+        for d in drawn:
+            writer.write(d)
+        writer.release()
+        out["overlay encode (h264)"] = time.perf_counter() - t0
     del drawn
     t0 = time.perf_counter()
     for m in maps:
@@ -291,6 +298,11 @@ def main() -> None:
                 )
                 for stage, sec in res["stage_seconds"].items():
                     r(f"  in the job, busy in {stage}", res["frames"], sec)
+                if res["overlay_codec"] == "h264":
+                    t0 = time.perf_counter()
+                    mp4v = replace(limits, overlay_codec="mp4v")
+                    res = process_video(clip, out, lambda: job_engine, mp4v)
+                    r("full job, overlay.mp4 in mp4v", res["frames"], time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 res = process_video(clip, out, lambda: job_engine, limits, overlay=False)
                 r("full job without overlay.mp4", res["frames"], time.perf_counter() - t0)

@@ -9,6 +9,7 @@ short strings ``"name=kind:target"``, for example::
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 from pathlib import Path
@@ -248,12 +249,26 @@ class Settings(BaseSettings):
         640, ge=64, le=3840, description="frames are shrunk to this longer side before the engine"
     )
     video_overlay: bool = Field(True, description="draw overlay.mp4 for each video job")
+    video_overlay_codec: Literal["auto", "h264", "mp4v"] = Field(
+        "auto",
+        description="overlay.mp4's codec: h264 plays in browsers (needs the h264 extra, PyAV); mp4v "
+        "(desktop players only) encodes faster; auto: h264 where PyAV is installed, else mp4v",
+    )
     video_memory_mb: int = Field(2048, ge=256, description="address-space cap of a decoder process")
     video_deadline_s: float = Field(1800.0, gt=0, description="wall-clock limit of one decode")
     video_max_attempts: int = Field(2, ge=1, description="starts of a job across restarts")
     ray_address: str | None = Field(
         None, description="run video jobs as Ray tasks on this cluster ('auto', 'ray://host:10001')"
     )
+
+    @field_validator("video_overlay_codec")
+    @classmethod
+    def _h264_needs_pyav(cls, v: str) -> str:
+        if v == "h264" and importlib.util.find_spec("av") is None:
+            raise ValueError(
+                "h264 overlays need PyAV: pip install 'v1motion[h264]' (or use auto or mp4v)"
+            )
+        return v
 
     @field_validator("engine_threads", "video_engine_threads")
     @classmethod

@@ -7,6 +7,7 @@ motion.json, motion.npz, overlay.mp4, summary.png and result.json into OUTDIR.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -60,6 +61,14 @@ def add_parser(subparsers) -> None:
         "2, or 1 on one core; the results are the same)",
     )
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
+    p.add_argument(
+        "--overlay-codec",
+        choices=("auto", "h264", "mp4v"),
+        default=None,
+        help="overlay.mp4's codec: h264 plays in browsers (needs PyAV: the h264 extra), mp4v "
+        "(desktop players only) encodes faster; auto: h264 where PyAV is installed, else mp4v "
+        "(default: auto, as the service)",
+    )
     p.set_defaults(func=run)
 
 
@@ -114,9 +123,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # a file where a folder should be, a read-only place
         print(f"error: cannot create the results folder {out}: {exc}", file=sys.stderr)
         return 2
+    if args.overlay_codec == "h264" and importlib.util.find_spec("av") is None:
+        print("error: h264 overlays need PyAV: pip install 'v1motion[h264]'", file=sys.stderr)
+        return 2
     limits = Limits()
     overrides = {"max_frames": args.max_frames, "max_seconds": args.max_seconds}
     overrides["max_side"] = args.max_side
+    overrides["overlay_codec"] = args.overlay_codec
     limits = replace(limits, **{k: v for k, v in overrides.items() if v is not None})
     bar = None  # started with the first progress report: a refused file prints no empty bar
 

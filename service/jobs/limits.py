@@ -57,6 +57,9 @@ class Limits:
         Wall-clock limit of opening and probing the file.
     max_side : int
         Frames larger than this on their longer side are shrunk before the motion engine sees them.
+    overlay_codec : str
+        ``"h264"`` (browsers play it; needs PyAV), ``"mp4v"`` (faster to encode; desktop players
+        only) or ``"auto"``: h264 where PyAV is installed, else mp4v.
     overlay : bool
         Draw and encode ``overlay.mp4`` (at 640x480 drawing costs about what decoding does and
         encoding half that; both run beside the engine, on threads).
@@ -75,6 +78,7 @@ class Limits:
     probe_timeout_s: float = 20.0
     max_side: int = 640
     overlay: bool = True
+    overlay_codec: str = "auto"
 
     def to_dict(self) -> dict:
         d = asdict(self)

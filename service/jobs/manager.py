@@ -78,6 +78,7 @@ class VideoJobs:
             max_seconds=settings.video_max_seconds,
             max_side=settings.video_max_side,
             overlay=settings.video_overlay,
+            overlay_codec=settings.video_overlay_codec,
             memory_mb=settings.video_memory_mb,
             deadline_s=settings.video_deadline_s,
         )

@@ -6,6 +6,7 @@ Used unchanged by the local worker processes, the Ray tasks and ``v1motion motio
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import logging
 import queue
@@ -13,6 +14,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -87,19 +89,71 @@ class _Stage:
         self._thread.join()
 
 
-class _OverlayWriter:
-    """Draws the motion map on each frame and encodes overlay.mp4, on two stages of its own (drawing
-    is numpy and OpenCV, encoding is FFmpeg; both mostly outside the GIL)."""
+class _H264Writer:
+    """overlay.mp4 in H.264 (libx264 through PyAV), which browsers play: ``ultrafast`` on one thread
+    (jobs run beside each other and beside their engines), its index first (``+faststart``) so a
+    browser plays it while it loads. Even sides, as 4:2:0 colour needs: an odd last row or column
+    is left out."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+        import av
+
+        self.width, self.height = size[0] // 2 * 2, size[1] // 2 * 2
+        self._av = av
+        self._file = av.open(str(path), mode="w", options={"movflags": "+faststart"})
+        stream = self._file.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "23"}
+        stream.thread_count = 1
+        self._stream = stream
+
+    def write(self, bgr: np.ndarray) -> None:
+        frame = self._av.VideoFrame.from_ndarray(bgr[: self.height, : self.width], format="bgr24")
+        self._file.mux(self._stream.encode(frame))
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.mux(self._stream.encode())  # what the encoder still holds
+        finally:
+            self._file.close()
+            self._file = None
+
+
+class _Mp4vWriter:
+    """overlay.mp4 in MPEG-4 Part 2 (OpenCV's FFmpeg): faster to encode, but browsers do not play it."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         import cv2
 
-        from v1motion.service.render import draw_overlay
-
-        self._draw = draw_overlay
         self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not self._writer.isOpened():
             raise RuntimeError("OpenCV cannot write an mp4v overlay video here")
+        self.write, self.release = self._writer.write, self._writer.release
+
+
+OVERLAY_WRITERS = {"h264": _H264Writer, "mp4v": _Mp4vWriter}
+
+
+def overlay_codec(asked: str) -> str:
+    """The codec ``asked`` (``Limits.overlay_codec``) stands for: ``auto`` is h264 where PyAV is
+    installed (the h264 extra; the container image leaves it out), else mp4v."""
+    if asked == "auto":
+        return "h264" if importlib.util.find_spec("av") is not None else "mp4v"
+    return asked
+
+
+class _OverlayWriter:
+    """Draws the motion map on each frame and encodes overlay.mp4, on two stages of its own (drawing
+    is numpy and OpenCV, encoding is FFmpeg; both mostly outside the GIL)."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], codec: str = "h264"):
+        from v1motion.service.render import draw_overlay
+
+        self._draw = draw_overlay
+        self.codec = overlay_codec(codec)
+        self._writer = OVERLAY_WRITERS[self.codec](path, fps, size)
         self.encode = _Stage("overlay-encode", self._writer.write)
         self.draw = _Stage("overlay-draw", self._draw_one)
 
@@ -312,7 +366,7 @@ def process_video(
             keeper = _Stage("motion-results", results.add)
             if overlay:
                 size = (info.out_width, info.out_height)
-                writer = _OverlayWriter(work / "overlay.mp4", info.fps, size)
+                writer = _OverlayWriter(work / "overlay.mp4", info.fps, size, limits.overlay_codec)
             last = 0.0
             # The engine takes the frames itself (``Engine.run``: it may encode a few frames
             # ahead while it reads another); `pulled` pairs each motion frame with its frame.
@@ -433,6 +487,7 @@ def process_video(
             processed_frames_per_second=round(n / elapsed, 2),
             stage_seconds={k: round(v, 3) for k, v in timing.items()},
             overlay=bool(overlay),
+            overlay_codec=overlay_codec(limits.overlay_codec) if overlay else None,
             units=UNITS,
         )
         (work / "result.json").write_text(json.dumps(result, indent=1))

@@ -85,3 +85,16 @@ def test_motion_command_says_why_it_cannot_write_the_results(tmp_path, capsys, m
     assert main(["motion", str(src), "-o", str(out), "--engine", "random"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert not out.exists() and not layout.ResultsFolder(out).work.exists()  # nothing half-written
+
+
+def test_h264_overlays_without_pyav_are_refused_as_such(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    src = tmp_path / "in.avi"
+    src.write_bytes(vs.avi(tmp_path, n=4))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "av" else real(n))
+    out = tmp_path / "out"
+    assert main(["motion", str(src), "-o", str(out), "--overlay-codec", "h264"]) == 2
+    assert "need PyAV: pip install 'v1motion[h264]'" in capsys.readouterr().err
+    assert not out.exists()

@@ -798,3 +798,48 @@ def test_api_docs_work_offline_and_try_it_out_takes_the_token(browser):
         assert page.locator("h2", has_text="List Streams").count() == 1
         # nothing elsewhere, not even ReDoc's logo (refused by the page's policy: a console error)
         assert elsewhere == [] and errors == []
+
+
+def test_a_video_jobs_overlay_plays_in_the_browser(browser, tmp_path):
+    """overlay.mp4 was MPEG-4 Part 2, which Chromium refuses (MEDIA_ERR_SRC_NOT_SUPPORTED): a user
+    who opened the job's overlay link saw nothing. Now it plays from the service, and seeks."""
+    import httpx
+    import video_samples as vs
+
+    app = create_app(
+        Settings(data_dir=tmp_path / "data", video_engine="random"), engine_factory=random_engine
+    )
+    with serving(app) as srv:
+        video = vs.avi(tmp_path, n=30, size=(160, 120))
+        job = httpx.post(
+            f"{srv.url}/v1/videos", files={"file": ("clip.avi", video, "video/x-msvideo")}
+        ).json()
+        deadline = time.monotonic() + 120
+        while (done := httpx.get(f"{srv.url}/v1/videos/{job['id']}").json())["status"] not in (
+            "succeeded",
+            "failed",
+        ):
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(0.2)
+        assert done["status"] == "succeeded", done["error"]
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        played = page.evaluate(
+            """async (src) => {
+                const v = document.createElement("video");
+                v.muted = true;
+                v.src = src;
+                document.body.append(v);
+                const event = (name) => new Promise((ok, no) => {
+                    v.addEventListener(name, ok, {once: true});
+                    v.addEventListener("error", () => no(new Error(`error ${v.error.code}`)));
+                });
+                await event("loadeddata");
+                v.currentTime = v.duration * 0.8;
+                await event("seeked");
+                return {width: v.videoWidth, height: v.videoHeight, duration: v.duration};
+            }""",
+            done["links"]["overlay.mp4"],
+        )
+        assert played["width"] == 160 and played["height"] == 120
+        assert played["duration"] == pytest.approx(30 / 10, abs=0.2)  # 30 frames at 10 fps
+        assert errors == []

@@ -77,6 +77,28 @@ def test_process_video_writes_every_result(tmp_path):
     assert n == 12 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
 
 
+def _fourcc(path) -> str:
+    code = int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF
+    return code.to_bytes(4, "little").decode("latin-1").lower()
+
+
+@pytest.mark.parametrize("codec, fourccs", [("h264", {"h264", "avc1"}), ("mp4v", {"mp4v", "fmp4"})])
+def test_the_overlay_is_h264_that_browsers_play_or_mp4v_if_asked(tmp_path, codec, fourccs):
+    """overlay.mp4 was MPEG-4 Part 2 only, which no browser plays; H.264 by default now. Odd sides
+    lose their last row or column (4:2:0 colour), the frames stay whole otherwise."""
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=8, size=(97, 67)))
+    out = tmp_path / "out"
+    result = process_video(src, out, fake_engine, Limits(overlay_codec=codec))
+    assert _fourcc(out / "overlay.mp4") in fourccs and result["overlay_codec"] == codec
+    cap = cv2.VideoCapture(str(out / "overlay.mp4"))
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (96, 66)
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 8
+
+
 @pytest.mark.skipif(
     __import__("numba").config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2"
 )
@@ -572,3 +594,21 @@ def test_a_variable_frame_rate_video_is_said_so_and_timed_by_its_frames(tmp_path
         process_video(steady, tmp_path / "out2", fake_engine, Limits())["variable_frame_rate"]
         is False
     )
+
+
+def test_auto_overlays_are_h264_where_pyav_is_installed_and_mp4v_without(monkeypatch):
+    """The container image leaves PyAV out (about 100 MB): its overlays are mp4v, not an error."""
+    import importlib.util
+
+    from pydantic import ValidationError
+
+    from v1motion.service.jobs.process import overlay_codec
+    from v1motion.service.settings import Settings
+
+    assert overlay_codec("auto") == "h264" and overlay_codec("mp4v") == "mp4v"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "av" else real(n))
+    assert overlay_codec("auto") == "mp4v"
+    with pytest.raises(ValidationError, match="h264 overlays need PyAV"):
+        Settings(video_overlay_codec="h264")
+    assert Settings(video_overlay_codec="auto").video_overlay_codec == "auto"
