@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import pickle
+import sys
 from pathlib import Path
 
 # The kinds of v1motion.models.spikes.MODEL_KINDS, spelled out so `v1motion --help` need not import the models
@@ -251,7 +252,9 @@ def run_fit(args: argparse.Namespace) -> int:
     model, baseline, report = fit_and_score(y, args.kind, options, args.test_fraction, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "wb") as fh:
-        pickle.dump({"kind": args.kind, "model": model, "baseline": baseline, "report": report}, fh)
+        bin_ms = args.bin_ms if args.recording else None  # counts of a file: their bins unknown
+        saved = {"kind": args.kind, "model": model, "baseline": baseline, "report": report}
+        pickle.dump(saved | {"bin_ms": bin_ms}, fh)
     print(json.dumps({"kind": args.kind, **report}, indent=1))
     return 0
 
@@ -273,12 +276,20 @@ def run_eval(args: argparse.Namespace) -> int:
     from v1motion.models.spikes.registry import evaluate
 
     saved = _load_model(args.model)
+    fitted = saved.get("bin_ms")
+    if args.recording and fitted is not None and args.bin_ms != fitted:
+        raise ValueError(
+            f"{args.model} was fitted on bins of {fitted:g} ms; --bin-ms {args.bin_ms:g} would "
+            f"score it on others (its rates are per bin): use --bin-ms {fitted:g}"
+        )
     print(json.dumps(evaluate(saved["model"], saved["baseline"], _load_counts(args)), indent=1))
     return 0
 
 
 def run_sample(args: argparse.Namespace) -> int:
     import numpy as np
+
+    from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
 
     saved = _load_model(args.model)
     model = saved["model"]
@@ -289,6 +300,14 @@ def run_sample(args: argparse.Namespace) -> int:
     y = model.sample(n_trials=args.n_trials, n_bins=n_bins, seed=args.seed)
     np.savez_compressed(args.out, counts=y)
     print(f"wrote {args.out}: counts {y.shape}, {int(y.sum())} spikes")
+    at_cap = int(np.sum(y >= SAMPLE_MAX_COUNT))
+    if at_cap:  # as the API's n_at_cap: a sample that ran away is not data-like
+        print(
+            f"warning: {at_cap} counts at the sampler's cap of {SAMPLE_MAX_COUNT} per bin: the "
+            "sample ran away (a history-only model's self-excitation; docs/spikes/README.md), "
+            "not data-like",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -73,7 +73,10 @@ class SpikeData(RequestBody):
         description="non-negative spike times: neurons x times, or trials x neurons x times",
     )
     bin_size: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="bin width for spike_times (their unit)"
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="bin width for spike_times (their unit); an evaluation's must be its model's",
     )
     duration: float | None = Field(
         None,
@@ -335,6 +338,9 @@ def _counts_from(data: SpikeData, max_elements: int) -> np.ndarray:
         if (data.counts is None) == (data.spike_times is None):
             raise ValueError("give exactly one of 'counts' or 'spike_times'")
         if data.counts is not None:
+            given = [k for k in ("bin_size", "duration") if getattr(data, k) is not None]
+            if given:  # it was echoed back as the model's bin size, and said nothing of the counts
+                raise ValueError(f"{' and '.join(given)} go with 'spike_times', not with 'counts'")
             return as_counts(data.counts, max_elements=max_elements)
         if data.bin_size is None:
             raise ValueError("'spike_times' needs 'bin_size'")
@@ -708,7 +714,14 @@ async def evaluate_model(model_id: str, request: Request, store: Store, worker: 
     if _is_multipart(request):  # a bad body is a 422 before a 404
         y = _npz_counts((await _npz_form(request, raw))[1], limit)
     else:
-        _, y = await _parse_json(worker, raw, SpikeData, limit)
+        data, y = await _parse_json(worker, raw, SpikeData, limit)
+        fitted = store.get(model_id).get("bin_size")
+        if fitted is not None and data.bin_size is not None and data.bin_size != fitted:
+            raise HTTPException(
+                422,
+                detail=f"model {model_id} was fitted on bins of {fitted:g}; these spike times ask "
+                f"for bins of {data.bin_size:g} (its rates are per bin: give bin_size {fitted:g})",
+            )
     rec = store.get(model_id)
     if y.shape[-1] != rec["n_neurons"]:
         raise HTTPException(

@@ -168,3 +168,39 @@ def test_a_fit_larger_than_the_machine_is_refused_before_it_starts(tmp_path, cap
     assert "this machine's 2.0 GB" in err and not (tmp_path / "m.pkl").exists()
     np.savez(tmp_path / "c.npz", counts=np.random.default_rng(0).poisson(0.5, (2, 20, 3)))
     assert main([*fit, "--counts", str(tmp_path / "c.npz"), "--option", "max_iter=5"]) == 0
+
+
+class _RunawayModel:
+    """A model whose samples all sit at the sampler's cap (a history-only model that ran away)."""
+
+    def sample(self, n_trials, n_bins, seed):
+        from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
+
+        return np.full((n_trials, n_bins, 2), float(SAMPLE_MAX_COUNT))
+
+
+def test_a_sample_that_ran_away_to_the_cap_is_said(tmp_path, capsys):
+    """The API said so (n_at_cap); the command printed only the shape and the spike total."""
+    model = tmp_path / "m.pkl"
+    saved = {"kind": "glm", "model": _RunawayModel(), "baseline": None, "bin_ms": 10.0}
+    model.write_bytes(pickle.dumps(saved))
+    out = tmp_path / "s.npz"
+    args = ["spikes", "sample", "--model", str(model), "--n-trials", "2", "--n-bins", "5"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert "warning: 20 counts at the sampler's cap of 100" in capsys.readouterr().err
+
+
+def test_a_model_is_scored_on_the_bins_it_was_fitted_on(tmp_path, capsys):
+    """Scored at 20 ms, a model fitted at 10 ms read 0.906 bits/spike and no warning."""
+    from v1motion.models.datasets import shared_data_dir
+
+    if not (shared_data_dir() / "spikes_retina_salamander_onken2016").exists():
+        pytest.skip("no shared retina data")
+    model = tmp_path / "m.pkl"
+    fit = ["spikes", "fit", "--recording", "Movie1Exp1", "--kind", "independent"]
+    assert main([*fit, "--out", str(model)]) == 0
+    capsys.readouterr()
+    scored = ["spikes", "eval", "--recording", "Movie1Exp1", "--model", str(model)]
+    assert main([*scored, "--bin-ms", "20"]) == 2
+    assert "fitted on bins of 10 ms" in capsys.readouterr().err
+    assert main(scored) == 0

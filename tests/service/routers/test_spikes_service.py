@@ -74,6 +74,13 @@ def test_fit_from_spike_times(client):
     assert r.status_code == 201, r.text
     assert r.json()["n_neurons"] == 3
     assert r.json()["bin_size"] == 10  # what the counts are counts of, kept with the model
+    # evaluated on other bins its rates per bin mean nothing: +2.02 bits/spike at its own bins
+    # read -0.60 at twice as wide
+    url = f"/v1/spikes/models/{r.json()['id']}/evaluate"
+    same = client.post(url, json={"spike_times": times, "bin_size": 10, "duration": 1000})
+    assert same.status_code == 200, same.text
+    other = client.post(url, json={"spike_times": times, "bin_size": 20, "duration": 1000})
+    assert other.status_code == 422 and "fitted on bins of 10" in other.json()["detail"]
 
 
 def test_the_record_says_every_option_the_fit_used(client):
@@ -178,6 +185,9 @@ def test_evaluate_takes_the_npz_a_fit_takes(client):
         ({"spike_times": [[[1.0], [[2.0]]]], "bin_size": 1}, "nests deeper"),
         ({"spike_times": [[0.1, 0.5, 5.0, 7.0]], "bin_size": 0.1, "duration": 1}, "2 spike time"),
         ({"spike_times": [[0.1]], "bin_size": 0.1, "duration": 1.05}, "not a whole number"),
+        # echoed back as the model's bin size, and said nothing of the counts
+        ({"counts": _counts().tolist(), "bin_size": 0.1}, "bin_size go with 'spike_times'"),
+        ({"counts": _counts().tolist(), "duration": 3}, "duration go with 'spike_times'"),
         ({"counts": _counts().tolist(), "kind": "hmm"}, "valid kinds"),
         ({"counts": _counts().tolist(), "kind": "glm", "options": {"lags": 3}}, "valid options"),
         ({"counts": np.zeros((2, 5, 2)).tolist(), "kind": "independent"}, "no spikes"),
