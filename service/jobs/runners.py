@@ -114,27 +114,35 @@ class Runner:
     def _slot_loop(self, slot: int) -> None:
         backoff = 1.0
         while not self._stop.is_set():
-            if self.lazy and not self._slot_ready(slot) and self.store.count("queued") == 0:
-                with self._wake:  # no worker and nothing to do: do not start one yet
-                    self._wake.wait(1.0)
-                continue
             try:
-                ready = self._setup_slot(slot)
-            except Exception:
-                log.exception("%s slot %d could not start", self.name, slot)
-                ready = False
-            if not ready:
+                backoff = self._slot_step(slot, backoff)
+            except Exception:  # the job store failing (a full disk): the slot lives on, and waits
+                log.exception("%s slot %d: the job store failed; retrying", self.name, slot)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 60.0)
-                continue
-            backoff = 1.0
-            job = self.store.claim_next()
-            if job is None:
-                with self._wake:
-                    self._wake.wait(1.0)
-                continue
-            self._run_one(slot, job)
         self._teardown_slot(slot)
+
+    def _slot_step(self, slot: int, backoff: float) -> float:
+        """Prepare the slot if needed and run the next queued job; the next back-off."""
+        if self.lazy and not self._slot_ready(slot) and self.store.count("queued") == 0:
+            with self._wake:  # no worker and nothing to do: do not start one yet
+                self._wake.wait(1.0)
+            return backoff
+        try:
+            ready = self._setup_slot(slot)
+        except Exception:
+            log.exception("%s slot %d could not start", self.name, slot)
+            ready = False
+        if not ready:
+            self._stop.wait(backoff)
+            return min(backoff * 2, 60.0)
+        job = self.store.claim_next()
+        if job is None:
+            with self._wake:
+                self._wake.wait(1.0)
+            return 1.0
+        self._run_one(slot, job)
+        return 1.0
 
     def _run_one(self, slot: int, job: JobRecord) -> None:
         with self._released:
@@ -146,26 +154,51 @@ class Runner:
         log.info(
             "job %s: started on %s slot %d (attempt %d)", job.id, self.name, slot, job.attempts
         )
+        outcome = None  # the store's record of how the job ended
         try:
             status, payload = self._execute(slot, job, should_stop)
             if status == "ok":
-                self.store.succeed(job.id, payload)
-                log.info("job %s: succeeded", job.id)
+                outcome = (self.store.succeed, payload, "succeeded")
             else:
-                self.store.fail(job.id, str(payload))
-                log.info("job %s: failed: %s", job.id, payload)
+                outcome = (self.store.fail, str(payload), f"failed: {payload}")
         except _Cancelled:
             if self._stop.is_set() and job.id not in self._cancel:
-                self.store.requeue(job.id, count_attempt=False)
-                log.info("job %s: back in the queue (service stopping)", job.id)
+                outcome = (self.store.requeue, False, "back in the queue (service stopping)")
         except Exception as exc:
             log.exception("job %s: internal error", job.id)
-            self.store.fail(job.id, f"internal error: {type(exc).__name__}: {exc}")
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            outcome = (self.store.fail, reason, reason)
         finally:
+            # first: on a full disk, the half-written results give back the room to record it
             JobLayout.of(self.jobs_dir, job.id).results.discard()
-            with self._released:
-                self._current.pop(slot, None)
-                self._released.notify_all()
+            try:
+                if outcome is not None:
+                    self._record(job.id, *outcome)
+            finally:
+                with self._released:
+                    self._current.pop(slot, None)
+                    self._released.notify_all()
+
+    def _record(self, job_id: str, write, arg, said: str) -> None:
+        """Write how a job ended, retried while the store cannot (a full disk: SQLite's "database or
+        disk is full"), so that no job stays "running": the slot died there, and every job queued
+        behind it waited for ever. Given up only when the service stops; the next start's recovery
+        then finds the job interrupted."""
+        wait = 1.0
+        while True:
+            try:
+                write(job_id, arg)
+                log.info("job %s: %s", job_id, said)
+                return
+            except Exception as exc:
+                if self._stop.is_set():
+                    log.error("job %s: its end (%s) could not be recorded: %s", job_id, said, exc)
+                    return
+                log.error(
+                    "job %s: cannot record its end yet (%s); retrying in %g s", job_id, exc, wait
+                )
+                self._stop.wait(wait)
+                wait = min(wait * 2, 30.0)
 
 
 # ------------------------------------------------------------------------------ local processes

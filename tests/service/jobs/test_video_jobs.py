@@ -612,3 +612,43 @@ def test_auto_overlays_are_h264_where_pyav_is_installed_and_mp4v_without(monkeyp
     with pytest.raises(ValidationError, match="h264 overlays need PyAV"):
         Settings(video_overlay_codec="h264")
     assert Settings(video_overlay_codec="auto").video_overlay_codec == "auto"
+
+
+def test_a_store_that_cannot_record_a_jobs_end_keeps_the_slot_and_the_queue_going(tmp_path):
+    """On a full data volume the job failed, SQLite could not record it ("database or disk is
+    full"), and the exception killed the only slot's thread: the job stayed "running" and every
+    job behind it "queued", for good. Now the end is recorded once the store can (retried)."""
+    import sqlite3
+
+    from v1motion.service.jobs.runners import Runner
+
+    class Writer(Runner):
+        def _execute(self, slot, job, should_stop):
+            if job.id.startswith("a"):
+                raise OSError(28, "No space left on device")
+            return "ok", {"frames": 3}
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for first in "ab":
+        store.create(first * 32, "a.mp4", "video/mp4", 10)
+    real, refused = store.fail, []
+
+    def full(job_id, reason):
+        if len(refused) < 2:
+            refused.append(job_id)
+            raise sqlite3.OperationalError("database or disk is full")
+        real(job_id, reason)
+
+    store.fail = full
+    runner = Writer(store, tmp_path / "videos", Limits(), slots=1)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while store.get("b" * 32).status != "succeeded":
+            assert time.monotonic() < deadline, "the job behind it never ran"
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+    first = store.get("a" * 32)
+    assert refused == ["a" * 32] * 2
+    assert first.status == "failed" and "No space left on device" in first.error
