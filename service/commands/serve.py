@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
+import os
 import signal
 import socket
 import sys
@@ -12,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 DESCRIPTION = """\
 Start the motion service and its live dashboard. With no options it analyses a synthetic source
@@ -170,9 +173,11 @@ def run(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     stop = threading.Event()
+    say = logging.getLogger("v1motion.serve").info if settings.log_format == "json" else _print
     threading.Thread(
         target=announce_when_answering,
         args=(settings.host, port, stop, started),
+        kwargs={"say": say},
         name="announce",
         daemon=True,
     ).start()
@@ -217,7 +222,10 @@ def _lock_data_dir(data_dir, port: int):
             f"port: V1MOTION_DATA_DIR=var/{other} v1motion serve --port {other}"
         )
     except OSError as exc:
-        return None, f"cannot use the data folder {data_dir}: {exc.strerror or exc}"
+        why = f"cannot use the data folder {data_dir}: {exc.strerror or exc}"
+        if exc.errno == errno.EACCES:  # a host folder mounted for another user
+            why += f"; it must be writable by this user (uid {os.getuid()})"
+        return None, why
     return lock, None
 
 
@@ -242,13 +250,23 @@ def _bind_error(exc: OSError, host: str, port: int) -> str:
     return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
 def announce_when_answering(
-    host: str, port: int, stop: threading.Event, started: float, poll_s: float = 0.1
+    host: str,
+    port: int,
+    stop: threading.Event,
+    started: float,
+    poll_s: float = 0.1,
+    say: Callable[[str], None] = _print,
 ) -> None:
     """Print the dashboard's address once the server answers HTTP, then say when the engine is ready.
 
     Polls ``/readyz`` on the local socket: any HTTP answer means the server is up (503 while the
-    engine loads); 200 means results are flowing.
+    engine loads); 200 means results are flowing. ``say`` prints a line; with JSON logs it logs
+    it, as one JSON object like every other line.
     """
     local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     probe = f"http://{_url_host(local)}:{port}/readyz"
@@ -258,23 +276,14 @@ def announce_when_answering(
         status, body = _get(opener, probe)
         if status is not None and not announced:
             announced = True
-            print(f"v1motion: dashboard on http://{_url_host(host)}:{port}/", flush=True)
+            say(f"v1motion: dashboard on http://{_url_host(host)}:{port}/")
             if status != 200:
-                print(
-                    "v1motion: the motion engine is loading; results start when it is ready",
-                    flush=True,
-                )
+                say("v1motion: the motion engine is loading; results start when it is ready")
         if status == 200:
-            print(
-                f"v1motion: motion engine ready, {time.monotonic() - started:.1f} s after start",
-                flush=True,
-            )
+            say(f"v1motion: motion engine ready, {time.monotonic() - started:.1f} s after start")
             return
         if body.get("status") == "failed":
-            print(
-                f"v1motion: the motion engine failed to load: {body.get('detail')} (see the log)",
-                flush=True,
-            )
+            say(f"v1motion: the motion engine failed to load: {body.get('detail')} (see the log)")
             return
         stop.wait(poll_s)
 

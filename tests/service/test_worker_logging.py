@@ -45,3 +45,27 @@ def test_a_video_workers_log_is_json_lines_under_the_json_log_format(tmp_path, c
         assert status == "succeeded"
     (record,) = _json_lines(capfd.readouterr().err, f"processed {job}")
     assert record["level"] == "info"
+
+
+def test_a_threads_uncaught_exception_is_a_json_line_under_the_json_log_format(capfd, monkeypatch):
+    """A slot thread that died printed Python's bare traceback, lines a JSON log reader cannot
+    parse; it is logged as one record, the traceback under ``exc``."""
+    import logging
+    import threading
+
+    from v1motion.service.logs import configure_logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    configure_logging("info", "json")
+
+    def boom():
+        raise RuntimeError("database or disk is full")
+
+    t = threading.Thread(target=boom, name="local-slot-0")
+    t.start()
+    t.join()
+    [line] = [x for x in capfd.readouterr().err.splitlines() if "local-slot-0" in x]
+    record = json.loads(line)
+    assert record["level"] == "error" and "database or disk is full" in record["exc"]
