@@ -261,6 +261,17 @@ class Settings(BaseSettings):
         None, description="run video jobs as Ray tasks on this cluster ('auto', 'ray://host:10001')"
     )
 
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        # `-e V1MOTION_TOKEN=$TOKEN` with TOKEN unset: a service no token can ever pass, started
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError(
+                "is empty: set V1MOTION_TOKEN (or --token) to a secret, or leave it unset on "
+                "localhost"
+            )
+        return v
+
     @field_validator("video_overlay_codec")
     @classmethod
     def _h264_needs_pyav(cls, v: str) -> str:

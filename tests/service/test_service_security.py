@@ -50,6 +50,15 @@ def test_non_localhost_without_token_is_refused_at_start():
     assert not Settings(host="::1").requires_token
 
 
+@pytest.mark.parametrize("blank", ["", " ", "\t"])
+def test_an_empty_token_is_refused_at_start(blank):
+    """`-e V1MOTION_TOKEN=$TOKEN` with TOKEN unset started a service that refused every token."""
+    with pytest.raises(ValidationError, match="(?s)token.*is empty"):
+        Settings(host="0.0.0.0", token=blank)
+    with pytest.raises(ValidationError, match="(?s)token.*is empty"):
+        Settings(token=blank)
+
+
 def test_http_routes_need_the_token(client):
     assert client.get("/v1/streams").status_code == 401
     assert "token" in client.get("/v1/streams").json()["detail"]
