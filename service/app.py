@@ -32,6 +32,7 @@ from v1motion.service.security import (
     BodyLimit,
     HostOriginGuard,
     SecurityHeaders,
+    StoppedRequests,
     WebSocketRefused,
     ignore_refused,
 )
@@ -177,6 +178,7 @@ def create_app(
     app.state.close_websockets = close_websockets
     app.state.stop_work = stop_work
     # Without a token: only this service's Host names, and no state changes from other sites' pages.
+    app.add_middleware(StoppedRequests)  # innermost: what a shutdown cancels, answered in JSON
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(HostOriginGuard, settings=settings)  # before any body is read
     app.add_middleware(SecurityHeaders)  # outermost: the guard's refusals carry the headers too

@@ -128,8 +128,15 @@ async def create_video_job(
         if not accepted:
             shutil.rmtree(folder, ignore_errors=True)
     log.info("job %s: queued (%d bytes)", job_id, upload.size_bytes)
-    response.headers["Location"] = f"{PREFIX}/{job_id}"
-    return JobPublic.from_record(rec, PREFIX)
+    base = _base(request)
+    response.headers["Location"] = f"{base}/{job_id}"
+    return JobPublic.from_record(rec, base)
+
+
+def _base(request: Request) -> str:
+    """Where the jobs are, as the client reaches them: behind a proxy that strips a path prefix
+    (``V1MOTION_ROOT_PATH``), with the prefix; links without it were 404s through the proxy."""
+    return f"{request.scope.get('root_path', '').rstrip('/')}{PREFIX}"
 
 
 MAX_OFFSET = (
@@ -139,22 +146,24 @@ MAX_OFFSET = (
 
 @router.get("", response_model=JobsPublic)
 def list_video_jobs(
+    request: Request,
     jobs: JobsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobsPublic:
     """Jobs, newest first."""
     records, total = jobs.store.list(limit, offset)
-    return JobsPublic(data=[JobPublic.from_record(r, PREFIX) for r in records], count=total)
+    base = _base(request)
+    return JobsPublic(data=[JobPublic.from_record(r, base) for r in records], count=total)
 
 
 JOB_NOT_FOUND = {404: {"description": "no video job with this id"}}
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=JOB_NOT_FOUND)
-def get_video_job(job_id: str, jobs: JobsDep) -> JobPublic:
+def get_video_job(job_id: str, request: Request, jobs: JobsDep) -> JobPublic:
     """Status and progress (frames done of total)."""
-    return JobPublic.from_record(_job_or_404(jobs, job_id), PREFIX)
+    return JobPublic.from_record(_job_or_404(jobs, job_id), _base(request))
 
 
 # The file's own type (a file download; motion.json is JSON), not FastAPI's default of JSON for all.

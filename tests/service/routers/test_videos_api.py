@@ -276,3 +276,59 @@ def test_a_token_is_required_when_the_service_is_exposed(tmp_path):
             headers={"Authorization": "Bearer s3cret"},
         )
         assert r.status_code == 202, r.text
+
+
+def test_links_and_location_carry_the_root_path(tmp_path):
+    """Behind a proxy that strips a prefix (V1MOTION_ROOT_PATH=/motion), Location and the job's
+    links named /v1/videos/...: through the proxy, 404s."""
+    settings = Settings(data_dir=tmp_path / "data", video_engine="random", root_path="/motion")
+    with TestClient(create_app(settings), root_path="/motion") as c:
+        r = upload(c, vs.avi(tmp_path, n=6))
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        assert r.headers["location"] == f"/motion/v1/videos/{job_id}"
+        done = wait_done(c, job_id)
+        assert done["status"] == "succeeded", done["error"]
+        assert set(done["links"].values()) >= {
+            f"/motion/v1/videos/{job_id}",
+            f"/motion/v1/videos/{job_id}/motion.json",
+        }
+        listed = c.get("/v1/videos").json()["data"][0]["links"]["self"]
+        assert listed == f"/motion/v1/videos/{job_id}"
+
+
+def test_an_upload_cut_off_by_the_servers_shutdown_is_a_json_503(tmp_path):
+    """An upload still arriving when the graceful shutdown ends: uvicorn cancels it. It was a
+    plain-text 500 "Internal Server Error" and an ERROR with a traceback at every rolling restart
+    during an upload; now a JSON 503 the client can retry on, and no upload left behind."""
+    import socket
+
+    from service_helpers import ServerThread, server_warnings
+
+    settings = Settings(data_dir=tmp_path / "data", video_engine="random")
+    srv = ServerThread(create_app(settings), timeout_graceful_shutdown=1)
+    with srv, server_warnings() as warnings:
+        body = b"x" * 100_000  # announced, a tenth of it sent: the upload is still arriving
+        head = (
+            "POST /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {len(body) + 200}\r\n\r\n"
+        )
+        part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="c.mp4"\r\n\r\n'
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:
+            s.sendall(head.encode() + part + body[:10_000])
+            time.sleep(0.5)
+            srv.server.should_exit = True  # as on SIGTERM
+            s.settimeout(15)
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        srv.thread.join(15)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 503"), answer[:300]
+    assert b"application/json" in rest.lower() and b"shutting down" in rest
+    assert not any("Exception in ASGI application" in w for w in warnings), warnings
+    assert not any((tmp_path / "data" / "videos").glob("*/input*"))  # the upload is gone
