@@ -4,12 +4,44 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import textwrap
 
-from v1motion.service.commands import run_command
+
+def usable_numba_cache() -> None:
+    """Point ``NUMBA_CACHE_DIR`` at a copy of it in a temporary folder if this user cannot write it.
+
+    Numba will not even read a cache it cannot write ("no locator available"): the container run
+    as another user than the image's (Kubernetes' runAsUser, OpenShift's random user) or with a
+    read-only root file system died at start with a 34-line traceback. The copy keeps the image's
+    compiled kernels (a second or two to copy, not a minute to compile); a cache that cannot be
+    read is compiled anew there."""
+    cache = os.environ.get("NUMBA_CACHE_DIR")
+    if not cache or os.access(cache, os.W_OK | os.X_OK):
+        return
+    try:
+        copy = tempfile.mkdtemp(prefix="v1motion-numba-")
+    except OSError:  # nowhere to write either: Numba says so
+        return
+    try:
+        shutil.copytree(cache, copy, dirs_exist_ok=True)
+    except OSError:
+        pass
+    os.environ["NUMBA_CACHE_DIR"] = copy
+    said = f"v1motion: NUMBA_CACHE_DIR {cache} is not writable by this user; using a copy in {copy}"
+    if os.environ.get("V1MOTION_LOG_FORMAT", "").lower() == "json":  # one JSON object a line
+        said = json.dumps({"level": "warning", "logger": "v1motion", "msg": said})
+    sys.stderr.write(said + "\n")
+
+
+usable_numba_cache()  # before anything imports Numba
+
+from v1motion.service.commands import run_command  # noqa: E402
 
 # Before Numba's OpenMP starts: its threads sleep between frames instead of spinning, so the engine's
 # second thread leaves the core to the capture, the encoding and the sockets between frames (on 2

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from service_helpers import ServerThread, random_engine, serve_command
@@ -193,3 +194,42 @@ def test_analyze_without_trained_weights_says_so_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {missing} not found: run `v1motion train` first")
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_numba_cache_this_user_cannot_write_is_used_through_a_copy(tmp_path, monkeypatch, capsys):
+    """In the container as another user, or on a read-only root, Numba would not load the image's
+    cache ("no locator available") and the service died at start with a 34-line traceback."""
+    from v1motion.service import cli
+
+    cache = tmp_path / "numba"
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / "kernels.nbi").write_bytes(b"index")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(cache) else real(p, m))
+    cli.usable_numba_cache()
+    copy = os.environ["NUMBA_CACHE_DIR"]
+    assert copy != str(cache) and (Path(copy) / "models" / "kernels.nbi").read_bytes() == b"index"
+    assert "is not writable by this user; using a copy" in capsys.readouterr().err
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
+    monkeypatch.setattr(os, "access", real)
+    cli.usable_numba_cache()  # writable: left as it is
+    assert os.environ["NUMBA_CACHE_DIR"] == str(cache)
+
+
+def test_a_data_folder_this_user_cannot_write_is_named_with_the_user(tmp_path, monkeypatch):
+    """A host folder mounted into the container for another user: say whose it must be."""
+    import errno
+
+    from v1motion.service.commands import serve
+
+    def refused(self):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(StoreLock, "acquire", refused)
+    lock, why = serve._lock_data_dir(tmp_path, 8000)
+    assert lock is None
+    assert why == (
+        f"cannot use the data folder {tmp_path}: Permission denied; it must be writable by this "
+        f"user (uid {os.getuid()})"
+    )
