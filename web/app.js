@@ -812,6 +812,7 @@ async function startCamera() {
     video.requestVideoFrameCallback(onFrame);
   }
   state.mode = "camera";
+  cameraInPicker(true);
   $("camera-btn").classList.add("active");
   $("camera-label").textContent = "Stop camera";
   // Speeds are in px of the frames the server analyses (the camera scaled to `size`) per camera frame.
@@ -886,12 +887,32 @@ function sendCameraFrame() {
   }, "image/jpeg", 0.8);
 }
 
+// While the camera runs the source picker says so (it kept showing the stream left behind).
+function cameraInPicker(on) {
+  const sel = $("source");
+  let opt = sel.querySelector("option[data-camera]");
+  if (on && !opt) {
+    opt = document.createElement("option");
+    opt.dataset.camera = "true";
+    opt.value = "";
+    opt.disabled = true;
+    opt.textContent = "my camera";
+    sel.append(opt);
+  }
+  if (on) sel.value = "";
+  else if (opt) {
+    opt.remove();
+    if (state.stream) sel.value = state.stream;
+  }
+}
+
 function stopCamera() {
   const cam = state.camera;
   if (!cam) return;
   closeSocket();
   cam.media.getTracks().forEach((t) => t.stop());
   state.camera = null;
+  cameraInPicker(false);
   $("camera-btn").classList.remove("active");
   $("camera-label").textContent = "Use my camera";
   resetView();
@@ -1050,10 +1071,12 @@ async function start() {
   if (blocked) $("camera-btn").title = blocked;
 
   $("source").addEventListener("change", (e) => {
+    const name = e.target.value;
     if (state.unknownSource) { banner(null); state.unknownSource = false; }
     if (state.camera) stopCamera();
+    $("source").value = name;
     resetView();
-    openStream(e.target.value);
+    openStream(name);
   });
   $("camera-btn").addEventListener("click", () => (state.camera ? stopCamera() : startCamera()));
   $("flow-toggle").addEventListener("change", (e) => {

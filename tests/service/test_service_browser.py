@@ -200,6 +200,8 @@ def test_dashboard_streams_then_analyses_the_browser_camera_under_a_path_prefix(
         page.click("#camera-btn")
         wait_for(page, "document.querySelector('#conn').textContent.includes('my camera')")
         assert "320x240" in page.text_content("#source-desc")  # the size its px/frame refer to
+        picked = "document.querySelector('#source').selectedOptions[0].textContent"
+        assert page.evaluate(picked) == "my camera"  # not the stream it left
         n0 = results(page)
         wait_results(page, n0 + 15)
         assert app.state.services.metrics.frames.labels("camera")._value.get() >= 15
@@ -213,6 +215,9 @@ def test_dashboard_streams_then_analyses_the_browser_camera_under_a_path_prefix(
         page.screenshot(
             path=str(Path(os.environ.get("V1MOTION_SCREENSHOTS", "/tmp")) / "dashboard-camera.png")
         )
+        page.click("#camera-btn")  # stop: back to the stream, and the picker says so
+        wait_for(page, "document.querySelector('#conn').textContent.includes('synthetic')")
+        assert page.evaluate(picked) == "synthetic" and page.locator("#source option").count() == 1
         assert errors == []
 
 
