@@ -282,7 +282,10 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{args.model} was fitted on bins of {fitted:g} ms; --bin-ms {args.bin_ms:g} would "
             f"score it on others (its rates are per bin): use --bin-ms {fitted:g}"
         )
-    print(json.dumps(evaluate(saved["model"], saved["baseline"], _load_counts(args)), indent=1))
+    scores = evaluate(saved["model"], saved["baseline"], _load_counts(args))
+    units = {k: "nats" for k in ("log_likelihood", "log_likelihood_baseline")}
+    units["bits_per_spike"] = "bits per spike gained over the baseline"  # as the API's schema says
+    print(json.dumps(scores | {"units": units}, indent=1))
     return 0
 
 

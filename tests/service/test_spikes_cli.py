@@ -35,7 +35,8 @@ def test_fit_eval_sample_roundtrip(tmp_path, capsys):
     fitted = json.loads(capsys.readouterr().out)
     assert fitted["kind"] == "rglm_correlated" and np.isfinite(fitted["bits_per_spike"])
     assert main(["spikes", "eval", "--counts", str(tmp_path / "c.npz"), "--model", str(model)]) == 0
-    assert np.isfinite(json.loads(capsys.readouterr().out)["bits_per_spike"])
+    scored = json.loads(capsys.readouterr().out)
+    assert np.isfinite(scored["bits_per_spike"]) and scored["units"]["log_likelihood"] == "nats"
     out = tmp_path / "s.npz"
     assert (
         main(
