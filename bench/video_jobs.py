@@ -41,8 +41,8 @@ from v1motion.models.datasets import require_shared_data
 from v1motion.models.motion.contract import step_each
 from v1motion.service.jobs.decode import SandboxedDecoder
 from v1motion.service.jobs.engines import pin_threads, warm_engine
-from v1motion.service.jobs.limits import Limits
-from v1motion.service.jobs.process import OVERLAY_WRITERS, overlay_codec, process_video
+from v1motion.service.jobs.limits import Limits, overlay_codec
+from v1motion.service.jobs.process import OVERLAY_WRITERS, process_video
 from v1motion.service.settings import Settings
 
 

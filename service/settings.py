@@ -9,7 +9,6 @@ short strings ``"name=kind:target"``, for example::
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import re
 from pathlib import Path
@@ -25,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from v1motion.service.jobs.limits import H264_MISSING, h264_available
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -275,10 +276,8 @@ class Settings(BaseSettings):
     @field_validator("video_overlay_codec")
     @classmethod
     def _h264_needs_pyav(cls, v: str) -> str:
-        if v == "h264" and importlib.util.find_spec("av") is None:
-            raise ValueError(
-                "h264 overlays need PyAV: pip install 'v1motion[h264]' (or use auto or mp4v)"
-            )
+        if v == "h264" and not h264_available():
+            raise ValueError(f"{H264_MISSING} (or use auto or mp4v)")
         return v
 
     @field_validator("engine_threads", "video_engine_threads")

@@ -601,7 +601,6 @@ function makeChip(id) {
     b.title = `prefers ${fmtDeg(info.preferred_direction_deg)}° at ${fmtSpeed(info.preferred_speed)} px/frame` +
       (info.degenerate ? ` · ${info.degenerateWhy}` : "") + "; activity: its code summed over the frame";
   }
-  b.setAttribute("aria-label", `unit ${id}`);
   b.addEventListener("click", () => selectUnit(id));
   return b;
 }

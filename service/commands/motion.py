@@ -7,7 +7,6 @@ motion.json, motion.npz, overlay.mp4, summary.png and result.json into OUTDIR.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -95,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from v1motion.service.jobs.decode import DecodeError
     from v1motion.service.jobs.engines import engine_factory, pin_threads, settle_job_process
     from v1motion.service.jobs.layout import RESULT_FILES
-    from v1motion.service.jobs.limits import Limits
+    from v1motion.service.jobs.limits import H264_MISSING, Limits, h264_available
     from v1motion.service.jobs.process import process_video
 
     out = args.output
@@ -123,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # a file where a folder should be, a read-only place
         print(f"error: cannot create the results folder {out}: {exc}", file=sys.stderr)
         return 2
-    if args.overlay_codec == "h264" and importlib.util.find_spec("av") is None:
-        print("error: h264 overlays need PyAV: pip install 'v1motion[h264]'", file=sys.stderr)
+    if args.overlay_codec == "h264" and not h264_available():
+        print(f"error: {H264_MISSING}", file=sys.stderr)
         return 2
     limits = Limits()
     overrides = {"max_frames": args.max_frames, "max_seconds": args.max_seconds}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass, field
 
 # FourCC codes (as OpenCV's FFmpeg backend reports them) of the video codecs we agree to decode.
@@ -27,6 +28,23 @@ DEFAULT_CODECS = (
     "av01",
     "ffv1",
 )
+
+
+H264_MISSING = "h264 overlays need PyAV: pip install 'v1motion[h264]'"
+
+
+def h264_available() -> bool:
+    """Whether PyAV, which writes the H.264 overlay, is installed (the h264 extra; the container
+    image leaves it out)."""
+    return importlib.util.find_spec("av") is not None
+
+
+def overlay_codec(asked: str) -> str:
+    """The codec ``asked`` (``Limits.overlay_codec``) stands for: ``auto`` is h264 where PyAV is
+    installed, else mp4v."""
+    if asked == "auto":
+        return "h264" if h264_available() else "mp4v"
+    return asked
 
 
 @dataclass(frozen=True)

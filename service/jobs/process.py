@@ -6,7 +6,6 @@ Used unchanged by the local worker processes, the Ray tasks and ``v1motion motio
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import logging
 import queue
@@ -24,7 +23,7 @@ from v1motion.models.motion.motion_summary import MotionSummary
 from v1motion.service import protocol
 from v1motion.service.jobs.decode import SandboxedDecoder, VideoRejected
 from v1motion.service.jobs.layout import INPUT_NAME, ResultsFolder
-from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.limits import Limits, overlay_codec
 from v1motion.service.jobs.sniff import UnsupportedContainer, sniff_file
 
 log = logging.getLogger(__name__)
@@ -136,24 +135,15 @@ class _Mp4vWriter:
 OVERLAY_WRITERS = {"h264": _H264Writer, "mp4v": _Mp4vWriter}
 
 
-def overlay_codec(asked: str) -> str:
-    """The codec ``asked`` (``Limits.overlay_codec``) stands for: ``auto`` is h264 where PyAV is
-    installed (the h264 extra; the container image leaves it out), else mp4v."""
-    if asked == "auto":
-        return "h264" if importlib.util.find_spec("av") is not None else "mp4v"
-    return asked
-
-
 class _OverlayWriter:
     """Draws the motion map on each frame and encodes overlay.mp4, on two stages of its own (drawing
     is numpy and OpenCV, encoding is FFmpeg; both mostly outside the GIL)."""
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int], codec: str = "h264"):
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], codec: str):
         from v1motion.service.render import draw_overlay
 
         self._draw = draw_overlay
-        self.codec = overlay_codec(codec)
-        self._writer = OVERLAY_WRITERS[self.codec](path, fps, size)
+        self._writer = OVERLAY_WRITERS[codec](path, fps, size)
         self.encode = _Stage("overlay-encode", self._writer.write)
         self.draw = _Stage("overlay-draw", self._draw_one)
 
@@ -345,6 +335,7 @@ def process_video(
 
     input_path, out_dir = Path(input_path), Path(out_dir)
     overlay = limits.overlay if overlay is None else overlay
+    codec = overlay_codec(limits.overlay_codec) if overlay else None  # result.json says which
     folder = ResultsFolder(out_dir)
     work = folder.begin()
     t0 = time.perf_counter()
@@ -366,7 +357,7 @@ def process_video(
             keeper = _Stage("motion-results", results.add)
             if overlay:
                 size = (info.out_width, info.out_height)
-                writer = _OverlayWriter(work / "overlay.mp4", info.fps, size, limits.overlay_codec)
+                writer = _OverlayWriter(work / "overlay.mp4", info.fps, size, codec)
             last = 0.0
             # The engine takes the frames itself (``Engine.run``: it may encode a few frames
             # ahead while it reads another); `pulled` pairs each motion frame with its frame.
@@ -487,7 +478,7 @@ def process_video(
             processed_frames_per_second=round(n / elapsed, 2),
             stage_seconds={k: round(v, 3) for k, v in timing.items()},
             overlay=bool(overlay),
-            overlay_codec=overlay_codec(limits.overlay_codec) if overlay else None,
+            overlay_codec=codec,
             units=UNITS,
         )
         (work / "result.json").write_text(json.dumps(result, indent=1))
