@@ -9,6 +9,8 @@ import pickle
 import sys
 from pathlib import Path
 
+from v1motion.service.commands import not_negative
+
 # The kinds of v1motion.models.spikes.MODEL_KINDS, spelled out so `v1motion --help` need not import the models
 # (tests/test_spikes_cli.py checks the two lists agree).
 MODEL_KIND_NAMES = (
@@ -77,7 +79,7 @@ def add_parser(subparsers) -> None:
         "(/docs: the fit's options); repeatable (default: none)",
     )
     f.add_argument("--test-fraction", type=float, default=0.2, help="fraction of trials held out")
-    f.add_argument("--seed", type=int, default=0, help="random seed")
+    f.add_argument("--seed", type=not_negative, default=0, help="random seed")
     f.add_argument(
         "--out", type=Path, required=True, help="where to write the fitted model (pickle)"
     )
@@ -107,7 +109,7 @@ def add_parser(subparsers) -> None:
         default=None,
         help="time bins per trial (default 1000; a _locked model samples its stimulus's length only)",
     )
-    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--seed", type=not_negative, default=0, help="random seed")
     s.add_argument("--out", type=Path, required=True, help=".npz to write (array 'counts')")
     s.set_defaults(func=run_sample)
 
@@ -255,7 +257,10 @@ def run_fit(args: argparse.Namespace) -> int:
         bin_ms = args.bin_ms if args.recording else None  # counts of a file: their bins unknown
         saved = {"kind": args.kind, "model": model, "baseline": baseline, "report": report}
         pickle.dump(saved | {"bin_ms": bin_ms}, fh)
-    print(json.dumps({"kind": args.kind, **report}, indent=1))
+    public = {
+        ("held_out_bits_per_spike" if k == "bits_per_spike" else k): v for k, v in report.items()
+    }
+    print(json.dumps({"kind": args.kind, **public}, indent=1))  # the API's names
     return 0
 
 

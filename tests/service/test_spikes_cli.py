@@ -33,7 +33,8 @@ def test_fit_eval_sample_roundtrip(tmp_path, capsys):
         == 0
     )
     fitted = json.loads(capsys.readouterr().out)
-    assert fitted["kind"] == "rglm_correlated" and np.isfinite(fitted["bits_per_spike"])
+    assert fitted["kind"] == "rglm_correlated" and np.isfinite(fitted["held_out_bits_per_spike"])
+    assert "bits_per_spike" not in fitted  # the API's name: held-out, not an evaluation's
     assert main(["spikes", "eval", "--counts", str(tmp_path / "c.npz"), "--model", str(model)]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert np.isfinite(scored["bits_per_spike"]) and scored["units"]["log_likelihood"] == "nats"
@@ -71,7 +72,7 @@ def test_counts_from_a_npy_file_fit_as_from_a_npz(tmp_path, capsys):
     out = tmp_path / "m.pkl"
     args = ["--counts", str(tmp_path / "c.npy"), "--kind", "glm", "--option", "n_lags=3"]
     assert main(["spikes", "fit", *args, "--out", str(out)]) == 0  # was a TypeError
-    assert np.isfinite(json.loads(capsys.readouterr().out)["bits_per_spike"])
+    assert np.isfinite(json.loads(capsys.readouterr().out)["held_out_bits_per_spike"])
 
 
 @pytest.mark.parametrize(
