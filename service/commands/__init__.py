@@ -22,3 +22,15 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def not_negative(text: str) -> int:
+    """An argparse type: a whole number, 0 or more (seeds, counts); argparse names the option in its
+    message ("argument --seed: must be 0 or more, got -1") and stops before any work."""
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if k < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {k}")
+    return k

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from v1motion.models import WEIGHTS_DIR
+from v1motion.service.commands import not_negative
 
 DEFAULT_OUT = WEIGHTS_DIR / "mt_readout_default.npz"
 DEFAULT_AXIS_OUT = WEIGHTS_DIR / "axis_calibration.json"
@@ -32,7 +33,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pool-px", type=int, nargs="+", default=[32, 96], help="pooling box sides, px")
     p.add_argument("--tau", type=float, default=2.0, help="temporal average, frames")
     p.add_argument("--epochs", type=int, default=16, help="passes over the data")
-    p.add_argument("--seed", type=int, default=0, help="seeds the sequences and the fit")
+    p.add_argument("--seed", type=not_negative, default=0, help="seeds the sequences and the fit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--axis-calibration",

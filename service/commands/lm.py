@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from v1motion.models import WEIGHTS_DIR
+from v1motion.service.commands import not_negative
 
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "lm_ptb_rglm.npz"
 
@@ -155,7 +156,7 @@ def add_parser(subparsers) -> None:
         "weights are kept if training does not improve their validation perplexity "
         "(default: fresh weights)",
     )
-    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--seed", type=not_negative, default=0, help="random seed")
     t.set_defaults(func=run_train)
 
     e = sub.add_parser(
@@ -224,22 +225,11 @@ def add_parser(subparsers) -> None:
     )
     s.add_argument(
         "--next",
-        type=_not_negative,
+        type=not_negative,
         default=0,
         help="also list the k most likely next words; 0 = none",
     )
     s.set_defaults(func=run_score)
-
-
-def _not_negative(text: str) -> int:
-    """``--next``: refused before any scoring (-3 printed the scores, then failed)."""
-    try:
-        k = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if k < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {k}")
-    return k
 
 
 def train_command(args: argparse.Namespace) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from v1motion.service.commands import not_negative
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -26,7 +28,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--density", type=float, default=0.05, help="fraction of non-zero R")
     p.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations")
     p.add_argument("--init", default="lsq", choices=("lsq", "random"), help="start of the fit")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=not_negative, default=0, help="random seed")
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--video",

@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from v1motion.models import WEIGHTS_DIR
+from v1motion.service.commands import not_negative
 
 DEFAULT_OUT = WEIGHTS_DIR
 
@@ -87,7 +88,8 @@ def add_parser(subparsers) -> None:
                 help=f"{text} (default: %(default)s)",
             )
         else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
+            kind = not_negative if f.name == "seed" else type(f.default)
+            p.add_argument(flag, type=kind, default=f.default, help=text)
     p.set_defaults(func=run)
 
 

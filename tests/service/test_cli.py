@@ -53,6 +53,20 @@ def test_every_option_has_help_and_says_its_default():
             assert parser.description and parser.epilog, f"{name}: no description or example"
 
 
+def test_a_negative_seed_is_refused_naming_the_option_in_every_command(capsys):
+    seeded = [
+        (name, parser)
+        for name, parser in _parsers(build_parser())
+        if any("--seed" in a.option_strings for a in parser._actions)
+    ]
+    assert len(seeded) >= 6  # train, fit-readout, stfit, lm train, spikes fit and sample
+    for name, parser in seeded:
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_known_args(["--seed", "-1"])
+        assert stop.value.code == 2, name
+        assert "argument --seed: must be 0 or more, got -1" in capsys.readouterr().err, name
+
+
 def test_engine_option_is_explained():
     serve = dict(_parsers(build_parser()))["v1motion serve"]
     engine = next(a for a in serve._actions if a.dest == "engine")
