@@ -94,6 +94,7 @@ def load_ptb(root: Path | None = None) -> tuple[Vocabulary, dict[str, np.ndarray
     return vocab, {s: vocab.encode(w) for s, w in words.items()}
 
 
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u02bc\uff07", "'"))
 _CONTRACTION = re.compile(r"(?i)(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _NUMBER = re.compile(r"^[+-]?(\d+([.,:/]\d+)*|\d*\.\d+)(st|nd|rd|th)?$")
 _TOKEN = re.compile(r"(?i)(?:[a-z]\.){2,}|n't|'\w+|[\w-]+(?:[&.,:/]\w+)*|[$#&%]|[.!?;]")
@@ -105,14 +106,15 @@ def tokenize(text: str, abbreviations: Collection[str] = ()) -> list[str]:
     Lower-cases, splits clitics (``don't`` -> ``do n't``) and currency signs (``$5`` -> ``$ N``),
     writes numbers as ``N`` and ``%`` as ``N`` too (as Mikolov's preprocessing does: ``12%`` is
     ``N N`` in PTB), keeps PTB's own number token ``N`` (pasted PTB text), turns sentence-final
-    ``.``, ``!``, ``?`` and ``;`` into ``<eos>`` and drops other punctuation, which the PTB
-    language-modelling split does not contain.
+    ``.``, ``!``, ``?`` and ``;`` into ``<eos>`` and drops other punctuation and symbols (quotes,
+    emoji), which the PTB language-modelling split does not contain. Typographic apostrophes
+    (``don’t``, ``it’s``) are read as ``'``, as text from word processors and phones writes them.
 
     ``abbreviations`` are tokens that end in a period (``mr.``, ``inc.``: a vocabulary's, see
     :meth:`Vocabulary.abbreviations`); a word followed at once by a period that makes one of them
     is that token, not the word and the end of a sentence.
     """
-    text = _CONTRACTION.sub(r"\1 \2", text)
+    text = _CONTRACTION.sub(r"\1 \2", text.translate(_APOSTROPHES))
     out: list[str] = []
     end = -1  # where the last word token ended in ``text``
     for m in _TOKEN.finditer(text):

@@ -32,7 +32,10 @@ class ScoreRequest(RequestBody):
         json_schema_extra={"examples": [{"text": "The stock market fell sharply on Monday."}]}
     )
 
-    text: str = Field(description="text to score; lower-cased and tokenised PTB-style")
+    text: str = Field(
+        description="text to score; lower-cased and tokenised PTB-style: numbers become N, . ! ? ; "
+        "end a sentence (<eos>), other punctuation, quotes and emoji are dropped"
+    )
 
 
 class TokenScore(BaseModel):

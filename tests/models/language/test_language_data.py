@@ -37,6 +37,15 @@ def test_tokenize_ptb_style():
     ]
 
 
+def test_typographic_apostrophes_are_read_as_straight_ones():
+    # phones and word processors write don’t: it was "don" "t", two words PTB reads rarely
+    straight = tokenize("I don't know; it's John's.")
+    assert tokenize("I don\u2019t know; it\u2019s John\u02bcs.") == straight
+    assert "n't" in straight and "'s" in straight
+    # quotes and emoji are dropped as other punctuation is
+    assert tokenize("\u201cHello\u201d \U0001f600 world") == ["hello", "world"]
+
+
 def test_tokenize_keeps_the_vocabularys_abbreviations_and_ptb_number_tokens():
     abbreviations = Vocabulary(["<unk>", "<eos>", "mr.", "inc.", "u.s.", "board"]).abbreviations
     assert abbreviations == {"mr.", "inc."}  # one word and its period
