@@ -18,12 +18,13 @@ class Subscriber:
     one message that may be waiting equals the results published while it watched.
     """
 
-    def __init__(self, want_flow: bool = False) -> None:
+    def __init__(self, want_flow: bool = False, max_fps: float | None = None) -> None:
         self.pending: protocol.Outgoing | None = None
         self.event = asyncio.Event()
         self.sent = 0
         self.missed = 0
         self.want_flow = want_flow
+        self.max_fps = max_fps  # the viewer's own rate: at most this many results a second, newest
         self._last_seq = 0  # seq of the last result offered; the stream numbers results 1, 2, ...
 
     def offer(self, msg: protocol.Outgoing) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["streams"])
 
 STATUS_INTERVAL_S = 1.0
+MAX_FPS_LIMIT = 1000.0  # a viewer's max_fps: above any stream's rate, i.e. no limit
 
 
 class StreamPublic(BaseModel):
@@ -137,6 +139,12 @@ async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
         await close_quietly(ws, 4404, "unknown stream")
         return
     sub = Subscriber(want_flow=ws.query_params.get("flow") in ("1", "true"))
+    bad_query = None
+    if "max_fps" in ws.query_params:
+        try:
+            sub.max_fps = parse_max_fps(ws.query_params["max_fps"])
+        except ValueError as exc:
+            bad_query = protocol.error("bad_message", f"?max_fps: {exc}")
     try:
         mgr.subscribe(name, sub)
     except RuntimeError as exc:
@@ -149,6 +157,8 @@ async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
         await ws.send_text(
             protocol.message("hello", stream=name, description=pipeline.spec.describe())
         )
+        if bad_query is not None:
+            await ws.send_text(bad_query)
         sender = asyncio.create_task(_send_loop(ws, sub, name, lock, settings, metrics))
         receiver = asyncio.create_task(_receive_loop(ws, sub, lock))
         done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -173,9 +183,33 @@ async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
         await close_quietly(ws, 1000)
 
 
+def parse_max_fps(value: Any) -> float | None:
+    """A viewer's ``max_fps`` (query or ``options``): a number of results a second, or ``None`` (as
+    many as the stream makes); ``ValueError`` names the problem."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"max_fps must be a number of results a second, got {value!r}")
+    try:
+        fps = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"max_fps must be a number of results a second, got {value!r}") from None
+    if not 0.1 <= fps <= MAX_FPS_LIMIT:
+        raise ValueError(f"max_fps must lie in [0.1, {MAX_FPS_LIMIT:g}], got {value!r}")
+    return fps
+
+
 async def _send_loop(ws, sub: Subscriber, name: str, lock, settings, metrics) -> None:
     last_status = time.monotonic()
+    last_sent = -math.inf
     while True:
+        if sub.max_fps is not None:
+            # Wait out the viewer's rate before taking from the mailbox, so what it then gets is
+            # the newest result (those replaced meanwhile are counted as missed): results sent faster
+            # than a client reads wait in the network's buffers and arrive seconds old.
+            due = last_sent + 1.0 / sub.max_fps
+            while time.monotonic() < due and sub.pending is not protocol.END:
+                await asyncio.sleep(min(due - time.monotonic(), 0.25))
         msg = await sub.next()
         if msg is protocol.END:
             await close_quietly(ws, 1001, "stream stopped")
@@ -196,6 +230,7 @@ async def _send_loop(ws, sub: Subscriber, name: str, lock, settings, metrics) ->
             await close_quietly(ws, 4008, "too slow")
             return
         sub.sent += 1
+        last_sent = time.monotonic()
         metrics.latency.labels(name).observe(time.monotonic() - msg.t_capture)
         now = time.monotonic()
         if now - last_status >= STATUS_INTERVAL_S:
@@ -222,7 +257,11 @@ async def _receive_loop(ws: WebSocket, sub: Subscriber, lock) -> None:
             flow = msg.get("flow", sub.want_flow)
             if not isinstance(flow, bool):
                 raise ValueError('"flow" must be true or false')
-            sub.want_flow = flow
+            max_fps = msg.get("max_fps", sub.max_fps)
+            if isinstance(max_fps, str):  # JSON has numbers: "2" is a client's bug
+                raise ValueError(f"max_fps must be a number of results a second, got {max_fps!r}")
+            max_fps = parse_max_fps(max_fps)
+            sub.want_flow, sub.max_fps = flow, max_fps
         except ValueError as exc:
             async with lock:
                 await ws.send_text(protocol.error("bad_message", str(exc)))

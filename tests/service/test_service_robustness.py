@@ -327,3 +327,63 @@ class NoiseSource(PatternSource):
         self.t += 1
         self.stats["reads"] = self.stats.get("reads", 0) + 1
         return np.random.default_rng(self.t).integers(0, 256, self.shape, dtype=np.uint8)
+
+
+def _results_for(ws, seconds: float, pause: float = 0.0):
+    """(results, statuses, errors) a client reads for ``seconds``, pausing ``pause`` after each
+    message; each result as (seq, age in s by its capture_ts)."""
+    results, statuses, errors = [], [], []
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        m = ws.recv(timeout=5)
+        if isinstance(m, str):
+            msg = json.loads(m)
+            if msg["type"] == "result":
+                results.append((msg["seq"], time.time() - msg["capture_ts"] / 1000))
+            elif msg["type"] == "status":
+                statuses.append(msg)
+            elif msg["type"] == "error":
+                errors.append(msg)
+        time.sleep(pause)
+    return results, statuses, errors
+
+
+@pytest.mark.slow
+def test_a_viewer_that_asks_for_fewer_results_gets_the_newest_at_its_rate():
+    """A client reading 2 results a second of a 30 fps stream: results sent as fast as the stream
+    makes them waited in the network's buffers (the probe measured 22 s old); with ``max_fps`` it
+    gets them at its rate, each the newest, the others counted as missed."""
+    settings = Settings(sources=["synthetic"], preview_quality=95)
+    app = create_app(
+        settings,
+        engine_factory=random_engine,
+        source_factories={
+            "synthetic": lambda stop: NoiseSource(None, stop, {}, fps=30, shape=(240, 320))
+        },
+    )
+    with serving(app) as srv:
+        url = f"{srv.ws_url}/v1/streams/synthetic"
+        with connect(f"{url}?max_fps=2", max_size=None, max_queue=1) as ws:
+            json.loads(ws.recv())  # hello
+            results, statuses, errors = _results_for(ws, 6.0, pause=0.2)
+            assert not errors
+            assert 9 <= len(results) <= 14  # 2 a second for 6 s
+            ages = [age for _, age in results[3:]]
+            assert max(ages) < 1.0, ages  # fresh: the newest when sent
+            seqs = [s for s, _ in results]
+            assert min(np.diff(seqs)) >= 5  # the stream's other results passed over...
+            assert statuses[-1]["missed"] >= 100  # ...and counted
+            # max_fps off again (null): as many as the stream makes
+            ws.send(json.dumps({"type": "options", "max_fps": None}))
+            results, _, errors = _results_for(ws, 3.0)
+            assert not errors and len(results) >= 30
+        with connect(f"{url}?max_fps=fast", max_size=None) as ws:
+            json.loads(ws.recv())  # hello
+            error = json.loads(ws.recv(timeout=5))
+            assert error["type"] == "error" and error["code"] == "bad_message"
+            assert "max_fps" in error["detail"] and "'fast'" in error["detail"]
+            for bad in (0, -1, True, "2", 1e6, [2]):
+                ws.send(json.dumps({"type": "options", "max_fps": bad}))
+                _, _, errors = _results_for(ws, 0.3)
+                assert [e["code"] for e in errors] == ["bad_message"], bad
+                assert "max_fps" in errors[0]["detail"]
