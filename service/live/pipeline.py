@@ -78,8 +78,8 @@ class StreamPipeline:
         self._last_frame_t = time.monotonic()
         worker = threading.Thread(target=self._work, name=f"engine-{self.name}", daemon=True)
         self._threads = [worker]
+        worker.start()  # before the capture: _start_capture keeps only live threads in _threads
         self._start_capture()
-        worker.start()
         self.log.info("stream %s: started (%s)", self.name, self.spec.describe())
 
     def stop(self, timeout: float = 3.0) -> None:
@@ -287,6 +287,7 @@ class StreamManager:
         self.metrics = metrics
         self._stop_tasks: dict[str, asyncio.Task] = {}
         self._stopping: set[str] = set()
+        self._replays: dict[str, asyncio.Task] = {}
         self._closing = False
 
     def get(self, name: str) -> StreamPipeline:
@@ -310,6 +311,10 @@ class StreamManager:
             task.cancel()
         if not p.running:
             p.start(asyncio.get_running_loop())
+        elif p.state == "ended" and name not in self._replays:
+            # A file that played to its end, kept for the grace period: it plays again for the
+            # viewer who came to watch it, as it does once the stream has stopped.
+            self._replays[name] = asyncio.get_running_loop().create_task(self._replay(name))
         return p
 
     def unsubscribe(self, name: str, sub: Subscriber) -> None:
@@ -323,6 +328,18 @@ class StreamManager:
             and name not in self._stop_tasks
         ):
             self._stop_tasks[name] = asyncio.get_running_loop().create_task(self._stop_later(name))
+
+    async def _replay(self, name: str) -> None:
+        p = self.pipelines[name]
+        self._stopping.add(name)
+        try:
+            await asyncio.to_thread(p.stop)
+        finally:
+            self._stopping.discard(name)
+            del self._replays[name]
+        if p.hub.subscribers and not self._closing:
+            log.info("stream %s: played to its end; again for a new viewer", name)
+            p.start(asyncio.get_running_loop())
 
     async def _stop_later(self, name: str) -> None:
         p = self.pipelines[name]
@@ -348,6 +365,8 @@ class StreamManager:
             task.cancel()
         for p in self.pipelines.values():
             p.hub.close()
+        replays = list(self._replays.values())  # they see _closing and start nothing
         await asyncio.gather(
             *(asyncio.to_thread(p.stop) for p in self.pipelines.values() if p.running)
         )
+        await asyncio.gather(*replays, return_exceptions=True)

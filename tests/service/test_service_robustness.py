@@ -157,6 +157,36 @@ def test_a_file_source_without_loop_ends_and_is_not_reopened(tmp_path, loop):
         )
 
 
+def test_a_new_viewer_of_a_file_that_ended_gets_it_again_from_one_engine_thread(tmp_path):
+    """A viewer joining a non-looping file that played to its end (within the grace period) started
+    a second engine thread beside the first, which was still alive: results came twice, with
+    repeated seq numbers. Now it is played again, once, by the one thread."""
+    clip = _short_clip(tmp_path / "clip.avi")
+    spec = SourceSpec(name="clip", kind="file", target=str(clip), loop=False)
+    settings = Settings(sources=[spec], backoff_initial_s=0.05, grace_period_s=30)
+    app = create_app(settings, engine_factory=random_engine)
+
+    def engines():
+        return [t for t in threading.enumerate() if t.name == "engine-clip" and t.is_alive()]
+
+    with TestClient(app) as c:
+        state = lambda: c.get("/v1/streams/clip").json()  # noqa: E731
+        with c.websocket_connect("/v1/streams/clip"):
+            wait_for(lambda: state()["state"] == "ended", what="the end")
+            assert state()["frames"] == 12 and len(engines()) == 1
+        with c.websocket_connect("/v1/streams/clip") as ws:  # within the grace period
+            assert ws.receive_json()["type"] == "hello"
+            seqs = []
+            while len(seqs) < 12:
+                msg = ws.receive()
+                if msg.get("text") and json.loads(msg["text"])["type"] == "result":
+                    seqs.append(json.loads(msg["text"])["seq"])
+                assert len(engines()) == 1
+            wait_for(lambda: state()["state"] == "ended", what="the second end")
+            assert seqs == list(range(1, 13))  # the whole file again, each result once
+            assert state()["frames"] == 12 and len(engines()) == 1
+
+
 @pytest.fixture
 def silent_server():
     """A TCP server that accepts connections and never answers."""
