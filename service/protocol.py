@@ -47,10 +47,11 @@ def error(code: str, detail: str) -> str:
     return message("error", code=code, detail=detail)
 
 
-def status(stream: str, sent: int, missed: int) -> str:
+def status(stream: str, sent: int, missed: int, state: str) -> str:
     """A viewer's ``status``: results sent to it and results it missed (``dropped``: the same count
-    under its first name, kept for clients written before ``missed``)."""
-    return message("status", stream=stream, sent=sent, missed=missed, dropped=missed)
+    under its first name, kept for clients written before ``missed``), and the stream's ``state``
+    (as ``GET v1/streams/{name}`` says it)."""
+    return message("status", stream=stream, sent=sent, missed=missed, dropped=missed, state=state)
 
 
 def v1_names(fields: dict[str, Any]) -> dict[str, Any]:

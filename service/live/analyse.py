@@ -90,6 +90,15 @@ class Analyser:
         self.flow.reset()
         return False
 
+    def restart(self) -> None:
+        """The source was opened again (a reconnect): its next frame is the first of a new run, with
+        no motion to read from the last one before the gap, and no frame rate across the gap
+        (numbering and counts go on)."""
+        self.state = self.engine.new_state()
+        self.flow.reset()
+        self._ema_dt = self._t_prev = self._elapsed = None
+        self.fps = 0.0
+
     def analyse(
         self,
         image: np.ndarray,

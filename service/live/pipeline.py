@@ -57,7 +57,8 @@ class StreamPipeline:
         self._slot = LatestSlot()
         self._stop = threading.Event()
         self._gen = 0
-        self._last_frame_t = 0.0
+        self._last_frame_t = 0.0  # the stall timer: the last frame, or the last (re)connection
+        self._frame_t: float | None = None  # when the last frame arrived
         self._threads: list[threading.Thread] = []
         self._rng = random.Random(hash(spec.name) & 0xFFFF)
         self._lock = threading.Lock()
@@ -76,6 +77,7 @@ class StreamPipeline:
         self._slot = LatestSlot()
         self.state = "starting"
         self._last_frame_t = time.monotonic()
+        self._frame_t = None
         worker = threading.Thread(target=self._work, name=f"engine-{self.name}", daemon=True)
         self._threads = [worker]
         worker.start()  # before the capture: _start_capture keeps only live threads in _threads
@@ -96,7 +98,9 @@ class StreamPipeline:
         self.log.info("stream %s: stopped", self.name)
 
     def status(self) -> dict[str, Any]:
-        age = time.monotonic() - self._last_frame_t if self.running and self.frames else None
+        age = (
+            None if self._frame_t is None or not self.running else time.monotonic() - self._frame_t
+        )
         return {
             "name": self.name,
             "kind": self.spec.kind,
@@ -105,7 +109,7 @@ class StreamPipeline:
             "subscribers": len(self.hub.subscribers),
             "frames": self.frames,
             "dropped": self.dropped_capture,
-            "fps": 0.0 if self.state == "ended" else round(self.fps, 2),  # no frames to come
+            "fps": round(self.fps, 2) if self.state == "running" else 0.0,  # none coming now
             "frame_age_s": None if age is None else round(age, 3),
             "size": list(self.size) if self.size else None,
             "error": self.last_error,
@@ -146,7 +150,9 @@ class StreamPipeline:
                     now = time.monotonic()
                     self._last_frame_t = now
                     truth = getattr(source, "truth", None)
-                    self._slot.put(CapturedFrame(frame, now, time.time() * 1000.0, truth))
+                    self._frame_t = now
+                    wall = time.time() * 1000.0
+                    self._slot.put(CapturedFrame(frame, now, wall, truth, reopened=not got_frame))
                     if not got_frame:
                         got_frame, attempt = True, 0
                         self.state, self.last_error = "running", None
@@ -225,6 +231,8 @@ class StreamPipeline:
             if got is None:
                 continue
             seq, cf = got
+            if cf.reopened and analyser.frames:
+                analyser.restart()  # after a reconnect: nothing to compare the frame with
             elapsed = seq - last_seq if last_seq else 1
             if last_seq and seq - last_seq > 1:
                 self.dropped_capture += seq - last_seq - 1

@@ -90,3 +90,4 @@ class CapturedFrame:
     t_capture: float  # time.monotonic()
     wall_ms: float  # time.time() * 1000, comparable across processes on one machine
     truth: dict | None = None  # the known velocity, for synthetic sources
+    reopened: bool = False  # the first frame since the source was (re)opened: no motion before it

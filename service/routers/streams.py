@@ -39,8 +39,11 @@ class StreamPublic(BaseModel):
     subscribers: int
     frames: int
     dropped: int
-    fps: float
-    frame_age_s: float | None
+    fps: float = Field(description="frames analysed per second while running; 0 in any other state")
+    frame_age_s: float | None = Field(
+        description="seconds since the source's last frame arrived (it grows while the source is "
+        "down); null before the first frame and when idle"
+    )
     size: list[int] | None
     error: str | None
 
@@ -159,7 +162,7 @@ async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
         )
         if bad_query is not None:
             await ws.send_text(bad_query)
-        sender = asyncio.create_task(_send_loop(ws, sub, name, lock, settings, metrics))
+        sender = asyncio.create_task(_send_loop(ws, sub, pipeline, lock, settings, metrics))
         receiver = asyncio.create_task(_receive_loop(ws, sub, lock))
         done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         for t in pending:
@@ -199,7 +202,8 @@ def parse_max_fps(value: Any) -> float | None:
     return fps
 
 
-async def _send_loop(ws, sub: Subscriber, name: str, lock, settings, metrics) -> None:
+async def _send_loop(ws, sub: Subscriber, pipeline, lock, settings, metrics) -> None:
+    name = pipeline.name
     last_status = time.monotonic()
     last_sent = -math.inf
     while True:
@@ -210,16 +214,29 @@ async def _send_loop(ws, sub: Subscriber, name: str, lock, settings, metrics) ->
             due = last_sent + 1.0 / sub.max_fps
             while time.monotonic() < due and sub.pending is not protocol.END:
                 await asyncio.sleep(min(due - time.monotonic(), 0.25))
-        msg = await sub.next()
+        try:  # a status is due every second, also while no result comes (the source down, ended)
+            wait = max(0.0, last_status + STATUS_INTERVAL_S - time.monotonic())
+            await asyncio.wait_for(sub.event.wait(), wait)
+        except TimeoutError:
+            msg = None
+        else:
+            msg = await sub.next()
         if msg is protocol.END:
             await close_quietly(ws, 1001, "stream stopped")
             return
+        parts = [] if msg is None else [msg.text, msg.preview]
+        now = time.monotonic()
+        if now - last_status >= STATUS_INTERVAL_S:
+            last_status = now
+            parts.append(protocol.status(name, sub.sent + bool(msg), sub.missed, pipeline.state))
         try:
             async with asyncio.timeout(settings.send_timeout_s):
                 async with lock:
-                    await ws.send_text(msg.text)
-                    if msg.preview is not None:
-                        await ws.send_bytes(msg.preview)
+                    for part in parts:
+                        if isinstance(part, str):
+                            await ws.send_text(part)
+                        elif part is not None:
+                            await ws.send_bytes(part)
         except TimeoutError:
             metrics.slow_clients.labels(name).inc()
             log.warning(
@@ -229,14 +246,10 @@ async def _send_loop(ws, sub: Subscriber, name: str, lock, settings, metrics) ->
             )
             await close_quietly(ws, 4008, "too slow")
             return
-        sub.sent += 1
-        last_sent = time.monotonic()
-        metrics.latency.labels(name).observe(time.monotonic() - msg.t_capture)
-        now = time.monotonic()
-        if now - last_status >= STATUS_INTERVAL_S:
-            last_status = now
-            async with lock:
-                await ws.send_text(protocol.status(name, sub.sent, sub.missed))
+        if msg is not None:
+            sub.sent += 1
+            last_sent = time.monotonic()
+            metrics.latency.labels(name).observe(last_sent - msg.t_capture)
 
 
 async def _receive_loop(ws: WebSocket, sub: Subscriber, lock) -> None:
