@@ -704,6 +704,7 @@ function openStream(name, attempt = 0) {
   closeSocket();
   state.mode = "stream";
   state.stream = name;
+  state.streamState = null;
   const s = state.streams.find((x) => x.name === name);
   $("source-desc").textContent = s ? s.description : "";
   const ws = new WebSocket(wsUrl(`v1/streams/${encodeURIComponent(name)}?flow=${state.flow ? 1 : 0}`), subprotocols());
@@ -724,8 +725,12 @@ function openStream(name, attempt = 0) {
       if (m.type === "result") {
         if (!$("conn").classList.contains("pill-live")) setConn(`live · ${name}`, "live");
         onResult(m);
-      } else if (m.type === "status") { state.dropsClient = m.dropped; updateStats(); }
-      else if (m.type === "error") banner(`${m.code}: ${m.detail}`, "error");
+      } else if (m.type === "status") {
+        state.dropsClient = m.dropped;
+        updateStats();
+        // the stream's state changed (its source down, back, ended): say so now, not at the next poll
+        if (m.state && m.state !== state.streamState) { state.streamState = m.state; checkStreamState(); }
+      } else if (m.type === "error") banner(`${m.code}: ${m.detail}`, "error");
       return;
     }
     // Binary preview: 4-byte magic, 4-byte sequence number, JPEG.
@@ -1126,6 +1131,11 @@ async function checkStreamState() {
       else if (s.state === "starting") setConn(`starting · ${s.name}`, "idle");
       else setConn(`${s.state} · ${s.name}`, s.state === "error" ? "bad" : "warn");
       $("conn").title = s.error || "";
+      // A source that is down, stalled or played to its end sends no results: no frozen map or
+      // dominant motion that looks live (a reconnect then starts from a blank view).
+      if (["reconnecting", "stalled", "error", "ended"].includes(s.state) && (state.results || state.last)) {
+        resetView();
+      }
       // A stream whose worker stopped sends nothing more: say so, not a frozen map at the last fps.
       if (s.state === "error") {
         banner(`The stream ${s.name} stopped: ${s.error || "see the server log"}`, "error");

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from engine_double import FakeEngine, FlakyEngine
-from service_helpers import default_engine, pattern_factory, random_engine, serving
+from service_helpers import PatternSource, default_engine, pattern_factory, random_engine, serving
 
 from v1motion.service.app import create_app
 from v1motion.service.settings import Settings
@@ -643,6 +643,44 @@ def test_dashboard_shows_a_source_that_is_reconnecting(browser):
         banner = page.locator("#banner")  # the reason, where it is seen without hovering
         banner.wait_for(state="visible")
         assert "cannot be read (camera unplugged); the server keeps trying" in banner.text_content()
+        assert errors == []
+
+
+class GoesDown(PatternSource):
+    """Runs for 60 frames, then its host is gone: every reconnection fails."""
+
+    opened = 0
+
+    def open(self):
+        GoesDown.opened += 1
+        if GoesDown.opened > 1:
+            from v1motion.service.live.sources import SourceError
+
+            raise SourceError("host unreachable")
+
+    def read(self):
+        return None if self.t >= 60 else super().read()
+
+
+def test_a_source_that_goes_down_leaves_no_frozen_readings(browser):
+    """A network source went down under an open page: the banner said so, but the last map and
+    "177°, 2.6 px/frame, confidence 1.00" stayed on screen for as long as it was down."""
+    GoesDown.opened = 0
+    app = create_app(
+        Settings(backoff_initial_s=0.5, backoff_max_s=0.5),
+        engine_factory=default_engine,
+        source_factories={"synthetic": lambda stop: GoesDown(None, stop, fps=30)},
+    )
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_for(page, "document.querySelector('#dom-dir').textContent !== '–'")
+        assert canvas_spread(page, "#map") > 5
+        page.locator("#banner").wait_for(state="visible", timeout=10_000)
+        assert "cannot be read (host unreachable)" in page.locator("#banner").text_content()
+        shown = shown_readings(page)
+        assert shown == {"dir": "–", "speed": "–", "conf": "–", "fps": "–", "waiting": True}
+        assert canvas_spread(page, "#map") == 0
+        assert page.locator("#top-units .chip").count() == 0
         assert errors == []
 
 
