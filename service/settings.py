@@ -41,7 +41,9 @@ class SourceSpec(BaseModel):
     name: str
     kind: Literal["synthetic", "camera", "file", "url"]
     target: str = ""
-    loop: bool = Field(True, description="file sources: start again at the end")
+    loop: bool = Field(
+        True, description="file sources and recorded videos at a URL: start again at the end"
+    )
     fps: float = Field(
         30.0, gt=0, le=240, description="synthetic and file sources: frames per second"
     )

@@ -174,6 +174,13 @@ class OpenCVSource:
             self._pacer = _Pacer(fps if 1.0 <= fps <= 240.0 else spec.fps, self._stop)
         else:
             cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, timeouts)
+            # A recorded video at a URL (an mp4 on a web server, an HLS VOD playlist) has a length;
+            # a live stream has none. Recorded ones are paced at their frame rate as files are: read
+            # as fast as they decode (300 frames in 0.08 s), each analysed frame was dozens of
+            # frames after the one before it.
+            if cap.isOpened() and cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0:
+                fps = cap.get(cv2.CAP_PROP_FPS)
+                self._pacer = _Pacer(fps if 1.0 <= fps <= 240.0 else spec.fps, self._stop)
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"source {spec.name!r}: could not open {spec.describe()}")
@@ -185,7 +192,7 @@ class OpenCVSource:
         if self._pacer is not None:
             self._pacer.wait()
         ok, frame = self._cap.read()
-        if not ok and self.spec.kind == "file":
+        if not ok and self._pacer is not None:  # a file or a recorded video: its end
             if not self.spec.loop:
                 raise SourceEnded(f"source {self.spec.name!r}: end of {self.spec.describe()}")
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
