@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -38,6 +39,8 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 class SourceSpec(BaseModel):
     """One server-side source. ``target`` is the camera index, file path or stream URL."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt "lop": false must not loop silently
+
     name: str
     kind: Literal["synthetic", "camera", "file", "url"]
     target: str = ""
@@ -45,7 +48,11 @@ class SourceSpec(BaseModel):
         True, description="file sources and recorded videos at a URL: start again at the end"
     )
     fps: float = Field(
-        30.0, gt=0, le=240, description="synthetic and file sources: frames per second"
+        30.0,
+        gt=0,
+        le=240,
+        description="synthetic sources: frames per second; files and recorded videos at a URL play "
+        "at their own rate, this one only where they state none",
     )
     width: int = Field(320, ge=32, le=4096, description="synthetic sources: frame width")
     height: int = Field(240, ge=32, le=4096, description="synthetic sources: frame height")
@@ -70,7 +77,12 @@ class SourceSpec(BaseModel):
         if self.kind == "file":
             if not self.target:
                 raise ValueError(f"file source {self.name!r}: target must be a video file path")
-            if not Path(self.target).expanduser().is_file():
+            path = Path(self.target).expanduser()
+            if path.is_dir():
+                raise ValueError(
+                    f"file source {self.name!r}: {self.target!r} is a folder, not a file"
+                )
+            if not path.is_file():
                 raise ValueError(f"file source {self.name!r}: no such file {self.target!r}")
         if self.kind == "url":
             scheme = urlsplit(self.target).scheme.lower()
@@ -79,6 +91,13 @@ class SourceSpec(BaseModel):
                     f"url source {self.name!r}: scheme {scheme!r} not supported; "
                     f"use one of {', '.join(URL_SCHEMES)}"
                 )
+            # (udp, tcp and srt may listen on a port of this machine: no host.) The URL itself is
+            # not said: it may hold a password.
+            if (
+                scheme in ("rtsp", "rtsps", "rtmp", "http", "https")
+                and not urlsplit(self.target).hostname
+            ):
+                raise ValueError(f"url source {self.name!r}: the URL names no host")
         return self
 
     @classmethod
@@ -91,12 +110,13 @@ class SourceSpec(BaseModel):
         kind = kind.strip().lower()
         if kind not in SOURCE_KINDS:
             raise ValueError(
-                f"source {text!r}: unknown kind {kind!r}; valid kinds: {', '.join(SOURCE_KINDS)}"
+                f"source {name or text.split(':')[0]!r}: unknown kind {kind!r}; valid kinds: "
+                f"{', '.join(SOURCE_KINDS)}"  # never the target: a URL may hold a password
             )
         if not name:
             name = kind if kind == "synthetic" else f"{kind}{target}" if kind == "camera" else ""
         if not name:
-            raise ValueError(f"source {text!r}: give it a name, as in 'name={rest}'")
+            raise ValueError(f"a {kind} source needs a name, as in 'name={kind}:...'")
         return cls(name=name.strip(), kind=kind, target=target.strip())
 
     def describe(self) -> str:
@@ -119,8 +139,27 @@ def config_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False, include_input=False, include_context=False):
         where = ".".join(str(p) for p in err["loc"]) or "settings"
-        lines.append(f"  {where}: {err['msg']}")
+        msg = err["msg"].removeprefix("Value error, ")  # pydantic's wrapping of our own messages
+        lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
+
+
+LIST_EXAMPLES = {
+    "sources": '\'["synthetic", "cam=camera:0"]\' (items as --source takes them, or objects)',
+    "allowed_hosts": "'[\"motion.example.org\"]'",
+    "allowed_origins": "'[\"https://motion.example.org\"]'",
+}
+
+
+def env_not_json(exc: Exception) -> str:
+    """What to write instead, for pydantic-settings' error on a list variable that is not JSON
+    ('error parsing value for field "sources" from source "EnvSettingsSource"')."""
+    found = re.search(r'field "(\w+)"', str(exc))
+    if found is None:
+        return str(exc)
+    field = found[1]
+    example = LIST_EXAMPLES.get(field, "a JSON list")
+    return f"V1MOTION_{field.upper()} must be a JSON list, e.g. {example}"
 
 
 def _numba_threads() -> int:

@@ -122,11 +122,12 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     import uvicorn
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from v1motion.service.app import create_app
     from v1motion.service.logs import configure_logging
     from v1motion.service.server import Server
-    from v1motion.service.settings import Settings, config_errors
+    from v1motion.service.settings import Settings, config_errors, env_not_json
 
     overrides = {
         k: v
@@ -146,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
     except ValidationError as exc:
         print(f"v1motion serve: bad configuration:\n{config_errors(exc)}")
+        return 2
+    except SettingsError as exc:  # a list setting's variable that is not JSON
+        print(f"v1motion serve: bad configuration:\n  {env_not_json(exc)}")
         return 2
     configure_logging(settings.log_level, settings.log_format)
     store_lock, refusal = _lock_data_dir(settings.data_dir, settings.port)

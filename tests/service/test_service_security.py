@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from v1motion.service.app import create_app
-from v1motion.service.settings import Settings, SourceSpec
+from v1motion.service.settings import Settings, SourceSpec, config_errors
 
 TOKEN = "s3cret-token_1"
 
@@ -124,12 +124,19 @@ def test_websocket_from_a_foreign_origin_is_refused():
         ("cam=camera:front", "device index"),
         ("clip=file:/no/such/video.mp4", "no such file"),
         ("net=url:file:///etc/passwd", "scheme 'file' not supported"),
-        ("url:rtsp://x/y", "give it a name"),
+        ("url:rtsp://x/y", "a url source needs a name"),
+        ("url:rtsp://admin:s3cret@cam/live", "a url source needs a name"),
+        ("gate=rtps://admin:s3cret@cam/live", "source 'gate': unknown kind 'rtps'"),
+        ("rtsp://admin:s3cret@cam/live", "unknown kind 'rtsp'"),
     ],
 )
 def test_bad_sources_are_refused_with_a_clear_message(text, message):
-    with pytest.raises((ValueError, ValidationError), match=message):
+    with pytest.raises((ValueError, ValidationError), match=message) as refused:
         Settings(sources=[text])
+    said = refused.value
+    if isinstance(said, ValidationError):  # as `v1motion serve` prints it: without the input
+        said = config_errors(said)
+    assert message in str(said) and "s3cret" not in str(said)  # a URL's password is never echoed
 
 
 def test_source_strings_and_duplicates():

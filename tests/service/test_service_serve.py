@@ -150,6 +150,33 @@ def test_bad_configuration_is_refused_with_a_message():
     assert "V1MOTION_TOKEN" in out.stdout
 
 
+@pytest.mark.parametrize(
+    ("env", "args", "said"),
+    [
+        ({"V1MOTION_SOURCES": "synthetic"}, [], "V1MOTION_SOURCES must be a JSON list, e.g. '["),
+        ({"V1MOTION_ALLOWED_HOSTS": "a.org"}, [], "V1MOTION_ALLOWED_HOSTS must be a JSON list"),
+        ({}, ["--source", "c=file:."], "file source 'c': '.' is a folder, not a file"),
+        ({}, ["--source", "w=url:http://"], "url source 'w': the URL names no host"),
+        (
+            {"V1MOTION_SOURCES": '[{"name": "t", "kind": "synthetic", "lop": false}]'},
+            [],
+            "sources.0.lop: Extra inputs are not permitted",  # a misspelt key does not pass
+        ),
+    ],
+)
+def test_each_bad_source_setting_is_one_line_that_names_it(env, args, said):
+    out = subprocess.run(
+        [sys.executable, "-m", "v1motion.service.cli", "serve", "--port", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, **env),
+    )
+    assert out.returncode == 2
+    assert said in out.stdout
+    assert "Value error" not in out.stdout and "Traceback" not in out.stderr
+
+
 def test_a_configuration_error_does_not_print_the_token():
     out = subprocess.run(
         [
