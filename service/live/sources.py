@@ -157,6 +157,7 @@ class OpenCVSource:
         self._stop = stop
         self._cap: cv2.VideoCapture | None = None
         self._pacer: _Pacer | None = None
+        self._recorded = False  # a file, or a recorded video at a URL: it has an end
 
     def open(self) -> None:
         spec = self.spec
@@ -172,6 +173,7 @@ class OpenCVSource:
             cap = cv2.VideoCapture(str(Path(spec.target).expanduser()), cv2.CAP_FFMPEG, timeouts)
             fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
             self._pacer = _Pacer(fps if 1.0 <= fps <= 240.0 else spec.fps, self._stop)
+            self._recorded = True
         else:
             cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, timeouts)
             # A recorded video at a URL (an mp4 on a web server, an HLS VOD playlist) has a length;
@@ -181,6 +183,7 @@ class OpenCVSource:
             if cap.isOpened() and cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0:
                 fps = cap.get(cv2.CAP_PROP_FPS)
                 self._pacer = _Pacer(fps if 1.0 <= fps <= 240.0 else spec.fps, self._stop)
+                self._recorded = True
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"source {spec.name!r}: could not open {spec.describe()}")
@@ -192,7 +195,7 @@ class OpenCVSource:
         if self._pacer is not None:
             self._pacer.wait()
         ok, frame = self._cap.read()
-        if not ok and self._pacer is not None:  # a file or a recorded video: its end
+        if not ok and self._recorded:  # a file or a recorded video: its end
             if not self.spec.loop:
                 raise SourceEnded(f"source {self.spec.name!r}: end of {self.spec.describe()}")
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
