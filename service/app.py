@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -33,12 +34,13 @@ from v1motion.service.security import (
     HostOriginGuard,
     SecurityHeaders,
     StoppedRequests,
+    TokenBeforeBody,
     WebSocketRefused,
     ignore_refused,
 )
 from v1motion.service.settings import Settings
 from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker
-from v1motion.service.state import AppState, Capacity
+from v1motion.service.state import AppState, Capacity, QueuedSlots
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,9 @@ def create_app(
             upload_slots=UploadSlots(settings.upload_max_concurrent),
             video_probe_slots=asyncio.Semaphore(2),
             language_scorer=language.load_scorer(settings),
+            # a 20,000-character text is seconds of CPU: one per core; 45 at once held every thread
+            # of the pool, /healthz included, for 40 s and took 700 MB
+            language_slots=QueuedSlots(len(os.sched_getaffinity(0)), 16, "language requests"),
             spike_store=SpikeModelStore(settings.spikes_max_models),
             spike_worker=SpikeWorker(
                 settings.spikes_fit_workers,
@@ -180,6 +185,7 @@ def create_app(
     # Without a token: only this service's Host names, and no state changes from other sites' pages.
     app.add_middleware(StoppedRequests)  # innermost: what a shutdown cancels, answered in JSON
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(TokenBeforeBody, settings=settings)  # no body read without the token
     app.add_middleware(HostOriginGuard, settings=settings)  # before any body is read
     app.add_middleware(SecurityHeaders)  # outermost: the guard's refusals carry the headers too
     app.add_exception_handler(WebSocketRefused, ignore_refused)

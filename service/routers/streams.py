@@ -124,6 +124,8 @@ def parse_text(raw: str) -> dict[str, Any]:
         msg = json.loads(raw)
     except ValueError:
         raise ValueError("malformed JSON") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ValueError('a message must be a JSON object with a string "type"')
     return msg

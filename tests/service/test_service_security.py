@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -87,7 +88,10 @@ def test_websocket_token_as_first_message(client):
         assert json.loads(ws.receive_text())["type"] == "hello"
 
 
-@pytest.mark.parametrize("first", [json.dumps({"type": "auth", "token": "nope"}), "garbage"])
+@pytest.mark.parametrize(
+    "first",
+    [json.dumps({"type": "auth", "token": "nope"}), "garbage", "[" * 100_000],  # nested deep
+)
 def test_websocket_wrong_token_is_closed(client, first):
     with client.websocket_connect("/v1/camera") as ws:
         ws.send_text(first)
@@ -213,6 +217,32 @@ def test_every_websocket_route_refuses_a_wrong_token(client):
             with pytest.raises(WebSocketDisconnect) as exc:
                 sock.receive_text()
             assert exc.value.code == 4401
+
+
+@pytest.mark.parametrize("path", ["/v1/language/score", "/v1/spikes/models"])
+def test_a_body_without_the_token_is_refused_before_it_is_read(path):
+    """FastAPI reads a JSON body before any dependency, the token check included: a tokenless
+    client could send 15 MB bodies (the probe: 60 at once took the server from 442 to 856 MB), or
+    hold a connection by sending half of one. Now the 401 comes with the headers alone."""
+    with serving(_token_app()) as srv, socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.settimeout(5)
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            'Content-Length: 15000000\r\n\r\n{"text": "'.encode()
+        )
+        head = sock.recv(65536).decode(errors="replace")  # the body has not come: answered anyway
+        assert head.startswith("HTTP/1.1 401"), head
+        assert "missing or wrong token" in head and "www-authenticate: bearer" in head.lower()
+
+
+def test_a_stream_socket_refuses_json_nested_too_deep_as_a_bad_message(client):
+    with client.websocket_connect("/v1/streams/synthetic") as ws:
+        ws.send_text(json.dumps({"type": "auth", "token": TOKEN}))
+        assert json.loads(ws.receive_text())["type"] == "hello"
+        ws.send_text("[" * 100_000)
+        while (m := json.loads(ws.receive_text()))["type"] != "error":
+            pass
+        assert m["code"] == "bad_message" and "nested too deep" in m["detail"]
 
 
 def test_a_websocket_that_leaves_or_sends_binary_while_the_token_is_awaited():
