@@ -8,9 +8,12 @@ it when the lifespan ends; routes reach its parts only through the typed depende
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from fastapi import HTTPException, status
 
 from v1motion.service.live.engine import EngineHolder
 from v1motion.service.live.pipeline import StreamManager
@@ -42,6 +45,34 @@ class Capacity:
         self.used = max(0, self.used - 1)
 
 
+class QueuedSlots:
+    """At most ``running`` pieces of work at once and ``waiting`` more queued for a slot, on the
+    event loop; beyond that ``hold`` answers 503 with ``Retry-After`` (no unbounded queue)."""
+
+    def __init__(self, running: int, waiting: int, what: str) -> None:
+        self.running, self.waiting, self.what = running, waiting, what
+        self._slots = asyncio.Semaphore(running)
+        self.queued = 0
+
+    @contextlib.asynccontextmanager
+    async def hold(self):
+        if self._slots.locked() and self.queued >= self.waiting:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail=f"{self.running} {self.what} running and {self.queued} waiting; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self.queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.queued -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
 @dataclass(eq=False)
 class AppState:
     """Everything a running service holds; one per app, built and closed by the lifespan."""
@@ -57,6 +88,7 @@ class AppState:
     language_scorer: (
         Any  # v1motion.models.language.scoring.LanguageScorer, or None when it failed to load
     )
+    language_slots: QueuedSlots
     spike_store: SpikeModelStore
     spike_worker: SpikeWorker
     units_cache: dict[str, Any] = field(default_factory=dict)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from v1motion.models.language.scoring import LanguageScorer
-from v1motion.service.deps import SettingsDep, get_scorer
+from v1motion.service.deps import SettingsDep, StateDep, get_scorer
 from v1motion.service.schemas import RequestBody
 from v1motion.service.settings import Settings
 
@@ -90,15 +90,21 @@ def _check_length(text: str, field: str, settings: Settings) -> None:
         )
 
 
-TEXT_TOO_LONG = {413: {"description": "the text is longer than the server's limit"}}
+TEXT_TOO_LONG = {
+    413: {"description": "the text is longer than the server's limit"},
+    503: {"description": "one request per core is running and 16 more wait: retry (Retry-After)"},
+}
 
 
 @router.post("/score", response_model=ScoreResponse, responses=TEXT_TOO_LONG)
-async def score(body: ScoreRequest, scorer: Scorer, settings: AppSettings) -> ScoreResponse:
+async def score(
+    body: ScoreRequest, scorer: Scorer, settings: AppSettings, state: StateDep
+) -> ScoreResponse:
     """Per-token surprisal in bits and the perplexity of the text."""
     _check_length(body.text, "text", settings)
     try:
-        result = await run_in_threadpool(scorer.score, body.text)
+        async with state.language_slots.hold():
+            result = await run_in_threadpool(scorer.score, body.text)
     except ValueError as err:
         raise HTTPException(422, detail=str(err)) from err
     n_unknown = sum(t["unknown"] for t in result["tokens"])
@@ -106,14 +112,17 @@ async def score(body: ScoreRequest, scorer: Scorer, settings: AppSettings) -> Sc
 
 
 @router.post("/next", response_model=NextResponse, responses=TEXT_TOO_LONG)
-async def next_words(body: NextRequest, scorer: Scorer, settings: AppSettings) -> NextResponse:
+async def next_words(
+    body: NextRequest, scorer: Scorer, settings: AppSettings, state: StateDep
+) -> NextResponse:
     """The k most probable next words after the context."""
     _check_length(body.context, "context", settings)
     if not 1 <= body.k <= settings.lm_max_k:
         raise HTTPException(
             422, detail=f"k must be between 1 and {settings.lm_max_k}, got {body.k}"
         )
-    words = await run_in_threadpool(scorer.next_words, body.context, body.k)
+    async with state.language_slots.hold():
+        words = await run_in_threadpool(scorer.next_words, body.context, body.k)
     return NextResponse(
         context_tokens=scorer.tokens(body.context), words=[NextWord(**w) for w in words]
     )

@@ -12,14 +12,15 @@ from v1motion.service.security import TOKEN_REFUSED, TokenDep
 router = APIRouter(tags=["ops"])
 
 
+# Probes answer on the event loop (async), not from the thread pool that blocking work fills.
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses={503: {"description": "engine still loading or failed"}})
-def readyz(state: StateDep):
+async def readyz(state: StateDep):
     """Readiness: the motion engine is loaded and its kernels are compiled."""
     holder = state.engine
     if holder.ready.is_set():

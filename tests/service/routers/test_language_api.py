@@ -1,10 +1,12 @@
 """/v1/language endpoints and the `v1motion lm` CLI, with a tiny model written to a temp folder."""
 
+import asyncio
 import math
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from service_helpers import random_engine
 
 from v1motion.models.language.data import Vocabulary
 from v1motion.models.language.rglm import LinearRecurrentLM
@@ -30,7 +32,9 @@ def weights(tmp_path):
 @pytest.fixture
 def client(weights):
     settings = Settings(lm_weights=weights, lm_max_chars=200, lm_max_k=5)
-    with TestClient(create_app(settings)) as c:
+    # the random engine: the shipped one would still be loading (compiling) when a short test
+    # ends, and the interpreter's exit under its compiling thread can abort
+    with TestClient(create_app(settings, engine_factory=random_engine)) as c:
         yield c
 
 
@@ -193,3 +197,49 @@ def test_wsj_abbreviations_and_percent_signs_are_read_as_ptb_has_them():
         assert body["n_unknown"] == 0
         r = c.post("/v1/language/next", json={"context": "Mr.", "k": 3})
         assert r.json()["context_tokens"] == ["mr."]
+
+
+def test_queued_slots_run_some_queue_some_and_refuse_the_rest():
+    """45 long texts at once held every thread of the pool for 40 s, /healthz's included, and took
+    700 MB: language work now runs one request per core, a bounded number wait, the rest get a 503."""
+    from fastapi import HTTPException
+
+    from v1motion.service.state import QueuedSlots
+
+    async def scenario():
+        slots = QueuedSlots(1, 1, "language requests")
+        order, gate = [], asyncio.Event()
+
+        async def work(name):
+            async with slots.hold():
+                order.append(name)
+                await gate.wait()
+
+        first = asyncio.create_task(work("first"))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(work("second"))  # waits for the slot
+        await asyncio.sleep(0)
+        assert order == ["first"] and slots.queued == 1
+        with pytest.raises(HTTPException) as refused:
+            async with slots.hold():
+                pass
+        gate.set()
+        await asyncio.gather(first, second)
+        assert order == ["first", "second"] and slots.queued == 0
+        return refused.value
+
+    refused = asyncio.run(scenario())
+    assert refused.status_code == 503 and refused.headers == {"Retry-After": "1"}
+    assert refused.detail == "1 language requests running and 1 waiting; retry shortly"
+
+
+def test_language_routes_wait_for_a_slot_and_say_when_there_is_none(client):
+    from v1motion.service.state import QueuedSlots
+
+    full = QueuedSlots(1, 0, "language requests")
+    full._slots._value = 0  # its one slot taken, and no room to wait
+    client.app.state.services.language_slots = full
+    for path, body in (("score", {"text": "the cat"}), ("next", {"context": "the", "k": 2})):
+        r = client.post(f"/v1/language/{path}", json=body)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    assert client.get("/healthz").status_code == 200
