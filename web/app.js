@@ -1052,14 +1052,18 @@ function stepUnit(delta) {
 }
 
 // ---- start-up -------------------------------------------------------------------------------------
+const LOADING = "The motion engine is loading and compiling; results start in a few seconds.";
 async function waitReady() {
   for (let i = 0; ; i++) {
     try {
       const r = await fetch(apiUrl("readyz"));
-      if (r.ok) { banner(null); return; }
+      if (r.ok) {  // clears its own message only (not, say, a mistyped source's shown meanwhile)
+        if (!$("banner").hidden && $("banner").textContent === LOADING) banner(null);
+        return;
+      }
       const body = await r.json();
       if (body.status === "failed") { banner(`The motion engine failed to load: ${body.detail}`, "error"); return; }
-      if (i === 2) banner("The motion engine is loading and compiling; results start in a few seconds.");
+      if (i === 2) banner(LOADING);
     } catch (e) { /* server not up yet */ }
     await new Promise((res) => setTimeout(res, 500));
   }
