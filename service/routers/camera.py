@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["camera"])
 
 HELLO_TIMEOUT_S = 10.0
+MAX_SEQ = 2**53 - 1  # a client frame number: exact in JSON numbers everywhere (JavaScript too)
 
 
 @router.websocket("/camera")
@@ -173,14 +174,24 @@ async def _receive_frames(ws: WebSocket, session: CameraSession, send) -> None:
             kind = msg["type"]
             if kind == "frame":  # optional: announces the client's sequence number of the next JPEG
                 seq = msg.get("seq")
-                client_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+                if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+                    # (a typo's seq was ignored: the client's skip counting went wrong unsaid;
+                    # 2**70 failed later, in the result's encoding, as an engine error)
+                    raise ValueError(
+                        f'"seq" must be a whole number from 0 to 2**53 - 1, got {seq!r}'
+                    )
+                client_seq = seq
             elif kind == "options":
                 flow = msg.get("flow")
                 if not isinstance(flow, bool):
                     raise ValueError('"flow" must be true or false')
                 session.want_flow = flow
             elif kind == "hello":
-                session.negotiate(msg)
+                try:
+                    session.negotiate(msg)
+                except ValueError as exc:  # as the first hello's: bad_hello, and it may be retried
+                    await send_error("bad_hello", str(exc))
+                    continue
                 session.pending = None
                 await send(_ready(session, session.settings))
             else:

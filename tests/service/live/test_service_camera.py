@@ -251,13 +251,32 @@ def test_frames_before_hello_are_not_decoded(client):
 
 @pytest.mark.parametrize(
     "payload",
-    ["not json", json.dumps({"type": "dance"}), json.dumps({"type": "options", "flow": 3})],
+    [
+        "not json",
+        json.dumps({"type": "dance"}),
+        json.dumps({"type": "options", "flow": 3}),
+        # a frame number that is not one was ignored: the client's skip counting went wrong unsaid
+        json.dumps({"type": "frame"}),
+        json.dumps({"type": "frame", "seq": "7"}),
+        json.dumps({"type": "frame", "seq": 7.5}),
+        json.dumps({"type": "frame", "seq": -1}),
+        json.dumps({"type": "frame", "seq": True}),
+        json.dumps({"type": "frame", "seq": 2**70}),  # failed later, as an engine error
+    ],
 )
 def test_malformed_messages_after_hello(client, payload):
     with client.websocket_connect("/v1/camera") as ws:
         hello(ws)
         ws.send_text(payload)
         expect_error(ws, "bad_message")
+        still_works(ws, client)
+
+
+def test_a_bad_second_hello_is_a_bad_hello_and_the_session_keeps_its_size(client):
+    with client.websocket_connect("/v1/camera") as ws:
+        hello(ws)
+        ws.send_text(json.dumps({"type": "hello", "width": 100000, "height": 96}))
+        expect_error(ws, "bad_hello")  # it was bad_message, unlike the first hello's
         still_works(ws, client)
 
 
