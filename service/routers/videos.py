@@ -74,6 +74,16 @@ UPLOAD_ERRORS = {
 }
 
 
+def _refuse_if_queue_full(jobs) -> None:
+    if jobs.queue_full():
+        raise HTTPException(
+            503,
+            f"{jobs.max_queued} {'video is' if jobs.max_queued == 1 else 'videos are'} already "
+            "waiting; try again later",
+            {"Retry-After": "30"},
+        )
+
+
 @router.post(
     "",
     status_code=202,
@@ -90,13 +100,7 @@ async def create_video_job(
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + MAX_OVERHEAD:
         raise HTTPException(413, f"the upload is larger than the limit of {max_bytes} bytes")
-    if jobs.queue_full():
-        raise HTTPException(
-            503,
-            f"{jobs.max_queued} {'video is' if jobs.max_queued == 1 else 'videos are'} already "
-            "waiting; try again later",
-            {"Retry-After": "30"},
-        )
+    _refuse_if_queue_full(jobs)  # before the upload: no bytes received for nothing
     slots = state.upload_slots
     job_id, folder = jobs.new_folder()
     path = JobLayout(folder).input
@@ -122,6 +126,9 @@ async def create_video_job(
         create = JobCreate(
             filename=upload.filename, content_type=upload.content_type, size_bytes=upload.size_bytes
         )
+        # Again, with nothing awaited before the submit: the uploads that arrived meanwhile were
+        # queued (the probe: 34 jobs waiting against a limit of 32 from 4 uploads at a time).
+        _refuse_if_queue_full(jobs)
         rec = jobs.submit(job_id, create.filename, create.content_type, create.size_bytes)
         accepted = True
     finally:

@@ -332,3 +332,20 @@ def test_an_upload_cut_off_by_the_servers_shutdown_is_a_json_503(tmp_path):
     assert b"application/json" in rest.lower() and b"shutting down" in rest
     assert not any("Exception in ASGI application" in w for w in warnings), warnings
     assert not any((tmp_path / "data" / "videos").glob("*/input*"))  # the upload is gone
+
+
+def test_a_queue_that_filled_during_the_upload_refuses_it_and_keeps_nothing(client, tmp_path):
+    """The queue was checked before the upload only: uploads arriving together all passed it (the
+    probe: 34 jobs waiting against a limit of 32). It is checked again just before the job is made."""
+    jobs = client.app.state.services.videos
+    before = job_folders(client)
+    answers = iter([False, True])  # room when the upload starts; full when it has arrived
+    jobs.queue_full = lambda: next(answers)
+    try:
+        clip = ("clip.avi", vs.avi(tmp_path, n=4), "video/x-msvideo")
+        r = client.post("/v1/videos", files={"file": clip})
+    finally:
+        del jobs.queue_full
+    assert r.status_code == 503 and r.headers["retry-after"] == "30"
+    assert "already waiting" in r.json()["detail"]
+    assert job_folders(client) == before  # the upload is not left behind
