@@ -162,6 +162,9 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # FastAPI's pages load their scripts from a CDN; ours are served: api_docs
         redoc_url=None,
+        # operationIds are the routes' names (create_video_job), not FastAPI's name + path + method
+        # (create_video_job_v1_videos_post): the methods of a client generated from the schema
+        generate_unique_id_function=lambda route: route.name,
     )
     http_errors.install(app)
     app.state.settings = settings  # the configuration, readable before the lifespan has run

@@ -142,6 +142,22 @@ def _refusals_every_operation_can_get(schema: dict) -> None:
             if "requestBody" in operation:
                 for code, description in BODY_REFUSED.items():
                     responses.setdefault(code, {"description": description})
+            # Every refusal's body is {"detail": ...}: said in the schema, so that generated clients
+            # can read it (they were given a description only).
+            for code, response in responses.items():
+                if code.isdigit() and int(code) >= 400 and "content" not in response:
+                    shape = "HTTPValidationError" if code == "422" else "Error"
+                    response["content"] = {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}
+                    }
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = {
+        "title": "Error",
+        "type": "object",
+        "properties": {"detail": {"title": "Detail", "type": "string"}},
+        "required": ["detail"],
+        "description": "A refusal: what was wrong, in words",
+    }
 
 
 def install(app: FastAPI) -> None:

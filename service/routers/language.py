@@ -97,7 +97,7 @@ TEXT_TOO_LONG = {
 
 
 @router.post("/score", response_model=ScoreResponse, responses=TEXT_TOO_LONG)
-async def score(
+async def score_text(
     body: ScoreRequest, scorer: Scorer, settings: AppSettings, state: StateDep
 ) -> ScoreResponse:
     """Per-token surprisal in bits and the perplexity of the text."""

@@ -649,7 +649,7 @@ MODEL_LINKS = {
     responses=MODEL_LINKS | BAD_DATA | BUSY | TOO_LARGE,
     openapi_extra=_create_body(),
 )
-async def create_model(request: Request, store: Store, worker: Worker) -> SpikeModelPublic:
+async def fit_spike_model(request: Request, store: Store, worker: Worker) -> SpikeModelPublic:
     """Fit a model (JSON body, or multipart with an .npz ``file`` holding ``counts``)."""
     settings = get_settings(request)
     spec, y = await _parse_create(request, settings.spikes_max_elements)
@@ -673,19 +673,19 @@ async def create_model(request: Request, store: Store, worker: Worker) -> SpikeM
 
 
 @router.get("/models", response_model=SpikeModelsPublic)
-def list_models(store: Store) -> SpikeModelsPublic:
+def list_spike_models(store: Store) -> SpikeModelsPublic:
     """The fitted models the server holds (kept in memory, lost on restart), newest first."""
     data = [_public(rec) for rec in store.records()]
     return SpikeModelsPublic(data=data, count=len(data), max_models=store.max_models)
 
 
 @router.get("/models/{model_id}", response_model=SpikeModelPublic, responses=NOT_FOUND)
-def get_model(model_id: str, store: Store) -> SpikeModelPublic:
+def get_spike_model(model_id: str, store: Store) -> SpikeModelPublic:
     return _public(store.get(model_id))
 
 
 @router.delete("/models/{model_id}", status_code=204, responses=NOT_FOUND)
-def delete_model(model_id: str, store: Store) -> Response:
+def delete_spike_model(model_id: str, store: Store) -> Response:
     """Forget a fitted model (it frees its place in the store; an evaluation or sample already
     running on it finishes)."""
     store.remove(model_id)
@@ -706,7 +706,7 @@ def delete_model(model_id: str, store: Store) -> Response:
         }
     },
 )
-async def evaluate_model(model_id: str, request: Request, store: Store, worker: Worker):
+async def evaluate_spike_model(model_id: str, request: Request, store: Store, worker: Worker):
     """Bits/spike of new counts relative to the homogeneous Poisson of the model's training data
     (JSON body, or multipart with an .npz ``file`` holding ``counts``, as for a fit)."""
     raw = await request.body()  # within V1MOTION_MAX_BODY_MB (security.BodyLimit)
@@ -742,7 +742,7 @@ async def evaluate_model(model_id: str, request: Request, store: Store, worker: 
 @router.post(
     "/models/{model_id}/sample", response_model=SamplePublic, responses=NOT_FOUND | BAD_DATA | BUSY
 )
-async def sample_model(
+async def sample_spike_model(
     model_id: str, body: SampleCreate, request: Request, store: Store, worker: Worker
 ):
     """Free-running samples from the model."""

@@ -87,7 +87,7 @@ def get_stream(name: str, mgr: StreamsDep) -> StreamPublic:
 
 
 @router.get("/units", responses={503: {"description": "engine still loading"}})
-async def tuning_report(holder: EngineDep, state: StateDep) -> dict[str, Any]:
+async def list_units(holder: EngineDep, state: StateDep) -> dict[str, Any]:
     """The engine's measured tuning: per unit, direction tuning (polar) and speed tuning.
 
     Also the bin centres of the population histograms in each result: ``histogram_directions_deg``

@@ -65,6 +65,15 @@ UPLOAD_BODY = {
     }
 }
 UPLOAD_ERRORS = {
+    202: {
+        "description": "the job, queued",
+        "headers": {
+            "Location": {
+                "description": "the job's URL (GET it to follow the job)",
+                "schema": {"type": "string"},
+            }
+        },
+    },
     400: {"description": "more form fields than the limit, or a malformed multipart body"},
     408: {"description": "the body stopped arriving (V1MOTION_UPLOAD_IDLE_TIMEOUT_S)"},
     413: {"description": "larger than V1MOTION_VIDEO_MAX_UPLOAD_MB"},

@@ -3,6 +3,8 @@ container against that schema in CI, and an undocumented status or body fails it
 
 from __future__ import annotations
 
+import re
+
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
@@ -193,3 +195,30 @@ def test_the_schema_says_the_units_the_token_and_the_sockets_it_cannot_list():
         text = client.get("/openapi.json").json()["info"]["description"]
     for needed in ("degrees", "px/frame", "Bearer", "WS /v1/streams/{name}", "WS /v1/camera"):
         assert needed in text, needed
+
+
+def test_the_schema_serves_clients_generated_from_it():
+    """From the API-client probe: operationIds were FastAPI's (get_video_result_v1_videos__job_id_
+    __name__get), refusals had a description but no body schema, the upload's Location was
+    undeclared. Now each operation is named by its route, and every refusal's body is described."""
+    schema = create_app(Settings(), engine_factory=random_engine).openapi()
+    operations = [
+        op
+        for item in schema["paths"].values()
+        for method, op in item.items()
+        if method in ("get", "head", "post", "put", "patch", "delete")
+    ]
+    ids = [op["operationId"] for op in operations]
+    assert len(ids) == len(set(ids)) and all(re.fullmatch(r"[a-z][a-z_]*", i) for i in ids), ids
+    assert {"create_video_job", "get_video_result", "fit_spike_model", "score_text"} <= set(ids)
+    for op in operations:
+        for code, response in op["responses"].items():
+            if int(code) >= 400:
+                ref = response["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith("HTTPValidationError" if code == "422" else "/Error"), (
+                    op,
+                    code,
+                )
+    assert schema["components"]["schemas"]["Error"]["required"] == ["detail"]
+    upload = schema["paths"]["/v1/videos"]["post"]["responses"]["202"]
+    assert "Location" in upload["headers"] and "content" in upload  # its body model is kept
