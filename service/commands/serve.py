@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 DESCRIPTION = """\
 Start the motion service and its live dashboard. With no options it analyses a synthetic source
@@ -118,6 +119,28 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def unreadable_files(settings) -> list[str]:
+    """A line for each file source that OpenCV cannot open or read a frame of (not a video, or a
+    truncated one): the source would fail and be retried for as long as the service runs."""
+    import cv2
+
+    lines = []
+    for spec in settings.sources:
+        if spec.kind != "file":
+            continue
+        cap = cv2.VideoCapture(str(Path(spec.target).expanduser()), cv2.CAP_FFMPEG)
+        try:
+            readable = cap.isOpened() and cap.read()[0]
+        finally:
+            cap.release()
+        if not readable:
+            lines.append(
+                f"  sources: file source {spec.name!r}: {Path(spec.target).name!r} is not a video "
+                "that can be read (not a video file, or a damaged or cut one)"
+            )
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     import uvicorn
@@ -150,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except SettingsError as exc:  # a list setting's variable that is not JSON
         print(f"v1motion serve: bad configuration:\n  {env_not_json(exc)}")
+        return 2
+    unreadable = unreadable_files(settings)
+    if unreadable:  # as a missing file is: at start, not retried for ever once a viewer comes
+        print("v1motion serve: bad configuration:\n" + "\n".join(unreadable))
         return 2
     configure_logging(settings.log_level, settings.log_format)
     store_lock, refusal = _lock_data_dir(settings.data_dir, settings.port)

@@ -186,7 +186,8 @@ class OpenCVSource:
                 self._recorded = True
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"source {spec.name!r}: could not open {spec.describe()}")
+            what = spec.describe().removesuffix(" (looping)")  # not part of what failed
+            raise SourceError(f"source {spec.name!r}: could not open {what}")
         self._cap = cap
 
     def read(self) -> np.ndarray | None:

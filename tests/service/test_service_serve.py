@@ -177,6 +177,21 @@ def test_each_bad_source_setting_is_one_line_that_names_it(env, args, said):
     assert "Value error" not in out.stdout and "Traceback" not in out.stderr
 
 
+def test_a_file_source_that_is_not_a_video_is_refused_at_start(tmp_path):
+    """It was accepted, then retried for as long as the service ran ("could not open video file
+    notvideo.mp4 (looping)", again and again), as a missing file is not."""
+    (tmp_path / "notes.mp4").write_text("hello")
+    out = subprocess.run(
+        [sys.executable, "-m", "v1motion.service.cli", "serve", "--port", "1"]
+        + ["--source", f"nv=file:{tmp_path / 'notes.mp4'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "file source 'nv': 'notes.mp4' is not a video that can be read" in out.stdout
+
+
 def test_a_configuration_error_does_not_print_the_token():
     out = subprocess.run(
         [
