@@ -7,15 +7,22 @@ import logging
 import re
 import threading
 import time
+from urllib.parse import unquote
 
 # A secret in a query string (``?token=...``) would reach the access log with the path.
+# Any name that holds one of these words (my_token, access-token, x_api_key, passwd, auth,
+# bearer...), after ? & or ;, the name percent-decoded as servers read it (%74oken is token).
 _SECRET_PARAM = re.compile(
-    r"([?&](?:token|access_token|api_key|apikey|key|password|secret)=)[^&\s\"']*", re.IGNORECASE
+    r"([?&;](?:[\w.%-]*?)(?:token|key|pass(?:word|wd)?|secret|auth|bearer|session|sig)"
+    r"(?:[\w.%-]*)=)[^&;\s\"']*",
+    re.IGNORECASE,
 )
+_ESCAPED_NAME = re.compile(r"(?<=[?&;])[^=&;\s\"']*%[0-9A-Fa-f]{2}[^=&;\s\"']*(?==)")
 
 
 def redact(text: str) -> str:
     """``text`` with the values of secret-looking query parameters replaced by ``[redacted]``."""
+    text = _ESCAPED_NAME.sub(lambda m: unquote(m.group()), text)
     return _SECRET_PARAM.sub(r"\1[redacted]", text)
 
 

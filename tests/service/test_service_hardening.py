@@ -364,6 +364,11 @@ def test_a_token_in_a_query_string_is_redacted_in_the_access_log():
     line = record.getMessage()
     assert "hunter2" not in line and "token=[redacted]&x=1" in line
     assert redact("/v1/camera?access_token=abc") == "/v1/camera?access_token=[redacted]"
+    # names the security probe saw logged as sent: encoded, hyphenated, prefixed, other words
+    for query in ("%74oken", "access-token", "my_token", "auth", "bearer", "passwd", "x_api_key"):
+        assert "s3cr3t" not in redact(f"/v1/units?flow=1&{query}=s3cr3t&x=1"), query
+    assert "s3cr3t" not in redact("/v1/units;token=s3cr3t")
+    assert redact("/v1/streams/a?flow=1&max_fps=2") == "/v1/streams/a?flow=1&max_fps=2"
 
 
 # ---------------------------------------------------------------- item 14: long upload file name
