@@ -312,6 +312,14 @@ class Settings(BaseSettings):
                 "is empty: set V1MOTION_TOKEN (or --token) to a secret, or leave it unset on "
                 "localhost"
             )
+        # A space, a line break or a non-ASCII letter cannot travel in an Authorization header:
+        # a service no client could pass. (The value itself is never said.)
+        if v is not None and not all("!" <= c <= "~" for c in v.get_secret_value()):
+            raise ValueError(
+                "holds a space, a control character or a non-ASCII letter, which an HTTP header "
+                "cannot carry: use letters, digits and punctuation, e.g. from "
+                "'python -c \"import secrets; print(secrets.token_urlsafe(32))\"'"
+            )
         return v
 
     @field_validator("video_overlay_codec")

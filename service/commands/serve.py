@@ -119,6 +119,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+MIN_TOKEN_CHARS = 16
+
+
 def unreadable_files(settings) -> list[str]:
     """A line for each file source that OpenCV cannot open or read a frame of (not a video, or a
     truncated one): the source would fail and be retried for as long as the service runs."""
@@ -174,6 +177,13 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:  # a list setting's variable that is not JSON
         print(f"v1motion serve: bad configuration:\n  {env_not_json(exc)}")
         return 2
+    if settings.token is not None and len(settings.token.get_secret_value()) < MIN_TOKEN_CHARS:
+        print(
+            f"v1motion serve: warning: the token is shorter than {MIN_TOKEN_CHARS} characters, "
+            'easy to guess (a wrong one is not slowed down); e.g. python -c "import secrets; '
+            'print(secrets.token_urlsafe(32))"',
+            file=sys.stderr,
+        )
     unreadable = unreadable_files(settings)
     if unreadable:  # as a missing file is: at start, not retried for ever once a viewer comes
         print("v1motion serve: bad configuration:\n" + "\n".join(unreadable))

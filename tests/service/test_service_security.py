@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +60,32 @@ def test_an_empty_token_is_refused_at_start(blank):
         Settings(host="0.0.0.0", token=blank)
     with pytest.raises(ValidationError, match="(?s)token.*is empty"):
         Settings(token=blank)
+
+
+@pytest.mark.parametrize(
+    "token", ["two words", "line\nbreak", "t\u00f6ken-with-umlaut", "tab\tbed"]
+)
+def test_a_token_no_header_can_carry_is_refused_at_start_without_saying_it(token):
+    """The security probe started a service on a token with a space and a newline: no client could
+    ever send it in an Authorization header."""
+    with pytest.raises(ValidationError) as refused:
+        Settings(host="0.0.0.0", token=token)
+    said = config_errors(refused.value)
+    assert "which an HTTP header cannot carry" in said and token not in said
+
+
+def test_a_short_token_is_warned_of_at_start(tmp_path):
+    (tmp_path / "notes.mp4").write_text("not a video")  # refused after the warning: ends at once
+    out = subprocess.run(
+        [sys.executable, "-m", "v1motion.service.cli", "serve", "--port", "1", "--token", "abc"]
+        + ["--source", f"c=file:{tmp_path / 'notes.mp4'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "warning: the token is shorter than 16 characters" in out.stderr
+    assert "abc" not in out.stderr
 
 
 def test_http_routes_need_the_token(client):
