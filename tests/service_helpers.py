@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -217,6 +219,18 @@ def _default_engine():
 def default_engine():
     """The shipped trained engine (loaded and compiled once per test session)."""
     return _default_engine()
+
+
+def serve_refused(*args: str, **env: str):
+    """``v1motion serve --port 1 *args`` with ``env`` added, for a configuration it refuses at once
+    (status 2): the finished process, its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "v1motion.service.cli", "serve", "--port", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, **env),
+    )
 
 
 def serve_command(port: int, engine: str = "random") -> list[str]:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from service_helpers import pattern_factory, random_engine, server_warnings, serving
+from service_helpers import (
+    pattern_factory,
+    random_engine,
+    serve_refused,
+    server_warnings,
+    serving,
+)
 from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed
@@ -76,13 +80,7 @@ def test_a_token_no_header_can_carry_is_refused_at_start_without_saying_it(token
 
 def test_a_short_token_is_warned_of_at_start(tmp_path):
     (tmp_path / "notes.mp4").write_text("not a video")  # refused after the warning: ends at once
-    out = subprocess.run(
-        [sys.executable, "-m", "v1motion.service.cli", "serve", "--port", "1", "--token", "abc"]
-        + ["--source", f"c=file:{tmp_path / 'notes.mp4'}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = serve_refused("--token", "abc", "--source", f"c=file:{tmp_path / 'notes.mp4'}")
     assert out.returncode == 2
     assert "warning: the token is shorter than 16 characters" in out.stderr
     assert "abc" not in out.stderr

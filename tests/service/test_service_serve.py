@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from service_helpers import RawWebSocket, free_port, serve_command
+from service_helpers import RawWebSocket, free_port, serve_command, serve_refused
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -165,13 +165,7 @@ def test_bad_configuration_is_refused_with_a_message():
     ],
 )
 def test_each_bad_source_setting_is_one_line_that_names_it(env, args, said):
-    out = subprocess.run(
-        [sys.executable, "-m", "v1motion.service.cli", "serve", "--port", "1", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ, **env),
-    )
+    out = serve_refused(*args, **env)
     assert out.returncode == 2
     assert said in out.stdout
     assert "Value error" not in out.stdout and "Traceback" not in out.stderr
@@ -181,13 +175,7 @@ def test_a_file_source_that_is_not_a_video_is_refused_at_start(tmp_path):
     """It was accepted, then retried for as long as the service ran ("could not open video file
     notvideo.mp4 (looping)", again and again), as a missing file is not."""
     (tmp_path / "notes.mp4").write_text("hello")
-    out = subprocess.run(
-        [sys.executable, "-m", "v1motion.service.cli", "serve", "--port", "1"]
-        + ["--source", f"nv=file:{tmp_path / 'notes.mp4'}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = serve_refused("--source", f"nv=file:{tmp_path / 'notes.mp4'}")
     assert out.returncode == 2
     assert "file source 'nv': 'notes.mp4' is not a video that can be read" in out.stdout
 
