@@ -11,10 +11,11 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, WebSocket
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
 from threadpoolctl import threadpool_limits
 
 from v1motion.models.motion.contract import Engine, make_engine
@@ -36,6 +37,7 @@ from v1motion.service.security import (
     StoppedRequests,
     TokenBeforeBody,
     WebSocketRefused,
+    answers_handshakes,
     ignore_refused,
 )
 from v1motion.service.settings import Settings
@@ -200,6 +202,16 @@ def create_app(
     # Every /v1 router is guarded here, once, so that no route can forget the token.
     for router in api:
         app.include_router(router, dependencies=[AuthDep], responses=TOKEN_REFUSED)
+
+    @app.websocket("/{path:path}")
+    async def no_such_socket(ws: WebSocket, path: str) -> None:
+        """A websocket to no route got Starlette's bare 403: a 404 that says where sockets are."""
+        detail = f"no websocket at /{path}; they are v1/streams/{{name}} and v1/camera"
+        if answers_handshakes(ws.scope):
+            await ws.send_denial_response(JSONResponse({"detail": detail}, 404))
+        else:
+            await ws.close(code=1008, reason="no websocket here")
+
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     else:

@@ -20,7 +20,7 @@ from service_helpers import (
 )
 from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from v1motion.service.app import create_app
@@ -208,6 +208,8 @@ def _api_routes(app):
     for path, route in _leaf_routes(app.routes):
         if path in PUBLIC or path.startswith(("/docs", "/redoc", "/openapi")) or path == "/":
             continue
+        if path == "/{path:path}":  # websockets to no route: their 404
+            continue
         concrete = re.sub(r"\{[^}]+\}", "x", path)
         if isinstance(route, APIRoute):
             http += [(m, concrete) for m in sorted(route.methods - {"HEAD"})]
@@ -380,3 +382,15 @@ def test_vendored_api_docs_match_the_makefile_pins():
     assert "cdn.redoc.ly" not in redoc_js  # its footer's logo: a blocked request, a console error
     for licence in ("swagger-ui/LICENSE", "swagger-ui/NOTICE", "redoc/LICENSE"):
         assert (WEB / "vendor" / licence).stat().st_size > 0
+
+
+@pytest.mark.parametrize("path", ["/v1/nope", "/v1/streams/a%2Fb", "/"])
+def test_a_websocket_to_no_route_gets_a_404_that_says_where_sockets_are(path):
+    """It got Starlette's bare 403: no reason, none of the security headers."""
+    with serving(_app()) as srv:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(srv.ws_url + path)
+    response = refused.value.response
+    assert response.status_code == 404
+    assert b"they are v1/streams/{name} and v1/camera" in response.body
+    assert response.headers["X-Frame-Options"] == "DENY"
