@@ -50,8 +50,21 @@ router = APIRouter(prefix="/v1/spikes", tags=["spikes"])
 
 # ----------------------------------------------------------------------------- schemas
 # The schema's examples (what /docs fills in): one fit, then its evaluation and samples, that run as
-# they are (two neurons, three trials of twelve bins; tests/service/test_service_openapi_statuses.py).
-EXAMPLE_COUNTS = np.random.default_rng(0).poisson(0.5, (3, 12, 2)).tolist()
+# they are (tests/service/test_service_openapi_statuses.py). Two neurons, three trials of 30 bins:
+# the second fires in the bin after the first does, which a GLM learns (held out: +0.92 bits/spike);
+# independent Poisson counts, as before, gave a first fit from /docs that the service itself called
+# worse than constant rates (-1.10 bits/spike).
+
+
+def _example_counts(seed: int = 3, bins: int = 30) -> list:
+    rng = np.random.default_rng(seed)
+    first = rng.poisson(0.6, (3, bins))
+    second = np.zeros_like(first)
+    second[:, 1:] = (first[:, :-1] > 0) * rng.poisson(1.5, (3, bins - 1))
+    return np.stack([first, second], -1).tolist()
+
+
+EXAMPLE_COUNTS = _example_counts()
 
 
 class SpikeData(RequestBody):

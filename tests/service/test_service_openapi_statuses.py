@@ -168,6 +168,8 @@ def test_every_json_body_has_an_example_that_runs_as_it_is():
         }
         fit = client.post("/v1/spikes/models", json=examples.pop("/v1/spikes/models"))
         assert fit.status_code == 201, fit.text
+        # a model worth having: it was one the service called worse than constant rates
+        assert fit.json()["held_out_bits_per_spike"] > 0.3 and fit.json()["warnings"] == []
         for path, example in examples.items():
             res = client.post(path.replace("{model_id}", fit.json()["id"]), json=example)
             assert res.status_code == 200, (path, res.text)
