@@ -202,10 +202,11 @@ ResultName = Annotated[
     responses={
         200: {"description": "the file, as an attachment", "content": RESULT_CONTENT},
         404: {"description": "no such job, or no result by that name"},
+        304: {"description": "If-None-Match named the file's ETag: the copy the client has is it"},
         409: {"description": "the job has not succeeded, so it has no results yet"},
     },
 )
-def get_video_result(job_id: str, name: ResultName, jobs: JobsDep) -> FileResponse:
+def get_video_result(job_id: str, name: ResultName, jobs: JobsDep, request: Request) -> Response:
     """One result file: ``motion.json``, ``motion.npz``, ``overlay.mp4`` or ``summary.png``."""
     if name not in RESULT_NAMES:
         raise HTTPException(404, f"no result named {name!r}; results: {', '.join(RESULT_NAMES)}")
@@ -218,7 +219,16 @@ def get_video_result(job_id: str, name: ResultName, jobs: JobsDep) -> FileRespon
     if not path.is_file():
         why = " (this service draws no overlays)" if name == "overlay.mp4" else ""
         raise HTTPException(404, f"{name} is not among the results of job {job_id}{why}")
-    return FileResponse(path, media_type=MEDIA_TYPES[name], filename=f"{job_id}-{name}")
+    answer = FileResponse(
+        path, media_type=MEDIA_TYPES[name], filename=f"{job_id}-{name}", stat_result=path.stat()
+    )
+    etag = answer.headers["etag"]  # a job's results never change once it has succeeded
+    asked = {
+        t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")
+    }
+    if etag in asked or "*" in asked:
+        return Response(status_code=304, headers={"ETag": etag})
+    return answer
 
 
 @router.delete("/{job_id}", status_code=204, responses=JOB_NOT_FOUND)

@@ -73,6 +73,12 @@ def test_upload_process_fetch_delete(client, tmp_path):
     assert head.headers["content-length"] == str(len(overlay.content))
     png = client.get(f"{base}/summary.png")
     assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+    # a client that has the file does not download it again (an ETag was sent, never honoured)
+    again = client.get(f"{base}/overlay.mp4", headers={"If-None-Match": overlay.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == overlay.headers["etag"]
+    other = client.get(f"{base}/overlay.mp4", headers={"If-None-Match": png.headers["etag"]})
+    assert other.status_code == 200 and other.content == overlay.content
     r = client.get(f"{base}/summary.jpg")  # a name the schema's list does not have: 404 naming them
     assert r.status_code == 404 and "summary.png" in r.json()["detail"]
     # the schema says what each file is, so /docs offers the names and a download
