@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from v1motion.service.security import require_token
+from v1motion.service.security import app_path, guarded_path, require_token
 
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
@@ -87,7 +87,7 @@ async def _validation_error(request: Request, exc: RequestValidationError):
 async def _token_first(request: Request):
     """The 401 of a guarded (/v1) route without the right token, else None: body errors come after
     the token check (v1motion.service.app guards every /v1 router with v1motion.service.security.authorize)."""
-    if _api_path(request).startswith("/v1/"):
+    if guarded_path(request.scope):
         try:
             require_token(request)
         except StarletteHTTPException as denied:
@@ -95,14 +95,9 @@ async def _token_first(request: Request):
     return None
 
 
-def _api_path(request: Request) -> str:
-    path, root = request.scope["path"], request.scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
 async def _http_error(request: Request, exc: StarletteHTTPException):
     if exc.status_code in (404, 405):
-        methods = allowed_methods(request.app, _api_path(request))
+        methods = allowed_methods(request.app, app_path(request.scope))
         if methods and request.method not in methods:
             allow = ", ".join(methods)
             exc = StarletteHTTPException(

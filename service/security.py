@@ -89,6 +89,17 @@ TOKEN_REFUSED = {401: {"description": "no token, or a wrong one, while the serve
 TOKEN_MISSING = "missing or wrong token: send 'Authorization: Bearer <token>'"
 
 
+def app_path(scope: Scope) -> str:
+    """A request's path within the app: without the root path a proxy's prefix adds."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def guarded_path(scope: Scope) -> bool:
+    """Whether a request goes to the API's guarded routes (``/v1/``)."""
+    return app_path(scope).startswith("/v1/")
+
+
 def require_token(request: HTTPConnection, _scheme: TokenSchemeDep = None) -> None:
     """FastAPI dependency for HTTP routes: ``Authorization: Bearer <token>`` or ``X-V1Motion-Token``."""
     settings: Settings = request.app.state.settings
@@ -117,11 +128,8 @@ class TokenBeforeBody:
             and self.settings.requires_token
             and scope["method"] in ("POST", "PUT", "PATCH")
         ):
-            path, root = scope["path"], scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :]
             headers = Headers(scope=scope)
-            if path.startswith("/v1/") and not _token_ok(self.settings, _header_token(headers)):
+            if guarded_path(scope) and not _token_ok(self.settings, _header_token(headers)):
                 refused = JSONResponse(
                     {"detail": TOKEN_MISSING},
                     status.HTTP_401_UNAUTHORIZED,

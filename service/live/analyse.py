@@ -86,16 +86,19 @@ class Analyser:
             return True
         if self.failures == 1:
             log.exception("%s: engine failed on a frame", self.stream)
+        self._forget_motion()
+        return False
+
+    def _forget_motion(self) -> None:
+        """The engine's and optical flow's state start anew: the next frame has no motion to read."""
         self.state = self.engine.new_state()
         self.flow.reset()
-        return False
 
     def restart(self) -> None:
         """The source was opened again (a reconnect): its next frame is the first of a new run, with
         no motion to read from the last one before the gap, and no frame rate across the gap
         (numbering and counts go on)."""
-        self.state = self.engine.new_state()
-        self.flow.reset()
+        self._forget_motion()
         self._ema_dt = self._t_prev = self._elapsed = None
         self.fps = 0.0
 

@@ -171,23 +171,21 @@ class OpenCVSource:
             cap = cv2.VideoCapture(int(spec.target))
         elif spec.kind == "file":
             cap = cv2.VideoCapture(str(Path(spec.target).expanduser()), cv2.CAP_FFMPEG, timeouts)
-            fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
-            self._pacer = _Pacer(fps if 1.0 <= fps <= 240.0 else spec.fps, self._stop)
-            self._recorded = True
         else:
             cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, timeouts)
-            # A recorded video at a URL (an mp4 on a web server, an HLS VOD playlist) has a length;
-            # a live stream has none. Recorded ones are paced at their frame rate as files are: read
-            # as fast as they decode (300 frames in 0.08 s), each analysed frame was dozens of
-            # frames after the one before it.
-            if cap.isOpened() and cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0:
-                fps = cap.get(cv2.CAP_PROP_FPS)
-                self._pacer = _Pacer(fps if 1.0 <= fps <= 240.0 else spec.fps, self._stop)
-                self._recorded = True
         if not cap.isOpened():
             cap.release()
             what = spec.describe().removesuffix(" (looping)")  # not part of what failed
             raise SourceError(f"source {spec.name!r}: could not open {what}")
+        # A file, or a recorded video at a URL (an mp4 on a web server, an HLS VOD playlist: it has
+        # a length, a live stream none), plays at its frame rate: read as fast as it decodes (300
+        # frames in 0.08 s), each analysed frame was dozens of frames after the one before it.
+        self._recorded = spec.kind == "file" or (
+            spec.kind == "url" and cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0
+        )
+        if self._recorded:
+            fps = cap.get(cv2.CAP_PROP_FPS)
+            self._pacer = _Pacer(fps if 1.0 <= fps <= 240.0 else spec.fps, self._stop)
         self._cap = cap
 
     def read(self) -> np.ndarray | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -147,7 +148,7 @@ async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
     bad_query = None
     if "max_fps" in ws.query_params:
         try:
-            sub.max_fps = parse_max_fps(ws.query_params["max_fps"])
+            sub.max_fps = parse_max_fps(ws.query_params["max_fps"], text=True)
         except ValueError as exc:
             bad_query = protocol.error("bad_message", f"?max_fps: {exc}")
     try:
@@ -188,17 +189,18 @@ async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
         await close_quietly(ws, 1000)
 
 
-def parse_max_fps(value: Any) -> float | None:
-    """A viewer's ``max_fps`` (query or ``options``): a number of results a second, or ``None`` (as
-    many as the stream makes); ``ValueError`` names the problem."""
-    if value is None or value == "":
+def parse_max_fps(value: Any, text: bool = False) -> float | None:
+    """A viewer's ``max_fps``: a number of results a second, or ``None`` (as many as the stream
+    makes); ``text``: a query's string, which JSON's numbers are not ("2" there is a client's bug).
+    ``ValueError`` names the problem."""
+    if value is None or (text and value == ""):
         return None
-    if isinstance(value, bool):
+    fps = math.nan
+    if not isinstance(value, bool) and (text or not isinstance(value, str)):
+        with contextlib.suppress(TypeError, ValueError):
+            fps = float(value)
+    if math.isnan(fps):
         raise ValueError(f"max_fps must be a number of results a second, got {value!r}")
-    try:
-        fps = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"max_fps must be a number of results a second, got {value!r}") from None
     if not 0.1 <= fps <= MAX_FPS_LIMIT:
         raise ValueError(f"max_fps must lie in [0.1, {MAX_FPS_LIMIT:g}], got {value!r}")
     return fps
@@ -272,10 +274,7 @@ async def _receive_loop(ws: WebSocket, sub: Subscriber, lock) -> None:
             flow = msg.get("flow", sub.want_flow)
             if not isinstance(flow, bool):
                 raise ValueError('"flow" must be true or false')
-            max_fps = msg.get("max_fps", sub.max_fps)
-            if isinstance(max_fps, str):  # JSON has numbers: "2" is a client's bug
-                raise ValueError(f"max_fps must be a number of results a second, got {max_fps!r}")
-            max_fps = parse_max_fps(max_fps)
+            max_fps = parse_max_fps(msg["max_fps"]) if "max_fps" in msg else sub.max_fps
             sub.want_flow, sub.max_fps = flow, max_fps
         except ValueError as exc:
             async with lock:
