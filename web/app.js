@@ -107,7 +107,7 @@ function banner(text, kind = "warn") {
 
 function setConn(text, kind) {
   const c = $("conn");
-  c.textContent = text;
+  if (c.textContent !== text) c.textContent = text;  // a status each second re-says the same
   c.className = `pill pill-${kind}`;
 }
 
@@ -1131,6 +1131,7 @@ async function checkStreamState() {
   if (state.mode === "stream" && state.stream && state.ws && state.ws.readyState === WebSocket.OPEN) {
     try {
       const s = await api(`v1/streams/${encodeURIComponent(state.stream)}`);
+      if (s.name !== state.stream || state.mode !== "stream") return;  // switched meanwhile
       if (s.state === "running") setConn(`live · ${s.name}`, "live");
       else if (s.state === "starting") setConn(`starting · ${s.name}`, "idle");
       else setConn(`${s.state} · ${s.name}`, s.state === "error" ? "bad" : "warn");
