@@ -19,6 +19,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from v1motion.service.live.netcheck import diagnose_url
 from v1motion.service.settings import Settings, SourceSpec
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,10 @@ class OpenCVSource:
         if not cap.isOpened():
             cap.release()
             what = spec.describe().removesuffix(" (looping)")  # not part of what failed
-            raise SourceError(f"source {spec.name!r}: could not open {what}")
+            why = ""
+            if spec.kind == "url":  # FFmpeg's reason is not ours to read: find it again
+                why = ": " + diagnose_url(spec.target, min(self.settings.open_timeout_s, 5.0))
+            raise SourceError(f"source {spec.name!r}: could not open {what}{why}")
         # A file, or a recorded video at a URL (an mp4 on a web server, an HLS VOD playlist: it has
         # a length, a live stream none), plays at its frame rate: read as fast as it decodes (300
         # frames in 0.08 s), each analysed frame was dozens of frames after the one before it.
