@@ -776,19 +776,25 @@ async function startCamera() {
   if (blocked) { banner(blocked, "warn"); return; }
   if (state.cameraStarting) return; // a second click while the browser asks for the camera
   state.cameraStarting = true;
-  $("camera-btn").disabled = true;
+  const btn = $("camera-btn");
+  const focused = document.activeElement === btn; // disabling it drops the focus to the page
+  btn.disabled = true;
   let media;
   try {
-    media = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
+    // The width alone: asked for 640x480 too, a 16:9 camera was cropped to 4:3 (a quarter of its
+    // picture gone); the height follows the camera's own shape.
+    media = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 } }, audio: false });
   } catch (e) {
     banner(`Could not open the camera: ${e.message}`, "error");
     return;
   } finally {
     state.cameraStarting = false;
-    $("camera-btn").disabled = false;
+    btn.disabled = false;
+    if (focused) btn.focus(); // Enter again stops it, Tab goes on from it
   }
   closeSocket();
   resetView();
+  state.cameraBanner = false;
   const video = $("cam-video");
   video.srcObject = media;
   await video.play();
@@ -803,8 +809,15 @@ async function startCamera() {
     media, canvases, size, turn: 0, sentCanvas: null, inFlight: false, sentAt: null, ready: false,
     presented: null, sentPresented: null, waiting: false,
   };
+  const cam = state.camera;
+  for (const track of media.getVideoTracks()) {
+    // Unplugged, its permission withdrawn: no "live" pill over the last numbers. Muted (another
+    // application holds it, a privacy shutter): no frames until it is back.
+    track.addEventListener("ended", () => cameraEnded(cam));
+    track.addEventListener("mute", () => { if (state.camera === cam) setConn("camera paused · no frames", "warn"); });
+    track.addEventListener("unmute", () => { if (state.camera === cam && cam.ready) setConn("live · my camera", "live"); });
+  }
   if (video.requestVideoFrameCallback) {
-    const cam = state.camera;
     cam.presented = 0;
     cam.sentPresented = -1;
     const onFrame = (now, meta) => {
@@ -910,7 +923,16 @@ function cameraInPicker(on) {
   }
 }
 
-function stopCamera() {
+// The camera's track ended (unplugged, permission withdrawn): back to the server's source, said.
+function cameraEnded(cam) {
+  if (state.camera !== cam) return;
+  stopCamera();
+  banner("Your camera stopped (unplugged, or its permission withdrawn); showing the server's source again.");
+  state.cameraBanner = true; // until the camera or another source is picked
+}
+
+// `reopen`: show the server's stream left for the camera (not when another one is being picked).
+function stopCamera(reopen = true) {
   const cam = state.camera;
   if (!cam) return;
   closeSocket();
@@ -920,7 +942,7 @@ function stopCamera() {
   $("camera-btn").classList.remove("active");
   $("camera-label").textContent = "Use my camera";
   resetView();
-  if (state.stream) openStream(state.stream);
+  if (reopen && state.stream) openStream(state.stream);
 }
 
 // ---- units ----------------------------------------------------------------------------------------
@@ -1080,8 +1102,11 @@ async function start() {
 
   $("source").addEventListener("change", (e) => {
     const name = e.target.value;
-    if (state.unknownSource) { banner(null); state.unknownSource = false; }
-    if (state.camera) stopCamera();
+    if (state.unknownSource || state.cameraBanner) {
+      banner(null);
+      state.unknownSource = state.cameraBanner = false;
+    }
+    if (state.camera) stopCamera(false); // the stream picked is opened below, once
     $("source").value = name;
     resetView();
     openStream(name);
@@ -1124,6 +1149,7 @@ async function start() {
 // The source's own state (running, reconnecting, stalled...) as the server reports it.
 async function pollStreamState() {
   await checkStreamState();
+  dropStaleStats();
   setTimeout(pollStreamState, 2000);
 }
 
@@ -1157,11 +1183,17 @@ async function checkStreamState() {
         banner(null);
         state.streamBanner = false;
       }
-      if (state.fps && performance.now() - (state.arrivals.at(-1) ?? 0) > 2000) {
-        state.fps = 0; // no result for 2 s: no frame rate to show
-        updateStats();
-      }
     } catch (e) { /* shown by the socket's own state */ }
+  }
+}
+
+// No result for 2 s (a stream down, a camera muted or stopped, a throttled tab): no frame rate or
+// latency frozen at their last values.
+function dropStaleStats() {
+  if ((state.fps || state.latency != null) && performance.now() - (state.arrivals.at(-1) ?? 0) > 2000) {
+    state.fps = 0;
+    state.latency = null;
+    updateStats();
   }
 }
 

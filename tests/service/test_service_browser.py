@@ -613,6 +613,137 @@ def test_a_double_click_on_the_camera_button_opens_one_camera_that_stop_turns_of
         assert errors == []
 
 
+def test_a_camera_that_stops_is_said_and_its_numbers_do_not_stay_on_screen(browser):
+    """Its track ended (unplugged, permission withdrawn): the pill kept saying "live · my camera"
+    over the last fps and latency, with no banner, for as long as the page stayed open."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = watch(page)
+        page.add_init_script(COUNT_CAMERAS)
+        page.goto(f"{srv.url}/")
+        wait_results(page, 3)
+        page.click("#camera-btn")
+        wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+        wait_results(page, results(page) + 3)
+        # what the browser does when the device goes: the track ends (stop() alone fires no event)
+        page.evaluate(
+            """() => { const t = window.__cameras[0].getVideoTracks()[0];
+                t.stop(); t.dispatchEvent(new Event('ended')); }"""
+        )
+        page.locator("#banner").wait_for(state="visible")
+        assert "camera stopped" in page.text_content("#banner")
+        assert page.text_content("#camera-label") == "Use my camera"
+        # back on the server's source, live again
+        wait_for(page, "document.querySelector('#conn').textContent === 'live · synthetic'")
+        page.select_option("#source", "synthetic")  # picking a source puts the notice away
+        assert page.locator("#banner").is_hidden()
+        assert errors == []
+
+
+def test_a_muted_camera_is_said_and_its_frame_rate_falls_to_none(browser):
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = watch(page)
+        page.add_init_script(COUNT_CAMERAS)
+        page.goto(f"{srv.url}/")
+        page.click("#camera-btn")
+        wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+        wait_results(page, 3)
+        wait_for(page, "document.querySelector('#stat-fps').textContent !== '–'")
+        # muted: no frames come (simulated here: the page stops presenting them, and the event)
+        page.evaluate(
+            """() => { window.v1motion.state.camera.ready = false;
+                window.__cameras[0].getVideoTracks()[0].dispatchEvent(new Event('mute')); }"""
+        )
+        assert page.text_content("#conn") == "camera paused · no frames"
+        wait_for(page, "document.querySelector('#stat-fps').textContent === '–'", 8_000)
+        assert page.text_content("#stat-latency") == "–"
+        assert errors == []
+
+
+def test_the_camera_button_keeps_the_keyboard_focus(browser):
+    """Disabled while the browser opened the camera, it dropped the focus to the page: a second
+    Enter did nothing, and Tab started again from the top."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_results(page, 2)
+        page.focus("#camera-btn")
+        page.keyboard.press("Enter")
+        wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+        assert page.evaluate("document.activeElement.id") == "camera-btn"
+        page.keyboard.press("Enter")
+        wait_for(page, "document.querySelector('#camera-label').textContent === 'Use my camera'")
+        assert errors == []
+
+
+def test_a_wide_camera_is_analysed_whole_not_cropped_to_4_3(playwright, tmp_path):
+    """Asked for 640x480, a 16:9 camera was cropped to its centre 4:3: a quarter of the picture
+    was never seen."""
+    wide = tmp_path / "wide.y4m"
+    write_y4m(wide, np.stack([periodic_texture(720, 1280, seed=t) for t in range(3)]), fps=5)
+    b = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        headless=True,
+        args=[
+            *ARGS,
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-video-capture={wide}",
+        ],
+    )
+    app = create_app(Settings(), engine_factory=random_engine)
+    try:
+        with serving(app) as srv:
+            page, errors = open_dashboard(b, f"{srv.url}/")
+            page.click("#camera-btn")
+            wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+            got = page.evaluate(
+                "(() => { const v = document.querySelector('#cam-video'); "
+                "return [v.videoWidth, v.videoHeight]; })()"
+            )
+            assert got[0] * 9 == got[1] * 16, got
+            assert "scaled to 320x180" in page.text_content("#source-desc")
+            assert errors == []
+    finally:
+        b.close()
+
+
+COUNT_STREAM_SOCKETS = """
+window.__streamSockets = [];
+const Native = window.WebSocket;
+window.WebSocket = function (url, protocols) {
+  if (String(url).includes('/v1/streams/')) window.__streamSockets.push(String(url));
+  return new Native(url, protocols);
+};
+window.WebSocket.prototype = Native.prototype;
+Object.assign(window.WebSocket, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3});
+"""
+
+
+def test_picking_a_source_while_the_camera_runs_opens_that_source_once(browser):
+    """It opened the stream left for the camera, then closed it and opened the one picked."""
+    app = create_app(
+        Settings(sources=["synthetic", "other=synthetic"]), engine_factory=random_engine
+    )
+    with serving(app) as srv:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = watch(page)
+        page.add_init_script(COUNT_STREAM_SOCKETS)
+        page.goto(f"{srv.url}/")
+        wait_results(page, 2)
+        page.click("#camera-btn")
+        wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+        before = page.evaluate("window.__streamSockets.length")
+        page.select_option("#source", "other")
+        wait_for(page, "document.querySelector('#conn').textContent === 'live · other'")
+        opened = page.evaluate("window.__streamSockets")[before:]
+        assert len(opened) == 1 and "/v1/streams/other" in opened[0], opened
+        assert errors == []
+
+
 def test_directions_read_in_whole_degrees_and_camera_frames_keep_their_aspect(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
