@@ -148,9 +148,12 @@ def wait_for(page, expression: str, timeout: float = 30_000) -> None:
         page.wait_for_timeout(100)
 
 
-def open_dashboard(browser, url):
+def open_dashboard(browser, url, init_script: str | None = None):
+    """A page on ``url`` and the list its errors go to; ``init_script`` runs before the page's own."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors = watch(page)
+    if init_script:
+        page.add_init_script(init_script)
     page.goto(url)
     return page, errors
 
@@ -597,10 +600,7 @@ def test_a_double_click_on_the_camera_button_opens_one_camera_that_stop_turns_of
     the other stayed on (the camera light with it)."""
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = watch(page)
-        page.add_init_script(COUNT_CAMERAS)
-        page.goto(f"{srv.url}/")
+        page, errors = open_dashboard(browser, f"{srv.url}/", COUNT_CAMERAS)
         wait_results(page, 3)
         page.dblclick("#camera-btn")
         wait_for(page, "document.querySelector('#conn').textContent.includes('my camera')")
@@ -618,10 +618,7 @@ def test_a_camera_that_stops_is_said_and_its_numbers_do_not_stay_on_screen(brows
     over the last fps and latency, with no banner, for as long as the page stayed open."""
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = watch(page)
-        page.add_init_script(COUNT_CAMERAS)
-        page.goto(f"{srv.url}/")
+        page, errors = open_dashboard(browser, f"{srv.url}/", COUNT_CAMERAS)
         wait_results(page, 3)
         page.click("#camera-btn")
         wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
@@ -644,10 +641,7 @@ def test_a_camera_that_stops_is_said_and_its_numbers_do_not_stay_on_screen(brows
 def test_a_muted_camera_is_said_and_its_frame_rate_falls_to_none(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = watch(page)
-        page.add_init_script(COUNT_CAMERAS)
-        page.goto(f"{srv.url}/")
+        page, errors = open_dashboard(browser, f"{srv.url}/", COUNT_CAMERAS)
         page.click("#camera-btn")
         wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
         wait_results(page, 3)
@@ -729,10 +723,7 @@ def test_picking_a_source_while_the_camera_runs_opens_that_source_once(browser):
         Settings(sources=["synthetic", "other=synthetic"]), engine_factory=random_engine
     )
     with serving(app) as srv:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = watch(page)
-        page.add_init_script(COUNT_STREAM_SOCKETS)
-        page.goto(f"{srv.url}/")
+        page, errors = open_dashboard(browser, f"{srv.url}/", COUNT_STREAM_SOCKETS)
         wait_results(page, 2)
         page.click("#camera-btn")
         wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
