@@ -108,3 +108,23 @@ def configure_worker_logging(level: str = "info", fmt: str = "text") -> None:
     INFO records nowhere, and the video workers logged text under ``--log-format json``."""
     configure_logging(level, fmt)
     logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger, formatted
+
+
+class ClientFitNotes(logging.Filter):
+    """What a model fit says of a client's data (an iteration cap reached, held-out spikes predicted
+    worse than constant rates) goes back in its answer (``fit``, ``warnings``); in the server's log
+    it is INFO, not a WARNING that an operator's alert fires on (308 in 21 minutes of a soak, every
+    one a client's fit)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.name.startswith("v1motion.models."):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger(record.name).getEffectiveLevel() <= logging.INFO
+        return True
+
+
+def demote_client_fit_notes() -> None:
+    """Put :class:`ClientFitNotes` on the root logger's handlers (where the records of every
+    ``v1motion.models`` logger end up): for a process that fits clients' models."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ClientFitNotes())

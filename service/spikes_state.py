@@ -241,13 +241,14 @@ def _init_process(
     gone with the server (a hard kill included), and left to it on Ctrl-C (which signals the whole
     process group): the server stops its workers itself."""
     from v1motion.service.jobs.decode import die_with_parent, lower_priority
-    from v1motion.service.logs import configure_worker_logging
+    from v1motion.service.logs import configure_worker_logging, demote_client_fit_notes
 
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lower_priority(niceness)
     sys.stderr = _NotATerminal(sys.stderr)
     configure_worker_logging(*log)
+    demote_client_fit_notes()  # the fits' notes are in their answers
     # tqdm's default write lock holds a multiprocessing lock, whose named semaphore a process
     # stopped by close() never unlinks: the server's exit then ended with Python's "leaked semaphore
     # objects" warning after any spike request. This process draws no bar others share a line with.
