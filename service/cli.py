@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import json
 import logging
@@ -28,6 +29,9 @@ def usable_numba_cache() -> None:
         copy = tempfile.mkdtemp(prefix="v1motion-numba-")
     except OSError:  # nowhere to write either: Numba says so
         return
+    # removed when this process exits (its workers, given the copy, exit before it): one copy
+    # per start was left behind in /tmp
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
     try:
         shutil.copytree(cache, copy, dirs_exist_ok=True)
     except OSError:

@@ -258,6 +258,12 @@ class Settings(BaseSettings):
         "JPEG and gain nothing",
     )
     shutdown_timeout_s: int = Field(5, ge=1, description="graceful shutdown with open websockets")
+    keep_alive_s: float = Field(
+        30.0,
+        gt=0,
+        description="an idle HTTP connection is closed after this long; longer than clients keep "
+        "theirs for reuse (httpx 5 s, aiohttp 15 s), so none reuses one the server is closing",
+    )
 
     preview_width: int = Field(320, ge=32, le=1280, description="width of binary preview frames")
     preview_quality: int = Field(70, ge=10, le=100)
@@ -299,6 +305,12 @@ class Settings(BaseSettings):
     video_memory_mb: int = Field(2048, ge=256, description="address-space cap of a decoder process")
     video_deadline_s: float = Field(1800.0, gt=0, description="wall-clock limit of one decode")
     video_max_attempts: int = Field(2, ge=1, description="starts of a job across restarts")
+    video_keep_days: float = Field(
+        0.0,
+        ge=0,
+        description="finished jobs and their results are deleted this many days after they end, "
+        "checked at start and at each upload; 0 keeps them until a client deletes them",
+    )
     ray_address: str | None = Field(
         None, description="run video jobs as Ray tasks on this cluster ('auto', 'ray://host:10001')"
     )

@@ -202,6 +202,9 @@ def run(args: argparse.Namespace) -> int:
         ws_ping_timeout=settings.ws_ping_timeout_s,
         ws_per_message_deflate=settings.ws_compression,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        # uvicorn's 5 s equals httpx's pool expiry: a POST sent on a connection idle 4.8 s met the
+        # server closing it, and failed without an answer (clients do not retry a POST)
+        timeout_keep_alive=settings.keep_alive_s,
         proxy_headers=True,
     )
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,9 @@ class VideoJobs:
         Uploads are refused (503) while this many jobs wait.
     max_attempts : int
         Starts allowed per job before a restart-interrupted job is failed.
+    keep_days : float
+        Finished jobs are deleted, record and results, this many days after they ended (checked at
+        start and at each upload: the store only grows then); 0 keeps them until deleted.
     lock : StoreLock, optional
         The lock of ``data_dir``'s job store when the caller has taken it already; :meth:`stop`
         releases it.
@@ -55,12 +59,14 @@ class VideoJobs:
         runner_factory: Callable[[JobStore, Path, Limits], Runner],
         max_queued: int = 32,
         max_attempts: int = 2,
+        keep_days: float = 0.0,
         lock: StoreLock | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.jobs_dir = self.data_dir / JOBS_FOLDER
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.limits, self.max_queued, self.max_attempts = limits, max_queued, max_attempts
+        self.keep_days = keep_days
         self.store = JobStore(self.data_dir / DB_NAME)
         self.lock = lock or StoreLock(self.data_dir)
         if self.lock.path.resolve() != (self.data_dir / LOCK_NAME).resolve():
@@ -85,6 +91,7 @@ class VideoJobs:
         kw = dict(
             max_queued=settings.video_max_queued,
             max_attempts=settings.video_max_attempts,
+            keep_days=settings.video_keep_days,
             lock=lock,
         )
         if settings.ray_address:
@@ -136,6 +143,7 @@ class VideoJobs:
         if requeued or failed:
             log.warning("recovered %d interrupted jobs, failed %d", len(requeued), len(failed))
         self._sweep()
+        self.expire()
         self.runner.start()
 
     def stop(self) -> None:
@@ -146,8 +154,8 @@ class VideoJobs:
             self.lock.release()  # whatever failed above, the data directory is free again
 
     def _sweep(self) -> None:
-        """Remove job folders with no record (an upload cut off by a crash) and half-written results;
-        fail queued jobs whose stored upload is missing."""
+        """Remove job folders with no record (an upload cut off by a crash), half-written results
+        and the uploads of finished jobs; fail queued jobs whose stored upload is missing."""
         known = set()
         records, _ = self.store.list(limit=1_000_000)
         for rec in records:
@@ -156,6 +164,9 @@ class VideoJobs:
             job_dir.results.discard()
             if rec.status == "queued" and not job_dir.input.exists():
                 self.store.fail(rec.id, "the stored upload is missing; upload the video again")
+                rec = self.store.get(rec.id)
+            if rec.status in ("succeeded", "failed"):  # failed by the recovery just before, too
+                job_dir.input.unlink(missing_ok=True)
         for folder in self.jobs_dir.iterdir():
             if folder.name not in known:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -176,6 +187,16 @@ class VideoJobs:
         self.runner.wake()
         return rec
 
+    def expire(self) -> list[str]:
+        """Delete the jobs that ended more than ``keep_days`` ago (none when it is 0): at start and
+        after each upload (the router's), as the store only grows then."""
+        if not self.keep_days:
+            return []
+        old = self.store.finished_before(time.time() - self.keep_days * 86400.0)
+        for job_id in old:
+            self.delete(job_id, why=f"ended more than {self.keep_days:g} days ago")
+        return old
+
     def get(self, job_id: str) -> JobRecord | None:
         if not JOB_ID.match(job_id):
             return None
@@ -184,12 +205,12 @@ class VideoJobs:
     def result_path(self, job_id: str, name: str) -> Path:
         return JobLayout.of(self.jobs_dir, job_id).result(name)
 
-    def delete(self, job_id: str) -> bool:
+    def delete(self, job_id: str, why: str = "asked") -> bool:
         rec = self.get(job_id)
         if rec is None:
             return False
         self.store.delete(job_id)  # first, so no slot can claim it any more
         self.runner.cancel(job_id)  # then stop it if a slot already holds it
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
-        log.info("job %s deleted (it was %s)", job_id, rec.status)
+        log.info("job %s deleted (it was %s; %s)", job_id, rec.status, why)
         return True

@@ -189,6 +189,8 @@ class Runner:
             try:
                 write(job_id, arg)
                 log.info("job %s: %s", job_id, said)
+                if write != self.store.requeue:  # it ended: its upload is of no more use
+                    JobLayout.of(self.jobs_dir, job_id).input.unlink(missing_ok=True)
                 return
             except Exception as exc:
                 if self._stop.is_set():

@@ -172,6 +172,15 @@ class JobStore:
                 (0 if count_attempt else 1, job_id),
             )
 
+    def finished_before(self, cutoff: float) -> list[str]:
+        """The jobs that ended (succeeded or failed) before ``cutoff`` (``time.time()`` seconds)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE status IN ('succeeded', 'failed') AND finished_at < ?",
+                (cutoff,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def delete(self, job_id: str) -> bool:
         with self._lock:
             cur = self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))

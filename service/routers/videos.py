@@ -103,7 +103,10 @@ def _refuse_if_queue_full(jobs) -> None:
 async def create_video_job(
     request: Request, response: Response, jobs: JobsDep, state: StateDep
 ) -> JobPublic:
-    """Upload a video (multipart field ``file``); answers 202 with the queued job."""
+    """Upload a video (multipart field ``file``); answers 202 with the queued job.
+
+    The upload is kept until the job ends; its results until the job is deleted, or, where the
+    service sets ``V1MOTION_VIDEO_KEEP_DAYS``, that many days after the job ended."""
     settings = state.settings
     max_bytes = int(settings.video_max_upload_mb * 1024 * 1024)
     declared = request.headers.get("content-length")
@@ -144,6 +147,9 @@ async def create_video_job(
         if not accepted:
             shutil.rmtree(folder, ignore_errors=True)
     log.info("job %s: queued (%d bytes)", job_id, upload.size_bytes)
+    await run_in_threadpool(
+        jobs.expire
+    )  # the store grows now: jobs past V1MOTION_VIDEO_KEEP_DAYS go
     base = _base(request)
     response.headers["Location"] = f"{base}/{job_id}"
     return JobPublic.from_record(rec, base)

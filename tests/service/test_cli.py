@@ -146,6 +146,25 @@ def test_serve_holds_the_data_folder_from_its_check_until_the_server_stops(tmp_p
     after.release()
 
 
+def test_idle_connections_outlive_the_clients_pool_expiry(tmp_path, monkeypatch):
+    """uvicorn's 5 s keep-alive equals httpx's pool expiry: a POST on a connection idle for 4.8 s
+    met the server closing it and failed with no answer."""
+    from v1motion.service import server
+    from v1motion.service.commands import serve
+
+    seen = []
+    monkeypatch.setattr(server.Server, "run", lambda self, sockets: seen.append(self.config))
+    monkeypatch.setattr(serve, "announce_when_answering", lambda *a: None)
+    monkeypatch.setattr(serve.signal, "signal", lambda *a: None)
+    monkeypatch.setenv("V1MOTION_DATA_DIR", str(tmp_path))
+    for env, expected in ((None, 30.0), ("2.5", 2.5)):
+        if env:
+            monkeypatch.setenv("V1MOTION_KEEP_ALIVE_S", env)
+        args = build_parser().parse_args(["serve", "--engine", "random", "--port", "0"])
+        assert serve.run(args) == 0
+        assert seen[-1].timeout_keep_alive == expected
+
+
 def test_address_is_printed_only_once_the_server_answers(capsys):
     srv = ServerThread(create_app(Settings(), engine_factory=random_engine))
     stop = threading.Event()
@@ -221,10 +240,15 @@ def test_a_numba_cache_this_user_cannot_write_is_used_through_a_copy(tmp_path, m
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(cache) else real(p, m))
+    at_exit = []
+    monkeypatch.setattr(cli.atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)))
     cli.usable_numba_cache()
     copy = os.environ["NUMBA_CACHE_DIR"]
     assert copy != str(cache) and (Path(copy) / "models" / "kernels.nbi").read_bytes() == b"index"
     assert "is not writable by this user; using a copy" in capsys.readouterr().err
+    for f, a, k in at_exit:  # what the process's exit runs: one copy per start was left in /tmp
+        f(*a, **k)
+    assert not Path(copy).exists() and cache.is_dir()
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
     monkeypatch.setattr(os, "access", real)
     cli.usable_numba_cache()  # writable: left as it is

@@ -652,3 +652,110 @@ def test_a_store_that_cannot_record_a_jobs_end_keeps_the_slot_and_the_queue_goin
     first = store.get("a" * 32)
     assert refused == ["a" * 32] * 2
     assert first.status == "failed" and "No space left on device" in first.error
+
+
+# ----------------------------------------------------------------------- what the store keeps
+
+
+def test_a_finished_jobs_upload_is_removed_and_its_results_kept(tmp_path):
+    """Finished and failed jobs kept their whole upload (up to 512 MB) until a client deleted
+    them: a store whose clients never delete filled the disk with videos nobody could fetch."""
+    jobs = VideoJobs.local(tmp_path / "data", Limits(overlay=False), fake_engine, workers=1)
+    jobs.start()
+    try:
+        good = _submit(jobs, vs.avi(tmp_path, n=6))
+        bad = _submit(jobs, b"RIFF but not a video")
+        for job_id, status in ((good, "succeeded"), (bad, "failed")):
+            assert wait_for(lambda job_id=job_id: _finished(jobs, job_id)).status == status
+            upload = JobLayout.of(jobs.jobs_dir, job_id).input
+            wait_for(lambda upload=upload: not upload.exists(), timeout=10)
+        assert JobLayout.of(jobs.jobs_dir, good).result("motion.json").is_file()
+    finally:
+        jobs.stop()
+
+
+class _IdleRunner:
+    """A runner that runs nothing (the store and its folders are what is tested)."""
+
+    def __init__(self, *args):
+        pass
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def wake(self):
+        pass
+
+    def cancel(self, job_id, timeout=30.0):
+        pass
+
+
+def _stored_job(jobs: VideoJobs, status: str, ended_days_ago: float = 0.0) -> str:
+    """A job record in ``status`` with its upload and, when it succeeded, its results."""
+    job_id, folder = jobs.new_folder()
+    (folder / "input.bin").write_bytes(b"video")
+    jobs.store.create(job_id, "clip.mp4", "video/mp4", 5)
+    if status in ("succeeded", "failed"):
+        jobs.store.claim_next()
+        if status == "succeeded":
+            (folder / "out").mkdir()
+            (folder / "out" / "motion.json").write_text("{}")
+            jobs.store.succeed(job_id, {})
+        else:
+            jobs.store.fail(job_id, "no video")
+        ended = time.time() - ended_days_ago * 86400.0
+        jobs.store._db.execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (ended, job_id))
+    return job_id
+
+
+def test_a_start_removes_the_uploads_of_jobs_that_ended_before_it(tmp_path):
+    first = VideoJobs(tmp_path, Limits(), _IdleRunner)
+    done, failed, queued = (_stored_job(first, s) for s in ("succeeded", "failed", "queued"))
+    first.store.close()
+    jobs = VideoJobs(tmp_path, Limits(), _IdleRunner)
+    jobs.start()
+    try:
+        layout = {j: JobLayout.of(jobs.jobs_dir, j) for j in (done, failed, queued)}
+        assert not layout[done].input.exists() and not layout[failed].input.exists()
+        assert layout[queued].input.exists()  # still to run
+        assert layout[done].result("motion.json").is_file()  # the results stay
+    finally:
+        jobs.stop()
+
+
+@pytest.mark.parametrize("keep_days", [0.0, 1.0])
+def test_finished_jobs_are_deleted_after_the_days_they_are_kept(tmp_path, keep_days):
+    jobs = VideoJobs(tmp_path, Limits(), _IdleRunner, keep_days=keep_days)
+    old = [_stored_job(jobs, s, ended_days_ago=2) for s in ("succeeded", "failed")]
+    recent = _stored_job(jobs, "succeeded", ended_days_ago=0.5)
+    waiting = _stored_job(jobs, "queued")
+    jobs.start()
+    try:
+        expired = old if keep_days else []
+        for job_id in old + [recent, waiting]:
+            gone = job_id in expired
+            assert (jobs.get(job_id) is None) is gone
+            assert (not (jobs.jobs_dir / job_id).exists()) is gone
+        later = _stored_job(jobs, "failed", ended_days_ago=3)
+        assert jobs.expire() == ([later] if keep_days else [])
+        assert (jobs.get(later) is None) is bool(keep_days)
+    finally:
+        jobs.stop()
+
+
+def test_the_days_jobs_are_kept_are_a_setting(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from v1motion.service.settings import Settings
+
+    assert Settings().video_keep_days == 0
+    monkeypatch.setenv("V1MOTION_VIDEO_KEEP_DAYS", "7")
+    jobs = VideoJobs.from_settings(Settings(data_dir=tmp_path))
+    assert jobs.keep_days == 7
+    jobs.store.close()
+    monkeypatch.setenv("V1MOTION_VIDEO_KEEP_DAYS", "-1")
+    with pytest.raises(ValidationError):
+        Settings()

@@ -103,7 +103,10 @@ def test_format_characters_in_the_name_are_only_a_label(client, tmp_path):
     assert job["status"] == "succeeded", job["error"]
     assert job["filename"] == "clip%d%s%n.avi"
     folder = client.data_dir / "videos" / job["id"]
-    assert sorted(p.name for p in folder.iterdir()) == ["input.bin", "out"]
+    deadline = time.monotonic() + 10  # the upload goes once the job's end is recorded
+    while (folder / "input.bin").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(p.name for p in folder.iterdir()) == ["out"]
 
 
 def _huge(tmp):
@@ -355,3 +358,18 @@ def test_a_queue_that_filled_during_the_upload_refuses_it_and_keeps_nothing(clie
     assert r.status_code == 503 and r.headers["retry-after"] == "30"
     assert "already waiting" in r.json()["detail"]
     assert job_folders(client) == before  # the upload is not left behind
+
+
+def test_jobs_are_deleted_the_days_after_they_end_the_service_keeps_them(tmp_path):
+    """Checked at each upload: the store grows then."""
+    settings = Settings(data_dir=tmp_path, video_engine="random", video_keep_days=1)
+    with TestClient(create_app(settings)) as c:
+        c.data_dir = tmp_path
+        first = upload(c, vs.avi(tmp_path, n=6)).json()["id"]
+        assert wait_done(c, first)["status"] == "succeeded"
+        assert c.get(f"/v1/videos/{first}/motion.json").status_code == 200
+        store = c.app.state.services.videos.store
+        store._db.execute("UPDATE jobs SET finished_at = finished_at - 2 * 86400")  # 2 days ago
+        second = upload(c, vs.avi(tmp_path, n=6)).json()["id"]
+        assert c.get(f"/v1/videos/{first}").status_code == 404
+        assert first not in job_folders(c) and second in job_folders(c)
