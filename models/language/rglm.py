@@ -803,6 +803,11 @@ class LinearRecurrentLM:
         V = len(vocab)
         if train.ndim != 1 or train.size < 2 or train.min() < 0 or train.max() >= V:
             raise ValueError(f"train must be a 1-d stream of ids in [0, {V})")
+        if train.size // self.batch_size < 2:  # no window to train on (a ZeroDivisionError)
+            raise ValueError(
+                f"{train.size} training tokens make fewer than 2 for each of the {self.batch_size} "
+                "parallel streams (batch_size): give more tokens or fewer streams"
+            )
         self.vocab_ = vocab
         counts = np.bincount(train, minlength=V).astype(np.float64) + 1.0
         q = counts**0.75
@@ -1232,6 +1237,24 @@ class LinearRecurrentLM:
                 model.params_["bc"] = z["bc"].astype(np.float32)
         return model
 
+    def _check_resumable(self, path: Path, meta: dict) -> None:
+        """Refuse a checkpoint written with other settings (or words): resumed, it trained the
+        checkpoint's model and saved it under this one's settings and command. The epochs and the
+        time limit may change between runs (a run extended, a job split)."""
+        mine = self.get_config()
+        differ = [
+            f"{k} {v!r} (now {mine.get(k)!r})"
+            for k, v in meta.get("config", {}).items()
+            if k not in ("n_epochs", "time_limit") and mine.get(k) != v
+        ]
+        if meta.get("vocab") != self.vocab_.words:
+            differ.append("another vocabulary")
+        if differ:
+            raise ValueError(
+                f"the checkpoint {path} is of a run with other settings: {', '.join(differ)}; "
+                "resume with that run's settings, or give another --checkpoint to start anew"
+            )
+
     def _save_checkpoint(self, path: Path, state: dict) -> None:
         opt = state["opt"]
         arrays = {f"p_{k}": v for k, v in self.params_.items() if v is not None}
@@ -1264,6 +1287,7 @@ class LinearRecurrentLM:
     def _load_checkpoint(self, path: Path) -> dict:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
+            self._check_resumable(path, meta)
             self.params_ = {k: z[f"p_{k}"] if f"p_{k}" in z.files else None for k in NAMES}
             opt = _Optimizer(self.optimizer, meta["lr"], self.momentum, step=meta["step"])
             opt.m = {k[2:]: z[k] for k in z.files if k.startswith("m_")}

@@ -35,7 +35,11 @@ def write_report(folder: str | Path, rows: list[dict], model_path: str | Path) -
     """``ptb_table.md``, ``ptb_table.json`` and ``timescales.png`` in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ptb_table.json").write_text(json.dumps(rows, indent=1))
+    # no number (the reference RNN row) is null: NaN is not JSON, and JSON.parse refused the file
+    plain = [
+        {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in r.items()} for r in rows
+    ]
+    (folder / "ptb_table.json").write_text(json.dumps(plain, indent=1, allow_nan=False))
     lines = ["| model | test ppl | target | notes |", "|---|---|---|---|"]
     for r in rows:
         ppl = "—" if np.isnan(r["ppl"]) else f"{r['ppl']:.1f}"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from v1motion.models import WEIGHTS_DIR
+from v1motion.service.commands import check_output
 
 WEIGHTS = WEIGHTS_DIR
 
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from v1motion.models.reports.model_card import write_model_card
     from v1motion.models.reports.motion import write_figures, write_report
 
+    check_output(args.out, folder=True)
+    if args.model_card is not None:
+        check_output(args.model_card)
     for path in (args.weights, args.control):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: run `v1motion train` first")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from v1motion.models import WEIGHTS_DIR
-from v1motion.service.commands import not_negative
+from v1motion.service.commands import not_negative, positive, positive_float
 
 DEFAULT_OUT = WEIGHTS_DIR / "mt_readout_default.npz"
 DEFAULT_AXIS_OUT = WEIGHTS_DIR / "axis_calibration.json"
@@ -27,12 +28,16 @@ def add_parser(subparsers) -> None:
         "python bench/accuracy.py --quick",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the .npz goes")
-    p.add_argument("--sequences", type=int, default=2500, help="training sequences (12 frames)")
-    p.add_argument("--levels", type=int, default=4, help="pyramid levels read")
-    p.add_argument("--hidden", type=int, default=64, help="MT units")
-    p.add_argument("--pool-px", type=int, nargs="+", default=[32, 96], help="pooling box sides, px")
-    p.add_argument("--tau", type=float, default=2.0, help="temporal average, frames")
-    p.add_argument("--epochs", type=int, default=16, help="passes over the data")
+    p.add_argument(
+        "--sequences", type=positive, default=2500, help="training sequences (12 frames)"
+    )
+    p.add_argument("--levels", type=positive, default=4, help="pyramid levels read")
+    p.add_argument("--hidden", type=positive, default=64, help="MT units")
+    p.add_argument(
+        "--pool-px", type=positive, nargs="+", default=[32, 96], help="pooling box sides, px"
+    )
+    p.add_argument("--tau", type=positive_float, default=2.0, help="temporal average, frames")
+    p.add_argument("--epochs", type=positive, default=16, help="passes over the data")
     p.add_argument("--seed", type=not_negative, default=0, help="seeds the sequences and the fit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -54,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.axis_calibration:
         return run_axis_calibration(args)
+    out = Path(args.out)  # checked before minutes of work: numpy would add .npz, elsewhere
+    if out.suffix != ".npz" or out.is_dir() or not out.parent.is_dir():
+        print(f"error: --out {out} must be a .npz file in an existing folder", file=sys.stderr)
+        return 2
     summary = fit_default(
         args.out, sequences=args.sequences, levels=args.levels, hidden=args.hidden,
         pool_px=tuple(args.pool_px), tau=args.tau, epochs=args.epochs, seed=args.seed,

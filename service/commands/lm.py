@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from v1motion.models import WEIGHTS_DIR
-from v1motion.service.commands import not_negative
+from v1motion.service.commands import not_negative, positive, positive_float
 
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "lm_ptb_rglm.npz"
 
@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
     t.add_argument(
         "--checkpoint", type=Path, help="resumable training state (.npz) (default: none)"
     )
-    t.add_argument("--hidden", type=int, default=200, help="hidden units")
+    t.add_argument("--hidden", type=positive, default=200, help="hidden units")
     t.add_argument(
         "--recurrence",
         choices=["diagonal", "full"],
@@ -57,8 +57,8 @@ def add_parser(subparsers) -> None:
     t.add_argument(
         "--max-norm", type=float, default=3.0, help="largest word-vector norm; 0 disables it"
     )
-    t.add_argument("--bptt", type=int, default=20, help="truncated back-propagation steps")
-    t.add_argument("--batch-size", type=int, default=64, help="parallel token streams")
+    t.add_argument("--bptt", type=positive, default=20, help="truncated back-propagation steps")
+    t.add_argument("--batch-size", type=positive, default=64, help="parallel token streams")
     t.add_argument(
         "--classes",
         type=int,
@@ -80,7 +80,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="optimiser")
     t.add_argument(
         "--lr",
-        type=float,
+        type=positive_float,
         default=None,
         help="learning rate (default: 2e-3 with adam, 1.0 with sgd)",
     )
@@ -90,7 +90,7 @@ def add_parser(subparsers) -> None:
         default=0.5,
         help="learning-rate factor when validation stops improving",
     )
-    t.add_argument("--epochs", type=int, default=20, help="passes over the training text")
+    t.add_argument("--epochs", type=positive, default=20, help="passes over the training text")
     t.add_argument(
         "--average-from",
         type=int,
@@ -107,20 +107,20 @@ def add_parser(subparsers) -> None:
     )
     t.add_argument(
         "--time-limit",
-        type=float,
+        type=positive_float,
         default=None,
         help="pause (saving the checkpoint) after this many seconds of this job "
         "(default: no limit)",
     )
     t.add_argument(
         "--checkpoint-every",
-        type=float,
+        type=positive_float,
         default=60.0,
         help="seconds between checkpoints inside an epoch",
     )
     t.add_argument(
         "--train-tokens",
-        type=int,
+        type=positive,
         default=None,
         help="use only this many tokens of the training text (default: all)",
     )
@@ -263,6 +263,14 @@ def run_train(args: argparse.Namespace) -> int:
     if args.threads < 1:
         print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
+    if args.time_limit is not None and args.checkpoint is None:  # its work was lost, said resumable
+        print(
+            "error: --time-limit pauses a run to resume it: give --checkpoint too", file=sys.stderr
+        )
+        return 2
+    if args.out.suffix != ".npz" or args.out.is_dir():  # numpy added .npz: written elsewhere
+        print(f"error: --out {args.out} must be a .npz file", file=sys.stderr)
+        return 2
     with threadpool_limits(limits=args.threads, user_api="blas"):
         return _train(args)
 
@@ -364,6 +372,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from v1motion.models.language.evaluate import ptb_table
     from v1motion.models.reports.language import write_card, write_report
 
+    if args.split != "test" and (args.report or args.card):  # they said "test ppl" of valid's
+        print(
+            f"error: the report and the card give test perplexity: --split {args.split} prints "
+            "its table only",
+            file=sys.stderr,
+        )
+        return 2
     rows = ptb_table(
         args.model,
         split=args.split,

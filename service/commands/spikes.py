@@ -9,7 +9,7 @@ import pickle
 import sys
 from pathlib import Path
 
-from v1motion.service.commands import not_negative
+from v1motion.service.commands import check_output, not_negative
 
 # The kinds of v1motion.models.spikes.MODEL_KINDS, spelled out so `v1motion --help` need not import the models
 # (tests/test_spikes_cli.py checks the two lists agree).
@@ -246,6 +246,7 @@ def _check_fits_in_memory(kind: str, y, options: dict) -> None:
 def run_fit(args: argparse.Namespace) -> int:
     from v1motion.models.spikes.registry import fit_and_score
 
+    check_output(args.out)
     y = _load_counts(args)
     options = _parse_options(args.option)
     _check_option_types(args.kind, options)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from v1motion.service.commands import not_negative
+from v1motion.service.commands import check_output, not_negative, positive
 
 
 def add_parser(subparsers) -> None:
@@ -40,7 +41,7 @@ def add_parser(subparsers) -> None:
         default=None,
         help="name of a clip in the shared data folder's videos/, e.g. box.mp4 (default: none)",
     )
-    p.add_argument("--frames", type=int, default=60, help="frames of the comparison video")
+    p.add_argument("--frames", type=positive, default=60, help="frames of the comparison video")
     p.add_argument("--video-size", default="60x80", help="HxW the video is resized to")
     p.add_argument("--no-video", action="store_true", help="skip the streaming comparison")
     p.set_defaults(func=run)
@@ -52,10 +53,15 @@ def run(args: argparse.Namespace) -> int:
     from v1motion.models.stfilter import RecurrentFilterFit, gabor_bank, load_bank
     from v1motion.models.stfilter.evaluate import load_video, synthetic_video
 
+    check_output(args.out, folder=True)
+    if args.video and not Path(args.video).is_file():
+        raise FileNotFoundError(f"--video {args.video}: no such file")
     try:
         h, w = (int(v) for v in args.video_size.lower().split("x"))
     except ValueError:
         raise ValueError(f"--video-size must look like 60x80, got {args.video_size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"--video-size must be at least 1x1, got {args.video_size!r}")
     params = None
     if args.bank:
         bank = load_bank(args.bank, key=args.bank_key, layout=args.layout)

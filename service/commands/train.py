@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from v1motion.models import WEIGHTS_DIR
-from v1motion.service.commands import not_negative
+from v1motion.service.commands import not_negative, positive
 
 DEFAULT_OUT = WEIGHTS_DIR
 
@@ -72,7 +72,7 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_OUT,
         help="folder the .npz weights are written to (default: models/weights, the shipped ones)",
     )
-    p.add_argument("--levels", type=int, default=3, help="pyramid levels of the read-out")
+    p.add_argument("--levels", type=positive, default=3, help="pyramid levels of the read-out")
     p.add_argument("--no-control", action="store_true", help="skip the time-shuffled control")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for f in fields(TrainConfig):
@@ -88,7 +88,8 @@ def add_parser(subparsers) -> None:
                 help=f"{text} (default: %(default)s)",
             )
         else:
-            kind = not_negative if f.name == "seed" else type(f.default)
+            # every count and size is 1 or more: 0 ran for minutes and ended in a traceback
+            kind = {"seed": not_negative}.get(f.name, positive if type(f.default) is int else float)
             p.add_argument(flag, type=kind, default=f.default, help=text)
     p.set_defaults(func=run)
 

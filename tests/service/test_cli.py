@@ -271,3 +271,82 @@ def test_a_data_folder_this_user_cannot_write_is_named_with_the_user(tmp_path, m
         f"cannot use the data folder {tmp_path}: Permission denied; it must be writable by this "
         f"user (uid {os.getuid()})"
     )
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["train", "--steps-w", "0"], "argument --steps-w: must be 1 or more, got 0"),
+        (["train", "--patch", "0"], "argument --patch: must be 1 or more, got 0"),
+        (["train", "--n-atoms", "-2"], "argument --n-atoms: must be 1 or more, got -2"),
+        (["fit-readout", "--sequences", "0"], "argument --sequences: must be 1 or more, got 0"),
+        (["fit-readout", "--hidden", "0"], "argument --hidden: must be 1 or more, got 0"),
+        (["fit-readout", "--tau", "-1"], "argument --tau: must be above 0, got -1"),
+        (["fit-readout", "--pool-px", "32", "0"], "argument --pool-px: must be 1 or more, got 0"),
+        (["stfit", "--frames", "0"], "argument --frames: must be 1 or more, got 0"),
+    ],
+)
+def test_counts_and_sizes_of_zero_are_refused_before_any_work(capsys, argv, said):
+    """Each ran for seconds to minutes and ended in a traceback (IndexError, ZeroDivisionError,
+    AttributeError), some leaving an empty output folder."""
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out", ["DIR", "DIR/readout", "DIR/no-such-folder/readout.npz"])
+def test_fit_readout_refuses_an_out_it_would_write_elsewhere_or_fail_on_at_the_end(
+    tmp_path, capsys, out
+):
+    from v1motion.service.cli import main
+
+    out = out.replace("DIR", str(tmp_path))
+    assert main(["fit-readout", "--out", out, "--sequences", "2"]) == 2
+    assert f"--out {out} must be a .npz file in an existing folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("written", ["--report", "--card"])
+def test_lm_eval_writes_no_test_report_of_the_validation_split(tmp_path, capsys, written):
+    """Its table and card put the validation perplexity under "test ppl"."""
+    from v1motion.service.cli import main
+
+    target = tmp_path / ("report" if written == "--report" else "card.md")
+    argv = ["lm", "eval", "--model", str(tmp_path / "m.npz"), "--split", "valid", written]
+    assert main([*argv, str(target)]) == 2
+    assert "the report and the card give test perplexity" in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_the_ptb_table_is_json_that_strict_parsers_read():
+    import json
+
+    text = (
+        Path(__file__).resolve().parents[2] / "docs" / "language" / "ptb_table.json"
+    ).read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["stfit", "--out", "FILE"], "FILE is a file: give a folder for the results"),
+        (["stfit", "--video", "DIR/none.mp4"], "--video DIR/none.mp4: no such file"),
+        (["stfit", "--video-size", "0x80"], "--video-size must be at least 1x1"),
+        (["analyze", "--out", "FILE"], "FILE is a file: give a folder for the results"),
+        (["analyze", "--out", "DIR/r", "--model-card", "FILE/x.md"], "FILE is a file, so"),
+        (["spikes", "fit", "--counts", "DIR/c.npz", "--out", "DIR"], "DIR is a folder"),
+    ],
+)
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path, capsys, argv, said):
+    """Found after the fit (minutes of it, tens of minutes for some spike models): the work lost."""
+    from v1motion.service.cli import main
+
+    (tmp_path / "file").write_text("")
+    fill = {"FILE": str(tmp_path / "file"), "DIR": str(tmp_path)}
+    for k, v in fill.items():
+        argv = [a.replace(k, v) for a in argv]
+        said = said.replace(k, v)
+    assert main(argv) == 2
+    assert said in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

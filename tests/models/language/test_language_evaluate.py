@@ -33,7 +33,7 @@ def test_eval_table_kn5_matches_published_and_mixtures_help(tmp_path, capsys):
     assert rows["KN5"]["ppl"] == pytest.approx(TARGETS["KN5"], rel=0.01)
     assert rows["KN5 + cache"]["ppl"] < rows["KN5"]["ppl"]
     assert rows["R-GLM + KN5 + cache"]["ppl"] <= rows["KN5 + cache"]["ppl"] * 1.001
-    assert np.isnan(rows["RNN"]["ppl"])
+    assert rows["RNN"]["ppl"] is None  # no number: null, as JSON has no NaN
     assert "| KN5 |" in (report / "ptb_table.md").read_text()
     assert (report / "timescales.png").stat().st_size > 1000
 
@@ -69,6 +69,35 @@ def test_train_command_writes_half_precision_weights_and_resumes(tmp_path, capsy
     want = model.params_["P"].astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(half.params_["P"], want)
     np.testing.assert_array_equal(half.params_["E"], quantised.params_["E"])
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [
+        (["--time-limit", "4"], "--time-limit pauses a run to resume it: give --checkpoint too"),
+        (["--out", "DIR"], "must be a .npz file"),
+        (["--out", "DIR/model"], "must be a .npz file"),
+        (["--train-tokens", "5"], "5 training tokens make fewer than 2 for each of the 64"),
+    ],
+)
+def test_train_refuses_what_it_would_lose_or_misplace(tmp_path, capsys, extra, said):
+    """Paused without a checkpoint, a run's work was thrown away and called resumable; an --out
+    without .npz was written beside it, under another name than the one printed."""
+    extra = [x.replace("DIR", str(tmp_path)) for x in extra]
+    args = ["lm", "train", "--out", str(tmp_path / "m.npz"), "--hidden", "8", *extra]
+    assert main(args) == 2
+    assert said in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "option", ["--hidden", "--epochs", "--train-tokens", "--lr", "--time-limit"]
+)
+def test_train_options_that_must_be_positive_are_refused_before_any_work(capsys, option):
+    with pytest.raises(SystemExit) as stop:
+        main(["lm", "train", "--out", "m.npz", option, "0"])
+    assert stop.value.code == 2
+    assert f"argument {option}: must be" in capsys.readouterr().err
 
 
 def test_train_runs_with_the_blas_threads_it_is_given(tmp_path, monkeypatch, capsys):

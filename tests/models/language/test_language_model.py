@@ -367,6 +367,27 @@ def test_checkpoint_resume_continues_training(rng, tmp_path):
     np.testing.assert_allclose(resumed.params_["E"], straight.params_["E"], rtol=1e-5, atol=1e-6)
 
 
+def test_a_checkpoint_of_other_settings_is_refused_naming_them(rng, tmp_path):
+    """Resumed, it trained the checkpoint's 4-unit model and saved it as the 6-unit one asked for,
+    with the 6-unit command in its card."""
+    V = 10
+    seq = rng.integers(0, V, 3000)
+    kw = dict(n_samples=5, batch_size=4, bptt=5, seed=3)
+    ckpt = tmp_path / "ckpt.npz"
+    LinearRecurrentLM(n_hidden=4, n_epochs=1, **kw).fit(seq, _vocab(V), checkpoint=ckpt)
+    with pytest.raises(ValueError, match=r"other settings: n_hidden 4 \(now 6\)"):
+        LinearRecurrentLM(n_hidden=6, n_epochs=2, **kw).fit(seq, _vocab(V), checkpoint=ckpt)
+    with pytest.raises(ValueError, match="another vocabulary"):
+        LinearRecurrentLM(n_hidden=4, n_epochs=2, **kw).fit(seq, _vocab(V + 1), checkpoint=ckpt)
+    more = LinearRecurrentLM(n_hidden=4, n_epochs=2, **kw).fit(seq, _vocab(V), checkpoint=ckpt)
+    assert [e["epoch"] for e in more.history_] == [1, 2]  # more epochs: the same run, extended
+
+
+def test_too_few_tokens_for_the_streams_are_refused(rng):
+    with pytest.raises(ValueError, match="5 training tokens make fewer than 2 for each of the 4"):
+        LinearRecurrentLM(n_hidden=4, batch_size=4, bptt=5).fit(rng.integers(0, 10, 5), _vocab(10))
+
+
 def test_warm_start_continues_from_the_parameters_it_is_given(rng):
     V = 10
     seq = rng.integers(0, V, 3000)
