@@ -88,7 +88,11 @@ def add_parser(subparsers) -> None:
     e = sub.add_parser(
         "eval",
         help="bits/spike of counts under a fitted model",
-        description="Print the bits/spike of counts under a fitted model.",
+        description="Print the bits/spike of counts under a fitted model, gained over the "
+        "baseline fitted with it (each neuron's constant rate on the training trials). Every trial "
+        "given is scored: the recording the model was fitted on includes its training trials, "
+        "which score higher than held-out ones (`spikes fit` prints the held-out figure); give "
+        "counts it was not fitted on.",
         epilog="example:\n  v1motion spikes eval --counts test.npz --model runs/glm.pkl",
     )
     data_args(e)
