@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from v1motion.models import WEIGHTS_DIR
 from v1motion.models.determinism import single_threaded
 from v1motion.models.motion.mt_readout import MTReadout, Pooling
 from v1motion.models.motion.stimuli import (
@@ -211,6 +212,23 @@ def collect(engine, n_sequences: int, seed: int = 0, cells_per_frame: int = 20, 
             np.concatenate(ws))  # fmt: skip
 
 
+SHIPPED_READOUT = WEIGHTS_DIR / "mt_readout_default.npz"
+
+
+def fit_command(out: Path, sequences: int, levels: int, hidden: int, epochs: int, seed: int,
+                pool_px, tau: float) -> str:  # fmt: skip
+    """The ``v1motion fit-readout`` command that remakes a read-out written to ``out``: with
+    ``--out`` unless ``out`` is the shipped read-out's place (pasted from another read-out's card,
+    the command without it overwrote the shipped one)."""
+    where = (
+        "" if Path(out).resolve() == SHIPPED_READOUT.resolve() else f" --out {Path(out).as_posix()}"
+    )
+    return (
+        f"v1motion fit-readout{where} --sequences {sequences} --levels {levels} --hidden {hidden} "
+        f"--epochs {epochs} --seed {seed} --pool-px {' '.join(map(str, pool_px))} --tau {tau}"
+    )
+
+
 def fit_default(out: Path, sequences: int = 2500, levels: int = 4, hidden: int = 64,
                 pool_px=(32, 96), tau: float = 2.0, epochs: int = 16, seed: int = 0,
                 progress: bool = True) -> dict:  # fmt: skip
@@ -237,10 +255,7 @@ def fit_default(out: Path, sequences: int = 2500, levels: int = 4, hidden: int =
             x, total, d, s, weight=w, copy=False,  # x is not used after: normalised in place
             progress=lambda e, loss: log.info("read-out epoch %d: loss %.4f", e, loss),
         )  # fmt: skip
-    command = (
-        f"v1motion fit-readout --sequences {sequences} --levels {levels} --hidden {hidden} "
-        f"--epochs {epochs} --seed {seed} --pool-px {' '.join(map(str, pool_px))} --tau {tau}"
-    )
+    command = fit_command(out, sequences, levels, hidden, epochs, seed, pool_px, tau)
     summary = {
         "rows": int(len(x)),
         "collect_s": round(t1 - t0, 1),

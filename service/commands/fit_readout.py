@@ -85,7 +85,9 @@ def run_axis_calibration(args: argparse.Namespace) -> int:
         "the axis the motion engine's aperture step reads from the ss-RNN's units "
         "(models/motion/mt_readout.py: calibrate_axis), and the coherence of gratings on the same "
         "grid, to which the aperture step relates each cell's (coherence_on_axis_scale)",
-        "command": AXIS_COMMAND,
+        # with --axis-out unless it is the shipped one's place, which the command alone overwrites
+        "command": AXIS_COMMAND
+        + ("" if args.axis_out == DEFAULT_AXIS_OUT else f" --axis-out {args.axis_out.as_posix()}"),
         **result,
     }
     args.axis_out.write_text(json.dumps(result, indent=1) + "\n")

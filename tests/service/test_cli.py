@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -350,3 +351,21 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path, ca
     assert main(argv) == 2
     assert said in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_readouts_recorded_command_writes_where_the_readout_was_written(tmp_path, monkeypatch):
+    """Without --out (or --axis-out), the command in a read-out's card, pasted, overwrote the
+    shipped read-out (or calibration)."""
+    from v1motion.models.motion import engine, mt_fit
+    from v1motion.service.cli import main
+
+    shipped = mt_fit.fit_command(mt_fit.SHIPPED_READOUT, 2500, 4, 64, 16, 0, (32, 96), 2.0)
+    assert shipped.startswith("v1motion fit-readout --sequences 2500")  # the shipped card's
+    mine = mt_fit.fit_command(tmp_path / "ro.npz", 20, 4, 64, 1, 0, (32, 96), 2.0)
+    assert f"--out {(tmp_path / 'ro.npz').as_posix()} " in mine
+    monkeypatch.setattr(engine.MotionEngine, "load_default", staticmethod(lambda: None))
+    monkeypatch.setattr(mt_fit, "fit_axis_calibration", lambda e, progress: {"offsets_deg": [1.0]})
+    axis = tmp_path / "axis.json"
+    assert main(["fit-readout", "--axis-calibration", "--axis-out", str(axis)]) == 0
+    said = json.loads(axis.read_text())["command"]
+    assert said == f"v1motion fit-readout --axis-calibration --axis-out {axis.as_posix()}"
