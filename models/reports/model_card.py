@@ -62,8 +62,18 @@ def write_model_card(path: Path, weights: Path, control: Path, report: dict) -> 
         f"{cfg.get('speed_min')}-{cfg.get('speed_max')} px/frame.",
         "- Real camera clips (vtest.avi, box.mp4, cup.mp4, tree.avi at half size): in the whitening fit,",
         f"  and as {cfg.get('clip_fraction'):.0%} of the training sequences (see `TrainConfig` for why).",
-        "- The control is trained identically on the same data with the frames of every sequence",
-        "  shuffled in time.",
+        *(
+            [
+                "- The control is trained identically on the same data with the frames of every sequence",
+                "  shuffled in time.",
+            ]
+            if c["info"]["config"].get("shuffle_time")
+            else [  # a card said "shuffled in time" of any control it was given
+                f"- **The control given (`{Path(control).name}`) was not trained on time-shuffled",
+                "  sequences** (its `shuffle_time` is off): the comparisons below with it are not the",
+                "  time-shuffled control's.",
+            ]
+        ),
         "",
         "## Settings",
         "| setting | value |",
