@@ -205,12 +205,12 @@ class VideoJobs:
     def result_path(self, job_id: str, name: str) -> Path:
         return JobLayout.of(self.jobs_dir, job_id).result(name)
 
-    def delete(self, job_id: str, why: str = "asked") -> bool:
+    def delete(self, job_id: str, why: str | None = None) -> bool:
         rec = self.get(job_id)
         if rec is None:
             return False
         self.store.delete(job_id)  # first, so no slot can claim it any more
         self.runner.cancel(job_id)  # then stop it if a slot already holds it
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
-        log.info("job %s deleted (it was %s; %s)", job_id, rec.status, why)
+        log.info("job %s deleted (it was %s%s)", job_id, rec.status, f"; {why}" if why else "")
         return True
