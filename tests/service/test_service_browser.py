@@ -657,6 +657,33 @@ def test_a_muted_camera_is_said_and_its_frame_rate_falls_to_none(browser):
         assert errors == []
 
 
+def test_a_hidden_page_sends_no_camera_frames_and_takes_up_again_when_shown(browser):
+    """Throttled in the background, it sent a frame a second, 30 camera frames apart, and showed
+    readings 50-100 degrees off at confidence 0.7."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        page.click("#camera-btn")
+        wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+        wait_results(page, 3)
+        page.evaluate(
+            """() => { Object.defineProperty(document, 'hidden', {value: true, configurable: true});
+                document.dispatchEvent(new Event('visibilitychange')); }"""
+        )
+        assert page.text_content("#conn") == "camera paused · page hidden"
+        page.wait_for_timeout(500)  # a result in flight may still come back
+        before = results(page)
+        page.wait_for_timeout(1500)
+        assert results(page) == before  # nothing sent, nothing analysed
+        page.evaluate(
+            """() => { Object.defineProperty(document, 'hidden', {value: false, configurable: true});
+                document.dispatchEvent(new Event('visibilitychange')); }"""
+        )
+        assert page.text_content("#conn") == "live · my camera"
+        wait_results(page, before + 3)
+        assert errors == []
+
+
 def test_the_camera_button_keeps_the_keyboard_focus(browser):
     """Disabled while the browser opened the camera, it dropped the focus to the page: a second
     Enter did nothing, and Tab started again from the top."""
