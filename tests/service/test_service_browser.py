@@ -169,6 +169,12 @@ def wait_results(page, n, timeout=30.0):
         page.wait_for_timeout(100)
 
 
+def camera_on(page) -> None:
+    """Click "Use my camera" and wait until the page says the camera is live."""
+    page.click("#camera-btn")
+    wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+
+
 def canvas_spread(page, selector) -> float:
     """Standard deviation of a canvas's pixel values: 0 for a blank canvas."""
     return page.evaluate(
@@ -620,8 +626,7 @@ def test_a_camera_that_stops_is_said_and_its_numbers_do_not_stay_on_screen(brows
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/", COUNT_CAMERAS)
         wait_results(page, 3)
-        page.click("#camera-btn")
-        wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+        camera_on(page)
         wait_results(page, results(page) + 3)
         # what the browser does when the device goes: the track ends (stop() alone fires no event)
         page.evaluate(
@@ -642,8 +647,7 @@ def test_a_muted_camera_is_said_and_its_frame_rate_falls_to_none(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/", COUNT_CAMERAS)
-        page.click("#camera-btn")
-        wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+        camera_on(page)
         wait_results(page, 3)
         wait_for(page, "document.querySelector('#stat-fps').textContent !== '–'")
         # muted: no frames come (simulated here: the page stops presenting them, and the event)
@@ -663,8 +667,7 @@ def test_a_hidden_page_sends_no_camera_frames_and_takes_up_again_when_shown(brow
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/")
-        page.click("#camera-btn")
-        wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+        camera_on(page)
         wait_results(page, 3)
         page.evaluate(
             """() => { Object.defineProperty(document, 'hidden', {value: true, configurable: true});
@@ -719,8 +722,7 @@ def test_a_wide_camera_is_analysed_whole_not_cropped_to_4_3(playwright, tmp_path
     try:
         with serving(app) as srv:
             page, errors = open_dashboard(b, f"{srv.url}/")
-            page.click("#camera-btn")
-            wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+            camera_on(page)
             got = page.evaluate(
                 "(() => { const v = document.querySelector('#cam-video'); "
                 "return [v.videoWidth, v.videoHeight]; })()"
@@ -752,8 +754,7 @@ def test_picking_a_source_while_the_camera_runs_opens_that_source_once(browser):
     with serving(app) as srv:
         page, errors = open_dashboard(browser, f"{srv.url}/", COUNT_STREAM_SOCKETS)
         wait_results(page, 2)
-        page.click("#camera-btn")
-        wait_for(page, "document.querySelector('#conn').textContent === 'live · my camera'")
+        camera_on(page)
         before = page.evaluate("window.__streamSockets.length")
         page.select_option("#source", "other")
         wait_for(page, "document.querySelector('#conn').textContent === 'live · other'")
