@@ -16,7 +16,9 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
+from starlette.websockets import WebSocketDisconnect
 from threadpoolctl import threadpool_limits
+from uvicorn.protocols.utils import ClientDisconnected
 
 from v1motion.models.motion.contract import Engine, make_engine
 from v1motion.service import http_errors
@@ -38,6 +40,7 @@ from v1motion.service.security import (
     TokenBeforeBody,
     WebSocketRefused,
     answers_handshakes,
+    client_left,
     ignore_refused,
 )
 from v1motion.service.settings import Settings
@@ -194,6 +197,8 @@ def create_app(
     app.add_middleware(HostOriginGuard, settings=settings)  # before any body is read
     app.add_middleware(SecurityHeaders)  # outermost: the guard's refusals carry the headers too
     app.add_exception_handler(WebSocketRefused, ignore_refused)
+    app.add_exception_handler(WebSocketDisconnect, client_left)
+    app.add_exception_handler(ClientDisconnected, client_left)
     api = (spikes.router, language.router, streams.router, camera.router, videos.router)
     for router in (ops.router, api_docs.router, *api):
         answer_head_as_get(router)

@@ -217,6 +217,15 @@ async def ignore_refused(_conn: HTTPConnection, _exc: Exception) -> None:
     """Exception handler for ``WebSocketRefused``: the socket was already closed with a reason."""
 
 
+async def client_left(conn: HTTPConnection, exc: Exception) -> None:
+    """Exception handler for a websocket whose client left while its route still wrote to it (an
+    unknown stream's error, a hello): nobody to answer and nothing wrong with the server, which
+    logged it as an ERROR with a traceback. Raised again for HTTP requests."""
+    if conn.scope["type"] != "websocket":
+        raise exc
+    log.debug("websocket %s: the client left before the route ended", app_path(conn.scope))
+
+
 AuthDep = Depends(authorize)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -211,6 +212,52 @@ def test_unknown_stream_socket_gets_error_message(client):
         with pytest.raises(WebSocketDisconnect) as exc:
             ws.receive_text()
         assert exc.value.code == 4404
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("gone", ["ClientDisconnected", "WebSocketDisconnect"])
+def test_a_client_that_left_before_the_answer_is_no_server_error(client, caplog, gone):
+    """A viewer of an unknown stream that left before its error was sent: the server logged
+    "Exception in ASGI application" with three tracebacks (found under a soak's load)."""
+    from starlette.requests import Request
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from v1motion.service.security import client_left
+
+    left = {"ClientDisconnected": ClientDisconnected, "WebSocketDisconnect": WebSocketDisconnect}
+    sent = []
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message["type"])
+        if message["type"] == "websocket.send":
+            raise left[gone]()
+
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "scheme": "ws",
+        "server": ("testserver", 80),
+        "client": ("testclient", 50000),
+        "root_path": "",
+        "path": "/v1/streams/nope",
+        "raw_path": b"/v1/streams/nope",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+        "subprotocols": [],
+        "state": {},
+        "app": client.app,
+    }
+    caplog.set_level("DEBUG")
+    client.portal.call(client.app, scope, receive, send)  # raised before
+    assert sent[:2] == ["websocket.accept", "websocket.send"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "the client left before the route ended" in caplog.text
+    http = Request({"type": "http", "headers": []})
+    with pytest.raises(left[gone]):  # an HTTP request's own errors are not swallowed
+        asyncio.run(client_left(http, left[gone]()))
     assert client.get("/healthz").status_code == 200
 
 
