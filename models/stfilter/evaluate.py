@@ -65,7 +65,8 @@ def compare_streams(model: RecurrentFilterFit, bank: np.ndarray, video: np.ndarr
     """Run the fitted RNN and the feed-forward bank on ``video`` and compare their outputs.
 
     The relative error ``||x_rnn - x_ff|| / ||x_ff||`` is reported over all frames and over the
-    frames after the first ``nt`` (where the bank sees only real frames).
+    frames after the first ``nt`` (where the bank sees only real frames); the latter figures are
+    ``None`` for a video of ``nt`` frames or fewer.
     """
     nt, n, ly, lx = bank.shape
     rnn = RecurrentStream(model.R_, model.W0_, ly, lx)
@@ -87,14 +88,19 @@ def compare_streams(model: RecurrentFilterFit, bank: np.ndarray, video: np.ndarr
         ref2[t] = np.sum(b64**2)
         if t >= nt:
             corr.append(np.corrcoef(a64.ravel(), b64.ravel())[0, 1])
-    steady = slice(nt, None) if len(video) > nt else slice(None)
+    steady = slice(nt, None)
+    after_nt = len(video) > nt  # else no frame has a full history: nothing to report after nt
     return {
         "frames": int(len(video)),
         "frame_shape": list(video.shape[1:]),
         "locations_per_frame": int(rnn.n_locations),
         "relative_error_all_frames": float(np.sqrt(err2.sum() / ref2.sum())),
-        "relative_error_after_nt": float(np.sqrt(err2[steady].sum() / ref2[steady].sum())),
-        "output_variance_explained_after_nt": float(1 - err2[steady].sum() / ref2[steady].sum()),
+        "relative_error_after_nt": (
+            float(np.sqrt(err2[steady].sum() / ref2[steady].sum())) if after_nt else None
+        ),
+        "output_variance_explained_after_nt": (
+            float(1 - err2[steady].sum() / ref2[steady].sum()) if after_nt else None
+        ),
         "correlation_after_nt": float(np.mean(corr)) if corr else None,
         "relative_error_per_frame": np.sqrt(err2 / np.maximum(ref2, 1e-30)).tolist(),
         "seconds_per_frame_rnn": seconds["rnn"] / len(video),

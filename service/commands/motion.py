@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from v1motion.service.jobs.decode import DecodeError
     from v1motion.service.jobs.engines import engine_factory, pin_threads, settle_job_process
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and set(p.name for p in out.iterdir()) - set(RESULT_FILES):
         print(f"error: {out} exists and holds other files; choose a new folder", file=sys.stderr)
         return 2
+    replacing = out.is_dir() and any(out.iterdir())
     import numba
 
     if args.threads is None:
@@ -130,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     overrides["max_side"] = args.max_side
     overrides["overlay_codec"] = args.overlay_codec
     limits = replace(limits, **{k: v for k, v in overrides.items() if v is not None})
+    if replacing:
+        print(f"note: replacing the earlier results in {out}", file=sys.stderr)
     bar = None  # started with the first progress report: a refused file prints no empty bar
 
     def progress(done: int, total: int) -> None:
@@ -153,14 +157,16 @@ def run(args: argparse.Namespace) -> int:
         return engine
 
     try:
-        result = process_video(
-            args.input,
-            out,
-            settled_engine,
-            limits,
-            progress,
-            overlay=not args.no_overlay,
-        )
+        # log lines print above the bar, which then ends once rather than broken and redrawn
+        with logging_redirect_tqdm():
+            result = process_video(
+                args.input,
+                out,
+                settled_engine,
+                limits,
+                progress,
+                overlay=not args.no_overlay,
+            )
     except (DecodeError, OSError) as exc:  # refused, or unreadable, or unwritable (a full disk)
         close_bar()
         print(f"error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from v1motion.service.commands import check_output, not_negative, positive
@@ -69,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         bank, params = gabor_bank(args.n_filters, args.size, args.size, args.nt, seed=args.seed)
         bank_name = f"gabor_bank(n_filters={args.n_filters}, lx=ly={args.size}, nt={args.nt})"
+    nt = len(bank)  # the filters' length in frames, --nt or the given bank's
+    if not args.no_video and args.frames <= nt:
+        raise ValueError(
+            f"--frames ({args.frames}) must be more than the filters' {nt} frames: the "
+            "comparison's figures are over the frames after the first nt (or give --no-video)"
+        )
     model = RecurrentFilterFit(
         density=args.density,
         init=args.init,
@@ -85,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
             video, video_name = load_video(path, args.frames, h, w), f"shared:{args.shared_video}"
         else:
             video, video_name = synthetic_video(args.frames, h, w, args.seed), "synthetic gratings"
+        if len(video) < args.frames:
+            print(
+                f"note: {video_name} has {len(video)} frames, fewer than --frames {args.frames}",
+                file=sys.stderr,
+            )
     report = write_report(
         model, bank, args.out, params, video, video_name, extra={"bank": bank_name}
     )

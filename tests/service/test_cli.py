@@ -334,6 +334,7 @@ def test_the_ptb_table_is_json_that_strict_parsers_read():
         (["stfit", "--out", "FILE"], "FILE is a file: give a folder for the results"),
         (["stfit", "--video", "DIR/none.mp4"], "--video DIR/none.mp4: no such file"),
         (["stfit", "--video-size", "0x80"], "--video-size must be at least 1x1"),
+        (["stfit", "--nt", "8", "--frames", "8"], "--frames (8) must be more than the filters' 8"),
         (["analyze", "--out", "FILE"], "FILE is a file: give a folder for the results"),
         (["analyze", "--out", "DIR/r", "--model-card", "FILE/x.md"], "FILE is a file, so"),
         (["spikes", "fit", "--counts", "DIR/c.npz", "--out", "DIR"], "DIR is a folder"),

@@ -438,3 +438,20 @@ def test_unstable_fit_warns(caplog):
         model = RecurrentFilterFit(density=1.0, max_iter=5).fit(F)
     assert np.abs(model.eigenvalues_).max() > 1
     assert "not stable" in caplog.text
+
+
+def test_stream_comparison_after_nt_is_none_without_frames_after_nt(rng):
+    """A video of nt frames or fewer has no frame with a full history: its "after nt" figures were
+    those of all frames under the same name."""
+    from v1motion.models.stfilter.evaluate import compare_streams
+
+    bank, _ = gabor_bank(8, 6, 6, 5, seed=0)
+    model = RecurrentFilterFit(density=0.2, max_iter=0).fit(bank)
+    video = rng.standard_normal((7, 10, 12)).astype(np.float32)
+    long_ = compare_streams(model, bank, video)
+    assert 0 < long_["relative_error_after_nt"] and long_["correlation_after_nt"] is not None
+    short = compare_streams(model, bank, video[:5])
+    assert short["relative_error_after_nt"] is None
+    assert short["output_variance_explained_after_nt"] is None
+    assert short["correlation_after_nt"] is None
+    assert short["relative_error_all_frames"] > 0
