@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from v1motion.models import WEIGHTS_DIR
 from v1motion.models.language.rglm import LinearRecurrentLM
 from v1motion.models.reports.plotting import new_figure
 
@@ -93,11 +94,16 @@ def _calibration(calibration: dict) -> str:
     )
 
 
-def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Path:
+def write_card(
+    path: str | Path, model_path: str | Path, rows: list[dict], eval_command: str | None = None
+) -> Path:
     """The model card (markdown) of the weights at ``model_path``, with its PTB ``rows``.
 
     Everything is read from the weights file (configuration and training record, including the
     command that trained it) and from the table rows, so the card is regenerated with the table.
+    ``eval_command`` is the ``v1motion lm eval`` command that writes this card, the last line of
+    its Reproduce section; the shipped weights' card ends with copying the trained weights into
+    ``models/weights`` and the command that regenerates the committed table and card.
     """
     model = LinearRecurrentLM.load(model_path)
     meta = getattr(model, "meta_", {})
@@ -128,9 +134,20 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
     if calibration:
         command += f"\n{calibration['command']}"
     shipped = f"models/weights/{model_path.name}"
+    is_shipped = model_path.resolve().parent == WEIGHTS_DIR
     trained_to = re.findall(r"--out (\S+)", command)  # the last command's is the model's
-    if trained_to and trained_to[-1] != shipped:
+    if is_shipped and trained_to and trained_to[-1] != shipped:
         command += f"\ncp {trained_to[-1]} {shipped}"
+    if is_shipped:  # regenerates the committed table and this card
+        command += (
+            f"\nv1motion lm eval --model {shipped} --dynamic --baselines \\\n"
+            f"    --report docs/language --card {shipped[:-4]}.md"
+        )
+    else:  # another run's card: the command that wrote it, not one that writes into the checkout
+        command += "\n" + (
+            eval_command
+            or f"v1motion lm eval --model {model_path.as_posix()} --card {Path(path).as_posix()}"
+        )
     r_text = (
         f"a diagonal `R` ({H} leaky integrators, each with its own timescale `-1/log|r|` words)"
         if model.recurrence == "diagonal"
@@ -204,8 +221,6 @@ def write_card(path: str | Path, model_path: str | Path, rows: list[dict]) -> Pa
         "",
         "```bash",
         command,
-        f"v1motion lm eval --model {shipped} --dynamic --baselines \\",
-        f"    --report docs/language --card {shipped[:-4]}.md",
         "```",
         "",
         "**Training cost.** "

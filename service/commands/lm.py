@@ -257,6 +257,20 @@ def train_command(args: argparse.Namespace) -> str:
     return "v1motion lm train " + " \\\n    ".join(p for p in parts if p)
 
 
+def eval_command(args: argparse.Namespace) -> str:
+    """The ``v1motion lm eval`` command of ``args`` that writes a card: the last line of its
+    Reproduce section."""
+    parts = [
+        f"--model {Path(args.model).as_posix()}",
+        "--dynamic" if args.dynamic else "",
+        f"--dynamic-lr {args.dynamic_lr}" if args.dynamic and args.dynamic_lr is not None else "",
+        "--baselines" if args.baselines else "",
+        f"--report {args.report.as_posix()}" if args.report else "",
+        f"--card {args.card.as_posix()}",
+    ]
+    return "v1motion lm eval " + " \\\n    ".join(p for p in parts if p)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from threadpoolctl import threadpool_limits
 
@@ -396,7 +410,7 @@ def run_eval(args: argparse.Namespace) -> int:
         write_report(args.report, rows, args.model)
         print(f"report written to {args.report}")
     if args.card:
-        write_card(args.card, args.model, rows)
+        write_card(args.card, args.model, rows, eval_command=eval_command(args))
         print(f"model card written to {args.card}")
     return 0
 

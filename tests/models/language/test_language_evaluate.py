@@ -141,7 +141,10 @@ def test_train_init_fine_tunes_an_earlier_run_and_its_card_says_how(tmp_path, ca
     assert start.meta_["command"] in card and tuned.meta_["command"] in card
     assert card.index(start.meta_["command"]) < card.index(tuned.meta_["command"])
     assert "then fine-tuned with the exact one" in card and "Then, from those weights" in card
-    assert f"cp {out.as_posix()} models/weights/tuned.npz" in card  # the fine-tuned run's weights
+    # a run's own card: no copying into the checkout, no command writing into docs/language
+    reproduce = card[card.index("## Reproduce") :]
+    assert "cp " not in reproduce and "docs/language" not in reproduce
+    assert f"v1motion lm eval --model {out.as_posix()} --card {tmp_path.as_posix()}/card.md" in card
     # each run's own settings: the first run's dropout, then what the fine-tuning changed
     assert "dropout 0.1 on the embeddings and 0.25 on the state" in card
     assert "; dropout hidden 0.1)" in card
@@ -183,3 +186,30 @@ def test_calibrate_command_fits_the_temperature_on_valid_and_keeps_the_storage(t
     card = write_card(tmp_path / "card.md", out, [{"model": "R-GLM", "ppl": 500.0}]).read_text()
     assert f"lm calibrate --model {path.as_posix()} --out {out.as_posix()}" in card
     assert "softmax temperature fitted on valid" in card and "(best epoch, calibrated)" in card
+
+
+def test_the_shipped_card_is_remade_byte_for_byte_and_an_eval_card_names_its_command(
+    tmp_path, capsys
+):
+    """The card of a user's model gave the shipped model's recipe: copy the weights into
+    models/weights and regenerate the committed table into docs/language."""
+    import json
+
+    from v1motion.models import WEIGHTS_DIR
+    from v1motion.models.reports.language import write_card
+
+    root = WEIGHTS_DIR.parents[1]
+    rows = json.loads((root / "docs" / "language" / "ptb_table.json").read_text())
+    rows = [dict(r, ppl=float("nan") if r["ppl"] is None else r["ppl"]) for r in rows]
+    card = write_card(tmp_path / "card.md", WEIGHTS_DIR / "lm_ptb_rglm.npz", rows)
+    assert card.read_text() == (WEIGHTS_DIR / "lm_ptb_rglm.md").read_text()
+    model = tmp_path / "m.npz"
+    train = ["lm", "train", "--hidden", "4", "--train-tokens", "5000", "--epochs", "1"]
+    assert main([*train, "--out", str(model), "--classes", "0", "--samples", "32"]) == 0
+    mine = tmp_path / "mine.md"
+    assert main(["lm", "eval", "--model", str(model), "--card", str(mine)]) == 0
+    text = mine.read_text()
+    reproduce = text[text.index("## Reproduce") :]
+    said = f"v1motion lm eval --model {model.as_posix()} \\\n    --card {mine.as_posix()}\n```"
+    assert said in reproduce
+    assert "cp " not in reproduce and "docs/language" not in reproduce
