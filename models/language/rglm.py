@@ -824,7 +824,13 @@ class LinearRecurrentLM:
         B, T, H = self.batch_size, self.bptt, self.n_hidden
         if ckpt is not None and ckpt.exists():
             state = self._load_checkpoint(ckpt)
-            log.info("resuming from %s at epoch %s window %s", ckpt, state["epoch"], state["pos"])
+            log.info(  # counted from 1, as the bars and the epoch lines
+                "resuming from %s: epoch %d/%d, %d windows of it done",
+                ckpt,
+                state["epoch"] + 1,
+                self.n_epochs,
+                state["pos"],
+            )
         else:
             lr = self.learning_rate or (2e-3 if self.optimizer == "adam" else 1.0)
             opt = _Optimizer(self.optimizer, lr, self.momentum)

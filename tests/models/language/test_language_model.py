@@ -353,15 +353,18 @@ def test_float16_files_written_before_int8_existed_still_load(rng, tmp_path):
     np.testing.assert_allclose(back.log_probs(seq), model.log_probs(seq), atol=1e-2)
 
 
-def test_checkpoint_resume_continues_training(rng, tmp_path):
+def test_checkpoint_resume_continues_training(rng, tmp_path, caplog):
     V = 10
     seq = rng.integers(0, V, 3000)
     kw = dict(n_hidden=4, n_samples=5, batch_size=4, bptt=5, seed=3)
     ckpt = tmp_path / "runs" / "lm" / "ckpt.npz"  # a folder not made yet, as the card's command
     LinearRecurrentLM(n_epochs=1, **kw).fit(seq, _vocab(V), valid=seq[:200], checkpoint=ckpt)
+    caplog.set_level("INFO", "v1motion.models.language")
     resumed = LinearRecurrentLM(n_epochs=2, **kw).fit(
         seq, _vocab(V), valid=seq[:200], checkpoint=ckpt
     )
+    # counted from 1 as its bars and epoch lines (it said "at epoch 0" in epoch 1)
+    assert f"resuming from {ckpt}: epoch 2/2, 0 windows of it done" in caplog.text
     straight = LinearRecurrentLM(n_epochs=2, **kw).fit(seq, _vocab(V), valid=seq[:200])
     assert [e["epoch"] for e in resumed.history_] == [1, 2]
     np.testing.assert_allclose(resumed.params_["E"], straight.params_["E"], rtol=1e-5, atol=1e-6)
