@@ -55,6 +55,7 @@ class StreamPipeline:
         self.fps = 0.0
         self.size: tuple[int, int] | None = None  # (width, height) of the last frame
         self._slot = LatestSlot()
+        self._done_seq = 0  # the last frame of the slot that the worker is done with
         self._stop = threading.Event()
         self._gen = 0
         self._last_frame_t = 0.0  # the stall timer: the last frame, or the last (re)connection
@@ -75,6 +76,7 @@ class StreamPipeline:
         self.hub.bind(loop)
         self._stop = threading.Event()
         self._slot = LatestSlot()
+        self._done_seq = 0
         self.state = "starting"
         self._last_frame_t = time.monotonic()
         self._frame_t = None
@@ -159,6 +161,7 @@ class StreamPipeline:
             except SourceEnded as end:
                 # a file that does not loop: the stream is over, not broken (no reconnecting)
                 if self._current(gen):
+                    self._wait_analysed()  # "ended" with its last frame counted, not before
                     self.state, self.last_error = "ended", None
                     self.log.info("stream %s: %s; it does not loop", self.name, end)
                 break
@@ -189,6 +192,14 @@ class StreamPipeline:
             )
             self._stop.wait(delay)
             self._last_frame_t = time.monotonic()
+
+    def _wait_analysed(self, timeout: float = 2.0) -> None:
+        """Until the worker is done with the last frame put in the slot (analysed, rejected or
+        dropped for a newer one), the stream stops, or ``timeout`` seconds pass."""
+        end = time.monotonic() + timeout
+        while self._done_seq < self._slot.seq and time.monotonic() < end:
+            if self._stop.wait(0.005):
+                return
 
     # ---- worker thread ------------------------------------------------------------------------
     def _check_stall(self) -> None:
@@ -253,13 +264,16 @@ class StreamPipeline:
             except ValueError as exc:
                 self.log.warning("stream %s: frame rejected by the engine: %s", self.name, exc)
                 self.last_error = str(exc)
+                self._done_seq = seq
                 continue
             except Exception as exc:
                 self.last_error = f"engine failed on a frame: {type(exc).__name__}: {exc}"
                 if analyser.fail():
                     raise  # _work logs it and marks the stream failed
+                self._done_seq = seq
                 continue
             self.frames, self.fps = analyser.frames, analyser.fps
+            self._done_seq = seq
             h, w = cf.image.shape[:2]
             self.size = (w, h)
             out = protocol.Outgoing(

@@ -51,6 +51,11 @@ class LatestSlot:
             self._last_put = now
             self._cond.notify_all()
 
+    @property
+    def seq(self) -> int:
+        """How many items were put: the ``seq`` of the last one."""
+        return self._seq
+
     def due(self) -> float | None:
         """When (on the slot's clock, ``time.monotonic`` by default) the next item is expected, or ``None`` before the pace is known."""
         if self.period is None or self._last_put is None:
