@@ -132,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
     overrides["max_side"] = args.max_side
     overrides["overlay_codec"] = args.overlay_codec
     limits = replace(limits, **{k: v for k, v in overrides.items() if v is not None})
-    if replacing:
-        print(f"note: replacing the earlier results in {out}", file=sys.stderr)
     bar = None  # started with the first progress report: a refused file prints no empty bar
 
     def progress(done: int, total: int) -> None:
@@ -172,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     close_bar()
+    if replacing:  # said once they are: a refused or failed run leaves the earlier ones in place
+        print(f"note: the earlier results in {out} were replaced", file=sys.stderr)
     print(json.dumps(result, indent=1))
     print(describe(result))
     print(f"results in {out}")

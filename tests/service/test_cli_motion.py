@@ -21,10 +21,17 @@ def test_motion_command_writes_the_results(tmp_path, capsys):
     result = json.loads(printed[: printed.rindex("}") + 1])
     assert result["frames"] == 6 and "main_directions" in result
     assert "main directions:" in printed and "x real time" in printed
-    assert "replacing" not in capsys.readouterr().err
-    # run again into the same folder: it says it replaces the earlier results
+    assert "replaced" not in capsys.readouterr().err
+    # run again into the same folder: it says it replaced the earlier results
     assert main(["motion", str(src), "-o", str(out), "--engine", "random"]) == 0
-    assert f"note: replacing the earlier results in {out}" in capsys.readouterr().err
+    assert f"note: the earlier results in {out} were replaced" in capsys.readouterr().err
+    # a refused file leaves them, and says nothing of replacing
+    before = (out / "motion.json").read_bytes()
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    assert main(["motion", str(bad), "-o", str(out), "--engine", "random"]) == 2
+    assert "replaced" not in capsys.readouterr().err
+    assert (out / "motion.json").read_bytes() == before
 
 
 def test_motion_command_refuses_hostile_input_and_busy_folders(tmp_path, capsys, monkeypatch):
