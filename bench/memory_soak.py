@@ -22,9 +22,7 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+from service_latency import start_server  # bench/ is this script's own folder
 from websockets.asyncio.client import connect
 
 TOKEN = "memory-soak-token-0123456789"
@@ -40,12 +39,6 @@ TEXT = [
     "the company said it expects profits to rise",
     "investors were worried about interest rates .",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_clip(path: Path, n: int = 30) -> list[bytes]:
@@ -62,31 +55,10 @@ def make_clip(path: Path, n: int = 30) -> list[bytes]:
     return jpegs
 
 
-def start_server(port: int, data: Path, clip: Path, arenas: str | None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    env |= {
-        "V1MOTION_DATA_DIR": str(data),
-        "V1MOTION_TOKEN": TOKEN,
-        "V1MOTION_SOURCES": json.dumps(
-            ["synthetic", {"name": "clip", "kind": "file", "target": str(clip)}]
-        ),
-    }
-    if arenas is not None:
-        env["MALLOC_ARENA_MAX"] = arenas
-    cmd = [sys.executable, "-m", "v1motion.service.cli", "serve", "--port", str(port)]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_ready(url: str, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not ready in {timeout:.0f} s")
+def server_env(data: Path, arenas: str | None) -> dict:
+    """What ``start_server`` adds to this process's environment for one of the two servers."""
+    env = {"V1MOTION_DATA_DIR": str(data), "V1MOTION_TOKEN": TOKEN}
+    return env | ({"MALLOC_ARENA_MAX": arenas} if arenas is not None else {})
 
 
 def rss_kb(pid: int) -> int:
@@ -115,8 +87,8 @@ def children(pid: int) -> list[int]:
 class Load:
     """The mixed load of one server; ``counts`` of what was done (and failed)."""
 
-    def __init__(self, port: int, clip: Path, jpegs: list[bytes], end: float):
-        self.http, self.ws = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
+    def __init__(self, url: str, clip: Path, jpegs: list[bytes], end: float):
+        self.http, self.ws = url, url.replace("http", "ws", 1)
         self.clip, self.jpegs, self.end = clip.read_bytes(), jpegs, end
         self.counts: dict[str, int] = {}
 
@@ -234,23 +206,22 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1200.0)
     ap.add_argument("--every", type=float, default=30.0, help="seconds between samples")
     args = ap.parse_args()
+    os.environ.pop("MALLOC_ARENA_MAX", None)  # the capped server's is the service's own
     glibc_default = str(8 * (os.cpu_count() or 1))
     configs = {"capped at 2": None, f"glibc's {glibc_default}": glibc_default}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clip = tmp / "pan.mp4"
         jpegs = make_clip(clip)
-        servers, loads = {}, {}
+        sources = ["synthetic", {"name": "clip", "kind": "file", "target": str(clip)}]
+        servers, urls = {}, {}
         try:
             for i, (name, arenas) in enumerate(configs.items()):
-                port = free_port()
                 (tmp / f"data{i}").mkdir()
-                servers[name] = start_server(port, tmp / f"data{i}", clip, arenas)
-                loads[name] = port
-            for port in loads.values():
-                wait_ready(f"http://127.0.0.1:{port}")
+                env = server_env(tmp / f"data{i}", arenas)
+                servers[name], urls[name] = start_server("default", sources, env=env)
             end = time.time() + args.seconds
-            loads = {name: Load(port, clip, jpegs, end) for name, port in loads.items()}
+            loads = {name: Load(url, clip, jpegs, end) for name, url in urls.items()}
             samples: list[dict] = []
 
             async def everything():

@@ -102,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         print(f"error: {out} is a file, not a folder; choose a new folder", file=sys.stderr)
         return 2
-    if out.exists() and set(p.name for p in out.iterdir()) - set(RESULT_FILES):
+    earlier = {p.name for p in out.iterdir()} if out.exists() else set()
+    if earlier - set(RESULT_FILES):
         print(f"error: {out} exists and holds other files; choose a new folder", file=sys.stderr)
         return 2
-    replacing = out.is_dir() and any(out.iterdir())
     import numba
 
     if args.threads is None:
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     close_bar()
-    if replacing:  # said once they are: a refused or failed run leaves the earlier ones in place
+    if earlier:  # said once they are: a refused or failed run leaves the earlier ones in place
         print(f"note: the earlier results in {out} were replaced", file=sys.stderr)
     print(json.dumps(result, indent=1))
     print(describe(result))
