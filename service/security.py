@@ -437,14 +437,22 @@ class _BodyTooLarge(BaseException):
 STREAMED_BODIES = {"/v1/videos", "/v1/spikes/models"}
 
 
+class _BodyTimedOut(BaseException):
+    """Raised from ``receive`` when a body stops arriving (a BaseException, as :class:`_BodyTooLarge`)."""
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``settings.max_body_mb`` gets 413, refused from its
     Content-Length before it is read, or as soon as the bytes received pass the limit (chunked
-    bodies). Routes in :data:`STREAMED_BODIES` apply their own limits."""
+    bodies); one of which nothing arrives for ``upload_idle_timeout_s``, or that is still arriving
+    after ``upload_timeout_s``, gets 408 (uploads' own limits, which a client sending a JSON body
+    slowly met nowhere). Routes in :data:`STREAMED_BODIES` apply their own limits."""
 
     def __init__(self, app: ASGIApp, settings: Settings):
         self.app = app
         self.limit = int(settings.max_body_mb * 1024 * 1024)
+        self.idle_s = settings.upload_idle_timeout_s
+        self.total_s = settings.upload_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, root = scope.get("path", ""), scope.get("root_path", "")
@@ -458,15 +466,26 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.limit:
             await JSONResponse({"detail": detail}, 413)(scope, receive, send)
             return
-        received, sent = 0, _TrackedSend(send)
+        received, sent, pending = 0, _TrackedSend(send), True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total_s
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, pending
+            if not pending:  # the body is in; what comes next (a disconnect) may take any time
+                return await receive()
+            wait = min(self.idle_s, deadline - loop.time())
+            try:
+                message = await asyncio.wait_for(receive(), max(wait, 0.0))
+            except TimeoutError:
+                raise _BodyTimedOut from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise _BodyTooLarge
+                pending = message.get("more_body", False)
+            else:
+                pending = False
             return message
 
         try:
@@ -475,6 +494,14 @@ class BodyLimit:
             if sent.started:
                 raise
             await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+        except _BodyTimedOut:
+            if sent.started:
+                raise
+            late = (
+                f"the request body did not arrive in time (nothing for {self.idle_s:g} s, or still "
+                f"arriving after {self.total_s:g} s)"
+            )
+            await JSONResponse({"detail": late}, 408, {"Connection": "close"})(scope, receive, send)
 
 
 class StoppedRequests:

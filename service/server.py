@@ -8,14 +8,20 @@ uvicorn then waits up to its grace period for open requests and cancels those st
 an answer. Spike work (fits, samples, evaluations) still running when most of the grace period has
 gone is stopped by the app instead, so that its requests answer 503 ("shutting down") first; work that
 ends within it is answered as usual.
+
+:func:`bounded_http_protocol` bounds what uvicorn does not: how long a request's headers may take
+to arrive and how many connections may be open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+from dataclasses import dataclass
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 STOP_WORK_AT = 0.8  # of the grace period: what runs longer is stopped, and answered, before its end
 
@@ -36,3 +42,134 @@ class Server(uvicorn.Server):
         finally:
             if timer is not None:
                 timer.cancel()
+
+
+# --- Bounds on connections, before the application sees a request --------------------------------
+#
+# uvicorn gives a request's headers no time limit and open connections no bound: a client that
+# opened thousands of connections and sent half a request held them all, and with them the process's
+# open files, until /healthz itself failed. The protocol below bounds both, for every route at once.
+
+_REFUSAL_LOG_EVERY_S = 60.0
+
+
+def _raw_json_response(status: bytes, detail: str, extra: bytes = b"") -> bytes:
+    body = json.dumps({"detail": detail}).encode()
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+        b"content-length: "
+        + str(len(body)).encode()
+        + b"\r\n"
+        + extra
+        + b"connection: close\r\n\r\n"
+    ) + body
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """``header_timeout_s``: from a request's first byte to the end of its headers;
+    ``idle_timeout_s``: a new connection's wait for its first byte (as an idle kept-alive one's);
+    ``max_connections``: open connections, websockets included; more are answered 503 and closed."""
+
+    header_timeout_s: float
+    idle_timeout_s: float
+    max_connections: int
+
+
+def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with :class:`ConnectionLimits` applied (``uvicorn.Config(http=)``)."""
+    refusals = {"logged_at": -_REFUSAL_LOG_EVERY_S, "since": 0}
+
+    class BoundedHttpProtocol(HttpToolsProtocol):
+        bounds = limits
+        _header_timer: asyncio.TimerHandle | None = None
+        _began = False  # a request's first byte arrived, its headers have not all
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                self._refuse()
+                return
+            self._arm(limits.idle_timeout_s)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._began = True
+            self._arm(limits.header_timeout_s)
+
+        def on_headers_complete(self) -> None:
+            self._began = False
+            self._disarm()
+            super().on_headers_complete()
+
+        def _arm(self, seconds: float) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(seconds, self._timed_out)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _timed_out(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._arm(limits.header_timeout_s)  # a pipelined request behind one still answered
+                return
+            if self._began:
+                detail = (
+                    f"the request's headers did not arrive within {limits.header_timeout_s:g} s"
+                )
+                self.transport.write(_raw_json_response(b"408 Request Timeout", detail))
+            self.transport.close()
+
+        def _refuse(self) -> None:
+            detail = f"too many open connections (at most {limits.max_connections}); retry"
+            self.transport.write(
+                _raw_json_response(b"503 Service Unavailable", detail, b"retry-after: 1\r\n")
+            )
+            self.transport.close()
+            refusals["since"] += 1
+            now = self.loop.time()
+            if now - refusals["logged_at"] >= _REFUSAL_LOG_EVERY_S:  # said at most once a minute
+                self.logger.warning(
+                    "refused %d connection(s) since the last such line: %d open, at most %d "
+                    "(V1MOTION_MAX_CONNECTIONS)",
+                    refusals["since"],
+                    len(self.connections) - 1,
+                    limits.max_connections,
+                )
+                refusals["logged_at"], refusals["since"] = now, 0
+
+    return BoundedHttpProtocol
+
+
+def connection_cap(max_connections: int, reserve: int = 128) -> tuple[int, str | None]:
+    """At most ``max_connections``, and ``reserve`` open files fewer than the process may open: the
+    soft limit is raised to the hard one first (at most 65,536). Returns the cap and, when the limit
+    lowered it, why."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return max_connections, None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft - reserve >= max_connections:
+        return max_connections, None
+    cap = max(1, soft - reserve)
+    return cap, (
+        f"at most {cap} open connections, not {max_connections}: the process may open {soft} files "
+        f"(ulimit -n) and keeps {reserve} for its own"
+    )

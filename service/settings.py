@@ -265,6 +265,20 @@ class Settings(BaseSettings):
         "theirs for reuse (httpx 5 s, aiohttp 15 s), so none reuses one the server is closing",
     )
 
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request whose headers have not all arrived this long after its first byte "
+        "gets 408 and its connection is closed (a new connection that sends nothing is closed after "
+        "keep_alive_s)",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="open connections, websockets included; more are answered 503 and closed (lowered "
+        "at start to what the open-file limit allows)",
+    )
+
     preview_width: int = Field(320, ge=32, le=1280, description="width of binary preview frames")
     preview_quality: int = Field(70, ge=10, le=100)
     camera_max_width: int = Field(640, ge=32, le=1920)
@@ -457,8 +471,13 @@ class Settings(BaseSettings):
         4, ge=1, description="uploads received at the same time; more get 503 with Retry-After"
     )
     upload_idle_timeout_s: float = Field(
-        30.0, gt=0, description="an upload that sends nothing for this long is dropped (408)"
+        30.0,
+        gt=0,
+        description="a request body (an upload or JSON) of which nothing arrives for this long is "
+        "dropped (408)",
     )
     upload_timeout_s: float = Field(
-        900.0, gt=0, description="an upload still arriving after this long is dropped (408)"
+        900.0,
+        gt=0,
+        description="a request body (an upload or JSON) still arriving after this long is dropped (408)",
     )

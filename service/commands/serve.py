@@ -152,7 +152,12 @@ def run(args: argparse.Namespace) -> int:
 
     from v1motion.service.app import create_app
     from v1motion.service.logs import configure_logging
-    from v1motion.service.server import Server
+    from v1motion.service.server import (
+        ConnectionLimits,
+        Server,
+        bounded_http_protocol,
+        connection_cap,
+    )
     from v1motion.service.settings import Settings, config_errors, env_not_json
 
     overrides = {
@@ -193,8 +198,13 @@ def run(args: argparse.Namespace) -> int:
     if refusal:
         print(f"v1motion serve: {refusal}", file=sys.stderr)
         return 1
+    max_connections, lowered = connection_cap(settings.max_connections)
+    if lowered:
+        logging.getLogger("v1motion.serve").warning(lowered)
+    limits = ConnectionLimits(settings.header_timeout_s, settings.keep_alive_s, max_connections)
     config = uvicorn.Config(
         create_app(settings, store_lock=store_lock),
+        http=bounded_http_protocol(limits),
         root_path=settings.root_path,
         log_config=None,
         ws_max_size=settings.camera_max_bytes * 2,

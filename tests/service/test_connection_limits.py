@@ -1,0 +1,227 @@
+"""Bounds uvicorn leaves open, applied below every route: a request's headers must arrive in time,
+a new connection must start a request, open connections are capped, and a JSON body must keep
+arriving. Each was a way for one client to hold the server's connections and files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import httpx
+import pytest
+from service_helpers import ServerThread, random_engine
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from websockets.sync.client import connect
+
+from v1motion.service.app import create_app
+from v1motion.service.server import ConnectionLimits, bounded_http_protocol
+from v1motion.service.settings import Settings
+
+
+async def hello(request):
+    return JSONResponse({"hello": True})
+
+
+async def hold(websocket):
+    await websocket.accept()
+    await websocket.send_text("open")
+    try:
+        while True:
+            await websocket.receive_text()
+    except Exception:
+        pass
+
+
+TINY = Starlette(routes=[Route("/hello", hello), WebSocketRoute("/hold", hold)])
+
+
+def bounded(header_s=0.4, idle_s=0.6, max_connections=50):
+    limits = ConnectionLimits(header_s, idle_s, max_connections)
+    return ServerThread(TINY, http=bounded_http_protocol(limits))
+
+
+def read_until_closed(sock: socket.socket, within: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and when it closed it."""
+    t0, data = time.monotonic(), b""
+    sock.settimeout(within)
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data, time.monotonic() - t0
+
+
+def status_and_body(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_headers_that_stop_arriving_get_408_and_the_connection_closed():
+    with (
+        bounded(header_s=0.4, idle_s=5) as srv,
+        socket.create_connection(("127.0.0.1", srv.port)) as s,
+    ):
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n")  # and no blank line
+        raw, took = read_until_closed(s, within=5)
+        status, body = status_and_body(raw)
+        assert status == 408
+        assert "headers did not arrive within 0.4 s" in body["detail"]
+        assert 0.3 < took < 3
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_idle_time_without_an_answer():
+    with (
+        bounded(header_s=5, idle_s=0.6) as srv,
+        socket.create_connection(("127.0.0.1", srv.port)) as s,
+    ):
+        raw, took = read_until_closed(s, within=5)
+        assert raw == b""
+        assert 0.4 < took < 3
+
+
+def test_a_kept_alive_connection_gets_the_header_time_anew_for_each_request():
+    with (
+        bounded(header_s=0.5, idle_s=5) as srv,
+        socket.create_connection(("127.0.0.1", srv.port)) as s,
+    ):
+        for _ in range(3):
+            time.sleep(0.3)  # slower than the header time in all, within it for each request
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+            time.sleep(0.3)
+            s.sendall(b"\r\n")
+            s.settimeout(5)
+            raw = s.recv(65536)
+            assert raw.startswith(b"HTTP/1.1 200"), raw
+        s.sendall(b"GET /hello HTTP/1.1\r\n")
+        raw, _ = read_until_closed(s, within=5)
+        assert status_and_body(raw)[0] == 408
+
+
+def test_websockets_outlive_the_header_time_and_count_as_connections():
+    with bounded(header_s=0.3, idle_s=0.3, max_connections=3) as srv:
+        sockets = [connect(f"{srv.ws_url}/hold") for _ in range(3)]
+        for ws in sockets:
+            assert ws.recv(timeout=5) == "open"
+        time.sleep(0.8)  # past both timeouts: the websockets stay open
+        sockets[0].send("still here")
+        refused = httpx.get(f"{srv.url}/hello", timeout=5)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert "too many open connections (at most 3)" in refused.json()["detail"]
+        sockets.pop().close()
+        deadline = time.monotonic() + 5
+        while (answer := httpx.get(f"{srv.url}/hello", timeout=5)).status_code == 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert answer.json() == {"hello": True}
+        for ws in sockets:
+            ws.close()
+
+
+def test_held_connections_past_the_cap_do_not_stop_the_server_answering_once_they_time_out():
+    """The probe's attack, small: half-sent requests fill every connection; each is answered 408
+    in the header time, and the server answers again."""
+    with bounded(header_s=0.5, idle_s=5, max_connections=20) as srv:
+        held = []
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", srv.port))
+            s.sendall(b"GET /hello HTTP/1.1\r\n")
+            held.append(s)
+        time.sleep(0.1)
+        assert httpx.get(f"{srv.url}/hello", timeout=5).status_code == 503
+        for s in held:
+            raw, _ = read_until_closed(s, within=5)
+            assert status_and_body(raw)[0] == 408
+            s.close()
+        assert httpx.get(f"{srv.url}/hello", timeout=5).status_code == 200
+
+
+def test_a_json_body_that_stops_arriving_gets_408_naming_the_wait():
+    settings = Settings(upload_idle_timeout_s=0.5)
+    srv = ServerThread(create_app(settings, engine_factory=random_engine))
+    with srv, socket.create_connection(("127.0.0.1", srv.port)) as s:
+        s.sendall(
+            b"POST /v1/language/score HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            b'{"text": "'
+        )
+        t0 = time.monotonic()
+        s.settimeout(10)
+        raw = b""
+        while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
+            chunk = s.recv(65536)
+            assert chunk, raw
+            raw += chunk
+        status, body = status_and_body(raw)
+        assert status == 408
+        assert "did not arrive in time (nothing for 0.5 s" in body["detail"]
+        assert 0.3 < time.monotonic() - t0 < 5
+        assert b"connection: close" in raw.lower()
+
+
+def test_a_json_body_sent_in_pieces_within_the_idle_time_is_read():
+    settings = Settings(upload_idle_timeout_s=0.5)
+    srv = ServerThread(create_app(settings, engine_factory=random_engine))
+    body = json.dumps({"text": "the cat sat on the mat"}).encode()
+    with srv, socket.create_connection(("127.0.0.1", srv.port)) as s:
+        s.sendall(
+            b"POST /v1/language/score HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+        )
+        for i in range(0, len(body), 8):  # 1.2 s in all, 0.3 s between pieces
+            time.sleep(0.3)
+            s.sendall(body[i : i + 8])
+        s.settimeout(30)
+        raw = s.recv(65536)
+        assert raw.startswith(b"HTTP/1.1 200"), raw[:300]
+
+
+def test_serve_applies_the_settings(tmp_path, monkeypatch):
+    from v1motion.service import server
+    from v1motion.service.cli import build_parser
+    from v1motion.service.commands import serve
+
+    seen = []
+    monkeypatch.setattr(server.Server, "run", lambda self, sockets: seen.append(self.config))
+    monkeypatch.setattr(serve, "announce_when_answering", lambda *a: None)
+    monkeypatch.setattr(serve.signal, "signal", lambda *a: None)
+    monkeypatch.setenv("V1MOTION_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("V1MOTION_HEADER_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("V1MOTION_KEEP_ALIVE_S", "7")
+    monkeypatch.setenv("V1MOTION_MAX_CONNECTIONS", "40")
+    args = build_parser().parse_args(["serve", "--engine", "random", "--port", "0"])
+    assert serve.run(args) == 0
+    assert seen[-1].http.bounds == ConnectionLimits(2.5, 7.0, 40)
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "cap", "said"),
+    [
+        (300, 300, 172, "at most 172 open connections, not 1000: the process may open 300 files"),
+        (200, 400, 272, "at most 272 open connections"),  # soft raised to hard first
+        (2048, 2048, 1000, None),
+    ],
+)
+def test_the_cap_leaves_the_process_files_of_its_own(soft, hard, cap, said):
+    script = textwrap.dedent(
+        f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))
+        from v1motion.service.server import connection_cap
+        print(repr(connection_cap(1000)))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ
+    )
+    assert out.returncode == 0, out.stderr
+    got_cap, got_said = eval(out.stdout)  # noqa: S307 - our own repr of (int, str | None)
+    assert got_cap == cap
+    assert (got_said is None) if said is None else (said in got_said)
