@@ -13,6 +13,40 @@ import sys
 import tempfile
 import textwrap
 
+_COPY_PREFIX = "v1motion-numba-"
+
+
+def _start_mark(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), None if it is gone or unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _sweep_dead_copies(tmp: str) -> None:
+    """Remove the cache copies of processes that are gone: one killed (SIGKILL, the out-of-memory
+    killer) never ran its exit handler, and a container restarted in place kept its /tmp. A copy is
+    named with its process's id and start time, so that a new process with an old id (PID 1 again,
+    after a restart) does not keep it."""
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for name in names:
+        parts = name[len(_COPY_PREFIX) :].split("-")
+        if not name.startswith(_COPY_PREFIX) or len(parts) != 3 or not parts[0].isdigit():
+            continue
+        if _start_mark(int(parts[0])) == parts[1]:
+            continue  # its process still runs
+        path = os.path.join(tmp, name)
+        try:
+            if os.stat(path).st_uid == os.getuid():
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
 
 def usable_numba_cache() -> None:
     """Point ``NUMBA_CACHE_DIR`` at a copy of it in a temporary folder if this user cannot write it.
@@ -25,12 +59,15 @@ def usable_numba_cache() -> None:
     cache = os.environ.get("NUMBA_CACHE_DIR")
     if not cache or os.access(cache, os.W_OK | os.X_OK):
         return
+    tmp, started = tempfile.gettempdir(), _start_mark(os.getpid())
+    if started is not None:  # where a process's start can be read (Linux)
+        _sweep_dead_copies(tmp)
     try:
-        copy = tempfile.mkdtemp(prefix="v1motion-numba-")
+        copy = tempfile.mkdtemp(prefix=f"{_COPY_PREFIX}{os.getpid()}-{started or 0}-", dir=tmp)
     except OSError:  # nowhere to write either: Numba says so
         return
     # removed when this process exits (its workers, given the copy, exit before it): one copy
-    # per start was left behind in /tmp
+    # per start was left behind in /tmp; those of killed processes are swept by the next start
     atexit.register(shutil.rmtree, copy, ignore_errors=True)
     try:
         shutil.copytree(cache, copy, dirs_exist_ok=True)

@@ -256,6 +256,37 @@ def test_a_numba_cache_this_user_cannot_write_is_used_through_a_copy(tmp_path, m
     assert os.environ["NUMBA_CACHE_DIR"] == str(cache)
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process start times from /proc")
+def test_cache_copies_of_processes_that_are_gone_are_swept_at_the_next_start(tmp_path, monkeypatch):
+    """A process killed with SIGKILL never ran its exit handler: each such start left its copy in
+    /tmp, and a container restarted in place keeps its /tmp with PID 1 reused."""
+    from v1motion.service import cli
+
+    cache = tmp_path / "numba"
+    cache.mkdir()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(cache) else real(p, m))
+    monkeypatch.setattr(cli.atexit, "register", lambda *a, **k: None)
+    me, mine = os.getpid(), cli._start_mark(os.getpid())
+    gone = [
+        "v1motion-numba-999999999-12345-abcd1234",
+        f"v1motion-numba-{me}-{int(mine) - 1}-reused1",
+    ]
+    kept = [f"v1motion-numba-{me}-{mine}-running", "v1motion-numba-olderstyle", "other-thing"]
+    for name in gone + kept:
+        (tmp / name).mkdir()
+        (tmp / name / "kernels.nbi").write_bytes(b"index")
+    cli.usable_numba_cache()
+    left = {p.name for p in tmp.iterdir()}
+    new = Path(os.environ["NUMBA_CACHE_DIR"])
+    assert new.parent == tmp and new.name.startswith(f"v1motion-numba-{me}-{mine}-")
+    assert left == set(kept) | {new.name}
+
+
 def test_a_data_folder_this_user_cannot_write_is_named_with_the_user(tmp_path, monkeypatch):
     """A host folder mounted into the container for another user: say whose it must be."""
     import errno
