@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 
 from v1motion.models.motion.contract import Engine, make_engine
 from v1motion.service import http_errors
+from v1motion.service.disk import answer_disk_full
 from v1motion.service.jobs.lock import StoreLock, StoreLocked
 from v1motion.service.jobs.manager import VideoJobs
 from v1motion.service.jobs.upload import UploadSlots
@@ -199,6 +201,8 @@ def create_app(
     app.add_exception_handler(WebSocketRefused, ignore_refused)
     app.add_exception_handler(WebSocketDisconnect, client_left)
     app.add_exception_handler(ClientDisconnected, client_left)
+    app.add_exception_handler(OSError, answer_disk_full)  # 507, where no route says it itself
+    app.add_exception_handler(sqlite3.OperationalError, answer_disk_full)
     api = (spikes.router, language.router, streams.router, camera.router, videos.router)
     for router in (ops.router, api_docs.router, *api):
         answer_head_as_get(router)

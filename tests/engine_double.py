@@ -166,3 +166,20 @@ class FlakyEngine(FakeEngine):
         if self.fail is None or self.calls in self.fail:
             raise RuntimeError("kernel fault")
         return super().step(state, frame)
+
+
+class _DiskFullEngine(FakeEngine):
+    """Steps as the double does, then, from its 8th step, fails as a write onto a full disk does
+    (``OSError`` ENOSPC, naming a file of the server)."""
+
+    def step(self, state, frame):
+        state.steps = getattr(state, "steps", 0) + 1
+        if state.steps >= 8:
+            import errno
+
+            raise OSError(errno.ENOSPC, "No space left on device", "/srv/secret/out.tmp/x.npy")
+        return super().step(state, frame)
+
+
+def disk_full_engine() -> FakeEngine:
+    return _DiskFullEngine(motion="difference")

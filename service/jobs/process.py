@@ -6,6 +6,7 @@ Used unchanged by the local worker processes, the Ray tasks and ``v1motion motio
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import queue
@@ -21,6 +22,7 @@ import numpy as np
 from v1motion.models.motion.contract import Engine
 from v1motion.models.motion.motion_summary import MotionSummary
 from v1motion.service import protocol
+from v1motion.service.disk import reserve
 from v1motion.service.jobs.decode import SandboxedDecoder, VideoRejected
 from v1motion.service.jobs.layout import INPUT_NAME, ResultsFolder
 from v1motion.service.jobs.limits import Limits, overlay_codec
@@ -29,6 +31,7 @@ from v1motion.service.jobs.sniff import UnsupportedContainer, sniff_file
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25
+RESERVE_FRAMES = 64  # the maps' file blocks are allocated this many frames ahead
 
 
 UNITS = {
@@ -192,6 +195,7 @@ class _Results:
         self.speed_hist: list[np.ndarray] = []
         self.cell: int | None = None
         self.n = 0
+        self._reserved = 0  # frames whose rows in the maps' files have their blocks allocated
         self.frames_path = folder / "frames.jsonl"
         self._frames = open(self.frames_path, "w")
 
@@ -202,6 +206,11 @@ class _Results:
                 self.maps[name] = np.lib.format.open_memmap(
                     self.folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape
                 )
+        if self.n == self._reserved:  # a full disk is an OSError here, not SIGBUS mid-frame
+            for name, m in self.maps.items():
+                row = m[0].nbytes
+                reserve(self.folder / f"{name}.npy", m.offset + self.n * row, RESERVE_FRAMES * row)
+            self._reserved += RESERVE_FRAMES
         frame = {"index": self.n, "time_s": round(self.times[self.n], 4)} | mf.to_dict()
         self._frames.write(("," if self.n else "") + protocol.dumps(frame))
         self.maps["direction_deg"][self.n] = np.mod(np.degrees(mf.direction), 360.0)
@@ -235,8 +244,11 @@ class _Results:
         self.frames_path.unlink()
 
     def remove(self) -> None:
-        self._frames.close()
         self.maps.clear()
+        try:
+            self._frames.close()
+        except OSError:  # a full disk, flushing what it buffered: removed below in any case
+            pass
         for name in self.GRIDS:
             (self.folder / f"{name}.npy").unlink(missing_ok=True)
         self.frames_path.unlink(missing_ok=True)
@@ -490,7 +502,10 @@ def process_video(
     except BaseException:
         for stage in (keeper, writer):
             if stage is not None:
-                stage.close_quietly()
+                # on a full disk the overlay's encoder fails again as it closes: the clean-up
+                # goes on (it stopped here, and the result maps stayed mapped, their blocks taken)
+                with contextlib.suppress(Exception):
+                    stage.close_quietly()
         if results is not None:
             results.remove()
         folder.discard()

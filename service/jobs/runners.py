@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from v1motion.service.disk import disk_full_reason, free_mb, is_disk_full
 from v1motion.service.jobs.layout import JobLayout
 from v1motion.service.jobs.limits import Limits
 from v1motion.service.jobs.store import JobRecord, JobStore
@@ -25,6 +27,8 @@ from v1motion.service.logs import WORKER_LOG
 log = logging.getLogger(__name__)
 
 JOB_GRACE_S = 60.0  # beyond the decode deadline, for writing results
+# a worker killed by SIGBUS with less free than this wrote through a memory map onto a full disk
+DISK_LOW_MB = 64
 
 
 class _Cancelled(Exception):
@@ -165,8 +169,12 @@ class Runner:
             if self._stop.is_set() and job.id not in self._cancel:
                 outcome = (self.store.requeue, False, "back in the queue (service stopping)")
         except Exception as exc:
-            log.exception("job %s: internal error", job.id)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
+            if is_disk_full(exc):
+                reason = disk_full_reason(None, "this video's results")
+                log.warning("job %s: %s", job.id, reason)
+            else:
+                log.exception("job %s: internal error", job.id)
+                reason = f"internal error: {type(exc).__name__}: {exc}"
             outcome = (self.store.fail, reason, reason)
         finally:
             # first: on a full disk, the half-written results give back the room to record it
@@ -215,13 +223,11 @@ def worker_main(
 ) -> None:
     """Body of a worker process: build the engine once, then run jobs sent over ``conn``."""
     from v1motion.service.jobs.decode import (
-        DecodeError,
         die_with_parent,
         leave_signals_to_parent,
         lower_priority,
     )
     from v1motion.service.jobs.engines import pin_threads, settle_job_process
-    from v1motion.service.jobs.process import process_video
     from v1motion.service.logs import configure_worker_logging
 
     leave_signals_to_parent()  # a SIGTERM to the process group is for the service, which stops us
@@ -248,21 +254,28 @@ def worker_main(
         def progress(done: int, total: int) -> None:
             conn.send(("progress", done, total))
 
-        try:
-            result = process_video(
-                Path(input_path), Path(out_dir), lambda: engine, limits, progress
-            )
-            result["ran_on"] = {
-                "runner": "local",
-                "hostname": socket.gethostname(),
-                "pid": os.getpid(),
-            }
-            conn.send(("ok", result))
-        except DecodeError as exc:
-            conn.send(("failed", str(exc)))
-        except Exception as exc:
-            logging.getLogger(__name__).error("job %s:\n%s", job_id, traceback.format_exc())
-            conn.send(("failed", f"internal error: {type(exc).__name__}: {exc}"))
+        conn.send(run_job(job_id, Path(input_path), Path(out_dir), engine, limits, progress))
+
+
+def run_job(job_id: str, input_path: Path, out_dir: Path, engine, limits: Limits, progress):
+    """One job in a worker: ``("ok", result)`` or ``("failed", reason)``."""
+    from v1motion.service.jobs.decode import DecodeError
+    from v1motion.service.jobs.process import process_video
+
+    try:
+        result = process_video(input_path, out_dir, lambda: engine, limits, progress)
+        result["ran_on"] = {"runner": "local", "hostname": socket.gethostname(), "pid": os.getpid()}
+        return "ok", result
+    except DecodeError as exc:
+        reason = str(exc)
+    except Exception as exc:
+        if is_disk_full(exc):
+            reason = disk_full_reason(None, "this video's results")
+            log.warning("job %s: %s", job_id, reason)
+        else:
+            log.error("job %s:\n%s", job_id, traceback.format_exc())
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+    return "failed", reason
 
 
 class LocalWorkerPool(Runner):
@@ -370,6 +383,8 @@ class LocalWorkerPool(Runner):
                     self._teardown_slot(slot)
                     if self._stop.is_set():  # killed by the shutdown, not by this video
                         raise _Cancelled
+                    if code == -signal.SIGBUS and (free_mb(self.jobs_dir) or 0) < DISK_LOW_MB:
+                        return "failed", disk_full_reason(None, "this video's results")
                     return "failed", (
                         f"the worker process died (exit code {code}) while processing this video"
                     )

@@ -23,6 +23,8 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
+from v1motion.service.disk import disk_full_reason, is_disk_full
+
 FILE_FIELD = "file"
 MAX_PARTS = 4
 # A part's header line may hold a long file name: it is read up to this size and cut to 200 characters.
@@ -145,7 +147,8 @@ async def receive_upload(
     ------
     UploadError
         415 not multipart or the file part is not a video type; 413 over ``max_bytes``;
-        400 malformed body; 408 too slow (``limits``); 422 no ``file`` field. ``dest`` may be left
+        400 malformed body; 408 too slow (``limits``); 422 no ``file`` field; 507 the server's disk
+        is full. ``dest`` may be left
         partly written: the caller removes the job folder.
     """
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
@@ -230,6 +233,8 @@ async def receive_upload(
             ) from None
         raise
     except Exception as exc:
+        if is_disk_full(exc):
+            raise UploadError(507, disk_full_reason(dest.parent, "the upload")) from None
         msg = str(exc)
         if "header size" in msg:
             msg = (
@@ -238,7 +243,12 @@ async def receive_upload(
             )
         raise UploadError(400, f"malformed multipart body: {msg}") from None
     finally:
-        out.close()
+        try:
+            out.close()  # writes what is buffered: the disk may be full now
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise UploadError(507, disk_full_reason(dest.parent, "the upload")) from None
     if "filename" not in found:
         raise UploadError(422, "the form has no field 'file' holding the video")
     return ReceivedUpload(found["filename"], found["content_type"], state["size"])

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from v1motion.service.deps import JobsDep, StateDep
+from v1motion.service.disk import disk_full_reason, free_mb
 from v1motion.service.jobs.decode import DecodeError, probe
 from v1motion.service.jobs.layout import RESULT_NAMES, JobLayout
 from v1motion.service.jobs.manager import VideoJobs
@@ -80,6 +81,7 @@ UPLOAD_ERRORS = {
     415: {"description": "not multipart, not a video content type, or not an accepted container"},
     422: {"description": "empty, no 'file' field, or refused by the probe (size, codec, fps...)"},
     503: {"description": "too many videos waiting, or too many uploads arriving at once"},
+    507: {"description": "the server's disk has no room for the upload"},
 }
 
 
@@ -113,6 +115,9 @@ async def create_video_job(
     if declared and declared.isdigit() and int(declared) > max_bytes + MAX_OVERHEAD:
         raise HTTPException(413, f"the upload is larger than the limit of {max_bytes} bytes")
     _refuse_if_queue_full(jobs)  # before the upload: no bytes received for nothing
+    free = free_mb(jobs.jobs_dir)
+    if declared and declared.isdigit() and free is not None and int(declared) > free * 2**20:
+        raise HTTPException(507, disk_full_reason(jobs.jobs_dir, "the upload"))
     slots = state.upload_slots
     job_id, folder = jobs.new_folder()
     path = JobLayout(folder).input

@@ -13,7 +13,13 @@ import cv2
 import numpy as np
 import pytest
 import video_samples as vs
-from engine_double import FakeEngine, fake_engine, hanging_fake_engine, slow_fake_engine
+from engine_double import (
+    FakeEngine,
+    disk_full_engine,
+    fake_engine,
+    hanging_fake_engine,
+    slow_fake_engine,
+)
 
 from v1motion.models.motion.engine import MotionFrame
 from v1motion.service.jobs.decode import DecodeError
@@ -301,6 +307,143 @@ def test_a_dead_worker_fails_its_job_only(tmp_path, slow_jobs):
     assert not (jobs.jobs_dir / victim / "out.tmp").exists()
     good = _submit(jobs, vs.avi(tmp_path, n=6))
     assert wait_for(lambda: _finished(jobs, good)).status == "succeeded"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="a process's mapped files, Linux")
+def test_a_full_disk_fails_the_job_saying_so_and_its_worker_lets_go_of_the_files(tmp_path):
+    """A job that met a full disk failed as an "internal error" naming a file of the server, and its
+    worker kept the deleted result maps mapped, their blocks taken, so the next jobs failed too."""
+    jobs = VideoJobs.local(tmp_path / "data", Limits(), disk_full_engine, workers=1)
+    jobs.start()
+    try:
+        job_id = _submit(jobs, vs.avi(tmp_path, n=30))
+        rec = wait_for(lambda: _finished(jobs, job_id))
+        assert rec.status == "failed"
+        assert (
+            rec.error
+            == "the server's disk has no room for this video's results; retry once space is freed"
+        )
+        assert "retry once space is freed" in rec.error and "/srv" not in rec.error
+        assert not (jobs.jobs_dir / job_id / "out.tmp").exists()
+        (pid,) = jobs.runner.worker_pids()
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert str(jobs.jobs_dir) not in maps, [m for m in maps.splitlines() if "deleted" in m]
+    finally:
+        jobs.stop()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="a process's mapped files, Linux")
+def test_a_job_that_fails_on_a_full_disk_lets_go_of_its_mapped_files(tmp_path, monkeypatch):
+    """On a full disk, closing the overlay's encoder and the frames' part file failed too (each
+    writes what it holds), so the clean-up stopped before letting go of the result maps; the failure's traceback and the job's
+    threads hold each other, and with them the maps, whose deleted files kept their blocks until a
+    full collection, which a worker rarely runs: every job after the first failed for want of the
+    room its predecessors still held."""
+    import errno
+    import gc
+
+    from v1motion.service.jobs import process
+    from v1motion.service.jobs.runners import run_job
+
+    def full(name):
+        return OSError(errno.ENOSPC, "No space left on device", f"/srv/secret/{name}")
+
+    class FullPartFile:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            return self.f.write(text)
+
+        def close(self):
+            self.f.close()
+            raise full("frames.jsonl")
+
+    init, add = process._Results.__init__, process._Results.add
+
+    def init_full(self, *args, **kw):
+        init(self, *args, **kw)
+        self._frames = FullPartFile(self._frames)
+
+    def add_until_full(self, mf):
+        add(self, mf)
+        if self.n == 5:
+            raise full("direction_deg.npy")
+
+    close_quietly = process._OverlayWriter.close_quietly
+
+    def close_quietly_full(self):
+        close_quietly(self)
+        raise full("overlay.mp4")  # the encoder's trailer, written as it closes
+
+    monkeypatch.setattr(process._Results, "__init__", init_full)
+    monkeypatch.setattr(process._Results, "add", add_until_full)
+    monkeypatch.setattr(process._OverlayWriter, "close_quietly", close_quietly_full)
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=12))
+    (tmp_path / "job").mkdir()
+    gc.disable()  # as a worker between jobs: no collection of its own
+    try:
+        status, reason = run_job(
+            "j", src, tmp_path / "job" / "out", fake_engine(), Limits(), lambda d, t: None
+        )
+        maps = Path("/proc/self/maps").read_text()
+    finally:
+        gc.enable()
+    assert status == "failed"
+    assert (
+        reason
+        == "the server's disk has no room for this video's results; retry once space is freed"
+    )
+    assert "/srv" not in reason
+    assert str(tmp_path / "job") not in maps, [m for m in maps.splitlines() if "job" in m]
+    assert not (tmp_path / "job" / "out.tmp").exists()
+
+
+def test_the_result_maps_are_allocated_ahead_so_a_full_disk_is_an_error_not_sigbus(
+    tmp_path, monkeypatch
+):
+    """Written through a memory map, a sparse file on a full disk kills the process with SIGBUS
+    ("the worker process died (exit code -7)"); its blocks are now allocated 64 frames ahead."""
+    import errno
+
+    from v1motion.service import disk
+
+    calls = []
+
+    def fallocate(fd, offset, length):
+        calls.append((offset, length))
+        if len(calls) > 3:  # the second reservation, from frame 64
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(disk.os, "posix_fallocate", fallocate, raising=False)
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=70))
+    with pytest.raises(OSError) as failed:
+        process_video(src, tmp_path / "out", fake_engine, Limits(), overlay=False)
+    assert failed.value.errno == errno.ENOSPC
+    assert len(calls) == 4  # three maps at frame 0, the first of them at frame 64
+    row = calls[0][1] // 64
+    assert calls[3][1] == 64 * row and calls[3][0] - calls[0][0] == 64 * row
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("free", "said"), [(10.0, "disk has no room"), (5000.0, "process died")])
+def test_a_worker_killed_by_sigbus_on_a_full_disk_fails_its_job_saying_so(
+    tmp_path, slow_jobs, monkeypatch, free, said
+):
+    """Writing through a memory map onto a full disk kills with SIGBUS; with little room left the
+    reason says so, otherwise it stays that the worker died."""
+    from v1motion.service.jobs import runners
+
+    monkeypatch.setattr(runners, "free_mb", lambda folder: free)
+    jobs = slow_jobs
+    victim = _submit(jobs, vs.avi(tmp_path, n=200))
+    wait_for(lambda: jobs.get(victim).frames_done > 0)
+    os.kill(jobs.runner.worker_pids()[0], signal.SIGBUS)
+    rec = wait_for(lambda: _finished(jobs, victim))
+    assert rec.status == "failed" and said in rec.error
 
 
 @pytest.mark.slow
@@ -651,7 +794,7 @@ def test_a_store_that_cannot_record_a_jobs_end_keeps_the_slot_and_the_queue_goin
         runner.stop()
     first = store.get("a" * 32)
     assert refused == ["a" * 32] * 2
-    assert first.status == "failed" and "No space left on device" in first.error
+    assert first.status == "failed" and "disk has no room for this video's results" in first.error
 
 
 # ----------------------------------------------------------------------- what the store keeps

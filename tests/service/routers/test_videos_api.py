@@ -192,6 +192,76 @@ def test_over_the_size_limit_is_413_and_leaves_no_file(client):
     assert set(os.listdir(tempfile.gettempdir())) - before_tmp == set()
 
 
+def test_an_upload_the_disk_has_no_room_for_is_507_and_leaves_no_file(client, monkeypatch):
+    """On a full disk an upload was a 400 "malformed multipart body: [Errno 28] ...": the client's
+    fault, by its status. Refused from its Content-Length when the room is known to be short,
+    and when the disk fills while it arrives."""
+    import errno
+
+    from v1motion.service.jobs import upload as upload_module
+    from v1motion.service.routers import videos
+
+    before = job_folders(client)
+    data = vs.avi(client.data_dir.parent, n=6)
+    monkeypatch.setattr(videos, "free_mb", lambda folder: 0.001)
+    files = {"file": ("clip.avi", data, "video/x-msvideo")}
+    r = client.post("/v1/videos", files=files)  # a 5xx: the server's state, not the request
+    assert r.status_code == 507
+    assert r.json()["detail"].startswith("the server's disk has no room for the upload (")
+    assert job_folders(client) == before
+    monkeypatch.undo()
+
+    real_open = open
+
+    class FullFile:
+        def __init__(self, path, mode):
+            self.f = real_open(path, mode)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device", "/srv/secret/input.bin")
+
+        def close(self):
+            self.f.close()
+
+    monkeypatch.setattr(upload_module, "open", FullFile, raising=False)
+    r = client.post("/v1/videos", files=files)
+    assert r.status_code == 507, r.text
+    assert "disk has no room for the upload" in r.json()["detail"]
+    assert "/srv" not in r.text and "malformed" not in r.text
+    assert job_folders(client) == before
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "oserror", "other"])
+def test_a_request_that_meets_a_full_disk_is_507_naming_it(tmp_path, monkeypatch, kind):
+    """Wherever a route writes (here the job store, deleting a job), a full disk was a plain-text
+    500 with a traceback in the log; any other such error still is a 500."""
+    import errno
+    import sqlite3
+
+    from v1motion.service.jobs.manager import VideoJobs
+
+    def delete(self, job_id):
+        if kind == "sqlite":
+            exc = sqlite3.OperationalError("database or disk is full")
+            exc.sqlite_errorcode = sqlite3.SQLITE_FULL
+            raise exc
+        code = errno.ENOSPC if kind == "oserror" else errno.EIO
+        raise OSError(code, os.strerror(code), "/srv/secret/jobs.sqlite3")
+
+    settings = Settings(data_dir=tmp_path, video_engine="random")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        job_id = upload(c, vs.avi(tmp_path, n=6)).json()["id"]
+        wait_done(c, job_id)
+        monkeypatch.setattr(VideoJobs, "delete", delete)
+        r = c.delete(f"/v1/videos/{job_id}")
+    if kind == "other":
+        assert r.status_code == 500
+        return
+    assert r.status_code == 507
+    assert r.json()["detail"].startswith("the server's disk has no room for what this request ")
+    assert "/srv" not in r.text
+
+
 def test_not_multipart_is_415(client):
     r = client.post("/v1/videos", json={"url": "http://example.com/a.mp4"})
     assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
@@ -256,7 +326,7 @@ def test_openapi_documents_the_upload(client):
     post = client.get("/openapi.json").json()["paths"]["/v1/videos"]["post"]
     schema = post["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert schema["properties"]["file"]["format"] == "binary"
-    assert {"202", "413", "415", "422"} <= set(post["responses"])
+    assert {"202", "413", "415", "422", "507"} <= set(post["responses"])
 
 
 def test_overlay_can_be_switched_off(tmp_path):
