@@ -18,6 +18,9 @@ const DIRECTION_BINS = 16;
 const CHIP_REORDER_MS = 1000; // the most-active chips change order at most this often
 const ACTIVITY_TAU_MS = 1000; // unit activity is averaged over about this long before ranking
 const CAMERA_SIDE = 320; // the longer side of the frames the camera sends, in px
+const REDUCED_MOTION_MS = 500; // under prefers-reduced-motion: readings change at most this often
+const ALT_TEXT_MS = 1000; // the charts' text alternatives change at most this often
+const reducedMotion = window.matchMedia ? window.matchMedia("(prefers-reduced-motion: reduce)") : null;
 
 // The size the camera's frames are sent at: its own aspect ratio, the longer side CAMERA_SIDE (a
 // 16:9 camera squeezed into 320x240 read a 45-degree motion as 39.5 degrees).
@@ -62,6 +65,10 @@ const state = {
   chips: { activity: new Map(), lastAt: null, els: new Map(), order: "", reorderedAt: 0, held: false, latest: [] },
   camera: null, // {stream, canvas, inFlight, sentAt}
   reconnectTimer: null,
+  paused: false, // the readings on screen held still (Pause); results keep arriving
+  renderedAt: 0,
+  statsAt: 0,
+  altAt: 0,
 };
 
 function readToken() {
@@ -94,15 +101,18 @@ function askToken() {
     : "This service needs an access token.";
   if (refused) $("token-input").value = "";
   $("token-form").hidden = false;
+  $("token-input").focus(); // its description (the message above) is read with it
   setConn(refused ? "token refused" : "token needed", "warn");
 }
 
+// A message over the page, read out by screen readers (an error at once: role alert).
 function banner(text, kind = "warn") {
   const b = $("banner");
   if (!text) { b.hidden = true; return; }
-  b.textContent = text;
+  b.setAttribute("role", kind === "error" ? "alert" : "status");
   b.className = `banner ${kind === "error" ? "error" : ""}`;
-  b.hidden = false;
+  b.hidden = false; // shown before its text changes, so that the change is announced
+  b.textContent = text;
 }
 
 function setConn(text, kind) {
@@ -473,14 +483,55 @@ function drawUnitPolar(canvas, dirsDeg, values, prefDeg) {
 // ---- rendering ------------------------------------------------------------------------------------
 let frameRequested = false;
 function scheduleRender() {
-  if (frameRequested) return;
+  if (frameRequested || state.paused) return;
   frameRequested = true;
-  requestAnimationFrame(() => { frameRequested = false; render(); });
+  // Under prefers-reduced-motion the readings change at most twice a second, not with every result.
+  const wait = reducedMotion && reducedMotion.matches ? state.renderedAt + REDUCED_MOTION_MS - performance.now() : 0;
+  const draw = () => requestAnimationFrame(() => { frameRequested = false; if (!state.paused) render(); });
+  if (wait > 0) setTimeout(draw, wait);
+  else draw();
+}
+
+function setPaused(paused) {
+  state.paused = paused;
+  const btn = $("pause-btn");
+  btn.setAttribute("aria-pressed", String(paused));
+  $("pause-label").textContent = paused ? "Resume" : "Pause";
+  if (!paused) {
+    updateStats();
+    scheduleRender();
+  }
+}
+
+const COMPASS = ["right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right"];
+export function compass(deg) { return COMPASS[Math.round(fmtDeg(deg) / 45) % 8]; }
+
+// What the charts show, in words, for screen readers (at most once a second: a name that changes
+// with every result is read out again and again).
+function describeCharts(m, confident, hists, moving, labels) {
+  const now = performance.now();
+  if (now - state.altAt < ALT_TEXT_MS) return;
+  state.altAt = now;
+  const mo = m.motion;
+  const dir = mo.global_direction_deg, speed = mo.global_speed_px_per_frame;
+  $("map").setAttribute("aria-label", confident
+    ? `Model motion map: moving ${compass(dir)} (${fmtDeg(dir)}°) at ${fmtSpeed(speed)} px/frame, confidence ${mo.global_confidence.toFixed(2)}`
+    : "Model motion map: no clear motion");
+  const top = (values) => values.indexOf(Math.max(...values));
+  const d = top(hists.direction), deg = (d * 360) / DIRECTION_BINS;
+  $("polar").setAttribute("aria-label", moving
+    ? `Direction distribution of the map's cells: most move ${compass(deg)} (${fmtDeg(deg)}°)`
+    : "Direction distribution: no clear motion");
+  const truth = m.truth ? `; true speed ${fmtSpeed(m.truth.speed_px_per_frame)} px/frame` : "";
+  $("speed-hist").setAttribute("aria-label", moving
+    ? `Speed distribution of the map's cells: most at ${labels[top(hists.speed)]} px/frame${truth}`
+    : `Speed distribution: no clear motion${truth}`);
 }
 
 function render() {
   const m = state.last;
   if (!m) return;
+  state.renderedAt = performance.now();
   $("waiting").hidden = true;
   const cellCss = drawMap($("map"), state.image, m.width, m.height, m.motion);
   if (cellCss) drawArrowScale($("arrow-scale"), cellCss);
@@ -526,6 +577,7 @@ function render() {
   const atDominant = confident && speed > 0 ? Math.min(Math.max(Math.round(speedBinPosition(speed)), 0), last) : -1;
   drawBars($("speed-hist"), moving ? hists.speed : null, labels, atDominant,
     m.truth ? speedBinPosition(m.truth.speed_px_per_frame) : null);
+  describeCharts(m, confident, hists, moving, labels);
   renderTopUnits(topActivity());
 }
 
@@ -580,9 +632,9 @@ function renderTopUnits(top) {
   $("top-units-empty").hidden = top.length > 0;
 }
 
+// The number changes with every result: shown, not read out (the chip's name stays the same).
 function setChipActivity(el, id, a) {
   el.querySelector("small").textContent = a == null ? "–" : fmtActivity(a);
-  el.setAttribute("aria-label", a == null ? `unit ${id}, not active` : `unit ${id}, activity ${fmtActivity(a)}`);
 }
 
 function fmtActivity(a) { return a >= 100 ? a.toFixed(0) : a >= 10 ? a.toFixed(1) : a.toFixed(2); }
@@ -596,7 +648,12 @@ function makeChip(id) {
   const dot = document.createElement("i");
   dot.style.background = info ? hue(info.preferred_direction_deg) : "#8b9aab";
   const small = document.createElement("small");
+  small.setAttribute("aria-hidden", "true");
   b.append(dot, `#${id}`, small);
+  b.setAttribute("aria-pressed", String(id === state.unitId));
+  b.setAttribute("aria-label", info
+    ? `unit ${id}, prefers ${compass(info.preferred_direction_deg)} (${fmtDeg(info.preferred_direction_deg)}°) at ${fmtSpeed(info.preferred_speed)} px/frame`
+    : `unit ${id}`);
   if (info) {
     b.title = `prefers ${fmtDeg(info.preferred_direction_deg)}° at ${fmtSpeed(info.preferred_speed)} px/frame` +
       (info.degenerate ? ` · ${info.degenerateWhy}` : "") + "; activity: its code summed over the frame";
@@ -612,6 +669,8 @@ function holdChips(held) {
 }
 
 function updateStats() {
+  if (state.paused) return; // held still, as the readings are
+  state.statsAt = performance.now();
   $("stat-fps").textContent = state.fps ? state.fps.toFixed(1) : "–";
   $("stat-latency").textContent = state.latency == null ? "–" : state.latency.toFixed(1);
   $("stat-drops").textContent = String(state.dropsServer + state.dropsClient);
@@ -635,7 +694,8 @@ function onResult(m) {
   }
   state.last = m;
   updateActivity(m.motion.top_units, now);
-  updateStats();
+  const slow = reducedMotion && reducedMotion.matches ? REDUCED_MOTION_MS : 0;
+  if (now - state.statsAt >= slow) updateStats();
   if (!m.preview) scheduleRender();
 }
 
@@ -650,6 +710,7 @@ function closeSocket() {
 }
 
 function resetView() {
+  if (state.paused) setPaused(false); // another source or the camera: its readings, live
   state.last = null;
   state.image = null;
   state.results = 0;
@@ -1079,7 +1140,13 @@ function selectUnit(id) {
   $("unit-facts").dataset.degenerate = u.degenerate ? "true" : "false";
   drawUnitPolar($("unit-polar"), state.units.directions_deg, u.direction_tuning, u.preferred_direction_deg);
   drawSpeedTuning($("unit-speed"), state.units.speeds, u.speed_tuning, u.preferred_speed);
-  for (const [cid, el] of state.chips.els) el.classList.toggle("selected", cid === u.id);
+  $("unit-polar").setAttribute("aria-label",
+    `Direction tuning of unit ${u.id}: prefers ${compass(u.preferred_direction_deg)} (${fmtDeg(u.preferred_direction_deg)}°)`);
+  $("unit-speed").setAttribute("aria-label", `Speed tuning of unit ${u.id}: prefers ${fmtSpeed(u.preferred_speed)} px/frame`);
+  for (const [cid, el] of state.chips.els) {
+    el.classList.toggle("selected", cid === u.id);
+    el.setAttribute("aria-pressed", String(cid === u.id));
+  }
 }
 
 function stepUnit(delta) {
@@ -1127,6 +1194,12 @@ async function start() {
     openStream(name);
   });
   $("camera-btn").addEventListener("click", () => (state.camera ? stopCamera() : startCamera()));
+  $("pause-btn").addEventListener("click", () => setPaused(!state.paused));
+  // A tooltip shown by focus closes on Escape (WCAG 1.4.13) until focus leaves its number.
+  for (const stat of document.querySelectorAll(".stat")) {
+    stat.addEventListener("keydown", (e) => { if (e.key === "Escape") stat.classList.add("tip-off"); });
+    stat.addEventListener("blur", () => stat.classList.remove("tip-off"));
+  }
   document.addEventListener("visibilitychange", cameraOnVisibility);
   $("flow-toggle").addEventListener("change", (e) => {
     state.flow = e.target.checked;

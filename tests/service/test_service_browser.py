@@ -6,6 +6,8 @@ they fail instead (``.ci/run`` installs chromium).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import os
@@ -1038,3 +1040,143 @@ def test_a_video_jobs_overlay_plays_in_the_browser(browser, tmp_path):
         assert played["width"] == 160 and played["height"] == 120
         assert played["duration"] == pytest.approx(30 / 10, abs=0.2)  # 30 frames at 10 fps
         assert errors == []
+
+
+# ---- for keyboard and screen-reader users --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def live_dashboard(browser, results_first: int = 5):
+    """The dashboard on a random engine's synthetic stream, once ``results_first`` results are in;
+    the page and its errors (none by the end)."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_results(page, results_first)
+        yield page
+        assert errors == []
+
+
+RENDERS = """() => new Promise((done) => {
+  let n = 0;
+  const seen = new MutationObserver(() => { n += 1; });
+  seen.observe(document.querySelector('#dominant'), {attributeFilter: ['data-results']});
+  setTimeout(() => { seen.disconnect(); done(n); }, 3000);
+})"""
+
+
+def test_pause_holds_the_readings_still_and_resume_shows_the_newest(browser):
+    """Thirty readings a second with no way to stop them (WCAG 2.2.2): a screen-reader user's
+    number changed under the cursor while it was read."""
+    with live_dashboard(browser) as page:
+        page.focus("#pause-btn")
+        page.keyboard.press("Space")
+        assert page.get_attribute("#pause-btn", "aria-pressed") == "true"
+        assert page.text_content("#pause-label").strip() == "Resume"
+        held = (results(page), shown_readings(page))
+        assert page.evaluate(RENDERS) == 0  # 3 s of a live stream: nothing on screen changes
+        assert (results(page), shown_readings(page)) == held
+        page.keyboard.press("Space")
+        assert page.get_attribute("#pause-btn", "aria-pressed") == "false"
+        wait_for(page, f"Number(document.querySelector('#dominant').dataset.results) > {held[0]}")
+        assert results(page) > held[0] + 30  # the results that arrived meanwhile were counted
+
+
+def test_under_reduced_motion_the_readings_change_at_most_twice_a_second(browser):
+    with live_dashboard(browser) as page:
+        normal = page.evaluate(RENDERS)
+        page.emulate_media(reduced_motion="reduce")
+        reduced = page.evaluate(RENDERS)
+        assert 3 <= reduced <= 8, reduced  # at most 2 a second over 3 s, and still live
+        assert normal > reduced, (normal, reduced)
+
+
+def test_charts_numbers_and_chips_have_names_a_screen_reader_reads(browser):
+    import re
+
+    with live_dashboard(browser) as page:
+        wait_for(page, "document.querySelectorAll('#top-units .chip').length >= 3")
+        page.wait_for_timeout(1200)  # the charts' words change at most once a second
+        for name in (
+            r"^Model motion map: (moving \S+ \(\d+°\) at [\d.]+ px\/frame|no clear motion)",
+            r"^Direction distribution(: no clear motion| of the map's cells: most move \S+ \(\d+°\))",
+            r"^Speed distribution",
+            r"^colour wheel",
+            r"^arrow length scale",
+            r"^Direction tuning of unit \d+: prefers \S+ \(\d+°\)$",
+            r"^Speed tuning of unit \d+: prefers [\d.]+ px\/frame$",
+        ):
+            assert page.get_by_role("img", name=re.compile(name)).count() == 1, name
+        assert page.get_attribute("#dominant-arrow", "aria-hidden") == "true"  # the text says it
+        card = page.text_content(".dominant-text")
+        assert "Direction" in card and "Speed" in card  # read before their numbers
+        assert page.get_by_role("heading", level=1).count() == 1
+        assert page.get_by_role("combobox", name="show units").count() == 1
+        assert page.get_by_role("combobox", name="sort by").count() == 1
+        assert page.get_by_role("group", name=re.compile(r"^(\d+(\.\d+)?|–) fps$")).count() == 1
+        # a chip's name stays put while its number changes with every result
+        names = "[...document.querySelectorAll('#top-units .chip')].map(c => c.getAttribute('aria-label'))"
+        chip = page.evaluate(names)
+        assert all(
+            re.match(r"^unit \d+(, prefers \S+ \(\d+°\) at [\d.]+ px/frame)?$", n) for n in chip
+        )
+        page.hover("#top-units")  # held still: the same chips
+        before = page.evaluate(names)
+        page.wait_for_timeout(800)
+        assert page.evaluate(names) == before
+        pressed = page.evaluate(
+            "[...document.querySelectorAll('#top-units .chip')]"
+            ".filter(c => c.getAttribute('aria-pressed') === 'true').map(c => c.dataset.unit)"
+        )
+        assert pressed in ([], [page.input_value("#unit-select")])
+
+
+def test_an_error_banner_is_an_alert_and_the_token_field_gets_focus_and_a_name(browser):
+    app = create_app(Settings(token="tok-123"), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        page.locator("#token-form").wait_for(state="visible")
+        assert page.evaluate("document.activeElement.id") == "token-input"
+        assert page.get_by_label("Access token").count() == 1
+        assert page.get_attribute("#token-input", "aria-describedby") == "token-msg"
+        page.fill("#token-input", "wrong")
+        page.keyboard.press("Enter")
+        wait_for(page, "document.querySelector('#token-msg').textContent.includes('refused')")
+        assert page.evaluate("document.activeElement.id") == "token-input"  # not back to the page
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/?source=nosuch")
+        page.locator("#banner").wait_for(state="visible")
+        assert page.get_attribute("#banner", "role") in ("status", "alert")
+        assert errors == []
+
+
+def test_on_a_phone_the_tab_stops_run_down_the_page(browser):
+    """One column: the tab order went down to the unit browser at the bottom, then back up to the
+    most active units (WCAG 2.4.3)."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+        page.goto(f"{srv.url}/")
+        wait_results(page, 3)
+        wait_for(page, "document.querySelectorAll('#top-units .chip').length >= 2")
+        page.hover("#top-units")  # the chips hold still
+        page.focus("#unit-filter")  # the first stop below the top bar
+        ys = []
+        for i in range(6):  # the unit browser's five controls, then the first chip
+            if i:
+                page.keyboard.press("Tab")
+            ys.append(page.evaluate("document.activeElement.getBoundingClientRect().top + scrollY"))
+        assert page.evaluate("document.activeElement.classList.contains('chip')")
+        assert all(b > a - 4 for a, b in itertools.pairwise(ys)), ys  # down the page (a row: 4 px)
+
+
+def test_escape_closes_a_numbers_explanation_until_focus_leaves_it(browser):
+    with live_dashboard(browser, 2) as page:
+        page.focus(".stat:has(#stat-drops)")
+        assert page.is_visible("#tip-drops")
+        page.keyboard.press("Escape")
+        assert not page.is_visible("#tip-drops")
+        page.focus("#pause-btn")
+        page.focus(".stat:has(#stat-drops)")
+        assert page.is_visible("#tip-drops")
