@@ -18,6 +18,7 @@ const DIRECTION_BINS = 16;
 const CHIP_REORDER_MS = 1000; // the most-active chips change order at most this often
 const ACTIVITY_TAU_MS = 1000; // unit activity is averaged over about this long before ranking
 const CAMERA_SIDE = 320; // the longer side of the frames the camera sends, in px
+const SOURCE_KEYS_MS = 600; // a source picked with the keyboard opens once the keys stop this long
 const REDUCED_MOTION_MS = 500; // under prefers-reduced-motion: readings change at most this often
 const ALT_TEXT_MS = 1000; // the charts' text alternatives change at most this often
 const reducedMotion = window.matchMedia ? window.matchMedia("(prefers-reduced-motion: reduce)") : null;
@@ -1182,16 +1183,26 @@ async function start() {
   const blocked = cameraBlockedReason();
   if (blocked) $("camera-btn").title = blocked;
 
+  // A closed picker changes with every arrow key: a keyboard user stepping through the sources
+  // opened each one on the way, its readings wiped each time. From the keyboard the source opens
+  // once the keys stop (SOURCE_KEYS_MS); picked with the pointer, at once.
+  let sourceKeyAt = -Infinity, sourceTimer = null;
+  $("source").addEventListener("keydown", () => { sourceKeyAt = performance.now(); });
   $("source").addEventListener("change", (e) => {
     const name = e.target.value;
-    if (state.unknownSource || state.cameraBanner) {
-      banner(null);
-      state.unknownSource = state.cameraBanner = false;
-    }
-    if (state.camera) stopCamera(false); // the stream picked is opened below, once
-    $("source").value = name;
-    resetView();
-    openStream(name);
+    clearTimeout(sourceTimer);
+    const pick = () => {
+      if (state.unknownSource || state.cameraBanner) {
+        banner(null);
+        state.unknownSource = state.cameraBanner = false;
+      }
+      if (state.camera) stopCamera(false); // the stream picked is opened below, once
+      $("source").value = name;
+      resetView();
+      openStream(name);
+    };
+    if (performance.now() - sourceKeyAt < 200) sourceTimer = setTimeout(pick, SOURCE_KEYS_MS);
+    else pick();
   });
   $("camera-btn").addEventListener("click", () => (state.camera ? stopCamera() : startCamera()));
   $("pause-btn").addEventListener("click", () => setPaused(!state.paused));

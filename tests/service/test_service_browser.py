@@ -1180,3 +1180,26 @@ def test_escape_closes_a_numbers_explanation_until_focus_leaves_it(browser):
         page.focus("#pause-btn")
         page.focus(".stat:has(#stat-drops)")
         assert page.is_visible("#tip-drops")
+
+
+def test_stepping_through_the_sources_with_the_keyboard_opens_only_the_one_it_stops_on(browser):
+    """A closed picker changes with every arrow key: each source on the way was opened, and the
+    readings wiped each time."""
+    app = create_app(
+        Settings(sources=["synthetic", "b=synthetic", "c=synthetic"]), engine_factory=random_engine
+    )
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_results(page, 3)
+        opened = []
+        page.on("websocket", lambda ws: opened.append(ws.url.rsplit("/", 1)[-1].split("?", 1)[0]))
+        page.focus("#source")
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("ArrowDown")
+        page.wait_for_timeout(1500)
+        assert opened == ["c"], opened
+        wait_results(page, 3)
+        page.select_option("#source", "synthetic")  # the pointer: at once
+        page.wait_for_timeout(300)
+        assert opened == ["c", "synthetic"], opened
+        assert errors == []
