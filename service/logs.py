@@ -66,9 +66,26 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+class QuietSocketLines(logging.Filter):
+    """uvicorn's "connection open" and "connection closed" for every websocket are DEBUG here: they
+    name neither the client nor the path, and the lines beside them do ("WebSocket /v1/streams/x"
+    [accepted] with the address; the stream's "viewer joined" and "viewer left (sent, missed)").
+    Fifty viewers coming and going wrote two hundred lines, half of them these."""
+
+    QUIET = frozenset({"connection open", "connection closed"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.error" and record.levelno == logging.INFO:
+            if record.msg in self.QUIET:
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler()
     handler.addFilter(RedactSecrets())
+    handler.addFilter(QuietSocketLines())
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:

@@ -97,3 +97,31 @@ def test_a_spike_workers_fit_notes_are_info_and_other_warnings_stay(capfd, monke
     said = {r["msg"]: r["level"] for r in records}
     assert said.pop("ran out of memory") == "warning"
     assert said == ({"RGLM: L-BFGS hit the iteration cap": "info"} if level == "info" else {})
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_uvicorns_bare_socket_lines_are_debug(capfd, monkeypatch, level):
+    """Every viewer wrote uvicorn's "connection open" and "connection closed" at INFO, lines that
+    name no client or path, beside the ones that do."""
+    import logging
+
+    from v1motion.service.logs import configure_logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    before = root.level
+    try:
+        configure_logging(level, "json")
+        uv = logging.getLogger("uvicorn.error")
+        uv.info("connection open")
+        uv.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:5", "/v1/streams/synthetic")
+        uv.info("connection closed")
+    finally:
+        root.setLevel(before)
+    records = [json.loads(x) for x in capfd.readouterr().err.splitlines() if x.startswith("{")]
+    said = [(r["msg"], r["level"]) for r in records]
+    accepted = ('127.0.0.1:5 - "WebSocket /v1/streams/synthetic" [accepted]', "info")
+    if level == "info":
+        assert said == [accepted]
+    else:
+        assert said == [("connection open", "debug"), accepted, ("connection closed", "debug")]
