@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -19,6 +20,29 @@ _LATENCY_BUCKETS = (
     0.5,
     1.0,
 )
+
+
+class _Connections:
+    """The server's connection bounds (``v1motion.service.server.STATS``), read at each scrape."""
+
+    def collect(self):
+        from v1motion.service.server import STATS
+
+        yield GaugeMetricFamily(
+            "v1motion_http_connections_open",
+            "Connections open, websockets included",
+            STATS.open_now(),
+        )
+        for name, doc, value in (
+            ("refused", "Connections refused at V1MOTION_MAX_CONNECTIONS (503)", STATS.refused),
+            (
+                "header_timeouts",
+                "Requests whose headers did not arrive in V1MOTION_HEADER_TIMEOUT_S (408)",
+                STATS.header_timeouts,
+            ),
+            ("idle_closed", "New connections closed for sending nothing", STATS.idle_closed),
+        ):
+            yield CounterMetricFamily(f"v1motion_http_connections_{name}", doc, value)
 
 
 class Metrics:
@@ -69,3 +93,4 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        r.register(_Connections())

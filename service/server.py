@@ -53,6 +53,21 @@ class Server(uvicorn.Server):
 _REFUSAL_LOG_EVERY_S = 60.0
 
 
+class ConnectionStats:
+    """What the bounds did in this process (one server a process), for ``/metrics``: connections
+    open now, refused at the cap, and closed for headers that stopped (408) or for sending nothing."""
+
+    def __init__(self) -> None:
+        self.open: set | None = None  # uvicorn's set of open connections, once one was made
+        self.refused = self.header_timeouts = self.idle_closed = 0
+
+    def open_now(self) -> int:
+        return 0 if self.open is None else len(self.open)
+
+
+STATS = ConnectionStats()
+
+
 def _raw_json_response(status: bytes, detail: str, extra: bytes = b"") -> bytes:
     body = json.dumps({"detail": detail}).encode()
     return (
@@ -87,6 +102,7 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            STATS.open = self.connections
             if len(self.connections) > limits.max_connections:
                 self._refuse()
                 return
@@ -127,6 +143,9 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     f"the request's headers did not arrive within {limits.header_timeout_s:g} s"
                 )
                 self.transport.write(_raw_json_response(b"408 Request Timeout", detail))
+                STATS.header_timeouts += 1
+            else:
+                STATS.idle_closed += 1
             self.transport.close()
 
         def _refuse(self) -> None:
@@ -135,6 +154,7 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 _raw_json_response(b"503 Service Unavailable", detail, b"retry-after: 1\r\n")
             )
             self.transport.close()
+            STATS.refused += 1
             refusals["since"] += 1
             now = self.loop.time()
             if now - refusals["logged_at"] >= _REFUSAL_LOG_EVERY_S:  # said at most once a minute

@@ -225,3 +225,39 @@ def test_the_cap_leaves_the_process_files_of_its_own(soft, hard, cap, said):
     got_cap, got_said = eval(out.stdout)  # noqa: S307 - our own repr of (int, str | None)
     assert got_cap == cap
     assert (got_said is None) if said is None else (said in got_said)
+
+
+def test_metrics_count_what_the_bounds_did():
+    import re
+
+    def scrape(url):
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+        return {
+            m[1]: float(m[2])
+            for m in re.finditer(r"^(v1motion_http_connections_\w+) ([\d.e+]+)$", text, re.M)
+        }
+
+    limits = ConnectionLimits(0.4, 0.6, 4)
+    app = create_app(Settings(), engine_factory=random_engine)
+    with ServerThread(app, http=bounded_http_protocol(limits)) as srv:
+        before = scrape(srv.url)
+        held = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", srv.port))
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            held.append(s)
+        quiet = socket.create_connection(("127.0.0.1", srv.port))  # the 4th: sends nothing
+        time.sleep(0.1)
+        assert httpx.get(f"{srv.url}/healthz", timeout=5).status_code == 503  # a 5th
+        for s in [*held, quiet]:
+            read_until_closed(s, within=5)
+            s.close()
+        after = scrape(srv.url)
+    assert (
+        after["v1motion_http_connections_refused_total"]
+        == before.get("v1motion_http_connections_refused_total", 0) + 1
+    )
+    grew = {k: after[k] - before.get(k, 0) for k in after if k.endswith("_total")}
+    assert grew["v1motion_http_connections_header_timeouts_total"] == 3
+    assert grew["v1motion_http_connections_idle_closed_total"] == 1
+    assert after["v1motion_http_connections_open"] == 1  # the scrape's own
