@@ -78,7 +78,7 @@ class QuietSocketLines(logging.Filter):
         if record.name == "uvicorn.error" and record.levelno == logging.INFO:
             if record.msg in self.QUIET:
                 record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+                return logging.getLogger(record.name).getEffectiveLevel() <= logging.DEBUG
         return True
 
 
@@ -98,6 +98,7 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+        logging.getLogger(name).setLevel(logging.NOTSET)  # the level given here decides
     threading.excepthook = _log_thread_exception
 
 

@@ -107,17 +107,18 @@ def test_uvicorns_bare_socket_lines_are_debug(capfd, monkeypatch, level):
 
     from v1motion.service.logs import configure_logging
 
-    root = logging.getLogger()
+    root, uv = logging.getLogger(), logging.getLogger("uvicorn.error")
     monkeypatch.setattr(root, "handlers", list(root.handlers))
-    before = root.level
+    loggers = [root, logging.getLogger("uvicorn"), uv, logging.getLogger("uvicorn.access")]
+    before = [x.level for x in loggers]  # a test's own uvicorn may have set theirs
     try:
         configure_logging(level, "json")
-        uv = logging.getLogger("uvicorn.error")
         uv.info("connection open")
         uv.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:5", "/v1/streams/synthetic")
         uv.info("connection closed")
     finally:
-        root.setLevel(before)
+        for x, lv in zip(loggers, before, strict=True):
+            x.setLevel(lv)
     records = [json.loads(x) for x in capfd.readouterr().err.splitlines() if x.startswith("{")]
     said = [(r["msg"], r["level"]) for r in records]
     accepted = ('127.0.0.1:5 - "WebSocket /v1/streams/synthetic" [accepted]', "info")
