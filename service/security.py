@@ -463,8 +463,10 @@ class BodyLimit:
             return
         detail = f"the request body is larger than the limit of {self.limit} bytes"
         declared = HTTPConnection(scope).headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.limit:
-            await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+        if declared.isdigit() and int(declared) > self.limit:  # its body is not read: close
+            await JSONResponse({"detail": detail}, 413, {"Connection": "close"})(
+                scope, receive, send
+            )
             return
         received, sent, pending = 0, _TrackedSend(send), True
         loop = asyncio.get_running_loop()
@@ -493,7 +495,9 @@ class BodyLimit:
         except _BodyTooLarge:
             if sent.started:
                 raise
-            await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+            await JSONResponse({"detail": detail}, 413, {"Connection": "close"})(
+                scope, receive, send
+            )
         except _BodyTimedOut:
             if sent.started:
                 raise

@@ -51,6 +51,9 @@ class Server(uvicorn.Server):
 # open files, until /healthz itself failed. The protocol below bounds both, for every route at once.
 
 _REFUSAL_LOG_EVERY_S = 60.0
+# A request line and headers larger than this get 431 (httptools keeps no such limit: one client
+# sent 1 GB of header lines in 2 s and the server's memory grew by as much before the time limit).
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class ConnectionStats:
@@ -99,6 +102,7 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         bounds = limits
         _header_timer: asyncio.TimerHandle | None = None
         _began = False  # a request's first byte arrived, its headers have not all
+        _header_bytes = 0  # bytes received since then
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -114,13 +118,36 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._began = True
+            self._began, self._header_bytes = True, -1  # -1: began within the bytes being read
             self._arm(limits.header_timeout_s)
 
         def on_headers_complete(self) -> None:
             self._began = False
             self._disarm()
             super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return  # answered and closing, or now a websocket's
+            if self._began:  # still in a request's headers after these bytes
+                # counted from the next read on (a read holds at most 256 KiB): what came before
+                # the request's first byte in this one may be another request's body
+                self._header_bytes = 0 if self._header_bytes < 0 else self._header_bytes + len(data)
+                if self._header_bytes > MAX_HEADER_BYTES:
+                    self._disarm()
+                    detail = f"the request's headers are larger than {MAX_HEADER_BYTES} bytes"
+                    self.transport.write(
+                        _raw_json_response(b"431 Request Header Fields Too Large", detail)
+                    )
+                    self.transport.close()
+                return
+            # Bytes that began no request once the last response was sent (a stray CRLF, the rest
+            # of a body the app answered without reading): uvicorn stopped its keep-alive timer
+            # on them and restarts it only with a response, so nothing closed the connection.
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and self._header_timer is None and self.timeout_keep_alive_task is None:
+                self._arm(limits.idle_timeout_s)
 
         def _arm(self, seconds: float) -> None:
             self._disarm()

@@ -113,7 +113,11 @@ async def create_video_job(
     max_bytes = int(settings.video_max_upload_mb * 1024 * 1024)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + MAX_OVERHEAD:
-        raise HTTPException(413, f"the upload is larger than the limit of {max_bytes} bytes")
+        raise HTTPException(
+            413,
+            f"the upload is larger than the limit of {max_bytes} bytes",
+            {"Connection": "close"},  # its body is not read
+        )
     _refuse_if_queue_full(jobs)  # before the upload: no bytes received for nothing
     free = free_mb(jobs.jobs_dir)
     if declared and declared.isdigit() and free is not None and int(declared) > free * 2**20:
@@ -132,6 +136,8 @@ async def create_video_job(
             sniff_file(path)
         except UploadError as exc:
             headers = {"Retry-After": str(slots.retry_after)} if exc.status == 503 else None
+            if exc.status in (408, 413):  # the rest of the body is not read: the connection ends
+                headers = {"Connection": "close"}
             raise HTTPException(exc.status, exc.detail, headers) from None
         except UnsupportedContainer as exc:
             raise HTTPException(415, str(exc)) from None

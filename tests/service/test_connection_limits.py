@@ -261,3 +261,64 @@ def test_metrics_count_what_the_bounds_did():
     assert grew["v1motion_http_connections_header_timeouts_total"] == 3
     assert grew["v1motion_http_connections_idle_closed_total"] == 1
     assert after["v1motion_http_connections_open"] == 1  # the scrape's own
+
+
+@pytest.mark.parametrize(
+    "after",
+    [b"\r\n", b"{"],  # a stray line end; the rest of a body the route answered without reading
+)
+def test_bytes_that_begin_no_request_after_an_answer_do_not_keep_the_connection(after):
+    """uvicorn stops its keep-alive timer on any bytes and restarts it only with a response: a
+    connection that sent one more byte after its answer was never closed, and forty of them held
+    the connection cap for as long as their client liked."""
+    with (
+        bounded(header_s=0.4, idle_s=0.6) as srv,
+        socket.create_connection(("127.0.0.1", srv.port)) as s,
+    ):
+        s.sendall(b"POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")  # 405
+        s.settimeout(5)
+        assert s.recv(65536).startswith(b"HTTP/1.1 405")
+        s.sendall(after)
+        raw, took = read_until_closed(s, within=5)
+        assert raw == b"" and took < 3
+
+
+def test_headers_larger_than_the_limit_get_431_before_they_fill_the_memory():
+    """httptools keeps no limit: a client sent 1 GB of header lines in 2 s, and the server's
+    memory grew by as much before the time limit ended it."""
+    from v1motion.service.server import MAX_HEADER_BYTES
+
+    with (
+        bounded(header_s=30, idle_s=30) as srv,
+        socket.create_connection(("127.0.0.1", srv.port)) as s,
+    ):
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+        line = b"X-Filler: " + b"a" * 1000 + b"\r\n"
+        sent = 0
+        try:
+            while sent < 20 * MAX_HEADER_BYTES:
+                s.sendall(line)
+                sent += len(line)
+                time.sleep(0.0005 if sent % 65536 < len(line) else 0)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        raw, _ = read_until_closed(s, within=5)
+        status, body = status_and_body(raw)
+        assert status == 431 and f"larger than {MAX_HEADER_BYTES} bytes" in body["detail"]
+        assert sent < 10 * MAX_HEADER_BYTES  # refused long before the client was done
+    with bounded() as srv:  # headers of an ordinary size pass
+        big = {"X-Big": "b" * 8000, "Cookie": "c" * 8000}
+        assert httpx.get(f"{srv.url}/hello", headers=big, timeout=5).status_code == 200
+
+
+def test_a_body_refused_unread_ends_its_connection():
+    """A 413 from Content-Length left the unread body on a kept-alive connection."""
+    app = create_app(Settings(max_body_mb=0.001), engine_factory=random_engine)
+    with ServerThread(app) as srv, socket.create_connection(("127.0.0.1", srv.port)) as s:
+        s.sendall(
+            b"POST /v1/language/score HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 999999\r\n\r\n{"
+        )
+        raw, took = read_until_closed(s, within=5)
+        assert raw.startswith(b"HTTP/1.1 413") and b"connection: close" in raw.lower()
+        assert took < 3
