@@ -383,7 +383,8 @@ class LocalWorkerPool(Runner):
                     self._teardown_slot(slot)
                     if self._stop.is_set():  # killed by the shutdown, not by this video
                         raise _Cancelled
-                    if code == -signal.SIGBUS and (free_mb(self.jobs_dir) or 0) < DISK_LOW_MB:
+                    free = free_mb(self.jobs_dir)
+                    if code == -signal.SIGBUS and free is not None and free < DISK_LOW_MB:
                         return "failed", disk_full_reason(None, "this video's results")
                     return "failed", (
                         f"the worker process died (exit code {code}) while processing this video"
