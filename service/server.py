@@ -149,6 +149,14 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if idle and self._header_timer is None and self.timeout_keep_alive_task is None:
                 self._arm(limits.idle_timeout_s)
 
+        def send_400_response(self, msg: str) -> None:
+            """A request the parser cannot read: 400 in JSON, as every error of this service (uvicorn
+            answers it in plain text)."""
+            self._disarm()
+            detail = f"the request could not be read as HTTP/1.1: {msg}"
+            self.transport.write(_raw_json_response(b"400 Bad Request", detail))
+            self.transport.close()
+
         def _arm(self, seconds: float) -> None:
             self._disarm()
             self._header_timer = self.loop.call_later(seconds, self._timed_out)

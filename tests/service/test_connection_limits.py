@@ -322,3 +322,14 @@ def test_a_body_refused_unread_ends_its_connection():
         raw, took = read_until_closed(s, within=5)
         assert raw.startswith(b"HTTP/1.1 413") and b"connection: close" in raw.lower()
         assert took < 3
+
+
+def test_a_request_the_parser_cannot_read_is_a_json_400():
+    """uvicorn answered it in plain text ("Invalid HTTP request received."), where docs/security.md
+    promises JSON error bodies."""
+    with bounded() as srv, socket.create_connection(("127.0.0.1", srv.port)) as s:
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost x\r\n\r\n")  # a header line without its colon
+        raw, _ = read_until_closed(s, within=5)
+        status, body = status_and_body(raw)
+        assert status == 400 and body["detail"].startswith("the request could not be read as HTTP")
+        assert b"content-type: application/json" in raw
