@@ -91,99 +91,82 @@ class Load:
         self.http, self.ws = url, url.replace("http", "ws", 1)
         self.clip, self.jpegs, self.end = clip.read_bytes(), jpegs, end
         self.counts: dict[str, int] = {}
+        self.rng = np.random.default_rng(0)  # the spike counts sent
 
     def bump(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    async def viewer(self) -> None:
+    async def repeat(self, once, done: str, failed: str, pause: tuple[float, float]) -> None:
+        """``once()`` until the end, counted under ``done`` or ``failed``, a random pause between."""
         while time.time() < self.end:
-            name = random.choice(["synthetic", "clip"])
             try:
-                async with connect(
-                    f"{self.ws}/v1/streams/{name}", additional_headers=HEADERS, max_size=2**22
-                ) as ws:
-                    stop = time.time() + random.uniform(0.5, 6)
-                    while time.time() < stop:
-                        await asyncio.wait_for(ws.recv(), 10)
-                    if random.random() < 0.5:
-                        ws.transport.abort()  # gone without a close frame
-                self.bump("viewers")
+                await once()
+                self.bump(done)
             except Exception:
-                self.bump("viewer errors")
-            await asyncio.sleep(random.uniform(0.1, 1.0))
+                self.bump(failed)
+            await asyncio.sleep(random.uniform(*pause))
+
+    async def viewer(self) -> None:
+        name = random.choice(["synthetic", "clip"])
+        async with connect(
+            f"{self.ws}/v1/streams/{name}", additional_headers=HEADERS, max_size=2**22
+        ) as ws:
+            stop = time.time() + random.uniform(0.5, 6)
+            while time.time() < stop:
+                await asyncio.wait_for(ws.recv(), 10)
+            if random.random() < 0.5:
+                ws.transport.abort()  # gone without a close frame
 
     async def camera(self) -> None:
-        while time.time() < self.end:
-            try:
-                async with connect(f"{self.ws}/v1/camera", additional_headers=HEADERS) as ws:
-                    hello = {"v": 2, "type": "hello", "width": 320, "height": 240}
-                    await ws.send(json.dumps(hello))
-                    await asyncio.wait_for(ws.recv(), 10)
-                    for k in range(random.randint(5, 60)):
-                        await ws.send(json.dumps({"type": "frame", "seq": k}))
-                        await ws.send(self.jpegs[k % len(self.jpegs)])
-                        await asyncio.wait_for(ws.recv(), 10)
-                        await asyncio.sleep(1 / 15)
-                self.bump("camera sessions")
-            except Exception:
-                self.bump("camera errors")
-            await asyncio.sleep(random.uniform(0.5, 3))
+        async with connect(f"{self.ws}/v1/camera", additional_headers=HEADERS) as ws:
+            hello = {"v": 2, "type": "hello", "width": 320, "height": 240}
+            await ws.send(json.dumps(hello))
+            await asyncio.wait_for(ws.recv(), 10)
+            for k in range(random.randint(5, 60)):
+                await ws.send(json.dumps({"type": "frame", "seq": k}))
+                await ws.send(self.jpegs[k % len(self.jpegs)])
+                await asyncio.wait_for(ws.recv(), 10)
+                await asyncio.sleep(1 / 15)
 
-    async def jobs(self, client: httpx.AsyncClient) -> None:
-        while time.time() < self.end:
-            try:
-                r = await client.post(
-                    f"{self.http}/v1/videos", files={"file": ("c.mp4", self.clip, "video/mp4")}
-                )
-                job = r.json()["id"]
-                while (await client.get(f"{self.http}/v1/videos/{job}")).json()["status"] in (
-                    "queued",
-                    "running",
-                ):
-                    await asyncio.sleep(1)
-                for name in ("motion.json", "motion.npz", "overlay.mp4", "summary.png"):
-                    await client.get(f"{self.http}/v1/videos/{job}/{name}")
-                await client.delete(f"{self.http}/v1/videos/{job}")
-                self.bump("video jobs")
-            except Exception:
-                self.bump("job errors")
-            await asyncio.sleep(random.uniform(2, 6))
+    async def job(self, client: httpx.AsyncClient) -> None:
+        r = await client.post(
+            f"{self.http}/v1/videos", files={"file": ("c.mp4", self.clip, "video/mp4")}
+        )
+        job = r.json()["id"]
+        while (await client.get(f"{self.http}/v1/videos/{job}")).json()["status"] in (
+            "queued",
+            "running",
+        ):
+            await asyncio.sleep(1)
+        for name in ("motion.json", "motion.npz", "overlay.mp4", "summary.png"):
+            await client.get(f"{self.http}/v1/videos/{job}/{name}")
+        await client.delete(f"{self.http}/v1/videos/{job}")
 
-    async def spikes(self, client: httpx.AsyncClient) -> None:
-        rng = np.random.default_rng(0)
-        while time.time() < self.end:
-            try:
-                kind = random.choice(["independent", "glm", "rglm_correlated", "lds"])
-                body = {"counts": rng.poisson(0.3, (6, 200, 4)).tolist(), "kind": kind}
-                r = await client.post(f"{self.http}/v1/spikes/models", json=body, timeout=120)
-                model = r.json()["id"]
-                held_out = {"counts": rng.poisson(0.3, (2, 200, 4)).tolist()}
-                await client.post(f"{self.http}/v1/spikes/models/{model}/evaluate", json=held_out)
-                await client.delete(f"{self.http}/v1/spikes/models/{model}")
-                self.bump("spike fits")
-            except Exception:
-                self.bump("spike errors")
-            await asyncio.sleep(random.uniform(3, 8))
+    async def spike_fit(self, client: httpx.AsyncClient) -> None:
+        rng = self.rng
+        kind = random.choice(["independent", "glm", "rglm_correlated", "lds"])
+        body = {"counts": rng.poisson(0.3, (6, 200, 4)).tolist(), "kind": kind}
+        r = await client.post(f"{self.http}/v1/spikes/models", json=body, timeout=120)
+        model = r.json()["id"]
+        held_out = {"counts": rng.poisson(0.3, (2, 200, 4)).tolist()}
+        await client.post(f"{self.http}/v1/spikes/models/{model}/evaluate", json=held_out)
+        await client.delete(f"{self.http}/v1/spikes/models/{model}")
 
     async def language(self, client: httpx.AsyncClient) -> None:
-        while time.time() < self.end:
-            try:
-                text = random.choice(TEXT)
-                await client.post(f"{self.http}/v1/language/score", json={"text": text * 3})
-                await client.post(f"{self.http}/v1/language/next", json={"context": text, "k": 5})
-                self.bump("language rounds")
-            except Exception:
-                self.bump("language errors")
-            await asyncio.sleep(random.uniform(1, 3))
+        text = random.choice(TEXT)
+        await client.post(f"{self.http}/v1/language/score", json={"text": text * 3})
+        await client.post(f"{self.http}/v1/language/next", json={"context": text, "k": 5})
 
     async def run(self) -> None:
         async with httpx.AsyncClient(headers=HEADERS, timeout=60) as client:
             await asyncio.gather(
-                *(self.viewer() for _ in range(4)),
-                self.camera(),
-                self.jobs(client),
-                self.spikes(client),
-                self.language(client),
+                *(self.repeat(self.viewer, "viewers", "viewer errors", (0.1, 1)) for _ in range(4)),
+                self.repeat(self.camera, "camera sessions", "camera errors", (0.5, 3)),
+                self.repeat(lambda: self.job(client), "video jobs", "job errors", (2, 6)),
+                self.repeat(lambda: self.spike_fit(client), "spike fits", "spike errors", (3, 8)),
+                self.repeat(
+                    lambda: self.language(client), "language rounds", "language errors", (1, 3)
+                ),
             )
 
 
