@@ -71,18 +71,6 @@ class ConnectionStats:
 STATS = ConnectionStats()
 
 
-def _raw_json_response(status: bytes, detail: str, extra: bytes = b"") -> bytes:
-    body = json.dumps({"detail": detail}).encode()
-    return (
-        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
-        b"content-length: "
-        + str(len(body)).encode()
-        + b"\r\n"
-        + extra
-        + b"connection: close\r\n\r\n"
-    ) + body
-
-
 @dataclass(frozen=True)
 class ConnectionLimits:
     """``header_timeout_s``: from a request's first byte to the end of its headers;
@@ -136,11 +124,10 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 self._header_bytes = 0 if self._header_bytes < 0 else self._header_bytes + len(data)
                 if self._header_bytes > MAX_HEADER_BYTES:
                     self._disarm()
-                    detail = f"the request's headers are larger than {MAX_HEADER_BYTES} bytes"
-                    self.transport.write(
-                        _raw_json_response(b"431 Request Header Fields Too Large", detail)
+                    self._answer_and_close(
+                        b"431 Request Header Fields Too Large",
+                        f"the request's headers are larger than {MAX_HEADER_BYTES} bytes",
                     )
-                    self.transport.close()
                 return
             # Bytes that began no request once the last response was sent (a stray CRLF, the rest
             # of a body the app answered without reading): uvicorn stopped its keep-alive timer
@@ -153,8 +140,17 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             """A request the parser cannot read: 400 in JSON, as every error of this service (uvicorn
             answers it in plain text)."""
             self._disarm()
-            detail = f"the request could not be read as HTTP/1.1: {msg}"
-            self.transport.write(_raw_json_response(b"400 Bad Request", detail))
+            self._answer_and_close(
+                b"400 Bad Request", f"the request could not be read as HTTP/1.1: {msg}"
+            )
+
+        def _answer_and_close(self, status: bytes, detail: str, extra: bytes = b"") -> None:
+            """A JSON error written below the app (no request reached it), then the end."""
+            body = json.dumps({"detail": detail}).encode()
+            head = b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            self.transport.write(
+                head % (status, len(body)) + extra + b"connection: close\r\n\r\n" + body
+            )
             self.transport.close()
 
         def _arm(self, seconds: float) -> None:
@@ -174,21 +170,21 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 self._arm(limits.header_timeout_s)  # a pipelined request behind one still answered
                 return
             if self._began:
-                detail = (
-                    f"the request's headers did not arrive within {limits.header_timeout_s:g} s"
-                )
-                self.transport.write(_raw_json_response(b"408 Request Timeout", detail))
                 STATS.header_timeouts += 1
+                self._answer_and_close(
+                    b"408 Request Timeout",
+                    f"the request's headers did not arrive within {limits.header_timeout_s:g} s",
+                )
             else:
                 STATS.idle_closed += 1
-            self.transport.close()
+                self.transport.close()
 
         def _refuse(self) -> None:
-            detail = f"too many open connections (at most {limits.max_connections}); retry"
-            self.transport.write(
-                _raw_json_response(b"503 Service Unavailable", detail, b"retry-after: 1\r\n")
+            self._answer_and_close(
+                b"503 Service Unavailable",
+                f"too many open connections (at most {limits.max_connections}); retry",
+                b"retry-after: 1\r\n",
             )
-            self.transport.close()
             STATS.refused += 1
             refusals["since"] += 1
             now = self.loop.time()
