@@ -14,7 +14,6 @@ import signal
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ log = logging.getLogger(__name__)
 JOB_GRACE_S = 60.0  # beyond the decode deadline, for writing results
 # a worker killed by SIGBUS with less free than this wrote through a memory map onto a full disk
 DISK_LOW_MB = 64
+NO_ROOM = disk_full_reason(None, "this video's results")  # a job that met a full disk
 
 
 class _Cancelled(Exception):
@@ -169,12 +169,7 @@ class Runner:
             if self._stop.is_set() and job.id not in self._cancel:
                 outcome = (self.store.requeue, False, "back in the queue (service stopping)")
         except Exception as exc:
-            if is_disk_full(exc):
-                reason = disk_full_reason(None, "this video's results")
-                log.warning("job %s: %s", job.id, reason)
-            else:
-                log.exception("job %s: internal error", job.id)
-                reason = f"internal error: {type(exc).__name__}: {exc}"
+            reason = failure_reason(job.id, exc)
             outcome = (self.store.fail, reason, reason)
         finally:
             # first: on a full disk, the half-written results give back the room to record it
@@ -267,15 +262,19 @@ def run_job(job_id: str, input_path: Path, out_dir: Path, engine, limits: Limits
         result["ran_on"] = {"runner": "local", "hostname": socket.gethostname(), "pid": os.getpid()}
         return "ok", result
     except DecodeError as exc:
-        reason = str(exc)
+        return "failed", str(exc)
     except Exception as exc:
-        if is_disk_full(exc):
-            reason = disk_full_reason(None, "this video's results")
-            log.warning("job %s: %s", job_id, reason)
-        else:
-            log.error("job %s:\n%s", job_id, traceback.format_exc())
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-    return "failed", reason
+        return "failed", failure_reason(job_id, exc)
+
+
+def failure_reason(job_id: str, exc: Exception) -> str:
+    """Why a job failed, for its client, logged: a full disk said as such (a warning), anything
+    else an internal error (with its traceback). Called while ``exc`` is handled."""
+    if is_disk_full(exc):
+        log.warning("job %s: %s", job_id, NO_ROOM)
+        return NO_ROOM
+    log.exception("job %s: internal error", job_id)
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 class LocalWorkerPool(Runner):
@@ -385,7 +384,7 @@ class LocalWorkerPool(Runner):
                         raise _Cancelled
                     free = free_mb(self.jobs_dir)
                     if code == -signal.SIGBUS and free is not None and free < DISK_LOW_MB:
-                        return "failed", disk_full_reason(None, "this video's results")
+                        return "failed", NO_ROOM
                     return "failed", (
                         f"the worker process died (exit code {code}) while processing this video"
                     )
