@@ -498,9 +498,14 @@ function setPaused(paused) {
   const btn = $("pause-btn");
   btn.setAttribute("aria-pressed", String(paused));
   $("pause-label").textContent = paused ? "Resume" : "Pause";
+  // Your camera sends nothing while paused (its frames would be analysed for nobody); on Resume its
+  // next frame counts as a new start, as after a hidden page.
+  const cam = state.camera;
+  if (cam && cam.ready) cameraLive();
   if (!paused) {
     updateStats();
     scheduleRender();
+    if (cam) sendCameraFrame();
   }
 }
 
@@ -877,7 +882,7 @@ async function startCamera() {
     // application holds it, a privacy shutter): no frames until it is back.
     track.addEventListener("ended", () => cameraEnded(cam));
     track.addEventListener("mute", () => { if (state.camera === cam) setConn("camera paused · no frames", "warn"); });
-    track.addEventListener("unmute", () => { if (state.camera === cam && cam.ready) setConn("live · my camera", "live"); });
+    track.addEventListener("unmute", () => { if (state.camera === cam && cam.ready) cameraLive(); });
   }
   if (video.requestVideoFrameCallback) {
     cam.presented = 0;
@@ -915,7 +920,7 @@ function openCameraSocket(cam, attempt = 0) {
   };
   ws.onmessage = (ev) => {
     const m = JSON.parse(ev.data);
-    if (m.type === "ready") { setConn("live · my camera", "live"); cam.ready = true; sendCameraFrame(); return; }
+    if (m.type === "ready") { cam.ready = true; cameraLive(); sendCameraFrame(); return; }
     if (m.type === "result") {
       cam.inFlight = false;
       state.image = cam.sentCanvas;
@@ -939,11 +944,17 @@ function openCameraSocket(cam, attempt = 0) {
   };
 }
 
+// The pill of a running camera: live, or paused (Pause pressed: no frames sent).
+function cameraLive() {
+  if (state.paused) setConn("paused · my camera sends nothing", "warn");
+  else setConn("live · my camera", "live");
+}
+
 function sendCameraFrame() {
   const cam = state.camera;
   const ws = state.ws;
   if (!cam || !cam.ready || cam.inFlight || !ws || ws.readyState !== WebSocket.OPEN) return;
-  if (document.hidden) return; // cameraOnVisibility sends again when the page is shown
+  if (document.hidden || state.paused) return; // cameraOnVisibility and Resume send again
   // Never analyse the same camera frame twice: wait for the next one the video presents.
   if (cam.presented !== null && cam.presented === cam.sentPresented) {
     cam.waiting = true;
@@ -976,7 +987,7 @@ function cameraOnVisibility() {
   if (document.hidden) {
     setConn("camera paused · page hidden", "warn");
   } else {
-    setConn("live · my camera", "live");
+    cameraLive();
     sendCameraFrame();
   }
 }

@@ -689,6 +689,26 @@ def test_a_hidden_page_sends_no_camera_frames_and_takes_up_again_when_shown(brow
         assert errors == []
 
 
+def test_pause_stops_the_camera_frames_and_resume_takes_up_again(browser):
+    """Paused, the page held the readings still but went on sending 30 camera frames a second,
+    analysed for nobody."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        camera_on(page)
+        wait_results(page, 3)
+        page.click("#pause-btn")
+        assert page.text_content("#conn") == "paused · my camera sends nothing"
+        page.wait_for_timeout(500)  # a result in flight may still come back
+        before = page.evaluate("window.v1motion.state.results")
+        page.wait_for_timeout(1500)
+        assert page.evaluate("window.v1motion.state.results") == before  # nothing sent
+        page.click("#pause-btn")
+        assert page.text_content("#conn") == "live · my camera"
+        wait_results(page, before + 3)
+        assert errors == []
+
+
 def test_the_camera_button_keeps_the_keyboard_focus(browser):
     """Disabled while the browser opened the camera, it dropped the focus to the page: a second
     Enter did nothing, and Tab started again from the top."""
@@ -1139,6 +1159,8 @@ def test_an_error_banner_is_an_alert_and_the_token_field_gets_focus_and_a_name(b
         assert page.evaluate("document.activeElement.id") == "token-input"
         assert page.get_by_label("Access token").count() == 1
         assert page.get_attribute("#token-input", "aria-describedby") == "token-msg"
+        # inside a landmark, as all of the page's content (axe's "region")
+        assert page.get_by_role("region", name="notices").locator("#token-form").count() == 1
         page.fill("#token-input", "wrong")
         page.keyboard.press("Enter")
         wait_for(page, "document.querySelector('#token-msg').textContent.includes('refused')")
