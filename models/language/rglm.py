@@ -808,6 +808,8 @@ class LinearRecurrentLM:
                 f"{train.size} training tokens make fewer than 2 for each of the {self.batch_size} "
                 "parallel streams (batch_size): give more tokens or fewer streams"
             )
+        for stored in ("word_storage_", "p_storage_"):  # a model fitted anew is saved as new
+            self.__dict__.pop(stored, None)
         self.vocab_ = vocab
         counts = np.bincount(train, minlength=V).astype(np.float64) + 1.0
         q = counts**0.75
@@ -1163,12 +1165,17 @@ class LinearRecurrentLM:
     def save(
         self,
         path: str | Path,
-        half: bool = True,
+        half: bool | None = None,
         meta: dict | None = None,
-        int8: bool = False,
-        half_p: bool = False,
+        int8: bool | None = None,
+        half_p: bool | None = None,
     ) -> Path:
         """Write the fitted model to one ``.npz``; word vectors in float16 when ``half``.
+
+        Each of ``half``, ``int8`` and ``half_p`` left ``None`` keeps how a loaded model was stored
+        (``word_storage_``, ``p_storage_``: saving the shipped int8 model gives it back unchanged,
+        where float16 changed its scores and grew the file by 60 %); for a model fitted here they
+        default to float16 word vectors and a float32 ``P``.
 
         With ``int8`` the word vectors (``E``, and ``W`` when untied) are stored as int8 with one
         float32 scale per word (symmetric, :func:`quantize_rows`: each entry within half a step
@@ -1179,6 +1186,13 @@ class LinearRecurrentLM:
         variant.
         """
         self._check_fitted()
+        stored = getattr(self, "word_storage_", None)
+        if int8 is None:
+            int8 = stored == "int8"
+        if half is None:
+            half = stored in (None, "float16")
+        if half_p is None:
+            half_p = getattr(self, "p_storage_", "float32") == "float16"
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         big = np.float16 if half else np.float32

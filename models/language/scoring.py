@@ -30,12 +30,14 @@ class LanguageScorer:
         return cls(LinearRecurrentLM.load(path))
 
     def _ids(self, text: str) -> tuple[list[str], np.ndarray, list[bool]]:
+        _check_text(text)
         words = tokenize(text, self.vocab.abbreviations)
         unknown = [w not in self.vocab.index for w in words]
         return words, self.vocab.encode(words), unknown
 
     def tokens(self, text: str) -> list[str]:
         """The tokens the model reads for ``text`` (before vocabulary look-up)."""
+        _check_text(text)
         return tokenize(text, self.vocab.abbreviations)
 
     def score(self, text: str) -> dict:
@@ -73,6 +75,8 @@ class LanguageScorer:
         ``<unk>`` is not a word to suggest (it stands for every rare word at once) and is left out;
         the probabilities are the model's, not renormalised without it.
         """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be a whole number, got {k!r}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         _, ids, _ = self._ids(context)
@@ -85,6 +89,11 @@ class LanguageScorer:
         return [
             {"word": self.vocab.words[int(i)], "probability": float(np.exp(logp[i]))} for i in top
         ]
+
+
+def _check_text(text) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
 
 
 __all__ = ["LanguageScorer", "EOS"]

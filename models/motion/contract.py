@@ -41,12 +41,16 @@ class Engine(Protocol):
         ...
 
     def step(self, state: Any, frame: np.ndarray) -> MotionFrame:
-        """Analyse the next frame of a stream (grey ``(H, W)`` or BGR ``(H, W, 3)`` uint8).
+        """Analyse the next frame of a stream: grey ``(H, W)`` or BGR(A) ``(H, W, 3 or 4)`` uint8,
+        or grey float32/float64 levels in [0, 1]; ``state`` from ``new_state()``.
 
         Raises
         ------
         ValueError
-            The frame cannot be analysed (shape, dtype, size, NaN); the message names the problem.
+            The frame cannot be analysed (shape, dtype, size, NaN, float levels outside [0, 1]);
+            the message names the problem.
+        TypeError
+            ``state`` is not a stream's state.
         """
         ...
 

@@ -355,7 +355,11 @@ class _Here:
 
 @dataclass(frozen=True)
 class MotionFrame:
-    """The motion read out of one frame. Directions in radians: 0 = right, pi/2 = up on screen."""
+    """The motion read out of one frame: per cell (``cell`` px a side, row 0 at the top) and globally.
+
+    ``direction`` and ``global_direction`` are in radians (0 = right, pi/2 = up on screen): degrees,
+    as everywhere outside the engine, are ``direction_deg`` and ``global_direction_deg``, and
+    ``to_dict`` gives all of it in the units of every output. Speeds are in px/frame."""
 
     direction: np.ndarray
     speed: np.ndarray
@@ -368,6 +372,18 @@ class MotionFrame:
     global_speed: float
     global_confidence: float
     active_per_patch: float
+
+    @property
+    def direction_deg(self) -> np.ndarray:
+        """Each cell's direction in degrees in [0, 360): 0 = right, 90 = up on screen."""
+        deg = np.degrees(self.direction) % 360
+        return np.where(deg >= 360, deg - 360, deg)  # -1e-14 % 360 rounds to 360
+
+    @property
+    def global_direction_deg(self) -> float:
+        """The dominant motion's direction in degrees in [0, 360)."""
+        deg = math.degrees(float(self.global_direction)) % 360
+        return 0.0 if deg >= 360 else deg
 
     def to_dict(self) -> dict:
         """The one serialised form of a frame's motion: the websocket result's ``motion`` and each
@@ -450,10 +466,22 @@ def keep_heap() -> bool:
     return _HEAP_KEPT
 
 
+FLOAT_RANGE = (-0.25, 1.25)
+"""Float frames are grey levels in [0, 1]; values outside this range are refused (a little either
+side is let through: interpolation and noise overshoot). A frame of 0-255 levels as floats was read
+as if nothing in it changed scene: the scene-cut test saturated, and a cut to another scene was shown
+as confident motion at 13 px/frame; values too large for float32 made every output NaN."""
+
+
 def to_grey(frame: np.ndarray) -> np.ndarray:
-    """Validate a frame and return it as float32 grey in [0, 1]; raise ValueError naming the problem."""
+    """Validate a frame and return it as float32 grey in [0, 1]; raise ValueError naming the problem.
+
+    ``frame``: grey ``(H, W)`` or BGR(A) ``(H, W, 3 or 4)`` uint8 (0-255), or grey float32/float64 in
+    [0, 1] (``FLOAT_RANGE``)."""
     if not isinstance(frame, np.ndarray):
         raise ValueError(f"frame must be a numpy array, got {type(frame).__name__}")
+    if frame.ndim in (2, 3) and 0 in frame.shape[:2]:
+        raise ValueError(f"frame is empty: shape {frame.shape}")
     if frame.ndim == 3 and frame.shape[2] in (3, 4):
         if frame.dtype != np.uint8:
             raise ValueError(f"colour frames must be uint8 BGR, got {frame.dtype}")
@@ -467,6 +495,12 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
     if frame.dtype in (np.float32, np.float64):
         if not np.all(np.isfinite(frame)):
             raise ValueError("frame contains NaN or infinite values")
+        lo, hi = float(frame.min()), float(frame.max())
+        if lo < FLOAT_RANGE[0] or hi > FLOAT_RANGE[1]:
+            raise ValueError(
+                f"float frames hold grey levels in [0, 1], got values from {lo:.4g} to {hi:.4g}"
+                + ("; divide 0-255 levels by 255, or pass uint8" if hi > 2 else "")
+            )
         return frame.astype(np.float32)
     raise ValueError(f"frame dtype must be uint8, float32 or float64, got {frame.dtype}")
 
@@ -552,6 +586,13 @@ def global_motion(
 def _arrays(code: SparseCode) -> tuple:
     """A sparse code's arrays as ``_code_change`` takes them."""
     return code.idx, code.val, code.cnt
+
+
+def _check_state(state) -> None:
+    if not isinstance(state, StreamState):
+        raise TypeError(
+            f"state must be a stream's StreamState, from engine.new_state(), got {type(state).__name__}"
+        )
 
 
 def _active_per_patch(codes) -> float:
@@ -850,6 +891,12 @@ class MotionEngine:
         mt = MTReadout.random(levels * pooling.n_scales, n, seed=seed)
         return cls(model, readout, tuning, levels=levels, mt=mt, **kw)
 
+    def __getstate__(self):
+        raise TypeError(
+            "a MotionEngine holds threads and cannot be pickled or deep-copied: build one in each "
+            "process (contract.make_engine(name)); a StreamState pickles"
+        )
+
     # ---------------------------------------------------------------- use
     def new_state(self) -> StreamState:
         return StreamState()
@@ -876,6 +923,7 @@ class MotionEngine:
         """Analyse one frame of a stream: encode it with the ss-RNN, then read the motion out.
         With several threads, frames under ``parallel_from_px`` pixels are stepped on one (the same
         results)."""
+        _check_state(state)
         engine = self._engine_for(frame)
         blas = ONE_BLAS_THREAD if engine.threads > 1 else contextlib.nullcontext()
         with blas, engine._placement.calling_thread():  # the latter a no-op on one thread
@@ -900,6 +948,7 @@ class MotionEngine:
         ``state`` is encoded ahead while a frame is yielded: it is left as ``step`` leaves it once the
         generator is exhausted (closing it early leaves it up to ``run_ahead`` frames on).
         """
+        _check_state(state)
         if self._serial is None:
             yield from step_each(self, state, frames)
             return

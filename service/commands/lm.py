@@ -447,13 +447,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "command": f"v1motion lm calibrate --model {args.model.as_posix()} "
         f"--out {args.out.as_posix()}",
     }
-    path = model.save(
-        args.out,
-        half=model.word_storage_ == "float16",
-        int8=model.word_storage_ == "int8",
-        half_p=model.p_storage_ == "float16",
-        meta=meta,
-    )
+    path = model.save(args.out, meta=meta)  # stored as it was loaded
     print(
         f"logits x {a:.4f} (temperature {1 / a:.4f}): valid ppl {before:.2f} -> {after:.2f}; "
         f"weights in {path}"

@@ -333,6 +333,39 @@ def test_int8_weights_load_and_score_like_the_unquantised_model(rng, tmp_path, t
     assert back.perplexity(text) == pytest.approx(model.perplexity(text), rel=2e-3)
 
 
+@pytest.mark.parametrize("int8, half_p", [(True, False), (False, True), (False, False)])
+def test_a_loaded_model_saved_as_it_is_comes_back_the_same(rng, tmp_path, int8, half_p):
+    """The shipped model (int8) saved with the defaults was re-stored in float16: other scores and a
+    file 60 % larger."""
+    V, H = 50, 16
+    model = LinearRecurrentLM(n_hidden=H)
+    model.vocab_ = _vocab(V)
+    model.params_ = _random_params(rng, V, H, dtype=np.float32)
+    np.clip(model.params_["r"], -0.9, 0.9, out=model.params_["r"])
+    first = LinearRecurrentLM.load(model.save(tmp_path / "a.npz", int8=int8, half_p=half_p))
+    again = LinearRecurrentLM.load(first.save(tmp_path / "b.npz"))
+    assert (again.word_storage_, again.p_storage_) == (first.word_storage_, first.p_storage_)
+    for name in ("E", "P", "r", "c"):
+        np.testing.assert_array_equal(again.params_[name], first.params_[name])
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert {k: a[k].dtype for k in a.files} == {k: b[k].dtype for k in b.files}
+    # fitted here: float16 word vectors and a float32 P, as before
+    fresh = LinearRecurrentLM.load(_fitted(rng, V=9, H=5).save(tmp_path / "c.npz"))
+    assert (fresh.word_storage_, fresh.p_storage_) == ("float16", "float32")
+
+
+def test_a_loaded_model_fitted_again_is_saved_as_a_new_one(rng, tmp_path):
+    V = 10
+    seq = rng.integers(0, V, 2000)
+    kw = dict(n_hidden=4, n_samples=None, batch_size=4, bptt=5, seed=3, n_epochs=1)
+    model = LinearRecurrentLM(**kw).fit(seq, _vocab(V), valid=seq[:200])
+    loaded = LinearRecurrentLM.load(model.save(tmp_path / "a.npz", int8=True))
+    assert loaded.word_storage_ == "int8"
+    loaded.fit(seq, _vocab(V), valid=seq[:200])
+    with np.load(loaded.save(tmp_path / "b.npz")) as z:
+        assert z["E"].dtype == np.float16
+
+
 def test_float16_files_written_before_int8_existed_still_load(rng, tmp_path):
     # the layout of the previous writer: float16 word vectors, no scale arrays
     model = _fitted(rng, V=9, H=5)
@@ -640,3 +673,24 @@ def test_calibrate_refuses_class_factorised_models(rng):
     model.classes_ = WordClasses(np.arange(12) % 3)  # as a class-factorised fit leaves it
     with pytest.raises(ValueError, match="class-factorised"):
         model.calibrate(rng.integers(0, 12, 100))
+
+
+@pytest.mark.parametrize("text", [None, b"w0 w1", 3, ["w0", "w1"]])
+def test_the_scorer_says_text_must_be_a_string(rng, text):
+    """They were an AttributeError on 'translate' and a TypeError about a dict."""
+    from v1motion.models.language.scoring import LanguageScorer
+
+    scorer = LanguageScorer(_fitted(rng, V=9, H=5))
+    for call in (scorer.score, scorer.tokens, scorer.next_words):
+        with pytest.raises(TypeError, match="text must be a str"):
+            call(text)
+
+
+@pytest.mark.parametrize("k", [1.5, "3", True, None])
+def test_the_scorer_says_k_must_be_a_whole_number(rng, k):
+    from v1motion.models.language.scoring import LanguageScorer
+
+    scorer = LanguageScorer(_fitted(rng, V=9, H=5))
+    with pytest.raises(TypeError, match="k must be a whole number"):
+        scorer.next_words("w0 w1", k=k)
+    assert len(scorer.next_words("w0 w1", k=np.int64(2))) == 2

@@ -105,11 +105,67 @@ def test_constant_frame_has_no_confident_motion(engine):
         (np.zeros((8, 8), np.uint8), "too small"),
         (np.zeros((5000, 40), np.uint8), "too large"),
         ([[0, 1], [2, 3]], "numpy array"),
+        (np.zeros((0, 0, 3), np.uint8), "empty"),  # was OpenCV's own error, not a ValueError
+        (np.zeros((64, 0), np.uint8), "empty"),
+        (np.full((64, 64), 255.0, np.float32), r"\[0, 1\].*divide 0-255 levels by 255"),
+        (np.full((64, 64), 1e39, np.float64), "grey levels in"),  # overflowed to NaN outputs
+        (np.full((64, 64), -0.5, np.float64), "grey levels in"),
     ],
 )
 def test_bad_frames_raise_clear_errors(engine, frame, message):
     with pytest.raises(ValueError, match=message):
         engine.step(engine.new_state(), frame)
+
+
+def test_float_frames_may_overshoot_0_to_1_a_little():
+    """Interpolation (a cubic warp) and noise step a little past [0, 1]: taken as they are."""
+    frame = np.linspace(-0.2, 1.2, 64 * 64).reshape(64, 64)
+    np.testing.assert_array_equal(to_grey(frame), frame.astype(np.float32))
+
+
+def test_a_float_frame_of_0_to_255_levels_is_refused_not_read_as_a_scene_without_cuts(engine):
+    """Taken, its scene-cut features saturated: a cut to another scene read 13 px/frame at
+    confidence 0.99."""
+    frame = np.random.default_rng(0).random((64, 96)) * 255
+    with pytest.raises(ValueError, match="divide 0-255 levels by 255, or pass uint8"):
+        engine.step(engine.new_state(), frame)
+    engine.step(engine.new_state(), frame / 255)  # the same frame in [0, 1] is taken
+
+
+@pytest.mark.parametrize("state", [None, {}, "state"])
+def test_a_state_that_is_not_a_streams_says_where_one_comes_from(engine, state):
+    frame = np.zeros((64, 64), np.uint8)
+    with pytest.raises(TypeError, match=r"engine\.new_state\(\)"):
+        engine.step(state, frame)
+    with pytest.raises(TypeError, match=r"engine\.new_state\(\)"):
+        next(engine.run(state, [frame]))
+
+
+def test_an_engine_says_it_cannot_be_pickled_and_its_state_pickles(engine, rng):
+    import copy
+    import pickle
+
+    with pytest.raises(TypeError, match="build one in each process"):
+        pickle.dumps(engine)
+    with pytest.raises(TypeError, match="build one in each process"):
+        copy.deepcopy(engine)
+    state = engine.new_state()
+    frames = [rng.integers(0, 255, (64, 96), dtype=np.uint8) for _ in range(3)]
+    engine.step(state, frames[0])
+    engine.step(state, frames[1])
+    resumed = pickle.loads(pickle.dumps(state))
+    a, b = engine.step(state, frames[2]), engine.step(resumed, frames[2])
+    np.testing.assert_array_equal(a.direction, b.direction)
+    np.testing.assert_array_equal(a.confidence, b.confidence)
+
+
+def test_degrees_of_a_frame_are_its_radians_in_0_to_360():
+    mf = _frame(np.array([[0.0, np.pi / 2], [-np.pi / 2, -1e-14]]))
+    np.testing.assert_allclose(mf.direction_deg, [[0, 90], [270, 0]], atol=1e-9)
+    assert ((mf.direction_deg >= 0) & (mf.direction_deg < 360)).all()
+    assert _frame(np.zeros((1, 1)), global_direction=-np.pi / 2).global_direction_deg == 270.0
+    for tiny in (-1e-14, -1e-17):  # the latter's degrees % 360 round to 360
+        assert 0 <= _frame(np.zeros((1, 1)), global_direction=tiny).global_direction_deg < 360
 
 
 FIELDS = [
