@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI, WebSocket
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.websockets import WebSocketDisconnect
 from threadpoolctl import threadpool_limits
 from uvicorn.protocols.utils import ClientDisconnected
@@ -31,6 +31,7 @@ from v1motion.service.live.engine import EngineHolder
 from v1motion.service.live.pipeline import StreamManager, StreamPipeline
 from v1motion.service.live.sources import SourceFactory, source_factory
 from v1motion.service.metrics import Metrics
+from v1motion.service.proxy import RootPathTolerance, index_with_base
 from v1motion.service.routers import api_docs, camera, language, ops, spikes, streams, videos
 from v1motion.service.security import (
     TOKEN_REFUSED,
@@ -222,9 +223,20 @@ def create_app(
             await ws.close(code=1008, reason="no websocket here")
 
     if settings.web_dir.is_dir():
+        if settings.root_path:  # its links resolve under the prefix, whatever address opened it
+            page = index_with_base(settings.web_dir, settings.root_path)
+
+            @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+            @app.api_route("/index.html", methods=["GET", "HEAD"], include_in_schema=False)
+            async def dashboard() -> HTMLResponse:
+                return HTMLResponse(page)
+
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     else:
         log.warning("no dashboard: %s is not a folder", settings.web_dir)
+    # Outermost: a proxy that kept its prefix is seen as one that stripped it, by every guard too.
+    own = tuple(getattr(r, "path", "") for r in app.routes)
+    app.add_middleware(RootPathTolerance, root_path=settings.root_path, own_paths=own)
     return app
 
 

@@ -237,6 +237,21 @@ def foreign_origin(origin: str) -> str:
     )
 
 
+def refusal_hint(origin: str | None, headers) -> str:
+    """Why an Origin was not this service's, for the operator: behind a proxy most often a ``Host``
+    header without the page's port (nginx's ``$host``)."""
+    host = headers.get("host", "")
+    page = urlsplit(origin or "").netloc.lower()
+    if host and _split_host(host) == _split_host(page):
+        hint = f"the Host header {host!r} is the page's {page!r} but for the port"
+    else:
+        hint = f"the Host header {host!r} is not the page's {page!r}"
+    return (
+        f"{hint}; a proxy must pass the Host the browser sent, port included (nginx: "
+        f"proxy_set_header Host $http_host), or add {origin} to V1MOTION_ALLOWED_ORIGINS"
+    )
+
+
 def answers_handshakes(scope: Scope) -> bool:
     """Whether the server can refuse a websocket's handshake with a response of the app's own (the
     ASGI denial-response extension: uvicorn, the test client); else only by closing it (1008)."""
@@ -261,7 +276,9 @@ async def accept_websocket(ws: WebSocket) -> bool:
     settings: Settings = ws.app.state.settings
     if not origin_allowed(ws, settings):
         origin = ws.headers.get("origin")
-        log.warning("websocket from origin %s refused", origin)
+        log.warning(
+            "websocket from origin %s refused: %s", origin, refusal_hint(origin, ws.headers)
+        )
         if answers_handshakes(ws.scope):  # a 403 with the reason and the headers, as HTTP gets
             await ws.send_denial_response(
                 JSONResponse({"detail": foreign_origin(origin)}, status.HTTP_403_FORBIDDEN)
@@ -372,11 +389,12 @@ class HostOriginGuard:
 
 # The dashboard's pages: their own scripts and styles only; images drawn from data and blob URLs (the
 # favicon, previews); the camera's stream; requests and websockets to this service only ('self' covers
-# ws: and wss: on the same host). No plugins, no <base>, no form posts, never inside another site's frame.
+# ws: and wss: on the same host). No plugins, a <base> of this service only (the page's under a root
+# path, ``proxy.index_with_base``), no form posts, never inside another site's frame.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "media-src 'self' blob: mediastream:; connect-src 'self'; worker-src 'none'; "
-    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "object-src 'none'; base-uri 'self'; form-action 'none'; frame-ancestors 'none'"
 )
 # /docs and /redoc (their pages in web/, their libraries in web/vendor/): the same, except that
 # Swagger UI and ReDoc write inline styles and ReDoc runs its search in a worker made from a blob.

@@ -175,6 +175,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     root_path: str = Field("", description="path prefix when served behind a reverse proxy")
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="addresses of the reverse proxies whose X-Forwarded-For/-Proto are believed "
+        "(comma-separated IPs or networks, '*' for any); unset: uvicorn's FORWARDED_ALLOW_IPS, "
+        "else 127.0.0.1",
+    )
     data_dir: Path = Field(PROJECT_ROOT / "var", description="job store and results")
     web_dir: Path = Field(PROJECT_ROOT / "web", description="static dashboard files")
     log_level: str = "info"

@@ -35,7 +35,7 @@ export function cameraSize(videoWidth, videoHeight) {
 const $ = (id) => document.getElementById(id);
 
 // ---- addresses: everything relative to the page, so the app works under a path prefix ------------
-const BASE = new URL(".", location.href);
+const BASE = new URL(".", document.baseURI); // the server's <base> under a proxy's prefix, else the address
 export function apiUrl(path) { return new URL(path, BASE).toString(); }
 export function wsUrl(path) {
   const u = new URL(path, BASE);
@@ -66,6 +66,7 @@ const state = {
   chips: { activity: new Map(), lastAt: null, els: new Map(), order: "", reorderedAt: 0, held: false, latest: [] },
   camera: null, // {stream, canvas, inFlight, sentAt}
   reconnectTimer: null,
+  unopened: 0, // live sockets in a row that closed before they opened
   paused: false, // the readings on screen held still (Pause); results keep arriving
   renderedAt: 0,
   statsAt: 0,
@@ -110,6 +111,8 @@ function askToken() {
 function banner(text, kind = "warn") {
   const b = $("banner");
   if (!text) { b.hidden = true; return; }
+  if (!b.hidden && b.textContent === text && b.dataset.kind === kind) return; // said already
+  b.dataset.kind = kind;
   b.setAttribute("role", kind === "error" ? "alert" : "status");
   b.className = `banner ${kind === "error" ? "error" : ""}`;
   b.hidden = false; // shown before its text changes, so that the change is announced
@@ -778,7 +781,10 @@ function openStream(name, attempt = 0) {
   ws.binaryType = "blob";
   state.ws = ws;
   setConn("connecting", "idle");
+  let opened = false;
   ws.onopen = () => {
+    opened = true;
+    state.unopened = 0;
     // "live" once results flow (or the server says the source runs), not for a source that cannot open
     setConn(`starting · ${name}`, "idle");
     checkStreamState();
@@ -815,17 +821,36 @@ function openStream(name, attempt = 0) {
     if (ev.code === 4401) { askToken(); return; }
     if (ev.code === 4404) { setConn("unknown stream", "bad"); return; }
     setConn("reconnecting", "warn");
-    connectionLost();
+    connectionLost(opened);
     const delay = Math.min(10000, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
     state.reconnectTimer = setTimeout(() => openStream(name, attempt + 1), delay);
   };
 }
 
-// The server went away (restarted, network down): no frozen map or numbers that look live.
-function connectionLost() {
+// The server went away (restarted, network down): no frozen map or numbers that look live. A socket
+// that never opened, twice in a row, while the server answers HTTP was refused, not lost: behind a
+// proxy that drops the Host's port, the page said "reconnecting" for ever and nothing else.
+const LOST = "Lost the connection to the server; reconnecting…";
+function connectionLost(opened) {
   if (state.results || state.last) resetView();
-  banner("Lost the connection to the server; reconnecting…");
   state.lostBanner = true;
+  state.unopened = opened ? 0 : state.unopened + 1;
+  if (state.unopened >= 2) explainRefusal();
+  else banner(LOST);
+}
+
+async function explainRefusal() {
+  let ready = false;
+  try {
+    ready = (await fetch(apiUrl("readyz"), { cache: "no-store" })).ok;
+  } catch (e) { /* the server is down */ }
+  if (!state.lostBanner) return; // connected meanwhile
+  if (!ready) { banner(LOST); return; }
+  banner(
+    "The server answers but refuses this page's live connection (websocket); its log says why. " +
+    "Behind a reverse proxy: pass the Host header with its port (nginx: proxy_set_header Host $http_host) " +
+    "and the Upgrade and Connection headers, or add this page's origin (" + location.origin + ") to " +
+    "V1MOTION_ALLOWED_ORIGINS.", "error");
 }
 
 // ---- the browser's own camera ---------------------------------------------------------------------
@@ -913,7 +938,10 @@ function openCameraSocket(cam, attempt = 0) {
   cam.ready = false;
   cam.inFlight = false;
   setConn("connecting camera", "idle");
+  let opened = false;
   ws.onopen = () => {
+    opened = true;
+    state.unopened = 0;
     ws.send(JSON.stringify({ type: "hello", ...cam.size, flow: state.flow }));
     attempt = 0;
     if (state.lostBanner) { banner(null); state.lostBanner = false; }
@@ -938,7 +966,7 @@ function openCameraSocket(cam, attempt = 0) {
     if (ev.code === 4401) { askToken(); setConn("camera disconnected", "bad"); return; }
     // the server restarted or the network dropped: the camera stays on and its socket comes back
     setConn("camera reconnecting", "warn");
-    connectionLost();
+    connectionLost(opened);
     const delay = Math.min(10000, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
     state.reconnectTimer = setTimeout(() => openCameraSocket(cam, attempt + 1), delay);
   };

@@ -146,7 +146,6 @@ def unreadable_files(settings) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    import uvicorn
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
@@ -155,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
     from v1motion.service.server import (
         ConnectionLimits,
         Server,
-        bounded_http_protocol,
         connection_cap,
     )
     from v1motion.service.settings import Settings, config_errors, env_not_json
@@ -202,21 +200,7 @@ def run(args: argparse.Namespace) -> int:
     if lowered:
         logging.getLogger("v1motion.serve").warning(lowered)
     limits = ConnectionLimits(settings.header_timeout_s, settings.keep_alive_s, max_connections)
-    config = uvicorn.Config(
-        create_app(settings, store_lock=store_lock),
-        http=bounded_http_protocol(limits),
-        root_path=settings.root_path,
-        log_config=None,
-        ws_max_size=settings.camera_max_bytes * 2,
-        ws_ping_interval=settings.ws_ping_interval_s,
-        ws_ping_timeout=settings.ws_ping_timeout_s,
-        ws_per_message_deflate=settings.ws_compression,
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,
-        # uvicorn's 5 s equals httpx's pool expiry: a POST sent on a connection idle 4.8 s met the
-        # server closing it, and failed without an answer (clients do not retry a POST)
-        timeout_keep_alive=settings.keep_alive_s,
-        proxy_headers=True,
-    )
+    config = server_config(settings, create_app(settings, store_lock=store_lock), limits)
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:
@@ -241,6 +225,31 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
         store_lock.release()  # the app released it when it stopped; not if it never started
     return 0
+
+
+def server_config(settings, app, limits):
+    """uvicorn's configuration of ``v1motion serve``: ``app`` under ``limits`` (``ConnectionLimits``)."""
+    import uvicorn
+
+    from v1motion.service.server import bounded_http_protocol
+
+    return uvicorn.Config(
+        app,
+        http=bounded_http_protocol(limits),
+        root_path=settings.root_path,
+        log_config=None,
+        ws_max_size=settings.camera_max_bytes * 2,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
+        ws_per_message_deflate=settings.ws_compression,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        # uvicorn's 5 s equals httpx's pool expiry: a POST sent on a connection idle 4.8 s met the
+        # server closing it, and failed without an answer (clients do not retry a POST)
+        timeout_keep_alive=settings.keep_alive_s,
+        proxy_headers=True,
+        # None: uvicorn's own default (FORWARDED_ALLOW_IPS, else 127.0.0.1)
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
 
 
 def _exit_on_sigterm(_signum, _frame) -> None:

@@ -232,6 +232,55 @@ def test_dashboard_streams_then_analyses_the_browser_camera_under_a_path_prefix(
         assert errors == []
 
 
+@pytest.mark.parametrize("address", ["/motion", "/"])
+def test_the_dashboard_opened_without_its_last_slash_behind_a_prefix_goes_live(browser, address):
+    """https://host/motion through a proxy: "/motion" (the path kept) or "/" (stripped). Its style
+    sheet and script were resolved against "/" and were 404s: a bare page, nothing live."""
+    app = create_app(Settings(root_path="/motion"), engine_factory=random_engine)
+    with serving(app, root_path="/motion") as srv:
+        asked, failed = [], []
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = watch(page)
+        page.on("request", lambda r: asked.append(r.url))
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+        page.goto(srv.url + address)
+        wait_for(page, "document.querySelector('#conn').textContent === 'live · synthetic'")
+        wait_results(page, 3)
+        assert failed == [] and errors == []
+        # everything after the page itself under the prefix: where a proxy sends it to the service
+        assert len(asked) > 3
+        assert all(u.startswith(f"{srv.url}/motion/") for u in asked[1:]), asked
+
+
+REFUSED_SOCKETS = """
+window.WebSocket = class extends EventTarget {
+  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+  constructor(url) {
+    super();
+    this.url = url;
+    this.readyState = 0;
+    setTimeout(() => { this.readyState = 3; if (this.onclose) this.onclose({ code: 1006 }); }, 20);
+  }
+  send() {}
+  close() {}
+};
+"""
+
+
+def test_a_live_connection_the_server_refuses_is_said_as_refused_not_lost(browser):
+    """Behind a proxy that dropped the Host's port every websocket got 403, and the page said
+    "reconnecting" for ever while the server answered everything else."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/", REFUSED_SOCKETS)
+        wait_for(page, "document.querySelector('#banner').textContent.includes('refuses')", 15_000)
+        said = page.text_content("#banner")
+        assert "proxy_set_header Host $http_host" in said and srv.url in said
+        assert page.get_attribute("#banner", "role") == "alert"
+        assert errors == []
+
+
 def test_flow_panel_says_when_optical_flow_finds_no_motion(browser):
     app = create_app(
         Settings(sources=["still=synthetic", "moving=synthetic"]),
