@@ -41,6 +41,11 @@ class _Connections:
                 STATS.header_timeouts,
             ),
             ("idle_closed", "New connections closed for sending nothing", STATS.idle_closed),
+            (
+                "write_timeouts",
+                "Connections cut for reading nothing of an answer for V1MOTION_WRITE_TIMEOUT_S",
+                STATS.write_timeouts,
+            ),
         ):
             yield CounterMetricFamily(f"v1motion_http_connections_{name}", doc, value)
 

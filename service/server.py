@@ -58,11 +58,12 @@ MAX_HEADER_BYTES = 64 * 1024
 
 class ConnectionStats:
     """What the bounds did in this process (one server a process), for ``/metrics``: connections
-    open now, refused at the cap, and closed for headers that stopped (408) or for sending nothing."""
+    open now, refused at the cap, and closed for headers that stopped (408), for sending nothing, or
+    for reading nothing of an answer."""
 
     def __init__(self) -> None:
         self.open: set | None = None  # uvicorn's set of open connections, once one was made
-        self.refused = self.header_timeouts = self.idle_closed = 0
+        self.refused = self.header_timeouts = self.idle_closed = self.write_timeouts = 0
 
     def open_now(self) -> int:
         return 0 if self.open is None else len(self.open)
@@ -75,11 +76,14 @@ STATS = ConnectionStats()
 class ConnectionLimits:
     """``header_timeout_s``: from a request's first byte to the end of its headers;
     ``idle_timeout_s``: a new connection's wait for its first byte (as an idle kept-alive one's);
-    ``max_connections``: open connections, websockets included; more are answered 503 and closed."""
+    ``max_connections``: open connections, websockets included; more are answered 503 and closed;
+    ``write_timeout_s``: how long an answer may wait for a client that reads none of it (the
+    connection is then cut)."""
 
     header_timeout_s: float
     idle_timeout_s: float
     max_connections: int
+    write_timeout_s: float = 60.0
 
 
 def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
@@ -102,7 +106,47 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._write_resumed()
             super().connection_lost(exc)
+
+        # A client that reads nothing of an answer (a download, a large JSON) held its connection
+        # and the answer's task for ever: uvicorn's writes wait while the socket's buffers are full,
+        # with no time limit. No byte of the answer leaving for write_timeout_s cuts the connection
+        # (progress, not the pause, is timed: one large write stays paused until nearly all of it
+        # is sent, however fast the client reads).
+        _write_timer: asyncio.TimerHandle | None = None
+        _write_left = 0  # the bytes waiting to be sent at the last look
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._write_timer is None:
+                self._write_left = self.transport.get_write_buffer_size()
+                self._write_timer = self.loop.call_later(
+                    limits.write_timeout_s, self._write_stalled
+                )
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._write_resumed()
+
+        def _write_resumed(self) -> None:
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        def _write_stalled(self) -> None:
+            self._write_timer = None
+            if self.transport.is_closing():
+                return
+            left = self.transport.get_write_buffer_size()
+            if left < self._write_left:  # some left meanwhile: a slow reader, not a stalled one
+                self._write_left = left
+                self._write_timer = self.loop.call_later(
+                    limits.write_timeout_s, self._write_stalled
+                )
+                return
+            STATS.write_timeouts += 1
+            self.transport.abort()  # nothing more can be written: its buffers are dropped too
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

@@ -278,6 +278,12 @@ class Settings(BaseSettings):
         "gets 408 and its connection is closed (a new connection that sends nothing is closed after "
         "keep_alive_s)",
     )
+    write_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="an answer whose client reads none of it for this long (a download it stopped "
+        "reading) has its connection cut; websockets have their own send timeout",
+    )
     max_connections: int = Field(
         1000,
         ge=1,

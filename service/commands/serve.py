@@ -199,7 +199,9 @@ def run(args: argparse.Namespace) -> int:
     max_connections, lowered = connection_cap(settings.max_connections)
     if lowered:
         logging.getLogger("v1motion.serve").warning(lowered)
-    limits = ConnectionLimits(settings.header_timeout_s, settings.keep_alive_s, max_connections)
+    limits = ConnectionLimits(
+        settings.header_timeout_s, settings.keep_alive_s, max_connections, settings.write_timeout_s
+    )
     config = server_config(settings, create_app(settings, store_lock=store_lock), limits)
     try:
         sock = bind_socket(settings.host, settings.port)

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from service_helpers import ServerThread, random_engine
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from websockets.sync.client import connect
 
 from v1motion.service.app import create_app
-from v1motion.service.server import ConnectionLimits, bounded_http_protocol
+from v1motion.service.server import STATS, ConnectionLimits, bounded_http_protocol
 from v1motion.service.settings import Settings
 
 
@@ -39,11 +39,18 @@ async def hold(websocket):
         pass
 
 
-TINY = Starlette(routes=[Route("/hello", hello), WebSocketRoute("/hold", hold)])
+BIG = 16 * 1024 * 1024  # more than the kernel's buffers on both sides hold
 
 
-def bounded(header_s=0.4, idle_s=0.6, max_connections=50):
-    limits = ConnectionLimits(header_s, idle_s, max_connections)
+async def big(request):
+    return Response(b"x" * BIG, media_type="application/octet-stream")
+
+
+TINY = Starlette(routes=[Route("/hello", hello), Route("/big", big), WebSocketRoute("/hold", hold)])
+
+
+def bounded(header_s=0.4, idle_s=0.6, max_connections=50, write_s=60.0):
+    limits = ConnectionLimits(header_s, idle_s, max_connections, write_s)
     return ServerThread(TINY, http=bounded_http_protocol(limits))
 
 
@@ -196,9 +203,55 @@ def test_serve_applies_the_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("V1MOTION_HEADER_TIMEOUT_S", "2.5")
     monkeypatch.setenv("V1MOTION_KEEP_ALIVE_S", "7")
     monkeypatch.setenv("V1MOTION_MAX_CONNECTIONS", "40")
+    monkeypatch.setenv("V1MOTION_WRITE_TIMEOUT_S", "12")
     args = build_parser().parse_args(["serve", "--engine", "random", "--port", "0"])
     assert serve.run(args) == 0
-    assert seen[-1].http.bounds == ConnectionLimits(2.5, 7.0, 40)
+    assert seen[-1].http.bounds == ConnectionLimits(2.5, 7.0, 40, 12.0)
+
+
+def _download(port: int) -> socket.socket:
+    """A connection asking for /big with a small receive buffer, nothing read yet."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    return sock
+
+
+def _read_all(sock: socket.socket, pause: float = 0.0) -> int:
+    got = 0
+    sock.settimeout(10)
+    try:
+        while chunk := sock.recv(65536):
+            got += len(chunk)
+            if pause:
+                time.sleep(pause)
+    except ConnectionResetError:
+        pass
+    return got
+
+
+def test_a_client_that_reads_nothing_of_an_answer_is_cut_after_the_write_timeout():
+    """Such a client held its connection, and the answer's task and bytes, for as long as it liked."""
+    before = STATS.write_timeouts
+    with bounded(write_s=0.8) as srv:
+        sock = _download(srv.port)
+        time.sleep(2.5)  # reads nothing
+        got = _read_all(sock)
+        sock.close()
+        assert 0 < got < BIG  # what the kernel's buffers held, then the end
+        assert STATS.write_timeouts == before + 1
+        assert httpx.get(f"{srv.url}/hello").status_code == 200
+
+
+def test_a_slow_reader_is_not_cut():
+    """Pauses shorter than the write timeout, over a download longer than it: every byte arrives."""
+    before = STATS.write_timeouts
+    with bounded(write_s=0.8) as srv:
+        sock = _download(srv.port)
+        got = _read_all(sock, pause=0.002)  # 16 MiB in 64 KiB reads: about 1 s of pauses
+        sock.close()
+    assert got > BIG and STATS.write_timeouts == before
 
 
 @pytest.mark.parametrize(
@@ -260,6 +313,7 @@ def test_metrics_count_what_the_bounds_did():
     grew = {k: after[k] - before.get(k, 0) for k in after if k.endswith("_total")}
     assert grew["v1motion_http_connections_header_timeouts_total"] == 3
     assert grew["v1motion_http_connections_idle_closed_total"] == 1
+    assert grew["v1motion_http_connections_write_timeouts_total"] == 0  # exported, nothing cut
     assert after["v1motion_http_connections_open"] == 1  # the scrape's own
 
 
