@@ -40,7 +40,7 @@ from v1motion.service.security import (
     HostOriginGuard,
     SecurityHeaders,
     StoppedRequests,
-    TokenBeforeBody,
+    TokenGuard,
     WebSocketRefused,
     answers_handshakes,
     client_left,
@@ -196,7 +196,7 @@ def create_app(
     # Without a token: only this service's Host names, and no state changes from other sites' pages.
     app.add_middleware(StoppedRequests)  # innermost: what a shutdown cancels, answered in JSON
     app.add_middleware(BodyLimit, settings=settings)
-    app.add_middleware(TokenBeforeBody, settings=settings)  # no body read without the token
+    app.add_middleware(TokenGuard, settings=settings)  # every /v1 request, before its body
     app.add_middleware(HostOriginGuard, settings=settings)  # before any body is read
     app.add_middleware(SecurityHeaders)  # outermost: the guard's refusals carry the headers too
     app.add_exception_handler(WebSocketRefused, ignore_refused)

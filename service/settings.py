@@ -31,6 +31,8 @@ from v1motion.service.jobs.limits import H264_MISSING, h264_available
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 SOURCE_KINDS = ("synthetic", "camera", "file", "url")
+"""The kinds of live source, in one place: ``SourceSpec.kind``, its parsing and its description, the
+``serve --source`` help and ``live.sources.source_factory`` follow it (tests/service/test_settings_sources.py)."""
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -42,7 +44,7 @@ class SourceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt "lop": false must not loop silently
 
     name: str
-    kind: Literal["synthetic", "camera", "file", "url"]
+    kind: Literal[SOURCE_KINDS]
     target: str = ""
     loop: bool = Field(
         True, description="file sources and recorded videos at a URL: start again at the end"
@@ -127,7 +129,10 @@ class SourceSpec(BaseModel):
             return f"camera {self.target} on the server"
         if self.kind == "file":
             return f"video file {Path(self.target).name}" + (" (looping)" if self.loop else "")
-        return f"{urlsplit(self.target).scheme} stream"
+        if self.kind == "url":
+            return f"{urlsplit(self.target).scheme} stream"
+        # a new kind without its words was shown to clients as " stream"
+        raise NotImplementedError(f"source kind {self.kind!r} has no description")
 
 
 def config_errors(exc: ValidationError) -> str:

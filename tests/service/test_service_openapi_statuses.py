@@ -157,8 +157,12 @@ def test_every_json_body_has_an_example_that_runs_as_it_is():
     with TestClient(create_app(Settings(), engine_factory=random_engine)) as client:
         examples = {}
         for op, schema in json_request_bodies(client.get("/openapi.json").json()).items():
-            assert schema.get("examples"), op
+            assert schema.get("examples"), (
+                f"{op}: its JSON body has no example; give its model one (json_schema_extra "
+                '{"examples": [...]}, as routers/language.py does): /docs fills it in and this test sends it'
+            )
             examples[op.split(" ", 1)[1]] = schema["examples"][0]
+        # a new JSON route is listed here, and answered 2xx when its example is sent below
         assert set(examples) == {
             "/v1/spikes/models",
             "/v1/spikes/models/{model_id}/evaluate",

@@ -228,6 +228,43 @@ def test_every_http_route_refuses_a_missing_or_wrong_token(client):
             assert r.status_code == 401, (method, path, headers, r.status_code, r.text)
 
 
+def test_an_api_route_included_without_the_routers_guard_still_needs_the_token():
+    """A contributor's first route, included with app.include_router alone, answered 200 to anyone."""
+    from fastapi import APIRouter
+
+    extra = APIRouter(prefix="/v1/about")
+
+    @extra.get("")
+    def about() -> dict:
+        return {"name": "v1motion"}
+
+    @extra.delete("/{item}")
+    def forget(item: str) -> dict:
+        return {"gone": item}
+
+    app = _token_app()
+    n = len(app.router.routes)
+    app.include_router(extra)  # no guard of its own; moved before the dashboard's catch-all mount
+    added = app.router.routes[n:]
+    del app.router.routes[n:]
+    app.router.routes[:0] = added
+    with TestClient(app) as c:
+        for method, path in (
+            ("GET", "/v1/about"),
+            ("DELETE", "/v1/about/x"),
+            ("HEAD", "/v1/about"),
+        ):
+            r = c.request(method, path)
+            assert r.status_code == 401, (method, path, r.status_code)
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert "connection" not in r.headers  # no body was left unread
+        assert c.get("/v1/about", headers={"Authorization": f"Bearer {TOKEN}"}).json() == {
+            "name": "v1motion"
+        }
+        assert c.options("/v1/about").status_code != 401  # a CORS preflight carries no token
+        assert c.get("/healthz").status_code == 200  # outside /v1: public
+
+
 def test_spike_and_language_routes_accept_the_right_token(client):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     r = client.post("/v1/language/next", json={"context": "the", "k": 3}, headers=auth)
