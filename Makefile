@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The quick set: everything not marked slow or deadline (a couple of minutes on two cores).
+# The quick set: everything not marked slow or deadline (about ten minutes on two cores).
 test: lint
 	$(PY) -m pytest -q -m "not slow and not deadline"
 

@@ -12,6 +12,7 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
+import argparse  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -29,6 +30,7 @@ def spin(seconds: float) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help only
     eng = MotionEngine.load_default()
     eng.warmup()
     src = SyntheticSource(

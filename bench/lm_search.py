@@ -212,8 +212,16 @@ def main() -> None:
         metavar=("NAME", "WEIGHTS"),
         help="record a run made with `v1motion lm train` from its weights (.npz) and history",
     )
+    ap.add_argument(
+        "--out-dir",
+        type=Path,
+        default=DOCS,
+        help="folder of search.json (read and extended) and search.md (default: docs/language)",
+    )
     args = ap.parse_args()
-    store = DOCS / "search.json"
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "search.json"
     results = json.loads(store.read_text()) if store.exists() else []
     if args.add_run:
         r = from_train_run(args.add_run[0], Path(args.add_run[1]))
@@ -229,8 +237,8 @@ def main() -> None:
         results = [x for x in results if (x["name"], x["epochs"]) != (name, r["epochs"])]
         results.append(r)
         store.write_text(json.dumps(results, indent=1) + "\n")
-        (DOCS / "search.md").write_text(write_table(results))
-    (DOCS / "search.md").write_text(write_table(results))
+        (out / "search.md").write_text(write_table(results))
+    (out / "search.md").write_text(write_table(results))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ serial. Absolute numbers depend on what else the machine runs: the header record
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
@@ -46,6 +47,7 @@ def tokens_per_s(train, vocab, windows: int, repeats: int = 2, **kw) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help only
     vocab, data = load_ptb()
     load = os.getloadavg()
     rows = []

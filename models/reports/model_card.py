@@ -133,6 +133,8 @@ def write_model_card(path: Path, weights: Path, control: Path, report: dict) -> 
         f"v1motion train --seed {cfg.get('seed')}    # writes models/weights/ssrnn_default.npz and "
         "ssrnn_shuffled_control.npz",
         "v1motion analyze --out docs/report --model-card models/weights/MODEL_CARD.md",
+        "v1motion fit-readout    # the MT read-out on the new weights (mt_readout_default.npz, .md)",
+        "v1motion fit-readout --axis-calibration    # its aperture step (axis_calibration.json)",
         "```",
         "Bit for bit on one machine and one set of library builds, whatever the core count: training,",
         "whitening and read-out fits run on one BLAS and one OpenCV thread. Another numpy/OpenBLAS build",

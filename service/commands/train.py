@@ -49,7 +49,8 @@ SETTING_HELP = {
 DESCRIPTION = """\
 Train the motion engine's ss-RNN on natural movies and fit its motion read-out, reproducing the
 shipped weights (models/weights/ssrnn_default.npz) and a time-shuffled control from the seed.
-Needs the research data folder (V1MOTION_SHARED_DATA, or ../shared/data) and takes hours of CPU."""
+Needs the research data folder (V1MOTION_SHARED_DATA, or ../shared/data); the shipped weights took
+about 5 minutes on one core (their card says how long), the read-out's fit (fit-readout) more."""
 
 EPILOG = """\
 examples:
