@@ -120,10 +120,11 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def pause_writing(self) -> None:
             super().pause_writing()
             if self._write_timer is None:
-                self._write_left = self.transport.get_write_buffer_size()
-                self._write_timer = self.loop.call_later(
-                    limits.write_timeout_s, self._write_stalled
-                )
+                self._arm_write()
+
+        def _arm_write(self) -> None:
+            self._write_left = self.transport.get_write_buffer_size()
+            self._write_timer = self.loop.call_later(limits.write_timeout_s, self._write_stalled)
 
         def resume_writing(self) -> None:
             super().resume_writing()
@@ -138,12 +139,8 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._write_timer = None
             if self.transport.is_closing():
                 return
-            left = self.transport.get_write_buffer_size()
-            if left < self._write_left:  # some left meanwhile: a slow reader, not a stalled one
-                self._write_left = left
-                self._write_timer = self.loop.call_later(
-                    limits.write_timeout_s, self._write_stalled
-                )
+            if self.transport.get_write_buffer_size() < self._write_left:
+                self._arm_write()  # some left meanwhile: a slow reader, not a stalled one
                 return
             STATS.write_timeouts += 1
             self.transport.abort()  # nothing more can be written: its buffers are dropped too
