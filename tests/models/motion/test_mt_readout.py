@@ -209,6 +209,7 @@ def test_live_read_equals_the_readout_on_the_features_it_is_fitted_on(shape, poo
         coarse=False,
         aperture=None,
         prime_passes=0,  # the read-out is fitted on codes of streams started cold (``encode``)
+        warmup_frames=0,  # the confidence as the read-out gives it (``WARMUP_FRAMES``)
     )  # the read alone: the code-change gate, the coarse and the aperture reads are tested below
     frames = stimuli.pan_sequence(stimuli.load_still("camera"), (256.0, 256.0), 0.7, 2.0, 6, shape)
     state = engine.new_state()

@@ -101,6 +101,7 @@ def test_a_stream_shows_no_motion_before_it_has_seen_motion(engine):
     scene stays still from its first frame on, and a pan reads near its speed from its second
     (read out like the others, the first frame showed a third of a still scene moving, and made the
     next two frames of a 1 px/frame pan read at 14 and 1.7 px/frame)."""
+    engine = MotionEngine.load_default(warmup_frames=0)  # the readings' own confidence
     img = load_still("chelsea")
     rng = np.random.default_rng(0)
     still = pan_sequence(img, (img.shape[1] / 2, img.shape[0] / 2), 0.0, 0.0, 4, (120, 160))
@@ -120,12 +121,41 @@ def test_a_stream_shows_no_motion_before_it_has_seen_motion(engine):
     assert all(0.5 < s < 2.5 for s in speeds[1:]), speeds
 
 
+def test_the_first_frames_after_a_start_keep_their_readings_held_less_certain(engine):
+    """A video's first frames showed confidence 0.93-1.00 for directions 22-30 degrees off: until
+    WARMUP_FRAMES their confidence is scaled by sqrt(k / WARMUP_FRAMES), the readings unchanged."""
+    from v1motion.models.motion.engine import WARMUP_FRAMES
+
+    img = load_still("gravel")
+    shape = (120, 160)
+    pan = pan_sequence(
+        img, (img.shape[1] / 2, img.shape[0] / 2), 0.7, 2.0, WARMUP_FRAMES + 3, shape
+    )
+    frames = [(f * 255).astype(np.uint8) for f in pan]
+    plain = MotionEngine.load_default(warmup_frames=0)
+    a, b = engine.new_state(), plain.new_state()
+    for k, f in enumerate(frames):
+        warm, raw = engine.step(a, f), plain.step(b, f)
+        np.testing.assert_array_equal(warm.direction, raw.direction)
+        np.testing.assert_array_equal(warm.speed, raw.speed)
+        factor = min(1.0, np.sqrt(k / WARMUP_FRAMES))
+        np.testing.assert_allclose(warm.confidence, raw.confidence * factor, rtol=1e-6, atol=1e-7)
+        if k:  # the dominant motion: as certain as its cells at most
+            assert warm.global_confidence <= factor + 1e-6
+            if k >= WARMUP_FRAMES:
+                assert warm.global_direction == raw.global_direction
+                assert warm.global_confidence == raw.global_confidence
+    with pytest.raises(ValueError, match="warmup_frames"):
+        MotionEngine.load_default(warmup_frames=-1)
+
+
 def test_a_still_view_shows_no_motion_from_the_start_of_a_stream(engine):
     """The stream's first frame is primed (``PRIME_PASSES``): on a still view with camera noise the
     dominant motion of the second to fourth frames stays faint, where a cold start showed one (0.8-1.0
     on these stills, while the recurrent code settled); a pan that starts with the stream is shown
     moving, the right way, from its second frame."""
-    cold = MotionEngine.load_default(prime_passes=0)
+    engine = MotionEngine.load_default(warmup_frames=0)  # priming alone (not WARMUP_FRAMES)
+    cold = MotionEngine.load_default(prime_passes=0, warmup_frames=0)
     shape = (240, 320)
     for name in ("brick", "astronaut"):
         img = load_still(name)
