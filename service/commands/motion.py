@@ -50,7 +50,8 @@ def add_parser(subparsers) -> None:
         "--max-side",
         type=_positive(int),
         default=None,
-        help=f"shrink frames to this longer side first (default: {limits.max_side}, as the service)",
+        help=f"shrink frames to this longer side first (default: {limits.max_side}, the service's "
+        "default; V1MOTION_VIDEO_MAX_SIDE sets the service's, not this command's)",
     )
     p.add_argument(
         "--threads",

@@ -40,7 +40,9 @@ UNITS = {
     "cell_px": "side of a grid cell in pixels of the processed frame",
     "confidence": "0 (nothing moves) to 1",
     "share": "fraction of the moving cells' confidence, summed over the video",
-    "direction_hist": "fraction of the confidence-weighted cells in each direction bin",
+    "direction_hist": "in the summary: fraction of the confidence-weighted cells in each direction "
+    "bin; in a frame: the model units' activity by preferred direction, not the map's histogram",
+    "speed_hist": "in a frame: the model units' activity by preferred speed, not the map's histogram",
 }
 
 
