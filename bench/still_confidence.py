@@ -30,7 +30,13 @@ import numpy as np
 
 from v1motion.models.motion import motion_eval as me
 from v1motion.models.motion import stimuli
-from v1motion.models.motion.engine import MOVING_FROM, PRIME_PASSES, MotionEngine, global_motion
+from v1motion.models.motion.engine import (
+    MOVING_FROM,
+    PRIME_PASSES,
+    WARMUP_FRAMES,
+    MotionEngine,
+    global_motion,
+)
 
 INTRO = """# Does a still camera view show a dominant motion?
 
@@ -54,7 +60,9 @@ share of still views (noise of 0, 2 and 4 /255, three noise seeds each, on every
 dominant motion is confident (> {START_CONFIDENT}) on that frame; *largest*: the largest dominant
 confidence among them; then the dominant motion of held-out pans that start with
 the stream (8 directions, 0.5, 1, 2, 4 and 8 px/frame). Frame 1 shows no motion (nothing to compare
-with); *2-4*: the still views confident on any of frames 2-4.
+with); *2-4*: the still views confident on any of frames 2-4. As shipped, the confidence of the
+{WARMUP_FRAMES - 1} frames after the first is lowered (`WARMUP_FRAMES`); *no warm-up*: without that,
+what priming alone does (`warmup_frames=0`).
 """
 STILLS = ("astronaut", "camera", "chelsea", "coffee", "gravel", "rocket", "grass", "brick")
 EVERY_CELL = (0.0, 1e-6)
@@ -146,6 +154,8 @@ def start_table(shape) -> list[str]:
     runs = {
         f"primed ({PRIME_PASSES} passes)": MotionEngine.load_default(),
         "cold": MotionEngine.load_default(prime_passes=0),
+        "primed, no warm-up": MotionEngine.load_default(warmup_frames=0),
+        "cold, no warm-up": MotionEngine.load_default(prime_passes=0, warmup_frames=0),
     }
     rows = [
         "| start | frame | still views confident | largest | pans: dominant error (median) "
