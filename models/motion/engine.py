@@ -510,9 +510,9 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
         # one pass: the same float32 quotients as converting first and dividing by 255 after
         return np.divide(frame, np.float32(255.0), dtype=np.float32)
     if frame.dtype in (np.float32, np.float64):
-        if not np.all(np.isfinite(frame)):
+        lo, hi = float(frame.min()), float(frame.max())  # NaN or an infinity shows in either
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("frame contains NaN or infinite values")
-        lo, hi = float(frame.min()), float(frame.max())
         if lo < FLOAT_RANGE[0] or hi > FLOAT_RANGE[1]:
             raise ValueError(
                 f"float frames hold grey levels in [0, 1], got values from {lo:.4g} to {hi:.4g}"
