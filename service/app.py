@@ -211,7 +211,9 @@ def create_app(
     app.include_router(api_docs.router)  # public, like the schema they show
     # Every /v1 router is guarded here, once, so that no route can forget the token.
     for router in api:
-        app.include_router(router, dependencies=[AuthDep], responses=TOKEN_REFUSED)
+        app.include_router(
+            router, dependencies=[AuthDep, http_errors.KnownQueryDep], responses=TOKEN_REFUSED
+        )
 
     @app.websocket("/{path:path}")
     async def no_such_socket(ws: WebSocket, path: str) -> None:

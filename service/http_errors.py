@@ -12,6 +12,11 @@
   reader accepts ``NaN`` and ``Infinity``, which strict JSON cannot write: ``{"k": NaN}`` made the 422
   itself fail with a 500. Non-finite numbers in an error body are written as the strings ``"NaN"``,
   ``"Infinity"`` and ``"-Infinity"``, for every route at once.
+- **Unknown query parameters are 422.** ``GET /v1/videos?status=failed`` answered the newest jobs of
+  every state, 200, before the route had a ``status`` filter: a misspelt or unsupported parameter
+  was ignored and the client got the wrong data without a word. Every ``/v1`` route now refuses a
+  parameter it does not declare, naming it and those it takes (:func:`refuse_unknown_query`,
+  applied where the routers are included).
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import math
 import re
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 
 from v1motion.service.security import app_path, guarded_path, require_token
 
@@ -181,3 +187,30 @@ def install(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _query_names(dependant) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def refuse_unknown_query(conn: HTTPConnection) -> None:
+    """Dependency of every ``/v1`` router: a query parameter the route does not declare is a 422
+    naming it (websockets read their own query: ``?flow``, ``?max_fps``)."""
+    route = conn.scope.get("route")
+    if conn.scope["type"] != "http" or not conn.query_params or route is None:
+        return
+    known = _query_names(route.dependant)
+    unknown = sorted(set(conn.query_params) - known)
+    if unknown:
+        takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
+        raise HTTPException(
+            422,
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(u) for u in unknown)} for {conn.url.path}: {takes}",
+        )
+
+
+KnownQueryDep = Depends(refuse_unknown_query)

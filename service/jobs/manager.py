@@ -182,8 +182,10 @@ class VideoJobs:
         folder.mkdir()
         return job_id, folder
 
-    def submit(self, job_id: str, filename: str, content_type: str, size_bytes: int) -> JobRecord:
-        rec = self.store.create(job_id, filename, content_type, size_bytes)
+    def submit(self, *args, **kw) -> JobRecord:
+        """Queue a job: :meth:`JobStore.create`'s arguments (``sqlite3.IntegrityError`` if a job
+        has the ``idempotency_key`` already)."""
+        rec = self.store.create(*args, **kw)
         self.runner.wake()
         return rec
 

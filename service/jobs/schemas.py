@@ -70,4 +70,7 @@ class JobPublic(BaseModel):
 
 class JobsPublic(BaseModel):
     data: list[JobPublic]
-    count: int = Field(description="all jobs, not only this page")
+    count: int = Field(description="all jobs (of the asked states), not only this page")
+    next: str | None = Field(
+        None, description="the next page's URL (the same filters, after this page's last job)"
+    )

@@ -34,7 +34,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     result        TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC, id);
 """
+# Columns added after the first release: a store written by an older service gets them at open.
+_ADDED = {
+    "idempotency_key": "TEXT",  # the client's Idempotency-Key header, if it sent one
+    "sha256": "TEXT",  # of the upload, to tell a retry of the same POST from another file
+}
+_KEY_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idempotency_key)"
+    " WHERE idempotency_key IS NOT NULL"
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class JobRecord:
     attempts: int
     error: str | None
     result: dict | None
+    idempotency_key: str | None = None
+    sha256: str | None = None
 
 
 def _record(row: sqlite3.Row | None) -> JobRecord | None:
@@ -81,6 +93,11 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _ADDED.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        self._db.execute(_KEY_INDEX)
 
     @property
     def journal_mode(self) -> str:
@@ -91,27 +108,65 @@ class JobStore:
         with self._lock:
             self._db.close()
 
-    def create(self, job_id: str, filename: str, content_type: str, size_bytes: int) -> JobRecord:
+    def create(
+        self,
+        job_id: str,
+        filename: str,
+        content_type: str,
+        size_bytes: int,
+        idempotency_key: str | None = None,
+        sha256: str | None = None,
+    ) -> JobRecord:
+        """A queued job; ``sqlite3.IntegrityError`` if a job already has ``idempotency_key``."""
         with self._lock:
             self._db.execute(
-                "INSERT INTO jobs (id, status, filename, content_type, size_bytes, created_at)"
-                " VALUES (?, 'queued', ?, ?, ?, ?)",
-                (job_id, filename, content_type, size_bytes, time.time()),
+                "INSERT INTO jobs (id, status, filename, content_type, size_bytes, created_at,"
+                " idempotency_key, sha256) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (job_id, filename, content_type, size_bytes, time.time(), idempotency_key, sha256),
             )
         return self.get(job_id)
+
+    def by_key(self, idempotency_key: str) -> JobRecord | None:
+        """The job created with this ``Idempotency-Key`` (None if none is left)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+        return _record(row)
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _record(row)
 
-    def list(self, limit: int = 100, offset: int = 0) -> tuple[list[JobRecord], int]:
-        """Newest first, with the total count."""
+    def list(
+        self,
+        limit: int = 100,
+        offset: int = 0,
+        statuses: tuple[str, ...] | None = None,
+        after: tuple[float, str] | None = None,
+    ) -> tuple[list[JobRecord], int]:
+        """Newest first (ties by id), with the count of all jobs in ``statuses`` (every job when
+        None). ``after``: the ``(created_at, id)`` of the last job of the page before, so that the
+        jobs created or deleted meanwhile do not move the next page (offsets do)."""
+        where, args = [], []
+        if statuses:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args.extend(statuses)
+        filtered = " AND ".join(where)
+        if after is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id > ?))")
+            args.extend((after[0], after[0], after[1]))
+        page = f" WHERE {' AND '.join(where)}" if where else ""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM jobs ORDER BY created_at DESC, id LIMIT ? OFFSET ?", (limit, offset)
+                f"SELECT * FROM jobs{page} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
-            total = self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+            total = self._db.execute(
+                f"SELECT COUNT(*) FROM jobs{' WHERE ' + filtered if filtered else ''}",
+                tuple(statuses or ()),
+            ).fetchone()[0]
         return [_record(r) for r in rows], total
 
     def count(self, status: str) -> int:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import shutil
+import sqlite3
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
@@ -66,6 +70,12 @@ UPLOAD_BODY = {
     }
 }
 UPLOAD_ERRORS = {
+    200: {
+        "description": "an earlier upload of the same file with this Idempotency-Key: its job",
+        "headers": {
+            "Location": {"description": "the job's URL", "schema": {"type": "string"}},
+        },
+    },
     202: {
         "description": "the job, queued",
         "headers": {
@@ -79,8 +89,19 @@ UPLOAD_ERRORS = {
     408: {"description": "the body stopped arriving (V1MOTION_UPLOAD_IDLE_TIMEOUT_S)"},
     413: {"description": "larger than V1MOTION_VIDEO_MAX_UPLOAD_MB"},
     415: {"description": "not multipart, not a video content type, or not an accepted container"},
-    422: {"description": "empty, no 'file' field, or refused by the probe (size, codec, fps...)"},
-    503: {"description": "too many videos waiting, or too many uploads arriving at once"},
+    422: {
+        "description": "empty, no 'file' field, refused by the probe (size, codec, fps...), or an "
+        "Idempotency-Key already used for another file"
+    },
+    503: {
+        "description": "too many videos waiting, or too many uploads arriving at once",
+        "headers": {
+            "Retry-After": {
+                "description": "seconds to wait before trying again",
+                "schema": {"type": "integer"},
+            }
+        },
+    },
     507: {"description": "the server's disk has no room for the upload"},
 }
 
@@ -103,12 +124,27 @@ def _refuse_if_queue_full(jobs) -> None:
     responses=UPLOAD_ERRORS,
 )
 async def create_video_job(
-    request: Request, response: Response, jobs: JobsDep, state: StateDep
+    request: Request,
+    response: Response,
+    jobs: JobsDep,
+    state: StateDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            pattern=IDEMPOTENCY_KEY,
+            description="a key of the client's choosing (e.g. a UUID): a POST repeated with the "
+            "same key and the same file answers 200 with the first one's job instead of making "
+            "another (a retry after a timeout or a dropped connection); the same key with another "
+            "file is 422",
+        ),
+    ] = None,
 ) -> JobPublic:
     """Upload a video (multipart field ``file``); answers 202 with the queued job.
 
     The upload is kept until the job ends; its results until the job is deleted, or, where the
-    service sets ``V1MOTION_VIDEO_KEEP_DAYS``, that many days after the job ended."""
+    service sets ``V1MOTION_VIDEO_KEEP_DAYS``, that many days after the job ended. With an
+    ``Idempotency-Key`` that an earlier upload of the same file carried, the answer is 200 with
+    that upload's job (while it is kept)."""
     settings = state.settings
     max_bytes = int(settings.video_max_upload_mb * 1024 * 1024)
     declared = request.headers.get("content-length")
@@ -118,7 +154,8 @@ async def create_video_job(
             f"the upload is larger than the limit of {max_bytes} bytes",
             {"Connection": "close"},  # its body is not read
         )
-    _refuse_if_queue_full(jobs)  # before the upload: no bytes received for nothing
+    if idempotency_key is None or jobs.store.by_key(idempotency_key) is None:
+        _refuse_if_queue_full(jobs)  # before the upload: no bytes received for nothing
     free = free_mb(jobs.jobs_dir)
     if declared and declared.isdigit() and free is not None and int(declared) > free * 2**20:
         raise HTTPException(507, disk_full_reason(jobs.jobs_dir, "the upload"))
@@ -141,6 +178,12 @@ async def create_video_job(
             raise HTTPException(exc.status, exc.detail, headers) from None
         except UnsupportedContainer as exc:
             raise HTTPException(415, str(exc)) from None
+        digest = None
+        if idempotency_key is not None:
+            digest = await run_in_threadpool(_sha256, path)
+            earlier = _same_upload(jobs, idempotency_key, digest)
+            if earlier is not None:
+                return _answer_earlier(earlier, request, response)
         async with state.video_probe_slots:
             try:
                 await run_in_threadpool(probe, path, jobs.limits)
@@ -152,7 +195,16 @@ async def create_video_job(
         # Again, with nothing awaited before the submit: the uploads that arrived meanwhile were
         # queued (the probe: 34 jobs waiting against a limit of 32 from 4 uploads at a time).
         _refuse_if_queue_full(jobs)
-        rec = jobs.submit(job_id, create.filename, create.content_type, create.size_bytes)
+        try:
+            rec = jobs.submit(
+                job_id, create.filename, create.content_type, create.size_bytes,
+                idempotency_key, digest,
+            )  # fmt: skip
+        except sqlite3.IntegrityError:  # the same key, uploaded at the same time: the first won
+            earlier = _same_upload(jobs, idempotency_key, digest)
+            if earlier is None:
+                raise
+            return _answer_earlier(earlier, request, response)
         accepted = True
     finally:
         if not accepted:
@@ -166,6 +218,38 @@ async def create_video_job(
     return JobPublic.from_record(rec, base)
 
 
+IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,128}$"  # printable ASCII without spaces
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _same_upload(jobs: VideoJobs, key: str, digest: str):
+    """The job an earlier upload with ``key`` made, if it was of the same file (None if no job has
+    the key); 422 if the key came with another file."""
+    earlier = jobs.store.by_key(key)
+    if earlier is not None and earlier.sha256 != digest:
+        raise HTTPException(
+            422,
+            f"Idempotency-Key {key!r} came with another file before (job {earlier.id}); "
+            "use a new key for a new file",
+        )
+    return earlier
+
+
+def _answer_earlier(rec, request: Request, response: Response) -> JobPublic:
+    log.info("job %s: the same upload again, with its Idempotency-Key", rec.id)
+    response.status_code = 200
+    base = _base(request)
+    response.headers["Location"] = f"{base}/{rec.id}"
+    return JobPublic.from_record(rec, base)
+
+
 def _base(request: Request) -> str:
     """Where the jobs are, as the client reaches them: behind a proxy that strips a path prefix
     (``V1MOTION_ROOT_PATH``), with the prefix; links without it were 404s through the proxy."""
@@ -175,19 +259,65 @@ def _base(request: Request) -> str:
 MAX_OFFSET = (
     1_000_000_000  # SQLite's OFFSET is a signed 64-bit integer; no store holds this many jobs
 )
+# The last job of a page, as ``<created_at>_<id>``: the next page starts after it whatever was
+# submitted or deleted meanwhile (a "download, then delete" loop paging by offset skipped 40 % of
+# the jobs: each deletion moved the rows the next offset would have read).
+CURSOR = re.compile(r"^(\d{1,12}(?:\.\d{1,20})?)_([0-9a-f]{32})$")
+Status = Literal["queued", "running", "succeeded", "failed"]
 
 
-@router.get("", response_model=JobsPublic)
+def _cursor(rec) -> str:
+    return f"{rec.created_at!r}_{rec.id}"
+
+
+@router.get(
+    "",
+    response_model=JobsPublic,
+    responses={
+        422: {"description": "a bad status or cursor, offset with after, an unknown parameter"}
+    },
+)
 def list_video_jobs(
     request: Request,
     jobs: JobsDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500, description="jobs per page")] = 100,
+    offset: Annotated[
+        int, Query(ge=0, le=MAX_OFFSET, description="jobs to skip (pages move as jobs come and go)")
+    ] = 0,
+    status: Annotated[
+        list[Status] | None,
+        Query(description="only jobs in these states (repeat it for several)"),
+    ] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=80,
+            description="the cursor of the page before (its `next`): the jobs after its last one",
+        ),
+    ] = None,
 ) -> JobsPublic:
-    """Jobs, newest first."""
-    records, total = jobs.store.list(limit, offset)
+    """Jobs, newest first, a page at a time: follow each page's ``next`` until it is null."""
+    position = None
+    if after is not None:
+        m = CURSOR.match(after)
+        if not m:
+            raise HTTPException(422, f"after={after!r} is not a cursor: pass a page's 'next' on")
+        if offset:
+            raise HTTPException(422, "give after (a cursor) or offset, not both")
+        position = (float(m.group(1)), m.group(2))
+    statuses = tuple(dict.fromkeys(status)) if status else None
+    records, total = jobs.store.list(limit, offset, statuses, position)
     base = _base(request)
-    return JobsPublic(data=[JobPublic.from_record(r, base) for r in records], count=total)
+    following = None
+    if len(records) == limit:
+        more, _ = jobs.store.list(1, 0, statuses, (records[-1].created_at, records[-1].id))
+        if more:
+            query = [("limit", str(limit)), *(("status", s) for s in statuses or ())]
+            query.append(("after", _cursor(records[-1])))
+            following = f"{base}?{urlencode(query)}"
+    return JobsPublic(
+        data=[JobPublic.from_record(r, base) for r in records], count=total, next=following
+    )
 
 
 JOB_NOT_FOUND = {404: {"description": "no video job with this id"}}

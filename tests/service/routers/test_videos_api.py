@@ -443,3 +443,87 @@ def test_jobs_are_deleted_the_days_after_they_end_the_service_keeps_them(tmp_pat
         second = upload(c, vs.avi(tmp_path, n=6)).json()["id"]
         assert c.get(f"/v1/videos/{first}").status_code == 404
         assert first not in job_folders(c) and second in job_folders(c)
+
+
+def test_a_post_repeated_with_its_idempotency_key_answers_the_first_job(client, tmp_path):
+    """A client that retries an upload after a timeout made a second job of the same file (the
+    header was ignored); with the same key and file it now gets the first job back, 200."""
+    clip = vs.avi(tmp_path, n=4)
+    key = {"Idempotency-Key": "batch-7f3a/clip-001"}
+    first = client.post(
+        "/v1/videos", files={"file": ("a.avi", clip, "video/x-msvideo")}, headers=key
+    )
+    assert first.status_code == 202, first.text
+    folders = job_folders(client)
+    again = client.post(
+        "/v1/videos", files={"file": ("a.avi", clip, "video/x-msvideo")}, headers=key
+    )
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert again.headers["location"] == first.headers["location"]
+    assert job_folders(client) == folders  # nothing kept of the repeated upload
+    other = vs.avi(tmp_path, n=5)
+    refused = client.post(
+        "/v1/videos", files={"file": ("b.avi", other, "video/x-msvideo")}, headers=key
+    )
+    assert refused.status_code == 422 and first.json()["id"] in refused.json()["detail"]
+    fresh = client.post(
+        "/v1/videos",
+        files={"file": ("b.avi", other, "video/x-msvideo")},
+        headers={"Idempotency-Key": "batch-7f3a/clip-002"},
+    )
+    assert fresh.status_code == 202 and fresh.json()["id"] != first.json()["id"]
+    plain = upload(client, clip)  # no key: a new job, as before
+    assert plain.status_code == 202 and plain.json()["id"] != first.json()["id"]
+
+
+def test_a_repeated_key_is_answered_while_the_queue_is_full(client, tmp_path):
+    clip = vs.avi(tmp_path, n=4)
+    key = {"Idempotency-Key": "retry-when-full"}
+    first = client.post(
+        "/v1/videos", files={"file": ("a.avi", clip, "video/x-msvideo")}, headers=key
+    )
+    jobs = client.app.state.services.videos
+    jobs.queue_full = lambda: True
+    try:
+        again = client.post(
+            "/v1/videos", files={"file": ("a.avi", clip, "video/x-msvideo")}, headers=key
+        )
+        other = client.post("/v1/videos", files={"file": ("a.avi", clip, "video/x-msvideo")})
+    finally:
+        del jobs.queue_full
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert other.status_code == 503
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 129, "naïve"])
+def test_a_malformed_idempotency_key_is_422(client, tmp_path, key):
+    r = client.post(
+        "/v1/videos",
+        files={"file": ("a.avi", vs.avi(tmp_path, n=4), "video/x-msvideo")},
+        headers={"Idempotency-Key": key.encode()},
+    )
+    assert r.status_code == 422 and "idempotency-key" in r.text.lower()
+
+
+def test_a_store_from_before_idempotency_keys_opens_with_them(tmp_path):
+    import sqlite3
+
+    from v1motion.service.jobs.store import JobStore
+
+    db = sqlite3.connect(tmp_path / "jobs.sqlite3")
+    db.executescript(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, filename TEXT NOT NULL,"
+        " content_type TEXT NOT NULL, size_bytes INTEGER NOT NULL, created_at REAL NOT NULL,"
+        " started_at REAL, finished_at REAL, frames_done INTEGER NOT NULL DEFAULT 0,"
+        " frames_total INTEGER, attempts INTEGER NOT NULL DEFAULT 0, error TEXT, result TEXT);"
+        "INSERT INTO jobs (id, status, filename, content_type, size_bytes, created_at)"
+        " VALUES ('a', 'queued', 'old.avi', 'video/x-msvideo', 9, 1.0);"
+    )
+    db.close()
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    assert store.get("a").idempotency_key is None
+    store.create("b", "new.avi", "video/x-msvideo", 9, "k", "0" * 64)
+    assert store.by_key("k").id == "b"
+    with pytest.raises(sqlite3.IntegrityError):
+        store.create("c", "new.avi", "video/x-msvideo", 9, "k", "0" * 64)
+    store.close()
