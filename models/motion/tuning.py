@@ -134,9 +134,27 @@ def direction_index(curves: np.ndarray):
     return np.clip(di, 0, 1), pref, r_pref
 
 
-def best_condition_curves(resp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Direction curves at each unit's best condition. ``resp`` is ``(n_dir, C, U)``."""
-    best = resp.max(0).argmax(0)  # (U,) best condition by peak response
+ALIASED_FROM = 0.4
+"""Cycles per frame from which a grating no longer drifts: at 0.5 it flickers in counterphase and
+at 1 it stands still, so the same responses come for a direction and its opposite. A unit's
+direction tuning was read at such a grating when it was its strongest (period 4 px at 2-8
+px/frame, 8 px at 4-8): 93 of the 269 tuned units shown by the dashboard had a DI of exactly 0 and
+a preferred direction picked between two opposites, 48 of them the wrong one (unit 509: DI 1.00 at
+0.5-1 px/frame, shown as 0.00 preferring 4 px/frame)."""
+
+
+def drifting(periods, speeds) -> np.ndarray:
+    """``(n_periods, n_speeds)``: True where a grating drifts (``speed / period < ALIASED_FROM``)."""
+    return np.asarray(speeds, float)[None, :] / np.asarray(periods, float)[:, None] < ALIASED_FROM
+
+
+def best_condition_curves(resp: np.ndarray, allowed=None) -> tuple[np.ndarray, np.ndarray]:
+    """Direction curves at each unit's best condition. ``resp`` is ``(n_dir, C, U)``; ``allowed``
+    (C,), if given, the conditions it may be (those whose gratings drift)."""
+    peak = resp.max(0)  # (C, U)
+    if allowed is not None:
+        peak = np.where(np.asarray(allowed, bool)[:, None], peak, -np.inf)
+    best = peak.argmax(0)  # (U,) best condition by peak response
     u = np.arange(resp.shape[2])
     return resp[:, best, u], best
 
@@ -175,7 +193,7 @@ class TuningSummary:
     pref_dir_natural: np.ndarray
     responsive_natural: np.ndarray
     orientation: np.ndarray
-    speed_curves: np.ndarray  # (U, n_speeds) at the preferred direction and best period
+    speed_curves: np.ndarray  # (U, n_speeds) at the preferred direction, best drifting period
     direction_curves: np.ndarray  # (n_dir, U) at the best grating
     metrics: dict
 
@@ -184,13 +202,17 @@ def summarize(model: SSRNN, gt: GratingTuning, nt: NaturalTuning, level: int = 0
     n_dir = N_DIRECTIONS
     g = gt.resp[:, :, :, level]  # (dir, period, speed, U)
     n_p, n_s = g.shape[1], g.shape[2]
-    curves, best = best_condition_curves(g.reshape(n_dir, n_p * n_s, -1))
+    moves = drifting(gt.periods, gt.speeds)  # (n_p, n_s)
+    curves, best = best_condition_curves(g.reshape(n_dir, n_p * n_s, -1), moves.ravel())
     di, pref, r_pref = direction_index(curves)
     responsive = responsive_mask(r_pref)
     ds = responsive & (di > 0.5)
-    best_p = best // n_s
     u = np.arange(g.shape[-1])
-    speed_curves = g[pref, best_p, :, u]  # (U, n_speeds)
+    # At the preferred direction, each speed at its best period among those whose gratings drift
+    # at it (period 32 px drifts at every speed measured).
+    at_pref = np.where(moves[None], g[pref, :, :, u], -np.inf)  # (U, n_p, n_s): advanced first
+    speed_curves = at_pref.max(1)
+    speed_curves = np.where(np.isfinite(speed_curves), speed_curves, 0.0)  # no drifting period
     pref_speed = np.asarray(gt.speeds)[speed_curves.argmax(1)]
     ncurves, _ = best_condition_curves(nt.resp[:, :, level])
     di_n, pref_n, r_pref_n = direction_index(ncurves)

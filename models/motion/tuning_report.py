@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 
+from v1motion.models.determinism import single_threaded
 from v1motion.models.motion.calibration import grating_direction_error, natural_direction_error
 from v1motion.models.motion.population import pooled_response
 from v1motion.models.motion.ssrnn import SSRNN
@@ -22,7 +23,10 @@ from v1motion.models.motion.tuning import (
 log = logging.getLogger(__name__)
 
 
+@single_threaded()
 def measure_tuning(model: SSRNN) -> TuningSummary:
+    """The tuning as shipped (training writes it, ``v1motion analyze --update-weights`` measures it
+    again), on one thread so that it does not depend on the machine's core count."""
     return summarize(model, grating_tuning(model), natural_tuning(model))
 
 

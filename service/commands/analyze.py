@@ -42,6 +42,13 @@ def add_parser(subparsers) -> None:
         default=None,
         help="also write the model card to this file (default: no model card)",
     )
+    p.add_argument(
+        "--update-weights",
+        action="store_true",
+        help="also write the tuning measured here into --weights and --control (the per-unit "
+        "tuning the engine ships with, for its histograms, unit browser and aperture step), "
+        "leaving every trained array as it is: after a change in how tuning is measured",
+    )
     p.set_defaults(func=run)
 
 
@@ -75,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     report["figures"] = write_figures(engine.model, art, args.out)
     path = write_report(report, args.out)
     bar.close()
+    if args.update_weights:
+        for weights, summary in ((args.weights, art["model"]), (args.control, art["control"])):
+            write_tuning(weights, summary)
+            print(f"wrote the measured tuning into {weights}")
     if args.model_card:
         write_model_card(args.model_card, args.weights, args.control, report)
     print(
@@ -82,3 +93,17 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {path}")
     return 0
+
+
+def write_tuning(weights: Path, summary) -> None:
+    """Replace the ``tuning`` entry of a weights file, keeping its other arrays byte for byte."""
+    import numpy as np
+
+    from v1motion.models.motion.tuning_report import tuning_dict
+
+    with np.load(weights, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["tuning"] = np.array(json.dumps(tuning_dict(summary)))
+    tmp = weights.with_name(weights.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(weights)

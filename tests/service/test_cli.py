@@ -230,6 +230,33 @@ def test_analyze_without_trained_weights_says_so_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "rep").exists()
 
 
+def test_update_weights_rewrites_the_tuning_and_keeps_every_trained_array(tmp_path):
+    import numpy as np
+
+    from v1motion.models.motion.tuning import N_DIRECTIONS, SPEEDS, TuningSummary
+    from v1motion.service.commands.analyze import write_tuning
+
+    path = tmp_path / "w.npz"
+    rng = np.random.default_rng(0)
+    trained = {"W": rng.standard_normal((5, 3)), "R": rng.standard_normal((3, 3))}
+    np.savez_compressed(path, **trained, tuning=np.array('{"old": true}'))
+    n = 3
+    summary = TuningSummary(
+        di=np.array([0.1, 0.9, 1.0]), pref_dir=np.zeros(n), responsive=np.ones(n, bool),
+        ds=np.ones(n, bool), pref_speed=np.ones(n), di_natural=np.zeros(n),
+        pref_dir_natural=np.zeros(n), responsive_natural=np.ones(n, bool), orientation=np.zeros(n),
+        speed_curves=np.ones((n, len(SPEEDS))), direction_curves=np.ones((N_DIRECTIONS, n)),
+        metrics={},
+    )  # fmt: skip
+    write_tuning(path, summary)
+    with np.load(path) as f:
+        assert sorted(f.files) == ["R", "W", "tuning"]
+        for k, v in trained.items():
+            np.testing.assert_array_equal(f[k], v)
+        assert json.loads(str(f["tuning"]))["di"] == [0.1, 0.9, 1.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["w.npz"]  # no temporary file left
+
+
 def test_a_numba_cache_this_user_cannot_write_is_used_through_a_copy(tmp_path, monkeypatch, capsys):
     """In the container as another user, or on a read-only root, Numba would not load the image's
     cache ("no locator available") and the service died at start with a 34-line traceback."""

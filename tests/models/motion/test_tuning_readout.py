@@ -6,12 +6,18 @@ import pytest
 from v1motion.models.motion.readout import MotionReadout, angular_error
 from v1motion.models.motion.tuning import (
     DIRECTIONS,
+    GRATING_PERIODS,
     N_DIRECTIONS,
+    SPEEDS,
+    GratingTuning,
+    NaturalTuning,
     best_condition_curves,
     circ_dist,
     direction_index,
+    drifting,
     preferred_orientation,
     responsive_mask,
+    summarize,
 )
 
 
@@ -36,6 +42,58 @@ def test_best_condition_is_the_peak_response():
     curves, best = best_condition_curves(resp)
     assert list(best) == [1, 2]
     assert curves[2, 0] == 5.0 and curves[7, 1] == 1.0
+
+
+def test_gratings_that_flicker_or_stand_still_are_not_drifting():
+    moves = drifting(GRATING_PERIODS, SPEEDS)  # periods 4-32 px, speeds 0.25-8 px/frame
+    assert moves[0].tolist() == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]  # 4 px: 2 px/frame is 0.5 cycle
+    assert moves[1].tolist() == [
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]  # 8 px: 4 px/frame is 0.5 cycle
+    assert moves[3].all()  # 32 px drifts at every speed
+
+
+def test_a_unit_strongest_on_a_counterphase_grating_is_tuned_by_the_drifting_ones():
+    """The shipped tuning read such units at their strongest grating, which flickers (period 4 px
+    at 2 px/frame): DI 0 and a preferred direction picked between two opposites."""
+    p, s = GRATING_PERIODS.index(4.0), SPEEDS.index(2.0)
+    resp = np.zeros((N_DIRECTIONS, len(GRATING_PERIODS), len(SPEEDS), 1, 3))
+    resp[[3, 11], p, s, 0, 0] = 2.0  # unit 0: counterphase, both opposite directions alike...
+    resp[11, p, SPEEDS.index(0.5), 0, 0] = 1.5  # ...but it prefers 11 where the grating drifts
+    resp[11, p, SPEEDS.index(1.0), 0, 0] = 1.2
+    resp[5, 3, :, 0, 1] = [0.1, 0.2, 0.4, 0.8, 1.0, 0.6]  # unit 1: 32 px, peaks at 4 px/frame
+    resp[4, p, SPEEDS.index(8.0), 0, 2] = 3.0  # unit 2: strongest on a grating that stands still
+    resp[6, 2, SPEEDS.index(1.0), 0, 2] = 1.0
+    gt = GratingTuning(resp, GRATING_PERIODS, SPEEDS)
+    nt = NaturalTuning(np.ones((N_DIRECTIONS, 1, 1, 3)), (1.0,))
+
+    class Model:  # what summarize reads of the model besides the responses
+        R_ = np.zeros((3, 3))
+
+        def unit_atoms(self):
+            return np.arange(3)
+
+    t = summarize(Model(), gt, nt)
+    np.testing.assert_allclose(t.di, [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(t.pref_dir, DIRECTIONS[[11, 5, 6]])
+    np.testing.assert_allclose(t.pref_speed, [0.5, 4.0, 1.0])
+    np.testing.assert_allclose(
+        t.speed_curves[0, :3], [0.0, 1.5, 1.2]
+    )  # 2 px/frame at 4 px left out
+    np.testing.assert_allclose(t.speed_curves[1], [0.1, 0.2, 0.4, 0.8, 1.0, 0.6])
+    assert np.isfinite(t.speed_curves).all()
 
 
 def test_preferred_orientation_is_perpendicular_to_motion():
