@@ -47,11 +47,27 @@ def error(code: str, detail: str) -> str:
     return message("error", code=code, detail=detail)
 
 
-def status(stream: str, sent: int, missed: int, state: str) -> str:
+def status(stream: str, sent: int, missed: int, state: str, error: str | None = None) -> str:
     """A viewer's ``status``: results sent to it and results it missed (``dropped``: the same count
     under its first name, kept for clients written before ``missed``), and the stream's ``state``
-    (as ``GET v1/streams/{name}`` says it)."""
-    return message("status", stream=stream, sent=sent, missed=missed, dropped=missed, state=state)
+    and ``error`` (as ``GET v1/streams/{name}`` says them: why it is reconnecting, say)."""
+    return message(
+        "status", stream=stream, sent=sent, missed=missed, dropped=missed, state=state, error=error
+    )
+
+
+_WITH_PREVIEW = '"preview":true}'
+
+
+def without_preview(text: str) -> str:
+    """A result's text as sent to a viewer that turned previews off: ``"preview": false``, since
+    no binary message follows it. The text is encoded once for every viewer, with the preview
+    last; this changes its end only."""
+    if text.endswith(_WITH_PREVIEW):
+        return text[: -len(_WITH_PREVIEW)] + '"preview":false}'
+    obj = orjson.loads(text)
+    obj["preview"] = False
+    return dumps(obj)
 
 
 def v1_names(fields: dict[str, Any]) -> dict[str, Any]:

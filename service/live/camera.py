@@ -31,6 +31,9 @@ class CameraFrame:
     t_recv: float
     wall_ms: float
     client_seq: int | None
+    replaced: int = (
+        0  # frames without a seq the server discarded for this one (the page sent ahead)
+    )
 
 
 class CameraSession:
@@ -93,8 +96,10 @@ class CameraSession:
         grey = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_GRAYSCALE)
         if grey is None or grey.shape != (self.height, self.width):
             raise ValueError("the JPEG could not be decoded")
-        elapsed = self._frames_elapsed(frame.client_seq)
-        if elapsed > 1:  # the page sent a frame only when the last result was back
+        elapsed = self._frames_elapsed(frame.client_seq, frame.replaced)
+        # With a seq, its gap counts the camera frames the page skipped and those the server
+        # discarded; without, the discarded ones are in ``dropped`` already.
+        if frame.client_seq is not None and elapsed > 1:
             self.skipped += elapsed - 1
             self.metrics.dropped.labels("camera", "page").inc(elapsed - 1)
         return self.analyser.analyse(
@@ -105,16 +110,20 @@ class CameraSession:
             frames_elapsed=elapsed,
             want_flow=self.want_flow,
             client_seq=frame.client_seq,
+            truth=None,  # a camera's motion is not known (the synthetic source's is)
         ).text
 
-    def _frames_elapsed(self, seq: int | None) -> int:
+    def _frames_elapsed(self, seq: int | None, replaced: int = 0) -> int:
         """Camera frames since the last analysed frame, from the ``seq`` the page announced with
         each frame (the camera's frame number: the dashboard sends the video's ``presentedFrames``).
         The page sends a frame only when the last result is back, so at a slower round trip than
         the camera's frame period it skips camera frames; dividing by them keeps speeds in px per
-        camera frame. 1 when a frame has no ``seq`` or the numbers do not advance by 1 to
-        ``MAX_SEQ_GAP``."""
+        camera frame. Without a ``seq`` each JPEG is the next camera frame, so a frame counts those
+        the server discarded for it (``replaced``: the page sent ahead): a pan of 2 px a JPEG read
+        3-10 px/frame when it did not. 1 when the numbers do not advance by 1 to ``MAX_SEQ_GAP``."""
         last, self._last_seq = self._last_seq, seq
-        if seq is None or last is None or not 1 <= seq - last <= MAX_SEQ_GAP:
+        if seq is None:
+            return 1 + min(replaced, MAX_SEQ_GAP - 1)
+        if last is None or not 1 <= seq - last <= MAX_SEQ_GAP:
             return 1
         return seq - last

@@ -18,12 +18,15 @@ class Subscriber:
     one message that may be waiting equals the results published while it watched.
     """
 
-    def __init__(self, want_flow: bool = False, max_fps: float | None = None) -> None:
+    def __init__(
+        self, want_flow: bool = False, max_fps: float | None = None, want_preview: bool = True
+    ) -> None:
         self.pending: protocol.Outgoing | None = None
         self.event = asyncio.Event()
         self.sent = 0
         self.missed = 0
         self.want_flow = want_flow
+        self.want_preview = want_preview  # the binary preview after each result (JPEG, ~15 KB)
         self.max_fps = max_fps  # the viewer's own rate: at most this many results a second, newest
         self._last_seq = 0  # seq of the last result offered; the stream numbers results 1, 2, ...
 
@@ -98,3 +101,9 @@ class Hub:
     @property
     def flow_wanted(self) -> bool:
         return any(s.want_flow for s in list(self.subscribers))
+
+    @property
+    def preview_wanted(self) -> bool:
+        """Some viewer takes previews (or none is watching yet: the first may)."""
+        subs = list(self.subscribers)
+        return not subs or any(s.want_preview for s in subs)

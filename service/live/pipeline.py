@@ -249,7 +249,8 @@ class StreamPipeline:
                 self.dropped_capture += seq - last_seq - 1
                 self.metrics.dropped.labels(self.name, "capture").inc(seq - last_seq - 1)
             last_seq = seq
-            preview = self._preview(cf.image)
+            # (encoded only while some viewer takes previews: numbers-only clients cost no JPEG)
+            preview = self._preview(cf.image) if self.hub.preview_wanted else None
             try:
                 result = analyser.analyse(
                     cf.image,

@@ -87,6 +87,9 @@ async def _serve_camera(ws: WebSocket, settings, metrics, holder) -> None:
             continue
         try:
             msg = parse_text(event["text"])
+            if msg["type"] in ("frame", "options"):
+                await send_error("no_hello", f"send a hello before {msg['type']!r} messages")
+                continue
             if msg["type"] != "hello":
                 raise ValueError(f"expected a hello, got {msg['type']!r}")
             session.negotiate(msg)
@@ -162,10 +165,18 @@ async def _receive_frames(ws: WebSocket, session: CameraSession, send) -> None:
                 session.metrics.dropped.labels("camera", "camera").inc()
                 await send_error("bad_frame", problem)
                 continue
-            if session.pending is not None:  # the browser sent ahead: keep the newest only
-                session.dropped += 1
-                session.metrics.dropped.labels("camera", "camera").inc()
-            session.pending = CameraFrame(data, time.monotonic(), time.time() * 1000.0, client_seq)
+            replaced = 0
+            old = session.pending
+            if old is not None:  # the browser sent ahead: keep the newest only
+                if old.client_seq is None or client_seq is None:
+                    # (with both numbered, the gap in seq counts it: it was counted twice)
+                    session.dropped += 1
+                    session.metrics.dropped.labels("camera", "camera").inc()
+                if client_seq is None and old.client_seq is None:
+                    replaced = old.replaced + 1
+            session.pending = CameraFrame(
+                data, time.monotonic(), time.time() * 1000.0, client_seq, replaced
+            )
             client_seq = None
             session.wake.set()
             continue
@@ -182,6 +193,12 @@ async def _receive_frames(ws: WebSocket, session: CameraSession, send) -> None:
                     )
                 client_seq = seq
             elif kind == "options":
+                unknown = sorted(set(msg) - {"type", "v", "flow"})
+                if unknown:
+                    raise ValueError(
+                        f'the camera socket\'s options take only "flow", not {unknown} (a '
+                        "camera's results come one per frame sent: send frames more slowly)"
+                    )
                 flow = msg.get("flow")
                 if not isinstance(flow, bool):
                     raise ValueError('"flow" must be true or false')

@@ -144,13 +144,19 @@ async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
         await ws.send_text(protocol.error("unknown_stream", exc.args[0]))
         await close_quietly(ws, 4404, "unknown stream")
         return
-    sub = Subscriber(want_flow=ws.query_params.get("flow") in ("1", "true"))
-    bad_query = None
+    sub = Subscriber()
+    bad_query = []
+    for key in ("flow", "preview"):
+        if key in ws.query_params:
+            try:
+                setattr(sub, f"want_{key}", parse_switch(ws.query_params[key], key))
+            except ValueError as exc:
+                bad_query.append(protocol.error("bad_message", f"?{key}: {exc}"))
     if "max_fps" in ws.query_params:
         try:
             sub.max_fps = parse_max_fps(ws.query_params["max_fps"], text=True)
         except ValueError as exc:
-            bad_query = protocol.error("bad_message", f"?max_fps: {exc}")
+            bad_query.append(protocol.error("bad_message", f"?max_fps: {exc}"))
     try:
         mgr.subscribe(name, sub)
     except RuntimeError as exc:
@@ -163,8 +169,8 @@ async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
         await ws.send_text(
             protocol.message("hello", stream=name, description=pipeline.spec.describe())
         )
-        if bad_query is not None:
-            await ws.send_text(bad_query)
+        for refusal in bad_query:
+            await ws.send_text(refusal)
         sender = asyncio.create_task(_send_loop(ws, sub, pipeline, lock, settings, metrics))
         receiver = asyncio.create_task(_receive_loop(ws, sub, lock))
         done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -189,6 +195,20 @@ async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
         await close_quietly(ws, 1000)
 
 
+SWITCH = {"1": True, "true": True, "0": False, "false": False}
+
+
+def parse_switch(value: str, name: str) -> bool:
+    """A query's on/off switch (``?flow=1``, ``?preview=0``); ``ValueError`` names the problem
+    (``?flow=yes`` was taken for off without a word)."""
+    if value.lower() not in SWITCH:
+        raise ValueError(f"{name} must be 1, 0, true or false, got {value!r}")
+    return SWITCH[value.lower()]
+
+
+OPTIONS = ("flow", "max_fps", "preview")
+
+
 def parse_max_fps(value: Any, text: bool = False) -> float | None:
     """A viewer's ``max_fps``: a number of results a second, or ``None`` (as many as the stream
     makes); ``text``: a query's string, which JSON's numbers are not ("2" there is a client's bug).
@@ -211,13 +231,16 @@ async def _send_loop(ws, sub: Subscriber, pipeline, lock, settings, metrics) -> 
     last_status = time.monotonic()
     last_sent = -math.inf
     while True:
-        if sub.max_fps is not None:
-            # Wait out the viewer's rate before taking from the mailbox, so what it then gets is
-            # the newest result (those replaced meanwhile are counted as missed): results sent faster
-            # than a client reads wait in the network's buffers and arrive seconds old.
-            due = last_sent + 1.0 / sub.max_fps
-            while time.monotonic() < due and sub.pending is not protocol.END:
-                await asyncio.sleep(min(due - time.monotonic(), 0.25))
+        # Wait out the viewer's rate before taking from the mailbox, so what it then gets is the
+        # newest result (those replaced meanwhile are counted as missed): results sent faster than
+        # a client reads wait in the network's buffers and arrive seconds old. The rate is read
+        # again each time: a viewer that raised it from 0.1 waited out the old 10 s.
+        while (
+            sub.max_fps is not None
+            and time.monotonic() < last_sent + 1.0 / sub.max_fps
+            and sub.pending is not protocol.END
+        ):
+            await asyncio.sleep(min(last_sent + 1.0 / sub.max_fps - time.monotonic(), 0.1))
         try:  # a status is due every second, also while no result comes (the source down, ended)
             wait = max(0.0, last_status + STATUS_INTERVAL_S - time.monotonic())
             await asyncio.wait_for(sub.event.wait(), wait)
@@ -228,11 +251,19 @@ async def _send_loop(ws, sub: Subscriber, pipeline, lock, settings, metrics) -> 
         if msg is protocol.END:
             await close_quietly(ws, 1001, "stream stopped")
             return
-        parts = [] if msg is None else [msg.text, msg.preview]
+        parts = []
+        if msg is not None and sub.want_preview:
+            parts = [msg.text, msg.preview]
+        elif msg is not None:
+            parts = [msg.text if msg.preview is None else protocol.without_preview(msg.text)]
         now = time.monotonic()
         if now - last_status >= STATUS_INTERVAL_S:
             last_status = now
-            parts.append(protocol.status(name, sub.sent + bool(msg), sub.missed, pipeline.state))
+            parts.append(
+                protocol.status(
+                    name, sub.sent + bool(msg), sub.missed, pipeline.state, pipeline.last_error
+                )
+            )
         try:
             async with asyncio.timeout(settings.send_timeout_s):
                 async with lock:
@@ -271,11 +302,19 @@ async def _receive_loop(ws: WebSocket, sub: Subscriber, lock) -> None:
             msg = parse_text(event["text"])
             if msg["type"] != "options":
                 raise ValueError(f"unknown message type {msg['type']!r}; valid: 'options'")
+            unknown = sorted(set(msg) - {"type", "v", *OPTIONS})
+            if unknown or not set(msg) & set(OPTIONS):
+                raise ValueError(
+                    f"options take {', '.join(repr(o) for o in OPTIONS)}"
+                    + (f", not {', '.join(repr(u) for u in unknown)}" if unknown else "")
+                )
             flow = msg.get("flow", sub.want_flow)
-            if not isinstance(flow, bool):
-                raise ValueError('"flow" must be true or false')
+            preview = msg.get("preview", sub.want_preview)
+            for key, value in (("flow", flow), ("preview", preview)):
+                if not isinstance(value, bool):
+                    raise ValueError(f'"{key}" must be true or false')
             max_fps = parse_max_fps(msg["max_fps"]) if "max_fps" in msg else sub.max_fps
-            sub.want_flow, sub.max_fps = flow, max_fps
+            sub.want_flow, sub.want_preview, sub.max_fps = flow, preview, max_fps
         except ValueError as exc:
             async with lock:
                 await ws.send_text(protocol.error("bad_message", str(exc)))

@@ -152,7 +152,7 @@ def test_a_source_outage_is_reported_live_and_not_read_as_motion():
     )
     with TestClient(app) as c, c.websocket_connect("/v1/streams/a") as ws:
         assert ws.receive_json()["type"] == "hello"
-        results, states, polled = [], [], []
+        results, states, errors, polled = [], [], [], []
         while len(results) < 30:
             msg = ws.receive()
             if not msg.get("text"):
@@ -162,9 +162,16 @@ def test_a_source_outage_is_reported_live_and_not_read_as_motion():
                 results.append(m)
             elif m["type"] == "status":
                 states.append(m["state"])
+                errors.append(m["error"])
                 polled.append(c.get("/v1/streams/a").json())
     assert stats["opens"] == 5
     assert states.count("reconnecting") >= 2  # told while no result came
+    # and why, on the socket too (only GET v1/streams/a said it)
+    assert all(e for s, e in zip(states, errors, strict=True) if s == "reconnecting"), (
+        states,
+        errors,
+    )
+    assert all(e is None for s, e in zip(states, errors, strict=True) if s == "running")
     down = [p for p in polled if p["state"] == "reconnecting"]
     assert len(down) >= 2 and all(p["fps"] == 0.0 for p in down)
     ages = [p["frame_age_s"] for p in down]
@@ -488,3 +495,86 @@ def test_a_viewer_that_asks_for_fewer_results_gets_the_newest_at_its_rate():
                 _, _, errors = _results_for(ws, 0.3)
                 assert [e["code"] for e in errors] == ["bad_message"], bad
                 assert "max_fps" in errors[0]["detail"]
+
+
+def _noise_app(**settings_kw):
+    settings = Settings(sources=["synthetic"], **settings_kw)
+    return create_app(
+        settings,
+        engine_factory=random_engine,
+        source_factories={
+            "synthetic": lambda stop: NoiseSource(None, stop, {}, fps=30, shape=(120, 160))
+        },
+    )
+
+
+def _messages_for(ws, seconds: float):
+    """Every message a client reads for ``seconds``: JSON as dicts, binary as bytes."""
+    out, t_end = [], time.monotonic() + seconds
+    while (left := t_end - time.monotonic()) > 0:
+        try:
+            m = ws.recv(timeout=left)
+        except TimeoutError:
+            break
+        out.append(json.loads(m) if isinstance(m, str) else m)
+    return out
+
+
+def test_a_viewer_that_turns_previews_off_gets_results_only_saying_so():
+    """A numbers-only client got ~30 JPEGs a second it did not want (440 KiB/s at 320x240), and
+    a client pacing itself per message read results at half the rate it meant to."""
+    with serving(_noise_app()) as srv:
+        url = f"{srv.ws_url}/v1/streams/synthetic"
+        with connect(f"{url}?preview=0", max_size=None) as quiet, connect(url) as full:
+            json.loads(quiet.recv()), json.loads(full.recv())  # hellos
+            got = _messages_for(quiet, 1.5)
+            results = [m for m in got if isinstance(m, dict) and m["type"] == "result"]
+            assert len(results) >= 10 and not [m for m in got if isinstance(m, bytes)]
+            assert all(r["preview"] is False for r in results)
+            both = _messages_for(full, 1.0)  # the other viewer still gets its previews
+            assert any(isinstance(m, bytes) for m in both)
+            assert all(m["preview"] for m in both if isinstance(m, dict) and m["type"] == "result")
+            quiet.send(json.dumps({"type": "options", "preview": True}))
+            later = _messages_for(quiet, 1.5)
+            assert any(isinstance(m, bytes) for m in later)
+
+
+def test_raising_max_fps_takes_effect_at_once():
+    """From 0.1 a second to as many as the stream makes: the first result came 9 s later, when the
+    old interval had run out."""
+    with serving(_noise_app()) as srv:
+        with connect(f"{srv.ws_url}/v1/streams/synthetic?max_fps=0.1&preview=0") as ws:
+            json.loads(ws.recv())  # hello
+            _messages_for(ws, 1.0)  # one result, then the 10 s wait begins
+            ws.send(json.dumps({"type": "options", "max_fps": None}))
+            got = _messages_for(ws, 1.5)
+            assert len([m for m in got if m["type"] == "result"]) >= 10
+
+
+@pytest.mark.parametrize(
+    "query, words",
+    [
+        ("flow=yes", "?flow: flow must be 1, 0, true or false, got 'yes'"),
+        ("preview=off", "?preview"),
+    ],
+)
+def test_an_unreadable_switch_in_the_query_is_refused(query, words):
+    with serving(_noise_app()) as srv:
+        with connect(f"{srv.ws_url}/v1/streams/synthetic?{query}") as ws:
+            json.loads(ws.recv())  # hello
+            error = json.loads(ws.recv(timeout=5))
+            assert error["code"] == "bad_message" and words in error["detail"]
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [({}, "options take 'flow', 'max_fps', 'preview'"), ({"fps": 2}, "not 'fps'"),
+     ({"preview": "no"}, '"preview" must be true or false')],
+)  # fmt: skip
+def test_options_that_set_nothing_or_something_unknown_are_refused(options, words):
+    with serving(_noise_app()) as srv:
+        with connect(f"{srv.ws_url}/v1/streams/synthetic?preview=0") as ws:
+            json.loads(ws.recv())  # hello
+            ws.send(json.dumps({"type": "options", **options}))
+            errors = [m for m in _messages_for(ws, 0.8) if m["type"] == "error"]
+            assert [e["code"] for e in errors] == ["bad_message"] and words in errors[0]["detail"]

@@ -232,7 +232,7 @@ def test_corrupt_jpeg_body_is_an_error_not_a_crash(client):
         ("{oops", "bad_hello"),
         (json.dumps({"type": "hello", "width": 100000, "height": 96}), "bad_hello"),
         (json.dumps({"type": "hello", "width": "128", "height": 96}), "bad_hello"),
-        (json.dumps({"type": "frame"}), "bad_hello"),
+        (json.dumps({"type": "frame"}), "no_hello"),  # a frame before the hello
     ],
 )
 def test_bad_hello_gets_an_error_and_can_be_retried(client, payload, code):
@@ -353,3 +353,87 @@ def test_cameras_that_leave_at_any_stage_free_their_place_without_a_server_error
             ws.send(json.dumps({"type": "hello", "width": 128, "height": 96}))
             assert json.loads(ws.recv(timeout=10))["type"] == "ready"
     assert warnings == []
+
+
+def _send_ahead(ws, n, step_px, seq=False):
+    for k in range(n):  # without waiting for results
+        if seq:
+            ws.send_text(json.dumps({"type": "frame", "seq": 100 + k}))
+        ws.send_bytes(jpeg(texture(shift=step_px * k)))
+
+
+def _results_until_frame(ws, last_seq=None, n=10, timeout=5.0):
+    results, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = receive_json(ws)
+        results.append(m)
+        if (
+            (m.get("client_seq") == last_seq)
+            if last_seq is not None
+            else (m["timing"]["dropped"] + len(results) >= n)
+        ):
+            break
+    return results
+
+
+def test_numbered_frames_sent_ahead_are_counted_once_as_dropped():
+    """Each numbered frame the server discarded was counted once as sent ahead and again as a gap
+    in seq: 7 frames lost read dropped 14."""
+    engine = FakeEngine(delay=0.2)
+    with TestClient(create_app(Settings(), engine_factory=lambda: engine)) as c:
+        with c.websocket_connect("/v1/camera") as ws:
+            hello(ws)
+            _send_ahead(ws, 10, 2, seq=True)
+            results = _results_until_frame(ws, last_seq=109)
+            assert results[-1]["client_seq"] == 109 and len(results) < 10
+            assert results[-1]["timing"]["dropped"] == 10 - len(results)
+
+
+def test_frames_sent_ahead_without_seq_count_every_jpeg_as_a_camera_frame(monkeypatch):
+    """Without seq each JPEG is the next camera frame: a pan of 2 px a JPEG, sent ahead, read 3-10
+    px/frame, as the JPEGs the server discarded were not among the frames its speeds are divided
+    by (``frames_elapsed``)."""
+    from v1motion.service.live.analyse import Analyser
+
+    elapsed, analyse = [], Analyser.analyse
+
+    def spy(self, image, **kw):
+        elapsed.append(kw["frames_elapsed"])
+        return analyse(self, image, **kw)
+
+    monkeypatch.setattr(Analyser, "analyse", spy)
+    engine = FakeEngine(delay=0.2)
+    with TestClient(create_app(Settings(), engine_factory=lambda: engine)) as c:
+        with c.websocket_connect("/v1/camera") as ws:
+            hello(ws)
+            _send_ahead(ws, 10, 2)
+            results = _results_until_frame(ws)
+    assert results[-1]["timing"]["dropped"] == 10 - len(results) and len(results) < 10
+    assert elapsed[0] == 1 and sum(elapsed) == 10  # the ten JPEGs, each counted once
+
+
+def test_camera_results_say_there_is_no_truth(client):
+    with client.websocket_connect("/v1/camera") as ws:
+        hello(ws)
+        ws.send_bytes(jpeg(texture()))
+        result = receive_json(ws)
+        assert "truth" in result and result["truth"] is None  # a client's r["truth"] was a KeyError
+
+
+@pytest.mark.parametrize("kind", ["frame", "options"])
+def test_a_frame_or_options_before_the_hello_is_no_hello(client, kind):
+    with client.websocket_connect("/v1/camera") as ws:
+        ws.send_text(json.dumps({"type": kind, "seq": 1, "flow": True}))
+        m = receive_json(ws)
+        assert m["code"] == "no_hello" and "hello" in m["detail"]
+        assert hello(ws)["type"] == "ready"
+
+
+def test_camera_options_name_what_they_take(client):
+    with client.websocket_connect("/v1/camera") as ws:
+        hello(ws)
+        ws.send_text(json.dumps({"type": "options", "max_fps": 2}))
+        m = receive_json(ws)
+        assert (
+            m["code"] == "bad_message" and 'only "flow"' in m["detail"] and "max_fps" in m["detail"]
+        )
