@@ -1062,9 +1062,10 @@ function stopCamera(reopen = true) {
 }
 
 // ---- units ----------------------------------------------------------------------------------------
-// Each unit's tuning, measured on drifting gratings of 16 directions. A direction index (DI) of 1.00 can
-// come from responding to a single direction, or from a response near zero; such units are
-// "degenerate": their tuning says little, so they are marked and filtered out by default.
+// Each unit's tuning, measured on drifting gratings of 16 directions. A unit whose response is near zero
+// is "degenerate": its tuning (and a DI of 1.00) is noise, so it is marked and filtered out by default.
+// A unit that answers a single direction of the 16 is sharply direction-selective, not degenerate (a
+// class saw the units firing for a grating listed as "degenerate"): it is marked as such and listed.
 export function classifyUnits(units) {
   const peak = (u) => Math.max(0, ...u.direction_tuning);
   const peaks = units.filter((u) => u.responsive !== false).map(peak).sort((a, b) => a - b);
@@ -1074,12 +1075,8 @@ export function classifyUnits(units) {
     u.nDirections = u.peak > 0 ? u.direction_tuning.filter((v) => v > 0.1 * u.peak).length : 0;
     u.weak = u.responsive === false || u.peak < 0.1 * median;
     u.single = !u.weak && u.nDirections <= 1;
-    u.degenerate = u.weak || u.single;
-    u.degenerateWhy = u.weak
-      ? "near-zero response to gratings: its tuning is noise"
-      : u.single
-        ? `responds to 1 of ${u.direction_tuning.length} directions: its DI says little`
-        : "";
+    u.degenerate = u.weak;
+    u.degenerateWhy = u.weak ? "near-zero response to gratings: its tuning is noise" : "";
   }
   return units;
 }
@@ -1106,7 +1103,7 @@ export function initialUnit(units) {
 
 function unitLabel(u) {
   // The mark leads, so a narrow select still shows it.
-  const mark = u.degenerate ? (u.weak ? "⚠ near-zero · " : "⚠ one direction · ") : "";
+  const mark = u.degenerate ? "⚠ near-zero · " : u.single ? "one direction · " : "";
   return `${mark}#${u.id} · ${fmtDeg(u.preferred_direction_deg)}° · DI ${u.di.toFixed(2)} · ` +
     `resp ${u.peak.toFixed(2)}`;
 }
@@ -1170,6 +1167,10 @@ function selectUnit(id) {
     ["responds to", `${u.nDirections} of ${u.direction_tuning.length} directions`],
   ];
   if (u.degenerate) facts.push(["degenerate", u.degenerateWhy]);
+  else if (u.single) {
+    const step = 360 / u.direction_tuning.length;
+    facts.push(["note", `sharply tuned: no response ${step}° to either side of its direction`]);
+  }
   else if (u.responsive === false) facts.push(["note", "weakly responsive to gratings"]);
   $("unit-facts").replaceChildren(...facts.flatMap(([k, v]) => {
     const dt = document.createElement("dt"); dt.textContent = k;

@@ -427,13 +427,13 @@ def test_unit_browser_marks_degenerate_units_and_opens_on_a_tuned_one(browser):
             }"""
         )
         assert flags["flags"] == [
-            [True, False, True],  # DI 1.00 from a single direction of 16
+            [True, False, False],  # a single direction of 16: sharply tuned, not degenerate
             [False, True, True],  # near-zero response
             [False, False, False],
             [False, False, False],
             [False, True, True],  # not responsive to gratings
         ]
-        assert flags["first"] == 2  # the best-tuned unit that is not degenerate
+        assert flags["first"] == 2  # the best-tuned unit with a lobe to show
         # the page's own list: filtering shows only degenerate units, each marked
         page.select_option("#unit-filter", "degenerate")
         labels = page.eval_on_selector_all("#unit-select option", "os => os.map(o => o.text)")
