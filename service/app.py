@@ -116,6 +116,7 @@ def create_app(
 
     async def _build_state(videos: VideoJobs) -> tuple[AppState, Any]:
         metrics = Metrics()
+        metrics.watch_jobs(videos.store)
         # Before the engine loads: every engine step in this process runs with this many BLAS threads.
         blas = threadpool_limits(settings.blas_threads, user_api="blas")
         holder = EngineHolder()

@@ -50,6 +50,25 @@ class _Connections:
             yield CounterMetricFamily(f"v1motion_http_connections_{name}", doc, value)
 
 
+class _VideoJobs:
+    """The video job store's counts by status, read at each scrape (an operator watching the queue
+    had to page through GET /v1/videos)."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def collect(self):
+        from v1motion.service.jobs.store import STATUSES
+
+        g = GaugeMetricFamily(
+            "v1motion_video_jobs", "Video jobs kept, by status (queued: waiting for a worker)",
+            labels=["status"],
+        )  # fmt: skip
+        for status in STATUSES:
+            g.add_metric([status], self.store.count(status))
+        yield g
+
+
 class Metrics:
     """The service's metrics; label ``stream`` is a configured source name or ``camera``."""
 
@@ -99,3 +118,7 @@ class Metrics:
             registry=r,
         )
         r.register(_Connections())
+
+    def watch_jobs(self, store) -> None:
+        """Report ``store``'s jobs by status (``v1motion_video_jobs``)."""
+        self.registry.register(_VideoJobs(store))

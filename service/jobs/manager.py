@@ -196,7 +196,10 @@ class VideoJobs:
             return []
         old = self.store.finished_before(time.time() - self.keep_days * 86400.0)
         for job_id in old:
-            self.delete(job_id, why=f"ended more than {self.keep_days:g} days ago")
+            self.delete(
+                job_id,
+                why=f"ended more than {self.keep_days:g} days ago (V1MOTION_VIDEO_KEEP_DAYS)",
+            )
         return old
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -211,7 +214,7 @@ class VideoJobs:
         rec = self.get(job_id)
         if rec is None:
             return False
-        self.store.delete(job_id)  # first, so no slot can claim it any more
+        self.store.delete(job_id, why or "deleted by a client")  # first: no slot can claim it now
         self.runner.cancel(job_id)  # then stop it if a slot already holds it
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
         log.info("job %s deleted (it was %s%s)", job_id, rec.status, f"; {why}" if why else "")

@@ -35,7 +35,16 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC, id);
+CREATE TABLE IF NOT EXISTS gone (
+    id          TEXT PRIMARY KEY,
+    deleted_at  REAL NOT NULL,
+    why         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS gone_deleted ON gone (deleted_at);
 """
+GONE_KEEP_DAYS = 30.0
+"""How long the id of a deleted job is remembered (a 410 that says when and why, not the 404 of an
+id that never existed); older ones are forgotten when jobs are deleted."""
 # Columns added after the first release: a store written by an older service gets them at open.
 _ADDED = {
     "idempotency_key": "TEXT",  # the client's Idempotency-Key header, if it sent one
@@ -116,14 +125,19 @@ class JobStore:
         size_bytes: int,
         idempotency_key: str | None = None,
         sha256: str | None = None,
+        frames_total: int | None = None,
     ) -> JobRecord:
-        """A queued job; ``sqlite3.IntegrityError`` if a job already has ``idempotency_key``."""
+        """A queued job; ``sqlite3.IntegrityError`` if a job already has ``idempotency_key``.
+        ``frames_total``: the probe's estimate, so that a queued job's progress says its size."""
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (id, status, filename, content_type, size_bytes, created_at,"
-                " idempotency_key, sha256) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
-                (job_id, filename, content_type, size_bytes, time.time(), idempotency_key, sha256),
-            )
+                " idempotency_key, sha256, frames_total) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id, filename, content_type, size_bytes, time.time(), idempotency_key,
+                    sha256, frames_total,
+                ),
+            )  # fmt: skip
         return self.get(job_id)
 
     def by_key(self, idempotency_key: str) -> JobRecord | None:
@@ -236,10 +250,28 @@ class JobStore:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def delete(self, job_id: str) -> bool:
+    def delete(self, job_id: str, why: str = "deleted by a client") -> bool:
+        """Delete the record, remembering for :data:`GONE_KEEP_DAYS` that it was (:meth:`gone`)."""
+        now = time.time()
         with self._lock:
             cur = self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            if cur.rowcount > 0:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO gone (id, deleted_at, why) VALUES (?, ?, ?)",
+                    (job_id, now, why),
+                )
+                self._db.execute(
+                    "DELETE FROM gone WHERE deleted_at < ?", (now - GONE_KEEP_DAYS * 86400.0,)
+                )
         return cur.rowcount > 0
+
+    def gone(self, job_id: str) -> tuple[float, str] | None:
+        """When and why a job deleted in the last :data:`GONE_KEEP_DAYS` went (None otherwise)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT deleted_at, why FROM gone WHERE id = ?", (job_id,)
+            ).fetchone()
+        return (row[0], row[1]) if row is not None else None
 
     def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
         """Handle jobs a previous process left ``running``.

@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlencode
@@ -20,7 +21,7 @@ from v1motion.service.deps import JobsDep, StateDep
 from v1motion.service.disk import disk_full_reason, free_mb
 from v1motion.service.jobs.decode import DecodeError, probe
 from v1motion.service.jobs.layout import RESULT_NAMES, JobLayout
-from v1motion.service.jobs.manager import VideoJobs
+from v1motion.service.jobs.manager import JOB_ID, VideoJobs
 from v1motion.service.jobs.schemas import JobCreate, JobPublic, JobsPublic
 from v1motion.service.jobs.sniff import UnsupportedContainer, sniff_file
 from v1motion.service.jobs.upload import (
@@ -48,6 +49,10 @@ MEDIA_TYPES = {
 def _job_or_404(jobs: VideoJobs, job_id: str):
     rec = jobs.get(job_id)
     if rec is None:
+        gone = jobs.store.gone(job_id) if JOB_ID.match(job_id) else None
+        if gone is not None:  # not the 404 of an id that never was (a typo, another server)
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(gone[0]))
+            raise HTTPException(410, f"video job {job_id} was deleted on {when}: {gone[1]}")
         raise HTTPException(404, f"no video job with id {job_id!r}")
     return rec
 
@@ -186,7 +191,7 @@ async def create_video_job(
                 return _answer_earlier(earlier, request, response)
         async with state.video_probe_slots:
             try:
-                await run_in_threadpool(probe, path, jobs.limits)
+                info = await run_in_threadpool(probe, path, jobs.limits)
             except DecodeError as exc:
                 raise HTTPException(422, f"the video was refused: {exc}") from None
         create = JobCreate(
@@ -199,6 +204,7 @@ async def create_video_job(
             rec = jobs.submit(
                 job_id, create.filename, create.content_type, create.size_bytes,
                 idempotency_key, digest,
+                frames_total=min(info.declared_frames or info.max_frames, info.max_frames),
             )  # fmt: skip
         except sqlite3.IntegrityError:  # the same key, uploaded at the same time: the first won
             earlier = _same_upload(jobs, idempotency_key, digest)
@@ -320,7 +326,12 @@ def list_video_jobs(
     )
 
 
-JOB_NOT_FOUND = {404: {"description": "no video job with this id"}}
+JOB_NOT_FOUND = {
+    404: {"description": "no video job with this id"},
+    410: {
+        "description": "the job was deleted (by a client, or V1MOTION_VIDEO_KEEP_DAYS after it ended)"
+    },
+}
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=JOB_NOT_FOUND)
@@ -349,6 +360,7 @@ ResultName = Annotated[
     responses={
         200: {"description": "the file, as an attachment", "content": RESULT_CONTENT},
         404: {"description": "no such job, or no result by that name"},
+        410: JOB_NOT_FOUND[410],
         304: {"description": "If-None-Match named the file's ETag: the copy the client has is it"},
         409: {"description": "the job has not succeeded, so it has no results yet"},
     },

@@ -55,6 +55,7 @@ def test_upload_process_fetch_delete(client, tmp_path):
     done = wait_done(client, job["id"])
     assert done["status"] == "succeeded", done["error"]
     assert done["progress"] == {"frames_done": 12, "frames_total": 12, "fraction": 1.0}
+    assert job["progress"]["frames_total"] == 12  # known from the probe while it waits
     assert done["result"]["frames"] == 12 and done["result"]["codec"] == "mjpg"
     assert done["result"]["cell_px"] == 16
     assert done["result"]["overlay"] is True
@@ -92,7 +93,10 @@ def test_upload_process_fetch_delete(client, tmp_path):
     assert job["id"] in [j["id"] for j in listed["data"]] and listed["count"] >= 1
 
     assert client.delete(base).status_code == 204
-    assert client.get(base).status_code == 404
+    gone = client.get(base)  # not the 404 of an id that never was
+    assert gone.status_code == 410 and "deleted by a client" in gone.json()["detail"]
+    assert client.delete(base).status_code == 410
+    assert client.get(f"{base}/motion.json").status_code == 410
     assert job["id"] not in job_folders(client)
 
 
@@ -441,7 +445,8 @@ def test_jobs_are_deleted_the_days_after_they_end_the_service_keeps_them(tmp_pat
         store = c.app.state.services.videos.store
         store._db.execute("UPDATE jobs SET finished_at = finished_at - 2 * 86400")  # 2 days ago
         second = upload(c, vs.avi(tmp_path, n=6)).json()["id"]
-        assert c.get(f"/v1/videos/{first}").status_code == 404
+        gone = c.get(f"/v1/videos/{first}")  # a user back after the keep time: told so, not 404
+        assert gone.status_code == 410 and "V1MOTION_VIDEO_KEEP_DAYS" in gone.json()["detail"]
         assert first not in job_folders(c) and second in job_folders(c)
 
 

@@ -119,3 +119,32 @@ def test_bad_or_unknown_list_parameters_are_422_naming_them(client, query, words
 def test_every_v1_route_refuses_a_query_parameter_it_does_not_take(client, path):
     r = client().get(f"{path}?verbose=1")
     assert r.status_code == 422 and "'verbose'" in r.json()["detail"] and path in r.text
+
+
+def test_deleted_ids_are_remembered_for_a_while_then_forgotten(tmp_path):
+    import time
+
+    from v1motion.service.jobs import store as store_module
+
+    store = JobStore(tmp_path / DB_NAME)
+    old, new = new_job_id(), new_job_id()
+    for job_id in (old, new):
+        store.create(job_id, "a.avi", "video/x-msvideo", 9)
+    store.delete(old)
+    store._db.execute(
+        "UPDATE gone SET deleted_at = ?", (time.time() - store_module.GONE_KEEP_DAYS * 86400 - 1,)
+    )
+    store.delete(new, why="ended more than 7 days ago")
+    assert store.gone(old) is None  # forgotten: the table does not grow for ever
+    assert store.gone(new)[1] == "ended more than 7 days ago"
+    store.close()
+
+
+def test_metrics_count_the_jobs_by_status(client):
+    c = client(n_ok=3, n_failed=2)
+    text = c.get("/metrics").text
+    assert 'v1motion_video_jobs{status="succeeded"} 3.0' in text
+    assert 'v1motion_video_jobs{status="failed"} 2.0' in text
+    assert 'v1motion_video_jobs{status="queued"} 0.0' in text
+    c.delete(f"/v1/videos/{c.ids[0]}")
+    assert 'v1motion_video_jobs{status="succeeded"} 2.0' in c.get("/metrics").text
