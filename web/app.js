@@ -352,6 +352,11 @@ export function speedBinPosition(v) {
 
 // Whole degrees in [0, 360): 359.6 reads 0, not 360.
 export function fmtDeg(d) { return ((Math.round(d) % 360) + 360) % 360; }
+// A unit's preferred direction, one of 16 measured 22.5 degrees apart: 67.5 was shown as 68.
+export function fmtUnitDeg(d) {
+  const a = ((d % 360) + 360) % 360;
+  return Math.abs(a - Math.round(a)) < 0.05 ? String(fmtDeg(a)) : a.toFixed(1);
+}
 function fmtSpeed(v) { return v >= 1 ? `${+v.toFixed(1)}` : `${+v.toFixed(2)}`; }
 
 // Bars; `marker` (a position in bins, as speedBinPosition) draws the source's true value as a tick.
@@ -574,7 +579,7 @@ function render() {
     truth.replaceChildren("truth: ");
     const b = document.createElement("b");
     b.textContent = `${fmtDeg(m.truth.direction_deg)}° · ${fmtSpeed(m.truth.speed_px_per_frame)} px/frame`;
-    truth.append(b, ` (${m.truth.kind})`);
+    truth.append(b, ` (${m.truth.kind}; the white tick on the dial)`);
   }
   const hists = cellHistograms(mo);
   const moving = panelsShow(hists);
@@ -582,7 +587,8 @@ function render() {
   $("speed-hist-empty").hidden = moving;
   drawPolar($("polar"), moving ? hists.direction : null, confident ? dir : null);
   const last = SPEED_BIN_CENTRES.length - 1; // the end bins take everything slower or faster
-  const labels = SPEED_BIN_CENTRES.map((v, k) => (k === last ? `≥${fmtSpeed(v)}` : fmtSpeed(v)));
+  const labels = SPEED_BIN_CENTRES.map((v, k) =>
+    k === last ? `≥${fmtSpeed(v)}` : k === 0 ? `≤${fmtSpeed(v)}` : fmtSpeed(v));
   const atDominant = confident && speed > 0 ? Math.min(Math.max(Math.round(speedBinPosition(speed)), 0), last) : -1;
   drawBars($("speed-hist"), moving ? hists.speed : null, labels, atDominant,
     m.truth ? speedBinPosition(m.truth.speed_px_per_frame) : null);
@@ -661,10 +667,10 @@ function makeChip(id) {
   b.append(dot, `#${id}`, small);
   b.setAttribute("aria-pressed", String(id === state.unitId));
   b.setAttribute("aria-label", info
-    ? `unit ${id}, prefers ${compass(info.preferred_direction_deg)} (${fmtDeg(info.preferred_direction_deg)}°) at ${fmtSpeed(info.preferred_speed)} px/frame`
+    ? `unit ${id}, prefers ${compass(info.preferred_direction_deg)} (${fmtUnitDeg(info.preferred_direction_deg)}°) at ${fmtSpeed(info.preferred_speed)} px/frame`
     : `unit ${id}`);
   if (info) {
-    b.title = `prefers ${fmtDeg(info.preferred_direction_deg)}° at ${fmtSpeed(info.preferred_speed)} px/frame` +
+    b.title = `prefers ${fmtUnitDeg(info.preferred_direction_deg)}° at ${fmtSpeed(info.preferred_speed)} px/frame` +
       (info.degenerate ? ` · ${info.degenerateWhy}` : "") + "; activity: its code summed over the frame";
   }
   b.addEventListener("click", () => selectUnit(id));
@@ -1104,7 +1110,7 @@ export function initialUnit(units) {
 function unitLabel(u) {
   // The mark leads, so a narrow select still shows it.
   const mark = u.degenerate ? "⚠ near-zero · " : u.single ? "one direction · " : "";
-  return `${mark}#${u.id} · ${fmtDeg(u.preferred_direction_deg)}° · DI ${u.di.toFixed(2)} · ` +
+  return `${mark}#${u.id} · ${fmtUnitDeg(u.preferred_direction_deg)}° · DI ${u.di.toFixed(2)} · ` +
     `resp ${u.peak.toFixed(2)}`;
 }
 
@@ -1160,7 +1166,7 @@ function selectUnit(id) {
   }
   sel.value = String(u.id);
   const facts = [
-    ["preferred direction", `${fmtDeg(u.preferred_direction_deg)}°`],
+    ["preferred direction", `${fmtUnitDeg(u.preferred_direction_deg)}°`],
     ["preferred speed", `${fmtSpeed(u.preferred_speed)} px/frame`],
     ["direction index", u.di.toFixed(2)],
     ["peak response", `${u.peak.toFixed(2)} (mean code per patch)`],
@@ -1182,7 +1188,7 @@ function selectUnit(id) {
   drawUnitPolar($("unit-polar"), state.units.directions_deg, u.direction_tuning, u.preferred_direction_deg);
   drawSpeedTuning($("unit-speed"), state.units.speeds, u.speed_tuning, u.preferred_speed);
   $("unit-polar").setAttribute("aria-label",
-    `Direction tuning of unit ${u.id}: prefers ${compass(u.preferred_direction_deg)} (${fmtDeg(u.preferred_direction_deg)}°)`);
+    `Direction tuning of unit ${u.id}: prefers ${compass(u.preferred_direction_deg)} (${fmtUnitDeg(u.preferred_direction_deg)}°)`);
   $("unit-speed").setAttribute("aria-label", `Speed tuning of unit ${u.id}: prefers ${fmtSpeed(u.preferred_speed)} px/frame`);
   for (const [cid, el] of state.chips.els) {
     el.classList.toggle("selected", cid === u.id);
@@ -1370,5 +1376,5 @@ async function start2() {
 start();
 window.v1motion = {
   state, wsUrl, apiUrl, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty,
-  cellHistograms, movingWeight, speedBinPosition, drawMap, fmtDeg, cameraSize, panelsShow,
+  cellHistograms, movingWeight, speedBinPosition, drawMap, fmtDeg, fmtUnitDeg, cameraSize, panelsShow,
 };

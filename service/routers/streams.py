@@ -91,8 +91,15 @@ def get_stream(name: str, mgr: StreamsDep) -> StreamPublic:
 async def list_units(holder: EngineDep, state: StateDep) -> dict[str, Any]:
     """The engine's measured tuning: per unit, direction tuning (polar) and speed tuning.
 
-    Also the bin centres of the population histograms in each result: ``histogram_directions_deg``
-    and ``histogram_speed_bins`` (px/frame).
+    Measured on drifting gratings of 16 directions (``directions_deg``), periods 4-32 px and the
+    speeds ``speeds`` (px/frame), leaving out those that flicker or stand still (0.4 cycle a frame
+    or more). Each of ``units``: ``id``; ``preferred_direction_deg`` and ``preferred_speed``
+    (px/frame); ``di``, the direction index 1 - r(opposite) / r(preferred) at its best grating;
+    ``responsive`` (its best response is at least 2 % of the population's 99th percentile);
+    ``direction_tuning``, its mean code per patch for each of ``directions_deg`` at that grating;
+    ``speed_tuning``, at its preferred direction, for each of ``speeds`` (the best period that
+    drifts at that speed). Also the bin centres of the population histograms in each result:
+    ``histogram_directions_deg`` and ``histogram_speed_bins`` (px/frame).
     """
     if not holder.ready.is_set():
         raise HTTPException(

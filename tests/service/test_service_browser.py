@@ -434,6 +434,8 @@ def test_unit_browser_marks_degenerate_units_and_opens_on_a_tuned_one(browser):
             [False, True, True],  # not responsive to gratings
         ]
         assert flags["first"] == 2  # the best-tuned unit with a lobe to show
+        degs = page.evaluate("[67.5, 90, -22.5, 359.99].map(v1motion.fmtUnitDeg)")
+        assert degs == ["67.5", "90", "337.5", "0"]  # 67.5 was shown as 68
         # the page's own list: filtering shows only degenerate units, each marked
         page.select_option("#unit-filter", "degenerate")
         labels = page.eval_on_selector_all("#unit-select option", "os => os.map(o => o.text)")
@@ -1172,7 +1174,7 @@ def test_charts_numbers_and_chips_have_names_a_screen_reader_reads(browser):
             r"^Speed distribution",
             r"^colour wheel",
             r"^arrow length scale",
-            r"^Direction tuning of unit \d+: prefers \S+ \(\d+°\)$",
+            r"^Direction tuning of unit \d+: prefers \S+ \(\d+(\.\d)?°\)$",  # 67.5° stays 67.5
             r"^Speed tuning of unit \d+: prefers [\d.]+ px\/frame$",
         ):
             assert page.get_by_role("img", name=re.compile(name)).count() == 1, name
@@ -1187,7 +1189,8 @@ def test_charts_numbers_and_chips_have_names_a_screen_reader_reads(browser):
         names = "[...document.querySelectorAll('#top-units .chip')].map(c => c.getAttribute('aria-label'))"
         chip = page.evaluate(names)
         assert all(
-            re.match(r"^unit \d+(, prefers \S+ \(\d+°\) at [\d.]+ px/frame)?$", n) for n in chip
+            re.match(r"^unit \d+(, prefers \S+ \(\d+(\.\d)?°\) at [\d.]+ px/frame)?$", n)
+            for n in chip
         )
         page.hover("#top-units")  # held still: the same chips
         before = page.evaluate(names)
