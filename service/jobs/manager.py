@@ -15,7 +15,7 @@ from v1motion.service.jobs.layout import JobLayout
 from v1motion.service.jobs.limits import Limits
 from v1motion.service.jobs.lock import LOCK_NAME, StoreLock
 from v1motion.service.jobs.runners import LocalWorkerPool, Runner
-from v1motion.service.jobs.store import JobRecord, JobStore
+from v1motion.service.jobs.store import BY_CLIENT, JobRecord, JobStore
 from v1motion.service.logs import WORKER_LOG
 from v1motion.service.settings import Settings
 
@@ -214,7 +214,7 @@ class VideoJobs:
         rec = self.get(job_id)
         if rec is None:
             return False
-        self.store.delete(job_id, why or "deleted by a client")  # first: no slot can claim it now
+        self.store.delete(job_id, why or BY_CLIENT)  # first, so no slot can claim it any more
         self.runner.cancel(job_id)  # then stop it if a slot already holds it
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
         log.info("job %s deleted (it was %s%s)", job_id, rec.status, f"; {why}" if why else "")

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS gone (
 );
 CREATE INDEX IF NOT EXISTS gone_deleted ON gone (deleted_at);
 """
+BY_CLIENT = "deleted by a client"
 GONE_KEEP_DAYS = 30.0
 """How long the id of a deleted job is remembered (a 410 that says when and why, not the 404 of an
 id that never existed); older ones are forgotten when jobs are deleted."""
@@ -250,7 +251,7 @@ class JobStore:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def delete(self, job_id: str, why: str = "deleted by a client") -> bool:
+    def delete(self, job_id: str, why: str = BY_CLIENT) -> bool:
         """Delete the record, remembering for :data:`GONE_KEEP_DAYS` that it was (:meth:`gone`)."""
         now = time.time()
         with self._lock:

@@ -31,9 +31,8 @@ class CameraFrame:
     t_recv: float
     wall_ms: float
     client_seq: int | None
-    replaced: int = (
-        0  # frames without a seq the server discarded for this one (the page sent ahead)
-    )
+    # frames without a seq the server discarded for this one (the page sent ahead)
+    replaced: int = 0
 
 
 class CameraSession:

@@ -312,15 +312,15 @@ def list_video_jobs(
             raise HTTPException(422, "give after (a cursor) or offset, not both")
         position = (float(m.group(1)), m.group(2))
     statuses = tuple(dict.fromkeys(status)) if status else None
-    records, total = jobs.store.list(limit, offset, statuses, position)
+    # One more than the page: whether a next page exists, in the same query.
+    records, total = jobs.store.list(limit + 1, offset, statuses, position)
+    more, records = len(records) > limit, records[:limit]
     base = _base(request)
     following = None
-    if len(records) == limit:
-        more, _ = jobs.store.list(1, 0, statuses, (records[-1].created_at, records[-1].id))
-        if more:
-            query = [("limit", str(limit)), *(("status", s) for s in statuses or ())]
-            query.append(("after", _cursor(records[-1])))
-            following = f"{base}?{urlencode(query)}"
+    if more:
+        query = [("limit", str(limit)), *(("status", s) for s in statuses or ())]
+        query.append(("after", _cursor(records[-1])))
+        following = f"{base}?{urlencode(query)}"
     return JobsPublic(
         data=[JobPublic.from_record(r, base) for r in records], count=total, next=following
     )
