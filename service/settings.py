@@ -460,7 +460,12 @@ class Settings(BaseSettings):
     spikes_fit_workers: int = Field(
         1, ge=1, le=16, description="worker processes running fits, samples and evaluations"
     )
-    spikes_max_pending: int = Field(4, ge=1, description="fits running or waiting; more get 429")
+    spikes_max_pending: int = Field(
+        4,
+        ge=1,
+        description="spike jobs (fits, evaluations, samples, reading large bodies) running or "
+        "waiting; more get 429 with Retry-After",
+    )
     spikes_max_upload_mb: float = Field(
         16.0, gt=0, description="largest /v1/spikes/models body (JSON or multipart .npz), as sent"
     )

@@ -19,6 +19,8 @@ from v1motion.service.logs import WORKER_LOG
 
 log = logging.getLogger(__name__)
 
+# A spike job's 429 asks to come back after this long: about a small fit's time (a retina GLM's: 2-10 s).
+RETRY_AFTER_S = 5
 STOP_TIMEOUT_S = 5.0  # a stopped worker process is waited for this long (SIGTERM ends it at once)
 
 
@@ -100,7 +102,10 @@ class SpikeWorker:
         with self._lock:
             if self._pending >= self.max_pending:
                 raise HTTPException(
-                    429, detail=f"{self._pending} spike jobs already queued; retry later"
+                    429,
+                    detail=f"{self._pending} spike jobs (fits, evaluations, samples) already "
+                    f"running or waiting; retry in {RETRY_AFTER_S} s",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
             self._pending += 1
         try:

@@ -41,6 +41,8 @@ def fit_record(y: np.ndarray, kind: str, options: dict, test_fraction: float, se
         "n_spikes_test": report["n_spikes_test"],
         "n_train_trials": report["n_train_trials"],
         "n_test_trials": report["n_test_trials"],
+        "held_out_trials": report["held_out_trials"],
+        "held_out_from_bin": report["held_out_from_bin"],
         "fit_seconds": report["fit_seconds"],
         "fit": report["fit"],
         "warnings": report["warnings"],
@@ -55,11 +57,11 @@ def fit_record(y: np.ndarray, kind: str, options: dict, test_fraction: float, se
 def sample_body(model, model_id: str, n_trials: int, n_bins: int, seed: int) -> bytes:
     """Free-running samples as the JSON body of ``SamplePublic``, encoded here and not in the server,
     whose event loop a sample of millions of counts would hold for a second."""
-    y = model.sample(n_trials=n_trials, n_bins=n_bins, seed=seed)
+    y = np.rint(model.sample(n_trials=n_trials, n_bins=n_bins, seed=seed)).astype(np.int64)
     body = {
         "id": model_id,
         "counts": y.tolist(),
-        "n_spikes": float(y.sum()),
+        "n_spikes": int(y.sum()),
         "n_at_cap": int(np.sum(y >= SAMPLE_MAX_COUNT)),
     }
     return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()

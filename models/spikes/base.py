@@ -389,10 +389,12 @@ class SpikeModel:
                 f"this {type(self).__name__} is not fitted yet: call fit(counts) first"
             )
 
-    def _check_y(self, y):
+    def _check_y(self, y, fitting=False):
+        """``y`` as counts (floats for Gaussian observations) of the fitted number of neurons; a new
+        fit takes any number (it forgets the earlier fit, as scikit-learn's ``fit`` does)."""
         y = as_counts(y) if not isinstance(self._obs(), GaussianObservations) else _as_float3(y)
         self._obs().check_data(y)
-        if hasattr(self, "n_neurons_") and y.shape[-1] != self.n_neurons_:
+        if not fitting and hasattr(self, "n_neurons_") and y.shape[-1] != self.n_neurons_:
             raise ValueError(
                 f"counts have {y.shape[-1]} neurons; the model was fitted on {self.n_neurons_}"
             )
@@ -580,7 +582,7 @@ class SpikeModel:
         return np.ascontiguousarray(off[..., self.order_])
 
     def _prepare(self, y, u, fitting=False, offset=None):
-        y = self._check_y(y)
+        y = self._check_y(y, fitting)
         if fitting:
             self.n_neurons_ = y.shape[-1]
             self.order_ = neuron_order(y, self.ordering if self.correlated else "index", self.seed)

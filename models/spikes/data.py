@@ -172,8 +172,10 @@ def bin_spike_times(
             flat.append(t)
     last = max((t.max() for t in flat if t.size), default=0.0)
     given = duration is not None
-    if not given:
-        duration = max(last, bin_size)
+    if not given:  # to the end of the last spike's bin: a spike on an edge starts a bin of its own
+        with np.errstate(over="ignore"):
+            q = float(last) / float(bin_size)
+        duration = (np.floor(q + 1e-9 * max(q, 1.0)) + 1.0) * bin_size if np.isfinite(q) else q
     elif not duration > 0:
         raise ValueError("duration must be positive")
     with np.errstate(over="ignore"):

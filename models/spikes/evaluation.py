@@ -21,6 +21,28 @@ def bits_per_spike(ll_model: float, ll_baseline: float, n_spikes: float) -> floa
     return float((ll_model - ll_baseline) / (n_spikes * LN2))
 
 
+def check_scorable(model) -> None:
+    """``ValueError`` when ``model``'s likelihood is not a probability of counts: a Gaussian observation
+    model (``obs="gaussian"``) gives a density, which compared with the Poisson baseline's
+    probabilities reads as tens of bits/spike gained by a model of nothing (a constant Gaussian scored
+    +87 on a retina recording). The Gaussian LDS (``lds``) is scored by the Poisson probability of the
+    rates it predicts, and passes."""
+    inner = getattr(model, "model", model)  # a StimulusLocked wraps its model
+    obs = getattr(inner, "obs", None)
+    if obs is None:
+        return
+    from v1motion.models.spikes.observations import get_observations
+
+    if get_observations(obs, getattr(inner, "link", None)).counts:
+        return
+    raise ValueError(
+        f"obs {getattr(obs, 'name', obs)!r} gives a probability density, not a probability of "
+        "counts, so its bits/spike against the Poisson baseline would mean nothing: use obs "
+        "'poisson' (the default) or 'bernoulli' for 0/1 counts; the 'lds' kind models square-root "
+        "counts as Gaussian and is scored by the Poisson probability of the rates it predicts"
+    )
+
+
 def trial_folds(n_trials: int, n_folds: int, seed: int = 0) -> list[np.ndarray]:
     """Split trial indices into ``n_folds`` held-out sets (a seeded permutation)."""
     if not 2 <= n_folds <= n_trials:
@@ -37,6 +59,7 @@ def held_out_bits(model, y_train, y_test) -> dict:
     dict with ``bits_per_spike`` (relative), ``ll`` (nats), ``ll_baseline``, ``n_spikes`` and
     ``baseline_bits_per_spike`` (the baseline's absolute log-likelihood per spike, bits).
     """
+    check_scorable(model)
     base = IndependentPoisson().fit(y_train)
     model.fit(y_train)
     ll = model.log_likelihood(y_test)

@@ -112,6 +112,10 @@ class Observations:
     name = "base"
     default_link = "exp"
     valid_links: tuple[str, ...] = ()
+    counts = True
+    """``log_likelihood`` is a probability of each count, so two models' likelihoods of the same counts
+    compare (bits/spike); False for a density (Gaussian), which no count model's probability compares
+    with."""
 
     def __init__(self, link: str | Link | None = None):
         self.link = get_link(link if link is not None else self.default_link)
@@ -270,6 +274,7 @@ class GaussianObservations(Observations):
     name = "gaussian"
     default_link = "identity"
     valid_links = ("identity", "exp", "softplus")
+    counts = False
 
     def __init__(self, link=None, scale=1.0):
         super().__init__(link)

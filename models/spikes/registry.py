@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from v1motion.models.spikes.evaluation import bits_per_spike
+from v1motion.models.spikes.evaluation import bits_per_spike, check_scorable
 from v1motion.models.spikes.glm import (
     CorrelatedGLM,
     IndependentPoisson,
@@ -125,24 +125,38 @@ def check_data(kind: str, y: np.ndarray) -> None:
         )
 
 
+def check_observations(kind: str, options: dict | None = None) -> None:
+    """``ValueError`` when ``kind`` with ``options`` cannot be scored in bits/spike
+    (:func:`~v1motion.models.spikes.evaluation.check_scorable`), before any fit."""
+    check_scorable(make_model(kind, **(options or {})))
+
+
+def held_out(n_trials: int, n_bins: int, test_fraction: float, seed: int = 0):
+    """What :func:`split_trials` holds out: ``(trials, None)``, the sorted indices of the held-out
+    trials (a seeded choice), or with one trial ``(None, first)``, its bins from ``first`` on."""
+    if not 0 < test_fraction < 1:
+        raise ValueError("test_fraction must be between 0 and 1")
+    if n_trials >= 2:
+        n_test = min(max(1, round(test_fraction * n_trials)), n_trials - 1)
+        return np.sort(np.random.default_rng(seed).permutation(n_trials)[:n_test]), None
+    n_test = round(test_fraction * n_bins)
+    if n_test < 1 or n_test >= n_bins:
+        raise ValueError("one trial is too short to hold out any bins: give more bins or trials")
+    return None, n_bins - n_test
+
+
 def split_trials(y: np.ndarray, test_fraction: float, seed: int = 0):
-    """Hold out whole trials (a seeded choice); with one trial, hold out its last bins instead.
+    """Hold out whole trials (a seeded choice); with one trial, hold out its last bins instead
+    (:func:`held_out`).
 
     Returns
     -------
     train, test : ndarrays of shape (n, n_bins, n_neurons)
     """
-    if not 0 < test_fraction < 1:
-        raise ValueError("test_fraction must be between 0 and 1")
-    n_trials, n_bins = y.shape[:2]
-    if n_trials >= 2:
-        n_test = min(max(1, round(test_fraction * n_trials)), n_trials - 1)
-        idx = np.random.default_rng(seed).permutation(n_trials)
-        return y[np.sort(idx[n_test:])], y[np.sort(idx[:n_test])]
-    n_test = round(test_fraction * n_bins)
-    if n_test < 1 or n_test >= n_bins:
-        raise ValueError("one trial is too short to hold out any bins: give more bins or trials")
-    return y[:, : n_bins - n_test], y[:, n_bins - n_test :]
+    trials, first = held_out(*y.shape[:2], test_fraction, seed)
+    if trials is None:
+        return y[:, :first], y[:, first:]
+    return np.delete(y, trials, axis=0), y[trials]
 
 
 def fit_summary(model) -> dict:
@@ -188,11 +202,14 @@ def fit_and_score(y: np.ndarray, kind: str, options: dict | None = None, test_fr
     model : the fitted model (on the training split)
     baseline : :class:`IndependentPoisson` fitted on the same split (the bits/spike reference)
     report : dict with ``bits_per_spike`` (held-out, relative to the baseline), ``n_spikes_test``,
-        ``fit_seconds``, ``n_train_trials``, ``n_test_trials``, ``n_params``, ``fit`` (see
-        :func:`fit_summary`) and ``warnings`` (see :func:`fit_warnings`).
+        ``fit_seconds``, ``n_train_trials``, ``n_test_trials``, ``held_out_trials`` and
+        ``held_out_from_bin`` (:func:`held_out`), ``n_params``, ``fit`` (see :func:`fit_summary`) and
+        ``warnings`` (see :func:`fit_warnings`).
     """
     model = make_model(kind, **(options or {}))
     check_data(kind, y)
+    check_scorable(model)
+    trials, first = held_out(*y.shape[:2], test_fraction, seed)
     train, test = split_trials(y, test_fraction, seed)
     if test.sum() == 0:
         raise ValueError("the held-out part has no spikes: bits/spike is undefined; give more data")
@@ -208,6 +225,8 @@ def fit_and_score(y: np.ndarray, kind: str, options: dict | None = None, test_fr
         "fit_seconds": seconds,
         "n_train_trials": int(train.shape[0]),
         "n_test_trials": int(test.shape[0]),
+        "held_out_trials": None if trials is None else [int(i) for i in trials],
+        "held_out_from_bin": first,
         "n_params": int(model.n_params_),
         "fit": fit_summary(model),
     }
@@ -222,6 +241,7 @@ def fit_and_score(y: np.ndarray, kind: str, options: dict | None = None, test_fr
 
 def evaluate(model, baseline, y: np.ndarray) -> dict:
     """Bits/spike of ``y`` under ``model`` relative to ``baseline``, with the log-likelihoods (nats)."""
+    check_scorable(model)
     n = float(np.sum(y))
     ll, llb = model.log_likelihood(y), baseline.log_likelihood(y)
     return {

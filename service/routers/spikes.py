@@ -1,7 +1,7 @@
 """``/v1/spikes``: fit, inspect, evaluate and sample spike-train models.
 
 Fits run in a bounded pool of worker processes (``spikes_fit_workers``, at most ``spikes_max_pending``
-fits running or waiting, more get 429), never on the event loop. Fitted models live in a bounded
+fits, evaluations and samples running or waiting, more get 429), never on the event loop. Fitted models live in a bounded
 in-memory store (``spikes_max_models``; the oldest is dropped), listed by ``GET /models``.
 
 Input is bounded before any work: the body (JSON or multipart ``.npz``) is read up to
@@ -33,6 +33,7 @@ from v1motion.models.spikes.registry import (
     GROWS_WITH_NEURONS,
     MODEL_KINDS,
     check_data,
+    check_observations,
     fit_bytes,
     model_options,
 )
@@ -100,9 +101,6 @@ class SpikeData(RequestBody):
     )
 
 
-SEED = Field(None, ge=0, le=2**32 - 1)
-
-
 def _penalty(description: str):
     """An optional non-negative, finite penalty (a precision or an L2 weight)."""
     return Field(None, ge=0, le=1e6, allow_inf_nan=False, description=description)
@@ -138,15 +136,33 @@ class SpikeOptions(RequestBody):
         "Poisson LDS with latent_scale stationary: precision of a Gaussian prior on the dynamics' "
         "free parameter B, keeping ||F|| away from 1 (default 100)"
     )
-    tol: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
-    min_rate: float | None = Field(None, gt=0, le=1e3, allow_inf_nan=False)
+    tol: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="convergence: L-BFGS stops when the largest gradient entry of the per-bin loss "
+        "is at most this; EM when its gain per bin falls below it",
+    )
+    min_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1e3,
+        allow_inf_nan=False,
+        description="independent: the smallest rate, in counts per bin (a silent neuron's)",
+    )
     init_timescales: (
         tuple[
             Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)],
             Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)],
         ]
         | None
-    ) = None
+    ) = Field(
+        None,
+        description="R-GLM with init random: the range [low, high] of the moduli of R's starting "
+        "eigenvalues, each in [0, 1] (a modulus r decays with a timescale of -1/ln r bins), not "
+        "timescales",
+    )
     init: Literal["glm", "random"] | None = Field(
         None, description="start of an R-GLM fit (rglm kinds): from the fitted GLM, or random"
     )
@@ -167,14 +183,27 @@ class SpikeOptions(RequestBody):
         "(glm and rglm kinds), for free-running samples that stay in range at some cost in "
         "likelihood (4 is the measured choice); null (default): no bound, the maximum-likelihood fit",
     )
-    obs: str | None = Field(None, max_length=32, description="observation model")
-    link: str | None = Field(None, max_length=32, description="inverse link")
+    obs: str | None = Field(
+        None,
+        max_length=32,
+        description="observation model: poisson (default) or bernoulli (0/1 counts); gaussian, a "
+        "density, cannot be scored in bits/spike and is refused",
+    )
+    link: str | None = Field(
+        None, max_length=32, description="inverse link: exp (poisson's default), softplus, logistic"
+    )
     ordering: (
         str
         | Annotated[list[Annotated[int, Field(ge=0, le=100_000)]], Field(max_length=100_000)]
         | None
     ) = Field(None, description="neuron ordering: a name or a permutation")
-    seed: int | None = SEED
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="the model's own seed (random starts, neuron ordering, samples); the trial "
+        "split is the request's seed",
+    )
 
     def given(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True)
@@ -221,8 +250,20 @@ class SpikeModelCreate(SpikeData):
         "one stimulus (at least 2, all of one length)",
     )
     options: SpikeOptions = Field(default_factory=SpikeOptions)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    test_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="the share of the trials held out for the score (at least one, at least one "
+        "left to fit); with one trial, the share of its last bins",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,
+        description="seeds the choice of the held-out trials (held_out_trials in the answer); the "
+        "model's own seed is options.seed",
+    )
 
 
 class FitPublic(BaseModel):
@@ -258,12 +299,24 @@ class SpikeModelPublic(BaseModel):
         "were sent",
     )
     n_neurons: int
-    n_params: int
-    held_out_bits_per_spike: float
-    n_spikes_test: float
+    n_params: int = Field(description="the model's free parameters")
+    held_out_bits_per_spike: float = Field(
+        description="on the held-out trials: (log-likelihood - that of each neuron's constant mean "
+        "rate on the training trials, a homogeneous Poisson process) / spikes held out / ln 2, in "
+        "bits per spike; 0 is no better than constant rates"
+    )
+    n_spikes_test: float = Field(description="spikes in the held-out trials")
     n_train_trials: int
     n_test_trials: int
-    fit_seconds: float
+    held_out_trials: list[int] | None = Field(
+        None,
+        description="the indices of the held-out trials in the counts sent (0-based); null when "
+        "one trial was sent, whose bins from held_out_from_bin on were held out",
+    )
+    held_out_from_bin: int | None = Field(
+        None, description="one trial sent: its first held-out bin (null for several trials)"
+    )
+    fit_seconds: float = Field(description="the fit's wall-clock time, in seconds")
     fit: FitPublic
     warnings: list[str] = Field(
         default_factory=list,
@@ -271,7 +324,7 @@ class SpikeModelPublic(BaseModel):
         "or held-out spikes predicted worse than by constant rates (bits/spike below 0); empty when "
         "neither",
     )
-    created: float
+    created: float = Field(description="when the fit ended, in Unix seconds")
     timescales_bins: list[float] | None = Field(
         None, description="R-GLM: timescales of the eigenvalues of R, in bins (-1: not decaying)"
     )
@@ -321,10 +374,10 @@ class SampleCreate(RequestBody):
 
 class SamplePublic(BaseModel):
     id: str
-    counts: list[list[list[float]]] = Field(
+    counts: list[list[list[int]]] = Field(
         description="sampled counts, (trials, bins, neurons): the layout a fit takes"
     )
-    n_spikes: float
+    n_spikes: int = Field(description="spikes in the sample")
     n_at_cap: int = Field(
         description=f"counts at the sampler's cap of {SAMPLE_MAX_COUNT} per bin: a sample that ran "
         "away (a history-only model's self-excitation; docs/spikes/README.md), not data-like"
@@ -530,6 +583,7 @@ def check_work(spec: SpikeModelCreate, y: np.ndarray, max_work: int, max_fit_mb:
     bad = sorted(set(given) - set(valid))
     if bad:
         raise ValueError(f"unknown option(s) {bad} for kind {spec.kind!r}; valid options: {valid}")
+    check_observations(spec.kind, given)
     factor = work_factor(spec.kind, given)
     work = int(y.size) * factor
     if work > max_work:

@@ -185,7 +185,14 @@ def test_bin_spike_times_counts_each_spike_once():
         bin_spike_times([[[1.5, True], [2.0]]], 10.0)
     # a duration is a whole number of bins (to rounding) that every spike falls within
     assert bin_spike_times([[0.05, 0.95]], 0.1, duration=1.0).shape == (1, 10, 1)
-    assert bin_spike_times([[0.05, 0.3]], 0.1).shape == (1, 3, 1)  # to the last spike's bin
+    assert bin_spike_times([[0.05, 0.29]], 0.1).shape == (1, 3, 1)  # to the last spike's bin
+    # a last spike on an edge starts its bin, as it does with a duration: it is not folded into
+    # the bin before (was [1, 2] without a duration, [1, 1, 1] with one)
+    np.testing.assert_array_equal(bin_spike_times([[0.0, 10.0, 20.0]], 10.0)[0, :, 0], [1, 1, 1])
+    np.testing.assert_array_equal(
+        bin_spike_times([[0.0, 10.0, 20.0]], 10.0), bin_spike_times([[0.0, 10.0, 20.0]], 10.0, 30.0)
+    )
+    assert bin_spike_times([[0.05, 0.3]], 0.1).shape == (1, 4, 1)  # 0.3 s starts bin 3 of 0.1 s
     with pytest.raises(ValueError, match="1 spike time.*after duration 20"):
         bin_spike_times([[5.0, 25.0]], 10.0, duration=20.0)
     with pytest.raises(ValueError, match="2.5 bins of 10, not a whole number"):
@@ -1168,3 +1175,49 @@ def test_options_in_effect_are_the_defaults_with_the_given_ones():
     assert options_in_effect("rglm", {})["init_timescales"] == [0.5, 0.97]  # a tuple, as JSON
     with pytest.raises(ValueError, match="unknown model kind"):
         options_in_effect("hmm", {})
+
+
+@pytest.mark.parametrize(
+    "kind,options",
+    [
+        ("independent", {}),
+        ("correlated", {}),
+        ("glm", {"n_lags": 3}),
+        ("rglm", {"n_hidden": 2, "max_iter": 20}),
+        ("glm_correlated_locked", {"n_lags": 3, "max_iter": 50}),
+    ],
+)
+def test_a_new_fit_forgets_the_neurons_of_the_last_one(kind, options):
+    from v1motion.models.spikes.registry import make_model
+
+    y = np.random.default_rng(0).poisson(0.3, (4, 120, 3)).astype(float)
+    model = make_model(kind, **options).fit(y)
+    model.fit(y[..., :2])  # scikit-learn's habit: fit starts afresh (was: "fitted on 3")
+    assert np.isfinite(model.log_likelihood(y[..., :2]))
+    with pytest.raises(ValueError, match="fitted on 2"):
+        model.log_likelihood(y)
+    # and the refit is the fit of a new model
+    fresh = make_model(kind, **options).fit(y[..., :2])
+    assert model.log_likelihood(y[..., :2]) == pytest.approx(fresh.log_likelihood(y[..., :2]))
+
+
+def test_a_density_is_not_scored_in_bits_per_spike():
+    from v1motion.models.spikes.evaluation import held_out_bits
+    from v1motion.models.spikes.registry import evaluate, fit_and_score
+
+    y = np.random.default_rng(0).poisson(0.05, (10, 300, 3)).astype(float)
+    # a constant Gaussian scored +7.8 bits/spike here (+87 on a retina recording): a density is not
+    # a probability of counts, so the Poisson baseline's probabilities do not compare with it
+    for kind in ("correlated", "glm", "rglm"):
+        with pytest.raises(ValueError, match="density"):
+            fit_and_score(y, kind, {"obs": "gaussian"})
+    model = CorrelatedGLM(obs="gaussian", l2=1e6).fit(y[:8])
+    with pytest.raises(ValueError, match="density"):
+        evaluate(model, IndependentPoisson().fit(y[:8]), y[8:])
+    with pytest.raises(ValueError, match="density"):
+        held_out_bits(CorrelatedGLM(obs="gaussian"), y[:8], y[8:])
+    # counts models are scored as before, the Gaussian LDS by its rates' Poisson probability
+    _, _, report = fit_and_score((y > 0).astype(float), "correlated", {"obs": "bernoulli"})
+    assert np.isfinite(report["bits_per_spike"])
+    _, _, report = fit_and_score(y, "lds", {"n_latent": 1, "n_iter": 3})
+    assert np.isfinite(report["bits_per_spike"])

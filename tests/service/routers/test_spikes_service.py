@@ -191,6 +191,9 @@ def test_evaluate_takes_the_npz_a_fit_takes(client):
         ({"counts": _counts().tolist(), "kind": "hmm"}, "valid kinds"),
         ({"counts": _counts().tolist(), "kind": "glm", "options": {"lags": 3}}, "valid options"),
         ({"counts": np.zeros((2, 5, 2)).tolist(), "kind": "independent"}, "no spikes"),
+        # a density against the Poisson baseline's probabilities: +87 bits/spike for a constant
+        ({"counts": _counts().tolist(), "options": {"obs": "gaussian"}}, "density"),
+        ({"counts": _counts().tolist(), "kind": "glm", "options": {"obs": "gaussian"}}, "density"),
     ],
 )
 def test_bad_input_gets_422_naming_the_problem(client, body, expected):
@@ -305,6 +308,7 @@ def test_too_many_pending_fits_get_429(gated_fit):
         _entered(gated_fit)
         r = _fit(c)
         assert r.status_code == 429 and "retry" in r.json()["detail"]
+        assert int(r.headers["retry-after"]) > 0  # as every other busy answer of the service
         (gated_fit / "open").touch()
         t.join(60)
 
@@ -957,3 +961,30 @@ def test_delete_forgets_a_model_and_frees_its_place(client):
     third = _fit(client, seed=2).json()["id"]
     listed = client.get("/v1/spikes/models").json()
     assert [m["id"] for m in listed["data"]] == [third, second] and listed["count"] == 2
+
+
+def test_the_fit_says_which_trials_it_held_out_and_samples_are_counts(client):
+    from v1motion.models.spikes.registry import held_out
+
+    r = _fit(client, test_fraction=0.5, seed=3)
+    assert r.status_code == 201, r.text
+    info = r.json()
+    trials, first = held_out(4, 200, 0.5, 3)
+    assert info["held_out_trials"] == trials.tolist() and len(trials) == info["n_test_trials"] == 2
+    assert info["held_out_from_bin"] is None
+    # the score is that of the trials it names: evaluate them, and the rest, with the same model
+    counts = _counts()
+    ev = client.post(
+        f"/v1/spikes/models/{info['id']}/evaluate", json={"counts": counts[trials].tolist()}
+    )
+    assert ev.json()["n_spikes"] == info["n_spikes_test"]
+    assert ev.json()["bits_per_spike"] == pytest.approx(info["held_out_bits_per_spike"])
+    one = client.post(
+        "/v1/spikes/models",
+        json={"counts": counts[:1].tolist(), "kind": "independent", "test_fraction": 0.25},
+    ).json()
+    assert one["held_out_trials"] is None and one["held_out_from_bin"] == 150
+    s = client.post(f"/v1/spikes/models/{info['id']}/sample", json={"n_bins": 20})
+    assert all(isinstance(v, int) for v in np.ravel(s.json()["counts"]).tolist())
+    assert "0.0" not in s.text.split('"n_spikes"')[0]  # counts written as counts
+    assert isinstance(s.json()["n_spikes"], int)
