@@ -440,6 +440,12 @@ class Settings(BaseSettings):
     def _weights_exist(cls, v: Path) -> Path:
         if not v.is_file():
             raise ValueError(f"V1MOTION_LM_WEIGHTS: no language-model weights at {v}")
+        from v1motion.models.language.rglm import open_weights
+
+        try:
+            open_weights(v).close()  # its zip directory only: the arrays are read at start
+        except ValueError as exc:
+            raise ValueError(f"V1MOTION_LM_WEIGHTS: {exc}") from None
         return v
 
     # spike-model endpoints (/v1/spikes)

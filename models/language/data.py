@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
@@ -62,10 +63,8 @@ class Vocabulary:
         self.index = {w: i for i, w in enumerate(words)}
         self.unk_id = self.index[UNK]
         self.eos_id = self.index[EOS]
-        # one word and its period (``mr.``, ``inc.``), for :func:`tokenize`
-        self.abbreviations = frozenset(
-            w for w in words if len(w) > 1 and w.endswith(".") and "." not in w[:-1]
-        )
+        # the words that end in a period (``mr.``, ``inc.``, ``non-u.s.``), for :func:`tokenize`
+        self.abbreviations = frozenset(w for w in words if len(w) > 1 and w.endswith("."))
 
     def __len__(self) -> int:
         return len(self.words)
@@ -97,24 +96,36 @@ def load_ptb(root: Path | None = None) -> tuple[Vocabulary, dict[str, np.ndarray
 _APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u02bc\uff07", "'"))
 _CONTRACTION = re.compile(r"(?i)(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _NUMBER = re.compile(r"^[+-]?(\d+([.,:/]\d+)*|\d*\.\d+)(st|nd|rd|th)?$")
-_TOKEN = re.compile(r"(?i)(?:[a-z]\.){2,}|n't|'\w+|[\w-]+(?:[&.,:/]\w+)*|[$#&%]|[.!?;]")
+_TOKEN = re.compile(
+    r"(?i)<unk>|<eos>|\n|(?:[a-z]\.){2,}|n't|'\w+|[a-z]{1,2}\$|\w+(?:'\w+)+|[\w-]+(?:[&.,:/]\w+)*"
+    r"|(?<=s)'(?!\w)|[$#&%]|[.!?;]"
+)
 
 
-def tokenize(text: str, abbreviations: Collection[str] = ()) -> list[str]:
+def tokenize(
+    text: str, abbreviations: Collection[str] = (), words: Collection[str] = ()
+) -> list[str]:
     """Turn free text into PTB-style tokens (before vocabulary look-up).
 
-    Lower-cases, splits clitics (``don't`` -> ``do n't``) and currency signs (``$5`` -> ``$ N``),
-    writes numbers as ``N`` and ``%`` as ``N`` too (as Mikolov's preprocessing does: ``12%`` is
-    ``N N`` in PTB), keeps PTB's own number token ``N`` (pasted PTB text), turns sentence-final
-    ``.``, ``!``, ``?`` and ``;`` into ``<eos>`` and drops other punctuation and symbols (quotes,
-    emoji), which the PTB language-modelling split does not contain. Typographic apostrophes
-    (``don’t``, ``it’s``) are read as ``'``, as text from word processors and phones writes them.
+    Normalises Unicode (NFKC: an accent typed as its own combining mark, a ligature, full-width
+    letters read as the plain letters), lower-cases, splits clitics (``don't`` -> ``do n't``) and
+    currency signs (``$5`` -> ``$ N``), writes numbers as ``N`` and ``%`` as ``N`` too (as Mikolov's
+    preprocessing does: ``12%`` is ``N N`` in PTB), keeps PTB's own tokens ``N``, ``<unk>`` and
+    ``<eos>`` (pasted PTB text), turns sentence-final ``.``, ``!``, ``?`` and ``;`` and every line
+    break (PTB writes one sentence per line, with no final period) into ``<eos>``, and drops other
+    punctuation and symbols (quotes, emoji), which the PTB language-modelling split does not contain.
+    Typographic apostrophes (``don’t``, ``it’s``) are read as ``'``, as text from word processors and
+    phones writes them; a plural's possessive apostrophe (``investors'``) is PTB's token ``'``, and
+    names with one (``O'Brien``) are one word.
 
-    ``abbreviations`` are tokens that end in a period (``mr.``, ``inc.``: a vocabulary's, see
-    :meth:`Vocabulary.abbreviations`); a word followed at once by a period that makes one of them
-    is that token, not the word and the end of a sentence.
+    ``abbreviations`` are tokens that end in a period (``mr.``, ``inc.``, ``non-u.s.``: a
+    vocabulary's, see :meth:`Vocabulary.abbreviations`); a word followed at once by a period that makes
+    one of them is that token, not the word and the end of a sentence. ``words`` (a vocabulary's) are
+    kept as they are where a rule would rewrite them: ``20th`` is not a number ``N``, ``us$`` not
+    ``us $``.
     """
-    text = _CONTRACTION.sub(r"\1 \2", text.translate(_APOSTROPHES))
+    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
+    text = _CONTRACTION.sub(r"\1 \2", text)
     out: list[str] = []
     end = -1  # where the last word token ended in ``text``
     for m in _TOKEN.finditer(text):
@@ -124,11 +135,20 @@ def tokenize(text: str, abbreviations: Collection[str] = ()) -> list[str]:
             end = -1
             continue
         tok = tok.lower()
-        if tok in ".!?;":
+        if tok in (UNK, EOS):
+            if tok == UNK or (out and out[-1] != EOS):
+                out.append(tok)
+        elif tok in ".!?;\n":
             if tok == "." and m.start() == end and out[-1] + "." in abbreviations:
                 out[-1] += "."
             elif out and out[-1] != EOS:
                 out.append(EOS)
+        elif tok in words:
+            out.append(tok)
+            end = m.end()
+            continue
+        elif tok.endswith("$") and len(tok) > 1:  # a currency this vocabulary does not know
+            out.extend((tok[:-1], "$"))
         elif tok == "%" or _NUMBER.match(tok):
             out.append("N")
         else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1228,14 +1229,7 @@ class LinearRecurrentLM:
         how they were stored.
         """
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"language model weights {path} not found")
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"config", "vocab", "E", "P", "r", "c"} - set(z.files)
-            if missing:
-                raise ValueError(
-                    f"{path.name} is not an R-GLM weights file (no {', '.join(sorted(missing))})"
-                )
+        with open_weights(path) as z:
             config = json.loads(str(z["config"]))
             init_keys = cls().get_config().keys()
             model = cls(**{k: v for k, v in config.items() if k in init_keys})
@@ -1353,6 +1347,34 @@ def quantize_rows(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def dequantize_rows(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """float32 rows ``q * scale`` from :func:`quantize_rows`."""
     return q.astype(np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
+
+
+WEIGHT_ARRAYS = frozenset({"config", "vocab", "E", "P", "r", "c"})
+
+
+def open_weights(path: str | Path):
+    """The weights file at ``path``, opened (an ``NpzFile``, to use as a context manager).
+
+    ``FileNotFoundError`` when there is none; ``ValueError`` naming the file when it is not an .npz of
+    R-GLM weights (an empty file, a JSON file, a video job's motion.npz), and never numpy's advice to
+    load it with ``allow_pickle``, which would run code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"language model weights {path} not found")
+    not_weights = (
+        f"{path} is not a language-model weights file (an .npz written by `v1motion lm train`)"
+    )
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise ValueError(not_weights) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # one .npy array
+        raise ValueError(not_weights)
+    missing = WEIGHT_ARRAYS - set(z.files)
+    if missing:
+        z.close()
+        raise ValueError(f"{not_weights}: it has no {', '.join(sorted(missing))}")
+    return z
 
 
 def _stored_words(z, name: str) -> np.ndarray:

@@ -31,14 +31,14 @@ class LanguageScorer:
 
     def _ids(self, text: str) -> tuple[list[str], np.ndarray, list[bool]]:
         _check_text(text)
-        words = tokenize(text, self.vocab.abbreviations)
+        words = tokenize(text, self.vocab.abbreviations, self.vocab.index)
         unknown = [w not in self.vocab.index for w in words]
         return words, self.vocab.encode(words), unknown
 
     def tokens(self, text: str) -> list[str]:
         """The tokens the model reads for ``text`` (before vocabulary look-up)."""
         _check_text(text)
-        return tokenize(text, self.vocab.abbreviations)
+        return tokenize(text, self.vocab.abbreviations, self.vocab.index)
 
     def score(self, text: str) -> dict:
         """Per-token surprisal (bits) and the perplexity of ``text``.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -382,6 +383,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_table(rows: list[dict], split: str) -> str:
+    """The PTB table as printed: the targets are test perplexities, so a valid split shows none; a
+    row with no perplexity of its own (the published RNN's) shows a dash, as ptb_table.md does."""
+    width = max(len(r["model"]) for r in rows)
+    lines = [f"{'model':<{width}}  {split} ppl" + ("  target" if split == "test" else "")]
+    for r in rows:
+        ppl = f"{r['ppl']:8.2f}" if math.isfinite(r["ppl"]) else f"{'—':>8}"
+        target = r.get("target")
+        shown = "" if split != "test" or target is None else f"  {target:.1f}"
+        lines.append(f"{r['model']:<{width}}  {ppl}{shown}")
+    return "\n".join(lines)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from v1motion.models.language.evaluate import ptb_table
     from v1motion.models.reports.language import write_card, write_report
@@ -401,11 +415,7 @@ def run_eval(args: argparse.Namespace) -> int:
         baselines=args.baselines,
         progress=True,
     )
-    width = max(len(r["model"]) for r in rows)
-    print(f"{'model':<{width}}  {args.split} ppl  target")
-    for r in rows:
-        target = "" if r.get("target") is None else f"{r['target']:.1f}"
-        print(f"{r['model']:<{width}}  {r['ppl']:8.2f}  {target}")
+    print(format_table(rows, args.split))
     if args.report:
         write_report(args.report, rows, args.model)
         print(f"report written to {args.report}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -34,7 +34,8 @@ class ScoreRequest(RequestBody):
 
     text: str = Field(
         description="text to score; lower-cased and tokenised PTB-style: numbers become N, . ! ? ; "
-        "end a sentence (<eos>), other punctuation, quotes and emoji are dropped"
+        "and line breaks end a sentence (<eos>; PTB writes one sentence a line), other "
+        "punctuation, quotes and emoji are dropped"
     )
 
 
@@ -98,12 +99,12 @@ TEXT_TOO_LONG = {
 
 @router.post("/score", response_model=ScoreResponse, responses=TEXT_TOO_LONG)
 async def score_text(
-    body: ScoreRequest, scorer: Scorer, settings: AppSettings, state: StateDep
+    body: ScoreRequest, scorer: Scorer, settings: AppSettings, state: StateDep, request: Request
 ) -> ScoreResponse:
     """Per-token surprisal in bits and the perplexity of the text."""
     _check_length(body.text, "text", settings)
     try:
-        async with state.language_slots.hold():
+        async with state.language_slots.hold(request):
             result = await run_in_threadpool(scorer.score, body.text)
     except ValueError as err:
         raise HTTPException(422, detail=str(err)) from err
@@ -113,7 +114,7 @@ async def score_text(
 
 @router.post("/next", response_model=NextResponse, responses=TEXT_TOO_LONG)
 async def next_words(
-    body: NextRequest, scorer: Scorer, settings: AppSettings, state: StateDep
+    body: NextRequest, scorer: Scorer, settings: AppSettings, state: StateDep, request: Request
 ) -> NextResponse:
     """The k most probable next words after the context."""
     _check_length(body.context, "context", settings)
@@ -121,7 +122,7 @@ async def next_words(
         raise HTTPException(
             422, detail=f"k must be between 1 and {settings.lm_max_k}, got {body.k}"
         )
-    async with state.language_slots.hold():
+    async with state.language_slots.hold(request):
         words = await run_in_threadpool(scorer.next_words, body.context, body.k)
     return NextResponse(
         context_tokens=scorer.tokens(body.context), words=[NextWord(**w) for w in words]

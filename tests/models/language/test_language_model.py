@@ -285,7 +285,9 @@ def test_save_load_round_trip_in_half_precision(rng, tmp_path):
 
 def test_a_file_that_is_not_a_model_is_refused_by_name(tmp_path):
     np.savez(tmp_path / "counts.npz", counts=np.zeros(3))  # an .npz of something else
-    with pytest.raises(ValueError, match="counts.npz is not an R-GLM weights file .*config"):
+    with pytest.raises(
+        ValueError, match="counts.npz is not a language-model weights file .*config"
+    ):
         LinearRecurrentLM.load(tmp_path / "counts.npz")
 
 
