@@ -135,16 +135,25 @@ class SourceSpec(BaseModel):
         raise NotImplementedError(f"source kind {self.kind!r} has no description")
 
 
-def config_errors(exc: ValidationError) -> str:
-    """A settings ``ValidationError`` as lines ``field: message``, without the values given.
+def config_errors(exc: ValidationError, flags: dict[str, str] | None = None) -> str:
+    """A settings ``ValidationError`` as lines ``V1MOTION_NAME (--flag): message``, without the values
+    given: the names an operator typed, not the fields' (``--threads 0`` was
+    ``engine_threads: ...``). ``flags``: field -> the command-line flag that set it.
 
     pydantic's own text repeats the input, and for a check across fields that is every setting,
     ``token`` included: a start-up error must not print the secret.
     """
     lines = []
     for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc) or "settings"
+        if loc and loc[0] in Settings.model_fields:
+            env = f"V1MOTION_{loc[0].upper()}"
+            flag = (flags or {}).get(loc[0])
+            where = (flag or env) + ("." + ".".join(loc[1:]) if loc[1:] else "")
         msg = err["msg"].removeprefix("Value error, ")  # pydantic's wrapping of our own messages
+        if loc:
+            msg = msg.removeprefix(f"V1MOTION_{loc[0].upper()}: ")  # said once
         lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
 
@@ -175,7 +184,9 @@ def _numba_threads() -> int:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="V1MOTION_", extra="ignore")
+    # No setting takes inf or NaN: MAX_BODY_MB=inf started a server whose every answer was a 500,
+    # VIDEO_DEADLINE_S=inf one whose every upload was refused as a broken video.
+    model_config = SettingsConfigDict(env_prefix="V1MOTION_", extra="ignore", allow_inf_nan=False)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -188,8 +199,22 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(PROJECT_ROOT / "var", description="job store and results")
     web_dir: Path = Field(PROJECT_ROOT / "web", description="static dashboard files")
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("host", "data_dir", "web_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, v, info):
+        # `-e V1MOTION_DATA_DIR=$DATA` with DATA unset: the job store went into the folder the
+        # service was started from, and an empty host listened on every interface
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty: give a value, or leave the variable unset for the default")
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, v):
+        return v.strip().lower() if isinstance(v, str) else v
 
     engine: Literal["default", "random"] = Field(
         "default", description="'default': shipped trained weights; 'random': untrained, for tests"
@@ -333,8 +358,12 @@ class Settings(BaseSettings):
         description="overlay.mp4's codec: h264 plays in browsers (needs the h264 extra, PyAV); mp4v "
         "(desktop players only) encodes faster; auto: h264 where PyAV is installed, else mp4v",
     )
-    video_memory_mb: int = Field(2048, ge=256, description="address-space cap of a decoder process")
-    video_deadline_s: float = Field(1800.0, gt=0, description="wall-clock limit of one decode")
+    video_memory_mb: int = Field(
+        2048, ge=256, le=1_048_576, description="address-space cap of a decoder process"
+    )
+    video_deadline_s: float = Field(
+        1800.0, gt=0, le=7 * 86400, description="wall-clock limit of one decode"
+    )
     video_max_attempts: int = Field(2, ge=1, description="starts of a job across restarts")
     video_keep_days: float = Field(
         0.0,

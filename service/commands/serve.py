@@ -158,27 +158,25 @@ def run(args: argparse.Namespace) -> int:
     )
     from v1motion.service.settings import Settings, config_errors, env_not_json
 
-    overrides = {
-        k: v
-        for k, v in (
-            ("host", args.host),
-            ("port", args.port),
-            ("sources", args.sources),
-            ("engine", args.engine),
-            ("engine_threads", args.threads),
-            ("root_path", args.root_path),
-            ("token", args.token),
-            ("log_format", args.log_format),
-        )
-        if v is not None
-    }
+    given = (
+        ("host", args.host, "--host"),
+        ("port", args.port, "--port"),
+        ("sources", args.sources, "--source"),
+        ("engine", args.engine, "--engine"),
+        ("engine_threads", args.threads, "--threads"),
+        ("root_path", args.root_path, "--root-path"),
+        ("token", args.token, "--token"),
+        ("log_format", args.log_format, "--log-format"),
+    )
+    overrides = {k: v for k, v, _ in given if v is not None}
+    flags = {k: flag for k, v, flag in given if v is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        print(f"v1motion serve: bad configuration:\n{config_errors(exc)}")
+        print(f"v1motion serve: bad configuration:\n{config_errors(exc, flags)}", file=sys.stderr)
         return 2
     except SettingsError as exc:  # a list setting's variable that is not JSON
-        print(f"v1motion serve: bad configuration:\n  {env_not_json(exc)}")
+        print(f"v1motion serve: bad configuration:\n  {env_not_json(exc)}", file=sys.stderr)
         return 2
     if settings.token is not None and len(settings.token.get_secret_value()) < MIN_TOKEN_CHARS:
         print(
@@ -189,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         )
     unreadable = unreadable_files(settings)
     if unreadable:  # as a missing file is: at start, not retried for ever once a viewer comes
-        print("v1motion serve: bad configuration:\n" + "\n".join(unreadable))
+        print("v1motion serve: bad configuration:\n" + "\n".join(unreadable), file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     store_lock, refusal = _lock_data_dir(settings.data_dir, settings.port)

@@ -4,8 +4,9 @@ Used when ``V1MOTION_RAY_ADDRESS`` is set (needs the ``ray`` extra: ``pip instal
 input bytes travel through Ray's object store and the result files come back the same way, so the
 cluster's nodes need no shared disk. The task decodes in the same capped child process as the local
 worker and posts its progress to a small actor that the runner polls. The job's result says which Ray
-node and host ran it (``result["ran_on"]``). The service connects to the cluster when a slot first
-needs it and retries while the cluster is unreachable, so it starts (and is ready) before its Ray head.
+node and host ran it (``result["ran_on"]``). The service connects to the cluster when the first job
+waits and retries while the cluster is unreachable, so it starts (and is ready) before its Ray head;
+a stop does not wait for a connection that never answers (``abandon_after_s``).
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ class RayRunner(Runner):
     """
 
     name = "ray"
+    lazy = True  # connect when a job waits: an idle service never blocks on an absent cluster
+    # ray.init to an address that does not answer never returns (it logs "Failed to connect to GCS"
+    # every ~40 s): the service's stop leaves such a slot behind instead of hanging until SIGKILL
+    abandon_after_s = 10.0
+    stuck_hint = "most likely connecting to a Ray cluster that does not answer"
 
     def __init__(self, store, jobs_dir, limits, engine_factory, address: str, slots: int = 1):
         super().__init__(store, jobs_dir, limits, slots)
@@ -128,6 +134,9 @@ class RayRunner(Runner):
         except ImportError as exc:
             raise RuntimeError(RAY_INSTALL_HINT) from exc
         super().start()
+
+    def _slot_ready(self, slot: int) -> bool:
+        return self._task is not None
 
     def _setup_slot(self, slot: int) -> bool:
         """Connect to the cluster once (retried with back-off by the dispatcher while it fails)."""

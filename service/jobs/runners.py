@@ -65,7 +65,12 @@ class Runner:
 
     def start(self) -> None:
         for i in range(self.slots):
-            t = threading.Thread(target=self._slot_loop, args=(i,), name=f"{self.name}-slot-{i}")
+            t = threading.Thread(
+                target=self._slot_loop,
+                args=(i,),
+                name=f"{self.name}-slot-{i}",
+                daemon=self.abandon_after_s is not None,
+            )
             t.start()
             self._threads.append(t)
 
@@ -84,16 +89,32 @@ class Runner:
             self._cancel.discard(job_id)
 
     def stop(self) -> None:
-        """Stop the slots; jobs still running go back to the queue for the next start."""
+        """Stop the slots; jobs still running go back to the queue for the next start.
+
+        A slot stuck in a call that cannot be interrupted (``abandon_after_s``) is left behind after
+        that long, and the service stops without it."""
         self._stop.set()
         self.wake()
+        deadline = None if self.abandon_after_s is None else time.monotonic() + self.abandon_after_s
         for t in self._threads:
-            t.join()
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                log.warning(
+                    "%s: %s did not stop within %.0f s (%s); stopping without it",
+                    self.name,
+                    t.name,
+                    self.abandon_after_s,
+                    self.stuck_hint,
+                )
         self._threads.clear()
 
     # -- executor hooks
 
     lazy = False  # True: prepare a slot only once a job is waiting
+    # None: stop() waits for every slot; seconds: a slot still busy after that long is left behind
+    # (its thread a daemon, so the process can exit), with this hint in the log
+    abandon_after_s: float | None = None
+    stuck_hint = ""
 
     def _slot_ready(self, slot: int) -> bool:
         """Whether the slot is prepared already."""

@@ -147,7 +147,7 @@ def test_bad_configuration_is_refused_with_a_message():
         timeout=60,
     )
     assert out.returncode == 2
-    assert "V1MOTION_TOKEN" in out.stdout
+    assert "V1MOTION_TOKEN" in out.stderr and out.stdout == ""  # `2>err.log` keeps it
 
 
 @pytest.mark.parametrize(
@@ -160,15 +160,36 @@ def test_bad_configuration_is_refused_with_a_message():
         (
             {"V1MOTION_SOURCES": '[{"name": "t", "kind": "synthetic", "lop": false}]'},
             [],
-            "sources.0.lop: Extra inputs are not permitted",  # a misspelt key does not pass
+            "V1MOTION_SOURCES.0.lop: Extra inputs are not permitted",  # a misspelt key: refused
         ),
     ],
 )
 def test_each_bad_source_setting_is_one_line_that_names_it(env, args, said):
     out = serve_refused(*args, **env)
     assert out.returncode == 2
-    assert said in out.stdout
-    assert "Value error" not in out.stdout and "Traceback" not in out.stderr
+    assert said in out.stderr
+    assert "Value error" not in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "said"),
+    [
+        # a server that looked healthy and answered every request with a 500
+        ({"V1MOTION_MAX_BODY_MB": "inf"}, [], "V1MOTION_MAX_BODY_MB: Input should be a finite"),
+        # one that refused every upload as a broken video
+        ({"V1MOTION_VIDEO_DEADLINE_S": "1e400"}, [], "V1MOTION_VIDEO_DEADLINE_S: Input should be"),
+        ({"V1MOTION_VIDEO_MEMORY_MB": "99999999999999"}, [], "V1MOTION_VIDEO_MEMORY_MB: Input"),
+        ({"V1MOTION_DATA_DIR": ""}, [], "V1MOTION_DATA_DIR: is empty"),  # was the current folder
+        ({"V1MOTION_HOST": " "}, [], "V1MOTION_HOST: is empty"),  # was every interface
+        ({"V1MOTION_LOG_LEVEL": "loud"}, [], "V1MOTION_LOG_LEVEL: Input should be 'debug'"),
+        ({}, ["--threads", "0"], "--threads: Input should be greater than or equal to 1"),
+        ({"V1MOTION_ENGINE_THREADS": "0"}, [], "V1MOTION_ENGINE_THREADS: Input should be"),
+    ],
+)
+def test_a_bad_setting_is_named_as_the_operator_wrote_it(env, args, said, tmp_path):
+    out = serve_refused(*args, **{"V1MOTION_DATA_DIR": str(tmp_path), **env})
+    assert out.returncode == 2 and said in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "jobs.sqlite3").exists()
 
 
 def test_a_file_source_that_is_not_a_video_is_refused_at_start(tmp_path):
@@ -177,7 +198,7 @@ def test_a_file_source_that_is_not_a_video_is_refused_at_start(tmp_path):
     (tmp_path / "notes.mp4").write_text("hello")
     out = serve_refused("--source", f"nv=file:{tmp_path / 'notes.mp4'}")
     assert out.returncode == 2
-    assert "file source 'nv': 'notes.mp4' is not a video that can be read" in out.stdout
+    assert "file source 'nv': 'notes.mp4' is not a video that can be read" in out.stderr
 
 
 def test_a_configuration_error_does_not_print_the_token():
@@ -198,7 +219,7 @@ def test_a_configuration_error_does_not_print_the_token():
         env=dict(os.environ, V1MOTION_BACKOFF_INITIAL_S="10", V1MOTION_BACKOFF_MAX_S="1"),
     )
     assert out.returncode == 2
-    assert "backoff_max_s must be at least" in out.stdout
+    assert "backoff_max_s must be at least" in out.stderr
     assert "hunter2-x" not in out.stdout + out.stderr
 
 

@@ -797,6 +797,61 @@ def test_a_store_that_cannot_record_a_jobs_end_keeps_the_slot_and_the_queue_goin
     assert first.status == "failed" and "disk has no room for this video's results" in first.error
 
 
+def test_a_stop_leaves_behind_a_slot_stuck_in_a_call_that_never_returns(tmp_path):
+    """With V1MOTION_RAY_ADDRESS naming a cluster that does not answer, ray.init never returned,
+    and SIGTERM left the service at "Waiting for application shutdown." until SIGKILL (12 min)."""
+    import threading
+
+    from v1motion.service.jobs.runners import Runner
+
+    entered, never = threading.Event(), threading.Event()
+
+    class Stuck(Runner):
+        abandon_after_s = 0.5
+
+        def _setup_slot(self, slot):
+            entered.set()
+            never.wait()  # ray.init to an address that does not answer
+            return True
+
+    runner = Stuck(JobStore(tmp_path / "jobs.sqlite3"), tmp_path / "videos", Limits(), slots=2)
+    runner.start()
+    assert entered.wait(10)
+    assert all(t.daemon for t in runner._threads)  # they do not hold the process at exit
+    t0 = time.monotonic()
+    runner.stop()
+    assert time.monotonic() - t0 < 5
+    never.set()
+
+
+def test_the_ray_runner_connects_only_when_a_job_waits(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    from v1motion.service.jobs.engines import engine_factory
+    from v1motion.service.jobs.ray_runner import RayRunner
+
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda *a, **k: calls.append(k) or time.sleep(3600))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    runner = RayRunner(
+        store, tmp_path / "videos", Limits(), engine_factory("random"), address="10.0.0.1:6379"
+    )
+    runner.abandon_after_s = 0.5
+    runner.start()
+    time.sleep(1.5)
+    assert calls == []  # an idle service never blocks on an absent cluster
+    store.create("a" * 32, "a.mp4", "video/mp4", 10)
+    runner.wake()
+    deadline = time.monotonic() + 10
+    while not calls:
+        assert time.monotonic() < deadline, "a waiting job did not connect"
+        time.sleep(0.05)
+    assert calls[0]["address"] == "10.0.0.1:6379"
+    t0 = time.monotonic()
+    runner.stop()  # the connection never answers: the stop does not wait for it
+    assert time.monotonic() - t0 < 5
+
+
 # ----------------------------------------------------------------------- what the store keeps
 
 
