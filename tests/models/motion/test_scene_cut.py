@@ -122,9 +122,11 @@ def test_run_starts_anew_at_the_same_cut_as_step(shipped, record_encodes):
     want = [shipped.step(state, f) for f in frames]
     where = record_encodes(two._serial)
     got = list(two.run(two.new_state(), frames))
+    # the same reads: two threads sum some products in another order (1e-7 apart on one machine)
     for a, b in zip(got, want, strict=True):
-        np.testing.assert_array_equal(a.direction, b.direction)
-        np.testing.assert_array_equal(a.confidence, b.confidence)
+        turn = np.angle(np.exp(1j * (a.direction.astype(float) - b.direction)))
+        assert np.abs(turn).max() < 1e-4
+        np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-5)
     # the first frame and the cut encoded on this thread, once the frames before them are read
     here = [k for k, (name, _, _) in enumerate(where) if not name.startswith("engine-encode-ahead")]
     assert here == [0, 10] and [k for k, (_, _, r) in enumerate(where) if r] == [10]
