@@ -71,7 +71,65 @@ const state = {
   renderedAt: 0,
   statsAt: 0,
   altAt: 0,
+  link: null, // a stream socket's pace (slowLink): {minSkew, level, behindSince, caughtUpSince}
 };
+
+// A slow link (a phone on a weak network): results sent faster than the link carries them wait in
+// its buffers and arrive seconds old while the page says "live" (measured: 7.5-10 s behind at 400
+// kbit/s, with a latency of 9-25 ms shown). The page notices it by each result's age against the
+// youngest it has seen (the clocks' offset cancels), and asks the server for fewer results, then
+// for no preview frames (docs/protocol.md, options); once caught up for a while, for all again.
+const LINK_BEHIND_MS = 1500;
+const LINK_CAUGHT_UP_MS = 300;
+const LINK_STEP_MS = 3000; // behind (or caught up) this long before the next step
+const LINK_RESTORE_MS = 20000; // caught up this long: all results again (doubled each time it fails)
+
+function slowLink(m, now) {
+  const link = state.link;
+  if (!link || !state.ws || typeof m.capture_ts !== "number") return;
+  const skew = Date.now() - m.capture_ts;
+  link.minSkew = Math.min(link.minSkew, skew);
+  const behind = skew - link.minSkew;
+  if (behind > LINK_BEHIND_MS) {
+    link.caughtUpSince = null;
+    if (link.behindSince == null) { link.behindSince = now; link.behindAtStep = 0; }
+    // a step down takes a while to drain what waits in the buffers: the next only if it does not
+    if (link.level < 2 && now - link.behindSince > LINK_STEP_MS && behind > 0.8 * link.behindAtStep) {
+      if (link.level === 0) {
+        link.rate = Math.max(1, Math.round(Math.max(state.fps, 1) * 0.6));
+        if (link.restored) link.restoreMs = Math.min(300000, link.restoreMs * 2); // it did not hold
+      }
+      link.level += 1;
+      link.behindSince = now;
+      link.behindAtStep = behind;
+      sendLinkOptions();
+    }
+  } else if (behind < LINK_CAUGHT_UP_MS && link.level > 0) {
+    link.behindSince = null;
+    link.caughtUpSince ??= now;
+    if (now - link.caughtUpSince > link.restoreMs) {
+      link.level = 0;
+      link.restored = true;
+      link.caughtUpSince = null;
+      sendLinkOptions();
+    }
+  } else if (behind <= LINK_BEHIND_MS) {
+    link.behindSince = null;
+  }
+}
+
+function sendLinkOptions() {
+  const { level, rate } = state.link;
+  const options = level === 0 ? { max_fps: null, preview: true } : { max_fps: rate, preview: level < 2 };
+  try { state.ws.send(JSON.stringify({ type: "options", ...options })); } catch (e) { /* closing */ }
+  if (level === 2) { state.image = null; scheduleRender(); }
+}
+
+function linkNote() {
+  const link = state.link;
+  if (!link || !link.level) return "";
+  return ` · slow link: ${link.rate}/s${link.level === 2 ? ", no picture" : ""}`;
+}
 
 function readToken() {
   const m = location.hash.match(/token=([^&]+)/);
@@ -673,7 +731,17 @@ function makeChip(id) {
     b.title = `prefers ${fmtUnitDeg(info.preferred_direction_deg)}° at ${fmtSpeed(info.preferred_speed)} px/frame` +
       (info.degenerate ? ` · ${info.degenerateWhy}` : "") + "; activity: its code summed over the frame";
   }
-  b.addEventListener("click", () => selectUnit(id));
+  b.addEventListener("click", () => {
+    selectUnit(id);
+    // in one column (a phone) the unit browser's top, which says the unit, is a screen or more
+    // away: bring it into view
+    const card = document.querySelector(".card.units");
+    const box = card.getBoundingClientRect();
+    if (box.top < 0 || box.top > innerHeight - 120) {
+      const smooth = !(reducedMotion && reducedMotion.matches);
+      card.scrollIntoView({ block: "start", behavior: smooth ? "smooth" : "auto" });
+    }
+  });
   return b;
 }
 
@@ -708,6 +776,7 @@ function onResult(m) {
     state.latency = m.timing.latency_ms;
   }
   state.last = m;
+  if (state.mode === "stream") slowLink(m, now);
   updateActivity(m.motion.top_units, now);
   const slow = reducedMotion && reducedMotion.matches ? REDUCED_MOTION_MS : 0;
   if (now - state.statsAt >= slow) updateStats();
@@ -786,6 +855,10 @@ function openStream(name, attempt = 0) {
   const ws = new WebSocket(wsUrl(`v1/streams/${encodeURIComponent(name)}?flow=${state.flow ? 1 : 0}`), subprotocols());
   ws.binaryType = "blob";
   state.ws = ws;
+  state.link = {
+    minSkew: Infinity, level: 0, rate: null, behindSince: null, behindAtStep: 0,
+    caughtUpSince: null, restored: false, restoreMs: LINK_RESTORE_MS,
+  };
   setConn("connecting", "idle");
   let opened = false;
   ws.onopen = () => {
@@ -802,8 +875,8 @@ function openStream(name, attempt = 0) {
       const m = JSON.parse(ev.data);
       if (m.v !== SCHEMA_VERSION) { banner(`server speaks protocol v${m.v}; this page v${SCHEMA_VERSION}`, "error"); return; }
       if (m.type === "result") {
-        if (!$("conn").classList.contains("pill-live")) setConn(`live · ${name}`, "live");
         onResult(m);
+        setConn(`live · ${name}${linkNote()}`, "live");
       } else if (m.type === "status") {
         state.dropsClient = m.dropped;
         updateStats();
@@ -1270,13 +1343,22 @@ async function start() {
   const chipBox = $("top-units");
   // Chips hold still under the pointer, and while a keyboard user is on one (not after a mouse click).
   const keyboardOnChip = () => chipBox.querySelector(":focus-visible") !== null;
-  chipBox.addEventListener("pointerenter", () => holdChips(true));
-  chipBox.addEventListener("pointerleave", () => holdChips(keyboardOnChip()));
-  chipBox.addEventListener("focusin", () => holdChips(chipBox.matches(":hover") || keyboardOnChip()));
+  // A finger is no pointer that rests: on a phone, :hover stuck after a tap and the chips stayed
+  // held (stale) until the next tap elsewhere. Only a mouse or pen over them holds them.
+  let pointerOver = false;
+  chipBox.addEventListener("pointerenter", (e) => {
+    pointerOver = e.pointerType !== "touch";
+    holdChips(pointerOver || keyboardOnChip());
+  });
+  chipBox.addEventListener("pointerleave", () => {
+    pointerOver = false;
+    holdChips(keyboardOnChip());
+  });
+  chipBox.addEventListener("focusin", () => holdChips(pointerOver || keyboardOnChip()));
   chipBox.addEventListener("focusout", (e) => {
     // Focus moving to another chip has not arrived yet (it is not :focus-visible until then): a
     // keyboard user tabbing along the chips keeps them held. After a click the pointer holds them.
-    holdChips(chipBox.matches(":hover") || chipBox.contains(e.relatedTarget));
+    holdChips(pointerOver || chipBox.contains(e.relatedTarget));
   });
   $("unit-prev").addEventListener("click", () => stepUnit(-1));
   $("unit-next").addEventListener("click", () => stepUnit(1));
@@ -1304,7 +1386,7 @@ async function checkStreamState() {
     try {
       const s = await api(`v1/streams/${encodeURIComponent(state.stream)}`);
       if (s.name !== state.stream || state.mode !== "stream") return;  // switched meanwhile
-      if (s.state === "running") setConn(`live · ${s.name}`, "live");
+      if (s.state === "running") setConn(`live · ${s.name}${linkNote()}`, "live");
       else if (s.state === "starting") setConn(`starting · ${s.name}`, "idle");
       else setConn(`${s.state} · ${s.name}`, s.state === "error" ? "bad" : "warn");
       $("conn").title = s.error || "";

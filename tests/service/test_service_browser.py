@@ -304,6 +304,42 @@ def test_flow_panel_says_when_optical_flow_finds_no_motion(browser):
         assert errors == []
 
 
+def test_on_a_slow_link_the_dashboard_asks_for_fewer_results_and_shows_fresh_ones(browser):
+    """A phone at 400 kbit/s got every result 7.5-10 s old while the page said "live", 2 fps and a
+    latency of 9-25 ms: what the server sent waited in the link's buffers."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        errors = watch(page)
+        ages, sent = [], []
+
+        def received(payload):
+            if isinstance(payload, str) and '"type":"result"' in payload.replace(" ", ""):
+                ages.append(time.time() * 1000 - json.loads(payload)["capture_ts"])
+
+        def on_socket(ws):
+            ws.on("framereceived", received)
+            ws.on("framesent", lambda payload: sent.append(payload))
+
+        page.on("websocket", on_socket)
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        conditions = {"offline": False, "latency": 400, "uploadThroughput": 50_000}
+        cdp.send("Network.emulateNetworkConditions", {**conditions, "downloadThroughput": 50_000})
+        page.goto(f"{srv.url}/")
+        wait_for(page, "document.querySelector('#conn').textContent.includes('slow link')", 60_000)
+        options = [json.loads(m) for m in sent if isinstance(m, str) and '"options"' in m]
+        assert options and all(o["max_fps"] >= 1 for o in options)
+        # the backlog drains, and what arrives then is fresh (the same clock: one machine)
+        n = len(ages)
+        deadline = time.monotonic() + 60
+        while not (len(ages) > n + 3 and max(ages[-3:]) < 1500):
+            assert time.monotonic() < deadline, f"results still {ages[-3:]} ms old"
+            page.wait_for_timeout(200)
+        assert max(ages) > 3000  # it was behind before it asked
+        assert errors == []
+
+
 def test_a_mistyped_source_in_the_address_is_said_and_the_default_shown(browser):
     app = create_app(
         Settings(sources=["lobby=synthetic", "door=synthetic"]),
