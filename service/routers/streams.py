@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import math
@@ -11,7 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, WebSocket, status
+from fastapi import APIRouter, HTTPException, Request, Response, WebSocket, status
 from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -87,8 +88,28 @@ def get_stream(name: str, mgr: StreamsDep) -> StreamPublic:
     return StreamPublic(**p.status())
 
 
-@router.get("/units", responses={503: {"description": "engine still loading"}})
-async def list_units(holder: EngineDep, state: StateDep) -> dict[str, Any]:
+GZIPPED = {"Content-Encoding": "gzip"}
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header takes gzip (``gzip;q=0`` refuses it)."""
+    for item in accept_encoding.lower().split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip() in ("gzip", "*"):
+            q = params.strip().removeprefix("q=")
+            try:
+                return not params or float(q) > 0
+            except ValueError:
+                return False
+    return False
+
+
+@router.get(
+    "/units",
+    response_model=dict[str, Any],
+    responses={503: {"description": "engine still loading"}},
+)
+async def list_units(holder: EngineDep, state: StateDep, request: Request) -> Response:
     """The engine's measured tuning: per unit, direction tuning (polar) and speed tuning.
 
     Measured on drifting gratings of 16 directions (``directions_deg``), periods 4-32 px and the
@@ -100,6 +121,8 @@ async def list_units(holder: EngineDep, state: StateDep) -> dict[str, Any]:
     ``speed_tuning``, at its preferred direction, for each of ``speeds`` (the best period that
     drifts at that speed). Also the bin centres of the population histograms in each result:
     ``histogram_directions_deg`` and ``histogram_speed_bins`` (px/frame).
+
+    Gzipped for a client that accepts it (121 KB as JSON, 8 s to arrive on a phone's slow link).
     """
     if not holder.ready.is_set():
         raise HTTPException(
@@ -113,8 +136,13 @@ async def list_units(holder: EngineDep, state: StateDep) -> dict[str, Any]:
             round(float(d), 2) for d in np.rad2deg(engine.direction_bins)
         ]
         report["histogram_speed_bins"] = [float(v) for v in engine.speed_bins]
-        cache["tuning"] = report
-    return cache["tuning"]
+        body = json.dumps(report, separators=(",", ":")).encode()
+        cache["tuning"] = (body, gzip.compress(body, 6, mtime=0))
+    body, zipped = cache["tuning"]
+    headers = {"Vary": "Accept-Encoding"}
+    if accepts_gzip(request.headers.get("accept-encoding", "")):
+        return Response(zipped, media_type="application/json", headers=headers | GZIPPED)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 async def close_quietly(ws: WebSocket, code: int, reason: str = "") -> None:
