@@ -76,6 +76,12 @@ class SourceSpec(BaseModel):
     def _target_ok(self) -> SourceSpec:
         if self.kind == "camera" and not self.target.isdigit():
             raise ValueError(f"camera source {self.name!r}: target must be a device index like '0'")
+        if self.kind == "synthetic" and self.target:
+            # 'x=synthetic:foo' was taken, its target ignored without a word
+            raise ValueError(
+                f"synthetic source {self.name!r} takes no target (its size and frame rate are the "
+                "object form's width, height and fps)"
+            )
         if self.kind == "file":
             if not self.target:
                 raise ValueError(f"file source {self.name!r}: target must be a video file path")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import sys
@@ -270,6 +271,9 @@ def run_fit(args: argparse.Namespace) -> int:
     public = {
         ("held_out_bits_per_spike" if k == "bits_per_spike" else k): v for k, v in report.items()
     }
+    if hasattr(model, "timescales"):  # an R-GLM's, as the API answers them
+        tau = model.timescales(bin_size=1.0)[1]
+        public["timescales_bins"] = [float(t) if math.isfinite(t) else -1.0 for t in tau]
     print(json.dumps({"kind": args.kind, **public}, indent=1))  # the API's names
     return 0
 

@@ -150,6 +150,7 @@ def test_websocket_from_a_foreign_origin_is_refused():
     ("text", "message"),
     [
         ("bogus:1", "unknown kind 'bogus'"),
+        ("x=synthetic:640x480", "synthetic source 'x' takes no target"),  # was ignored silently
         ("Big Name=camera:0", "source name"),
         ("cam=camera:front", "device index"),
         ("clip=file:/no/such/video.mp4", "no such file"),

@@ -35,6 +35,8 @@ def test_fit_eval_sample_roundtrip(tmp_path, capsys):
     fitted = json.loads(capsys.readouterr().out)
     assert fitted["kind"] == "rglm_correlated" and np.isfinite(fitted["held_out_bits_per_spike"])
     assert "bits_per_spike" not in fitted  # the API's name: held-out, not an evaluation's
+    assert len(fitted["timescales_bins"]) == 2  # an R-GLM's, as the API answers them
+    assert fitted["held_out_trials"] == [2]  # the trial the score is of (seed 0)
     assert main(["spikes", "eval", "--counts", str(tmp_path / "c.npz"), "--model", str(model)]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert np.isfinite(scored["bits_per_spike"]) and scored["units"]["log_likelihood"] == "nats"
