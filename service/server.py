@@ -23,6 +23,12 @@ from dataclasses import dataclass
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from v1motion.service.security import SECURITY_HEADERS
+
+# The app's browser policy on the answers written below it too (400, 408, 503): a client sees the same
+# headers on every answer of this service.
+SECURITY_LINES = b"".join(f"{k}: {v}\r\n".encode() for k, v in SECURITY_HEADERS.items())
+
 STOP_WORK_AT = 0.8  # of the grace period: what runs longer is stopped, and answered, before its end
 
 
@@ -190,7 +196,11 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             body = json.dumps({"detail": detail}).encode()
             head = b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             self.transport.write(
-                head % (status, len(body)) + extra + b"connection: close\r\n\r\n" + body
+                head % (status, len(body))
+                + SECURITY_LINES
+                + extra
+                + b"connection: close\r\n\r\n"
+                + body
             )
             self.transport.close()
 

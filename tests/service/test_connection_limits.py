@@ -79,6 +79,9 @@ def test_headers_that_stop_arriving_get_408_and_the_connection_closed():
         assert status == 408
         assert "headers did not arrive within 0.4 s" in body["detail"]
         assert 0.3 < took < 3
+        # the app's browser policy on an answer written below it, as on every other
+        head = raw.partition(b"\r\n\r\n")[0].decode().lower()
+        assert "x-content-type-options: nosniff" in head and "content-security-policy: " in head
 
 
 def test_a_connection_that_sends_nothing_is_closed_after_the_idle_time_without_an_answer():
@@ -119,6 +122,7 @@ def test_websockets_outlive_the_header_time_and_count_as_connections():
         refused = httpx.get(f"{srv.url}/hello", timeout=5)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
+        assert refused.headers["x-frame-options"] == "DENY"
         assert "too many open connections (at most 3)" in refused.json()["detail"]
         sockets.pop().close()
         deadline = time.monotonic() + 5
