@@ -16,6 +16,7 @@ from v1motion.models.motion.contract import Engine
 from v1motion.service.jpeg import JPEGHeaderError, jpeg_size
 from v1motion.service.live.analyse import Analyser
 from v1motion.service.metrics import Metrics
+from v1motion.service.protocol import SCHEMA_VERSION
 from v1motion.service.settings import Settings
 
 MAX_SEQ_GAP = 30
@@ -60,6 +61,12 @@ class CameraSession:
 
     def negotiate(self, msg: dict) -> None:
         s = self.settings
+        version = msg.get("v", SCHEMA_VERSION)  # a client that says none is taken at its word
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            raise ValueError(
+                f"protocol version {version!r} is not spoken here: this server speaks "
+                f"v{SCHEMA_VERSION} (docs/protocol.md)"
+            )
         w, h = msg.get("width"), msg.get("height")
         if not (isinstance(w, int) and isinstance(h, int)):
             raise ValueError('hello needs integer "width" and "height"')

@@ -233,6 +233,9 @@ def test_corrupt_jpeg_body_is_an_error_not_a_crash(client):
         (json.dumps({"type": "hello", "width": 100000, "height": 96}), "bad_hello"),
         (json.dumps({"type": "hello", "width": "128", "height": 96}), "bad_hello"),
         (json.dumps({"type": "frame"}), "no_hello"),  # a frame before the hello
+        # a client of another protocol version was served results it would misread
+        (json.dumps({"v": 1, "type": "hello", "width": 128, "height": 96}), "bad_hello"),
+        (json.dumps({"v": True, "type": "hello", "width": 128, "height": 96}), "bad_hello"),
     ],
 )
 def test_bad_hello_gets_an_error_and_can_be_retried(client, payload, code):
