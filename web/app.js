@@ -180,7 +180,7 @@ function banner(text, kind = "warn") {
 function setConn(text, kind) {
   const c = $("conn");
   if (c.textContent !== text) c.textContent = text;  // a status each second re-says the same
-  c.className = `pill pill-${kind}`;
+  if (c.className !== `pill pill-${kind}`) c.className = `pill pill-${kind}`;  // each result too
 }
 
 // ---- colours and drawing helpers ------------------------------------------------------------------
