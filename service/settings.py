@@ -210,7 +210,7 @@ class Settings(BaseSettings):
 
     @field_validator("host", "data_dir", "web_dir", mode="before")
     @classmethod
-    def _not_empty(cls, v, info):
+    def _not_empty(cls, v):
         # `-e V1MOTION_DATA_DIR=$DATA` with DATA unset: the job store went into the folder the
         # service was started from, and an empty host listened on every interface
         if isinstance(v, str) and not v.strip():

@@ -19,6 +19,7 @@ from v1motion.models.spikes.registry import (
     evaluate,
     fit_and_score,
     options_in_effect,
+    timescales_bins,
 )
 
 __all__ = ["evaluate", "fit_record", "sample_body"]
@@ -27,9 +28,6 @@ __all__ = ["evaluate", "fit_record", "sample_body"]
 def fit_record(y: np.ndarray, kind: str, options: dict, test_fraction: float, seed: int) -> dict:
     """Fit ``kind`` on the counts ``y``; the store's record of the model (the model included)."""
     model, baseline, report = fit_and_score(y, kind, options, test_fraction, seed)
-    tau = None
-    if hasattr(model, "timescales"):
-        tau = [float(t) for t in model.timescales(bin_size=1.0)[1]]
     return {
         "id": uuid.uuid4().hex[:12],
         "kind": kind,
@@ -47,7 +45,7 @@ def fit_record(y: np.ndarray, kind: str, options: dict, test_fraction: float, se
         "fit": report["fit"],
         "warnings": report["warnings"],
         "created": time.time(),
-        "timescales_bins": None if tau is None else [t if np.isfinite(t) else -1.0 for t in tau],
+        "timescales_bins": timescales_bins(model),
         "stimulus_bins": int(y.shape[1]) if kind in STIMULUS_LOCKED else None,
         "model": model,
         "baseline": baseline,

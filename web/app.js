@@ -71,7 +71,7 @@ const state = {
   renderedAt: 0,
   statsAt: 0,
   altAt: 0,
-  link: null, // a stream socket's pace (slowLink): {minSkew, level, behindSince, caughtUpSince}
+  link: null, // a stream socket's pace and what the page asked for of it (slowLink, openStream)
 };
 
 // A slow link (a phone on a weak network): results sent faster than the link carries them wait in
@@ -113,7 +113,7 @@ function slowLink(m, now) {
       link.caughtUpSince = null;
       sendLinkOptions();
     }
-  } else if (behind <= LINK_BEHIND_MS) {
+  } else {
     link.behindSince = null;
   }
 }

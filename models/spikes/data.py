@@ -175,7 +175,7 @@ def bin_spike_times(
     if not given:  # to the end of the last spike's bin: a spike on an edge starts a bin of its own
         with np.errstate(over="ignore"):
             q = float(last) / float(bin_size)
-        duration = (np.floor(q + 1e-9 * max(q, 1.0)) + 1.0) * bin_size if np.isfinite(q) else q
+        duration = (_bin_index(q) + 1.0) * bin_size if np.isfinite(q) else q
     elif not duration > 0:
         raise ValueError("duration must be positive")
     with np.errstate(over="ignore"):
@@ -215,9 +215,12 @@ def _bin_of(t: np.ndarray, bin_size: float, n_bins: int) -> np.ndarray:
     bin_size`` put 0.35 s in bin 34 of 0.01 s (35 * 0.01 is 0.35000000000000003), while 350 ms
     went to bin 35 of 10 ms; so the times are divided, not the edges multiplied, with a
     tolerance of a billionth of a bin for the division's rounding."""
-    q = t / bin_size
-    k = np.floor(q + 1e-9 * np.maximum(q, 1.0)).astype(np.int64)
-    return np.minimum(k, n_bins - 1)
+    return np.minimum(_bin_index(t / bin_size).astype(np.int64), n_bins - 1)
+
+
+def _bin_index(q):
+    """The bin of ``q`` = time / bin size, with :func:`_bin_of`'s tolerance for the division."""
+    return np.floor(q + 1e-9 * np.maximum(q, 1.0))
 
 
 def load_retina(recording: str = "Movie1Exp1", bin_ms: float = 10.0, data_dir: Path | None = None):

@@ -9,6 +9,7 @@ import numpy as np
 
 from v1motion.models.spikes.data import as_counts
 from v1motion.models.spikes.glm import IndependentPoisson
+from v1motion.models.spikes.observations import get_observations
 
 log = logging.getLogger(__name__)
 LN2 = np.log(2.0)
@@ -31,8 +32,6 @@ def check_scorable(model) -> None:
     obs = getattr(inner, "obs", None)
     if obs is None:
         return
-    from v1motion.models.spikes.observations import get_observations
-
     if get_observations(obs, getattr(inner, "link", None)).counts:
         return
     raise ValueError(

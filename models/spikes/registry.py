@@ -153,10 +153,22 @@ def split_trials(y: np.ndarray, test_fraction: float, seed: int = 0):
     -------
     train, test : ndarrays of shape (n, n_bins, n_neurons)
     """
-    trials, first = held_out(*y.shape[:2], test_fraction, seed)
+    return _split(y, *held_out(*y.shape[:2], test_fraction, seed))
+
+
+def _split(y: np.ndarray, trials, first):
+    """``(train, test)`` of ``y`` by what :func:`held_out` chose."""
     if trials is None:
         return y[:, :first], y[:, first:]
     return np.delete(y, trials, axis=0), y[trials]
+
+
+def timescales_bins(model) -> list[float] | None:
+    """An R-GLM's timescales in bins, slowest first, -1 for one that does not decay (JSON has no
+    infinity); None for a model without them. What the API and the CLI answer."""
+    if not hasattr(model, "timescales"):
+        return None
+    return [float(t) if np.isfinite(t) else -1.0 for t in model.timescales(bin_size=1.0)[1]]
 
 
 def fit_summary(model) -> dict:
@@ -210,7 +222,7 @@ def fit_and_score(y: np.ndarray, kind: str, options: dict | None = None, test_fr
     check_data(kind, y)
     check_scorable(model)
     trials, first = held_out(*y.shape[:2], test_fraction, seed)
-    train, test = split_trials(y, test_fraction, seed)
+    train, test = _split(y, trials, first)
     if test.sum() == 0:
         raise ValueError("the held-out part has no spikes: bits/spike is undefined; give more data")
     t0 = time.perf_counter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pickle
 import sys
@@ -254,7 +253,7 @@ def _check_fits_in_memory(kind: str, y, options: dict) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from v1motion.models.spikes.registry import fit_and_score
+    from v1motion.models.spikes.registry import fit_and_score, timescales_bins
 
     check_output(args.out)
     y = _load_counts(args)
@@ -271,9 +270,8 @@ def run_fit(args: argparse.Namespace) -> int:
     public = {
         ("held_out_bits_per_spike" if k == "bits_per_spike" else k): v for k, v in report.items()
     }
-    if hasattr(model, "timescales"):  # an R-GLM's, as the API answers them
-        tau = model.timescales(bin_size=1.0)[1]
-        public["timescales_bins"] = [float(t) if math.isfinite(t) else -1.0 for t in tau]
+    if (tau := timescales_bins(model)) is not None:  # an R-GLM's, as the API answers them
+        public["timescales_bins"] = tau
     print(json.dumps({"kind": args.kind, **public}, indent=1))  # the API's names
     return 0
 
