@@ -859,7 +859,8 @@ function openStream(name, attempt = 0) {
     minSkew: Infinity, level: 0, rate: null, behindSince: null, behindAtStep: 0,
     caughtUpSince: null, restored: false, restoreMs: LINK_RESTORE_MS,
   };
-  setConn("connecting", "idle");
+  // a retry after a loss keeps saying so: "connecting" between two failed attempts reads as progress
+  if (attempt === 0) setConn("connecting", "idle");
   let opened = false;
   ws.onopen = () => {
     opened = true;
@@ -1016,7 +1017,7 @@ function openCameraSocket(cam, attempt = 0) {
   state.ws = ws;
   cam.ready = false;
   cam.inFlight = false;
-  setConn("connecting camera", "idle");
+  if (attempt === 0) setConn("connecting camera", "idle");
   let opened = false;
   ws.onopen = () => {
     opened = true;

@@ -651,6 +651,11 @@ def test_switching_to_a_source_that_fails_leaves_nothing_of_the_last_one_on_scre
         assert errors == []
 
 
+PILL_LOG = """() => { window.__pills = [];
+    new MutationObserver(() => window.__pills.push(document.querySelector('#conn').textContent))
+        .observe(document.querySelector('#conn'), {childList: true}); }"""
+
+
 def test_a_lost_server_is_said_and_the_dashboard_comes_back_with_it(browser):
     """The server stops under an open page (a restart): the page says so and shows no frozen
     readings that look live; the stream, and the browser's camera, come back once it is up."""
@@ -663,11 +668,18 @@ def test_a_lost_server_is_said_and_the_dashboard_comes_back_with_it(browser):
         cam_page.click("#camera-btn")
         wait_for(cam_page, "document.querySelector('#conn').textContent.includes('my camera')")
         wait_results(cam_page, 5)
+        for p in (page, cam_page):  # every text the pill shows from now on
+            p.evaluate(PILL_LOG)
     for p in (page, cam_page):
         wait_for(p, "document.querySelector('#banner').textContent.includes('Lost the connection')")
         assert shown_readings(p) == {
             "dir": "–", "speed": "–", "conf": "–", "fps": "–", "waiting": True
         }  # fmt: skip
+    page.wait_for_timeout(2000)  # a few retries (0.25-0.5 s, then 0.5-1 s...) against no server
+    # the retries between never say "connecting", which reads as progress while nothing answers
+    for p, said in ((page, "reconnecting"), (cam_page, "camera reconnecting")):
+        pills = p.evaluate("window.__pills")
+        assert said in pills and set(pills) <= {said, "live · synthetic", "live · my camera"}, pills
     assert "reconnecting" in cam_page.text_content("#conn")
     assert cam_page.text_content("#camera-label") == "Stop camera"  # the camera stays on
     with serving(create_app(Settings(), engine_factory=random_engine), port=port):
