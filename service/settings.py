@@ -217,6 +217,24 @@ class Settings(BaseSettings):
             raise ValueError("is empty: give a value, or leave the variable unset for the default")
         return v
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies_are_addresses(cls, v: str | None) -> str | None:
+        # uvicorn keeps an entry it cannot parse as a literal host name, which a proxy's address
+        # never matches: a typo (10.0.0.300, /33) silently believed no proxy at all
+        if v is None:
+            return v
+        for item in (x.strip() for x in v.split(",")):
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (comma-separated, or '*')"
+                ) from None
+        return v
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_in_any_case(cls, v):

@@ -10,6 +10,7 @@ import socket
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from service_helpers import serving
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -147,3 +148,15 @@ def test_forwarded_allow_ips_reaches_uvicorn(monkeypatch):
     monkeypatch.delenv("V1MOTION_FORWARDED_ALLOW_IPS")
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.1")  # unset: uvicorn's own variable
     assert server_config(Settings(), None, limits).forwarded_allow_ips == "10.0.0.1"
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.300", "10.0.0.0/33", "proxy.internal", "127.0.0.1,,"])
+def test_a_proxy_address_that_is_not_one_is_refused(monkeypatch, bad):
+    """uvicorn keeps what it cannot parse as a literal host name, which a proxy's address never
+    is: a typo started a server that believed no proxy, every client logged as the proxy."""
+    monkeypatch.setenv("V1MOTION_FORWARDED_ALLOW_IPS", bad)
+    with pytest.raises(ValidationError, match="not an IP address or network"):
+        Settings()
+    for good in ("*", "127.0.0.1, 10.0.0.0/8", "::1,fd00::/8"):
+        monkeypatch.setenv("V1MOTION_FORWARDED_ALLOW_IPS", good)
+        assert Settings().forwarded_allow_ips == good
