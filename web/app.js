@@ -82,36 +82,50 @@ const state = {
 const LINK_BEHIND_MS = 1500;
 const LINK_CAUGHT_UP_MS = 300;
 const LINK_STEP_MS = 3000; // behind (or caught up) this long before the next step
-const LINK_RESTORE_MS = 20000; // caught up this long: all results again (doubled each time it fails)
+const LINK_RESTORE_MS = 20000; // caught up this long: a first step back up (doubled each time one fails)
+const LINK_PROBE_MS = 5000; // a step up caught up this long held: the next one
 
+// Back up a step at a time (the picture, then twice the results each step up to every result), and a
+// step up the link cannot carry is undone at once: restored in one go to every result and picture,
+// a 400 kbit/s link showed results 10 s old before the page had stepped down again. Ages are read
+// on the page's monotonic clock: a jump of the computer's clock moves no result's age.
 function slowLink(m, now) {
   const link = state.link;
   if (!link || !state.ws || typeof m.capture_ts !== "number") return;
-  const skew = Date.now() - m.capture_ts;
+  const skew = performance.timeOrigin + now - m.capture_ts;
   link.minSkew = Math.min(link.minSkew, skew);
   const behind = skew - link.minSkew;
   if (behind > LINK_BEHIND_MS) {
     link.caughtUpSince = null;
+    if (link.probeFrom) { // the step up did not hold: back to where the link kept up
+      ({ level: link.level, rate: link.rate } = link.probeFrom);
+      link.probeFrom = null;
+      link.restoreMs = Math.min(300000, link.restoreMs * 2);
+      link.behindSince = now + LINK_STEP_MS; // what it sent waits in the buffers: longer to drain
+      link.behindAtStep = behind;
+      sendLinkOptions();
+      return;
+    }
     if (link.behindSince == null) { link.behindSince = now; link.behindAtStep = 0; }
     // a step down takes a while to drain what waits in the buffers: the next only if it does not
     if (link.level < 2 && now - link.behindSince > LINK_STEP_MS && behind > 0.8 * link.behindAtStep) {
-      if (link.level === 0) {
-        link.rate = Math.max(1, Math.round(Math.max(state.fps, 1) * 0.6));
-        if (link.restored) link.restoreMs = Math.min(300000, link.restoreMs * 2); // it did not hold
-      }
+      if (link.level === 0) link.rate = Math.max(1, Math.round(Math.max(state.fps, 1) * 0.6));
       link.level += 1;
       link.behindSince = now;
       link.behindAtStep = behind;
       sendLinkOptions();
     }
-  } else if (behind < LINK_CAUGHT_UP_MS && link.level > 0) {
+  } else if (behind < LINK_CAUGHT_UP_MS && (link.level > 0 || link.probeFrom)) {
     link.behindSince = null;
     link.caughtUpSince ??= now;
-    if (now - link.caughtUpSince > link.restoreMs) {
-      link.level = 0;
-      link.restored = true;
+    if (now - link.caughtUpSince > (link.probeFrom ? LINK_PROBE_MS : link.restoreMs)) {
       link.caughtUpSince = null;
-      sendLinkOptions();
+      link.probeFrom = link.level > 0 ? { level: link.level, rate: link.rate } : null;
+      const streamFps = m.timing && m.timing.fps;
+      if (link.level === 2) link.level = 1;
+      else if (link.level === 1 && streamFps && link.rate * 2 < 0.9 * streamFps) link.rate *= 2;
+      else if (link.level === 1) link.level = 0;
+      if (link.probeFrom) sendLinkOptions(); // else every result, and it held
     }
   } else {
     link.behindSince = null;
@@ -857,7 +871,7 @@ function openStream(name, attempt = 0) {
   state.ws = ws;
   state.link = {
     minSkew: Infinity, level: 0, rate: null, behindSince: null, behindAtStep: 0,
-    caughtUpSince: null, restored: false, restoreMs: LINK_RESTORE_MS,
+    caughtUpSince: null, probeFrom: null, restoreMs: LINK_RESTORE_MS,
   };
   // a retry after a loss keeps saying so: "connecting" between two failed attempts reads as progress
   if (attempt === 0) setConn("connecting", "idle");
@@ -1458,6 +1472,6 @@ async function start2() {
 
 start();
 window.v1motion = {
-  state, wsUrl, apiUrl, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty,
+  state, wsUrl, apiUrl, slowLink, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty,
   cellHistograms, movingWeight, speedBinPosition, drawMap, fmtDeg, fmtUnitDeg, cameraSize, panelsShow,
 };

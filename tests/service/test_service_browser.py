@@ -340,6 +340,51 @@ def test_on_a_slow_link_the_dashboard_asks_for_fewer_results_and_shows_fresh_one
         assert errors == []
 
 
+SIMULATED_LINK = """() => {
+  const v = window.v1motion, st = v.state;
+  st.mode = "simulated";  // the page's own results no longer reach slowLink
+  const sent = [];
+  let t = 0;
+  st.ws = { send: (x) => sent.push({ t, ...JSON.parse(x) }), close() {} };
+  st.fps = 5;  // the page's rate as the link slows: it asks for 3/s
+  st.link = { minSkew: Infinity, level: 0, rate: null, behindSince: null, behindAtStep: 0,
+              caughtUpSince: null, probeFrom: null, restoreMs: 20000 };
+  // results 100 ms apart, each `age` ms old: in time over [0, 0.1 s), then 2 s behind until 10 s
+  // (the link too slow), in time until 31 s (it caught up), 2 s behind at 31 s and at 83 s
+  const age = (t) => (t >= 100 && t < 10000) || t === 31000 || t === 83000 ? 2000 : 0;
+  for (t = 0; t <= 185000; t += 100) {
+    const m = { capture_ts: performance.timeOrigin + t - age(t), timing: { fps: 30 } };
+    v.slowLink(m, t);
+  }
+  return sent;
+}"""
+
+
+def test_a_slow_link_steps_back_up_one_step_at_a_time_and_down_at_once_if_it_fails(browser):
+    """Restored in one go to every result and picture after 20 s caught up, a 400 kbit/s link showed
+    results 10 s old before the page stepped down again (behind 3 s before each step)."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_results(page, 3)
+        sent = page.evaluate(SIMULATED_LINK)
+    steps = [(m["t"] // 1000, m["max_fps"], m["preview"]) for m in sent]
+    assert steps == [
+        (3, 3, True),  # behind 3 s: 0.6 of the rate the page received
+        (6, 3, False),  # still behind 3 s later: no picture
+        (30, 3, True),  # caught up 20 s: the picture back
+        (31, 3, False),  # behind at once: that step did not hold, back down without waiting
+        (71, 3, True),  # caught up twice as long before the next try
+        (76, 6, True),  # that held 5 s: twice the results
+        (81, 12, True),
+        (83, 6, True),  # behind: back to the last rate that held
+        (163, 12, True),  # 80 s later
+        (168, 24, True),
+        (173, None, True),  # twice 24 would be over the stream's 30/s: every result
+    ], steps
+    assert errors == []
+
+
 def test_a_mistyped_source_in_the_address_is_said_and_the_default_shown(browser):
     app = create_app(
         Settings(sources=["lobby=synthetic", "door=synthetic"]),
