@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, WebSocket
 from fastapi.routing import APIRoute
-from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.websockets import WebSocketDisconnect
@@ -49,6 +48,7 @@ from v1motion.service.security import (
 from v1motion.service.settings import Settings
 from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker
 from v1motion.service.state import AppState, Capacity, QueuedSlots
+from v1motion.service.webfiles import CompressedStaticFiles
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def create_app(
             async def dashboard() -> HTMLResponse:
                 return HTMLResponse(page)
 
-        app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
+        app.mount("/", CompressedStaticFiles(directory=settings.web_dir, html=True), name="web")
     else:
         log.warning("no dashboard: %s is not a folder", settings.web_dir)
     # Outermost: a proxy that kept its prefix is seen as one that stripped it, by every guard too.

@@ -19,6 +19,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from v1motion.service import protocol
 from v1motion.service.deps import EngineDep, SettingsDep, StateDep, StreamsDep
 from v1motion.service.live.hub import Subscriber
+from v1motion.service.webfiles import GZIPPED, accepts_gzip
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +87,6 @@ def get_stream(name: str, mgr: StreamsDep) -> StreamPublic:
     except KeyError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=exc.args[0]) from None
     return StreamPublic(**p.status())
-
-
-GZIPPED = {"Content-Encoding": "gzip"}
-
-
-def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether an ``Accept-Encoding`` header takes gzip (``gzip;q=0`` refuses it)."""
-    for item in accept_encoding.lower().split(","):
-        name, _, params = item.strip().partition(";")
-        if name.strip() in ("gzip", "*"):
-            q = params.strip().removeprefix("q=")
-            try:
-                return not params or float(q) > 0
-            except ValueError:
-                return False
-    return False
 
 
 @router.get(
