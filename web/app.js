@@ -71,6 +71,7 @@ const state = {
   renderedAt: 0,
   statsAt: 0,
   altAt: 0,
+  heardAt: null, // when the live socket last said anything (watchSilence)
   link: null, // a stream socket's pace and what the page asked for of it (slowLink, openStream)
 };
 
@@ -162,7 +163,8 @@ function subprotocols() {
 }
 
 async function api(path) {
-  const r = await fetch(apiUrl(path), { headers: authHeaders() });
+  // a link that died without closing leaves a fetch waiting for ever (measured: 19 s and on)
+  const r = await fetch(apiUrl(path), { headers: authHeaders(), signal: AbortSignal.timeout(5000) });
   if (r.status === 401) { askToken(); throw new Error("unauthorized"); }
   if (!r.ok) throw new Error(`${path}: ${r.status}`);
   return r.json();
@@ -794,7 +796,8 @@ function onResult(m) {
   updateActivity(m.motion.top_units, now);
   const slow = reducedMotion && reducedMotion.matches ? REDUCED_MOTION_MS : 0;
   if (now - state.statsAt >= slow) updateStats();
-  if (!m.preview) scheduleRender();
+  // drawn when its preview arrives, unless the page dropped previews (a slow link, no picture)
+  if (!m.preview || (state.link && state.link.level === 2)) scheduleRender();
 }
 
 // ---- server streams -------------------------------------------------------------------------------
@@ -878,6 +881,7 @@ function openStream(name, attempt = 0) {
   let opened = false;
   ws.onopen = () => {
     opened = true;
+    state.heardAt = performance.now();
     state.unopened = 0;
     // "live" once results flow (or the server says the source runs), not for a source that cannot open
     setConn(`starting · ${name}`, "idle");
@@ -886,6 +890,7 @@ function openStream(name, attempt = 0) {
     if (state.lostBanner) { banner(null); state.lostBanner = false; }
   };
   ws.onmessage = async (ev) => {
+    state.heardAt = performance.now();
     if (typeof ev.data === "string") {
       const m = JSON.parse(ev.data);
       if (m.v !== SCHEMA_VERSION) { banner(`server speaks protocol v${m.v}; this page v${SCHEMA_VERSION}`, "error"); return; }
@@ -900,10 +905,14 @@ function openStream(name, attempt = 0) {
       } else if (m.type === "error") banner(`${m.code}: ${m.detail}`, "error");
       return;
     }
-    // Binary preview: 4-byte magic, 4-byte sequence number, JPEG.
+    // Binary preview: 4-byte magic, 4-byte sequence number, JPEG. None while the page asked for no
+    // picture: one sent before it asked, or decoded after, stayed under the live arrows.
+    const noPicture = () => state.link && state.link.level === 2;
+    if (noPicture()) return;
     const blob = ev.data.slice(8);
     try {
       const bmp = await createImageBitmap(blob);
+      if (noPicture() || state.ws !== ws) { bmp.close(); return; }
       const old = state.image;
       state.image = bmp;
       if (old && old.close) old.close();
@@ -1041,6 +1050,7 @@ function openCameraSocket(cam, attempt = 0) {
     if (state.lostBanner) { banner(null); state.lostBanner = false; }
   };
   ws.onmessage = (ev) => {
+    state.heardAt = performance.now();
     const m = JSON.parse(ev.data);
     if (m.type === "ready") { cam.ready = true; cameraLive(); sendCameraFrame(); return; }
     if (m.type === "result") {
@@ -1387,9 +1397,29 @@ async function start() {
   waitReady();
   start2();
   pollStreamState();
+  setInterval(watchSilence, 1000);
 }
 
 // The source's own state (running, reconnecting, stalled...) as the server reports it.
+// The server says something at least once a second on a stream (a status), and answers each camera
+// frame: silence this long is a link that died without closing (Wi-Fi gone, a laptop's lid), which
+// the browser notices only minutes later. Until this, such a page said "live" with frozen readings.
+const SILENT_MS = 6000;
+function watchSilence() {
+  const ws = state.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN || state.heardAt == null) return;
+  const now = performance.now();
+  const cam = state.camera;
+  const waiting = state.mode === "stream" ? now - state.heardAt
+    : cam && cam.inFlight && cam.sentAt != null ? now - Math.max(cam.sentAt, state.heardAt) : 0;
+  if (waiting < SILENT_MS) return;
+  const lost = ws.onclose;
+  ws.onclose = null;
+  ws.onmessage = null;
+  try { ws.close(); } catch (e) { /* closing */ }
+  if (lost) lost({ code: 1006 }); // as if it had closed: "reconnecting", and a new socket
+}
+
 async function pollStreamState() {
   await checkStreamState();
   dropStaleStats();

@@ -385,6 +385,22 @@ def test_a_slow_link_steps_back_up_one_step_at_a_time_and_down_at_once_if_it_fai
     assert errors == []
 
 
+def test_no_picture_once_the_page_asked_for_none(browser):
+    """Previews already on their way when the page asked for none (or decoding then) put an old
+    frame back under the live arrows, which nothing replaced: a grating of a minute before."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_results(page, 3)
+        assert page.evaluate("v1motion.state.image !== null")
+        # as at the slow link's last step, before the server has read the request: previews come
+        page.evaluate("() => { v1motion.state.link.level = 2; v1motion.state.image = null; }")
+        n = results(page)
+        wait_results(page, n + 10)
+        assert page.evaluate("v1motion.state.image === null")
+        assert errors == []
+
+
 def test_a_mistyped_source_in_the_address_is_said_and_the_default_shown(browser):
     app = create_app(
         Settings(sources=["lobby=synthetic", "door=synthetic"]),
@@ -734,6 +750,30 @@ def test_a_lost_server_is_said_and_the_dashboard_comes_back_with_it(browser):
             assert p.locator("#banner").is_hidden()
         assert "my camera" in cam_page.text_content("#conn")
     assert errors == [] and cam_errors == []
+
+
+def test_a_link_that_dies_without_closing_is_said_and_comes_back(browser):
+    """Wi-Fi gone or a laptop's lid closed: no close reaches the page, which said "live" with frozen
+    readings for as long as the link stayed dead (its status requests waited for ever too)."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_results(page, 5)
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        dead = {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+        cdp.send("Network.emulateNetworkConditions", dead)
+        lost = "document.querySelector('#banner').textContent.includes('Lost the connection')"
+        wait_for(page, lost, 12_000)
+        assert shown_readings(page) == {
+            "dir": "–", "speed": "–", "conf": "–", "fps": "–", "waiting": True
+        }  # fmt: skip
+        assert "reconnecting" in page.text_content("#conn")
+        cdp.send("Network.emulateNetworkConditions", {**dead, "offline": False})
+        wait_results(page, results(page) + 5, timeout=30)
+        assert page.locator("#banner").is_hidden()
+        assert page.text_content("#conn").startswith("live")
+    assert errors == []
 
 
 COUNT_CAMERAS = """
