@@ -44,14 +44,22 @@ class SpikeModelStore:
         with self._lock:
             rec = self._items.get(model_id)
         if rec is None:
-            raise HTTPException(404, detail=f"no spike model with id {model_id!r}")
+            raise HTTPException(404, detail=self.missing(model_id))
         return rec
 
     def remove(self, model_id: str) -> None:
         with self._lock:
             rec = self._items.pop(model_id, None)
         if rec is None:
-            raise HTTPException(404, detail=f"no spike model with id {model_id!r}")
+            raise HTTPException(404, detail=self.missing(model_id))
+
+    def missing(self, model_id: str) -> str:
+        # a model fitted before a restart answered like an id that never was (a user's probe)
+        return (
+            f"no spike model with id {model_id!r}: models are held in memory, so one fitted "
+            f"before the server restarted, or dropped as the oldest of {self.max_models}, is gone; "
+            "fit it again"
+        )
 
     def records(self) -> list[dict]:
         """Every model held, newest first."""

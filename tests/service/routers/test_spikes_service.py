@@ -235,7 +235,9 @@ def test_evaluate_and_sample_refuse_bad_requests(client):
 
 def test_store_is_bounded(client):
     ids = [_fit(client).json()["id"] for _ in range(3)]
-    assert client.get(f"/v1/spikes/models/{ids[0]}").status_code == 404
+    gone = client.get(f"/v1/spikes/models/{ids[0]}")
+    assert gone.status_code == 404  # and says why an id it gave is unknown now (restart or oldest)
+    assert "held in memory, so one fitted before the server restarted" in gone.json()["detail"]
     assert client.get(f"/v1/spikes/models/{ids[2]}").status_code == 200
 
 
