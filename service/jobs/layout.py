@@ -11,6 +11,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from v1motion.service.disk import make_durable
+
 INPUT_NAME = "input.bin"
 OUTPUT_DIR = "out"
 RESULT_NAMES = ("motion.json", "motion.npz", "overlay.mp4", "summary.png")
@@ -36,9 +38,12 @@ class ResultsFolder:
         return self.work
 
     def publish(self) -> None:
-        """Replace ``out`` by the finished work folder in one rename."""
+        """Replace ``out`` by the finished work folder in one rename, its files and the rename
+        written to the disk before the job is recorded as done (``make_durable``)."""
+        make_durable(*(p for p in self.work.rglob("*") if p.is_file()), self.work)
         shutil.rmtree(self.out, ignore_errors=True)
         self.work.rename(self.out)
+        make_durable(self.out.parent)
 
     def discard(self) -> None:
         """Remove a half-written work folder, if any."""

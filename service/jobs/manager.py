@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import time
@@ -10,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from v1motion.service.disk import is_disk_full
 from v1motion.service.jobs.engines import engine_factory
 from v1motion.service.jobs.layout import JobLayout
 from v1motion.service.jobs.limits import Limits
@@ -210,11 +212,36 @@ class VideoJobs:
     def result_path(self, job_id: str, name: str) -> Path:
         return JobLayout.of(self.jobs_dir, job_id).result(name)
 
+    def data_folder_problem(self) -> str | None:
+        """Why the data folder can no longer hold jobs, else None: its job store deleted or replaced
+        under the running server (which went on recording jobs in the unlinked file, lost at the
+        next start), or the folder read-only (the kernel's answer to an I/O error)."""
+        try:
+            st = os.stat(self.store.path)
+        except OSError as exc:
+            return f"its job store is gone ({exc.strerror}): was the data folder deleted?"
+        if (st.st_dev, st.st_ino) != self.store.identity:
+            return "its job store was replaced while the server ran: restart the service"
+        if not os.access(self.jobs_dir, os.W_OK):
+            return "its data folder cannot be written (read-only?)"
+        return None
+
     def delete(self, job_id: str, why: str | None = None) -> bool:
         rec = self.get(job_id)
         if rec is None:
             return False
-        self.store.delete(job_id, why or BY_CLIENT)  # first, so no slot can claim it any more
+        try:
+            self.store.delete(job_id, why or BY_CLIENT)  # first, so no slot can claim it any more
+        except Exception as exc:
+            # A full disk has no room for the record (the store's journal grows first): deleting
+            # jobs is how a client makes room, and answered 507 "retry once space is freed" with
+            # nothing freed. Their files go first then (no slot can claim a job either: that too
+            # is a write), and the record after, in the room they left.
+            if not is_disk_full(exc):
+                raise
+            self.runner.cancel(job_id)
+            shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+            self.store.delete(job_id, why or BY_CLIENT)
         self.runner.cancel(job_id)  # then stop it if a slot already holds it
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
         log.info("job %s deleted (it was %s%s)", job_id, rec.status, f"; {why}" if why else "")

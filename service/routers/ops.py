@@ -19,9 +19,17 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "engine still loading or failed"}})
+@router.get(
+    "/readyz",
+    responses={503: {"description": "engine still loading or failed, or the data folder unusable"}},
+)
 async def readyz(state: StateDep):
-    """Readiness: the motion engine is loaded and its kernels are compiled."""
+    """Readiness: the motion engine is loaded and its kernels are compiled, and the data folder
+    still holds the job store the service opened (not deleted, replaced or read-only: a server
+    that went on from a deleted store accepted uploads it lost at the next start)."""
+    problem = state.videos.data_folder_problem()
+    if problem is not None:
+        return JSONResponse({"status": "failed", "detail": problem}, status_code=503)
     holder = state.engine
     if holder.ready.is_set():
         return {"status": "ready"}

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from v1motion.service.deps import JobsDep, StateDep
-from v1motion.service.disk import disk_full_reason, free_mb
+from v1motion.service.disk import disk_full_reason, free_mb, make_durable
 from v1motion.service.jobs.decode import DecodeError, probe
 from v1motion.service.jobs.layout import RESULT_NAMES, JobLayout
 from v1motion.service.jobs.manager import JOB_ID, VideoJobs
@@ -159,6 +159,12 @@ async def create_video_job(
             f"the upload is larger than the limit of {max_bytes} bytes",
             {"Connection": "close"},  # its body is not read
         )
+    problem = jobs.data_folder_problem()  # before the upload: a job it would lose
+    if problem is not None:
+        log.error("upload refused: the data folder: %s", problem)
+        raise HTTPException(
+            503, f"the server cannot use its data folder ({problem})", {"Retry-After": "60"}
+        )
     if idempotency_key is None or jobs.store.by_key(idempotency_key) is None:
         _refuse_if_queue_full(jobs)  # before the upload: no bytes received for nothing
     free = free_mb(jobs.jobs_dir)
@@ -194,6 +200,8 @@ async def create_video_job(
                 info = await run_in_threadpool(probe, path, jobs.limits)
             except DecodeError as exc:
                 raise HTTPException(422, f"the video was refused: {exc}") from None
+        # the upload on the disk before the 202 says it is accepted (a power cut loses neither)
+        await run_in_threadpool(make_durable, path, folder, folder.parent)
         create = JobCreate(
             filename=upload.filename, content_type=upload.content_type, size_bytes=upload.size_bytes
         )

@@ -957,3 +957,57 @@ def test_the_days_jobs_are_kept_are_a_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("V1MOTION_VIDEO_KEEP_DAYS", "-1")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_deleting_a_job_on_a_full_disk_frees_its_files_and_then_forgets_it(tmp_path):
+    """A full disk has no room for the store's record of a deletion: DELETE answered 507 "retry once
+    space is freed" and removed nothing, so a client could not make room (a user's probe)."""
+    import sqlite3
+
+    jobs = VideoJobs.local(tmp_path / "data", Limits(), fake_engine, workers=1)
+    jobs.start()
+    try:
+        job_id = _submit(jobs, vs.avi(tmp_path, n=6))
+        assert wait_for(lambda: _finished(jobs, job_id)).status == "succeeded"
+        folder = jobs.jobs_dir / job_id
+        real, tries = jobs.store.delete, []
+
+        def delete(job_id, why):  # no room for the journal while the job's files take it
+            tries.append(folder.exists())
+            if folder.exists():
+                exc = sqlite3.OperationalError("database or disk is full")
+                exc.sqlite_errorcode = sqlite3.SQLITE_FULL
+                raise exc
+            real(job_id, why)
+
+        jobs.store.delete = delete
+        assert jobs.delete(job_id) is True
+        assert tries == [True, False] and not folder.exists() and jobs.get(job_id) is None
+    finally:
+        jobs.stop()
+
+
+def test_what_the_api_reports_done_is_on_the_disk(tmp_path, monkeypatch):
+    """A job reported succeeded 15 s before a crash (ext4, its journal aborted) was gone after it:
+    WAL's synchronous=NORMAL lets the last commits go, and nothing was fsynced (a user's probe)."""
+    import v1motion.service.disk as disk
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(disk.os, "fsync", fsync)
+    results = JobLayout.of(tmp_path, "a" * 32).results
+    (results.work / "maps").mkdir(parents=True)
+    for name in ("motion.json", "maps/direction_deg.npy"):
+        (results.work / name).write_bytes(b"x" * 100)
+    results.publish()  # a worker process calls it before the job is recorded succeeded
+    files = [p for p in results.out.rglob("*") if p.is_file()]
+    assert len(files) == 2 and all(p.stat().st_ino in synced for p in files)
+    assert results.out.stat().st_ino in synced  # its entries
+    assert results.out.parent.stat().st_ino in synced  # and the rename

@@ -235,21 +235,30 @@ def test_an_upload_the_disk_has_no_room_for_is_507_and_leaves_no_file(client, mo
     assert job_folders(client) == before
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "oserror", "other"])
-def test_a_request_that_meets_a_full_disk_is_507_naming_it(tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize(
+    "kind", ["sqlite-full", "oserror-full", "read-only", "sqlite-readonly", "other"]
+)
+def test_a_request_that_meets_a_full_or_unusable_disk_says_so(tmp_path, monkeypatch, kind):
     """Wherever a route writes (here the job store, deleting a job), a full disk was a plain-text
-    500 with a traceback in the log; any other such error still is a 500."""
+    500 with a traceback in the log: now a 507. The kernel remounts the data folder read-only
+    after an I/O error: uploads were a plain-text 500 (a user's probe), now a 503 saying the folder
+    is the problem. Any other error is a 500, in JSON like every error."""
     import errno
     import sqlite3
 
     from v1motion.service.jobs.manager import VideoJobs
 
     def delete(self, job_id):
-        if kind == "sqlite":
-            exc = sqlite3.OperationalError("database or disk is full")
-            exc.sqlite_errorcode = sqlite3.SQLITE_FULL
+        if kind.startswith("sqlite"):
+            full = kind == "sqlite-full"
+            exc = sqlite3.OperationalError(
+                "database or disk is full" if full else "attempt to write a readonly database"
+            )
+            exc.sqlite_errorcode = sqlite3.SQLITE_FULL if full else sqlite3.SQLITE_READONLY
             raise exc
-        code = errno.ENOSPC if kind == "oserror" else errno.EIO
+        if kind == "read-only":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "videos" / job_id))
+        code = errno.ENOSPC if kind == "oserror-full" else errno.EIO
         raise OSError(code, os.strerror(code), "/srv/secret/jobs.sqlite3")
 
     settings = Settings(data_dir=tmp_path, video_engine="random")
@@ -258,12 +267,55 @@ def test_a_request_that_meets_a_full_disk_is_507_naming_it(tmp_path, monkeypatch
         wait_done(c, job_id)
         monkeypatch.setattr(VideoJobs, "delete", delete)
         r = c.delete(f"/v1/videos/{job_id}")
-    if kind == "other":
-        assert r.status_code == 500
-        return
-    assert r.status_code == 507
-    assert r.json()["detail"].startswith("the server's disk has no room for what this request ")
-    assert "/srv" not in r.text
+    assert "/srv" not in r.text and str(tmp_path) not in r.text
+    detail = r.json()["detail"]
+    if kind == "other":  # not on the data folder
+        assert r.status_code == 500 and detail == "internal error"
+    elif kind.endswith("full"):
+        assert r.status_code == 507
+        assert detail.startswith("the server's disk has no room for what this request ")
+    else:
+        assert r.status_code == 503 and r.headers["retry-after"] == "60"
+        assert detail.startswith("the server cannot use its data folder (") and "operator" in detail
+        assert ("Read-only file system" if kind == "read-only" else "readonly database") in detail
+
+
+def test_a_data_folder_deleted_under_the_server_refuses_uploads_and_readiness(tmp_path):
+    """rm -rf of the data folder under a running server: uploads were a plain-text 500, /readyz
+    said ready; once the folder was back (a restore, a mount come back) uploads were accepted
+    into the deleted store, unknown to the next start, whose sweep then removed them."""
+    import shutil
+
+    settings = Settings(data_dir=tmp_path / "data", video_engine="random")
+    clip = vs.avi(tmp_path, n=6)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        assert c.get("/readyz").status_code == 200
+        shutil.rmtree(tmp_path / "data")
+        r = c.post("/v1/videos", files={"file": ("a.avi", clip, "video/x-msvideo")})
+        ready = c.get("/readyz")
+        (tmp_path / "data" / "videos").mkdir(parents=True)
+        (tmp_path / "data" / "jobs.sqlite3").write_bytes(b"")
+        again = c.post("/v1/videos", files={"file": ("a.avi", clip, "video/x-msvideo")})
+        still = c.get("/readyz")
+    assert r.status_code == 503 and r.headers["retry-after"] == "60"
+    assert r.json()["detail"].startswith("the server cannot use its data folder (its job store is")
+    assert ready.status_code == 503 and "data folder deleted?" in ready.json()["detail"]
+    assert again.status_code == 503 and "replaced while the server ran" in again.json()["detail"]
+    assert still.status_code == 503 and "restart the service" in still.json()["detail"]
+    assert str(tmp_path) not in r.text + again.text + ready.text
+
+
+def test_an_upload_is_on_the_disk_before_the_202(tmp_path, monkeypatch):
+    """A power cut after the 202 lost neither the upload nor its record (synchronous=FULL)."""
+    import v1motion.service.routers.videos as videos
+
+    synced = []
+    monkeypatch.setattr(videos, "make_durable", lambda *paths: synced.extend(paths))
+    settings = Settings(data_dir=tmp_path, video_engine="random")
+    with TestClient(create_app(settings)) as c:
+        job_id = upload(c, vs.avi(tmp_path, n=6)).json()["id"]
+    folder = tmp_path / "videos" / job_id
+    assert synced == [folder / "input.bin", folder, folder.parent]
 
 
 def test_not_multipart_is_415(client):
