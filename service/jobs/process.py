@@ -509,6 +509,9 @@ def process_video(
                 with contextlib.suppress(Exception):
                     stage.close_quietly()
         if results is not None:
-            results.remove()
+            # a read-only or failing disk refuses the clean-up too: the job fails with what went
+            # wrong first, not with the clean-up's error (which named a file of the server)
+            with contextlib.suppress(OSError):
+                results.remove()
         folder.discard()
         raise

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from v1motion.service.disk import disk_full_reason, free_mb, is_disk_full
+from v1motion.service.disk import UNUSABLE, disk_full_reason, free_mb, is_disk_full
 from v1motion.service.jobs.layout import JobLayout
 from v1motion.service.jobs.limits import Limits
 from v1motion.service.jobs.store import JobRecord, JobStore
@@ -294,7 +294,15 @@ def failure_reason(job_id: str, exc: Exception) -> str:
     if is_disk_full(exc):
         log.warning("job %s: %s", job_id, NO_ROOM)
         return NO_ROOM
+    if isinstance(exc, OSError) and exc.errno in UNUSABLE:  # the data folder read-only, failing
+        log.error("job %s: its results cannot be written: %s", job_id, exc)
+        return (
+            f"the server could not write this video's results ({exc.strerror}); "
+            "retry once its operator has fixed its data folder"
+        )
     log.exception("job %s: internal error", job_id)
+    if isinstance(exc, OSError):  # its message names a file of the server
+        return f"internal error: {type(exc).__name__}: {exc.strerror or exc.errno}"
     return f"internal error: {type(exc).__name__}: {exc}"
 
 

@@ -1011,3 +1011,34 @@ def test_what_the_api_reports_done_is_on_the_disk(tmp_path, monkeypatch):
     assert len(files) == 2 and all(p.stat().st_ino in synced for p in files)
     assert results.out.stat().st_ino in synced  # its entries
     assert results.out.parent.stat().st_ino in synced  # and the rename
+
+
+def test_a_job_on_a_read_only_disk_fails_saying_so_without_a_server_path(tmp_path, monkeypatch):
+    """The kernel remounted the data folder read-only mid-job: the clean-up failed too, and its
+    error, naming a file of the server, replaced the first as the job's reason (a user's probe)."""
+    import errno
+
+    from v1motion.service.jobs import process
+    from v1motion.service.jobs.runners import failure_reason
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "out.tmp" / "x.npy"))
+
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=12))
+    monkeypatch.setattr(process._Results, "remove", read_only)
+    with pytest.raises(DecodeError, match="^frame 5: frame contains NaN"):  # the first error
+        process_video(src, tmp_path / "out", _PickyEngine, Limits())
+    reason = failure_reason("a" * 32, _raised(read_only))
+    assert reason.startswith("the server could not write this video's results (Read-only")
+    assert str(tmp_path) not in reason
+    other = failure_reason("a" * 32, OSError(errno.EBADF, "Bad file descriptor", "/srv/x"))
+    assert other == "internal error: OSError: Bad file descriptor"
+
+
+def _raised(fn) -> BaseException:
+    try:
+        fn()
+    except BaseException as exc:
+        return exc
+    raise AssertionError("it did not raise")
