@@ -385,6 +385,28 @@ def test_a_slow_link_steps_back_up_one_step_at_a_time_and_down_at_once_if_it_fai
     assert errors == []
 
 
+CLOCK_STEP = """(() => { const real = Date.now.bind(Date); window.__step = 0;
+    Date.now = () => real() + window.__step; })()"""
+
+
+def test_a_step_of_the_computers_clock_is_not_a_slow_link(browser):
+    """The laptop's clock stepped forward (a time sync after waking): every result then read that
+    much older than the youngest, and the page asked for fewer results and no picture, for good."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/", CLOCK_STEP)
+        wait_results(page, 5)
+        page.evaluate(PILL_LOG)
+        page.evaluate("window.__step = 3600 * 1000")
+        n = results(page)
+        page.wait_for_timeout(8000)  # behind 1.5 s, then 3 s a step: two steps down before
+        assert results(page) > n + 20
+        pills = page.evaluate("window.__pills")
+        assert not any("slow link" in p for p in pills), pills
+        assert page.evaluate("v1motion.state.link.level") == 0
+        assert errors == []
+
+
 def test_no_picture_once_the_page_asked_for_none(browser):
     """Previews already on their way when the page asked for none (or decoding then) put an old
     frame back under the live arrows, which nothing replaced: a grating of a minute before."""
