@@ -1400,7 +1400,6 @@ async function start() {
   setInterval(watchSilence, 1000);
 }
 
-// The source's own state (running, reconnecting, stalled...) as the server reports it.
 // The server says something at least once a second on a stream (a status), and answers each camera
 // frame: silence this long is a link that died without closing (Wi-Fi gone, a laptop's lid), which
 // the browser notices only minutes later. Until this, such a page said "live" with frozen readings.
@@ -1420,6 +1419,7 @@ function watchSilence() {
   if (lost) lost({ code: 1006 }); // as if it had closed: "reconnecting", and a new socket
 }
 
+// The source's own state (running, reconnecting, stalled...) as the server reports it.
 async function pollStreamState() {
   await checkStreamState();
   dropStaleStats();

@@ -7,6 +7,7 @@ length is capped where uploads come in); each slot holds at most one job.
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing as mp
 import os
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from v1motion.service.disk import UNUSABLE, disk_full_reason, free_mb, is_disk_full
+from v1motion.service.disk import disk_full_reason, free_mb, is_disk_full
 from v1motion.service.jobs.layout import JobLayout
 from v1motion.service.jobs.limits import Limits
 from v1motion.service.jobs.store import JobRecord, JobStore
@@ -294,7 +295,7 @@ def failure_reason(job_id: str, exc: Exception) -> str:
     if is_disk_full(exc):
         log.warning("job %s: %s", job_id, NO_ROOM)
         return NO_ROOM
-    if isinstance(exc, OSError) and exc.errno in UNUSABLE:  # the data folder read-only, failing
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EIO):  # read-only, failing
         log.error("job %s: its results cannot be written: %s", job_id, exc)
         return (
             f"the server could not write this video's results ({exc.strerror}); "
