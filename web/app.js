@@ -140,6 +140,9 @@ function sendLinkOptions() {
   if (level === 2) { state.image = null; scheduleRender(); }
 }
 
+// The page asked the server for no preview frames (a slow link's last step).
+function noPicture() { return Boolean(state.link && state.link.level === 2); }
+
 function linkNote() {
   const link = state.link;
   if (!link || !link.level) return "";
@@ -797,7 +800,7 @@ function onResult(m) {
   const slow = reducedMotion && reducedMotion.matches ? REDUCED_MOTION_MS : 0;
   if (now - state.statsAt >= slow) updateStats();
   // drawn when its preview arrives, unless the page dropped previews (a slow link, no picture)
-  if (!m.preview || (state.link && state.link.level === 2)) scheduleRender();
+  if (!m.preview || noPicture()) scheduleRender();
 }
 
 // ---- server streams -------------------------------------------------------------------------------
@@ -907,7 +910,6 @@ function openStream(name, attempt = 0) {
     }
     // Binary preview: 4-byte magic, 4-byte sequence number, JPEG. None while the page asked for no
     // picture: one sent before it asked, or decoded after, stayed under the live arrows.
-    const noPicture = () => state.link && state.link.level === 2;
     if (noPicture()) return;
     const blob = ev.data.slice(8);
     try {

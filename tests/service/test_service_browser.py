@@ -714,11 +714,7 @@ def test_switching_to_a_source_that_fails_leaves_nothing_of_the_last_one_on_scre
         wait_for(page, "document.querySelector('#dom-dir').textContent !== '–'")
         assert canvas_spread(page, "#map") > 5
         wait_for(page, "document.querySelectorAll('#top-units .chip').length > 0")
-        page.evaluate(
-            """() => { window.__pills = [];
-                new MutationObserver(() => window.__pills.push(document.querySelector('#conn')
-                    .textContent)).observe(document.querySelector('#conn'), {childList: true}); }"""
-        )
+        page.evaluate(PILL_LOG)
         page.select_option("#source", "dead")
         page.locator("#banner").wait_for(state="visible")
         page.wait_for_timeout(1500)
