@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -141,6 +142,12 @@ class VideoJobs:
         """Lock the store (:class:`~v1motion.service.jobs.lock.StoreLocked` if another service holds it),
         recover interrupted jobs, start the runner."""
         self.lock.acquire()  # first: recovery would re-queue the other service's running jobs
+        finished = self._record_published()
+        if finished:
+            log.warning(
+                "%d interrupted jobs had published their results: recorded as succeeded",
+                len(finished),
+            )
         requeued, failed = self.store.recover(self.max_attempts)
         if requeued or failed:
             log.warning("recovered %d interrupted jobs, failed %d", len(requeued), len(failed))
@@ -154,6 +161,25 @@ class VideoJobs:
             self.store.close()
         finally:
             self.lock.release()  # whatever failed above, the data directory is free again
+
+    def _record_published(self) -> list[str]:
+        """Record as succeeded the ``running`` jobs whose results were published (the process
+        ended between the rename and the store's record of it): their results are whole
+        (published by one rename, after they reached the disk), and re-running the job would
+        repeat the work, or fail it on its last attempt with its results kept but unreachable."""
+        done = []
+        records, _ = self.store.list(limit=1_000_000, statuses=("running",))
+        for rec in records:
+            try:
+                result = json.loads(
+                    JobLayout.of(self.jobs_dir, rec.id).result("result.json").read_text()
+                )
+            except (OSError, ValueError):
+                continue  # not published (or not whole): recovery re-queues or fails it
+            if isinstance(result, dict):
+                self.store.succeed(rec.id, result)
+                done.append(rec.id)
+        return done
 
     def _sweep(self) -> None:
         """Remove job folders with no record (an upload cut off by a crash), half-written results

@@ -909,6 +909,34 @@ def _stored_job(jobs: VideoJobs, status: str, ended_days_ago: float = 0.0) -> st
     return job_id
 
 
+def test_a_job_that_published_its_results_before_a_crash_is_recorded_succeeded(tmp_path):
+    """The process ended between the results' rename and the store's record of it: on its last
+    attempt the job was failed with its results kept but unreachable (409), on others re-run."""
+    first = VideoJobs(tmp_path, Limits(), _IdleRunner, max_attempts=1)
+    published, unpublished = (_stored_job(first, "queued") for _ in range(2))
+    for job_id in (published, unpublished):
+        first.store.claim_next()
+        assert first.store.get(job_id).status == "running"
+    work = JobLayout.of(first.jobs_dir, published).results.begin()
+    (work / "motion.json").write_text("{}")
+    (work / "result.json").write_text(json.dumps({"frames": 7, "fps": 25.0}))
+    JobLayout.of(first.jobs_dir, published).results.publish()
+    half = JobLayout.of(first.jobs_dir, unpublished).results.begin()  # killed while writing
+    (half / "result.json").write_text("{}")
+    first.store.close()
+    jobs = VideoJobs(tmp_path, Limits(), _IdleRunner, max_attempts=1)
+    jobs.start()
+    try:
+        done = jobs.get(published)
+        assert done.status == "succeeded" and done.result == {"frames": 7, "fps": 25.0}
+        assert done.frames_done == 7
+        assert jobs.result_path(published, "motion.json").is_file()
+        assert not JobLayout.of(jobs.jobs_dir, published).input.exists()  # ended: upload freed
+        assert jobs.get(unpublished).status == "failed"  # its attempts used up, nothing published
+    finally:
+        jobs.stop()
+
+
 def test_a_start_removes_the_uploads_of_jobs_that_ended_before_it(tmp_path):
     first = VideoJobs(tmp_path, Limits(), _IdleRunner)
     done, failed, queued = (_stored_job(first, s) for s in ("succeeded", "failed", "queued"))
