@@ -10,6 +10,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, WebSocket
@@ -46,7 +47,7 @@ from v1motion.service.security import (
     ignore_refused,
 )
 from v1motion.service.settings import Settings
-from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker
+from v1motion.service.spikes_state import SPIKES_FOLDER, SpikeModelStore, SpikeWorker
 from v1motion.service.state import AppState, Capacity, QueuedSlots
 from v1motion.service.webfiles import CompressedStaticFiles
 
@@ -152,7 +153,9 @@ def create_app(
             # a 20,000-character text is seconds of CPU: one per core; 45 at once held every thread
             # of the pool, /healthz included, for 40 s and took 700 MB
             language_slots=QueuedSlots(len(os.sched_getaffinity(0)), 16, "language requests"),
-            spike_store=SpikeModelStore(settings.spikes_max_models),
+            spike_store=SpikeModelStore(
+                settings.spikes_max_models, Path(settings.data_dir) / SPIKES_FOLDER
+            ),
             spike_worker=SpikeWorker(
                 settings.spikes_fit_workers,
                 settings.spikes_max_pending,

@@ -6,38 +6,129 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing as mp
+import pickle
 import signal
 import sys
 import threading
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from fastapi import HTTPException
 
+from v1motion.service.disk import is_disk_full, make_durable
 from v1motion.service.logs import WORKER_LOG
 
 log = logging.getLogger(__name__)
 
 # A spike job's 429 asks to come back after this long: about a small fit's time (a retina GLM's: 2-10 s).
 RETRY_AFTER_S = 5
+SPIKES_FOLDER = "spikes"  # the fitted models, under the data folder
 STOP_TIMEOUT_S = 5.0  # a stopped worker process is waited for this long (SIGTERM ends it at once)
 
 
 class SpikeModelStore:
-    """Fitted models by id, at most ``max_models`` (least recently created dropped first)."""
+    """Fitted models by id, at most ``max_models`` (least recently created dropped first).
 
-    def __init__(self, max_models: int):
+    With ``folder`` (the service's ``<data_dir>/spikes``), each model is also written there, one
+    file per model, and the models found there are loaded at start: a restart or a redeploy kept
+    no model, and a fit can take minutes. Files are written whole (a temporary name, then one
+    rename, both on the disk before the client is answered) and read only from this folder, which
+    only the server writes (its names are ids it made). A model that cannot be written (a full or
+    read-only disk) is held in memory only, and its record says so.
+    """
+
+    SUFFIX = ".pickle"
+
+    def __init__(self, max_models: int, folder: Path | None = None):
         self.max_models = max_models
+        self.folder = None if folder is None else Path(folder)
         self._items: OrderedDict[str, dict] = OrderedDict()
         self._lock = threading.Lock()
+        if self.folder is not None:
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for work in self.folder.glob(f"*{self.SUFFIX}.tmp"):  # a write cut off by a crash
+                work.unlink(missing_ok=True)
+            paths = sorted(self.folder.glob(f"*{self.SUFFIX}"))
+        except OSError as exc:  # the job store says the same louder (/readyz)
+            log.warning("spike models cannot be loaded from the data folder: %s", exc.strerror)
+            return
+        found = []
+        for path in paths:
+            try:
+                with path.open("rb") as f:
+                    rec = pickle.load(f)
+                if not isinstance(rec, dict) or f"{rec.get('id')}{self.SUFFIX}" != path.name:
+                    raise ValueError("not a spike model's record")
+            except Exception as exc:  # a file of another version, or damaged: kept for the operator
+                aside = path.with_name(path.name + ".unreadable")
+                log.warning(
+                    "spike model file %s cannot be read (%s): moved to %s",
+                    path.name,
+                    exc,
+                    aside.name,
+                )
+                with contextlib.suppress(OSError):
+                    path.rename(aside)
+                continue
+            found.append(rec)
+        for rec in sorted(found, key=lambda r: r.get("created", 0.0)):
+            self._items[rec["id"]] = rec
+        self._trim()
+        if found:
+            log.info("spike models loaded from the data folder: %d", len(self._items))
+
+    def _path(self, model_id: str) -> Path:
+        return self.folder / f"{model_id}{self.SUFFIX}"
+
+    def _save(self, rec: dict) -> None:
+        """Write ``rec`` whole to the disk (OSError if it cannot)."""
+        path = self._path(rec["id"])
+        work = path.with_name(path.name + ".tmp")
+        try:
+            with work.open("wb") as f:
+                pickle.dump(rec, f, protocol=pickle.HIGHEST_PROTOCOL)
+            make_durable(work)
+            work.rename(path)
+            make_durable(self.folder)
+        except BaseException:
+            work.unlink(missing_ok=True)
+            raise
+
+    def _forget(self, model_id: str) -> None:
+        if self.folder is not None:
+            try:
+                self._path(model_id).unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("spike model %s: its file could not be removed (%s)", model_id, exc)
+
+    def _trim(self) -> None:
+        while len(self._items) > self.max_models:
+            dropped, _ = self._items.popitem(last=False)
+            self._forget(dropped)
+            log.info("spike model store full: dropped %s", dropped)
 
     def add(self, record: dict) -> str:
+        """Hold ``record`` (and write it to the folder, if any: call from a thread, not the event
+        loop, as it waits for the disk)."""
+        if self.folder is not None:
+            try:
+                self._save(record)
+            except OSError as exc:
+                why = "no room on the disk" if is_disk_full(exc) else (exc.strerror or str(exc))
+                log.warning("spike model %s not written to the data folder: %s", record["id"], why)
+                record.setdefault("warnings", []).append(
+                    f"this model could not be saved on the server's disk ({why}): it is held in "
+                    "memory only, and a restart of the server forgets it"
+                )
         with self._lock:
             self._items[record["id"]] = record
-            while len(self._items) > self.max_models:
-                dropped, _ = self._items.popitem(last=False)
-                log.info("spike model store full: dropped %s", dropped)
+            self._trim()
         return record["id"]
 
     def get(self, model_id: str) -> dict:
@@ -50,15 +141,21 @@ class SpikeModelStore:
     def remove(self, model_id: str) -> None:
         with self._lock:
             rec = self._items.pop(model_id, None)
+            if rec is not None:
+                self._forget(model_id)
         if rec is None:
             raise HTTPException(404, detail=self.missing(model_id))
 
     def missing(self, model_id: str) -> str:
         # a model fitted before a restart answered like an id that never was (a user's probe)
+        kept = (
+            "kept on the server's disk across restarts"
+            if self.folder is not None
+            else "held in memory, so one fitted before the server restarted is gone too"
+        )
         return (
-            f"no spike model with id {model_id!r}: models are held in memory, so one fitted "
-            f"before the server restarted, or dropped as the oldest of {self.max_models}, is gone; "
-            "fit it again"
+            f"no spike model with id {model_id!r}: it was deleted, or dropped as the oldest of "
+            f"the {self.max_models} models the server keeps ({kept}); fit it again"
         )
 
     def records(self) -> list[dict]:

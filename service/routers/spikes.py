@@ -2,7 +2,8 @@
 
 Fits run in a bounded pool of worker processes (``spikes_fit_workers``, at most ``spikes_max_pending``
 fits, evaluations and samples running or waiting, more get 429), never on the event loop. Fitted models live in a bounded
-in-memory store (``spikes_max_models``; the oldest is dropped), listed by ``GET /models``.
+store (``spikes_max_models``; the oldest is dropped), listed by ``GET /models``, and written to the data
+folder so that a restart keeps them (:class:`~v1motion.service.spikes_state.SpikeModelStore`).
 
 Input is bounded before any work: the body (JSON or multipart ``.npz``) is read up to
 ``spikes_max_upload_mb``; each array of an ``.npz`` is sized from its header before it is decompressed;
@@ -25,6 +26,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
@@ -734,14 +736,14 @@ async def fit_spike_model(request: Request, store: Store, worker: Worker) -> Spi
             422, detail=f"the fit failed on these data and options: {exc}"
         ) from None
     rec["bin_size"] = getattr(spec, "bin_size", None)
-    store.add(rec)
+    await run_in_threadpool(store.add, rec)  # it waits for the disk
     log.info("spike model %s (%s) fitted in %.1f s", rec["id"], spec.kind, rec["fit_seconds"])
     return _public(rec)
 
 
 @router.get("/models", response_model=SpikeModelsPublic)
 def list_spike_models(store: Store) -> SpikeModelsPublic:
-    """The fitted models the server holds (kept in memory, lost on restart), newest first."""
+    """The fitted models the server holds (kept across restarts in its data folder), newest first."""
     data = [_public(rec) for rec in store.records()]
     return SpikeModelsPublic(data=data, count=len(data), max_models=store.max_models)
 

@@ -1,6 +1,7 @@
 """``/v1/spikes`` endpoints: fit, get, evaluate, sample, and a 422 naming each kind of bad input."""
 
 import asyncio
+import errno
 import io
 import json
 import os
@@ -17,6 +18,7 @@ from spike_samples import bursty_counts
 
 from v1motion.service.app import create_app
 from v1motion.service.settings import Settings
+from v1motion.service.spikes_state import SpikeModelStore
 
 
 @pytest.fixture
@@ -237,8 +239,60 @@ def test_store_is_bounded(client):
     ids = [_fit(client).json()["id"] for _ in range(3)]
     gone = client.get(f"/v1/spikes/models/{ids[0]}")
     assert gone.status_code == 404  # and says why an id it gave is unknown now (restart or oldest)
-    assert "held in memory, so one fitted before the server restarted" in gone.json()["detail"]
+    assert "dropped as the oldest of the 2 models the server keeps" in gone.json()["detail"]
     assert client.get(f"/v1/spikes/models/{ids[2]}").status_code == 200
+    folder = Path(client.app.state.settings.data_dir) / "spikes"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.pickle" for i in ids[1:])
+
+
+def _small_app():
+    return create_app(
+        Settings(spikes_max_elements=20_000, spikes_max_models=2, spikes_max_sample_elements=5_000)
+    )
+
+
+def test_fitted_models_survive_a_restart_and_deletions_too():
+    """A fit can take minutes: a restart (a redeploy) forgot every model the server held."""
+    with TestClient(_small_app()) as client:
+        kept, deleted = (_fit(client).json() for _ in range(2))
+        assert client.delete(f"/v1/spikes/models/{deleted['id']}").status_code == 204
+        evaluated = client.post(
+            f"/v1/spikes/models/{kept['id']}/evaluate", json={"counts": _counts(1).tolist()}
+        ).json()
+    with TestClient(_small_app()) as again:  # the same data folder
+        listed = again.get("/v1/spikes/models").json()
+        assert [m["id"] for m in listed["data"]] == [kept["id"]]
+        assert again.get(f"/v1/spikes/models/{kept['id']}").json() == kept
+        assert again.get(f"/v1/spikes/models/{deleted['id']}").status_code == 404
+        r = again.post(
+            f"/v1/spikes/models/{kept['id']}/evaluate", json={"counts": _counts(1).tolist()}
+        )
+        assert r.status_code == 200 and r.json() == evaluated
+
+
+def test_a_model_file_that_cannot_be_read_is_set_aside_and_the_others_load():
+    with TestClient(_small_app()) as client:
+        good = _fit(client).json()["id"]
+    folder = Path(client.app.state.settings.data_dir) / "spikes"
+    (folder / "0123456789ab.pickle").write_bytes(b"damaged")
+    (folder / "ba9876543210.pickle.tmp").write_bytes(b"a write cut off")
+    with TestClient(_small_app()) as again:
+        assert [m["id"] for m in again.get("/v1/spikes/models").json()["data"]] == [good]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "0123456789ab.pickle.unreadable",
+        f"{good}.pickle",
+    ]
+
+
+def test_a_model_the_disk_cannot_take_is_held_and_its_record_says_so(client, monkeypatch):
+    def full(self, rec):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SpikeModelStore, "_save", full)
+    r = _fit(client)
+    assert r.status_code == 201, r.text
+    assert any("held in memory only" in w for w in r.json()["warnings"])
+    assert client.get(f"/v1/spikes/models/{r.json()['id']}").status_code == 200
 
 
 # Spike work runs in spawned worker processes, which import this module to find these functions.
