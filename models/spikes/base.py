@@ -13,7 +13,9 @@ neuron by neuron.
 
 from __future__ import annotations
 
+import copy
 import functools
+import inspect
 import logging
 
 import numpy as np
@@ -297,8 +299,161 @@ class NotFittedError(RuntimeError):
     """Raised when a model is used before ``fit``."""
 
 
-class SpikeModel:
-    """Base class of the spike-train estimators (scikit-learn style: ``fit`` returns ``self``).
+class EstimatorParams:
+    """The parameter protocol of scikit-learn's estimators, without scikit-learn.
+
+    ``get_params`` reads the constructor's arguments back from the attributes of the same names
+    (every estimator here stores each argument as given, under its own name), ``set_params``
+    changes them, :func:`clone` builds an unfitted copy and ``repr`` shows the arguments that
+    differ from their defaults, as ``sklearn.base.BaseEstimator`` does; ``sklearn.base.clone``
+    works on these estimators. ``score`` is the held-out quality models are compared by.
+    """
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """The constructor's keyword arguments, in the signature's order."""
+        init = cls.__init__
+        if init is object.__init__:
+            return []
+        names = []
+        for p in inspect.signature(init).parameters.values():
+            if p.name == "self" or p.kind == p.VAR_KEYWORD:
+                continue
+            if p.kind == p.VAR_POSITIONAL:
+                raise RuntimeError(
+                    f"{cls.__name__}'s constructor takes *{p.name}: its parameters cannot be "
+                    "listed (an estimator's constructor names each of them)"
+                )
+            names.append(p.name)
+        return names
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments as this estimator holds them.
+
+        Parameters
+        ----------
+        deep : bool, default True
+            Also list the parameters of arguments that are estimators themselves, as
+            ``<argument>__<parameter>`` (a :class:`~v1motion.models.spikes.glm.StimulusLocked`'s
+            ``model``, an R-GLM's fitted start ``init``).
+
+        Returns
+        -------
+        dict
+            Argument name -> value; ``type(m)(**m.get_params(deep=False))`` builds the same
+            unfitted model.
+        """
+        out = {}
+        for name in self._param_names():
+            value = getattr(self, name)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update((f"{name}__{k}", v) for k, v in value.get_params(deep=True).items())
+            out[name] = value
+        return out
+
+    def set_params(self, **params):
+        """Set constructor arguments (``<argument>__<parameter>`` for a nested estimator's) and
+        return ``self``; an unknown name raises ``ValueError`` listing the valid ones and sets
+        nothing. Changing an argument of a fitted model takes effect at the next ``fit``."""
+        valid = self.get_params(deep=False)
+        own, nested = {}, {}
+        for key, value in params.items():
+            name, delim, sub = key.partition("__")
+            if name not in valid:
+                raise ValueError(
+                    f"invalid parameter {name!r} for {type(self).__name__}; valid parameters: "
+                    f"{sorted(valid)}"
+                )
+            if not delim:
+                own[name] = value
+            elif hasattr(own.get(name, valid[name]), "set_params"):
+                nested.setdefault(name, {})[sub] = value
+            else:
+                raise ValueError(
+                    f"invalid parameter {key!r} for {type(self).__name__}: {name!r} is not an "
+                    "estimator with parameters of its own"
+                )
+        for name, value in own.items():
+            setattr(self, name, value)
+        for name, sub in nested.items():
+            getattr(self, name).set_params(**sub)
+        return self
+
+    def score(self, y, u=None) -> float:
+        """Mean log-likelihood of held-out counts per time bin, in nats (higher is better).
+
+        ``log_likelihood(y, u)`` divided by the number of bins (trials x bins; each bin's term sums
+        over the neurons), so it is defined on new data alone, with or without spikes, for every
+        model. On the same counts a difference of two models' scores times the bins, over the
+        spikes and ``ln 2``, is their difference in bits/spike
+        (:func:`v1motion.models.spikes.evaluation.bits_per_spike`, which needs a baseline fitted
+        on the training data). For Gaussian observations (``obs="gaussian"``) it is a
+        log-density, comparable only with other Gaussian models.
+
+        Parameters
+        ----------
+        y : array of shape (n_trials, n_bins, n_neurons) or (n_bins, n_neurons)
+        u : array of shape (n_trials, n_bins, n_inputs), optional
+            Stimulus inputs (models that take them).
+        """
+        ll = self.log_likelihood(y, u)  # validates y first
+        return float(ll) / _n_bins(y)
+
+    def __repr__(self) -> str:
+        defaults = {
+            k: p.default
+            for k, p in inspect.signature(type(self).__init__).parameters.items()
+            if k != "self"
+        }
+        shown = [
+            f"{k}={v!r}"
+            for k, v in self.get_params(deep=False).items()
+            if _differs(v, defaults.get(k, inspect.Parameter.empty))
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _n_bins(y) -> int:
+    """Time bins of counts ``y`` (trials x bins; a 2-D array is one trial)."""
+    shape = np.shape(y)
+    return int(np.prod(shape[:-1])) if len(shape) >= 2 else 1
+
+
+def _differs(value, default) -> bool:
+    """Whether an argument differs from its default (for ``repr``; arrays and odd types compare
+    without raising)."""
+    if value is default:
+        return False
+    if isinstance(value, np.ndarray) or isinstance(default, np.ndarray):
+        return not (
+            isinstance(value, np.ndarray)
+            and isinstance(default, np.ndarray)
+            and np.array_equal(value, default)
+        )
+    if type(value) is not type(default) and not (
+        isinstance(value, (int, float)) and isinstance(default, (int, float))
+    ):
+        return True
+    try:
+        return bool(value != default)
+    except Exception:  # a comparison that is not a truth value
+        return True
+
+
+def clone(estimator):
+    """A new unfitted estimator with the same parameters (``sklearn.base.clone`` without
+    scikit-learn): nested estimators (a ``StimulusLocked``'s ``model``) are cloned too and other
+    arguments deep-copied, so fitting the clone leaves ``estimator`` as it was."""
+    params = {
+        k: clone(v) if hasattr(v, "get_params") and not isinstance(v, type) else copy.deepcopy(v)
+        for k, v in estimator.get_params(deep=False).items()
+    }
+    return type(estimator)(**params)
+
+
+class SpikeModel(EstimatorParams):
+    """Base class of the spike-train estimators (scikit-learn style: ``fit`` returns ``self``; the
+    parameters, ``score`` and ``repr`` as :class:`EstimatorParams`).
 
     Subclasses implement ``_init_params``, ``_history`` (the past-dependent drive ``h``) and
     ``_history_grad`` (back-propagation of ``dL/deta`` into the history parameters), and
@@ -707,6 +862,21 @@ class SpikeModel:
         ll = self._obs().log_likelihood(yp, eta)
         return ll.sum(axis=(1, 2)) if per_trial else float(ll.sum())
 
+    def score(self, y, u=None, offset=None) -> float:
+        """Mean log-likelihood of held-out counts per time bin, in nats (higher is better):
+        :meth:`log_likelihood` over trials x bins (see :meth:`EstimatorParams.score`; ``offset`` as in
+        :meth:`fit`)."""
+        return self.log_likelihood(y, u, offset=offset) / _n_bins(y)
+
+    def set_params(self, **params):
+        """As :meth:`EstimatorParams.set_params`; a new ``obs`` or ``link`` also drops the
+        observation model built from the old ones."""
+        super().set_params(**params)
+        if "obs" in params or "link" in params:
+            # the observation model is built from them; a fit estimates its scale again
+            self.__dict__.pop("_obs_cache", None)
+        return self
+
     # ------------------------------------------------------------------ sampling
     def _sample_history_init(self, n_trials, u):
         return None
@@ -730,13 +900,16 @@ class SpikeModel:
     ):
         """Draw counts from the fitted model, free-running, bin by bin and neuron by neuron.
 
-        ``max_count`` caps a Poisson count per bin: a recurrent model with net excitatory feedback
-        can run away when sampled freely; a warning says when the cap was hit. ``offset`` (as in
-        :meth:`fit`, for the drawn trials) is added to every bin's drive.
+        ``max_count`` caps a Poisson count per bin (a non-integer cap at its floor): a recurrent
+        model with net excitatory feedback can run away when sampled freely; a warning says when the
+        cap was hit. ``offset`` (as in :meth:`fit`, for the drawn trials) is added to every bin's
+        drive.
 
         Returns
         -------
         y : ndarray of shape (n_trials, n_bins, n_neurons)
+            Integer counts (``int64``) for Poisson and Bernoulli observations; floats for Gaussian
+            ones.
         """
         self._check_fitted()
         if n_trials < 1 or n_bins < 1:
@@ -749,6 +922,8 @@ class SpikeModel:
         n = self.n_neurons_
         off = self._offset_for(offset, (n_trials, n_bins, n))
         obs = self._obs()
+        if obs.name == "poisson":
+            max_count = np.floor(max_count)  # the counts are integers
         A = self.params_.get("A") if self.correlated else None
         out = np.zeros((n_trials, n_bins, n))
         state = self._sample_history_init(n_trials, u)
@@ -771,7 +946,8 @@ class SpikeModel:
                 int(np.sum(out >= max_count)),
                 max_count,
             )
-        res = np.empty_like(out)
+        # counts are drawn as whole numbers; the sampler keeps them as floats for the drive
+        res = np.empty(out.shape, dtype=np.int64 if obs.counts else float)
         res[..., self.order_] = out
         return res
 

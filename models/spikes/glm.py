@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from v1motion.models.spikes.base import SAMPLE_MAX_COUNT, SpikeModel
+from v1motion.models.spikes.base import SAMPLE_MAX_COUNT, EstimatorParams, SpikeModel
 from v1motion.models.spikes.data import as_counts
 from v1motion.models.spikes.observations import ETA_MAX
 from v1motion.models.spikes.sparse import _add_coupling, _spike_outer, spike_rows
@@ -290,7 +290,7 @@ class SpikeHistoryGLM(SpikeModel):
         return buf
 
 
-class PSTHPoisson:
+class PSTHPoisson(EstimatorParams):
     """Inhomogeneous independent Poisson: a rate per neuron and bin, from the trial-averaged response.
 
     It uses the fact that trials repeat the same stimulus, so it is only defined on data aligned to the
@@ -328,12 +328,14 @@ class PSTHPoisson:
         return ll.sum(axis=(1, 2)) if per_trial else float(ll.sum())
 
     def sample(self, n_trials=1, n_bins=None, u=None, seed=0):
+        """Poisson counts (``int64``) of shape (n_trials, n_bins, n_neurons); ``n_bins`` other than
+        the fitted trials' repeats the rates cyclically."""
         rng = np.random.default_rng(seed)
         rate = self.rate_ if n_bins is None else np.resize(self.rate_, (n_bins, self.n_neurons_))
-        return rng.poisson(np.broadcast_to(rate, (n_trials,) + rate.shape)).astype(float)
+        return rng.poisson(np.broadcast_to(rate, (n_trials,) + rate.shape)).astype(np.int64)
 
 
-class StimulusLocked:
+class StimulusLocked(EstimatorParams):
     """A spike model driven by the stimulus-locked log-rate of the trials it is fitted on.
 
     For trials that repeat one stimulus (the retina's movie): ``eta = log r_t + (the model's own

@@ -16,7 +16,7 @@ import logging
 import numpy as np
 from scipy.special import gammaln
 
-from v1motion.models.spikes.base import _outer_sum, single_blas_thread
+from v1motion.models.spikes.base import EstimatorParams, _outer_sum, single_blas_thread
 from v1motion.models.spikes.data import as_counts
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def kalman_means(z, F, C, d, mu0, cov):
     return mp, mf, ms, zp
 
 
-class GaussianLDS:
+class GaussianLDS(EstimatorParams):
     """Gaussian LDS fitted by EM on ``sqrt(counts)``; evaluated on counts through a Poisson read-out.
 
     Parameters
@@ -282,7 +282,9 @@ class GaussianLDS:
 
     @single_blas_thread
     def sample(self, n_trials=1, n_bins=1000, u=None, seed=None, gaussian=False):
-        """Sample counts (or ``sqrt`` counts when ``gaussian``), shape (n_trials, n_bins, n_neurons)."""
+        """Sample counts (or ``sqrt`` counts when ``gaussian``), shape (n_trials, n_bins, n_neurons):
+        integers (``int64``) drawn from the Poisson read-out, or the LDS's own continuous outputs
+        (floats) when ``gaussian``."""
         self._check_fitted()
         rng = np.random.default_rng(self.seed if seed is None else seed)
         k = self.n_latent
@@ -297,4 +299,4 @@ class GaussianLDS:
                 out[:, t] = mean + np.sqrt(self.r_) * rng.standard_normal(mean.shape)
             else:
                 out[:, t] = rng.poisson(mean**2 + self.r_)
-        return out
+        return out if gaussian else out.astype(np.int64)

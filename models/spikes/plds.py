@@ -72,7 +72,7 @@ import numpy as np
 from numba import njit
 from scipy.special import gammaln, logsumexp
 
-from v1motion.models.spikes.base import single_blas_thread
+from v1motion.models.spikes.base import EstimatorParams, single_blas_thread
 from v1motion.models.spikes.data import as_counts
 from v1motion.models.spikes.observations import ETA_MAX
 
@@ -720,7 +720,7 @@ def stationary_parameter(F):
 
 
 # ----------------------------------------------------------------------------- the estimator
-class PoissonLDS:
+class PoissonLDS(EstimatorParams):
     """Poisson LDS (latent linear dynamics, Poisson counts with an exp link) fitted by variational EM.
 
     Parameters
@@ -1384,9 +1384,11 @@ class PoissonLDS:
 
     @single_blas_thread
     def sample(self, n_trials=1, n_bins=1000, u=None, seed=None, max_count=100):
-        """Sample counts, shape (n_trials, n_bins, n_neurons): a latent path, then Poisson counts.
+        """Sample counts (``int64``), shape (n_trials, n_bins, n_neurons): a latent path, then Poisson
+        counts.
 
-        ``max_count`` caps a count per bin, as the other models' samplers do (``None``: no cap). A
+        ``max_count`` caps a count per bin (a non-integer cap at its floor), as the other models'
+        samplers do (``None``: no cap). A
         slow latent mode with a wide stationary variance drives ``exp`` of it to astronomical rates
         (a fit run to convergence on the retina sampled 3e9 counts per bin on average, up to 1e13);
         a warning says when the cap was hit.
@@ -1400,18 +1402,17 @@ class PoissonLDS:
         k = self.n_latent
         s = rng.multivariate_normal(self.mu0_, self.V0_, size=n_trials)
         Lq = np.linalg.cholesky(self.Q_ + 1e-12 * np.eye(k))
-        out = np.empty((n_trials, n_bins, self.n_neurons_))
+        out = np.empty((n_trials, n_bins, self.n_neurons_), dtype=np.int64)
         for t in range(n_bins):
             if t > 0:
                 s = s @ self.F_.T + rng.standard_normal((n_trials, k)) @ Lq.T
             out[:, t] = rng.poisson(np.exp(np.minimum(s @ self.C_.T + self.d_, ETA_MAX)))
         if max_count is not None:
-            capped = int(np.sum(out > max_count))
+            cap = int(min(np.floor(max_count), 2**62))  # the counts are integers (int64)
+            capped = int(np.sum(out > cap))
             if capped:
                 log.warning(
-                    "PoissonLDS sample ran away: %d bins hit the cap of %d counts",
-                    capped,
-                    max_count,
+                    "PoissonLDS sample ran away: %d bins hit the cap of %d counts", capped, cap
                 )
-            np.minimum(out, max_count, out=out)
+            np.minimum(out, cap, out=out)
         return out
