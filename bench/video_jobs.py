@@ -151,8 +151,8 @@ def stages_alone(frames: list, maps: list, fps: float, tmp: Path) -> dict[str, f
     if overlay_codec("auto") == "h264":
         writer = OVERLAY_WRITERS["h264"](tmp / "o264.mp4", fps, (w, h))
         t0 = time.perf_counter()
-        for d in drawn:
-            writer.write(d)
+        for i, d in enumerate(drawn):
+            writer.write(d, i / fps)
         writer.release()
         out["overlay encode (h264)"] = time.perf_counter() - t0
     del drawn

@@ -31,6 +31,7 @@ from v1motion.service.jobs.sniff import UnsupportedContainer, sniff_file
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25
+OVERLAY_TICKS = 90_000  # overlay.mp4's time base (1/s), as MPEG streams count time
 RESERVE_FRAMES = 64  # the maps' file blocks are allocated this many frames ahead
 
 
@@ -97,7 +98,9 @@ class _H264Writer:
     """overlay.mp4 in H.264 (libx264 through PyAV), which browsers play: ``ultrafast`` on one thread
     (jobs run beside each other and beside their engines), its index first (``+faststart``) so a
     browser plays it while it loads. Even sides, as 4:2:0 colour needs: an odd last row or column
-    is left out."""
+    is left out. Each frame is shown at its time in the video (:data:`OVERLAY_TICKS` a second):
+    at one mean rate, a phone clip whose rate fell from 30 to 15 frames/s in low light drifted a
+    second from the original within six."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         import av
@@ -109,10 +112,17 @@ class _H264Writer:
         stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
         stream.options = {"preset": "ultrafast", "crf": "23"}
         stream.thread_count = 1
+        stream.codec_context.time_base = Fraction(1, OVERLAY_TICKS)
         self._stream = stream
+        self._first: float | None = None  # the first frame's time: the overlay starts at 0
+        self._pts = -1
 
-    def write(self, bgr: np.ndarray) -> None:
+    def write(self, bgr: np.ndarray, t: float) -> None:
         frame = self._av.VideoFrame.from_ndarray(bgr[: self.height, : self.width], format="bgr24")
+        if self._first is None:
+            self._first = t
+        self._pts = max(self._pts + 1, round((t - self._first) * OVERLAY_TICKS))  # increasing
+        frame.pts, frame.time_base = self._pts, Fraction(1, OVERLAY_TICKS)
         self._file.mux(self._stream.encode(frame))
 
     def release(self) -> None:
@@ -126,7 +136,8 @@ class _H264Writer:
 
 
 class _Mp4vWriter:
-    """overlay.mp4 in MPEG-4 Part 2 (OpenCV's FFmpeg): faster to encode, but browsers do not play it."""
+    """overlay.mp4 in MPEG-4 Part 2 (OpenCV's FFmpeg): faster to encode, but browsers do not play it,
+    and its frames are shown at one rate (the video's mean: OpenCV's writer takes no times)."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         import cv2
@@ -134,7 +145,10 @@ class _Mp4vWriter:
         self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not self._writer.isOpened():
             raise RuntimeError("OpenCV cannot write an mp4v overlay video here")
-        self.write, self.release = self._writer.write, self._writer.release
+        self.release = self._writer.release
+
+    def write(self, bgr: np.ndarray, t: float) -> None:
+        self._writer.write(bgr)
 
 
 OVERLAY_WRITERS = {"h264": _H264Writer, "mp4v": _Mp4vWriter}
@@ -152,11 +166,12 @@ class _OverlayWriter:
         self.encode = _Stage("overlay-encode", self._writer.write)
         self.draw = _Stage("overlay-draw", self._draw_one)
 
-    def _draw_one(self, frame: np.ndarray, mf) -> None:
-        self.encode.put(self._draw(frame, mf.direction, mf.speed, mf.confidence, mf.cell))
+    def _draw_one(self, frame: np.ndarray, mf, t: float) -> None:
+        self.encode.put(self._draw(frame, mf.direction, mf.speed, mf.confidence, mf.cell), t)
 
-    def write(self, frame: np.ndarray, mf) -> None:
-        self.draw.put(frame, mf)
+    def write(self, frame: np.ndarray, mf, t: float) -> None:
+        """Draw ``mf`` on ``frame``, shown at ``t`` seconds into the video."""
+        self.draw.put(frame, mf, t)
 
     def close(self) -> None:
         try:
@@ -401,7 +416,7 @@ def process_video(
                     done += 1
                     keeper.put(mf)
                     if writer is not None:
-                        writer.write(frame, mf)
+                        writer.write(frame, mf, dec.frame_times[done - 1])
                     now = time.perf_counter()
                     if progress_cb is not None and now - last >= PROGRESS_INTERVAL_S:
                         last = now

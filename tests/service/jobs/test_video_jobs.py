@@ -731,6 +731,13 @@ def test_a_variable_frame_rate_video_is_said_so_and_timed_by_its_frames(tmp_path
     # its mean rate over its frames' times (11 steps over 2.1 s), not the header's 5 fps: a file
     # with dropped frames declared 15 fps over frames 0.33-0.73 s apart, its px/s 6.6 times too high
     assert result["fps"] == pytest.approx(11 / 2.1, rel=1e-3)
+    if result["overlay_codec"] == "h264":  # each frame shown at its time (mp4v: at the mean rate)
+        import av
+
+        with av.open(str(tmp_path / "out" / "overlay.mp4")) as c:
+            shown = [float(f.time) for f in c.decode(video=0)]
+        times = [f["time_s"] for f in frames]
+        assert shown == pytest.approx([t - times[0] for t in times], abs=2e-3)
     steady = tmp_path / "steady.bin"
     steady.write_bytes(vs.avi(tmp_path, n=6))
     assert (
