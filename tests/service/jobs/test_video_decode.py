@@ -72,6 +72,33 @@ def test_large_frames_are_shrunk_to_max_side(good_avi):
     assert frame.shape == (32, 48, 3) and dec.info.scale == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("turn", [-90, 90, 180])
+def test_a_phone_clip_with_a_rotation_flag_is_decoded_upright(tmp_path, turn):
+    """Phones store portrait clips as landscape frames with a rotation flag (a display matrix),
+    which every player applies: the motion of a clip read on its side would be turned too."""
+    av = pytest.importorskip("av")
+    upright = vs.moving_square_frames(6, size=(64, 96))  # 64 wide, 96 high, as players show it
+    k = {-90: 1, 90: -1, 180: 2}[turn]  # the stored frames, turned back by the flag
+    path = tmp_path / "input.bin"
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.height, stream.width = np.rot90(upright[0], k).shape[:2]
+        stream.pix_fmt, stream.options = "yuv420p", {"crf": "0"}
+        stream.set_display_rotation(turn)
+        for f in upright:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(f, k)), "bgr24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    with SandboxedDecoder(path, Limits(min_side=16)) as dec:
+        assert (dec.info.width, dec.info.height) == (64, 96)
+        frames = list(dec.frames())
+    assert len(frames) == 6 and frames[0].shape == (96, 64, 3)
+    errors = [
+        np.abs(f.astype(int) - e.astype(int)).mean() for f, e in zip(frames, upright, strict=True)
+    ]
+    assert max(errors) < 8
+
+
 def test_declared_frame_count_is_not_trusted(tmp_path):
     path = tmp_path / "input.bin"
     path.write_bytes(vs.lying_frame_count_avi(tmp_path, n=12))
