@@ -70,11 +70,13 @@ class CameraSession:
         w, h = msg.get("width"), msg.get("height")
         if not (isinstance(w, int) and isinstance(h, int)):
             raise ValueError('hello needs integer "width" and "height"')
-        low = self.min_side
-        if not (low <= w <= s.camera_max_width and low <= h <= s.camera_max_height):
+        low, wide, high = self.min_side, s.camera_max_width, s.camera_max_height
+        # either way round: a phone held upright sends portrait frames (480x640 within 640x480)
+        fits = max(w, h) <= max(wide, high) and min(w, h) <= min(wide, high)
+        if not (fits and min(w, h) >= low):
             raise ValueError(
-                f"frame size {w}x{h} not allowed: width {low}-{s.camera_max_width}, "
-                f"height {low}-{s.camera_max_height}"
+                f"frame size {w}x{h} not allowed: each side at least {low} px, and at most "
+                f"{wide}x{high} either way round"
             )
         self.width, self.height = w, h
         self._last_seq = None

@@ -333,7 +333,7 @@ def test_camera_hello_takes_its_minimum_side_from_the_engine():
     with TestClient(app) as c, c.websocket_connect("/v1/camera") as ws:
         ws.send_text(json.dumps({"type": "hello", "width": 48, "height": 64}))
         m = json.loads(ws.receive_text())
-        assert m["code"] == "bad_hello" and "width 64-" in m["detail"]
+        assert m["code"] == "bad_hello" and "each side at least 64 px" in m["detail"]
         ws.send_text(json.dumps({"type": "hello", "width": 64, "height": 64}))
         assert json.loads(ws.receive_text())["type"] == "ready"
 

@@ -275,6 +275,22 @@ def test_malformed_messages_after_hello(client, payload):
         still_works(ws, client)
 
 
+def test_a_phone_held_upright_may_send_portrait_frames():
+    """The size limit holds either way round: 480x640 from a phone held upright was refused."""
+    app = create_app(
+        Settings(camera_max_width=128, camera_max_height=96), engine_factory=random_engine
+    )
+    with TestClient(app) as c, c.websocket_connect("/v1/camera") as ws:
+        for w, h in ((128, 128), (96, 129)):
+            m = hello(ws, w, h)
+            assert m["code"] == "bad_hello" and "at most 128x96 either way round" in m["detail"]
+        assert hello(ws, 96, 128)["type"] == "ready"
+        ws.send_bytes(jpeg(texture(shape=(128, 96))))
+        ws.send_bytes(jpeg(texture(shift=2, shape=(128, 96))))
+        assert receive_json(ws)["type"] == "result"
+        assert receive_json(ws)["type"] == "result"
+
+
 def test_a_bad_second_hello_is_a_bad_hello_and_the_session_keeps_its_size(client):
     with client.websocket_connect("/v1/camera") as ws:
         hello(ws)
