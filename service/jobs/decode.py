@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from v1motion.service.jobs.limits import Limits
+from v1motion.service.jobs.limits import CODEC_NAMES, Limits
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,10 @@ def check_probe(width: int, height: int, fps: float, codec: str, limits: Limits)
             f"codec: {', '.join(limits.codecs)}"
         )
     if codec not in limits.codecs:
+        name = f" ({CODEC_NAMES[codec]})" if codec in CODEC_NAMES else ""
         raise VideoRejected(
-            f"video codec {codec!r} is not accepted; accepted: {', '.join(limits.codecs)}"
+            f"video codec {codec!r}{name} is not accepted; convert it, e.g. to H.264 (ffmpeg -i "
+            f"in.mov -c:v libx264 -crf 18 out.mp4); accepted: {', '.join(limits.codecs)}"
         )
 
 

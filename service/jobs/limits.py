@@ -29,6 +29,17 @@ DEFAULT_CODECS = (
     "ffv1",
 )
 
+CODEC_NAMES = {
+    **dict.fromkeys(("apcn", "apch", "apcs", "apco", "ap4h", "ap4x"), "Apple ProRes"),
+    **dict.fromkeys(("dvsd", "dv25", "dv50", "dvhd", "dvh5", "dvh6", "dvpp"), "DV"),
+    **dict.fromkeys(("mpg2", "mp2v", "mx3p", "mx5p", "xdv7", "xd5c"), "MPEG-2"),
+    **dict.fromkeys(("mpg1", "mp1v"), "MPEG-1"),
+    **dict.fromkeys(("wmv1", "wmv2", "wmv3", "wvc1"), "Windows Media Video"),
+    **dict.fromkeys(("h263", "s263", "u263"), "H.263"),
+    **dict.fromkeys(("dnxh", "avdn", "avdh"), "Avid DNxHD"),
+    "cfhd": "GoPro CineForm",
+}
+"""Names of codecs a file may hold but that are not decoded (their FourCCs), for the refusal."""
 
 H264_MISSING = "h264 overlays need PyAV: pip install 'v1motion[h264]'"
 

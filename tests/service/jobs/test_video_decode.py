@@ -151,6 +151,22 @@ def test_probe_refuses_with_a_reason(tmp_path, make, reason):
         probe(path, Limits())
 
 
+def test_an_iphone_prores_clip_is_refused_naming_the_codec_and_how_to_convert_it(tmp_path):
+    """An iPhone Pro records ProRes on request: its refusal named only the FourCC 'apch'."""
+    av = pytest.importorskip("av")
+    path = tmp_path / "input.bin"
+    with av.open(str(path), "w", format="mov") as out:
+        stream = out.add_stream("prores_ks", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv422p10le"
+        stream.codec_tag, stream.options = "apch", {"profile": "3"}
+        for f in vs.moving_square_frames(3):
+            frame = av.VideoFrame.from_ndarray(f, "bgr24").reformat(format="yuv422p10le")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    with pytest.raises(VideoRejected, match=r"'apch' \(Apple ProRes\) is not accepted; convert"):
+        probe(path, Limits())
+
+
 def test_a_refused_file_leaves_no_decoder_process_or_pipe_behind(tmp_path):
     path = tmp_path / "input.bin"
     path.write_bytes(vs.write_video(tmp_path / "s.avi", "MJPG", size=(48, 32)))
