@@ -1221,3 +1221,16 @@ def test_a_density_is_not_scored_in_bits_per_spike():
     assert np.isfinite(report["bits_per_spike"])
     _, _, report = fit_and_score(y, "lds", {"n_latent": 1, "n_iter": 3})
     assert np.isfinite(report["bits_per_spike"])
+
+
+def test_a_model_without_couplings_keeps_no_table_of_them():
+    """The packer built the n^2 index table of A for every model: an independent model of 3,000
+    neurons (3,000 parameters) kept 144 MB, and the service writes each fitted model to disk."""
+    import pickle
+
+    y = np.random.default_rng(0).poisson(0.1, (2, 5, 3000)).astype(float)
+    assert len(pickle.dumps(IndependentPoisson().fit(y))) < 200_000
+    packer = ParamPacker({"A": (4, 4), "b": (4,)}, 4)  # with couplings: their lower triangle
+    params = {"A": np.tril(np.arange(16.0).reshape(4, 4), -1), "b": np.ones(4)}
+    assert packer.size == 6 + 4
+    np.testing.assert_array_equal(packer.unpack(packer.pack(params))["A"], params["A"])
