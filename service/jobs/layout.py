@@ -7,6 +7,7 @@ publish rule holds for any results folder (``v1motion motion -o <folder>`` write
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,21 @@ class ResultsFolder:
     def discard(self) -> None:
         """Remove a half-written work folder, if any."""
         shutil.rmtree(self.work, ignore_errors=True)
+
+    def published_result(self) -> dict | None:
+        """The job's record of its published results (``result.json``), or None if it published
+        none: a process that ended after the rename and before the job's end was recorded left
+        whole results (published by one rename, after they reached the disk)."""
+        try:
+            result = json.loads((self.out / "result.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(result, dict) or not isinstance(result.get("frames", 0), int):
+            return None
+        result.setdefault(
+            "ran_on", {"runner": "unknown: its end was recorded from its published results"}
+        )
+        return result
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -164,19 +163,13 @@ class VideoJobs:
 
     def _record_published(self) -> list[str]:
         """Record as succeeded the ``running`` jobs whose results were published (the process
-        ended between the rename and the store's record of it): their results are whole
-        (published by one rename, after they reached the disk), and re-running the job would
-        repeat the work, or fail it on its last attempt with its results kept but unreachable."""
+        ended between the rename and the store's record of it): re-running the job would repeat
+        the work, or fail it on its last attempt with its results kept but unreachable."""
         done = []
         records, _ = self.store.list(limit=1_000_000, statuses=("running",))
         for rec in records:
-            try:
-                result = json.loads(
-                    JobLayout.of(self.jobs_dir, rec.id).result("result.json").read_text()
-                )
-            except (OSError, ValueError):
-                continue  # not published (or not whole): recovery re-queues or fails it
-            if isinstance(result, dict):
+            result = JobLayout.of(self.jobs_dir, rec.id).results.published_result()
+            if result is not None:  # else recovery re-queues or fails it
                 self.store.succeed(rec.id, result)
                 done.append(rec.id)
         return done

@@ -183,8 +183,11 @@ class Runner:
         outcome = None  # the store's record of how the job ended
         try:
             status, payload = self._execute(slot, job, should_stop)
+            published = None if status == "ok" else self._published(job.id)
             if status == "ok":
                 outcome = (self.store.succeed, payload, "succeeded")
+            elif published is not None:  # its worker died after publishing, before answering
+                outcome = (self.store.succeed, published, "succeeded (from its published results)")
             else:
                 outcome = (self.store.fail, str(payload), f"failed: {payload}")
         except _Cancelled:
@@ -203,6 +206,12 @@ class Runner:
                 with self._released:
                     self._current.pop(slot, None)
                     self._released.notify_all()
+
+    def _published(self, job_id: str) -> dict | None:
+        try:
+            return JobLayout.of(self.jobs_dir, job_id).results.published_result()
+        except Exception:  # never in the way of recording the failure
+            return None
 
     def _record(self, job_id: str, write, arg, said: str) -> None:
         """Write how a job ended, retried while the store cannot (a full disk: SQLite's "database or

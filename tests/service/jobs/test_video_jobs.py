@@ -935,11 +935,35 @@ def test_a_job_that_published_its_results_before_a_crash_is_recorded_succeeded(t
     jobs.start()
     try:
         done = jobs.get(published)
-        assert done.status == "succeeded" and done.result == {"frames": 7, "fps": 25.0}
+        assert done.status == "succeeded" and done.result["frames"] == 7
+        assert done.result["fps"] == 25.0 and "unknown" in done.result["ran_on"]["runner"]
         assert done.frames_done == 7
         assert jobs.result_path(published, "motion.json").is_file()
         assert not JobLayout.of(jobs.jobs_dir, published).input.exists()  # ended: upload freed
         assert jobs.get(unpublished).status == "failed"  # its attempts used up, nothing published
+    finally:
+        jobs.stop()
+
+
+def test_a_worker_that_dies_after_publishing_leaves_its_job_succeeded(tmp_path, monkeypatch):
+    """Its worker ended between the results' rename and its answer: the job was failed ("the worker
+    process died") with whole results on the disk that no client could reach."""
+    from v1motion.service.jobs.runners import LocalWorkerPool
+
+    def publish_then_die(self, slot, job, should_stop):
+        layout = JobLayout.of(self.jobs_dir, job.id)
+        process_video(layout.input, layout.results.out, fake_engine, Limits())
+        return "failed", "the worker process died (exit code -9) while processing this video"
+
+    monkeypatch.setattr(LocalWorkerPool, "_execute", publish_then_die)
+    jobs = VideoJobs.local(tmp_path, Limits(), fake_engine, workers=1)
+    jobs.start()
+    try:
+        job_id = _submit(jobs, vs.avi(tmp_path, n=6))
+        rec = wait_for(lambda: _finished(jobs, job_id))
+        assert rec.status == "succeeded" and rec.result["frames"] == 6
+        assert "unknown" in rec.result["ran_on"]["runner"]
+        assert jobs.result_path(job_id, "motion.json").is_file()
     finally:
         jobs.stop()
 
