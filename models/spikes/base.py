@@ -356,7 +356,9 @@ class EstimatorParams:
     def set_params(self, **params):
         """Set constructor arguments (``<argument>__<parameter>`` for a nested estimator's) and
         return ``self``; an unknown name raises ``ValueError`` listing the valid ones and sets
-        nothing. Changing an argument of a fitted model takes effect at the next ``fit``."""
+        nothing. A fitted model keeps its fitted parameters, but its predictions read some arguments
+        at once (``n_lags``, ``link``, ``input_cap``: a score changed, or failed): fit it again
+        after changing them."""
         valid = self.get_params(deep=False)
         own, nested = {}, {}
         for key, value in params.items():
@@ -445,9 +447,14 @@ def _differs(value, default) -> bool:
 def clone(estimator):
     """A new unfitted estimator with the same parameters (``sklearn.base.clone`` without
     scikit-learn): nested estimators (a ``StimulusLocked``'s ``model``) are cloned too and other
-    arguments deep-copied, so fitting the clone leaves ``estimator`` as it was."""
+    arguments deep-copied, so fitting the clone leaves ``estimator`` as it was. The arguments an
+    estimator takes fitted (``_fitted_params``: an R-GLM's ``init``, the GLM it starts from) are
+    copied with their fit (``sklearn.base.clone`` clones them unfitted, and the fit then fails)."""
+    keep = getattr(type(estimator), "_fitted_params", ())
     params = {
-        k: clone(v) if hasattr(v, "get_params") and not isinstance(v, type) else copy.deepcopy(v)
+        k: clone(v)
+        if hasattr(v, "get_params") and not isinstance(v, type) and k not in keep
+        else copy.deepcopy(v)
         for k, v in estimator.get_params(deep=False).items()
     }
     return type(estimator)(**params)
@@ -738,7 +745,37 @@ class SpikeModel(EstimatorParams):
             raise ValueError("offset must be finite (a log-rate per bin and neuron)")
         return np.ascontiguousarray(off[..., self.order_])
 
+    takes_stimulus = False
+    """Whether the model has weights for a stimulus ``u`` (the R-GLM's ``B``); the others refuse one
+    (a GLM fitted "with" a stimulus ignored it)."""
+
+    def _check_inputs(self, u, offset, fitting: bool) -> None:
+        """Refuse a stimulus the model cannot use, and one or an offset its fit did not have (or
+        the one it had, left out): scored so, a model fitted with an offset read -11.2 nats a bin
+        where it reads -0.36 with it, without a word."""
+        if u is not None and not self.takes_stimulus:
+            raise ValueError(
+                f"{type(self).__name__} takes no stimulus input (u): only the R-GLM has weights "
+                "for one; leave u out"
+            )
+        if fitting:
+            return
+        n_inputs = 0 if u is None else np.shape(u)[-1]
+        if n_inputs != getattr(self, "n_inputs_", n_inputs):
+            raise ValueError(
+                f"this model was fitted with {self.n_inputs_} stimulus inputs (u), and is given "
+                f"{n_inputs}: pass the stimulus of the counts, as in its fit"
+            )
+        fitted_with = getattr(self, "offset_fitted_", None)  # None: a model from before it was kept
+        if fitted_with is not None and fitted_with != (offset is not None):
+            raise ValueError(
+                "this model was fitted with an offset: pass the offset of these counts"
+                if fitted_with
+                else "this model was fitted without an offset: score it without one"
+            )
+
     def _prepare(self, y, u, fitting=False, offset=None):
+        self._check_inputs(u, offset, fitting)
         y = self._check_y(y, fitting)
         if fitting:
             self.n_neurons_ = y.shape[-1]
@@ -778,6 +815,7 @@ class SpikeModel(EstimatorParams):
             self.__dict__.pop(name, None)
         y, yp, u = self._prepare(y, u, fitting=True, offset=offset)
         self.n_inputs_ = 0 if u is None else u.shape[-1]
+        self.offset_fitted_ = offset is not None
         params = self._init_params(yp, u)
         packer = ParamPacker(self._shapes(yp.shape[-1], self.n_inputs_), yp.shape[-1])
         yf, weights = self._fit_data(yp, u)

@@ -37,10 +37,10 @@ class IndependentPoisson(SpikeModel):
 
     def fit(self, y, u=None):
         self.__dict__.pop("_obs_cache", None)
-        y, yp, _ = self._prepare(y, None, fitting=True)
+        y, yp, _ = self._prepare(y, u, fitting=True)
         rate = np.maximum(y.reshape(-1, y.shape[-1]).mean(axis=0), self.min_rate)
         self.params_ = {"b": np.log(rate)}
-        self.n_inputs_ = 0
+        self.n_inputs_, self.offset_fitted_ = 0, False
         # closed form: the maximum-likelihood rate is the mean count, the gradient is zero there
         self._record_fit(
             {"n_iter": 0, "converged": True, "stop_reason": "closed_form", "grad_norm": 0.0}

@@ -590,6 +590,8 @@ class RGLM(SpikeModel):
     """
 
     kind = "rglm"
+    takes_stimulus = True
+    _fitted_params = ("init",)  # a fitted GLM to start from: clone copies it with its fit
     weight_keys = ("A", "U0", "C", "B", "W", "R_real", "R_mod")
 
     def __init__(

@@ -18,6 +18,7 @@ from v1motion.models.spikes.glm import (
 )
 from v1motion.models.spikes.lds import GaussianLDS
 from v1motion.models.spikes.registry import MODEL_KINDS, make_model
+from v1motion.models.spikes.rglm import RGLM
 
 KINDS = sorted(MODEL_KINDS) + ["psth"]
 
@@ -206,10 +207,39 @@ def test_score_of_one_trial_and_with_an_offset(fitted):
     m = fitted["glm"]
     assert np.isclose(m.score(test[0]), m.log_likelihood(test[0]) / test.shape[1])
     off = np.full(test.shape[1:], 0.5)
+    with_offset = SpikeHistoryGLM(n_lags=3, max_iter=50).fit(_planted()[:8], offset=off)
     assert np.isclose(
-        m.score(test, offset=off), m.log_likelihood(test, offset=off) / test[..., 0].size
+        with_offset.score(test, offset=off),
+        with_offset.log_likelihood(test, offset=off) / test[..., 0].size,
     )
-    assert m.score(test, offset=off) != m.score(test)
+
+
+def test_a_model_refuses_an_offset_or_stimulus_its_fit_did_not_have_and_the_reverse(fitted):
+    """Scored without the offset it was fitted with, a GLM read -11.2 nats a bin where it reads
+    -0.36 with it, without a word; a GLM "fitted with" a stimulus ignored it."""
+    train, test = _planted()[:8], _planted()[8:]
+    off = np.full(train.shape[1:], 0.5)
+    u = np.random.default_rng(0).normal(size=train.shape[:2] + (2,))
+    with_offset = SpikeHistoryGLM(n_lags=3, max_iter=50).fit(train, offset=off)
+    with pytest.raises(ValueError, match="fitted with an offset"):
+        with_offset.score(test)
+    with pytest.raises(ValueError, match="fitted without an offset"):
+        fitted["glm"].score(test, offset=off)
+    for kind in ("glm", "correlated", "independent"):
+        with pytest.raises(ValueError, match="takes no stimulus input"):
+            clone(fitted[kind]).fit(train, u)
+    rglm = RGLM(n_hidden=2, max_iter=20).fit(train, u)
+    assert np.isfinite(rglm.score(test, u[:2]))
+    with pytest.raises(ValueError, match="fitted with 2 stimulus inputs"):
+        rglm.score(test)
+
+
+def test_a_clone_of_an_rglm_started_from_a_fitted_glm_fits():
+    """``clone`` rebuilt the start GLM unfitted, and the clone's fit raised NotFittedError."""
+    train = _planted()[:8]
+    glm = SpikeHistoryGLM(n_lags=3, max_iter=30, correlated=RGLM().correlated).fit(train)
+    copy = clone(RGLM(n_hidden=2, max_iter=10, init=glm)).fit(train)
+    assert copy.init is not glm and np.array_equal(copy.init.params_["b"], glm.params_["b"])
 
 
 # ----------------------------------------------------------------------------- samples

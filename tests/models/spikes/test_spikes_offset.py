@@ -124,7 +124,7 @@ def test_bad_offsets_are_refused(offset, match, rng):
     y = rng.poisson(0.3, (2, 10, 3)).astype(float)
     with pytest.raises(ValueError, match=match):
         SpikeHistoryGLM(n_lags=3, n_basis=2).fit(y, offset=offset)
-    model = SpikeHistoryGLM(n_lags=3, n_basis=2).fit(y)
+    model = SpikeHistoryGLM(n_lags=3, n_basis=2).fit(y, offset=np.zeros((10, 3)))
     with pytest.raises(ValueError, match=match):
         model.log_likelihood(y, offset=offset)
     assert model._offset is None  # nothing left behind by the refused call
