@@ -40,6 +40,8 @@ class SpikeModelStore:
     """
 
     SUFFIX = ".pickle"
+    FORMAT = 1  # of the files: one of another format is set aside, not loaded
+    REQUIRED = ("id", "kind", "model", "baseline", "n_neurons", "created", "fit", "options")
 
     def __init__(self, max_models: int, folder: Path | None = None):
         self.max_models = max_models
@@ -62,9 +64,14 @@ class SpikeModelStore:
         for path in paths:
             try:
                 with path.open("rb") as f:
-                    rec = pickle.load(f)
+                    saved = pickle.load(f)
+                if not isinstance(saved, dict) or saved.get("format") != self.FORMAT:
+                    raise ValueError(f"not a spike model's record of format {self.FORMAT}")
+                rec = saved.get("record")
                 if not isinstance(rec, dict) or f"{rec.get('id')}{self.SUFFIX}" != path.name:
-                    raise ValueError("not a spike model's record")
+                    raise ValueError("not the record its name says")
+                if missing := [k for k in self.REQUIRED if k not in rec]:
+                    raise ValueError(f"its record has no {', '.join(missing)}")
             except Exception as exc:  # a file of another version, or damaged: kept for the operator
                 aside = path.with_name(path.name + ".unreadable")
                 log.warning(
@@ -92,7 +99,9 @@ class SpikeModelStore:
         work = path.with_name(path.name + ".tmp")
         try:
             with work.open("wb") as f:
-                pickle.dump(rec, f, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump(
+                    {"format": self.FORMAT, "record": rec}, f, protocol=pickle.HIGHEST_PROTOCOL
+                )
             make_durable(work)
             work.rename(path)
             make_durable(self.folder)
@@ -119,8 +128,13 @@ class SpikeModelStore:
         if self.folder is not None:
             try:
                 self._save(record)
-            except OSError as exc:
-                why = "no room on the disk" if is_disk_full(exc) else (exc.strerror or str(exc))
+            except Exception as exc:  # a full or read-only disk; the fit stands all the same
+                if is_disk_full(exc):
+                    why = "no room on the disk"
+                elif isinstance(exc, OSError):
+                    why = exc.strerror or str(exc)
+                else:
+                    why = f"{type(exc).__name__}: {exc}"
                 log.warning("spike model %s not written to the data folder: %s", record["id"], why)
                 record.setdefault("warnings", []).append(
                     f"this model could not be saved on the server's disk ({why}): it is held in "
@@ -149,7 +163,8 @@ class SpikeModelStore:
     def missing(self, model_id: str) -> str:
         # a model fitted before a restart answered like an id that never was (a user's probe)
         kept = (
-            "kept on the server's disk across restarts"
+            "kept on the server's disk across restarts, unless its fit's warnings said the disk "
+            "could not take it"
             if self.folder is not None
             else "held in memory, so one fitted before the server restarted is gone too"
         )

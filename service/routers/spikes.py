@@ -322,9 +322,10 @@ class SpikeModelPublic(BaseModel):
     fit: FitPublic
     warnings: list[str] = Field(
         default_factory=list,
-        description="what to know before trusting this model: more parameters than training counts, "
-        "or held-out spikes predicted worse than by constant rates (bits/spike below 0); empty when "
-        "neither",
+        description="what to know before trusting or keeping this model: more parameters than "
+        "training counts, held-out spikes predicted worse than by constant rates (bits/spike below "
+        "0), or a model the server's disk could not take (held in memory only: a restart forgets "
+        "it); empty when none",
     )
     created: float = Field(description="when the fit ended, in Unix seconds")
     timescales_bins: list[float] | None = Field(
