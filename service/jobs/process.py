@@ -137,7 +137,8 @@ class _H264Writer:
 
 class _Mp4vWriter:
     """overlay.mp4 in MPEG-4 Part 2 (OpenCV's FFmpeg): faster to encode, but browsers do not play it,
-    and its frames are shown at one rate (the video's mean: OpenCV's writer takes no times)."""
+    and its frames are shown at one rate (the one the file declares: OpenCV's writer takes no
+    times)."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         import cv2
