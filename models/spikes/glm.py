@@ -14,7 +14,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from v1motion.models.spikes.base import SAMPLE_MAX_COUNT, EstimatorParams, SpikeModel
+from v1motion.models.spikes.base import (
+    SAMPLE_MAX_COUNT,
+    EstimatorParams,
+    NotFittedError,
+    SpikeModel,
+)
 from v1motion.models.spikes.data import as_counts
 from v1motion.models.spikes.observations import ETA_MAX
 from v1motion.models.spikes.sparse import _add_coupling, _spike_outer, spike_rows
@@ -320,7 +325,7 @@ class PSTHPoisson(EstimatorParams):
         from scipy.special import gammaln
 
         if not hasattr(self, "rate_"):
-            raise RuntimeError("this PSTHPoisson is not fitted yet: call fit(counts) first")
+            raise NotFittedError("this PSTHPoisson is not fitted yet: call fit(counts) first")
         y = as_counts(y)
         if y.shape[1:] != self.rate_.shape:
             raise ValueError(f"counts must have shape (n_trials,) + {self.rate_.shape}")
@@ -374,7 +379,7 @@ class StimulusLocked(EstimatorParams):
 
     def _offset(self, n_bins: int) -> np.ndarray:
         if not hasattr(self, "psth_"):
-            raise RuntimeError(
+            raise NotFittedError(
                 "this StimulusLocked model is not fitted yet: call fit(counts) first"
             )
         if n_bins != self.psth_.rate_.shape[0]:

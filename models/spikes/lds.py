@@ -16,7 +16,12 @@ import logging
 import numpy as np
 from scipy.special import gammaln
 
-from v1motion.models.spikes.base import EstimatorParams, _outer_sum, single_blas_thread
+from v1motion.models.spikes.base import (
+    EstimatorParams,
+    NotFittedError,
+    _outer_sum,
+    single_blas_thread,
+)
 from v1motion.models.spikes.data import as_counts
 
 log = logging.getLogger(__name__)
@@ -135,7 +140,7 @@ class GaussianLDS(EstimatorParams):
 
     def _check_fitted(self):
         if not hasattr(self, "F_"):
-            raise RuntimeError("this GaussianLDS is not fitted yet: call fit(counts) first")
+            raise NotFittedError("this GaussianLDS is not fitted yet: call fit(counts) first")
 
     def fit_bytes(self, n_bins: int, n_neurons: int) -> int:
         """About how much memory :meth:`fit` takes (:func:`kalman_bytes`; measured: 721 MB at 2,000

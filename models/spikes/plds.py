@@ -72,7 +72,7 @@ import numpy as np
 from numba import njit
 from scipy.special import gammaln, logsumexp
 
-from v1motion.models.spikes.base import EstimatorParams, single_blas_thread
+from v1motion.models.spikes.base import EstimatorParams, NotFittedError, single_blas_thread
 from v1motion.models.spikes.data import as_counts
 from v1motion.models.spikes.observations import ETA_MAX
 
@@ -816,7 +816,7 @@ class PoissonLDS(EstimatorParams):
     # ------------------------------------------------------------------ helpers
     def _check_fitted(self):
         if not hasattr(self, "F_"):
-            raise RuntimeError("this PoissonLDS is not fitted yet: call fit(counts) first")
+            raise NotFittedError("this PoissonLDS is not fitted yet: call fit(counts) first")
 
     def _check_y(self, y):
         y = as_counts(y)

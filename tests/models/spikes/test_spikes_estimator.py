@@ -242,6 +242,16 @@ def test_a_clone_of_an_rglm_started_from_a_fitted_glm_fits():
     assert copy.init is not glm and np.array_equal(copy.init.params_["b"], glm.params_["b"])
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_estimator_says_not_fitted_the_same_way(kind):
+    """Four estimators raised a plain RuntimeError, which ``except NotFittedError`` missed."""
+    from v1motion.models.spikes.base import NotFittedError
+
+    m = PSTHPoisson() if kind == "psth" else make_model(kind)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        m.score(_planted()[:2])
+
+
 # ----------------------------------------------------------------------------- samples
 
 
