@@ -943,7 +943,8 @@ class SpikeModel(EstimatorParams):
         ``max_count`` caps a Poisson count per bin (a non-integer cap at its floor): a recurrent
         model with net excitatory feedback can run away when sampled freely; a warning says when the
         cap was hit. ``offset`` (as in :meth:`fit`, for the drawn trials) is added to every bin's
-        drive.
+        drive. ``seed=None`` draws with the model's own ``seed``, so two calls without one draw the
+        same counts: pass a seed per draw for different ones.
 
         Returns
         -------
