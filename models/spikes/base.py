@@ -383,7 +383,7 @@ class EstimatorParams:
             getattr(self, name).set_params(**sub)
         return self
 
-    def score(self, y, u=None) -> float:
+    def score(self, y, u=None, **kwargs) -> float:
         """Mean log-likelihood of held-out counts per time bin, in nats (higher is better).
 
         ``log_likelihood(y, u)`` divided by the number of bins (trials x bins; each bin's term sums
@@ -399,8 +399,11 @@ class EstimatorParams:
         y : array of shape (n_trials, n_bins, n_neurons) or (n_bins, n_neurons)
         u : array of shape (n_trials, n_bins, n_inputs), optional
             Stimulus inputs (models that take them).
+        **kwargs
+            Passed to ``log_likelihood``: the ``offset`` of a model fitted with one (as in its
+            ``fit``).
         """
-        ll = self.log_likelihood(y, u)  # validates y first
+        ll = self.log_likelihood(y, u, **kwargs)  # validates y first
         return float(ll) / _n_bins(y)
 
     def __repr__(self) -> str:
@@ -901,12 +904,6 @@ class SpikeModel(EstimatorParams):
         yp, eta = self._fitted_eta(y, u, offset)
         ll = self._obs().log_likelihood(yp, eta)
         return ll.sum(axis=(1, 2)) if per_trial else float(ll.sum())
-
-    def score(self, y, u=None, offset=None) -> float:
-        """Mean log-likelihood of held-out counts per time bin, in nats (higher is better):
-        :meth:`log_likelihood` over trials x bins (see :meth:`EstimatorParams.score`; ``offset`` as in
-        :meth:`fit`)."""
-        return self.log_likelihood(y, u, offset=offset) / _n_bins(y)
 
     def set_params(self, **params):
         """As :meth:`EstimatorParams.set_params`; a new ``obs`` or ``link`` also drops the

@@ -183,10 +183,10 @@ class Runner:
         outcome = None  # the store's record of how the job ended
         try:
             status, payload = self._execute(slot, job, should_stop)
-            published = None if status == "ok" else self._published(job.id)
             if status == "ok":
                 outcome = (self.store.succeed, payload, "succeeded")
-            elif published is not None:  # its worker died after publishing, before answering
+            elif (published := self._published(job.id)) is not None:
+                # its worker died after publishing, before answering
                 outcome = (self.store.succeed, published, "succeeded (from its published results)")
             else:
                 outcome = (self.store.fail, str(payload), f"failed: {payload}")
