@@ -66,6 +66,20 @@ def test_decodes_every_frame_in_order(good_avi):
     assert np.abs(frames[0].astype(int) - expected[5].astype(int)).mean() > 10
 
 
+@pytest.mark.parametrize("module", ["json", "dis", "random"])
+def test_files_where_the_service_runs_are_not_imported_by_the_decoder(
+    good_avi, tmp_path, monkeypatch, module
+):
+    # a user's script named like a standard module, in the folder the service was started from:
+    # the decoder (``python -m``) put that folder first on its path and ran it, failing every job
+    here = tmp_path / "where-the-service-runs"
+    here.mkdir()
+    (here / f"{module}.py").write_text("raise SystemExit('a file of the user was imported')\n")
+    monkeypatch.chdir(here)
+    with SandboxedDecoder(good_avi, Limits()) as dec:
+        assert len(list(dec.frames())) == 12
+
+
 def test_large_frames_are_shrunk_to_max_side(good_avi):
     with SandboxedDecoder(good_avi, Limits(max_side=48, min_side=16)) as dec:
         frame = next(iter(dec.frames()))
