@@ -1,5 +1,5 @@
-"""Scene cuts (``SCENE_CUT``): what counts as one, and the stream starting anew at one in ``step`` and
-``run``."""
+"""Scene cuts (``SCENE_CUT``, ``LIGHT_ON``): what counts as one, and the stream starting anew at one in
+``step`` and ``run``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,32 @@ def test_a_change_of_light_and_camera_noise_are_not_cuts(rng):
     darker = (frame * 0.5).astype(np.uint8)  # the histogram moves, the thumbnail does not
     noisy = np.clip(frame + rng.normal(0, 4, frame.shape), 0, 255).astype(np.uint8)
     assert not _cut(frame, darker) and not _cut(frame, noisy)
+
+
+def _still(name: str, level: float, rng) -> np.ndarray:
+    """A still view of ``name`` at 240x320 lit at ``level`` of its brightness, camera noise 2/255."""
+    image = load_still(name)
+    centre = (image.shape[1] / 2.0, image.shape[0] / 2.0)
+    frame = pan_sequence(image, centre, 0.0, 0.0, 1, (240, 320))[0] * level * 255.0
+    return np.clip(frame + rng.normal(0, 2, frame.shape) + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_a_light_switched_on_starts_anew_flicker_and_dimming_do_not(rng):
+    def lit(a, b):  # the same view, its brightness from a to b
+        return _cut(_still("chelsea", a, rng), _still("chelsea", b, rng))
+
+    assert lit(0.6, 1.0) and lit(0.3, 0.5)  # LIGHT_ON: up by 1.4 or more
+    assert not lit(0.77, 1.0) and not lit(1.0, 0.6) and not lit(0.5, 0.3)
+
+
+@pytest.mark.parametrize("name", ["chelsea", "astronaut"])
+def test_a_still_view_lit_up_shows_no_motion(shipped, rng, name):
+    """Read as motion, the frame a light came on showed 5-8 % of the cells confident and a dominant
+    motion 0.82-0.87 confident (LIGHT_ON)."""
+    state = shipped.new_state()
+    got = [shipped.step(state, _still(name, 0.6 if t < 10 else 1.0, rng)) for t in range(14)]
+    assert max(m.global_confidence for m in got) < 0.3
+    assert max(float(m.confidence.max()) for m in got) <= 0.5
 
 
 def test_another_scene_is_a_cut():
