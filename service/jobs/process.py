@@ -231,7 +231,9 @@ class _Results:
             self._reserved += RESERVE_FRAMES
         frame = {"index": self.n, "time_s": round(self.times[self.n], 4)} | mf.to_dict()
         self._frames.write(("," if self.n else "") + protocol.dumps(frame))
-        self.maps["direction_deg"][self.n] = np.mod(np.degrees(mf.direction), 360.0)
+        direction = np.mod(np.degrees(mf.direction), 360.0).astype(np.float16)
+        direction[direction >= 360] = 0  # float16 rounds 359.9 up to 360
+        self.maps["direction_deg"][self.n] = direction
         self.maps["speed_px_per_frame"][self.n] = mf.speed
         self.maps["confidence"][self.n] = mf.confidence
         for k in self.GLOBALS:

@@ -204,6 +204,17 @@ def test_motion_json_frames_carry_the_live_results_motion(tmp_path):
     assert len(frames) == 4
 
 
+def test_motion_npz_directions_stay_below_360(tmp_path):
+    """motion.npz keeps its grids in float16, which rounds 359.9 degrees up to 360.0: the docs and
+    motion.json say [0, 360)."""
+    src = tmp_path / "input.bin"
+    src.write_bytes(vs.avi(tmp_path, n=4))
+    process_video(src, tmp_path / "out", _EdgyEngine, Limits(), overlay=False)
+    with np.load(tmp_path / "out" / "motion.npz") as z:
+        d = z["direction_deg"].astype(np.float64)
+    assert d.min() >= 0 and d.max() < 360 and (d == 0).any()
+
+
 def test_a_failure_on_a_stage_thread_fails_the_job_and_leaves_nothing(tmp_path, monkeypatch):
     import v1motion.service.render
 
