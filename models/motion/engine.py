@@ -582,7 +582,11 @@ def global_motion(
 ) -> tuple[float, float, float]:
     """The frame's dominant motion from the cells shown moving: the weighted mean direction, the weighted
     geometric mean speed, and a confidence = how well the weighted cells agree (length of their mean
-    unit vector) x how many cells are shown moving (saturating at ``support`` cells' worth).
+    unit vector) x how many cells are shown moving (saturating at ``support`` cells' worth), at most
+    the confidence of the ``support``-th most confident cell: many cells shown faintly, none of them
+    confident, are no confident motion however well they agree (the trace of a pan in the read-out's
+    averages on the frame after it stopped: 65 cells of 0.2-0.42 made a dominant motion 0.999
+    confident on a still frame).
 
     A cell is shown moving as far as its confidence times a ramp from 0 at ``moving[0]`` to 1 at
     ``moving[1]`` (``MOVING_FROM``): many faint cells neither add up to a confident one nor pull the
@@ -610,7 +614,10 @@ def global_motion(
     vy = (w * np.sin(direction)).sum()
     agreement = np.hypot(vx, vy) / total
     g_speed = np.exp((w * np.log(np.maximum(speed, 1e-6))).sum() / total)
-    return float(np.arctan2(vy, vx)), float(g_speed), float(agreement * min(1.0, shown / support))
+    k = min(max(1, math.ceil(support)), conf.size)
+    top = float(np.partition(conf.ravel(), -k)[-k])  # the support-th most confident cell
+    g_conf = min(agreement * min(1.0, shown / support), top)
+    return float(np.arctan2(vy, vx)), float(g_speed), float(g_conf)
 
 
 def _arrays(code: SparseCode) -> tuple:
@@ -1533,8 +1540,9 @@ class MotionEngine:
         settling = warmup_factor(state.frames - 1, self.warmup_frames)  # frames since the start
         if settling < 1.0:  # the same readings, held less certain (WARMUP_FRAMES)
             conf = conf * np.float32(settling)
+        # the consensus of the map as shown, as certain as its cells (no more than its 4th most
+        # confident one: ``global_motion``), which settle (WARMUP_FRAMES)
         g_dir, g_speed, g_conf = global_motion(direction, speed, conf, weight=weight)
-        g_conf *= settling  # the consensus of the map as shown, as certain as its cells
         top = np.argsort(unit_act)[::-1][:10]
         top_units = [(int(u), float(unit_act[u])) for u in top if unit_act[u] > 0]
         return MotionFrame(

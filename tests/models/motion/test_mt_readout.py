@@ -262,7 +262,8 @@ def test_faint_cells_do_not_add_up_to_a_confident_dominant_motion():
     conf = np.full((6, 8), 0.15, np.float32)  # 48 faint cells agreeing: 7 cells' worth in all
     d, s, c = global_motion(direction, speed, conf)
     assert abs(d - 1.0) < 1e-6 and c == 0.0  # a direction, but nothing shown moving
-    assert global_motion(direction, speed, conf, moving=(0.0, 1e-6))[2] == pytest.approx(1.0)
+    # every cell counted fully they add up to 7 cells' worth, yet none is more than 0.15 confident
+    assert global_motion(direction, speed, conf, moving=(0.0, 1e-6))[2] == pytest.approx(0.15)
     conf[:] = 0.0
     conf[:2, :2] = 0.3  # half-way up the ramp of MOVING_FROM (0.2 to 0.4): half of each counts
     assert global_motion(direction, speed, conf)[2] == pytest.approx(4 * 0.3 * 0.5 / 4.0)
@@ -274,6 +275,10 @@ def test_faint_cells_do_not_add_up_to_a_confident_dominant_motion():
     assert abs(d) < 1e-6 and s == pytest.approx(2.0) and c == pytest.approx(0.9)
     d, s, _ = global_motion(direction, speed, conf, moving=(0.0, 1e-6))
     assert d > 0.9 and s > 4.0  # every cell counted: pulled up and faster
+    # many cells shown faintly and agreeing are as confident as the fourth most confident of them
+    conf[:] = 0.38
+    conf[0, :3] = 0.9
+    assert global_motion(direction, speed, conf)[2] == pytest.approx(0.38)
 
 
 @pytest.mark.parametrize("kind", ["pan", "grating", "still", "object"])
@@ -520,10 +525,20 @@ def test_a_still_view_at_640x480_shows_no_motion_where_the_code_cycles():
     assert shown[CHANGE_HISTORY] == (0.0, 0.0)
 
 
+def _every_cell_summed(mf) -> float:
+    """The dominant motion's confidence as it was before ``MOVING_FROM`` and its cap: every cell's
+    confidence summed, up to 4 cells' worth, times their agreement."""
+    c = mf.confidence.astype(np.float64)
+    if c.sum() <= 0:
+        return 0.0
+    agreement = np.hypot((c * np.cos(mf.direction)).sum(), (c * np.sin(mf.direction)).sum())
+    return float(agreement / c.sum() * min(1.0, c.sum() / 4.0))
+
+
 def test_a_still_camera_view_has_no_dominant_motion():
     """A textured still with camera noise (4/255 per frame, 320x240): some cells read faint motion
     on every frame, but the frame's dominant motion is not confident; counting every cell's
-    confidence, as the consensus did before ``MOVING_FROM``, it was. Panned slowly, it is. (Where
+    confidence, as the consensus did before ``MOVING_FROM`` (and without its cap), it was. Panned slowly, it is. (Where
     noise makes cells read more than faint motion, on the astronaut still, the dominant motion
     stays confident: docs/motion/still_confidence.md.) ``NOISE_GATE`` shows those faint cells
     still too: off here, to test the consensus alone."""
@@ -539,8 +554,7 @@ def test_a_still_camera_view_has_no_dominant_motion():
             mf = e.step(st, np.clip(f + rng.normal(0, 4 / 255, f.shape), 0, 1).astype(np.float32))
             if t >= 8 and speed == 0.0:
                 shown.append(mf.global_confidence)
-                every_cell.append(global_motion(mf.direction, mf.speed, mf.confidence,
-                                                moving=(0.0, 1e-6))[2])  # fmt: skip
+                every_cell.append(_every_cell_summed(mf))
         if speed > 0:
             assert mf.global_confidence > 0.9
     assert np.median(shown) < 0.05 and max(shown) < 0.3
@@ -580,7 +594,7 @@ def test_a_still_view_through_camera_noise_shows_no_motion(transport, tmp_path):
     """The whole ``chelsea`` photograph, still, with camera noise through JPEG (as the dashboard's
     camera sends frames) or through an mp4v video: the code of its fur changes with the noise and
     the read-out read that as faint motion that agreed, a dominant motion 0.98-0.99 confident on most
-    frames. Where a cell's image changes as noise does (about as much over two frames as over one:
+    frames (0.49 at the median since it is capped by its fourth most confident cell). Where a cell's image changes as noise does (about as much over two frames as over one:
     ``NOISE_GATE``), it is shown still; panned slowly through the same camera, it is shown moving,
     the right way."""
     from v1motion.models.motion.engine import NOISE_GATE
@@ -597,7 +611,7 @@ def test_a_still_view_through_camera_noise_shows_no_motion(transport, tmp_path):
             frames = _through_a_camera(image, speed, 40, rng, transport, tmp_path)
             read[gate, speed] = [e.step(st, f) for f in frames][8:]
     without = read[None, 0.0]
-    assert np.median([f.global_confidence for f in without]) > 0.5
+    assert np.median([f.global_confidence for f in without]) > 0.3
     assert max(float(f.confidence.max()) for f in without) > CONFIDENT
     still = read[NOISE_GATE, 0.0]
     assert max(f.global_confidence for f in still) < 0.2
