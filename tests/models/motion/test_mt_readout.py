@@ -667,9 +667,9 @@ def test_the_noise_gate_tells_noise_from_motion():
     shape = (64, 96)  # 4 x 6 cells of 16 px, 8 x 12 patches of 8
     levels = np.float32(255**2)
 
-    def calm(s1, s2):
+    def calm(s1, s2, before=None):
         one = np.full((8, 12), s1 / levels, np.float32)
-        return e._calm(one, np.full((8, 12), s2 / levels, np.float32), shape)
+        return e._calm(one, np.full((8, 12), s2 / levels, np.float32), shape, before)[0]
 
     assert calm(40.0, 40.0).max() == 0.0  # noise of about 4.5 grey levels
     assert calm(40.0, 160.0).min() == 1.0  # motion
@@ -679,6 +679,12 @@ def test_the_noise_gate_tells_noise_from_motion():
     np.testing.assert_allclose(mid_growth, 0.5, atol=1e-4)
     np.testing.assert_allclose(mid_size, 0.5, atol=1e-4)
     assert calm(0.0, 0.0).max() == 0.0  # no change at all: still
+    # UNCHANGED: a change below it is still however it grows; a change at once after a rest appeared
+    assert calm(0.2, 0.8).max() == 0.0 and calm(1.0, 4.0).min() == 1.0
+    rest, moved = np.zeros((4, 6), np.float32), np.full((4, 6), 500.0, np.float32)
+    assert calm(2.0 * s_hi, 2.0 * s_hi, rest).max() == 0.0
+    assert calm(2.0 * s_hi, 2.0 * s_hi, moved).min() == 1.0
+    assert calm(40.0, 160.0, rest).min() == 1.0  # motion starting from rest (it grows)
 
 
 def test_moving_texture_passes_the_gate():
