@@ -40,15 +40,15 @@ from v1motion.models.motion.engine import (
 
 INTRO = """# Does a still camera view show a dominant motion?
 
-Produced by `python bench/still_confidence.py --md docs/motion/still_confidence.md` (its settings are
-the first line of the block below), on the engine as shipped. *dominant conf*: the confidence of the
-frame's dominant motion as the engine computes it, cells counted towards it from `MOVING_FROM`
+Produced by `python bench/still_confidence.py --md docs/motion/still_confidence.md` (its settings
+are the first line of the block below), on the engine as shipped. *dominant conf*: the confidence of
+the frame's dominant motion as the engine computes it, cells counted towards it from `MOVING_FROM`
 (`models/motion/engine.py`); *every cell counted*: the same consensus with every cell's confidence
 summed, as it was before; both no more than the fourth most confident cell (`global_motion`: 65
 cells of 0.2-0.42 had made a dominant motion 0.999 confident on the still frame after a pan stopped;
-since then the objects below, 2 x 2 cells, read lower). The dashboard shows a direction and a speed from 0.05; the accuracy
-benchmark counts a cell as shown moving above 0.5. *JPEG 80*: each frame, noise added, through JPEG
-of quality 80, as the dashboard's camera sends it.
+since then the objects below, 2 x 2 cells, read lower). The dashboard shows a direction and a speed
+from 0.05; the accuracy benchmark counts a cell as shown moving above 0.5. *JPEG 80*: each frame,
+noise added, through JPEG of quality 80, as the dashboard's camera sends it.
 """
 START_FRAMES = 8
 START_CONFIDENT = 0.3

@@ -135,26 +135,25 @@ before the repeat. Without this a still view through noise and JPEG showed faint
 repeated frame (largest cell 0.38, dominant 0.20), and a pan with every fifth frame repeated (24
 to 30 frames/s) showed 0.57 of its cells confident on the frame after each repeat against 0.79."""
 UNCHANGED = 0.25
-"""Grey levels squared (of 255), as ``SAME_FRAME`` but per cell (over its ``CHANGE_CELLS`` box): a cell
-whose image changed less than this since the frame before is shown still (fully so from twice this),
-and a cell that had not changed on the last ``STILL_FROM_REPEATS`` frames and now changes at once (as
-much since the frame before as since the one before that: ``NOISE_GATE``'s growth below its ``lo``)
-appeared there (a subtitle, a caption, a logo switched on) and is shown still on that frame (a frame
-repeated once or twice, as a DVR does, is no such rest). Camera noise changes every
-cell more than this, so neither applies to a camera's frames; a video's still areas are often
-repeated exactly. Subtitles coming and going every 2 s over a still shot (640x480, H.264) showed 1-2
-% of the cells confident for 3-6 frames at each change, the read-out's averages carrying the
-appearance over frames in which the text's cells did not change at all, and a video job's main
-directions reported three directions for a still shot. The cost: on a still background repeated
-exactly, a cell an object enters, or an object starting from rest, is shown moving one frame later;
-a frame repeated nearly (re-encoded) is shown still, where it showed the motion before it."""
-STILL_FROM_REPEATS = 3
-"""A frame the same as the one before (``SAME_FRAME``) keeps the cells' noise-gate factors of the frame
-before only once or twice in a row (a camera's frame read twice, a DVR's or a 24 to 30 frames/s
-conversion's repeat); the third in a row shows a still view: every cell is shown still and has not
-changed (``UNCHANGED``), and the next frame's change is measured from it. Kept as a repeat, a video's
-still shot carried the last change's factors, and captions that came and went over it were read as
-motion; a frame frozen for a second showed the motion before it on its first three frames."""
+"""Grey levels squared (of 255), as ``SAME_FRAME`` but per cell (over its ``CHANGE_CELLS`` box): a
+cell whose image changed less than this since the frame before is shown still (weighed fully from
+twice this), and a cell that had not changed on the last ``REST_FRAMES`` frames that are not exact
+repeats (``SAME_FRAME``: those keep the factors of the frame before, as a DVR's repeats must) and
+now changes at once (as much since the frame before as since the one before that: ``NOISE_GATE``'s
+growth below its ``lo``) appeared there (a subtitle, a caption, a logo switched on) and is shown
+still on that frame. Camera noise changes every cell more than this, so neither applies to a
+camera's frames; a video's still areas are often repeated exactly. Subtitles coming and going every
+2 s over a still shot (640x480, H.264) showed 1-2 % of the cells confident for 3-6 frames at each
+change, the read-out's averages carrying the appearance over frames in which the text's cells did
+not change at all, and a video job's main directions reported three directions for a still shot. The
+cost: on a still background repeated exactly, a cell an object enters at speed is shown moving one
+frame later; a frame repeated nearly (re-encoded) is shown still, where it showed the motion before
+it. Not caught: a caption that comes or goes right after whole frames repeated exactly (a still shot
+without any noise, 1-3 frames between two captions), whose cells' last change is then older than
+those repeats."""
+REST_FRAMES = 3
+"""How many of the last frames that are not repeats (``SAME_FRAME``) a cell must not have changed on
+to have been at rest (``UNCHANGED``)."""
 FAST_FROM = 5.0
 """px/frame. Fast motion is also read one octave coarser: the MT read-out applied to pyramid levels
 1-4 (level 4 encoded for it) reads the frame at half resolution, where a displacement of 16 px/frame
@@ -249,7 +248,8 @@ a direction nothing took (on 3 of 4 stills at 320x240 and 640x480, up to 19 % of
 px/frame, the dominant motion 0.74-1.00 confident), which a video job's main directions reported as
 its motion. A rise of a third or less, flicker (a rise of 1.3 at 60 frames/s) and light going down
 were read as still, and stay read as they are; the frames' mean grey levels are floored at 8 of 255
-so that a dark view's noise is no rise."""
+so that a dark view's noise is no rise. A fade from black restarts the stream on its first frames (a
+rise of 1.4 or more), and so would each flash of a strobe."""
 RUN_AHEAD = 3
 """``MotionEngine.run`` with two threads encodes frames up to this many ahead of the one it reads. With
 one frame ahead, the reading and the encoding thread waited for each other every frame, and in a
@@ -479,8 +479,7 @@ class StreamState:
     grey: np.ndarray | None = None  # the last frame encoded, grey (STILL_IMAGE, NOISE_GATE)
     grey_before: np.ndarray | None = None  # the frame encoded before that (NOISE_GATE)
     calm: np.ndarray | None = None  # the noise gate's factor per cell on the last frame
-    changed: list = field(default_factory=list)  # each cell's change on the last frames, newest 1st
-    repeats: int = 0  # frames in a row the same as the one before (SAME_FRAME)
+    changed: list = field(default_factory=list)  # each cell's change on its last REST_FRAMES
     took_coarse: bool = True  # whether the last frame read took the coarse read (two threads)
 
     def start(self, shape: tuple[int, int], encoded: int, read: int) -> None:
@@ -491,7 +490,7 @@ class StreamState:
         self.change = self.coarse_change = None
         self.before = self.coarse_before = ()
         self.grey = self.grey_before = self.calm = None
-        self.changed, self.repeats = [], 0
+        self.changed = []
         self.frames = 0
 
 
@@ -575,9 +574,9 @@ def _cut_thumbnail(half: np.ndarray) -> np.ndarray:
 
 
 def is_scene_cut(before, after, thresholds=SCENE_CUT) -> bool:
-    """Whether ``after`` (``cut_features`` of a frame) shows another scene than ``before`` (those of the
-    frame before it), or the same lit up (``LIGHT_ON``): see ``SCENE_CUT``. Frames of different sizes
-    are not compared (``False``)."""
+    """Whether ``after`` (``cut_features`` of a frame) shows another scene than ``before`` (those of
+    the frame before it), or the same lit up (``LIGHT_ON``): see ``SCENE_CUT``. Frames of different
+    sizes are not compared (``False``)."""
     (h0, g0), (h1, g1) = before, after
     if g0.shape != g1.shape:
         return False
@@ -1157,8 +1156,7 @@ class MotionEngine:
         its confidence, 0 where its change looks like camera noise (``NOISE_GATE``). Either is
         ``None`` where there is no frame before to compare with, or nothing to weigh it. Keeps
         ``grey`` and the frame before it in ``state`` for the next frames; a frame the same as the
-        one before (``SAME_FRAME``) keeps the frame before that, and the cells their ``calm``, unless
-        it is the ``STILL_FROM_REPEATS``-th in a row: then it is a still view, every cell still."""
+        one before (``SAME_FRAME``) keeps the frame before that, and the cells their ``calm``."""
         prev, older = state.grey, state.grey_before
         state.grey, state.grey_before = grey, prev
         if self.change_gate is None or prev is None or prev.shape != grey.shape:
@@ -1177,19 +1175,14 @@ class MotionEngine:
             lo, hi = STILL_IMAGE
             still = np.clip((hi - change[0] * 255.0) / (hi - lo), 0.0, 1.0).ravel()
         if calm_too:
-            repeated = state.calm is not None and float(change[1].max()) * 255**2 < SAME_FRAME
-            state.repeats = state.repeats + 1 if repeated else 0
-            if repeated and state.repeats < STILL_FROM_REPEATS:
+            if state.calm is not None and float(change[1].max()) * 255**2 < SAME_FRAME:
                 # a repeated frame: the next frame's two-frame change is to span two changes
                 state.grey_before = older
                 calm = state.calm
-            elif repeated:  # a still view: nothing changed (UNCHANGED)
-                calm = np.zeros_like(state.calm)
-                state.changed = [np.zeros_like(state.calm)]
             else:
                 before = np.maximum.reduce(state.changed) if state.changed else None
                 calm, one = self._calm(change[1], change[2], grey.shape, before)
-                state.changed = [one, *state.changed][:STILL_FROM_REPEATS]
+                state.changed = [one, *state.changed][:REST_FRAMES]
         state.calm = calm
         return still, calm
 
@@ -1215,7 +1208,7 @@ class MotionEngine:
         (``NOISE_GATE``), and 0 where its image did not change or appeared at once (``UNCHANGED``),
         from its patches' mean squared change since the frame before (``s1``) and the one before
         that (``s2``), grey in [0, 1]; ``before``: the cells' largest change on the last frames
-        (``STILL_FROM_REPEATS``; ``None`` on a stream's second frame). Returns ``(calm, change)``:
+        (``REST_FRAMES``; ``None`` on a stream's second frame). Returns ``(calm, change)``:
         the factor and the cells' change."""
         one, two = self._cell_changes(s1, s2, shape)
         growth = (two - one) / np.maximum(one, np.float32(1e-6))

@@ -355,7 +355,7 @@ class SandboxedDecoder:
 
     def __enter__(self) -> SandboxedDecoder:
         # -P: the folder the service was started from is not put on the child's path, where a
-        # user's file named like a standard module (dis.py, random.py) would be imported and run
+        # user's file named like a standard module (json.py, dis.py) would be imported and run
         cmd = [sys.executable, "-P", "-m", "v1motion.service.jobs.decode", str(self.path)]
         cmd += [json.dumps(self.limits.to_dict())] + (["--probe"] if self.probe_only else [])
         self._proc = subprocess.Popen(

@@ -538,10 +538,10 @@ def _every_cell_summed(mf) -> float:
 def test_a_still_camera_view_has_no_dominant_motion():
     """A textured still with camera noise (4/255 per frame, 320x240): some cells read faint motion
     on every frame, but the frame's dominant motion is not confident; counting every cell's
-    confidence, as the consensus did before ``MOVING_FROM`` (and without its cap), it was. Panned slowly, it is. (Where
-    noise makes cells read more than faint motion, on the astronaut still, the dominant motion
-    stays confident: docs/motion/still_confidence.md.) ``NOISE_GATE`` shows those faint cells
-    still too: off here, to test the consensus alone."""
+    confidence, as the consensus did before ``MOVING_FROM`` (and without its cap), it was. Panned
+    slowly, it is. (Where noise makes cells read more than faint motion, on the astronaut still, the
+    dominant motion stays confident: docs/motion/still_confidence.md.) ``NOISE_GATE`` shows those
+    faint cells still too: off here, to test the consensus alone."""
     image = stimuli.load_still("gravel")
     rng = np.random.default_rng(0)
     e = MotionEngine.load_default()
@@ -593,10 +593,10 @@ def _through_a_camera(image, speed, n, rng, transport, tmp_path):
 def test_a_still_view_through_camera_noise_shows_no_motion(transport, tmp_path):
     """The whole ``chelsea`` photograph, still, with camera noise through JPEG (as the dashboard's
     camera sends frames) or through an mp4v video: the code of its fur changes with the noise and
-    the read-out read that as faint motion that agreed, a dominant motion 0.98-0.99 confident on most
-    frames (0.49 at the median since it is capped by its fourth most confident cell). Where a cell's image changes as noise does (about as much over two frames as over one:
-    ``NOISE_GATE``), it is shown still; panned slowly through the same camera, it is shown moving,
-    the right way."""
+    the read-out read that as faint motion that agreed, a dominant motion 0.98-0.99 confident on
+    most frames (0.49 at the median since it is capped by its fourth most confident cell). Where a
+    cell's image changes as noise does (about as much over two frames as over one: ``NOISE_GATE``),
+    it is shown still; panned slowly through the same camera, it is shown moving, the right way."""
     from v1motion.models.motion.engine import NOISE_GATE
     from v1motion.models.motion.motion_eval import CONFIDENT
 

@@ -1,5 +1,5 @@
-"""Scene cuts (``SCENE_CUT``, ``LIGHT_ON``): what counts as one, and the stream starting anew at one in
-``step`` and ``run``."""
+"""Scene cuts (``SCENE_CUT``, ``LIGHT_ON``): what counts as one, and the stream starting anew at one
+in ``step`` and ``run``."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def test_a_change_of_light_and_camera_noise_are_not_cuts(rng):
 
 
 def _still(name: str, level: float, rng) -> np.ndarray:
-    """A still view of ``name`` at 240x320 lit at ``level`` of its brightness, camera noise 2/255."""
+    """A still view of ``name`` at 240x320 lit at ``level`` of its brightness, camera noise
+    2/255."""
     image = load_still(name)
     centre = (image.shape[1] / 2.0, image.shape[0] / 2.0)
     frame = pan_sequence(image, centre, 0.0, 0.0, 1, (240, 320))[0] * level * 255.0

@@ -66,7 +66,7 @@ def test_decodes_every_frame_in_order(good_avi):
     assert np.abs(frames[0].astype(int) - expected[5].astype(int)).mean() > 10
 
 
-@pytest.mark.parametrize("module", ["json", "dis", "random"])
+@pytest.mark.parametrize("module", ["json", "dis"])
 def test_files_where_the_service_runs_are_not_imported_by_the_decoder(
     good_avi, tmp_path, monkeypatch, module
 ):
