@@ -35,6 +35,20 @@ def write_video(path: Path, fourcc: str | None = "MJPG", n=12, size=(96, 64), fp
     return Path(path).read_bytes()
 
 
+def through_mp4v(frames, path: Path, fps: float = 30.0) -> list[np.ndarray]:
+    """Grey uint8 ``frames`` written to an mp4v video at ``path`` and read back as grey, as a video
+    job reads them (the codec carries what it sent of a frame into the frames after it)."""
+    h, w = frames[0].shape
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    cap, out = cv2.VideoCapture(str(path)), []
+    while (got := cap.read())[0]:
+        out.append(cv2.cvtColor(got[1], cv2.COLOR_BGR2GRAY))
+    return out
+
+
 def avi(tmp: Path, **kw) -> bytes:
     return write_video(tmp / "sample.avi", "MJPG", **kw)
 

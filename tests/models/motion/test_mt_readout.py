@@ -4,6 +4,7 @@ the features it is fitted on."""
 import cv2
 import numpy as np
 import pytest
+import video_samples
 
 from tests import naive
 from v1motion.models.motion import mt_readout, stimuli
@@ -577,14 +578,7 @@ def _through_a_camera(image, speed, n, rng, transport, tmp_path):
             u8 = cv2.imdecode(cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, 80])[1], 0)
         frames.append(u8)
     if transport == "mp4v":
-        path = str(tmp_path / f"view-{speed}.mp4")
-        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30, (320, 240))
-        for f in frames:
-            writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
-        writer.release()
-        cap, frames = cv2.VideoCapture(path), []
-        while (got := cap.read())[0]:
-            frames.append(cv2.cvtColor(got[1], cv2.COLOR_BGR2GRAY))
+        frames = video_samples.through_mp4v(frames, tmp_path / f"view-{speed}.mp4")
         assert len(frames) == n
     return frames
 

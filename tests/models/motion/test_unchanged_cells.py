@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import video_samples
 
 from v1motion.models.motion import stimuli
 from v1motion.models.motion.engine import MotionEngine
@@ -33,19 +34,6 @@ def _captioned(frame: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-def _through_mp4v(frames, path) -> list[np.ndarray]:
-    """The frames written to an mp4v video and read back, as a video job reads them."""
-    h, w = frames[0].shape
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (w, h))
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
-    writer.release()
-    cap, out = cv2.VideoCapture(str(path)), []
-    while (got := cap.read())[0]:
-        out.append(got[1])
-    return out
-
-
 @pytest.mark.parametrize("name", ["coffee", "chelsea", "camera"])
 def test_captions_coming_and_going_over_a_still_shot_are_no_motion(engine, name, tmp_path):
     """A still shot through a video codec (640x480, mp4v), captions changing every 10 frames: before
@@ -57,7 +45,7 @@ def test_captions_coming_and_going_over_a_still_shot_are_no_motion(engine, name,
     shot = [still if c is None else _captioned(still, c) for c in captions for _ in range(10)]
     state, summary = engine.new_state(), MotionSummary()
     confident = 0
-    for frame in _through_mp4v(shot, tmp_path / "shot.mp4"):
+    for frame in video_samples.through_mp4v(shot, tmp_path / "shot.mp4"):
         mf = engine.step(state, frame)
         summary.update(mf.direction, mf.speed, mf.confidence)
         confident += int((mf.confidence > 0.5).sum())
