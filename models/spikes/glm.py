@@ -321,11 +321,21 @@ class PSTHPoisson(EstimatorParams):
         self.n_neurons_ = y.shape[-1]
         return self
 
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "rate_"):
+            raise NotFittedError("this PSTHPoisson is not fitted yet: call fit(counts) first")
+
+    @property
+    def n_params_(self) -> int:
+        """One rate per bin and neuron (the smoothing makes fewer of them free; an information
+        criterion with this count penalises the PSTH at most)."""
+        self._check_fitted()
+        return int(self.rate_.size)
+
     def log_likelihood(self, y, u=None, per_trial=False):
         from scipy.special import gammaln
 
-        if not hasattr(self, "rate_"):
-            raise NotFittedError("this PSTHPoisson is not fitted yet: call fit(counts) first")
+        self._check_fitted()
         y = as_counts(y)
         if y.shape[1:] != self.rate_.shape:
             raise ValueError(f"counts must have shape (n_trials,) + {self.rate_.shape}")
@@ -335,6 +345,7 @@ class PSTHPoisson(EstimatorParams):
     def sample(self, n_trials=1, n_bins=None, u=None, seed=0):
         """Poisson counts (``int64``) of shape (n_trials, n_bins, n_neurons); ``n_bins`` other than
         the fitted trials' repeats the rates cyclically."""
+        self._check_fitted()
         rng = np.random.default_rng(seed)
         rate = self.rate_ if n_bins is None else np.resize(self.rate_, (n_bins, self.n_neurons_))
         return rng.poisson(np.broadcast_to(rate, (n_trials,) + rate.shape)).astype(np.int64)

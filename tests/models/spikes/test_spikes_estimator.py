@@ -250,6 +250,10 @@ def test_every_estimator_says_not_fitted_the_same_way(kind):
     m = PSTHPoisson() if kind == "psth" else make_model(kind)
     with pytest.raises(NotFittedError, match="not fitted"):
         m.score(_planted()[:2])
+    with pytest.raises(NotFittedError, match="not fitted"):
+        m.sample(n_trials=1, n_bins=10)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        m.n_params_  # noqa: B018
 
 
 # ----------------------------------------------------------------------------- samples
@@ -278,3 +282,12 @@ def test_a_non_integer_cap_caps_at_its_floor():
     m = IndependentPoisson().fit(np.full((1, 5, 2), 20))
     s = m.sample(n_trials=2, n_bins=50, seed=0, max_count=2.5)
     assert s.dtype == np.int64 and s.max() == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_estimator_counts_its_parameters(kind, fitted):
+    """An information criterion needs ``n_params_`` of every kind; the PSTH baseline had none."""
+    m = fitted[kind]
+    assert isinstance(m.n_params_, int) and m.n_params_ > 0
+    if kind == "psth":
+        assert m.n_params_ == m.rate_.size
