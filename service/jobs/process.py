@@ -452,6 +452,10 @@ def process_video(
         arrays = results.arrays()
         main = summary.main_directions_
         arrays.update(
+            time_s=np.asarray(times, dtype=np.float64),
+            fps=np.asarray(fps, dtype=np.float64),
+            processed_width=np.asarray(info.out_width, dtype=np.int32),
+            processed_height=np.asarray(info.out_height, dtype=np.int32),
             cell_px=np.asarray(results.cell, dtype=np.int32),
             direction_bins_deg=np.degrees(np.asarray(engine.direction_bins, np.float64)).astype(
                 np.float32

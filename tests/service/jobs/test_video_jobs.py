@@ -58,6 +58,11 @@ def test_process_video_writes_every_result(tmp_path):
     assert {npz[k].shape for k in grids} == {(12, 4, 6)}
     assert npz["speed_over_time_px_per_frame"].shape == (12,)
     assert npz["direction_hist"].shape == (12, 8) and int(npz["cell_px"]) == 16
+    # a time axis and the frame size the speeds are in, without motion.json or result.json
+    assert float(npz["fps"]) == pytest.approx(result["fps"])
+    np.testing.assert_allclose(npz["time_s"], np.arange(12) / result["fps"], atol=1e-6)
+    size = (int(npz["processed_width"]), int(npz["processed_height"]))
+    assert size == (result["processed_width"], result["processed_height"])
     assert npz["video_direction_hist"].sum() == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(npz["direction_bins_deg"], np.arange(8) * 45.0)
 
