@@ -287,9 +287,9 @@ def along_one_axis(direction, speed, coherence, axis, lo, hi):
     return np.arctan2(v[..., 1], v[..., 0]), np.hypot(v[..., 0], v[..., 1])
 
 
-def pool_constraints(direction, speed, weight, one_axis, axis, sigma, lo, hi, prior):
-    """Per cell the 2 x 2 weighted least-squares velocity of its neighbourhood's constraints
-    ``M_k = a_k n_k n_k^T + (1 - a_k) I`` with a prior on its own velocity, blended in by ``a``."""
+def constraint_solutions(direction, speed, weight, one_axis, axis, sigma, lo, hi, prior, local):
+    """``(v, u, near, a)``: each cell's own velocity, its neighbourhood's solution over ``sigma``
+    and over ``local`` (``None`` without one), and its one-axis share."""
     d, s = np.asarray(direction, np.float64), np.asarray(speed, np.float64)
     a = np.clip((np.asarray(one_axis, np.float64) - lo) / (hi - lo), 0.0, 1.0)
     w = np.maximum(np.nan_to_num(np.asarray(weight, np.float64), nan=0.0), 0.0)
@@ -300,9 +300,27 @@ def pool_constraints(direction, speed, weight, one_axis, axis, sigma, lo, hi, pr
     )
     wM = w[..., None, None] * M
     wMv = np.einsum("...ij,...j->...i", wM, v)
-    S = _gauss(wM.reshape(*wM.shape[:-2], 4), sigma).astype(np.float64).reshape(wM.shape)
-    r = _gauss(wMv, sigma).astype(np.float64)
-    lam = prior * 0.5 * (S[..., 0, 0] + S[..., 1, 1]) + 1e-12
-    u = np.linalg.solve(S + lam[..., None, None] * np.eye(2), (r + lam[..., None] * v)[..., None])
-    o = v + a[..., None] * (u[..., 0] - v)
+
+    def solve(g):
+        S = _gauss(wM.reshape(*wM.shape[:-2], 4), g).astype(np.float64).reshape(wM.shape)
+        r = _gauss(wMv, g).astype(np.float64)
+        lam = prior * 0.5 * (S[..., 0, 0] + S[..., 1, 1]) + 1e-12
+        A = S + lam[..., None, None] * np.eye(2)
+        return np.linalg.solve(A, (r + lam[..., None] * v)[..., None])[..., 0]
+
+    return v, solve(sigma), None if local is None else solve(local), a
+
+
+def pool_constraints(direction, speed, weight, one_axis, axis, sigma, lo, hi, prior, local=None):
+    """Per cell the 2 x 2 weighted least-squares velocity of its neighbourhood's constraints
+    ``M_k = a_k n_k n_k^T + (1 - a_k) I`` with a prior on its own velocity, blended in by ``a``;
+    where it points away from the cell's own velocity, that of the ``local`` neighbourhood if it
+    does not."""
+    v, u, near, a = constraint_solutions(
+        direction, speed, weight, one_axis, axis, sigma, lo, hi, prior, local
+    )
+    if near is not None:
+        take = ((u * v).sum(-1) < 0) & ((near * v).sum(-1) > 0)
+        u = np.where(take[..., None], near, u)
+    o = v + a[..., None] * (u - v)
     return np.arctan2(o[..., 1], o[..., 0]), np.hypot(o[..., 0], o[..., 1])

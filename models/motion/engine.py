@@ -174,16 +174,19 @@ live synthetic source: from 0.7 to 0.9, the source's 225-degree grating (24 px p
 on the scale 0.83) kept a third of the read-out's guess along its stripes and read 5 degrees off;
 from 0.65 it reads 0.7 off, with held-out pans and objects unchanged (within 0.1 degree) and real
 clips 0.2-0.4 degree worse per cell (on cells the engine does not show moving)."""
-CONSTRAINTS = (8.0, 0.05, 0.35, 0.1)
-"""``(sigma, lo, hi, prior)`` of ``pool_constraints``, the step after ``APERTURE``: a cell whose units
-see mostly one axis (coherence on the grating scale from 0.05 to 0.35; natural images read 0.35 at
+CONSTRAINTS = (8.0, 0.05, 0.35, 0.1, 2.0)
+"""``(sigma, lo, hi, prior, local)`` of ``pool_constraints``, the step after ``APERTURE``: a cell whose
+units see mostly one axis (coherence on the grating scale from 0.05 to 0.35; natural images read 0.35 at
 the median) takes the velocity that best meets the constraints of the cells within a Gaussian of 8
 cells, each constraining the component along its own axis or, where its units see several axes, the
 whole velocity; its own reading weighs a tenth of its neighbourhood's. On the map of a pan, a
 region of parallel edges (strands of hair) showed the motion across them, not the pan's. Chosen on
 the accuracy benchmark (docs/motion/accuracy.md), with gratings and plaids held where they were:
 held-out pans per cell 9.3 -> 7.0 degrees (320x240) and 8.7 -> 6.0 (640x480), real clips 34.4 -> 28.8
-and 34.1 -> 28.6."""
+and 34.1 -> 28.6. Where that solution turns a cell by more than 90 degrees, the cell takes the
+solution of the cells within a Gaussian of 2 (``local``) if that one does not: two lanes of cars going
+opposite ways 6 cells apart (5 and 2 px/frame, 640x480) read the slower lane 133 degrees off, as the
+faster one, and a video job's main directions named the faster lane only; now 22 degrees, and both."""
 WARMUP_FRAMES = 6
 """The first frames after a stream starts (or starts anew at a scene cut) read less well while the
 ss-RNN's state and the read-out's averages fill: on pans of five stills at 320x240 (1-4 px/frame, 8
@@ -706,7 +709,7 @@ class MotionEngine:
     aperture : (float, float) or None, default APERTURE
         Where the units around a cell see one axis of motion, the cell shows only the motion along
         it, blended in over this range of coherence (``along_one_axis``); ``None`` turns it off.
-    constraints : (sigma, lo, hi, prior) or None, default CONSTRAINTS
+    constraints : (sigma, lo, hi, prior[, local]) or None, default CONSTRAINTS
         Then a cell that sees mostly one axis takes the velocity that best meets the constraints of
         its neighbourhood (``pool_constraints``); ``None`` turns it off, and so does
         ``aperture=None`` (it needs the units' axes).
@@ -768,7 +771,7 @@ class MotionEngine:
                  change_gate: tuple[float, float] | None = CHANGE_GATE,
                  coarse: bool = True,
                  aperture: tuple[float, float] | None = APERTURE,
-                 constraints: tuple[float, float, float, float] | None = CONSTRAINTS,
+                 constraints: tuple[float, ...] | None = CONSTRAINTS,
                  parallel_from_px: int = PARALLEL_FROM_PX, place_threads: bool = True,
                  axis_calibration=None, coherence_reference=None,
                  prime_passes: int = PRIME_PASSES,
@@ -812,11 +815,11 @@ class MotionEngine:
             self._axis_re, self._axis_im = unit_axes(tuning["direction_curves"])
         self.aperture = None if aperture is None else tuple(map(float, aperture))
         if constraints is not None:
-            sigma, lo, hi, prior = constraints
-            if not (sigma > 0 and 0 <= lo < hi <= 1 and prior > 0):
+            sigma, lo, hi, prior, local = (*constraints, None)[:5]
+            if not (sigma > 0 and 0 <= lo < hi <= 1 and prior > 0 and (local is None or local > 0)):
                 raise ValueError(
-                    "constraints must be (sigma > 0, lo, hi, prior > 0) with 0 <= lo < hi <= 1, "
-                    f"got {constraints}"
+                    "constraints must be (sigma > 0, lo, hi, prior > 0[, local > 0]) with "
+                    f"0 <= lo < hi <= 1, got {constraints}"
                 )
         # the constraints need the units' axes, which the aperture step computes
         self.constraints = (

@@ -341,20 +341,27 @@ def _constraint_terms(direction, speed, weight, one_axis, axis, lo, hi, terms, c
 
 
 @njit(cache=True, nogil=True)
-def _constraint_finish(sums, cell, prior, out_dir, out_speed):
-    """Each cell's velocity from the 2 x 2 system of its neighbourhood's blurred ``terms``, blended
-    in by its one-axis share (``pool_constraints``)."""
+def _solve(s, prior_half, vx, vy):
+    lam = prior_half * (s[0] + s[2]) + np.float32(1e-12)
+    s11, s22 = s[0] + lam, s[2] + lam
+    r1, r2 = s[3] + lam * vx, s[4] + lam * vy
+    det = s11 * s22 - s[1] * s[1]
+    return (s22 * r1 - s[1] * r2) / det, (s11 * r2 - s[1] * r1) / det
+
+
+@njit(cache=True, nogil=True)
+def _constraint_finish(sums, local, cell, prior, out_dir, out_speed):
+    """Each cell's velocity from the 2 x 2 system of its neighbourhood's blurred ``terms`` (or, where
+    that turns it by more than 90 degrees and the ``local`` one does not, from the local one),
+    blended in by its one-axis share (``pool_constraints``)."""
     half = np.float32(prior) * np.float32(0.5)
     for m in range(cell.shape[0]):
-        s = sums[m]
-        s11, s12, s22, r1, r2 = s[0], s[1], s[2], s[3], s[4]
         a, vx, vy = cell[m, 0], cell[m, 1], cell[m, 2]
-        lam = half * (s11 + s22) + np.float32(1e-12)
-        s11, s22 = s11 + lam, s22 + lam
-        r1, r2 = r1 + lam * vx, r2 + lam * vy
-        det = s11 * s22 - s12 * s12
-        ux = (s22 * r1 - s12 * r2) / det
-        uy = (s11 * r2 - s12 * r1) / det
+        ux, uy = _solve(sums[m], half, vx, vy)
+        if ux * vx + uy * vy < 0:  # another motion's, or the cell's reading is wrong: ask nearer
+            lx, ly = _solve(local[m], half, vx, vy)
+            if lx * vx + ly * vy > 0:
+                ux, uy = lx, ly
         ox, oy = vx + a * (ux - vx), vy + a * (uy - vy)
         out_dir[m] = np.arctan2(oy, ox)
         out_speed[m] = np.hypot(ox, oy)
@@ -534,7 +541,16 @@ def axis_coherence(axis_sums, sigma: float, offsets=None) -> tuple[np.ndarray, n
 
 
 def pool_constraints(
-    direction, speed, weight, one_axis, axis, sigma: float, lo: float, hi: float, prior: float
+    direction,
+    speed,
+    weight,
+    one_axis,
+    axis,
+    sigma: float,
+    lo: float,
+    hi: float,
+    prior: float,
+    local: float | None = None,
 ):
     """The aperture problem, solved over a neighbourhood (intersection of constraints). A cell whose
     units see one axis of motion measures only the velocity's component along that axis (a horizontal
@@ -557,6 +573,10 @@ def pool_constraints(
     prior : weight of each cell's own velocity in its solution, relative to the mean weight of its
         neighbourhood's constraints: it keeps nearly parallel constraints (a grating, whose cells' axes
         differ by a few degrees) from swinging the solution along the stripes.
+    local : or None, a smaller Gaussian (cells). Where the neighbourhood's solution turns a cell by
+        more than 90 degrees, that of its ``local`` neighbourhood is taken if it does not: the cell
+        belongs to another motion (a lane of cars beside a faster one going the other way), which
+        a cell whose own reading is wrong does not have around it. ``None``: always the first.
 
     Notes
     -----
@@ -572,8 +592,8 @@ def pool_constraints(
     """
     if not 0 <= lo < hi:
         raise ValueError(f"need 0 <= lo < hi, got lo={lo}, hi={hi}")
-    if not sigma > 0 or not prior > 0:
-        raise ValueError(f"sigma and prior must be > 0, got {sigma} and {prior}")
+    if not sigma > 0 or not prior > 0 or not (local is None or local > 0):
+        raise ValueError(f"sigma, prior and local must be > 0, got {sigma}, {prior} and {local}")
     if direction.size == 0:
         return direction.astype(np.float32), speed.astype(np.float32)
     shape = np.shape(direction)
@@ -584,7 +604,8 @@ def pool_constraints(
     _constraint_terms(*inputs, lo, hi, terms.reshape(-1, 5), cell)
     out_dir, out_speed = np.empty((2, *shape), np.float32)
     sums = _blur(terms, sigma).reshape(-1, 5)
-    _constraint_finish(sums, cell, prior, out_dir.reshape(-1), out_speed.reshape(-1))
+    near = sums if local is None else _blur(terms, local).reshape(-1, 5)
+    _constraint_finish(sums, near, cell, prior, out_dir.reshape(-1), out_speed.reshape(-1))
     return out_dir, out_speed
 
 

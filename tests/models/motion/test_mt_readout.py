@@ -1013,6 +1013,9 @@ def test_pooled_constraints_match_the_per_cell_least_squares(rng):
 def test_the_constraints_are_validated_and_can_be_turned_off():
     with pytest.raises(ValueError, match="constraints"):
         MotionEngine.load_default(constraints=(8.0, 0.35, 0.05, 0.1))
+    with pytest.raises(ValueError, match="constraints"):
+        MotionEngine.load_default(constraints=(8.0, 0.05, 0.35, 0.1, 0.0))  # local: > 0
+    assert MotionEngine.load_default(constraints=(8.0, 0.05, 0.35, 0.1)).constraints[3] == 0.1
     assert MotionEngine.load_default(constraints=None).constraints is None
     assert MotionEngine.load_default(aperture=None).constraints is None  # it needs the axes
 
@@ -1247,3 +1250,56 @@ def test_the_per_cell_steps_match_their_naive_twins(seed):
     )
     args = (d, s, np.nan_to_num(w) + 0.05, coherence, axis, 3.0, 0.2, 0.8, 0.5)
     _assert_motion_close(mt_readout.pool_constraints(*args), naive.pool_constraints(*args))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pooled_constraints_asking_a_local_neighbourhood_match_their_twin(seed):
+    """``pool_constraints(..., local)`` against its float64 twin, on the cells where neither of
+    its two choices (is the solution within 90 degrees of the cell's own velocity?) is a tie."""
+    from v1motion.models.motion import mt_readout
+
+    d, s, w, coherence, axis = _cell_maps(np.random.default_rng(seed), (30, 40))
+    args = (d, s, np.nan_to_num(w) + 0.05, coherence, axis, 3.0, 0.2, 0.8, 0.5, 1.0)
+    dl, sl = mt_readout.pool_constraints(*args)
+    dl_ref, sl_ref = naive.pool_constraints(*args)
+    v, u, near, _ = naive.constraint_solutions(*args)
+
+    def cos(x):
+        return (x * v).sum(-1) / (np.linalg.norm(x, axis=-1) * np.linalg.norm(v, axis=-1) + 1e-12)
+
+    clear = (np.abs(cos(u)) > 1e-3) & (np.abs(cos(near)) > 1e-3)
+    asked = (cos(u) < 0) & (cos(near) > 0) & clear
+    assert clear.mean() > 0.95 and asked.sum() >= 20, (clear.mean(), asked.sum())
+    np.testing.assert_allclose(np.cos(dl - dl_ref)[clear], 1.0, atol=1e-9)
+    np.testing.assert_allclose(sl[clear], sl_ref[clear], rtol=2e-5, atol=1e-6)
+    without = mt_readout.pool_constraints(*args[:-1])
+    assert not np.allclose(np.cos(dl - without[0])[asked], 1.0)  # the local solution was taken
+
+
+def test_a_slower_lane_beside_an_opposite_faster_one_keeps_its_direction():
+    """Two lanes of cars 6 cells wide, going opposite ways (5 px/frame right, confident; 2 px/frame
+    left, less so), their cells seeing mostly the cars' long horizontal edges. The neighbourhood of
+    8 cells solved the slower lane's cells as the faster lane; asking the local one (2 cells) where
+    that solution turns a cell by over 90 degrees keeps them. A lone cell read the wrong way inside
+    one motion is pooled as before, as its local neighbourhood turns it too."""
+    from v1motion.models.motion.mt_readout import pool_constraints
+
+    rows, cols = 12, 30
+    fast = np.arange(rows) < 6
+    direction = np.where(fast, 0.0, np.pi)[:, None].repeat(cols, 1)
+    speed = np.where(fast, 5.0, 2.0)[:, None].repeat(cols, 1)
+    weight = np.where(fast, 1.0, 0.6)[:, None].repeat(cols, 1)
+    one_axis, axis = np.full((rows, cols), 0.3), np.full((rows, cols), np.pi / 2)
+    direction[2, 15] = np.pi  # a wrong reading inside the fast lane
+    args = (direction, speed, weight, one_axis, axis, 8.0, 0.05, 0.35, 0.1)
+
+    def error_deg(d, truth):
+        return np.degrees(np.abs(np.angle(np.exp(1j * (d - truth)))))
+
+    d_old, _ = pool_constraints(*args)
+    d_new, s_new = pool_constraints(*args, 2.0)
+    assert np.median(error_deg(d_old[8:], np.pi)) > 90  # as before: read as the faster lane
+    assert error_deg(d_new[8:], np.pi).max() < 30
+    np.testing.assert_allclose(np.median(s_new[8:]), 2.0, rtol=0.35)
+    # the fast lane as before, its lone wrong cell included (its local neighbourhood turns it too)
+    np.testing.assert_array_equal(d_new[:6], d_old[:6])
