@@ -60,6 +60,8 @@ _REFUSAL_LOG_EVERY_S = 60.0
 # A request line and headers larger than this get 431 (httptools keeps no such limit: one client
 # sent 1 GB of header lines in 2 s and the server's memory grew by as much before the time limit).
 MAX_HEADER_BYTES = 64 * 1024
+LINGER_BYTES, LINGER_S = 256 * 1024, 2.0
+"""After a 431, at most this much more of the request is read and dropped, for at most this long."""
 
 
 class ConnectionStats:
@@ -154,14 +156,41 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._began, self._header_bytes = True, -1  # -1: began within the bytes being read
+            self._parsed_bytes, self._too_large = 0, False
             self._arm(limits.header_timeout_s)
+
+        # The reads count from the one after the request began; within that one (up to 256 KiB),
+        # the parser's own pieces do: headers of 70-250 KB sent in one write were answered 200.
+        _parsed_bytes = 0
+        _too_large = False
+
+        def on_url(self, url: bytes) -> None:
+            self._count_parsed(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_parsed(len(name) + len(value) + 4)  # ": " and the line's end
+            super().on_header(name, value)
+
+        def _count_parsed(self, n: int) -> None:
+            self._parsed_bytes += n
+            if self._parsed_bytes > MAX_HEADER_BYTES:
+                self._too_large = True
+                raise ValueError("headers too large")  # the parser stops: send_400_response
 
         def on_headers_complete(self) -> None:
             self._began = False
             self._disarm()
             super().on_headers_complete()
 
+        _draining = 0  # bytes a 431's client may still send, read and dropped (``_linger``)
+
         def data_received(self, data: bytes) -> None:
+            if self._draining:
+                self._draining -= min(len(data), self._draining)
+                if not self._draining:
+                    self.transport.close()
+                return
             super().data_received(data)
             if self.transport.is_closing() or self.transport.get_protocol() is not self:
                 return  # answered and closing, or now a websocket's
@@ -171,10 +200,7 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 self._header_bytes = 0 if self._header_bytes < 0 else self._header_bytes + len(data)
                 if self._header_bytes > MAX_HEADER_BYTES:
                     self._disarm()
-                    self._answer_and_close(
-                        b"431 Request Header Fields Too Large",
-                        f"the request's headers are larger than {MAX_HEADER_BYTES} bytes",
-                    )
+                    self._answer_and_close(*self._headers_too_large(), linger=True)
                 return
             # Bytes that began no request once the last response was sent (a stray CRLF, the rest
             # of a body the app answered without reading): uvicorn stopped its keep-alive timer
@@ -185,14 +211,30 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def send_400_response(self, msg: str) -> None:
             """A request the parser cannot read: 400 in JSON, as every error of this service (uvicorn
-            answers it in plain text)."""
+            answers it in plain text); 431 where its headers outgrew the limit."""
             self._disarm()
+            if self._too_large:
+                self._answer_and_close(*self._headers_too_large(), linger=True)
+                return
             self._answer_and_close(
                 b"400 Bad Request", f"the request could not be read as HTTP/1.1: {msg}"
             )
 
-        def _answer_and_close(self, status: bytes, detail: str, extra: bytes = b"") -> None:
-            """A JSON error written below the app (no request reached it), then the end."""
+        @staticmethod
+        def _headers_too_large() -> tuple[bytes, str]:
+            return (
+                b"431 Request Header Fields Too Large",
+                f"the request's headers are larger than {MAX_HEADER_BYTES} bytes",
+            )
+
+        def _answer_and_close(
+            self, status: bytes, detail: str, extra: bytes = b"", linger: bool = False
+        ) -> None:
+            """A JSON error written below the app (no request reached it), then the end. With
+            ``linger``, the rest of what the client is sending is read and dropped for a moment
+            (up to ``LINGER_BYTES``, ``LINGER_S``) before the connection closes: closed with
+            unread bytes, the kernel resets it, and a client that sent 200 KB of headers in one
+            write lost the answer saying why."""
             body = json.dumps({"detail": detail}).encode()
             head = b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             self.transport.write(
@@ -202,7 +244,12 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 + b"connection: close\r\n\r\n"
                 + body
             )
-            self.transport.close()
+            if not linger or not self.transport.can_write_eof():
+                self.transport.close()
+                return
+            self.transport.write_eof()
+            self._draining = LINGER_BYTES
+            self.loop.call_later(LINGER_S, self.transport.close)
 
         def _arm(self, seconds: float) -> None:
             self._disarm()

@@ -369,6 +369,22 @@ def test_headers_larger_than_the_limit_get_431_before_they_fill_the_memory():
         assert httpx.get(f"{srv.url}/hello", headers=big, timeout=5).status_code == 200
 
 
+@pytest.mark.parametrize("size", [70_000, 200_000])
+def test_headers_larger_than_the_limit_in_one_write_get_431(size):
+    """The reads were counted from the one after the request began, and a read holds up to
+    256 KiB: headers of 70-250 KB sent in one write were answered 200."""
+    from v1motion.service.server import MAX_HEADER_BYTES
+
+    with (
+        bounded(header_s=30, idle_s=30) as srv,
+        socket.create_connection(("127.0.0.1", srv.port)) as s,
+    ):
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+        raw, _ = read_until_closed(s, within=5)
+        status, body = status_and_body(raw)
+        assert status == 431 and f"larger than {MAX_HEADER_BYTES} bytes" in body["detail"]
+
+
 def test_a_body_refused_unread_ends_its_connection():
     """A 413 from Content-Length left the unread body on a kept-alive connection."""
     app = create_app(Settings(max_body_mb=0.001), engine_factory=random_engine)
