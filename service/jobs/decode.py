@@ -122,8 +122,18 @@ def die_with_parent() -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
 
 
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "ACCESS_KEY")
+
+
 def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
+    """The decoder's environment: the server's without its settings (the token among them) and
+    without any variable named like a secret. The child parses hostile files; whatever took it
+    over would have found the token in its environment."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().startswith("V1MOTION_") and not any(w in k.upper() for w in SECRET_WORDS)
+    }
     env.update(
         OPENCV_FFMPEG_CAPTURE_OPTIONS=CAPTURE_OPTIONS,
         OPENCV_VIDEOIO_PRIORITY_LIST="FFMPEG",

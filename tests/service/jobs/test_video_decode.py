@@ -322,3 +322,16 @@ def test_lab_videos_are_accepted(tmp_path, fourcc, suffix, fps):
     with SandboxedDecoder(path, Limits()) as dec:
         assert sum(1 for _ in dec.frames()) == 6
     assert dec.info.codec == fourcc.lower() and dec.info.fps == pytest.approx(fps, rel=1e-3)
+
+
+def test_the_decoder_gets_no_token_nor_secret_from_the_servers_environment(monkeypatch):
+    """The decoder parses hostile files; its environment held the server's V1MOTION_TOKEN."""
+    from v1motion.service.jobs.decode import _child_env
+
+    monkeypatch.setenv("V1MOTION_TOKEN", "s3cret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "k")
+    monkeypatch.setenv("MY_API_KEY", "k")
+    env = _child_env()
+    assert not {"V1MOTION_TOKEN", "AWS_SECRET_ACCESS_KEY", "MY_API_KEY"} & set(env)
+    assert "s3cret" not in env.values()
+    assert env["PATH"] == os.environ["PATH"] and env["OMP_NUM_THREADS"] == "1"
