@@ -205,9 +205,16 @@ def require_media_type(request: HTTPConnection) -> None:
         )
 
 
+AUTH_MESSAGE_MAX = 4096
+"""Characters: a first message longer than this is no auth message, and is not parsed (200
+tokenless sockets each sending 1 MiB of JSON held the event loop for up to 1.5 s)."""
+
+
 def _auth_message_token(text: str | None) -> str | None:
     """The token of a first message ``{"type": "auth", "token": "..."}``; None for anything else
-    (a binary message, other JSON, not JSON)."""
+    (a binary message, other JSON, not JSON, longer than ``AUTH_MESSAGE_MAX``)."""
+    if text is not None and len(text) > AUTH_MESSAGE_MAX:
+        return None
     try:
         msg = json.loads(text) if text is not None else None
     except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
