@@ -832,7 +832,7 @@ def test_the_service_fits_the_tables_settings_by_default():
 
 
 def test_a_large_json_body_is_read_in_the_reader_process(monkeypatch):
-    """Bodies over INLINE_JSON_BYTES are parsed off the event loop: the server's own parser is
+    """Bodies over INLINE_BYTES are parsed off the event loop: the server's own parser is
     broken here, and every large request still answers as it would have, refusals included."""
     from v1motion.service.routers import spikes as spikes_router
 
@@ -841,7 +841,7 @@ def test_a_large_json_body_is_read_in_the_reader_process(monkeypatch):
         mid = _fit(c).json()["id"]
         big = _counts(seed=2, trials=4, bins=15_000)  # 180,000 counts, about 0.9 MB of JSON
         body = json.dumps({"counts": big.tolist()})
-        assert len(body) > spikes_router.INLINE_JSON_BYTES
+        assert len(body) > spikes_router.INLINE_BYTES
         inline = c.post(f"/v1/spikes/models/{mid}/evaluate", json={"counts": big[:1, :50].tolist()})
         assert inline.status_code == 200
 
@@ -1050,3 +1050,30 @@ def test_the_fit_says_which_trials_it_held_out_and_samples_are_counts(client):
     assert all(isinstance(v, int) for v in np.ravel(s.json()["counts"]).tolist())
     assert "0.0" not in s.text.split('"n_spikes"')[0]  # counts written as counts
     assert isinstance(s.json()["n_spikes"], int)
+
+
+def test_a_large_npz_is_read_in_the_reader_process(monkeypatch):
+    """As large JSON bodies: a large .npz upload is parsed off the event loop."""
+    import io
+
+    from v1motion.service.routers import spikes as spikes_router
+
+    app = create_app(Settings())
+    with TestClient(app) as c:
+        mid = _fit(c).json()["id"]
+        big = _counts(seed=2, trials=4, bins=15_000)
+        buf = io.BytesIO()
+        np.savez(buf, counts=big)  # uncompressed: about 1.4 MB
+        assert len(buf.getvalue()) > spikes_router.INLINE_BYTES
+
+        def broken(*a):
+            raise AssertionError("parsed on the event loop")
+
+        monkeypatch.setattr(spikes_router, "_npz_counts", broken)
+        files = {"file": ("c.npz", buf.getvalue())}
+        r = c.post(f"/v1/spikes/models/{mid}/evaluate", files=files)
+        assert r.status_code == 200, r.text
+        assert r.json()["n_spikes"] == big.sum()
+        bad = {"file": ("c.npz", buf.getvalue()[:-100] + b"x" * 100)}  # its directory broken
+        r = c.post(f"/v1/spikes/models/{mid}/evaluate", files=bad)
+        assert r.status_code == 422 and ".npz" in r.text, r.text
