@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
 import sqlite3
@@ -383,19 +384,44 @@ def get_video_result(job_id: str, name: ResultName, jobs: JobsDep, request: Requ
     if rec.status != "succeeded":
         raise HTTPException(409, f"the job is {rec.status}; results appear when it has succeeded")
     path: Path = jobs.result_path(job_id, name)
-    if not path.is_file():
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        if not path.parent.exists():  # deleted meanwhile
+            raise HTTPException(410, f"job {job_id} was deleted") from None
         why = " (this service draws no overlays)" if name == "overlay.mp4" else ""
-        raise HTTPException(404, f"{name} is not among the results of job {job_id}{why}")
-    answer = FileResponse(
-        path, media_type=MEDIA_TYPES[name], filename=f"{job_id}-{name}", stat_result=path.stat()
+        raise HTTPException(404, f"{name} is not among the results of job {job_id}{why}") from None
+    answer = HeldFileResponse(
+        os.fdopen(fd, "rb"), path, media_type=MEDIA_TYPES[name], filename=f"{job_id}-{name}"
     )
     etag = answer.headers["etag"]  # a job's results never change once it has succeeded
     asked = {
         t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")
     }
     if etag in asked or "*" in asked:
+        answer.held.close()
         return Response(status_code=304, headers={"ETag": etag})
     return answer
+
+
+class HeldFileResponse(FileResponse):
+    """A file sent from the file object ``held`` open since the route looked: a DELETE of the
+    job while the answer was on its way removed the file it was to be read from, and the client
+    got a 200 cut short (the server logged an error). Linux's ``/proc/self/fd`` reopens the file
+    held, deleted or not (elsewhere, ``path``); ``held`` is closed once the answer is sent."""
+
+    def __init__(self, held, path: Path, **kwargs):
+        self.held = held
+        reopen = Path(f"/proc/self/fd/{held.fileno()}")
+        super().__init__(
+            reopen if reopen.exists() else path, stat_result=os.fstat(held.fileno()), **kwargs
+        )
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.held.close()
 
 
 @router.delete("/{job_id}", status_code=204, responses=JOB_NOT_FOUND)

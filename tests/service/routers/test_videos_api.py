@@ -584,3 +584,33 @@ def test_a_store_from_before_idempotency_keys_opens_with_them(tmp_path):
     with pytest.raises(sqlite3.IntegrityError):
         store.create("c", "new.avi", "video/x-msvideo", 9, "k", "0" * 64)
     store.close()
+
+
+def test_a_download_under_way_when_its_job_is_deleted_is_sent_whole(client, tmp_path, monkeypatch):
+    """A DELETE between the route's look at the file and the answer's first read removed the file
+    the answer read from: the client got a 200 cut short and the server logged an error. The
+    file held open since the look is sent whole, and nothing stays open after any answer."""
+    import shutil
+
+    from v1motion.service.routers import videos
+
+    job_id = upload(client, vs.avi(tmp_path, n=12)).json()["id"]
+    assert wait_done(client, job_id)["status"] == "succeeded"
+    base = f"/v1/videos/{job_id}"
+    whole = client.get(f"{base}/motion.json").content
+    etag = client.get(f"{base}/summary.png").headers["etag"]
+    open_fds = len(os.listdir("/proc/self/fd"))
+    assert client.get(f"{base}/summary.png", headers={"If-None-Match": etag}).status_code == 304
+    assert client.head(f"{base}/motion.npz").status_code == 200
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # the 304 and the HEAD closed theirs
+
+    send = videos.HeldFileResponse.__call__
+
+    async def deleted_first(self, scope, receive, send_):
+        shutil.rmtree(client.data_dir / "videos" / job_id)  # the DELETE's work, just then
+        await send(self, scope, receive, send_)
+
+    monkeypatch.setattr(videos.HeldFileResponse, "__call__", deleted_first)
+    r = client.get(f"{base}/motion.json")
+    assert r.status_code == 200 and r.content == whole
+    assert len(os.listdir("/proc/self/fd")) == open_fds
