@@ -1,5 +1,6 @@
-"""The dashboard's static files, gzipped for a browser that takes it, and the one reading of
-``Accept-Encoding`` the service uses.
+"""Files the service sends: the dashboard's static files, gzipped for a browser that takes it (with
+the one reading of ``Accept-Encoding`` the service uses), and files sent from a file held open
+(:class:`HeldFileResponse`, a video job's results).
 
 A phone on a 400 kbit/s link spent about 1.7 s fetching the dashboard's script, style and page
 (85 KB) before it could show anything: gzipped they are 27 KB. Each text file is compressed once
@@ -84,3 +85,23 @@ class CompressedStaticFiles(StaticFiles):
 def _gzip_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return gzip.compress(f.read(), 6, mtime=0)
+
+
+class HeldFileResponse(FileResponse):
+    """A file sent from the file object ``held`` open since the route looked: a DELETE of the
+    job while the answer was on its way removed the file it was to be read from, and the client
+    got a 200 cut short (the server logged an error). Linux's ``/proc/self/fd`` reopens the file
+    held, deleted or not (elsewhere, ``path``); ``held`` is closed once the answer is sent."""
+
+    def __init__(self, held, path: Path, **kwargs):
+        self.held = held
+        reopen = Path(f"/proc/self/fd/{held.fileno()}")
+        super().__init__(
+            reopen if reopen.exists() else path, stat_result=os.fstat(held.fileno()), **kwargs
+        )
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.held.close()

@@ -31,6 +31,7 @@ from v1motion.service.jobs.upload import (
     UploadError,
     receive_upload,
 )
+from v1motion.service.webfiles import HeldFileResponse
 
 log = logging.getLogger(__name__)
 
@@ -402,26 +403,6 @@ def get_video_result(job_id: str, name: ResultName, jobs: JobsDep, request: Requ
         answer.held.close()
         return Response(status_code=304, headers={"ETag": etag})
     return answer
-
-
-class HeldFileResponse(FileResponse):
-    """A file sent from the file object ``held`` open since the route looked: a DELETE of the
-    job while the answer was on its way removed the file it was to be read from, and the client
-    got a 200 cut short (the server logged an error). Linux's ``/proc/self/fd`` reopens the file
-    held, deleted or not (elsewhere, ``path``); ``held`` is closed once the answer is sent."""
-
-    def __init__(self, held, path: Path, **kwargs):
-        self.held = held
-        reopen = Path(f"/proc/self/fd/{held.fileno()}")
-        super().__init__(
-            reopen if reopen.exists() else path, stat_result=os.fstat(held.fileno()), **kwargs
-        )
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.held.close()
 
 
 @router.delete("/{job_id}", status_code=204, responses=JOB_NOT_FOUND)
