@@ -183,7 +183,8 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._disarm()
             super().on_headers_complete()
 
-        _draining = 0  # bytes a 431's client may still send, read and dropped (``_linger``)
+        # bytes a 431's client may still send, read and dropped (``_answer_and_close``)
+        _draining = 0
 
         def data_received(self, data: bytes) -> None:
             if self._draining:
@@ -199,8 +200,7 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 # the request's first byte in this one may be another request's body
                 self._header_bytes = 0 if self._header_bytes < 0 else self._header_bytes + len(data)
                 if self._header_bytes > MAX_HEADER_BYTES:
-                    self._disarm()
-                    self._answer_and_close(*self._headers_too_large(), linger=True)
+                    self._refuse_large_headers()
                 return
             # Bytes that began no request once the last response was sent (a stray CRLF, the rest
             # of a body the app answered without reading): uvicorn stopped its keep-alive timer
@@ -212,19 +212,20 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def send_400_response(self, msg: str) -> None:
             """A request the parser cannot read: 400 in JSON, as every error of this service (uvicorn
             answers it in plain text); 431 where its headers outgrew the limit."""
-            self._disarm()
             if self._too_large:
-                self._answer_and_close(*self._headers_too_large(), linger=True)
+                self._refuse_large_headers()
                 return
+            self._disarm()
             self._answer_and_close(
                 b"400 Bad Request", f"the request could not be read as HTTP/1.1: {msg}"
             )
 
-        @staticmethod
-        def _headers_too_large() -> tuple[bytes, str]:
-            return (
+        def _refuse_large_headers(self) -> None:
+            self._disarm()
+            self._answer_and_close(
                 b"431 Request Header Fields Too Large",
                 f"the request's headers are larger than {MAX_HEADER_BYTES} bytes",
+                linger=True,
             )
 
         def _answer_and_close(
