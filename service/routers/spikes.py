@@ -493,7 +493,9 @@ async def _parse_create(request: Request, max_elements: int) -> tuple[SpikeModel
         raise HTTPException(exc.status, exc.detail, headers) from None
     if not _is_multipart(request):
         worker = get_state(request).spike_worker
-        return await _parse_json(worker, raw, SpikeModelCreate, max_elements)
+        return await _parse_off_loop(
+            worker, "parse_json_counts", raw, SpikeModelCreate, max_elements
+        )
     form, data = await _npz_form(request, raw, FIT_FORM_FIELDS)
     try:
         options = json.loads(form.get("options") or "{}")
@@ -504,7 +506,8 @@ async def _parse_create(request: Request, max_elements: int) -> tuple[SpikeModel
         spec = SpikeModelCreate(options=options, **fields)
     except ValidationError as exc:
         raise _invalid(exc) from None
-    return spec, await _parse_npz(get_state(request).spike_worker, data, max_elements)
+    worker = get_state(request).spike_worker
+    return spec, await _parse_off_loop(worker, "_npz_counts", data, max_elements)
 
 
 def _is_multipart(request: Request) -> bool:
@@ -550,24 +553,6 @@ def _npz_counts(data: bytes, max_elements: int) -> np.ndarray:
     return _counts_from(SpikeData.model_construct(counts=counts), max_elements)
 
 
-def _npz_counts_reply(data: bytes, max_elements: int):
-    """:func:`_npz_counts` in the spike worker's reader process: (error, None) or (None, out)."""
-    try:
-        return None, _npz_counts(data, max_elements)
-    except HTTPException as exc:
-        return (exc.status_code, exc.detail), None
-
-
-async def _parse_npz(worker: SpikeWorker, data: bytes, max_elements: int) -> np.ndarray:
-    """:func:`_npz_counts`, for a large file in the reader process, as for JSON bodies."""
-    if len(data) <= INLINE_BYTES:
-        return _npz_counts(data, max_elements)
-    error, out = await worker.read(_npz_counts_reply, data, max_elements)
-    if error is not None:
-        raise HTTPException(*error)
-    return out
-
-
 def parse_json_counts(raw: bytes, schema: type[SpikeData], max_elements: int):
     """The body as ``schema`` (its counts or spike times left out) and its counts; HTTPException 422
     naming the problem."""
@@ -586,20 +571,22 @@ def parse_json_counts(raw: bytes, schema: type[SpikeData], max_elements: int):
     return spec, y
 
 
-def _parse_json_reply(raw: bytes, schema: type[SpikeData], max_elements: int):
-    """:func:`parse_json_counts` in the spike worker's reader process: (error, None) or (None, out)."""
+def _parsed_reply(parser: str, data: bytes, *args):
+    """``parser(data, *args)``, the function of this module by that name, in the spike worker's
+    reader process: ``(error, None)`` or ``(None, out)``."""
     try:
-        return None, parse_json_counts(raw, schema, max_elements)
+        return None, globals()[parser](data, *args)
     except HTTPException as exc:
         return (exc.status_code, exc.detail), None
 
 
-async def _parse_json(worker: SpikeWorker, raw: bytes, schema: type[SpikeData], max_elements: int):
-    """:func:`parse_json_counts`, for a large body in the reader process: parsing and converting
-    millions of counts held the event loop, and with it every live stream, for tenths of a second."""
-    if len(raw) <= INLINE_BYTES:
-        return parse_json_counts(raw, schema, max_elements)
-    error, out = await worker.read(_parse_json_reply, raw, schema, max_elements)
+async def _parse_off_loop(worker: SpikeWorker, parser: str, data: bytes, *args):
+    """``parser(data, *args)`` (``parse_json_counts`` or ``_npz_counts``, named), in the reader
+    process when ``data`` is over ``INLINE_BYTES``: parsing and converting millions of counts held
+    the event loop, and with it every live stream, for tenths of a second."""
+    if len(data) <= INLINE_BYTES:
+        return globals()[parser](data, *args)
+    error, out = await worker.read(_parsed_reply, parser, data, *args)
     if error is not None:
         raise HTTPException(*error)
     return out
@@ -810,9 +797,9 @@ async def evaluate_spike_model(model_id: str, request: Request, store: Store, wo
     raw = await request.body()  # within V1MOTION_MAX_BODY_MB (security.BodyLimit)
     limit = get_settings(request).spikes_max_elements
     if _is_multipart(request):  # a bad body is a 422 before a 404
-        y = await _parse_npz(worker, (await _npz_form(request, raw))[1], limit)
+        y = await _parse_off_loop(worker, "_npz_counts", (await _npz_form(request, raw))[1], limit)
     else:
-        data, y = await _parse_json(worker, raw, SpikeData, limit)
+        data, y = await _parse_off_loop(worker, "parse_json_counts", raw, SpikeData, limit)
         fitted = store.get(model_id).get("bin_size")
         if fitted is not None and data.bin_size is not None and data.bin_size != fitted:
             raise HTTPException(

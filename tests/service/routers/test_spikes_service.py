@@ -375,12 +375,12 @@ def test_too_many_pending_fits_get_429(gated_fit):
         t.join(60)
 
 
-def _gated_parse_json_reply(*args):
+def _gated_parsed_reply(*args):
     """The real reading of a large body, held at the gate as :func:`_gated_fit_record` is."""
-    from v1motion.service.routers.spikes import _parse_json_reply
+    from v1motion.service.routers.spikes import _parsed_reply
 
     _hold_at_gate()
-    return _parse_json_reply(*args)
+    return _parsed_reply(*args)
 
 
 def test_the_queue_bound_counts_body_reading_and_fits_together(tmp_path, monkeypatch):
@@ -389,7 +389,7 @@ def test_the_queue_bound_counts_body_reading_and_fits_together(tmp_path, monkeyp
     from v1motion.service.routers import spikes as spikes_router
 
     monkeypatch.setenv("V1MOTION_TEST_GATE", str(tmp_path))
-    monkeypatch.setattr(spikes_router, "_parse_json_reply", _gated_parse_json_reply)
+    monkeypatch.setattr(spikes_router, "_parsed_reply", _gated_parsed_reply)
     app = create_app(Settings(spikes_max_pending=1))
     with TestClient(app) as c:
         big = {"counts": _counts(trials=4, bins=15_000).tolist(), "kind": "correlated"}
