@@ -2,7 +2,7 @@
 
 Module-level functions with picklable arguments and results, importing only the models: a spawned
 fit worker imports this module, not the web app. (The reader process, which parses large bodies,
-imports the spike router for its request schemas: ``routers/spikes.py``'s ``_parse_json_reply``.)
+imports the spike router for its request schemas: ``routers/spikes.py``'s ``_parsed_reply``.)
 """
 
 from __future__ import annotations
