@@ -410,7 +410,33 @@ class MotionFrame:
 
     ``direction`` and ``global_direction`` are in radians (0 = right, pi/2 = up on screen): degrees,
     as everywhere outside the engine, are ``direction_deg`` and ``global_direction_deg``, and
-    ``to_dict`` gives all of it in the units of every output. Speeds are in px/frame."""
+    ``to_dict`` gives all of it in the units of every output. Speeds are in px/frame of the frame
+    given to ``step``.
+
+    Attributes
+    ----------
+    direction, speed, confidence : (rows, cols) float arrays
+        Per cell. The grid covers the frame from its top-left corner in whole cells: a strip narrower
+        than a cell at the right or bottom edge has none (321x239 px: 14 x 20 cells of 16 px).
+        ``confidence`` is in [0, 1]; a cell is shown moving from 0.2, fully from 0.4
+        (``MOVING_FROM``, the weight ``moving`` gives). **Where it is 0, ``direction`` and ``speed``
+        mean nothing** (a still view's cells read speeds up to ~10 px/frame there): weigh or mask
+        by ``moving`` before averaging them.
+    cell : int
+        Side of a cell in px.
+    direction_hist, speed_hist : (16,) and (7,) float arrays
+        The ss-RNN units' activity by their preferred direction (bins centred on 0, 22.5, ...
+        337.5 degrees) and preferred speed (``SPEED_BINS``, 0.25 to 16 px/frame): the population's
+        view, not a histogram of the cells.
+    top_units : list of (int, float)
+        Up to 10 most active units, most active first: (unit index, activity); each unit's tuning is
+        ``tuning_report`` / ``GET v1/units``.
+    global_direction, global_speed, global_confidence : float
+        The frame's dominant motion (``global_motion``: the consensus of the cells shown moving);
+        direction and speed mean nothing where the confidence is 0.
+    active_per_patch : float
+        Mean number of active units per patch (the code's density).
+    """
 
     direction: np.ndarray
     speed: np.ndarray
@@ -429,6 +455,13 @@ class MotionFrame:
         """Each cell's direction in degrees in [0, 360): 0 = right, 90 = up on screen."""
         deg = np.degrees(self.direction) % 360
         return np.where(deg >= 360, deg - 360, deg)  # -1e-14 % 360 rounds to 360
+
+    @property
+    def moving(self) -> np.ndarray:
+        """How far each cell is shown moving, in [0, 1] (``shown_moving``: 0 below confidence 0.2,
+        its confidence from 0.4), as the dashboard draws and counts it: the weights for a mean over
+        cells, or ``moving > 0`` as a mask."""
+        return shown_moving(self.confidence)
 
     @property
     def global_direction_deg(self) -> float:
@@ -1713,6 +1746,17 @@ class MotionEngine:
             )  # fmt: skip
 
     def tuning_report(self) -> dict:
+        """Each unit's measured tuning, as ``GET v1/units`` serves it (without the histogram bins).
+
+        Returns
+        -------
+        dict
+            ``n_units``; ``directions_deg`` (the 16 grating directions) and ``speeds`` (px/frame)
+            the curves were measured at; ``units``, one dict per unit: ``id``,
+            ``preferred_direction_deg``, ``preferred_speed`` (px/frame), ``di`` (direction index
+            1 - r(opposite) / r(preferred)), ``responsive``, ``direction_tuning`` (one value per
+            direction) and ``speed_tuning`` (one per speed).
+        """
         t = self.tuning
         units = []
         for u in range(self.model.n_units):

@@ -180,6 +180,26 @@ def test_a_still_view_shows_no_motion_from_the_start_of_a_stream(engine):
             assert np.rad2deg(angular_error(mf.global_direction, 0.7)) < 20, t
 
 
+def test_moving_weighs_away_the_meaningless_speeds_of_still_cells(engine):
+    """On a still view every cell's confidence is 0 while its speed reads anything (up to ~10
+    px/frame): ``moving`` is 0 there, and weighs a pan's cells to its speed."""
+    img = load_still("astronaut")
+    centre, shape = (img.shape[1] / 2, img.shape[0] / 2), (240, 320)
+    state = engine.new_state()
+    for f in pan_sequence(img, centre, 0.0, 0.0, 8, shape):
+        still = engine.step(state, (f * 255).astype(np.uint8))
+    assert still.speed.max() > 1.0  # what a plain mean over cells would average in
+    assert not still.moving.any()
+    state = engine.new_state()
+    for f in pan_sequence(img, centre, 2.0, 3.0, 8, shape):
+        pan = engine.step(state, (f * 255).astype(np.uint8))
+    assert pan.moving.shape == pan.confidence.shape
+    assert 0.0 <= pan.moving.min() and pan.moving.max() <= 1.0
+    assert (pan.moving > 0).mean() > 0.5
+    np.testing.assert_array_equal(pan.moving[pan.confidence < 0.2], 0.0)
+    assert abs(np.average(pan.speed, weights=pan.moving) - 3.0) < 1.0
+
+
 def test_prime_passes_are_validated():
     for bad in (-1, 1.5, "2"):
         with pytest.raises(ValueError, match="prime_passes"):
