@@ -54,7 +54,7 @@ from v1motion.models.motion.mt_readout import (
     unit_axes,
 )
 from v1motion.models.motion.readout import MotionReadout
-from v1motion.models.motion.ssrnn import SSRNN, SparseCode, recurrent_csr
+from v1motion.models.motion.ssrnn import NO_WHITENER, SSRNN, SparseCode, recurrent_csr
 
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "ssrnn_default.npz"
 DEFAULT_MT = WEIGHTS_DIR / "mt_readout_default.npz"
@@ -903,6 +903,8 @@ class MotionEngine:
         if mt is not None and mt.proj_.shape[1] != n:
             raise ValueError(f"MT read-out is for {mt.proj_.shape[1]} units; the model has {n}")
         self._G = model.gram()
+        if getattr(model, "whitener_", None) is None:
+            raise ValueError(NO_WHITENER)
         self._layouts: dict = {}
         self._placement = _Placement(threads if place_threads else 1)
         self._pool = (

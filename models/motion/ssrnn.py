@@ -152,6 +152,12 @@ def unit_sign(u, n_clones):
     return np.where((np.asarray(u) // n_clones) % 2 == 0, 1.0, -1.0)
 
 
+NO_WHITENER = (
+    "this ss-RNN has no whitening filter (whitener_): pass fit(..., whitener=) the fitted "
+    "Whitener that whitened its training patches, or set model.whitener_"
+)
+
+
 class SSRNN:
     """Spike-and-slab RNN with sign-split, cloned units.
 
@@ -175,7 +181,8 @@ class SSRNN:
     ----------
     W_ : (D, A) float32, unit-norm atoms in whitened space.
     b_ : (N,) float32 biases.  R_ : (N, N) float32 recurrent weights, ``pi = R z^{t-1} + b``.
-    whitener_ : Whitener.
+    whitener_ : Whitener, the filter that whitens frames into the model's input (``fit``'s
+        ``whitener``, or loaded; ``save`` and the engine need it).
     """
 
     def __init__(
@@ -273,7 +280,7 @@ class SSRNN:
             raise ValueError("X contains NaN or infinite values")
         return X
 
-    def fit(self, X, y=None, *, progress: bool = False) -> SSRNN:
+    def fit(self, X, y=None, *, whitener=None, progress: bool = False) -> SSRNN:
         """Learn ``W_``, ``b_`` and ``R_`` from whitened patch sequences (the whole learning run).
 
         Parameters
@@ -282,6 +289,10 @@ class SSRNN:
             Whitened patch sequences, from which each step draws ``train_config.batch`` of them; or a
             callable returning such a batch (e.g. ``MovieSampler.batch``, which draws fresh movies).
         y : ignored
+        whitener : Whitener, optional
+            The fitted filter that whitened ``X``, kept as ``whitener_``: :meth:`save` and the
+            engine need it. Default: the sampler's when ``X`` is a ``MovieSampler``'s ``batch``,
+            else the one this model has (loaded or ``init_random``), else none.
         progress : bool
             Show a progress bar.
 
@@ -304,21 +315,23 @@ class SSRNN:
 
         model, history = fit_ssrnn(cfg, batch, rng, progress)
         self.set_weights(model.W_, model.b_, model.R_)
+        self._keep_whitener(whitener, X)
         self.train_config_ = model.train_config_
         self.history_ = history
         self.__dict__.pop("_learning_run", None)
         return self
 
-    def partial_fit(self, X, y=None) -> SSRNN:
+    def partial_fit(self, X, y=None, *, whitener=None) -> SSRNN:
         """One learning step on a batch of whitened patch sequences ``X`` ``(B, T, P*P)``.
 
         Online learning with the rules of the run's second phase (``W``, ``b`` and ``R`` together, no
         clone housekeeping). On an unfitted model the first call starts the atoms from patches of
-        ``X``. Returns ``self``.
+        ``X``. ``whitener``: the filter that whitened ``X``, as in :meth:`fit`. Returns ``self``.
         """
         from v1motion.models.motion.training import LearningRun, init_weights
 
         X = self._check_sequences(X)
+        self._keep_whitener(whitener, X)
         run = self.__dict__.get("_learning_run")
         if run is None:
             cfg = self._learning_config()
@@ -328,6 +341,15 @@ class SSRNN:
             run = self._learning_run = LearningRun(self, cfg, rng)
         run.step(X, phase2=True)
         return self
+
+    def _keep_whitener(self, whitener, X) -> None:
+        """``whitener_`` from ``fit``'s argument, else from the sampler whose ``batch`` is ``X``."""
+        if whitener is None:
+            whitener = getattr(getattr(X, "__self__", None), "whitener", None)
+        if whitener is not None:
+            if getattr(whitener, "kernel_", None) is None:
+                raise ValueError("whitener must be a fitted Whitener (it has no kernel_)")
+            self.whitener_ = whitener
 
     def set_weights(self, W, b, R) -> SSRNN:
         """Set the learned weights ``W_`` (D, A), ``b_`` (N,) and ``R_`` (N, N) (loading, tests)."""
@@ -441,6 +463,8 @@ class SSRNN:
     def save(self, path, **extra_arrays) -> None:
         """Versioned ``.npz``: hyper-parameters as JSON, parameters and whitening as arrays."""
         self._check_fitted()
+        if getattr(self, "whitener_", None) is None:
+            raise ValueError(NO_WHITENER)
         meta = {"format": "v1motion-ssrnn", "format_version": FORMAT_VERSION, **self.hyperparams()}
         np.savez_compressed(
             path,

@@ -35,6 +35,7 @@ class MovieSampler:
     def __init__(self, whitener: Whitener, stills: dict, clips: dict, config: TrainConfig, rng):
         self.cfg = config
         self.rng = rng
+        self.whitener = whitener  # the estimator keeps it: ``SSRNN.fit(sampler.batch)``
         self.stills = [unit_rms(whitener.transform(img)) for img in stills.values()]
         self.clips = [unit_rms(whitener.transform(frames)) for frames in clips.values()]
         sizes = np.array([len(c) for c in self.clips], float)

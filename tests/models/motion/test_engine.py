@@ -1,5 +1,6 @@
 """The per-frame engine: output contract, recurrent state, and clear errors on bad frames."""
 
+import copy
 import json
 import os
 import platform
@@ -771,3 +772,11 @@ def test_only_one_thread_at_a_time_is_placed_on_an_engines_cpu():
     assert os.sched_getaffinity(0) == before
     with placement.calling_thread():  # free again once the first has left
         assert os.sched_getaffinity(0) == {placement.cpus[0]}
+
+
+def test_an_engine_refuses_a_model_without_its_whitening_filter():
+    base = MotionEngine.random(seed=0)
+    model = copy.deepcopy(base.model)
+    del model.whitener_
+    with pytest.raises(ValueError, match="no whitening filter"):
+        MotionEngine(model, base.readout, base.tuning, levels=base.levels)

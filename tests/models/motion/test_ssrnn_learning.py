@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from v1motion.models.motion.ssrnn import SSRNN
-from v1motion.models.motion.training import TrainConfig, fit_ssrnn
+from v1motion.models.motion.training import MovieSampler, TrainConfig, fit_ssrnn
+from v1motion.models.motion.whitening import Whitener
 
 
 def _sigmoid(x):
@@ -199,3 +200,37 @@ def test_fit_and_partial_fit_refuse_data_of_the_wrong_shape_or_with_nan(bad):
         est.partial_fit(bad)
     with pytest.raises(RuntimeError, match="fit it"):
         est.gram()
+
+
+def test_a_fitted_model_keeps_the_whitener_it_was_given_and_saves(tmp_path):
+    """``fit`` learned the weights but not the whitening filter the data went through: ``save``
+    then failed with a bare AttributeError after the whole run."""
+    true, _ = _planted()
+    data = _sample(true, np.random.default_rng(1), 60, 20)
+    est, _ = _estimator(steps_w=3, steps_r=3)
+    est.fit(data)
+    with pytest.raises(ValueError, match=r"no whitening filter.*fit\(\.\.\., whitener=\)"):
+        est.save(tmp_path / "none.npz")
+    wh = Whitener(size=3)
+    with pytest.raises(ValueError, match="fitted Whitener"):
+        est.fit(data, whitener=wh)
+    wh.kernel_, wh.scale_ = np.full((3, 3), -1 / 8, np.float32), 2.0
+    wh.kernel_[1, 1] = 1.0
+    est, _ = _estimator(steps_w=3, steps_r=3)
+    est.fit(data, whitener=wh)
+    est.save(tmp_path / "m.npz")
+    back = SSRNN.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.whitener_.kernel_, wh.kernel_)
+    assert back.whitener_.scale_ == 2.0
+    online, _ = _estimator()
+    online.partial_fit(data[:50], whitener=wh)
+    assert online.whitener_ is wh
+
+
+def test_fit_on_a_movie_samplers_batches_keeps_its_whitener():
+    rng = np.random.default_rng(0)
+    wh = Whitener(size=3).fit(rng.random((64, 64)), n_patches=500)
+    cfg = TrainConfig(**(_CFG | {"steps_w": 2, "steps_r": 2}))
+    sampler = MovieSampler(wh, {"noise": rng.random((256, 256))}, {}, cfg, rng)
+    est = SSRNN(6, 1, 4, 2.0, 0.3, 4, train_config=cfg).fit(sampler.batch)
+    assert est.whitener_ is wh
