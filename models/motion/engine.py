@@ -562,23 +562,27 @@ as confident motion at 13 px/frame; values too large for float32 made every outp
 def to_grey(frame: np.ndarray) -> np.ndarray:
     """Validate a frame and return it as float32 grey in [0, 1]; raise ValueError naming the problem.
 
-    ``frame``: grey ``(H, W)`` or BGR(A) ``(H, W, 3 or 4)`` uint8 (0-255), or grey float32/float64 in
-    [0, 1] (``FLOAT_RANGE``)."""
+    ``frame``: grey ``(H, W)`` or ``(H, W, 1)`` or BGR(A) ``(H, W, 3 or 4)`` uint8 (0-255), or grey
+    float32/float64 in [0, 1] (``FLOAT_RANGE``), in either byte order."""
     if not isinstance(frame, np.ndarray):
         raise ValueError(f"frame must be a numpy array, got {type(frame).__name__}")
     if frame.ndim in (2, 3) and 0 in frame.shape[:2]:
         raise ValueError(f"frame is empty: shape {frame.shape}")
+    if frame.ndim == 3 and frame.shape[2] == 1:  # grey with a channel axis (imageio, Keras)
+        frame = frame[:, :, 0]
     if frame.ndim == 3 and frame.shape[2] in (3, 4):
         if frame.dtype != np.uint8:
             raise ValueError(f"colour frames must be uint8 BGR, got {frame.dtype}")
         code = cv2.COLOR_BGR2GRAY if frame.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
         frame = cv2.cvtColor(frame, code)
     elif frame.ndim != 2:
-        raise ValueError(f"frame must be (H, W) grey or (H, W, 3) BGR, got shape {frame.shape}")
+        raise ValueError(
+            f"frame must be (H, W) or (H, W, 1) grey or (H, W, 3) BGR, got shape {frame.shape}"
+        )
     if frame.dtype == np.uint8:
         # one pass: the same float32 quotients as converting first and dividing by 255 after
         return np.divide(frame, np.float32(255.0), dtype=np.float32)
-    if frame.dtype in (np.float32, np.float64):
+    if frame.dtype.kind == "f" and frame.dtype.itemsize in (4, 8):  # big-endian too (FITS)
         lo, hi = float(frame.min()), float(frame.max())  # NaN or an infinity shows in either
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("frame contains NaN or infinite values")

@@ -65,6 +65,18 @@ def test_grey_float_and_uint8_agree(engine, rng):
     np.testing.assert_allclose(r1.direction, r2.direction, atol=1e-5)
 
 
+def test_grey_with_a_channel_axis_and_big_endian_floats_are_read_as_plain_grey(rng):
+    """(H, W, 1) is how imageio and Keras give grey, big-endian floats how FITS readers give
+    frames: both were refused ("... float32 or float64, got >f4")."""
+    f = rng.random((64, 96))
+    for dtype in (np.float32, np.float64):
+        np.testing.assert_array_equal(to_grey(f.astype(dtype).astype(f">{dtype().dtype.char}")),
+                                      to_grey(f.astype(dtype)))  # fmt: skip
+    g = (f * 255).astype(np.uint8)
+    np.testing.assert_array_equal(to_grey(g[:, :, None]), to_grey(g))
+    np.testing.assert_array_equal(to_grey(f[:, :, None]), to_grey(f))
+
+
 def test_to_grey_gives_the_float32_quotients_of_the_grey_levels():
     levels = np.arange(256, dtype=np.uint8)
     grey = np.repeat(levels[None], 3, 0)
