@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 from numba import njit
 
+from v1motion.models.estimator import NotFittedError
+
 SPEED_CLASSES = np.array([0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
 """Speed classes in px/frame; class 0 is "still"."""
 
@@ -906,7 +908,7 @@ class MTReadout:
     # ------------------------------------------------------------------ use
     def _check_fitted(self):
         if not hasattr(self, "proj_"):
-            raise RuntimeError("MTReadout is not fitted: call fit() or load one")
+            raise NotFittedError("MTReadout is not fitted: call fit() or load one")
 
     @property
     def n_features(self) -> int:

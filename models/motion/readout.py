@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from v1motion.models.estimator import NotFittedError
+
 
 def angular_error(a, b) -> np.ndarray:
     """Absolute angle difference in radians, in [0, pi]."""
@@ -71,7 +73,7 @@ class MotionReadout:
 
     def predict_raw(self, features) -> np.ndarray:
         if not hasattr(self, "coef_"):
-            raise RuntimeError("MotionReadout is not fitted")
+            raise NotFittedError("MotionReadout is not fitted")
         return np.asarray(features, np.float32) @ self.coef_ + self.intercept_
 
     @staticmethod

@@ -35,6 +35,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from v1motion.models.estimator import NotFittedError, Params
 from v1motion.models.motion.kernels import (
     _frame_setup,
     _ssrnn_infer_chunks,
@@ -158,7 +159,7 @@ NO_WHITENER = (
 )
 
 
-class SSRNN:
+class SSRNN(Params):
     """Spike-and-slab RNN with sign-split, cloned units.
 
     Parameters
@@ -228,7 +229,14 @@ class SSRNN:
 
     def _check_fitted(self):
         if not hasattr(self, "W_"):
-            raise RuntimeError("SSRNN has no parameters: fit it, load weights, or init_random()")
+            raise NotFittedError("SSRNN has no parameters: fit it, load weights, or init_random()")
+        want = (self.patch * self.patch, self.n_atoms), (self.n_units,)
+        if (self.W_.shape, self.b_.shape) != want:
+            raise NotFittedError(
+                f"SSRNN's weights (W_ {self.W_.shape}, b_ {self.b_.shape}) were learned with other "
+                f"settings than these (patch={self.patch}, n_atoms={self.n_atoms}, "
+                f"n_clones={self.n_clones}): fit it again after set_params"
+            )
 
     # ---------------------------------------------------------------- parameters
     def init_random(self, seed: int = 0, r_scale: float = 0.0, b: float = -3.0) -> SSRNN:
@@ -249,26 +257,14 @@ class SSRNN:
         return self
 
     # ---------------------------------------------------------------- estimator (scikit-learn's manner)
-    _SETTINGS = ("n_atoms", "n_clones", "patch", "tau_x", "tau_y", "kmax", "train_config")
-
-    def get_params(self, deep: bool = True) -> dict:
-        """The constructor's settings (never the learned weights)."""
-        return {k: getattr(self, k) for k in self._SETTINGS}
-
-    def set_params(self, **settings) -> SSRNN:
-        """Change constructor settings; unknown names raise ``ValueError`` listing the valid ones."""
-        for k, v in settings.items():
-            if k not in self._SETTINGS:
-                raise ValueError(f"unknown setting {k!r}; valid: {', '.join(self._SETTINGS)}")
-            setattr(self, k, v)
-        return self
+    # get_params, set_params, clone and repr: ``Params``, from the constructor's arguments
 
     def _learning_config(self):
         from dataclasses import replace
 
         from v1motion.models.motion.training import TrainConfig
 
-        arch = {k: getattr(self, k) for k in self._SETTINGS if k != "train_config"}
+        arch = {k: getattr(self, k) for k in self._param_names() if k != "train_config"}
         return replace(self.train_config or TrainConfig(), **arch)
 
     def _check_sequences(self, X) -> np.ndarray:

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from v1motion.models.determinism import single_threaded
+from v1motion.models.estimator import NotFittedError
 
 
 def extract_patches(frames: np.ndarray, size: int, n: int, rng) -> np.ndarray:
@@ -120,7 +121,7 @@ class Whitener:
         rows of ``out``: the band is filtered with half the filter's rows of real neighbours on each side,
         so every value is the one the whole-frame filter gives (a band per thread splits the work)."""
         if not hasattr(self, "kernel_"):
-            raise RuntimeError("Whitener is not fitted: call fit() or load one")
+            raise NotFittedError("Whitener is not fitted: call fit() or load one")
         pad = self.kernel_.shape[0] // 2
         a, b = max(0, r0 - pad), min(frame.shape[0], r1 + pad)
         band = self._filter(np.asarray(frame[a:b], np.float32))
@@ -129,7 +130,7 @@ class Whitener:
     def transform(self, frames: np.ndarray) -> np.ndarray:
         """Whiten ``(H, W)`` or ``(T, H, W)`` frames (float in [0, 1]); unit variance per pixel."""
         if not hasattr(self, "kernel_"):
-            raise RuntimeError("Whitener is not fitted: call fit() or load one")
+            raise NotFittedError("Whitener is not fitted: call fit() or load one")
         out = self._filter(np.asarray(frames, np.float32))
         out *= np.float32(self.scale_)  # in place: the same float32 products, one array fewer
         return out

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
+from v1motion.models.estimator import NotFittedError
 from v1motion.models.stfilter.bank import as_bank
 from v1motion.models.stfilter.kernels import masked_row_dots
 
@@ -287,7 +288,7 @@ class RecurrentFilterFit:
 
     def _check_fitted(self):
         if not hasattr(self, "R_"):
-            raise RuntimeError("this RecurrentFilterFit is not fitted yet: call fit(bank) first")
+            raise NotFittedError("this RecurrentFilterFit is not fitted yet: call fit(bank) first")
 
     def reconstruct(self) -> np.ndarray:
         """The fitted bank ``R^tau W0`` in the bank's shape ``(nt, N, ly, lx)``."""

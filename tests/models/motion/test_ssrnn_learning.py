@@ -3,9 +3,13 @@
 import numpy as np
 import pytest
 
+from v1motion.models.estimator import NotFittedError, clone
+from v1motion.models.motion.mt_readout import MTReadout
+from v1motion.models.motion.readout import MotionReadout
 from v1motion.models.motion.ssrnn import SSRNN
 from v1motion.models.motion.training import MovieSampler, TrainConfig, fit_ssrnn
 from v1motion.models.motion.whitening import Whitener
+from v1motion.models.stfilter.fit import RecurrentFilterFit
 
 
 def _sigmoid(x):
@@ -185,8 +189,31 @@ def test_settings_are_parameters_and_weights_are_not():
     params = est.get_params()
     assert params["n_atoms"] == 6 and params["train_config"] is cfg and "W_" not in params
     assert est.set_params(kmax=3) is est and est.kmax == 3
-    with pytest.raises(ValueError, match="unknown setting 'W'.*n_atoms"):
+    with pytest.raises(ValueError, match="invalid parameter 'W'.*n_atoms"):
         est.set_params(W=np.zeros((16, 6)))
+
+
+def test_the_ss_rnn_is_an_estimator_like_the_spike_models():
+    """repr, clone and the unfitted error as the spike models have them: the ss-RNN printed as
+    ``<... object at 0x...>``, could not be cloned and raised a plain RuntimeError."""
+    est, cfg = _estimator()
+    assert repr(SSRNN(n_atoms=8)) == "SSRNN(n_atoms=8)"
+    twin = clone(est)
+    assert twin is not est and twin.get_params() == est.get_params() | {"train_config": cfg}
+    with pytest.raises(NotFittedError, match="fit it"):
+        est.gram()
+    fitted = _planted()[0]
+    fitted.set_params(n_atoms=9)
+    with pytest.raises(NotFittedError, match=r"other settings.*n_atoms=9.*fit it again"):
+        fitted.infer(np.zeros((3, fitted.n_atoms), np.float32), None)
+    for use in (
+        lambda: MotionReadout().predict_raw(np.zeros((1, 3))),
+        lambda: MTReadout().n_features,
+        lambda: Whitener().transform(np.zeros((8, 8), np.float32)),
+        lambda: RecurrentFilterFit().reconstruct(),
+    ):
+        with pytest.raises(NotFittedError, match="not fitted"):
+            use()
 
 
 @pytest.mark.parametrize(
