@@ -761,7 +761,9 @@ class MotionEngine:
         of level 0 and the coarser levels,
         then takes part of the fine read's projection and the coarse read (decoding it ahead when
         the frame before took it, ``_read_on_two_threads``); the codes and the motion map are
-        identical (the histograms to float32 rounding). ``run`` (a video's frames, all at hand)
+        identical (the histograms to float32 rounding) where BLAS runs on one thread, as in the
+        service, video jobs and ``bench/`` (in a process whose BLAS runs several, the one-thread
+        engine's products round otherwise: speeds differ by ~1e-6 px/frame). ``run`` (a video's frames, all at hand)
         uses two threads differently: frames are read on one thread while the following ones are
         encoded on the other, up to ``run_ahead`` ahead, for more frames/s. While such an engine
         steps or runs frames, BLAS runs on one thread (``ONE_BLAS_THREAD``): with its default, the
