@@ -1033,7 +1033,12 @@ class MotionEngine:
     def step(self, state: StreamState, frame: np.ndarray) -> MotionFrame:
         """Analyse one frame of a stream: encode it with the ss-RNN, then read the motion out.
         With several threads, frames under ``parallel_from_px`` pixels are stepped on one (the same
-        results)."""
+        results).
+
+        ``frame``: as ``to_grey`` takes it, each side from ``min_side`` (64 px with the shipped
+        weights) to ``MAX_SIDE`` (4096) px; it is read at its own size (speeds in its pixels). A
+        frame of another size than the last starts the stream anew. Raises ``ValueError`` naming
+        what is wrong with a frame, and ``TypeError`` for a ``state`` not from ``new_state``."""
         _check_state(state)
         engine = self._engine_for(frame)
         blas = ONE_BLAS_THREAD if engine.threads > 1 else contextlib.nullcontext()
