@@ -416,12 +416,12 @@ class MotionFrame:
     Attributes
     ----------
     direction, speed, confidence : (rows, cols) float arrays
-        Per cell. The grid covers the frame from its top-left corner in whole cells: a strip narrower
-        than a cell at the right or bottom edge has none (321x239 px: 14 x 20 cells of 16 px).
-        ``confidence`` is in [0, 1]; a cell is shown moving from 0.2, fully from 0.4
-        (``MOVING_FROM``, the weight ``moving`` gives). **Where it is 0, ``direction`` and ``speed``
-        mean nothing** (a still view's cells read speeds up to ~10 px/frame there): weigh or mask
-        by ``moving`` before averaging them.
+        Per cell: radians from -pi to pi, px/frame, and [0, 1]. The grid covers the frame from its
+        top-left corner in whole cells: a strip narrower than a cell at the right or bottom edge has
+        none (321x239 px: 14 x 20 cells of 16 px). A cell is shown moving from confidence 0.2, fully
+        from 0.4 (``MOVING_FROM``, the weight ``moving`` gives). **Where its confidence is 0, its
+        direction and speed mean nothing** (a still view's cells read speeds up to ~10 px/frame
+        there): weigh or mask by ``moving`` before averaging them.
     cell : int
         Side of a cell in px.
     direction_hist, speed_hist : (16,) and (7,) float arrays
@@ -429,11 +429,13 @@ class MotionFrame:
         337.5 degrees) and preferred speed (``SPEED_BINS``, 0.25 to 16 px/frame): the population's
         view, not a histogram of the cells.
     top_units : list of (int, float)
-        Up to 10 most active units, most active first: (unit index, activity); each unit's tuning is
+        Up to 10 most active units, most active first: (unit index, activity: its code summed over
+        the frame's full-resolution patches, growing with the frame's area); each unit's tuning is
         ``tuning_report`` / ``GET v1/units``.
     global_direction, global_speed, global_confidence : float
-        The frame's dominant motion (``global_motion``: the consensus of the cells shown moving);
-        direction and speed mean nothing where the confidence is 0.
+        The frame's dominant motion in radians, px/frame and [0, 1] (``global_motion``: the
+        consensus of the cells shown moving); direction and speed mean nothing where the
+        confidence is 0.
     active_per_patch : float
         Mean number of active units per patch (the code's density).
     """

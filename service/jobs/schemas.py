@@ -23,7 +23,10 @@ class Progress(BaseModel):
     frames_total: int | None = Field(
         description="the container's frame count capped by the limits: an estimate until the end"
     )
-    fraction: float | None
+    fraction: float | None = Field(
+        description="frames_done / frames_total in [0, 1] (not percent); null while the total is "
+        "unknown"
+    )
 
 
 class JobPublic(BaseModel):
@@ -32,9 +35,13 @@ class JobPublic(BaseModel):
     filename: str
     content_type: str
     size_bytes: int
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
+    created_at: float = Field(description="when the upload was accepted: Unix time in seconds")
+    started_at: float | None = Field(
+        description="when the last attempt began: Unix time in seconds; null while queued"
+    )
+    finished_at: float | None = Field(
+        description="when it succeeded or failed: Unix time in seconds; null until then"
+    )
     attempts: int
     progress: Progress
     error: str | None = Field(description="why the job failed, for people")

@@ -72,7 +72,7 @@ class NextWord(BaseModel):
     word: str = Field(
         description="a vocabulary word (<eos>: the sentence ends; N: a number); never <unk>"
     )
-    probability: float
+    probability: float = Field(description="in [0, 1] (not percent), given the text so far")
 
 
 class NextResponse(BaseModel):

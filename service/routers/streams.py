@@ -47,15 +47,18 @@ class StreamPublic(BaseModel):
         description="seconds since the source's last frame arrived (it grows while the source is "
         "down); null before the first frame and when idle"
     )
-    size: list[int] | None
+    size: list[int] | None = Field(
+        description="[width, height] in px of the source's frames as analysed; null before the "
+        "first frame"
+    )
     error: str | None
 
 
 class CameraInfo(BaseModel):
     path: str
-    max_width: int
-    max_height: int
-    max_bytes: int
+    max_width: int = Field(description="px: the widest camera frame the socket takes")
+    max_height: int = Field(description="px: the tallest camera frame the socket takes")
+    max_bytes: int = Field(description="bytes: the largest JPEG message the socket takes")
 
 
 class StreamsPublic(BaseModel):

@@ -228,3 +228,33 @@ def test_the_schema_serves_clients_generated_from_it():
     assert schema["components"]["schemas"]["Error"]["required"] == ["detail"]
     upload = schema["paths"]["/v1/videos"]["post"]["responses"]["202"]
     assert "Location" in upload["headers"] and "content" in upload  # its body model is kept
+
+
+COUNTS = {"count", "frames", "frames_done", "dropped", "subscribers", "attempts", "seed", "loc"}
+
+
+def _numeric(prop: dict) -> bool:
+    if prop.get("type") in ("number", "integer"):
+        return True
+    if prop.get("type") == "array":
+        return _numeric(prop.get("items", {}))
+    return any(_numeric(p) for p in prop.get("anyOf", []) + prop.get("oneOf", []))
+
+
+def test_every_number_in_the_schema_says_its_unit():
+    """From the units probe: job times were Unix seconds and a stream's size [width, height] with
+    neither written anywhere (the live socket's times are ms). A number's unit is in its name or
+    its description, unless it counts things."""
+    schema = create_app(Settings(), engine_factory=random_engine).openapi()
+    unit_in_name = re.compile(r"_(deg|px|px_per_frame|s|seconds|ms|bytes)$")
+    silent = [
+        f"{model}.{name}"
+        for model, body in schema["components"]["schemas"].items()
+        for name, prop in body.get("properties", {}).items()
+        if _numeric(prop)
+        and not prop.get("description")
+        and not unit_in_name.search(name)
+        and name not in COUNTS
+        and not name.startswith("n_")
+    ]
+    assert silent == [], silent
