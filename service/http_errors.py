@@ -84,10 +84,26 @@ def _safe(value: Any, depth: int) -> Any:
     return value
 
 
+ECHO_MAX_CHARS = 200
+"""A refused input longer than this is echoed cut, with its length: a 5,000-character header came
+back whole in its 422."""
+
+
+def _cut_input(error: dict) -> dict:
+    value = error.get("input")
+    if isinstance(value, str | bytes) and len(value) > ECHO_MAX_CHARS:
+        kind = "characters" if isinstance(value, str) else "bytes"
+        cut = value[:ECHO_MAX_CHARS]
+        cut = cut if isinstance(cut, str) else cut.decode("utf-8", "replace")
+        return {**error, "input": f"{cut}... ({len(value)} {kind})"}
+    return error
+
+
 async def _validation_error(request: Request, exc: RequestValidationError):
     # FastAPI reads and parses a JSON body before it runs the route's dependencies, so a malformed
     # body would get its 422 before the token check: a guarded route answers 401 first.
-    return await _token_first(request) or JSONResponse({"detail": json_safe(exc.errors())}, 422)
+    errors = [_cut_input(e) if isinstance(e, dict) else e for e in exc.errors()]
+    return await _token_first(request) or JSONResponse({"detail": json_safe(errors)}, 422)
 
 
 async def _token_first(request: Request):

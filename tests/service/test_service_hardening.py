@@ -86,6 +86,21 @@ def test_nan_in_a_refused_field_gets_a_strict_json_422(client, path, body):
         assert any(e.get("input") in ("NaN", "Infinity", "-Infinity") for e in detail), detail
 
 
+def test_a_long_refused_input_is_echoed_cut_with_its_length(client):
+    """From the batch probe: a 5,000-character Idempotency-Key came back whole in its 422."""
+    r = client.post(
+        "/v1/videos",
+        headers={"Idempotency-Key": "k" * 5000},
+        files={"file": ("a.mp4", b"x" * 100, "video/mp4")},
+    )
+    assert r.status_code == 422 and len(r.content) < 1000, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["header", "idempotency-key"]
+    assert error["input"] == "k" * 200 + "... (5000 characters)"
+    r = client.get("/v1/videos", params={"limit": "9" * 300})
+    assert r.status_code == 422 and r.json()["detail"][0]["input"].endswith("(300 characters)")
+
+
 # --------------------------------------------------------------- item 3: hostile spike JSON bodies
 
 
