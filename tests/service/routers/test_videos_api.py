@@ -113,6 +113,21 @@ def test_format_characters_in_the_name_are_only_a_label(client, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["out"]
 
 
+def test_a_phones_3gp_and_a_long_name_are_taken_as_client_libraries_send_them(client, tmp_path):
+    """From the batch probe: httpx and requests name a .3gp file's part audio/3gpp (Python's
+    mimetypes), which was a 415; a 300-character name was cut to 200 and lost its .mp4."""
+    r = upload(client, vs.mp4(tmp_path, n=6), filename="phone.3gp", content_type="audio/3gpp")
+    assert r.status_code == 202, r.text
+    long = "v" * 300 + ".mp4"
+    r = upload(client, vs.mp4(tmp_path, n=6), filename=long, content_type="video/mp4")
+    assert r.status_code == 202, r.text
+    assert r.json()["filename"] == "v" * 196 + ".mp4"
+    r = upload(client, vs.mp4(tmp_path, n=6), filename="v" * 300, content_type="video/mp4")
+    assert r.json()["filename"] == "v" * 200
+    r = upload(client, vs.png_image(), filename="a.png", content_type="audio/mpeg")
+    assert r.status_code == 415 and "not a video type" in r.json()["detail"]
+
+
 def _huge(tmp):
     return vs.huge_dimensions_avi(tmp)
 
