@@ -201,7 +201,7 @@ class Settings(BaseSettings):
         None,
         description="addresses of the reverse proxies whose X-Forwarded-For/-Proto are believed "
         "(comma-separated IPs or networks, '*' for any); unset: uvicorn's FORWARDED_ALLOW_IPS, "
-        "else 127.0.0.1",
+        "else 127.0.0.1,::1",
     )
     data_dir: Path = Field(PROJECT_ROOT / "var", description="job store and results")
     web_dir: Path = Field(PROJECT_ROOT / "web", description="static dashboard files")

@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
         "--axis-calibration",
         action="store_true",
         help="instead, refit only the calibration of the axis the aperture step reads from the "
-        "units (on drifting gratings of every axis, 2.5 degrees apart; about 30 s) and write "
+        "units (on drifting gratings of every axis, 2.5 degrees apart; about a minute) and write "
         "it to --axis-out; rerun it after retraining the ss-RNN",
     )
     p.add_argument(

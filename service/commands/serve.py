@@ -247,7 +247,7 @@ def server_config(settings, app, limits):
         # server closing it, and failed without an answer (clients do not retry a POST)
         timeout_keep_alive=settings.keep_alive_s,
         proxy_headers=True,
-        # None: uvicorn's own default (FORWARDED_ALLOW_IPS, else 127.0.0.1)
+        # None: uvicorn's own default (FORWARDED_ALLOW_IPS, else 127.0.0.1,::1)
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
