@@ -1,5 +1,7 @@
-"""What every estimator of ``models`` shares: scikit-learn's parameter protocol (``get_params``,
-``set_params``, ``clone``, ``repr``) without scikit-learn, and the error of a model used unfitted."""
+"""What the estimators of ``models`` share: scikit-learn's parameter protocol (``get_params``,
+``set_params``, ``clone``, ``repr``) without scikit-learn, which the ss-RNN and the spike models take,
+and the error every fitted model (those two, the read-outs, the whitener, the filter fit) raises when
+used unfitted."""
 
 from __future__ import annotations
 
