@@ -30,7 +30,7 @@ from v1motion.service.jobs.upload import UploadSlots
 from v1motion.service.live.engine import EngineHolder
 from v1motion.service.live.pipeline import StreamManager, StreamPipeline
 from v1motion.service.live.sources import SourceFactory, source_factory
-from v1motion.service.metrics import Metrics
+from v1motion.service.metrics import Metrics, RequestMetrics
 from v1motion.service.proxy import RootPathTolerance, index_with_base
 from v1motion.service.routers import api_docs, camera, language, ops, spikes, streams, videos
 from v1motion.service.security import (
@@ -202,7 +202,8 @@ def create_app(
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(TokenGuard, settings=settings)  # every /v1 request, before its body
     app.add_middleware(HostOriginGuard, settings=settings)  # before any body is read
-    app.add_middleware(SecurityHeaders)  # outermost: the guard's refusals carry the headers too
+    app.add_middleware(SecurityHeaders)  # the guard's refusals carry the headers too
+    app.add_middleware(RequestMetrics)  # every answer counted and timed, refusals too
     app.add_exception_handler(WebSocketRefused, ignore_refused)
     app.add_exception_handler(WebSocketDisconnect, client_left)
     app.add_exception_handler(ClientDisconnected, client_left)

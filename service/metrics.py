@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -69,6 +71,53 @@ class _VideoJobs:
         yield g
 
 
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def route_label(scope) -> str:
+    """The ``route`` label of a request: the path template of the API route that took it
+    (``/v1/videos/{job_id}``: one series per route, never per id); ``unrouted`` for a request to
+    the API (``/v1``, ``/metrics``) answered before or without a route (the token's 401, a body's
+    413, an unknown path); ``web`` for everything else (the dashboard's files, which the router
+    serves without marking the request)."""
+    path = getattr(scope.get("route"), "path", None)
+    if path:
+        return path
+    asked = scope.get("path", "")
+    return "unrouted" if asked.startswith(("/v1/", "/metrics")) or asked == "/v1" else "web"
+
+
+class RequestMetrics:
+    """ASGI middleware: every HTTP answer counted by method, route and status, and timed to the end
+    of its body (``v1motion_http_requests_total``, ``v1motion_http_request_seconds``). Without
+    them a route answering 500, or slowly, was in no metric."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+        if scope["type"] != "http" or services is None:
+            await self.app(scope, receive, send)
+            return
+        status = [500]  # what an error that escaped every handler becomes
+
+        async def send_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            route = route_label(scope)
+            services.metrics.requests.labels(method, route, str(status[0])).inc()
+            services.metrics.request_time.labels(method, route).observe(time.perf_counter() - start)
+
+
 class Metrics:
     """The service's metrics; label ``stream`` is a configured source name or ``camera``."""
 
@@ -115,6 +164,20 @@ class Metrics:
             "v1motion_slow_clients_disconnected",
             "Viewers disconnected because a send timed out",
             ["stream"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "v1motion_http_requests",
+            "HTTP requests answered, by method, route (the path template; 'unrouted': an API "
+            "request answered before or without a route; 'web': the dashboard's files) and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.request_time = Histogram(
+            "v1motion_http_request_seconds",
+            "Time from a request's arrival to the end of its answer's body",
+            ["method", "route"],
+            buckets=_REQUEST_BUCKETS,
             registry=r,
         )
         r.register(_Connections())

@@ -447,3 +447,26 @@ def test_a_first_message_longer_than_an_auth_message_is_not_parsed(client):
         with pytest.raises(WebSocketDisconnect) as exc:
             ws.receive_text()
         assert exc.value.code == 4401
+
+
+def test_every_answer_is_counted_by_route_template_and_status(client):
+    """From the operators' probe: 500s, refusals and slow answers were in no metric. Each answer is
+    counted by method, the route's path template (one series per route, never per id) and status,
+    refusals before routing too, and timed."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    client.get("/v1/streams", headers=auth)
+    client.get("/v1/videos/0123456789abcdef0123456789abcdef", headers=auth)
+    client.get("/v1/streams")  # no token
+    client.post("/v1/language/score", json={"text": 1}, headers=auth)
+    client.get("/app.js")
+    text = client.get("/metrics", headers=auth).text
+    for line in (
+        'v1motion_http_requests_total{method="GET",route="/v1/streams",status="200"} 1.0',
+        'v1motion_http_requests_total{method="GET",route="/v1/videos/{job_id}",status="404"} 1.0',
+        'v1motion_http_requests_total{method="GET",route="unrouted",status="401"} 1.0',
+        'v1motion_http_requests_total{method="POST",route="/v1/language/score",status="422"} 1.0',
+        'v1motion_http_requests_total{method="GET",route="web",status="200"} 1.0',
+        'v1motion_http_request_seconds_count{method="GET",route="/v1/streams"} 1.0',
+    ):
+        assert line in text, line
+    assert "0123456789abcdef" not in text
