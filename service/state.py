@@ -119,4 +119,5 @@ class AppState:
     spike_store: SpikeModelStore
     spike_worker: SpikeWorker
     units_cache: dict[str, Any] = field(default_factory=dict)
+    not_ready_because: str | None = None  # the last /readyz failure, logged when it changes
     websockets: weakref.WeakSet[WebSocket] = field(default_factory=weakref.WeakSet)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -10,6 +12,7 @@ from v1motion.service.deps import MetricsDep, StateDep
 from v1motion.service.security import TOKEN_REFUSED, TokenDep
 
 router = APIRouter(tags=["ops"])
+log = logging.getLogger(__name__)
 
 
 # Probes answer on the event loop (async), not from the thread pool that blocking work fills.
@@ -28,16 +31,29 @@ async def readyz(state: StateDep):
     still holds the job store the service opened (not deleted, replaced or read-only: a server
     that went on from a deleted store accepted uploads it lost at the next start)."""
     problem = state.videos.data_folder_problem()
+    holder = state.engine
+    if problem is None and holder.failed.is_set():
+        problem = holder.error
+    _log_change(state, problem)
     if problem is not None:
         return JSONResponse({"status": "failed", "detail": problem}, status_code=503)
-    holder = state.engine
     if holder.ready.is_set():
         return {"status": "ready"}
-    if holder.failed.is_set():
-        return JSONResponse({"status": "failed", "detail": holder.error}, status_code=503)
     return JSONResponse(
         {"status": "starting", "detail": "engine loading and compiling"}, status_code=503
     )
+
+
+def _log_change(state, problem: str | None) -> None:
+    """Log a readiness failure when it begins or changes, and its end: the orchestrator drops a
+    failed replica on the 503 alone, and the log said nothing (an idle replica, nothing at all)."""
+    if problem == state.not_ready_because:
+        return
+    if problem is not None:
+        log.warning("not ready: %s", problem)
+    else:
+        log.info("readiness no longer fails (it was: %s)", state.not_ready_because)
+    state.not_ready_because = problem
 
 
 @router.get("/metrics", response_class=Response, responses=TOKEN_REFUSED)

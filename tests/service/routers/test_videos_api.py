@@ -304,6 +304,7 @@ def test_a_data_folder_deleted_under_the_server_refuses_uploads_and_readiness(tm
     settings = Settings(data_dir=tmp_path / "data", video_engine="random")
     clip = vs.avi(tmp_path, n=6)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        assert c.app.state.services.engine.ready.wait(120)  # loads in the background
         assert c.get("/readyz").status_code == 200
         shutil.rmtree(tmp_path / "data")
         r = c.post("/v1/videos", files={"file": ("a.avi", clip, "video/x-msvideo")})
@@ -318,6 +319,28 @@ def test_a_data_folder_deleted_under_the_server_refuses_uploads_and_readiness(tm
     assert again.status_code == 503 and "replaced while the server ran" in again.json()["detail"]
     assert still.status_code == 503 and "restart the service" in still.json()["detail"]
     assert str(tmp_path) not in r.text + again.text + ready.text
+
+
+def test_a_readiness_failure_is_logged_when_it_begins_changes_and_ends(tmp_path, caplog):
+    """From the operators' probe: a read-only data folder made /readyz answer 503, and the log
+    said nothing until a client uploaded (an idle replica: never)."""
+    settings = Settings(data_dir=tmp_path / "data", video_engine="random")
+    with (
+        TestClient(create_app(settings)) as c,
+        caplog.at_level("INFO", "v1motion.service.routers.ops"),
+    ):
+        jobs = c.app.state.services.videos
+        assert c.app.state.services.engine.ready.wait(120)  # loads in the background
+        for problem in (None, "read-only", "read-only", "gone", None, None):
+            jobs.data_folder_problem = lambda problem=problem: problem
+            assert c.get("/readyz").status_code == (200 if problem is None else 503)
+        del jobs.data_folder_problem
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.endswith("ops")]
+    assert said == [
+        ("WARNING", "not ready: read-only"),
+        ("WARNING", "not ready: gone"),
+        ("INFO", "readiness no longer fails (it was: gone)"),
+    ]
 
 
 def test_an_upload_is_on_the_disk_before_the_202(tmp_path, monkeypatch):
