@@ -184,7 +184,9 @@ class Runner:
         try:
             status, payload = self._execute(slot, job, should_stop)
             if status == "ok":
-                outcome = (self.store.succeed, payload, "succeeded")
+                warned = "; ".join(payload.get("warnings") or [])  # a cut or damaged file's
+                said = f"succeeded, but {warned}" if warned else "succeeded"
+                outcome = (self.store.succeed, payload, said)
             elif (published := self._published(job.id)) is not None:
                 # its worker died after publishing, before answering
                 outcome = (self.store.succeed, published, "succeeded (from its published results)")
@@ -222,7 +224,10 @@ class Runner:
         while True:
             try:
                 write(job_id, arg)
-                log.info("job %s: %s", job_id, said)
+                # a failure is a warning: a server limit (a deadline, memory) or a file the probe
+                # let through; it was at info, so an operator logging warnings never saw one
+                level = logging.WARNING if write == self.store.fail else logging.INFO
+                log.log(level, "job %s: %s", job_id, said)
                 if write != self.store.requeue:  # it ended: its upload is of no more use
                     JobLayout.of(self.jobs_dir, job_id).input.unlink(missing_ok=True)
                 return

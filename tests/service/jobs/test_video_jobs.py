@@ -325,6 +325,27 @@ def _finished(jobs, job_id):
     return rec if rec.status in ("succeeded", "failed") else None
 
 
+def test_a_failed_job_is_a_warning_and_a_warned_success_says_why(tmp_path, caplog):
+    """From the operators' probe: a job failed by a server limit logged at info (nothing at
+    V1MOTION_LOG_LEVEL=warning), and a success on 2 of 30 frames said only 'succeeded'."""
+    jobs = VideoJobs.local(tmp_path / "data", Limits(), fake_engine, workers=1)
+    jobs.start()
+    try:
+        with caplog.at_level("INFO", logger="v1motion.service.jobs.runners"):
+            one = _submit(jobs, vs.avi(tmp_path, n=1))
+            cut = _submit(jobs, vs.lying_frame_count_avi(tmp_path, n=12))
+            wait_for(lambda: _finished(jobs, one) and _finished(jobs, cut))
+    finally:
+        jobs.stop()
+    ended = {
+        r.getMessage(): r.levelname for r in caplog.records if ": started on" not in r.getMessage()
+    }
+    [(failed, level)] = [(m, lv) for m, lv in ended.items() if m.startswith(f"job {one}")]
+    assert level == "WARNING" and "one frame" in failed
+    [(warned, level)] = [(m, lv) for m, lv in ended.items() if m.startswith(f"job {cut}")]
+    assert level == "INFO" and "succeeded, but decoding ended after 12 of the" in warned
+
+
 @pytest.fixture
 def slow_jobs(tmp_path):
     jobs = VideoJobs.local(tmp_path / "data", Limits(), slow_fake_engine, workers=1)
