@@ -317,6 +317,7 @@ async def accept_websocket(ws: WebSocket) -> bool:
         token = _auth_message_token(first.get("text"))
     if _token_ok(settings, token):
         return True
+    log.info("websocket %s refused (4401): missing or wrong token", app_path(ws.scope))
     await ws.send_text(protocol.error("unauthorized", "missing or wrong token"))
     await ws.close(code=4401, reason="unauthorized")
     return False

@@ -164,6 +164,7 @@ async def stream_socket(ws: WebSocket, name: str, state: StateDep) -> None:
     try:
         pipeline = mgr.get(name)
     except KeyError as exc:
+        log.info("websocket for unknown stream %r refused (4404)", name[:100])
         await ws.send_text(protocol.error("unknown_stream", exc.args[0]))
         await close_quietly(ws, 4404, "unknown stream")
         return

@@ -118,7 +118,8 @@ def test_websocket_token_as_first_message(client):
     "first",
     [json.dumps({"type": "auth", "token": "nope"}), "garbage", "[" * 100_000],  # nested deep
 )
-def test_websocket_wrong_token_is_closed(client, first):
+def test_websocket_wrong_token_is_closed(client, first, caplog):
+    caplog.set_level("INFO", "v1motion.service.security")
     with client.websocket_connect("/v1/camera") as ws:
         ws.send_text(first)
         m = json.loads(ws.receive_text())
@@ -126,6 +127,8 @@ def test_websocket_wrong_token_is_closed(client, first):
         with pytest.raises(WebSocketDisconnect) as exc:
             ws.receive_text()
         assert exc.value.code == 4401
+    # the log said only "[accepted]" (operators' probe)
+    assert "websocket /v1/camera refused (4401): missing or wrong token" in caplog.text
 
 
 def test_websocket_from_a_foreign_origin_is_refused():

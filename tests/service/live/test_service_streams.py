@@ -205,13 +205,15 @@ def test_stream_stops_after_grace_period_and_restarts(client, stats):
     assert stats["opens"] == 2
 
 
-def test_unknown_stream_socket_gets_error_message(client):
-    with client.websocket_connect("/v1/streams/nope") as ws:
-        m = json.loads(ws.receive_text())
-        assert m["type"] == "error" and m["code"] == "unknown_stream" and "pat" in m["detail"]
-        with pytest.raises(WebSocketDisconnect) as exc:
-            ws.receive_text()
-        assert exc.value.code == 4404
+def test_unknown_stream_socket_gets_error_message(client, caplog):
+    with caplog.at_level("INFO", "v1motion.service.routers.streams"):
+        with client.websocket_connect("/v1/streams/nope") as ws:
+            m = json.loads(ws.receive_text())
+            assert m["type"] == "error" and m["code"] == "unknown_stream" and "pat" in m["detail"]
+            with pytest.raises(WebSocketDisconnect) as exc:
+                ws.receive_text()
+            assert exc.value.code == 4404
+    assert "websocket for unknown stream 'nope' refused (4404)" in caplog.text
     assert client.get("/healthz").status_code == 200
 
 
