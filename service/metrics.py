@@ -21,6 +21,9 @@ _LATENCY_BUCKETS = (
     0.25,
     0.5,
     1.0,
+    2.5,  # a slow viewer's sends block up to V1MOTION_SEND_TIMEOUT_S (10 s): above 1 s they all
+    5.0,  # fell in +Inf
+    10.0,
 )
 
 
@@ -129,7 +132,8 @@ class Metrics:
         )
         self.latency = Histogram(
             "v1motion_capture_to_send_seconds",
-            "Time from frame capture to the end of its websocket send",
+            "Time from frame capture to the end of its websocket send, once per viewer it is "
+            "sent to (the count is sends, not frames)",
             ["stream"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

@@ -302,6 +302,8 @@ def test_metrics_count_frames_clients_and_latency(client):
     ]
     assert frames and float(frames[0].split()[-1]) >= 5
     assert 'v1motion_capture_to_send_seconds_count{stream="pat"}' in text
+    # a slow viewer's sends block up to the send timeout (10 s): they all fell in +Inf above 1 s
+    assert 'v1motion_capture_to_send_seconds_bucket{le="10.0",stream="pat"}' in text
 
 
 def test_units_endpoint_serves_the_tuning_report(client):
