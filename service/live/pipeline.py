@@ -68,16 +68,20 @@ class StreamPipeline:
     # ---- life cycle (called from the event loop) -------------------------------------------
     @property
     def running(self) -> bool:
-        return any(t.is_alive() for t in self._threads)
+        """Started and not told to stop. A capture thread that ``stop`` gave up waiting for (stuck
+        opening a silent camera) does not count: it counted, so a viewer arriving then found the
+        stream "running", nothing started it, and it stayed idle for good."""
+        return not self._stop.is_set() and any(t.is_alive() for t in self._threads)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.running:
             return
         self.hub.bind(loop)
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # a capture thread of the last run ends by its `_gen`
         self._slot = LatestSlot()
         self._done_seq = 0
         self.state = "starting"
+        self.last_error, self.frames, self.fps, self.size = None, 0, 0.0, None  # this run's
         self._last_frame_t = time.monotonic()
         self._frame_t = None
         worker = threading.Thread(target=self._work, name=f"engine-{self.name}", daemon=True)
@@ -226,18 +230,20 @@ class StreamPipeline:
             self.last_error = f"worker stopped by {type(exc).__name__}: {exc}; see the server log"
 
     def _work_loop(self) -> None:
-        while not self._stop.is_set() and not self.engine.ready.wait(0.2):
+        # this run's stop and slot: a worker that outlived its stop must not take the next run's
+        stop, slot = self._stop, self._slot
+        while not stop.is_set() and not self.engine.ready.wait(0.2):
             if self.engine.failed.is_set():
                 self.state, self.last_error = "error", f"engine failed: {self.engine.error}"
                 return
-        if self._stop.is_set():
+        if stop.is_set():
             return
         analyser = Analyser(self.engine.engine, self.name, self.metrics)
         self.analyser = analyser
         last_seq = 0
         busy_s = self.settings.live_busy_poll_ms / 1000.0
-        while not self._stop.is_set():
-            got = self._slot.get(last_seq, timeout=0.25, busy_s=busy_s)
+        while not stop.is_set():
+            got = slot.get(last_seq, timeout=0.25, busy_s=busy_s)
             self._check_stall()
             if got is None:
                 continue

@@ -580,3 +580,40 @@ def test_options_that_set_nothing_or_something_unknown_are_refused(options, word
             ws.send(json.dumps({"type": "options", **options}))
             errors = [m for m in _messages_for(ws, 0.8) if m["type"] == "error"]
             assert [e["code"] for e in errors] == ["bad_message"] and words in errors[0]["detail"]
+
+
+class SilentOnceSource(PatternSource):
+    """Its first open hangs for 4.5 s whatever the stop says (OpenCV's FFmpeg backend opening a
+    camera that accepts and sends nothing), then fails; later opens deliver frames."""
+
+    def open(self):
+        super().open()
+        if self.stats["opens"] == 1:
+            time.sleep(4.5)
+            raise SourceError("no answer")
+
+
+def test_a_viewer_arriving_while_a_stuck_source_is_stopped_gets_the_stream(tmp_path):
+    """From the network-sources probe: a viewer who arrived after the stop gave up on a capture
+    thread stuck in open() found the stream 'running' (that thread), nothing started it, and it
+    stayed idle for good."""
+    stats = {}
+    app = create_app(
+        two_streams(grace_period_s=0.1, backoff_initial_s=0.1, backoff_max_s=0.1),
+        engine_factory=random_engine,
+        source_factories={"a": lambda stop: SilentOnceSource(None, stop, stats, fps=30)},
+    )
+    with TestClient(app) as c:
+        with c.websocket_connect("/v1/streams/a") as ws:
+            assert ws.receive_json()["type"] == "hello"
+        pipeline = app.state.services.streams.pipelines["a"]
+        deadline = time.monotonic() + 10
+        while pipeline.state != "idle" and time.monotonic() < deadline:  # the stop gave up (3 s)
+            time.sleep(0.05)
+        assert pipeline.state == "idle" and any(t.is_alive() for t in pipeline._threads)
+        kinds = []
+        with c.websocket_connect("/v1/streams/a") as ws:
+            while "result" not in kinds and len(kinds) < 12:  # statuses come every second
+                kinds.append(ws.receive_json()["type"])
+    assert "result" in kinds, kinds
+    assert stats["opens"] >= 2
