@@ -23,11 +23,16 @@ from v1motion.service.live.analyse import Analyser
 from v1motion.service.live.engine import EngineHolder
 from v1motion.service.live.hub import Hub, Subscriber
 from v1motion.service.live.slot import CapturedFrame, LatestSlot
-from v1motion.service.live.sources import SourceEnded, SourceFactory
+from v1motion.service.live.sources import SourceEnded, SourceError, SourceFactory
 from v1motion.service.metrics import Metrics
 from v1motion.service.settings import Settings, SourceSpec
 
 log = logging.getLogger(__name__)
+NO_FRAME = (
+    "the source stopped giving frames: it closed the connection, or its data ended or broke off"
+)
+"""A stream's error when a source that opened gives no frame (shown on the dashboard's banner: it
+read "EOFError: source returned no frame")."""
 
 
 class StreamPipeline:
@@ -150,7 +155,7 @@ class StreamPipeline:
                 while self._current(gen):
                     frame = source.read()
                     if frame is None:
-                        raise EOFError("source returned no frame")
+                        raise EOFError(NO_FRAME)
                     if not self._current(gen):
                         break
                     now = time.monotonic()
@@ -172,7 +177,9 @@ class StreamPipeline:
             except Exception as exc:
                 if not self._current(gen):
                     break
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                # a source's own words as they are; an unexpected error with its kind
+                said = isinstance(exc, (SourceError, EOFError)) and str(exc)
+                self.last_error = said or f"{type(exc).__name__}: {exc}"
                 self.log.warning(
                     "stream %s: source failed (%s)",
                     self.name,

@@ -174,6 +174,9 @@ def test_a_source_outage_is_reported_live_and_not_read_as_motion():
         errors,
     )
     assert all(e is None for s, e in zip(states, errors, strict=True) if s == "running")
+    # in the source's own words, not "SourceError: ..." or "EOFError: source returned no frame"
+    assert "host unreachable" in errors, errors
+    assert not [e for e in errors if e and e.startswith(("SourceError", "EOFError"))], errors
     down = [p for p in polled if p["state"] == "reconnecting"]
     assert len(down) >= 2 and all(p["fps"] == 0.0 for p in down)
     ages = [p["frame_age_s"] for p in down]
