@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _LATENCY_BUCKETS = (
@@ -185,6 +185,9 @@ class Metrics:
             registry=r,
         )
         r.register(_Connections())
+        # the server's memory, CPU time and open files (process_*), which the default registry has
+        # and this app's own one lacked: an operator watching the file limit had nothing to watch
+        ProcessCollector(registry=r)
 
     def watch_jobs(self, store) -> None:
         """Report ``store``'s jobs by status (``v1motion_video_jobs``)."""

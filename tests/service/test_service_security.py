@@ -473,3 +473,5 @@ def test_every_answer_is_counted_by_route_template_and_status(client):
     ):
         assert line in text, line
     assert "0123456789abcdef" not in text
+    for name in ("process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds_total"):
+        assert f"\n{name} " in text, name  # the registry is the app's own: they were missing
