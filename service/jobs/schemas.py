@@ -8,12 +8,13 @@ from pydantic import BaseModel, Field
 
 from v1motion.service.jobs.layout import RESULT_NAMES
 from v1motion.service.jobs.store import JobRecord
+from v1motion.service.jobs.upload import FILENAME_MAX_CHARS
 
 
 class JobCreate(BaseModel):
     """What the server records about an accepted upload (the client's file name is only a label)."""
 
-    filename: str = Field(max_length=200)
+    filename: str = Field(max_length=FILENAME_MAX_CHARS)
     content_type: str
     size_bytes: int = Field(ge=1)
 

@@ -27,7 +27,8 @@ from v1motion.service.disk import disk_full_reason, is_disk_full
 
 FILE_FIELD = "file"
 MAX_PARTS = 4
-# A part's header line may hold a long file name: it is read up to this size and cut to 200 characters.
+# A part's header line may hold a long file name: it is read up to this size and cut to
+# FILENAME_MAX_CHARS characters.
 MAX_PART_HEADER = 16 * 1024
 MAX_OVERHEAD = 64 * 1024  # multipart boundaries, headers and small fields around the file
 # Recent python-multipart versions cap a part's header line (4 KiB by default); older ones have no cap.
@@ -36,6 +37,7 @@ _HEADER_LIMIT = (
     if "max_header_size" in inspect.signature(MultipartParser.__init__).parameters
     else {}
 )
+FILENAME_MAX_CHARS = 200  # also the record's limit (schemas.JobCreate)
 ACCEPTED_PART_TYPES = ("video/", "application/octet-stream", "audio/3gpp")
 """Content types of a file part taken (the file's own bytes decide after): Python's ``mimetypes``,
 which httpx and requests ask, calls a phone's .3gp / .3g2 video ``audio/3gpp`` / ``audio/3gpp2``."""
@@ -131,12 +133,9 @@ def _disposition(value: bytes) -> tuple[str | None, str | None]:
     )
 
 
-FILENAME_MAX_CHARS = 200
-
-
 def clean_filename(name: str | None) -> str:
-    """The client's file name, kept only as a label: no folders, no control characters, <= 200
-    chars; a longer name is cut before its extension (a batch keeps telling its .mp4 files apart)."""
+    """The client's file name, kept only as a label: no folders, no control characters, at most
+    ``FILENAME_MAX_CHARS``; a longer name is cut before its extension (a batch keeps telling its .mp4 files apart)."""
     if not name:
         return "upload"
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
@@ -249,7 +248,8 @@ async def receive_upload(
         if "header size" in msg:
             msg = (
                 f"a part's header is longer than {MAX_PART_HEADER} bytes "
-                "(a file name that long is refused; names are kept to 200 characters)"
+                f"(a file name that long is refused; names are kept to {FILENAME_MAX_CHARS} "
+                "characters)"
             )
         raise UploadError(400, f"malformed multipart body: {msg}") from None
     finally:
