@@ -21,6 +21,7 @@ const CAMERA_SIDE = 320; // the longer side of the frames the camera sends, in p
 const SOURCE_KEYS_MS = 600; // a source picked with the keyboard opens once the keys stop this long
 const REDUCED_MOTION_MS = 500; // under prefers-reduced-motion: readings change at most this often
 const ALT_TEXT_MS = 1000; // the charts' text alternatives change at most this often
+const STALE_MS = 2000; // no result this long: what is on screen is greyed and said to be old
 const reducedMotion = window.matchMedia ? window.matchMedia("(prefers-reduced-motion: reduce)") : null;
 
 // The size the camera's frames are sent at: its own aspect ratio, the longer side CAMERA_SIDE (a
@@ -48,6 +49,7 @@ const state = {
   streams: [],
   mode: "stream", // "stream" | "camera"
   stream: null,
+  stale: false, // no result for STALE_MS: the readings on screen are old
   ws: null,
   flow: false,
   last: null, // latest result message
@@ -795,6 +797,7 @@ function onResult(m) {
     state.latency = m.timing.latency_ms;
   }
   state.last = m;
+  if (state.stale) setStale(false);
   if (state.mode === "stream") slowLink(m, now);
   updateActivity(m.motion.top_units, now);
   const slow = reducedMotion && reducedMotion.matches ? REDUCED_MOTION_MS : 0;
@@ -815,6 +818,7 @@ function closeSocket() {
 
 function resetView() {
   if (state.paused) setPaused(false); // another source or the camera: its readings, live
+  setStale(false);
   state.last = null;
   state.image = null;
   state.results = 0;
@@ -899,7 +903,7 @@ function openStream(name, attempt = 0) {
       if (m.v !== SCHEMA_VERSION) { banner(`server speaks protocol v${m.v}; this page v${SCHEMA_VERSION}`, "error"); return; }
       if (m.type === "result") {
         onResult(m);
-        setConn(`live · ${name}${linkNote()}`, "live");
+        streamConn(name);
       } else if (m.type === "status") {
         state.dropsClient = m.dropped;
         updateStats();
@@ -1400,6 +1404,7 @@ async function start() {
   start2();
   pollStreamState();
   setInterval(watchSilence, 1000);
+  setInterval(watchStale, 500);
 }
 
 // The server says something at least once a second on a stream (a status), and answers each camera
@@ -1421,6 +1426,39 @@ function watchSilence() {
   if (lost) lost({ code: 1006 }); // as if it had closed: "reconnecting", and a new socket
 }
 
+// A source that stops sending frames without failing (a network camera that hangs, a capture card
+// that freezes) is called stalled by the server only after its stall timeout (5 s), and a slow
+// engine or link can hold results up: until then the last map and "confidence 1.00" looked live.
+// After STALE_MS without a result they are greyed, the time since the last one is said, and the
+// status reads "no new frames" (a paused page holds its readings on purpose: not stale).
+function watchStale() {
+  const last = state.arrivals.at(-1);
+  const age = last == null ? 0 : performance.now() - last;
+  setStale(Boolean(state.last) && !state.paused && age > STALE_MS, age);
+}
+
+function setStale(stale, age = 0) {
+  const was = state.stale;
+  state.stale = stale;
+  document.body.classList.toggle("stale", stale);
+  const note = $("stale-note");
+  note.hidden = !stale;
+  $("dom-age").hidden = !stale;
+  if (stale) {
+    const s = Math.floor(age / 1000);
+    note.textContent = `no new frames for ${s} s · the last map, greyed`;
+    $("dom-age").textContent = `last reading, ${s} s old`;
+  }
+  const open = state.ws && state.ws.readyState === WebSocket.OPEN;
+  if (stale && !was && state.mode === "stream" && state.stream && open) streamConn(state.stream);
+}
+
+// "live", unless no result came for a while.
+function streamConn(name) {
+  if (state.stale) setConn(`no new frames · ${name}`, "warn");
+  else setConn(`live · ${name}${linkNote()}`, "live");
+}
+
 // The source's own state (running, reconnecting, stalled...) as the server reports it.
 async function pollStreamState() {
   await checkStreamState();
@@ -1433,7 +1471,7 @@ async function checkStreamState() {
     try {
       const s = await api(`v1/streams/${encodeURIComponent(state.stream)}`);
       if (s.name !== state.stream || state.mode !== "stream") return;  // switched meanwhile
-      if (s.state === "running") setConn(`live · ${s.name}${linkNote()}`, "live");
+      if (s.state === "running") streamConn(s.name);
       else if (s.state === "starting") setConn(`starting · ${s.name}`, "idle");
       else setConn(`${s.state} · ${s.name}`, s.state === "error" ? "bad" : "warn");
       $("conn").title = s.error || "";

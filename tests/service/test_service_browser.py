@@ -1049,12 +1049,50 @@ def test_a_source_that_goes_down_leaves_no_frozen_readings(browser):
         page, errors = open_dashboard(browser, f"{srv.url}/")
         wait_for(page, "document.querySelector('#dom-dir').textContent !== '–'")
         assert canvas_spread(page, "#map") > 5
-        page.locator("#banner").wait_for(state="visible", timeout=10_000)
+        # first its frames stopped (said in those words), then its host cannot be reached
+        wait_for(page, "document.querySelector('#banner').textContent.includes('host unreachable')")
         assert "cannot be read (host unreachable)" in page.locator("#banner").text_content()
         shown = shown_readings(page)
         assert shown == {"dir": "–", "speed": "–", "conf": "–", "fps": "–", "waiting": True}
         assert canvas_spread(page, "#map") == 0
         assert page.locator("#top-units .chip").count() == 0
+        assert errors == []
+
+
+class Hangs(PatternSource):
+    """Sends 40 frames, then hangs for 4 s without failing (a network camera that freezes), then
+    sends again: shorter than the server's stall timeout, so only the page can tell."""
+
+    def read(self):
+        if self.t == 40:
+            self.stop.wait(4.0)
+        return super().read()
+
+
+def test_readings_of_a_source_that_hangs_are_greyed_and_said_old_until_frames_come_back(browser):
+    """A source that stopped sending left the last map, "confidence 1.00" and a green "live" on
+    screen until the server's 5 s stall timeout (the page dropped only its fps)."""
+    app = create_app(
+        Settings(stall_timeout_s=30),
+        engine_factory=random_engine,
+        source_factories={"synthetic": lambda stop: Hangs(None, stop, fps=30)},
+    )
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_for(page, "document.querySelector('#conn').textContent === 'live · synthetic'")
+        wait_for(page, "document.body.classList.contains('stale')", timeout=10_000)
+        assert page.text_content("#conn") == "no new frames · synthetic"
+        assert "pill-warn" in page.get_attribute("#conn", "class")
+        assert page.locator("#stale-note").is_visible()
+        assert page.text_content("#stale-note").startswith("no new frames for ")
+        assert page.text_content("#dom-age").startswith("last reading, ")
+        assert page.text_content("#dom-dir") != "–"  # the last reading stays, said to be old
+        grey = page.evaluate("getComputedStyle(document.querySelector('#map')).filter")
+        assert grey.startswith("grayscale(1)")
+        wait_for(page, "!document.body.classList.contains('stale')", timeout=10_000)
+        assert page.text_content("#conn") == "live · synthetic"
+        assert not page.locator("#stale-note").is_visible()
+        assert not page.locator("#dom-age").is_visible()
         assert errors == []
 
 
