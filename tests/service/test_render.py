@@ -31,6 +31,32 @@ def test_arrow_points_the_way_of_motion(direction, moved):
     assert np.sign(np.round(centre / 3)).astype(int).tolist() == list(moved)
 
 
+def test_arrows_stay_visible_on_a_light_picture():
+    """White 1-px arrows vanished on light cells (87 % of a real overlay's arrows under 3:1
+    contrast): a dark halo under each keeps its shape on any picture."""
+    frame = np.full((32, 64, 3), 255, np.uint8)
+    conf = np.array([[0.0, 1.0]])
+    out = draw_overlay(frame, np.zeros((1, 2)), np.full((1, 2), 4.0), conf, cell=32, opacity=0.0)
+    assert np.all(out[:, :32] == 255)  # still cell: no arrow, no halo
+    dark = np.argwhere(out[:, 32:].max(axis=-1) < 60)
+    assert len(dark) > 20  # the halo, along a rightward arrow through the cell's centre
+    assert 10 < dark[:, 1].mean() < 22 and abs(dark[:, 0].mean() - 16) < 3
+
+
+def test_the_legend_wheel_shows_the_directions_by_arrows_too():
+    """The wheel told directions by colour alone (90 and 135 degrees look alike to a protanope)."""
+    from v1motion.service.render import _legend
+
+    wheel, mask = _legend(60)
+    white = np.argwhere(wheel.min(axis=-1) > 230)
+    c = 29.5
+    right, up = white[white[:, 1] > c + 8], white[white[:, 0] < c - 8]
+    left, down = white[white[:, 1] < c - 8], white[white[:, 0] > c + 8]
+    for arm, axis in ((right, 0), (left, 0), (up, 1), (down, 1)):
+        assert len(arm) > 5 and abs(arm[:, axis].mean() - c) < 2  # one arrow on each axis
+    assert mask[30, 30] and not mask[0, 0]
+
+
 def test_overlay_tints_by_confidence_and_keeps_the_input():
     frame = np.full((32, 64, 3), 100, np.uint8)
     conf = np.array([[0.0, 1.0]])
