@@ -222,22 +222,38 @@ export function arrowFraction(v) {
   return Math.min(1, Math.log2(1 + v / V0) / Math.log2(1 + VMAX / V0));
 }
 
-function arrow(ctx, x, y, dx, dy, head) {
+// An arrow centred on (x, y), in the context's stroke and fill style, over a dark halo so that it
+// stays visible where the picture under it is as light as its colour (a light stripe under a
+// yellow-green arrow: 1.3:1), and its direction is read from its shape where colours look alike
+// (red-green colour blindness).
+// haloAlpha: as faint as the arrow (a fading arrow with a strong halo would stand out).
+function arrow(ctx, x, y, dx, dy, head, haloAlpha = 0.85) {
   const len = Math.hypot(dx, dy);
   if (len < 0.5) return;
   const ux = dx / len, uy = dy / len;
   const tx = x + dx / 2, ty = y + dy / 2;
   const sx = x - dx / 2, sy = y - dy / 2;
-  ctx.beginPath();
-  ctx.moveTo(sx, sy);
-  ctx.lineTo(tx, ty);
-  ctx.stroke();
   const h = Math.min(head, len * 0.6);
-  ctx.beginPath();
-  ctx.moveTo(tx, ty);
-  ctx.lineTo(tx - ux * h - uy * h * 0.55, ty - uy * h + ux * h * 0.55);
-  ctx.lineTo(tx - ux * h + uy * h * 0.55, ty - uy * h - ux * h * 0.55);
-  ctx.closePath();
+  const shaft = () => { ctx.beginPath(); ctx.moveTo(sx, sy); ctx.lineTo(tx, ty); };
+  const tip = () => {
+    ctx.beginPath();
+    ctx.moveTo(tx, ty);
+    ctx.lineTo(tx - ux * h - uy * h * 0.55, ty - uy * h + ux * h * 0.55);
+    ctx.lineTo(tx - ux * h + uy * h * 0.55, ty - uy * h - ux * h * 0.55);
+    ctx.closePath();
+  };
+  const colour = ctx.strokeStyle, width = ctx.lineWidth;
+  ctx.strokeStyle = `rgba(5, 8, 11, ${haloAlpha})`;
+  ctx.lineWidth = width + 2;
+  shaft();
+  ctx.stroke();
+  tip();
+  ctx.stroke();
+  ctx.strokeStyle = colour;
+  ctx.lineWidth = width;
+  shaft();
+  ctx.stroke();
+  tip();
   ctx.fill();
 }
 
@@ -274,9 +290,10 @@ function drawMap(canvas, image, frameW, frameH, grid) {
       ctx.fillRect(x - cell / 2, y - cell / 2, cell, cell);
       const len = cell * 0.95 * arrowFraction(v);
       const rad = (d * Math.PI) / 180;
-      ctx.strokeStyle = hue(d, (0.35 + 0.65 * c) * shown, 62);
+      const a = (0.35 + 0.65 * c) * shown;
+      ctx.strokeStyle = hue(d, a, 62);
       ctx.fillStyle = ctx.strokeStyle;
-      arrow(ctx, x, y, Math.cos(rad) * len, -Math.sin(rad) * len, cell * 0.32);
+      arrow(ctx, x, y, Math.cos(rad) * len, -Math.sin(rad) * len, cell * 0.32, 0.85 * a);
     }
   }
   return canvas.clientWidth ? (cell * canvas.clientWidth) / canvas.width : null;
@@ -583,12 +600,17 @@ function scheduleRender() {
 function setPaused(paused) {
   state.paused = paused;
   const btn = $("pause-btn");
-  btn.setAttribute("aria-pressed", String(paused));
+  // its name says what a press does ("Resume"), so no pressed state beside it: "Resume, pressed"
+  // left a screen-reader user guessing which one held
+  btn.classList.toggle("held", paused);
   $("pause-label").textContent = paused ? "Resume" : "Pause";
   // Your camera sends nothing while paused (its frames would be analysed for nobody); on Resume its
   // next frame counts as a new start, as after a hidden page.
   const cam = state.camera;
   if (cam && cam.ready) cameraLive();
+  else if (state.mode === "stream" && state.stream && state.ws && state.ws.readyState === WebSocket.OPEN) {
+    streamConn(state.stream);
+  }
   if (!paused) {
     updateStats();
     scheduleRender();
@@ -1453,9 +1475,10 @@ function setStale(stale, age = 0) {
   if (stale && !was && state.mode === "stream" && state.stream && open) streamConn(state.stream);
 }
 
-// "live", unless no result came for a while.
+// "live", unless no result came for a while or the readings are held (Pause).
 function streamConn(name) {
-  if (state.stale) setConn(`no new frames · ${name}`, "warn");
+  if (state.paused) setConn(`paused · ${name}`, "idle");
+  else if (state.stale) setConn(`no new frames · ${name}`, "warn");
   else setConn(`live · ${name}${linkNote()}`, "live");
 }
 
@@ -1472,7 +1495,8 @@ async function checkStreamState() {
       const s = await api(`v1/streams/${encodeURIComponent(state.stream)}`);
       if (s.name !== state.stream || state.mode !== "stream") return;  // switched meanwhile
       if (s.state === "running") streamConn(s.name);
-      else if (s.state === "starting") setConn(`starting · ${s.name}`, "idle");
+      // an answer sent before the first result, read after it: not "starting" again
+      else if (s.state === "starting") { if (!state.results) setConn(`starting · ${s.name}`, "idle"); }
       else setConn(`${s.state} · ${s.name}`, s.state === "error" ? "bad" : "warn");
       $("conn").title = s.error || "";
       // A source that is down, stalled or played to its end sends no results: no frozen map or

@@ -1143,6 +1143,33 @@ def test_distribution_panels_summarise_the_map_by_confidence(browser):
         assert errors == []
 
 
+def test_the_maps_arrows_stay_visible_on_a_picture_as_light_as_their_colour(browser):
+    """Arrows were drawn in their cell's own light colour with no outline: 1.3:1 over a light
+    stripe, and told apart only by colour where colour-blind eyes see neighbouring directions
+    alike. A dark halo under each arrow keeps its shape visible on any picture."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_for(page, "window.v1motion !== undefined")
+        darkest = """(conf) => {
+            const img = document.createElement('canvas'); img.width = 64; img.height = 48;
+            const g = img.getContext('2d'); g.fillStyle = '#fff'; g.fillRect(0, 0, 64, 48);
+            const c = document.createElement('canvas'); document.body.appendChild(c);
+            const grid = {rows: 3, cols: 4, cell_px: 16,
+                direction_deg: Array(3).fill(Array(4).fill(45)),
+                speed_px_per_frame: Array(3).fill(Array(4).fill(4)),
+                confidence: Array(3).fill(Array(4).fill(conf))};
+            v1motion.drawMap(c, img, 64, 48, grid);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let lo = 255;
+            for (let i = 0; i < d.length; i += 4) lo = Math.min(lo, Math.max(d[i], d[i + 1], d[i + 2]));
+            c.remove();
+            return lo; }"""
+        assert page.evaluate(darkest, 1.0) < 60  # the halo, dark on a white picture
+        assert page.evaluate(darkest, 0.0) > 150  # no arrow, no halo: the picture alone
+        assert errors == []
+
+
 def test_the_map_draws_a_cell_from_where_it_counts_as_moving(browser):
     """A model cell below MOVING_FROM[0] (0.2) draws nothing on the map, as it counts nowhere in the
     panels and the dominant motion; a cell of the flow map (no confidence) draws from 0.05 px/frame."""
@@ -1331,15 +1358,42 @@ def test_pause_holds_the_readings_still_and_resume_shows_the_newest(browser):
     with live_dashboard(browser) as page:
         page.focus("#pause-btn")
         page.keyboard.press("Space")
-        assert page.get_attribute("#pause-btn", "aria-pressed") == "true"
+        # the name says what a press does; no pressed state beside it ("Resume, pressed")
+        assert page.get_attribute("#pause-btn", "aria-pressed") is None
         assert page.text_content("#pause-label").strip() == "Resume"
+        assert page.text_content("#conn") == "paused · synthetic"  # not "live" while held
         held = (results(page), shown_readings(page))
         assert page.evaluate(RENDERS) == 0  # 3 s of a live stream: nothing on screen changes
         assert (results(page), shown_readings(page)) == held
+        assert page.text_content("#conn") == "paused · synthetic"  # results go on arriving
         page.keyboard.press("Space")
-        assert page.get_attribute("#pause-btn", "aria-pressed") == "false"
+        assert page.text_content("#pause-label").strip() == "Pause"
+        assert page.text_content("#conn") == "live · synthetic"
         wait_for(page, f"Number(document.querySelector('#dominant').dataset.results) > {held[0]}")
         assert results(page) > held[0] + 30  # the results that arrived meanwhile were counted
+
+
+def test_a_stream_state_read_after_the_first_result_does_not_say_starting_again(browser):
+    """The pill, which a screen reader announces, said "connecting, starting, live, starting, live"
+    in 0.7 s when the answer to the page's state poll, sent before the first result, came after it."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page = browser.new_page()
+        errors = watch(page)
+        starting = {"name": "synthetic", "kind": "synthetic", "state": "starting", "error": None}
+        page.route("**/v1/streams/synthetic", lambda route: route.fulfill(json=starting))
+        page.goto(f"{srv.url}/")
+        wait_results(page, 5)
+        said = page.evaluate(
+            """() => new Promise((done) => {
+                const seen = [], pill = document.querySelector('#conn');
+                const o = new MutationObserver(() => seen.push(pill.textContent));
+                o.observe(pill, {childList: true, characterData: true, subtree: true});
+                setTimeout(() => { o.disconnect(); done(seen); }, 4500); })"""
+        )
+        assert not any(s.startswith("starting") for s in said), said
+        assert page.text_content("#conn") == "live · synthetic"
+        assert errors == []
 
 
 def test_under_reduced_motion_the_readings_change_at_most_twice_a_second(browser):
