@@ -755,6 +755,20 @@ function setChipActivity(el, id, a) {
 
 function fmtActivity(a) { return a >= 100 ? a.toFixed(0) : a >= 10 ? a.toFixed(1) : a.toFixed(2); }
 
+// A small arrow pointing deg (0 = right, 90 = up), in the text's colour.
+function directionGlyph(deg) {
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", "-6 -6 12 12");
+  svg.setAttribute("class", "glyph");
+  svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS(NS, "path");
+  path.setAttribute("d", "M-4.5 0H4M1 -3.2L4.3 0L1 3.2");
+  path.setAttribute("transform", `rotate(${-deg})`);
+  svg.append(path);
+  return svg;
+}
+
 function makeChip(id) {
   const b = document.createElement("button");
   b.type = "button";
@@ -765,7 +779,11 @@ function makeChip(id) {
   dot.style.background = info ? hue(info.preferred_direction_deg) : "#8b9aab";
   const small = document.createElement("small");
   small.setAttribute("aria-hidden", "true");
-  b.append(dot, `#${id}`, small);
+  b.append(dot);
+  // the preferred direction by shape too: to red-green colour-blind eyes units preferring 225°
+  // and 270° had the same blue dot
+  if (info) b.append(directionGlyph(info.preferred_direction_deg));
+  b.append(`#${id}`, small);
   b.setAttribute("aria-pressed", String(id === state.unitId));
   b.setAttribute("aria-label", info
     ? `unit ${id}, prefers ${compass(info.preferred_direction_deg)} (${fmtUnitDeg(info.preferred_direction_deg)}°) at ${fmtSpeed(info.preferred_speed)} px/frame`

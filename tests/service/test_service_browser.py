@@ -1435,6 +1435,17 @@ def test_charts_numbers_and_chips_have_names_a_screen_reader_reads(browser):
             re.match(r"^unit \d+(, prefers \S+ \(\d+(\.\d)?°\) at [\d.]+ px/frame)?$", n)
             for n in chip
         )
+        # each chip shows its unit's preferred direction by an arrow too, not by colour alone
+        glyphs = page.evaluate(
+            "[...document.querySelectorAll('#top-units .chip')].map(c => [c.getAttribute('aria-label'),"
+            " c.querySelector('svg.glyph path')?.getAttribute('transform') ?? null])"
+        )
+        for label, turn in glyphs:
+            deg = re.search(r"\((\d+(\.\d)?)°\)", label)
+            if deg:
+                got = float(re.fullmatch(r"rotate\((-?[\d.]+)\)", turn).group(1))
+                assert (got + float(deg.group(1)) + 180) % 360 - 180 == pytest.approx(0, abs=0.6)
+        assert any(turn for _, turn in glyphs)
         page.hover("#top-units")  # held still: the same chips
         before = page.evaluate(names)
         page.wait_for_timeout(800)
