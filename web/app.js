@@ -21,6 +21,8 @@ const CAMERA_SIDE = 320; // the longer side of the frames the camera sends, in p
 const SOURCE_KEYS_MS = 600; // a source picked with the keyboard opens once the keys stop this long
 const REDUCED_MOTION_MS = 500; // under prefers-reduced-motion: readings change at most this often
 const ALT_TEXT_MS = 1000; // the charts' text alternatives change at most this often
+const SAY_HOLD_MS = 1000; // a change of the dominant motion is said once it has held this long
+const SAY_EVERY_MS = 3000; // and at most this often
 const STALE_MS = 2000; // no result this long: what is on screen is greyed and said to be old
 const reducedMotion = window.matchMedia ? window.matchMedia("(prefers-reduced-motion: reduce)") : null;
 
@@ -73,6 +75,7 @@ const state = {
   renderedAt: 0,
   statsAt: 0,
   altAt: 0,
+  said: { what: null, candidate: null, since: 0, at: -Infinity }, // the dominant motion, announced
   heardAt: null, // when the live socket last said anything (watchSilence)
   link: null, // a stream socket's pace and what the page asked for of it (slowLink, openStream)
 };
@@ -694,7 +697,21 @@ function render() {
   drawBars($("speed-hist"), moving ? hists.speed : null, labels, atDominant,
     m.truth ? speedBinPosition(m.truth.speed_px_per_frame) : null);
   describeCharts(m, confident, hists, moving, labels);
+  sayDominant(confident ? compass(dir) : null, speed);
   renderTopUnits(topActivity());
+}
+
+// A screen reader reads the readings only when asked and is not told the names of images that
+// change: a blind user never heard the dominant motion turn. Its compass direction (or "no clear
+// motion") is said in a polite live region once a change has held for SAY_HOLD_MS, at most every
+// SAY_EVERY_MS: not the 30 readings a second.
+function sayDominant(where, speed) {
+  const said = state.said, now = performance.now();
+  if (where !== said.candidate) { said.candidate = where; said.since = now; }
+  if (where === said.what || now - said.since < SAY_HOLD_MS || now - said.at < SAY_EVERY_MS) return;
+  said.what = where;
+  said.at = now;
+  $("say").textContent = where ? `Moving ${where} at ${fmtSpeed(speed)} px/frame` : "No clear motion";
 }
 
 // Exponential average of each unit's activity over ACTIVITY_TAU_MS; units that fade out are dropped.
@@ -859,6 +876,8 @@ function closeSocket() {
 function resetView() {
   if (state.paused) setPaused(false); // another source or the camera: its readings, live
   setStale(false);
+  state.said = { what: null, candidate: null, since: 0, at: -Infinity };
+  $("say").textContent = "";
   state.last = null;
   state.image = null;
   state.results = 0;

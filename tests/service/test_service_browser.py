@@ -1457,6 +1457,42 @@ def test_charts_numbers_and_chips_have_names_a_screen_reader_reads(browser):
         assert pressed in ([], [page.input_value("#unit-select")])
 
 
+class Turns(PatternSource):
+    """Moves right for 120 frames (4 s), then up."""
+
+    def read(self):
+        if self.t == 120:
+            self.vx, self.vy_up = 0, 2
+        return super().read()
+
+
+def test_a_screen_reader_is_told_when_the_dominant_motion_turns_not_thirty_times_a_second(browser):
+    """The readings are in no live region and image names that change are not spoken: a blind
+    user never heard the synthetic source turn. A change that holds 1 s is said, at most every 3 s."""
+    app = create_app(
+        Settings(),
+        engine_factory=FakeEngine,
+        source_factories={"synthetic": lambda stop: Turns(None, stop, fps=30)},
+    )
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        assert page.get_attribute("#say", "aria-live") == "polite"
+        said = page.evaluate(
+            """() => new Promise((done) => {
+                const seen = [], say = document.querySelector('#say');
+                const o = new MutationObserver(() => seen.push([performance.now(), say.textContent]));
+                o.observe(say, {childList: true, characterData: true, subtree: true});
+                setTimeout(() => { o.disconnect(); done(seen); }, 8000); })"""
+        )
+        texts = [t for _, t in said]
+        assert any(t.startswith("Moving right at 2 px/frame") for t in texts), texts
+        assert texts[-1].startswith("Moving up at 2 px/frame"), texts
+        assert len(texts) <= 3, texts  # not with every result
+        gaps = [b - a for (a, _), (b, _) in itertools.pairwise(said)]
+        assert all(g >= 2900 for g in gaps), gaps
+        assert errors == []
+
+
 def test_an_error_banner_is_an_alert_and_the_token_field_gets_focus_and_a_name(browser):
     app = create_app(Settings(token="tok-123"), engine_factory=random_engine)
     with serving(app) as srv:
