@@ -184,6 +184,9 @@ function askToken() {
     ? "The server refused this access token: enter the right one."
     : "This service needs an access token.";
   if (refused) $("token-input").value = "";
+  // a refusal is said at once (focus alone did not make screen readers read the description)
+  if (refused) $("token-msg").setAttribute("role", "alert");
+  else $("token-msg").removeAttribute("role");
   $("token-form").hidden = false;
   $("token-input").focus(); // its description (the message above) is read with it
   setConn(refused ? "token refused" : "token needed", "warn");
@@ -640,6 +643,7 @@ function describeCharts(m, confident, hists, moving, labels) {
   $("polar").setAttribute("aria-label", moving
     ? `Direction distribution of the map's cells: most move ${compass(deg)} (${fmtDeg(deg)}°)`
     : "Direction distribution: no clear motion");
+  if (state.flow) $("flow").setAttribute("aria-label", describeFlow(m.flow));
   const truth = m.truth ? `; true speed ${fmtSpeed(m.truth.speed_px_per_frame)} px/frame` : "";
   $("speed-hist").setAttribute("aria-label", moving
     ? `Speed distribution of the map's cells: most at ${labels[top(hists.speed)]} px/frame${truth}`
@@ -729,6 +733,22 @@ function updateActivity(top, now) {
 
 function topActivity(n = 10) {
   return [...state.chips.activity].sort((p, q) => q[1] - p[1]).slice(0, n);
+}
+
+// The flow map in words, to compare with the model's: the mean flow vector of its moving cells.
+export function describeFlow(flow) {
+  if (!flow) return "DIS optical flow map: waiting for optical flow";
+  let x = 0, y = 0, n = 0;
+  flow.speed_px_per_frame.forEach((row, i) => row.forEach((v, j) => {
+    if (v < FLOW_EMPTY_SPEED) return;
+    const rad = (flow.direction_deg[i][j] * Math.PI) / 180;
+    x += v * Math.cos(rad);
+    y += v * Math.sin(rad);
+    n += 1;
+  }));
+  if (!n) return "DIS optical flow map: no motion found";
+  const deg = (Math.atan2(y, x) * 180) / Math.PI;
+  return `DIS optical flow map: moving ${compass(deg)} (${fmtDeg(deg)}°) at ${fmtSpeed(Math.hypot(x, y) / n)} px/frame`;
 }
 
 export function flowIsEmpty(flow) {
@@ -1456,6 +1476,7 @@ async function start() {
     e.preventDefault();
     state.token = $("token-input").value.trim();
     sessionStorage.setItem("v1motion-token", state.token);
+    $("source").focus(); // not lost to the top of the page with the form that had it
     $("token-form").hidden = true;
     start2();
   });
@@ -1605,4 +1626,5 @@ start();
 window.v1motion = {
   state, wsUrl, apiUrl, slowLink, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty,
   cellHistograms, movingWeight, speedBinPosition, drawMap, fmtDeg, fmtUnitDeg, cameraSize, panelsShow,
+  describeFlow,
 };

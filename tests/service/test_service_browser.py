@@ -297,10 +297,15 @@ def test_flow_panel_says_when_optical_flow_finds_no_motion(browser):
         wait_results(page, results(page) + 5)
         assert page.is_visible("#flow-empty")
         assert page.text_content("#flow-empty") == "no motion found by optical flow"
+        wait_for(page, "document.querySelector('#flow').ariaLabel.endsWith('no motion found')")
         page.select_option("#source", "moving")
         wait_results(page, 5)
         wait_for(page, "document.querySelector('#flow-empty').hidden")
         assert canvas_spread(page, "#flow") > 5
+        # said in words too, to compare with the model's map (its name did not change)
+        wait_for(
+            page, "document.querySelector('#flow').ariaLabel.includes('moving right (0°) at 2')"
+        )
         assert errors == []
 
 
@@ -669,9 +674,12 @@ def test_a_refused_token_is_said_as_refused_not_as_missing(browser):
         assert "refused this access token" in page.text_content("#token-msg")
         assert page.text_content("#conn") == "token refused"
         assert page.input_value("#token-input") == ""  # the wrong one is not left in the field
+        assert page.get_attribute("#token-msg", "role") == "alert"  # said at once
         page.fill("#token-input", "tok-123")
-        page.click("#token-form button")
+        page.press("#token-input", "Enter")
         wait_results(page, 3)
+        # the keyboard's focus goes on to the controls, not back to the top with the form it was in
+        assert page.evaluate("document.activeElement.id") == "source"
         assert errors == []
 
 
