@@ -400,7 +400,7 @@ function drawPolar(canvas, values, dominantDeg) {
     ctx.moveTo(c, c);
     ctx.arc(c, c, len, -(a + half * 0.9), -(a - half * 0.9));
     ctx.closePath();
-    ctx.fillStyle = hue((360 * k) / n, 0.75);
+    ctx.fillStyle = hue((360 * k) / n, 0.9, 66); // blue petals at 0.75 / 58 %: 1.9:1 on the card
     ctx.fill();
   }
   if (dominantDeg != null) {
@@ -517,7 +517,8 @@ function drawDominantArrow(canvas, deg, conf, truth) {
   }
   if (deg == null) return;
   const rad = (deg * Math.PI) / 180, len = (c - 14) * 2;
-  ctx.strokeStyle = hue(deg, 0.3 + 0.7 * conf, 62);
+  // lighter than the map's hues: blue at 62 % was 2.9:1 on the card (3:1 for a graphic)
+  ctx.strokeStyle = hue(deg, 0.3 + 0.7 * conf, 70);
   ctx.fillStyle = ctx.strokeStyle;
   ctx.lineWidth = 7;
   ctx.lineCap = "round";
@@ -1626,5 +1627,5 @@ start();
 window.v1motion = {
   state, wsUrl, apiUrl, slowLink, cameraBlockedReason, arrowFraction, classifyUnits, initialUnit, flowIsEmpty,
   cellHistograms, movingWeight, speedBinPosition, drawMap, fmtDeg, fmtUnitDeg, cameraSize, panelsShow,
-  describeFlow,
+  describeFlow, drawDominantArrow, drawPolar,
 };
