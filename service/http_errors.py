@@ -16,7 +16,10 @@
   every state, 200, before the route had a ``status`` filter: a misspelt or unsupported parameter
   was ignored and the client got the wrong data without a word. Every ``/v1`` route now refuses a
   parameter it does not declare, naming it and those it takes (:func:`refuse_unknown_query`,
-  applied where the routers are included).
+  applied where the routers are included), and the schema lists that 422 on each operation it
+  guards (those without parameters had none). The probes outside ``/v1`` ignore a query.
+- **Every 503 may carry ``Retry-After``.** The shutdown's, the connection limit's and a data
+  folder's 503 can end any operation and send it; the schema declared the header on one.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+try:  # FastAPI 0.16x keeps an included router's dependencies in its route contexts
+    from fastapi.routing import iter_route_contexts
+except ImportError:  # earlier ones (pyproject allows >= 0.110) copy them into app.routes
+    iter_route_contexts = None
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 
@@ -145,20 +154,57 @@ BODY_REFUSED = {
     "413": "the body is over its limit (docs/security.md)",
     "415": "the body's Content-Type is not one this operation reads",
 }
+SERVER_BUSY = (
+    "the server is shutting down, has too many open connections (V1MOTION_MAX_CONNECTIONS) or "
+    "cannot use its data folder"
+)
+UNKNOWN_QUERY = "a query parameter this operation does not take (the detail names those it takes)"
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before trying again",
+        "schema": {"type": "integer"},
+    }
+}
+"""The header of a 429 or 503 that says when to retry, for the routes whose own refusal sends it (a
+client generated from the schema reads only the headers it declares)."""
+SERVER_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before trying again; sent with the 503 of the connection "
+        "limit, of a data folder the server cannot use and of a request the shutdown cut short",
+        "schema": {"type": "integer"},
+    }
+}
 
 
-def _refusals_every_operation_can_get(schema: dict) -> None:
+def _refusals_every_operation_can_get(
+    schema: dict, checks_query: frozenset[tuple[str, str]] = frozenset()
+) -> None:
     """Document the answers of the middleware and of the media-type check, which every operation
-    (403) and every operation with a body (413, 415) can give, where the routes do not already."""
-    for item in schema.get("paths", {}).values():
+    (403; 503 at shutdown or at the connection limit) and every operation with a body (413, 415)
+    can give, and the 422 of an unknown query parameter on the operations of ``checks_query``
+    (``(path, method)``), where the routes do not already. Every 503 may carry ``Retry-After``:
+    the shutdown's, the connection limit's and the data folder's do, whatever the route's own does
+    (a route whose own refusal sends it declares it, with :data:`RETRY_AFTER`)."""
+    for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             if method not in ("get", "head", "post", "put", "patch", "delete"):
                 continue
             responses = operation.setdefault("responses", {})
             responses.setdefault("403", {"description": GUARD_REFUSED})
+            busy = responses.setdefault("503", {"description": SERVER_BUSY})
+            if "shutting down" not in busy.get("description", ""):
+                busy["description"] = f"{busy.get('description', '')}; or {SERVER_BUSY}"
+            headers = busy.setdefault("headers", {})
+            for name, header in SERVER_RETRY_AFTER.items():
+                headers.setdefault(name, header)
             if "requestBody" in operation:
                 for code, description in BODY_REFUSED.items():
                     responses.setdefault(code, {"description": description})
+            if (path, method) in checks_query:
+                # GET /v1/streams, which takes no parameter, answered ?x=1 with an undocumented 422
+                said = responses.setdefault("422", {"description": UNKNOWN_QUERY})
+                if "parameter" not in said.get("description", ""):
+                    said["description"] = f"{said.get('description', '')}; or {UNKNOWN_QUERY}"
             # Every refusal's body is {"detail": ...}: said in the schema, so that generated clients
             # can read it (they were given a description only).
             for code, response in responses.items():
@@ -198,11 +244,32 @@ def install(app: FastAPI) -> None:
                         {"type": "string"},
                     ],
                 }
-            _refusals_every_operation_can_get(schema)
+            _refusals_every_operation_can_get(schema, _operations_checking_query(app))
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _operations_checking_query(app: FastAPI) -> frozenset[tuple[str, str]]:
+    """``(path, method)`` of the schema's operations that :func:`refuse_unknown_query` guards."""
+
+    def checks(dependant) -> bool:
+        return any(d.call is refuse_unknown_query or checks(d) for d in dependant.dependencies)
+
+    # Route contexts where FastAPI has them: an included router's routes carry its dependencies there.
+    if iter_route_contexts is not None:
+        routes = [
+            r for r in iter_route_contexts(app.routes) if isinstance(r.original_route, APIRoute)
+        ]
+    else:
+        routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    return frozenset(
+        (route.path_format, method.lower())
+        for route in routes
+        if route.include_in_schema and checks(route.dependant)
+        for method in route.methods
+    )
 
 
 def _query_names(dependant) -> set[str]:

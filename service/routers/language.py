@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from v1motion.models.language.scoring import LanguageScorer
 from v1motion.service.deps import SettingsDep, StateDep, get_scorer
+from v1motion.service.http_errors import RETRY_AFTER
 from v1motion.service.schemas import RequestBody
 from v1motion.service.settings import Settings
 
@@ -93,7 +94,10 @@ def _check_length(text: str, field: str, settings: Settings) -> None:
 
 TEXT_TOO_LONG = {
     413: {"description": "the text is longer than the server's limit"},
-    503: {"description": "one request per core is running and 16 more wait: retry (Retry-After)"},
+    503: {
+        "description": "one request per core is running and 16 more wait: retry (Retry-After)",
+        "headers": RETRY_AFTER,
+    },
 }
 
 

@@ -56,7 +56,18 @@ def _log_change(state, problem: str | None) -> None:
     state.not_ready_because = problem
 
 
-@router.get("/metrics", response_class=Response, responses=TOKEN_REFUSED)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the metrics in Prometheus's text exposition format "
+            f"({CONTENT_TYPE_LATEST})",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **TOKEN_REFUSED,
+    },
+)
 def metrics(metrics: MetricsDep, _: TokenDep) -> Response:
     """Prometheus metrics: frames processed, latency histograms, dropped frames, clients per stream."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

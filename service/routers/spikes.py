@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from v1motion.models.spikes.base import SAMPLE_MAX_COUNT
+from v1motion.models.spikes.base import SAMPLE_MAX_COUNT, STOP_REASONS
 from v1motion.models.spikes.data import as_counts, bin_spike_times
 from v1motion.models.spikes.registry import (
     GROWS_WITH_NEURONS,
@@ -41,6 +41,7 @@ from v1motion.models.spikes.registry import (
 )
 from v1motion.models.spikes.rglm import RGLM
 from v1motion.service.deps import StateDep, get_settings, get_state
+from v1motion.service.http_errors import RETRY_AFTER
 from v1motion.service.jobs.upload import BodyLimits, UploadError, read_body
 from v1motion.service.schemas import RequestBody
 from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker
@@ -68,6 +69,7 @@ def _example_counts(seed: int = 3, bins: int = 30) -> list:
 
 
 EXAMPLE_COUNTS = _example_counts()
+SpikeKind = Literal[tuple(MODEL_KINDS)]
 
 
 class SpikeData(RequestBody):
@@ -250,6 +252,8 @@ class SpikeModelCreate(SpikeData):
         description=f"model kind, one of {', '.join(MODEL_KINDS)}; the ``_locked`` kinds are "
         "driven by the stimulus-locked rate (PSTH) of the training trials, for trials that repeat "
         "one stimulus (at least 2, all of one length)",
+        # an enum in the schema; checked by check_work, whose 422 lists the valid kinds
+        json_schema_extra={"enum": list(MODEL_KINDS)},
     )
     options: SpikeOptions = Field(default_factory=SpikeOptions)
     test_fraction: float = Field(
@@ -275,7 +279,7 @@ class FitPublic(BaseModel):
         description="L-BFGS: the largest gradient entry of the per-bin loss is at most tol "
         "(stop_reason gtol); EM: the gain per bin fell below tol (stop_reason ftol)"
     )
-    stop_reason: str = Field(
+    stop_reason: Literal[STOP_REASONS] = Field(
         description="gtol: gradient below tol; ftol: EM gain per bin below tol (for L-BFGS: an "
         "iteration that did not lower the loss at all, not converged); max_iter: iteration cap (not "
         "converged); max_fun: evaluation cap; line_search: no acceptable step; closed_form: no "
@@ -289,7 +293,7 @@ class FitPublic(BaseModel):
 
 class SpikeModelPublic(BaseModel):
     id: str
-    kind: str
+    kind: SpikeKind
     options: dict[str, Any] = Field(description="the options given")
     options_used: dict[str, Any] = Field(
         default_factory=dict,
@@ -645,8 +649,11 @@ def _check_stimulus_bins(rec: dict, n_bins: int, what: str) -> None:
 # ----------------------------------------------------------------------------- routes
 NOT_FOUND = {404: {"description": "no spike model with this id"}}
 BUSY = {
-    429: {"description": "too many spike jobs queued; retry later"},
-    503: {"description": "the worker process died during this request; retry"},
+    429: {"description": "too many spike jobs queued; retry later", "headers": RETRY_AFTER},
+    503: {
+        "description": "the worker process died or ran out of memory during this request, or "
+        "the server is shutting down (retry)"
+    },
 }
 BAD_DATA = {422: {"description": "counts or options that cannot be used (the detail says why)"}}
 
@@ -684,7 +691,11 @@ def _create_body() -> dict:
         **NPZ_FILE,
         "properties": {
             **NPZ_FILE["properties"],
-            "kind": {"type": "string", "description": f"one of {', '.join(MODEL_KINDS)}"},
+            "kind": {
+                "type": "string",
+                "enum": list(MODEL_KINDS),
+                "description": f"one of {', '.join(MODEL_KINDS)}",
+            },
             "options": {"type": "string", "description": "the options as a JSON object"},
             "test_fraction": {"type": "number"},
             "seed": {"type": "integer"},
@@ -705,7 +716,7 @@ TOO_LARGE = {
     408: {"description": "the body stopped arriving"},
     413: {"description": "body larger than V1MOTION_SPIKES_MAX_UPLOAD_MB"},
     415: {"description": "neither application/json nor multipart/form-data"},
-    503: {"description": "too many uploads arriving at once; retry later"},
+    503: {"description": "too many uploads arriving at once (retry later)", "headers": RETRY_AFTER},
 }
 
 
@@ -727,11 +738,26 @@ MODEL_LINKS = {
 }
 
 
+def _either(*answers: dict) -> dict:
+    """The responses of ``answers`` together; a status that several give says each one's reason
+    (``a | b`` kept only b's: the fit's 503 named the uploads and lost the worker's death)."""
+    merged: dict = {}
+    for answer in answers:
+        for code, response in answer.items():
+            if code in merged and "description" in merged[code] and "description" in response:
+                said = merged[code]["description"]
+                merged[code] = {**merged[code], **response}
+                merged[code]["description"] = f"{said}; or {response['description']}"
+            else:
+                merged[code] = response
+    return merged
+
+
 @router.post(
     "/models",
     response_model=SpikeModelPublic,
     status_code=201,
-    responses=MODEL_LINKS | BAD_DATA | BUSY | TOO_LARGE,
+    responses=_either(MODEL_LINKS, BAD_DATA, BUSY, TOO_LARGE),
     openapi_extra=_create_body(),
 )
 async def fit_spike_model(request: Request, store: Store, worker: Worker) -> SpikeModelPublic:

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request, Response, WebSocket, status
@@ -19,6 +19,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from v1motion.service import protocol
 from v1motion.service.deps import EngineDep, SettingsDep, StateDep, StreamsDep
 from v1motion.service.live.hub import Subscriber
+from v1motion.service.settings import SOURCE_KINDS
 from v1motion.service.webfiles import GZIPPED, accepts_gzip
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,15 @@ STATUS_INTERVAL_S = 1.0
 MAX_FPS_LIMIT = 1000.0  # a viewer's max_fps: above any stream's rate, i.e. no limit
 
 
+# The states v1motion.service.live.pipeline sets (an enum in the schema, for generated clients).
+StreamState = Literal["idle", "starting", "running", "reconnecting", "stalled", "ended", "error"]
+
+
 class StreamPublic(BaseModel):
     name: str
-    kind: str
+    kind: Literal[SOURCE_KINDS]
     description: str
-    state: str = Field(
+    state: StreamState = Field(
         description="idle (no viewer), starting, running, reconnecting (the source failed or gave "
         "no frame: opened again with backoff, `error` says why), stalled (no frame for "
         "V1MOTION_STALL_TIMEOUT_S: opened again), ended (a file source with loop off played to "

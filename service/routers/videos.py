@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from v1motion.service.deps import JobsDep, StateDep
 from v1motion.service.disk import disk_full_reason, free_mb, make_durable
+from v1motion.service.http_errors import RETRY_AFTER
 from v1motion.service.jobs.decode import DecodeError, probe
 from v1motion.service.jobs.layout import RESULT_NAMES, JobLayout
 from v1motion.service.jobs.manager import JOB_ID, VideoJobs
@@ -40,9 +41,10 @@ PREFIX = "/v1/videos"
 router = APIRouter(prefix=PREFIX, tags=["videos"])
 
 BINARY = {"type": "string", "format": "binary"}
+OCTETS = "application/octet-stream"
 MEDIA_TYPES = {
     "motion.json": "application/json",
-    "motion.npz": "application/octet-stream",
+    "motion.npz": OCTETS,
     "overlay.mp4": "video/mp4",
     "summary.png": "image/png",
 }
@@ -79,6 +81,7 @@ UPLOAD_BODY = {
 UPLOAD_ERRORS = {
     200: {
         "description": "an earlier upload of the same file with this Idempotency-Key: its job",
+        "model": JobPublic,  # the body a retry needs (generated clients returned None without it)
         "headers": {
             "Location": {"description": "the job's URL", "schema": {"type": "string"}},
         },
@@ -102,12 +105,7 @@ UPLOAD_ERRORS = {
     },
     503: {
         "description": "too many videos waiting, or too many uploads arriving at once",
-        "headers": {
-            "Retry-After": {
-                "description": "seconds to wait before trying again",
-                "schema": {"type": "integer"},
-            }
-        },
+        "headers": RETRY_AFTER,
     },
     507: {"description": "the server's disk has no room for the upload"},
 }
@@ -351,10 +349,28 @@ def get_video_job(job_id: str, request: Request, jobs: JobsDep) -> JobPublic:
 
 
 # The file's own type (a file download; motion.json is JSON), not FastAPI's default of JSON for all.
+# A binary type comes first, JSON last: generated clients read a response as its first type, and
+# with JSON first they parsed every download (npz, mp4, png) as JSON and failed.
 RESULT_CONTENT = {
-    media: {"schema": {"type": "object"} if media == "application/json" else BINARY}
-    for media in dict.fromkeys(MEDIA_TYPES.values())
+    media: {"schema": BINARY}
+    for media in dict.fromkeys([OCTETS, *MEDIA_TYPES.values()])
+    if media != "application/json"
+} | {"application/json": {"schema": {"type": "object"}}}
+# A Range request (a player seeking in overlay.mp4, a resumed download) is answered by
+# FileResponse: 206 with the bytes asked for, several ranges as multipart/byteranges.
+PARTIAL_CONTENT = {
+    "description": "the byte range(s) a Range header asked for (RFC 9110 §14)",
+    "headers": {
+        "Content-Range": {
+            "description": "bytes <first>-<last>/<size> of the one range sent (several ranges: "
+            "in each part of the multipart/byteranges body)",
+            "schema": {"type": "string"},
+        }
+    },
+    # bytes of the file, whatever its type (a part of motion.json is not a JSON object)
+    "content": {media: {"schema": BINARY} for media in [*RESULT_CONTENT, "multipart/byteranges"]},
 }
+
 ResultName = Annotated[
     str,
     PathParam(
@@ -369,6 +385,7 @@ ResultName = Annotated[
     response_class=FileResponse,
     responses={
         200: {"description": "the file, as an attachment", "content": RESULT_CONTENT},
+        206: PARTIAL_CONTENT,
         404: {"description": "no such job, or no result by that name"},
         410: JOB_NOT_FOUND[410],
         304: {"description": "If-None-Match named the file's ETag: the copy the client has is it"},

@@ -258,3 +258,111 @@ def test_every_number_in_the_schema_says_its_unit():
         and not name.startswith("n_")
     ]
     assert silent == [], silent
+
+
+# From the generated-client probe (openapi-python-client): what a client built from the schema
+# gets wrong where the schema is vague.
+
+
+def test_a_result_download_is_binary_first_and_its_ranges_are_documented():
+    """The generator reads a response as its first content type: with JSON first, the client parsed
+    motion.npz, overlay.mp4 and summary.png as JSON and crashed. A Range request's 206 was not in
+    the schema, so a strict generated client raised on it."""
+    from v1motion.service.routers.videos import MEDIA_TYPES
+
+    schema = create_app(Settings(), engine_factory=random_engine).openapi()
+    answers = schema["paths"]["/v1/videos/{job_id}/{name}"]["get"]["responses"]
+    content = answers["200"]["content"]
+    first = next(iter(content))
+    assert first != "application/json" and content[first]["schema"]["format"] == "binary"
+    assert set(MEDIA_TYPES.values()) <= set(content)
+    partial = answers["206"]
+    assert "Content-Range" in partial["headers"]
+    assert all(m["schema"]["format"] == "binary" for m in partial["content"].values())
+    assert next(iter(partial["content"])) == first
+
+
+def test_the_idempotent_replay_has_the_job_as_its_body():
+    """A retry with the same Idempotency-Key answers 200 with the job: a generated client gave
+    None, and the integrator lost the job's id, without a body schema on that 200."""
+    schema = create_app(Settings(), engine_factory=random_engine).openapi()
+    replay = schema["paths"]["/v1/videos"]["post"]["responses"]["200"]
+    assert replay["content"]["application/json"]["schema"]["$ref"].endswith("/JobPublic")
+    assert "Location" in replay["headers"]
+
+
+def test_every_429_and_503_declares_retry_after():
+    """The spike, language and upload refusals send Retry-After, and so do the shutdown's, the
+    connection limit's and a data folder's 503 on every operation; the schema had it on one
+    operation. The fit's 503 has two reasons: merging two dicts kept only one of them."""
+    schema = create_app(Settings(), engine_factory=random_engine).openapi()
+    busy = 0
+    for path, item in schema["paths"].items():
+        for method, op in item.items():
+            assert "503" in op["responses"], (path, method)
+            for code in ("429", "503"):
+                if code in op["responses"]:
+                    busy += 1
+                    assert "Retry-After" in op["responses"][code]["headers"], (path, method, code)
+    assert busy > 20
+    spikes = schema["paths"]["/v1/spikes/models"]["post"]["responses"]
+    assert "429" in spikes and "worker" in spikes["503"]["description"]
+    assert "uploads arriving at once" in spikes["503"]["description"]
+
+
+def test_the_refusal_of_an_unknown_query_parameter_is_documented_where_it_is_given():
+    """GET /v1/streams, /v1/units and /v1/spikes/models take no parameter and answered ?x=1 with a
+    422 their schema did not list. The probes outside /v1 ignore a query (an orchestrator's or a
+    scraper's) and do not list it."""
+    with TestClient(create_app(Settings(), engine_factory=random_engine)) as client:
+        spec = client.get("/openapi.json").json()
+        for path in ("/v1/streams", "/v1/spikes/models", "/v1/videos"):
+            res = client.get(path, params={"x": "1"})
+            assert res.status_code == 422 and "'x'" in res.json()["detail"], path
+        for path in ("/healthz", "/metrics"):
+            assert client.get(path, params={"x": "1"}).status_code == 200, path
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if path.startswith("/v1/"):
+                assert "parameter" in op["responses"]["422"]["description"], (path, method)
+            else:
+                assert "422" not in op["responses"], (path, method)
+
+
+def test_closed_sets_of_values_are_enums_holding_every_value_the_service_sends():
+    """Generated clients typed a stream's state and kind, a spike model's kind and a fit's
+    stop_reason as any string: their values were listed in descriptions only."""
+    import inspect
+
+    from v1motion.models.spikes import base, glm, lds, plds
+    from v1motion.models.spikes.registry import MODEL_KINDS
+    from v1motion.service.live import pipeline
+    from v1motion.service.settings import SOURCE_KINDS
+
+    schema = create_app(Settings(), engine_factory=random_engine).openapi()
+    models = schema["components"]["schemas"]
+    stream = models["StreamPublic"]["properties"]
+    set_states = re.findall(r'self\.state(?:, [\w.]+)* = "(\w+)"', inspect.getsource(pipeline))
+    assert set(set_states) == set(stream["state"]["enum"]), set_states
+    assert stream["kind"]["enum"] == list(SOURCE_KINDS)
+    assert models["SpikeModelPublic"]["properties"]["kind"]["enum"] == list(MODEL_KINDS)
+    bodies = schema["paths"]["/v1/spikes/models"]["post"]["requestBody"]["content"]
+    for media in ("application/json", "multipart/form-data"):
+        assert bodies[media]["schema"]["properties"]["kind"]["enum"] == list(MODEL_KINDS)
+    stop = models["FitPublic"]["properties"]["stop_reason"]["enum"]
+    # what the L-BFGS fits, the closed-form GLM and the EM fits (lds, plds) set
+    produced = set(re.findall(r'return "(\w+)"', inspect.getsource(base._stop_reason)))
+    produced |= set(re.findall(r'"stop_reason": "(\w+)"', inspect.getsource(glm)))
+    for module in (lds, plds):
+        found = re.findall(r'stop_reason_ = "(\w+)" if \w+ else "(\w+)"', inspect.getsource(module))
+        assert found, module
+        produced |= {reason for pair in found for reason in pair}
+    assert len(produced) == 6 and produced == set(stop), produced
+
+
+def test_metrics_declare_the_prometheus_text_format():
+    with TestClient(make_app()) as client:
+        spec = client.get("/openapi.json").json()
+        res = client.get("/metrics")
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
+    assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
