@@ -57,7 +57,7 @@ class _Connections:
 
 class _VideoJobs:
     """The video job store's counts by status, read at each scrape (an operator watching the queue
-    had to page through GET /v1/videos)."""
+    had to page through GET /v1/videos), and the jobs that ended in this process."""
 
     def __init__(self, store) -> None:
         self.store = store
@@ -72,6 +72,15 @@ class _VideoJobs:
         for status in STATUSES:
             g.add_metric([status], self.store.count(status))
         yield g
+        ended = CounterMetricFamily(
+            "v1motion_video_jobs_ended",
+            "Video jobs that ended in this process, by status (for rates: deleting a job lowers "
+            "v1motion_video_jobs, not this)",
+            labels=["status"],
+        )
+        for status, n in self.store.ended.items():
+            ended.add_metric([status], n)
+        yield ended
 
 
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -114,6 +114,9 @@ class JobStore:
         self._db.execute(_KEY_INDEX)
         st = os.stat(self.path)
         self.identity = (st.st_dev, st.st_ino)  # the file this store opened (data_folder_problem)
+        # jobs this process saw end, by status: counters for alerts on a failure rate (the counts
+        # of jobs kept by status fall when a client deletes one)
+        self.ended = {"succeeded": 0, "failed": 0}
 
     @property
     def journal_mode(self) -> str:
@@ -231,6 +234,7 @@ class JobStore:
                 " frames_done = ?, frames_total = ?, error = NULL WHERE id = ?",
                 (time.time(), json.dumps(result), frames, frames, job_id),
             )
+            self.ended["succeeded"] += 1
 
     def fail(self, job_id: str, reason: str) -> None:
         with self._lock:
@@ -238,6 +242,7 @@ class JobStore:
                 "UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
                 (time.time(), reason, job_id),
             )
+            self.ended["failed"] += 1
 
     def requeue(self, job_id: str, count_attempt: bool = True) -> None:
         """Put a running job back in the queue (a graceful shutdown does not count as an attempt)."""

@@ -148,3 +148,25 @@ def test_metrics_count_the_jobs_by_status(client):
     assert 'v1motion_video_jobs{status="queued"} 0.0' in text
     c.delete(f"/v1/videos/{c.ids[0]}")
     assert 'v1motion_video_jobs{status="succeeded"} 2.0' in c.get("/metrics").text
+
+
+def test_metrics_count_the_jobs_that_ended_and_a_deletion_does_not_uncount_them(client):
+    """Jobs were only a gauge of those kept by status: a client deleting its failed jobs hid them
+    from an alert on the failure rate."""
+    c = client()
+    store = c.app.state.services.videos.store
+    ids = []
+    for k, ok in enumerate((True, False, False)):
+        job_id = new_job_id()
+        store.create(job_id, f"clip{k}.avi", "video/x-msvideo", 100)
+        if ok:
+            store.succeed(job_id, {"frames": 2})
+        else:
+            store.fail(job_id, "planted")
+        ids.append(job_id)
+    for job_id in ids:
+        assert c.delete(f"/v1/videos/{job_id}").status_code == 204
+    text = c.get("/metrics").text
+    assert 'v1motion_video_jobs_ended_total{status="succeeded"} 1.0' in text
+    assert 'v1motion_video_jobs_ended_total{status="failed"} 2.0' in text
+    assert 'v1motion_video_jobs{status="failed"} 0.0' in text
