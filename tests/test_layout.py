@@ -8,23 +8,65 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, by its full name: ``from v1motion import service`` names
+    ``v1motion.service`` too, and relative imports are resolved against the file's package (both
+    passed the boundary check unseen)."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    package = ["v1motion", *path.relative_to(ROOT).parent.parts]
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
     return names
+
+
+def _is_service(name: str) -> bool:
+    return name == "v1motion.service" or name.startswith("v1motion.service.")
+
+
+def test_the_import_check_sees_every_form_of_import(monkeypatch):
+    probe = ROOT / "models" / "motion" / "_layout_probe.py"  # never written: its text is patched in
+    for source in (
+        "import v1motion.service.app",
+        "from v1motion.service import app",
+        "from v1motion import service",
+        "from ...service import settings",  # models/motion -> v1motion.service
+        "from ..language import rglm\nfrom ... import service",
+    ):
+        monkeypatch.setattr(Path, "read_text", lambda self, s=source: s)
+        assert any(_is_service(n) for n in _imports(probe)), source
+    monkeypatch.setattr(Path, "read_text", lambda self: "from ..language import rglm")
+    assert _imports(probe) == {"v1motion.models.language", "v1motion.models.language.rglm"}
 
 
 def test_models_never_import_service():
     offenders = [
         str(p.relative_to(ROOT))
         for p in (ROOT / "models").rglob("*.py")
-        if any(n == "v1motion.service" or n.startswith("v1motion.service.") for n in _imports(p))
+        if any(_is_service(n) for n in _imports(p))
     ]
     assert offenders == []
+
+
+def test_importing_every_models_module_loads_nothing_of_service():
+    """The same boundary at run time: what the modules import, however they import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pkgutil, importlib, sys, v1motion.models as m\n"
+        "for info in pkgutil.walk_packages(m.__path__, 'v1motion.models.'):\n"
+        "    importlib.import_module(info.name)\n"
+        "print(sorted(n for n in sys.modules if n.startswith('v1motion.service')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_no_print_in_library_code():
