@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from v1motion.models.motion.engine import MotionFrame
 from v1motion.service import protocol
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _frame(rng, rows=30, cols=40, **kw) -> MotionFrame:
@@ -64,3 +68,39 @@ def test_the_dashboard_counts_moving_cells_as_the_engine_does():
     found = re.search(r"const MOVING_FROM = \[([0-9.]+), ([0-9.]+)\];", script)
     assert found is not None
     assert (float(found[1]), float(found[2])) == MOVING_FROM
+
+
+def _named_in(doc: str, key: str) -> bool:
+    """``key`` written as a name in ``doc``: in backticks (alone or dotted) or as a JSON key."""
+    return bool(re.search(rf'(`(\w+\.)*{key}`|"{key}"|`\{{[^`]*\b{key}\b)', doc))
+
+
+def test_every_field_a_viewer_receives_is_named_in_the_protocol_docs():
+    """Nothing held docs/protocol.md to what the sockets send: a contributor adding a field had
+    no test to remind them to document it. Every key of a real result (with flow and truth), its
+    ``motion``, ``timing``, ``flow`` and ``truth``, and of a ``status`` is named there."""
+    from fastapi.testclient import TestClient
+    from service_helpers import random_engine
+
+    from v1motion.service.app import create_app
+    from v1motion.service.settings import Settings
+
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    seen: dict[str, set] = {}
+    with (
+        TestClient(create_app(Settings(), engine_factory=random_engine)) as c,
+        c.websocket_connect("/v1/streams/synthetic?flow=1") as ws,
+    ):
+        while not {"result", "status", "flow"} <= seen.keys():
+            msg = ws.receive()
+            if not msg.get("text"):
+                continue
+            m = json.loads(msg["text"])
+            seen.setdefault(m["type"], set()).update(m)
+            for part in ("motion", "timing", "flow", "truth"):
+                if m["type"] == "result" and isinstance(m.get(part), dict):
+                    seen.setdefault(part, set()).update(m[part])
+    unnamed = sorted(
+        f"{where}.{key}" for where, keys in seen.items() for key in keys if not _named_in(doc, key)
+    )
+    assert unnamed == []
