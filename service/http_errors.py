@@ -33,12 +33,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-
-try:  # FastAPI 0.16x keeps an included router's dependencies in its route contexts
-    from fastapi.routing import iter_route_contexts
-except ImportError:  # earlier ones (pyproject allows >= 0.110) copy them into app.routes
-    iter_route_contexts = None
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 
@@ -257,13 +252,8 @@ def _operations_checking_query(app: FastAPI) -> frozenset[tuple[str, str]]:
     def checks(dependant) -> bool:
         return any(d.call is refuse_unknown_query or checks(d) for d in dependant.dependencies)
 
-    # Route contexts where FastAPI has them: an included router's routes carry its dependencies there.
-    if iter_route_contexts is not None:
-        routes = [
-            r for r in iter_route_contexts(app.routes) if isinstance(r.original_route, APIRoute)
-        ]
-    else:
-        routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    # Route contexts, not app.routes: an included router's routes carry its dependencies there.
+    routes = [r for r in iter_route_contexts(app.routes) if isinstance(r.original_route, APIRoute)]
     return frozenset(
         (route.path_format, method.lower())
         for route in routes
