@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from v1motion.service.jobs.layout import RESULT_NAMES
 from v1motion.service.jobs.store import JobRecord
@@ -30,6 +30,52 @@ class Progress(BaseModel):
     )
 
 
+class MainDirection(BaseModel):
+    direction_deg: float | None = Field(
+        description="degrees, 0 = moving right, 90 = up; null for motion in every direction at "
+        "once (a zoom, a rotation)"
+    )
+    share: float = Field(description="fraction (0-1) of the moving cells' confidence in this peak")
+    median_speed_px_per_frame: float = Field(description="px/frame of the processed frames")
+
+
+class JobResult(BaseModel):
+    """A succeeded job's facts, as its result.json (docs/video_outputs.md says each field). Typed
+    so that generated clients read ``warnings`` and ``main_directions``, which the README tells a
+    batch to check; every field may be missing from a job an older server ran, and fields a newer
+    one adds pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    container: str | None = Field(None, description="as sniffed: mp4, avi, webm, ...")
+    codec: str | None = Field(None, description="FourCC as OpenCV's FFmpeg reports it, lower case")
+    width: int | None = Field(None, description="px, as players show the file (rotation applied)")
+    height: int | None = Field(None, description="px, as players show the file (rotation applied)")
+    fps: float | None = Field(None, description="frames per second of the video")
+    variable_frame_rate: bool | None = None
+    processed_width: int | None = Field(None, description="px of the frames the engine saw")
+    processed_height: int | None = Field(None, description="px of the frames the engine saw")
+    cell_px: int | None = Field(None, description="side of a motion-map cell, processed px")
+    frames: int | None = Field(None, description="frames processed")
+    declared_frames: int | None = Field(None, description="frames the container declared")
+    stopped_at_cap: bool | None = None
+    warnings: list[str] | None = Field(
+        None, description="what to know about the decoding (a cut or damaged file); [] otherwise"
+    )
+    main_directions: list[MainDirection] | None = Field(
+        None, description="the peaks of the video's direction histogram, largest share first"
+    )
+    overlay: bool | None = Field(None, description="whether overlay.mp4 was drawn")
+    overlay_codec: Literal["h264", "mp4v"] | None = None
+    processing_seconds: float | None = Field(None, description="wall time in seconds")
+    processed_frames_per_second: float | None = Field(None, description="frames per second")
+    stage_seconds: dict[str, float] | None = Field(None, description="busy seconds per stage")
+    ran_on: dict[str, str | int] | None = Field(
+        None, description="where it ran, for operators (token holders only where there is a token)"
+    )
+    units: dict[str, str] | None = Field(None, description="the conventions, in words")
+
+
 class JobPublic(BaseModel):
     id: str
     status: Literal["queued", "running", "succeeded", "failed"]
@@ -46,7 +92,7 @@ class JobPublic(BaseModel):
     attempts: int
     progress: Progress
     error: str | None = Field(description="why the job failed, for people")
-    result: dict | None = Field(description="video facts and timing, once succeeded")
+    result: JobResult | None = Field(description="video facts and timing, once succeeded")
     links: dict[str, str]
 
     @classmethod

@@ -367,3 +367,28 @@ def test_metrics_declare_the_prometheus_text_format():
         res = client.get("/metrics")
     assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
     assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+
+
+def test_a_jobs_result_is_typed_in_the_schema_and_old_or_newer_results_still_serve():
+    """JobPublic.result was a bare object: a generated client could not read the ``warnings`` and
+    ``main_directions`` the README tells a batch to check."""
+    from v1motion.service.jobs.schemas import JobPublic
+    from v1motion.service.jobs.store import JobRecord
+
+    spec = make_app().openapi()
+    schemas = spec["components"]["schemas"]
+    result = schemas["JobResult"]["properties"]
+    assert {"warnings", "main_directions", "frames", "fps", "overlay_codec"} <= result.keys()
+    peak = schemas["MainDirection"]["properties"]
+    assert set(peak) == {"direction_deg", "share", "median_speed_px_per_frame"}
+    field = schemas["JobPublic"]["properties"]["result"]
+    assert {"$ref": "#/components/schemas/JobResult"} in field["anyOf"]
+    # a job an older server ran (fewer fields) and one a newer server ran (more) both serve
+    rec = JobRecord(
+        id="j", status="succeeded", filename="a.mp4", content_type="video/mp4", size_bytes=9,
+        created_at=1.0, started_at=2.0, finished_at=3.0, attempts=1, frames_done=2,
+        frames_total=2, error=None, result={"frames": 2, "from_the_future": {"x": 1}},
+    )  # fmt: skip
+    public = JobPublic.from_record(rec, "/v1/videos").model_dump(mode="json")
+    assert public["result"]["frames"] == 2 and public["result"]["warnings"] is None
+    assert public["result"]["from_the_future"] == {"x": 1}
