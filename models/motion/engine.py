@@ -565,9 +565,18 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
     """Validate a frame and return it as float32 grey in [0, 1]; raise ValueError naming the problem.
 
     ``frame``: grey ``(H, W)`` or ``(H, W, 1)`` or BGR(A) ``(H, W, 3 or 4)`` uint8 (0-255), or grey
-    float32/float64 in [0, 1] (``FLOAT_RANGE``), in either byte order."""
+    float32/float64 in [0, 1] (``FLOAT_RANGE``), in either byte order; a masked array with no pixel
+    masked."""
     if not isinstance(frame, np.ndarray):
         raise ValueError(f"frame must be a numpy array, got {type(frame).__name__}")
+    if isinstance(frame, np.ma.MaskedArray):  # read as its data, the mask ignored, until this
+        masked = int(np.count_nonzero(np.ma.getmaskarray(frame)))
+        if masked:
+            raise ValueError(
+                f"frame is a masked array with {masked} masked pixels: the engine has no missing "
+                "pixels; fill them first (frame.filled(value))"
+            )
+        frame = np.ma.getdata(frame)
     if frame.ndim in (2, 3) and 0 in frame.shape[:2]:
         raise ValueError(f"frame is empty: shape {frame.shape}")
     if frame.ndim == 3 and frame.shape[2] == 1:  # grey with a channel axis (imageio, Keras)

@@ -77,6 +77,19 @@ def test_grey_with_a_channel_axis_and_big_endian_floats_are_read_as_plain_grey(r
     np.testing.assert_array_equal(to_grey(f[:, :, None]), to_grey(f))
 
 
+def test_a_masked_frame_is_refused_where_pixels_are_masked_not_read_without_its_mask(rng):
+    """A masked array (astropy, a dead-pixel map) was read as its data: masked pixels' values,
+    often 0 or garbage, moved through the motion map as texture."""
+    g = rng.integers(0, 255, (64, 96), dtype=np.uint8)
+    mask = np.zeros(g.shape, bool)
+    mask[10:12, 20:25] = True
+    with pytest.raises(ValueError, match="10 masked pixels.*filled"):
+        to_grey(np.ma.masked_array(g, mask=mask))
+    np.testing.assert_array_equal(to_grey(np.ma.masked_array(g)), to_grey(g))  # nothing masked
+    np.testing.assert_array_equal(to_grey(np.ma.masked_array(g, mask=mask).filled(0)),
+                                  to_grey(np.where(mask, 0, g).astype(np.uint8)))  # fmt: skip
+
+
 def test_to_grey_gives_the_float32_quotients_of_the_grey_levels():
     levels = np.arange(256, dtype=np.uint8)
     grey = np.repeat(levels[None], 3, 0)
