@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
+from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
 from v1motion.service.deps import JobsDep, StateDep
@@ -121,6 +122,18 @@ def _refuse_if_queue_full(jobs) -> None:
         )
 
 
+IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,128}$"  # printable ASCII without spaces
+
+
+def _idempotency_key(key: str | None) -> str | None:
+    """The key as given, or a 422 that says its form in words (it quoted the regular expression)."""
+    if key is not None and not re.fullmatch(IDEMPOTENCY_KEY, key):
+        raise ValueError(
+            "an Idempotency-Key is 1 to 128 printable ASCII characters without spaces (a UUID, say)"
+        )
+    return key
+
+
 @router.post(
     "",
     status_code=202,
@@ -135,8 +148,9 @@ async def create_video_job(
     state: StateDep,
     idempotency_key: Annotated[
         str | None,
+        AfterValidator(_idempotency_key),
         Header(
-            pattern=IDEMPOTENCY_KEY,
+            json_schema_extra={"pattern": IDEMPOTENCY_KEY},
             description="a key of the client's choosing (e.g. a UUID): a POST repeated with the "
             "same key and the same file answers 200 with the first one's job instead of making "
             "another (a retry after a timeout or a dropped connection); the same key with another "
@@ -230,9 +244,6 @@ async def create_video_job(
     base = _base(request)
     response.headers["Location"] = f"{base}/{job_id}"
     return JobPublic.from_record(rec, base)
-
-
-IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,128}$"  # printable ASCII without spaces
 
 
 def _sha256(path: Path) -> str:

@@ -598,6 +598,9 @@ def test_a_malformed_idempotency_key_is_422(client, tmp_path, key):
         headers={"Idempotency-Key": key.encode()},
     )
     assert r.status_code == 422 and "idempotency-key" in r.text.lower()
+    # said in words, not as the regular expression it must match
+    assert "1 to 128 printable ASCII characters without spaces" in r.json()["detail"][0]["msg"]
+    assert "\\x21" not in r.text
 
 
 def test_a_store_from_before_idempotency_keys_opens_with_them(tmp_path):
