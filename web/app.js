@@ -16,6 +16,7 @@ const SPEED_BIN_CENTRES = [0.25, 0.5, 1, 2, 4, 8, 16, 32];
 const MOVING_FROM = [0.2, 0.4];
 const DIRECTION_BINS = 16;
 const CHIP_REORDER_MS = 1000; // the most-active chips change order at most this often
+const CHIP_REORDER_REDUCED_MS = 5000; // and under prefers-reduced-motion (chips that jump are motion)
 const ACTIVITY_TAU_MS = 1000; // unit activity is averaged over about this long before ranking
 const CAMERA_SIDE = 320; // the longer side of the frames the camera sends, in px
 const SOURCE_KEYS_MS = 600; // a source picked with the keyboard opens once the keys stop this long
@@ -770,7 +771,8 @@ function renderTopUnits(top) {
   }
   const order = top.map((u) => u[0]).join(",");
   const now = performance.now();
-  if (chips.held || order === chips.order || now - chips.reorderedAt < CHIP_REORDER_MS) return;
+  const every = reducedMotion && reducedMotion.matches ? CHIP_REORDER_REDUCED_MS : CHIP_REORDER_MS;
+  if (chips.held || order === chips.order || now - chips.reorderedAt < every) return;
   chips.order = order;
   chips.reorderedAt = now;
   const box = $("top-units");

@@ -1454,6 +1454,28 @@ def test_under_reduced_motion_the_readings_change_at_most_twice_a_second(browser
         assert normal > reduced, (normal, reduced)
 
 
+REORDERS = """(ms) => new Promise((done) => {
+  const times = [], box = document.querySelector('#top-units');
+  const seen = new MutationObserver(() => times.push(performance.now()));
+  seen.observe(box, {childList: true});
+  setTimeout(() => { seen.disconnect(); done(times); }, ms); })"""
+
+
+def test_under_reduced_motion_the_units_chips_reorder_at_most_every_five_seconds(browser):
+    """The most active units' chips jumped places about once a second with reduced motion on too
+    (accessibility probe): chips that move are motion."""
+    with live_dashboard(browser) as page:
+        wait_for(page, "document.querySelectorAll('#top-units .chip').length >= 3")
+        normal = page.evaluate(REORDERS, 4000)
+        assert len({round(t / 1000) for t in normal}) >= 2, normal  # a random engine's units
+        page.emulate_media(reduced_motion="reduce")
+        page.evaluate(REORDERS, 1200)  # a reorder already due may still come
+        reduced = page.evaluate(REORDERS, 6000)
+        moments = sorted({round(t) for t in reduced})
+        gaps = [b - a for a, b in itertools.pairwise(moments) if b - a > 50]
+        assert all(g >= 4900 for g in gaps), moments
+
+
 def test_charts_numbers_and_chips_have_names_a_screen_reader_reads(browser):
     import re
 
