@@ -222,8 +222,8 @@ def draw_overlay(
     moving_from : (lo, hi)
         Which cells are drawn, as the dashboard draws them (the engine's ``MOVING_FROM``): cells
         below ``lo`` get neither colour nor arrow; the dashboard fades arrows in from ``lo`` to
-        ``hi``, the overlay draws them (white, no fading) from halfway. Arrow lengths grow with the
-        logarithm of the speed (:func:`arrow_fraction`), as on the dashboard.
+        ``hi``, the overlay draws them (white on a dark outline, no fading) from halfway. Arrow
+        lengths grow with the logarithm of the speed (:func:`arrow_fraction`), as on the dashboard.
 
     Returns
     -------
