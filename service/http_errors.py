@@ -171,6 +171,23 @@ SERVER_RETRY_AFTER = {
 }
 
 
+def also_answers(responses: dict, code, response: dict) -> dict:
+    """Add ``response`` to ``responses[code]`` (an operation's answers, by status) and return it: a
+    status that is already there keeps its own reason and says this one too, once (``a | b`` kept
+    only b's). Used by routes that merge refusals and by the schema pass below."""
+    said = responses.get(code)
+    if said is None:
+        responses[code] = dict(response)
+        return responses[code]
+    before, reason = said.get("description", ""), response.get("description", "")
+    merged = {**said, **response}
+    merged["description"] = (
+        before if reason in before else "; or ".join(filter(None, (before, reason)))
+    )
+    responses[code] = merged
+    return merged
+
+
 def _refusals_every_operation_can_get(
     schema: dict, checks_query: frozenset[tuple[str, str]] = frozenset()
 ) -> None:
@@ -186,20 +203,15 @@ def _refusals_every_operation_can_get(
                 continue
             responses = operation.setdefault("responses", {})
             responses.setdefault("403", {"description": GUARD_REFUSED})
-            busy = responses.setdefault("503", {"description": SERVER_BUSY})
-            if "shutting down" not in busy.get("description", ""):
-                busy["description"] = f"{busy.get('description', '')}; or {SERVER_BUSY}"
-            headers = busy.setdefault("headers", {})
+            busy = also_answers(responses, "503", {"description": SERVER_BUSY})
             for name, header in SERVER_RETRY_AFTER.items():
-                headers.setdefault(name, header)
+                busy.setdefault("headers", {}).setdefault(name, header)
             if "requestBody" in operation:
                 for code, description in BODY_REFUSED.items():
                     responses.setdefault(code, {"description": description})
             if (path, method) in checks_query:
                 # GET /v1/streams, which takes no parameter, answered ?x=1 with an undocumented 422
-                said = responses.setdefault("422", {"description": UNKNOWN_QUERY})
-                if "parameter" not in said.get("description", ""):
-                    said["description"] = f"{said.get('description', '')}; or {UNKNOWN_QUERY}"
+                also_answers(responses, "422", {"description": UNKNOWN_QUERY})
             # Every refusal's body is {"detail": ...}: said in the schema, so that generated clients
             # can read it (they were given a description only).
             for code, response in responses.items():

@@ -41,7 +41,7 @@ from v1motion.models.spikes.registry import (
 )
 from v1motion.models.spikes.rglm import RGLM
 from v1motion.service.deps import StateDep, get_settings, get_state
-from v1motion.service.http_errors import RETRY_AFTER
+from v1motion.service.http_errors import RETRY_AFTER, also_answers
 from v1motion.service.jobs.upload import BodyLimits, UploadError, read_body
 from v1motion.service.schemas import RequestBody
 from v1motion.service.spikes_state import SpikeModelStore, SpikeWorker
@@ -739,17 +739,11 @@ MODEL_LINKS = {
 
 
 def _either(*answers: dict) -> dict:
-    """The responses of ``answers`` together; a status that several give says each one's reason
-    (``a | b`` kept only b's: the fit's 503 named the uploads and lost the worker's death)."""
+    """The responses of ``answers`` together; a status that several give says each one's reason."""
     merged: dict = {}
     for answer in answers:
         for code, response in answer.items():
-            if code in merged and "description" in merged[code] and "description" in response:
-                said = merged[code]["description"]
-                merged[code] = {**merged[code], **response}
-                merged[code]["description"] = f"{said}; or {response['description']}"
-            else:
-                merged[code] = response
+            also_answers(merged, code, response)
     return merged
 
 
