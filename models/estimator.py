@@ -1,7 +1,7 @@
 """What the estimators of ``models`` share: scikit-learn's parameter protocol (``get_params``,
-``set_params``, ``clone``, ``repr``) without scikit-learn, which the ss-RNN and the spike models take,
-and the error every fitted model (those two, the read-outs, the whitener, the filter fit) raises when
-used unfitted."""
+``set_params``, ``clone``, ``repr``) without scikit-learn, which every fitted model of ``models`` takes
+(the ss-RNN, its whitener and read-outs, the spike models, the filter fit), and the error each raises
+when used unfitted."""
 
 from __future__ import annotations
 

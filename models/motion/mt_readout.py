@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from numba import njit
 
-from v1motion.models.estimator import NotFittedError
+from v1motion.models.estimator import NotFittedError, Params
 
 SPEED_CLASSES = np.array([0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
 """Speed classes in px/frame; class 0 is "still"."""
@@ -750,7 +750,7 @@ class Pooling:
         return np.stack(rows)
 
 
-class MTReadout:
+class MTReadout(Params):
     """Velocity-tuned second stage on divisively normalised, pooled ss-RNN activity.
 
     Parameters

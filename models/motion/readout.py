@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from v1motion.models.estimator import NotFittedError
+from v1motion.models.estimator import NotFittedError, Params
 
 
 def angular_error(a, b) -> np.ndarray:
@@ -19,7 +19,7 @@ def angular_error(a, b) -> np.ndarray:
     return np.abs(np.angle(np.exp(1j * (np.asarray(a) - np.asarray(b)))))
 
 
-class MotionReadout:
+class MotionReadout(Params):
     """Ridge read-out of ``(cos, sin, log speed)`` from features ``(S, F)``.
 
     Parameters

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from v1motion.models.determinism import single_threaded
-from v1motion.models.estimator import NotFittedError
+from v1motion.models.estimator import NotFittedError, Params
 
 
 def extract_patches(frames: np.ndarray, size: int, n: int, rng) -> np.ndarray:
@@ -69,7 +69,7 @@ def patch_grid(frame: np.ndarray, size: int) -> np.ndarray:
     return f.reshape(gh, size, gw, size).transpose(0, 2, 1, 3).reshape(gh, gw, size * size)
 
 
-class Whitener:
+class Whitener(Params):
     """Convolutional ZCA whitening.
 
     Parameters

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
-from v1motion.models.estimator import NotFittedError
+from v1motion.models.estimator import NotFittedError, Params
 from v1motion.models.stfilter.bank import as_bank
 from v1motion.models.stfilter.kernels import masked_row_dots
 
@@ -150,7 +150,7 @@ def variance_explained(F: np.ndarray, Fhat: np.ndarray):
     return per_filter, float(1.0 - err.sum() / var.sum())
 
 
-class RecurrentFilterFit:
+class RecurrentFilterFit(Params):
     """Fit ``W_tau = R^tau W0`` to a bank of spatio-temporal filters with a sparse ``R``.
 
     Parameters
