@@ -16,7 +16,13 @@ from pathlib import Path
 
 import anyio
 from starlette.datastructures import Headers
-from starlette.responses import FileResponse, Response
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    MalformedRangeHeader,
+    RangeNotSatisfiable,
+    Response,
+)
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
@@ -102,6 +108,36 @@ class HeldFileResponse(FileResponse):
 
     async def __call__(self, scope, receive, send) -> None:
         try:
+            refused = self._refuse_range(scope)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
             await super().__call__(scope, receive, send)
         finally:
             self.held.close()
+
+    def _refuse_range(self, scope: Scope) -> Response | None:
+        """A Range this file cannot satisfy answered as every other API error (JSON ``detail``);
+        one that does not parse is ignored, and the whole file sent (RFC 9110 §14.2: a server
+        may ignore Range; nginx does so). Starlette answered both in plain text, 400 and 416,
+        which a client reading ``detail`` could not parse."""
+        headers = Headers(scope=scope)
+        asked = headers.get("range")
+        if asked is None or scope.get("method") not in ("GET", "HEAD"):
+            return None
+        if_range = headers.get("if-range")
+        if if_range is not None and not self._should_use_range(if_range):
+            return None  # the file changed since the client's copy: Starlette sends it whole
+        size = self.stat_result.st_size
+        try:
+            self._parse_range_header(asked, size)
+        except MalformedRangeHeader:
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]
+            return None
+        except RangeNotSatisfiable:
+            return JSONResponse(
+                {"detail": f"no byte of the range {asked!r} is in the file ({size} bytes)"},
+                status_code=416,
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        return None

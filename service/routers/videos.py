@@ -401,6 +401,13 @@ ResultName = Annotated[
         410: JOB_NOT_FOUND[410],
         304: {"description": "If-None-Match named the file's ETag: the copy the client has is it"},
         409: {"description": "the job has not succeeded, so it has no results yet"},
+        416: {
+            "description": "no byte of the Range asked for is in the file (a Range that does not "
+            "parse is ignored, and the whole file sent)",
+            "headers": {
+                "Content-Range": {"description": "bytes */<size>", "schema": {"type": "string"}}
+            },
+        },
     },
 )
 def get_video_result(job_id: str, name: ResultName, jobs: JobsDep, request: Request) -> Response:

@@ -100,6 +100,31 @@ def test_upload_process_fetch_delete(client, tmp_path):
     assert job["id"] not in job_folders(client)
 
 
+def test_a_range_is_served_refused_in_json_or_ignored(client, tmp_path):
+    """A player seeking in overlay.mp4 gets its bytes (206); a range past the file's end is a 416
+    with a JSON ``detail`` as every other API error (Starlette answered it, and a Range that does
+    not parse, in plain text: a client reading ``detail`` failed on both); a Range that does not
+    parse is ignored and the whole file sent (RFC 9110 §14.2), where it was a 400."""
+    done = wait_done(client, upload(client, vs.avi(tmp_path, n=6)).json()["id"])
+    url = f"/v1/videos/{done['id']}/overlay.mp4"
+    whole = client.get(url).content
+    part = client.get(url, headers={"Range": "bytes=4-11"})
+    assert part.status_code == 206 and part.content == whole[4:12]
+    assert part.headers["content-range"] == f"bytes 4-11/{len(whole)}"
+    beyond = client.get(url, headers={"Range": f"bytes={len(whole)}-"})
+    assert beyond.status_code == 416, beyond.text
+    assert beyond.headers["content-range"] == f"bytes */{len(whole)}"
+    assert str(len(whole)) in beyond.json()["detail"]
+    for odd in ("bytes=9-3", "lines=0-5", "bytes=x-y"):
+        r = client.get(url, headers={"Range": odd})
+        assert r.status_code == 200 and r.content == whole, (odd, r.status_code, r.text[:80])
+    # a copy that changed since the client's If-Range: the whole file, as before
+    stale = client.get(url, headers={"Range": "bytes=0-3", "If-Range": '"other"'})
+    assert stale.status_code == 200 and stale.content == whole
+    same = client.get(url, headers={"Range": "bytes=0-3", "If-Range": part.headers["etag"]})
+    assert same.status_code == 206 and same.content == whole[:4]
+
+
 def test_format_characters_in_the_name_are_only_a_label(client, tmp_path):
     r = upload(client, vs.avi(tmp_path, n=6), filename="../../clip%d%s%n.avi")
     assert r.status_code == 202, r.text
