@@ -164,6 +164,7 @@ def create_app(
                 log=(settings.log_level, settings.log_format),
             ),
         )
+        metrics.watch_readiness(state.readiness)
         return state, blas
 
     app = FastAPI(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -83,6 +84,27 @@ class _VideoJobs:
         yield ended
 
 
+class _Readiness:
+    """What ``/readyz`` answers, read at each scrape: an alert on a replica that is not ready had
+    to probe /readyz itself, and a scrape of /metrics alone could not tell a server still compiling
+    from one whose data folder failed."""
+
+    def __init__(self, readiness) -> None:
+        self.readiness = readiness
+
+    def collect(self):
+        status, _ = self.readiness()
+        g = GaugeMetricFamily(
+            "v1motion_readiness",
+            "1 for what /readyz reports now (ready: it answers 200; starting: the engine loading; "
+            "failed: the engine or the data folder), 0 for the others",
+            labels=["status"],
+        )
+        for name in ("ready", "starting", "failed"):
+            g.add_metric([name], int(status == name))
+        yield g
+
+
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -98,6 +120,13 @@ def route_label(scope) -> str:
         return path
     asked = scope.get("path", "")
     return "unrouted" if asked.startswith(("/v1/", "/metrics")) or asked == "/v1" else "web"
+
+
+REQUEST_START: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "request_start", default=None
+)
+"""``time.perf_counter()`` at a request's arrival, set by :class:`RequestMetrics` for the code that
+runs while it is answered (uvicorn's access log line: :class:`v1motion.service.logs.AccessTime`)."""
 
 
 class RequestMetrics:
@@ -121,6 +150,7 @@ class RequestMetrics:
             await send(message)
 
         start = time.perf_counter()
+        REQUEST_START.set(start)
         try:
             await self.app(scope, receive, send_status)
         finally:
@@ -197,6 +227,10 @@ class Metrics:
         # the server's memory, CPU time and open files (process_*), which the default registry has
         # and this app's own one lacked: an operator watching the file limit had nothing to watch
         ProcessCollector(registry=r)
+
+    def watch_readiness(self, readiness) -> None:
+        """Report ``readiness()`` (``AppState.readiness``) as ``v1motion_readiness``."""
+        self.registry.register(_Readiness(readiness))
 
     def watch_jobs(self, store) -> None:
         """Report ``store``'s jobs by status (``v1motion_video_jobs``)."""

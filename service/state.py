@@ -121,3 +121,16 @@ class AppState:
     units_cache: dict[str, Any] = field(default_factory=dict)
     not_ready_because: str | None = None  # the last /readyz failure, logged when it changes
     websockets: weakref.WeakSet[WebSocket] = field(default_factory=weakref.WeakSet)
+
+    def readiness(self) -> tuple[str, str | None]:
+        """``("ready", None)``, ``("starting", why)`` or ``("failed", why)``: what ``/readyz``
+        answers and ``v1motion_ready`` reports. Failed when the data folder no longer holds the
+        job store the service opened, or the engine could not load."""
+        problem = self.videos.data_folder_problem()
+        if problem is None and self.engine.failed.is_set():
+            problem = self.engine.error
+        if problem is not None:
+            return "failed", problem
+        if self.engine.ready.is_set():
+            return "ready", None
+        return "starting", "engine loading and compiling"

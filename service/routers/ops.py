@@ -30,18 +30,11 @@ async def readyz(state: StateDep):
     """Readiness: the motion engine is loaded and its kernels are compiled, and the data folder
     still holds the job store the service opened (not deleted, replaced or read-only: a server
     that went on from a deleted store accepted uploads it lost at the next start)."""
-    problem = state.videos.data_folder_problem()
-    holder = state.engine
-    if problem is None and holder.failed.is_set():
-        problem = holder.error
-    _log_change(state, problem)
-    if problem is not None:
-        return JSONResponse({"status": "failed", "detail": problem}, status_code=503)
-    if holder.ready.is_set():
+    status, why = state.readiness()
+    _log_change(state, why if status == "failed" else None)
+    if status == "ready":
         return {"status": "ready"}
-    return JSONResponse(
-        {"status": "starting", "detail": "engine loading and compiling"}, status_code=503
-    )
+    return JSONResponse({"status": status, "detail": why}, status_code=503)
 
 
 def _log_change(state, problem: str | None) -> None:

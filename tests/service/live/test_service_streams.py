@@ -330,6 +330,17 @@ def test_units_are_gzipped_for_a_client_that_takes_it(client):
     assert "content-encoding" not in refused.headers
 
 
+def readiness_gauge(c) -> dict[str, float]:
+    """``v1motion_readiness{status}`` as scraped: an alert had only /readyz to tell a server still
+    compiling from one that failed."""
+    lines = c.get("/metrics").text.splitlines()
+    return {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("v1motion_readiness{")
+    }
+
+
 def test_readyz_is_503_until_the_engine_is_warm():
     import threading
 
@@ -343,12 +354,14 @@ def test_readyz_is_503_until_the_engine_is_warm():
     with TestClient(app) as c:
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "starting"
+        assert readiness_gauge(c) == {"ready": 0, "starting": 1, "failed": 0}
         assert c.get("/v1/units").status_code == 503
         gate.set()
         deadline = time.monotonic() + 5
         while c.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.02)
+        assert readiness_gauge(c) == {"ready": 1, "starting": 0, "failed": 0}
 
 
 def test_readyz_reports_a_failed_engine():
@@ -361,6 +374,8 @@ def test_readyz_reports_a_failed_engine():
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert r.status_code == 503 and "weights missing" in r.json()["detail"]
+        assert r.json()["status"] == "failed"
+        assert readiness_gauge(c) == {"ready": 0, "starting": 0, "failed": 1}
 
 
 def test_dashboard_is_served_at_root(client):
