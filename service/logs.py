@@ -82,8 +82,27 @@ class QuietSocketLines(logging.Filter):
         return True
 
 
+class AccessTime(logging.Filter):
+    """uvicorn's access line with the time its answer took to start, in milliseconds: ``... 200
+    (3.1 ms)`` and ``"ms": 3.1`` in a JSON line. uvicorn writes the line when the answer's headers
+    go out, so a download's body is not in it (``v1motion_http_request_seconds`` times the whole
+    answer). Operators had to turn to the metrics to find the slow requests of a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and not hasattr(record, "ms"):
+            from v1motion.service.metrics import REQUEST_START
+
+            start = REQUEST_START.get()
+            if start is not None:
+                record.ms = round((time.perf_counter() - start) * 1000, 1)
+                if isinstance(record.msg, str):
+                    record.msg += f" ({record.ms} ms)"
+        return True
+
+
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(AccessTime())
     handler.addFilter(RedactSecrets())
     handler.addFilter(QuietSocketLines())
     if fmt == "json":

@@ -408,6 +408,50 @@ def test_a_token_in_a_query_string_is_redacted_in_the_access_log():
     assert redact("/v1/streams/a?flow=1&max_fps=2") == "/v1/streams/a?flow=1&max_fps=2"
 
 
+def test_an_access_line_says_how_long_its_answer_took(tmp_path):
+    """uvicorn's access line had no duration: an operator had to turn to the metrics to find the
+    slow requests of a log. It ends with the time to the answer's headers, and a JSON line has it
+    as ``ms``."""
+    from service_helpers import serving
+
+    from v1motion.service.logs import AccessTime, JSONFormatter
+
+    lines, records = [], []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+            lines.append(self.format(record))
+
+    handler = Collect()
+    handler.addFilter(AccessTime())
+    handler.setFormatter(JSONFormatter())
+    access = logging.getLogger("uvicorn.access")
+    app = create_app(Settings(data_dir=tmp_path), engine_factory=random_engine)
+    with serving(app) as srv:
+        level = access.level
+        access.setLevel(logging.INFO)
+        access.addHandler(handler)
+        try:
+            import httpx
+
+            assert httpx.get(f"{srv.url}/healthz").status_code == 200
+            deadline = time.monotonic() + 5
+            while not records and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            access.removeHandler(handler)
+            access.setLevel(level)
+    (record,) = records
+    assert record.getMessage().endswith(f" 200 ({record.ms} ms)"), record.getMessage()
+    assert 0 <= record.ms < 5000
+    assert json.loads(lines[0])["ms"] == record.ms
+    # a record made outside an answer (no request started) is left as it was
+    other = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, "x", (), None)
+    AccessTime().filter(other)
+    assert other.getMessage() == "x" and not hasattr(other, "ms")
+
+
 # ---------------------------------------------------------------- item 14: long upload file name
 
 
