@@ -9,6 +9,7 @@ grows with the logarithm of the speed, on the dashboard's scale.
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,9 @@ import numpy as np
 from v1motion.models.motion.engine import MOVING_FROM
 
 TWO_PI = 2.0 * np.pi
+# summary.png's main directions, one dash pattern each: drawn alike, two spokes were told apart by
+# their angle alone, and the legend's lines were identical
+SPOKE_STYLES = ("-", "--", ":", "-.")
 ARROW_V0 = 0.25
 """px/frame: the speed at which an arrow covers 1/log2(1 + ARROW_VMAX / ARROW_V0) of its full length."""
 ARROW_VMAX = 16.0
@@ -308,15 +312,16 @@ def summary_figure(
         color=matplotlib.colormaps["hsv"](bin_centres / TWO_PI),
     )
     top = float(np.max(direction_hist)) if len(direction_hist) else 0.0
-    for m in main_directions or []:
-        if m["direction_deg"] is None:
-            continue
+    shown = [m for m in main_directions or [] if m["direction_deg"] is not None]
+    for m, style in zip(shown, itertools.cycle(SPOKE_STYLES)):
         theta = np.radians(m["direction_deg"])
         label = (
             f"{m['direction_deg']:.0f}°: {m['share']:.0%} of the motion, "
             f"median {m['median_speed_px_per_frame']:.2g} px/frame"
         )
-        ax.plot([theta, theta], [0, top * 1.05 or 1.0], color="black", lw=1.5, label=label)
+        ax.plot(
+            [theta, theta], [0, top * 1.05 or 1.0], color="black", lw=1.8, ls=style, label=label
+        )
     ax.set_title("direction of motion (degrees; 0 = right, 90 = up)", fontsize=10)
     ax.set_yticklabels([])
     if main_directions:

@@ -188,6 +188,30 @@ def test_blend_cells_touches_only_coloured_cells(rng):
     assert np.all(changed.min(axis=0) >= [32, 48]) and np.all(changed.max(axis=0) <= [47, 63])
 
 
+def test_each_main_direction_is_drawn_and_listed_with_its_own_dashes(tmp_path, monkeypatch):
+    """summary.png drew every main direction as the same black line, so its legend's lines were
+    identical and two spokes were told apart by their angle alone."""
+    from v1motion.models.reports import plotting
+
+    figures = []
+    made = plotting.new_figure
+    monkeypatch.setattr(
+        plotting, "new_figure", lambda **kw: figures.append(made(**kw)) or figures[-1]
+    )
+    main = [
+        {"direction_deg": d, "share": s, "median_speed_px_per_frame": 1.0}
+        for d, s in ((0.0, 0.4), (90.0, 0.3), (180.0, 0.2), (None, 0.1))
+    ]
+    bins = np.arange(8) * np.pi / 4
+    summary_figure(tmp_path / "s.png", bins, np.ones(8) / 8, np.ones(5), 30.0, main_directions=main)
+    polar = figures[0].axes[0]
+    legend = polar.get_legend()
+    styles = [h.get_linestyle() for h in legend.legend_handles]
+    assert len(styles) == 3 and len(set(styles)) == 3, styles
+    assert [t.get_text()[:4] for t in legend.get_texts()] == ["0°: ", "90°:", "180°"]
+    assert [line.get_linestyle() for line in polar.get_lines()] == styles
+
+
 def test_matplotlib_is_imported_by_the_preload_not_by_the_module():
     """The server imports this module at start; the summary figure's matplotlib (about a third of a
     second) is imported by ``preload_plotting``, which video workers call when they start."""
