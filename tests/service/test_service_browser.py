@@ -1219,6 +1219,38 @@ def test_the_dominant_arrow_and_the_roses_petals_stand_out_from_the_card_in_ever
         assert errors == []
 
 
+FIELD_EDGES = """() => {
+    const rgb = (s) => s.match(/[\\d.]+/g).map(Number);
+    const lin = (v) => { v /= 255; return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    const lum = ([r, g, b]) => 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+    const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+    const fill = (el) => {  // the first opaque background from el outwards
+        for (; el; el = el.parentElement) {
+            const c = rgb(getComputedStyle(el).backgroundColor);
+            if (c.length < 4 || c[3] > 0) return c.slice(0, 3);
+        }
+        return [255, 255, 255];
+    };
+    const out = {};
+    for (const id of ['source', 'unit-filter', 'unit-sort', 'unit-select', 'token-input']) {
+        const el = document.getElementById(id), edge = rgb(getComputedStyle(el).borderTopColor);
+        out[id] = Math.min(ratio(edge, fill(el)), ratio(edge, fill(el.parentElement)));
+    }
+    return out; }"""
+
+
+def test_every_form_fields_edge_stands_out_from_its_fill_and_what_is_around_it(browser):
+    """The source picker's, the unit selectors' and the token field's edges were the cards' edge
+    colour, 1.3:1 against the page: their edge is what tells them as fields (WCAG 1.4.11, 3:1)."""
+    app = create_app(Settings(), engine_factory=random_engine)
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_for(page, "window.v1motion !== undefined")
+        ratios = page.evaluate(FIELD_EDGES)
+        assert min(ratios.values()) >= 3.0, {k: round(v, 2) for k, v in ratios.items()}
+        assert errors == []
+
+
 def test_the_map_draws_a_cell_from_where_it_counts_as_moving(browser):
     """A model cell below MOVING_FROM[0] (0.2) draws nothing on the map, as it counts nowhere in the
     panels and the dominant motion; a cell of the flow map (no confidence) draws from 0.05 px/frame."""
