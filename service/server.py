@@ -94,6 +94,25 @@ class ConnectionLimits:
     write_timeout_s: float = 60.0
 
 
+class _ParserLog:
+    """uvicorn's logger for a connection, without its one line for a request the parser could not
+    read: "Invalid HTTP request received." at WARNING named neither the client nor why, and came
+    before every 431 as well. The protocol's own line says which (400 or 431) and from whom, at
+    INFO, as the service logs other clients' mistakes."""
+
+    UNREAD = "Invalid HTTP request received."
+
+    def __init__(self, logger) -> None:
+        self._logger = logger
+
+    def warning(self, msg, *args, **kwargs) -> None:
+        if msg != self.UNREAD:
+            self._logger.warning(msg, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._logger, name)
+
+
 def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with :class:`ConnectionLimits` applied (``uvicorn.Config(http=)``)."""
     refusals = {"logged_at": -_REFUSAL_LOG_EVERY_S, "since": 0}
@@ -103,6 +122,10 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         _header_timer: asyncio.TimerHandle | None = None
         _began = False  # a request's first byte arrived, its headers have not all
         _header_bytes = 0  # bytes received since then
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.logger = _ParserLog(self.logger)
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -216,11 +239,20 @@ def bounded_http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 self._refuse_large_headers()
                 return
             self._disarm()
+            self.logger.info("400: a request from %s could not be read as HTTP/1.1", self._peer())
             self._answer_and_close(
                 b"400 Bad Request", f"the request could not be read as HTTP/1.1: {msg}"
             )
 
+        def _peer(self) -> str:
+            client = getattr(self, "client", None)
+            return f"{client[0]}:{client[1]}" if client else "a client"
+
         def _refuse_large_headers(self) -> None:
+            self.logger.info(
+                "431: a request from %s had headers larger than %d bytes", self._peer(),
+                MAX_HEADER_BYTES,
+            )  # fmt: skip
             self._disarm()
             self._answer_and_close(
                 b"431 Request Header Fields Too Large",

@@ -4,7 +4,9 @@ arriving. Each was a way for one client to hold the server's connections and fil
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -377,12 +379,39 @@ def test_headers_larger_than_the_limit_in_one_write_get_431(size):
 
     with (
         bounded(header_s=30, idle_s=30) as srv,
+        server_log() as lines,
         socket.create_connection(("127.0.0.1", srv.port)) as s,
     ):
         s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
         raw, _ = read_until_closed(s, within=5)
         status, body = status_and_body(raw)
         assert status == 431 and f"larger than {MAX_HEADER_BYTES} bytes" in body["detail"]
+        # one line naming the client and the limit, not uvicorn's anonymous warning before it
+        port = s.getsockname()[1]
+        assert lines == [
+            ("INFO", f"431: a request from 127.0.0.1:{port} had headers larger than "
+             f"{MAX_HEADER_BYTES} bytes")
+        ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def server_log():
+    """uvicorn's error log at INFO and above while the block runs, as (level, message) pairs."""
+    got = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            got.append((record.levelname, record.getMessage()))
+
+    logger, handler = logging.getLogger("uvicorn.error"), Collect(logging.INFO)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield got
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def test_a_body_refused_unread_ends_its_connection():
@@ -401,9 +430,17 @@ def test_a_body_refused_unread_ends_its_connection():
 def test_a_request_the_parser_cannot_read_is_a_json_400():
     """uvicorn answered it in plain text ("Invalid HTTP request received."), where docs/security.md
     promises JSON error bodies."""
-    with bounded() as srv, socket.create_connection(("127.0.0.1", srv.port)) as s:
+    with (
+        bounded() as srv,
+        server_log() as lines,
+        socket.create_connection(("127.0.0.1", srv.port)) as s,
+    ):
         s.sendall(b"GET /hello HTTP/1.1\r\nHost x\r\n\r\n")  # a header line without its colon
         raw, _ = read_until_closed(s, within=5)
         status, body = status_and_body(raw)
         assert status == 400 and body["detail"].startswith("the request could not be read as HTTP")
         assert b"content-type: application/json" in raw
+        port = s.getsockname()[1]
+        assert lines == [
+            ("INFO", f"400: a request from 127.0.0.1:{port} could not be read as HTTP/1.1")
+        ]
