@@ -47,13 +47,22 @@ def error(code: str, detail: str) -> str:
     return message("error", code=code, detail=detail)
 
 
-def status(stream: str, sent: int, missed: int, state: str, error: str | None = None) -> str:
+def status(
+    stream: str,
+    sent: int,
+    missed: int,
+    state: str,
+    error: str | None = None,
+    behind: bool = False,
+) -> str:
     """A viewer's ``status``: results sent to it and results it missed (``dropped``: the same count
-    under its first name, kept for clients written before ``missed``), and the stream's ``state``
-    and ``error`` (as ``GET v1/streams/{name}`` says them: why it is reconnecting, say)."""
+    under its first name, kept for clients written before ``missed``), and the stream's ``state``,
+    ``error`` and ``behind`` (as ``GET v1/streams/{name}`` says them: why it is reconnecting, say,
+    or that it analyses under half of its source's frames)."""
     return message(
-        "status", stream=stream, sent=sent, missed=missed, dropped=missed, state=state, error=error
-    )
+        "status", stream=stream, sent=sent, missed=missed, dropped=missed, state=state,
+        error=error, behind=behind,
+    )  # fmt: skip
 
 
 _WITH_PREVIEW = '"preview":true}'

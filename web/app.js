@@ -53,6 +53,7 @@ const state = {
   mode: "stream", // "stream" | "camera"
   stream: null,
   stale: false, // no result for STALE_MS: the readings on screen are old
+  behind: null, // the stream's status while it analyses under half its source's frames
   ws: null,
   flow: false,
   last: null, // latest result message
@@ -910,6 +911,7 @@ function resetView() {
   state.dropsServer = 0;
   state.dropsBase = null;
   state.dropsClient = 0;
+  state.behind = null;
   state.chips.activity.clear();
   state.chips.lastAt = null;
   $("waiting").hidden = false;
@@ -1536,10 +1538,16 @@ function setStale(stale, age = 0) {
   if (stale && !was && state.mode === "stream" && state.stream && open) streamConn(state.stream);
 }
 
+const BEHIND_TITLE = "The server analyses under half of this source's frames: it has more " +
+  "streams or cameras than its cores can take. The map stays current; the frames between are skipped.";
+
 // "live", unless no result came for a while or the readings are held (Pause).
 function streamConn(name) {
+  const b = state.behind;
   if (state.paused) setConn(`paused · ${name}`, "idle");
   else if (state.stale) setConn(`no new frames · ${name}`, "warn");
+  // the server analyses under half its source's frames: live, but not every frame (its status)
+  else if (b) setConn(`live · ${name} · ${Math.round(b.fps)} of ${Math.round(b.source_fps)} fps analysed${linkNote()}`, "warn");
   else setConn(`live · ${name}${linkNote()}`, "live");
 }
 
@@ -1555,11 +1563,12 @@ async function checkStreamState() {
     try {
       const s = await api(`v1/streams/${encodeURIComponent(state.stream)}`);
       if (s.name !== state.stream || state.mode !== "stream") return;  // switched meanwhile
+      state.behind = s.state === "running" && s.behind ? s : null;
       if (s.state === "running") streamConn(s.name);
       // an answer sent before the first result, read after it: not "starting" again
       else if (s.state === "starting") { if (!state.results) setConn(`starting · ${s.name}`, "idle"); }
       else setConn(`${s.state} · ${s.name}`, s.state === "error" ? "bad" : "warn");
-      $("conn").title = s.error || "";
+      $("conn").title = s.error || (state.behind ? BEHIND_TITLE : "");
       // A source that is down, stalled or played to its end sends no results: no frozen map or
       // dominant motion that looks live (a reconnect then starts from a blank view).
       if (["reconnecting", "stalled", "error", "ended"].includes(s.state) && (state.results || state.last)) {

@@ -73,6 +73,8 @@ class Analyser:
         self._ema_dt: float | None = None
         self._t_prev: float | None = None
         self._elapsed: float | None = None  # running average of frames_elapsed (ELAPSED_TAU)
+        self._passed: float | None = None  # frames_elapsed averaged as ``fps`` is (FPS_SMOOTHING)
+        self.source_fps = 0.0  # frames the source delivered per second: ``fps`` x ``_passed``
         self.failures = 0  # frames in a row the engine failed on (``fail``)
 
     def fail(self) -> bool:
@@ -99,8 +101,8 @@ class Analyser:
         no motion to read from the last one before the gap, and no frame rate across the gap
         (numbering and counts go on)."""
         self._forget_motion()
-        self._ema_dt = self._t_prev = self._elapsed = None
-        self.fps = 0.0
+        self._ema_dt = self._t_prev = self._elapsed = self._passed = None
+        self.fps = self.source_fps = 0.0
 
     def analyse(
         self,
@@ -163,6 +165,13 @@ class Analyser:
             self._ema_dt = dt if ema is None else (1 - FPS_SMOOTHING) * ema + FPS_SMOOTHING * dt
             self.fps = 1.0 / self._ema_dt
         self._t_prev = t1
+        passed = self._passed
+        self._passed = (
+            float(frames_elapsed)
+            if passed is None
+            else (1 - FPS_SMOOTHING) * passed + FPS_SMOOTHING * frames_elapsed
+        )
+        self.source_fps = self.fps * self._passed
         flow = None
         if want_flow:
             pooled = self.flow.step(image, int(mf.cell))
@@ -184,6 +193,7 @@ class Analyser:
                 "engine_ms": round((t1 - t0) * 1000, 3),
                 "latency_ms": round((time.monotonic() - t_capture) * 1000, 3),
                 "fps": round(self.fps, 2),
+                "source_fps": round(self.source_fps, 2),
                 "dropped": dropped,
             },
             motion=mf.to_dict(),

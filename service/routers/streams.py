@@ -48,6 +48,14 @@ class StreamPublic(BaseModel):
     frames: int
     dropped: int
     fps: float = Field(description="frames analysed per second while running; 0 in any other state")
+    source_fps: float = Field(
+        description="frames the source delivers per second while running (the analysed ones and "
+        "those skipped for a newer one); 0 in any other state"
+    )
+    behind: bool = Field(
+        description="true while the stream analyses under half of its source's frames and has for "
+        "10 s (until it analyses 70 %): the server's cores cannot keep up with its streams"
+    )
     frame_age_s: float | None = Field(
         description="seconds since the source's last frame arrived (it grows while the source is "
         "down); null before the first frame and when idle"
@@ -290,8 +298,13 @@ async def _send_loop(ws, sub: Subscriber, pipeline, lock, settings, metrics) -> 
             last_status = now
             parts.append(
                 protocol.status(
-                    name, sub.sent + bool(msg), sub.missed, pipeline.state, pipeline.last_error
-                )
+                    name,
+                    sub.sent + bool(msg),
+                    sub.missed,
+                    pipeline.state,
+                    pipeline.last_error,
+                    pipeline.behind and pipeline.state == "running",
+                )  # fmt: skip
             )
         try:
             async with asyncio.timeout(settings.send_timeout_s):

@@ -451,6 +451,35 @@ def test_a_mistyped_source_in_the_address_is_said_and_the_default_shown(browser)
         assert errors == []
 
 
+def test_the_pill_says_when_the_server_analyses_under_half_the_sources_frames(browser, monkeypatch):
+    """Four 640x480 streams on two cores: 8 of 30 frames a second analysed under a green
+    "live" pill, nothing else said. An engine of 50 ms a step on a 60 fps source: the pill says how
+    many frames are analysed, in the warning colour, and why in its title; back to "live" after."""
+    from v1motion.service.live import pipeline as pl
+
+    monkeypatch.setattr(pl, "BEHIND_AFTER_S", 0.3)
+    engine = FakeEngine(delay=0.05)
+    app = create_app(
+        Settings(sources=["lobby=synthetic"]),
+        engine_factory=lambda: engine,
+        source_factories={"lobby": pattern_factory(fps=60.0)},
+    )
+    with serving(app) as srv:
+        page, errors = open_dashboard(browser, f"{srv.url}/")
+        wait_for(page, "/ fps analysed$/.test(document.querySelector('#conn').textContent)", 15_000)
+        text = page.text_content("#conn")
+        assert text.startswith("live · lobby · ") and page.get_attribute("#conn", "class") == (
+            "pill pill-warn"
+        ), text
+        analysed, source = (int(x) for x in text.split(" · ")[2].split(" fps")[0].split(" of "))
+        assert 0 < 2 * analysed < source <= 70, text
+        assert "more streams or cameras than its cores" in page.get_attribute("#conn", "title")
+        engine.delay = 0.0  # the server keeps up again
+        wait_for(page, "document.querySelector('#conn').textContent === 'live · lobby'", 15_000)
+        assert page.get_attribute("#conn", "class") == "pill pill-live"
+        assert errors == []
+
+
 def test_most_active_units_hold_still_under_the_pointer_and_can_be_clicked(browser):
     app = create_app(Settings(), engine_factory=random_engine)
     with serving(app) as srv:

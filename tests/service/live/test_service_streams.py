@@ -573,3 +573,95 @@ def test_an_engine_that_keeps_failing_stops_its_stream_after_a_limit():
         assert "RuntimeError: kernel fault" in status["error"]
         assert status["fps"] == 0.0  # not the rate it had before it stopped
         assert _dropped_for_engine_errors(c) == MAX_FAILED_FRAMES
+
+
+# ------------------------------------------ a stream whose engine cannot keep up with its source
+
+
+def test_a_stream_that_cannot_keep_up_with_its_source_says_so(monkeypatch, caplog):
+    """Four 640x480 streams on two cores analysed 8 of their 30 frames a second while every status
+    said ``running``, the results' ``timing`` had no source rate to compare with, nothing was
+    logged and the dashboard said ``live``. A source of 60 frames a second and an engine of 50 ms a
+    step: the results give the source's rate, and the stream's status, its viewers' status messages
+    and the log say it falls behind."""
+    import logging
+
+    from v1motion.service.live import pipeline as pl
+
+    monkeypatch.setattr(pl, "BEHIND_AFTER_S", 0.3)
+    app = create_app(
+        make_settings(),
+        engine_factory=lambda: FakeEngine(delay=0.05),
+        source_factories={"pat": pattern_factory(fps=60.0), "other": pattern_factory()},
+    )
+    caplog.set_level(logging.INFO, logger="v1motion.service.live.pipeline")
+    with TestClient(app) as c, c.websocket_connect("/v1/streams/pat") as ws:
+        said, timing = None, None
+        deadline = time.monotonic() + 10
+        while said is None and time.monotonic() < deadline:
+            msg = ws.receive()
+            m = json.loads(msg["text"]) if msg.get("text") else {}
+            if m.get("type") == "result":
+                timing = m["timing"]
+            elif m.get("type") == "status" and m["behind"]:
+                said = m
+        assert said is not None and said["state"] == "running"
+        assert timing["source_fps"] > 2 * timing["fps"] > 0, timing
+        s = c.get("/v1/streams/pat").json()
+        assert s["behind"] is True and s["source_fps"] > 2 * s["fps"] > 0, s
+    lines = [r.getMessage() for r in caplog.records if "falls behind its source" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("stream pat: falls behind its source: "), lines
+
+
+def test_a_stream_that_keeps_up_is_not_behind_and_its_rates_agree(client):
+    with client.websocket_connect("/v1/streams/pat") as ws:
+        for _ in range(15):
+            m, _ = next_result(ws)
+    assert m["timing"]["source_fps"] == pytest.approx(m["timing"]["fps"], rel=0.01)
+    s = client.get("/v1/streams/pat").json()
+    assert s["behind"] is False and s["source_fps"] == pytest.approx(s["fps"], rel=0.01)
+
+
+def test_behind_needs_its_time_and_ends_with_hysteresis(caplog):
+    """Behind only after BEHIND_AFTER_S under half the source's frames (a start or a burst is not);
+    not behind again until above 70 % of them; each change logged once. The stream's dropped count
+    starts again with each start of the stream, as the protocol says (it ran on from the last)."""
+    import logging
+
+    from v1motion.service.live.engine import EngineHolder
+    from v1motion.service.live.pipeline import BEHIND_AFTER_S, StreamPipeline
+    from v1motion.service.metrics import Metrics
+
+    settings = make_settings()
+    p = StreamPipeline(settings.sources[0], pattern_factory(), EngineHolder(), settings, Metrics())
+    caplog.set_level(logging.INFO, logger="v1motion.service.live.pipeline")
+    said = []
+    t = 100.0
+    for fps, step, behind in [
+        (10, 0, False),  # a third of 30: the clock starts
+        (10, BEHIND_AFTER_S - 1, False),
+        (20, 0.5, False),  # two thirds: the clock is reset
+        (10, 0.5, False),
+        (10, BEHIND_AFTER_S - 0.1, False),
+        (10, 0.2, True),  # under half for BEHIND_AFTER_S
+        (18, 1, True),  # 60 %: not yet keeping up
+        (25, 1, False),  # 83 %
+    ]:
+        t += step
+        p.fps, p.source_fps = float(fps), 30.0
+        p._pace(t)
+        assert p.behind is behind, (fps, t)
+        said += [r.getMessage().split(":")[1].strip() for r in caplog.records]
+        caplog.clear()
+    assert said == [
+        "falls behind its source",
+        "keeps up again (25.0 of 30.0 frames a second analysed)",
+    ]
+    p.dropped_capture = 7
+    loop = asyncio.new_event_loop()
+    try:
+        p.start(loop)
+        assert p.status()["dropped"] == 0 and p.status()["behind"] is False
+    finally:
+        p.stop()
+        loop.close()
