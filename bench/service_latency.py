@@ -238,6 +238,7 @@ PLAN = {  # key: (scenario, width, height, streams, viewers)
     "one-320": ("one stream", 320, 240, 1, 1),
     "one-640": ("one stream", 640, 480, 1, 1),
     "two-640": ("two streams", 640, 480, 2, 2),
+    "four-640": ("four streams", 640, 480, 4, 4),
     "8streams": ("8 streams", 320, 240, 8, 8),
     "50viewers": ("50 viewers", 320, 240, 1, 50),
 }
