@@ -359,6 +359,12 @@ class Settings(BaseSettings):
         None, description="motion engine of the video workers; unset: the same as 'engine'"
     )
     video_workers: int = Field(1, ge=1, le=64, description="video jobs run at the same time")
+    video_worker_idle_s: float = Field(
+        600.0,
+        ge=0,
+        description="a video worker process (its engine and decoder, about 330 MB) stops after this "
+        "long without a job, and the next job starts one (a few seconds); 0: workers stay",
+    )
     video_engine_threads: int | None = Field(
         None,
         ge=1,

@@ -118,6 +118,7 @@ class VideoJobs:
             settings.video_workers,
             niceness=settings.batch_niceness,
             log=(settings.log_level, settings.log_format),
+            idle_exit_s=settings.video_worker_idle_s or None,
             **kw,
         )
 
@@ -131,12 +132,14 @@ class VideoJobs:
         lazy=True,
         niceness=0,
         log=WORKER_LOG,
+        idle_exit_s=None,
         **kw,
     ) -> VideoJobs:
         def runner(s, d, lim):
             return LocalWorkerPool(
-                s, d, lim, engine_factory, slots=workers, lazy=lazy, niceness=niceness, log=log
-            )
+                s, d, lim, engine_factory, slots=workers, lazy=lazy, niceness=niceness, log=log,
+                idle_exit_s=idle_exit_s,
+            )  # fmt: skip
 
         return cls(data_dir, limits, runner, **kw)
 

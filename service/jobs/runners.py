@@ -61,6 +61,7 @@ class Runner:
         self._current: dict[int, str] = {}
         self._cancel: set[str] = set()
         self._released = threading.Condition()
+        self._idle_since: dict[int, float] = {}  # per slot: when its last job ended
 
     # -- public
 
@@ -112,6 +113,7 @@ class Runner:
     # -- executor hooks
 
     lazy = False  # True: prepare a slot only once a job is waiting
+    idle_exit_s: float | None = None  # lazy slots: tear a prepared slot down after this long idle
     # None: stop() waits for every slot; seconds: a slot still busy after that long is left behind
     # (its thread a daemon, so the process can exit), with this hint in the log
     abandon_after_s: float | None = None
@@ -164,11 +166,26 @@ class Runner:
             return min(backoff * 2, 60.0)
         job = self.store.claim_next()
         if job is None:
+            self._retire_if_idle(slot)
             with self._wake:
                 self._wake.wait(1.0)
             return 1.0
         self._run_one(slot, job)
+        self._idle_since[slot] = time.monotonic()
         return 1.0
+
+    def _retire_if_idle(self, slot: int) -> None:
+        """A lazy slot's worker idle for ``idle_exit_s`` is stopped (the next job starts one)."""
+        now = time.monotonic()
+        since = self._idle_since.setdefault(slot, now)
+        if self.lazy and self.idle_exit_s and now - since >= self.idle_exit_s:
+            if self._slot_ready(slot):
+                self._teardown_slot(slot)
+                log.info(
+                    "%s worker %d stopped after %.0f s without a job (the next job starts one)",
+                    self.name, slot, now - since,
+                )  # fmt: skip
+            self._idle_since.pop(slot, None)
 
     def _run_one(self, slot: int, job: JobRecord) -> None:
         with self._released:
@@ -324,8 +341,10 @@ def failure_reason(job_id: str, exc: Exception) -> str:
 class LocalWorkerPool(Runner):
     """Jobs run in separate worker processes (spawned), one per slot, each with its own engine.
 
-    Workers start when the first job is queued (``lazy``) and then stay, warm. A worker that dies
-    (crash, kill, out of memory) fails the job it held with a reason and is replaced.
+    Workers start when the first job is queued (``lazy``) and then stay, warm, until they have had
+    no job for ``idle_exit_s`` (a worker holds its engine and decoder, about 330 MB, which an idle
+    server kept for good; ``None``: for good). A worker that dies (crash, kill, out of memory)
+    fails the job it held with a reason and is replaced.
     """
 
     name = "local"
@@ -341,8 +360,10 @@ class LocalWorkerPool(Runner):
         lazy=True,
         niceness=0,
         log=WORKER_LOG,
+        idle_exit_s=None,
     ):
         super().__init__(store, jobs_dir, limits, slots)
+        self.idle_exit_s = idle_exit_s
         self.log = log  # the server's (level, format), for the workers' logging
         self.engine_factory = engine_factory
         self.niceness = niceness  # added to the workers' (Unix) niceness: live streams come first

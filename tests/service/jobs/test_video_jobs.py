@@ -325,6 +325,34 @@ def _finished(jobs, job_id):
     return rec if rec.status in ("succeeded", "failed") else None
 
 
+def test_an_idle_worker_stops_and_the_next_job_starts_one(tmp_path, caplog):
+    """A video worker holds its engine and decoder (about 330 MB) and stayed for good after one
+    upload. It stops after ``idle_exit_s`` without a job; the next job starts a new one."""
+    jobs = VideoJobs.local(tmp_path / "data", Limits(), fake_engine, workers=1, idle_exit_s=0.5)
+    jobs.start()
+    try:
+        with caplog.at_level("INFO", logger="v1motion.service.jobs.runners"):
+            first = _submit(jobs, vs.avi(tmp_path, n=4))
+            wait_for(lambda: _finished(jobs, first))
+            assert jobs.get(first).status == "succeeded"
+            [pid] = jobs.runner.worker_pids()
+            wait_for(lambda: jobs.runner.worker_pids() == [], timeout=10)
+            assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+            second = _submit(jobs, vs.avi(tmp_path, n=4))
+            wait_for(lambda: _finished(jobs, second))
+            assert jobs.get(second).status == "succeeded"
+            assert jobs.runner.worker_pids() not in ([], [pid])
+    finally:
+        jobs.stop()
+    stopped = [r.getMessage() for r in caplog.records if "without a job" in r.getMessage()]
+    assert stopped and stopped[0].startswith("local worker 0 stopped after "), stopped
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def test_a_failed_job_is_a_warning_and_a_warned_success_says_why(tmp_path, caplog):
     """From the operators' probe: a job failed by a server limit logged at info (nothing at
     V1MOTION_LOG_LEVEL=warning), and a success on 2 of 30 frames said only 'succeeded'."""
