@@ -70,15 +70,24 @@ class QuietSocketLines(logging.Filter):
     """uvicorn's "connection open" and "connection closed" for every websocket are DEBUG here: they
     name neither the client nor the path, and the lines beside them do ("WebSocket /v1/streams/x"
     [accepted] with the address; the stream's "viewer joined" and "viewer left (sent, missed)").
-    Fifty viewers coming and going wrote two hundred lines, half of them these."""
+    Fifty viewers coming and going wrote two hundred lines, half of them these. So are the access
+    lines of ``serve``'s own polls of ``/readyz`` while it starts (``SELF_PROBE``): ten a second."""
 
     QUIET = frozenset({"connection open", "connection closed"})
+    SELF_PROBE = "/readyz?from=v1motion-serve"  # v1motion.service.commands.serve.SELF_PROBE
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "uvicorn.error" and record.levelno == logging.INFO:
-            if record.msg in self.QUIET:
-                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-                return logging.getLogger(record.name).getEffectiveLevel() <= logging.DEBUG
+        if record.levelno != logging.INFO:
+            return True
+        quiet = (record.name == "uvicorn.error" and record.msg in self.QUIET) or (
+            record.name == "uvicorn.access"
+            and isinstance(record.args, tuple)
+            and len(record.args) > 2
+            and record.args[2] == self.SELF_PROBE
+        )
+        if quiet:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).getEffectiveLevel() <= logging.DEBUG
         return True
 
 

@@ -126,3 +126,34 @@ def test_uvicorns_bare_socket_lines_are_debug(capfd, monkeypatch, level):
         assert said == [accepted]
     else:
         assert said == [("connection open", "debug"), accepted, ("connection closed", "debug")]
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_serves_own_polls_of_readyz_are_debug(capfd, monkeypatch, level):
+    """``serve`` polls /readyz every 0.1 s while it starts, to print the address once the server
+    answers: a first start logged 150 access lines of 503 in 15 s (the operator's probe). Its own
+    polls are DEBUG; anyone else's probe of /readyz is logged as before."""
+    import logging
+
+    from v1motion.service.commands.serve import SELF_PROBE
+    from v1motion.service.logs import configure_logging
+
+    root, access = logging.getLogger(), logging.getLogger("uvicorn.access")
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    loggers = [root, logging.getLogger("uvicorn"), logging.getLogger("uvicorn.error"), access]
+    before = [x.level for x in loggers]
+    line = '%s - "%s %s HTTP/%s" %d'
+    try:
+        configure_logging(level, "json")
+        access.info(line, "127.0.0.1:6", "GET", SELF_PROBE, "1.1", 503)
+        access.info(line, "10.0.0.9:7", "GET", "/readyz", "1.1", 503)
+    finally:
+        for x, lv in zip(loggers, before, strict=True):
+            x.setLevel(lv)
+    records = [json.loads(x) for x in capfd.readouterr().err.splitlines() if x.startswith("{")]
+    said = [(r["msg"].split('"')[1], r["level"]) for r in records]
+    other = ("GET /readyz HTTP/1.1", "info")
+    if level == "info":
+        assert said == [other]
+    else:
+        assert said == [(f"GET {SELF_PROBE} HTTP/1.1", "debug"), other]
