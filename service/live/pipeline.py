@@ -9,6 +9,7 @@ missed, per viewer), never more server memory, and never delays the others.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import random
 import threading
@@ -39,6 +40,21 @@ keeps up again above the second (``StreamPipeline._pace``)."""
 BEHIND_AFTER_S = 10.0
 """Seconds under ``BEHIND_SHARE[0]`` before a stream counts as behind (a start, a scene's burst of
 work, or a busy second of a video job is not)."""
+
+
+PR_SET_NAME = 15  # linux/prctl.h
+
+
+def name_os_thread(name: str) -> None:
+    """The calling thread's name as the system shows it (``top -H``, ``ps -L``,
+    ``/proc/<pid>/task/<tid>/comm``), its first 15 bytes: every thread of the server was
+    ``python``, so an operator could not tell which stream's engine or capture took the CPU. Where
+    the system has no such call (not Linux), nothing changes."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class StreamPipeline:
@@ -157,6 +173,7 @@ class StreamPipeline:
         return base * self._rng.uniform(0.5, 1.0)  # "equal jitter": spreads reconnect storms
 
     def _capture(self, gen: int) -> None:
+        name_os_thread(f"cap:{self.name}")
         attempt = 0
         while self._current(gen):
             source = None
@@ -241,6 +258,7 @@ class StreamPipeline:
             self._start_capture()
 
     def _work(self) -> None:
+        name_os_thread(f"eng:{self.name}")
         try:
             self._work_loop()
         except Exception as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import time
 
 import numpy as np
@@ -665,3 +667,16 @@ def test_behind_needs_its_time_and_ends_with_hysteresis(caplog):
     finally:
         p.stop()
         loop.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="the system's thread names: Linux")
+def test_a_streams_threads_carry_its_name_where_the_system_shows_threads(client):
+    """Every thread of the server was ``python`` in ``top -H``: an operator could not tell which
+    stream's engine or capture took the CPU."""
+    with client.websocket_connect("/v1/streams/pat") as ws:
+        next_result(ws)
+        names = set()
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as f:
+                names.add(f.read().strip())
+    assert {"eng:pat", "cap:pat"} <= names, sorted(names)
