@@ -131,7 +131,7 @@ def test_uvicorns_bare_socket_lines_are_debug(capfd, monkeypatch, level):
 @pytest.mark.parametrize("level", ["info", "debug"])
 def test_serves_own_polls_of_readyz_are_debug(capfd, monkeypatch, level):
     """``serve`` polls /readyz every 0.1 s while it starts, to print the address once the server
-    answers: a first start logged 150 access lines of 503 in 15 s (the operator's probe). Its own
+    answers: a 30 s first start logged about 150 access lines of 503 (the operator's probe). Its own
     polls are DEBUG; anyone else's probe of /readyz is logged as before."""
     import logging
 
