@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -66,6 +67,18 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+SELF_PROBE = "/readyz?from=v1motion-serve"
+"""The path ``serve`` polls for its own start: its access lines are DEBUG (``QuietSocketLines``).
+Polled every 0.1 s, they filled a 30 s first start's log with about 150 lines of 503."""
+
+REQUEST_START: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "request_start", default=None
+)
+"""``time.perf_counter()`` at a request's arrival, set by
+:class:`v1motion.service.metrics.RequestMetrics` for the code that runs while it is answered
+(uvicorn's access line: :class:`AccessTime`)."""
+
+
 class QuietSocketLines(logging.Filter):
     """uvicorn's "connection open" and "connection closed" for every websocket are DEBUG here: they
     name neither the client nor the path, and the lines beside them do ("WebSocket /v1/streams/x"
@@ -74,7 +87,6 @@ class QuietSocketLines(logging.Filter):
     lines of ``serve``'s own polls of ``/readyz`` while it starts (``SELF_PROBE``): ten a second."""
 
     QUIET = frozenset({"connection open", "connection closed"})
-    SELF_PROBE = "/readyz?from=v1motion-serve"  # v1motion.service.commands.serve.SELF_PROBE
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno != logging.INFO:
@@ -83,7 +95,7 @@ class QuietSocketLines(logging.Filter):
             record.name == "uvicorn.access"
             and isinstance(record.args, tuple)
             and len(record.args) > 2
-            and record.args[2] == self.SELF_PROBE
+            and record.args[2] == SELF_PROBE
         )
         if quiet:
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
@@ -99,8 +111,6 @@ class AccessTime(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "uvicorn.access" and not hasattr(record, "ms"):
-            from v1motion.service.metrics import REQUEST_START
-
             start = REQUEST_START.get()
             if start is not None:
                 record.ms = round((time.perf_counter() - start) * 1000, 1)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import contextvars
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from v1motion.service.logs import REQUEST_START
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -120,13 +121,6 @@ def route_label(scope) -> str:
         return path
     asked = scope.get("path", "")
     return "unrouted" if asked.startswith(("/v1/", "/metrics")) or asked == "/v1" else "web"
-
-
-REQUEST_START: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "request_start", default=None
-)
-"""``time.perf_counter()`` at a request's arrival, set by :class:`RequestMetrics` for the code that
-runs while it is answered (uvicorn's access log line: :class:`v1motion.service.logs.AccessTime`)."""
 
 
 class RequestMetrics:

@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from v1motion.service.logs import SELF_PROBE
+
 DESCRIPTION = """\
 Start the motion service and its live dashboard. With no options it analyses a synthetic source
 (drifting gratings and panned images) with the shipped model on http://127.0.0.1:8000/, so it
@@ -315,11 +317,6 @@ def _bind_error(exc: OSError, host: str, port: int) -> str:
 
 def _print(line: str) -> None:
     print(line, flush=True)
-
-
-SELF_PROBE = "/readyz?from=v1motion-serve"
-"""The path ``serve`` polls for its own start: its access lines are DEBUG (``QuietSocketLines``).
-Polled every 0.1 s, they filled a 30 s first start's log with about 150 lines of 503."""
 
 
 def announce_when_answering(

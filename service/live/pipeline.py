@@ -148,7 +148,7 @@ class StreamPipeline:
             "dropped": self.dropped_capture,
             "fps": round(self.fps, 2) if self.state == "running" else 0.0,  # none coming now
             "source_fps": round(self.source_fps, 2) if self.state == "running" else 0.0,
-            "behind": self.behind and self.state == "running",
+            "behind": self.lagging(),
             "frame_age_s": None if age is None else round(age, 3),
             "size": list(self.size) if self.size else None,
             "error": self.last_error,
@@ -332,6 +332,10 @@ class StreamPipeline:
                 cf.t_capture,
             )
             self.hub.publish(out)
+
+    def lagging(self) -> bool:
+        """Whether the stream runs and is ``behind`` its source now (status and viewers' status)."""
+        return self.behind and self.state == "running"
 
     def _pace(self, now: float) -> None:
         """``behind`` once the worker has analysed under ``BEHIND_SHARE[0]`` of the source's frames

@@ -303,7 +303,7 @@ async def _send_loop(ws, sub: Subscriber, pipeline, lock, settings, metrics) -> 
                     sub.missed,
                     pipeline.state,
                     pipeline.last_error,
-                    pipeline.behind and pipeline.state == "running",
+                    pipeline.lagging(),
                 )  # fmt: skip
             )
         try:
