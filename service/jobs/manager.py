@@ -157,7 +157,20 @@ class VideoJobs:
         if requeued or failed:
             log.warning("recovered %d interrupted jobs, failed %d", len(requeued), len(failed))
         self._sweep()
-        self.expire()
+        expired = self.expire()
+        if (
+            expired
+        ):  # a bulk deletion at start (e.g. a retention newly set): say it beside the summary
+            log.warning(
+                "deleted %d jobs that ended more than %g days ago (V1MOTION_VIDEO_KEEP_DAYS; 0 "
+                "keeps them)", len(expired), self.keep_days,
+            )  # fmt: skip
+        counts = self.store.counts()
+        log.info(
+            "job store %s (format %d): %d jobs, %s",
+            self.store.path, self.store.format, sum(counts.values()),
+            ", ".join(f"{n} {status}" for status, n in counts.items()),
+        )  # fmt: skip
         self.runner.start()
 
     def stop(self) -> None:

@@ -9,12 +9,15 @@ a dead service are re-queued (up to ``max_attempts`` starts) or failed with a re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "succeeded", "failed")
 
@@ -47,6 +50,11 @@ BY_CLIENT = "deleted by a client"
 GONE_KEEP_DAYS = 30.0
 """How long the id of a deleted job is remembered (a 410 that says when and why, not the 404 of an
 id that never existed); older ones are forgotten when jobs are deleted."""
+STORE_VERSION = 2
+"""The store's format, kept in SQLite's ``user_version``: 1 is the first release's table (0 in its
+files, which set none), 2 adds ``_ADDED``. A version only adds nullable columns and tables, and
+reads only the columns it knows, so an older service can still open a newer store (a rollback);
+services before version 2 cannot (they refuse columns they do not know: docker/README.md)."""
 # Columns added after the first release: a store written by an older service gets them at open.
 _ADDED = {
     "idempotency_key": "TEXT",  # the client's Idempotency-Key header, if it sent one
@@ -77,10 +85,14 @@ class JobRecord:
     sha256: str | None = None
 
 
+_FIELDS = frozenset(f.name for f in fields(JobRecord))
+
+
 def _record(row: sqlite3.Row | None) -> JobRecord | None:
+    """The row's job; columns this version does not know (a newer service's) are left out."""
     if row is None:
         return None
-    d = dict(row)
+    d = {k: row[k] for k in row.keys() if k in _FIELDS}
     d["result"] = json.loads(d["result"]) if d["result"] else None
     return JobRecord(**d)
 
@@ -106,12 +118,30 @@ class JobStore:
         # start-up sweep then removed its surviving results. A job makes a few commits.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        new = not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone()
         self._db.executescript(_SCHEMA)
+        found = self._db.execute("PRAGMA user_version").fetchone()[0]
         have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, kind in _ADDED.items():
-            if column not in have:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        added = [column for column in _ADDED if column not in have]
+        for column in added:
+            self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {_ADDED[column]}")
+        self.added = [] if new else added  # to a store an older service wrote
         self._db.execute(_KEY_INDEX)
+        if found > STORE_VERSION:
+            log.warning(
+                "job store %s has format %d, from a newer v1motion than this one (format %d): "
+                "reading and writing the columns this version knows",
+                self.path, found, STORE_VERSION,
+            )  # fmt: skip
+        else:
+            self._db.execute(f"PRAGMA user_version = {STORE_VERSION}")
+        if self.added:
+            log.warning(
+                "job store %s: format %d → %d (added %s); a v1motion older than format %d "
+                "cannot open it any more (docker/README.md, 'Upgrades and rollbacks')",
+                self.path, max(found, 1), STORE_VERSION, ", ".join(self.added), STORE_VERSION,
+            )  # fmt: skip
+        self.format = max(found, STORE_VERSION)
         st = os.stat(self.path)
         self.identity = (st.st_dev, st.st_ino)  # the file this store opened (data_folder_problem)
         # jobs this process saw end, by status: counters for alerts on a failure rate (the counts
@@ -198,6 +228,12 @@ class JobStore:
             return self._db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)
             ).fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs kept, by status (every status, 0 where none)."""
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        return {s: 0 for s in STATUSES} | {status: n for status, n in rows}
 
     def claim_next(self) -> JobRecord | None:
         """Atomically move the oldest queued job to ``running`` and return it (None if none)."""
