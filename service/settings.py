@@ -568,3 +568,38 @@ class Settings(BaseSettings):
         gt=0,
         description="a request body (an upload or JSON) still arriving after this long is dropped (408)",
     )
+
+
+NOT_SETTINGS = {
+    "V1MOTION_SHARED_DATA": "the research data folder of tests, benchmarks and training",
+    "V1MOTION_TARGET": "the compose file's image target",
+    "V1MOTION_PUBLISH": "the compose file's host port",
+    "V1MOTION_CONTAINER_URL": "CI's container checks",
+    "V1MOTION_CONTAINER_TOKEN": "CI's container checks",
+    "V1MOTION_CONTAINER_READY_TIMEOUT_S": "CI's container checks",
+    "V1MOTION_CONTAINER_JOB_TIMEOUT_S": "CI's container checks",
+    "V1MOTION_SCREENSHOTS": "the browser tests' screenshots",
+    "V1MOTION_TEST_GATE": "a test's gate file",
+}
+"""``V1MOTION_`` variables that other parts of the project read: no setting, and not mistyped."""
+
+
+def unknown_variables(environ) -> list[str]:
+    """What to tell an operator of each ``V1MOTION_`` variable that is no setting (a typo such as
+    ``V1MOTION_DATA_DIRR`` is ignored without a word by the settings, and the service then ran on
+    the default data folder, with none of its jobs): its name and the closest setting."""
+    import difflib
+
+    settings = sorted(f"V1MOTION_{name.upper()}" for name in Settings.model_fields)
+    said = []
+    for name in sorted(environ):
+        upper = name.upper()  # the settings read their variables whatever their case
+        if not upper.startswith("V1MOTION_") or upper in settings or upper in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(upper, settings, n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        said.append(
+            f"{name} is not a setting and is ignored{hint}; the settings are in README.md "
+            "('Settings') and docs/security.md ('Limits')"
+        )
+    return said

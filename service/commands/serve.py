@@ -158,7 +158,12 @@ def run(args: argparse.Namespace) -> int:
         Server,
         connection_cap,
     )
-    from v1motion.service.settings import Settings, config_errors, env_not_json
+    from v1motion.service.settings import (
+        Settings,
+        config_errors,
+        env_not_json,
+        unknown_variables,
+    )
 
     given = (
         ("host", args.host, "--host"),
@@ -192,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
         print("v1motion serve: bad configuration:\n" + "\n".join(unreadable), file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    for line in unknown_variables(os.environ):
+        logging.getLogger("v1motion.serve").warning(line)
     store_lock, refusal = _lock_data_dir(settings.data_dir, settings.port)
     if refusal:
         print(f"v1motion serve: {refusal}", file=sys.stderr)

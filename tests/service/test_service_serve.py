@@ -24,6 +24,7 @@ def server(tmp_path):
         V1MOTION_LOG_FORMAT="json",
         V1MOTION_WS_PING_INTERVAL_S="0.5",
         V1MOTION_WS_PING_TIMEOUT_S="1",
+        V1MOTION_DATA_DIRR="typo",  # a mistyped setting: said in the log (test_logs_are_json_lines...)
     )
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(
@@ -118,6 +119,15 @@ def test_logs_are_json_lines_with_the_stream_name(server):
     assert any("stream synthetic: viewer joined" in r["msg"] for r in records)
     assert any(r.get("stream") == "synthetic" and "started" in r["msg"] for r in records)
     assert any(r["msg"].startswith("engine ready") for r in records)
+    typo = [r for r in records if "V1MOTION_DATA_DIRR" in r["msg"]]
+    assert [(r["level"], r["msg"]) for r in typo] == [
+        (
+            "warning",
+            "V1MOTION_DATA_DIRR is not a setting and is ignored (did you mean V1MOTION_DATA_DIR?); "
+            "the settings are in README.md ('Settings') and docs/security.md ('Limits')",
+        )
+    ]
+    assert any(r["msg"].startswith("job store ") and " jobs, " in r["msg"] for r in records)
 
 
 @pytest.mark.deadline
