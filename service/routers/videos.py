@@ -425,7 +425,9 @@ def get_video_result(job_id: str, name: ResultName, jobs: JobsDep, request: Requ
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         if not path.parent.exists():  # deleted meanwhile
             raise HTTPException(410, f"job {job_id} was deleted") from None
-        why = " (this service draws no overlays)" if name == "overlay.mp4" else ""
+        # drawn nowhere else: overlays were off where it ran (V1MOTION_VIDEO_OVERLAY=false, here
+        # or on the older version that ran it, which kept no 'overlay' field)
+        why = " (overlays were off when it ran)" if name == "overlay.mp4" else ""
         raise HTTPException(404, f"{name} is not among the results of job {job_id}{why}") from None
     answer = HeldFileResponse(
         os.fdopen(fd, "rb"), path, media_type=MEDIA_TYPES[name], filename=f"{job_id}-{name}"

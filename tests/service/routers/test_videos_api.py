@@ -456,7 +456,7 @@ def test_overlay_can_be_switched_off(tmp_path):
         assert job["result"]["overlay"] is False
         assert "overlay.mp4" not in job["links"] and "summary.png" in job["links"]  # no dead link
         r = c.get(f"/v1/videos/{job['id']}/overlay.mp4")
-        assert r.status_code == 404 and "draws no overlays" in r.json()["detail"]
+        assert r.status_code == 404 and "overlays were off when it ran" in r.json()["detail"]
         assert c.get(f"/v1/videos/{job['id']}/summary.png").status_code == 200
 
 
