@@ -87,6 +87,8 @@ async def _serve_camera(ws: WebSocket, settings, metrics, holder) -> None:
             continue
         try:
             msg = parse_text(event["text"])
+            if msg is None:
+                continue
             if msg["type"] in ("frame", "options"):
                 await send_error("no_hello", f"send a hello before {msg['type']!r} messages")
                 continue
@@ -182,6 +184,8 @@ async def _receive_frames(ws: WebSocket, session: CameraSession, send) -> None:
             continue
         try:
             msg = parse_text(event.get("text") or "")
+            if msg is None:
+                continue
             kind = msg["type"]
             if kind == "frame":  # optional: announces the client's sequence number of the next JPEG
                 seq = msg.get("seq")

@@ -155,8 +155,10 @@ async def close_quietly(ws: WebSocket, code: int, reason: str = "") -> None:
         pass
 
 
-def parse_text(raw: str) -> dict[str, Any]:
-    """A client's JSON message as a dict with a string ``type``; ``ValueError`` names the problem."""
+def parse_text(raw: str) -> dict[str, Any] | None:
+    """A client's JSON message as a dict with a string ``type``; ``ValueError`` names the problem.
+    None for an ``auth`` message: the socket is authorised by now (by its handshake, by an ``auth``
+    first message, or on a service that needs no token), so a client may always send one first."""
     try:
         msg = json.loads(raw)
     except ValueError:
@@ -165,7 +167,7 @@ def parse_text(raw: str) -> dict[str, Any]:
         raise ValueError("JSON nested too deep") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ValueError('a message must be a JSON object with a string "type"')
-    return msg
+    return None if msg["type"] == "auth" else msg
 
 
 @router.websocket("/streams/{name}")
@@ -342,6 +344,8 @@ async def _receive_loop(ws: WebSocket, sub: Subscriber, lock) -> None:
             continue
         try:
             msg = parse_text(event["text"])
+            if msg is None:
+                continue
             if msg["type"] != "options":
                 raise ValueError(f"unknown message type {msg['type']!r}; valid: 'options'")
             unknown = sorted(set(msg) - {"type", "v", *OPTIONS})

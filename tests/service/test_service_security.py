@@ -114,6 +114,47 @@ def test_websocket_token_as_first_message(client):
         assert json.loads(ws.receive_text())["type"] == "hello"
 
 
+def _first_error(ws) -> dict:
+    """The first error among the messages coming (results, previews and statuses pass by)."""
+    for _ in range(200):
+        m = ws.receive()
+        if m.get("text") and json.loads(m["text"])["type"] == "error":
+            return json.loads(m["text"])
+    raise AssertionError("no error in 200 messages")
+
+
+AUTH = json.dumps({"type": "auth", "token": TOKEN})
+BAD_OPTIONS = json.dumps({"type": "options", "flow": "yes"})
+
+
+@pytest.mark.parametrize("tokened", [False, True])
+def test_an_auth_message_on_an_authorised_socket_is_ignored(tokened):
+    """A client that always sends the documented auth message got a bad_message for it from a
+    service that needs no token, or after it had offered the token in the handshake (integrator's
+    probe). The bad options after it are the first error either way."""
+    app = _token_app() if tokened else _app()
+    offer = ["v1motion.v1", f"v1motion.token.{TOKEN}"] if tokened else None
+    with TestClient(app) as c:
+        with c.websocket_connect("/v1/streams/synthetic", subprotocols=offer) as ws:
+            if not tokened:
+                ws.send_text(AUTH)  # as the first message, before the hello
+            assert json.loads(ws.receive_text())["type"] == "hello"
+            ws.send_text(AUTH)
+            ws.send_text(BAD_OPTIONS)
+            error = _first_error(ws)
+            assert error["code"] == "bad_message" and '"flow"' in error["detail"], error
+        with c.websocket_connect("/v1/camera", subprotocols=offer) as ws:
+            if not tokened:
+                ws.send_text(AUTH)
+            ws.send_text(AUTH)  # before the hello, too
+            ws.send_text(json.dumps({"type": "hello", "width": 64, "height": 64}))
+            assert json.loads(ws.receive_text())["type"] == "ready"
+            ws.send_text(AUTH)
+            ws.send_text(BAD_OPTIONS)
+            error = _first_error(ws)
+            assert error["code"] == "bad_message" and '"flow"' in error["detail"], error
+
+
 @pytest.mark.parametrize(
     "first",
     [json.dumps({"type": "auth", "token": "nope"}), "garbage", "[" * 100_000],  # nested deep
