@@ -105,9 +105,38 @@ def get_stream(name: str, mgr: StreamsDep) -> StreamPublic:
     return StreamPublic(**p.status())
 
 
+class UnitTuning(BaseModel):
+    id: int = Field(description="the unit's index, as in results' `top_units`")
+    preferred_direction_deg: float = Field(description="degrees: 0 = moving right, 90 = up")
+    preferred_speed: float = Field(description="px/frame")
+    di: float = Field(description="direction index, 1 - r(opposite) / r(preferred)")
+    responsive: bool = Field(
+        description="its best response is at least 2 % of the population's 99th percentile"
+    )
+    direction_tuning: list[float] = Field(
+        description="mean code per patch at each of `directions_deg`, at its best grating"
+    )
+    speed_tuning: list[float] = Field(
+        description="at its preferred direction, for each of `speeds`"
+    )
+
+
+class UnitsPublic(BaseModel):
+    n_units: int
+    directions_deg: list[float] = Field(description="the grating directions measured (degrees)")
+    speeds: list[float] = Field(description="the grating speeds measured (px/frame)")
+    units: list[UnitTuning]
+    histogram_directions_deg: list[float] = Field(
+        description="bin centres of the direction histograms in each result (degrees)"
+    )
+    histogram_speed_bins: list[float] = Field(
+        description="bin centres of the speed histograms in each result (px/frame)"
+    )
+
+
 @router.get(
     "/units",
-    response_model=dict[str, Any],
+    response_model=UnitsPublic,
     responses={503: {"description": "engine still loading"}},
 )
 async def list_units(holder: EngineDep, state: StateDep, request: Request) -> Response:

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from v1motion.service.app import create_app
 from v1motion.service.protocol import SCHEMA_VERSION, parse_preview
+from v1motion.service.routers.streams import UnitsPublic, UnitTuning
 from v1motion.service.settings import Settings, SourceSpec
 
 
@@ -315,6 +316,13 @@ def test_units_endpoint_serves_the_tuning_report(client):
     assert len(u["direction_tuning"]) == len(body["directions_deg"])
     assert len(u["speed_tuning"]) == len(body["speeds"])
     assert len(body["histogram_speed_bins"]) == 7 and len(body["histogram_directions_deg"]) == 16
+    # what the schema promises a generated client, field for field (it said "any object")
+    schema = client.get("/openapi.json").json()
+    ref = schema["paths"]["/v1/units"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert ref["schema"] == {"$ref": "#/components/schemas/UnitsPublic"}
+    UnitsPublic.model_validate(body, strict=True)
+    assert set(UnitsPublic.model_fields) == set(body)
+    assert set(UnitTuning.model_fields) == set(u)
 
 
 def test_units_are_gzipped_for_a_client_that_takes_it(client):
