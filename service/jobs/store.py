@@ -138,7 +138,7 @@ class JobStore:
         if self.added:
             log.warning(
                 "job store %s: format %d → %d (added %s); a v1motion older than format %d "
-                "cannot open it any more (docker/README.md, 'Upgrades and rollbacks')",
+                "cannot open it any more (docker/README.md, 'Upgrades, backups and rollbacks')",
                 self.path, max(found, 1), STORE_VERSION, ", ".join(self.added), STORE_VERSION,
             )  # fmt: skip
         self.format = max(found, STORE_VERSION)
