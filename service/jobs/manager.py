@@ -158,9 +158,8 @@ class VideoJobs:
             log.warning("recovered %d interrupted jobs, failed %d", len(requeued), len(failed))
         self._sweep()
         expired = self.expire()
-        if (
-            expired
-        ):  # a bulk deletion at start (e.g. a retention newly set): say it beside the summary
+        # a bulk deletion at start (a retention newly set on a kept volume): one WARNING with the count
+        if expired:
             log.warning(
                 "deleted %d jobs that ended more than %g days ago (V1MOTION_VIDEO_KEEP_DAYS; 0 "
                 "keeps them)", len(expired), self.keep_days,

@@ -53,8 +53,8 @@ id that never existed); older ones are forgotten when jobs are deleted."""
 STORE_VERSION = 2
 """The store's format, kept in SQLite's ``user_version``: 1 is the first release's table (0 in its
 files, which set none), 2 adds ``_ADDED``. A version only adds nullable columns and tables, and
-reads only the columns it knows, so an older service can still open a newer store (a rollback);
-services before version 2 cannot (they refuse columns they do not know: docker/README.md)."""
+reads only the columns it knows, so this service and later ones can open a newer store (a
+rollback); the ones before it refuse columns they do not know (docker/README.md)."""
 # Columns added after the first release: a store written by an older service gets them at open.
 _ADDED = {
     "idempotency_key": "TEXT",  # the client's Idempotency-Key header, if it sent one
