@@ -65,14 +65,12 @@ class _VideoJobs:
         self.store = store
 
     def collect(self):
-        from v1motion.service.jobs.store import STATUSES
-
         g = GaugeMetricFamily(
             "v1motion_video_jobs", "Video jobs kept, by status (queued: waiting for a worker)",
             labels=["status"],
         )  # fmt: skip
-        for status in STATUSES:
-            g.add_metric([status], self.store.count(status))
+        for status, n in self.store.counts().items():
+            g.add_metric([status], n)
         yield g
         ended = CounterMetricFamily(
             "v1motion_video_jobs_ended",
